@@ -1,0 +1,310 @@
+//! The session gatekeeper: who is calling (session cookie or bearer ID token), the login
+//! redirect with state, nonce and PKCE, the OIDC callback, logout and the check endpoint for
+//! other ingresses.
+//!
+//! Invariants: the state is bound to a MAC'd, short-lived CSRF cookie; after login we redirect
+//! only to a same-origin relative path; the ID token is verified for signature, `iss`, `aud`,
+//! `exp` and `nonce` before a session exists; a presented bearer token that fails verification
+//! is refused outright (never downgraded to the cookie).
+
+use std::sync::Arc;
+
+use aws_lc_rs::hmac;
+use axum::body::Body;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, HeaderValue, Request, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use kfsec_idp::secret::{ct_eq, random_token, sha256_b64};
+use kfsec_types::{Identity, random_array};
+use serde::{Deserialize, Serialize};
+
+use crate::{App, GATEKEEPER_CLIENT_ID, responses};
+
+/// The callback path registered for the gatekeeper client.
+pub const CALLBACK_PATH: &str = "/authservice/oidc/callback";
+const CSRF_COOKIE: &str = "oidc_state_csrf";
+const CSRF_TTL_SECS: u64 = 600;
+const SCOPES: &str = "openid profile email groups";
+
+#[derive(Serialize, Deserialize)]
+struct CsrfState {
+    /// Random part of `state`.
+    s: String,
+    /// Nonce sent to the IdP.
+    n: String,
+    /// PKCE verifier.
+    v: String,
+    /// Expiry, Unix seconds.
+    e: u64,
+}
+
+/// How a request authenticated, or why it did not.
+pub enum Authn {
+    /// A valid session or bearer token.
+    Ok(Identity),
+    /// No credentials at all.
+    Missing,
+    /// Credentials presented but invalid.
+    Invalid,
+}
+
+/// Iterates `name=value` pairs of all `Cookie` headers.
+pub(crate) fn cookies(headers: &HeaderMap) -> impl Iterator<Item = (&str, &str)> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|p| p.trim().split_once('='))
+}
+
+pub(crate) fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    cookies(headers).find(|(k, _)| *k == name).map(|(_, v)| v)
+}
+
+impl App {
+    /// Authenticates a request by bearer token or session cookie.
+    pub async fn authenticate(&self, headers: &HeaderMap) -> Authn {
+        if let Some(auth) = headers.get(header::AUTHORIZATION) {
+            let token = auth
+                .to_str()
+                .ok()
+                .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")));
+            if let Some(token) = token {
+                return match self.idp.verify_token(token.trim(), None, None).await {
+                    Ok(c) => match c.email {
+                        Some(email) => Authn::Ok(Identity::new(email, c.groups.unwrap_or_default())),
+                        None => Authn::Invalid,
+                    },
+                    Err(e) => {
+                        tracing::info!(target: "audit", reason = %e, "bearer token refused");
+                        Authn::Invalid
+                    }
+                };
+            }
+        }
+        let mut saw = false;
+        for (k, v) in cookies(headers) {
+            if k == self.settings.cookie_name {
+                saw = true;
+                if let Some(id) = self.sessions.validate(v).await {
+                    return Authn::Ok(id);
+                }
+            }
+        }
+        if saw { Authn::Invalid } else { Authn::Missing }
+    }
+
+    fn csrf_mac(&self, payload: &str) -> String {
+        B64.encode(hmac::sign(&self.keys.csrf, payload.as_bytes()).as_ref())
+    }
+
+    /// Starts a login: 302 to the IdP with state, nonce and PKCE; the original URL travels in
+    /// the state and is re-checked on the way back.
+    pub fn start_login(&self, original: &str) -> Response {
+        let rng = self.rng.as_ref();
+        let s = B64.encode(random_array::<16>(rng));
+        let n = B64.encode(random_array::<16>(rng));
+        let v = random_token(rng);
+        let csrf = CsrfState {
+            s: s.clone(),
+            n: n.clone(),
+            v: v.clone(),
+            e: self.clock.now().as_secs() + CSRF_TTL_SECS,
+        };
+        let payload = B64.encode(serde_json::to_vec(&csrf).unwrap_or_default());
+        let cookie_value = format!("{payload}.{}", self.csrf_mac(&payload));
+        let state = format!("{s}.{}", B64.encode(safe_return_path(original)));
+        let qs = url::form_urlencoded::Serializer::new(String::new())
+            .append_pair("client_id", GATEKEEPER_CLIENT_ID)
+            .append_pair("redirect_uri", CALLBACK_PATH)
+            .append_pair("response_type", "code")
+            .append_pair("scope", SCOPES)
+            .append_pair("state", &state)
+            .append_pair("nonce", &n)
+            .append_pair("code_challenge", &sha256_b64(v.as_bytes()))
+            .append_pair("code_challenge_method", "S256")
+            .finish();
+        let location = format!("{}/auth?{qs}", self.idp_path);
+        let mut resp = responses::redirect(StatusCode::FOUND, &location);
+        let c = format!(
+            "{CSRF_COOKIE}={cookie_value}; Path=/authservice/; Max-Age={CSRF_TTL_SECS}; HttpOnly; Secure; SameSite=Lax"
+        );
+        if let Ok(h) = HeaderValue::from_str(&c) {
+            resp.headers_mut().append(header::SET_COOKIE, h);
+        }
+        resp
+    }
+
+    fn open_csrf(&self, headers: &HeaderMap) -> Option<CsrfState> {
+        let raw = cookie(headers, CSRF_COOKIE)?;
+        let (payload, mac) = raw.split_once('.')?;
+        let mac = B64.decode(mac).ok()?;
+        hmac::verify(&self.keys.csrf, payload.as_bytes(), &mac).ok()?;
+        let st: CsrfState = serde_json::from_slice(&B64.decode(payload).ok()?).ok()?;
+        (self.clock.now().as_secs() < st.e).then_some(st)
+    }
+
+    fn session_cookie(&self, value: &str, max_age: u64) -> Option<HeaderValue> {
+        HeaderValue::from_str(&format!(
+            "{}={value}; Path=/; Max-Age={max_age}; HttpOnly; Secure; SameSite=Lax",
+            self.settings.cookie_name
+        ))
+        .ok()
+    }
+}
+
+/// A same-origin relative path to return to, or `/`.
+pub fn safe_return_path(candidate: &str) -> String {
+    let ok = candidate.starts_with('/')
+        && !candidate.starts_with("//")
+        && !candidate.starts_with("/\\")
+        && !candidate.chars().any(|c| c.is_control() || c == '\\')
+        && candidate.len() <= 2048;
+    if ok { candidate.to_owned() } else { "/".to_owned() }
+}
+
+#[derive(Deserialize)]
+pub(crate) struct CallbackQuery {
+    #[serde(default)]
+    code: String,
+    #[serde(default)]
+    state: String,
+    #[serde(default)]
+    error: Option<String>,
+    #[serde(default)]
+    error_description: Option<String>,
+}
+
+/// `GET /authservice/oidc/callback`.
+pub(crate) async fn callback(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Query(q): Query<CallbackQuery>,
+) -> Response {
+    let fail = |msg: &str| responses::html_error(StatusCode::BAD_REQUEST, "Login failed", msg);
+    if let Some(err) = q.error {
+        return fail(&format!(
+            "The identity provider answered: {err} {}",
+            q.error_description.unwrap_or_default()
+        ));
+    }
+    let Some((s, ret)) = q.state.split_once('.') else {
+        return fail("Missing or malformed state. Start again from the page you wanted.");
+    };
+    let Some(csrf) = app.open_csrf(&headers) else {
+        return fail("Your login session expired or cookies are disabled. Start again from the page you wanted.");
+    };
+    if !ct_eq(s.as_bytes(), csrf.s.as_bytes()) {
+        tracing::warn!(target: "audit", "callback state does not match the CSRF cookie");
+        return fail("State mismatch. Start again from the page you wanted.");
+    }
+    let original = B64
+        .decode(ret)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .map_or_else(|| "/".to_owned(), |p| safe_return_path(&p));
+    let Ok(Some(client)) = app.idp.clients().get(GATEKEEPER_CLIENT_ID).await else {
+        return responses::html_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Login failed",
+            "The gatekeeper client is missing.",
+        );
+    };
+    let tokens = match app
+        .idp
+        .redeem_code(&client, &q.code, CALLBACK_PATH, Some(&csrf.v))
+        .await
+    {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::warn!(target: "audit", error = e.error, detail = %e.description, "code exchange failed");
+            return fail("The login could not be completed (invalid or reused code). Start again.");
+        }
+    };
+    let claims = match app
+        .idp
+        .verify_token(&tokens.id_token, Some(GATEKEEPER_CLIENT_ID), Some(&csrf.n))
+        .await
+    {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(target: "audit", error = %e, "ID token refused at callback");
+            return fail("The identity token was not valid.");
+        }
+    };
+    let Some(email) = claims.email else {
+        return fail("The identity token carries no email.");
+    };
+    let identity = Identity::new(email, claims.groups.unwrap_or_default());
+    let value = match app.sessions.create(&identity).await {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::error!(error = %e, "could not create a session");
+            return responses::html_error(StatusCode::INTERNAL_SERVER_ERROR, "Login failed", "Internal error.");
+        }
+    };
+    tracing::info!(target: "audit", user = %identity.user, "session started");
+    let mut resp = responses::redirect(StatusCode::FOUND, &original);
+    if let Some(c) = app.session_cookie(&value, app.sessions.ttl().as_secs()) {
+        resp.headers_mut().append(header::SET_COOKIE, c);
+    }
+    if let Ok(c) = HeaderValue::from_str(&format!(
+        "{CSRF_COOKIE}=; Path=/authservice/; Max-Age=0; HttpOnly; Secure; SameSite=Lax"
+    )) {
+        resp.headers_mut().append(header::SET_COOKIE, c);
+    }
+    resp
+}
+
+/// `POST /authservice/logout`: ends the session server-side and clears the cookie.
+pub(crate) async fn logout(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    let mut user = None;
+    for (k, v) in cookies(&headers) {
+        if k == app.settings.cookie_name {
+            if let Some(id) = app.sessions.validate(v).await {
+                user = Some(id.user);
+            }
+            if let Err(e) = app.sessions.revoke(v).await {
+                tracing::error!(error = %e, "logout failed");
+                return responses::html_error(StatusCode::INTERNAL_SERVER_ERROR, "Logout failed", "Internal error.");
+            }
+        }
+    }
+    if let Some(u) = user {
+        tracing::info!(target: "audit", user = %u, "session ended by logout");
+    }
+    let wants_json = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("application/json"));
+    let mut resp = if wants_json {
+        // Kubeflow's dashboard logs out with XHR and follows `afterLogoutURL`.
+        (
+            StatusCode::CREATED,
+            axum::Json(serde_json::json!({"afterLogoutURL": "/"})),
+        )
+            .into_response()
+    } else {
+        app.start_login("/")
+    };
+    if let Some(c) = app.session_cookie("", 0) {
+        resp.headers_mut().append(header::SET_COOKIE, c);
+    }
+    resp
+}
+
+/// `/authservice/check` for nginx `auth_request` and Envoy `ext_authz` (HTTP): 200 with the
+/// identity headers, or 401.
+pub(crate) async fn check(State(app): State<Arc<App>>, req: Request<Body>) -> Response {
+    match app.authenticate(req.headers()).await {
+        Authn::Ok(id) => {
+            let mut resp = StatusCode::OK.into_response();
+            app.set_identity_headers(resp.headers_mut(), &id);
+            resp
+        }
+        _ => responses::unauthenticated(req.uri().path()),
+    }
+}

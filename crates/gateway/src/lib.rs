@@ -1,0 +1,328 @@
+//! The HTTPS front door: router, gatekeeper (sessions, login redirect, callback, logout, check
+//! endpoint), reverse proxy to configured routes, the home page and request metrics.
+//!
+//! Invariants: `/dex/*` and `/authservice/*` are never gated; every other path is authenticated
+//! unless its route is public; client-sent identity headers are always stripped and replaced by
+//! the authenticated identity; handlers receive an `Identity`, never raw credentials.
+
+mod gatekeeper;
+pub mod listener;
+mod metrics;
+pub mod proxy;
+pub mod responses;
+pub mod session;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get, post};
+use kfsec_idp::{Client, ClientAddr, ClientAuth, Idp};
+use kfsec_store::{Store, StoreError};
+use kfsec_types::{Clock, Identity, Rng};
+use prometheus_client::registry::Registry;
+
+pub use gatekeeper::{Authn, CALLBACK_PATH, safe_return_path};
+pub use proxy::Route;
+pub use session::Sessions;
+
+/// The gatekeeper's OAuth2 client id at the built-in IdP.
+pub const GATEKEEPER_CLIENT_ID: &str = "kfsec-gatekeeper";
+
+/// Headers a client may never set itself: identity is added only by the gateway.
+const FORGEABLE: [&str; 8] = [
+    "kubeflow-userid",
+    "kubeflow-groups",
+    "x-forwarded-user",
+    "x-forwarded-email",
+    "x-forwarded-groups",
+    "x-auth-request-user",
+    "x-auth-request-email",
+    "x-auth-request-groups",
+];
+
+/// Gateway errors.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum GatewayError {
+    /// Storage failed.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    /// A record did not decode.
+    #[error("corrupt record: {0}")]
+    Json(#[from] serde_json::Error),
+    /// Bad configuration.
+    #[error("{0}")]
+    Config(String),
+    /// An invariant broke.
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+/// Validated gateway settings.
+#[derive(Debug, Clone)]
+pub struct GatewaySettings {
+    /// Session cookie name.
+    pub cookie_name: String,
+    /// Session lifetime.
+    pub session_ttl: Duration,
+    /// Header carrying the user id upstream.
+    pub user_id_header: HeaderName,
+    /// Prefix before the user id.
+    pub user_id_prefix: String,
+    /// Header carrying groups upstream.
+    pub groups_header: HeaderName,
+    /// Proxied routes.
+    pub routes: Vec<Route>,
+    /// Proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<IpAddr>,
+}
+
+/// The built-in client registration the gatekeeper uses at the IdP.
+pub fn gatekeeper_client() -> Client {
+    Client {
+        id: GATEKEEPER_CLIENT_ID.into(),
+        name: "kfsec gatekeeper".into(),
+        redirect_uris: vec![CALLBACK_PATH.into()],
+        auth: ClientAuth::InProcess,
+    }
+}
+
+/// Shared state of the front door.
+pub struct App {
+    settings: GatewaySettings,
+    idp: Arc<Idp>,
+    idp_path: String,
+    sessions: Arc<Sessions>,
+    keys: session::MacKeys,
+    clock: Arc<dyn Clock>,
+    rng: Arc<dyn Rng>,
+    proxy: proxy::Proxy,
+    metrics: metrics::HttpMetrics,
+}
+
+impl App {
+    /// Builds the front door.
+    pub async fn new(
+        settings: GatewaySettings,
+        idp: Arc<Idp>,
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        rng: Arc<dyn Rng>,
+        registry: &mut Registry,
+    ) -> Result<Arc<Self>, GatewayError> {
+        let keys = session::load_keys(store.as_ref(), rng.as_ref()).await?;
+        let sessions = Sessions::new(
+            store,
+            clock.clone(),
+            rng.clone(),
+            keys.session.clone(),
+            settings.session_ttl,
+        );
+        let idp_path = idp.settings().issuer_path();
+        let metrics = metrics::HttpMetrics::register(registry);
+        Ok(Arc::new(Self {
+            settings,
+            idp,
+            idp_path,
+            sessions,
+            keys,
+            clock,
+            rng,
+            proxy: proxy::Proxy::default(),
+            metrics,
+        }))
+    }
+
+    /// The session table.
+    pub fn sessions(&self) -> &Arc<Sessions> {
+        &self.sessions
+    }
+
+    /// The front door's router.
+    pub fn router(self: &Arc<Self>) -> Router {
+        let idp = self.idp.router();
+        let gate = Router::new()
+            .route(CALLBACK_PATH, get(gatekeeper::callback))
+            .route("/authservice/logout", post(gatekeeper::logout))
+            .route("/authservice/check", any(gatekeeper::check))
+            .route("/authservice/check/{*rest}", any(gatekeeper::check))
+            .fallback(protected)
+            .with_state(self.clone());
+        let app = if self.idp_path.is_empty() {
+            gate
+        } else {
+            gate.nest(&self.idp_path, idp)
+        };
+        app.layer(middleware::from_fn_with_state(self.clone(), edge))
+    }
+
+    /// Replaces any client-sent identity headers with `id`.
+    pub fn set_identity_headers(&self, h: &mut HeaderMap, id: &Identity) {
+        if let Ok(v) = HeaderValue::from_str(&format!("{}{}", self.settings.user_id_prefix, id.user)) {
+            h.insert(self.settings.user_id_header.clone(), v);
+        }
+        if let Ok(v) = HeaderValue::from_str(&id.groups.join(",")) {
+            h.insert(self.settings.groups_header.clone(), v);
+        }
+    }
+
+    fn route_label(&self, path: &str) -> String {
+        if !self.idp_path.is_empty() && path.starts_with(&self.idp_path) {
+            return "idp".into();
+        }
+        if path.starts_with("/authservice/") {
+            return "authservice".into();
+        }
+        match self.settings.routes.iter().find(|r| r.matches(path)) {
+            Some(r) => r.prefix.clone(),
+            None if path == "/" => "home".into(),
+            None => "other".into(),
+        }
+    }
+}
+
+/// Runs first on every request: trusted client address, identity-header stripping, metrics.
+async fn edge(State(app): State<Arc<App>>, mut req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let h = req.headers_mut();
+    for name in FORGEABLE {
+        h.remove(name);
+    }
+    h.remove(&app.settings.user_id_header);
+    h.remove(&app.settings.groups_header);
+    let peer = req.extensions().get::<ClientAddr>().map(|c| c.0);
+    if let Some(peer) = peer
+        && app.settings.trusted_proxies.contains(&peer)
+        && let Some(ip) = req
+            .headers()
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.rsplit(',').next())
+            .and_then(|v| v.trim().parse::<IpAddr>().ok())
+    {
+        req.extensions_mut().insert(ClientAddr(ip));
+    }
+    let route = app.route_label(req.uri().path());
+    let resp = next.run(req).await;
+    app.metrics
+        .requests
+        .get_or_create(&metrics::RequestLabels {
+            route: route.clone(),
+            code: resp.status().as_u16(),
+        })
+        .inc();
+    app.metrics
+        .latency
+        .get_or_create(&metrics::RouteLabel { route })
+        .observe(start.elapsed().as_secs_f64());
+    resp
+}
+
+/// Everything that is not the IdP or the gatekeeper's own endpoints.
+async fn protected(State(app): State<Arc<App>>, mut req: Request) -> Response {
+    let path = req.uri().path().to_owned();
+    let route = app
+        .settings
+        .routes
+        .iter()
+        .filter(|r| r.matches(&path))
+        .max_by_key(|r| r.prefix.len())
+        .cloned();
+    let peer = req
+        .extensions()
+        .get::<ClientAddr>()
+        .map_or(IpAddr::from([127, 0, 0, 1]), |c| c.0);
+    let identity = match app.authenticate(req.headers()).await {
+        Authn::Ok(id) => Some(id),
+        Authn::Invalid if route.as_ref().is_none_or(|r| !r.public) => {
+            return responses::unauthenticated(&path);
+        }
+        _ if route.as_ref().is_some_and(|r| r.public) => None,
+        _ => {
+            let browser = matches!(*req.method(), Method::GET | Method::HEAD)
+                && responses::family(&path) == responses::Family::Browser;
+            if browser {
+                let original = req.uri().path_and_query().map_or("/", |pq| pq.as_str()).to_owned();
+                return app.start_login(&original);
+            }
+            return responses::unauthenticated(&path);
+        }
+    };
+    match route {
+        Some(route) => {
+            proxy::remove_cookie(req.headers_mut(), &app.settings.cookie_name);
+            if let Some(id) = &identity {
+                app.set_identity_headers(req.headers_mut(), id);
+            }
+            app.proxy.forward(&route, req, peer).await
+        }
+        None if path == "/" => match identity {
+            Some(id) => home(&id),
+            None => responses::error(&path, StatusCode::NOT_FOUND, "Not found."),
+        },
+        None => responses::error(&path, StatusCode::NOT_FOUND, &format!("No route for {path}.")),
+    }
+}
+
+fn home(id: &Identity) -> Response {
+    use kfsec_idp::escape_html as e;
+    let groups = if id.groups.is_empty() {
+        "<span class=\"muted\">none</span>".to_owned()
+    } else {
+        id.groups
+            .iter()
+            .map(|g| format!("<code>{}</code>", e(g)))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let body = format!(
+        "<p>Signed in as <b id=\"user\">{u}</b></p><p>Groups: <span id=\"groups\">{groups}</span></p>\
+<form method=\"post\" action=\"/authservice/logout\"><button type=\"submit\" id=\"logout\">Log out</button></form>",
+        u = e(&id.user)
+    );
+    kfsec_idp::page(StatusCode::OK, "kfsec", &body)
+}
+
+/// Health endpoints and metrics for the admin listener.
+pub fn admin_router(registry: Arc<Registry>, ready: Arc<std::sync::atomic::AtomicBool>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let ready = ready.clone();
+                async move {
+                    if ready.load(std::sync::atomic::Ordering::Acquire) {
+                        (StatusCode::OK, "ready").into_response()
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "starting").into_response()
+                    }
+                }
+            }),
+        )
+        .route(
+            "/metrics",
+            get(move || {
+                let registry = registry.clone();
+                async move {
+                    let mut out = String::new();
+                    if prometheus_client::encoding::text::encode(&mut out, &registry).is_err() {
+                        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+                    }
+                    let mut r = Response::new(Body::from(out));
+                    r.headers_mut().insert(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+                    );
+                    r
+                }
+            }),
+        )
+}

@@ -1,0 +1,297 @@
+//! Reverse proxy to configured upstreams: bodies streamed both ways, WebSocket upgrades joined,
+//! hop-by-hop headers removed, `X-Forwarded-*` set.
+//!
+//! Invariants: identity headers from the client are removed before the authenticated identity
+//! is added; the session cookie never reaches an upstream; an unreachable upstream is a 502 with
+//! a clear body.
+
+use std::net::IpAddr;
+
+use axum::body::Body;
+use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use axum::http::{Request, Response, StatusCode, Uri};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+use crate::GatewayError;
+
+/// A validated route.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// Path prefix.
+    pub prefix: String,
+    /// Upstream scheme + authority, e.g. `http://127.0.0.1:8080`.
+    pub upstream: Uri,
+    /// Upstream base path (no trailing slash).
+    pub base_path: String,
+    /// Skip authentication.
+    pub public: bool,
+    /// Replacement for `prefix`.
+    pub rewrite_prefix: Option<String>,
+}
+
+impl Route {
+    /// Builds a route from config values.
+    pub fn new(
+        prefix: &str,
+        upstream: &str,
+        public: bool,
+        rewrite_prefix: Option<String>,
+    ) -> Result<Self, GatewayError> {
+        if !prefix.starts_with('/') {
+            return Err(GatewayError::Config(format!(
+                "route prefix {prefix:?} must start with '/'"
+            )));
+        }
+        let uri: Uri = upstream
+            .parse()
+            .map_err(|e| GatewayError::Config(format!("route {prefix}: upstream {upstream:?}: {e}")))?;
+        if uri.scheme_str() != Some("http") || uri.authority().is_none() {
+            return Err(GatewayError::Config(format!(
+                "route {prefix}: upstream {upstream:?} must be an http:// URL"
+            )));
+        }
+        let base_path = uri.path().trim_end_matches('/').to_owned();
+        let upstream = Uri::builder()
+            .scheme("http")
+            .authority(uri.authority().map(|a| a.as_str()).unwrap_or_default())
+            .path_and_query("/")
+            .build()
+            .map_err(|e| GatewayError::Config(e.to_string()))?;
+        Ok(Self {
+            prefix: prefix.to_owned(),
+            upstream,
+            base_path,
+            public,
+            rewrite_prefix,
+        })
+    }
+
+    /// Whether `path` belongs to this route. A prefix `/x/` also matches `/x`.
+    pub fn matches(&self, path: &str) -> bool {
+        path.starts_with(&self.prefix) || (self.prefix.ends_with('/') && path == &self.prefix[..self.prefix.len() - 1])
+    }
+
+    fn target(&self, uri: &Uri) -> Result<Uri, GatewayError> {
+        let path = uri.path();
+        let rest = path.get(self.prefix.len().min(path.len())..).unwrap_or_default();
+        let mapped = match &self.rewrite_prefix {
+            Some(r) => format!("{r}{rest}"),
+            None => path.to_owned(),
+        };
+        let mut pq = format!("{}{}", self.base_path, if mapped.is_empty() { "/" } else { &mapped });
+        if !pq.starts_with('/') {
+            pq.insert(0, '/');
+        }
+        if let Some(q) = uri.query() {
+            pq.push('?');
+            pq.push_str(q);
+        }
+        let mut parts = self.upstream.clone().into_parts();
+        parts.path_and_query = Some(
+            pq.parse()
+                .map_err(|_| GatewayError::Internal("bad upstream path".into()))?,
+        );
+        Uri::from_parts(parts).map_err(|e| GatewayError::Internal(e.to_string()))
+    }
+}
+
+/// Headers that belong to one connection (RFC 9110 §7.6.1) plus proxy credentials.
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authorization",
+];
+
+fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
+    let named: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in named {
+        if !(keep_upgrade && n == header::UPGRADE) {
+            h.remove(n);
+        }
+    }
+    for n in HOP_BY_HOP {
+        if !(keep_upgrade && (n == "connection" || n == "upgrade")) {
+            h.remove(n);
+        }
+    }
+    h.remove("proxy-authenticate");
+}
+
+fn is_upgrade(h: &HeaderMap) -> bool {
+    h.contains_key(header::UPGRADE)
+        && h.get_all(header::CONNECTION)
+            .iter()
+            .any(|v| v.to_str().is_ok_and(|s| s.to_ascii_lowercase().contains("upgrade")))
+}
+
+/// Removes one cookie from the `Cookie` headers, keeping the others.
+pub(crate) fn remove_cookie(h: &mut HeaderMap, name: &str) {
+    let values: Vec<String> = h
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .collect();
+    if values.is_empty() {
+        return;
+    }
+    h.remove(header::COOKIE);
+    let kept: Vec<&str> = values
+        .iter()
+        .flat_map(|v| v.split(';'))
+        .map(str::trim)
+        .filter(|p| !p.is_empty() && p.split_once('=').is_none_or(|(k, _)| k != name))
+        .collect();
+    if !kept.is_empty()
+        && let Ok(v) = HeaderValue::from_str(&kept.join("; "))
+    {
+        h.insert(header::COOKIE, v);
+    }
+}
+
+/// The upstream client.
+#[derive(Clone)]
+pub struct Proxy {
+    client: Client<HttpConnector, Body>,
+}
+
+impl Default for Proxy {
+    fn default() -> Self {
+        let mut conn = HttpConnector::new();
+        conn.set_nodelay(true);
+        conn.set_connect_timeout(Some(std::time::Duration::from_secs(5)));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(256)
+            .build(conn);
+        Self { client }
+    }
+}
+
+impl Proxy {
+    /// Forwards `req` (headers already sanitised and identity added by the caller).
+    pub async fn forward(&self, route: &Route, mut req: Request<Body>, peer: IpAddr) -> Response<Body> {
+        let upgrade = is_upgrade(req.headers());
+        let target = match route.target(req.uri()) {
+            Ok(t) => t,
+            Err(e) => return bad_gateway(&e.to_string()),
+        };
+        let host = req.headers().get(header::HOST).cloned().or_else(|| {
+            req.uri()
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
+        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        let (mut parts, body) = req.into_parts();
+        strip_hop_by_hop(&mut parts.headers, upgrade);
+        let h = &mut parts.headers;
+        let xff = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+            Some(prev) => format!("{prev}, {peer}"),
+            None => peer.to_string(),
+        };
+        if let Ok(v) = HeaderValue::from_str(&xff) {
+            h.insert("x-forwarded-for", v);
+        }
+        h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        if let Some(host) = host {
+            h.insert("x-forwarded-host", host);
+        }
+        h.remove(header::HOST);
+        if upgrade {
+            parts.version = http::Version::HTTP_11;
+        } else if parts.version == http::Version::HTTP_2 {
+            parts.version = http::Version::HTTP_11;
+        }
+        parts.uri = target;
+        let out = Request::from_parts(parts, body);
+        let mut resp = match self.client.request(out).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(route = %route.prefix, error = %e, "upstream request failed");
+                return bad_gateway("The upstream service is unavailable.");
+            }
+        };
+        if upgrade && resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            let upstream_upgrade = hyper::upgrade::on(&mut resp);
+            if let Some(client_upgrade) = client_upgrade {
+                tokio::spawn(async move {
+                    match (client_upgrade.await, upstream_upgrade.await) {
+                        (Ok(c), Ok(u)) => {
+                            let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(c), &mut TokioIo::new(u)).await;
+                        }
+                        (Err(e), _) | (_, Err(e)) => tracing::debug!(error = %e, "websocket upgrade failed"),
+                    }
+                });
+            }
+            let (mut parts, _) = resp.into_parts();
+            strip_hop_by_hop(&mut parts.headers, true);
+            return Response::from_parts(parts, Body::empty());
+        }
+        let (mut parts, body) = resp.into_parts();
+        strip_hop_by_hop(&mut parts.headers, false);
+        Response::from_parts(parts, Body::new(body))
+    }
+}
+
+fn bad_gateway(msg: &str) -> Response<Body> {
+    let mut r = Response::new(Body::from(format!("502 Bad Gateway: {msg}\n")));
+    *r.status_mut() = StatusCode::BAD_GATEWAY;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn targets_and_rewrites() {
+        let r = Route::new("/jupyter/", "http://127.0.0.1:8888", false, Some("/".into())).unwrap();
+        assert_eq!(
+            r.target(&"/jupyter/api/x?y=1".parse().unwrap()).unwrap().to_string(),
+            "http://127.0.0.1:8888/api/x?y=1"
+        );
+        assert!(r.matches("/jupyter") && r.matches("/jupyter/a") && !r.matches("/jupyterx"));
+        let r = Route::new("/app", "http://h:1/base/", false, None).unwrap();
+        assert_eq!(
+            r.target(&"/app/z".parse().unwrap()).unwrap().to_string(),
+            "http://h:1/base/app/z"
+        );
+        assert!(Route::new("app", "http://h", false, None).is_err());
+        assert!(Route::new("/a", "ftp://h", false, None).is_err());
+    }
+
+    #[test]
+    fn hop_by_hop_and_cookies() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("close, x-secret"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("5"));
+        h.insert("x-fine", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h, false);
+        assert!(h.get("x-secret").is_none() && h.get("keep-alive").is_none() && h.get("x-fine").is_some());
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; authservice_session=zzz; b=2"),
+        );
+        remove_cookie(&mut h, "authservice_session");
+        assert_eq!(h.get(header::COOKIE).unwrap(), "a=1; b=2");
+    }
+}

@@ -1,0 +1,236 @@
+//! Compact JWS (RS256) signing and verification with the process's one crypto provider.
+//!
+//! Invariants: verification accepts exactly `alg: RS256` with a `kid` from our own key set, so
+//! `alg: none`, HS256-with-the-public-key and foreign keys are rejected before any claim is read.
+
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::rsa::{KeyPair, KeySize, PublicKeyComponents};
+use aws_lc_rs::signature::{KeyPair as _, RSA_PKCS1_2048_8192_SHA256, RSA_PKCS1_SHA256};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+/// Why a token was rejected. Callers answer all of these the same way (401) and log the detail.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum JwtError {
+    /// Not three base64url parts or not JSON.
+    #[error("malformed token")]
+    Malformed,
+    /// `alg` other than RS256.
+    #[error("unsupported algorithm {0:?}")]
+    Algorithm(String),
+    /// `kid` not in the key set.
+    #[error("unknown signing key")]
+    UnknownKey,
+    /// Signature does not verify.
+    #[error("bad signature")]
+    Signature,
+    /// Signing failed.
+    #[error("signing failed")]
+    Sign,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Header {
+    alg: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    kid: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    typ: Option<String>,
+}
+
+/// A private RSA signing key with its key id.
+pub struct SigningKey {
+    kid: String,
+    pair: KeyPair,
+}
+
+impl std::fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SigningKey")
+            .field("kid", &self.kid)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SigningKey {
+    /// Generates a fresh RSA-2048 key.
+    pub fn generate(kid: String) -> Result<Self, JwtError> {
+        let pair = KeyPair::generate(KeySize::Rsa2048).map_err(|_| JwtError::Sign)?;
+        Ok(Self { kid, pair })
+    }
+    /// Loads a key from PKCS#8 DER.
+    pub fn from_pkcs8(kid: String, der: &[u8]) -> Result<Self, JwtError> {
+        let pair = KeyPair::from_pkcs8(der).map_err(|_| JwtError::Malformed)?;
+        Ok(Self { kid, pair })
+    }
+    /// PKCS#8 DER encoding of the private key.
+    pub fn to_pkcs8(&self) -> Result<Vec<u8>, JwtError> {
+        use aws_lc_rs::encoding::AsDer;
+        let der: aws_lc_rs::encoding::Pkcs8V1Der<'static> = self.pair.as_der().map_err(|_| JwtError::Sign)?;
+        Ok(der.as_ref().to_vec())
+    }
+    /// The key id.
+    pub fn kid(&self) -> &str {
+        &self.kid
+    }
+    /// The public half.
+    pub fn public(&self) -> VerifyingKey {
+        let pk = self.pair.public_key();
+        VerifyingKey {
+            kid: self.kid.clone(),
+            n: pk.modulus().big_endian_without_leading_zero().to_vec(),
+            e: pk.exponent().big_endian_without_leading_zero().to_vec(),
+        }
+    }
+    /// Signs `claims` as a compact JWS.
+    pub fn sign<T: Serialize>(&self, claims: &T) -> Result<String, JwtError> {
+        let header = Header {
+            alg: "RS256".into(),
+            kid: self.kid.clone(),
+            typ: None,
+        };
+        let h = serde_json::to_vec(&header).map_err(|_| JwtError::Sign)?;
+        let c = serde_json::to_vec(claims).map_err(|_| JwtError::Sign)?;
+        let mut out = String::with_capacity(h.len() * 2 + c.len() * 2 + 360);
+        B64.encode_string(h, &mut out);
+        out.push('.');
+        B64.encode_string(c, &mut out);
+        let mut sig = vec![0u8; self.pair.public_modulus_len()];
+        self.pair
+            .sign(&RSA_PKCS1_SHA256, &SystemRandom::new(), out.as_bytes(), &mut sig)
+            .map_err(|_| JwtError::Sign)?;
+        out.push('.');
+        B64.encode_string(sig, &mut out);
+        Ok(out)
+    }
+}
+
+/// A public RSA key as published in JWKS.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerifyingKey {
+    /// Key id.
+    pub kid: String,
+    /// Modulus, big-endian.
+    #[serde(with = "b64bytes")]
+    pub n: Vec<u8>,
+    /// Exponent, big-endian.
+    #[serde(with = "b64bytes")]
+    pub e: Vec<u8>,
+}
+
+impl VerifyingKey {
+    /// The JWK form (`kty: RSA`, `use: sig`, `alg: RS256`).
+    pub fn to_jwk(&self) -> serde_json::Value {
+        serde_json::json!({
+            "use": "sig",
+            "kty": "RSA",
+            "kid": self.kid,
+            "alg": "RS256",
+            "n": B64.encode(&self.n),
+            "e": B64.encode(&self.e),
+        })
+    }
+    fn verify(&self, msg: &[u8], sig: &[u8]) -> Result<(), JwtError> {
+        PublicKeyComponents {
+            n: self.n.as_slice(),
+            e: self.e.as_slice(),
+        }
+        .verify(&RSA_PKCS1_2048_8192_SHA256, msg, sig)
+        .map_err(|_| JwtError::Signature)
+    }
+}
+
+mod b64bytes {
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+    use serde::{Deserialize, Deserializer, Serializer};
+    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&B64.encode(v))
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let s = String::deserialize(d)?;
+        B64.decode(s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Verifies a compact JWS against `keys` and decodes its claims. Only the signature is checked
+/// here; the caller checks `iss`, `aud`, `exp` and `nonce`.
+pub fn verify<'k, T: DeserializeOwned>(
+    token: &str,
+    keys: impl IntoIterator<Item = &'k VerifyingKey>,
+) -> Result<T, JwtError> {
+    if token.len() > 16 * 1024 {
+        return Err(JwtError::Malformed);
+    }
+    let mut parts = token.splitn(4, '.');
+    let (Some(h), Some(c), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+        return Err(JwtError::Malformed);
+    };
+    let header: Header =
+        serde_json::from_slice(&B64.decode(h).map_err(|_| JwtError::Malformed)?).map_err(|_| JwtError::Malformed)?;
+    if header.alg != "RS256" {
+        return Err(JwtError::Algorithm(header.alg));
+    }
+    let key = keys
+        .into_iter()
+        .find(|k| k.kid == header.kid)
+        .ok_or(JwtError::UnknownKey)?;
+    let sig = B64.decode(s).map_err(|_| JwtError::Malformed)?;
+    let signed_len = h.len() + 1 + c.len();
+    key.verify(token.as_bytes().get(..signed_len).ok_or(JwtError::Malformed)?, &sig)?;
+    serde_json::from_slice(&B64.decode(c).map_err(|_| JwtError::Malformed)?).map_err(|_| JwtError::Malformed)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn forge(header: &str, claims: &str, sig: &[u8]) -> String {
+        format!("{}.{}.{}", B64.encode(header), B64.encode(claims), B64.encode(sig))
+    }
+
+    #[test]
+    fn round_trip_and_attacks() {
+        let k = SigningKey::generate("k1".into()).unwrap();
+        let pubk = k.public();
+        let t = k.sign(&serde_json::json!({"sub": "a"})).unwrap();
+        let v: serde_json::Value = verify(&t, [&pubk]).unwrap();
+        assert_eq!(v["sub"], "a");
+
+        // alg none
+        let none = forge(r#"{"alg":"none","kid":"k1"}"#, r#"{"sub":"a"}"#, b"");
+        assert_eq!(
+            verify::<serde_json::Value>(&none, [&pubk]),
+            Err(JwtError::Algorithm("none".into()))
+        );
+        // HS256 keyed with the public key
+        let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &pubk.n);
+        let h = B64.encode(r#"{"alg":"HS256","kid":"k1"}"#);
+        let c = B64.encode(r#"{"sub":"a"}"#);
+        let tag = aws_lc_rs::hmac::sign(&key, format!("{h}.{c}").as_bytes());
+        let hs = format!("{h}.{c}.{}", B64.encode(tag.as_ref()));
+        assert!(matches!(
+            verify::<serde_json::Value>(&hs, [&pubk]),
+            Err(JwtError::Algorithm(_))
+        ));
+        // tampered claims
+        let mut parts: Vec<&str> = t.split('.').collect();
+        let evil = B64.encode(r#"{"sub":"b"}"#);
+        parts[1] = &evil;
+        assert_eq!(
+            verify::<serde_json::Value>(&parts.join("."), [&pubk]),
+            Err(JwtError::Signature)
+        );
+        // unknown key
+        let other = SigningKey::generate("k2".into()).unwrap();
+        let t2 = other.sign(&serde_json::json!({})).unwrap();
+        assert_eq!(verify::<serde_json::Value>(&t2, [&pubk]), Err(JwtError::UnknownKey));
+        // pkcs8 round trip keeps the public key
+        let again = SigningKey::from_pkcs8("k1".into(), &k.to_pkcs8().unwrap()).unwrap();
+        assert_eq!(again.public(), pubk);
+        assert_eq!(verify::<serde_json::Value>("a.b", [&pubk]), Err(JwtError::Malformed));
+    }
+}

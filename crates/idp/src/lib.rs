@@ -1,0 +1,187 @@
+//! kfsec's OIDC identity provider, compatible with Dex: discovery, JWKS, the authorization code
+//! flow with PKCE, the local password connector, refresh tokens and userinfo, under the issuer's
+//! path (`/dex` by default).
+//!
+//! Invariants: codes are single-use and short-lived; ID tokens are RS256 and verified only
+//! against our own published keys; redirect URIs match exactly; every password check runs
+//! through the lockout gate; secrets, codes and tokens are stored only as digests.
+
+pub mod clients;
+mod error;
+mod flow;
+pub mod jwt;
+pub mod keys;
+pub mod lockout;
+mod pages;
+pub mod secret;
+mod tokens;
+pub mod users;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kfsec_store::Store;
+use kfsec_types::{Clock, Rng};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+
+pub use clients::{Client, ClientAuth, ClientRegistry};
+pub use error::{IdpError, OAuthError};
+pub use pages::{escape_html, page};
+pub use tokens::{Claims, TokenResponse, VerifyError};
+pub use users::{User, UserDirectory};
+
+use keys::KeyManager;
+use lockout::{Lockout, LockoutPolicy};
+
+/// The address a request came from, as the front door determined it (peer address, or the
+/// `X-Forwarded-For` entry of a trusted proxy). Inserted as a request extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientAddr(pub IpAddr);
+
+/// Refresh token lifetimes.
+#[derive(Debug, Clone)]
+pub struct RefreshPolicy {
+    /// How long a rotated-out token still answers with its successor.
+    pub reuse_interval: Duration,
+    /// Idle lifetime.
+    pub idle: Duration,
+    /// Absolute lifetime.
+    pub absolute: Duration,
+}
+
+/// Validated IdP settings.
+#[derive(Debug, Clone)]
+pub struct IdpSettings {
+    /// Issuer URL without a trailing slash, e.g. `https://kf.example.com/dex`.
+    pub issuer: String,
+    /// ID and access token lifetime.
+    pub id_token_ttl: Duration,
+    /// Signing key rotation period.
+    pub signing_key_rotation: Duration,
+    /// Authorization request lifetime.
+    pub auth_request_ttl: Duration,
+    /// Refresh token policy.
+    pub refresh: RefreshPolicy,
+    /// Skip the approval screen for every client.
+    pub skip_approval: bool,
+    /// Users from the config file.
+    pub static_users: Vec<User>,
+    /// Clients from the config file.
+    pub static_clients: Vec<Client>,
+    /// Built-in clients (the gatekeeper).
+    pub builtin_clients: Vec<Client>,
+    /// Brute-force protection.
+    pub lockout: LockoutPolicy,
+}
+
+impl IdpSettings {
+    /// The path part of the issuer (`/dex`), under which the IdP is mounted.
+    pub fn issuer_path(&self) -> String {
+        let rest = self.issuer.split_once("://").map_or(self.issuer.as_str(), |(_, r)| r);
+        rest.find('/')
+            .map_or_else(String::new, |i| rest[i..].trim_end_matches('/').to_owned())
+    }
+}
+
+/// Login metrics.
+#[derive(Clone, Default)]
+struct Metrics {
+    logins: Family<Vec<(String, String)>, Counter>,
+    lockouts: Counter,
+}
+
+/// The identity provider.
+pub struct Idp {
+    settings: IdpSettings,
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    rng: Arc<dyn Rng>,
+    keys: Arc<KeyManager>,
+    users: Arc<UserDirectory>,
+    clients: Arc<ClientRegistry>,
+    lockout: Lockout,
+    metrics: Metrics,
+}
+
+impl Idp {
+    /// Builds the IdP, loading or creating signing keys, and registers its metrics.
+    pub async fn new(
+        settings: IdpSettings,
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        rng: Arc<dyn Rng>,
+        registry: &mut Registry,
+    ) -> Result<Arc<Self>, IdpError> {
+        let keys = KeyManager::open(
+            store.clone(),
+            clock.clone(),
+            rng.clone(),
+            settings.signing_key_rotation,
+            settings.id_token_ttl,
+        )
+        .await?;
+        let users = Arc::new(UserDirectory::new(store.clone(), settings.static_users.clone())?);
+        let clients = Arc::new(ClientRegistry::new(
+            store.clone(),
+            settings.static_clients.clone(),
+            settings.builtin_clients.clone(),
+        ));
+        let lockout = Lockout::new(settings.lockout.clone(), clock.clone());
+        let metrics = Metrics::default();
+        registry.register("kfsec_logins", "Password logins by outcome", metrics.logins.clone());
+        registry.register(
+            "kfsec_lockouts",
+            "Lockouts started by failed logins",
+            metrics.lockouts.clone(),
+        );
+        Ok(Arc::new(Self {
+            settings,
+            store,
+            clock,
+            rng,
+            keys,
+            users,
+            clients,
+            lockout,
+            metrics,
+        }))
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &IdpSettings {
+        &self.settings
+    }
+    /// The user directory (admin commands).
+    pub fn users(&self) -> &Arc<UserDirectory> {
+        &self.users
+    }
+    /// The client registry (admin commands).
+    pub fn clients(&self) -> &Arc<ClientRegistry> {
+        &self.clients
+    }
+    /// The random source.
+    pub fn rng(&self) -> &dyn Rng {
+        self.rng.as_ref()
+    }
+    /// The signing keys.
+    pub fn keys(&self) -> &KeyManager {
+        &self.keys
+    }
+
+    /// Runs key rotation on schedule until the task is dropped.
+    pub fn spawn_rotation(self: &Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                if let Err(e) = me.keys.tick().await {
+                    tracing::warn!(error = %e, "signing key maintenance failed");
+                }
+            }
+        })
+    }
+}

@@ -1,0 +1,250 @@
+//! The local password database: static users from the config file plus users managed with
+//! `kfsec user …`, stored in the store.
+//!
+//! Invariants: passwords are stored only as bcrypt hashes (cost 12 for new ones); a login for an
+//! unknown email costs the same bcrypt work as for a known one; emails match case-insensitively.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use kfsec_store::{Store, StoreError};
+use kfsec_types::{Rng, random_array};
+use serde::{Deserialize, Serialize};
+
+use crate::IdpError;
+
+const PREFIX: &str = "/kfsec/idp/users/";
+/// bcrypt cost for new hashes (Dex recommends 12).
+pub const BCRYPT_COST: u32 = 12;
+
+/// A local user.
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct User {
+    /// Login email.
+    pub email: String,
+    /// User name (`preferred_username`, `name`).
+    pub username: String,
+    /// Stable id (basis of `sub`).
+    #[serde(rename = "userID")]
+    pub user_id: String,
+    /// bcrypt hash.
+    pub hash: String,
+    /// Groups.
+    #[serde(default)]
+    pub groups: Vec<String>,
+}
+
+impl std::fmt::Debug for User {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("User")
+            .field("email", &self.email)
+            .field("username", &self.username)
+            .field("user_id", &self.user_id)
+            .field("groups", &self.groups)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What `kfsec user list` shows.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct UserSummary {
+    /// Login email.
+    pub email: String,
+    /// User name.
+    pub username: String,
+    /// Stable id.
+    #[serde(rename = "userID")]
+    pub user_id: String,
+    /// Groups.
+    pub groups: Vec<String>,
+    /// `config` for static users, `store` for managed ones.
+    pub source: String,
+}
+
+/// Hashes a password with bcrypt at [`BCRYPT_COST`], refusing passwords bcrypt would truncate.
+pub fn hash_password(password: &str) -> Result<String, IdpError> {
+    validate_password(password)?;
+    bcrypt::non_truncating_hash(password, BCRYPT_COST).map_err(|e| IdpError::Invalid(e.to_string()))
+}
+
+/// Checks length rules: 8 to 72 bytes.
+pub fn validate_password(password: &str) -> Result<(), IdpError> {
+    if password.len() < 8 {
+        return Err(IdpError::Invalid("password must be at least 8 characters".into()));
+    }
+    if password.len() > 72 {
+        return Err(IdpError::Invalid(
+            "password must be at most 72 bytes (bcrypt's limit)".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn key(email: &str) -> String {
+    format!("{PREFIX}{}", email.to_ascii_lowercase())
+}
+
+/// Users: static ones from config, managed ones in the store.
+pub struct UserDirectory {
+    store: Arc<dyn Store>,
+    static_users: HashMap<String, User>,
+    dummy_hash: String,
+}
+
+impl UserDirectory {
+    /// A directory over `store` with `static_users` from the config file.
+    pub fn new(store: Arc<dyn Store>, static_users: Vec<User>) -> Result<Self, IdpError> {
+        let dummy_hash =
+            bcrypt::hash("kfsec-timing-equaliser", BCRYPT_COST).map_err(|e| IdpError::Internal(e.to_string()))?;
+        let static_users = static_users
+            .into_iter()
+            .map(|u| (u.email.to_ascii_lowercase(), u))
+            .collect();
+        Ok(Self {
+            store,
+            static_users,
+            dummy_hash,
+        })
+    }
+
+    /// Looks a user up by email.
+    pub async fn find(&self, email: &str) -> Result<Option<User>, IdpError> {
+        if let Some(u) = self.static_users.get(&email.to_ascii_lowercase()) {
+            return Ok(Some(u.clone()));
+        }
+        match self.store.get(&key(email)).await? {
+            Some(kv) => Ok(Some(serde_json::from_slice(&kv.value)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Verifies a password; `None` on any failure. bcrypt runs off the async threads.
+    pub async fn verify(&self, email: &str, password: &str) -> Result<Option<User>, IdpError> {
+        let user = self.find(email).await?;
+        let hash = user
+            .as_ref()
+            .map_or_else(|| self.dummy_hash.clone(), |u| u.hash.clone());
+        let password = zeroize::Zeroizing::new(password.to_owned());
+        let ok = tokio::task::spawn_blocking(move || bcrypt::verify(password.as_bytes(), &hash).unwrap_or(false))
+            .await
+            .map_err(|e| IdpError::Internal(e.to_string()))?;
+        Ok(user.filter(|_| ok))
+    }
+
+    /// Adds a managed user.
+    pub async fn add(
+        &self,
+        rng: &dyn Rng,
+        email: &str,
+        username: Option<String>,
+        groups: Vec<String>,
+        password: &str,
+    ) -> Result<UserSummary, IdpError> {
+        validate_email(email)?;
+        if self.static_users.contains_key(&email.to_ascii_lowercase()) {
+            return Err(IdpError::Conflict(format!(
+                "user {email} is defined in the config file"
+            )));
+        }
+        let hash = hash_blocking(password).await?;
+        let user = User {
+            email: email.to_owned(),
+            username: username.unwrap_or_else(|| email.split('@').next().unwrap_or(email).to_owned()),
+            user_id: random_array::<16>(rng).iter().map(|b| format!("{b:02x}")).collect(),
+            hash,
+            groups,
+        };
+        match self.store.create(&key(email), serde_json::to_vec(&user)?, None).await {
+            Ok(_) => Ok(summary(&user, "store")),
+            Err(StoreError::AlreadyExists(_)) => Err(IdpError::Conflict(format!("user {email} already exists"))),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Replaces a managed user's password.
+    pub async fn set_password(&self, email: &str, password: &str) -> Result<(), IdpError> {
+        if self.static_users.contains_key(&email.to_ascii_lowercase()) {
+            return Err(IdpError::Conflict(format!(
+                "user {email} is defined in the config file; change its hash there"
+            )));
+        }
+        let hash = hash_blocking(password).await?;
+        let kv = self
+            .store
+            .get(&key(email))
+            .await?
+            .ok_or_else(|| IdpError::NotFound(format!("user {email}")))?;
+        let mut user: User = serde_json::from_slice(&kv.value)?;
+        user.hash = hash;
+        self.store
+            .update(&key(email), serde_json::to_vec(&user)?, Some(kv.mod_revision), None)
+            .await?;
+        Ok(())
+    }
+
+    /// Deletes a managed user.
+    pub async fn delete(&self, email: &str) -> Result<(), IdpError> {
+        if self.static_users.contains_key(&email.to_ascii_lowercase()) {
+            return Err(IdpError::Conflict(format!(
+                "user {email} is defined in the config file"
+            )));
+        }
+        match self.store.delete(&key(email), None).await {
+            Ok(_) => Ok(()),
+            Err(StoreError::NotFound(_)) => Err(IdpError::NotFound(format!("user {email}"))),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// All users, static first.
+    pub async fn list(&self) -> Result<Vec<UserSummary>, IdpError> {
+        let mut out: Vec<UserSummary> = self.static_users.values().map(|u| summary(u, "config")).collect();
+        out.sort_by(|a, b| a.email.cmp(&b.email));
+        let mut after: Option<String> = None;
+        loop {
+            let page = self.store.list(PREFIX, 500, after.as_deref()).await?;
+            for kv in &page.items {
+                let u: User = serde_json::from_slice(&kv.value)?;
+                out.push(summary(&u, "store"));
+            }
+            match page.continue_key {
+                Some(k) => after = Some(k),
+                None => break,
+            }
+        }
+        Ok(out)
+    }
+}
+
+async fn hash_blocking(password: &str) -> Result<String, IdpError> {
+    let password = zeroize::Zeroizing::new(password.to_owned());
+    tokio::task::spawn_blocking(move || hash_password(&password))
+        .await
+        .map_err(|e| IdpError::Internal(e.to_string()))?
+}
+
+fn summary(u: &User, source: &str) -> UserSummary {
+    UserSummary {
+        email: u.email.clone(),
+        username: u.username.clone(),
+        user_id: u.user_id.clone(),
+        groups: u.groups.clone(),
+        source: source.into(),
+    }
+}
+
+/// A light check that `email` looks like an address and is safe as a store key.
+pub fn validate_email(email: &str) -> Result<(), IdpError> {
+    let ok = email.len() <= 254
+        && email
+            .split_once('@')
+            .is_some_and(|(l, d)| !l.is_empty() && !d.is_empty())
+        && !email.chars().any(|c| c.is_control() || c.is_whitespace() || c == '/');
+    if ok {
+        Ok(())
+    } else {
+        Err(IdpError::Invalid(format!("{email:?} is not a valid email address")))
+    }
+}

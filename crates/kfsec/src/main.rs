@@ -1,0 +1,305 @@
+//! The `kfsec` binary: `serve` and the admin commands.
+//!
+//! Invariants: the process-wide crypto provider (aws-lc-rs) is installed before anything else;
+//! passwords are read from stdin (asked twice, without echo, at a terminal) and never accepted
+//! as arguments; admin commands talk to a running server over its socket instead of opening the
+//! store it holds.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use kfsec_server::admin::{self, AdminRequest, AdminResponse};
+use kfsec_server::config::{self, Overrides, ProcessEnv};
+
+#[derive(Parser)]
+#[command(
+    name = "kfsec",
+    version,
+    about = "The security plane of a multi-tenant Kubeflow-style ML platform"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Args, Clone)]
+struct Common {
+    /// Configuration file (YAML, apiVersion: kfsec/v1).
+    #[arg(long, env = "KFSEC_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    /// Data directory [default: ./kfsec-data].
+    #[arg(long, env = "KFSEC_DATA_DIR", global = true)]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the server.
+    Serve {
+        #[command(flatten)]
+        common: Common,
+        /// Front-door listen address [default: 0.0.0.0:8443].
+        #[arg(long, env = "KFSEC_HTTPS_ADDR")]
+        https_addr: Option<String>,
+        /// Admin (metrics, health) listen address [default: 127.0.0.1:9090].
+        #[arg(long, env = "KFSEC_ADMIN_ADDR")]
+        admin_addr: Option<String>,
+    },
+    /// Manage local users.
+    User {
+        #[command(subcommand)]
+        cmd: UserCmd,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Manage OAuth2 clients.
+    Client {
+        #[command(subcommand)]
+        cmd: ClientCmd,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Print a bcrypt hash (cost 12) of a password read from stdin, for a Dex-style config.
+    HashPassword,
+}
+
+#[derive(Subcommand)]
+enum UserCmd {
+    /// Add a user; the password is read from stdin.
+    Add {
+        /// Login email.
+        email: String,
+        /// User name [default: the email's local part].
+        #[arg(long)]
+        username: Option<String>,
+        /// Group (repeatable).
+        #[arg(long = "group")]
+        groups: Vec<String>,
+    },
+    /// Change a user's password (read from stdin).
+    Passwd {
+        /// Login email.
+        email: String,
+    },
+    /// List users.
+    List,
+    /// Delete a user.
+    Delete {
+        /// Login email.
+        email: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClientCmd {
+    /// Register a client; prints its generated secret once.
+    Add {
+        /// Client id.
+        id: String,
+        /// Exact redirect URI (repeatable).
+        #[arg(long = "redirect-uri", required = true)]
+        redirect_uris: Vec<String>,
+        /// Display name.
+        #[arg(long)]
+        name: Option<String>,
+        /// A public client (no secret; PKCE).
+        #[arg(long)]
+        public: bool,
+    },
+    /// List clients.
+    List,
+    /// Delete a client.
+    Delete {
+        /// Client id.
+        id: String,
+    },
+}
+
+fn read_password(confirm: bool) -> Result<String> {
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        let p = rpassword::prompt_password("Password: ")?;
+        if confirm {
+            let again = rpassword::prompt_password("Repeat password: ")?;
+            if p != again {
+                bail!("the passwords do not match");
+            }
+        }
+        return Ok(p);
+    }
+    let mut line = String::new();
+    stdin.lock().read_line(&mut line)?;
+    let p = line.trim_end_matches(['\n', '\r']).to_owned();
+    if p.is_empty() {
+        bail!("no password on stdin");
+    }
+    Ok(p)
+}
+
+fn init_logging(level: Option<&str>, json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KFSEC_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level.unwrap_or("info")));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        b.json().flatten_event(true).init();
+    } else {
+        b.init();
+    }
+}
+
+async fn serve(common: Common, https_addr: Option<String>, admin_addr: Option<String>) -> Result<()> {
+    let overrides = Overrides {
+        data_dir: common.data_dir,
+        https_addr,
+        admin_addr,
+    };
+    let cfg = config::load(common.config.as_deref(), &overrides, &ProcessEnv)?;
+    init_logging(cfg.log_level.as_deref(), cfg.log_format.as_deref() == Some("json"));
+    let running = kfsec_server::start(cfg).await?;
+    if let Some(p) = &running.bootstrap_password {
+        // Printed once, to the terminal only; the store keeps a bcrypt hash.
+        let mut out = std::io::stdout().lock();
+        writeln!(
+            out,
+            "\nFirst start: created the admin account.\n  login:    {}\n  password: {p}\nThis password is shown only now.\n",
+            kfsec_server::BOOTSTRAP_ADMIN
+        )?;
+        out.flush()?;
+    }
+    println!(
+        "kfsec ready: {} (front door https://{}, admin http://{})",
+        running.public_url, running.https_addr, running.admin_addr
+    );
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+    running.shutdown().await;
+    Ok(())
+}
+
+async fn admin_call(common: &Common, req: AdminRequest) -> Result<AdminResponse> {
+    let cfg = config::load(
+        common.config.as_deref(),
+        &Overrides {
+            data_dir: common.data_dir.clone(),
+            ..Default::default()
+        },
+        &ProcessEnv,
+    )?;
+    if let Some(resp) = admin::call(&cfg.data_dir, &req)
+        .await
+        .context("contacting the running server")?
+    {
+        return Ok(resp);
+    }
+    let dir = kfsec_server::DataDir(cfg.data_dir.clone());
+    dir.create()?;
+    let store = kfsec_server::open_store(&dir, Arc::new(kfsec_types::SystemClock))
+        .context("opening the store (is a server running without its admin socket?)")?;
+    Ok(kfsec_server::admin_ops(store, &cfg)?.execute(req).await)
+}
+
+fn print(resp: AdminResponse) -> Result<()> {
+    match resp {
+        AdminResponse::Ok => println!("ok"),
+        AdminResponse::User(u) => println!("added {} (userID {})", u.email, u.user_id),
+        AdminResponse::Users { items } => {
+            println!("{:<36} {:<20} {:<10} GROUPS", "EMAIL", "USERNAME", "SOURCE");
+            for u in items {
+                println!(
+                    "{:<36} {:<20} {:<10} {}",
+                    u.email,
+                    u.username,
+                    u.source,
+                    u.groups.join(",")
+                );
+            }
+        }
+        AdminResponse::Client(c) => match c.secret {
+            Some(s) => println!(
+                "client {}\nsecret {s}\nThe secret is shown only now; only its salted SHA-256 is stored.",
+                c.id
+            ),
+            None => println!("client {} (public)", c.id),
+        },
+        AdminResponse::Clients { items } => {
+            println!("{:<32} {:<8} {:<8} REDIRECT URIS", "ID", "PUBLIC", "SOURCE");
+            for c in items {
+                println!(
+                    "{:<32} {:<8} {:<8} {}",
+                    c.id,
+                    c.public,
+                    c.source,
+                    c.redirect_uris.join(" ")
+                );
+            }
+        }
+        AdminResponse::Error { message } => bail!(message),
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Serve {
+            common,
+            https_addr,
+            admin_addr,
+        } => serve(common, https_addr, admin_addr).await,
+        Cmd::HashPassword => {
+            let p = read_password(true)?;
+            println!("{}", kfsec_idp::users::hash_password(&p)?);
+            Ok(())
+        }
+        Cmd::User { cmd, common } => {
+            let req = match cmd {
+                UserCmd::Add {
+                    email,
+                    username,
+                    groups,
+                } => AdminRequest::UserAdd {
+                    email,
+                    username,
+                    groups,
+                    password: read_password(true)?,
+                },
+                UserCmd::Passwd { email } => AdminRequest::UserPasswd {
+                    email,
+                    password: read_password(true)?,
+                },
+                UserCmd::List => AdminRequest::UserList,
+                UserCmd::Delete { email } => AdminRequest::UserDelete { email },
+            };
+            print(admin_call(&common, req).await?)
+        }
+        Cmd::Client { cmd, common } => {
+            let req = match cmd {
+                ClientCmd::Add {
+                    id,
+                    redirect_uris,
+                    name,
+                    public,
+                } => AdminRequest::ClientAdd {
+                    id,
+                    name,
+                    redirect_uris,
+                    public,
+                },
+                ClientCmd::List => AdminRequest::ClientList,
+                ClientCmd::Delete { id } => AdminRequest::ClientDelete { id },
+            };
+            print(admin_call(&common, req).await?)
+        }
+    }
+}

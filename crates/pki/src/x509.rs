@@ -1,0 +1,72 @@
+//! Reading certificate facts (validity, serial, names) with x509-parser, and converting between
+//! [`UnixTime`] and the ASN.1 times rcgen writes.
+//!
+//! Invariant: read-only; nothing here trusts a certificate, it only describes one.
+
+use kfsec_types::UnixTime;
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
+use x509_parser::prelude::{FromDer, X509Certificate};
+use x509_parser::time::ASN1Time;
+
+use crate::error::PkiError;
+
+/// Facts about one certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertInfo {
+    /// Start of validity.
+    pub not_before: UnixTime,
+    /// End of validity.
+    pub not_after: UnixTime,
+    /// Serial number, lowercase hex, no separators.
+    pub serial_hex: String,
+    /// Subject distinguished name (RFC 4514-ish text).
+    pub subject: String,
+    /// Issuer distinguished name.
+    pub issuer: String,
+}
+
+/// Describes the first certificate in a PEM bundle.
+pub fn parse_cert_pem(pem: &str) -> Result<CertInfo, PkiError> {
+    let der = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .next()
+        .ok_or(PkiError::NoCertificate("PEM bundle"))?
+        .map_err(|e| PkiError::pem("certificate", e))?;
+    parse_cert_der(&der)
+}
+
+pub(crate) fn parse_x509(der: &[u8]) -> Result<X509Certificate<'_>, PkiError> {
+    let (rest, cert) = X509Certificate::from_der(der).map_err(|e| PkiError::X509(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(PkiError::X509("trailing data after certificate".into()));
+    }
+    Ok(cert)
+}
+
+pub(crate) fn parse_cert_der(der: &[u8]) -> Result<CertInfo, PkiError> {
+    let cert = parse_x509(der)?;
+    let validity = cert.validity();
+    Ok(CertInfo {
+        not_before: asn1_to_unix(&validity.not_before),
+        not_after: asn1_to_unix(&validity.not_after),
+        serial_hex: cert
+            .raw_serial()
+            .iter()
+            .skip_while(|&&b| b == 0)
+            .map(|b| format!("{b:02x}"))
+            .collect(),
+        subject: cert.subject().to_string(),
+        issuer: cert.issuer().to_string(),
+    })
+}
+
+/// Certificate times before the epoch are clamped to it.
+pub(crate) fn asn1_to_unix(t: &ASN1Time) -> UnixTime {
+    UnixTime::from_secs(u64::try_from(t.timestamp()).unwrap_or(0))
+}
+
+/// The ASN.1 time rcgen expects for `t` (second precision).
+pub(crate) fn unix_to_asn1(t: UnixTime) -> Result<ASN1Time, PkiError> {
+    let secs = i64::try_from(t.as_secs()).map_err(|_| PkiError::InvalidRequest("time out of range".into()))?;
+    ASN1Time::from_timestamp(secs).map_err(|e| PkiError::InvalidRequest(format!("time: {e}")))
+}

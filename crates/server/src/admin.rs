@@ -1,0 +1,250 @@
+//! Admin operations (users, clients) shared by the running server and the CLI.
+//!
+//! While the server runs it holds the store file, so the CLI sends its request over a Unix
+//! socket in the data directory (`admin.sock`, mode 0600, owner only) and the server runs the
+//! same [`AdminOps::execute`] it would run directly. Invariants: passwords travel only over that
+//! socket and are hashed before storage; generated client secrets are returned once.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use kfsec_idp::clients::{ClientSummary, NewClient};
+use kfsec_idp::users::UserSummary;
+use kfsec_idp::{ClientRegistry, IdpError, UserDirectory};
+use kfsec_types::Rng;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+
+/// One admin request.
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "camelCase")]
+pub enum AdminRequest {
+    /// Add a user.
+    UserAdd {
+        /// Email.
+        email: String,
+        /// User name.
+        username: Option<String>,
+        /// Groups.
+        groups: Vec<String>,
+        /// Password (hashed by the server).
+        password: String,
+    },
+    /// Change a password.
+    UserPasswd {
+        /// Email.
+        email: String,
+        /// New password.
+        password: String,
+    },
+    /// List users.
+    UserList,
+    /// Delete a user.
+    UserDelete {
+        /// Email.
+        email: String,
+    },
+    /// Register a client.
+    ClientAdd {
+        /// Client id.
+        id: String,
+        /// Name.
+        name: Option<String>,
+        /// Redirect URIs.
+        redirect_uris: Vec<String>,
+        /// Public client.
+        public: bool,
+    },
+    /// List clients.
+    ClientList,
+    /// Delete a client.
+    ClientDelete {
+        /// Client id.
+        id: String,
+    },
+}
+
+impl std::fmt::Debug for AdminRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::UserAdd { .. } => "UserAdd",
+            Self::UserPasswd { .. } => "UserPasswd",
+            Self::UserList => "UserList",
+            Self::UserDelete { .. } => "UserDelete",
+            Self::ClientAdd { .. } => "ClientAdd",
+            Self::ClientList => "ClientList",
+            Self::ClientDelete { .. } => "ClientDelete",
+        })
+    }
+}
+
+/// The answer.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "camelCase")]
+pub enum AdminResponse {
+    /// Done.
+    Ok,
+    /// A user.
+    User(UserSummary),
+    /// Users.
+    Users {
+        /// Items.
+        items: Vec<UserSummary>,
+    },
+    /// A new client with its one-time secret.
+    Client(NewClientView),
+    /// Clients.
+    Clients {
+        /// Items.
+        items: Vec<ClientSummary>,
+    },
+    /// Failed.
+    Error {
+        /// Message.
+        message: String,
+    },
+}
+
+/// Serializable mirror of [`NewClient`].
+#[derive(Debug, Serialize, Deserialize)]
+pub struct NewClientView {
+    /// Id.
+    pub id: String,
+    /// Secret, shown once.
+    pub secret: Option<String>,
+}
+
+impl From<NewClient> for NewClientView {
+    fn from(c: NewClient) -> Self {
+        Self {
+            id: c.id,
+            secret: c.secret,
+        }
+    }
+}
+
+/// Users and clients management.
+pub struct AdminOps {
+    /// Users.
+    pub users: Arc<UserDirectory>,
+    /// Clients.
+    pub clients: Arc<ClientRegistry>,
+    /// Randomness.
+    pub rng: Arc<dyn Rng>,
+}
+
+impl AdminOps {
+    /// Runs one request.
+    pub async fn execute(&self, req: AdminRequest) -> AdminResponse {
+        let r: Result<AdminResponse, IdpError> = async {
+            Ok(match req {
+                AdminRequest::UserAdd {
+                    email,
+                    username,
+                    groups,
+                    password,
+                } => AdminResponse::User(
+                    self.users
+                        .add(self.rng.as_ref(), &email, username, groups, &password)
+                        .await?,
+                ),
+                AdminRequest::UserPasswd { email, password } => {
+                    self.users.set_password(&email, &password).await?;
+                    AdminResponse::Ok
+                }
+                AdminRequest::UserList => AdminResponse::Users {
+                    items: self.users.list().await?,
+                },
+                AdminRequest::UserDelete { email } => {
+                    self.users.delete(&email).await?;
+                    AdminResponse::Ok
+                }
+                AdminRequest::ClientAdd {
+                    id,
+                    name,
+                    redirect_uris,
+                    public,
+                } => AdminResponse::Client(
+                    self.clients
+                        .add(self.rng.as_ref(), &id, name, redirect_uris, public)
+                        .await?
+                        .into(),
+                ),
+                AdminRequest::ClientList => AdminResponse::Clients {
+                    items: self.clients.list().await?,
+                },
+                AdminRequest::ClientDelete { id } => {
+                    self.clients.delete(&id).await?;
+                    AdminResponse::Ok
+                }
+            })
+        }
+        .await;
+        r.unwrap_or_else(|e| AdminResponse::Error { message: e.to_string() })
+    }
+}
+
+/// The socket path inside a data directory.
+pub fn socket_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("admin.sock")
+}
+
+/// Serves admin requests on the data directory's socket until the task is dropped.
+pub fn serve(data_dir: &Path, ops: Arc<AdminOps>) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = socket_path(data_dir);
+    let _ = std::fs::remove_file(&path);
+    let listener = UnixListener::bind(&path)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let ops = ops.clone();
+            tokio::spawn(async move {
+                let (r, mut w) = stream.into_split();
+                let mut line = String::new();
+                let mut reader = BufReader::new(r).take(1024 * 1024);
+                if reader.read_line(&mut line).await.is_err() {
+                    return;
+                }
+                let resp = match serde_json::from_str::<AdminRequest>(&line) {
+                    Ok(req) => ops.execute(req).await,
+                    Err(e) => AdminResponse::Error {
+                        message: format!("bad request: {e}"),
+                    },
+                };
+                let mut out = serde_json::to_vec(&resp).unwrap_or_default();
+                out.push(b'\n');
+                let _ = w.write_all(&out).await;
+            });
+        }
+    }))
+}
+
+/// Sends one request to a running server. `Ok(None)` if no server listens.
+pub async fn call(data_dir: &Path, req: &AdminRequest) -> std::io::Result<Option<AdminResponse>> {
+    let stream = match UnixStream::connect(socket_path(data_dir)).await {
+        Ok(s) => s,
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            return Ok(None);
+        }
+        Err(e) => return Err(e),
+    };
+    let (r, mut w) = stream.into_split();
+    let mut body = serde_json::to_vec(req)?;
+    body.push(b'\n');
+    w.write_all(&body).await?;
+    let mut line = String::new();
+    BufReader::new(r).read_line(&mut line).await?;
+    Ok(Some(serde_json::from_str(&line)?))
+}
+
+use tokio::io::AsyncReadExt as _;

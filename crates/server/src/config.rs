@@ -1,0 +1,470 @@
+//! Configuration: the YAML file (`apiVersion: kfsec/v1`, Dex sections accepted), environment
+//! references and command-line overrides, validated once into an immutable [`Config`].
+//!
+//! Invariants: unknown fields are errors naming their path; secrets given by environment
+//! variable are resolved here and never logged; no setting defaults to a password.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::HeaderName;
+use kfsec_gateway::Route;
+use kfsec_idp::lockout::LockoutPolicy;
+use kfsec_idp::{Client, ClientAuth, RefreshPolicy, User};
+use kfsec_types::config::ConfigFile;
+
+/// Configuration errors, each naming what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// File unreadable.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// YAML syntax.
+    #[error("{path}: {message}")]
+    Syntax {
+        /// The file.
+        path: PathBuf,
+        /// Parser message.
+        message: String,
+    },
+    /// Schema violation with the field's path.
+    #[error("{path}: {field}: {message}")]
+    Field {
+        /// The file.
+        path: PathBuf,
+        /// Dotted path of the field, e.g. `staticClients[0].secrett`.
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A semantic problem.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// Access to environment variables (a trait so tests never touch the process environment).
+pub trait Env {
+    /// The value of `name`.
+    fn var(&self, name: &str) -> Option<String>;
+}
+
+/// The real process environment.
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+}
+
+/// Command-line overrides (flags win over the file).
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    /// `--data-dir`.
+    pub data_dir: Option<PathBuf>,
+    /// `--https-addr`.
+    pub https_addr: Option<String>,
+    /// `--admin-addr`.
+    pub admin_addr: Option<String>,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Front-door address.
+    pub https_addr: SocketAddr,
+    /// Admin address.
+    pub admin_addr: SocketAddr,
+    /// Public URL (None: derived from the bound address).
+    pub public_url: Option<url::Url>,
+    /// Issuer (None: `<publicURL>/dex`).
+    pub issuer: Option<String>,
+    /// Users from the file.
+    pub static_users: Vec<User>,
+    /// Clients from the file.
+    pub static_clients: Vec<Client>,
+    /// Skip approval.
+    pub skip_approval: bool,
+    /// ID token lifetime.
+    pub id_token_ttl: Duration,
+    /// Signing key rotation.
+    pub signing_key_rotation: Duration,
+    /// Auth request lifetime.
+    pub auth_request_ttl: Duration,
+    /// Refresh policy.
+    pub refresh: RefreshPolicy,
+    /// Lockout policy.
+    pub lockout: LockoutPolicy,
+    /// Routes.
+    pub routes: Vec<Route>,
+    /// Session lifetime.
+    pub session_ttl: Duration,
+    /// Cookie name.
+    pub cookie_name: String,
+    /// User id header.
+    pub user_id_header: HeaderName,
+    /// User id prefix.
+    pub user_id_prefix: String,
+    /// Groups header.
+    pub groups_header: HeaderName,
+    /// User-supplied certificate and key.
+    pub tls_files: Option<(PathBuf, PathBuf)>,
+    /// Trusted proxies.
+    pub trusted_proxies: Vec<IpAddr>,
+    /// Log level.
+    pub log_level: Option<String>,
+    /// Log format.
+    pub log_format: Option<String>,
+}
+
+/// Parses the YAML text of a config file into its data model.
+pub fn parse(path: &Path, text: &str) -> Result<ConfigFile, ConfigError> {
+    let value: serde_json::Value = if text.trim().is_empty() {
+        serde_json::Value::Object(serde_json::Map::new())
+    } else {
+        serde_saphyr::from_str(text).map_err(|e| ConfigError::Syntax {
+            path: path.into(),
+            message: e.to_string(),
+        })?
+    };
+    serde_path_to_error::deserialize(value).map_err(|e| ConfigError::Field {
+        path: path.into(),
+        field: e.path().to_string(),
+        message: e.inner().to_string(),
+    })
+}
+
+fn addr(s: &str, what: &str) -> Result<SocketAddr, ConfigError> {
+    s.parse()
+        .map_err(|_| ConfigError::Invalid(format!("{what} {s:?} is not an address like 0.0.0.0:8443")))
+}
+
+fn header(s: &str, what: &str) -> Result<HeaderName, ConfigError> {
+    HeaderName::from_bytes(s.as_bytes())
+        .map_err(|_| ConfigError::Invalid(format!("{what} {s:?} is not a valid header name")))
+}
+
+/// Loads and validates. `path` None means no file (all defaults).
+pub fn load(path: Option<&Path>, overrides: &Overrides, env: &dyn Env) -> Result<Config, ConfigError> {
+    let file = match path {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read { path: p.into(), source })?;
+            parse(p, &text)?
+        }
+        None => ConfigFile::default(),
+    };
+    validate(file, overrides, env)
+}
+
+/// Turns the data model into a validated [`Config`].
+pub fn validate(f: ConfigFile, o: &Overrides, env: &dyn Env) -> Result<Config, ConfigError> {
+    if let Some(v) = &f.api_version
+        && v != "kfsec/v1"
+    {
+        return Err(ConfigError::Invalid(format!("apiVersion must be kfsec/v1, not {v:?}")));
+    }
+    if f.enable_password_db == Some(false) {
+        return Err(ConfigError::Invalid(
+            "enablePasswordDB: false is not supported (the local connector is kfsec's only one)".into(),
+        ));
+    }
+    let data_dir = o
+        .data_dir
+        .clone()
+        .or_else(|| f.data_dir.as_ref().map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("./kfsec-data"));
+    let https_addr = addr(
+        o.https_addr
+            .as_deref()
+            .or(f.https_addr.as_deref())
+            .unwrap_or("0.0.0.0:8443"),
+        "httpsAddr",
+    )?;
+    let admin_addr = addr(
+        o.admin_addr
+            .as_deref()
+            .or(f.admin_addr.as_deref())
+            .unwrap_or("127.0.0.1:9090"),
+        "adminAddr",
+    )?;
+    let public_url = f
+        .public_url
+        .as_deref()
+        .map(|u| {
+            let url = url::Url::parse(u).map_err(|e| ConfigError::Invalid(format!("publicURL {u:?}: {e}")))?;
+            if url.scheme() != "https" && url.scheme() != "http" {
+                return Err(ConfigError::Invalid(format!("publicURL {u:?} must be an https URL")));
+            }
+            Ok(url)
+        })
+        .transpose()?;
+    if let Some(iss) = &f.issuer {
+        url::Url::parse(iss).map_err(|e| ConfigError::Invalid(format!("issuer {iss:?}: {e}")))?;
+    }
+
+    let mut static_users = Vec::new();
+    for (i, p) in f.static_passwords.iter().enumerate() {
+        let hash = match (&p.hash, &p.hash_from_env) {
+            (Some(h), None) => h.clone(),
+            (None, Some(var)) => env.var(var).ok_or_else(|| {
+                ConfigError::Invalid(format!(
+                    "staticPasswords[{i}].hashFromEnv: environment variable {var} is not set"
+                ))
+            })?,
+            _ => {
+                return Err(ConfigError::Invalid(format!(
+                    "staticPasswords[{i}]: exactly one of hash and hashFromEnv is required"
+                )));
+            }
+        };
+        let hash = hash.trim().to_owned();
+        if !(hash.starts_with("$2a$") || hash.starts_with("$2b$") || hash.starts_with("$2y$"))
+            || bcrypt::verify("", &hash).is_err()
+        {
+            return Err(ConfigError::Invalid(format!(
+                "staticPasswords[{i}] ({}): hash is not a bcrypt hash",
+                p.email
+            )));
+        }
+        kfsec_idp::users::validate_email(&p.email)
+            .map_err(|e| ConfigError::Invalid(format!("staticPasswords[{i}]: {e}")))?;
+        static_users.push(User {
+            email: p.email.clone(),
+            username: p.username.clone().unwrap_or_else(|| p.email.clone()),
+            user_id: p.user_id.clone().unwrap_or_else(|| p.email.clone()),
+            hash,
+            groups: p.groups.clone(),
+        });
+    }
+
+    let mut static_clients = Vec::new();
+    for (i, c) in f.static_clients.iter().enumerate() {
+        let resolve = |v: &Option<String>, e: &Option<String>, what: &str| -> Result<Option<String>, ConfigError> {
+            match (v, e) {
+                (Some(v), None) => Ok(Some(v.clone())),
+                (None, Some(var)) => env.var(var).map(Some).ok_or_else(|| {
+                    ConfigError::Invalid(format!(
+                        "staticClients[{i}].{what}Env: environment variable {var} is not set"
+                    ))
+                }),
+                (None, None) => Ok(None),
+                (Some(_), Some(_)) => Err(ConfigError::Invalid(format!(
+                    "staticClients[{i}]: give {what} or {what}Env, not both"
+                ))),
+            }
+        };
+        let id = resolve(&c.id, &c.id_env, "id")?
+            .ok_or_else(|| ConfigError::Invalid(format!("staticClients[{i}]: id is required")))?;
+        let secret = resolve(&c.secret, &c.secret_env, "secret")?;
+        let auth = match (c.public, secret) {
+            (true, _) => ClientAuth::Public,
+            (false, Some(s)) if !s.is_empty() => ClientAuth::Static(s),
+            (false, _) => {
+                return Err(ConfigError::Invalid(format!(
+                    "staticClients[{i}] ({id}): a secret is required unless public: true"
+                )));
+            }
+        };
+        static_clients.push(Client {
+            name: c.name.clone().unwrap_or_else(|| id.clone()),
+            id,
+            redirect_uris: c.redirect_uris.clone(),
+            auth,
+        });
+    }
+
+    let mut routes = Vec::new();
+    for r in &f.routes {
+        let route = Route::new(&r.prefix, &r.upstream, r.public, r.rewrite_prefix.clone())
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        for reserved in ["/dex", "/authservice"] {
+            if route.prefix.starts_with(reserved)
+                || (reserved.starts_with(route.prefix.trim_end_matches('/')) && route.prefix != "/")
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "route prefix {} overlaps kfsec's own {reserved}",
+                    route.prefix
+                )));
+            }
+        }
+        routes.push(route);
+    }
+
+    let tls_files = match &f.tls {
+        Some(t) => match (&t.cert_file, &t.key_file) {
+            (Some(c), Some(k)) => Some((PathBuf::from(c), PathBuf::from(k))),
+            (None, None) => None,
+            _ => return Err(ConfigError::Invalid("tls: certFile and keyFile go together".into())),
+        },
+        None => None,
+    };
+    let trusted_proxies = f
+        .trusted_proxies
+        .iter()
+        .map(|p| {
+            p.parse()
+                .map_err(|_| ConfigError::Invalid(format!("trustedProxies: {p:?} is not an IP address")))
+        })
+        .collect::<Result<_, _>>()?;
+
+    let hours = |h: u64| Duration::from_secs(h * 3600);
+    let e = &f.expiry;
+    let lp = &f.login_protection;
+    let defaults = LockoutPolicy::default();
+    let session_ttl = f.session.ttl.unwrap_or(hours(24));
+    if session_ttl < Duration::from_secs(60) {
+        return Err(ConfigError::Invalid("session.ttl must be at least 1m".into()));
+    }
+    Ok(Config {
+        data_dir,
+        https_addr,
+        admin_addr,
+        public_url,
+        issuer: f.issuer.map(|i| i.trim_end_matches('/').to_owned()),
+        static_users,
+        static_clients,
+        skip_approval: f.oauth2.skip_approval_screen,
+        id_token_ttl: e.id_tokens.unwrap_or(hours(24)),
+        signing_key_rotation: e.signing_keys.unwrap_or(hours(6)),
+        auth_request_ttl: e.auth_requests.unwrap_or(Duration::from_secs(1800)),
+        refresh: RefreshPolicy {
+            reuse_interval: e.refresh_tokens.reuse_interval.unwrap_or(Duration::from_secs(3)),
+            idle: e.refresh_tokens.valid_if_not_used_for.unwrap_or(hours(24 * 90)),
+            absolute: e.refresh_tokens.absolute_lifetime.unwrap_or(hours(24 * 165)),
+        },
+        lockout: LockoutPolicy {
+            per_account: lp.max_failures_per_account.unwrap_or(defaults.per_account).max(1),
+            per_address: lp.max_failures_per_address.unwrap_or(defaults.per_address).max(1),
+            window: lp.window.unwrap_or(defaults.window),
+            lockout: lp.lockout.unwrap_or(defaults.lockout),
+        },
+        routes,
+        session_ttl,
+        cookie_name: f.session.cookie_name.unwrap_or_else(|| "authservice_session".into()),
+        user_id_header: header(f.user_id_header.as_deref().unwrap_or("kubeflow-userid"), "userIdHeader")?,
+        user_id_prefix: f.user_id_prefix.unwrap_or_default(),
+        groups_header: header(f.groups_header.as_deref().unwrap_or("kubeflow-groups"), "groupsHeader")?,
+        tls_files,
+        trusted_proxies,
+        log_level: f.logger.as_ref().and_then(|l| l.level.clone()),
+        log_format: f.logger.and_then(|l| l.format),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    struct MapEnv(Vec<(&'static str, &'static str)>);
+    impl Env for MapEnv {
+        fn var(&self, name: &str) -> Option<String> {
+            self.0.iter().find(|(k, _)| *k == name).map(|(_, v)| (*v).to_owned())
+        }
+    }
+
+    const DEX: &str = r#"
+apiVersion: kfsec/v1
+issuer: http://dex.auth.svc.cluster.local:5556/dex
+enablePasswordDB: true
+oauth2:
+  skipApprovalScreen: true
+staticPasswords:
+- email: user@example.com
+  hashFromEnv: DEX_USER_PASSWORD
+  username: user
+  userID: "15841185641784"
+staticClients:
+- idEnv: OIDC_CLIENT_ID
+  secretEnv: OIDC_CLIENT_SECRET
+  name: 'Dex Login Application'
+  redirectURIs:
+  - /oauth2/callback
+expiry:
+  idTokens: 1h
+  refreshTokens:
+    reuseInterval: 5s
+routes:
+- prefix: /jupyter/
+  upstream: http://127.0.0.1:8888
+  rewritePrefix: /
+"#;
+
+    #[test]
+    fn accepts_dex_sections_and_resolves_env() {
+        let env = MapEnv(vec![
+            (
+                "DEX_USER_PASSWORD",
+                "$2y$12$4K/VkmDd1q1Orb3xAt82zu8gk7Ad6ReFR4LCP9UeYE90NLiN9Df72",
+            ),
+            ("OIDC_CLIENT_ID", "kubeflow-oidc-authservice"),
+            ("OIDC_CLIENT_SECRET", "pUBnBOY80SnXgjibTYM9ZWNzY2xreNGQok"),
+        ]);
+        let f = parse(Path::new("t.yaml"), DEX).unwrap();
+        let c = validate(f, &Overrides::default(), &env).unwrap();
+        assert_eq!(c.static_users[0].user_id, "15841185641784");
+        assert_eq!(c.static_clients[0].id, "kubeflow-oidc-authservice");
+        assert_eq!(c.id_token_ttl, Duration::from_secs(3600));
+        assert_eq!(c.refresh.reuse_interval, Duration::from_secs(5));
+        assert!(c.skip_approval);
+        assert_eq!(c.cookie_name, "authservice_session");
+        assert_eq!(c.https_addr.to_string(), "0.0.0.0:8443");
+        // missing env var is a clear error
+        let f = parse(Path::new("t.yaml"), DEX).unwrap();
+        let err = validate(f, &Overrides::default(), &MapEnv(vec![]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("DEX_USER_PASSWORD"), "{err}");
+    }
+
+    #[test]
+    fn unknown_fields_name_their_path() {
+        let err = parse(Path::new("c.yaml"), "staticClients:\n- id: a\n  secrett: x\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("staticClients[0]") && err.contains("secrett"), "{err}");
+        let err = parse(Path::new("c.yaml"), "session:\n  cookiename: x\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("session") && err.contains("cookiename"), "{err}");
+        let err = parse(Path::new("c.yaml"), "expiry:\n  idTokens: 10 parsecs\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("expiry.idTokens"), "{err}");
+    }
+
+    #[test]
+    fn flags_override_file() {
+        let f = parse(Path::new("c.yaml"), "httpsAddr: 0.0.0.0:1\ndataDir: /x\n").unwrap();
+        let o = Overrides {
+            https_addr: Some("127.0.0.1:2".into()),
+            ..Default::default()
+        };
+        let c = validate(f, &o, &MapEnv(vec![])).unwrap();
+        assert_eq!(c.https_addr.to_string(), "127.0.0.1:2");
+        assert_eq!(c.data_dir, PathBuf::from("/x"));
+    }
+
+    #[test]
+    fn rejects_bad_values() {
+        for bad in [
+            "apiVersion: v2\n",
+            "staticPasswords:\n- email: a@b.c\n  hash: plaintext\n",
+            "staticClients:\n- id: a\n  redirectURIs: [/cb]\n",
+            "routes:\n- prefix: /dex/x\n  upstream: http://h\n",
+            "routes:\n- prefix: /x\n  upstream: ftp://h\n",
+            "tls:\n  certFile: a\n",
+        ] {
+            let f = parse(Path::new("c.yaml"), bad).unwrap();
+            assert!(validate(f, &Overrides::default(), &MapEnv(vec![])).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,358 @@
+//! Composition: configuration → data directory (CA, certificates, store) → components (IdP,
+//! gateway) → listeners → graceful shutdown.
+//!
+//! Invariants: the data directory is private (0700, keys 0600); the bootstrap password exists
+//! only once, in the return value of the first start, and is stored as a bcrypt hash; readiness
+//! is reported only after every listener is accepting.
+
+pub mod admin;
+pub mod config;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use kfsec_gateway::{App, GatewaySettings, gatekeeper_client};
+use kfsec_idp::{Idp, IdpSettings};
+use kfsec_pki::{CertificateAuthority, KeyAlgorithm, OsRng, ReloadingResolver};
+use kfsec_store::{RedbStore, Store, StoreError};
+use kfsec_types::{Clock, Rng, SystemClock};
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub use config::{Config, ConfigError, Overrides};
+
+/// The bootstrap admin's email.
+pub const BOOTSTRAP_ADMIN: &str = "admin@kfsec.local";
+/// The bootstrap admin's group.
+pub const ADMIN_GROUP: &str = "kfsec:admins";
+const FRONT_DOOR_LIFETIME: Duration = Duration::from_secs(90 * 86_400);
+
+/// Start-up failures.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// Bad configuration.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Data directory or listener problem.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// Why it failed.
+        source: std::io::Error,
+    },
+    /// Storage.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    /// Certificates.
+    #[error("pki: {0}")]
+    Pki(#[from] kfsec_pki::PkiError),
+    /// IdP.
+    #[error("identity provider: {0}")]
+    Idp(#[from] kfsec_idp::IdpError),
+    /// Gateway.
+    #[error("gateway: {0}")]
+    Gateway(#[from] kfsec_gateway::GatewayError),
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ServerError {
+    let what = what.into();
+    move |source| ServerError::Io { what, source }
+}
+
+/// Paths inside the data directory.
+pub struct DataDir(pub PathBuf);
+
+impl DataDir {
+    /// The store file.
+    pub fn store(&self) -> PathBuf {
+        self.0.join("kfsec.redb")
+    }
+    /// CA and certificates.
+    pub fn pki(&self) -> PathBuf {
+        self.0.join("pki")
+    }
+    /// Creates the directory with mode 0700.
+    pub fn create(&self) -> Result<(), ServerError> {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.0)
+            .map_err(io(format!("creating {}", self.0.display())))?;
+        std::fs::set_permissions(&self.0, std::fs::Permissions::from_mode(0o700))
+            .map_err(io("securing the data directory"))?;
+        Ok(())
+    }
+}
+
+/// A running kfsec.
+pub struct Running {
+    /// Front-door address.
+    pub https_addr: SocketAddr,
+    /// Admin address.
+    pub admin_addr: SocketAddr,
+    /// Public URL.
+    pub public_url: String,
+    /// OIDC issuer.
+    pub issuer: String,
+    /// The CA certificate (PEM) that signed the front-door certificate.
+    pub ca_pem: String,
+    /// Set on the very first start only.
+    pub bootstrap_password: Option<String>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    background: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stops accepting, drains connections and waits for the listeners to finish.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        for b in self.background {
+            b.abort();
+        }
+    }
+}
+
+fn host_name() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+}
+
+/// The front-door certificate: a user-supplied pair (watched for changes), or one issued by the
+/// internal CA (re-issued when its names change or a third of its life remains).
+fn front_door_cert(
+    cfg: &Config,
+    ca: &CertificateAuthority,
+    dir: &DataDir,
+    public_host: Option<String>,
+    clock: &dyn Clock,
+) -> Result<(Arc<ReloadingResolver>, Option<tokio::task::JoinHandle<()>>), ServerError> {
+    if let Some((cert, key)) = &cfg.tls_files {
+        let r = ReloadingResolver::from_files(cert, key)?;
+        let watch = r.watch_files(cert.clone(), key.clone(), Duration::from_secs(2));
+        return Ok((r, Some(watch)));
+    }
+    let mut dns = vec!["localhost".to_owned()];
+    let mut ips: Vec<IpAddr> = vec![
+        IpAddr::from([127, 0, 0, 1]),
+        IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
+    ];
+    dns.extend(host_name());
+    if let Some(h) = public_host {
+        match h.trim_matches(['[', ']']).parse::<IpAddr>() {
+            Ok(ip) => ips.push(ip),
+            Err(_) => dns.push(h),
+        }
+    }
+    if !cfg.https_addr.ip().is_unspecified() {
+        ips.push(cfg.https_addr.ip());
+    }
+    dns.sort();
+    dns.dedup();
+    ips.sort();
+    ips.dedup();
+    let names = format!("{dns:?} {ips:?}");
+    let (crt, key, names_file) = (
+        dir.pki().join("frontdoor.crt"),
+        dir.pki().join("frontdoor.key"),
+        dir.pki().join("frontdoor.names"),
+    );
+    let now = clock.now();
+    if let (Ok(c), Ok(k), Ok(n)) = (
+        std::fs::read_to_string(&crt),
+        std::fs::read_to_string(&key),
+        std::fs::read_to_string(&names_file),
+    ) && n == names
+        && let Ok(r) = ReloadingResolver::from_pem(&c, &k)
+    {
+        let info = r.info();
+        let life = info.not_after.since(info.not_before);
+        if info.not_after.since(now) > life / 3 {
+            return Ok((r, None));
+        }
+    }
+    let issued = ca.issue_server("kfsec front door", &dns, &ips, FRONT_DOOR_LIFETIME, clock)?;
+    let chain = issued.chain_pem(ca);
+    std::fs::write(&crt, &chain).map_err(io("writing the front-door certificate"))?;
+    kfsec_pki::write_private_file(&key, issued.key_pem.as_bytes())?;
+    std::fs::write(&names_file, &names).map_err(io("writing the front-door names"))?;
+    Ok((ReloadingResolver::from_pem(&chain, &issued.key_pem)?, None))
+}
+
+/// Creates the bootstrap admin on first start; returns its password that one time.
+async fn bootstrap(store: &dyn Store, idp: &Idp, rng: &dyn Rng) -> Result<Option<String>, ServerError> {
+    const MARK: &str = "/kfsec/bootstrap";
+    if store.get(MARK).await?.is_some() {
+        return Ok(None);
+    }
+    let password = kfsec_idp::secret::random_alnum(rng, 24);
+    match idp
+        .users()
+        .add(
+            rng,
+            BOOTSTRAP_ADMIN,
+            Some("admin".into()),
+            vec![ADMIN_GROUP.into()],
+            &password,
+        )
+        .await
+    {
+        Ok(_) => {}
+        Err(kfsec_idp::IdpError::Conflict(_)) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    }
+    match store.create(MARK, b"{}".to_vec(), None).await {
+        Ok(_) => Ok(Some(password)),
+        Err(StoreError::AlreadyExists(_)) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Opens the store file, mapping "held by another process" to a clear error.
+pub fn open_store(dir: &DataDir, clock: Arc<dyn Clock>) -> Result<Arc<RedbStore>, ServerError> {
+    Ok(RedbStore::open(&dir.store(), clock)?)
+}
+
+/// Builds the admin operations over an open store (for the CLI when no server runs).
+pub fn admin_ops(store: Arc<dyn Store>, cfg: &Config) -> Result<admin::AdminOps, ServerError> {
+    let users = Arc::new(kfsec_idp::UserDirectory::new(store.clone(), cfg.static_users.clone())?);
+    let clients = Arc::new(kfsec_idp::ClientRegistry::new(
+        store,
+        cfg.static_clients.clone(),
+        vec![gatekeeper_client()],
+    ));
+    Ok(admin::AdminOps {
+        users,
+        clients,
+        rng: Arc::new(OsRng),
+    })
+}
+
+/// Starts kfsec with the real clock and randomness.
+pub async fn start(cfg: Config) -> Result<Running, ServerError> {
+    start_with(cfg, Arc::new(SystemClock), Arc::new(OsRng)).await
+}
+
+/// Starts kfsec with the given clock and randomness.
+pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -> Result<Running, ServerError> {
+    let dir = DataDir(cfg.data_dir.clone());
+    dir.create()?;
+    let https = TcpListener::bind(cfg.https_addr)
+        .await
+        .map_err(io(format!("binding {}", cfg.https_addr)))?;
+    let admin_l = TcpListener::bind(cfg.admin_addr)
+        .await
+        .map_err(io(format!("binding {}", cfg.admin_addr)))?;
+    let https_addr = https.local_addr().map_err(io("reading the front-door address"))?;
+    let admin_addr = admin_l.local_addr().map_err(io("reading the admin address"))?;
+
+    let public_url = match &cfg.public_url {
+        Some(u) => u.as_str().trim_end_matches('/').to_owned(),
+        None => format!("https://localhost:{}", https_addr.port()),
+    };
+    let public_host = url::Url::parse(&public_url)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_owned));
+    let issuer = cfg.issuer.clone().unwrap_or_else(|| format!("{public_url}/dex"));
+
+    let store: Arc<dyn Store> = open_store(&dir, clock.clone())?;
+    let ca = CertificateAuthority::load_or_create(&dir.pki(), KeyAlgorithm::Rsa2048, clock.as_ref())?;
+    let (resolver, cert_watch) = front_door_cert(&cfg, &ca, &dir, public_host, clock.as_ref())?;
+    let tls = Arc::new(kfsec_pki::server_config(resolver, true)?);
+
+    let mut registry = Registry::default();
+    let idp_settings = IdpSettings {
+        issuer: issuer.clone(),
+        id_token_ttl: cfg.id_token_ttl,
+        signing_key_rotation: cfg.signing_key_rotation,
+        auth_request_ttl: cfg.auth_request_ttl,
+        refresh: cfg.refresh.clone(),
+        skip_approval: cfg.skip_approval,
+        static_users: cfg.static_users.clone(),
+        static_clients: cfg.static_clients.clone(),
+        builtin_clients: vec![gatekeeper_client()],
+        lockout: cfg.lockout.clone(),
+    };
+    let idp = Idp::new(idp_settings, store.clone(), clock.clone(), rng.clone(), &mut registry).await?;
+    let bootstrap_password = bootstrap(store.as_ref(), &idp, rng.as_ref()).await?;
+    let gw_settings = GatewaySettings {
+        cookie_name: cfg.cookie_name.clone(),
+        session_ttl: cfg.session_ttl,
+        user_id_header: cfg.user_id_header.clone(),
+        user_id_prefix: cfg.user_id_prefix.clone(),
+        groups_header: cfg.groups_header.clone(),
+        routes: cfg.routes.clone(),
+        trusted_proxies: cfg.trusted_proxies.clone(),
+    };
+    let app = App::new(
+        gw_settings,
+        idp.clone(),
+        store.clone(),
+        clock.clone(),
+        rng.clone(),
+        &mut registry,
+    )
+    .await?;
+
+    let ops = Arc::new(admin::AdminOps {
+        users: idp.users().clone(),
+        clients: idp.clients().clone(),
+        rng: rng.clone(),
+    });
+    let mut background = vec![
+        admin::serve(&dir.0, ops).map_err(io("opening the admin socket"))?,
+        idp.spawn_rotation(Duration::from_secs(30)),
+        app.sessions().spawn_watch(),
+    ];
+    background.extend(cert_watch);
+
+    let (tx, rx) = watch::channel(false);
+    let wait = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|v| *v).await;
+    };
+    let ready = Arc::new(AtomicBool::new(false));
+    let registry = Arc::new(registry);
+    let tasks = vec![
+        tokio::spawn(kfsec_gateway::listener::serve_tls(
+            https,
+            tls,
+            app.router(),
+            wait(rx.clone()),
+            Duration::from_secs(10),
+        )),
+        tokio::spawn(kfsec_gateway::listener::serve_plain(
+            admin_l,
+            kfsec_gateway::admin_router(registry, ready.clone()),
+            wait(rx),
+        )),
+    ];
+    ready.store(true, Ordering::Release);
+    tracing::info!(%https_addr, %admin_addr, %issuer, "kfsec is ready");
+    Ok(Running {
+        https_addr,
+        admin_addr,
+        public_url,
+        issuer,
+        ca_pem: ca.cert_pem().to_owned(),
+        bootstrap_password,
+        shutdown: tx,
+        tasks,
+        background,
+    })
+}
+
+/// Whether `path` holds a kfsec data directory.
+pub fn is_data_dir(path: &Path) -> bool {
+    DataDir(path.to_path_buf()).store().exists()
+}

@@ -1,0 +1,168 @@
+//! kfsec-store: the storage contract (etcd-like keys, one global revision, TTLs, watch) and its
+//! backends. Invariants every backend keeps: each successful write (including each TTL-expiry
+//! deletion) bumps the single global revision by exactly one and produces exactly one watch event;
+//! expired records are invisible to reads before the sweeper deletes them; watchers never silently
+//! skip an event (they get `Err(Compacted)` instead and the stream ends).
+
+use std::time::Duration;
+
+use kfsec_types::UnixTime;
+
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
+mod engine;
+pub mod memory;
+pub mod redb_store;
+
+pub use memory::MemoryStore;
+pub use redb_store::RedbStore;
+
+/// A global store revision; 0 means "before any write".
+pub type Revision = u64;
+
+/// One stored record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyValue {
+    /// The full key, e.g. `/kfsec/users/alice@example.com`.
+    pub key: String,
+    /// The opaque value (usually JSON).
+    pub value: Vec<u8>,
+    /// The revision that created this record (a create after delete/expiry starts a new record).
+    pub create_revision: Revision,
+    /// The revision that last wrote this record.
+    pub mod_revision: Revision,
+    /// When the record stops being visible, if it has a TTL (millisecond precision, rounded up).
+    pub expires_at: Option<UnixTime>,
+}
+
+/// One page of a [`Store::list`].
+#[derive(Debug, Clone, Default)]
+pub struct ListPage {
+    /// Records in key order.
+    pub items: Vec<KeyValue>,
+    /// The store revision at read time (watch from here to follow changes after this list).
+    pub revision: Revision,
+    /// Pass back as `start_after` for the next page; `None` when there are no more records.
+    pub continue_key: Option<String>,
+}
+
+/// What happened to a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventKind {
+    /// Created or replaced.
+    Put,
+    /// Deleted, taken or expired.
+    Delete,
+}
+
+/// One change, as delivered by [`Store::watch`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchEvent {
+    /// Put or Delete.
+    pub kind: EventKind,
+    /// For Put: the new record. For Delete: the last value, with `mod_revision` = the deleting
+    /// revision. `kv.mod_revision` is always the revision of this event.
+    pub kv: KeyValue,
+}
+
+/// Errors of every store operation.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// `create` on a key holding a live record.
+    #[error("key {0} already exists")]
+    AlreadyExists(String),
+    /// The key has no live record.
+    #[error("key {0} not found")]
+    NotFound(String),
+    /// The record's `mod_revision` is not the expected one.
+    #[error("revision conflict on {key}: expected {expected}, found {found}")]
+    Conflict {
+        /// The key.
+        key: String,
+        /// The revision the caller expected.
+        expected: Revision,
+        /// The record's actual `mod_revision`.
+        found: Revision,
+    },
+    /// The events the caller asked for are no longer available (watch from a revision older than
+    /// the retained change log, or a watcher that fell behind). `requested` is the `after` the
+    /// caller asked for (or the last revision a lagging watcher delivered); `oldest` is the
+    /// smallest `after` the store could still serve. Re-list, then watch from the list revision.
+    #[error("revision {requested} has been compacted; oldest available is {oldest}")]
+    Compacted {
+        /// The revision asked for.
+        requested: Revision,
+        /// The oldest revision still available.
+        oldest: Revision,
+    },
+    /// The database file is held by another process.
+    #[error("the store is open in another process")]
+    Locked,
+    /// Any other storage failure.
+    #[error("storage backend: {0}")]
+    Backend(String),
+}
+
+/// A watch: `Ok` events in revision order; an `Err` is always the last item.
+pub type WatchStream = tokio::sync::mpsc::Receiver<Result<WatchEvent, StoreError>>;
+
+/// The storage contract (modelled on etcd). See the crate docs for the invariants.
+#[async_trait::async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// The live record at `key`, if any.
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError>;
+    /// Keys with `prefix`, in key order, strictly after `start_after` if given, at most `limit`
+    /// (0 = no limit).
+    async fn list(&self, prefix: &str, limit: usize, start_after: Option<&str>) -> Result<ListPage, StoreError>;
+    /// Fails with AlreadyExists if a live (unexpired) record is present. Returns the new revision.
+    async fn create(&self, key: &str, value: Vec<u8>, ttl: Option<Duration>) -> Result<Revision, StoreError>;
+    /// `expected`: Some(rev) → Conflict unless the record's mod_revision == rev; None →
+    /// unconditional. NotFound if absent. `ttl` replaces the expiry (None = no expiry).
+    async fn update(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        expected: Option<Revision>,
+        ttl: Option<Duration>,
+    ) -> Result<Revision, StoreError>;
+    /// Create-or-replace, unconditional. Returns the new revision.
+    async fn put(&self, key: &str, value: Vec<u8>, ttl: Option<Duration>) -> Result<Revision, StoreError>;
+    /// NotFound if absent; Conflict if `expected` given and differs. Returns the deleted record
+    /// (its last value, with `mod_revision` = the deleting revision, as in the Delete event).
+    async fn delete(&self, key: &str, expected: Option<Revision>) -> Result<KeyValue, StoreError>;
+    /// Atomically delete and return a record (single-use codes): Ok(None) if absent or expired.
+    /// The returned record is shaped like [`Store::delete`]'s.
+    async fn take(&self, key: &str) -> Result<Option<KeyValue>, StoreError>;
+    /// Current global revision.
+    async fn revision(&self) -> Result<Revision, StoreError>;
+    /// Events for keys under `prefix` with revision > `after` (replayed from the change log,
+    /// then live). `after` older than the retained log → Err(Compacted) immediately.
+    async fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream, StoreError>;
+}
+
+/// Tuning shared by the backends.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// How often the background sweeper deletes expired records; `None` (or zero) = no
+    /// background sweeper (call `sweep_expired` yourself). Default 1 s.
+    pub sweep_interval: Option<Duration>,
+    /// How many of the latest events the change log keeps for watch replay. Default 10,000.
+    pub log_retention: usize,
+    /// Capacity of the live-event broadcast channel; a watcher further behind than this loses
+    /// events and gets `Err(Compacted)`. Default 4,096.
+    pub watch_channel_capacity: usize,
+    /// Capacity of each watcher's own stream. Default 256.
+    pub watch_buffer: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            sweep_interval: Some(Duration::from_secs(1)),
+            log_retention: 10_000,
+            watch_channel_capacity: 4_096,
+            watch_buffer: 256,
+        }
+    }
+}

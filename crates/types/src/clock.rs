@@ -1,0 +1,104 @@
+//! Time and randomness as parameters: production code asks a [`Clock`] for the time and an
+//! [`Rng`] for secure random bytes, so expiry, rotation and lockout are testable deterministically.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Seconds and nanoseconds since the Unix epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct UnixTime(Duration);
+
+impl UnixTime {
+    /// A time `secs` seconds after the epoch.
+    pub const fn from_secs(secs: u64) -> Self {
+        Self(Duration::from_secs(secs))
+    }
+    /// A time `millis` milliseconds after the epoch.
+    pub const fn from_millis(millis: u64) -> Self {
+        Self(Duration::from_millis(millis))
+    }
+    /// Whole seconds since the epoch.
+    pub const fn as_secs(self) -> u64 {
+        self.0.as_secs()
+    }
+    /// Milliseconds since the epoch (saturating).
+    pub fn as_millis(self) -> u64 {
+        u64::try_from(self.0.as_millis()).unwrap_or(u64::MAX)
+    }
+    /// Duration since the epoch.
+    pub const fn since_epoch(self) -> Duration {
+        self.0
+    }
+    /// This time plus `d` (saturating).
+    #[allow(clippy::should_implement_trait)]
+    pub fn add(self, d: Duration) -> Self {
+        Self(self.0.saturating_add(d))
+    }
+    /// This time minus `d` (saturating at the epoch).
+    #[allow(clippy::should_implement_trait)]
+    pub fn sub(self, d: Duration) -> Self {
+        Self(self.0.saturating_sub(d))
+    }
+    /// How long from `earlier` to `self`; zero if `earlier` is later.
+    pub fn since(self, earlier: UnixTime) -> Duration {
+        self.0.saturating_sub(earlier.0)
+    }
+}
+
+/// A source of the current wall-clock time.
+pub trait Clock: Send + Sync + 'static {
+    /// The current time.
+    fn now(&self) -> UnixTime;
+}
+
+/// The real wall clock.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> UnixTime {
+        #[allow(clippy::disallowed_methods)]
+        let now = SystemTime::now();
+        UnixTime(now.duration_since(UNIX_EPOCH).unwrap_or_default())
+    }
+}
+
+/// A clock that moves only when told to; for tests.
+#[derive(Debug, Default)]
+pub struct ManualClock(AtomicU64);
+
+impl ManualClock {
+    /// A clock standing at `t`.
+    pub fn new(t: UnixTime) -> Arc<Self> {
+        Arc::new(Self(AtomicU64::new(t.as_millis())))
+    }
+    /// Moves the clock forward by `d`.
+    pub fn advance(&self, d: Duration) {
+        let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        self.0.fetch_add(ms, Ordering::SeqCst);
+    }
+    /// Sets the clock to `t`.
+    pub fn set(&self, t: UnixTime) {
+        self.0.store(t.as_millis(), Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> UnixTime {
+        UnixTime::from_millis(self.0.load(Ordering::SeqCst))
+    }
+}
+
+/// A cryptographically secure random source.
+pub trait Rng: Send + Sync + 'static {
+    /// Fills `buf` with random bytes.
+    fn fill(&self, buf: &mut [u8]);
+}
+
+/// Random bytes as a fixed-size array.
+pub fn random_array<const N: usize>(rng: &dyn Rng) -> [u8; N] {
+    let mut out = [0u8; N];
+    rng.fill(&mut out);
+    out
+}

@@ -1,0 +1,304 @@
+//! The configuration file's data model (`apiVersion: kfsec/v1`), including Dex's own sections
+//! (`issuer`, `staticPasswords`, `staticClients`, `oauth2`, `expiry`) as Dex writes them.
+//!
+//! Invariants: every struct rejects unknown fields; secrets (`hash`, `secret`) never appear in
+//! `Debug` output. Loading, env overlays and validation live in `kfsec-server`.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ConfigFile {
+    /// Must be `kfsec/v1`.
+    pub api_version: Option<String>,
+    /// The OIDC issuer URL; defaults to `<publicURL>/dex`.
+    pub issuer: Option<String>,
+    /// The URL users reach the front door at, e.g. `https://kubeflow.example.com`.
+    #[serde(rename = "publicURL")]
+    pub public_url: Option<String>,
+    /// Directory for the store, keys and certificates.
+    pub data_dir: Option<String>,
+    /// Front-door listen address.
+    pub https_addr: Option<String>,
+    /// Admin (metrics, health) listen address.
+    pub admin_addr: Option<String>,
+    /// Dex: whether the local password database is enabled (always on in kfsec).
+    #[serde(rename = "enablePasswordDB")]
+    pub enable_password_db: Option<bool>,
+    /// Dex: static users.
+    #[serde(default)]
+    pub static_passwords: Vec<StaticPassword>,
+    /// Dex: static OAuth2 clients.
+    #[serde(default)]
+    pub static_clients: Vec<StaticClient>,
+    /// Dex: OAuth2 behaviour.
+    #[serde(default)]
+    pub oauth2: OAuth2Config,
+    /// Dex: lifetimes.
+    #[serde(default)]
+    pub expiry: ExpiryConfig,
+    /// Dex: logging.
+    pub logger: Option<LoggerConfig>,
+    /// Upstream routes of the gateway.
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+    /// Session cookie settings.
+    #[serde(default)]
+    pub session: SessionConfig,
+    /// Header carrying the user id to upstreams.
+    pub user_id_header: Option<String>,
+    /// Prefix added before the user id.
+    pub user_id_prefix: Option<String>,
+    /// Header carrying the user's groups to upstreams.
+    pub groups_header: Option<String>,
+    /// A user-supplied front-door certificate.
+    pub tls: Option<TlsConfig>,
+    /// Brute-force protection of logins.
+    #[serde(default)]
+    pub login_protection: LoginProtectionConfig,
+    /// Addresses of proxies in front of kfsec whose `X-Forwarded-For` is trusted.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+}
+
+/// A Dex static password entry.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct StaticPassword {
+    /// Login email.
+    pub email: String,
+    /// bcrypt hash (`$2a$`, `$2b$` or `$2y$`).
+    pub hash: Option<String>,
+    /// Name of an environment variable holding the bcrypt hash.
+    pub hash_from_env: Option<String>,
+    /// Display/user name.
+    pub username: Option<String>,
+    /// Stable user id (the `sub` claim is derived from it).
+    #[serde(rename = "userID")]
+    pub user_id: Option<String>,
+    /// Groups (a kfsec extension; Dex has none for static users).
+    #[serde(default)]
+    pub groups: Vec<String>,
+}
+
+impl fmt::Debug for StaticPassword {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StaticPassword")
+            .field("email", &self.email)
+            .field("username", &self.username)
+            .field("user_id", &self.user_id)
+            .field("groups", &self.groups)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A Dex static client entry.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct StaticClient {
+    /// Client id.
+    pub id: Option<String>,
+    /// Environment variable holding the client id.
+    pub id_env: Option<String>,
+    /// Client secret.
+    pub secret: Option<String>,
+    /// Environment variable holding the client secret.
+    pub secret_env: Option<String>,
+    /// Display name.
+    pub name: Option<String>,
+    /// Registered redirect URIs, matched exactly.
+    #[serde(default, rename = "redirectURIs")]
+    pub redirect_uris: Vec<String>,
+    /// Public clients have no secret (PKCE instead).
+    #[serde(default)]
+    pub public: bool,
+}
+
+impl fmt::Debug for StaticClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StaticClient")
+            .field("id", &self.id)
+            .field("id_env", &self.id_env)
+            .field("name", &self.name)
+            .field("redirect_uris", &self.redirect_uris)
+            .field("public", &self.public)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Dex's `oauth2` section.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct OAuth2Config {
+    /// Skip the approval screen for every client.
+    #[serde(default)]
+    pub skip_approval_screen: bool,
+    /// Allowed response types (kfsec supports `code`).
+    #[serde(default)]
+    pub response_types: Vec<String>,
+    /// Accepted for Dex compatibility; kfsec always remembers nothing.
+    pub always_show_login_screen: Option<bool>,
+    /// Accepted for Dex compatibility: the password connector is always `local`.
+    pub password_connector: Option<String>,
+}
+
+/// Dex's `expiry` section.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ExpiryConfig {
+    /// ID token lifetime (default 24h).
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub id_tokens: Option<Duration>,
+    /// Signing key rotation period (default 6h).
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub signing_keys: Option<Duration>,
+    /// Authorization request lifetime (default 30m).
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub auth_requests: Option<Duration>,
+    /// Device request lifetime (default 5m).
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub device_requests: Option<Duration>,
+    /// Refresh token policy.
+    #[serde(default)]
+    pub refresh_tokens: RefreshTokenExpiry,
+}
+
+/// Dex's `expiry.refreshTokens`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RefreshTokenExpiry {
+    /// Accepted for Dex compatibility; rotation is always on.
+    pub disable_rotation: Option<bool>,
+    /// How long a rotated-out token still works (default 3s).
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub reuse_interval: Option<Duration>,
+    /// Idle lifetime (default 90 days, i.e. 2160h).
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub valid_if_not_used_for: Option<Duration>,
+    /// Absolute lifetime (default 165 days).
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub absolute_lifetime: Option<Duration>,
+}
+
+/// Dex's `logger` section.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct LoggerConfig {
+    /// `debug`, `info`, `warn` or `error`.
+    pub level: Option<String>,
+    /// `text` or `json`.
+    pub format: Option<String>,
+}
+
+/// One upstream route.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RouteConfig {
+    /// Path prefix, e.g. `/jupyter/`.
+    pub prefix: String,
+    /// Upstream base URL, e.g. `http://127.0.0.1:8888`.
+    pub upstream: String,
+    /// Public routes skip authentication.
+    #[serde(default)]
+    pub public: bool,
+    /// Replace `prefix` with this before proxying.
+    pub rewrite_prefix: Option<String>,
+}
+
+/// Session cookie settings.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SessionConfig {
+    /// Session lifetime (default 24h).
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub ttl: Option<Duration>,
+    /// Cookie name (default `authservice_session`).
+    pub cookie_name: Option<String>,
+}
+
+/// A user-supplied front-door certificate.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TlsConfig {
+    /// PEM certificate chain.
+    pub cert_file: Option<String>,
+    /// PEM private key.
+    pub key_file: Option<String>,
+}
+
+/// Brute-force protection of the login form.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct LoginProtectionConfig {
+    /// Failures per account before it is locked (default 5).
+    pub max_failures_per_account: Option<u32>,
+    /// Failures per client address before it is locked (default 20).
+    pub max_failures_per_address: Option<u32>,
+    /// Window in which failures are counted (default 15m).
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub window: Option<Duration>,
+    /// How long a lockout lasts (default 15m).
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub lockout: Option<Duration>,
+}
+
+fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let s: Option<String> = Option::deserialize(d)?;
+    s.map(|s| parse_duration(&s).map_err(serde::de::Error::custom))
+        .transpose()
+}
+
+/// Parses a Go-style duration such as `24h`, `1h30m`, `90s` or `500ms`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Err("empty duration".into());
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        if digits == 0 {
+            return Err(format!("invalid duration {s:?}: expected a number"));
+        }
+        let (num, tail) = rest.split_at(digits);
+        let n: u64 = num.parse().map_err(|_| format!("invalid duration {s:?}"))?;
+        let unit_len = tail.find(|c: char| c.is_ascii_digit()).unwrap_or(tail.len());
+        let (unit, tail) = tail.split_at(unit_len);
+        let d = match unit {
+            "ms" => Duration::from_millis(n),
+            "s" => Duration::from_secs(n),
+            "m" => Duration::from_secs(n.saturating_mul(60)),
+            "h" => Duration::from_secs(n.saturating_mul(3600)),
+            "d" => Duration::from_secs(n.saturating_mul(86_400)),
+            other => {
+                return Err(format!(
+                    "invalid duration {s:?}: unknown unit {other:?} (use ms, s, m, h)"
+                ));
+            }
+        };
+        total = total.saturating_add(d);
+        rest = tail;
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn durations_parse_like_go() {
+        assert_eq!(parse_duration("24h").unwrap(), Duration::from_secs(86_400));
+        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5_400));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert!(parse_duration("h").is_err());
+        assert!(parse_duration("10 parsecs").is_err());
+        assert!(parse_duration("").is_err());
+    }
+}

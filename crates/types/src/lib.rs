@@ -1,0 +1,11 @@
+//! Wire and configuration types shared by every kfsec crate.
+//!
+//! Invariants: this crate performs no IO and holds no secrets in `Debug` output; time and
+//! randomness reach logic only through [`Clock`] and [`Rng`] so tests can drive them.
+
+pub mod clock;
+pub mod config;
+pub mod identity;
+
+pub use clock::{Clock, ManualClock, Rng, SystemClock, UnixTime, random_array};
+pub use identity::Identity;
