@@ -85,16 +85,16 @@ impl App {
                 };
             }
         }
-        let mut saw = false;
+        // An expired, revoked or forged cookie is treated like no cookie: browsers go back
+        // through login, API clients get 401.
         for (k, v) in cookies(headers) {
-            if k == self.settings.cookie_name {
-                saw = true;
-                if let Some(id) = self.sessions.validate(v).await {
-                    return Authn::Ok(id);
-                }
+            if k == self.settings.cookie_name
+                && let Some(id) = self.sessions.validate(v).await
+            {
+                return Authn::Ok(id);
             }
         }
-        if saw { Authn::Invalid } else { Authn::Missing }
+        Authn::Missing
     }
 
     fn csrf_mac(&self, payload: &str) -> String {

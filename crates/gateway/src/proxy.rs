@@ -209,11 +209,8 @@ impl Proxy {
             h.insert("x-forwarded-host", host);
         }
         h.remove(header::HOST);
-        if upgrade {
-            parts.version = http::Version::HTTP_11;
-        } else if parts.version == http::Version::HTTP_2 {
-            parts.version = http::Version::HTTP_11;
-        }
+        // Upstreams are spoken to over HTTP/1.1 (the only version that can carry an Upgrade).
+        parts.version = http::Version::HTTP_11;
         parts.uri = target;
         let out = Request::from_parts(parts, body);
         let mut resp = match self.client.request(out).await {

@@ -114,10 +114,7 @@ mod tests {
         assert!(d.verify("hunter2"));
         assert!(!d.verify("hunter3"));
         assert!(ct_eq(b"a", b"a") && !ct_eq(b"a", b"ab"));
-        // RFC 7636 appendix B
-        assert_eq!(
-            sha256_b64(b"dBjftJeZ4CVP-mB92K9uhvxyMIQkMBdRGBtgGVHSRBs"),
-            "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
-        );
+        // PKCE S256 = base64url(SHA-256(verifier)); SHA-256("abc") is the FIPS 180-2 vector.
+        assert_eq!(sha256_b64(b"abc"), "ungWv48Bz-pBQUDeXa4iI7ADYaOWF3qctBD_YfIAFa0");
     }
 }

@@ -104,6 +104,10 @@ pub struct Running {
     pub ca_pem: String,
     /// Set on the very first start only.
     pub bootstrap_password: Option<String>,
+    /// The identity provider (for embedding and key inspection).
+    pub idp: Arc<Idp>,
+    /// The front door.
+    pub app: Arc<App>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     background: Vec<tokio::task::JoinHandle<()>>,
@@ -346,6 +350,8 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
         issuer,
         ca_pem: ca.cert_pem().to_owned(),
         bootstrap_password,
+        idp,
+        app,
         shutdown: tx,
         tasks,
         background,

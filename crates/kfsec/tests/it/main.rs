@@ -1,1 +1,10 @@
-//! Integration tests: one binary.
+//! Integration tests: one binary that boots real kfsec servers on 127.0.0.1:0 and drives them
+//! with real clients (HTTP/2 over TLS, an OpenID Connect relying party, openssl, the CLI).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod attacks;
+mod flow;
+mod harness;
+mod keys;
+mod oidc;
+mod process;

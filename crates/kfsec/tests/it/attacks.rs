@@ -1,0 +1,267 @@
+//! Hostile input: open redirects, state and CSRF tampering, code replay, forged tokens
+//! (`alg: none`, HS256 keyed with the public key, wrong `iss`/`aud`, expired), tampered
+//! cookies, oversized headers and bodies. Each must be a 4xx, never a panic or a 5xx.
+
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use kfsec_idp::Claims;
+
+use crate::harness::*;
+
+fn claims(k: &Kfsec, iss: &str, aud: &str, exp_from_now: i64) -> Claims {
+    let now = k.clock.as_ref().map_or_else(
+        || {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs()
+        },
+        |c| kfsec_types::Clock::now(c.as_ref()).as_secs(),
+    );
+    Claims {
+        iss: iss.into(),
+        sub: "x".into(),
+        aud: vec![aud.into()],
+        exp: now.saturating_add_signed(exp_from_now),
+        iat: now,
+        nonce: None,
+        at_hash: None,
+        email: Some("mallory@example.org".into()),
+        email_verified: Some(true),
+        groups: Some(vec!["system:masters".into()]),
+        name: None,
+        preferred_username: None,
+    }
+}
+
+#[tokio::test]
+async fn forged_and_foreign_tokens_are_refused() {
+    let k = Kfsec::start("").await;
+    let raw = http_client(&k.running.ca_pem);
+    let keys = k.running.idp.keys().keys();
+    let sign = |c: &Claims| keys.signing.sign(c).unwrap();
+    let iss = k.running.issuer.clone();
+    let good = sign(&claims(&k, &iss, "rp-test", 600));
+    let kid = keys.signing.kid().to_owned();
+    let body = B64.encode(serde_json::to_vec(&claims(&k, &iss, "rp-test", 600)).unwrap());
+    let none = format!("{}.{body}.", B64.encode(format!(r#"{{"alg":"none","kid":"{kid}"}}"#)));
+    let hs_head = B64.encode(format!(r#"{{"alg":"HS256","kid":"{kid}"}}"#));
+    let jwk = keys.signing.public().to_jwk();
+    let hmac_key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, jwk["n"].as_str().unwrap().as_bytes());
+    let tag = aws_lc_rs::hmac::sign(&hmac_key, format!("{hs_head}.{body}").as_bytes());
+    let hs256 = format!("{hs_head}.{body}.{}", B64.encode(tag.as_ref()));
+    let cases = [
+        ("alg none", none),
+        ("HS256 keyed with the public key", hs256),
+        (
+            "wrong iss",
+            sign(&claims(&k, "https://evil.example/dex", "rp-test", 600)),
+        ),
+        ("unknown aud", sign(&claims(&k, &iss, "somebody-else", 600))),
+        ("expired", sign(&claims(&k, &iss, "rp-test", -10))),
+        ("garbage", "a.b.c".into()),
+        ("truncated signature", good[..good.len() - 4].to_owned()),
+    ];
+    for (what, token) in cases {
+        let r = raw
+            .get(format!("{}/app/x", k.base))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401, "{what} must be refused");
+        let r = raw
+            .get(format!("{}/apis/kubeflow.org/v1/profiles", k.base))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401, "{what} must be refused on the API");
+        let r = raw
+            .get(format!("{}/authservice/check", k.base))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401, "{what} must be refused by the check endpoint");
+    }
+    // the same claims correctly signed pass (the cases above fail for the stated reason)
+    let r = raw
+        .get(format!("{}/app/x", k.base))
+        .bearer_auth(&good)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    k.running.shutdown().await;
+}
+
+#[tokio::test]
+async fn redirects_state_and_cookies_cannot_be_abused() {
+    let k = Kfsec::start("").await;
+    // open redirect through the original URL: only same-origin relative paths come back
+    for evil in ["//evil.example/x", "/\\evil.example"] {
+        let mut b = k.client();
+        let r = b.get(&format!("/app/{}", evil.trim_start_matches('/'))).await;
+        assert_eq!(r.status(), 302);
+        let (done, url) = b.login(evil, USER, PASSWORD).await;
+        assert!(url.starts_with(&k.base), "left the origin: {url}");
+        assert_ne!(done.status(), 500);
+    }
+    assert_eq!(kfsec_gateway::safe_return_path("//evil.example/x"), "/");
+    assert_eq!(kfsec_gateway::safe_return_path("https://evil.example/"), "/");
+    assert_eq!(kfsec_gateway::safe_return_path("/\\evil"), "/");
+    assert_eq!(kfsec_gateway::safe_return_path("/ok?x=1"), "/ok?x=1");
+
+    // a forged state whose return URL points elsewhere: refused (it no longer matches the cookie)
+    let mut b = k.client();
+    let (form, form_url) = b.follow("/app/a").await;
+    assert_eq!(form.status(), 200);
+    let r = b.post_form(&form_url, &[("login", USER), ("password", PASSWORD)]).await;
+    let cb = location(&r).to_owned();
+    let code = query_param(&cb, "code").unwrap();
+    let state = query_param(&cb, "state").unwrap();
+    let forged = format!("{}.{}", B64.encode(b"x"), B64.encode(b"//evil.example"));
+    let r = b
+        .get(&format!("/authservice/oidc/callback?code={code}&state={forged}"))
+        .await;
+    assert_eq!(r.status(), 400, "mismatched state");
+    // missing state
+    assert_eq!(
+        b.get(&format!("/authservice/oidc/callback?code={code}")).await.status(),
+        400
+    );
+    // no CSRF cookie (another browser)
+    let mut other = k.client();
+    assert_eq!(other.get(&cb).await.status(), 400);
+    // tampered CSRF cookie
+    let saved_csrf = b.cookies["oidc_state_csrf"].clone();
+    b.cookies
+        .insert("oidc_state_csrf".into(), saved_csrf.replacen('e', "f", 1));
+    assert_eq!(b.get(&cb).await.status(), 400);
+    b.cookies.insert("oidc_state_csrf".into(), saved_csrf.clone());
+    // the genuine callback works once …
+    let r = b
+        .get(&format!("/authservice/oidc/callback?code={code}&state={state}"))
+        .await;
+    assert_eq!(r.status(), 302);
+    assert_eq!(location(&r), "/app/a");
+    // … and a replay of the same code (with the CSRF cookie restored) is refused
+    b.cookies.insert("oidc_state_csrf".into(), saved_csrf);
+    let r = b.get(&cb).await;
+    assert_eq!(r.status(), 400, "code replay");
+
+    // a tampered session cookie is refused
+    let mut t = k.client();
+    let real = b.cookies["authservice_session"].clone();
+    let (id, mac) = real.split_once('.').unwrap();
+    let flipped = if mac.starts_with('A') {
+        mac.replacen('A', "B", 1)
+    } else {
+        format!("A{}", &mac[1..])
+    };
+    t.cookies
+        .insert("authservice_session".into(), format!("{id}.{flipped}"));
+    assert_eq!(t.get("/apis/kubeflow.org/v1/profiles").await.status(), 401);
+    t.cookies.insert("authservice_session".into(), "garbage".into());
+    assert_eq!(t.get("/apis/x").await.status(), 401);
+    k.running.shutdown().await;
+}
+
+#[tokio::test]
+async fn oversized_input_is_a_clean_4xx() {
+    let k = Kfsec::start("").await;
+    let raw = http_client(&k.running.ca_pem);
+    // oversized header
+    let big = "x".repeat(100 * 1024);
+    let r = raw.get(format!("{}/app/x", k.base)).header("x-big", &big).send().await;
+    match r {
+        Ok(r) => assert!(r.status().is_client_error(), "{}", r.status()),
+        Err(e) => assert!(!e.is_timeout(), "connection refused the header: {e}"),
+    }
+    // oversized body to the login form and the token endpoint
+    let mut b = k.client();
+    let (_, form_url) = b.follow("/app/y").await;
+    let body = vec![b'a'; 2 * 1024 * 1024];
+    let r = raw
+        .post(&form_url)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    let r = raw
+        .post(format!("{}/token", k.running.issuer))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_client_error());
+    // malformed form, unknown state, bad query
+    let r = raw
+        .post(&form_url)
+        .header("content-type", "application/json")
+        .body("{")
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_client_error());
+    let r = raw
+        .get(format!("{}/auth/local/login?state=nope", k.running.issuer))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let r = raw
+        .get(format!("{}/auth?client_id=nobody", k.running.issuer))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    // the server is still healthy
+    assert_eq!(
+        raw.get(format!("{}/healthz", k.running.issuer))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    k.running.shutdown().await;
+}
+
+#[tokio::test]
+async fn brute_force_is_slowed_then_locked_without_revealing_accounts() {
+    let k = Kfsec::start_with_clock(
+        "loginProtection:\n  maxFailuresPerAccount: 3\n  maxFailuresPerAddress: 50\n  lockout: 10m\n",
+    )
+    .await;
+    let clock = k.clock.clone().unwrap();
+    let mut b = k.client();
+    for _ in 0..3 {
+        let (r, _) = b.login("/", USER, "wrong password!").await;
+        assert_eq!(r.status(), 401);
+    }
+    // locked: even the right password is refused, with the same kind of answer as for nobody
+    let (r, _) = b.login("/", USER, PASSWORD).await;
+    assert_eq!(r.status(), 401);
+    let locked_body = r.text().await.unwrap();
+    assert!(locked_body.contains("Too many failed attempts"));
+    for _ in 0..3 {
+        b.login("/", "nobody@example.org", "wrong password!").await;
+    }
+    let (r, _) = b.login("/", "nobody@example.org", "whatever pass").await;
+    assert!(
+        r.text().await.unwrap().contains("Too many failed attempts"),
+        "unknown accounts lock the same way"
+    );
+    // after the lockout period the right password works again
+    clock.advance(Duration::from_secs(601));
+    let (r, url) = b.login("/", USER, PASSWORD).await;
+    assert_eq!(r.status(), 200, "{url}");
+    k.running.shutdown().await;
+}

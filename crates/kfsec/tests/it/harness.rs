@@ -1,0 +1,225 @@
+//! Test harness: an in-process kfsec with a temp data dir and an echo upstream, plus a small
+//! cookie-keeping HTTPS client that never follows redirects (each hop is asserted).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::Request;
+use axum::routing::any;
+use kfsec_server::config::{Env, Overrides, parse, validate};
+use kfsec_server::{Running, start_with};
+use kfsec_types::{Clock, ManualClock, SystemClock};
+use reqwest::header::{HeaderMap, HeaderValue};
+
+pub const USER: &str = "test.user1@example.org";
+pub const PASSWORD: &str = "correct horse battery";
+/// bcrypt (cost 12, `$2y$`) of [`PASSWORD`], as Dex configs write it.
+pub const HASH: &str = "$2y$12$99qz3xSNm5CHLxYv7OXd4.sTbzXEjUxzy6oDsZF10Rm5hM.WhqXPa";
+
+struct NoEnv;
+impl Env for NoEnv {
+    fn var(&self, _: &str) -> Option<String> {
+        None
+    }
+}
+
+/// An upstream that answers with the request it saw, as JSON.
+pub async fn echo_upstream() -> SocketAddr {
+    let app = Router::new().fallback(any(|req: Request| async move {
+        let headers: BTreeMap<String, String> = req
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_owned()))
+            .collect();
+        axum::Json(serde_json::json!({
+            "path": req.uri().path_and_query().map(|p| p.to_string()),
+            "method": req.method().as_str(),
+            "headers": headers,
+        }))
+    }));
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+    addr
+}
+
+pub struct Kfsec {
+    pub running: Running,
+    pub base: String,
+    pub _dir: tempfile::TempDir,
+    #[allow(dead_code)]
+    pub upstream: SocketAddr,
+    pub clock: Option<Arc<ManualClock>>,
+}
+
+impl Kfsec {
+    /// Boots kfsec with `extra` YAML appended to a base config (one static user, a route
+    /// `/app/` to an echo upstream and a public `/open/` route).
+    pub async fn start(extra: &str) -> Self {
+        Self::start_inner(extra, None).await
+    }
+
+    /// Like [`start`], with a manual clock.
+    pub async fn start_with_clock(extra: &str) -> Self {
+        Self::start_inner(extra, Some(ManualClock::new(SystemClock.now()))).await
+    }
+
+    async fn start_inner(extra: &str, clock: Option<Arc<ManualClock>>) -> Self {
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let upstream = echo_upstream().await;
+        let dir = tempfile::tempdir().unwrap();
+        let yaml = format!(
+            "apiVersion: kfsec/v1\nstaticPasswords:\n- email: {USER}\n  hash: \"{HASH}\"\n  username: user1\n  userID: \"15841185641784\"\n  groups: [team-a]\nstaticClients:\n- id: rp-test\n  secret: rp-secret-0123456789\n  name: RP test\n  redirectURIs: [\"https://rp.example/cb\"]\nroutes:\n- prefix: /app/\n  upstream: http://{upstream}\n- prefix: /open/\n  upstream: http://{upstream}\n  public: true\n{extra}"
+        );
+        let file = parse(Path::new("test.yaml"), &yaml).unwrap();
+        let o = Overrides {
+            data_dir: Some(dir.path().to_path_buf()),
+            https_addr: Some("127.0.0.1:0".into()),
+            admin_addr: Some("127.0.0.1:0".into()),
+        };
+        let cfg = validate(file, &o, &NoEnv).unwrap();
+        let c: Arc<dyn Clock> = match &clock {
+            Some(m) => m.clone(),
+            None => Arc::new(SystemClock),
+        };
+        let running = start_with(cfg, c, Arc::new(kfsec_pki::OsRng)).await.unwrap();
+        let base = format!("https://localhost:{}", running.https_addr.port());
+        Self {
+            running,
+            base,
+            _dir: dir,
+            upstream,
+            clock,
+        }
+    }
+
+    pub fn client(&self) -> Browser {
+        Browser::new(&self.running.ca_pem, &self.base)
+    }
+}
+
+/// A cookie-keeping HTTPS client that does not follow redirects.
+pub struct Browser {
+    pub http: reqwest::Client,
+    pub base: String,
+    pub cookies: BTreeMap<String, String>,
+}
+
+pub fn http_client(ca_pem: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap()])
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+impl Browser {
+    pub fn new(ca_pem: &str, base: &str) -> Self {
+        Self {
+            http: http_client(ca_pem),
+            base: base.to_owned(),
+            cookies: BTreeMap::new(),
+        }
+    }
+
+    pub fn url(&self, path_or_url: &str) -> String {
+        if path_or_url.starts_with("https://") {
+            path_or_url.to_owned()
+        } else {
+            format!("{}{path_or_url}", self.base)
+        }
+    }
+
+    fn cookie_header(&self) -> Option<HeaderValue> {
+        if self.cookies.is_empty() {
+            return None;
+        }
+        let s: Vec<String> = self.cookies.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        HeaderValue::from_str(&s.join("; ")).ok()
+    }
+
+    pub fn absorb(&mut self, headers: &HeaderMap) {
+        for sc in headers.get_all(reqwest::header::SET_COOKIE) {
+            let sc = sc.to_str().unwrap();
+            let first = sc.split(';').next().unwrap();
+            let (k, v) = first.split_once('=').unwrap();
+            if v.is_empty() || sc.contains("Max-Age=0") {
+                self.cookies.remove(k);
+            } else {
+                self.cookies.insert(k.to_owned(), v.to_owned());
+            }
+        }
+    }
+
+    pub async fn send(&mut self, req: reqwest::RequestBuilder) -> reqwest::Response {
+        let req = match self.cookie_header() {
+            Some(c) => req.header(reqwest::header::COOKIE, c),
+            None => req,
+        };
+        let resp = req.send().await.unwrap();
+        self.absorb(resp.headers());
+        resp
+    }
+
+    pub async fn get(&mut self, path: &str) -> reqwest::Response {
+        let req = self.http.get(self.url(path));
+        self.send(req).await
+    }
+
+    pub async fn post_form(&mut self, path: &str, form: &[(&str, &str)]) -> reqwest::Response {
+        let req = self.http.post(self.url(path)).form(form);
+        self.send(req).await
+    }
+
+    /// Follows redirects from `path` until a non-redirect, returning it and its URL.
+    pub async fn follow(&mut self, path: &str) -> (reqwest::Response, String) {
+        let mut url = self.url(path);
+        for _ in 0..10 {
+            let resp = self.get(&url).await;
+            if !resp.status().is_redirection() {
+                return (resp, url);
+            }
+            url = self.url(location(&resp));
+        }
+        panic!("redirect loop from {path}");
+    }
+
+    /// Goes from a protected `path` through the login form with `password`; returns the final
+    /// response after the callback redirect chain (or the login form on failure) and its URL.
+    pub async fn login(&mut self, path: &str, user: &str, password: &str) -> (reqwest::Response, String) {
+        let (form, form_url) = self.follow(path).await;
+        assert_eq!(form.status(), 200, "expected the login form at {form_url}");
+        assert!(form_url.contains("/dex/auth/local/login"), "{form_url}");
+        let resp = self
+            .post_form(&form_url, &[("login", user), ("password", password)])
+            .await;
+        if resp.status() != 303 {
+            return (resp, form_url);
+        }
+        let next = location(&resp).to_owned();
+        self.follow(&next).await
+    }
+}
+
+pub fn location(resp: &reqwest::Response) -> &str {
+    resp.headers()
+        .get(reqwest::header::LOCATION)
+        .map(|v| v.to_str().unwrap())
+        .unwrap_or_default()
+}
+
+pub fn query_param(url: &str, name: &str) -> Option<String> {
+    let full = if url.starts_with('/') {
+        format!("https://x{url}")
+    } else {
+        url.to_owned()
+    };
+    url::Url::parse(&full)
+        .ok()?
+        .query_pairs()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+}

@@ -1,0 +1,238 @@
+//! The real binary: admin commands while it runs, `kill -9` and restart, TLS versions with
+//! openssl.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::harness::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_kfsec");
+
+struct Proc {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts `kfsec serve`; returns it once `kfsec ready:` is printed, plus the stdout lines.
+fn serve(dir: &std::path::Path, port: u16) -> (Proc, Vec<String>) {
+    let mut child = Command::new(BIN)
+        .args(["serve", "--data-dir"])
+        .arg(dir)
+        .args([
+            "--https-addr",
+            &format!("127.0.0.1:{port}"),
+            "--admin-addr",
+            "127.0.0.1:0",
+        ])
+        .env("KFSEC_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let mut lines = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut reader = BufReader::new(out);
+    loop {
+        assert!(Instant::now() < deadline, "kfsec did not become ready");
+        let mut l = String::new();
+        if reader.read_line(&mut l).unwrap() == 0 {
+            panic!("kfsec exited early: {lines:?}");
+        }
+        let ready = l.starts_with("kfsec ready:");
+        lines.push(l);
+        if ready {
+            break;
+        }
+    }
+    std::thread::spawn(move || for _ in reader.lines() {});
+    (Proc { child, port }, lines)
+}
+
+fn cli(dir: &std::path::Path, args: &[&str], stdin: Option<&str>) -> std::process::Output {
+    let mut c = Command::new(BIN)
+        .args(args)
+        .arg("--data-dir")
+        .arg(dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    if let Some(s) = stdin {
+        c.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
+    } else {
+        drop(c.stdin.take());
+    }
+    c.wait_with_output().unwrap()
+}
+
+#[tokio::test]
+async fn state_survives_kill_9_and_admin_commands_work_while_running() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let (p, lines) = serve(dir.path(), port);
+    let all = lines.concat();
+    assert!(all.contains("login:    admin@kfsec.local"), "{all}");
+    let bootstrap = all
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("password: "))
+        .expect("bootstrap password printed")
+        .to_owned();
+    assert_eq!(bootstrap.len(), 24);
+
+    // admin commands while the server holds the store
+    let o = cli(
+        dir.path(),
+        &["user", "add", "carol@example.org", "--group", "ml"],
+        Some("carol-password-1\n"),
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = cli(
+        dir.path(),
+        &["user", "add", "carol@example.org"],
+        Some("carol-password-1\n"),
+    );
+    assert!(!o.status.success(), "duplicate users are refused");
+    let o = cli(
+        dir.path(),
+        &[
+            "client",
+            "add",
+            "notebook-app",
+            "--redirect-uri",
+            "https://nb.example/cb",
+        ],
+        None,
+    );
+    assert!(o.status.success());
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    let secret = out.lines().find_map(|l| l.strip_prefix("secret ")).unwrap().to_owned();
+    assert_eq!(secret.len(), 30);
+    assert!(secret.chars().all(|c| c.is_ascii_alphanumeric()));
+    let list = String::from_utf8_lossy(&cli(dir.path(), &["user", "list"], None).stdout).to_string();
+    assert!(
+        list.contains("carol@example.org") && list.contains("admin@kfsec.local"),
+        "{list}"
+    );
+    // the store holds no plaintext secret or password
+    let db = std::fs::read(dir.path().join("kfsec.redb")).unwrap();
+    for needle in [secret.as_bytes(), b"carol-password-1".as_slice(), bootstrap.as_bytes()] {
+        assert!(
+            !db.windows(needle.len()).any(|w| w == needle),
+            "plaintext secret in the store"
+        );
+    }
+
+    // log in as the new user and as the bootstrap admin
+    let ca = std::fs::read_to_string(dir.path().join("pki/ca.crt")).unwrap();
+    let base = format!("https://localhost:{}", p.port);
+    let mut b = Browser::new(&ca, &base);
+    let (r, _) = b.login("/", "carol@example.org", "carol-password-1").await;
+    assert_eq!(r.status(), 200);
+    let mut admin = Browser::new(&ca, &base);
+    let (r, _) = admin.login("/", "admin@kfsec.local", &bootstrap).await;
+    assert_eq!(r.status(), 200);
+    let home = r.text().await.unwrap();
+    assert!(home.contains("kfsec:admins"));
+    let keys_before: serde_json::Value = b.get("/dex/keys").await.json().await.unwrap();
+
+    // kill -9 and restart on the same port: sessions, users, clients and keys survive
+    let mut p = p;
+    p.child.kill().unwrap(); // SIGKILL
+    p.child.wait().unwrap();
+    drop(p);
+    let (p2, lines2) = serve(dir.path(), port);
+    // a new connection (the old one died with the process), the same cookies
+    let mut b = Browser {
+        http: http_client(&ca),
+        base: base.clone(),
+        cookies: b.cookies,
+    };
+    assert!(
+        !lines2.concat().contains("password:"),
+        "the bootstrap password is never shown again"
+    );
+    let r = b.get("/").await;
+    assert_eq!(r.status(), 200, "the session survived the crash");
+    assert!(r.text().await.unwrap().contains("carol@example.org"));
+    let keys_after: serde_json::Value = b.get("/dex/keys").await.json().await.unwrap();
+    assert_eq!(keys_before, keys_after, "signing keys survived");
+    let clients = String::from_utf8_lossy(&cli(dir.path(), &["client", "list"], None).stdout).to_string();
+    assert!(clients.contains("notebook-app"), "{clients}");
+
+    // password change and delete while running
+    let o = cli(
+        dir.path(),
+        &["user", "passwd", "carol@example.org"],
+        Some("carol-password-2\n"),
+    );
+    assert!(o.status.success());
+    let mut c2 = Browser::new(&ca, &base);
+    let (r, _) = c2.login("/", "carol@example.org", "carol-password-1").await;
+    assert_eq!(r.status(), 401, "old password no longer works");
+    let (r, _) = c2.login("/", "carol@example.org", "carol-password-2").await;
+    assert_eq!(r.status(), 200);
+    assert!(
+        cli(dir.path(), &["user", "delete", "carol@example.org"], None)
+            .status
+            .success()
+    );
+    drop(p2);
+
+    // with the server stopped, commands open the store directly
+    let list = String::from_utf8_lossy(&cli(dir.path(), &["user", "list"], None).stdout).to_string();
+    assert!(
+        !list.contains("carol@example.org") && list.contains("admin@kfsec.local"),
+        "{list}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_1_1_is_refused_and_1_2_and_1_3_work() {
+    let k = Kfsec::start("").await;
+    let port = k.running.https_addr.port().to_string();
+    let run = |flag: &str| {
+        let mut c = Command::new("openssl")
+            .args([
+                "s_client",
+                "-connect",
+                &format!("127.0.0.1:{port}"),
+                flag,
+                "-servername",
+                "localhost",
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("openssl is installed by scripts/install-test-deps.sh");
+        c.stdin.take().unwrap().write_all(b"Q\n").unwrap();
+        let o = c.wait_with_output().unwrap();
+        (o.status.success(), String::from_utf8_lossy(&o.stdout).to_string())
+    };
+    let (ok, out) = run("-tls1_1");
+    assert!(!ok || !out.contains("Cipher is ECDHE"), "TLS 1.1 must fail: {out}");
+    let (ok, out) = run("-tls1_2");
+    assert!(ok && out.contains("TLSv1.2"), "TLS 1.2: {out}");
+    let (ok, out) = run("-tls1_3");
+    assert!(ok && out.contains("TLSv1.3"), "TLS 1.3: {out}");
+    k.running.shutdown().await;
+}
