@@ -10,32 +10,6 @@ use kfsec_idp::Claims;
 
 use crate::harness::*;
 
-fn claims(k: &Kfsec, iss: &str, aud: &str, exp_from_now: i64) -> Claims {
-    let now = k.clock.as_ref().map_or_else(
-        || {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_secs()
-        },
-        |c| kfsec_types::Clock::now(c.as_ref()).as_secs(),
-    );
-    Claims {
-        iss: iss.into(),
-        sub: "x".into(),
-        aud: vec![aud.into()],
-        exp: now.saturating_add_signed(exp_from_now),
-        iat: now,
-        nonce: None,
-        at_hash: None,
-        email: Some("mallory@example.org".into()),
-        email_verified: Some(true),
-        groups: Some(vec!["system:masters".into()]),
-        name: None,
-        preferred_username: None,
-    }
-}
-
 #[tokio::test]
 async fn forged_and_foreign_tokens_are_refused() {
     let k = Kfsec::start("").await;
@@ -43,9 +17,9 @@ async fn forged_and_foreign_tokens_are_refused() {
     let keys = k.running.idp.keys().keys();
     let sign = |c: &Claims| keys.signing.sign(c).unwrap();
     let iss = k.running.issuer.clone();
-    let good = sign(&claims(&k, &iss, "rp-test", 600));
+    let good = sign(&test_claims(&k, &iss, "rp-test", 600));
     let kid = keys.signing.kid().to_owned();
-    let body = B64.encode(serde_json::to_vec(&claims(&k, &iss, "rp-test", 600)).unwrap());
+    let body = B64.encode(serde_json::to_vec(&test_claims(&k, &iss, "rp-test", 600)).unwrap());
     let none = format!("{}.{body}.", B64.encode(format!(r#"{{"alg":"none","kid":"{kid}"}}"#)));
     let hs_head = B64.encode(format!(r#"{{"alg":"HS256","kid":"{kid}"}}"#));
     let jwk = keys.signing.public().to_jwk();
@@ -57,10 +31,10 @@ async fn forged_and_foreign_tokens_are_refused() {
         ("HS256 keyed with the public key", hs256),
         (
             "wrong iss",
-            sign(&claims(&k, "https://evil.example/dex", "rp-test", 600)),
+            sign(&test_claims(&k, "https://evil.example/dex", "rp-test", 600)),
         ),
-        ("unknown aud", sign(&claims(&k, &iss, "somebody-else", 600))),
-        ("expired", sign(&claims(&k, &iss, "rp-test", -10))),
+        ("unknown aud", sign(&test_claims(&k, &iss, "somebody-else", 600))),
+        ("expired", sign(&test_claims(&k, &iss, "rp-test", -10))),
         ("garbage", "a.b.c".into()),
         ("truncated signature", good[..good.len() - 4].to_owned()),
     ];

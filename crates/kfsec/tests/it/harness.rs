@@ -223,3 +223,25 @@ pub fn query_param(url: &str, name: &str) -> Option<String> {
         .find(|(k, _)| k == name)
         .map(|(_, v)| v.into_owned())
 }
+
+/// Claims for a hand-made token (signed by a test with the server's own key).
+pub fn test_claims(k: &Kfsec, iss: &str, aud: &str, exp_from_now: i64) -> kfsec_idp::Claims {
+    let now = match &k.clock {
+        Some(c) => c.now().as_secs(),
+        None => SystemClock.now().as_secs(),
+    };
+    kfsec_idp::Claims {
+        iss: iss.into(),
+        sub: "x".into(),
+        aud: vec![aud.into()],
+        exp: now.saturating_add_signed(exp_from_now),
+        iat: now,
+        nonce: None,
+        at_hash: None,
+        email: Some(USER.into()),
+        email_verified: Some(true),
+        groups: Some(vec!["system:masters".into()]),
+        name: None,
+        preferred_username: None,
+    }
+}

@@ -4,9 +4,6 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use kfsec_idp::Claims;
-use kfsec_types::Clock;
-
 use crate::harness::*;
 
 async fn kids(raw: &reqwest::Client, issuer: &str) -> BTreeSet<String> {
@@ -41,24 +38,7 @@ async fn signing_keys_rotate_with_prepublication_and_retirement() {
         BTreeSet::from([a.clone(), b.clone()]),
         "next key published before use"
     );
-    let now = clock.now().as_secs();
-    let token = before
-        .signing
-        .sign(&Claims {
-            iss: iss.clone(),
-            sub: "s".into(),
-            aud: vec!["rp-test".into()],
-            exp: now + 7200,
-            iat: now,
-            nonce: None,
-            at_hash: None,
-            email: Some(USER.into()),
-            email_verified: Some(true),
-            groups: None,
-            name: None,
-            preferred_username: None,
-        })
-        .unwrap();
+    let token = before.signing.sign(&test_claims(&k, &iss, "rp-test", 7200)).unwrap();
 
     // not yet due: nothing changes
     assert!(!idp.keys().tick().await.unwrap());

@@ -8,3 +8,4 @@ mod harness;
 mod keys;
 mod oidc;
 mod process;
+mod proxying;

@@ -1,0 +1,175 @@
+//! Proxying details: WebSocket upgrades pass through, request bodies stream to the upstream,
+//! and a user-supplied certificate is re-read without a restart or dropped connections.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::harness::*;
+
+/// An upstream that answers any request with 101 and then echoes bytes.
+async fn websocket_echo() -> std::net::SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let n = s.read(&mut buf).await.unwrap();
+                    if n == 0 {
+                        return;
+                    }
+                    head.extend_from_slice(&buf[..n]);
+                }
+                let head = String::from_utf8_lossy(&head).to_lowercase();
+                let user = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("kubeflow-userid: "))
+                    .unwrap_or("")
+                    .to_owned();
+                s.write_all(format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nx-user: {user}\r\n\r\n").as_bytes()).await.unwrap();
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    addr
+}
+
+async fn tls_connect(k: &Kfsec) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let mut cfg = kfsec_pki::client_config_trusting(&k.running.ca_pem).unwrap();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = TcpStream::connect(k.running.https_addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(name, tcp)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn websocket_upgrades_pass_through_with_identity() {
+    let ws = websocket_echo().await;
+    // appended to the base config's `routes:` list
+    let k = Kfsec::start(&format!("- prefix: /notebook/\n  upstream: http://{ws}\n")).await;
+    let mut b = k.client();
+    let (r, _) = b.login("/", USER, PASSWORD).await;
+    assert_eq!(r.status(), 200);
+    let cookie = b.cookies["authservice_session"].clone();
+    let mut s = tls_connect(&k).await;
+    let req = format!(
+        "GET /notebook/api/kernels/1/channels HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nkubeflow-userid: forged@evil\r\nCookie: authservice_session={cookie}\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(
+        head.contains(&format!("x-user: {USER}")),
+        "upstream saw the real user: {head}"
+    );
+    for msg in [&b"ping"[..], &b"a longer frame of bytes"[..]] {
+        s.write_all(msg).await.unwrap();
+        let mut back = vec![0u8; msg.len()];
+        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut back))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(back, msg);
+    }
+    k.running.shutdown().await;
+}
+
+#[tokio::test]
+async fn request_bodies_stream_to_the_upstream() {
+    let k = Kfsec::start("").await;
+    let mut b = k.client();
+    b.login("/", USER, PASSWORD).await;
+    let body = vec![b'z'; 8 * 1024 * 1024];
+    let r = b.send(b.http.post(b.url("/app/upload")).body(body)).await;
+    assert_eq!(r.status(), 200);
+    let seen: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(seen["method"], "POST");
+    assert_eq!(seen["headers"]["content-length"], "8388608");
+    k.running.shutdown().await;
+}
+
+#[tokio::test]
+async fn user_certificate_is_reloaded_without_dropping_connections() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let pki = tempfile::tempdir().unwrap();
+    let clock = kfsec_types::SystemClock;
+    let ca = kfsec_pki::CertificateAuthority::load_or_create(pki.path(), kfsec_pki::KeyAlgorithm::EcdsaP256, &clock)
+        .unwrap();
+    let issue = |cn: &str| {
+        ca.issue_server(cn, &["localhost".into()], &[], Duration::from_secs(3600), &clock)
+            .unwrap()
+    };
+    let (cert, key) = (pki.path().join("tls.crt"), pki.path().join("tls.key"));
+    let first = issue("first");
+    std::fs::write(&cert, &first.cert_pem).unwrap();
+    std::fs::write(&key, &first.key_pem).unwrap();
+    let mut k = Kfsec::start(&format!(
+        "tls:\n  certFile: {}\n  keyFile: {}\n",
+        cert.display(),
+        key.display()
+    ))
+    .await;
+    let subject = |s: &tokio_rustls::client::TlsStream<TcpStream>| {
+        let der = s.get_ref().1.peer_certificates().unwrap()[0].clone();
+        kfsec_pki::parse_cert_pem(&pem(der.as_ref())).unwrap().subject
+    };
+    k.running.ca_pem = ca.cert_pem().to_owned();
+    let mut old = tls_connect(&k).await;
+    assert!(subject(&old).contains("first"));
+    // an HTTP/1.1 request on the old connection, kept open
+    old.write_all(b"GET /dex/healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = old.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+
+    let second = issue("second");
+    std::fs::write(&key, &second.key_pem).unwrap();
+    std::fs::write(&cert, &second.cert_pem).unwrap();
+    let mut seen = false;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if subject(&tls_connect(&k).await).contains("second") {
+            seen = true;
+            break;
+        }
+    }
+    assert!(seen, "new handshakes use the new certificate");
+    // the old connection still works
+    old.write_all(b"GET /dex/healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let n = old.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    k.running.shutdown().await;
+}
+
+fn pem(der: &[u8]) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let lines: Vec<&str> = b64
+        .as_bytes()
+        .chunks(64)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect();
+    format!(
+        "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+        lines.join("\n")
+    )
+}
