@@ -248,3 +248,86 @@ pub fn validate_email(email: &str) -> Result<(), IdpError> {
         Err(IdpError::Invalid(format!("{email:?} is not a valid email address")))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use kfsec_store::MemoryStore;
+    use kfsec_types::{ManualClock, UnixTime};
+
+    fn user(email: &str, hash: String) -> User {
+        User {
+            email: email.into(),
+            username: "u".into(),
+            user_id: "1".into(),
+            hash,
+            groups: vec![],
+        }
+    }
+
+    #[tokio::test]
+    async fn verifies_2a_2b_and_2y_hashes_and_ignores_email_case() {
+        // One real hash, written in each of bcrypt's three prefixes (Dex configs use $2y$).
+        let h = bcrypt::hash_with_result("12341234", 10)
+            .unwrap()
+            .format_for_version(bcrypt::Version::TwoB);
+        let rest = h.strip_prefix("$2b$").unwrap().to_owned();
+        let store = MemoryStore::new(ManualClock::new(UnixTime::from_secs(1)));
+        let dir = UserDirectory::new(
+            store,
+            vec![
+                user("a@example.com", format!("$2a${rest}")),
+                user("b@example.com", format!("$2b${rest}")),
+                user("Y@Example.com", format!("$2y${rest}")),
+            ],
+        )
+        .unwrap();
+        for email in ["a@example.com", "b@example.com", "y@example.COM"] {
+            assert!(dir.verify(email, "12341234").await.unwrap().is_some(), "{email}");
+            assert!(dir.verify(email, "12341235").await.unwrap().is_none(), "{email}");
+        }
+        assert!(dir.verify("nobody@example.com", "12341234").await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn managed_users_are_hashed_and_static_ones_protected() {
+        let store = MemoryStore::new(ManualClock::new(UnixTime::from_secs(1)));
+        let dir = UserDirectory::new(
+            store.clone(),
+            vec![user("s@example.com", hash_password("static-pass").unwrap())],
+        )
+        .unwrap();
+        let rng = TestRng;
+        dir.add(&rng, "m@example.com", None, vec!["g".into()], "managed-pass")
+            .await
+            .unwrap();
+        let raw = store.get("/kfsec/idp/users/m@example.com").await.unwrap().unwrap();
+        let text = String::from_utf8(raw.value).unwrap();
+        assert!(!text.contains("managed-pass") && text.contains("$2b$12$"), "{text}");
+        assert!(matches!(
+            dir.add(&rng, "s@example.com", None, vec![], "whatever1").await,
+            Err(IdpError::Conflict(_))
+        ));
+        assert!(matches!(
+            dir.add(&rng, "x@example.com", None, vec![], "short").await,
+            Err(IdpError::Invalid(_))
+        ));
+        assert!(matches!(
+            dir.add(&rng, "x@example.com", None, vec![], &"p".repeat(73)).await,
+            Err(IdpError::Invalid(_))
+        ));
+        assert!(matches!(dir.delete("s@example.com").await, Err(IdpError::Conflict(_))));
+        dir.set_password("m@example.com", "another-pass").await.unwrap();
+        assert!(dir.verify("m@example.com", "another-pass").await.unwrap().is_some());
+        dir.delete("m@example.com").await.unwrap();
+        assert!(dir.find("m@example.com").await.unwrap().is_none());
+    }
+
+    struct TestRng;
+    impl Rng for TestRng {
+        fn fill(&self, buf: &mut [u8]) {
+            buf.iter_mut().enumerate().for_each(|(i, b)| *b = i as u8);
+        }
+    }
+}

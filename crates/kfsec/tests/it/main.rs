@@ -5,6 +5,7 @@
 mod attacks;
 mod flow;
 mod harness;
+mod ingress;
 mod keys;
 mod oidc;
 mod process;
