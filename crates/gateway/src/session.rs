@@ -205,8 +205,16 @@ impl Sessions {
         })
     }
 
-    /// Drops expired entries from the cache.
-    pub fn prune(&self, now: UnixTime) {
-        self.cache.write().retain(|_, e| e.1 > now.as_secs());
+    /// Drops expired entries from the cache every `every`, until the task is dropped.
+    pub fn spawn_prune(self: &Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                let now: UnixTime = me.clock.now();
+                me.cache.write().retain(|_, e| e.1 > now.as_secs());
+            }
+        })
     }
 }

@@ -318,6 +318,7 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
         admin::serve(&dir.0, ops).map_err(io("opening the admin socket"))?,
         idp.spawn_rotation(Duration::from_secs(30)),
         app.sessions().spawn_watch(),
+        app.sessions().spawn_prune(Duration::from_secs(60)),
     ];
     background.extend(cert_watch);
 

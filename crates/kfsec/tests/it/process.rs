@@ -98,6 +98,18 @@ async fn state_survives_kill_9_and_admin_commands_work_while_running() {
         .to_owned();
     assert_eq!(bootstrap.len(), 24);
 
+    // the front-door certificate names what users type
+    let san = Command::new("openssl")
+        .args(["x509", "-noout", "-ext", "subjectAltName", "-in"])
+        .arg(dir.path().join("pki/frontdoor.crt"))
+        .output()
+        .unwrap();
+    let san = String::from_utf8_lossy(&san.stdout).to_string();
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    for name in ["DNS:localhost", "IP Address:127.0.0.1", &format!("DNS:{}", host.trim())] {
+        assert!(san.contains(name), "{name} missing from {san}");
+    }
+
     // admin commands while the server holds the store
     let o = cli(
         dir.path(),
