@@ -20,6 +20,7 @@ use kfsec_idp::secret::{ct_eq, random_token, sha256_b64};
 use kfsec_types::{Identity, random_array};
 use serde::{Deserialize, Serialize};
 
+use crate::listener::ClientCertIdentity;
 use crate::{App, GATEKEEPER_CLIENT_ID, responses};
 
 /// The callback path registered for the gatekeeper client.
@@ -65,8 +66,8 @@ pub(crate) fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> 
 }
 
 impl App {
-    /// Authenticates a request by bearer token or session cookie.
-    pub async fn authenticate(&self, headers: &HeaderMap) -> Authn {
+    /// Authenticates a request by bearer token, verified client certificate or session cookie.
+    pub async fn authenticate(&self, headers: &HeaderMap, cert: Option<&ClientCertIdentity>) -> Authn {
         if let Some(auth) = headers.get(header::AUTHORIZATION) {
             let token = auth
                 .to_str()
@@ -84,6 +85,9 @@ impl App {
                     }
                 };
             }
+        }
+        if let Some(ClientCertIdentity(id)) = cert {
+            return Authn::Ok(id.clone());
         }
         // An expired, revoked or forged cookie is treated like no cookie: browsers go back
         // through login, API clients get 401.
@@ -299,7 +303,7 @@ pub(crate) async fn logout(State(app): State<Arc<App>>, headers: HeaderMap) -> R
 /// `/authservice/check` for nginx `auth_request` and Envoy `ext_authz` (HTTP): 200 with the
 /// identity headers, or 401.
 pub(crate) async fn check(State(app): State<Arc<App>>, req: Request<Body>) -> Response {
-    match app.authenticate(req.headers()).await {
+    match app.authenticate(req.headers(), req.extensions().get()).await {
         Authn::Ok(id) => {
             let mut resp = StatusCode::OK.into_response();
             app.set_identity_headers(resp.headers_mut(), &id);

@@ -105,10 +105,13 @@ pub struct App {
     rng: Arc<dyn Rng>,
     proxy: proxy::Proxy,
     metrics: metrics::HttpMetrics,
+    api: Option<Router>,
 }
 
 impl App {
-    /// Builds the front door.
+    /// Builds the front door. `api` serves the Kubernetes-style, Pipelines and KFAM paths for
+    /// authenticated callers; it receives the caller's [`Identity`] as a request extension.
+    #[allow(clippy::too_many_arguments)]
     pub async fn new(
         settings: GatewaySettings,
         idp: Arc<Idp>,
@@ -116,6 +119,7 @@ impl App {
         clock: Arc<dyn Clock>,
         rng: Arc<dyn Rng>,
         registry: &mut Registry,
+        api: Option<Router>,
     ) -> Result<Arc<Self>, GatewayError> {
         let keys = session::load_keys(store.as_ref(), rng.as_ref()).await?;
         let sessions = Sessions::new(
@@ -137,6 +141,7 @@ impl App {
             rng,
             proxy: proxy::Proxy::default(),
             metrics,
+            api,
         }))
     }
 
@@ -239,7 +244,8 @@ async fn protected(State(app): State<Arc<App>>, mut req: Request) -> Response {
         .extensions()
         .get::<ClientAddr>()
         .map_or(IpAddr::from([127, 0, 0, 1]), |c| c.0);
-    let identity = match app.authenticate(req.headers()).await {
+    let cert = req.extensions().get::<listener::ClientCertIdentity>().cloned();
+    let identity = match app.authenticate(req.headers(), cert.as_ref()).await {
         Authn::Ok(id) => Some(id),
         Authn::Invalid if route.as_ref().is_none_or(|r| !r.public) => {
             return responses::unauthenticated(&path);
@@ -255,6 +261,15 @@ async fn protected(State(app): State<Arc<App>>, mut req: Request) -> Response {
             return responses::unauthenticated(&path);
         }
     };
+    if let (Some(api), Some(id)) = (&app.api, &identity)
+        && responses::family(&path) != responses::Family::Browser
+    {
+        req.extensions_mut().insert(id.clone());
+        return match tower::ServiceExt::oneshot(api.clone(), req).await {
+            Ok(r) => r,
+            Err(never) => match never {},
+        };
+    }
     match route {
         Some(route) => {
             proxy::remove_cookie(req.headers_mut(), &app.settings.cookie_name);

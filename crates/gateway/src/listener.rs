@@ -20,6 +20,12 @@ use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
 use kfsec_idp::ClientAddr;
+use kfsec_types::Identity;
+
+/// The identity of a verified TLS client certificate, attached to each request of its
+/// connection.
+#[derive(Debug, Clone)]
+pub struct ClientCertIdentity(pub Identity);
 
 /// Largest request head accepted (HTTP/1 buffer and HTTP/2 header list).
 pub const MAX_HEADER_BYTES: usize = 64 * 1024;
@@ -78,8 +84,20 @@ pub async fn serve_tls(
                 }
                 Err(_) => return,
             };
+            // A client certificate (already verified against the internal CA by rustls) is an
+            // identity, as with the Kubernetes API server.
+            let cert_identity = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .and_then(|der| kfsec_pki::client_identity(der.as_ref()).ok())
+                .map(|(user, groups)| ClientCertIdentity(Identity::new(user, groups)));
             let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
                 req.extensions_mut().insert(ClientAddr(peer.ip()));
+                if let Some(id) = &cert_identity {
+                    req.extensions_mut().insert(id.clone());
+                }
                 app.clone().oneshot(req.map(axum::body::Body::new))
             });
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), svc);

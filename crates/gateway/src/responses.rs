@@ -20,7 +20,13 @@ pub enum Family {
 
 /// Classifies `path`.
 pub fn family(path: &str) -> Family {
-    if path == "/api" || path == "/apis" || path.starts_with("/api/") || path.starts_with("/apis/") {
+    if path == "/api"
+        || path == "/apis"
+        || path == "/version"
+        || path.starts_with("/api/")
+        || path.starts_with("/apis/")
+        || path.starts_with("/openapi/")
+    {
         Family::Kubernetes
     } else if path.starts_with("/pipeline/apis/") || path.starts_with("/apis/v1beta1/") {
         Family::Pipelines

@@ -114,7 +114,10 @@ mod tests {
         assert!(d.verify("hunter2"));
         assert!(!d.verify("hunter3"));
         assert!(ct_eq(b"a", b"a") && !ct_eq(b"a", b"ab"));
-        assert_eq!(sha256_hex(b"abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(
+            sha256_hex(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
         // PKCE S256 = base64url(SHA-256(verifier)); SHA-256("abc") is the FIPS 180-2 vector.
         assert_eq!(sha256_b64(b"abc"), "ungWv48Bz-pBQUDeXa4iI7ADYaOWF3qctBD_YfIAFa0");
     }

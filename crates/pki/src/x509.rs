@@ -70,3 +70,23 @@ pub(crate) fn unix_to_asn1(t: UnixTime) -> Result<ASN1Time, PkiError> {
     let secs = i64::try_from(t.as_secs()).map_err(|_| PkiError::InvalidRequest("time out of range".into()))?;
     ASN1Time::from_timestamp(secs).map_err(|e| PkiError::InvalidRequest(format!("time: {e}")))
 }
+
+/// The Kubernetes identity in a (verified) client certificate: the subject's CN is the user name
+/// and each O is a group, as the API server reads client certificates.
+pub fn client_identity(der: &[u8]) -> Result<(String, Vec<String>), PkiError> {
+    let cert = parse_x509(der)?;
+    let subject = cert.subject();
+    let user = subject
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+        .filter(|cn| !cn.is_empty())
+        .ok_or_else(|| PkiError::X509("client certificate has no common name".into()))?
+        .to_owned();
+    let groups = subject
+        .iter_organization()
+        .filter_map(|o| o.as_str().ok())
+        .map(str::to_owned)
+        .collect();
+    Ok((user, groups))
+}

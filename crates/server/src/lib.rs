@@ -194,6 +194,37 @@ fn front_door_cert(
     Ok((ReloadingResolver::from_pem(&chain, &issued.key_pem)?, None))
 }
 
+/// Writes `<data-dir>/admin.kubeconfig` (client certificate `CN=kfsec-admin, O=system:masters`)
+/// when it is missing or points at another server URL.
+fn write_admin_kubeconfig(
+    dir: &DataDir,
+    ca: &CertificateAuthority,
+    server: &str,
+    clock: &dyn Clock,
+) -> Result<(), ServerError> {
+    use base64::Engine;
+    let path = dir.0.join("admin.kubeconfig");
+    let server_line = format!("    server: {server}\n");
+    if std::fs::read_to_string(&path).is_ok_and(|t| t.contains(&server_line)) {
+        return Ok(());
+    }
+    let cert = ca.issue_client(
+        "kfsec-admin",
+        &["system:masters".to_owned()],
+        Duration::from_secs(365 * 86_400),
+        clock,
+    )?;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let text = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: kfsec\n  cluster:\n{server_line}    certificate-authority-data: {}\nusers:\n- name: kfsec-admin\n  user:\n    client-certificate-data: {}\n    client-key-data: {}\ncontexts:\n- name: kfsec\n  context:\n    cluster: kfsec\n    user: kfsec-admin\ncurrent-context: kfsec\n",
+        b64(ca.cert_pem()),
+        b64(&cert.cert_pem),
+        b64(&cert.key_pem),
+    );
+    kfsec_pki::write_private_file(&path, text.as_bytes())?;
+    Ok(())
+}
+
 /// Creates the bootstrap admin on first start; returns its password that one time.
 async fn bootstrap(store: &dyn Store, idp: &Idp, rng: &dyn Rng) -> Result<Option<String>, ServerError> {
     const MARK: &str = "/kfsec/bootstrap";
@@ -273,7 +304,14 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
     let store: Arc<dyn Store> = open_store(&dir, clock.clone())?;
     let ca = CertificateAuthority::load_or_create(&dir.pki(), KeyAlgorithm::Rsa2048, clock.as_ref())?;
     let (resolver, cert_watch) = front_door_cert(&cfg, &ca, &dir, public_host, clock.as_ref())?;
-    let tls = Arc::new(kfsec_pki::server_config(resolver, true)?);
+    // Client certificates are optional; a verified one authenticates (admin kubeconfig).
+    let tls = Arc::new(kfsec_pki::server_config_with_client_auth(
+        resolver,
+        true,
+        ca.cert_pem(),
+        kfsec_pki::ClientAuth::Optional,
+    )?);
+    write_admin_kubeconfig(&dir, &ca, &public_url, clock.as_ref())?;
 
     let mut registry = Registry::default();
     let idp_settings = IdpSettings {
@@ -306,6 +344,7 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
         clock.clone(),
         rng.clone(),
         &mut registry,
+        None,
     )
     .await?;
 
