@@ -94,6 +94,20 @@ pub fn gatekeeper_client() -> Client {
     }
 }
 
+/// The client id `kfsec login` uses (device flow, public).
+pub const CLI_CLIENT_ID: &str = "kfsec-cli";
+
+/// The built-in public client of `kfsec login`, whose browser leg ends at the IdP's
+/// `/device/callback`.
+pub fn cli_client(issuer_path: &str) -> Client {
+    Client {
+        id: CLI_CLIENT_ID.into(),
+        name: "kfsec command line".into(),
+        redirect_uris: vec![format!("{issuer_path}/device/callback")],
+        auth: ClientAuth::Public,
+    }
+}
+
 /// Shared state of the front door.
 pub struct App {
     settings: GatewaySettings,

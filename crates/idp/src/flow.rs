@@ -28,20 +28,20 @@ type Params = Query<HashMap<String, String>>;
 
 /// A pending authorization request.
 #[derive(Debug, Serialize, Deserialize)]
-struct AuthRequest {
-    client_id: String,
-    redirect_uri: String,
-    scopes: Vec<String>,
-    state: String,
+pub(crate) struct AuthRequest {
+    pub(crate) client_id: String,
+    pub(crate) redirect_uri: String,
+    pub(crate) scopes: Vec<String>,
+    pub(crate) state: String,
     #[serde(default)]
-    nonce: Option<String>,
+    pub(crate) nonce: Option<String>,
     #[serde(default)]
-    code_challenge: Option<String>,
+    pub(crate) code_challenge: Option<String>,
     #[serde(default)]
-    code_challenge_method: Option<String>,
+    pub(crate) code_challenge_method: Option<String>,
     /// Set after login when the approval screen is shown.
     #[serde(default)]
-    logged_in: Option<String>,
+    pub(crate) logged_in: Option<String>,
 }
 
 impl Idp {
@@ -57,11 +57,18 @@ impl Idp {
             .route("/token", axum::routing::post(token))
             .route("/userinfo", get(userinfo).post(userinfo))
             .route("/healthz", get(|| async { "Health check passed" }))
+            .route("/device/code", axum::routing::post(crate::device::device_code))
+            .route("/device", get(crate::device::device_page))
+            .route(
+                "/device/auth/verify_code",
+                axum::routing::post(crate::device::verify_code),
+            )
+            .route("/device/callback", get(crate::device::device_callback))
             .layer(DefaultBodyLimit::max(64 * 1024))
             .with_state(self.clone())
     }
 
-    fn login_url(&self, id: &str) -> String {
+    pub(crate) fn login_url(&self, id: &str) -> String {
         format!("{}/auth/local/login?back=&state={id}", self.settings.issuer_path())
     }
 }
@@ -177,17 +184,22 @@ async fn authorize_local(State(idp): State<Arc<Idp>>, Query(q): Params) -> Resul
         Ok(r) => r,
         Err(resp) => return Ok(resp),
     };
+    let id = create_auth_request(&idp, &req).await?;
+    Ok(Redirect::to(&idp.login_url(&id)).into_response())
+}
+
+/// Stores a pending authorization request; returns its id (the login form's `state`).
+pub(crate) async fn create_auth_request(idp: &Idp, req: &AuthRequest) -> Result<String, IdpError> {
     let id = random_token(idp.rng.as_ref());
-    let body = serde_json::to_vec(&req).map_err(IdpError::from)?;
+    let body = serde_json::to_vec(req)?;
     idp.store
         .create(
             &format!("{AUTHREQ_PREFIX}{id}"),
             body,
             Some(idp.settings.auth_request_ttl),
         )
-        .await
-        .map_err(IdpError::from)?;
-    Ok(Redirect::to(&idp.login_url(&id)).into_response())
+        .await?;
+    Ok(id)
 }
 
 async fn load_req(idp: &Idp, id: &str) -> Result<(AuthRequest, u64), PageError> {
@@ -418,6 +430,9 @@ async fn token(
                 .filter(|t| !t.is_empty() && t.len() <= 128)
                 .ok_or_else(|| OAuthError::invalid_request("Required param: refresh_token."))?;
             idp.refresh(&client, t).await?
+        }
+        Some(crate::device::GRANT_TYPE) => {
+            crate::device::poll(&idp, &client, get("device_code").unwrap_or_default()).await?
         }
         Some(other) => {
             return Err(OAuthError::bad(

@@ -7,6 +7,7 @@
 //! through the lockout gate; secrets, codes and tokens are stored only as digests.
 
 pub mod clients;
+mod device;
 mod error;
 mod flow;
 pub mod jwt;

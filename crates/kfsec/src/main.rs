@@ -14,6 +14,8 @@ use clap::{Args, Parser, Subcommand};
 use kfsec_server::admin::{self, AdminRequest, AdminResponse};
 use kfsec_server::config::{self, Overrides, ProcessEnv};
 
+mod login;
+
 #[derive(Parser)]
 #[command(
     name = "kfsec",
@@ -64,6 +66,20 @@ enum Cmd {
     },
     /// Print a bcrypt hash (cost 12) of a password read from stdin, for a Dex-style config.
     HashPassword,
+    /// Log in to a kfsec server with the device flow and write a kubeconfig with your token.
+    Login {
+        /// The front door, e.g. https://localhost:8443.
+        #[arg(long)]
+        server: String,
+        /// CA bundle that signed the server's certificate [default: <data-dir>/pki/ca.crt].
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
+        /// Where to write the kubeconfig.
+        #[arg(long, default_value = "kfsec.kubeconfig")]
+        kubeconfig: PathBuf,
+        #[command(flatten)]
+        common: Common,
+    },
 }
 
 #[derive(Subcommand)]
@@ -257,6 +273,20 @@ async fn main() -> Result<()> {
             https_addr,
             admin_addr,
         } => serve(common, https_addr, admin_addr).await,
+        Cmd::Login {
+            server,
+            ca_file,
+            kubeconfig,
+            common,
+        } => {
+            let ca = ca_file.unwrap_or_else(|| {
+                common
+                    .data_dir
+                    .unwrap_or_else(|| PathBuf::from("kfsec-data"))
+                    .join("pki/ca.crt")
+            });
+            login::login(&server, &ca, &kubeconfig).await
+        }
         Cmd::HashPassword => {
             let p = read_password(true)?;
             println!("{}", kfsec_idp::users::hash_password(&p)?);

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use kfsec_gateway::{App, GatewaySettings, gatekeeper_client};
+use kfsec_gateway::{App, GatewaySettings, cli_client, gatekeeper_client};
 use kfsec_idp::{Idp, IdpSettings};
 use kfsec_pki::{CertificateAuthority, KeyAlgorithm, OsRng, ReloadingResolver};
 use kfsec_store::{RedbStore, Store, StoreError};
@@ -62,6 +62,12 @@ pub enum ServerError {
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ServerError {
     let what = what.into();
     move |source| ServerError::Io { what, source }
+}
+
+fn issuer_path(issuer: &str) -> String {
+    url::Url::parse(issuer)
+        .map(|u| u.path().trim_end_matches('/').to_owned())
+        .unwrap_or_default()
 }
 
 /// Paths inside the data directory.
@@ -265,7 +271,10 @@ pub fn admin_ops(store: Arc<dyn Store>, cfg: &Config) -> Result<admin::AdminOps,
     let clients = Arc::new(kfsec_idp::ClientRegistry::new(
         store,
         cfg.static_clients.clone(),
-        vec![gatekeeper_client()],
+        vec![
+            gatekeeper_client(),
+            cli_client(&issuer_path(cfg.issuer.as_deref().unwrap_or("https://localhost/dex"))),
+        ],
     ));
     Ok(admin::AdminOps {
         users,
@@ -323,7 +332,7 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
         skip_approval: cfg.skip_approval,
         static_users: cfg.static_users.clone(),
         static_clients: cfg.static_clients.clone(),
-        builtin_clients: vec![gatekeeper_client()],
+        builtin_clients: vec![gatekeeper_client(), cli_client(&issuer_path(&issuer))],
         lockout: cfg.lockout.clone(),
     };
     let idp = Idp::new(idp_settings, store.clone(), clock.clone(), rng.clone(), &mut registry).await?;

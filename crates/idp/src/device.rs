@@ -1,0 +1,251 @@
+//! The OAuth2 device authorization grant (RFC 8628) at Dex's paths: `/device/code`, the
+//! `/device` page where the user enters the code, `/device/auth/verify_code`, the
+//! `/device/callback` that finishes the browser leg, and polling at `/token`.
+//!
+//! Invariants: a device code is high-entropy and stored only as a digest; user codes are short
+//! but expire with the request (5 minutes) and are single-use; tokens are handed out once, to
+//! the client that asked, and the record is deleted when they are.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Form, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Redirect, Response};
+use kfsec_store::StoreError;
+use serde::{Deserialize, Serialize};
+
+use crate::error::PageError;
+use crate::flow::{AuthRequest, create_auth_request};
+use crate::secret::{random_alnum, random_token, sha256_hex};
+use crate::{Client, Idp, IdpError, OAuthError, TokenResponse, escape_html, page};
+
+/// The grant type of device-code polling.
+pub const GRANT_TYPE: &str = "urn:ietf:params:oauth:grant-type:device_code";
+const DEVICE_PREFIX: &str = "/kfsec/idp/device/";
+const USER_CODE_PREFIX: &str = "/kfsec/idp/usercodes/";
+const TTL: Duration = Duration::from_secs(300);
+const INTERVAL: u64 = 5;
+
+#[derive(Serialize, Deserialize)]
+struct DeviceRecord {
+    client_id: String,
+    scopes: Vec<String>,
+    user_code: String,
+    #[serde(default)]
+    last_poll: u64,
+    #[serde(default)]
+    tokens: Option<TokenResponse>,
+}
+
+#[derive(Deserialize)]
+pub(crate) struct CodeForm {
+    #[serde(default)]
+    client_id: String,
+    #[serde(default)]
+    client_secret: Option<String>,
+    #[serde(default)]
+    scope: String,
+}
+
+/// `POST /device/code`.
+pub(crate) async fn device_code(State(idp): State<Arc<Idp>>, Form(f): Form<CodeForm>) -> Result<Response, OAuthError> {
+    let client = idp
+        .clients
+        .get(&f.client_id)
+        .await?
+        .ok_or_else(OAuthError::invalid_client)?;
+    if !client.authenticate(f.client_secret.as_deref()) {
+        return Err(OAuthError::invalid_client());
+    }
+    let scopes: Vec<String> = f.scope.split_whitespace().map(str::to_owned).collect();
+    if !scopes.iter().any(|s| s == "openid") {
+        return Err(OAuthError::bad(
+            "invalid_scope",
+            "Missing required scope(s) [\"openid\"].",
+        ));
+    }
+    let device_code = random_token(idp.rng.as_ref());
+    let raw = random_alnum(idp.rng.as_ref(), 8).to_ascii_uppercase();
+    let user_code = format!("{}-{}", &raw[..4], &raw[4..]);
+    let rec = DeviceRecord {
+        client_id: client.id,
+        scopes,
+        user_code: user_code.clone(),
+        last_poll: 0,
+        tokens: None,
+    };
+    let hash = sha256_hex(device_code.as_bytes());
+    idp.store
+        .create(
+            &format!("{DEVICE_PREFIX}{hash}"),
+            serde_json::to_vec(&rec).map_err(IdpError::from)?,
+            Some(TTL),
+        )
+        .await
+        .map_err(IdpError::from)?;
+    idp.store
+        .create(&format!("{USER_CODE_PREFIX}{user_code}"), hash.into_bytes(), Some(TTL))
+        .await
+        .map_err(IdpError::from)?;
+    let iss = &idp.settings.issuer;
+    Ok(Json(serde_json::json!({
+        "device_code": device_code,
+        "user_code": user_code,
+        "verification_uri": format!("{iss}/device"),
+        "verification_uri_complete": format!("{iss}/device?user_code={user_code}"),
+        "expires_in": TTL.as_secs(),
+        "interval": INTERVAL,
+    }))
+    .into_response())
+}
+
+/// `GET /device`: the form where the user types the code shown in their terminal.
+pub(crate) async fn device_page(State(idp): State<Arc<Idp>>, Query(q): Query<HashMap<String, String>>) -> Response {
+    let code = q.get("user_code").map(String::as_str).unwrap_or_default();
+    let body = format!(
+        "<p>Enter the code shown on your device.</p><form method=\"post\" action=\"{}/device/auth/verify_code\">\
+<label for=\"user_code\">Code</label><input type=\"text\" id=\"user_code\" name=\"user_code\" value=\"{}\" required autofocus>\
+<button type=\"submit\">Continue</button></form>",
+        escape_html(&idp.settings.issuer_path()),
+        escape_html(code)
+    );
+    page(StatusCode::OK, "Log in a device", &body)
+}
+
+#[derive(Deserialize)]
+pub(crate) struct VerifyForm {
+    #[serde(default)]
+    user_code: String,
+}
+
+/// `POST /device/auth/verify_code`: starts the browser login for that device.
+pub(crate) async fn verify_code(State(idp): State<Arc<Idp>>, Form(f): Form<VerifyForm>) -> Result<Response, PageError> {
+    let user_code = f.user_code.trim().to_ascii_uppercase();
+    let invalid = || PageError::bad("Invalid or expired code. Check the code on your device and try again.");
+    if user_code.len() != 9 || !user_code.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+        return Err(invalid());
+    }
+    let hash = idp
+        .store
+        .get(&format!("{USER_CODE_PREFIX}{user_code}"))
+        .await
+        .map_err(IdpError::from)?
+        .ok_or_else(invalid)?;
+    let hash = String::from_utf8(hash.value).map_err(|_| invalid())?;
+    let kv = idp
+        .store
+        .get(&format!("{DEVICE_PREFIX}{hash}"))
+        .await
+        .map_err(IdpError::from)?
+        .ok_or_else(invalid)?;
+    let rec: DeviceRecord = serde_json::from_slice(&kv.value).map_err(IdpError::from)?;
+    let req = AuthRequest {
+        client_id: rec.client_id,
+        redirect_uri: format!("{}/device/callback", idp.settings.issuer_path()),
+        scopes: rec.scopes,
+        state: user_code,
+        nonce: None,
+        code_challenge: None,
+        code_challenge_method: None,
+        logged_in: None,
+    };
+    let id = create_auth_request(&idp, &req).await?;
+    Ok(Redirect::to(&idp.login_url(&id)).into_response())
+}
+
+#[derive(Deserialize)]
+pub(crate) struct CallbackQuery {
+    #[serde(default)]
+    code: String,
+    #[serde(default)]
+    state: String,
+}
+
+/// `GET /device/callback`: redeems the code for the device and tells the user to go back.
+pub(crate) async fn device_callback(
+    State(idp): State<Arc<Idp>>,
+    Query(q): Query<CallbackQuery>,
+) -> Result<Response, PageError> {
+    let invalid = || PageError::bad("This device login is invalid or has expired. Start again on your device.");
+    let Some(kv) = idp
+        .store
+        .take(&format!("{USER_CODE_PREFIX}{}", q.state))
+        .await
+        .map_err(IdpError::from)?
+    else {
+        return Err(invalid());
+    };
+    let key = format!("{DEVICE_PREFIX}{}", String::from_utf8(kv.value).map_err(|_| invalid())?);
+    let kv = idp.store.get(&key).await.map_err(IdpError::from)?.ok_or_else(invalid)?;
+    let mut rec: DeviceRecord = serde_json::from_slice(&kv.value).map_err(IdpError::from)?;
+    let client = idp.clients.get(&rec.client_id).await?.ok_or_else(invalid)?;
+    let redirect = format!("{}/device/callback", idp.settings.issuer_path());
+    let tokens = idp.redeem_code(&client, &q.code, &redirect, None).await.map_err(|e| {
+        tracing::warn!(target: "audit", error = e.error, "device login code exchange failed");
+        invalid()
+    })?;
+    rec.tokens = Some(tokens);
+    let ttl = Some(TTL);
+    idp.store
+        .update(
+            &key,
+            serde_json::to_vec(&rec).map_err(IdpError::from)?,
+            Some(kv.mod_revision),
+            ttl,
+        )
+        .await
+        .map_err(|_| invalid())?;
+    Ok(page(
+        StatusCode::OK,
+        "Login successful",
+        "<p>You are logged in. Return to your device to continue.</p>",
+    ))
+}
+
+/// Token polling for a device code.
+pub(crate) async fn poll(idp: &Idp, client: &Client, device_code: &str) -> Result<TokenResponse, OAuthError> {
+    if device_code.is_empty() || device_code.len() > 128 {
+        return Err(OAuthError::invalid_request("Required param: device_code."));
+    }
+    let key = format!("{DEVICE_PREFIX}{}", sha256_hex(device_code.as_bytes()));
+    let Some(kv) = idp.store.get(&key).await.map_err(IdpError::from)? else {
+        return Err(OAuthError::bad("expired_token", "The device code has expired."));
+    };
+    let mut rec: DeviceRecord = serde_json::from_slice(&kv.value).map_err(IdpError::from)?;
+    if rec.client_id != client.id {
+        return Err(OAuthError::invalid_grant(
+            "The device code was issued to another client.",
+        ));
+    }
+    if let Some(tokens) = rec.tokens.take() {
+        return match idp.store.delete(&key, Some(kv.mod_revision)).await {
+            Ok(_) => Ok(tokens),
+            Err(StoreError::Conflict { .. } | StoreError::NotFound(_)) => {
+                Err(OAuthError::invalid_grant("The device code was already used."))
+            }
+            Err(e) => Err(IdpError::from(e).into()),
+        };
+    }
+    let now = idp.clock.now().as_secs();
+    let too_fast = rec.last_poll != 0 && now < rec.last_poll + INTERVAL;
+    rec.last_poll = now;
+    let _ = idp
+        .store
+        .update(
+            &key,
+            serde_json::to_vec(&rec).map_err(IdpError::from)?,
+            Some(kv.mod_revision),
+            Some(TTL),
+        )
+        .await;
+    if too_fast {
+        return Err(OAuthError::bad("slow_down", "Polling too frequently."));
+    }
+    Err(OAuthError::bad(
+        "authorization_pending",
+        "The user has not completed the login yet.",
+    ))
+}
