@@ -20,8 +20,12 @@ use kfsec_idp::secret::{ct_eq, random_token, sha256_b64};
 use kfsec_types::{Identity, random_array};
 use serde::{Deserialize, Serialize};
 
+use kfsec_idp::VerifyError;
+use kfsec_idp::jwt::JwtError;
+use kfsec_idp::serviceaccount::ServiceAccountClaims;
+
 use crate::listener::ClientCertIdentity;
-use crate::{App, GATEKEEPER_CLIENT_ID, responses};
+use crate::{App, GATEKEEPER_CLIENT_ID, PIPELINES_AUDIENCE, SERVICE_ACCOUNT_AUDIENCE, responses};
 
 /// The callback path registered for the gatekeeper client.
 pub const CALLBACK_PATH: &str = "/authservice/oidc/callback";
@@ -66,24 +70,16 @@ pub(crate) fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> 
 }
 
 impl App {
-    /// Authenticates a request by bearer token, verified client certificate or session cookie.
-    pub async fn authenticate(&self, headers: &HeaderMap, cert: Option<&ClientCertIdentity>) -> Authn {
+    /// Authenticates a request by bearer token (an ID token from our IdP, or a service-account
+    /// token for an audience `path` accepts), verified client certificate or session cookie.
+    pub async fn authenticate(&self, headers: &HeaderMap, cert: Option<&ClientCertIdentity>, path: &str) -> Authn {
         if let Some(auth) = headers.get(header::AUTHORIZATION) {
             let token = auth
                 .to_str()
                 .ok()
                 .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")));
-            if let Some(token) = token {
-                return match self.idp.verify_token(token.trim(), None, None).await {
-                    Ok(c) => match c.email {
-                        Some(email) => Authn::Ok(Identity::new(email, c.groups.unwrap_or_default())),
-                        None => Authn::Invalid,
-                    },
-                    Err(e) => {
-                        tracing::info!(target: "audit", reason = %e, "bearer token refused");
-                        Authn::Invalid
-                    }
-                };
+            if let Some(token) = token.map(str::trim) {
+                return self.authenticate_bearer(token, path).await;
             }
         }
         if let Some(ClientCertIdentity(id)) = cert {
@@ -99,6 +95,52 @@ impl App {
             }
         }
         Authn::Missing
+    }
+
+    async fn authenticate_bearer(&self, token: &str, path: &str) -> Authn {
+        let mut audiences = vec![SERVICE_ACCOUNT_AUDIENCE, self.idp.settings().issuer.as_str()];
+        if responses::family(path) == responses::Family::Pipelines {
+            audiences.push(PIPELINES_AUDIENCE);
+        }
+        match self.idp.verify_service_account_token(token, &audiences) {
+            Ok(sa) => {
+                return if self.service_account_exists(&sa).await {
+                    Authn::Ok(Identity::new(sa.username(), sa.groups()))
+                } else {
+                    tracing::info!(target: "audit", user = %sa.sub, "token of a deleted service account refused");
+                    Authn::Invalid
+                };
+            }
+            // Not shaped like a service-account token: try it as an ID token.
+            Err(VerifyError::Jwt(JwtError::Malformed)) => {}
+            Err(e) => {
+                tracing::info!(target: "audit", reason = %e, "service-account token refused");
+                return Authn::Invalid;
+            }
+        }
+        match self.idp.verify_token(token, None, None).await {
+            Ok(c) => match c.email {
+                Some(email) => Authn::Ok(Identity::new(email, c.groups.unwrap_or_default())),
+                None => Authn::Invalid,
+            },
+            Err(e) => {
+                tracing::info!(target: "audit", reason = %e, "bearer token refused");
+                Authn::Invalid
+            }
+        }
+    }
+
+    /// Whether the account a token names still exists with the token's uid.
+    async fn service_account_exists(&self, sa: &ServiceAccountClaims) -> bool {
+        let k = &sa.kubernetes;
+        let key = format!("/k8s/core/serviceaccounts/{}/{}", k.namespace, k.serviceaccount.name);
+        match self.store.get(&key).await {
+            Ok(Some(kv)) => serde_json::from_slice::<serde_json::Value>(&kv.value)
+                .ok()
+                .and_then(|v| v["metadata"]["uid"].as_str().map(|u| u == k.serviceaccount.uid))
+                .unwrap_or(false),
+            _ => false,
+        }
     }
 
     fn csrf_mac(&self, payload: &str) -> String {
@@ -303,7 +345,10 @@ pub(crate) async fn logout(State(app): State<Arc<App>>, headers: HeaderMap) -> R
 /// `/authservice/check` for nginx `auth_request` and Envoy `ext_authz` (HTTP): 200 with the
 /// identity headers, or 401.
 pub(crate) async fn check(State(app): State<Arc<App>>, req: Request<Body>) -> Response {
-    match app.authenticate(req.headers(), req.extensions().get()).await {
+    match app
+        .authenticate(req.headers(), req.extensions().get(), req.uri().path())
+        .await
+    {
         Authn::Ok(id) => {
             let mut resp = StatusCode::OK.into_response();
             app.set_identity_headers(resp.headers_mut(), &id);

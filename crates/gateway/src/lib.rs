@@ -94,6 +94,11 @@ pub fn gatekeeper_client() -> Client {
     }
 }
 
+/// The audience service-account tokens carry for kfsec's own API (`kfsec token create`'s default).
+pub const SERVICE_ACCOUNT_AUDIENCE: &str = "kfsec";
+/// The audience Kubeflow Pipelines checks (its `TOKEN_REVIEW_AUDIENCE` default).
+pub const PIPELINES_AUDIENCE: &str = "pipelines.kubeflow.org";
+
 /// The client id `kfsec login` uses (device flow, public).
 pub const CLI_CLIENT_ID: &str = "kfsec-cli";
 
@@ -120,6 +125,7 @@ pub struct App {
     proxy: proxy::Proxy,
     metrics: metrics::HttpMetrics,
     api: Option<Router>,
+    store: Arc<dyn Store>,
 }
 
 impl App {
@@ -137,7 +143,7 @@ impl App {
     ) -> Result<Arc<Self>, GatewayError> {
         let keys = session::load_keys(store.as_ref(), rng.as_ref()).await?;
         let sessions = Sessions::new(
-            store,
+            store.clone(),
             clock.clone(),
             rng.clone(),
             keys.session.clone(),
@@ -156,6 +162,7 @@ impl App {
             proxy: proxy::Proxy::default(),
             metrics,
             api,
+            store,
         }))
     }
 
@@ -259,7 +266,7 @@ async fn protected(State(app): State<Arc<App>>, mut req: Request) -> Response {
         .get::<ClientAddr>()
         .map_or(IpAddr::from([127, 0, 0, 1]), |c| c.0);
     let cert = req.extensions().get::<listener::ClientCertIdentity>().cloned();
-    let identity = match app.authenticate(req.headers(), cert.as_ref()).await {
+    let identity = match app.authenticate(req.headers(), cert.as_ref(), &path).await {
         Authn::Ok(id) => Some(id),
         Authn::Invalid if route.as_ref().is_none_or(|r| !r.public) => {
             return responses::unauthenticated(&path);

@@ -15,6 +15,7 @@ pub mod keys;
 pub mod lockout;
 mod pages;
 pub mod secret;
+pub mod serviceaccount;
 mod tokens;
 pub mod users;
 

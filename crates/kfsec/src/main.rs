@@ -66,6 +66,13 @@ enum Cmd {
     },
     /// Print a bcrypt hash (cost 12) of a password read from stdin, for a Dex-style config.
     HashPassword,
+    /// Issue a service-account token (audience-bound, signed by kfsec's IdP keys).
+    Token {
+        #[command(subcommand)]
+        cmd: TokenCmd,
+        #[command(flatten)]
+        common: Common,
+    },
     /// Log in to a kfsec server with the device flow and write a kubeconfig with your token.
     Login {
         /// The front door, e.g. https://localhost:8443.
@@ -106,6 +113,24 @@ enum UserCmd {
     Delete {
         /// Login email.
         email: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCmd {
+    /// Create a token for service account NAME in namespace NS.
+    Create {
+        /// Service account name.
+        name: String,
+        /// Namespace.
+        #[arg(short = 'n', long = "namespace")]
+        namespace: String,
+        /// Audience (repeatable) [default: kfsec].
+        #[arg(long = "audience")]
+        audiences: Vec<String>,
+        /// Lifetime, e.g. 1h (10m to 48h).
+        #[arg(long, default_value = "1h")]
+        duration: String,
     },
 }
 
@@ -258,6 +283,7 @@ fn print(resp: AdminResponse) -> Result<()> {
                 );
             }
         }
+        AdminResponse::Token { token } => println!("{token}"),
         AdminResponse::Error { message } => bail!(message),
     }
     Ok(())
@@ -273,6 +299,37 @@ async fn main() -> Result<()> {
             https_addr,
             admin_addr,
         } => serve(common, https_addr, admin_addr).await,
+        Cmd::Token {
+            cmd:
+                TokenCmd::Create {
+                    name,
+                    namespace,
+                    audiences,
+                    duration,
+                },
+            common,
+        } => {
+            let seconds = kfsec_types::config::parse_duration(&duration)
+                .map_err(anyhow::Error::msg)?
+                .as_secs();
+            let audiences = if audiences.is_empty() {
+                vec!["kfsec".to_owned()]
+            } else {
+                audiences
+            };
+            print(
+                admin_call(
+                    &common,
+                    AdminRequest::TokenCreate {
+                        namespace,
+                        name,
+                        audiences,
+                        seconds,
+                    },
+                )
+                .await?,
+            )
+        }
         Cmd::Login {
             server,
             ca_file,

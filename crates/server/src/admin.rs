@@ -63,6 +63,17 @@ pub enum AdminRequest {
         /// Client id.
         id: String,
     },
+    /// Issue a service-account token.
+    TokenCreate {
+        /// Namespace.
+        namespace: String,
+        /// Service account name.
+        name: String,
+        /// Audiences.
+        audiences: Vec<String>,
+        /// Lifetime in seconds.
+        seconds: u64,
+    },
 }
 
 impl std::fmt::Debug for AdminRequest {
@@ -75,6 +86,7 @@ impl std::fmt::Debug for AdminRequest {
             Self::ClientAdd { .. } => "ClientAdd",
             Self::ClientList => "ClientList",
             Self::ClientDelete { .. } => "ClientDelete",
+            Self::TokenCreate { .. } => "TokenCreate",
         })
     }
 }
@@ -98,6 +110,11 @@ pub enum AdminResponse {
     Clients {
         /// Items.
         items: Vec<ClientSummary>,
+    },
+    /// A token.
+    Token {
+        /// The signed token.
+        token: String,
     },
     /// Failed.
     Error {
@@ -132,6 +149,10 @@ pub struct AdminOps {
     pub clients: Arc<ClientRegistry>,
     /// Randomness.
     pub rng: Arc<dyn Rng>,
+    /// The running IdP (token issuance needs the live signing keys).
+    pub idp: Option<Arc<kfsec_idp::Idp>>,
+    /// The store.
+    pub store: Arc<dyn kfsec_store::Store>,
 }
 
 impl AdminOps {
@@ -177,6 +198,33 @@ impl AdminOps {
                 AdminRequest::ClientDelete { id } => {
                     self.clients.delete(&id).await?;
                     AdminResponse::Ok
+                }
+                AdminRequest::TokenCreate {
+                    namespace,
+                    name,
+                    audiences,
+                    seconds,
+                } => {
+                    let Some(idp) = &self.idp else {
+                        return Err(IdpError::Invalid(
+                            "token create needs the running server; start kfsec serve".into(),
+                        ));
+                    };
+                    let key = format!("/k8s/core/serviceaccounts/{namespace}/{name}");
+                    let kv = self.store.get(&key).await?.ok_or_else(|| {
+                        IdpError::NotFound(format!("serviceaccounts \"{name}\" in namespace \"{namespace}\""))
+                    })?;
+                    let sa: serde_json::Value = serde_json::from_slice(&kv.value)?;
+                    let uid = sa["metadata"]["uid"].as_str().unwrap_or_default().to_owned();
+                    let seconds = seconds.clamp(600, 48 * 3600);
+                    let token = idp.issue_service_account_token(
+                        &namespace,
+                        &name,
+                        &uid,
+                        audiences,
+                        std::time::Duration::from_secs(seconds),
+                    )?;
+                    AdminResponse::Token { token }
                 }
             })
         }

@@ -114,6 +114,8 @@ pub struct Running {
     pub idp: Arc<Idp>,
     /// The front door.
     pub app: Arc<App>,
+    /// The store.
+    pub store: Arc<dyn Store>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     background: Vec<tokio::task::JoinHandle<()>>,
@@ -267,6 +269,7 @@ pub fn open_store(dir: &DataDir, clock: Arc<dyn Clock>) -> Result<Arc<RedbStore>
 
 /// Builds the admin operations over an open store (for the CLI when no server runs).
 pub fn admin_ops(store: Arc<dyn Store>, cfg: &Config) -> Result<admin::AdminOps, ServerError> {
+    let store_for_ops = store.clone();
     let users = Arc::new(kfsec_idp::UserDirectory::new(store.clone(), cfg.static_users.clone())?);
     let clients = Arc::new(kfsec_idp::ClientRegistry::new(
         store,
@@ -279,6 +282,8 @@ pub fn admin_ops(store: Arc<dyn Store>, cfg: &Config) -> Result<admin::AdminOps,
     Ok(admin::AdminOps {
         users,
         clients,
+        idp: None,
+        store: store_for_ops,
         rng: Arc::new(OsRng),
     })
 }
@@ -361,6 +366,8 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
         users: idp.users().clone(),
         clients: idp.clients().clone(),
         rng: rng.clone(),
+        idp: Some(idp.clone()),
+        store: store.clone(),
     });
     let mut background = vec![
         admin::serve(&dir.0, ops).map_err(io("opening the admin socket"))?,
@@ -401,6 +408,7 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
         bootstrap_password,
         idp,
         app,
+        store,
         shutdown: tx,
         tasks,
         background,

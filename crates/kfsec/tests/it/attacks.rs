@@ -239,3 +239,59 @@ async fn brute_force_is_slowed_then_locked_without_revealing_accounts() {
     assert_eq!(r.status(), 200, "{url}");
     k.running.shutdown().await;
 }
+
+#[tokio::test]
+async fn service_account_tokens_are_audience_and_account_bound() {
+    let k = Kfsec::start("").await;
+    let raw = http_client(&k.running.ca_pem);
+    let store = k.running.store.clone();
+    let key = "/k8s/core/serviceaccounts/user1/default-editor";
+    let sa = |uid: &str| {
+        serde_json::to_vec(
+            &serde_json::json!({"metadata": {"name": "default-editor", "namespace": "user1", "uid": uid}}),
+        )
+        .unwrap()
+    };
+    store.put(key, sa("uid-1"), None).await.unwrap();
+    let idp = &k.running.idp;
+    let hour = Duration::from_secs(3600);
+    let token = idp
+        .issue_service_account_token("user1", "default-editor", "uid-1", vec!["kfsec".into()], hour)
+        .unwrap();
+    let get = |path: &str, t: &str| raw.get(format!("{}{path}", k.base)).bearer_auth(t.to_owned()).send();
+    let r = get("/app/x", &token).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let seen: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(
+        seen["headers"]["kubeflow-userid"],
+        "system:serviceaccount:user1:default-editor"
+    );
+    assert_eq!(
+        seen["headers"]["kubeflow-groups"],
+        "system:serviceaccounts,system:serviceaccounts:user1"
+    );
+
+    // the pipelines audience is accepted only on the Pipelines API
+    let kfp = idp
+        .issue_service_account_token(
+            "user1",
+            "default-editor",
+            "uid-1",
+            vec!["pipelines.kubeflow.org".into()],
+            hour,
+        )
+        .unwrap();
+    assert_eq!(get("/app/x", &kfp).await.unwrap().status(), 401);
+    assert_ne!(get("/pipeline/apis/v1beta1/healthz", &kfp).await.unwrap().status(), 401);
+    // a foreign audience is refused everywhere
+    let other = idp
+        .issue_service_account_token("user1", "default-editor", "uid-1", vec!["vault".into()], hour)
+        .unwrap();
+    assert_eq!(get("/app/x", &other).await.unwrap().status(), 401);
+    // re-creating the account (new uid) or deleting it revokes its tokens
+    store.put(key, sa("uid-2"), None).await.unwrap();
+    assert_eq!(get("/app/x", &token).await.unwrap().status(), 401);
+    store.delete(key, None).await.unwrap();
+    assert_eq!(get("/app/x", &token).await.unwrap().status(), 401);
+    k.running.shutdown().await;
+}
