@@ -104,7 +104,7 @@ impl App {
         }
         match self.idp.verify_service_account_token(token, &audiences) {
             Ok(sa) => {
-                return if self.service_account_exists(&sa).await {
+                return if service_account_exists(self.store.as_ref(), &sa).await {
                     Authn::Ok(Identity::new(sa.username(), sa.groups()))
                 } else {
                     tracing::info!(target: "audit", user = %sa.sub, "token of a deleted service account refused");
@@ -127,19 +127,6 @@ impl App {
                 tracing::info!(target: "audit", reason = %e, "bearer token refused");
                 Authn::Invalid
             }
-        }
-    }
-
-    /// Whether the account a token names still exists with the token's uid.
-    async fn service_account_exists(&self, sa: &ServiceAccountClaims) -> bool {
-        let k = &sa.kubernetes;
-        let key = format!("/k8s/core/serviceaccounts/{}/{}", k.namespace, k.serviceaccount.name);
-        match self.store.get(&key).await {
-            Ok(Some(kv)) => serde_json::from_slice::<serde_json::Value>(&kv.value)
-                .ok()
-                .and_then(|v| v["metadata"]["uid"].as_str().map(|u| u == k.serviceaccount.uid))
-                .unwrap_or(false),
-            _ => false,
         }
     }
 
@@ -199,6 +186,20 @@ impl App {
             self.settings.cookie_name
         ))
         .ok()
+    }
+}
+
+/// Whether the service account a token names still exists with the token's uid (tokens of a
+/// deleted or re-created account stop working).
+pub async fn service_account_exists(store: &dyn kfsec_store::Store, sa: &ServiceAccountClaims) -> bool {
+    let k = &sa.kubernetes;
+    let key = format!("/k8s/core/serviceaccounts/{}/{}", k.namespace, k.serviceaccount.name);
+    match store.get(&key).await {
+        Ok(Some(kv)) => serde_json::from_slice::<serde_json::Value>(&kv.value)
+            .ok()
+            .and_then(|v| v["metadata"]["uid"].as_str().map(|u| u == k.serviceaccount.uid))
+            .unwrap_or(false),
+        _ => false,
     }
 }
 

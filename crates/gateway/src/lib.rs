@@ -28,7 +28,7 @@ use kfsec_store::{Store, StoreError};
 use kfsec_types::{Clock, Identity, Rng};
 use prometheus_client::registry::Registry;
 
-pub use gatekeeper::{Authn, CALLBACK_PATH, safe_return_path};
+pub use gatekeeper::{Authn, CALLBACK_PATH, safe_return_path, service_account_exists};
 pub use proxy::Route;
 pub use session::Sessions;
 

@@ -73,6 +73,11 @@ enum Cmd {
         #[command(flatten)]
         common: Common,
     },
+    /// Answer whether USER may VERB RESOURCE, like `kubectl auth can-i` (exit 0 yes, 1 no).
+    CanI(Question),
+    /// Explain the answer: the binding and rule that allow it, or the user's bindings and why
+    /// none matched.
+    Why(Question),
     /// Log in to a kfsec server with the device flow and write a kubeconfig with your token.
     Login {
         /// The front door, e.g. https://localhost:8443.
@@ -114,6 +119,86 @@ enum UserCmd {
         /// Login email.
         email: String,
     },
+}
+
+#[derive(Args)]
+struct Question {
+    /// Verb (get, list, create, …).
+    verb: String,
+    /// `resource[.group][/subresource]`, or a non-resource `/path`.
+    resource: String,
+    /// Object name.
+    name: Option<String>,
+    /// Namespace.
+    #[arg(short = 'n', long = "namespace", default_value = "")]
+    namespace: String,
+    /// The user to ask about.
+    #[arg(long = "as")]
+    user: String,
+    /// Groups of that user (repeatable).
+    #[arg(long = "as-group")]
+    groups: Vec<String>,
+    #[command(flatten)]
+    common: Common,
+}
+
+impl Question {
+    fn request(self) -> (Common, AdminRequest) {
+        let req = AdminRequest::Explain {
+            user: self.user,
+            groups: self.groups,
+            verb: self.verb,
+            resource: self.resource,
+            namespace: self.namespace,
+            name: self.name.unwrap_or_default(),
+        };
+        (self.common, req)
+    }
+}
+
+fn print_explanation(e: &serde_json::Value) {
+    let s = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_owned();
+    println!(
+        "user {} groups [{}]",
+        s(&e["user"]),
+        e["groups"]
+            .as_array()
+            .map(|g| g.iter().map(s).collect::<Vec<_>>().join(", "))
+            .unwrap_or_default()
+    );
+    if let Some(reason) = e["decision"]["reason"].as_str() {
+        println!("allowed: {reason}");
+    }
+    for b in e["bindings"].as_array().into_iter().flatten() {
+        let at = if s(&b["namespace"]).is_empty() {
+            String::new()
+        } else {
+            format!("{}/", s(&b["namespace"]))
+        };
+        let verdict = match &b["matchedRule"] {
+            serde_json::Value::Null if b["roleFound"] == false => "role not found".to_owned(),
+            serde_json::Value::Null => format!("no rule of its {} matches", b["ruleCount"]),
+            rule => format!("matching rule {rule}"),
+        };
+        println!(
+            "  {} {at}{} → {} {}: {verdict}",
+            s(&b["kind"]),
+            s(&b["name"]),
+            s(&b["roleRef"]["kind"]),
+            s(&b["roleRef"]["name"])
+        );
+    }
+    for b in e["elsewhere"].as_array().into_iter().flatten() {
+        println!(
+            "  (also bound in namespace {}: {} → {})",
+            s(&b["namespace"]),
+            s(&b["name"]),
+            s(&b["roleRef"]["name"])
+        );
+    }
+    if let Some(summary) = e["summary"].as_str().filter(|x| !x.is_empty()) {
+        println!("{summary}");
+    }
 }
 
 #[derive(Subcommand)]
@@ -284,6 +369,7 @@ fn print(resp: AdminResponse) -> Result<()> {
             }
         }
         AdminResponse::Token { token } => println!("{token}"),
+        AdminResponse::Explanation { allowed, .. } => println!("{}", if allowed { "yes" } else { "no" }),
         AdminResponse::Error { message } => bail!(message),
     }
     Ok(())
@@ -329,6 +415,27 @@ async fn main() -> Result<()> {
                 )
                 .await?,
             )
+        }
+        Cmd::CanI(q) => {
+            let (common, req) = q.request();
+            match admin_call(&common, req).await? {
+                AdminResponse::Explanation { allowed, .. } => {
+                    println!("{}", if allowed { "yes" } else { "no" });
+                    std::process::exit(if allowed { 0 } else { 1 });
+                }
+                other => print(other),
+            }
+        }
+        Cmd::Why(q) => {
+            let (common, req) = q.request();
+            match admin_call(&common, req).await? {
+                AdminResponse::Explanation { allowed, explanation } => {
+                    println!("{}", if allowed { "yes" } else { "no" });
+                    print_explanation(&explanation);
+                    std::process::exit(if allowed { 0 } else { 1 });
+                }
+                other => print(other),
+            }
         }
         Cmd::Login {
             server,

@@ -63,6 +63,21 @@ pub enum AdminRequest {
         /// Client id.
         id: String,
     },
+    /// Explain an authorization decision (`kfsec can-i` / `kfsec why`).
+    Explain {
+        /// User.
+        user: String,
+        /// Extra groups.
+        groups: Vec<String>,
+        /// Verb.
+        verb: String,
+        /// `resource[.group][/subresource]` or a `/path`.
+        resource: String,
+        /// Namespace.
+        namespace: String,
+        /// Object name.
+        name: String,
+    },
     /// Issue a service-account token.
     TokenCreate {
         /// Namespace.
@@ -87,6 +102,7 @@ impl std::fmt::Debug for AdminRequest {
             Self::ClientList => "ClientList",
             Self::ClientDelete { .. } => "ClientDelete",
             Self::TokenCreate { .. } => "TokenCreate",
+            Self::Explain { .. } => "Explain",
         })
     }
 }
@@ -110,6 +126,13 @@ pub enum AdminResponse {
     Clients {
         /// Items.
         items: Vec<ClientSummary>,
+    },
+    /// A decision with its explanation.
+    Explanation {
+        /// Allowed or not.
+        allowed: bool,
+        /// `kfsec_authz::Explanation` as JSON.
+        explanation: serde_json::Value,
     },
     /// A token.
     Token {
@@ -153,6 +176,30 @@ pub struct AdminOps {
     pub idp: Option<Arc<kfsec_idp::Idp>>,
     /// The store.
     pub store: Arc<dyn kfsec_store::Store>,
+    /// The live authorizer (None offline: loaded from the store on demand).
+    pub rbac: Option<Arc<crate::rbac::RbacCache>>,
+}
+
+/// Splits `resource[.group][/subresource]`; a bare plural served by exactly one group gets it.
+pub fn parse_resource(spec: &str) -> (String, String, String) {
+    let (main, sub) = spec.split_once('/').unwrap_or((spec, ""));
+    let (resource, group) = match main.split_once('.') {
+        Some((r, g)) => (r.to_owned(), g.to_owned()),
+        None => {
+            let groups: std::collections::BTreeSet<&str> = kfsec_api::registry::all()
+                .iter()
+                .filter(|r| r.plural == main)
+                .map(|r| r.group)
+                .collect();
+            let group = if groups.len() == 1 {
+                groups.into_iter().next().unwrap_or_default()
+            } else {
+                ""
+            };
+            (main.to_owned(), group.to_owned())
+        }
+    };
+    (resource, group, sub.to_owned())
 }
 
 impl AdminOps {
@@ -198,6 +245,43 @@ impl AdminOps {
                 AdminRequest::ClientDelete { id } => {
                     self.clients.delete(&id).await?;
                     AdminResponse::Ok
+                }
+                AdminRequest::Explain {
+                    user,
+                    groups,
+                    verb,
+                    resource,
+                    namespace,
+                    name,
+                } => {
+                    let cache = match &self.rbac {
+                        Some(c) => c.clone(),
+                        None => {
+                            let c = crate::rbac::RbacCache::new();
+                            let api = kfsec_api::ApiServer::new(
+                                self.store.clone(),
+                                c.clone(),
+                                Arc::new(kfsec_types::SystemClock),
+                                self.rng.clone(),
+                            );
+                            c.load(&api).await.map_err(|e| IdpError::Internal(e.to_string()))?;
+                            c
+                        }
+                    };
+                    let groups = kfsec_authz::authenticated_groups(&user, &groups);
+                    let attrs = if resource.starts_with('/') {
+                        kfsec_authz::Attributes::non_resource(user, groups, verb, resource)
+                    } else {
+                        let (res, group, sub) = parse_resource(&resource);
+                        kfsec_authz::Attributes::resource(user, groups, verb, group, res, namespace)
+                            .with_subresource(sub)
+                            .with_name(name)
+                    };
+                    let e = cache.authorizer().explain(&attrs);
+                    AdminResponse::Explanation {
+                        allowed: e.decision.is_allowed(),
+                        explanation: serde_json::to_value(&e)?,
+                    }
                 }
                 AdminRequest::TokenCreate {
                     namespace,

@@ -123,6 +123,8 @@ pub struct Config {
     pub log_level: Option<String>,
     /// Log format.
     pub log_format: Option<String>,
+    /// Self-registration of profiles.
+    pub registration_flow: bool,
 }
 
 /// Parses the YAML text of a config file into its data model.
@@ -356,6 +358,7 @@ pub fn validate(f: ConfigFile, o: &Overrides, env: &dyn Env) -> Result<Config, C
         trusted_proxies,
         log_level: f.logger.as_ref().and_then(|l| l.level.clone()),
         log_format: f.logger.and_then(|l| l.format),
+        registration_flow: f.registration_flow,
     })
 }
 

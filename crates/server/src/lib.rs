@@ -7,6 +7,8 @@
 
 pub mod admin;
 pub mod config;
+pub mod rbac;
+pub mod tokenreview;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -57,6 +59,9 @@ pub enum ServerError {
     /// Gateway.
     #[error("gateway: {0}")]
     Gateway(#[from] kfsec_gateway::GatewayError),
+    /// Kubernetes-style API.
+    #[error("api: {0}")]
+    Api(String),
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ServerError {
@@ -116,6 +121,10 @@ pub struct Running {
     pub app: Arc<App>,
     /// The store.
     pub store: Arc<dyn Store>,
+    /// The Kubernetes-style API server.
+    pub api: Arc<kfsec_api::ApiServer>,
+    /// The RBAC authorizer cache.
+    pub rbac: Arc<rbac::RbacCache>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     background: Vec<tokio::task::JoinHandle<()>>,
@@ -264,7 +273,19 @@ async fn bootstrap(store: &dyn Store, idp: &Idp, rng: &dyn Rng) -> Result<Option
 
 /// Opens the store file, mapping "held by another process" to a clear error.
 pub fn open_store(dir: &DataDir, clock: Arc<dyn Clock>) -> Result<Arc<RedbStore>, ServerError> {
-    Ok(RedbStore::open(&dir.store(), clock)?)
+    let options = kfsec_store::StoreOptions {
+        // Authorization requests, codes and device requests are disposable: no fsync of their own.
+        volatile_prefixes: [
+            "/kfsec/idp/authreqs/",
+            "/kfsec/idp/codes/",
+            "/kfsec/idp/device/",
+            "/kfsec/idp/usercodes/",
+        ]
+        .map(String::from)
+        .to_vec(),
+        ..Default::default()
+    };
+    Ok(RedbStore::open_with_options(&dir.store(), clock, options)?)
 }
 
 /// Builds the admin operations over an open store (for the CLI when no server runs).
@@ -284,6 +305,7 @@ pub fn admin_ops(store: Arc<dyn Store>, cfg: &Config) -> Result<admin::AdminOps,
         clients,
         idp: None,
         store: store_for_ops,
+        rbac: None,
         rng: Arc::new(OsRng),
     })
 }
@@ -342,6 +364,31 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
     };
     let idp = Idp::new(idp_settings, store.clone(), clock.clone(), rng.clone(), &mut registry).await?;
     let bootstrap_password = bootstrap(store.as_ref(), &idp, rng.as_ref()).await?;
+    // Kubernetes-style API, RBAC, profiles and KFAM.
+    let rbac_cache = rbac::RbacCache::new();
+    let api = kfsec_api::ApiServer::builder(store.clone(), rbac_cache.clone(), clock.clone(), rng.clone())
+        .token_reviewer(Arc::new(tokenreview::Reviewer {
+            idp: idp.clone(),
+            store: store.clone(),
+        }))
+        .build();
+    rbac::install_defaults(&api, ADMIN_GROUP)
+        .await
+        .map_err(|e| ServerError::Api(e.to_string()))?;
+    let rbac_task = rbac_cache.spawn(api.clone(), store.clone());
+    let rev = store.revision().await?;
+    kfsec_profiles::AuthzSync::wait_for(rbac_cache.as_ref(), rev).await;
+    let controller =
+        kfsec_profiles::ProfileController::new(api.clone(), store.clone(), kfsec_profiles::ProfileSettings::default());
+    let kfam = kfsec_profiles::Kfam::new(
+        api.clone(),
+        store.clone(),
+        rbac_cache.clone(),
+        rbac_cache.clone(),
+        cfg.registration_flow,
+    );
+    let api_router = axum::Router::new().nest("/kfam", kfam.router()).merge(api.router());
+
     let gw_settings = GatewaySettings {
         cookie_name: cfg.cookie_name.clone(),
         session_ttl: cfg.session_ttl,
@@ -358,7 +405,7 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
         clock.clone(),
         rng.clone(),
         &mut registry,
-        None,
+        Some(api_router),
     )
     .await?;
 
@@ -368,12 +415,15 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
         rng: rng.clone(),
         idp: Some(idp.clone()),
         store: store.clone(),
+        rbac: Some(rbac_cache.clone()),
     });
     let mut background = vec![
         admin::serve(&dir.0, ops).map_err(io("opening the admin socket"))?,
         idp.spawn_rotation(Duration::from_secs(30)),
         app.sessions().spawn_watch(),
         app.sessions().spawn_prune(Duration::from_secs(60)),
+        rbac_task,
+        controller.spawn(),
     ];
     background.extend(cert_watch);
 
@@ -409,6 +459,8 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
         idp,
         app,
         store,
+        api,
+        rbac: rbac_cache,
         shutdown: tx,
         tasks,
         background,

@@ -30,6 +30,7 @@ pub fn test_options() -> StoreOptions {
         log_retention: TEST_LOG_RETENTION,
         watch_channel_capacity: TEST_WATCH_CAPACITY,
         watch_buffer: TEST_WATCH_BUFFER,
+        volatile_prefixes: Vec::new(),
     }
 }
 

@@ -154,6 +154,10 @@ pub struct StoreOptions {
     pub watch_channel_capacity: usize,
     /// Capacity of each watcher's own stream. Default 256.
     pub watch_buffer: usize,
+    /// Key prefixes of disposable records (authorization requests, codes): writes to them are
+    /// committed without an fsync of their own and become durable with the next durable commit.
+    /// A crash may lose the latest of them, never a record outside these prefixes. Default none.
+    pub volatile_prefixes: Vec<String>,
 }
 
 impl Default for StoreOptions {
@@ -163,6 +167,7 @@ impl Default for StoreOptions {
             log_retention: 10_000,
             watch_channel_capacity: 4_096,
             watch_buffer: 256,
+            volatile_prefixes: Vec::new(),
         }
     }
 }

@@ -133,7 +133,10 @@ impl Inner {
     fn write(&self, op: Op) -> Result<Outcome, StoreError> {
         let _serial = self.write_lock.lock();
         let now = self.clock.now();
-        let txn = self.db.begin_write().map_err(be)?;
+        let mut txn = self.db.begin_write().map_err(be)?;
+        if self.is_volatile(&op) {
+            txn.set_durability(redb::Durability::None).map_err(be)?;
+        }
         let applied =
             RedbTables::open(&txn).and_then(|mut t| engine::apply(&mut t, op, now, self.options.log_retention));
         let (outcome, events, counters) = match applied {
@@ -154,6 +157,23 @@ impl Inner {
             let _ = self.events.send(Arc::new(ev));
         }
         Ok(outcome)
+    }
+
+    /// Whether `op` only touches disposable records (see `StoreOptions::volatile_prefixes`).
+    fn is_volatile(&self, op: &Op) -> bool {
+        let key = match op {
+            Op::Create { key, .. }
+            | Op::Update { key, .. }
+            | Op::Put { key, .. }
+            | Op::Delete { key, .. }
+            | Op::Take { key } => key,
+            // Expired records are gone either way; a lost sweep is simply redone.
+            Op::Sweep => return true,
+        };
+        self.options
+            .volatile_prefixes
+            .iter()
+            .any(|p| key.starts_with(p.as_str()))
     }
 
     fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
@@ -433,6 +453,37 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (h, _) = harness_at(&dir.path().join("s.redb"), conformance::test_options());
         conformance::run_all(&h).await;
+    }
+
+    #[tokio::test]
+    async fn volatile_writes_behave_the_same_and_persist_with_the_next_durable_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v.redb");
+        // every key volatile: the whole conformance suite must still hold
+        let opts = StoreOptions {
+            volatile_prefixes: vec!["/".into()],
+            ..conformance::test_options()
+        };
+        let (h, _) = harness_at(&path, opts);
+        conformance::run_all(&h).await;
+        drop(h);
+        let clock = ManualClock::new(UnixTime::from_secs(1_000));
+        let opts = StoreOptions {
+            volatile_prefixes: vec!["/tmp/".into()],
+            ..conformance::test_options()
+        };
+        let path2 = dir.path().join("w.redb");
+        {
+            let s = RedbStore::open_with_options(&path2, clock.clone(), opts.clone()).unwrap();
+            s.create("/tmp/code", b"c".to_vec(), None).await.unwrap();
+            s.create("/users/a", b"u".to_vec(), None).await.unwrap();
+        }
+        let s = RedbStore::open_with_options(&path2, clock, opts).unwrap();
+        assert!(
+            s.get("/tmp/code").await.unwrap().is_some(),
+            "made durable by the later commit"
+        );
+        assert!(s.get("/users/a").await.unwrap().is_some());
     }
 
     #[tokio::test]

@@ -63,6 +63,9 @@ pub struct ConfigFile {
     /// Addresses of proxies in front of kfsec whose `X-Forwarded-For` is trusted.
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
+    /// Let users create their own profile (Kubeflow's `CD_REGISTRATION_FLOW`).
+    #[serde(default)]
+    pub registration_flow: bool,
 }
 
 /// A Dex static password entry.

@@ -18,6 +18,7 @@ async fn nginx_auth_request_uses_the_check_endpoint() {
         .port();
     let conf = format!(
         r#"daemon off;
+master_process off;
 worker_processes 1;
 pid {d}/nginx.pid;
 error_log {d}/error.log warn;

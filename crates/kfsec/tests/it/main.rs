@@ -11,3 +11,4 @@ mod keys;
 mod oidc;
 mod process;
 mod proxying;
+mod rbac;

@@ -221,30 +221,38 @@ async fn state_survives_kill_9_and_admin_commands_work_while_running() {
 async fn tls_1_1_is_refused_and_1_2_and_1_3_work() {
     let k = Kfsec::start("").await;
     let port = k.running.https_addr.port().to_string();
-    let run = |flag: &str| {
-        let mut c = Command::new("openssl")
-            .args([
-                "s_client",
-                "-connect",
-                &format!("127.0.0.1:{port}"),
-                flag,
-                "-servername",
-                "localhost",
-            ])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("openssl is installed by scripts/install-test-deps.sh");
-        c.stdin.take().unwrap().write_all(b"Q\n").unwrap();
-        let o = c.wait_with_output().unwrap();
-        (o.status.success(), String::from_utf8_lossy(&o.stdout).to_string())
+    let run = |flag: &'static str| {
+        let port = port.clone();
+        async move {
+            use tokio::io::AsyncWriteExt;
+            let mut c = tokio::process::Command::new("openssl")
+                .args([
+                    "s_client",
+                    "-connect",
+                    &format!("127.0.0.1:{port}"),
+                    flag,
+                    "-servername",
+                    "localhost",
+                ])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .kill_on_drop(true)
+                .spawn()
+                .expect("openssl is installed by scripts/install-test-deps.sh");
+            c.stdin.take().unwrap().write_all(b"Q\n").await.unwrap();
+            let o = tokio::time::timeout(Duration::from_secs(30), c.wait_with_output())
+                .await
+                .expect("openssl finished")
+                .unwrap();
+            (o.status.success(), String::from_utf8_lossy(&o.stdout).to_string())
+        }
     };
-    let (ok, out) = run("-tls1_1");
+    let (ok, out) = run("-tls1_1").await;
     assert!(!ok || !out.contains("Cipher is ECDHE"), "TLS 1.1 must fail: {out}");
-    let (ok, out) = run("-tls1_2");
+    let (ok, out) = run("-tls1_2").await;
     assert!(ok && out.contains("TLSv1.2"), "TLS 1.2: {out}");
-    let (ok, out) = run("-tls1_3");
+    let (ok, out) = run("-tls1_3").await;
     assert!(ok && out.contains("TLSv1.3"), "TLS 1.3: {out}");
     k.running.shutdown().await;
 }

@@ -1,0 +1,393 @@
+//! The HTTP entry point: identity and impersonation, routing, verb mapping, authorization, body
+//! decoding, and the response shapes (objects, lists, Tables, watch streams) of every resource
+//! request.
+//!
+//! Invariants: no resource handler runs before the authorizer allowed the exact (user, verb,
+//! group, resource, subresource, namespace, name) it is about to touch; a missing identity is a
+//! 401; bodies are capped (413) and decoded strictly (400/415); discovery documents are served to
+//! every authenticated caller, like Kubernetes' `system:discovery` role, and expose only the
+//! static registry.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use kfsec_types::Identity;
+use serde_json::{Value, json};
+
+use crate::ApiServer;
+use crate::authorize::{ResourceAttributes, UserInfo, attributes_for};
+use crate::discovery;
+use crate::objects::{ListQuery, Preconditions, WriteCtx};
+use crate::patch::PatchType;
+use crate::registry::Backing;
+use crate::route::{self, Query, Route, Target};
+use crate::selector::{FieldSelector, LabelSelector};
+use crate::status::{ApiError, status_response};
+use crate::table::{self, Format, Include};
+use crate::watch::WatchParams;
+
+/// The axum handler for every API path.
+pub(crate) async fn handle(State(api): State<Arc<ApiServer>>, req: Request) -> Response {
+    match api.serve(req).await {
+        Ok(r) => r,
+        Err(e) => status_response(&e),
+    }
+}
+
+pub(crate) fn json_response(code: StatusCode, v: &Value) -> Response {
+    let mut resp = (code, v.to_string()).into_response();
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+fn content_type(headers: &HeaderMap) -> String {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned()
+}
+
+/// Parses a create/update body by its content type.
+fn decode_object(headers: &HeaderMap, body: &[u8]) -> Result<Value, ApiError> {
+    let ct = content_type(headers);
+    let base = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    match base.as_str() {
+        "" | "application/json" | "*/*" => serde_json::from_slice(body)
+            .map_err(|e| ApiError::BadRequest(format!("the body of the request could not be decoded as JSON: {e}"))),
+        "application/vnd.kubernetes.protobuf" => crate::proto::decode_body(body).map_err(|e| match e {
+            crate::proto::ProtoError::Unsupported(_) => ApiError::UnsupportedMediaType(e.to_string()),
+            crate::proto::ProtoError::Malformed(_) => ApiError::BadRequest(e.to_string()),
+        }),
+        "application/yaml" | "application/x-yaml" | "text/yaml" => {
+            let text =
+                std::str::from_utf8(body).map_err(|_| ApiError::BadRequest("the YAML body is not UTF-8".into()))?;
+            serde_saphyr::from_str::<Value>(text)
+                .map_err(|e| ApiError::BadRequest(format!("the body of the request could not be decoded as YAML: {e}")))
+        }
+        _ => Err(ApiError::UnsupportedMediaType(format!(
+            "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, application/vnd.kubernetes.protobuf (got {ct:?})"
+        ))),
+    }
+}
+
+fn parse_usize(q: &Query, k: &str) -> Result<Option<u64>, ApiError> {
+    match q.get(k).filter(|v| !v.is_empty()) {
+        None => Ok(None),
+        Some(v) => v
+            .parse::<u64>()
+            .map(Some)
+            .map_err(|_| ApiError::BadRequest(format!("invalid {k}: {v:?}"))),
+    }
+}
+
+fn dry_run(q: &Query) -> Result<bool, ApiError> {
+    match q.get("dryRun") {
+        None | Some("") => Ok(false),
+        Some("All") => Ok(true),
+        Some(other) => Err(ApiError::BadRequest(format!(
+            "unsupported dryRun value {other:?}: only All is supported"
+        ))),
+    }
+}
+
+impl ApiServer {
+    async fn read_body(&self, body: Body) -> Result<bytes::Bytes, ApiError> {
+        let max = self.options.max_body_bytes;
+        match Limited::new(body, max).collect().await {
+            Ok(c) => Ok(c.to_bytes()),
+            Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(ApiError::TooLarge(max)),
+            Err(_) => Err(ApiError::BadRequest("failed to read the request body".into())),
+        }
+    }
+
+    async fn serve(self: &Arc<Self>, req: Request) -> Result<Response, ApiError> {
+        let identity = req
+            .extensions()
+            .get::<Identity>()
+            .filter(|i| !i.user.is_empty())
+            .cloned()
+            .ok_or(ApiError::Unauthorized)?;
+        let (parts, body) = req.into_parts();
+        if let Some(len) = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok())
+            && len > self.options.max_body_bytes
+        {
+            return Err(ApiError::TooLarge(self.options.max_body_bytes));
+        }
+        let user = self.effective_user(&identity, &parts.headers)?;
+        let route = route::parse(parts.uri.path())?;
+        let query = Query::parse(parts.uri.query());
+        let discovery_doc = |v: Option<Value>| -> Result<Response, ApiError> {
+            if parts.method != Method::GET && parts.method != Method::HEAD {
+                return Err(ApiError::MethodNotAllowed);
+            }
+            v.map(|v| json_response(StatusCode::OK, &v)).ok_or(ApiError::NoRoute)
+        };
+        match route {
+            Route::Version => discovery_doc(Some(discovery::version(&self.options.git_version))),
+            Route::Api => discovery_doc(Some(discovery::api_versions())),
+            Route::Apis => discovery_doc(Some(discovery::api_group_list())),
+            Route::ApiGroup(g) => discovery_doc(discovery::api_group(&g)),
+            Route::ResourceList { group, version } => discovery_doc(discovery::resource_list(&group, &version)),
+            Route::OpenApiV3Root => discovery_doc(Some(discovery::openapi_v3_root())),
+            Route::OpenApiV3(p) => discovery_doc(discovery::openapi_v3_for_path(&p)),
+            Route::OpenApiV2 => Err(ApiError::NoRoute),
+            Route::Resource(t) => {
+                self.resource_request(t, parts.method, &parts.headers, &query, body, &user)
+                    .await
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_lines)]
+    async fn resource_request(
+        self: &Arc<Self>,
+        t: Target,
+        method: Method,
+        headers: &HeaderMap,
+        query: &Query,
+        body: Body,
+        user: &UserInfo,
+    ) -> Result<Response, ApiError> {
+        let res = t.res;
+        let watch = query.flag("watch");
+        let verb = match (&method, t.name.is_some()) {
+            (&Method::GET, false) if watch => "watch",
+            (&Method::GET, false) => "list",
+            (&Method::GET, true) if watch => "watch",
+            (&Method::GET, true) => "get",
+            (&Method::POST, false) => "create",
+            (&Method::PUT, true) => "update",
+            (&Method::PATCH, true) => "patch",
+            (&Method::DELETE, true) => "delete",
+            (&Method::DELETE, false) => "deletecollection",
+            _ => return Err(ApiError::MethodNotAllowed),
+        };
+        let sub = t.subresource.clone().unwrap_or_default();
+        if !res.serves(verb) || (!sub.is_empty() && !matches!(verb, "get" | "update" | "patch")) {
+            return Err(ApiError::MethodNotAllowed);
+        }
+        // A namespaced type's cluster-wide path serves only list and watch.
+        if res.namespaced && t.namespace.is_none() && !matches!(verb, "list" | "watch") {
+            return Err(ApiError::MethodNotAllowed);
+        }
+        let path_ns = t.namespace.clone().unwrap_or_default();
+        let name = t.name.clone().unwrap_or_default();
+        let lists = matches!(verb, "list" | "watch" | "deletecollection");
+        let (labels, fields) = if lists {
+            let l = LabelSelector::parse(query.get("labelSelector").unwrap_or(""))
+                .map_err(|e| ApiError::BadRequest(e.0))?;
+            let mut f = FieldSelector::parse(query.get("fieldSelector").unwrap_or(""), res.kind)
+                .map_err(|e| ApiError::BadRequest(e.0))?;
+            if !name.is_empty() {
+                f = FieldSelector::parse(&format!("metadata.name={name}"), res.kind)
+                    .map_err(|e| ApiError::BadRequest(e.0))?;
+            }
+            (l, f)
+        } else {
+            (LabelSelector::default(), FieldSelector::default())
+        };
+        // Kubernetes authorizes `namespaces/NAME` requests in namespace NAME, and list/watch with
+        // a `metadata.name=` field selector as a request on that one name.
+        let attr_ns = if res.group.is_empty() && res.plural == "namespaces" && !name.is_empty() {
+            name.clone()
+        } else {
+            path_ns.clone()
+        };
+        let attr_name = if name.is_empty() {
+            fields.pinned_name().map(str::to_owned).unwrap_or_default()
+        } else {
+            name.clone()
+        };
+        let attrs = attributes_for(
+            user,
+            ResourceAttributes {
+                verb: verb.to_owned(),
+                api_group: res.group.to_owned(),
+                resource: res.plural.to_owned(),
+                subresource: sub.clone(),
+                namespace: attr_ns,
+                name: attr_name,
+            },
+        );
+        if !self.authz.authorize(&attrs).is_allowed() {
+            return Err(ApiError::forbidden(&attrs));
+        }
+
+        if let Backing::Review(kind) = res.backing {
+            let raw = self.read_body(body).await?;
+            let obj = decode_object(headers, &raw)?;
+            let out = self.review(res, kind, &path_ns, user, obj).await?;
+            return Ok(json_response(StatusCode::CREATED, &out));
+        }
+
+        let format = table::negotiate(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
+        let include = Include::parse(query.get("includeObject"));
+        let now = i64::try_from(self.clock.now().as_secs()).unwrap_or(i64::MAX);
+        let ctx = WriteCtx {
+            user,
+            http: true,
+            dry_run: dry_run(query)?,
+            subresource: &sub,
+        };
+        let one = |obj: Value| -> Value {
+            match format {
+                Format::Table(v) => {
+                    let rv = obj.pointer("/metadata/resourceVersion").cloned().unwrap_or(Value::Null);
+                    table::table(res.kind, &[obj], v, include, now, json!({"resourceVersion": rv}))
+                }
+                Format::Objects => obj,
+            }
+        };
+        match verb {
+            "get" => {
+                let obj = self.get_in(res, &path_ns, &name).await?;
+                Ok(json_response(StatusCode::OK, &one(obj)))
+            }
+            "list" => {
+                let limit = parse_usize(query, "limit")?.unwrap_or(0);
+                let q = ListQuery {
+                    labels,
+                    fields,
+                    limit: usize::try_from(limit).unwrap_or(usize::MAX),
+                    continue_token: query.get("continue").map(str::to_owned),
+                };
+                let out = self.list_in(res, t.namespace.as_deref(), &q).await?;
+                let mut meta = json!({"resourceVersion": out.revision.to_string()});
+                if let (Some(c), Some(m)) = (&out.continue_token, meta.as_object_mut()) {
+                    m.insert("continue".into(), json!(c));
+                }
+                let body = match format {
+                    Format::Table(v) => table::table(res.kind, &out.items, v, include, now, meta),
+                    Format::Objects => json!({
+                        "kind": format!("{}List", res.kind),
+                        "apiVersion": res.api_version(),
+                        "metadata": meta,
+                        "items": out.items,
+                    }),
+                };
+                Ok(json_response(StatusCode::OK, &body))
+            }
+            "watch" => {
+                let from = match query.get("resourceVersion").filter(|v| !v.is_empty()) {
+                    None => None,
+                    Some(v) => Some(
+                        v.parse::<u64>()
+                            .map_err(|_| ApiError::BadRequest(format!("invalid resourceVersion {v:?}")))?,
+                    ),
+                };
+                let max = self.options.max_watch_timeout;
+                let timeout = parse_usize(query, "timeoutSeconds")?.map_or(max, |s| Duration::from_secs(s).min(max));
+                self.watch(WatchParams {
+                    res,
+                    namespace: t.namespace.clone(),
+                    query: ListQuery {
+                        labels,
+                        fields,
+                        limit: 0,
+                        continue_token: None,
+                    },
+                    from,
+                    timeout,
+                    format,
+                    include,
+                })
+                .await
+            }
+            "create" => {
+                let raw = self.read_body(body).await?;
+                let obj = decode_object(headers, &raw)?;
+                let out = self.create_in(res, &path_ns, obj, ctx).await?;
+                Ok(json_response(StatusCode::CREATED, &out))
+            }
+            "update" => {
+                let raw = self.read_body(body).await?;
+                let obj = decode_object(headers, &raw)?;
+                let out = self.update_in(res, &path_ns, &name, obj, ctx).await?;
+                Ok(json_response(StatusCode::OK, &out))
+            }
+            "patch" => {
+                let kind = PatchType::from_content_type(&content_type(headers))?;
+                let raw = self.read_body(body).await?;
+                let out = self.patch_in(res, &path_ns, &name, kind, &raw, ctx).await?;
+                Ok(json_response(StatusCode::OK, &out))
+            }
+            "delete" => {
+                let raw = self.read_body(body).await?;
+                let mut pre = Preconditions::default();
+                let mut dry = ctx.dry_run;
+                if !raw.is_empty() {
+                    let opts = decode_object(headers, &raw)?;
+                    let s = |p: &str| opts.pointer(p).and_then(Value::as_str).map(str::to_owned);
+                    pre.uid = s("/preconditions/uid");
+                    pre.resource_version = s("/preconditions/resourceVersion");
+                    if let Some(Value::Array(d)) = opts.get("dryRun") {
+                        dry |= d.iter().any(|x| x == "All");
+                    }
+                }
+                let out = self
+                    .delete_in(res, &path_ns, &name, &pre, WriteCtx { dry_run: dry, ..ctx })
+                    .await?;
+                let pending = out.pointer("/metadata/deletionTimestamp").is_some_and(|v| !v.is_null());
+                if pending && !dry {
+                    return Ok(json_response(StatusCode::ACCEPTED, &out));
+                }
+                // Like Kubernetes: most built-in kinds answer an immediate delete with a Success
+                // Status; pods, namespaces and custom resources return the deleted object.
+                let returns_object = !matches!(res.group, "" | "rbac.authorization.k8s.io")
+                    || matches!(res.plural, "pods" | "namespaces");
+                if returns_object {
+                    return Ok(json_response(StatusCode::OK, &out));
+                }
+                let mut details = serde_json::Map::new();
+                details.insert("name".into(), json!(name));
+                if !res.group.is_empty() {
+                    details.insert("group".into(), json!(res.group));
+                }
+                details.insert("kind".into(), json!(res.plural));
+                if let Some(uid) = out.pointer("/metadata/uid") {
+                    details.insert("uid".into(), uid.clone());
+                }
+                let status = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "details": details});
+                Ok(json_response(StatusCode::OK, &status))
+            }
+            "deletecollection" => {
+                let q = ListQuery {
+                    labels,
+                    fields,
+                    limit: 0,
+                    continue_token: None,
+                };
+                let list = self.list_in(res, t.namespace.as_deref(), &q).await?;
+                let mut deleted = Vec::new();
+                for o in list.items {
+                    let ns = crate::objects::namespace_of(&o).to_owned();
+                    let n = crate::objects::name_of(&o).to_owned();
+                    match self.delete_in(res, &ns, &n, &Preconditions::default(), ctx).await {
+                        Ok(v) => deleted.push(v),
+                        Err(ApiError::NotFound { .. }) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                let body = json!({
+                    "kind": format!("{}List", res.kind),
+                    "apiVersion": res.api_version(),
+                    "metadata": {},
+                    "items": deleted,
+                });
+                Ok(json_response(StatusCode::OK, &body))
+            }
+            _ => Err(ApiError::MethodNotAllowed),
+        }
+    }
+}

@@ -1,0 +1,114 @@
+//! Extension points the server wires in: in-process admission ([`Admission`]) run on every
+//! create, update and patch, and token validation for TokenReview ([`TokenReviewer`]).
+//!
+//! Invariants: admission runs after all API-side defaulting and validation and before the store
+//! write; a denial never writes anything; a mutating plugin's output is validated again (name,
+//! namespace and uid are restored, not trusted).
+
+use serde_json::Value;
+
+use crate::authorize::UserInfo;
+use crate::registry::Resource;
+
+/// The admission operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    /// Create (POST, or an internal create).
+    Create,
+    /// Update (PUT, PATCH, internal update).
+    Update,
+}
+
+impl Operation {
+    /// `CREATE` / `UPDATE`, as in AdmissionReview.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Create => "CREATE",
+            Self::Update => "UPDATE",
+        }
+    }
+}
+
+/// What an admission plugin sees.
+#[derive(Debug, Clone, Copy)]
+pub struct AdmissionRequest<'a> {
+    /// Create or update.
+    pub operation: Operation,
+    /// The resource type (group, version, kind, plural).
+    pub resource: &'static Resource,
+    /// `""` or `status` (status updates are admitted too).
+    pub subresource: &'a str,
+    /// Namespace (`""` for cluster-scoped).
+    pub namespace: &'a str,
+    /// Object name.
+    pub name: &'a str,
+    /// The object before the change (updates only).
+    pub old_object: Option<&'a Value>,
+    /// The caller.
+    pub user: &'a UserInfo,
+    /// True for `?dryRun=All`.
+    pub dry_run: bool,
+}
+
+/// A refusal: becomes `admission webhook "<webhook>" denied the request: <message>` with `code`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdmissionDenied {
+    /// Webhook name, e.g. `poddefaults-webhook-deployment.kubeflow.org`.
+    pub webhook: String,
+    /// HTTP code; anything outside 400–499 is sent as 400.
+    pub code: u16,
+    /// Reason text.
+    pub message: String,
+}
+
+/// In-process admission: may mutate `object` in place or deny.
+#[async_trait::async_trait]
+pub trait Admission: Send + Sync + 'static {
+    /// Admits (and possibly mutates) `object`.
+    async fn admit(&self, request: AdmissionRequest<'_>, object: &mut Value) -> Result<(), AdmissionDenied>;
+}
+
+/// The default: admit everything unchanged.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoAdmission;
+
+#[async_trait::async_trait]
+impl Admission for NoAdmission {
+    async fn admit(&self, _request: AdmissionRequest<'_>, _object: &mut Value) -> Result<(), AdmissionDenied> {
+        Ok(())
+    }
+}
+
+/// A TokenReview verdict (wire `status`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TokenReviewStatus {
+    /// True if the token is valid.
+    pub authenticated: bool,
+    /// Who the token belongs to.
+    pub user: Option<UserInfo>,
+    /// The audiences the token is valid for.
+    pub audiences: Vec<String>,
+    /// Why it failed (empty when authenticated).
+    pub error: String,
+}
+
+/// Validates bearer tokens for `authentication.k8s.io/v1 TokenReview`.
+#[async_trait::async_trait]
+pub trait TokenReviewer: Send + Sync + 'static {
+    /// Reviews `token` for `audiences` (empty = the server's default audience).
+    async fn review(&self, token: &str, audiences: &[String]) -> TokenReviewStatus;
+}
+
+/// The default: every token is unauthenticated.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoTokenReviewer;
+
+#[async_trait::async_trait]
+impl TokenReviewer for NoTokenReviewer {
+    async fn review(&self, _token: &str, _audiences: &[String]) -> TokenReviewStatus {
+        TokenReviewStatus {
+            error: "token review is not configured".into(),
+            ..TokenReviewStatus::default()
+        }
+    }
+}

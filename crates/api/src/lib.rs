@@ -1,0 +1,280 @@
+//! kfsec-api: a Kubernetes-style API server over the kfsec store — discovery, CRUD, patch,
+//! watch, access reviews, TokenReview and impersonation — good enough for real `kubectl`, plus
+//! typed helpers controllers use without HTTP.
+//!
+//! Invariants: every HTTP request is authorized (as the effective, possibly impersonated, user)
+//! before it touches the store; the typed helpers are system-internal (no authorization) but run
+//! the same validation, defaulting and admission and bump `resourceVersion` like HTTP writes;
+//! store keys are `/k8s/{group|core}/{plural}/[{ns}/]{name}` and values are the object JSON
+//! without `metadata.resourceVersion` (which is always the record's mod revision).
+
+mod authorize;
+mod discovery;
+mod handlers;
+mod hooks;
+mod impersonation;
+mod kinds;
+mod list;
+mod meta;
+mod objects;
+mod patch;
+mod proto;
+mod rbac_guard;
+pub mod registry;
+mod reviews;
+mod route;
+pub mod selector;
+mod status;
+mod table;
+mod watch;
+
+#[cfg(test)]
+mod tests_http;
+#[cfg(test)]
+mod tests_kubectl;
+#[cfg(test)]
+mod tests_props;
+#[cfg(test)]
+mod testutil;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::any;
+use kfsec_store::{KeyValue, Revision, Store};
+use kfsec_types::{Clock, Rng};
+use serde_json::Value;
+
+pub use authorize::{
+    Attributes, Authorize, Decision, NonResourceAttributes, NonResourceRule, RequestAttributes, ResourceAttributes,
+    ResourceRule, SubjectRules, UserInfo, attributes_for,
+};
+pub use hooks::{
+    Admission, AdmissionDenied, AdmissionRequest, NoAdmission, NoTokenReviewer, Operation, TokenReviewStatus,
+    TokenReviewer,
+};
+pub use patch::PatchType;
+pub use registry::Resource;
+pub use status::{ApiError, FieldCause, status_response};
+
+use objects::{ListQuery, Preconditions, WriteCtx};
+
+/// Tunables.
+#[derive(Debug, Clone)]
+pub struct ApiOptions {
+    /// `/version` gitVersion.
+    pub git_version: String,
+    /// Largest accepted request body (413 above). Default 3 MiB.
+    pub max_body_bytes: usize,
+    /// Longest a watch stays open (and the default when `timeoutSeconds` is absent). Default 30 min.
+    pub max_watch_timeout: Duration,
+}
+
+impl Default for ApiOptions {
+    fn default() -> Self {
+        Self {
+            git_version: "v1.32.0-kfsec".into(),
+            max_body_bytes: 3 * 1024 * 1024,
+            max_watch_timeout: Duration::from_secs(1800),
+        }
+    }
+}
+
+/// A list from [`ApiServer::list_objects`].
+#[derive(Debug, Clone)]
+pub struct ObjectList {
+    /// The objects (with `apiVersion`, `kind`, `metadata.resourceVersion`).
+    pub items: Vec<Value>,
+    /// The store revision of the list (watch from here).
+    pub resource_version: Revision,
+}
+
+/// The Kubernetes-style API server.
+pub struct ApiServer {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) authz: Arc<dyn Authorize>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) rng: Arc<dyn Rng>,
+    pub(crate) admission: Arc<dyn Admission>,
+    pub(crate) tokens: Arc<dyn TokenReviewer>,
+    pub(crate) options: ApiOptions,
+}
+
+impl std::fmt::Debug for ApiServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiServer")
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds an [`ApiServer`].
+pub struct ApiServerBuilder {
+    inner: ApiServer,
+}
+
+impl ApiServerBuilder {
+    /// In-process admission (default: none).
+    #[must_use]
+    pub fn admission(mut self, a: Arc<dyn Admission>) -> Self {
+        self.inner.admission = a;
+        self
+    }
+    /// TokenReview backend (default: every token unauthenticated).
+    #[must_use]
+    pub fn token_reviewer(mut self, t: Arc<dyn TokenReviewer>) -> Self {
+        self.inner.tokens = t;
+        self
+    }
+    /// Options.
+    #[must_use]
+    pub fn options(mut self, o: ApiOptions) -> Self {
+        self.inner.options = o;
+        self
+    }
+    /// Finishes.
+    pub fn build(self) -> Arc<ApiServer> {
+        Arc::new(self.inner)
+    }
+}
+
+fn system_ctx(user: &UserInfo) -> WriteCtx<'_> {
+    WriteCtx {
+        user,
+        http: false,
+        dry_run: false,
+        subresource: "",
+    }
+}
+
+impl ApiServer {
+    /// A builder with no admission, no token reviewer and default options.
+    pub fn builder(
+        store: Arc<dyn Store>,
+        authorizer: Arc<dyn Authorize>,
+        clock: Arc<dyn Clock>,
+        rng: Arc<dyn Rng>,
+    ) -> ApiServerBuilder {
+        ApiServerBuilder {
+            inner: Self {
+                store,
+                authz: authorizer,
+                clock,
+                rng,
+                admission: Arc::new(NoAdmission),
+                tokens: Arc::new(NoTokenReviewer),
+                options: ApiOptions::default(),
+            },
+        }
+    }
+
+    /// A server with defaults (see [`ApiServer::builder`] for hooks).
+    pub fn new(
+        store: Arc<dyn Store>,
+        authorizer: Arc<dyn Authorize>,
+        clock: Arc<dyn Clock>,
+        rng: Arc<dyn Rng>,
+    ) -> Arc<Self> {
+        Self::builder(store, authorizer, clock, rng).build()
+    }
+
+    /// The router for `/version`, `/api`, `/api/*`, `/apis`, `/apis/*` and `/openapi/*`. Each
+    /// request must carry an `Extension<kfsec_types::Identity>` (else 401).
+    pub fn router(self: &Arc<Self>) -> Router {
+        let h = any(handlers::handle);
+        Router::new()
+            .route("/version", h.clone())
+            .route("/api", h.clone())
+            .route("/api/{*rest}", h.clone())
+            .route("/apis", h.clone())
+            .route("/apis/{*rest}", h.clone())
+            .route("/openapi/{*rest}", h)
+            .with_state(Arc::clone(self))
+    }
+
+    /// The served type `group/version/plural` (`""` group for core).
+    pub fn resource(group: &str, version: &str, plural: &str) -> Option<&'static Resource> {
+        registry::find(group, version, plural)
+    }
+
+    /// Decodes a store record of `res` (for controllers following `Store::watch` on
+    /// `res.type_prefix()`): adds `apiVersion`, `kind`, `metadata.resourceVersion`.
+    pub fn decode_record(res: &Resource, kv: &KeyValue) -> Result<Value, ApiError> {
+        objects::decode(res, kv)
+    }
+
+    /// One object, or `None`. `ns` is ignored for cluster-scoped types.
+    pub async fn get_object(&self, res: &'static Resource, ns: &str, name: &str) -> Result<Option<Value>, ApiError> {
+        Ok(self.read(res, ns, name).await?.map(|(v, _)| v))
+    }
+
+    /// Creates `obj` (system-internal: no authorization, no namespace-existence check; validation,
+    /// defaulting and admission run). `ns` empty → `metadata.namespace` of `obj`.
+    pub async fn create_object(&self, res: &'static Resource, ns: &str, obj: Value) -> Result<Value, ApiError> {
+        let ns = if ns.is_empty() {
+            objects::namespace_of(&obj).to_owned()
+        } else {
+            ns.to_owned()
+        };
+        let user = UserInfo::system();
+        self.create_in(res, &ns, obj, system_ctx(&user)).await
+    }
+
+    /// Replaces an object (name and namespace from `obj.metadata`); a non-empty
+    /// `metadata.resourceVersion` is a precondition (409 Conflict if stale). Status is written
+    /// too (controllers own it).
+    pub async fn update_object(&self, res: &'static Resource, obj: Value) -> Result<Value, ApiError> {
+        let ns = objects::namespace_of(&obj).to_owned();
+        let name = objects::name_of(&obj).to_owned();
+        let user = UserInfo::system();
+        self.update_in(res, &ns, &name, obj, system_ctx(&user)).await
+    }
+
+    /// Patches an object (system-internal).
+    pub async fn patch_object(
+        &self,
+        res: &'static Resource,
+        ns: &str,
+        name: &str,
+        kind: PatchType,
+        patch: &Value,
+    ) -> Result<Value, ApiError> {
+        let user = UserInfo::system();
+        let raw = serde_json::to_vec(patch).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        self.patch_in(res, ns, name, kind, &raw, system_ctx(&user)).await
+    }
+
+    /// Deletes an object; `Ok(None)` if it did not exist. With finalizers the object is only
+    /// marked (`deletionTimestamp`) and returned. Deleting a Namespace deletes its contents.
+    pub async fn delete_object(&self, res: &'static Resource, ns: &str, name: &str) -> Result<Option<Value>, ApiError> {
+        let user = UserInfo::system();
+        match self
+            .delete_in(res, ns, name, &Preconditions::default(), system_ctx(&user))
+            .await
+        {
+            Ok(v) => Ok(Some(v)),
+            Err(ApiError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Lists objects (`ns` `None` = all namespaces) matching a label selector (`""` = all).
+    pub async fn list_objects(
+        &self,
+        res: &'static Resource,
+        ns: Option<&str>,
+        label_selector: &str,
+    ) -> Result<ObjectList, ApiError> {
+        let labels = selector::LabelSelector::parse(label_selector).map_err(|e| ApiError::BadRequest(e.0))?;
+        let q = ListQuery {
+            labels,
+            ..ListQuery::default()
+        };
+        let out = self.list_in(res, ns, &q).await?;
+        Ok(ObjectList {
+            items: out.items,
+            resource_version: out.revision,
+        })
+    }
+}

@@ -1,0 +1,391 @@
+//! Object metadata rules: name and label validation (Kubernetes' exact messages), RFC 3339
+//! timestamps, uids and `generateName` suffixes.
+//!
+//! Invariants: a name that passes [`validate_name`] never contains `/` or `%`, so store keys built
+//! from it cannot escape their prefix; labels and annotations must be string maps.
+
+use kfsec_types::{Rng, UnixTime, random_array};
+use serde_json::Value;
+
+use crate::registry::NameRule;
+use crate::status::FieldCause;
+
+const SUBDOMAIN_MSG: &str = "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')";
+const LABEL_MSG: &str = "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')";
+
+fn is_label(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b.first().is_some_and(u8::is_ascii_alphanumeric)
+        && b.last().is_some_and(u8::is_ascii_alphanumeric)
+}
+
+/// RFC 1123 subdomain (≤ 253 chars, dot-separated labels).
+pub fn is_subdomain(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 253 && s.split('.').all(is_label)
+}
+
+/// Problems with an object name under `rule` (empty = valid).
+pub fn validate_name(rule: NameRule, name: &str) -> Vec<FieldCause> {
+    let field = "metadata.name";
+    match rule {
+        NameRule::Subdomain => {
+            let mut out = Vec::new();
+            if name.len() > 253 {
+                out.push(FieldCause::invalid(field, name, "must be no more than 253 characters"));
+            }
+            if !name.split('.').all(is_label_chars) {
+                out.push(FieldCause::invalid(field, name, SUBDOMAIN_MSG));
+            }
+            out
+        }
+        NameRule::Label => {
+            let mut out = Vec::new();
+            if name.len() > 63 {
+                out.push(FieldCause::invalid(field, name, "must be no more than 63 characters"));
+            }
+            if !is_label_chars(name) {
+                out.push(FieldCause::invalid(field, name, LABEL_MSG));
+            }
+            out
+        }
+        NameRule::PathSegment => {
+            if name == "." || name == ".." {
+                vec![FieldCause::invalid(field, name, &format!("may not be '{name}'"))]
+            } else if let Some(bad) = ["/", "%"].into_iter().find(|b| name.contains(b)) {
+                vec![FieldCause::invalid(field, name, &format!("may not contain '{bad}'"))]
+            } else {
+                Vec::new()
+            }
+        }
+    }
+}
+
+/// Label syntax ignoring length (length is reported separately, as Kubernetes does).
+fn is_label_chars(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b.first().is_some_and(u8::is_ascii_alphanumeric)
+        && b.last().is_some_and(u8::is_ascii_alphanumeric)
+}
+
+/// `([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]`, ≤ 63.
+fn is_qualified_part(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+        && b.first().is_some_and(u8::is_ascii_alphanumeric)
+        && b.last().is_some_and(u8::is_ascii_alphanumeric)
+}
+
+/// A label or annotation key: `[prefix/]name`, prefix a DNS subdomain.
+pub fn is_qualified_name(key: &str) -> bool {
+    match key.split_once('/') {
+        Some((prefix, name)) => is_subdomain(prefix) && is_qualified_part(name),
+        None => is_qualified_part(key),
+    }
+}
+
+/// A label value: empty or a qualified part.
+pub fn is_label_value(v: &str) -> bool {
+    v.is_empty() || is_qualified_part(v)
+}
+
+/// Problems with `metadata.labels` / `metadata.annotations`.
+pub fn validate_maps(meta: &serde_json::Map<String, Value>) -> Vec<FieldCause> {
+    let mut out = Vec::new();
+    if let Some(labels) = meta.get("labels").filter(|v| !v.is_null()) {
+        match labels.as_object() {
+            None => out.push(FieldCause::invalid("metadata.labels", "", "must be a map of strings")),
+            Some(m) => {
+                for (k, v) in m {
+                    if !is_qualified_name(k) {
+                        out.push(FieldCause::invalid("metadata.labels", k, "name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character"));
+                    }
+                    match v.as_str() {
+                        Some(s) if is_label_value(s) => {}
+                        Some(s) => out.push(FieldCause::invalid("metadata.labels", s, "a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character")),
+                        None => out.push(FieldCause::invalid("metadata.labels", k, "label values must be strings")),
+                    }
+                }
+            }
+        }
+    }
+    if let Some(ann) = meta.get("annotations").filter(|v| !v.is_null()) {
+        match ann.as_object() {
+            None => out.push(FieldCause::invalid(
+                "metadata.annotations",
+                "",
+                "must be a map of strings",
+            )),
+            Some(m) => {
+                let mut total = 0usize;
+                for (k, v) in m {
+                    if !is_qualified_name(&k.to_ascii_lowercase()) {
+                        out.push(FieldCause::invalid("metadata.annotations", k, "name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character"));
+                    }
+                    match v.as_str() {
+                        Some(s) => total += k.len() + s.len(),
+                        None => out.push(FieldCause::invalid(
+                            "metadata.annotations",
+                            k,
+                            "annotation values must be strings",
+                        )),
+                    }
+                }
+                if total > 256 * 1024 {
+                    out.push(FieldCause {
+                        reason: "FieldValueTooLong",
+                        field: "metadata.annotations".into(),
+                        message: "Too long: must have at most 262144 bytes".into(),
+                    });
+                }
+            }
+        }
+    }
+    if let Some(f) = meta.get("finalizers").filter(|v| !v.is_null()) {
+        let ok = f
+            .as_array()
+            .is_some_and(|a| a.iter().all(|x| x.as_str().is_some_and(is_qualified_name)));
+        if !ok {
+            out.push(FieldCause::invalid(
+                "metadata.finalizers",
+                "",
+                "must be a list of qualified names",
+            ));
+        }
+    }
+    out
+}
+
+/// Days since 1970-01-01 → (year, month, day) (Howard Hinnant's civil-from-days).
+fn civil(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    (y, u32::try_from(m).unwrap_or(1), u32::try_from(d).unwrap_or(1))
+}
+
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = if m > 2 { m - 3 } else { m + 9 };
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// `2006-01-02T15:04:05Z` (whole seconds, UTC), as Kubernetes' `metav1.Time`.
+pub fn rfc3339(t: UnixTime) -> String {
+    let secs = i64::try_from(t.as_secs()).unwrap_or(i64::MAX);
+    let (y, mo, d) = civil(secs.div_euclid(86_400));
+    let s = secs.rem_euclid(86_400);
+    format!(
+        "{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        s / 3600,
+        (s / 60) % 60,
+        s % 60
+    )
+}
+
+/// Parses `YYYY-MM-DDTHH:MM:SS[.frac](Z|±HH:MM)` into seconds since the epoch.
+pub fn parse_rfc3339(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    if b.len() < 20 || b.get(4) != Some(&b'-') || b.get(7) != Some(&b'-') || b.get(13) != Some(&b':') {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (h, mi, se) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    let mut rest = s.get(19..)?;
+    if let Some(r) = rest.strip_prefix('.') {
+        let n = r.bytes().take_while(u8::is_ascii_digit).count();
+        rest = r.get(n..)?;
+    }
+    let offset = if rest == "Z" || rest == "z" {
+        0
+    } else {
+        let sign = match rest.as_bytes().first()? {
+            b'+' => 1,
+            b'-' => -1,
+            _ => return None,
+        };
+        let oh = rest.get(1..3)?.parse::<i64>().ok()?;
+        let om = rest.get(4..6)?.parse::<i64>().ok()?;
+        sign * (oh * 3600 + om * 60)
+    };
+    Some(days_from_civil(y, mo, d) * 86_400 + h * 3600 + mi * 60 + se - offset)
+}
+
+/// Kubernetes' `HumanDuration` (as printed in the AGE column).
+pub fn human_duration(secs: i64) -> String {
+    let s = secs.max(0);
+    if s < 2 * 60 {
+        return format!("{s}s");
+    }
+    let m = s / 60;
+    if m < 10 {
+        let rem = s % 60;
+        return if rem == 0 {
+            format!("{m}m")
+        } else {
+            format!("{m}m{rem}s")
+        };
+    }
+    if m < 3 * 60 {
+        return format!("{m}m");
+    }
+    let h = s / 3600;
+    if h < 8 {
+        let rem = m % 60;
+        return if rem == 0 {
+            format!("{h}h")
+        } else {
+            format!("{h}h{rem}m")
+        };
+    }
+    if h < 48 {
+        return format!("{h}h");
+    }
+    if h < 24 * 8 {
+        let d = h / 24;
+        let rem = h % 24;
+        return if rem == 0 {
+            format!("{d}d")
+        } else {
+            format!("{d}d{rem}h")
+        };
+    }
+    if h < 24 * 365 * 2 {
+        return format!("{}d", h / 24);
+    }
+    if h < 24 * 365 * 8 {
+        let y = h / (24 * 365);
+        let d = (h / 24) % 365;
+        return if d == 0 { format!("{y}y") } else { format!("{y}y{d}d") };
+    }
+    format!("{}y", h / (24 * 365))
+}
+
+/// A random RFC 4122 version-4 uid.
+pub fn new_uid(rng: &dyn Rng) -> String {
+    let mut b: [u8; 16] = random_array(rng);
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+/// The 5-character suffix of `generateName` (Kubernetes' alphabet without vowels and
+/// look-alikes).
+pub fn name_suffix(rng: &dyn Rng) -> String {
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let bytes: [u8; 5] = random_array(rng);
+    bytes
+        .iter()
+        .map(|b| char::from(ALPHABET[usize::from(*b) % ALPHABET.len()]))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert!(validate_name(NameRule::Subdomain, "a.b-c").is_empty());
+        assert!(!validate_name(NameRule::Subdomain, "A").is_empty());
+        assert!(!validate_name(NameRule::Subdomain, "-a").is_empty());
+        assert!(!validate_name(NameRule::Subdomain, "a/b").is_empty());
+        assert!(!validate_name(NameRule::Label, "a.b").is_empty());
+        assert!(validate_name(NameRule::Label, "kubeflow-user").is_empty());
+        assert!(validate_name(NameRule::PathSegment, "system:aggregate-to-edit").is_empty());
+        assert!(!validate_name(NameRule::PathSegment, "a/b").is_empty());
+        assert!(!validate_name(NameRule::PathSegment, "..").is_empty());
+        assert!(!validate_name(NameRule::Label, &"a".repeat(64)).is_empty());
+        let c = validate_name(NameRule::Subdomain, "Bad_Name");
+        assert_eq!(c[0].message, format!("Invalid value: \"Bad_Name\": {SUBDOMAIN_MSG}"));
+    }
+
+    #[test]
+    fn labels() {
+        assert!(is_qualified_name("app.kubernetes.io/part-of"));
+        assert!(is_qualified_name("app"));
+        assert!(!is_qualified_name("-app"));
+        assert!(!is_qualified_name("a/b/c"));
+        assert!(is_label_value(""));
+        assert!(!is_label_value("a b"));
+        let meta = serde_json::json!({"labels": {"a": 1}}).as_object().cloned().unwrap();
+        assert_eq!(validate_maps(&meta).len(), 1);
+    }
+
+    #[test]
+    fn time_roundtrip() {
+        assert_eq!(rfc3339(UnixTime::from_secs(0)), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(UnixTime::from_secs(1_700_000_000)), "2023-11-14T22:13:20Z");
+        assert_eq!(parse_rfc3339("2023-11-14T22:13:20Z"), Some(1_700_000_000));
+        assert_eq!(parse_rfc3339("2023-11-14T23:13:20.5+01:00"), Some(1_700_000_000));
+        assert_eq!(parse_rfc3339("garbage"), None);
+        for s in [0u64, 951_782_400, 4_102_444_800] {
+            assert_eq!(
+                parse_rfc3339(&rfc3339(UnixTime::from_secs(s))),
+                Some(i64::try_from(s).unwrap())
+            );
+        }
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(human_duration(5), "5s");
+        assert_eq!(human_duration(150), "2m30s");
+        assert_eq!(human_duration(600), "10m");
+        assert_eq!(human_duration(3 * 3600 + 60), "3h1m");
+        assert_eq!(human_duration(30 * 3600), "30h");
+        assert_eq!(human_duration(3 * 86_400), "3d");
+        assert_eq!(human_duration(400 * 86_400), "400d");
+    }
+
+    struct Seq(std::sync::atomic::AtomicU8);
+    impl Rng for Seq {
+        fn fill(&self, buf: &mut [u8]) {
+            for b in buf {
+                *b = self.0.fetch_add(37, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    }
+
+    #[test]
+    fn uids_and_suffixes() {
+        let r = Seq(std::sync::atomic::AtomicU8::new(1));
+        let u = new_uid(&r);
+        assert_eq!(u.len(), 36);
+        assert_eq!(&u[14..15], "4");
+        let s = name_suffix(&r);
+        assert_eq!(s.len(), 5);
+        assert!(is_label(&s));
+    }
+}

@@ -1,0 +1,674 @@
+//! The object engine: create, update, patch, delete, get and list of stored objects, shared by the
+//! HTTP handlers and the typed helpers controllers call.
+//!
+//! Invariants: `metadata.resourceVersion` is always the store's mod revision, injected on read and
+//! stripped before every write; `uid`, `creationTimestamp`, `name` and `namespace` cannot be
+//! changed by an update, a patch or an admission plugin; every write is conditional on the
+//! revision that was read (lost updates are impossible); namespaced objects are only created in
+//! namespaces that exist and are not terminating (for HTTP callers).
+
+pub(crate) use crate::list::ListQuery;
+
+use kfsec_store::{KeyValue, Revision, StoreError};
+use serde_json::{Map, Value, json};
+
+use crate::ApiServer;
+use crate::authorize::UserInfo;
+use crate::hooks::{AdmissionRequest, Operation};
+use crate::kinds::{prepare_kind, spec_changed};
+use crate::meta::{name_suffix, new_uid, rfc3339, validate_maps, validate_name};
+use crate::patch::{self, PatchType};
+use crate::registry::{self, Resource};
+use crate::status::{ApiError, FieldCause};
+
+/// How many times a write retries after losing a race (when the caller gave no precondition).
+const RETRIES: usize = 8;
+
+/// Who writes, and how strictly.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct WriteCtx<'a> {
+    /// The caller (for admission and RBAC escalation checks).
+    pub user: &'a UserInfo,
+    /// An external (HTTP) request: namespace must exist, the main resource cannot change
+    /// `status` of types with a status subresource, RBAC escalation is checked.
+    pub http: bool,
+    /// `?dryRun=All`: everything but the store write.
+    pub dry_run: bool,
+    /// `""` or `"status"`.
+    pub subresource: &'a str,
+}
+
+/// Preconditions of a DELETE.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Preconditions {
+    pub uid: Option<String>,
+    pub resource_version: Option<String>,
+}
+
+pub(crate) fn not_found(res: &Resource, name: &str) -> ApiError {
+    ApiError::NotFound {
+        qualified: res.qualified(),
+        group: res.group.to_owned(),
+        kind: res.plural.to_owned(),
+        name: name.to_owned(),
+    }
+}
+
+pub(crate) fn conflict(res: &Resource, name: &str, detail: &str) -> ApiError {
+    ApiError::Conflict {
+        qualified: res.qualified(),
+        group: res.group.to_owned(),
+        kind: res.plural.to_owned(),
+        name: name.to_owned(),
+        detail: detail.to_owned(),
+    }
+}
+
+const MODIFIED: &str = "the object has been modified; please apply your changes to the latest version and try again";
+
+pub(crate) fn invalid(res: &Resource, name: &str, causes: Vec<FieldCause>) -> ApiError {
+    ApiError::Invalid {
+        kind: res.kind.to_owned(),
+        group: res.group.to_owned(),
+        name: name.to_owned(),
+        causes,
+    }
+}
+
+pub(crate) fn meta(obj: &Value) -> Option<&Map<String, Value>> {
+    obj.get("metadata").and_then(Value::as_object)
+}
+
+pub(crate) fn meta_mut(obj: &mut Value) -> Result<&mut Map<String, Value>, ApiError> {
+    let o = obj
+        .as_object_mut()
+        .ok_or_else(|| ApiError::BadRequest("the object must be a JSON object".into()))?;
+    let m = o.entry("metadata").or_insert_with(|| Value::Object(Map::new()));
+    if m.is_null() {
+        *m = Value::Object(Map::new());
+    }
+    m.as_object_mut()
+        .ok_or_else(|| ApiError::BadRequest("metadata must be a JSON object".into()))
+}
+
+fn meta_str<'a>(obj: &'a Value, field: &str) -> &'a str {
+    meta(obj)
+        .and_then(|m| m.get(field))
+        .and_then(Value::as_str)
+        .unwrap_or("")
+}
+
+/// The object's name.
+pub(crate) fn name_of(obj: &Value) -> &str {
+    meta_str(obj, "name")
+}
+
+/// The object's namespace.
+pub(crate) fn namespace_of(obj: &Value) -> &str {
+    meta_str(obj, "namespace")
+}
+
+/// Checks body `apiVersion` / `kind` against `res` and stamps them.
+pub(crate) fn check_type(res: &Resource, mut obj: Value) -> Result<Value, ApiError> {
+    let want_av = res.api_version();
+    let Some(o) = obj.as_object_mut() else {
+        return Err(ApiError::BadRequest(format!(
+            "the body of the request must be a JSON object (an {} object)",
+            res.kind
+        )));
+    };
+    if let Some(av) = o.get("apiVersion").filter(|v| !v.is_null()) {
+        let av = av.as_str().unwrap_or("<not a string>");
+        // Served versions of one stored type are interchangeable here (same schema).
+        let same_type = registry::find_kind(av, res.kind).is_some_and(|r| r.group == res.group);
+        if av != want_av && !same_type {
+            return Err(ApiError::BadRequest(format!(
+                "the API version in the data ({av}) does not match the expected API version ({want_av})"
+            )));
+        }
+    }
+    if let Some(k) = o.get("kind").filter(|v| !v.is_null()) {
+        let k = k.as_str().unwrap_or("<not a string>");
+        if k != res.kind {
+            return Err(ApiError::BadRequest(format!(
+                "the kind in the data ({k}) does not match the expected kind ({})",
+                res.kind
+            )));
+        }
+    }
+    o.insert("apiVersion".into(), Value::String(want_av));
+    o.insert("kind".into(), Value::String(res.kind.to_owned()));
+    meta_mut(&mut obj)?;
+    Ok(obj)
+}
+
+/// Stamps output fields on a stored object.
+pub(crate) fn present(res: &Resource, mut obj: Value, rev: Revision) -> Value {
+    if let Some(o) = obj.as_object_mut() {
+        o.insert("apiVersion".into(), Value::String(res.api_version()));
+        o.insert("kind".into(), Value::String(res.kind.to_owned()));
+        if let Some(Value::Object(m)) = o.get_mut("metadata") {
+            m.insert("resourceVersion".into(), Value::String(rev.to_string()));
+        }
+    }
+    obj
+}
+
+/// Decodes a stored record as `res`.
+pub(crate) fn decode(res: &Resource, kv: &KeyValue) -> Result<Value, ApiError> {
+    let v: Value = serde_json::from_slice(&kv.value)
+        .map_err(|e| ApiError::Internal(format!("corrupt record at {}: {e}", kv.key)))?;
+    Ok(present(res, v, kv.mod_revision))
+}
+
+fn encode(obj: &Value) -> Result<Vec<u8>, ApiError> {
+    let mut o = obj.clone();
+    if let Some(Value::Object(m)) = o.get_mut("metadata") {
+        m.remove("resourceVersion");
+    }
+    serde_json::to_vec(&o).map_err(|e| ApiError::Internal(format!("encode: {e}")))
+}
+
+impl ApiServer {
+    /// Reads one object: `(object with resourceVersion, revision)`.
+    pub(crate) async fn read(
+        &self,
+        res: &Resource,
+        ns: &str,
+        name: &str,
+    ) -> Result<Option<(Value, Revision)>, ApiError> {
+        match self.store.get(&res.key(ns, name)).await? {
+            Some(kv) => Ok(Some((decode(res, &kv)?, kv.mod_revision))),
+            None => Ok(None),
+        }
+    }
+
+    pub(crate) async fn get_in(&self, res: &Resource, ns: &str, name: &str) -> Result<Value, ApiError> {
+        self.read(res, ns, name)
+            .await?
+            .map(|(v, _)| v)
+            .ok_or_else(|| not_found(res, name))
+    }
+
+    async fn check_namespace_open(&self, res: &Resource, ns: &str, name: &str) -> Result<(), ApiError> {
+        let nsres = registry::find("", "v1", "namespaces").ok_or(ApiError::NoRoute)?;
+        match self.read(nsres, "", ns).await? {
+            None => Err(not_found(nsres, ns)),
+            Some((n, _)) if meta(&n).is_some_and(|m| m.get("deletionTimestamp").is_some_and(|d| !d.is_null())) => {
+                Err(ApiError::Forbidden {
+                    message: format!(
+                        "{} {name:?} is forbidden: unable to create new content in namespace {ns} because it is being terminated",
+                        res.qualified()
+                    ),
+                    group: res.group.to_owned(),
+                    kind: res.plural.to_owned(),
+                    name: name.to_owned(),
+                })
+            }
+            Some(_) => Ok(()),
+        }
+    }
+
+    async fn admit(&self, req: AdmissionRequest<'_>, obj: &mut Value) -> Result<(), ApiError> {
+        self.admission
+            .admit(req, obj)
+            .await
+            .map_err(|d| ApiError::AdmissionDenied {
+                webhook: d.webhook,
+                code: if (400..500).contains(&d.code) { d.code } else { 400 },
+                message: d.message,
+            })?;
+        if !obj.is_object() {
+            return Err(ApiError::Internal("admission returned a non-object".into()));
+        }
+        Ok(())
+    }
+
+    /// Creates an object. `ns` is the namespace from the path (or the caller).
+    pub(crate) async fn create_in(
+        &self,
+        res: &'static Resource,
+        ns: &str,
+        body: Value,
+        ctx: WriteCtx<'_>,
+    ) -> Result<Value, ApiError> {
+        let mut obj = check_type(res, body)?;
+        if ctx.http
+            && res.has_status()
+            && let Some(o) = obj.as_object_mut()
+        {
+            // As for Kubernetes types with a status subresource: clients cannot set status.
+            o.remove("status");
+        }
+        let now = rfc3339(self.clock.now());
+        let uid = new_uid(self.rng.as_ref());
+        let (name, generate) = {
+            let m = meta_mut(&mut obj)?;
+            if res.namespaced {
+                let body_ns = m.get("namespace").and_then(Value::as_str).unwrap_or("");
+                if !body_ns.is_empty() && body_ns != ns {
+                    return Err(ApiError::BadRequest(
+                        "the namespace of the provided object does not match the namespace sent on the request".into(),
+                    ));
+                }
+                if ns.is_empty() {
+                    return Err(ApiError::BadRequest(
+                        "a namespace is required for a namespaced resource".into(),
+                    ));
+                }
+                m.insert("namespace".into(), Value::String(ns.to_owned()));
+            } else {
+                m.remove("namespace");
+            }
+            for k in [
+                "resourceVersion",
+                "deletionTimestamp",
+                "deletionGracePeriodSeconds",
+                "selfLink",
+                "managedFields",
+            ] {
+                m.remove(k);
+            }
+            m.insert("uid".into(), Value::String(uid.clone()));
+            m.insert("creationTimestamp".into(), Value::String(now));
+            m.insert("generation".into(), json!(1));
+            let name = m.get("name").and_then(Value::as_str).unwrap_or("").to_owned();
+            let generate = m.get("generateName").and_then(Value::as_str).unwrap_or("").to_owned();
+            (name, generate)
+        };
+        let given_name = name;
+        if given_name.is_empty() && generate.is_empty() {
+            return Err(invalid(
+                res,
+                "",
+                vec![FieldCause::required(
+                    "metadata.name",
+                    "name or generateName is required",
+                )],
+            ));
+        }
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let name = if given_name.is_empty() {
+                format!("{generate}{}", name_suffix(self.rng.as_ref()))
+            } else {
+                given_name.clone()
+            };
+            meta_mut(&mut obj)?.insert("name".into(), Value::String(name.clone()));
+            let mut causes = validate_name(res.names, &name);
+            causes.extend(validate_maps(meta(&obj).unwrap_or(&Map::new())));
+            if !causes.is_empty() {
+                return Err(invalid(res, &name, causes));
+            }
+            if ctx.http && res.namespaced {
+                self.check_namespace_open(res, ns, &name).await?;
+            }
+            let mut candidate = obj.clone();
+            prepare_kind(res, &mut candidate, None)?;
+            if ctx.http {
+                self.check_rbac_escalation(res, ns, &name, &candidate, ctx.user).await?;
+            }
+            let req = admission_request(res, Operation::Create, ns, &name, None, ctx);
+            self.admit(req, &mut candidate).await?;
+            restore_identity(&mut candidate, &obj)?;
+            prepare_kind(res, &mut candidate, None)?;
+            revalidate(res, &name, &candidate)?;
+            if ctx.dry_run {
+                return Ok(candidate);
+            }
+            match self.store.create(&res.key(ns, &name), encode(&candidate)?, None).await {
+                Ok(rev) => return Ok(present(res, candidate, rev)),
+                Err(StoreError::AlreadyExists(_)) if !given_name.is_empty() || attempt >= 5 => {
+                    return Err(ApiError::AlreadyExists {
+                        qualified: res.qualified(),
+                        group: res.group.to_owned(),
+                        kind: res.plural.to_owned(),
+                        name,
+                    });
+                }
+                Err(StoreError::AlreadyExists(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Replaces an object (PUT / internal update / the second half of PATCH).
+    pub(crate) async fn update_in(
+        &self,
+        res: &'static Resource,
+        ns: &str,
+        name: &str,
+        body: Value,
+        ctx: WriteCtx<'_>,
+    ) -> Result<Value, ApiError> {
+        let mut obj = check_type(res, body)?;
+        {
+            let m = meta_mut(&mut obj)?;
+            let body_name = m.get("name").and_then(Value::as_str).unwrap_or("");
+            if body_name.is_empty() {
+                m.insert("name".into(), Value::String(name.to_owned()));
+            } else if body_name != name {
+                return Err(ApiError::BadRequest(format!(
+                    "the name of the object ({body_name}) does not match the name on the URL ({name})"
+                )));
+            }
+            if res.namespaced {
+                let body_ns = m.get("namespace").and_then(Value::as_str).unwrap_or("");
+                if !body_ns.is_empty() && body_ns != ns {
+                    return Err(ApiError::BadRequest(
+                        "the namespace of the provided object does not match the namespace sent on the request".into(),
+                    ));
+                }
+            }
+        }
+        let precondition = meta_str(&obj, "resourceVersion").to_owned();
+        for _ in 0..RETRIES {
+            let (current, rev) = self.read(res, ns, name).await?.ok_or_else(|| not_found(res, name))?;
+            if !precondition.is_empty() && precondition != rev.to_string() {
+                return Err(conflict(res, name, MODIFIED));
+            }
+            match self
+                .write_update(res, ns, name, obj.clone(), &current, rev, ctx)
+                .await?
+            {
+                Some(v) => return Ok(v),
+                None if !precondition.is_empty() => return Err(conflict(res, name, MODIFIED)),
+                None => {}
+            }
+        }
+        Err(conflict(res, name, MODIFIED))
+    }
+
+    /// Applies a PATCH body and writes the result.
+    pub(crate) async fn patch_in(
+        &self,
+        res: &'static Resource,
+        ns: &str,
+        name: &str,
+        kind: PatchType,
+        body: &[u8],
+        ctx: WriteCtx<'_>,
+    ) -> Result<Value, ApiError> {
+        let builtin = matches!(res.group, "" | "rbac.authorization.k8s.io");
+        for _ in 0..RETRIES {
+            let (current, rev) = self.read(res, ns, name).await?.ok_or_else(|| not_found(res, name))?;
+            let patched = patch::apply(&current, kind, body, builtin)?;
+            let wanted = meta_str(&patched, "resourceVersion").to_owned();
+            let pinned = !wanted.is_empty() && wanted != rev.to_string();
+            if pinned {
+                return Err(conflict(res, name, MODIFIED));
+            }
+            if name_of(&patched) != name {
+                return Err(invalid(
+                    res,
+                    name,
+                    vec![FieldCause::invalid(
+                        "metadata.name",
+                        name_of(&patched),
+                        "field is immutable",
+                    )],
+                ));
+            }
+            let patched = check_type(res, patched)?;
+            if let Some(v) = self.write_update(res, ns, name, patched, &current, rev, ctx).await? {
+                return Ok(v);
+            }
+        }
+        Err(conflict(res, name, MODIFIED))
+    }
+
+    /// Builds and writes the updated object; `Ok(None)` = lost a race (re-read and retry).
+    #[allow(clippy::too_many_arguments)]
+    async fn write_update(
+        &self,
+        res: &'static Resource,
+        ns: &str,
+        name: &str,
+        body: Value,
+        current: &Value,
+        rev: Revision,
+        ctx: WriteCtx<'_>,
+    ) -> Result<Option<Value>, ApiError> {
+        let mut new = if ctx.subresource == "status" {
+            let mut n = current.clone();
+            if let Some(o) = n.as_object_mut() {
+                match body.get("status") {
+                    Some(s) => o.insert("status".into(), s.clone()),
+                    None => o.remove("status"),
+                };
+            }
+            n
+        } else {
+            let mut n = body;
+            if ctx.http
+                && res.has_status()
+                && let Some(o) = n.as_object_mut()
+            {
+                match current.get("status") {
+                    Some(s) => o.insert("status".into(), s.clone()),
+                    None => o.remove("status"),
+                };
+            }
+            n
+        };
+        restore_identity(&mut new, current)?;
+        {
+            let m = meta_mut(&mut new)?;
+            m.remove("managedFields");
+            m.remove("selfLink");
+        }
+        let generation = meta(current)
+            .and_then(|m| m.get("generation"))
+            .and_then(Value::as_i64)
+            .unwrap_or(1);
+        let generation = if spec_changed(current, &new) {
+            generation + 1
+        } else {
+            generation
+        };
+        meta_mut(&mut new)?.insert("generation".into(), json!(generation));
+        let causes = validate_maps(meta(&new).unwrap_or(&Map::new()));
+        if !causes.is_empty() {
+            return Err(invalid(res, name, causes));
+        }
+        prepare_kind(res, &mut new, Some(current))?;
+        if ctx.http {
+            self.check_rbac_escalation(res, ns, name, &new, ctx.user).await?;
+        }
+        self.admit(
+            admission_request(res, Operation::Update, ns, name, Some(current), ctx),
+            &mut new,
+        )
+        .await?;
+        restore_identity(&mut new, current)?;
+        prepare_kind(res, &mut new, Some(current))?;
+        revalidate(res, name, &new)?;
+        meta_mut(&mut new)?.insert("resourceVersion".into(), Value::String(rev.to_string()));
+        if new == *current {
+            return Ok(Some(new));
+        }
+        let terminating = meta(&new).is_some_and(|m| m.get("deletionTimestamp").is_some_and(|d| !d.is_null()));
+        let finalizers_done = meta(&new)
+            .and_then(|m| m.get("finalizers"))
+            .and_then(Value::as_array)
+            .is_none_or(Vec::is_empty);
+        if ctx.dry_run {
+            return Ok(Some(new));
+        }
+        let key = res.key(ns, name);
+        if terminating && finalizers_done {
+            return match self.store.delete(&key, Some(rev)).await {
+                Ok(kv) => Ok(Some(present(res, new, kv.mod_revision))),
+                Err(StoreError::Conflict { .. }) => Ok(None),
+                Err(StoreError::NotFound(_)) => Err(not_found(res, name)),
+                Err(e) => Err(e.into()),
+            };
+        }
+        match self.store.update(&key, encode(&new)?, Some(rev), None).await {
+            Ok(r) => Ok(Some(present(res, new, r))),
+            Err(StoreError::Conflict { .. }) => Ok(None),
+            Err(StoreError::NotFound(_)) => Err(not_found(res, name)),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Deletes an object (or marks it terminating while finalizers remain).
+    pub(crate) async fn delete_in(
+        &self,
+        res: &'static Resource,
+        ns: &str,
+        name: &str,
+        pre: &Preconditions,
+        ctx: WriteCtx<'_>,
+    ) -> Result<Value, ApiError> {
+        for _ in 0..RETRIES {
+            let (current, rev) = self.read(res, ns, name).await?.ok_or_else(|| not_found(res, name))?;
+            if let Some(uid) = &pre.uid
+                && uid != meta_str(&current, "uid")
+            {
+                let detail = format!(
+                    "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                    meta_str(&current, "uid")
+                );
+                return Err(conflict(res, name, &detail));
+            }
+            if let Some(want) = &pre.resource_version
+                && *want != rev.to_string()
+            {
+                let detail = format!(
+                    "Precondition failed: ResourceVersion in precondition: {want}, ResourceVersion in object meta: {rev}"
+                );
+                return Err(conflict(res, name, &detail));
+            }
+            if ctx.dry_run {
+                return Ok(current);
+            }
+            let has_finalizers = meta(&current)
+                .and_then(|m| m.get("finalizers"))
+                .and_then(Value::as_array)
+                .is_some_and(|a| !a.is_empty());
+            let key = res.key(ns, name);
+            if has_finalizers {
+                if meta(&current).is_some_and(|m| m.get("deletionTimestamp").is_some_and(|d| !d.is_null())) {
+                    return Ok(current);
+                }
+                let mut marked = current.clone();
+                let m = meta_mut(&mut marked)?;
+                m.insert("deletionTimestamp".into(), Value::String(rfc3339(self.clock.now())));
+                m.insert("deletionGracePeriodSeconds".into(), json!(0));
+                match self.store.update(&key, encode(&marked)?, Some(rev), None).await {
+                    Ok(r) => return Ok(present(res, marked, r)),
+                    Err(StoreError::Conflict { .. }) => continue,
+                    Err(StoreError::NotFound(_)) => return Err(not_found(res, name)),
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            if res.group.is_empty() && res.plural == "namespaces" {
+                self.purge_namespace(name).await?;
+            }
+            match self.store.delete(&key, Some(rev)).await {
+                Ok(kv) => return decode(res, &kv),
+                Err(StoreError::Conflict { .. }) => {}
+                Err(StoreError::NotFound(_)) => return Err(not_found(res, name)),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(conflict(res, name, MODIFIED))
+    }
+
+    /// Deletes every namespaced object in `ns` (the namespace controller's job, done inline).
+    async fn purge_namespace(&self, ns: &str) -> Result<(), ApiError> {
+        for res in registry::namespaced_storage() {
+            let prefix = res.list_prefix(Some(ns));
+            loop {
+                let page = self.store.list(&prefix, 500, None).await?;
+                if page.items.is_empty() {
+                    break;
+                }
+                for kv in page.items {
+                    match self.store.delete(&kv.key, None).await {
+                        Ok(_) | Err(StoreError::NotFound(_)) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn admission_request<'a>(
+    res: &'static Resource,
+    operation: Operation,
+    namespace: &'a str,
+    name: &'a str,
+    old_object: Option<&'a Value>,
+    ctx: WriteCtx<'a>,
+) -> AdmissionRequest<'a> {
+    AdmissionRequest {
+        operation,
+        resource: res,
+        subresource: ctx.subresource,
+        namespace,
+        name,
+        old_object,
+        user: ctx.user,
+        dry_run: ctx.dry_run,
+    }
+}
+
+/// Validates metadata maps again (after admission plugins may have changed them).
+fn revalidate(res: &Resource, name: &str, obj: &Value) -> Result<(), ApiError> {
+    let causes = validate_maps(meta(obj).unwrap_or(&Map::new()));
+    if causes.is_empty() {
+        Ok(())
+    } else {
+        Err(invalid(res, name, causes))
+    }
+}
+
+/// Puts back the fields no update, patch or admission plugin may change.
+fn restore_identity(new: &mut Value, from: &Value) -> Result<(), ApiError> {
+    let src = meta(from).cloned().unwrap_or_default();
+    let m = meta_mut(new)?;
+    for k in [
+        "name",
+        "namespace",
+        "uid",
+        "creationTimestamp",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+    ] {
+        match src.get(k) {
+            Some(v) => {
+                m.insert(k.to_owned(), v.clone());
+            }
+            None => {
+                m.remove(k);
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+
+    #[test]
+    fn type_checks() {
+        let cm = registry::find("", "v1", "configmaps").unwrap();
+        assert!(check_type(cm, json!({"apiVersion": "v1", "kind": "ConfigMap"})).is_ok());
+        assert!(check_type(cm, json!({})).is_ok());
+        assert_eq!(check_type(cm, json!({"apiVersion": "v2"})).unwrap_err().code(), 400);
+        assert_eq!(check_type(cm, json!({"kind": "Secret"})).unwrap_err().code(), 400);
+        assert_eq!(check_type(cm, json!([1])).unwrap_err().code(), 400);
+        assert_eq!(check_type(cm, json!({"metadata": 5})).unwrap_err().code(), 400);
+        let p1 = registry::find("kubeflow.org", "v1", "profiles").unwrap();
+        let v = check_type(p1, json!({"apiVersion": "kubeflow.org/v1beta1", "kind": "Profile"})).unwrap();
+        assert_eq!(v["apiVersion"], "kubeflow.org/v1");
+    }
+}

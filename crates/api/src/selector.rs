@@ -1,0 +1,407 @@
+//! Label selectors (`=`, `==`, `!=`, `in`, `notin`, `key`, `!key`, `>`, `<`) and field selectors
+//! (`metadata.name`, `metadata.namespace` and a few per-kind fields) for list and watch.
+//!
+//! Invariants: parsing is total (bad input is an error, never a panic); an empty selector matches
+//! everything; `!=` and `notin` match objects lacking the key, as in Kubernetes.
+
+use serde_json::Value;
+
+use crate::meta::{is_label_value, is_qualified_name};
+
+/// A selector parse error (→ 400).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct SelectorError(pub String);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Op {
+    Eq(String),
+    NotEq(String),
+    In(Vec<String>),
+    NotIn(Vec<String>),
+    Exists,
+    NotExists,
+    Gt(i64),
+    Lt(i64),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Requirement {
+    key: String,
+    op: Op,
+}
+
+/// A parsed label selector.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LabelSelector(Vec<Requirement>);
+
+/// Splits on commas outside parentheses.
+fn split_top(s: &str) -> Result<Vec<&str>, SelectorError> {
+    let mut out = Vec::new();
+    let mut depth = 0i32;
+    let mut start = 0;
+    for (i, c) in s.char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' => {
+                depth -= 1;
+                if depth < 0 {
+                    return Err(SelectorError(format!(
+                        "unable to parse requirement: unexpected ')' in {s:?}"
+                    )));
+                }
+            }
+            ',' if depth == 0 => {
+                out.push(&s[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    if depth != 0 {
+        return Err(SelectorError(format!(
+            "unable to parse requirement: unclosed '(' in {s:?}"
+        )));
+    }
+    out.push(&s[start..]);
+    Ok(out)
+}
+
+fn check_key(k: &str) -> Result<String, SelectorError> {
+    if is_qualified_name(k) {
+        Ok(k.to_owned())
+    } else {
+        Err(SelectorError(format!(
+            "unable to parse requirement: invalid label key {k:?}: name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character"
+        )))
+    }
+}
+
+fn check_value(v: &str) -> Result<String, SelectorError> {
+    if is_label_value(v) {
+        Ok(v.to_owned())
+    } else {
+        Err(SelectorError(format!(
+            "unable to parse requirement: invalid label value: {v:?}: a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character"
+        )))
+    }
+}
+
+fn parse_set(rest: &str) -> Result<Vec<String>, SelectorError> {
+    let inner = rest
+        .trim()
+        .strip_prefix('(')
+        .and_then(|r| r.strip_suffix(')'))
+        .ok_or_else(|| {
+            SelectorError(format!(
+                "unable to parse requirement: expected a (value, …) set, found {rest:?}"
+            ))
+        })?;
+    let vals: Result<Vec<String>, _> = inner
+        .split(',')
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .map(check_value)
+        .collect();
+    vals
+}
+
+/// `key` then a whitespace-separated word operator (`in`, `notin`)?
+fn word_op<'a>(req: &'a str, word: &str) -> Option<(&'a str, &'a str)> {
+    let idx = req.find('(')?;
+    let head = req[..idx].trim_end();
+    let key = head.strip_suffix(word)?;
+    if key.is_empty() || !key.ends_with(char::is_whitespace) {
+        return None;
+    }
+    Some((key.trim(), &req[idx..]))
+}
+
+fn parse_requirement(raw: &str) -> Result<Requirement, SelectorError> {
+    let req = raw.trim();
+    if req.is_empty() {
+        return Err(SelectorError(
+            "unable to parse requirement: found '', expected: identifier".into(),
+        ));
+    }
+    if let Some(k) = req.strip_prefix('!') {
+        return Ok(Requirement {
+            key: check_key(k.trim())?,
+            op: Op::NotExists,
+        });
+    }
+    if let Some((k, set)) = word_op(req, "notin") {
+        return Ok(Requirement {
+            key: check_key(k)?,
+            op: Op::NotIn(parse_set(set)?),
+        });
+    }
+    if let Some((k, set)) = word_op(req, "in") {
+        return Ok(Requirement {
+            key: check_key(k)?,
+            op: Op::In(parse_set(set)?),
+        });
+    }
+    for (sym, which) in [("!=", 0u8), ("==", 1), ("=", 1), (">", 2), ("<", 3)] {
+        if let Some((k, v)) = req.split_once(sym) {
+            let key = check_key(k.trim())?;
+            let v = v.trim();
+            let op = match which {
+                0 => Op::NotEq(check_value(v)?),
+                1 => Op::Eq(check_value(v)?),
+                _ => {
+                    let n: i64 = v.parse().map_err(|_| {
+                        SelectorError(format!(
+                            "unable to parse requirement: for 'Gt', 'Lt' operators, the value must be an integer: {v:?}"
+                        ))
+                    })?;
+                    if which == 2 { Op::Gt(n) } else { Op::Lt(n) }
+                }
+            };
+            return Ok(Requirement { key, op });
+        }
+    }
+    Ok(Requirement {
+        key: check_key(req)?,
+        op: Op::Exists,
+    })
+}
+
+impl LabelSelector {
+    /// Parses Kubernetes' label-selector syntax.
+    pub fn parse(s: &str) -> Result<Self, SelectorError> {
+        if s.trim().is_empty() {
+            return Ok(Self::default());
+        }
+        split_top(s)?
+            .into_iter()
+            .map(parse_requirement)
+            .collect::<Result<Vec<_>, _>>()
+            .map(Self)
+    }
+
+    /// True if there are no requirements.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Matches `labels` (a JSON object of strings, or absent).
+    pub fn matches(&self, labels: Option<&Value>) -> bool {
+        let get = |k: &str| labels.and_then(|l| l.get(k)).and_then(Value::as_str);
+        self.0.iter().all(|r| match &r.op {
+            Op::Eq(v) => get(&r.key) == Some(v.as_str()),
+            Op::NotEq(v) => get(&r.key) != Some(v.as_str()),
+            Op::In(vs) => get(&r.key).is_some_and(|x| vs.iter().any(|v| v == x)),
+            Op::NotIn(vs) => get(&r.key).is_none_or(|x| !vs.iter().any(|v| v == x)),
+            Op::Exists => get(&r.key).is_some(),
+            Op::NotExists => get(&r.key).is_none(),
+            Op::Gt(n) => get(&r.key).and_then(|x| x.parse::<i64>().ok()).is_some_and(|x| x > *n),
+            Op::Lt(n) => get(&r.key).and_then(|x| x.parse::<i64>().ok()).is_some_and(|x| x < *n),
+        })
+    }
+
+    /// Matches an object's `metadata.labels`.
+    pub fn matches_object(&self, obj: &Value) -> bool {
+        self.matches(obj.pointer("/metadata/labels"))
+    }
+}
+
+/// A parsed field selector.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FieldSelector(Vec<(String, bool, String)>);
+
+/// Field paths served beyond `metadata.name` / `metadata.namespace`, per kind.
+fn extra_fields(kind: &str) -> &'static [&'static str] {
+    match kind {
+        "Pod" => &[
+            "spec.nodeName",
+            "spec.serviceAccountName",
+            "status.phase",
+            "spec.restartPolicy",
+        ],
+        "Secret" => &["type"],
+        "Event" => &[
+            "involvedObject.kind",
+            "involvedObject.namespace",
+            "involvedObject.name",
+            "involvedObject.uid",
+            "involvedObject.apiVersion",
+            "involvedObject.resourceVersion",
+            "involvedObject.fieldPath",
+            "reason",
+            "source",
+            "type",
+        ],
+        "Namespace" => &["status.phase"],
+        _ => &[],
+    }
+}
+
+impl FieldSelector {
+    /// Parses `a=b,c!=d` for `kind`; unsupported fields are an error, as in Kubernetes.
+    pub fn parse(s: &str, kind: &str) -> Result<Self, SelectorError> {
+        if s.trim().is_empty() {
+            return Ok(Self::default());
+        }
+        let mut out = Vec::new();
+        for part in s.split(',') {
+            let part = part.trim();
+            let (k, eq, v) = if let Some((k, v)) = part.split_once("!=") {
+                (k, false, v)
+            } else if let Some((k, v)) = part.split_once("==") {
+                (k, true, v)
+            } else if let Some((k, v)) = part.split_once('=') {
+                (k, true, v)
+            } else {
+                return Err(SelectorError(format!(
+                    "invalid selector: '{s}'; can't understand '{part}'"
+                )));
+            };
+            let k = k.trim();
+            if k != "metadata.name" && k != "metadata.namespace" && !extra_fields(kind).contains(&k) {
+                return Err(SelectorError(format!("field label not supported: {k}")));
+            }
+            out.push((k.to_owned(), eq, v.trim().to_owned()));
+        }
+        Ok(Self(out))
+    }
+
+    /// The name this selector pins with `metadata.name=`, if any.
+    pub fn pinned_name(&self) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, eq, _)| *eq && k == "metadata.name")
+            .map(|(_, _, v)| v.as_str())
+    }
+
+    /// Matches `obj`.
+    pub fn matches(&self, obj: &Value) -> bool {
+        self.0.iter().all(|(k, eq, v)| {
+            let pointer = format!("/{}", k.replace('.', "/"));
+            let actual = match obj.pointer(&pointer) {
+                Some(Value::String(s)) => s.clone(),
+                Some(Value::Null) | None => String::new(),
+                Some(other) => other.to_string(),
+            };
+            (actual == *v) == *eq
+        })
+    }
+}
+
+/// Matches a JSON `LabelSelector` object (`matchLabels`, `matchExpressions` with `In`, `NotIn`,
+/// `Exists`, `DoesNotExist`) against `labels`. A malformed selector matches nothing.
+pub fn json_selector_matches(sel: &Value, labels: Option<&Value>) -> bool {
+    let get = |k: &str| labels.and_then(|l| l.get(k)).and_then(Value::as_str);
+    if let Some(ml) = sel.get("matchLabels").filter(|v| !v.is_null()) {
+        let Some(ml) = ml.as_object() else { return false };
+        if !ml.iter().all(|(k, v)| v.as_str().is_some() && get(k) == v.as_str()) {
+            return false;
+        }
+    }
+    if let Some(exprs) = sel.get("matchExpressions").filter(|v| !v.is_null()) {
+        let Some(exprs) = exprs.as_array() else { return false };
+        for e in exprs {
+            let key = e.get("key").and_then(Value::as_str).unwrap_or("");
+            let values: Vec<&str> = e
+                .get("values")
+                .and_then(Value::as_array)
+                .map(|a| a.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            let ok = match e.get("operator").and_then(Value::as_str).unwrap_or("") {
+                "In" => get(key).is_some_and(|v| values.contains(&v)),
+                "NotIn" => get(key).is_none_or(|v| !values.contains(&v)),
+                "Exists" => get(key).is_some(),
+                "DoesNotExist" => get(key).is_none(),
+                _ => false,
+            };
+            if !ok {
+                return false;
+            }
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+    use serde_json::json;
+
+    fn m(sel: &str, labels: Value) -> bool {
+        LabelSelector::parse(sel).unwrap().matches(Some(&labels))
+    }
+
+    #[test]
+    fn label_ops() {
+        let l = json!({"app": "web", "tier": "fe", "n": "5"});
+        assert!(m("", l.clone()));
+        assert!(m("app=web", l.clone()));
+        assert!(m("app==web,tier=fe", l.clone()));
+        assert!(!m("app!=web", l.clone()));
+        assert!(m("missing!=x", l.clone()));
+        assert!(m("app in (web, db)", l.clone()));
+        assert!(!m("app notin (web,db)", l.clone()));
+        assert!(m("missing notin (a)", l.clone()));
+        assert!(m("app", l.clone()));
+        assert!(m("!missing", l.clone()));
+        assert!(!m("! app", l.clone()));
+        assert!(m("n>4,n<6", l.clone()));
+        assert!(m(" app in (web) , tier ", l.clone()));
+        assert!(m("kubernetes.io/metadata.name notin (x)", l));
+    }
+
+    #[test]
+    fn label_errors() {
+        for bad in [
+            "app=(",
+            "a b=c",
+            "app in web",
+            "app=we b",
+            "-a",
+            "app in (a",
+            "n>x",
+            ",",
+        ] {
+            assert!(LabelSelector::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn json_selectors() {
+        let l = json!({"a": "1", "b": "2"});
+        assert!(json_selector_matches(&json!({}), Some(&l)));
+        assert!(json_selector_matches(&json!({"matchLabels": {"a": "1"}}), Some(&l)));
+        assert!(!json_selector_matches(&json!({"matchLabels": {"a": "2"}}), Some(&l)));
+        assert!(json_selector_matches(
+            &json!({"matchExpressions": [{"key": "b", "operator": "In", "values": ["2", "3"]}, {"key": "c", "operator": "DoesNotExist"}]}),
+            Some(&l)
+        ));
+        assert!(!json_selector_matches(
+            &json!({"matchExpressions": [{"key": "a", "operator": "Bogus"}]}),
+            Some(&l)
+        ));
+        assert!(!json_selector_matches(&json!({"matchLabels": "x"}), Some(&l)));
+    }
+
+    #[test]
+    fn fields() {
+        let obj = json!({"metadata": {"name": "a", "namespace": "ns"}, "status": {"phase": "Running"}});
+        let f = FieldSelector::parse("metadata.name=a", "ConfigMap").unwrap();
+        assert!(f.matches(&obj));
+        assert_eq!(f.pinned_name(), Some("a"));
+        assert!(
+            !FieldSelector::parse("metadata.namespace!=ns", "Pod")
+                .unwrap()
+                .matches(&obj)
+        );
+        assert!(
+            FieldSelector::parse("status.phase==Running", "Pod")
+                .unwrap()
+                .matches(&obj)
+        );
+        assert!(FieldSelector::parse("status.phase=Running", "ConfigMap").is_err());
+        assert!(FieldSelector::parse("garbage", "Pod").is_err());
+    }
+}

@@ -1,0 +1,408 @@
+//! Errors of the Kubernetes-style API and the ONE place they become Kubernetes `Status`
+//! responses ([`status_response`]).
+//!
+//! Invariants: every failure a client can cause maps to a 4xx `Status` with Kubernetes' exact
+//! `reason` and message shape; storage failures become a 500 whose message never carries
+//! record contents; no error path panics.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use kfsec_store::StoreError;
+use serde_json::{Map, Value, json};
+
+use crate::authorize::{Attributes, RequestAttributes};
+
+/// One field problem of a 422 Invalid error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldCause {
+    /// `FieldValueInvalid`, `FieldValueRequired`, `FieldValueForbidden`, …
+    pub reason: &'static str,
+    /// Field path, e.g. `metadata.name`.
+    pub field: String,
+    /// The text after the field path, e.g. `Invalid value: "X": a lowercase RFC 1123 …`.
+    pub message: String,
+}
+
+impl FieldCause {
+    /// `Invalid value: "<value>": <detail>`.
+    pub fn invalid(field: impl Into<String>, value: &str, detail: &str) -> Self {
+        Self {
+            reason: "FieldValueInvalid",
+            field: field.into(),
+            message: format!("Invalid value: {value:?}: {detail}"),
+        }
+    }
+    /// `Required value: <detail>`.
+    pub fn required(field: impl Into<String>, detail: &str) -> Self {
+        Self {
+            reason: "FieldValueRequired",
+            field: field.into(),
+            message: format!("Required value: {detail}"),
+        }
+    }
+    /// `Forbidden: <detail>`.
+    pub fn forbidden(field: impl Into<String>, detail: &str) -> Self {
+        Self {
+            reason: "FieldValueForbidden",
+            field: field.into(),
+            message: format!("Forbidden: {detail}"),
+        }
+    }
+}
+
+/// Everything that can go wrong in the API. See [`status_response`] for the wire shape.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ApiError {
+    /// No authenticated identity on the request.
+    #[error("Unauthorized")]
+    Unauthorized,
+    /// The authorizer said no (or impersonation was refused).
+    #[error("{message}")]
+    Forbidden {
+        /// Full message, `<resource> "<name>" is forbidden: User …`.
+        message: String,
+        /// `details.group`.
+        group: String,
+        /// `details.kind` (the plural resource).
+        kind: String,
+        /// `details.name`.
+        name: String,
+    },
+    /// No such path / resource type.
+    #[error("the server could not find the requested resource")]
+    NoRoute,
+    /// No such object.
+    #[error("{qualified} {name:?} not found")]
+    NotFound {
+        /// `plural[.group]`.
+        qualified: String,
+        /// API group.
+        group: String,
+        /// Plural.
+        kind: String,
+        /// Object name.
+        name: String,
+    },
+    /// Create of an existing name.
+    #[error("{qualified} {name:?} already exists")]
+    AlreadyExists {
+        /// `plural[.group]`.
+        qualified: String,
+        /// API group.
+        group: String,
+        /// Plural.
+        kind: String,
+        /// Object name.
+        name: String,
+    },
+    /// Optimistic-concurrency or precondition failure.
+    #[error("Operation cannot be fulfilled on {qualified} {name:?}: {detail}")]
+    Conflict {
+        /// `plural[.group]`.
+        qualified: String,
+        /// API group.
+        group: String,
+        /// Plural.
+        kind: String,
+        /// Object name.
+        name: String,
+        /// The text after the colon.
+        detail: String,
+    },
+    /// Validation failed (422).
+    #[error("{kind} {name:?} is invalid")]
+    Invalid {
+        /// The object kind, e.g. `ConfigMap`.
+        kind: String,
+        /// API group.
+        group: String,
+        /// Object name.
+        name: String,
+        /// Field problems.
+        causes: Vec<FieldCause>,
+    },
+    /// Malformed request (400).
+    #[error("{0}")]
+    BadRequest(String),
+    /// The verb is not served for this resource (405).
+    #[error("the server does not allow this method on the requested resource")]
+    MethodNotAllowed,
+    /// Unsupported body type (415).
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// Body over the limit (413).
+    #[error("Request entity too large: limit is {0}")]
+    TooLarge(usize),
+    /// Watch or continue from a revision no longer available (410).
+    #[error("{0}")]
+    Expired(String),
+    /// An admission plugin refused the object.
+    #[error("admission webhook {webhook:?} denied the request: {message}")]
+    AdmissionDenied {
+        /// The webhook name.
+        webhook: String,
+        /// HTTP code (400 or 403 usually).
+        code: u16,
+        /// The plugin's message.
+        message: String,
+    },
+    /// Storage failed.
+    #[error("storage: {0}")]
+    Store(#[source] StoreError),
+    /// An invariant broke.
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Compacted { requested, oldest } => {
+                Self::Expired(format!("too old resource version: {requested} ({oldest})"))
+            }
+            other => Self::Store(other),
+        }
+    }
+}
+
+/// `resource` or `resource.group`, as Kubernetes' `GroupResource.String()`.
+pub fn qualified(group: &str, plural: &str) -> String {
+    if group.is_empty() {
+        plural.to_owned()
+    } else {
+        format!("{plural}.{group}")
+    }
+}
+
+impl ApiError {
+    /// The 403 for a denied request, in `responsewriters.Forbidden`'s exact shape.
+    pub fn forbidden(attrs: &Attributes) -> Self {
+        let inner = attrs.forbidden_message();
+        match &attrs.request {
+            RequestAttributes::Resource(r) => {
+                let q = qualified(&r.api_group, &r.resource);
+                let message = if r.name.is_empty() {
+                    format!("{q} is forbidden: {inner}")
+                } else {
+                    format!("{q} {:?} is forbidden: {inner}", r.name)
+                };
+                Self::Forbidden {
+                    message,
+                    group: r.api_group.clone(),
+                    kind: r.resource.clone(),
+                    name: r.name.clone(),
+                }
+            }
+            RequestAttributes::NonResource(_) => Self::Forbidden {
+                message: format!("forbidden: {inner}"),
+                group: String::new(),
+                kind: String::new(),
+                name: String::new(),
+            },
+        }
+    }
+
+    /// HTTP status code.
+    pub fn code(&self) -> u16 {
+        match self {
+            Self::Unauthorized => 401,
+            Self::Forbidden { .. } => 403,
+            Self::NoRoute | Self::NotFound { .. } => 404,
+            Self::AlreadyExists { .. } | Self::Conflict { .. } => 409,
+            Self::Invalid { .. } => 422,
+            Self::BadRequest(_) => 400,
+            Self::MethodNotAllowed => 405,
+            Self::UnsupportedMediaType(_) => 415,
+            Self::TooLarge(_) => 413,
+            Self::Expired(_) => 410,
+            Self::AdmissionDenied { code, .. } => *code,
+            Self::Store(_) | Self::Internal(_) => 500,
+        }
+    }
+
+    /// The Kubernetes `Status` object for this error.
+    pub fn to_status(&self) -> Value {
+        let code = self.code();
+        let mut details = Map::new();
+        let mut put = |k: &str, v: &str| {
+            if !v.is_empty() {
+                details.insert(k.to_owned(), Value::String(v.to_owned()));
+            }
+        };
+        let (reason, message) = match self {
+            Self::Unauthorized => ("Unauthorized", self.to_string()),
+            Self::Forbidden {
+                message,
+                group,
+                kind,
+                name,
+            } => {
+                put("name", name);
+                put("group", group);
+                put("kind", kind);
+                ("Forbidden", message.clone())
+            }
+            Self::NoRoute => ("NotFound", self.to_string()),
+            Self::NotFound { group, kind, name, .. } => {
+                put("name", name);
+                put("group", group);
+                put("kind", kind);
+                ("NotFound", self.to_string())
+            }
+            Self::AlreadyExists { group, kind, name, .. } => {
+                put("name", name);
+                put("group", group);
+                put("kind", kind);
+                ("AlreadyExists", self.to_string())
+            }
+            Self::Conflict { group, kind, name, .. } => {
+                put("name", name);
+                put("group", group);
+                put("kind", kind);
+                ("Conflict", self.to_string())
+            }
+            Self::Invalid {
+                kind,
+                group,
+                name,
+                causes,
+            } => {
+                put("name", name);
+                put("group", group);
+                put("kind", kind);
+                let texts: Vec<String> = causes.iter().map(|c| format!("{}: {}", c.field, c.message)).collect();
+                let joined = if texts.len() == 1 {
+                    texts.join("")
+                } else {
+                    format!("[{}]", texts.join(", "))
+                };
+                let list: Vec<Value> = causes
+                    .iter()
+                    .map(|c| json!({"reason": c.reason, "message": c.message, "field": c.field}))
+                    .collect();
+                details.insert("causes".into(), Value::Array(list));
+                ("Invalid", format!("{kind} {name:?} is invalid: {joined}"))
+            }
+            Self::BadRequest(m) => ("BadRequest", m.clone()),
+            Self::MethodNotAllowed => ("MethodNotAllowed", self.to_string()),
+            Self::UnsupportedMediaType(m) => ("UnsupportedMediaType", m.clone()),
+            Self::TooLarge(_) => ("RequestEntityTooLarge", self.to_string()),
+            Self::Expired(m) => ("Expired", m.clone()),
+            Self::AdmissionDenied { code, .. } => {
+                let r = match code {
+                    403 => "Forbidden",
+                    422 => "Invalid",
+                    409 => "Conflict",
+                    404 => "NotFound",
+                    _ => "BadRequest",
+                };
+                (r, self.to_string())
+            }
+            Self::Store(_) | Self::Internal(_) => (
+                "InternalError",
+                "Internal error occurred: the server failed to complete the request".to_owned(),
+            ),
+        };
+        json!({
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": message,
+            "reason": reason,
+            "details": Value::Object(details),
+            "code": code,
+        })
+    }
+}
+
+/// The one function that turns an [`ApiError`] into an HTTP response.
+pub fn status_response(err: &ApiError) -> Response {
+    if matches!(err, ApiError::Store(_) | ApiError::Internal(_)) {
+        tracing::error!(error = %err, "kubernetes api internal error");
+    }
+    let code = StatusCode::from_u16(err.code()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut resp = (code, axum::Json(err.to_status())).into_response();
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if matches!(err, ApiError::Unauthorized) {
+        resp.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"kfsec\""),
+        );
+    }
+    resp
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        status_response(&self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+
+    #[test]
+    fn forbidden_named_object_shape() {
+        let a = Attributes::resource("alice", vec![], "get", "kubeflow.org", "poddefaults", "x").with_name("pd");
+        let s = ApiError::forbidden(&a).to_status();
+        assert_eq!(
+            s,
+            json!({"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure",
+            "message":"poddefaults.kubeflow.org \"pd\" is forbidden: User \"alice\" cannot get resource \"poddefaults\" in API group \"kubeflow.org\" in the namespace \"x\"",
+            "reason":"Forbidden","details":{"name":"pd","group":"kubeflow.org","kind":"poddefaults"},"code":403})
+        );
+    }
+
+    #[test]
+    fn forbidden_list_cluster_scope() {
+        let a = Attributes::resource("bob", vec![], "list", "", "namespaces", "");
+        let s = ApiError::forbidden(&a).to_status();
+        assert_eq!(
+            s["message"],
+            "namespaces is forbidden: User \"bob\" cannot list resource \"namespaces\" in API group \"\" at the cluster scope"
+        );
+        assert_eq!(s["details"], json!({"kind": "namespaces"}));
+    }
+
+    #[test]
+    fn invalid_and_conflict_messages() {
+        let e = ApiError::Invalid {
+            kind: "ConfigMap".into(),
+            group: String::new(),
+            name: "A".into(),
+            causes: vec![FieldCause::invalid("metadata.name", "A", "bad")],
+        };
+        assert_eq!(
+            e.to_status()["message"],
+            "ConfigMap \"A\" is invalid: metadata.name: Invalid value: \"A\": bad"
+        );
+        assert_eq!(e.code(), 422);
+        let c = ApiError::Conflict {
+            qualified: "configmaps".into(),
+            group: String::new(),
+            kind: "configmaps".into(),
+            name: "c".into(),
+            detail: "the object has been modified; please apply your changes to the latest version and try again"
+                .into(),
+        };
+        assert_eq!(
+            c.to_status()["message"],
+            "Operation cannot be fulfilled on configmaps \"c\": the object has been modified; please apply your changes to the latest version and try again"
+        );
+        assert_eq!(c.to_status()["reason"], "Conflict");
+    }
+
+    #[test]
+    fn internal_errors_do_not_leak() {
+        let e = ApiError::Store(StoreError::Backend("secret path /x".into()));
+        let s = e.to_status();
+        assert_eq!(s["code"], 500);
+        assert!(!s["message"].as_str().unwrap().contains("secret"));
+    }
+}

@@ -1,0 +1,218 @@
+//! `?watch=true`: a newline-delimited stream of `{"type": ADDED|MODIFIED|DELETED|ERROR,
+//! "object": …}` events fed by `Store::watch`, optionally preceded by the current state.
+//!
+//! Invariants: only objects under the authorized prefix (one namespace, or all) are ever sent;
+//! with a selector, an object leaving it is sent as DELETED and one entering it as ADDED; the
+//! stream ends at `timeoutSeconds` (capped), when the client goes away (the store watcher is
+//! dropped with the body), or after an ERROR event (410 Expired when the revision is compacted).
+
+use std::collections::{HashSet, VecDeque};
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::Response;
+use bytes::Bytes;
+use kfsec_store::{EventKind, Revision, StoreError, WatchStream};
+use serde_json::{Value, json};
+
+use crate::ApiServer;
+use crate::objects::{ListQuery, decode};
+use crate::registry::Resource;
+use crate::status::ApiError;
+use crate::table::{self, Format, Include};
+
+/// What to watch.
+pub(crate) struct WatchParams {
+    pub res: &'static Resource,
+    pub namespace: Option<String>,
+    pub query: ListQuery,
+    /// `None` (or 0): start with the current state as ADDED events.
+    pub from: Option<Revision>,
+    pub timeout: Duration,
+    pub format: Format,
+    pub include: Include,
+}
+
+struct State {
+    api: Arc<ApiServer>,
+    p: WatchParams,
+    rx: Option<WatchStream>,
+    pending: VecDeque<Value>,
+    known: HashSet<String>,
+    filtering: bool,
+    deadline: tokio::time::Instant,
+    done: bool,
+}
+
+impl State {
+    fn wrap(&self, kind: &str, obj: Value) -> Value {
+        let object = match self.p.format {
+            Format::Objects => obj,
+            Format::Table(v) => {
+                let now = i64::try_from(self.api.clock.now().as_secs()).unwrap_or(i64::MAX);
+                let rv = obj.pointer("/metadata/resourceVersion").cloned().unwrap_or(Value::Null);
+                table::table(
+                    self.p.res.kind,
+                    &[obj],
+                    v,
+                    self.p.include,
+                    now,
+                    json!({"resourceVersion": rv}),
+                )
+            }
+        };
+        json!({"type": kind, "object": object})
+    }
+
+    fn matches(&self, obj: &Value) -> bool {
+        self.p.query.labels.matches_object(obj) && self.p.query.fields.matches(obj)
+    }
+
+    fn convert(&mut self, ev: kfsec_store::WatchEvent) -> Option<Value> {
+        let obj = match decode(self.p.res, &ev.kv) {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::warn!(error = %e, "watch: undecodable record skipped");
+                return None;
+            }
+        };
+        let key = ev.kv.key;
+        let hit = self.matches(&obj);
+        let kind = match ev.kind {
+            EventKind::Put if !self.filtering => {
+                if ev.kv.create_revision == ev.kv.mod_revision {
+                    "ADDED"
+                } else {
+                    "MODIFIED"
+                }
+            }
+            EventKind::Put if hit => {
+                if self.known.insert(key) {
+                    "ADDED"
+                } else {
+                    "MODIFIED"
+                }
+            }
+            EventKind::Put => {
+                if self.known.remove(&key) {
+                    "DELETED"
+                } else {
+                    return None;
+                }
+            }
+            EventKind::Delete => {
+                let was = self.known.remove(&key);
+                if self.filtering && !was && !hit {
+                    return None;
+                }
+                "DELETED"
+            }
+        };
+        Some(self.wrap(kind, obj))
+    }
+}
+
+fn line(v: &Value) -> Bytes {
+    let mut s = v.to_string();
+    s.push('\n');
+    Bytes::from(s)
+}
+
+fn error_event(e: &ApiError) -> Value {
+    json!({"type": "ERROR", "object": e.to_status()})
+}
+
+impl ApiServer {
+    /// Starts a watch and returns the streaming response.
+    pub(crate) async fn watch(self: &Arc<Self>, p: WatchParams) -> Result<Response, ApiError> {
+        let prefix = p.res.list_prefix(p.namespace.as_deref());
+        let filtering = !p.query.labels.is_empty() || p.query.fields != Default::default();
+        let mut pending = VecDeque::new();
+        let mut known = HashSet::new();
+        let start = match p.from.filter(|r| *r > 0) {
+            Some(rev) => {
+                if filtering {
+                    let q = ListQuery {
+                        limit: 0,
+                        continue_token: None,
+                        ..p.query.clone()
+                    };
+                    for o in self.list_in(p.res, p.namespace.as_deref(), &q).await?.items {
+                        known.insert(p.res.key(crate::objects::namespace_of(&o), crate::objects::name_of(&o)));
+                    }
+                }
+                rev
+            }
+            None => {
+                let q = ListQuery {
+                    limit: 0,
+                    continue_token: None,
+                    ..p.query.clone()
+                };
+                let list = self.list_in(p.res, p.namespace.as_deref(), &q).await?;
+                for o in list.items {
+                    known.insert(p.res.key(crate::objects::namespace_of(&o), crate::objects::name_of(&o)));
+                    pending.push_back(o);
+                }
+                list.revision
+            }
+        };
+        let mut st = State {
+            api: Arc::clone(self),
+            deadline: tokio::time::Instant::now() + p.timeout,
+            p,
+            rx: None,
+            pending: VecDeque::new(),
+            known,
+            filtering,
+            done: false,
+        };
+        st.pending = pending.into_iter().map(|o| st.wrap("ADDED", o)).collect();
+        match self.store.watch(&prefix, start).await {
+            Ok(rx) => st.rx = Some(rx),
+            Err(e @ StoreError::Compacted { .. }) => {
+                st.pending.push_back(error_event(&ApiError::from(e)));
+                st.done = true;
+            }
+            Err(e) => return Err(e.into()),
+        }
+        let stream = futures_util::stream::unfold(st, |mut st| async move {
+            loop {
+                if let Some(v) = st.pending.pop_front() {
+                    return Some((Ok::<_, Infallible>(line(&v)), st));
+                }
+                if st.done {
+                    return None;
+                }
+                let rx = st.rx.as_mut()?;
+                let next = tokio::select! {
+                    ev = rx.recv() => ev,
+                    () = tokio::time::sleep_until(st.deadline) => return None,
+                };
+                match next {
+                    None => return None,
+                    Some(Ok(ev)) => {
+                        if let Some(v) = st.convert(ev) {
+                            return Some((Ok(line(&v)), st));
+                        }
+                    }
+                    Some(Err(e)) => {
+                        st.done = true;
+                        st.rx = None;
+                        return Some((Ok(line(&error_event(&ApiError::from(e)))), st));
+                    }
+                }
+            }
+        });
+        let mut resp = Response::new(Body::from_stream(stream));
+        *resp.status_mut() = StatusCode::OK;
+        resp.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        resp.headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache, private"));
+        Ok(resp)
+    }
+}

@@ -1,0 +1,26 @@
+//! Kubernetes RBAC authorization for kfsec: the `rbac.authorization.k8s.io/v1` wire types, an
+//! indexed, incrementally updated authorizer with the API server's exact semantics and reason
+//! texts, SelfSubjectRulesReview rules, decision explanations, and Kubeflow's default ClusterRoles.
+//!
+//! Invariants: authorization is a pure function of (attributes, RBAC objects); no IO happens here;
+//! a decision never scans all bindings (see [`index`]); [`Authorizer`] is `Send + Sync`.
+
+pub mod attributes;
+pub mod authorizer;
+pub mod decision;
+pub mod defaults;
+pub mod error;
+pub mod index;
+pub mod rbac;
+pub mod rule;
+
+pub use attributes::{
+    Attributes, NonResourceAttributes, RequestAttributes, ResourceAttributes, SERVICE_ACCOUNT_USER_PREFIX,
+    SERVICE_ACCOUNTS_GROUP, SYSTEM_AUTHENTICATED, SYSTEM_MASTERS, SYSTEM_UNAUTHENTICATED, authenticated_groups,
+    parse_service_account_username, service_account_namespace_group, service_account_username,
+};
+pub use authorizer::{Authorizer, Change, RbacKind, RbacObject};
+pub use decision::{BindingKind, BindingRef, BindingTrace, Decision, Explanation, NonResourceRule, ResourceRule};
+pub use defaults::kubeflow_default_cluster_roles;
+pub use error::AuthzError;
+pub use index::{IndexStats, RbacIndex};

@@ -1,0 +1,11 @@
+//! Kubeflow multi-tenancy on top of the Kubernetes-style API: the profile controller and KFAM.
+//!
+//! Invariants: everything here writes through `kfsec-api`'s typed helpers (validation and
+//! admission run, `resourceVersion` bumps), and every decision about who may change a workspace
+//! goes through the RBAC authorizer or the Profile's owner field.
+
+pub mod controller;
+pub mod kfam;
+
+pub use controller::{ProfileController, ProfileSettings};
+pub use kfam::{AuthzSync, Kfam};

@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# The project's test command (CI runs it through .ci/run):
+#   install test deps → cargo fmt --check → clippy -D warnings → cargo test --workspace
+#   (compiled first, then run under TEST_TIMEOUT seconds, default 1200)
+#   → browser test (headless Chromium against the real target/debug/kfsec).
+# Every step runs even if an earlier one failed (except the browser test, which needs the
+# build); a summary is printed at the end and the exit status is non-zero on any failure.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+START=$(date +%s)
+declare -a SUMMARY=()
+FAILED=0
+LOGDIR="$(mktemp -d /tmp/kfsec-test.XXXXXX)"
+trap 'rm -rf "$LOGDIR"' EXIT
+STEP_FAILURES=0 # failed steps whose failure is not counted as failed tests
+
+step() {
+  # step NAME CMD... : run CMD, record its result and duration.
+  local name="$1"; shift
+  local t0 t1 rc
+  echo
+  if [ "$1" = logged ]; then echo "==> [$name] ${*:3}"; else echo "==> [$name] $*"; fi
+  t0=$(date +%s)
+  if "$@"; then rc=0; else rc=$?; fi
+  t1=$(date +%s)
+  if [ "$rc" -eq 0 ]; then
+    SUMMARY+=("$(printf 'PASS  %-11s %5ss' "$name" "$((t1 - t0))")")
+  else
+    SUMMARY+=("$(printf 'FAIL  %-11s %5ss  (exit %s)' "$name" "$((t1 - t0))" "$rc")")
+    FAILED=1
+    STEP_FAILURES=$((STEP_FAILURES + 1))
+  fi
+  return "$rc"
+}
+
+skip() {
+  SUMMARY+=("$(printf 'SKIP  %-11s        (%s)' "$1" "$2")")
+  FAILED=1
+  STEP_FAILURES=$((STEP_FAILURES + 1))
+}
+
+# Output of a step is also kept in $LOGDIR/NAME.log, to count tests at the end.
+logged() { # NAME CMD...
+  local name="$1"; shift
+  "$@" 2>&1 | tee "$LOGDIR/$name.log"
+  return "${PIPESTATUS[0]}"
+}
+
+summary() {
+  local passed=0 failed=0 p f
+  # cargo: "test result: ok. 12 passed; 0 failed; ..." per test binary.
+  if [ -f "$LOGDIR/test.log" ]; then
+    read -r p f < <(sed -n 's/^test result: [A-Za-z]*\. \([0-9]*\) passed; \([0-9]*\) failed.*/\1 \2/p' "$LOGDIR/test.log" |
+      awk '{ p += $1; f += $2 } END { print p + 0, f + 0 }')
+    passed=$((passed + p)); failed=$((failed + f))
+  fi
+  # browser: "browser: 1 passed, 0 failed".
+  if [ -f "$LOGDIR/browser.log" ]; then
+    read -r p f < <(sed -n 's/^browser: \([0-9]*\) passed, \([0-9]*\) failed$/\1 \2/p' "$LOGDIR/browser.log" | tail -1 |
+      awk '{ p += $1; f += $2 } END { print p + 0, f + 0 }')
+    passed=$((passed + p)); failed=$((failed + f))
+  fi
+  echo
+  echo "==> summary ($(($(date +%s) - START))s total)"
+  for l in "${SUMMARY[@]}"; do echo "  $l"; done
+  if [ "$FAILED" -eq 0 ]; then
+    echo "test.sh: all steps passed"
+  else
+    echo "test.sh: FAILED"
+    # A failed step (fmt, clippy, build, a test binary that did not compile) counts as one
+    # failure so that the closing line never reads "0 failed" on a failing run.
+    if [ "$failed" -eq 0 ]; then failed=$STEP_FAILURES; fi
+    if [ "$failed" -eq 0 ]; then failed=1; fi
+  fi
+  echo "tests: $passed passed, $failed failed"
+}
+
+if ! step deps bash scripts/install-test-deps.sh; then
+  summary
+  exit 1
+fi
+
+step fmt cargo fmt --all -- --check || true
+step clippy cargo clippy --workspace --all-targets -- -D warnings || true
+# Compile the tests first (no time limit), then run them under a time limit so that a hung
+# test cannot eat CI's 90 minutes. cargo test's own "test result:" lines go straight to the
+# output (CI reads them).
+TEST_TIMEOUT="${TEST_TIMEOUT:-1200}"
+TEST_BUILD_OK=0
+if step test-build cargo test --workspace --no-run; then
+  TEST_BUILD_OK=1
+  step test logged test timeout --kill-after=30 "$TEST_TIMEOUT" cargo test --workspace || {
+    rc=$?
+    if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then echo "test.sh: cargo test killed after ${TEST_TIMEOUT}s (hung test?)"; fi
+  }
+else
+  skip test "tests did not compile"
+fi
+# `cargo test` already built target/debug/kfsec (the integration tests run it); a separate
+# `cargo build -p kfsec` would resolve other features and rebuild dependencies (~1.5 min on a
+# cold 2-core machine), so it only runs when the test build did not produce the binary.
+if { [ "$TEST_BUILD_OK" = 1 ] && [ -x target/debug/kfsec ]; } || step build cargo build -p kfsec; then
+  step browser logged browser env KFSEC_BIN="$ROOT/target/debug/kfsec" node tests/browser/login.mjs || true
+else
+  skip browser "kfsec did not build"
+fi
+
+summary
+exit "$FAILED"

@@ -1,0 +1,206 @@
+// Browser test: a person logs in to kfsec with headless Chromium, sees the home page, logs out.
+//
+//   KFSEC_BIN=target/debug/kfsec node tests/browser/login.mjs
+//
+// Starts kfsec on free loopback ports with a temporary data dir and a config holding one static
+// user, drives Debian's /usr/bin/chromium through playwright-core, and always stops kfsec.
+// Last line printed: `browser: 1 passed, 0 failed` or `browser: 0 passed, 1 failed`.
+
+import { spawn, execFileSync } from 'node:child_process';
+import { mkdtempSync, mkdirSync, writeFileSync, readFileSync, rmSync, openSync, closeSync, existsSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+
+const HERE = path.dirname(fileURLToPath(import.meta.url));
+const ROOT = path.resolve(HERE, '..', '..');
+const BIN = path.resolve(ROOT, process.env.KFSEC_BIN || 'target/debug/kfsec');
+const CHROMIUM = process.env.CHROMIUM_BIN || '/usr/bin/chromium';
+const ARTIFACTS = path.join(ROOT, 'tests', 'artifacts');
+const EMAIL = 'user@example.com';
+const PASSWORD = 'correct-horse-battery';
+const STEP_TIMEOUT_MS = 15_000;
+
+let kfsec = null;
+let browser = null;
+let dataRoot = null;
+let logFile = null;
+let step = 'setup';
+
+function log(msg) {
+  console.log(`browser: ${msg}`);
+}
+
+function fail(msg) {
+  throw new Error(`[${step}] ${msg}`);
+}
+
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const srv = createServer();
+    srv.unref();
+    srv.on('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address();
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+async function waitReady(adminPort, deadlineMs) {
+  const end = Date.now() + deadlineMs;
+  let last = 'no answer';
+  while (Date.now() < end) {
+    if (kfsec.exitCode !== null || kfsec.signalCode !== null) {
+      fail(`kfsec exited early (code ${kfsec.exitCode}, signal ${kfsec.signalCode})`);
+    }
+    try {
+      const r = await fetch(`http://127.0.0.1:${adminPort}/readyz`);
+      if (r.status === 200) return;
+      last = `HTTP ${r.status}`;
+    } catch (e) {
+      last = e.cause?.code || e.message;
+    }
+    await sleep(100);
+  }
+  fail(`kfsec not ready after ${deadlineMs} ms (/readyz: ${last})`);
+}
+
+async function stopKfsec() {
+  if (!kfsec || kfsec.exitCode !== null || kfsec.signalCode !== null) return;
+  const exited = new Promise((r) => kfsec.once('exit', r));
+  kfsec.kill('SIGTERM');
+  const t = setTimeout(() => kfsec.kill('SIGKILL'), 5_000);
+  await exited;
+  clearTimeout(t);
+}
+
+async function main() {
+  if (!existsSync(BIN)) fail(`kfsec binary not found at ${BIN} (build it: cargo build -p kfsec, or set KFSEC_BIN)`);
+  if (!existsSync(CHROMIUM)) fail(`${CHROMIUM} not found (run scripts/install-test-deps.sh)`);
+
+  dataRoot = mkdtempSync(path.join(tmpdir(), 'kfsec-browser-'));
+  const dataDir = path.join(dataRoot, 'data');
+  const httpsPort = await freePort();
+  const adminPort = await freePort();
+  const base = `https://localhost:${httpsPort}`;
+
+  step = 'hash-password';
+  const hash = execFileSync(BIN, ['hash-password'], { input: `${PASSWORD}\n`, encoding: 'utf8' }).trim();
+  if (!hash.startsWith('$2')) fail(`unexpected hash-password output: ${JSON.stringify(hash)}`);
+
+  const configPath = path.join(dataRoot, 'kfsec.yaml');
+  writeFileSync(
+    configPath,
+    [
+      'apiVersion: kfsec/v1',
+      `publicURL: ${base}`,
+      'staticPasswords:',
+      `- email: ${EMAIL}`,
+      `  hash: "${hash}"`,
+      '  username: user',
+      '  userID: "15841185641784"',
+      '',
+    ].join('\n'),
+  );
+
+  step = 'start kfsec';
+  logFile = path.join(dataRoot, 'kfsec.log');
+  const fd = openSync(logFile, 'w');
+  kfsec = spawn(
+    BIN,
+    ['serve', '--config', configPath, '--data-dir', dataDir,
+      '--https-addr', `127.0.0.1:${httpsPort}`, '--admin-addr', `127.0.0.1:${adminPort}`],
+    { stdio: ['ignore', fd, fd], env: { ...process.env, RUST_LOG: process.env.RUST_LOG || 'info', NO_COLOR: '1' } },
+  );
+  closeSync(fd);
+  await waitReady(adminPort, 30_000);
+  log(`kfsec ready at ${base} (pid ${kfsec.pid})`);
+
+  step = 'launch chromium';
+  browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    headless: true,
+    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+      '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+    timeout: 60_000,
+  });
+  const context = await browser.newContext({ ignoreHTTPSErrors: true, viewport: { width: 1000, height: 700 } });
+  context.setDefaultTimeout(STEP_TIMEOUT_MS);
+  const page = await context.newPage();
+
+  step = 'open / and get redirected to the login form';
+  await page.goto(`${base}/`, { waitUntil: 'load' });
+  await page.locator('#login').waitFor({ state: 'visible' });
+  if (!page.url().startsWith(`${base}/dex/auth/local/login`)) fail(`expected the login form, at ${page.url()}`);
+  log(`login form at ${new URL(page.url()).pathname}`);
+
+  step = 'wrong password';
+  await page.fill('#login', EMAIL);
+  await page.fill('#password', 'not-the-password');
+  await Promise.all([page.waitForNavigation({ waitUntil: 'load' }), page.click('#submit-login')]);
+  if (page.url().includes('code=')) fail(`URL carries a code after a wrong password: ${page.url()}`);
+  if (!page.url().startsWith(`${base}/dex/auth/local/login`)) fail(`expected the login form again, at ${page.url()}`);
+  if (!(await page.locator('#login').isVisible())) fail('login form not shown again after a wrong password');
+  const err = page.locator('.err, [role=alert]');
+  if ((await err.count()) === 0) fail('no error message after a wrong password');
+  const errText = (await err.first().innerText()).trim();
+  if (!/invalid/i.test(errText)) fail(`unexpected error text: ${JSON.stringify(errText)}`);
+  if ((await context.cookies()).some((c) => c.name === 'authservice_session')) fail('session cookie set after a wrong password');
+  log(`wrong password refused: "${errText}"`);
+
+  step = 'right password';
+  await page.fill('#login', EMAIL);
+  await page.fill('#password', PASSWORD);
+  await Promise.all([page.waitForURL(`${base}/`, { waitUntil: 'load' }), page.click('#submit-login')]);
+  const user = (await page.locator('#user').innerText()).trim();
+  if (user !== EMAIL) fail(`#user shows ${JSON.stringify(user)}, expected ${EMAIL}`);
+  const session = (await context.cookies(base)).find((c) => c.name === 'authservice_session');
+  if (!session) fail('no authservice_session cookie after login');
+  if (!session.httpOnly || !session.secure || session.sameSite !== 'Lax') {
+    fail(`session cookie flags: httpOnly=${session.httpOnly} secure=${session.secure} sameSite=${session.sameSite}`);
+  }
+  mkdirSync(ARTIFACTS, { recursive: true });
+  const shot = path.join(ARTIFACTS, 'home.png');
+  await page.screenshot({ path: shot, fullPage: true });
+  log(`home page shows #user=${user}; screenshot ${path.relative(ROOT, shot)}`);
+
+  step = 'check endpoint with the session';
+  const hdr = { Cookie: `authservice_session=${session.value}` };
+  const ok = await context.request.get(`${base}/authservice/check`, { headers: hdr, maxRedirects: 0 });
+  if (ok.status() !== 200) fail(`/authservice/check with the session: HTTP ${ok.status()}`);
+  if (ok.headers()['kubeflow-userid'] !== EMAIL) fail(`kubeflow-userid: ${ok.headers()['kubeflow-userid']}`);
+
+  step = 'logout';
+  await Promise.all([page.waitForURL(/\/dex\/auth\/local\/login/, { waitUntil: 'load' }), page.click('#logout')]);
+  await page.locator('#login').waitFor({ state: 'visible' });
+  if ((await context.cookies(base)).some((c) => c.name === 'authservice_session' && c.value)) {
+    fail('session cookie still present after logout');
+  }
+  const revoked = await context.request.get(`${base}/authservice/check`, { headers: hdr, maxRedirects: 0 });
+  if (revoked.status() !== 401) fail(`old session still accepted after logout: HTTP ${revoked.status()}`);
+  log('logged out: back at the login form, old session refused (401)');
+}
+
+let passed = false;
+try {
+  await main();
+  passed = true;
+} catch (e) {
+  console.error(`browser: FAIL ${e.message}`);
+  if (logFile && existsSync(logFile)) {
+    const lines = readFileSync(logFile, 'utf8').trimEnd().split('\n');
+    console.error(`browser: last kfsec log lines (${logFile}):`);
+    for (const l of lines.slice(-30)) console.error(`  ${l}`);
+  }
+} finally {
+  try { if (browser) await browser.close(); } catch { /* already gone */ }
+  try { await stopKfsec(); } catch (e) { console.error(`browser: stopping kfsec: ${e.message}`); }
+  if (dataRoot && passed && !process.env.KEEP_DATA) rmSync(dataRoot, { recursive: true, force: true });
+}
+console.log(passed ? 'browser: 1 passed, 0 failed' : 'browser: 0 passed, 1 failed');
+process.exit(passed ? 0 : 1);
