@@ -742,18 +742,18 @@ impl RbacIndex {
 
     fn aggregate(&self, root: &str) -> Vec<PolicyRule> {
         let mut visited = FxHashSet::default();
-        visited.insert(root.to_owned());
+        visited.insert(root);
         let mut seen = FxHashSet::default();
         let mut out = Vec::new();
         self.aggregate_into(root, &mut visited, &mut seen, &mut out);
         out
     }
 
-    fn aggregate_into(
-        &self,
+    fn aggregate_into<'a>(
+        &'a self,
         name: &str,
-        visited: &mut FxHashSet<String>,
-        seen: &mut FxHashSet<PolicyRule>,
+        visited: &mut FxHashSet<&'a str>,
+        seen: &mut FxHashSet<&'a PolicyRule>,
         out: &mut Vec<PolicyRule>,
     ) {
         let Some(rule) = self.cluster_roles.get(name).and_then(|cr| cr.aggregation_rule.as_ref()) else {
@@ -765,12 +765,12 @@ impl RbacIndex {
                     continue;
                 }
                 if role.is_aggregator() {
-                    if visited.insert(other.clone()) {
+                    if visited.insert(other.as_str()) {
                         self.aggregate_into(other, visited, seen, out);
                     }
                 } else {
                     for r in &role.rules {
-                        if seen.insert(r.clone()) {
+                        if seen.insert(r) {
                             out.push(r.clone());
                         }
                     }

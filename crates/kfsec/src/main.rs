@@ -16,6 +16,11 @@ use kfsec_server::config::{self, Overrides, ProcessEnv};
 
 mod login;
 
+/// mimalloc: measurably fewer cycles than glibc malloc on the proxy path (many small, short-lived
+/// header and buffer allocations across threads).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "kfsec",

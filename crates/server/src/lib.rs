@@ -387,7 +387,21 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
         rbac_cache.clone(),
         cfg.registration_flow,
     );
-    let api_router = axum::Router::new().nest("/kfam", kfam.router()).merge(api.router());
+    let kfp = kfsec_kfp::Kfp::new(
+        store.clone(),
+        rbac_cache.clone(),
+        clock.clone(),
+        rng.clone(),
+        kfsec_kfp::KfpSettings::default(),
+    )
+    .await
+    .map_err(|e| ServerError::Api(e.to_string()))?;
+    // The KFP router goes first: its exact `/apis/v1beta1/{workflows,scheduledworkflows}` win
+    // over the Kubernetes API's `/apis/{*rest}`.
+    let api_router = axum::Router::new()
+        .nest("/kfam", kfam.router())
+        .merge(kfp.router())
+        .merge(api.router());
 
     let gw_settings = GatewaySettings {
         cookie_name: cfg.cookie_name.clone(),

@@ -1,0 +1,188 @@
+//! KFP's errors: one `thiserror` enum and the one function ([`error_response`]) that turns an
+//! error into Kubeflow Pipelines' JSON error body
+//! (`{"error","code","message","details":[{"@type":"type.googleapis.com/google.rpc.Status",…}]}`).
+//!
+//! Invariants: the HTTP status is derived from the gRPC code only (grpc-gateway's table), except
+//! for an oversized body (413); internal failures (store errors) never leak their text to the
+//! caller, they are logged and answered with a generic Internal error.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+/// gRPC status codes used by the KFP API.
+pub mod code {
+    /// InvalidArgument.
+    pub const INVALID_ARGUMENT: i32 = 3;
+    /// NotFound.
+    pub const NOT_FOUND: i32 = 5;
+    /// AlreadyExists.
+    pub const ALREADY_EXISTS: i32 = 6;
+    /// PermissionDenied.
+    pub const PERMISSION_DENIED: i32 = 7;
+    /// FailedPrecondition.
+    pub const FAILED_PRECONDITION: i32 = 9;
+    /// Aborted (KFP's BadRequestError).
+    pub const ABORTED: i32 = 10;
+    /// Unimplemented.
+    pub const UNIMPLEMENTED: i32 = 12;
+    /// Internal.
+    pub const INTERNAL: i32 = 13;
+    /// DataLoss.
+    pub const DATA_LOSS: i32 = 15;
+    /// Unauthenticated.
+    pub const UNAUTHENTICATED: i32 = 16;
+}
+
+/// Every failure of the KFP API. `Display` is KFP's internal message (the whole wrap chain);
+/// [`KfpError::external`] is the message KFP puts in the error detail.
+#[derive(Debug, thiserror::Error)]
+pub enum KfpError {
+    /// Bad request data (gRPC 3, HTTP 400).
+    #[error("Invalid input error: {0}")]
+    InvalidInput(String),
+    /// A body larger than the limit (gRPC 3, HTTP 413).
+    #[error("Invalid input error: {0}")]
+    TooLarge(String),
+    /// A missing object (gRPC 5, HTTP 404), e.g. `Experiment 123 not found`.
+    #[error("ResourceNotFoundError: {0}")]
+    NotFound(String),
+    /// A duplicate name (gRPC 6, HTTP 409).
+    #[error("Already exist error: {0}")]
+    AlreadyExists(String),
+    /// The authorizer said no (gRPC 7, HTTP 403); holds KFP's `User '…' is not authorized …` text.
+    #[error("PermissionDenied: {0}: Unauthorized access")]
+    PermissionDenied(String),
+    /// No caller identity (gRPC 16, HTTP 401).
+    #[error("Unauthenticated: {0}")]
+    Unauthenticated(String),
+    /// The object is in the wrong state for the operation (gRPC 9, HTTP 400).
+    #[error("FailedPreconditionError: {0}")]
+    FailedPrecondition(String),
+    /// KFP's BadRequestError (gRPC 10, HTTP 409).
+    #[error("BadRequestError: {0}")]
+    BadRequest(String),
+    /// Stored data failed its integrity check (gRPC 15, HTTP 500); never served.
+    #[error("DataLoss: {0}")]
+    DataLoss(String),
+    /// Not offered by kfsec (gRPC 12, HTTP 501).
+    #[error("Unimplemented: {0}")]
+    Unimplemented(String),
+    /// A storage or encoding failure (gRPC 13, HTTP 500); the detail is logged, not returned.
+    #[error("Internal error: {0}")]
+    Internal(String),
+    /// Context added on the way up, as KFP's `util.Wrap`.
+    #[error("{context}: {source}")]
+    Wrapped {
+        /// What was being done.
+        context: String,
+        /// The underlying error.
+        #[source]
+        source: Box<KfpError>,
+    },
+}
+
+impl KfpError {
+    /// Adds context in front of the message (the external message and code are unchanged).
+    #[must_use]
+    pub fn wrap(self, context: impl Into<String>) -> Self {
+        Self::Wrapped {
+            context: context.into(),
+            source: Box::new(self),
+        }
+    }
+
+    fn root(&self) -> &Self {
+        match self {
+            Self::Wrapped { source, .. } => source.root(),
+            other => other,
+        }
+    }
+
+    /// The gRPC status code.
+    pub fn code(&self) -> i32 {
+        match self.root() {
+            Self::InvalidInput(_) | Self::TooLarge(_) => code::INVALID_ARGUMENT,
+            Self::NotFound(_) => code::NOT_FOUND,
+            Self::AlreadyExists(_) => code::ALREADY_EXISTS,
+            Self::PermissionDenied(_) => code::PERMISSION_DENIED,
+            Self::Unauthenticated(_) => code::UNAUTHENTICATED,
+            Self::FailedPrecondition(_) => code::FAILED_PRECONDITION,
+            Self::BadRequest(_) => code::ABORTED,
+            Self::DataLoss(_) => code::DATA_LOSS,
+            Self::Unimplemented(_) => code::UNIMPLEMENTED,
+            Self::Internal(_) | Self::Wrapped { .. } => code::INTERNAL,
+        }
+    }
+
+    /// The message KFP shows to users (the error detail).
+    pub fn external(&self) -> &str {
+        match self.root() {
+            Self::InvalidInput(m)
+            | Self::TooLarge(m)
+            | Self::NotFound(m)
+            | Self::AlreadyExists(m)
+            | Self::PermissionDenied(m)
+            | Self::Unauthenticated(m)
+            | Self::FailedPrecondition(m)
+            | Self::BadRequest(m)
+            | Self::DataLoss(m)
+            | Self::Unimplemented(m) => m,
+            Self::Internal(_) | Self::Wrapped { .. } => "Internal error",
+        }
+    }
+
+    /// HTTP status for this error (grpc-gateway's mapping).
+    pub fn http_status(&self) -> StatusCode {
+        if matches!(self.root(), Self::TooLarge(_)) {
+            return StatusCode::PAYLOAD_TOO_LARGE;
+        }
+        match self.code() {
+            code::INVALID_ARGUMENT | code::FAILED_PRECONDITION => StatusCode::BAD_REQUEST,
+            code::NOT_FOUND => StatusCode::NOT_FOUND,
+            code::ALREADY_EXISTS | code::ABORTED => StatusCode::CONFLICT,
+            code::PERMISSION_DENIED => StatusCode::FORBIDDEN,
+            code::UNAUTHENTICATED => StatusCode::UNAUTHORIZED,
+            code::UNIMPLEMENTED => StatusCode::NOT_IMPLEMENTED,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// A store failure: logged in full, answered as a generic Internal error.
+    pub fn store(e: &kfsec_store::StoreError) -> Self {
+        tracing::error!(error = %e, "kfp: store failure");
+        Self::Internal("storage failure".into())
+    }
+}
+
+/// The one place that renders an error as KFP's JSON error body.
+pub fn error_response(err: &KfpError) -> Response {
+    let code = err.code();
+    let (message, external) = match err.root() {
+        KfpError::Internal(_) => ("Internal error".to_owned(), "Internal error".to_owned()),
+        _ => (err.to_string(), err.external().to_owned()),
+    };
+    let body = json!({
+        "error": message,
+        "code": code,
+        "message": message,
+        "details": [{
+            "@type": "type.googleapis.com/google.rpc.Status",
+            "code": code,
+            "message": external,
+        }],
+    });
+    let mut resp = (err.http_status(), axum::Json(body)).into_response();
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+impl IntoResponse for KfpError {
+    fn into_response(self) -> Response {
+        error_response(&self)
+    }
+}
+
+/// Result of the KFP operations.
+pub type KfpResult<T> = Result<T, KfpError>;

@@ -1,0 +1,872 @@
+//! Pipelines and pipeline versions (v1beta1 and v2beta1): upload (multipart YAML / zip /
+//! tar.gz), create, get, get by name, list, delete, templates, the v1 default version, and the
+//! package read path runs use.
+//!
+//! Invariants: a pipeline with no namespace is shared — every authenticated caller may get and
+//! list it, but creating, changing or deleting one needs the right in the KFP system namespace
+//! (KFP's current rule); a namespaced pipeline is checked on `pipelines` in its namespace, and
+//! so are its versions (as KFP does); every package is stored with its SHA-256 and checked on
+//! every read — a mismatch is DataLoss and the package is not served; kfsec never fetches a
+//! package from a URL (no server-side requests on a caller's behalf).
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::access::{self, res};
+use crate::error::{KfpError, KfpResult};
+use crate::experiments::checked_namespace;
+use crate::json::{self, Out};
+use crate::list::{FieldValue, ListRequest, Listable};
+use crate::package::{self, Spec};
+use crate::routes::Req;
+use crate::storage::{self, Kind, Stored};
+use crate::{Kfp, refs};
+
+const PACKAGES: &str = "packages";
+
+/// A stored pipeline.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Pipeline {
+    /// Id.
+    pub id: String,
+    /// Name (unique in its namespace).
+    pub name: String,
+    /// Display name.
+    #[serde(default)]
+    pub display_name: String,
+    /// Description.
+    #[serde(default)]
+    pub description: String,
+    /// Namespace; empty = shared.
+    #[serde(default)]
+    pub namespace: String,
+    /// Creation time (ms).
+    pub created_ms: i64,
+    /// The v1 default version, if set explicitly.
+    #[serde(default)]
+    pub default_version_id: String,
+    /// The newest version.
+    #[serde(default)]
+    pub latest_version_id: String,
+}
+
+impl Stored for Pipeline {
+    const KIND: Kind = Kind::Pipeline;
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn scope(&self) -> &str {
+        &self.namespace
+    }
+    fn unique_name(&self) -> Option<&str> {
+        Some(&self.name)
+    }
+}
+
+/// A stored pipeline version; its package lives in a blob with this SHA-256.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Version {
+    /// Id.
+    pub id: String,
+    /// Parent pipeline.
+    pub pipeline_id: String,
+    /// Name (unique per pipeline).
+    pub name: String,
+    /// Display name.
+    #[serde(default)]
+    pub display_name: String,
+    /// Description.
+    #[serde(default)]
+    pub description: String,
+    /// Creation time (ms).
+    pub created_ms: i64,
+    /// `code_source_url`.
+    #[serde(default)]
+    pub code_source_url: String,
+    /// Hex SHA-256 of the stored package.
+    pub sha256: String,
+    /// Package size in bytes.
+    pub size: usize,
+    /// v1 parameters.
+    #[serde(default)]
+    pub parameters: Vec<(String, String)>,
+}
+
+impl Stored for Version {
+    const KIND: Kind = Kind::Version;
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn scope(&self) -> &str {
+        &self.pipeline_id
+    }
+    fn unique_name(&self) -> Option<&str> {
+        Some(&self.name)
+    }
+}
+
+const PIPELINE_FIELDS: &[&str] = &[
+    "id",
+    "pipeline_id",
+    "name",
+    "display_name",
+    "description",
+    "created_at",
+    "namespace",
+];
+
+impl Listable for Pipeline {
+    fn list_id(&self) -> &str {
+        &self.id
+    }
+    fn value(&self, key: &str) -> Option<FieldValue> {
+        Some(match key {
+            "id" | "pipeline_id" => FieldValue::Str(self.id.clone()),
+            "name" => FieldValue::Str(self.name.clone()),
+            "display_name" => FieldValue::Str(self.shown_name().to_owned()),
+            "description" => FieldValue::Str(self.description.clone()),
+            "created_at" => FieldValue::Int(self.created_ms / 1000),
+            "namespace" => FieldValue::Str(self.namespace.clone()),
+            _ => return None,
+        })
+    }
+    fn knows(key: &str) -> bool {
+        PIPELINE_FIELDS.contains(&key)
+    }
+}
+
+const VERSION_FIELDS: &[&str] = &[
+    "id",
+    "pipeline_version_id",
+    "name",
+    "display_name",
+    "description",
+    "created_at",
+    "pipeline_id",
+];
+
+impl Listable for Version {
+    fn list_id(&self) -> &str {
+        &self.id
+    }
+    fn value(&self, key: &str) -> Option<FieldValue> {
+        Some(match key {
+            "id" | "pipeline_version_id" => FieldValue::Str(self.id.clone()),
+            "name" => FieldValue::Str(self.name.clone()),
+            "display_name" => FieldValue::Str(self.shown_name().to_owned()),
+            "description" => FieldValue::Str(self.description.clone()),
+            "created_at" => FieldValue::Int(self.created_ms / 1000),
+            "pipeline_id" => FieldValue::Str(self.pipeline_id.clone()),
+            _ => return None,
+        })
+    }
+    fn knows(key: &str) -> bool {
+        VERSION_FIELDS.contains(&key)
+    }
+}
+
+impl Pipeline {
+    fn shown_name(&self) -> &str {
+        if self.display_name.is_empty() {
+            &self.name
+        } else {
+            &self.display_name
+        }
+    }
+
+    /// The version v1 calls the default: the one set explicitly, else the newest.
+    pub fn default_version(&self) -> &str {
+        if self.default_version_id.is_empty() {
+            &self.latest_version_id
+        } else {
+            &self.default_version_id
+        }
+    }
+
+    /// v1beta1 JSON (`default_version` is the rendered default version, if any).
+    fn v1(&self, default_version: Option<&Version>) -> Value {
+        let mut o = Out::new()
+            .s("id", &self.id)
+            .ts("created_at", self.created_ms / 1000)
+            .s("name", &self.name)
+            .s("description", &self.description);
+        if let Some(v) = default_version {
+            o = o
+                .v("parameters", params_json(&v.parameters))
+                .v("default_version", v.v1());
+        }
+        if !self.namespace.is_empty() {
+            o = o.v(
+                "resource_references",
+                Value::Array(vec![refs::render("NAMESPACE", &self.namespace, "", "OWNER")]),
+            );
+        }
+        o.build()
+    }
+
+    /// v2beta1 JSON.
+    fn v2(&self) -> Value {
+        Out::new()
+            .s("pipeline_id", &self.id)
+            .s("display_name", self.shown_name())
+            .s("name", &self.name)
+            .s("description", &self.description)
+            .ts("created_at", self.created_ms / 1000)
+            .s("namespace", &self.namespace)
+            .build()
+    }
+}
+
+fn params_json(ps: &[(String, String)]) -> Value {
+    Value::Array(
+        ps.iter()
+            .map(|(n, v)| Out::new().s("name", n).s("value", v).build())
+            .collect(),
+    )
+}
+
+impl Version {
+    fn shown_name(&self) -> &str {
+        if self.display_name.is_empty() {
+            &self.name
+        } else {
+            &self.display_name
+        }
+    }
+
+    fn v1(&self) -> Value {
+        Out::new()
+            .s("id", &self.id)
+            .s("name", &self.name)
+            .ts("created_at", self.created_ms / 1000)
+            .v("parameters", params_json(&self.parameters))
+            .s("code_source_url", &self.code_source_url)
+            .v(
+                "resource_references",
+                Value::Array(vec![refs::render("PIPELINE", &self.pipeline_id, "", "OWNER")]),
+            )
+            .s("description", &self.description)
+            .build()
+    }
+
+    fn v2(&self, spec: Option<&Spec>) -> Value {
+        let mut o = Out::new()
+            .s("pipeline_id", &self.pipeline_id)
+            .s("pipeline_version_id", &self.id)
+            .s("display_name", self.shown_name())
+            .s("name", &self.name)
+            .s("description", &self.description)
+            .ts("created_at", self.created_ms / 1000)
+            .s("code_source_url", &self.code_source_url);
+        if let Some(s) = spec {
+            o = o.v("pipeline_spec", s.json.clone());
+        }
+        o.build()
+    }
+}
+
+fn pipeline_not_found(id: &str) -> KfpError {
+    KfpError::NotFound(format!("Pipeline {id} not found"))
+}
+
+fn version_not_found(id: &str) -> KfpError {
+    KfpError::NotFound(format!("PipelineVersion {id} not found"))
+}
+
+/// KFP's `canAccessPipeline`: shared pipelines are open for get/list and checked in the system
+/// namespace for writes; namespaced ones are checked in their namespace.
+fn check(k: &Kfp, r: &Req, verb: &str, namespace: &str, name: &str, id: &str) -> KfpResult<()> {
+    if namespace.is_empty() {
+        if verb == "get" || verb == "list" {
+            return Ok(());
+        }
+        return access::check(
+            k.authz.as_ref(),
+            &r.who,
+            verb,
+            res::PIPELINES,
+            &k.settings.system_namespace,
+            name,
+        )
+        .map_err(|e| {
+            e.wrap(format!(
+                "Failed to access shared pipeline {id}. Check if you have permission to {verb} shared pipelines"
+            ))
+        });
+    }
+    access::check(k.authz.as_ref(), &r.who, verb, res::PIPELINES, namespace, name).map_err(|e| {
+        e.wrap(format!(
+            "Failed to access pipeline {id}. Check if you have access to namespace {namespace}"
+        ))
+    })
+}
+
+/// Loads a pipeline (no authorization).
+pub async fn load(k: &Kfp, id: &str) -> KfpResult<Pipeline> {
+    k.db.load::<Pipeline>(id)
+        .await?
+        .map(|(p, _)| p)
+        .ok_or_else(|| pipeline_not_found(id))
+}
+
+async fn load_version(k: &Kfp, id: &str) -> KfpResult<Version> {
+    k.db.load::<Version>(id)
+        .await?
+        .map(|(v, _)| v)
+        .ok_or_else(|| version_not_found(id))
+}
+
+async fn load_authorized(k: &Kfp, r: &Req, id: &str, verb: &str) -> KfpResult<Pipeline> {
+    let p = load(k, id).await.map_err(|e| {
+        e.wrap(format!(
+            "Failed to access pipeline {id}. Check if it exists and have a namespace assigned"
+        ))
+    })?;
+    check(k, r, verb, &p.namespace, &p.name, id)?;
+    Ok(p)
+}
+
+/// A version and its pipeline, with `verb` authorized on the pipeline.
+pub async fn load_version_authorized(k: &Kfp, r: &Req, vid: &str, verb: &str) -> KfpResult<(Pipeline, Version)> {
+    let v = load_version(k, vid)
+        .await
+        .map_err(|e| e.wrap(format!("Failed to access pipeline version {vid}. Check if it exists")))?;
+    let p = load_authorized(k, r, &v.pipeline_id, verb).await?;
+    Ok((p, v))
+}
+
+/// The package of `v`, integrity-checked.
+pub async fn package(k: &Kfp, v: &Version) -> KfpResult<Vec<u8>> {
+    k.db.get_blob(PACKAGES, &v.id, &v.sha256).await
+}
+
+/// The parsed package of `v`, integrity-checked.
+pub async fn spec_of(k: &Kfp, v: &Version) -> KfpResult<Spec> {
+    package::parse_spec(&package(k, v).await?)
+}
+
+fn url_refused() -> KfpError {
+    KfpError::InvalidInput(
+        "kfsec does not fetch pipeline packages from URLs: upload the package (POST …/pipelines/upload) or pass the pipeline spec inline".into(),
+    )
+}
+
+/// Creates a pipeline record. `upload`: the multipart upload path, where KFP lets every
+/// authenticated caller publish a new shared pipeline (the kfp 1.8 SDK can only upload shared
+/// ones); other writes to shared pipelines need the right in the system namespace.
+async fn insert_pipeline(k: &Kfp, r: &Req, mut p: Pipeline, upload: bool) -> KfpResult<Pipeline> {
+    if p.name.is_empty() {
+        return Err(KfpError::InvalidInput("name is required".into()));
+    }
+    if !p.namespace.is_empty() {
+        checked_namespace(&p.namespace, || KfpError::InvalidInput("namespace is required".into()))?;
+    }
+    let open = upload && p.namespace.is_empty();
+    if open {
+        tracing::info!(target: "audit", user = %r.who.user, name = %p.name, "kfp shared pipeline upload (open to authenticated users, as in KFP)");
+    }
+    let checked = if open {
+        Ok(())
+    } else {
+        check(k, r, "create", &p.namespace, &p.name, "")
+    };
+    checked.map_err(|e| {
+        e.wrap(format!(
+            "Failed to create a pipeline due to authorization error. Check if you have write permissions to namespace {}",
+            p.namespace
+        ))
+    })?;
+    p.id = k.new_id();
+    p.created_ms = k.now_ms();
+    k.db.insert(&p, "pipeline").await?;
+    tracing::info!(target: "audit", user = %r.who.user, id = %p.id, namespace = %p.namespace, "kfp pipeline created");
+    Ok(p)
+}
+
+/// Stores a package as a new version of `p` (authorization already done).
+async fn insert_version(k: &Kfp, p: &Pipeline, mut v: Version, text: Vec<u8>, spec: &Spec) -> KfpResult<Version> {
+    if v.name.is_empty() {
+        return Err(KfpError::InvalidInput("name is required".into()));
+    }
+    v.id = k.new_id();
+    v.pipeline_id = p.id.clone();
+    v.created_ms = k.now_ms();
+    v.size = text.len();
+    v.parameters = spec.parameters();
+    if k.db.id_by_name(Kind::Version, &p.id, &v.name).await?.is_some() {
+        return Err(KfpError::AlreadyExists(format!(
+            "Failed to create a new pipeline version. The name {} already exists. Please specify a new name",
+            v.name
+        )));
+    }
+    v.sha256 = k.db.put_blob(PACKAGES, &v.id, text).await?;
+    if let Err(e) = k.db.insert(&v, "pipeline version").await {
+        let _ = k.db.delete_blob(PACKAGES, &v.id).await;
+        return Err(e);
+    }
+    let vid = v.id.clone();
+    k.db.modify::<Pipeline>(
+        &p.id,
+        || pipeline_not_found(&p.id),
+        |pl| {
+            pl.latest_version_id = vid.clone();
+            Ok(())
+        },
+    )
+    .await?;
+    Ok(v)
+}
+
+fn upload_name(r: &Req, filename: &str, spec: &Spec) -> String {
+    let name = r.q("name");
+    if !name.is_empty() {
+        return name;
+    }
+    let dn = r.q("display_name");
+    if !dn.is_empty() {
+        return dn;
+    }
+    if filename.is_empty() {
+        spec.name()
+    } else {
+        filename.to_owned()
+    }
+}
+
+fn read_upload(k: &Kfp, r: &Req) -> KfpResult<(String, Vec<u8>, Spec)> {
+    let up = package::multipart_file(&r.content_type, &r.body, "uploadfile")?;
+    let text = package::read_pipeline_file(&up.filename, &up.bytes, k.settings.max_body_bytes)
+        .map_err(|e| e.wrap("Failed to read a pipeline spec file"))?;
+    let spec = package::parse_spec(&text)?;
+    Ok((up.filename, text, spec))
+}
+
+/// `POST pipelines/upload` (multipart `uploadfile`, query `name`, `display_name`,
+/// `description`, `namespace`).
+pub async fn upload(k: &Kfp, r: &Req) -> KfpResult<Value> {
+    let (filename, text, spec) = read_upload(k, r)?;
+    let name = upload_name(r, &filename, &spec);
+    let display = {
+        let d = r.q("display_name");
+        if d.is_empty() { name.clone() } else { d }
+    };
+    let p = insert_pipeline(
+        k,
+        r,
+        Pipeline {
+            id: String::new(),
+            name: name.clone(),
+            display_name: display.clone(),
+            description: r.q("description"),
+            namespace: r.q("namespace"),
+            created_ms: 0,
+            default_version_id: String::new(),
+            latest_version_id: String::new(),
+        },
+        true,
+    )
+    .await?;
+    let v = Version {
+        id: String::new(),
+        pipeline_id: String::new(),
+        name,
+        display_name: display,
+        description: r.q("description"),
+        created_ms: 0,
+        code_source_url: r.q("code_source_url"),
+        sha256: String::new(),
+        size: 0,
+        parameters: Vec::new(),
+    };
+    let v = match insert_version(k, &p, v, text, &spec).await {
+        Ok(v) => v,
+        Err(e) => {
+            let _ = k.db.remove(&p).await;
+            return Err(e);
+        }
+    };
+    if r.v2 {
+        Ok(p.v2())
+    } else {
+        let mut p = p;
+        p.latest_version_id = v.id.clone();
+        Ok(p.v1(Some(&v)))
+    }
+}
+
+/// `POST pipelines/upload_version` (query `pipelineid`).
+pub async fn upload_version(k: &Kfp, r: &Req) -> KfpResult<Value> {
+    let (filename, text, spec) = read_upload(k, r)?;
+    let pid = r.q("pipelineid");
+    if pid.is_empty() {
+        return Err(KfpError::InvalidInput(
+            "Failed to create a pipeline version: pipelineid is required".into(),
+        ));
+    }
+    let p = load_authorized(k, r, &pid, "create").await?;
+    let name = upload_name(r, &filename, &spec);
+    let display = {
+        let d = r.q("display_name");
+        if d.is_empty() { name.clone() } else { d }
+    };
+    let v = Version {
+        id: String::new(),
+        pipeline_id: String::new(),
+        name,
+        display_name: display,
+        description: r.q("description"),
+        created_ms: 0,
+        code_source_url: r.q("code_source_url"),
+        sha256: String::new(),
+        size: 0,
+        parameters: Vec::new(),
+    };
+    let v = insert_version(k, &p, v, text, &spec).await?;
+    Ok(if r.v2 { v.v2(Some(&spec)) } else { v.v1() })
+}
+
+fn pipeline_from_body(b: &Value, r: &Req) -> KfpResult<Pipeline> {
+    let display_name = json::string(b, "display_name")?;
+    let mut name = json::string(b, "name")?;
+    if name.is_empty() {
+        name = display_name.clone();
+    }
+    let namespace = if r.v2 {
+        json::string(b, "namespace")?
+    } else {
+        refs::find(&refs::parse(b)?, "NAMESPACE").unwrap_or_default().to_owned()
+    };
+    Ok(Pipeline {
+        id: String::new(),
+        name,
+        display_name,
+        description: json::string(b, "description")?,
+        namespace,
+        created_ms: 0,
+        default_version_id: String::new(),
+        latest_version_id: String::new(),
+    })
+}
+
+/// An inline `pipeline_spec` of a version body, or InvalidArgument for a URL.
+fn inline_spec(b: &Value) -> KfpResult<(Vec<u8>, Spec)> {
+    if let Some(s) = json::field(b, "pipeline_spec") {
+        let spec = package::spec_from_json(s.clone())?;
+        let text = serde_json::to_vec(&spec.json).map_err(|e| KfpError::Internal(e.to_string()))?;
+        return Ok((text, spec));
+    }
+    let url = json::field(b, "package_url")
+        .map(|u| json::string(u, "pipeline_url"))
+        .transpose()?;
+    if url.is_some_and(|u| !u.is_empty()) {
+        return Err(url_refused());
+    }
+    Err(KfpError::InvalidInput(
+        "Failed to create a pipeline version. Pipeline spec is missing".into(),
+    ))
+}
+
+/// `POST pipelines`: v1 (from a URL — refused) or v2 (a pipeline without versions).
+pub async fn create(k: &Kfp, r: &Req) -> KfpResult<Value> {
+    let b = r.json()?;
+    if !r.v2 {
+        return Err(url_refused().wrap("Failed to create a pipeline (v1beta1)"));
+    }
+    let p = insert_pipeline(k, r, pipeline_from_body(&b, r)?, false)
+        .await
+        .map_err(|e| e.wrap("Failed to create a pipeline due to server error"))?;
+    Ok(p.v2())
+}
+
+/// `POST pipelines/create` (v2): a pipeline and its first version.
+pub async fn create_with_version(k: &Kfp, r: &Req) -> KfpResult<Value> {
+    let b = r.json()?;
+    let pb = json::field(&b, "pipeline").cloned().unwrap_or(Value::Null);
+    let vb = json::field(&b, "pipeline_version").cloned().unwrap_or(Value::Null);
+    let (text, spec) = inline_spec(&vb)?;
+    let p = insert_pipeline(k, r, pipeline_from_body(&pb, r)?, false).await?;
+    let v = Version {
+        id: String::new(),
+        pipeline_id: String::new(),
+        name: p.name.clone(),
+        display_name: p.shown_name().to_owned(),
+        description: p.description.clone(),
+        created_ms: 0,
+        code_source_url: json::string(&vb, "code_source_url")?,
+        sha256: String::new(),
+        size: 0,
+        parameters: Vec::new(),
+    };
+    if let Err(e) = insert_version(k, &p, v, text, &spec).await {
+        let _ = k.db.remove(&p).await;
+        return Err(e);
+    }
+    Ok(p.v2())
+}
+
+/// `POST pipelines/{id}/versions` (v2) / `POST pipeline_versions` (v1).
+pub async fn create_version(k: &Kfp, r: &Req, pid: &str) -> KfpResult<Value> {
+    let b = r.json()?;
+    let pid = if pid.is_empty() {
+        refs::parse(&b)?
+            .iter()
+            .find(|x| x.kind == "PIPELINE")
+            .map(|x| x.id.clone())
+            .unwrap_or_default()
+    } else {
+        pid.to_owned()
+    };
+    if pid.is_empty() {
+        return Err(KfpError::InvalidInput(
+            "Failed to create a pipeline version. Parent pipeline id is empty".into(),
+        ));
+    }
+    let (text, spec) = inline_spec(&b)?;
+    let p = load_authorized(k, r, &pid, "create").await.map_err(|e| {
+        e.wrap(format!(
+            "Failed to create a pipeline version due authorization error for pipeline id {pid}"
+        ))
+    })?;
+    let display_name = json::string(&b, "display_name")?;
+    let mut name = json::string(&b, "name")?;
+    if name.is_empty() {
+        name = display_name.clone();
+    }
+    let v = Version {
+        id: String::new(),
+        pipeline_id: String::new(),
+        name,
+        display_name,
+        description: json::string(&b, "description")?,
+        created_ms: 0,
+        code_source_url: json::string(&b, "code_source_url")?,
+        sha256: String::new(),
+        size: 0,
+        parameters: Vec::new(),
+    };
+    let v = insert_version(k, &p, v, text, &spec).await?;
+    Ok(if r.v2 { v.v2(Some(&spec)) } else { v.v1() })
+}
+
+async fn render(k: &Kfp, p: &Pipeline, v2: bool) -> KfpResult<Value> {
+    if v2 {
+        return Ok(p.v2());
+    }
+    let dv = p.default_version();
+    let v = if dv.is_empty() {
+        None
+    } else {
+        k.db.load::<Version>(dv).await?.map(|(v, _)| v)
+    };
+    Ok(p.v1(v.as_ref()))
+}
+
+/// `GET pipelines/{id}`.
+pub async fn get(k: &Kfp, r: &Req, id: &str) -> KfpResult<Value> {
+    let p = load_authorized(k, r, id, "get").await.map_err(|e| {
+        e.wrap(format!(
+            "Failed to get a pipeline due authorization error for pipeline id {id}"
+        ))
+    })?;
+    render(k, &p, r.v2).await
+}
+
+/// `GET pipelines/names/{name}?namespace=` (v2) / `GET namespaces/{ns}/pipelines/{name}` (v1).
+pub async fn get_by_name(k: &Kfp, r: &Req, namespace: &str, name: &str) -> KfpResult<Value> {
+    let namespace = if namespace == "-" { "" } else { namespace };
+    if !namespace.is_empty() {
+        checked_namespace(namespace, || KfpError::InvalidInput("namespace is required".into()))?;
+    }
+    check(k, r, "get", namespace, name, "").map_err(|e| {
+        e.wrap(format!(
+            "Failed to fetch a pipeline due to authorization error. Check if you have read permission to namespace {namespace}"
+        ))
+    })?;
+    let nf = || KfpError::NotFound(format!("Namespace/name pair [{namespace}]/[{name}] not found"));
+    let id = k.db.id_by_name(Kind::Pipeline, namespace, name).await?.ok_or_else(nf)?;
+    let p = load(k, &id).await.map_err(|_| nf())?;
+    render(k, &p, r.v2).await
+}
+
+/// `GET pipelines` (v1: `resource_reference_key` NAMESPACE or none = shared; v2: `namespace`).
+pub async fn list(k: &Kfp, r: &Req) -> KfpResult<Value> {
+    let namespace = if r.v2 {
+        r.q("namespace")
+    } else {
+        match refs::query_key(&r.query, "resource_reference_key")? {
+            None => String::new(),
+            Some((t, id)) if t == "NAMESPACE" => id,
+            Some((t, id)) => {
+                return Err(KfpError::InvalidInput(format!(
+                    "Failed to list pipelines (v1beta1) due to invalid resource references for pipelines: {t}/{id}"
+                )));
+            }
+        }
+    };
+    let lr = ListRequest::from_query(&r.query)?;
+    if !namespace.is_empty() {
+        checked_namespace(&namespace, || KfpError::InvalidInput("namespace is required".into()))?;
+    }
+    check(k, r, "list", &namespace, "", "").map_err(|e| {
+        e.wrap(format!(
+            "Failed to list pipelines due to authorization error. Check if you have read permission to namespace {namespace}"
+        ))
+    })?;
+    let all: Vec<Pipeline> = k.db.list(&storage::scope_prefix(Kind::Pipeline, &namespace)).await?;
+    let page = k
+        .pager
+        .page(all, &lr, &format!("pipelines/{namespace}"))
+        .map_err(|e| e.wrap("Failed to list pipelines due invalid list options"))?;
+    let mut items = Vec::with_capacity(page.items.len());
+    for p in &page.items {
+        items.push(render(k, p, r.v2).await?);
+    }
+    Ok(json::list_response("pipelines", items, page.total, &page.next))
+}
+
+/// `DELETE pipelines/{id}`: v1 deletes the versions too (as KFP 1.x did); v2 refuses while
+/// versions exist unless `cascade=true`.
+pub async fn delete(k: &Kfp, r: &Req, id: &str) -> KfpResult<Value> {
+    let p = load_authorized(k, r, id, "delete").await.map_err(|e| {
+        e.wrap(format!(
+            "Failed to delete a pipeline due authorization error for pipeline id {id}"
+        ))
+    })?;
+    let versions: Vec<Version> = k.db.list(&storage::scope_prefix(Kind::Version, &p.id)).await?;
+    let cascade = !r.v2 || r.q("cascade") == "true";
+    if !cascade && let Some(v) = versions.last() {
+        return Err(KfpError::InvalidInput(format!(
+            "Failed to delete pipeline with id {id} as it has existing pipeline versions (e.g. {}). Set cascade=true to delete all versions",
+            v.id
+        )));
+    }
+    k.db.remove(&p).await?;
+    for v in &versions {
+        k.db.remove(v).await?;
+        k.db.delete_blob(PACKAGES, &v.id).await?;
+    }
+    tracing::info!(target: "audit", user = %r.who.user, id = %p.id, namespace = %p.namespace, "kfp pipeline deleted");
+    Ok(Value::Object(serde_json::Map::new()))
+}
+
+/// `GET pipelines/{id}/templates` (v1): the default version's package text.
+pub async fn template(k: &Kfp, r: &Req, id: &str) -> KfpResult<Value> {
+    let p = load_authorized(k, r, id, "get").await.map_err(|e| {
+        e.wrap(format!(
+            "Failed to get the default template (v1beta1) due to authorization error. Verify that you have access to pipeline id {id}"
+        ))
+    })?;
+    let dv = p.default_version().to_owned();
+    if dv.is_empty() {
+        return Err(KfpError::NotFound(format!(
+            "PipelineVersion of pipeline {id} not found"
+        )));
+    }
+    let v = load_version(k, &dv).await?;
+    template_of(k, &v).await
+}
+
+async fn template_of(k: &Kfp, v: &Version) -> KfpResult<Value> {
+    let text = package(k, v).await?;
+    let text = String::from_utf8(text).map_err(|_| KfpError::DataLoss("The stored package is not text".into()))?;
+    Ok(Out::new().s("template", &text).build())
+}
+
+/// `POST pipelines/{id}/default_version/{vid}` (v1).
+pub async fn set_default_version(k: &Kfp, r: &Req, id: &str, vid: &str) -> KfpResult<Value> {
+    load_authorized(k, r, id, "update").await.map_err(|e| {
+        e.wrap(format!(
+            "Failed to update (v1beta1) default pipeline version to {vid} for pipeline {id} due to authorization error"
+        ))
+    })?;
+    let v = load_version(k, vid).await?;
+    if v.pipeline_id != id {
+        return Err(KfpError::InvalidInput(format!(
+            "Pipeline version {vid} does not belong to pipeline {id}"
+        )));
+    }
+    k.db.modify::<Pipeline>(
+        id,
+        || pipeline_not_found(id),
+        |p| {
+            p.default_version_id = vid.to_owned();
+            Ok(())
+        },
+    )
+    .await?;
+    Ok(Value::Object(serde_json::Map::new()))
+}
+
+/// `GET pipelines/{id}/versions` (v2) / `GET pipeline_versions?resource_key.id=` (v1).
+pub async fn list_versions(k: &Kfp, r: &Req, pid: &str) -> KfpResult<Value> {
+    if pid.is_empty() {
+        return Err(KfpError::InvalidInput(
+            "Failed to list pipeline versions. Pipeline id cannot be empty".into(),
+        ));
+    }
+    let lr = ListRequest::from_query(&r.query)?;
+    let p = load_authorized(k, r, pid, "list")
+        .await
+        .map_err(|e| e.wrap("Failed to list pipeline versions due to authorization error"))?;
+    let all: Vec<Version> = k.db.list(&storage::scope_prefix(Kind::Version, &p.id)).await?;
+    let page = k.pager.page(all, &lr, &format!("versions/{}", p.id))?;
+    let items = page
+        .items
+        .iter()
+        .map(|v| if r.v2 { v.v2(None) } else { v.v1() })
+        .collect();
+    let key = if r.v2 { "pipeline_versions" } else { "versions" };
+    Ok(json::list_response(key, items, page.total, &page.next))
+}
+
+/// `GET …/versions/{vid}` (v2, with the integrity-checked `pipeline_spec`) /
+/// `GET pipeline_versions/{vid}` (v1).
+pub async fn get_version(k: &Kfp, r: &Req, vid: &str) -> KfpResult<Value> {
+    let (_, v) = load_version_authorized(k, r, vid, "get").await.map_err(|e| {
+        e.wrap(format!(
+            "Failed to get a pipeline version due to authorization error for pipeline version id {vid}"
+        ))
+    })?;
+    if r.v2 {
+        let spec = spec_of(k, &v).await?;
+        Ok(v.v2(Some(&spec)))
+    } else {
+        Ok(v.v1())
+    }
+}
+
+/// `GET pipeline_versions/{vid}/templates` (v1).
+pub async fn version_template(k: &Kfp, r: &Req, vid: &str) -> KfpResult<Value> {
+    let (_, v) = load_version_authorized(k, r, vid, "get").await.map_err(|e| {
+        e.wrap(format!(
+            "Failed to get a pipeline template due to authorization error. Verify that you have access to pipeline version {vid}"
+        ))
+    })?;
+    template_of(k, &v).await
+}
+
+/// `DELETE …/versions/{vid}` / `DELETE pipeline_versions/{vid}`.
+pub async fn delete_version(k: &Kfp, r: &Req, vid: &str) -> KfpResult<Value> {
+    let (p, v) = load_version_authorized(k, r, vid, "delete").await?;
+    k.db.remove(&v).await?;
+    k.db.delete_blob(PACKAGES, &v.id).await?;
+    let rest: Vec<Version> = k.db.list(&storage::scope_prefix(Kind::Version, &p.id)).await?;
+    let latest = rest
+        .iter()
+        .max_by_key(|x| (x.created_ms, x.id.clone()))
+        .map(|x| x.id.clone())
+        .unwrap_or_default();
+    k.db.modify::<Pipeline>(
+        &p.id,
+        || pipeline_not_found(&p.id),
+        |pl| {
+            pl.latest_version_id = latest.clone();
+            if pl.default_version_id == v.id {
+                pl.default_version_id = String::new();
+            }
+            Ok(())
+        },
+    )
+    .await?;
+    Ok(Value::Object(serde_json::Map::new()))
+}
