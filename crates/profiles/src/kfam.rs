@@ -190,24 +190,29 @@ fn rolebindings() -> Result<&'static kfsec_api::Resource, ApiError> {
     ApiServer::resource("rbac.authorization.k8s.io", "v1", "rolebindings").ok_or(ApiError::NoRoute)
 }
 
+/// Parses a binding and checks that the caller may manage its namespace (KFAM answers both
+/// failures with 403).
+async fn authorized_binding(k: &Kfam, id: &Identity, body: &[u8]) -> Result<Binding, Response> {
+    let b = parse_binding(body).map_err(|e| error(StatusCode::FORBIDDEN, &e))?;
+    match k.may_manage(&user_info(id), &b.namespace).await {
+        Ok(true) => Ok(b),
+        Ok(false) => {
+            tracing::info!(target: "audit", caller = %id.user, namespace = %b.namespace, "KFAM binding refused");
+            Err(empty(StatusCode::FORBIDDEN))
+        }
+        Err(e) => Err(error(StatusCode::FORBIDDEN, &e.to_string())),
+    }
+}
+
 async fn create_binding(
     State(k): State<Arc<Kfam>>,
     Extension(id): Extension<Identity>,
     body: axum::body::Bytes,
 ) -> Response {
-    let b = match parse_binding(&body) {
+    let b = match authorized_binding(&k, &id, &body).await {
         Ok(b) => b,
-        Err(e) => return error(StatusCode::FORBIDDEN, &e),
+        Err(resp) => return resp,
     };
-    let user = user_info(&id);
-    match k.may_manage(&user, &b.namespace).await {
-        Ok(true) => {}
-        Ok(false) => {
-            tracing::info!(target: "audit", caller = %id.user, namespace = %b.namespace, "KFAM binding refused");
-            return empty(StatusCode::FORBIDDEN);
-        }
-        Err(e) => return error(StatusCode::FORBIDDEN, &e.to_string()),
-    }
     let Ok(rb) = rolebindings() else {
         return empty(StatusCode::INTERNAL_SERVER_ERROR);
     };
@@ -233,14 +238,10 @@ async fn delete_binding(
     Extension(id): Extension<Identity>,
     body: axum::body::Bytes,
 ) -> Response {
-    let b = match parse_binding(&body) {
+    let b = match authorized_binding(&k, &id, &body).await {
         Ok(b) => b,
-        Err(e) => return error(StatusCode::FORBIDDEN, &e),
+        Err(resp) => return resp,
     };
-    let user = user_info(&id);
-    if !matches!(k.may_manage(&user, &b.namespace).await, Ok(true)) {
-        return empty(StatusCode::FORBIDDEN);
-    }
     let Ok(rb) = rolebindings() else {
         return empty(StatusCode::INTERNAL_SERVER_ERROR);
     };
