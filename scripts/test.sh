@@ -57,12 +57,13 @@ summary() {
       awk '{ p += $1; f += $2 } END { print p + 0, f + 0 }')
     passed=$((passed + p)); failed=$((failed + f))
   fi
-  # browser: "browser: 1 passed, 0 failed".
-  if [ -f "$LOGDIR/browser.log" ]; then
-    read -r p f < <(sed -n 's/^browser: \([0-9]*\) passed, \([0-9]*\) failed$/\1 \2/p' "$LOGDIR/browser.log" | tail -1 |
+  # browser: "browser: 1 passed, 0 failed"; kfp: "kfp: 20 passed, 0 failed".
+  for n in browser kfp; do
+    [ -f "$LOGDIR/$n.log" ] || continue
+    read -r p f < <(sed -n "s/^$n: \([0-9]*\) passed, \([0-9]*\) failed\$/\1 \2/p" "$LOGDIR/$n.log" | tail -1 |
       awk '{ p += $1; f += $2 } END { print p + 0, f + 0 }')
     passed=$((passed + p)); failed=$((failed + f))
-  fi
+  done
   echo
   echo "==> summary ($(($(date +%s) - START))s total)"
   for l in "${SUMMARY[@]}"; do echo "  $l"; done
@@ -104,8 +105,10 @@ fi
 # cold 2-core machine), so it only runs when the test build did not produce the binary.
 if { [ "$TEST_BUILD_OK" = 1 ] && [ -x target/debug/kfsec ]; } || step build cargo build -p kfsec; then
   step browser logged browser env KFSEC_BIN="$ROOT/target/debug/kfsec" node tests/browser/login.mjs || true
+  step kfp logged kfp env KFSEC_BIN="$ROOT/target/debug/kfsec" bash tests/kfp/run.sh || true
 else
   skip browser "kfsec did not build"
+  skip kfp "kfsec did not build"
 fi
 
 summary

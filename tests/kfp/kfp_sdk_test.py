@@ -95,6 +95,7 @@ def expect_denied(exc_info_fn, user, ns, verb, res, name=""):
 def http_checks():
     s = requests.Session()
     s.verify = CA
+    s.trust_env = False
     url = HOST + "/apis/v1beta1/experiments?resource_reference_key.type=NAMESPACE&resource_reference_key.id=user2"
 
     def seed_forbidden():
@@ -168,6 +169,7 @@ def report_checks():
     """After the SDK runs: the persistence agent reports a succeeded workflow."""
     s = requests.Session()
     s.verify = CA
+    s.trust_env = False
     st = state()
     run_id = st.get("v2_run_id")
 
@@ -213,14 +215,19 @@ def report_checks():
         expect(r.json()["run"]["status"] == "Succeeded", r.text[:300])
 
     def agent_root_path():
-        # The persistence agent's own path (outside /pipeline).
-        r = s.post(BASE + "/apis/v1beta1/workflows", headers=agent, json=wf("Succeeded"))
+        # The persistence agent's own path (outside /pipeline), routed to the KFP API before the
+        # Kubernetes API. The front door classifies /apis/… as Kubernetes and accepts only
+        # kfsec's default service-account audience there (see the report's caveat).
+        h = {"Authorization": "Bearer " + os.environ["KFP_AGENT_DEFAULT_TOKEN"]}
+        r = s.post(BASE + "/apis/v1beta1/workflows", headers=h, json=wf("Succeeded"))
         expect(r.status_code == 200, f"{r.status_code} {r.text[:300]}")
+        r = s.post(BASE + "/apis/v1beta1/workflows", headers={"Cookie": cookie("USER1")}, json=wf("Succeeded"))
+        expect(r.status_code == 403 and r.json()["code"] == 7, f"user on the root path: {r.status_code} {r.text[:200]}")
 
     check("report: a user's token (bearer or cookie) is refused with PermissionDenied", user_refused)
     check("report: a token with another audience is refused (401)", wrong_audience_refused)
     check("report: the persistence agent's SA token moves the run to SUCCEEDED", agent_reports)
-    check("report: POST /apis/v1beta1/workflows (root path) with the SA token", agent_root_path)
+    check("report: POST /apis/v1beta1/workflows (root path): SA allowed, user refused", agent_root_path)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ Usage: python login.py BASE CA_FILE EMAIL   (the password is read from stdin)
 
 import base64
 import hashlib
+import re
 import secrets
 import sys
 import urllib.parse
@@ -24,6 +25,7 @@ def main():
     # Browser leg: the session cookie.
     s = requests.Session()
     s.verify = ca
+    s.trust_env = False
     r = s.get(base + "/", allow_redirects=True)
     if "/auth/local/login" not in r.url:
         raise SystemExit(f"login form not reached: {r.url} {r.status_code}")
@@ -37,6 +39,7 @@ def main():
     challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
     t = requests.Session()
     t.verify = ca
+    t.trust_env = False
     q = urllib.parse.urlencode({
         "client_id": CLIENT, "redirect_uri": REDIRECT, "response_type": "code",
         "scope": "openid email groups", "state": "x",
@@ -44,15 +47,18 @@ def main():
     })
     r = t.get(f"{base}/dex/auth/local?{q}", allow_redirects=False)
     login = urllib.parse.urljoin(base, r.headers["Location"])
-    r = t.get(login, allow_redirects=False)
     r = t.post(login, data={"login": email, "password": password}, allow_redirects=False)
     loc = r.headers.get("Location", "")
     while loc and not loc.startswith(REDIRECT):
         r = t.get(urllib.parse.urljoin(base, loc), allow_redirects=False)
-        if r.status_code == 200 and "approval" in r.text:
-            r = t.post(r.url, data={"approval": "approve"}, allow_redirects=False)
+        if r.status_code == 200 and 'name="approval"' in r.text:
+            m = re.search(r'name="req" value="([^"]*)"', r.text)
+            r = t.post(r.url, data={"req": m.group(1) if m else "", "approval": "approve"}, allow_redirects=False)
         loc = r.headers.get("Location", "")
-    code = urllib.parse.parse_qs(urllib.parse.urlparse(loc).query)["code"][0]
+    codes = urllib.parse.parse_qs(urllib.parse.urlparse(loc).query).get("code")
+    if not codes:
+        raise SystemExit(f"no code: {r.status_code} {loc!r} {re.sub(chr(60)+'[^>]*>', ' ', r.text)[-600:]}")
+    code = codes[0]
     r = t.post(base + "/dex/token", data={
         "grant_type": "authorization_code", "client_id": CLIENT, "code": code,
         "redirect_uri": REDIRECT, "code_verifier": verifier,

@@ -135,8 +135,12 @@ for _ in $(seq 1 100); do
 done
 
 AGENT_TOKEN="$("$KFSEC_BIN" token create ml-pipeline-persistenceagent -n kubeflow --audience pipelines.kubeflow.org --data-dir "$DATA")"
+# kfsec's default audience (accepted on every path, including the Kubernetes-family /apis/…).
+AGENT_DEFAULT_TOKEN="$("$KFSEC_BIN" token create ml-pipeline-persistenceagent -n kubeflow --data-dir "$DATA")"
 OTHER_AUD_TOKEN="$("$KFSEC_BIN" token create ml-pipeline-persistenceagent -n kubeflow --audience some-other-service --data-dir "$DATA")"
 
+# The SDKs get the CA explicitly; a system bundle from the environment must not override it.
+unset REQUESTS_CA_BUNDLE CURL_CA_BUNDLE
 V2PY="$HERE/.venv2/bin/python"
 read_login() { # EMAIL PASSWORD -> sets COOKIE TOKEN
   local out
@@ -151,7 +155,7 @@ log "users, profiles, tokens and the compiled pipeline are ready"
 
 export KFP_BASE="$BASE" KFP_CA="$CA" KFP_STATE="$TMP/state.json" KFP_PIPELINE="$TMP/pipeline.yaml"
 export KFP_USER1_COOKIE="$U1_COOKIE" KFP_USER2_COOKIE="$U2_COOKIE" KFP_USER1_TOKEN="$U1_TOKEN" KFP_USER2_TOKEN="$U2_TOKEN"
-export KFP_AGENT_TOKEN="$AGENT_TOKEN" KFP_OTHER_AUD_TOKEN="$OTHER_AUD_TOKEN"
+export KFP_AGENT_TOKEN="$AGENT_TOKEN" KFP_AGENT_DEFAULT_TOKEN="$AGENT_DEFAULT_TOKEN" KFP_OTHER_AUD_TOKEN="$OTHER_AUD_TOKEN"
 export HOME="$TMP/home" PYTHONWARNINGS=ignore
 mkdir -p "$HOME"
 

@@ -29,7 +29,7 @@ use kfsec_types::{Clock, Identity, Rng};
 use prometheus_client::registry::Registry;
 
 pub use gatekeeper::{Authn, CALLBACK_PATH, safe_return_path, service_account_exists};
-pub use proxy::Route;
+pub use proxy::{Route, UpstreamIdentity, UpstreamTls};
 pub use session::Sessions;
 
 /// The gatekeeper's OAuth2 client id at the built-in IdP.
@@ -82,6 +82,8 @@ pub struct GatewaySettings {
     pub routes: Vec<Route>,
     /// Proxies whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<IpAddr>,
+    /// TLS material for upstreams.
+    pub upstream_identity: Option<UpstreamIdentity>,
 }
 
 /// The built-in client registration the gatekeeper uses at the IdP.
@@ -151,6 +153,7 @@ impl App {
         );
         let idp_path = idp.settings().issuer_path();
         let metrics = metrics::HttpMetrics::register(registry);
+        let proxy = proxy::Proxy::new(&settings.routes, settings.upstream_identity.as_ref())?;
         Ok(Arc::new(Self {
             settings,
             idp,
@@ -159,7 +162,7 @@ impl App {
             keys,
             clock,
             rng,
-            proxy: proxy::Proxy::default(),
+            proxy,
             metrics,
             api,
             store,

@@ -29,6 +29,35 @@ pub struct Route {
     pub public: bool,
     /// Replacement for `prefix`.
     pub rewrite_prefix: Option<String>,
+    /// TLS to the upstream.
+    pub tls: Option<UpstreamTls>,
+}
+
+/// How the gateway speaks TLS to one upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamTls {
+    /// The name the upstream's certificate must carry.
+    pub server_name: String,
+    /// Present the gateway's workload certificate.
+    pub mutual: bool,
+}
+
+/// The gateway's TLS material for upstreams: the CA that upstream certificates must chain to,
+/// and the workload certificate presented on mutual-TLS routes.
+#[derive(Clone)]
+pub struct UpstreamIdentity {
+    /// CA bundle (PEM).
+    pub ca_pem: String,
+    /// Workload certificate (PEM).
+    pub cert_pem: String,
+    /// Its key (PEM).
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for UpstreamIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamIdentity").finish_non_exhaustive()
+    }
 }
 
 impl Route {
@@ -38,6 +67,7 @@ impl Route {
         upstream: &str,
         public: bool,
         rewrite_prefix: Option<String>,
+        tls: Option<(String, Option<String>)>,
     ) -> Result<Self, GatewayError> {
         if !prefix.starts_with('/') {
             return Err(GatewayError::Config(format!(
@@ -47,14 +77,38 @@ impl Route {
         let uri: Uri = upstream
             .parse()
             .map_err(|e| GatewayError::Config(format!("route {prefix}: upstream {upstream:?}: {e}")))?;
-        if uri.scheme_str() != Some("http") || uri.authority().is_none() {
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        if uri.scheme_str() != Some(scheme) || uri.authority().is_none() {
+            let hint = if tls.is_some() {
+                " (the route has tls)"
+            } else {
+                " (https upstreams need tls: {mode: mutual})"
+            };
             return Err(GatewayError::Config(format!(
-                "route {prefix}: upstream {upstream:?} must be an http:// URL"
+                "route {prefix}: upstream {upstream:?} must be an {scheme}:// URL{hint}"
             )));
         }
+        let tls = match tls {
+            None => None,
+            Some((mode, server_name)) => {
+                let mutual = match mode.as_str() {
+                    "mutual" => true,
+                    "simple" => false,
+                    other => {
+                        return Err(GatewayError::Config(format!(
+                            "route {prefix}: tls.mode {other:?} must be mutual or simple"
+                        )));
+                    }
+                };
+                let server_name = server_name
+                    .or_else(|| uri.host().map(str::to_owned))
+                    .unwrap_or_default();
+                Some(UpstreamTls { server_name, mutual })
+            }
+        };
         let base_path = uri.path().trim_end_matches('/').to_owned();
         let upstream = Uri::builder()
-            .scheme("http")
+            .scheme(scheme)
             .authority(uri.authority().map(|a| a.as_str()).unwrap_or_default())
             .path_and_query("/")
             .build()
@@ -65,6 +119,7 @@ impl Route {
             base_path,
             public,
             rewrite_prefix,
+            tls,
         })
     }
 
@@ -162,21 +217,58 @@ pub(crate) fn remove_cookie(h: &mut HeaderMap, name: &str) {
     }
 }
 
-/// The upstream client.
+type TlsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>;
+
+/// The upstream clients: one plain, one per TLS route.
 #[derive(Clone)]
 pub struct Proxy {
     client: Client<HttpConnector, Body>,
+    tls: std::collections::HashMap<String, TlsClient>,
 }
 
-impl Default for Proxy {
-    fn default() -> Self {
-        let mut conn = HttpConnector::new();
-        conn.set_nodelay(true);
-        conn.set_connect_timeout(Some(std::time::Duration::from_secs(5)));
+fn http_connector() -> HttpConnector {
+    let mut conn = HttpConnector::new();
+    conn.set_nodelay(true);
+    conn.set_connect_timeout(Some(std::time::Duration::from_secs(5)));
+    conn.enforce_http(false);
+    conn
+}
+
+impl Proxy {
+    /// Clients for `routes`; TLS routes trust only `identity`'s CA and, when mutual, present its
+    /// workload certificate.
+    pub fn new(routes: &[Route], identity: Option<&UpstreamIdentity>) -> Result<Self, GatewayError> {
         let client = Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(256)
-            .build(conn);
-        Self { client }
+            .build(http_connector());
+        let mut tls = std::collections::HashMap::new();
+        for r in routes {
+            let Some(t) = &r.tls else { continue };
+            let id = identity
+                .ok_or_else(|| GatewayError::Config(format!("route {}: TLS needs the internal CA", r.prefix)))?;
+            let cfg = if t.mutual {
+                kfsec_pki::client_config_with_identity(&id.ca_pem, &id.cert_pem, &id.key_pem)
+            } else {
+                kfsec_pki::client_config_trusting(&id.ca_pem)
+            };
+            // (ALPN is set by the connector builder: HTTP/1.1, which upgrades need.)
+            let cfg = cfg.map_err(|e| GatewayError::Config(format!("route {}: {e}", r.prefix)))?;
+            let name = rustls::pki_types::ServerName::try_from(t.server_name.clone())
+                .map_err(|e| GatewayError::Config(format!("route {}: server name: {e}", r.prefix)))?;
+            let connector = hyper_rustls::HttpsConnectorBuilder::new()
+                .with_tls_config(cfg)
+                .https_only()
+                .with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(name))
+                .enable_http1()
+                .wrap_connector(http_connector());
+            tls.insert(
+                r.prefix.clone(),
+                Client::builder(TokioExecutor::new())
+                    .pool_max_idle_per_host(64)
+                    .build(connector),
+            );
+        }
+        Ok(Self { client, tls })
     }
 }
 
@@ -213,11 +305,26 @@ impl Proxy {
         parts.version = http::Version::HTTP_11;
         parts.uri = target;
         let out = Request::from_parts(parts, body);
-        let mut resp = match self.client.request(out).await {
+        let sent = match (&route.tls, self.tls.get(&route.prefix)) {
+            (Some(_), Some(client)) => client.request(out).await,
+            (Some(_), None) => return bad_gateway("No TLS client for this route."),
+            (None, _) => self.client.request(out).await,
+        };
+        let mut resp = match sent {
             Ok(r) => r,
             Err(e) => {
-                tracing::warn!(route = %route.prefix, error = %e, "upstream request failed");
-                return bad_gateway("The upstream service is unavailable.");
+                let detail = std::error::Error::source(&e)
+                    .map(ToString::to_string)
+                    .unwrap_or_else(|| e.to_string());
+                tracing::warn!(route = %route.prefix, error = %e, detail, "upstream request failed");
+                return if route.tls.is_some() {
+                    bad_gateway(&format!(
+                        "TLS to the upstream failed (its certificate must be issued by kfsec's CA for {}): {detail}",
+                        route.tls.as_ref().map(|t| t.server_name.as_str()).unwrap_or_default()
+                    ))
+                } else {
+                    bad_gateway("The upstream service is unavailable.")
+                };
             }
         };
         if upgrade && resp.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -259,19 +366,19 @@ mod tests {
 
     #[test]
     fn targets_and_rewrites() {
-        let r = Route::new("/jupyter/", "http://127.0.0.1:8888", false, Some("/".into())).unwrap();
+        let r = Route::new("/jupyter/", "http://127.0.0.1:8888", false, Some("/".into()), None).unwrap();
         assert_eq!(
             r.target(&"/jupyter/api/x?y=1".parse().unwrap()).unwrap().to_string(),
             "http://127.0.0.1:8888/api/x?y=1"
         );
         assert!(r.matches("/jupyter") && r.matches("/jupyter/a") && !r.matches("/jupyterx"));
-        let r = Route::new("/app", "http://h:1/base/", false, None).unwrap();
+        let r = Route::new("/app", "http://h:1/base/", false, None, None).unwrap();
         assert_eq!(
             r.target(&"/app/z".parse().unwrap()).unwrap().to_string(),
             "http://h:1/base/app/z"
         );
-        assert!(Route::new("app", "http://h", false, None).is_err());
-        assert!(Route::new("/a", "ftp://h", false, None).is_err());
+        assert!(Route::new("app", "http://h", false, None, None).is_err());
+        assert!(Route::new("/a", "ftp://h", false, None, None).is_err());
     }
 
     #[test]

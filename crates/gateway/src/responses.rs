@@ -20,7 +20,13 @@ pub enum Family {
 
 /// Classifies `path`.
 pub fn family(path: &str) -> Family {
-    if path == "/api"
+    // KFP's persistence-agent report endpoints live under `/apis/v1beta1/` but are Pipelines.
+    if path.starts_with("/pipeline/apis/")
+        || path == "/apis/v1beta1/workflows"
+        || path == "/apis/v1beta1/scheduledworkflows"
+    {
+        Family::Pipelines
+    } else if path == "/api"
         || path == "/apis"
         || path == "/version"
         || path.starts_with("/api/")
@@ -28,8 +34,6 @@ pub fn family(path: &str) -> Family {
         || path.starts_with("/openapi/")
     {
         Family::Kubernetes
-    } else if path.starts_with("/pipeline/apis/") || path.starts_with("/apis/v1beta1/") {
-        Family::Pipelines
     } else if path.starts_with("/kfam/") {
         Family::Kfam
     } else {

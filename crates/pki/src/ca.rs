@@ -399,6 +399,41 @@ impl CertificateAuthority {
         })
     }
 
+    /// Issues a workload certificate for mutual TLS: serverAuth and clientAuth, a SPIFFE-style
+    /// URI SAN `spiffe://<trust_domain>/ns/<namespace>/sa/<service_account>` and `dns_names`.
+    pub fn issue_workload(
+        &self,
+        trust_domain: &str,
+        namespace: &str,
+        service_account: &str,
+        dns_names: &[String],
+        lifetime: Duration,
+        clock: &dyn Clock,
+    ) -> Result<IssuedCert, PkiError> {
+        let ok = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-._".contains(c));
+        if !(ok(trust_domain) && ok(namespace) && ok(service_account)) {
+            return Err(PkiError::InvalidRequest(
+                "trust domain, namespace and service account must be DNS-like names".into(),
+            ));
+        }
+        let spiffe = format!("spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}");
+        let (mut params, not_after) =
+            self.leaf_params(service_account, lifetime, ExtendedKeyUsagePurpose::ServerAuth, clock)?;
+        params.extended_key_usages.push(ExtendedKeyUsagePurpose::ClientAuth);
+        let mut sans = vec![SanType::URI(Ia5String::try_from(spiffe.as_str())?)];
+        for name in dns_names {
+            sans.push(SanType::DnsName(Ia5String::try_from(name.as_str())?));
+        }
+        params.subject_alt_names = sans;
+        let key = self.alg.generate()?;
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok(IssuedCert {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            not_after,
+        })
+    }
+
     /// Issues a TLS client certificate (EKU clientAuth) the way Kubernetes reads them:
     /// subject CN = user name, one O per group (e.g. `O=system:masters`).
     pub fn issue_client(

@@ -285,7 +285,8 @@ pub fn validate(f: ConfigFile, o: &Overrides, env: &dyn Env) -> Result<Config, C
 
     let mut routes = Vec::new();
     for r in &f.routes {
-        let route = Route::new(&r.prefix, &r.upstream, r.public, r.rewrite_prefix.clone())
+        let tls = r.tls.as_ref().map(|t| (t.mode.clone(), t.server_name.clone()));
+        let route = Route::new(&r.prefix, &r.upstream, r.public, r.rewrite_prefix.clone(), tls)
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         for reserved in ["/dex", "/authservice"] {
             if route.prefix.starts_with(reserved)

@@ -242,6 +242,27 @@ fn write_admin_kubeconfig(
     Ok(())
 }
 
+/// The gateway's workload certificate for mutual TLS to upstreams
+/// (`spiffe://cluster.local/ns/kfsec/sa/gateway`), issued at start.
+fn gateway_identity(
+    ca: &CertificateAuthority,
+    clock: &dyn Clock,
+) -> Result<kfsec_gateway::UpstreamIdentity, ServerError> {
+    let cert = ca.issue_workload(
+        "cluster.local",
+        "kfsec",
+        "gateway",
+        &["kfsec-gateway".to_owned()],
+        Duration::from_secs(30 * 86_400),
+        clock,
+    )?;
+    Ok(kfsec_gateway::UpstreamIdentity {
+        ca_pem: ca.cert_pem().to_owned(),
+        cert_pem: cert.chain_pem(ca),
+        key_pem: cert.key_pem,
+    })
+}
+
 /// Creates the bootstrap admin on first start; returns its password that one time.
 async fn bootstrap(store: &dyn Store, idp: &Idp, rng: &dyn Rng) -> Result<Option<String>, ServerError> {
     const MARK: &str = "/kfsec/bootstrap";
@@ -411,6 +432,7 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
         groups_header: cfg.groups_header.clone(),
         routes: cfg.routes.clone(),
         trusted_proxies: cfg.trusted_proxies.clone(),
+        upstream_identity: Some(gateway_identity(&ca, clock.as_ref())?),
     };
     let app = App::new(
         gw_settings,

@@ -210,6 +210,18 @@ pub struct RouteConfig {
     pub public: bool,
     /// Replace `prefix` with this before proxying.
     pub rewrite_prefix: Option<String>,
+    /// TLS to the upstream (its URL must then be `https://`).
+    pub tls: Option<RouteTlsConfig>,
+}
+
+/// TLS to one upstream: the upstream's certificate must chain to kfsec's internal CA.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RouteTlsConfig {
+    /// `mutual` (kfsec presents its workload certificate) or `simple` (server certificate only).
+    pub mode: String,
+    /// The name the upstream's certificate must carry (default: the upstream URL's host).
+    pub server_name: Option<String>,
 }
 
 /// Session cookie settings.

@@ -283,6 +283,8 @@ async fn service_account_tokens_are_audience_and_account_bound() {
         .unwrap();
     assert_eq!(get("/app/x", &kfp).await.unwrap().status(), 401);
     assert_ne!(get("/pipeline/apis/v1beta1/healthz", &kfp).await.unwrap().status(), 401);
+    // … including the persistence agent's report path, which sits under /apis/v1beta1/
+    assert_ne!(get("/apis/v1beta1/workflows", &kfp).await.unwrap().status(), 401);
     // a foreign audience is refused everywhere
     let other = idp
         .issue_service_account_token("user1", "default-editor", "uid-1", vec!["vault".into()], hour)

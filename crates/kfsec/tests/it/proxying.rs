@@ -173,3 +173,120 @@ fn pem(der: &[u8]) -> String {
         lines.join("\n")
     )
 }
+
+/// A TLS upstream that requires a client certificate from `client_ca` and answers with the
+/// client certificate's subject.
+async fn tls_upstream(listener: TcpListener, cert: kfsec_pki::IssuedCert, client_ca: String) {
+    let resolver = kfsec_pki::ReloadingResolver::from_pem(&cert.cert_pem, &cert.key_pem).unwrap();
+    let cfg = kfsec_pki::server_config_with_client_auth(resolver, false, &client_ca, kfsec_pki::ClientAuth::Required)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut s) = acceptor.accept(tcp).await else { return };
+                let subject = s
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first().cloned())
+                    .map(|d| {
+                        kfsec_pki::client_identity(d.as_ref())
+                            .map(|(u, _)| u)
+                            .unwrap_or_default()
+                    })
+                    .unwrap_or_default();
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if s.read_exact(&mut byte).await.is_err() {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let body = format!("client={subject}");
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = s.write_all(resp.as_bytes()).await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_routes_verify_both_sides() {
+    let trusted = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let foreign = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (pa, pb) = (
+        trusted.local_addr().unwrap().port(),
+        foreign.local_addr().unwrap().port(),
+    );
+    let k = Kfsec::start(&format!(
+        "- prefix: /secure/\n  upstream: https://127.0.0.1:{pa}\n  tls: {{mode: mutual, serverName: upstream-a}}\n\
+         - prefix: /foreign/\n  upstream: https://127.0.0.1:{pb}\n  tls: {{mode: mutual, serverName: upstream-b}}\n"
+    ))
+    .await;
+    let clock = kfsec_types::SystemClock;
+    let hour = Duration::from_secs(3600);
+    // upstream A: a certificate from kfsec's own CA; upstream B: a foreign self-made CA
+    let ca = kfsec_pki::CertificateAuthority::load_or_create(
+        &k._dir.path().join("pki"),
+        kfsec_pki::KeyAlgorithm::Rsa2048,
+        &clock,
+    )
+    .unwrap();
+    let a = ca
+        .issue_workload(
+            "cluster.local",
+            "apps",
+            "upstream-a",
+            &["upstream-a".into()],
+            hour,
+            &clock,
+        )
+        .unwrap();
+    tls_upstream(trusted, a, ca.cert_pem().to_owned()).await;
+    let other_dir = tempfile::tempdir().unwrap();
+    let other =
+        kfsec_pki::CertificateAuthority::load_or_create(other_dir.path(), kfsec_pki::KeyAlgorithm::EcdsaP256, &clock)
+            .unwrap();
+    let b = other
+        .issue_server("upstream-b", &["upstream-b".into()], &[], hour, &clock)
+        .unwrap();
+    tls_upstream(foreign, b, ca.cert_pem().to_owned()).await;
+
+    let mut br = k.client();
+    assert_eq!(br.login("/", USER, PASSWORD).await.0.status(), 200);
+    let r = br.get("/secure/x").await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.text().await.unwrap(),
+        "client=gateway",
+        "the gateway presented its workload certificate"
+    );
+    let r = br.get("/foreign/x").await;
+    assert_eq!(r.status(), 502);
+    let body = r.text().await.unwrap();
+    assert!(body.contains("TLS to the upstream failed"), "{body}");
+
+    // a client without a certificate is refused by the mutual-TLS upstream
+    let mut cfg = kfsec_pki::client_config_trusting(ca.cert_pem()).unwrap();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = TcpStream::connect(("127.0.0.1", pa)).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("upstream-a").unwrap();
+    let refused = match tokio_rustls::TlsConnector::from(Arc::new(cfg)).connect(name, tcp).await {
+        Err(_) => true,
+        Ok(mut s) => {
+            // TLS 1.3 reports the missing certificate after the handshake, on first use
+            let _ = s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await;
+            let mut buf = [0u8; 64];
+            !matches!(s.read(&mut buf).await, Ok(n) if n > 0)
+        }
+    };
+    assert!(refused, "no client certificate, no service");
+    k.running.shutdown().await;
+}
