@@ -83,6 +83,13 @@ enum Cmd {
     /// Explain the answer: the binding and rule that allow it, or the user's bindings and why
     /// none matched.
     Why(Question),
+    /// Certificates of the internal CA.
+    Cert {
+        #[command(subcommand)]
+        cmd: CertCmd,
+        #[command(flatten)]
+        common: Common,
+    },
     /// Log in to a kfsec server with the device flow and write a kubeconfig with your token.
     Login {
         /// The front door, e.g. https://localhost:8443.
@@ -203,6 +210,103 @@ fn print_explanation(e: &serde_json::Value) {
     }
     if let Some(summary) = e["summary"].as_str().filter(|x| !x.is_empty()) {
         println!("{summary}");
+    }
+}
+
+#[derive(Subcommand)]
+enum CertCmd {
+    /// List the certificates in the data directory: subject, SANs, issuer, expiry.
+    List,
+    /// Issue a serving certificate for a Kubernetes service (`NAME`, `NAME.NS`, `NAME.NS.svc`,
+    /// `NAME.NS.svc.cluster.local`) into DIR: tls.crt, tls.key (0600), ca.crt.
+    Issue {
+        /// Service name.
+        #[arg(long)]
+        service: String,
+        /// Namespace.
+        #[arg(long)]
+        namespace: String,
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+        /// Lifetime, e.g. 2160h.
+        #[arg(long, default_value = "2160h")]
+        duration: String,
+    },
+}
+
+fn pki_dir(common: &Common) -> Result<PathBuf> {
+    let dir = common
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("kfsec-data"))
+        .join("pki");
+    if !dir.join("ca.crt").exists() {
+        bail!(
+            "no internal CA in {} (start kfsec serve once, or pass --data-dir)",
+            dir.display()
+        );
+    }
+    Ok(dir)
+}
+
+fn cert_cmd(cmd: CertCmd, common: &Common) -> Result<()> {
+    let dir = pki_dir(common)?;
+    let clock = kfsec_types::SystemClock;
+    match cmd {
+        CertCmd::List => {
+            let mut files: Vec<PathBuf> = Vec::new();
+            let mut stack = vec![dir.clone()];
+            while let Some(d) = stack.pop() {
+                for e in std::fs::read_dir(&d)? {
+                    let p = e?.path();
+                    if p.is_dir() {
+                        stack.push(p);
+                    } else if p.extension().is_some_and(|x| x == "crt") {
+                        files.push(p);
+                    }
+                }
+            }
+            files.sort();
+            let now = kfsec_types::Clock::now(&clock);
+            for f in files {
+                let info = kfsec_pki::parse_cert_pem(&std::fs::read_to_string(&f)?)?;
+                let days = info.not_after.since(now).as_secs() / 86_400;
+                println!("{}", f.strip_prefix(&dir).unwrap_or(&f).display());
+                println!("  subject: {}\n  issuer:  {}", info.subject, info.issuer);
+                if !info.sans.is_empty() {
+                    println!("  SANs:    {}", info.sans.join(", "));
+                }
+                println!("  expires: {} ({days} days)", info.not_after.to_rfc3339());
+            }
+            Ok(())
+        }
+        CertCmd::Issue {
+            service,
+            namespace,
+            out,
+            duration,
+        } => {
+            let lifetime = kfsec_types::config::parse_duration(&duration).map_err(anyhow::Error::msg)?;
+            let ca = kfsec_pki::CertificateAuthority::load_or_create(&dir, kfsec_pki::KeyAlgorithm::Rsa2048, &clock)?;
+            let names: Vec<String> = vec![
+                service.clone(),
+                format!("{service}.{namespace}"),
+                format!("{service}.{namespace}.svc"),
+                format!("{service}.{namespace}.svc.cluster.local"),
+            ];
+            let cert = ca.issue_server(&format!("{service}.{namespace}.svc"), &names, &[], lifetime, &clock)?;
+            std::fs::create_dir_all(&out)?;
+            std::fs::write(out.join("tls.crt"), cert.chain_pem(&ca))?;
+            kfsec_pki::write_private_file(&out.join("tls.key"), cert.key_pem.as_bytes())?;
+            std::fs::write(out.join("ca.crt"), ca.cert_pem())?;
+            println!(
+                "wrote {0}/tls.crt, {0}/tls.key (0600), {0}/ca.crt for {1}",
+                out.display(),
+                names.join(", ")
+            );
+            Ok(())
+        }
     }
 }
 
@@ -442,6 +546,7 @@ async fn main() -> Result<()> {
                 other => print(other),
             }
         }
+        Cmd::Cert { cmd, common } => cert_cmd(cmd, &common),
         Cmd::Login {
             server,
             ca_file,

@@ -24,6 +24,8 @@ pub struct CertInfo {
     pub subject: String,
     /// Issuer distinguished name.
     pub issuer: String,
+    /// Subject alternative names as text (`DNS:x`, `IP:1.2.3.4`, `URI:spiffe://…`).
+    pub sans: Vec<String>,
 }
 
 /// Describes the first certificate in a PEM bundle.
@@ -57,6 +59,7 @@ pub(crate) fn parse_cert_der(der: &[u8]) -> Result<CertInfo, PkiError> {
             .collect(),
         subject: cert.subject().to_string(),
         issuer: cert.issuer().to_string(),
+        sans: sans_of(&cert),
     })
 }
 
@@ -89,4 +92,25 @@ pub fn client_identity(der: &[u8]) -> Result<(String, Vec<String>), PkiError> {
         .map(str::to_owned)
         .collect();
     Ok((user, groups))
+}
+
+fn sans_of(cert: &X509Certificate<'_>) -> Vec<String> {
+    use x509_parser::extensions::GeneralName;
+    let Ok(Some(ext)) = cert.subject_alternative_name() else { return Vec::new() };
+    ext.value
+        .general_names
+        .iter()
+        .map(|n| match n {
+            GeneralName::DNSName(d) => format!("DNS:{d}"),
+            GeneralName::URI(u) => format!("URI:{u}"),
+            GeneralName::IPAddress(b) => match <[u8; 4]>::try_from(*b) {
+                Ok(v4) => format!("IP:{}", std::net::Ipv4Addr::from(v4)),
+                Err(_) => match <[u8; 16]>::try_from(*b) {
+                    Ok(v6) => format!("IP:{}", std::net::Ipv6Addr::from(v6)),
+                    Err(_) => "IP:?".to_owned(),
+                },
+            },
+            other => format!("{other}"),
+        })
+        .collect()
 }

@@ -40,9 +40,37 @@ impl UnixTime {
     pub fn sub(self, d: Duration) -> Self {
         Self(self.0.saturating_sub(d))
     }
+    /// RFC 3339 in UTC with second precision, e.g. `2026-11-22T06:30:00Z`.
+    pub fn to_rfc3339(self) -> String {
+        let secs = self.as_secs();
+        let (days, rem) = (secs / 86_400, secs % 86_400);
+        // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+        let z = days + 719_468;
+        let era = z / 146_097;
+        let doe = z - era * 146_097;
+        let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let day = doy - (153 * mp + 2) / 5 + 1;
+        let month = if mp < 10 { mp + 3 } else { mp - 9 };
+        let year = yoe + era * 400 + u64::from(month <= 2);
+        format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+    }
     /// How long from `earlier` to `self`; zero if `earlier` is later.
     pub fn since(self, earlier: UnixTime) -> Duration {
         self.0.saturating_sub(earlier.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::UnixTime;
+
+    #[test]
+    fn rfc3339() {
+        assert_eq!(UnixTime::from_secs(0).to_rfc3339(), "1970-01-01T00:00:00Z");
+        assert_eq!(UnixTime::from_secs(951_782_400).to_rfc3339(), "2000-02-29T00:00:00Z");
+        assert_eq!(UnixTime::from_secs(1_795_321_800).to_rfc3339(), "2026-11-22T04:30:00Z");
     }
 }
 

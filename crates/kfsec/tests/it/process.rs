@@ -209,6 +209,49 @@ async fn state_survives_kill_9_and_admin_commands_work_while_running() {
     );
     drop(p2);
 
+    // cert list / cert issue: a service certificate that openssl verifies against the CA
+    let out = String::from_utf8_lossy(&cli(dir.path(), &["cert", "list"], None).stdout).to_string();
+    assert!(
+        out.contains("CN=kfsec internal CA") && out.contains("frontdoor.crt") && out.contains("DNS:localhost"),
+        "{out}"
+    );
+    let wh = dir.path().join("webhook-cert");
+    let o = cli(
+        dir.path(),
+        &[
+            "cert",
+            "issue",
+            "--service",
+            "admission-webhook-service",
+            "--namespace",
+            "kubeflow",
+            "--out",
+            wh.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(wh.join("tls.key")).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let v = Command::new("openssl")
+        .arg("verify")
+        .arg("-CAfile")
+        .arg(wh.join("ca.crt"))
+        .arg(wh.join("tls.crt"))
+        .output()
+        .unwrap();
+    assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
+    let san = Command::new("openssl")
+        .args(["x509", "-noout", "-ext", "subjectAltName", "-in"])
+        .arg(wh.join("tls.crt"))
+        .output()
+        .unwrap();
+    let san = String::from_utf8_lossy(&san.stdout).to_string();
+    assert!(san.contains("DNS:admission-webhook-service.kubeflow.svc"), "{san}");
+
     // with the server stopped, commands open the store directly
     let list = String::from_utf8_lossy(&cli(dir.path(), &["user", "list"], None).stdout).to_string();
     assert!(
