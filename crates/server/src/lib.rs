@@ -9,6 +9,7 @@ pub mod admin;
 pub mod config;
 pub mod rbac;
 pub mod tokenreview;
+pub mod webhooks;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -392,6 +393,7 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
             idp: idp.clone(),
             store: store.clone(),
         }))
+        .admission(webhooks::InProcessAdmission::new(store.clone()))
         .build();
     rbac::install_defaults(&api, ADMIN_GROUP)
         .await

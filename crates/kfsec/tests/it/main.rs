@@ -2,6 +2,7 @@
 //! with real clients (HTTP/2 over TLS, an OpenID Connect relying party, openssl, the CLI).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod admission;
 mod attacks;
 mod device;
 mod flow;

@@ -8,20 +8,20 @@ use crate::harness::*;
 const USER2: &str = "test.user2@example.org";
 const PASSWORD2: &str = "user2 password here";
 
-struct Kubectl {
+pub struct Kubectl {
     kubeconfig: PathBuf,
     cache: tempfile::TempDir,
 }
 
 impl Kubectl {
-    fn new(data_dir: &Path) -> Self {
+    pub fn new(data_dir: &Path) -> Self {
         Self {
             kubeconfig: data_dir.join("admin.kubeconfig"),
             cache: tempfile::tempdir().unwrap(),
         }
     }
 
-    async fn run(&self, args: &[&str], stdin: Option<&str>) -> (i32, String, String) {
+    pub async fn run(&self, args: &[&str], stdin: Option<&str>) -> (i32, String, String) {
         use tokio::io::AsyncWriteExt;
         let mut c = tokio::process::Command::new("kubectl")
             .arg("--kubeconfig")

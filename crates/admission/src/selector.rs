@@ -1,0 +1,486 @@
+//! Kubernetes label selectors (`metav1.LabelSelector`): decoding from JSON, the validation done by
+//! `LabelSelectorAsSelector` (with apimachinery's error text), and matching against label sets.
+//!
+//! Invariants: an empty selector matches everything, exactly as upstream; a selector that fails
+//! validation never matches anything — callers get the error instead; matching is a pure function
+//! of the selector and the labels.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde_json::{Map, Value};
+
+use crate::gofmt::{self, BadValue, FieldError};
+
+/// One `matchExpressions` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Requirement {
+    /// Label key.
+    pub key: String,
+    /// `In`, `NotIn`, `Exists` or `DoesNotExist` (anything else fails validation).
+    pub operator: String,
+    /// Values (for `In` / `NotIn`).
+    pub values: Vec<String>,
+}
+
+/// A `metav1.LabelSelector` as written.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LabelSelector {
+    /// `matchLabels`.
+    pub match_labels: BTreeMap<String, String>,
+    /// `matchExpressions`.
+    pub match_expressions: Vec<Requirement>,
+}
+
+/// A validated selector, ready to match.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Selector {
+    reqs: Vec<(String, Op, Vec<String>)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Op {
+    In,
+    NotIn,
+    Exists,
+    DoesNotExist,
+}
+
+impl LabelSelector {
+    /// A selector from `matchLabels` only.
+    pub fn from_labels<'a>(labels: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
+        Self {
+            match_labels: labels
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            match_expressions: Vec::new(),
+        }
+    }
+
+    /// Decodes a selector; `null` or absent members are empty. Errors describe a type mismatch.
+    pub fn from_value(v: &Value) -> Result<Self, String> {
+        let obj = match v {
+            Value::Null => return Ok(Self::default()),
+            Value::Object(o) => o,
+            _ => return Err("selector: expected an object".into()),
+        };
+        let mut out = Self::default();
+        match obj.get("matchLabels") {
+            None | Some(Value::Null) => {}
+            Some(Value::Object(m)) => {
+                for (k, v) in m {
+                    match v {
+                        Value::String(s) => {
+                            out.match_labels.insert(k.clone(), s.clone());
+                        }
+                        Value::Null => {
+                            out.match_labels.insert(k.clone(), String::new());
+                        }
+                        _ => return Err(format!("selector.matchLabels.{k}: expected a string")),
+                    }
+                }
+            }
+            Some(_) => return Err("selector.matchLabels: expected an object".into()),
+        }
+        match obj.get("matchExpressions") {
+            None | Some(Value::Null) => {}
+            Some(Value::Array(items)) => {
+                for (i, item) in items.iter().enumerate() {
+                    let Value::Object(e) = item else {
+                        return Err(format!("selector.matchExpressions[{i}]: expected an object"));
+                    };
+                    let key = str_member(e, "key").map_err(|m| format!("selector.matchExpressions[{i}].{m}"))?;
+                    let operator =
+                        str_member(e, "operator").map_err(|m| format!("selector.matchExpressions[{i}].{m}"))?;
+                    let values = match e.get("values") {
+                        None | Some(Value::Null) => Vec::new(),
+                        Some(Value::Array(vs)) => {
+                            let mut out = Vec::with_capacity(vs.len());
+                            for v in vs {
+                                match v {
+                                    Value::String(s) => out.push(s.clone()),
+                                    _ => {
+                                        return Err(format!("selector.matchExpressions[{i}].values: expected strings"));
+                                    }
+                                }
+                            }
+                            out
+                        }
+                        Some(_) => return Err(format!("selector.matchExpressions[{i}].values: expected an array")),
+                    };
+                    out.match_expressions.push(Requirement { key, operator, values });
+                }
+            }
+            Some(_) => return Err("selector.matchExpressions: expected an array".into()),
+        }
+        Ok(out)
+    }
+
+    /// True when both lists are empty (the selector matches everything).
+    pub fn is_empty(&self) -> bool {
+        self.match_labels.is_empty() && self.match_expressions.is_empty()
+    }
+
+    /// `metav1.LabelSelectorAsSelector`: validates keys, values and operators. The error is
+    /// apimachinery's text (map entries are checked in key order, where Go's order is random).
+    pub fn compile(&self) -> Result<Selector, String> {
+        let mut reqs = Vec::with_capacity(self.match_labels.len() + self.match_expressions.len());
+        for (k, v) in &self.match_labels {
+            check_requirement(k, Op::In, std::slice::from_ref(v), true)?;
+            reqs.push((k.clone(), Op::In, vec![v.clone()]));
+        }
+        for e in &self.match_expressions {
+            let op = match e.operator.as_str() {
+                "In" => Op::In,
+                "NotIn" => Op::NotIn,
+                "Exists" => Op::Exists,
+                "DoesNotExist" => Op::DoesNotExist,
+                other => {
+                    return Err(format!(
+                        "{} is not a valid label selector operator",
+                        gofmt::quote(other)
+                    ));
+                }
+            };
+            check_requirement(&e.key, op, &e.values, false)?;
+            reqs.push((e.key.clone(), op, e.values.clone()));
+        }
+        Ok(Selector { reqs })
+    }
+
+    /// Go's `%v` of the struct value, e.g. `{map[app:x] [{tier In [a b]}]}`.
+    pub fn go_v(&self) -> String {
+        let mut out = String::from("{map[");
+        for (i, (k, v)) in self.match_labels.iter().enumerate() {
+            if i > 0 {
+                out.push(' ');
+            }
+            let _ = write!(out, "{k}:{v}");
+        }
+        out.push_str("] [");
+        for (i, e) in self.match_expressions.iter().enumerate() {
+            if i > 0 {
+                out.push(' ');
+            }
+            let _ = write!(out, "{{{} {} [{}]}}", e.key, e.operator, e.values.join(" "));
+        }
+        out.push_str("]}");
+        out
+    }
+
+    /// The selector as JSON (for manifests).
+    pub fn to_value(&self) -> Value {
+        let mut obj = Map::new();
+        if !self.match_labels.is_empty() {
+            obj.insert(
+                "matchLabels".into(),
+                Value::Object(
+                    self.match_labels
+                        .iter()
+                        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+                        .collect(),
+                ),
+            );
+        }
+        if !self.match_expressions.is_empty() {
+            let exprs = self
+                .match_expressions
+                .iter()
+                .map(|e| {
+                    let mut m = Map::new();
+                    m.insert("key".into(), Value::String(e.key.clone()));
+                    m.insert("operator".into(), Value::String(e.operator.clone()));
+                    if !e.values.is_empty() {
+                        m.insert("values".into(), e.values.iter().cloned().map(Value::String).collect());
+                    }
+                    Value::Object(m)
+                })
+                .collect();
+            obj.insert("matchExpressions".into(), Value::Array(exprs));
+        }
+        Value::Object(obj)
+    }
+}
+
+fn str_member(obj: &Map<String, Value>, name: &str) -> Result<String, String> {
+    match obj.get(name) {
+        None | Some(Value::Null) => Ok(String::new()),
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(_) => Err(format!("{name}: expected a string")),
+    }
+}
+
+impl Selector {
+    /// Matches a label set given as a lookup function.
+    pub fn matches_with<'a>(&self, get: impl Fn(&str) -> Option<&'a str>) -> bool {
+        self.reqs.iter().all(|(key, op, values)| {
+            let found = get(key);
+            match op {
+                Op::In => found.is_some_and(|v| values.iter().any(|x| x == v)),
+                Op::NotIn => found.is_none_or(|v| !values.iter().any(|x| x == v)),
+                Op::Exists => found.is_some(),
+                Op::DoesNotExist => found.is_none(),
+            }
+        })
+    }
+
+    /// Matches labels held as a JSON object (non-string values count as absent).
+    pub fn matches_json(&self, labels: Option<&Map<String, Value>>) -> bool {
+        self.matches_with(|k| labels.and_then(|l| l.get(k)).and_then(Value::as_str))
+    }
+
+    /// Matches a label map.
+    pub fn matches_map(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.matches_with(|k| labels.get(k).map(String::as_str))
+    }
+}
+
+/// `labels.NewRequirement` validation; `equals` marks a `matchLabels` entry (one value).
+fn check_requirement(key: &str, op: Op, values: &[String], equals: bool) -> Result<(), String> {
+    let mut errs = Vec::new();
+    let key_errs = qualified_name_errors(key);
+    if !key_errs.is_empty() {
+        errs.push(FieldError::Invalid {
+            path: "key".into(),
+            value: BadValue::Str(key.to_string()),
+            detail: key_errs.join("; "),
+        });
+    }
+    let vals = || {
+        if values.is_empty() {
+            "[]string(nil)".to_string()
+        } else {
+            gofmt::sharp_v_strings(values)
+        }
+    };
+    if equals {
+        if values.len() != 1 {
+            errs.push(FieldError::Invalid {
+                path: "values".into(),
+                value: BadValue::Raw(vals()),
+                detail: "exact-match compatibility requires one single value".into(),
+            });
+        }
+    } else {
+        match op {
+            Op::In | Op::NotIn if values.is_empty() => errs.push(FieldError::Invalid {
+                path: "values".into(),
+                value: BadValue::Raw(vals()),
+                detail: "for 'in', 'notin' operators, values set can't be empty".into(),
+            }),
+            Op::Exists | Op::DoesNotExist if !values.is_empty() => errs.push(FieldError::Invalid {
+                path: "values".into(),
+                value: BadValue::Raw(vals()),
+                detail: "values set must be empty for exists and does not exist".into(),
+            }),
+            _ => {}
+        }
+    }
+    for (i, v) in values.iter().enumerate() {
+        let v_errs = label_value_errors(v);
+        if !v_errs.is_empty() {
+            errs.push(FieldError::Invalid {
+                path: format!("values[{i}]"),
+                value: BadValue::Str(v.clone()),
+                detail: v_errs.join("; "),
+            });
+        }
+    }
+    if errs.is_empty() {
+        Ok(())
+    } else {
+        Err(gofmt::field_errors(&errs))
+    }
+}
+
+const QNAME_FMT: &str = "([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]";
+const QNAME_MSG: &str =
+    "must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character";
+const DNS1123_SUBDOMAIN_FMT: &str = "[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*";
+const DNS1123_SUBDOMAIN_MSG: &str = "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character";
+const LABEL_VALUE_MSG: &str = "a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character";
+
+/// apimachinery `RegexError`.
+fn regex_error(msg: &str, fmt: &str, examples: &[&str]) -> String {
+    if examples.is_empty() {
+        return format!("{msg} (regex used for validation is '{fmt}')");
+    }
+    let mut out = format!("{msg} (e.g. ");
+    for (i, e) in examples.iter().enumerate() {
+        if i > 0 {
+            out.push_str(" or ");
+        }
+        let _ = write!(out, "'{e}', ");
+    }
+    let _ = write!(out, "regex used for validation is '{fmt}')");
+    out
+}
+
+fn is_qname_part(s: &str) -> bool {
+    let b = s.as_bytes();
+    match (b.first(), b.last()) {
+        (Some(f), Some(l)) => {
+            f.is_ascii_alphanumeric()
+                && l.is_ascii_alphanumeric()
+                && b.iter()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+        }
+        _ => false,
+    }
+}
+
+fn is_dns1123_label(s: &str) -> bool {
+    let b = s.as_bytes();
+    let ok = |c: &u8| c.is_ascii_lowercase() || c.is_ascii_digit();
+    match (b.first(), b.last()) {
+        (Some(f), Some(l)) => ok(f) && ok(l) && b.iter().all(|c| ok(c) || *c == b'-'),
+        _ => false,
+    }
+}
+
+/// apimachinery `IsDNS1123Subdomain`.
+pub(crate) fn dns1123_subdomain_errors(s: &str) -> Vec<String> {
+    let mut errs = Vec::new();
+    if s.len() > 253 {
+        errs.push("must be no more than 253 characters".to_string());
+    }
+    if !s.split('.').all(is_dns1123_label) {
+        errs.push(regex_error(
+            DNS1123_SUBDOMAIN_MSG,
+            DNS1123_SUBDOMAIN_FMT,
+            &["example.com"],
+        ));
+    }
+    errs
+}
+
+/// apimachinery `IsQualifiedName`.
+pub(crate) fn qualified_name_errors(value: &str) -> Vec<String> {
+    let mut errs = Vec::new();
+    let parts: Vec<&str> = value.split('/').collect();
+    let name = match parts.as_slice() {
+        [name] => *name,
+        [prefix, name] => {
+            if prefix.is_empty() {
+                errs.push("prefix part must be non-empty".to_string());
+            } else {
+                errs.extend(
+                    dns1123_subdomain_errors(prefix)
+                        .into_iter()
+                        .map(|m| format!("prefix part {m}")),
+                );
+            }
+            *name
+        }
+        _ => {
+            errs.push(format!(
+                "a qualified name {} with an optional DNS subdomain prefix and '/' (e.g. 'example.com/MyName')",
+                regex_error(QNAME_MSG, QNAME_FMT, &["MyName", "my.name", "123-abc"])
+            ));
+            return errs;
+        }
+    };
+    if name.is_empty() {
+        errs.push("name part must be non-empty".to_string());
+    } else if name.len() > 63 {
+        errs.push("name part must be no more than 63 characters".to_string());
+    }
+    if !is_qname_part(name) {
+        errs.push(format!(
+            "name part {}",
+            regex_error(QNAME_MSG, QNAME_FMT, &["MyName", "my.name", "123-abc"])
+        ));
+    }
+    errs
+}
+
+/// apimachinery `IsValidLabelValue`.
+pub(crate) fn label_value_errors(value: &str) -> Vec<String> {
+    let mut errs = Vec::new();
+    if value.len() > 63 {
+        errs.push("must be no more than 63 characters".to_string());
+    }
+    if !value.is_empty() && !is_qname_part(value) {
+        errs.push(regex_error(
+            LABEL_VALUE_MSG,
+            &format!("({QNAME_FMT})?"),
+            &["MyValue", "my_value", "12345"],
+        ));
+    }
+    errs
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use serde_json::json;
+
+    use super::*;
+
+    fn sel(v: Value) -> Selector {
+        LabelSelector::from_value(&v).unwrap().compile().unwrap()
+    }
+
+    #[test]
+    fn empty_selector_matches_everything() {
+        assert!(sel(json!({})).matches_json(None));
+        assert!(sel(Value::Null).matches_json(Some(&Map::new())));
+    }
+
+    #[test]
+    fn match_labels_and_expressions() {
+        let s = sel(json!({
+            "matchLabels": {"app": "nb"},
+            "matchExpressions": [
+                {"key": "tier", "operator": "In", "values": ["a", "b"]},
+                {"key": "gpu", "operator": "NotIn", "values": ["no"]},
+                {"key": "team", "operator": "Exists"},
+                {"key": "skip", "operator": "DoesNotExist"}
+            ]
+        }));
+        let l = json!({"app": "nb", "tier": "b", "team": "x"});
+        assert!(s.matches_json(l.as_object()));
+        let l = json!({"app": "nb", "tier": "b", "team": "x", "gpu": "no"});
+        assert!(!s.matches_json(l.as_object()));
+        let l = json!({"app": "nb", "tier": "c", "team": "x"});
+        assert!(!s.matches_json(l.as_object()));
+        let l = json!({"app": "nb", "tier": "a", "team": "x", "skip": ""});
+        assert!(!s.matches_json(l.as_object()));
+    }
+
+    #[test]
+    fn invalid_operator_and_values() {
+        let s = LabelSelector::from_value(&json!({"matchExpressions": [{"key": "a", "operator": "Foo"}]})).unwrap();
+        assert_eq!(
+            s.compile().unwrap_err(),
+            "\"Foo\" is not a valid label selector operator"
+        );
+        assert_eq!(s.go_v(), "{map[] [{a Foo []}]}");
+        let s = LabelSelector::from_value(&json!({"matchExpressions": [{"key": "a", "operator": "In"}]})).unwrap();
+        assert_eq!(
+            s.compile().unwrap_err(),
+            "values: Invalid value: []string(nil): for 'in', 'notin' operators, values set can't be empty"
+        );
+        let s = LabelSelector::from_value(&json!({"matchLabels": {"bad key": "v"}})).unwrap();
+        assert!(
+            s.compile()
+                .unwrap_err()
+                .starts_with("key: Invalid value: \"bad key\": name part must consist of")
+        );
+    }
+
+    #[test]
+    fn qualified_names() {
+        assert!(qualified_name_errors("app.kubernetes.io/part-of").is_empty());
+        assert!(qualified_name_errors("a").is_empty());
+        assert_eq!(
+            qualified_name_errors("/a"),
+            vec!["prefix part must be non-empty".to_string()]
+        );
+        assert_eq!(qualified_name_errors("a/b/c").len(), 1);
+        assert!(label_value_errors("").is_empty());
+        assert!(!label_value_errors("-a").is_empty());
+    }
+}
