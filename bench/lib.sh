@@ -82,7 +82,7 @@ EOF
 kfsec_start() {
   local data="$1" cfg="$2" port="$3" admin="$4"
   RUST_LOG="${RUST_LOG:-warn}" NO_COLOR=1 "$KFSEC_RELEASE" serve --config "$cfg" --data-dir "$data" \
-    --https-addr "127.0.0.1:$port" --admin-addr "127.0.0.1:$admin" \
+    --https-addr "127.0.0.1:$port" --admin-addr "127.0.0.1:$admin" --webhook-addr 127.0.0.1:0 \
     >>"$BENCH_TMP/kfsec.out" 2>>"$BENCH_TMP/kfsec.log" &
   KFSEC_PID=$!
   BENCH_PIDS+=("$KFSEC_PID")

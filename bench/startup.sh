@@ -45,7 +45,7 @@ env = dict(os.environ, RUST_LOG="warn", NO_COLOR="1")
 with open(logpath, "ab") as log:
     t0 = time.monotonic()
     p = subprocess.Popen([binary, "serve", "--config", cfg, "--data-dir", data,
-                          "--https-addr", f"127.0.0.1:{port}", "--admin-addr", f"127.0.0.1:{admin}"],
+                          "--https-addr", f"127.0.0.1:{port}", "--admin-addr", f"127.0.0.1:{admin}", "--webhook-addr", "127.0.0.1:0"],
                          stdout=subprocess.DEVNULL, stderr=log, env=env)
     try:
         ready = None

@@ -106,6 +106,8 @@ fi
 if { [ "$TEST_BUILD_OK" = 1 ] && [ -x target/debug/kfsec ]; } || step build cargo build -p kfsec; then
   step browser logged browser env KFSEC_BIN="$ROOT/target/debug/kfsec" node tests/browser/login.mjs || true
   step kfp logged kfp env KFSEC_BIN="$ROOT/target/debug/kfsec" bash tests/kfp/run.sh || true
+  # Short fuzz run of AdmissionReview parsing and PodDefault application (cargo-fuzz, stable).
+  step fuzz env FUZZ_SECONDS="${FUZZ_SECONDS:-10}" bash scripts/fuzz-smoke.sh || true
 else
   skip browser "kfsec did not build"
   skip kfp "kfsec did not build"

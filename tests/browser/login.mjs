@@ -114,7 +114,7 @@ async function main() {
   kfsec = spawn(
     BIN,
     ['serve', '--config', configPath, '--data-dir', dataDir,
-      '--https-addr', `127.0.0.1:${httpsPort}`, '--admin-addr', `127.0.0.1:${adminPort}`],
+      '--https-addr', `127.0.0.1:${httpsPort}`, '--admin-addr', `127.0.0.1:${adminPort}`, '--webhook-addr', '127.0.0.1:0'],
     { stdio: ['ignore', fd, fd], env: { ...process.env, RUST_LOG: process.env.RUST_LOG || 'info', NO_COLOR: '1' } },
   );
   closeSync(fd);

@@ -51,7 +51,7 @@ trap cleanup EXIT
 
 PORT="$("$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
 BASE="https://localhost:$PORT"
-"$KFSEC_BIN" serve --data-dir "$DATA" --https-addr "127.0.0.1:$PORT" --admin-addr 127.0.0.1:0 \
+"$KFSEC_BIN" serve --data-dir "$DATA" --https-addr "127.0.0.1:$PORT" --admin-addr 127.0.0.1:0 --webhook-addr 127.0.0.1:0 \
   >"$TMP/kfsec.out" 2>"$TMP/kfsec.log" &
 PID=$!
 for _ in $(seq 1 300); do

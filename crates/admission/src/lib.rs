@@ -23,7 +23,11 @@
 //! - Katib's trial pod mutator adds the trial labels and `KATIB_TRIAL_NAME` but does not inject the
 //!   metrics-collector sidecar (that needs images and entrypoints from registries); the validator
 //!   does not check templates kept in ConfigMaps, the FromVolume PV, or the batch Job conversion.
-//! - KServe's validator skips storage-URI, GPU-type and autoscaler-metric checks.
+//! - KServe's validator skips storage-URI, GPU-type and autoscaler-metric checks; KServe's pod
+//!   mutator (`/mutate-pods`, storage initializer and agent injection) is not provided.
+//! - The PodDefault webhook is registered as `poddefaults-webhook-deployment.kubeflow.org` behind
+//!   `poddefaults-webhook-service` (the `kubeflow/dashboard` manifests; Kubeflow ≤ 1.9 manifests
+//!   used `admission-webhook-deployment.kubeflow.org`).
 
 pub mod chain;
 pub(crate) mod gofmt;
@@ -41,8 +45,8 @@ pub use json_patch;
 pub use poddefault::{PodDefault, PodDefaultError, PodDefaultSet, PodDefaultWebhook, apply_poddefaults};
 pub use registration::{Registration, manifests};
 pub use review::{
-    ADMISSION_V1, ADMISSION_V1BETA1, AdmissionRequest, AdmissionReview, Operation, ReviewError, encode_response,
-    parse_review, review, review_parsed,
+    ADMISSION_V1, ADMISSION_V1BETA1, AdmissionRequest, AdmissionReview, GroupVersionKind, GroupVersionResource,
+    Operation, ReviewError, UserInfo, encode_response, parse_review, review, review_parsed,
 };
 pub use webhook::{AdmissionOutcome, Context, Settings, Webhook};
 

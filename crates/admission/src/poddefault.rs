@@ -140,36 +140,86 @@ impl PodDefault {
     }
 }
 
-/// The PodDefaults of one namespace, decoded; cheap to clone (the lead caches one per namespace
-/// and store revision).
+/// The PodDefaults of one namespace, decoded and indexed by the label each selector requires;
+/// cheap to clone (the caller can cache one per namespace and store revision).
 #[derive(Debug, Clone, Default)]
-pub struct PodDefaultSet(Arc<[PodDefault]>);
+pub struct PodDefaultSet(Arc<SetInner>);
+
+#[derive(Debug, Default)]
+struct SetInner {
+    pds: Vec<PodDefault>,
+    /// PodDefaults whose selector requires label `key` (an `In` requirement), by key.
+    by_label: HashMap<String, Vec<usize>>,
+    /// PodDefaults that may match a pod without any particular label.
+    unindexed: Vec<usize>,
+    /// The first PodDefault that does not decode.
+    first_invalid_spec: Option<usize>,
+    /// The first PodDefault whose selector is invalid.
+    first_invalid_selector: Option<usize>,
+}
 
 impl PodDefaultSet {
     /// Decodes stored PodDefaults, keeping their order.
     pub fn from_values(values: &[Value]) -> Self {
-        Self(values.iter().map(PodDefault::from_value).collect())
+        values.iter().map(PodDefault::from_value).collect()
     }
 
     /// Number of PodDefaults.
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.0.pds.len()
     }
 
     /// True when there are none.
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.0.pds.is_empty()
     }
 
-    /// The PodDefaults.
+    /// The PodDefaults, in list order.
     pub fn as_slice(&self) -> &[PodDefault] {
-        &self.0
+        &self.0.pds
+    }
+
+    /// Indices of the PodDefaults that could match a pod with these labels, in list order.
+    fn candidates(&self, labels: Option<&Map<String, Value>>) -> Vec<usize> {
+        let mut out = self.0.unindexed.clone();
+        if let Some(labels) = labels {
+            for (k, v) in labels {
+                if v.is_string()
+                    && let Some(idx) = self.0.by_label.get(k)
+                {
+                    out.extend_from_slice(idx);
+                }
+            }
+        }
+        out.sort_unstable();
+        out.dedup();
+        out
     }
 }
 
 impl FromIterator<PodDefault> for PodDefaultSet {
     fn from_iter<I: IntoIterator<Item = PodDefault>>(iter: I) -> Self {
-        Self(iter.into_iter().collect())
+        let mut inner = SetInner {
+            pds: iter.into_iter().collect(),
+            ..SetInner::default()
+        };
+        for (i, pd) in inner.pds.iter().enumerate() {
+            if pd.spec.is_err() && inner.first_invalid_spec.is_none() {
+                inner.first_invalid_spec = Some(i);
+            }
+            match &pd.compiled {
+                Err(_) => {
+                    if inner.first_invalid_selector.is_none() {
+                        inner.first_invalid_selector = Some(i);
+                    }
+                }
+                Ok(sel) => match sel.required_key() {
+                    Some(key) => inner.by_label.entry(key.to_string()).or_default().push(i),
+                    None => inner.unindexed.push(i),
+                },
+            }
+        }
+        Self(Arc::new(inner))
     }
 }
 
@@ -702,26 +752,34 @@ fn write(pod: &Value, plan: Plan, pds: &[&PodDefault]) -> Value {
 
 /// Applies the PodDefaults of `set` to `pod` (whose namespace is `namespace`, which wins over
 /// `metadata.namespace` when non-empty). `Ok(None)` means the pod is left unchanged.
-pub fn apply_set(pod: &Value, namespace: &str, set: &[PodDefault]) -> Result<Option<Value>, PodDefaultError> {
+pub fn apply_set(pod: &Value, namespace: &str, set: &PodDefaultSet) -> Result<Option<Value>, PodDefaultError> {
     let v = view(pod).map_err(PodDefaultError::InvalidPod)?;
     let ns = if v.namespace.is_empty() { namespace } else { v.namespace };
     let annotated = |k: &str| v.annotations.iter().find(|(a, _)| a == k).map(|(_, val)| val.as_str());
     if annotated(EXCLUDE_ANNOTATION) == Some("true") || annotated(MIRROR_POD_ANNOTATION).is_some() {
         return Ok(None);
     }
-    if let Some(bad) = set.iter().find_map(|pd| pd.spec.as_ref().err()) {
+    let all = set.as_slice();
+    // Upstream decodes the whole list first, then walks every selector: one bad PodDefault
+    // fails every pod of the namespace.
+    if let Some(bad) = set.0.first_invalid_spec.and_then(|i| all.get(i))
+        && let Err(e) = &bad.spec
+    {
         return Err(PodDefaultError::InvalidPodDefault(format!(
-            "error fetching poddefaults: {bad}"
+            "error fetching poddefaults: {e}"
+        )));
+    }
+    if let Some(bad) = set.0.first_invalid_selector.and_then(|i| all.get(i))
+        && let Err(e) = &bad.compiled
+    {
+        return Err(PodDefaultError::InvalidSelector(format!(
+            "label selector conversion failed: {} for selector: {e}",
+            bad.selector.go_v()
         )));
     }
     let mut matching: Vec<&PodDefault> = Vec::new();
-    for pd in set {
-        let selector = pd.compiled.as_ref().map_err(|e| {
-            PodDefaultError::InvalidSelector(format!(
-                "label selector conversion failed: {} for selector: {e}",
-                pd.selector.go_v()
-            ))
-        })?;
+    for pd in set.candidates(v.labels).into_iter().filter_map(|i| all.get(i)) {
+        let Ok(selector) = &pd.compiled else { continue };
         if !selector.matches_json(v.labels) {
             continue;
         }
@@ -757,7 +815,7 @@ pub fn apply_set(pod: &Value, namespace: &str, set: &[PodDefault]) -> Result<Opt
 /// PodDefaults whose `metadata.namespace` differs from the pod's are skipped; a PodDefault without
 /// a namespace is taken to be in the pod's namespace.
 pub fn apply_poddefaults(pod: &Value, defaults: &[Value]) -> Result<Value, PodDefaultError> {
-    let set: Vec<PodDefault> = defaults.iter().map(PodDefault::from_value).collect();
+    let set = PodDefaultSet::from_values(defaults);
     Ok(apply_set(pod, "", &set)?.unwrap_or_else(|| pod.clone()))
 }
 
@@ -801,11 +859,55 @@ impl Webhook for PodDefaultWebhook {
         let Some(pod) = &req.object else {
             return AdmissionOutcome::deny(400, "cannot decode pod: the request has no object");
         };
-        match apply_set(pod, &req.namespace, ctx.pod_defaults.as_slice()) {
+        match apply_set(pod, &req.namespace, &ctx.pod_defaults) {
             Ok(None) => AdmissionOutcome::Allow,
             Ok(Some(after)) => AdmissionOutcome::from_mutation(pod, &after),
             Err(PodDefaultError::Conflict { message, .. }) => AdmissionOutcome::deny(403, message),
             Err(e) => AdmissionOutcome::deny(400, e.to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn label_index_never_hides_a_match() {
+        let selectors = [
+            json!({}),
+            json!({"matchLabels": {"a": "1"}}),
+            json!({"matchLabels": {"a": "1", "b": "2"}}),
+            json!({"matchExpressions": [{"key": "b", "operator": "In", "values": ["2", "3"]}]}),
+            json!({"matchExpressions": [{"key": "a", "operator": "NotIn", "values": ["1"]}]}),
+            json!({"matchExpressions": [{"key": "c", "operator": "Exists"}]}),
+            json!({"matchExpressions": [{"key": "c", "operator": "DoesNotExist"}]}),
+        ];
+        let pds: Vec<Value> = selectors
+            .iter()
+            .enumerate()
+            .map(|(i, s)| json!({"metadata": {"name": format!("pd{i}")}, "spec": {"selector": s}}))
+            .collect();
+        let set = PodDefaultSet::from_values(&pds);
+        let label_sets = [
+            json!({}),
+            json!({"a": "1"}),
+            json!({"a": "2", "b": "2"}),
+            json!({"b": "3", "c": ""}),
+            json!({"a": "1", "b": "2", "c": "x"}),
+        ];
+        for labels in &label_sets {
+            let labels = labels.as_object();
+            let candidates = set.candidates(labels);
+            for (i, pd) in set.as_slice().iter().enumerate() {
+                let matches = pd.compiled.as_ref().unwrap().matches_json(labels);
+                assert!(!matches || candidates.contains(&i), "{} hidden for {labels:?}", pd.name);
+            }
+            assert!(candidates.windows(2).all(|w| w[0] < w[1]), "list order kept");
         }
     }
 }

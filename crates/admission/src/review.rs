@@ -101,6 +101,17 @@ pub struct GroupVersionResource {
     pub resource: String,
 }
 
+impl GroupVersionKind {
+    /// Builds one.
+    pub fn new(group: &str, version: &str, kind: &str) -> Self {
+        Self {
+            group: group.into(),
+            version: version.into(),
+            kind: kind.into(),
+        }
+    }
+}
+
 impl GroupVersionResource {
     /// Builds one.
     pub fn new(group: &str, version: &str, resource: &str) -> Self {
@@ -179,6 +190,29 @@ pub struct AdmissionRequest {
 }
 
 impl AdmissionRequest {
+    /// A request for an in-process admission of `object` (uid empty, no user; set
+    /// `user_info`, `old_object` and `dry_run` as needed).
+    pub fn for_object(
+        operation: Operation,
+        gvk: GroupVersionKind,
+        resource: GroupVersionResource,
+        namespace: &str,
+        name: &str,
+        object: Value,
+    ) -> Self {
+        Self {
+            request_kind: Some(gvk.clone()),
+            request_resource: Some(resource.clone()),
+            kind: gvk,
+            resource,
+            namespace: namespace.into(),
+            name: name.into(),
+            operation,
+            object: Some(object),
+            ..Self::default()
+        }
+    }
+
     /// The object's labels (`metadata.labels`), if any.
     pub fn object_labels(&self) -> Option<&Map<String, Value>> {
         self.object.as_ref().and_then(labels_of)

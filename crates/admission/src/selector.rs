@@ -212,6 +212,14 @@ fn str_member(obj: &Map<String, Value>, name: &str) -> Result<String, String> {
 }
 
 impl Selector {
+    /// A label key every matching label set must have (the first `In` requirement's), if any.
+    pub(crate) fn required_key(&self) -> Option<&str> {
+        self.reqs
+            .iter()
+            .find(|(_, op, _)| *op == Op::In)
+            .map(|(k, _, _)| k.as_str())
+    }
+
     /// Matches a label set given as a lookup function.
     pub fn matches_with<'a>(&self, get: impl Fn(&str) -> Option<&'a str>) -> bool {
         self.reqs.iter().all(|(key, op, values)| {

@@ -54,6 +54,16 @@ enum Cmd {
         /// Admin (metrics, health) listen address [default: 127.0.0.1:9090].
         #[arg(long, env = "KFSEC_ADMIN_ADDR")]
         admin_addr: Option<String>,
+        /// Admission webhooks listen address [default: 0.0.0.0:9443].
+        #[arg(long, env = "KFSEC_WEBHOOK_ADDR")]
+        webhook_addr: Option<String>,
+    },
+    /// Admission webhooks.
+    Webhook {
+        #[command(subcommand)]
+        cmd: WebhookCmd,
+        #[command(flatten)]
+        common: Common,
     },
     /// Manage local users.
     User {
@@ -211,6 +221,16 @@ fn print_explanation(e: &serde_json::Value) {
     if let Some(summary) = e["summary"].as_str().filter(|x| !x.is_empty()) {
         println!("{summary}");
     }
+}
+
+#[derive(Subcommand)]
+enum WebhookCmd {
+    /// Print Mutating/ValidatingWebhookConfiguration YAML with kfsec's CA as caBundle.
+    Manifests {
+        /// Namespace of the webhook Services.
+        #[arg(long, default_value = "kubeflow")]
+        namespace: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -387,11 +407,17 @@ fn init_logging(level: Option<&str>, json: bool) {
     }
 }
 
-async fn serve(common: Common, https_addr: Option<String>, admin_addr: Option<String>) -> Result<()> {
+async fn serve(
+    common: Common,
+    https_addr: Option<String>,
+    admin_addr: Option<String>,
+    webhook_addr: Option<String>,
+) -> Result<()> {
     let overrides = Overrides {
         data_dir: common.data_dir,
         https_addr,
         admin_addr,
+        webhook_addr,
     };
     let cfg = config::load(common.config.as_deref(), &overrides, &ProcessEnv)?;
     init_logging(cfg.log_level.as_deref(), cfg.log_format.as_deref() == Some("json"));
@@ -493,7 +519,18 @@ async fn main() -> Result<()> {
             common,
             https_addr,
             admin_addr,
-        } => serve(common, https_addr, admin_addr).await,
+            webhook_addr,
+        } => serve(common, https_addr, admin_addr, webhook_addr).await,
+        Cmd::Webhook {
+            cmd: WebhookCmd::Manifests { namespace },
+            common,
+        } => {
+            use base64::Engine;
+            let ca = std::fs::read_to_string(pki_dir(&common)?.join("ca.crt"))?;
+            let b64 = base64::engine::general_purpose::STANDARD.encode(ca);
+            print!("{}", kfsec_server::webhook_manifests(&b64, &namespace));
+            Ok(())
+        }
         Cmd::Token {
             cmd:
                 TokenCmd::Create {

@@ -96,7 +96,9 @@ pub fn client_identity(der: &[u8]) -> Result<(String, Vec<String>), PkiError> {
 
 fn sans_of(cert: &X509Certificate<'_>) -> Vec<String> {
     use x509_parser::extensions::GeneralName;
-    let Ok(Some(ext)) = cert.subject_alternative_name() else { return Vec::new() };
+    let Ok(Some(ext)) = cert.subject_alternative_name() else {
+        return Vec::new();
+    };
     ext.value
         .general_names
         .iter()

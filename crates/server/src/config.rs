@@ -72,6 +72,8 @@ pub struct Overrides {
     pub https_addr: Option<String>,
     /// `--admin-addr`.
     pub admin_addr: Option<String>,
+    /// `--webhook-addr`.
+    pub webhook_addr: Option<String>,
 }
 
 /// The validated configuration.
@@ -83,6 +85,8 @@ pub struct Config {
     pub https_addr: SocketAddr,
     /// Admin address.
     pub admin_addr: SocketAddr,
+    /// Webhooks address.
+    pub webhook_addr: SocketAddr,
     /// Public URL (None: derived from the bound address).
     pub public_url: Option<url::Url>,
     /// Issuer (None: `<publicURL>/dex`).
@@ -189,6 +193,13 @@ pub fn validate(f: ConfigFile, o: &Overrides, env: &dyn Env) -> Result<Config, C
             .or(f.https_addr.as_deref())
             .unwrap_or("0.0.0.0:8443"),
         "httpsAddr",
+    )?;
+    let webhook_addr = addr(
+        o.webhook_addr
+            .as_deref()
+            .or(f.webhook_addr.as_deref())
+            .unwrap_or("0.0.0.0:9443"),
+        "webhookAddr",
     )?;
     let admin_addr = addr(
         o.admin_addr
@@ -330,6 +341,7 @@ pub fn validate(f: ConfigFile, o: &Overrides, env: &dyn Env) -> Result<Config, C
         data_dir,
         https_addr,
         admin_addr,
+        webhook_addr,
         public_url,
         issuer: f.issuer.map(|i| i.trim_end_matches('/').to_owned()),
         static_users,

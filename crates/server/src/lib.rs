@@ -108,6 +108,8 @@ pub struct Running {
     pub https_addr: SocketAddr,
     /// Admin address.
     pub admin_addr: SocketAddr,
+    /// Admission webhooks address.
+    pub webhook_addr: SocketAddr,
     /// Public URL.
     pub public_url: String,
     /// OIDC issuer.
@@ -349,6 +351,10 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
         .map_err(io(format!("binding {}", cfg.admin_addr)))?;
     let https_addr = https.local_addr().map_err(io("reading the front-door address"))?;
     let admin_addr = admin_l.local_addr().map_err(io("reading the admin address"))?;
+    let webhook_l = TcpListener::bind(cfg.webhook_addr)
+        .await
+        .map_err(io(format!("binding {}", cfg.webhook_addr)))?;
+    let webhook_addr = webhook_l.local_addr().map_err(io("reading the webhook address"))?;
 
     let public_url = match &cfg.public_url {
         Some(u) => u.as_str().trim_end_matches('/').to_owned(),
@@ -388,12 +394,14 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
     let bootstrap_password = bootstrap(store.as_ref(), &idp, rng.as_ref()).await?;
     // Kubernetes-style API, RBAC, profiles and KFAM.
     let rbac_cache = rbac::RbacCache::new();
+    let admission = webhooks::InProcessAdmission::new(store.clone());
+    let webhook_tls = Arc::new(webhooks::webhook_tls(&ca, &dir.pki(), clock.as_ref())?);
     let api = kfsec_api::ApiServer::builder(store.clone(), rbac_cache.clone(), clock.clone(), rng.clone())
         .token_reviewer(Arc::new(tokenreview::Reviewer {
             idp: idp.clone(),
             store: store.clone(),
         }))
-        .admission(webhooks::InProcessAdmission::new(store.clone()))
+        .admission(admission.clone())
         .build();
     rbac::install_defaults(&api, ADMIN_GROUP)
         .await
@@ -479,6 +487,13 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
             wait(rx.clone()),
             Duration::from_secs(10),
         )),
+        tokio::spawn(kfsec_gateway::listener::serve_tls(
+            webhook_l,
+            webhook_tls,
+            webhooks::webhook_router(admission),
+            wait(rx.clone()),
+            Duration::from_secs(10),
+        )),
         tokio::spawn(kfsec_gateway::listener::serve_plain(
             admin_l,
             kfsec_gateway::admin_router(registry, ready.clone()),
@@ -490,6 +505,7 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
     Ok(Running {
         https_addr,
         admin_addr,
+        webhook_addr,
         public_url,
         issuer,
         ca_pem: ca.cert_pem().to_owned(),
@@ -503,6 +519,11 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
         tasks,
         background,
     })
+}
+
+/// The webhook configurations (YAML) for a cluster's API server to call kfsec's webhooks.
+pub fn webhook_manifests(ca_bundle_b64: &str, namespace: &str) -> String {
+    kfsec_admission::manifests(ca_bundle_b64, namespace)
 }
 
 /// Whether `path` holds a kfsec data directory.

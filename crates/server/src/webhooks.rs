@@ -23,7 +23,10 @@ pub struct InProcessAdmission {
 impl InProcessAdmission {
     /// Kubeflow's standard webhooks over `store`.
     pub fn new(store: Arc<dyn Store>) -> Arc<Self> {
-        Arc::new(Self { store, chain: Chain::standard() })
+        Arc::new(Self {
+            store,
+            chain: Chain::standard(),
+        })
     }
 
     /// The labels of `namespace` and the PodDefaults in it.
@@ -37,7 +40,11 @@ impl InProcessAdmission {
         {
             ctx.namespace_labels = ns["metadata"]["labels"]
                 .as_object()
-                .map(|m| m.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned())).collect())
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
+                        .collect()
+                })
                 .unwrap_or_else(BTreeMap::new);
         }
         if let Some(res) = ApiServer::resource("kubeflow.org", "v1alpha1", "poddefaults") {
@@ -45,7 +52,11 @@ impl InProcessAdmission {
             let mut defaults = Vec::new();
             let mut after: Option<String> = None;
             while let Ok(page) = self.store.list(&prefix, 1000, after.as_deref()).await {
-                defaults.extend(page.items.iter().filter_map(|kv| ApiServer::decode_record(res, kv).ok()));
+                defaults.extend(
+                    page.items
+                        .iter()
+                        .filter_map(|kv| ApiServer::decode_record(res, kv).ok()),
+                );
                 match page.continue_key {
                     Some(k) => after = Some(k),
                     None => break,
@@ -91,15 +102,141 @@ impl kfsec_api::Admission for InProcessAdmission {
             return Ok(());
         }
         let ctx = self.context(r.namespace).await;
-        self.chain
-            .admit(&req, &ctx, object)
-            .map_err(|d| AdmissionDenied { webhook: d.webhook, code: d.code, message: d.message })
+        self.chain.admit(&req, &ctx, object).map_err(|d| AdmissionDenied {
+            webhook: d.webhook,
+            code: d.code,
+            message: d.message,
+        })
     }
 }
 
 impl InProcessAdmission {
     /// Whether a namespace selector could make a webhook want `req` (resource rules matched).
     fn chain_may_want_labels(&self, req: &AdmissionRequest) -> bool {
-        matches!(req.resource.resource.as_str(), "pods" | "experiments" | "inferenceservices" | "pvcviewers")
+        matches!(
+            req.resource.resource.as_str(),
+            "pods" | "experiments" | "inferenceservices" | "pvcviewers"
+        )
     }
+}
+
+/// The namespace the webhook Services are registered in by default.
+pub const WEBHOOK_NAMESPACE: &str = "kubeflow";
+
+/// DNS names of a webhook Service.
+pub fn service_dns_names(service: &str, namespace: &str) -> Vec<String> {
+    vec![
+        service.to_owned(),
+        format!("{service}.{namespace}"),
+        format!("{service}.{namespace}.svc"),
+        format!("{service}.{namespace}.svc.cluster.local"),
+    ]
+}
+
+/// Picks the webhook Service's certificate by SNI; the first one otherwise.
+#[derive(Debug)]
+struct SniResolver {
+    by_name: std::collections::HashMap<String, Arc<rustls::sign::CertifiedKey>>,
+    default: Arc<rustls::sign::CertifiedKey>,
+}
+
+impl rustls::server::ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: rustls::server::ClientHello<'_>) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(
+            hello
+                .server_name()
+                .and_then(|n| self.by_name.get(n))
+                .unwrap_or(&self.default)
+                .clone(),
+        )
+    }
+}
+
+/// Issues (or reuses) one certificate per webhook Service under `<pki>/webhooks/` and returns
+/// the TLS configuration of the webhook listener (TLS ≥ 1.2).
+pub fn webhook_tls(
+    ca: &kfsec_pki::CertificateAuthority,
+    pki_dir: &std::path::Path,
+    clock: &dyn kfsec_types::Clock,
+) -> Result<rustls::ServerConfig, crate::ServerError> {
+    let dir = pki_dir.join("webhooks");
+    std::fs::create_dir_all(&dir).map_err(|e| crate::ServerError::Io {
+        what: "creating the webhook pki dir".into(),
+        source: e,
+    })?;
+    let mut by_name = std::collections::HashMap::new();
+    let mut first = None;
+    for service in kfsec_admission::registration::service_names() {
+        let (crt, key) = (dir.join(format!("{service}.crt")), dir.join(format!("{service}.key")));
+        let mut names = service_dns_names(service, WEBHOOK_NAMESPACE);
+        names.push("localhost".into());
+        let reuse = match (std::fs::read_to_string(&crt), std::fs::read_to_string(&key)) {
+            (Ok(c), Ok(k)) => kfsec_pki::parse_cert_pem(&c)
+                .ok()
+                .filter(|i| i.not_after.since(clock.now()) > std::time::Duration::from_secs(30 * 86_400))
+                .map(|_| (c, k)),
+            _ => None,
+        };
+        let (cert_pem, key_pem) = match reuse {
+            Some(pair) => pair,
+            None => {
+                let issued = ca.issue_server(
+                    &format!("{service}.{WEBHOOK_NAMESPACE}.svc"),
+                    &names,
+                    &[std::net::IpAddr::from([127, 0, 0, 1])],
+                    std::time::Duration::from_secs(90 * 86_400),
+                    clock,
+                )?;
+                let chain = issued.chain_pem(ca);
+                std::fs::write(&crt, &chain).map_err(|e| crate::ServerError::Io {
+                    what: format!("writing {}", crt.display()),
+                    source: e,
+                })?;
+                kfsec_pki::write_private_file(&key, issued.key_pem.as_bytes())?;
+                (chain, issued.key_pem)
+            }
+        };
+        let ck = Arc::new(kfsec_pki::load_certified_key(&cert_pem, &key_pem)?);
+        for n in service_dns_names(service, WEBHOOK_NAMESPACE) {
+            by_name.insert(n, ck.clone());
+        }
+        first.get_or_insert(ck);
+    }
+    let default = first.ok_or_else(|| crate::ServerError::Api("no webhooks registered".into()))?;
+    Ok(kfsec_pki::server_config(
+        Arc::new(SniResolver { by_name, default }),
+        false,
+    )?)
+}
+
+/// The webhook listener's routes: `POST <path>` for every webhook, answering AdmissionReview.
+pub fn webhook_router(admission: Arc<InProcessAdmission>) -> axum::Router {
+    use axum::http::{HeaderValue, StatusCode, header};
+    use axum::response::IntoResponse;
+    let mut router = axum::Router::new();
+    for hook in kfsec_admission::all_webhooks() {
+        let path = hook.path().to_owned();
+        let hook: Arc<dyn kfsec_admission::Webhook> = Arc::from(hook);
+        let admission = admission.clone();
+        router = router.route(
+            &path,
+            axum::routing::post(move |body: axum::body::Bytes| {
+                let (hook, admission) = (hook.clone(), admission.clone());
+                async move {
+                    match kfsec_admission::parse_review(&body) {
+                        Ok(review) => {
+                            let ctx = admission.context(&review.request.namespace).await;
+                            let out = kfsec_admission::review_parsed(&review, hook.as_ref(), &ctx);
+                            let mut r = (StatusCode::OK, out).into_response();
+                            r.headers_mut()
+                                .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                            r
+                        }
+                        Err(e) => (StatusCode::BAD_REQUEST, format!("invalid AdmissionReview: {e}\n")).into_response(),
+                    }
+                }
+            }),
+        );
+    }
+    router.layer(axum::extract::DefaultBodyLimit::max(3 * 1024 * 1024))
 }

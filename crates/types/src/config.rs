@@ -26,6 +26,8 @@ pub struct ConfigFile {
     pub https_addr: Option<String>,
     /// Admin (metrics, health) listen address.
     pub admin_addr: Option<String>,
+    /// Admission webhooks listen address.
+    pub webhook_addr: Option<String>,
     /// Dex: whether the local password database is enabled (always on in kfsec).
     #[serde(rename = "enablePasswordDB")]
     pub enable_password_db: Option<bool>,

@@ -79,6 +79,7 @@ impl Kfsec {
             data_dir: Some(dir.path().to_path_buf()),
             https_addr: Some("127.0.0.1:0".into()),
             admin_addr: Some("127.0.0.1:0".into()),
+            webhook_addr: Some("127.0.0.1:0".into()),
         };
         let cfg = validate(file, &o, &NoEnv).unwrap();
         let c: Arc<dyn Clock> = match &clock {

@@ -39,6 +39,8 @@ fn serve(dir: &std::path::Path, port: u16) -> (Proc, Vec<String>) {
             &format!("127.0.0.1:{port}"),
             "--admin-addr",
             "127.0.0.1:0",
+            "--webhook-addr",
+            "127.0.0.1:0",
         ])
         .env("KFSEC_LOG", "warn")
         .stdout(Stdio::piped())
@@ -251,6 +253,17 @@ async fn state_survives_kill_9_and_admin_commands_work_while_running() {
         .unwrap();
     let san = String::from_utf8_lossy(&san.stdout).to_string();
     assert!(san.contains("DNS:admission-webhook-service.kubeflow.svc"), "{san}");
+
+    // the webhook configurations carry the CA bundle
+    let out = String::from_utf8_lossy(&cli(dir.path(), &["webhook", "manifests"], None).stdout).to_string();
+    use base64::Engine;
+    let bundle = base64::engine::general_purpose::STANDARD
+        .encode(std::fs::read_to_string(dir.path().join("pki/ca.crt")).unwrap());
+    assert!(
+        out.contains("kind: MutatingWebhookConfiguration") && out.contains("/apply-poddefault"),
+        "{out}"
+    );
+    assert!(out.contains(&format!("caBundle: \"{bundle}\"")), "{out}");
 
     // with the server stopped, commands open the store directly
     let list = String::from_utf8_lossy(&cli(dir.path(), &["user", "list"], None).stdout).to_string();

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Short fuzz run of the admission webhooks (cargo-fuzz, stable toolchain, no sanitizer).
+#   scripts/fuzz-smoke.sh            # each target for FUZZ_SECONDS (default 20) seconds
+# Installs cargo-fuzz if it is missing. New corpus entries go to a temporary directory, so the
+# seed corpus under fuzz/corpus/ is left as it is. Exits non-zero if any target crashes
+# (the crashing input is kept under fuzz/artifacts/<target>/).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+SECONDS_PER_TARGET="${FUZZ_SECONDS:-20}"
+TARGETS=(admission_review poddefault_apply)
+
+if ! cargo fuzz --version >/dev/null 2>&1; then
+  echo "==> installing cargo-fuzz"
+  cargo install --locked cargo-fuzz
+fi
+
+cd "$ROOT/fuzz"
+WORK="$(mktemp -d /tmp/kfsec-fuzz.XXXXXX)"
+trap 'rm -rf "$WORK"' EXIT
+
+status=0
+for t in "${TARGETS[@]}"; do
+  echo "==> fuzzing $t for ${SECONDS_PER_TARGET}s"
+  mkdir -p "$WORK/$t"
+  if cargo fuzz run -s none "$t" "$WORK/$t" "corpus/$t" -- \
+      -max_total_time="$SECONDS_PER_TARGET" -max_len=8192 -print_final_stats=1 2>"$WORK/$t.log"; then
+    grep -E '^(Done|stat::number_of_executed_units)' "$WORK/$t.log" || true
+  else
+    status=1
+    echo "FAIL: $t crashed; last lines of its log:" >&2
+    tail -n 40 "$WORK/$t.log" >&2
+  fi
+done
+exit "$status"
