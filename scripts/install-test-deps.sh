@@ -22,7 +22,8 @@ log() { echo "install-test-deps: $*"; }
 # chromium: the browser test drives /usr/bin/chromium through playwright-core.
 # fonts-dejavu-core: so screenshots show text (chromium only recommends fonts).
 # nginx, wrk: bench/proxy.sh. python3-venv: bench/login.sh (bcrypt baseline).
-APT_PKGS=(ca-certificates openssl curl nginx wrk chromium fonts-dejavu-core procps)
+# testssl.sh: the TLS audit of the front door and the webhook listener (tests/tls/testssl.sh).
+APT_PKGS=(ca-certificates openssl curl nginx wrk chromium fonts-dejavu-core procps testssl.sh)
 if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
   APT_PKGS+=(nodejs npm)
 fi

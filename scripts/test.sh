@@ -58,7 +58,7 @@ summary() {
     passed=$((passed + p)); failed=$((failed + f))
   fi
   # browser: "browser: 1 passed, 0 failed"; kfp: "kfp: 20 passed, 0 failed".
-  for n in browser kfp; do
+  for n in browser kfp testssl; do
     [ -f "$LOGDIR/$n.log" ] || continue
     read -r p f < <(sed -n "s/^$n: \([0-9]*\) passed, \([0-9]*\) failed\$/\1 \2/p" "$LOGDIR/$n.log" | tail -1 |
       awk '{ p += $1; f += $2 } END { print p + 0, f + 0 }')
@@ -106,11 +106,13 @@ fi
 if { [ "$TEST_BUILD_OK" = 1 ] && [ -x target/debug/kfsec ]; } || step build cargo build -p kfsec; then
   step browser logged browser env KFSEC_BIN="$ROOT/target/debug/kfsec" node tests/browser/login.mjs || true
   step kfp logged kfp env KFSEC_BIN="$ROOT/target/debug/kfsec" bash tests/kfp/run.sh || true
+  step testssl logged testssl env KFSEC_BIN="$ROOT/target/debug/kfsec" bash tests/tls/testssl.sh || true
   # Short fuzz run of AdmissionReview parsing and PodDefault application (cargo-fuzz, stable).
   step fuzz env FUZZ_SECONDS="${FUZZ_SECONDS:-10}" bash scripts/fuzz-smoke.sh || true
 else
   skip browser "kfsec did not build"
   skip kfp "kfsec did not build"
+  skip testssl "kfsec did not build"
 fi
 
 summary
