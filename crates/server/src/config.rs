@@ -129,6 +129,10 @@ pub struct Config {
     pub log_format: Option<String>,
     /// Self-registration of profiles.
     pub registration_flow: bool,
+    /// Key algorithm of a new CA.
+    pub key_algorithm: kfsec_pki::KeyAlgorithm,
+    /// Lifetime of kfsec's own serving certificates.
+    pub leaf_lifetime: Duration,
 }
 
 /// Parses the YAML text of a config file into its data model.
@@ -372,6 +376,19 @@ pub fn validate(f: ConfigFile, o: &Overrides, env: &dyn Env) -> Result<Config, C
         log_level: f.logger.as_ref().and_then(|l| l.level.clone()),
         log_format: f.logger.and_then(|l| l.format),
         registration_flow: f.registration_flow,
+        key_algorithm: match f.pki.key_algorithm.as_deref() {
+            None => kfsec_pki::KeyAlgorithm::Rsa2048,
+            Some(a) => a
+                .parse()
+                .map_err(|_| ConfigError::Invalid(format!("pki.keyAlgorithm {a:?}: use rsa2048 or ecdsa-p256")))?,
+        },
+        leaf_lifetime: {
+            let l = f.pki.leaf_lifetime.unwrap_or(Duration::from_secs(90 * 86_400));
+            if l < Duration::from_secs(3) {
+                return Err(ConfigError::Invalid("pki.leafLifetime must be at least 3s".into()));
+            }
+            l
+        },
     })
 }
 

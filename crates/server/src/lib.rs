@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod config;
 pub mod rbac;
+pub mod renewal;
 pub mod tokenreview;
 pub mod webhooks;
 
@@ -19,7 +20,7 @@ use std::time::Duration;
 
 use kfsec_gateway::{App, GatewaySettings, cli_client, gatekeeper_client};
 use kfsec_idp::{Idp, IdpSettings};
-use kfsec_pki::{CertificateAuthority, KeyAlgorithm, OsRng, ReloadingResolver};
+use kfsec_pki::{CertificateAuthority, OsRng, ReloadingResolver};
 use kfsec_store::{RedbStore, Store, StoreError};
 use kfsec_types::{Clock, Rng, SystemClock};
 use prometheus_client::registry::Registry;
@@ -32,7 +33,6 @@ pub use config::{Config, ConfigError, Overrides};
 pub const BOOTSTRAP_ADMIN: &str = "admin@kfsec.local";
 /// The bootstrap admin's group.
 pub const ADMIN_GROUP: &str = "kfsec:admins";
-const FRONT_DOOR_LIFETIME: Duration = Duration::from_secs(90 * 86_400);
 
 /// Start-up failures.
 #[derive(Debug, thiserror::Error)]
@@ -153,6 +153,14 @@ fn host_name() -> Option<String> {
         .filter(|s| !s.is_empty())
 }
 
+/// The front door's certificate resolver, the watcher of a user-supplied pair, and the renewal of
+/// a CA-issued one.
+type FrontDoorCert = (
+    Arc<ReloadingResolver>,
+    Option<tokio::task::JoinHandle<()>>,
+    Option<renewal::Renewable>,
+);
+
 /// The front-door certificate: a user-supplied pair (watched for changes), or one issued by the
 /// internal CA (re-issued when its names change or a third of its life remains).
 fn front_door_cert(
@@ -161,11 +169,11 @@ fn front_door_cert(
     dir: &DataDir,
     public_host: Option<String>,
     clock: &dyn Clock,
-) -> Result<(Arc<ReloadingResolver>, Option<tokio::task::JoinHandle<()>>), ServerError> {
+) -> Result<FrontDoorCert, ServerError> {
     if let Some((cert, key)) = &cfg.tls_files {
         let r = ReloadingResolver::from_files(cert, key)?;
         let watch = r.watch_files(cert.clone(), key.clone(), Duration::from_secs(2));
-        return Ok((r, Some(watch)));
+        return Ok((r, Some(watch), None));
     }
     let mut dns = vec!["localhost".to_owned()];
     let mut ips: Vec<IpAddr> = vec![
@@ -193,25 +201,36 @@ fn front_door_cert(
         dir.pki().join("frontdoor.names"),
     );
     let now = clock.now();
+    let lifetime = cfg.leaf_lifetime;
+    let renewable = |resolver: Arc<ReloadingResolver>| {
+        let (dns, ips) = (dns.clone(), ips.clone());
+        renewal::Renewable {
+            name: "front door".into(),
+            resolver,
+            issue: Box::new(move |ca: &CertificateAuthority, clock: &dyn Clock| {
+                ca.issue_server("kfsec front door", &dns, &ips, lifetime, clock)
+            }),
+            files: (crt.clone(), key.clone()),
+            lifetime,
+        }
+    };
     if let (Ok(c), Ok(k), Ok(n)) = (
         std::fs::read_to_string(&crt),
         std::fs::read_to_string(&key),
         std::fs::read_to_string(&names_file),
     ) && n == names
         && let Ok(r) = ReloadingResolver::from_pem(&c, &k)
+        && !renewal::due(r.not_after(), now, lifetime)
     {
-        let info = r.info();
-        let life = info.not_after.since(info.not_before);
-        if info.not_after.since(now) > life / 3 {
-            return Ok((r, None));
-        }
+        return Ok((r.clone(), None, Some(renewable(r))));
     }
-    let issued = ca.issue_server("kfsec front door", &dns, &ips, FRONT_DOOR_LIFETIME, clock)?;
+    let issued = ca.issue_server("kfsec front door", &dns, &ips, lifetime, clock)?;
     let chain = issued.chain_pem(ca);
     std::fs::write(&crt, &chain).map_err(io("writing the front-door certificate"))?;
     kfsec_pki::write_private_file(&key, issued.key_pem.as_bytes())?;
     std::fs::write(&names_file, &names).map_err(io("writing the front-door names"))?;
-    Ok((ReloadingResolver::from_pem(&chain, &issued.key_pem)?, None))
+    let r = ReloadingResolver::from_pem(&chain, &issued.key_pem)?;
+    Ok((r.clone(), None, Some(renewable(r))))
 }
 
 /// Writes `<data-dir>/admin.kubeconfig` (client certificate `CN=kfsec-admin, O=system:masters`)
@@ -366,8 +385,12 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
     let issuer = cfg.issuer.clone().unwrap_or_else(|| format!("{public_url}/dex"));
 
     let store: Arc<dyn Store> = open_store(&dir, clock.clone())?;
-    let ca = CertificateAuthority::load_or_create(&dir.pki(), KeyAlgorithm::Rsa2048, clock.as_ref())?;
-    let (resolver, cert_watch) = front_door_cert(&cfg, &ca, &dir, public_host, clock.as_ref())?;
+    let ca = Arc::new(CertificateAuthority::load_or_create(
+        &dir.pki(),
+        cfg.key_algorithm,
+        clock.as_ref(),
+    )?);
+    let (resolver, cert_watch, front_renewal) = front_door_cert(&cfg, &ca, &dir, public_host, clock.as_ref())?;
     // Client certificates are optional; a verified one authenticates (admin kubeconfig).
     let tls = Arc::new(kfsec_pki::server_config_with_client_auth(
         resolver,
@@ -395,7 +418,11 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
     // Kubernetes-style API, RBAC, profiles and KFAM.
     let rbac_cache = rbac::RbacCache::new();
     let admission = webhooks::InProcessAdmission::new(store.clone());
-    let webhook_tls = Arc::new(webhooks::webhook_tls(&ca, &dir.pki(), clock.as_ref())?);
+    let (webhook_tls, mut renewables) = webhooks::webhook_tls(&ca, &dir.pki(), cfg.leaf_lifetime, clock.as_ref())?;
+    let webhook_tls = Arc::new(webhook_tls);
+    renewables.extend(front_renewal);
+    let renew_every = (cfg.leaf_lifetime / 6).clamp(Duration::from_millis(500), Duration::from_secs(60));
+    let renewal_task = renewal::spawn(ca.clone(), clock.clone(), renewables, renew_every);
     let api = kfsec_api::ApiServer::builder(store.clone(), rbac_cache.clone(), clock.clone(), rng.clone())
         .token_reviewer(Arc::new(tokenreview::Reviewer {
             idp: idp.clone(),
@@ -469,6 +496,7 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
         app.sessions().spawn_watch(),
         app.sessions().spawn_prune(Duration::from_secs(60)),
         rbac_task,
+        renewal_task,
         controller.spawn(),
     ];
     background.extend(cert_watch);

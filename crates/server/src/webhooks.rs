@@ -133,11 +133,12 @@ pub fn service_dns_names(service: &str, namespace: &str) -> Vec<String> {
     ]
 }
 
-/// Picks the webhook Service's certificate by SNI; the first one otherwise.
+/// Picks the webhook Service's certificate by SNI; the first one otherwise. Each certificate
+/// sits in its own hot-swappable resolver, so renewal never restarts the listener.
 #[derive(Debug)]
 struct SniResolver {
-    by_name: std::collections::HashMap<String, Arc<rustls::sign::CertifiedKey>>,
-    default: Arc<rustls::sign::CertifiedKey>,
+    by_name: std::collections::HashMap<String, Arc<kfsec_pki::ReloadingResolver>>,
+    default: Arc<kfsec_pki::ReloadingResolver>,
 }
 
 impl rustls::server::ResolvesServerCert for SniResolver {
@@ -147,7 +148,7 @@ impl rustls::server::ResolvesServerCert for SniResolver {
                 .server_name()
                 .and_then(|n| self.by_name.get(n))
                 .unwrap_or(&self.default)
-                .clone(),
+                .current(),
         )
     }
 }
@@ -157,8 +158,9 @@ impl rustls::server::ResolvesServerCert for SniResolver {
 pub fn webhook_tls(
     ca: &kfsec_pki::CertificateAuthority,
     pki_dir: &std::path::Path,
+    lifetime: std::time::Duration,
     clock: &dyn kfsec_types::Clock,
-) -> Result<rustls::ServerConfig, crate::ServerError> {
+) -> Result<(rustls::ServerConfig, Vec<crate::renewal::Renewable>), crate::ServerError> {
     let dir = pki_dir.join("webhooks");
     std::fs::create_dir_all(&dir).map_err(|e| crate::ServerError::Io {
         what: "creating the webhook pki dir".into(),
@@ -166,6 +168,7 @@ pub fn webhook_tls(
     })?;
     let mut by_name = std::collections::HashMap::new();
     let mut first = None;
+    let mut renewables = Vec::new();
     for service in kfsec_admission::registration::service_names() {
         let (crt, key) = (dir.join(format!("{service}.crt")), dir.join(format!("{service}.key")));
         let mut names = service_dns_names(service, WEBHOOK_NAMESPACE);
@@ -173,20 +176,14 @@ pub fn webhook_tls(
         let reuse = match (std::fs::read_to_string(&crt), std::fs::read_to_string(&key)) {
             (Ok(c), Ok(k)) => kfsec_pki::parse_cert_pem(&c)
                 .ok()
-                .filter(|i| i.not_after.since(clock.now()) > std::time::Duration::from_secs(30 * 86_400))
+                .filter(|i| !crate::renewal::due(i.not_after, clock.now(), lifetime))
                 .map(|_| (c, k)),
             _ => None,
         };
         let (cert_pem, key_pem) = match reuse {
             Some(pair) => pair,
             None => {
-                let issued = ca.issue_server(
-                    &format!("{service}.{WEBHOOK_NAMESPACE}.svc"),
-                    &names,
-                    &[std::net::IpAddr::from([127, 0, 0, 1])],
-                    std::time::Duration::from_secs(90 * 86_400),
-                    clock,
-                )?;
+                let issued = issue_webhook_cert(ca, service, &names, lifetime, clock)?;
                 let chain = issued.chain_pem(ca);
                 std::fs::write(&crt, &chain).map_err(|e| crate::ServerError::Io {
                     what: format!("writing {}", crt.display()),
@@ -196,17 +193,39 @@ pub fn webhook_tls(
                 (chain, issued.key_pem)
             }
         };
-        let ck = Arc::new(kfsec_pki::load_certified_key(&cert_pem, &key_pem)?);
+        let resolver = kfsec_pki::ReloadingResolver::from_pem(&cert_pem, &key_pem)?;
         for n in service_dns_names(service, WEBHOOK_NAMESPACE) {
-            by_name.insert(n, ck.clone());
+            by_name.insert(n, resolver.clone());
         }
-        first.get_or_insert(ck);
+        first.get_or_insert(resolver.clone());
+        renewables.push(crate::renewal::Renewable {
+            name: format!("webhook {service}"),
+            resolver,
+            issue: Box::new(
+                move |ca: &kfsec_pki::CertificateAuthority, clock: &dyn kfsec_types::Clock| {
+                    issue_webhook_cert(ca, service, &names, lifetime, clock)
+                },
+            ),
+            files: (crt, key),
+            lifetime,
+        });
     }
     let default = first.ok_or_else(|| crate::ServerError::Api("no webhooks registered".into()))?;
-    Ok(kfsec_pki::server_config(
-        Arc::new(SniResolver { by_name, default }),
-        false,
-    )?)
+    Ok((
+        kfsec_pki::server_config(Arc::new(SniResolver { by_name, default }), false)?,
+        renewables,
+    ))
+}
+
+fn issue_webhook_cert(
+    ca: &kfsec_pki::CertificateAuthority,
+    service: &str,
+    names: &[String],
+    lifetime: std::time::Duration,
+    clock: &dyn kfsec_types::Clock,
+) -> Result<kfsec_pki::IssuedCert, kfsec_pki::PkiError> {
+    let cn = format!("{service}.{WEBHOOK_NAMESPACE}.svc");
+    ca.issue_server(&cn, names, &[std::net::IpAddr::from([127, 0, 0, 1])], lifetime, clock)
 }
 
 /// The webhook listener's routes: `POST <path>` for every webhook, answering AdmissionReview.

@@ -65,6 +65,9 @@ pub struct ConfigFile {
     /// Addresses of proxies in front of kfsec whose `X-Forwarded-For` is trusted.
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
+    /// The internal CA and the certificates it issues to kfsec itself.
+    #[serde(default)]
+    pub pki: PkiConfig,
     /// Let users create their own profile (Kubeflow's `CD_REGISTRATION_FLOW`).
     #[serde(default)]
     pub registration_flow: bool,
@@ -235,6 +238,17 @@ pub struct SessionConfig {
     pub ttl: Option<Duration>,
     /// Cookie name (default `authservice_session`).
     pub cookie_name: Option<String>,
+}
+
+/// The internal CA.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PkiConfig {
+    /// `rsa2048` (default, sha256WithRSAEncryption) or `ecdsa-p256`; chosen when the CA is created.
+    pub key_algorithm: Option<String>,
+    /// Lifetime of the front-door and webhook certificates (default 2160h); renewed at 2/3.
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub leaf_lifetime: Option<Duration>,
 }
 
 /// A user-supplied front-door certificate.

@@ -290,3 +290,63 @@ async fn mutual_tls_routes_verify_both_sides() {
     assert!(refused, "no client certificate, no service");
     k.running.shutdown().await;
 }
+
+/// The serial of the certificate a fresh TLS connection to `addr` (SNI `name`) is served.
+async fn served_serial(ca_pem: &str, addr: std::net::SocketAddr, name: &'static str) -> String {
+    let mut cfg = kfsec_pki::client_config_trusting(ca_pem).unwrap();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let sni = rustls::pki_types::ServerName::try_from(name).unwrap();
+    let s = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(sni, tcp)
+        .await
+        .unwrap();
+    let der = s.get_ref().1.peer_certificates().unwrap()[0].clone();
+    kfsec_pki::parse_cert_pem(&pem(der.as_ref())).unwrap().serial_hex
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_renew_under_load_with_zero_failed_requests() {
+    // 9 s certificates: renewed when 3 s remain, checked every 1.5 s.
+    let k = Kfsec::start("pki:\n  leafLifetime: 9s\n").await;
+    let mut b = k.client();
+    assert_eq!(b.login("/", USER, PASSWORD).await.0.status(), 200);
+    let cookie = format!("authservice_session={}", b.cookies["authservice_session"]);
+    let (front, hooks) = (k.running.https_addr, k.running.webhook_addr);
+    let mut front_serials = std::collections::BTreeSet::new();
+    let mut hook_serials = std::collections::BTreeSet::new();
+    let (mut ok, mut failed) = (0u32, 0u32);
+    let keep_alive = http_client(&k.running.ca_pem);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(14);
+    while tokio::time::Instant::now() < deadline {
+        // a kept-alive connection and a brand-new one, both carrying a real session
+        for client in [keep_alive.clone(), http_client(&k.running.ca_pem)] {
+            match client
+                .get(format!("{}/app/load", k.base))
+                .header("cookie", &cookie)
+                .send()
+                .await
+            {
+                Ok(r) if r.status() == 200 => ok += 1,
+                other => {
+                    failed += 1;
+                    eprintln!("failed request: {other:?}");
+                }
+            }
+        }
+        front_serials.insert(served_serial(&k.running.ca_pem, front, "localhost").await);
+        hook_serials.insert(served_serial(&k.running.ca_pem, hooks, "poddefaults-webhook-service.kubeflow.svc").await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(failed, 0, "{ok} ok, {failed} failed");
+    assert!(ok > 50, "the load ran ({ok} requests)");
+    assert!(
+        front_serials.len() >= 2,
+        "the front-door certificate was renewed: {front_serials:?}"
+    );
+    assert!(
+        hook_serials.len() >= 2,
+        "the webhook certificate was renewed: {hook_serials:?}"
+    );
+    k.running.shutdown().await;
+}
