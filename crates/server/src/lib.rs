@@ -497,6 +497,7 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
         app.sessions().spawn_prune(Duration::from_secs(60)),
         rbac_task,
         renewal_task,
+        admission.spawn_watch(),
         controller.spawn(),
     ];
     background.extend(cert_watch);

@@ -18,7 +18,23 @@ use serde_json::Value;
 pub struct InProcessAdmission {
     store: Arc<dyn Store>,
     chain: Chain,
+    cache: ContextCache,
 }
+
+/// Per-namespace contexts (labels, decoded PodDefaults), invalidated by a watch on the whole
+/// store. An entry is used only if the watch has seen every write up to the store's current
+/// revision and nothing in its namespace changed since it was loaded — so a PodDefault written a
+/// moment ago is never missed.
+#[derive(Default)]
+struct ContextCache {
+    entries: parking_lot::Mutex<std::collections::HashMap<String, (u64, Context)>>,
+    last_change: parking_lot::Mutex<std::collections::HashMap<String, u64>>,
+    seen: std::sync::atomic::AtomicU64,
+    notify: tokio::sync::Notify,
+}
+
+const NAMESPACES_PREFIX: &str = "/k8s/core/namespaces/";
+const PODDEFAULTS_PREFIX: &str = "/k8s/kubeflow.org/poddefaults/";
 
 impl InProcessAdmission {
     /// Kubeflow's standard webhooks over `store`.
@@ -26,11 +42,82 @@ impl InProcessAdmission {
         Arc::new(Self {
             store,
             chain: Chain::standard(),
+            cache: ContextCache::default(),
         })
     }
 
-    /// The labels of `namespace` and the PodDefaults in it.
+    /// Follows every store write to invalidate cached contexts, until the task is dropped.
+    pub fn spawn_watch(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        use std::sync::atomic::Ordering;
+        let me = self.clone();
+        tokio::spawn(async move {
+            loop {
+                me.cache.entries.lock().clear();
+                let Ok(from) = me.store.revision().await else {
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    continue;
+                };
+                me.cache.seen.store(from, Ordering::Release);
+                me.cache.notify.notify_waiters();
+                let Ok(mut rx) = me.store.watch("/", from).await else {
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    continue;
+                };
+                while let Some(Ok(ev)) = rx.recv().await {
+                    let key = ev.kv.key.as_str();
+                    let ns = key
+                        .strip_prefix(PODDEFAULTS_PREFIX)
+                        .and_then(|r| r.split('/').next())
+                        .or_else(|| key.strip_prefix(NAMESPACES_PREFIX));
+                    if let Some(ns) = ns {
+                        me.cache.last_change.lock().insert(ns.to_owned(), ev.kv.mod_revision);
+                        me.cache.entries.lock().remove(ns);
+                    }
+                    me.cache.seen.store(ev.kv.mod_revision, Ordering::Release);
+                    me.cache.notify.notify_waiters();
+                }
+                // lagged or ended: start over with an empty cache
+            }
+        })
+    }
+
+    /// The context of `namespace`, from the cache when it is provably current.
     pub async fn context(&self, namespace: &str) -> Context {
+        use std::sync::atomic::Ordering;
+        let Ok(now) = self.store.revision().await else {
+            return self.load(namespace).await;
+        };
+        let caught_up = async {
+            loop {
+                let notified = self.cache.notify.notified();
+                if self.cache.seen.load(Ordering::Acquire) >= now {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        if tokio::time::timeout(std::time::Duration::from_millis(200), caught_up)
+            .await
+            .is_err()
+        {
+            return self.load(namespace).await;
+        }
+        let changed = self.cache.last_change.lock().get(namespace).copied().unwrap_or(0);
+        if let Some((loaded_at, ctx)) = self.cache.entries.lock().get(namespace)
+            && *loaded_at >= changed
+        {
+            return ctx.clone();
+        }
+        let ctx = self.load(namespace).await;
+        self.cache
+            .entries
+            .lock()
+            .insert(namespace.to_owned(), (now, ctx.clone()));
+        ctx
+    }
+
+    /// The labels of `namespace` and the PodDefaults in it, read from the store.
+    async fn load(&self, namespace: &str) -> Context {
         let mut ctx = Context::default();
         if namespace.is_empty() {
             return ctx;
@@ -257,5 +344,26 @@ pub fn webhook_router(admission: Arc<InProcessAdmission>) -> axum::Router {
             }),
         );
     }
+    // Allows everything: a no-op webhook for checking a cluster's wiring (and the baseline of
+    // bench/admission.sh). It still parses the review and echoes its uid.
+    router = router.route(
+        "/allow-all",
+        axum::routing::post(|body: axum::body::Bytes| async move {
+            match kfsec_admission::parse_review(&body) {
+                Ok(review) => {
+                    let out = kfsec_admission::encode_response(
+                        &review.api_version,
+                        &review.request.uid,
+                        &kfsec_admission::AdmissionOutcome::Allow,
+                    );
+                    let mut r = (StatusCode::OK, out).into_response();
+                    r.headers_mut()
+                        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                    r
+                }
+                Err(e) => (StatusCode::BAD_REQUEST, format!("invalid AdmissionReview: {e}\n")).into_response(),
+            }
+        }),
+    );
     router.layer(axum::extract::DefaultBodyLimit::max(3 * 1024 * 1024))
 }
