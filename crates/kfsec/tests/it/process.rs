@@ -264,6 +264,43 @@ async fn state_survives_kill_9_and_admin_commands_work_while_running() {
         "{out}"
     );
     assert!(out.contains(&format!("caBundle: \"{bundle}\"")), "{out}");
+    // every webhook Service certificate verifies against that bundle and names its Service
+    let bundle_file = dir.path().join("bundle.pem");
+    std::fs::write(
+        &bundle_file,
+        base64::engine::general_purpose::STANDARD.decode(&bundle).unwrap(),
+    )
+    .unwrap();
+    let mut checked = 0;
+    for e in std::fs::read_dir(dir.path().join("pki/webhooks")).unwrap() {
+        let path = e.unwrap().path();
+        if path.extension().is_none_or(|x| x != "crt") {
+            continue;
+        }
+        let v = Command::new("openssl")
+            .arg("verify")
+            .arg("-CAfile")
+            .arg(&bundle_file)
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(
+            v.status.success(),
+            "{}: {}",
+            path.display(),
+            String::from_utf8_lossy(&v.stderr)
+        );
+        let service = path.file_stem().unwrap().to_string_lossy().to_string();
+        let san = Command::new("openssl")
+            .args(["x509", "-noout", "-ext", "subjectAltName", "-in"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let san = String::from_utf8_lossy(&san.stdout).to_string();
+        assert!(san.contains(&format!("DNS:{service}.kubeflow.svc")), "{san}");
+        checked += 1;
+    }
+    assert_eq!(checked, 4, "one certificate per webhook Service");
 
     // with the server stopped, commands open the store directly
     let list = String::from_utf8_lossy(&cli(dir.path(), &["user", "list"], None).stdout).to_string();
