@@ -85,3 +85,34 @@ pub fn check(
         }
     }
 }
+
+/// A namespaced object whose access KFP checks by id (runs, jobs).
+pub(crate) trait Guarded: crate::storage::Stored {
+    /// How messages name it (`run`, `recurring run`).
+    const WHAT: &'static str;
+    /// Its authorization resource.
+    const RESOURCE: &'static str;
+    /// Its name.
+    fn name(&self) -> &str;
+    /// The NotFound error for `id`.
+    fn missing(id: &str) -> KfpError;
+}
+
+/// Loads a namespaced object by id and checks `verb` on it in its namespace, with KFP's error
+/// texts.
+pub(crate) async fn load_namespaced<T: Guarded>(k: &crate::Kfp, who: &Identity, id: &str, verb: &str) -> KfpResult<T> {
+    let what = T::WHAT;
+    let obj =
+        k.db.load::<T>(id)
+            .await?
+            .map(|(x, _)| x)
+            .ok_or_else(|| T::missing(id).wrap(format!("Failed to authorize with the {what} ID {id}")))?;
+    check(k.authz.as_ref(), who, verb, T::RESOURCE, obj.scope(), obj.name()).map_err(|e| {
+        e.wrap(format!(
+            "Failed to access {what} {id}. Check if you have access to namespace {}",
+            obj.scope()
+        ))
+        .wrap("Failed to authorize the request")
+    })?;
+    Ok(obj)
+}

@@ -220,19 +220,18 @@ fn trigger(t: Option<&Value>) -> KfpResult<Value> {
 }
 
 async fn load_authorized(k: &Kfp, r: &Req, id: &str, verb: &str) -> KfpResult<Job> {
-    let job =
-        k.db.load::<Job>(id)
-            .await?
-            .map(|(x, _)| x)
-            .ok_or_else(|| not_found(id).wrap(format!("Failed to authorize with the recurring run ID {id}")))?;
-    access::check(k.authz.as_ref(), &r.who, verb, res::JOBS, &job.namespace, &job.name).map_err(|e| {
-        e.wrap(format!(
-            "Failed to access recurring run {id}. Check if you have access to namespace {}",
-            job.namespace
-        ))
-        .wrap("Failed to authorize the request")
-    })?;
-    Ok(job)
+    access::load_namespaced(k, &r.who, id, verb).await
+}
+
+impl access::Guarded for Job {
+    const WHAT: &'static str = "recurring run";
+    const RESOURCE: &'static str = res::JOBS;
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn missing(id: &str) -> KfpError {
+        not_found(id)
+    }
 }
 
 fn label(v2: bool) -> &'static str {

@@ -404,19 +404,18 @@ fn empty_namespace() -> KfpError {
 
 /// KFP's `canAccessRun` with an id.
 async fn load_authorized(k: &Kfp, r: &Req, id: &str, verb: &str) -> KfpResult<Run> {
-    let run =
-        k.db.load::<Run>(id)
-            .await?
-            .map(|(x, _)| x)
-            .ok_or_else(|| not_found(id).wrap(format!("Failed to authorize with the run ID {id}")))?;
-    access::check(k.authz.as_ref(), &r.who, verb, res::RUNS, &run.namespace, &run.name).map_err(|e| {
-        e.wrap(format!(
-            "Failed to access run {id}. Check if you have access to namespace {}",
-            run.namespace
-        ))
-        .wrap("Failed to authorize the request")
-    })?;
-    Ok(run)
+    access::load_namespaced(k, &r.who, id, verb).await
+}
+
+impl access::Guarded for Run {
+    const WHAT: &'static str = "run";
+    const RESOURCE: &'static str = res::RUNS;
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn missing(id: &str) -> KfpError {
+        not_found(id)
+    }
 }
 
 fn label(v2: bool) -> &'static str {
