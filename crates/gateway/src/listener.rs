@@ -49,12 +49,11 @@ fn builder() -> Builder<TokioExecutor> {
 /// most `drain`.
 pub async fn serve_tls(
     listener: TcpListener,
-    tls: Arc<rustls::ServerConfig>,
+    tls: Arc<kfsec_pki::LiveServerConfig>,
     app: Router,
     shutdown: impl Future<Output = ()>,
     drain: Duration,
 ) {
-    let acceptor = TlsAcceptor::from(tls);
     let graceful = GracefulShutdown::new();
     let builder = Arc::new(builder());
     tokio::pin!(shutdown);
@@ -71,7 +70,8 @@ pub async fn serve_tls(
             () = &mut shutdown => break,
         };
         let _ = tcp.set_nodelay(true);
-        let acceptor = acceptor.clone();
+        // The config current at accept time (client roots change with a CA rotation).
+        let acceptor = TlsAcceptor::from(tls.current());
         let app = app.clone();
         let builder = builder.clone();
         let watcher = graceful.watcher();

@@ -6,6 +6,7 @@
 //! a clear body.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use axum::body::Body;
 use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -42,22 +43,15 @@ pub struct UpstreamTls {
     pub mutual: bool,
 }
 
-/// The gateway's TLS material for upstreams: the CA that upstream certificates must chain to,
-/// and the workload certificate presented on mutual-TLS routes.
-#[derive(Clone)]
+/// The gateway's TLS material for upstreams, kept current by the server: the roots upstream
+/// certificates must chain to (both CAs during a rotation window) and the workload certificate
+/// presented on mutual-TLS routes (renewed in place).
+#[derive(Clone, Debug)]
 pub struct UpstreamIdentity {
-    /// CA bundle (PEM).
-    pub ca_pem: String,
-    /// Workload certificate (PEM).
-    pub cert_pem: String,
-    /// Its key (PEM).
-    pub key_pem: String,
-}
-
-impl std::fmt::Debug for UpstreamIdentity {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("UpstreamIdentity").finish_non_exhaustive()
-    }
+    /// Trust anchors for upstream certificates.
+    pub roots: Arc<kfsec_pki::LiveRoots>,
+    /// The gateway's workload certificate.
+    pub certificate: Arc<kfsec_pki::ReloadingResolver>,
 }
 
 impl Route {
@@ -246,11 +240,7 @@ impl Proxy {
             let Some(t) = &r.tls else { continue };
             let id = identity
                 .ok_or_else(|| GatewayError::Config(format!("route {}: TLS needs the internal CA", r.prefix)))?;
-            let cfg = if t.mutual {
-                kfsec_pki::client_config_with_identity(&id.ca_pem, &id.cert_pem, &id.key_pem)
-            } else {
-                kfsec_pki::client_config_trusting(&id.ca_pem)
-            };
+            let cfg = kfsec_pki::client_config_live(id.roots.clone(), t.mutual.then(|| id.certificate.clone()));
             // (ALPN is set by the connector builder: HTTP/1.1, which upgrades need.)
             let cfg = cfg.map_err(|e| GatewayError::Config(format!("route {}: {e}", r.prefix)))?;
             let name = rustls::pki_types::ServerName::try_from(t.server_name.clone())

@@ -95,9 +95,10 @@ pub async fn login(server: &str, ca_file: &Path, kubeconfig: &Path) -> Result<()
         );
     }
     let dc: DeviceCode = serde_json::from_slice(&body).context("reading the device code")?;
-    println!(
+    say!(
         "To log in, open {} and confirm the code {}",
-        dc.verification_uri_complete, dc.user_code
+        dc.verification_uri_complete,
+        dc.user_code
     );
     let deadline = tokio::time::Instant::now() + Duration::from_secs(dc.expires_in);
     let mut interval = Duration::from_secs(dc.interval.max(1));
@@ -135,6 +136,6 @@ pub async fn login(server: &str, ca_file: &Path, kubeconfig: &Path) -> Result<()
         token = tokens.id_token,
     );
     kfsec_pki::write_private_file(kubeconfig, text.as_bytes())?;
-    println!("Logged in. Wrote {}", kubeconfig.display());
+    say!("Logged in. Wrote {}", kubeconfig.display());
     Ok(())
 }

@@ -5,6 +5,31 @@
 //! as arguments; admin commands talk to a running server over its socket instead of opening the
 //! store it holds.
 
+/// `println!` that ends the process quietly when stdout is closed (`kfsec cert list | head`)
+/// instead of panicking on the broken pipe.
+macro_rules! say {
+    (nonl $($t:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = write!(std::io::stdout(), $($t)*) {
+            $crate::output_failed(e);
+        }
+    }};
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout(), $($t)*) {
+            $crate::output_failed(e);
+        }
+    }};
+}
+
+fn output_failed(e: std::io::Error) {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(0);
+    }
+    eprintln!("kfsec: writing to stdout: {e}");
+    std::process::exit(1);
+}
+
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -105,7 +130,7 @@ enum Cmd {
         /// The front door, e.g. https://localhost:8443.
         #[arg(long)]
         server: String,
-        /// CA bundle that signed the server's certificate [default: <data-dir>/pki/ca.crt].
+        /// CA bundle that signed the server's certificate [default: <data-dir>/pki/ca-bundle.crt].
         #[arg(long)]
         ca_file: Option<PathBuf>,
         /// Where to write the kubeconfig.
@@ -180,7 +205,7 @@ impl Question {
 
 fn print_explanation(e: &serde_json::Value) {
     let s = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_owned();
-    println!(
+    say!(
         "user {} groups [{}]",
         s(&e["user"]),
         e["groups"]
@@ -189,7 +214,7 @@ fn print_explanation(e: &serde_json::Value) {
             .unwrap_or_default()
     );
     if let Some(reason) = e["decision"]["reason"].as_str() {
-        println!("allowed: {reason}");
+        say!("allowed: {reason}");
     }
     for b in e["bindings"].as_array().into_iter().flatten() {
         let at = if s(&b["namespace"]).is_empty() {
@@ -202,7 +227,7 @@ fn print_explanation(e: &serde_json::Value) {
             serde_json::Value::Null => format!("no rule of its {} matches", b["ruleCount"]),
             rule => format!("matching rule {rule}"),
         };
-        println!(
+        say!(
             "  {} {at}{} → {} {}: {verdict}",
             s(&b["kind"]),
             s(&b["name"]),
@@ -211,7 +236,7 @@ fn print_explanation(e: &serde_json::Value) {
         );
     }
     for b in e["elsewhere"].as_array().into_iter().flatten() {
-        println!(
+        say!(
             "  (also bound in namespace {}: {} → {})",
             s(&b["namespace"]),
             s(&b["name"]),
@@ -219,7 +244,7 @@ fn print_explanation(e: &serde_json::Value) {
         );
     }
     if let Some(summary) = e["summary"].as_str().filter(|x| !x.is_empty()) {
-        println!("{summary}");
+        say!("{summary}");
     }
 }
 
@@ -253,6 +278,18 @@ enum CertCmd {
         #[arg(long, default_value = "2160h")]
         duration: String,
     },
+    /// Replace the internal CA. Every certificate kfsec serves is re-issued by the new CA at once
+    /// (with the new CA cross-signed by the old, so clients that trust only the old CA keep
+    /// working); both CAs are trusted until the window ends, then only the new one.
+    /// `pki/ca-bundle.crt` holds what clients should trust.
+    RotateCa {
+        /// How long the old CA stays trusted, e.g. 168h.
+        #[arg(long, default_value = "168h", conflicts_with = "finish")]
+        window: String,
+        /// End the current window now: the old CA is no longer trusted.
+        #[arg(long)]
+        finish: bool,
+    },
 }
 
 fn pki_dir(common: &Common) -> Result<PathBuf> {
@@ -270,7 +307,7 @@ fn pki_dir(common: &Common) -> Result<PathBuf> {
     Ok(dir)
 }
 
-fn cert_cmd(cmd: CertCmd, common: &Common) -> Result<()> {
+async fn cert_cmd(cmd: CertCmd, common: &Common) -> Result<()> {
     let dir = pki_dir(common)?;
     let clock = kfsec_types::SystemClock;
     match cmd {
@@ -292,12 +329,20 @@ fn cert_cmd(cmd: CertCmd, common: &Common) -> Result<()> {
             for f in files {
                 let info = kfsec_pki::parse_cert_pem(&std::fs::read_to_string(&f)?)?;
                 let days = info.not_after.since(now).as_secs() / 86_400;
-                println!("{}", f.strip_prefix(&dir).unwrap_or(&f).display());
-                println!("  subject: {}\n  issuer:  {}", info.subject, info.issuer);
+                say!("{}", f.strip_prefix(&dir).unwrap_or(&f).display());
+                say!("  subject: {}\n  issuer:  {}", info.subject, info.issuer);
                 if !info.sans.is_empty() {
-                    println!("  SANs:    {}", info.sans.join(", "));
+                    say!("  SANs:    {}", info.sans.join(", "));
                 }
-                println!("  expires: {} ({days} days)", info.not_after.to_rfc3339());
+                say!("  expires: {} ({days} days)", info.not_after.to_rfc3339());
+            }
+            let cas = kfsec_pki::CaSet::load_or_create(&dir, kfsec_pki::KeyAlgorithm::default(), &clock)?;
+            if let Some(p) = cas.previous() {
+                say!(
+                    "CA rotation window: {} is trusted until {} (kfsec cert rotate-ca --finish ends it)",
+                    p.info.subject,
+                    p.trusted_until.to_rfc3339()
+                );
             }
             Ok(())
         }
@@ -308,24 +353,35 @@ fn cert_cmd(cmd: CertCmd, common: &Common) -> Result<()> {
             duration,
         } => {
             let lifetime = kfsec_types::config::parse_duration(&duration).map_err(anyhow::Error::msg)?;
-            let ca = kfsec_pki::CertificateAuthority::load_or_create(&dir, kfsec_pki::KeyAlgorithm::Rsa2048, &clock)?;
+            let cas = kfsec_pki::CaSet::load_or_create(&dir, kfsec_pki::KeyAlgorithm::default(), &clock)?;
             let names: Vec<String> = vec![
                 service.clone(),
                 format!("{service}.{namespace}"),
                 format!("{service}.{namespace}.svc"),
                 format!("{service}.{namespace}.svc.cluster.local"),
             ];
-            let cert = ca.issue_server(&format!("{service}.{namespace}.svc"), &names, &[], lifetime, &clock)?;
+            let cert =
+                cas.current()
+                    .issue_server(&format!("{service}.{namespace}.svc"), &names, &[], lifetime, &clock)?;
             std::fs::create_dir_all(&out)?;
-            std::fs::write(out.join("tls.crt"), cert.chain_pem(&ca))?;
+            std::fs::write(out.join("tls.crt"), cas.chain_pem(&cert))?;
             kfsec_pki::write_private_file(&out.join("tls.key"), cert.key_pem.as_bytes())?;
-            std::fs::write(out.join("ca.crt"), ca.cert_pem())?;
-            println!(
+            std::fs::write(out.join("ca.crt"), cas.trust_bundle_pem())?;
+            say!(
                 "wrote {0}/tls.crt, {0}/tls.key (0600), {0}/ca.crt for {1}",
                 out.display(),
                 names.join(", ")
             );
             Ok(())
+        }
+        CertCmd::RotateCa { window, finish } => {
+            let window_seconds = if finish {
+                None
+            } else {
+                let window = kfsec_types::config::parse_duration(&window).map_err(anyhow::Error::msg)?;
+                Some(window.as_secs())
+            };
+            print(admin_call(common, AdminRequest::CaRotate { window_seconds }).await?)
         }
     }
 }
@@ -432,9 +488,11 @@ async fn serve(
         )?;
         out.flush()?;
     }
-    println!(
+    say!(
         "kfsec ready: {} (front door https://{}, admin http://{})",
-        running.public_url, running.https_addr, running.admin_addr
+        running.public_url,
+        running.https_addr,
+        running.admin_addr
     );
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
@@ -470,12 +528,12 @@ async fn admin_call(common: &Common, req: AdminRequest) -> Result<AdminResponse>
 
 fn print(resp: AdminResponse) -> Result<()> {
     match resp {
-        AdminResponse::Ok => println!("ok"),
-        AdminResponse::User(u) => println!("added {} (userID {})", u.email, u.user_id),
+        AdminResponse::Ok => say!("ok"),
+        AdminResponse::User(u) => say!("added {} (userID {})", u.email, u.user_id),
         AdminResponse::Users { items } => {
-            println!("{:<36} {:<20} {:<10} GROUPS", "EMAIL", "USERNAME", "SOURCE");
+            say!("{:<36} {:<20} {:<10} GROUPS", "EMAIL", "USERNAME", "SOURCE");
             for u in items {
-                println!(
+                say!(
                     "{:<36} {:<20} {:<10} {}",
                     u.email,
                     u.username,
@@ -485,16 +543,16 @@ fn print(resp: AdminResponse) -> Result<()> {
             }
         }
         AdminResponse::Client(c) => match c.secret {
-            Some(s) => println!(
+            Some(s) => say!(
                 "client {}\nsecret {s}\nThe secret is shown only now; only its salted SHA-256 is stored.",
                 c.id
             ),
-            None => println!("client {} (public)", c.id),
+            None => say!("client {} (public)", c.id),
         },
         AdminResponse::Clients { items } => {
-            println!("{:<32} {:<8} {:<8} REDIRECT URIS", "ID", "PUBLIC", "SOURCE");
+            say!("{:<32} {:<8} {:<8} REDIRECT URIS", "ID", "PUBLIC", "SOURCE");
             for c in items {
-                println!(
+                say!(
                     "{:<32} {:<8} {:<8} {}",
                     c.id,
                     c.public,
@@ -503,8 +561,21 @@ fn print(resp: AdminResponse) -> Result<()> {
                 );
             }
         }
-        AdminResponse::Token { token } => println!("{token}"),
-        AdminResponse::Explanation { allowed, .. } => println!("{}", if allowed { "yes" } else { "no" }),
+        AdminResponse::Token { token } => say!("{token}"),
+        AdminResponse::Rotation(r) => {
+            say!("signing CA: {}", r.current);
+            match (r.previous, r.trusted_until) {
+                (Some(p), Some(until)) => say!("also trusted until {until}: {p}"),
+                _ => say!("no other CA is trusted"),
+            }
+            if r.reissued.is_empty() {
+                say!("kfsec is not running: its certificates are re-issued at the next start");
+            } else {
+                say!("re-issued: {}", r.reissued.join(", "));
+            }
+            say!("clients should trust: pki/ca-bundle.crt");
+        }
+        AdminResponse::Explanation { allowed, .. } => say!("{}", if allowed { "yes" } else { "no" }),
         AdminResponse::Error { message } => bail!(message),
     }
     Ok(())
@@ -526,9 +597,9 @@ async fn main() -> Result<()> {
             common,
         } => {
             use base64::Engine;
-            let ca = std::fs::read_to_string(pki_dir(&common)?.join("ca.crt"))?;
+            let ca = std::fs::read_to_string(kfsec_pki::bundle_path(&pki_dir(&common)?))?;
             let b64 = base64::engine::general_purpose::STANDARD.encode(ca);
-            print!("{}", kfsec_server::webhook_manifests(&b64, &namespace));
+            say!(nonl "{}", kfsec_server::webhook_manifests(&b64, &namespace));
             Ok(())
         }
         Cmd::Token {
@@ -566,7 +637,7 @@ async fn main() -> Result<()> {
             let (common, req) = q.request();
             match admin_call(&common, req).await? {
                 AdminResponse::Explanation { allowed, .. } => {
-                    println!("{}", if allowed { "yes" } else { "no" });
+                    say!("{}", if allowed { "yes" } else { "no" });
                     std::process::exit(if allowed { 0 } else { 1 });
                 }
                 other => print(other),
@@ -576,14 +647,14 @@ async fn main() -> Result<()> {
             let (common, req) = q.request();
             match admin_call(&common, req).await? {
                 AdminResponse::Explanation { allowed, explanation } => {
-                    println!("{}", if allowed { "yes" } else { "no" });
+                    say!("{}", if allowed { "yes" } else { "no" });
                     print_explanation(&explanation);
                     std::process::exit(if allowed { 0 } else { 1 });
                 }
                 other => print(other),
             }
         }
-        Cmd::Cert { cmd, common } => cert_cmd(cmd, &common),
+        Cmd::Cert { cmd, common } => cert_cmd(cmd, &common).await,
         Cmd::Login {
             server,
             ca_file,
@@ -594,13 +665,13 @@ async fn main() -> Result<()> {
                 common
                     .data_dir
                     .unwrap_or_else(|| PathBuf::from("kfsec-data"))
-                    .join("pki/ca.crt")
+                    .join("pki/ca-bundle.crt")
             });
             login::login(&server, &ca, &kubeconfig).await
         }
         Cmd::HashPassword => {
             let p = read_password(true)?;
-            println!("{}", kfsec_idp::users::hash_password(&p)?);
+            say!("{}", kfsec_idp::users::hash_password(&p)?);
             Ok(())
         }
         Cmd::User { cmd, common } => {

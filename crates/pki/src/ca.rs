@@ -35,6 +35,8 @@ use crate::x509::{CertInfo, parse_cert_der, parse_x509, unix_to_asn1};
 
 const CA_CERT_FILE: &str = "ca.crt";
 const CA_KEY_FILE: &str = "ca.key";
+/// The first CA's name; the CA of rotation generation `n > 1` is called `kfsec internal CA n`,
+/// so that every generation has its own subject and chains never confuse two of them.
 const CA_COMMON_NAME: &str = "kfsec internal CA";
 const CA_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 /// Leaves start this far in the past to tolerate clock skew between peers.
@@ -173,6 +175,27 @@ fn random_serial() -> SerialNumber {
     SerialNumber::from_slice(&bytes)
 }
 
+fn ca_common_name(generation: u32) -> String {
+    if generation <= 1 {
+        CA_COMMON_NAME.to_owned()
+    } else {
+        format!("{CA_COMMON_NAME} {generation}")
+    }
+}
+
+/// A CA certificate of rotation generation `generation`; `pathlen:1` leaves room for exactly
+/// one intermediate: the next generation's cross-signed certificate during a rotation window.
+fn ca_params(generation: u32, not_before: UnixTime, not_after: UnixTime) -> Result<CertificateParams, PkiError> {
+    let mut params = CertificateParams::default();
+    params.distinguished_name = dn_common_name(&ca_common_name(generation));
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(1));
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    params.not_before = unix_to_asn1(not_before)?.to_datetime();
+    params.not_after = unix_to_asn1(not_after)?.to_datetime();
+    params.serial_number = Some(random_serial());
+    Ok(params)
+}
+
 fn dn_common_name(cn: &str) -> DistinguishedName {
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, cn);
@@ -213,21 +236,10 @@ impl CertificateAuthority {
             Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
             Err(e) => return Err(PkiError::io(dir, e)),
         }
-        let now = clock.now();
-        let key = alg.generate()?;
-        let mut params = CertificateParams::default();
-        params.distinguished_name = dn_common_name(CA_COMMON_NAME);
-        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        params.not_before = unix_to_asn1(now.sub(CLOCK_SKEW))?.to_datetime();
-        params.not_after = unix_to_asn1(now.add(CA_LIFETIME))?.to_datetime();
-        params.serial_number = Some(random_serial());
-        let cert = params.self_signed(&key)?;
-        let cert_pem = cert.pem();
+        let (ca, key_pem) = Self::generate(alg, 1, clock)?;
         // Key first: a crash in between leaves an IncompleteCa error, never a cert without key.
-        write_private_file(key_path, key.serialize_pem().as_bytes())?;
-        write_public_file(cert_path, cert_pem.as_bytes())?;
-        let ca = Self::from_parts(cert_pem, cert.der().clone(), key, clock)?;
+        write_private_file(key_path, key_pem.as_bytes())?;
+        write_public_file(cert_path, ca.cert_pem.as_bytes())?;
         tracing::info!(
             dir = %dir.display(),
             alg = %ca.alg,
@@ -236,6 +248,74 @@ impl CertificateAuthority {
             "created internal CA"
         );
         Ok(ca)
+    }
+
+    /// A new self-signed CA of rotation generation `generation` (1 for the first), in memory;
+    /// returns it with its private key (PKCS#8 PEM) for the caller to persist.
+    pub(crate) fn generate(alg: KeyAlgorithm, generation: u32, clock: &dyn Clock) -> Result<(Self, String), PkiError> {
+        let now = clock.now();
+        let key = alg.generate()?;
+        let params = ca_params(generation, now.sub(CLOCK_SKEW), now.add(CA_LIFETIME))?;
+        let cert = params.self_signed(&key)?;
+        let key_pem = key.serialize_pem();
+        let ca = Self::from_parts(cert.pem(), cert.der().clone(), key, clock)?;
+        Ok((ca, key_pem))
+    }
+
+    /// A CA from its certificate and private key (PEM).
+    pub(crate) fn from_pem(cert_pem: &str, key_pem: &str, clock: &dyn Clock) -> Result<Self, PkiError> {
+        let cert_der = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+            .next()
+            .ok_or(PkiError::NoCertificate("ca.crt"))?
+            .map_err(|e| PkiError::pem("ca.crt", e))?;
+        let key_der = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| PkiError::pem("ca.key", e))?;
+        let key = KeyPair::try_from(&key_der)?;
+        Self::from_parts(cert_pem.to_owned(), cert_der, key, clock)
+    }
+
+    /// This CA's rotation generation: 1 for `kfsec internal CA`, n for `kfsec internal CA n`.
+    pub fn generation(&self) -> u32 {
+        self.info
+            .subject
+            .rsplit_once(CA_COMMON_NAME)
+            .map(|(_, rest)| rest.trim())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(1)
+    }
+
+    /// Whether this CA may sign one intermediate (a cross-signed successor). CAs created before
+    /// rotation existed carry `pathlen:0`, which strict verifiers apply to a cross-signed chain.
+    pub fn allows_intermediate(&self) -> bool {
+        parse_x509(&self.cert_der)
+            .ok()
+            .and_then(|c| {
+                c.basic_constraints()
+                    .ok()
+                    .flatten()
+                    .map(|bc| bc.value.path_len_constraint)
+            })
+            .is_none_or(|len| len.is_none_or(|n| n >= 1))
+    }
+
+    /// Signs `successor`'s certificate with this CA's key: same subject, key and extensions,
+    /// valid until `until` (at most this CA's own end). A client that trusts only this CA can
+    /// then verify leaves of `successor` through it.
+    pub fn cross_sign(
+        &self,
+        successor: &CertificateAuthority,
+        until: UnixTime,
+        clock: &dyn Clock,
+    ) -> Result<String, PkiError> {
+        // The successor's own parameters (subject, constraints, key usages, the key identifier
+        // derived from the same key), with the window as validity and a serial of its own.
+        let mut params = ca_params(
+            successor.generation(),
+            clock.now().sub(CLOCK_SKEW),
+            until.min(self.info.not_after),
+        )?;
+        params.use_authority_key_identifier_extension = true;
+        let cert = params.signed_by(successor.issuer.key(), &self.issuer)?;
+        Ok(cert.pem())
     }
 
     fn load(cert_path: &Path, key_path: &Path, requested: KeyAlgorithm, clock: &dyn Clock) -> Result<Self, PkiError> {
@@ -250,15 +330,7 @@ impl CertificateAuthority {
                 "CA private key is accessible to group/others; it should be mode 0600"
             );
         }
-        let cert_pem = read_to_string(cert_path)?;
-        let key_pem = read_to_string(key_path)?;
-        let cert_der = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
-            .next()
-            .ok_or(PkiError::NoCertificate("ca.crt"))?
-            .map_err(|e| PkiError::pem("ca.crt", e))?;
-        let key_der = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| PkiError::pem("ca.key", e))?;
-        let key = KeyPair::try_from(&key_der)?;
-        let ca = Self::from_parts(cert_pem, cert_der, key, clock)?;
+        let ca = Self::from_pem(&read_to_string(cert_path)?, &read_to_string(key_path)?, clock)?;
         if ca.alg != requested {
             tracing::warn!(
                 existing = %ca.alg,
@@ -303,7 +375,8 @@ impl CertificateAuthority {
         })
     }
 
-    /// The CA certificate, PEM (the trust bundle handed to clients and webhook `caBundle`s).
+    /// The CA certificate, PEM. Clients get [`crate::CaSet::trust_bundle_pem`], which also holds
+    /// the previous CA during a rotation window.
     pub fn cert_pem(&self) -> &str {
         &self.cert_pem
     }

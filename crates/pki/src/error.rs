@@ -54,6 +54,9 @@ pub enum PkiError {
     /// The CA certificate on disk is unusable (not a CA, expired, unsupported key).
     #[error("unusable CA certificate: {0}")]
     InvalidCa(String),
+    /// A CA rotation cannot start (one is in progress) or was asked for wrongly.
+    #[error("CA rotation: {0}")]
+    Rotation(String),
     /// The caller asked for something invalid (empty name, zero lifetime, ...).
     #[error("invalid certificate request: {0}")]
     InvalidRequest(String),

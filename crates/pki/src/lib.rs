@@ -11,18 +11,22 @@
 //! - time comes from a [`kfsec_types::Clock`]; randomness from a CSPRNG that aborts rather than
 //!   return predictable bytes ([`OsRng`]).
 
+mod authority;
 mod ca;
 mod der;
 mod error;
 mod files;
+mod live;
 mod reload;
 mod rng;
 mod tls;
 mod x509;
 
+pub use authority::{CaSet, PreviousCa, bundle_path};
 pub use ca::{CertificateAuthority, IssuedCert, KeyAlgorithm};
 pub use error::PkiError;
 pub use files::write_private_file;
+pub use live::{LiveRoots, LiveServerConfig, client_config_live};
 pub use reload::ReloadingResolver;
 pub use rng::OsRng;
 pub use tls::{

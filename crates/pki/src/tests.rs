@@ -70,12 +70,12 @@ fn ca_is_created_0600_and_loaded_unchanged() -> R {
     assert_eq!(again.cert_pem(), ca.cert_pem());
     assert_eq!(again.key_algorithm(), KeyAlgorithm::EcdsaP256);
 
-    // CA shape: CN, CA:TRUE pathlen 0, keyCertSign + cRLSign, ~10 years.
+    // CA shape: CN, CA:TRUE pathlen 1 (room for a cross-signed successor), keyCertSign + cRLSign, ~10 years.
     let x = x509_parser::parse_x509_certificate(ca.cert_der())?.1;
     assert_eq!(x.subject().to_string(), "CN=kfsec internal CA");
     let bc = x.basic_constraints()?.ok_or("no basicConstraints")?.value;
     assert!(bc.ca);
-    assert_eq!(bc.path_len_constraint, Some(0));
+    assert_eq!(bc.path_len_constraint, Some(1));
     let ku = x.key_usage()?.ok_or("no keyUsage")?.value;
     assert!(ku.key_cert_sign() && ku.crl_sign() && !ku.digital_signature());
     let life = ca.not_after().since(ca.info().not_before);
@@ -467,4 +467,106 @@ async fn wait_for_change(resolver: &ReloadingResolver, old: &str) -> Result<Stri
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+fn verify_with(ca_pem: &str, chain_pem: &str, now: UnixTime) -> Result<(), rustls::Error> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(chain_pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|e| rustls::Error::General(e.to_string()))?;
+    let mut roots = RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots
+            .add(c.map_err(|e| rustls::Error::General(e.to_string()))?)
+            .map_err(|e| rustls::Error::General(e.to_string()))?;
+    }
+    let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), crypto_provider())
+        .build()
+        .map_err(|e| rustls::Error::General(e.to_string()))?;
+    verifier
+        .verify_server_cert(
+            &certs[0],
+            &certs[1..],
+            &ServerName::try_from("localhost").map_err(|e| rustls::Error::General(e.to_string()))?,
+            &[],
+            rustls_pki_types::UnixTime::since_unix_epoch(Duration::from_secs(now.as_secs())),
+        )
+        .map(|_| ())
+}
+
+#[test]
+fn rotation_window_trusts_both_generations_then_only_the_new_one() -> R {
+    let dir = tempfile::tempdir()?;
+    let pki = dir.path().join("pki");
+    let clock = ManualClock::new(UnixTime::from_secs(1_800_000_000));
+    let clock = clock.as_ref();
+    let set = CaSet::load_or_create(&pki, KeyAlgorithm::Rsa2048, clock)?;
+    assert!(set.previous().is_none());
+    assert_eq!(set.current().generation(), 1);
+    assert_eq!(fs::read_to_string(bundle_path(&pki))?, set.current().cert_pem());
+    let old_ca = set.current().cert_pem().to_owned();
+    let (dns, ips) = localhost_sans();
+    let old_leaf = set.current().issue_server("localhost", &dns, &ips, DAY, clock)?;
+    let old_chain = set.chain_pem(&old_leaf);
+    assert!(set.is_current_chain(&old_chain));
+
+    let set = set.rotate(&pki, 2 * DAY, clock)?;
+    assert_eq!(set.current().generation(), 2);
+    assert_eq!(set.current().info().subject, "CN=kfsec internal CA 2");
+    let new_ca = set.current().cert_pem().to_owned();
+    assert_ne!(old_ca, new_ca);
+    assert!(!set.is_current_chain(&old_chain), "old leaves must be re-issued");
+    let bundle = fs::read_to_string(bundle_path(&pki))?;
+    assert_eq!(bundle, set.trust_bundle_pem());
+    assert_eq!(CertificateDer::pem_slice_iter(bundle.as_bytes()).count(), 2);
+    // The old CA's key is gone: ca.key now belongs to the new CA.
+    let reloaded = CaSet::load_or_create(&pki, KeyAlgorithm::Rsa2048, clock)?;
+    assert_eq!(reloaded.current().cert_pem(), new_ca);
+    assert!(reloaded.previous().is_some());
+
+    let leaf = set.current().issue_server("localhost", &dns, &ips, DAY, clock)?;
+    let chain = set.chain_pem(&leaf);
+    assert!(set.is_current_chain(&chain));
+    let now = clock.now();
+    // Clients of the old CA verify the new leaf through the cross-signed certificate,
+    verify_with(&old_ca, &chain, now)?;
+    // clients of the new CA and of the bundle too, and old leaves stay valid for bundle holders.
+    verify_with(&new_ca, &chain, now)?;
+    verify_with(&bundle, &chain, now)?;
+    verify_with(&bundle, &old_chain, now)?;
+    // A second rotation must wait for the window to end.
+    let err = set.rotate(&pki, DAY, clock).err().ok_or("second rotation accepted")?;
+    assert!(err.to_string().contains("in progress"), "{err}");
+
+    let set = CaSet::load_or_create(&pki, KeyAlgorithm::Rsa2048, clock)?;
+    clock.advance(2 * DAY);
+    assert!(set.window_ended(clock.now()));
+    let set = set.finish(&pki, clock)?;
+    assert!(set.previous().is_none());
+    assert_eq!(fs::read_to_string(bundle_path(&pki))?, new_ca);
+    for gone in ["ca-previous.crt", "ca-cross.crt", "ca-rotation.json"] {
+        assert!(!pki.join(gone).exists(), "{gone} left behind");
+    }
+    // Afterwards only the new CA verifies, with the plain chain.
+    let leaf = set.current().issue_server("localhost", &dns, &ips, DAY, clock)?;
+    let chain = set.chain_pem(&leaf);
+    verify_with(&new_ca, &chain, clock.now())?;
+    assert!(verify_with(&old_ca, &chain, clock.now()).is_err());
+    // The next rotation is generation 3.
+    let set = set.rotate(&pki, DAY, clock)?;
+    assert_eq!(set.current().generation(), 3);
+    Ok(())
+}
+
+#[test]
+fn ecdsa_rotation_keeps_the_algorithm() -> R {
+    let dir = tempfile::tempdir()?;
+    let pki = dir.path().join("pki");
+    let set = CaSet::load_or_create(&pki, KeyAlgorithm::EcdsaP256, &SystemClock)?;
+    let old_ca = set.current().cert_pem().to_owned();
+    let set = set.rotate(&pki, DAY, &SystemClock)?;
+    assert_eq!(set.current().key_algorithm(), KeyAlgorithm::EcdsaP256);
+    let (dns, ips) = localhost_sans();
+    let leaf = set.current().issue_server("localhost", &dns, &ips, DAY, &SystemClock)?;
+    verify_with(&old_ca, &set.chain_pem(&leaf), SystemClock.now())?;
+    Ok(())
 }

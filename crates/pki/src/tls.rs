@@ -75,7 +75,7 @@ pub fn server_config_with_client_auth(
     Ok(config)
 }
 
-fn root_store(ca_pem: &str) -> Result<RootCertStore, PkiError> {
+pub(crate) fn root_store(ca_pem: &str) -> Result<RootCertStore, PkiError> {
     let mut roots = RootCertStore::empty();
     for der in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
         roots.add(der.map_err(|e| PkiError::pem("CA certificate", e))?)?;

@@ -89,6 +89,12 @@ pub enum AdminRequest {
         /// Lifetime in seconds.
         seconds: u64,
     },
+    /// Rotate the internal CA, trusting the old one for `window_seconds`; `None` ends the
+    /// window now (`kfsec cert rotate-ca [--window D | --finish]`).
+    CaRotate {
+        /// Length of the trust window.
+        window_seconds: Option<u64>,
+    },
 }
 
 impl std::fmt::Debug for AdminRequest {
@@ -103,6 +109,7 @@ impl std::fmt::Debug for AdminRequest {
             Self::ClientDelete { .. } => "ClientDelete",
             Self::TokenCreate { .. } => "TokenCreate",
             Self::Explain { .. } => "Explain",
+            Self::CaRotate { .. } => "CaRotate",
         })
     }
 }
@@ -139,6 +146,8 @@ pub enum AdminResponse {
         /// The signed token.
         token: String,
     },
+    /// The CA set after a rotation step.
+    Rotation(crate::trust::RotationStatus),
     /// Failed.
     Error {
         /// Message.
@@ -178,6 +187,10 @@ pub struct AdminOps {
     pub store: Arc<dyn kfsec_store::Store>,
     /// The live authorizer (None offline: loaded from the store on demand).
     pub rbac: Option<Arc<crate::rbac::RbacCache>>,
+    /// The live PKI (None offline: CA rotation then acts on the files).
+    pub trust: Option<Arc<crate::trust::Trust>>,
+    /// The CA's directory.
+    pub pki_dir: PathBuf,
 }
 
 /// Splits `resource[.group][/subresource]`; a bare plural served by exactly one group gets it.
@@ -309,6 +322,16 @@ impl AdminOps {
                         std::time::Duration::from_secs(seconds),
                     )?;
                     AdminResponse::Token { token }
+                }
+                AdminRequest::CaRotate { window_seconds } => {
+                    let window = window_seconds.map(std::time::Duration::from_secs);
+                    let status = match (&self.trust, window) {
+                        (Some(t), Some(w)) => t.rotate(w).await.map_err(|e| e.to_string()),
+                        (Some(t), None) => t.finish().await.map_err(|e| e.to_string()),
+                        (None, w) => crate::trust::rotate_offline(&self.pki_dir, w, &kfsec_types::SystemClock)
+                            .map_err(|e| e.to_string()),
+                    };
+                    AdminResponse::Rotation(status.map_err(IdpError::Invalid)?)
                 }
             })
         }

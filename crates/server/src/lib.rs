@@ -8,8 +8,8 @@
 pub mod admin;
 pub mod config;
 pub mod rbac;
-pub mod renewal;
 pub mod tokenreview;
+pub mod trust;
 pub mod webhooks;
 
 use std::net::{IpAddr, SocketAddr};
@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use kfsec_gateway::{App, GatewaySettings, cli_client, gatekeeper_client};
 use kfsec_idp::{Idp, IdpSettings};
-use kfsec_pki::{CertificateAuthority, OsRng, ReloadingResolver};
+use kfsec_pki::{CaSet, CertificateAuthority, LiveRoots, LiveServerConfig, OsRng, ReloadingResolver};
 use kfsec_store::{RedbStore, Store, StoreError};
 use kfsec_types::{Clock, Rng, SystemClock};
 use prometheus_client::registry::Registry;
@@ -114,8 +114,11 @@ pub struct Running {
     pub public_url: String,
     /// OIDC issuer.
     pub issuer: String,
-    /// The CA certificate (PEM) that signed the front-door certificate.
+    /// The CA trust bundle (PEM) at start: the signing CA, and the previous one in a rotation
+    /// window.
     pub ca_pem: String,
+    /// The live PKI (CA rotation, renewal).
+    pub trust: Arc<trust::Trust>,
     /// Set on the very first start only.
     pub bootstrap_password: Option<String>,
     /// The identity provider (for embedding and key inspection).
@@ -158,14 +161,14 @@ fn host_name() -> Option<String> {
 type FrontDoorCert = (
     Arc<ReloadingResolver>,
     Option<tokio::task::JoinHandle<()>>,
-    Option<renewal::Renewable>,
+    Option<trust::Renewable>,
 );
 
 /// The front-door certificate: a user-supplied pair (watched for changes), or one issued by the
-/// internal CA (re-issued when its names change or a third of its life remains).
+/// internal CA (re-issued when its names or the CA change, or a third of its life remains).
 fn front_door_cert(
     cfg: &Config,
-    ca: &CertificateAuthority,
+    cas: &CaSet,
     dir: &DataDir,
     public_host: Option<String>,
     clock: &dyn Clock,
@@ -195,69 +198,40 @@ fn front_door_cert(
     ips.sort();
     ips.dedup();
     let names = format!("{dns:?} {ips:?}");
-    let (crt, key, names_file) = (
-        dir.pki().join("frontdoor.crt"),
-        dir.pki().join("frontdoor.key"),
-        dir.pki().join("frontdoor.names"),
-    );
-    let now = clock.now();
     let lifetime = cfg.leaf_lifetime;
-    let renewable = |resolver: Arc<ReloadingResolver>| {
-        let (dns, ips) = (dns.clone(), ips.clone());
-        renewal::Renewable {
-            name: "front door".into(),
-            resolver,
-            issue: Box::new(move |ca: &CertificateAuthority, clock: &dyn Clock| {
-                ca.issue_server("kfsec front door", &dns, &ips, lifetime, clock)
-            }),
-            files: (crt.clone(), key.clone()),
-            lifetime,
-        }
+    let spec = trust::CertSpec {
+        name: "front door".into(),
+        issue: Box::new(move |ca: &CertificateAuthority, clock: &dyn Clock| {
+            ca.issue_server("kfsec front door", &dns, &ips, lifetime, clock)
+        }),
+        files: (dir.pki().join("frontdoor.crt"), dir.pki().join("frontdoor.key")),
+        lifetime,
+        tag: Some((dir.pki().join("frontdoor.names"), names)),
     };
-    if let (Ok(c), Ok(k), Ok(n)) = (
-        std::fs::read_to_string(&crt),
-        std::fs::read_to_string(&key),
-        std::fs::read_to_string(&names_file),
-    ) && n == names
-        && let Ok(r) = ReloadingResolver::from_pem(&c, &k)
-        && !renewal::due(r.not_after(), now, lifetime)
-    {
-        return Ok((r.clone(), None, Some(renewable(r))));
-    }
-    let issued = ca.issue_server("kfsec front door", &dns, &ips, lifetime, clock)?;
-    let chain = issued.chain_pem(ca);
-    std::fs::write(&crt, &chain).map_err(io("writing the front-door certificate"))?;
-    kfsec_pki::write_private_file(&key, issued.key_pem.as_bytes())?;
-    std::fs::write(&names_file, &names).map_err(io("writing the front-door names"))?;
-    let r = ReloadingResolver::from_pem(&chain, &issued.key_pem)?;
-    Ok((r.clone(), None, Some(renewable(r))))
+    let item = trust::Renewable::establish(spec, cas, clock)?;
+    Ok((item.resolver().clone(), None, Some(item)))
 }
 
 /// Writes `<data-dir>/admin.kubeconfig` (client certificate `CN=kfsec-admin, O=system:masters`)
-/// when it is missing or points at another server URL.
-fn write_admin_kubeconfig(
-    dir: &DataDir,
-    ca: &CertificateAuthority,
-    server: &str,
-    clock: &dyn Clock,
-) -> Result<(), ServerError> {
+/// when it is missing, points at another server URL or trusts another CA bundle.
+fn write_admin_kubeconfig(dir: &DataDir, cas: &CaSet, server: &str, clock: &dyn Clock) -> Result<(), ServerError> {
     use base64::Engine;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
     let path = dir.0.join("admin.kubeconfig");
     let server_line = format!("    server: {server}\n");
-    if std::fs::read_to_string(&path).is_ok_and(|t| t.contains(&server_line)) {
+    let ca_line = format!("    certificate-authority-data: {}\n", b64(&cas.trust_bundle_pem()));
+    if std::fs::read_to_string(&path).is_ok_and(|t| t.contains(&server_line) && t.contains(&ca_line)) {
         return Ok(());
     }
-    let cert = ca.issue_client(
+    let cert = cas.current().issue_client(
         "kfsec-admin",
         &["system:masters".to_owned()],
         Duration::from_secs(365 * 86_400),
         clock,
     )?;
-    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
     let text = format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: kfsec\n  cluster:\n{server_line}    certificate-authority-data: {}\nusers:\n- name: kfsec-admin\n  user:\n    client-certificate-data: {}\n    client-key-data: {}\ncontexts:\n- name: kfsec\n  context:\n    cluster: kfsec\n    user: kfsec-admin\ncurrent-context: kfsec\n",
-        b64(ca.cert_pem()),
-        b64(&cert.cert_pem),
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: kfsec\n  cluster:\n{server_line}{ca_line}users:\n- name: kfsec-admin\n  user:\n    client-certificate-data: {}\n    client-key-data: {}\ncontexts:\n- name: kfsec\n  context:\n    cluster: kfsec\n    user: kfsec-admin\ncurrent-context: kfsec\n",
+        b64(&cas.chain_pem(&cert)),
         b64(&cert.key_pem),
     );
     kfsec_pki::write_private_file(&path, text.as_bytes())?;
@@ -265,24 +239,30 @@ fn write_admin_kubeconfig(
 }
 
 /// The gateway's workload certificate for mutual TLS to upstreams
-/// (`spiffe://cluster.local/ns/kfsec/sa/gateway`), issued at start.
+/// (`spiffe://cluster.local/ns/kfsec/sa/gateway`).
 fn gateway_identity(
-    ca: &CertificateAuthority,
+    dir: &DataDir,
+    cas: &CaSet,
+    lifetime: Duration,
     clock: &dyn Clock,
-) -> Result<kfsec_gateway::UpstreamIdentity, ServerError> {
-    let cert = ca.issue_workload(
-        "cluster.local",
-        "kfsec",
-        "gateway",
-        &["kfsec-gateway".to_owned()],
-        Duration::from_secs(30 * 86_400),
-        clock,
-    )?;
-    Ok(kfsec_gateway::UpstreamIdentity {
-        ca_pem: ca.cert_pem().to_owned(),
-        cert_pem: cert.chain_pem(ca),
-        key_pem: cert.key_pem,
-    })
+) -> Result<trust::Renewable, ServerError> {
+    let spec = trust::CertSpec {
+        name: "gateway workload".into(),
+        issue: Box::new(move |ca: &CertificateAuthority, clock: &dyn Clock| {
+            ca.issue_workload(
+                "cluster.local",
+                "kfsec",
+                "gateway",
+                &["kfsec-gateway".to_owned()],
+                lifetime,
+                clock,
+            )
+        }),
+        files: (dir.pki().join("gateway.crt"), dir.pki().join("gateway.key")),
+        lifetime,
+        tag: None,
+    };
+    trust::Renewable::establish(spec, cas, clock)
 }
 
 /// Creates the bootstrap admin on first start; returns its password that one time.
@@ -349,6 +329,8 @@ pub fn admin_ops(store: Arc<dyn Store>, cfg: &Config) -> Result<admin::AdminOps,
         idp: None,
         store: store_for_ops,
         rbac: None,
+        trust: None,
+        pki_dir: DataDir(cfg.data_dir.clone()).pki(),
         rng: Arc::new(OsRng),
     })
 }
@@ -385,20 +367,20 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
     let issuer = cfg.issuer.clone().unwrap_or_else(|| format!("{public_url}/dex"));
 
     let store: Arc<dyn Store> = open_store(&dir, clock.clone())?;
-    let ca = Arc::new(CertificateAuthority::load_or_create(
-        &dir.pki(),
-        cfg.key_algorithm,
-        clock.as_ref(),
-    )?);
-    let (resolver, cert_watch, front_renewal) = front_door_cert(&cfg, &ca, &dir, public_host, clock.as_ref())?;
+    let mut cas = CaSet::load_or_create(&dir.pki(), cfg.key_algorithm, clock.as_ref())?;
+    if cas.window_ended(clock.now()) {
+        cas = cas.finish(&dir.pki(), clock.as_ref())?;
+    }
+    let cas = Arc::new(cas);
+    let (resolver, cert_watch, front_renewal) = front_door_cert(&cfg, &cas, &dir, public_host, clock.as_ref())?;
     // Client certificates are optional; a verified one authenticates (admin kubeconfig).
-    let tls = Arc::new(kfsec_pki::server_config_with_client_auth(
-        resolver,
-        true,
-        ca.cert_pem(),
-        kfsec_pki::ClientAuth::Optional,
-    )?);
-    write_admin_kubeconfig(&dir, &ca, &public_url, clock.as_ref())?;
+    let front_tls = LiveServerConfig::new(trust::front_door_config(resolver.clone(), &cas)?);
+    write_admin_kubeconfig(&dir, &cas, &public_url, clock.as_ref())?;
+    let gateway_cert = gateway_identity(&dir, &cas, cfg.leaf_lifetime, clock.as_ref())?;
+    let upstream = kfsec_gateway::UpstreamIdentity {
+        roots: LiveRoots::new(&cas.trust_bundle_pem())?,
+        certificate: gateway_cert.resolver().clone(),
+    };
 
     let mut registry = Registry::default();
     let idp_settings = IdpSettings {
@@ -418,11 +400,29 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
     // Kubernetes-style API, RBAC, profiles and KFAM.
     let rbac_cache = rbac::RbacCache::new();
     let admission = webhooks::InProcessAdmission::new(store.clone());
-    let (webhook_tls, mut renewables) = webhooks::webhook_tls(&ca, &dir.pki(), cfg.leaf_lifetime, clock.as_ref())?;
-    let webhook_tls = Arc::new(webhook_tls);
+    let (webhook_tls, mut renewables) = webhooks::webhook_tls(&cas, &dir.pki(), cfg.leaf_lifetime, clock.as_ref())?;
+    let webhook_tls = LiveServerConfig::new(webhook_tls);
     renewables.extend(front_renewal);
+    renewables.push(gateway_cert);
+    let trust = {
+        let (dir, public_url) = (DataDir(dir.0.clone()), public_url.clone());
+        let admin_clock = clock.clone();
+        trust::Trust::new(
+            dir.pki(),
+            clock.clone(),
+            cas.clone(),
+            renewables,
+            trust::Trusting {
+                front_door: (front_tls.clone(), resolver),
+                upstream_roots: upstream.roots.clone(),
+                admin_kubeconfig: Box::new(move |cas: &CaSet| {
+                    write_admin_kubeconfig(&dir, cas, &public_url, admin_clock.as_ref())
+                }),
+            },
+        )
+    };
     let renew_every = (cfg.leaf_lifetime / 6).clamp(Duration::from_millis(500), Duration::from_secs(60));
-    let renewal_task = renewal::spawn(ca.clone(), clock.clone(), renewables, renew_every);
+    let renewal_task = trust.spawn(renew_every);
     let api = kfsec_api::ApiServer::builder(store.clone(), rbac_cache.clone(), clock.clone(), rng.clone())
         .token_reviewer(Arc::new(tokenreview::Reviewer {
             idp: idp.clone(),
@@ -469,7 +469,7 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
         groups_header: cfg.groups_header.clone(),
         routes: cfg.routes.clone(),
         trusted_proxies: cfg.trusted_proxies.clone(),
-        upstream_identity: Some(gateway_identity(&ca, clock.as_ref())?),
+        upstream_identity: Some(upstream),
     };
     let app = App::new(
         gw_settings,
@@ -489,6 +489,8 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
         idp: Some(idp.clone()),
         store: store.clone(),
         rbac: Some(rbac_cache.clone()),
+        trust: Some(trust.clone()),
+        pki_dir: dir.pki(),
     });
     let mut background = vec![
         admin::serve(&dir.0, ops).map_err(io("opening the admin socket"))?,
@@ -511,7 +513,7 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
     let tasks = vec![
         tokio::spawn(kfsec_gateway::listener::serve_tls(
             https,
-            tls,
+            front_tls,
             app.router(),
             wait(rx.clone()),
             Duration::from_secs(10),
@@ -537,13 +539,14 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
         webhook_addr,
         public_url,
         issuer,
-        ca_pem: ca.cert_pem().to_owned(),
+        ca_pem: cas.trust_bundle_pem(),
         bootstrap_password,
         idp,
         app,
         store,
         api,
         rbac: rbac_cache,
+        trust,
         shutdown: tx,
         tasks,
         background,

@@ -243,11 +243,11 @@ impl rustls::server::ResolvesServerCert for SniResolver {
 /// Issues (or reuses) one certificate per webhook Service under `<pki>/webhooks/` and returns
 /// the TLS configuration of the webhook listener (TLS ≥ 1.2).
 pub fn webhook_tls(
-    ca: &kfsec_pki::CertificateAuthority,
+    cas: &kfsec_pki::CaSet,
     pki_dir: &std::path::Path,
     lifetime: std::time::Duration,
     clock: &dyn kfsec_types::Clock,
-) -> Result<(rustls::ServerConfig, Vec<crate::renewal::Renewable>), crate::ServerError> {
+) -> Result<(rustls::ServerConfig, Vec<crate::trust::Renewable>), crate::ServerError> {
     let dir = pki_dir.join("webhooks");
     std::fs::create_dir_all(&dir).map_err(|e| crate::ServerError::Io {
         what: "creating the webhook pki dir".into(),
@@ -257,45 +257,26 @@ pub fn webhook_tls(
     let mut first = None;
     let mut renewables = Vec::new();
     for service in kfsec_admission::registration::service_names() {
-        let (crt, key) = (dir.join(format!("{service}.crt")), dir.join(format!("{service}.key")));
         let mut names = service_dns_names(service, WEBHOOK_NAMESPACE);
         names.push("localhost".into());
-        let reuse = match (std::fs::read_to_string(&crt), std::fs::read_to_string(&key)) {
-            (Ok(c), Ok(k)) => kfsec_pki::parse_cert_pem(&c)
-                .ok()
-                .filter(|i| !crate::renewal::due(i.not_after, clock.now(), lifetime))
-                .map(|_| (c, k)),
-            _ => None,
-        };
-        let (cert_pem, key_pem) = match reuse {
-            Some(pair) => pair,
-            None => {
-                let issued = issue_webhook_cert(ca, service, &names, lifetime, clock)?;
-                let chain = issued.chain_pem(ca);
-                std::fs::write(&crt, &chain).map_err(|e| crate::ServerError::Io {
-                    what: format!("writing {}", crt.display()),
-                    source: e,
-                })?;
-                kfsec_pki::write_private_file(&key, issued.key_pem.as_bytes())?;
-                (chain, issued.key_pem)
-            }
-        };
-        let resolver = kfsec_pki::ReloadingResolver::from_pem(&cert_pem, &key_pem)?;
-        for n in service_dns_names(service, WEBHOOK_NAMESPACE) {
-            by_name.insert(n, resolver.clone());
-        }
-        first.get_or_insert(resolver.clone());
-        renewables.push(crate::renewal::Renewable {
+        let spec = crate::trust::CertSpec {
             name: format!("webhook {service}"),
-            resolver,
             issue: Box::new(
                 move |ca: &kfsec_pki::CertificateAuthority, clock: &dyn kfsec_types::Clock| {
                     issue_webhook_cert(ca, service, &names, lifetime, clock)
                 },
             ),
-            files: (crt, key),
+            files: (dir.join(format!("{service}.crt")), dir.join(format!("{service}.key"))),
             lifetime,
-        });
+            tag: None,
+        };
+        let item = crate::trust::Renewable::establish(spec, cas, clock)?;
+        let resolver = item.resolver().clone();
+        for n in service_dns_names(service, WEBHOOK_NAMESPACE) {
+            by_name.insert(n, resolver.clone());
+        }
+        first.get_or_insert(resolver);
+        renewables.push(item);
     }
     let default = first.ok_or_else(|| crate::ServerError::Api("no webhooks registered".into()))?;
     Ok((

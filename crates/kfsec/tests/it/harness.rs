@@ -59,18 +59,33 @@ impl Kfsec {
     /// Boots kfsec with `extra` YAML appended to a base config (one static user, a route
     /// `/app/` to an echo upstream and a public `/open/` route).
     pub async fn start(extra: &str) -> Self {
-        Self::start_inner(extra, None).await
+        Self::start_inner(extra, None, tempfile::tempdir().unwrap()).await
+    }
+
+    /// Like [`start`], on an existing data directory (a restart).
+    pub async fn start_in(dir: tempfile::TempDir, extra: &str) -> Self {
+        Self::start_inner(extra, None, dir).await
+    }
+
+    /// Stops the server and hands back its data directory.
+    pub async fn stop(self) -> tempfile::TempDir {
+        self.running.shutdown().await;
+        self._dir
     }
 
     /// Like [`start`], with a manual clock.
     pub async fn start_with_clock(extra: &str) -> Self {
-        Self::start_inner(extra, Some(ManualClock::new(SystemClock.now()))).await
+        Self::start_inner(
+            extra,
+            Some(ManualClock::new(SystemClock.now())),
+            tempfile::tempdir().unwrap(),
+        )
+        .await
     }
 
-    async fn start_inner(extra: &str, clock: Option<Arc<ManualClock>>) -> Self {
+    async fn start_inner(extra: &str, clock: Option<Arc<ManualClock>>, dir: tempfile::TempDir) -> Self {
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let upstream = echo_upstream().await;
-        let dir = tempfile::tempdir().unwrap();
         let yaml = format!(
             "apiVersion: kfsec/v1\nstaticPasswords:\n- email: {USER}\n  hash: \"{HASH}\"\n  username: user1\n  userID: \"15841185641784\"\n  groups: [team-a]\nstaticClients:\n- id: rp-test\n  secret: rp-secret-0123456789\n  name: RP test\n  redirectURIs: [\"https://rp.example/cb\"]\nroutes:\n- prefix: /app/\n  upstream: http://{upstream}\n- prefix: /open/\n  upstream: http://{upstream}\n  public: true\n{extra}"
         );

@@ -13,3 +13,4 @@ mod oidc;
 mod process;
 mod proxying;
 mod rbac;
+mod rotation;

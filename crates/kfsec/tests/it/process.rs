@@ -302,6 +302,37 @@ async fn state_survives_kill_9_and_admin_commands_work_while_running() {
     }
     assert_eq!(checked, 4, "one certificate per webhook Service");
 
+    // CA rotation with the real command, the server stopped (`rotation.rs` covers a running
+    // one): the files change now, the certificates at the next start
+    let o = cli(dir.path(), &["cert", "rotate-ca", "--window", "1h"], None);
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(o.status.success(), "{out}{}", String::from_utf8_lossy(&o.stderr));
+    assert!(out.contains("signing CA: CN=kfsec internal CA 2"), "{out}");
+    assert!(out.contains("re-issued at the next start"), "{out}");
+    assert!(out.contains("also trusted until"), "{out}");
+    let o = cli(dir.path(), &["cert", "rotate-ca"], None);
+    assert!(!o.status.success(), "a second rotation waits for the window");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("in progress"));
+    let list = String::from_utf8_lossy(&cli(dir.path(), &["cert", "list"], None).stdout).to_string();
+    assert!(
+        list.contains("CA rotation window: CN=kfsec internal CA is trusted until"),
+        "{list}"
+    );
+    let out = String::from_utf8_lossy(&cli(dir.path(), &["webhook", "manifests"], None).stdout).to_string();
+    let bundle_pem = std::fs::read_to_string(dir.path().join("pki/ca-bundle.crt")).unwrap();
+    assert_eq!(
+        bundle_pem.matches("BEGIN CERTIFICATE").count(),
+        2,
+        "both CAs in the bundle"
+    );
+    let bundle = base64::engine::general_purpose::STANDARD.encode(&bundle_pem);
+    assert!(out.contains(&format!("caBundle: \"{bundle}\"")), "{out}");
+    let o = cli(dir.path(), &["cert", "rotate-ca", "--finish"], None);
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(o.status.success() && out.contains("no other CA is trusted"), "{out}");
+    let o = cli(dir.path(), &["cert", "rotate-ca", "--finish"], None);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("none is in progress"));
+
     // with the server stopped, commands open the store directly
     let list = String::from_utf8_lossy(&cli(dir.path(), &["user", "list"], None).stdout).to_string();
     assert!(

@@ -160,7 +160,7 @@ async fn user_certificate_is_reloaded_without_dropping_connections() {
     k.running.shutdown().await;
 }
 
-fn pem(der: &[u8]) -> String {
+pub fn pem(der: &[u8]) -> String {
     use base64::Engine;
     let b64 = base64::engine::general_purpose::STANDARD.encode(der);
     let lines: Vec<&str> = b64
@@ -176,7 +176,7 @@ fn pem(der: &[u8]) -> String {
 
 /// A TLS upstream that requires a client certificate from `client_ca` and answers with the
 /// client certificate's subject.
-async fn tls_upstream(listener: TcpListener, cert: kfsec_pki::IssuedCert, client_ca: String) {
+pub async fn tls_upstream(listener: TcpListener, cert: kfsec_pki::IssuedCert, client_ca: String) {
     let resolver = kfsec_pki::ReloadingResolver::from_pem(&cert.cert_pem, &cert.key_pem).unwrap();
     let cfg = kfsec_pki::server_config_with_client_auth(resolver, false, &client_ca, kfsec_pki::ClientAuth::Required)
         .unwrap();
@@ -186,16 +186,15 @@ async fn tls_upstream(listener: TcpListener, cert: kfsec_pki::IssuedCert, client
             let acceptor = acceptor.clone();
             tokio::spawn(async move {
                 let Ok(mut s) = acceptor.accept(tcp).await else { return };
-                let subject = s
-                    .get_ref()
-                    .1
-                    .peer_certificates()
-                    .and_then(|c| c.first().cloned())
-                    .map(|d| {
-                        kfsec_pki::client_identity(d.as_ref())
-                            .map(|(u, _)| u)
-                            .unwrap_or_default()
-                    })
+                let leaf = s.get_ref().1.peer_certificates().and_then(|c| c.first().cloned());
+                let subject = leaf
+                    .as_ref()
+                    .and_then(|d| kfsec_pki::client_identity(d.as_ref()).ok())
+                    .map(|(u, _)| u)
+                    .unwrap_or_default();
+                let serial = leaf
+                    .and_then(|d| kfsec_pki::parse_cert_pem(&pem(d.as_ref())).ok())
+                    .map(|i| i.serial_hex)
                     .unwrap_or_default();
                 let mut head = Vec::new();
                 let mut byte = [0u8; 1];
@@ -207,7 +206,7 @@ async fn tls_upstream(listener: TcpListener, cert: kfsec_pki::IssuedCert, client
                 }
                 let body = format!("client={subject}");
                 let resp = format!(
-                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nX-Client-Serial: {serial}\r\nConnection: close\r\n\r\n{body}",
                     body.len()
                 );
                 let _ = s.write_all(resp.as_bytes()).await;
@@ -239,17 +238,7 @@ async fn mutual_tls_routes_verify_both_sides() {
         &clock,
     )
     .unwrap();
-    let a = ca
-        .issue_workload(
-            "cluster.local",
-            "apps",
-            "upstream-a",
-            &["upstream-a".into()],
-            hour,
-            &clock,
-        )
-        .unwrap();
-    tls_upstream(trusted, a, ca.cert_pem().to_owned()).await;
+    upstream_a(trusted, &k._dir.path().join("pki")).await;
     let other_dir = tempfile::tempdir().unwrap();
     let other =
         kfsec_pki::CertificateAuthority::load_or_create(other_dir.path(), kfsec_pki::KeyAlgorithm::EcdsaP256, &clock)
@@ -291,8 +280,9 @@ async fn mutual_tls_routes_verify_both_sides() {
     k.running.shutdown().await;
 }
 
-/// The serial of the certificate a fresh TLS connection to `addr` (SNI `name`) is served.
-async fn served_serial(ca_pem: &str, addr: std::net::SocketAddr, name: &'static str) -> String {
+/// The certificate a fresh TLS connection to `addr` (SNI `name`) is served, verified against
+/// `ca_pem`.
+pub async fn served_cert(ca_pem: &str, addr: std::net::SocketAddr, name: &'static str) -> kfsec_pki::CertInfo {
     let mut cfg = kfsec_pki::client_config_trusting(ca_pem).unwrap();
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     let tcp = TcpStream::connect(addr).await.unwrap();
@@ -302,40 +292,77 @@ async fn served_serial(ca_pem: &str, addr: std::net::SocketAddr, name: &'static 
         .await
         .unwrap();
     let der = s.get_ref().1.peer_certificates().unwrap()[0].clone();
-    kfsec_pki::parse_cert_pem(&pem(der.as_ref())).unwrap().serial_hex
+    kfsec_pki::parse_cert_pem(&pem(der.as_ref())).unwrap()
+}
+
+/// Serves [`tls_upstream`] `upstream-a` on `listener` with a workload certificate from the
+/// signing CA in `pki`, trusting only that CA for client certificates.
+pub async fn upstream_a(listener: TcpListener, pki: &std::path::Path) {
+    let clock = kfsec_types::SystemClock;
+    let cas = kfsec_pki::CaSet::load_or_create(pki, kfsec_pki::KeyAlgorithm::Rsa2048, &clock).unwrap();
+    let cert = cas
+        .current()
+        .issue_workload(
+            "cluster.local",
+            "apps",
+            "upstream-a",
+            &["upstream-a".into()],
+            Duration::from_secs(3600),
+            &clock,
+        )
+        .unwrap();
+    tls_upstream(listener, cert, cas.current().cert_pem().to_owned()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn certificates_renew_under_load_with_zero_failed_requests() {
-    // 9 s certificates: renewed when 3 s remain, checked every 1.5 s.
-    let k = Kfsec::start("pki:\n  leafLifetime: 9s\n").await;
+    // 9 s certificates: renewed when 3 s remain, checked every 1.5 s. A mutual-TLS route shows
+    // the gateway's own workload certificate renewing too.
+    let upstream_l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = upstream_l.local_addr().unwrap().port();
+    let k = Kfsec::start(&format!(
+        "- prefix: /secure/\n  upstream: https://127.0.0.1:{port}\n  tls: {{mode: mutual, serverName: upstream-a}}\n\
+         pki:\n  leafLifetime: 9s\n"
+    ))
+    .await;
+    upstream_a(upstream_l, &k._dir.path().join("pki")).await;
     let mut b = k.client();
     assert_eq!(b.login("/", USER, PASSWORD).await.0.status(), 200);
     let cookie = format!("authservice_session={}", b.cookies["authservice_session"]);
     let (front, hooks) = (k.running.https_addr, k.running.webhook_addr);
     let mut front_serials = std::collections::BTreeSet::new();
     let mut hook_serials = std::collections::BTreeSet::new();
+    let mut gateway_serials = std::collections::BTreeSet::new();
     let (mut ok, mut failed) = (0u32, 0u32);
     let keep_alive = http_client(&k.running.ca_pem);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(14);
     while tokio::time::Instant::now() < deadline {
-        // a kept-alive connection and a brand-new one, both carrying a real session
+        // a kept-alive connection and a brand-new one, both carrying a real session, to a plain
+        // and to a mutual-TLS upstream
         for client in [keep_alive.clone(), http_client(&k.running.ca_pem)] {
-            match client
-                .get(format!("{}/app/load", k.base))
-                .header("cookie", &cookie)
-                .send()
-                .await
-            {
-                Ok(r) if r.status() == 200 => ok += 1,
-                other => {
-                    failed += 1;
-                    eprintln!("failed request: {other:?}");
+            for path in ["/app/load", "/secure/load"] {
+                match client
+                    .get(format!("{}{path}", k.base))
+                    .header("cookie", &cookie)
+                    .send()
+                    .await
+                {
+                    Ok(r) if r.status() == 200 => {
+                        ok += 1;
+                        if let Some(serial) = r.headers().get("x-client-serial").and_then(|v| v.to_str().ok()) {
+                            gateway_serials.insert(serial.to_owned());
+                        }
+                    }
+                    other => {
+                        failed += 1;
+                        eprintln!("failed request: {other:?}");
+                    }
                 }
             }
         }
-        front_serials.insert(served_serial(&k.running.ca_pem, front, "localhost").await);
-        hook_serials.insert(served_serial(&k.running.ca_pem, hooks, "poddefaults-webhook-service.kubeflow.svc").await);
+        let hook = "poddefaults-webhook-service.kubeflow.svc";
+        front_serials.insert(served_cert(&k.running.ca_pem, front, "localhost").await.serial_hex);
+        hook_serials.insert(served_cert(&k.running.ca_pem, hooks, hook).await.serial_hex);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(failed, 0, "{ok} ok, {failed} failed");
@@ -347,6 +374,10 @@ async fn certificates_renew_under_load_with_zero_failed_requests() {
     assert!(
         hook_serials.len() >= 2,
         "the webhook certificate was renewed: {hook_serials:?}"
+    );
+    assert!(
+        gateway_serials.len() >= 2,
+        "the upstream saw the gateway's renewed workload certificate: {gateway_serials:?}"
     );
     k.running.shutdown().await;
 }

@@ -15,8 +15,12 @@ pub struct Kubectl {
 
 impl Kubectl {
     pub fn new(data_dir: &Path) -> Self {
+        Self::with_kubeconfig(&data_dir.join("admin.kubeconfig"))
+    }
+
+    pub fn with_kubeconfig(kubeconfig: &Path) -> Self {
         Self {
-            kubeconfig: data_dir.join("admin.kubeconfig"),
+            kubeconfig: kubeconfig.to_path_buf(),
             cache: tempfile::tempdir().unwrap(),
         }
     }

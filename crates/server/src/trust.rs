@@ -1,0 +1,316 @@
+//! The live PKI of a running kfsec: the CA set, every certificate kfsec issues to itself (front
+//! door, webhook Services, the gateway's workload certificate) and everything that trusts the CA
+//! (the front door's client-certificate verifier, the gateway's upstream verifier, the admin
+//! kubeconfig).
+//!
+//! - Renewal: a certificate is re-issued when two thirds of its lifetime have passed, written to
+//!   its files and swapped into its resolver — new handshakes get it, open connections are
+//!   untouched.
+//! - CA rotation (`kfsec cert rotate-ca`): a new signing CA; every certificate is re-issued at
+//!   once with the cross-signed chain, and every verifier trusts both CAs until the window ends,
+//!   when the previous CA is dropped everywhere.
+//!
+//! Invariants: a failed renewal keeps serving the current certificate and is retried on the next
+//! tick; private keys are written 0600; rotations, window ends and renewals are serialised.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use kfsec_pki::{CaSet, CertificateAuthority, IssuedCert, LiveRoots, LiveServerConfig, PkiError, ReloadingResolver};
+use kfsec_types::{Clock, UnixTime};
+use parking_lot::RwLock;
+
+use crate::ServerError;
+
+/// Issues a fresh certificate for one identity.
+pub type Issue = Box<dyn Fn(&CertificateAuthority, &dyn Clock) -> Result<IssuedCert, PkiError> + Send + Sync>;
+
+/// A certificate kfsec issues to itself.
+pub struct CertSpec {
+    /// For logs.
+    pub name: String,
+    /// How to issue it.
+    pub issue: Issue,
+    /// Certificate (chain) and key files.
+    pub files: (PathBuf, PathBuf),
+    /// The lifetime it is issued with.
+    pub lifetime: Duration,
+    /// A file and the text it must hold for a stored certificate to be reused (e.g. the names
+    /// it was issued for); written with each issuance.
+    pub tag: Option<(PathBuf, String)>,
+}
+
+/// A certificate kept fresh, and the resolver it is served from.
+pub struct Renewable {
+    spec: CertSpec,
+    resolver: Arc<ReloadingResolver>,
+    /// The [`Trust`] epoch (CA set) its certificate was issued under.
+    epoch: AtomicU64,
+}
+
+impl Renewable {
+    /// Loads the stored certificate when it is still good (chain of the current CA set, not due,
+    /// same tag) or issues and stores a new one.
+    pub fn establish(spec: CertSpec, cas: &CaSet, clock: &dyn Clock) -> Result<Self, ServerError> {
+        let (crt, key) = &spec.files;
+        if let (Ok(c), Ok(k)) = (std::fs::read_to_string(crt), std::fs::read_to_string(key))
+            && spec
+                .tag
+                .as_ref()
+                .is_none_or(|(path, text)| std::fs::read_to_string(path).is_ok_and(|t| &t == text))
+            && cas.is_current_chain(&c)
+            && let Ok(resolver) = ReloadingResolver::from_pem(&c, &k)
+            && !due(resolver.not_after(), clock.now(), spec.lifetime)
+        {
+            return Ok(Self::new(spec, resolver));
+        }
+        let (chain, key_pem) = issue_and_store(&spec, cas, clock)?;
+        let resolver = ReloadingResolver::from_pem(&chain, &key_pem)?;
+        Ok(Self::new(spec, resolver))
+    }
+
+    fn new(spec: CertSpec, resolver: Arc<ReloadingResolver>) -> Self {
+        Self {
+            spec,
+            resolver,
+            epoch: AtomicU64::new(0),
+        }
+    }
+
+    /// Where it is served from.
+    pub fn resolver(&self) -> &Arc<ReloadingResolver> {
+        &self.resolver
+    }
+
+    fn renew(&self, cas: &CaSet, epoch: u64, clock: &dyn Clock) -> Result<(), ServerError> {
+        let issued = (self.spec.issue)(cas.current(), clock)?;
+        let chain = cas.chain_pem(&issued);
+        // Swap first (validates the pair), then persist for the next start.
+        self.resolver.replace(&chain, &issued.key_pem)?;
+        self.epoch.store(epoch, Ordering::Release);
+        store(&self.spec, &chain, &issued.key_pem)
+    }
+}
+
+fn issue_and_store(spec: &CertSpec, cas: &CaSet, clock: &dyn Clock) -> Result<(String, String), ServerError> {
+    let issued = (spec.issue)(cas.current(), clock)?;
+    let chain = cas.chain_pem(&issued);
+    store(spec, &chain, &issued.key_pem)?;
+    Ok((chain, issued.key_pem))
+}
+
+fn store(spec: &CertSpec, chain: &str, key_pem: &str) -> Result<(), ServerError> {
+    let write = |path: &PathBuf, text: &str| {
+        std::fs::write(path, text).map_err(|source| ServerError::Io {
+            what: format!("writing {}", path.display()),
+            source,
+        })
+    };
+    let (crt, key) = &spec.files;
+    kfsec_pki::write_private_file(key, key_pem.as_bytes())?;
+    write(crt, chain)?;
+    if let Some((path, text)) = &spec.tag {
+        write(path, text)?;
+    }
+    Ok(())
+}
+
+/// Whether a certificate issued for `lifetime` and ending at `not_after` is due at `now`: a
+/// third of its lifetime or less remains (i.e. two thirds have passed).
+pub fn due(not_after: UnixTime, now: UnixTime, lifetime: Duration) -> bool {
+    not_after.since(now) <= lifetime / 3
+}
+
+/// Work to redo for a new CA set.
+pub type OnCaChange = Box<dyn Fn(&CaSet) -> Result<(), ServerError> + Send + Sync>;
+
+/// Everything that trusts the CA set, rebuilt when it changes.
+pub struct Trusting {
+    /// The front door's config (its client-certificate roots) and its certificate resolver.
+    pub front_door: (Arc<LiveServerConfig>, Arc<ReloadingResolver>),
+    /// The gateway's upstream verifier.
+    pub upstream_roots: Arc<LiveRoots>,
+    /// Rewrites the admin kubeconfig for a CA set.
+    pub admin_kubeconfig: OnCaChange,
+}
+
+/// The front door's TLS config: certificates from `resolver`, optional client certificates
+/// verified against the CA set's trust bundle.
+pub fn front_door_config(resolver: Arc<ReloadingResolver>, cas: &CaSet) -> Result<rustls::ServerConfig, PkiError> {
+    kfsec_pki::server_config_with_client_auth(resolver, true, &cas.trust_bundle_pem(), kfsec_pki::ClientAuth::Optional)
+}
+
+/// The state of a CA rotation, for `kfsec cert rotate-ca`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RotationStatus {
+    /// The signing CA's subject.
+    pub current: String,
+    /// The previous CA's subject, while it is still trusted.
+    pub previous: Option<String>,
+    /// The end of the window (RFC 3339).
+    pub trusted_until: Option<String>,
+    /// Certificates re-issued by this call.
+    pub reissued: Vec<String>,
+}
+
+fn status(cas: &CaSet, reissued: Vec<String>) -> RotationStatus {
+    RotationStatus {
+        current: cas.current().info().subject.clone(),
+        previous: cas.previous().map(|p| p.info.subject.clone()),
+        trusted_until: cas.previous().map(|p| p.trusted_until.to_rfc3339()),
+        reissued,
+    }
+}
+
+/// Changes to the CA set when no server runs: the next start re-issues what is needed.
+pub fn rotate_offline(
+    pki_dir: &std::path::Path,
+    window: Option<Duration>,
+    clock: &dyn Clock,
+) -> Result<RotationStatus, PkiError> {
+    let cas = CaSet::load_or_create(pki_dir, kfsec_pki::KeyAlgorithm::default(), clock)?;
+    let cas = match window {
+        Some(w) => cas.rotate(pki_dir, w, clock)?,
+        None if cas.previous().is_none() => return Err(PkiError::Rotation("none is in progress".into())),
+        None => cas.finish(pki_dir, clock)?,
+    };
+    Ok(status(&cas, Vec::new()))
+}
+
+/// The live PKI.
+pub struct Trust {
+    pki_dir: PathBuf,
+    clock: Arc<dyn Clock>,
+    cas: RwLock<Arc<CaSet>>,
+    /// Bumped each time the CA set changes; an item of an older epoch is re-issued.
+    epoch: AtomicU64,
+    items: Vec<Renewable>,
+    trusting: Trusting,
+    busy: tokio::sync::Mutex<()>,
+}
+
+impl Trust {
+    /// Takes over `items` (established for `cas`) and the things that trust `cas`.
+    pub fn new(
+        pki_dir: PathBuf,
+        clock: Arc<dyn Clock>,
+        cas: Arc<CaSet>,
+        items: Vec<Renewable>,
+        trusting: Trusting,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            pki_dir,
+            clock,
+            cas: RwLock::new(cas),
+            epoch: AtomicU64::new(0),
+            items,
+            trusting,
+            busy: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// The current CA set.
+    pub fn cas(&self) -> Arc<CaSet> {
+        self.cas.read().clone()
+    }
+
+    /// Starts a CA rotation: a new signing CA, the old one trusted for `window`; every
+    /// certificate is re-issued before this returns.
+    pub async fn rotate(&self, window: Duration) -> Result<RotationStatus, ServerError> {
+        let _busy = self.busy.lock().await;
+        let next = self.cas().rotate(&self.pki_dir, window, self.clock.as_ref())?;
+        self.install(next)
+    }
+
+    /// Ends the rotation window now.
+    pub async fn finish(&self) -> Result<RotationStatus, ServerError> {
+        let _busy = self.busy.lock().await;
+        let cas = self.cas();
+        if cas.previous().is_none() {
+            return Err(PkiError::Rotation("none is in progress".into()).into());
+        }
+        let next = cas.finish(&self.pki_dir, self.clock.as_ref())?;
+        self.install(next)
+    }
+
+    /// Makes `next` the CA set everywhere: verifiers trust its bundle, every certificate is
+    /// re-issued from its signing CA with its chain.
+    fn install(&self, next: CaSet) -> Result<RotationStatus, ServerError> {
+        let next = Arc::new(next);
+        let bundle = next.trust_bundle_pem();
+        // Verifiers first, so a peer presenting a new certificate is accepted by the time any
+        // certificate of ours changes.
+        self.trusting.upstream_roots.replace(&bundle)?;
+        let (live, resolver) = &self.trusting.front_door;
+        live.replace(front_door_config(resolver.clone(), &next)?);
+        *self.cas.write() = next.clone();
+        let epoch = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
+        let mut reissued = Vec::new();
+        for item in &self.items {
+            // A failure here is retried by the next tick (the item's epoch is behind).
+            item.renew(&next, epoch, self.clock.as_ref())?;
+            reissued.push(item.spec.name.clone());
+        }
+        (self.trusting.admin_kubeconfig)(&next)?;
+        reissued.push("admin kubeconfig".into());
+        Ok(status(&next, reissued))
+    }
+
+    /// One pass: ends a window that is over, renews what is due.
+    pub async fn tick(&self) {
+        let _busy = self.busy.lock().await;
+        let cas = self.cas();
+        let now = self.clock.now();
+        if cas.window_ended(now) {
+            match cas.finish(&self.pki_dir, self.clock.as_ref()) {
+                Ok(next) => match self.install(next) {
+                    Ok(_) => tracing::info!("CA rotation window over; certificates re-issued"),
+                    Err(e) => tracing::warn!(error = %e, "re-issuing after the CA rotation window failed; retrying"),
+                },
+                Err(e) => tracing::warn!(error = %e, "ending the CA rotation window failed; retrying"),
+            }
+            return;
+        }
+        let epoch = self.epoch.load(Ordering::Acquire);
+        for item in &self.items {
+            if item.epoch.load(Ordering::Acquire) == epoch && !due(item.resolver.not_after(), now, item.spec.lifetime) {
+                continue;
+            }
+            match item.renew(&cas, epoch, self.clock.as_ref()) {
+                Ok(()) => tracing::info!(cert = %item.spec.name, "renewed certificate"),
+                Err(e) => tracing::warn!(cert = %item.spec.name, error = %e, "certificate renewal failed; retrying"),
+            }
+        }
+    }
+
+    /// Calls [`Self::tick`] every `every` until the task is dropped.
+    pub fn spawn(self: &Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                this.tick().await;
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::due;
+    use kfsec_types::UnixTime;
+
+    #[test]
+    fn due_at_two_thirds() {
+        let life = std::time::Duration::from_secs(90);
+        let end = UnixTime::from_secs(90);
+        assert!(!due(end, UnixTime::from_secs(59), life));
+        assert!(due(end, UnixTime::from_secs(60), life));
+        assert!(due(end, UnixTime::from_secs(200), life));
+    }
+}
