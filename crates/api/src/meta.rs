@@ -4,7 +4,7 @@
 //! Invariants: a name that passes [`validate_name`] never contains `/` or `%`, so store keys built
 //! from it cannot escape their prefix; labels and annotations must be string maps.
 
-use kfsec_types::{Rng, UnixTime, random_array};
+use kfsec_types::{Rng, random_array};
 use serde_json::Value;
 
 use crate::registry::NameRule;
@@ -165,73 +165,6 @@ pub fn validate_maps(meta: &serde_json::Map<String, Value>) -> Vec<FieldCause> {
     out
 }
 
-/// Days since 1970-01-01 → (year, month, day) (Howard Hinnant's civil-from-days).
-fn civil(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = if m <= 2 { y + 1 } else { y };
-    (y, u32::try_from(m).unwrap_or(1), u32::try_from(d).unwrap_or(1))
-}
-
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let mp = if m > 2 { m - 3 } else { m + 9 };
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// `2006-01-02T15:04:05Z` (whole seconds, UTC), as Kubernetes' `metav1.Time`.
-pub fn rfc3339(t: UnixTime) -> String {
-    let secs = i64::try_from(t.as_secs()).unwrap_or(i64::MAX);
-    let (y, mo, d) = civil(secs.div_euclid(86_400));
-    let s = secs.rem_euclid(86_400);
-    format!(
-        "{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        s / 3600,
-        (s / 60) % 60,
-        s % 60
-    )
-}
-
-/// Parses `YYYY-MM-DDTHH:MM:SS[.frac](Z|±HH:MM)` into seconds since the epoch.
-pub fn parse_rfc3339(s: &str) -> Option<i64> {
-    let b = s.as_bytes();
-    if b.len() < 20 || b.get(4) != Some(&b'-') || b.get(7) != Some(&b'-') || b.get(13) != Some(&b':') {
-        return None;
-    }
-    let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
-    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (h, mi, se) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    let mut rest = s.get(19..)?;
-    if let Some(r) = rest.strip_prefix('.') {
-        let n = r.bytes().take_while(u8::is_ascii_digit).count();
-        rest = r.get(n..)?;
-    }
-    let offset = if rest == "Z" || rest == "z" {
-        0
-    } else {
-        let sign = match rest.as_bytes().first()? {
-            b'+' => 1,
-            b'-' => -1,
-            _ => return None,
-        };
-        let oh = rest.get(1..3)?.parse::<i64>().ok()?;
-        let om = rest.get(4..6)?.parse::<i64>().ok()?;
-        sign * (oh * 3600 + om * 60)
-    };
-    Some(days_from_civil(y, mo, d) * 86_400 + h * 3600 + mi * 60 + se - offset)
-}
-
 /// Kubernetes' `HumanDuration` (as printed in the AGE column).
 pub fn human_duration(secs: i64) -> String {
     let s = secs.max(0);
@@ -341,21 +274,6 @@ mod tests {
         assert!(!is_label_value("a b"));
         let meta = serde_json::json!({"labels": {"a": 1}}).as_object().cloned().unwrap();
         assert_eq!(validate_maps(&meta).len(), 1);
-    }
-
-    #[test]
-    fn time_roundtrip() {
-        assert_eq!(rfc3339(UnixTime::from_secs(0)), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(UnixTime::from_secs(1_700_000_000)), "2023-11-14T22:13:20Z");
-        assert_eq!(parse_rfc3339("2023-11-14T22:13:20Z"), Some(1_700_000_000));
-        assert_eq!(parse_rfc3339("2023-11-14T23:13:20.5+01:00"), Some(1_700_000_000));
-        assert_eq!(parse_rfc3339("garbage"), None);
-        for s in [0u64, 951_782_400, 4_102_444_800] {
-            assert_eq!(
-                parse_rfc3339(&rfc3339(UnixTime::from_secs(s))),
-                Some(i64::try_from(s).unwrap())
-            );
-        }
     }
 
     #[test]

@@ -16,7 +16,7 @@ use crate::ApiServer;
 use crate::authorize::UserInfo;
 use crate::hooks::{AdmissionRequest, Operation};
 use crate::kinds::{prepare_kind, spec_changed};
-use crate::meta::{name_suffix, new_uid, rfc3339, validate_maps, validate_name};
+use crate::meta::{name_suffix, new_uid, validate_maps, validate_name};
 use crate::patch::{self, PatchType};
 use crate::registry::{self, Resource};
 use crate::status::{ApiError, FieldCause};
@@ -240,7 +240,7 @@ impl ApiServer {
             // As for Kubernetes types with a status subresource: clients cannot set status.
             o.remove("status");
         }
-        let now = rfc3339(self.clock.now());
+        let now = self.clock.now().to_rfc3339();
         let uid = new_uid(self.rng.as_ref());
         let (name, generate) = {
             let m = meta_mut(&mut obj)?;
@@ -555,7 +555,7 @@ impl ApiServer {
                 }
                 let mut marked = current.clone();
                 let m = meta_mut(&mut marked)?;
-                m.insert("deletionTimestamp".into(), Value::String(rfc3339(self.clock.now())));
+                m.insert("deletionTimestamp".into(), Value::String(self.clock.now().to_rfc3339()));
                 m.insert("deletionGracePeriodSeconds".into(), json!(0));
                 match self.store.update(&key, encode(&marked)?, Some(rev), None).await {
                     Ok(r) => return Ok(present(res, marked, r)),

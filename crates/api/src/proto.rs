@@ -342,7 +342,7 @@ fn rfc3339_of(b: &[u8]) -> Result<Value, ProtoError> {
         }
     }
     let t = kfsec_types::UnixTime::from_secs(u64::try_from(secs).unwrap_or(0));
-    Ok(Value::String(crate::meta::rfc3339(t)))
+    Ok(Value::String(t.to_rfc3339()))
 }
 
 fn map_entry(b: &[u8], depth: usize, value_kind: Kind) -> Result<(String, Value), ProtoError> {

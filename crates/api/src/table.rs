@@ -6,7 +6,8 @@
 
 use serde_json::{Value, json};
 
-use crate::meta::{human_duration, parse_rfc3339};
+use crate::meta::human_duration;
+use kfsec_types::time::parse_rfc3339;
 
 /// What the client asked to receive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

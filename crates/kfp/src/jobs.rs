@@ -174,7 +174,7 @@ fn not_found(id: &str) -> KfpError {
 fn time_field(v: &Value, key: &str) -> KfpResult<Option<String>> {
     match json::field(v, key) {
         None => Ok(None),
-        Some(Value::String(s)) if crate::time::parse_rfc3339(s).is_some() => Ok(Some(s.clone())),
+        Some(Value::String(s)) if kfsec_types::time::parse_rfc3339(s).is_some() => Ok(Some(s.clone())),
         Some(_) => Err(KfpError::InvalidInput(format!("{key} must be an RFC 3339 time"))),
     }
 }

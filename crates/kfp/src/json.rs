@@ -143,7 +143,8 @@ impl Out {
     }
     /// A timestamp (always present: KFP sets every timestamp message, even at the epoch).
     pub fn ts(mut self, k: &str, secs: i64) -> Self {
-        self.0.insert(k.to_owned(), Value::String(crate::time::rfc3339(secs)));
+        self.0
+            .insert(k.to_owned(), Value::String(kfsec_types::time::format_rfc3339(secs)));
         self
     }
     /// Any value, unless null, an empty object, array or string.

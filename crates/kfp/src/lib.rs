@@ -23,7 +23,6 @@ mod report;
 mod routes;
 mod runs;
 mod storage;
-mod time;
 
 #[cfg(test)]
 mod tests;

@@ -219,7 +219,7 @@ fn operand_of(p: &Value, key: &str) -> KfpResult<Operand> {
     if let Some(t) = json::field(p, "timestamp_value") {
         let secs = t
             .as_str()
-            .and_then(crate::time::parse_rfc3339)
+            .and_then(kfsec_types::time::parse_rfc3339)
             .ok_or_else(|| bad_filter("timestamp_value must be an RFC 3339 time"))?;
         return Ok(Operand::One(FieldValue::Int(secs)));
     }
@@ -256,7 +256,7 @@ fn compare(field: &FieldValue, op: Op, operand: &Operand) -> bool {
             // A string operand on a numeric field (e.g. created_at) may be a number or a time.
             let v = match (&f, v) {
                 (FieldValue::Int(_), FieldValue::Str(s)) => {
-                    match s.parse::<i64>().ok().or_else(|| crate::time::parse_rfc3339(&s)) {
+                    match s.parse::<i64>().ok().or_else(|| kfsec_types::time::parse_rfc3339(&s)) {
                         Some(n) => FieldValue::Int(n),
                         None => return false,
                     }

@@ -109,7 +109,7 @@ pub async fn workflow(k: &Kfp, r: &Req) -> KfpResult<Value> {
     let finished_ms = wf
         .pointer("/status/finishedAt")
         .and_then(Value::as_str)
-        .and_then(crate::time::parse_rfc3339)
+        .and_then(kfsec_types::time::parse_rfc3339)
         .map_or(0, |s| s.saturating_mul(1000));
     let state = state_of(&wf);
     runs::apply_report(k, &run_id, &ns, state, finished_ms, &raw)

@@ -42,24 +42,7 @@ impl UnixTime {
     }
     /// RFC 3339 in UTC with second precision, e.g. `2026-11-22T06:30:00Z`.
     pub fn to_rfc3339(self) -> String {
-        let secs = self.as_secs();
-        let (days, rem) = (secs / 86_400, secs % 86_400);
-        // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-        let z = days + 719_468;
-        let era = z / 146_097;
-        let doe = z - era * 146_097;
-        let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-        let mp = (5 * doy + 2) / 153;
-        let day = doy - (153 * mp + 2) / 5 + 1;
-        let month = if mp < 10 { mp + 3 } else { mp - 9 };
-        let year = yoe + era * 400 + u64::from(month <= 2);
-        format!(
-            "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-            rem / 3600,
-            rem % 3600 / 60,
-            rem % 60
-        )
+        crate::time::format_rfc3339(i64::try_from(self.as_secs()).unwrap_or(i64::MAX))
     }
     /// How long from `earlier` to `self`; zero if `earlier` is later.
     pub fn since(self, earlier: UnixTime) -> Duration {

@@ -1,10 +1,10 @@
-//! RFC 3339 timestamps as KFP writes them (`2006-01-02T15:04:05Z`, whole seconds, UTC) and the
-//! parser for filter values and reported workflows.
+//! RFC 3339 timestamps as Kubernetes and KFP write them (`2006-01-02T15:04:05Z`: whole seconds,
+//! UTC) and the parser for what clients send (fractions and offsets accepted).
 //!
 //! Invariants: pure functions; out-of-range input yields `None`, never a panic.
 
 /// Seconds since the epoch → `YYYY-MM-DDTHH:MM:SSZ`.
-pub fn rfc3339(secs: i64) -> String {
+pub fn format_rfc3339(secs: i64) -> String {
     let days = secs.div_euclid(86_400);
     let s = secs.rem_euclid(86_400);
     let (y, m, d) = civil_from_days(days);
@@ -99,10 +99,10 @@ mod tests {
     #[test]
     fn round_trip() {
         for t in [0_i64, 1, 86_399, 951_782_400, 1_700_000_000, 4_102_444_800] {
-            assert_eq!(parse_rfc3339(&rfc3339(t)), Some(t), "{t}");
+            assert_eq!(parse_rfc3339(&format_rfc3339(t)), Some(t), "{t}");
         }
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
+        assert_eq!(format_rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(format_rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
         assert_eq!(parse_rfc3339("2023-11-14T23:13:20.5+01:00"), Some(1_700_000_000));
         for bad in [
             "",
