@@ -15,7 +15,6 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use http_body_util::{BodyExt, LengthLimitError, Limited};
 use kfsec_types::Identity;
 use serde_json::{Value, json};
 
@@ -100,11 +99,10 @@ fn dry_run(q: &Query) -> Result<bool, ApiError> {
 impl ApiServer {
     async fn read_body(&self, body: Body) -> Result<bytes::Bytes, ApiError> {
         let max = self.options.max_body_bytes;
-        match Limited::new(body, max).collect().await {
-            Ok(c) => Ok(c.to_bytes()),
-            Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(ApiError::TooLarge(max)),
-            Err(_) => Err(ApiError::BadRequest("failed to read the request body".into())),
-        }
+        crate::body::read_bounded(body, max).await.map_err(|e| match e {
+            crate::body::BodyError::TooLarge => ApiError::TooLarge(max),
+            crate::body::BodyError::Read => ApiError::BadRequest("failed to read the request body".into()),
+        })
     }
 
     async fn serve(self: &Arc<Self>, req: Request) -> Result<Response, ApiError> {
@@ -122,6 +120,8 @@ impl ApiServer {
             .and_then(|v| v.parse::<usize>().ok())
             && len > self.options.max_body_bytes
         {
+            // Read (and discard) what the client is sending, so it sees the 413.
+            let _ = self.read_body(body).await;
             return Err(ApiError::TooLarge(self.options.max_body_bytes));
         }
         let user = self.effective_user(&identity, &parts.headers)?;

@@ -9,6 +9,7 @@
 //! without `metadata.resourceVersion` (which is always the record's mod revision).
 
 mod authorize;
+pub mod body;
 mod discovery;
 mod handlers;
 mod hooks;

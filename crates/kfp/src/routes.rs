@@ -53,33 +53,6 @@ fn not_found() -> KfpError {
     KfpError::NotFound("Not Found".into())
 }
 
-/// Reads a body of at most `limit` bytes; `None` if it is larger. An oversized body is still read
-/// to its end (discarded, up to 4× the limit and 30 s) so that the client, which is usually
-/// still sending, receives the 413 instead of a reset connection.
-async fn read_body(body: axum::body::Body, limit: usize) -> Option<axum::body::Bytes> {
-    use http_body_util::BodyExt;
-    let mut body = body;
-    let mut buf = Vec::new();
-    let mut seen = 0usize;
-    let drain_until = limit.saturating_mul(4);
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
-            Ok(Some(Ok(f))) => f,
-            Ok(None) => break,
-            Ok(Some(Err(_))) | Err(_) => return None,
-        };
-        let Ok(data) = frame.into_data() else { continue };
-        seen = seen.saturating_add(data.len());
-        if seen <= limit {
-            buf.extend_from_slice(&data);
-        } else if seen > drain_until {
-            return None;
-        }
-    }
-    (seen <= limit).then(|| axum::body::Bytes::from(buf))
-}
-
 /// The single entry point for every KFP path.
 pub async fn dispatch(State(k): State<Arc<Kfp>>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
@@ -88,9 +61,9 @@ pub async fn dispatch(State(k): State<Arc<Kfp>>, req: Request) -> Response {
             "Failed to check authorization. User identity is empty in the request header".into(),
         ));
     };
-    let body = match read_body(body, k.settings.max_body_bytes).await {
-        Some(b) => b,
-        None => {
+    let body = match kfsec_api::body::read_bounded(body, k.settings.max_body_bytes).await {
+        Ok(b) => b,
+        Err(_) => {
             return error_response(&KfpError::TooLarge(format!(
                 "The request body is larger than the maximum of {} bytes",
                 k.settings.max_body_bytes
