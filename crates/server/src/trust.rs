@@ -187,6 +187,8 @@ pub struct Trust {
     cas: RwLock<Arc<CaSet>>,
     /// Bumped each time the CA set changes; an item of an older epoch is re-issued.
     epoch: AtomicU64,
+    /// The epoch the admin kubeconfig was last written for.
+    kubeconfig_epoch: AtomicU64,
     items: Vec<Renewable>,
     trusting: Trusting,
     busy: tokio::sync::Mutex<()>,
@@ -206,6 +208,7 @@ impl Trust {
             clock,
             cas: RwLock::new(cas),
             epoch: AtomicU64::new(0),
+            kubeconfig_epoch: AtomicU64::new(0),
             items,
             trusting,
             busy: tokio::sync::Mutex::new(()),
@@ -248,15 +251,33 @@ impl Trust {
         live.replace(front_door_config(resolver.clone(), &next)?);
         *self.cas.write() = next.clone();
         let epoch = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
+        // Every item is attempted; one that fails is retried by the next tick (its epoch is
+        // behind), and the first failure is reported.
         let mut reissued = Vec::new();
+        let mut first_error = None;
         for item in &self.items {
-            // A failure here is retried by the next tick (the item's epoch is behind).
-            item.renew(&next, epoch, self.clock.as_ref())?;
-            reissued.push(item.spec.name.clone());
+            match item.renew(&next, epoch, self.clock.as_ref()) {
+                Ok(()) => reissued.push(item.spec.name.clone()),
+                Err(e) => {
+                    tracing::warn!(cert = %item.spec.name, error = %e, "re-issuing for the new CA set failed; retrying");
+                    first_error.get_or_insert(e);
+                }
+            }
         }
-        (self.trusting.admin_kubeconfig)(&next)?;
-        reissued.push("admin kubeconfig".into());
-        Ok(status(&next, reissued))
+        match (self.trusting.admin_kubeconfig)(&next) {
+            Ok(()) => {
+                self.kubeconfig_epoch.store(epoch, Ordering::Release);
+                reissued.push("admin kubeconfig".into());
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "rewriting the admin kubeconfig failed; retrying");
+                first_error.get_or_insert(e);
+            }
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(status(&next, reissued)),
+        }
     }
 
     /// One pass: ends a window that is over, renews what is due.
@@ -282,6 +303,12 @@ impl Trust {
             match item.renew(&cas, epoch, self.clock.as_ref()) {
                 Ok(()) => tracing::info!(cert = %item.spec.name, "renewed certificate"),
                 Err(e) => tracing::warn!(cert = %item.spec.name, error = %e, "certificate renewal failed; retrying"),
+            }
+        }
+        if self.kubeconfig_epoch.load(Ordering::Acquire) != epoch {
+            match (self.trusting.admin_kubeconfig)(&cas) {
+                Ok(()) => self.kubeconfig_epoch.store(epoch, Ordering::Release),
+                Err(e) => tracing::warn!(error = %e, "rewriting the admin kubeconfig failed; retrying"),
             }
         }
     }
