@@ -192,11 +192,12 @@ impl CaSet {
         }
         if !self.current.allows_intermediate() {
             tracing::warn!(
-                "the current CA has pathlen:0, so clients that trust only it cannot verify the \
-                 cross-signed chain; give them ca-bundle.crt before the window ends"
+                "the current CA has pathlen:0 (made before CA rotation existed): clients that trust \
+                 only it cannot verify the cross-signed chain, from now on; give them ca-bundle.crt"
             );
         }
-        let until = UnixTime::from_secs(clock.now().add(window).as_secs());
+        // Never past the old CA's own end (the cross certificate cannot outlive it).
+        let until = UnixTime::from_secs(clock.now().add(window).min(self.current.not_after()).as_secs());
         let (next, key_pem) =
             CertificateAuthority::generate(self.current.key_algorithm(), self.current.generation() + 1, clock)?;
         let cross_pem = self.current.cross_sign(&next, until, clock)?;

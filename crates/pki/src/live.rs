@@ -9,18 +9,13 @@
 use std::fmt;
 use std::sync::Arc;
 
-use std::sync::atomic::{AtomicU64, Ordering};
-
-use parking_lot::{Mutex, RwLock};
+use parking_lot::RwLock;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::client::{
-    ClientSessionMemoryCache, ClientSessionStore, ResolvesClientCert, Resumption, Tls12ClientSessionValue,
-    Tls13ClientSessionValue, WebPkiServerVerifier,
-};
+use rustls::client::{ResolvesClientCert, Resumption, WebPkiServerVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::sign::CertifiedKey;
 use rustls::version::{TLS12, TLS13};
-use rustls::{ClientConfig, DigitallySignedStruct, NamedGroup, ServerConfig, SignatureScheme};
+use rustls::{ClientConfig, DigitallySignedStruct, ServerConfig, SignatureScheme};
 
 use crate::error::PkiError;
 use crate::reload::ReloadingResolver;
@@ -29,12 +24,7 @@ use crate::tls::{crypto_provider, root_store};
 /// Verifies server certificates against roots that can be replaced at run time.
 pub struct LiveRoots {
     inner: RwLock<Arc<WebPkiServerVerifier>>,
-    /// Bumped by every replacement.
-    generation: AtomicU64,
 }
-
-/// Resumable sessions kept per [`LiveRoots`] generation.
-const SESSIONS: usize = 256;
 
 impl fmt::Debug for LiveRoots {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -53,7 +43,6 @@ impl LiveRoots {
     pub fn new(ca_pem: &str) -> Result<Arc<Self>, PkiError> {
         Ok(Arc::new(Self {
             inner: RwLock::new(verifier(ca_pem)?),
-            generation: AtomicU64::new(0),
         }))
     }
 
@@ -61,7 +50,6 @@ impl LiveRoots {
     pub fn replace(&self, ca_pem: &str) -> Result<(), PkiError> {
         let next = verifier(ca_pem)?;
         *self.inner.write() = next;
-        self.generation.fetch_add(1, Ordering::AcqRel);
         Ok(())
     }
 
@@ -106,66 +94,6 @@ impl ServerCertVerifier for LiveRoots {
     }
 }
 
-/// The resumable sessions of one live client config. A resumed session skips certificate
-/// checks on both sides, so the cache is dropped whenever the roots or our own certificate
-/// change: no connection resumes a session the new roots would refuse, and upstreams see a
-/// renewed client certificate on the next connection.
-#[derive(Debug)]
-struct LiveSessions {
-    roots: Arc<LiveRoots>,
-    identity: Option<Arc<ReloadingResolver>>,
-    cache: Mutex<((u64, u64), Arc<ClientSessionMemoryCache>)>,
-}
-
-impl LiveSessions {
-    fn new(roots: Arc<LiveRoots>, identity: Option<Arc<ReloadingResolver>>) -> Self {
-        let cache = Mutex::new(((0, 0), Arc::new(ClientSessionMemoryCache::new(SESSIONS))));
-        Self { roots, identity, cache }
-    }
-
-    fn current(&self) -> Arc<ClientSessionMemoryCache> {
-        let tag = (
-            self.roots.generation.load(Ordering::Acquire),
-            self.identity.as_ref().map_or(0, |i| i.generation()),
-        );
-        let mut cache = self.cache.lock();
-        if cache.0 != tag {
-            *cache = (tag, Arc::new(ClientSessionMemoryCache::new(SESSIONS)));
-        }
-        cache.1.clone()
-    }
-}
-
-impl ClientSessionStore for LiveSessions {
-    fn set_kx_hint(&self, server_name: ServerName<'static>, group: NamedGroup) {
-        self.current().set_kx_hint(server_name, group);
-    }
-
-    fn kx_hint(&self, server_name: &ServerName<'_>) -> Option<NamedGroup> {
-        self.current().kx_hint(server_name)
-    }
-
-    fn set_tls12_session(&self, server_name: ServerName<'static>, value: Tls12ClientSessionValue) {
-        self.current().set_tls12_session(server_name, value);
-    }
-
-    fn tls12_session(&self, server_name: &ServerName<'_>) -> Option<Tls12ClientSessionValue> {
-        self.current().tls12_session(server_name)
-    }
-
-    fn remove_tls12_session(&self, server_name: &ServerName<'static>) {
-        self.current().remove_tls12_session(server_name);
-    }
-
-    fn insert_tls13_ticket(&self, server_name: ServerName<'static>, value: Tls13ClientSessionValue) {
-        self.current().insert_tls13_ticket(server_name, value);
-    }
-
-    fn take_tls13_ticket(&self, server_name: &ServerName<'static>) -> Option<Tls13ClientSessionValue> {
-        self.current().take_tls13_ticket(server_name)
-    }
-}
-
 impl ResolvesClientCert for ReloadingResolver {
     fn resolve(&self, _root_hint_subjects: &[&[u8]], _sigschemes: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
         Some(self.current())
@@ -186,12 +114,14 @@ pub fn client_config_live(
         .with_protocol_versions(&[&TLS13, &TLS12])?
         .dangerous()
         .with_custom_certificate_verifier(roots.clone());
-    let sessions = Arc::new(LiveSessions::new(roots, identity.clone()));
     let mut config = match identity {
         Some(id) => builder.with_client_cert_resolver(id),
         None => builder.with_no_client_auth(),
     };
-    config.resumption = Resumption::store(sessions);
+    // A resumed session skips certificate checks on both sides, and a session ticket can
+    // arrive after the roots or our certificate changed; connections are pooled, so every new
+    // one simply gets a full handshake against the current roots with the current certificate.
+    config.resumption = Resumption::disabled();
     Ok(config)
 }
 

@@ -8,7 +8,6 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime};
 
@@ -29,8 +28,6 @@ struct Current {
 /// A certificate resolver whose certificate can be replaced at runtime.
 pub struct ReloadingResolver {
     current: RwLock<Arc<Current>>,
-    /// Bumped by every replacement.
-    generation: AtomicU64,
 }
 
 impl fmt::Debug for ReloadingResolver {
@@ -60,7 +57,6 @@ impl ReloadingResolver {
     pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Arc<Self>, PkiError> {
         Ok(Arc::new(Self {
             current: RwLock::new(Arc::new(validate(cert_pem, key_pem)?)),
-            generation: AtomicU64::new(0),
         }))
     }
 
@@ -80,13 +76,7 @@ impl ReloadingResolver {
             "serving certificate replaced"
         );
         *self.current.write() = next;
-        self.generation.fetch_add(1, Ordering::AcqRel);
         Ok(())
-    }
-
-    /// How many times the pair was replaced.
-    pub fn generation(&self) -> u64 {
-        self.generation.load(Ordering::Acquire)
     }
 
     /// The pair currently served.

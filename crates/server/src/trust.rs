@@ -243,14 +243,16 @@ impl Trust {
     /// re-issued from its signing CA with its chain.
     fn install(&self, next: CaSet) -> Result<RotationStatus, ServerError> {
         let next = Arc::new(next);
+        // The set on disk has changed: memory follows first, whatever fails below (a retried
+        // rotation must see the open window; the next tick retries what is behind).
+        *self.cas.write() = next.clone();
+        let epoch = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
         let bundle = next.trust_bundle_pem();
-        // Verifiers first, so a peer presenting a new certificate is accepted by the time any
-        // certificate of ours changes.
+        // Verifiers before certificates, so a peer presenting a new certificate is accepted by
+        // the time any certificate of ours changes.
         self.trusting.upstream_roots.replace(&bundle)?;
         let (live, resolver) = &self.trusting.front_door;
         live.replace(front_door_config(resolver.clone(), &next)?);
-        *self.cas.write() = next.clone();
-        let epoch = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
         // Every item is attempted; one that fails is retried by the next tick (its epoch is
         // behind), and the first failure is reported.
         let mut reissued = Vec::new();
