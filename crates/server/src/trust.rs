@@ -66,8 +66,10 @@ impl Renewable {
         {
             return Ok(Self::new(spec, resolver));
         }
-        let (chain, key_pem) = issue_and_store(&spec, cas, clock)?;
+        let (chain, key_pem) = issue(&spec, cas, clock)?;
+        // Validated by the resolver first, then persisted for the next start.
         let resolver = ReloadingResolver::from_pem(&chain, &key_pem)?;
+        store(&spec, &chain, &key_pem)?;
         Ok(Self::new(spec, resolver))
     }
 
@@ -85,20 +87,18 @@ impl Renewable {
     }
 
     fn renew(&self, cas: &CaSet, epoch: u64, clock: &dyn Clock) -> Result<(), ServerError> {
-        let issued = (self.spec.issue)(cas.current(), clock)?;
-        let chain = cas.chain_pem(&issued);
+        let (chain, key_pem) = issue(&self.spec, cas, clock)?;
         // Swap first (validates the pair), then persist for the next start.
-        self.resolver.replace(&chain, &issued.key_pem)?;
+        self.resolver.replace(&chain, &key_pem)?;
         self.epoch.store(epoch, Ordering::Release);
-        store(&self.spec, &chain, &issued.key_pem)
+        store(&self.spec, &chain, &key_pem)
     }
 }
 
-fn issue_and_store(spec: &CertSpec, cas: &CaSet, clock: &dyn Clock) -> Result<(String, String), ServerError> {
+/// A new certificate for `spec` from the signing CA: its chain and key (PEM).
+fn issue(spec: &CertSpec, cas: &CaSet, clock: &dyn Clock) -> Result<(String, String), ServerError> {
     let issued = (spec.issue)(cas.current(), clock)?;
-    let chain = cas.chain_pem(&issued);
-    store(spec, &chain, &issued.key_pem)?;
-    Ok((chain, issued.key_pem))
+    Ok((cas.chain_pem(&issued), issued.key_pem))
 }
 
 fn store(spec: &CertSpec, chain: &str, key_pem: &str) -> Result<(), ServerError> {
