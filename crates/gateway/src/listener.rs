@@ -14,7 +14,6 @@ use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
@@ -54,7 +53,9 @@ pub async fn serve_tls(
     shutdown: impl Future<Output = ()>,
     drain: Duration,
 ) {
-    let graceful = GracefulShutdown::new();
+    // Every connection task holds a clone of `alive`; the drain waits for all of them to drop.
+    let (alive, mut drained) = tokio::sync::mpsc::channel::<()>(1);
+    let (stop, stopping) = tokio::sync::watch::channel(false);
     let builder = Arc::new(builder());
     tokio::pin!(shutdown);
     loop {
@@ -72,10 +73,12 @@ pub async fn serve_tls(
         let _ = tcp.set_nodelay(true);
         // The config current at accept time (client roots change with a CA rotation).
         let acceptor = TlsAcceptor::from(tls.current());
+        let replaced = tls.replaced();
         let app = app.clone();
         let builder = builder.clone();
-        let watcher = graceful.watcher();
+        let (alive, mut stopping) = (alive.clone(), stopping.clone());
         tokio::spawn(async move {
+            let _alive = alive;
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
@@ -93,6 +96,10 @@ pub async fn serve_tls(
                 .and_then(|c| c.first())
                 .and_then(|der| kfsec_pki::client_identity(der.as_ref()).ok())
                 .map(|(user, groups)| ClientCertIdentity(Identity::new(user, groups)));
+            // Such an identity was checked against the roots of this config only: when the
+            // config is replaced (a CA leaves the trust), the connection is closed gracefully and
+            // the client's next handshake is checked again.
+            let bound_to_roots = cert_identity.is_some();
             let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
                 req.extensions_mut().insert(ClientAddr(peer.ip()));
                 if let Some(id) = &cert_identity {
@@ -101,13 +108,31 @@ pub async fn serve_tls(
                 app.clone().oneshot(req.map(axum::body::Body::new))
             });
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), svc);
-            if let Err(e) = watcher.watch(conn.into_owned()).await {
+            tokio::pin!(conn);
+            tokio::pin!(replaced);
+            let mut closing = false;
+            let result = loop {
+                tokio::select! {
+                    r = conn.as_mut() => break r,
+                    _ = stopping.wait_for(|s| *s), if !closing => {
+                        closing = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
+                    () = &mut replaced, if bound_to_roots && !closing => {
+                        closing = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
+                }
+            };
+            if let Err(e) = result {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
         });
     }
     drop(listener);
-    if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
+    let _ = stop.send(true);
+    drop(alive);
+    if tokio::time::timeout(drain, drained.recv()).await.is_err() {
         tracing::warn!("connections still open after the drain period; closing");
     }
 }

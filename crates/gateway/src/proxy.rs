@@ -5,6 +5,7 @@
 //! is added; the session cookie never reaches an upstream; an unreachable upstream is a 502 with
 //! a clear body.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -217,7 +218,66 @@ type TlsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>;
 #[derive(Clone)]
 pub struct Proxy {
     client: Client<HttpConnector, Body>,
-    tls: std::collections::HashMap<String, TlsClient>,
+    tls: Arc<TlsClients>,
+}
+
+/// The TLS clients with the roots generation their pooled connections were verified under.
+struct TlsClients {
+    routes: Vec<Route>,
+    identity: Option<UpstreamIdentity>,
+    current: parking_lot::RwLock<(u64, Arc<HashMap<String, TlsClient>>)>,
+}
+
+impl TlsClients {
+    /// One client per TLS route; each pool starts empty.
+    fn build(&self) -> Result<HashMap<String, TlsClient>, GatewayError> {
+        let mut tls = HashMap::new();
+        for r in &self.routes {
+            let Some(t) = &r.tls else { continue };
+            let id = self
+                .identity
+                .as_ref()
+                .ok_or_else(|| GatewayError::Config(format!("route {}: TLS needs the internal CA", r.prefix)))?;
+            // (ALPN is set by the connector builder: HTTP/1.1, which upgrades need.)
+            let cfg = kfsec_pki::client_config_live(id.roots.clone(), t.mutual.then(|| id.certificate.clone()))
+                .map_err(|e| GatewayError::Config(format!("route {}: {e}", r.prefix)))?;
+            let name = rustls::pki_types::ServerName::try_from(t.server_name.clone())
+                .map_err(|e| GatewayError::Config(format!("route {}: server name: {e}", r.prefix)))?;
+            let connector = hyper_rustls::HttpsConnectorBuilder::new()
+                .with_tls_config(cfg)
+                .https_only()
+                .with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(name))
+                .enable_http1()
+                .wrap_connector(http_connector());
+            tls.insert(
+                r.prefix.clone(),
+                Client::builder(TokioExecutor::new())
+                    .pool_max_idle_per_host(64)
+                    .build(connector),
+            );
+        }
+        Ok(tls)
+    }
+
+    /// The client of `prefix`. When the roots changed since its connections were verified, the
+    /// clients are rebuilt, so no pooled connection outlives the trust it was checked against.
+    fn get(&self, prefix: &str) -> Option<TlsClient> {
+        let generation = self.identity.as_ref().map_or(0, |id| id.roots.generation());
+        {
+            let current = self.current.read();
+            if current.0 == generation {
+                return current.1.get(prefix).cloned();
+            }
+        }
+        let mut current = self.current.write();
+        if current.0 != generation {
+            match self.build() {
+                Ok(clients) => *current = (generation, Arc::new(clients)),
+                Err(e) => tracing::warn!(error = %e, "rebuilding the upstream TLS clients failed"),
+            }
+        }
+        current.1.get(prefix).cloned()
+    }
 }
 
 fn http_connector() -> HttpConnector {
@@ -235,30 +295,18 @@ impl Proxy {
         let client = Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(256)
             .build(http_connector());
-        let mut tls = std::collections::HashMap::new();
-        for r in routes {
-            let Some(t) = &r.tls else { continue };
-            let id = identity
-                .ok_or_else(|| GatewayError::Config(format!("route {}: TLS needs the internal CA", r.prefix)))?;
-            let cfg = kfsec_pki::client_config_live(id.roots.clone(), t.mutual.then(|| id.certificate.clone()));
-            // (ALPN is set by the connector builder: HTTP/1.1, which upgrades need.)
-            let cfg = cfg.map_err(|e| GatewayError::Config(format!("route {}: {e}", r.prefix)))?;
-            let name = rustls::pki_types::ServerName::try_from(t.server_name.clone())
-                .map_err(|e| GatewayError::Config(format!("route {}: server name: {e}", r.prefix)))?;
-            let connector = hyper_rustls::HttpsConnectorBuilder::new()
-                .with_tls_config(cfg)
-                .https_only()
-                .with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(name))
-                .enable_http1()
-                .wrap_connector(http_connector());
-            tls.insert(
-                r.prefix.clone(),
-                Client::builder(TokioExecutor::new())
-                    .pool_max_idle_per_host(64)
-                    .build(connector),
-            );
-        }
-        Ok(Self { client, tls })
+        let generation = identity.map_or(0, |id| id.roots.generation());
+        let mut tls = TlsClients {
+            routes: routes.to_vec(),
+            identity: identity.cloned(),
+            current: parking_lot::RwLock::new((generation, Arc::new(HashMap::new()))),
+        };
+        let clients = tls.build()?;
+        tls.current.get_mut().1 = Arc::new(clients);
+        Ok(Self {
+            client,
+            tls: Arc::new(tls),
+        })
     }
 }
 

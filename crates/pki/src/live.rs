@@ -23,7 +23,7 @@ use crate::tls::{crypto_provider, root_store};
 
 /// Verifies server certificates against roots that can be replaced at run time.
 pub struct LiveRoots {
-    inner: RwLock<Arc<WebPkiServerVerifier>>,
+    inner: RwLock<(u64, Arc<WebPkiServerVerifier>)>,
 }
 
 impl fmt::Debug for LiveRoots {
@@ -42,19 +42,26 @@ impl LiveRoots {
     /// Trusts exactly the certificates in `ca_pem`.
     pub fn new(ca_pem: &str) -> Result<Arc<Self>, PkiError> {
         Ok(Arc::new(Self {
-            inner: RwLock::new(verifier(ca_pem)?),
+            inner: RwLock::new((0, verifier(ca_pem)?)),
         }))
     }
 
     /// From now on trusts exactly the certificates in `ca_pem`.
     pub fn replace(&self, ca_pem: &str) -> Result<(), PkiError> {
         let next = verifier(ca_pem)?;
-        *self.inner.write() = next;
+        let mut inner = self.inner.write();
+        *inner = (inner.0 + 1, next);
         Ok(())
     }
 
+    /// How many times the roots were replaced (connections verified under an older generation
+    /// should not be reused).
+    pub fn generation(&self) -> u64 {
+        self.inner.read().0
+    }
+
     fn current(&self) -> Arc<WebPkiServerVerifier> {
-        self.inner.read().clone()
+        self.inner.read().1.clone()
     }
 }
 
@@ -126,9 +133,10 @@ pub fn client_config_live(
 }
 
 /// A server config that can be replaced at run time (e.g. new client-certificate roots after a
-/// CA rotation); every new connection uses the current one.
+/// CA rotation); every new connection uses the current one, and listeners can watch for
+/// replacements to close connections that were authenticated under the old one.
 pub struct LiveServerConfig {
-    inner: RwLock<Arc<ServerConfig>>,
+    inner: tokio::sync::watch::Sender<Arc<ServerConfig>>,
 }
 
 impl fmt::Debug for LiveServerConfig {
@@ -141,17 +149,27 @@ impl LiveServerConfig {
     /// Starts with `config`.
     pub fn new(config: ServerConfig) -> Arc<Self> {
         Arc::new(Self {
-            inner: RwLock::new(Arc::new(config)),
+            inner: tokio::sync::watch::Sender::new(Arc::new(config)),
         })
     }
 
     /// The config for the next handshake.
     pub fn current(&self) -> Arc<ServerConfig> {
-        self.inner.read().clone()
+        self.inner.borrow().clone()
     }
 
     /// Replaces the config for handshakes from now on.
     pub fn replace(&self, config: ServerConfig) {
-        *self.inner.write() = Arc::new(config);
+        self.inner.send_replace(Arc::new(config));
+    }
+
+    /// Resolves at the next [`Self::replace`].
+    pub fn replaced(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.inner.subscribe();
+        async move {
+            if rx.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
     }
 }

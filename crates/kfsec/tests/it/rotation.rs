@@ -169,11 +169,9 @@ async fn ca_rotation_keeps_old_clients_working_through_the_window() {
     }
     // The old admin client certificate still authenticates; so does the new one.
     let api = format!("{}/api/v1/namespaces", k.base);
-    let r = client(&bundle, Some((&old_admin_cert, &old_admin_key)))
-        .get(&api)
-        .send()
-        .await
-        .unwrap();
+    // (kept alive across the end of the window)
+    let old_admin = client(&bundle, Some((&old_admin_cert, &old_admin_key)));
+    let r = old_admin.get(&api).send().await.unwrap();
     assert_eq!(r.status(), 200, "old admin certificate during the window");
     let (new_cert, new_key, new_ca_data) = kubeconfig_parts(&k._dir.path().join("admin.kubeconfig"));
     assert_eq!(new_ca_data, bundle, "the admin kubeconfig trusts the bundle");
@@ -263,6 +261,13 @@ async fn ca_rotation_keeps_old_clients_working_through_the_window() {
     assert!(
         r.is_err() || r.is_ok_and(|r| r.status() == 401),
         "the old admin certificate no longer authenticates"
+    );
+    // nor on a connection it opened during the window: that connection was closed when the
+    // old CA left the trust, and the new handshake refuses the certificate
+    let r = old_admin.get(&api).send().await;
+    assert!(
+        r.is_err() || r.is_ok_and(|r| r.status() == 401),
+        "a kept-alive connection of the old admin certificate is cut at the end of the window"
     );
     let (code, _, _) = Kubectl::with_kubeconfig(&old_kubeconfig)
         .run(&["get", "namespaces", "-o", "name"], None)
