@@ -192,6 +192,8 @@ pub struct Trust {
     items: Vec<Renewable>,
     trusting: Trusting,
     busy: tokio::sync::Mutex<()>,
+    /// Wakes the loop when the CA set changed (a new window end to wait for).
+    changed: tokio::sync::Notify,
 }
 
 impl Trust {
@@ -212,6 +214,7 @@ impl Trust {
             items,
             trusting,
             busy: tokio::sync::Mutex::new(()),
+            changed: tokio::sync::Notify::new(),
         })
     }
 
@@ -246,6 +249,7 @@ impl Trust {
         // The set on disk has changed: memory follows first, whatever fails below (a retried
         // rotation must see the open window; the next tick retries what is behind).
         *self.cas.write() = next.clone();
+        self.changed.notify_one();
         let epoch = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
         let bundle = next.trust_bundle_pem();
         // Verifiers before certificates, so a peer presenting a new certificate is accepted by
@@ -295,8 +299,9 @@ impl Trust {
                 },
                 Err(e) => tracing::warn!(error = %e, "ending the CA rotation window failed; retrying"),
             }
-            return;
         }
+        // Renewals go on even when ending the window failed.
+        let cas = self.cas();
         let epoch = self.epoch.load(Ordering::Acquire);
         for item in &self.items {
             if item.epoch.load(Ordering::Acquire) == epoch && !due(item.resolver.not_after(), now, item.spec.lifetime) {
@@ -315,15 +320,23 @@ impl Trust {
         }
     }
 
-    /// Calls [`Self::tick`] every `every` until the task is dropped.
+    /// Calls [`Self::tick`] every `every`, and at the end of a rotation window, until the task
+    /// is dropped.
     pub fn spawn(self: &Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
         let this = self.clone();
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                tick.tick().await;
                 this.tick().await;
+                // Sooner when a rotation window ends before the next regular pass.
+                let now = this.clock.now();
+                let wait = match this.cas().previous() {
+                    Some(p) => every.min(p.trusted_until.since(now)),
+                    None => every,
+                };
+                tokio::select! {
+                    () = tokio::time::sleep(wait.max(Duration::from_millis(10))) => {}
+                    () = this.changed.notified() => {}
+                }
             }
         })
     }
