@@ -39,6 +39,7 @@ use clap::{Args, Parser, Subcommand};
 use kfsec_server::admin::{self, AdminRequest, AdminResponse};
 use kfsec_server::config::{self, Overrides, ProcessEnv};
 
+mod logging;
 mod login;
 
 /// mimalloc: measurably fewer cycles than glibc malloc on the proxy path (many small, short-lived
@@ -450,19 +451,6 @@ fn read_password(confirm: bool) -> Result<String> {
     Ok(p)
 }
 
-fn init_logging(level: Option<&str>, json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("KFSEC_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level.unwrap_or("info")));
-    let b = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json {
-        b.json().flatten_event(true).init();
-    } else {
-        b.init();
-    }
-}
-
 async fn serve(
     common: Common,
     https_addr: Option<String>,
@@ -476,7 +464,7 @@ async fn serve(
         webhook_addr,
     };
     let cfg = config::load(common.config.as_deref(), &overrides, &ProcessEnv)?;
-    init_logging(cfg.log_level.as_deref(), cfg.log_format.as_deref() == Some("json"));
+    logging::init(cfg.log_level.as_deref(), cfg.log_format.as_deref() == Some("json"));
     let running = kfsec_server::start(cfg).await?;
     if let Some(p) = &running.bootstrap_password {
         // Printed once, to the terminal only; the store keeps a bcrypt hash.
@@ -584,6 +572,10 @@ fn print(resp: AdminResponse) -> Result<()> {
 #[tokio::main]
 async fn main() -> Result<()> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    // Everything kfsec writes (store, keys, kubeconfigs, sockets) is private unless a file is
+    // made public on purpose (certificates are chmod 0644 explicitly): a umask of 000 inherited
+    // from a service manager must not make secrets world-readable.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Serve {

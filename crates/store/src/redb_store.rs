@@ -239,6 +239,19 @@ impl std::fmt::Debug for RedbStore {
     }
 }
 
+/// Creates `path` with mode 0600 if absent and makes an existing file 0600: the store holds
+/// password hashes, token digests and session records, readable by the owner only whatever the
+/// process's umask (stores created by older builds under a permissive umask are tightened).
+fn private_file(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+}
+
 impl RedbStore {
     /// Opens (creating if absent) the database at `path` with default options. Starts the
     /// background TTL sweeper if called inside a tokio runtime. `Err(Locked)` if another process
@@ -253,6 +266,7 @@ impl RedbStore {
         clock: Arc<dyn Clock>,
         options: StoreOptions,
     ) -> Result<Arc<Self>, StoreError> {
+        private_file(path).map_err(|e| StoreError::Backend(format!("opening {}: {e}", path.display())))?;
         let db = Database::create(path).map_err(|e| match e {
             DatabaseError::DatabaseAlreadyOpen | DatabaseError::LockProtocolMismatch => StoreError::Locked,
             other => StoreError::Backend(format!("opening {}: {other}", path.display())),
@@ -453,6 +467,28 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (h, _) = harness_at(&dir.path().join("s.redb"), conformance::test_options());
         conformance::run_all(&h).await;
+    }
+
+    #[tokio::test]
+    async fn the_store_file_is_private_whatever_the_umask() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        // New file: 0600 even though the default mode of new files here would be 0644 or wider.
+        let fresh = dir.path().join("fresh.redb");
+        let clock = ManualClock::new(UnixTime::from_secs(1_700_000_000));
+        drop(RedbStore::open(&fresh, clock.clone()).unwrap());
+        assert_eq!(mode(&fresh), 0o600);
+        // A store left world-readable by an older build is tightened at open, data intact.
+        let old = dir.path().join("old.redb");
+        {
+            let s = RedbStore::open(&old, clock.clone()).unwrap();
+            s.create("/k", b"v".to_vec(), None).await.unwrap();
+        }
+        std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let s = RedbStore::open(&old, clock).unwrap();
+        assert_eq!(mode(&old), 0o600);
+        assert_eq!(s.get("/k").await.unwrap().unwrap().value, b"v".to_vec());
     }
 
     #[tokio::test]

@@ -14,3 +14,4 @@ mod process;
 mod proxying;
 mod rbac;
 mod rotation;
+mod sec_logs;
