@@ -6,6 +6,7 @@
 //! the authenticated identity; handlers receive an `Identity`, never raw credentials.
 
 mod gatekeeper;
+pub mod headers;
 pub mod listener;
 mod metrics;
 pub mod proxy;
@@ -28,6 +29,8 @@ use kfsec_store::{Store, StoreError};
 use kfsec_types::{Clock, Identity, Rng};
 use prometheus_client::registry::Registry;
 
+pub use kfsec_types::path;
+
 pub use gatekeeper::{Authn, CALLBACK_PATH, safe_return_path, service_account_exists};
 pub use proxy::{Route, UpstreamIdentity, UpstreamTls};
 pub use session::Sessions;
@@ -35,17 +38,8 @@ pub use session::Sessions;
 /// The gatekeeper's OAuth2 client id at the built-in IdP.
 pub const GATEKEEPER_CLIENT_ID: &str = "kfsec-gatekeeper";
 
-/// Headers a client may never set itself: identity is added only by the gateway.
-const FORGEABLE: [&str; 8] = [
-    "kubeflow-userid",
-    "kubeflow-groups",
-    "x-forwarded-user",
-    "x-forwarded-email",
-    "x-forwarded-groups",
-    "x-auth-request-user",
-    "x-auth-request-email",
-    "x-auth-request-groups",
-];
+/// `Strict-Transport-Security` on every front-door response (one year).
+const HSTS: &str = "max-age=31536000";
 
 /// Gateway errors.
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +78,8 @@ pub struct GatewaySettings {
     pub trusted_proxies: Vec<IpAddr>,
     /// TLS material for upstreams.
     pub upstream_identity: Option<UpstreamIdentity>,
+    /// `X-Forwarded-Host` for upstreams: the public URL's `host[:port]` (never the client's `Host`).
+    pub forwarded_host: Option<String>,
 }
 
 /// The built-in client registration the gatekeeper uses at the IdP.
@@ -125,6 +121,7 @@ pub struct App {
     clock: Arc<dyn Clock>,
     rng: Arc<dyn Rng>,
     proxy: proxy::Proxy,
+    reserved: headers::Reserved,
     metrics: metrics::HttpMetrics,
     api: Option<Router>,
     store: Arc<dyn Store>,
@@ -153,7 +150,15 @@ impl App {
         );
         let idp_path = idp.settings().issuer_path();
         let metrics = metrics::HttpMetrics::register(registry);
-        let proxy = proxy::Proxy::new(&settings.routes, settings.upstream_identity.as_ref())?;
+        let forwarded_host = match &settings.forwarded_host {
+            Some(h) => Some(
+                HeaderValue::from_str(h)
+                    .map_err(|_| GatewayError::Config(format!("public host {h:?} is not a header value")))?,
+            ),
+            None => None,
+        };
+        let proxy = proxy::Proxy::new(&settings.routes, settings.upstream_identity.as_ref(), forwarded_host)?;
+        let reserved = headers::Reserved::new(&settings.user_id_header, &settings.groups_header);
         Ok(Arc::new(Self {
             settings,
             idp,
@@ -163,6 +168,7 @@ impl App {
             clock,
             rng,
             proxy,
+            reserved,
             metrics,
             api,
             store,
@@ -189,7 +195,11 @@ impl App {
         } else {
             gate.nest(&self.idp_path, idp)
         };
-        app.layer(middleware::from_fn_with_state(self.clone(), edge))
+        // The edge wraps the whole router (a layer on an inner router would run after routing):
+        // routing sees the normalised path.
+        Router::new()
+            .fallback_service(app)
+            .layer(middleware::from_fn_with_state(self.clone(), edge))
     }
 
     /// Replaces any client-sent identity headers with `id`.
@@ -217,29 +227,25 @@ impl App {
     }
 }
 
-/// Runs first on every request: trusted client address, identity-header stripping, metrics.
+/// Runs first on every request, before routing: the path is normalised (or refused with 400),
+/// the received `Connection` header is applied and reserved identity and forwarding headers
+/// removed (`headers`), the client address is taken from a trusted proxy, security headers are
+/// added to the answer, metrics.
 async fn edge(State(app): State<Arc<App>>, mut req: Request, next: Next) -> Response {
     let start = Instant::now();
-    let h = req.headers_mut();
-    for name in FORGEABLE {
-        h.remove(name);
-    }
-    h.remove(&app.settings.user_id_header);
-    h.remove(&app.settings.groups_header);
-    let peer = req.extensions().get::<ClientAddr>().map(|c| c.0);
-    if let Some(peer) = peer
-        && app.settings.trusted_proxies.contains(&peer)
-        && let Some(ip) = req
-            .headers()
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.rsplit(',').next())
-            .and_then(|v| v.trim().parse::<IpAddr>().ok())
-    {
-        req.extensions_mut().insert(ClientAddr(ip));
-    }
-    let route = app.route_label(req.uri().path());
-    let resp = next.run(req).await;
+    let (resp, route) = match normalise_target(&mut req) {
+        Ok(()) => {
+            let peer = req.extensions().get::<ClientAddr>().map(|c| c.0);
+            let trusted = peer.is_some_and(|p| app.settings.trusted_proxies.contains(&p));
+            if let Some(ip) = headers::sanitize(req.headers_mut(), &app.reserved, peer, trusted) {
+                req.extensions_mut().insert(ClientAddr(ip));
+            }
+            let route = app.route_label(req.uri().path());
+            (next.run(req).await, route)
+        }
+        Err(resp) => (resp, "rejected".to_owned()),
+    };
+    let resp = security_headers(resp);
     app.metrics
         .requests
         .get_or_create(&metrics::RequestLabels {
@@ -251,6 +257,58 @@ async fn edge(State(app): State<Arc<App>>, mut req: Request, next: Next) -> Resp
         .latency
         .get_or_create(&metrics::RouteLabel { route })
         .observe(start.elapsed().as_secs_f64());
+    resp
+}
+
+/// Replaces the request's path with its canonical form (`path::normalize`; absolute-form and
+/// HTTP/2 targets alike, the query untouched), or answers 400 in the path's family format.
+#[allow(clippy::result_large_err)]
+fn normalise_target(req: &mut Request) -> Result<(), Response> {
+    let raw = req.uri().path();
+    let refuse = |raw: &str, why: &dyn std::fmt::Display| {
+        responses::error(raw, StatusCode::BAD_REQUEST, &format!("Invalid request path: {why}."))
+    };
+    let canonical = match path::normalize(raw) {
+        Ok(p) if p == raw => return Ok(()),
+        Ok(p) => p,
+        Err(e) => return Err(refuse(raw, &e)),
+    };
+    let pq = match req.uri().query() {
+        Some(q) => format!("{canonical}?{q}"),
+        None => canonical,
+    };
+    let mut parts = req.uri().clone().into_parts();
+    parts.path_and_query = match pq.parse() {
+        Ok(pq) => Some(pq),
+        Err(e) => return Err(refuse(req.uri().path(), &e)),
+    };
+    match axum::http::Uri::from_parts(parts) {
+        Ok(uri) => {
+            *req.uri_mut() = uri;
+            Ok(())
+        }
+        Err(e) => Err(refuse(req.uri().path(), &e)),
+    }
+}
+
+/// HSTS and `nosniff` on every answer; kfsec's own HTML pages (not an upstream's) also refuse
+/// framing and cross-origin referrers.
+fn security_headers(mut resp: Response) -> Response {
+    let own_html = resp.extensions().get::<proxy::Proxied>().is_none()
+        && resp
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/html"));
+    let h = resp.headers_mut();
+    h.entry(header::STRICT_TRANSPORT_SECURITY)
+        .or_insert(HeaderValue::from_static(HSTS));
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    if own_html {
+        h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+        h.entry(header::REFERRER_POLICY)
+            .or_insert(HeaderValue::from_static("same-origin"));
+    }
     resp
 }
 

@@ -1,13 +1,19 @@
 //! Reverse proxy to configured upstreams: bodies streamed both ways, WebSocket upgrades joined,
 //! hop-by-hop headers removed, `X-Forwarded-*` set.
 //!
-//! Invariants: identity headers from the client are removed before the authenticated identity
-//! is added; the session cookie never reaches an upstream; an unreachable upstream is a 502 with
-//! a clear body.
+//! Invariants: identity headers from the client are removed (by the edge, `crate::headers`)
+//! before the authenticated identity is added, and the request's `Connection` header was applied
+//! there, so nothing here removes a header by a client-chosen name; the session cookie never
+//! reaches an upstream, nor `Authorization` unless the route opts in; `X-Forwarded-Host` is the
+//! configured public host, never the client's `Host`; an unreachable upstream is a 502 whose body
+//! names no internal error; a malformed client body is a 400.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
 
 use axum::body::Body;
 use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -33,6 +39,8 @@ pub struct Route {
     pub rewrite_prefix: Option<String>,
     /// TLS to the upstream.
     pub tls: Option<UpstreamTls>,
+    /// Pass the client's `Authorization` header to the upstream (default: removed).
+    pub forward_authorization: bool,
 }
 
 /// How the gateway speaks TLS to one upstream.
@@ -67,6 +75,11 @@ impl Route {
         if !prefix.starts_with('/') {
             return Err(GatewayError::Config(format!(
                 "route prefix {prefix:?} must start with '/'"
+            )));
+        }
+        if crate::path::normalize(prefix).as_deref() != Ok(prefix) {
+            return Err(GatewayError::Config(format!(
+                "route prefix {prefix:?} must be a normalised path (no '//', dot-segments or needless escapes): requests are matched after normalisation"
             )));
         }
         let uri: Uri = upstream
@@ -115,7 +128,15 @@ impl Route {
             public,
             rewrite_prefix,
             tls,
+            forward_authorization: false,
         })
+    }
+
+    /// Whether the client's `Authorization` header reaches the upstream.
+    #[must_use]
+    pub fn with_forward_authorization(mut self, forward: bool) -> Self {
+        self.forward_authorization = forward;
+        self
     }
 
     /// Whether `path` belongs to this route. A prefix `/x/` also matches `/x`.
@@ -159,14 +180,19 @@ const HOP_BY_HOP: [&str; 8] = [
     "proxy-authorization",
 ];
 
-fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
-    let named: Vec<HeaderName> = h
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
+/// Removes hop-by-hop headers. `named`: also the headers the message's own `Connection` names —
+/// only for a message as received (responses here; requests had theirs applied at the edge).
+fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool, named: bool) {
+    let named: Vec<HeaderName> = if named {
+        h.get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+            .collect()
+    } else {
+        Vec::new()
+    };
     for n in named {
         if !(keep_upgrade && n == header::UPGRADE) {
             h.remove(n);
@@ -219,6 +245,42 @@ type TlsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>;
 pub struct Proxy {
     client: Client<HttpConnector, Body>,
     tls: Arc<TlsClients>,
+    forwarded_host: Option<HeaderValue>,
+}
+
+/// Marks a response that came from an upstream (kfsec's own pages get stricter headers).
+#[derive(Debug, Clone, Copy)]
+pub struct Proxied;
+
+/// A request body that remembers whether reading it from the client failed (a malformed chunk,
+/// a connection cut mid-body), so that failure is answered 400, not 502.
+struct WatchedBody {
+    inner: Body,
+    failed: Arc<AtomicBool>,
+}
+
+impl http_body::Body for WatchedBody {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Err(_))) = &polled {
+            self.failed.store(true, Ordering::Release);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// The TLS clients with the roots generation their pooled connections were verified under.
@@ -290,8 +352,13 @@ fn http_connector() -> HttpConnector {
 
 impl Proxy {
     /// Clients for `routes`; TLS routes trust only `identity`'s CA and, when mutual, present its
-    /// workload certificate.
-    pub fn new(routes: &[Route], identity: Option<&UpstreamIdentity>) -> Result<Self, GatewayError> {
+    /// workload certificate. `forwarded_host` is the `X-Forwarded-Host` upstreams receive (the
+    /// public URL's host).
+    pub fn new(
+        routes: &[Route],
+        identity: Option<&UpstreamIdentity>,
+        forwarded_host: Option<HeaderValue>,
+    ) -> Result<Self, GatewayError> {
         let client = Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(256)
             .build(http_connector());
@@ -306,63 +373,78 @@ impl Proxy {
         Ok(Self {
             client,
             tls: Arc::new(tls),
+            forwarded_host,
         })
     }
 }
 
 impl Proxy {
-    /// Forwards `req` (headers already sanitised and identity added by the caller).
+    /// Forwards `req`: its headers were sanitised at the edge (`Connection` applied, reserved
+    /// names removed, `X-Forwarded-For` set) and identity added by the caller. `peer` is used for
+    /// `X-Forwarded-For` only when the edge did not set it.
     pub async fn forward(&self, route: &Route, mut req: Request<Body>, peer: IpAddr) -> Response<Body> {
         let upgrade = is_upgrade(req.headers());
         let target = match route.target(req.uri()) {
             Ok(t) => t,
-            Err(e) => return bad_gateway(&e.to_string()),
+            Err(e) => {
+                tracing::warn!(route = %route.prefix, error = %e, "no upstream target");
+                return bad_gateway();
+            }
         };
-        let host = req.headers().get(header::HOST).cloned().or_else(|| {
-            req.uri()
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        });
+        let path = req.uri().path().to_owned();
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
-        strip_hop_by_hop(&mut parts.headers, upgrade);
+        strip_hop_by_hop(&mut parts.headers, upgrade, false);
         let h = &mut parts.headers;
-        let xff = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-            Some(prev) => format!("{prev}, {peer}"),
-            None => peer.to_string(),
-        };
-        if let Ok(v) = HeaderValue::from_str(&xff) {
+        if !h.contains_key("x-forwarded-for")
+            && let Ok(v) = HeaderValue::from_str(&peer.to_string())
+        {
             h.insert("x-forwarded-for", v);
         }
         h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
-        if let Some(host) = host {
-            h.insert("x-forwarded-host", host);
+        match &self.forwarded_host {
+            Some(host) => h.insert("x-forwarded-host", host.clone()),
+            None => h.remove("x-forwarded-host"),
+        };
+        if !route.forward_authorization {
+            h.remove(header::AUTHORIZATION);
         }
         h.remove(header::HOST);
         // Upstreams are spoken to over HTTP/1.1 (the only version that can carry an Upgrade).
         parts.version = http::Version::HTTP_11;
         parts.uri = target;
+        let failed = Arc::new(AtomicBool::new(false));
+        let body = Body::new(WatchedBody {
+            inner: body,
+            failed: failed.clone(),
+        });
         let out = Request::from_parts(parts, body);
         let sent = match (&route.tls, self.tls.get(&route.prefix)) {
             (Some(_), Some(client)) => client.request(out).await,
-            (Some(_), None) => return bad_gateway("No TLS client for this route."),
+            (Some(_), None) => {
+                tracing::warn!(route = %route.prefix, "no TLS client for this route");
+                return bad_gateway();
+            }
             (None, _) => self.client.request(out).await,
         };
         let mut resp = match sent {
             Ok(r) => r,
+            Err(e) if failed.load(Ordering::Acquire) => {
+                tracing::debug!(route = %route.prefix, error = %e, "the client's request body was malformed");
+                return crate::responses::error(&path, StatusCode::BAD_REQUEST, "Malformed request body.");
+            }
             Err(e) => {
                 let detail = std::error::Error::source(&e)
                     .map(ToString::to_string)
                     .unwrap_or_else(|| e.to_string());
-                tracing::warn!(route = %route.prefix, error = %e, detail, "upstream request failed");
-                return if route.tls.is_some() {
-                    bad_gateway(&format!(
-                        "TLS to the upstream failed (its certificate must be issued by kfsec's CA for {}): {detail}",
-                        route.tls.as_ref().map(|t| t.server_name.as_str()).unwrap_or_default()
-                    ))
-                } else {
-                    bad_gateway("The upstream service is unavailable.")
-                };
+                match &route.tls {
+                    Some(t) => tracing::warn!(
+                        route = %route.prefix, error = %e, detail, server_name = %t.server_name,
+                        "upstream request failed (a TLS upstream's certificate must be issued by kfsec's CA for its server name)"
+                    ),
+                    None => tracing::warn!(route = %route.prefix, error = %e, detail, "upstream request failed"),
+                }
+                return bad_gateway();
             }
         };
         if upgrade && resp.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -378,17 +460,20 @@ impl Proxy {
                 });
             }
             let (mut parts, _) = resp.into_parts();
-            strip_hop_by_hop(&mut parts.headers, true);
+            strip_hop_by_hop(&mut parts.headers, true, true);
+            parts.extensions.insert(Proxied);
             return Response::from_parts(parts, Body::empty());
         }
         let (mut parts, body) = resp.into_parts();
-        strip_hop_by_hop(&mut parts.headers, false);
+        strip_hop_by_hop(&mut parts.headers, false, true);
+        parts.extensions.insert(Proxied);
         Response::from_parts(parts, Body::new(body))
     }
 }
 
-fn bad_gateway(msg: &str) -> Response<Body> {
-    let mut r = Response::new(Body::from(format!("502 Bad Gateway: {msg}\n")));
+/// The one 502 answer: the detail goes to the log, never to the client.
+fn bad_gateway() -> Response<Body> {
+    let mut r = Response::new(Body::from("502 Bad Gateway: The upstream service is unavailable.\n"));
     *r.status_mut() = StatusCode::BAD_GATEWAY;
     r.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -426,7 +511,7 @@ mod tests {
         h.insert("x-secret", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("5"));
         h.insert("x-fine", HeaderValue::from_static("1"));
-        strip_hop_by_hop(&mut h, false);
+        strip_hop_by_hop(&mut h, false, true);
         assert!(h.get("x-secret").is_none() && h.get("keep-alive").is_none() && h.get("x-fine").is_some());
         let mut h = HeaderMap::new();
         h.insert(

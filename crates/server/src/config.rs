@@ -302,7 +302,8 @@ pub fn validate(f: ConfigFile, o: &Overrides, env: &dyn Env) -> Result<Config, C
     for r in &f.routes {
         let tls = r.tls.as_ref().map(|t| (t.mode.clone(), t.server_name.clone()));
         let route = Route::new(&r.prefix, &r.upstream, r.public, r.rewrite_prefix.clone(), tls)
-            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?
+            .with_forward_authorization(r.forward_authorization);
         for reserved in ["/dex", "/authservice"] {
             if route.prefix.starts_with(reserved)
                 || (reserved.starts_with(route.prefix.trim_end_matches('/')) && route.prefix != "/")

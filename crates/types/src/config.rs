@@ -217,6 +217,10 @@ pub struct RouteConfig {
     pub rewrite_prefix: Option<String>,
     /// TLS to the upstream (its URL must then be `https://`).
     pub tls: Option<RouteTlsConfig>,
+    /// Pass the client's `Authorization` header to the upstream (default false: removed, so a
+    /// bearer token meant for kfsec never reaches an application that did not ask for it).
+    #[serde(default)]
+    pub forward_authorization: bool,
 }
 
 /// TLS to one upstream: the upstream's certificate must chain to kfsec's internal CA.

@@ -6,6 +6,7 @@
 pub mod clock;
 pub mod config;
 pub mod identity;
+pub mod path;
 pub mod time;
 
 pub use clock::{Clock, ManualClock, Rng, SystemClock, UnixTime, random_array};

@@ -14,4 +14,6 @@ mod process;
 mod proxying;
 mod rbac;
 mod rotation;
+mod sec_headers;
+mod sec_paths;
 mod sec_logs;

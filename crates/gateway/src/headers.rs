@@ -1,0 +1,213 @@
+//! Which client-sent headers the front door removes before anything else sees the request, and
+//! the forwarding headers it sets itself.
+//!
+//! Invariants: `Connection` is applied to the message as received (the headers it names are
+//! removed here, before identity is added), so a client can never remove a header kfsec sets;
+//! every header whose name, read the way CGI/WSGI gateways read names (ASCII case folded, every
+//! non-alphanumeric character taken as `-`), is a reserved identity or forwarding name is
+//! removed, on every route and protocol version; `X-Forwarded-For` is kept (and appended to)
+//! only when the peer is a trusted proxy, otherwise it is set fresh to the peer.
+
+use std::net::IpAddr;
+
+use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
+
+/// Reserved names (canonical form): identity and forwarding headers only kfsec sets.
+const RESERVED: [&str; 16] = [
+    "kubeflow-userid",
+    "kubeflow-groups",
+    "remote-user",
+    "remote-groups",
+    "x-real-ip",
+    "x-client-ip",
+    "true-client-ip",
+    "forwarded",
+    "x-original-url",
+    "x-original-uri",
+    "x-rewrite-url",
+    "x-user",
+    "x-email",
+    "x-userid",
+    "x-user-id",
+    "x-groups",
+];
+
+/// Reserved name prefixes (canonical form): `X-Forwarded-*`, oauth2-proxy's `X-Auth-Request-*`,
+/// the Kubernetes front-proxy's `X-Remote-*`.
+const RESERVED_PREFIXES: [&str; 3] = ["x-forwarded-", "x-auth-request-", "x-remote-"];
+
+/// `name` as a CGI/WSGI-style gateway reads it: lowercase, every non-alphanumeric byte as `-`.
+pub fn canonical_name(name: &str) -> String {
+    name.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() {
+                char::from(b.to_ascii_lowercase())
+            } else {
+                '-'
+            }
+        })
+        .collect()
+}
+
+/// The identity header names of one deployment (the configured user and groups headers
+/// included), in canonical form.
+#[derive(Debug, Clone)]
+pub struct Reserved {
+    extra: Vec<String>,
+}
+
+impl Reserved {
+    /// The built-in names plus the configured `user` and `groups` headers.
+    pub fn new(user: &HeaderName, groups: &HeaderName) -> Self {
+        Self {
+            extra: vec![canonical_name(user.as_str()), canonical_name(groups.as_str())],
+        }
+    }
+
+    /// Whether a client may not send `name`.
+    pub fn is_reserved(&self, name: &str) -> bool {
+        let c = canonical_name(name);
+        RESERVED.contains(&c.as_str()) || RESERVED_PREFIXES.iter().any(|p| c.starts_with(p)) || self.extra.contains(&c)
+    }
+}
+
+/// Applies the received message's `Connection` header: removes the headers it names (except
+/// `Upgrade`, which the proxy needs to join upgrades) and leaves `Connection: upgrade` only when
+/// an upgrade is requested. Runs before anything is added, so it can only remove client headers.
+pub fn apply_connection(h: &mut HeaderMap) {
+    let named: Vec<String> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|n| n.trim().to_ascii_lowercase())
+        .filter(|n| !n.is_empty())
+        .collect();
+    let mut upgrade = false;
+    for n in &named {
+        if n == "upgrade" {
+            upgrade = true;
+        } else if n != "connection"
+            && let Ok(name) = HeaderName::from_bytes(n.as_bytes())
+        {
+            h.remove(name);
+        }
+    }
+    h.remove(header::CONNECTION);
+    if upgrade && h.contains_key(header::UPGRADE) {
+        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+}
+
+/// Removes every reserved header; `X-Forwarded-For` is then kept with `socket_peer` appended when
+/// the peer is a trusted proxy, and set to `socket_peer` otherwise. Returns the client address
+/// a trusted proxy reported (the last `X-Forwarded-For` entry), if any.
+pub fn sanitize(h: &mut HeaderMap, reserved: &Reserved, socket_peer: Option<IpAddr>, trusted: bool) -> Option<IpAddr> {
+    apply_connection(h);
+    let prior: Vec<String> = if trusted {
+        h.get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .map(|v| v.trim().to_owned())
+            .filter(|v| !v.is_empty())
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let doomed: Vec<HeaderName> = h.keys().filter(|n| reserved.is_reserved(n.as_str())).cloned().collect();
+    for n in doomed {
+        h.remove(n);
+    }
+    let reported = prior
+        .last()
+        .and_then(|v| v.rsplit(',').next())
+        .and_then(|v| v.trim().parse::<IpAddr>().ok());
+    let mut xff = prior.join(", ");
+    if let Some(peer) = socket_peer {
+        if !xff.is_empty() {
+            xff.push_str(", ");
+        }
+        xff.push_str(&peer.to_string());
+    }
+    if !xff.is_empty()
+        && let Ok(v) = HeaderValue::from_str(&xff)
+    {
+        h.insert("x-forwarded-for", v);
+    }
+    reported
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn reserved() -> Reserved {
+        Reserved::new(
+            &HeaderName::from_static("x-goog-authenticated-user-email"),
+            &HeaderName::from_static("kubeflow-groups"),
+        )
+    }
+
+    #[test]
+    fn every_spelling_of_a_reserved_name_is_reserved() {
+        let r = reserved();
+        for n in [
+            "kubeflow-userid",
+            "kubeflow_userid",
+            "KUBEFLOW_USERID",
+            "Kubeflow.UserId",
+            "x_forwarded_for",
+            "x-forwarded-anything",
+            "X-Auth-Request-Email",
+            "x_remote_user",
+            "remote_user",
+            "x_goog_authenticated_user_email",
+            "Forwarded",
+            "x-real-ip",
+            "X-Original-URL",
+            "x-rewrite-url",
+        ] {
+            assert!(r.is_reserved(n), "{n}");
+        }
+        for n in ["cookie", "authorization", "content-type", "x-request-id", "user-agent"] {
+            assert!(!r.is_reserved(n), "{n}");
+        }
+    }
+
+    #[test]
+    fn connection_cannot_outlive_the_received_message() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("kubeflow-userid, x-secret, Upgrade"),
+        );
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("x-fine", HeaderValue::from_static("1"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        apply_connection(&mut h);
+        assert!(h.get("x-secret").is_none() && h.get("x-fine").is_some());
+        assert_eq!(h.get(header::CONNECTION).unwrap(), "upgrade");
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        apply_connection(&mut h);
+        assert!(h.get(header::CONNECTION).is_none());
+    }
+
+    #[test]
+    fn forwarded_for_is_appended_only_for_trusted_peers() {
+        let r = reserved();
+        let peer: IpAddr = "10.0.0.1".parse().unwrap();
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6, 203.0.113.7"));
+        h.insert("x_forwarded_for", HeaderValue::from_static("6.6.6.6"));
+        let reported = sanitize(&mut h, &r, Some(peer), true);
+        assert_eq!(reported, Some("203.0.113.7".parse().unwrap()));
+        assert_eq!(h.get("x-forwarded-for").unwrap(), "6.6.6.6, 203.0.113.7, 10.0.0.1");
+        assert!(h.get("x_forwarded_for").is_none());
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6"));
+        assert_eq!(sanitize(&mut h, &r, Some(peer), false), None);
+        assert_eq!(h.get("x-forwarded-for").unwrap(), "10.0.0.1");
+    }
+}

@@ -1,0 +1,223 @@
+//! Request-path normalisation (RFC 3986 §6.2.2): the one canonical form in which every routing
+//! and authentication decision is made and which upstreams receive.
+//!
+//! Invariants: the output starts with `/`; has no empty segment (`//`) and no `.`/`..` segment;
+//! has no percent-escape of an unreserved character and only uppercase escapes; contains only
+//! RFC 3986 `pchar`s and `/` (anything else is percent-encoded); normalising it again changes
+//! nothing. Refused (the caller answers 400): escapes of `/`, `\`, NUL and other control
+//! characters, raw `\` and control characters, invalid escapes, and `.`/`..` segments carrying
+//! `;` parameters — upstreams disagree about what these mean, so no meaning is chosen for them.
+
+/// Why a path was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PathError {
+    /// Not an absolute path (`*`, authority-form, empty).
+    #[error("the path must start with '/'")]
+    NotAbsolute,
+    /// A `%` not followed by two hex digits.
+    #[error("invalid percent-escape")]
+    BadEscape,
+    /// `%2F`, `%5C`, `%00` or another encoded control character.
+    #[error("encoded '/', '\\' or control character")]
+    EncodedSeparator,
+    /// A raw backslash or control character.
+    #[error("backslash or control character")]
+    ForbiddenChar,
+    /// `.;x` or `..;x`, which some servers resolve as a dot-segment.
+    #[error("dot-segment with parameters")]
+    DotParameter,
+}
+
+fn is_unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+/// `pchar` minus unreserved and escapes: sub-delims, `:` and `@`.
+fn is_plain_pchar(b: u8) -> bool {
+    matches!(
+        b,
+        b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'=' | b':' | b'@'
+    )
+}
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+fn push_escape(out: &mut String, b: u8) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    out.push('%');
+    out.push(char::from(HEX[usize::from(b >> 4)]));
+    out.push(char::from(HEX[usize::from(b & 15)]));
+}
+
+/// Decodes escaped unreserved characters, uppercases the other escapes and escapes whatever is
+/// not a `pchar` or `/`.
+fn canonical_chars(path: &str) -> Result<String, PathError> {
+    let bytes = path.as_bytes();
+    let mut out = String::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        i += 1;
+        if b == b'%' {
+            let (Some(h), Some(l)) = (
+                bytes.get(i).copied().and_then(hex),
+                bytes.get(i + 1).copied().and_then(hex),
+            ) else {
+                return Err(PathError::BadEscape);
+            };
+            i += 2;
+            let v = (h << 4) | l;
+            if v == b'/' || v == b'\\' || v < 0x20 || v == 0x7f {
+                return Err(PathError::EncodedSeparator);
+            }
+            if is_unreserved(v) {
+                out.push(char::from(v));
+            } else {
+                push_escape(&mut out, v);
+            }
+        } else if b == b'\\' || b < 0x20 || b == 0x7f {
+            return Err(PathError::ForbiddenChar);
+        } else if b == b'/' || is_unreserved(b) || is_plain_pchar(b) {
+            out.push(char::from(b));
+        } else {
+            push_escape(&mut out, b);
+        }
+    }
+    Ok(out)
+}
+
+/// The canonical form of `path` (the path component only, without the query), or why it is
+/// refused. Repeated slashes are merged before dot-segments are removed, as nginx does.
+pub fn normalize(path: &str) -> Result<String, PathError> {
+    if !path.starts_with('/') {
+        return Err(PathError::NotAbsolute);
+    }
+    let chars = canonical_chars(path)?;
+    let mut segments: Vec<&str> = Vec::new();
+    let mut trailing = false;
+    for seg in chars.split('/').skip(1) {
+        let base = seg.split(';').next().unwrap_or_default();
+        if (base == "." || base == "..") && base.len() != seg.len() {
+            return Err(PathError::DotParameter);
+        }
+        trailing = true;
+        match seg {
+            "" | "." => {}
+            ".." => {
+                segments.pop();
+            }
+            s => {
+                segments.push(s);
+                trailing = false;
+            }
+        }
+    }
+    let mut out = String::with_capacity(chars.len());
+    for s in &segments {
+        out.push('/');
+        out.push_str(s);
+    }
+    if trailing || segments.is_empty() {
+        out.push('/');
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn canonical_forms() {
+        for (input, want) in [
+            ("/", "/"),
+            ("/a/b", "/a/b"),
+            ("/a/b/", "/a/b/"),
+            ("//a///b//", "/a/b/"),
+            ("/a/./b", "/a/b"),
+            ("/a/../b", "/b"),
+            ("/../../a", "/a"),
+            ("/a/b/..", "/a/"),
+            ("/a/b/.", "/a/b/"),
+            ("/a/%2e%2e/b", "/b"),
+            ("/a/%2E./b", "/b"),
+            ("/static//admin/x", "/static/admin/x"),
+            ("/static/%61dmin/x", "/static/admin/x"),
+            ("/a%7e%5f%2D", "/a~_-"),
+            ("/a%3b%3Fb", "/a%3B%3Fb"),
+            ("/a%c3%a9", "/a%C3%A9"),
+            ("/a\u{e9}", "/a%C3%A9"),
+            ("/a b\"<>{}|^`[]", "/a%20b%22%3C%3E%7B%7D%7C%5E%60%5B%5D"),
+            ("/a;b=c/d:e@f!$&'()*+,", "/a;b=c/d:e@f!$&'()*+,"),
+            ("/...", "/..."),
+            ("/a/..../b", "/a/..../b"),
+            ("/a//../b", "/b"),
+        ] {
+            assert_eq!(normalize(input).as_deref(), Ok(want), "{input}");
+            assert_eq!(normalize(want).as_deref(), Ok(want), "idempotent on {want}");
+        }
+    }
+
+    #[test]
+    fn refusals() {
+        for (input, why) in [
+            ("", PathError::NotAbsolute),
+            ("*", PathError::NotAbsolute),
+            ("a/b", PathError::NotAbsolute),
+            ("/a%2fb", PathError::EncodedSeparator),
+            ("/a%2F..", PathError::EncodedSeparator),
+            ("/a%5cb", PathError::EncodedSeparator),
+            ("/a%00", PathError::EncodedSeparator),
+            ("/a%0d%0a", PathError::EncodedSeparator),
+            ("/a%7f", PathError::EncodedSeparator),
+            ("/a\\b", PathError::ForbiddenChar),
+            ("/a\u{1}", PathError::ForbiddenChar),
+            ("/a\u{7f}", PathError::ForbiddenChar),
+            ("/a%", PathError::BadEscape),
+            ("/a%2", PathError::BadEscape),
+            ("/a%zz", PathError::BadEscape),
+            ("/a%%32%65", PathError::BadEscape),
+            ("/a/..;/b", PathError::DotParameter),
+            ("/a/.;x/b", PathError::DotParameter),
+            ("/a/%2e%2e;/b", PathError::DotParameter),
+        ] {
+            assert_eq!(normalize(input), Err(why), "{input:?}");
+        }
+        // a double-encoded dot stays an escape of `%`, never a dot
+        assert_eq!(normalize("/a/%252e%252e/b").as_deref(), Ok("/a/%252e%252e/b"));
+    }
+
+    /// The fuzz target's properties over many combinations of the tricky pieces.
+    #[test]
+    fn properties_over_combinations() {
+        const PIECES: [&str; 24] = [
+            "/", "//", ".", "..", "%2e", "%2E", "%2e%2e", "a", "%61", "%7e", "%25", "%3b", ";", "..;", "%2f", "%5c",
+            "\\", "%00", "%", "%4", "\u{e9}", " ", "?", "~",
+        ];
+        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+        for _ in 0..20_000 {
+            let mut p = String::from("/");
+            state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            for _ in 0..(state >> 60) {
+                state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                p.push_str(PIECES[usize::try_from(state >> 59).unwrap() % PIECES.len()]);
+            }
+            let Ok(out) = normalize(&p) else { continue };
+            assert!(out.starts_with('/') && !out.contains("//"), "{p:?} -> {out:?}");
+            assert!(out.split('/').all(|s| s != "." && s != ".."), "{p:?} -> {out:?}");
+            assert!(
+                out.bytes().all(|b| b > 0x20 && b < 0x7f && b != b'\\'),
+                "{p:?} -> {out:?}"
+            );
+            assert_eq!(normalize(&out).as_deref(), Ok(out.as_str()), "{p:?}");
+        }
+    }
+}

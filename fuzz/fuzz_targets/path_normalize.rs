@@ -1,0 +1,40 @@
+//! Arbitrary bytes as a request path through the front door's normaliser: it never panics; an
+//! accepted path's canonical form starts with `/`, has no `//`, no `.`/`..` segment, no escape of
+//! an unreserved character and no lowercase escape, and normalising it again changes nothing.
+
+#![no_main]
+
+use kfsec_types::path::normalize;
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(input) = std::str::from_utf8(data) else {
+        return;
+    };
+    let Ok(out) = normalize(input) else {
+        return;
+    };
+    assert!(out.starts_with('/'), "{out:?}");
+    assert!(!out.contains("//"), "{out:?}");
+    for seg in out.split('/') {
+        assert!(seg != "." && seg != "..", "dot-segment in {out:?}");
+    }
+    assert!(!out.contains('\\'), "{out:?}");
+    assert!(out.bytes().all(|b| b > 0x20 && b < 0x7f), "{out:?}");
+    let bytes = out.as_bytes();
+    for (i, &b) in bytes.iter().enumerate() {
+        if b == b'%' {
+            let hex = &bytes[i + 1..i + 3];
+            assert!(
+                hex.iter().all(|h| h.is_ascii_digit() || (b'A'..=b'F').contains(h)),
+                "{out:?}"
+            );
+            let v = u8::from_str_radix(std::str::from_utf8(hex).unwrap(), 16).unwrap();
+            assert!(
+                !(v.is_ascii_alphanumeric() || b"-._~".contains(&v)),
+                "escaped unreserved character in {out:?}"
+            );
+        }
+    }
+    assert_eq!(normalize(&out).as_deref(), Ok(out.as_str()), "not idempotent");
+});
