@@ -21,9 +21,10 @@ log() { echo "install-test-deps: $*"; }
 # --- Debian packages ---------------------------------------------------------------
 # chromium: the browser test drives /usr/bin/chromium through playwright-core.
 # fonts-dejavu-core: so screenshots show text (chromium only recommends fonts).
-# nginx, wrk: bench/proxy.sh. python3-venv: bench/login.sh (bcrypt baseline).
+# nginx, wrk: bench/proxy.sh; nginx is also the shared upstream of it::sec_paths.
+# python3: the WSGI upstream (wsgiref) of it::sec_headers. python3-venv: bench/login.sh (bcrypt baseline).
 # testssl.sh: the TLS audit of the front door and the webhook listener (tests/tls/testssl.sh).
-APT_PKGS=(ca-certificates openssl curl nginx wrk chromium fonts-dejavu-core procps testssl.sh)
+APT_PKGS=(ca-certificates openssl curl nginx python3 wrk chromium fonts-dejavu-core procps testssl.sh)
 if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
   APT_PKGS+=(nodejs npm)
 fi

@@ -2,8 +2,11 @@
 //! endpoint), reverse proxy to configured routes, the home page and request metrics.
 //!
 //! Invariants: `/dex/*` and `/authservice/*` are never gated; every other path is authenticated
-//! unless its route is public; client-sent identity headers are always stripped and replaced by
-//! the authenticated identity; handlers receive an `Identity`, never raw credentials.
+//! unless its route is public; every routing and authentication decision is made on the
+//! normalised path (`kfsec_types::path`), which is also what upstreams receive, and a path that
+//! cannot be normalised is a 400 before any routing; client-sent identity and forwarding headers
+//! (every spelling, `headers`) are always stripped and replaced by the authenticated identity;
+//! handlers receive an `Identity`, never raw credentials.
 
 mod gatekeeper;
 pub mod headers;
