@@ -297,6 +297,25 @@ async fn identity_headers_cannot_be_forged_at_a_wsgi_upstream() {
             check_env(&serde_json::from_str(&body).unwrap(), logged_in, &what);
         }
     }
+    // malformed spellings are refused outright or arrive clean
+    for (name, value) in [
+        ("kubeflow-userid", "x\r\n FORGED@evil"),
+        ("kubeflow-userid ", "FORGED@evil"),
+        ("kubeflow-userid\t", "FORGED@evil"),
+        (" kubeflow-userid", "FORGED@evil"),
+        ("kubeflow_userid\r\nkubeflow_groups", "FORGED"),
+    ] {
+        let (status, resp) = h1(&k, "GET /wsgi-open/x HTTP/1.1", &[(name, value)], b"").await;
+        if status == 200 {
+            check_env(
+                &serde_json::from_str(body_of(&resp)).unwrap(),
+                false,
+                &format!("{name:?}"),
+            );
+        } else {
+            assert_eq!(status, 400, "{name:?}: {resp}");
+        }
+    }
     k.running.shutdown().await;
 }
 
@@ -552,6 +571,25 @@ async fn upstream_failures_and_malformed_bodies_are_answered_generically() {
         )
         .await;
         assert_eq!(status, 400, "{:?}: {resp}", String::from_utf8_lossy(bad));
+    }
+    // … and on kfsec's own endpoints never a 5xx
+    for path in [
+        "/dex/token",
+        "/authservice/logout",
+        "/apis/kubeflow.org/v1/profiles",
+        "/app/x",
+    ] {
+        let (status, resp) = h1(
+            &k,
+            &format!("POST {path} HTTP/1.1"),
+            &[
+                ("Transfer-Encoding", "chunked"),
+                ("Content-Type", "application/x-www-form-urlencoded"),
+            ],
+            b"zz\r\nhello\r\n0\r\n\r\n",
+        )
+        .await;
+        assert!(status < 500, "{path}: {resp}");
     }
     // a well-formed chunked body still passes
     let (status, resp) = h1(

@@ -92,6 +92,10 @@ const BYPASSES: &[&str] = &[
     "/static/admin/.",
     "/static/admin",
     "/static/x/../../app2",
+    "/dex/../app2/x",
+    "/dex/%2e%2e/static/admin/x",
+    "/authservice/../app2/x",
+    "/authservice/check/../../static/admin/x",
 ];
 
 /// Paths that must be refused with 400 whatever follows.
