@@ -100,7 +100,7 @@ impl Chain {
                 if !reg.matches(&current, &ctx.namespace_labels) {
                     continue;
                 }
-                match hook.admit(&current, ctx) {
+                match crate::webhook::admit_bounded(hook.as_ref(), &current, ctx) {
                     AdmissionOutcome::Allow => {}
                     AdmissionOutcome::Patch(patch) => {
                         if kind == WebhookKind::Validating {

@@ -48,7 +48,9 @@ pub use review::{
     ADMISSION_V1, ADMISSION_V1BETA1, AdmissionRequest, AdmissionReview, GroupVersionKind, GroupVersionResource,
     Operation, ReviewError, UserInfo, encode_response, parse_review, review, review_parsed,
 };
-pub use webhook::{AdmissionOutcome, Context, Settings, Webhook};
+pub use webhook::{
+    AdmissionOutcome, Context, MAX_CONTAINERS, MAX_PATCH_BYTES, MAX_PATCH_OPS, Settings, Webhook, admit_bounded,
+};
 
 /// Every webhook kfsec serves, mutating before validating within each component.
 pub fn all_webhooks() -> Vec<Box<dyn Webhook>> {

@@ -281,6 +281,7 @@ fn reason_for(code: u16) -> Option<&'static str> {
         404 => "NotFound",
         405 => "MethodNotAllowed",
         409 => "Conflict",
+        413 => "RequestEntityTooLarge",
         410 => "Gone",
         422 => "Invalid",
         429 => "TooManyRequests",
@@ -329,7 +330,7 @@ pub fn encode_response(api_version: &str, uid: &str, outcome: &AdmissionOutcome)
 
 /// Runs `webhook` over an already parsed review and encodes the response.
 pub fn review_parsed(review: &AdmissionReview, webhook: &dyn Webhook, ctx: &Context) -> Vec<u8> {
-    let outcome = webhook.admit(&review.request, ctx);
+    let outcome = crate::webhook::admit_bounded(webhook, &review.request, ctx);
     encode_response(&review.api_version, &review.request.uid, &outcome)
 }
 

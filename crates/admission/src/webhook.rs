@@ -4,7 +4,11 @@
 //!
 //! Invariants: webhooks are pure — everything they may look at arrives in the request or the
 //! context, so the same input always gives the same outcome; an outcome is either allow, a
-//! JSON Patch against exactly the object in the request, or a denial with an HTTP code.
+//! JSON Patch against exactly the object in the request, or a denial with an HTTP code. Through
+//! [`admit_bounded`] (how every caller runs a webhook) an outcome is bounded: an object with more
+//! than [`MAX_CONTAINERS`] containers is refused before any webhook runs, and a patch of more than
+//! [`MAX_PATCH_OPS`] operations or [`MAX_PATCH_BYTES`] bytes, or a denial message longer than
+//! [`MAX_MESSAGE_BYTES`], never leaves — the request is denied (413) instead.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -56,6 +60,82 @@ impl AdmissionOutcome {
     /// True unless this is a denial.
     pub fn is_allowed(&self) -> bool {
         !matches!(self, Self::Deny { .. })
+    }
+}
+
+/// The most containers (`containers`, `initContainers` and `ephemeralContainers`, wherever they
+/// appear in the object) a request may carry.
+pub const MAX_CONTAINERS: usize = 256;
+/// The most JSON Patch operations one response may carry.
+pub const MAX_PATCH_OPS: usize = 10_000;
+/// The largest JSON Patch (before base64) one response may carry: with base64 and the envelope,
+/// responses stay under 3 MiB, the API server's own request limit.
+pub const MAX_PATCH_BYTES: usize = 2 * 1024 * 1024;
+/// The longest denial message (longer ones are cut at a character boundary).
+pub const MAX_MESSAGE_BYTES: usize = 16 * 1024;
+
+/// How many containers `v` holds, wherever pod specs sit in it (a Pod, a template, a Katib trial
+/// spec …).
+pub fn container_count(v: &Value) -> usize {
+    match v {
+        Value::Object(m) => m
+            .iter()
+            .map(|(k, v)| {
+                let own = match (k.as_str(), v) {
+                    ("containers" | "initContainers" | "ephemeralContainers", Value::Array(a)) => a.len(),
+                    _ => 0,
+                };
+                own.saturating_add(container_count(v))
+            })
+            .fold(0, usize::saturating_add),
+        Value::Array(a) => a.iter().map(container_count).fold(0, usize::saturating_add),
+        _ => 0,
+    }
+}
+
+fn too_large(what: String) -> AdmissionOutcome {
+    AdmissionOutcome::deny(413, format!("{what}, over kfsec's admission limits"))
+}
+
+/// Runs `hook` within the limits above: the way every caller (the webhook listener and the
+/// in-process chain) admits a request.
+pub fn admit_bounded(hook: &dyn Webhook, req: &AdmissionRequest, ctx: &Context) -> AdmissionOutcome {
+    let containers = [req.object.as_ref(), req.old_object.as_ref()]
+        .into_iter()
+        .flatten()
+        .map(container_count)
+        .max()
+        .unwrap_or(0);
+    if containers > MAX_CONTAINERS {
+        return too_large(format!(
+            "the object has {containers} containers (at most {MAX_CONTAINERS})"
+        ));
+    }
+    match hook.admit(req, ctx) {
+        AdmissionOutcome::Patch(p) if p.0.len() > MAX_PATCH_OPS => too_large(format!(
+            "the mutation needs {} patch operations (at most {MAX_PATCH_OPS})",
+            p.0.len()
+        )),
+        AdmissionOutcome::Patch(p) => {
+            let size = serde_json::to_vec(&p).map_or(usize::MAX, |b| b.len());
+            if size > MAX_PATCH_BYTES {
+                too_large(format!("the mutation is {size} bytes (at most {MAX_PATCH_BYTES})"))
+            } else {
+                AdmissionOutcome::Patch(p)
+            }
+        }
+        AdmissionOutcome::Deny { code, mut message } => {
+            if message.len() > MAX_MESSAGE_BYTES {
+                let mut cut = MAX_MESSAGE_BYTES;
+                while !message.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                message.truncate(cut);
+                message.push_str(" …");
+            }
+            AdmissionOutcome::Deny { code, message }
+        }
+        AdmissionOutcome::Allow => AdmissionOutcome::Allow,
     }
 }
 
@@ -116,5 +196,64 @@ impl Context {
     pub fn with_objects(mut self, objects: Vec<Value>) -> Self {
         self.objects = objects.into();
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::panic)]
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::poddefault::PodDefaultWebhook;
+    use crate::review::{GroupVersionKind, GroupVersionResource, Operation};
+
+    fn pod_request(containers: usize) -> AdmissionRequest {
+        let cs: Vec<Value> = (0..containers)
+            .map(|i| json!({"name": format!("c{i}"), "image": "x"}))
+            .collect();
+        AdmissionRequest::for_object(
+            Operation::Create,
+            GroupVersionKind::new("", "v1", "Pod"),
+            GroupVersionResource::new("", "v1", "pods"),
+            "ns",
+            "p",
+            json!({"metadata": {"name": "p", "namespace": "ns", "labels": {"a": "b"}}, "spec": {"containers": cs}}),
+        )
+    }
+
+    fn ctx(env: usize, value_len: usize) -> Context {
+        let env: Vec<Value> = (0..env)
+            .map(|i| json!({"name": format!("E{i}"), "value": "v".repeat(value_len)}))
+            .collect();
+        Context::default().with_pod_defaults(&[json!({
+            "apiVersion": "kubeflow.org/v1alpha1", "kind": "PodDefault",
+            "metadata": {"name": "pd", "namespace": "ns", "resourceVersion": "1"},
+            "spec": {"selector": {"matchLabels": {"a": "b"}}, "desc": "d", "env": env}
+        })])
+    }
+
+    #[test]
+    fn outcomes_are_bounded() {
+        // within the limits: a patch
+        assert!(matches!(
+            admit_bounded(&PodDefaultWebhook, &pod_request(3), &ctx(2, 10)),
+            AdmissionOutcome::Patch(_)
+        ));
+        // too many containers: refused before the webhook runs
+        match admit_bounded(&PodDefaultWebhook, &pod_request(MAX_CONTAINERS + 1), &ctx(2, 10)) {
+            AdmissionOutcome::Deny { code: 413, message } => assert!(message.contains("containers"), "{message}"),
+            other => panic!("{other:?}"),
+        }
+        // a patch over the byte limit: refused
+        match admit_bounded(&PodDefaultWebhook, &pod_request(200), &ctx(40, 400)) {
+            AdmissionOutcome::Deny { code: 413, message } => assert!(message.contains("bytes"), "{message}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            container_count(&json!({"spec": {"template": {"spec": {"initContainers": [1, 2], "containers": [3]}}}})),
+            3
+        );
     }
 }
