@@ -243,16 +243,17 @@ http {{\n access_log off;\n client_body_temp_path {d}/tmp;\n proxy_temp_path {d}
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("nginx is installed (scripts/install-test-deps.sh)");
+    let nginx = Nginx { child, _dir: dir };
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     for _ in 0..100 {
         if TcpStream::connect(addr).await.is_ok() {
-            return (addr, Nginx { child, _dir: dir });
+            return (addr, nginx);
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!(
         "nginx did not start: {}",
-        std::fs::read_to_string(dir.path().join("error.log")).unwrap_or_default()
+        std::fs::read_to_string(nginx._dir.path().join("error.log")).unwrap_or_default()
     );
 }
 
