@@ -4,8 +4,10 @@
 //!
 //! Invariants: the state is bound to a MAC'd, short-lived CSRF cookie; after login we redirect
 //! only to a same-origin relative path; the ID token is verified for signature, `iss`, `aud`,
-//! `exp` and `nonce` before a session exists; a presented bearer token that fails verification
-//! is refused outright (never downgraded to the cookie).
+//! `exp` and `nonce` before a session exists; every credential is judged by the one
+//! [`kfsec_idp::Authenticator`] (audience policy, revocation); a presented bearer token that
+//! fails verification is refused outright (never downgraded to the cookie); an unsafe request
+//! authenticated by the session cookie must come from our own origin ([`same_origin_write`]).
 
 use std::sync::Arc;
 
@@ -20,12 +22,13 @@ use kfsec_idp::secret::{ct_eq, random_token, sha256_b64};
 use kfsec_types::{Identity, random_array};
 use serde::{Deserialize, Serialize};
 
-use kfsec_idp::VerifyError;
-use kfsec_idp::jwt::JwtError;
-use kfsec_idp::serviceaccount::ServiceAccountClaims;
+use axum::http::Method;
+use kfsec_idp::{Authenticated, CredentialKind, Surface};
 
 use crate::listener::ClientCertIdentity;
-use crate::{App, GATEKEEPER_CLIENT_ID, PIPELINES_AUDIENCE, SERVICE_ACCOUNT_AUDIENCE, responses};
+use crate::{App, GATEKEEPER_CLIENT_ID, responses};
+
+pub use kfsec_idp::authn::service_account_exists;
 
 /// The callback path registered for the gatekeeper client.
 pub const CALLBACK_PATH: &str = "/authservice/oidc/callback";
@@ -47,8 +50,8 @@ struct CsrfState {
 
 /// How a request authenticated, or why it did not.
 pub enum Authn {
-    /// A valid session or bearer token.
-    Ok(Identity),
+    /// A valid session, bearer token or client certificate.
+    Ok(Authenticated),
     /// No credentials at all.
     Missing,
     /// Credentials presented but invalid.
@@ -70,8 +73,9 @@ pub(crate) fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> 
 }
 
 impl App {
-    /// Authenticates a request by bearer token (an ID token from our IdP, or a service-account
-    /// token for an audience `path` accepts), verified client certificate or session cookie.
+    /// Authenticates a request by bearer token (an ID token from our IdP for an accepted
+    /// audience, or a service-account token for an audience `path` accepts), verified client
+    /// certificate or session cookie — all through the one [`kfsec_idp::Authenticator`].
     pub async fn authenticate(&self, headers: &HeaderMap, cert: Option<&ClientCertIdentity>, path: &str) -> Authn {
         if let Some(auth) = headers.get(header::AUTHORIZATION) {
             let token = auth
@@ -79,55 +83,49 @@ impl App {
                 .ok()
                 .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")));
             if let Some(token) = token.map(str::trim) {
-                return self.authenticate_bearer(token, path).await;
+                let surface = if responses::family(path) == responses::Family::Pipelines {
+                    Surface::Pipelines
+                } else {
+                    Surface::Gateway
+                };
+                return match self.authn.bearer(token, surface).await {
+                    Ok(a) => Authn::Ok(a),
+                    Err(e) => {
+                        tracing::info!(target: "audit", reason = %e, "bearer token refused");
+                        Authn::Invalid
+                    }
+                };
             }
         }
         if let Some(ClientCertIdentity(id)) = cert {
-            return Authn::Ok(id.clone());
+            return Authn::Ok(self.authn.client_certificate(id.clone()));
         }
         // An expired, revoked or forged cookie is treated like no cookie: browsers go back
         // through login, API clients get 401.
         for (k, v) in cookies(headers) {
             if k == self.settings.cookie_name
-                && let Some(id) = self.sessions.validate(v).await
+                && let Some((id, started_ms)) = self.sessions.validate(v).await
+                && let Ok(a) = self.authn.session(id, started_ms).await
             {
-                return Authn::Ok(id);
+                return Authn::Ok(a);
             }
         }
         Authn::Missing
     }
 
-    async fn authenticate_bearer(&self, token: &str, path: &str) -> Authn {
-        let mut audiences = vec![SERVICE_ACCOUNT_AUDIENCE, self.idp.settings().issuer.as_str()];
-        if responses::family(path) == responses::Family::Pipelines {
-            audiences.push(PIPELINES_AUDIENCE);
-        }
-        match self.idp.verify_service_account_token(token, &audiences) {
-            Ok(sa) => {
-                return if service_account_exists(self.store.as_ref(), &sa).await {
-                    Authn::Ok(Identity::new(sa.username(), sa.groups()))
-                } else {
-                    tracing::info!(target: "audit", user = %sa.sub, "token of a deleted service account refused");
-                    Authn::Invalid
-                };
-            }
-            // Not shaped like a service-account token: try it as an ID token.
-            Err(VerifyError::Jwt(JwtError::Malformed)) => {}
-            Err(e) => {
-                tracing::info!(target: "audit", reason = %e, "service-account token refused");
-                return Authn::Invalid;
-            }
-        }
-        match self.idp.verify_token(token, None, None).await {
-            Ok(c) => match c.email {
-                Some(email) => Authn::Ok(Identity::new(email, c.groups.unwrap_or_default())),
-                None => Authn::Invalid,
-            },
-            Err(e) => {
-                tracing::info!(target: "audit", reason = %e, "bearer token refused");
-                Authn::Invalid
-            }
-        }
+    /// The public origin (`scheme://host[:port]`), from the issuer URL.
+    fn public_origin(&self) -> &str {
+        let iss = self.idp.settings().issuer.as_str();
+        let after_scheme = iss.find("://").map_or(0, |i| i + 3);
+        iss.get(after_scheme..)
+            .and_then(|rest| rest.find('/'))
+            .and_then(|i| iss.get(..after_scheme + i))
+            .unwrap_or(iss)
+    }
+
+    /// Whether an unsafe request may act with the session cookie: see [`same_origin_write`].
+    pub(crate) fn cookie_write_allowed(&self, method: &Method, headers: &HeaderMap) -> bool {
+        same_origin_write(method, headers, self.public_origin())
     }
 
     fn csrf_mac(&self, payload: &str) -> String {
@@ -189,17 +187,29 @@ impl App {
     }
 }
 
-/// Whether the service account a token names still exists with the token's uid (tokens of a
-/// deleted or re-created account stop working).
-pub async fn service_account_exists(store: &dyn kfsec_store::Store, sa: &ServiceAccountClaims) -> bool {
-    let k = &sa.kubernetes;
-    let key = format!("/k8s/core/serviceaccounts/{}/{}", k.namespace, k.serviceaccount.name);
-    match store.get(&key).await {
-        Ok(Some(kv)) => serde_json::from_slice::<serde_json::Value>(&kv.value)
-            .ok()
-            .and_then(|v| v["metadata"]["uid"].as_str().map(|u| u == k.serviceaccount.uid))
-            .unwrap_or(false),
-        _ => false,
+/// Cross-site request forgery rule for cookie-authenticated requests (the rule of Go's
+/// `net/http.CrossOriginProtection`, with the configured public origin): safe methods (GET,
+/// HEAD, OPTIONS) pass; otherwise, when the browser sent `Sec-Fetch-Site` it must be
+/// `same-origin` or `none` (typed URL, bookmark); without it, an `Origin` must equal our public
+/// origin; with neither header the request did not come from a browser page (every browser
+/// since 2020 sends one of them on a cross-origin POST) and passes. `text/plain` and multipart
+/// bodies are therefore refused cross-site whatever their content type. Bearer tokens and
+/// client certificates are never sent by a browser on its own and are not subject to this.
+pub fn same_origin_write(method: &Method, headers: &HeaderMap, public_origin: &str) -> bool {
+    if matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
+        return true;
+    }
+    if let Some(site) = headers.get("sec-fetch-site") {
+        return matches!(
+            site.to_str().map(str::to_ascii_lowercase).as_deref(),
+            Ok("same-origin" | "none")
+        );
+    }
+    match headers.get(header::ORIGIN) {
+        None => true,
+        Some(o) => o
+            .to_str()
+            .is_ok_and(|o| o.trim_end_matches('/').eq_ignore_ascii_case(public_origin)),
     }
 }
 
@@ -311,7 +321,7 @@ pub(crate) async fn logout(State(app): State<Arc<App>>, headers: HeaderMap) -> R
     let mut user = None;
     for (k, v) in cookies(&headers) {
         if k == app.settings.cookie_name {
-            if let Some(id) = app.sessions.validate(v).await {
+            if let Some((id, _)) = app.sessions.validate(v).await {
                 user = Some(id.user);
             }
             if let Err(e) = app.sessions.revoke(v).await {
@@ -323,6 +333,11 @@ pub(crate) async fn logout(State(app): State<Arc<App>>, headers: HeaderMap) -> R
     if let Some(u) = user {
         tracing::info!(target: "audit", user = %u, "session ended by logout");
     }
+    logged_out(&app, &headers)
+}
+
+/// The answer to a logout: JSON for the dashboard's XHR, else back to login; clears the cookie.
+fn logged_out(app: &App, headers: &HeaderMap) -> Response {
     let wants_json = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
@@ -343,6 +358,41 @@ pub(crate) async fn logout(State(app): State<Arc<App>>, headers: HeaderMap) -> R
     resp
 }
 
+/// `POST /authservice/logout-all` ("Log out everywhere"): ends every session of the caller
+/// and voids their ID tokens, codes and refresh tokens. Needs the caller's session (or ID
+/// token); a cookie-authenticated request must pass the same-origin rule.
+pub(crate) async fn logout_all(State(app): State<Arc<App>>, req: Request<Body>) -> Response {
+    let path = req.uri().path().to_owned();
+    let who = match app.authenticate(req.headers(), None, &path).await {
+        Authn::Ok(a) if matches!(a.kind, CredentialKind::Session | CredentialKind::IdToken) => a,
+        Authn::Ok(_) => {
+            return responses::html_error(
+                StatusCode::BAD_REQUEST,
+                "Not possible",
+                "Only a user's own session or ID token can end all of the user's sessions.",
+            );
+        }
+        _ => return responses::html_error(StatusCode::UNAUTHORIZED, "Not signed in", "You are not signed in."),
+    };
+    if who.kind == CredentialKind::Session && !app.cookie_write_allowed(req.method(), req.headers()) {
+        tracing::warn!(target: "audit", user = %who.identity.user, "cross-site logout-all refused");
+        return responses::html_error(StatusCode::FORBIDDEN, "Forbidden", "Cross-site request refused.");
+    }
+    let user = who.identity.user;
+    if let Err(e) = app.idp.revoke_user(&user).await {
+        tracing::error!(error = %e, "revocation failed");
+        return responses::html_error(StatusCode::INTERNAL_SERVER_ERROR, "Logout failed", "Internal error.");
+    }
+    match app.sessions.revoke_user(&user).await {
+        Ok(n) => tracing::info!(target: "audit", user = %user, sessions = n, "logged out everywhere"),
+        Err(e) => {
+            tracing::error!(error = %e, "ending sessions failed");
+            return responses::html_error(StatusCode::INTERNAL_SERVER_ERROR, "Logout failed", "Internal error.");
+        }
+    }
+    logged_out(&app, req.headers())
+}
+
 /// `/authservice/check` for nginx `auth_request` and Envoy `ext_authz` (HTTP): 200 with the
 /// identity headers, or 401.
 pub(crate) async fn check(State(app): State<Arc<App>>, req: Request<Body>) -> Response {
@@ -350,9 +400,9 @@ pub(crate) async fn check(State(app): State<Arc<App>>, req: Request<Body>) -> Re
         .authenticate(req.headers(), req.extensions().get(), req.uri().path())
         .await
     {
-        Authn::Ok(id) => {
+        Authn::Ok(a) => {
             let mut resp = StatusCode::OK.into_response();
-            app.set_identity_headers(resp.headers_mut(), &id);
+            app.set_identity_headers(resp.headers_mut(), &a.identity);
             resp
         }
         _ => responses::unauthenticated(req.uri().path()),

@@ -27,14 +27,15 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header}
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
-use kfsec_idp::{Client, ClientAddr, ClientAuth, Idp};
+use kfsec_idp::{Authenticator, Client, ClientAddr, ClientAuth, CredentialKind, Idp};
 use kfsec_store::{Store, StoreError};
 use kfsec_types::{Clock, Identity, Rng};
 use prometheus_client::registry::Registry;
 
 pub use kfsec_types::path;
 
-pub use gatekeeper::{Authn, CALLBACK_PATH, safe_return_path, service_account_exists};
+pub use gatekeeper::{Authn, CALLBACK_PATH, safe_return_path, same_origin_write, service_account_exists};
+pub use kfsec_idp::authn::{PIPELINES_AUDIENCE, SERVICE_ACCOUNT_AUDIENCE};
 pub use proxy::{Route, UpstreamIdentity, UpstreamTls};
 pub use session::Sessions;
 
@@ -83,6 +84,8 @@ pub struct GatewaySettings {
     pub upstream_identity: Option<UpstreamIdentity>,
     /// `X-Forwarded-Host` for upstreams: the public URL's `host[:port]` (never the client's `Host`).
     pub forwarded_host: Option<String>,
+    /// Concurrent sessions per user; the oldest ends when a new one starts.
+    pub max_sessions_per_user: usize,
 }
 
 /// The built-in client registration the gatekeeper uses at the IdP.
@@ -94,11 +97,6 @@ pub fn gatekeeper_client() -> Client {
         auth: ClientAuth::InProcess,
     }
 }
-
-/// The audience service-account tokens carry for kfsec's own API (`kfsec token create`'s default).
-pub const SERVICE_ACCOUNT_AUDIENCE: &str = "kfsec";
-/// The audience Kubeflow Pipelines checks (its `TOKEN_REVIEW_AUDIENCE` default).
-pub const PIPELINES_AUDIENCE: &str = "pipelines.kubeflow.org";
 
 /// The client id `kfsec login` uses (device flow, public).
 pub const CLI_CLIENT_ID: &str = "kfsec-cli";
@@ -120,6 +118,7 @@ pub struct App {
     idp: Arc<Idp>,
     idp_path: String,
     sessions: Arc<Sessions>,
+    authn: Authenticator,
     keys: session::MacKeys,
     clock: Arc<dyn Clock>,
     rng: Arc<dyn Rng>,
@@ -127,7 +126,6 @@ pub struct App {
     reserved: headers::Reserved,
     metrics: metrics::HttpMetrics,
     api: Option<Router>,
-    store: Arc<dyn Store>,
 }
 
 impl App {
@@ -150,7 +148,9 @@ impl App {
             rng.clone(),
             keys.session.clone(),
             settings.session_ttl,
+            settings.max_sessions_per_user,
         );
+        let authn = Authenticator::new(idp.clone());
         let idp_path = idp.settings().issuer_path();
         let metrics = metrics::HttpMetrics::register(registry);
         let forwarded_host = match &settings.forwarded_host {
@@ -167,6 +167,7 @@ impl App {
             idp,
             idp_path,
             sessions,
+            authn,
             keys,
             clock,
             rng,
@@ -174,7 +175,6 @@ impl App {
             reserved,
             metrics,
             api,
-            store,
         }))
     }
 
@@ -183,12 +183,18 @@ impl App {
         &self.sessions
     }
 
+    /// The authenticator every surface uses (TokenReview too).
+    pub fn authenticator(&self) -> &Authenticator {
+        &self.authn
+    }
+
     /// The front door's router.
     pub fn router(self: &Arc<Self>) -> Router {
         let idp = self.idp.router();
         let gate = Router::new()
             .route(CALLBACK_PATH, get(gatekeeper::callback))
             .route("/authservice/logout", post(gatekeeper::logout))
+            .route("/authservice/logout-all", post(gatekeeper::logout_all))
             .route("/authservice/check", any(gatekeeper::check))
             .route("/authservice/check/{*rest}", any(gatekeeper::check))
             .fallback(protected)
@@ -331,7 +337,18 @@ async fn protected(State(app): State<Arc<App>>, mut req: Request) -> Response {
         .map_or(IpAddr::from([127, 0, 0, 1]), |c| c.0);
     let cert = req.extensions().get::<listener::ClientCertIdentity>().cloned();
     let identity = match app.authenticate(req.headers(), cert.as_ref(), &path).await {
-        Authn::Ok(id) => Some(id),
+        // kfsec's own APIs refuse cross-site writes carried by the cookie (see
+        // `same_origin_write`); proxied routes leave that to their upstream.
+        Authn::Ok(a)
+            if a.kind == CredentialKind::Session
+                && app.api.is_some()
+                && responses::family(&path) != responses::Family::Browser
+                && !app.cookie_write_allowed(req.method(), req.headers()) =>
+        {
+            tracing::warn!(target: "audit", user = %a.identity.user, path = %path, "cross-site cookie write refused");
+            return responses::error(&path, StatusCode::FORBIDDEN, "Cross-site request refused.");
+        }
+        Authn::Ok(a) => Some(a.identity),
         Authn::Invalid if route.as_ref().is_none_or(|r| !r.public) => {
             return responses::unauthenticated(&path);
         }
@@ -384,7 +401,8 @@ fn home(id: &Identity) -> Response {
     };
     let body = format!(
         "<p>Signed in as <b id=\"user\">{u}</b></p><p>Groups: <span id=\"groups\">{groups}</span></p>\
-<form method=\"post\" action=\"/authservice/logout\"><button type=\"submit\" id=\"logout\">Log out</button></form>",
+<form method=\"post\" action=\"/authservice/logout\"><button type=\"submit\" id=\"logout\">Log out</button></form>\
+<form method=\"post\" action=\"/authservice/logout-all\"><button type=\"submit\" id=\"logout-all\">Log out everywhere</button></form>",
         u = e(&id.user)
     );
     kfsec_idp::page(StatusCode::OK, "kfsec", &body)

@@ -1,7 +1,10 @@
 //! Compact JWS (RS256) signing and verification with the process's one crypto provider.
 //!
 //! Invariants: verification accepts exactly `alg: RS256` with a `kid` from our own key set, so
-//! `alg: none`, HS256-with-the-public-key and foreign keys are rejected before any claim is read.
+//! `alg: none`, HS256-with-the-public-key and foreign keys are rejected before any claim is read;
+//! a `crit` header is refused (we understand no extensions, RFC 7515 §4.1.11), and `typ`, when
+//! present, must be `JWT`/`application/jwt` or the typ the caller names (e.g. `at+jwt`), compared
+//! case-insensitively (RFC 7515 §4.1.9, RFC 8725 §3.11).
 
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::rsa::{KeyPair, KeySize, PublicKeyComponents};
@@ -29,7 +32,16 @@ pub enum JwtError {
     /// Signing failed.
     #[error("signing failed")]
     Sign,
+    /// A `crit` header (extensions we do not understand).
+    #[error("critical header extension")]
+    Critical,
+    /// A `typ` header naming another kind of token.
+    #[error("unexpected token type {0:?}")]
+    Type(String),
 }
+
+/// The `typ` of kfsec's access tokens (RFC 9068): never accepted where an ID token is expected.
+pub const ACCESS_TOKEN_TYP: &str = "at+jwt";
 
 #[derive(Serialize, Deserialize)]
 struct Header {
@@ -38,6 +50,8 @@ struct Header {
     kid: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     typ: Option<String>,
+    #[serde(default, skip_serializing)]
+    crit: Option<serde_json::Value>,
 }
 
 /// A private RSA signing key with its key id.
@@ -86,10 +100,16 @@ impl SigningKey {
     }
     /// Signs `claims` as a compact JWS.
     pub fn sign<T: Serialize>(&self, claims: &T) -> Result<String, JwtError> {
+        self.sign_typed(claims, None)
+    }
+
+    /// Signs `claims` as a compact JWS with header `typ` (e.g. [`ACCESS_TOKEN_TYP`]).
+    pub fn sign_typed<T: Serialize>(&self, claims: &T, typ: Option<&str>) -> Result<String, JwtError> {
         let header = Header {
             alg: "RS256".into(),
             kid: self.kid.clone(),
-            typ: None,
+            typ: typ.map(str::to_owned),
+            crit: None,
         };
         let h = serde_json::to_vec(&header).map_err(|_| JwtError::Sign)?;
         let c = serde_json::to_vec(claims).map_err(|_| JwtError::Sign)?;
@@ -155,12 +175,35 @@ mod b64bytes {
     }
 }
 
-/// Verifies a compact JWS against `keys` and decodes its claims. Only the signature is checked
-/// here; the caller checks `iss`, `aud`, `exp` and `nonce`.
+/// Verifies a compact JWS against `keys` and decodes its claims. Only the signature and the
+/// header are checked here (`typ` absent or plain JWT); the caller checks `iss`, `aud`, `exp`,
+/// `nbf`, `iat` and `nonce`.
 pub fn verify<'k, T: DeserializeOwned>(
     token: &str,
     keys: impl IntoIterator<Item = &'k VerifyingKey>,
 ) -> Result<T, JwtError> {
+    verify_with_typ(token, keys, None).map(|(c, _)| c)
+}
+
+/// Whether a header `typ` is acceptable: absent, `JWT`/`application/jwt`, or `also`
+/// (`x` and `application/x` alike), case-insensitively.
+fn typ_ok(typ: Option<&str>, also: Option<&str>) -> bool {
+    typ.is_none_or(|t| typ_is(t, "jwt") || also.is_some_and(|a| typ_is(t, a)))
+}
+
+/// `typ` equals `want`, ignoring case and an `application/` prefix (RFC 7515 §4.1.9).
+fn typ_is(typ: &str, want: &str) -> bool {
+    let t = typ.to_ascii_lowercase();
+    t.strip_prefix("application/").unwrap_or(&t).eq_ignore_ascii_case(want)
+}
+
+/// Like [`verify`], also accepting header `typ` `also` (e.g. [`ACCESS_TOKEN_TYP`]); returns the
+/// claims and whether the token carried that typ.
+pub fn verify_with_typ<'k, T: DeserializeOwned>(
+    token: &str,
+    keys: impl IntoIterator<Item = &'k VerifyingKey>,
+    also: Option<&str>,
+) -> Result<(T, bool), JwtError> {
     if token.len() > 16 * 1024 {
         return Err(JwtError::Malformed);
     }
@@ -173,6 +216,13 @@ pub fn verify<'k, T: DeserializeOwned>(
     if header.alg != "RS256" {
         return Err(JwtError::Algorithm(header.alg));
     }
+    if header.crit.is_some() {
+        return Err(JwtError::Critical);
+    }
+    if !typ_ok(header.typ.as_deref(), also) {
+        return Err(JwtError::Type(header.typ.unwrap_or_default()));
+    }
+    let is_also = matches!((header.typ.as_deref(), also), (Some(t), Some(a)) if typ_is(t, a));
     let key = keys
         .into_iter()
         .find(|k| k.kid == header.kid)
@@ -180,7 +230,9 @@ pub fn verify<'k, T: DeserializeOwned>(
     let sig = B64.decode(s).map_err(|_| JwtError::Malformed)?;
     let signed_len = h.len() + 1 + c.len();
     key.verify(token.as_bytes().get(..signed_len).ok_or(JwtError::Malformed)?, &sig)?;
-    serde_json::from_slice(&B64.decode(c).map_err(|_| JwtError::Malformed)?).map_err(|_| JwtError::Malformed)
+    let claims =
+        serde_json::from_slice(&B64.decode(c).map_err(|_| JwtError::Malformed)?).map_err(|_| JwtError::Malformed)?;
+    Ok((claims, is_also))
 }
 
 #[cfg(test)]
@@ -232,5 +284,60 @@ mod tests {
         let again = SigningKey::from_pkcs8("k1".into(), &k.to_pkcs8().unwrap()).unwrap();
         assert_eq!(again.public(), pubk);
         assert_eq!(verify::<serde_json::Value>("a.b", [&pubk]), Err(JwtError::Malformed));
+    }
+
+    fn signed_with_header(k: &SigningKey, header: &serde_json::Value) -> String {
+        let h = B64.encode(serde_json::to_vec(header).unwrap());
+        let c = B64.encode(br#"{"sub":"a"}"#);
+        let msg = format!("{h}.{c}");
+        let mut sig = vec![0u8; k.pair.public_modulus_len()];
+        k.pair
+            .sign(&RSA_PKCS1_SHA256, &SystemRandom::new(), msg.as_bytes(), &mut sig)
+            .unwrap();
+        format!("{msg}.{}", B64.encode(sig))
+    }
+
+    #[test]
+    fn header_crit_and_typ() {
+        let k = SigningKey::generate("k1".into()).unwrap();
+        let pubk = k.public();
+        let v = |h: serde_json::Value| verify::<serde_json::Value>(&signed_with_header(&k, &h), [&pubk]);
+        for ok in ["JWT", "jwt", "application/jwt", "Application/JWT"] {
+            assert!(
+                v(serde_json::json!({"alg":"RS256","kid":"k1","typ":ok})).is_ok(),
+                "{ok}"
+            );
+        }
+        assert!(v(serde_json::json!({"alg":"RS256","kid":"k1"})).is_ok());
+        for bad in ["at+jwt", "application/at+jwt", "JOSE", "", "secevent+jwt", "dpop+jwt"] {
+            assert_eq!(
+                v(serde_json::json!({"alg":"RS256","kid":"k1","typ":bad})),
+                Err(JwtError::Type(bad.into())),
+                "{bad}"
+            );
+        }
+        for crit in [
+            serde_json::json!(["exp"]),
+            serde_json::json!([]),
+            serde_json::json!("b64"),
+        ] {
+            assert_eq!(
+                v(serde_json::json!({"alg":"RS256","kid":"k1","crit":crit})),
+                Err(JwtError::Critical)
+            );
+        }
+        // an access token verifies only where its typ is named, and says so
+        let at = k
+            .sign_typed(&serde_json::json!({"sub":"a"}), Some(ACCESS_TOKEN_TYP))
+            .unwrap();
+        assert_eq!(
+            verify::<serde_json::Value>(&at, [&pubk]),
+            Err(JwtError::Type(ACCESS_TOKEN_TYP.into()))
+        );
+        let (_, is_at) = verify_with_typ::<serde_json::Value>(&at, [&pubk], Some(ACCESS_TOKEN_TYP)).unwrap();
+        assert!(is_at);
+        let id = k.sign(&serde_json::json!({"sub":"a"})).unwrap();
+        let (_, is_at) = verify_with_typ::<serde_json::Value>(&id, [&pubk], Some(ACCESS_TOKEN_TYP)).unwrap();
+        assert!(!is_at);
     }
 }

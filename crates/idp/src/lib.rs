@@ -6,6 +6,7 @@
 //! against our own published keys; redirect URIs match exactly; every password check runs
 //! through the lockout gate; secrets, codes and tokens are stored only as digests.
 
+pub mod authn;
 pub mod clients;
 mod device;
 mod error;
@@ -14,6 +15,7 @@ pub mod jwt;
 pub mod keys;
 pub mod lockout;
 mod pages;
+pub mod revocation;
 pub mod secret;
 pub mod serviceaccount;
 mod tokens;
@@ -29,10 +31,11 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 
+pub use authn::{Authenticated, Authenticator, CredentialKind, Refusal, Surface};
 pub use clients::{Client, ClientAuth, ClientRegistry};
 pub use error::{IdpError, OAuthError};
 pub use pages::{escape_html, page};
-pub use tokens::{Claims, TokenResponse, VerifyError};
+pub use tokens::{Claims, TokenResponse, VerifyError, delete_refresh_tokens};
 pub use users::{User, UserDirectory};
 
 use keys::KeyManager;
@@ -77,6 +80,9 @@ pub struct IdpSettings {
     pub builtin_clients: Vec<Client>,
     /// Brute-force protection.
     pub lockout: LockoutPolicy,
+    /// Client ids whose ID tokens are accepted as bearer tokens, besides the built-in
+    /// gatekeeper and CLI clients (config `bearerAudiences`).
+    pub bearer_audiences: Vec<String>,
 }
 
 impl IdpSettings {
@@ -106,6 +112,7 @@ pub struct Idp {
     clients: Arc<ClientRegistry>,
     lockout: Lockout,
     metrics: Metrics,
+    epochs: Arc<revocation::Epochs>,
 }
 
 impl Idp {
@@ -132,6 +139,7 @@ impl Idp {
             settings.builtin_clients.clone(),
         ));
         let lockout = Lockout::new(settings.lockout.clone(), clock.clone());
+        let epochs = revocation::Epochs::new(store.clone());
         let metrics = Metrics::default();
         registry.register("kfsec_logins", "Password logins by outcome", metrics.logins.clone());
         registry.register(
@@ -149,6 +157,7 @@ impl Idp {
             clients,
             lockout,
             metrics,
+            epochs,
         }))
     }
 
@@ -171,6 +180,18 @@ impl Idp {
     /// The signing keys.
     pub fn keys(&self) -> &KeyManager {
         &self.keys
+    }
+    /// The users' revocation epochs.
+    pub fn epochs(&self) -> &Arc<revocation::Epochs> {
+        &self.epochs
+    }
+    /// The clock.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
     }
 
     /// Runs key rotation on schedule until the task is dropped.

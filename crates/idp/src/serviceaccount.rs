@@ -110,13 +110,20 @@ impl Idp {
     ) -> Result<ServiceAccountClaims, VerifyError> {
         let keys = self.keys.keys();
         let claims: ServiceAccountClaims = crate::jwt::verify(token, keys.verifying())?;
+        self.check_service_account_claims(claims, audiences)
+    }
+
+    /// Checks verified service-account claims: `iss`, times, one of `audiences`, and that the
+    /// subject names the account of the `kubernetes.io` claim.
+    pub(crate) fn check_service_account_claims(
+        &self,
+        claims: ServiceAccountClaims,
+        audiences: &[&str],
+    ) -> Result<ServiceAccountClaims, VerifyError> {
         if claims.iss != self.settings.issuer {
             return Err(VerifyError::Issuer);
         }
-        let now = self.clock.now().as_secs();
-        if now >= claims.exp || now + 60 < claims.nbf {
-            return Err(VerifyError::Expired);
-        }
+        self.check_times(claims.exp, Some(claims.nbf), claims.iat)?;
         if !claims.aud.iter().any(|a| audiences.contains(&a.as_str())) {
             return Err(VerifyError::Audience);
         }

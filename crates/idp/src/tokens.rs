@@ -3,8 +3,11 @@
 //! verification for relying parties inside the process (the gatekeeper, bearer auth).
 //!
 //! Invariants: a code is redeemed at most once (`Store::take`), by the client it was issued to,
-//! with the same redirect URI and a matching PKCE verifier; token checks cover signature, `iss`,
-//! `aud`, `exp` and (for the gatekeeper) `nonce`.
+//! with the same redirect URI and a matching PKCE verifier; token checks cover signature, header
+//! (`crit`, `typ`), `iss`, `aud`, `exp`, `nbf` and `iat` (60 s leeway), the user's revocation
+//! epoch and (for the gatekeeper) `nonce`. Access tokens carry `typ: at+jwt` (RFC 9068) and are
+//! accepted only at `/userinfo`, never where an ID token is expected. Codes and refresh tokens
+//! issued at or before a user's revocation epoch are refused.
 
 use std::time::Duration;
 
@@ -18,6 +21,8 @@ use crate::{Client, Idp, IdpError, OAuthError, User};
 
 pub(crate) const CODE_PREFIX: &str = "/kfsec/idp/codes/";
 const REFRESH_PREFIX: &str = "/kfsec/idp/refresh/";
+/// Clock skew tolerated for `nbf` and `iat` in the future.
+pub(crate) const LEEWAY_SECS: u64 = 60;
 /// Codes live at most this long.
 pub(crate) const CODE_TTL: Duration = Duration::from_secs(600);
 
@@ -41,6 +46,12 @@ pub struct Claims {
     /// Access token hash.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub at_hash: Option<String>,
+    /// Authorized party (OIDC Core §2): the client the token was issued to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub azp: Option<String>,
+    /// Not before, Unix seconds (kfsec does not set it; honoured when present).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
     /// Email (scope `email`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub email: Option<String>,
@@ -114,10 +125,22 @@ pub(crate) struct CodeRecord {
     pub code_challenge_method: Option<String>,
 }
 
+/// A code as stored: the record plus when it was issued (for revocation).
+#[derive(Debug, Serialize, Deserialize)]
+struct StoredCode {
+    #[serde(flatten)]
+    rec: CodeRecord,
+    #[serde(default)]
+    issued_ms: u64,
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 struct RefreshRecord {
     grant: Grant,
     created_at: u64,
+    /// When the chain started, Unix ms (0 in records from before revocation existed).
+    #[serde(default)]
+    origin_ms: u64,
     /// The successor, kept only for the reuse interval after rotation.
     #[serde(default)]
     replaced_by: Option<String>,
@@ -144,6 +167,18 @@ pub enum VerifyError {
     /// No email claim.
     #[error("token carries no email")]
     NoEmail,
+    /// `nbf` in the future.
+    #[error("token not yet valid")]
+    NotYetValid,
+    /// `iat` in the future.
+    #[error("token issued in the future")]
+    IssuedInFuture,
+    /// Issued at or before the user's revocation epoch.
+    #[error("token revoked")]
+    Revoked,
+    /// The revocation state could not be read (the token is refused).
+    #[error("revocation state unavailable: {0}")]
+    Unavailable(String),
 }
 
 /// Dex's `sub`: base64url (no padding) of a protobuf `{1: user_id, 2: connector_id}`.
@@ -167,7 +202,7 @@ pub fn dex_subject(user_id: &str, connector_id: &str) -> String {
 }
 
 impl Idp {
-    fn claims_for(&self, grant: &Grant, user: &User, aud: &str) -> Claims {
+    fn claims_for(&self, grant: &Grant, user: &User, aud: &str, iat: u64) -> Claims {
         let now = self.clock.now();
         let has = |s: &str| grant.scopes.iter().any(|x| x == s);
         Claims {
@@ -175,9 +210,11 @@ impl Idp {
             sub: dex_subject(&user.user_id, "local"),
             aud: vec![aud.to_owned()],
             exp: now.add(self.settings.id_token_ttl).as_secs(),
-            iat: now.as_secs(),
+            iat,
             nonce: grant.nonce.clone().filter(|n| !n.is_empty()),
             at_hash: None,
+            azp: None,
+            nbf: None,
             email: has("email").then(|| user.email.clone()),
             email_verified: has("email").then_some(true),
             groups: has("groups").then(|| user.groups.clone()),
@@ -186,11 +223,16 @@ impl Idp {
         }
     }
 
-    /// Mints the access and ID tokens (and a refresh token if `refresh` is given).
-    fn mint(&self, grant: &Grant, user: &User, refresh: Option<String>) -> Result<TokenResponse, IdpError> {
+    /// Mints the access and ID tokens (and a refresh token if `refresh` is given). `iat` is
+    /// past the user's revocation epoch even within the second of a revocation (at most 1 s
+    /// ahead of the clock), so tokens minted after a revocation are not caught by it.
+    async fn mint(&self, grant: &Grant, user: &User, refresh: Option<String>) -> Result<TokenResponse, IdpError> {
+        let now = self.clock.now().as_secs();
+        let epoch = self.epochs.get(&user.email).await?;
+        let iat = epoch.map_or(now, |e| now.max(e / 1000 + 1));
         let keys = self.keys.keys();
-        let mut claims = self.claims_for(grant, user, &grant.client_id);
-        let access_token = keys.signing.sign(&claims)?;
+        let mut claims = self.claims_for(grant, user, &grant.client_id, iat);
+        let access_token = keys.signing.sign_typed(&claims, Some(crate::jwt::ACCESS_TOKEN_TYP))?;
         let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, access_token.as_bytes());
         claims.at_hash = Some(B64.encode(digest.as_ref().get(..16).unwrap_or_default()));
         let id_token = keys.signing.sign(&claims)?;
@@ -203,7 +245,7 @@ impl Idp {
         })
     }
 
-    async fn new_refresh(&self, grant: &Grant, created_at: u64) -> Result<Option<String>, IdpError> {
+    async fn new_refresh(&self, grant: &Grant, created_at: u64, origin_ms: u64) -> Result<Option<String>, IdpError> {
         if !grant.scopes.iter().any(|s| s == "offline_access") {
             return Ok(None);
         }
@@ -211,6 +253,7 @@ impl Idp {
         let rec = RefreshRecord {
             grant: grant.clone(),
             created_at,
+            origin_ms,
             replaced_by: None,
         };
         let ttl = self.refresh_ttl(created_at);
@@ -249,7 +292,15 @@ impl Idp {
         else {
             return Err(OAuthError::invalid_grant("Invalid or expired code parameter."));
         };
-        let rec: CodeRecord = serde_json::from_slice(&kv.value).map_err(IdpError::from)?;
+        let StoredCode { rec, issued_ms } = serde_json::from_slice(&kv.value).map_err(IdpError::from)?;
+        if self
+            .epochs
+            .revoked(&rec.grant.email, issued_ms)
+            .await
+            .map_err(IdpError::from)?
+        {
+            return Err(OAuthError::invalid_grant("Invalid or expired code parameter."));
+        }
         if rec.grant.client_id != client.id {
             return Err(OAuthError::invalid_grant("Invalid or expired code parameter."));
         }
@@ -285,8 +336,9 @@ impl Idp {
             .find(&rec.grant.email)
             .await?
             .ok_or_else(|| OAuthError::invalid_grant("The user no longer exists."))?;
-        let refresh = self.new_refresh(&rec.grant, self.clock.now().as_secs()).await?;
-        Ok(self.mint(&rec.grant, &user, refresh)?)
+        let now = self.clock.now();
+        let refresh = self.new_refresh(&rec.grant, now.as_secs(), now.as_millis()).await?;
+        Ok(self.mint(&rec.grant, &user, refresh).await?)
     }
 
     /// Exchanges a refresh token (rotating it) for `client`.
@@ -299,7 +351,18 @@ impl Idp {
                 ));
             };
             let mut rec: RefreshRecord = serde_json::from_slice(&kv.value).map_err(IdpError::from)?;
-            if rec.grant.client_id != client.id {
+            let origin_ms = if rec.origin_ms == 0 {
+                rec.created_at.saturating_mul(1000)
+            } else {
+                rec.origin_ms
+            };
+            if rec.grant.client_id != client.id
+                || self
+                    .epochs
+                    .revoked(&rec.grant.email, origin_ms)
+                    .await
+                    .map_err(IdpError::from)?
+            {
                 return Err(OAuthError::invalid_grant(
                     "Refresh token is invalid or has already been claimed by another client.",
                 ));
@@ -312,9 +375,9 @@ impl Idp {
             if let Some(next) = rec.replaced_by {
                 // Inside the reuse window (the record expires when it closes): answer with the
                 // successor so parallel requests of one client do not log the user out.
-                return Ok(self.mint(&rec.grant, &user, Some(next))?);
+                return Ok(self.mint(&rec.grant, &user, Some(next)).await?);
             }
-            let Some(next) = self.new_refresh(&rec.grant, rec.created_at).await? else {
+            let Some(next) = self.new_refresh(&rec.grant, rec.created_at, origin_ms).await? else {
                 return Err(OAuthError::invalid_grant(
                     "Refresh token was not issued for offline access.",
                 ));
@@ -331,7 +394,7 @@ impl Idp {
                 )
                 .await
             {
-                Ok(_) => return Ok(self.mint(&rec.grant, &user, Some(next))?),
+                Ok(_) => return Ok(self.mint(&rec.grant, &user, Some(next)).await?),
                 Err(StoreError::Conflict { .. }) => {
                     // A parallel refresh won; drop ours and answer with theirs.
                     let _ = self
@@ -352,32 +415,33 @@ impl Idp {
     pub(crate) async fn issue_code(&self, rec: CodeRecord, state: &str) -> Result<String, IdpError> {
         let code = random_token(self.rng.as_ref());
         let redirect = append_query(&rec.redirect_uri, &[("code", &code), ("state", state)]);
+        let stored = StoredCode {
+            rec,
+            issued_ms: self.clock.now().as_millis(),
+        };
         self.store
             .create(
                 &format!("{CODE_PREFIX}{}", sha256_hex(code.as_bytes())),
-                serde_json::to_vec(&rec)?,
+                serde_json::to_vec(&stored)?,
                 Some(CODE_TTL),
             )
             .await?;
         Ok(redirect)
     }
 
-    /// Verifies one of our tokens. `audience`: `Some(id)` requires that client id; `None`
-    /// accepts any registered client. `nonce`: required value, if any.
+    /// Verifies one of our tokens. `audience`: `Some(id)` requires that client id and an ID
+    /// token; `None` (`/userinfo`) accepts the ID or access token of any registered client.
+    /// `nonce`: required value, if any. Bearer authentication does not use this: it goes
+    /// through [`crate::authn::Authenticator`] and its audience policy.
     pub async fn verify_token(
         &self,
         token: &str,
         audience: Option<&str>,
         nonce: Option<&str>,
     ) -> Result<Claims, VerifyError> {
-        let keys = self.keys.keys();
-        let claims: Claims = crate::jwt::verify(token, keys.verifying())?;
-        if claims.iss != self.settings.issuer {
-            return Err(VerifyError::Issuer);
-        }
-        if self.clock.now().as_secs() >= claims.exp {
-            return Err(VerifyError::Expired);
-        }
+        let also = audience.is_none().then_some(crate::jwt::ACCESS_TOKEN_TYP);
+        let (claims, _) = crate::jwt::verify_with_typ::<Claims>(token, self.keys.keys().verifying(), also)?;
+        self.check_claims(&claims)?;
         match audience {
             Some(a) if !claims.aud.iter().any(|x| x == a) => return Err(VerifyError::Audience),
             Some(_) => {}
@@ -402,8 +466,79 @@ impl Idp {
         {
             return Err(VerifyError::Nonce);
         }
+        self.check_not_revoked(&claims).await?;
         Ok(claims)
     }
+
+    /// `iss` and the times of verified ID-token claims.
+    pub(crate) fn check_claims(&self, claims: &Claims) -> Result<(), VerifyError> {
+        if claims.iss != self.settings.issuer {
+            return Err(VerifyError::Issuer);
+        }
+        self.check_times(claims.exp, claims.nbf, claims.iat)
+    }
+
+    /// `exp` passed, `nbf` or `iat` more than [`LEEWAY_SECS`] ahead.
+    pub(crate) fn check_times(&self, exp: u64, nbf: Option<u64>, iat: u64) -> Result<(), VerifyError> {
+        let now = self.clock.now().as_secs();
+        if now >= exp {
+            return Err(VerifyError::Expired);
+        }
+        if nbf.is_some_and(|n| n > now.saturating_add(LEEWAY_SECS)) {
+            return Err(VerifyError::NotYetValid);
+        }
+        if iat > now.saturating_add(LEEWAY_SECS) {
+            return Err(VerifyError::IssuedInFuture);
+        }
+        Ok(())
+    }
+
+    /// Refuses a token issued at or before its user's revocation epoch.
+    pub(crate) async fn check_not_revoked(&self, claims: &Claims) -> Result<(), VerifyError> {
+        let Some(email) = &claims.email else { return Ok(()) };
+        match self.epochs.revoked(email, claims.iat.saturating_mul(1000)).await {
+            Ok(false) => Ok(()),
+            Ok(true) => Err(VerifyError::Revoked),
+            Err(e) => Err(VerifyError::Unavailable(e.to_string())),
+        }
+    }
+
+    /// Revokes every session, ID token, code and refresh token of `email` issued up to now
+    /// (password change, deletion, "log out everywhere"): moves the user's epoch and deletes
+    /// their refresh tokens. Sessions are voided by the epoch; the gateway deletes them too.
+    pub async fn revoke_user(&self, email: &str) -> Result<(), IdpError> {
+        self.epochs.revoke(email, self.clock.now().as_millis()).await?;
+        delete_refresh_tokens(self.store.as_ref(), email).await?;
+        tracing::info!(target: "audit", user = %email, "all credentials revoked");
+        Ok(())
+    }
+}
+
+/// Deletes every refresh token granted to `email` (a scan: rare admin operations only).
+pub async fn delete_refresh_tokens(store: &dyn kfsec_store::Store, email: &str) -> Result<usize, StoreError> {
+    let mut after: Option<String> = None;
+    let mut doomed = Vec::new();
+    loop {
+        let page = store.list(REFRESH_PREFIX, 500, after.as_deref()).await?;
+        for kv in &page.items {
+            if serde_json::from_slice::<RefreshRecord>(&kv.value)
+                .is_ok_and(|r| r.grant.email.eq_ignore_ascii_case(email))
+            {
+                doomed.push(kv.key.clone());
+            }
+        }
+        match page.continue_key {
+            Some(k) => after = Some(k),
+            None => break,
+        }
+    }
+    for k in &doomed {
+        match store.delete(k, None).await {
+            Ok(_) | Err(StoreError::NotFound(_)) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(doomed.len())
 }
 
 /// Appends query parameters to a (possibly relative) URI.

@@ -3,7 +3,9 @@
 //! While the server runs it holds the store file, so the CLI sends its request over a Unix
 //! socket in the data directory (`admin.sock`, mode 0600, owner only) and the server runs the
 //! same [`AdminOps::execute`] it would run directly. Invariants: passwords travel only over that
-//! socket and are hashed before storage; generated client secrets are returned once.
+//! socket and are hashed before storage; generated client secrets are returned once; a password
+//! change, a deletion and `user logout-all` revoke all of the user's sessions, ID tokens, codes
+//! and refresh tokens at once, online and offline alike.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -42,6 +44,11 @@ pub enum AdminRequest {
     UserList,
     /// Delete a user.
     UserDelete {
+        /// Email.
+        email: String,
+    },
+    /// End every session and token of a user.
+    UserLogoutAll {
         /// Email.
         email: String,
     },
@@ -104,6 +111,7 @@ impl std::fmt::Debug for AdminRequest {
             Self::UserPasswd { .. } => "UserPasswd",
             Self::UserList => "UserList",
             Self::UserDelete { .. } => "UserDelete",
+            Self::UserLogoutAll { .. } => "UserLogoutAll",
             Self::ClientAdd { .. } => "ClientAdd",
             Self::ClientList => "ClientList",
             Self::ClientDelete { .. } => "ClientDelete",
@@ -191,6 +199,8 @@ pub struct AdminOps {
     pub trust: Option<Arc<crate::trust::Trust>>,
     /// The CA's directory.
     pub pki_dir: PathBuf,
+    /// The live session table (None offline: sessions are deleted in the store).
+    pub sessions: Option<Arc<kfsec_gateway::Sessions>>,
 }
 
 /// Splits `resource[.group][/subresource]`; a bare plural served by exactly one group gets it.
@@ -216,6 +226,26 @@ pub fn parse_resource(spec: &str) -> (String, String, String) {
 }
 
 impl AdminOps {
+    /// Voids every credential of `email` issued up to now: the revocation epoch (sessions,
+    /// ID tokens, codes), refresh tokens and session records.
+    async fn revoke_user(&self, email: &str) -> Result<(), IdpError> {
+        match &self.idp {
+            Some(idp) => idp.revoke_user(email).await?,
+            None => {
+                let now = kfsec_types::Clock::now(&kfsec_types::SystemClock).as_millis();
+                kfsec_idp::revocation::write(self.store.as_ref(), email, now).await?;
+                kfsec_idp::delete_refresh_tokens(self.store.as_ref(), email).await?;
+            }
+        }
+        let ended = match &self.sessions {
+            Some(s) => s.revoke_user(email).await,
+            None => kfsec_gateway::session::delete_user_sessions(self.store.as_ref(), email).await,
+        };
+        ended.map_err(|e| IdpError::Internal(e.to_string()))?;
+        tracing::info!(target: "audit", user = %email, "sessions and tokens revoked");
+        Ok(())
+    }
+
     /// Runs one request.
     pub async fn execute(&self, req: AdminRequest) -> AdminResponse {
         let r: Result<AdminResponse, IdpError> = async {
@@ -232,6 +262,7 @@ impl AdminOps {
                 ),
                 AdminRequest::UserPasswd { email, password } => {
                     self.users.set_password(&email, &password).await?;
+                    self.revoke_user(&email).await?;
                     AdminResponse::Ok
                 }
                 AdminRequest::UserList => AdminResponse::Users {
@@ -239,6 +270,14 @@ impl AdminOps {
                 },
                 AdminRequest::UserDelete { email } => {
                     self.users.delete(&email).await?;
+                    self.revoke_user(&email).await?;
+                    AdminResponse::Ok
+                }
+                AdminRequest::UserLogoutAll { email } => {
+                    if self.users.find(&email).await?.is_none() {
+                        return Err(IdpError::NotFound(format!("user {email}")));
+                    }
+                    self.revoke_user(&email).await?;
                     AdminResponse::Ok
                 }
                 AdminRequest::ClientAdd {

@@ -129,6 +129,11 @@ pub struct Config {
     pub log_format: Option<String>,
     /// Self-registration of profiles.
     pub registration_flow: bool,
+    /// Extra client ids whose ID tokens are bearer tokens (`bearerAudiences`; each must exist as
+    /// a client, checked at start where the store's clients are known).
+    pub bearer_audiences: Vec<String>,
+    /// Concurrent sessions per user (`session.maxPerUser`, default 100).
+    pub max_sessions_per_user: usize,
     /// Key algorithm of a new CA.
     pub key_algorithm: kfsec_pki::KeyAlgorithm,
     /// Lifetime of kfsec's own serving certificates.
@@ -172,6 +177,23 @@ pub fn load(path: Option<&Path>, overrides: &Overrides, env: &dyn Env) -> Result
         None => ConfigFile::default(),
     };
     validate(file, overrides, env)
+}
+
+/// `bearerAudiences`: client ids, no empty or repeated entry.
+fn bearer_audiences(ids: &[String]) -> Result<Vec<String>, ConfigError> {
+    let mut out: Vec<String> = Vec::with_capacity(ids.len());
+    for id in ids {
+        if id.trim().is_empty() || id.trim() != id || id.len() > 255 {
+            return Err(ConfigError::Invalid(format!(
+                "bearerAudiences: {id:?} is not a client id"
+            )));
+        }
+        if out.contains(id) {
+            return Err(ConfigError::Invalid(format!("bearerAudiences: {id:?} is listed twice")));
+        }
+        out.push(id.clone());
+    }
+    Ok(out)
 }
 
 /// Turns the data model into a validated [`Config`].
@@ -377,6 +399,12 @@ pub fn validate(f: ConfigFile, o: &Overrides, env: &dyn Env) -> Result<Config, C
         log_level: f.logger.as_ref().and_then(|l| l.level.clone()),
         log_format: f.logger.and_then(|l| l.format),
         registration_flow: f.registration_flow,
+        bearer_audiences: bearer_audiences(&f.bearer_audiences)?,
+        max_sessions_per_user: match f.session.max_per_user {
+            None => 100,
+            Some(0) => return Err(ConfigError::Invalid("session.maxPerUser must be at least 1".into())),
+            Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
+        },
         key_algorithm: match f.pki.key_algorithm.as_deref() {
             None => kfsec_pki::KeyAlgorithm::Rsa2048,
             Some(a) => a

@@ -17,9 +17,9 @@ async fn forged_and_foreign_tokens_are_refused() {
     let keys = k.running.idp.keys().keys();
     let sign = |c: &Claims| keys.signing.sign(c).unwrap();
     let iss = k.running.issuer.clone();
-    let good = sign(&test_claims(&k, &iss, "rp-test", 600));
+    let good = sign(&test_claims(&k, &iss, "kfsec-cli", 600));
     let kid = keys.signing.kid().to_owned();
-    let body = B64.encode(serde_json::to_vec(&test_claims(&k, &iss, "rp-test", 600)).unwrap());
+    let body = B64.encode(serde_json::to_vec(&test_claims(&k, &iss, "kfsec-cli", 600)).unwrap());
     let none = format!("{}.{body}.", B64.encode(format!(r#"{{"alg":"none","kid":"{kid}"}}"#)));
     let hs_head = B64.encode(format!(r#"{{"alg":"HS256","kid":"{kid}"}}"#));
     let jwk = keys.signing.public().to_jwk();
@@ -31,10 +31,10 @@ async fn forged_and_foreign_tokens_are_refused() {
         ("HS256 keyed with the public key", hs256),
         (
             "wrong iss",
-            sign(&test_claims(&k, "https://evil.example/dex", "rp-test", 600)),
+            sign(&test_claims(&k, "https://evil.example/dex", "kfsec-cli", 600)),
         ),
         ("unknown aud", sign(&test_claims(&k, &iss, "somebody-else", 600))),
-        ("expired", sign(&test_claims(&k, &iss, "rp-test", -10))),
+        ("expired", sign(&test_claims(&k, &iss, "kfsec-cli", -10))),
         ("garbage", "a.b.c".into()),
         ("truncated signature", good[..good.len() - 4].to_owned()),
     ];

@@ -254,6 +254,8 @@ pub fn test_claims(k: &Kfsec, iss: &str, aud: &str, exp_from_now: i64) -> kfsec_
         iat: now,
         nonce: None,
         at_hash: None,
+        azp: None,
+        nbf: None,
         email: Some(USER.into()),
         email_verified: Some(true),
         groups: Some(vec!["system:masters".into()]),

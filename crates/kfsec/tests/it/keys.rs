@@ -38,7 +38,7 @@ async fn signing_keys_rotate_with_prepublication_and_retirement() {
         BTreeSet::from([a.clone(), b.clone()]),
         "next key published before use"
     );
-    let token = before.signing.sign(&test_claims(&k, &iss, "rp-test", 7200)).unwrap();
+    let token = before.signing.sign(&test_claims(&k, &iss, "kfsec-cli", 7200)).unwrap();
 
     // not yet due: nothing changes
     assert!(!idp.keys().tick().await.unwrap());

@@ -14,6 +14,7 @@ mod process;
 mod proxying;
 mod rbac;
 mod rotation;
+mod sec_authn;
 mod sec_headers;
 mod sec_paths;
 mod sec_logs;

@@ -67,7 +67,7 @@ pub async fn authorize(b: &mut Browser, auth_url: &str) -> (String, String) {
 
 #[tokio::test]
 async fn openidconnect_relying_party() {
-    let k = Kfsec::start("").await;
+    let k = Kfsec::start("bearerAudiences: [rp-test]\n").await;
     let raw = http_client(&k.running.ca_pem);
     let h = http(raw.clone());
     let issuer = IssuerUrl::new(k.running.issuer.clone()).unwrap();
@@ -169,7 +169,7 @@ async fn openidconnect_relying_party() {
         .unwrap();
     assert_eq!(ui["email"], USER);
 
-    // the ID token works as a bearer token at the front door
+    // the ID token works as a bearer token at the front door (rp-test is in bearerAudiences)
     let r = raw
         .get(format!("{}/app/x", k.base))
         .bearer_auth(id_token.to_string())

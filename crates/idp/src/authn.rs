@@ -1,0 +1,240 @@
+//! The one authenticator: every credential kfsec accepts — bearer ID token, service-account
+//! token, session, client certificate — becomes an [`Identity`] here or a typed [`Refusal`].
+//! The front door (every surface: `/authservice/check`, the Kubernetes-style API, Pipelines,
+//! KFAM, proxied routes) and TokenReview call it, so they cannot disagree.
+//!
+//! Audience policy (the one place it is defined):
+//! - **ID tokens** (users) are accepted only for an explicit list of clients, like the Kubernetes
+//!   API server's `--oidc-client-id` and oauth2-proxy: the gatekeeper (`kfsec-gatekeeper`), the
+//!   CLI (`kfsec-cli`) and the ids in config `bearerAudiences`. Following OIDC Core §3.1.3.7, one
+//!   of the token's `aud` entries must be in the list; a token with several audiences must carry
+//!   `azp` and that `azp` must be in the list too; an `azp` outside the list is refused even with
+//!   one audience. Tokens minted for any other registered client (a third-party relying party)
+//!   are refused: the party could otherwise replay its users' tokens here. The header `typ` must
+//!   not be `at+jwt` (access tokens are for `/userinfo` only).
+//! - **Service-account tokens** are accepted when they name `kfsec` or the issuer (the
+//!   Kubernetes API server's default `--api-audiences`) on every surface, and also
+//!   `pipelines.kubeflow.org` on Pipelines paths (KFP's `TOKEN_REVIEW_AUDIENCE`). TokenReview
+//!   asks for the audiences its request names (default: `kfsec` and the issuer). The account
+//!   must still exist with the token's uid.
+//! - **Sessions** and **ID tokens** issued at or before the user's revocation epoch are void
+//!   (password change, deletion, "log out everywhere").
+//! - **Client certificates** were verified by the TLS listener; they map to their identity.
+//!
+//! Invariant: a credential that fails is refused, never downgraded to another credential.
+
+use std::sync::Arc;
+
+use kfsec_store::Store;
+use kfsec_types::Identity;
+
+use crate::Idp;
+use crate::jwt::JwtError;
+use crate::serviceaccount::ServiceAccountClaims;
+use crate::tokens::{Claims, VerifyError};
+
+/// The audience service-account tokens carry for kfsec's own API (`kfsec token create`'s default).
+pub const SERVICE_ACCOUNT_AUDIENCE: &str = "kfsec";
+/// The audience Kubeflow Pipelines checks (its `TOKEN_REVIEW_AUDIENCE` default).
+pub const PIPELINES_AUDIENCE: &str = "pipelines.kubeflow.org";
+
+/// Where a credential is presented: decides which service-account audiences count.
+#[derive(Debug, Clone, Copy)]
+pub enum Surface<'a> {
+    /// The front door: API, KFAM, `/authservice/check`, proxied routes.
+    Gateway,
+    /// Kubeflow Pipelines paths.
+    Pipelines,
+    /// A TokenReview naming these audiences (empty: the API's own).
+    Review(&'a [String]),
+}
+
+/// What kind of credential authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CredentialKind {
+    /// A bearer ID token of a user.
+    IdToken,
+    /// A bearer service-account token.
+    ServiceAccount,
+    /// A session cookie (the only kind a browser sends by itself: CSRF applies).
+    Session,
+    /// A verified TLS client certificate.
+    ClientCertificate,
+}
+
+/// A successful authentication.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Authenticated {
+    /// Who.
+    pub identity: Identity,
+    /// The audiences the credential was accepted for (tokens only).
+    pub audiences: Vec<String>,
+    /// By what.
+    pub kind: CredentialKind,
+}
+
+/// Why a credential was refused (answered as 401 / `authenticated: false`; detail is logged).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Refusal {
+    /// The token failed a check.
+    #[error(transparent)]
+    Token(#[from] VerifyError),
+    /// The service account is gone or was re-created.
+    #[error("service account no longer exists")]
+    AccountGone,
+    /// The session was revoked (or its revocation state is unreadable).
+    #[error("session revoked")]
+    SessionRevoked,
+}
+
+/// The authenticator.
+#[derive(Clone)]
+pub struct Authenticator {
+    idp: Arc<Idp>,
+    /// Client ids whose ID tokens are accepted.
+    bearer_audiences: Arc<[String]>,
+}
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authenticator")
+            .field("bearer_audiences", &self.bearer_audiences)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Authenticator {
+    /// The authenticator of `idp`: accepts ID tokens of its built-in clients and of
+    /// `settings.bearer_audiences`.
+    pub fn new(idp: Arc<Idp>) -> Self {
+        let s = idp.settings();
+        let mut list: Vec<String> = s.builtin_clients.iter().map(|c| c.id.clone()).collect();
+        for a in &s.bearer_audiences {
+            if !list.contains(a) {
+                list.push(a.clone());
+            }
+        }
+        Self {
+            idp,
+            bearer_audiences: list.into(),
+        }
+    }
+
+    /// The client ids whose ID tokens are accepted.
+    pub fn bearer_audiences(&self) -> &[String] {
+        &self.bearer_audiences
+    }
+
+    /// The IdP.
+    pub fn idp(&self) -> &Arc<Idp> {
+        &self.idp
+    }
+
+    /// A bearer token: a service-account token or a user's ID token.
+    pub async fn bearer(&self, token: &str, surface: Surface<'_>) -> Result<Authenticated, Refusal> {
+        let keys = self.idp.keys().keys();
+        let raw: serde_json::Value = crate::jwt::verify(token, keys.verifying()).map_err(VerifyError::from)?;
+        if raw.get("kubernetes.io").is_some() {
+            let sa: ServiceAccountClaims =
+                serde_json::from_value(raw).map_err(|_| VerifyError::Jwt(JwtError::Malformed))?;
+            return self.service_account(sa, surface).await;
+        }
+        let claims: Claims = serde_json::from_value(raw).map_err(|_| VerifyError::Jwt(JwtError::Malformed))?;
+        self.id_token(claims, surface).await
+    }
+
+    async fn service_account(&self, sa: ServiceAccountClaims, surface: Surface<'_>) -> Result<Authenticated, Refusal> {
+        let issuer = self.idp.settings().issuer.as_str();
+        let wanted: Vec<&str> = match surface {
+            Surface::Gateway => vec![SERVICE_ACCOUNT_AUDIENCE, issuer],
+            Surface::Pipelines => vec![SERVICE_ACCOUNT_AUDIENCE, issuer, PIPELINES_AUDIENCE],
+            Surface::Review([]) => vec![SERVICE_ACCOUNT_AUDIENCE, issuer],
+            Surface::Review(r) => r.iter().map(String::as_str).collect(),
+        };
+        let sa = self.idp.check_service_account_claims(sa, &wanted)?;
+        if !service_account_exists(self.idp.store().as_ref(), &sa).await {
+            return Err(Refusal::AccountGone);
+        }
+        let audiences = sa
+            .aud
+            .iter()
+            .filter(|a| wanted.contains(&a.as_str()))
+            .cloned()
+            .collect();
+        Ok(Authenticated {
+            identity: Identity::new(sa.username(), sa.groups()),
+            audiences,
+            kind: CredentialKind::ServiceAccount,
+        })
+    }
+
+    async fn id_token(&self, claims: Claims, surface: Surface<'_>) -> Result<Authenticated, Refusal> {
+        self.idp.check_claims(&claims)?;
+        let listed = |a: &str| self.bearer_audiences.iter().any(|x| x == a);
+        let mut audiences: Vec<String> = claims.aud.iter().filter(|a| listed(a)).cloned().collect();
+        let azp_ok = match &claims.azp {
+            Some(azp) => listed(azp),
+            None => claims.aud.len() == 1,
+        };
+        if audiences.is_empty() || !azp_ok {
+            return Err(VerifyError::Audience.into());
+        }
+        if let Surface::Review(wanted) = surface
+            && !wanted.is_empty()
+        {
+            audiences.retain(|a| wanted.contains(a));
+            if audiences.is_empty() {
+                return Err(VerifyError::Audience.into());
+            }
+        }
+        let Some(email) = claims.email.clone() else {
+            return Err(VerifyError::NoEmail.into());
+        };
+        self.idp.check_not_revoked(&claims).await?;
+        Ok(Authenticated {
+            identity: Identity::new(email, claims.groups.unwrap_or_default()),
+            audiences,
+            kind: CredentialKind::IdToken,
+        })
+    }
+
+    /// A session the caller looked up: valid unless it began at or before the user's
+    /// revocation epoch (`started_ms`: Unix ms). An unreadable epoch refuses.
+    pub async fn session(&self, identity: Identity, started_ms: u64) -> Result<Authenticated, Refusal> {
+        match self.idp.epochs().revoked(&identity.user, started_ms).await {
+            Ok(false) => Ok(Authenticated {
+                identity,
+                audiences: vec![],
+                kind: CredentialKind::Session,
+            }),
+            Ok(true) => Err(Refusal::SessionRevoked),
+            Err(e) => {
+                tracing::warn!(error = %e, "revocation state unavailable; session refused");
+                Err(Refusal::SessionRevoked)
+            }
+        }
+    }
+
+    /// A client certificate the TLS listener verified.
+    pub fn client_certificate(&self, identity: Identity) -> Authenticated {
+        Authenticated {
+            identity,
+            audiences: vec![],
+            kind: CredentialKind::ClientCertificate,
+        }
+    }
+}
+
+/// Whether the service account a token names still exists with the token's uid (tokens of a
+/// deleted or re-created account stop working).
+pub async fn service_account_exists(store: &dyn Store, sa: &ServiceAccountClaims) -> bool {
+    let k = &sa.kubernetes;
+    let key = format!("/k8s/core/serviceaccounts/{}/{}", k.namespace, k.serviceaccount.name);
+    match store.get(&key).await {
+        Ok(Some(kv)) => serde_json::from_slice::<serde_json::Value>(&kv.value)
+            .ok()
+            .and_then(|v| v["metadata"]["uid"].as_str().map(|u| u == k.serviceaccount.uid))
+            .unwrap_or(false),
+        _ => false,
+    }
+}

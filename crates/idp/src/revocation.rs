@@ -1,0 +1,162 @@
+//! Per-user credential epochs: "every credential of this user issued at or before T is void".
+//!
+//! `kfsec user passwd`, `user delete` and `user logout-all` (and the home page's "Log out
+//! everywhere") write the epoch to the store; the [`crate::authn::Authenticator`] consults it for
+//! every ID token and session, the token endpoint for every code and refresh token. Invariants:
+//! the epoch only moves forward; it is in milliseconds, so a credential issued after the
+//! revocation (even in the same second) stays valid: tokens minted after it carry an `iat` past
+//! it (see `Idp::mint`); a store error while reading an epoch refuses the credential (fail
+//! closed); the in-memory cache is kept current by a store watch (other writers) and by the
+//! local writer, and is dropped whole when the watch lags.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kfsec_store::{EventKind, Store, StoreError};
+use parking_lot::RwLock;
+use serde::{Deserialize, Serialize};
+
+use crate::secret::sha256_hex;
+
+const PREFIX: &str = "/kfsec/idp/revoked/";
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct EpochRecord {
+    /// Credentials issued at or before this Unix millisecond are void.
+    not_before_ms: u64,
+}
+
+fn user_key(email: &str) -> String {
+    sha256_hex(email.to_ascii_lowercase().as_bytes())
+}
+
+/// The epochs, cached.
+pub struct Epochs {
+    store: Arc<dyn Store>,
+    /// Key hash → epoch (`None`: the store has none).
+    cache: RwLock<HashMap<String, Option<u64>>>,
+}
+
+impl Epochs {
+    pub(crate) fn new(store: Arc<dyn Store>) -> Arc<Self> {
+        Arc::new(Self {
+            store,
+            cache: RwLock::default(),
+        })
+    }
+
+    /// The epoch of `email` in Unix milliseconds, if its credentials were ever revoked.
+    pub async fn get(&self, email: &str) -> Result<Option<u64>, StoreError> {
+        let k = user_key(email);
+        if let Some(v) = self.cache.read().get(&k) {
+            return Ok(*v);
+        }
+        let v = read(self.store.as_ref(), &k).await?;
+        let mut cache = self.cache.write();
+        if cache.len() > 100_000 {
+            cache.clear();
+        }
+        // A watch event may have landed meanwhile: it is newer than our read.
+        Ok(*cache.entry(k).or_insert(v))
+    }
+
+    /// Whether a credential of `email` issued at `issued_ms` is void.
+    pub async fn revoked(&self, email: &str, issued_ms: u64) -> Result<bool, StoreError> {
+        Ok(self.get(email).await?.is_some_and(|e| issued_ms <= e))
+    }
+
+    /// Voids every credential of `email` issued up to `now_ms` (and remembers it here at once).
+    pub async fn revoke(&self, email: &str, now_ms: u64) -> Result<u64, StoreError> {
+        let epoch = write(self.store.as_ref(), email, now_ms).await?;
+        self.cache.write().insert(user_key(email), Some(epoch));
+        Ok(epoch)
+    }
+
+    /// Follows epoch writes of other processes; drops the cache when the watch lags.
+    pub fn spawn_watch(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let me = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let from = me.store.revision().await.unwrap_or(0);
+                // Anything read before the watch starts may be stale.
+                me.cache.write().clear();
+                match me.store.watch(PREFIX, from).await {
+                    Ok(mut rx) => {
+                        while let Some(ev) = rx.recv().await {
+                            let Ok(ev) = ev else { break };
+                            let Some(k) = ev.kv.key.strip_prefix(PREFIX) else {
+                                continue;
+                            };
+                            let v = match ev.kind {
+                                EventKind::Delete => None,
+                                _ => serde_json::from_slice::<EpochRecord>(&ev.kv.value)
+                                    .ok()
+                                    .map(|r| r.not_before_ms),
+                            };
+                            me.cache.write().insert(k.to_owned(), v);
+                        }
+                        tracing::warn!("revocation watch ended; reloading");
+                    }
+                    Err(e) => tracing::warn!(error = %e, "revocation watch failed"),
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        })
+    }
+}
+
+async fn read(store: &dyn Store, k: &str) -> Result<Option<u64>, StoreError> {
+    Ok(store
+        .get(&format!("{PREFIX}{k}"))
+        .await?
+        .and_then(|kv| serde_json::from_slice::<EpochRecord>(&kv.value).ok())
+        .map(|r| r.not_before_ms))
+}
+
+/// Writes the epoch of `email` (never moving it back) straight to the store: the offline CLI's
+/// path and the building block of [`Epochs::revoke`]. Returns the epoch in force.
+pub async fn write(store: &dyn Store, email: &str, now_ms: u64) -> Result<u64, StoreError> {
+    let key = format!("{PREFIX}{}", user_key(email));
+    for _ in 0..5 {
+        let current = store.get(&key).await?;
+        let old = current
+            .as_ref()
+            .and_then(|kv| serde_json::from_slice::<EpochRecord>(&kv.value).ok())
+            .map_or(0, |r| r.not_before_ms);
+        let epoch = old.max(now_ms);
+        let body = serde_json::to_vec(&EpochRecord { not_before_ms: epoch })
+            .map_err(|e| StoreError::Backend(e.to_string()))?;
+        let res = match &current {
+            Some(kv) => store.update(&key, body, Some(kv.mod_revision), None).await,
+            None => store.create(&key, body, None).await,
+        };
+        match res {
+            Ok(_) => return Ok(epoch),
+            Err(StoreError::Conflict { .. } | StoreError::AlreadyExists(_) | StoreError::NotFound(_)) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Err(StoreError::Backend("revocation epoch kept changing".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[tokio::test]
+    async fn epochs_only_move_forward_and_are_case_blind() {
+        let store: Arc<dyn Store> = kfsec_store::MemoryStore::new(Arc::new(kfsec_types::SystemClock));
+        let e = Epochs::new(store.clone());
+        assert_eq!(e.get("a@x").await.unwrap(), None);
+        assert_eq!(e.revoke("A@x", 5_000).await.unwrap(), 5_000);
+        assert!(e.revoked("a@X", 5_000).await.unwrap());
+        assert!(!e.revoked("a@x", 5_001).await.unwrap());
+        assert_eq!(write(store.as_ref(), "a@x", 1_000).await.unwrap(), 5_000);
+        // a fresh cache reads the store
+        let e2 = Epochs::new(store);
+        assert_eq!(e2.get("a@x").await.unwrap(), Some(5_000));
+    }
+}

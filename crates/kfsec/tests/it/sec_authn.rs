@@ -1,0 +1,790 @@
+//! Authentication as one policy (issue 9, findings 3 and 9 and the JWT/CSRF items): the same
+//! credential gets the same identity or the same refusal at `/authservice/check`, a proxied
+//! route, the Kubernetes-style API, Pipelines and TokenReview; ID tokens only for the listed
+//! audiences; strict JWT headers and times; revocation of sessions, ID tokens, codes and refresh
+//! tokens at once on `user passwd`, `user delete` and logout-all; the session limit; and the
+//! same-origin rule for cookie-authenticated writes.
+
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use kfsec_server::admin::{AdminRequest, AdminResponse};
+use kfsec_types::{Clock, SystemClock};
+use serde_json::{Value, json};
+
+use crate::harness::*;
+
+const SA_KEY: &str = "/k8s/core/serviceaccounts/user1/default-editor";
+const SA_USER: &str = "system:serviceaccount:user1:default-editor";
+
+/// Signs `claims` with the server's key under an arbitrary header (alg and kid are filled in).
+fn sign_raw(k: &Kfsec, mut header: Value, claims: &Value) -> String {
+    let keys = k.running.idp.keys().keys();
+    let pair = aws_lc_rs::rsa::KeyPair::from_pkcs8(&keys.signing.to_pkcs8().unwrap()).unwrap();
+    header["alg"] = json!("RS256");
+    header["kid"] = json!(keys.signing.kid());
+    let msg = format!(
+        "{}.{}",
+        B64.encode(serde_json::to_vec(&header).unwrap()),
+        B64.encode(serde_json::to_vec(claims).unwrap())
+    );
+    let mut sig = vec![0u8; pair.public_modulus_len()];
+    pair.sign(
+        &aws_lc_rs::signature::RSA_PKCS1_SHA256,
+        &aws_lc_rs::rand::SystemRandom::new(),
+        msg.as_bytes(),
+        &mut sig,
+    )
+    .unwrap();
+    format!("{msg}.{}", B64.encode(sig))
+}
+
+fn now() -> u64 {
+    SystemClock.now().as_secs()
+}
+
+/// ID-token claims for [`USER`] (group `team-a`) with `aud`, adjusted by `f`.
+fn id_claims(k: &Kfsec, aud: &[&str], f: impl FnOnce(&mut Value)) -> Value {
+    let mut c = json!({
+        "iss": k.running.issuer,
+        "sub": "x",
+        "aud": aud,
+        "exp": now() + 600,
+        "iat": now(),
+        "email": USER,
+        "email_verified": true,
+        "groups": ["team-a"],
+    });
+    f(&mut c);
+    c
+}
+
+fn sa_claims(k: &Kfsec, aud: &[&str], f: impl FnOnce(&mut Value)) -> Value {
+    let mut c = json!({
+        "iss": k.running.issuer,
+        "sub": SA_USER,
+        "aud": aud,
+        "exp": now() + 600,
+        "iat": now(),
+        "nbf": now(),
+        "kubernetes.io": {"namespace": "user1", "serviceaccount": {"name": "default-editor", "uid": "uid-1"}},
+    });
+    f(&mut c);
+    c
+}
+
+async fn put_service_account(k: &Kfsec) {
+    let body = json!({"metadata": {"name": "default-editor", "namespace": "user1", "uid": "uid-1"}});
+    k.running
+        .store
+        .put(SA_KEY, serde_json::to_vec(&body).unwrap(), None)
+        .await
+        .unwrap();
+}
+
+/// A credential as a client presents it.
+#[derive(Clone)]
+enum Cred {
+    Bearer(String),
+    Cookie(String),
+}
+
+impl Cred {
+    fn apply(&self, r: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match self {
+            Cred::Bearer(t) => r.bearer_auth(t),
+            Cred::Cookie(c) => r.header("cookie", format!("authservice_session={c}")),
+        }
+    }
+}
+
+/// Who a surface says the caller is: (user, groups without `system:authenticated`), or None.
+type Who = Option<(String, Vec<String>)>;
+
+fn split_groups(s: &str) -> Vec<String> {
+    s.split(',').filter(|g| !g.is_empty()).map(str::to_owned).collect()
+}
+
+struct Surfaces {
+    raw: reqwest::Client,
+    base: String,
+    admin: String,
+}
+
+impl Surfaces {
+    fn new(k: &Kfsec) -> Self {
+        // system:masters (from the test claims) may create TokenReviews
+        let admin = k
+            .running
+            .idp
+            .keys()
+            .keys()
+            .signing
+            .sign(&test_claims(k, &k.running.issuer, "kfsec-cli", 600))
+            .unwrap();
+        Self {
+            raw: http_client(&k.running.ca_pem),
+            base: k.base.clone(),
+            admin,
+        }
+    }
+
+    async fn check(&self, c: &Cred) -> Who {
+        let r = c
+            .apply(self.raw.get(format!("{}/authservice/check", self.base)))
+            .send()
+            .await
+            .unwrap();
+        if r.status() != 200 {
+            assert_eq!(r.status(), 401);
+            return None;
+        }
+        let h = |n: &str| {
+            r.headers()
+                .get(n)
+                .map(|v| v.to_str().unwrap().to_owned())
+                .unwrap_or_default()
+        };
+        Some((h("kubeflow-userid"), split_groups(&h("kubeflow-groups"))))
+    }
+
+    async fn route(&self, c: &Cred) -> Who {
+        let r = c
+            .apply(self.raw.get(format!("{}/app/x", self.base)))
+            .send()
+            .await
+            .unwrap();
+        if r.status() != 200 {
+            assert!(r.status() == 401 || r.status() == 302, "{}", r.status());
+            return None;
+        }
+        let v: Value = r.json().await.unwrap();
+        let h = |n: &str| v["headers"][n].as_str().unwrap_or_default().to_owned();
+        Some((h("kubeflow-userid"), split_groups(&h("kubeflow-groups"))))
+    }
+
+    /// Authenticated (any answer but 401) at `path`.
+    async fn passes(&self, c: &Cred, path: &str) -> bool {
+        let r = c
+            .apply(self.raw.get(format!("{}{path}", self.base)))
+            .send()
+            .await
+            .unwrap();
+        r.status() != 401
+    }
+
+    async fn review(&self, token: &str, audiences: &[&str]) -> (Who, Vec<String>) {
+        let body = json!({
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenReview",
+            "spec": {"token": token, "audiences": audiences},
+        });
+        let r = self
+            .raw
+            .post(format!("{}/apis/authentication.k8s.io/v1/tokenreviews", self.base))
+            .bearer_auth(&self.admin)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201, "TokenReview answered");
+        let v: Value = r.json().await.unwrap();
+        let st = &v["status"];
+        if st["authenticated"] != json!(true) {
+            return (None, vec![]);
+        }
+        let groups: Vec<String> = st["user"]["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|g| g.as_str().unwrap().to_owned())
+            .filter(|g| g != "system:authenticated")
+            .collect();
+        assert!(
+            st["user"]["groups"]
+                .as_array()
+                .unwrap()
+                .contains(&json!("system:authenticated"))
+        );
+        let aud = st["audiences"]
+            .as_array()
+            .map(|a| a.iter().map(|x| x.as_str().unwrap().to_owned()).collect())
+            .unwrap_or_default();
+        (Some((st["user"]["username"].as_str().unwrap().to_owned(), groups)), aud)
+    }
+}
+
+/// Logs `user` in through the browser flow and returns the session cookie.
+async fn session_of(k: &Kfsec, user: &str, password: &str) -> (Browser, String) {
+    let mut b = k.client();
+    let (r, url) = b.login("/app/x", user, password).await;
+    assert_eq!(r.status(), 200, "logged in ({url})");
+    let c = b.cookies["authservice_session"].clone();
+    (b, c)
+}
+
+#[tokio::test]
+async fn audience_policy_is_the_same_on_every_surface() {
+    let k = Kfsec::start("bearerAudiences: [rp-test]\n").await;
+    put_service_account(&k).await;
+    // a registered relying party that is not in bearerAudiences
+    k.running
+        .idp
+        .clients()
+        .add(
+            k.running.idp.rng(),
+            "rp-other",
+            None,
+            vec!["https://other.example/cb".into()],
+            false,
+        )
+        .await
+        .unwrap();
+    let s = Surfaces::new(&k);
+    let iss = k.running.issuer.clone();
+    let user: Who = Some((USER.into(), vec!["team-a".into()]));
+    let sa: Who = Some((
+        SA_USER.into(),
+        vec!["system:serviceaccounts".into(), "system:serviceaccounts:user1".into()],
+    ));
+    let id = |aud: &[&str], azp: Option<&str>| {
+        sign_raw(
+            &k,
+            json!({}),
+            &id_claims(&k, aud, |c| {
+                if let Some(a) = azp {
+                    c["azp"] = json!(a);
+                }
+            }),
+        )
+    };
+    let sat = |aud: &[&str]| sign_raw(&k, json!({}), &sa_claims(&k, aud, |_| {}));
+    let (_b, cookie) = session_of(&k, USER, PASSWORD).await;
+    // (what, credential, identity on the gateway surfaces, accepted on Pipelines)
+    let cases: Vec<(&str, Cred, Who, bool)> = vec![
+        ("session", Cred::Cookie(cookie), user.clone(), true),
+        (
+            "gatekeeper aud",
+            Cred::Bearer(id(&["kfsec-gatekeeper"], None)),
+            user.clone(),
+            true,
+        ),
+        ("cli aud", Cred::Bearer(id(&["kfsec-cli"], None)), user.clone(), true),
+        ("listed aud", Cred::Bearer(id(&["rp-test"], None)), user.clone(), true),
+        (
+            "unlisted registered aud",
+            Cred::Bearer(id(&["rp-other"], None)),
+            None,
+            false,
+        ),
+        ("unknown aud", Cred::Bearer(id(&["nobody"], None)), None, false),
+        (
+            "multi aud without azp",
+            Cred::Bearer(id(&["other", "kfsec-cli"], None)),
+            None,
+            false,
+        ),
+        (
+            "multi aud, azp listed",
+            Cred::Bearer(id(&["other", "kfsec-cli"], Some("kfsec-cli"))),
+            user.clone(),
+            true,
+        ),
+        (
+            "multi aud, azp unlisted",
+            Cred::Bearer(id(&["rp-other", "kfsec-cli"], Some("rp-other"))),
+            None,
+            false,
+        ),
+        (
+            "one aud, azp unlisted",
+            Cred::Bearer(id(&["kfsec-cli"], Some("rp-other"))),
+            None,
+            false,
+        ),
+        (
+            "issuer as aud (ID token)",
+            Cred::Bearer(id(&[iss.as_str()], None)),
+            None,
+            false,
+        ),
+        ("SA kfsec aud", Cred::Bearer(sat(&["kfsec"])), sa.clone(), true),
+        ("SA issuer aud", Cred::Bearer(sat(&[iss.as_str()])), sa.clone(), true),
+        (
+            "SA pipelines aud",
+            Cred::Bearer(sat(&["pipelines.kubeflow.org"])),
+            None,
+            true,
+        ),
+        ("SA foreign aud", Cred::Bearer(sat(&["vault"])), None, false),
+    ];
+    for (what, cred, who, on_kfp) in &cases {
+        assert_eq!(&s.check(cred).await, who, "{what}: /authservice/check");
+        assert_eq!(&s.route(cred).await, who, "{what}: proxied route");
+        assert_eq!(
+            s.passes(cred, "/apis/kubeflow.org/v1/profiles").await,
+            who.is_some(),
+            "{what}: Kubernetes-style API"
+        );
+        assert_eq!(
+            s.passes(cred, "/api/v1/namespaces/x/configmaps").await,
+            who.is_some(),
+            "{what}: core API"
+        );
+        assert_eq!(s.passes(cred, "/kfam/v1/bindings").await, who.is_some(), "{what}: KFAM");
+        assert_eq!(
+            s.passes(cred, "/pipeline/apis/v2beta1/healthz").await,
+            *on_kfp,
+            "{what}: Pipelines"
+        );
+        if let Cred::Bearer(t) = cred {
+            let (reviewed, _) = s.review(t, &[]).await;
+            assert_eq!(&reviewed, who, "{what}: TokenReview");
+        }
+    }
+    // TokenReview names the audience KFP asks for: the pipelines SA token passes, with groups
+    let (who, aud) = s
+        .review(&sat(&["pipelines.kubeflow.org"]), &["pipelines.kubeflow.org"])
+        .await;
+    assert_eq!(who, sa);
+    assert_eq!(aud, vec!["pipelines.kubeflow.org".to_owned()]);
+    let (who, _) = s.review(&sat(&["kfsec"]), &["pipelines.kubeflow.org"]).await;
+    assert_eq!(
+        who, None,
+        "a token for another audience is refused when the review names one"
+    );
+    // an ID token reviewed for an audience it does not carry is refused too
+    let (who, _) = s.review(&id(&["kfsec-cli"], None), &["pipelines.kubeflow.org"]).await;
+    assert_eq!(who, None);
+    let (who, aud) = s.review(&id(&["kfsec-cli"], None), &[]).await;
+    assert_eq!(who, user);
+    assert_eq!(aud, vec!["kfsec-cli".to_owned()]);
+    k.running.shutdown().await;
+}
+
+#[tokio::test]
+async fn unknown_bearer_audience_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        "apiVersion: kfsec/v1\nbearerAudiences: [not-a-client]\nstaticPasswords:\n- email: {USER}\n  hash: \"{HASH}\"\n"
+    );
+    struct NoEnv;
+    impl kfsec_server::config::Env for NoEnv {
+        fn var(&self, _: &str) -> Option<String> {
+            None
+        }
+    }
+    let o = kfsec_server::config::Overrides {
+        data_dir: Some(dir.path().to_path_buf()),
+        https_addr: Some("127.0.0.1:0".into()),
+        admin_addr: Some("127.0.0.1:0".into()),
+        webhook_addr: Some("127.0.0.1:0".into()),
+    };
+    let file = kfsec_server::config::parse(std::path::Path::new("t.yaml"), &yaml).unwrap();
+    let cfg = kfsec_server::config::validate(file, &o, &NoEnv).unwrap();
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let err = match kfsec_server::start_with(
+        cfg,
+        std::sync::Arc::new(SystemClock),
+        std::sync::Arc::new(kfsec_pki::OsRng),
+    )
+    .await
+    {
+        Ok(r) => {
+            r.shutdown().await;
+            panic!("started with an unknown bearer audience");
+        }
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("not-a-client"), "{err}");
+    for bad in ["bearerAudiences: [\"\"]", "bearerAudiences: [a, a]"] {
+        let file = kfsec_server::config::parse(
+            std::path::Path::new("t.yaml"),
+            &format!("apiVersion: kfsec/v1\n{bad}\n"),
+        )
+        .unwrap();
+        assert!(kfsec_server::config::validate(file, &o, &NoEnv).is_err(), "{bad}");
+    }
+}
+
+/// Runs the code flow of `rp-test` for `user` (scopes with offline access); returns the token
+/// response as JSON.
+async fn code_flow(k: &Kfsec, user: &str, password: &str) -> Value {
+    let verifier = "v".repeat(50);
+    let challenge = kfsec_idp::secret::sha256_b64(verifier.as_bytes());
+    let auth = format!(
+        "{}/auth?client_id=rp-test&redirect_uri=https%3A%2F%2Frp.example%2Fcb&response_type=code&scope=openid+email+groups+offline_access&state=s1&code_challenge={challenge}&code_challenge_method=S256",
+        k.running.issuer
+    );
+    let mut b = k.client();
+    let (form, form_url) = b.follow(&auth).await;
+    assert_eq!(form.status(), 200, "{form_url}");
+    let r = b.post_form(&form_url, &[("login", user), ("password", password)]).await;
+    assert_eq!(r.status(), 303);
+    let mut to = location(&r).to_owned();
+    if to.starts_with("/dex/approval?") {
+        let req = query_param(&to, "req").unwrap();
+        let r = b.post_form(&to, &[("req", &req), ("approval", "approve")]).await;
+        to = location(&r).to_owned();
+    }
+    let code = query_param(&to, "code").unwrap_or_else(|| panic!("no code in {to}"));
+    let r = http_client(&k.running.ca_pem)
+        .post(format!("{}/token", k.running.issuer))
+        .basic_auth("rp-test", Some("rp-secret-0123456789"))
+        .form(&[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("redirect_uri", "https://rp.example/cb"),
+            ("code_verifier", &verifier),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.json().await.unwrap()
+}
+
+async fn refresh(k: &Kfsec, token: &str) -> reqwest::StatusCode {
+    http_client(&k.running.ca_pem)
+        .post(format!("{}/token", k.running.issuer))
+        .basic_auth("rp-test", Some("rp-secret-0123456789"))
+        .form(&[("grant_type", "refresh_token"), ("refresh_token", token)])
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
+#[tokio::test]
+async fn jwt_headers_and_times_are_strict() {
+    let k = Kfsec::start("bearerAudiences: [rp-test]\n").await;
+    put_service_account(&k).await;
+    let s = Surfaces::new(&k);
+    // (what, header, service-account token?, claim set to a value)
+    let no = None::<(&str, u64)>;
+    let variant = |header: Value, sa: bool, claim: Option<(&str, u64)>| {
+        let tweak = |c: &mut Value| {
+            if let Some((name, v)) = claim {
+                c[name] = json!(v);
+            }
+        };
+        let claims = if sa {
+            sa_claims(&k, &["kfsec"], tweak)
+        } else {
+            id_claims(&k, &["kfsec-cli"], tweak)
+        };
+        sign_raw(&k, header, &claims)
+    };
+    let later = now() + 120;
+    let soon = now() + 30;
+    let refused = [
+        ("crit", json!({"crit": ["exp"]}), false, no),
+        ("crit b64", json!({"crit": ["b64"], "b64": false}), false, no),
+        ("empty crit", json!({"crit": []}), false, no),
+        ("typ at+jwt", json!({"typ": "at+jwt"}), false, no),
+        (
+            "typ application/at+JWT",
+            json!({"typ": "application/at+JWT"}),
+            false,
+            no,
+        ),
+        ("typ JOSE", json!({"typ": "JOSE"}), false, no),
+        ("typ logout+jwt", json!({"typ": "logout+jwt"}), false, no),
+        ("nbf in 2 min", json!({}), false, Some(("nbf", later))),
+        ("iat in 2 min", json!({}), false, Some(("iat", later))),
+        ("SA iat in 2 min", json!({}), true, Some(("iat", later))),
+        ("SA nbf in 2 min", json!({}), true, Some(("nbf", later))),
+        ("SA typ at+jwt", json!({"typ": "at+jwt"}), true, no),
+        ("SA crit", json!({"crit": ["x"]}), true, no),
+    ]
+    .map(|(what, h, sa, claim)| (what, variant(h, sa, claim)));
+    let accepted = [
+        ("typ JWT", json!({"typ": "JWT"}), false, no),
+        ("typ jwt", json!({"typ": "jwt"}), false, no),
+        ("typ application/jwt", json!({"typ": "application/jwt"}), false, no),
+        ("nbf within leeway", json!({}), false, Some(("nbf", soon))),
+        ("iat within leeway", json!({}), false, Some(("iat", soon))),
+        ("SA typ JWT", json!({"typ": "JWT"}), true, no),
+    ]
+    .map(|(what, h, sa, claim)| (what, variant(h, sa, claim)));
+    for (what, t) in &refused {
+        let c = Cred::Bearer(t.clone());
+        assert_eq!(s.check(&c).await, None, "{what}: check");
+        assert!(!s.passes(&c, "/apis/kubeflow.org/v1/profiles").await, "{what}: API");
+        assert!(!s.passes(&c, "/pipeline/apis/v2beta1/healthz").await, "{what}: KFP");
+        assert_eq!(s.review(t, &[]).await.0, None, "{what}: TokenReview");
+    }
+    for (what, t) in &accepted {
+        let c = Cred::Bearer(t.clone());
+        assert!(s.check(&c).await.is_some(), "{what}: check");
+        assert!(s.review(t, &[]).await.0.is_some(), "{what}: TokenReview");
+    }
+    // a real access token is not an ID token (though its client is listed), but /userinfo takes it
+    let tokens = code_flow(&k, USER, PASSWORD).await;
+    let at = tokens["access_token"].as_str().unwrap();
+    let idt = tokens["id_token"].as_str().unwrap();
+    let header: Value = serde_json::from_slice(&B64.decode(at.split('.').next().unwrap()).unwrap()).unwrap();
+    assert_eq!(header["typ"], "at+jwt", "RFC 9068 access token");
+    for (what, t, ok) in [("access token", at, false), ("ID token", idt, true)] {
+        let c = Cred::Bearer(t.to_owned());
+        assert_eq!(s.check(&c).await.is_some(), ok, "{what}: check");
+        assert_eq!(s.passes(&c, "/apis/kubeflow.org/v1/profiles").await, ok, "{what}: API");
+        assert_eq!(s.passes(&c, "/pipeline/apis/v2beta1/healthz").await, ok, "{what}: KFP");
+        assert_eq!(s.review(t, &[]).await.0.is_some(), ok, "{what}: TokenReview");
+    }
+    let ui = s
+        .raw
+        .get(format!("{}/userinfo", k.running.issuer))
+        .bearer_auth(at)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ui.status(), 200, "userinfo takes the access token (Dex-compatible)");
+    k.running.shutdown().await;
+}
+
+async fn admin(k: &Kfsec, req: AdminRequest) -> AdminResponse {
+    kfsec_server::admin::call(k._dir.path(), &req).await.unwrap().unwrap()
+}
+
+/// Everything a logged-in user holds: a session, an ID token, an access token, a refresh token.
+struct Held {
+    cookie: String,
+    id_token: String,
+    access_token: String,
+    refresh_token: String,
+}
+
+async fn hold(k: &Kfsec, user: &str, password: &str) -> Held {
+    let (_, cookie) = session_of(k, user, password).await;
+    let t = code_flow(k, user, password).await;
+    Held {
+        cookie,
+        id_token: t["id_token"].as_str().unwrap().to_owned(),
+        access_token: t["access_token"].as_str().unwrap().to_owned(),
+        refresh_token: t["refresh_token"].as_str().unwrap().to_owned(),
+    }
+}
+
+/// Which of the held credentials still work: (session, ID token, access token, refresh token).
+async fn works(k: &Kfsec, h: &Held) -> (bool, bool, bool, bool) {
+    let s = Surfaces::new(k);
+    let session = s.check(&Cred::Cookie(h.cookie.clone())).await.is_some();
+    let id = s.check(&Cred::Bearer(h.id_token.clone())).await.is_some()
+        && s.passes(&Cred::Bearer(h.id_token.clone()), "/apis/kubeflow.org/v1/profiles")
+            .await;
+    let at = s
+        .raw
+        .get(format!("{}/userinfo", k.running.issuer))
+        .bearer_auth(&h.access_token)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        == 200;
+    (session, id, at, refresh(k, &h.refresh_token).await == 200)
+}
+
+const ALL: (bool, bool, bool, bool) = (true, true, true, true);
+const NONE: (bool, bool, bool, bool) = (false, false, false, false);
+
+#[tokio::test]
+async fn passwd_delete_and_logout_all_revoke_everything_at_once() {
+    let k = Kfsec::start("bearerAudiences: [rp-test]\n").await;
+    let (email, pw1, pw2) = ("rev@example.org", "first password 1", "second password 2");
+    let add = AdminRequest::UserAdd {
+        email: email.into(),
+        username: None,
+        groups: vec![],
+        password: pw1.into(),
+    };
+    assert!(matches!(admin(&k, add).await, AdminResponse::User(_)));
+    let before = hold(&k, email, pw1).await;
+    // a second, untouched user keeps everything
+    let other = hold(&k, USER, PASSWORD).await;
+    assert!(works(&k, &before).await.0);
+
+    // password change: all of them stop at once (refresh was rotated once by `works`: hold anew)
+    let before = hold(&k, email, pw1).await;
+    let passwd = AdminRequest::UserPasswd {
+        email: email.into(),
+        password: pw2.into(),
+    };
+    assert!(matches!(admin(&k, passwd).await, AdminResponse::Ok));
+    assert_eq!(works(&k, &before).await, NONE, "after passwd");
+    // the new password works at once (same second), the other user is untouched
+    let after = hold(&k, email, pw2).await;
+    assert_eq!(works(&k, &after).await, ALL, "fresh login after passwd");
+    assert!(works(&k, &other).await.0);
+
+    // logout-all from the admin path
+    let after = hold(&k, email, pw2).await;
+    assert!(matches!(
+        admin(&k, AdminRequest::UserLogoutAll { email: email.into() }).await,
+        AdminResponse::Ok
+    ));
+    assert_eq!(works(&k, &after).await, NONE, "after logout-all");
+    assert!(matches!(
+        admin(
+            &k,
+            AdminRequest::UserLogoutAll {
+                email: "nobody@example.org".into()
+            }
+        )
+        .await,
+        AdminResponse::Error { .. }
+    ));
+
+    // deletion
+    let last = hold(&k, email, pw2).await;
+    assert!(matches!(
+        admin(&k, AdminRequest::UserDelete { email: email.into() }).await,
+        AdminResponse::Ok
+    ));
+    let (session, id, _, refresh) = works(&k, &last).await;
+    assert_eq!((session, id, refresh), (false, false, false), "after delete");
+    k.running.shutdown().await;
+}
+
+#[tokio::test]
+async fn log_out_everywhere_button_and_session_limit() {
+    let k = Kfsec::start("bearerAudiences: [rp-test]\nsession:\n  maxPerUser: 2\n").await;
+    let raw = http_client(&k.running.ca_pem);
+    let s = Surfaces::new(&k);
+    // the home page offers the button
+    let (mut b1, c1) = session_of(&k, USER, PASSWORD).await;
+    let home = b1.get("/").await.text().await.unwrap();
+    assert!(home.contains("/authservice/logout-all"), "{home}");
+    let (_, c2) = session_of(&k, USER, PASSWORD).await;
+    let t = code_flow(&k, USER, PASSWORD).await;
+    let idt = t["id_token"].as_str().unwrap().to_owned();
+    assert!(s.check(&Cred::Cookie(c1.clone())).await.is_some());
+    assert!(s.check(&Cred::Cookie(c2.clone())).await.is_some());
+
+    // a cross-site form post cannot log the user out everywhere
+    for (h, v) in [("sec-fetch-site", "cross-site"), ("origin", "https://evil.example")] {
+        let r = raw
+            .post(format!("{}/authservice/logout-all", k.base))
+            .header("cookie", format!("authservice_session={c1}"))
+            .header(h, v)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 403, "{h}: {v}");
+    }
+    assert!(s.check(&Cred::Cookie(c2.clone())).await.is_some());
+    // the button (a same-origin form post) ends every session and the user's tokens
+    let r = b1
+        .send(
+            b1.http
+                .post(b1.url("/authservice/logout-all"))
+                .header("sec-fetch-site", "same-origin"),
+        )
+        .await;
+    assert!(r.status().is_redirection(), "{}", r.status());
+    for c in [&c1, &c2] {
+        assert_eq!(s.check(&Cred::Cookie(c.clone())).await, None);
+    }
+    assert_eq!(s.check(&Cred::Bearer(idt)).await, None);
+    assert_ne!(refresh(&k, t["refresh_token"].as_str().unwrap()).await, 200);
+
+    // at most two sessions: a third login ends the oldest
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let (_, a) = session_of(&k, USER, PASSWORD).await;
+    let (_, b) = session_of(&k, USER, PASSWORD).await;
+    let (_, c) = session_of(&k, USER, PASSWORD).await;
+    assert_eq!(s.check(&Cred::Cookie(a)).await, None, "oldest evicted");
+    assert!(s.check(&Cred::Cookie(b)).await.is_some());
+    assert!(s.check(&Cred::Cookie(c)).await.is_some());
+    k.running.shutdown().await;
+}
+
+#[tokio::test]
+async fn cookie_writes_must_be_same_origin() {
+    let k = Kfsec::start("bearerAudiences: [rp-test]\n").await;
+    let raw = http_client(&k.running.ca_pem);
+    let (_, cookie) = session_of(&k, USER, PASSWORD).await;
+    let bearer = k
+        .running
+        .idp
+        .keys()
+        .keys()
+        .signing
+        .sign(&test_claims(&k, &k.running.issuer, "kfsec-cli", 600))
+        .unwrap();
+    let own = k.base.clone();
+    // (path, content type, body)
+    let writes: Vec<(&str, &str, Vec<u8>)> = vec![
+        (
+            "/apis/kubeflow.org/v1/profiles",
+            "text/plain",
+            br#"{"apiVersion":"kubeflow.org/v1","kind":"Profile","metadata":{"name":"csrf"},"spec":{"owner":{"kind":"User","name":"x@example.org"}}}"#.to_vec(),
+        ),
+        ("/api/v1/namespaces/user1/configmaps", "application/json", br#"{"metadata":{"name":"c"}}"#.to_vec()),
+        (
+            "/pipeline/apis/v1beta1/pipelines/upload",
+            "multipart/form-data; boundary=X",
+            b"--X\r\nContent-Disposition: form-data; name=\"uploadfile\"; filename=\"p.yaml\"\r\n\r\nkind: x\r\n--X--\r\n".to_vec(),
+        ),
+        ("/pipeline/apis/v2beta1/experiments", "text/plain", br#"{"display_name":"e"}"#.to_vec()),
+        ("/kfam/v1/bindings", "text/plain", br#"{"user":{"kind":"User","name":"evil@example.org"},"referredNamespace":"user1","RoleRef":{"kind":"ClusterRole","name":"kubeflow-edit"}}"#.to_vec()),
+    ];
+    let cross: Vec<Vec<(&str, String)>> = vec![
+        vec![("sec-fetch-site", "cross-site".into())],
+        vec![("sec-fetch-site", "same-site".into())],
+        vec![("sec-fetch-site", "cross-site".into()), ("origin", own.clone())],
+        vec![("origin", "https://evil.example".into())],
+        vec![("origin", "null".into())],
+        vec![("origin", format!("{own}.evil.example"))],
+    ];
+    let fine: Vec<Vec<(&str, String)>> = vec![
+        vec![("sec-fetch-site", "same-origin".into())],
+        vec![("sec-fetch-site", "none".into())],
+        vec![("origin", own.clone())],
+        vec![],
+    ];
+    let refused_csrf = |status: u16, body: &str| status == 403 && body.contains("Cross-site");
+    for (path, ct, body) in &writes {
+        for method in [
+            reqwest::Method::POST,
+            reqwest::Method::PUT,
+            reqwest::Method::PATCH,
+            reqwest::Method::DELETE,
+        ] {
+            for (hs, expect_refused, cred) in cross
+                .iter()
+                .map(|h| (h, true, Cred::Cookie(cookie.clone())))
+                .chain(fine.iter().map(|h| (h, false, Cred::Cookie(cookie.clone()))))
+                .chain(cross.iter().map(|h| (h, false, Cred::Bearer(bearer.clone()))))
+            {
+                let mut r = cred
+                    .apply(raw.request(method.clone(), format!("{}{path}", k.base)))
+                    .header("content-type", *ct)
+                    .body(body.clone());
+                for (n, v) in hs {
+                    r = r.header(*n, v);
+                }
+                let resp = r.send().await.unwrap();
+                let status = resp.status().as_u16();
+                let text = resp.text().await.unwrap();
+                assert_eq!(
+                    refused_csrf(status, &text),
+                    expect_refused,
+                    "{method} {path} {hs:?} bearer={}: {status} {text}",
+                    matches!(cred, Cred::Bearer(_))
+                );
+            }
+        }
+    }
+    // reads are never refused for their origin
+    let r = raw
+        .get(format!("{}/apis/kubeflow.org/v1/profiles", k.base))
+        .header("cookie", format!("authservice_session={cookie}"))
+        .header("sec-fetch-site", "cross-site")
+        .send()
+        .await
+        .unwrap();
+    assert!(!r.text().await.unwrap().contains("Cross-site"));
+    k.running.shutdown().await;
+}
