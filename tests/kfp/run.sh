@@ -51,7 +51,12 @@ trap cleanup EXIT
 
 PORT="$("$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
 BASE="https://localhost:$PORT"
-"$KFSEC_BIN" serve --data-dir "$DATA" --https-addr "127.0.0.1:$PORT" --admin-addr 127.0.0.1:0 --webhook-addr 127.0.0.1:0 \
+# login.py's ID tokens are minted for the public client kfp-test-cli: list it as a bearer audience
+# (kfsec accepts bearer ID tokens only of kfsec-gatekeeper, kfsec-cli and `bearerAudiences`,
+# which must name registered clients when kfsec starts).
+printf 'apiVersion: kfsec/v1\nbearerAudiences: [kfp-test-cli]\n' >"$TMP/kfsec.yaml"
+"$KFSEC_BIN" client add kfp-test-cli --public --redirect-uri http://127.0.0.1:5555/cb --data-dir "$DATA" >/dev/null
+"$KFSEC_BIN" serve --config "$TMP/kfsec.yaml" --data-dir "$DATA" --https-addr "127.0.0.1:$PORT" --admin-addr 127.0.0.1:0 --webhook-addr 127.0.0.1:0 \
   >"$TMP/kfsec.out" 2>"$TMP/kfsec.log" &
 PID=$!
 for _ in $(seq 1 300); do
@@ -71,8 +76,6 @@ P1="user1 password $RANDOM$RANDOM"
 P2="user2 password $RANDOM$RANDOM"
 echo "$P1" | "$KFSEC_BIN" user add "$U1" --data-dir "$DATA" >/dev/null
 echo "$P2" | "$KFSEC_BIN" user add "$U2" --data-dir "$DATA" >/dev/null
-"$KFSEC_BIN" client add kfp-test-cli --public --redirect-uri http://127.0.0.1:5555/cb --data-dir "$DATA" >/dev/null
-
 "${KC[@]}" apply -f - >/dev/null <<EOF
 apiVersion: kubeflow.org/v1
 kind: Profile
