@@ -1,20 +1,39 @@
-//! The TLS accept loop (after kanidm's): rustls handshake with a timeout, HTTP/1.1 and HTTP/2 on
-//! one port with upgrades, the peer address attached to every request, graceful shutdown that
-//! lets in-flight requests finish.
+//! The TLS accept loop (after kanidm's): rustls handshake, HTTP/1.1 and HTTP/2 on one port with
+//! upgrades, the peer address attached to every request, connection caps and timeouts, graceful
+//! shutdown that lets in-flight requests finish; and the admin listener on its own thread.
 //!
 //! Invariants: TLS ≥ 1.2 (the `ServerConfig` comes from `kfsec-pki`); request headers are bounded
-//! (oversized → 431); a stalled client cannot hold a handshake or header read open forever.
+//! (oversized → 431); every connection ends unless it has a request in flight: from accept (TLS
+//! handshake included) to the end of its first request head it has `header_timeout`, and with no
+//! request in flight (HTTP/1 keep-alive, HTTP/2 with no open stream — PINGs do not count) it has
+//! `idle_timeout`; no more than `max_connections` connections are open at once, nor more than
+//! `max_connections_per_address` from one client address (an IPv6 /64), and one over a cap is
+//! closed at once (counted in `kfsec_listener_connections_refused_total`); a failing `accept`
+//! (e.g. out of file descriptors) backs off exponentially up to 1 s instead of spinning; the admin
+//! listener runs on its own thread and runtime, so no front-door load can starve it of CPU time,
+//! and the caps are fitted below the file-descriptor limit so it cannot be starved of descriptors.
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
-use tokio::net::TcpListener;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
@@ -28,13 +47,355 @@ pub struct ClientCertIdentity(pub Identity);
 
 /// Largest request head accepted (HTTP/1 buffer and HTTP/2 header list).
 pub const MAX_HEADER_BYTES: usize = 64 * 1024;
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a connection told to close gracefully (idle, or shutting down) may take to finish
+/// once it has no request in flight.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+/// The longest pause between two failed `accept` calls.
+const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
+/// File descriptors kept out of the listeners' caps (store, upstream connections, the admin
+/// listener, logs): at least this many, or a tenth of the limit if that is more.
+const FD_RESERVE: u64 = 256;
 
-fn builder() -> Builder<TokioExecutor> {
+/// Timeouts and caps of one TLS listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerLimits {
+    /// From accept (TLS handshake included) to the end of the first request head.
+    pub header_timeout: Duration,
+    /// With no request in flight, a connection is closed after this long.
+    pub idle_timeout: Duration,
+    /// Open connections at once.
+    pub max_connections: usize,
+    /// Open connections at once from one client address (IPv6: one /64).
+    pub max_connections_per_address: usize,
+}
+
+impl ListenerLimits {
+    /// The front door's defaults: 30 s header timeout (nginx's `client_header_timeout`), 60 s
+    /// idle timeout, 10,000 connections, 512 per address.
+    pub const FRONT_DOOR: Self = Self {
+        header_timeout: Duration::from_secs(30),
+        idle_timeout: Duration::from_secs(60),
+        max_connections: 10_000,
+        max_connections_per_address: 512,
+    };
+    /// The webhook listener's defaults: the front door's timeouts, 1,000 connections, 512 per
+    /// address.
+    pub const WEBHOOKS: Self = Self {
+        max_connections: 1_000,
+        ..Self::FRONT_DOOR
+    };
+}
+
+impl Default for ListenerLimits {
+    fn default() -> Self {
+        Self::FRONT_DOOR
+    }
+}
+
+/// Raises the soft limit on open files to the hard limit and returns the soft limit in force
+/// (None if unknown or unlimited).
+pub fn raise_fd_limit() -> Option<u64> {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        let raised = rustix::process::Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        match setrlimit(Resource::Nofile, raised) {
+            Ok(()) => return limit.maximum,
+            Err(e) => tracing::debug!(error = %e, "could not raise the open-files limit"),
+        }
+    }
+    limit.current
+}
+
+/// Lowers the listeners' connection caps so that together they stay below `fd_limit` minus a
+/// reserve (for the store, upstreams and the admin listener); returns whether any was lowered.
+pub fn fit_to_fd_limit(limits: &mut [&mut ListenerLimits], fd_limit: u64) -> bool {
+    let reserve = FD_RESERVE.max(fd_limit / 10);
+    let budget = usize::try_from(fd_limit.saturating_sub(reserve)).unwrap_or(usize::MAX);
+    let wanted: usize = limits.iter().map(|l| l.max_connections).sum();
+    if wanted <= budget {
+        return false;
+    }
+    for l in limits.iter_mut() {
+        // Each keeps its share of the budget (at least one connection).
+        let share = u128::from(u64::try_from(l.max_connections).unwrap_or(u64::MAX))
+            * u128::from(u64::try_from(budget).unwrap_or(u64::MAX))
+            / u128::from(u64::try_from(wanted).unwrap_or(u64::MAX)).max(1);
+        l.max_connections = usize::try_from(share).unwrap_or(usize::MAX).max(1);
+        l.max_connections_per_address = l.max_connections_per_address.min(l.max_connections);
+    }
+    true
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerLabel {
+    listener: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    listener: String,
+    reason: String,
+}
+
+/// Connection metrics of the TLS listeners (labelled by listener name).
+#[derive(Clone, Debug, Default)]
+pub struct ListenerMetrics {
+    open: Family<ListenerLabel, Gauge>,
+    refused: Family<ReasonLabels, Counter>,
+    closed: Family<ReasonLabels, Counter>,
+    accept_errors: Family<ListenerLabel, Counter>,
+}
+
+impl ListenerMetrics {
+    /// Registers the metrics in `registry`.
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Self::default();
+        registry.register(
+            "kfsec_listener_connections_open",
+            "Open connections by listener",
+            m.open.clone(),
+        );
+        registry.register(
+            "kfsec_listener_connections_refused",
+            "Connections closed at accept because a cap was reached (reason: max_connections, max_connections_per_address)",
+            m.refused.clone(),
+        );
+        registry.register(
+            "kfsec_listener_connections_timed_out",
+            "Connections closed by a timeout (reason: header_timeout, idle_timeout)",
+            m.closed.clone(),
+        );
+        registry.register(
+            "kfsec_listener_accept_errors",
+            "Failed accept calls (e.g. out of file descriptors)",
+            m.accept_errors.clone(),
+        );
+        m
+    }
+
+    fn count(family: &Family<ReasonLabels, Counter>, listener: &str, reason: &str) {
+        family
+            .get_or_create(&ReasonLabels {
+                listener: listener.to_owned(),
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+}
+
+/// Everything a TLS listener needs besides its socket, config and router.
+#[derive(Debug, Clone)]
+pub struct TlsListenerSettings {
+    /// Name in logs and metrics (`front-door`, `webhooks`).
+    pub name: &'static str,
+    /// Timeouts and caps.
+    pub limits: ListenerLimits,
+    /// Where connections are counted.
+    pub metrics: ListenerMetrics,
+    /// How long in-flight requests may finish after shutdown starts.
+    pub drain: Duration,
+}
+
+/// The key a per-address cap counts under: the IPv4 address, or an IPv6 address's /64 (one
+/// client usually holds a whole /64).
+fn address_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1))),
+        },
+    }
+}
+
+/// Open connections, in total and per address.
+#[derive(Debug, Default)]
+struct Counts {
+    total: usize,
+    by_address: HashMap<IpAddr, usize>,
+}
+
+/// The connection caps of one listener.
+#[derive(Debug)]
+struct Slots {
+    counts: parking_lot::Mutex<Counts>,
+    max: usize,
+    per_address: usize,
+    gauge: Gauge,
+}
+
+/// One open connection's place under the caps; released when the connection's socket is
+/// dropped (so an upgraded connection keeps counting).
+#[derive(Debug)]
+struct Slot {
+    slots: Arc<Slots>,
+    key: IpAddr,
+}
+
+impl Slots {
+    fn try_acquire(self: &Arc<Self>, ip: IpAddr) -> Result<Slot, &'static str> {
+        let key = address_key(ip);
+        let mut c = self.counts.lock();
+        if c.total >= self.max {
+            return Err("max_connections");
+        }
+        let n = c.by_address.entry(key).or_insert(0);
+        if *n >= self.per_address {
+            return Err("max_connections_per_address");
+        }
+        *n += 1;
+        c.total += 1;
+        self.gauge.inc();
+        Ok(Slot {
+            slots: self.clone(),
+            key,
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut c = self.slots.counts.lock();
+        c.total = c.total.saturating_sub(1);
+        if let Some(n) = c.by_address.get_mut(&self.key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                c.by_address.remove(&self.key);
+            }
+        }
+        self.slots.gauge.dec();
+    }
+}
+
+/// A socket that holds its connection's [`Slot`].
+struct Counted {
+    io: TcpStream,
+    _slot: Slot,
+}
+
+impl AsyncRead for Counted {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Counted {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}
+
+/// What the connection task knows of its requests.
+#[derive(Debug, Clone, Copy)]
+struct Activity {
+    /// A request head has been received.
+    started: bool,
+    /// Requests whose response has not been fully sent.
+    in_flight: usize,
+    /// When `in_flight` last became 0.
+    idle_since: Instant,
+}
+
+/// Marks one request in flight until dropped (with the response body, or with the handler's
+/// future if the request is abandoned).
+struct InFlight(Arc<watch::Sender<Activity>>);
+
+impl InFlight {
+    fn start(activity: &Arc<watch::Sender<Activity>>) -> Self {
+        activity.send_modify(|a| {
+            a.started = true;
+            a.in_flight += 1;
+        });
+        Self(activity.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.send_modify(|a| {
+            a.in_flight = a.in_flight.saturating_sub(1);
+            if a.in_flight == 0 {
+                a.idle_since = Instant::now();
+            }
+        });
+    }
+}
+
+/// A response body that keeps its request in flight until it is sent or dropped.
+struct TrackedBody {
+    inner: axum::body::Body,
+    _in_flight: InFlight,
+}
+
+impl http_body::Body for TrackedBody {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+    }
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Exponential backoff for a failing `accept`: 5 ms doubling up to [`MAX_ACCEPT_BACKOFF`].
+#[derive(Debug, Default)]
+struct Backoff(Option<Duration>);
+
+impl Backoff {
+    fn next(&mut self) -> Duration {
+        let d = match self.0 {
+            None => Duration::from_millis(5),
+            Some(d) => (d * 2).min(MAX_ACCEPT_BACKOFF),
+        };
+        self.0 = Some(d);
+        d
+    }
+    fn reset(&mut self) {
+        self.0 = None;
+    }
+}
+
+/// Errors of one connection that say nothing about the listener itself.
+fn is_connection_error(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(e.kind(), ConnectionRefused | ConnectionAborted | ConnectionReset)
+}
+
+fn builder(limits: &ListenerLimits) -> Builder<TokioExecutor> {
     let mut b = Builder::new(TokioExecutor::new());
+    // hyper's own head timer restarts with every request head it waits for; the connection task
+    // below enforces the header and idle limits, this only backs them up.
     b.http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30))
+        .header_read_timeout(limits.header_timeout.max(limits.idle_timeout))
         .max_buf_size(MAX_HEADER_BYTES)
         .keep_alive(true);
     b.http2()
@@ -45,95 +406,234 @@ fn builder() -> Builder<TokioExecutor> {
 }
 
 /// Serves `app` over TLS on `listener` until `shutdown` resolves, then drains connections for at
-/// most `drain`.
+/// most `settings.drain`.
 pub async fn serve_tls(
     listener: TcpListener,
     tls: Arc<kfsec_pki::LiveServerConfig>,
     app: Router,
     shutdown: impl Future<Output = ()>,
-    drain: Duration,
+    settings: TlsListenerSettings,
 ) {
+    let TlsListenerSettings {
+        name,
+        limits,
+        metrics,
+        drain,
+    } = settings;
     // Every connection task holds a clone of `alive`; the drain waits for all of them to drop.
     let (alive, mut drained) = tokio::sync::mpsc::channel::<()>(1);
-    let (stop, stopping) = tokio::sync::watch::channel(false);
-    let builder = Arc::new(builder());
+    let (stop, stopping) = watch::channel(false);
+    let builder = Arc::new(builder(&limits));
+    let slots = Arc::new(Slots {
+        counts: parking_lot::Mutex::new(Counts::default()),
+        max: limits.max_connections.max(1),
+        per_address: limits.max_connections_per_address.max(1),
+        gauge: metrics
+            .open
+            .get_or_create(&ListenerLabel {
+                listener: name.to_owned(),
+            })
+            .clone(),
+    });
+    let accept_errors = metrics
+        .accept_errors
+        .get_or_create(&ListenerLabel {
+            listener: name.to_owned(),
+        })
+        .clone();
+    let mut backoff = Backoff::default();
     tokio::pin!(shutdown);
     loop {
         let (tcp, peer) = tokio::select! {
             r = listener.accept() => match r {
-                Ok(x) => x,
+                Ok(x) => {
+                    backoff.reset();
+                    x
+                }
+                Err(e) if is_connection_error(&e) => continue,
                 Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
+                    accept_errors.inc();
+                    let pause = backoff.next();
+                    tracing::warn!(listener = name, error = %e, pause_ms = pause.as_millis(), "accept failed");
+                    tokio::select! {
+                        () = tokio::time::sleep(pause) => continue,
+                        () = &mut shutdown => break,
+                    }
                 }
             },
             () = &mut shutdown => break,
         };
+        // Over a cap: closed at once, before any TLS work.
+        let slot = match slots.try_acquire(peer.ip()) {
+            Ok(s) => s,
+            Err(reason) => {
+                ListenerMetrics::count(&metrics.refused, name, reason);
+                drop(tcp);
+                continue;
+            }
+        };
         let _ = tcp.set_nodelay(true);
+        let accepted = Instant::now();
         // The config current at accept time (client roots change with a CA rotation).
         let acceptor = TlsAcceptor::from(tls.current());
         let replaced = tls.replaced();
-        let app = app.clone();
-        let builder = builder.clone();
-        let (alive, mut stopping) = (alive.clone(), stopping.clone());
+        let conn = Connection {
+            name,
+            peer,
+            limits: limits.clone(),
+            metrics: metrics.clone(),
+            app: app.clone(),
+            builder: builder.clone(),
+        };
+        let (alive, stopping) = (alive.clone(), stopping.clone());
         tokio::spawn(async move {
             let _alive = alive;
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => return,
-            };
-            // A client certificate (already verified against the internal CA by rustls) is an
-            // identity, as with the Kubernetes API server.
-            let cert_identity = tls
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|c| c.first())
-                .and_then(|der| kfsec_pki::client_identity(der.as_ref()).ok())
-                .map(|(user, groups)| ClientCertIdentity(Identity::new(user, groups)));
-            // Such an identity was checked against the roots of this config only: when the
-            // config is replaced (a CA leaves the trust), the connection is closed gracefully and
-            // the client's next handshake is checked again.
-            let bound_to_roots = cert_identity.is_some();
-            let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
-                req.extensions_mut().insert(ClientAddr(peer.ip()));
-                if let Some(id) = &cert_identity {
-                    req.extensions_mut().insert(id.clone());
-                }
-                app.clone().oneshot(req.map(axum::body::Body::new))
-            });
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), svc);
-            tokio::pin!(conn);
-            tokio::pin!(replaced);
-            let mut closing = false;
-            let result = loop {
-                tokio::select! {
-                    r = conn.as_mut() => break r,
-                    _ = stopping.wait_for(|s| *s), if !closing => {
-                        closing = true;
-                        conn.as_mut().graceful_shutdown();
-                    }
-                    () = &mut replaced, if bound_to_roots && !closing => {
-                        closing = true;
-                        conn.as_mut().graceful_shutdown();
-                    }
-                }
-            };
-            if let Err(e) = result {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
-            }
+            conn.run(Counted { io: tcp, _slot: slot }, accepted, acceptor, replaced, stopping)
+                .await;
         });
     }
     drop(listener);
     let _ = stop.send(true);
     drop(alive);
     if tokio::time::timeout(drain, drained.recv()).await.is_err() {
-        tracing::warn!("connections still open after the drain period; closing");
+        tracing::warn!(
+            listener = name,
+            "connections still open after the drain period; closing"
+        );
+    }
+}
+
+/// One accepted connection.
+struct Connection {
+    name: &'static str,
+    peer: SocketAddr,
+    limits: ListenerLimits,
+    metrics: ListenerMetrics,
+    app: Router,
+    builder: Arc<Builder<TokioExecutor>>,
+}
+
+impl Connection {
+    async fn run(
+        self,
+        io: Counted,
+        accepted: Instant,
+        acceptor: TlsAcceptor,
+        replaced: impl Future<Output = ()>,
+        mut stopping: watch::Receiver<bool>,
+    ) {
+        let Self {
+            name,
+            peer,
+            limits,
+            metrics,
+            app,
+            builder,
+        } = self;
+        let header_deadline = accepted + limits.header_timeout;
+        let tls = match tokio::time::timeout_at(header_deadline, acceptor.accept(io)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                ListenerMetrics::count(&metrics.closed, name, "header_timeout");
+                return;
+            }
+        };
+        // A client certificate (already verified by rustls) is an identity, as with the
+        // Kubernetes API server.
+        let cert_identity = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .and_then(|der| kfsec_pki::client_identity(der.as_ref()).ok())
+            .map(|(user, groups)| ClientCertIdentity(Identity::new(user, groups)));
+        // Such an identity was checked against the roots of this config only: when the config
+        // is replaced (a CA leaves the trust), the connection is closed gracefully and the
+        // client's next handshake is checked again.
+        let bound_to_roots = cert_identity.is_some();
+        let activity = Arc::new(watch::Sender::new(Activity {
+            started: false,
+            in_flight: 0,
+            idle_since: accepted,
+        }));
+        let mut watching = activity.subscribe();
+        let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+            let in_flight = InFlight::start(&activity);
+            req.extensions_mut().insert(ClientAddr(peer.ip()));
+            if let Some(id) = &cert_identity {
+                req.extensions_mut().insert(id.clone());
+            }
+            let app = app.clone();
+            async move {
+                let resp = app.oneshot(req.map(axum::body::Body::new)).await?;
+                Ok::<_, std::convert::Infallible>(resp.map(|inner| TrackedBody {
+                    inner,
+                    _in_flight: in_flight,
+                }))
+            }
+        });
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), svc);
+        tokio::pin!(conn);
+        tokio::pin!(replaced);
+        // When a graceful close was asked for.
+        let mut closing: Option<Instant> = None;
+        let mut watched = true;
+        let result = loop {
+            let now = *watching.borrow_and_update();
+            let deadline = match closing {
+                Some(at) => Some(at + CLOSE_GRACE),
+                None if !now.started => Some(header_deadline),
+                None if now.in_flight == 0 => Some(now.idle_since + limits.idle_timeout),
+                None => None,
+            };
+            let timer = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                r = conn.as_mut() => break r,
+                changed = watching.changed(), if watched => {
+                    // Err: the service (and its sender) is gone; only the connection is left.
+                    watched = changed.is_ok();
+                }
+                _ = stopping.wait_for(|s| *s), if closing.is_none() => {
+                    closing = Some(Instant::now());
+                    conn.as_mut().graceful_shutdown();
+                }
+                () = &mut replaced, if bound_to_roots && closing.is_none() => {
+                    closing = Some(Instant::now());
+                    conn.as_mut().graceful_shutdown();
+                }
+                () = timer => match (closing, *watching.borrow()) {
+                    // A request in flight is let finish; otherwise the grace is over.
+                    (Some(_), cur) if cur.in_flight > 0 => closing = Some(Instant::now()),
+                    (Some(_), _) => return,
+                    // A request arrived meanwhile: the deadline is computed again.
+                    (None, cur) if cur.in_flight > 0 || cur.started != now.started => {}
+                    (None, cur) if !cur.started => {
+                        // No complete request head in time (slow handshake, silence, dripping
+                        // headers, HTTP/2 PINGs only): closed without an answer.
+                        ListenerMetrics::count(&metrics.closed, name, "header_timeout");
+                        return;
+                    }
+                    (None, cur) if cur.idle_since != now.idle_since => {}
+                    (None, _) => {
+                        ListenerMetrics::count(&metrics.closed, name, "idle_timeout");
+                        closing = Some(Instant::now());
+                        conn.as_mut().graceful_shutdown();
+                    }
+                },
+            }
+        };
+        if let Err(e) = result {
+            tracing::debug!(%peer, error = %e, "connection ended with an error");
+        }
     }
 }
 
@@ -142,5 +642,89 @@ pub async fn serve_plain(listener: TcpListener, app: Router, shutdown: impl Futu
     let svc = app.into_make_service_with_connect_info::<SocketAddr>();
     if let Err(e) = axum::serve(listener, svc).with_graceful_shutdown(shutdown).await {
         tracing::error!(error = %e, "admin listener failed");
+    }
+}
+
+/// Like [`serve_plain`], on a thread and single-threaded runtime of its own, so that no load on
+/// the main runtime (the front door's connections and handshakes) delays it. The returned task
+/// ends when the listener has stopped.
+pub fn serve_plain_dedicated(
+    listener: TcpListener,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    let std_listener = listener.into_std()?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let (done, finished) = tokio::sync::oneshot::channel::<()>();
+    std::thread::Builder::new().name("kfsec-admin".into()).spawn(move || {
+        runtime.block_on(async move {
+            match TcpListener::from_std(std_listener) {
+                Ok(l) => serve_plain(l, app, shutdown).await,
+                Err(e) => tracing::error!(error = %e, "admin listener failed"),
+            }
+        });
+        let _ = done.send(());
+    })?;
+    Ok(tokio::spawn(async move {
+        let _ = finished.await;
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_a_second_and_resets() {
+        let mut b = Backoff::default();
+        let seq: Vec<u128> = (0..10).map(|_| b.next().as_millis()).collect();
+        assert_eq!(seq, [5, 10, 20, 40, 80, 160, 320, 640, 1000, 1000]);
+        b.reset();
+        assert_eq!(b.next(), Duration::from_millis(5));
+    }
+
+    #[test]
+    fn ipv6_clients_count_per_64() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::2".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(address_key(a), address_key(b));
+        assert_ne!(address_key(a), address_key(c));
+        let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
+        assert_eq!(address_key(mapped), "10.0.0.1".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn caps_count_and_release() {
+        let slots = Arc::new(Slots {
+            counts: parking_lot::Mutex::new(Counts::default()),
+            max: 3,
+            per_address: 2,
+            gauge: Gauge::default(),
+        });
+        let a: IpAddr = "127.0.0.1".parse().unwrap();
+        let b: IpAddr = "127.0.0.2".parse().unwrap();
+        let s1 = slots.try_acquire(a).unwrap();
+        let _s2 = slots.try_acquire(a).unwrap();
+        assert_eq!(slots.try_acquire(a).unwrap_err(), "max_connections_per_address");
+        let _s3 = slots.try_acquire(b).unwrap();
+        assert_eq!(slots.try_acquire(b).unwrap_err(), "max_connections");
+        drop(s1);
+        let _s4 = slots.try_acquire(a).unwrap();
+        assert_eq!(slots.gauge.get(), 3);
+        drop(_s4);
+        assert_eq!(slots.gauge.get(), 2);
+    }
+
+    #[test]
+    fn caps_fit_below_the_fd_limit() {
+        let (mut f, mut w) = (ListenerLimits::FRONT_DOOR, ListenerLimits::WEBHOOKS);
+        assert!(!fit_to_fd_limit(&mut [&mut f, &mut w], 1 << 20));
+        assert_eq!(f.max_connections, 10_000);
+        assert!(fit_to_fd_limit(&mut [&mut f, &mut w], 1024));
+        assert!(f.max_connections + w.max_connections <= 1024 - 256, "{f:?} {w:?}");
+        assert!(f.max_connections > 10 * w.max_connections / 2);
+        assert!(f.max_connections_per_address <= f.max_connections);
     }
 }

@@ -80,7 +80,8 @@ enum Cmd {
         /// Admin (metrics, health) listen address [default: 127.0.0.1:9090].
         #[arg(long, env = "KFSEC_ADMIN_ADDR")]
         admin_addr: Option<String>,
-        /// Admission webhooks listen address [default: 0.0.0.0:9443].
+        /// Admission webhooks listen address [default: 127.0.0.1:9443; the API server must reach
+        /// it, e.g. 0.0.0.0:9443 in a pod — then also set webhooks.clientAuth in the config].
         #[arg(long, env = "KFSEC_WEBHOOK_ADDR")]
         webhook_addr: Option<String>,
     },
@@ -155,20 +156,15 @@ enum UserCmd {
         #[arg(long = "group")]
         groups: Vec<String>,
     },
-    /// Change a user's password (read from stdin); ends all of the user's sessions and tokens.
+    /// Change a user's password (read from stdin).
     Passwd {
         /// Login email.
         email: String,
     },
     /// List users.
     List,
-    /// Delete a user and end all of the user's sessions and tokens.
+    /// Delete a user.
     Delete {
-        /// Login email.
-        email: String,
-    },
-    /// End all of a user's sessions, ID tokens and refresh tokens (every device).
-    LogoutAll {
         /// Login email.
         email: String,
     },
@@ -269,14 +265,19 @@ enum CertCmd {
     /// List the certificates in the data directory: subject, SANs, issuer, expiry.
     List,
     /// Issue a serving certificate for a Kubernetes service (`NAME`, `NAME.NS`, `NAME.NS.svc`,
-    /// `NAME.NS.svc.cluster.local`) into DIR: tls.crt, tls.key (0600), ca.crt.
+    /// `NAME.NS.svc.cluster.local`), or with `--client NAME` a client certificate (CN=NAME) such
+    /// as the API server's for calling the webhooks (`webhooks.clientAuth.allowedNames: [NAME]`;
+    /// referenced from its admission kubeconfig), into DIR: tls.crt, tls.key (0600), ca.crt.
     Issue {
         /// Service name.
-        #[arg(long)]
-        service: String,
+        #[arg(long, required_unless_present = "client", requires = "namespace")]
+        service: Option<String>,
         /// Namespace.
         #[arg(long)]
-        namespace: String,
+        namespace: Option<String>,
+        /// Issue a client certificate for NAME instead (EKU clientAuth).
+        #[arg(long, value_name = "NAME", conflicts_with_all = ["service", "namespace"])]
+        client: Option<String>,
         /// Output directory.
         #[arg(long)]
         out: PathBuf,
@@ -355,11 +356,28 @@ async fn cert_cmd(cmd: CertCmd, common: &Common) -> Result<()> {
         CertCmd::Issue {
             service,
             namespace,
+            client,
             out,
             duration,
         } => {
             let lifetime = kfsec_types::config::parse_duration(&duration).map_err(anyhow::Error::msg)?;
             let cas = kfsec_pki::CaSet::load_or_create(&dir, kfsec_pki::KeyAlgorithm::default(), &clock)?;
+            let (service, namespace) = match (client, service, namespace) {
+                (Some(name), _, _) => {
+                    let cert = cas.current().issue_client(&name, &[], lifetime, &clock)?;
+                    std::fs::create_dir_all(&out)?;
+                    std::fs::write(out.join("tls.crt"), cas.chain_pem(&cert))?;
+                    kfsec_pki::write_private_file(&out.join("tls.key"), cert.key_pem.as_bytes())?;
+                    std::fs::write(out.join("ca.crt"), cas.trust_bundle_pem())?;
+                    say!(
+                        "wrote {0}/tls.crt, {0}/tls.key (0600), {0}/ca.crt: a client certificate for CN={name}",
+                        out.display()
+                    );
+                    return Ok(());
+                }
+                (None, Some(s), Some(n)) => (s, n),
+                _ => bail!("give --service and --namespace, or --client"),
+            };
             let names: Vec<String> = vec![
                 service.clone(),
                 format!("{service}.{namespace}"),
@@ -689,7 +707,6 @@ async fn main() -> Result<()> {
                 },
                 UserCmd::List => AdminRequest::UserList,
                 UserCmd::Delete { email } => AdminRequest::UserDelete { email },
-                UserCmd::LogoutAll { email } => AdminRequest::UserLogoutAll { email },
             };
             print(admin_call(&common, req).await?)
         }

@@ -94,6 +94,29 @@ pub fn client_identity(der: &[u8]) -> Result<(String, Vec<String>), PkiError> {
     Ok((user, groups))
 }
 
+/// The names a (verified) certificate answers to, for matching against an allow-list: its
+/// subject CNs, then its DNS and URI subject alternative names, each as written.
+pub fn cert_names(der: &[u8]) -> Result<Vec<String>, PkiError> {
+    use x509_parser::extensions::GeneralName;
+    let cert = parse_x509(der)?;
+    let mut names: Vec<String> = cert
+        .subject()
+        .iter_common_name()
+        .filter_map(|cn| cn.as_str().ok())
+        .map(str::to_owned)
+        .collect();
+    if let Ok(Some(ext)) = cert.subject_alternative_name() {
+        for n in &ext.value.general_names {
+            match n {
+                GeneralName::DNSName(d) => names.push((*d).to_owned()),
+                GeneralName::URI(u) => names.push((*u).to_owned()),
+                _ => {}
+            }
+        }
+    }
+    Ok(names)
+}
+
 fn sans_of(cert: &X509Certificate<'_>) -> Vec<String> {
     use x509_parser::extensions::GeneralName;
     let Ok(Some(ext)) = cert.subject_alternative_name() else {

@@ -523,6 +523,10 @@ routes:
             "staticClients:\n- id: a\n  redirectURIs: [/cb]\n",
             "routes:\n- prefix: /dex/x\n  upstream: http://h\n",
             "routes:\n- prefix: /x\n  upstream: ftp://h\n",
+            "routes:\n- prefix: /a//b/\n  upstream: http://h\n",
+            "routes:\n- prefix: /a/../b/\n  upstream: http://h\n",
+            "routes:\n- prefix: /%61/\n  upstream: http://h\n",
+            "routes:\n- prefix: /x/\n  upstream: http://h\n  forwardAuthorization: maybe\n",
             "tls:\n  certFile: a\n",
         ] {
             let f = parse(Path::new("c.yaml"), bad).unwrap();

@@ -332,8 +332,29 @@ pub fn admin_ops(store: Arc<dyn Store>, cfg: &Config) -> Result<admin::AdminOps,
         trust: None,
         pki_dir: DataDir(cfg.data_dir.clone()).pki(),
         rng: Arc::new(OsRng),
-        sessions: None,
     })
+}
+
+/// The listeners' limits, with the connection caps fitted below the open-files limit (raised
+/// to its maximum first) so that the admin listener and the store always have descriptors left.
+fn listener_limits(
+    cfg: &Config,
+) -> (
+    kfsec_gateway::listener::ListenerLimits,
+    kfsec_gateway::listener::ListenerLimits,
+) {
+    let (mut front, mut webhooks) = (cfg.front_door.clone(), cfg.webhook_limits.clone());
+    if let Some(fds) = kfsec_gateway::listener::raise_fd_limit()
+        && kfsec_gateway::listener::fit_to_fd_limit(&mut [&mut front, &mut webhooks], fds)
+    {
+        tracing::warn!(
+            open_files_limit = fds,
+            front_door_max_connections = front.max_connections,
+            webhooks_max_connections = webhooks.max_connections,
+            "connection caps lowered to fit the open-files limit (raise it with ulimit -n or LimitNOFILE=)"
+        );
+    }
+    (front, webhooks)
 }
 
 /// Starts kfsec with the real clock and randomness.
@@ -395,22 +416,15 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
         static_clients: cfg.static_clients.clone(),
         builtin_clients: vec![gatekeeper_client(), cli_client(&issuer_path(&issuer))],
         lockout: cfg.lockout.clone(),
-        bearer_audiences: cfg.bearer_audiences.clone(),
     };
     let idp = Idp::new(idp_settings, store.clone(), clock.clone(), rng.clone(), &mut registry).await?;
-    for id in &cfg.bearer_audiences {
-        if !matches!(idp.clients().get(id).await, Ok(Some(_))) {
-            return Err(ConfigError::Invalid(format!(
-                "bearerAudiences: {id:?} is not a registered client (staticClients or `kfsec client add`)"
-            ))
-            .into());
-        }
-    }
     let bootstrap_password = bootstrap(store.as_ref(), &idp, rng.as_ref()).await?;
     // Kubernetes-style API, RBAC, profiles and KFAM.
     let rbac_cache = rbac::RbacCache::new();
     let admission = webhooks::InProcessAdmission::new(store.clone());
-    let (webhook_tls, mut renewables) = webhooks::webhook_tls(&cas, &dir.pki(), cfg.leaf_lifetime, clock.as_ref())?;
+    let callers = webhooks::CallerVerifier::new(cfg.webhook_client_auth.as_ref(), &cas)?;
+    let (webhook_tls, mut renewables) =
+        webhooks::webhook_tls(&cas, &dir.pki(), cfg.leaf_lifetime, clock.as_ref(), callers.clone())?;
     let webhook_tls = LiveServerConfig::new(webhook_tls);
     renewables.extend(front_renewal);
     renewables.push(gateway_cert);
@@ -431,11 +445,15 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
             },
         )
     };
+    if let Some(c) = &callers {
+        c.follow(trust.clone());
+    }
     let renew_every = (cfg.leaf_lifetime / 6).clamp(Duration::from_millis(500), Duration::from_secs(60));
     let renewal_task = trust.spawn(renew_every);
     let api = kfsec_api::ApiServer::builder(store.clone(), rbac_cache.clone(), clock.clone(), rng.clone())
         .token_reviewer(Arc::new(tokenreview::Reviewer {
-            authn: kfsec_idp::Authenticator::new(idp.clone()),
+            idp: idp.clone(),
+            store: store.clone(),
         }))
         .admission(admission.clone())
         .build();
@@ -479,7 +497,6 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
         routes: cfg.routes.clone(),
         trusted_proxies: cfg.trusted_proxies.clone(),
         upstream_identity: Some(upstream),
-        max_sessions_per_user: cfg.max_sessions_per_user,
         forwarded_host: url::Url::parse(&public_url).ok().and_then(|u| {
             u.host_str().map(|h| match u.port() {
                 Some(p) => format!("{h}:{p}"),
@@ -507,12 +524,10 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
         rbac: Some(rbac_cache.clone()),
         trust: Some(trust.clone()),
         pki_dir: dir.pki(),
-        sessions: Some(app.sessions().clone()),
     });
     let mut background = vec![
         admin::serve(&dir.0, ops).map_err(io("opening the admin socket"))?,
         idp.spawn_rotation(Duration::from_secs(30)),
-        idp.epochs().spawn_watch(),
         app.sessions().spawn_watch(),
         app.sessions().spawn_prune(Duration::from_secs(60)),
         rbac_task,
@@ -527,6 +542,14 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
         let _ = rx.wait_for(|v| *v).await;
     };
     let ready = Arc::new(AtomicBool::new(false));
+    let (front_limits, webhook_limits) = listener_limits(&cfg);
+    let listener_metrics = kfsec_gateway::listener::ListenerMetrics::register(&mut registry);
+    let settings = |name, limits| kfsec_gateway::listener::TlsListenerSettings {
+        name,
+        limits,
+        metrics: listener_metrics.clone(),
+        drain: Duration::from_secs(10),
+    };
     let registry = Arc::new(registry);
     let tasks = vec![
         tokio::spawn(kfsec_gateway::listener::serve_tls(
@@ -534,20 +557,22 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
             front_tls,
             app.router(),
             wait(rx.clone()),
-            Duration::from_secs(10),
+            settings("front-door", front_limits),
         )),
         tokio::spawn(kfsec_gateway::listener::serve_tls(
             webhook_l,
             webhook_tls,
             webhooks::webhook_router(admission),
             wait(rx.clone()),
-            Duration::from_secs(10),
+            settings("webhooks", webhook_limits),
         )),
-        tokio::spawn(kfsec_gateway::listener::serve_plain(
+        // On a thread of its own: front-door load cannot delay /healthz and /metrics.
+        kfsec_gateway::listener::serve_plain_dedicated(
             admin_l,
             kfsec_gateway::admin_router(registry, ready.clone()),
             wait(rx),
-        )),
+        )
+        .map_err(io("starting the admin listener"))?,
     ];
     ready.store(true, Ordering::Release);
     tracing::info!(%https_addr, %admin_addr, %issuer, "kfsec is ready");

@@ -4,7 +4,9 @@
 //!
 //! Invariants: the context is read fresh for every write (a PodDefault created a moment ago
 //! applies to the next Pod); a denial is reported as Kubernetes reports a webhook's denial and
-//! nothing is written.
+//! nothing is written. With `webhooks.clientAuth`, the webhook listener completes a TLS handshake
+//! only with a client certificate that chains to the configured CA (kfsec's internal CA by
+//! default, followed through rotations) and names one of `allowedNames`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -240,13 +242,144 @@ impl rustls::server::ResolvesServerCert for SniResolver {
     }
 }
 
+/// Verifies the client certificates of webhook callers (the API server's admission
+/// kubeconfig): webpki against the CA bundle, then the certificate's CN or a DNS/URI SAN must be
+/// one of the allowed names. Anything else fails the handshake.
+pub struct CallerVerifier {
+    allowed: Vec<String>,
+    /// kfsec's own CA set when no CA file is configured (set once the PKI is live).
+    internal: Option<std::sync::OnceLock<Arc<crate::trust::Trust>>>,
+    /// The bundle the current verifier was built from, and the verifier.
+    current: parking_lot::RwLock<(String, Arc<dyn rustls::server::danger::ClientCertVerifier>)>,
+}
+
+impl std::fmt::Debug for CallerVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CallerVerifier")
+            .field("allowed", &self.allowed)
+            .finish_non_exhaustive()
+    }
+}
+
+fn client_verifier(
+    bundle_pem: &str,
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, kfsec_pki::PkiError> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for der in CertificateDer::pem_slice_iter(bundle_pem.as_bytes()) {
+        roots.add(der.map_err(|e| kfsec_pki::PkiError::InvalidRequest(format!("CA certificate: {e}")))?)?;
+    }
+    if roots.is_empty() {
+        return Err(kfsec_pki::PkiError::NoCertificate("webhooks.clientAuth CA bundle"));
+    }
+    Ok(
+        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), kfsec_pki::crypto_provider())
+            .build()?,
+    )
+}
+
+impl CallerVerifier {
+    /// The verifier `webhooks.clientAuth` asks for, if any (the CA file is read now).
+    pub fn new(
+        auth: Option<&crate::config::WebhookClientAuth>,
+        cas: &kfsec_pki::CaSet,
+    ) -> Result<Option<Arc<Self>>, crate::ServerError> {
+        let Some(auth) = auth else { return Ok(None) };
+        let bundle = match &auth.ca_file {
+            Some(path) => std::fs::read_to_string(path).map_err(|e| crate::ServerError::Io {
+                what: format!("reading webhooks.clientAuth.caFile {}", path.display()),
+                source: e,
+            })?,
+            None => cas.trust_bundle_pem(),
+        };
+        let verifier = client_verifier(&bundle)?;
+        Ok(Some(Arc::new(Self {
+            allowed: auth.allowed_names.clone(),
+            internal: auth.ca_file.is_none().then(std::sync::OnceLock::new),
+            current: parking_lot::RwLock::new((bundle, verifier)),
+        })))
+    }
+
+    /// Follows the internal CA set of `trust` from now on (no effect with a CA file).
+    pub fn follow(&self, trust: Arc<crate::trust::Trust>) {
+        if let Some(slot) = &self.internal {
+            let _ = slot.set(trust);
+        }
+    }
+
+    fn verifier(&self) -> Arc<dyn rustls::server::danger::ClientCertVerifier> {
+        if let Some(trust) = self.internal.as_ref().and_then(|t| t.get()) {
+            let bundle = trust.cas().trust_bundle_pem();
+            if self.current.read().0 != bundle {
+                match client_verifier(&bundle) {
+                    Ok(v) => *self.current.write() = (bundle, v),
+                    Err(e) => tracing::warn!(error = %e, "webhook client roots not updated"),
+                }
+            }
+        }
+        self.current.read().1.clone()
+    }
+}
+
+impl rustls::server::danger::ClientCertVerifier for CallerVerifier {
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &rustls::pki_types::CertificateDer<'_>,
+        intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        let verified = self.verifier().verify_client_cert(end_entity, intermediates, now)?;
+        let names = kfsec_pki::cert_names(end_entity.as_ref()).unwrap_or_default();
+        if names.iter().any(|n| self.allowed.iter().any(|a| a == n)) {
+            Ok(verified)
+        } else {
+            tracing::info!(
+                ?names,
+                "webhook caller refused: certificate name not in webhooks.clientAuth.allowedNames"
+            );
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::ApplicationVerificationFailure,
+            ))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.verifier().verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.verifier().verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.verifier().supported_verify_schemes()
+    }
+}
+
 /// Issues (or reuses) one certificate per webhook Service under `<pki>/webhooks/` and returns
-/// the TLS configuration of the webhook listener (TLS ≥ 1.2).
+/// the TLS configuration of the webhook listener (TLS ≥ 1.2), requiring a caller certificate
+/// when `callers` is given.
 pub fn webhook_tls(
     cas: &kfsec_pki::CaSet,
     pki_dir: &std::path::Path,
     lifetime: std::time::Duration,
     clock: &dyn kfsec_types::Clock,
+    callers: Option<Arc<CallerVerifier>>,
 ) -> Result<(rustls::ServerConfig, Vec<crate::trust::Renewable>), crate::ServerError> {
     let dir = pki_dir.join("webhooks");
     std::fs::create_dir_all(&dir).map_err(|e| crate::ServerError::Io {
@@ -279,10 +412,20 @@ pub fn webhook_tls(
         renewables.push(item);
     }
     let default = first.ok_or_else(|| crate::ServerError::Api("no webhooks registered".into()))?;
-    Ok((
-        kfsec_pki::server_config(Arc::new(SniResolver { by_name, default }), false)?,
-        renewables,
-    ))
+    let resolver = Arc::new(SniResolver { by_name, default });
+    let config = match callers {
+        None => kfsec_pki::server_config(resolver, false)?,
+        Some(verifier) => {
+            let mut c = rustls::ServerConfig::builder_with_provider(kfsec_pki::crypto_provider())
+                .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+                .map_err(kfsec_pki::PkiError::from)?
+                .with_client_cert_verifier(verifier)
+                .with_cert_resolver(resolver);
+            c.alpn_protocols = vec![b"http/1.1".to_vec()];
+            c
+        }
+    };
+    Ok((config, renewables))
 }
 
 fn issue_webhook_cert(

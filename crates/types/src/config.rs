@@ -71,10 +71,52 @@ pub struct ConfigFile {
     /// Let users create their own profile (Kubeflow's `CD_REGISTRATION_FLOW`).
     #[serde(default)]
     pub registration_flow: bool,
-    /// Client ids whose ID tokens are accepted as bearer tokens, besides `kfsec-gatekeeper` and
-    /// `kfsec-cli` (like the Kubernetes API server's `--oidc-client-id`). Each must be a client.
+    /// Connection limits of the front door (timeouts, connection caps).
     #[serde(default)]
-    pub bearer_audiences: Vec<String>,
+    pub front_door: FrontDoorConfig,
+    /// The admission webhook listener (client authentication, connection caps).
+    #[serde(default)]
+    pub webhooks: WebhooksConfig,
+}
+
+/// Connection limits of a TLS listener (`frontDoor:`; `webhooks:` takes the caps too).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct FrontDoorConfig {
+    /// From accept (TLS handshake included) to the end of the first request head (default 30s).
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub header_timeout: Option<Duration>,
+    /// A connection with no request in flight is closed after this long (default 60s; HTTP/1
+    /// keep-alive and HTTP/2 alike, PINGs do not count).
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub idle_timeout: Option<Duration>,
+    /// Open connections at once (default 10000).
+    pub max_connections: Option<usize>,
+    /// Open connections at once from one client address (an IPv6 /64) (default 512).
+    pub max_connections_per_address: Option<usize>,
+}
+
+/// The admission webhook listener.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct WebhooksConfig {
+    /// Require a client certificate of the API server (its admission kubeconfig).
+    pub client_auth: Option<WebhookClientAuthConfig>,
+    /// Open connections at once (default 1000).
+    pub max_connections: Option<usize>,
+    /// Open connections at once from one client address (default 512).
+    pub max_connections_per_address: Option<usize>,
+}
+
+/// Client-certificate authentication of the webhook callers.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct WebhookClientAuthConfig {
+    /// PEM bundle of the CAs client certificates must chain to (default: kfsec's internal CA).
+    pub ca_file: Option<String>,
+    /// Names accepted (the certificate's subject CN, DNS or URI SANs); at least one.
+    #[serde(default)]
+    pub allowed_names: Vec<String>,
 }
 
 /// A Dex static password entry.
@@ -246,8 +288,6 @@ pub struct SessionConfig {
     pub ttl: Option<Duration>,
     /// Cookie name (default `authservice_session`).
     pub cookie_name: Option<String>,
-    /// Concurrent sessions per user (default 100); the oldest is ended when a new one starts.
-    pub max_per_user: Option<u32>,
 }
 
 /// The internal CA.

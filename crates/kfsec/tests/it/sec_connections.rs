@@ -1,0 +1,483 @@
+//! Connection exhaustion (issue 9, finding 5): idle, silent and slow connections are closed
+//! within the configured header and idle timeouts (HTTP/1 and HTTP/2, PINGs are not activity),
+//! connections over the global and per-address caps are closed at once, and the admin
+//! listener answers quickly throughout. Floods are bounded (a few hundred connections) and come
+//! from several loopback addresses (127.0.0.x).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+
+use crate::harness::*;
+
+const HEADER: Duration = Duration::from_secs(1);
+const IDLE: Duration = Duration::from_secs(2);
+/// Scheduling slack on a busy 2-core machine (a graceful HTTP/2 close may add up to 1 s more).
+const SLACK: Duration = Duration::from_millis(900);
+
+const LIMITS: &str =
+    "frontDoor:\n  headerTimeout: 1s\n  idleTimeout: 2s\n  maxConnections: 100\n  maxConnectionsPerAddress: 50\n";
+
+/// A TCP connection from the loopback address `from` (e.g. `127.0.0.3`).
+async fn connect_from(from: &str, to: SocketAddr) -> TcpStream {
+    let s = TcpSocket::new_v4().unwrap();
+    s.bind(format!("{from}:0").parse().unwrap()).unwrap();
+    s.connect(to).await.unwrap()
+}
+
+async fn tls<S: AsyncRead + AsyncWrite + Unpin>(k: &Kfsec, tcp: S, alpn: &[u8]) -> tokio_rustls::client::TlsStream<S> {
+    let mut cfg = kfsec_pki::client_config_trusting(&k.running.ca_pem).unwrap();
+    cfg.alpn_protocols = vec![alpn.to_vec()];
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(name, tcp)
+        .await
+        .unwrap()
+}
+
+/// Reads until the server closes; how long that took (None: still open after `max`).
+async fn closed_within<R: AsyncRead + Unpin>(r: &mut R, start: Instant, max: Duration) -> Option<Duration> {
+    let mut buf = [0u8; 4096];
+    let read_all = async {
+        loop {
+            match r.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    };
+    tokio::time::timeout_at((start + max).into(), read_all)
+        .await
+        .ok()
+        .map(|()| start.elapsed())
+}
+
+/// Whether the server has closed `s` within `wait` (without sending anything).
+async fn is_closed(s: &mut TcpStream, wait: Duration) -> bool {
+    closed_within(s, Instant::now(), wait).await.is_some()
+}
+
+/// Polls the admin `/healthz` every 50 ms on a fresh connection, from a thread of its own (so
+/// the test's runtime, busy with the flood, does not delay the measurement); records the worst
+/// latency and the failures.
+struct Healthz {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<(u64, u64, u64)>,
+}
+
+impl Healthz {
+    fn start(admin: SocketAddr) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = std::thread::spawn({
+            let stop = stop.clone();
+            move || {
+                use std::io::{Read, Write};
+                let (mut worst, mut failures, mut polls) = (0u64, 0u64, 0u64);
+                while !stop.load(Ordering::Relaxed) {
+                    let t = Instant::now();
+                    let ok = (|| -> std::io::Result<bool> {
+                        let mut s = std::net::TcpStream::connect_timeout(&admin, Duration::from_secs(5))?;
+                        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+                        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")?;
+                        let mut out = String::new();
+                        s.read_to_string(&mut out)?;
+                        Ok(out.starts_with("HTTP/1.1 200") && out.ends_with("ok"))
+                    })()
+                    .unwrap_or(false);
+                    worst = worst.max(u64::try_from(t.elapsed().as_millis()).unwrap());
+                    polls += 1;
+                    failures += u64::from(!ok);
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                (worst, failures, polls)
+            }
+        });
+        Self { stop, thread }
+    }
+
+    fn finish(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let (worst, failures, polls) = self.thread.join().unwrap();
+        assert!(polls >= 10, "only {polls} health checks ran");
+        assert_eq!(failures, 0, "admin /healthz failed {failures} of {polls} times");
+        assert!(worst < 500, "admin /healthz took {worst} ms");
+    }
+}
+
+/// Opens `n` idle connections from each address of `from`, then reports which the server closed
+/// at once (each checked for 300 ms, all at the same time).
+async fn open_idle(from: &[(&str, usize)], to: SocketAddr) -> (Vec<TcpStream>, usize) {
+    let mut conns = Vec::new();
+    for (addr, n) in from {
+        for _ in 0..*n {
+            conns.push(connect_from(addr, to).await);
+        }
+    }
+    let checks: Vec<_> = conns
+        .into_iter()
+        .map(|mut c| {
+            tokio::spawn(async move {
+                let closed = is_closed(&mut c, Duration::from_millis(300)).await;
+                (c, closed)
+            })
+        })
+        .collect();
+    let (mut open, mut closed) = (Vec::new(), 0);
+    for c in checks {
+        let (c, was_closed) = c.await.unwrap();
+        if was_closed {
+            closed += 1;
+        } else {
+            open.push(c);
+        }
+    }
+    (open, closed)
+}
+
+async fn metrics(k: &Kfsec) -> String {
+    reqwest::get(format!("http://{}/metrics", k.running.admin_addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+fn metric(text: &str, prefix: &str) -> u64 {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_floods_are_capped_and_shed_while_admin_answers() {
+    let k = Kfsec::start(LIMITS).await;
+    let front = k.running.https_addr;
+    let health = Healthz::start(k.running.admin_addr);
+    let served = |k: &Kfsec| {
+        let http = http_client(&k.running.ca_pem);
+        let url = format!("{}/open/x", k.base);
+        async move { http.get(url).send().await.map(|r| r.status().as_u16()) }
+    };
+
+    // Per-address cap: 60 idle connections from one address, 10 of them closed at once …
+    let (mut first, closed) = open_idle(&[("127.0.0.2", 60)], front).await;
+    assert_eq!(
+        closed, 10,
+        "connections over maxConnectionsPerAddress are closed at once"
+    );
+    // … while another address is still served.
+    assert_eq!(served(&k).await.unwrap(), 200);
+    // The idle ones are closed by the header timeout.
+    let t = Instant::now();
+    for c in &mut first {
+        assert!(
+            closed_within(c, t, HEADER + SLACK).await.is_some(),
+            "a silent connection outlived the header timeout"
+        );
+    }
+
+    // Global cap: 3 × 40 from three addresses (each under its own cap), 20 closed at once.
+    let (mut held, refused) = open_idle(&[("127.0.0.3", 40), ("127.0.0.4", 40), ("127.0.0.5", 40)], front).await;
+    assert_eq!(refused, 20, "connections over maxConnections are closed at once");
+    // Full: a normal client is turned away too …
+    assert!(served(&k).await.is_err(), "the global cap holds for everyone");
+    // … until the flood has timed out; then it is served again. the flood has timed out, a normal client is served again.
+    let t = Instant::now();
+    for c in &mut held {
+        assert!(closed_within(c, t, HEADER + SLACK).await.is_some());
+    }
+    assert_eq!(served(&k).await.unwrap(), 200);
+
+    // A burst of 200 TLS handshakes from eight addresses, left idle.
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let (ca, from) = (k.running.ca_pem.clone(), format!("127.0.1.{}", i % 8 + 1));
+        tasks.push(tokio::spawn(async move {
+            let t = Instant::now();
+            let tcp = connect_from(&from, front).await;
+            let mut cfg = kfsec_pki::client_config_trusting(&ca).unwrap();
+            cfg.alpn_protocols = vec![b"h2".to_vec()];
+            let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+            match tokio_rustls::TlsConnector::from(Arc::new(cfg)).connect(name, tcp).await {
+                Ok(mut s) => closed_within(&mut s, t, HEADER + SLACK + Duration::from_secs(1))
+                    .await
+                    .is_some(),
+                Err(_) => true, // refused by a cap
+            }
+        }));
+    }
+    for t in tasks {
+        assert!(t.await.unwrap(), "an idle TLS connection outlived the header timeout");
+    }
+    assert_eq!(served(&k).await.unwrap(), 200);
+    health.finish();
+
+    let m = metrics(&k).await;
+    assert!(
+        metric(
+            &m,
+            "kfsec_listener_connections_refused_total{listener=\"front-door\",reason=\"max_connections_per_address\"}"
+        ) >= 10,
+        "{m}"
+    );
+    assert!(
+        metric(
+            &m,
+            "kfsec_listener_connections_refused_total{listener=\"front-door\",reason=\"max_connections\"}"
+        ) >= 20,
+        "{m}"
+    );
+    assert!(
+        metric(
+            &m,
+            "kfsec_listener_connections_timed_out_total{listener=\"front-door\",reason=\"header_timeout\"}"
+        ) >= 150,
+        "{m}"
+    );
+    k.running.shutdown().await;
+}
+
+/// Writes `bytes` one at a time, `every` apart, until the peer closes.
+async fn drip<W: AsyncWrite + Unpin>(w: &mut W, bytes: &[u8], every: Duration) {
+    for b in bytes {
+        if w.write_all(&[*b]).await.is_err() || w.flush().await.is_err() {
+            return;
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(payload.len()).unwrap().to_be_bytes();
+    let mut f = vec![len[1], len[2], len[3], kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// `GET /open/x` on stream 1 (HPACK: indexed :method GET, :scheme https; literal :path and
+/// :authority).
+fn h2_get() -> Vec<u8> {
+    let mut block = vec![0x82, 0x87, 0x04, 7];
+    block.extend_from_slice(b"/open/x");
+    block.extend_from_slice(&[0x01, 9]);
+    block.extend_from_slice(b"localhost");
+    h2_frame(1, 0x5, 1, &block)
+}
+
+/// An HTTP/2 client that optionally sends one request, then only PINGs every 200 ms; returns when
+/// the server closed the connection (measured from the TLS handshake).
+async fn h2_pinger(k: &Kfsec, request: bool) -> Option<Duration> {
+    let t = Instant::now();
+    let s = tls(k, TcpStream::connect(k.running.https_addr).await.unwrap(), b"h2").await;
+    let (mut r, mut w) = tokio::io::split(s);
+    let mut hello = H2_PREFACE.to_vec();
+    hello.extend(h2_frame(4, 0, 0, &[]));
+    if request {
+        hello.extend(h2_get());
+    }
+    w.write_all(&hello).await.unwrap();
+    let pings = tokio::spawn(async move {
+        for i in 0u64..50 {
+            if w.write_all(&h2_frame(6, 0, 0, &i.to_be_bytes())).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    let closed = closed_within(&mut r, t, Duration::from_secs(8)).await;
+    pings.abort();
+    closed
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_slow_and_idle_clients_are_closed_within_the_limits() {
+    let k = Kfsec::start(LIMITS).await;
+    let front = k.running.https_addr;
+    let k = Arc::new(k);
+    let mut cases: Vec<(&str, Duration, Duration, tokio::task::JoinHandle<Option<Duration>>)> = Vec::new();
+
+    // Silence after connect: no TLS at all.
+    cases.push((
+        "silent TCP",
+        Duration::ZERO,
+        HEADER,
+        tokio::spawn(async move {
+            let t = Instant::now();
+            let mut s = TcpStream::connect(front).await.unwrap();
+            closed_within(&mut s, t, Duration::from_secs(8)).await
+        }),
+    ));
+    // A ClientHello dripped one byte every 100 ms.
+    cases.push((
+        "dripped ClientHello",
+        Duration::ZERO,
+        HEADER,
+        tokio::spawn(async move {
+            let t = Instant::now();
+            let (r, w) = TcpStream::connect(front).await.unwrap().into_split();
+            let mut hello = vec![0x16, 0x03, 0x01, 0x02, 0x00, 0x01];
+            hello.extend([0u8; 64]);
+            drip_until_closed(r, w, hello, t).await
+        }),
+    ));
+    // A completed handshake, then nothing.
+    let kk = k.clone();
+    cases.push((
+        "silent after TLS",
+        Duration::ZERO,
+        HEADER,
+        tokio::spawn(async move {
+            let t = Instant::now();
+            let mut s = tls(&kk, TcpStream::connect(front).await.unwrap(), b"http/1.1").await;
+            closed_within(&mut s, t, Duration::from_secs(8)).await
+        }),
+    ));
+    // Slowloris: a request head dripped one byte every 100 ms.
+    let kk = k.clone();
+    cases.push((
+        "slowloris headers",
+        Duration::ZERO,
+        HEADER,
+        tokio::spawn(async move {
+            let t = Instant::now();
+            let s = tls(&kk, TcpStream::connect(front).await.unwrap(), b"http/1.1").await;
+            let (r, w) = tokio::io::split(s);
+            let head = format!(
+                "GET /open/x HTTP/1.1\r\nHost: localhost\r\nX-Slow: {}\r\n\r\n",
+                "a".repeat(60)
+            );
+            drip_until_closed(r, w, head.into_bytes(), t).await
+        }),
+    ));
+    // HTTP/1.1 keep-alive: one request answered, then idle (not closed by the header timer).
+    let kk = k.clone();
+    cases.push((
+        "keep-alive idle after one request",
+        IDLE - Duration::from_millis(300),
+        IDLE,
+        tokio::spawn(async move {
+            let (r, w) = after_one_request(&kk).await;
+            drip_until_closed(r, w, Vec::new(), Instant::now()).await
+        }),
+    ));
+    // HTTP/1.1 keep-alive: one request answered, then the next head dripped.
+    let kk = k.clone();
+    cases.push((
+        "keep-alive, second head dripped",
+        Duration::ZERO,
+        IDLE,
+        tokio::spawn(async move {
+            let (r, w) = after_one_request(&kk).await;
+            let next = b"GET /open/y HTTP/1.1\r\nHost: localhost\r\nX-Slow: 1\r\n\r\n".repeat(3);
+            drip_until_closed(r, w, next, Instant::now()).await
+        }),
+    ));
+    // HTTP/2: PINGs only, never a request.
+    let kk = k.clone();
+    cases.push((
+        "HTTP/2 PINGs without a request",
+        Duration::ZERO,
+        HEADER,
+        tokio::spawn(async move { h2_pinger(&kk, false).await }),
+    ));
+    // HTTP/2: one request, then PINGs only (a graceful GOAWAY may take its 1 s grace).
+    let kk = k.clone();
+    cases.push((
+        "HTTP/2 PINGs after one request",
+        IDLE - Duration::from_millis(300),
+        IDLE + Duration::from_secs(1),
+        tokio::spawn(async move { h2_pinger(&kk, true).await }),
+    ));
+
+    for (what, at_least, limit, task) in cases {
+        let took = task.await.unwrap();
+        let took = took.unwrap_or_else(|| panic!("{what}: still open after 8 s (limit {limit:?})"));
+        assert!(took <= limit + SLACK, "{what}: closed after {took:?}, limit {limit:?}");
+        assert!(took >= at_least, "{what}: closed after {took:?}, before {at_least:?}");
+    }
+    // An HTTP/2 client that keeps making requests is not cut off by either timer.
+    let timed_out = |m: &str| {
+        metric(
+            m,
+            "kfsec_listener_connections_timed_out_total{listener=\"front-door\",reason=\"header_timeout\"}",
+        ) + metric(
+            m,
+            "kfsec_listener_connections_timed_out_total{listener=\"front-door\",reason=\"idle_timeout\"}",
+        )
+    };
+    let before = timed_out(&metrics(&k).await);
+    let http = http_client(&k.running.ca_pem);
+    for _ in 0..6 {
+        let r = http.get(format!("{}/open/x", k.base)).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.version(), reqwest::Version::HTTP_2);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(timed_out(&metrics(&k).await), before, "a busy connection was timed out");
+    let k = Arc::into_inner(k).unwrap();
+    k.running.shutdown().await;
+}
+
+/// Writes `bytes` one every 100 ms into `w` while waiting (from `t`) for the server to close `r`.
+async fn drip_until_closed<R, W>(mut r: R, mut w: W, bytes: Vec<u8>, t: Instant) -> Option<Duration>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let writer = tokio::spawn(async move {
+        drip(&mut w, &bytes, Duration::from_millis(100)).await;
+        // kept open (not shut down) until the server closes
+        std::future::pending::<()>().await;
+        drop(w);
+    });
+    let closed = closed_within(&mut r, t, Duration::from_secs(8)).await;
+    writer.abort();
+    closed
+}
+
+type Tls = tokio_rustls::client::TlsStream<TcpStream>;
+
+/// An HTTP/1.1 connection over TLS whose first request has been answered.
+async fn after_one_request(
+    k: &Kfsec,
+) -> (
+    tokio::io::BufReader<tokio::io::ReadHalf<Tls>>,
+    tokio::io::WriteHalf<Tls>,
+) {
+    let s = tls(k, TcpStream::connect(k.running.https_addr).await.unwrap(), b"http/1.1").await;
+    let (r, mut w) = tokio::io::split(s);
+    w.write_all(b"GET /open/x HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut r = tokio::io::BufReader::new(r);
+    let len = read_head(&mut r).await;
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body).await.unwrap();
+    (r, w)
+}
+
+/// Reads an HTTP/1.1 response head; returns its Content-Length.
+async fn read_head<R: tokio::io::AsyncBufRead + Unpin>(r: &mut R) -> usize {
+    use tokio::io::AsyncBufReadExt;
+    let mut len = 0;
+    loop {
+        let mut line = String::new();
+        assert!(r.read_line(&mut line).await.unwrap() > 0, "closed before the response");
+        if line == "\r\n" {
+            return len;
+        }
+        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            len = v.trim().parse().unwrap();
+        }
+    }
+}
