@@ -156,15 +156,20 @@ enum UserCmd {
         #[arg(long = "group")]
         groups: Vec<String>,
     },
-    /// Change a user's password (read from stdin).
+    /// Change a user's password (read from stdin); ends all of the user's sessions and tokens.
     Passwd {
         /// Login email.
         email: String,
     },
     /// List users.
     List,
-    /// Delete a user.
+    /// Delete a user and end all of the user's sessions and tokens.
     Delete {
+        /// Login email.
+        email: String,
+    },
+    /// End all of a user's sessions, ID tokens and refresh tokens (every device).
+    LogoutAll {
         /// Login email.
         email: String,
     },
@@ -707,6 +712,7 @@ async fn main() -> Result<()> {
                 },
                 UserCmd::List => AdminRequest::UserList,
                 UserCmd::Delete { email } => AdminRequest::UserDelete { email },
+                UserCmd::LogoutAll { email } => AdminRequest::UserLogoutAll { email },
             };
             print(admin_call(&common, req).await?)
         }

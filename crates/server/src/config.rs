@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use http::HeaderName;
 use kfsec_gateway::Route;
+use kfsec_gateway::listener::ListenerLimits;
 use kfsec_idp::lockout::LockoutPolicy;
 use kfsec_idp::{Client, ClientAuth, RefreshPolicy, User};
 use kfsec_types::config::ConfigFile;
@@ -138,6 +139,81 @@ pub struct Config {
     pub key_algorithm: kfsec_pki::KeyAlgorithm,
     /// Lifetime of kfsec's own serving certificates.
     pub leaf_lifetime: Duration,
+    /// Front-door timeouts and connection caps (`frontDoor:`).
+    pub front_door: ListenerLimits,
+    /// Webhook listener timeouts (the front door's) and connection caps (`webhooks:`).
+    pub webhook_limits: ListenerLimits,
+    /// Client-certificate authentication of webhook callers (`webhooks.clientAuth`).
+    pub webhook_client_auth: Option<WebhookClientAuth>,
+}
+
+/// Who may call the admission webhooks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookClientAuth {
+    /// CA bundle client certificates must chain to (None: kfsec's internal CA, followed through
+    /// rotations).
+    pub ca_file: Option<PathBuf>,
+    /// Accepted certificate names (subject CN, DNS or URI SAN).
+    pub allowed_names: Vec<String>,
+}
+
+/// The listener limits of `frontDoor:` and `webhooks:`.
+fn listener_limits(f: &ConfigFile) -> Result<(ListenerLimits, ListenerLimits, Option<WebhookClientAuth>), ConfigError> {
+    let fd = &f.front_door;
+    let positive = |v: Option<usize>, what: &str, default: usize| match v {
+        Some(0) => Err(ConfigError::Invalid(format!("{what} must be at least 1"))),
+        v => Ok(v.unwrap_or(default)),
+    };
+    let timeout = |v: Option<Duration>, what: &str, default: Duration| match v {
+        Some(d) if d < Duration::from_millis(100) => {
+            Err(ConfigError::Invalid(format!("{what} must be at least 100ms")))
+        }
+        v => Ok(v.unwrap_or(default)),
+    };
+    let (fdd, whd) = (ListenerLimits::FRONT_DOOR, ListenerLimits::WEBHOOKS);
+    let front = ListenerLimits {
+        header_timeout: timeout(fd.header_timeout, "frontDoor.headerTimeout", fdd.header_timeout)?,
+        idle_timeout: timeout(fd.idle_timeout, "frontDoor.idleTimeout", fdd.idle_timeout)?,
+        max_connections: positive(fd.max_connections, "frontDoor.maxConnections", fdd.max_connections)?,
+        max_connections_per_address: positive(
+            fd.max_connections_per_address,
+            "frontDoor.maxConnectionsPerAddress",
+            fdd.max_connections_per_address,
+        )?,
+    };
+    let wh = &f.webhooks;
+    let webhooks = ListenerLimits {
+        header_timeout: front.header_timeout,
+        idle_timeout: front.idle_timeout,
+        max_connections: positive(wh.max_connections, "webhooks.maxConnections", whd.max_connections)?,
+        max_connections_per_address: positive(
+            wh.max_connections_per_address,
+            "webhooks.maxConnectionsPerAddress",
+            whd.max_connections_per_address,
+        )?,
+    };
+    let client_auth = match &wh.client_auth {
+        None => None,
+        Some(ca) => {
+            let allowed_names: Vec<String> = ca
+                .allowed_names
+                .iter()
+                .map(|n| n.trim().to_owned())
+                .filter(|n| !n.is_empty())
+                .collect();
+            if allowed_names.is_empty() {
+                return Err(ConfigError::Invalid(
+                    "webhooks.clientAuth.allowedNames: name at least one certificate name (e.g. the API server's CN)"
+                        .into(),
+                ));
+            }
+            Some(WebhookClientAuth {
+                ca_file: ca.ca_file.as_ref().map(PathBuf::from),
+                allowed_names,
+            })
+        }
+    };
+    Ok((front, webhooks, client_auth))
 }
 
 /// Parses the YAML text of a config file into its data model.
@@ -224,7 +300,7 @@ pub fn validate(f: ConfigFile, o: &Overrides, env: &dyn Env) -> Result<Config, C
         o.webhook_addr
             .as_deref()
             .or(f.webhook_addr.as_deref())
-            .unwrap_or("0.0.0.0:9443"),
+            .unwrap_or("127.0.0.1:9443"),
         "webhookAddr",
     )?;
     let admin_addr = addr(
@@ -364,6 +440,7 @@ pub fn validate(f: ConfigFile, o: &Overrides, env: &dyn Env) -> Result<Config, C
     if session_ttl < Duration::from_secs(60) {
         return Err(ConfigError::Invalid("session.ttl must be at least 1m".into()));
     }
+    let (front_door, webhook_limits, webhook_client_auth) = listener_limits(&f)?;
     Ok(Config {
         data_dir,
         https_addr,
@@ -418,6 +495,9 @@ pub fn validate(f: ConfigFile, o: &Overrides, env: &dyn Env) -> Result<Config, C
             }
             l
         },
+        front_door,
+        webhook_limits,
+        webhook_client_auth,
     })
 }
 
@@ -528,9 +608,48 @@ routes:
             "routes:\n- prefix: /%61/\n  upstream: http://h\n",
             "routes:\n- prefix: /x/\n  upstream: http://h\n  forwardAuthorization: maybe\n",
             "tls:\n  certFile: a\n",
+            "frontDoor:\n  maxConnections: 0\n",
+            "frontDoor:\n  headerTimeout: 0s\n",
+            "webhooks:\n  clientAuth: {}\n",
         ] {
             let f = parse(Path::new("c.yaml"), bad).unwrap();
             assert!(validate(f, &Overrides::default(), &MapEnv(vec![])).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn webhooks_listen_on_loopback_and_listeners_have_limits_by_default() {
+        let c = validate(ConfigFile::default(), &Overrides::default(), &MapEnv(vec![])).unwrap();
+        assert_eq!(c.webhook_addr.to_string(), "127.0.0.1:9443");
+        assert!(c.webhook_addr.ip().is_loopback());
+        assert_eq!(c.admin_addr.to_string(), "127.0.0.1:9090");
+        assert_eq!(c.front_door, ListenerLimits::FRONT_DOOR);
+        assert_eq!(c.front_door.header_timeout, Duration::from_secs(30));
+        assert_eq!(c.front_door.idle_timeout, Duration::from_secs(60));
+        assert_eq!(c.webhook_limits, ListenerLimits::WEBHOOKS);
+        assert_eq!(c.webhook_client_auth, None);
+    }
+
+    #[test]
+    fn front_door_and_webhook_blocks() {
+        let f = parse(
+            Path::new("c.yaml"),
+            "frontDoor:\n  headerTimeout: 5s\n  idleTimeout: 1m\n  maxConnections: 100\n  maxConnectionsPerAddress: 10\nwebhooks:\n  maxConnections: 7\n  clientAuth:\n    caFile: /etc/ca.pem\n    allowedNames: [kube-apiserver]\n",
+        )
+        .unwrap();
+        let c = validate(f, &Overrides::default(), &MapEnv(vec![])).unwrap();
+        assert_eq!(c.front_door.header_timeout, Duration::from_secs(5));
+        assert_eq!(c.front_door.idle_timeout, Duration::from_secs(60));
+        assert_eq!(c.front_door.max_connections, 100);
+        assert_eq!(c.front_door.max_connections_per_address, 10);
+        assert_eq!(c.webhook_limits.max_connections, 7);
+        assert_eq!(c.webhook_limits.idle_timeout, Duration::from_secs(60));
+        let auth = c.webhook_client_auth.unwrap();
+        assert_eq!(auth.ca_file, Some(PathBuf::from("/etc/ca.pem")));
+        assert_eq!(auth.allowed_names, ["kube-apiserver"]);
+        let err = parse(Path::new("c.yaml"), "frontDoor:\n  idleTimeOut: 5s\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("frontDoor") && err.contains("idleTimeOut"), "{err}");
     }
 }

@@ -332,6 +332,7 @@ pub fn admin_ops(store: Arc<dyn Store>, cfg: &Config) -> Result<admin::AdminOps,
         trust: None,
         pki_dir: DataDir(cfg.data_dir.clone()).pki(),
         rng: Arc::new(OsRng),
+        sessions: None,
     })
 }
 
@@ -416,8 +417,17 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
         static_clients: cfg.static_clients.clone(),
         builtin_clients: vec![gatekeeper_client(), cli_client(&issuer_path(&issuer))],
         lockout: cfg.lockout.clone(),
+        bearer_audiences: cfg.bearer_audiences.clone(),
     };
     let idp = Idp::new(idp_settings, store.clone(), clock.clone(), rng.clone(), &mut registry).await?;
+    for id in &cfg.bearer_audiences {
+        if !matches!(idp.clients().get(id).await, Ok(Some(_))) {
+            return Err(ConfigError::Invalid(format!(
+                "bearerAudiences: {id:?} is not a registered client (staticClients or `kfsec client add`)"
+            ))
+            .into());
+        }
+    }
     let bootstrap_password = bootstrap(store.as_ref(), &idp, rng.as_ref()).await?;
     // Kubernetes-style API, RBAC, profiles and KFAM.
     let rbac_cache = rbac::RbacCache::new();
@@ -452,8 +462,7 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
     let renewal_task = trust.spawn(renew_every);
     let api = kfsec_api::ApiServer::builder(store.clone(), rbac_cache.clone(), clock.clone(), rng.clone())
         .token_reviewer(Arc::new(tokenreview::Reviewer {
-            idp: idp.clone(),
-            store: store.clone(),
+            authn: kfsec_idp::Authenticator::new(idp.clone()),
         }))
         .admission(admission.clone())
         .build();
@@ -497,6 +506,7 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
         routes: cfg.routes.clone(),
         trusted_proxies: cfg.trusted_proxies.clone(),
         upstream_identity: Some(upstream),
+        max_sessions_per_user: cfg.max_sessions_per_user,
         forwarded_host: url::Url::parse(&public_url).ok().and_then(|u| {
             u.host_str().map(|h| match u.port() {
                 Some(p) => format!("{h}:{p}"),
@@ -524,10 +534,12 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
         rbac: Some(rbac_cache.clone()),
         trust: Some(trust.clone()),
         pki_dir: dir.pki(),
+        sessions: Some(app.sessions().clone()),
     });
     let mut background = vec![
         admin::serve(&dir.0, ops).map_err(io("opening the admin socket"))?,
         idp.spawn_rotation(Duration::from_secs(30)),
+        idp.epochs().spawn_watch(),
         app.sessions().spawn_watch(),
         app.sessions().spawn_prune(Duration::from_secs(60)),
         rbac_task,

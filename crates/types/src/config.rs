@@ -71,6 +71,10 @@ pub struct ConfigFile {
     /// Let users create their own profile (Kubeflow's `CD_REGISTRATION_FLOW`).
     #[serde(default)]
     pub registration_flow: bool,
+    /// Client ids whose ID tokens are accepted as bearer tokens, besides `kfsec-gatekeeper` and
+    /// `kfsec-cli` (like the Kubernetes API server's `--oidc-client-id`). Each must be a client.
+    #[serde(default)]
+    pub bearer_audiences: Vec<String>,
     /// Connection limits of the front door (timeouts, connection caps).
     #[serde(default)]
     pub front_door: FrontDoorConfig,
@@ -288,6 +292,8 @@ pub struct SessionConfig {
     pub ttl: Option<Duration>,
     /// Cookie name (default `authservice_session`).
     pub cookie_name: Option<String>,
+    /// Concurrent sessions per user (default 100); the oldest is ended when a new one starts.
+    pub max_per_user: Option<u32>,
 }
 
 /// The internal CA.

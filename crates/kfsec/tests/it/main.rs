@@ -14,6 +14,7 @@ mod process;
 mod proxying;
 mod rbac;
 mod rotation;
+mod sec_authn;
 mod sec_connections;
 mod sec_headers;
 mod sec_paths;
