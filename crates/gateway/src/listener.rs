@@ -711,9 +711,9 @@ mod tests {
         let _s3 = slots.try_acquire(b).unwrap();
         assert_eq!(slots.try_acquire(b).unwrap_err(), "max_connections");
         drop(s1);
-        let _s4 = slots.try_acquire(a).unwrap();
+        let s4 = slots.try_acquire(a).unwrap();
         assert_eq!(slots.gauge.get(), 3);
-        drop(_s4);
+        drop(s4);
         assert_eq!(slots.gauge.get(), 2);
     }
 
