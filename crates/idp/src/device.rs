@@ -5,22 +5,32 @@
 //! Invariants: a device code is high-entropy and stored only as a digest; user codes are short
 //! but expire with the request (5 minutes) and are single-use; tokens are handed out once, to
 //! the client that asked, and the record is deleted when they are.
+//!
+//! Bounds (config `loginProtection`): at most `maxDeviceCodesPerAddress` device codes per source
+//! per window (429 `slow_down`) and `maxPendingDeviceCodes` live at once (503
+//! `temporarily_unavailable`), so unauthenticated `/device/code` traffic cannot grow the store
+//! past a fixed size; user-code entry is throttled per source (`maxUserCodeAttemptsPerAddress`)
+//! and overall (`maxUserCodeAttempts`), answered with the device page's error (429).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::{Form, Query, State};
-use axum::http::StatusCode;
+use axum::extract::{Extension, Form, Query, State};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
-use kfsec_store::StoreError;
+use kfsec_store::{Store, StoreError};
+use kfsec_types::UnixTime;
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 use crate::error::PageError;
-use crate::flow::{AuthRequest, create_auth_request};
+use crate::flow::AuthRequest;
+use crate::lockout::LockoutPolicy;
 use crate::secret::{random_alnum, random_token, sha256_hex};
-use crate::{Client, Idp, IdpError, OAuthError, TokenResponse, escape_html, page};
+use crate::throttle::{Capacity, Gcra, KeyedCounter, source_key};
+use crate::{Client, ClientAddr, Idp, IdpError, OAuthError, TokenResponse, escape_html, page};
 
 /// The grant type of device-code polling.
 pub const GRANT_TYPE: &str = "urn:ietf:params:oauth:grant-type:device_code";
@@ -28,6 +38,92 @@ const DEVICE_PREFIX: &str = "/kfsec/idp/device/";
 const USER_CODE_PREFIX: &str = "/kfsec/idp/usercodes/";
 const TTL: Duration = Duration::from_secs(300);
 const INTERVAL: u64 = 5;
+const MAX_SOURCES: usize = 100_000;
+
+/// Rate and capacity bounds of the device flow's unauthenticated endpoints.
+pub(crate) struct DeviceLimits {
+    policy: LockoutPolicy,
+    state: Mutex<LimitState>,
+}
+
+struct LimitState {
+    issued: KeyedCounter,
+    pending: Capacity,
+    user_codes: KeyedCounter,
+    user_codes_global: Gcra,
+}
+
+impl DeviceLimits {
+    /// The limits, counting device codes already in the store as pending.
+    pub(crate) async fn load(policy: &LockoutPolicy, store: &dyn Store, now: UnixTime) -> Result<Self, IdpError> {
+        let mut pending = Capacity::new(usize::try_from(policy.max_pending_device_codes).unwrap_or(usize::MAX));
+        let mut after: Option<String> = None;
+        loop {
+            let page = store.list(DEVICE_PREFIX, 500, after.as_deref()).await?;
+            for kv in &page.items {
+                pending.try_admit(now, kv.expires_at.unwrap_or(now.add(TTL)));
+            }
+            match page.continue_key {
+                Some(k) => after = Some(k),
+                None => break,
+            }
+        }
+        Ok(Self {
+            policy: policy.clone(),
+            state: Mutex::new(LimitState {
+                issued: KeyedCounter::new(policy.device_codes_per_address, policy.window, MAX_SOURCES),
+                pending,
+                user_codes: KeyedCounter::new(policy.user_code_per_address, policy.window, MAX_SOURCES),
+                user_codes_global: Gcra::default(),
+            }),
+        })
+    }
+
+    /// Admits a new device code from `source`, or the OAuth2 error to answer.
+    fn admit_device_code(&self, source: &str, now: UnixTime) -> Result<(), OAuthError> {
+        let mut st = self.state.lock();
+        if !st.issued.try_acquire(source, now) {
+            return Err(OAuthError {
+                status: StatusCode::TOO_MANY_REQUESTS,
+                error: "slow_down",
+                description: "Too many device codes from this address; try again later.".into(),
+            });
+        }
+        if !st.pending.try_admit(now, now.add(TTL)) {
+            tracing::warn!("device code capacity reached; refusing new device codes");
+            return Err(OAuthError {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                error: "temporarily_unavailable",
+                description: "Too many pending device logins; try again in a few minutes.".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Whether `source` may try a user code now.
+    fn admit_user_code(&self, source: &str, now: UnixTime) -> bool {
+        let mut st = self.state.lock();
+        let p = &self.policy;
+        st.user_codes.try_acquire(source, now)
+            && st
+                .user_codes_global
+                .take(p.user_code_global, p.window, now, Duration::ZERO)
+                .is_some()
+    }
+}
+
+fn address(addr: Option<Extension<ClientAddr>>) -> String {
+    addr.map_or_else(
+        || "unknown".to_owned(),
+        |Extension(ClientAddr(a))| source_key(&a.to_string()),
+    )
+}
+
+fn retry_later(mut resp: Response) -> Response {
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
+    resp
+}
 
 #[derive(Serialize, Deserialize)]
 struct DeviceRecord {
@@ -51,7 +147,17 @@ pub(crate) struct CodeForm {
 }
 
 /// `POST /device/code`.
-pub(crate) async fn device_code(State(idp): State<Arc<Idp>>, Form(f): Form<CodeForm>) -> Result<Response, OAuthError> {
+pub(crate) async fn device_code(
+    State(idp): State<Arc<Idp>>,
+    addr: Option<Extension<ClientAddr>>,
+    Form(f): Form<CodeForm>,
+) -> Result<Response, Response> {
+    device_code_inner(&idp, &address(addr), f)
+        .await
+        .map_err(|e| retry_later(e.into_response()))
+}
+
+async fn device_code_inner(idp: &Idp, source: &str, f: CodeForm) -> Result<Response, OAuthError> {
     let client = idp
         .clients
         .get(&f.client_id)
@@ -60,13 +166,25 @@ pub(crate) async fn device_code(State(idp): State<Arc<Idp>>, Form(f): Form<CodeF
     if !client.authenticate(f.client_secret.as_deref()) {
         return Err(OAuthError::invalid_client());
     }
-    let scopes: Vec<String> = f.scope.split_whitespace().map(str::to_owned).collect();
+    let mut scopes: Vec<String> = Vec::new();
+    for s in f.scope.split_whitespace() {
+        if !matches!(s, "openid" | "email" | "groups" | "profile" | "offline_access") {
+            return Err(OAuthError::bad(
+                "invalid_scope",
+                format!("Unrecognized scope(s) [{:?}]", s.chars().take(64).collect::<String>()),
+            ));
+        }
+        if !scopes.iter().any(|have| have == s) {
+            scopes.push(s.to_owned());
+        }
+    }
     if !scopes.iter().any(|s| s == "openid") {
         return Err(OAuthError::bad(
             "invalid_scope",
             "Missing required scope(s) [\"openid\"].",
         ));
     }
+    idp.device_limits.admit_device_code(source, idp.clock.now())?;
     let device_code = random_token(idp.rng.as_ref());
     let raw = random_alnum(idp.rng.as_ref(), 8).to_ascii_uppercase();
     let user_code = format!("{}-{}", &raw[..4], &raw[4..]);
@@ -122,7 +240,20 @@ pub(crate) struct VerifyForm {
 }
 
 /// `POST /device/auth/verify_code`: starts the browser login for that device.
-pub(crate) async fn verify_code(State(idp): State<Arc<Idp>>, Form(f): Form<VerifyForm>) -> Result<Response, PageError> {
+pub(crate) async fn verify_code(
+    State(idp): State<Arc<Idp>>,
+    addr: Option<Extension<ClientAddr>>,
+    Form(f): Form<VerifyForm>,
+) -> Result<Response, PageError> {
+    let source = address(addr);
+    if !idp.device_limits.admit_user_code(&source, idp.clock.now()) {
+        tracing::warn!(target: "audit", %source, "device code entry throttled");
+        return Ok(retry_later(page(
+            StatusCode::TOO_MANY_REQUESTS,
+            "Log in a device",
+            "<p class=\"err\" role=\"alert\">Too many attempts. Wait a few minutes and try again.</p>",
+        )));
+    }
     let user_code = f.user_code.trim().to_ascii_uppercase();
     let invalid = || PageError::bad("Invalid or expired code. Check the code on your device and try again.");
     if user_code.len() != 9 || !user_code.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
@@ -142,7 +273,7 @@ pub(crate) async fn verify_code(State(idp): State<Arc<Idp>>, Form(f): Form<Verif
         .map_err(IdpError::from)?
         .ok_or_else(invalid)?;
     let rec: DeviceRecord = serde_json::from_slice(&kv.value).map_err(IdpError::from)?;
-    let req = AuthRequest {
+    let mut req = AuthRequest {
         client_id: rec.client_id,
         redirect_uri: format!("{}/device/callback", idp.settings.issuer_path()),
         scopes: rec.scopes,
@@ -151,9 +282,10 @@ pub(crate) async fn verify_code(State(idp): State<Arc<Idp>>, Form(f): Form<Verif
         code_challenge: None,
         code_challenge_method: None,
         logged_in: None,
+        exp: 0,
     };
-    let id = create_auth_request(&idp, &req).await?;
-    Ok(Redirect::to(&idp.login_url(&id)).into_response())
+    let token = idp.sign_auth_request(&mut req)?;
+    Ok(Redirect::to(&idp.login_url(&token)).into_response())
 }
 
 #[derive(Deserialize)]

@@ -4,6 +4,14 @@
 //! Invariants: an unknown client or unregistered redirect URI gets an error page and is never
 //! redirected to; a failed login issues no code and is counted by the lockout; `/token` answers
 //! only OAuth2 JSON.
+//!
+//! Pre-login state is stateless and small: `/auth/local` validates the request (with tight
+//! length caps: `state` ≤ `loginProtection.maxStateLength` (512) bytes, 4,096 for the in-process
+//! gatekeeper whose state carries the return path; `nonce` ≤ 256; `code_challenge` 43–128;
+//! `client_id` ≤ 256; `redirect_uri` ≤ 2,048) and hands the login form a signed, expiring copy
+//! of it (HMAC-SHA256 under a key kept in the store) as the form's `state`, as Dex's
+//! `/auth/local/login?back=&state=<id>`. Nothing is stored before a user has proved a password;
+//! the approval screen's record is written only after a successful login.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,7 +22,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD as B64};
 use serde::{Deserialize, Serialize};
 
 use crate::error::PageError;
@@ -22,9 +30,61 @@ use crate::lockout::Gate;
 use crate::secret::random_token;
 use crate::tokens::{CodeRecord, Grant};
 use crate::{ClientAddr, ClientAuth, Idp, IdpError, OAuthError, pages};
+use aws_lc_rs::hmac;
+use kfsec_store::{Store, StoreError};
+use kfsec_types::{Rng, random_array};
 
 const AUTHREQ_PREFIX: &str = "/kfsec/idp/authreqs/";
+const AUTHREQ_KEY: &str = "/kfsec/idp/authreq-key";
 type Params = Query<HashMap<String, String>>;
+
+/// Longest `state` of the in-process gatekeeper (it carries the return path, ≤ 2,048 bytes).
+const MAX_INPROCESS_STATE: usize = 4096;
+const MAX_NONCE: usize = 256;
+const MAX_CLIENT_ID: usize = 256;
+const MAX_REDIRECT_URI: usize = 2048;
+/// Longest signed request accepted back from the login form.
+const MAX_SIGNED_REQUEST: usize = 16 * 1024;
+/// The parameters `/auth` passes on to the connector (nothing else is reflected).
+const AUTH_PARAMS: [&str; 8] = [
+    "client_id",
+    "redirect_uri",
+    "response_type",
+    "scope",
+    "state",
+    "nonce",
+    "code_challenge",
+    "code_challenge_method",
+];
+
+/// The key that signs pending authorization requests, created once and kept in the store so
+/// pending logins survive a restart.
+pub(crate) struct AuthRequestKey(hmac::Key);
+
+impl AuthRequestKey {
+    /// Loads the key, creating it on first start.
+    pub(crate) async fn load(store: &dyn Store, rng: &dyn Rng) -> Result<Self, IdpError> {
+        let raw = match store.get(AUTHREQ_KEY).await? {
+            Some(kv) => kv.value,
+            None => {
+                let fresh = random_array::<32>(rng).to_vec();
+                match store.create(AUTHREQ_KEY, fresh.clone(), None).await {
+                    Ok(_) => fresh,
+                    Err(StoreError::AlreadyExists(_)) => store
+                        .get(AUTHREQ_KEY)
+                        .await?
+                        .map(|kv| kv.value)
+                        .ok_or_else(|| IdpError::Internal("authorization request key vanished".into()))?,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        };
+        if raw.len() != 32 {
+            return Err(IdpError::Internal("malformed authorization request key".into()));
+        }
+        Ok(Self(hmac::Key::new(hmac::HMAC_SHA256, &raw)))
+    }
+}
 
 /// A pending authorization request.
 #[derive(Debug, Serialize, Deserialize)]
@@ -42,6 +102,9 @@ pub(crate) struct AuthRequest {
     /// Set after login when the approval screen is shown.
     #[serde(default)]
     pub(crate) logged_in: Option<String>,
+    /// Expiry of a signed request (Unix seconds).
+    #[serde(default)]
+    pub(crate) exp: u64,
 }
 
 impl Idp {
@@ -70,6 +133,26 @@ impl Idp {
 
     pub(crate) fn login_url(&self, id: &str) -> String {
         format!("{}/auth/local/login?back=&state={id}", self.settings.issuer_path())
+    }
+
+    /// Signs a pending authorization request: the login form's `state`.
+    pub(crate) fn sign_auth_request(&self, req: &mut AuthRequest) -> Result<String, IdpError> {
+        req.exp = self.clock.now().add(self.settings.auth_request_ttl).as_secs();
+        let payload = B64.encode(serde_json::to_vec(req)?);
+        let mac = hmac::sign(&self.auth_key.0, payload.as_bytes());
+        Ok(format!("{payload}.{}", B64.encode(mac.as_ref())))
+    }
+
+    /// Opens a signed request: `None` if forged, malformed or expired.
+    fn open_auth_request(&self, token: &str) -> Option<AuthRequest> {
+        if token.len() > MAX_SIGNED_REQUEST {
+            return None;
+        }
+        let (payload, mac) = token.split_once('.')?;
+        let mac = B64.decode(mac).ok()?;
+        hmac::verify(&self.auth_key.0, payload.as_bytes(), &mac).ok()?;
+        let req: AuthRequest = serde_json::from_slice(&B64.decode(payload).ok()?).ok()?;
+        (req.exp > self.clock.now().as_secs() && req.logged_in.is_none()).then_some(req)
     }
 }
 
@@ -112,23 +195,49 @@ async fn keys(State(idp): State<Arc<Idp>>) -> Response {
 async fn parse_auth(idp: &Idp, q: &HashMap<String, String>) -> Result<Result<AuthRequest, Response>, PageError> {
     let get = |k: &str| q.get(k).map(String::as_str).unwrap_or_default();
     let client_id = get("client_id");
+    if client_id.len() > MAX_CLIENT_ID {
+        return Err(PageError::bad("Invalid client_id (too long)."));
+    }
+    let redirect_uri = get("redirect_uri");
+    if redirect_uri.len() > MAX_REDIRECT_URI {
+        return Err(PageError::bad("Unregistered redirect_uri (too long)."));
+    }
     let Some(client) = idp.clients.get(client_id).await? else {
         return Err(PageError::bad(format!("Invalid client_id ({client_id:?}).")));
     };
-    let redirect_uri = get("redirect_uri");
     if !client.redirect_allowed(redirect_uri) {
         return Err(PageError::bad(format!("Unregistered redirect_uri ({redirect_uri:?}).")));
     }
-    let state = get("state").to_owned();
-    let back = |error: &str, desc: &str| {
-        Redirect::to(&crate::tokens::append_query(
-            redirect_uri,
-            &[("error", error), ("error_description", desc), ("state", &state)],
-        ))
-        .into_response()
+    let max_state = if client.auth == ClientAuth::InProcess {
+        MAX_INPROCESS_STATE
+    } else {
+        idp.lockout.policy().max_state_length
     };
-    if state.len() > 4096 || get("nonce").len() > 4096 {
-        return Ok(Err(back("invalid_request", "state or nonce too long")));
+    let state_ok = get("state").len() <= max_state;
+    // An oversized state is not echoed back.
+    let state = if state_ok {
+        get("state").to_owned()
+    } else {
+        String::new()
+    };
+    let back = |error: &str, desc: &str| {
+        let mut params = vec![("error", error), ("error_description", desc)];
+        if !state.is_empty() {
+            params.push(("state", &state));
+        }
+        Redirect::to(&crate::tokens::append_query(redirect_uri, &params)).into_response()
+    };
+    if !state_ok {
+        return Ok(Err(back(
+            "invalid_request",
+            &format!("state is longer than {max_state} bytes"),
+        )));
+    }
+    if get("nonce").len() > MAX_NONCE {
+        return Ok(Err(back(
+            "invalid_request",
+            &format!("nonce is longer than {MAX_NONCE} bytes"),
+        )));
     }
     if get("response_type") != "code" {
         return Ok(Err(back(
@@ -136,7 +245,12 @@ async fn parse_auth(idp: &Idp, q: &HashMap<String, String>) -> Result<Result<Aut
             "Only the code response type is supported.",
         )));
     }
-    let scopes: Vec<String> = get("scope").split_whitespace().map(str::to_owned).collect();
+    let mut scopes: Vec<String> = Vec::new();
+    for s in get("scope").split_whitespace() {
+        if !scopes.iter().any(|have| have == s) {
+            scopes.push(s.to_owned());
+        }
+    }
     if !scopes.iter().any(|s| s == "openid") {
         return Ok(Err(back("invalid_scope", "Missing required scope(s) [\"openid\"].")));
     }
@@ -165,6 +279,7 @@ async fn parse_auth(idp: &Idp, q: &HashMap<String, String>) -> Result<Result<Aut
         code_challenge: challenge,
         code_challenge_method: method,
         logged_in: None,
+        exp: 0,
     }))
 }
 
@@ -172,24 +287,24 @@ async fn authorize(State(idp): State<Arc<Idp>>, Query(q): Params) -> Result<Resp
     if let Err(resp) = parse_auth(&idp, &q).await? {
         return Ok(resp);
     }
-    // One connector: go straight to it, as Dex does.
+    // One connector: go straight to it, as Dex does (only the request's own parameters).
     let qs = url::form_urlencoded::Serializer::new(String::new())
-        .extend_pairs(q.iter())
+        .extend_pairs(AUTH_PARAMS.iter().filter_map(|k| q.get(*k).map(|v| (*k, v))))
         .finish();
     Ok(Redirect::to(&format!("{}/auth/local?{qs}", idp.settings.issuer_path())).into_response())
 }
 
 async fn authorize_local(State(idp): State<Arc<Idp>>, Query(q): Params) -> Result<Response, PageError> {
-    let req = match parse_auth(&idp, &q).await? {
+    let mut req = match parse_auth(&idp, &q).await? {
         Ok(r) => r,
         Err(resp) => return Ok(resp),
     };
-    let id = create_auth_request(&idp, &req).await?;
-    Ok(Redirect::to(&idp.login_url(&id)).into_response())
+    let token = idp.sign_auth_request(&mut req)?;
+    Ok(Redirect::to(&idp.login_url(&token)).into_response())
 }
 
-/// Stores a pending authorization request; returns its id (the login form's `state`).
-pub(crate) async fn create_auth_request(idp: &Idp, req: &AuthRequest) -> Result<String, IdpError> {
+/// Stores an authorization request after login (for the approval screen); returns its id.
+async fn create_auth_request(idp: &Idp, req: &AuthRequest) -> Result<String, IdpError> {
     let id = random_token(idp.rng.as_ref());
     let body = serde_json::to_vec(req)?;
     idp.store
@@ -203,9 +318,6 @@ pub(crate) async fn create_auth_request(idp: &Idp, req: &AuthRequest) -> Result<
 }
 
 async fn load_req(idp: &Idp, id: &str) -> Result<(AuthRequest, u64), PageError> {
-    let expired = || {
-        PageError::bad("Your login request has expired or is invalid. Go back to the application and sign in again.")
-    };
     if id.is_empty() || id.len() > 64 || id.contains('/') {
         return Err(expired());
     }
@@ -221,9 +333,13 @@ async fn load_req(idp: &Idp, id: &str) -> Result<(AuthRequest, u64), PageError> 
     ))
 }
 
+fn expired() -> PageError {
+    PageError::bad("Your login request has expired or is invalid. Go back to the application and sign in again.")
+}
+
 async fn login_page(State(idp): State<Arc<Idp>>, Query(q): Params) -> Result<Response, PageError> {
     let id = q.get("state").cloned().unwrap_or_default();
-    load_req(&idp, &id).await?;
+    idp.open_auth_request(&id).ok_or_else(expired)?;
     Ok(pages::login_form(&idp.login_url(&id), "", None))
 }
 
@@ -242,7 +358,7 @@ async fn login_submit(
     Form(form): Form<LoginForm>,
 ) -> Result<Response, PageError> {
     let id = q.get("state").cloned().unwrap_or_default();
-    let (req, _) = load_req(&idp, &id).await?;
+    let req = idp.open_auth_request(&id).ok_or_else(expired)?;
     let action = idp.login_url(&id);
     let account = form.login.trim().to_ascii_lowercase();
     let address = addr.map_or_else(|| "unknown".to_owned(), |Extension(ClientAddr(a))| a.to_string());
@@ -253,35 +369,40 @@ async fn login_submit(
             .inc()
     };
 
-    if idp.lockout.check(&account, &address) == Gate::Locked {
-        outcome("locked");
-        tracing::warn!(target: "audit", %address, "login refused: locked out");
-        return Ok(pages::login_form(
-            &action,
-            &form.login,
-            Some("Too many failed attempts. Try again later."),
-        ));
+    let locked_answer = || pages::login_form(&action, &form.login, Some("Too many failed attempts. Try again later."));
+    // Reserve the check before running it: concurrent guesses cannot overrun the budget.
+    let permit = match idp.lockout.reserve(&account, &address) {
+        Gate::Open(p) => p,
+        Gate::Locked => {
+            outcome("locked");
+            tracing::warn!(target: "audit", %address, "login refused: locked out");
+            return Ok(locked_answer());
+        }
+    };
+    if !permit.wait().is_zero() {
+        tokio::time::sleep(permit.wait()).await;
     }
     let user = if account.is_empty() || form.password.is_empty() || form.password.len() > 1024 {
         None
     } else {
+        idp.metrics.verifications.inc();
         idp.users.verify(&account, &form.password).await?
     };
     let Some(user) = user else {
         outcome("failure");
-        let (delay, locked) = idp.lockout.record_failure(&account, &address);
-        if locked {
+        let failure = permit.failure().await;
+        if failure.locked {
             idp.metrics.lockouts.inc();
         }
         tracing::warn!(target: "audit", %address, "login failed");
-        tokio::time::sleep(delay).await;
+        tokio::time::sleep(failure.delay).await;
         return Ok(pages::login_form(
             &action,
             &form.login,
             Some("Invalid Email Address and password."),
         ));
     };
-    idp.lockout.record_success(&account);
+    permit.success().await;
     outcome("success");
     tracing::info!(target: "audit", user = %user.email, %address, "login succeeded");
 
@@ -291,24 +412,12 @@ async fn login_submit(
         .await?
         .ok_or_else(|| PageError::bad("The client no longer exists."))?;
     if idp.settings.skip_approval || client.auth == ClientAuth::InProcess {
-        idp.store
-            .delete(&format!("{AUTHREQ_PREFIX}{id}"), None)
-            .await
-            .map_err(IdpError::from)?;
         return Ok(see_other(&finish(&idp, req, user.email).await?));
     }
+    // Only now, after a successful login, is anything stored.
     let mut req = req;
     req.logged_in = Some(user.email);
-    let body = serde_json::to_vec(&req).map_err(IdpError::from)?;
-    idp.store
-        .update(
-            &format!("{AUTHREQ_PREFIX}{id}"),
-            body,
-            None,
-            Some(idp.settings.auth_request_ttl),
-        )
-        .await
-        .map_err(IdpError::from)?;
+    let id = create_auth_request(&idp, &req).await?;
     Ok(see_other(&format!("{}/approval?req={id}", idp.settings.issuer_path())))
 }
 

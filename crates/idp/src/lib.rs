@@ -18,6 +18,7 @@ mod pages;
 pub mod revocation;
 pub mod secret;
 pub mod serviceaccount;
+mod throttle;
 mod tokens;
 pub mod users;
 
@@ -99,6 +100,7 @@ impl IdpSettings {
 struct Metrics {
     logins: Family<Vec<(String, String)>, Counter>,
     lockouts: Counter,
+    verifications: Counter,
 }
 
 /// The identity provider.
@@ -112,6 +114,8 @@ pub struct Idp {
     clients: Arc<ClientRegistry>,
     lockout: Lockout,
     metrics: Metrics,
+    auth_key: flow::AuthRequestKey,
+    device_limits: device::DeviceLimits,
     epochs: Arc<revocation::Epochs>,
 }
 
@@ -138,7 +142,10 @@ impl Idp {
             settings.static_clients.clone(),
             settings.builtin_clients.clone(),
         ));
-        let lockout = Lockout::new(settings.lockout.clone(), clock.clone());
+        let lockout = Lockout::new(settings.lockout.clone(), clock.clone(), Some(store.clone()));
+        lockout.restore().await?;
+        let auth_key = flow::AuthRequestKey::load(store.as_ref(), rng.as_ref()).await?;
+        let device_limits = device::DeviceLimits::load(&settings.lockout, store.as_ref(), clock.now()).await?;
         let epochs = revocation::Epochs::new(store.clone());
         let metrics = Metrics::default();
         registry.register("kfsec_logins", "Password logins by outcome", metrics.logins.clone());
@@ -146,6 +153,11 @@ impl Idp {
             "kfsec_lockouts",
             "Lockouts started by failed logins",
             metrics.lockouts.clone(),
+        );
+        registry.register(
+            "kfsec_password_verifications",
+            "Passwords checked (bcrypt runs) by the login form",
+            metrics.verifications.clone(),
         );
         Ok(Arc::new(Self {
             settings,
@@ -157,6 +169,8 @@ impl Idp {
             clients,
             lockout,
             metrics,
+            auth_key,
+            device_limits,
             epochs,
         }))
     }

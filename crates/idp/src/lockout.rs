@@ -1,28 +1,68 @@
-//! Brute-force protection for password logins: failures are counted per account and per client
-//! address inside a window; each failure slows the next answer; past a threshold the key is
-//! locked for a period.
+//! Brute-force protection for password logins.
 //!
-//! Invariants: unknown accounts are counted exactly like known ones, so lockout never reveals
-//! whether an account exists; memory is bounded (stale entries are pruned).
+//! Policy (all counts per `window`, default 15 minutes):
+//! * **Reserve, then verify.** A password is checked only under a [`Permit`] taken atomically
+//!   before the check; a permit counts as a failure until the check succeeds (a dropped or
+//!   errored check stays a failure). So concurrent guesses cannot overrun a budget: at most
+//!   `per_account` passwords are ever verified per (account, source) and window, however many
+//!   requests arrive at once; the others get the lockout answer without a check.
+//! * **Per (account, source), not per account.** `per_account` failures for one account from one
+//!   source (an IPv4 address or an IPv6 /64) lock that pair for `lockout`, doubling with each
+//!   repeated lockout (capped at 24 h) until the pair has been quiet for a window (or for the
+//!   last lockout, if longer); each failure also delays its answer a little more. Failures from
+//!   one source therefore never lock the owner out from another source, and the admin's
+//!   certificate path (kubeconfig) never goes through password login at all.
+//! * **Per source.** `per_address` failures from one source over all accounts lock the source.
+//! * **Per account, all sources together: slowed, not locked.** Every account has a budget of
+//!   `account_budget` checks per window (a burst, then refilled evenly); past it, checks for that
+//!   account are spaced `window / account_budget` apart (one waiter per slot, a wait of at most
+//!   10 s), the rest get the lockout answer. A distributed attack is thus held to the budget's
+//!   rate while the owner still gets through between its attempts.
+//! * **Keys.** The account key is the login as users are looked up (trimmed, ASCII-lowercased),
+//!   so case and whitespace variants share one budget; keys are kept as SHA-256 digests.
+//!   Unknown accounts are counted exactly like known ones, so the lockout never reveals whether
+//!   an account exists.
+//! * **Persistence.** Pair and source counters are written to the store (with a TTL equal to
+//!   their remaining relevance) on every failure and restored at start, so a restart does not
+//!   reset them; the decisions themselves run in memory. The per-account pacing restarts full.
+//! * **Bounded.** At most `MAX_ENTRIES` pairs and sources are tracked; stale ones are pruned and,
+//!   when the table is full of live ones, new keys get the lockout answer (fail closed).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kfsec_types::{Clock, UnixTime};
+use kfsec_store::Store;
+use kfsec_types::Clock;
 use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
 
-/// Thresholds.
+use crate::secret::sha256_hex;
+use crate::throttle::{Gcra, source_key};
+
+/// Thresholds of login protection (the config file's `loginProtection`).
 #[derive(Debug, Clone)]
 pub struct LockoutPolicy {
-    /// Failures per account before a lockout.
+    /// Failures per account from one source before that pair is locked.
     pub per_account: u32,
-    /// Failures per client address before a lockout.
+    /// Failures per source (all accounts) before the source is locked.
     pub per_address: u32,
     /// Counting window.
     pub window: Duration,
-    /// Lockout length.
+    /// Length of the first lockout; it doubles with each repeat.
     pub lockout: Duration,
+    /// Password checks per account per window from all sources before checks are spaced out.
+    pub account_budget: u32,
+    /// Device user-code entries per source per window.
+    pub user_code_per_address: u32,
+    /// Device user-code entries per window from all sources.
+    pub user_code_global: u32,
+    /// Device codes issued per source per window.
+    pub device_codes_per_address: u32,
+    /// Device codes pending at once (each lives 5 minutes).
+    pub max_pending_device_codes: u32,
+    /// Longest `state` an authorization request may carry (bytes).
+    pub max_state_length: usize,
 }
 
 impl Default for LockoutPolicy {
@@ -32,145 +72,558 @@ impl Default for LockoutPolicy {
             per_address: 20,
             window: Duration::from_secs(900),
             lockout: Duration::from_secs(900),
+            account_budget: 100,
+            user_code_per_address: 10,
+            user_code_global: 300,
+            device_codes_per_address: 30,
+            max_pending_device_codes: 1000,
+            max_state_length: 512,
         }
     }
 }
 
-#[derive(Debug, Clone, Copy)]
+/// The longest a lockout grows to.
+const MAX_LOCKOUT: Duration = Duration::from_secs(24 * 3600);
+/// The longest a check waits for its slot in the per-account pacing.
+const MAX_WAIT: Duration = Duration::from_secs(10);
+/// Checks of one account running at once, from all sources.
+const MAX_IN_FLIGHT_PER_ACCOUNT: u32 = 8;
+const MAX_ENTRIES: usize = 100_000;
+const PREFIX: &str = "/kfsec/idp/lockout/";
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
 struct Entry {
+    /// Failures in the current window.
+    #[serde(rename = "f")]
     failures: u32,
-    window_start: UnixTime,
-    locked_until: Option<UnixTime>,
+    /// Start of the current window (ms).
+    #[serde(rename = "w")]
+    window_start: u64,
+    /// End of the current lockout (ms), if any.
+    #[serde(rename = "l", default)]
+    locked_until: Option<u64>,
+    /// Lockouts so far (each doubles the next).
+    #[serde(rename = "s", default)]
+    strikes: u32,
+    /// Length of the last lockout (ms).
+    #[serde(rename = "d", default)]
+    last_lock: u64,
+    /// Checks running now (not persisted).
+    #[serde(skip)]
+    in_flight: u32,
 }
 
-const MAX_ENTRIES: usize = 100_000;
+impl Entry {
+    fn fresh(now: u64) -> Self {
+        Self {
+            window_start: now,
+            ..Self::default()
+        }
+    }
+    fn locked(&self, now: u64) -> bool {
+        self.locked_until.is_some_and(|t| now < t)
+    }
+    /// When the entry carries no information any more.
+    fn stale_at(&self, window: u64) -> u64 {
+        self.window_start
+            .saturating_add(window.max(self.last_lock))
+            .max(self.locked_until.unwrap_or(0))
+    }
+    /// Rolls the window forward; forgets strikes after a quiet period.
+    fn refresh(&mut self, now: u64, window: u64) {
+        if self.locked(now) {
+            return;
+        }
+        if now >= self.stale_at(window) {
+            let in_flight = self.in_flight;
+            *self = Self::fresh(now);
+            self.in_flight = in_flight;
+        } else if now >= self.window_start.saturating_add(window) {
+            self.failures = 0;
+            self.window_start = now;
+        }
+    }
+    /// Counts a failure; returns the failures in this window (before a lockout resets them) and
+    /// whether a lockout started.
+    fn fail(&mut self, now: u64, limit: u32, lockout: Duration) -> (u32, bool) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        self.failures = self.failures.saturating_add(1);
+        let n = self.failures;
+        if n < limit || self.locked(now) {
+            return (n, false);
+        }
+        self.strikes = self.strikes.saturating_add(1);
+        let factor = 1u32 << self.strikes.saturating_sub(1).min(16);
+        let len = lockout.saturating_mul(factor).min(MAX_LOCKOUT.max(lockout));
+        let len = u64::try_from(len.as_millis()).unwrap_or(u64::MAX);
+        let until = now.saturating_add(len);
+        self.locked_until = Some(until);
+        self.last_lock = len;
+        self.failures = 0;
+        self.window_start = until;
+        (n, true)
+    }
+}
 
-/// The limiter.
-pub struct Lockout {
+#[derive(Default)]
+struct State {
+    pairs: HashMap<String, Entry>,
+    sources: HashMap<String, Entry>,
+    accounts: HashMap<String, (Gcra, u32)>,
+}
+
+/// A store write: the key and the entry with its TTL (ms), or `None` to delete.
+type Record = (String, Option<(Entry, u64)>);
+
+struct Inner {
     policy: LockoutPolicy,
     clock: Arc<dyn Clock>,
-    accounts: Mutex<HashMap<String, Entry>>,
-    addresses: Mutex<HashMap<String, Entry>>,
+    store: Option<Arc<dyn Store>>,
+    state: Mutex<State>,
 }
 
+/// The limiter (cheap to share).
+#[derive(Clone)]
+pub struct Lockout(Arc<Inner>);
+
 /// The verdict before a password is checked.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
 pub enum Gate {
-    /// Go ahead.
-    Open,
-    /// Locked out; the password is not checked.
+    /// Go ahead, after [`Permit::wait`]; report the outcome on the permit.
+    Open(Permit),
+    /// Locked out or over budget; the password must not be checked.
     Locked,
 }
 
+/// A reserved password check. Dropping it without an outcome counts as a failure.
+pub struct Permit {
+    inner: Arc<Inner>,
+    pair: String,
+    source: String,
+    account: String,
+    wait: Duration,
+    done: bool,
+}
+
+/// The outcome of a failed check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Failure {
+    /// Delay to impose before answering.
+    pub delay: Duration,
+    /// Whether this failure started a lockout.
+    pub locked: bool,
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 impl Lockout {
-    /// A limiter with `policy`.
-    pub fn new(policy: LockoutPolicy, clock: Arc<dyn Clock>) -> Self {
-        Self {
+    /// A limiter with `policy`; counters persist in `store` when given.
+    pub fn new(policy: LockoutPolicy, clock: Arc<dyn Clock>, store: Option<Arc<dyn Store>>) -> Self {
+        Self(Arc::new(Inner {
             policy,
             clock,
-            accounts: Mutex::default(),
-            addresses: Mutex::default(),
+            store,
+            state: Mutex::default(),
+        }))
+    }
+
+    /// The policy.
+    pub fn policy(&self) -> &LockoutPolicy {
+        &self.0.policy
+    }
+
+    /// Loads persisted counters (at start).
+    pub async fn restore(&self) -> Result<usize, kfsec_store::StoreError> {
+        let Some(store) = &self.0.store else { return Ok(0) };
+        let mut after: Option<String> = None;
+        let mut n = 0;
+        loop {
+            let page = store.list(PREFIX, 500, after.as_deref()).await?;
+            {
+                let mut st = self.0.state.lock();
+                for kv in &page.items {
+                    let Some(rest) = kv.key.strip_prefix(PREFIX) else {
+                        continue;
+                    };
+                    let Ok(e) = serde_json::from_slice::<Entry>(&kv.value) else {
+                        continue;
+                    };
+                    let map = match rest.split_once('/') {
+                        Some(("pair", k)) => Some((&mut st.pairs, k)),
+                        Some(("source", k)) => Some((&mut st.sources, k)),
+                        _ => None,
+                    };
+                    if let Some((map, k)) = map
+                        && map.len() < MAX_ENTRIES
+                    {
+                        map.insert(k.to_owned(), e);
+                        n += 1;
+                    }
+                }
+            }
+            match page.continue_key {
+                Some(k) => after = Some(k),
+                None => break,
+            }
+        }
+        Ok(n)
+    }
+
+    /// Reserves a password check for `account` (already normalised as users are looked up) from
+    /// `address`.
+    pub fn reserve(&self, account: &str, address: &str) -> Gate {
+        let inner = &self.0;
+        let p = &inner.policy;
+        let now_t = inner.clock.now();
+        let now = now_t.as_millis();
+        let window = ms(p.window);
+        let source = source_key(address);
+        let pair = sha256_hex(format!("pair\0{account}\0{source}").as_bytes());
+        let source_k = sha256_hex(format!("source\0{source}").as_bytes());
+        let account_k = sha256_hex(format!("account\0{account}").as_bytes());
+
+        let mut st = inner.state.lock();
+        let st = &mut *st;
+        for (map, key) in [(&mut st.pairs, &pair), (&mut st.sources, &source_k)] {
+            if !map.contains_key(key) && map.len() >= MAX_ENTRIES {
+                map.retain(|_, e| e.in_flight > 0 || now < e.stale_at(window));
+                if map.len() >= MAX_ENTRIES {
+                    tracing::warn!("login protection table full; refusing new login sources");
+                    return Gate::Locked;
+                }
+            }
+        }
+        let open = |e: &mut Entry, limit: u32| {
+            e.refresh(now, window);
+            !e.locked(now) && e.failures.saturating_add(e.in_flight) < limit
+        };
+        if !open(
+            st.pairs.entry(pair.clone()).or_insert_with(|| Entry::fresh(now)),
+            p.per_account,
+        ) || !open(
+            st.sources.entry(source_k.clone()).or_insert_with(|| Entry::fresh(now)),
+            p.per_address,
+        ) {
+            return Gate::Locked;
+        }
+        if !st.accounts.contains_key(&account_k) && st.accounts.len() >= MAX_ENTRIES {
+            st.accounts.retain(|_, (g, inf)| *inf > 0 || !g.is_idle(now_t));
+            if st.accounts.len() >= MAX_ENTRIES {
+                return Gate::Locked;
+            }
+        }
+        let (gcra, in_flight) = st.accounts.entry(account_k.clone()).or_default();
+        if *in_flight >= MAX_IN_FLIGHT_PER_ACCOUNT {
+            return Gate::Locked;
+        }
+        let max_wait = Gcra::interval(p.account_budget, p.window).min(MAX_WAIT);
+        let Some(wait) = gcra.take(p.account_budget, p.window, now_t, max_wait) else {
+            return Gate::Locked;
+        };
+        *in_flight += 1;
+        for e in [st.pairs.get_mut(&pair), st.sources.get_mut(&source_k)]
+            .into_iter()
+            .flatten()
+        {
+            e.in_flight += 1;
+        }
+        Gate::Open(Permit {
+            inner: self.0.clone(),
+            pair,
+            source: source_k,
+            account: account_k,
+            wait,
+            done: false,
+        })
+    }
+}
+
+impl Inner {
+    /// Counts a failure in memory; returns it and the records to persist.
+    fn fail(&self, pair: &str, source: &str, account: &str) -> (Failure, [Record; 2]) {
+        let now = self.clock.now().as_millis();
+        let p = &self.policy;
+        let window = ms(p.window);
+        let mut st = self.state.lock();
+        if let Some((_, inf)) = st.accounts.get_mut(account) {
+            *inf = inf.saturating_sub(1);
+        }
+        let one = |map: &mut HashMap<String, Entry>, key: &str, limit: u32| {
+            let e = map.entry(key.to_owned()).or_insert_with(|| Entry::fresh(now));
+            let (n, locked) = e.fail(now, limit, p.lockout);
+            let ttl = e.stale_at(window).saturating_sub(now).saturating_add(1000);
+            (n, locked, (*e, ttl))
+        };
+        let (n, pair_locked, pair_rec) = one(&mut st.pairs, pair, p.per_account);
+        let (_, source_locked, source_rec) = one(&mut st.sources, source, p.per_address);
+        let delay = Duration::from_millis(200 * u64::from(n.saturating_sub(1).min(10)));
+        (
+            Failure {
+                delay,
+                locked: pair_locked || source_locked,
+            },
+            [
+                (format!("{PREFIX}pair/{pair}"), Some(pair_rec)),
+                (format!("{PREFIX}source/{source}"), Some(source_rec)),
+            ],
+        )
+    }
+
+    fn succeed(&self, pair: &str, source: &str, account: &str) {
+        let p = &self.policy;
+        let mut st = self.state.lock();
+        if let Some((g, inf)) = st.accounts.get_mut(account) {
+            *inf = inf.saturating_sub(1);
+            g.refund(p.account_budget, p.window);
+        }
+        if let Some(e) = st.pairs.get_mut(pair) {
+            let in_flight = e.in_flight.saturating_sub(1);
+            if in_flight == 0 {
+                st.pairs.remove(pair);
+            } else {
+                *e = Entry {
+                    in_flight,
+                    ..Entry::fresh(self.clock.now().as_millis())
+                };
+            }
+        }
+        if let Some(e) = st.sources.get_mut(source) {
+            e.in_flight = e.in_flight.saturating_sub(1);
         }
     }
 
-    fn locked(map: &Mutex<HashMap<String, Entry>>, key: &str, now: UnixTime) -> bool {
-        map.lock()
-            .get(key)
-            .and_then(|e| e.locked_until)
-            .is_some_and(|t| now < t)
-    }
-
-    /// Whether a login for `account` from `address` may be attempted.
-    pub fn check(&self, account: &str, address: &str) -> Gate {
-        let now = self.clock.now();
-        if Self::locked(&self.accounts, account, now) || Self::locked(&self.addresses, address, now) {
-            Gate::Locked
-        } else {
-            Gate::Open
+    /// Releases a reservation without counting it (tests only).
+    #[cfg(test)]
+    fn cancel(&self, pair: &str, source: &str, account: &str) {
+        let p = &self.policy;
+        let mut st = self.state.lock();
+        if let Some((g, inf)) = st.accounts.get_mut(account) {
+            *inf = inf.saturating_sub(1);
+            g.refund(p.account_budget, p.window);
+        }
+        let st = &mut *st;
+        for e in [st.pairs.get_mut(pair), st.sources.get_mut(source)]
+            .into_iter()
+            .flatten()
+        {
+            e.in_flight = e.in_flight.saturating_sub(1);
         }
     }
 
-    fn fail(&self, map: &Mutex<HashMap<String, Entry>>, key: &str, limit: u32, now: UnixTime) -> (u32, bool) {
-        let mut map = map.lock();
-        if map.len() >= MAX_ENTRIES {
-            let (window, lockout) = (self.policy.window, self.policy.lockout);
-            map.retain(|_, e| {
-                now.since(e.window_start) < window || e.locked_until.is_some_and(|t| t > now) || lockout.is_zero()
-            });
-        }
-        let e = map.entry(key.to_owned()).or_insert(Entry {
-            failures: 0,
-            window_start: now,
-            locked_until: None,
-        });
-        if now.since(e.window_start) >= self.policy.window {
-            *e = Entry {
-                failures: 0,
-                window_start: now,
-                locked_until: None,
+    async fn persist(&self, records: Vec<Record>) {
+        let Some(store) = &self.store else { return };
+        for (key, rec) in records {
+            let res = match rec {
+                Some((e, ttl)) => match serde_json::to_vec(&e) {
+                    Ok(v) => store.put(&key, v, Some(Duration::from_millis(ttl))).await.map(|_| ()),
+                    Err(_) => Ok(()),
+                },
+                None => match store.delete(&key, None).await {
+                    Err(kfsec_store::StoreError::NotFound(_)) => Ok(()),
+                    r => r.map(|_| ()),
+                },
             };
+            if let Err(e) = res {
+                tracing::warn!(error = %e, "could not persist a login-protection counter");
+            }
         }
-        e.failures = e.failures.saturating_add(1);
-        let newly_locked = e.failures >= limit && e.locked_until.is_none_or(|t| t <= now);
-        if newly_locked {
-            e.locked_until = Some(now.add(self.policy.lockout));
-        }
-        (e.failures, newly_locked)
+    }
+}
+
+impl Permit {
+    /// How long to wait before checking (the per-account pacing); zero within the budget.
+    pub fn wait(&self) -> Duration {
+        self.wait
     }
 
-    /// Records a failed attempt. Returns the delay to impose before answering and whether this
-    /// failure started a lockout.
-    pub fn record_failure(&self, account: &str, address: &str) -> (Duration, bool) {
-        let now = self.clock.now();
-        let (a, la) = self.fail(&self.accounts, account, self.policy.per_account, now);
-        let (b, lb) = self.fail(&self.addresses, address, self.policy.per_address, now);
-        let n = a.max(b.saturating_div(4));
-        let delay = Duration::from_millis(u64::from(n.min(10)) * 200);
-        (delay, la || lb)
+    /// The check failed: counts it, persists the counters, returns the answer delay.
+    pub async fn failure(mut self) -> Failure {
+        self.done = true;
+        let (f, recs) = self.inner.fail(&self.pair, &self.source, &self.account);
+        self.inner.persist(recs.into()).await;
+        f
     }
 
-    /// Records a successful login: the account's count is cleared.
-    pub fn record_success(&self, account: &str) {
-        self.accounts.lock().remove(account);
+    /// The check succeeded: the pair's count is cleared (the source's is not, so logging in to
+    /// one's own account does not buy more guesses at others).
+    pub async fn success(mut self) {
+        self.done = true;
+        self.inner.succeed(&self.pair, &self.source, &self.account);
+        self.inner
+            .persist(vec![(format!("{PREFIX}pair/{}", self.pair), None)])
+            .await;
+    }
+}
+
+#[cfg(test)]
+impl Permit {
+    fn cancel(mut self) {
+        self.done = true;
+        self.inner.cancel(&self.pair, &self.source, &self.account);
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let (_, recs) = self.inner.fail(&self.pair, &self.source, &self.account);
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let inner = self.inner.clone();
+            rt.spawn(async move { inner.persist(recs.into()).await });
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::panic)]
     use super::*;
-    use kfsec_types::ManualClock;
+    use kfsec_store::MemoryStore;
+    use kfsec_types::{ManualClock, UnixTime};
 
-    #[test]
-    fn locks_and_unlocks() {
-        let clock = ManualClock::new(UnixTime::from_secs(1_000));
-        let l = Lockout::new(
-            LockoutPolicy {
-                per_account: 3,
-                per_address: 5,
-                window: Duration::from_secs(60),
-                lockout: Duration::from_secs(120),
-            },
-            clock.clone(),
-        );
-        assert_eq!(l.check("a", "ip1"), Gate::Open);
-        assert!(!l.record_failure("a", "ip1").1);
-        assert!(!l.record_failure("a", "ip1").1);
-        assert!(l.record_failure("a", "ip1").1);
-        assert_eq!(l.check("a", "ip2"), Gate::Locked, "account locked from any address");
-        assert_eq!(l.check("nobody", "ip1"), Gate::Open);
-        clock.advance(Duration::from_secs(121));
-        assert_eq!(l.check("a", "ip1"), Gate::Open);
-        // per-address: many accounts from one address
-        for i in 0..5 {
-            l.record_failure(&format!("u{i}"), "ip9");
+    fn policy() -> LockoutPolicy {
+        LockoutPolicy {
+            per_account: 3,
+            per_address: 5,
+            window: Duration::from_secs(60),
+            lockout: Duration::from_secs(120),
+            account_budget: 10,
+            ..LockoutPolicy::default()
         }
-        assert_eq!(l.check("fresh", "ip9"), Gate::Locked);
-        assert_eq!(l.check("fresh", "ip8"), Gate::Open);
-        // success clears the account
-        l.record_failure("b", "ip3");
-        l.record_success("b");
-        l.record_failure("b", "ip3");
-        l.record_failure("b", "ip3");
-        assert_eq!(l.check("b", "ip3"), Gate::Open);
+    }
+
+    fn permit(l: &Lockout, account: &str, address: &str) -> Permit {
+        match l.reserve(account, address) {
+            Gate::Open(p) => p,
+            Gate::Locked => panic!("{account} from {address} is locked"),
+        }
+    }
+
+    fn locked(l: &Lockout, account: &str, address: &str) -> bool {
+        match l.reserve(account, address) {
+            Gate::Open(p) => {
+                p.cancel();
+                false
+            }
+            Gate::Locked => true,
+        }
+    }
+
+    #[tokio::test]
+    async fn reservations_cap_concurrent_checks() {
+        let clock = ManualClock::new(UnixTime::from_secs(1_000));
+        let l = Lockout::new(policy(), clock.clone(), None);
+        // three checks in flight use the whole budget of the pair: the fourth is refused
+        let held: Vec<Permit> = (0..3).map(|_| permit(&l, "a", "10.0.0.1")).collect();
+        assert!(locked(&l, "a", "10.0.0.1"));
+        // a success gives the slot back
+        let mut held = held.into_iter();
+        held.next().unwrap().success().await;
+        let p = permit(&l, "a", "10.0.0.1");
+        // failures (and dropped permits) count
+        p.failure().await;
+        drop(held.next());
+        let f = held.next().unwrap().failure().await;
+        assert!(f.locked, "third failure locks");
+        assert!(locked(&l, "a", "10.0.0.1"));
+        // the same account from elsewhere is not locked
+        permit(&l, "a", "10.0.0.2").success().await;
+    }
+
+    #[tokio::test]
+    async fn lockouts_are_per_pair_progressive_and_expire() {
+        let clock = ManualClock::new(UnixTime::from_secs(1_000));
+        let l = Lockout::new(policy(), clock.clone(), None);
+        let fail = |l: &Lockout| permit(l, "a", "10.0.0.1").failure();
+        assert_eq!(fail(&l).await.delay, Duration::ZERO);
+        assert_eq!(fail(&l).await.delay, Duration::from_millis(200));
+        assert!(fail(&l).await.locked);
+        assert!(locked(&l, "a", "10.0.0.1"));
+        clock.advance(Duration::from_secs(121));
+        for _ in 0..2 {
+            fail(&l).await;
+        }
+        assert!(fail(&l).await.locked);
+        // the second lockout is twice as long
+        clock.advance(Duration::from_secs(121));
+        assert!(locked(&l, "a", "10.0.0.1"));
+        clock.advance(Duration::from_secs(120));
+        assert!(!locked(&l, "a", "10.0.0.1"));
+        // after a quiet period as long as the last lockout, strikes are forgotten
+        clock.advance(Duration::from_secs(241));
+        for _ in 0..3 {
+            fail(&l).await;
+        }
+        clock.advance(Duration::from_secs(121));
+        assert!(!locked(&l, "a", "10.0.0.1"), "back to the first lockout length");
+    }
+
+    #[tokio::test]
+    async fn sources_are_limited_across_accounts_and_ipv6_by_prefix() {
+        let clock = ManualClock::new(UnixTime::from_secs(1_000));
+        let l = Lockout::new(policy(), clock.clone(), None);
+        for i in 0..5 {
+            permit(&l, &format!("u{i}"), &format!("2001:db8::{i}")).failure().await;
+        }
+        assert!(locked(&l, "fresh", "2001:db8::ffff"), "same /64");
+        permit(&l, "fresh", "2001:db9::1").success().await;
+        // a success does not clear the source's count
+        let clock2 = ManualClock::new(UnixTime::from_secs(1_000));
+        let l = Lockout::new(policy(), clock2, None);
+        for i in 0..4 {
+            permit(&l, &format!("u{i}"), "10.1.1.1").failure().await;
+        }
+        permit(&l, "mine", "10.1.1.1").success().await;
+        permit(&l, "u9", "10.1.1.1").failure().await;
+        assert!(locked(&l, "other", "10.1.1.1"));
+    }
+
+    #[tokio::test]
+    async fn the_account_budget_slows_a_distributed_attack_without_locking() {
+        let clock = ManualClock::new(UnixTime::from_secs(1_000));
+        let l = Lockout::new(policy(), clock.clone(), None);
+        // ten sources, one guess each: the budget (10) is spent
+        for i in 0..10 {
+            permit(&l, "admin", &format!("10.0.1.{i}")).failure().await;
+        }
+        // the next check must wait for its slot (window / budget = 6 s) …
+        let p = permit(&l, "admin", "10.0.2.1");
+        assert_eq!(p.wait(), Duration::from_secs(6));
+        // … and only one waiter gets that slot
+        assert!(locked(&l, "admin", "10.0.2.2"));
+        p.failure().await;
+        // time passes: the owner gets through, with no lockout
+        clock.advance(Duration::from_secs(12));
+        let p = permit(&l, "admin", "10.9.9.9");
+        assert_eq!(p.wait(), Duration::ZERO);
+        p.success().await;
+        // other accounts are unaffected
+        assert_eq!(permit(&l, "bob", "10.0.2.2").wait(), Duration::ZERO);
+    }
+
+    #[tokio::test]
+    async fn counters_survive_a_restart_through_the_store() {
+        let clock = ManualClock::new(UnixTime::from_secs(1_000));
+        let store: Arc<dyn Store> = MemoryStore::new(clock.clone());
+        let l = Lockout::new(policy(), clock.clone(), Some(store.clone()));
+        for _ in 0..3 {
+            permit(&l, "a", "10.0.0.1").failure().await;
+        }
+        permit(&l, "b", "10.0.0.1").failure().await;
+        let l2 = Lockout::new(policy(), clock.clone(), Some(store.clone()));
+        assert_eq!(l2.restore().await.unwrap(), 3, "two pairs and one source");
+        assert!(locked(&l2, "a", "10.0.0.1"));
+        // the source count (4 of 5) came back too
+        permit(&l2, "c", "10.0.0.1").failure().await;
+        assert!(locked(&l2, "d", "10.0.0.1"));
+        // records expire with the lockout
+        clock.advance(Duration::from_secs(3600));
+        let l3 = Lockout::new(policy(), clock.clone(), Some(store));
+        l3.restore().await.unwrap();
+        assert!(!locked(&l3, "a", "10.0.0.1"));
     }
 }

@@ -1,8 +1,11 @@
 //! The local password database: static users from the config file plus users managed with
 //! `kfsec user …`, stored in the store.
 //!
-//! Invariants: passwords are stored only as bcrypt hashes (cost 12 for new ones); a login for an
-//! unknown email costs the same bcrypt work as for a known one; emails match case-insensitively.
+//! Invariants: passwords are stored only as bcrypt hashes (cost 12 for new ones); every password
+//! check costs the same bcrypt work — that of the most expensive configured hash (at least 12,
+//! at most 14) — whether the account is unknown, cheaply hashed or expensively hashed, so answer
+//! times do not reveal which accounts exist; static hashes cheaper than cost 12 are warned about
+//! at start; emails match case-insensitively.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,6 +20,42 @@ const PREFIX: &str = "/kfsec/idp/users/";
 /// bcrypt cost for new hashes (Dex recommends 12).
 pub const BCRYPT_COST: u32 = 12;
 const DUMMY_HASH: &str = "$2b$12$MDP2xh3kgw9JK0BTDD/7QOhK.RnXxrW7fY4ZAWp/4eNN717b8wbgu";
+/// The highest cost every check is padded to (a costlier static hash makes only its own user's
+/// checks slower).
+const MAX_CHECK_COST: u32 = 14;
+
+/// The cost field of a bcrypt hash (`$2b$12$…` → 12).
+fn bcrypt_cost(hash: &str) -> Option<u32> {
+    let mut parts = hash.split('$');
+    let (empty, version, cost) = (parts.next()?, parts.next()?, parts.next()?);
+    if !empty.is_empty() || !matches!(version, "2a" | "2b" | "2x" | "2y") || cost.len() != 2 {
+        return None;
+    }
+    cost.parse().ok().filter(|c| (4..=31).contains(c))
+}
+
+/// A hash of a discarded password at `cost`: checking against it costs what a real check at
+/// that cost does (bcrypt's work depends only on the cost), and never matches.
+fn dummy_hash(cost: u32) -> String {
+    format!("$2b${cost:02}${}", DUMMY_HASH.get(7..).unwrap_or_default())
+}
+
+/// Checks `password` against `hash`, then pads the work to `target`: 2^target = 2^c +
+/// Σ_{k=c}^{target-1} 2^k, so a cost-`c` hash answers as slowly as a cost-`target` one.
+fn verify_padded(password: &[u8], hash: &str, target: u32) -> bool {
+    let ok = bcrypt::verify(password, hash).unwrap_or(false);
+    match bcrypt_cost(hash) {
+        Some(c) => {
+            for k in c..target {
+                let _ = bcrypt::verify(password, &dummy_hash(k));
+            }
+        }
+        None => {
+            let _ = bcrypt::verify(password, &dummy_hash(target));
+        }
+    }
+    ok
+}
 
 /// A local user.
 #[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -92,14 +131,31 @@ pub struct UserDirectory {
     store: Arc<dyn Store>,
     static_users: HashMap<String, User>,
     dummy_hash: String,
+    check_cost: u32,
 }
 
 impl UserDirectory {
     /// A directory over `store` with `static_users` from the config file.
     pub fn new(store: Arc<dyn Store>, static_users: Vec<User>) -> Result<Self, IdpError> {
-        // A cost-12 hash of a random, discarded password: checking it costs what a real check
-        // costs, so unknown emails answer as slowly as known ones (precomputed: no start-up cost).
-        let dummy_hash = DUMMY_HASH.to_owned();
+        // Every check costs as much as the costliest configured hash (managed users get
+        // BCRYPT_COST): unknown emails check against a dummy of that cost, cheaper hashes are
+        // padded up to it.
+        let mut check_cost = BCRYPT_COST;
+        for u in &static_users {
+            match bcrypt_cost(&u.hash) {
+                Some(c) if c < BCRYPT_COST => tracing::warn!(
+                    email = %u.email,
+                    cost = c,
+                    "static password hash is cheaper than bcrypt cost {BCRYPT_COST}: fast to crack if the config leaks; \
+                regenerate it with `kfsec hash-password` (logins are padded to cost {BCRYPT_COST} meanwhile)"
+                ),
+                Some(c) => check_cost = check_cost.max(c.min(MAX_CHECK_COST)),
+                None => {
+                    tracing::warn!(email = %u.email, "static password hash is not a bcrypt hash; this user cannot log in")
+                }
+            }
+        }
+        let dummy_hash = dummy_hash(check_cost);
         let static_users = static_users
             .into_iter()
             .map(|u| (u.email.to_ascii_lowercase(), u))
@@ -108,6 +164,7 @@ impl UserDirectory {
             store,
             static_users,
             dummy_hash,
+            check_cost,
         })
     }
 
@@ -129,7 +186,8 @@ impl UserDirectory {
             .as_ref()
             .map_or_else(|| self.dummy_hash.clone(), |u| u.hash.clone());
         let password = zeroize::Zeroizing::new(password.to_owned());
-        let ok = tokio::task::spawn_blocking(move || bcrypt::verify(password.as_bytes(), &hash).unwrap_or(false))
+        let target = self.check_cost;
+        let ok = tokio::task::spawn_blocking(move || verify_padded(password.as_bytes(), &hash, target))
             .await
             .map_err(|e| IdpError::Internal(e.to_string()))?;
         Ok(user.filter(|_| ok))
@@ -324,6 +382,38 @@ mod tests {
         assert!(dir.verify("m@example.com", "another-pass").await.unwrap().is_some());
         dir.delete("m@example.com").await.unwrap();
         assert!(dir.find("m@example.com").await.unwrap().is_none());
+    }
+
+    #[test]
+    fn costs_parse_and_dummies_are_well_formed() {
+        assert_eq!(bcrypt_cost(DUMMY_HASH), Some(12));
+        assert_eq!(bcrypt_cost("$2y$04$abc"), Some(4));
+        assert_eq!(bcrypt_cost("$2b$4$abc"), None);
+        assert_eq!(bcrypt_cost("$1$04$abc"), None);
+        assert_eq!(bcrypt_cost("plain"), None);
+        let d = dummy_hash(5);
+        assert_eq!(bcrypt_cost(&d), Some(5));
+        assert_eq!(d.len(), DUMMY_HASH.len());
+        assert!(
+            bcrypt::verify("x", &d).is_ok_and(|ok| !ok),
+            "a well-formed hash that never matches"
+        );
+    }
+
+    #[tokio::test]
+    async fn checks_cost_the_same_for_cheap_unknown_and_expensive_accounts() {
+        // padded work: a cost-4 hash checked at target 6 costs 2^4 + 2^4 + 2^5 = 2^6
+        let cheap = bcrypt::hash("pw-cheap-1", 4).unwrap();
+        assert!(verify_padded(b"pw-cheap-1", &cheap, 6));
+        assert!(!verify_padded(b"wrong", &cheap, 6));
+        // the directory's target follows its costliest static hash, at least BCRYPT_COST
+        let store = MemoryStore::new(ManualClock::new(UnixTime::from_secs(1)));
+        let dir = UserDirectory::new(store.clone(), vec![user("c@example.com", cheap.clone())]).unwrap();
+        assert_eq!(dir.check_cost, BCRYPT_COST);
+        assert_eq!(bcrypt_cost(&dir.dummy_hash), Some(BCRYPT_COST));
+        let h13 = format!("$2b$13${}", cheap.get(7..).unwrap());
+        let dir = UserDirectory::new(store, vec![user("e@example.com", h13)]).unwrap();
+        assert_eq!(dir.check_cost, 13);
     }
 
     struct TestRng;

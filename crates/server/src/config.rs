@@ -462,8 +462,26 @@ pub fn validate(f: ConfigFile, o: &Overrides, env: &dyn Env) -> Result<Config, C
         lockout: LockoutPolicy {
             per_account: lp.max_failures_per_account.unwrap_or(defaults.per_account).max(1),
             per_address: lp.max_failures_per_address.unwrap_or(defaults.per_address).max(1),
-            window: lp.window.unwrap_or(defaults.window),
+            window: lp.window.unwrap_or(defaults.window).max(Duration::from_secs(1)),
             lockout: lp.lockout.unwrap_or(defaults.lockout),
+            account_budget: lp
+                .max_verifications_per_account
+                .unwrap_or(defaults.account_budget)
+                .max(1),
+            user_code_per_address: lp
+                .max_user_code_attempts_per_address
+                .unwrap_or(defaults.user_code_per_address)
+                .max(1),
+            user_code_global: lp.max_user_code_attempts.unwrap_or(defaults.user_code_global).max(1),
+            device_codes_per_address: lp
+                .max_device_codes_per_address
+                .unwrap_or(defaults.device_codes_per_address)
+                .max(1),
+            max_pending_device_codes: lp
+                .max_pending_device_codes
+                .unwrap_or(defaults.max_pending_device_codes)
+                .max(1),
+            max_state_length: lp.max_state_length.unwrap_or(defaults.max_state_length).clamp(8, 4096),
         },
         routes,
         session_ttl,

@@ -321,7 +321,8 @@ pub struct TlsConfig {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct LoginProtectionConfig {
-    /// Failures per account before it is locked (default 5).
+    /// Failures per account from one client address before that address is locked out of that
+    /// account (default 5; repeated lockouts double in length).
     pub max_failures_per_account: Option<u32>,
     /// Failures per client address before it is locked (default 20).
     pub max_failures_per_address: Option<u32>,
@@ -331,6 +332,19 @@ pub struct LoginProtectionConfig {
     /// How long a lockout lasts (default 15m).
     #[serde(default, deserialize_with = "opt_duration")]
     pub lockout: Option<Duration>,
+    /// Password checks per account per window from all addresses together before further checks
+    /// are spaced out evenly (default 100; slows a distributed attack, never locks the account).
+    pub max_verifications_per_account: Option<u32>,
+    /// Device user-code entries per client address per window (default 10).
+    pub max_user_code_attempts_per_address: Option<u32>,
+    /// Device user-code entries per window from all addresses (default 300).
+    pub max_user_code_attempts: Option<u32>,
+    /// Device codes issued per client address per window (default 30).
+    pub max_device_codes_per_address: Option<u32>,
+    /// Device codes pending at once (default 1000).
+    pub max_pending_device_codes: Option<u32>,
+    /// Longest `state` parameter of an authorization request, in bytes (default 512).
+    pub max_state_length: Option<usize>,
 }
 
 fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {

@@ -17,6 +17,7 @@ mod rotation;
 mod sec_authn;
 mod sec_connections;
 mod sec_headers;
+mod sec_login;
 mod sec_paths;
 mod sec_logs;
 mod sec_webhooks;

@@ -1,0 +1,442 @@
+//! Login protection and pre-login state (issue 9, findings 7, 8, 11 and the low items on
+//! enumeration by bcrypt cost, device user-code guessing and lockout persistence): concurrent
+//! guesses, per-(account, source) lockout, restart, timing, device code throttling and floods of
+//! unauthenticated authorization and device requests.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kfsec_types::SystemClock;
+
+use crate::harness::*;
+
+const LOCKED: &str = "Too many failed attempts";
+const INVALID: &str = "Invalid Email Address and password";
+
+/// A browser whose connections come from `ip` (any 127/8 address reaches the loopback listener).
+fn browser_from(k: &Kfsec, ip: &str) -> Browser {
+    let ip: IpAddr = ip.parse().unwrap();
+    let http = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(k.running.ca_pem.as_bytes()).unwrap()])
+        .redirect(reqwest::redirect::Policy::none())
+        .local_address(ip)
+        .resolve("localhost", k.running.https_addr)
+        .build()
+        .unwrap();
+    Browser {
+        http,
+        base: k.base.clone(),
+        cookies: BTreeMap::new(),
+    }
+}
+
+/// The login form's URL, reached from a protected page.
+async fn login_form_url(b: &mut Browser) -> String {
+    let (form, url) = b.follow("/app/").await;
+    assert_eq!(form.status(), 200, "{url}");
+    assert!(url.contains("/dex/auth/local/login"), "{url}");
+    url
+}
+
+fn with_query(base: &str, q: &[(&str, String)]) -> String {
+    let qs = url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(q.iter().map(|(k, v)| (*k, v.as_str())))
+        .finish();
+    format!("{base}?{qs}")
+}
+
+async fn metric(k: &Kfsec, name: &str) -> f64 {
+    let text = reqwest::get(format!("http://{}/metrics", k.running.admin_addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0.0)
+}
+
+/// bcrypt cost 4 of [`CHEAP_PASSWORD`].
+const CHEAP_HASH: &str = "$2b$04$nUYInPokvemVMIP2O69qZO/WFaQFDGIAVxOs9IVhDRD1ZY67wLbc.";
+const CHEAP_PASSWORD: &str = "cheap password";
+
+/// A managed user with a cost-4 bcrypt hash, written straight into the store.
+async fn cheap_user(k: &Kfsec, email: &str) {
+    let hash = CHEAP_HASH;
+    let user = serde_json::json!({
+        "email": email, "username": email.split('@').next().unwrap(),
+        "userID": format!("id-{email}"), "hash": hash, "groups": [],
+    });
+    k.running
+        .store
+        .put(
+            &format!("/kfsec/idp/users/{email}"),
+            serde_json::to_vec(&user).unwrap(),
+            None,
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_guesses_verify_at_most_the_budget_for_every_spelling() {
+    let k = Kfsec::start("loginProtection:\n  maxFailuresPerAccount: 5\n  maxFailuresPerAddress: 1000\n").await;
+    let mut b = k.client();
+    let url = login_form_url(&mut b).await;
+    let upper = USER.to_ascii_uppercase();
+    let spellings = [
+        USER.to_owned(),
+        format!("  {USER}"),
+        format!("{upper}\t"),
+        format!("\n{}", USER.replace("test", "TeSt")),
+    ];
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let http = b.http.clone();
+        let url = url.clone();
+        let login = spellings[i % spellings.len()].clone();
+        tasks.push(tokio::spawn(async move {
+            let r = http
+                .post(&url)
+                .form(&[("login", login.as_str()), ("password", "wrong password!")])
+                .send()
+                .await
+                .unwrap();
+            r.text().await.unwrap()
+        }));
+    }
+    let (mut invalid, mut locked) = (0, 0);
+    for t in tasks {
+        let body = t.await.unwrap();
+        if body.contains(INVALID) {
+            invalid += 1;
+        } else if body.contains(LOCKED) {
+            locked += 1;
+        } else {
+            panic!("unexpected answer: {body}");
+        }
+    }
+    assert!(
+        invalid <= 5,
+        "{invalid} passwords checked, policy 5 ({locked} locked answers)"
+    );
+    assert_eq!(invalid + locked, 40);
+    let verified = metric(&k, "kfsec_password_verifications_total").await;
+    assert!((1.0..=5.0).contains(&verified), "{verified} verifications");
+    // the budget is spent: even the right password, in any spelling, gets the lockout answer
+    for login in [USER.to_owned(), format!(" {upper} ")] {
+        let r = b.post_form(&url, &[("login", &login), ("password", PASSWORD)]).await;
+        assert!(r.text().await.unwrap().contains(LOCKED), "{login:?}");
+    }
+    assert!(metric(&k, "kfsec_password_verifications_total").await <= 5.0);
+    k.running.shutdown().await;
+}
+
+#[tokio::test]
+async fn failures_from_one_address_do_not_lock_the_account_out_from_another() {
+    let k = Kfsec::start("loginProtection:\n  maxFailuresPerAccount: 3\n").await;
+    let mut attacker = k.client();
+    let url = login_form_url(&mut attacker).await;
+    for _ in 0..3 {
+        let r = attacker
+            .post_form(&url, &[("login", USER), ("password", "wrong password!")])
+            .await;
+        assert_eq!(r.status(), 401);
+    }
+    let r = attacker
+        .post_form(&url, &[("login", USER), ("password", PASSWORD)])
+        .await;
+    assert!(
+        r.text().await.unwrap().contains(LOCKED),
+        "the attacking address is locked"
+    );
+    // the owner, from another address, logs in
+    let mut owner = browser_from(&k, "127.0.0.2");
+    let (r, url) = owner.login("/app/x", USER, PASSWORD).await;
+    assert_eq!(r.status(), 200, "{url}");
+    assert!(owner.cookies.contains_key("authservice_session"));
+    k.running.shutdown().await;
+}
+
+#[tokio::test]
+async fn lockout_counters_survive_a_restart() {
+    let cfg = "loginProtection:\n  maxFailuresPerAccount: 3\n";
+    let k = Kfsec::start(cfg).await;
+    let mut b = k.client();
+    let url = login_form_url(&mut b).await;
+    for _ in 0..3 {
+        b.post_form(&url, &[("login", USER), ("password", "wrong password!")])
+            .await;
+    }
+    drop(b);
+    let dir = k.stop().await;
+    // connection tasks let go of the store shortly after shutdown
+    let db = dir.path().join("kfsec.redb");
+    for _ in 0..100 {
+        let options = kfsec_store::StoreOptions {
+            sweep_interval: None,
+            ..Default::default()
+        };
+        if kfsec_store::RedbStore::open_with_options(&db, Arc::new(SystemClock), options).is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let k = Kfsec::start_in(dir, cfg).await;
+    let mut b = k.client();
+    let (r, _) = b.login("/app/", USER, PASSWORD).await;
+    assert!(r.text().await.unwrap().contains(LOCKED), "lockout lost on restart");
+    k.running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_and_cheaply_hashed_accounts_answer_alike() {
+    let k = Kfsec::start("loginProtection:\n  maxFailuresPerAccount: 50\n  maxFailuresPerAddress: 1000\n").await;
+    for i in 0..3 {
+        cheap_user(&k, &format!("cheap{i}@example.org")).await;
+    }
+    let mut b = k.client();
+    let url = login_form_url(&mut b).await;
+    let mut known = Vec::new();
+    let mut unknown = Vec::new();
+    for i in 0..3 {
+        for (who, times) in [
+            (format!("cheap{i}@example.org"), &mut known),
+            (format!("nobody{i}@example.org"), &mut unknown),
+        ] {
+            let t = Instant::now();
+            let r = b
+                .post_form(&url, &[("login", &who), ("password", "wrong password!")])
+                .await;
+            assert!(r.text().await.unwrap().contains(INVALID));
+            times.push(t.elapsed());
+        }
+    }
+    // the cheap account is genuine: its password works
+    let r = b
+        .post_form(&url, &[("login", "cheap0@example.org"), ("password", CHEAP_PASSWORD)])
+        .await;
+    assert_eq!(r.status(), 303);
+    known.sort();
+    unknown.sort();
+    let (k1, u1) = (known[1].as_secs_f64(), unknown[1].as_secs_f64());
+    let ratio = k1.max(u1) / k1.min(u1);
+    assert!(ratio < 1.8, "known {known:?} vs unknown {unknown:?}");
+    k.running.shutdown().await;
+}
+
+#[tokio::test]
+async fn device_user_code_guessing_is_throttled() {
+    let k = Kfsec::start("loginProtection:\n  maxUserCodeAttemptsPerAddress: 5\n  maxUserCodeAttempts: 8\n").await;
+    let raw = http_client(&k.running.ca_pem);
+    let r: serde_json::Value = raw
+        .post(format!("{}/device/code", k.running.issuer))
+        .form(&[("client_id", "kfsec-cli"), ("scope", "openid email")])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let real = r["user_code"].as_str().unwrap().to_owned();
+    let verify = |b: &Browser, code: String| {
+        let req = b
+            .http
+            .post(b.url("/dex/device/auth/verify_code"))
+            .form(&[("user_code", code)]);
+        async move {
+            let r = req.send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    let a = k.client();
+    let mut statuses = Vec::new();
+    for i in 0..8 {
+        let (s, body) = verify(&a, format!("ZZZZ-ZZ{i:02}")).await;
+        assert!(body.contains("<form") || body.contains("<p"), "an HTML page: {body}");
+        statuses.push(s);
+    }
+    assert_eq!(statuses[..5], [400; 5], "{statuses:?}");
+    assert!(statuses[5..].iter().all(|s| *s == 429), "{statuses:?}");
+    // the throttled address cannot use even the right code now
+    assert_eq!(verify(&a, real.clone()).await.0, 429);
+    // another address has its own allowance, within the global one (8)
+    let b = browser_from(&k, "127.0.0.3");
+    let mut other = Vec::new();
+    for i in 0..5 {
+        other.push(verify(&b, format!("YYYY-YY{i:02}")).await.0);
+    }
+    assert_eq!(other, [400, 400, 400, 429, 429], "global budget");
+    let (s, body) = verify(&b, real).await;
+    assert_eq!(s, 429, "{body}");
+    assert!(body.contains("Too many"), "{body}");
+    k.running.shutdown().await;
+}
+
+#[tokio::test]
+async fn oversized_authorization_parameters_get_oauth_errors() {
+    let k = Kfsec::start("").await;
+    let raw = http_client(&k.running.ca_pem);
+    let challenge = "a".repeat(43);
+    let base = [
+        ("client_id", "rp-test".to_owned()),
+        ("redirect_uri", "https://rp.example/cb".to_owned()),
+        ("response_type", "code".to_owned()),
+        ("scope", "openid".to_owned()),
+    ];
+    for (name, value) in [
+        ("state", "s".repeat(513)),
+        ("nonce", "n".repeat(513)),
+        ("code_challenge", "c".repeat(129)),
+    ] {
+        for path in ["/auth", "/auth/local"] {
+            let mut q: Vec<(&str, String)> = base.to_vec();
+            if name != "state" {
+                q.push(("state", "st".into()));
+            }
+            if name != "code_challenge" {
+                q.push(("code_challenge", challenge.clone()));
+            }
+            q.push((name, value.clone()));
+            let r = raw
+                .get(with_query(&format!("{}{path}", k.running.issuer), &q))
+                .send()
+                .await
+                .unwrap();
+            assert!(r.status().is_redirection(), "{name} at {path}: {}", r.status());
+            let loc = location(&r).to_owned();
+            assert!(loc.starts_with("https://rp.example/cb?"), "{name} at {path}: {loc}");
+            assert_eq!(query_param(&loc, "error").as_deref(), Some("invalid_request"), "{loc}");
+        }
+    }
+    // an over-long redirect_uri or client_id is refused with a page, not followed
+    for (name, value) in [
+        ("redirect_uri", format!("https://rp.example/cb?{}", "x".repeat(3000))),
+        ("client_id", "c".repeat(300)),
+    ] {
+        let mut q: Vec<(&str, String)> = base.iter().filter(|(n, _)| *n != name).cloned().collect();
+        q.push((name, value));
+        let r = raw
+            .get(with_query(&format!("{}/auth/local", k.running.issuer), &q))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{name}");
+    }
+    k.running.shutdown().await;
+}
+
+fn vm_rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+const FLOOD_TEST: &str = "sec_login::unauthenticated_floods_leave_the_store_and_memory_bounded";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn unauthenticated_floods_leave_the_store_and_memory_bounded() {
+    if std::env::var_os("KFSEC_FLOOD_ALONE").is_none() {
+        // RSS is per process: measure in a process of our own that runs only this test.
+        let out = tokio::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", FLOOD_TEST, "--nocapture", "--test-threads=1"])
+            .env("KFSEC_FLOOD_ALONE", "1")
+            .kill_on_drop(true)
+            .output()
+            .await
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success() && text.contains("1 passed"), "{text}");
+        return;
+    }
+    let k = Kfsec::start("").await;
+    let db = k._dir.path().join("kfsec.redb");
+    let raw = http_client(&k.running.ca_pem);
+    // settle: one request of each kind before the baseline
+    raw.get(format!("{}/healthz", k.running.issuer)).send().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let size0 = std::fs::metadata(&db).unwrap().len();
+    let rss0 = vm_rss_kib();
+    let issuer = k.running.issuer.clone();
+    let mut workers = Vec::new();
+    for w in 0..16 {
+        let raw = raw.clone();
+        let issuer = issuer.clone();
+        workers.push(tokio::spawn(async move {
+            let (mut auth_ok, mut device_ok, mut device_refused) = (0, 0, 0);
+            for i in 0..(3000 / 16) {
+                let state = format!("{w}-{i}-{}", "s".repeat(480));
+                let path = if i % 2 == 0 { "/auth" } else { "/auth/local" };
+                let q = [
+                    ("client_id", "rp-test".to_owned()),
+                    ("redirect_uri", "https://rp.example/cb".to_owned()),
+                    ("response_type", "code".to_owned()),
+                    ("scope", "openid email groups profile".to_owned()),
+                    ("state", state),
+                    ("nonce", "n".repeat(200)),
+                ];
+                let r = raw
+                    .get(with_query(&format!("{issuer}{path}"), &q))
+                    .send()
+                    .await
+                    .unwrap();
+                if r.status().is_redirection() && !location(&r).contains("error=") {
+                    auth_ok += 1;
+                }
+                let r = raw
+                    .post(format!("{issuer}/device/code"))
+                    .form(&[
+                        ("client_id", "kfsec-cli"),
+                        ("scope", "openid email groups profile offline_access"),
+                    ])
+                    .send()
+                    .await
+                    .unwrap();
+                match r.status().as_u16() {
+                    200 => device_ok += 1,
+                    429 | 503 => {
+                        let body: serde_json::Value = r.json().await.unwrap();
+                        assert!(body["error"].is_string(), "OAuth2 error JSON: {body}");
+                        device_refused += 1;
+                    }
+                    s => panic!("device/code answered {s}"),
+                }
+            }
+            (auth_ok, device_ok, device_refused)
+        }));
+    }
+    let (mut auth_ok, mut device_ok, mut device_refused) = (0, 0, 0);
+    for w in workers {
+        let (a, d, r) = w.await.unwrap();
+        auth_ok += a;
+        device_ok += d;
+        device_refused += r;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let grown = std::fs::metadata(&db).unwrap().len().saturating_sub(size0);
+    let rss_grown = vm_rss_kib().saturating_sub(rss0);
+    eprintln!(
+        "flood: auth {auth_ok}, device {device_ok} issued / {device_refused} refused; store +{grown} B, RSS +{rss_grown} KiB"
+    );
+    // the flood was answered (the authorization requests all reach the login form)
+    assert!(auth_ok > 2900, "{auth_ok} authorization requests accepted");
+    assert!(device_ok + device_refused > 2900);
+    assert!(device_refused > 0, "no bound on device codes ({device_ok} issued)");
+    // (before the fix: +13.7 MB of store and +18 MiB of RSS for this flood)
+    assert!(
+        grown < 1 << 20,
+        "store grew by {grown} bytes ({device_ok} device codes)"
+    );
+    assert!(rss_grown < 10 << 10, "RSS grew by {rss_grown} KiB");
+    k.running.shutdown().await;
+}
