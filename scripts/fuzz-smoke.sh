@@ -8,7 +8,7 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 SECONDS_PER_TARGET="${FUZZ_SECONDS:-20}"
-TARGETS=(admission_review poddefault_apply path_normalize jwt_verify)
+TARGETS=(admission_review poddefault_apply path_normalize kfp_multipart jwt_verify)
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
   echo "==> installing cargo-fuzz"

@@ -111,6 +111,12 @@ pub trait Authorize: Send + Sync + 'static {
     fn authorize(&self, attributes: &Attributes) -> Decision;
     /// The rules that apply to `user` in `namespace` (cluster-wide rules included).
     fn rules_for(&self, user: &UserInfo, namespace: &str) -> SubjectRules;
+    /// A receiver whose value changes whenever decisions may have changed (an RBAC object was
+    /// added, changed or removed), so long-running requests (watches) can be re-authorized;
+    /// `None` (the default) when decisions never change.
+    fn changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
 }
 
 impl Authorize for kfsec_authz::Authorizer {

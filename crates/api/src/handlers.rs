@@ -4,7 +4,8 @@
 //!
 //! Invariants: no resource handler runs before the authorizer allowed the exact (user, verb,
 //! group, resource, subresource, namespace, name) it is about to touch; a missing identity is a
-//! 401; bodies are capped (413) and decoded strictly (400/415); discovery documents are served to
+//! 401; bodies are capped (413) and decoded strictly (400/415), large ones on the bounded blocking
+//! pool (never on an async worker); discovery documents are served to
 //! every authenticated caller, like Kubernetes' `system:discovery` role, and expose only the
 //! static registry.
 
@@ -54,8 +55,7 @@ fn content_type(headers: &HeaderMap) -> String {
 }
 
 /// Parses a create/update body by its content type.
-fn decode_object(headers: &HeaderMap, body: &[u8]) -> Result<Value, ApiError> {
-    let ct = content_type(headers);
+fn decode_object(ct: &str, body: &[u8]) -> Result<Value, ApiError> {
     let base = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     match base.as_str() {
         "" | "application/json" | "*/*" => serde_json::from_slice(body)
@@ -97,6 +97,14 @@ fn dry_run(q: &Query) -> Result<bool, ApiError> {
 }
 
 impl ApiServer {
+    /// Reads and decodes a body (JSON, YAML, protobuf); a large one is decoded on the bounded
+    /// blocking pool.
+    async fn read_object(&self, headers: &HeaderMap, body: Body) -> Result<Value, ApiError> {
+        let raw = self.read_body(body).await?;
+        let ct = content_type(headers);
+        self.offload(raw.len(), move || decode_object(&ct, &raw)).await
+    }
+
     async fn read_body(&self, body: Body) -> Result<bytes::Bytes, ApiError> {
         let max = self.options.max_body_bytes;
         crate::body::read_bounded(body, max).await.map_err(|e| match e {
@@ -225,8 +233,7 @@ impl ApiServer {
         }
 
         if let Backing::Review(kind) = res.backing {
-            let raw = self.read_body(body).await?;
-            let obj = decode_object(headers, &raw)?;
+            let obj = self.read_object(headers, body).await?;
             let out = self.review(res, kind, &path_ns, user, obj).await?;
             return Ok(json_response(StatusCode::CREATED, &out));
         }
@@ -301,18 +308,17 @@ impl ApiServer {
                     timeout,
                     format,
                     include,
+                    attrs: attrs.clone(),
                 })
                 .await
             }
             "create" => {
-                let raw = self.read_body(body).await?;
-                let obj = decode_object(headers, &raw)?;
+                let obj = self.read_object(headers, body).await?;
                 let out = self.create_in(res, &path_ns, obj, ctx).await?;
                 Ok(json_response(StatusCode::CREATED, &out))
             }
             "update" => {
-                let raw = self.read_body(body).await?;
-                let obj = decode_object(headers, &raw)?;
+                let obj = self.read_object(headers, body).await?;
                 let out = self.update_in(res, &path_ns, &name, obj, ctx).await?;
                 Ok(json_response(StatusCode::OK, &out))
             }
@@ -327,7 +333,7 @@ impl ApiServer {
                 let mut pre = Preconditions::default();
                 let mut dry = ctx.dry_run;
                 if !raw.is_empty() {
-                    let opts = decode_object(headers, &raw)?;
+                    let opts = decode_object(&content_type(headers), &raw)?;
                     let s = |p: &str| opts.pointer(p).and_then(Value::as_str).map(str::to_owned);
                     pre.uid = s("/preconditions/uid");
                     pre.resource_version = s("/preconditions/resourceVersion");

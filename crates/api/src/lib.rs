@@ -36,6 +36,8 @@ mod tests_kubectl;
 #[cfg(test)]
 mod tests_props;
 #[cfg(test)]
+mod tests_sec;
+#[cfg(test)]
 mod testutil;
 
 use std::sync::Arc;
@@ -70,6 +72,9 @@ pub struct ApiOptions {
     pub max_body_bytes: usize,
     /// Longest a watch stays open (and the default when `timeoutSeconds` is absent). Default 30 min.
     pub max_watch_timeout: Duration,
+    /// System namespaces no Profile may claim, besides every `kube-*` name. Default `default`,
+    /// `kubeflow` (KFP's system namespace) and `kfsec`.
+    pub reserved_namespaces: Vec<String>,
 }
 
 impl Default for ApiOptions {
@@ -78,6 +83,7 @@ impl Default for ApiOptions {
             git_version: "v1.32.0-kfsec".into(),
             max_body_bytes: 3 * 1024 * 1024,
             max_watch_timeout: Duration::from_secs(1800),
+            reserved_namespaces: ["default", "kubeflow", "kfsec"].map(str::to_owned).to_vec(),
         }
     }
 }
@@ -100,7 +106,14 @@ pub struct ApiServer {
     pub(crate) admission: Arc<dyn Admission>,
     pub(crate) tokens: Arc<dyn TokenReviewer>,
     pub(crate) options: ApiOptions,
+    /// Bounds the CPU-heavy decoding running at once on the blocking pool.
+    pub(crate) cpu: Arc<tokio::sync::Semaphore>,
 }
+
+/// Bodies up to this size are decoded inline; larger ones on the blocking pool.
+const INLINE_DECODE_BYTES: usize = 64 * 1024;
+/// CPU-heavy decodes running at once.
+const CPU_JOBS: usize = 2;
 
 impl std::fmt::Debug for ApiServer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -166,6 +179,7 @@ impl ApiServer {
                 admission: Arc::new(NoAdmission),
                 tokens: Arc::new(NoTokenReviewer),
                 options: ApiOptions::default(),
+                cpu: Arc::new(tokio::sync::Semaphore::new(CPU_JOBS)),
             },
         }
     }
@@ -192,6 +206,47 @@ impl ApiServer {
             .route("/apis/{*rest}", h.clone())
             .route("/openapi/{*rest}", h)
             .with_state(Arc::clone(self))
+    }
+
+    /// Runs `work` (decoding or patching `size` bytes) inline when small, else on the blocking
+    /// pool with at most [`CPU_JOBS`] at once, so large bodies never stall the async workers.
+    pub(crate) async fn offload<T: Send + 'static>(
+        &self,
+        size: usize,
+        work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        if size <= INLINE_DECODE_BYTES {
+            return work();
+        }
+        let permit = self
+            .cpu
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| ApiError::Internal("the decode pool is closed".into()))?;
+        tokio::task::spawn_blocking(move || {
+            let out = work();
+            drop(permit);
+            out
+        })
+        .await
+        .map_err(|e| ApiError::Internal(format!("a decode job failed: {e}")))?
+    }
+
+    /// Whether `name` is a system namespace no Profile may own: `kube-*` or one of
+    /// [`ApiOptions::reserved_namespaces`].
+    pub fn is_reserved_namespace(&self, name: &str) -> bool {
+        name.starts_with("kube-") || self.options.reserved_namespaces.iter().any(|r| r == name)
+    }
+
+    /// The reserved namespaces that always exist (`kube-*` ones Kubernetes creates included).
+    pub fn system_namespaces(&self) -> Vec<String> {
+        let mut out: Vec<String> = ["kube-system", "kube-public", "kube-node-lease"]
+            .map(str::to_owned)
+            .to_vec();
+        out.extend(self.options.reserved_namespaces.iter().cloned());
+        out.dedup();
+        out
     }
 
     /// The served type `group/version/plural` (`""` group for core).

@@ -209,6 +209,23 @@ impl ApiServer {
         }
     }
 
+    /// A built-in admission rule: no Profile may claim a system namespace, through any path and
+    /// for any caller (Kubeflow's controller never takes over a namespace it does not own).
+    fn check_profile_name(&self, res: &Resource, name: &str) -> Result<(), ApiError> {
+        if res.group == "kubeflow.org" && res.plural == "profiles" && self.is_reserved_namespace(name) {
+            return Err(ApiError::Forbidden {
+                message: format!(
+                    "{} {name:?} is forbidden: namespace {name:?} is reserved for the system and cannot be owned by a profile",
+                    res.qualified()
+                ),
+                group: res.group.to_owned(),
+                kind: res.plural.to_owned(),
+                name: name.to_owned(),
+            });
+        }
+        Ok(())
+    }
+
     async fn admit(&self, req: AdmissionRequest<'_>, obj: &mut Value) -> Result<(), ApiError> {
         self.admission
             .admit(req, obj)
@@ -301,6 +318,7 @@ impl ApiServer {
             if !causes.is_empty() {
                 return Err(invalid(res, &name, causes));
             }
+            self.check_profile_name(res, &name)?;
             if ctx.http && res.namespaced {
                 self.check_namespace_open(res, ns, &name).await?;
             }
@@ -391,9 +409,13 @@ impl ApiServer {
         ctx: WriteCtx<'_>,
     ) -> Result<Value, ApiError> {
         let builtin = matches!(res.group, "" | "rbac.authorization.k8s.io");
+        let body = bytes::Bytes::copy_from_slice(body);
         for _ in 0..RETRIES {
             let (current, rev) = self.read(res, ns, name).await?.ok_or_else(|| not_found(res, name))?;
-            let patched = patch::apply(&current, kind, body, builtin)?;
+            let (doc, raw) = (current.clone(), body.clone());
+            let patched = self
+                .offload(raw.len(), move || patch::apply(&doc, kind, &raw, builtin))
+                .await?;
             let wanted = meta_str(&patched, "resourceVersion").to_owned();
             let pinned = !wanted.is_empty() && wanted != rev.to_string();
             if pinned {
@@ -453,6 +475,11 @@ impl ApiServer {
             n
         };
         restore_identity(&mut new, current)?;
+        if ctx.http {
+            // A Profile squatting a system namespace (from older data) cannot be changed by
+            // callers; the controller may still record its Failed condition, and it can be deleted.
+            self.check_profile_name(res, name)?;
+        }
         {
             let m = meta_mut(&mut new)?;
             m.remove("managedFields");

@@ -3,11 +3,24 @@
 //! `$deleteFromPrimitiveList/…` and `$setElementOrder/…` directives).
 //!
 //! Invariants: patching works on a copy and either yields a whole new object or an error (→ 4xx
-//! Status); server-side apply is refused with 415; nothing here panics on hostile input.
+//! Status); server-side apply is refused with 415; nothing here panics on hostile input; time is
+//! (near) linear in the object and the patch — list merges, deletions from primitive lists and
+//! element orders go through hash indexes, and a JSON patch holds at most
+//! [`MAX_JSON_PATCH_OPERATIONS`] operations (the Kubernetes API server's limit; 413 above).
+
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use serde_json::{Map, Value};
 
 use crate::status::ApiError;
+
+/// The most operations of one JSON patch (as the Kubernetes API server).
+pub const MAX_JSON_PATCH_OPERATIONS: usize = 10_000;
+
+/// A hashable identity of a JSON value (its canonical text).
+fn identity(v: &Value) -> String {
+    v.to_string()
+}
 
 /// The patch flavours a client can send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,6 +64,12 @@ pub fn apply(doc: &Value, kind: PatchType, patch: &[u8], builtin: bool) -> Resul
         }
         PatchType::Json => {
             let p: json_patch::Patch = serde_json::from_slice(patch).map_err(|e| bad(&e))?;
+            if p.0.len() > MAX_JSON_PATCH_OPERATIONS {
+                return Err(ApiError::TooLargeWith(format!(
+                    "The allowed maximum operations in a JSON patch is {MAX_JSON_PATCH_OPERATIONS}, got {}",
+                    p.0.len()
+                )));
+            }
             let mut out = doc.clone();
             json_patch::patch(&mut out, &p.0)
                 .map_err(|e| ApiError::Invalid {
@@ -133,7 +152,8 @@ fn strategic_object(doc: &mut Map<String, Value>, patch: &Map<String, Value>, pa
     for (k, v) in patch {
         if let Some(field) = k.strip_prefix("$deleteFromPrimitiveList/") {
             if let (Some(Value::Array(list)), Value::Array(del)) = (doc.get_mut(field), v) {
-                list.retain(|x| !del.contains(x));
+                let del: HashSet<String> = del.iter().map(identity).collect();
+                list.retain(|x| !del.contains(&identity(x)));
             }
             continue;
         }
@@ -181,12 +201,17 @@ fn strategic_object(doc: &mut Map<String, Value>, patch: &Map<String, Value>, pa
         .collect();
     for (field, order) in orders {
         if let (Some(Value::Array(list)), Some(key)) = (doc.get_mut(field), merge_key(field)) {
-            let pos = |e: &Value| {
-                order
-                    .iter()
-                    .position(|o| o.get(key).is_some() && o.get(key) == e.get(key))
-            };
-            list.sort_by_key(|e| pos(e).unwrap_or(usize::MAX));
+            let mut at: HashMap<String, usize> = HashMap::with_capacity(order.len());
+            for (i, o) in order.iter().enumerate() {
+                if let Some(k) = o.get(key) {
+                    at.entry(identity(k)).or_insert(i);
+                }
+            }
+            list.sort_by_cached_key(|e| {
+                e.get(key)
+                    .and_then(|k| at.get(&identity(k)).copied())
+                    .unwrap_or(usize::MAX)
+            });
         }
     }
     Ok(())
@@ -205,30 +230,54 @@ fn strip_directives(v: &Value) -> Value {
     }
 }
 
+/// Merges `patch` into `doc` by `key`. Elements are found through an index (key → positions,
+/// first first), deletions leave holes that are closed at the end: linear, not quadratic.
 fn merge_list(doc: &mut Vec<Value>, patch: &[Value], key: &str, path: &str) -> Result<(), ApiError> {
+    let mut slots: Vec<Option<Value>> = std::mem::take(doc).into_iter().map(Some).collect();
+    let mut index: HashMap<String, VecDeque<usize>> = HashMap::new();
+    for (i, e) in slots.iter().enumerate() {
+        if let Some(k) = e.as_ref().and_then(|e| e.get(key)) {
+            index.entry(identity(k)).or_default().push_back(i);
+        }
+    }
+    let mut result = Ok(());
     for p in patch {
         let Value::Object(pm) = p else { continue };
         let Some(id) = pm.get(key) else {
-            return Err(ApiError::BadRequest(format!(
+            result = Err(ApiError::BadRequest(format!(
                 "map: {pm:?} does not contain declared merge key: {key} at {path}"
             )));
+            break;
         };
-        let found = doc.iter().position(|e| e.get(key) == Some(id));
+        let id = identity(id);
+        let found = index.get(&id).and_then(|q| q.front().copied());
         let delete = pm.get("$patch").and_then(Value::as_str) == Some("delete");
         match (found, delete) {
             (Some(i), true) => {
-                doc.remove(i);
+                if let Some(q) = index.get_mut(&id) {
+                    q.pop_front();
+                }
+                if let Some(slot) = slots.get_mut(i) {
+                    *slot = None;
+                }
             }
             (None, true) => {}
             (Some(i), false) => {
-                if let Some(Value::Object(target)) = doc.get_mut(i) {
-                    strategic_object(target, pm, path)?;
+                if let Some(Some(Value::Object(target))) = slots.get_mut(i)
+                    && let Err(e) = strategic_object(target, pm, path)
+                {
+                    result = Err(e);
+                    break;
                 }
             }
-            (None, false) => doc.push(strip_directives(p)),
+            (None, false) => {
+                index.entry(id).or_default().push_back(slots.len());
+                slots.push(Some(strip_directives(p)));
+            }
         }
     }
-    Ok(())
+    *doc = slots.into_iter().flatten().collect();
+    result
 }
 
 #[cfg(test)]

@@ -134,6 +134,9 @@ pub enum ApiError {
     /// Body over the limit (413).
     #[error("Request entity too large: limit is {0}")]
     TooLarge(usize),
+    /// A request over another limit (413), e.g. the operations of a JSON patch.
+    #[error("{0}")]
+    TooLargeWith(String),
     /// Watch or continue from a revision no longer available (410).
     #[error("{0}")]
     Expired(String),
@@ -214,7 +217,7 @@ impl ApiError {
             Self::BadRequest(_) => 400,
             Self::MethodNotAllowed => 405,
             Self::UnsupportedMediaType(_) => 415,
-            Self::TooLarge(_) => 413,
+            Self::TooLarge(_) | Self::TooLargeWith(_) => 413,
             Self::Expired(_) => 410,
             Self::AdmissionDenied { code, .. } => *code,
             Self::Store(_) | Self::Internal(_) => 500,
@@ -288,6 +291,7 @@ impl ApiError {
             Self::MethodNotAllowed => ("MethodNotAllowed", self.to_string()),
             Self::UnsupportedMediaType(m) => ("UnsupportedMediaType", m.clone()),
             Self::TooLarge(_) => ("RequestEntityTooLarge", self.to_string()),
+            Self::TooLargeWith(m) => ("RequestEntityTooLarge", m.clone()),
             Self::Expired(m) => ("Expired", m.clone()),
             Self::AdmissionDenied { code, .. } => {
                 let r = match code {

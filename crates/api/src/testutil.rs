@@ -39,8 +39,8 @@ pub fn grant(who: &str, verbs: &[&str], groups: &[&str], resources: &[&str], nam
     }
 }
 
-#[derive(Debug, Default)]
-pub struct TableAuthz(pub std::sync::RwLock<Vec<Grant>>);
+#[derive(Debug)]
+pub struct TableAuthz(pub std::sync::RwLock<Vec<Grant>>, pub tokio::sync::watch::Sender<u64>);
 
 fn applies(g: &Grant, user: &str, groups: &[String]) -> bool {
     match g.who.split_once(':') {
@@ -56,11 +56,21 @@ fn has(list: &[String], v: &str) -> bool {
 
 impl TableAuthz {
     pub fn new(grants: Vec<Grant>) -> Arc<Self> {
-        Arc::new(Self(std::sync::RwLock::new(grants)))
+        Arc::new(Self(std::sync::RwLock::new(grants), tokio::sync::watch::channel(0).0))
+    }
+
+    /// Replaces the grants and tells open watches (like an RBAC change in the store).
+    pub fn set(&self, grants: Vec<Grant>) {
+        *self.0.write().unwrap() = grants;
+        self.1.send_modify(|n| *n += 1);
     }
 }
 
 impl Authorize for TableAuthz {
+    fn changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        Some(self.1.subscribe())
+    }
+
     fn authorize(&self, a: &Attributes) -> Decision {
         let grants = self.0.read().unwrap();
         if a.groups.iter().any(|g| g == "system:masters") {

@@ -4,7 +4,10 @@
 //! Invariants: only objects under the authorized prefix (one namespace, or all) are ever sent;
 //! with a selector, an object leaving it is sent as DELETED and one entering it as ADDED; the
 //! stream ends at `timeoutSeconds` (capped), when the client goes away (the store watcher is
-//! dropped with the body), or after an ERROR event (410 Expired when the revision is compacted).
+//! dropped with the body), or after an ERROR event (410 Expired when the revision is compacted);
+//! the request is re-authorized whenever RBAC changes, and once its caller has lost the right
+//! the stream sends an ERROR event with the 403 Status and ends — nothing is streamed after a
+//! revocation became visible to the authorizer.
 
 use std::collections::{HashSet, VecDeque};
 use std::convert::Infallible;
@@ -19,6 +22,7 @@ use kfsec_store::{EventKind, Revision, StoreError, WatchStream};
 use serde_json::{Value, json};
 
 use crate::ApiServer;
+use crate::authorize::Attributes;
 use crate::objects::{ListQuery, decode};
 use crate::registry::Resource;
 use crate::status::ApiError;
@@ -34,6 +38,8 @@ pub(crate) struct WatchParams {
     pub timeout: Duration,
     pub format: Format,
     pub include: Include,
+    /// The authorized request, asked again whenever RBAC changes.
+    pub attrs: Attributes,
 }
 
 struct State {
@@ -45,6 +51,7 @@ struct State {
     filtering: bool,
     deadline: tokio::time::Instant,
     done: bool,
+    changes: Option<tokio::sync::watch::Receiver<u64>>,
 }
 
 impl State {
@@ -161,6 +168,7 @@ impl ApiServer {
             }
         };
         let mut st = State {
+            changes: self.authz.changes(),
             api: Arc::clone(self),
             deadline: tokio::time::Instant::now() + p.timeout,
             p,
@@ -187,10 +195,31 @@ impl ApiServer {
                 if st.done {
                     return None;
                 }
+                let deadline = st.deadline;
                 let rx = st.rx.as_mut()?;
+                let changes = &mut st.changes;
+                let changed = async {
+                    match changes.as_mut() {
+                        Some(c) => c.changed().await.is_ok(),
+                        None => std::future::pending().await,
+                    }
+                };
                 let next = tokio::select! {
+                    // RBAC changes first: a revocation ends the stream before anything else is sent.
+                    biased;
+                    alive = changed => {
+                        if !alive {
+                            st.changes = None;
+                        } else if !st.api.authz.authorize(&st.p.attrs).is_allowed() {
+                            st.done = true;
+                            st.rx = None;
+                            let e = ApiError::forbidden(&st.p.attrs);
+                            return Some((Ok(line(&error_event(&e))), st));
+                        }
+                        continue;
+                    }
                     ev = rx.recv() => ev,
-                    () = tokio::time::sleep_until(st.deadline) => return None,
+                    () = tokio::time::sleep_until(deadline) => return None,
                 };
                 match next {
                     None => return None,

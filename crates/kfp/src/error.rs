@@ -20,6 +20,8 @@ pub mod code {
     pub const ALREADY_EXISTS: i32 = 6;
     /// PermissionDenied.
     pub const PERMISSION_DENIED: i32 = 7;
+    /// ResourceExhausted (a quota).
+    pub const RESOURCE_EXHAUSTED: i32 = 8;
     /// FailedPrecondition.
     pub const FAILED_PRECONDITION: i32 = 9;
     /// Aborted (KFP's BadRequestError).
@@ -28,6 +30,8 @@ pub mod code {
     pub const UNIMPLEMENTED: i32 = 12;
     /// Internal.
     pub const INTERNAL: i32 = 13;
+    /// Unavailable (overloaded; retry later).
+    pub const UNAVAILABLE: i32 = 14;
     /// DataLoss.
     pub const DATA_LOSS: i32 = 15;
     /// Unauthenticated.
@@ -65,6 +69,12 @@ pub enum KfpError {
     /// Stored data failed its integrity check (gRPC 15, HTTP 500); never served.
     #[error("DataLoss: {0}")]
     DataLoss(String),
+    /// A quota would be exceeded (gRPC 8, HTTP 429).
+    #[error("ResourceExhausted: {0}")]
+    ResourceExhausted(String),
+    /// Too busy to do the work now (gRPC 14, HTTP 503).
+    #[error("Unavailable: {0}")]
+    Unavailable(String),
     /// Not offered by kfsec (gRPC 12, HTTP 501).
     #[error("Unimplemented: {0}")]
     Unimplemented(String),
@@ -111,6 +121,8 @@ impl KfpError {
             Self::BadRequest(_) => code::ABORTED,
             Self::DataLoss(_) => code::DATA_LOSS,
             Self::Unimplemented(_) => code::UNIMPLEMENTED,
+            Self::ResourceExhausted(_) => code::RESOURCE_EXHAUSTED,
+            Self::Unavailable(_) => code::UNAVAILABLE,
             Self::Internal(_) | Self::Wrapped { .. } => code::INTERNAL,
         }
     }
@@ -127,7 +139,9 @@ impl KfpError {
             | Self::FailedPrecondition(m)
             | Self::BadRequest(m)
             | Self::DataLoss(m)
-            | Self::Unimplemented(m) => m,
+            | Self::Unimplemented(m)
+            | Self::ResourceExhausted(m)
+            | Self::Unavailable(m) => m,
             Self::Internal(_) | Self::Wrapped { .. } => "Internal error",
         }
     }
@@ -144,6 +158,8 @@ impl KfpError {
             code::PERMISSION_DENIED => StatusCode::FORBIDDEN,
             code::UNAUTHENTICATED => StatusCode::UNAUTHORIZED,
             code::UNIMPLEMENTED => StatusCode::NOT_IMPLEMENTED,
+            code::RESOURCE_EXHAUSTED => StatusCode::TOO_MANY_REQUESTS,
+            code::UNAVAILABLE => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

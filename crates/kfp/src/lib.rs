@@ -16,6 +16,7 @@ mod experiments;
 mod jobs;
 mod json;
 mod list;
+pub mod multipart;
 mod package;
 mod pipelines;
 mod refs;
@@ -46,6 +47,11 @@ pub struct KfpSettings {
     pub system_namespace: String,
     /// Largest accepted request body (uploads included). Default 32 MiB.
     pub max_body_bytes: usize,
+    /// Most bytes of stored pipeline packages per namespace (shared pipelines count as one
+    /// namespace). Default 512 MiB.
+    pub max_package_bytes_per_namespace: u64,
+    /// Most stored pipeline packages (versions) per namespace. Default 1000.
+    pub max_packages_per_namespace: u64,
 }
 
 impl Default for KfpSettings {
@@ -53,6 +59,8 @@ impl Default for KfpSettings {
         Self {
             system_namespace: "kubeflow".into(),
             max_body_bytes: 32 * 1024 * 1024,
+            max_package_bytes_per_namespace: 512 * 1024 * 1024,
+            max_packages_per_namespace: 1000,
         }
     }
 }
@@ -65,6 +73,11 @@ pub struct Kfp {
     pub(crate) rng: Arc<dyn Rng>,
     pub(crate) pager: list::Paginator,
     pub(crate) settings: KfpSettings,
+    /// Bounds the CPU-heavy work (multipart, decompression, YAML, large JSON) running at once
+    /// on the blocking pool.
+    pub(crate) cpu: Arc<tokio::sync::Semaphore>,
+    /// Serialises the quota check and the write of a new package.
+    pub(crate) quota: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Kfp {
@@ -76,6 +89,10 @@ impl std::fmt::Debug for Kfp {
 }
 
 const TOKEN_KEY: &str = "/kfp/meta/page-token-key";
+/// CPU-heavy jobs running at once (the rest wait, up to [`CPU_WAIT`]).
+const CPU_JOBS: usize = 2;
+/// The longest a CPU-heavy job waits for its turn before the request is answered Unavailable.
+const CPU_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
 
 impl Kfp {
     /// Builds the server; loads (or creates, once) the page-token signing key in the store.
@@ -102,6 +119,8 @@ impl Kfp {
             rng,
             pager: list::Paginator::new(&secret),
             settings,
+            cpu: Arc::new(tokio::sync::Semaphore::new(CPU_JOBS)),
+            quota: tokio::sync::Mutex::new(()),
         }))
     }
 
@@ -114,6 +133,26 @@ impl Kfp {
             .route("/apis/v1beta1/workflows", post(routes::dispatch))
             .route("/apis/v1beta1/scheduledworkflows", post(routes::dispatch))
             .with_state(Arc::clone(self))
+    }
+
+    /// Runs CPU-heavy `work` on the blocking pool, at most [`CPU_JOBS`] at once, so that the
+    /// async workers (and every other listener) stay responsive. Its input is bounded by the
+    /// caller (body and decompression limits), which bounds its time: every parser is linear.
+    pub(crate) async fn offload<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> KfpResult<T> + Send + 'static,
+    ) -> KfpResult<T> {
+        let permit = tokio::time::timeout(CPU_WAIT, self.cpu.clone().acquire_owned())
+            .await
+            .map_err(|_| KfpError::Unavailable("The server is busy parsing other uploads; retry later".into()))?
+            .map_err(|_| KfpError::Internal("the parse pool is closed".into()))?;
+        tokio::task::spawn_blocking(move || {
+            let out = work();
+            drop(permit);
+            out
+        })
+        .await
+        .map_err(|e| KfpError::Internal(format!("a parse job failed: {e}")))?
     }
 
     pub(crate) fn now_ms(&self) -> i64 {

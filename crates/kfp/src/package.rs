@@ -13,100 +13,13 @@ use serde_json::{Map, Value};
 
 use crate::error::{KfpError, KfpResult};
 
-/// One uploaded file.
-#[derive(Debug)]
-pub struct Upload {
-    /// The client's file name.
-    pub filename: String,
-    /// Its bytes.
-    pub bytes: Vec<u8>,
-}
+pub use crate::multipart::Upload;
 
-fn bad_multipart(msg: &str) -> KfpError {
-    KfpError::InvalidInput(format!("Failed to read pipeline from file: {msg}"))
-}
-
-fn find(hay: &[u8], needle: &[u8], from: usize) -> Option<usize> {
-    if needle.is_empty() || hay.len() < needle.len() {
-        return None;
-    }
-    (from..=hay.len() - needle.len()).find(|&i| hay.get(i..i + needle.len()) == Some(needle))
-}
-
-fn header_param(header: &str, name: &str) -> Option<String> {
-    for part in header.split(';').skip(1) {
-        let (k, v) = part.trim().split_once('=')?;
-        if k.trim().eq_ignore_ascii_case(name) {
-            let v = v.trim();
-            let v = v.strip_prefix('"').and_then(|x| x.strip_suffix('"')).unwrap_or(v);
-            return Some(v.to_owned());
-        }
-    }
-    None
-}
-
-/// Extracts the part named `field` from a `multipart/form-data` body.
+/// Extracts the part named `field` from a `multipart/form-data` body (linear time, see
+/// [`crate::multipart`]).
 pub fn multipart_file(content_type: &str, body: &[u8], field: &str) -> KfpResult<Upload> {
-    let mime = content_type.split(';').next().unwrap_or_default().trim();
-    if !mime.eq_ignore_ascii_case("multipart/form-data") {
-        return Err(bad_multipart("the request is not multipart/form-data"));
-    }
-    let boundary = header_param(content_type, "boundary")
-        .filter(|b| !b.is_empty() && b.len() <= 200)
-        .ok_or_else(|| bad_multipart("no multipart boundary"))?;
-    let delim = format!("--{boundary}");
-    let delim = delim.as_bytes();
-    let mut pos = find(body, delim, 0).ok_or_else(|| bad_multipart("no multipart part"))?;
-    loop {
-        pos += delim.len();
-        let rest = body.get(pos..).unwrap_or_default();
-        if rest.starts_with(b"--") {
-            break;
-        }
-        // Skip the line break after the delimiter.
-        let hstart = if rest.starts_with(b"\r\n") {
-            pos + 2
-        } else if rest.starts_with(b"\n") {
-            pos + 1
-        } else {
-            return Err(bad_multipart("malformed part delimiter"));
-        };
-        let (hend, sep) = match (find(body, b"\r\n\r\n", hstart), find(body, b"\n\n", hstart)) {
-            (Some(a), Some(b)) if b < a => (b, 2),
-            (Some(a), _) => (a, 4),
-            (None, Some(b)) => (b, 2),
-            (None, None) => return Err(bad_multipart("malformed part headers")),
-        };
-        let headers = std::str::from_utf8(body.get(hstart..hend).unwrap_or_default())
-            .map_err(|_| bad_multipart("part headers are not UTF-8"))?;
-        let content_start = hend + sep;
-        let next = find(body, delim, content_start).ok_or_else(|| bad_multipart("unterminated part"))?;
-        let mut content_end = next;
-        if body.get(..content_end).is_some_and(|b| b.ends_with(b"\r\n")) {
-            content_end -= 2;
-        } else if body.get(..content_end).is_some_and(|b| b.ends_with(b"\n")) {
-            content_end -= 1;
-        }
-        let disposition = headers
-            .lines()
-            .find(|l| {
-                l.split(':')
-                    .next()
-                    .is_some_and(|h| h.trim().eq_ignore_ascii_case("content-disposition"))
-            })
-            .and_then(|l| l.split_once(':').map(|(_, v)| v.trim().to_owned()))
-            .unwrap_or_default();
-        if header_param(&disposition, "name").as_deref() == Some(field) {
-            let filename = header_param(&disposition, "filename").unwrap_or_default();
-            let bytes = body
-                .get(content_start..content_end.max(content_start))
-                .unwrap_or_default()
-                .to_vec();
-            return Ok(Upload { filename, bytes });
-        }
-        pos = next;
-    }
-    Err(bad_multipart(&format!("no part named {field:?}")))
+    crate::multipart::file(content_type, body, field)
+        .map_err(|e| KfpError::InvalidInput(format!("Failed to read pipeline from file: {e}")))
 }
 
 fn is_yaml_name(name: &str) -> bool {

@@ -340,9 +340,10 @@ pub async fn package(k: &Kfp, v: &Version) -> KfpResult<Vec<u8>> {
     k.db.get_blob(PACKAGES, &v.id, &v.sha256).await
 }
 
-/// The parsed package of `v`, integrity-checked.
+/// The parsed package of `v`, integrity-checked (parsed on the bounded blocking pool).
 pub async fn spec_of(k: &Kfp, v: &Version) -> KfpResult<Spec> {
-    package::parse_spec(&package(k, v).await?)
+    let bytes = package(k, v).await?;
+    k.offload(move || package::parse_spec(&bytes)).await
 }
 
 fn url_refused() -> KfpError {
@@ -383,11 +384,44 @@ async fn insert_pipeline(k: &Kfp, r: &Req, mut p: Pipeline, upload: bool) -> Kfp
     Ok(p)
 }
 
-/// Stores a package as a new version of `p` (authorization already done).
+/// Refuses a package of `adding` bytes when the namespace's stored packages would exceed the
+/// count or byte quota (shared pipelines form one namespace).
+async fn check_quota(k: &Kfp, namespace: &str, adding: usize) -> KfpResult<()> {
+    let pipelines: Vec<Pipeline> = k.db.list(&storage::scope_prefix(Kind::Pipeline, namespace)).await?;
+    let (mut count, mut bytes) = (0u64, 0u64);
+    for p in &pipelines {
+        let versions: Vec<Version> = k.db.list(&storage::scope_prefix(Kind::Version, &p.id)).await?;
+        count = count.saturating_add(u64::try_from(versions.len()).unwrap_or(u64::MAX));
+        for v in &versions {
+            bytes = bytes.saturating_add(u64::try_from(v.size).unwrap_or(u64::MAX));
+        }
+    }
+    let adding = u64::try_from(adding).unwrap_or(u64::MAX);
+    let (max_count, max_bytes) = (
+        k.settings.max_packages_per_namespace,
+        k.settings.max_package_bytes_per_namespace,
+    );
+    if count.saturating_add(1) > max_count || bytes.saturating_add(adding) > max_bytes {
+        let scope = if namespace.is_empty() {
+            "shared pipelines".to_owned()
+        } else {
+            format!("namespace {namespace}")
+        };
+        return Err(KfpError::ResourceExhausted(format!(
+            "Failed to store the pipeline package: the package quota of {scope} would be exceeded ({count} of {max_count} packages, {bytes} + {adding} of {max_bytes} bytes stored). Delete pipeline versions to free space"
+        )));
+    }
+    Ok(())
+}
+
+/// Stores a package as a new version of `p` (authorization already done), within the quota.
 async fn insert_version(k: &Kfp, p: &Pipeline, mut v: Version, text: Vec<u8>, spec: &Spec) -> KfpResult<Version> {
     if v.name.is_empty() {
         return Err(KfpError::InvalidInput("name is required".into()));
     }
+    // The check and the write are one step: concurrent uploads cannot both squeeze in.
+    let _quota = k.quota.lock().await;
+    check_quota(k, &p.namespace, text.len()).await?;
     v.id = k.new_id();
     v.pipeline_id = p.id.clone();
     v.created_ms = k.now_ms();
@@ -433,18 +467,68 @@ fn upload_name(r: &Req, filename: &str, spec: &Spec) -> String {
     }
 }
 
-fn read_upload(k: &Kfp, r: &Req) -> KfpResult<(String, Vec<u8>, Spec)> {
-    let up = package::multipart_file(&r.content_type, &r.body, "uploadfile")?;
-    let text = package::read_pipeline_file(&up.filename, &up.bytes, k.settings.max_body_bytes)
-        .map_err(|e| e.wrap("Failed to read a pipeline spec file"))?;
-    let spec = package::parse_spec(&text)?;
-    Ok((up.filename, text, spec))
+/// The uploaded package: multipart, decompression and YAML parsing, all linear and bounded, on
+/// the blocking pool.
+async fn read_upload(k: &Kfp, r: &Req) -> KfpResult<(String, Vec<u8>, Spec)> {
+    let (content_type, body, max) = (r.content_type.clone(), r.body.clone(), k.settings.max_body_bytes);
+    k.offload(move || {
+        let up = package::multipart_file(&content_type, &body, "uploadfile")?;
+        let text = package::read_pipeline_file(&up.filename, &up.bytes, max)
+            .map_err(|e| e.wrap("Failed to read a pipeline spec file"))?;
+        let spec = package::parse_spec(&text)?;
+        Ok((up.filename, text, spec))
+    })
+    .await
+}
+
+fn upload_checked(k: &Kfp, r: &Req, namespace: &str) -> KfpResult<()> {
+    checked_namespace(namespace, || KfpError::InvalidInput("namespace is required".into()))?;
+    // The name the upload will have when the query gives it (else it comes from the body).
+    let name = [r.q("name"), r.q("display_name")]
+        .into_iter()
+        .find(|n| !n.is_empty())
+        .unwrap_or_default();
+    check(k, r, "create", namespace, &name, "").map_err(|e| {
+        e.wrap(format!(
+            "Failed to create a pipeline due to authorization error. Check if you have write permissions to namespace {namespace}"
+        ))
+    })
+}
+
+/// Before the body of `pipelines/upload` is read: the target namespace (shared uploads are
+/// open to every authenticated caller, as in KFP).
+pub fn authorize_upload(k: &Kfp, r: &Req) -> KfpResult<()> {
+    let namespace = r.q("namespace");
+    if namespace.is_empty() {
+        return Ok(());
+    }
+    upload_checked(k, r, &namespace)
+}
+
+/// Before the body of `pipelines/upload_version` is read: the parent pipeline.
+pub async fn authorize_upload_version(k: &Kfp, r: &Req) -> KfpResult<()> {
+    let pid = r.q("pipelineid");
+    if pid.is_empty() {
+        return Err(KfpError::InvalidInput(
+            "Failed to create a pipeline version: pipelineid is required".into(),
+        ));
+    }
+    load_authorized(k, r, &pid, "create").await.map(|_| ())
+}
+
+/// Before the body of `pipelines/{id}/versions` is read: the parent pipeline.
+pub async fn authorize_new_version(k: &Kfp, r: &Req, pid: &str) -> KfpResult<()> {
+    load_authorized(k, r, pid, "create").await.map(|_| ()).map_err(|e| {
+        e.wrap(format!(
+            "Failed to create a pipeline version due authorization error for pipeline id {pid}"
+        ))
+    })
 }
 
 /// `POST pipelines/upload` (multipart `uploadfile`, query `name`, `display_name`,
 /// `description`, `namespace`).
 pub async fn upload(k: &Kfp, r: &Req) -> KfpResult<Value> {
-    let (filename, text, spec) = read_upload(k, r)?;
+    let (filename, text, spec) = read_upload(k, r).await?;
     let name = upload_name(r, &filename, &spec);
     let display = {
         let d = r.q("display_name");
@@ -496,7 +580,6 @@ pub async fn upload(k: &Kfp, r: &Req) -> KfpResult<Value> {
 
 /// `POST pipelines/upload_version` (query `pipelineid`).
 pub async fn upload_version(k: &Kfp, r: &Req) -> KfpResult<Value> {
-    let (filename, text, spec) = read_upload(k, r)?;
     let pid = r.q("pipelineid");
     if pid.is_empty() {
         return Err(KfpError::InvalidInput(
@@ -504,6 +587,7 @@ pub async fn upload_version(k: &Kfp, r: &Req) -> KfpResult<Value> {
         ));
     }
     let p = load_authorized(k, r, &pid, "create").await?;
+    let (filename, text, spec) = read_upload(k, r).await?;
     let name = upload_name(r, &filename, &spec);
     let display = {
         let d = r.q("display_name");

@@ -1,9 +1,12 @@
 //! Request routing: method and path (after `/pipeline`) to a handler, the caller's identity,
 //! the query and the bounded body; answers are JSON, errors go through `error_response`.
 //!
-//! Invariants: no handler runs without an `Identity` (401 otherwise); the body is read with a
-//! hard limit before any parsing (413 above it); an unknown path or method is KFP's NotFound
-//! JSON, never an HTML page or a panic.
+//! Invariants: no handler runs without an `Identity` (401 otherwise); whatever can be authorized
+//! from the path and the query (an upload's namespace, a version's parent pipeline) is
+//! authorized before a byte of the body is read, so an unauthorised upload costs nothing; the
+//! body is read with a hard limit before any parsing (413 above it), and a large JSON body is
+//! parsed on the bounded blocking pool, never on an async worker; an unknown path or method is
+//! KFP's NotFound JSON, never an HTML page or a panic.
 
 use std::sync::Arc;
 
@@ -30,6 +33,8 @@ pub struct Req {
     pub content_type: String,
     /// Called under `/apis/v2beta1`.
     pub v2: bool,
+    /// The body already parsed as a JSON object (large bodies are parsed off the async workers).
+    pub parsed: Option<Result<Value, String>>,
 }
 
 impl Req {
@@ -45,13 +50,20 @@ impl Req {
 
     /// The body as a JSON object.
     pub fn json(&self) -> KfpResult<Value> {
-        crate::json::body_object(&self.body)
+        match &self.parsed {
+            Some(Ok(v)) => Ok(v.clone()),
+            Some(Err(m)) => Err(KfpError::InvalidInput(m.clone())),
+            None => crate::json::body_object(&self.body),
+        }
     }
 }
 
 fn not_found() -> KfpError {
     KfpError::NotFound("Not Found".into())
 }
+
+/// Bodies above this size are parsed on the blocking pool.
+const INLINE_PARSE_BYTES: usize = 64 * 1024;
 
 /// The single entry point for every KFP path.
 pub async fn dispatch(State(k): State<Arc<Kfp>>, req: Request) -> Response {
@@ -60,15 +72,6 @@ pub async fn dispatch(State(k): State<Arc<Kfp>>, req: Request) -> Response {
         return error_response(&KfpError::Unauthenticated(
             "Failed to check authorization. User identity is empty in the request header".into(),
         ));
-    };
-    let body = match kfsec_api::body::read_bounded(body, k.settings.max_body_bytes).await {
-        Ok(b) => b,
-        Err(_) => {
-            return error_response(&KfpError::TooLarge(format!(
-                "The request body is larger than the maximum of {} bytes",
-                k.settings.max_body_bytes
-            )));
-        }
     };
     let path = parts.uri.path();
     let path = path.strip_prefix("/pipeline").unwrap_or(path);
@@ -83,15 +86,22 @@ pub async fn dispatch(State(k): State<Arc<Kfp>>, req: Request) -> Response {
         .to_owned();
     let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let v2 = segs.get(1) == Some(&"v2beta1");
-    let r = Req {
+    let mut r = Req {
         who,
         query,
-        body,
+        body: Bytes::new(),
         content_type,
         v2,
+        parsed: None,
     };
     let result = match segs.as_slice() {
-        ["apis", "v1beta1" | "v2beta1", rest @ ..] => route(&k, &parts.method, rest, &r).await,
+        ["apis", "v1beta1" | "v2beta1", rest @ ..] => match before_body(&k, &parts.method, rest, &r).await {
+            Err(e) => Err(e),
+            Ok(()) => match read_body(&k, body, &mut r).await {
+                Err(e) => Err(e),
+                Ok(()) => route(&k, &parts.method, rest, &r).await,
+            },
+        },
         _ => Err(not_found()),
     };
     match result {
@@ -102,6 +112,48 @@ pub async fn dispatch(State(k): State<Arc<Kfp>>, req: Request) -> Response {
             }
             error_response(&e)
         }
+    }
+}
+
+/// Reads the bounded body into `r`; a large non-multipart body is parsed as JSON off the async
+/// workers.
+async fn read_body(k: &Kfp, body: axum::body::Body, r: &mut Req) -> KfpResult<()> {
+    let body = kfsec_api::body::read_bounded(body, k.settings.max_body_bytes)
+        .await
+        .map_err(|_| {
+            KfpError::TooLarge(format!(
+                "The request body is larger than the maximum of {} bytes",
+                k.settings.max_body_bytes
+            ))
+        })?;
+    let multipart = r
+        .content_type
+        .trim_start()
+        .get(..10)
+        .is_some_and(|p| p.eq_ignore_ascii_case("multipart/"));
+    if body.len() > INLINE_PARSE_BYTES && !multipart {
+        let b = body.clone();
+        let parsed = k
+            .offload(move || Ok(crate::json::body_object(&b).map_err(|e| e.external().to_owned())))
+            .await?;
+        r.parsed = Some(parsed);
+    }
+    r.body = body;
+    Ok(())
+}
+
+/// Authorizes what the path and the query already tell, before the body is read: an upload's
+/// target namespace, an upload's or a new version's parent pipeline. The handlers check again
+/// (with the body's details); this only makes sure an unauthorised body is never read.
+async fn before_body(k: &Kfp, m: &Method, rest: &[&str], r: &Req) -> KfpResult<()> {
+    if m != Method::POST {
+        return Ok(());
+    }
+    match rest {
+        ["pipelines", "upload"] => pipelines::authorize_upload(k, r),
+        ["pipelines", "upload_version"] => pipelines::authorize_upload_version(k, r).await,
+        ["pipelines", id, "versions"] if r.v2 => pipelines::authorize_new_version(k, r, id).await,
+        _ => Ok(()),
     }
 }
 

@@ -84,7 +84,8 @@ impl Source {
             for key in ["workflow_manifest", "pipeline_manifest"] {
                 let text = json::string(&ps, key)?;
                 if inline.is_none() && !text.is_empty() {
-                    inline = Some(package::parse_spec(text.as_bytes())?);
+                    // YAML: parsed on the bounded blocking pool.
+                    inline = Some(k.offload(move || package::parse_spec(text.as_bytes())).await?);
                 }
             }
             if let Some(list) = json::field(&ps, "parameters") {

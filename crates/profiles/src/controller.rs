@@ -5,8 +5,12 @@
 //! conditions, and deletes the namespace (and so its contents) when the Profile goes.
 //!
 //! Invariants: a namespace owned by someone else is never taken over (the Profile gets a Failed
-//! condition); existing namespace labels are never overwritten; reconciliation is idempotent and
-//! writes only when something differs, so following its own writes cannot loop.
+//! condition) — only a namespace this very Profile created (its owner reference) is adopted;
+//! system namespaces (`kube-*`, `default`, `kubeflow`, `kfsec`) exist from the first start,
+//! belong to no profile, are never deleted with one, and a Profile claiming one (left by older
+//! data: the API refuses new ones) is not honoured — whatever it granted there is revoked;
+//! existing namespace labels are never overwritten; reconciliation is idempotent and writes only
+//! when something differs, so following its own writes cannot loop.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -74,6 +78,14 @@ enum Outcome {
     Failed(String),
 }
 
+/// Whether `obj` has an owner reference to the Profile named `name` (any uid when `uid` is None).
+fn owned_by_profile(obj: &Value, name: &str, uid: Option<&Value>) -> bool {
+    obj["metadata"]["ownerReferences"].as_array().is_some_and(|refs| {
+        refs.iter()
+            .any(|r| r["kind"] == "Profile" && r["name"] == name && uid.is_none_or(|u| r["uid"] == *u))
+    })
+}
+
 impl ProfileController {
     /// A controller writing through `api`, following `store`.
     pub fn new(api: Arc<ApiServer>, store: Arc<dyn Store>, settings: ProfileSettings) -> Arc<Self> {
@@ -122,7 +134,9 @@ impl ProfileController {
         match self.api.get_object(nsr, "", name).await? {
             Some(mut ns) => {
                 let current_owner = ns["metadata"]["annotations"]["owner"].as_str().unwrap_or_default();
-                if current_owner != owner {
+                // Only the namespace this Profile created is its own: an operator's namespace,
+                // even one annotated with the same owner, is not adopted.
+                if current_owner != owner || !owned_by_profile(&ns, name, Some(&profile["metadata"]["uid"])) {
                     return Ok(Outcome::Failed(format!(
                         "namespace already exist, but not owned by profile creator {owner}"
                     )));
@@ -171,6 +185,19 @@ impl ProfileController {
     pub async fn reconcile(&self, profile: &Value) -> Result<(), ApiError> {
         if !profile["metadata"]["deletionTimestamp"].is_null() {
             return Ok(());
+        }
+        let name = profile["metadata"]["name"].as_str().unwrap_or_default();
+        if self.api.is_reserved_namespace(name) {
+            tracing::error!(
+                profile = %name,
+                owner = %owner_of(profile),
+                "SECURITY: a Profile claims the system namespace {name:?}; it is not honoured and what it granted there is revoked (delete it: kubectl delete profile {name})"
+            );
+            self.disown(name).await?;
+            let message = format!(
+                "namespace {name} is reserved for the system and cannot be owned by a profile; this profile is not honoured"
+            );
+            return self.set_status(profile, Outcome::Failed(message)).await;
         }
         let outcome = match self.ensure_namespace(profile).await? {
             Outcome::Failed(m) => Outcome::Failed(m),
@@ -261,10 +288,82 @@ impl ProfileController {
         }
     }
 
-    /// Deletes what a deleted Profile owned: its namespace, if the namespace is still its own.
+    /// Makes sure every system namespace exists and belongs to no profile (run at start, before
+    /// serving): creates the missing ones, and strips a profile's ownership from the others.
+    pub async fn ensure_system_namespaces(&self) -> Result<(), ApiError> {
+        let nsr = res("", "v1", "namespaces")?;
+        for name in self.api.system_namespaces() {
+            match self.api.get_object(nsr, "", &name).await? {
+                None => {
+                    let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
+                    match self.api.create_object(nsr, "", ns).await {
+                        Ok(_) | Err(ApiError::AlreadyExists { .. }) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                Some(_) => self.disown(&name).await?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Revokes what a Profile squatting the system namespace `name` holds there: the namespace's
+    /// owner annotation and profile owner references (so deleting the Profile cannot delete the
+    /// namespace), and the RoleBindings, ServiceAccounts and quota it created or KFAM added.
+    async fn disown(&self, name: &str) -> Result<(), ApiError> {
+        let nsr = res("", "v1", "namespaces")?;
+        if let Some(mut ns) = self.api.get_object(nsr, "", name).await? {
+            let mut changed = false;
+            if let Some(a) = ns["metadata"]["annotations"].as_object_mut() {
+                changed |= a.remove("owner").is_some();
+            }
+            if let Some(m) = ns["metadata"].as_object_mut()
+                && m.get("ownerReferences").is_some()
+            {
+                let keep: Vec<Value> = m["ownerReferences"]
+                    .as_array()
+                    .map(|refs| refs.iter().filter(|r| r["kind"] != "Profile").cloned().collect())
+                    .unwrap_or_default();
+                if keep.is_empty() {
+                    m.remove("ownerReferences");
+                } else {
+                    m.insert("ownerReferences".into(), Value::Array(keep));
+                }
+                changed = true;
+            }
+            if changed {
+                tracing::warn!(namespace = %name, "system namespace taken back from a profile");
+                self.api.update_object(nsr, ns).await?;
+            }
+        }
+        for (group, plural) in [
+            ("rbac.authorization.k8s.io", "rolebindings"),
+            ("", "serviceaccounts"),
+            ("", "resourcequotas"),
+        ] {
+            let r = res(group, "v1", plural)?;
+            for obj in self.api.list_objects(r, Some(name), "").await?.items {
+                let kfam = plural == "rolebindings"
+                    && obj["metadata"]["annotations"]["user"].is_string()
+                    && obj["metadata"]["annotations"]["role"].is_string();
+                if kfam || owned_by_profile(&obj, name, None) {
+                    let n = obj["metadata"]["name"].as_str().unwrap_or_default();
+                    tracing::warn!(namespace = %name, %plural, name = %n, "revoking what a profile held in a system namespace");
+                    self.api.delete_object(r, name, n).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes what a deleted Profile owned: its namespace, if the namespace is still its own
+    /// (never a system namespace).
     pub async fn finalize(&self, profile: &Value) -> Result<(), ApiError> {
         let nsr = res("", "v1", "namespaces")?;
         let name = profile["metadata"]["name"].as_str().unwrap_or_default();
+        if self.api.is_reserved_namespace(name) {
+            return Ok(());
+        }
         if let Some(ns) = self.api.get_object(nsr, "", name).await? {
             let owned = ns["metadata"]["ownerReferences"].as_array().is_some_and(|refs| {
                 refs.iter()

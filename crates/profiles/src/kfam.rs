@@ -4,7 +4,11 @@
 //! Invariants: only a profile's owner or a cluster admin adds or removes contributors; a new or
 //! removed binding is visible to the authorizer before the call returns (so revocation is
 //! immediate); unlike upstream KFAM, creating a profile is not open to everyone: the caller must
-//! be a cluster admin, or self-registration must be on and the caller must own the new profile.
+//! be a cluster admin, or self-registration must be on and the caller must own the new profile;
+//! no profile may claim a system namespace or an existing namespace, whoever asks; unlike
+//! upstream KFAM, bindings are listed only for namespaces the caller owns, contributes to, or
+//! (as a cluster admin) administers, and the cluster-admin question is answered only about the
+//! caller unless a cluster admin asks.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -22,6 +26,9 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::controller::{owner_of, profiles};
+
+/// The largest KFAM request body.
+const KFAM_MAX_BODY: usize = 64 * 1024;
 
 /// Lets a writer wait until the authorizer has caught up with the store.
 pub trait AuthzSync: Send + Sync + 'static {
@@ -162,6 +169,8 @@ impl Kfam {
             .route("/v1/profiles", post(create_profile))
             .route("/v1/profiles/{name}", delete(delete_profile))
             .route("/v1/role/clusteradmin", get(is_cluster_admin))
+            // KFAM bodies are a binding or a profile: a few hundred bytes.
+            .layer(axum::extract::DefaultBodyLimit::max(KFAM_MAX_BODY))
             .with_state(self.clone())
     }
 
@@ -177,6 +186,35 @@ impl Kfam {
         }
         let profile = self.api.get_object(profiles()?, "", namespace).await?;
         Ok(profile.is_some_and(|p| owner_of(&p) == user.username))
+    }
+
+    /// Whether a new profile may be named `name`: not a system namespace, not a namespace that
+    /// already exists (unless a Profile of that name owns it).
+    async fn claimable(&self, name: &str) -> Result<(), String> {
+        if self.api.is_reserved_namespace(name) {
+            return Err(format!(
+                "namespace {name:?} is reserved for the system and cannot be owned by a profile"
+            ));
+        }
+        let Some(nsr) = ApiServer::resource("", "v1", "namespaces") else {
+            return Err("namespaces are not served".into());
+        };
+        match self.api.get_object(nsr, "", name).await {
+            Ok(None) => Ok(()),
+            Ok(Some(ns)) => {
+                let profile_owned = ns["metadata"]["ownerReferences"]
+                    .as_array()
+                    .is_some_and(|refs| refs.iter().any(|r| r["kind"] == "Profile" && r["name"] == name));
+                if profile_owned {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "namespace {name:?} already exists and is not owned by a profile"
+                    ))
+                }
+            }
+            Err(e) => Err(e.to_string()),
+        }
     }
 
     async fn settle(&self) {
@@ -267,37 +305,49 @@ struct BindingQuery {
     role: String,
 }
 
-async fn list_bindings(State(k): State<Arc<Kfam>>, Query(q): Query<BindingQuery>) -> Response {
+async fn list_bindings(
+    State(k): State<Arc<Kfam>>,
+    Extension(id): Extension<Identity>,
+    Query(q): Query<BindingQuery>,
+) -> Response {
     let Ok(rb) = rolebindings() else {
         return empty(StatusCode::INTERNAL_SERVER_ERROR);
     };
-    let namespaces: Vec<String> = if q.namespace.is_empty() {
-        match profiles() {
-            Ok(p) => match k.api.list_objects(p, None, "").await {
-                Ok(l) => l
-                    .items
-                    .iter()
-                    .filter_map(|p| p["metadata"]["name"].as_str().map(str::to_owned))
-                    .collect(),
-                Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
-            },
-            Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
-        }
-    } else {
-        vec![q.namespace.clone()]
+    let Ok(pr) = profiles() else {
+        return empty(StatusCode::INTERNAL_SERVER_ERROR);
     };
+    let profiles = match k.api.list_objects(pr, None, "").await {
+        Ok(l) => l.items,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    };
+    let admin = k.cluster_admin(&user_info(&id));
     let mut out = Vec::new();
-    for ns in namespaces {
-        let Ok(list) = k.api.list_objects(rb, Some(&ns), "").await else {
+    for p in &profiles {
+        let Some(ns) = p["metadata"]["name"].as_str() else {
             continue;
         };
-        for b in list.items {
-            let (Some(user), Some(role)) = (
-                b["metadata"]["annotations"]["user"].as_str(),
-                b["metadata"]["annotations"]["role"].as_str(),
-            ) else {
-                continue;
-            };
+        if !q.namespace.is_empty() && q.namespace != ns {
+            continue;
+        }
+        let Ok(list) = k.api.list_objects(rb, Some(ns), "").await else {
+            continue;
+        };
+        let bindings: Vec<(&str, &str)> = list
+            .items
+            .iter()
+            .filter_map(|b| {
+                Some((
+                    b["metadata"]["annotations"]["user"].as_str()?,
+                    b["metadata"]["annotations"]["role"].as_str()?,
+                ))
+            })
+            .collect();
+        // Who is in a workspace is shown to its members and to cluster admins only.
+        let member = owner_of(p) == id.user || bindings.iter().any(|(u, _)| *u == id.user);
+        if !(admin || member) {
+            continue;
+        }
+        for (user, role) in bindings {
             if (!q.user.is_empty() && q.user != user) || (!q.role.is_empty() && q.role != role) {
                 continue;
             }
@@ -334,6 +384,11 @@ async fn create_profile(
     let Ok(r) = profiles() else {
         return empty(StatusCode::INTERNAL_SERVER_ERROR);
     };
+    let name = p["metadata"]["name"].as_str().unwrap_or_default().to_owned();
+    if let Err(message) = k.claimable(&name).await {
+        tracing::info!(target: "audit", caller = %id.user, profile = %name, "KFAM profile refused: {message}");
+        return error(StatusCode::FORBIDDEN, &message);
+    }
     match k.api.create_object(r, "", p).await {
         Ok(_) => empty(StatusCode::OK),
         Err(e) => error(StatusCode::FORBIDDEN, &e.to_string()),
@@ -368,9 +423,24 @@ struct AdminQuery {
     user: String,
 }
 
-async fn is_cluster_admin(State(k): State<Arc<Kfam>>, Query(q): Query<AdminQuery>) -> Response {
-    let user = UserInfo::authenticated(q.user, &[]);
-    json_utf8(StatusCode::OK, json!(k.cluster_admin(&user)))
+/// `GET /v1/role/clusteradmin?user=`: about the caller (with the caller's groups), or, for a
+/// cluster admin, about anyone (by name, as KFAM does). A non-admin asking about someone else
+/// learns nothing: the answer is `false`.
+async fn is_cluster_admin(
+    State(k): State<Arc<Kfam>>,
+    Extension(id): Extension<Identity>,
+    Query(q): Query<AdminQuery>,
+) -> Response {
+    let caller = user_info(&id);
+    let answer = if q.user.is_empty() || q.user == id.user {
+        k.cluster_admin(&caller)
+    } else if k.cluster_admin(&caller) {
+        k.cluster_admin(&UserInfo::authenticated(q.user, &[]))
+    } else {
+        tracing::info!(target: "audit", caller = %id.user, "KFAM cluster-admin question about another user answered false");
+        false
+    };
+    json_utf8(StatusCode::OK, json!(answer))
 }
 
 #[cfg(test)]

@@ -139,6 +139,8 @@ pub struct Config {
     pub key_algorithm: kfsec_pki::KeyAlgorithm,
     /// Lifetime of kfsec's own serving certificates.
     pub leaf_lifetime: Duration,
+    /// Stored pipeline packages per namespace: (bytes, count) (`pipelines:`).
+    pub pipeline_package_quota: (u64, u64),
     /// Front-door timeouts and connection caps (`frontDoor:`).
     pub front_door: ListenerLimits,
     /// Webhook listener timeouts (the front door's) and connection caps (`webhooks:`).
@@ -494,6 +496,10 @@ pub fn validate(f: ConfigFile, o: &Overrides, env: &dyn Env) -> Result<Config, C
         log_level: f.logger.as_ref().and_then(|l| l.level.clone()),
         log_format: f.logger.and_then(|l| l.format),
         registration_flow: f.registration_flow,
+        pipeline_package_quota: (
+            f.pipelines.max_package_bytes_per_namespace.unwrap_or(512 * 1024 * 1024),
+            f.pipelines.max_packages_per_namespace.unwrap_or(1000),
+        ),
         bearer_audiences: bearer_audiences(&f.bearer_audiences)?,
         max_sessions_per_user: match f.session.max_per_user {
             None => 100,

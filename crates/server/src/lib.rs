@@ -474,6 +474,11 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
     kfsec_profiles::AuthzSync::wait_for(rbac_cache.as_ref(), rev).await;
     let controller =
         kfsec_profiles::ProfileController::new(api.clone(), store.clone(), kfsec_profiles::ProfileSettings::default());
+    // System namespaces exist from the first start and belong to no profile.
+    controller
+        .ensure_system_namespaces()
+        .await
+        .map_err(|e| ServerError::Api(e.to_string()))?;
     let kfam = kfsec_profiles::Kfam::new(
         api.clone(),
         store.clone(),
@@ -486,7 +491,11 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
         rbac_cache.clone(),
         clock.clone(),
         rng.clone(),
-        kfsec_kfp::KfpSettings::default(),
+        kfsec_kfp::KfpSettings {
+            max_package_bytes_per_namespace: cfg.pipeline_package_quota.0,
+            max_packages_per_namespace: cfg.pipeline_package_quota.1,
+            ..kfsec_kfp::KfpSettings::default()
+        },
     )
     .await
     .map_err(|e| ServerError::Api(e.to_string()))?;

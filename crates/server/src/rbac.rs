@@ -136,6 +136,11 @@ impl kfsec_api::Authorize for RbacCache {
     fn rules_for(&self, user: &UserInfo, namespace: &str) -> SubjectRules {
         kfsec_api::Authorize::rules_for(&self.authorizer, user, namespace)
     }
+
+    /// Changes after every RBAC event applied (and every reload): open watches re-authorize.
+    fn changes(&self) -> Option<watch::Receiver<u64>> {
+        Some(self.seen.subscribe())
+    }
 }
 
 /// Installs Kubeflow's default ClusterRoles and binds kfsec's admin group to `cluster-admin`,

@@ -71,6 +71,9 @@ pub struct ConfigFile {
     /// Let users create their own profile (Kubeflow's `CD_REGISTRATION_FLOW`).
     #[serde(default)]
     pub registration_flow: bool,
+    /// The Kubeflow Pipelines API (`pipelines:`): the per-namespace package quota.
+    #[serde(default)]
+    pub pipelines: PipelinesConfig,
     /// Client ids whose ID tokens are accepted as bearer tokens, besides `kfsec-gatekeeper` and
     /// `kfsec-cli` (like the Kubernetes API server's `--oidc-client-id`). Each must be a client.
     #[serde(default)]
@@ -294,6 +297,17 @@ pub struct SessionConfig {
     pub cookie_name: Option<String>,
     /// Concurrent sessions per user (default 100); the oldest is ended when a new one starts.
     pub max_per_user: Option<u32>,
+}
+
+/// The Kubeflow Pipelines API.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PipelinesConfig {
+    /// Most bytes of stored pipeline packages per namespace; shared pipelines count as one
+    /// namespace (default 536870912, 512 MiB).
+    pub max_package_bytes_per_namespace: Option<u64>,
+    /// Most stored pipeline packages (pipeline versions) per namespace (default 1000).
+    pub max_packages_per_namespace: Option<u64>,
 }
 
 /// The internal CA.

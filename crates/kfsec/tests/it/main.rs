@@ -20,4 +20,5 @@ mod sec_headers;
 mod sec_login;
 mod sec_paths;
 mod sec_logs;
+mod sec_tenancy;
 mod sec_webhooks;
