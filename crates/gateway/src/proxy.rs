@@ -384,14 +384,14 @@ impl Proxy {
     /// `X-Forwarded-For` only when the edge did not set it.
     pub async fn forward(&self, route: &Route, mut req: Request<Body>, peer: IpAddr) -> Response<Body> {
         let upgrade = is_upgrade(req.headers());
+        let path = req.uri().path().to_owned();
         let target = match route.target(req.uri()) {
             Ok(t) => t,
             Err(e) => {
                 tracing::warn!(route = %route.prefix, error = %e, "no upstream target");
-                return bad_gateway();
+                return bad_gateway(&path);
             }
         };
-        let path = req.uri().path().to_owned();
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
         strip_hop_by_hop(&mut parts.headers, upgrade, false);
@@ -423,7 +423,7 @@ impl Proxy {
             (Some(_), Some(client)) => client.request(out).await,
             (Some(_), None) => {
                 tracing::warn!(route = %route.prefix, "no TLS client for this route");
-                return bad_gateway();
+                return bad_gateway(&path);
             }
             (None, _) => self.client.request(out).await,
         };
@@ -444,7 +444,7 @@ impl Proxy {
                     ),
                     None => tracing::warn!(route = %route.prefix, error = %e, detail, "upstream request failed"),
                 }
-                return bad_gateway();
+                return bad_gateway(&path);
             }
         };
         if upgrade && resp.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -471,15 +471,10 @@ impl Proxy {
     }
 }
 
-/// The one 502 answer: the detail goes to the log, never to the client.
-fn bad_gateway() -> Response<Body> {
-    let mut r = Response::new(Body::from("502 Bad Gateway: The upstream service is unavailable.\n"));
-    *r.status_mut() = StatusCode::BAD_GATEWAY;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    r
+/// The one 502 answer, in the format of `path`'s clients: the detail goes to the log, never to
+/// the client.
+fn bad_gateway(path: &str) -> Response<Body> {
+    crate::responses::error(path, StatusCode::BAD_GATEWAY, "The upstream service is unavailable.")
 }
 
 #[cfg(test)]
