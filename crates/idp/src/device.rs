@@ -119,6 +119,27 @@ fn address(addr: Option<Extension<ClientAddr>>) -> String {
     )
 }
 
+/// A user code's shape: `XXXX-XXXX`, upper-case letters and digits.
+fn well_formed(user_code: &str) -> bool {
+    user_code.len() == 9
+        && user_code.char_indices().all(|(i, c)| {
+            if i == 4 {
+                c == '-'
+            } else {
+                c.is_ascii_uppercase() || c.is_ascii_digit()
+            }
+        })
+}
+
+/// The device page's answer to too many code entries.
+fn throttled() -> Response {
+    retry_later(page(
+        StatusCode::TOO_MANY_REQUESTS,
+        "Log in a device",
+        "<p class=\"err\" role=\"alert\">Too many attempts. Wait a few minutes and try again.</p>",
+    ))
+}
+
 fn retry_later(mut resp: Response) -> Response {
     resp.headers_mut()
         .insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
@@ -248,15 +269,11 @@ pub(crate) async fn verify_code(
     let source = address(addr);
     if !idp.device_limits.admit_user_code(&source, idp.clock.now()) {
         tracing::warn!(target: "audit", %source, "device code entry throttled");
-        return Ok(retry_later(page(
-            StatusCode::TOO_MANY_REQUESTS,
-            "Log in a device",
-            "<p class=\"err\" role=\"alert\">Too many attempts. Wait a few minutes and try again.</p>",
-        )));
+        return Ok(throttled());
     }
     let user_code = f.user_code.trim().to_ascii_uppercase();
     let invalid = || PageError::bad("Invalid or expired code. Check the code on your device and try again.");
-    if user_code.len() != 9 || !user_code.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+    if !well_formed(&user_code) {
         return Err(invalid());
     }
     let hash = idp
@@ -299,15 +316,22 @@ pub(crate) struct CallbackQuery {
 /// `GET /device/callback`: redeems the code for the device and tells the user to go back.
 pub(crate) async fn device_callback(
     State(idp): State<Arc<Idp>>,
+    addr: Option<Extension<ClientAddr>>,
     Query(q): Query<CallbackQuery>,
 ) -> Result<Response, PageError> {
     let invalid = || PageError::bad("This device login is invalid or has expired. Start again on your device.");
-    let Some(kv) = idp
-        .store
-        .take(&format!("{USER_CODE_PREFIX}{}", q.state))
-        .await
-        .map_err(IdpError::from)?
-    else {
+    // The state is a user code: guessing it here is throttled like entering it on the page.
+    let source = address(addr);
+    if !idp.device_limits.admit_user_code(&source, idp.clock.now()) {
+        tracing::warn!(target: "audit", %source, "device callback throttled");
+        return Ok(throttled());
+    }
+    if !well_formed(&q.state) {
+        return Err(invalid());
+    }
+    let user_code_key = format!("{USER_CODE_PREFIX}{}", q.state);
+    // Looked up, not taken: only a callback whose code redeems may use the user code up.
+    let Some(kv) = idp.store.get(&user_code_key).await.map_err(IdpError::from)? else {
         return Err(invalid());
     };
     let key = format!("{DEVICE_PREFIX}{}", String::from_utf8(kv.value).map_err(|_| invalid())?);
@@ -319,6 +343,9 @@ pub(crate) async fn device_callback(
         tracing::warn!(target: "audit", error = e.error, "device login code exchange failed");
         invalid()
     })?;
+    if idp.store.take(&user_code_key).await.map_err(IdpError::from)?.is_none() {
+        return Err(invalid());
+    }
     rec.tokens = Some(tokens);
     let ttl = Some(TTL);
     idp.store

@@ -73,7 +73,7 @@ impl Default for LockoutPolicy {
             window: Duration::from_secs(900),
             lockout: Duration::from_secs(900),
             account_budget: 100,
-            user_code_per_address: 10,
+            user_code_per_address: 20,
             user_code_global: 300,
             device_codes_per_address: 30,
             max_pending_device_codes: 1000,

@@ -349,7 +349,8 @@ pub struct LoginProtectionConfig {
     /// Password checks per account per window from all addresses together before further checks
     /// are spaced out evenly (default 100; slows a distributed attack, never locks the account).
     pub max_verifications_per_account: Option<u32>,
-    /// Device user-code entries per client address per window (default 10).
+    /// Device user-code entries (the device page and its callback) per client address per
+    /// window (default 20).
     pub max_user_code_attempts_per_address: Option<u32>,
     /// Device user-code entries per window from all addresses (default 300).
     pub max_user_code_attempts: Option<u32>,

@@ -277,6 +277,38 @@ async fn device_user_code_guessing_is_throttled() {
 }
 
 #[tokio::test]
+async fn device_callback_guesses_are_throttled_and_use_up_nothing() {
+    let k = Kfsec::start("").await;
+    let raw = http_client(&k.running.ca_pem);
+    let r: serde_json::Value = raw
+        .post(format!("{}/device/code", k.running.issuer))
+        .form(&[("client_id", "kfsec-cli"), ("scope", "openid")])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let real = r["user_code"].as_str().unwrap().to_owned();
+    let mut b = k.client();
+    let callback = |state: &str| format!("/dex/device/callback?state={state}&code=bogus-code");
+    // a callback with the right user code but a code that does not redeem uses nothing up
+    assert_eq!(b.get(&callback(&real)).await.status(), 400);
+    let r = b
+        .post_form("/dex/device/auth/verify_code", &[("user_code", &real)])
+        .await;
+    assert!(r.status().is_redirection(), "the user code still works: {}", r.status());
+    // guessing user codes through the callback is throttled like the page (20 per address)
+    let mut statuses = Vec::new();
+    for i in 0..20 {
+        statuses.push(b.get(&callback(&format!("QQQQ-QQ{i:02}"))).await.status().as_u16());
+    }
+    assert_eq!(statuses[..18], [400; 18], "{statuses:?}");
+    assert_eq!(statuses[18..], [429, 429], "{statuses:?}");
+    k.running.shutdown().await;
+}
+
+#[tokio::test]
 async fn oversized_authorization_parameters_get_oauth_errors() {
     let k = Kfsec::start("").await;
     let raw = http_client(&k.running.ca_pem);
@@ -343,8 +375,9 @@ const FLOOD_TEST: &str = "sec_login::unauthenticated_floods_leave_the_store_and_
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn unauthenticated_floods_leave_the_store_and_memory_bounded() {
     if std::env::var_os("KFSEC_FLOOD_ALONE").is_none() {
-        // RSS is per process: measure in a process of our own that runs only this test.
-        let out = tokio::process::Command::new(std::env::current_exe().unwrap())
+        // RSS is per process: measure in a process of our own that runs only this test (this
+        // very binary, even if a rebuild replaced the file meanwhile).
+        let out = tokio::process::Command::new("/proc/self/exe")
             .args(["--exact", FLOOD_TEST, "--nocapture", "--test-threads=1"])
             .env("KFSEC_FLOOD_ALONE", "1")
             .kill_on_drop(true)
