@@ -316,8 +316,13 @@ pub(crate) async fn callback(
     resp
 }
 
-/// `POST /authservice/logout`: ends the session server-side and clears the cookie.
+/// `POST /authservice/logout`: ends the session server-side and clears the cookie (same-origin
+/// requests only: a cross-site page cannot log the user out).
 pub(crate) async fn logout(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    if cookie(&headers, &app.settings.cookie_name).is_some() && !app.cookie_write_allowed(&Method::POST, &headers) {
+        tracing::warn!(target: "audit", "cross-site logout refused");
+        return responses::html_error(StatusCode::FORBIDDEN, "Forbidden", "Cross-site request refused.");
+    }
     let mut user = None;
     for (k, v) in cookies(&headers) {
         if k == app.settings.cookie_name {

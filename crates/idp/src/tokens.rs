@@ -52,6 +52,11 @@ pub struct Claims {
     /// Not before, Unix seconds (kfsec does not set it; honoured when present).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nbf: Option<u64>,
+    /// Issued at, Unix milliseconds (kfsec's own claim): held against the user's revocation
+    /// epoch, so a token minted after a revocation in the same second stays valid. Tokens
+    /// without it count as issued at the start of their `iat` second.
+    #[serde(default, rename = "kfsec_iat_ms", skip_serializing_if = "Option::is_none")]
+    pub iat_ms: Option<u64>,
     /// Email (scope `email`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub email: Option<String>,
@@ -202,7 +207,7 @@ pub fn dex_subject(user_id: &str, connector_id: &str) -> String {
 }
 
 impl Idp {
-    fn claims_for(&self, grant: &Grant, user: &User, aud: &str, iat: u64) -> Claims {
+    fn claims_for(&self, grant: &Grant, user: &User, aud: &str) -> Claims {
         let now = self.clock.now();
         let has = |s: &str| grant.scopes.iter().any(|x| x == s);
         Claims {
@@ -210,11 +215,12 @@ impl Idp {
             sub: dex_subject(&user.user_id, "local"),
             aud: vec![aud.to_owned()],
             exp: now.add(self.settings.id_token_ttl).as_secs(),
-            iat,
+            iat: now.as_secs(),
             nonce: grant.nonce.clone().filter(|n| !n.is_empty()),
             at_hash: None,
             azp: None,
             nbf: None,
+            iat_ms: Some(now.as_millis()),
             email: has("email").then(|| user.email.clone()),
             email_verified: has("email").then_some(true),
             groups: has("groups").then(|| user.groups.clone()),
@@ -223,15 +229,10 @@ impl Idp {
         }
     }
 
-    /// Mints the access and ID tokens (and a refresh token if `refresh` is given). `iat` is
-    /// past the user's revocation epoch even within the second of a revocation (at most 1 s
-    /// ahead of the clock), so tokens minted after a revocation are not caught by it.
+    /// Mints the access and ID tokens (and a refresh token if `refresh` is given).
     async fn mint(&self, grant: &Grant, user: &User, refresh: Option<String>) -> Result<TokenResponse, IdpError> {
-        let now = self.clock.now().as_secs();
-        let epoch = self.epochs.get(&user.email).await?;
-        let iat = epoch.map_or(now, |e| now.max(e / 1000 + 1));
         let keys = self.keys.keys();
-        let mut claims = self.claims_for(grant, user, &grant.client_id, iat);
+        let mut claims = self.claims_for(grant, user, &grant.client_id);
         let access_token = keys.signing.sign_typed(&claims, Some(crate::jwt::ACCESS_TOKEN_TYP))?;
         let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, access_token.as_bytes());
         claims.at_hash = Some(B64.encode(digest.as_ref().get(..16).unwrap_or_default()));
@@ -496,7 +497,8 @@ impl Idp {
     /// Refuses a token issued at or before its user's revocation epoch.
     pub(crate) async fn check_not_revoked(&self, claims: &Claims) -> Result<(), VerifyError> {
         let Some(email) = &claims.email else { return Ok(()) };
-        match self.epochs.revoked(email, claims.iat.saturating_mul(1000)).await {
+        let issued_ms = claims.iat_ms.unwrap_or_else(|| claims.iat.saturating_mul(1000));
+        match self.epochs.revoked(email, issued_ms).await {
             Ok(false) => Ok(()),
             Ok(true) => Err(VerifyError::Revoked),
             Err(e) => Err(VerifyError::Unavailable(e.to_string())),

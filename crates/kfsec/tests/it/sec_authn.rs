@@ -674,6 +674,16 @@ async fn log_out_everywhere_button_and_session_limit() {
         assert_eq!(r.status(), 403, "{h}: {v}");
     }
     assert!(s.check(&Cred::Cookie(c2.clone())).await.is_some());
+    // nor log it out of this one
+    let r = raw
+        .post(format!("{}/authservice/logout", k.base))
+        .header("cookie", format!("authservice_session={c2}"))
+        .header("sec-fetch-site", "cross-site")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert!(s.check(&Cred::Cookie(c2.clone())).await.is_some());
     // the button (a same-origin form post) ends every session and the user's tokens
     let r = b1
         .send(
@@ -786,5 +796,53 @@ async fn cookie_writes_must_be_same_origin() {
         .await
         .unwrap();
     assert!(!r.text().await.unwrap().contains("Cross-site"));
+    k.running.shutdown().await;
+}
+
+#[tokio::test]
+async fn offline_logout_all_survives_a_restart() {
+    let k = Kfsec::start("bearerAudiences: [rp-test]\n").await;
+    let held = hold(&k, USER, PASSWORD).await;
+    let dir = k.stop().await;
+    // `kfsec user logout-all` with the server stopped acts on the store
+    let cfg = {
+        struct NoEnv;
+        impl kfsec_server::config::Env for NoEnv {
+            fn var(&self, _: &str) -> Option<String> {
+                None
+            }
+        }
+        let yaml = format!("apiVersion: kfsec/v1\nstaticPasswords:\n- email: {USER}\n  hash: \"{HASH}\"\n");
+        let file = kfsec_server::config::parse(std::path::Path::new("t.yaml"), &yaml).unwrap();
+        let o = kfsec_server::config::Overrides {
+            data_dir: Some(dir.path().to_path_buf()),
+            ..Default::default()
+        };
+        kfsec_server::config::validate(file, &o, &NoEnv).unwrap()
+    };
+    {
+        // the stopped server's aborted tasks let go of the store file as the runtime drops them
+        let mut opened = None;
+        for _ in 0..100 {
+            match kfsec_server::open_store(
+                &kfsec_server::DataDir(dir.path().to_path_buf()),
+                std::sync::Arc::new(SystemClock),
+            ) {
+                Ok(s) => {
+                    opened = Some(s);
+                    break;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+        let store = opened.expect("the store reopens after shutdown");
+        let ops = kfsec_server::admin_ops(store, &cfg).unwrap();
+        let r = ops.execute(AdminRequest::UserLogoutAll { email: USER.into() }).await;
+        assert!(matches!(r, AdminResponse::Ok), "{r:?}");
+    }
+    let k = Kfsec::start_in(dir, "bearerAudiences: [rp-test]\n").await;
+    assert_eq!(works(&k, &held).await, NONE, "revoked while stopped");
+    let fresh = hold(&k, USER, PASSWORD).await;
+    assert_eq!(works(&k, &fresh).await, ALL);
     k.running.shutdown().await;
 }
