@@ -20,17 +20,22 @@ use crate::{Kfp, jobs, runs};
 pub const RUN_ID_LABEL: &str = "pipeline/runid";
 
 /// The body is the workflow JSON, or (grpc-gateway's `body: "workflow"`) a JSON string holding
-/// it.
-fn parse_body(r: &Req, what: &str) -> KfpResult<(Value, Vec<u8>)> {
-    let v: Value = serde_json::from_slice(&r.body)
-        .map_err(|e| KfpError::InvalidInput(format!("Could not unmarshal {what}: {e}")))?;
+/// it; parsed on the bounded blocking pool.
+async fn parse_body(k: &Kfp, r: &Req, what: &'static str) -> KfpResult<(Value, Vec<u8>)> {
+    let body = r.body.clone();
+    k.offload(move || parse_report(&body, what)).await
+}
+
+fn parse_report(body: &[u8], what: &str) -> KfpResult<(Value, Vec<u8>)> {
+    let v: Value =
+        serde_json::from_slice(body).map_err(|e| KfpError::InvalidInput(format!("Could not unmarshal {what}: {e}")))?;
     let (obj, raw) = match v {
         Value::String(s) => {
             let inner: Value = serde_json::from_str(&s)
                 .map_err(|e| KfpError::InvalidInput(format!("Could not unmarshal {what}: {e}")))?;
             (inner, s.into_bytes())
         }
-        other => (other, r.body.to_vec()),
+        other => (other, body.to_vec()),
     };
     if !obj.is_object() {
         return Err(KfpError::InvalidInput(format!(
@@ -38,6 +43,17 @@ fn parse_body(r: &Req, what: &str) -> KfpResult<(Value, Vec<u8>)> {
         )));
     }
     Ok((obj, raw))
+}
+
+/// Before the body is read: reporting is a cluster-wide right of the persistence agent.
+pub fn authorize_report(k: &Kfp, r: &Req, scheduled: bool) -> KfpResult<()> {
+    let (resource, what) = if scheduled {
+        (res::SCHEDULED_WORKFLOWS, "scheduledworkflows")
+    } else {
+        (res::WORKFLOWS, "workflows")
+    };
+    access::check(k.authz.as_ref(), &r.who, "report", resource, "", "")
+        .map_err(|e| e.wrap(format!("Failed to report {what} due to authorization error.")))
 }
 
 fn meta(obj: &Value, key: &str) -> String {
@@ -87,7 +103,9 @@ pub fn state_of(workflow: &Value) -> &'static str {
 
 /// `POST …/workflows`.
 pub async fn workflow(k: &Kfp, r: &Req) -> KfpResult<Value> {
-    let (wf, raw) = parse_body(r, "workflow").map_err(|e| e.wrap("Report workflow failed"))?;
+    let (wf, raw) = parse_body(k, r, "workflow")
+        .await
+        .map_err(|e| e.wrap("Report workflow failed"))?;
     let (name, ns, _) = check_meta(&wf, "workflow").map_err(|e| e.wrap("Report workflow failed"))?;
     access::check(k.authz.as_ref(), &r.who, "report", res::WORKFLOWS, "", "").map_err(|e| {
         e.wrap(format!(
@@ -121,7 +139,9 @@ pub async fn workflow(k: &Kfp, r: &Req) -> KfpResult<Value> {
 
 /// `POST …/scheduledworkflows`.
 pub async fn scheduled_workflow(k: &Kfp, r: &Req) -> KfpResult<Value> {
-    let (swf, _) = parse_body(r, "scheduled workflow").map_err(|e| e.wrap("Report scheduled workflow failed"))?;
+    let (swf, _) = parse_body(k, r, "scheduled workflow")
+        .await
+        .map_err(|e| e.wrap("Report scheduled workflow failed"))?;
     let (_, ns, uid) = check_meta(&swf, "resource").map_err(|e| e.wrap("Report scheduled workflow failed"))?;
     access::check(k.authz.as_ref(), &r.who, "report", res::SCHEDULED_WORKFLOWS, "", "").map_err(|e| {
         e.wrap(format!(

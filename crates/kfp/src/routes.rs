@@ -97,7 +97,7 @@ pub async fn dispatch(State(k): State<Arc<Kfp>>, req: Request) -> Response {
     let result = match segs.as_slice() {
         ["apis", "v1beta1" | "v2beta1", rest @ ..] => match before_body(&k, &parts.method, rest, &r).await {
             Err(e) => Err(e),
-            Ok(()) => match read_body(&k, body, &mut r).await {
+            Ok(()) => match read_body(&k, body, &mut r, json_body(rest)).await {
                 Err(e) => Err(e),
                 Ok(()) => route(&k, &parts.method, rest, &r).await,
             },
@@ -115,9 +115,17 @@ pub async fn dispatch(State(k): State<Arc<Kfp>>, req: Request) -> Response {
     }
 }
 
-/// Reads the bounded body into `r`; a large non-multipart body is parsed as JSON off the async
-/// workers.
-async fn read_body(k: &Kfp, body: axum::body::Body, r: &mut Req) -> KfpResult<()> {
+/// Whether the handler of `rest` reads its body as a JSON object (not a multipart upload, not a
+/// persistence-agent report).
+fn json_body(rest: &[&str]) -> bool {
+    !matches!(
+        rest,
+        ["workflows" | "scheduledworkflows"] | ["pipelines", "upload" | "upload_version"]
+    )
+}
+
+/// Reads the bounded body into `r`; a large JSON body is parsed off the async workers.
+async fn read_body(k: &Kfp, body: axum::body::Body, r: &mut Req, json: bool) -> KfpResult<()> {
     let body = kfsec_api::body::read_bounded(body, k.settings.max_body_bytes)
         .await
         .map_err(|_| {
@@ -126,12 +134,7 @@ async fn read_body(k: &Kfp, body: axum::body::Body, r: &mut Req) -> KfpResult<()
                 k.settings.max_body_bytes
             ))
         })?;
-    let multipart = r
-        .content_type
-        .trim_start()
-        .get(..10)
-        .is_some_and(|p| p.eq_ignore_ascii_case("multipart/"));
-    if body.len() > INLINE_PARSE_BYTES && !multipart {
+    if json && body.len() > INLINE_PARSE_BYTES {
         let b = body.clone();
         let parsed = k
             .offload(move || Ok(crate::json::body_object(&b).map_err(|e| e.external().to_owned())))
@@ -153,6 +156,8 @@ async fn before_body(k: &Kfp, m: &Method, rest: &[&str], r: &Req) -> KfpResult<(
         ["pipelines", "upload"] => pipelines::authorize_upload(k, r),
         ["pipelines", "upload_version"] => pipelines::authorize_upload_version(k, r).await,
         ["pipelines", id, "versions"] if r.v2 => pipelines::authorize_new_version(k, r, id).await,
+        ["workflows"] => report::authorize_report(k, r, false),
+        ["scheduledworkflows"] => report::authorize_report(k, r, true),
         _ => Ok(()),
     }
 }

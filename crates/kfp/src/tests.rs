@@ -1426,3 +1426,118 @@ async fn routes_merge_with_a_kubernetes_catch_all() {
         .unwrap();
     assert_eq!(merged.oneshot(req).await.unwrap().status(), StatusCode::IM_A_TEAPOT);
 }
+
+/// Uploads are authorized from the path and the query before a byte of the body is read: a body
+/// that never ends still gets its 403 (or 404 for a missing parent) at once.
+#[tokio::test]
+async fn unauthorised_uploads_are_refused_before_the_body_is_read() {
+    let e = env().await;
+    let (pid, _) = e.pipeline_v2(U1, "user1", "mine").await;
+    for (path, want) in [
+        (
+            "/pipeline/apis/v2beta1/pipelines/upload?name=p&namespace=user1".to_owned(),
+            403,
+        ),
+        (
+            "/pipeline/apis/v1beta1/pipelines/upload?name=p&namespace=user1".to_owned(),
+            403,
+        ),
+        (
+            format!("/pipeline/apis/v2beta1/pipelines/upload_version?pipelineid={pid}&name=v"),
+            403,
+        ),
+        (format!("/pipeline/apis/v2beta1/pipelines/{pid}/versions"), 403),
+        (
+            "/pipeline/apis/v2beta1/pipelines/upload_version?pipelineid=nope&name=v".to_owned(),
+            404,
+        ),
+        ("/pipeline/apis/v2beta1/pipelines/upload_version?name=v".to_owned(), 400),
+        ("/apis/v1beta1/workflows".to_owned(), 403),
+        ("/pipeline/apis/v1beta1/scheduledworkflows".to_owned(), 403),
+    ] {
+        // A real socket: the request head announces 100 MB that never come.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let router = e.router.clone().layer(axum::middleware::from_fn(
+            |mut req: axum::extract::Request, next: axum::middleware::Next| async move {
+                req.extensions_mut().insert(Identity::new(U2, vec![]));
+                next.run(req).await
+            },
+        ));
+        let server = tokio::spawn(async move { axum::serve(listener, router).await });
+        let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: multipart/form-data; boundary=B\r\ncontent-length: 100000000\r\n\r\n--B\r\n"
+        );
+        tokio::io::AsyncWriteExt::write_all(&mut c, head.as_bytes())
+            .await
+            .unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            tokio::io::AsyncReadExt::read(&mut c, &mut buf),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{path}: the body was awaited before authorization"))
+        .unwrap();
+        let text = String::from_utf8_lossy(&buf[..n]);
+        assert!(text.starts_with(&format!("HTTP/1.1 {want} ")), "{path}: {text}");
+        server.abort();
+    }
+}
+
+/// The per-namespace package quota: count and bytes, shared pipelines as one namespace, freed by
+/// deletion; over it, KFP's error JSON with ResourceExhausted (8, HTTP 429).
+#[tokio::test]
+async fn package_quota_per_namespace() {
+    let e = env_with(KfpSettings {
+        max_packages_per_namespace: 2,
+        max_package_bytes_per_namespace: 2 * IR.len() as u64 + 10,
+        ..KfpSettings::default()
+    })
+    .await;
+    let (p1, _) = e.pipeline_v2(U1, "user1", "a").await;
+    e.pipeline_v2(U1, "user1", "b").await;
+    let (s, v) = e
+        .upload(
+            U1,
+            "/pipeline/apis/v2beta1/pipelines/upload?name=c&namespace=user1",
+            "p.yaml",
+            IR.as_bytes(),
+        )
+        .await;
+    assert_eq!(s.as_u16(), 429, "{v}");
+    assert_eq!(v["code"], 8);
+    assert!(
+        v["message"].as_str().unwrap().contains("quota of namespace user1"),
+        "{v}"
+    );
+    // the refused upload left nothing behind
+    let (_, v) = e.get(U1, "/pipeline/apis/v2beta1/pipelines?namespace=user1").await;
+    assert_eq!(v["total_size"], 2, "{v}");
+    // other namespaces and shared pipelines have their own budget
+    e.pipeline_v2(U2, "user2", "a").await;
+    e.pipeline_v2(U1, "", "shared-a").await;
+    // bytes: a package bigger than the whole budget
+    let big = format!("{IR}# {}\n", "x".repeat(3 * IR.len()));
+    let (s, v) = e
+        .upload(
+            U1,
+            "/pipeline/apis/v2beta1/pipelines/upload?name=big",
+            "p.yaml",
+            big.as_bytes(),
+        )
+        .await;
+    assert_eq!(s.as_u16(), 429, "{v}");
+    // deleting frees the quota
+    let (s, _) = e
+        .call(
+            U1,
+            Method::DELETE,
+            &format!("/pipeline/apis/v2beta1/pipelines/{p1}?cascade=true"),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200);
+    e.pipeline_v2(U1, "user1", "c").await;
+}
