@@ -442,6 +442,16 @@ pub fn validate(f: ConfigFile, o: &Overrides, env: &dyn Env) -> Result<Config, C
     if session_ttl < Duration::from_secs(60) {
         return Err(ConfigError::Invalid("session.ttl must be at least 1m".into()));
     }
+    if lp.window.is_some_and(|w| w < Duration::from_secs(1)) {
+        return Err(ConfigError::Invalid(
+            "loginProtection.window must be at least 1s".into(),
+        ));
+    }
+    if lp.max_state_length.is_some_and(|n| !(8..=4096).contains(&n)) {
+        return Err(ConfigError::Invalid(
+            "loginProtection.maxStateLength must be between 8 and 4096 bytes".into(),
+        ));
+    }
     let (front_door, webhook_limits, webhook_client_auth) = listener_limits(&f)?;
     Ok(Config {
         data_dir,
@@ -464,7 +474,7 @@ pub fn validate(f: ConfigFile, o: &Overrides, env: &dyn Env) -> Result<Config, C
         lockout: LockoutPolicy {
             per_account: lp.max_failures_per_account.unwrap_or(defaults.per_account).max(1),
             per_address: lp.max_failures_per_address.unwrap_or(defaults.per_address).max(1),
-            window: lp.window.unwrap_or(defaults.window).max(Duration::from_secs(1)),
+            window: lp.window.unwrap_or(defaults.window),
             lockout: lp.lockout.unwrap_or(defaults.lockout),
             account_budget: lp
                 .max_verifications_per_account
@@ -483,7 +493,7 @@ pub fn validate(f: ConfigFile, o: &Overrides, env: &dyn Env) -> Result<Config, C
                 .max_pending_device_codes
                 .unwrap_or(defaults.max_pending_device_codes)
                 .max(1),
-            max_state_length: lp.max_state_length.unwrap_or(defaults.max_state_length).clamp(8, 4096),
+            max_state_length: lp.max_state_length.unwrap_or(defaults.max_state_length),
         },
         routes,
         session_ttl,
@@ -635,6 +645,8 @@ routes:
             "frontDoor:\n  maxConnections: 0\n",
             "frontDoor:\n  headerTimeout: 0s\n",
             "webhooks:\n  clientAuth: {}\n",
+            "loginProtection:\n  window: 0s\n",
+            "loginProtection:\n  maxStateLength: 5000\n",
         ] {
             let f = parse(Path::new("c.yaml"), bad).unwrap();
             assert!(validate(f, &Overrides::default(), &MapEnv(vec![])).is_err(), "{bad}");
