@@ -841,7 +841,27 @@ async fn offline_logout_all_survives_a_restart() {
         assert!(matches!(r, AdminResponse::Ok), "{r:?}");
     }
     let k = Kfsec::start_in(dir, "bearerAudiences: [rp-test]\n").await;
+    // (the held ID and access tokens name the old port's issuer; sessions and refresh tokens
+    // would have survived the restart)
     assert_eq!(works(&k, &held).await, NONE, "revoked while stopped");
+    // an ID token of the new issuer issued before the revocation is void too
+    let old = sign_raw(
+        &k,
+        json!({}),
+        &id_claims(&k, &["kfsec-cli"], |c| c["iat"] = json!(now() - 5)),
+    );
+    let s = Surfaces::new(&k);
+    assert_eq!(
+        s.check(&Cred::Bearer(old)).await,
+        None,
+        "issued before the offline revocation"
+    );
+    let new = sign_raw(
+        &k,
+        json!({}),
+        &id_claims(&k, &["kfsec-cli"], |c| c["iat"] = json!(now() + 1)),
+    );
+    assert!(s.check(&Cred::Bearer(new)).await.is_some());
     let fresh = hold(&k, USER, PASSWORD).await;
     assert_eq!(works(&k, &fresh).await, ALL);
     k.running.shutdown().await;
