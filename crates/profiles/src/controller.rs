@@ -78,6 +78,15 @@ enum Outcome {
     Failed(String),
 }
 
+/// Whether a namespace carries a profile's ownership (the `owner` annotation or a Profile owner
+/// reference).
+fn claimed(ns: &Value) -> bool {
+    ns["metadata"]["annotations"]["owner"].is_string()
+        || ns["metadata"]["ownerReferences"]
+            .as_array()
+            .is_some_and(|refs| refs.iter().any(|r| r["kind"] == "Profile"))
+}
+
 /// Whether `obj` has an owner reference to the Profile named `name` (any uid when `uid` is None).
 fn owned_by_profile(obj: &Value, name: &str, uid: Option<&Value>) -> bool {
     obj["metadata"]["ownerReferences"].as_array().is_some_and(|refs| {
@@ -301,7 +310,10 @@ impl ProfileController {
                         Err(e) => return Err(e),
                     }
                 }
-                Some(_) => self.disown(&name).await?,
+                // Taken by a profile (older data): take it back. Otherwise leave the operator's
+                // own bindings there alone.
+                Some(ns) if claimed(&ns) => self.disown(&name).await?,
+                Some(_) => {}
             }
         }
         Ok(())

@@ -332,6 +332,17 @@ async fn a_squatted_system_namespace_in_old_data_is_no_longer_honoured() {
         )
         .await;
     assert_eq!(r.status(), 403);
+    // nor hand out rights there through KFAM as the "owner"
+    let binding = serde_json::json!({
+        "user": {"kind": "User", "name": USER2},
+        "referredNamespace": "kubeflow",
+        "RoleRef": {"kind": "ClusterRole", "name": "edit"},
+    });
+    let r = user
+        .send(user.http.post(user.url("/kfam/v1/bindings")).json(&binding))
+        .await;
+    assert_eq!(r.status(), 403);
+    assert!(!rolebinding_exists(&kc, "kubeflow", "user-test-user2-example-org-clusterrole-edit").await);
     k.running.shutdown().await;
 }
 
