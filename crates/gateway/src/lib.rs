@@ -242,8 +242,9 @@ impl App {
 /// added to the answer, metrics.
 async fn edge(State(app): State<Arc<App>>, mut req: Request, next: Next) -> Response {
     let start = Instant::now();
-    let (resp, route) = match normalise_target(&mut req) {
-        Ok(()) => {
+    let refusal = normalise_target(&mut req).or_else(|| ambiguity(&app.settings.routes, &req));
+    let (resp, route) = match refusal {
+        None => {
             let peer = req.extensions().get::<ClientAddr>().map(|c| c.0);
             let trusted = peer.is_some_and(|p| app.settings.trusted_proxies.contains(&p));
             if let Some(ip) = headers::sanitize(req.headers_mut(), &app.reserved, peer, trusted) {
@@ -252,7 +253,7 @@ async fn edge(State(app): State<Arc<App>>, mut req: Request, next: Next) -> Resp
             let route = app.route_label(req.uri().path());
             (next.run(req).await, route)
         }
-        Err(resp) => (resp, "rejected".to_owned()),
+        Some(resp) => (resp, "rejected".to_owned()),
     };
     let resp = security_headers(resp);
     app.metrics
@@ -270,17 +271,17 @@ async fn edge(State(app): State<Arc<App>>, mut req: Request, next: Next) -> Resp
 }
 
 /// Replaces the request's path with its canonical form (`path::normalize`; absolute-form and
-/// HTTP/2 targets alike, the query untouched), or answers 400 in the path's family format.
-#[allow(clippy::result_large_err)]
-fn normalise_target(req: &mut Request) -> Result<(), Response> {
+/// HTTP/2 targets alike, the query untouched), or returns the 400 (in the path's family format)
+/// that refuses it.
+fn normalise_target(req: &mut Request) -> Option<Response> {
     let raw = req.uri().path();
     let refuse = |raw: &str, why: &dyn std::fmt::Display| {
         responses::error(raw, StatusCode::BAD_REQUEST, &format!("Invalid request path: {why}."))
     };
     let canonical = match path::normalize(raw) {
-        Ok(p) if p == raw => return Ok(()),
+        Ok(p) if p == raw => return None,
         Ok(p) => p,
-        Err(e) => return Err(refuse(raw, &e)),
+        Err(e) => return Some(refuse(raw, &e)),
     };
     let pq = match req.uri().query() {
         Some(q) => format!("{canonical}?{q}"),
@@ -289,15 +290,27 @@ fn normalise_target(req: &mut Request) -> Result<(), Response> {
     let mut parts = req.uri().clone().into_parts();
     parts.path_and_query = match pq.parse() {
         Ok(pq) => Some(pq),
-        Err(e) => return Err(refuse(req.uri().path(), &e)),
+        Err(e) => return Some(refuse(req.uri().path(), &e)),
     };
     match axum::http::Uri::from_parts(parts) {
         Ok(uri) => {
             *req.uri_mut() = uri;
-            Ok(())
+            None
         }
-        Err(e) => Err(refuse(req.uri().path(), &e)),
+        Err(e) => Some(refuse(req.uri().path(), &e)),
     }
+}
+
+/// The 400 that refuses a path an upstream could read as another route (`proxy::ambiguous`).
+fn ambiguity(routes: &[Route], req: &Request) -> Option<Response> {
+    let path = req.uri().path();
+    proxy::ambiguous(routes, path).then(|| {
+        responses::error(
+            path,
+            StatusCode::BAD_REQUEST,
+            "Ambiguous request path: its ';' parameters or letter case would select another route.",
+        )
+    })
 }
 
 /// HSTS and `nosniff` on every answer; kfsec's own HTML pages (not an upstream's) also refuse

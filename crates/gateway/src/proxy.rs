@@ -144,6 +144,11 @@ impl Route {
         path.starts_with(&self.prefix) || (self.prefix.ends_with('/') && path == &self.prefix[..self.prefix.len() - 1])
     }
 
+    fn matches_folded(&self, lower_path: &str) -> bool {
+        let prefix = self.prefix.to_ascii_lowercase();
+        lower_path.starts_with(&prefix) || (prefix.ends_with('/') && lower_path == &prefix[..prefix.len() - 1])
+    }
+
     fn target(&self, uri: &Uri) -> Result<Uri, GatewayError> {
         let path = uri.path();
         let rest = path.get(self.prefix.len().min(path.len())..).unwrap_or_default();
@@ -166,6 +171,41 @@ impl Route {
         );
         Uri::from_parts(parts).map_err(|e| GatewayError::Internal(e.to_string()))
     }
+}
+
+/// The most specific route for `path` (by index), comparing letter case or not.
+fn best_route(routes: &[Route], path: &str, fold_case: bool) -> Option<usize> {
+    let lower = path.to_ascii_lowercase();
+    routes
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| {
+            if fold_case {
+                r.matches_folded(&lower)
+            } else {
+                r.matches(path)
+            }
+        })
+        .max_by_key(|(_, r)| r.prefix.len())
+        .map(|(i, _)| i)
+}
+
+/// Whether an upstream reading the (normalised) `path` loosely — ignoring `;` parameters in
+/// segments as Tomcat, Jetty and Spring do, or letter case as case-insensitive file systems do —
+/// could take it for another route than kfsec does. The route decides whether login is needed,
+/// so such a path is refused rather than guessed at.
+pub fn ambiguous(routes: &[Route], path: &str) -> bool {
+    let Some(exact) = best_route(routes, path, false) else {
+        return false;
+    };
+    let stripped: String = path
+        .split('/')
+        .map(|seg| seg.split(';').next().unwrap_or_default())
+        .collect::<Vec<_>>()
+        .join("/");
+    best_route(routes, &stripped, false) != Some(exact)
+        || best_route(routes, path, true) != Some(exact)
+        || best_route(routes, &stripped, true) != Some(exact)
 }
 
 /// Headers that belong to one connection (RFC 9110 §7.6.1) plus proxy credentials.
@@ -496,6 +536,8 @@ mod tests {
             "http://h:1/base/app/z"
         );
         assert!(Route::new("app", "http://h", false, None, None).is_err());
+        assert!(Route::new("/a//b/", "http://h", false, None, None).is_err());
+        assert!(Route::new("/a/./b/", "http://h", false, None, None).is_err());
         assert!(Route::new("/a", "ftp://h", false, None, None).is_err());
     }
 
@@ -515,5 +557,32 @@ mod tests {
         );
         remove_cookie(&mut h, "authservice_session");
         assert_eq!(h.get(header::COOKIE).unwrap(), "a=1; b=2");
+    }
+
+    #[test]
+    fn loosely_read_paths_that_change_the_route_are_ambiguous() {
+        let routes = [
+            Route::new("/static/", "http://h:1", true, None, None).unwrap(),
+            Route::new("/static/admin/", "http://h:1", false, None, None).unwrap(),
+        ];
+        for p in [
+            "/static/admin;x/y",
+            "/static/admin;/y",
+            "/static/ADMIN/y",
+            "/static/Admin;v=1/y",
+            "/static/ADMIN",
+        ] {
+            assert!(ambiguous(&routes, p), "{p}");
+        }
+        for p in [
+            "/static/a;b/c",
+            "/static/admin/x;y",
+            "/static/Other/x",
+            "/nowhere;x",
+            "/static/admin/Y",
+            "/",
+        ] {
+            assert!(!ambiguous(&routes, p), "{p}");
+        }
     }
 }

@@ -1,8 +1,8 @@
 //! Security regression suite, paths at the front door: with `/static/` public and
 //! `/static/admin/` and `/app2/` protected on one upstream, no spelling of a path (dot-segments,
 //! percent-encoded dots and letters, doubled slashes, encoded slashes/backslashes/NUL, raw
-//! backslashes, `;` parameters, absolute-form targets, HTTP/2 `:path`) reaches protected content
-//! without login — at a maximally lenient raw upstream and at a real nginx. Encoded separators
+//! backslashes, `;` parameters, letter case, absolute-form targets, HTTP/2 `:path`) reaches
+//! protected content without login — at a maximally lenient raw upstream and at a real nginx. Encoded separators
 //! and NUL are refused with 400 in the caller's format; the normalised path is what is forwarded.
 
 use std::net::SocketAddr;
@@ -14,7 +14,8 @@ use crate::harness::*;
 use crate::sec_headers::{h1, h2, raw_upstream};
 
 /// What a lenient upstream makes of a request target: every escape decoded, `\` as `/`, `;`
-/// parameters dropped, slashes merged, dot-segments resolved.
+/// parameters dropped (Tomcat, Jetty), slashes merged, dot-segments resolved, letter case
+/// ignored (a case-insensitive file system).
 fn lenient(target: &str) -> String {
     let target = target
         .strip_prefix("https://localhost")
@@ -50,7 +51,7 @@ fn lenient(target: &str) -> String {
             other => out.push(other),
         }
     }
-    format!("/{}", out.join("/"))
+    format!("/{}", out.join("/")).to_ascii_lowercase()
 }
 
 fn lenient_answer(request_line: &str) -> String {
@@ -96,6 +97,7 @@ const BYPASSES: &[&str] = &[
     "/dex/%2e%2e/static/admin/x",
     "/authservice/../app2/x",
     "/authservice/check/../../static/admin/x",
+    "/APP2/x",
 ];
 
 /// Paths that must be refused with 400 whatever follows.
@@ -117,6 +119,12 @@ const REFUSED: &[&str] = &[
     "/static/%2/x",
     "/static/x%",
     "/static/%0a/x",
+    "/static/admin;x=1/x",
+    "/static/admin;/x",
+    "/static/ADMIN/x",
+    "/static/Admin/x",
+    "/static/%41dmin/x",
+    "/static/x/../Admin;a/x",
 ];
 
 async fn assert_corpus_is_safe(k: &Kfsec, nginx: bool) {
