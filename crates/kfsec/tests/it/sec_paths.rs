@@ -2,8 +2,9 @@
 //! `/static/admin/` and `/app2/` protected on one upstream, no spelling of a path (dot-segments,
 //! percent-encoded dots and letters, doubled slashes, encoded slashes/backslashes/NUL, raw
 //! backslashes, `;` parameters, letter case, absolute-form targets, HTTP/2 `:path`) reaches
-//! protected content without login — at a maximally lenient raw upstream and at a real nginx. Encoded separators
-//! and NUL are refused with 400 in the caller's format; the normalised path is what is forwarded.
+//! protected content without login — at a maximally lenient raw upstream and at a real nginx.
+//! Encoded separators and NUL, and paths whose `;` parameters or letter case would select another
+//! route, are refused with 400 in the caller's format; the normalised path is what is forwarded.
 
 use std::net::SocketAddr;
 use std::time::Duration;
