@@ -5,8 +5,10 @@
 //! has no percent-escape of an unreserved character and only uppercase escapes; contains only
 //! RFC 3986 `pchar`s and `/` (anything else is percent-encoded); normalising it again changes
 //! nothing. Refused (the caller answers 400): escapes of `/`, `\`, NUL and other control
-//! characters, raw `\` and control characters, invalid escapes, and `.`/`..` segments carrying
-//! `;` parameters — upstreams disagree about what these mean, so no meaning is chosen for them.
+//! characters, raw `\` and control characters, invalid escapes, escapes that do not decode to
+//! UTF-8 (overlong forms such as `%C0%AE` were read as `.` by some decoders), and `.`/`..`
+//! segments carrying `;` parameters — upstreams disagree about what these mean, so no meaning
+//! is chosen for them.
 
 /// Why a path was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -27,6 +29,9 @@ pub enum PathError {
     /// `.;x` or `..;x`, which some servers resolve as a dot-segment.
     #[error("dot-segment with parameters")]
     DotParameter,
+    /// The decoded path is not UTF-8 (overlong forms, Latin-1 bytes, stray continuation bytes).
+    #[error("escapes that do not decode to UTF-8")]
+    NotUtf8,
 }
 
 fn is_unreserved(b: u8) -> bool {
@@ -62,6 +67,8 @@ fn push_escape(out: &mut String, b: u8) {
 fn canonical_chars(path: &str) -> Result<String, PathError> {
     let bytes = path.as_bytes();
     let mut out = String::with_capacity(bytes.len());
+    // The path's bytes with every escape decoded, to check that they spell UTF-8.
+    let mut decoded = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while let Some(&b) = bytes.get(i) {
         i += 1;
@@ -77,6 +84,7 @@ fn canonical_chars(path: &str) -> Result<String, PathError> {
             if v == b'/' || v == b'\\' || v < 0x20 || v == 0x7f {
                 return Err(PathError::EncodedSeparator);
             }
+            decoded.push(v);
             if is_unreserved(v) {
                 out.push(char::from(v));
             } else {
@@ -84,11 +92,18 @@ fn canonical_chars(path: &str) -> Result<String, PathError> {
             }
         } else if b == b'\\' || b < 0x20 || b == 0x7f {
             return Err(PathError::ForbiddenChar);
-        } else if b == b'/' || is_unreserved(b) || is_plain_pchar(b) {
-            out.push(char::from(b));
         } else {
-            push_escape(&mut out, b);
+            decoded.push(b);
+            if b == b'/' || is_unreserved(b) || is_plain_pchar(b) {
+                out.push(char::from(b));
+            } else {
+                // includes the bytes of raw UTF-8 (the input is a `str`)
+                push_escape(&mut out, b);
+            }
         }
+    }
+    if std::str::from_utf8(&decoded).is_err() {
+        return Err(PathError::NotUtf8);
     }
     Ok(out)
 }
@@ -188,6 +203,12 @@ mod tests {
             ("/a/..;/b", PathError::DotParameter),
             ("/a/.;x/b", PathError::DotParameter),
             ("/a/%2e%2e;/b", PathError::DotParameter),
+            ("/a/%C0%AE%C0%AE/b", PathError::NotUtf8),
+            ("/a/%c0%2e", PathError::NotUtf8),
+            ("/a/%e9", PathError::NotUtf8),
+            ("/a/%e0%80%ae", PathError::NotUtf8),
+            ("/a/%80", PathError::NotUtf8),
+            ("/a/%C3", PathError::NotUtf8),
         ] {
             assert_eq!(normalize(input), Err(why), "{input:?}");
         }
