@@ -1,13 +1,55 @@
-//! Request bodies read with a size limit, for the Kubernetes-style API and the Pipelines API.
+//! Request bodies read with a size limit, for the Kubernetes-style API and the Pipelines API, and
+//! the one process-wide pool their CPU-heavy parsing runs on.
 //!
-//! Invariant: at most `limit` bytes are buffered. An oversized body is still read to its end and
+//! Invariants: at most `limit` bytes are buffered. An oversized body is still read to its end and
 //! discarded (up to 4× the limit, for at most 30 s) so that a client that is still sending
-//! receives the 413 instead of a connection reset mid-upload.
+//! receives the 413 instead of a connection reset mid-upload. CPU-heavy parsing never runs on an
+//! async worker: [`run_blocking`] runs it on tokio's blocking threads, at most half the cores'
+//! worth at once (at least one) across the whole process, so the async workers — and with them
+//! every listener, the admin `/healthz` included — always keep CPU.
 
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use http_body_util::BodyExt;
+
+/// The CPU-heavy jobs running at once, process-wide: half the cores, at least one.
+fn pool() -> &'static std::sync::Arc<tokio::sync::Semaphore> {
+    static POOL: std::sync::OnceLock<std::sync::Arc<tokio::sync::Semaphore>> = std::sync::OnceLock::new();
+    POOL.get_or_init(|| {
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+        std::sync::Arc::new(tokio::sync::Semaphore::new((cores / 2).max(1)))
+    })
+}
+
+/// Why [`run_blocking`] could not run a job.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PoolError {
+    /// No turn within the wait budget (the pool is saturated).
+    #[error("the server is busy parsing other requests")]
+    Busy,
+    /// The job panicked or the runtime is shutting down.
+    #[error("a parse job failed")]
+    Failed,
+}
+
+/// Runs CPU-heavy `work` on the blocking pool once a turn is free (waiting at most `wait`).
+pub async fn run_blocking<T: Send + 'static>(
+    wait: Duration,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, PoolError> {
+    let permit = tokio::time::timeout(wait, pool().clone().acquire_owned())
+        .await
+        .map_err(|_| PoolError::Busy)?
+        .map_err(|_| PoolError::Failed)?;
+    tokio::task::spawn_blocking(move || {
+        let out = work();
+        drop(permit);
+        out
+    })
+    .await
+    .map_err(|_| PoolError::Failed)
+}
 
 /// Why a body could not be read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

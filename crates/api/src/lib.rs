@@ -106,14 +106,12 @@ pub struct ApiServer {
     pub(crate) admission: Arc<dyn Admission>,
     pub(crate) tokens: Arc<dyn TokenReviewer>,
     pub(crate) options: ApiOptions,
-    /// Bounds the CPU-heavy decoding running at once on the blocking pool.
-    pub(crate) cpu: Arc<tokio::sync::Semaphore>,
 }
 
 /// Bodies up to this size are decoded inline; larger ones on the blocking pool.
 const INLINE_DECODE_BYTES: usize = 64 * 1024;
-/// CPU-heavy decodes running at once.
-const CPU_JOBS: usize = 2;
+/// The longest a decode waits for its turn on the blocking pool (then 429).
+const DECODE_WAIT: Duration = Duration::from_secs(20);
 
 impl std::fmt::Debug for ApiServer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -179,7 +177,6 @@ impl ApiServer {
                 admission: Arc::new(NoAdmission),
                 tokens: Arc::new(NoTokenReviewer),
                 options: ApiOptions::default(),
-                cpu: Arc::new(tokio::sync::Semaphore::new(CPU_JOBS)),
             },
         }
     }
@@ -208,8 +205,9 @@ impl ApiServer {
             .with_state(Arc::clone(self))
     }
 
-    /// Runs `work` (decoding or patching `size` bytes) inline when small, else on the blocking
-    /// pool with at most [`CPU_JOBS`] at once, so large bodies never stall the async workers.
+    /// Runs `work` (decoding or patching `size` bytes) inline when small, else on the bounded
+    /// process-wide blocking pool ([`body::run_blocking`]), so large bodies never stall the
+    /// async workers.
     pub(crate) async fn offload<T: Send + 'static>(
         &self,
         size: usize,
@@ -218,19 +216,10 @@ impl ApiServer {
         if size <= INLINE_DECODE_BYTES {
             return work();
         }
-        let permit = self
-            .cpu
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| ApiError::Internal("the decode pool is closed".into()))?;
-        tokio::task::spawn_blocking(move || {
-            let out = work();
-            drop(permit);
-            out
-        })
-        .await
-        .map_err(|e| ApiError::Internal(format!("a decode job failed: {e}")))?
+        body::run_blocking(DECODE_WAIT, work).await.map_err(|e| match e {
+            body::PoolError::Busy => ApiError::TooManyRequests(e.to_string()),
+            body::PoolError::Failed => ApiError::Internal(e.to_string()),
+        })?
     }
 
     /// Whether `name` is a system namespace no Profile may own: `kube-*` or one of

@@ -137,6 +137,9 @@ pub enum ApiError {
     /// A request over another limit (413), e.g. the operations of a JSON patch.
     #[error("{0}")]
     TooLargeWith(String),
+    /// Too busy now; retry later (429).
+    #[error("{0}")]
+    TooManyRequests(String),
     /// Watch or continue from a revision no longer available (410).
     #[error("{0}")]
     Expired(String),
@@ -218,6 +221,7 @@ impl ApiError {
             Self::MethodNotAllowed => 405,
             Self::UnsupportedMediaType(_) => 415,
             Self::TooLarge(_) | Self::TooLargeWith(_) => 413,
+            Self::TooManyRequests(_) => 429,
             Self::Expired(_) => 410,
             Self::AdmissionDenied { code, .. } => *code,
             Self::Store(_) | Self::Internal(_) => 500,
@@ -292,6 +296,7 @@ impl ApiError {
             Self::UnsupportedMediaType(m) => ("UnsupportedMediaType", m.clone()),
             Self::TooLarge(_) => ("RequestEntityTooLarge", self.to_string()),
             Self::TooLargeWith(m) => ("RequestEntityTooLarge", m.clone()),
+            Self::TooManyRequests(m) => ("TooManyRequests", m.clone()),
             Self::Expired(m) => ("Expired", m.clone()),
             Self::AdmissionDenied { code, .. } => {
                 let r = match code {

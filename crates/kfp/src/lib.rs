@@ -73,9 +73,6 @@ pub struct Kfp {
     pub(crate) rng: Arc<dyn Rng>,
     pub(crate) pager: list::Paginator,
     pub(crate) settings: KfpSettings,
-    /// Bounds the CPU-heavy work (multipart, decompression, YAML, large JSON) running at once
-    /// on the blocking pool.
-    pub(crate) cpu: Arc<tokio::sync::Semaphore>,
     /// Serialises the quota check and the write of a new package.
     pub(crate) quota: tokio::sync::Mutex<()>,
 }
@@ -89,8 +86,6 @@ impl std::fmt::Debug for Kfp {
 }
 
 const TOKEN_KEY: &str = "/kfp/meta/page-token-key";
-/// CPU-heavy jobs running at once (the rest wait, up to [`CPU_WAIT`]).
-const CPU_JOBS: usize = 2;
 /// The longest a CPU-heavy job waits for its turn before the request is answered Unavailable.
 const CPU_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
 
@@ -119,7 +114,6 @@ impl Kfp {
             rng,
             pager: list::Paginator::new(&secret),
             settings,
-            cpu: Arc::new(tokio::sync::Semaphore::new(CPU_JOBS)),
             quota: tokio::sync::Mutex::new(()),
         }))
     }
@@ -135,24 +129,20 @@ impl Kfp {
             .with_state(Arc::clone(self))
     }
 
-    /// Runs CPU-heavy `work` on the blocking pool, at most [`CPU_JOBS`] at once, so that the
-    /// async workers (and every other listener) stay responsive. Its input is bounded by the
-    /// caller (body and decompression limits), which bounds its time: every parser is linear.
+    /// Runs CPU-heavy `work` (multipart, decompression, YAML, large JSON) on the bounded
+    /// process-wide blocking pool ([`kfsec_api::body::run_blocking`]), so that the async workers
+    /// (and every other listener) stay responsive. Its input is bounded by the caller (body and
+    /// decompression limits), which bounds its time: every parser is linear.
     pub(crate) async fn offload<T: Send + 'static>(
         &self,
         work: impl FnOnce() -> KfpResult<T> + Send + 'static,
     ) -> KfpResult<T> {
-        let permit = tokio::time::timeout(CPU_WAIT, self.cpu.clone().acquire_owned())
+        kfsec_api::body::run_blocking(CPU_WAIT, work)
             .await
-            .map_err(|_| KfpError::Unavailable("The server is busy parsing other uploads; retry later".into()))?
-            .map_err(|_| KfpError::Internal("the parse pool is closed".into()))?;
-        tokio::task::spawn_blocking(move || {
-            let out = work();
-            drop(permit);
-            out
-        })
-        .await
-        .map_err(|e| KfpError::Internal(format!("a parse job failed: {e}")))?
+            .map_err(|e| match e {
+                kfsec_api::body::PoolError::Busy => KfpError::Unavailable(format!("{e}; retry later")),
+                kfsec_api::body::PoolError::Failed => KfpError::Internal(e.to_string()),
+            })?
     }
 
     pub(crate) fn now_ms(&self) -> i64 {
