@@ -4,7 +4,9 @@
 //!
 //! Invariants: a device code is high-entropy and stored only as a digest; user codes are short
 //! but expire with the request (5 minutes) and are single-use; tokens are handed out once, to
-//! the client that asked, and the record is deleted when they are.
+//! the client that asked, and the record is deleted when they are; the browser leg's code is
+//! bound to its user code (PKCE with a verifier derived from it), so a code obtained for one
+//! device cannot complete another's login.
 //!
 //! Bounds (config `loginProtection`): at most `maxDeviceCodesPerAddress` device codes per source
 //! per window (429 `slow_down`) and `maxPendingDeviceCodes` live at once (503
@@ -28,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::PageError;
 use crate::flow::AuthRequest;
 use crate::lockout::LockoutPolicy;
-use crate::secret::{random_alnum, random_token, sha256_hex};
+use crate::secret::{random_alnum, random_token, sha256_b64, sha256_hex};
 use crate::throttle::{Capacity, Gcra, KeyedCounter, source_key};
 use crate::{Client, ClientAddr, Idp, IdpError, OAuthError, TokenResponse, escape_html, page};
 
@@ -294,10 +296,10 @@ pub(crate) async fn verify_code(
         client_id: rec.client_id,
         redirect_uri: format!("{}/device/callback", idp.settings.issuer_path()),
         scopes: rec.scopes,
+        code_challenge: Some(sha256_b64(idp.device_verifier(&user_code).as_bytes())),
+        code_challenge_method: Some("S256".into()),
         state: user_code,
         nonce: None,
-        code_challenge: None,
-        code_challenge_method: None,
         logged_in: None,
         exp: 0,
     };
@@ -339,10 +341,14 @@ pub(crate) async fn device_callback(
     let mut rec: DeviceRecord = serde_json::from_slice(&kv.value).map_err(IdpError::from)?;
     let client = idp.clients.get(&rec.client_id).await?.ok_or_else(invalid)?;
     let redirect = format!("{}/device/callback", idp.settings.issuer_path());
-    let tokens = idp.redeem_code(&client, &q.code, &redirect, None).await.map_err(|e| {
-        tracing::warn!(target: "audit", error = e.error, "device login code exchange failed");
-        invalid()
-    })?;
+    let verifier = idp.device_verifier(&q.state);
+    let tokens = idp
+        .redeem_code(&client, &q.code, &redirect, Some(&verifier))
+        .await
+        .map_err(|e| {
+            tracing::warn!(target: "audit", error = e.error, "device login code exchange failed");
+            invalid()
+        })?;
     if idp.store.take(&user_code_key).await.map_err(IdpError::from)?.is_none() {
         return Err(invalid());
     }

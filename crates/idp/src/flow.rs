@@ -143,6 +143,12 @@ impl Idp {
         Ok(format!("{payload}.{}", B64.encode(mac.as_ref())))
     }
 
+    /// The PKCE verifier that binds a device login's code to its user code: only the callback
+    /// for that user code can redeem it.
+    pub(crate) fn device_verifier(&self, user_code: &str) -> String {
+        B64.encode(hmac::sign(&self.auth_key.0, format!("device-pkce\0{user_code}").as_bytes()).as_ref())
+    }
+
     /// Opens a signed request: `None` if forged, malformed or expired.
     fn open_auth_request(&self, token: &str) -> Option<AuthRequest> {
         if token.len() > MAX_SIGNED_REQUEST {

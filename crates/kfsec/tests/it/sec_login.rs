@@ -309,6 +309,62 @@ async fn device_callback_guesses_are_throttled_and_use_up_nothing() {
 }
 
 #[tokio::test]
+async fn a_device_login_code_completes_only_its_own_user_code() {
+    let k = Kfsec::start("").await;
+    let raw = http_client(&k.running.ca_pem);
+    let mut codes = Vec::new();
+    for _ in 0..2 {
+        let r: serde_json::Value = raw
+            .post(format!("{}/device/code", k.running.issuer))
+            .form(&[("client_id", "kfsec-cli"), ("scope", "openid email")])
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        codes.push((
+            r["device_code"].as_str().unwrap().to_owned(),
+            r["user_code"].as_str().unwrap().to_owned(),
+        ));
+    }
+    let (ours, theirs) = (&codes[0].1, &codes[1]);
+    // the attacker completes the browser leg for their own device…
+    let mut b = k.client();
+    let r = b
+        .post_form("/dex/device/auth/verify_code", &[("user_code", ours)])
+        .await;
+    let (_, form_url) = b.follow(location(&r)).await;
+    let r = b.post_form(&form_url, &[("login", USER), ("password", PASSWORD)]).await;
+    let mut next = location(&r).to_owned();
+    if next.starts_with("/dex/approval") {
+        let req = query_param(&next, "req").unwrap();
+        let r = b.post_form(&next, &[("req", &req), ("approval", "approve")]).await;
+        next = location(&r).to_owned();
+    }
+    assert!(next.starts_with("/dex/device/callback?"), "{next}");
+    // …and tries to hand the resulting code to the victim's user code
+    let code = query_param(&next, "code").unwrap();
+    let forged = format!("/dex/device/callback?state={}&code={code}", theirs.1);
+    assert_eq!(b.get(&forged).await.status(), 400);
+    let poll: serde_json::Value = raw
+        .post(format!("{}/token", k.running.issuer))
+        .form(&[
+            ("grant_type", "urn:ietf:params:oauth:grant-type:device_code"),
+            ("client_id", "kfsec-cli"),
+            ("device_code", theirs.0.as_str()),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(poll["error"], "authorization_pending", "{poll}");
+    k.running.shutdown().await;
+}
+
+#[tokio::test]
 async fn oversized_authorization_parameters_get_oauth_errors() {
     let k = Kfsec::start("").await;
     let raw = http_client(&k.running.ca_pem);
