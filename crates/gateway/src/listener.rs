@@ -6,12 +6,14 @@
 //! (oversized → 431); every connection ends unless it has a request in flight: from accept (TLS
 //! handshake included) to the end of its first request head it has `header_timeout`, and with no
 //! request in flight (HTTP/1 keep-alive, HTTP/2 with no open stream — PINGs do not count) it has
-//! `idle_timeout`; no more than `max_connections` connections are open at once, nor more than
-//! `max_connections_per_address` from one client address (an IPv6 /64), and one over a cap is
-//! closed at once (counted in `kfsec_listener_connections_refused_total`); a failing `accept`
-//! (e.g. out of file descriptors) backs off exponentially up to 1 s instead of spinning; the admin
-//! listener runs on its own thread and runtime, so no front-door load can starve it of CPU time,
-//! and the caps are fitted below the file-descriptor limit so it cannot be starved of descriptors.
+//! `idle_timeout`; a request body the client stops sending, or an HTTP/1 response it stops
+//! reading, fails after `idle_timeout` without progress; no more than `max_connections`
+//! connections are open at once, nor more than `max_connections_per_address` from one client
+//! address (an IPv6 /64), and one over a cap is closed at once (counted in
+//! `kfsec_listener_connections_refused_total`); a failing `accept` (e.g. out of file descriptors)
+//! backs off exponentially up to 1 s instead of spinning; the admin listener runs on its own
+//! thread and runtime, so no front-door load can starve it of CPU time, and the caps are fitted
+//! below the file-descriptor limit so it cannot be starved of descriptors.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -271,10 +273,58 @@ impl Drop for Slot {
     }
 }
 
-/// A socket that holds its connection's [`Slot`].
+/// Times one side's wait on the peer: armed at the first `Pending` of a wait, disarmed by
+/// progress, ready once the wait has lasted `limit` (nginx's `client_body_timeout` and
+/// `send_timeout`: the time between two successive operations, not the whole transfer).
+struct StallTimer {
+    limit: Duration,
+    sleep: Pin<Box<tokio::time::Sleep>>,
+    armed: bool,
+}
+
+impl StallTimer {
+    fn new(limit: Duration) -> Self {
+        Self {
+            limit,
+            sleep: Box::pin(tokio::time::sleep(limit)),
+            armed: false,
+        }
+    }
+
+    /// `poll` under this timer: progress disarms it; a wait of `limit` becomes `stalled()`.
+    fn watch<T>(&mut self, cx: &mut Context<'_>, poll: Poll<T>, stalled: impl FnOnce() -> T) -> Poll<T> {
+        match poll {
+            Poll::Ready(v) => {
+                self.armed = false;
+                Poll::Ready(v)
+            }
+            Poll::Pending => {
+                if !self.armed {
+                    self.armed = true;
+                    self.sleep.as_mut().reset(Instant::now() + self.limit);
+                }
+                match self.sleep.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(stalled()),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+}
+
+/// A socket that holds its connection's [`Slot`], and fails a write the client has not let
+/// progress for the idle timeout (a client that stops reading a response).
 struct Counted {
     io: TcpStream,
     _slot: Slot,
+    write_stall: StallTimer,
+}
+
+fn write_stalled<T>() -> std::io::Result<T> {
+    Err(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        "the client stopped reading",
+    ))
 }
 
 impl AsyncRead for Counted {
@@ -285,7 +335,9 @@ impl AsyncRead for Counted {
 
 impl AsyncWrite for Counted {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+        let this = self.get_mut();
+        let poll = Pin::new(&mut this.io).poll_write(cx, buf);
+        this.write_stall.watch(cx, poll, write_stalled)
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.get_mut().io).poll_flush(cx)
@@ -298,7 +350,9 @@ impl AsyncWrite for Counted {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let poll = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        this.write_stall.watch(cx, poll, write_stalled)
     }
     fn is_write_vectored(&self) -> bool {
         self.io.is_write_vectored()
@@ -356,6 +410,48 @@ impl http_body::Body for TrackedBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
         Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+    }
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Why a request body ended early.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestBodyError {
+    /// The connection failed or the body was malformed.
+    #[error(transparent)]
+    Client(#[from] hyper::Error),
+    /// The client sent nothing for the idle timeout while the body was being read.
+    #[error("the client sent no request body data for {0:?}")]
+    Stalled(Duration),
+}
+
+/// A request body that fails when the client sends nothing for the idle timeout while it is
+/// being read (a slow-POST client otherwise holds its request in flight forever).
+struct TimedBody {
+    inner: Incoming,
+    stall: StallTimer,
+}
+
+impl http_body::Body for TimedBody {
+    type Data = bytes::Bytes;
+    type Error = RequestBodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let this = self.get_mut();
+        let poll = Pin::new(&mut this.inner)
+            .poll_frame(cx)
+            .map(|f| f.map(|r| r.map_err(RequestBodyError::Client)));
+        let limit = this.stall.limit;
+        this.stall
+            .watch(cx, poll, || Some(Err(RequestBodyError::Stalled(limit))))
     }
     fn is_end_stream(&self) -> bool {
         self.inner.is_end_stream()
@@ -442,6 +538,7 @@ pub async fn serve_tls(
         })
         .clone();
     let mut backoff = Backoff::default();
+    let idle_timeout = limits.idle_timeout;
     tokio::pin!(shutdown);
     loop {
         let (tcp, peer) = tokio::select! {
@@ -488,8 +585,12 @@ pub async fn serve_tls(
         let (alive, stopping) = (alive.clone(), stopping.clone());
         tokio::spawn(async move {
             let _alive = alive;
-            conn.run(Counted { io: tcp, _slot: slot }, accepted, acceptor, replaced, stopping)
-                .await;
+            let io = Counted {
+                io: tcp,
+                _slot: slot,
+                write_stall: StallTimer::new(idle_timeout),
+            };
+            conn.run(io, accepted, acceptor, replaced, stopping).await;
         });
     }
     drop(listener);
@@ -561,6 +662,7 @@ impl Connection {
             idle_since: accepted,
         }));
         let mut watching = activity.subscribe();
+        let idle_timeout = limits.idle_timeout;
         let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
             let in_flight = InFlight::start(&activity);
             req.extensions_mut().insert(ClientAddr(peer.ip()));
@@ -568,8 +670,10 @@ impl Connection {
                 req.extensions_mut().insert(id.clone());
             }
             let app = app.clone();
+            let stall = StallTimer::new(idle_timeout);
             async move {
-                let resp = app.oneshot(req.map(axum::body::Body::new)).await?;
+                let req = req.map(|inner| axum::body::Body::new(TimedBody { inner, stall }));
+                let resp = app.oneshot(req).await?;
                 Ok::<_, std::convert::Infallible>(resp.map(|inner| TrackedBody {
                     inner,
                     _in_flight: in_flight,

@@ -481,3 +481,82 @@ async fn read_head<R: tokio::io::AsyncBufRead + Unpin>(r: &mut R) -> usize {
         }
     }
 }
+
+/// An upstream that answers every request with a 256 MiB body, written as fast as it is read.
+async fn huge_upstream() -> SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let (r, mut w) = s.into_split();
+                let mut r = tokio::io::BufReader::new(r);
+                let _ = read_head(&mut r).await;
+                let chunk = vec![b'x'; 64 * 1024];
+                let _ = w
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 268435456\r\nContent-Type: text/plain\r\n\r\n")
+                    .await;
+                for _ in 0..4096 {
+                    if w.write_all(&chunk).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_request_bodies_and_stalled_readers_are_cut_off() {
+    let huge = huge_upstream().await;
+    let k = Kfsec::start(&format!(
+        "- prefix: /huge/\n  upstream: http://{huge}\n  public: true\n{LIMITS}"
+    ))
+    .await;
+    let front = k.running.https_addr;
+
+    // Slow POST: a body announced, a few bytes sent, then silence (the handler reads the body).
+    let s = tls(&k, TcpStream::connect(front).await.unwrap(), b"http/1.1").await;
+    let (mut r, mut w) = tokio::io::split(s);
+    w.write_all(
+        b"POST /dex/token HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 1000\r\n\r\ngrant_type",
+    )
+    .await
+    .unwrap();
+    let t = Instant::now();
+    let closed = closed_within(&mut r, t, Duration::from_secs(8)).await;
+    drop(w);
+    let took = closed.expect("a stalled request body held its connection for 8 s");
+    assert!(took <= IDLE + SLACK, "stalled request body: closed after {took:?}");
+
+    // A client that stops reading a large response.
+    let sock = TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let s = tls(&k, sock.connect(front).await.unwrap(), b"http/1.1").await;
+    let (mut r, mut w) = tokio::io::split(s);
+    w.write_all(b"GET /huge/x HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    // not reading for longer than the idle timeout …
+    tokio::time::sleep(IDLE + SLACK + Duration::from_secs(1)).await;
+    // … then what was buffered drains and the connection is over.
+    let mut total = 0usize;
+    let mut buf = vec![0u8; 256 * 1024];
+    let ended = tokio::time::timeout(Duration::from_secs(3), async {
+        loop {
+            match r.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => total += n,
+            }
+        }
+    })
+    .await;
+    drop(w);
+    assert!(
+        ended.is_ok(),
+        "the stalled reader's connection is still open ({total} bytes read)"
+    );
+    assert!(total < 128 << 20, "{total} bytes were sent: the server never stopped");
+    k.running.shutdown().await;
+}
