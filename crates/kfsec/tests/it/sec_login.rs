@@ -40,6 +40,21 @@ async fn login_form_url(b: &mut Browser) -> String {
     url
 }
 
+/// A fresh device code for `kfsec-cli`: (device_code, user_code).
+async fn device_code(k: &Kfsec) -> (String, String) {
+    let r: serde_json::Value = http_client(&k.running.ca_pem)
+        .post(format!("{}/device/code", k.running.issuer))
+        .form(&[("client_id", "kfsec-cli"), ("scope", "openid email")])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let field = |n: &str| r[n].as_str().unwrap().to_owned();
+    (field("device_code"), field("user_code"))
+}
+
 fn with_query(base: &str, q: &[(&str, String)]) -> String {
     let qs = url::form_urlencoded::Serializer::new(String::new())
         .extend_pairs(q.iter().map(|(k, v)| (*k, v.as_str())))
@@ -231,17 +246,7 @@ async fn unknown_and_cheaply_hashed_accounts_answer_alike() {
 #[tokio::test]
 async fn device_user_code_guessing_is_throttled() {
     let k = Kfsec::start("loginProtection:\n  maxUserCodeAttemptsPerAddress: 5\n  maxUserCodeAttempts: 8\n").await;
-    let raw = http_client(&k.running.ca_pem);
-    let r: serde_json::Value = raw
-        .post(format!("{}/device/code", k.running.issuer))
-        .form(&[("client_id", "kfsec-cli"), ("scope", "openid email")])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let real = r["user_code"].as_str().unwrap().to_owned();
+    let (_, real) = device_code(&k).await;
     let verify = |b: &Browser, code: String| {
         let req = b
             .http
@@ -279,17 +284,7 @@ async fn device_user_code_guessing_is_throttled() {
 #[tokio::test]
 async fn device_callback_guesses_are_throttled_and_use_up_nothing() {
     let k = Kfsec::start("").await;
-    let raw = http_client(&k.running.ca_pem);
-    let r: serde_json::Value = raw
-        .post(format!("{}/device/code", k.running.issuer))
-        .form(&[("client_id", "kfsec-cli"), ("scope", "openid")])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let real = r["user_code"].as_str().unwrap().to_owned();
+    let (_, real) = device_code(&k).await;
     let mut b = k.client();
     let callback = |state: &str| format!("/dex/device/callback?state={state}&code=bogus-code");
     // a callback with the right user code but a code that does not redeem uses nothing up
@@ -312,22 +307,7 @@ async fn device_callback_guesses_are_throttled_and_use_up_nothing() {
 async fn a_device_login_code_completes_only_its_own_user_code() {
     let k = Kfsec::start("").await;
     let raw = http_client(&k.running.ca_pem);
-    let mut codes = Vec::new();
-    for _ in 0..2 {
-        let r: serde_json::Value = raw
-            .post(format!("{}/device/code", k.running.issuer))
-            .form(&[("client_id", "kfsec-cli"), ("scope", "openid email")])
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        codes.push((
-            r["device_code"].as_str().unwrap().to_owned(),
-            r["user_code"].as_str().unwrap().to_owned(),
-        ));
-    }
+    let codes = [device_code(&k).await, device_code(&k).await];
     let (ours, theirs) = (&codes[0].1, &codes[1]);
     // the attacker completes the browser leg for their own device…
     let mut b = k.client();
