@@ -13,6 +13,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use kfsec_store::{EventKind, Store, StoreError};
@@ -39,6 +40,8 @@ pub struct Epochs {
     store: Arc<dyn Store>,
     /// Key hash → epoch (`None`: the store has none).
     cache: RwLock<HashMap<String, Option<u64>>>,
+    /// Bumped whenever the cache is dropped: a read that began before may be stale.
+    generation: AtomicU64,
 }
 
 impl Epochs {
@@ -46,6 +49,7 @@ impl Epochs {
         Arc::new(Self {
             store,
             cache: RwLock::default(),
+            generation: AtomicU64::new(0),
         })
     }
 
@@ -55,13 +59,26 @@ impl Epochs {
         if let Some(v) = self.cache.read().get(&k) {
             return Ok(*v);
         }
+        let generation = self.generation.load(Ordering::Acquire);
         let v = read(self.store.as_ref(), &k).await?;
         let mut cache = self.cache.write();
+        if self.generation.load(Ordering::Acquire) != generation {
+            // The cache was dropped while we read: our value may predate what the watch
+            // resumed from; answer it without caching it.
+            return Ok(v);
+        }
         if cache.len() > 100_000 {
-            cache.clear();
+            // Dropping entries could lose an event newer than our read: start empty instead.
+            self.clear(&mut cache);
+            return Ok(v);
         }
         // A watch event may have landed meanwhile: it is newer than our read.
         Ok(*cache.entry(k).or_insert(v))
+    }
+
+    fn clear(&self, cache: &mut HashMap<String, Option<u64>>) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        cache.clear();
     }
 
     /// Whether a credential of `email` issued at `issued_ms` is void.
@@ -72,8 +89,26 @@ impl Epochs {
     /// Voids every credential of `email` issued up to `now_ms` (and remembers it here at once).
     pub async fn revoke(&self, email: &str, now_ms: u64) -> Result<u64, StoreError> {
         let epoch = write(self.store.as_ref(), email, now_ms).await?;
-        self.cache.write().insert(user_key(email), Some(epoch));
+        let mut cache = self.cache.write();
+        let e = cache.entry(user_key(email)).or_insert(None);
+        *e = Some(e.unwrap_or(0).max(epoch));
         Ok(epoch)
+    }
+
+    /// Applies a watched change. Epochs only move forward, so a late event (our own earlier
+    /// write, delivered after a newer local one) never moves the cached value back.
+    fn observe(&self, k: &str, kind: &EventKind, value: &[u8]) {
+        let mut cache = self.cache.write();
+        let parsed = serde_json::from_slice::<EpochRecord>(value);
+        match (kind, parsed) {
+            (EventKind::Delete, _) | (_, Err(_)) => {
+                cache.remove(k);
+            }
+            (_, Ok(r)) => {
+                let e = cache.entry(k.to_owned()).or_insert(None);
+                *e = Some(e.unwrap_or(0).max(r.not_before_ms));
+            }
+        }
     }
 
     /// Follows epoch writes of other processes; drops the cache when the watch lags.
@@ -83,21 +118,14 @@ impl Epochs {
             loop {
                 let from = me.store.revision().await.unwrap_or(0);
                 // Anything read before the watch starts may be stale.
-                me.cache.write().clear();
+                me.clear(&mut me.cache.write());
                 match me.store.watch(PREFIX, from).await {
                     Ok(mut rx) => {
                         while let Some(ev) = rx.recv().await {
                             let Ok(ev) = ev else { break };
-                            let Some(k) = ev.kv.key.strip_prefix(PREFIX) else {
-                                continue;
-                            };
-                            let v = match ev.kind {
-                                EventKind::Delete => None,
-                                _ => serde_json::from_slice::<EpochRecord>(&ev.kv.value)
-                                    .ok()
-                                    .map(|r| r.not_before_ms),
-                            };
-                            me.cache.write().insert(k.to_owned(), v);
+                            if let Some(k) = ev.kv.key.strip_prefix(PREFIX) {
+                                me.observe(k, &ev.kind, &ev.kv.value);
+                            }
                         }
                         tracing::warn!("revocation watch ended; reloading");
                     }
@@ -159,6 +187,10 @@ mod tests {
         assert_eq!(write(store.as_ref(), "a@x", 1_000).await.unwrap(), 5_000);
         // a fresh cache reads the store
         let e2 = Epochs::new(store);
+        assert_eq!(e2.get("a@x").await.unwrap(), Some(5_000));
+        // a late watch event of an older write does not move the epoch back
+        let old = serde_json::to_vec(&EpochRecord { not_before_ms: 1_000 }).unwrap();
+        e2.observe(&user_key("a@x"), &EventKind::Put, &old);
         assert_eq!(e2.get("a@x").await.unwrap(), Some(5_000));
     }
 }
