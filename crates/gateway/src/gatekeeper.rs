@@ -401,10 +401,15 @@ pub(crate) async fn logout_all(State(app): State<Arc<App>>, req: Request<Body>) 
 /// `/authservice/check` for nginx `auth_request` and Envoy `ext_authz` (HTTP): 200 with the
 /// identity headers, or 401.
 pub(crate) async fn check(State(app): State<Arc<App>>, req: Request<Body>) -> Response {
-    match app
-        .authenticate(req.headers(), req.extensions().get(), req.uri().path())
-        .await
-    {
+    // `/authservice/check/<path>` asks about `<path>`: the same surface (and so the same
+    // service-account audiences) as a request to `<path>` itself.
+    let asked = req
+        .uri()
+        .path()
+        .strip_prefix("/authservice/check")
+        .filter(|p| p.starts_with('/'))
+        .unwrap_or("/");
+    match app.authenticate(req.headers(), req.extensions().get(), asked).await {
         Authn::Ok(a) => {
             let mut resp = StatusCode::OK.into_response();
             app.set_identity_headers(resp.headers_mut(), &a.identity);

@@ -338,6 +338,11 @@ async fn audience_policy_is_the_same_on_every_surface() {
             *on_kfp,
             "{what}: Pipelines"
         );
+        assert_eq!(
+            s.passes(cred, "/authservice/check/pipeline/apis/v2beta1/healthz").await,
+            *on_kfp,
+            "{what}: /authservice/check for a Pipelines path"
+        );
         if let Cred::Bearer(t) = cred {
             let (reviewed, _) = s.review(t, &[]).await;
             assert_eq!(&reviewed, who, "{what}: TokenReview");
