@@ -6,8 +6,9 @@
 //! (oversized → 431); every connection ends unless it has a request in flight: from accept (TLS
 //! handshake included) to the end of its first request head it has `header_timeout`, and with no
 //! request in flight (HTTP/1 keep-alive, HTTP/2 with no open stream — PINGs do not count) it has
-//! `idle_timeout`; a request body the client stops sending, or an HTTP/1 response it stops
-//! reading, fails after `idle_timeout` without progress; no more than `max_connections`
+//! `idle_timeout`; a request body the client stops sending, or a response it stops taking (a full
+//! socket, or an HTTP/2 flow-control window kept shut), fails after `idle_timeout` without
+//! progress; no more than `max_connections`
 //! connections are open at once, nor more than `max_connections_per_address` from one client
 //! address (an IPv6 /64), and one over a cap is closed at once (counted in
 //! `kfsec_listener_connections_refused_total`); a failing `accept` (e.g. out of file descriptors)
@@ -168,7 +169,7 @@ impl ListenerMetrics {
         );
         registry.register(
             "kfsec_listener_connections_timed_out",
-            "Connections closed by a timeout (reason: header_timeout, idle_timeout)",
+            "Connections closed by a timeout (reason: header_timeout, idle_timeout, send_timeout)",
             m.closed.clone(),
         );
         registry.register(
@@ -368,6 +369,11 @@ struct Activity {
     in_flight: usize,
     /// When `in_flight` last became 0.
     idle_since: Instant,
+    /// Response bodies that handed a frame to the connection and have not been asked for the
+    /// next one: the connection is waiting for the client to take data.
+    handed_over: usize,
+    /// When a response body last handed over a frame or was asked for the next.
+    last_progress: Instant,
 }
 
 /// Marks one request in flight until dropped (with the response body, or with the handler's
@@ -395,10 +401,43 @@ impl Drop for InFlight {
     }
 }
 
-/// A response body that keeps its request in flight until it is sent or dropped.
+/// A response body that keeps its request in flight until it is sent or dropped, and tells
+/// the connection when it waits for the client to take data (a frame handed over, the next one
+/// not yet asked for: a full socket, or an HTTP/2 flow-control window the client keeps shut).
 struct TrackedBody {
     inner: axum::body::Body,
-    _in_flight: InFlight,
+    in_flight: InFlight,
+    handed_over: bool,
+}
+
+impl TrackedBody {
+    fn new(inner: axum::body::Body, in_flight: InFlight) -> Self {
+        Self {
+            inner,
+            in_flight,
+            handed_over: false,
+        }
+    }
+
+    /// Records progress; `handed_over` is the new state of this body. Receivers are woken
+    /// only when the connection starts waiting on its client.
+    fn progress(&mut self, handed_over: bool) {
+        let was = std::mem::replace(&mut self.handed_over, handed_over);
+        self.in_flight.0.send_if_modified(|a| {
+            let before = a.handed_over;
+            a.handed_over = (a.handed_over + usize::from(handed_over)).saturating_sub(usize::from(was));
+            a.last_progress = Instant::now();
+            before == 0 && a.handed_over > 0
+        });
+    }
+}
+
+impl Drop for TrackedBody {
+    fn drop(&mut self) {
+        if self.handed_over {
+            self.progress(false);
+        }
+    }
 }
 
 impl http_body::Body for TrackedBody {
@@ -409,7 +448,15 @@ impl http_body::Body for TrackedBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+        let this = self.get_mut();
+        if this.handed_over {
+            this.progress(false);
+        }
+        let poll = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(_))) = &poll {
+            this.progress(true);
+        }
+        poll
     }
     fn is_end_stream(&self) -> bool {
         self.inner.is_end_stream()
@@ -660,6 +707,8 @@ impl Connection {
             started: false,
             in_flight: 0,
             idle_since: accepted,
+            handed_over: 0,
+            last_progress: accepted,
         }));
         let mut watching = activity.subscribe();
         let idle_timeout = limits.idle_timeout;
@@ -674,10 +723,7 @@ impl Connection {
             async move {
                 let req = req.map(|inner| axum::body::Body::new(TimedBody { inner, stall }));
                 let resp = app.oneshot(req).await?;
-                Ok::<_, std::convert::Infallible>(resp.map(|inner| TrackedBody {
-                    inner,
-                    _in_flight: in_flight,
-                }))
+                Ok::<_, std::convert::Infallible>(resp.map(|inner| TrackedBody::new(inner, in_flight)))
             }
         });
         let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), svc);
@@ -692,6 +738,7 @@ impl Connection {
                 Some(at) => Some(at + CLOSE_GRACE),
                 None if !now.started => Some(header_deadline),
                 None if now.in_flight == 0 => Some(now.idle_since + limits.idle_timeout),
+                None if now.handed_over > 0 => Some(now.last_progress + limits.idle_timeout),
                 None => None,
             };
             let timer = async {
@@ -715,6 +762,12 @@ impl Connection {
                     conn.as_mut().graceful_shutdown();
                 }
                 () = timer => match (closing, *watching.borrow()) {
+                    // The client has taken no response data for the idle timeout (whether or
+                    // not a close was asked for).
+                    (_, cur) if cur.handed_over > 0 && cur.last_progress + limits.idle_timeout <= Instant::now() => {
+                        ListenerMetrics::count(&metrics.closed, name, "send_timeout");
+                        return;
+                    }
                     // A request in flight is let finish; otherwise the grace is over.
                     (Some(_), cur) if cur.in_flight > 0 => closing = Some(Instant::now()),
                     (Some(_), _) => return,

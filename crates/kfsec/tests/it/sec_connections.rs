@@ -264,26 +264,27 @@ fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     f
 }
 
-/// `GET /open/x` on stream 1 (HPACK: indexed :method GET, :scheme https; literal :path and
+/// `GET path` on stream 1 (HPACK: indexed :method GET, :scheme https; literal :path and
 /// :authority).
-fn h2_get() -> Vec<u8> {
-    let mut block = vec![0x82, 0x87, 0x04, 7];
-    block.extend_from_slice(b"/open/x");
+fn h2_get(path: &str) -> Vec<u8> {
+    let mut block = vec![0x82, 0x87, 0x04, u8::try_from(path.len()).unwrap()];
+    block.extend_from_slice(path.as_bytes());
     block.extend_from_slice(&[0x01, 9]);
     block.extend_from_slice(b"localhost");
     h2_frame(1, 0x5, 1, &block)
 }
 
-/// An HTTP/2 client that optionally sends one request, then only PINGs every 200 ms; returns when
-/// the server closed the connection (measured from the TLS handshake).
-async fn h2_pinger(k: &Kfsec, request: bool) -> Option<Duration> {
+/// An HTTP/2 client that optionally sends one request for `path`, then only PINGs every 200 ms
+/// (and never a WINDOW_UPDATE); returns when the server closed the connection (measured from the
+/// TLS handshake).
+async fn h2_pinger(k: &Kfsec, request: Option<&str>) -> Option<Duration> {
     let t = Instant::now();
     let s = tls(k, TcpStream::connect(k.running.https_addr).await.unwrap(), b"h2").await;
     let (mut r, mut w) = tokio::io::split(s);
     let mut hello = H2_PREFACE.to_vec();
     hello.extend(h2_frame(4, 0, 0, &[]));
-    if request {
-        hello.extend(h2_get());
+    if let Some(path) = request {
+        hello.extend(h2_get(path));
     }
     w.write_all(&hello).await.unwrap();
     let pings = tokio::spawn(async move {
@@ -388,7 +389,7 @@ async fn silent_slow_and_idle_clients_are_closed_within_the_limits() {
         "HTTP/2 PINGs without a request",
         Duration::ZERO,
         HEADER,
-        tokio::spawn(async move { h2_pinger(&kk, false).await }),
+        tokio::spawn(async move { h2_pinger(&kk, None).await }),
     ));
     // HTTP/2: one request, then PINGs only (a graceful GOAWAY may take its 1 s grace).
     let kk = k.clone();
@@ -396,7 +397,7 @@ async fn silent_slow_and_idle_clients_are_closed_within_the_limits() {
         "HTTP/2 PINGs after one request",
         IDLE - Duration::from_millis(300),
         IDLE + Duration::from_secs(1),
-        tokio::spawn(async move { h2_pinger(&kk, true).await }),
+        tokio::spawn(async move { h2_pinger(&kk, Some("/open/x")).await }),
     ));
 
     for (what, at_least, limit, task) in cases {
@@ -558,5 +559,14 @@ async fn slow_request_bodies_and_stalled_readers_are_cut_off() {
         "the stalled reader's connection is still open ({total} bytes read)"
     );
     assert!(total < 128 << 20, "{total} bytes were sent: the server never stopped");
+
+    // HTTP/2: a large response whose flow-control window the client never opens (its PINGs
+    // are not progress).
+    let closed = h2_pinger(&k, Some("/huge/x")).await;
+    let took = closed.expect("a shut HTTP/2 window held its connection for 8 s");
+    assert!(
+        took <= IDLE + SLACK + Duration::from_secs(1),
+        "shut window: closed after {took:?}"
+    );
     k.running.shutdown().await;
 }
