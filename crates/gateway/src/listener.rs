@@ -8,10 +8,12 @@
 //! request in flight (HTTP/1 keep-alive, HTTP/2 with no open stream — PINGs do not count) it has
 //! `idle_timeout`; a request body the client stops sending, or a response it stops taking (a full
 //! socket, or an HTTP/2 flow-control window kept shut), fails after `idle_timeout` without
-//! progress; no more than `max_connections`
-//! connections are open at once, nor more than `max_connections_per_address` from one client
-//! address (an IPv6 /64), and one over a cap is closed at once (counted in
-//! `kfsec_listener_connections_refused_total`); a failing `accept` (e.g. out of file descriptors)
+//! progress; no more than `max_connections` connections are open at once, nor more than
+//! `max_connections_per_address` from one client address (an IPv6 /64), and one over a cap is
+//! closed at once; no more than `max_connections` requests are in flight at once (HTTP/2 streams
+//! included), nor more than twice `max_connections_per_address` from one address, and one over a
+//! cap is answered 503 at once (both counted in `kfsec_listener_connections_refused_total`); a
+//! failing `accept` (e.g. out of file descriptors)
 //! backs off exponentially up to 1 s instead of spinning; the admin listener runs on its own
 //! thread and runtime, so no front-door load can starve it of CPU time, and the caps are fitted
 //! below the file-descriptor limit so it cannot be starved of descriptors.
@@ -114,10 +116,12 @@ pub fn raise_fd_limit() -> Option<u64> {
 }
 
 /// Lowers the listeners' connection caps so that together they stay below `fd_limit` minus a
-/// reserve (for the store, upstreams and the admin listener); returns whether any was lowered.
+/// reserve (for the store, logs and the admin listener); returns whether any was lowered. Each
+/// connection is counted twice: in-flight requests are capped at `max_connections` too, and
+/// each may hold one upstream connection.
 pub fn fit_to_fd_limit(limits: &mut [&mut ListenerLimits], fd_limit: u64) -> bool {
     let reserve = FD_RESERVE.max(fd_limit / 10);
-    let budget = usize::try_from(fd_limit.saturating_sub(reserve)).unwrap_or(usize::MAX);
+    let budget = usize::try_from(fd_limit.saturating_sub(reserve)).unwrap_or(usize::MAX) / 2;
     let wanted: usize = limits.iter().map(|l| l.max_connections).sum();
     if wanted <= budget {
         return false;
@@ -148,6 +152,7 @@ struct ReasonLabels {
 #[derive(Clone, Debug, Default)]
 pub struct ListenerMetrics {
     open: Family<ListenerLabel, Gauge>,
+    requests: Family<ListenerLabel, Gauge>,
     refused: Family<ReasonLabels, Counter>,
     closed: Family<ReasonLabels, Counter>,
     accept_errors: Family<ListenerLabel, Counter>,
@@ -163,8 +168,13 @@ impl ListenerMetrics {
             m.open.clone(),
         );
         registry.register(
+            "kfsec_listener_requests_in_flight",
+            "Requests in flight by listener",
+            m.requests.clone(),
+        );
+        registry.register(
             "kfsec_listener_connections_refused",
-            "Connections closed at accept because a cap was reached (reason: max_connections, max_connections_per_address)",
+            "Connections closed at accept, or requests answered 503, because a cap was reached (reason: max_connections, max_connections_per_address, max_requests, max_requests_per_address)",
             m.refused.clone(),
         );
         registry.register(
@@ -222,13 +232,15 @@ struct Counts {
     by_address: HashMap<IpAddr, usize>,
 }
 
-/// The connection caps of one listener.
+/// The connection (or in-flight request) caps of one listener.
 #[derive(Debug)]
 struct Slots {
     counts: parking_lot::Mutex<Counts>,
     max: usize,
     per_address: usize,
     gauge: Gauge,
+    /// Metric reasons for a refusal: over `max`, over `per_address`.
+    reasons: (&'static str, &'static str),
 }
 
 /// One open connection's place under the caps; released when the connection's socket is
@@ -240,15 +252,25 @@ struct Slot {
 }
 
 impl Slots {
+    fn new(max: usize, per_address: usize, gauge: Gauge, reasons: (&'static str, &'static str)) -> Arc<Self> {
+        Arc::new(Self {
+            counts: parking_lot::Mutex::new(Counts::default()),
+            max: max.max(1),
+            per_address: per_address.max(1),
+            gauge,
+            reasons,
+        })
+    }
+
     fn try_acquire(self: &Arc<Self>, ip: IpAddr) -> Result<Slot, &'static str> {
         let key = address_key(ip);
         let mut c = self.counts.lock();
         if c.total >= self.max {
-            return Err("max_connections");
+            return Err(self.reasons.0);
         }
         let n = c.by_address.entry(key).or_insert(0);
         if *n >= self.per_address {
-            return Err("max_connections_per_address");
+            return Err(self.reasons.1);
         }
         *n += 1;
         c.total += 1;
@@ -408,14 +430,17 @@ struct TrackedBody {
     inner: axum::body::Body,
     in_flight: InFlight,
     handed_over: bool,
+    /// The request's place under the in-flight caps.
+    _permit: Option<Slot>,
 }
 
 impl TrackedBody {
-    fn new(inner: axum::body::Body, in_flight: InFlight) -> Self {
+    fn new(inner: axum::body::Body, in_flight: InFlight, permit: Option<Slot>) -> Self {
         Self {
             inner,
             in_flight,
             handed_over: false,
+            _permit: permit,
         }
     }
 
@@ -543,6 +568,7 @@ fn builder(limits: &ListenerLimits) -> Builder<TokioExecutor> {
         .keep_alive(true);
     b.http2()
         .timer(TokioTimer::new())
+        .max_concurrent_streams(128)
         .max_header_list_size(u32::try_from(MAX_HEADER_BYTES).unwrap_or(u32::MAX))
         .keep_alive_interval(Some(Duration::from_secs(30)));
     b
@@ -567,17 +593,23 @@ pub async fn serve_tls(
     let (alive, mut drained) = tokio::sync::mpsc::channel::<()>(1);
     let (stop, stopping) = watch::channel(false);
     let builder = Arc::new(builder(&limits));
-    let slots = Arc::new(Slots {
-        counts: parking_lot::Mutex::new(Counts::default()),
-        max: limits.max_connections.max(1),
-        per_address: limits.max_connections_per_address.max(1),
-        gauge: metrics
-            .open
-            .get_or_create(&ListenerLabel {
-                listener: name.to_owned(),
-            })
-            .clone(),
-    });
+    let label = ListenerLabel {
+        listener: name.to_owned(),
+    };
+    let slots = Slots::new(
+        limits.max_connections,
+        limits.max_connections_per_address,
+        metrics.open.get_or_create(&label).clone(),
+        ("max_connections", "max_connections_per_address"),
+    );
+    // In-flight requests (HTTP/2 streams included), each of which may hold an upstream
+    // connection: as many as connections in all, twice the per-address connections per address.
+    let requests = Slots::new(
+        limits.max_connections,
+        limits.max_connections_per_address.saturating_mul(2),
+        metrics.requests.get_or_create(&label).clone(),
+        ("max_requests", "max_requests_per_address"),
+    );
     let accept_errors = metrics
         .accept_errors
         .get_or_create(&ListenerLabel {
@@ -628,6 +660,7 @@ pub async fn serve_tls(
             metrics: metrics.clone(),
             app: app.clone(),
             builder: builder.clone(),
+            requests: requests.clone(),
         };
         let (alive, stopping) = (alive.clone(), stopping.clone());
         tokio::spawn(async move {
@@ -659,6 +692,22 @@ struct Connection {
     metrics: ListenerMetrics,
     app: Router,
     builder: Arc<Builder<TokioExecutor>>,
+    requests: Arc<Slots>,
+}
+
+/// The answer to a request over the in-flight caps: 503 with `Retry-After`, no work done.
+fn busy() -> hyper::Response<axum::body::Body> {
+    let mut r = hyper::Response::new(axum::body::Body::from(
+        "kfsec: too many requests in flight, retry shortly\n",
+    ));
+    *r.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+    let h = r.headers_mut();
+    h.insert(http::header::RETRY_AFTER, http::HeaderValue::from_static("1"));
+    h.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
 }
 
 impl Connection {
@@ -677,6 +726,7 @@ impl Connection {
             metrics,
             app,
             builder,
+            requests,
         } = self;
         let header_deadline = accepted + limits.header_timeout;
         let tls = match tokio::time::timeout_at(header_deadline, acceptor.accept(io)).await {
@@ -720,10 +770,16 @@ impl Connection {
             }
             let app = app.clone();
             let stall = StallTimer::new(idle_timeout);
+            let permit = requests.try_acquire(peer.ip()).map_err(|reason| {
+                ListenerMetrics::count(&metrics.refused, name, reason);
+            });
             async move {
+                let Ok(permit) = permit else {
+                    return Ok(busy().map(|inner| TrackedBody::new(inner, in_flight, None)));
+                };
                 let req = req.map(|inner| axum::body::Body::new(TimedBody { inner, stall }));
                 let resp = app.oneshot(req).await?;
-                Ok::<_, std::convert::Infallible>(resp.map(|inner| TrackedBody::new(inner, in_flight)))
+                Ok::<_, std::convert::Infallible>(resp.map(|inner| TrackedBody::new(inner, in_flight, Some(permit))))
             }
         });
         let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), svc);
@@ -854,12 +910,12 @@ mod tests {
 
     #[test]
     fn caps_count_and_release() {
-        let slots = Arc::new(Slots {
-            counts: parking_lot::Mutex::new(Counts::default()),
-            max: 3,
-            per_address: 2,
-            gauge: Gauge::default(),
-        });
+        let slots = Slots::new(
+            3,
+            2,
+            Gauge::default(),
+            ("max_connections", "max_connections_per_address"),
+        );
         let a: IpAddr = "127.0.0.1".parse().unwrap();
         let b: IpAddr = "127.0.0.2".parse().unwrap();
         let s1 = slots.try_acquire(a).unwrap();
@@ -880,7 +936,7 @@ mod tests {
         assert!(!fit_to_fd_limit(&mut [&mut f, &mut w], 1 << 20));
         assert_eq!(f.max_connections, 10_000);
         assert!(fit_to_fd_limit(&mut [&mut f, &mut w], 1024));
-        assert!(f.max_connections + w.max_connections <= 1024 - 256, "{f:?} {w:?}");
+        assert!(2 * (f.max_connections + w.max_connections) <= 1024 - 256, "{f:?} {w:?}");
         assert!(f.max_connections > 10 * w.max_connections / 2);
         assert!(f.max_connections_per_address <= f.max_connections);
     }

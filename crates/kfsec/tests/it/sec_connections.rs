@@ -483,8 +483,9 @@ async fn read_head<R: tokio::io::AsyncBufRead + Unpin>(r: &mut R) -> usize {
     }
 }
 
-/// An upstream that answers every request with a 256 MiB body, written as fast as it is read.
-async fn huge_upstream() -> SocketAddr {
+/// An upstream that answers every request with `len` bytes, `chunk` at a time, pausing `every`
+/// between chunks (as fast as it is read when zero).
+async fn raw_upstream(len: usize, chunk: usize, every: Duration) -> SocketAddr {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     tokio::spawn(async move {
@@ -493,14 +494,14 @@ async fn huge_upstream() -> SocketAddr {
                 let (r, mut w) = s.into_split();
                 let mut r = tokio::io::BufReader::new(r);
                 let _ = read_head(&mut r).await;
-                let chunk = vec![b'x'; 64 * 1024];
-                let _ = w
-                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 268435456\r\nContent-Type: text/plain\r\n\r\n")
-                    .await;
-                for _ in 0..4096 {
-                    if w.write_all(&chunk).await.is_err() {
+                let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {len}\r\nContent-Type: text/plain\r\n\r\n");
+                let data = vec![b'x'; chunk];
+                let _ = w.write_all(head.as_bytes()).await;
+                for _ in 0..len / chunk {
+                    if w.write_all(&data).await.is_err() {
                         return;
                     }
+                    tokio::time::sleep(every).await;
                 }
             });
         }
@@ -508,13 +509,17 @@ async fn huge_upstream() -> SocketAddr {
     addr
 }
 
+/// kfsec with [`LIMITS`] and a public route `prefix` to `upstream`.
+async fn with_route(prefix: &str, upstream: SocketAddr) -> Kfsec {
+    Kfsec::start(&format!(
+        "- prefix: {prefix}\n  upstream: http://{upstream}\n  public: true\n{LIMITS}"
+    ))
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_request_bodies_and_stalled_readers_are_cut_off() {
-    let huge = huge_upstream().await;
-    let k = Kfsec::start(&format!(
-        "- prefix: /huge/\n  upstream: http://{huge}\n  public: true\n{LIMITS}"
-    ))
-    .await;
+    let k = with_route("/huge/", raw_upstream(256 << 20, 64 << 10, Duration::ZERO).await).await;
     let front = k.running.https_addr;
 
     // Slow POST: a body announced, a few bytes sent, then silence (the handler reads the body).
@@ -568,5 +573,63 @@ async fn slow_request_bodies_and_stalled_readers_are_cut_off() {
         took <= IDLE + SLACK + Duration::from_secs(1),
         "shut window: closed after {took:?}"
     );
+    k.running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_in_flight_are_capped_so_upstream_connections_stay_bounded() {
+    let k = with_route("/slow/", raw_upstream(100, 1, Duration::from_millis(500)).await).await;
+    // One HTTP/2 connection, 120 streams at once (each would hold an upstream connection).
+    let http = http_client(&k.running.ca_pem);
+    // the connection first, so that the streams share it
+    assert_eq!(
+        http.get(format!("{}/open/x", k.base)).send().await.unwrap().status(),
+        200
+    );
+    let mut tasks = Vec::new();
+    for i in 0..120 {
+        let (http, url) = (http.clone(), format!("{}/slow/{i}", k.base));
+        tasks.push(tokio::spawn(async move { http.get(url).send().await.unwrap() }));
+    }
+    let mut held = Vec::new();
+    let (mut ok, mut busy) = (0, 0);
+    for t in tasks {
+        let r = t.await.unwrap();
+        assert_eq!(r.version(), reqwest::Version::HTTP_2);
+        match r.status().as_u16() {
+            200 => ok += 1,
+            503 => {
+                assert_eq!(r.headers()["retry-after"], "1");
+                busy += 1;
+            }
+            other => panic!("unexpected {other}"),
+        }
+        held.push(r);
+    }
+    assert_eq!(
+        (ok, busy),
+        (100, 20),
+        "in-flight requests over the cap are answered 503"
+    );
+    // Once they end, new requests are served again.
+    drop(held);
+    let mut served = false;
+    for _ in 0..20 {
+        if http.get(format!("{}/open/x", k.base)).send().await.unwrap().status() == 200 {
+            served = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(served, "requests are served again once the others ended");
+    let m = metrics(&k).await;
+    let refused = metric(
+        &m,
+        "kfsec_listener_connections_refused_total{listener=\"front-door\",reason=\"max_requests\"}",
+    ) + metric(
+        &m,
+        "kfsec_listener_connections_refused_total{listener=\"front-door\",reason=\"max_requests_per_address\"}",
+    );
+    assert_eq!(refused, 20, "{m}");
     k.running.shutdown().await;
 }
