@@ -633,3 +633,98 @@ async fn requests_in_flight_are_capped_so_upstream_connections_stay_bounded() {
     assert_eq!(refused, 20, "{m}");
     k.running.shutdown().await;
 }
+
+/// Kills the child process when dropped.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The real binary under a small open-files limit (400): a flood of connections is refused by
+/// the caps (fitted below the limit) before descriptors run out, so the admin listener and a
+/// second listener keep working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_flood_cannot_exhaust_file_descriptors() {
+    let dir = tempfile::tempdir().unwrap();
+    let (front_port, admin_port) = (free_port(), free_port());
+    let child = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -n 400 && exec \"$0\" \"$@\"")
+        .arg(env!("CARGO_BIN_EXE_kfsec"))
+        .args(["serve", "--data-dir"])
+        .arg(dir.path())
+        .args([
+            "--https-addr",
+            &format!("127.0.0.1:{front_port}"),
+            "--admin-addr",
+            &format!("127.0.0.1:{admin_port}"),
+            "--webhook-addr",
+            "127.0.0.1:0",
+        ])
+        .env("KFSEC_LOG", "error")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let _child = Child(child);
+    let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
+    let front: SocketAddr = format!("127.0.0.1:{front_port}").parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        assert!(Instant::now() < deadline, "kfsec did not start");
+        if let Ok(r) = reqwest::get(format!("http://{admin}/readyz")).await
+            && r.status() == 200
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let health = Healthz::start(admin);
+    // 450 connections from nine addresses: more than the process may open.
+    let mut conns = Vec::new();
+    for i in 0..450 {
+        if let Ok(c) = tokio::time::timeout(
+            Duration::from_secs(2),
+            connect_from(&format!("127.0.0.{}", i % 9 + 2), front),
+        )
+        .await
+        {
+            conns.push(c);
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let m = reqwest::get(format!("http://{admin}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let refused = metric(
+        &m,
+        "kfsec_listener_connections_refused_total{listener=\"front-door\",reason=\"max_connections\"}",
+    );
+    assert!(refused >= 300, "the caps refused only {refused} connections: {m}");
+    assert_eq!(
+        metric(&m, "kfsec_listener_accept_errors_total{listener=\"front-door\"}"),
+        0,
+        "{m}"
+    );
+    assert!(
+        m.contains("kfsec_listener_accept_errors_total{listener=\"front-door\"} 0"),
+        "{m}"
+    );
+    health.finish();
+    drop(conns);
+}
