@@ -97,9 +97,11 @@ pub struct FrontDoorConfig {
     /// keep-alive and HTTP/2 alike, PINGs do not count).
     #[serde(default, deserialize_with = "opt_duration")]
     pub idle_timeout: Option<Duration>,
-    /// Open connections at once (default 10000).
+    /// Open connections at once (default 10000); also the most requests in flight at once
+    /// (HTTP/2 streams included; more are answered 503).
     pub max_connections: Option<usize>,
-    /// Open connections at once from one client address (an IPv6 /64) (default 512).
+    /// Open connections at once from one client address (an IPv6 /64) (default 512); twice
+    /// this many requests may be in flight from one address.
     pub max_connections_per_address: Option<usize>,
 }
 
