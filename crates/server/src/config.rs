@@ -648,8 +648,11 @@ routes:
             "loginProtection:\n  window: 0s\n",
             "loginProtection:\n  maxStateLength: 5000\n",
         ] {
-            let f = parse(Path::new("c.yaml"), bad).unwrap();
-            assert!(validate(f, &Overrides::default(), &MapEnv(vec![])).is_err(), "{bad}");
+            // Refused when read (a value of the wrong type) or when validated.
+            let refused = parse(Path::new("c.yaml"), bad)
+                .map(|f| validate(f, &Overrides::default(), &MapEnv(vec![])).is_err())
+                .unwrap_or(true);
+            assert!(refused, "{bad}");
         }
     }
 

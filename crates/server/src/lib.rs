@@ -515,13 +515,13 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
         routes: cfg.routes.clone(),
         trusted_proxies: cfg.trusted_proxies.clone(),
         upstream_identity: Some(upstream),
-        max_sessions_per_user: cfg.max_sessions_per_user,
         forwarded_host: url::Url::parse(&public_url).ok().and_then(|u| {
             u.host_str().map(|h| match u.port() {
                 Some(p) => format!("{h}:{p}"),
                 None => h.to_owned(),
             })
         }),
+        max_sessions_per_user: cfg.max_sessions_per_user,
     };
     let app = App::new(
         gw_settings,

@@ -18,7 +18,7 @@ mod sec_authn;
 mod sec_connections;
 mod sec_headers;
 mod sec_login;
-mod sec_paths;
 mod sec_logs;
+mod sec_paths;
 mod sec_tenancy;
 mod sec_webhooks;
