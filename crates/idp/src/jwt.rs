@@ -211,8 +211,7 @@ pub fn verify_with_typ<'k, T: DeserializeOwned>(
     let (Some(h), Some(c), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
         return Err(JwtError::Malformed);
     };
-    let header: Header =
-        serde_json::from_slice(&B64.decode(h).map_err(|_| JwtError::Malformed)?).map_err(|_| JwtError::Malformed)?;
+    let header: Header = json_part(h)?;
     if header.alg != "RS256" {
         return Err(JwtError::Algorithm(header.alg));
     }
@@ -230,9 +229,17 @@ pub fn verify_with_typ<'k, T: DeserializeOwned>(
     let sig = B64.decode(s).map_err(|_| JwtError::Malformed)?;
     let signed_len = h.len() + 1 + c.len();
     key.verify(token.as_bytes().get(..signed_len).ok_or(JwtError::Malformed)?, &sig)?;
-    let claims =
-        serde_json::from_slice(&B64.decode(c).map_err(|_| JwtError::Malformed)?).map_err(|_| JwtError::Malformed)?;
+    let claims = json_part(c)?;
     Ok((claims, is_also))
+}
+
+/// A base64url part that must hold UTF-8 JSON (RFC 7515 §5.2). UTF-8 is checked for the whole
+/// part first: serde_json does not validate strings it skips (unknown header members), and a
+/// header no other JSON parser accepts must not be accepted here either.
+fn json_part<T: DeserializeOwned>(part: &str) -> Result<T, JwtError> {
+    let bytes = B64.decode(part).map_err(|_| JwtError::Malformed)?;
+    let text = std::str::from_utf8(&bytes).map_err(|_| JwtError::Malformed)?;
+    serde_json::from_str(text).map_err(|_| JwtError::Malformed)
 }
 
 #[cfg(test)]
@@ -295,6 +302,35 @@ mod tests {
             .sign(&RSA_PKCS1_SHA256, &SystemRandom::new(), msg.as_bytes(), &mut sig)
             .unwrap();
         format!("{msg}.{}", B64.encode(sig))
+    }
+
+    /// Found by the `jwt_verify` fuzz target: an unknown header member holding bytes that are
+    /// not UTF-8 was skipped unchecked by serde_json, so a header no JSON parser accepts was
+    /// accepted. Both parts must be UTF-8 JSON.
+    #[test]
+    fn parts_that_are_not_utf8_json_are_malformed() {
+        let k = SigningKey::generate("k1".into()).unwrap();
+        let pubk = k.public();
+        let sign = |h: &[u8], c: &[u8]| {
+            let msg = format!("{}.{}", B64.encode(h), B64.encode(c));
+            let mut sig = vec![0u8; k.pair.public_modulus_len()];
+            k.pair
+                .sign(&RSA_PKCS1_SHA256, &SystemRandom::new(), msg.as_bytes(), &mut sig)
+                .unwrap();
+            format!("{msg}.{}", B64.encode(sig))
+        };
+        let bad_header = b"{\"alg\":\"RS256\",\"kid\":\"k1\",\"cri4\":[\"exp\xca\xca\xca\xca\xca\"]}";
+        assert_eq!(
+            verify::<serde_json::Value>(&sign(bad_header, b"{}"), [&pubk]),
+            Err(JwtError::Malformed)
+        );
+        let bad_claims = b"{\"sub\":\"a\",\"x\":\"\xff\"}";
+        let good_header = br#"{"alg":"RS256","kid":"k1"}"#;
+        assert_eq!(
+            verify::<serde_json::Value>(&sign(good_header, bad_claims), [&pubk]),
+            Err(JwtError::Malformed)
+        );
+        assert!(verify::<serde_json::Value>(&sign(good_header, br#"{"sub":"a"}"#), [&pubk]).is_ok());
     }
 
     #[test]
