@@ -25,8 +25,19 @@
 //! * **Persistence.** Pair and source counters are written to the store (with a TTL equal to
 //!   their remaining relevance) on every failure and restored at start, so a restart does not
 //!   reset them; the decisions themselves run in memory. The per-account pacing restarts full.
-//! * **Bounded.** At most `MAX_ENTRIES` pairs and sources are tracked; stale ones are pruned and,
-//!   when the table is full of live ones, new keys get the lockout answer (fail closed).
+//! * **Nothing recorded for a refusal.** A request is checked against its source, its pair and its
+//!   account by lookups alone; entries are created only when a check is granted (and a failure
+//!   is recorded on them). A locked source can send any number of logins without growing a table.
+//! * **Bounded, never full.** Each table (pairs, sources, accounts) holds at most `MAX_ENTRIES`
+//!   entries plus those with a check in flight (bounded by the listeners' request caps). A new key
+//!   arriving at a full table evicts, in one batch down to 7/8 of the bound (so the O(n) pass is
+//!   amortised over many insertions): first entries carrying nothing (stale, or no failures and no
+//!   strikes), then unlocked partial counts (fewest failures, then oldest), and last entries still
+//!   locked (the soonest to unlock first) — a lock is worth keeping only while it lasts. A full
+//!   table therefore never refuses a key with no failures of its own, and an attacker spread over
+//!   many sources (IPv6 /64s) mostly evicts its own entries. Under such pressure an evicted source
+//!   or pair starts afresh, so the hard bound on guesses at one account is then its
+//!   `account_budget` pacing (whose own entries are evicted least-spent first).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -129,6 +140,21 @@ impl Entry {
             .saturating_add(window.max(self.last_lock))
             .max(self.locked_until.unwrap_or(0))
     }
+    /// What the entry is worth keeping when its table is full.
+    fn rank(&self, now: u64, window: u64) -> Rank<(u8, u64, u64)> {
+        if self.in_flight > 0 {
+            Rank::Keep
+        } else if self.locked(now) {
+            // Kept while locked, the soonest to unlock evicted first.
+            Rank::Evict((2, self.locked_until.unwrap_or(0), 0))
+        } else if now >= self.stale_at(window) || (self.failures == 0 && self.strikes == 0) {
+            // Carries nothing a fresh entry would not.
+            Rank::Drop
+        } else {
+            // A partial count: the fewest failures evicted first, then the oldest window.
+            Rank::Evict((1, u64::from(self.failures), self.window_start))
+        }
+    }
     /// Rolls the window forward; forgets strikes after a quiet period.
     fn refresh(&mut self, now: u64, window: u64) {
         if self.locked(now) {
@@ -165,6 +191,54 @@ impl Entry {
     }
 }
 
+/// What an entry of a full table is worth.
+enum Rank<K> {
+    /// In use (a check in flight): never evicted.
+    Keep,
+    /// Worthless: dropped whenever the table is pruned.
+    Drop,
+    /// Evicted if needed, lowest first.
+    Evict(K),
+}
+
+/// Makes room for one new key in a table holding `cap` or more entries: drops the worthless ones
+/// and, if that is not enough, evicts the lowest ranked down to `cap - cap / 8`. The O(n) pass
+/// thus runs at most once per `cap / 8` insertions. Entries in use are never evicted, so the
+/// table may exceed `cap` by the checks in flight.
+fn make_room<V, K: Ord>(map: &mut HashMap<String, V>, cap: usize, rank: impl Fn(&V) -> Rank<K>) {
+    if map.len() < cap {
+        return;
+    }
+    map.retain(|_, v| !matches!(rank(v), Rank::Drop));
+    let target = cap.saturating_sub((cap / 8).max(1));
+    let excess = map.len().saturating_sub(target);
+    if excess == 0 {
+        return;
+    }
+    let mut ranked: Vec<(K, &String)> = map
+        .iter()
+        .filter_map(|(k, v)| match rank(v) {
+            Rank::Evict(r) => Some((r, k)),
+            Rank::Keep | Rank::Drop => None,
+        })
+        .collect();
+    let n = excess.min(ranked.len());
+    if n == 0 {
+        return;
+    }
+    if n < ranked.len() {
+        ranked.select_nth_unstable_by(n - 1, |a, b| a.0.cmp(&b.0));
+    }
+    let victims: Vec<String> = ranked.iter().take(n).map(|(_, k)| (*k).clone()).collect();
+    for k in &victims {
+        map.remove(k);
+    }
+    tracing::warn!(
+        evicted = n,
+        "login protection table full; evicted the least valuable entries"
+    );
+}
+
 #[derive(Default)]
 struct State {
     pairs: HashMap<String, Entry>,
@@ -179,6 +253,8 @@ struct Inner {
     policy: LockoutPolicy,
     clock: Arc<dyn Clock>,
     store: Option<Arc<dyn Store>>,
+    /// Most entries per table (pairs, sources, accounts) beyond the checks in flight.
+    max_entries: usize,
     state: Mutex<State>,
 }
 
@@ -221,10 +297,21 @@ fn ms(d: Duration) -> u64 {
 impl Lockout {
     /// A limiter with `policy`; counters persist in `store` when given.
     pub fn new(policy: LockoutPolicy, clock: Arc<dyn Clock>, store: Option<Arc<dyn Store>>) -> Self {
+        Self::with_capacity(policy, clock, store, MAX_ENTRIES)
+    }
+
+    /// A limiter tracking at most `max_entries` keys per table.
+    fn with_capacity(
+        policy: LockoutPolicy,
+        clock: Arc<dyn Clock>,
+        store: Option<Arc<dyn Store>>,
+        max_entries: usize,
+    ) -> Self {
         Self(Arc::new(Inner {
             policy,
             clock,
             store,
+            max_entries,
             state: Mutex::default(),
         }))
     }
@@ -256,7 +343,7 @@ impl Lockout {
                         _ => None,
                     };
                     if let Some((map, k)) = map
-                        && map.len() < MAX_ENTRIES
+                        && map.len() < self.0.max_entries
                     {
                         map.insert(k.to_owned(), e);
                         n += 1;
@@ -286,48 +373,46 @@ impl Lockout {
 
         let mut st = inner.state.lock();
         let st = &mut *st;
-        for (map, key) in [(&mut st.pairs, &pair), (&mut st.sources, &source_k)] {
-            if !map.contains_key(key) && map.len() >= MAX_ENTRIES {
-                map.retain(|_, e| e.in_flight > 0 || now < e.stale_at(window));
-                if map.len() >= MAX_ENTRIES {
-                    tracing::warn!("login protection table full; refusing new login sources");
-                    return Gate::Locked;
-                }
+        // Everything that can refuse is looked up first, without inserting: a refused request
+        // leaves no trace, so a locked source cannot fill the tables however many logins it sends.
+        let open = |e: Option<&mut Entry>, limit: u32| match e {
+            Some(e) => {
+                e.refresh(now, window);
+                !e.locked(now) && e.failures.saturating_add(e.in_flight) < limit
             }
-        }
-        let open = |e: &mut Entry, limit: u32| {
-            e.refresh(now, window);
-            !e.locked(now) && e.failures.saturating_add(e.in_flight) < limit
+            None => limit > 0,
         };
-        if !open(
-            st.pairs.entry(pair.clone()).or_insert_with(|| Entry::fresh(now)),
-            p.per_account,
-        ) || !open(
-            st.sources.entry(source_k.clone()).or_insert_with(|| Entry::fresh(now)),
-            p.per_address,
-        ) {
+        if !open(st.sources.get_mut(&source_k), p.per_address) || !open(st.pairs.get_mut(&pair), p.per_account) {
             return Gate::Locked;
         }
-        if !st.accounts.contains_key(&account_k) && st.accounts.len() >= MAX_ENTRIES {
-            st.accounts.retain(|_, (g, inf)| *inf > 0 || !g.is_idle(now_t));
-            if st.accounts.len() >= MAX_ENTRIES {
-                return Gate::Locked;
-            }
-        }
-        let (gcra, in_flight) = st.accounts.entry(account_k.clone()).or_default();
-        if *in_flight >= MAX_IN_FLIGHT_PER_ACCOUNT {
+        let (mut gcra, in_flight) = st.accounts.get(&account_k).copied().unwrap_or_default();
+        if in_flight >= MAX_IN_FLIGHT_PER_ACCOUNT {
             return Gate::Locked;
         }
         let max_wait = Gcra::interval(p.account_budget, p.window).min(MAX_WAIT);
         let Some(wait) = gcra.take(p.account_budget, p.window, now_t, max_wait) else {
             return Gate::Locked;
         };
-        *in_flight += 1;
-        for e in [st.pairs.get_mut(&pair), st.sources.get_mut(&source_k)]
-            .into_iter()
-            .flatten()
-        {
-            e.in_flight += 1;
+        // Granted: record the reservation, evicting the least valuable entries when a table is
+        // full (a full table never refuses a login).
+        let cap = inner.max_entries;
+        if !st.accounts.contains_key(&account_k) {
+            make_room(&mut st.accounts, cap, |(g, inf)| {
+                if *inf > 0 {
+                    Rank::Keep
+                } else if g.is_idle(now_t) {
+                    Rank::Drop
+                } else {
+                    Rank::Evict(g.full_at())
+                }
+            });
+        }
+        st.accounts.insert(account_k.clone(), (gcra, in_flight + 1));
+        for (map, key) in [(&mut st.pairs, &pair), (&mut st.sources, &source_k)] {
+            if !map.contains_key(key) {
+                make_room(map, cap, |e| e.rank(now, window));
+            }
+            map.entry(key.clone()).or_insert_with(|| Entry::fresh(now)).in_flight += 1;
         }
         Gate::Open(Permit {
             inner: self.0.clone(),
@@ -511,6 +596,118 @@ mod tests {
             }
             Gate::Locked => true,
         }
+    }
+
+    fn sizes(l: &Lockout) -> (usize, usize, usize) {
+        let st = l.0.state.lock();
+        (st.pairs.len(), st.sources.len(), st.accounts.len())
+    }
+
+    #[tokio::test]
+    async fn a_locked_source_inserts_nothing_and_cannot_fill_the_table() {
+        let clock = ManualClock::new(UnixTime::from_secs(1_000));
+        let l = Lockout::with_capacity(policy(), clock.clone(), None, 64);
+        // one IPv4 source and one IPv6 /64 lock themselves with five failures on five accounts …
+        for i in 0..5 {
+            permit(&l, &format!("u{i}"), "10.6.6.6").failure().await;
+            permit(&l, &format!("v{i}"), &format!("2001:db8:6::{i}"))
+                .failure()
+                .await;
+        }
+        let before = sizes(&l);
+        assert_eq!(before, (10, 2, 10));
+        // … then spray distinct logins (over every address of the /64): all refused, none recorded
+        for i in 0..1_000 {
+            assert!(locked(&l, &format!("r{i}@x"), "10.6.6.6"));
+            assert!(locked(&l, &format!("r{i}@x"), &format!("2001:db8:6::{i:x}:1")));
+        }
+        assert_eq!(sizes(&l), before, "refused requests insert nothing");
+        // past the window (not the lockout): still refused, still nothing recorded
+        clock.advance(Duration::from_secs(100));
+        for i in 0..200 {
+            assert!(locked(&l, &format!("s{i}@x"), "10.6.6.6"));
+        }
+        assert_eq!(sizes(&l), before);
+        // a fresh account from another source, and the same account logging in again, get in
+        permit(&l, "alice", "10.0.0.2").success().await;
+        permit(&l, "alice", "10.0.0.2").success().await;
+        permit(&l, "admin", "2001:db8:7::1").success().await;
+    }
+
+    #[tokio::test]
+    async fn many_self_locking_sources_never_lock_out_a_legitimate_user() {
+        let clock = ManualClock::new(UnixTime::from_secs(1_000));
+        let cap = 64;
+        let l = Lockout::with_capacity(policy(), clock.clone(), None, cap);
+        // the owner has a typo on record; a pair locked out before the flood stays locked as long
+        // as cheaper entries can be evicted
+        permit(&l, "alice", "10.0.0.2").failure().await;
+        for _ in 0..3 {
+            permit(&l, "victim", "10.9.9.9").failure().await;
+        }
+        // an attacker spread over 300 IPv6 /64s and IPv4 addresses locks every one of them, each
+        // with distinct logins, keeping some checks in flight as it goes
+        let mut held = Vec::new();
+        for s in 0..300u32 {
+            let addr = if s % 2 == 0 {
+                format!("2001:db8:{s:x}::1")
+            } else {
+                format!("10.7.{}.{}", s / 256, s % 256)
+            };
+            for i in 0..5 {
+                let p = permit(&l, &format!("x{s}-{i}@x"), &addr);
+                if s % 50 == 0 && i == 0 {
+                    held.push(p);
+                } else {
+                    p.failure().await;
+                }
+            }
+            if s % 50 != 0 {
+                assert!(locked(&l, "anyone", &addr));
+            }
+            let (pairs, sources, accounts) = sizes(&l);
+            let bound = cap + held.len();
+            assert!(pairs <= bound && sources <= bound && accounts <= bound, "bounded");
+            // at every step legitimate users get in: a fresh account from a fresh source, the
+            // owner of a failure elsewhere, and one who logged in before
+            permit(&l, &format!("new{s}"), &format!("10.1.{}.{}", s / 256, s % 256))
+                .success()
+                .await;
+            permit(&l, "alice", "10.0.0.3").success().await;
+            permit(&l, "bob", "10.0.0.4").success().await;
+        }
+        assert!(
+            locked(&l, "victim", "10.9.9.9"),
+            "a locked pair outlives cheaper entries"
+        );
+        // the held checks still count when they end
+        for p in held {
+            p.failure().await;
+        }
+        permit(&l, "alice", "10.0.0.2").success().await;
+    }
+
+    #[test]
+    fn a_full_table_evicts_a_batch_of_the_least_valuable_and_keeps_what_is_in_use() {
+        // values: 0 worthless, 1 in use, anything else evictable by its value
+        let rank = |v: &u64| match v {
+            0 => Rank::Drop,
+            1 => Rank::Keep,
+            v => Rank::Evict(*v),
+        };
+        let mut map: HashMap<String, u64> = (0..64u64).map(|i| (format!("k{i}"), 100 + i)).collect();
+        make_room(&mut map, 65, rank);
+        assert_eq!(map.len(), 64, "not full: untouched");
+        make_room(&mut map, 64, rank);
+        assert_eq!(map.len(), 56, "one batch of cap / 8");
+        assert!((0..8).all(|i| !map.contains_key(&format!("k{i}"))), "the lowest went");
+        // worthless entries go first, entries in use never
+        let mut map: HashMap<String, u64> = (0..64u64).map(|i| (format!("k{i}"), i % 2)).collect();
+        make_room(&mut map, 64, rank);
+        assert_eq!(map.len(), 32);
+        assert!(map.values().all(|v| *v == 1));
+        make_room(&mut map, 16, rank);
+        assert_eq!(map.len(), 32, "in use: kept, over the bound");
     }
 
     #[tokio::test]

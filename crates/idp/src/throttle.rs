@@ -115,6 +115,11 @@ impl Gcra {
     pub fn is_idle(&self, now: UnixTime) -> bool {
         self.tat <= now
     }
+
+    /// When the bucket is full again.
+    pub fn full_at(&self) -> UnixTime {
+        self.tat
+    }
 }
 
 /// At most `max` live records, each live until its expiry.
