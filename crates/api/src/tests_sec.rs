@@ -1,10 +1,12 @@
 //! Security regressions of the API server (issue 9): no Profile may claim a system namespace by
-//! any path or caller; a watch ends with a 403 ERROR event once RBAC revokes its caller; PATCH
+//! any path or caller; a watch ends with a 403 ERROR event once RBAC revokes its caller, even a revocation
+//! between the handler's check and the watch's start; PATCH
 //! bodies built to be quadratic stay fast, and oversized JSON patches are refused.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
@@ -13,8 +15,11 @@ use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
-use crate::testutil::{app, default_grants, fixture, grant};
-use crate::{ApiServer, PatchType};
+use kfsec_store::MemoryStore;
+use kfsec_types::{ManualClock, UnixTime};
+
+use crate::testutil::{CounterRng, app, default_grants, fixture, grant};
+use crate::{ApiServer, Attributes, Authorize, Decision, PatchType, RequestAttributes, SubjectRules, UserInfo};
 
 async fn send(
     api: &Arc<ApiServer>,
@@ -120,27 +125,26 @@ async fn no_profile_claims_a_system_namespace() {
     assert_eq!(s, StatusCode::OK);
 }
 
+/// POSTs `body` to `uri` as `user`, which must create it.
+async fn create(api: &Arc<ApiServer>, user: &str, uri: &str, body: &str) {
+    let (s, v) = send(api, "POST", uri, user, "application/json", body.into()).await;
+    assert_eq!(s, StatusCode::CREATED, "{uri}: {v}");
+}
+
+/// Bob's watch of the configmaps in `x`.
+async fn watch_as_bob(api: &Arc<ApiServer>) -> axum::response::Response {
+    let req = Request::builder()
+        .uri("/api/v1/namespaces/x/configmaps?watch=true&timeoutSeconds=30")
+        .header("authorization", "Bearer bob")
+        .body(Body::empty())
+        .unwrap();
+    app(api).oneshot(req).await.unwrap()
+}
+
 #[tokio::test]
 async fn a_watch_ends_when_its_caller_loses_the_right() {
     let f = fixture();
-    let (s, _) = send(
-        &f.api,
-        "POST",
-        "/api/v1/namespaces",
-        "alice",
-        "application/json",
-        br#"{"metadata":{"name":"x"}}"#.to_vec(),
-    )
-    .await;
-    assert_eq!(s, StatusCode::CREATED);
-    let watch = || async {
-        let req = Request::builder()
-            .uri("/api/v1/namespaces/x/configmaps?watch=true&timeoutSeconds=30")
-            .header("authorization", "Bearer bob")
-            .body(Body::empty())
-            .unwrap();
-        app(&f.api).oneshot(req).await.unwrap()
-    };
+    create(&f.api, "alice", "/api/v1/namespaces", r#"{"metadata":{"name":"x"}}"#).await;
     let with_bob_watching = |extra: Vec<crate::testutil::Grant>| {
         let mut grants = default_grants();
         grants.push(grant("user:bob", &["watch"], &[""], &["configmaps"], Some("x")));
@@ -148,9 +152,9 @@ async fn a_watch_ends_when_its_caller_loses_the_right() {
         grants
     };
     // bob may get and list, not watch: forbidden from the start
-    assert_eq!(watch().await.status(), StatusCode::FORBIDDEN);
+    assert_eq!(watch_as_bob(&f.api).await.status(), StatusCode::FORBIDDEN);
     f.authz.set(with_bob_watching(vec![]));
-    let resp = watch().await;
+    let resp = watch_as_bob(&f.api).await;
     assert_eq!(resp.status(), StatusCode::OK);
     let mut body = resp.into_body();
     // an unrelated RBAC change keeps the watch open
@@ -189,6 +193,123 @@ async fn a_watch_ends_when_its_caller_loses_the_right() {
     assert_eq!(v["type"], "ERROR");
     assert_eq!(v["object"]["code"], 403);
     assert_eq!(v["object"]["reason"], "Forbidden");
+}
+
+/// Allows everything except a watch after its first `allowed` checks, and never announces a
+/// change: a binding removed between the handler's check and the watch's subscription.
+struct RevokedAfter {
+    allowed: usize,
+    asked: AtomicUsize,
+    changes: tokio::sync::watch::Sender<u64>,
+}
+
+impl Authorize for RevokedAfter {
+    fn authorize(&self, a: &Attributes) -> Decision {
+        let watch = matches!(&a.request, RequestAttributes::Resource(r) if r.verb == "watch");
+        if watch && self.asked.fetch_add(1, Ordering::SeqCst) >= self.allowed {
+            return Decision::NoOpinion;
+        }
+        Decision::Allow { reason: "test".into() }
+    }
+
+    fn rules_for(&self, _: &UserInfo, _: &str) -> SubjectRules {
+        SubjectRules::default()
+    }
+
+    fn changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        Some(self.changes.subscribe())
+    }
+}
+
+/// The whole body of a watch that must end by itself within 2 s.
+async fn drain(resp: axum::response::Response) -> String {
+    let mut body = resp.into_body();
+    let mut text = String::new();
+    while let Some(frame) = tokio::time::timeout(Duration::from_secs(2), body.frame())
+        .await
+        .expect("the watch kept streaming")
+    {
+        if let Ok(d) = frame.unwrap().into_data() {
+            text.push_str(std::str::from_utf8(&d).unwrap());
+        }
+    }
+    text
+}
+
+#[tokio::test]
+async fn a_watch_rechecks_its_right_before_it_streams() {
+    // `allowed` watch checks pass: 1 = only the handler's (revoked before the watch subscribed),
+    // 2 = also the one at subscription (revoked during the initial list)
+    for allowed in [1, 2, usize::MAX] {
+        let authz = Arc::new(RevokedAfter {
+            allowed,
+            asked: AtomicUsize::new(0),
+            changes: tokio::sync::watch::channel(0).0,
+        });
+        let clock = ManualClock::new(UnixTime::from_secs(1_700_000_000));
+        let api = ApiServer::new(
+            MemoryStore::new(clock.clone()),
+            authz.clone(),
+            clock,
+            Arc::new(CounterRng::default()),
+        );
+        for (uri, body) in [
+            ("/api/v1/namespaces", r#"{"metadata":{"name":"x"}}"#),
+            ("/api/v1/namespaces/x/configmaps", r#"{"metadata":{"name":"c"}}"#),
+        ] {
+            create(&api, "bob", uri, body).await;
+        }
+        let resp = watch_as_bob(&api).await;
+        assert_eq!(resp.status(), StatusCode::OK, "allowed={allowed}");
+        if allowed == usize::MAX {
+            // the control: still allowed, the initial state streams and the watch stays open
+            let mut body = resp.into_body();
+            let frame = tokio::time::timeout(Duration::from_secs(2), body.frame())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            let v: Value = serde_json::from_slice(&frame.into_data().unwrap()).unwrap();
+            assert_eq!(v["type"], "ADDED");
+            assert!(
+                tokio::time::timeout(Duration::from_millis(200), body.frame())
+                    .await
+                    .is_err()
+            );
+            continue;
+        }
+        // revoked: nothing of the namespace is sent, only the 403 ERROR event, then the end
+        let text = drain(resp).await;
+        let v: Value = serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("allowed={allowed}: {e}: {text}"));
+        assert_eq!(v["type"], "ERROR", "allowed={allowed}");
+        assert_eq!(v["object"]["code"], 403);
+        assert_eq!(v["object"]["reason"], "Forbidden");
+        assert_eq!(authz.asked.load(Ordering::SeqCst), allowed + 1);
+    }
+}
+
+#[tokio::test]
+async fn a_revocation_while_the_initial_state_streams_ends_the_watch() {
+    let f = fixture();
+    let mut grants = default_grants();
+    grants.push(grant("user:bob", &["watch"], &[""], &["configmaps"], Some("x")));
+    f.authz.set(grants);
+    create(&f.api, "alice", "/api/v1/namespaces", r#"{"metadata":{"name":"x"}}"#).await;
+    for i in 0..3 {
+        let body = format!(r#"{{"metadata":{{"name":"c{i}"}}}}"#);
+        create(&f.api, "alice", "/api/v1/namespaces/x/configmaps", &body).await;
+    }
+    let resp = watch_as_bob(&f.api).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut body = resp.into_body();
+    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(serde_json::from_slice::<Value>(&first).unwrap()["type"], "ADDED");
+    // revoked with two objects of the initial state still queued: none of them is sent
+    f.authz.set(default_grants());
+    let rest = drain(axum::response::Response::new(Body::new(body))).await;
+    let v: Value = serde_json::from_str(rest.trim()).unwrap_or_else(|e| panic!("{e}: {rest}"));
+    assert_eq!(v["type"], "ERROR");
+    assert_eq!(v["object"]["code"], 403);
 }
 
 #[tokio::test]

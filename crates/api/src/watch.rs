@@ -5,9 +5,10 @@
 //! with a selector, an object leaving it is sent as DELETED and one entering it as ADDED; the
 //! stream ends at `timeoutSeconds` (capped), when the client goes away (the store watcher is
 //! dropped with the body), or after an ERROR event (410 Expired when the revision is compacted);
-//! the request is re-authorized whenever RBAC changes, and once its caller has lost the right
-//! the stream sends an ERROR event with the 403 Status and ends — nothing is streamed after a
-//! revocation became visible to the authorizer.
+//! the request is re-authorized when the watch subscribes to RBAC changes (before the initial
+//! list), again before anything is streamed, and whenever RBAC changes (checked before every
+//! line); once its caller has lost the right the stream sends an ERROR event with the 403
+//! Status and ends — nothing is streamed after a revocation became visible to the authorizer.
 
 use std::collections::{HashSet, VecDeque};
 use std::convert::Infallible;
@@ -74,6 +75,44 @@ impl State {
         json!({"type": kind, "object": object})
     }
 
+    /// Asks the authorizer again whether the watch is still allowed; once it is not, whatever
+    /// is pending is dropped and the stream ends with the 403 ERROR event.
+    fn recheck(&mut self) -> bool {
+        if self.api.authz.authorize(&self.p.attrs).is_allowed() {
+            return true;
+        }
+        self.done = true;
+        self.rx = None;
+        self.pending.clear();
+        self.pending.push_back(error_event(&ApiError::forbidden(&self.p.attrs)));
+        false
+    }
+
+    /// Loads the current state (queued as ADDED events unless the watch starts at a revision;
+    /// with a selector, the matching keys are remembered) and returns the revision to watch from.
+    async fn initial_state(&mut self) -> Result<Revision, ApiError> {
+        let p = &self.p;
+        let from = p.from.filter(|r| *r > 0);
+        if let Some(rev) = from.filter(|_| !self.filtering) {
+            return Ok(rev);
+        }
+        let q = ListQuery {
+            limit: 0,
+            continue_token: None,
+            ..p.query.clone()
+        };
+        let list = self.api.list_in(p.res, p.namespace.as_deref(), &q).await?;
+        for o in list.items {
+            self.known
+                .insert(p.res.key(crate::objects::namespace_of(&o), crate::objects::name_of(&o)));
+            if from.is_none() {
+                let v = self.wrap("ADDED", o);
+                self.pending.push_back(v);
+            }
+        }
+        Ok(from.unwrap_or(list.revision))
+    }
+
     fn matches(&self, obj: &Value) -> bool {
         self.p.query.labels.matches_object(obj) && self.p.query.fields.matches(obj)
     }
@@ -137,58 +176,45 @@ impl ApiServer {
     pub(crate) async fn watch(self: &Arc<Self>, p: WatchParams) -> Result<Response, ApiError> {
         let prefix = p.res.list_prefix(p.namespace.as_deref());
         let filtering = !p.query.labels.is_empty() || p.query.fields != Default::default();
-        let mut pending = VecDeque::new();
-        let mut known = HashSet::new();
-        let start = match p.from.filter(|r| *r > 0) {
-            Some(rev) => {
-                if filtering {
-                    let q = ListQuery {
-                        limit: 0,
-                        continue_token: None,
-                        ..p.query.clone()
-                    };
-                    for o in self.list_in(p.res, p.namespace.as_deref(), &q).await?.items {
-                        known.insert(p.res.key(crate::objects::namespace_of(&o), crate::objects::name_of(&o)));
-                    }
-                }
-                rev
-            }
-            None => {
-                let q = ListQuery {
-                    limit: 0,
-                    continue_token: None,
-                    ..p.query.clone()
-                };
-                let list = self.list_in(p.res, p.namespace.as_deref(), &q).await?;
-                for o in list.items {
-                    known.insert(p.res.key(crate::objects::namespace_of(&o), crate::objects::name_of(&o)));
-                    pending.push_back(o);
-                }
-                list.revision
-            }
-        };
         let mut st = State {
+            // Subscribed before anything else: every RBAC change from here on is seen.
             changes: self.authz.changes(),
             api: Arc::clone(self),
             deadline: tokio::time::Instant::now() + p.timeout,
             p,
             rx: None,
             pending: VecDeque::new(),
-            known,
+            known: HashSet::new(),
             filtering,
             done: false,
         };
-        st.pending = pending.into_iter().map(|o| st.wrap("ADDED", o)).collect();
-        match self.store.watch(&prefix, start).await {
-            Ok(rx) => st.rx = Some(rx),
-            Err(e @ StoreError::Compacted { .. }) => {
-                st.pending.push_back(error_event(&ApiError::from(e)));
-                st.done = true;
+        // A revocation between the handler's check and the subscription announced nothing to
+        // this watch: ask again now, and again after the initial list (which the caller can make
+        // slow), before anything is streamed.
+        if st.recheck() {
+            let start = st.initial_state().await?;
+            if st.recheck() {
+                match self.store.watch(&prefix, start).await {
+                    Ok(rx) => st.rx = Some(rx),
+                    Err(e @ StoreError::Compacted { .. }) => {
+                        st.pending.push_back(error_event(&ApiError::from(e)));
+                        st.done = true;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
             }
-            Err(e) => return Err(e.into()),
         }
         let stream = futures_util::stream::unfold(st, |mut st| async move {
             loop {
+                // An RBAC change while the initial state is still being sent is acted on first.
+                if let Some(c) = st
+                    .changes
+                    .as_mut()
+                    .filter(|c| !st.done && c.has_changed().unwrap_or(false))
+                {
+                    c.mark_unchanged();
+                    st.recheck();
+                }
                 if let Some(v) = st.pending.pop_front() {
                     return Some((Ok::<_, Infallible>(line(&v)), st));
                 }
@@ -210,11 +236,8 @@ impl ApiServer {
                     alive = changed => {
                         if !alive {
                             st.changes = None;
-                        } else if !st.api.authz.authorize(&st.p.attrs).is_allowed() {
-                            st.done = true;
-                            st.rx = None;
-                            let e = ApiError::forbidden(&st.p.attrs);
-                            return Some((Ok(line(&error_event(&e))), st));
+                        } else {
+                            st.recheck();
                         }
                         continue;
                     }
