@@ -296,7 +296,10 @@ pub(crate) async fn callback(
         return fail("The identity token carries no email.");
     };
     let identity = Identity::new(email, claims.groups.unwrap_or_default());
-    let value = match app.sessions.create(&identity).await {
+    // The session starts when the password was checked (the ID token's `kfsec_iat_ms`), not
+    // now: a revocation between that check and this line voids it.
+    let started_ms = claims.iat_ms.unwrap_or_else(|| claims.iat.saturating_mul(1000));
+    let value = match app.sessions.create(&identity, started_ms).await {
         Ok(v) => v,
         Err(e) => {
             tracing::error!(error = %e, "could not create a session");

@@ -5,8 +5,8 @@
 //! makes the hot path a MAC check plus a hash-map lookup. Invariants: a cookie is honoured only
 //! while its record exists, so logout (record deleted, cache evicted, other replicas evicted by
 //! watch) stops a copied cookie at once; MAC comparison is constant-time; a session is returned
-//! with its start time so the caller ([`kfsec_idp::Authenticator::session`]) can hold it against
-//! the user's revocation epoch; a user has at most `max_per_user` sessions (a per-user index
+//! with its start time (the time of the login's password check, given by the caller) so the
+//! caller ([`kfsec_idp::Authenticator::session`]) can hold it against the user's revocation epoch; a user has at most `max_per_user` sessions (a per-user index
 //! under `/kfsec/session-users/`, the oldest ended first), and all of them end together on
 //! [`Sessions::revoke_user`].
 
@@ -36,7 +36,8 @@ struct SessionRecord {
     groups: Vec<String>,
     created_at: u64,
     expires_at: u64,
-    /// Start, Unix ms (0 in records from before revocation existed: `created_at` then).
+    /// Start, Unix ms: when the login's password check began (0 in records from before
+    /// revocation existed: `created_at` then).
     #[serde(default)]
     created_ms: u64,
 }
@@ -191,9 +192,10 @@ impl Sessions {
         self.ttl
     }
 
-    /// Starts a session (ending the user's oldest ones beyond the per-user limit); returns the
-    /// cookie value.
-    pub async fn create(&self, identity: &Identity) -> Result<String, GatewayError> {
+    /// Starts a session for a login whose password check began at `started_ms` (Unix ms; it is
+    /// held against the user's revocation epoch, never a later time), ending the user's oldest
+    /// sessions beyond the per-user limit; returns the cookie value.
+    pub async fn create(&self, identity: &Identity, started_ms: u64) -> Result<String, GatewayError> {
         let id = B64.encode(random_array::<32>(self.rng.as_ref()));
         let now = self.clock.now();
         let rec = SessionRecord {
@@ -201,7 +203,7 @@ impl Sessions {
             groups: identity.groups.clone(),
             created_at: now.as_secs(),
             expires_at: now.add(self.ttl).as_secs(),
-            created_ms: now.as_millis(),
+            created_ms: started_ms.min(now.as_millis()),
         };
         let hash = sha256_hex(id.as_bytes());
         let mine = self.user_sessions(&identity.user).await?;

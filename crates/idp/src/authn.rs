@@ -17,8 +17,9 @@
 //!   `pipelines.kubeflow.org` on Pipelines paths (KFP's `TOKEN_REVIEW_AUDIENCE`). TokenReview
 //!   asks for the audiences its request names (default: `kfsec` and the issuer). The account
 //!   must still exist with the token's uid.
-//! - **Sessions** and **ID tokens** issued at or before the user's revocation epoch are void
-//!   (password change, deletion, "log out everywhere").
+//! - **Sessions** and **ID tokens** whose login (the password check, not their issue) was at or
+//!   before the user's revocation epoch are void (password change, deletion, "log out
+//!   everywhere").
 //! - **Client certificates** were verified by the TLS listener; they map to their identity.
 //!
 //! Invariant: a credential that fails is refused, never downgraded to another credential.

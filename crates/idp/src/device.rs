@@ -301,6 +301,7 @@ pub(crate) async fn verify_code(
         state: user_code,
         nonce: None,
         logged_in: None,
+        auth_ms: 0,
         exp: 0,
     };
     let token = idp.sign_auth_request(&mut req)?;

@@ -102,6 +102,10 @@ pub(crate) struct AuthRequest {
     /// Set after login when the approval screen is shown.
     #[serde(default)]
     pub(crate) logged_in: Option<String>,
+    /// With `logged_in`: when that login's password check began (Unix ms), what revocation is
+    /// held against (not when the approval is given).
+    #[serde(default)]
+    pub(crate) auth_ms: u64,
     /// Expiry of a signed request (Unix seconds).
     #[serde(default)]
     pub(crate) exp: u64,
@@ -285,6 +289,7 @@ async fn parse_auth(idp: &Idp, q: &HashMap<String, String>) -> Result<Result<Aut
         code_challenge: challenge,
         code_challenge_method: method,
         logged_in: None,
+        auth_ms: 0,
         exp: 0,
     }))
 }
@@ -388,6 +393,9 @@ async fn login_submit(
     if !permit.wait().is_zero() {
         tokio::time::sleep(permit.wait()).await;
     }
+    // The login's time for revocation: before the hash is read, so a `user passwd` or
+    // logout-all that lands while the old password is being checked voids what this login gets.
+    let auth_ms = idp.clock.now().as_millis();
     let user = if account.is_empty() || form.password.is_empty() || form.password.len() > 1024 {
         None
     } else {
@@ -418,11 +426,12 @@ async fn login_submit(
         .await?
         .ok_or_else(|| PageError::bad("The client no longer exists."))?;
     if idp.settings.skip_approval || client.auth == ClientAuth::InProcess {
-        return Ok(see_other(&finish(&idp, req, user.email).await?));
+        return Ok(see_other(&finish(&idp, req, user.email, auth_ms).await?));
     }
     // Only now, after a successful login, is anything stored.
     let mut req = req;
     req.logged_in = Some(user.email);
+    req.auth_ms = auth_ms;
     let id = create_auth_request(&idp, &req).await?;
     Ok(see_other(&format!("{}/approval?req={id}", idp.settings.issuer_path())))
 }
@@ -435,7 +444,9 @@ fn see_other(location: &str) -> Response {
     resp
 }
 
-async fn finish(idp: &Idp, req: AuthRequest, email: String) -> Result<String, IdpError> {
+/// Issues the code of a request whose user `email` authenticated at `auth_ms` (Unix ms: when
+/// the password check began; the code and all it is redeemed for keep it).
+async fn finish(idp: &Idp, req: AuthRequest, email: String, auth_ms: u64) -> Result<String, IdpError> {
     let state = req.state.clone();
     let rec = CodeRecord {
         grant: Grant {
@@ -447,6 +458,7 @@ async fn finish(idp: &Idp, req: AuthRequest, email: String) -> Result<String, Id
         redirect_uri: req.redirect_uri,
         code_challenge: req.code_challenge,
         code_challenge_method: req.code_challenge_method,
+        auth_ms,
     };
     idp.issue_code(rec, &state).await
 }
@@ -487,7 +499,8 @@ async fn approval_submit(State(idp): State<Arc<Idp>>, Form(form): Form<ApprovalF
         let to = crate::tokens::append_query(&req.redirect_uri, &[("error", "access_denied"), ("state", &req.state)]);
         return Ok(see_other(&to));
     }
-    Ok(see_other(&finish(&idp, req, email).await?))
+    let auth_ms = req.auth_ms;
+    Ok(see_other(&finish(&idp, req, email, auth_ms).await?))
 }
 
 /// Client credentials from HTTP Basic (RFC 6749 §2.3.1, form-urlencoded parts) or the body.

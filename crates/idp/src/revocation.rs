@@ -3,10 +3,12 @@
 //! `kfsec user passwd`, `user delete` and `user logout-all` (and the home page's "Log out
 //! everywhere") write the epoch to the store; the [`crate::authn::Authenticator`] consults it for
 //! every ID token and session, the token endpoint for every code and refresh token. Invariants:
-//! the epoch only moves forward; it is in milliseconds and so are the issue times it is held
-//! against (sessions, codes, refresh-token chains, and ID tokens' `kfsec_iat_ms` claim), so a
-//! credential issued after a revocation, even in the same second, stays valid, and one issued
-//! before it never does (a token without that claim counts from the start of its `iat` second);
+//! the epoch only moves forward; it is in milliseconds and so are the times it is held against —
+//! the time the login's password check began, which sessions, codes, refresh-token chains and
+//! ID/access tokens (`kfsec_iat_ms`) all carry, never when they were issued — so a login after a
+//! revocation, even in the same second, stays valid, and one checked before it never does,
+//! however late its credentials are issued (a token without that claim counts from the start
+//! of its `iat` second);
 //! a store error while reading an epoch refuses the credential (fail closed); the in-memory
 //! cache is kept current by a store watch (other writers) and by the local writer, and is
 //! dropped whole when the watch lags.

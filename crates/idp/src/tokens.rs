@@ -6,8 +6,16 @@
 //! with the same redirect URI and a matching PKCE verifier; token checks cover signature, header
 //! (`crit`, `typ`), `iss`, `aud`, `exp`, `nbf` and `iat` (60 s leeway), the user's revocation
 //! epoch and (for the gatekeeper) `nonce`. Access tokens carry `typ: at+jwt` (RFC 9068) and are
-//! accepted only at `/userinfo`, never where an ID token is expected. Codes and refresh tokens
-//! issued at or before a user's revocation epoch are refused.
+//! accepted only at `/userinfo`, never where an ID token is expected.
+//!
+//! Revocation is held against the time the user's password was checked (`auth_ms`, taken before
+//! the check began), never against when something was issued: a code carries it, the ID and
+//! access tokens carry it as `kfsec_iat_ms`, the whole refresh chain keeps it, and the
+//! gatekeeper's session starts at it. So a login that read the old password hash before a
+//! `user passwd` / logout-all cannot produce anything that outlives it, however long it waits
+//! (the approval screen) and whatever races the epoch check at redemption. Every token carries
+//! its user (`kfsec_user`, whatever its scopes), and a token with `kfsec_iat_ms` but no user is
+//! refused.
 
 use std::time::Duration;
 
@@ -52,11 +60,17 @@ pub struct Claims {
     /// Not before, Unix seconds (kfsec does not set it; honoured when present).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nbf: Option<u64>,
-    /// Issued at, Unix milliseconds (kfsec's own claim): held against the user's revocation
-    /// epoch, so a token minted after a revocation in the same second stays valid. Tokens
-    /// without it count as issued at the start of their `iat` second.
+    /// When the user authenticated (the password check began), Unix milliseconds (kfsec's own
+    /// claim; refreshed tokens keep the original login's): held against the user's revocation
+    /// epoch, so a login after a revocation in the same second stays valid and one checked
+    /// before it never does. Tokens without it count as issued at the start of their `iat`
+    /// second.
     #[serde(default, rename = "kfsec_iat_ms", skip_serializing_if = "Option::is_none")]
     pub iat_ms: Option<u64>,
+    /// The user (their email, the key of their revocation epoch; kfsec's own claim): present
+    /// whatever the scopes, so a token without `email` is revoked like any other.
+    #[serde(default, rename = "kfsec_user", skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
     /// Email (scope `email`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub email: Option<String>,
@@ -120,6 +134,7 @@ pub(crate) struct Grant {
     pub email: String,
 }
 
+/// A code as stored.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct CodeRecord {
     pub grant: Grant,
@@ -128,15 +143,10 @@ pub(crate) struct CodeRecord {
     pub code_challenge: Option<String>,
     #[serde(default)]
     pub code_challenge_method: Option<String>,
-}
-
-/// A code as stored: the record plus when it was issued (for revocation).
-#[derive(Debug, Serialize, Deserialize)]
-struct StoredCode {
-    #[serde(flatten)]
-    rec: CodeRecord,
-    #[serde(default)]
-    issued_ms: u64,
+    /// When the user's password check began, Unix ms: held against the revocation epoch, and
+    /// the `kfsec_iat_ms` and refresh-chain origin of everything the code is redeemed for.
+    #[serde(default, rename = "issued_ms")]
+    pub auth_ms: u64,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -172,6 +182,9 @@ pub enum VerifyError {
     /// No email claim.
     #[error("token carries no email")]
     NoEmail,
+    /// A `kfsec_iat_ms` claim but no user to hold it against.
+    #[error("token carries no user to check for revocation")]
+    NoUser,
     /// `nbf` in the future.
     #[error("token not yet valid")]
     NotYetValid,
@@ -207,7 +220,8 @@ pub fn dex_subject(user_id: &str, connector_id: &str) -> String {
 }
 
 impl Idp {
-    fn claims_for(&self, grant: &Grant, user: &User, aud: &str) -> Claims {
+    /// Claims for `user` who authenticated at `auth_ms` (Unix ms).
+    fn claims_for(&self, grant: &Grant, user: &User, aud: &str, auth_ms: u64) -> Claims {
         let now = self.clock.now();
         let has = |s: &str| grant.scopes.iter().any(|x| x == s);
         Claims {
@@ -220,7 +234,8 @@ impl Idp {
             at_hash: None,
             azp: None,
             nbf: None,
-            iat_ms: Some(now.as_millis()),
+            iat_ms: Some(auth_ms),
+            user: Some(user.email.clone()),
             email: has("email").then(|| user.email.clone()),
             email_verified: has("email").then_some(true),
             groups: has("groups").then(|| user.groups.clone()),
@@ -229,10 +244,17 @@ impl Idp {
         }
     }
 
-    /// Mints the access and ID tokens (and a refresh token if `refresh` is given).
-    async fn mint(&self, grant: &Grant, user: &User, refresh: Option<String>) -> Result<TokenResponse, IdpError> {
+    /// Mints the access and ID tokens (and a refresh token if `refresh` is given) for `user`
+    /// who authenticated at `auth_ms`.
+    async fn mint(
+        &self,
+        grant: &Grant,
+        user: &User,
+        auth_ms: u64,
+        refresh: Option<String>,
+    ) -> Result<TokenResponse, IdpError> {
         let keys = self.keys.keys();
-        let mut claims = self.claims_for(grant, user, &grant.client_id);
+        let mut claims = self.claims_for(grant, user, &grant.client_id, auth_ms);
         let access_token = keys.signing.sign_typed(&claims, Some(crate::jwt::ACCESS_TOKEN_TYP))?;
         let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, access_token.as_bytes());
         claims.at_hash = Some(B64.encode(digest.as_ref().get(..16).unwrap_or_default()));
@@ -246,6 +268,8 @@ impl Idp {
         })
     }
 
+    /// A refresh token for `grant` whose chain started at `created_at` (Unix s) from a login at
+    /// `origin_ms` (Unix ms), if offline access was granted.
     async fn new_refresh(&self, grant: &Grant, created_at: u64, origin_ms: u64) -> Result<Option<String>, IdpError> {
         if !grant.scopes.iter().any(|s| s == "offline_access") {
             return Ok(None);
@@ -293,10 +317,13 @@ impl Idp {
         else {
             return Err(OAuthError::invalid_grant("Invalid or expired code parameter."));
         };
-        let StoredCode { rec, issued_ms } = serde_json::from_slice(&kv.value).map_err(IdpError::from)?;
+        let rec: CodeRecord = serde_json::from_slice(&kv.value).map_err(IdpError::from)?;
+        // Held against the login, not the code's issue: a revocation after the password check
+        // voids the code, and (as everything minted below keeps `auth_ms`) a revocation
+        // landing after this check voids what is minted.
         if self
             .epochs
-            .revoked(&rec.grant.email, issued_ms)
+            .revoked(&rec.grant.email, rec.auth_ms)
             .await
             .map_err(IdpError::from)?
         {
@@ -338,8 +365,8 @@ impl Idp {
             .await?
             .ok_or_else(|| OAuthError::invalid_grant("The user no longer exists."))?;
         let now = self.clock.now();
-        let refresh = self.new_refresh(&rec.grant, now.as_secs(), now.as_millis()).await?;
-        Ok(self.mint(&rec.grant, &user, refresh).await?)
+        let refresh = self.new_refresh(&rec.grant, now.as_secs(), rec.auth_ms).await?;
+        Ok(self.mint(&rec.grant, &user, rec.auth_ms, refresh).await?)
     }
 
     /// Exchanges a refresh token (rotating it) for `client`.
@@ -376,7 +403,7 @@ impl Idp {
             if let Some(next) = rec.replaced_by {
                 // Inside the reuse window (the record expires when it closes): answer with the
                 // successor so parallel requests of one client do not log the user out.
-                return Ok(self.mint(&rec.grant, &user, Some(next)).await?);
+                return Ok(self.mint(&rec.grant, &user, origin_ms, Some(next)).await?);
             }
             let Some(next) = self.new_refresh(&rec.grant, rec.created_at, origin_ms).await? else {
                 return Err(OAuthError::invalid_grant(
@@ -395,7 +422,7 @@ impl Idp {
                 )
                 .await
             {
-                Ok(_) => return Ok(self.mint(&rec.grant, &user, Some(next)).await?),
+                Ok(_) => return Ok(self.mint(&rec.grant, &user, origin_ms, Some(next)).await?),
                 Err(StoreError::Conflict { .. }) => {
                     // A parallel refresh won; drop ours and answer with theirs.
                     let _ = self
@@ -412,18 +439,15 @@ impl Idp {
         ))
     }
 
-    /// Issues a code for a logged-in user and returns the redirect target.
+    /// Issues a code for a logged-in user (`rec.auth_ms`: when their password check began) and
+    /// returns the redirect target.
     pub(crate) async fn issue_code(&self, rec: CodeRecord, state: &str) -> Result<String, IdpError> {
         let code = random_token(self.rng.as_ref());
         let redirect = append_query(&rec.redirect_uri, &[("code", &code), ("state", state)]);
-        let stored = StoredCode {
-            rec,
-            issued_ms: self.clock.now().as_millis(),
-        };
         self.store
             .create(
                 &format!("{CODE_PREFIX}{}", sha256_hex(code.as_bytes())),
-                serde_json::to_vec(&stored)?,
+                serde_json::to_vec(&rec)?,
                 Some(CODE_TTL),
             )
             .await?;
@@ -494,11 +518,18 @@ impl Idp {
         Ok(())
     }
 
-    /// Refuses a token issued at or before its user's revocation epoch.
+    /// Refuses a token whose login was at or before its user's revocation epoch. The user is
+    /// `kfsec_user` (every token kfsec mints has it), else `email`; a token with `kfsec_iat_ms`
+    /// but neither is refused.
     pub(crate) async fn check_not_revoked(&self, claims: &Claims) -> Result<(), VerifyError> {
-        let Some(email) = &claims.email else { return Ok(()) };
+        let Some(user) = claims.user.as_ref().or(claims.email.as_ref()) else {
+            return match claims.iat_ms {
+                Some(_) => Err(VerifyError::NoUser),
+                None => Ok(()),
+            };
+        };
         let issued_ms = claims.iat_ms.unwrap_or_else(|| claims.iat.saturating_mul(1000));
-        match self.epochs.revoked(email, issued_ms).await {
+        match self.epochs.revoked(user, issued_ms).await {
             Ok(false) => Ok(()),
             Ok(true) => Err(VerifyError::Revoked),
             Err(e) => Err(VerifyError::Unavailable(e.to_string())),

@@ -257,6 +257,7 @@ pub fn test_claims(k: &Kfsec, iss: &str, aud: &str, exp_from_now: i64) -> kfsec_
         azp: None,
         nbf: None,
         iat_ms: None,
+        user: None,
         email: Some(USER.into()),
         email_verified: Some(true),
         groups: Some(vec!["system:masters".into()]),

@@ -413,13 +413,18 @@ async fn unknown_bearer_audience_refuses_to_start() {
     }
 }
 
-/// Runs the code flow of `rp-test` for `user` (scopes with offline access); returns the token
-/// response as JSON.
-async fn code_flow(k: &Kfsec, user: &str, password: &str) -> Value {
-    let verifier = "v".repeat(50);
-    let challenge = kfsec_idp::secret::sha256_b64(verifier.as_bytes());
+/// The PKCE verifier of the test code flows.
+fn verifier() -> String {
+    "v".repeat(50)
+}
+
+/// Starts the code flow of `rp-test` for `user` with `scope` and submits the password; returns
+/// the browser and where the login sent it (the approval screen, or the client with a code).
+async fn code_flow_login(k: &Kfsec, user: &str, password: &str, scope: &str) -> (Browser, String) {
+    let challenge = kfsec_idp::secret::sha256_b64(verifier().as_bytes());
+    let scope: String = url::form_urlencoded::byte_serialize(scope.as_bytes()).collect();
     let auth = format!(
-        "{}/auth?client_id=rp-test&redirect_uri=https%3A%2F%2Frp.example%2Fcb&response_type=code&scope=openid+email+groups+offline_access&state=s1&code_challenge={challenge}&code_challenge_method=S256",
+        "{}/auth?client_id=rp-test&redirect_uri=https%3A%2F%2Frp.example%2Fcb&response_type=code&scope={scope}&state=s1&code_challenge={challenge}&code_challenge_method=S256",
         k.running.issuer
     );
     let mut b = k.client();
@@ -427,27 +432,62 @@ async fn code_flow(k: &Kfsec, user: &str, password: &str) -> Value {
     assert_eq!(form.status(), 200, "{form_url}");
     let r = b.post_form(&form_url, &[("login", user), ("password", password)]).await;
     assert_eq!(r.status(), 303);
-    let mut to = location(&r).to_owned();
-    if to.starts_with("/dex/approval?") {
-        let req = query_param(&to, "req").unwrap();
-        let r = b.post_form(&to, &[("req", &req), ("approval", "approve")]).await;
-        to = location(&r).to_owned();
-    }
-    let code = query_param(&to, "code").unwrap_or_else(|| panic!("no code in {to}"));
-    let r = http_client(&k.running.ca_pem)
+    let to = location(&r).to_owned();
+    (b, to)
+}
+
+/// Answers the approval screen at `to` (a `/dex/approval?req=` path) with "approve"; returns
+/// where it sent the browser.
+async fn approve(b: &mut Browser, to: &str) -> String {
+    let req = query_param(to, "req").unwrap();
+    let r = b.post_form(to, &[("req", &req), ("approval", "approve")]).await;
+    assert_eq!(r.status(), 303, "approval answered");
+    location(&r).to_owned()
+}
+
+/// Redeems the code in `to` (the client's redirect) for `rp-test`.
+async fn redeem(k: &Kfsec, to: &str) -> reqwest::Response {
+    let code = query_param(to, "code").unwrap_or_else(|| panic!("no code in {to}"));
+    http_client(&k.running.ca_pem)
         .post(format!("{}/token", k.running.issuer))
         .basic_auth("rp-test", Some("rp-secret-0123456789"))
         .form(&[
             ("grant_type", "authorization_code"),
             ("code", &code),
             ("redirect_uri", "https://rp.example/cb"),
-            ("code_verifier", &verifier),
+            ("code_verifier", &verifier()),
         ])
         .send()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// Runs the code flow of `rp-test` for `user` with `scope`; returns the token response as JSON.
+async fn code_flow_scoped(k: &Kfsec, user: &str, password: &str, scope: &str) -> Value {
+    let (mut b, mut to) = code_flow_login(k, user, password, scope).await;
+    if to.starts_with("/dex/approval?") {
+        to = approve(&mut b, &to).await;
+    }
+    let r = redeem(k, &to).await;
     assert_eq!(r.status(), 200);
     r.json().await.unwrap()
+}
+
+/// Runs the code flow of `rp-test` for `user` (scopes with offline access); returns the token
+/// response as JSON.
+async fn code_flow(k: &Kfsec, user: &str, password: &str) -> Value {
+    code_flow_scoped(k, user, password, "openid email groups offline_access").await
+}
+
+/// The status of `/userinfo` for bearer `token`.
+async fn userinfo(k: &Kfsec, token: &str) -> reqwest::StatusCode {
+    http_client(&k.running.ca_pem)
+        .get(format!("{}/userinfo", k.running.issuer))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .status()
 }
 
 async fn refresh(k: &Kfsec, token: &str) -> reqwest::StatusCode {
@@ -538,14 +578,11 @@ async fn jwt_headers_and_times_are_strict() {
         assert_eq!(s.passes(&c, "/pipeline/apis/v2beta1/healthz").await, ok, "{what}: KFP");
         assert_eq!(s.review(t, &[]).await.0.is_some(), ok, "{what}: TokenReview");
     }
-    let ui = s
-        .raw
-        .get(format!("{}/userinfo", k.running.issuer))
-        .bearer_auth(at)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(ui.status(), 200, "userinfo takes the access token (Dex-compatible)");
+    assert_eq!(
+        userinfo(&k, at).await,
+        200,
+        "userinfo takes the access token (Dex-compatible)"
+    );
     k.running.shutdown().await;
 }
 
@@ -579,15 +616,7 @@ async fn works(k: &Kfsec, h: &Held) -> (bool, bool, bool, bool) {
     let id = s.check(&Cred::Bearer(h.id_token.clone())).await.is_some()
         && s.passes(&Cred::Bearer(h.id_token.clone()), "/apis/kubeflow.org/v1/profiles")
             .await;
-    let at = s
-        .raw
-        .get(format!("{}/userinfo", k.running.issuer))
-        .bearer_auth(&h.access_token)
-        .send()
-        .await
-        .unwrap()
-        .status()
-        == 200;
+    let at = userinfo(k, &h.access_token).await == 200;
     (session, id, at, refresh(k, &h.refresh_token).await == 200)
 }
 
@@ -649,6 +678,181 @@ async fn passwd_delete_and_logout_all_revoke_everything_at_once() {
     ));
     let (session, id, _, refresh) = works(&k, &last).await;
     assert_eq!((session, id, refresh), (false, false, false), "after delete");
+    k.running.shutdown().await;
+}
+
+async fn user_add(k: &Kfsec, email: &str, password: &str) {
+    let add = AdminRequest::UserAdd {
+        email: email.into(),
+        username: None,
+        groups: vec![],
+        password: password.into(),
+    };
+    assert!(matches!(admin(k, add).await, AdminResponse::User(_)));
+}
+
+async fn passwd(k: &Kfsec, email: &str, password: &str) {
+    let req = AdminRequest::UserPasswd {
+        email: email.into(),
+        password: password.into(),
+    };
+    assert!(matches!(admin(k, req).await, AdminResponse::Ok));
+}
+
+/// Whether any of `tokens` (a `/token` answer of `client`) still works: the ID token at the
+/// front door, the access token at `/userinfo`, the refresh token at `/token`.
+async fn any_token_works(k: &Kfsec, tokens: &Value, client: (&str, Option<&str>)) -> Vec<&'static str> {
+    let s = Surfaces::new(k);
+    let mut working = vec![];
+    if let Some(idt) = tokens["id_token"].as_str()
+        && s.check(&Cred::Bearer(idt.to_owned())).await.is_some()
+    {
+        working.push("ID token");
+    }
+    if let Some(at) = tokens["access_token"].as_str()
+        && userinfo(k, at).await == 200
+    {
+        working.push("access token");
+    }
+    if let Some(rt) = tokens["refresh_token"].as_str() {
+        let mut form = vec![("grant_type", "refresh_token"), ("refresh_token", rt)];
+        let mut req = s.raw.post(format!("{}/token", k.running.issuer));
+        match client.1 {
+            Some(secret) => req = req.basic_auth(client.0, Some(secret)),
+            None => form.push(("client_id", client.0)),
+        }
+        if req.form(&form).send().await.unwrap().status() == 200 {
+            working.push("refresh token");
+        }
+    }
+    working
+}
+
+/// A login whose password was checked before `user passwd` gets nothing that outlives the
+/// change, however long it waits on the approval screen before it is approved: the browser
+/// code flow of a relying party and the device flow of `kfsec-cli` (public client: anyone can
+/// start it) alike. A login with the new password afterwards works.
+#[tokio::test]
+async fn approval_screen_login_cannot_outlive_a_password_change() {
+    let k = Kfsec::start("bearerAudiences: [rp-test]\n").await;
+    let email = "race@example.org";
+    user_add(&k, email, "password number 0").await;
+    let raw = http_client(&k.running.ca_pem);
+
+    // the code flow of rp-test: the password is checked, the approval screen waits
+    let (mut b, to) = code_flow_login(&k, email, "password number 0", "openid email groups offline_access").await;
+    assert!(to.starts_with("/dex/approval?"), "approval screen shown: {to}");
+    assert_eq!(b.get(&to).await.status(), 200);
+    passwd(&k, email, "password number 1").await;
+    let back = approve(&mut b, &to).await;
+    if query_param(&back, "code").is_some() {
+        let r = redeem(&k, &back).await;
+        if r.status() == 200 {
+            let tokens: Value = r.json().await.unwrap();
+            let working = any_token_works(&k, &tokens, ("rp-test", Some("rp-secret-0123456789"))).await;
+            assert!(working.is_empty(), "code flow approved after passwd: {working:?} work");
+        } else {
+            assert_eq!(r.status(), 400, "the code is refused as a grant");
+        }
+    }
+
+    // the device flow of kfsec-cli
+    let r = raw
+        .post(format!("{}/device/code", k.running.issuer))
+        .form(&[
+            ("client_id", "kfsec-cli"),
+            ("scope", "openid email groups offline_access"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let dev: Value = r.json().await.unwrap();
+    let user_code = dev["user_code"].as_str().unwrap();
+    let device_code = dev["device_code"].as_str().unwrap();
+    let mut b = k.client();
+    let r = b
+        .post_form("/dex/device/auth/verify_code", &[("user_code", user_code)])
+        .await;
+    assert!(r.status().is_redirection());
+    let (form, form_url) = b.follow(location(&r)).await;
+    assert_eq!(form.status(), 200);
+    let r = b
+        .post_form(&form_url, &[("login", email), ("password", "password number 1")])
+        .await;
+    assert_eq!(r.status(), 303);
+    let to = location(&r).to_owned();
+    assert!(to.starts_with("/dex/approval?"), "approval screen shown: {to}");
+    passwd(&k, email, "password number 2").await;
+    let callback = approve(&mut b, &to).await;
+    assert!(callback.starts_with("/dex/device/callback?"), "{callback}");
+    let done = b.get(&callback).await.status();
+    let r = raw
+        .post(format!("{}/token", k.running.issuer))
+        .form(&[
+            ("grant_type", "urn:ietf:params:oauth:grant-type:device_code"),
+            ("device_code", device_code),
+            ("client_id", "kfsec-cli"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    if r.status() == 200 {
+        let tokens: Value = r.json().await.unwrap();
+        let working = any_token_works(&k, &tokens, ("kfsec-cli", None)).await;
+        assert!(
+            working.is_empty(),
+            "device flow approved after passwd: {working:?} work"
+        );
+    } else {
+        assert_eq!(done, 400, "the device callback refused the code");
+    }
+
+    // the new password still logs in, and everything it gets works
+    let fresh = hold(&k, email, "password number 2").await;
+    assert_eq!(works(&k, &fresh).await, ALL, "fresh login after the race");
+    k.running.shutdown().await;
+}
+
+/// Tokens minted without the `email` scope carry no email, and are revoked all the same: their
+/// access token stops working at `/userinfo` after logout-all (and after `user delete`).
+#[tokio::test]
+async fn tokens_without_email_are_revoked_too() {
+    let k = Kfsec::start("bearerAudiences: [rp-test]\n").await;
+    let email = "noemail@example.org";
+    user_add(&k, email, "some password 1").await;
+    let scopes = ["openid", "openid groups", "openid profile", "openid groups profile"];
+    for revoke in [
+        AdminRequest::UserLogoutAll { email: email.into() },
+        AdminRequest::UserDelete { email: email.into() },
+    ] {
+        let mut held = vec![];
+        for scope in scopes {
+            let t = code_flow_scoped(&k, email, "some password 1", scope).await;
+            assert!(t["id_token"].is_string());
+            let at = t["access_token"].as_str().unwrap().to_owned();
+            assert_eq!(userinfo(&k, &at).await, 200, "{scope}: userinfo before");
+            held.push((scope, at));
+        }
+        let what = format!("{revoke:?}");
+        assert!(matches!(admin(&k, revoke).await, AdminResponse::Ok));
+        for (scope, at) in held {
+            assert_eq!(userinfo(&k, &at).await, 401, "{scope}: userinfo after {what}");
+        }
+    }
+    // a token with a login time but no user to hold it against is refused, ID or access token
+    for header in [json!({}), json!({"typ": "at+jwt"})] {
+        let orphan = json!({
+            "iss": k.running.issuer,
+            "sub": "x",
+            "aud": "rp-test",
+            "exp": now() + 600,
+            "iat": now(),
+            "kfsec_iat_ms": now() * 1000,
+        });
+        let t = sign_raw(&k, header.clone(), &orphan);
+        assert_eq!(userinfo(&k, &t).await, 401, "no user: {header}");
+    }
     k.running.shutdown().await;
 }
 
