@@ -49,6 +49,19 @@ pub fn canonical_name(name: &str) -> String {
         .collect()
 }
 
+/// Whether `name` in canonical form ([`canonical_name`]) equals `canonical`.
+fn canonical_eq(name: &[u8], canonical: &[u8]) -> bool {
+    name.len() == canonical.len()
+        && name.iter().zip(canonical).all(|(&b, &c)| {
+            let b = if b.is_ascii_alphanumeric() {
+                b.to_ascii_lowercase()
+            } else {
+                b'-'
+            };
+            b == c
+        })
+}
+
 /// The identity header names of one deployment (the configured user and groups headers
 /// included), in canonical form.
 #[derive(Debug, Clone)]
@@ -64,10 +77,15 @@ impl Reserved {
         }
     }
 
-    /// Whether a client may not send `name`.
+    /// Whether a client may not send `name` (compared in canonical form without allocating: this
+    /// runs for every header of every request).
     pub fn is_reserved(&self, name: &str) -> bool {
-        let c = canonical_name(name);
-        RESERVED.contains(&c.as_str()) || RESERVED_PREFIXES.iter().any(|p| c.starts_with(p)) || self.extra.contains(&c)
+        let name = name.as_bytes();
+        RESERVED.iter().any(|r| canonical_eq(name, r.as_bytes()))
+            || RESERVED_PREFIXES
+                .iter()
+                .any(|p| name.len() >= p.len() && canonical_eq(&name[..p.len()], p.as_bytes()))
+            || self.extra.iter().any(|r| canonical_eq(name, r.as_bytes()))
     }
 }
 
