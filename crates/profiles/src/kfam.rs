@@ -8,7 +8,9 @@
 //! no profile may claim a system namespace or an existing namespace, whoever asks; unlike
 //! upstream KFAM, bindings are listed only for namespaces the caller owns, contributes to, or
 //! (as a cluster admin) administers, and the cluster-admin question is answered only about the
-//! caller unless a cluster admin asks.
+//! caller unless a cluster admin asks. A store or internal failure is answered 503/500 with a
+//! generic message and an incident id that the log line also carries, never with internal text
+//! and never as a refusal (403/401 are for genuine refusals only).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -21,7 +23,7 @@ use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use kfsec_api::{ApiError, ApiServer, Attributes, Authorize, Decision, UserInfo};
 use kfsec_store::Store;
-use kfsec_types::Identity;
+use kfsec_types::{Identity, Rng, random_array};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -42,6 +44,7 @@ pub struct Kfam {
     store: Arc<dyn Store>,
     authz: Arc<dyn Authorize>,
     sync: Arc<dyn AuthzSync>,
+    rng: Arc<dyn Rng>,
     registration_flow: bool,
 }
 
@@ -69,6 +72,46 @@ fn empty(status: StatusCode) -> Response {
 
 fn error(status: StatusCode, message: &str) -> Response {
     json_utf8(status, json!({ "error": message }))
+}
+
+/// A failure of kfsec, not a refusal: what KFAM was doing when the store or an invariant failed.
+/// The client gets 503 (store) or 500 (anything else) with a generic message and an incident id;
+/// the cause goes to the log under the same id.
+fn failure(k: &Kfam, doing: &str, e: &ApiError) -> Response {
+    let id: String = random_array::<4>(k.rng.as_ref())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    tracing::error!(incident = %id, error = %e, "KFAM failed while {doing}");
+    let (status, message) = match e {
+        ApiError::Store(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the request could not be completed: storage is unavailable; retry later",
+        ),
+        _ => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the request could not be completed because of an internal error",
+        ),
+    };
+    json_utf8(
+        status,
+        json!({ "error": format!("{message} (incident {id})"), "incident": id }),
+    )
+}
+
+/// Whether `e` is kfsec failing (storage, a broken invariant) rather than the request being refused.
+fn is_failure(e: &ApiError) -> bool {
+    matches!(e, ApiError::Store(_) | ApiError::Internal(_))
+}
+
+/// KFAM's answer to an API error: a genuine refusal is 403 with its (client-facing) message, as
+/// KFAM answers; a failure is [`failure`].
+fn refusal_or_failure(k: &Kfam, doing: &str, e: &ApiError) -> Response {
+    if is_failure(e) {
+        failure(k, doing, e)
+    } else {
+        error(StatusCode::FORBIDDEN, &e.to_string())
+    }
 }
 
 /// The name KFAM gives a contributor's RoleBinding, e.g. `user-user1-org1-com-clusterrole-edit`.
@@ -147,6 +190,7 @@ impl Kfam {
         store: Arc<dyn Store>,
         authz: Arc<dyn Authorize>,
         sync: Arc<dyn AuthzSync>,
+        rng: Arc<dyn Rng>,
         registration_flow: bool,
     ) -> Arc<Self> {
         Arc::new(Self {
@@ -154,6 +198,7 @@ impl Kfam {
             store,
             authz,
             sync,
+            rng,
             registration_flow,
         })
     }
@@ -193,19 +238,19 @@ impl Kfam {
     }
 
     /// Whether a new profile may be named `name`: not a system namespace, not a namespace that
-    /// already exists (unless a Profile of that name owns it).
-    async fn claimable(&self, name: &str) -> Result<(), String> {
+    /// already exists (unless a Profile of that name owns it). `Ok(Err(reason))` is a refusal;
+    /// `Err` is a failure to find out.
+    async fn claimable(&self, name: &str) -> Result<Result<(), String>, ApiError> {
         if self.api.is_reserved_namespace(name) {
-            return Err(format!(
+            return Ok(Err(format!(
                 "namespace {name:?} is reserved for the system and cannot be owned by a profile"
-            ));
+            )));
         }
-        let Some(nsr) = ApiServer::resource("", "v1", "namespaces") else {
-            return Err("namespaces are not served".into());
-        };
-        match self.api.get_object(nsr, "", name).await {
-            Ok(None) => Ok(()),
-            Ok(Some(ns)) => {
+        let nsr = ApiServer::resource("", "v1", "namespaces")
+            .ok_or_else(|| ApiError::Internal("namespaces are not served".into()))?;
+        Ok(match self.api.get_object(nsr, "", name).await? {
+            None => Ok(()),
+            Some(ns) => {
                 let profile_owned = ns["metadata"]["ownerReferences"]
                     .as_array()
                     .is_some_and(|refs| refs.iter().any(|r| r["kind"] == "Profile" && r["name"] == name));
@@ -217,8 +262,7 @@ impl Kfam {
                     ))
                 }
             }
-            Err(e) => Err(e.to_string()),
-        }
+        })
     }
 
     async fn settle(&self) {
@@ -229,11 +273,12 @@ impl Kfam {
 }
 
 fn rolebindings() -> Result<&'static kfsec_api::Resource, ApiError> {
-    ApiServer::resource("rbac.authorization.k8s.io", "v1", "rolebindings").ok_or(ApiError::NoRoute)
+    ApiServer::resource("rbac.authorization.k8s.io", "v1", "rolebindings")
+        .ok_or_else(|| ApiError::Internal("rolebindings are not served".into()))
 }
 
 /// Parses a binding and checks that the caller may manage its namespace (KFAM answers both
-/// failures with 403).
+/// refusals with 403; a failure to find out is a failure, not a refusal).
 async fn authorized_binding(k: &Kfam, id: &Identity, body: &[u8]) -> Result<Binding, Response> {
     let b = parse_binding(body).map_err(|e| error(StatusCode::FORBIDDEN, &e))?;
     match k.may_manage(&user_info(id), &b.namespace).await {
@@ -242,7 +287,7 @@ async fn authorized_binding(k: &Kfam, id: &Identity, body: &[u8]) -> Result<Bind
             tracing::info!(target: "audit", caller = %id.user, namespace = %b.namespace, "KFAM binding refused");
             Err(empty(StatusCode::FORBIDDEN))
         }
-        Err(e) => Err(error(StatusCode::FORBIDDEN, &e.to_string())),
+        Err(e) => Err(failure(k, "checking who may manage a namespace", &e)),
     }
 }
 
@@ -255,8 +300,9 @@ async fn create_binding(
         Ok(b) => b,
         Err(resp) => return resp,
     };
-    let Ok(rb) = rolebindings() else {
-        return empty(StatusCode::INTERNAL_SERVER_ERROR);
+    let rb = match rolebindings() {
+        Ok(rb) => rb,
+        Err(e) => return failure(&k, "finding rolebindings", &e),
     };
     let name = binding_name(&b.user_kind, &b.user, "ClusterRole", b.role);
     let obj = json!({
@@ -271,7 +317,7 @@ async fn create_binding(
             tracing::info!(target: "audit", caller = %id.user, user = %b.user, namespace = %b.namespace, role = b.role, "contributor added");
             empty(StatusCode::OK)
         }
-        Err(e) => error(StatusCode::FORBIDDEN, &e.to_string()),
+        Err(e) => refusal_or_failure(&k, "creating a binding", &e),
     }
 }
 
@@ -284,8 +330,9 @@ async fn delete_binding(
         Ok(b) => b,
         Err(resp) => return resp,
     };
-    let Ok(rb) = rolebindings() else {
-        return empty(StatusCode::INTERNAL_SERVER_ERROR);
+    let rb = match rolebindings() {
+        Ok(rb) => rb,
+        Err(e) => return failure(&k, "finding rolebindings", &e),
     };
     let name = binding_name(&b.user_kind, &b.user, "ClusterRole", b.role);
     match k.api.delete_object(rb, &b.namespace, &name).await {
@@ -295,7 +342,7 @@ async fn delete_binding(
             empty(StatusCode::OK)
         }
         Ok(None) => error(StatusCode::FORBIDDEN, &format!("rolebinding {name} not found")),
-        Err(e) => error(StatusCode::FORBIDDEN, &e.to_string()),
+        Err(e) => refusal_or_failure(&k, "deleting a binding", &e),
     }
 }
 
@@ -314,15 +361,17 @@ async fn list_bindings(
     Extension(id): Extension<Identity>,
     Query(q): Query<BindingQuery>,
 ) -> Response {
-    let Ok(rb) = rolebindings() else {
-        return empty(StatusCode::INTERNAL_SERVER_ERROR);
+    let rb = match rolebindings() {
+        Ok(rb) => rb,
+        Err(e) => return failure(&k, "finding rolebindings", &e),
     };
-    let Ok(pr) = profiles() else {
-        return empty(StatusCode::INTERNAL_SERVER_ERROR);
+    let pr = match profiles() {
+        Ok(pr) => pr,
+        Err(e) => return failure(&k, "finding profiles", &e),
     };
     let profiles = match k.api.list_objects(pr, None, "").await {
         Ok(l) => l.items,
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        Err(e) => return failure(&k, "listing profiles", &e),
     };
     let admin = k.cluster_admin(&user_info(&id));
     let mut out = Vec::new();
@@ -333,8 +382,10 @@ async fn list_bindings(
         if !q.namespace.is_empty() && q.namespace != ns {
             continue;
         }
-        let Ok(list) = k.api.list_objects(rb, Some(ns), "").await else {
-            continue;
+        // A namespace whose bindings cannot be read fails the answer rather than vanishing from it.
+        let list = match k.api.list_objects(rb, Some(ns), "").await {
+            Ok(list) => list,
+            Err(e) => return failure(&k, "listing bindings", &e),
         };
         let bindings: Vec<(&str, &str)> = list
             .items
@@ -385,17 +436,22 @@ async fn create_profile(
     }
     p["apiVersion"] = json!("kubeflow.org/v1");
     p["kind"] = json!("Profile");
-    let Ok(r) = profiles() else {
-        return empty(StatusCode::INTERNAL_SERVER_ERROR);
+    let r = match profiles() {
+        Ok(r) => r,
+        Err(e) => return failure(&k, "finding profiles", &e),
     };
     let name = p["metadata"]["name"].as_str().unwrap_or_default().to_owned();
-    if let Err(message) = k.claimable(&name).await {
-        tracing::info!(target: "audit", caller = %id.user, profile = %name, "KFAM profile refused: {message}");
-        return error(StatusCode::FORBIDDEN, &message);
+    match k.claimable(&name).await {
+        Ok(Ok(())) => {}
+        Ok(Err(message)) => {
+            tracing::info!(target: "audit", caller = %id.user, profile = %name, "KFAM profile refused: {message}");
+            return error(StatusCode::FORBIDDEN, &message);
+        }
+        Err(e) => return failure(&k, "checking a profile's namespace", &e),
     }
     match k.api.create_object(r, "", p).await {
         Ok(_) => empty(StatusCode::OK),
-        Err(e) => error(StatusCode::FORBIDDEN, &e.to_string()),
+        Err(e) => refusal_or_failure(&k, "creating a profile", &e),
     }
 }
 
@@ -405,18 +461,21 @@ async fn delete_profile(
     Path(name): Path<String>,
 ) -> Response {
     let user = user_info(&id);
-    let Ok(r) = profiles() else {
-        return empty(StatusCode::INTERNAL_SERVER_ERROR);
+    let r = match profiles() {
+        Ok(r) => r,
+        Err(e) => return failure(&k, "finding profiles", &e),
     };
     let allowed = match k.api.get_object(r, "", &name).await {
         Ok(Some(p)) => owner_of(&p) == id.user || k.cluster_admin(&user),
-        _ => false,
+        Ok(None) => false,
+        Err(e) => return failure(&k, "reading a profile", &e),
     };
     if !allowed {
         return empty(StatusCode::UNAUTHORIZED);
     }
     match k.api.delete_object(r, "", &name).await {
         Ok(_) => empty(StatusCode::OK),
+        Err(e) if is_failure(&e) => failure(&k, "deleting a profile", &e),
         Err(_) => empty(StatusCode::UNAUTHORIZED),
     }
 }
@@ -471,5 +530,246 @@ mod tests {
             parse_binding(br#"{"user":{"name":"a"},"referredNamespace":"ns","RoleRef":{"name":"owner"}}"#).is_err()
         );
         assert!(parse_binding(b"not json").is_err());
+    }
+}
+
+#[cfg(test)]
+mod failure_tests {
+    //! A store that fails on demand: every KFAM surface answers a failure with 503 and an
+    //! incident id, never with the store's text and never as a refusal.
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+    use std::time::Duration;
+
+    use kfsec_store::{KeyValue, ListPage, MemoryStore, Revision, StoreError, WatchStream};
+    use kfsec_types::{ManualClock, UnixTime};
+
+    use super::*;
+
+    /// Text only the store knows: it must never reach a client.
+    const INTERNAL: &str = "redb: I/O error reading /var/lib/kfsec/kfsec.redb page 7";
+
+    struct Flaky {
+        inner: Arc<MemoryStore>,
+        failing: AtomicBool,
+    }
+
+    impl Flaky {
+        fn check(&self) -> Result<(), StoreError> {
+            if self.failing.load(Ordering::SeqCst) {
+                Err(StoreError::Backend(INTERNAL.into()))
+            } else {
+                Ok(())
+            }
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl Store for Flaky {
+        async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
+            self.check()?;
+            self.inner.get(key).await
+        }
+        async fn list(&self, prefix: &str, limit: usize, start_after: Option<&str>) -> Result<ListPage, StoreError> {
+            self.check()?;
+            self.inner.list(prefix, limit, start_after).await
+        }
+        async fn create(&self, key: &str, value: Vec<u8>, ttl: Option<Duration>) -> Result<Revision, StoreError> {
+            self.check()?;
+            self.inner.create(key, value, ttl).await
+        }
+        async fn update(
+            &self,
+            key: &str,
+            value: Vec<u8>,
+            expected: Option<Revision>,
+            ttl: Option<Duration>,
+        ) -> Result<Revision, StoreError> {
+            self.check()?;
+            self.inner.update(key, value, expected, ttl).await
+        }
+        async fn put(&self, key: &str, value: Vec<u8>, ttl: Option<Duration>) -> Result<Revision, StoreError> {
+            self.check()?;
+            self.inner.put(key, value, ttl).await
+        }
+        async fn delete(&self, key: &str, expected: Option<Revision>) -> Result<KeyValue, StoreError> {
+            self.check()?;
+            self.inner.delete(key, expected).await
+        }
+        async fn take(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
+            self.check()?;
+            self.inner.take(key).await
+        }
+        async fn revision(&self) -> Result<Revision, StoreError> {
+            self.check()?;
+            self.inner.revision().await
+        }
+        async fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream, StoreError> {
+            self.check()?;
+            self.inner.watch(prefix, after).await
+        }
+    }
+
+    /// `admin` may do anything; nobody else may do anything.
+    struct AdminOnly;
+
+    impl Authorize for AdminOnly {
+        fn authorize(&self, a: &Attributes) -> Decision {
+            if a.user == "admin" {
+                Decision::Allow { reason: String::new() }
+            } else {
+                Decision::NoOpinion
+            }
+        }
+        fn rules_for(&self, _user: &UserInfo, _namespace: &str) -> kfsec_api::SubjectRules {
+            kfsec_api::SubjectRules::default()
+        }
+    }
+
+    struct NoWait;
+
+    impl AuthzSync for NoWait {
+        fn wait_for(&self, _revision: u64) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+            Box::pin(async {})
+        }
+    }
+
+    struct CountingRng(AtomicU8);
+
+    impl Rng for CountingRng {
+        fn fill(&self, buf: &mut [u8]) {
+            for b in buf {
+                *b = self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    }
+
+    async fn setup() -> (Arc<Kfam>, Arc<Flaky>) {
+        let clock = ManualClock::new(UnixTime::from_millis(1_700_000_000_000));
+        let store = Arc::new(Flaky {
+            inner: MemoryStore::new(clock.clone()),
+            failing: AtomicBool::new(false),
+        });
+        let rng: Arc<dyn Rng> = Arc::new(CountingRng(AtomicU8::new(0xa0)));
+        let api = ApiServer::new(store.clone(), Arc::new(AdminOnly), clock, rng.clone());
+        let profile = json!({
+            "apiVersion": "kubeflow.org/v1", "kind": "Profile",
+            "metadata": {"name": "team"},
+            "spec": {"owner": {"kind": "User", "name": "alice"}},
+        });
+        api.create_object(profiles().unwrap(), "", profile).await.unwrap();
+        let k = Kfam::new(api, store.clone(), Arc::new(AdminOnly), Arc::new(NoWait), rng, true);
+        (k, store)
+    }
+
+    fn who(user: &str) -> Extension<Identity> {
+        Extension(Identity::new(user, Vec::new()))
+    }
+
+    const BINDING: &str = r#"{"user":{"kind":"User","name":"bob"},"referredNamespace":"team","roleRef":{"kind":"ClusterRole","name":"edit"}}"#;
+
+    async fn body(r: Response) -> (StatusCode, String) {
+        let status = r.status();
+        let bytes = axum::body::to_bytes(r.into_body(), usize::MAX).await.unwrap();
+        (status, String::from_utf8(bytes.to_vec()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn store_failures_are_503_with_an_incident_id_and_no_internal_text() {
+        let (k, store) = setup().await;
+        store.failing.store(true, Ordering::SeqCst);
+        let binding = || axum::body::Bytes::from_static(BINDING.as_bytes());
+        let profile = || {
+            axum::body::Bytes::from_static(
+                br#"{"metadata":{"name":"newteam"},"spec":{"owner":{"kind":"User","name":"carol"}}}"#,
+            )
+        };
+        let cases: Vec<(&str, Response)> = vec![
+            // the owner check itself fails
+            (
+                "create binding (owner)",
+                create_binding(State(k.clone()), who("alice"), binding()).await,
+            ),
+            (
+                "delete binding (owner)",
+                delete_binding(State(k.clone()), who("alice"), binding()).await,
+            ),
+            // the write fails
+            (
+                "create binding (admin)",
+                create_binding(State(k.clone()), who("admin"), binding()).await,
+            ),
+            (
+                "delete binding (admin)",
+                delete_binding(State(k.clone()), who("admin"), binding()).await,
+            ),
+            (
+                "list bindings",
+                list_bindings(
+                    State(k.clone()),
+                    who("alice"),
+                    Query(BindingQuery {
+                        user: String::new(),
+                        namespace: String::new(),
+                        role: String::new(),
+                    }),
+                )
+                .await,
+            ),
+            // the namespace check fails
+            (
+                "create profile (admin)",
+                create_profile(State(k.clone()), who("admin"), profile()).await,
+            ),
+            (
+                "create profile (self)",
+                create_profile(State(k.clone()), who("carol"), profile()).await,
+            ),
+            (
+                "delete profile (owner)",
+                delete_profile(State(k.clone()), who("alice"), Path("team".into())).await,
+            ),
+            (
+                "delete profile (admin)",
+                delete_profile(State(k.clone()), who("admin"), Path("team".into())).await,
+            ),
+        ];
+        for (what, r) in cases {
+            let (status, text) = body(r).await;
+            assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{what}: {text}");
+            for leak in ["redb", "I/O", "/var/lib", "page 7", "backend", "storage:"] {
+                assert!(!text.contains(leak), "{what} leaks {leak:?}: {text}");
+            }
+            let v: Value = serde_json::from_str(&text).unwrap();
+            let id = v["incident"].as_str().expect("an incident id");
+            assert!(
+                id.len() == 8 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+                "{what}: {text}"
+            );
+            assert!(v["error"].as_str().unwrap().contains(id), "{what}: {text}");
+        }
+    }
+
+    #[tokio::test]
+    async fn refusals_stay_403_and_ids_differ() {
+        let (k, store) = setup().await;
+        let binding = || axum::body::Bytes::from_static(BINDING.as_bytes());
+        // Not the owner: a genuine refusal, as KFAM answers it.
+        let (status, _) = body(create_binding(State(k.clone()), who("mallory"), binding()).await).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        let (status, _) = body(delete_binding(State(k.clone()), who("mallory"), binding()).await).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        let (status, _) = body(delete_profile(State(k.clone()), who("mallory"), Path("team".into())).await).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        // The owner succeeds while the store works.
+        let (status, text) = body(create_binding(State(k.clone()), who("alice"), binding()).await).await;
+        assert_eq!(status, StatusCode::OK, "{text}");
+        // Two failures carry two incident ids.
+        store.failing.store(true, Ordering::SeqCst);
+        let (_, a) = body(create_binding(State(k.clone()), who("alice"), binding()).await).await;
+        let (_, b) = body(create_binding(State(k.clone()), who("alice"), binding()).await).await;
+        let id = |t: &str| serde_json::from_str::<Value>(t).unwrap()["incident"].clone();
+        assert_ne!(id(&a), id(&b));
     }
 }

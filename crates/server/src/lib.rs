@@ -484,6 +484,7 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
         store.clone(),
         rbac_cache.clone(),
         rbac_cache.clone(),
+        rng.clone(),
         cfg.registration_flow,
     );
     let kfp = kfsec_kfp::Kfp::new(
