@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The project's test command (CI runs it through .ci/run):
-#   install test deps → cargo fmt --check → clippy -D warnings → cargo test --workspace
+#   install test deps → cargo fmt --check → clippy -D warnings → no OpenSSL/native-tls/ring in
+#   the normal dependency tree → cargo test --workspace
 #   (compiled first, then run under TEST_TIMEOUT seconds, default 1200)
 #   → browser test (headless Chromium against the real target/debug/kfsec).
 # Every step runs even if an earlier one failed (except the browser test, which needs the
@@ -86,6 +87,9 @@ fi
 
 step fmt cargo fmt --all -- --check || true
 step clippy cargo clippy --workspace --all-targets -- -D warnings || true
+# aws-lc-rs is the only crypto: fails if openssl, openssl-sys, native-tls or ring become a
+# normal dependency (cargo tree, under a second).
+step banned-deps bash scripts/check-banned-deps.sh || true
 # Compile the tests first (no time limit), then run them under a time limit so that a hung
 # test cannot eat CI's 90 minutes. cargo test's own "test result:" lines go straight to the
 # output (CI reads them).

@@ -18,6 +18,8 @@
 //! thread and runtime, so no front-door load can starve it of CPU time, and the caps are fitted
 //! below the file-descriptor limit so it cannot be starved of descriptors.
 
+#![allow(clippy::disallowed_methods)] // connection, header and idle timeouts are monotonic IO deadlines, not logic time
+
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};

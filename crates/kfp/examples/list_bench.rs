@@ -8,6 +8,8 @@
 //! Env: `STORE=redb|memory` (default redb, file under /dev/shm when present), `BIG=100000`,
 //! `BIG_NS=1000`, `SMALL=1000`, `SMALL_NS=10`, `ITER=3000`.
 
+#![allow(clippy::disallowed_methods)] // a benchmark measures real elapsed time
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

@@ -9,6 +9,7 @@ use kfsec_types::Rng;
 pub struct OsRng;
 
 impl Rng for OsRng {
+    #[allow(clippy::disallowed_methods)] // the one home of the CSPRNG behind kfsec_types::Rng
     fn fill(&self, buf: &mut [u8]) {
         if aws_lc_rs::rand::fill(buf).is_err() {
             tracing::error!("the system CSPRNG failed; aborting rather than use predictable bytes");

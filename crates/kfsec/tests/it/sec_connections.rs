@@ -4,6 +4,8 @@
 //! listener answers quickly throughout. Floods are bounded (a few hundred connections) and come
 //! from several loopback addresses (127.0.0.x).
 
+#![allow(clippy::disallowed_methods)] // deadlines on real sockets, and a blocking writer thread, are the point of these tests
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -3,6 +3,8 @@
 //! guesses, per-(account, source) lockout, restart, timing, device code throttling and floods of
 //! unauthenticated authorization and device requests.
 
+#![allow(clippy::disallowed_methods)] // timing assertions (no enumeration by bcrypt cost) measure real elapsed time
+
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;

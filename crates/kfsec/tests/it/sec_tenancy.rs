@@ -4,6 +4,8 @@
 //! workers; KFAM discloses memberships only to those who may see them; stored pipeline packages
 //! have a per-namespace quota; a watch ends when its caller's access is revoked.
 
+#![allow(clippy::disallowed_methods)] // timing assertions (linear-time parsing, prompt revocation) measure real elapsed time
+
 use std::time::{Duration, Instant};
 
 use crate::harness::*;
