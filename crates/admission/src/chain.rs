@@ -10,9 +10,9 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-use crate::registration::{Registration, WebhookKind};
+use crate::registration::{FailurePolicy, Registration, WebhookKind};
 use crate::review::AdmissionRequest;
-use crate::webhook::{AdmissionOutcome, Context, Webhook};
+use crate::webhook::{AdmissionOutcome, Context, ContextNeeds, Webhook};
 
 /// A refusal by one webhook of the chain.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -77,6 +77,39 @@ impl Chain {
         self.hooks.iter().any(|(_, r)| r.matches(req, namespace_labels))
     }
 
+    /// The webhooks that may be called for `req`, whatever its namespace's labels.
+    fn candidates<'a>(
+        &'a self,
+        req: &'a AdmissionRequest,
+    ) -> impl Iterator<Item = &'a (Box<dyn Webhook>, Registration)> {
+        self.hooks.iter().filter(|(_, r)| r.matches_except_namespace(req))
+    }
+
+    /// The context `req` needs: the union of what every webhook that may be called for it
+    /// declares, plus the namespace's labels when one of them has a namespace selector. `None`
+    /// when no webhook can be called (no context is needed at all).
+    pub fn needs(&self, req: &AdmissionRequest) -> Option<ContextNeeds> {
+        let mut out: Option<ContextNeeds> = None;
+        for (hook, reg) in self.candidates(req) {
+            let mut n = out.take().unwrap_or_default().union(&hook.context_needs());
+            n.namespace_labels |= reg.namespace_selector.is_some() && !req.namespace.is_empty();
+            out = Some(n);
+        }
+        out
+    }
+
+    /// When the context of `req` cannot be loaded: the first webhook that may be called for it
+    /// and whose `failurePolicy` is `Fail` (the request must be refused on its behalf), or `None`
+    /// when every such webhook is `Ignore` (the request goes on without them).
+    pub fn failing_webhook(&self, req: &AdmissionRequest) -> Option<&'static str> {
+        self.candidates(req)
+            .find(|(hook, r)| {
+                r.failure_policy == FailurePolicy::Fail
+                    && (r.namespace_selector.is_some() || !hook.context_needs().is_empty())
+            })
+            .map(|(_, r)| r.name)
+    }
+
     /// Names of the webhooks that would be called for `req`, in call order.
     pub fn selected(&self, req: &AdmissionRequest, namespace_labels: &BTreeMap<String, String>) -> Vec<&str> {
         let mut out: Vec<&str> = Vec::new();
@@ -127,5 +160,51 @@ impl Chain {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::review::{GroupVersionKind, GroupVersionResource, Operation};
+
+    fn request(group: &str, version: &str, kind: &str, plural: &str, ns: &str) -> AdmissionRequest {
+        AdmissionRequest::for_object(
+            Operation::Create,
+            GroupVersionKind::new(group, version, kind),
+            GroupVersionResource::new(group, version, plural),
+            ns,
+            "x",
+            json!({"metadata": {"name": "x", "namespace": ns}}),
+        )
+    }
+
+    #[test]
+    fn needs_are_the_union_of_the_webhooks_that_may_be_called() {
+        let chain = Chain::standard();
+        // nothing registered for ConfigMaps: no context at all
+        assert_eq!(chain.needs(&request("", "v1", "ConfigMap", "configmaps", "ns")), None);
+        // Pods: PodDefaults (namespace-selected) and Katib's trial pod mutator (Trials, Jobs)
+        let pods = chain.needs(&request("", "v1", "Pod", "pods", "ns")).unwrap();
+        assert!(pods.pod_defaults && pods.namespace_labels && !pods.settings);
+        assert_eq!(pods.objects, [("batch/v1", "Job"), ("kubeflow.org/v1beta1", "Trial")]);
+        assert_eq!(
+            chain.failing_webhook(&request("", "v1", "Pod", "pods", "ns")),
+            Some("poddefaults-webhook-deployment.kubeflow.org")
+        );
+        // Experiments: labels and settings, no objects
+        let exp = chain
+            .needs(&request("kubeflow.org", "v1beta1", "Experiment", "experiments", "ns"))
+            .unwrap();
+        assert!(exp.namespace_labels && exp.settings && !exp.pod_defaults && exp.objects.is_empty());
+        // declarations are canonical (objects sorted, no duplicates): equal needs, equal cache keys
+        for hook in crate::all_webhooks() {
+            let n = hook.context_needs();
+            assert_eq!(n.clone().union(&n), n, "{}", hook.name());
+        }
     }
 }

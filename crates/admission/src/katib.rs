@@ -16,7 +16,7 @@ use crate::gofmt::{self, BadValue, FieldError};
 use crate::registration::{FailurePolicy, MatchCondition, Registration, Rule, WebhookKind};
 use crate::review::AdmissionRequest;
 use crate::selector::LabelSelector;
-use crate::webhook::{AdmissionOutcome, Context, Webhook};
+use crate::webhook::{AdmissionOutcome, Context, ContextNeeds, Webhook};
 
 /// Namespace label Katib requires.
 pub const INJECTION_LABEL: &str = "katib.kubeflow.org/metrics-collector-injection";
@@ -317,6 +317,10 @@ impl Webhook for ExperimentDefaulter {
         }
     }
 
+    fn context_needs(&self) -> ContextNeeds {
+        ContextNeeds::none()
+    }
+
     fn admit(&self, req: &AdmissionRequest, _ctx: &Context) -> AdmissionOutcome {
         match decode_object(req, "Experiment") {
             Ok(exp) => AdmissionOutcome::from_mutation(exp, &default_experiment(exp)),
@@ -352,6 +356,14 @@ impl Webhook for ExperimentValidator {
             object_selector: None,
             match_conditions: Vec::new(),
             reinvocation_policy: None,
+        }
+    }
+
+    fn context_needs(&self) -> ContextNeeds {
+        ContextNeeds {
+            namespace_labels: true,
+            settings: true,
+            ..ContextNeeds::none()
         }
     }
 
@@ -1135,6 +1147,13 @@ impl Webhook for TrialPodMutator {
                 username: "system:serviceaccount:kubeflow:katib-controller",
             }],
             reinvocation_policy: None,
+        }
+    }
+
+    fn context_needs(&self) -> ContextNeeds {
+        ContextNeeds {
+            objects: vec![("batch/v1", "Job"), (TRIAL_API_VERSION, "Trial")],
+            ..ContextNeeds::none()
         }
     }
 

@@ -13,7 +13,7 @@ use serde_json::{Map, Value, json};
 
 use crate::registration::{FailurePolicy, Registration, Rule, WebhookKind};
 use crate::review::{AdmissionRequest, Operation};
-use crate::webhook::{AdmissionOutcome, Context, Webhook};
+use crate::webhook::{AdmissionOutcome, Context, ContextNeeds, Webhook};
 
 /// Annotation selecting the deployment mode.
 pub const DEPLOYMENT_MODE: &str = "serving.kserve.io/deploymentMode";
@@ -375,6 +375,13 @@ impl Webhook for InferenceServiceDefaulter {
         )
     }
 
+    fn context_needs(&self) -> ContextNeeds {
+        ContextNeeds {
+            settings: true,
+            ..ContextNeeds::none()
+        }
+    }
+
     fn admit(&self, req: &AdmissionRequest, ctx: &Context) -> AdmissionOutcome {
         match &req.object {
             Some(isvc @ Value::Object(_)) => {
@@ -543,6 +550,10 @@ impl Webhook for InferenceServiceValidator {
             "/validate-serving-kserve-io-v1beta1-inferenceservice",
             WebhookKind::Validating,
         )
+    }
+
+    fn context_needs(&self) -> ContextNeeds {
+        ContextNeeds::none()
     }
 
     fn admit(&self, req: &AdmissionRequest, _ctx: &Context) -> AdmissionOutcome {

@@ -5,7 +5,8 @@
 //! webhook-configuration manifests ([`registration`]), and the in-process chain ([`chain`]).
 //!
 //! Invariants: no IO, no clock, no randomness — every webhook is a function of the request and the
-//! [`Context`] its caller builds (namespace labels, PodDefaults, related objects, settings); no
+//! [`Context`] its caller builds from what the webhook declares it reads ([`ContextNeeds`]:
+//! namespace labels, PodDefaults, related objects, settings; [`Chain::needs`] for a request); no
 //! input makes anything here panic; malformed AdmissionReviews are errors for the HTTP layer to
 //! answer with 400, while malformed objects inside a well-formed review are denials.
 //!
@@ -49,7 +50,8 @@ pub use review::{
     Operation, ReviewError, UserInfo, encode_response, parse_review, review, review_parsed,
 };
 pub use webhook::{
-    AdmissionOutcome, Context, MAX_CONTAINERS, MAX_PATCH_BYTES, MAX_PATCH_OPS, Settings, Webhook, admit_bounded,
+    AdmissionOutcome, Context, ContextNeeds, MAX_CONTAINERS, MAX_PATCH_BYTES, MAX_PATCH_OPS, ObjectKind, Settings,
+    Webhook, admit_bounded,
 };
 
 /// Every webhook kfsec serves, mutating before validating within each component.

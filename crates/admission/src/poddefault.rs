@@ -25,7 +25,7 @@ use crate::gofmt::{self, Schema};
 use crate::registration::{FailurePolicy, Registration, Rule, WebhookKind};
 use crate::review::{AdmissionRequest, GroupVersionResource};
 use crate::selector::{LabelSelector, Selector};
-use crate::webhook::{AdmissionOutcome, Context, Webhook};
+use crate::webhook::{AdmissionOutcome, Context, ContextNeeds, Webhook};
 
 /// Prefix of the PodDefault annotations.
 pub const ANNOTATION_PREFIX: &str = "poddefault.admission.kubeflow.org";
@@ -849,6 +849,13 @@ impl Webhook for PodDefaultWebhook {
             object_selector: None,
             match_conditions: Vec::new(),
             reinvocation_policy: None,
+        }
+    }
+
+    fn context_needs(&self) -> ContextNeeds {
+        ContextNeeds {
+            pod_defaults: true,
+            ..ContextNeeds::none()
         }
     }
 

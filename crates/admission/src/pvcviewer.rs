@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use crate::registration::{FailurePolicy, Registration, Rule, WebhookKind};
 use crate::review::AdmissionRequest;
-use crate::webhook::{AdmissionOutcome, Context, Webhook};
+use crate::webhook::{AdmissionOutcome, Context, ContextNeeds, Webhook};
 
 /// The volume the defaulter appends.
 pub const VIEWER_VOLUME: &str = "viewer-volume";
@@ -173,6 +173,13 @@ impl Webhook for PvcViewerDefaulter {
         )
     }
 
+    fn context_needs(&self) -> ContextNeeds {
+        ContextNeeds {
+            settings: true,
+            ..ContextNeeds::none()
+        }
+    }
+
     fn admit(&self, req: &AdmissionRequest, ctx: &Context) -> AdmissionOutcome {
         match &req.object {
             Some(v @ Value::Object(_)) => {
@@ -203,6 +210,10 @@ impl Webhook for PvcViewerValidator {
             WebhookKind::Validating,
             "pvcviewer-validating-webhook-configuration",
         )
+    }
+
+    fn context_needs(&self) -> ContextNeeds {
+        ContextNeeds::none()
     }
 
     fn admit(&self, req: &AdmissionRequest, _ctx: &Context) -> AdmissionOutcome {

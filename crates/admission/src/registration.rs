@@ -160,13 +160,7 @@ impl Registration {
     /// True if a Kubernetes API server would send `req` to this webhook, given the labels of the
     /// request's namespace. An invalid selector matches nothing.
     pub fn matches(&self, req: &AdmissionRequest, namespace_labels: &BTreeMap<String, String>) -> bool {
-        let op = req.operation.as_str();
-        let r = &req.resource;
-        if !self
-            .rules
-            .iter()
-            .any(|rule| rule.matches(op, &r.group, &r.version, &r.resource, &req.sub_resource))
-        {
+        if !self.matches_except_namespace(req) {
             return false;
         }
         if let Some(sel) = &self.namespace_selector
@@ -176,6 +170,21 @@ impl Registration {
                 Ok(s) if s.matches_map(namespace_labels) => {}
                 _ => return false,
             }
+        }
+        true
+    }
+
+    /// True if `req` falls under the rules, object selector and match conditions — everything
+    /// [`Self::matches`] checks but the namespace selector (which needs the namespace's labels).
+    pub fn matches_except_namespace(&self, req: &AdmissionRequest) -> bool {
+        let op = req.operation.as_str();
+        let r = &req.resource;
+        if !self
+            .rules
+            .iter()
+            .any(|rule| rule.matches(op, &r.group, &r.version, &r.resource, &req.sub_resource))
+        {
+            return false;
         }
         if let Some(sel) = &self.object_selector {
             let Ok(s) = sel.compile() else { return false };

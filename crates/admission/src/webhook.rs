@@ -147,8 +147,52 @@ pub trait Webhook: Send + Sync {
     fn path(&self) -> &str;
     /// How upstream registers it (rules, selectors, versions, failure policy).
     fn registration(&self) -> Registration;
+    /// What of the [`Context`] it reads: the caller loads exactly that (and nothing else is
+    /// guaranteed to be filled in).
+    fn context_needs(&self) -> ContextNeeds;
     /// Admits one request.
     fn admit(&self, req: &AdmissionRequest, ctx: &Context) -> AdmissionOutcome;
+}
+
+/// A kind of related object, as `(apiVersion, kind)`.
+pub type ObjectKind = (&'static str, &'static str);
+
+/// What a webhook reads from its [`Context`] besides the request: the declaration the caller
+/// builds the context from.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct ContextNeeds {
+    /// [`Context::namespace_labels`].
+    pub namespace_labels: bool,
+    /// [`Context::pod_defaults`].
+    pub pod_defaults: bool,
+    /// [`Context::objects`]: every object of these kinds in the request's namespace, sorted and
+    /// without duplicates (as [`ContextNeeds::union`] builds it), so equal needs compare equal.
+    pub objects: Vec<ObjectKind>,
+    /// [`Context::settings`].
+    pub settings: bool,
+}
+
+impl ContextNeeds {
+    /// Nothing but the request.
+    pub fn none() -> Self {
+        Self::default()
+    }
+
+    /// Everything either needs.
+    pub fn union(mut self, other: &Self) -> Self {
+        self.namespace_labels |= other.namespace_labels;
+        self.pod_defaults |= other.pod_defaults;
+        self.settings |= other.settings;
+        self.objects.extend(other.objects.iter().copied());
+        self.objects.sort_unstable();
+        self.objects.dedup();
+        self
+    }
+
+    /// True if nothing is needed.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 /// Settings a real deployment would read from ConfigMaps, files or flags.

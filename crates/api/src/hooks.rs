@@ -59,6 +59,10 @@ pub struct AdmissionDenied {
     pub code: u16,
     /// Reason text.
     pub message: String,
+    /// The webhook could not be run (e.g. its context failed to load) and its `failurePolicy` is
+    /// `Fail`: sent as Kubernetes' 500 `failed calling webhook`, with a generic message (`code`
+    /// and `message` are ignored; the caller logs the detail).
+    pub call_failed: bool,
 }
 
 /// In-process admission: may mutate `object` in place or deny.

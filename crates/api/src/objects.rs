@@ -227,14 +227,17 @@ impl ApiServer {
     }
 
     async fn admit(&self, req: AdmissionRequest<'_>, obj: &mut Value) -> Result<(), ApiError> {
-        self.admission
-            .admit(req, obj)
-            .await
-            .map_err(|d| ApiError::AdmissionDenied {
-                webhook: d.webhook,
-                code: if (400..500).contains(&d.code) { d.code } else { 400 },
-                message: d.message,
-            })?;
+        self.admission.admit(req, obj).await.map_err(|d| {
+            if d.call_failed {
+                ApiError::AdmissionFailed { webhook: d.webhook }
+            } else {
+                ApiError::AdmissionDenied {
+                    webhook: d.webhook,
+                    code: if (400..500).contains(&d.code) { d.code } else { 400 },
+                    message: d.message,
+                }
+            }
+        })?;
         if !obj.is_object() {
             return Err(ApiError::Internal("admission returned a non-object".into()));
         }

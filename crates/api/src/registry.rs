@@ -311,6 +311,7 @@ static RESOURCES: &[Resource] = &[
         Subdomain,
         true
     ),
+    stored!(KF, "v1beta1", "Trial", "trials", "trial", &[], true, Subdomain, true),
     stored!(
         KF,
         "v1alpha1",

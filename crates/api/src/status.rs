@@ -153,6 +153,12 @@ pub enum ApiError {
         /// The plugin's message.
         message: String,
     },
+    /// An admission webhook whose `failurePolicy` is `Fail` could not be run (500).
+    #[error("Internal error occurred: failed calling webhook {webhook:?}: the webhook could not be run")]
+    AdmissionFailed {
+        /// The webhook name.
+        webhook: String,
+    },
     /// Storage failed.
     #[error("storage: {0}")]
     Store(#[source] StoreError),
@@ -224,7 +230,7 @@ impl ApiError {
             Self::TooManyRequests(_) => 429,
             Self::Expired(_) => 410,
             Self::AdmissionDenied { code, .. } => *code,
-            Self::Store(_) | Self::Internal(_) => 500,
+            Self::Store(_) | Self::Internal(_) | Self::AdmissionFailed { .. } => 500,
         }
     }
 
@@ -308,6 +314,7 @@ impl ApiError {
                 };
                 (r, self.to_string())
             }
+            Self::AdmissionFailed { .. } => ("InternalError", self.to_string()),
             Self::Store(_) | Self::Internal(_) => (
                 "InternalError",
                 "Internal error occurred: the server failed to complete the request".to_owned(),

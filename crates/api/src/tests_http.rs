@@ -616,6 +616,7 @@ impl Admission for DenyLabelled {
                 webhook: "test.kubeflow.org".into(),
                 code: 403,
                 message: "nope".into(),
+                call_failed: false,
             });
         }
         obj["metadata"]["annotations"] = json!({"admitted": req.operation.as_str()});

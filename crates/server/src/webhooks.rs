@@ -1,17 +1,22 @@
 //! Admission wiring: the webhook chain of `kfsec-admission` run in-process on writes through the
-//! Kubernetes-style API, with its context (namespace labels, the namespace's PodDefaults) read
-//! from the store.
+//! Kubernetes-style API and served on the webhook listener, with the context each webhook
+//! declares ([`kfsec_admission::ContextNeeds`]: namespace labels, the namespace's PodDefaults,
+//! related objects such as Katib Trials, settings) read from the store.
 //!
-//! Invariants: the context is read fresh for every write (a PodDefault created a moment ago
-//! applies to the next Pod); a denial is reported as Kubernetes reports a webhook's denial and
-//! nothing is written. With `webhooks.clientAuth`, the webhook listener completes a TLS handshake
-//! only with a client certificate that chains to the configured CA (kfsec's internal CA by
-//! default, followed through rotations) and names one of `allowedNames`.
+//! Invariants: a write sees every store change made before it (a PodDefault created a moment ago
+//! applies to the next Pod; cached contexts are used only when provably current); a context that
+//! cannot be loaded completely (store error, undecodable record) is never cached nor used — the
+//! write is refused as Kubernetes refuses it when a `failurePolicy: Fail` webhook cannot be called
+//! (500, generic message; the cause is logged), and the listener answers such a review with 500;
+//! a denial is reported as Kubernetes reports a webhook's denial and nothing is written. With
+//! `webhooks.clientAuth`, the webhook listener completes a TLS handshake only with a client
+//! certificate that chains to the configured CA (kfsec's internal CA by default, followed through
+//! rotations) and names one of `allowedNames`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use kfsec_admission::{AdmissionRequest, Chain, Context, Operation};
+use kfsec_admission::{AdmissionRequest, Chain, Context, ContextNeeds, Operation, Settings};
 use kfsec_api::{AdmissionDenied, ApiServer};
 use kfsec_store::Store;
 use serde_json::Value;
@@ -20,32 +25,100 @@ use serde_json::Value;
 pub struct InProcessAdmission {
     store: Arc<dyn Store>,
     chain: Chain,
+    settings: Arc<Settings>,
+    /// Type prefixes whose records some webhook's context holds (PodDefaults, related objects).
+    watched: Vec<String>,
+    /// The Namespaces' type prefix (their labels are context too).
+    namespaces_prefix: String,
     cache: ContextCache,
 }
 
-/// Per-namespace contexts (labels, decoded PodDefaults), invalidated by a watch on the whole
-/// store. An entry is used only if the watch has seen every write up to the store's current
-/// revision and nothing in its namespace changed since it was loaded — so a PodDefault written a
-/// moment ago is never missed.
+/// Why a context could not be loaded. Never cached: the request fails as the webhook's
+/// `failurePolicy` says, and only the log carries this text.
+#[derive(Debug, thiserror::Error)]
+pub enum ContextError {
+    /// The store failed.
+    #[error("reading {what}: {source}")]
+    Store {
+        /// What was being read.
+        what: String,
+        /// The store's error.
+        #[source]
+        source: kfsec_store::StoreError,
+    },
+    /// A record could not be decoded.
+    #[error("decoding {what}: {source}")]
+    Decode {
+        /// The record's key.
+        what: String,
+        /// The decoder's error.
+        #[source]
+        source: kfsec_api::ApiError,
+    },
+}
+
+/// One namespace's cached contexts: `(needs, loaded at revision, context)`.
+type Entries = Vec<(ContextNeeds, u64, Context)>;
+
+/// Per-namespace contexts (one per distinct [`ContextNeeds`]), invalidated by a watch on the
+/// whole store. An entry is used only if the watch has seen every write up to the store's current
+/// revision and nothing in its namespace that a context holds changed since it was loaded — so a
+/// PodDefault written a moment ago is never missed. Only complete contexts are stored.
 #[derive(Default)]
 struct ContextCache {
-    entries: parking_lot::Mutex<std::collections::HashMap<String, (u64, Context)>>,
+    entries: parking_lot::Mutex<std::collections::HashMap<String, Entries>>,
     last_change: parking_lot::Mutex<std::collections::HashMap<String, u64>>,
     seen: std::sync::atomic::AtomicU64,
     notify: tokio::sync::Notify,
 }
 
-const NAMESPACES_PREFIX: &str = "/k8s/core/namespaces/";
-const PODDEFAULTS_PREFIX: &str = "/k8s/kubeflow.org/poddefaults/";
+fn namespaces() -> Option<&'static kfsec_api::Resource> {
+    ApiServer::resource("", "v1", "namespaces")
+}
+
+fn poddefaults() -> Option<&'static kfsec_api::Resource> {
+    ApiServer::resource("kubeflow.org", "v1alpha1", "poddefaults")
+}
 
 impl InProcessAdmission {
-    /// Kubeflow's standard webhooks over `store`.
+    /// Kubeflow's standard webhooks over `store`, with the default settings.
     pub fn new(store: Arc<dyn Store>) -> Arc<Self> {
+        Self::with_settings(store, Settings::default())
+    }
+
+    /// Kubeflow's standard webhooks over `store`, with `settings`.
+    pub fn with_settings(store: Arc<dyn Store>, settings: Settings) -> Arc<Self> {
+        let mut watched: Vec<String> = poddefaults().map(|r| r.type_prefix()).into_iter().collect();
+        for hook in kfsec_admission::all_webhooks() {
+            for (api_version, kind) in hook.context_needs().objects {
+                if let Some(r) = kfsec_api::registry::find_kind(api_version, kind) {
+                    watched.push(r.type_prefix());
+                }
+            }
+        }
+        watched.sort();
+        watched.dedup();
         Arc::new(Self {
             store,
             chain: Chain::standard(),
+            settings: Arc::new(settings),
+            watched,
+            namespaces_prefix: namespaces().map(|r| r.type_prefix()).unwrap_or_default(),
             cache: ContextCache::default(),
         })
+    }
+
+    /// The namespace a write to `key` changes the context of, if any.
+    fn namespace_of_key<'k>(&self, key: &'k str) -> Option<&'k str> {
+        if !self.namespaces_prefix.is_empty()
+            && let Some(ns) = key.strip_prefix(self.namespaces_prefix.as_str())
+        {
+            return Some(ns);
+        }
+        self.watched
+            .iter()
+            .find_map(|p| key.strip_prefix(p.as_str()))
+            .and_then(|rest| rest.split('/').next())
     }
 
     /// Follows every store write to invalidate cached contexts, until the task is dropped.
@@ -66,12 +139,7 @@ impl InProcessAdmission {
                     continue;
                 };
                 while let Some(Ok(ev)) = rx.recv().await {
-                    let key = ev.kv.key.as_str();
-                    let ns = key
-                        .strip_prefix(PODDEFAULTS_PREFIX)
-                        .and_then(|r| r.split('/').next())
-                        .or_else(|| key.strip_prefix(NAMESPACES_PREFIX));
-                    if let Some(ns) = ns {
+                    if let Some(ns) = me.namespace_of_key(ev.kv.key.as_str()) {
                         me.cache.last_change.lock().insert(ns.to_owned(), ev.kv.mod_revision);
                         me.cache.entries.lock().remove(ns);
                     }
@@ -83,11 +151,12 @@ impl InProcessAdmission {
         })
     }
 
-    /// The context of `namespace`, from the cache when it is provably current.
-    pub async fn context(&self, namespace: &str) -> Context {
+    /// The context of `namespace` holding everything `needs` declares, from the cache when it is
+    /// provably current. A failed load is returned, never cached.
+    pub async fn context(&self, namespace: &str, needs: &ContextNeeds) -> Result<Context, ContextError> {
         use std::sync::atomic::Ordering;
         let Ok(now) = self.store.revision().await else {
-            return self.load(namespace).await;
+            return self.load(namespace, needs).await;
         };
         let caught_up = async {
             loop {
@@ -102,58 +171,98 @@ impl InProcessAdmission {
             .await
             .is_err()
         {
-            return self.load(namespace).await;
+            return self.load(namespace, needs).await;
         }
         let changed = self.cache.last_change.lock().get(namespace).copied().unwrap_or(0);
-        if let Some((loaded_at, ctx)) = self.cache.entries.lock().get(namespace)
-            && *loaded_at >= changed
+        if let Some(entries) = self.cache.entries.lock().get(namespace)
+            && let Some((_, _, ctx)) = entries
+                .iter()
+                .find(|(n, loaded_at, _)| n == needs && *loaded_at >= changed)
         {
-            return ctx.clone();
+            return Ok(ctx.clone());
         }
-        let ctx = self.load(namespace).await;
-        self.cache
-            .entries
-            .lock()
-            .insert(namespace.to_owned(), (now, ctx.clone()));
-        ctx
+        let ctx = self.load(namespace, needs).await?;
+        let mut entries = self.cache.entries.lock();
+        let list = entries.entry(namespace.to_owned()).or_default();
+        list.retain(|(n, _, _)| n != needs);
+        list.push((needs.clone(), now, ctx.clone()));
+        Ok(ctx)
     }
 
-    /// The labels of `namespace` and the PodDefaults in it, read from the store.
-    async fn load(&self, namespace: &str) -> Context {
-        let mut ctx = Context::default();
-        if namespace.is_empty() {
-            return ctx;
-        }
-        if let Ok(Some(kv)) = self.store.get(&format!("/k8s/core/namespaces/{namespace}")).await
-            && let Ok(ns) = serde_json::from_slice::<Value>(&kv.value)
-        {
-            ctx.namespace_labels = ns["metadata"]["labels"]
-                .as_object()
-                .map(|m| {
-                    m.iter()
-                        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
-                        .collect()
-                })
-                .unwrap_or_else(BTreeMap::new);
-        }
-        if let Some(res) = ApiServer::resource("kubeflow.org", "v1alpha1", "poddefaults") {
-            let prefix = format!("{}{namespace}/", res.type_prefix());
-            let mut defaults = Vec::new();
-            let mut after: Option<String> = None;
-            while let Ok(page) = self.store.list(&prefix, 1000, after.as_deref()).await {
-                defaults.extend(
-                    page.items
-                        .iter()
-                        .filter_map(|kv| ApiServer::decode_record(res, kv).ok()),
+    /// Every record under `prefix`, decoded as `res`.
+    async fn list_all(&self, res: &kfsec_api::Resource, prefix: &str) -> Result<Vec<Value>, ContextError> {
+        let mut out = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = self
+                .store
+                .list(prefix, 1000, after.as_deref())
+                .await
+                .map_err(|source| ContextError::Store {
+                    what: prefix.to_owned(),
+                    source,
+                })?;
+            for kv in &page.items {
+                out.push(
+                    ApiServer::decode_record(res, kv).map_err(|source| ContextError::Decode {
+                        what: kv.key.clone(),
+                        source,
+                    })?,
                 );
-                match page.continue_key {
-                    Some(k) => after = Some(k),
-                    None => break,
-                }
             }
+            match page.continue_key {
+                Some(k) => after = Some(k),
+                None => return Ok(out),
+            }
+        }
+    }
+
+    /// Exactly what `needs` declares about `namespace`, read from the store.
+    async fn load(&self, namespace: &str, needs: &ContextNeeds) -> Result<Context, ContextError> {
+        let mut ctx = Context::default();
+        if needs.settings {
+            ctx.settings = self.settings.clone();
+        }
+        if namespace.is_empty() {
+            return Ok(ctx);
+        }
+        if needs.namespace_labels
+            && let Some(res) = namespaces()
+        {
+            let key = res.key("", namespace);
+            let found = self.store.get(&key).await.map_err(|source| ContextError::Store {
+                what: key.clone(),
+                source,
+            })?;
+            if let Some(kv) = found {
+                let ns = ApiServer::decode_record(res, &kv).map_err(|source| ContextError::Decode {
+                    what: key.clone(),
+                    source,
+                })?;
+                ctx.namespace_labels = ns["metadata"]["labels"]
+                    .as_object()
+                    .map(|m| {
+                        m.iter()
+                            .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
+                            .collect()
+                    })
+                    .unwrap_or_else(BTreeMap::new);
+            }
+        }
+        if needs.pod_defaults
+            && let Some(res) = poddefaults()
+        {
+            let defaults = self.list_all(res, &res.list_prefix(Some(namespace))).await?;
             ctx = ctx.with_pod_defaults(&defaults);
         }
-        ctx
+        let mut objects = Vec::new();
+        for (api_version, kind) in &needs.objects {
+            // A kind kfsec does not serve has no objects here.
+            if let Some(res) = kfsec_api::registry::find_kind(api_version, kind) {
+                objects.extend(self.list_all(res, &res.list_prefix(Some(namespace))).await?);
+            }
+        }
+        Ok(ctx.with_objects(objects))
     }
 }
 
@@ -186,26 +295,32 @@ impl kfsec_api::Admission for InProcessAdmission {
             dry_run: Some(r.dry_run),
             ..Default::default()
         };
-        // Cheap pre-check: most writes match no webhook and need no context.
-        if !self.chain.wants(&req, &BTreeMap::new()) && !self.chain_may_want_labels(&req) {
+        // Most writes match no webhook and need no context.
+        let Some(needs) = self.chain.needs(&req) else {
             return Ok(());
-        }
-        let ctx = self.context(r.namespace).await;
+        };
+        let ctx = match self.context(r.namespace, &needs).await {
+            Ok(ctx) => ctx,
+            Err(e) => {
+                let Some(webhook) = self.chain.failing_webhook(&req) else {
+                    tracing::warn!(error = %e, namespace = r.namespace, "admission context not loaded; every webhook concerned has failurePolicy Ignore, admitted without them");
+                    return Ok(());
+                };
+                tracing::error!(error = %e, webhook, namespace = r.namespace, "admission context not loaded; write refused (failurePolicy Fail)");
+                return Err(AdmissionDenied {
+                    webhook: webhook.to_owned(),
+                    code: 500,
+                    message: String::new(),
+                    call_failed: true,
+                });
+            }
+        };
         self.chain.admit(&req, &ctx, object).map_err(|d| AdmissionDenied {
             webhook: d.webhook,
             code: d.code,
             message: d.message,
+            call_failed: false,
         })
-    }
-}
-
-impl InProcessAdmission {
-    /// Whether a namespace selector could make a webhook want `req` (resource rules matched).
-    fn chain_may_want_labels(&self, req: &AdmissionRequest) -> bool {
-        matches!(
-            req.resource.resource.as_str(),
-            "pods" | "experiments" | "inferenceservices" | "pvcviewers"
-        )
     }
 }
 
@@ -446,16 +561,25 @@ pub fn webhook_router(admission: Arc<InProcessAdmission>) -> axum::Router {
     let mut router = axum::Router::new();
     for hook in kfsec_admission::all_webhooks() {
         let path = hook.path().to_owned();
+        let needs = Arc::new(hook.context_needs());
         let hook: Arc<dyn kfsec_admission::Webhook> = Arc::from(hook);
         let admission = admission.clone();
         router = router.route(
             &path,
             axum::routing::post(move |body: axum::body::Bytes| {
-                let (hook, admission) = (hook.clone(), admission.clone());
+                let (hook, admission, needs) = (hook.clone(), admission.clone(), needs.clone());
                 async move {
                     match kfsec_admission::parse_review(&body) {
                         Ok(review) => {
-                            let ctx = admission.context(&review.request.namespace).await;
+                            let ctx = match admission.context(&review.request.namespace, &needs).await {
+                                Ok(ctx) => ctx,
+                                Err(e) => {
+                                    // The calling API server applies the webhook's failurePolicy.
+                                    tracing::error!(error = %e, webhook = hook.name(), namespace = %review.request.namespace, "admission context not loaded; review answered 500");
+                                    return (StatusCode::INTERNAL_SERVER_ERROR, "the webhook could not be run\n")
+                                        .into_response();
+                                }
+                            };
                             let out = kfsec_admission::review_parsed(&review, hook.as_ref(), &ctx);
                             let mut r = (StatusCode::OK, out).into_response();
                             r.headers_mut()

@@ -1,28 +1,51 @@
 //! In-process admission: Pods created through the API get their namespace's PodDefaults, and a
-//! conflicting set is refused with Kubernetes' webhook-denial message.
+//! conflicting set is refused with Kubernetes' webhook-denial message; Katib trial pods get the
+//! trial labels; a context that cannot be loaded refuses the write (failurePolicy Fail).
 
 use crate::harness::*;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn poddefaults_apply_to_pods_created_through_the_api() {
+/// A kfsec with namespace `ns` labelled `label` (`key=value`), and kubectl for it.
+async fn start_with_namespace(ns: &str, label: &str) -> (Kfsec, crate::rbac::Kubectl) {
     let k = Kfsec::start("").await;
     let kc = crate::rbac::Kubectl::new(k._dir.path());
-    assert_eq!(kc.run(&["create", "namespace", "team"], None).await.0, 0);
+    assert_eq!(kc.run(&["create", "namespace", ns], None).await.0, 0);
+    assert_eq!(kc.run(&["label", "namespace", ns, label], None).await.0, 0);
+    (k, kc)
+}
+
+/// A client of the webhook listener that verifies the PodDefault webhook Service's certificate,
+/// and the URL of `/apply-poddefault`.
+fn poddefault_webhook(k: &Kfsec) -> (reqwest::Client, String) {
+    let host = "poddefaults-webhook-service.kubeflow.svc";
+    let client = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(k.running.ca_pem.as_bytes()).unwrap()])
+        .resolve(host, k.running.webhook_addr)
+        .build()
+        .unwrap();
+    let url = format!("https://{host}:{}/apply-poddefault", k.running.webhook_addr.port());
+    (client, url)
+}
+
+/// An AdmissionReview of creating a Pod labelled `add-env: "true"` in `team`.
+fn pod_review(uid: &str) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "request": {
+            "uid": uid,
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "namespace": "team", "operation": "CREATE",
+            "userInfo": {"username": "u"},
+            "object": {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": "team", "labels": {"add-env": "true"}},
+                       "spec": {"containers": [{"name": "main", "image": "x"}]}}
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poddefaults_apply_to_pods_created_through_the_api() {
     // Kubeflow registers the PodDefault webhook for profile namespaces only
-    assert_eq!(
-        kc.run(
-            &[
-                "label",
-                "namespace",
-                "team",
-                "app.kubernetes.io/part-of=kubeflow-profile"
-            ],
-            None
-        )
-        .await
-        .0,
-        0
-    );
+    let (k, kc) = start_with_namespace("team", "app.kubernetes.io/part-of=kubeflow-profile").await;
     let pd = |name: &str, value: &str| {
         format!(
             "apiVersion: kubeflow.org/v1alpha1\nkind: PodDefault\nmetadata:\n  name: {name}\n  namespace: team\nspec:\n  selector:\n    matchLabels:\n      add-gcp-secret: \"true\"\n  desc: d\n  env:\n  - name: GOOGLE_APPLICATION_CREDENTIALS\n    value: {value}\n  volumeMounts:\n  - name: secret-volume\n    mountPath: /secret/gcp\n  volumes:\n  - name: secret-volume\n    secret:\n      secretName: user-gcp-sa\n"
@@ -104,25 +127,8 @@ async fn webhook_listener_answers_admission_reviews_with_its_own_certificate() {
     assert_eq!(kc.run(&["create", "namespace", "team"], None).await.0, 0);
     let pd = "apiVersion: kubeflow.org/v1alpha1\nkind: PodDefault\nmetadata:\n  name: add-env\n  namespace: team\nspec:\n  selector:\n    matchLabels:\n      add-env: \"true\"\n  desc: d\n  env:\n  - name: A\n    value: b\n";
     assert_eq!(kc.run(&["apply", "-f", "-"], Some(pd)).await.0, 0);
-    let host = "poddefaults-webhook-service.kubeflow.svc";
-    let client = reqwest::Client::builder()
-        .tls_certs_only([reqwest::Certificate::from_pem(k.running.ca_pem.as_bytes()).unwrap()])
-        .resolve(host, k.running.webhook_addr)
-        .build()
-        .unwrap();
-    let review = serde_json::json!({
-        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
-        "request": {
-            "uid": "705ab4f5-6393-11e8-b7cc-42010a800002",
-            "kind": {"group": "", "version": "v1", "kind": "Pod"},
-            "resource": {"group": "", "version": "v1", "resource": "pods"},
-            "namespace": "team", "operation": "CREATE",
-            "userInfo": {"username": "u"},
-            "object": {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": "team", "labels": {"add-env": "true"}},
-                       "spec": {"containers": [{"name": "main", "image": "x"}]}}
-        }
-    });
-    let url = format!("https://{host}:{}/apply-poddefault", k.running.webhook_addr.port());
+    let (client, url) = poddefault_webhook(&k);
+    let review = pod_review("705ab4f5-6393-11e8-b7cc-42010a800002");
     let r = client
         .post(&url)
         .json(&review)
@@ -150,5 +156,181 @@ async fn webhook_listener_answers_admission_reviews_with_its_own_certificate() {
     // malformed input is a 400, not a 500
     let r = client.post(&url).body("{not json").send().await.unwrap();
     assert_eq!(r.status(), 400);
+    k.running.shutdown().await;
+}
+
+/// A Katib Experiment, its Trial and the Trial's pod, all created through kfsec's API: the pod
+/// comes back mutated by Katib's trial pod mutator (the Trial is found in the admission context).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn katib_trial_pods_created_through_the_api_are_mutated() {
+    let (k, kc) = start_with_namespace("hp", "katib.kubeflow.org/metrics-collector-injection=enabled").await;
+    let experiment = serde_json::json!({
+        "apiVersion": "kubeflow.org/v1beta1", "kind": "Experiment",
+        "metadata": {"name": "random-example", "namespace": "hp"},
+        "spec": {
+            "objective": {"type": "maximize", "goal": 0.99, "objectiveMetricName": "Validation-accuracy"},
+            "algorithm": {"algorithmName": "random"},
+            "maxTrialCount": 12, "maxFailedTrialCount": 3, "parallelTrialCount": 3,
+            "parameters": [{"name": "lr", "parameterType": "double", "feasibleSpace": {"min": "0.01", "max": "0.03"}}],
+            "trialTemplate": {
+                "primaryContainerName": "training-container",
+                "trialParameters": [{"name": "learningRate", "description": "Learning rate", "reference": "lr"}],
+                "trialSpec": {"apiVersion": "batch/v1", "kind": "Job", "spec": {"template": {"spec": {
+                    "containers": [{"name": "training-container", "image": "docker.io/kubeflowkatib/mxnet-mnist:latest",
+                                    "command": ["python3", "/opt/mxnet-mnist/mnist.py", "--lr=${trialParameters.learningRate}"]}],
+                    "restartPolicy": "Never"}}}}
+            },
+            "metricsCollectorSpec": {"collector": {"kind": "StdOut"}}
+        }
+    });
+    let (code, _, err) = kc.run(&["apply", "-f", "-"], Some(&experiment.to_string())).await;
+    assert_eq!(code, 0, "{err}");
+    let (_, out, _) = kc
+        .run(&["get", "experiment", "random-example", "-n", "hp", "-o", "json"], None)
+        .await;
+    let exp: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let trial = serde_json::json!({
+        "apiVersion": "kubeflow.org/v1beta1", "kind": "Trial",
+        "metadata": {"name": "random-example-x7k2p", "namespace": "hp",
+                     "labels": {"katib.kubeflow.org/experiment": "random-example"},
+                     "ownerReferences": [{"apiVersion": "kubeflow.org/v1beta1", "kind": "Experiment",
+                                          "name": "random-example", "uid": exp["metadata"]["uid"], "controller": true}]},
+        "spec": {"primaryContainerName": "training-container", "metricsCollector": {"collector": {"kind": "StdOut"}}}
+    });
+    let (code, _, err) = kc.run(&["apply", "-f", "-"], Some(&trial.to_string())).await;
+    assert_eq!(code, 0, "{err}");
+    let (_, out, _) = kc
+        .run(
+            &["get", "trial", "random-example-x7k2p", "-n", "hp", "-o", "json"],
+            None,
+        )
+        .await;
+    let trial: serde_json::Value = serde_json::from_str(&out).unwrap();
+    // the trial's own workload: a pod the Trial owns (kfsec serves no batch Jobs)
+    let pod = |name: &str, owner: &serde_json::Value| {
+        serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": "hp",
+                         "ownerReferences": [{"apiVersion": owner["apiVersion"], "kind": owner["kind"],
+                                              "name": owner["metadata"]["name"], "uid": owner["metadata"]["uid"],
+                                              "controller": true}]},
+            "spec": {"containers": [{"name": "training-container", "image": "docker.io/kubeflowkatib/mxnet-mnist:latest"}]}
+        })
+        .to_string()
+    };
+    let (code, _, err) = kc
+        .run(&["apply", "-f", "-"], Some(&pod("random-example-x7k2p", &trial)))
+        .await;
+    assert_eq!(code, 0, "{err}");
+    let (_, out, _) = kc
+        .run(&["get", "pod", "random-example-x7k2p", "-n", "hp", "-o", "json"], None)
+        .await;
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        v["metadata"]["labels"]["katib.kubeflow.org/trial"], "random-example-x7k2p",
+        "{v}"
+    );
+    assert_eq!(
+        v["metadata"]["labels"]["katib.kubeflow.org/experiment"], "random-example",
+        "{v}"
+    );
+    assert_eq!(v["spec"]["containers"][0]["env"][0]["name"], "KATIB_TRIAL_NAME", "{v}");
+    assert_eq!(
+        v["spec"]["containers"][0]["env"][0]["valueFrom"]["fieldRef"]["fieldPath"],
+        "metadata.labels['katib.kubeflow.org/trial']"
+    );
+    // a pod owned by the Experiment (not a Trial) is left alone
+    let (code, _, err) = kc.run(&["apply", "-f", "-"], Some(&pod("other", &exp))).await;
+    assert_eq!(code, 0, "{err}");
+    let (_, out, _) = kc.run(&["get", "pod", "other", "-n", "hp", "-o", "json"], None).await;
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(v["metadata"]["labels"]["katib.kubeflow.org/trial"].is_null(), "{v}");
+    assert!(v["spec"]["containers"][0]["env"].is_null(), "{v}");
+    k.running.shutdown().await;
+}
+
+/// A PodDefault record that cannot be read makes the namespace's context unloadable: a Pod the
+/// PodDefault webhook (failurePolicy Fail) would see is refused with a generic 500 — not admitted
+/// without its PodDefaults, and nothing of the failure is cached — and once the record is fixed
+/// the next Pod gets every PodDefault.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poddefault_that_cannot_be_loaded_refuses_the_pod_until_fixed() {
+    // Kubeflow registers the PodDefault webhook for profile namespaces only
+    let (k, kc) = start_with_namespace("team", "app.kubernetes.io/part-of=kubeflow-profile").await;
+    let pd = "apiVersion: kubeflow.org/v1alpha1\nkind: PodDefault\nmetadata:\n  name: add-a\n  namespace: team\nspec:\n  selector:\n    matchLabels:\n      add-env: \"true\"\n  desc: d\n  env:\n  - name: A\n    value: a\n";
+    let (code, _, err) = kc.run(&["apply", "-f", "-"], Some(pd)).await;
+    assert_eq!(code, 0, "{err}");
+    let pod = |name: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: team\n  labels:\n    add-env: \"true\"\nspec:\n  containers:\n  - name: main\n    image: x\n"
+        )
+    };
+    let envs = |name: &'static str| {
+        let kc = &kc;
+        async move {
+            let (_, out, _) = kc.run(&["get", "pod", name, "-n", "team", "-o", "json"], None).await;
+            let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+            let mut names: Vec<String> = v["spec"]["containers"][0]["env"]
+                .as_array()
+                .map(|a| a.iter().map(|e| e["name"].as_str().unwrap().to_owned()).collect())
+                .unwrap_or_default();
+            names.sort();
+            names
+        }
+    };
+    // the context of "team" is loaded and cached
+    let (code, _, err) = kc.run(&["apply", "-f", "-"], Some(&pod("p1"))).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(envs("p1").await, ["A"]);
+    // a second PodDefault whose record is corrupt
+    let key = "/k8s/kubeflow.org/poddefaults/team/add-b";
+    k.running
+        .store
+        .put(key, b"{\"apiVersion\": \"kubeflow.org/v1al".to_vec(), None)
+        .await
+        .unwrap();
+    for attempt in ["p2", "p2"] {
+        let (code, _, err) = kc.run(&["apply", "-f", "-"], Some(&pod(attempt))).await;
+        assert_ne!(code, 0, "admitted without its PodDefaults");
+        assert!(
+            err.contains("InternalError")
+                && err.contains("failed calling webhook \"poddefaults-webhook-deployment.kubeflow.org\""),
+            "{err}"
+        );
+        for internal in ["add-b", "/k8s/", "corrupt", "EOF", "decod"] {
+            assert!(!err.contains(internal), "internal text {internal:?} in {err}");
+        }
+        assert_ne!(
+            kc.run(&["get", "pod", "p2", "-n", "team"], None).await.0,
+            0,
+            "nothing was written"
+        );
+    }
+    // writes no webhook concerned with the context sees still go through
+    assert_eq!(kc.run(&["create", "configmap", "cm", "-n", "team"], None).await.0, 0);
+    // the webhook listener answers such a review with 500 (the API server applies failurePolicy)
+    let (client, url) = poddefault_webhook(&k);
+    let review = pod_review("705ab4f5-6393-11e8-b7cc-42010a800003");
+    let r = client.post(&url).json(&review).send().await.unwrap();
+    assert_eq!(r.status(), 500);
+    let body = r.text().await.unwrap();
+    assert!(!body.contains("add-b") && !body.contains("/k8s/"), "{body}");
+    // fixed: the next pod gets both PodDefaults
+    let fixed = serde_json::json!({
+        "apiVersion": "kubeflow.org/v1alpha1", "kind": "PodDefault",
+        "metadata": {"name": "add-b", "namespace": "team", "uid": "0b6f1c3e-5a1b-4c59-9d1e-2f0c8f6f0b01",
+                     "creationTimestamp": "2026-01-01T00:00:00Z"},
+        "spec": {"selector": {"matchLabels": {"add-env": "true"}}, "desc": "d", "env": [{"name": "B", "value": "b"}]}
+    });
+    k.running
+        .store
+        .put(key, fixed.to_string().into_bytes(), None)
+        .await
+        .unwrap();
+    let (code, _, err) = kc.run(&["apply", "-f", "-"], Some(&pod("p3"))).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(envs("p3").await, ["A", "B"]);
+    let r = client.post(&url).json(&review).send().await.unwrap();
+    assert_eq!(r.status(), 200);
     k.running.shutdown().await;
 }
