@@ -56,13 +56,7 @@ async fn kfsec_login_uses_the_device_flow() {
     assert!(r.status().is_redirection());
     let (form, form_url) = b.follow(location(&r)).await;
     assert_eq!(form.status(), 200);
-    let r = b.post_form(&form_url, &[("login", USER), ("password", PASSWORD)]).await;
-    let mut next = location(&r).to_owned();
-    if next.starts_with("/dex/approval") {
-        let req = query_param(&next, "req").unwrap();
-        let r = b.post_form(&next, &[("req", &req), ("approval", "approve")]).await;
-        next = location(&r).to_owned();
-    }
+    let next = login_and_approve(&mut b, &form_url).await;
     assert!(next.starts_with("/dex/device/callback?"), "{next}");
     let done = b.get(&next).await;
     assert_eq!(done.status(), 200);

@@ -265,3 +265,16 @@ pub fn test_claims(k: &Kfsec, iss: &str, aud: &str, exp_from_now: i64) -> kfsec_
         preferred_username: None,
     }
 }
+
+/// Submits [`USER`]'s password on the login form at `form_url` and approves the request if the
+/// approval screen follows; returns where the IdP sends the browser next.
+pub async fn login_and_approve(b: &mut Browser, form_url: &str) -> String {
+    let r = b.post_form(form_url, &[("login", USER), ("password", PASSWORD)]).await;
+    let mut next = location(&r).to_owned();
+    if next.starts_with("/dex/approval") {
+        let req = query_param(&next, "req").unwrap();
+        let r = b.post_form(&next, &[("req", &req), ("approval", "approve")]).await;
+        next = location(&r).to_owned();
+    }
+    next
+}

@@ -317,13 +317,7 @@ async fn a_device_login_code_completes_only_its_own_user_code() {
         .post_form("/dex/device/auth/verify_code", &[("user_code", ours)])
         .await;
     let (_, form_url) = b.follow(location(&r)).await;
-    let r = b.post_form(&form_url, &[("login", USER), ("password", PASSWORD)]).await;
-    let mut next = location(&r).to_owned();
-    if next.starts_with("/dex/approval") {
-        let req = query_param(&next, "req").unwrap();
-        let r = b.post_form(&next, &[("req", &req), ("approval", "approve")]).await;
-        next = location(&r).to_owned();
-    }
+    let next = login_and_approve(&mut b, &form_url).await;
     assert!(next.starts_with("/dex/device/callback?"), "{next}");
     // …and tries to hand the resulting code to the victim's user code
     let code = query_param(&next, "code").unwrap();
