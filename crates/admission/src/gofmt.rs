@@ -515,7 +515,6 @@ pub(crate) fn sharp_v_strings(items: &[String]) -> String {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
     use serde_json::json;
 

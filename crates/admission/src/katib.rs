@@ -1224,7 +1224,6 @@ impl Webhook for TrialPodMutator {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
     use super::*;
 

@@ -877,7 +877,6 @@ impl Webhook for PodDefaultWebhook {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
     use serde_json::json;
 

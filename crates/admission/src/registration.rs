@@ -295,7 +295,6 @@ pub fn by_path(webhooks: &[Box<dyn Webhook>]) -> BTreeMap<String, Registration> 
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
     use super::*;
 

@@ -344,7 +344,6 @@ pub fn review(body: &[u8], webhook: &dyn Webhook, ctx: &Context) -> Result<Vec<u
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
     use super::*;
 

@@ -421,7 +421,6 @@ pub(crate) fn label_value_errors(value: &str) -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
     use serde_json::json;
 

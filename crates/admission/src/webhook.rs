@@ -245,7 +245,6 @@ impl Context {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::panic)]
 
     use serde_json::json;
 

@@ -1,7 +1,7 @@
 //! The in-process chain (selection by rules, namespace selector and match conditions; mutation
 //! then validation; Kubernetes' denial text) and the webhook-configuration manifests.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test-only crate: helpers outside #[test] fns may fail loudly
 
 use kfsec_admission::review::{GroupVersionKind, GroupVersionResource, UserInfo};
 use kfsec_admission::{AdmissionRequest, Chain, Context, Operation, all_webhooks, manifests};

@@ -4,7 +4,7 @@
 //! The context comes from `<path>/context.json`, or `<case>.context.json` when present.
 //! `BLESS=1 cargo test -p kfsec-admission --test fixtures` rewrites the response files.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test-only crate: helpers outside #[test] fns may fail loudly
 
 use std::collections::BTreeMap;
 use std::fs;

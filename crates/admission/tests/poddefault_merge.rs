@@ -3,7 +3,7 @@
 //! initContainers, sidecars, labels, annotations, serviceAccountName,
 //! automountServiceAccountToken, command/args) plus selection, exclusion and the messages.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test-only crate: helpers outside #[test] fns may fail loudly
 
 use kfsec_admission::{PodDefaultError, apply_poddefaults};
 use serde_json::{Value, json};

@@ -138,7 +138,6 @@ impl Authorize for kfsec_authz::Authorizer {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
     use super::*;
 

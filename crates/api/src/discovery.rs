@@ -209,7 +209,6 @@ fn openapi_v3_gv(group: &str, version: &str) -> Option<Value> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
     use super::*;
 

@@ -109,7 +109,6 @@ fn decode_continue(token: &str, prefix: &str) -> Result<(String, Revision), ApiE
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
     use super::*;
 

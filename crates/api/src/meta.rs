@@ -244,7 +244,6 @@ pub fn name_suffix(rng: &dyn Rng) -> String {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
     use super::*;
 

@@ -684,7 +684,6 @@ fn restore_identity(new: &mut Value, from: &Value) -> Result<(), ApiError> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
     use super::*;
 

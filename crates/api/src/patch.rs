@@ -282,7 +282,6 @@ fn merge_list(doc: &mut Vec<Value>, patch: &[Value], key: &str, path: &str) -> R
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
     use super::*;
     use serde_json::json;

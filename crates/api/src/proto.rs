@@ -460,7 +460,6 @@ pub fn decode_body(body: &[u8]) -> Result<Value, ProtoError> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
     use super::*;
     use serde_json::json;

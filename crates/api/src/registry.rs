@@ -446,7 +446,6 @@ pub fn namespaced_storage() -> impl Iterator<Item = &'static Resource> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
     use super::*;
 

@@ -324,7 +324,6 @@ pub fn json_selector_matches(sel: &Value, labels: Option<&Value>) -> bool {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
     use super::*;
     use serde_json::json;

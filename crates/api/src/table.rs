@@ -193,7 +193,6 @@ pub fn table(kind: &str, items: &[Value], version: &str, include: Include, now: 
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
     use super::*;
 

@@ -2,8 +2,6 @@
 //!
 //! Invariants: test-only.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
 use std::sync::Arc;
 use std::time::Duration;
 

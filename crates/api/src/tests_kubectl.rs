@@ -4,8 +4,6 @@
 //!
 //! Invariants: test-only; kubectl runs with its own KUBECONFIG, HOME and cache dir in a temp dir.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;

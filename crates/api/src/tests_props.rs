@@ -3,8 +3,6 @@
 //!
 //! Invariants: test-only.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
 use proptest::prelude::*;
 use serde_json::json;
 

@@ -4,7 +4,6 @@
 //! bodies built to be quadratic stay fast, and oversized JSON patches are refused.
 
 #![allow(clippy::disallowed_methods)] // timing assertions (quadratic-body regressions) measure real elapsed time
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

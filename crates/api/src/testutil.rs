@@ -3,8 +3,6 @@
 //!
 //! Invariants: test-only; the identity layer trusts the bearer token blindly by design.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 

@@ -454,7 +454,6 @@ pub fn kubeflow_default_cluster_roles() -> Vec<ClusterRole> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
     use std::collections::HashSet;
 

@@ -2,7 +2,7 @@
 //! `rule.go` semantics), plus aggregation, service accounts, namespace confinement, reason texts,
 //! rules_for, explain and incremental updates.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test-only crate: helpers outside #[test] fns may fail loudly
 
 use kfsec_authz::rbac::{
     ClusterRole, ClusterRoleBinding, LabelSelector, LabelSelectorRequirement, PolicyRule, Role, RoleBinding, RoleRef,

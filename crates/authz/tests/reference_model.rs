@@ -9,7 +9,7 @@
 //! decided by both and must agree; incremental updates are checked the same way, and against a
 //! rebuild from the final objects.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test-only crate: helpers outside #[test] fns may fail loudly
 
 use std::collections::{BTreeMap, HashMap};
 

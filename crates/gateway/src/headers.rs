@@ -157,7 +157,6 @@ pub fn sanitize(h: &mut HeaderMap, reserved: &Reserved, socket_peer: Option<IpAd
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use super::*;
 
     fn reserved() -> Reserved {

@@ -887,7 +887,6 @@ pub fn serve_plain_dedicated(
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]

@@ -519,7 +519,6 @@ fn bad_gateway(path: &str) -> Response<Body> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]

@@ -248,7 +248,6 @@ fn json_part<T: DeserializeOwned>(part: &str) -> Result<T, JwtError> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     #![allow(clippy::disallowed_methods)] // signs test tokens with aws-lc-rs, whose RSA API takes its own SecureRandom
     use super::*;
 

@@ -565,7 +565,6 @@ impl Drop for Permit {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::panic)]
     use super::*;
     use kfsec_store::MemoryStore;
     use kfsec_types::{ManualClock, UnixTime};

@@ -175,7 +175,6 @@ pub async fn write(store: &dyn Store, email: &str, now_ms: u64) -> Result<u64, S
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[tokio::test]

@@ -92,7 +92,6 @@ impl SaltedDigest {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use super::*;
 
     struct Counter(std::sync::atomic::AtomicU8);

@@ -311,7 +311,6 @@ pub fn validate_email(email: &str) -> Result<(), IdpError> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use super::*;
     use kfsec_store::MemoryStore;
     use kfsec_types::{ManualClock, UnixTime};

@@ -183,7 +183,6 @@ pub fn list_response(items_key: &str, items: Vec<Value>, total: usize, next: &st
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use serde_json::json;
 
     use super::*;

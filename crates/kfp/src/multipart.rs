@@ -188,7 +188,6 @@ pub fn file(content_type: &str, body: &[u8], field: &str) -> Result<Upload, Mult
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
 
     const CT: &str = "multipart/form-data; boundary=XyZ";

@@ -253,7 +253,6 @@ fn spec_from_docs(docs: Vec<Value>) -> KfpResult<Spec> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use std::io::Write;
 
     use super::*;

@@ -1,7 +1,7 @@
 //! End-to-end tests through the router (in-memory store, a recording fake authorizer): the
 //! authorization table and KFP's error JSON, namespaces, paging / sort / filter over HTTP,
 //! package integrity (tampered bytes → DataLoss), the report endpoint, and bad input.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::type_complexity)]
+#![allow(clippy::type_complexity)]
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -77,7 +77,6 @@ impl<W: fmt::Write> fmt::Write for Escaper<W> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
     use super::*;
 

@@ -508,7 +508,6 @@ async fn is_cluster_admin(
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]
@@ -537,7 +536,6 @@ mod tests {
 mod failure_tests {
     //! A store that fails on demand: every KFAM surface answers a failure with 503 and an
     //! incident id, never with the store's text and never as a refusal.
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
 
     use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
     use std::time::Duration;

@@ -5,7 +5,7 @@
 //! [`test_options`] (no background sweeper, small log and channels) and describe it in a
 //! [`Harness`].
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a conformance suite: a failed expectation is the report
 
 use std::future::Future;
 use std::pin::Pin;

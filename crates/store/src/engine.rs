@@ -496,7 +496,6 @@ pub(crate) fn decode_event(b: &[u8]) -> Result<WatchEvent, StoreError> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
 
     #[test]

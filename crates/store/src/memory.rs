@@ -241,7 +241,6 @@ impl Store for MemoryStore {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
     use crate::conformance;
     use kfsec_types::{ManualClock, UnixTime};

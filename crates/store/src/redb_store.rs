@@ -432,7 +432,6 @@ impl Store for RedbStore {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
     use crate::conformance;
     use kfsec_types::{ManualClock, UnixTime};

@@ -147,7 +147,6 @@ pub fn normalize(path: &str) -> Result<String, PathError> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]

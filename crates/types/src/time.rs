@@ -93,7 +93,6 @@ fn num_in(s: &str, r: std::ops::Range<usize>) -> Option<i64> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
 
     #[test]

@@ -1,6 +1,6 @@
 //! Integration tests: one binary that boots real kfsec servers on 127.0.0.1:0 and drives them
 //! with real clients (HTTP/2 over TLS, an OpenID Connect relying party, openssl, the CLI).
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test-only crate: helpers outside #[test] fns may fail loudly
 
 mod admission;
 mod attacks;
