@@ -7,7 +7,9 @@
 //! aggregating role, k8s#65171); every leaf reaches the top-level aggregators only through labels,
 //! so view ⊂ edit ⊂ admin holds by construction of the selectors.
 
-use crate::rbac::{ClusterRole, LabelSelector, PolicyRule, WILDCARD};
+use kfsec_types::LabelSelector;
+
+use crate::rbac::{ClusterRole, PolicyRule, WILDCARD};
 
 /// The label prefix of Kubeflow's aggregation labels.
 pub const KUBEFLOW_AGGREGATE_PREFIX: &str = "rbac.authorization.kubeflow.org/aggregate-to-";

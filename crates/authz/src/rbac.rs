@@ -1,16 +1,16 @@
 //! Kubernetes `rbac.authorization.k8s.io/v1` wire types: `PolicyRule`, `Role`, `ClusterRole` (with
 //! aggregation rules and label selectors), `RoleBinding`, `ClusterRoleBinding`, `Subject`, `RoleRef`,
-//! and a minimal `ObjectMeta`.
+//! over the shared `ObjectMeta` and `LabelSelector` of [`kfsec_types::meta`].
 //!
 //! Invariants: field names and omission rules follow the Kubernetes JSON exactly (camelCase, `verbs`
 //! and `rules` always present, optional lists omitted when empty); `null` is accepted wherever Go
 //! may write one for a nil slice or map; metadata fields this crate does not model are kept in
 //! [`ObjectMeta::extra`], and unknown subject or role-ref kinds are kept verbatim, so every object
-//! round-trips. These types carry no behaviour beyond constructors and label-selector matching.
+//! round-trips. These types carry no behaviour beyond constructors.
 
-use std::collections::BTreeMap;
 use std::fmt;
 
+use kfsec_types::meta::{LabelSelector, ObjectMeta};
 use serde::{Deserialize, Deserializer, Serialize};
 
 /// The RBAC API group.
@@ -31,63 +31,6 @@ where
 
 fn default_api_version() -> String {
     RBAC_API_VERSION.to_owned()
-}
-
-/// The subset of `metav1.ObjectMeta` the RBAC engine reads; everything else is kept in `extra`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ObjectMeta {
-    /// Object name.
-    #[serde(default, deserialize_with = "null_default", skip_serializing_if = "String::is_empty")]
-    pub name: String,
-    /// Namespace; empty for cluster-scoped objects.
-    #[serde(default, deserialize_with = "null_default", skip_serializing_if = "String::is_empty")]
-    pub namespace: String,
-    /// Labels (used by ClusterRole aggregation).
-    #[serde(
-        default,
-        deserialize_with = "null_default",
-        skip_serializing_if = "BTreeMap::is_empty"
-    )]
-    pub labels: BTreeMap<String, String>,
-    /// Annotations.
-    #[serde(
-        default,
-        deserialize_with = "null_default",
-        skip_serializing_if = "BTreeMap::is_empty"
-    )]
-    pub annotations: BTreeMap<String, String>,
-    /// The store revision that last wrote the object.
-    #[serde(default, deserialize_with = "null_default", skip_serializing_if = "String::is_empty")]
-    pub resource_version: String,
-    /// Unique id.
-    #[serde(default, deserialize_with = "null_default", skip_serializing_if = "String::is_empty")]
-    pub uid: String,
-    /// RFC 3339 creation time; Kubernetes writes `null` when unset.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub creation_timestamp: Option<String>,
-    /// Every other metadata field (ownerReferences, finalizers, generation, managedFields, …).
-    #[serde(flatten)]
-    pub extra: serde_json::Map<String, serde_json::Value>,
-}
-
-impl ObjectMeta {
-    /// Metadata with a name only (cluster-scoped objects).
-    pub fn named(name: impl Into<String>) -> Self {
-        Self {
-            name: name.into(),
-            ..Self::default()
-        }
-    }
-
-    /// Metadata with a namespace and a name.
-    pub fn namespaced(namespace: impl Into<String>, name: impl Into<String>) -> Self {
-        Self {
-            name: name.into(),
-            namespace: namespace.into(),
-            ..Self::default()
-        }
-    }
 }
 
 /// One RBAC rule. A resource rule has `apiGroups` and `resources`; a non-resource rule has
@@ -272,81 +215,6 @@ pub struct AggregationRule {
     /// A ClusterRole is selected if any selector matches its labels.
     #[serde(default, deserialize_with = "null_default", skip_serializing_if = "Vec::is_empty")]
     pub cluster_role_selectors: Vec<LabelSelector>,
-}
-
-/// `metav1.LabelSelector`: `matchLabels` and `matchExpressions`, all of which must hold.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct LabelSelector {
-    /// Exact `key: value` requirements.
-    #[serde(
-        default,
-        deserialize_with = "null_default",
-        skip_serializing_if = "BTreeMap::is_empty"
-    )]
-    pub match_labels: BTreeMap<String, String>,
-    /// Set-based requirements.
-    #[serde(default, deserialize_with = "null_default", skip_serializing_if = "Vec::is_empty")]
-    pub match_expressions: Vec<LabelSelectorRequirement>,
-}
-
-impl LabelSelector {
-    /// A selector requiring the single label `key=value`.
-    pub fn match_label(key: impl Into<String>, value: impl Into<String>) -> Self {
-        Self {
-            match_labels: BTreeMap::from([(key.into(), value.into())]),
-            match_expressions: Vec::new(),
-        }
-    }
-
-    /// Whether the selector is well formed: `In`/`NotIn` need values, `Exists`/`DoesNotExist` take
-    /// none, and no other operator exists. Kubernetes refuses to use an invalid selector.
-    pub fn is_valid(&self) -> bool {
-        self.match_expressions.iter().all(LabelSelectorRequirement::is_valid)
-    }
-
-    /// Whether `labels` satisfy every requirement. An empty selector matches everything; an invalid
-    /// one matches nothing.
-    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
-        self.is_valid()
-            && self.match_labels.iter().all(|(k, v)| labels.get(k) == Some(v))
-            && self.match_expressions.iter().all(|r| r.matches(labels))
-    }
-}
-
-/// One set-based requirement: `key` `operator` `values`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct LabelSelectorRequirement {
-    /// Label key.
-    pub key: String,
-    /// `In`, `NotIn`, `Exists` or `DoesNotExist` (kept as text so unknown operators round-trip).
-    pub operator: String,
-    /// Values for `In`/`NotIn`.
-    #[serde(default, deserialize_with = "null_default", skip_serializing_if = "Vec::is_empty")]
-    pub values: Vec<String>,
-}
-
-impl LabelSelectorRequirement {
-    fn is_valid(&self) -> bool {
-        match self.operator.as_str() {
-            "In" | "NotIn" => !self.values.is_empty(),
-            "Exists" | "DoesNotExist" => self.values.is_empty(),
-            _ => false,
-        }
-    }
-
-    fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
-        let value = labels.get(&self.key);
-        match self.operator.as_str() {
-            "In" => value.is_some_and(|v| self.values.contains(v)),
-            // NotIn also matches when the key is absent, as in Kubernetes.
-            "NotIn" => value.is_none_or(|v| !self.values.contains(v)),
-            "Exists" => value.is_some(),
-            "DoesNotExist" => value.is_none(),
-            _ => false,
-        }
-    }
 }
 
 /// Binds a Role or ClusterRole to subjects within one namespace.
@@ -646,35 +514,5 @@ mod tests {
             serde_json::to_value(&rule).unwrap(),
             json!({"verbs": ["get"], "apiGroups": [""], "resources": ["pods"], "resourceNames": ["a"]})
         );
-    }
-
-    #[test]
-    fn label_selector_operators() {
-        let labels = BTreeMap::from([("a".to_owned(), "1".to_owned()), ("b".to_owned(), "2".to_owned())]);
-        let req = |key: &str, op: &str, values: &[&str]| LabelSelector {
-            match_labels: BTreeMap::new(),
-            match_expressions: vec![LabelSelectorRequirement {
-                key: key.into(),
-                operator: op.into(),
-                values: values.iter().map(|v| (*v).to_owned()).collect(),
-            }],
-        };
-        assert!(LabelSelector::default().matches(&labels));
-        assert!(LabelSelector::match_label("a", "1").matches(&labels));
-        assert!(!LabelSelector::match_label("a", "2").matches(&labels));
-        assert!(req("a", "In", &["1", "3"]).matches(&labels));
-        assert!(!req("a", "In", &["3"]).matches(&labels));
-        assert!(!req("z", "In", &["1"]).matches(&labels));
-        assert!(req("a", "NotIn", &["3"]).matches(&labels));
-        assert!(req("z", "NotIn", &["3"]).matches(&labels));
-        assert!(!req("a", "NotIn", &["1"]).matches(&labels));
-        assert!(req("b", "Exists", &[]).matches(&labels));
-        assert!(!req("z", "Exists", &[]).matches(&labels));
-        assert!(req("z", "DoesNotExist", &[]).matches(&labels));
-        assert!(!req("a", "DoesNotExist", &[]).matches(&labels));
-        // Invalid selectors match nothing.
-        assert!(!req("a", "In", &[]).matches(&labels));
-        assert!(!req("a", "Exists", &["1"]).matches(&labels));
-        assert!(!req("a", "Gt", &["0"]).matches(&labels));
     }
 }

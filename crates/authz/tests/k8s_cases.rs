@@ -4,14 +4,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test-only crate: helpers outside #[test] fns may fail loudly
 
-use kfsec_authz::rbac::{
-    ClusterRole, ClusterRoleBinding, LabelSelector, LabelSelectorRequirement, PolicyRule, Role, RoleBinding, RoleRef,
-    Subject,
-};
+use kfsec_authz::rbac::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use kfsec_authz::{
     Attributes, Authorizer, BindingKind, Change, Decision, NonResourceRule, RbacKind, RbacObject, ResourceRule,
     kubeflow_default_cluster_roles,
 };
+use kfsec_types::{LabelSelector, LabelSelectorRequirement};
 
 fn groups(list: &str) -> Vec<String> {
     list.split(',').map(str::to_owned).collect()

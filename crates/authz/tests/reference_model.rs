@@ -14,10 +14,10 @@
 use std::collections::{BTreeMap, HashMap};
 
 use kfsec_authz::rbac::{
-    ClusterRole, ClusterRoleBinding, LabelSelector, LabelSelectorRequirement, PolicyRule, Role, RoleBinding, RoleRef,
-    RoleRefKind, Subject, SubjectKind,
+    ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, RoleRefKind, Subject, SubjectKind,
 };
 use kfsec_authz::{Attributes, Authorizer, Change, Decision, RbacKind, RbacObject, kubeflow_default_cluster_roles};
+use kfsec_types::{LabelSelector, LabelSelectorRequirement};
 use proptest::prelude::*;
 use proptest::sample::subsequence;
 

@@ -6,8 +6,10 @@
 pub mod clock;
 pub mod config;
 pub mod identity;
+pub mod meta;
 pub mod path;
 pub mod time;
 
 pub use clock::{Clock, ManualClock, Rng, SystemClock, UnixTime, random_array};
 pub use identity::Identity;
+pub use meta::{LabelSelector, LabelSelectorRequirement, ObjectMeta};
