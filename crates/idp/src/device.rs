@@ -32,7 +32,7 @@ use crate::flow::AuthRequest;
 use crate::lockout::LockoutPolicy;
 use crate::secret::{random_alnum, random_token, sha256_b64, sha256_hex};
 use crate::throttle::{Capacity, Gcra, KeyedCounter, source_key};
-use crate::{Client, ClientAddr, Idp, IdpError, OAuthError, TokenResponse, escape_html, page};
+use crate::{Client, ClientAddr, Idp, IdpError, OAuthError, TokenResponse, pages};
 
 /// The grant type of device-code polling.
 pub const GRANT_TYPE: &str = "urn:ietf:params:oauth:grant-type:device_code";
@@ -135,11 +135,7 @@ fn well_formed(user_code: &str) -> bool {
 
 /// The device page's answer to too many code entries.
 fn throttled() -> Response {
-    retry_later(page(
-        StatusCode::TOO_MANY_REQUESTS,
-        "Log in a device",
-        "<p class=\"err\" role=\"alert\">Too many attempts. Wait a few minutes and try again.</p>",
-    ))
+    retry_later(pages::device_throttled())
 }
 
 fn retry_later(mut resp: Response) -> Response {
@@ -246,14 +242,7 @@ async fn device_code_inner(idp: &Idp, source: &str, f: CodeForm) -> Result<Respo
 /// `GET /device`: the form where the user types the code shown in their terminal.
 pub(crate) async fn device_page(State(idp): State<Arc<Idp>>, Query(q): Query<HashMap<String, String>>) -> Response {
     let code = q.get("user_code").map(String::as_str).unwrap_or_default();
-    let body = format!(
-        "<p>Enter the code shown on your device.</p><form method=\"post\" action=\"{}/device/auth/verify_code\">\
-<label for=\"user_code\">Code</label><input type=\"text\" id=\"user_code\" name=\"user_code\" value=\"{}\" required autofocus>\
-<button type=\"submit\">Continue</button></form>",
-        escape_html(&idp.settings.issuer_path()),
-        escape_html(code)
-    );
-    page(StatusCode::OK, "Log in a device", &body)
+    pages::device(&idp.settings.issuer_path(), code)
 }
 
 #[derive(Deserialize)]
@@ -364,11 +353,7 @@ pub(crate) async fn device_callback(
         )
         .await
         .map_err(|_| invalid())?;
-    Ok(page(
-        StatusCode::OK,
-        "Login successful",
-        "<p>You are logged in. Return to your device to continue.</p>",
-    ))
+    Ok(pages::device_done())
 }
 
 /// Token polling for a device code.

@@ -131,10 +131,6 @@ impl From<IdpError> for PageError {
 
 impl IntoResponse for PageError {
     fn into_response(self) -> Response {
-        crate::pages::page(
-            self.status,
-            "Bad request",
-            &format!("<p class=\"err\">{}</p>", crate::escape_html(&self.message)),
-        )
+        crate::pages::idp_error(self.status, &self.message)
     }
 }

@@ -14,7 +14,7 @@ mod flow;
 pub mod jwt;
 pub mod keys;
 pub mod lockout;
-mod pages;
+pub mod pages;
 pub mod revocation;
 pub mod secret;
 pub mod serviceaccount;
@@ -35,6 +35,9 @@ use prometheus_client::registry::Registry;
 pub use authn::{Authenticated, Authenticator, CredentialKind, Refusal, Surface};
 pub use clients::{Client, ClientAuth, ClientRegistry};
 pub use error::{IdpError, OAuthError};
+pub use pages::{error_page, home_page};
+#[allow(deprecated)]
+#[doc(hidden)]
 pub use pages::{escape_html, page};
 pub use tokens::{Claims, TokenResponse, VerifyError, delete_refresh_tokens};
 pub use users::{User, UserDirectory};

@@ -1,39 +1,93 @@
-//! The IdP's HTML: login form, approval screen, error page. Every interpolated value goes
-//! through [`escape_html`]; pages forbid framing and caching.
+//! kfsec's HTML pages — the IdP's login form, approval screen and device pages, browser error
+//! pages, and the front door's home page — as compiled askama templates (`crates/idp/templates/`,
+//! one base layout). This is the one place kfsec writes HTML; the gateway calls [`error_page`]
+//! and [`home_page`].
+//!
+//! Invariants: every interpolated value is escaped by the template engine (text and quoted
+//! attribute values; no template marks a value safe), so no caller escapes or builds markup;
+//! pages carry no script, only the inline style their Content-Security-Policy allows; they
+//! forbid framing and caching. A page that fails to render is a generic 500, never a panic.
 
+use askama::Template;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-/// Escapes text for HTML element content and quoted attribute values.
-pub fn escape_html(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 8);
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
+/// The Content-Security-Policy of every page: nothing but the inline style, forms posting to
+/// this origin, no framing.
+const CSP: &str = "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'";
+
+/// The password form.
+#[derive(Template)]
+#[template(path = "login.html")]
+struct Login<'a> {
+    title: &'a str,
+    action: &'a str,
+    login: &'a str,
+    error: Option<&'a str>,
 }
 
-const STYLE: &str = "body{font-family:system-ui,sans-serif;background:#f4f6f8;margin:0}\
-main{max-width:380px;margin:10vh auto;background:#fff;padding:2rem;border-radius:8px;box-shadow:0 1px 4px #0002}\
-h1{font-size:1.3rem;margin-top:0}label{display:block;margin:.8rem 0 .2rem}\
-input[type=text],input[type=email],input[type=password]{width:100%;padding:.5rem;box-sizing:border-box}\
-button{margin-top:1rem;padding:.5rem 1rem;background:#1a73e8;color:#fff;border:0;border-radius:4px;cursor:pointer}\
-.err{color:#b00020}.muted{color:#555}code{background:#eee;padding:0 .2rem}";
+/// The approval screen.
+#[derive(Template)]
+#[template(path = "approval.html")]
+struct Approval<'a> {
+    title: &'a str,
+    req: &'a str,
+    client_name: &'a str,
+    scopes: &'a [String],
+}
 
-/// A complete page with kfsec's look and safe headers.
-pub fn page(status: StatusCode, title: &str, body: &str) -> Response {
-    let html = format!(
-        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width\">\
-<title>{t}</title><style>{STYLE}</style></head><body><main><h1>{t}</h1>{body}</main></body></html>",
-        t = escape_html(title)
-    );
+/// The form where a user types a device's code.
+#[derive(Template)]
+#[template(path = "device.html")]
+struct Device<'a> {
+    title: &'a str,
+    issuer_path: &'a str,
+    code: &'a str,
+}
+
+/// How a one-paragraph message is shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tone {
+    /// Plain text.
+    Notice,
+    /// An error.
+    Error,
+    /// An error announced to assistive technology (`role="alert"`).
+    Alert,
+}
+
+/// A page with one paragraph of text (errors, confirmations).
+#[derive(Template)]
+#[template(path = "message.html")]
+struct Message<'a> {
+    title: &'a str,
+    text: &'a str,
+    tone: Tone,
+    home: bool,
+}
+
+/// The front door's home page.
+#[derive(Template)]
+#[template(path = "home.html")]
+struct Home<'a> {
+    title: &'a str,
+    user: &'a str,
+    groups: &'a [String],
+}
+
+/// `template` rendered as a complete page with safe headers.
+fn respond(status: StatusCode, template: &impl Template) -> Response {
+    match template.render() {
+        Ok(html) => respond_html(status, html),
+        Err(e) => {
+            tracing::error!(error = %e, "page template failed to render");
+            respond_html(StatusCode::INTERNAL_SERVER_ERROR, "Internal server error.".to_owned())
+        }
+    }
+}
+
+/// `html` with the pages' headers.
+fn respond_html(status: StatusCode, html: String) -> Response {
     let mut resp = (status, html).into_response();
     let h = resp.headers_mut();
     h.insert(
@@ -42,49 +96,298 @@ pub fn page(status: StatusCode, title: &str, body: &str) -> Response {
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(
-            "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'",
-        ),
-    );
+    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
     resp
 }
 
-/// The password form. `action` is the form's own URL; `error` is shown above the form.
+/// A browser-facing error page: `message` under the heading `title`, with a link home.
+pub fn error_page(status: StatusCode, title: &str, message: &str) -> Response {
+    respond(
+        status,
+        &Message {
+            title,
+            text: message,
+            tone: Tone::Error,
+            home: true,
+        },
+    )
+}
+
+/// The front door's home page for a signed-in user: user name, groups, log-out buttons.
+pub fn home_page(user: &str, groups: &[String]) -> Response {
+    respond(
+        StatusCode::OK,
+        &Home {
+            title: "kfsec",
+            user,
+            groups,
+        },
+    )
+}
+
+/// The IdP's own error page (no link home: the IdP is mounted under the issuer path).
+pub(crate) fn idp_error(status: StatusCode, message: &str) -> Response {
+    respond(
+        status,
+        &Message {
+            title: "Bad request",
+            text: message,
+            tone: Tone::Error,
+            home: false,
+        },
+    )
+}
+
+/// The password form. `action` is the form's own URL; `error` is shown above the form (and
+/// makes the answer a 401).
 pub(crate) fn login_form(action: &str, login: &str, error: Option<&str>) -> Response {
-    let err = error
-        .map(|e| format!("<p class=\"err\" role=\"alert\">{}</p>", escape_html(e)))
-        .unwrap_or_default();
-    let body = format!(
-        "{err}<form method=\"post\" action=\"{a}\">\
-<label for=\"login\">Email Address</label><input type=\"email\" id=\"login\" name=\"login\" value=\"{l}\" autocomplete=\"username\" required autofocus>\
-<label for=\"password\">Password</label><input type=\"password\" id=\"password\" name=\"password\" autocomplete=\"current-password\" required>\
-<button type=\"submit\" id=\"submit-login\">Login</button></form>",
-        a = escape_html(action),
-        l = escape_html(login),
-    );
     let status = if error.is_some() {
         StatusCode::UNAUTHORIZED
     } else {
         StatusCode::OK
     };
-    page(status, "Log in to Your Account", &body)
+    respond(
+        status,
+        &Login {
+            title: "Log in to Your Account",
+            action,
+            login,
+            error,
+        },
+    )
 }
 
-/// The approval screen.
+/// The approval screen: `client_name` asks for `scopes`; `req` is the signed request.
 pub(crate) fn approval(req: &str, client_name: &str, scopes: &[String]) -> Response {
-    let items: String = scopes
-        .iter()
-        .map(|s| format!("<li><code>{}</code></li>", escape_html(s)))
-        .collect();
-    let body = format!(
-        "<p><b>{c}</b> would like to:</p><ul>{items}</ul>\
-<form method=\"post\"><input type=\"hidden\" name=\"req\" value=\"{r}\">\
-<button type=\"submit\" name=\"approval\" value=\"approve\">Grant Access</button> \
-<button type=\"submit\" name=\"approval\" value=\"rejected\" style=\"background:#777\">Cancel</button></form>",
-        c = escape_html(client_name),
-        r = escape_html(req),
-    );
-    page(StatusCode::OK, "Grant Access", &body)
+    respond(
+        StatusCode::OK,
+        &Approval {
+            title: "Grant Access",
+            req,
+            client_name,
+            scopes,
+        },
+    )
+}
+
+/// The device page: the form posting a user code (`code` prefilled) to the issuer's
+/// `/device/auth/verify_code`.
+pub(crate) fn device(issuer_path: &str, code: &str) -> Response {
+    respond(
+        StatusCode::OK,
+        &Device {
+            title: "Log in a device",
+            issuer_path,
+            code,
+        },
+    )
+}
+
+/// The device page's answer to too many code entries (429; the caller adds `Retry-After`).
+pub(crate) fn device_throttled() -> Response {
+    respond(
+        StatusCode::TOO_MANY_REQUESTS,
+        &Message {
+            title: "Log in a device",
+            text: "Too many attempts. Wait a few minutes and try again.",
+            tone: Tone::Alert,
+            home: false,
+        },
+    )
+}
+
+/// The device flow's last page in the browser.
+pub(crate) fn device_done() -> Response {
+    respond(
+        StatusCode::OK,
+        &Message {
+            title: "Login successful",
+            text: "You are logged in. Return to your device to continue.",
+            tone: Tone::Notice,
+            home: false,
+        },
+    )
+}
+
+/// The page layout around a caller-built HTML `body` (the `format!` era's interface, kept only
+/// until the gateway's last caller moves to [`error_page`] / [`home_page`]).
+#[doc(hidden)]
+#[deprecated(note = "use error_page or home_page")]
+#[allow(deprecated)]
+pub fn page(status: StatusCode, title: &str, body: &str) -> Response {
+    let t = escape_html(title);
+    respond_html(
+        status,
+        format!(
+            "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{t}</title></head><body><main><h1>{t}</h1>{body}</main></body></html>"
+        ),
+    )
+}
+
+/// Escapes text for HTML (the `format!` era's interface, see [`page`]).
+#[doc(hidden)]
+#[deprecated(note = "templates escape")]
+pub fn escape_html(s: &str) -> String {
+    askama::filters::escape(s, askama::filters::Html).map_or_else(|_| String::new(), |e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Hostile text for every slot: tags, both quotes, ampersands, an attribute breakout.
+    const HOSTILE: &str = "<script>alert(1)</script>\"'&amp;\" onmouseover=\"x\" a='b' </p><p>";
+
+    fn body(template: &impl Template) -> String {
+        template.render().unwrap()
+    }
+
+    /// No hostile markup or quote survives unescaped, and the escaped form is there once per slot.
+    fn assert_escaped(html: &str, slots: usize) {
+        assert!(!html.contains("<script"), "{html}");
+        assert!(!html.contains("onmouseover=\""), "{html}");
+        assert!(!html.contains("a='b'"), "{html}");
+        assert!(!html.contains("</p><p>"), "{html}");
+        assert!(!html.contains("&amp;"), "an ampersand left unescaped: {html}");
+        assert_eq!(
+            html.matches("&#60;script&#62;alert(1)&#60;/script&#62;&#34;&#39;&#38;amp;&#34; onmouseover=&#34;x&#34; a=&#39;b&#39; &#60;/p&#62;&#60;p&#62;").count(),
+            slots,
+            "{html}"
+        );
+    }
+
+    #[test]
+    fn login_escapes_every_slot() {
+        let html = body(&Login {
+            title: HOSTILE,
+            action: HOSTILE,
+            login: HOSTILE,
+            error: Some(HOSTILE),
+        });
+        // title twice (<title> and <h1>), action, login, error.
+        assert_escaped(&html, 5);
+        let html = body(&Login {
+            title: "Log in",
+            action: "/dex/auth/local/login?req=a&b=c",
+            login: "",
+            error: None,
+        });
+        assert!(
+            html.contains("action=\"/dex/auth/local/login?req=a&#38;b=c\""),
+            "{html}"
+        );
+        assert!(
+            html.contains("name=\"login\"") && html.contains("name=\"password\""),
+            "{html}"
+        );
+        assert!(!html.contains("role=\"alert\""), "{html}");
+    }
+
+    #[test]
+    fn approval_escapes_every_slot() {
+        let scopes = vec![HOSTILE.to_owned(), "openid".to_owned()];
+        let html = body(&Approval {
+            title: HOSTILE,
+            req: HOSTILE,
+            client_name: HOSTILE,
+            scopes: &scopes,
+        });
+        assert_escaped(&html, 5);
+        assert!(html.contains("<li><code>openid</code></li>"), "{html}");
+        assert!(html.contains("name=\"approval\" value=\"approve\""), "{html}");
+        assert!(!html.contains("style=\""), "no inline style attribute: {html}");
+    }
+
+    #[test]
+    fn device_escapes_every_slot() {
+        let html = body(&Device {
+            title: HOSTILE,
+            issuer_path: HOSTILE,
+            code: HOSTILE,
+        });
+        assert_escaped(&html, 4);
+        let html = body(&Device {
+            title: "t",
+            issuer_path: "/dex",
+            code: "ABCD-EFGH",
+        });
+        assert!(html.contains("action=\"/dex/device/auth/verify_code\""), "{html}");
+        assert!(html.contains("name=\"user_code\" value=\"ABCD-EFGH\""), "{html}");
+    }
+
+    #[test]
+    fn message_escapes_every_slot() {
+        for tone in [Tone::Notice, Tone::Error, Tone::Alert] {
+            for home in [false, true] {
+                let html = body(&Message {
+                    title: HOSTILE,
+                    text: HOSTILE,
+                    tone,
+                    home,
+                });
+                assert_escaped(&html, 3);
+                assert_eq!(html.contains("<a href=\"/\">Home</a>"), home, "{html}");
+                assert_eq!(html.contains("role=\"alert\""), tone == Tone::Alert, "{html}");
+            }
+        }
+    }
+
+    #[test]
+    fn home_escapes_every_slot() {
+        let groups = vec![HOSTILE.to_owned(), HOSTILE.to_owned()];
+        let html = body(&Home {
+            title: HOSTILE,
+            user: HOSTILE,
+            groups: &groups,
+        });
+        assert_escaped(&html, 5);
+        let html = body(&Home {
+            title: "kfsec",
+            user: "a@b",
+            groups: &[],
+        });
+        assert!(
+            html.contains("<span id=\"groups\"><span class=\"muted\">none</span></span>"),
+            "{html}"
+        );
+        let groups = vec!["g1".to_owned(), "g2".to_owned()];
+        let html = body(&Home {
+            title: "kfsec",
+            user: "a@b",
+            groups: &groups,
+        });
+        assert!(html.contains("<b id=\"user\">a@b</b>"), "{html}");
+        assert!(
+            html.contains("<span id=\"groups\"><code>g1</code> <code>g2</code></span>"),
+            "{html}"
+        );
+    }
+
+    #[test]
+    fn pages_are_complete_documents_with_safe_headers() {
+        let resp = error_page(StatusCode::FORBIDDEN, "Forbidden", "no");
+        assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+        let h = resp.headers();
+        assert_eq!(h[header::CONTENT_TYPE], "text/html; charset=utf-8");
+        assert_eq!(h[header::CACHE_CONTROL], "no-store");
+        assert_eq!(h[header::X_FRAME_OPTIONS], "DENY");
+        assert_eq!(h[header::CONTENT_SECURITY_POLICY], CSP);
+        let html = body(&Message {
+            title: "Forbidden",
+            text: "no",
+            tone: Tone::Error,
+            home: true,
+        });
+        assert!(html.starts_with("<!doctype html>"), "{html}");
+        assert!(
+            html.contains("<title>Forbidden</title>") && html.contains("<h1>Forbidden</h1>"),
+            "{html}"
+        );
+        assert!(html.contains("<p class=\"err\">no</p>"), "{html}");
+        assert!(html.trim_end().ends_with("</html>"), "{html}");
+        assert!(!html.contains("<script"), "{html}");
+        assert_eq!(login_form("/a", "", Some("bad")).status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(login_form("/a", "", None).status(), StatusCode::OK);
+        assert_eq!(device_throttled().status(), StatusCode::TOO_MANY_REQUESTS);
+    }
 }
