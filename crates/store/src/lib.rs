@@ -11,9 +11,11 @@ use kfsec_types::UnixTime;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 mod engine;
+pub mod follow;
 pub mod memory;
 pub mod redb_store;
 
+pub use follow::{Backoff, Event, Initial, Snapshot, Watcher, WatcherConfig, list_all};
 pub use memory::MemoryStore;
 pub use redb_store::RedbStore;
 
@@ -95,6 +97,14 @@ pub enum StoreError {
         requested: Revision,
         /// The oldest revision still available.
         oldest: Revision,
+    },
+    /// A whole-prefix read ([`list_all`]) found more records than it may return.
+    #[error("more than {max} records under {prefix}")]
+    TooLarge {
+        /// The prefix read.
+        prefix: String,
+        /// The bound.
+        max: usize,
     },
     /// The database file is held by another process.
     #[error("the store is open in another process")]
