@@ -967,7 +967,7 @@ async fn typed_helpers() {
 
 #[tokio::test]
 async fn with_the_rbac_authorizer() {
-    use kfsec_authz::rbac::{ClusterRole, ClusterRoleBinding, RoleBinding};
+    use kfsec_types::rbac::{ClusterRole, ClusterRoleBinding, RoleBinding};
     let mut cluster_roles = kfsec_authz::kubeflow_default_cluster_roles();
     let basic: ClusterRole = serde_json::from_value(json!({"metadata": {"name": "system:basic-user"}, "rules": [
         {"apiGroups": ["authorization.k8s.io"], "resources": ["selfsubjectaccessreviews", "selfsubjectrulesreviews"], "verbs": ["create"]}]}))

@@ -15,7 +15,7 @@ use crate::attributes::Attributes;
 use crate::decision::{Decision, Explanation, NonResourceRule, ResourceRule};
 use crate::error::AuthzError;
 use crate::index::{IndexStats, RbacIndex};
-use crate::rbac::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+use kfsec_types::rbac::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 
 /// The four RBAC kinds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]

@@ -7,7 +7,7 @@
 
 use serde::Serialize;
 
-use crate::rbac::{PolicyRule, RoleRef, Subject};
+use kfsec_types::rbac::{PolicyRule, RoleRef, Subject};
 
 /// The result of one authorization.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

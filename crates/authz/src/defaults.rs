@@ -9,7 +9,7 @@
 
 use kfsec_types::LabelSelector;
 
-use crate::rbac::{ClusterRole, PolicyRule, WILDCARD};
+use kfsec_types::rbac::{ClusterRole, PolicyRule, WILDCARD};
 
 /// The label prefix of Kubeflow's aggregation labels.
 pub const KUBEFLOW_AGGREGATE_PREFIX: &str = "rbac.authorization.kubeflow.org/aggregate-to-";

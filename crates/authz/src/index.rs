@@ -33,10 +33,10 @@ use crate::decision::{
     BindingKind, BindingRef, BindingTrace, Decision, Explanation, NonResourceRule, ResourceRule, split_rules,
 };
 use crate::error::AuthzError;
-use crate::rbac::{
+use crate::rule::CompiledRules;
+use kfsec_types::rbac::{
     ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, RoleRefKind, Subject, SubjectKind,
 };
-use crate::rule::CompiledRules;
 
 type RoleId = u32;
 type BindingId = u32;

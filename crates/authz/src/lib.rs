@@ -1,6 +1,7 @@
-//! Kubernetes RBAC authorization for kfsec: the `rbac.authorization.k8s.io/v1` wire types, an
-//! indexed, incrementally updated authorizer with the API server's exact semantics and reason
-//! texts, SelfSubjectRulesReview rules, decision explanations, and Kubeflow's default ClusterRoles.
+//! Kubernetes RBAC authorization for kfsec over the `rbac.authorization.k8s.io/v1` wire types of
+//! [`kfsec_types::rbac`]: an indexed, incrementally updated authorizer with the API server's exact
+//! semantics and reason texts, SelfSubjectRulesReview rules, decision explanations, and Kubeflow's
+//! default ClusterRoles.
 //!
 //! Invariants: authorization is a pure function of (attributes, RBAC objects); no IO happens here;
 //! a decision never scans all bindings (see [`index`]); [`Authorizer`] is `Send + Sync`.
@@ -11,7 +12,6 @@ pub mod decision;
 pub mod defaults;
 pub mod error;
 pub mod index;
-pub mod rbac;
 pub mod rule;
 
 pub use attributes::{

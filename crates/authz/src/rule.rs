@@ -12,7 +12,7 @@
 use rustc_hash::FxHashMap;
 
 use crate::attributes::{NonResourceAttributes, RequestAttributes, ResourceAttributes};
-use crate::rbac::{PolicyRule, WILDCARD};
+use kfsec_types::rbac::{PolicyRule, WILDCARD};
 
 /// Whether the rule lists `verb` or `*`.
 pub fn verb_matches(rule: &PolicyRule, verb: &str) -> bool {

@@ -4,11 +4,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test-only crate: helpers outside #[test] fns may fail loudly
 
-use kfsec_authz::rbac::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use kfsec_authz::{
     Attributes, Authorizer, BindingKind, Change, Decision, NonResourceRule, RbacKind, RbacObject, ResourceRule,
     kubeflow_default_cluster_roles,
 };
+use kfsec_types::rbac::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use kfsec_types::{LabelSelector, LabelSelectorRequirement};
 
 fn groups(list: &str) -> Vec<String> {

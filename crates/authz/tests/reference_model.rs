@@ -13,10 +13,10 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use kfsec_authz::rbac::{
+use kfsec_authz::{Attributes, Authorizer, Change, Decision, RbacKind, RbacObject, kubeflow_default_cluster_roles};
+use kfsec_types::rbac::{
     ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, RoleRefKind, Subject, SubjectKind,
 };
-use kfsec_authz::{Attributes, Authorizer, Change, Decision, RbacKind, RbacObject, kubeflow_default_cluster_roles};
 use kfsec_types::{LabelSelector, LabelSelectorRequirement};
 use proptest::prelude::*;
 use proptest::sample::subsequence;

@@ -8,6 +8,7 @@ pub mod config;
 pub mod identity;
 pub mod meta;
 pub mod path;
+pub mod rbac;
 pub mod time;
 
 pub use clock::{Clock, ManualClock, Rng, SystemClock, UnixTime, random_array};

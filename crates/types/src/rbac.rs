@@ -1,6 +1,7 @@
 //! Kubernetes `rbac.authorization.k8s.io/v1` wire types: `PolicyRule`, `Role`, `ClusterRole` (with
 //! aggregation rules and label selectors), `RoleBinding`, `ClusterRoleBinding`, `Subject`, `RoleRef`,
-//! over the shared `ObjectMeta` and `LabelSelector` of [`kfsec_types::meta`].
+//! over the shared `ObjectMeta` and `LabelSelector` of [`crate::meta`]. The rule matching,
+//! indexing, aggregation and explanations are `kfsec-authz`'s.
 //!
 //! Invariants: field names and omission rules follow the Kubernetes JSON exactly (camelCase, `verbs`
 //! and `rules` always present, optional lists omitted when empty); `null` is accepted wherever Go
@@ -10,8 +11,9 @@
 
 use std::fmt;
 
-use kfsec_types::meta::{LabelSelector, ObjectMeta};
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
+
+use crate::meta::{LabelSelector, ObjectMeta, null_default};
 
 /// The RBAC API group.
 pub const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
@@ -20,21 +22,12 @@ pub const RBAC_API_VERSION: &str = "rbac.authorization.k8s.io/v1";
 /// The wildcard accepted in verbs, API groups, resources and non-resource URLs.
 pub const WILDCARD: &str = "*";
 
-/// Deserializes `null` as the type's default (Go writes nil slices and maps as `null`).
-fn null_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
-where
-    D: Deserializer<'de>,
-    T: Default + Deserialize<'de>,
-{
-    Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
-}
-
 fn default_api_version() -> String {
     RBAC_API_VERSION.to_owned()
 }
 
 /// One RBAC rule. A resource rule has `apiGroups` and `resources`; a non-resource rule has
-/// `nonResourceURLs`. Matching semantics live in [`crate::rule`].
+/// `nonResourceURLs`. Matching semantics live in `kfsec_authz::rule`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PolicyRule {
