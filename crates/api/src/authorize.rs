@@ -1,86 +1,15 @@
 //! The authorization contract this crate asks on every request: `kfsec_authz`'s request
 //! [`Attributes`] and [`Decision`], the [`Authorize`] trait (implemented for
-//! `kfsec_authz::Authorizer`), the rules listing behind SelfSubjectRulesReview, and the effective
-//! caller [`UserInfo`].
+//! `kfsec_authz::Authorizer`) and the rules listing behind SelfSubjectRulesReview, for the
+//! effective caller (a [`UserInfo`] of `kfsec_types::identity`, which owns the naming rules).
 //!
 //! Invariants: only [`Decision::Allow`] allows; anything else (including an authorizer that
 //! has no opinion) denies. Every authenticated user carries `system:authenticated`.
 
-use std::collections::BTreeMap;
-
 pub use kfsec_authz::{
     Attributes, Decision, NonResourceAttributes, NonResourceRule, RequestAttributes, ResourceAttributes, ResourceRule,
 };
-use serde::{Deserialize, Serialize};
-
-/// The group every authenticated user carries.
-pub const SYSTEM_AUTHENTICATED: &str = "system:authenticated";
-/// The anonymous user name.
-pub const SYSTEM_ANONYMOUS: &str = "system:anonymous";
-/// Service-account user-name prefix: `system:serviceaccount:NS:NAME`.
-pub const SERVICE_ACCOUNT_PREFIX: &str = "system:serviceaccount:";
-
-/// The effective caller of a request (after impersonation), as in Kubernetes' `UserInfo`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct UserInfo {
-    /// User name.
-    pub username: String,
-    /// Optional uid.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub uid: String,
-    /// Groups, including the implicit ones.
-    #[serde(default)]
-    pub groups: Vec<String>,
-    /// Extra attributes (impersonated `Impersonate-Extra-*`).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub extra: BTreeMap<String, Vec<String>>,
-}
-
-impl UserInfo {
-    /// A user with `groups` plus the implicit groups the authenticator would add: the two
-    /// service-account groups for `system:serviceaccount:NS:NAME`, and `system:authenticated`
-    /// (unless the user is `system:anonymous`). Each added once.
-    pub fn authenticated(username: impl Into<String>, groups: &[String]) -> Self {
-        let username = username.into();
-        let mut out: Vec<String> = Vec::with_capacity(groups.len() + 3);
-        let mut push = |g: String| {
-            if !out.contains(&g) {
-                out.push(g);
-            }
-        };
-        for g in groups {
-            push(g.clone());
-        }
-        if let Some((ns, _)) = parse_service_account(&username) {
-            push("system:serviceaccounts".to_owned());
-            push(format!("system:serviceaccounts:{ns}"));
-        }
-        if username != SYSTEM_ANONYMOUS {
-            push(SYSTEM_AUTHENTICATED.to_owned());
-        }
-        Self {
-            username,
-            uid: String::new(),
-            groups: out,
-            extra: BTreeMap::new(),
-        }
-    }
-
-    /// The identity controllers act as when they call the typed helpers.
-    pub fn system() -> Self {
-        Self::authenticated("system:kfsec", &["system:masters".to_owned()])
-    }
-}
-
-/// `(namespace, name)` of `system:serviceaccount:NS:NAME`.
-pub fn parse_service_account(user: &str) -> Option<(&str, &str)> {
-    let rest = user.strip_prefix(SERVICE_ACCOUNT_PREFIX)?;
-    let (ns, name) = rest.split_once(':')?;
-    if ns.is_empty() || name.is_empty() || name.contains(':') {
-        return None;
-    }
-    Some((ns, name))
-}
+use kfsec_types::identity::UserInfo;
 
 /// Attributes of a resource request by `user` (its groups as given, implicit ones included).
 pub fn attributes_for(user: &UserInfo, r: ResourceAttributes) -> Attributes {
@@ -140,24 +69,6 @@ impl Authorize for kfsec_authz::Authorizer {
 mod tests {
 
     use super::*;
-
-    #[test]
-    fn implicit_groups() {
-        let u = UserInfo::authenticated("system:serviceaccount:kf:sa", &["x".to_owned()]);
-        assert_eq!(
-            u.groups,
-            vec![
-                "x",
-                "system:serviceaccounts",
-                "system:serviceaccounts:kf",
-                "system:authenticated"
-            ]
-        );
-        let a = UserInfo::authenticated(SYSTEM_ANONYMOUS, &[]);
-        assert!(a.groups.is_empty());
-        let b = UserInfo::authenticated("bob", &[SYSTEM_AUTHENTICATED.to_owned()]);
-        assert_eq!(b.groups, vec![SYSTEM_AUTHENTICATED]);
-    }
 
     #[test]
     fn forbidden_text() {

@@ -17,10 +17,11 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use kfsec_types::Identity;
+use kfsec_types::identity::UserInfo;
 use serde_json::{Value, json};
 
 use crate::ApiServer;
-use crate::authorize::{ResourceAttributes, UserInfo, attributes_for};
+use crate::authorize::{ResourceAttributes, attributes_for};
 use crate::discovery;
 use crate::objects::{ListQuery, Preconditions, WriteCtx};
 use crate::patch::PatchType;

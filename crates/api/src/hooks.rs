@@ -5,9 +5,9 @@
 //! write; a denial never writes anything; a mutating plugin's output is validated again (name,
 //! namespace and uid are restored, not trusted).
 
+use kfsec_types::identity::UserInfo;
 use serde_json::Value;
 
-use crate::authorize::UserInfo;
 use crate::registry::Resource;
 
 /// The admission operation.

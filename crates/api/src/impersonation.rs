@@ -8,9 +8,10 @@
 
 use axum::http::HeaderMap;
 use kfsec_types::Identity;
+use kfsec_types::identity::{UserInfo, parse_service_account_username};
 
 use crate::ApiServer;
-use crate::authorize::{Attributes, UserInfo, parse_service_account};
+use crate::authorize::Attributes;
 use crate::route::percent_decode;
 use crate::status::ApiError;
 
@@ -31,7 +32,7 @@ fn values(headers: &HeaderMap, name: &str) -> Result<Vec<String>, ApiError> {
 impl ApiServer {
     /// The user a request acts as: the authenticated identity, or whom it may impersonate.
     pub(crate) fn effective_user(&self, identity: &Identity, headers: &HeaderMap) -> Result<UserInfo, ApiError> {
-        let real = UserInfo::authenticated(&identity.user, &identity.groups);
+        let real = UserInfo::from(identity);
         let users = values(headers, "impersonate-user")?;
         let groups = values(headers, "impersonate-group")?;
         let uids = values(headers, "impersonate-uid")?;
@@ -71,7 +72,7 @@ impl ApiServer {
         };
         let rg = real.groups.clone();
         let who = real.username.as_str();
-        match parse_service_account(&user) {
+        match parse_service_account_username(&user) {
             Some((ns, name)) => {
                 check(Attributes::resource(who, rg.clone(), "impersonate", "", "serviceaccounts", ns).with_name(name))?
             }

@@ -47,11 +47,12 @@ use axum::Router;
 use axum::routing::any;
 use kfsec_store::{KeyValue, Revision, Store};
 use kfsec_types::{Clock, Rng};
+use kfsec_types::identity::UserInfo;
 use serde_json::Value;
 
 pub use authorize::{
     Attributes, Authorize, Decision, NonResourceAttributes, NonResourceRule, RequestAttributes, ResourceAttributes,
-    ResourceRule, SubjectRules, UserInfo, attributes_for,
+    ResourceRule, SubjectRules, attributes_for,
 };
 pub use hooks::{
     Admission, AdmissionDenied, AdmissionRequest, NoAdmission, NoTokenReviewer, Operation, TokenReviewStatus,

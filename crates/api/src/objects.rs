@@ -10,10 +10,10 @@
 pub(crate) use crate::list::ListQuery;
 
 use kfsec_store::{KeyValue, Revision, StoreError};
+use kfsec_types::identity::UserInfo;
 use serde_json::{Map, Value, json};
 
 use crate::ApiServer;
-use crate::authorize::UserInfo;
 use crate::hooks::{AdmissionRequest, Operation};
 use crate::kinds::{prepare_kind, spec_changed};
 use crate::meta::{name_suffix, new_uid, validate_maps, validate_name};

@@ -9,10 +9,11 @@
 
 use std::collections::BTreeSet;
 
+use kfsec_types::identity::UserInfo;
 use serde_json::Value;
 
 use crate::ApiServer;
-use crate::authorize::{Attributes, UserInfo};
+use crate::authorize::Attributes;
 use crate::objects::ListQuery;
 use crate::registry::{self, Resource};
 use crate::selector::json_selector_matches;

@@ -6,10 +6,11 @@
 //! caller's own (possibly impersonated) identity, never one named in the body; creating a review
 //! is itself authorized like any other create before any of this runs.
 
+use kfsec_types::identity::UserInfo;
 use serde_json::{Map, Value, json};
 
 use crate::ApiServer;
-use crate::authorize::{Attributes, ResourceAttributes, UserInfo, attributes_for};
+use crate::authorize::{Attributes, ResourceAttributes, attributes_for};
 use crate::objects::check_type;
 use crate::registry::{Resource, Review};
 use crate::status::{ApiError, FieldCause};

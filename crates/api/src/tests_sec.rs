@@ -16,10 +16,11 @@ use serde_json::{Value, json};
 use tower::ServiceExt;
 
 use kfsec_store::MemoryStore;
+use kfsec_types::identity::UserInfo;
 use kfsec_types::{ManualClock, UnixTime};
 
 use crate::testutil::{CounterRng, app, default_grants, fixture, grant};
-use crate::{ApiServer, Attributes, Authorize, Decision, PatchType, RequestAttributes, SubjectRules, UserInfo};
+use crate::{ApiServer, Attributes, Authorize, Decision, PatchType, RequestAttributes, SubjectRules};
 
 async fn send(
     api: &Arc<ApiServer>,

@@ -10,9 +10,10 @@ use axum::extract::Request;
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use kfsec_store::MemoryStore;
+use kfsec_types::identity::UserInfo;
 use kfsec_types::{Identity, ManualClock, Rng, UnixTime};
 
-use crate::{ApiServer, Attributes, Authorize, Decision, RequestAttributes, ResourceRule, SubjectRules, UserInfo};
+use crate::{ApiServer, Attributes, Authorize, Decision, RequestAttributes, ResourceRule, SubjectRules};
 
 /// One grant: `who` is `user:NAME` or `group:NAME`; `namespace` `None` = everywhere.
 #[derive(Debug, Clone)]

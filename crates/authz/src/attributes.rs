@@ -1,6 +1,6 @@
-//! Request attributes (who asks to do what, where) and the identity conventions of the Kubernetes
-//! API server: service-account user names, their implicit groups, `system:authenticated`, and the
-//! `system:masters` superuser group.
+//! Request attributes (who asks to do what, where). The identity conventions of the Kubernetes API
+//! server (service-account user names, their implicit groups, `system:authenticated`,
+//! `system:masters`) are [`kfsec_types::identity`]'s.
 //!
 //! Invariants: an [`Attributes`] is either a resource request or a non-resource request, never
 //! both; a non-resource request has no namespace, so only ClusterRoleBindings can grant it. The
@@ -8,55 +8,6 @@
 
 use kfsec_types::Identity;
 use serde::Serialize;
-
-/// The superuser group: always allowed, like the API server's privileged-group authorizer.
-pub const SYSTEM_MASTERS: &str = "system:masters";
-/// The group every authenticated user carries.
-pub const SYSTEM_AUTHENTICATED: &str = "system:authenticated";
-/// The group of anonymous requests.
-pub const SYSTEM_UNAUTHENTICATED: &str = "system:unauthenticated";
-/// Service-account user names start with this prefix: `system:serviceaccount:NS:NAME`.
-pub const SERVICE_ACCOUNT_USER_PREFIX: &str = "system:serviceaccount:";
-/// The group of all service accounts; `system:serviceaccounts:NS` is the per-namespace group.
-pub const SERVICE_ACCOUNTS_GROUP: &str = "system:serviceaccounts";
-
-/// `system:serviceaccount:NS:NAME`.
-pub fn service_account_username(namespace: &str, name: &str) -> String {
-    format!("{SERVICE_ACCOUNT_USER_PREFIX}{namespace}:{name}")
-}
-
-/// `(namespace, name)` of a service-account user name; `None` for other users. Like Kubernetes,
-/// exactly two non-empty `:`-separated parts must follow the prefix.
-pub fn parse_service_account_username(user: &str) -> Option<(&str, &str)> {
-    let rest = user.strip_prefix(SERVICE_ACCOUNT_USER_PREFIX)?;
-    let (namespace, name) = rest.split_once(':')?;
-    if namespace.is_empty() || name.is_empty() || name.contains(':') {
-        return None;
-    }
-    Some((namespace, name))
-}
-
-/// `system:serviceaccounts:NS`.
-pub fn service_account_namespace_group(namespace: &str) -> String {
-    format!("{SERVICE_ACCOUNTS_GROUP}:{namespace}")
-}
-
-/// The groups the API server's authenticator attaches to `user`: the given groups, then the two
-/// service-account groups for a service account, then `system:authenticated` (each added once).
-pub fn authenticated_groups(user: &str, groups: &[String]) -> Vec<String> {
-    let mut out = groups.to_vec();
-    let mut push = |g: String| {
-        if !out.contains(&g) {
-            out.push(g);
-        }
-    };
-    if let Some((namespace, _)) = parse_service_account_username(user) {
-        push(SERVICE_ACCOUNTS_GROUP.to_owned());
-        push(service_account_namespace_group(namespace));
-    }
-    push(SYSTEM_AUTHENTICATED.to_owned());
-    out
-}
 
 /// What a resource request asks for (`/apis/GROUP/VERSION/namespaces/NS/RESOURCE/NAME/SUB`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize)]
@@ -102,7 +53,7 @@ pub enum RequestAttributes {
 pub struct Attributes {
     /// The user name.
     pub user: String,
-    /// The user's groups, as authenticated (see [`authenticated_groups`]). The implicit
+    /// The user's groups, as authenticated (see [`kfsec_types::identity::authenticated_groups`]). The implicit
     /// service-account groups are also applied by the authorizer itself.
     pub groups: Vec<String>,
     /// What is asked.
@@ -226,36 +177,6 @@ impl Attributes {
 mod tests {
 
     use super::*;
-
-    #[test]
-    fn service_account_names() {
-        assert_eq!(service_account_username("ns", "sa"), "system:serviceaccount:ns:sa");
-        assert_eq!(
-            parse_service_account_username("system:serviceaccount:ns:sa"),
-            Some(("ns", "sa"))
-        );
-        assert_eq!(parse_service_account_username("system:serviceaccount:ns"), None);
-        assert_eq!(parse_service_account_username("system:serviceaccount::sa"), None);
-        assert_eq!(parse_service_account_username("system:serviceaccount:a:b:c"), None);
-        assert_eq!(parse_service_account_username("alice"), None);
-    }
-
-    #[test]
-    fn authenticated_groups_adds_implicit_groups_once() {
-        assert_eq!(
-            authenticated_groups("system:serviceaccount:kf:default-editor", &["x".to_owned()]),
-            vec![
-                "x",
-                "system:serviceaccounts",
-                "system:serviceaccounts:kf",
-                "system:authenticated"
-            ]
-        );
-        assert_eq!(
-            authenticated_groups("alice", &["system:authenticated".to_owned()]),
-            vec!["system:authenticated"]
-        );
-    }
 
     #[test]
     fn forbidden_messages_match_the_api_server() {

@@ -22,21 +22,22 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use rustc_hash::{FxHashMap, FxHashSet};
-
-use crate::attributes::{
-    Attributes, RequestAttributes, SERVICE_ACCOUNTS_GROUP, SYSTEM_MASTERS, parse_service_account_username,
+use kfsec_types::identity::{
+    SERVICE_ACCOUNT_USER_PREFIX, SERVICE_ACCOUNTS_GROUP, SYSTEM_MASTERS, parse_service_account_username,
     service_account_namespace_group, service_account_username,
 };
+use kfsec_types::rbac::{
+    ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, RoleRefKind, Subject, SubjectKind,
+};
+use rustc_hash::{FxHashMap, FxHashSet};
+
+use crate::attributes::{Attributes, RequestAttributes};
 use crate::authorizer::{Change, RbacKind, RbacObject};
 use crate::decision::{
     BindingKind, BindingRef, BindingTrace, Decision, Explanation, NonResourceRule, ResourceRule, split_rules,
 };
 use crate::error::AuthzError;
 use crate::rule::CompiledRules;
-use kfsec_types::rbac::{
-    ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, RoleRefKind, Subject, SubjectKind,
-};
 
 type RoleId = u32;
 type BindingId = u32;
@@ -212,7 +213,7 @@ impl<'a> Principal<'a> {
 
 /// Kubernetes `serviceaccount.MatchesUsername`: the user is exactly `system:serviceaccount:NS:NAME`.
 fn parse_sa_exact(user: &str, namespace: &str, name: &str) -> bool {
-    user.strip_prefix(crate::attributes::SERVICE_ACCOUNT_USER_PREFIX)
+    user.strip_prefix(SERVICE_ACCOUNT_USER_PREFIX)
         .and_then(|rest| rest.strip_prefix(namespace))
         .and_then(|rest| rest.strip_prefix(':'))
         == Some(name)

@@ -14,11 +14,7 @@ pub mod error;
 pub mod index;
 pub mod rule;
 
-pub use attributes::{
-    Attributes, NonResourceAttributes, RequestAttributes, ResourceAttributes, SERVICE_ACCOUNT_USER_PREFIX,
-    SERVICE_ACCOUNTS_GROUP, SYSTEM_AUTHENTICATED, SYSTEM_MASTERS, SYSTEM_UNAUTHENTICATED, authenticated_groups,
-    parse_service_account_username, service_account_namespace_group, service_account_username,
-};
+pub use attributes::{Attributes, NonResourceAttributes, RequestAttributes, ResourceAttributes};
 pub use authorizer::{Authorizer, Change, RbacKind, RbacObject};
 pub use decision::{BindingKind, BindingRef, BindingTrace, Decision, Explanation, NonResourceRule, ResourceRule};
 pub use defaults::kubeflow_default_cluster_roles;

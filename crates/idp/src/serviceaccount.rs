@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use kfsec_types::identity::{service_account_groups, service_account_username};
 use crate::tokens::VerifyError;
 use crate::{Idp, IdpError};
 
@@ -58,16 +59,8 @@ impl ServiceAccountClaims {
     }
     /// The Kubernetes groups of a service account.
     pub fn groups(&self) -> Vec<String> {
-        vec![
-            "system:serviceaccounts".into(),
-            format!("system:serviceaccounts:{}", self.kubernetes.namespace),
-        ]
+        service_account_groups(&self.kubernetes.namespace)
     }
-}
-
-/// The user name of a service account.
-pub fn service_account_user(namespace: &str, name: &str) -> String {
-    format!("system:serviceaccount:{namespace}:{name}")
 }
 
 impl Idp {
@@ -86,7 +79,7 @@ impl Idp {
         let now = self.clock.now();
         let claims = ServiceAccountClaims {
             iss: self.settings.issuer.clone(),
-            sub: service_account_user(namespace, name),
+            sub: service_account_username(namespace, name),
             aud: audiences,
             exp: now.add(lifetime).as_secs(),
             iat: now.as_secs(),
@@ -127,7 +120,7 @@ impl Idp {
         if !claims.aud.iter().any(|a| audiences.contains(&a.as_str())) {
             return Err(VerifyError::Audience);
         }
-        let expected = service_account_user(&claims.kubernetes.namespace, &claims.kubernetes.serviceaccount.name);
+        let expected = service_account_username(&claims.kubernetes.namespace, &claims.kubernetes.serviceaccount.name);
         if claims.sub != expected {
             return Err(VerifyError::Jwt(crate::jwt::JwtError::Malformed));
         }

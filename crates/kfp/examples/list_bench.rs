@@ -16,9 +16,10 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Method, Request};
-use kfsec_api::{Attributes, Authorize, Decision, SubjectRules, UserInfo};
+use kfsec_api::{Attributes, Authorize, Decision, SubjectRules};
 use kfsec_kfp::{Kfp, KfpSettings};
 use kfsec_store::{MemoryStore, RedbStore, Store};
+use kfsec_types::identity::UserInfo;
 use kfsec_types::{Identity, Rng, SystemClock};
 use tower::ServiceExt;
 

@@ -7,8 +7,9 @@
 //! audit log; the caller's groups are those the front door authenticated plus the implicit ones
 //! (`UserInfo::authenticated`).
 
-use kfsec_api::{Attributes, Authorize, Decision, UserInfo};
+use kfsec_api::{Attributes, Authorize, Decision};
 use kfsec_types::Identity;
+use kfsec_types::identity::UserInfo;
 
 use crate::error::{KfpError, KfpResult};
 
@@ -62,7 +63,7 @@ pub fn check(
             "Failed to check authorization. User identity is empty in the request header".into(),
         ));
     }
-    let user = UserInfo::authenticated(who.user.clone(), &who.groups);
+    let user = UserInfo::from(who);
     let attrs = Attributes::resource(
         user.username.clone(),
         user.groups.clone(),

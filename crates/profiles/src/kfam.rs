@@ -21,8 +21,9 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
-use kfsec_api::{ApiError, ApiServer, Attributes, Authorize, Decision, UserInfo};
+use kfsec_api::{ApiError, ApiServer, Attributes, Authorize, Decision};
 use kfsec_store::Store;
+use kfsec_types::identity::UserInfo;
 use kfsec_types::{Identity, Rng, random_array};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -49,7 +50,7 @@ pub struct Kfam {
 }
 
 fn user_info(id: &Identity) -> UserInfo {
-    UserInfo::authenticated(id.user.clone(), &id.groups)
+    UserInfo::from(id)
 }
 
 fn json_utf8(status: StatusCode, body: Value) -> Response {

@@ -320,7 +320,7 @@ impl AdminOps {
                             c
                         }
                     };
-                    let groups = kfsec_authz::authenticated_groups(&user, &groups);
+                    let groups = kfsec_types::identity::authenticated_groups(&user, &groups);
                     let attrs = if resource.starts_with('/') {
                         kfsec_authz::Attributes::non_resource(user, groups, verb, resource)
                     } else {

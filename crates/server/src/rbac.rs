@@ -11,10 +11,11 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kfsec_api::{ApiError, ApiServer, SubjectRules, UserInfo};
+use kfsec_api::{ApiError, ApiServer, SubjectRules};
 use kfsec_authz::{Authorizer, Change, RbacKind, RbacObject};
 use kfsec_profiles::AuthzSync;
 use kfsec_store::{EventKind, Store};
+use kfsec_types::identity::UserInfo;
 use tokio::sync::watch;
 
 const RBAC_GROUP: &str = "rbac.authorization.k8s.io";

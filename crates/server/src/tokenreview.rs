@@ -7,8 +7,9 @@
 //! an ID token only for a client of the bearer audience list (and, when the review names
 //! audiences, one of those); revoked credentials are refused.
 
-use kfsec_api::{TokenReviewStatus, TokenReviewer, UserInfo};
+use kfsec_api::{TokenReviewStatus, TokenReviewer};
 use kfsec_idp::{Authenticator, Surface};
+use kfsec_types::identity::UserInfo;
 
 /// The reviewer.
 pub struct Reviewer {
@@ -31,7 +32,7 @@ impl TokenReviewer for Reviewer {
         match self.authn.bearer(token, Surface::Review(audiences)).await {
             Ok(a) => TokenReviewStatus {
                 authenticated: true,
-                user: Some(UserInfo::authenticated(a.identity.user, &a.identity.groups)),
+                user: Some(UserInfo::from(&a.identity)),
                 audiences: a.audiences,
                 error: String::new(),
             },
