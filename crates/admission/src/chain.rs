@@ -8,10 +8,10 @@
 
 use std::collections::BTreeMap;
 
+use kfsec_types::admission::AdmissionRequest;
 use serde_json::Value;
 
 use crate::registration::{FailurePolicy, Registration, WebhookKind};
-use crate::review::AdmissionRequest;
 use crate::webhook::{AdmissionOutcome, Context, ContextNeeds, Webhook};
 
 /// A refusal by one webhook of the chain.
@@ -169,7 +169,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::review::{GroupVersionKind, GroupVersionResource, Operation};
+    use kfsec_types::admission::{GroupVersionKind, GroupVersionResource, Operation};
 
     fn request(group: &str, version: &str, kind: &str, plural: &str, ns: &str) -> AdmissionRequest {
         AdmissionRequest::for_object(

@@ -10,11 +10,11 @@
 
 use std::collections::BTreeMap;
 
+use kfsec_types::admission::AdmissionRequest;
 use serde_json::{Map, Value, json};
 
 use crate::gofmt::{self, BadValue, FieldError};
 use crate::registration::{FailurePolicy, MatchCondition, Registration, Rule, WebhookKind};
-use crate::review::AdmissionRequest;
 use crate::selector::LabelSelector;
 use crate::webhook::{AdmissionOutcome, Context, ContextNeeds, Webhook};
 

@@ -9,10 +9,10 @@
 //! configured resource defaults) and never removes user data other than the framework key it
 //! converts.
 
+use kfsec_types::admission::{AdmissionRequest, Operation};
 use serde_json::{Map, Value, json};
 
 use crate::registration::{FailurePolicy, Registration, Rule, WebhookKind};
-use crate::review::{AdmissionRequest, Operation};
 use crate::webhook::{AdmissionOutcome, Context, ContextNeeds, Webhook};
 
 /// Annotation selecting the deployment mode.

@@ -1,5 +1,6 @@
-//! Admission webhooks of the platform, as pure logic: the AdmissionReview wire format
-//! ([`review`]), Kubeflow's PodDefault mutator ([`poddefault`]), Katib's Experiment defaulter and
+//! Admission webhooks of the platform, as pure logic over the admission types of
+//! `kfsec_types::admission`: AdmissionReview parsing and encoding ([`review`]), Kubeflow's
+//! PodDefault mutator ([`poddefault`]), Katib's Experiment defaulter and
 //! validator and trial pod mutator ([`katib`]), KServe's InferenceService defaulter and validator
 //! ([`kserve`]), the PVCViewer defaulter and validator ([`pvcviewer`]), their registrations and
 //! webhook-configuration manifests ([`registration`]), and the in-process chain ([`chain`]).
@@ -45,10 +46,7 @@ pub use chain::{Chain, Denial};
 pub use json_patch;
 pub use poddefault::{PodDefault, PodDefaultError, PodDefaultSet, PodDefaultWebhook, apply_poddefaults};
 pub use registration::{Registration, manifests};
-pub use review::{
-    ADMISSION_V1, ADMISSION_V1BETA1, AdmissionRequest, AdmissionReview, GroupVersionKind, GroupVersionResource,
-    Operation, ReviewError, UserInfo, encode_response, parse_review, review, review_parsed,
-};
+pub use review::{ParsedReview, ReviewError, encode_response, parse_review, review, review_parsed};
 pub use webhook::{
     AdmissionOutcome, Context, ContextNeeds, MAX_CONTAINERS, MAX_PATCH_BYTES, MAX_PATCH_OPS, ObjectKind, Settings,
     Webhook, admit_bounded,

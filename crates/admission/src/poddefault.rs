@@ -19,11 +19,11 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use kfsec_types::admission::{AdmissionRequest, GroupVersionResource};
 use serde_json::{Map, Value};
 
 use crate::gofmt::{self, Schema};
 use crate::registration::{FailurePolicy, Registration, Rule, WebhookKind};
-use crate::review::{AdmissionRequest, GroupVersionResource};
 use crate::selector::{LabelSelector, Selector};
 use crate::webhook::{AdmissionOutcome, Context, ContextNeeds, Webhook};
 

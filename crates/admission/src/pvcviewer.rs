@@ -7,10 +7,10 @@
 //! volume for `spec.pvc`; the validator refuses viewers without a PVC, without a pod spec, or whose
 //! pod spec does not use the PVC (`Denied`, 403).
 
+use kfsec_types::admission::AdmissionRequest;
 use serde_json::{Value, json};
 
 use crate::registration::{FailurePolicy, Registration, Rule, WebhookKind};
-use crate::review::AdmissionRequest;
 use crate::webhook::{AdmissionOutcome, Context, ContextNeeds, Webhook};
 
 /// The volume the defaulter appends.

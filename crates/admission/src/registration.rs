@@ -10,7 +10,8 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use crate::review::AdmissionRequest;
+use kfsec_types::admission::AdmissionRequest;
+
 use crate::selector::LabelSelector;
 use crate::webhook::Webhook;
 
@@ -188,7 +189,7 @@ impl Registration {
         }
         if let Some(sel) = &self.object_selector {
             let Ok(s) = sel.compile() else { return false };
-            let old = req.old_object.as_ref().and_then(crate::review::labels_of);
+            let old = req.old_object_labels();
             if !(s.matches_json(req.object_labels()) || (req.old_object.is_some() && s.matches_json(old))) {
                 return false;
             }

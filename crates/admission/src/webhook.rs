@@ -13,6 +13,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use kfsec_types::admission::AdmissionRequest;
 use serde_json::Value;
 
 use crate::katib::KatibSettings;
@@ -20,7 +21,6 @@ use crate::kserve::KServeSettings;
 use crate::poddefault::PodDefaultSet;
 use crate::pvcviewer::PvcViewerSettings;
 use crate::registration::Registration;
-use crate::review::AdmissionRequest;
 
 /// What a webhook decided.
 #[derive(Debug, Clone, PartialEq)]
@@ -250,7 +250,7 @@ mod tests {
 
     use super::*;
     use crate::poddefault::PodDefaultWebhook;
-    use crate::review::{GroupVersionKind, GroupVersionResource, Operation};
+    use kfsec_types::admission::{GroupVersionKind, GroupVersionResource, Operation};
 
     fn pod_request(containers: usize) -> AdmissionRequest {
         let cs: Vec<Value> = (0..containers)

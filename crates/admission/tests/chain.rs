@@ -3,8 +3,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test-only crate: helpers outside #[test] fns may fail loudly
 
-use kfsec_admission::review::{GroupVersionKind, GroupVersionResource, UserInfo};
-use kfsec_admission::{AdmissionRequest, Chain, Context, Operation, all_webhooks, manifests};
+use kfsec_admission::{Chain, Context, all_webhooks, manifests};
+use kfsec_types::admission::{AdmissionRequest, GroupVersionKind, GroupVersionResource, Operation};
+use kfsec_types::identity::UserInfo;
 use serde_json::{Value, json};
 
 const NS: &str = "kubeflow-user-example-com";

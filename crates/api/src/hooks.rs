@@ -5,33 +5,17 @@
 //! write; a denial never writes anything; a mutating plugin's output is validated again (name,
 //! namespace and uid are restored, not trusted).
 
+use kfsec_types::admission::{self, GroupVersionKind, GroupVersionResource, Operation};
 use kfsec_types::identity::UserInfo;
 use serde_json::Value;
 
 use crate::registry::Resource;
 
-/// The admission operation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Operation {
-    /// Create (POST, or an internal create).
-    Create,
-    /// Update (PUT, PATCH, internal update).
-    Update,
-}
-
-impl Operation {
-    /// `CREATE` / `UPDATE`, as in AdmissionReview.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Create => "CREATE",
-            Self::Update => "UPDATE",
-        }
-    }
-}
-
-/// What an admission plugin sees.
+/// What an admission plugin sees of a write (Kubernetes' `admission.Attributes`): a borrowed,
+/// in-process view over the shared admission vocabulary; [`AdmissionAttributes::to_request`] is
+/// the one conversion to the AdmissionReview request webhooks read.
 #[derive(Debug, Clone, Copy)]
-pub struct AdmissionRequest<'a> {
+pub struct AdmissionAttributes<'a> {
     /// Create or update.
     pub operation: Operation,
     /// The resource type (group, version, kind, plural).
@@ -48,6 +32,27 @@ pub struct AdmissionRequest<'a> {
     pub user: &'a UserInfo,
     /// True for `?dryRun=All`.
     pub dry_run: bool,
+}
+
+impl AdmissionAttributes<'_> {
+    /// The AdmissionReview request for this write of `object`, identified by `uid`.
+    pub fn to_request(&self, uid: &str, object: Value) -> admission::AdmissionRequest {
+        let res = self.resource;
+        admission::AdmissionRequest {
+            uid: uid.to_owned(),
+            kind: GroupVersionKind::new(res.group, res.version, res.kind),
+            resource: GroupVersionResource::new(res.group, res.version, res.plural),
+            sub_resource: self.subresource.to_owned(),
+            name: self.name.to_owned(),
+            namespace: self.namespace.to_owned(),
+            operation: self.operation,
+            user_info: self.user.clone(),
+            object: Some(object),
+            old_object: self.old_object.cloned(),
+            dry_run: Some(self.dry_run),
+            ..admission::AdmissionRequest::default()
+        }
+    }
 }
 
 /// A refusal: becomes `admission webhook "<webhook>" denied the request: <message>` with `code`.
@@ -69,7 +74,7 @@ pub struct AdmissionDenied {
 #[async_trait::async_trait]
 pub trait Admission: Send + Sync + 'static {
     /// Admits (and possibly mutates) `object`.
-    async fn admit(&self, request: AdmissionRequest<'_>, object: &mut Value) -> Result<(), AdmissionDenied>;
+    async fn admit(&self, request: AdmissionAttributes<'_>, object: &mut Value) -> Result<(), AdmissionDenied>;
 }
 
 /// The default: admit everything unchanged.
@@ -78,7 +83,7 @@ pub struct NoAdmission;
 
 #[async_trait::async_trait]
 impl Admission for NoAdmission {
-    async fn admit(&self, _request: AdmissionRequest<'_>, _object: &mut Value) -> Result<(), AdmissionDenied> {
+    async fn admit(&self, _request: AdmissionAttributes<'_>, _object: &mut Value) -> Result<(), AdmissionDenied> {
         Ok(())
     }
 }

@@ -55,8 +55,7 @@ pub use authorize::{
     ResourceRule, SubjectRules, attributes_for,
 };
 pub use hooks::{
-    Admission, AdmissionDenied, AdmissionRequest, NoAdmission, NoTokenReviewer, Operation, TokenReviewStatus,
-    TokenReviewer,
+    Admission, AdmissionAttributes, AdmissionDenied, NoAdmission, NoTokenReviewer, TokenReviewStatus, TokenReviewer,
 };
 pub use patch::PatchType;
 pub use registry::Resource;

@@ -10,11 +10,12 @@
 pub(crate) use crate::list::ListQuery;
 
 use kfsec_store::{KeyValue, Revision, StoreError};
+use kfsec_types::admission::Operation;
 use kfsec_types::identity::UserInfo;
 use serde_json::{Map, Value, json};
 
 use crate::ApiServer;
-use crate::hooks::{AdmissionRequest, Operation};
+use crate::hooks::AdmissionAttributes;
 use crate::kinds::{prepare_kind, spec_changed};
 use crate::meta::{name_suffix, new_uid, validate_maps, validate_name};
 use crate::patch::{self, PatchType};
@@ -226,7 +227,7 @@ impl ApiServer {
         Ok(())
     }
 
-    async fn admit(&self, req: AdmissionRequest<'_>, obj: &mut Value) -> Result<(), ApiError> {
+    async fn admit(&self, req: AdmissionAttributes<'_>, obj: &mut Value) -> Result<(), ApiError> {
         self.admission.admit(req, obj).await.map_err(|d| {
             if d.call_failed {
                 ApiError::AdmissionFailed { webhook: d.webhook }
@@ -635,8 +636,8 @@ fn admission_request<'a>(
     name: &'a str,
     old_object: Option<&'a Value>,
     ctx: WriteCtx<'a>,
-) -> AdmissionRequest<'a> {
-    AdmissionRequest {
+) -> AdmissionAttributes<'a> {
+    AdmissionAttributes {
         operation,
         resource: res,
         subresource: ctx.subresource,

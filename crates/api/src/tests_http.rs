@@ -8,11 +8,12 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
+use kfsec_types::admission::Operation;
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
 use crate::testutil::{Fixture, app, fixture, grant};
-use crate::{Admission, AdmissionDenied, AdmissionRequest, ApiServer, Operation, PatchType};
+use crate::{Admission, AdmissionAttributes, AdmissionDenied, ApiServer, PatchType};
 
 struct Call<'a> {
     method: &'a str,
@@ -608,7 +609,7 @@ struct DenyLabelled;
 
 #[async_trait::async_trait]
 impl Admission for DenyLabelled {
-    async fn admit(&self, req: AdmissionRequest<'_>, obj: &mut Value) -> Result<(), AdmissionDenied> {
+    async fn admit(&self, req: AdmissionAttributes<'_>, obj: &mut Value) -> Result<(), AdmissionDenied> {
         if obj.pointer("/metadata/labels/deny").is_some() {
             return Err(AdmissionDenied {
                 webhook: "test.kubeflow.org".into(),

@@ -16,7 +16,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use kfsec_admission::{AdmissionRequest, Chain, Context, ContextNeeds, Operation, Settings};
+use kfsec_admission::{Chain, Context, ContextNeeds, Settings};
 use kfsec_api::{AdmissionDenied, ApiServer};
 use kfsec_store::Store;
 use serde_json::Value;
@@ -268,33 +268,8 @@ impl InProcessAdmission {
 
 #[async_trait::async_trait]
 impl kfsec_api::Admission for InProcessAdmission {
-    async fn admit(&self, r: kfsec_api::AdmissionRequest<'_>, object: &mut Value) -> Result<(), AdmissionDenied> {
-        let res = r.resource;
-        let req = AdmissionRequest {
-            uid: "in-process".into(),
-            kind: kfsec_admission::review::GroupVersionKind {
-                group: res.group.into(),
-                version: res.version.into(),
-                kind: res.kind.into(),
-            },
-            resource: kfsec_admission::review::GroupVersionResource::new(res.group, res.version, res.plural),
-            sub_resource: r.subresource.into(),
-            name: r.name.into(),
-            namespace: r.namespace.into(),
-            operation: match r.operation {
-                kfsec_api::Operation::Create => Operation::Create,
-                kfsec_api::Operation::Update => Operation::Update,
-            },
-            user_info: kfsec_admission::review::UserInfo {
-                username: r.user.username.clone(),
-                groups: r.user.groups.clone(),
-                ..Default::default()
-            },
-            object: Some(object.clone()),
-            old_object: r.old_object.cloned(),
-            dry_run: Some(r.dry_run),
-            ..Default::default()
-        };
+    async fn admit(&self, r: kfsec_api::AdmissionAttributes<'_>, object: &mut Value) -> Result<(), AdmissionDenied> {
+        let req = r.to_request("in-process", object.clone());
         // Most writes match no webhook and need no context.
         let Some(needs) = self.chain.needs(&req) else {
             return Ok(());

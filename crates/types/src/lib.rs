@@ -3,6 +3,7 @@
 //! Invariants: this crate performs no IO and holds no secrets in `Debug` output; time and
 //! randomness reach logic only through [`Clock`] and [`Rng`] so tests can drive them.
 
+pub mod admission;
 pub mod clock;
 pub mod config;
 pub mod identity;
