@@ -90,13 +90,24 @@ async fn put_service_account(k: &Kfsec) {
 enum Cred {
     Bearer(String),
     Cookie(String),
+    /// A client presenting a TLS client certificate issued by kfsec's CA.
+    Cert(reqwest::Client),
 }
 
 impl Cred {
+    /// The client that presents this credential: its own for a certificate, `raw` otherwise.
+    fn client<'a>(&'a self, raw: &'a reqwest::Client) -> &'a reqwest::Client {
+        match self {
+            Cred::Cert(c) => c,
+            _ => raw,
+        }
+    }
+
     fn apply(&self, r: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
         match self {
             Cred::Bearer(t) => r.bearer_auth(t),
             Cred::Cookie(c) => r.header("cookie", format!("authservice_session={c}")),
+            Cred::Cert(_) => r,
         }
     }
 }
@@ -134,7 +145,7 @@ impl Surfaces {
 
     async fn check(&self, c: &Cred) -> Who {
         let r = c
-            .apply(self.raw.get(format!("{}/authservice/check", self.base)))
+            .apply(c.client(&self.raw).get(format!("{}/authservice/check", self.base)))
             .send()
             .await
             .unwrap();
@@ -153,7 +164,7 @@ impl Surfaces {
 
     async fn route(&self, c: &Cred) -> Who {
         let r = c
-            .apply(self.raw.get(format!("{}/app/x", self.base)))
+            .apply(c.client(&self.raw).get(format!("{}/app/x", self.base)))
             .send()
             .await
             .unwrap();
@@ -169,7 +180,7 @@ impl Surfaces {
     /// Authenticated (any answer but 401) at `path`.
     async fn passes(&self, c: &Cred, path: &str) -> bool {
         let r = c
-            .apply(self.raw.get(format!("{}{path}", self.base)))
+            .apply(c.client(&self.raw).get(format!("{}{path}", self.base)))
             .send()
             .await
             .unwrap();
@@ -263,9 +274,20 @@ async fn audience_policy_is_the_same_on_every_surface() {
     };
     let sat = |aud: &[&str]| sign_raw(&k, json!({}), &sa_claims(&k, aud, |_| {}));
     let (_b, cookie) = session_of(&k, USER, PASSWORD).await;
+    let cas = k.running.trust.cas();
+    let leaf = cas
+        .current()
+        .issue_client(USER, &["team-a".into()], Duration::from_secs(600), &SystemClock)
+        .unwrap();
+    let cert = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(k.running.ca_pem.as_bytes()).unwrap()])
+        .identity(reqwest::Identity::from_pem(format!("{}{}", cas.chain_pem(&leaf), leaf.key_pem).as_bytes()).unwrap())
+        .build()
+        .unwrap();
     // (what, credential, identity on the gateway surfaces, accepted on Pipelines)
     let cases: Vec<(&str, Cred, Who, bool)> = vec![
         ("session", Cred::Cookie(cookie), user.clone(), true),
+        ("client certificate", Cred::Cert(cert), user.clone(), true),
         (
             "gatekeeper aud",
             Cred::Bearer(id(&["kfsec-gatekeeper"], None)),
