@@ -612,12 +612,13 @@ impl ApiServer {
     async fn purge_namespace(&self, ns: &str) -> Result<(), ApiError> {
         for res in registry::namespaced_storage() {
             let prefix = res.list_prefix(Some(ns));
+            // Again until empty: an object created meanwhile goes too.
             loop {
-                let page = self.store.list(&prefix, 500, None).await?;
-                if page.items.is_empty() {
+                let all = kfsec_store::list_all(self.store.as_ref(), &prefix).await?;
+                if all.items.is_empty() {
                     break;
                 }
-                for kv in page.items {
+                for kv in all.items {
                     match self.store.delete(&kv.key, None).await {
                         Ok(_) | Err(StoreError::NotFound(_)) => {}
                         Err(e) => return Err(e.into()),

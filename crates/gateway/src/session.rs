@@ -18,7 +18,7 @@ use aws_lc_rs::hmac;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use kfsec_idp::secret::sha256_hex;
-use kfsec_store::{EventKind, Store, StoreError};
+use kfsec_store::{Store, StoreError};
 use kfsec_types::{Clock, Identity, Rng, UnixTime, random_array};
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
@@ -108,22 +108,15 @@ pub(crate) async fn load_keys(store: &dyn Store, rng: &dyn Rng) -> Result<MacKey
 
 /// The user's sessions, oldest first: (index key, session hash).
 async fn user_sessions(store: &dyn Store, user: &str) -> Result<Vec<(String, String)>, GatewayError> {
-    let prefix = user_prefix(user);
-    let mut out = Vec::new();
-    let mut after: Option<String> = None;
-    loop {
-        let page = store.list(&prefix, 500, after.as_deref()).await?;
-        for kv in &page.items {
-            if let Some((_, hash)) = kv.key.rsplit_once('-') {
-                out.push((kv.key.clone(), hash.to_owned()));
-            }
-        }
-        match page.continue_key {
-            Some(k) => after = Some(k),
-            None => break,
-        }
-    }
-    Ok(out)
+    let all = kfsec_store::list_all(store, &user_prefix(user)).await?;
+    Ok(all
+        .items
+        .into_iter()
+        .filter_map(|kv| {
+            let hash = kv.key.rsplit_once('-')?.1.to_owned();
+            Some((kv.key, hash))
+        })
+        .collect())
 }
 
 /// Deletes one session record and its index entry (looked up when not given).
@@ -303,34 +296,27 @@ impl Sessions {
     }
 
     /// Follows session deletions in the store (logout on another replica, expiry) and evicts
-    /// them from the cache.
+    /// them from the cache; the cache starts clean whenever the watch (re)starts or breaks (a
+    /// deletion may have been missed), until the task is dropped.
     pub fn spawn_watch(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let me = self.clone();
+        let config = kfsec_store::WatcherConfig::new(PREFIX).skip_list();
+        let mut watcher = kfsec_store::Watcher::new(me.store.clone(), config, me.rng.clone());
         tokio::spawn(async move {
             loop {
-                let from = me.store.revision().await.unwrap_or(0);
-                match me.store.watch(PREFIX, from).await {
-                    Ok(mut rx) => {
-                        while let Some(ev) = rx.recv().await {
-                            match ev {
-                                Ok(ev) if ev.kind == EventKind::Delete => {
-                                    if let Some(hash) = ev.kv.key.strip_prefix(PREFIX) {
-                                        me.cache.write().remove(hash);
-                                    }
-                                }
-                                Ok(_) => {}
-                                Err(e) => {
-                                    // Lagged: we may have missed deletions; start clean.
-                                    tracing::warn!(error = %e, "session watch lagged; clearing the cache");
-                                    me.cache.write().clear();
-                                    break;
-                                }
-                            }
+                match watcher.next().await {
+                    Ok(kfsec_store::Event::Deleted(kv)) => {
+                        if let Some(hash) = kv.key.strip_prefix(PREFIX) {
+                            me.cache.write().remove(hash);
                         }
                     }
-                    Err(e) => tracing::warn!(error = %e, "session watch failed"),
+                    Ok(kfsec_store::Event::Restarted { .. }) => me.cache.write().clear(),
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "session watch lost; clearing the cache");
+                        me.cache.write().clear();
+                    }
                 }
-                tokio::time::sleep(Duration::from_secs(1)).await;
             }
         })
     }

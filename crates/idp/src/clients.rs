@@ -191,16 +191,8 @@ impl ClientRegistry {
     pub async fn list(&self) -> Result<Vec<ClientSummary>, IdpError> {
         let mut out: Vec<ClientSummary> = self.fixed.values().map(|(c, src)| summary(c, src)).collect();
         out.sort_by(|a, b| a.id.cmp(&b.id));
-        let mut after: Option<String> = None;
-        loop {
-            let page = self.store.list(PREFIX, 500, after.as_deref()).await?;
-            for kv in &page.items {
-                out.push(summary(&serde_json::from_slice(&kv.value)?, "store"));
-            }
-            match page.continue_key {
-                Some(k) => after = Some(k),
-                None => break,
-            }
+        for kv in &kfsec_store::list_all(self.store.as_ref(), PREFIX).await?.items {
+            out.push(summary(&serde_json::from_slice(&kv.value)?, "store"));
         }
         Ok(out)
     }

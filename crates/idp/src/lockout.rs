@@ -324,35 +324,31 @@ impl Lockout {
     /// Loads persisted counters (at start).
     pub async fn restore(&self) -> Result<usize, kfsec_store::StoreError> {
         let Some(store) = &self.0.store else { return Ok(0) };
-        let mut after: Option<String> = None;
+        let records = kfsec_store::list_all(store.as_ref(), PREFIX).await?.items;
         let mut n = 0;
-        loop {
-            let page = store.list(PREFIX, 500, after.as_deref()).await?;
-            {
-                let mut st = self.0.state.lock();
-                for kv in &page.items {
-                    let Some(rest) = kv.key.strip_prefix(PREFIX) else {
-                        continue;
-                    };
-                    let Ok(e) = serde_json::from_slice::<Entry>(&kv.value) else {
-                        continue;
-                    };
-                    let map = match rest.split_once('/') {
-                        Some(("pair", k)) => Some((&mut st.pairs, k)),
-                        Some(("source", k)) => Some((&mut st.sources, k)),
-                        _ => None,
-                    };
-                    if let Some((map, k)) = map
-                        && map.len() < self.0.max_entries
-                    {
-                        map.insert(k.to_owned(), e);
-                        n += 1;
-                    }
+        let mut st = self.0.state.lock();
+        for kv in &records {
+            let Some(rest) = kv.key.strip_prefix(PREFIX) else {
+                continue;
+            };
+            let e = match serde_json::from_slice::<Entry>(&kv.value) {
+                Ok(e) => e,
+                Err(e) => {
+                    // A counter is advisory: an unreadable one starts from zero.
+                    tracing::warn!(key = %kv.key, error = %e, "unreadable login-protection counter ignored");
+                    continue;
                 }
-            }
-            match page.continue_key {
-                Some(k) => after = Some(k),
-                None => break,
+            };
+            let map = match rest.split_once('/') {
+                Some(("pair", k)) => Some((&mut st.pairs, k)),
+                Some(("source", k)) => Some((&mut st.sources, k)),
+                _ => None,
+            };
+            if let Some((map, k)) = map
+                && map.len() < self.0.max_entries
+            {
+                map.insert(k.to_owned(), e);
+                n += 1;
             }
         }
         Ok(n)

@@ -549,20 +549,10 @@ impl Idp {
 
 /// Deletes every refresh token granted to `email` (a scan: rare admin operations only).
 pub async fn delete_refresh_tokens(store: &dyn kfsec_store::Store, email: &str) -> Result<usize, StoreError> {
-    let mut after: Option<String> = None;
     let mut doomed = Vec::new();
-    loop {
-        let page = store.list(REFRESH_PREFIX, 500, after.as_deref()).await?;
-        for kv in &page.items {
-            if serde_json::from_slice::<RefreshRecord>(&kv.value)
-                .is_ok_and(|r| r.grant.email.eq_ignore_ascii_case(email))
-            {
-                doomed.push(kv.key.clone());
-            }
-        }
-        match page.continue_key {
-            Some(k) => after = Some(k),
-            None => break,
+    for kv in kfsec_store::list_all(store, REFRESH_PREFIX).await?.items {
+        if serde_json::from_slice::<RefreshRecord>(&kv.value).is_ok_and(|r| r.grant.email.eq_ignore_ascii_case(email)) {
+            doomed.push(kv.key);
         }
     }
     for k in &doomed {

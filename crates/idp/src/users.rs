@@ -262,17 +262,9 @@ impl UserDirectory {
     pub async fn list(&self) -> Result<Vec<UserSummary>, IdpError> {
         let mut out: Vec<UserSummary> = self.static_users.values().map(|u| summary(u, "config")).collect();
         out.sort_by(|a, b| a.email.cmp(&b.email));
-        let mut after: Option<String> = None;
-        loop {
-            let page = self.store.list(PREFIX, 500, after.as_deref()).await?;
-            for kv in &page.items {
-                let u: User = serde_json::from_slice(&kv.value)?;
-                out.push(summary(&u, "store"));
-            }
-            match page.continue_key {
-                Some(k) => after = Some(k),
-                None => break,
-            }
+        for kv in &kfsec_store::list_all(self.store.as_ref(), PREFIX).await?.items {
+            let u: User = serde_json::from_slice(&kv.value)?;
+            out.push(summary(&u, "store"));
         }
         Ok(out)
     }

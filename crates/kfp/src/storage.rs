@@ -175,23 +175,13 @@ impl Db {
 
     /// Every record under `prefix`, decoded, in key order.
     pub async fn list<T: DeserializeOwned>(&self, prefix: &str) -> KfpResult<Vec<T>> {
-        let mut out = Vec::new();
-        let mut after: Option<String> = None;
-        loop {
-            let page = self
-                .store
-                .list(prefix, 512, after.as_deref())
-                .await
-                .map_err(|e| KfpError::store(&e))?;
-            for kv in &page.items {
-                out.push(serde_json::from_slice(&kv.value).map_err(|_| corrupt(&kv.key))?);
-            }
-            match page.continue_key {
-                Some(k) => after = Some(k),
-                None => break,
-            }
-        }
-        Ok(out)
+        let all = kfsec_store::list_all(self.store.as_ref(), prefix)
+            .await
+            .map_err(|e| KfpError::store(&e))?;
+        all.items
+            .iter()
+            .map(|kv| serde_json::from_slice(&kv.value).map_err(|_| corrupt(&kv.key)))
+            .collect()
     }
 
     /// Where `id` lives, if it exists and is of `kind`.

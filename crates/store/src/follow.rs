@@ -272,6 +272,12 @@ impl Watcher {
         }
     }
 
+    /// Gives up the current watch as if it had failed: the next call re-lists after the backoff
+    /// delay (for a consumer that could not apply what it was given).
+    pub fn restart(&mut self) {
+        let _ = self.failed(StoreError::Backend(String::new()));
+    }
+
     fn failed(&mut self, e: StoreError) -> StoreError {
         self.state = State::Start;
         self.failures = self.failures.saturating_add(1);
@@ -677,12 +683,19 @@ mod tests {
         // recovered: the backoff starts over, and live events flow
         inner.put("/p/b", b"1".to_vec(), None).await.unwrap();
         assert!(matches!(w.next().await, Ok(Event::Applied(kv)) if kv.key == "/p/b"));
+        // a consumer that could not apply an event asks for a re-list (after a backoff)
+        w.restart();
+        let Ok(Event::Restarted { items, .. }) = w.next().await else {
+            panic!("re-lists")
+        };
+        assert_eq!(items.len(), 2);
+        assert_eq!(sleeps.0.lock().len(), 5);
         faulty.fail.store(1, Ordering::SeqCst);
         drop(w);
         let mut w = Watcher::with_sleep(faulty.clone(), WatcherConfig::new("/p/"), rng(), sleeps.clone());
         assert!(w.next().await.is_err());
         assert!(matches!(w.next().await, Ok(Event::Restarted { .. })));
-        assert_eq!(sleeps.0.lock().len(), 5);
+        assert_eq!(sleeps.0.lock().len(), 6);
     }
 
     #[tokio::test]
