@@ -191,10 +191,8 @@ wire! {
 wire! {
     /// `AwsIamForServiceAccount` plugin spec.
     pub struct AwsIamForServiceAccount {
-        /// The IAM role ARN bound to `default-editor`.
+        /// The IAM role ARN bound to `default-editor` (`annotateOnly` and the rest kept in `extra`).
         aws_iam_role: String,
-        /// Only annotate the service account (do not touch the role's trust policy).
-        annotate_only: bool,
     }
 }
 
@@ -622,7 +620,7 @@ mod tests {
         let wi: WorkloadIdentity = plugins[0].spec_as().unwrap();
         assert_eq!(wi.gcp_service_account.as_str(), "sa@p.iam.gserviceaccount.com");
         let aws: AwsIamForServiceAccount = plugins[1].spec_as().unwrap();
-        assert_eq!(aws.annotate_only.get(), Some(&true));
+        assert_eq!(aws.aws_iam_role.as_str(), "arn:aws:iam::1:role/r");
         assert!(plugins[2].spec_as::<WorkloadIdentity>().is_none());
         assert_eq!(p.conditions()[0].r#type.as_str(), "Successful");
         // nulls and a bare object

@@ -74,6 +74,56 @@ impl ObjectMeta {
             ..Self::default()
         }
     }
+
+    /// `ownerReferences` (kept in [`ObjectMeta::extra`]), decoded; an entry that does not
+    /// decode is skipped (it can name no owner kfsec acts for).
+    pub fn owner_references(&self) -> Vec<OwnerReference> {
+        self.extra
+            .get("ownerReferences")
+            .and_then(serde_json::Value::as_array)
+            .map(|refs| {
+                refs.iter()
+                    .filter_map(|r| OwnerReference::deserialize(r).ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Replaces `ownerReferences` (none: the member is removed).
+    pub fn set_owner_references(&mut self, refs: &[OwnerReference]) {
+        match serde_json::to_value(refs) {
+            Ok(v) if !refs.is_empty() => {
+                self.extra.insert("ownerReferences".to_owned(), v);
+            }
+            _ => {
+                self.extra.remove("ownerReferences");
+            }
+        }
+    }
+}
+
+/// `metav1.OwnerReference`: the object that owns this one (deleting it deletes this one).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OwnerReference {
+    /// The owner's `apiVersion`.
+    #[serde(default, deserialize_with = "null_default")]
+    pub api_version: String,
+    /// The owner's kind.
+    #[serde(default, deserialize_with = "null_default")]
+    pub kind: String,
+    /// The owner's name.
+    #[serde(default, deserialize_with = "null_default")]
+    pub name: String,
+    /// The owner's uid.
+    #[serde(default, deserialize_with = "null_default")]
+    pub uid: String,
+    /// Whether the owner is the managing controller.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub controller: Option<bool>,
+    /// Whether the owner's deletion waits for this object's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub block_owner_deletion: Option<bool>,
 }
 
 /// `metav1.LabelSelector`: `matchLabels` and `matchExpressions`, all of which must hold.
