@@ -40,6 +40,7 @@ pub mod pvcviewer;
 pub mod registration;
 pub mod review;
 pub mod selector;
+pub mod settings;
 pub mod webhook;
 
 pub use chain::{Chain, Denial};
