@@ -334,12 +334,20 @@ fn text(b: &[u8]) -> Result<String, ProtoError> {
     String::from_utf8(b.to_vec()).map_err(|_| ProtoError::Malformed("invalid UTF-8"))
 }
 
+/// The last second RFC 3339 can write: 9999-12-31T23:59:59Z.
+const MAX_RFC3339_SECS: i64 = 253_402_300_799;
+
+/// A `google.protobuf.Timestamp` as RFC 3339 (seconds; before the epoch reads as the epoch).
+/// A time past year 9999 is refused, as Kubernetes cannot write it either.
 fn rfc3339_of(b: &[u8]) -> Result<Value, ProtoError> {
     let mut secs = 0i64;
     for (n, w) in fields(b)? {
         if let (1, Wire::Varint(v)) = (n, w) {
             secs = v.cast_signed();
         }
+    }
+    if secs > MAX_RFC3339_SECS {
+        return Err(ProtoError::Malformed("timestamp after year 9999"));
     }
     let t = kfsec_types::UnixTime::from_secs(u64::try_from(secs).unwrap_or(0));
     Ok(Value::String(t.to_rfc3339()))
@@ -556,5 +564,31 @@ mod tests {
         bytes(2, &hard, &mut quota);
         let v = decode_body(&envelope("v1", "ResourceQuota", &quota)).unwrap();
         assert_eq!(v["spec"]["hard"]["pods"], "10");
+    }
+
+    /// A timestamp is RFC 3339 or refused: past year 9999 it used to decode to
+    /// `"11476-08-15T05:20:00Z"`, which no RFC 3339 reader accepts (found by the invariant of
+    /// the `protobuf_body` fuzz target).
+    #[test]
+    fn timestamps_stay_rfc3339() {
+        let body = |secs: u64| {
+            let mut ts = Vec::new();
+            varint(1 << 3, &mut ts);
+            varint(secs, &mut ts);
+            let mut meta = Vec::new();
+            bytes(1, b"a", &mut meta);
+            bytes(8, &ts, &mut meta);
+            let mut cm = Vec::new();
+            bytes(1, &meta, &mut cm);
+            envelope("v1", "ConfigMap", &cm)
+        };
+        let v = decode_body(&body(253_402_300_799)).unwrap();
+        assert_eq!(v["metadata"]["creationTimestamp"], "9999-12-31T23:59:59Z");
+        assert_eq!(
+            decode_body(&body(300_000_000_000)).unwrap_err(),
+            ProtoError::Malformed("timestamp after year 9999")
+        );
+        let v = decode_body(&body(u64::MAX)).unwrap();
+        assert_eq!(v["metadata"]["creationTimestamp"], "1970-01-01T00:00:00Z");
     }
 }
