@@ -11,11 +11,11 @@
 use std::collections::BTreeMap;
 
 use kfsec_types::admission::AdmissionRequest;
+use kfsec_types::meta::LabelSelector;
 use serde_json::{Map, Value, json};
 
 use crate::gofmt::{self, BadValue, FieldError};
 use crate::registration::{FailurePolicy, MatchCondition, Registration, Rule, WebhookKind};
-use crate::selector::LabelSelector;
 use crate::webhook::{AdmissionOutcome, Context, ContextNeeds, Webhook};
 
 /// Namespace label Katib requires.

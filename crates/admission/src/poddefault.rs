@@ -20,11 +20,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use kfsec_types::admission::{AdmissionRequest, GroupVersionResource};
+use kfsec_types::meta::LabelSelector;
 use serde_json::{Map, Value};
 
 use crate::gofmt::{self, Schema};
 use crate::registration::{FailurePolicy, Registration, Rule, WebhookKind};
-use crate::selector::{LabelSelector, Selector};
+use crate::selector::{self, Selector};
 use crate::webhook::{AdmissionOutcome, Context, ContextNeeds, Webhook};
 
 /// Prefix of the PodDefault annotations.
@@ -107,9 +108,9 @@ impl PodDefault {
         let text = |k: &str| meta.and_then(|m| m.get(k)).and_then(Value::as_str).map(str::to_string);
         let name = text("name").unwrap_or_default();
         let spec_v = v.get("spec").unwrap_or(&Value::Null);
-        let (selector, compiled) = match LabelSelector::from_value(spec_v.get("selector").unwrap_or(&Value::Null)) {
+        let (selector, compiled) = match selector::decode(spec_v.get("selector").unwrap_or(&Value::Null)) {
             Ok(s) => {
-                let c = s.compile();
+                let c = Selector::compile(&s);
                 (s, c)
             }
             Err(e) => (LabelSelector::default(), Err(e)),
@@ -774,7 +775,7 @@ pub fn apply_set(pod: &Value, namespace: &str, set: &PodDefaultSet) -> Result<Op
     {
         return Err(PodDefaultError::InvalidSelector(format!(
             "label selector conversion failed: {} for selector: {e}",
-            bad.selector.go_v()
+            selector::go_v(&bad.selector)
         )));
     }
     let mut matching: Vec<&PodDefault> = Vec::new();

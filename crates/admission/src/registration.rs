@@ -11,8 +11,9 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use kfsec_types::admission::AdmissionRequest;
+use kfsec_types::meta::LabelSelector;
 
-use crate::selector::LabelSelector;
+use crate::selector::Selector;
 use crate::webhook::Webhook;
 
 /// Mutating or validating.
@@ -167,7 +168,7 @@ impl Registration {
         if let Some(sel) = &self.namespace_selector
             && !req.namespace.is_empty()
         {
-            match sel.compile() {
+            match Selector::compile(sel) {
                 Ok(s) if s.matches_map(namespace_labels) => {}
                 _ => return false,
             }
@@ -188,7 +189,7 @@ impl Registration {
             return false;
         }
         if let Some(sel) = &self.object_selector {
-            let Ok(s) = sel.compile() else { return false };
+            let Ok(s) = Selector::compile(sel) else { return false };
             let old = req.old_object_labels();
             if !(s.matches_json(req.object_labels()) || (req.old_object.is_some() && s.matches_json(old))) {
                 return false;
@@ -200,6 +201,11 @@ impl Registration {
 
 fn q(s: &str) -> String {
     serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
+}
+
+/// A selector as compact JSON (members in sorted order).
+fn selector_json(selector: &LabelSelector) -> String {
+    serde_json::to_value(selector).unwrap_or_default().to_string()
 }
 
 fn flow(list: &[String]) -> String {
@@ -245,10 +251,10 @@ pub fn manifests_for(registrations: &[Registration], ca_bundle_b64: &str, servic
                 let _ = writeln!(out, "  reinvocationPolicy: {p}");
             }
             if let Some(sel) = &r.namespace_selector {
-                let _ = writeln!(out, "  namespaceSelector: {}", sel.to_value());
+                let _ = writeln!(out, "  namespaceSelector: {}", selector_json(sel));
             }
             if let Some(sel) = &r.object_selector {
-                let _ = writeln!(out, "  objectSelector: {}", sel.to_value());
+                let _ = writeln!(out, "  objectSelector: {}", selector_json(sel));
             }
             if !r.match_conditions.is_empty() {
                 out.push_str("  matchConditions:\n");

@@ -1,5 +1,6 @@
-//! Kubernetes label selectors (`metav1.LabelSelector`): decoding from JSON, the validation done by
-//! `LabelSelectorAsSelector` (with apimachinery's error text), and matching against label sets.
+//! Admission's side of label selectors (the one `kfsec_types::meta::LabelSelector`): decoding
+//! from JSON as Kubernetes' decoder does, the validation done by `LabelSelectorAsSelector` (with
+//! apimachinery's error text) into a compiled [`Selector`], and matching against label sets.
 //!
 //! Invariants: an empty selector matches everything, exactly as upstream; a selector that fails
 //! validation never matches anything — callers get the error instead; matching is a pure function
@@ -8,29 +9,10 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
+use kfsec_types::meta::{LabelSelector, LabelSelectorRequirement};
 use serde_json::{Map, Value};
 
 use crate::gofmt::{self, BadValue, FieldError};
-
-/// One `matchExpressions` entry.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Requirement {
-    /// Label key.
-    pub key: String,
-    /// `In`, `NotIn`, `Exists` or `DoesNotExist` (anything else fails validation).
-    pub operator: String,
-    /// Values (for `In` / `NotIn`).
-    pub values: Vec<String>,
-}
-
-/// A `metav1.LabelSelector` as written.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct LabelSelector {
-    /// `matchLabels`.
-    pub match_labels: BTreeMap<String, String>,
-    /// `matchExpressions`.
-    pub match_expressions: Vec<Requirement>,
-}
 
 /// A validated selector, ready to match.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,91 +28,104 @@ enum Op {
     DoesNotExist,
 }
 
-impl LabelSelector {
-    /// A selector from `matchLabels` only.
-    pub fn from_labels<'a>(labels: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
-        Self {
-            match_labels: labels
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            match_expressions: Vec::new(),
-        }
-    }
-
-    /// Decodes a selector; `null` or absent members are empty. Errors describe a type mismatch.
-    pub fn from_value(v: &Value) -> Result<Self, String> {
-        let obj = match v {
-            Value::Null => return Ok(Self::default()),
-            Value::Object(o) => o,
-            _ => return Err("selector: expected an object".into()),
-        };
-        let mut out = Self::default();
-        match obj.get("matchLabels") {
-            None | Some(Value::Null) => {}
-            Some(Value::Object(m)) => {
-                for (k, v) in m {
-                    match v {
-                        Value::String(s) => {
-                            out.match_labels.insert(k.clone(), s.clone());
-                        }
-                        Value::Null => {
-                            out.match_labels.insert(k.clone(), String::new());
-                        }
-                        _ => return Err(format!("selector.matchLabels.{k}: expected a string")),
+/// Decodes a `metav1.LabelSelector` as Kubernetes' decoder accepts it: `null` or absent members
+/// are empty and a `null` label value is `""`. Errors describe a type mismatch.
+pub fn decode(v: &Value) -> Result<LabelSelector, String> {
+    let obj = match v {
+        Value::Null => return Ok(LabelSelector::default()),
+        Value::Object(o) => o,
+        _ => return Err("selector: expected an object".into()),
+    };
+    let mut out = LabelSelector::default();
+    match obj.get("matchLabels") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(m)) => {
+            for (k, v) in m {
+                match v {
+                    Value::String(s) => {
+                        out.match_labels.insert(k.clone(), s.clone());
                     }
+                    Value::Null => {
+                        out.match_labels.insert(k.clone(), String::new());
+                    }
+                    _ => return Err(format!("selector.matchLabels.{k}: expected a string")),
                 }
             }
-            Some(_) => return Err("selector.matchLabels: expected an object".into()),
         }
-        match obj.get("matchExpressions") {
-            None | Some(Value::Null) => {}
-            Some(Value::Array(items)) => {
-                for (i, item) in items.iter().enumerate() {
-                    let Value::Object(e) = item else {
-                        return Err(format!("selector.matchExpressions[{i}]: expected an object"));
-                    };
-                    let key = str_member(e, "key").map_err(|m| format!("selector.matchExpressions[{i}].{m}"))?;
-                    let operator =
-                        str_member(e, "operator").map_err(|m| format!("selector.matchExpressions[{i}].{m}"))?;
-                    let values = match e.get("values") {
-                        None | Some(Value::Null) => Vec::new(),
-                        Some(Value::Array(vs)) => {
-                            let mut out = Vec::with_capacity(vs.len());
-                            for v in vs {
-                                match v {
-                                    Value::String(s) => out.push(s.clone()),
-                                    _ => {
-                                        return Err(format!("selector.matchExpressions[{i}].values: expected strings"));
-                                    }
+        Some(_) => return Err("selector.matchLabels: expected an object".into()),
+    }
+    match obj.get("matchExpressions") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(items)) => {
+            for (i, item) in items.iter().enumerate() {
+                let Value::Object(e) = item else {
+                    return Err(format!("selector.matchExpressions[{i}]: expected an object"));
+                };
+                let key = str_member(e, "key").map_err(|m| format!("selector.matchExpressions[{i}].{m}"))?;
+                let operator = str_member(e, "operator").map_err(|m| format!("selector.matchExpressions[{i}].{m}"))?;
+                let values = match e.get("values") {
+                    None | Some(Value::Null) => Vec::new(),
+                    Some(Value::Array(vs)) => {
+                        let mut out = Vec::with_capacity(vs.len());
+                        for v in vs {
+                            match v {
+                                Value::String(s) => out.push(s.clone()),
+                                _ => {
+                                    return Err(format!("selector.matchExpressions[{i}].values: expected strings"));
                                 }
                             }
-                            out
                         }
-                        Some(_) => return Err(format!("selector.matchExpressions[{i}].values: expected an array")),
-                    };
-                    out.match_expressions.push(Requirement { key, operator, values });
-                }
+                        out
+                    }
+                    Some(_) => return Err(format!("selector.matchExpressions[{i}].values: expected an array")),
+                };
+                out.match_expressions
+                    .push(LabelSelectorRequirement { key, operator, values });
             }
-            Some(_) => return Err("selector.matchExpressions: expected an array".into()),
         }
-        Ok(out)
+        Some(_) => return Err("selector.matchExpressions: expected an array".into()),
     }
+    Ok(out)
+}
 
-    /// True when both lists are empty (the selector matches everything).
-    pub fn is_empty(&self) -> bool {
-        self.match_labels.is_empty() && self.match_expressions.is_empty()
+/// Go's `%v` of the selector struct value, e.g. `{map[app:x] [{tier In [a b]}]}`.
+pub fn go_v(selector: &LabelSelector) -> String {
+    let mut out = String::from("{map[");
+    for (i, (k, v)) in selector.match_labels.iter().enumerate() {
+        if i > 0 {
+            out.push(' ');
+        }
+        let _ = write!(out, "{k}:{v}");
     }
+    out.push_str("] [");
+    for (i, e) in selector.match_expressions.iter().enumerate() {
+        if i > 0 {
+            out.push(' ');
+        }
+        let _ = write!(out, "{{{} {} [{}]}}", e.key, e.operator, e.values.join(" "));
+    }
+    out.push_str("]}");
+    out
+}
 
+fn str_member(obj: &Map<String, Value>, name: &str) -> Result<String, String> {
+    match obj.get(name) {
+        None | Some(Value::Null) => Ok(String::new()),
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(_) => Err(format!("{name}: expected a string")),
+    }
+}
+
+impl Selector {
     /// `metav1.LabelSelectorAsSelector`: validates keys, values and operators. The error is
     /// apimachinery's text (map entries are checked in key order, where Go's order is random).
-    pub fn compile(&self) -> Result<Selector, String> {
-        let mut reqs = Vec::with_capacity(self.match_labels.len() + self.match_expressions.len());
-        for (k, v) in &self.match_labels {
+    pub fn compile(selector: &LabelSelector) -> Result<Self, String> {
+        let mut reqs = Vec::with_capacity(selector.match_labels.len() + selector.match_expressions.len());
+        for (k, v) in &selector.match_labels {
             check_requirement(k, Op::In, std::slice::from_ref(v), true)?;
             reqs.push((k.clone(), Op::In, vec![v.clone()]));
         }
-        for e in &self.match_expressions {
+        for e in &selector.match_expressions {
             let op = match e.operator.as_str() {
                 "In" => Op::In,
                 "NotIn" => Op::NotIn,
@@ -149,69 +144,6 @@ impl LabelSelector {
         Ok(Selector { reqs })
     }
 
-    /// Go's `%v` of the struct value, e.g. `{map[app:x] [{tier In [a b]}]}`.
-    pub fn go_v(&self) -> String {
-        let mut out = String::from("{map[");
-        for (i, (k, v)) in self.match_labels.iter().enumerate() {
-            if i > 0 {
-                out.push(' ');
-            }
-            let _ = write!(out, "{k}:{v}");
-        }
-        out.push_str("] [");
-        for (i, e) in self.match_expressions.iter().enumerate() {
-            if i > 0 {
-                out.push(' ');
-            }
-            let _ = write!(out, "{{{} {} [{}]}}", e.key, e.operator, e.values.join(" "));
-        }
-        out.push_str("]}");
-        out
-    }
-
-    /// The selector as JSON (for manifests).
-    pub fn to_value(&self) -> Value {
-        let mut obj = Map::new();
-        if !self.match_labels.is_empty() {
-            obj.insert(
-                "matchLabels".into(),
-                Value::Object(
-                    self.match_labels
-                        .iter()
-                        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-                        .collect(),
-                ),
-            );
-        }
-        if !self.match_expressions.is_empty() {
-            let exprs = self
-                .match_expressions
-                .iter()
-                .map(|e| {
-                    let mut m = Map::new();
-                    m.insert("key".into(), Value::String(e.key.clone()));
-                    m.insert("operator".into(), Value::String(e.operator.clone()));
-                    if !e.values.is_empty() {
-                        m.insert("values".into(), e.values.iter().cloned().map(Value::String).collect());
-                    }
-                    Value::Object(m)
-                })
-                .collect();
-            obj.insert("matchExpressions".into(), Value::Array(exprs));
-        }
-        Value::Object(obj)
-    }
-}
-
-fn str_member(obj: &Map<String, Value>, name: &str) -> Result<String, String> {
-    match obj.get(name) {
-        None | Some(Value::Null) => Ok(String::new()),
-        Some(Value::String(s)) => Ok(s.clone()),
-        Some(_) => Err(format!("{name}: expected a string")),
-    }
-}
-
-impl Selector {
     /// A label key every matching label set must have (the first `In` requirement's), if any.
     pub(crate) fn required_key(&self) -> Option<&str> {
         self.reqs
@@ -427,7 +359,7 @@ mod tests {
     use super::*;
 
     fn sel(v: Value) -> Selector {
-        LabelSelector::from_value(&v).unwrap().compile().unwrap()
+        Selector::compile(&decode(&v).unwrap()).unwrap()
     }
 
     #[test]
@@ -459,20 +391,20 @@ mod tests {
 
     #[test]
     fn invalid_operator_and_values() {
-        let s = LabelSelector::from_value(&json!({"matchExpressions": [{"key": "a", "operator": "Foo"}]})).unwrap();
+        let s = decode(&json!({"matchExpressions": [{"key": "a", "operator": "Foo"}]})).unwrap();
         assert_eq!(
-            s.compile().unwrap_err(),
+            Selector::compile(&s).unwrap_err(),
             "\"Foo\" is not a valid label selector operator"
         );
-        assert_eq!(s.go_v(), "{map[] [{a Foo []}]}");
-        let s = LabelSelector::from_value(&json!({"matchExpressions": [{"key": "a", "operator": "In"}]})).unwrap();
+        assert_eq!(go_v(&s), "{map[] [{a Foo []}]}");
+        let s = decode(&json!({"matchExpressions": [{"key": "a", "operator": "In"}]})).unwrap();
         assert_eq!(
-            s.compile().unwrap_err(),
+            Selector::compile(&s).unwrap_err(),
             "values: Invalid value: []string(nil): for 'in', 'notin' operators, values set can't be empty"
         );
-        let s = LabelSelector::from_value(&json!({"matchLabels": {"bad key": "v"}})).unwrap();
+        let s = decode(&json!({"matchLabels": {"bad key": "v"}})).unwrap();
         assert!(
-            s.compile()
+            Selector::compile(&s)
                 .unwrap_err()
                 .starts_with("key: Invalid value: \"bad key\": name part must consist of")
         );

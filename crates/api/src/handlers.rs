@@ -27,7 +27,7 @@ use crate::objects::{ListQuery, Preconditions, WriteCtx};
 use crate::patch::PatchType;
 use crate::registry::Backing;
 use crate::route::{self, Query, Route, Target};
-use crate::selector::{FieldSelector, LabelSelector};
+use crate::selector::{FieldSelector, LabelQuery};
 use crate::status::{ApiError, status_response};
 use crate::table::{self, Format, Include};
 use crate::watch::WatchParams;
@@ -194,8 +194,8 @@ impl ApiServer {
         let name = t.name.clone().unwrap_or_default();
         let lists = matches!(verb, "list" | "watch" | "deletecollection");
         let (labels, fields) = if lists {
-            let l = LabelSelector::parse(query.get("labelSelector").unwrap_or(""))
-                .map_err(|e| ApiError::BadRequest(e.0))?;
+            let l =
+                LabelQuery::parse(query.get("labelSelector").unwrap_or("")).map_err(|e| ApiError::BadRequest(e.0))?;
             let mut f = FieldSelector::parse(query.get("fieldSelector").unwrap_or(""), res.kind)
                 .map_err(|e| ApiError::BadRequest(e.0))?;
             if !name.is_empty() {
@@ -204,7 +204,7 @@ impl ApiServer {
             }
             (l, f)
         } else {
-            (LabelSelector::default(), FieldSelector::default())
+            (LabelQuery::default(), FieldSelector::default())
         };
         // Kubernetes authorizes `namespaces/NAME` requests in namespace NAME, and list/watch with
         // a `metadata.name=` field selector as a request on that one name.

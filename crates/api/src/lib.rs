@@ -311,7 +311,7 @@ impl ApiServer {
         ns: Option<&str>,
         label_selector: &str,
     ) -> Result<ObjectList, ApiError> {
-        let labels = selector::LabelSelector::parse(label_selector).map_err(|e| ApiError::BadRequest(e.0))?;
+        let labels = selector::LabelQuery::parse(label_selector).map_err(|e| ApiError::BadRequest(e.0))?;
         let q = ListQuery {
             labels,
             ..ListQuery::default()

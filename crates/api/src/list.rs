@@ -11,13 +11,13 @@ use serde_json::{Value, json};
 use crate::ApiServer;
 use crate::objects::decode;
 use crate::registry::Resource;
-use crate::selector::{FieldSelector, LabelSelector};
+use crate::selector::{FieldSelector, LabelQuery};
 use crate::status::ApiError;
 
 /// List parameters.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct ListQuery {
-    pub labels: LabelSelector,
+    pub labels: LabelQuery,
     pub fields: FieldSelector,
     pub limit: usize,
     pub continue_token: Option<String>,

@@ -7,21 +7,35 @@
 //! the same scope; a ClusterRole with an aggregationRule needs `escalate`; an unresolvable role
 //! reference or an oversized rule set is refused (403), never waved through.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use kfsec_types::identity::UserInfo;
+use kfsec_types::meta::LabelSelector;
+use kfsec_types::rbac::RBAC_GROUP;
+use serde::Deserialize;
 use serde_json::Value;
 
 use crate::ApiServer;
 use crate::authorize::Attributes;
 use crate::objects::ListQuery;
 use crate::registry::{self, Resource};
-use crate::selector::json_selector_matches;
 use crate::status::ApiError;
 
-const RBAC: &str = "rbac.authorization.k8s.io";
 /// The most attribute combinations one write may ask the authorizer about.
 const MAX_CHECKS: usize = 20_000;
+
+/// An object's string-valued labels.
+fn labels_of(object: &Value) -> BTreeMap<String, String> {
+    object
+        .pointer("/metadata/labels")
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
+                .collect()
+        })
+        .unwrap_or_default()
+}
 
 fn strings(v: Option<&Value>) -> Vec<String> {
     v.and_then(Value::as_array)
@@ -56,13 +70,13 @@ impl ApiServer {
         obj: &Value,
         user: &UserInfo,
     ) -> Result<(), ApiError> {
-        if res.group != RBAC {
+        if res.group != RBAC_GROUP {
             return Ok(());
         }
         let scope = if res.namespaced { ns } else { "" };
         match res.kind {
             "Role" | "ClusterRole" => {
-                if self.allows(user, "escalate", RBAC, res.plural, scope, name) {
+                if self.allows(user, "escalate", RBAC_GROUP, res.plural, scope, name) {
                     return Ok(());
                 }
                 if obj.get("aggregationRule").is_some_and(|v| !v.is_null()) {
@@ -80,19 +94,19 @@ impl ApiServer {
                 let kind = rr.and_then(|r| r.get("kind")).and_then(Value::as_str).unwrap_or("");
                 let rname = rr.and_then(|r| r.get("name")).and_then(Value::as_str).unwrap_or("");
                 let plural = if kind == "Role" { "roles" } else { "clusterroles" };
-                if self.allows(user, "bind", RBAC, plural, scope, rname) {
+                if self.allows(user, "bind", RBAC_GROUP, plural, scope, rname) {
                     return Ok(());
                 }
                 let rules = if kind == "Role" {
-                    let roles = registry::find(RBAC, "v1", "roles").ok_or(ApiError::NoRoute)?;
+                    let roles = registry::find(RBAC_GROUP, "v1", "roles").ok_or(ApiError::NoRoute)?;
                     match self.read(roles, ns, rname).await? {
                         Some((r, _)) => r.get("rules").and_then(Value::as_array).cloned().unwrap_or_default(),
-                        None => return Err(forbidden(res, name, format!("roles.{RBAC} {rname:?} not found"))),
+                        None => return Err(forbidden(res, name, format!("roles.{RBAC_GROUP} {rname:?} not found"))),
                     }
                 } else {
                     self.cluster_role_rules(rname)
                         .await?
-                        .ok_or_else(|| forbidden(res, name, format!("clusterroles.{RBAC} {rname:?} not found")))?
+                        .ok_or_else(|| forbidden(res, name, format!("clusterroles.{RBAC_GROUP} {rname:?} not found")))?
                 };
                 self.confirm_covered(res, name, user, scope, &rules)
             }
@@ -102,7 +116,7 @@ impl ApiServer {
 
     /// A ClusterRole's rules, with aggregation expanded; `None` if it does not exist.
     async fn cluster_role_rules(&self, name: &str) -> Result<Option<Vec<Value>>, ApiError> {
-        let crs = registry::find(RBAC, "v1", "clusterroles").ok_or(ApiError::NoRoute)?;
+        let crs = registry::find(RBAC_GROUP, "v1", "clusterroles").ok_or(ApiError::NoRoute)?;
         let Some((root, _)) = self.read(crs, "", name).await? else {
             return Ok(None);
         };
@@ -121,14 +135,15 @@ impl ApiServer {
                 continue;
             }
             rules.extend(role.get("rules").and_then(Value::as_array).cloned().unwrap_or_default());
-            let selectors = role
+            // A selector that does not decode selects nothing (as for the authorizer).
+            let selectors: Vec<LabelSelector> = role
                 .pointer("/aggregationRule/clusterRoleSelectors")
                 .and_then(Value::as_array)
-                .cloned()
+                .map(|a| a.iter().filter_map(|s| LabelSelector::deserialize(s).ok()).collect())
                 .unwrap_or_default();
             for other in &all {
-                let labels = other.pointer("/metadata/labels");
-                if selectors.iter().any(|s| json_selector_matches(s, labels)) {
+                let labels = labels_of(other);
+                if selectors.iter().any(|s| s.matches(&labels)) {
                     queue.push(other.clone());
                 }
             }
@@ -151,7 +166,7 @@ impl ApiServer {
             let urls = strings(rule.get("nonResourceURLs"));
             if !urls.is_empty() {
                 if !scope.is_empty() {
-                    continue; // RBAC ignores non-resource rules in namespaced roles.
+                    continue; // RBAC_GROUP ignores non-resource rules in namespaced roles.
                 }
                 for u in &urls {
                     for v in &verbs {
@@ -205,7 +220,7 @@ impl ApiServer {
             res,
             name,
             format!(
-                "user {:?} (groups=[{}]) is attempting to grant RBAC permissions not currently held:\n{}",
+                "user {:?} (groups=[{}]) is attempting to grant RBAC_GROUP permissions not currently held:\n{}",
                 user.username,
                 groups.join(" "),
                 missing.join("\n")

@@ -31,9 +31,10 @@ struct Requirement {
     op: Op,
 }
 
-/// A parsed label selector.
+/// A parsed `?labelSelector=` query (`a=b,c in (d)`): the query syntax, distinct from the
+/// `metav1.LabelSelector` objects carry (`kfsec_types::meta::LabelSelector`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct LabelSelector(Vec<Requirement>);
+pub struct LabelQuery(Vec<Requirement>);
 
 /// Splits on commas outside parentheses.
 fn split_top(s: &str) -> Result<Vec<&str>, SelectorError> {
@@ -167,7 +168,7 @@ fn parse_requirement(raw: &str) -> Result<Requirement, SelectorError> {
     })
 }
 
-impl LabelSelector {
+impl LabelQuery {
     /// Parses Kubernetes' label-selector syntax.
     pub fn parse(s: &str) -> Result<Self, SelectorError> {
         if s.trim().is_empty() {
@@ -288,40 +289,6 @@ impl FieldSelector {
     }
 }
 
-/// Matches a JSON `LabelSelector` object (`matchLabels`, `matchExpressions` with `In`, `NotIn`,
-/// `Exists`, `DoesNotExist`) against `labels`. A malformed selector matches nothing.
-pub fn json_selector_matches(sel: &Value, labels: Option<&Value>) -> bool {
-    let get = |k: &str| labels.and_then(|l| l.get(k)).and_then(Value::as_str);
-    if let Some(ml) = sel.get("matchLabels").filter(|v| !v.is_null()) {
-        let Some(ml) = ml.as_object() else { return false };
-        if !ml.iter().all(|(k, v)| v.as_str().is_some() && get(k) == v.as_str()) {
-            return false;
-        }
-    }
-    if let Some(exprs) = sel.get("matchExpressions").filter(|v| !v.is_null()) {
-        let Some(exprs) = exprs.as_array() else { return false };
-        for e in exprs {
-            let key = e.get("key").and_then(Value::as_str).unwrap_or("");
-            let values: Vec<&str> = e
-                .get("values")
-                .and_then(Value::as_array)
-                .map(|a| a.iter().filter_map(Value::as_str).collect())
-                .unwrap_or_default();
-            let ok = match e.get("operator").and_then(Value::as_str).unwrap_or("") {
-                "In" => get(key).is_some_and(|v| values.contains(&v)),
-                "NotIn" => get(key).is_none_or(|v| !values.contains(&v)),
-                "Exists" => get(key).is_some(),
-                "DoesNotExist" => get(key).is_none(),
-                _ => false,
-            };
-            if !ok {
-                return false;
-            }
-        }
-    }
-    true
-}
-
 #[cfg(test)]
 mod tests {
 
@@ -329,7 +296,7 @@ mod tests {
     use serde_json::json;
 
     fn m(sel: &str, labels: Value) -> bool {
-        LabelSelector::parse(sel).unwrap().matches(Some(&labels))
+        LabelQuery::parse(sel).unwrap().matches(Some(&labels))
     }
 
     #[test]
@@ -363,25 +330,8 @@ mod tests {
             "n>x",
             ",",
         ] {
-            assert!(LabelSelector::parse(bad).is_err(), "{bad}");
+            assert!(LabelQuery::parse(bad).is_err(), "{bad}");
         }
-    }
-
-    #[test]
-    fn json_selectors() {
-        let l = json!({"a": "1", "b": "2"});
-        assert!(json_selector_matches(&json!({}), Some(&l)));
-        assert!(json_selector_matches(&json!({"matchLabels": {"a": "1"}}), Some(&l)));
-        assert!(!json_selector_matches(&json!({"matchLabels": {"a": "2"}}), Some(&l)));
-        assert!(json_selector_matches(
-            &json!({"matchExpressions": [{"key": "b", "operator": "In", "values": ["2", "3"]}, {"key": "c", "operator": "DoesNotExist"}]}),
-            Some(&l)
-        ));
-        assert!(!json_selector_matches(
-            &json!({"matchExpressions": [{"key": "a", "operator": "Bogus"}]}),
-            Some(&l)
-        ));
-        assert!(!json_selector_matches(&json!({"matchLabels": "x"}), Some(&l)));
     }
 
     #[test]

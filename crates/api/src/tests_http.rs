@@ -1026,3 +1026,48 @@ async fn with_the_rbac_authorizer() {
     assert_eq!(s, StatusCode::CREATED, "{v}");
     assert!(v["status"]["resourceRules"].as_array().unwrap().len() > 2, "{v}");
 }
+
+#[tokio::test]
+async fn escalation_check_aggregates_as_the_authorizer_does() {
+    // An aggregation selector that is not valid (`NotIn` without values) selects nothing, for the
+    // escalation check as for the authorizer: binding the aggregator grants nothing, so it is no
+    // escalation. (The check used to read such a selector as "everything".)
+    let f = setup().await;
+    let crs = crate::registry::find("rbac.authorization.k8s.io", "v1", "clusterroles").unwrap();
+    f.api
+        .create_object(
+            crs,
+            "",
+            json!({"metadata": {"name": "cluster-admin"}, "rules": [{"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]}]}),
+        )
+        .await
+        .unwrap();
+    let created = f
+        .api
+        .create_object(
+            crs,
+            "",
+            json!({"metadata": {"name": "agg"}, "aggregationRule": {"clusterRoleSelectors": [
+                {"matchExpressions": [{"key": "tier", "operator": "NotIn"}]}]}}),
+        )
+        .await;
+    created.unwrap();
+    f.authz.0.write().unwrap().push(grant(
+        "user:alice",
+        &["create"],
+        &["rbac.authorization.k8s.io"],
+        &["rolebindings"],
+        Some("x"),
+    ));
+    let rb = json!({"metadata": {"name": "rb-agg"}, "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "agg"},
+        "subjects": [{"kind": "User", "name": "bob"}]});
+    let (s, e) = call(
+        "POST",
+        "/apis/rbac.authorization.k8s.io/v1/namespaces/x/rolebindings",
+        "alice",
+    )
+    .json(&rb)
+    .send(&f.api)
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{e}");
+}

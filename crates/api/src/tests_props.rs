@@ -9,7 +9,7 @@ use serde_json::json;
 use crate::patch::{self, PatchType};
 use crate::proto;
 use crate::route;
-use crate::selector::{FieldSelector, LabelSelector};
+use crate::selector::{FieldSelector, LabelQuery};
 
 proptest! {
     #[test]
@@ -21,7 +21,7 @@ proptest! {
 
     #[test]
     fn selectors_never_panic(s in "[a-z0-9=!,() ./<>-]{0,60}") {
-        if let Ok(sel) = LabelSelector::parse(&s) {
+        if let Ok(sel) = LabelQuery::parse(&s) {
             let _ = sel.matches(Some(&json!({"a": "b"})));
         }
         let _ = FieldSelector::parse(&s, "Pod");

@@ -225,7 +225,7 @@ fn write_admin_kubeconfig(dir: &DataDir, cas: &CaSet, server: &str, clock: &dyn 
     }
     let cert = cas.current().issue_client(
         "kfsec-admin",
-        &["system:masters".to_owned()],
+        &[kfsec_types::identity::SYSTEM_MASTERS.to_owned()],
         Duration::from_secs(365 * 86_400),
         clock,
     )?;

@@ -15,10 +15,10 @@ use kfsec_api::{ApiError, ApiServer, SubjectRules};
 use kfsec_authz::{Authorizer, Change, RbacKind, RbacObject};
 use kfsec_profiles::AuthzSync;
 use kfsec_store::{EventKind, Store};
-use kfsec_types::identity::UserInfo;
+use kfsec_types::identity::{SYSTEM_AUTHENTICATED, UserInfo};
+use kfsec_types::rbac::RBAC_GROUP;
 use tokio::sync::watch;
 
-const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
 const KINDS: [(&str, RbacKind); 4] = [
     ("roles", RbacKind::Role),
     ("clusterroles", RbacKind::ClusterRole),
@@ -183,7 +183,7 @@ pub async fn install_defaults(api: &ApiServer, admin_group: &str) -> Result<(), 
             "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
             "metadata": {"name": name},
             "roleRef": {"apiGroup": RBAC_GROUP, "kind": "ClusterRole", "name": name},
-            "subjects": [{"apiGroup": RBAC_GROUP, "kind": "Group", "name": "system:authenticated"}],
+            "subjects": [{"apiGroup": RBAC_GROUP, "kind": "Group", "name": SYSTEM_AUTHENTICATED}],
         });
         match api.create_object(crb, "", b).await {
             Ok(_) | Err(ApiError::AlreadyExists { .. }) => {}
