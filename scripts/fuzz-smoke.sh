@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Short fuzz run of the admission webhooks (cargo-fuzz, stable toolchain, no sanitizer).
+# Short fuzz run of the trust-boundary parsers (cargo-fuzz, stable toolchain, no sanitizer).
 #   scripts/fuzz-smoke.sh            # each target for FUZZ_SECONDS (default 20) seconds
 # Installs cargo-fuzz if it is missing. New corpus entries go to a temporary directory, so the
 # seed corpus under fuzz/corpus/ is left as it is. Exits non-zero if any target crashes
@@ -8,7 +8,8 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 SECONDS_PER_TARGET="${FUZZ_SECONDS:-20}"
-TARGETS=(admission_review poddefault_apply path_normalize kfp_multipart jwt_verify)
+TARGETS=(admission_review poddefault_apply path_normalize kfp_multipart jwt_verify
+  label_selector field_selector protobuf_body kfp_filter)
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
   echo "==> installing cargo-fuzz"

@@ -2,7 +2,11 @@
 //! (`metadata.name`, `metadata.namespace` and a few per-kind fields) for list and watch.
 //!
 //! Invariants: parsing is total (bad input is an error, never a panic); an empty selector matches
-//! everything; `!=` and `notin` match objects lacking the key, as in Kubernetes.
+//! everything; `!=` and `notin` match objects lacking the key, as in Kubernetes. Both selectors
+//! render (`Display`) in the syntax they parse, and parsing a rendered selector gives it back
+//! (the `label_selector` / `field_selector` fuzz targets check that): field-selector values
+//! carry Kubernetes' escapes (`\\`, `\,`, `\=`), and an unescaped `=` in a value is refused as
+//! Kubernetes refuses it.
 
 use serde_json::Value;
 
@@ -207,6 +211,29 @@ impl LabelQuery {
     }
 }
 
+/// The selector in the syntax [`LabelQuery::parse`] reads (`a=b,c!=d,e in (f,g),!h,i>1`).
+impl std::fmt::Display for LabelQuery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, r) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            let k = &r.key;
+            match &r.op {
+                Op::Eq(v) => write!(f, "{k}={v}")?,
+                Op::NotEq(v) => write!(f, "{k}!={v}")?,
+                Op::In(vs) => write!(f, "{k} in ({})", vs.join(","))?,
+                Op::NotIn(vs) => write!(f, "{k} notin ({})", vs.join(","))?,
+                Op::Exists => write!(f, "{k}")?,
+                Op::NotExists => write!(f, "!{k}")?,
+                Op::Gt(n) => write!(f, "{k}>{n}")?,
+                Op::Lt(n) => write!(f, "{k}<{n}")?,
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A parsed field selector.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FieldSelector(Vec<(String, bool, String)>);
@@ -238,22 +265,79 @@ fn extra_fields(kind: &str) -> &'static [&'static str] {
     }
 }
 
+/// Splits a field selector into terms at commas not escaped by `\`.
+fn split_field_terms(s: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let (mut start, mut escaped) = (0, false);
+    for (i, c) in s.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' => escaped = true,
+            ',' => {
+                out.push(&s[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    out.push(&s[start..]);
+    out
+}
+
+/// `key`, equality and raw value of a term, split at the first operator (`!=`, `==`, `=`).
+fn split_field_term(term: &str) -> Option<(&str, bool, &str)> {
+    term.char_indices().find_map(|(i, _)| {
+        let rest = &term[i..];
+        if let Some(v) = rest.strip_prefix("!=") {
+            Some((&term[..i], false, v))
+        } else if let Some(v) = rest.strip_prefix("==") {
+            Some((&term[..i], true, v))
+        } else {
+            rest.strip_prefix('=').map(|v| (&term[..i], true, v))
+        }
+    })
+}
+
+/// Kubernetes' field-value unescaping: `\\`, `\,`, `\=` stand for the character; any other
+/// escape, and an unescaped `,` or `=`, is an error.
+fn unescape_field_value(v: &str) -> Result<String, SelectorError> {
+    let mut out = String::with_capacity(v.len());
+    let mut escaped = false;
+    for c in v.chars() {
+        match c {
+            '\\' | ',' | '=' if escaped => {
+                out.push(c);
+                escaped = false;
+            }
+            _ if escaped => {
+                return Err(SelectorError(format!("invalid escape sequence: \\{c}")));
+            }
+            '\\' => escaped = true,
+            ',' | '=' => {
+                return Err(SelectorError(format!(
+                    "invalid field selector value: unescaped {c:?} in {v:?}"
+                )));
+            }
+            c => out.push(c),
+        }
+    }
+    if escaped {
+        return Err(SelectorError("invalid escape sequence: trailing \\".into()));
+    }
+    Ok(out)
+}
+
 impl FieldSelector {
-    /// Parses `a=b,c!=d` for `kind`; unsupported fields are an error, as in Kubernetes.
+    /// Parses `a=b,c!=d` for `kind`; unsupported fields are an error, as in Kubernetes. Values
+    /// may escape `\`, `,` and `=` with a backslash.
     pub fn parse(s: &str, kind: &str) -> Result<Self, SelectorError> {
         if s.trim().is_empty() {
             return Ok(Self::default());
         }
         let mut out = Vec::new();
-        for part in s.split(',') {
+        for part in split_field_terms(s) {
             let part = part.trim();
-            let (k, eq, v) = if let Some((k, v)) = part.split_once("!=") {
-                (k, false, v)
-            } else if let Some((k, v)) = part.split_once("==") {
-                (k, true, v)
-            } else if let Some((k, v)) = part.split_once('=') {
-                (k, true, v)
-            } else {
+            let Some((k, eq, v)) = split_field_term(part) else {
                 return Err(SelectorError(format!(
                     "invalid selector: '{s}'; can't understand '{part}'"
                 )));
@@ -262,7 +346,7 @@ impl FieldSelector {
             if k != "metadata.name" && k != "metadata.namespace" && !extra_fields(kind).contains(&k) {
                 return Err(SelectorError(format!("field label not supported: {k}")));
             }
-            out.push((k.to_owned(), eq, v.trim().to_owned()));
+            out.push((k.to_owned(), eq, unescape_field_value(v.trim())?));
         }
         Ok(Self(out))
     }
@@ -286,6 +370,26 @@ impl FieldSelector {
             };
             (actual == *v) == *eq
         })
+    }
+}
+
+/// The selector in the syntax [`FieldSelector::parse`] reads, values escaped.
+impl std::fmt::Display for FieldSelector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, (k, eq, v)) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            f.write_str(k)?;
+            f.write_str(if *eq { "=" } else { "!=" })?;
+            for c in v.chars() {
+                if matches!(c, '\\' | ',' | '=') {
+                    f.write_str("\\")?;
+                }
+                write!(f, "{c}")?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -352,5 +456,60 @@ mod tests {
         );
         assert!(FieldSelector::parse("status.phase=Running", "ConfigMap").is_err());
         assert!(FieldSelector::parse("garbage", "Pod").is_err());
+    }
+
+    /// Rendering then parsing gives the same selector (the fuzz targets' fixed point).
+    #[test]
+    fn selectors_render_as_they_parse() {
+        for s in [
+            "",
+            "app=web",
+            "app==web,tier!=fe",
+            " app in (web, db) , tier ",
+            "x notin (),!y,n>-4,n<6,k=",
+            "example.com/a in (b),in,notin notin (in)",
+        ] {
+            let sel = LabelQuery::parse(s).unwrap();
+            let text = sel.to_string();
+            assert_eq!(LabelQuery::parse(&text).unwrap(), sel, "{s:?} -> {text:?}");
+        }
+        assert_eq!(
+            LabelQuery::parse("a == b, c in (d,e)").unwrap().to_string(),
+            "a=b,c in (d,e)"
+        );
+        for s in [
+            "metadata.name=a",
+            "metadata.namespace!=ns,metadata.name==b",
+            r"metadata.name=a\,b\=c\\d",
+            "metadata.name=",
+        ] {
+            let sel = FieldSelector::parse(s, "Pod").unwrap();
+            let text = sel.to_string();
+            assert_eq!(FieldSelector::parse(&text, "Pod").unwrap(), sel, "{s:?} -> {text:?}");
+        }
+    }
+
+    /// Field-selector values follow Kubernetes: `\`-escapes for `\`, `,` and `=`; an unescaped
+    /// `=` in a value is refused (it was taken into the value, so `metadata.name= =x` selected
+    /// the name `=x` and rendered as `metadata.name==x`, which selects `x`).
+    #[test]
+    fn field_values_escape_like_kubernetes() {
+        let f = FieldSelector::parse(r"metadata.name=a\,b,metadata.namespace=n\=s\\", "Pod").unwrap();
+        assert_eq!(f.pinned_name(), Some("a,b"));
+        assert!(f.matches(&json!({"metadata": {"name": "a,b", "namespace": "n=s\\"}})));
+        assert_eq!(f.to_string(), r"metadata.name=a\,b,metadata.namespace=n\=s\\");
+        for bad in [
+            "metadata.name= =x",
+            "metadata.name===x",
+            "metadata.name=a!=b",
+            "metadata.name=a=b",
+            r"metadata.name=a\x",
+            r"metadata.name=a\",
+        ] {
+            assert!(FieldSelector::parse(bad, "Pod").is_err(), "{bad}");
+        }
+        // The first operator wins, as in Kubernetes.
+        let f = FieldSelector::parse("metadata.name!=a", "Pod").unwrap();
+        assert!(!f.matches(&json!({"metadata": {"name": "a"}})));
     }
 }

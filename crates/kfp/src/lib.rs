@@ -15,7 +15,7 @@ mod error;
 mod experiments;
 mod jobs;
 mod json;
-mod list;
+pub mod list;
 pub mod multipart;
 mod package;
 mod pipelines;
@@ -37,7 +37,16 @@ use kfsec_store::Store;
 use kfsec_types::{Clock, Rng};
 
 pub use access::{denied_text, resource_attributes_text};
-pub use error::{KfpError, KfpResult, error_response};
+pub use error::{KfpError, KfpResult, NO_IDENTITY, error_response, refusal_response};
+
+/// The front-door paths KFP owns, as served by [`Kfp::router`] (an entry ending in `/` owns every
+/// path under it; the persistence agent's report endpoints sit under the Kubernetes API's
+/// `/apis/`); the composition hands them to the gateway with [`refusal_response`].
+pub const PATHS: &[&str] = &[
+    "/pipeline/apis/",
+    "/apis/v1beta1/workflows",
+    "/apis/v1beta1/scheduledworkflows",
+];
 
 /// Tunables.
 #[derive(Debug, Clone)]

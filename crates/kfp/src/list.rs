@@ -205,6 +205,13 @@ fn parse_filter(raw: &str) -> KfpResult<Vec<Predicate>> {
     Ok(out)
 }
 
+/// Parses a list request's `filter` as every list endpoint does and returns how many predicates
+/// it holds; a malformed filter is the InvalidArgument the endpoint answers. (The `kfp_filter`
+/// fuzz target's entry point; field names are checked later, against the listed type.)
+pub fn check_filter(raw: &str) -> KfpResult<usize> {
+    parse_filter(raw).map(|p| p.len())
+}
+
 fn operand_of(p: &Value, key: &str) -> KfpResult<Operand> {
     if let Some(s) = json::field(p, "string_value") {
         let s = s.as_str().ok_or_else(|| bad_filter("string_value must be a string"))?;
