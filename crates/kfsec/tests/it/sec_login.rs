@@ -505,3 +505,36 @@ async fn unauthenticated_floods_leave_the_store_and_memory_bounded() {
     assert!(rss_grown < 10 << 10, "RSS grew by {rss_grown} KiB");
     k.running.shutdown().await;
 }
+
+/// Text a visitor sends that a page shows back — the login name after a failed login, a device
+/// code in the URL — arrives escaped by the page templates: no markup, no attribute breakout;
+/// and the pages' CSP allows no script at all.
+#[tokio::test]
+async fn pages_escape_reflected_input() {
+    const HOSTILE: &str = "\"><script>alert(1)</script><x y='&";
+    const ESCAPED: &str = "&#34;&#62;&#60;script&#62;alert(1)&#60;/script&#62;&#60;x y=&#39;&#38;";
+    let k = Kfsec::start("").await;
+    let mut b = k.client();
+    let url = login_form_url(&mut b).await;
+    let r = b.post_form(&url, &[("login", HOSTILE), ("password", "wrong")]).await;
+    assert_eq!(r.status(), 401);
+    let csp = r.headers()["content-security-policy"].to_str().unwrap().to_owned();
+    assert!(
+        csp.starts_with("default-src 'none';") && !csp.contains("script-src"),
+        "{csp}"
+    );
+    let body = r.text().await.unwrap();
+    assert!(!body.contains("<script") && !body.contains("<x "), "{body}");
+    assert!(body.contains(&format!("value=\"{ESCAPED}\"")), "{body}");
+    let r = b
+        .get(&with_query("/dex/device", &[("user_code", HOSTILE.to_owned())]))
+        .await;
+    assert_eq!(r.status(), 200);
+    let body = r.text().await.unwrap();
+    assert!(!body.contains("<script") && !body.contains("<x "), "{body}");
+    assert!(
+        body.contains(&format!("name=\"user_code\" value=\"{ESCAPED}\"")),
+        "{body}"
+    );
+    k.running.shutdown().await;
+}
