@@ -166,7 +166,7 @@ impl ApiServer {
             let urls = strings(rule.get("nonResourceURLs"));
             if !urls.is_empty() {
                 if !scope.is_empty() {
-                    continue; // RBAC_GROUP ignores non-resource rules in namespaced roles.
+                    continue; // RBAC ignores non-resource rules in namespaced roles.
                 }
                 for u in &urls {
                     for v in &verbs {
@@ -220,7 +220,7 @@ impl ApiServer {
             res,
             name,
             format!(
-                "user {:?} (groups=[{}]) is attempting to grant RBAC_GROUP permissions not currently held:\n{}",
+                "user {:?} (groups=[{}]) is attempting to grant RBAC permissions not currently held:\n{}",
                 user.username,
                 groups.join(" "),
                 missing.join("\n")
