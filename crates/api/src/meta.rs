@@ -4,54 +4,25 @@
 //! Invariants: a name that passes [`validate_name`] never contains `/` or `%`, so store keys built
 //! from it cannot escape their prefix; labels and annotations must be string maps.
 
+use kfsec_types::validation::{dns1123_label_errors, dns1123_subdomain_errors, is_label_value, is_qualified_name};
 use kfsec_types::{Rng, random_array};
 use serde_json::Value;
 
 use crate::registry::NameRule;
 use crate::status::FieldCause;
 
-const SUBDOMAIN_MSG: &str = "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')";
-const LABEL_MSG: &str = "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')";
-
-fn is_label(s: &str) -> bool {
-    let b = s.as_bytes();
-    !b.is_empty()
-        && b.len() <= 63
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
-        && b.first().is_some_and(u8::is_ascii_alphanumeric)
-        && b.last().is_some_and(u8::is_ascii_alphanumeric)
-}
-
-/// RFC 1123 subdomain (≤ 253 chars, dot-separated labels).
-pub fn is_subdomain(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 253 && s.split('.').all(is_label)
-}
-
 /// Problems with an object name under `rule` (empty = valid).
 pub fn validate_name(rule: NameRule, name: &str) -> Vec<FieldCause> {
     let field = "metadata.name";
     match rule {
-        NameRule::Subdomain => {
-            let mut out = Vec::new();
-            if name.len() > 253 {
-                out.push(FieldCause::invalid(field, name, "must be no more than 253 characters"));
-            }
-            if !name.split('.').all(is_label_chars) {
-                out.push(FieldCause::invalid(field, name, SUBDOMAIN_MSG));
-            }
-            out
-        }
-        NameRule::Label => {
-            let mut out = Vec::new();
-            if name.len() > 63 {
-                out.push(FieldCause::invalid(field, name, "must be no more than 63 characters"));
-            }
-            if !is_label_chars(name) {
-                out.push(FieldCause::invalid(field, name, LABEL_MSG));
-            }
-            out
-        }
+        NameRule::Subdomain => dns1123_subdomain_errors(name)
+            .iter()
+            .map(|m| FieldCause::invalid(field, name, m))
+            .collect(),
+        NameRule::Label => dns1123_label_errors(name)
+            .iter()
+            .map(|m| FieldCause::invalid(field, name, m))
+            .collect(),
         NameRule::PathSegment => {
             if name == "." || name == ".." {
                 vec![FieldCause::invalid(field, name, &format!("may not be '{name}'"))]
@@ -62,40 +33,6 @@ pub fn validate_name(rule: NameRule, name: &str) -> Vec<FieldCause> {
             }
         }
     }
-}
-
-/// Label syntax ignoring length (length is reported separately, as Kubernetes does).
-fn is_label_chars(s: &str) -> bool {
-    let b = s.as_bytes();
-    !b.is_empty()
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
-        && b.first().is_some_and(u8::is_ascii_alphanumeric)
-        && b.last().is_some_and(u8::is_ascii_alphanumeric)
-}
-
-/// `([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]`, ≤ 63.
-fn is_qualified_part(s: &str) -> bool {
-    let b = s.as_bytes();
-    !b.is_empty()
-        && b.len() <= 63
-        && b.iter()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
-        && b.first().is_some_and(u8::is_ascii_alphanumeric)
-        && b.last().is_some_and(u8::is_ascii_alphanumeric)
-}
-
-/// A label or annotation key: `[prefix/]name`, prefix a DNS subdomain.
-pub fn is_qualified_name(key: &str) -> bool {
-    match key.split_once('/') {
-        Some((prefix, name)) => is_subdomain(prefix) && is_qualified_part(name),
-        None => is_qualified_part(key),
-    }
-}
-
-/// A label value: empty or a qualified part.
-pub fn is_label_value(v: &str) -> bool {
-    v.is_empty() || is_qualified_part(v)
 }
 
 /// Problems with `metadata.labels` / `metadata.annotations`.
@@ -260,7 +197,15 @@ mod tests {
         assert!(!validate_name(NameRule::PathSegment, "..").is_empty());
         assert!(!validate_name(NameRule::Label, &"a".repeat(64)).is_empty());
         let c = validate_name(NameRule::Subdomain, "Bad_Name");
-        assert_eq!(c[0].message, format!("Invalid value: \"Bad_Name\": {SUBDOMAIN_MSG}"));
+        assert_eq!(
+            c[0].message,
+            "Invalid value: \"Bad_Name\": a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')"
+        );
+        let c = validate_name(NameRule::Label, "a.b");
+        assert_eq!(
+            c[0].message,
+            "Invalid value: \"a.b\": a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')"
+        );
     }
 
     #[test]
@@ -269,6 +214,8 @@ mod tests {
         assert!(is_qualified_name("app"));
         assert!(!is_qualified_name("-app"));
         assert!(!is_qualified_name("a/b/c"));
+        // As apimachinery: the prefix is a DNS subdomain, whose labels have no length limit of their own.
+        assert!(is_qualified_name(&format!("{}.example.com/a", "a".repeat(64))));
         assert!(is_label_value(""));
         assert!(!is_label_value("a b"));
         let meta = serde_json::json!({"labels": {"a": 1}}).as_object().cloned().unwrap();
@@ -303,6 +250,6 @@ mod tests {
         assert_eq!(&u[14..15], "4");
         let s = name_suffix(&r);
         assert_eq!(s.len(), 5);
-        assert!(is_label(&s));
+        assert!(kfsec_types::validation::is_dns1123_label(&s));
     }
 }

@@ -8,9 +8,8 @@
 //! carry Kubernetes' escapes (`\\`, `\,`, `\=`), and an unescaped `=` in a value is refused as
 //! Kubernetes refuses it.
 
+use kfsec_types::validation::{is_label_value, is_qualified_name};
 use serde_json::Value;
-
-use crate::meta::{is_label_value, is_qualified_name};
 
 /// A selector parse error (→ 400).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

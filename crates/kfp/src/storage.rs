@@ -77,13 +77,7 @@ fn blob_key(what: &str, id: &str) -> String {
 
 /// A Kubernetes namespace name (DNS label): what may appear as a scope.
 pub fn valid_namespace(ns: &str) -> bool {
-    !ns.is_empty()
-        && ns.len() <= 63
-        && ns
-            .bytes()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
-        && !ns.starts_with('-')
-        && !ns.ends_with('-')
+    kfsec_types::validation::is_dns1123_label(ns)
 }
 
 /// An id as kfsec issues them (and a sane bound on what callers may send).

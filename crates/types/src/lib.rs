@@ -11,6 +11,7 @@ pub mod meta;
 pub mod path;
 pub mod rbac;
 pub mod time;
+pub mod validation;
 
 pub use clock::{Clock, ManualClock, Rng, SystemClock, UnixTime, random_array};
 pub use identity::Identity;
