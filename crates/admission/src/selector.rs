@@ -15,10 +15,11 @@ use serde_json::{Map, Value};
 
 use crate::gofmt::{self, BadValue, FieldError};
 
-/// A validated selector, ready to match.
+/// A validated selector, ready to match: its requirements (`matchLabels` entries as `In` with one
+/// value), matched with the shared `LabelSelectorRequirement` semantics.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Selector {
-    reqs: Vec<(String, Op, Vec<String>)>,
+    reqs: Vec<LabelSelectorRequirement>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,7 +125,11 @@ impl Selector {
         let mut reqs = Vec::with_capacity(selector.match_labels.len() + selector.match_expressions.len());
         for (k, v) in &selector.match_labels {
             check_requirement(k, Op::In, std::slice::from_ref(v), true)?;
-            reqs.push((k.clone(), Op::In, vec![v.clone()]));
+            reqs.push(LabelSelectorRequirement {
+                key: k.clone(),
+                operator: "In".to_owned(),
+                values: vec![v.clone()],
+            });
         }
         for e in &selector.match_expressions {
             let op = match e.operator.as_str() {
@@ -140,30 +145,19 @@ impl Selector {
                 }
             };
             check_requirement(&e.key, op, &e.values, false)?;
-            reqs.push((e.key.clone(), op, e.values.clone()));
+            reqs.push(e.clone());
         }
         Ok(Selector { reqs })
     }
 
     /// A label key every matching label set must have (the first `In` requirement's), if any.
     pub(crate) fn required_key(&self) -> Option<&str> {
-        self.reqs
-            .iter()
-            .find(|(_, op, _)| *op == Op::In)
-            .map(|(k, _, _)| k.as_str())
+        self.reqs.iter().find(|r| r.operator == "In").map(|r| r.key.as_str())
     }
 
     /// Matches a label set given as a lookup function.
     pub fn matches_with<'a>(&self, get: impl Fn(&str) -> Option<&'a str>) -> bool {
-        self.reqs.iter().all(|(key, op, values)| {
-            let found = get(key);
-            match op {
-                Op::In => found.is_some_and(|v| values.iter().any(|x| x == v)),
-                Op::NotIn => found.is_none_or(|v| !values.iter().any(|x| x == v)),
-                Op::Exists => found.is_some(),
-                Op::DoesNotExist => found.is_none(),
-            }
-        })
+        self.reqs.iter().all(|r| r.matches_value(get(&r.key)))
     }
 
     /// Matches labels held as a JSON object (non-string values count as absent).

@@ -209,11 +209,17 @@ impl LabelSelectorRequirement {
 
     /// Whether `labels` satisfy this requirement (an unknown operator matches nothing).
     pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
-        let value = labels.get(&self.key);
+        self.matches_value(labels.get(&self.key).map(String::as_str))
+    }
+
+    /// Whether a label set in which the requirement's key has `value` (`None`: absent)
+    /// satisfies it (an unknown operator matches nothing).
+    pub fn matches_value(&self, value: Option<&str>) -> bool {
+        let listed = |v: &str| self.values.iter().any(|x| x == v);
         match self.operator.as_str() {
-            "In" => value.is_some_and(|v| self.values.contains(v)),
+            "In" => value.is_some_and(listed),
             // NotIn also matches when the key is absent, as in Kubernetes.
-            "NotIn" => value.is_none_or(|v| !self.values.contains(v)),
+            "NotIn" => value.is_none_or(|v| !listed(v)),
             "Exists" => value.is_some(),
             "DoesNotExist" => value.is_none(),
             _ => false,
