@@ -47,10 +47,12 @@ pub struct ParsedReview {
 /// Parses an AdmissionReview request body.
 pub fn parse_review(body: &[u8]) -> Result<ParsedReview, ReviewError> {
     // Parsed into a `Value` first so the whole body is checked, including members nobody reads.
-    let value: Value = serde_json::from_slice(body).map_err(|e| ReviewError::Malformed(e.to_string()))?;
-    if !value.is_object() {
+    let mut value: Value = serde_json::from_slice(body).map_err(|e| ReviewError::Malformed(e.to_string()))?;
+    let Some(members) = value.as_object_mut() else {
         return Err(ReviewError::Malformed("expected a JSON object".into()));
-    }
+    };
+    // A request carries no response; one that does is read as if it did not (as always).
+    members.remove("response");
     let env: AdmissionReview = serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
@@ -187,6 +189,15 @@ mod tests {
             parse_review(br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"1","operation":"CREATE"}} x"#),
             Err(ReviewError::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn a_response_member_in_a_request_is_ignored() {
+        let r = parse_review(
+            br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"1","operation":"CREATE"},"response":7}"#,
+        )
+        .unwrap();
+        assert_eq!(r.request.uid, "1");
     }
 
     #[test]
