@@ -6,17 +6,26 @@
 //! `katib.kubeflow.org/metrics-collector-injection: enabled` and, on update, any change other than
 //! the three trial counts; errors are apimachinery field errors aggregated exactly as upstream
 //! (`Errored(400)`); the pod mutator only ever adds labels and one env var, and only to pods whose
-//! owner chain (looked up in the context, never fetched) leads to a Trial.
+//! owner chain (looked up in the context, never fetched) leads to a Trial. Experiments and Trials
+//! are read as `kfsec_types::kubeflow` types: a member of the wrong JSON type is refused with 400
+//! naming it (as upstream's decoder refuses it), pods stay JSON, and the defaulter re-encodes only
+//! the spec (every member it did not default kept exactly), so its patch holds only the defaults.
 
 use std::collections::BTreeMap;
 
+use kfsec_types::Field;
 use kfsec_types::admission::AdmissionRequest;
+use kfsec_types::kubeflow::{
+    CollectorSpec, Experiment, ExperimentSpec, KATIB_API_VERSION, MetricStrategy, MetricsCollectorSpec, ObjectiveSpec,
+    ParameterSpec, SourceSpec, Trial, TrialParameterSpec,
+};
 use kfsec_types::meta::LabelSelector;
+use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use crate::gofmt::{self, BadValue, FieldError};
 use crate::registration::{FailurePolicy, MatchCondition, Registration, Rule, WebhookKind};
-use crate::webhook::{AdmissionOutcome, Context, ContextNeeds, Webhook};
+use crate::webhook::{AdmissionOutcome, Context, ContextNeeds, Webhook, decode_typed};
 
 /// Namespace label Katib requires.
 pub const INJECTION_LABEL: &str = "katib.kubeflow.org/metrics-collector-injection";
@@ -29,7 +38,6 @@ pub const ENV_TRIAL_NAME: &str = "KATIB_TRIAL_NAME";
 const CONFIG_MAP: &str = "katib-config";
 const SERVICE: &str = "katib-controller";
 const CONFIGURATION: &str = "katib.kubeflow.org";
-const TRIAL_API_VERSION: &str = "kubeflow.org/v1beta1";
 const MAX_OWNER_DEPTH: usize = 16;
 
 /// What `katib-config` provides to the webhooks.
@@ -93,6 +101,12 @@ fn decode_object<'a>(req: &'a AdmissionRequest, what: &str) -> Result<&'a Value,
     }
 }
 
+/// The request's Experiment, as sent and typed.
+fn decode_experiment(req: &AdmissionRequest) -> Result<(&Value, Experiment), AdmissionOutcome> {
+    let raw = decode_object(req, "Experiment")?;
+    Ok((raw, decode_typed(raw, "Experiment")?))
+}
+
 fn s<'a>(v: &'a Value, path: &[&str]) -> &'a str {
     get(v, path).and_then(Value::as_str).unwrap_or_default()
 }
@@ -103,10 +117,6 @@ fn get<'a>(v: &'a Value, path: &[&str]) -> Option<&'a Value> {
         cur = cur.get(*p)?;
     }
     if cur.is_null() { None } else { Some(cur) }
-}
-
-fn int(v: &Value, path: &[&str]) -> Option<i64> {
-    get(v, path).and_then(Value::as_i64)
 }
 
 fn set(obj: &mut Value, path: &[&str], value: Value) {
@@ -132,31 +142,37 @@ fn set(obj: &mut Value, path: &[&str], value: Value) {
     }
 }
 
-/// `Experiment.SetDefault()` on a JSON Experiment.
-pub fn default_experiment(exp: &Value) -> Value {
-    let mut out = exp.clone();
-    if get(&out, &["spec", "parallelTrialCount"]).is_none() {
-        set(&mut out, &["spec", "parallelTrialCount"], json!(3));
+/// Sets a text member that is absent, `null` or empty.
+fn default_str(field: &mut Field<String>, value: &str) {
+    if field.as_str().is_empty() {
+        field.set(value.to_owned());
     }
-    if s(&out, &["spec", "resumePolicy"]).is_empty() {
-        set(&mut out, &["spec", "resumePolicy"], json!("Never"));
+}
+
+/// `Experiment.SetDefault()` on an Experiment's spec.
+pub fn default_experiment(spec: &mut ExperimentSpec) {
+    if spec.parallel_trial_count.get().is_none() {
+        spec.parallel_trial_count.set(3);
     }
+    default_str(&mut spec.resume_policy, "Never");
     // Objective: one metric strategy per metric.
-    if let Some(obj) = get(&out, &["spec", "objective"]).filter(|o| o.is_object()).cloned() {
-        let objective = s(&obj, &["objectiveMetricName"]).to_string();
-        let by_type = match s(&obj, &["type"]) {
+    if let Some(obj) = spec.objective.get_mut() {
+        let objective = obj.objective_metric_name.as_str().to_string();
+        let by_type = match obj.r#type.as_str() {
             "minimize" => "min",
             "maximize" => "max",
             _ => "latest",
         };
-        let mut strategies: Vec<Value> = get(&obj, &["metricStrategies"])
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default();
+        let strategy = |name: &str| MetricStrategy {
+            name: Field::new(name.to_owned()),
+            value: Field::new(by_type.to_owned()),
+            ..MetricStrategy::default()
+        };
+        let mut strategies = obj.metric_strategies.as_slice().to_vec();
         let mut has_objective = false;
         let mut with_default = Vec::new();
         for st in &strategies {
-            let name = s(st, &["name"]);
+            let name = st.name.as_str();
             if name == objective {
                 has_objective = true;
             } else {
@@ -164,117 +180,97 @@ pub fn default_experiment(exp: &Value) -> Value {
             }
         }
         if !has_objective {
-            strategies.push(json!({"name": objective, "value": by_type}));
+            strategies.push(strategy(&objective));
         }
-        if let Some(extra) = get(&obj, &["additionalMetricNames"]).and_then(Value::as_array) {
-            for m in extra.iter().filter_map(Value::as_str) {
-                if !with_default.iter().any(|w| w == m) {
-                    strategies.push(json!({"name": m, "value": by_type}));
-                }
+        for m in obj.additional_metric_names.as_slice() {
+            if !with_default.iter().any(|w| w == m) {
+                strategies.push(strategy(m));
             }
         }
         if !strategies.is_empty() {
-            set(
-                &mut out,
-                &["spec", "objective", "metricStrategies"],
-                Value::Array(strategies),
-            );
+            obj.metric_strategies.set(strategies);
         }
     }
     // Trial template conditions and primary pod labels.
-    if let Some(kind) = get(&out, &["spec", "trialTemplate", "trialSpec"])
-        .filter(|t| t.is_object())
-        .map(|t| s(t, &["kind"]).to_string())
+    if let Some(tt) = spec.trial_template.get_mut()
+        && let Some(kind) = tt
+            .trial_spec
+            .get()
+            .filter(|t| t.is_object())
+            .map(|t| s(t, &["kind"]).to_string())
     {
-        let tt = ["spec", "trialTemplate"];
-        let empty = |o: &Value, f: &str| s(o, &[tt[0], tt[1], f]).is_empty();
-        let (success, failure, labels): (&str, &str, Option<Value>) = match kind.as_str() {
+        let (success, failure, labels): (&str, &str, &[(&str, &str)]) = match kind.as_str() {
             "Job" => (
                 "status.conditions.#(type==\"Complete\")#|#(status==\"True\")#",
                 "status.conditions.#(type==\"Failed\")#|#(status==\"True\")#",
-                None,
+                &[],
             ),
             "TrainJob" => (
                 "status.conditions.#(type==\"Complete\")#|#(status==\"True\")#",
                 "status.conditions.#(type==\"Failed\")#|#(status==\"True\")#",
-                Some(
-                    json!({"jobset.sigs.k8s.io/replicatedjob-name": "node", "batch.kubernetes.io/job-completion-index": "0"}),
-                ),
+                &[
+                    ("jobset.sigs.k8s.io/replicatedjob-name", "node"),
+                    ("batch.kubernetes.io/job-completion-index", "0"),
+                ],
             ),
             "TFJob" | "PyTorchJob" | "XGBoostJob" | "MPIJob" => (
                 "status.conditions.#(type==\"Succeeded\")#|#(status==\"True\")#",
                 "status.conditions.#(type==\"Failed\")#|#(status==\"True\")#",
-                Some(json!({"training.kubeflow.org/job-role": "master"})),
+                &[("training.kubeflow.org/job-role", "master")],
             ),
-            _ => ("", "", None),
+            _ => ("", "", &[]),
         };
         if !success.is_empty() {
-            if empty(&out, "successCondition") {
-                set(&mut out, &["spec", "trialTemplate", "successCondition"], json!(success));
-            }
-            if empty(&out, "failureCondition") {
-                set(&mut out, &["spec", "trialTemplate", "failureCondition"], json!(failure));
-            }
+            default_str(&mut tt.success_condition, success);
+            default_str(&mut tt.failure_condition, failure);
         }
-        if let Some(l) = labels {
-            let has = get(&out, &["spec", "trialTemplate", "primaryPodLabels"])
-                .and_then(Value::as_object)
-                .is_some_and(|m| !m.is_empty());
-            if !has {
-                set(&mut out, &["spec", "trialTemplate", "primaryPodLabels"], l);
-            }
+        if !labels.is_empty() && tt.primary_pod_labels.get().is_none_or(BTreeMap::is_empty) {
+            tt.primary_pod_labels
+                .set(labels.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect());
         }
     }
     // Metrics collector.
-    let mc = ["spec", "metricsCollectorSpec"];
-    if get(&out, &[mc[0], mc[1], "collector"]).is_none() {
-        set(&mut out, &[mc[0], mc[1], "collector"], json!({"kind": "StdOut"}));
+    let mc = spec.metrics_collector_spec.get_or_insert_with(Default::default);
+    if mc.collector.get().is_none() {
+        mc.collector.set(CollectorSpec {
+            kind: Field::new("StdOut".to_owned()),
+            ..CollectorSpec::default()
+        });
     }
-    fn source(f: &[&'static str]) -> Vec<&'static str> {
-        ["spec", "metricsCollectorSpec", "source"]
-            .iter()
-            .chain(f)
-            .copied()
-            .collect()
+    let kind = mc
+        .collector
+        .get()
+        .map(|c| c.kind.as_str().to_owned())
+        .unwrap_or_default();
+    fn source(mc: &mut MetricsCollectorSpec) -> &mut SourceSpec {
+        mc.source.get_or_insert_with(Default::default)
     }
-    match s(&out, &[mc[0], mc[1], "collector", "kind"]) {
+    match kind.as_str() {
         "PrometheusMetric" => {
-            if s(&out, &source(&["httpGet", "path"])).is_empty() {
-                set(&mut out, &source(&["httpGet", "path"]), json!("/metrics"));
-            }
-            if port_string(get(&out, &source(&["httpGet", "port"]))) == "0" {
-                set(&mut out, &source(&["httpGet", "port"]), json!(8080));
+            let http = source(mc).http_get.get_or_insert_with(Default::default);
+            default_str(&mut http.path, "/metrics");
+            if port_string(http.port.get()) == "0" {
+                http.port.set(json!(8080));
             }
         }
         "File" => {
-            for (f, d) in [
-                ("kind", "File"),
-                ("path", "/var/log/katib/metrics.log"),
-                ("format", "TEXT"),
-            ] {
-                if s(&out, &source(&["fileSystemPath", f])).is_empty() {
-                    set(&mut out, &source(&["fileSystemPath", f]), json!(d));
-                }
-            }
+            let fsp = source(mc).file_system_path.get_or_insert_with(Default::default);
+            default_str(&mut fsp.kind, "File");
+            default_str(&mut fsp.path, "/var/log/katib/metrics.log");
+            default_str(&mut fsp.format, "TEXT");
         }
         "TensorFlowEvent" => {
-            for (f, d) in [("kind", "Directory"), ("path", "/var/log/katib/tfevent/")] {
-                if s(&out, &source(&["fileSystemPath", f])).is_empty() {
-                    set(&mut out, &source(&["fileSystemPath", f]), json!(d));
-                }
-            }
+            let fsp = source(mc).file_system_path.get_or_insert_with(Default::default);
+            default_str(&mut fsp.kind, "Directory");
+            default_str(&mut fsp.path, "/var/log/katib/tfevent/");
         }
         _ => {}
     }
     // Parameter distributions.
-    if let Some(Value::Array(params)) = out.get_mut("spec").and_then(|s| s.get_mut("parameters")) {
-        for p in params.iter_mut().filter(|p| p.is_object()) {
-            if s(p, &["feasibleSpace", "distribution"]).is_empty() {
-                set(p, &["feasibleSpace", "distribution"], json!("uniform"));
-            }
-        }
+    for p in spec.parameters.get_mut().into_iter().flatten() {
+        let fs = p.feasible_space.get_or_insert_with(Default::default);
+        default_str(&mut fs.distribution, "uniform");
     }
-    out
 }
 
 /// `intstr.IntOrString.String()`; absent is `"0"`.
@@ -322,9 +318,19 @@ impl Webhook for ExperimentDefaulter {
     }
 
     fn admit(&self, req: &AdmissionRequest, _ctx: &Context) -> AdmissionOutcome {
-        match decode_object(req, "Experiment") {
-            Ok(exp) => AdmissionOutcome::from_mutation(exp, &default_experiment(exp)),
-            Err(denied) => denied,
+        let (raw, mut exp) = match decode_experiment(req) {
+            Ok(e) => e,
+            Err(denied) => return denied,
+        };
+        default_experiment(exp.spec_mut());
+        // Only the spec is defaulted: the rest of the object is left exactly as sent.
+        let mut after = raw.clone();
+        match (serde_json::to_value(&exp.spec), after.as_object_mut()) {
+            (Ok(spec), Some(obj)) => {
+                obj.insert("spec".into(), spec);
+                AdmissionOutcome::from_mutation(raw, &after)
+            }
+            _ => AdmissionOutcome::deny(500, "the defaulted Experiment could not be encoded"),
         }
     }
 }
@@ -368,12 +374,15 @@ impl Webhook for ExperimentValidator {
     }
 
     fn admit(&self, req: &AdmissionRequest, ctx: &Context) -> AdmissionOutcome {
-        let exp = match decode_object(req, "Experiment") {
-            Ok(e) => e,
+        let exp = match decode_experiment(req) {
+            Ok((_, e)) => e,
             Err(denied) => return denied,
         };
-        let old = match &req.old_object {
-            Some(o @ Value::Object(_)) => Some(o),
+        let old: Option<Experiment> = match &req.old_object {
+            Some(o @ Value::Object(_)) => match decode_typed(o, "old Experiment") {
+                Ok(o) => Some(o),
+                Err(denied) => return denied,
+            },
             Some(Value::Null) | None => None,
             Some(_) => {
                 return AdmissionOutcome::deny(
@@ -387,12 +396,12 @@ impl Webhook for ExperimentValidator {
                 400,
                 format!(
                     "Cannot create the Experiment {} in namespace {}: the namespace lacks label \"{INJECTION_LABEL}: {INJECTION_ENABLED}\"",
-                    gofmt::quote(s(exp, &["metadata", "name"])),
+                    gofmt::quote(exp.name()),
                     gofmt::quote(&req.namespace)
                 ),
             );
         }
-        let errs = validate_experiment(exp, old, &ctx.settings.katib);
+        let errs = validate_experiment(&exp, old.as_ref(), &ctx.settings.katib);
         if errs.is_empty() {
             AdmissionOutcome::Allow
         } else {
@@ -449,19 +458,10 @@ fn is_zero(v: &Value) -> bool {
     }
 }
 
-fn condition_true<'a>(exp: &'a Value, ty: &str) -> Option<&'a Value> {
-    get(exp, &["status", "conditions"])
-        .and_then(Value::as_array)?
-        .iter()
-        .rev()
-        .find(|c| s(c, &["type"]) == ty)
-        .filter(|c| s(c, &["status"]) == "True")
-}
-
 /// `DefaultValidator.ValidateExperiment`.
-fn validate_experiment(exp: &Value, old: Option<&Value>, cfg: &KatibSettings) -> Vec<FieldError> {
+fn validate_experiment(exp: &Experiment, old: Option<&Experiment>, cfg: &KatibSettings) -> Vec<FieldError> {
     let mut errs = Vec::new();
-    let name = s(exp, &["metadata", "name"]);
+    let name = exp.name();
     if !name.as_bytes().first().is_some_and(u8::is_ascii_lowercase) || name.len() > 40 {
         errs.push(invalid_str(
             "metadata.name",
@@ -469,9 +469,11 @@ fn validate_experiment(exp: &Value, old: Option<&Value>, cfg: &KatibSettings) ->
             "name must consist of lower case alphanumeric characters or '-', start with an alphabetic character, and end with an alphanumeric character (e.g. 'my-name', or 'abc-123', regex used for validation is '^[a-z]([-a-z0-9]*[a-z0-9])?)') and may not be longer than 40 characters. ",
         ));
     }
-    let max_failed = int(exp, &["spec", "maxFailedTrialCount"]);
-    let max = int(exp, &["spec", "maxTrialCount"]);
-    let parallel = int(exp, &["spec", "parallelTrialCount"]);
+    let default_spec = ExperimentSpec::default();
+    let spec = exp.spec.get().unwrap_or(&default_spec);
+    let max_failed = spec.max_failed_trial_count.get().copied();
+    let max = spec.max_trial_count.get().copied();
+    let parallel = spec.parallel_trial_count.get().copied();
     if let Some(v) = max_failed.filter(|v| *v < 0) {
         errs.push(invalid_int("spec.maxFailedTrialCount", v, "should not be less than 0"));
     }
@@ -499,24 +501,28 @@ fn validate_experiment(exp: &Value, old: Option<&Value>, cfg: &KatibSettings) ->
             "should be less than or equal to spec.maxTrialCount",
         ));
     }
-    let spec = exp.get("spec").cloned().unwrap_or(Value::Null);
+    // The spec as sent (a Field re-encodes exactly what was decoded).
+    let json = |spec: &Field<ExperimentSpec>| serde_json::to_value(spec).unwrap_or(Value::Null);
+    let spec_json = json(&exp.spec);
     if let Some(old) = old {
-        let old_spec = old.get("spec").cloned().unwrap_or(Value::Null);
-        let restarting = semantic(&spec) != semantic(&old_spec);
-        let completed = condition_true(old, "Succeeded").is_some() || condition_true(old, "Failed").is_some();
-        let restartable = condition_true(old, "Succeeded")
-            .is_some_and(|c| s(c, &["reason"]) == "ExperimentMaxTrialsReached")
-            && matches!(s(old, &["spec", "resumePolicy"]), "LongRunning" | "FromVolume");
+        let restarting = semantic(&spec_json) != semantic(&json(&old.spec));
+        let completed = old.condition_true("Succeeded").is_some() || old.condition_true("Failed").is_some();
+        let old_policy = old.spec.get().map_or("", |s| s.resume_policy.as_str());
+        let restartable = old
+            .condition_true("Succeeded")
+            .is_some_and(|c| c.reason.as_str() == "ExperimentMaxTrialsReached")
+            && matches!(old_policy, "LongRunning" | "FromVolume");
         if restarting && completed && !restartable {
             errs.push(invalid_str(
                 "spec.resumePolicy",
-                s(exp, &["spec", "resumePolicy"]),
+                spec.resume_policy.as_str(),
                 "Experiment can be restarted if it is in succeeded state by reaching max trials and spec.resumePolicy = LongRunning or spec.resumePolicy = FromVolume, when experiment is completed",
             ));
         }
+        let old_trials = old.status.get().and_then(|s| s.trials.get()).copied().unwrap_or(0);
         if restarting
             && let Some(m) = max
-            && m <= int(old, &["status", "trials"]).unwrap_or(0)
+            && m <= old_trials
         {
             errs.push(invalid_int(
                 "spec.maxTrialCount",
@@ -524,16 +530,14 @@ fn validate_experiment(exp: &Value, old: Option<&Value>, cfg: &KatibSettings) ->
                 "must be greater than status.trials count",
             ));
         }
-        let mut patched = old_spec;
-        if let Value::Object(m) = &mut patched {
-            for f in ["maxFailedTrialCount", "maxTrialCount", "parallelTrialCount"] {
-                match spec.get(f) {
-                    Some(v) => m.insert(f.to_string(), v.clone()),
-                    None => m.remove(f),
-                };
-            }
+        // The old spec with the three editable counts taken from the new one.
+        let mut patched = old.spec.clone();
+        if let Some(p) = patched.get_mut() {
+            p.max_failed_trial_count = spec.max_failed_trial_count.clone();
+            p.max_trial_count = spec.max_trial_count.clone();
+            p.parallel_trial_count = spec.parallel_trial_count.clone();
         }
-        if semantic(&spec) != semantic(&patched) {
+        if semantic(&spec_json) != semantic(&json(&patched)) {
             errs.push(FieldError::Forbidden {
                 path: "spec".into(),
                 detail: "only spec.parallelTrialCount, spec.maxTrialCount and spec.maxFailedTrialCount are editable"
@@ -541,14 +545,14 @@ fn validate_experiment(exp: &Value, old: Option<&Value>, cfg: &KatibSettings) ->
             });
         }
     }
-    let objective_errs = validate_objective(get(exp, &["spec", "objective"]));
+    let objective_errs = validate_objective(spec.objective.get());
     if !objective_errs.is_empty() {
         errs.extend(objective_errs);
         return errs;
     }
-    validate_algorithm(exp, cfg, &mut errs);
-    if let Some(es) = get(exp, &["spec", "earlyStopping"]) {
-        let n = s(es, &["algorithmName"]);
+    validate_algorithm(spec, cfg, &mut errs);
+    if let Some(es) = spec.early_stopping.get() {
+        let n = es.algorithm_name.as_str();
         if n.is_empty() {
             errs.push(required("spec.earlyStopping.algorithmName", "must be specified"));
         }
@@ -562,67 +566,58 @@ fn validate_experiment(exp: &Value, old: Option<&Value>, cfg: &KatibSettings) ->
             ));
         }
     }
-    let rp = s(exp, &["spec", "resumePolicy"]);
+    let rp = spec.resume_policy.as_str();
     if !matches!(rp, "" | "Never" | "LongRunning" | "FromVolume") {
         errs.push(invalid_str("spec.resumePolicy", rp, "invalid ResumePolicyType"));
     }
-    validate_trial_template(exp, &mut errs);
-    let params = get(exp, &["spec", "parameters"])
-        .and_then(Value::as_array)
-        .map(Vec::as_slice)
-        .unwrap_or_default();
-    let nas = get(exp, &["spec", "nasConfig"]);
+    validate_trial_template(spec, &mut errs);
+    let params = spec.parameters.as_slice();
+    let nas = spec.nas_config.get();
     if params.is_empty() && nas.is_none() {
         errs.push(required("spec", "spec.parameters or spec.nasConfig must be specified"));
     }
     if !params.is_empty() && nas.is_some() {
         errs.push(FieldError::Invalid {
             path: "spec".into(),
-            value: BadValue::Raw(format!("v1beta1.ExperimentSpec{}", spec)),
+            value: BadValue::Raw(format!("v1beta1.ExperimentSpec{spec_json}")),
             detail: "only one of spec.parameters and spec.nasConfig can be specified".into(),
         });
     }
     validate_parameters(params, &mut errs);
-    validate_metrics_collector(exp, cfg, &mut errs);
+    validate_metrics_collector(spec, cfg, &mut errs);
     errs
 }
 
-fn validate_objective(obj: Option<&Value>) -> Vec<FieldError> {
+fn validate_objective(obj: Option<&ObjectiveSpec>) -> Vec<FieldError> {
     let Some(obj) = obj else {
         return vec![required("spec.objective", "must be specified")];
     };
     let mut errs = Vec::new();
-    let ty = s(obj, &["type"]);
+    let ty = obj.r#type.as_str();
     if ty != "minimize" && ty != "maximize" {
         errs.push(invalid_str("spec.objective.type", ty, "must be minimize or maximize"));
     }
-    let name = s(obj, &["objectiveMetricName"]);
+    let name = obj.objective_metric_name.as_str();
     if name.is_empty() {
         errs.push(required("spec.objective.objectiveMetricName", "must be specified"));
     }
-    let extra = strings(get(obj, &["additionalMetricNames"]));
+    let extra = obj.additional_metric_names.as_slice();
     if extra.iter().any(|m| m == name) {
         errs.push(FieldError::Invalid {
             path: "spec.objective.additionalMetricNames".into(),
-            value: BadValue::Raw(gofmt::sharp_v_strings(&extra)),
+            value: BadValue::Raw(gofmt::sharp_v_strings(extra)),
             detail: "should not contain spec.objective.objectiveMetricName".into(),
         });
     }
     errs
 }
 
-fn strings(v: Option<&Value>) -> Vec<String> {
-    v.and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect())
-        .unwrap_or_default()
-}
-
-fn validate_algorithm(exp: &Value, cfg: &KatibSettings, errs: &mut Vec<FieldError>) {
-    let Some(alg) = get(exp, &["spec", "algorithm"]) else {
+fn validate_algorithm(spec: &ExperimentSpec, cfg: &KatibSettings, errs: &mut Vec<FieldError>) {
+    let Some(alg) = spec.algorithm.get() else {
         errs.push(required("spec.algorithm", "must be specified"));
         return;
     };
-    let n = s(alg, &["algorithmName"]);
+    let n = alg.algorithm_name.as_str();
     if n.is_empty() {
         errs.push(required("spec.algorithm.algorithmName", "must be specified"));
     }
@@ -638,15 +633,15 @@ fn validate_algorithm(exp: &Value, cfg: &KatibSettings, errs: &mut Vec<FieldErro
 }
 
 /// Go's `%v` of `[]TrialParameterSpec`.
-fn trial_params_v(params: &[Value]) -> String {
+fn trial_params_v(params: &[TrialParameterSpec]) -> String {
     let items: Vec<String> = params
         .iter()
         .map(|p| {
             format!(
                 "{{{} {} {}}}",
-                s(p, &["name"]),
-                s(p, &["description"]),
-                s(p, &["reference"])
+                p.name.as_str(),
+                p.description.as_str(),
+                p.reference.as_str()
             )
         })
         .collect();
@@ -654,19 +649,20 @@ fn trial_params_v(params: &[Value]) -> String {
 }
 
 /// Go's `%v` of `[]ParameterSpec`.
-fn params_v(params: &[Value]) -> String {
+fn params_v(params: &[ParameterSpec]) -> String {
     let items: Vec<String> = params
         .iter()
         .map(|p| {
+            let fs = p.feasible_space.get().cloned().unwrap_or_default();
             format!(
                 "{{{} {} {{{} {} [{}] {} {}}}}}",
-                s(p, &["name"]),
-                s(p, &["parameterType"]),
-                s(p, &["feasibleSpace", "max"]),
-                s(p, &["feasibleSpace", "min"]),
-                strings(get(p, &["feasibleSpace", "list"])).join(" "),
-                s(p, &["feasibleSpace", "step"]),
-                s(p, &["feasibleSpace", "distribution"]),
+                p.name.as_str(),
+                p.parameter_type.as_str(),
+                fs.max.as_str(),
+                fs.min.as_str(),
+                fs.list.as_slice().join(" "),
+                fs.step.as_str(),
+                fs.distribution.as_str(),
             )
         })
         .collect();
@@ -722,27 +718,26 @@ fn unreplaced(template: &str) -> Vec<String> {
     out
 }
 
-fn validate_trial_template(exp: &Value, errs: &mut Vec<FieldError>) {
-    let Some(tt) = get(exp, &["spec", "trialTemplate"]) else {
+fn validate_trial_template(spec: &ExperimentSpec, errs: &mut Vec<FieldError>) {
+    let Some(tt) = spec.trial_template.get() else {
         errs.push(required("spec.trialTemplate", "must be specified"));
         return;
     };
-    if s(tt, &["primaryContainerName"]).is_empty() {
+    if tt.primary_container_name.as_str().is_empty() {
         errs.push(required("spec.trialTemplate.primaryContainerName", "must be specified"));
     }
-    if s(tt, &["successCondition"]).is_empty() || s(tt, &["failureCondition"]).is_empty() {
+    if tt.success_condition.as_str().is_empty() || tt.failure_condition.as_str().is_empty() {
         errs.push(required(
             "spec.trialTemplate",
             "successCondition and failureCondition must be specified",
         ));
     }
-    let Some(trial_params) = get(tt, &["trialParameters"]) else {
+    let Some(trial_params) = tt.trial_parameters.get() else {
         errs.push(required("spec.trialTemplate.trialParameters", "must be specified"));
         return;
     };
-    let trial_params = trial_params.as_array().map(Vec::as_slice).unwrap_or_default();
-    let trial_spec = get(tt, &["trialSpec"]);
-    let config_map = get(tt, &["configMap"]);
+    let trial_spec = tt.trial_spec.get();
+    let config_map = tt.config_map.get();
     match (trial_spec, config_map) {
         (None, None) => {
             errs.push(required(
@@ -759,9 +754,9 @@ fn validate_trial_template(exp: &Value, errs: &mut Vec<FieldError>) {
             return;
         }
         (None, Some(cm)) => {
-            if ["configMapName", "configMapNamespace", "templatePath"]
+            if [&cm.config_map_name, &cm.config_map_namespace, &cm.template_path]
                 .iter()
-                .any(|f| s(cm, &[f]).is_empty())
+                .any(|f| f.as_str().is_empty())
             {
                 errs.push(required(
                     "spec.trialTemplate.configMap",
@@ -775,19 +770,13 @@ fn validate_trial_template(exp: &Value, errs: &mut Vec<FieldError>) {
     }
     let Some(trial_spec) = trial_spec else { return };
     let mut template = trial_spec.to_string();
-    let exp_params: Vec<String> = get(exp, &["spec", "parameters"])
-        .and_then(Value::as_array)
-        .map(|a| a.iter().map(|p| s(p, &["name"]).to_string()).collect())
-        .unwrap_or_default();
-    let all_params = get(exp, &["spec", "parameters"])
-        .and_then(Value::as_array)
-        .map(Vec::as_slice)
-        .unwrap_or_default();
+    let all_params = spec.parameters.as_slice();
+    let exp_params: Vec<&str> = all_params.iter().map(|p| p.name.as_str()).collect();
     let mut names: Vec<&str> = Vec::new();
     let mut refs: Vec<&str> = Vec::new();
     for (i, p) in trial_params.iter().enumerate() {
-        let name = s(p, &["name"]);
-        let reference = s(p, &["reference"]);
+        let name = p.name.as_str();
+        let reference = p.reference.as_str();
         let path = format!("spec.trialTemplate.trialParameters[{i}]");
         if name.is_empty() || reference.is_empty() || name.contains('{') || name.contains('}') {
             errs.push(invalid_str(
@@ -821,7 +810,7 @@ fn validate_trial_template(exp: &Value, errs: &mut Vec<FieldError>) {
         }
         names.push(name);
         refs.push(reference);
-        if !exp_params.is_empty() && !is_meta_key(reference) && !exp_params.iter().any(|n| n == reference) {
+        if !exp_params.is_empty() && !is_meta_key(reference) && !exp_params.contains(&reference) {
             errs.push(invalid_str(
                 &format!("{path}.reference"),
                 reference,
@@ -880,10 +869,11 @@ fn validate_trial_template(exp: &Value, errs: &mut Vec<FieldError>) {
     }
 }
 
-fn validate_parameters(params: &[Value], errs: &mut Vec<FieldError>) {
+fn validate_parameters(params: &[ParameterSpec], errs: &mut Vec<FieldError>) {
     for (i, p) in params.iter().enumerate() {
         let path = format!("spec.parameters[{i}]");
-        let ty = s(p, &["parameterType"]);
+        let ty = p.parameter_type.as_str();
+        let space = p.feasible_space.get().cloned().unwrap_or_default();
         if !matches!(ty, "int" | "double" | "categorical" | "discrete" | "unknown") {
             errs.push(invalid_str(
                 &format!("{path}.parameterType"),
@@ -891,7 +881,7 @@ fn validate_parameters(params: &[Value], errs: &mut Vec<FieldError>) {
                 format!("parameterType: {ty} is not supported"),
             ));
         }
-        let dist = s(p, &["feasibleSpace", "distribution"]);
+        let dist = space.distribution.as_str();
         if !dist.is_empty() && !matches!(dist, "uniform" | "logUniform" | "normal" | "logNormal" | "unknown") {
             errs.push(invalid_str(
                 &format!("{path}.feasibleSpace.distribution"),
@@ -899,10 +889,10 @@ fn validate_parameters(params: &[Value], errs: &mut Vec<FieldError>) {
                 format!("distribution: {dist} is not supported"),
             ));
         }
-        let fs = |f: &str| s(p, &["feasibleSpace", f]);
-        let list = strings(get(p, &["feasibleSpace", "list"]));
-        let has_list = get(p, &["feasibleSpace", "list"]).is_some();
-        if fs("max").is_empty() && fs("min").is_empty() && fs("step").is_empty() && dist.is_empty() && !has_list {
+        let (max, min, step) = (space.max.as_str(), space.min.as_str(), space.step.as_str());
+        let list = space.list.as_slice();
+        let has_list = space.list.get().is_some();
+        if max.is_empty() && min.is_empty() && step.is_empty() && dist.is_empty() && !has_list {
             errs.push(required(
                 &format!("{path}.feasibleSpace"),
                 "feasibleSpace must be specified",
@@ -911,21 +901,19 @@ fn validate_parameters(params: &[Value], errs: &mut Vec<FieldError>) {
             if !list.is_empty() {
                 errs.push(FieldError::Invalid {
                     path: format!("{path}.feasibleSpace.list"),
-                    value: BadValue::Raw(gofmt::sharp_v_strings(&list)),
+                    value: BadValue::Raw(gofmt::sharp_v_strings(list)),
                     detail: format!("feasibleSpace.list is not supported for parameterType: {ty}"),
                 });
             }
-            if fs("max").is_empty() || fs("min").is_empty() {
+            if max.is_empty() || min.is_empty() {
                 errs.push(required(
                     &format!("{path}.feasibleSpace.max"),
                     format!("feasibleSpace.max or feasibleSpace.min must be specified for parameterType: {ty}"),
                 ));
             }
-        } else if matches!(ty, "categorical" | "discrete")
-            && (!fs("max").is_empty() || !fs("min").is_empty() || !fs("step").is_empty())
-        {
+        } else if matches!(ty, "categorical" | "discrete") && (!max.is_empty() || !min.is_empty() || !step.is_empty()) {
             let list_v = if has_list {
-                gofmt::sharp_v_strings(&list)
+                gofmt::sharp_v_strings(list)
             } else {
                 "[]string(nil)".to_string()
             };
@@ -933,9 +921,9 @@ fn validate_parameters(params: &[Value], errs: &mut Vec<FieldError>) {
                 path: format!("{path}.feasibleSpace"),
                 value: BadValue::Raw(format!(
                     "v1beta1.FeasibleSpace{{Max:{}, Min:{}, List:{list_v}, Step:{}, Distribution:{}}}",
-                    gofmt::quote(fs("max")),
-                    gofmt::quote(fs("min")),
-                    gofmt::quote(fs("step")),
+                    gofmt::quote(max),
+                    gofmt::quote(min),
+                    gofmt::quote(step),
                     gofmt::quote(dist)
                 )),
                 detail: format!("feasibleSpace .max, .min and .step is not supported for parameterType: {ty}"),
@@ -957,11 +945,11 @@ fn two_groups(format: &str) -> bool {
     })
 }
 
-fn validate_metrics_collector(exp: &Value, cfg: &KatibSettings, errs: &mut Vec<FieldError>) {
-    let mc = get(exp, &["spec", "metricsCollectorSpec"])
-        .cloned()
-        .unwrap_or(Value::Null);
-    let kind = s(&mc, &["collector", "kind"]);
+fn validate_metrics_collector(spec: &ExperimentSpec, cfg: &KatibSettings, errs: &mut Vec<FieldError>) {
+    let mc = spec.metrics_collector_spec.get();
+    let collector = mc.and_then(|m| m.collector.get());
+    let source = mc.and_then(|m| m.source.get());
+    let kind = collector.map_or("", |c| c.kind.as_str());
     if matches!(kind, "StdOut" | "TensorFlowEvent" | "File" | "PrometheusMetric")
         && !cfg.metrics_collectors.iter().any(|k| k == kind)
     {
@@ -973,26 +961,29 @@ fn validate_metrics_collector(exp: &Value, cfg: &KatibSettings, errs: &mut Vec<F
             ),
         ));
     }
-    let fsp = get(&mc, &["source", "fileSystemPath"]);
-    let fsp_s = |f: &str| fsp.map(|p| s(p, &[f])).unwrap_or_default();
+    let fsp = source.and_then(|s| s.file_system_path.get());
+    let (fsp_kind, fsp_path, fsp_format) =
+        fsp.map_or(("", "", ""), |p| (p.kind.as_str(), p.path.as_str(), p.format.as_str()));
+    let http = source.and_then(|s| s.http_get.get());
+    let filter = source.and_then(|s| s.filter.get());
     let abs = |p: &str| p.starts_with('/');
     match kind {
         "Push" | "StdOut" => return,
         "File" => {
-            if fsp.is_none() || fsp_s("kind") != "File" || !abs(fsp_s("path")) {
+            if fsp.is_none() || fsp_kind != "File" || !abs(fsp_path) {
                 errs.push(required(
                     "spec.metricsCollectorSpec.source.fileSystemPath.path",
                     "file path where metrics file exists is required",
                 ));
             }
-            let format = fsp_s("format");
+            let format = fsp_format;
             if format != "TEXT" && format != "JSON" {
                 errs.push(required(
                     "spec.metricsCollectorSpec.source.fileSystemPath.format",
                     "format of metrics file is required for metrics collector",
                 ));
             }
-            if format == "JSON" && get(&mc, &["source", "filter"]).is_some() {
+            if format == "JSON" && filter.is_some() {
                 errs.push(invalid_str(
                     "spec.metricsCollectorSpec.source.filter",
                     "",
@@ -1001,13 +992,13 @@ fn validate_metrics_collector(exp: &Value, cfg: &KatibSettings, errs: &mut Vec<F
             }
         }
         "TensorFlowEvent" => {
-            if fsp.is_none() || fsp_s("kind") != "Directory" || !abs(fsp_s("path")) {
+            if fsp.is_none() || fsp_kind != "Directory" || !abs(fsp_path) {
                 errs.push(required(
                     "spec.metricsCollectorSpec.source",
                     "directory path where tensorflow event files exist is required by .spec.metricsCollectorSpec.source.fileSystemPath.path",
                 ));
             }
-            let format = fsp_s("format");
+            let format = fsp_format;
             if !format.is_empty() {
                 errs.push(invalid_str(
                     "spec.metricsCollectorSpec.source.fileSystemPath.format",
@@ -1017,7 +1008,7 @@ fn validate_metrics_collector(exp: &Value, cfg: &KatibSettings, errs: &mut Vec<F
             }
         }
         "PrometheusMetric" => {
-            let port = port_string(get(&mc, &["source", "httpGet", "port"]));
+            let port = port_string(http.and_then(|h| h.port.get()));
             if !port.parse::<i64>().is_ok_and(|p| p > 0) {
                 errs.push(invalid_str(
                     "spec.metricsCollectorSpec.source.httpGet.port",
@@ -1025,7 +1016,7 @@ fn validate_metrics_collector(exp: &Value, cfg: &KatibSettings, errs: &mut Vec<F
                     format!("must be a positive integer value for metrics collector kind: {kind}"),
                 ));
             }
-            let path = s(&mc, &["source", "httpGet", "path"]);
+            let path = http.map_or("", |h| h.path.as_str());
             if !path.starts_with('/') {
                 errs.push(invalid_str(
                     "spec.metricsCollectorSpec.source.httpGet.path",
@@ -1035,13 +1026,13 @@ fn validate_metrics_collector(exp: &Value, cfg: &KatibSettings, errs: &mut Vec<F
             }
         }
         "Custom" => {
-            if get(&mc, &["collector", "customCollector"]).is_none() {
+            if collector.and_then(|c| c.custom_collector.get()).is_none() {
                 errs.push(required(
                     "spec.metricsCollectorSpec.collector.customCollector",
                     format!("metrics collector kind: {kind} is required"),
                 ));
             }
-            if fsp.is_some() && (!abs(fsp_s("path")) || !matches!(fsp_s("kind"), "Directory" | "File")) {
+            if fsp.is_some() && (!abs(fsp_path) || !matches!(fsp_kind, "Directory" | "File")) {
                 errs.push(invalid_str(
                     "spec.metricsCollectorSpec.source.fileSystemPath",
                     "",
@@ -1055,11 +1046,11 @@ fn validate_metrics_collector(exp: &Value, cfg: &KatibSettings, errs: &mut Vec<F
             format!("invalid metrics collector kind: {kind}"),
         )),
     }
-    for f in strings(get(&mc, &["source", "filter", "metricsFormat"])) {
-        if !two_groups(&f) {
+    for f in filter.map_or(&[][..], |f| f.metrics_format.as_slice()) {
+        if !two_groups(f) {
             errs.push(invalid_str(
                 "spec.metricsCollectorSpec.source.filter.metricsFormat",
-                &f,
+                f,
                 "two top subexpressions are required",
             ));
         }
@@ -1097,7 +1088,7 @@ fn find_object<'a>(objects: &'a [Value], api_version: &str, kind: &str, name: &s
 /// `getKatibJob`: the name of the object in the owner chain that a Trial owns.
 fn katib_job(obj: &Value, objects: &[Value], depth: usize) -> Result<String, String> {
     let refs = owners(obj);
-    if refs.iter().any(|(av, k, _)| k == "Trial" && av == TRIAL_API_VERSION) {
+    if refs.iter().any(|(av, k, _)| k == "Trial" && av == KATIB_API_VERSION) {
         return Ok(s(obj, &["metadata", "name"]).to_string());
     }
     if depth >= MAX_OWNER_DEPTH {
@@ -1152,7 +1143,7 @@ impl Webhook for TrialPodMutator {
 
     fn context_needs(&self) -> ContextNeeds {
         ContextNeeds {
-            objects: vec![("batch/v1", "Job"), (TRIAL_API_VERSION, "Trial")],
+            objects: vec![("batch/v1", "Job"), (KATIB_API_VERSION, "Trial")],
             ..ContextNeeds::none()
         }
     }
@@ -1165,26 +1156,32 @@ impl Webhook for TrialPodMutator {
         let Ok(job) = katib_job(pod, &ctx.objects, 0) else {
             return AdmissionOutcome::Allow;
         };
-        let Some(trial) = find_object(&ctx.objects, TRIAL_API_VERSION, "Trial", &job) else {
+        let Some(trial) = find_object(&ctx.objects, KATIB_API_VERSION, "Trial", &job) else {
             return AdmissionOutcome::deny(500, format!("trials.kubeflow.org {} not found", gofmt::quote(&job)));
+        };
+        let Ok(trial) = Trial::deserialize(trial) else {
+            return AdmissionOutcome::deny(
+                500,
+                format!("trials.kubeflow.org {} cannot be decoded", gofmt::quote(&job)),
+            );
         };
         let mut out = pod.clone();
         let mut labels: BTreeMap<String, Value> = get(pod, &["metadata", "labels"])
             .and_then(Value::as_object)
             .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
             .unwrap_or_default();
-        if let Some(tl) = get(trial, &["metadata", "labels"]).and_then(Value::as_object) {
-            for (k, v) in tl {
-                labels.insert(k.clone(), v.clone());
+        if let Some(meta) = trial.metadata.get() {
+            for (k, v) in &meta.labels {
+                labels.insert(k.clone(), Value::String(v.clone()));
             }
         }
-        labels.insert(LABEL_TRIAL_NAME.into(), json!(s(trial, &["metadata", "name"])));
+        labels.insert(LABEL_TRIAL_NAME.into(), json!(trial.name()));
         set(
             &mut out,
             &["metadata", "labels"],
             Value::Object(labels.into_iter().collect()),
         );
-        let primary = s(trial, &["spec", "primaryContainerName"]);
+        let primary = trial.spec.get().map_or("", |s| s.primary_container_name.as_str());
         let env = json!({
             "name": ENV_TRIAL_NAME,
             "valueFrom": {"fieldRef": {"fieldPath": format!("metadata.labels['{LABEL_TRIAL_NAME}']")}}
@@ -1226,6 +1223,94 @@ impl Webhook for TrialPodMutator {
 mod tests {
 
     use super::*;
+    use kfsec_types::admission::{GroupVersionKind, GroupVersionResource, Operation};
+
+    /// The valid Experiment of the fixtures, changed by `edit`, as a CREATE request.
+    fn experiment_request(edit: impl FnOnce(&mut Value)) -> AdmissionRequest {
+        let review: Value =
+            serde_json::from_str(include_str!("../tests/fixtures/validate-experiment/valid.request.json")).unwrap();
+        let mut exp = review["request"]["object"].clone();
+        edit(&mut exp);
+        AdmissionRequest::for_object(
+            Operation::Create,
+            GroupVersionKind::new("kubeflow.org", "v1beta1", "Experiment"),
+            GroupVersionResource::new("kubeflow.org", "v1beta1", "experiments"),
+            "kubeflow-user",
+            "random",
+            exp,
+        )
+    }
+
+    fn labelled() -> Context {
+        Context::default().with_namespace_labels([(INJECTION_LABEL, INJECTION_ENABLED)])
+    }
+
+    #[test]
+    fn a_wrongly_typed_member_is_refused_as_upstream_decoding_refuses_it() {
+        // Upstream decodes into Go structs: a string count is `Errored(400)`. This was admitted
+        // (and defaulted) before the Experiment was typed: the count was read as absent.
+        let req = experiment_request(|e| e["spec"]["maxTrialCount"] = json!("12"));
+        for hook in [&ExperimentValidator as &dyn Webhook, &ExperimentDefaulter] {
+            match hook.admit(&req, &labelled()) {
+                AdmissionOutcome::Deny { code: 400, message } => assert_eq!(
+                    message,
+                    "cannot decode Experiment: spec.maxTrialCount: invalid type: string \"12\", expected i64"
+                ),
+                other => panic!("{}: {other:?}", hook.name()),
+            }
+        }
+        let req = experiment_request(|e| e["spec"]["parameters"][0]["feasibleSpace"]["list"] = json!([1]));
+        assert!(matches!(
+            ExperimentValidator.admit(&req, &labelled()),
+            AdmissionOutcome::Deny { code: 400, message } if message.contains("spec.parameters[0].feasibleSpace.list[0]")
+        ));
+    }
+
+    #[test]
+    fn defaulting_touches_only_what_it_defaults() {
+        // Unknown members, nulls and the metadata as sent are left alone.
+        let req = experiment_request(|e| {
+            e["metadata"]["creationTimestamp"] = Value::Null;
+            e["metadata"]["labels"] = Value::Null;
+            e["spec"]["futureField"] = json!({"a": null});
+            e["spec"]["nasConfig"] = Value::Null;
+            e["spec"]["resumePolicy"] = Value::Null;
+        });
+        let once = match ExperimentDefaulter.admit(&req, &Context::default()) {
+            AdmissionOutcome::Patch(p) => p,
+            other => panic!("{other:?}"),
+        };
+        let mut defaulted = req.object.clone().unwrap();
+        json_patch::patch(&mut defaulted, &once).unwrap();
+        assert_eq!(defaulted["spec"]["resumePolicy"], "Never");
+        assert_eq!(defaulted["spec"]["futureField"], json!({"a": null}));
+        assert!(defaulted["metadata"]["creationTimestamp"].is_null());
+        // Defaulting a defaulted Experiment changes nothing.
+        let again = experiment_request(|e| *e = defaulted.clone());
+        assert_eq!(
+            ExperimentDefaulter.admit(&again, &Context::default()),
+            AdmissionOutcome::Allow
+        );
+    }
+
+    #[test]
+    fn a_trial_that_does_not_decode_refuses_its_pod_without_internal_text() {
+        let context: Value = serde_json::from_str(include_str!("../tests/fixtures/mutate-pod/context.json")).unwrap();
+        let review: Value =
+            serde_json::from_str(include_str!("../tests/fixtures/mutate-pod/trial-job-pod.request.json")).unwrap();
+        let req: AdmissionRequest = serde_json::from_value(review["request"].clone()).unwrap();
+        let mut objects = context["objects"].as_array().unwrap().clone();
+        let ctx = |objects: Vec<Value>| Context::default().with_objects(objects);
+        assert!(matches!(
+            TrialPodMutator.admit(&req, &ctx(objects.clone())),
+            AdmissionOutcome::Patch(_)
+        ));
+        objects[0]["spec"]["primaryContainerName"] = json!(["training-container"]);
+        assert_eq!(
+            TrialPodMutator.admit(&req, &ctx(objects)),
+            AdmissionOutcome::deny(500, "trials.kubeflow.org \"random-example-x7k2p\" cannot be decoded")
+        );
+    }
 
     #[test]
     fn meta_keys() {

@@ -10,10 +10,11 @@
 //! converts.
 
 use kfsec_types::admission::{AdmissionRequest, Operation};
+use kfsec_types::kubeflow::InferenceService;
 use serde_json::{Map, Value, json};
 
 use crate::registration::{FailurePolicy, Registration, Rule, WebhookKind};
-use crate::webhook::{AdmissionOutcome, Context, ContextNeeds, Webhook};
+use crate::webhook::{AdmissionOutcome, Context, ContextNeeds, Webhook, decode_typed};
 
 /// Annotation selecting the deployment mode.
 pub const DEPLOYMENT_MODE: &str = "serving.kserve.io/deploymentMode";
@@ -92,10 +93,6 @@ fn present<'a>(v: &'a Value, key: &str) -> Option<&'a Value> {
 
 fn text<'a>(v: &'a Value, key: &str) -> &'a str {
     v.get(key).and_then(Value::as_str).unwrap_or_default()
-}
-
-fn annotation<'a>(isvc: &'a Value, key: &str) -> Option<&'a str> {
-    isvc.get("metadata")?.get("annotations")?.get(key)?.as_str()
 }
 
 /// Predictor framework keys (each is also its `modelFormat` name).
@@ -239,12 +236,15 @@ fn set_resource_defaults(cfg: &KServeSettings, container: &mut Map<String, Value
 }
 
 /// `InferenceService.DefaultInferenceService` on a JSON InferenceService.
-pub fn default_inference_service(isvc: &Value, cfg: &KServeSettings) -> Value {
+///
+/// `typed` is `isvc` decoded; the defaults are written into a copy of `isvc`, so every member
+/// they do not touch stays exactly as sent.
+pub fn default_inference_service(isvc: &Value, typed: &InferenceService, cfg: &KServeSettings) -> Value {
     let mut out = isvc.clone();
     let Value::Object(root) = &mut out else {
         return isvc.clone();
     };
-    let mode = annotation(isvc, DEPLOYMENT_MODE).map(str::to_string);
+    let mode = typed.annotation(DEPLOYMENT_MODE).map(str::to_string);
     if mode.is_none() && matches!(cfg.default_deployment_mode.as_str(), "ModelMesh" | "RawDeployment") {
         let meta = root.entry("metadata").or_insert_with(|| json!({}));
         if let Value::Object(meta) = meta {
@@ -383,11 +383,14 @@ impl Webhook for InferenceServiceDefaulter {
     }
 
     fn admit(&self, req: &AdmissionRequest, ctx: &Context) -> AdmissionOutcome {
-        match &req.object {
-            Some(isvc @ Value::Object(_)) => {
-                AdmissionOutcome::from_mutation(isvc, &default_inference_service(isvc, &ctx.settings.kserve))
+        let Some(isvc @ Value::Object(_)) = &req.object else {
+            return AdmissionOutcome::deny(400, "there is no content to decode");
+        };
+        match decode_typed(isvc, "InferenceService") {
+            Ok(typed) => {
+                AdmissionOutcome::from_mutation(isvc, &default_inference_service(isvc, &typed, &ctx.settings.kserve))
             }
-            _ => AdmissionOutcome::deny(400, "there is no content to decode"),
+            Err(denied) => denied,
         }
     }
 }
@@ -415,28 +418,29 @@ fn env_has(container: &Value, name: &str) -> bool {
 }
 
 /// `validateInferenceService` (v0.15.2), first error wins.
-pub fn validate_inference_service(isvc: &Value) -> Result<(), String> {
-    let name = isvc.get("metadata").map(|m| text(m, "name")).unwrap_or_default();
+pub fn validate_inference_service(isvc: &InferenceService) -> Result<(), String> {
+    let name = isvc.name();
     if !is_valid_name(name) {
         return Err(format!(
             "the InferenceService \"{name}\" is invalid: a InferenceService name must consist of lower case alphanumeric characters or '-', and must start with alphabetical character. (e.g. \"my-name\" or \"abc-123\", regex used for validation is '{NAME_FMT}')"
         ));
     }
-    if let Some(class) = annotation(isvc, AUTOSCALER_CLASS)
+    if let Some(class) = isvc.annotation(AUTOSCALER_CLASS)
         && !matches!(class, "hpa" | "external" | "keda" | "none")
     {
         return Err(format!("[{class}] is not a supported autoscaler class type"));
     }
-    let spec = isvc.get("spec").cloned().unwrap_or(Value::Null);
-    let predictor = spec.get("predictor").cloned().unwrap_or_else(|| json!({}));
+    let spec = isvc.spec.get();
+    let no_predictor = json!({});
+    let predictor = spec.and_then(|s| s.predictor.get()).unwrap_or(&no_predictor);
     let q = crate::gofmt::quote(name);
-    if let Some(worker) = present(&predictor, "workerSpec") {
+    if let Some(worker) = present(predictor, "workerSpec") {
         if containers(worker).len() > 1 {
             return Err(format!(
                 "the InferenceService {q} is invalid: setting multiple containers in workerSpec is not allowed"
             ));
         }
-        if let Some(model) = present(&predictor, "model") {
+        if let Some(model) = present(predictor, "model") {
             if env_has(model, "PIPELINE_PARALLEL_SIZE") {
                 return Err(format!(
                     "the InferenceService {q} is invalid: setting PIPELINE_PARALLEL_SIZE in environment variables is not allowed"
@@ -462,7 +466,7 @@ pub fn validate_inference_service(isvc: &Value) -> Result<(), String> {
                     }
                 }
             }
-            let class = annotation(isvc, AUTOSCALER_CLASS).unwrap_or_default();
+            let class = isvc.annotation(AUTOSCALER_CLASS).unwrap_or_default();
             if class != "none" {
                 return Err(format!(
                     "the InferenceService {q} is invalid: Multinode only supports 'none' autoscaler({class})"
@@ -482,7 +486,7 @@ pub fn validate_inference_service(isvc: &Value) -> Result<(), String> {
             }
         }
     }
-    for c in containers(&predictor) {
+    for c in containers(predictor) {
         if text(c, "name") == TRANSFORMER_CONTAINER {
             if env_has(c, STORAGE_URI_ENV) {
                 return Err("storage uri should not be specified in transformer container".into());
@@ -490,15 +494,12 @@ pub fn validate_inference_service(isvc: &Value) -> Result<(), String> {
             break;
         }
     }
-    for kind in [Component::Predictor, Component::Transformer, Component::Explainer] {
-        let comp = if kind == Component::Predictor {
-            &predictor
-        } else {
-            match present(&spec, kind.key()) {
-                Some(c) => c,
-                None => continue,
-            }
-        };
+    for (kind, comp) in [
+        (Component::Predictor, Some(predictor)),
+        (Component::Transformer, spec.and_then(|s| s.transformer.get())),
+        (Component::Explainer, spec.and_then(|s| s.explainer.get())),
+    ] {
+        let Some(comp) = comp else { continue };
         if implementations(kind, comp).len() != 1 {
             return Err(kind.exactly_one_error().into());
         }
@@ -560,15 +561,19 @@ impl Webhook for InferenceServiceValidator {
         let Some(isvc @ Value::Object(_)) = &req.object else {
             return AdmissionOutcome::deny(400, "there is no content to decode");
         };
+        let isvc: InferenceService = match decode_typed(isvc, "InferenceService") {
+            Ok(isvc) => isvc,
+            Err(denied) => return denied,
+        };
         if req.operation == Operation::Update
-            && let Some(old) = &req.old_object
+            && let Some(old @ Value::Object(_)) = &req.old_object
         {
-            let status_mode = old
-                .get("status")
-                .and_then(|s| s.get("deploymentMode"))
-                .and_then(Value::as_str)
-                .unwrap_or_default();
-            if let Some(mode) = annotation(isvc, DEPLOYMENT_MODE)
+            let old: InferenceService = match decode_typed(old, "old InferenceService") {
+                Ok(old) => old,
+                Err(denied) => return denied,
+            };
+            let status_mode = old.status.get().map_or("", |s| s.deployment_mode.as_str());
+            if let Some(mode) = isvc.annotation(DEPLOYMENT_MODE)
                 && !status_mode.is_empty()
                 && mode != status_mode
             {
@@ -578,9 +583,65 @@ impl Webhook for InferenceServiceValidator {
                 );
             }
         }
-        match validate_inference_service(isvc) {
+        match validate_inference_service(&isvc) {
             Ok(()) => AdmissionOutcome::Allow,
             Err(message) => AdmissionOutcome::deny(403, message),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use kfsec_types::admission::{GroupVersionKind, GroupVersionResource};
+
+    use super::*;
+
+    fn request(operation: Operation, isvc: Value, old: Option<Value>) -> AdmissionRequest {
+        let mut req = AdmissionRequest::for_object(
+            operation,
+            GroupVersionKind::new("serving.kserve.io", "v1beta1", "InferenceService"),
+            GroupVersionResource::new("serving.kserve.io", "v1beta1", "inferenceservices"),
+            "ns",
+            "sklearn-iris",
+            isvc,
+        );
+        req.old_object = old;
+        req
+    }
+
+    #[test]
+    fn a_wrongly_typed_member_is_refused_by_both_webhooks() {
+        let isvc = json!({"metadata": {"name": "sklearn-iris", "annotations": {AUTOSCALER_CLASS: 1}},
+            "spec": {"predictor": {"model": {"modelFormat": {"name": "sklearn"}}}}});
+        let ctx = Context::default();
+        for hook in [&InferenceServiceValidator as &dyn Webhook, &InferenceServiceDefaulter] {
+            match hook.admit(&request(Operation::Create, isvc.clone(), None), &ctx) {
+                AdmissionOutcome::Deny { code: 400, message } => assert_eq!(
+                    message,
+                    "cannot decode InferenceService: metadata.annotations.serving.kserve.io/autoscalerClass: invalid type: integer `1`, expected a string"
+                ),
+                other => panic!("{}: {other:?}", hook.name()),
+            }
+        }
+    }
+
+    #[test]
+    fn the_deployment_mode_cannot_change_on_update() {
+        let isvc = |mode: &str| {
+            json!({"metadata": {"name": "sklearn-iris", "annotations": {DEPLOYMENT_MODE: mode}},
+                "spec": {"predictor": {"model": {"modelFormat": {"name": "sklearn"}}}},
+                "status": {"deploymentMode": mode, "url": null}})
+        };
+        let ctx = Context::default();
+        let same = request(Operation::Update, isvc("Serverless"), Some(isvc("Serverless")));
+        assert_eq!(InferenceServiceValidator.admit(&same, &ctx), AdmissionOutcome::Allow);
+        let changed = request(Operation::Update, isvc("RawDeployment"), Some(isvc("Serverless")));
+        assert_eq!(
+            InferenceServiceValidator.admit(&changed, &ctx),
+            AdmissionOutcome::deny(
+                403,
+                "update rejected: deploymentMode cannot be changed from 'Serverless' to 'RawDeployment'"
+            )
+        );
     }
 }

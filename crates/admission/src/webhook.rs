@@ -63,6 +63,16 @@ impl AdmissionOutcome {
     }
 }
 
+/// `v` as a typed Kubeflow object (`kfsec_types::kubeflow`); a member of the wrong JSON type is
+/// refused as upstream's decoder refuses it (`Errored(400)`), naming the member:
+/// `cannot decode <what>: spec.maxTrialCount: invalid type: …`.
+pub(crate) fn decode_typed<T: serde::de::DeserializeOwned>(v: &Value, what: &str) -> Result<T, AdmissionOutcome> {
+    serde_path_to_error::deserialize(v).map_err(|e| {
+        let path = e.path().to_string();
+        AdmissionOutcome::deny(400, format!("cannot decode {what}: {path}: {}", e.into_inner()))
+    })
+}
+
 /// The most containers (`containers`, `initContainers` and `ephemeralContainers`, wherever they
 /// appear in the object) a request may carry.
 pub const MAX_CONTAINERS: usize = 256;

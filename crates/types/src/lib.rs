@@ -6,7 +6,9 @@
 pub mod admission;
 pub mod clock;
 pub mod config;
+pub mod field;
 pub mod identity;
+pub mod kubeflow;
 pub mod meta;
 pub mod path;
 pub mod rbac;
@@ -14,5 +16,6 @@ pub mod time;
 pub mod validation;
 
 pub use clock::{Clock, ManualClock, Rng, SystemClock, UnixTime, random_array};
+pub use field::Field;
 pub use identity::Identity;
 pub use meta::{LabelSelector, LabelSelectorRequirement, ObjectMeta};
