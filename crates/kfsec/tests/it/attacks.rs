@@ -245,7 +245,7 @@ async fn service_account_tokens_are_audience_and_account_bound() {
     let k = Kfsec::start("").await;
     let raw = http_client(&k.running.ca_pem);
     let store = k.running.store.clone();
-    let key = "/k8s/core/serviceaccounts/user1/default-editor";
+    let key = &object_key("", "v1", "serviceaccounts", "user1", "default-editor");
     let sa = |uid: &str| {
         serde_json::to_vec(
             &serde_json::json!({"metadata": {"name": "default-editor", "namespace": "user1", "uid": uid}}),

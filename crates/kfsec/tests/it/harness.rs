@@ -124,6 +124,14 @@ pub struct Browser {
     pub cookies: BTreeMap<String, String>,
 }
 
+/// Where the API stores an object, for tests that plant raw records (legacy data, corrupt
+/// records): the key schema is the API's own, so it is asked, never spelled.
+pub fn object_key(group: &str, version: &str, plural: &str, namespace: &str, name: &str) -> String {
+    kfsec_api::ApiServer::resource(group, version, plural)
+        .expect("a served resource")
+        .key(namespace, name)
+}
+
 pub fn http_client(ca_pem: &str) -> reqwest::Client {
     reqwest::Client::builder()
         .tls_certs_only([reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap()])

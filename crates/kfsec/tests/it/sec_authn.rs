@@ -17,7 +17,6 @@ use serde_json::{Value, json};
 
 use crate::harness::*;
 
-const SA_KEY: &str = "/k8s/core/serviceaccounts/user1/default-editor";
 const SA_USER: &str = "system:serviceaccount:user1:default-editor";
 
 /// Signs `claims` with the server's key under an arbitrary header (alg and kid are filled in).
@@ -80,7 +79,11 @@ async fn put_service_account(k: &Kfsec) {
     let body = json!({"metadata": {"name": "default-editor", "namespace": "user1", "uid": "uid-1"}});
     k.running
         .store
-        .put(SA_KEY, serde_json::to_vec(&body).unwrap(), None)
+        .put(
+            &object_key("", "v1", "serviceaccounts", "user1", "default-editor"),
+            serde_json::to_vec(&body).unwrap(),
+            None,
+        )
         .await
         .unwrap();
 }

@@ -268,7 +268,7 @@ async fn a_squatted_system_namespace_in_old_data_is_no_longer_honoured() {
     p["metadata"]["creationTimestamp"] = serde_json::json!("2026-01-01T00:00:00Z");
     store
         .put(
-            "/k8s/kubeflow.org/profiles/kubeflow",
+            &object_key("kubeflow.org", "v1", "profiles", "", "kubeflow"),
             serde_json::to_vec(&p).unwrap(),
             None,
         )
@@ -281,7 +281,11 @@ async fn a_squatted_system_namespace_in_old_data_is_no_longer_honoured() {
             "ownerReferences": [{"apiVersion": "kubeflow.org/v1", "kind": "Profile", "name": "kubeflow", "uid": uid, "controller": true, "blockOwnerDeletion": true}]},
     });
     store
-        .put("/k8s/core/namespaces/kubeflow", serde_json::to_vec(&ns).unwrap(), None)
+        .put(
+            &object_key("", "v1", "namespaces", "", "kubeflow"),
+            serde_json::to_vec(&ns).unwrap(),
+            None,
+        )
         .await
         .unwrap();
     let rb = serde_json::json!({
@@ -294,7 +298,13 @@ async fn a_squatted_system_namespace_in_old_data_is_no_longer_honoured() {
     });
     store
         .put(
-            "/k8s/rbac.authorization.k8s.io/rolebindings/kubeflow/namespaceAdmin",
+            &object_key(
+                "rbac.authorization.k8s.io",
+                "v1",
+                "rolebindings",
+                "kubeflow",
+                "namespaceAdmin",
+            ),
             serde_json::to_vec(&rb).unwrap(),
             None,
         )
