@@ -12,8 +12,8 @@ use cedar_policy::{
     Authorizer as CedarAuthorizer, Context, Decision as CedarDecision, Entities, Entity, EntityId, EntityTypeName,
     EntityUid, PolicySet, Request, RestrictedExpression,
 };
-use kfsec_authz::rbac::{PolicyRule, RoleBinding, RoleRef, Subject};
 use kfsec_authz::{Attributes, Authorizer, kubeflow_default_cluster_roles};
+use kfsec_types::rbac::{PolicyRule, RoleBinding, RoleRef, Subject};
 
 /// Profiles unless `RBAC_BENCH_PROFILES` says otherwise.
 const DEFAULT_PROFILES: usize = 10_000;
