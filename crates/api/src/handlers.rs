@@ -36,7 +36,7 @@ use crate::watch::WatchParams;
 pub(crate) async fn handle(State(api): State<Arc<ApiServer>>, req: Request) -> Response {
     match api.serve(req).await {
         Ok(r) => r,
-        Err(e) => status_response(&e),
+        Err(e) => status_response(&e, api.rng.as_ref()),
     }
 }
 

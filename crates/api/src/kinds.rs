@@ -89,7 +89,7 @@ pub(crate) fn prepare_kind(res: &Resource, obj: &mut Value, old: Option<&Value>)
             };
             if !kinds.contains(&kind) {
                 causes.push(FieldCause {
-                    reason: "FieldValueNotSupported",
+                    reason: kfsec_types::CauseType::FieldValueNotSupported,
                     field: "roleRef.kind".into(),
                     message: format!(
                         "Unsupported value: {kind:?}: supported values: {}",

@@ -59,7 +59,12 @@ pub use hooks::{
 };
 pub use patch::PatchType;
 pub use registry::Resource;
-pub use status::{ApiError, FieldCause, status_response};
+pub use status::{ApiError, FieldCause, refusal_response, refusal_status, status_response};
+
+/// The front-door paths the API owns, as served by [`ApiServer::router`] (an entry ending in `/`
+/// owns every path under it); the composition hands them to the gateway with
+/// [`refusal_response`], the API's renderer for the gateway's refusals.
+pub const PATHS: &[&str] = &["/version", "/api", "/api/", "/apis", "/apis/", "/openapi/"];
 
 use objects::{ListQuery, Preconditions, WriteCtx};
 

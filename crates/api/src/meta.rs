@@ -79,7 +79,7 @@ pub fn validate_maps(meta: &serde_json::Map<String, Value>) -> Vec<FieldCause> {
                 }
                 if total > 256 * 1024 {
                     out.push(FieldCause {
-                        reason: "FieldValueTooLong",
+                        reason: kfsec_types::CauseType::FieldValueTooLong,
                         field: "metadata.annotations".into(),
                         message: "Too long: must have at most 262144 bytes".into(),
                     });

@@ -77,7 +77,7 @@ pub fn apply(doc: &Value, kind: PatchType, patch: &[u8], builtin: bool) -> Resul
                     group: String::new(),
                     name: String::new(),
                     causes: vec![crate::status::FieldCause {
-                        reason: "FieldValueInvalid",
+                        reason: kfsec_types::CauseType::FieldValueInvalid,
                         field: "patch".into(),
                         message: format!("the server rejected our request due to an error in our request: {e}"),
                     }],

@@ -8,15 +8,15 @@
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use kfsec_store::StoreError;
-use serde_json::{Map, Value, json};
+use kfsec_types::{CauseType, Failure, Refusal, RefusalKind, Rng, Status, StatusCause, StatusDetails, StatusReason};
 
 use crate::authorize::{Attributes, RequestAttributes};
 
 /// One field problem of a 422 Invalid error.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FieldCause {
-    /// `FieldValueInvalid`, `FieldValueRequired`, `FieldValueForbidden`, …
-    pub reason: &'static str,
+    /// What is wrong with the field.
+    pub reason: CauseType,
     /// Field path, e.g. `metadata.name`.
     pub field: String,
     /// The text after the field path, e.g. `Invalid value: "X": a lowercase RFC 1123 …`.
@@ -27,7 +27,7 @@ impl FieldCause {
     /// `Invalid value: "<value>": <detail>`.
     pub fn invalid(field: impl Into<String>, value: &str, detail: &str) -> Self {
         Self {
-            reason: "FieldValueInvalid",
+            reason: CauseType::FieldValueInvalid,
             field: field.into(),
             message: format!("Invalid value: {value:?}: {detail}"),
         }
@@ -35,7 +35,7 @@ impl FieldCause {
     /// `Required value: <detail>`.
     pub fn required(field: impl Into<String>, detail: &str) -> Self {
         Self {
-            reason: "FieldValueRequired",
+            reason: CauseType::FieldValueRequired,
             field: field.into(),
             message: format!("Required value: {detail}"),
         }
@@ -43,7 +43,7 @@ impl FieldCause {
     /// `Forbidden: <detail>`.
     pub fn forbidden(field: impl Into<String>, detail: &str) -> Self {
         Self {
-            reason: "FieldValueForbidden",
+            reason: CauseType::FieldValueForbidden,
             field: field.into(),
             message: format!("Forbidden: {detail}"),
         }
@@ -235,45 +235,31 @@ impl ApiError {
     }
 
     /// The Kubernetes `Status` object for this error.
-    pub fn to_status(&self) -> Value {
+    pub fn to_status(&self) -> Status {
         let code = self.code();
-        let mut details = Map::new();
-        let mut put = |k: &str, v: &str| {
-            if !v.is_empty() {
-                details.insert(k.to_owned(), Value::String(v.to_owned()));
-            }
+        let object = |group: &str, kind: &str, name: &str| StatusDetails {
+            name: name.to_owned(),
+            group: group.to_owned(),
+            kind: kind.to_owned(),
+            causes: Vec::new(),
         };
-        let (reason, message) = match self {
-            Self::Unauthorized => ("Unauthorized", self.to_string()),
+        let (reason, message, details) = match self {
+            Self::Unauthorized => (StatusReason::Unauthorized, self.to_string(), StatusDetails::default()),
             Self::Forbidden {
                 message,
                 group,
                 kind,
                 name,
-            } => {
-                put("name", name);
-                put("group", group);
-                put("kind", kind);
-                ("Forbidden", message.clone())
-            }
-            Self::NoRoute => ("NotFound", self.to_string()),
+            } => (StatusReason::Forbidden, message.clone(), object(group, kind, name)),
+            Self::NoRoute => (StatusReason::NotFound, self.to_string(), StatusDetails::default()),
             Self::NotFound { group, kind, name, .. } => {
-                put("name", name);
-                put("group", group);
-                put("kind", kind);
-                ("NotFound", self.to_string())
+                (StatusReason::NotFound, self.to_string(), object(group, kind, name))
             }
             Self::AlreadyExists { group, kind, name, .. } => {
-                put("name", name);
-                put("group", group);
-                put("kind", kind);
-                ("AlreadyExists", self.to_string())
+                (StatusReason::AlreadyExists, self.to_string(), object(group, kind, name))
             }
             Self::Conflict { group, kind, name, .. } => {
-                put("name", name);
-                put("group", group);
-                put("kind", kind);
-                ("Conflict", self.to_string())
+                (StatusReason::Conflict, self.to_string(), object(group, kind, name))
             }
             Self::Invalid {
                 kind,
@@ -281,68 +267,89 @@ impl ApiError {
                 name,
                 causes,
             } => {
-                put("name", name);
-                put("group", group);
-                put("kind", kind);
                 let texts: Vec<String> = causes.iter().map(|c| format!("{}: {}", c.field, c.message)).collect();
                 let joined = if texts.len() == 1 {
                     texts.join("")
                 } else {
                     format!("[{}]", texts.join(", "))
                 };
-                let list: Vec<Value> = causes
-                    .iter()
-                    .map(|c| json!({"reason": c.reason, "message": c.message, "field": c.field}))
-                    .collect();
-                details.insert("causes".into(), Value::Array(list));
-                ("Invalid", format!("{kind} {name:?} is invalid: {joined}"))
+                let details = StatusDetails {
+                    causes: causes
+                        .iter()
+                        .map(|c| StatusCause {
+                            reason: c.reason,
+                            message: c.message.clone(),
+                            field: c.field.clone(),
+                        })
+                        .collect(),
+                    ..object(group, kind, name)
+                };
+                (
+                    StatusReason::Invalid,
+                    format!("{kind} {name:?} is invalid: {joined}"),
+                    details,
+                )
             }
-            Self::BadRequest(m) => ("BadRequest", m.clone()),
-            Self::MethodNotAllowed => ("MethodNotAllowed", self.to_string()),
-            Self::UnsupportedMediaType(m) => ("UnsupportedMediaType", m.clone()),
-            Self::TooLarge(_) => ("RequestEntityTooLarge", self.to_string()),
-            Self::TooLargeWith(m) => ("RequestEntityTooLarge", m.clone()),
-            Self::TooManyRequests(m) => ("TooManyRequests", m.clone()),
-            Self::Expired(m) => ("Expired", m.clone()),
+            Self::BadRequest(m) => (StatusReason::BadRequest, m.clone(), StatusDetails::default()),
+            Self::MethodNotAllowed => (
+                StatusReason::MethodNotAllowed,
+                self.to_string(),
+                StatusDetails::default(),
+            ),
+            Self::UnsupportedMediaType(m) => (StatusReason::UnsupportedMediaType, m.clone(), StatusDetails::default()),
+            Self::TooLarge(_) => (
+                StatusReason::RequestEntityTooLarge,
+                self.to_string(),
+                StatusDetails::default(),
+            ),
+            Self::TooLargeWith(m) => (StatusReason::RequestEntityTooLarge, m.clone(), StatusDetails::default()),
+            Self::TooManyRequests(m) => (StatusReason::TooManyRequests, m.clone(), StatusDetails::default()),
+            Self::Expired(m) => (StatusReason::Expired, m.clone(), StatusDetails::default()),
             Self::AdmissionDenied { code, .. } => {
                 let r = match code {
-                    403 => "Forbidden",
-                    422 => "Invalid",
-                    409 => "Conflict",
-                    404 => "NotFound",
-                    _ => "BadRequest",
+                    403 => StatusReason::Forbidden,
+                    422 => StatusReason::Invalid,
+                    409 => StatusReason::Conflict,
+                    404 => StatusReason::NotFound,
+                    _ => StatusReason::BadRequest,
                 };
-                (r, self.to_string())
+                (r, self.to_string(), StatusDetails::default())
             }
-            Self::AdmissionFailed { .. } => ("InternalError", self.to_string()),
+            Self::AdmissionFailed { .. } => (StatusReason::InternalError, self.to_string(), StatusDetails::default()),
             Self::Store(_) | Self::Internal(_) => (
-                "InternalError",
+                StatusReason::InternalError,
                 "Internal error occurred: the server failed to complete the request".to_owned(),
+                StatusDetails::default(),
             ),
         };
-        json!({
-            "kind": "Status",
-            "apiVersion": "v1",
-            "metadata": {},
-            "status": "Failure",
-            "message": message,
-            "reason": reason,
-            "details": Value::Object(details),
-            "code": code,
-        })
+        Status::failure(code, reason, message).with_details(details)
     }
 }
 
-/// The one function that turns an [`ApiError`] into an HTTP response.
-pub fn status_response(err: &ApiError) -> Response {
-    if matches!(err, ApiError::Store(_) | ApiError::Internal(_)) {
-        tracing::error!(error = %err, "kubernetes api internal error");
-    }
-    let code = StatusCode::from_u16(err.code()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let mut resp = (code, axum::Json(err.to_status())).into_response();
+/// The Status for a [`Refusal`] (the front door's own refusals on the API's paths, failures
+/// with an incident id).
+pub fn refusal_status(r: &Refusal) -> Status {
+    let reason = match r.kind {
+        RefusalKind::BadRequest => StatusReason::BadRequest,
+        RefusalKind::Unauthenticated => StatusReason::Unauthorized,
+        RefusalKind::Forbidden => StatusReason::Forbidden,
+        RefusalKind::NotFound => StatusReason::NotFound,
+        RefusalKind::TooLarge => StatusReason::RequestEntityTooLarge,
+        RefusalKind::TooManyRequests => StatusReason::TooManyRequests,
+        RefusalKind::Unavailable | RefusalKind::BadGateway => StatusReason::ServiceUnavailable,
+        _ => StatusReason::InternalError,
+    };
+    Status::failure(r.code(), reason, r.text())
+}
+
+/// Renders `status` as the response (`Cache-Control: no-store`; a 401 also carries
+/// `WWW-Authenticate`).
+fn render(status: &Status) -> Response {
+    let code = StatusCode::from_u16(status.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut resp = (code, axum::Json(status)).into_response();
     resp.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    if matches!(err, ApiError::Unauthorized) {
+    if status.reason == StatusReason::Unauthorized {
         resp.headers_mut().insert(
             header::WWW_AUTHENTICATE,
             HeaderValue::from_static("Bearer realm=\"kfsec\""),
@@ -351,21 +358,37 @@ pub fn status_response(err: &ApiError) -> Response {
     resp
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        status_response(&self)
+/// The Kubernetes family's renderer for a [`Refusal`].
+pub fn refusal_response(r: &Refusal) -> Response {
+    render(&refusal_status(r))
+}
+
+/// The one function that turns an [`ApiError`] into an HTTP response. A failure of kfsec
+/// (storage, a broken invariant) is logged with its cause under a fresh incident id (from
+/// `rng`) and answered 500 with a generic message carrying only that id.
+pub fn status_response(err: &ApiError, rng: &dyn Rng) -> Response {
+    if matches!(err, ApiError::Store(_) | ApiError::Internal(_)) {
+        let r = Refusal::failure(Failure::Internal, rng);
+        tracing::error!(incident = %r.incident_id(), error = %err, "kubernetes api internal error");
+        return refusal_response(&r);
     }
+    render(&err.to_status())
 }
 
 #[cfg(test)]
 mod tests {
 
     use super::*;
+    use serde_json::{Value, json};
+
+    fn st(e: &ApiError) -> Value {
+        serde_json::to_value(e.to_status()).unwrap()
+    }
 
     #[test]
     fn forbidden_named_object_shape() {
         let a = Attributes::resource("alice", vec![], "get", "kubeflow.org", "poddefaults", "x").with_name("pd");
-        let s = ApiError::forbidden(&a).to_status();
+        let s = st(&ApiError::forbidden(&a));
         assert_eq!(
             s,
             json!({"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure",
@@ -377,7 +400,7 @@ mod tests {
     #[test]
     fn forbidden_list_cluster_scope() {
         let a = Attributes::resource("bob", vec![], "list", "", "namespaces", "");
-        let s = ApiError::forbidden(&a).to_status();
+        let s = st(&ApiError::forbidden(&a));
         assert_eq!(
             s["message"],
             "namespaces is forbidden: User \"bob\" cannot list resource \"namespaces\" in API group \"\" at the cluster scope"
@@ -394,7 +417,7 @@ mod tests {
             causes: vec![FieldCause::invalid("metadata.name", "A", "bad")],
         };
         assert_eq!(
-            e.to_status()["message"],
+            st(&e)["message"],
             "ConfigMap \"A\" is invalid: metadata.name: Invalid value: \"A\": bad"
         );
         assert_eq!(e.code(), 422);
@@ -407,16 +430,16 @@ mod tests {
                 .into(),
         };
         assert_eq!(
-            c.to_status()["message"],
+            st(&c)["message"],
             "Operation cannot be fulfilled on configmaps \"c\": the object has been modified; please apply your changes to the latest version and try again"
         );
-        assert_eq!(c.to_status()["reason"], "Conflict");
+        assert_eq!(st(&c)["reason"], "Conflict");
     }
 
     #[test]
     fn internal_errors_do_not_leak() {
         let e = ApiError::Store(StoreError::Backend("secret path /x".into()));
-        let s = e.to_status();
+        let s = st(&e);
         assert_eq!(s["code"], 500);
         assert!(!s["message"].as_str().unwrap().contains("secret"));
     }

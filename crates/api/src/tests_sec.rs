@@ -57,10 +57,7 @@ async fn no_profile_claims_a_system_namespace() {
         // the typed helper KFAM and controllers use (system:masters) is refused too
         let e = f.api.create_object(p, "", profile(name)).await.unwrap_err();
         assert_eq!(e.code(), 403, "{name}");
-        assert!(
-            e.to_status()["message"].as_str().unwrap().contains("reserved"),
-            "{name}"
-        );
+        assert!(e.to_status().message.contains("reserved"), "{name}");
         for version in ["v1", "v1beta1"] {
             let (s, v) = send(
                 &f.api,
@@ -344,4 +341,40 @@ async fn patches_built_to_be_quadratic_stay_fast() {
         .collect();
     let e = crate::patch::apply(&doc, PatchType::Json, Value::Array(ops).to_string().as_bytes(), true).unwrap_err();
     assert_eq!(e.code(), 413);
+}
+
+/// Issue 10: a storage failure is a 500 `Status` with a generic message and an incident id,
+/// never the store's text; two failures carry two ids.
+#[tokio::test]
+async fn store_failures_are_500_with_an_incident_id_and_no_internal_text() {
+    use kfsec_store::flaky::Flaky;
+    let clock = ManualClock::new(UnixTime::from_secs(1_700_000_000));
+    let store = Flaky::new(MemoryStore::new(clock.clone()));
+    let authz = crate::testutil::TableAuthz::new(default_grants());
+    let api = ApiServer::new(store.clone(), authz, clock, Arc::new(CounterRng::default()));
+    store.fail(true);
+    let mut ids = Vec::new();
+    for (method, uri, body) in [
+        ("GET", "/api/v1/namespaces/x/configmaps", Vec::new()),
+        (
+            "POST",
+            "/api/v1/namespaces/x/configmaps",
+            br#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"c"}}"#.to_vec(),
+        ),
+    ] {
+        let (status, v) = send(&api, method, uri, "alice", "application/json", body).await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{v}");
+        assert_eq!(
+            (v["kind"].as_str(), v["reason"].as_str()),
+            (Some("Status"), Some("InternalError"))
+        );
+        let text = v.to_string();
+        for leak in ["redb", "I/O", "/var/lib", "page 7", "storage:"] {
+            assert!(!text.contains(leak), "{uri} leaks {leak:?}: {text}");
+        }
+        let message = v["message"].as_str().unwrap();
+        let id = kfsec_types::Incident::quoted_in(message).unwrap_or_else(|| panic!("no incident id: {message}"));
+        ids.push(id.to_owned());
+    }
+    assert_ne!(ids[0], ids[1]);
 }

@@ -19,11 +19,11 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use kfsec_idp::secret::{ct_eq, random_token, sha256_b64};
-use kfsec_types::{Identity, random_array};
+use kfsec_types::{Failure, Identity, Refusal, random_array};
 use serde::{Deserialize, Serialize};
 
 use axum::http::Method;
-use kfsec_idp::{Authenticated, CredentialKind, Surface};
+use kfsec_idp::{Authenticated, CredentialKind};
 
 use crate::listener::ClientCertIdentity;
 use crate::{App, GATEKEEPER_CLIENT_ID, responses};
@@ -83,12 +83,7 @@ impl App {
                 .ok()
                 .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")));
             if let Some(token) = token.map(str::trim) {
-                let surface = if responses::family(path) == responses::Family::Pipelines {
-                    Surface::Pipelines
-                } else {
-                    Surface::Gateway
-                };
-                return match self.authn.bearer(token, surface).await {
+                return match self.authn.bearer(token, self.mounts.surface(path)).await {
                     Ok(a) => Authn::Ok(a),
                     Err(e) => {
                         tracing::info!(target: "audit", reason = %e, "bearer token refused");
@@ -111,6 +106,14 @@ impl App {
             }
         }
         Authn::Missing
+    }
+
+    /// A failure of kfsec while serving a browser: the cause is logged under a fresh incident
+    /// id; the page shows a generic message and the id.
+    fn failed(&self, title: &str, doing: &str, cause: &dyn std::fmt::Display) -> Response {
+        let r = Refusal::failure(Failure::Internal, self.rng.as_ref());
+        tracing::error!(incident = %r.incident_id(), error = %cause, "{doing}");
+        responses::html_error(StatusCode::INTERNAL_SERVER_ERROR, title, &r.text())
     }
 
     /// The public origin (`scheme://host[:port]`), from the issuer URL.
@@ -277,7 +280,10 @@ pub(crate) async fn callback(
     {
         Ok(t) => t,
         Err(e) => {
-            tracing::warn!(target: "audit", error = e.error, detail = %e.description, "code exchange failed");
+            if let Some(cause) = e.cause() {
+                tracing::error!(error = %cause, "identity provider failure during the code exchange");
+            }
+            tracing::warn!(target: "audit", error = %e.error, detail = %e.description, "code exchange failed");
             return fail("The login could not be completed (invalid or reused code). Start again.");
         }
     };
@@ -302,8 +308,7 @@ pub(crate) async fn callback(
     let value = match app.sessions.create(&identity, started_ms).await {
         Ok(v) => v,
         Err(e) => {
-            tracing::error!(error = %e, "could not create a session");
-            return responses::html_error(StatusCode::INTERNAL_SERVER_ERROR, "Login failed", "Internal error.");
+            return app.failed("Login failed", "could not create a session", &e);
         }
     };
     tracing::info!(target: "audit", user = %identity.user, "session started");
@@ -333,8 +338,7 @@ pub(crate) async fn logout(State(app): State<Arc<App>>, headers: HeaderMap) -> R
                 user = Some(id.user);
             }
             if let Err(e) = app.sessions.revoke(v).await {
-                tracing::error!(error = %e, "logout failed");
-                return responses::html_error(StatusCode::INTERNAL_SERVER_ERROR, "Logout failed", "Internal error.");
+                return app.failed("Logout failed", "logout failed", &e);
             }
         }
     }
@@ -388,14 +392,12 @@ pub(crate) async fn logout_all(State(app): State<Arc<App>>, req: Request<Body>) 
     }
     let user = who.identity.user;
     if let Err(e) = app.idp.revoke_user(&user).await {
-        tracing::error!(error = %e, "revocation failed");
-        return responses::html_error(StatusCode::INTERNAL_SERVER_ERROR, "Logout failed", "Internal error.");
+        return app.failed("Logout failed", "revocation failed", &e);
     }
     match app.sessions.revoke_user(&user).await {
         Ok(n) => tracing::info!(target: "audit", user = %user, sessions = n, "logged out everywhere"),
         Err(e) => {
-            tracing::error!(error = %e, "ending sessions failed");
-            return responses::html_error(StatusCode::INTERNAL_SERVER_ERROR, "Logout failed", "Internal error.");
+            return app.failed("Logout failed", "ending sessions failed", &e);
         }
     }
     logged_out(&app, req.headers())
@@ -418,6 +420,6 @@ pub(crate) async fn check(State(app): State<Arc<App>>, req: Request<Body>) -> Re
             app.set_identity_headers(resp.headers_mut(), &a.identity);
             resp
         }
-        _ => responses::unauthenticated(req.uri().path()),
+        _ => app.mounts.unauthenticated(req.uri().path()),
     }
 }

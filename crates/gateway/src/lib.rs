@@ -29,7 +29,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use kfsec_idp::{Authenticator, Client, ClientAddr, ClientAuth, CredentialKind, Idp};
 use kfsec_store::{Store, StoreError};
-use kfsec_types::{Clock, Identity, Rng};
+use kfsec_types::{Clock, Identity, RefusalKind, Rng};
 use prometheus_client::registry::Registry;
 
 pub use kfsec_types::path;
@@ -37,6 +37,7 @@ pub use kfsec_types::path;
 pub use gatekeeper::{Authn, CALLBACK_PATH, safe_return_path, same_origin_write, service_account_exists};
 pub use kfsec_idp::authn::{PIPELINES_AUDIENCE, SERVICE_ACCOUNT_AUDIENCE};
 pub use proxy::{Route, UpstreamIdentity, UpstreamTls};
+pub use responses::{Mount, RenderRefusal};
 pub use session::Sessions;
 
 /// The gatekeeper's OAuth2 client id at the built-in IdP.
@@ -126,11 +127,14 @@ pub struct App {
     reserved: headers::Reserved,
     metrics: metrics::HttpMetrics,
     api: Option<Router>,
+    mounts: responses::Mounts,
 }
 
 impl App {
-    /// Builds the front door. `api` serves the Kubernetes-style, Pipelines and KFAM paths for
-    /// authenticated callers; it receives the caller's [`Identity`] as a request extension.
+    /// Builds the front door. `api` serves the paths of the mounted surfaces (`mounts`: the
+    /// Kubernetes-style API, Pipelines, KFAM) for authenticated callers; it receives the caller's
+    /// [`Identity`] as a request extension. Refusals on a mount's paths are written by its
+    /// renderer.
     #[allow(clippy::too_many_arguments)]
     pub async fn new(
         settings: GatewaySettings,
@@ -139,7 +143,7 @@ impl App {
         clock: Arc<dyn Clock>,
         rng: Arc<dyn Rng>,
         registry: &mut Registry,
-        api: Option<Router>,
+        api: Option<(Router, Vec<Mount>)>,
     ) -> Result<Arc<Self>, GatewayError> {
         let keys = session::load_keys(store.as_ref(), rng.as_ref()).await?;
         let sessions = Sessions::new(
@@ -162,6 +166,10 @@ impl App {
         };
         let proxy = proxy::Proxy::new(&settings.routes, settings.upstream_identity.as_ref(), forwarded_host)?;
         let reserved = headers::Reserved::new(&settings.user_id_header, &settings.groups_header);
+        let (api, mounts) = match api {
+            Some((router, mounts)) => (Some(router), responses::Mounts::new(mounts)),
+            None => (None, responses::Mounts::default()),
+        };
         Ok(Arc::new(Self {
             settings,
             idp,
@@ -175,6 +183,7 @@ impl App {
             reserved,
             metrics,
             api,
+            mounts,
         }))
     }
 
@@ -243,7 +252,7 @@ impl App {
 async fn edge(State(app): State<Arc<App>>, mut req: Request, next: Next) -> Response {
     #[allow(clippy::disallowed_methods)] // the request-latency metric is a monotonic measurement, not logic time
     let start = Instant::now();
-    let refusal = normalise_target(&mut req).or_else(|| ambiguity(&app.settings.routes, &req));
+    let refusal = normalise_target(&app.mounts, &mut req).or_else(|| ambiguity(&app, &req));
     let (resp, route) = match refusal {
         None => {
             let peer = req.extensions().get::<ClientAddr>().map(|c| c.0);
@@ -274,10 +283,10 @@ async fn edge(State(app): State<Arc<App>>, mut req: Request, next: Next) -> Resp
 /// Replaces the request's path with its canonical form (`path::normalize`; absolute-form and
 /// HTTP/2 targets alike, the query untouched), or returns the 400 (in the path's family format)
 /// that refuses it.
-fn normalise_target(req: &mut Request) -> Option<Response> {
+fn normalise_target(mounts: &responses::Mounts, req: &mut Request) -> Option<Response> {
     let raw = req.uri().path();
     let refuse = |raw: &str, why: &dyn std::fmt::Display| {
-        responses::error(raw, StatusCode::BAD_REQUEST, &format!("Invalid request path: {why}."))
+        mounts.error(raw, RefusalKind::BadRequest, &format!("Invalid request path: {why}."))
     };
     let canonical = match path::normalize(raw) {
         Ok(p) if p == raw => return None,
@@ -303,12 +312,12 @@ fn normalise_target(req: &mut Request) -> Option<Response> {
 }
 
 /// The 400 that refuses a path an upstream could read as another route (`proxy::ambiguous`).
-fn ambiguity(routes: &[Route], req: &Request) -> Option<Response> {
+fn ambiguity(app: &App, req: &Request) -> Option<Response> {
     let path = req.uri().path();
-    proxy::ambiguous(routes, path).then(|| {
-        responses::error(
+    proxy::ambiguous(&app.settings.routes, path).then(|| {
+        app.mounts.error(
             path,
-            StatusCode::BAD_REQUEST,
+            RefusalKind::BadRequest,
             "Ambiguous request path: its ';' parameters or letter case would select another route.",
         )
     })
@@ -350,35 +359,37 @@ async fn protected(State(app): State<Arc<App>>, mut req: Request) -> Response {
         .get::<ClientAddr>()
         .map_or(IpAddr::from([127, 0, 0, 1]), |c| c.0);
     let cert = req.extensions().get::<listener::ClientCertIdentity>().cloned();
+    let mount = app.mounts.owner(&path).map(|_| ());
     let identity = match app.authenticate(req.headers(), cert.as_ref(), &path).await {
         // kfsec's own APIs refuse cross-site writes carried by the cookie (see
         // `same_origin_write`); proxied routes leave that to their upstream.
         Authn::Ok(a)
             if a.kind == CredentialKind::Session
                 && app.api.is_some()
-                && responses::family(&path) != responses::Family::Browser
+                && mount.is_some()
                 && !app.cookie_write_allowed(req.method(), req.headers()) =>
         {
             tracing::warn!(target: "audit", user = %a.identity.user, path = %path, "cross-site cookie write refused");
-            return responses::error(&path, StatusCode::FORBIDDEN, "Cross-site request refused.");
+            return app
+                .mounts
+                .error(&path, RefusalKind::Forbidden, "Cross-site request refused.");
         }
         Authn::Ok(a) => Some(a.identity),
         Authn::Invalid if route.as_ref().is_none_or(|r| !r.public) => {
-            return responses::unauthenticated(&path);
+            return app.mounts.unauthenticated(&path);
         }
         _ if route.as_ref().is_some_and(|r| r.public) => None,
         _ => {
-            let browser = matches!(*req.method(), Method::GET | Method::HEAD)
-                && responses::family(&path) == responses::Family::Browser;
+            let browser = matches!(*req.method(), Method::GET | Method::HEAD) && mount.is_none();
             if browser {
                 let original = req.uri().path_and_query().map_or("/", |pq| pq.as_str()).to_owned();
                 return app.start_login(&original);
             }
-            return responses::unauthenticated(&path);
+            return app.mounts.unauthenticated(&path);
         }
     };
     if let (Some(api), Some(id)) = (&app.api, &identity)
-        && responses::family(&path) != responses::Family::Browser
+        && mount.is_some()
     {
         req.extensions_mut().insert(id.clone());
         return match tower::ServiceExt::oneshot(api.clone(), req).await {
@@ -392,34 +403,20 @@ async fn protected(State(app): State<Arc<App>>, mut req: Request) -> Response {
             if let Some(id) = &identity {
                 app.set_identity_headers(req.headers_mut(), id);
             }
-            app.proxy.forward(&route, req, peer).await
+            app.proxy.forward(&route, req, peer, &app.mounts).await
         }
         None if path == "/" => match identity {
             Some(id) => home(&id),
-            None => responses::error(&path, StatusCode::NOT_FOUND, "Not found."),
+            None => app.mounts.error(&path, RefusalKind::NotFound, "Not found."),
         },
-        None => responses::error(&path, StatusCode::NOT_FOUND, &format!("No route for {path}.")),
+        None => app
+            .mounts
+            .error(&path, RefusalKind::NotFound, &format!("No route for {path}.")),
     }
 }
 
 fn home(id: &Identity) -> Response {
-    use kfsec_idp::escape_html as e;
-    let groups = if id.groups.is_empty() {
-        "<span class=\"muted\">none</span>".to_owned()
-    } else {
-        id.groups
-            .iter()
-            .map(|g| format!("<code>{}</code>", e(g)))
-            .collect::<Vec<_>>()
-            .join(" ")
-    };
-    let body = format!(
-        "<p>Signed in as <b id=\"user\">{u}</b></p><p>Groups: <span id=\"groups\">{groups}</span></p>\
-<form method=\"post\" action=\"/authservice/logout\"><button type=\"submit\" id=\"logout\">Log out</button></form>\
-<form method=\"post\" action=\"/authservice/logout-all\"><button type=\"submit\" id=\"logout-all\">Log out everywhere</button></form>",
-        u = e(&id.user)
-    );
-    kfsec_idp::page(StatusCode::OK, "kfsec", &body)
+    kfsec_idp::home_page(&id.user, &id.groups)
 }
 
 /// Health endpoints and metrics for the admin listener.

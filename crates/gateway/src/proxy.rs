@@ -22,6 +22,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
+use kfsec_types::RefusalKind;
+
 use crate::GatewayError;
 
 /// A validated route.
@@ -421,15 +423,22 @@ impl Proxy {
 impl Proxy {
     /// Forwards `req`: its headers were sanitised at the edge (`Connection` applied, reserved
     /// names removed, `X-Forwarded-For` set) and identity added by the caller. `peer` is used for
-    /// `X-Forwarded-For` only when the edge did not set it.
-    pub async fn forward(&self, route: &Route, mut req: Request<Body>, peer: IpAddr) -> Response<Body> {
+    /// `X-Forwarded-For` only when the edge did not set it. Refusals are rendered for the path's
+    /// clients by `mounts`.
+    pub async fn forward(
+        &self,
+        route: &Route,
+        mut req: Request<Body>,
+        peer: IpAddr,
+        mounts: &crate::responses::Mounts,
+    ) -> Response<Body> {
         let upgrade = is_upgrade(req.headers());
         let path = req.uri().path().to_owned();
         let target = match route.target(req.uri()) {
             Ok(t) => t,
             Err(e) => {
                 tracing::warn!(route = %route.prefix, error = %e, "no upstream target");
-                return bad_gateway(&path);
+                return bad_gateway(mounts, &path);
             }
         };
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -463,7 +472,7 @@ impl Proxy {
             (Some(_), Some(client)) => client.request(out).await,
             (Some(_), None) => {
                 tracing::warn!(route = %route.prefix, "no TLS client for this route");
-                return bad_gateway(&path);
+                return bad_gateway(mounts, &path);
             }
             (None, _) => self.client.request(out).await,
         };
@@ -471,7 +480,7 @@ impl Proxy {
             Ok(r) => r,
             Err(e) if failed.load(Ordering::Acquire) => {
                 tracing::debug!(route = %route.prefix, error = %e, "the client's request body was malformed");
-                return crate::responses::error(&path, StatusCode::BAD_REQUEST, "Malformed request body.");
+                return mounts.error(&path, RefusalKind::BadRequest, "Malformed request body.");
             }
             Err(e) => {
                 let detail = std::error::Error::source(&e)
@@ -484,7 +493,7 @@ impl Proxy {
                     ),
                     None => tracing::warn!(route = %route.prefix, error = %e, detail, "upstream request failed"),
                 }
-                return bad_gateway(&path);
+                return bad_gateway(mounts, &path);
             }
         };
         if upgrade && resp.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -513,8 +522,8 @@ impl Proxy {
 
 /// The one 502 answer, in the format of `path`'s clients: the detail goes to the log, never to
 /// the client.
-fn bad_gateway(path: &str) -> Response<Body> {
-    crate::responses::error(path, StatusCode::BAD_GATEWAY, "The upstream service is unavailable.")
+fn bad_gateway(mounts: &crate::responses::Mounts, path: &str) -> Response<Body> {
+    mounts.error(path, RefusalKind::BadGateway, "The upstream service is unavailable.")
 }
 
 #[cfg(test)]

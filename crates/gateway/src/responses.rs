@@ -1,43 +1,109 @@
-//! The one place the front door turns its own refusals into responses, per protocol family:
-//! Kubernetes `Status` for `/api` and `/apis`, KFP error JSON for `/pipeline/apis`, JSON for
-//! `/kfam`, HTML pages for browsers.
+//! The one place the front door routes its own refusals (400 bad path, 401, 403 cross-site,
+//! 404, 502 upstream) to a renderer: the renderer of the mounted surface that owns the path
+//! (handed over by the composition as a [`Mount`]), or an HTML page for browsers and proxied
+//! routes. The gateway knows no surface's paths or wire format; surfaces render in their own
+//! crates (`api::status`, `kfp::error`, KFAM in `profiles`).
+//!
+//! Invariants: every refusal is a [`Refusal`] (client-facing text only) and leaves with
+//! `Cache-Control: no-store`; a 401 carries `WWW-Authenticate`.
+
+use std::sync::Arc;
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use kfsec_idp::authn::Surface;
+use kfsec_types::{Refusal, RefusalKind};
 
-/// The protocol family a path belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Family {
-    /// Kubernetes-style API.
-    Kubernetes,
-    /// Kubeflow Pipelines API.
-    Pipelines,
-    /// KFAM.
-    Kfam,
-    /// Everything else (browsers, proxied apps).
-    Browser,
+/// How a surface writes a refusal in its protocol's format.
+pub type RenderRefusal = Arc<dyn Fn(&Refusal) -> Response + Send + Sync>;
+
+/// A surface mounted on the front door, as the gateway sees it: the paths it owns, the
+/// audience policy for its service-account tokens, and its refusal renderer.
+#[derive(Clone)]
+pub struct Mount {
+    /// Owned paths: an entry ending in `/` owns every path under it, any other entry that exact
+    /// path. The most specific entry of all mounts wins (exact, then the longest prefix).
+    pub paths: Vec<&'static str>,
+    /// The surface its credentials are checked for.
+    pub surface: Surface<'static>,
+    /// Its refusal renderer.
+    pub render: RenderRefusal,
 }
 
-/// Classifies `path`.
-pub fn family(path: &str) -> Family {
-    // KFP's persistence-agent report endpoints live under `/apis/v1beta1/` but are Pipelines.
-    if path.starts_with("/pipeline/apis/")
-        || path == "/apis/v1beta1/workflows"
-        || path == "/apis/v1beta1/scheduledworkflows"
-    {
-        Family::Pipelines
-    } else if path == "/api"
-        || path == "/apis"
-        || path == "/version"
-        || path.starts_with("/api/")
-        || path.starts_with("/apis/")
-        || path.starts_with("/openapi/")
-    {
-        Family::Kubernetes
-    } else if path.starts_with("/kfam/") {
-        Family::Kfam
-    } else {
-        Family::Browser
+impl std::fmt::Debug for Mount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mount")
+            .field("paths", &self.paths)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Mount {
+    /// How specifically this mount owns `path`: `None` if not at all, longer (exact highest) wins.
+    fn specificity(&self, path: &str) -> Option<usize> {
+        self.paths
+            .iter()
+            .filter_map(|p| {
+                if p.ends_with('/') {
+                    path.starts_with(p).then_some(p.len())
+                } else {
+                    (path == *p).then_some(usize::MAX)
+                }
+            })
+            .max()
+    }
+}
+
+/// The mounted surfaces.
+#[derive(Debug, Clone, Default)]
+pub struct Mounts(Vec<Mount>);
+
+impl Mounts {
+    /// The surfaces in `mounts`.
+    pub fn new(mounts: Vec<Mount>) -> Self {
+        Self(mounts)
+    }
+
+    /// The mount that owns `path`, if any.
+    pub fn owner(&self, path: &str) -> Option<&Mount> {
+        self.0
+            .iter()
+            .filter_map(|m| m.specificity(path).map(|s| (s, m)))
+            .max_by_key(|(s, _)| *s)
+            .map(|(_, m)| m)
+    }
+
+    /// The surface whose credential rules apply to `path`.
+    pub fn surface(&self, path: &str) -> Surface<'static> {
+        self.owner(path).map_or(Surface::Gateway, |m| m.surface)
+    }
+
+    /// `refusal` in the format `path`'s clients understand: its mount's renderer, else an HTML
+    /// page.
+    pub fn refuse(&self, path: &str, refusal: &Refusal) -> Response {
+        let mut resp = match self.owner(path) {
+            Some(m) => (m.render)(refusal),
+            None => html_refusal(refusal),
+        };
+        resp.headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if refusal.kind == RefusalKind::Unauthenticated {
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"kfsec\""),
+            );
+        }
+        resp
+    }
+
+    /// A refusal of `kind` with `message` (see [`Mounts::refuse`]).
+    pub fn error(&self, path: &str, kind: RefusalKind, message: &str) -> Response {
+        self.refuse(path, &Refusal::new(kind, message))
+    }
+
+    /// 401 for a request without valid credentials.
+    pub fn unauthenticated(&self, path: &str) -> Response {
+        self.error(path, RefusalKind::Unauthenticated, "Unauthorized")
     }
 }
 
@@ -54,68 +120,69 @@ pub fn redirect(status: StatusCode, location: &str) -> Response {
 
 /// An HTML error page.
 pub fn html_error(status: StatusCode, title: &str, message: &str) -> Response {
-    kfsec_idp::page(
-        status,
-        title,
-        &format!(
-            "<p class=\"err\">{}</p><p><a href=\"/\">Home</a></p>",
-            kfsec_idp::escape_html(message)
-        ),
-    )
+    kfsec_idp::error_page(status, title, message)
 }
 
-/// A refusal in the format `path`'s clients understand.
-pub fn error(path: &str, status: StatusCode, message: &str) -> Response {
-    let code = status.as_u16();
-    let mut resp = match family(path) {
-        Family::Kubernetes => {
-            let reason = match code {
-                401 => "Unauthorized",
-                403 => "Forbidden",
-                404 => "NotFound",
-                413 => "RequestEntityTooLarge",
-                _ => "BadRequest",
-            };
-            (
-                status,
-                axum::Json(serde_json::json!({
-                    "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-                    "message": message, "reason": reason, "code": code,
-                })),
-            )
-                .into_response()
-        }
-        Family::Pipelines => {
-            let grpc = match code {
-                401 => 16,
-                403 => 7,
-                404 => 5,
-                _ => 3,
-            };
-            (
-                status,
-                axum::Json(serde_json::json!({"error": message, "code": grpc, "message": message, "details": []})),
-            )
-                .into_response()
-        }
-        Family::Kfam => (status, axum::Json(serde_json::json!({"error": message, "code": code}))).into_response(),
-        Family::Browser => return html_error(status, status.canonical_reason().unwrap_or("Error"), message),
-    };
-    resp.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    resp
+/// The browser family's rendering of a refusal: an HTML page titled with the status phrase.
+pub fn html_refusal(r: &Refusal) -> Response {
+    let status = StatusCode::from_u16(r.code()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    html_error(status, r.kind.phrase(), &r.text())
 }
 
-/// 401 for a request without valid credentials.
-pub fn unauthenticated(path: &str) -> Response {
-    let msg = match family(path) {
-        Family::Pipelines => "Failed to check authorization. User identity is empty in the request header",
-        _ => "Unauthorized",
-    };
-    let mut resp = error(path, StatusCode::UNAUTHORIZED, msg);
-    resp.headers_mut().insert(
-        header::WWW_AUTHENTICATE,
-        HeaderValue::from_static("Bearer realm=\"kfsec\""),
-    );
-    resp
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mount(paths: &[&'static str], surface: Surface<'static>, tag: &'static str) -> Mount {
+        Mount {
+            paths: paths.to_vec(),
+            surface,
+            render: Arc::new(move |r: &Refusal| {
+                let status = StatusCode::from_u16(r.code()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                (status, format!("{tag}:{}", r.text())).into_response()
+            }),
+        }
+    }
+
+    fn mounts() -> Mounts {
+        Mounts::new(vec![
+            mount(&["/api", "/api/", "/apis", "/apis/"], Surface::Gateway, "k8s"),
+            mount(
+                &["/pipeline/apis/", "/apis/v1beta1/workflows"],
+                Surface::Pipelines,
+                "kfp",
+            ),
+        ])
+    }
+
+    async fn text(r: Response) -> String {
+        let b = axum::body::to_bytes(r.into_body(), usize::MAX).await.unwrap();
+        String::from_utf8(b.to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_most_specific_mount_renders_and_browsers_get_html() {
+        let m = mounts();
+        for (path, want) in [
+            ("/api", "k8s:"),
+            ("/apis/v1beta1/workflows", "kfp:"),
+            ("/apis/v1beta1/workflowsx", "k8s:"),
+            ("/apis/kubeflow.org/v1/profiles", "k8s:"),
+            ("/pipeline/apis/v1beta1/runs", "kfp:"),
+            ("/apix", "<!doctype html>"),
+            ("/", "<!doctype html>"),
+        ] {
+            let r = m.error(path, RefusalKind::Forbidden, "no");
+            assert_eq!(r.status(), StatusCode::FORBIDDEN);
+            assert_eq!(r.headers()[header::CACHE_CONTROL], "no-store", "{path}");
+            assert!(text(r).await.starts_with(want), "{path}");
+        }
+        assert!(matches!(m.surface("/apis/v1beta1/workflows"), Surface::Pipelines));
+        assert!(matches!(m.surface("/apis/v1beta1/x"), Surface::Gateway));
+        assert!(matches!(m.surface("/jupyter/"), Surface::Gateway));
+        let r = m.unauthenticated("/api/v1/pods");
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(r.headers()[header::WWW_AUTHENTICATE], "Bearer realm=\"kfsec\"");
+        assert_eq!(text(r).await, "k8s:Unauthorized");
+    }
 }

@@ -32,7 +32,7 @@ use crate::flow::AuthRequest;
 use crate::lockout::LockoutPolicy;
 use crate::secret::{random_alnum, random_token, sha256_b64, sha256_hex};
 use crate::throttle::{Capacity, Gcra, KeyedCounter, source_key};
-use crate::{Client, ClientAddr, Idp, IdpError, OAuthError, TokenResponse, pages};
+use crate::{Client, ClientAddr, Idp, IdpError, OAuthCode, OAuthError, TokenResponse, pages};
 
 /// The grant type of device-code polling.
 pub const GRANT_TYPE: &str = "urn:ietf:params:oauth:grant-type:device_code";
@@ -85,19 +85,19 @@ impl DeviceLimits {
     fn admit_device_code(&self, source: &str, now: UnixTime) -> Result<(), OAuthError> {
         let mut st = self.state.lock();
         if !st.issued.try_acquire(source, now) {
-            return Err(OAuthError {
-                status: StatusCode::TOO_MANY_REQUESTS,
-                error: "slow_down",
-                description: "Too many device codes from this address; try again later.".into(),
-            });
+            return Err(OAuthError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                OAuthCode::SlowDown,
+                "Too many device codes from this address; try again later.",
+            ));
         }
         if !st.pending.try_admit(now, now.add(TTL)) {
             tracing::warn!("device code capacity reached; refusing new device codes");
-            return Err(OAuthError {
-                status: StatusCode::SERVICE_UNAVAILABLE,
-                error: "temporarily_unavailable",
-                description: "Too many pending device logins; try again in a few minutes.".into(),
-            });
+            return Err(OAuthError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                OAuthCode::TemporarilyUnavailable,
+                "Too many pending device logins; try again in a few minutes.",
+            ));
         }
         Ok(())
     }
@@ -189,7 +189,7 @@ async fn device_code_inner(idp: &Idp, source: &str, f: CodeForm) -> Result<Respo
     for s in f.scope.split_whitespace() {
         if !matches!(s, "openid" | "email" | "groups" | "profile" | "offline_access") {
             return Err(OAuthError::bad(
-                "invalid_scope",
+                OAuthCode::InvalidScope,
                 format!("Unrecognized scope(s) [{:?}]", s.chars().take(64).collect::<String>()),
             ));
         }
@@ -199,7 +199,7 @@ async fn device_code_inner(idp: &Idp, source: &str, f: CodeForm) -> Result<Respo
     }
     if !scopes.iter().any(|s| s == "openid") {
         return Err(OAuthError::bad(
-            "invalid_scope",
+            OAuthCode::InvalidScope,
             "Missing required scope(s) [\"openid\"].",
         ));
     }
@@ -336,7 +336,7 @@ pub(crate) async fn device_callback(
         .redeem_code(&client, &q.code, &redirect, Some(&verifier))
         .await
         .map_err(|e| {
-            tracing::warn!(target: "audit", error = e.error, "device login code exchange failed");
+            tracing::warn!(target: "audit", error = %e.error, "device login code exchange failed");
             invalid()
         })?;
     if idp.store.take(&user_code_key).await.map_err(IdpError::from)?.is_none() {
@@ -363,7 +363,7 @@ pub(crate) async fn poll(idp: &Idp, client: &Client, device_code: &str) -> Resul
     }
     let key = format!("{DEVICE_PREFIX}{}", sha256_hex(device_code.as_bytes()));
     let Some(kv) = idp.store.get(&key).await.map_err(IdpError::from)? else {
-        return Err(OAuthError::bad("expired_token", "The device code has expired."));
+        return Err(OAuthError::bad(OAuthCode::ExpiredToken, "The device code has expired."));
     };
     let mut rec: DeviceRecord = serde_json::from_slice(&kv.value).map_err(IdpError::from)?;
     if rec.client_id != client.id {
@@ -393,10 +393,10 @@ pub(crate) async fn poll(idp: &Idp, client: &Client, device_code: &str) -> Resul
         )
         .await;
     if too_fast {
-        return Err(OAuthError::bad("slow_down", "Polling too frequently."));
+        return Err(OAuthError::bad(OAuthCode::SlowDown, "Polling too frequently."));
     }
     Err(OAuthError::bad(
-        "authorization_pending",
+        OAuthCode::AuthorizationPending,
         "The user has not completed the login yet.",
     ))
 }

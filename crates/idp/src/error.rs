@@ -8,6 +8,7 @@ use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use kfsec_store::StoreError;
+use kfsec_types::{Failure, Refusal};
 
 use crate::jwt::JwtError;
 
@@ -38,58 +39,130 @@ pub enum IdpError {
     NotFound(String),
 }
 
+/// An OAuth2 / OIDC `error` code (RFC 6749 §4.1.2.1 and §5.2, RFC 6750 §3.1, RFC 8628 §3.5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum OAuthCode {
+    /// The request is missing or repeats a parameter, or is malformed.
+    InvalidRequest,
+    /// Client authentication failed.
+    InvalidClient,
+    /// The grant (code, refresh token, device code) is invalid, expired or revoked.
+    InvalidGrant,
+    /// The client may not use this grant type.
+    UnauthorizedClient,
+    /// The grant type is not supported.
+    UnsupportedGrantType,
+    /// The requested scope is invalid or unknown.
+    InvalidScope,
+    /// The user or the server denied the request.
+    AccessDenied,
+    /// The response type is not supported.
+    UnsupportedResponseType,
+    /// The server failed.
+    ServerError,
+    /// The server is overloaded; retry later.
+    TemporarilyUnavailable,
+    /// The access token is invalid (bearer-token endpoints).
+    InvalidToken,
+    /// Device flow: the user has not finished yet.
+    AuthorizationPending,
+    /// Device flow: poll less often.
+    SlowDown,
+    /// Device flow: the device code expired.
+    ExpiredToken,
+}
+
+impl OAuthCode {
+    /// The wire spelling, e.g. `invalid_grant`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidRequest => "invalid_request",
+            Self::InvalidClient => "invalid_client",
+            Self::InvalidGrant => "invalid_grant",
+            Self::UnauthorizedClient => "unauthorized_client",
+            Self::UnsupportedGrantType => "unsupported_grant_type",
+            Self::InvalidScope => "invalid_scope",
+            Self::AccessDenied => "access_denied",
+            Self::UnsupportedResponseType => "unsupported_response_type",
+            Self::ServerError => "server_error",
+            Self::TemporarilyUnavailable => "temporarily_unavailable",
+            Self::InvalidToken => "invalid_token",
+            Self::AuthorizationPending => "authorization_pending",
+            Self::SlowDown => "slow_down",
+            Self::ExpiredToken => "expired_token",
+        }
+    }
+}
+
+impl std::fmt::Display for OAuthCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// An OAuth2 error (RFC 6749 §5.2).
 #[derive(Debug)]
 pub struct OAuthError {
     /// HTTP status.
     pub status: StatusCode,
     /// The `error` code.
-    pub error: &'static str,
+    pub error: OAuthCode,
     /// Human-readable detail.
     pub description: String,
+    /// For a failure of the IdP (500): the cause, for the log line only (never sent).
+    pub(crate) cause: Option<String>,
 }
 
 impl OAuthError {
     /// A 400 with `error`.
-    pub fn bad(error: &'static str, description: impl Into<String>) -> Self {
+    pub fn bad(error: OAuthCode, description: impl Into<String>) -> Self {
         Self {
             status: StatusCode::BAD_REQUEST,
             error,
             description: description.into(),
+            cause: None,
         }
     }
     /// `invalid_grant`.
     pub fn invalid_grant(description: impl Into<String>) -> Self {
-        Self::bad("invalid_grant", description)
+        Self::bad(OAuthCode::InvalidGrant, description)
     }
     /// `invalid_request`.
     pub fn invalid_request(description: impl Into<String>) -> Self {
-        Self::bad("invalid_request", description)
+        Self::bad(OAuthCode::InvalidRequest, description)
     }
     /// 401 `invalid_client`.
     pub fn invalid_client() -> Self {
         Self {
             status: StatusCode::UNAUTHORIZED,
-            error: "invalid_client",
+            error: OAuthCode::InvalidClient,
             description: "Invalid client credentials.".into(),
+            cause: None,
         }
     }
 }
 
-impl From<IdpError> for OAuthError {
-    fn from(e: IdpError) -> Self {
-        tracing::error!(error = %e, "identity provider failure");
+impl OAuthError {
+    /// An error of `status` with `error` and `description`.
+    pub fn new(status: StatusCode, error: OAuthCode, description: impl Into<String>) -> Self {
         Self {
-            status: StatusCode::INTERNAL_SERVER_ERROR,
-            error: "server_error",
-            description: "Internal server error.".into(),
+            status,
+            error,
+            description: description.into(),
+            cause: None,
         }
     }
-}
 
-impl IntoResponse for OAuthError {
-    fn into_response(self) -> Response {
-        let body = serde_json::json!({"error": self.error, "error_description": self.description});
+    /// For a failure of the IdP: its cause, for a log line (never for a client).
+    pub fn cause(&self) -> Option<&str> {
+        self.cause.as_deref()
+    }
+
+    /// The one renderer of OAuth2 error JSON.
+    fn render(&self) -> Response {
+        let body = serde_json::json!({"error": self.error.as_str(), "error_description": self.description});
         let mut resp = (self.status, Json(body)).into_response();
         let h = resp.headers_mut();
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -103,11 +176,65 @@ impl IntoResponse for OAuthError {
     }
 }
 
+impl From<IdpError> for OAuthError {
+    fn from(e: IdpError) -> Self {
+        Self {
+            cause: Some(e.to_string()),
+            ..Self::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                OAuthCode::ServerError,
+                "Internal server error.",
+            )
+        }
+    }
+}
+
+impl IntoResponse for OAuthError {
+    fn into_response(self) -> Response {
+        let mut resp = self.render();
+        if let Some(cause) = self.cause {
+            resp.extensions_mut().insert(Failed { cause, page: false });
+        }
+        resp
+    }
+}
+
+/// A failure of the IdP answered by a handler: the generic answer carries this until the IdP
+/// router's [`incidents`] layer replaces it with the answer carrying an incident id and logs the
+/// cause under that id.
+#[derive(Debug, Clone)]
+struct Failed {
+    cause: String,
+    page: bool,
+}
+
+/// The IdP router's layer: a failure (see [`Failed`]) is logged with its cause under a fresh
+/// incident id and answered 500 with a generic message and that id, in the endpoint's format
+/// (OAuth2 JSON or an HTML page).
+pub(crate) async fn incidents(
+    axum::extract::State(idp): axum::extract::State<std::sync::Arc<crate::Idp>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let resp = next.run(req).await;
+    let Some(failed) = resp.extensions().get::<Failed>().cloned() else {
+        return resp;
+    };
+    let r = Refusal::failure(Failure::Internal, idp.rng());
+    tracing::error!(incident = %r.incident_id(), error = %failed.cause, "identity provider failure");
+    if failed.page {
+        crate::pages::idp_error(StatusCode::INTERNAL_SERVER_ERROR, &r.text())
+    } else {
+        OAuthError::new(StatusCode::INTERNAL_SERVER_ERROR, OAuthCode::ServerError, r.text()).render()
+    }
+}
+
 /// A browser-facing error page.
 #[derive(Debug)]
 pub struct PageError {
     pub(crate) status: StatusCode,
     pub(crate) message: String,
+    pub(crate) cause: Option<String>,
 }
 
 impl PageError {
@@ -115,22 +242,27 @@ impl PageError {
         Self {
             status: StatusCode::BAD_REQUEST,
             message: message.into(),
+            cause: None,
         }
     }
 }
 
 impl From<IdpError> for PageError {
     fn from(e: IdpError) -> Self {
-        tracing::error!(error = %e, "identity provider failure");
         Self {
             status: StatusCode::INTERNAL_SERVER_ERROR,
             message: "Internal server error.".into(),
+            cause: Some(e.to_string()),
         }
     }
 }
 
 impl IntoResponse for PageError {
     fn into_response(self) -> Response {
-        crate::pages::idp_error(self.status, &self.message)
+        let mut resp = crate::pages::idp_error(self.status, &self.message);
+        if let Some(cause) = self.cause {
+            resp.extensions_mut().insert(Failed { cause, page: true });
+        }
+        resp
     }
 }

@@ -29,7 +29,7 @@ use crate::error::PageError;
 use crate::lockout::Gate;
 use crate::secret::random_token;
 use crate::tokens::{CodeRecord, Grant};
-use crate::{ClientAddr, ClientAuth, Idp, IdpError, OAuthError, pages};
+use crate::{ClientAddr, ClientAuth, Idp, IdpError, OAuthCode, OAuthError, pages};
 use aws_lc_rs::hmac;
 use kfsec_store::{Store, StoreError};
 use kfsec_types::{Rng, random_array};
@@ -132,6 +132,10 @@ impl Idp {
             )
             .route("/device/callback", get(crate::device::device_callback))
             .layer(DefaultBodyLimit::max(64 * 1024))
+            .layer(axum::middleware::from_fn_with_state(
+                self.clone(),
+                crate::error::incidents,
+            ))
             .with_state(self.clone())
     }
 
@@ -230,8 +234,8 @@ async fn parse_auth(idp: &Idp, q: &HashMap<String, String>) -> Result<Result<Aut
     } else {
         String::new()
     };
-    let back = |error: &str, desc: &str| {
-        let mut params = vec![("error", error), ("error_description", desc)];
+    let back = |error: OAuthCode, desc: &str| {
+        let mut params = vec![("error", error.as_str()), ("error_description", desc)];
         if !state.is_empty() {
             params.push(("state", &state));
         }
@@ -239,19 +243,19 @@ async fn parse_auth(idp: &Idp, q: &HashMap<String, String>) -> Result<Result<Aut
     };
     if !state_ok {
         return Ok(Err(back(
-            "invalid_request",
+            OAuthCode::InvalidRequest,
             &format!("state is longer than {max_state} bytes"),
         )));
     }
     if get("nonce").len() > MAX_NONCE {
         return Ok(Err(back(
-            "invalid_request",
+            OAuthCode::InvalidRequest,
             &format!("nonce is longer than {MAX_NONCE} bytes"),
         )));
     }
     if get("response_type") != "code" {
         return Ok(Err(back(
-            "unsupported_response_type",
+            OAuthCode::UnsupportedResponseType,
             "Only the code response type is supported.",
         )));
     }
@@ -262,23 +266,34 @@ async fn parse_auth(idp: &Idp, q: &HashMap<String, String>) -> Result<Result<Aut
         }
     }
     if !scopes.iter().any(|s| s == "openid") {
-        return Ok(Err(back("invalid_scope", "Missing required scope(s) [\"openid\"].")));
+        return Ok(Err(back(
+            OAuthCode::InvalidScope,
+            "Missing required scope(s) [\"openid\"].",
+        )));
     }
     if let Some(bad) = scopes
         .iter()
         .find(|s| !matches!(s.as_str(), "openid" | "email" | "groups" | "profile" | "offline_access"))
     {
-        return Ok(Err(back("invalid_scope", &format!("Unrecognized scope(s) [{bad:?}]"))));
+        return Ok(Err(back(
+            OAuthCode::InvalidScope,
+            &format!("Unrecognized scope(s) [{bad:?}]"),
+        )));
     }
     let challenge = q.get("code_challenge").filter(|c| !c.is_empty()).cloned();
     let method = match (challenge.is_some(), get("code_challenge_method")) {
         (false, _) => None,
         (true, "" | "plain") => Some("plain".to_owned()),
         (true, "S256") => Some("S256".to_owned()),
-        (true, _) => return Ok(Err(back("invalid_request", "Unsupported PKCE challenge method."))),
+        (true, _) => {
+            return Ok(Err(back(
+                OAuthCode::InvalidRequest,
+                "Unsupported PKCE challenge method.",
+            )));
+        }
     };
     if challenge.as_ref().is_some_and(|c| c.len() < 43 || c.len() > 128) {
-        return Ok(Err(back("invalid_request", "Invalid code_challenge length.")));
+        return Ok(Err(back(OAuthCode::InvalidRequest, "Invalid code_challenge length.")));
     }
     Ok(Ok(AuthRequest {
         client_id: client.id,
@@ -496,7 +511,10 @@ async fn approval_submit(State(idp): State<Arc<Idp>>, Form(form): Form<ApprovalF
         .await
         .map_err(|_| PageError::bad("This request was already answered."))?;
     if form.approval != "approve" {
-        let to = crate::tokens::append_query(&req.redirect_uri, &[("error", "access_denied"), ("state", &req.state)]);
+        let to = crate::tokens::append_query(
+            &req.redirect_uri,
+            &[("error", OAuthCode::AccessDenied.as_str()), ("state", &req.state)],
+        );
         return Ok(see_other(&to));
     }
     let auth_ms = req.auth_ms;
@@ -564,7 +582,7 @@ async fn token(
         }
         Some(other) => {
             return Err(OAuthError::bad(
-                "unsupported_grant_type",
+                OAuthCode::UnsupportedGrantType,
                 format!("Unsupported grant type {other:?}."),
             ));
         }
@@ -582,11 +600,11 @@ async fn userinfo(State(idp): State<Arc<Idp>>, headers: HeaderMap) -> Response {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")));
     let unauthorized = || {
-        let mut r = OAuthError {
-            status: StatusCode::UNAUTHORIZED,
-            error: "invalid_token",
-            description: "Invalid bearer token.".into(),
-        }
+        let mut r = OAuthError::new(
+            StatusCode::UNAUTHORIZED,
+            OAuthCode::InvalidToken,
+            "Invalid bearer token.",
+        )
         .into_response();
         r.headers_mut()
             .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

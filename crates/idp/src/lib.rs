@@ -34,7 +34,7 @@ use prometheus_client::registry::Registry;
 
 pub use authn::{Authenticated, Authenticator, CredentialKind, Refusal, Surface};
 pub use clients::{Client, ClientAuth, ClientRegistry};
-pub use error::{IdpError, OAuthError};
+pub use error::{IdpError, OAuthCode, OAuthError};
 pub use pages::{error_page, home_page};
 #[allow(deprecated)]
 #[doc(hidden)]

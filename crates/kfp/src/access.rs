@@ -59,9 +59,7 @@ pub fn check(
     name: &str,
 ) -> KfpResult<()> {
     if who.user.is_empty() {
-        return Err(KfpError::Unauthenticated(
-            "Failed to check authorization. User identity is empty in the request header".into(),
-        ));
+        return Err(KfpError::Unauthenticated(crate::error::NO_IDENTITY.into()));
     }
     let user = UserInfo::from(who);
     let attrs = Attributes::resource(

@@ -8,7 +8,11 @@
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use kfsec_types::{Refusal, RefusalKind};
 use serde_json::json;
+
+/// KFP's answer to a request without a caller identity (its `Unauthenticated` detail).
+pub const NO_IDENTITY: &str = "Failed to check authorization. User identity is empty in the request header";
 
 /// gRPC status codes used by the KFP API.
 pub mod code {
@@ -81,6 +85,10 @@ pub enum KfpError {
     /// A storage or encoding failure (gRPC 13, HTTP 500); the detail is logged, not returned.
     #[error("Internal error: {0}")]
     Internal(String),
+    /// A failure already logged under an incident id (gRPC 13 or 14, HTTP 500 or 503): the
+    /// client sees the refusal's generic text and the id, nothing else.
+    #[error("{}", .0.text())]
+    Failed(Refusal),
     /// Context added on the way up, as KFP's `util.Wrap`.
     #[error("{context}: {source}")]
     Wrapped {
@@ -123,12 +131,13 @@ impl KfpError {
             Self::Unimplemented(_) => code::UNIMPLEMENTED,
             Self::ResourceExhausted(_) => code::RESOURCE_EXHAUSTED,
             Self::Unavailable(_) => code::UNAVAILABLE,
-            Self::Internal(_) | Self::Wrapped { .. } => code::INTERNAL,
+            Self::Failed(r) if r.kind == RefusalKind::Unavailable => code::UNAVAILABLE,
+            Self::Internal(_) | Self::Failed(_) | Self::Wrapped { .. } => code::INTERNAL,
         }
     }
 
     /// The message KFP shows to users (the error detail).
-    pub fn external(&self) -> &str {
+    pub fn external(&self) -> String {
         match self.root() {
             Self::InvalidInput(m)
             | Self::TooLarge(m)
@@ -141,8 +150,9 @@ impl KfpError {
             | Self::DataLoss(m)
             | Self::Unimplemented(m)
             | Self::ResourceExhausted(m)
-            | Self::Unavailable(m) => m,
-            Self::Internal(_) | Self::Wrapped { .. } => "Internal error",
+            | Self::Unavailable(m) => m.clone(),
+            Self::Failed(r) => r.text(),
+            Self::Internal(_) | Self::Wrapped { .. } => "Internal error".into(),
         }
     }
 
@@ -164,10 +174,12 @@ impl KfpError {
         }
     }
 
-    /// A store failure: logged in full, answered as a generic Internal error.
+    /// A store failure, answered as a generic Internal error; the cause is kept for the log line
+    /// (written with an incident id where the request is answered), never shown.
+    /// Logged here too, for callers that ignore a best-effort cleanup's failure.
     pub fn store(e: &kfsec_store::StoreError) -> Self {
         tracing::error!(error = %e, "kfp: store failure");
-        Self::Internal("storage failure".into())
+        Self::Internal(format!("storage failure: {e}"))
     }
 }
 
@@ -176,7 +188,8 @@ pub fn error_response(err: &KfpError) -> Response {
     let code = err.code();
     let (message, external) = match err.root() {
         KfpError::Internal(_) => ("Internal error".to_owned(), "Internal error".to_owned()),
-        _ => (err.to_string(), err.external().to_owned()),
+        KfpError::Failed(r) => (r.text(), r.text()),
+        _ => (err.to_string(), err.external()),
     };
     let body = json!({
         "error": message,
@@ -192,6 +205,30 @@ pub fn error_response(err: &KfpError) -> Response {
     resp.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp
+}
+
+impl KfpError {
+    /// The KFP error for a protocol-neutral refusal: KFP's own text for a missing identity, the
+    /// refusal's text (with its incident id) otherwise.
+    pub fn from_refusal(r: &Refusal) -> Self {
+        let m = r.text();
+        match r.kind {
+            RefusalKind::Unauthenticated => Self::Unauthenticated(NO_IDENTITY.into()),
+            RefusalKind::Forbidden => Self::PermissionDenied(m),
+            RefusalKind::NotFound => Self::NotFound(m),
+            RefusalKind::TooLarge => Self::TooLarge(m),
+            RefusalKind::TooManyRequests => Self::ResourceExhausted(m),
+            RefusalKind::Internal => Self::Failed(r.clone()),
+            RefusalKind::Unavailable if r.incident.is_some() => Self::Failed(r.clone()),
+            RefusalKind::Unavailable | RefusalKind::BadGateway => Self::Unavailable(m),
+            _ => Self::InvalidInput(m),
+        }
+    }
+}
+
+/// KFP's renderer for a protocol-neutral refusal (the front door's own refusals on KFP's paths).
+pub fn refusal_response(r: &Refusal) -> Response {
+    error_response(&KfpError::from_refusal(r))
 }
 
 impl IntoResponse for KfpError {

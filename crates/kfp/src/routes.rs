@@ -14,7 +14,7 @@ use axum::body::Bytes;
 use axum::extract::{Request, State};
 use axum::http::{Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use kfsec_types::Identity;
+use kfsec_types::{Failure, Identity, Refusal};
 use serde_json::{Value, json};
 
 use crate::error::{KfpError, KfpResult, error_response};
@@ -69,9 +69,7 @@ const INLINE_PARSE_BYTES: usize = 64 * 1024;
 pub async fn dispatch(State(k): State<Arc<Kfp>>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     let Some(who) = parts.extensions.get::<Identity>().cloned() else {
-        return error_response(&KfpError::Unauthenticated(
-            "Failed to check authorization. User identity is empty in the request header".into(),
-        ));
+        return error_response(&KfpError::Unauthenticated(crate::error::NO_IDENTITY.into()));
     };
     let path = parts.uri.path();
     let path = path.strip_prefix("/pipeline").unwrap_or(path);
@@ -106,8 +104,14 @@ pub async fn dispatch(State(k): State<Arc<Kfp>>, req: Request) -> Response {
     };
     match result {
         Ok(v) => (StatusCode::OK, axum::Json(v)).into_response(),
+        Err(e) if e.code() == crate::error::code::INTERNAL => {
+            // The cause goes to the log under an incident id; the client sees the id only.
+            let r = Refusal::failure(Failure::Internal, k.rng.as_ref());
+            tracing::error!(incident = %r.incident_id(), error = %e, path = %parts.uri.path(), "kfp request failed");
+            error_response(&KfpError::Failed(r))
+        }
         Err(e) => {
-            if e.code() == crate::error::code::INTERNAL || e.code() == crate::error::code::DATA_LOSS {
+            if e.code() == crate::error::code::DATA_LOSS {
                 tracing::error!(error = %e, path = %parts.uri.path(), "kfp request failed");
             }
             error_response(&e)
@@ -137,7 +141,7 @@ async fn read_body(k: &Kfp, body: axum::body::Body, r: &mut Req, json: bool) -> 
     if json && body.len() > INLINE_PARSE_BYTES {
         let b = body.clone();
         let parsed = k
-            .offload(move || Ok(crate::json::body_object(&b).map_err(|e| e.external().to_owned())))
+            .offload(move || Ok(crate::json::body_object(&b).map_err(|e| e.external())))
             .await?;
         r.parsed = Some(parsed);
     }

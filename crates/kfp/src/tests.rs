@@ -143,12 +143,22 @@ fn grants() -> Vec<Grant> {
 async fn env_with(settings: KfpSettings) -> Env {
     let clock = ManualClock::new(UnixTime::from_secs(1_700_000_000));
     let store = MemoryStore::new(clock.clone());
+    env_on(store.clone(), store, clock, settings).await
+}
+
+/// The environment over `backend` (`store` is what the test reads directly).
+async fn env_on(
+    backend: Arc<dyn Store>,
+    store: Arc<MemoryStore>,
+    clock: Arc<ManualClock>,
+    settings: KfpSettings,
+) -> Env {
     let authz = Arc::new(FakeAuthz {
         grants: grants(),
         asked: Mutex::new(Vec::new()),
     });
     let kfp = Kfp::new(
-        store.clone(),
+        backend,
         authz.clone(),
         clock.clone(),
         Arc::new(CountingRng(AtomicU64::new(7))),
@@ -1541,4 +1551,42 @@ async fn package_quota_per_namespace() {
         .await;
     assert_eq!(s, 200);
     e.pipeline_v2(U1, "user1", "c").await;
+}
+
+/// Issue 10: a storage failure is KFP's Internal error with a generic message and an incident id
+/// (the cause is logged under the same id), never the store's text.
+#[tokio::test]
+async fn store_failures_are_internal_errors_with_an_incident_id_and_no_internal_text() {
+    use kfsec_store::flaky::Flaky;
+    let clock = ManualClock::new(UnixTime::from_secs(1_700_000_000));
+    let memory = MemoryStore::new(clock.clone());
+    let store = Flaky::new(memory.clone());
+    let e = env_on(store.clone(), memory, clock, KfpSettings::default()).await;
+    store.fail(true);
+    let mut ids = Vec::new();
+    for (s, v) in [
+        e.get(
+            U1,
+            "/pipeline/apis/v1beta1/experiments?resource_reference_key.type=NAMESPACE&resource_reference_key.id=user1",
+        )
+        .await,
+        e.post(
+            U1,
+            "/pipeline/apis/v2beta1/experiments",
+            json!({"display_name": "e", "namespace": "user1"}),
+        )
+        .await,
+    ] {
+        assert_eq!(s, StatusCode::INTERNAL_SERVER_ERROR, "{v}");
+        assert_eq!(v["code"], 13, "{v}");
+        let text = v.to_string();
+        for leak in ["redb", "I/O", "/var/lib", "page 7", "storage"] {
+            assert!(!text.contains(leak), "leaks {leak:?}: {text}");
+        }
+        let message = v["message"].as_str().unwrap();
+        let id = kfsec_types::Incident::quoted_in(message).unwrap_or_else(|| panic!("no incident id: {message}"));
+        assert_eq!(v["details"][0]["message"], message, "{v}");
+        ids.push(id.to_owned());
+    }
+    assert_ne!(ids[0], ids[1]);
 }

@@ -122,9 +122,9 @@ pub async fn login(server: &str, ca_file: &Path, kubeconfig: &Path) -> Result<()
             break serde_json::from_slice::<Tokens>(&body).context("reading the tokens")?;
         }
         let err: OAuthErr = serde_json::from_slice(&body).with_context(|| format!("unexpected answer {status}"))?;
-        match err.error.as_str() {
-            "authorization_pending" => {}
-            "slow_down" => interval += Duration::from_secs(5),
+        match serde_json::from_value(serde_json::Value::String(err.error.clone())) {
+            Ok(kfsec_idp::OAuthCode::AuthorizationPending) => {}
+            Ok(kfsec_idp::OAuthCode::SlowDown) => interval += Duration::from_secs(5),
             _ => bail!("login failed: {} {}", err.error, err.error_description),
         }
     };

@@ -24,7 +24,7 @@ use axum::{Json, Router};
 use kfsec_api::{ApiError, ApiServer, Attributes, Authorize, Decision};
 use kfsec_store::Store;
 use kfsec_types::identity::UserInfo;
-use kfsec_types::{Identity, Rng, random_array};
+use kfsec_types::{Failure, Identity, Refusal, Rng};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -75,29 +75,27 @@ fn error(status: StatusCode, message: &str) -> Response {
     json_utf8(status, json!({ "error": message }))
 }
 
+/// KFAM's renderer for a protocol-neutral refusal (the front door's own refusals on `/kfam/`,
+/// KFAM's failures): `{"error": <text>}`, plus `"incident"` for a failure of kfsec.
+pub fn refusal_response(r: &Refusal) -> Response {
+    let status = StatusCode::from_u16(r.code()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    match &r.incident {
+        Some(id) => json_utf8(status, json!({ "error": r.text(), "incident": id.as_str() })),
+        None => error(status, &r.message),
+    }
+}
+
 /// A failure of kfsec, not a refusal: what KFAM was doing when the store or an invariant failed.
 /// The client gets 503 (store) or 500 (anything else) with a generic message and an incident id;
 /// the cause goes to the log under the same id.
 fn failure(k: &Kfam, doing: &str, e: &ApiError) -> Response {
-    let id: String = random_array::<4>(k.rng.as_ref())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    tracing::error!(incident = %id, error = %e, "KFAM failed while {doing}");
-    let (status, message) = match e {
-        ApiError::Store(_) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the request could not be completed: storage is unavailable; retry later",
-        ),
-        _ => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "the request could not be completed because of an internal error",
-        ),
+    let what = match e {
+        ApiError::Store(_) => Failure::Storage,
+        _ => Failure::Internal,
     };
-    json_utf8(
-        status,
-        json!({ "error": format!("{message} (incident {id})"), "incident": id }),
-    )
+    let r = Refusal::failure(what, k.rng.as_ref());
+    tracing::error!(incident = %r.incident_id(), error = %e, "KFAM failed while {doing}");
+    refusal_response(&r)
 }
 
 /// Whether `e` is kfsec failing (storage, a broken invariant) rather than the request being refused.
@@ -538,77 +536,13 @@ mod failure_tests {
     //! A store that fails on demand: every KFAM surface answers a failure with 503 and an
     //! incident id, never with the store's text and never as a refusal.
 
-    use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
-    use std::time::Duration;
+    use std::sync::atomic::{AtomicU8, Ordering};
 
-    use kfsec_store::{KeyValue, ListPage, MemoryStore, Revision, StoreError, WatchStream};
+    use kfsec_store::MemoryStore;
+    use kfsec_store::flaky::Flaky;
     use kfsec_types::{ManualClock, UnixTime};
 
     use super::*;
-
-    /// Text only the store knows: it must never reach a client.
-    const INTERNAL: &str = "redb: I/O error reading /var/lib/kfsec/kfsec.redb page 7";
-
-    struct Flaky {
-        inner: Arc<MemoryStore>,
-        failing: AtomicBool,
-    }
-
-    impl Flaky {
-        fn check(&self) -> Result<(), StoreError> {
-            if self.failing.load(Ordering::SeqCst) {
-                Err(StoreError::Backend(INTERNAL.into()))
-            } else {
-                Ok(())
-            }
-        }
-    }
-
-    #[async_trait::async_trait]
-    impl Store for Flaky {
-        async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
-            self.check()?;
-            self.inner.get(key).await
-        }
-        async fn list(&self, prefix: &str, limit: usize, start_after: Option<&str>) -> Result<ListPage, StoreError> {
-            self.check()?;
-            self.inner.list(prefix, limit, start_after).await
-        }
-        async fn create(&self, key: &str, value: Vec<u8>, ttl: Option<Duration>) -> Result<Revision, StoreError> {
-            self.check()?;
-            self.inner.create(key, value, ttl).await
-        }
-        async fn update(
-            &self,
-            key: &str,
-            value: Vec<u8>,
-            expected: Option<Revision>,
-            ttl: Option<Duration>,
-        ) -> Result<Revision, StoreError> {
-            self.check()?;
-            self.inner.update(key, value, expected, ttl).await
-        }
-        async fn put(&self, key: &str, value: Vec<u8>, ttl: Option<Duration>) -> Result<Revision, StoreError> {
-            self.check()?;
-            self.inner.put(key, value, ttl).await
-        }
-        async fn delete(&self, key: &str, expected: Option<Revision>) -> Result<KeyValue, StoreError> {
-            self.check()?;
-            self.inner.delete(key, expected).await
-        }
-        async fn take(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
-            self.check()?;
-            self.inner.take(key).await
-        }
-        async fn revision(&self) -> Result<Revision, StoreError> {
-            self.check()?;
-            self.inner.revision().await
-        }
-        async fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream, StoreError> {
-            self.check()?;
-            self.inner.watch(prefix, after).await
-        }
-    }
 
     /// `admin` may do anything; nobody else may do anything.
     struct AdminOnly;
@@ -646,10 +580,7 @@ mod failure_tests {
 
     async fn setup() -> (Arc<Kfam>, Arc<Flaky>) {
         let clock = ManualClock::new(UnixTime::from_millis(1_700_000_000_000));
-        let store = Arc::new(Flaky {
-            inner: MemoryStore::new(clock.clone()),
-            failing: AtomicBool::new(false),
-        });
+        let store = Flaky::new(MemoryStore::new(clock.clone()));
         let rng: Arc<dyn Rng> = Arc::new(CountingRng(AtomicU8::new(0xa0)));
         let api = ApiServer::new(store.clone(), Arc::new(AdminOnly), clock, rng.clone());
         let profile = json!({
@@ -677,7 +608,7 @@ mod failure_tests {
     #[tokio::test]
     async fn store_failures_are_503_with_an_incident_id_and_no_internal_text() {
         let (k, store) = setup().await;
-        store.failing.store(true, Ordering::SeqCst);
+        store.fail(true);
         let binding = || axum::body::Bytes::from_static(BINDING.as_bytes());
         let profile = || {
             axum::body::Bytes::from_static(
@@ -765,7 +696,7 @@ mod failure_tests {
         let (status, text) = body(create_binding(State(k.clone()), who("alice"), binding()).await).await;
         assert_eq!(status, StatusCode::OK, "{text}");
         // Two failures carry two incident ids.
-        store.failing.store(true, Ordering::SeqCst);
+        store.fail(true);
         let (_, a) = body(create_binding(State(k.clone()), who("alice"), binding()).await).await;
         let (_, b) = body(create_binding(State(k.clone()), who("alice"), binding()).await).await;
         let id = |t: &str| serde_json::from_str::<Value>(t).unwrap()["incident"].clone();

@@ -8,4 +8,8 @@ pub mod controller;
 pub mod kfam;
 
 pub use controller::{ProfileController, ProfileSettings};
-pub use kfam::{AuthzSync, Kfam};
+pub use kfam::{AuthzSync, Kfam, refusal_response as kfam_refusal_response};
+
+/// The front-door paths KFAM owns (where the composition nests [`Kfam::router`]); handed to the
+/// gateway with [`kfam_refusal_response`].
+pub const KFAM_PATHS: &[&str] = &["/kfam/"];

@@ -463,6 +463,7 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
     let api = kfsec_api::ApiServer::builder(store.clone(), rbac_cache.clone(), clock.clone(), rng.clone())
         .token_reviewer(Arc::new(tokenreview::Reviewer {
             authn: kfsec_idp::Authenticator::new(idp.clone()),
+            rng: rng.clone(),
         }))
         .admission(admission.clone())
         .build();
@@ -506,6 +507,25 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
         .nest("/kfam", kfam.router())
         .merge(kfp.router())
         .merge(api.router());
+    // Each mounted surface: the paths it owns, whose service-account audiences apply there, and
+    // its refusal renderer (the gateway renders none itself).
+    let mounts = vec![
+        kfsec_gateway::Mount {
+            paths: kfsec_api::PATHS.to_vec(),
+            surface: kfsec_idp::authn::Surface::Gateway,
+            render: Arc::new(kfsec_api::refusal_response),
+        },
+        kfsec_gateway::Mount {
+            paths: kfsec_kfp::PATHS.to_vec(),
+            surface: kfsec_idp::authn::Surface::Pipelines,
+            render: Arc::new(kfsec_kfp::refusal_response),
+        },
+        kfsec_gateway::Mount {
+            paths: kfsec_profiles::KFAM_PATHS.to_vec(),
+            surface: kfsec_idp::authn::Surface::Gateway,
+            render: Arc::new(kfsec_profiles::kfam_refusal_response),
+        },
+    ];
 
     let gw_settings = GatewaySettings {
         cookie_name: cfg.cookie_name.clone(),
@@ -531,7 +551,7 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
         clock.clone(),
         rng.clone(),
         &mut registry,
-        Some(api_router),
+        Some((api_router, mounts)),
     )
     .await?;
 

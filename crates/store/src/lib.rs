@@ -11,6 +11,8 @@ use kfsec_types::UnixTime;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 mod engine;
+#[cfg(any(test, feature = "testing"))]
+pub mod flaky;
 pub mod follow;
 pub mod memory;
 pub mod redb_store;

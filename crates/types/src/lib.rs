@@ -12,6 +12,8 @@ pub mod kubeflow;
 pub mod meta;
 pub mod path;
 pub mod rbac;
+pub mod refusal;
+pub mod status;
 pub mod time;
 pub mod validation;
 
@@ -19,3 +21,5 @@ pub use clock::{Clock, ManualClock, Rng, SystemClock, UnixTime, random_array};
 pub use field::Field;
 pub use identity::Identity;
 pub use meta::{LabelSelector, LabelSelectorRequirement, ObjectMeta};
+pub use refusal::{Failure, Incident, Refusal, RefusalKind};
+pub use status::{CauseType, Status, StatusCause, StatusDetails, StatusReason};

@@ -20,5 +20,6 @@ mod sec_headers;
 mod sec_login;
 mod sec_logs;
 mod sec_paths;
+mod sec_refusals;
 mod sec_tenancy;
 mod sec_webhooks;
