@@ -11,8 +11,8 @@ use kfsec_api::{TokenReviewStatus, TokenReviewer};
 use std::sync::Arc;
 
 use kfsec_idp::{Authenticator, Surface, VerifyError};
-use kfsec_types::{Failure, Refusal, Rng};
 use kfsec_types::identity::UserInfo;
+use kfsec_types::{Failure, Refusal, Rng};
 
 /// The reviewer.
 pub struct Reviewer {
@@ -85,6 +85,9 @@ mod tests {
         }
         assert!(kfsec_types::Incident::quoted_in(&st.error).is_some(), "{}", st.error);
         // A refusal of the token itself keeps its reason.
-        assert_eq!(answer(&Refusal::Token(VerifyError::Expired), &Fixed).error, "token expired");
+        assert_eq!(
+            answer(&Refusal::Token(VerifyError::Expired), &Fixed).error,
+            "token expired"
+        );
     }
 }
