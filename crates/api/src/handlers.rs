@@ -199,8 +199,7 @@ impl ApiServer {
             let mut f = FieldSelector::parse(query.get("fieldSelector").unwrap_or(""), res.kind)
                 .map_err(|e| ApiError::BadRequest(e.0))?;
             if !name.is_empty() {
-                f = FieldSelector::parse(&format!("metadata.name={name}"), res.kind)
-                    .map_err(|e| ApiError::BadRequest(e.0))?;
+                f = FieldSelector::for_name(&name);
             }
             (l, f)
         } else {

@@ -350,6 +350,12 @@ impl FieldSelector {
         Ok(Self(out))
     }
 
+    /// `metadata.name=<name>` for a request on one object: `name` as it is, not parsed (an RBAC
+    /// object's name may hold `=`, `,` or `\\`).
+    pub fn for_name(name: &str) -> Self {
+        Self(vec![("metadata.name".to_owned(), true, name.to_owned())])
+    }
+
     /// The name this selector pins with `metadata.name=`, if any.
     pub fn pinned_name(&self) -> Option<&str> {
         self.0
@@ -507,6 +513,11 @@ mod tests {
         ] {
             assert!(FieldSelector::parse(bad, "Pod").is_err(), "{bad}");
         }
+        // A request on one object pins its name as it is, whatever it holds.
+        let f = FieldSelector::for_name(r"a=b,c\d");
+        assert_eq!(f.pinned_name(), Some(r"a=b,c\d"));
+        assert!(f.matches(&json!({"metadata": {"name": r"a=b,c\d"}})));
+        assert_eq!(FieldSelector::parse(&f.to_string(), "Role").unwrap(), f);
         // The first operator wins, as in Kubernetes.
         let f = FieldSelector::parse("metadata.name!=a", "Pod").unwrap();
         assert!(!f.matches(&json!({"metadata": {"name": "a"}})));

@@ -378,3 +378,49 @@ async fn store_failures_are_500_with_an_incident_id_and_no_internal_text() {
     }
     assert_ne!(ids[0], ids[1]);
 }
+
+/// A watch on one object follows exactly that name, whatever it holds: RBAC names are path
+/// segments and may contain `=` and `,`. The name used to be spliced into a field selector and
+/// parsed again, so `a,b` was a 400 (and, with Kubernetes' value rules, `a=b` would be too).
+#[tokio::test]
+async fn a_watch_on_one_object_takes_its_name_as_it_is() {
+    let f = fixture();
+    for name in ["a=b", "a,b", "c"] {
+        let body = json!({"metadata": {"name": name}, "rules": []}).to_string();
+        create(
+            &f.api,
+            "admin",
+            "/apis/rbac.authorization.k8s.io/v1/clusterroles",
+            &body,
+        )
+        .await;
+    }
+    for name in ["a=b", "a,b"] {
+        let req = Request::builder()
+            .uri(format!(
+                "/apis/rbac.authorization.k8s.io/v1/clusterroles/{name}?watch=1"
+            ))
+            .header("authorization", "Bearer admin")
+            .body(Body::empty())
+            .unwrap();
+        let resp = app(&f.api).oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK, "{name}");
+        let mut body = resp.into_body();
+        let frame = tokio::time::timeout(Duration::from_secs(2), body.frame())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        let line = frame.into_data().unwrap();
+        let v: Value = serde_json::from_slice(line.trim_ascii()).unwrap();
+        assert_eq!(v["type"], "ADDED", "{name}");
+        assert_eq!(v["object"]["metadata"]["name"], name);
+        // Nothing else (no `a=b` for `a,b`, no `c`).
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), body.frame())
+                .await
+                .is_err(),
+            "{name}"
+        );
+    }
+}
