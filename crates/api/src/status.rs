@@ -367,12 +367,19 @@ pub fn refusal_response(r: &Refusal) -> Response {
 /// (storage, a broken invariant) is logged with its cause under a fresh incident id (from
 /// `rng`) and answered 500 with a generic message carrying only that id.
 pub fn status_response(err: &ApiError, rng: &dyn Rng) -> Response {
+    render(&status_of(err, rng))
+}
+
+/// The `Status` a client gets for `err` (a response body or a watch's `ERROR` event): a failure
+/// of kfsec is logged with its cause under a fresh incident id (from `rng`) and becomes a generic
+/// 500 carrying only that id; anything else is [`ApiError::to_status`].
+pub fn status_of(err: &ApiError, rng: &dyn Rng) -> Status {
     if matches!(err, ApiError::Store(_) | ApiError::Internal(_)) {
         let r = Refusal::failure(Failure::Internal, rng);
         tracing::error!(incident = %r.incident_id(), error = %err, "kubernetes api internal error");
-        return refusal_response(&r);
+        return refusal_status(&r);
     }
-    render(&err.to_status())
+    err.to_status()
 }
 
 #[cfg(test)]

@@ -84,7 +84,7 @@ impl State {
         self.done = true;
         self.rx = None;
         self.pending.clear();
-        self.pending.push_back(error_event(&ApiError::forbidden(&self.p.attrs)));
+        self.pending.push_back(error_event(&ApiError::forbidden(&self.p.attrs), self.api.rng.as_ref()));
         false
     }
 
@@ -167,8 +167,8 @@ fn line(v: &Value) -> Bytes {
     Bytes::from(s)
 }
 
-fn error_event(e: &ApiError) -> Value {
-    json!({"type": "ERROR", "object": e.to_status()})
+fn error_event(e: &ApiError, rng: &dyn kfsec_types::Rng) -> Value {
+    json!({"type": "ERROR", "object": crate::status::status_of(e, rng)})
 }
 
 impl ApiServer {
@@ -197,7 +197,7 @@ impl ApiServer {
                 match self.store.watch(&prefix, start).await {
                     Ok(rx) => st.rx = Some(rx),
                     Err(e @ StoreError::Compacted { .. }) => {
-                        st.pending.push_back(error_event(&ApiError::from(e)));
+                        st.pending.push_back(error_event(&ApiError::from(e), self.rng.as_ref()));
                         st.done = true;
                     }
                     Err(e) => return Err(e.into()),
@@ -254,7 +254,8 @@ impl ApiServer {
                     Some(Err(e)) => {
                         st.done = true;
                         st.rx = None;
-                        return Some((Ok(line(&error_event(&ApiError::from(e)))), st));
+                        let event = error_event(&ApiError::from(e), st.api.rng.as_ref());
+                        return Some((Ok(line(&event)), st));
                     }
                 }
             }
