@@ -84,7 +84,8 @@ impl State {
         self.done = true;
         self.rx = None;
         self.pending.clear();
-        self.pending.push_back(error_event(&ApiError::forbidden(&self.p.attrs), self.api.rng.as_ref()));
+        self.pending
+            .push_back(error_event(&ApiError::forbidden(&self.p.attrs), self.api.rng.as_ref()));
         false
     }
 
