@@ -8,6 +8,7 @@
 //! store keys are `/k8s/{group|core}/{plural}/[{ns}/]{name}` and values are the object JSON
 //! without `metadata.resourceVersion` (which is always the record's mod revision).
 
+mod access;
 mod authorize;
 pub mod body;
 mod discovery;
@@ -19,7 +20,7 @@ mod list;
 mod meta;
 mod objects;
 mod patch;
-mod proto;
+pub mod proto;
 mod rbac_guard;
 pub mod registry;
 mod reviews;
@@ -45,11 +46,12 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::routing::any;
-use kfsec_store::{KeyValue, Revision, Store};
-use kfsec_types::{Clock, Rng};
+use kfsec_store::{Revision, Store};
 use kfsec_types::identity::UserInfo;
+use kfsec_types::{Clock, Rng};
 use serde_json::Value;
 
+pub use access::{Follow, ObjectEvent, Objects, StoredObject};
 pub use authorize::{
     Attributes, Authorize, Decision, NonResourceAttributes, NonResourceRule, RequestAttributes, ResourceAttributes,
     ResourceRule, SubjectRules, attributes_for,
@@ -248,10 +250,10 @@ impl ApiServer {
         registry::find(group, version, plural)
     }
 
-    /// Decodes a store record of `res` (for controllers following `Store::watch` on
-    /// `res.type_prefix()`): adds `apiVersion`, `kind`, `metadata.resourceVersion`.
-    pub fn decode_record(res: &Resource, kv: &KeyValue) -> Result<Value, ApiError> {
-        objects::decode(res, kv)
+    /// Typed read access to the stored objects (get, list, follow by resource), for
+    /// components that are not the HTTP API.
+    pub fn objects(&self) -> Objects {
+        Objects::new(self.store.clone(), self.rng.clone())
     }
 
     /// One object, or `None`. `ns` is ignored for cluster-scoped types.

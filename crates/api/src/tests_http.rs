@@ -960,7 +960,7 @@ async fn typed_helpers() {
     let stored: Value = serde_json::from_slice(&kv.value).unwrap();
     assert!(stored["metadata"].get("resourceVersion").is_none());
     assert_eq!(
-        ApiServer::decode_record(cms, &kv).unwrap()["metadata"]["resourceVersion"],
+        crate::objects::decode(cms, &kv).unwrap()["metadata"]["resourceVersion"],
         kv.mod_revision.to_string()
     );
     assert_eq!(Operation::Create.as_str(), "CREATE");

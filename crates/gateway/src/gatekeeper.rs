@@ -28,8 +28,6 @@ use kfsec_idp::{Authenticated, CredentialKind};
 use crate::listener::ClientCertIdentity;
 use crate::{App, GATEKEEPER_CLIENT_ID, responses};
 
-pub use kfsec_idp::authn::service_account_exists;
-
 /// The callback path registered for the gatekeeper client.
 pub const CALLBACK_PATH: &str = "/authservice/oidc/callback";
 const CSRF_COOKIE: &str = "oidc_state_csrf";

@@ -34,7 +34,7 @@ use prometheus_client::registry::Registry;
 
 pub use kfsec_types::path;
 
-pub use gatekeeper::{Authn, CALLBACK_PATH, safe_return_path, same_origin_write, service_account_exists};
+pub use gatekeeper::{Authn, CALLBACK_PATH, safe_return_path, same_origin_write};
 pub use kfsec_idp::authn::{PIPELINES_AUDIENCE, SERVICE_ACCOUNT_AUDIENCE};
 pub use proxy::{Route, UpstreamIdentity, UpstreamTls};
 pub use responses::{Mount, RenderRefusal};

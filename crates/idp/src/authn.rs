@@ -26,7 +26,6 @@
 
 use std::sync::Arc;
 
-use kfsec_store::Store;
 use kfsec_types::Identity;
 
 use crate::Idp;
@@ -153,7 +152,7 @@ impl Authenticator {
             Surface::Review(r) => r.iter().map(String::as_str).collect(),
         };
         let sa = self.idp.check_service_account_claims(sa, &wanted)?;
-        if !service_account_exists(self.idp.store().as_ref(), &sa).await {
+        if !self.account_current(&sa).await {
             return Err(Refusal::AccountGone);
         }
         let audiences = sa
@@ -167,6 +166,24 @@ impl Authenticator {
             audiences,
             kind: CredentialKind::ServiceAccount,
         })
+    }
+
+    /// Whether the service account a token names still exists with the token's uid (tokens of
+    /// a deleted or re-created account stop working). A lookup that fails refuses the token.
+    async fn account_current(&self, sa: &ServiceAccountClaims) -> bool {
+        let k = &sa.kubernetes;
+        match self
+            .idp
+            .service_accounts()
+            .uid(&k.namespace, &k.serviceaccount.name)
+            .await
+        {
+            Ok(uid) => uid.as_deref() == Some(k.serviceaccount.uid.as_str()),
+            Err(e) => {
+                tracing::warn!(error = %e, "service account lookup failed; token refused");
+                false
+            }
+        }
     }
 
     async fn id_token(&self, claims: Claims, surface: Surface<'_>) -> Result<Authenticated, Refusal> {
@@ -223,19 +240,5 @@ impl Authenticator {
             audiences: vec![],
             kind: CredentialKind::ClientCertificate,
         }
-    }
-}
-
-/// Whether the service account a token names still exists with the token's uid (tokens of a
-/// deleted or re-created account stop working).
-pub async fn service_account_exists(store: &dyn Store, sa: &ServiceAccountClaims) -> bool {
-    let k = &sa.kubernetes;
-    let key = format!("/k8s/core/serviceaccounts/{}/{}", k.namespace, k.serviceaccount.name);
-    match store.get(&key).await {
-        Ok(Some(kv)) => serde_json::from_slice::<serde_json::Value>(&kv.value)
-            .ok()
-            .and_then(|v| v["metadata"]["uid"].as_str().map(|u| u == k.serviceaccount.uid))
-            .unwrap_or(false),
-        _ => false,
     }
 }

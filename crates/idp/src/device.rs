@@ -59,16 +59,8 @@ impl DeviceLimits {
     /// The limits, counting device codes already in the store as pending.
     pub(crate) async fn load(policy: &LockoutPolicy, store: &dyn Store, now: UnixTime) -> Result<Self, IdpError> {
         let mut pending = Capacity::new(usize::try_from(policy.max_pending_device_codes).unwrap_or(usize::MAX));
-        let mut after: Option<String> = None;
-        loop {
-            let page = store.list(DEVICE_PREFIX, 500, after.as_deref()).await?;
-            for kv in &page.items {
-                pending.try_admit(now, kv.expires_at.unwrap_or(now.add(TTL)));
-            }
-            match page.continue_key {
-                Some(k) => after = Some(k),
-                None => break,
-            }
+        for kv in kfsec_store::list_all(store, DEVICE_PREFIX).await?.items {
+            pending.try_admit(now, kv.expires_at.unwrap_or(now.add(TTL)));
         }
         Ok(Self {
             policy: policy.clone(),

@@ -120,6 +120,7 @@ pub struct Idp {
     auth_key: flow::AuthRequestKey,
     device_limits: device::DeviceLimits,
     epochs: Arc<revocation::Epochs>,
+    service_accounts: Arc<dyn serviceaccount::ServiceAccountLookup>,
 }
 
 impl Idp {
@@ -130,6 +131,7 @@ impl Idp {
         clock: Arc<dyn Clock>,
         rng: Arc<dyn Rng>,
         registry: &mut Registry,
+        service_accounts: Arc<dyn serviceaccount::ServiceAccountLookup>,
     ) -> Result<Arc<Self>, IdpError> {
         let keys = KeyManager::open(
             store.clone(),
@@ -149,7 +151,7 @@ impl Idp {
         lockout.restore().await?;
         let auth_key = flow::AuthRequestKey::load(store.as_ref(), rng.as_ref()).await?;
         let device_limits = device::DeviceLimits::load(&settings.lockout, store.as_ref(), clock.now()).await?;
-        let epochs = revocation::Epochs::new(store.clone());
+        let epochs = revocation::Epochs::new(store.clone(), rng.clone());
         let metrics = Metrics::default();
         registry.register("kfsec_logins", "Password logins by outcome", metrics.logins.clone());
         registry.register(
@@ -175,6 +177,7 @@ impl Idp {
             auth_key,
             device_limits,
             epochs,
+            service_accounts,
         }))
     }
 
@@ -209,6 +212,10 @@ impl Idp {
     /// The store.
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
+    }
+    /// Where service accounts are looked up.
+    pub fn service_accounts(&self) -> &dyn serviceaccount::ServiceAccountLookup {
+        self.service_accounts.as_ref()
     }
 
     /// Runs key rotation on schedule until the task is dropped.

@@ -10,15 +10,16 @@
 //! however late its credentials are issued (a token without that claim counts from the start
 //! of its `iat` second);
 //! a store error while reading an epoch refuses the credential (fail closed); the in-memory
-//! cache is kept current by a store watch (other writers) and by the local writer, and is
-//! dropped whole when the watch lags.
+//! cache is kept current by a store watch (other writers) and by the local writer, is dropped
+//! whole whenever the watch restarts or breaks, and is not filled while no watch is following
+//! the store (reads then go to the store).
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use kfsec_store::{EventKind, Store, StoreError};
+use kfsec_store::{Event, EventKind, Store, StoreError};
+use kfsec_types::Rng;
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 
@@ -40,6 +41,10 @@ fn user_key(email: &str) -> String {
 /// The epochs, cached.
 pub struct Epochs {
     store: Arc<dyn Store>,
+    /// Jitter for the watch's backoff.
+    rng: Arc<dyn Rng>,
+    /// Whether the watch is following the store: only then are reads cached.
+    live: AtomicBool,
     /// Key hash → epoch (`None`: the store has none).
     cache: RwLock<HashMap<String, Option<u64>>>,
     /// Bumped whenever the cache is dropped: a read that began before may be stale.
@@ -47,9 +52,11 @@ pub struct Epochs {
 }
 
 impl Epochs {
-    pub(crate) fn new(store: Arc<dyn Store>) -> Arc<Self> {
+    pub(crate) fn new(store: Arc<dyn Store>, rng: Arc<dyn Rng>) -> Arc<Self> {
         Arc::new(Self {
             store,
+            rng,
+            live: AtomicBool::new(false),
             cache: RwLock::default(),
             generation: AtomicU64::new(0),
         })
@@ -64,9 +71,9 @@ impl Epochs {
         let generation = self.generation.load(Ordering::Acquire);
         let v = read(self.store.as_ref(), &k).await?;
         let mut cache = self.cache.write();
-        if self.generation.load(Ordering::Acquire) != generation {
-            // The cache was dropped while we read: our value may predate what the watch
-            // resumed from; answer it without caching it.
+        if !self.live.load(Ordering::Acquire) || self.generation.load(Ordering::Acquire) != generation {
+            // No watch keeps the cache current, or the cache was dropped while we read (our
+            // value may predate what the watch resumed from): answer without caching.
             return Ok(v);
         }
         if cache.len() > 100_000 {
@@ -91,9 +98,11 @@ impl Epochs {
     /// Voids every credential of `email` issued up to `now_ms` (and remembers it here at once).
     pub async fn revoke(&self, email: &str, now_ms: u64) -> Result<u64, StoreError> {
         let epoch = write(self.store.as_ref(), email, now_ms).await?;
-        let mut cache = self.cache.write();
-        let e = cache.entry(user_key(email)).or_insert(None);
-        *e = Some(e.unwrap_or(0).max(epoch));
+        if self.live.load(Ordering::Acquire) {
+            let mut cache = self.cache.write();
+            let e = cache.entry(user_key(email)).or_insert(None);
+            *e = Some(e.unwrap_or(0).max(epoch));
+        }
         Ok(epoch)
     }
 
@@ -113,29 +122,40 @@ impl Epochs {
         }
     }
 
-    /// Follows epoch writes of other processes; drops the cache when the watch lags.
+    /// Follows epoch writes of other processes, until the task is dropped. The cache is dropped
+    /// whenever the watch (re)starts or breaks, and holds nothing while the watch is down: every
+    /// read then goes to the store.
     pub fn spawn_watch(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let me = self.clone();
+        let config = kfsec_store::WatcherConfig::new(PREFIX).skip_list();
+        let mut watcher = kfsec_store::Watcher::new(me.store.clone(), config, me.rng.clone());
         tokio::spawn(async move {
             loop {
-                let from = me.store.revision().await.unwrap_or(0);
-                // Anything read before the watch starts may be stale.
-                me.clear(&mut me.cache.write());
-                match me.store.watch(PREFIX, from).await {
-                    Ok(mut rx) => {
-                        while let Some(ev) = rx.recv().await {
-                            let Ok(ev) = ev else { break };
-                            if let Some(k) = ev.kv.key.strip_prefix(PREFIX) {
-                                me.observe(k, &ev.kind, &ev.kv.value);
-                            }
-                        }
-                        tracing::warn!("revocation watch ended; reloading");
+                match watcher.next().await {
+                    Ok(Event::Restarted { .. }) => {
+                        // Anything read before the watch started may be stale.
+                        let mut cache = me.cache.write();
+                        me.clear(&mut cache);
+                        me.live.store(true, Ordering::Release);
                     }
-                    Err(e) => tracing::warn!(error = %e, "revocation watch failed"),
+                    Ok(Event::Applied(kv)) => me.observe_key(&kv.key, &EventKind::Put, &kv.value),
+                    Ok(Event::Deleted(kv)) => me.observe_key(&kv.key, &EventKind::Delete, &kv.value),
+                    Ok(Event::Progress(_)) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "revocation watch lost; reloading");
+                        me.live.store(false, Ordering::Release);
+                        let mut cache = me.cache.write();
+                        me.clear(&mut cache);
+                    }
                 }
-                tokio::time::sleep(Duration::from_secs(1)).await;
             }
         })
+    }
+
+    fn observe_key(&self, key: &str, kind: &EventKind, value: &[u8]) {
+        if let Some(k) = key.strip_prefix(PREFIX) {
+            self.observe(k, kind, value);
+        }
     }
 }
 
@@ -177,21 +197,62 @@ pub async fn write(store: &dyn Store, email: &str, now_ms: u64) -> Result<u64, S
 mod tests {
     use super::*;
 
+    fn rng() -> Arc<dyn Rng> {
+        struct Zero;
+        impl Rng for Zero {
+            fn fill(&self, buf: &mut [u8]) {
+                buf.fill(0);
+            }
+        }
+        Arc::new(Zero)
+    }
+
     #[tokio::test]
     async fn epochs_only_move_forward_and_are_case_blind() {
         let store: Arc<dyn Store> = kfsec_store::MemoryStore::new(Arc::new(kfsec_types::SystemClock));
-        let e = Epochs::new(store.clone());
+        let e = Epochs::new(store.clone(), rng());
         assert_eq!(e.get("a@x").await.unwrap(), None);
         assert_eq!(e.revoke("A@x", 5_000).await.unwrap(), 5_000);
         assert!(e.revoked("a@X", 5_000).await.unwrap());
         assert!(!e.revoked("a@x", 5_001).await.unwrap());
         assert_eq!(write(store.as_ref(), "a@x", 1_000).await.unwrap(), 5_000);
         // a fresh cache reads the store
-        let e2 = Epochs::new(store);
+        let e2 = Epochs::new(store, rng());
         assert_eq!(e2.get("a@x").await.unwrap(), Some(5_000));
         // a late watch event of an older write does not move the epoch back
+        e2.live.store(true, Ordering::Release);
+        assert_eq!(e2.get("a@x").await.unwrap(), Some(5_000));
         let old = serde_json::to_vec(&EpochRecord { not_before_ms: 1_000 }).unwrap();
         e2.observe(&user_key("a@x"), &EventKind::Put, &old);
         assert_eq!(e2.get("a@x").await.unwrap(), Some(5_000));
+    }
+
+    #[tokio::test]
+    async fn the_watch_keeps_the_cache_current_and_nothing_is_cached_without_it() {
+        let store: Arc<dyn Store> = kfsec_store::MemoryStore::new(Arc::new(kfsec_types::SystemClock));
+        let e = Epochs::new(store.clone(), rng());
+        // without a watch, reads are not cached: another writer is seen at once
+        assert_eq!(e.get("b@x").await.unwrap(), None);
+        write(store.as_ref(), "b@x", 1_000).await.unwrap();
+        assert_eq!(e.get("b@x").await.unwrap(), Some(1_000));
+        assert!(e.cache.read().is_empty());
+        let task = e.spawn_watch();
+        while !e.live.load(Ordering::Acquire) {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        assert_eq!(e.get("c@x").await.unwrap(), None);
+        assert_eq!(e.cache.read().len(), 1, "cached while the watch runs");
+        // another writer: the watch updates the cached value
+        write(store.as_ref(), "c@x", 2_000).await.unwrap();
+        let mut seen = None;
+        for _ in 0..2_000 {
+            seen = e.get("c@x").await.unwrap();
+            if seen.is_some() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        assert_eq!(seen, Some(2_000));
+        task.abort();
     }
 }

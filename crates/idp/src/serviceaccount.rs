@@ -4,15 +4,41 @@
 //!
 //! Invariants: a token is accepted only for an audience it names; verification shares the
 //! ID-token key set and algorithm pinning; the caller must check the account still exists with
-//! the token's uid (the store is the source of truth, not the token).
+//! the token's uid (the store is the source of truth, not the token). The accounts are the
+//! Kubernetes-style API's objects: the IdP reads them only through [`ServiceAccountLookup`],
+//! which the server wires to `kfsec-api` (the IdP does not know how they are stored).
 
 use std::time::Duration;
 
+use kfsec_types::identity::{service_account_groups, service_account_username};
 use serde::{Deserialize, Serialize};
 
-use kfsec_types::identity::{service_account_groups, service_account_username};
 use crate::tokens::VerifyError;
 use crate::{Idp, IdpError};
+
+/// Where the IdP learns whether a service account exists, and its uid.
+#[async_trait::async_trait]
+pub trait ServiceAccountLookup: Send + Sync + 'static {
+    /// The uid of the service account `name` in `namespace`; `None` if there is no such account.
+    async fn uid(&self, namespace: &str, name: &str) -> Result<Option<String>, LookupError>;
+}
+
+/// Why a [`ServiceAccountLookup`] could not answer (its cause kept for the log).
+#[derive(Debug, thiserror::Error)]
+#[error("service account lookup: {0}")]
+pub struct LookupError(#[source] pub Box<dyn std::error::Error + Send + Sync>);
+
+/// A [`ServiceAccountLookup`] that knows no account (no Kubernetes-style API): every
+/// service-account token is refused.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoServiceAccounts;
+
+#[async_trait::async_trait]
+impl ServiceAccountLookup for NoServiceAccounts {
+    async fn uid(&self, _namespace: &str, _name: &str) -> Result<Option<String>, LookupError> {
+        Ok(None)
+    }
+}
 
 /// The `kubernetes.io` claim.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

@@ -346,12 +346,14 @@ impl AdminOps {
                             "token create needs the running server; start kfsec serve".into(),
                         ));
                     };
-                    let key = format!("/k8s/core/serviceaccounts/{namespace}/{name}");
-                    let kv = self.store.get(&key).await?.ok_or_else(|| {
-                        IdpError::NotFound(format!("serviceaccounts \"{name}\" in namespace \"{namespace}\""))
-                    })?;
-                    let sa: serde_json::Value = serde_json::from_slice(&kv.value)?;
-                    let uid = sa["metadata"]["uid"].as_str().unwrap_or_default().to_owned();
+                    let uid = idp
+                        .service_accounts()
+                        .uid(&namespace, &name)
+                        .await
+                        .map_err(|e| IdpError::Internal(e.to_string()))?
+                        .ok_or_else(|| {
+                            IdpError::NotFound(format!("serviceaccounts \"{name}\" in namespace \"{namespace}\""))
+                        })?;
                     let seconds = seconds.clamp(600, 48 * 3600);
                     let token = idp.issue_service_account_token(
                         &namespace,

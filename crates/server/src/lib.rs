@@ -5,6 +5,7 @@
 //! only once, in the return value of the first start, and is stored as a bcrypt hash; readiness
 //! is reported only after every listener is accepting.
 
+mod accounts;
 pub mod admin;
 pub mod config;
 pub mod rbac;
@@ -419,7 +420,16 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
         lockout: cfg.lockout.clone(),
         bearer_audiences: cfg.bearer_audiences.clone(),
     };
-    let idp = Idp::new(idp_settings, store.clone(), clock.clone(), rng.clone(), &mut registry).await?;
+    let accounts = accounts::ServiceAccounts(kfsec_api::Objects::new(store.clone(), rng.clone()));
+    let idp = Idp::new(
+        idp_settings,
+        store.clone(),
+        clock.clone(),
+        rng.clone(),
+        &mut registry,
+        Arc::new(accounts),
+    )
+    .await?;
     for id in &cfg.bearer_audiences {
         if !matches!(idp.clients().get(id).await, Ok(Some(_))) {
             return Err(ConfigError::Invalid(format!(
@@ -431,7 +441,7 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
     let bootstrap_password = bootstrap(store.as_ref(), &idp, rng.as_ref()).await?;
     // Kubernetes-style API, RBAC, profiles and KFAM.
     let rbac_cache = rbac::RbacCache::new();
-    let admission = webhooks::InProcessAdmission::new(store.clone());
+    let admission = webhooks::InProcessAdmission::new(kfsec_api::Objects::new(store.clone(), rng.clone()));
     let callers = webhooks::CallerVerifier::new(cfg.webhook_client_auth.as_ref(), &cas)?;
     let (webhook_tls, mut renewables) =
         webhooks::webhook_tls(&cas, &dir.pki(), cfg.leaf_lifetime, clock.as_ref(), callers.clone())?;
@@ -470,11 +480,10 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
     rbac::install_defaults(&api, ADMIN_GROUP)
         .await
         .map_err(|e| ServerError::Api(e.to_string()))?;
-    let rbac_task = rbac_cache.spawn(api.clone(), store.clone());
+    let rbac_task = rbac_cache.spawn(api.clone());
     let rev = store.revision().await?;
     kfsec_profiles::AuthzSync::wait_for(rbac_cache.as_ref(), rev).await;
-    let controller =
-        kfsec_profiles::ProfileController::new(api.clone(), store.clone(), kfsec_profiles::ProfileSettings::default());
+    let controller = kfsec_profiles::ProfileController::new(api.clone(), kfsec_profiles::ProfileSettings::default());
     // System namespaces exist from the first start and belong to no profile.
     controller
         .ensure_system_namespaces()

@@ -1,20 +1,20 @@
-//! The RBAC authorizer kept current from the store: a list of the four RBAC kinds at start, then
-//! a watch; the adapter through which the API server, KFAM and the front door ask it; and the
-//! default roles installed at first start.
+//! The RBAC authorizer kept current from the store: one snapshot of the four RBAC kinds at
+//! start, then their changes (`kfsec_api::Objects::follow`); the adapter through which the API
+//! server, KFAM and the front door ask it; and the default roles installed at first start.
 //!
 //! Invariants: decisions read memory only (no store access on the hot path); a writer can wait
 //! until its own RBAC write is visible ([`AuthzSync`]), which makes KFAM revocation immediate;
-//! if the watch falls behind, the cache is rebuilt from a fresh list rather than guessed.
+//! if the watch falls behind, the cache is rebuilt from a fresh list rather than guessed; an
+//! object that does not decode grants nothing.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kfsec_api::{ApiError, ApiServer, SubjectRules};
-use kfsec_authz::{Authorizer, Change, RbacKind, RbacObject};
+use kfsec_api::{ApiError, ApiServer, ObjectEvent, Resource, StoredObject, SubjectRules};
+use kfsec_authz::{Authorizer, AuthzError, Change, RbacKind, RbacObject};
 use kfsec_profiles::AuthzSync;
-use kfsec_store::{EventKind, Store};
 use kfsec_types::identity::{SYSTEM_AUTHENTICATED, UserInfo};
 use kfsec_types::rbac::RBAC_GROUP;
 use tokio::sync::watch;
@@ -48,75 +48,115 @@ impl RbacCache {
 
     /// Loads every RBAC object from the store once (also used offline by `kfsec can-i`).
     pub async fn load(&self, api: &ApiServer) -> Result<u64, ApiError> {
-        let (mut roles, mut cluster_roles, mut role_bindings, mut cluster_role_bindings) =
-            (vec![], vec![], vec![], vec![]);
+        let mut objects = Vec::new();
         let mut revision = 0;
-        for (plural, _) in KINDS {
-            let res = ApiServer::resource(RBAC_GROUP, "v1", plural).ok_or(ApiError::NoRoute)?;
+        for res in rbac_resources()? {
             let list = api.list_objects(res, None, "").await?;
             revision = revision.max(list.resource_version);
             for item in list.items {
                 match RbacObject::from_value(item) {
-                    Ok(RbacObject::Role(o)) => roles.push(o),
-                    Ok(RbacObject::ClusterRole(o)) => cluster_roles.push(o),
-                    Ok(RbacObject::RoleBinding(o)) => role_bindings.push(o),
-                    Ok(RbacObject::ClusterRoleBinding(o)) => cluster_role_bindings.push(o),
+                    Ok(o) => objects.push(o),
                     Err(e) => tracing::warn!(error = %e, "skipping an unreadable RBAC object"),
                 }
             }
         }
-        self.authorizer
-            .replace(roles, cluster_roles, role_bindings, cluster_role_bindings)
+        self.replace(objects, revision)
             .map_err(|e| ApiError::Internal(e.to_string()))?;
-        self.seen.send_replace(revision);
         Ok(revision)
     }
 
-    /// Loads the RBAC objects and follows the store until the task is dropped.
-    pub fn spawn(self: &Arc<Self>, api: Arc<ApiServer>, store: Arc<dyn Store>) -> tokio::task::JoinHandle<()> {
+    /// Replaces every object with `objects`, as of `revision`.
+    fn replace(&self, objects: impl IntoIterator<Item = RbacObject>, revision: u64) -> Result<(), AuthzError> {
+        let (mut roles, mut cluster_roles, mut role_bindings, mut cluster_role_bindings) =
+            (vec![], vec![], vec![], vec![]);
+        for o in objects {
+            match o {
+                RbacObject::Role(o) => roles.push(o),
+                RbacObject::ClusterRole(o) => cluster_roles.push(o),
+                RbacObject::RoleBinding(o) => role_bindings.push(o),
+                RbacObject::ClusterRoleBinding(o) => cluster_role_bindings.push(o),
+            }
+        }
+        self.authorizer
+            .replace(roles, cluster_roles, role_bindings, cluster_role_bindings)?;
+        self.seen.send_replace(revision);
+        Ok(())
+    }
+
+    /// Applies one watched change; an object that does not decode is removed.
+    fn apply(&self, o: &StoredObject, deleted: bool) {
+        let readable = if deleted { None } else { readable(o) };
+        let change = match (readable, kind_of(o.resource)) {
+            (Some(obj), _) => Some(Change::Upsert(obj)),
+            (None, Some(kind)) => Some(Change::Delete(kind, o.namespace.clone(), o.name.clone())),
+            (None, None) => None,
+        };
+        if let Some(change) = change
+            && let Err(e) = self.authorizer.apply(change)
+        {
+            tracing::warn!(error = %e, "RBAC change not applied");
+        }
+        self.seen.send_replace(o.revision());
+    }
+
+    /// Loads the RBAC objects (one snapshot of the four kinds) and follows their changes until
+    /// the task is dropped; a lost watch re-lists. An object that does not decode grants
+    /// nothing (it is removed, and logged).
+    pub fn spawn(self: &Arc<Self>, api: Arc<ApiServer>) -> tokio::task::JoinHandle<()> {
         let me = self.clone();
         tokio::spawn(async move {
-            loop {
-                if let Err(e) = me.follow(&api, store.as_ref()).await {
-                    tracing::warn!(error = %e, "RBAC cache resyncing");
+            let resources = match rbac_resources() {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(error = %e, "RBAC cache not started");
+                    return;
                 }
-                tokio::time::sleep(Duration::from_millis(200)).await;
+            };
+            let mut follow = api.objects().follow(&resources);
+            loop {
+                match follow.next().await {
+                    Ok(ObjectEvent::Restarted { objects, revision }) => {
+                        if let Err(e) = me.replace(objects.iter().filter_map(readable), revision) {
+                            tracing::warn!(error = %e, "RBAC snapshot not applied; re-listing");
+                            follow.restart();
+                        }
+                    }
+                    Ok(ObjectEvent::Applied(o)) => me.apply(&o, false),
+                    Ok(ObjectEvent::Deleted(o)) => me.apply(&o, true),
+                    Ok(ObjectEvent::Progress(revision)) => {
+                        me.seen.send_replace(revision);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "RBAC watch lost; resyncing"),
+                }
             }
         })
     }
+}
 
-    async fn follow(&self, api: &ApiServer, store: &dyn Store) -> Result<(), ApiError> {
-        let from = self.load(api).await?;
-        let prefix = format!("/k8s/{RBAC_GROUP}/");
-        let mut rx = store.watch(&prefix, from).await.map_err(ApiError::Store)?;
-        while let Some(ev) = rx.recv().await {
-            let ev = ev.map_err(ApiError::Store)?;
-            let rest = ev.kv.key.strip_prefix(&prefix).unwrap_or_default();
-            let plural = rest.split('/').next().unwrap_or_default();
-            let Some((_, kind)) = KINDS.iter().find(|(p, _)| *p == plural) else {
-                continue;
-            };
-            let res = ApiServer::resource(RBAC_GROUP, "v1", plural).ok_or(ApiError::NoRoute)?;
-            let change = match ev.kind {
-                EventKind::Put => {
-                    let obj = ApiServer::decode_record(res, &ev.kv)?;
-                    RbacObject::from_value(obj)
-                        .map(Change::Upsert)
-                        .map_err(|e| ApiError::Internal(e.to_string()))?
-                }
-                EventKind::Delete => {
-                    let obj = ApiServer::decode_record(res, &ev.kv)?;
-                    let ns = obj["metadata"]["namespace"].as_str().unwrap_or_default().to_owned();
-                    let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_owned();
-                    Change::Delete(*kind, ns, name)
-                }
-            };
-            if let Err(e) = self.authorizer.apply(change) {
-                tracing::warn!(error = %e, "RBAC change not applied");
-            }
-            self.seen.send_replace(ev.kv.mod_revision);
+/// The four RBAC resources.
+fn rbac_resources() -> Result<Vec<&'static Resource>, ApiError> {
+    KINDS
+        .iter()
+        .map(|(plural, _)| ApiServer::resource(RBAC_GROUP, "v1", plural).ok_or(ApiError::NoRoute))
+        .collect()
+}
+
+fn kind_of(res: &Resource) -> Option<RbacKind> {
+    KINDS.iter().find(|(p, _)| *p == res.plural).map(|(_, k)| *k)
+}
+
+/// A followed object as the authorizer's input; `None` (logged) if it does not decode.
+fn readable(o: &StoredObject) -> Option<RbacObject> {
+    let read = o
+        .decode()
+        .map_err(|e| e.to_string())
+        .and_then(|v| RbacObject::from_value(v).map_err(|e| e.to_string()));
+    match read {
+        Ok(obj) => Some(obj),
+        Err(e) => {
+            tracing::warn!(kind = o.resource.kind, namespace = %o.namespace, name = %o.name, error = %e, "an unreadable RBAC object grants nothing");
+            None
         }
-        Ok(())
     }
 }
 

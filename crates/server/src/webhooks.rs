@@ -17,19 +17,17 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use kfsec_admission::{Chain, Context, ContextNeeds, Settings};
-use kfsec_api::{AdmissionDenied, ApiServer};
-use kfsec_store::Store;
+use kfsec_api::{AdmissionDenied, ApiError, ApiServer, ObjectEvent, Objects, Resource};
 use serde_json::Value;
 
 /// The in-process admission chain.
 pub struct InProcessAdmission {
-    store: Arc<dyn Store>,
+    objects: Objects,
     chain: Chain,
     settings: Arc<Settings>,
-    /// Type prefixes whose records some webhook's context holds (PodDefaults, related objects).
-    watched: Vec<String>,
-    /// The Namespaces' type prefix (their labels are context too).
-    namespaces_prefix: String,
+    /// The types whose objects some webhook's context holds: Namespaces (labels), PodDefaults,
+    /// related objects.
+    watched: Vec<&'static Resource>,
     cache: ContextCache,
 }
 
@@ -57,6 +55,16 @@ pub enum ContextError {
     },
 }
 
+impl ContextError {
+    /// `e`, met while reading `what`.
+    fn reading(what: String, e: ApiError) -> Self {
+        match e {
+            ApiError::Store(source) => Self::Store { what, source },
+            source => Self::Decode { what, source },
+        }
+    }
+}
+
 /// One namespace's cached contexts: `(needs, loaded at revision, context)`.
 type Entries = Vec<(ContextNeeds, u64, Context)>;
 
@@ -81,72 +89,63 @@ fn poddefaults() -> Option<&'static kfsec_api::Resource> {
 }
 
 impl InProcessAdmission {
-    /// Kubeflow's standard webhooks over `store`, with the default settings.
-    pub fn new(store: Arc<dyn Store>) -> Arc<Self> {
-        Self::with_settings(store, Settings::default())
+    /// Kubeflow's standard webhooks over the stored `objects`, with the default settings.
+    pub fn new(objects: Objects) -> Arc<Self> {
+        Self::with_settings(objects, Settings::default())
     }
 
-    /// Kubeflow's standard webhooks over `store`, with `settings`.
-    pub fn with_settings(store: Arc<dyn Store>, settings: Settings) -> Arc<Self> {
-        let mut watched: Vec<String> = poddefaults().map(|r| r.type_prefix()).into_iter().collect();
+    /// Kubeflow's standard webhooks over the stored `objects`, with `settings`.
+    pub fn with_settings(objects: Objects, settings: Settings) -> Arc<Self> {
+        let mut watched: Vec<&'static Resource> = namespaces().into_iter().chain(poddefaults()).collect();
         for hook in kfsec_admission::all_webhooks() {
             for (api_version, kind) in hook.context_needs().objects {
-                if let Some(r) = kfsec_api::registry::find_kind(api_version, kind) {
-                    watched.push(r.type_prefix());
-                }
+                watched.extend(kfsec_api::registry::find_kind(api_version, kind));
             }
         }
-        watched.sort();
+        watched.sort_by_key(|r| (r.group, r.plural));
         watched.dedup();
         Arc::new(Self {
-            store,
+            objects,
             chain: Chain::standard(),
             settings: Arc::new(settings),
             watched,
-            namespaces_prefix: namespaces().map(|r| r.type_prefix()).unwrap_or_default(),
             cache: ContextCache::default(),
         })
     }
 
-    /// The namespace a write to `key` changes the context of, if any.
-    fn namespace_of_key<'k>(&self, key: &'k str) -> Option<&'k str> {
-        if !self.namespaces_prefix.is_empty()
-            && let Some(ns) = key.strip_prefix(self.namespaces_prefix.as_str())
-        {
-            return Some(ns);
-        }
-        self.watched
-            .iter()
-            .find_map(|p| key.strip_prefix(p.as_str()))
-            .and_then(|rest| rest.split('/').next())
-    }
-
-    /// Follows every store write to invalidate cached contexts, until the task is dropped.
+    /// Follows every store write to invalidate cached contexts (a change to a Namespace, or to
+    /// an object in a namespace, that a context holds), until the task is dropped.
     pub fn spawn_watch(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         use std::sync::atomic::Ordering;
         let me = self.clone();
+        let mut follow = self.objects.follow_changes(&self.watched);
         tokio::spawn(async move {
             loop {
-                me.cache.entries.lock().clear();
-                let Ok(from) = me.store.revision().await else {
-                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                    continue;
-                };
-                me.cache.seen.store(from, Ordering::Release);
-                me.cache.notify.notify_waiters();
-                let Ok(mut rx) = me.store.watch("/", from).await else {
-                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                    continue;
-                };
-                while let Some(Ok(ev)) = rx.recv().await {
-                    if let Some(ns) = me.namespace_of_key(ev.kv.key.as_str()) {
-                        me.cache.last_change.lock().insert(ns.to_owned(), ev.kv.mod_revision);
-                        me.cache.entries.lock().remove(ns);
+                let seen = match follow.next().await {
+                    Ok(ObjectEvent::Restarted { revision, .. }) => {
+                        me.cache.entries.lock().clear();
+                        revision
                     }
-                    me.cache.seen.store(ev.kv.mod_revision, Ordering::Release);
-                    me.cache.notify.notify_waiters();
-                }
-                // lagged or ended: start over with an empty cache
+                    Ok(ObjectEvent::Applied(o) | ObjectEvent::Deleted(o)) => {
+                        let ns = if Some(o.resource) == namespaces() {
+                            &o.name
+                        } else {
+                            &o.namespace
+                        };
+                        me.cache.last_change.lock().insert(ns.clone(), o.revision());
+                        me.cache.entries.lock().remove(ns);
+                        o.revision()
+                    }
+                    Ok(ObjectEvent::Progress(revision)) => revision,
+                    Err(e) => {
+                        // Changes may be missed until the watch restarts: start over empty.
+                        tracing::warn!(error = %e, "admission context watch lost; cache cleared");
+                        me.cache.entries.lock().clear();
+                        continue;
+                    }
+                };
+                me.cache.seen.store(seen, Ordering::Release);
+                me.cache.notify.notify_waiters();
             }
         })
     }
@@ -155,7 +154,7 @@ impl InProcessAdmission {
     /// provably current. A failed load is returned, never cached.
     pub async fn context(&self, namespace: &str, needs: &ContextNeeds) -> Result<Context, ContextError> {
         use std::sync::atomic::Ordering;
-        let Ok(now) = self.store.revision().await else {
+        let Ok(now) = self.objects.revision().await else {
             return self.load(namespace, needs).await;
         };
         let caught_up = async {
@@ -189,32 +188,11 @@ impl InProcessAdmission {
         Ok(ctx)
     }
 
-    /// Every record under `prefix`, decoded as `res`.
-    async fn list_all(&self, res: &kfsec_api::Resource, prefix: &str) -> Result<Vec<Value>, ContextError> {
-        let mut out = Vec::new();
-        let mut after: Option<String> = None;
-        loop {
-            let page = self
-                .store
-                .list(prefix, 1000, after.as_deref())
-                .await
-                .map_err(|source| ContextError::Store {
-                    what: prefix.to_owned(),
-                    source,
-                })?;
-            for kv in &page.items {
-                out.push(
-                    ApiServer::decode_record(res, kv).map_err(|source| ContextError::Decode {
-                        what: kv.key.clone(),
-                        source,
-                    })?,
-                );
-            }
-            match page.continue_key {
-                Some(k) => after = Some(k),
-                None => return Ok(out),
-            }
-        }
+    /// Every object of `res` in `namespace`.
+    async fn list(&self, res: &Resource, namespace: &str) -> Result<Vec<Value>, ContextError> {
+        let list = self.objects.list(res, Some(namespace)).await;
+        let what = || format!("{} in {namespace}", res.qualified());
+        Ok(list.map_err(|e| ContextError::reading(what(), e))?.items)
     }
 
     /// Exactly what `needs` declares about `namespace`, read from the store.
@@ -229,16 +207,9 @@ impl InProcessAdmission {
         if needs.namespace_labels
             && let Some(res) = namespaces()
         {
-            let key = res.key("", namespace);
-            let found = self.store.get(&key).await.map_err(|source| ContextError::Store {
-                what: key.clone(),
-                source,
-            })?;
-            if let Some(kv) = found {
-                let ns = ApiServer::decode_record(res, &kv).map_err(|source| ContextError::Decode {
-                    what: key.clone(),
-                    source,
-                })?;
+            let found = self.objects.get(res, "", namespace).await;
+            let found = found.map_err(|e| ContextError::reading(format!("namespace {namespace}"), e))?;
+            if let Some(ns) = found {
                 ctx.namespace_labels = ns["metadata"]["labels"]
                     .as_object()
                     .map(|m| {
@@ -252,14 +223,14 @@ impl InProcessAdmission {
         if needs.pod_defaults
             && let Some(res) = poddefaults()
         {
-            let defaults = self.list_all(res, &res.list_prefix(Some(namespace))).await?;
+            let defaults = self.list(res, namespace).await?;
             ctx = ctx.with_pod_defaults(&defaults);
         }
         let mut objects = Vec::new();
         for (api_version, kind) in &needs.objects {
             // A kind kfsec does not serve has no objects here.
             if let Some(res) = kfsec_api::registry::find_kind(api_version, kind) {
-                objects.extend(self.list_all(res, &res.list_prefix(Some(namespace))).await?);
+                objects.extend(self.list(res, namespace).await?);
             }
         }
         Ok(ctx.with_objects(objects))
