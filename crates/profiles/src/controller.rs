@@ -10,15 +10,25 @@
 //! belong to no profile, are never deleted with one, and a Profile claiming one (left by older
 //! data: the API refuses new ones) is not honoured — whatever it granted there is revoked;
 //! existing namespace labels are never overwritten; reconciliation is idempotent and writes only
-//! when something differs, so following its own writes cannot loop.
+//! when something differs, so following its own writes cannot loop. Profiles are read as
+//! `kfsec_types::kubeflow::Profile` and written back re-encoded from it (unknown members kept);
+//! one that does not decode is not reconciled (logged) and, for KFAM, has no owner; the objects
+//! written are typed (`RoleBinding`) or core objects with typed metadata (`CoreObject`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
-use kfsec_api::{ApiError, ApiServer, Resource};
-use kfsec_store::{EventKind, Store};
-use serde_json::{Value, json};
+use kfsec_api::{ApiError, ApiServer, ObjectEvent, Resource};
+use kfsec_store::EventKind;
+use kfsec_types::Field;
+use kfsec_types::kubeflow::{
+    AwsIamForServiceAccount, Condition, PROFILE_API_VERSION, Profile, ProfileOwner, ProfileStatus, ResourceQuotaSpec,
+    WorkloadIdentity,
+};
+use kfsec_types::meta::{ObjectMeta, OwnerReference};
+use kfsec_types::rbac::{RBAC_GROUP, RoleBinding, RoleRef, Subject, SubjectKind};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 
 /// Controller settings.
 #[derive(Debug, Clone)]
@@ -50,26 +60,128 @@ pub(crate) fn profiles() -> Result<&'static Resource, ApiError> {
     res("kubeflow.org", "v1", "profiles")
 }
 
-/// The owner name of a Profile (`spec.owner.name`).
-pub fn owner_of(profile: &Value) -> &str {
-    profile["spec"]["owner"]["name"].as_str().unwrap_or_default()
+/// A stored or submitted Profile, typed.
+pub(crate) fn decode_profile(v: Value) -> Result<Profile, serde_json::Error> {
+    serde_json::from_value(v)
 }
 
-fn owner_ref(profile: &Value) -> Value {
-    json!([{
-        "apiVersion": "kubeflow.org/v1",
-        "kind": "Profile",
-        "name": profile["metadata"]["name"],
-        "uid": profile["metadata"]["uid"],
-        "controller": true,
-        "blockOwnerDeletion": true,
-    }])
+/// A Profile with nothing but `metadata` (one whose spec cannot be read: no owner, no grants).
+fn metadata_only(metadata: ObjectMeta) -> Profile {
+    Profile {
+        metadata: Field::new(metadata),
+        ..Profile::default()
+    }
+}
+
+/// The metadata of a stored object (`None` if it has none that decodes).
+fn metadata_of(obj: &Value) -> Option<ObjectMeta> {
+    obj.get("metadata").and_then(|m| ObjectMeta::deserialize(m).ok())
+}
+
+/// A stored Profile for reading who owns it: one that does not decode is logged and read as
+/// its metadata alone, so it has no owner and grants nothing.
+pub(crate) fn stored_profile(v: Value) -> Profile {
+    let meta = metadata_of(&v);
+    decode_profile(v).unwrap_or_else(|e| {
+        let meta = meta.unwrap_or_default();
+        tracing::error!(profile = %meta.name, error = %e, "a stored Profile does not decode; it is read as having no owner");
+        metadata_only(meta)
+    })
+}
+
+/// An object as JSON for the API.
+pub(crate) fn encode<T: Serialize>(obj: &T) -> Result<Value, ApiError> {
+    serde_json::to_value(obj).map_err(|e| ApiError::Internal(format!("encoding an object: {e}")))
+}
+
+/// A core object (Namespace, ServiceAccount, ResourceQuota, RoleBinding, …) as far as the
+/// controller and KFAM read it: typed metadata, every other member kept as it is.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(crate) struct CoreObject {
+    /// `apiVersion`, `kind`, `spec`, … as stored.
+    #[serde(flatten)]
+    pub(crate) rest: Map<String, Value>,
+    /// Metadata.
+    #[serde(default)]
+    pub(crate) metadata: ObjectMeta,
+}
+
+impl CoreObject {
+    /// A new object of `kind` with `metadata`.
+    fn new(api_version: &str, kind: &str, metadata: ObjectMeta) -> Self {
+        let mut rest = Map::new();
+        rest.insert("apiVersion".into(), Value::String(api_version.into()));
+        rest.insert("kind".into(), Value::String(kind.into()));
+        Self { rest, metadata }
+    }
+
+    /// A stored object; one that does not decode is reported as an internal error.
+    pub(crate) fn decode(v: Value) -> Result<Self, ApiError> {
+        serde_json::from_value(v).map_err(|e| ApiError::Internal(format!("decoding a stored object: {e}")))
+    }
+
+    /// Whether it carries a profile's ownership (the `owner` annotation or a Profile owner
+    /// reference).
+    pub(crate) fn claimed(&self) -> bool {
+        self.metadata.annotations.contains_key("owner")
+            || self.metadata.owner_references().iter().any(|r| r.kind == "Profile")
+    }
+
+    /// Whether it has an owner reference to the Profile named `name` (any uid when `uid` is
+    /// None).
+    pub(crate) fn owned_by_profile(&self, name: &str, uid: Option<&str>) -> bool {
+        self.metadata
+            .owner_references()
+            .iter()
+            .any(|r| r.kind == "Profile" && r.name == name && uid.is_none_or(|u| r.uid == u))
+    }
+}
+
+fn uid_of(profile: &Profile) -> &str {
+    profile.metadata.get().map_or("", |m| m.uid.as_str())
+}
+
+/// Metadata of an object the Profile owns: `name` in the profile's namespace, controlled by it.
+fn owned_meta(profile: &Profile, name: &str) -> ObjectMeta {
+    let mut meta = ObjectMeta::namespaced(profile.name(), name);
+    meta.set_owner_references(&[OwnerReference {
+        api_version: PROFILE_API_VERSION.into(),
+        kind: "Profile".into(),
+        name: profile.name().into(),
+        uid: uid_of(profile).into(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    }]);
+    meta
+}
+
+/// `spec.owner` as a RoleBinding subject: `kind` defaults to `User`, and `apiGroup` to the RBAC
+/// group unless the owner is a service account.
+fn owner_subject(owner: Option<&ProfileOwner>) -> Subject {
+    let field = |f: Option<&Field<String>>| f.and_then(Field::get).cloned();
+    let kind = match field(owner.map(|o| &o.kind)).as_deref() {
+        None => SubjectKind::User,
+        Some("User") => SubjectKind::User,
+        Some("Group") => SubjectKind::Group,
+        Some("ServiceAccount") => SubjectKind::ServiceAccount,
+        Some(other) => SubjectKind::Other(other.to_owned()),
+    };
+    let api_group = match field(owner.map(|o| &o.api_group)) {
+        Some(group) => group,
+        None if kind == SubjectKind::ServiceAccount => String::new(),
+        None => RBAC_GROUP.to_owned(),
+    };
+    Subject {
+        kind,
+        api_group,
+        name: field(owner.map(|o| &o.name)).unwrap_or_default(),
+        namespace: field(owner.map(|o| &o.namespace)).unwrap_or_default(),
+    }
 }
 
 /// The profile controller.
 pub struct ProfileController {
     api: Arc<ApiServer>,
-    store: Arc<dyn Store>,
     settings: ProfileSettings,
 }
 
@@ -78,128 +190,116 @@ enum Outcome {
     Failed(String),
 }
 
-/// Whether a namespace carries a profile's ownership (the `owner` annotation or a Profile owner
-/// reference).
-fn claimed(ns: &Value) -> bool {
-    ns["metadata"]["annotations"]["owner"].is_string()
-        || ns["metadata"]["ownerReferences"]
-            .as_array()
-            .is_some_and(|refs| refs.iter().any(|r| r["kind"] == "Profile"))
-}
-
-/// Whether `obj` has an owner reference to the Profile named `name` (any uid when `uid` is None).
-fn owned_by_profile(obj: &Value, name: &str, uid: Option<&Value>) -> bool {
-    obj["metadata"]["ownerReferences"].as_array().is_some_and(|refs| {
-        refs.iter()
-            .any(|r| r["kind"] == "Profile" && r["name"] == name && uid.is_none_or(|u| r["uid"] == *u))
-    })
-}
-
 impl ProfileController {
-    /// A controller writing through `api`, following `store`.
-    pub fn new(api: Arc<ApiServer>, store: Arc<dyn Store>, settings: ProfileSettings) -> Arc<Self> {
-        Arc::new(Self { api, store, settings })
+    /// A controller reading, following and writing the objects through `api`.
+    pub fn new(api: Arc<ApiServer>, settings: ProfileSettings) -> Arc<Self> {
+        Arc::new(Self { api, settings })
     }
 
     /// Creates or updates `desired` (matched by namespace/name) when it differs in the fields
-    /// the controller owns.
-    async fn ensure(&self, r: &'static Resource, desired: Value, owned: &[&str]) -> Result<(), ApiError> {
-        let ns = desired["metadata"]["namespace"].as_str().unwrap_or_default().to_owned();
-        let name = desired["metadata"]["name"].as_str().unwrap_or_default().to_owned();
-        match self.api.get_object(r, &ns, &name).await? {
+    /// the controller owns (top-level members `owned`, and the labels and annotations it sets).
+    async fn ensure(&self, r: &'static Resource, desired: &impl Serialize, owned: &[&str]) -> Result<(), ApiError> {
+        let desired = CoreObject::decode(encode(desired)?)?;
+        let (ns, name) = (&desired.metadata.namespace, &desired.metadata.name);
+        match self.api.get_object(r, ns, name).await? {
             None => {
-                self.api.create_object(r, &ns, desired).await?;
+                self.api.create_object(r, ns, encode(&desired)?).await?;
             }
-            Some(mut current) => {
+            Some(current) => {
+                let mut current = CoreObject::decode(current)?;
                 let mut changed = false;
                 for field in owned {
-                    if current[*field] != desired[*field] {
-                        current[*field] = desired[*field].clone();
+                    let want = desired.rest.get(*field);
+                    if current.rest.get(*field) != want {
+                        match want {
+                            Some(v) => current.rest.insert((*field).to_owned(), v.clone()),
+                            None => current.rest.remove(*field),
+                        };
                         changed = true;
                     }
                 }
-                for m in ["labels", "annotations"] {
-                    if let Some(want) = desired["metadata"][m].as_object() {
-                        for (k, v) in want {
-                            if current["metadata"][m][k] != *v {
-                                current["metadata"][m][k] = v.clone();
-                                changed = true;
-                            }
+                for (have, want) in [
+                    (&mut current.metadata.labels, &desired.metadata.labels),
+                    (&mut current.metadata.annotations, &desired.metadata.annotations),
+                ] {
+                    for (k, v) in want {
+                        if have.get(k) != Some(v) {
+                            have.insert(k.clone(), v.clone());
+                            changed = true;
                         }
                     }
                 }
                 if changed {
-                    self.api.update_object(r, current).await?;
+                    self.api.update_object(r, encode(&current)?).await?;
                 }
             }
         }
         Ok(())
     }
 
-    async fn ensure_namespace(&self, profile: &Value) -> Result<Outcome, ApiError> {
+    async fn ensure_namespace(&self, profile: &Profile) -> Result<Outcome, ApiError> {
         let nsr = res("", "v1", "namespaces")?;
-        let name = profile["metadata"]["name"].as_str().unwrap_or_default();
-        let owner = owner_of(profile);
+        let name = profile.name();
+        let owner = profile.owner_name();
         match self.api.get_object(nsr, "", name).await? {
-            Some(mut ns) => {
-                let current_owner = ns["metadata"]["annotations"]["owner"].as_str().unwrap_or_default();
+            Some(ns) => {
+                let mut ns = CoreObject::decode(ns)?;
+                let current_owner = ns.metadata.annotations.get("owner").map_or("", String::as_str);
                 // Only the namespace this Profile created is its own: an operator's namespace,
                 // even one annotated with the same owner, is not adopted.
-                if current_owner != owner || !owned_by_profile(&ns, name, Some(&profile["metadata"]["uid"])) {
+                if current_owner != owner || !ns.owned_by_profile(name, Some(uid_of(profile))) {
                     return Ok(Outcome::Failed(format!(
                         "namespace already exist, but not owned by profile creator {owner}"
                     )));
                 }
                 let mut changed = false;
-                let labels = ns["metadata"]["labels"].as_object().cloned().unwrap_or_default();
-                let mut labels = labels;
+                let labels = &mut ns.metadata.labels;
                 for (k, v) in &self.settings.namespace_labels {
                     if v.is_empty() {
                         changed |= labels.remove(k).is_some();
                     } else if !labels.contains_key(k) {
-                        labels.insert(k.clone(), Value::String(v.clone()));
+                        labels.insert(k.clone(), v.clone());
                         changed = true;
                     }
                 }
                 if changed {
-                    ns["metadata"]["labels"] = Value::Object(labels);
-                    self.api.update_object(nsr, ns).await?;
+                    self.api.update_object(nsr, encode(&ns)?).await?;
                 }
             }
             None => {
-                let labels: serde_json::Map<String, Value> = self
+                let mut meta = owned_meta(profile, "");
+                meta.namespace.clear();
+                meta.name = name.to_owned();
+                meta.annotations.insert("owner".into(), owner.to_owned());
+                meta.labels = self
                     .settings
                     .namespace_labels
                     .iter()
                     .filter(|(_, v)| !v.is_empty())
-                    .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+                    .map(|(k, v)| (k.clone(), v.clone()))
                     .collect();
-                let ns = json!({
-                    "apiVersion": "v1",
-                    "kind": "Namespace",
-                    "metadata": {
-                        "name": name,
-                        "annotations": {"owner": owner},
-                        "labels": labels,
-                        "ownerReferences": owner_ref(profile),
-                    },
-                });
-                self.api.create_object(nsr, "", ns).await?;
+                let ns = CoreObject::new("v1", "Namespace", meta);
+                self.api.create_object(nsr, "", encode(&ns)?).await?;
             }
         }
         Ok(Outcome::Ok)
     }
 
     /// Brings everything a Profile implies into being and records the outcome in its status.
-    pub async fn reconcile(&self, profile: &Value) -> Result<(), ApiError> {
-        if !profile["metadata"]["deletionTimestamp"].is_null() {
+    pub async fn reconcile(&self, profile: &Profile) -> Result<(), ApiError> {
+        if profile
+            .metadata
+            .get()
+            .and_then(|m| m.extra.get("deletionTimestamp"))
+            .is_some_and(|t| !t.is_null())
+        {
             return Ok(());
         }
-        let name = profile["metadata"]["name"].as_str().unwrap_or_default();
+        let name = profile.name();
         if self.api.is_reserved_namespace(name) {
             tracing::error!(
                 profile = %name,
-                owner = %owner_of(profile),
+                owner = %profile.owner_name(),
                 "SECURITY: a Profile claims the system namespace {name:?}; it is not honoured and what it granted there is revoked (delete it: kubectl delete profile {name})"
             );
             self.disown(name).await?;
@@ -218,79 +318,76 @@ impl ProfileController {
         self.set_status(profile, outcome).await
     }
 
-    async fn ensure_contents(&self, profile: &Value) -> Result<(), ApiError> {
-        let ns = profile["metadata"]["name"].as_str().unwrap_or_default();
-        let owner = owner_of(profile);
+    async fn ensure_contents(&self, profile: &Profile) -> Result<(), ApiError> {
+        let ns = profile.name();
+        let spec = profile.spec.get();
         let rb = res("rbac.authorization.k8s.io", "v1", "rolebindings")?;
         let sa = res("", "v1", "serviceaccounts")?;
-        let owner_subject = {
-            let mut s = profile["spec"]["owner"].clone();
-            if s["kind"].is_null() {
-                s["kind"] = json!("User");
-            }
-            if s["kind"] != "ServiceAccount" && s["apiGroup"].is_null() {
-                s["apiGroup"] = json!("rbac.authorization.k8s.io");
-            }
-            s
-        };
-        self.ensure(
-            rb,
-            json!({
-                "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-                "metadata": {"name": "namespaceAdmin", "namespace": ns, "annotations": {"user": owner, "role": "admin"}, "ownerReferences": owner_ref(profile)},
-                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "kubeflow-admin"},
-                "subjects": [owner_subject],
-            }),
-            &["roleRef", "subjects"],
-        )
-        .await?;
+        let mut admin = RoleBinding::new(
+            ns,
+            "namespaceAdmin",
+            RoleRef::cluster_role("kubeflow-admin"),
+            vec![owner_subject(spec.and_then(|s| s.owner.get()))],
+        );
+        admin.metadata = owned_meta(profile, "namespaceAdmin");
+        admin.metadata.annotations = BTreeMap::from([
+            ("user".to_owned(), profile.owner_name().to_owned()),
+            ("role".to_owned(), "admin".to_owned()),
+        ]);
+        self.ensure(rb, &admin, &["roleRef", "subjects"]).await?;
         let plugins = plugin_annotations(profile);
         for (name, role) in [("default-editor", "kubeflow-edit"), ("default-viewer", "kubeflow-view")] {
-            let mut account = json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name, "namespace": ns, "ownerReferences": owner_ref(profile)}});
-            if name == "default-editor" && !plugins.is_empty() {
-                account["metadata"]["annotations"] = Value::Object(plugins.clone());
+            let mut account = CoreObject::new("v1", "ServiceAccount", owned_meta(profile, name));
+            if name == "default-editor" {
+                account.metadata.annotations = plugins.clone();
             }
-            self.ensure(sa, account, &[]).await?;
-            self.ensure(
-                rb,
-                json!({
-                    "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-                    "metadata": {"name": name, "namespace": ns, "ownerReferences": owner_ref(profile)},
-                    "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
-                    "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": ns}],
-                }),
-                &["roleRef", "subjects"],
-            )
-            .await?;
+            self.ensure(sa, &account, &[]).await?;
+            let mut binding = RoleBinding::new(
+                ns,
+                name,
+                RoleRef::cluster_role(role),
+                vec![Subject::service_account(ns, name)],
+            );
+            binding.metadata = owned_meta(profile, name);
+            self.ensure(rb, &binding, &["roleRef", "subjects"]).await?;
         }
         let rq = res("", "v1", "resourcequotas")?;
-        let spec = &profile["spec"]["resourceQuotaSpec"];
-        let has_hard = spec["hard"].as_object().is_some_and(|h| !h.is_empty());
+        let quota = spec.and_then(|s| s.resource_quota_spec.get());
+        let has_hard = quota.and_then(|q| q.hard.get()).is_some_and(|h| !h.is_empty());
         if has_hard {
-            self.ensure(
-                rq,
-                json!({"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "kf-resource-quota", "namespace": ns, "ownerReferences": owner_ref(profile)}, "spec": spec}),
-                &["spec"],
-            )
-            .await?;
+            /// The ResourceQuota `kf-resource-quota`, with the Profile's quota spec.
+            #[derive(Serialize)]
+            struct ResourceQuota<'a> {
+                #[serde(flatten)]
+                object: CoreObject,
+                spec: Option<&'a ResourceQuotaSpec>,
+            }
+            let quota = ResourceQuota {
+                object: CoreObject::new("v1", "ResourceQuota", owned_meta(profile, "kf-resource-quota")),
+                spec: quota,
+            };
+            self.ensure(rq, &quota, &["spec"]).await?;
         } else {
             self.api.delete_object(rq, ns, "kf-resource-quota").await?;
         }
         Ok(())
     }
 
-    async fn set_status(&self, profile: &Value, outcome: Outcome) -> Result<(), ApiError> {
+    async fn set_status(&self, profile: &Profile, outcome: Outcome) -> Result<(), ApiError> {
         let cond = match &outcome {
-            Outcome::Ok => json!({"type": "Successful", "status": "True", "message": ""}),
-            Outcome::Failed(m) => json!({"type": "Failed", "status": "True", "message": m}),
+            Outcome::Ok => Condition::new("Successful", "True", ""),
+            Outcome::Failed(m) => Condition::new("Failed", "True", m),
         };
-        let want = json!([cond]);
-        if profile["status"]["conditions"] == want {
+        let want = vec![cond];
+        if profile.status.get().and_then(|s| s.conditions.get()) == Some(&want) {
             return Ok(());
         }
         let mut p = profile.clone();
-        p["status"] = json!({"conditions": want});
-        match self.api.update_object(profiles()?, p).await {
+        p.status = Field::new(ProfileStatus {
+            conditions: Field::new(want),
+            extra: Map::new(),
+        });
+        match self.api.update_object(profiles()?, encode(&p)?).await {
             // A newer version arrived meanwhile; its own event will reconcile it.
             Ok(_) | Err(ApiError::Conflict { .. }) | Err(ApiError::NotFound { .. }) => Ok(()),
             Err(e) => Err(e),
@@ -304,16 +401,19 @@ impl ProfileController {
         for name in self.api.system_namespaces() {
             match self.api.get_object(nsr, "", &name).await? {
                 None => {
-                    let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
-                    match self.api.create_object(nsr, "", ns).await {
+                    let ns = CoreObject::new("v1", "Namespace", ObjectMeta::named(name.as_str()));
+                    match self.api.create_object(nsr, "", encode(&ns)?).await {
                         Ok(_) | Err(ApiError::AlreadyExists { .. }) => {}
                         Err(e) => return Err(e),
                     }
                 }
                 // Taken by a profile (older data): take it back. Otherwise leave the operator's
                 // own bindings there alone.
-                Some(ns) if claimed(&ns) => self.disown(&name).await?,
-                Some(_) => {}
+                Some(ns) => {
+                    if CoreObject::decode(ns)?.claimed() {
+                        self.disown(&name).await?;
+                    }
+                }
             }
         }
         Ok(())
@@ -324,28 +424,22 @@ impl ProfileController {
     /// namespace), and the RoleBindings, ServiceAccounts and quota it created or KFAM added.
     async fn disown(&self, name: &str) -> Result<(), ApiError> {
         let nsr = res("", "v1", "namespaces")?;
-        if let Some(mut ns) = self.api.get_object(nsr, "", name).await? {
-            let mut changed = false;
-            if let Some(a) = ns["metadata"]["annotations"].as_object_mut() {
-                changed |= a.remove("owner").is_some();
-            }
-            if let Some(m) = ns["metadata"].as_object_mut()
-                && m.get("ownerReferences").is_some()
-            {
-                let keep: Vec<Value> = m["ownerReferences"]
-                    .as_array()
-                    .map(|refs| refs.iter().filter(|r| r["kind"] != "Profile").cloned().collect())
-                    .unwrap_or_default();
-                if keep.is_empty() {
-                    m.remove("ownerReferences");
-                } else {
-                    m.insert("ownerReferences".into(), Value::Array(keep));
-                }
+        if let Some(ns) = self.api.get_object(nsr, "", name).await? {
+            let mut ns = CoreObject::decode(ns)?;
+            let mut changed = ns.metadata.annotations.remove("owner").is_some();
+            if ns.metadata.extra.contains_key("ownerReferences") {
+                let keep: Vec<OwnerReference> = ns
+                    .metadata
+                    .owner_references()
+                    .into_iter()
+                    .filter(|r| r.kind != "Profile")
+                    .collect();
+                ns.metadata.set_owner_references(&keep);
                 changed = true;
             }
             if changed {
                 tracing::warn!(namespace = %name, "system namespace taken back from a profile");
-                self.api.update_object(nsr, ns).await?;
+                self.api.update_object(nsr, encode(&ns)?).await?;
             }
         }
         for (group, plural) in [
@@ -355,11 +449,12 @@ impl ProfileController {
         ] {
             let r = res(group, "v1", plural)?;
             for obj in self.api.list_objects(r, Some(name), "").await?.items {
-                let kfam = plural == "rolebindings"
-                    && obj["metadata"]["annotations"]["user"].is_string()
-                    && obj["metadata"]["annotations"]["role"].is_string();
-                if kfam || owned_by_profile(&obj, name, None) {
-                    let n = obj["metadata"]["name"].as_str().unwrap_or_default();
+                let obj = CoreObject::decode(obj)?;
+                let annotations = &obj.metadata.annotations;
+                let kfam =
+                    plural == "rolebindings" && annotations.contains_key("user") && annotations.contains_key("role");
+                if kfam || obj.owned_by_profile(name, None) {
+                    let n = &obj.metadata.name;
                     tracing::warn!(namespace = %name, %plural, name = %n, "revoking what a profile held in a system namespace");
                     self.api.delete_object(r, name, n).await?;
                 }
@@ -370,17 +465,19 @@ impl ProfileController {
 
     /// Deletes what a deleted Profile owned: its namespace, if the namespace is still its own
     /// (never a system namespace).
-    pub async fn finalize(&self, profile: &Value) -> Result<(), ApiError> {
+    pub async fn finalize(&self, profile: &Profile) -> Result<(), ApiError> {
         let nsr = res("", "v1", "namespaces")?;
-        let name = profile["metadata"]["name"].as_str().unwrap_or_default();
+        let name = profile.name();
         if self.api.is_reserved_namespace(name) {
             return Ok(());
         }
         if let Some(ns) = self.api.get_object(nsr, "", name).await? {
-            let owned = ns["metadata"]["ownerReferences"].as_array().is_some_and(|refs| {
-                refs.iter()
-                    .any(|r| r["kind"] == "Profile" && r["uid"] == profile["metadata"]["uid"])
-            });
+            let uid = uid_of(profile);
+            let owned = CoreObject::decode(ns)?
+                .metadata
+                .owner_references()
+                .iter()
+                .any(|r| r.kind == "Profile" && r.uid == uid);
             if owned {
                 self.api.delete_object(nsr, "", name).await?;
             }
@@ -392,60 +489,197 @@ impl ProfileController {
     pub fn spawn(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let me = self.clone();
         tokio::spawn(async move {
-            loop {
-                if let Err(e) = me.run().await {
-                    tracing::warn!(error = %e, "profile controller restarting");
+            let r = match profiles() {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(error = %e, "profile controller not started");
+                    return;
                 }
-                tokio::time::sleep(Duration::from_secs(1)).await;
+            };
+            // Lists (and after a lost watch re-lists) every Profile, then follows changes.
+            let mut follow = me.api.objects().follow(&[r]);
+            loop {
+                let (kind, objects) = match follow.next().await {
+                    Ok(ObjectEvent::Restarted { objects, .. }) => (EventKind::Put, objects),
+                    Ok(ObjectEvent::Applied(o)) => (EventKind::Put, vec![o]),
+                    Ok(ObjectEvent::Deleted(o)) => (EventKind::Delete, vec![o]),
+                    Ok(ObjectEvent::Progress(_)) => continue,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "profile controller lost its watch; re-listing");
+                        continue;
+                    }
+                };
+                for o in objects {
+                    match o.decode() {
+                        Ok(obj) => me.handle(kind.clone(), obj).await,
+                        Err(e) => {
+                            tracing::error!(profile = %o.name, error = %e, "a stored Profile that does not decode is not reconciled");
+                        }
+                    }
+                }
             }
         })
     }
 
-    async fn run(&self) -> Result<(), ApiError> {
-        let r = profiles()?;
-        let list = self.api.list_objects(r, None, "").await?;
-        for p in &list.items {
-            if let Err(e) = self.reconcile(p).await {
-                tracing::warn!(profile = %p["metadata"]["name"], error = %e, "profile reconcile failed");
+    /// Reconciles (`Put`) or finalizes (`Delete`) one stored Profile, logging a failure. One
+    /// that does not decode is not reconciled (logged: its owner and contents cannot be known);
+    /// a deleted one is finalized from its metadata, which the API always writes.
+    async fn handle(&self, kind: EventKind, obj: Value) {
+        let meta = metadata_of(&obj).unwrap_or_default();
+        let result = match (kind, decode_profile(obj)) {
+            (EventKind::Put, Ok(p)) => self.reconcile(&p).await,
+            (EventKind::Delete, Ok(p)) => self.finalize(&p).await,
+            (EventKind::Put, Err(e)) => {
+                tracing::error!(profile = %meta.name, error = %e, "a Profile that does not decode is not reconciled");
+                Ok(())
             }
+            (EventKind::Delete, Err(_)) => self.finalize(&metadata_only(meta.clone())).await,
+        };
+        if let Err(e) = result {
+            tracing::warn!(profile = %meta.name, error = %e, "profile reconcile failed");
         }
-        let mut rx = self
-            .store
-            .watch(&r.type_prefix(), list.resource_version)
-            .await
-            .map_err(|e| ApiError::BadRequest(e.to_string()))?;
-        while let Some(ev) = rx.recv().await {
-            let ev = ev.map_err(|e| ApiError::BadRequest(e.to_string()))?;
-            let obj = ApiServer::decode_record(r, &ev.kv)?;
-            let result = match ev.kind {
-                EventKind::Put => self.reconcile(&obj).await,
-                EventKind::Delete => self.finalize(&obj).await,
-            };
-            if let Err(e) = result {
-                tracing::warn!(profile = %obj["metadata"]["name"], error = %e, "profile reconcile failed");
-            }
-        }
-        Ok(())
     }
 }
 
 /// Service-account annotations from the Profile's plugins (GCP Workload Identity, AWS IRSA).
-fn plugin_annotations(profile: &Value) -> serde_json::Map<String, Value> {
-    let mut out = serde_json::Map::new();
-    for p in profile["spec"]["plugins"].as_array().into_iter().flatten() {
-        match p["kind"].as_str() {
-            Some("WorkloadIdentity") => {
-                if let Some(sa) = p["spec"]["gcpServiceAccount"].as_str() {
-                    out.insert("iam.gke.io/gcp-service-account".into(), json!(sa));
-                }
-            }
-            Some("AwsIamForServiceAccount") => {
-                if let Some(role) = p["spec"]["awsIamRole"].as_str() {
-                    out.insert("eks.amazonaws.com/role-arn".into(), json!(role));
-                }
-            }
-            _ => {}
+fn plugin_annotations(profile: &Profile) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let plugins = profile.spec.get().map_or(&[][..], |s| s.plugins.as_slice());
+    for p in plugins {
+        let annotation = match p.kind.as_str() {
+            "WorkloadIdentity" => p
+                .spec_as::<WorkloadIdentity>()
+                .and_then(|w| w.gcp_service_account.get().cloned())
+                .map(|sa| ("iam.gke.io/gcp-service-account", sa)),
+            "AwsIamForServiceAccount" => p
+                .spec_as::<AwsIamForServiceAccount>()
+                .and_then(|a| a.aws_iam_role.get().cloned())
+                .map(|role| ("eks.amazonaws.com/role-arn", role)),
+            _ => None,
+        };
+        if let Some((key, value)) = annotation {
+            out.insert(key.to_owned(), value);
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    //! What the controller writes, member by member, as Kubeflow's controller writes it.
+
+    use kfsec_api::{Attributes, Authorize, Decision, SubjectRules};
+    use kfsec_store::{MemoryStore, Store};
+    use kfsec_types::identity::UserInfo;
+    use kfsec_types::{ManualClock, Rng, UnixTime};
+    use serde_json::json;
+
+    use super::*;
+
+    struct Nobody;
+
+    impl Authorize for Nobody {
+        fn authorize(&self, _a: &Attributes) -> Decision {
+            Decision::NoOpinion
+        }
+        fn rules_for(&self, _user: &UserInfo, _namespace: &str) -> SubjectRules {
+            SubjectRules::default()
+        }
+    }
+
+    struct Sevens;
+
+    impl Rng for Sevens {
+        fn fill(&self, buf: &mut [u8]) {
+            buf.fill(7);
+        }
+    }
+
+    async fn get(api: &ApiServer, plural: &str, ns: &str, name: &str) -> Value {
+        let group = match plural {
+            "rolebindings" => "rbac.authorization.k8s.io",
+            "profiles" => "kubeflow.org",
+            _ => "",
+        };
+        let r = res(group, "v1", plural).unwrap();
+        api.get_object(r, ns, name).await.unwrap().unwrap_or(Value::Null)
+    }
+
+    #[tokio::test]
+    async fn a_profile_gets_kubeflows_objects_and_a_second_pass_writes_nothing() {
+        let clock = ManualClock::new(UnixTime::from_millis(1_700_000_000_000));
+        let store = MemoryStore::new(clock.clone());
+        let api = ApiServer::new(store.clone(), Arc::new(Nobody), clock, Arc::new(Sevens));
+        let profile = json!({
+            "apiVersion": "kubeflow.org/v1", "kind": "Profile",
+            "metadata": {"name": "team", "labels": {"x": "y"}},
+            "spec": {
+                "owner": {"kind": "User", "name": "alice@example.com"},
+                "plugins": [{"kind": "WorkloadIdentity", "spec": {"gcpServiceAccount": "sa@p.iam"}},
+                    {"kind": "Unknown", "spec": null}],
+                "resourceQuotaSpec": {"hard": {"cpu": "2"}, "scopeSelector": null},
+                "futureField": [null]
+            }
+        });
+        let stored = api
+            .create_object(profiles().unwrap(), "", profile.clone())
+            .await
+            .unwrap();
+        let uid = stored["metadata"]["uid"].clone();
+        let c = ProfileController::new(api.clone(), ProfileSettings::default());
+        c.reconcile(&decode_profile(stored).unwrap()).await.unwrap();
+
+        let owner_refs = json!([{"apiVersion": "kubeflow.org/v1", "kind": "Profile", "name": "team",
+            "uid": uid, "controller": true, "blockOwnerDeletion": true}]);
+        let ns = get(&api, "namespaces", "", "team").await;
+        assert_eq!(ns["metadata"]["annotations"], json!({"owner": "alice@example.com"}));
+        assert_eq!(ns["metadata"]["ownerReferences"], owner_refs);
+        assert_eq!(
+            ns["metadata"]["labels"]["app.kubernetes.io/part-of"],
+            "kubeflow-profile"
+        );
+        let admin = get(&api, "rolebindings", "team", "namespaceAdmin").await;
+        assert_eq!(
+            admin["metadata"]["annotations"],
+            json!({"user": "alice@example.com", "role": "admin"})
+        );
+        assert_eq!(admin["metadata"]["ownerReferences"], owner_refs);
+        assert_eq!(
+            admin["roleRef"],
+            json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "kubeflow-admin"})
+        );
+        assert_eq!(
+            admin["subjects"],
+            json!([{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "alice@example.com"}])
+        );
+        for (name, role) in [("default-editor", "kubeflow-edit"), ("default-viewer", "kubeflow-view")] {
+            let rb = get(&api, "rolebindings", "team", name).await;
+            assert_eq!(rb["roleRef"]["name"], role);
+            assert_eq!(
+                rb["subjects"],
+                json!([{"kind": "ServiceAccount", "name": name, "namespace": "team"}])
+            );
+            let sa = get(&api, "serviceaccounts", "team", name).await;
+            assert_eq!(sa["metadata"]["ownerReferences"], owner_refs);
+            let annotations = if name == "default-editor" {
+                json!({"iam.gke.io/gcp-service-account": "sa@p.iam"})
+            } else {
+                Value::Null
+            };
+            assert_eq!(sa["metadata"]["annotations"], annotations);
+        }
+        let quota = get(&api, "resourcequotas", "team", "kf-resource-quota").await;
+        assert_eq!(quota["spec"], json!({"hard": {"cpu": "2"}, "scopeSelector": null}));
+        let p = get(&api, "profiles", "", "team").await;
+        assert_eq!(p["spec"], profile["spec"], "the spec is written back exactly");
+        assert_eq!(
+            p["status"],
+            json!({"conditions": [{"type": "Successful", "status": "True", "message": ""}]})
+        );
+
+        // Reconciling what it wrote changes nothing.
+        let before = store.revision().await.unwrap();
+        c.reconcile(&decode_profile(p).unwrap()).await.unwrap();
+        assert_eq!(store.revision().await.unwrap(), before);
+    }
 }

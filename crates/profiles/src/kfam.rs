@@ -12,6 +12,7 @@
 //! generic message and an incident id that the log line also carries, never with internal text
 //! and never as a refusal (403/401 are for genuine refusals only).
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -24,11 +25,13 @@ use axum::{Json, Router};
 use kfsec_api::{ApiError, ApiServer, Attributes, Authorize, Decision};
 use kfsec_store::Store;
 use kfsec_types::identity::UserInfo;
+use kfsec_types::kubeflow::PROFILE_API_VERSION;
+use kfsec_types::rbac::{RoleBinding, RoleRef, Subject};
 use kfsec_types::{Failure, Identity, Refusal, Rng};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::controller::{owner_of, profiles};
+use crate::controller::{CoreObject, decode_profile, encode, profiles, stored_profile};
 
 /// The largest KFAM request body.
 const KFAM_MAX_BODY: usize = 64 * 1024;
@@ -233,7 +236,7 @@ impl Kfam {
             return Ok(false);
         }
         let profile = self.api.get_object(profiles()?, "", namespace).await?;
-        Ok(profile.is_some_and(|p| owner_of(&p) == user.username))
+        Ok(profile.is_some_and(|p| stored_profile(p).owner_name() == user.username))
     }
 
     /// Whether a new profile may be named `name`: not a system namespace, not a namespace that
@@ -250,10 +253,7 @@ impl Kfam {
         Ok(match self.api.get_object(nsr, "", name).await? {
             None => Ok(()),
             Some(ns) => {
-                let profile_owned = ns["metadata"]["ownerReferences"]
-                    .as_array()
-                    .is_some_and(|refs| refs.iter().any(|r| r["kind"] == "Profile" && r["name"] == name));
-                if profile_owned {
+                if CoreObject::decode(ns)?.owned_by_profile(name, None) {
                     Ok(())
                 } else {
                     Err(format!(
@@ -304,12 +304,20 @@ async fn create_binding(
         Err(e) => return failure(&k, "finding rolebindings", &e),
     };
     let name = binding_name(&b.user_kind, &b.user, "ClusterRole", b.role);
-    let obj = json!({
-        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-        "metadata": {"name": name, "namespace": b.namespace, "annotations": {"user": b.user, "role": b.role}},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": format!("kubeflow-{}", b.role)},
-        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": b.user}],
-    });
+    let mut binding = RoleBinding::new(
+        &b.namespace,
+        name,
+        RoleRef::cluster_role(format!("kubeflow-{}", b.role)),
+        vec![Subject::user(&b.user)],
+    );
+    binding.metadata.annotations = BTreeMap::from([
+        ("user".to_owned(), b.user.clone()),
+        ("role".to_owned(), b.role.to_owned()),
+    ]);
+    let obj = match encode(&binding) {
+        Ok(obj) => obj,
+        Err(e) => return failure(&k, "encoding a binding", &e),
+    };
     match k.api.create_object(rb, &b.namespace, obj).await {
         Ok(_) | Err(ApiError::AlreadyExists { .. }) => {
             k.settle().await;
@@ -345,6 +353,24 @@ async fn delete_binding(
     }
 }
 
+/// A binding as KFAM lists it (note the capital `RoleRef`).
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct BindingOut {
+    user: KindName,
+    referred_namespace: String,
+    #[serde(rename = "RoleRef")]
+    role_ref: KindName,
+    status: &'static str,
+}
+
+/// `{kind, name}`.
+#[derive(Serialize)]
+struct KindName {
+    kind: &'static str,
+    name: String,
+}
+
 #[derive(Deserialize)]
 struct BindingQuery {
     #[serde(default)]
@@ -374,11 +400,9 @@ async fn list_bindings(
     };
     let admin = k.cluster_admin(&user_info(&id));
     let mut out = Vec::new();
-    for p in &profiles {
-        let Some(ns) = p["metadata"]["name"].as_str() else {
-            continue;
-        };
-        if !q.namespace.is_empty() && q.namespace != ns {
+    for p in profiles.into_iter().map(stored_profile) {
+        let ns = p.name();
+        if ns.is_empty() || (!q.namespace.is_empty() && q.namespace != ns) {
             continue;
         }
         // A namespace whose bindings cannot be read fails the answer rather than vanishing from it.
@@ -386,18 +410,17 @@ async fn list_bindings(
             Ok(list) => list,
             Err(e) => return failure(&k, "listing bindings", &e),
         };
-        let bindings: Vec<(&str, &str)> = list
+        // KFAM's bindings are the RoleBindings annotated with `user` and `role`.
+        let bindings: Vec<(String, String)> = list
             .items
-            .iter()
+            .into_iter()
             .filter_map(|b| {
-                Some((
-                    b["metadata"]["annotations"]["user"].as_str()?,
-                    b["metadata"]["annotations"]["role"].as_str()?,
-                ))
+                let mut annotations = CoreObject::decode(b).ok()?.metadata.annotations;
+                Some((annotations.remove("user")?, annotations.remove("role")?))
             })
             .collect();
         // Who is in a workspace is shown to its members and to cluster admins only.
-        let member = owner_of(p) == id.user || bindings.iter().any(|(u, _)| *u == id.user);
+        let member = p.owner_name() == id.user || bindings.iter().any(|(u, _)| *u == id.user);
         if !(admin || member) {
             continue;
         }
@@ -405,12 +428,18 @@ async fn list_bindings(
             if (!q.user.is_empty() && q.user != user) || (!q.role.is_empty() && q.role != role) {
                 continue;
             }
-            out.push(json!({
-                "user": {"kind": "User", "name": user},
-                "referredNamespace": ns,
-                "RoleRef": {"kind": "ClusterRole", "name": role},
-                "status": "",
-            }));
+            out.push(BindingOut {
+                user: KindName {
+                    kind: "User",
+                    name: user,
+                },
+                referred_namespace: ns.to_owned(),
+                role_ref: KindName {
+                    kind: "ClusterRole",
+                    name: role,
+                },
+                status: "",
+            });
         }
     }
     json_utf8(StatusCode::OK, json!({ "bindings": out }))
@@ -421,25 +450,25 @@ async fn create_profile(
     Extension(id): Extension<Identity>,
     body: axum::body::Bytes,
 ) -> Response {
-    let mut p: Value = match serde_json::from_slice(&body) {
+    let mut p = match serde_json::from_slice(&body).and_then(decode_profile) {
         Ok(p) => p,
         Err(e) => return error(StatusCode::FORBIDDEN, &format!("invalid profile: {e}")),
     };
     let user = user_info(&id);
-    let own = owner_of(&p) == id.user;
+    let own = p.owner_name() == id.user;
     if !(k.cluster_admin(&user) || (k.registration_flow && own)) {
         return error(
             StatusCode::FORBIDDEN,
             "only cluster admins create profiles for others (or enable registrationFlow)",
         );
     }
-    p["apiVersion"] = json!("kubeflow.org/v1");
-    p["kind"] = json!("Profile");
+    p.api_version.set(PROFILE_API_VERSION.to_owned());
+    p.kind.set("Profile".to_owned());
     let r = match profiles() {
         Ok(r) => r,
         Err(e) => return failure(&k, "finding profiles", &e),
     };
-    let name = p["metadata"]["name"].as_str().unwrap_or_default().to_owned();
+    let name = p.name().to_owned();
     match k.claimable(&name).await {
         Ok(Ok(())) => {}
         Ok(Err(message)) => {
@@ -448,6 +477,10 @@ async fn create_profile(
         }
         Err(e) => return failure(&k, "checking a profile's namespace", &e),
     }
+    let p = match encode(&p) {
+        Ok(p) => p,
+        Err(e) => return failure(&k, "encoding a profile", &e),
+    };
     match k.api.create_object(r, "", p).await {
         Ok(_) => empty(StatusCode::OK),
         Err(e) => refusal_or_failure(&k, "creating a profile", &e),
@@ -465,7 +498,7 @@ async fn delete_profile(
         Err(e) => return failure(&k, "finding profiles", &e),
     };
     let allowed = match k.api.get_object(r, "", &name).await {
-        Ok(Some(p)) => owner_of(&p) == id.user || k.cluster_admin(&user),
+        Ok(Some(p)) => stored_profile(p).owner_name() == id.user || k.cluster_admin(&user),
         Ok(None) => false,
         Err(e) => return failure(&k, "reading a profile", &e),
     };
@@ -701,5 +734,52 @@ mod failure_tests {
         let (_, b) = body(create_binding(State(k.clone()), who("alice"), binding()).await).await;
         let id = |t: &str| serde_json::from_str::<Value>(t).unwrap()["incident"].clone();
         assert_ne!(id(&a), id(&b));
+    }
+
+    #[tokio::test]
+    async fn profiles_that_do_not_decode_are_refused_not_panics() {
+        let (k, _) = setup().await;
+        // Submitted: refused 403 as KFAM refuses a bad body. An array body used to panic the
+        // handler (the JSON was indexed mutably as an object).
+        for bad in [
+            &b"[]"[..],
+            b"5",
+            br#"{"spec": []}"#,
+            br#"{"metadata": {"name": "x"}, "spec": {"owner": {"name": 5}}}"#,
+        ] {
+            let r = create_profile(State(k.clone()), who("admin"), axum::body::Bytes::from_static(bad)).await;
+            let (status, text) = body(r).await;
+            assert_eq!(status, StatusCode::FORBIDDEN, "{text}");
+            assert!(text.starts_with(r#"{"error":"invalid profile: "#), "{text}");
+        }
+        // Stored (written before the type existed): read as having no owner.
+        let odd = json!({"apiVersion": "kubeflow.org/v1", "kind": "Profile", "metadata": {"name": "odd"},
+            "spec": {"owner": {"kind": "User", "name": 5}}});
+        k.api.create_object(profiles().unwrap(), "", odd).await.unwrap();
+        let (status, _) = body(delete_profile(State(k.clone()), who("alice"), Path("odd".into())).await).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        let into_odd = || {
+            axum::body::Bytes::from_static(
+                br#"{"user":{"kind":"User","name":"bob"},"referredNamespace":"odd","roleRef":{"kind":"ClusterRole","name":"edit"}}"#,
+            )
+        };
+        let (status, _) = body(create_binding(State(k.clone()), who("alice"), into_odd()).await).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        let (status, text) = body(create_binding(State(k.clone()), who("admin"), into_odd()).await).await;
+        assert_eq!(status, StatusCode::OK, "{text}");
+        let q = || {
+            Query(BindingQuery {
+                user: String::new(),
+                namespace: String::new(),
+                role: String::new(),
+            })
+        };
+        let (status, text) = body(list_bindings(State(k.clone()), who("admin"), q()).await).await;
+        assert_eq!(status, StatusCode::OK, "{text}");
+        assert_eq!(
+            serde_json::from_str::<Value>(&text).unwrap(),
+            json!({"bindings": [{"user": {"kind": "User", "name": "bob"}, "referredNamespace": "odd",
+                "RoleRef": {"kind": "ClusterRole", "name": "edit"}, "status": ""}]})
+        );
     }
 }
