@@ -65,8 +65,9 @@ pub struct AdmissionDenied {
     /// Reason text.
     pub message: String,
     /// The webhook could not be run (e.g. its context failed to load) and its `failurePolicy` is
-    /// `Fail`: sent as Kubernetes' 500 `failed calling webhook`, with a generic message (`code`
-    /// and `message` are ignored; the caller logs the detail).
+    /// `Fail`: sent as Kubernetes' 500 `failed calling webhook` with a generic message and an
+    /// incident id; `message` is then the cause, logged under that id, never sent (`code` is
+    /// ignored).
     pub call_failed: bool,
 }
 

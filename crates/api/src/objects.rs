@@ -230,7 +230,10 @@ impl ApiServer {
     async fn admit(&self, req: AdmissionAttributes<'_>, obj: &mut Value) -> Result<(), ApiError> {
         self.admission.admit(req, obj).await.map_err(|d| {
             if d.call_failed {
-                ApiError::AdmissionFailed { webhook: d.webhook }
+                ApiError::AdmissionFailed {
+                    webhook: d.webhook,
+                    cause: d.message,
+                }
             } else {
                 ApiError::AdmissionDenied {
                     webhook: d.webhook,

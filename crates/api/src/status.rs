@@ -8,7 +8,9 @@
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use kfsec_store::StoreError;
-use kfsec_types::{CauseType, Failure, Refusal, RefusalKind, Rng, Status, StatusCause, StatusDetails, StatusReason};
+use kfsec_types::{
+    CauseType, Failure, Incident, Refusal, RefusalKind, Rng, Status, StatusCause, StatusDetails, StatusReason,
+};
 
 use crate::authorize::{Attributes, RequestAttributes};
 
@@ -158,6 +160,8 @@ pub enum ApiError {
     AdmissionFailed {
         /// The webhook name.
         webhook: String,
+        /// Why it could not be run: for the log only, never sent.
+        cause: String,
     },
     /// Storage failed.
     #[error("storage: {0}")]
@@ -374,6 +378,17 @@ pub fn status_response(err: &ApiError, rng: &dyn Rng) -> Response {
 /// of kfsec is logged with its cause under a fresh incident id (from `rng`) and becomes a generic
 /// 500 carrying only that id; anything else is [`ApiError::to_status`].
 pub fn status_of(err: &ApiError, rng: &dyn Rng) -> Status {
+    if let ApiError::AdmissionFailed { webhook, cause } = err {
+        let r = Refusal {
+            incident: Some(Incident::new(rng)),
+            ..Refusal::new(RefusalKind::Internal, err.to_string())
+        };
+        tracing::error!(incident = %r.incident_id(), webhook, error = %cause, "admission webhook could not be run; write refused (failurePolicy Fail)");
+        return Status {
+            message: r.text(),
+            ..err.to_status()
+        };
+    }
     if matches!(err, ApiError::Store(_) | ApiError::Internal(_)) {
         let r = Refusal::failure(Failure::Internal, rng);
         tracing::error!(incident = %r.incident_id(), error = %err, "kubernetes api internal error");

@@ -618,6 +618,14 @@ impl Admission for DenyLabelled {
                 call_failed: false,
             });
         }
+        if obj.pointer("/metadata/labels/unloadable").is_some() {
+            return Err(AdmissionDenied {
+                webhook: "test.kubeflow.org".into(),
+                code: 500,
+                message: "context: store: redb page 7".into(),
+                call_failed: true,
+            });
+        }
         obj["metadata"]["annotations"] = json!({"admitted": req.operation.as_str()});
         obj["metadata"]["uid"] = json!("forged");
         Ok(())
@@ -644,6 +652,25 @@ async fn admission_hook() {
     assert_eq!(
         e["message"],
         "admission webhook \"test.kubeflow.org\" denied the request: nope"
+    );
+    // A webhook that could not be run (failurePolicy Fail): 500 with Kubernetes' text and an
+    // incident id; the cause goes to the log only.
+    let (s, e) = call("POST", "/api/v1/namespaces/x/configmaps", "alice")
+        .json(&cm("c", json!({"unloadable": "1"})))
+        .send(&api)
+        .await;
+    assert_eq!(
+        (s, &e["reason"]),
+        (StatusCode::INTERNAL_SERVER_ERROR, &json!("InternalError"))
+    );
+    let m = e["message"].as_str().unwrap();
+    assert!(
+        m.starts_with("Internal error occurred: failed calling webhook \"test.kubeflow.org\": the webhook could not be run (incident "),
+        "{m}"
+    );
+    assert!(
+        kfsec_types::Incident::quoted_in(m).is_some() && !m.contains("redb"),
+        "{m}"
     );
     let (s, v) = call("POST", "/api/v1/namespaces/x/configmaps", "alice")
         .json(&cm("c", json!({})))

@@ -252,11 +252,11 @@ impl kfsec_api::Admission for InProcessAdmission {
                     tracing::warn!(error = %e, namespace = r.namespace, "admission context not loaded; every webhook concerned has failurePolicy Ignore, admitted without them");
                     return Ok(());
                 };
-                tracing::error!(error = %e, webhook, namespace = r.namespace, "admission context not loaded; write refused (failurePolicy Fail)");
+                // The API logs the cause under the incident id it answers with.
                 return Err(AdmissionDenied {
                     webhook: webhook.to_owned(),
                     code: 500,
-                    message: String::new(),
+                    message: format!("admission context of namespace {:?} not loaded: {e}", r.namespace),
                     call_failed: true,
                 });
             }
