@@ -241,3 +241,63 @@ pub async fn install_defaults(api: &ApiServer, admin_group: &str) -> Result<(), 
         Err(e) => Err(e),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use kfsec_store::flaky::Flaky;
+    use kfsec_store::{MemoryStore, Store};
+    use kfsec_types::{Rng, SystemClock};
+    use serde_json::json;
+
+    use super::*;
+
+    struct Zero;
+    impl Rng for Zero {
+        fn fill(&self, buf: &mut [u8]) {
+            buf.fill(0);
+        }
+    }
+
+    fn rbac(plural: &str) -> &'static Resource {
+        ApiServer::resource(RBAC_GROUP, "v1", plural).unwrap()
+    }
+
+    /// The four kinds used to be listed one after the other and watched from the newest list's
+    /// revision: a Role written after the Roles were read was in neither the list nor the watch.
+    #[tokio::test]
+    async fn a_write_while_the_rbac_objects_are_read_is_not_missed() {
+        let inner = MemoryStore::new(Arc::new(SystemClock));
+        let binding = json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": {"name": "b", "namespace": "team"},
+            "roleRef": {"apiGroup": RBAC_GROUP, "kind": "Role", "name": "r"},
+            "subjects": [{"apiGroup": RBAC_GROUP, "kind": "User", "name": "alice"}],
+        });
+        let key = rbac("rolebindings").key("team", "b");
+        inner.put(&key, binding.to_string().into_bytes(), None).await.unwrap();
+        let store = Flaky::new(inner.clone());
+        let role = json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+            "metadata": {"name": "r", "namespace": "team"},
+            "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}],
+        });
+        let key = rbac("roles").key("team", "r");
+        store.after_next_list(async move {
+            inner.put(&key, role.to_string().into_bytes(), None).await.unwrap();
+        });
+        let cache = RbacCache::new();
+        let api = ApiServer::builder(store, cache.clone(), Arc::new(SystemClock), Arc::new(Zero)).build();
+        let task = cache.spawn(api);
+        let attrs = kfsec_authz::Attributes::resource("alice", vec![], "get", "", "pods", "team");
+        let mut allowed = false;
+        for _ in 0..2_000 {
+            allowed = cache.authorizer().authorize(&attrs).is_allowed();
+            if allowed {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        task.abort();
+        assert!(allowed, "the Role written during the initial read is applied");
+    }
+}

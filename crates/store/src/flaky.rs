@@ -4,9 +4,13 @@
 //! Invariants: while failing, every operation returns [`StoreError::Backend`] carrying
 //! [`Flaky::CAUSE`], text that must never reach a client; otherwise it is the inner store.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+
+use parking_lot::Mutex;
 
 use crate::{KeyValue, ListPage, MemoryStore, Revision, Store, StoreError, WatchStream};
 
@@ -14,6 +18,8 @@ use crate::{KeyValue, ListPage, MemoryStore, Revision, Store, StoreError, WatchS
 pub struct Flaky {
     inner: Arc<MemoryStore>,
     failing: AtomicBool,
+    /// Run once, right after the next `list` read.
+    after_list: Mutex<Option<Pin<Box<dyn Future<Output = ()> + Send>>>>,
 }
 
 impl Flaky {
@@ -25,12 +31,19 @@ impl Flaky {
         Arc::new(Self {
             inner,
             failing: AtomicBool::new(false),
+            after_list: Mutex::new(None),
         })
     }
 
     /// Turns failing on or off.
     pub fn fail(&self, on: bool) {
         self.failing.store(on, Ordering::SeqCst);
+    }
+
+    /// Runs `f` right after the next `list` has read its page (a write there lands between that
+    /// read and whatever the reader does next).
+    pub fn after_next_list(&self, f: impl Future<Output = ()> + Send + 'static) {
+        *self.after_list.lock() = Some(Box::pin(f));
     }
 
     fn check(&self) -> Result<(), StoreError> {
@@ -50,7 +63,12 @@ impl Store for Flaky {
     }
     async fn list(&self, prefix: &str, limit: usize, start_after: Option<&str>) -> Result<ListPage, StoreError> {
         self.check()?;
-        self.inner.list(prefix, limit, start_after).await
+        let page = self.inner.list(prefix, limit, start_after).await;
+        let after = self.after_list.lock().take();
+        if let Some(after) = after {
+            after.await;
+        }
+        page
     }
     async fn create(&self, key: &str, value: Vec<u8>, ttl: Option<Duration>) -> Result<Revision, StoreError> {
         self.check()?;
