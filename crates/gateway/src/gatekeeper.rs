@@ -278,8 +278,13 @@ pub(crate) async fn callback(
     {
         Ok(t) => t,
         Err(e) => {
+            // A failure of the IdP (not a bad code): 500 with an incident id, like the IdP's own.
             if let Some(cause) = e.cause() {
-                tracing::error!(error = %cause, "identity provider failure during the code exchange");
+                return app.failed(
+                    "Login failed",
+                    "identity provider failure during the code exchange",
+                    &cause,
+                );
             }
             tracing::warn!(target: "audit", error = %e.error, detail = %e.description, "code exchange failed");
             return fail("The login could not be completed (invalid or reused code). Start again.");
