@@ -36,9 +36,6 @@ pub use authn::{Authenticated, Authenticator, CredentialKind, Refusal, Surface};
 pub use clients::{Client, ClientAuth, ClientRegistry};
 pub use error::{IdpError, OAuthCode, OAuthError};
 pub use pages::{error_page, home_page};
-#[allow(deprecated)]
-#[doc(hidden)]
-pub use pages::{escape_html, page};
 pub use tokens::{Claims, TokenResponse, VerifyError, delete_refresh_tokens};
 pub use users::{User, UserDirectory};
 

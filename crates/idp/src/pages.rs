@@ -209,28 +209,6 @@ pub(crate) fn device_done() -> Response {
     )
 }
 
-/// The page layout around a caller-built HTML `body` (the `format!` era's interface, kept only
-/// until the gateway's last caller moves to [`error_page`] / [`home_page`]).
-#[doc(hidden)]
-#[deprecated(note = "use error_page or home_page")]
-#[allow(deprecated)]
-pub fn page(status: StatusCode, title: &str, body: &str) -> Response {
-    let t = escape_html(title);
-    respond_html(
-        status,
-        format!(
-            "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{t}</title></head><body><main><h1>{t}</h1>{body}</main></body></html>"
-        ),
-    )
-}
-
-/// Escapes text for HTML (the `format!` era's interface, see [`page`]).
-#[doc(hidden)]
-#[deprecated(note = "templates escape")]
-pub fn escape_html(s: &str) -> String {
-    askama::filters::escape(s, askama::filters::Html).map_or_else(|_| String::new(), |e| e.to_string())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
