@@ -227,16 +227,12 @@ mod tests {
     use super::*;
     use crate::registry::find;
 
-    struct Zero;
-    impl Rng for Zero {
-        fn fill(&self, buf: &mut [u8]) {
-            buf.fill(0);
-        }
-    }
-
     fn objects() -> (Arc<dyn Store>, Objects) {
         let store: Arc<dyn Store> = kfsec_store::MemoryStore::new(ManualClock::new(UnixTime::from_secs(1)));
-        (store.clone(), Objects::new(store, Arc::new(Zero)))
+        (
+            store.clone(),
+            Objects::new(store, Arc::new(kfsec_types::SequenceRng::default())),
+        )
     }
 
     fn res(group: &str, plural: &str) -> &'static Resource {

@@ -4,14 +4,13 @@
 //! Invariants: test-only; the identity layer trusts the bearer token blindly by design.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::extract::Request;
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use kfsec_store::MemoryStore;
 use kfsec_types::identity::UserInfo;
-use kfsec_types::{Identity, ManualClock, Rng, UnixTime};
+use kfsec_types::{Identity, ManualClock, UnixTime};
 
 use crate::{ApiServer, Attributes, Authorize, Decision, RequestAttributes, ResourceRule, SubjectRules};
 
@@ -125,18 +124,7 @@ impl Authorize for TableAuthz {
 }
 
 /// Deterministic, distinct bytes.
-#[derive(Debug, Default)]
-pub struct CounterRng(AtomicU64);
-
-impl Rng for CounterRng {
-    fn fill(&self, buf: &mut [u8]) {
-        for chunk in buf.chunks_mut(8) {
-            let n = self.0.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
-            let bytes = n.wrapping_mul(0xBF58_476D_1CE4_E5B9).to_le_bytes();
-            chunk.copy_from_slice(&bytes[..chunk.len()]);
-        }
-    }
-}
+pub type CounterRng = kfsec_types::SequenceRng;
 
 /// Test groups per user.
 pub fn groups_of(user: &str) -> Vec<String> {

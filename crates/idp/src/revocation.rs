@@ -198,13 +198,7 @@ mod tests {
     use super::*;
 
     fn rng() -> Arc<dyn Rng> {
-        struct Zero;
-        impl Rng for Zero {
-            fn fill(&self, buf: &mut [u8]) {
-                buf.fill(0);
-            }
-        }
-        Arc::new(Zero)
+        Arc::new(kfsec_types::SequenceRng::default())
     }
 
     #[tokio::test]

@@ -246,17 +246,10 @@ pub async fn install_defaults(api: &ApiServer, admin_group: &str) -> Result<(), 
 mod tests {
     use kfsec_store::flaky::Flaky;
     use kfsec_store::{MemoryStore, Store};
-    use kfsec_types::{Rng, SystemClock};
+    use kfsec_types::{SequenceRng, SystemClock};
     use serde_json::json;
 
     use super::*;
-
-    struct Zero;
-    impl Rng for Zero {
-        fn fill(&self, buf: &mut [u8]) {
-            buf.fill(0);
-        }
-    }
 
     fn rbac(plural: &str) -> &'static Resource {
         ApiServer::resource(RBAC_GROUP, "v1", plural).unwrap()
@@ -286,7 +279,13 @@ mod tests {
             inner.put(&key, role.to_string().into_bytes(), None).await.unwrap();
         });
         let cache = RbacCache::new();
-        let api = ApiServer::builder(store, cache.clone(), Arc::new(SystemClock), Arc::new(Zero)).build();
+        let api = ApiServer::builder(
+            store,
+            cache.clone(),
+            Arc::new(SystemClock),
+            Arc::new(SequenceRng::default()),
+        )
+        .build();
         let task = cache.spawn(api);
         let attrs = kfsec_authz::Attributes::resource("alice", vec![], "get", "", "pods", "team");
         let mut allowed = false;

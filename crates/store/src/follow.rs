@@ -314,19 +314,8 @@ mod tests {
     use super::*;
     use crate::{ListPage, MemoryStore, StoreOptions};
 
-    /// Counts up: deterministic "randomness".
-    struct SeqRng(AtomicUsize);
-    impl Rng for SeqRng {
-        fn fill(&self, buf: &mut [u8]) {
-            let n = self.0.fetch_add(1, Ordering::Relaxed);
-            for (i, b) in buf.iter_mut().enumerate() {
-                *b = (n.wrapping_mul(31).wrapping_add(i * 17) % 251) as u8;
-            }
-        }
-    }
-
     fn rng() -> Arc<dyn Rng> {
-        Arc::new(SeqRng(AtomicUsize::new(0)))
+        Arc::new(kfsec_types::SequenceRng::default())
     }
 
     /// Records the delays and returns at once.

@@ -112,6 +112,20 @@ pub trait Rng: Send + Sync + 'static {
     fn fill(&self, buf: &mut [u8]);
 }
 
+/// Deterministic, distinct bytes (not random at all); for tests, like [`ManualClock`].
+#[derive(Debug, Default)]
+pub struct SequenceRng(AtomicU64);
+
+impl Rng for SequenceRng {
+    fn fill(&self, buf: &mut [u8]) {
+        for chunk in buf.chunks_mut(8) {
+            let n = self.0.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
+            let bytes = n.wrapping_mul(0xBF58_476D_1CE4_E5B9).to_le_bytes();
+            chunk.copy_from_slice(&bytes[..chunk.len()]);
+        }
+    }
+}
+
 /// Random bytes as a fixed-size array.
 pub fn random_array<const N: usize>(rng: &dyn Rng) -> [u8; N] {
     let mut out = [0u8; N];

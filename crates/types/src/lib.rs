@@ -17,7 +17,7 @@ pub mod status;
 pub mod time;
 pub mod validation;
 
-pub use clock::{Clock, ManualClock, Rng, SystemClock, UnixTime, random_array};
+pub use clock::{Clock, ManualClock, Rng, SequenceRng, SystemClock, UnixTime, random_array};
 pub use field::Field;
 pub use identity::Identity;
 pub use meta::{LabelSelector, LabelSelectorRequirement, ObjectMeta};
