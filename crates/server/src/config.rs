@@ -147,6 +147,35 @@ pub struct Config {
     pub webhook_limits: ListenerLimits,
     /// Client-certificate authentication of webhook callers (`webhooks.clientAuth`).
     pub webhook_client_auth: Option<WebhookClientAuth>,
+    /// Where the webhooks' settings ConfigMaps are (`webhooks.katibConfigMap`, `kserveConfigMap`).
+    pub webhook_settings: WebhookSettingsMaps,
+}
+
+/// The ConfigMaps the webhooks read their settings from: `(namespace, name)` each.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookSettingsMaps {
+    /// Katib's `katib-config`.
+    pub katib: (String, String),
+    /// KServe's `inferenceservice-config`.
+    pub kserve: (String, String),
+}
+
+/// `namespace/name` of a ConfigMap (`key` names the setting in refusals), or `default`.
+fn config_map_ref(v: Option<&str>, key: &str, default: (&str, &str)) -> Result<(String, String), ConfigError> {
+    let Some(v) = v else {
+        return Ok((default.0.to_owned(), default.1.to_owned()));
+    };
+    match v.split_once('/') {
+        Some((ns, name))
+            if kfsec_types::validation::is_dns1123_label(ns) && kfsec_types::validation::is_dns1123_subdomain(name) =>
+        {
+            Ok((ns.to_owned(), name.to_owned()))
+        }
+        _ => Err(ConfigError::Invalid(format!(
+            "{key}: {v:?} is not namespace/name of a ConfigMap (e.g. {}/{})",
+            default.0, default.1
+        ))),
+    }
 }
 
 /// Who may call the admission webhooks.
@@ -453,6 +482,18 @@ pub fn validate(f: ConfigFile, o: &Overrides, env: &dyn Env) -> Result<Config, C
         ));
     }
     let (front_door, webhook_limits, webhook_client_auth) = listener_limits(&f)?;
+    let webhook_settings = WebhookSettingsMaps {
+        katib: config_map_ref(
+            f.webhooks.katib_config_map.as_deref(),
+            "webhooks.katibConfigMap",
+            ("kubeflow", kfsec_admission::settings::KATIB_CONFIG_MAP),
+        )?,
+        kserve: config_map_ref(
+            f.webhooks.kserve_config_map.as_deref(),
+            "webhooks.kserveConfigMap",
+            ("kubeflow", kfsec_admission::settings::KSERVE_CONFIG_MAP),
+        )?,
+    };
     Ok(Config {
         data_dir,
         https_addr,
@@ -532,6 +573,7 @@ pub fn validate(f: ConfigFile, o: &Overrides, env: &dyn Env) -> Result<Config, C
         front_door,
         webhook_limits,
         webhook_client_auth,
+        webhook_settings,
     })
 }
 
@@ -666,6 +708,36 @@ routes:
         assert_eq!(c.front_door.idle_timeout, Duration::from_secs(60));
         assert_eq!(c.webhook_limits, ListenerLimits::WEBHOOKS);
         assert_eq!(c.webhook_client_auth, None);
+    }
+
+    #[test]
+    fn webhook_settings_config_maps() {
+        let c = validate(ConfigFile::default(), &Overrides::default(), &MapEnv(vec![])).unwrap();
+        let pair = |a: &str, b: &str| (a.to_owned(), b.to_owned());
+        assert_eq!(c.webhook_settings.katib, pair("kubeflow", "katib-config"));
+        assert_eq!(c.webhook_settings.kserve, pair("kubeflow", "inferenceservice-config"));
+        let f = parse(
+            Path::new("c.yaml"),
+            "webhooks:\n  katibConfigMap: katib/katib-config\n  kserveConfigMap: kserve/inferenceservice-config\n",
+        )
+        .unwrap();
+        let c = validate(f, &Overrides::default(), &MapEnv(vec![])).unwrap();
+        assert_eq!(c.webhook_settings.katib, pair("katib", "katib-config"));
+        assert_eq!(c.webhook_settings.kserve, pair("kserve", "inferenceservice-config"));
+        for bad in [
+            "katib-config",
+            "Kubeflow/katib-config",
+            "kubeflow/",
+            "/x",
+            "a/b/c",
+            "a/B",
+        ] {
+            let f = parse(Path::new("c.yaml"), &format!("webhooks:\n  katibConfigMap: {bad:?}\n")).unwrap();
+            let e = validate(f, &Overrides::default(), &MapEnv(vec![]))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("webhooks.katibConfigMap"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -441,7 +441,10 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
     let bootstrap_password = bootstrap(store.as_ref(), &idp, rng.as_ref()).await?;
     // Kubernetes-style API, RBAC, profiles and KFAM.
     let rbac_cache = rbac::RbacCache::new();
-    let admission = webhooks::InProcessAdmission::new(kfsec_api::Objects::new(store.clone(), rng.clone()));
+    let admission = webhooks::InProcessAdmission::new(
+        kfsec_api::Objects::new(store.clone(), rng.clone()),
+        cfg.webhook_settings.clone(),
+    );
     let callers = webhooks::CallerVerifier::new(cfg.webhook_client_auth.as_ref(), &cas)?;
     let (webhook_tls, mut renewables) =
         webhooks::webhook_tls(&cas, &dir.pki(), cfg.leaf_lifetime, clock.as_ref(), callers.clone())?;

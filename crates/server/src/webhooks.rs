@@ -1,7 +1,9 @@
 //! Admission wiring: the webhook chain of `kfsec-admission` run in-process on writes through the
 //! Kubernetes-style API and served on the webhook listener, with the context each webhook
 //! declares ([`kfsec_admission::ContextNeeds`]: namespace labels, the namespace's PodDefaults,
-//! related objects such as Katib Trials, settings) read from the store.
+//! related objects such as Katib Trials, settings) read from the store — the settings from the
+//! ConfigMaps the upstream controllers read (`katib-config`, `inferenceservice-config`; an absent
+//! one means the shipped defaults, an unreadable one fails the load).
 //!
 //! Invariants: a write sees every store change made before it (a PodDefault created a moment ago
 //! applies to the next Pod; cached contexts are used only when provably current); a context that
@@ -16,15 +18,22 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use kfsec_admission::katib::KatibSettings;
+use kfsec_admission::kserve::KServeSettings;
+use kfsec_admission::settings::{KATIB_CONFIG_MAP, KSERVE_CONFIG_MAP, SettingsError, config_map_data};
 use kfsec_admission::{Chain, Context, ContextNeeds, Settings};
 use kfsec_api::{AdmissionDenied, ApiError, ApiServer, ObjectEvent, Objects, Resource};
 use serde_json::Value;
+
+use crate::config::WebhookSettingsMaps;
 
 /// The in-process admission chain.
 pub struct InProcessAdmission {
     objects: Objects,
     chain: Chain,
     settings: Arc<Settings>,
+    /// Where Katib's and KServe's settings ConfigMaps are.
+    settings_maps: WebhookSettingsMaps,
     /// The types whose objects some webhook's context holds: Namespaces (labels), PodDefaults,
     /// related objects.
     watched: Vec<&'static Resource>,
@@ -53,6 +62,9 @@ pub enum ContextError {
         #[source]
         source: kfsec_api::ApiError,
     },
+    /// A settings ConfigMap could not be read.
+    #[error("{0}")]
+    Settings(#[from] SettingsError),
 }
 
 impl ContextError {
@@ -76,6 +88,8 @@ type Entries = Vec<(ContextNeeds, u64, Context)>;
 struct ContextCache {
     entries: parking_lot::Mutex<std::collections::HashMap<String, Entries>>,
     last_change: parking_lot::Mutex<std::collections::HashMap<String, u64>>,
+    /// Revision of the last write to a settings ConfigMap (every namespace's contexts hold them).
+    settings_changed: std::sync::atomic::AtomicU64,
     seen: std::sync::atomic::AtomicU64,
     notify: tokio::sync::Notify,
 }
@@ -88,15 +102,19 @@ fn poddefaults() -> Option<&'static kfsec_api::Resource> {
     ApiServer::resource("kubeflow.org", "v1alpha1", "poddefaults")
 }
 
-impl InProcessAdmission {
-    /// Kubeflow's standard webhooks over the stored `objects`, with the default settings.
-    pub fn new(objects: Objects) -> Arc<Self> {
-        Self::with_settings(objects, Settings::default())
-    }
+fn configmaps() -> Option<&'static kfsec_api::Resource> {
+    ApiServer::resource("", "v1", "configmaps")
+}
 
-    /// Kubeflow's standard webhooks over the stored `objects`, with `settings`.
-    pub fn with_settings(objects: Objects, settings: Settings) -> Arc<Self> {
-        let mut watched: Vec<&'static Resource> = namespaces().into_iter().chain(poddefaults()).collect();
+impl InProcessAdmission {
+    /// Kubeflow's standard webhooks over the stored `objects`, reading Katib's and KServe's
+    /// settings from the ConfigMaps `settings_maps` names (the rest of [`Settings`] as shipped).
+    pub fn new(objects: Objects, settings_maps: WebhookSettingsMaps) -> Arc<Self> {
+        let mut watched: Vec<&'static Resource> = namespaces()
+            .into_iter()
+            .chain(poddefaults())
+            .chain(configmaps())
+            .collect();
         for hook in kfsec_admission::all_webhooks() {
             for (api_version, kind) in hook.context_needs().objects {
                 watched.extend(kfsec_api::registry::find_kind(api_version, kind));
@@ -107,7 +125,8 @@ impl InProcessAdmission {
         Arc::new(Self {
             objects,
             chain: Chain::standard(),
-            settings: Arc::new(settings),
+            settings: Arc::new(Settings::default()),
+            settings_maps,
             watched,
             cache: ContextCache::default(),
         })
@@ -125,6 +144,15 @@ impl InProcessAdmission {
                     Ok(ObjectEvent::Restarted { revision, .. }) => {
                         me.cache.entries.lock().clear();
                         revision
+                    }
+                    Ok(ObjectEvent::Applied(o) | ObjectEvent::Deleted(o)) if Some(o.resource) == configmaps() => {
+                        // Only the settings ConfigMaps are in a context, and in every namespace's.
+                        let at = (o.namespace.clone(), o.name.clone());
+                        if at == me.settings_maps.katib || at == me.settings_maps.kserve {
+                            me.cache.settings_changed.fetch_max(o.revision(), Ordering::AcqRel);
+                            me.cache.entries.lock().clear();
+                        }
+                        o.revision()
                     }
                     Ok(ObjectEvent::Applied(o) | ObjectEvent::Deleted(o)) => {
                         let ns = if Some(o.resource) == namespaces() {
@@ -173,6 +201,7 @@ impl InProcessAdmission {
             return self.load(namespace, needs).await;
         }
         let changed = self.cache.last_change.lock().get(namespace).copied().unwrap_or(0);
+        let changed = changed.max(self.cache.settings_changed.load(Ordering::Acquire));
         if let Some(entries) = self.cache.entries.lock().get(namespace)
             && let Some((_, _, ctx)) = entries
                 .iter()
@@ -195,11 +224,46 @@ impl InProcessAdmission {
         Ok(list.map_err(|e| ContextError::reading(what(), e))?.items)
     }
 
+    /// The `data` of ConfigMap `at` (`(namespace, name)`; `role` names it in errors), or None
+    /// when there is none.
+    async fn config_map(
+        &self,
+        at: &(String, String),
+        role: &'static str,
+    ) -> Result<Option<std::collections::BTreeMap<String, String>>, ContextError> {
+        let Some(res) = configmaps() else {
+            return Ok(None);
+        };
+        let what = || format!("ConfigMap {}/{}", at.0, at.1);
+        let Some(cm) = self
+            .objects
+            .get(res, &at.0, &at.1)
+            .await
+            .map_err(|e| ContextError::reading(what(), e))?
+        else {
+            return Ok(None);
+        };
+        Ok(Some(config_map_data(role, &cm)?))
+    }
+
+    /// Katib's and KServe's settings from their ConfigMaps (shipped defaults for an absent one),
+    /// the rest as shipped.
+    async fn load_settings(&self) -> Result<Settings, ContextError> {
+        let mut settings = (*self.settings).clone();
+        if let Some(data) = self.config_map(&self.settings_maps.katib, KATIB_CONFIG_MAP).await? {
+            settings.katib = KatibSettings::from_config_map(&data)?;
+        }
+        if let Some(data) = self.config_map(&self.settings_maps.kserve, KSERVE_CONFIG_MAP).await? {
+            settings.kserve = KServeSettings::from_config_map(&data)?;
+        }
+        Ok(settings)
+    }
+
     /// Exactly what `needs` declares about `namespace`, read from the store.
     async fn load(&self, namespace: &str, needs: &ContextNeeds) -> Result<Context, ContextError> {
         let mut ctx = Context::default();
         if needs.settings {
-            ctx.settings = self.settings.clone();
+            ctx.settings = Arc::new(self.load_settings().await?);
         }
         if namespace.is_empty() {
             return Ok(ctx);

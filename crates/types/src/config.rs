@@ -115,6 +115,12 @@ pub struct WebhooksConfig {
     pub max_connections: Option<usize>,
     /// Open connections at once from one client address (default 512).
     pub max_connections_per_address: Option<usize>,
+    /// `namespace/name` of the ConfigMap Katib's webhooks read their settings from (default
+    /// `kubeflow/katib-config`; absent = Katib's shipped defaults).
+    pub katib_config_map: Option<String>,
+    /// `namespace/name` of the ConfigMap KServe's webhooks read their settings from (default
+    /// `kubeflow/inferenceservice-config`; absent = KServe's shipped defaults).
+    pub kserve_config_map: Option<String>,
 }
 
 /// Client-certificate authentication of the webhook callers.

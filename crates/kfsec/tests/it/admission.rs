@@ -339,3 +339,126 @@ async fn a_poddefault_that_cannot_be_loaded_refuses_the_pod_until_fixed() {
     assert_eq!(r.status(), 200);
     k.running.shutdown().await;
 }
+
+/// Katib's and KServe's webhooks read their settings from the ConfigMaps the upstream
+/// controllers read, written through kfsec's own API: an algorithm `katib-config` does not list
+/// is refused, KServe defaults follow `inferenceservice-config`, a ConfigMap that cannot be read
+/// refuses the write (failurePolicy Fail, nothing of it in the answer), and deleting it restores
+/// the shipped defaults — each change seen by the very next write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn katib_and_kserve_settings_follow_their_config_maps() {
+    let (k, kc) = start_with_namespace("hp", "katib.kubeflow.org/metrics-collector-injection=enabled").await;
+    let _ = kc.run(&["create", "namespace", "kubeflow"], None).await;
+    let experiment = |name: &str, algorithm: &str| {
+        serde_json::json!({
+            "apiVersion": "kubeflow.org/v1beta1", "kind": "Experiment",
+            "metadata": {"name": name, "namespace": "hp"},
+            "spec": {
+                "objective": {"type": "maximize", "goal": 0.99, "objectiveMetricName": "accuracy"},
+                "algorithm": {"algorithmName": algorithm},
+                "maxTrialCount": 2, "parallelTrialCount": 1,
+                "parameters": [{"name": "lr", "parameterType": "double", "feasibleSpace": {"min": "0.01", "max": "0.03"}}],
+                "trialTemplate": {
+                    "primaryContainerName": "main",
+                    "trialParameters": [{"name": "lr", "reference": "lr"}],
+                    "trialSpec": {"apiVersion": "batch/v1", "kind": "Job", "spec": {"template": {"spec": {
+                        "containers": [{"name": "main", "image": "x", "command": ["run", "--lr=${trialParameters.lr}"]}],
+                        "restartPolicy": "Never"}}}}
+                },
+                "metricsCollectorSpec": {"collector": {"kind": "StdOut"}}
+            }
+        })
+        .to_string()
+    };
+    let katib_config = |yaml: &str| {
+        serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
+                           "metadata": {"name": "katib-config", "namespace": "kubeflow"},
+                           "data": {"katib-config.yaml": yaml}})
+        .to_string()
+    };
+    let apply = |doc: String| {
+        let kc = &kc;
+        async move { kc.run(&["apply", "-f", "-"], Some(&doc)).await }
+    };
+    // no katib-config: Katib's shipped algorithms
+    let (code, _, err) = apply(experiment("e1", "random")).await;
+    assert_eq!(code, 0, "{err}");
+    // katib-config lists tpe only (grid has no image, so it is not usable either)
+    let only_tpe = "apiVersion: config.kubeflow.org/v1beta1\nkind: KatibConfig\nruntime:\n  suggestions:\n  - algorithmName: tpe\n    image: docker.io/kubeflowkatib/suggestion-hyperopt:v0.17.0\n  - algorithmName: grid\n";
+    let (code, _, err) = apply(katib_config(only_tpe)).await;
+    assert_eq!(code, 0, "{err}");
+    for algorithm in ["random", "grid"] {
+        let (code, _, err) = apply(experiment("e2", algorithm)).await;
+        assert_ne!(code, 0, "{algorithm} admitted");
+        assert!(
+            err.contains(&format!("failed to find suggestion config for algorithm: {algorithm}")),
+            "{err}"
+        );
+    }
+    let (code, _, err) = apply(experiment("e2", "tpe")).await;
+    assert_eq!(code, 0, "{err}");
+    // an unreadable katib-config refuses Experiments, without its text
+    let (code, _, err) = apply(katib_config("runtime: [unclosed")).await;
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = apply(experiment("e3", "tpe")).await;
+    assert_ne!(code, 0, "admitted on settings nobody wrote");
+    assert!(err.contains("InternalError"), "{err}");
+    for internal in ["unclosed", "katib-config.yaml", "runtime"] {
+        assert!(!err.contains(internal), "internal text {internal:?} in {err}");
+    }
+    // deleted: the shipped defaults again
+    assert_eq!(
+        kc.run(&["delete", "configmap", "katib-config", "-n", "kubeflow"], None)
+            .await
+            .0,
+        0
+    );
+    let (code, _, err) = apply(experiment("e3", "random")).await;
+    assert_eq!(code, 0, "{err}");
+
+    // KServe: the deployment mode and resource defaults come from inferenceservice-config
+    let isvc = |name: &str| {
+        serde_json::json!({"apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService",
+                           "metadata": {"name": name, "namespace": "hp"},
+                           "spec": {"predictor": {"containers": [{"name": "kserve-container", "image": "ghcr.io/example/model:1"}]}}})
+        .to_string()
+    };
+    let get = |name: &'static str| {
+        let kc = &kc;
+        async move {
+            let (_, out, _) = kc
+                .run(&["get", "inferenceservice", name, "-n", "hp", "-o", "json"], None)
+                .await;
+            serde_json::from_str::<serde_json::Value>(&out).unwrap()
+        }
+    };
+    let (code, _, err) = apply(isvc("s1")).await;
+    assert_eq!(code, 0, "{err}");
+    let v = get("s1").await;
+    assert!(
+        v["metadata"]["annotations"]["serving.kserve.io/deploymentMode"].is_null(),
+        "{v}"
+    );
+    assert_eq!(
+        v["spec"]["predictor"]["containers"][0]["resources"]["limits"]["memory"], "2Gi",
+        "{v}"
+    );
+    let kserve_config = serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "inferenceservice-config", "namespace": "kubeflow"},
+        "data": {"deploy": "{\"defaultDeploymentMode\": \"RawDeployment\"}",
+                 "inferenceService": "{\"resource\": {\"memoryLimit\": \"4Gi\"}}"}});
+    let (code, _, err) = apply(kserve_config.to_string()).await;
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = apply(isvc("s2")).await;
+    assert_eq!(code, 0, "{err}");
+    let v = get("s2").await;
+    assert_eq!(
+        v["metadata"]["annotations"]["serving.kserve.io/deploymentMode"], "RawDeployment",
+        "{v}"
+    );
+    assert_eq!(
+        v["spec"]["predictor"]["containers"][0]["resources"]["limits"]["memory"], "4Gi",
+        "{v}"
+    );
+    k.running.shutdown().await;
+}
