@@ -616,10 +616,16 @@ async fn requests_in_flight_are_capped_so_upstream_connections_stay_bounded() {
     // Once they end, new requests are served again.
     drop(held);
     let mut served = false;
+    // the server may see the dropped streams end a moment later: those answers are 503s too
+    let mut busy_after = 0;
     for _ in 0..20 {
-        if http.get(format!("{}/open/x", k.base)).send().await.unwrap().status() == 200 {
-            served = true;
-            break;
+        match http.get(format!("{}/open/x", k.base)).send().await.unwrap().status().as_u16() {
+            200 => {
+                served = true;
+                break;
+            }
+            503 => busy_after += 1,
+            other => panic!("unexpected {other}"),
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -632,7 +638,7 @@ async fn requests_in_flight_are_capped_so_upstream_connections_stay_bounded() {
         &m,
         "kfsec_listener_connections_refused_total{listener=\"front-door\",reason=\"max_requests_per_address\"}",
     );
-    assert_eq!(refused, 20, "{m}");
+    assert_eq!(refused, 20 + busy_after, "every 503 is counted once: {m}");
     k.running.shutdown().await;
 }
 
