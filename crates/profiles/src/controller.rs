@@ -485,6 +485,32 @@ impl ProfileController {
         Ok(())
     }
 
+    /// Finalizes every namespace a Profile owned that is not among `live` (the uids of every
+    /// stored Profile, from one consistent snapshot): a Profile deleted while no watch ran —
+    /// before a start, or during a lost watch — leaves nothing behind, as Kubernetes' garbage
+    /// collector sees to through the same owner references. Namespaces no Profile owns are
+    /// never touched, nor system namespaces.
+    pub async fn finalize_orphans(&self, live: &std::collections::HashSet<String>) -> Result<(), ApiError> {
+        let nsr = res("", "v1", "namespaces")?;
+        for ns in self.api.list_objects(nsr, None, "").await?.items {
+            let ns = CoreObject::decode(ns)?;
+            let owner = ns
+                .metadata
+                .owner_references()
+                .into_iter()
+                .find(|r| r.kind == "Profile" && r.api_version.starts_with("kubeflow.org/"));
+            let Some(owner) = owner.filter(|r| !live.contains(&r.uid)) else {
+                continue;
+            };
+            tracing::info!(namespace = %ns.metadata.name, profile_uid = %owner.uid, "finalizing the namespace of a Profile deleted while unwatched");
+            let mut meta = ObjectMeta::default();
+            meta.name = ns.metadata.name.clone();
+            meta.uid = owner.uid.clone();
+            self.finalize(&metadata_only(meta)).await?;
+        }
+        Ok(())
+    }
+
     /// Reconciles every Profile, then follows changes until the task is dropped.
     pub fn spawn(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let me = self.clone();
@@ -500,7 +526,28 @@ impl ProfileController {
             let mut follow = me.api.objects().follow(&[r]);
             loop {
                 let (kind, objects) = match follow.next().await {
-                    Ok(ObjectEvent::Restarted { objects, .. }) => (EventKind::Put, objects),
+                    Ok(ObjectEvent::Restarted { objects, .. }) => {
+                        // Deletions missed while unwatched first, then every live Profile. A
+                        // Profile whose uid cannot be read might own any namespace: no sweep.
+                        let live: Option<std::collections::HashSet<String>> = objects
+                            .iter()
+                            .map(|o| {
+                                let v = o.decode().ok()?;
+                                metadata_of(&v).map(|m| m.uid).filter(|uid| !uid.is_empty())
+                            })
+                            .collect();
+                        match live {
+                            None => tracing::warn!(
+                                "a stored Profile without a readable uid: namespaces of deleted Profiles are not finalized"
+                            ),
+                            Some(live) => {
+                                if let Err(e) = me.finalize_orphans(&live).await {
+                                    tracing::warn!(error = %e, "finalizing namespaces of deleted Profiles failed; retried at the next re-list");
+                                }
+                            }
+                        }
+                        (EventKind::Put, objects)
+                    }
                     Ok(ObjectEvent::Applied(o)) => (EventKind::Put, vec![o]),
                     Ok(ObjectEvent::Deleted(o)) => (EventKind::Delete, vec![o]),
                     Ok(ObjectEvent::Progress(_)) => continue,
@@ -681,5 +728,46 @@ mod tests {
         let before = store.revision().await.unwrap();
         c.reconcile(&decode_profile(p).unwrap()).await.unwrap();
         assert_eq!(store.revision().await.unwrap(), before);
+    }
+
+    /// A Profile deleted while no controller watched (before a start, during a lost watch):
+    /// the next (re-)list finalizes its namespace; other Profiles' namespaces, namespaces no
+    /// Profile owns and system namespaces stay.
+    #[tokio::test]
+    async fn a_profile_deleted_while_unwatched_is_finalized_at_the_next_list() {
+        let clock = ManualClock::new(UnixTime::from_millis(1_700_000_000_000));
+        let store = MemoryStore::new(clock.clone());
+        let api = ApiServer::new(store.clone(), Arc::new(Nobody), clock, Arc::new(kfsec_types::SequenceRng::default()));
+        let c = ProfileController::new(api.clone(), ProfileSettings::default());
+        for name in ["gone", "kept"] {
+            let profile = json!({"apiVersion": "kubeflow.org/v1", "kind": "Profile", "metadata": {"name": name},
+                                 "spec": {"owner": {"kind": "User", "name": "alice@example.com"}}});
+            let stored = api.create_object(profiles().unwrap(), "", profile).await.unwrap();
+            c.reconcile(&decode_profile(stored).unwrap()).await.unwrap();
+        }
+        let nsr = res("", "v1", "namespaces").unwrap();
+        api.create_object(
+            nsr,
+            "",
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "plain"}}),
+        )
+        .await
+        .unwrap();
+        assert_ne!(get(&api, "namespaces", "", "gone").await, Value::Null);
+        // deleted with no controller running
+        api.delete_object(profiles().unwrap(), "", "gone").await.unwrap();
+        let task = c.spawn();
+        let mut finalized = false;
+        for _ in 0..500 {
+            if get(&api, "namespaces", "", "gone").await == Value::Null {
+                finalized = true;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        task.abort();
+        assert!(finalized, "the deleted Profile's namespace is finalized");
+        assert_ne!(get(&api, "namespaces", "", "kept").await, Value::Null);
+        assert_ne!(get(&api, "namespaces", "", "plain").await, Value::Null);
     }
 }
