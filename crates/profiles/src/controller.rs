@@ -503,9 +503,11 @@ impl ProfileController {
                 continue;
             };
             tracing::info!(namespace = %ns.metadata.name, profile_uid = %owner.uid, "finalizing the namespace of a Profile deleted while unwatched");
-            let mut meta = ObjectMeta::default();
-            meta.name = ns.metadata.name.clone();
-            meta.uid = owner.uid.clone();
+            let meta = ObjectMeta {
+                name: ns.metadata.name.clone(),
+                uid: owner.uid.clone(),
+                ..ObjectMeta::default()
+            };
             self.finalize(&metadata_only(meta)).await?;
         }
         Ok(())
