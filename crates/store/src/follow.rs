@@ -306,13 +306,13 @@ impl Watcher {
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
-    use std::sync::atomic::{AtomicUsize, Ordering};
 
     use kfsec_types::{ManualClock, UnixTime};
     use parking_lot::Mutex;
 
     use super::*;
-    use crate::{ListPage, MemoryStore, StoreOptions};
+    use crate::flaky::Flaky;
+    use crate::{MemoryStore, StoreOptions};
 
     fn rng() -> Arc<dyn Rng> {
         Arc::new(kfsec_types::SequenceRng::default())
@@ -325,91 +325,6 @@ mod tests {
         fn sleep(&self, d: Duration) -> Pin<Box<dyn Future<Output = ()> + Send>> {
             self.0.lock().push(d);
             Box::pin(async {})
-        }
-    }
-
-    /// A store whose reads fail while `fail` > 0 (each failure counts down); whose `watch`
-    /// first runs `before_watch` (the test writes there, to compact the log under the watcher)
-    /// and returns an already ended stream while `close_watches` > 0; and which, with `moving`,
-    /// writes after every paged read (so the pages are not one snapshot).
-    struct Faulty {
-        inner: Arc<MemoryStore>,
-        fail: AtomicUsize,
-        close_watches: AtomicUsize,
-        moving: std::sync::atomic::AtomicBool,
-        before_watch: Mutex<Option<Box<dyn FnOnce() + Send>>>,
-    }
-
-    impl Faulty {
-        fn new(inner: Arc<MemoryStore>) -> Arc<Self> {
-            Arc::new(Self {
-                inner,
-                fail: AtomicUsize::new(0),
-                close_watches: AtomicUsize::new(0),
-                moving: std::sync::atomic::AtomicBool::new(false),
-                before_watch: Mutex::new(None),
-            })
-        }
-        fn check(&self) -> Result<(), StoreError> {
-            let n = self.fail.load(Ordering::SeqCst);
-            if n > 0 {
-                self.fail.store(n - 1, Ordering::SeqCst);
-                return Err(StoreError::Backend("injected".into()));
-            }
-            Ok(())
-        }
-    }
-
-    #[async_trait::async_trait]
-    impl Store for Faulty {
-        async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
-            self.inner.get(key).await
-        }
-        async fn list(&self, prefix: &str, limit: usize, start_after: Option<&str>) -> Result<ListPage, StoreError> {
-            self.check()?;
-            let page = self.inner.list(prefix, limit, start_after).await;
-            if limit > 0 && self.moving.load(Ordering::SeqCst) {
-                self.inner.put("/p/0", b"new".to_vec(), None).await?;
-            }
-            page
-        }
-        async fn create(&self, key: &str, value: Vec<u8>, ttl: Option<Duration>) -> Result<Revision, StoreError> {
-            self.inner.create(key, value, ttl).await
-        }
-        async fn update(
-            &self,
-            key: &str,
-            value: Vec<u8>,
-            expected: Option<Revision>,
-            ttl: Option<Duration>,
-        ) -> Result<Revision, StoreError> {
-            self.inner.update(key, value, expected, ttl).await
-        }
-        async fn put(&self, key: &str, value: Vec<u8>, ttl: Option<Duration>) -> Result<Revision, StoreError> {
-            self.inner.put(key, value, ttl).await
-        }
-        async fn delete(&self, key: &str, expected: Option<Revision>) -> Result<KeyValue, StoreError> {
-            self.inner.delete(key, expected).await
-        }
-        async fn take(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
-            self.inner.take(key).await
-        }
-        async fn revision(&self) -> Result<Revision, StoreError> {
-            self.check()?;
-            self.inner.revision().await
-        }
-        async fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream, StoreError> {
-            self.check()?;
-            let hook = self.before_watch.lock().take();
-            if let Some(hook) = hook {
-                hook();
-            }
-            let closing = self.close_watches.load(Ordering::SeqCst);
-            if closing > 0 {
-                self.close_watches.store(closing - 1, Ordering::SeqCst);
-                return Ok(tokio::sync::mpsc::channel(1).1);
-            }
-            self.inner.watch(prefix, after).await
         }
     }
 
@@ -498,8 +413,8 @@ mod tests {
             Err(StoreError::TooLarge { max: 6, .. })
         ));
         // a failing page fails the whole read
-        let faulty = Faulty::new(store.clone());
-        faulty.fail.store(1, Ordering::SeqCst);
+        let faulty = Flaky::new(store.clone());
+        faulty.fail_next_reads(1);
         assert!(read_prefix(faulty.as_ref(), "/p/", 2, 100).await.is_err());
         assert!(read_prefix(faulty.as_ref(), "/p/", 2, 100).await.is_ok());
         assert!(list_all(store.as_ref(), "/none/").await.unwrap().items.is_empty());
@@ -511,8 +426,8 @@ mod tests {
         for i in 0..5 {
             store.put(&format!("/p/{i}"), b"old".to_vec(), None).await.unwrap();
         }
-        let moving = Faulty::new(store.clone());
-        moving.moving.store(true, Ordering::SeqCst);
+        let moving = Flaky::new(store.clone());
+        moving.write_after_every_page(Some("/p/0"));
         let s = read_prefix(moving.as_ref(), "/p/", 2, 100).await.unwrap();
         assert_eq!(s.items.len(), 5);
         assert_eq!(s.items[0].value, b"new");
@@ -572,11 +487,11 @@ mod tests {
         for i in 0..4 {
             inner.put(&format!("/p/{i}"), b"v1".to_vec(), None).await.unwrap();
         }
-        let faulty = Faulty::new(inner.clone());
+        let faulty = Flaky::new(inner.clone());
         // Between the list and the watch, more writes than the log retains: the watch from the
         // list's revision is compacted.
         let writer = inner.clone();
-        *faulty.before_watch.lock() = Some(Box::new(move || {
+        faulty.before_next_watch(move || {
             let w = writer.clone();
             futures_util::FutureExt::now_or_never(async move {
                 w.delete("/p/0", None).await.unwrap();
@@ -586,7 +501,7 @@ mod tests {
                 w.delete("/p/8", None).await.unwrap();
             })
             .unwrap();
-        }));
+        });
         let sleeps = Arc::new(NoSleep::default());
         let store: Arc<dyn Store> = faulty.clone();
         let mut w = Watcher::with_sleep(store.clone(), WatcherConfig::new("/p/"), rng(), sleeps.clone());
@@ -644,8 +559,8 @@ mod tests {
     async fn store_errors_back_off_then_recover() {
         let inner = memory(1000);
         inner.put("/p/a", b"1".to_vec(), None).await.unwrap();
-        let faulty = Faulty::new(inner.clone());
-        faulty.fail.store(4, Ordering::SeqCst);
+        let faulty = Flaky::new(inner.clone());
+        faulty.fail_next_reads(4);
         let sleeps = Arc::new(NoSleep::default());
         let backoff = Backoff {
             initial: Duration::from_millis(100),
@@ -679,7 +594,7 @@ mod tests {
         };
         assert_eq!(items.len(), 2);
         assert_eq!(sleeps.0.lock().len(), 5);
-        faulty.fail.store(1, Ordering::SeqCst);
+        faulty.fail_next_reads(1);
         drop(w);
         let mut w = Watcher::with_sleep(faulty.clone(), WatcherConfig::new("/p/"), rng(), sleeps.clone());
         assert!(w.next().await.is_err());
@@ -690,8 +605,8 @@ mod tests {
     #[tokio::test]
     async fn a_closed_watch_is_an_error_and_a_relist() {
         let inner = memory(1000);
-        let store = Faulty::new(inner.clone());
-        store.close_watches.store(1, Ordering::SeqCst);
+        let store = Flaky::new(inner.clone());
+        store.close_next_watches(1);
         let mut w = Watcher::with_sleep(store, WatcherConfig::new("/p/"), rng(), Arc::new(NoSleep::default()));
         assert!(matches!(w.next().await, Ok(Event::Restarted { .. })));
         inner.put("/p/a", b"1".to_vec(), None).await.unwrap();
