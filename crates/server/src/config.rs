@@ -149,6 +149,47 @@ pub struct Config {
     pub webhook_client_auth: Option<WebhookClientAuth>,
     /// Where the webhooks' settings ConfigMaps are (`webhooks.katibConfigMap`, `kserveConfigMap`).
     pub webhook_settings: WebhookSettingsMaps,
+    /// Dex sections the file has that kfsec acknowledges but does not use, each with the reason
+    /// (logged once at startup).
+    pub acknowledged: Vec<String>,
+}
+
+/// The Dex sections kfsec accepts so that a Dex config pastes in unchanged, with why each is
+/// not used. A section must be a mapping (or empty), as Dex requires.
+fn acknowledge_dex_sections(f: &ConfigFile) -> Result<Vec<String>, ConfigError> {
+    let sections: [(&str, &Option<serde_json::Value>, &str); 5] = [
+        (
+            "storage",
+            &f.storage,
+            "kfsec keeps its state (users, clients, tokens, sessions) in its own store under dataDir; nothing is read from or written to Dex's storage",
+        ),
+        (
+            "web",
+            &f.web,
+            "kfsec's listeners are its own (httpsAddr / --https-addr, HTTPS only); web.http and web.https never open a listener",
+        ),
+        (
+            "telemetry",
+            &f.telemetry,
+            "health and metrics are served on adminAddr (/healthz, /readyz, /metrics); no telemetry listener is opened",
+        ),
+        (
+            "grpc",
+            &f.grpc,
+            "kfsec has no gRPC API (manage users and clients with `kfsec user` / `kfsec client`); no gRPC listener is opened",
+        ),
+        ("frontend", &f.frontend, "kfsec serves its own login pages"),
+    ];
+    let mut out = Vec::new();
+    for (name, value, why) in sections {
+        let keys = match value {
+            None | Some(serde_json::Value::Null) => continue,
+            Some(serde_json::Value::Object(m)) => m.keys().cloned().collect::<Vec<_>>().join(", "),
+            Some(_) => return Err(ConfigError::Invalid(format!("{name}: must be a mapping, as in Dex"))),
+        };
+        out.push(format!("Dex's `{name}` ({keys}) is accepted but not used: {why}"));
+    }
+    Ok(out)
 }
 
 /// The ConfigMaps the webhooks read their settings from: `(namespace, name)` each.
@@ -482,6 +523,7 @@ pub fn validate(f: ConfigFile, o: &Overrides, env: &dyn Env) -> Result<Config, C
         ));
     }
     let (front_door, webhook_limits, webhook_client_auth) = listener_limits(&f)?;
+    let acknowledged = acknowledge_dex_sections(&f)?;
     let webhook_settings = WebhookSettingsMaps {
         katib: config_map_ref(
             f.webhooks.katib_config_map.as_deref(),
@@ -574,6 +616,7 @@ pub fn validate(f: ConfigFile, o: &Overrides, env: &dyn Env) -> Result<Config, C
         webhook_limits,
         webhook_client_auth,
         webhook_settings,
+        acknowledged,
     })
 }
 
@@ -708,6 +751,55 @@ routes:
         assert_eq!(c.front_door.idle_timeout, Duration::from_secs(60));
         assert_eq!(c.webhook_limits, ListenerLimits::WEBHOOKS);
         assert_eq!(c.webhook_client_auth, None);
+    }
+
+    #[test]
+    fn the_kubeflow_manifests_dex_config_loads_unchanged() {
+        let text = include_str!("../fixtures/dex-kubeflow-manifests.yaml");
+        let f = parse(Path::new("config.yaml"), text).unwrap();
+        let env = MapEnv(vec![
+            (
+                "DEX_USER_PASSWORD",
+                "$2y$12$4K/VkmDd1q1Orb3xAt82zu8gk7Ad6ReFR4LCP9UeYE90NLiN9Df72",
+            ),
+            ("OIDC_CLIENT_ID", "kubeflow-oidc-authservice"),
+            ("OIDC_CLIENT_SECRET", "pUBnBOY80SnXgjibTYM9ZWNzY2xreNGQok"),
+        ]);
+        let c = validate(f, &Overrides::default(), &env).unwrap();
+        assert_eq!(c.issuer.as_deref(), Some("http://dex.auth.svc.cluster.local:5556/dex"));
+        assert_eq!(c.static_users.len(), 1);
+        assert_eq!(c.static_clients.len(), 1);
+        assert!(c.skip_approval);
+        // storage and web are acknowledged, each once, with the reason; nothing else is
+        assert_eq!(c.acknowledged.len(), 2, "{:?}", c.acknowledged);
+        assert!(
+            c.acknowledged[0]
+                .starts_with("Dex's `storage` (config, type) is accepted but not used: kfsec keeps its state")
+        );
+        assert!(
+            c.acknowledged[1].starts_with("Dex's `web` (http) is accepted but not used: kfsec's listeners are its own")
+        );
+        // web.http opens nothing: the addresses are kfsec's defaults
+        assert_eq!(c.https_addr.to_string(), "0.0.0.0:8443");
+    }
+
+    #[test]
+    fn dex_sections_must_be_mappings_and_other_top_level_keys_stay_refused() {
+        for section in ["storage", "web", "telemetry", "grpc", "frontend"] {
+            let f = parse(Path::new("c.yaml"), &format!("{section}: 5\n")).unwrap();
+            let e = validate(f, &Overrides::default(), &MapEnv(vec![]))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(section) && e.contains("mapping"), "{e}");
+            let f = parse(Path::new("c.yaml"), &format!("{section}: {{a: 1}}\n")).unwrap();
+            let c = validate(f, &Overrides::default(), &MapEnv(vec![])).unwrap();
+            assert!(
+                c.acknowledged[0].contains(&format!("`{section}` (a)")),
+                "{:?}",
+                c.acknowledged
+            );
+        }
+        assert!(parse(Path::new("c.yaml"), "connectorz: []\n").is_err());
     }
 
     #[test]

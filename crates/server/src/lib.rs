@@ -366,6 +366,9 @@ pub async fn start(cfg: Config) -> Result<Running, ServerError> {
 
 /// Starts kfsec with the given clock and randomness.
 pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -> Result<Running, ServerError> {
+    for note in &cfg.acknowledged {
+        tracing::warn!("{note}");
+    }
     let dir = DataDir(cfg.data_dir.clone());
     dir.create()?;
     let https = TcpListener::bind(cfg.https_addr)

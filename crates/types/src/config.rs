@@ -45,6 +45,19 @@ pub struct ConfigFile {
     pub expiry: ExpiryConfig,
     /// Dex: logging.
     pub logger: Option<LoggerConfig>,
+    /// Dex's `storage:` — acknowledged at startup, not used: kfsec keeps its state in its own
+    /// store under `dataDir`.
+    pub storage: Option<serde_json::Value>,
+    /// Dex's `web:` — acknowledged at startup, not used: kfsec's listeners are its own
+    /// (`httpsAddr`, HTTPS only); `web.http` never opens a listener.
+    pub web: Option<serde_json::Value>,
+    /// Dex's `telemetry:` — acknowledged at startup, not used: health and metrics are on
+    /// `adminAddr`.
+    pub telemetry: Option<serde_json::Value>,
+    /// Dex's `grpc:` — acknowledged at startup, not used: kfsec has no gRPC API.
+    pub grpc: Option<serde_json::Value>,
+    /// Dex's `frontend:` — acknowledged at startup, not used: kfsec's login pages are its own.
+    pub frontend: Option<serde_json::Value>,
     /// Upstream routes of the gateway.
     #[serde(default)]
     pub routes: Vec<RouteConfig>,

@@ -382,3 +382,75 @@ async fn tls_1_1_is_refused_and_1_2_and_1_3_work() {
     assert!(ok && out.contains("TLSv1.3"), "TLS 1.3: {out}");
     k.running.shutdown().await;
 }
+
+/// kubeflow/manifests' Dex config starts the real binary unchanged: its `storage` and `web`
+/// sections are acknowledged with one line each saying why kfsec does not use them, `web.http`
+/// opens no listener, and discovery names the config's issuer.
+#[tokio::test]
+async fn the_kubeflow_manifests_dex_config_starts_kfsec_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let fixture = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../server/fixtures/dex-kubeflow-manifests.yaml"
+    );
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg("exec \"$0\" \"$@\" 2>&1")
+        .arg(BIN)
+        .args(["serve", "--config", fixture, "--data-dir"])
+        .arg(dir.path())
+        .args(["--https-addr", &format!("127.0.0.1:{port}")])
+        .args(["--admin-addr", "127.0.0.1:0", "--webhook-addr", "127.0.0.1:0"])
+        .env("KFSEC_LOG", "warn")
+        .env("DEX_USER_PASSWORD", HASH)
+        .env("OIDC_CLIENT_ID", "kubeflow-oidc-authservice")
+        .env("OIDC_CLIENT_SECRET", "pUBnBOY80SnXgjibTYM9ZWNzY2xreNGQok")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut reader = BufReader::new(child.stdout.take().unwrap());
+    let proc = Proc { child, port };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut lines = Vec::new();
+    loop {
+        assert!(Instant::now() < deadline, "kfsec did not become ready: {lines:?}");
+        let mut l = String::new();
+        if reader.read_line(&mut l).unwrap() == 0 {
+            panic!("kfsec exited early: {lines:?}");
+        }
+        let ready = l.starts_with("kfsec ready:");
+        lines.push(l);
+        if ready {
+            break;
+        }
+    }
+    std::thread::spawn(move || for _ in reader.lines() {});
+    for (section, why) in [
+        ("storage", "kfsec keeps its state"),
+        ("web", "web.http and web.https never open a listener"),
+    ] {
+        let said: Vec<_> = lines
+            .iter()
+            .filter(|l| l.contains(&format!("Dex's `{section}`")))
+            .collect();
+        assert_eq!(said.len(), 1, "one line for {section}: {lines:?}");
+        assert!(said[0].contains(why), "{said:?}");
+    }
+    assert!(
+        std::net::TcpStream::connect("127.0.0.1:5556").is_err(),
+        "web.http opened a listener"
+    );
+    let ca = std::fs::read_to_string(dir.path().join("pki/ca.crt")).unwrap();
+    let r = http_client(&ca)
+        .get(format!(
+            "https://localhost:{}/dex/.well-known/openid-configuration",
+            proc.port
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["issuer"], "http://dex.auth.svc.cluster.local:5556/dex");
+}
