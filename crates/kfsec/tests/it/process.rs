@@ -49,12 +49,18 @@ fn serve(dir: &std::path::Path, port: u16) -> (Proc, Vec<String>) {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let out = child.stdout.take().unwrap();
+    let lines = until_ready(child.stdout.take().unwrap());
+    (Proc { child, port }, lines)
+}
+
+/// The lines `out` prints up to and including `kfsec ready:` (within 60 s); the rest is drained
+/// in the background.
+fn until_ready(out: std::process::ChildStdout) -> Vec<String> {
     let mut lines = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut reader = BufReader::new(out);
     loop {
-        assert!(Instant::now() < deadline, "kfsec did not become ready");
+        assert!(Instant::now() < deadline, "kfsec did not become ready: {lines:?}");
         let mut l = String::new();
         if reader.read_line(&mut l).unwrap() == 0 {
             panic!("kfsec exited early: {lines:?}");
@@ -66,7 +72,7 @@ fn serve(dir: &std::path::Path, port: u16) -> (Proc, Vec<String>) {
         }
     }
     std::thread::spawn(move || for _ in reader.lines() {});
-    (Proc { child, port }, lines)
+    lines
 }
 
 fn cli(dir: &std::path::Path, args: &[&str], stdin: Option<&str>) -> std::process::Output {
@@ -409,23 +415,8 @@ async fn the_kubeflow_manifests_dex_config_starts_kfsec_unchanged() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut reader = BufReader::new(child.stdout.take().unwrap());
+    let lines = until_ready(child.stdout.take().unwrap());
     let proc = Proc { child, port };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut lines = Vec::new();
-    loop {
-        assert!(Instant::now() < deadline, "kfsec did not become ready: {lines:?}");
-        let mut l = String::new();
-        if reader.read_line(&mut l).unwrap() == 0 {
-            panic!("kfsec exited early: {lines:?}");
-        }
-        let ready = l.starts_with("kfsec ready:");
-        lines.push(l);
-        if ready {
-            break;
-        }
-    }
-    std::thread::spawn(move || for _ in reader.lines() {});
     for (section, why) in [
         ("storage", "kfsec keeps its state"),
         ("web", "web.http and web.https never open a listener"),
