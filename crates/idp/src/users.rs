@@ -287,18 +287,38 @@ fn summary(u: &User, source: &str) -> UserSummary {
     }
 }
 
-/// A light check that `email` looks like an address and is safe as a store key.
+/// A light check that `email` looks like an address and is safe as a store key (users added
+/// with `kfsec user add`).
 pub fn validate_email(email: &str) -> Result<(), IdpError> {
-    let ok = email.len() <= 254
-        && email
-            .split_once('@')
-            .is_some_and(|(l, d)| !l.is_empty() && !d.is_empty())
-        && !email.chars().any(|c| c.is_control() || c.is_whitespace() || c == '/');
-    if ok {
+    let address = email
+        .split_once('@')
+        .is_some_and(|(l, d)| !l.is_empty() && !d.is_empty());
+    if address && validate_login_name(email).is_ok() {
         Ok(())
     } else {
         Err(IdpError::Invalid(format!("{email:?} is not a valid email address")))
     }
+}
+
+/// What a static password's `email` may be: Dex loads any non-empty name there (the Charmed
+/// Kubeflow charm's static user is `admin`), so only what is unsafe as a store key or an
+/// identity header value is refused — empty, over 254 bytes, control characters, whitespace,
+/// `/` — and names in Kubernetes' reserved `system:` space (a static user must not be able to
+/// be `system:serviceaccount:…` or `system:masters` to RBAC).
+pub fn validate_login_name(name: &str) -> Result<(), IdpError> {
+    let ok =
+        !name.is_empty() && name.len() <= 254 && !name.chars().any(|c| c.is_control() || c.is_whitespace() || c == '/');
+    if !ok {
+        return Err(IdpError::Invalid(format!(
+            "{name:?} is not a usable login name (empty, over 254 bytes, or holding whitespace, control characters or '/')"
+        )));
+    }
+    if name.to_ascii_lowercase().starts_with("system:") {
+        return Err(IdpError::Invalid(format!(
+            "{name:?} is not a usable login name: the system: prefix is Kubernetes' own"
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -331,14 +351,32 @@ mod tests {
                 user("a@example.com", format!("$2a${rest}")),
                 user("b@example.com", format!("$2b${rest}")),
                 user("Y@Example.com", format!("$2y${rest}")),
+                user("admin", format!("$2y${rest}")),
             ],
         )
         .unwrap();
-        for email in ["a@example.com", "b@example.com", "y@example.COM"] {
+        for email in ["a@example.com", "b@example.com", "y@example.COM", "admin", "ADMIN"] {
             assert!(dir.verify(email, "12341234").await.unwrap().is_some(), "{email}");
             assert!(dir.verify(email, "12341235").await.unwrap().is_none(), "{email}");
         }
         assert!(dir.verify("nobody@example.com", "12341234").await.unwrap().is_none());
+    }
+
+    #[test]
+    fn managed_users_need_an_address_static_ones_a_safe_name() {
+        assert!(validate_email("a@b.c").is_ok());
+        assert!(validate_email("admin").is_err());
+        assert!(validate_login_name("admin").is_ok());
+        for reserved in ["system:serviceaccount:kubeflow:pipeline-runner", "System:masters"] {
+            assert!(validate_login_name(reserved).is_err(), "{reserved:?}");
+        }
+        for bad in ["", "a b", "a/b", "a\nb", &"x".repeat(255)] {
+            assert!(validate_login_name(bad).is_err(), "{bad:?}");
+            assert!(
+                validate_email(&format!("{bad}@x")).is_err() || bad.is_empty(),
+                "{bad:?}"
+            );
+        }
     }
 
     #[tokio::test]

@@ -421,7 +421,7 @@ pub fn validate(f: ConfigFile, o: &Overrides, env: &dyn Env) -> Result<Config, C
                 p.email
             )));
         }
-        kfsec_idp::users::validate_email(&p.email)
+        kfsec_idp::users::validate_login_name(&p.email)
             .map_err(|e| ConfigError::Invalid(format!("staticPasswords[{i}]: {e}")))?;
         static_users.push(User {
             email: p.email.clone(),
@@ -781,6 +781,34 @@ routes:
         );
         // web.http opens nothing: the addresses are kfsec's defaults
         assert_eq!(c.https_addr.to_string(), "0.0.0.0:8443");
+    }
+
+    #[test]
+    fn static_users_named_like_the_charmed_kubeflow_admin_load_as_in_dex() {
+        let hash = "$2y$12$4K/VkmDd1q1Orb3xAt82zu8gk7Ad6ReFR4LCP9UeYE90NLiN9Df72";
+        let yaml = |email: &str| {
+            format!("staticPasswords:\n- email: {email:?}\n  hash: {hash:?}\n  username: admin\n  userID: \"b1d2c3\"\n")
+        };
+        let f = parse(Path::new("c.yaml"), &yaml("admin")).unwrap();
+        let c = validate(f, &Overrides::default(), &MapEnv(vec![])).unwrap();
+        assert_eq!(c.static_users[0].email, "admin");
+        for bad in ["", "ad min", "ad/min", "a\tb"] {
+            let f = parse(Path::new("c.yaml"), &yaml(bad)).unwrap();
+            let e = validate(f, &Overrides::default(), &MapEnv(vec![]))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("staticPasswords[0]") && e.contains("not a usable login name"),
+                "{bad:?}: {e}"
+            );
+        }
+        for reserved in ["system:masters", "system:serviceaccount:kubeflow:pipeline-runner"] {
+            let f = parse(Path::new("c.yaml"), &yaml(reserved)).unwrap();
+            let e = validate(f, &Overrides::default(), &MapEnv(vec![]))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("system: prefix"), "{reserved}: {e}");
+        }
     }
 
     #[test]
