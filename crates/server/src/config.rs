@@ -181,6 +181,23 @@ fn acknowledge_dex_sections(f: &ConfigFile) -> Result<Vec<String>, ConfigError> 
         ("frontend", &f.frontend, "kfsec serves its own login pages"),
     ];
     let mut out = Vec::new();
+    for t in &f.oauth2.response_types {
+        if t != "code" {
+            return Err(ConfigError::Invalid(format!(
+                "oauth2.responseTypes: {t:?} is not supported: kfsec issues tokens only through the authorization code flow (with PKCE), never in the redirect (implicit and hybrid flows); use [code] or leave it out"
+            )));
+        }
+    }
+    if f.oauth2.always_show_login_screen == Some(true) {
+        out.push(
+            "Dex's `oauth2.alwaysShowLoginScreen` is accepted but has no effect: kfsec has one connector (local) and shows its login form directly".to_owned(),
+        );
+    }
+    if let Some(c) = f.oauth2.password_connector.as_deref() {
+        out.push(format!(
+            "Dex's `oauth2.passwordConnector` ({c}) is accepted but not used yet: kfsec does not offer the resource-owner password grant; use the device flow (`kfsec login`) for command-line logins"
+        ));
+    }
     for (name, value, why) in sections {
         let keys = match value {
             None | Some(serde_json::Value::Null) => continue,
@@ -809,6 +826,33 @@ routes:
                 .to_string();
             assert!(e.contains("system: prefix"), "{reserved}: {e}");
         }
+    }
+
+    #[test]
+    fn implicit_response_types_are_refused_and_other_oauth2_keys_named() {
+        for t in ["token", "id_token", "code id_token"] {
+            let f = parse(
+                Path::new("c.yaml"),
+                &format!("oauth2:\n  responseTypes: [code, {t:?}]\n"),
+            )
+            .unwrap();
+            let e = validate(f, &Overrides::default(), &MapEnv(vec![]))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("oauth2.responseTypes") && e.contains("authorization code flow"),
+                "{e}"
+            );
+        }
+        let f = parse(
+            Path::new("c.yaml"),
+            "oauth2:\n  responseTypes: [code]\n  alwaysShowLoginScreen: true\n  passwordConnector: local\n",
+        )
+        .unwrap();
+        let c = validate(f, &Overrides::default(), &MapEnv(vec![])).unwrap();
+        assert_eq!(c.acknowledged.len(), 2, "{:?}", c.acknowledged);
+        assert!(c.acknowledged[0].contains("alwaysShowLoginScreen"));
+        assert!(c.acknowledged[1].contains("passwordConnector` (local)"));
     }
 
     #[test]

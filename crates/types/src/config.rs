@@ -219,12 +219,12 @@ pub struct OAuth2Config {
     /// Skip the approval screen for every client.
     #[serde(default)]
     pub skip_approval_screen: bool,
-    /// Allowed response types (kfsec supports `code`).
+    /// Allowed response types: only `code` (implicit and hybrid types are refused at load).
     #[serde(default)]
     pub response_types: Vec<String>,
-    /// Accepted for Dex compatibility; kfsec always remembers nothing.
+    /// Accepted for Dex compatibility and named at startup: kfsec has one connector (local).
     pub always_show_login_screen: Option<bool>,
-    /// Accepted for Dex compatibility: the password connector is always `local`.
+    /// Accepted for Dex compatibility and named at startup: no resource-owner password grant yet.
     pub password_connector: Option<String>,
 }
 
