@@ -739,7 +739,12 @@ mod tests {
     async fn a_profile_deleted_while_unwatched_is_finalized_at_the_next_list() {
         let clock = ManualClock::new(UnixTime::from_millis(1_700_000_000_000));
         let store = MemoryStore::new(clock.clone());
-        let api = ApiServer::new(store.clone(), Arc::new(Nobody), clock, Arc::new(kfsec_types::SequenceRng::default()));
+        let api = ApiServer::new(
+            store.clone(),
+            Arc::new(Nobody),
+            clock,
+            Arc::new(kfsec_types::SequenceRng::default()),
+        );
         let c = ProfileController::new(api.clone(), ProfileSettings::default());
         for name in ["gone", "kept"] {
             let profile = json!({"apiVersion": "kubeflow.org/v1", "kind": "Profile", "metadata": {"name": name},

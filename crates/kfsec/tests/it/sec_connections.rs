@@ -619,7 +619,14 @@ async fn requests_in_flight_are_capped_so_upstream_connections_stay_bounded() {
     // the server may see the dropped streams end a moment later: those answers are 503s too
     let mut busy_after = 0;
     for _ in 0..20 {
-        match http.get(format!("{}/open/x", k.base)).send().await.unwrap().status().as_u16() {
+        match http
+            .get(format!("{}/open/x", k.base))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+        {
             200 => {
                 served = true;
                 break;
