@@ -8,6 +8,7 @@
 
 pub mod authn;
 pub mod clients;
+pub mod connector;
 mod device;
 mod error;
 mod flow;

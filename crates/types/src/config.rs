@@ -34,6 +34,9 @@ pub struct ConfigFile {
     /// Dex: static users.
     #[serde(default)]
     pub static_passwords: Vec<StaticPassword>,
+    /// Dex: upstream identity connectors (`oidc`, `ldap`, `microsoft`).
+    #[serde(default)]
+    pub connectors: Vec<DexConnector>,
     /// Dex: static OAuth2 clients.
     #[serde(default)]
     pub static_clients: Vec<StaticClient>,
@@ -145,6 +148,34 @@ pub struct WebhookClientAuthConfig {
     /// Names accepted (the certificate's subject CN, DNS or URI SANs); at least one.
     #[serde(default)]
     pub allowed_names: Vec<String>,
+}
+
+/// A Dex `connectors:` entry. `config` is kept as JSON: it is env-expanded and then read by the
+/// connector type's own schema.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DexConnector {
+    /// Connector type (`oidc`, `ldap`, `microsoft`).
+    #[serde(rename = "type")]
+    pub type_name: String,
+    /// Id: `connector_id=`, the second half of `sub`, the `/auth/{id}` path.
+    pub id: String,
+    /// Display name on the chooser.
+    pub name: String,
+    /// The type's settings.
+    #[serde(default)]
+    pub config: serde_json::Value,
+}
+
+impl fmt::Debug for DexConnector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // `config` holds client secrets and bind passwords.
+        f.debug_struct("DexConnector")
+            .field("type", &self.type_name)
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A Dex static password entry.
@@ -383,7 +414,8 @@ pub struct LoginProtectionConfig {
     pub max_state_length: Option<usize>,
 }
 
-fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+/// Deserializes an optional Go-style duration string (`10s`, `1h30m`).
+pub fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
     let s: Option<String> = Option::deserialize(d)?;
     s.map(|s| parse_duration(&s).map_err(serde::de::Error::custom))
         .transpose()
