@@ -85,6 +85,36 @@ pub struct IdpSettings {
     /// Client ids whose ID tokens are accepted as bearer tokens, besides the built-in
     /// gatekeeper and CLI clients (config `bearerAudiences`).
     pub bearer_audiences: Vec<String>,
+    /// The connectors, in chooser order: the configured ones, then `local` when
+    /// `enablePasswordDB` is on (as Dex appends it).
+    pub connectors: Vec<connector::Connector>,
+    /// Show the chooser even with one connector (`oauth2.alwaysShowLoginScreen`).
+    pub always_show_login_screen: bool,
+    /// The connector the resource-owner password grant checks (`oauth2.passwordConnector`).
+    pub password_connector: Option<String>,
+    /// How the login pages look (Dex's `frontend:`).
+    pub branding: Branding,
+}
+
+/// The login pages' branding (Dex's `frontend.issuer`, `logoURL`, `theme`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Branding {
+    /// The name in "Log in to {issuer}" (Dex's `frontend.issuer`, default `kfsec`).
+    pub issuer_name: String,
+    /// A logo shown above the forms (`frontend.logoURL`).
+    pub logo_url: Option<String>,
+    /// `light` (default) or `dark` (`frontend.theme`).
+    pub theme: String,
+}
+
+impl Default for Branding {
+    fn default() -> Self {
+        Self {
+            issuer_name: "kfsec".into(),
+            logo_url: None,
+            theme: "light".into(),
+        }
+    }
 }
 
 impl IdpSettings {

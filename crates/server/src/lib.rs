@@ -422,6 +422,10 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
         builtin_clients: vec![gatekeeper_client(), cli_client(&issuer_path(&issuer))],
         lockout: cfg.lockout.clone(),
         bearer_audiences: cfg.bearer_audiences.clone(),
+        connectors: vec![kfsec_idp::connector::Connector::local()],
+        always_show_login_screen: false,
+        password_connector: None,
+        branding: kfsec_idp::Branding::default(),
     };
     let accounts = accounts::ServiceAccounts(kfsec_api::Objects::new(store.clone(), rng.clone()));
     let idp = Idp::new(
