@@ -6,7 +6,10 @@
 //! values (they may be secrets) never appear in a problem's text.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
+
+use kfsec_types::Clock;
 
 use serde::de::DeserializeOwned;
 
@@ -32,15 +35,35 @@ impl ConfigProblem {
 }
 
 /// What building a connector needs from the rest of the configuration.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct OpenContext {
     /// The issuer (`redirectURI` of callback connectors must be `<issuer>/callback`).
     pub issuer: String,
     /// Upstream timeout unless the connector sets its own.
     pub default_timeout: Duration,
+    /// The time (upstream token expiry); the system clock unless a test sets its own.
+    pub clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for OpenContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenContext")
+            .field("issuer", &self.issuer)
+            .field("default_timeout", &self.default_timeout)
+            .finish_non_exhaustive()
+    }
 }
 
 impl OpenContext {
+    /// A context for `issuer` with the system clock.
+    pub fn new(issuer: impl Into<String>, default_timeout: Duration) -> Self {
+        Self {
+            issuer: issuer.into(),
+            default_timeout,
+            clock: Arc::new(kfsec_types::SystemClock),
+        }
+    }
+
     /// The callback URL every redirect connector must be registered with upstream.
     pub fn callback(&self) -> String {
         format!("{}/callback", self.issuer.trim_end_matches('/'))
@@ -278,10 +301,7 @@ mod tests {
 
     #[test]
     fn unsupported_and_unknown_types_say_why() {
-        let ctx = OpenContext {
-            issuer: "https://kf.example.com/dex".into(),
-            default_timeout: Duration::from_secs(10),
-        };
+        let ctx = OpenContext::new("https://kf.example.com/dex", Duration::from_secs(10));
         let e = open("github", "gh", "GitHub", serde_json::Value::Null, &ctx).unwrap_err();
         assert!(e[0].message.contains("does not implement"), "{e:?}");
         let e = open("nope", "x", "X", serde_json::Value::Null, &ctx).unwrap_err();
