@@ -252,5 +252,68 @@ impl Connector {
     }
 }
 
+/// Reads Dex's `sub` (base64url of the protobuf `{1: user_id, 2: connector_id}`) back into
+/// `(user_id, connector_id)`; `None` if it is not one.
+pub fn parse_subject(sub: &str) -> Option<(String, String)> {
+    use base64::Engine;
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(sub)
+        .ok()
+        .filter(|r| !r.is_empty())?;
+    let mut fields = [String::new(), String::new()];
+    let mut rest = raw.as_slice();
+    while let Some((&tag, after)) = rest.split_first() {
+        let slot = match tag {
+            0x0a => 0,
+            0x12 => 1,
+            _ => return None,
+        };
+        let (mut len, mut shift, mut i) = (0usize, 0u32, 0usize);
+        loop {
+            let b = *after.get(i)?;
+            len |= usize::from(b & 0x7f).checked_shl(shift)?;
+            i += 1;
+            if b & 0x80 == 0 {
+                break;
+            }
+            shift += 7;
+            if shift > 28 {
+                return None;
+            }
+        }
+        let body = after.get(i..i.checked_add(len)?)?;
+        fields[slot] = String::from_utf8(body.to_vec()).ok()?;
+        rest = &after[i + len..];
+    }
+    let [user, conn] = fields;
+    Some((user, conn))
+}
+
 /// How long an upstream call may take unless a connector's `timeout` says otherwise.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects_read_back_as_dex_encodes_them() {
+        let sub = crate::tokens::dex_subject("08a8684b-db88-4b73-90a9-3cd1661f5466", "local");
+        assert_eq!(
+            parse_subject(&sub),
+            Some(("08a8684b-db88-4b73-90a9-3cd1661f5466".into(), "local".into()))
+        );
+        let long = "u".repeat(300);
+        assert_eq!(
+            parse_subject(&crate::tokens::dex_subject(&long, "ldap")),
+            Some((long, "ldap".into()))
+        );
+        assert_eq!(
+            parse_subject("Cg4xNTg0MTE4NTY0MTc4NBIFbG9jYWw"),
+            Some(("15841185641784".into(), "local".into()))
+        );
+        for bad in ["", "!!", "CgV4", "GgF4", "Cv____8P"] {
+            assert_eq!(parse_subject(bad), None, "{bad}");
+        }
+    }
+}
