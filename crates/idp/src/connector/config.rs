@@ -138,7 +138,7 @@ fn open_supported(
     match type_name {
         "oidc" => Err(not_built(type_name)),
         "ldap" => Err(not_built(type_name)),
-        "microsoft" => Err(not_built(type_name)),
+        "microsoft" => super::microsoft::open(id, config, ctx),
         other => Err(vec![ConfigProblem::new(
             "",
             format!("unknown connector type {other:?}"),
