@@ -137,7 +137,7 @@ fn open_supported(
     // Each connector module replaces its arm with its `open`.
     match type_name {
         "oidc" => Err(not_built(type_name)),
-        "ldap" => Err(not_built(type_name)),
+        "ldap" => super::ldap::open(id, config, ctx),
         "microsoft" => super::microsoft::open(id, config, ctx),
         other => Err(vec![ConfigProblem::new(
             "",

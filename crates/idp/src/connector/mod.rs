@@ -8,6 +8,7 @@
 //! logged (its `Debug` hides them); every upstream call is bounded by the connector's timeout.
 
 pub mod config;
+pub mod ldap;
 pub mod microsoft;
 pub mod upstream;
 

@@ -1,0 +1,1234 @@
+//! The `ldap` connector (Dex's `connector/ldap`): a user name and password checked against an
+//! LDAP directory — service bind, search for the user, bind as the found entry — with the
+//! entry's attributes as the identity and groups found by `groupSearch.userMatchers`.
+//!
+//! Invariants: an empty password is refused without contacting the directory (an empty
+//! password is an unauthenticated bind, which servers accept); the user name is escaped exactly
+//! once (RFC 4515), so non-ASCII names and `( ) * \` NUL match themselves and nothing else;
+//! more than one matching entry is [`ConnectorError::Ambiguous`], never a guess; the user's bind
+//! runs on a fresh connection that is closed afterwards, so a pooled connection is only ever
+//! bound as the service account; connecting, binding and each search are bounded by the
+//! connector's `timeout`, and a login waits at most that long for one of the pool's few
+//! connections, so a slow or dead directory gives an answer in bounded time; answers are decoded
+//! without panicking, and the library's own panics on malformed answers end in
+//! [`ConnectorError::Upstream`] (each exchange runs in its own task); the bind password never
+//! appears in logs or `Debug` output; TLS is verified unless `insecureSkipVerify` is set, and
+//! plain LDAP (`insecureNoSSL`) is warned about at startup.
+
+mod decode;
+mod pool;
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use ldap3::{LdapError, Scope, ldap_escape};
+use rustls::ClientConfig;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::version::{TLS12, TLS13};
+use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
+use serde::Deserialize;
+use zeroize::Zeroizing;
+
+use super::config::{ConfigProblem, OpenContext, parse, unknown_keys};
+use super::{ConnectorError, ConnectorKind, PasswordConnector, Scopes, UpstreamIdentity};
+
+pub use decode::{Entry, decode_entry, decode_entry_ber};
+use pool::Pool;
+
+/// How many service-bound connections a connector keeps (and uses at once).
+pub const POOL_SIZE: usize = 4;
+/// How many user binds (each on its own short-lived connection) may run at once.
+pub const MAX_USER_BINDS: usize = 16;
+/// The longest user name sent to the directory (longer ones are wrong credentials).
+pub const MAX_USERNAME: usize = 1024;
+/// The most groups a user gets (more are dropped, with a warning).
+pub const MAX_GROUPS: usize = 1000;
+/// The deepest `recursionGroupAttr` nesting followed.
+pub const MAX_GROUP_DEPTH: usize = 32;
+
+// ---------------------------------------------------------------------------------------------
+// Configuration: Dex's fields, as Dex spells them.
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct RawConfig {
+    host: String,
+    #[serde(rename = "insecureNoSSL")]
+    insecure_no_ssl: bool,
+    insecure_skip_verify: bool,
+    #[serde(rename = "startTLS")]
+    start_tls: bool,
+    #[serde(rename = "rootCA")]
+    root_ca: String,
+    #[serde(rename = "rootCAData")]
+    root_ca_data: String,
+    client_cert: String,
+    client_key: String,
+    #[serde(rename = "bindDN")]
+    bind_dn: String,
+    #[serde(rename = "bindPW", deserialize_with = "secret")]
+    bind_pw: Zeroizing<String>,
+    username_prompt: String,
+    user_search: RawUserSearch,
+    group_search: RawGroupSearch,
+    /// kfsec's own: bounds connecting and each directory operation (Go duration).
+    #[serde(deserialize_with = "kfsec_types::config::opt_duration")]
+    timeout: Option<Duration>,
+    #[serde(flatten)]
+    extra: BTreeMap<String, serde_json::Value>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct RawUserSearch {
+    #[serde(rename = "baseDN")]
+    base_dn: String,
+    filter: String,
+    #[serde(deserialize_with = "one_or_many")]
+    username: Vec<String>,
+    scope: String,
+    id_attr: String,
+    email_attr: String,
+    name_attr: String,
+    preferred_username_attr: String,
+    email_suffix: String,
+    #[serde(flatten)]
+    extra: BTreeMap<String, serde_json::Value>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct RawGroupSearch {
+    #[serde(rename = "baseDN")]
+    base_dn: String,
+    filter: String,
+    scope: String,
+    user_attr: String,
+    group_attr: String,
+    recursion_group_attr: String,
+    user_matchers: Vec<RawMatcher>,
+    name_attr: String,
+    #[serde(flatten)]
+    extra: BTreeMap<String, serde_json::Value>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct RawMatcher {
+    user_attr: String,
+    group_attr: String,
+    recursion_group_attr: String,
+    #[serde(flatten)]
+    extra: BTreeMap<String, serde_json::Value>,
+}
+
+const TOP_KEYS: [&str; 14] = [
+    "host",
+    "insecureNoSSL",
+    "insecureSkipVerify",
+    "startTLS",
+    "rootCA",
+    "rootCAData",
+    "clientCert",
+    "clientKey",
+    "bindDN",
+    "bindPW",
+    "usernamePrompt",
+    "userSearch",
+    "groupSearch",
+    "timeout",
+];
+const USER_KEYS: [&str; 9] = [
+    "baseDN",
+    "filter",
+    "username",
+    "scope",
+    "idAttr",
+    "emailAttr",
+    "nameAttr",
+    "preferredUsernameAttr",
+    "emailSuffix",
+];
+const GROUP_KEYS: [&str; 8] = [
+    "baseDN",
+    "filter",
+    "scope",
+    "userAttr",
+    "groupAttr",
+    "recursionGroupAttr",
+    "userMatchers",
+    "nameAttr",
+];
+const MATCHER_KEYS: [&str; 3] = ["userAttr", "groupAttr", "recursionGroupAttr"];
+
+/// Dex master's `userSearch.username`: one attribute, or a list OR-combined.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    match serde_json::Value::deserialize(d)? {
+        serde_json::Value::Null => Ok(Vec::new()),
+        serde_json::Value::String(s) if s.is_empty() => Ok(Vec::new()),
+        serde_json::Value::String(s) => Ok(vec![s]),
+        serde_json::Value::Array(items) => items
+            .into_iter()
+            .map(|v| match v {
+                serde_json::Value::String(s) => Ok(s),
+                _ => Err(serde::de::Error::custom(
+                    "username must be a string or a list of strings",
+                )),
+            })
+            .collect(),
+        _ => Err(serde::de::Error::custom(
+            "username must be a string or a list of strings",
+        )),
+    }
+}
+
+fn secret<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Zeroizing<String>, D::Error> {
+    String::deserialize(d).map(Zeroizing::new)
+}
+
+/// Go's JSON decoding leaves a field at its zero value for `null` (YAML's `filter:` with nothing
+/// after it); serde would refuse it, so nulls are dropped before parsing.
+fn drop_nulls(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(map) => {
+            map.retain(|_, v| !v.is_null());
+            map.values_mut().for_each(drop_nulls);
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(drop_nulls),
+        _ => {}
+    }
+}
+
+/// Unknown keys of one level, with a hint when only the letter case differs (Go's JSON decoder
+/// matches keys case-insensitively; kfsec wants Dex's spelling).
+fn unknown(prefix: &str, extra: &BTreeMap<String, serde_json::Value>, known: &[&str]) -> Vec<ConfigProblem> {
+    let hints: Vec<(String, String)> = extra
+        .keys()
+        .filter_map(|k| {
+            known
+                .iter()
+                .find(|n| !n.is_empty() && n.eq_ignore_ascii_case(k))
+                .map(|n| (k.clone(), format!("Dex spells it {n:?}")))
+        })
+        .collect();
+    let mut hints: Vec<(&str, &str)> = hints.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+    hints.push((
+        "kerberos",
+        "Dex master's SPNEGO (Kerberos) login, which kfsec does not implement: users type their password",
+    ));
+    unknown_keys("ldap", prefix, extra, &hints)
+}
+
+/// One attribute to group matcher (Dex's `UserMatcher`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Matcher {
+    user_attr: String,
+    group_attr: String,
+    recursion_group_attr: String,
+}
+
+#[derive(Debug, Clone)]
+struct UserSearch {
+    base_dn: String,
+    filter: String,
+    username: Vec<String>,
+    scope: Scope,
+    id_attr: String,
+    email_attr: String,
+    name_attr: String,
+    preferred_username_attr: String,
+    email_suffix: String,
+}
+
+#[derive(Debug, Clone)]
+struct GroupSearch {
+    base_dn: String,
+    filter: String,
+    scope: Scope,
+    matchers: Vec<Matcher>,
+    name_attr: String,
+}
+
+/// A connector's validated settings.
+struct Settings {
+    id: String,
+    url: url::Url,
+    host: String,
+    tls: Option<Arc<ClientConfig>>,
+    start_tls: bool,
+    bind_dn: String,
+    bind_pw: Zeroizing<String>,
+    prompt: String,
+    timeout: Duration,
+    user: UserSearch,
+    groups: Option<GroupSearch>,
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("id", &self.id)
+            .field("url", &self.url.as_str())
+            .field("tls", &self.tls.is_some())
+            .field("start_tls", &self.start_tls)
+            .field("bind_dn", &self.bind_dn)
+            .field("timeout", &self.timeout)
+            .field("user", &self.user)
+            .field("groups", &self.groups)
+            .finish_non_exhaustive()
+    }
+}
+
+fn scope(field: &str, value: &str, problems: &mut Vec<ConfigProblem>) -> Scope {
+    match value {
+        "" | "sub" => Scope::Subtree,
+        "one" => Scope::OneLevel,
+        other => {
+            problems.push(ConfigProblem::new(
+                field,
+                format!("unknown value {other:?}: use sub (the default) or one"),
+            ));
+            Scope::Subtree
+        }
+    }
+}
+
+/// `(&<filter><inner>)`, or `inner` alone without a filter (Dex's composition).
+fn and_filter(filter: &str, inner: &str) -> String {
+    if filter.is_empty() {
+        inner.to_owned()
+    } else {
+        format!("(&{filter}{inner})")
+    }
+}
+
+/// The user search filter for `username` (escaped here, once).
+fn user_filter(search: &UserSearch, username: &str) -> String {
+    let value = ldap_escape(username);
+    let inner = if search.username.len() == 1 {
+        format!("({}={value})", search.username[0])
+    } else {
+        let alts: String = search.username.iter().map(|a| format!("({a}={value})")).collect();
+        format!("(|{alts})")
+    };
+    and_filter(&search.filter, &inner)
+}
+
+/// The group search filter for one value of a user (or group) attribute (escaped here, once).
+fn group_filter(search: &GroupSearch, group_attr: &str, value: &str) -> String {
+    and_filter(&search.filter, &format!("({group_attr}={})", ldap_escape(value)))
+}
+
+fn check_filter(field: &str, filter: &str, problems: &mut Vec<ConfigProblem>) {
+    if ldap3::parse_filter(filter).is_err() {
+        problems.push(ConfigProblem::new(
+            field,
+            format!(
+                "{filter:?} is not a valid LDAP search filter (RFC 4515): write it in parentheses, e.g. (objectClass=person)"
+            ),
+        ));
+    }
+}
+
+/// Dex's `host`: `host[:port]`, port 636 by default (389 with `insecureNoSSL`). Returns the URL
+/// and the host part (the TLS server name).
+fn parse_host(raw: &RawConfig, problems: &mut Vec<ConfigProblem>) -> Option<(url::Url, String)> {
+    let host = raw.host.trim();
+    if host.is_empty() {
+        problems.push(ConfigProblem::new(
+            "host",
+            "required (host or host:port of the LDAP server)",
+        ));
+        return None;
+    }
+    let bad = || {
+        ConfigProblem::new(
+            "host",
+            format!("{host:?} is not host or host:port (no scheme, path or user)"),
+        )
+    };
+    if host.contains(['/', '@', '?', '#', ' ']) {
+        problems.push(bad());
+        return None;
+    }
+    let default_port = if raw.insecure_no_ssl { 389 } else { 636 };
+    let scheme = if raw.insecure_no_ssl || raw.start_tls {
+        "ldap"
+    } else {
+        "ldaps"
+    };
+    let Ok(mut url) = url::Url::parse(&format!("{scheme}://{host}")) else {
+        problems.push(bad());
+        return None;
+    };
+    let Some(name) = url.host_str().map(str::to_owned) else {
+        problems.push(bad());
+        return None;
+    };
+    if url.port().is_none() && url.set_port(Some(default_port)).is_err() {
+        problems.push(bad());
+        return None;
+    }
+    let name = name.trim_start_matches('[').trim_end_matches(']').to_owned();
+    Some((url, name))
+}
+
+/// Accepts any certificate but still checks the handshake signatures (Go's
+/// `InsecureSkipVerify`).
+#[derive(Debug)]
+struct SkipVerify(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for SkipVerify {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// `rootCAData` is Go `[]byte`: base64 of a PEM bundle in JSON (a PEM text is accepted too).
+fn root_ca_data(data: &str) -> Result<Vec<u8>, String> {
+    let trimmed = data.trim();
+    if trimmed.starts_with("-----BEGIN") {
+        return Ok(trimmed.as_bytes().to_vec());
+    }
+    let compact: String = trimmed.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+    STANDARD
+        .decode(compact)
+        .map_err(|e| format!("not base64 of a PEM bundle: {e}"))
+}
+
+/// The rustls client config Dex's TLS fields describe (aws-lc-rs, TLS 1.3 and 1.2): only the
+/// `rootCA`/`rootCAData` roots when given, else the system's; the client certificate when both
+/// `clientCert` and `clientKey` are set.
+fn tls_config(raw: &RawConfig, problems: &mut Vec<ConfigProblem>) -> Option<Arc<ClientConfig>> {
+    let provider = kfsec_pki::crypto_provider();
+    let mut roots = RootCertStore::empty();
+    let custom = if !raw.root_ca_data.trim().is_empty() {
+        Some(("rootCAData", root_ca_data(&raw.root_ca_data)))
+    } else if !raw.root_ca.trim().is_empty() {
+        Some((
+            "rootCA",
+            std::fs::read(raw.root_ca.trim()).map_err(|e| format!("cannot read {:?}: {e}", raw.root_ca.trim())),
+        ))
+    } else {
+        None
+    };
+    match custom {
+        Some((field, Ok(pem))) => {
+            let mut found = 0;
+            for der in CertificateDer::pem_slice_iter(&pem) {
+                match der
+                    .map_err(|e| e.to_string())
+                    .and_then(|d| roots.add(d).map_err(|e| e.to_string()))
+                {
+                    Ok(()) => found += 1,
+                    Err(e) => problems.push(ConfigProblem::new(field, format!("bad certificate: {e}"))),
+                }
+            }
+            if found == 0 {
+                problems.push(ConfigProblem::new(field, "no certificates found (expected PEM)"));
+            }
+        }
+        Some((field, Err(e))) => problems.push(ConfigProblem::new(field, e)),
+        None => {
+            let native = rustls_native_certs::load_native_certs();
+            let (added, _) = roots.add_parsable_certificates(native.certs);
+            if added == 0 && !raw.insecure_skip_verify && !raw.insecure_no_ssl {
+                tracing::warn!(
+                    "ldap connector: no rootCA/rootCAData and no system CA certificates found; TLS to {} will fail",
+                    raw.host
+                );
+            }
+        }
+    }
+    let builder = match ClientConfig::builder_with_provider(provider.clone()).with_protocol_versions(&[&TLS13, &TLS12])
+    {
+        Ok(b) => b,
+        Err(e) => {
+            problems.push(ConfigProblem::new("", format!("TLS setup failed: {e}")));
+            return None;
+        }
+    };
+    let builder = if raw.insecure_skip_verify {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(SkipVerify(provider)))
+    } else {
+        builder.with_root_certificates(roots)
+    };
+    let cert = raw.client_cert.trim();
+    let key = raw.client_key.trim();
+    let config = match (cert.is_empty(), key.is_empty()) {
+        (true, true) => builder.with_no_client_auth(),
+        (false, true) | (true, false) => {
+            let (set, unset) = if cert.is_empty() {
+                ("clientKey", "clientCert")
+            } else {
+                ("clientCert", "clientKey")
+            };
+            problems.push(ConfigProblem::new(
+                unset,
+                format!("{set} is set but {unset} is not: set both (a client certificate and its key) or neither"),
+            ));
+            return None;
+        }
+        (false, false) => match client_identity(cert, key) {
+            Ok((certs, key)) => match builder.with_client_auth_cert(certs, key) {
+                Ok(c) => c,
+                Err(e) => {
+                    problems.push(ConfigProblem::new("clientKey", format!("unusable client key: {e}")));
+                    return None;
+                }
+            },
+            Err(p) => {
+                problems.push(p);
+                return None;
+            }
+        },
+    };
+    Some(Arc::new(config))
+}
+
+type ClientIdentity = (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>);
+
+fn client_identity(cert_path: &str, key_path: &str) -> Result<ClientIdentity, ConfigProblem> {
+    let cert_pem = std::fs::read_to_string(cert_path)
+        .map_err(|e| ConfigProblem::new("clientCert", format!("cannot read {cert_path:?}: {e}")))?;
+    let key_pem = Zeroizing::new(
+        std::fs::read_to_string(key_path)
+            .map_err(|e| ConfigProblem::new("clientKey", format!("cannot read {key_path:?}: {e}")))?,
+    );
+    // Proves the key matches the certificate (and both parse).
+    kfsec_pki::load_certified_key(&cert_pem, &key_pem)
+        .map_err(|e| ConfigProblem::new("clientCert", format!("client certificate and key are unusable: {e}")))?;
+    let certs = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ConfigProblem::new("clientCert", format!("bad PEM: {e}")))?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+        .map_err(|e| ConfigProblem::new("clientKey", format!("bad PEM: {e}")))?;
+    Ok((certs, key))
+}
+
+fn settings(id: &str, config: serde_json::Value, ctx: &OpenContext) -> Result<Settings, Vec<ConfigProblem>> {
+    let mut config = config;
+    drop_nulls(&mut config);
+    let raw: RawConfig = parse(config)?;
+    let mut problems = Vec::new();
+    problems.extend(unknown("", &raw.extra, &TOP_KEYS));
+    problems.extend(unknown("userSearch.", &raw.user_search.extra, &USER_KEYS));
+    problems.extend(unknown("groupSearch.", &raw.group_search.extra, &GROUP_KEYS));
+    for (i, m) in raw.group_search.user_matchers.iter().enumerate() {
+        problems.extend(unknown(
+            &format!("groupSearch.userMatchers[{i}]."),
+            &m.extra,
+            &MATCHER_KEYS,
+        ));
+    }
+
+    let target = parse_host(&raw, &mut problems);
+    if raw.insecure_no_ssl {
+        tracing::warn!(
+            "ldap connector {id:?}: insecureNoSSL is set: passwords and directory data cross the network in clear text to {}",
+            raw.host
+        );
+        if raw.start_tls {
+            tracing::warn!("ldap connector {id:?}: startTLS has no effect with insecureNoSSL (as in Dex)");
+        }
+    } else if raw.insecure_skip_verify {
+        tracing::warn!("ldap connector {id:?}: insecureSkipVerify is set: the directory's certificate is not checked");
+    }
+    let tls = if raw.insecure_no_ssl {
+        None
+    } else {
+        tls_config(&raw, &mut problems)
+    };
+
+    if raw.bind_dn.is_empty() != raw.bind_pw.is_empty() {
+        let msg = if raw.bind_dn.is_empty() {
+            "bindPW is set but bindDN is not: set both for a service account, or neither for an anonymous bind"
+        } else {
+            "bindDN is set but bindPW is empty (an unset $VAR expands to nothing): set both for a service account, or neither for an anonymous bind"
+        };
+        problems.push(ConfigProblem::new(
+            if raw.bind_dn.is_empty() { "bindDN" } else { "bindPW" },
+            msg,
+        ));
+    }
+
+    let us = &raw.user_search;
+    if us.base_dn.is_empty() {
+        problems.push(ConfigProblem::new(
+            "userSearch.baseDN",
+            "required (where users are searched)",
+        ));
+    }
+    if us.username.is_empty() || us.username.iter().any(String::is_empty) {
+        problems.push(ConfigProblem::new(
+            "userSearch.username",
+            "required: the attribute (or list of attributes) the login name is matched against, e.g. uid",
+        ));
+    } else {
+        let probe = UserSearch {
+            base_dn: String::new(),
+            filter: us.filter.clone(),
+            username: us.username.clone(),
+            scope: Scope::Subtree,
+            id_attr: String::new(),
+            email_attr: String::new(),
+            name_attr: String::new(),
+            preferred_username_attr: String::new(),
+            email_suffix: String::new(),
+        };
+        let field = if us.filter.is_empty() {
+            "userSearch.username"
+        } else {
+            "userSearch.filter"
+        };
+        check_filter(field, &user_filter(&probe, "x"), &mut problems);
+    }
+    let user_scope = scope("userSearch.scope", &us.scope, &mut problems);
+    if us.id_attr.is_empty() {
+        problems.push(ConfigProblem::new(
+            "userSearch.idAttr",
+            "required: the attribute that identifies a user for good (e.g. uid; sAMAccountName on Active Directory); Dex fails every login without it",
+        ));
+    }
+    if us.email_suffix.is_empty() && us.email_attr.is_empty() {
+        problems.push(ConfigProblem::new(
+            "userSearch.emailAttr",
+            "required (it becomes the email claim, the Kubeflow user), unless emailSuffix is set",
+        ));
+    }
+    if !us.email_suffix.is_empty() && us.name_attr.is_empty() {
+        problems.push(ConfigProblem::new(
+            "userSearch.emailSuffix",
+            "needs userSearch.nameAttr: the email is <nameAttr value>@<emailSuffix> (without nameAttr every user would be the same \"@suffix\")",
+        ));
+    }
+    if us.email_suffix.starts_with('@') {
+        problems.push(ConfigProblem::new("userSearch.emailSuffix", "write it without the @"));
+    }
+
+    let gs = &raw.group_search;
+    let group_scope = scope("groupSearch.scope", &gs.scope, &mut problems);
+    // Dex: userMatchers win when the first has a userAttr; else the deprecated flat pair.
+    let matchers: Vec<Matcher> = if gs.user_matchers.first().is_some_and(|m| !m.user_attr.is_empty()) {
+        if !gs.user_attr.is_empty() || !gs.group_attr.is_empty() {
+            tracing::warn!(
+                "ldap connector {id:?}: groupSearch.userAttr/groupAttr are ignored because userMatchers is set (as in Dex)"
+            );
+        }
+        gs.user_matchers
+            .iter()
+            .map(|m| Matcher {
+                user_attr: m.user_attr.clone(),
+                group_attr: m.group_attr.clone(),
+                recursion_group_attr: m.recursion_group_attr.clone(),
+            })
+            .collect()
+    } else if gs.user_attr.is_empty() && gs.group_attr.is_empty() {
+        if gs.user_matchers.is_empty() {
+            Vec::new()
+        } else {
+            problems.push(ConfigProblem::new(
+                "groupSearch.userMatchers[0].userAttr",
+                "required: the user attribute whose values the groups' groupAttr holds (DN for the entry's DN)",
+            ));
+            Vec::new()
+        }
+    } else {
+        if !gs.base_dn.is_empty() {
+            tracing::warn!(
+                "ldap connector {id:?}: groupSearch.userAttr/groupAttr are deprecated in Dex: use groupSearch.userMatchers"
+            );
+        }
+        vec![Matcher {
+            user_attr: gs.user_attr.clone(),
+            group_attr: gs.group_attr.clone(),
+            recursion_group_attr: gs.recursion_group_attr.clone(),
+        }]
+    };
+    let groups = if gs.base_dn.is_empty() {
+        if !matchers.is_empty() || !gs.name_attr.is_empty() {
+            tracing::warn!("ldap connector {id:?}: groupSearch has no baseDN, so users get no groups (as in Dex)");
+        }
+        None
+    } else {
+        if gs.name_attr.is_empty() {
+            problems.push(ConfigProblem::new(
+                "groupSearch.nameAttr",
+                "required with groupSearch.baseDN: the group attribute that becomes the group name, e.g. cn",
+            ));
+        }
+        if matchers.is_empty() {
+            problems.push(ConfigProblem::new(
+                "groupSearch.userMatchers",
+                "required with groupSearch.baseDN: at least one {userAttr, groupAttr} pair, e.g. {userAttr: DN, groupAttr: member}",
+            ));
+        }
+        let search = GroupSearch {
+            base_dn: gs.base_dn.clone(),
+            filter: gs.filter.clone(),
+            scope: group_scope,
+            matchers: matchers.clone(),
+            name_attr: gs.name_attr.clone(),
+        };
+        let legacy = gs.user_matchers.is_empty();
+        for (i, m) in matchers.iter().enumerate() {
+            let at = |f: &str| {
+                if legacy {
+                    format!("groupSearch.{f}")
+                } else {
+                    format!("groupSearch.userMatchers[{i}].{f}")
+                }
+            };
+            if m.user_attr.is_empty() {
+                problems.push(ConfigProblem::new(at("userAttr"), "required (DN for the entry's DN)"));
+            }
+            if m.group_attr.is_empty() {
+                problems.push(ConfigProblem::new(
+                    at("groupAttr"),
+                    "required, e.g. member or memberUid",
+                ));
+            } else {
+                check_filter(
+                    &at("groupAttr"),
+                    &group_filter(&search, &m.group_attr, "x"),
+                    &mut problems,
+                );
+            }
+            if !m.recursion_group_attr.is_empty() {
+                check_filter(
+                    &at("recursionGroupAttr"),
+                    &group_filter(&search, &m.recursion_group_attr, "x"),
+                    &mut problems,
+                );
+            }
+        }
+        Some(search)
+    };
+
+    let timeout = raw.timeout.unwrap_or(ctx.default_timeout);
+    if timeout.is_zero() {
+        problems.push(ConfigProblem::new("timeout", "must be more than 0 (e.g. 10s)"));
+    }
+
+    match target {
+        Some((url, host)) if problems.is_empty() => Ok(Settings {
+            id: id.to_owned(),
+            url,
+            host,
+            tls,
+            start_tls: raw.start_tls && !raw.insecure_no_ssl,
+            bind_dn: raw.bind_dn.clone(),
+            bind_pw: raw.bind_pw.clone(),
+            prompt: if raw.username_prompt.is_empty() {
+                "Username".into()
+            } else {
+                raw.username_prompt.clone()
+            },
+            timeout,
+            user: UserSearch {
+                base_dn: us.base_dn.clone(),
+                filter: us.filter.clone(),
+                username: us.username.clone(),
+                scope: user_scope,
+                id_attr: us.id_attr.clone(),
+                email_attr: us.email_attr.clone(),
+                name_attr: us.name_attr.clone(),
+                preferred_username_attr: us.preferred_username_attr.clone(),
+                email_suffix: us.email_suffix.clone(),
+            },
+            groups,
+        }),
+        _ => Err(problems),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The connector.
+
+/// An `ldap` connector.
+#[derive(Clone)]
+pub struct LdapConnector {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for LdapConnector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LdapConnector")
+            .field("settings", &self.inner.s)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    s: Settings,
+    pool: Pool,
+}
+
+/// Builds the connector of one Dex `ldap` entry (its `config`, env-expanded).
+pub fn open(id: &str, config: serde_json::Value, ctx: &OpenContext) -> Result<ConnectorKind, Vec<ConfigProblem>> {
+    Ok(ConnectorKind::Password(Arc::new(build(id, config, ctx)?)))
+}
+
+/// Like [`open`], returning the concrete connector.
+pub fn build(id: &str, config: serde_json::Value, ctx: &OpenContext) -> Result<LdapConnector, Vec<ConfigProblem>> {
+    let s = settings(id, config, ctx)?;
+    Ok(LdapConnector {
+        inner: Arc::new(Inner {
+            pool: Pool::new(POOL_SIZE, MAX_USER_BINDS),
+            s,
+        }),
+    })
+}
+
+/// What the connector keeps with each refresh token.
+#[derive(serde::Serialize, Deserialize)]
+struct RefreshData {
+    dn: String,
+    username: String,
+}
+
+/// The outcome of a user search.
+enum Found {
+    None,
+    One(Box<Entry>),
+    Many(usize),
+}
+
+/// Cuts a directory's diagnostic text for a log line.
+fn clip(s: &str) -> String {
+    let mut out: String = s.chars().take(200).collect();
+    if out.len() < s.len() {
+        out.push('…');
+    }
+    out
+}
+
+/// Maps a library error to a connector error, and says whether the connection is gone (worth
+/// one retry on a fresh connection when it came from the pool).
+fn failure(host: &str, e: LdapError) -> (ConnectorError, bool) {
+    match e {
+        LdapError::Timeout { .. } => (ConnectorError::Timeout, false),
+        LdapError::LdapResult { result } => (
+            ConnectorError::Unreachable(format!("{host}: result {}: {}", result.rc, clip(&result.text))),
+            false,
+        ),
+        LdapError::Io { source } => {
+            if source
+                .get_ref()
+                .and_then(|i| i.downcast_ref::<rustls::Error>())
+                .is_some()
+            {
+                (
+                    ConnectorError::Unreachable(format!("TLS with {host} failed: {source}")),
+                    false,
+                )
+            } else {
+                (ConnectorError::Unreachable(format!("{host}: {source}")), true)
+            }
+        }
+        LdapError::Rustls { source } => (
+            ConnectorError::Unreachable(format!("TLS with {host} failed: {source}")),
+            false,
+        ),
+        LdapError::DNSName { source } => (
+            ConnectorError::Unreachable(format!("{host} is not a valid TLS server name: {source}")),
+            false,
+        ),
+        other => (
+            ConnectorError::Unreachable(format!("{host}: connection lost: {other}")),
+            true,
+        ),
+    }
+}
+
+impl Inner {
+    fn base_error(&self, what: &str, r: &ldap3::LdapResult) -> ConnectorError {
+        ConnectorError::Upstream(format!("{}: {what}: result {}: {}", self.s.host, r.rc, clip(&r.text)))
+    }
+
+    /// One search on a service-bound connection from the pool; a connection that turns out to
+    /// be closed (the server's idle timeout) is replaced once. At most `cap` entries are read.
+    async fn search(
+        &self,
+        base: &str,
+        scope: Scope,
+        filter: &str,
+        attrs: &[&str],
+        cap: usize,
+    ) -> Result<pool::Searched, ConnectorError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut lease = self.pool.service(&self.s).await?;
+            tracing::debug!(connector = %self.s.id, base, filter, "ldap search");
+            let run = pool::search(lease.ldap(), &self.s.host, base, scope, filter, attrs, cap);
+            match tokio::time::timeout(self.s.timeout, run).await {
+                Err(_) => return Err(ConnectorError::Timeout),
+                Ok(Ok(found)) => {
+                    if !found.more {
+                        lease.release();
+                    }
+                    return Ok(found);
+                }
+                Ok(Err((err, lost))) => {
+                    if lost && lease.reused() && attempt == 1 {
+                        tracing::debug!(connector = %self.s.id, "pooled ldap connection was closed; retrying on a new one");
+                        continue;
+                    }
+                    return Err(err);
+                }
+            }
+        }
+    }
+
+    fn user_attrs(&self) -> Vec<&str> {
+        let u = &self.s.user;
+        let mut attrs: Vec<&str> = vec![u.id_attr.as_str(), u.email_attr.as_str()];
+        if let Some(g) = &self.s.groups {
+            attrs.extend(g.matchers.iter().map(|m| m.user_attr.as_str()));
+        }
+        attrs.push(&u.name_attr);
+        attrs.push(&u.preferred_username_attr);
+        let mut seen = HashSet::new();
+        attrs.retain(|a| !a.is_empty() && seen.insert(a.to_ascii_lowercase()));
+        attrs
+    }
+
+    async fn find_user(&self, username: &str) -> Result<Found, ConnectorError> {
+        let u = &self.s.user;
+        let filter = user_filter(u, username);
+        let attrs = self.user_attrs();
+        let found = self.search(&u.base_dn, u.scope, &filter, &attrs, 2).await?;
+        let (mut entries, more) = (found.entries, found.more);
+        match found.rc {
+            0 => {}
+            32 => {
+                return Err(ConnectorError::Misconfigured(format!(
+                    "userSearch.baseDN {:?} does not exist on {}",
+                    u.base_dn, self.s.host
+                )));
+            }
+            rc => {
+                return Err(ConnectorError::Upstream(format!(
+                    "{}: user search failed with result {rc}",
+                    self.s.host
+                )));
+            }
+        }
+        if more || entries.len() > 1 {
+            return Ok(Found::Many(entries.len()));
+        }
+        match entries.pop() {
+            None => Ok(Found::None),
+            Some(e) if e.dn.is_empty() => Err(ConnectorError::Upstream(format!(
+                "{}: the user search returned an entry without a DN",
+                self.s.host
+            ))),
+            Some(e) => Ok(Found::One(Box::new(e))),
+        }
+    }
+
+    /// Binds as `dn` on a fresh connection. `Ok(false)`: wrong password (49) or a constraint
+    /// (19: locked, expired), as Dex reads them.
+    async fn bind_as(&self, dn: &str, password: &str) -> Result<bool, ConnectorError> {
+        let mut conn = self.pool.user(&self.s).await?;
+        let bind = conn.ldap().simple_bind(dn, password);
+        let result = match tokio::time::timeout(self.s.timeout, bind).await {
+            Err(_) => return Err(ConnectorError::Timeout),
+            Ok(Err(e)) => return Err(failure(&self.s.host, e).0),
+            Ok(Ok(r)) => r,
+        };
+        conn.close().await;
+        match result.rc {
+            0 => Ok(true),
+            49 | 19 => {
+                tracing::info!(connector = %self.s.id, dn, rc = result.rc, "ldap: the directory refused the user's password");
+                Ok(false)
+            }
+            _ => Err(self.base_error(&format!("bind as {dn:?}"), &result)),
+        }
+    }
+
+    fn identity(&self, e: &Entry) -> Result<UpstreamIdentity, ConnectorError> {
+        let u = &self.s.user;
+        let mut missing = Vec::new();
+        let mut get = |attr: &str| -> Result<String, ConnectorError> {
+            match e.first_text(attr).map_err(ConnectorError::Misconfigured)? {
+                Some(v) if !v.is_empty() => Ok(v),
+                _ => {
+                    missing.push(attr.to_owned());
+                    Ok(String::new())
+                }
+            }
+        };
+        let user_id = get(&u.id_attr)?;
+        let username = if u.name_attr.is_empty() {
+            String::new()
+        } else {
+            get(&u.name_attr)?
+        };
+        let preferred_username = if u.preferred_username_attr.is_empty() {
+            String::new()
+        } else {
+            get(&u.preferred_username_attr)?
+        };
+        let email = if u.email_suffix.is_empty() {
+            get(&u.email_attr)?
+        } else {
+            format!("{username}@{}", u.email_suffix)
+        };
+        if !missing.is_empty() {
+            return Err(ConnectorError::Misconfigured(format!(
+                "entry {:?} lacks the required attribute(s) {missing:?}",
+                e.dn
+            )));
+        }
+        Ok(UpstreamIdentity {
+            user_id,
+            username,
+            preferred_username,
+            email,
+            email_verified: true,
+            groups: Vec::new(),
+            connector_data: None,
+        })
+    }
+
+    async fn group_query(&self, g: &GroupSearch, attr: &str, value: &str) -> Result<Vec<Entry>, ConnectorError> {
+        let filter = group_filter(g, attr, value);
+        let found = self
+            .search(&g.base_dn, g.scope, &filter, &[g.name_attr.as_str()], MAX_GROUPS)
+            .await?;
+        match found.rc {
+            0 => {}
+            // Dex: a missing base is no groups.
+            32 => {
+                tracing::info!(connector = %self.s.id, filter, "ldap: group search base does not exist: no groups");
+                return Ok(Vec::new());
+            }
+            rc => {
+                return Err(ConnectorError::Upstream(format!(
+                    "{}: group search failed with result {rc}",
+                    self.s.host
+                )));
+            }
+        }
+        if found.more {
+            tracing::warn!(connector = %self.s.id, filter, "ldap: more than {MAX_GROUPS} groups match; the rest are dropped");
+        }
+        Ok(found.entries)
+    }
+
+    fn group_name(&self, g: &GroupSearch, e: &Entry) -> Result<String, ConnectorError> {
+        match e.first_text(&g.name_attr).map_err(ConnectorError::Misconfigured)? {
+            Some(n) if !n.is_empty() => Ok(n),
+            _ => Err(ConnectorError::Misconfigured(format!(
+                "group entry {:?} lacks the attribute {:?} (groupSearch.nameAttr)",
+                e.dn, g.name_attr
+            ))),
+        }
+    }
+
+    /// Dex's `groups`: for each matcher, for each value of the user's `userAttr`, the groups
+    /// whose `groupAttr` holds it; with `recursionGroupAttr`, their parents too (by DN), until
+    /// no new group appears. Names de-duplicated, in order found.
+    async fn groups(&self, user: &Entry) -> Result<Vec<String>, ConnectorError> {
+        let Some(g) = &self.s.groups else {
+            return Ok(Vec::new());
+        };
+        let mut names: Vec<String> = Vec::new();
+        let mut seen: HashSet<String> = HashSet::new();
+        for m in &g.matchers {
+            let values = user.texts(&m.user_attr).map_err(ConnectorError::Misconfigured)?;
+            let mut level: Vec<Entry> = Vec::new();
+            for v in &values {
+                level.extend(self.group_query(g, &m.group_attr, v).await?);
+            }
+            let mut depth = 0;
+            while !level.is_empty() {
+                let mut next = Vec::new();
+                for group in &level {
+                    let name = self.group_name(g, group)?;
+                    if !seen.insert(name.clone()) {
+                        continue;
+                    }
+                    if names.len() >= MAX_GROUPS {
+                        tracing::warn!(connector = %self.s.id, dn = %user.dn, "ldap: user is in more than {MAX_GROUPS} groups; the rest are dropped");
+                        return Ok(names);
+                    }
+                    names.push(name);
+                    if !m.recursion_group_attr.is_empty() {
+                        next.extend(self.group_query(g, &m.recursion_group_attr, &group.dn).await?);
+                    }
+                }
+                depth += 1;
+                if depth > MAX_GROUP_DEPTH && !next.is_empty() {
+                    tracing::warn!(connector = %self.s.id, dn = %user.dn, "ldap: groups nested deeper than {MAX_GROUP_DEPTH}; deeper parents are dropped");
+                    break;
+                }
+                level = next;
+            }
+        }
+        Ok(names)
+    }
+
+    async fn login(
+        &self,
+        scopes: Scopes,
+        username: &str,
+        password: &str,
+    ) -> Result<Option<UpstreamIdentity>, ConnectorError> {
+        let entry = match self.find_user(username).await? {
+            Found::None => {
+                tracing::info!(connector = %self.s.id, username, "ldap: no entry matches the user name");
+                return Ok(None);
+            }
+            Found::Many(n) => {
+                tracing::warn!(
+                    connector = %self.s.id,
+                    username,
+                    "ldap: the user name matches {}{n} entries under {:?}: refusing the login (fix the directory or userSearch.filter)",
+                    if n >= 2 { "at least " } else { "" },
+                    self.s.user.base_dn
+                );
+                return Err(ConnectorError::Ambiguous(username.to_owned()));
+            }
+            Found::One(e) => e,
+        };
+        if !self.bind_as(&entry.dn, password).await? {
+            return Ok(None);
+        }
+        let mut ident = self.identity(&entry)?;
+        if scopes.groups {
+            ident.groups = self.groups(&entry).await?;
+        }
+        let data = RefreshData {
+            dn: entry.dn.clone(),
+            username: username.to_owned(),
+        };
+        ident.connector_data = serde_json::to_value(&data).ok();
+        Ok(Some(ident))
+    }
+
+    async fn refresh(&self, scopes: Scopes, identity: &UpstreamIdentity) -> Result<UpstreamIdentity, ConnectorError> {
+        let data: RefreshData = identity
+            .connector_data
+            .clone()
+            .and_then(|v| serde_json::from_value(v).ok())
+            .ok_or_else(|| ConnectorError::Revoked("no LDAP refresh data: log in again".into()))?;
+        let entry = match self.find_user(&data.username).await? {
+            Found::None => return Err(ConnectorError::Revoked(format!("user not found {:?}", data.username))),
+            Found::Many(_) => {
+                return Err(ConnectorError::Revoked(format!(
+                    "user name {:?} now matches several entries",
+                    data.username
+                )));
+            }
+            Found::One(e) => e,
+        };
+        if !entry.dn.eq_ignore_ascii_case(&data.dn) {
+            return Err(ConnectorError::Revoked(format!(
+                "refresh for username {:?} expected DN {:?} got {:?}",
+                data.username, data.dn, entry.dn
+            )));
+        }
+        let mut ident = self.identity(&entry)?;
+        if !identity.user_id.is_empty() && ident.user_id != identity.user_id {
+            return Err(ConnectorError::Revoked(format!(
+                "the entry {:?} has a new {} (the account was replaced)",
+                entry.dn, self.s.user.id_attr
+            )));
+        }
+        if scopes.groups {
+            ident.groups = self.groups(&entry).await?;
+        }
+        ident.connector_data = identity.connector_data.clone();
+        Ok(ident)
+    }
+}
+
+/// Runs `work` in its own task, so a panic inside the LDAP library (it panics on some malformed
+/// answers) becomes an error, not a dead request.
+async fn contained<T: Send + 'static>(
+    work: impl std::future::Future<Output = Result<T, ConnectorError>> + Send + 'static,
+) -> Result<T, ConnectorError> {
+    match tokio::spawn(work).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!("ldap: the exchange with the directory failed: {e}");
+            Err(ConnectorError::Upstream(
+                "the directory's answer could not be decoded".into(),
+            ))
+        }
+    }
+}
+
+#[async_trait]
+impl PasswordConnector for LdapConnector {
+    fn prompt(&self) -> &str {
+        &self.inner.s.prompt
+    }
+
+    async fn login(
+        &self,
+        scopes: Scopes,
+        username: &str,
+        password: &str,
+    ) -> Result<Option<UpstreamIdentity>, ConnectorError> {
+        // An empty password would be an unauthenticated bind, which directories accept.
+        if password.is_empty() || username.is_empty() || username.len() > MAX_USERNAME {
+            return Ok(None);
+        }
+        let inner = self.inner.clone();
+        let username = username.to_owned();
+        let password = Zeroizing::new(password.to_owned());
+        contained(async move { inner.login(scopes, &username, &password).await }).await
+    }
+
+    async fn refresh(&self, scopes: Scopes, identity: &UpstreamIdentity) -> Result<UpstreamIdentity, ConnectorError> {
+        let inner = self.inner.clone();
+        let identity = identity.clone();
+        contained(async move { inner.refresh(scopes, &identity).await }).await
+    }
+}
+
+#[cfg(test)]
+mod tests;
