@@ -5,6 +5,8 @@
 mod admission;
 mod attacks;
 mod device;
+mod fake_entra;
+mod fed_microsoft;
 mod flow;
 mod harness;
 mod ingress;
