@@ -2,17 +2,26 @@
 //! references and command-line overrides, validated once into an immutable [`Config`].
 //!
 //! Invariants: unknown fields are errors naming their path; secrets given by environment
-//! variable are resolved here and never logged; no setting defaults to a password.
+//! variable are resolved here and never logged; no setting defaults to a password; the
+//! federation part (`federation`: connectors, password database, branding, revalidation) reports
+//! all of its problems in one run.
+
+mod federation;
+
+pub use federation::{DEFAULT_REVALIDATE_FEDERATED, Federation};
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::HeaderName;
 use kfsec_gateway::Route;
 use kfsec_gateway::listener::ListenerLimits;
+use kfsec_idp::connector::Connector;
 use kfsec_idp::lockout::LockoutPolicy;
 use kfsec_idp::{Client, ClientAuth, RefreshPolicy, User};
+use kfsec_types::Clock;
 use kfsec_types::config::ConfigFile;
 
 /// Configuration errors, each naming what to fix.
@@ -47,6 +56,9 @@ pub enum ConfigError {
     /// A semantic problem.
     #[error("invalid configuration: {0}")]
     Invalid(String),
+    /// Several problems, each starting with its path (all of them, found in one run).
+    #[error("invalid configuration ({} problem{}):\n  - {}", .0.len(), if .0.len() == 1 { "" } else { "s" }, .0.join("\n  - "))]
+    Problems(Vec<String>),
 }
 
 /// Access to environment variables (a trait so tests never touch the process environment).
@@ -152,12 +164,36 @@ pub struct Config {
     /// Dex sections the file has that kfsec acknowledges but does not use, each with the reason
     /// (logged once at startup).
     pub acknowledged: Vec<String>,
+    /// Connectors, password database, chooser, branding and session revalidation.
+    pub federation: Federation,
+}
+
+impl Config {
+    /// The connectors in chooser order (the configured ones, opened against `issuer`, then
+    /// `local` when the password database is on); every problem of every entry in one error.
+    pub fn open_connectors(&self, issuer: &str, clock: Arc<dyn Clock>) -> Result<Vec<Connector>, ConfigError> {
+        let f = &self.federation;
+        federation::open_connectors(&f.connectors, f.password_db, issuer, clock).map_err(ConfigError::Problems)
+    }
+}
+
+/// The issuer as far as it is known before the listeners bind, as the server derives it at start
+/// (None: it depends on a port the system picks).
+fn known_issuer(issuer: Option<&str>, public_url: Option<&url::Url>, https_addr: SocketAddr) -> Option<String> {
+    if let Some(i) = issuer {
+        return Some(i.trim_end_matches('/').to_owned());
+    }
+    match public_url {
+        Some(u) => Some(format!("{}/dex", u.as_str().trim_end_matches('/'))),
+        None if https_addr.port() != 0 => Some(format!("https://localhost:{}/dex", https_addr.port())),
+        None => None,
+    }
 }
 
 /// The Dex sections kfsec accepts so that a Dex config pastes in unchanged, with why each is
 /// not used. A section must be a mapping (or empty), as Dex requires.
 fn acknowledge_dex_sections(f: &ConfigFile) -> Result<Vec<String>, ConfigError> {
-    let sections: [(&str, &Option<serde_json::Value>, &str); 5] = [
+    let sections: [(&str, &Option<serde_json::Value>, &str); 4] = [
         (
             "storage",
             &f.storage,
@@ -178,7 +214,6 @@ fn acknowledge_dex_sections(f: &ConfigFile) -> Result<Vec<String>, ConfigError> 
             &f.grpc,
             "kfsec has no gRPC API (manage users and clients with `kfsec user` / `kfsec client`); no gRPC listener is opened",
         ),
-        ("frontend", &f.frontend, "kfsec serves its own login pages"),
     ];
     let mut out = Vec::new();
     for t in &f.oauth2.response_types {
@@ -187,16 +222,6 @@ fn acknowledge_dex_sections(f: &ConfigFile) -> Result<Vec<String>, ConfigError> 
                 "oauth2.responseTypes: {t:?} is not supported: kfsec issues tokens only through the authorization code flow (with PKCE), never in the redirect (implicit and hybrid flows); use [code] or leave it out"
             )));
         }
-    }
-    if f.oauth2.always_show_login_screen == Some(true) {
-        out.push(
-            "Dex's `oauth2.alwaysShowLoginScreen` is accepted but has no effect: kfsec has one connector (local) and shows its login form directly".to_owned(),
-        );
-    }
-    if let Some(c) = f.oauth2.password_connector.as_deref() {
-        out.push(format!(
-            "Dex's `oauth2.passwordConnector` ({c}) is accepted but not used yet: kfsec does not offer the resource-owner password grant; use the device flow (`kfsec login`) for command-line logins"
-        ));
     }
     for (name, value, why) in sections {
         let keys = match value {
@@ -368,11 +393,6 @@ pub fn validate(f: ConfigFile, o: &Overrides, env: &dyn Env) -> Result<Config, C
     {
         return Err(ConfigError::Invalid(format!("apiVersion must be kfsec/v1, not {v:?}")));
     }
-    if f.enable_password_db == Some(false) {
-        return Err(ConfigError::Invalid(
-            "enablePasswordDB: false is not supported (the local connector is kfsec's only one)".into(),
-        ));
-    }
     let data_dir = o
         .data_dir
         .clone()
@@ -540,7 +560,14 @@ pub fn validate(f: ConfigFile, o: &Overrides, env: &dyn Env) -> Result<Config, C
         ));
     }
     let (front_door, webhook_limits, webhook_client_auth) = listener_limits(&f)?;
-    let acknowledged = acknowledge_dex_sections(&f)?;
+    let mut acknowledged = acknowledge_dex_sections(&f)?;
+    let (federation, unused) = federation::federation(
+        &f,
+        env,
+        known_issuer(f.issuer.as_deref(), public_url.as_ref(), https_addr).as_deref(),
+    )
+    .map_err(ConfigError::Problems)?;
+    acknowledged.extend(unused);
     let webhook_settings = WebhookSettingsMaps {
         katib: config_map_ref(
             f.webhooks.katib_config_map.as_deref(),
@@ -634,6 +661,7 @@ pub fn validate(f: ConfigFile, o: &Overrides, env: &dyn Env) -> Result<Config, C
         webhook_client_auth,
         webhook_settings,
         acknowledged,
+        federation,
     })
 }
 
@@ -801,6 +829,42 @@ routes:
     }
 
     #[test]
+    fn the_charmed_kubeflow_dex_config_loads_unchanged() {
+        let text = include_str!("../fixtures/dex-charmed-kubeflow.yaml");
+        let f = parse(Path::new("config.docker.yaml"), text).unwrap();
+        let env = MapEnv(vec![
+            ("MICROSOFT_APPLICATION_ID", "0e7c1c6e-0000-4000-8000-00000000c0de"),
+            ("MICROSOFT_CLIENT_SECRET", "ms-client-secret-value"),
+        ]);
+        let c = validate(f, &Overrides::default(), &env).unwrap();
+        let issuer = "https://my-charmed-kubeflow.uksouth.cloudapp.azure.com/dex";
+        assert_eq!(c.issuer.as_deref(), Some(issuer));
+        // The static user `admin` (a bare name, as the charm writes it) and the relation's client.
+        assert_eq!(c.static_users[0].email, "admin");
+        assert_eq!(c.static_users[0].user_id, "5c0b8ff9-6b11-4a3a-9c8f-2f1e2f0b7a6e");
+        assert_eq!(c.static_clients[0].id, "authservice-oidc");
+        assert!(c.skip_approval);
+        // storage, telemetry and web: one line each; nothing else is unused.
+        let named: Vec<_> = c
+            .acknowledged
+            .iter()
+            .map(|a| a.split(' ').nth(1).unwrap_or(""))
+            .collect();
+        assert_eq!(named, ["`storage`", "`web`", "`telemetry`"], "{:?}", c.acknowledged);
+        // The microsoft connector, then the password database (enablePasswordDB: true).
+        assert!(c.federation.password_db);
+        assert_eq!(
+            c.federation.connectors[0].config["clientSecret"],
+            "ms-client-secret-value"
+        );
+        let list = c.open_connectors(issuer, Arc::new(kfsec_types::SystemClock)).unwrap();
+        let ids: Vec<_> = list.iter().map(|c| (c.id.as_str(), c.name.as_str())).collect();
+        assert_eq!(ids, [("microsoft", "Microsoft"), ("local", "Email")]);
+        assert!(c.federation.warnings.is_empty(), "{:?}", c.federation.warnings);
+        assert!(!format!("{c:?}").contains("ms-client-secret-value"));
+    }
+
+    #[test]
     fn static_users_named_like_the_charmed_kubeflow_admin_load_as_in_dex() {
         let hash = "$2y$12$4K/VkmDd1q1Orb3xAt82zu8gk7Ad6ReFR4LCP9UeYE90NLiN9Df72";
         let yaml = |email: &str| {
@@ -829,7 +893,7 @@ routes:
     }
 
     #[test]
-    fn implicit_response_types_are_refused_and_other_oauth2_keys_named() {
+    fn implicit_response_types_are_refused_and_the_chooser_keys_applied() {
         for t in ["token", "id_token", "code id_token"] {
             let f = parse(
                 Path::new("c.yaml"),
@@ -850,9 +914,10 @@ routes:
         )
         .unwrap();
         let c = validate(f, &Overrides::default(), &MapEnv(vec![])).unwrap();
-        assert_eq!(c.acknowledged.len(), 2, "{:?}", c.acknowledged);
-        assert!(c.acknowledged[0].contains("alwaysShowLoginScreen"));
-        assert!(c.acknowledged[1].contains("passwordConnector` (local)"));
+        // Applied now, so not named as unused.
+        assert!(c.acknowledged.is_empty(), "{:?}", c.acknowledged);
+        assert!(c.federation.always_show_login_screen);
+        assert_eq!(c.federation.password_connector.as_deref(), Some("local"));
     }
 
     #[test]
@@ -863,6 +928,14 @@ routes:
                 .unwrap_err()
                 .to_string();
             assert!(e.contains(section) && e.contains("mapping"), "{e}");
+        }
+        // `frontend` is read (branding); an unknown key in it is refused, not acknowledged.
+        let f = parse(Path::new("c.yaml"), "frontend: {a: 1}\n").unwrap();
+        let e = validate(f, &Overrides::default(), &MapEnv(vec![]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("frontend") && e.contains("unknown field `a`"), "{e}");
+        for section in ["storage", "web", "telemetry", "grpc"] {
             let f = parse(Path::new("c.yaml"), &format!("{section}: {{a: 1}}\n")).unwrap();
             let c = validate(f, &Overrides::default(), &MapEnv(vec![])).unwrap();
             assert!(

@@ -369,6 +369,12 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
     for note in &cfg.acknowledged {
         tracing::warn!("{note}");
     }
+    for warning in &cfg.federation.warnings {
+        tracing::warn!("{warning}");
+    }
+    for note in &cfg.federation.notes {
+        tracing::info!("{note}");
+    }
     let dir = DataDir(cfg.data_dir.clone());
     dir.create()?;
     let https = TcpListener::bind(cfg.https_addr)
@@ -392,6 +398,8 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
         .ok()
         .and_then(|u| u.host_str().map(str::to_owned));
     let issuer = cfg.issuer.clone().unwrap_or_else(|| format!("{public_url}/dex"));
+    // Opened here, where the issuer (the callback URL's base) is final.
+    let connectors = cfg.open_connectors(&issuer, clock.clone())?;
 
     let store: Arc<dyn Store> = open_store(&dir, clock.clone())?;
     let mut cas = CaSet::load_or_create(&dir.pki(), cfg.key_algorithm, clock.as_ref())?;
@@ -422,10 +430,10 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
         builtin_clients: vec![gatekeeper_client(), cli_client(&issuer_path(&issuer))],
         lockout: cfg.lockout.clone(),
         bearer_audiences: cfg.bearer_audiences.clone(),
-        connectors: vec![kfsec_idp::connector::Connector::local()],
-        always_show_login_screen: false,
-        password_connector: None,
-        branding: kfsec_idp::Branding::default(),
+        connectors,
+        always_show_login_screen: cfg.federation.always_show_login_screen,
+        password_connector: cfg.federation.password_connector.clone(),
+        branding: cfg.federation.branding.clone(),
     };
     let accounts = accounts::ServiceAccounts(kfsec_api::Objects::new(store.clone(), rng.clone()));
     let idp = Idp::new(

@@ -28,7 +28,8 @@ pub struct ConfigFile {
     pub admin_addr: Option<String>,
     /// Admission webhooks listen address.
     pub webhook_addr: Option<String>,
-    /// Dex: whether the local password database is enabled (always on in kfsec).
+    /// Dex: whether the local password database is offered (as the `local` connector, after the
+    /// configured ones). Unset: on when no connectors are configured, off when some are.
     #[serde(rename = "enablePasswordDB")]
     pub enable_password_db: Option<bool>,
     /// Dex: static users.
@@ -59,7 +60,9 @@ pub struct ConfigFile {
     pub telemetry: Option<serde_json::Value>,
     /// Dex's `grpc:` — acknowledged at startup, not used: kfsec has no gRPC API.
     pub grpc: Option<serde_json::Value>,
-    /// Dex's `frontend:` — acknowledged at startup, not used: kfsec's login pages are its own.
+    /// Dex's `frontend:` — `issuer`, `logoURL` and `theme` brand the login pages; `dir` and
+    /// `extra` are acknowledged at startup (kfsec's templates are compiled in). Read by the
+    /// server's config validation, which refuses other keys.
     pub frontend: Option<serde_json::Value>,
     /// Upstream routes of the gateway.
     #[serde(default)]
@@ -253,9 +256,9 @@ pub struct OAuth2Config {
     /// Allowed response types: only `code` (implicit and hybrid types are refused at load).
     #[serde(default)]
     pub response_types: Vec<String>,
-    /// Accepted for Dex compatibility and named at startup: kfsec has one connector (local).
+    /// Show the connector chooser even when there is only one connector.
     pub always_show_login_screen: Option<bool>,
-    /// Accepted for Dex compatibility and named at startup: no resource-owner password grant yet.
+    /// The connector the resource-owner password grant checks (`local` or an `ldap` one).
     pub password_connector: Option<String>,
 }
 
@@ -349,6 +352,10 @@ pub struct SessionConfig {
     pub cookie_name: Option<String>,
     /// Concurrent sessions per user (default 100); the oldest is ended when a new one starts.
     pub max_per_user: Option<u32>,
+    /// How often a session of a federated user (signed in through a connector) is re-checked
+    /// against the upstream, at its next request (default 15m; `0s` turns it off).
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub revalidate_federated: Option<Duration>,
 }
 
 /// The Kubeflow Pipelines API.

@@ -389,38 +389,44 @@ async fn tls_1_1_is_refused_and_1_2_and_1_3_work() {
     k.running.shutdown().await;
 }
 
-/// kubeflow/manifests' Dex config starts the real binary unchanged: its `storage` and `web`
-/// sections are acknowledged with one line each saying why kfsec does not use them, `web.http`
-/// opens no listener, and discovery names the config's issuer.
-#[tokio::test]
-async fn the_kubeflow_manifests_dex_config_starts_kfsec_unchanged() {
+/// Starts the real binary on a Dex config fixture of `crates/server/fixtures/` with `env`;
+/// returns it (and its data directory), the lines printed until ready, and the discovery document.
+async fn serve_dex_fixture(
+    name: &str,
+    env: &[(&str, &str)],
+) -> ((Proc, tempfile::TempDir), Vec<String>, serde_json::Value) {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let fixture = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../server/fixtures/dex-kubeflow-manifests.yaml"
-    );
+    let fixture = format!("{}/../server/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
     let mut child = Command::new("sh")
         .arg("-c")
         .arg("exec \"$0\" \"$@\" 2>&1")
         .arg(BIN)
-        .args(["serve", "--config", fixture, "--data-dir"])
+        .args(["serve", "--config", &fixture, "--data-dir"])
         .arg(dir.path())
         .args(["--https-addr", &format!("127.0.0.1:{port}")])
         .args(["--admin-addr", "127.0.0.1:0", "--webhook-addr", "127.0.0.1:0"])
-        .env("KFSEC_LOG", "warn")
-        .env("DEX_USER_PASSWORD", HASH)
-        .env("OIDC_CLIENT_ID", "kubeflow-oidc-authservice")
-        .env("OIDC_CLIENT_SECRET", "pUBnBOY80SnXgjibTYM9ZWNzY2xreNGQok")
+        .env("KFSEC_LOG", "info")
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
     let lines = until_ready(child.stdout.take().unwrap());
     let proc = Proc { child, port };
-    for (section, why) in [
-        ("storage", "kfsec keeps its state"),
-        ("web", "web.http and web.https never open a listener"),
-    ] {
+    let ca = std::fs::read_to_string(dir.path().join("pki/ca.crt")).unwrap();
+    let r = http_client(&ca)
+        .get(format!("https://localhost:{port}/dex/.well-known/openid-configuration"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let discovery = r.json().await.unwrap();
+    ((proc, dir), lines, discovery)
+}
+
+/// Each Dex section is named by exactly one startup line, with why kfsec does not use it.
+fn assert_acknowledged_once(lines: &[String], sections: &[(&str, &str)]) {
+    for (section, why) in sections {
         let said: Vec<_> = lines
             .iter()
             .filter(|l| l.contains(&format!("Dex's `{section}`")))
@@ -428,20 +434,75 @@ async fn the_kubeflow_manifests_dex_config_starts_kfsec_unchanged() {
         assert_eq!(said.len(), 1, "one line for {section}: {lines:?}");
         assert!(said[0].contains(why), "{said:?}");
     }
+}
+
+/// kubeflow/manifests' Dex config starts the real binary unchanged: its `storage` and `web`
+/// sections are acknowledged with one line each saying why kfsec does not use them, `web.http`
+/// opens no listener, and discovery names the config's issuer.
+#[tokio::test]
+async fn the_kubeflow_manifests_dex_config_starts_kfsec_unchanged() {
+    let (_proc, lines, discovery) = serve_dex_fixture(
+        "dex-kubeflow-manifests.yaml",
+        &[
+            ("DEX_USER_PASSWORD", HASH),
+            ("OIDC_CLIENT_ID", "kubeflow-oidc-authservice"),
+            ("OIDC_CLIENT_SECRET", "pUBnBOY80SnXgjibTYM9ZWNzY2xreNGQok"),
+        ],
+    )
+    .await;
+    assert_acknowledged_once(
+        &lines,
+        &[
+            ("storage", "kfsec keeps its state"),
+            ("web", "web.http and web.https never open a listener"),
+        ],
+    );
     assert!(
         std::net::TcpStream::connect("127.0.0.1:5556").is_err(),
         "web.http opened a listener"
     );
-    let ca = std::fs::read_to_string(dir.path().join("pki/ca.crt")).unwrap();
-    let r = http_client(&ca)
-        .get(format!(
-            "https://localhost:{}/dex/.well-known/openid-configuration",
-            proc.port
-        ))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let v: serde_json::Value = r.json().await.unwrap();
-    assert_eq!(v["issuer"], "http://dex.auth.svc.cluster.local:5556/dex");
+    assert_eq!(discovery["issuer"], "http://dex.auth.svc.cluster.local:5556/dex");
+}
+
+/// The Dex config Canonical's dex-auth charm renders starts the real binary unchanged: its
+/// `storage`, `web` and `telemetry` sections are acknowledged with one line each, none opens a
+/// listener, the static user `admin` loads, the guide's microsoft connector opens (its secrets
+/// from the environment, printed nowhere) with the password database after it, and discovery
+/// names the config's issuer.
+#[tokio::test]
+async fn the_charmed_kubeflow_dex_config_starts_kfsec_unchanged() {
+    let secret = "ms-client-secret-never-printed";
+    let (_proc, lines, discovery) = serve_dex_fixture(
+        "dex-charmed-kubeflow.yaml",
+        &[
+            ("MICROSOFT_APPLICATION_ID", "0e7c1c6e-0000-4000-8000-00000000c0de"),
+            ("MICROSOFT_CLIENT_SECRET", secret),
+        ],
+    )
+    .await;
+    assert_acknowledged_once(
+        &lines,
+        &[
+            ("storage", "kfsec keeps its state"),
+            ("web", "web.http and web.https never open a listener"),
+            ("telemetry", "no telemetry listener is opened"),
+        ],
+    );
+    let db: Vec<_> = lines.iter().filter(|l| l.contains("local password database")).collect();
+    assert_eq!(db.len(), 1, "{lines:?}");
+    assert!(
+        db[0].contains("on (enablePasswordDB: true), offered after the 1 configured connector(s)"),
+        "{db:?}"
+    );
+    assert!(!lines.iter().any(|l| l.contains(secret)), "{lines:?}");
+    for dex_port in [5556, 5558] {
+        assert!(
+            std::net::TcpStream::connect(("127.0.0.1", dex_port)).is_err(),
+            "a Dex listener was opened on {dex_port}"
+        );
+    }
+    assert_eq!(
+        discovery["issuer"],
+        "https://my-charmed-kubeflow.uksouth.cloudapp.azure.com/dex"
+    );
 }
