@@ -71,6 +71,10 @@ struct Config {
     client_id: String,
     #[serde(rename = "clientSecret", default)]
     client_secret: String,
+    /// Dex master: a file holding a federated credential (a JWT, e.g. AKS workload identity's
+    /// `AZURE_FEDERATED_TOKEN_FILE`), read at each token request, instead of a secret.
+    #[serde(rename = "clientAssertion", default)]
+    client_assertion: String,
     #[serde(rename = "redirectURI", default)]
     redirect_uri: String,
     #[serde(default)]
@@ -107,11 +111,7 @@ struct Config {
     extra: BTreeMap<String, serde_json::Value>,
 }
 
-const HINTS: [(&str, &str); 4] = [
-    (
-        "clientAssertion",
-        "a Dex master key (a federated credential file instead of a secret); kfsec does not implement it: set clientSecret",
-    ),
+const HINTS: [(&str, &str); 3] = [
     (
         "issuer",
         "the microsoft connector has no issuer: set tenant (and apiURL only for a sovereign cloud)",
@@ -140,7 +140,30 @@ fn build(id: &str, config: serde_json::Value, ctx: &OpenContext) -> Result<Micro
         }
     };
     need("clientID", &c.client_id);
-    need("clientSecret", &c.client_secret);
+    let credential = match (c.client_secret.is_empty(), c.client_assertion.is_empty()) {
+        (false, true) => Some(Credential::Secret(Hidden(c.client_secret))),
+        (true, false) => match read_assertion(&c.client_assertion) {
+            Ok(_) => Some(Credential::Assertion(c.client_assertion)),
+            Err(e) => {
+                problems.push(ConfigProblem::new("clientAssertion", e));
+                None
+            }
+        },
+        (true, true) => {
+            problems.push(ConfigProblem::new(
+                "clientSecret",
+                "required (or clientAssertion: a file with a federated credential)",
+            ));
+            None
+        }
+        (false, false) => {
+            problems.push(ConfigProblem::new(
+                "clientAssertion",
+                "set clientSecret or clientAssertion, not both (Dex would use the assertion and ignore the secret)",
+            ));
+            None
+        }
+    };
     let expected = ctx.callback();
     if c.redirect_uri != expected {
         problems.push(ConfigProblem::new(
@@ -187,7 +210,8 @@ fn build(id: &str, config: serde_json::Value, ctx: &OpenContext) -> Result<Micro
             None
         }
     };
-    let (Some(upstream), Some(api_url), Some(graph_url), true) = (upstream, api_url, graph_url, problems.is_empty())
+    let (Some(upstream), Some(api_url), Some(graph_url), Some(credential), true) =
+        (upstream, api_url, graph_url, credential, problems.is_empty())
     else {
         return Err(problems);
     };
@@ -215,7 +239,7 @@ fn build(id: &str, config: serde_json::Value, ctx: &OpenContext) -> Result<Micro
     Ok(Microsoft {
         id: id.to_owned(),
         client_id: c.client_id,
-        client_secret: Hidden(c.client_secret),
+        credential,
         redirect_uri: c.redirect_uri,
         auth_url: format!("{api_url}/{tenant}/oauth2/v2.0/authorize"),
         token_url: format!("{api_url}/{tenant}/oauth2/v2.0/token"),
@@ -258,7 +282,7 @@ fn base_url(field: &str, value: &str, default: &str, problems: &mut Vec<ConfigPr
 struct Microsoft {
     id: String,
     client_id: String,
-    client_secret: Hidden,
+    credential: Credential,
     redirect_uri: String,
     auth_url: String,
     token_url: String,
@@ -284,13 +308,52 @@ impl std::fmt::Debug for Microsoft {
         f.debug_struct("Microsoft")
             .field("id", &self.id)
             .field("client_id", &self.client_id)
-            .field("client_secret", &self.client_secret)
+            .field("credential", &self.credential)
             .field("token_url", &self.token_url)
             .field("graph_url", &self.graph_url)
             .field("groups", &self.groups)
             .field("timeout", &self.timeout)
             .finish_non_exhaustive()
     }
+}
+
+/// How the client proves itself to the token endpoint.
+#[derive(Debug)]
+enum Credential {
+    /// `clientSecret` (sent in the form body).
+    Secret(Hidden),
+    /// `clientAssertion`: a file whose content is sent as a JWT bearer client assertion.
+    Assertion(String),
+}
+
+const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+/// The largest client assertion file read.
+const MAX_ASSERTION: usize = 64 * 1024;
+
+/// Reads the `clientAssertion` file now (at startup, to report a wrong path).
+fn read_assertion(path: &str) -> Result<String, String> {
+    std::fs::read(path)
+        .map_err(|e| unreadable(path, &e))
+        .and_then(|b| assertion_text(path, b))
+}
+
+fn unreadable(path: &str, e: &std::io::Error) -> String {
+    format!("cannot read the client assertion file {path:?}: {e}")
+}
+
+/// The assertion in `bytes` (trimmed), refused if empty, huge or not text.
+fn assertion_text(path: &str, bytes: Vec<u8>) -> Result<String, String> {
+    if bytes.len() > MAX_ASSERTION {
+        return Err(format!(
+            "client assertion file {path:?} is larger than {MAX_ASSERTION} bytes"
+        ));
+    }
+    let text = String::from_utf8(bytes).map_err(|_| format!("client assertion file {path:?} is not text"))?;
+    let text = text.trim();
+    if text.is_empty() || text.contains(|c: char| c.is_whitespace() || c.is_control()) {
+        return Err(format!("client assertion file {path:?} does not hold one token"));
+    }
+    Ok(text.to_owned())
 }
 
 /// A secret whose `Debug` shows nothing.
@@ -470,14 +533,22 @@ impl Microsoft {
         let scope = self.upstream_scopes(scopes);
         let mut form = grant.to_vec();
         form.push(("scope", &scope));
-        let answer = self
-            .upstream
-            .post_form(
-                &self.token_url,
-                &form,
-                Some((&self.client_id, &self.client_secret.0, false)),
-            )
-            .await?;
+        let assertion;
+        let client = match &self.credential {
+            Credential::Secret(secret) => Some((self.client_id.as_str(), secret.0.as_str(), false)),
+            Credential::Assertion(path) => {
+                assertion = tokio::fs::read(path)
+                    .await
+                    .map_err(|e| unreadable(path, &e))
+                    .and_then(|b| assertion_text(path, b))
+                    .map_err(ConnectorError::Misconfigured)?;
+                form.push(("client_id", &self.client_id));
+                form.push(("client_assertion_type", ASSERTION_TYPE));
+                form.push(("client_assertion", &assertion));
+                None
+            }
+        };
+        let answer = self.upstream.post_form(&self.token_url, &form, client).await?;
         if !answer.ok() {
             let e: OAuthErrorAnswer = serde_json::from_slice(&answer.body).unwrap_or_default();
             let detail = format!(
@@ -896,18 +967,11 @@ mod tests {
             "redirectURI": "https://kf.example.com/oauth2/callback",
             "tenant": "common",
             "groups": ["admins"],
-            "clientAssertion": "/var/run/token",
+            "clientAssertion": "/nonexistent/azure-identity-token",
             "apiURL": "ftp://x",
         }));
         let fields: Vec<&str> = p.iter().map(|p| p.field.as_str()).collect();
-        for f in [
-            "clientID",
-            "clientSecret",
-            "redirectURI",
-            "groups",
-            "clientAssertion",
-            "apiURL",
-        ] {
+        for f in ["clientID", "redirectURI", "groups", "clientAssertion", "apiURL"] {
             assert!(fields.contains(&f), "{f} missing in {p:?}");
         }
         let redirect = p.iter().find(|p| p.field == "redirectURI").unwrap();
@@ -916,7 +980,10 @@ mod tests {
             "{redirect:?}"
         );
         let assertion = p.iter().find(|p| p.field == "clientAssertion").unwrap();
-        assert!(assertion.message.contains("clientSecret"), "{assertion:?}");
+        assert!(
+            assertion.message.contains("/nonexistent/azure-identity-token"),
+            "{assertion:?}"
+        );
         // Secrets never appear in problems.
         assert!(!format!("{p:?}").contains("s3cret"));
     }
@@ -930,6 +997,11 @@ mod tests {
                 "preferredUsernameField",
             ),
             (serde_json::json!({"tenant": "../x?y"}), "tenant"),
+            (
+                serde_json::json!({"clientAssertion": "/etc/hostname"}),
+                "clientAssertion",
+            ),
+            (serde_json::json!({"clientSecret": ""}), "clientSecret"),
             (serde_json::json!({"timeout": "0s"}), "timeout"),
             (serde_json::json!({"timeout": "soon"}), "timeout"),
             (

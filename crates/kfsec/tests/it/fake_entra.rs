@@ -20,6 +20,8 @@ use serde_json::{Value, json};
 
 pub const CLIENT_ID: &str = "kfsec-app";
 pub const CLIENT_SECRET: &str = "entra-s3cret";
+/// A federated credential (the content of AKS workload identity's token file).
+pub const CLIENT_ASSERTION: &str = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQ6YXV0aDprZnNlYyJ9.c2ln";
 pub const TENANT: &str = "11111111-2222-4333-8444-555555555555";
 
 #[derive(Clone, Debug)]
@@ -233,7 +235,10 @@ async fn token(
     let mut s = f.lock();
     s.token_forms.push(form.clone());
     let get = |k: &str| form.get(k).map_or("", String::as_str);
-    if get("client_id") != CLIENT_ID || get("client_secret") != CLIENT_SECRET {
+    let by_assertion = get("client_assertion_type") == "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+        && get("client_assertion") == CLIENT_ASSERTION
+        && !form.contains_key("client_secret");
+    if get("client_id") != CLIENT_ID || (get("client_secret") != CLIENT_SECRET && !by_assertion) {
         return (
             StatusCode::UNAUTHORIZED,
             Json(json!({"error": "invalid_client", "error_description": "AADSTS7000215: Invalid client secret provided."})),

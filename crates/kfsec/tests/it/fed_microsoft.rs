@@ -12,7 +12,7 @@ use kfsec_idp::connector::{CallbackConnector, ConnectorError, ConnectorKind, Sco
 use kfsec_types::SequenceRng;
 use serde_json::{Value, json};
 
-use crate::fake_entra::{CLIENT_ID, CLIENT_SECRET, FakeEntra, Group, TENANT, User};
+use crate::fake_entra::{CLIENT_ASSERTION, CLIENT_ID, CLIENT_SECRET, FakeEntra, Group, TENANT, User};
 
 const ISSUER: &str = "https://kf.example.test/dex";
 const CALLBACK: &str = "https://kf.example.test/dex/callback";
@@ -65,7 +65,11 @@ fn connector(fake: &FakeEntra, extra: Value) -> Arc<dyn CallbackConnector> {
         "graphURL": format!("{}/", fake.base),
     });
     for (k, v) in extra.as_object().unwrap() {
-        config[k] = v.clone();
+        if v.is_null() {
+            config.as_object_mut().unwrap().remove(k);
+        } else {
+            config[k] = v.clone();
+        }
     }
     let ctx = OpenContext::new(ISSUER, Duration::from_secs(10));
     let c = open("microsoft", "entra", "Entra ID", config, &ctx).unwrap();
@@ -540,4 +544,32 @@ async fn dead_endpoint_is_unreachable() {
     let dead_graph = connector(&fake, json!({"graphURL": format!("http://{dead}")}));
     let e = login(dead_graph.as_ref(), GROUPS).await.unwrap_err();
     assert!(matches!(e, ConnectorError::Unreachable(_)), "{e:?}");
+}
+
+#[tokio::test]
+async fn a_client_assertion_file_replaces_the_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("azure-identity-token");
+    std::fs::write(&file, "stale.token.value\n").unwrap();
+    let fake = fake().await;
+    let c = connector(
+        &fake,
+        json!({"clientSecret": null, "clientAssertion": file.to_str().unwrap()}),
+    );
+    // The file is read at each token request: a rotated token is used at once.
+    std::fs::write(&file, format!("{CLIENT_ASSERTION}\n")).unwrap();
+    let id = login(c.as_ref(), Scopes::default()).await.unwrap();
+    assert_eq!(id.user_id, ALICE);
+    let f = fake.state().token_forms[0].clone();
+    assert_eq!(f["client_assertion"], CLIENT_ASSERTION);
+    assert_eq!(
+        f["client_assertion_type"],
+        "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+    );
+    assert!(!f.contains_key("client_secret"));
+    // A stale credential is the provider's refusal, a 502 page (not a 500).
+    std::fs::write(&file, "stale.token.value").unwrap();
+    let e = login(c.as_ref(), Scopes::default()).await.unwrap_err();
+    assert!(e.to_string().contains("invalid_client"), "{e}");
+    assert_eq!(e.status(), 502);
 }
