@@ -21,7 +21,7 @@ use std::time::Duration;
 use axum::Json;
 use axum::extract::{Extension, Form, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Redirect, Response};
+use axum::response::{IntoResponse, Response};
 use kfsec_store::{Store, StoreError};
 use kfsec_types::UnixTime;
 use parking_lot::Mutex;
@@ -177,24 +177,7 @@ async fn device_code_inner(idp: &Idp, source: &str, f: CodeForm) -> Result<Respo
     if !client.authenticate(f.client_secret.as_deref()) {
         return Err(OAuthError::invalid_client());
     }
-    let mut scopes: Vec<String> = Vec::new();
-    for s in f.scope.split_whitespace() {
-        if !matches!(s, "openid" | "email" | "groups" | "profile" | "offline_access") {
-            return Err(OAuthError::bad(
-                OAuthCode::InvalidScope,
-                format!("Unrecognized scope(s) [{:?}]", s.chars().take(64).collect::<String>()),
-            ));
-        }
-        if !scopes.iter().any(|have| have == s) {
-            scopes.push(s.to_owned());
-        }
-    }
-    if !scopes.iter().any(|s| s == "openid") {
-        return Err(OAuthError::bad(
-            OAuthCode::InvalidScope,
-            "Missing required scope(s) [\"openid\"].",
-        ));
-    }
+    let scopes = crate::flow::requested_scopes(&f.scope)?;
     idp.device_limits.admit_device_code(source, idp.clock.now())?;
     let device_code = random_token(idp.rng.as_ref());
     let raw = random_alnum(idp.rng.as_ref(), 8).to_ascii_uppercase();
@@ -273,20 +256,17 @@ pub(crate) async fn verify_code(
         .map_err(IdpError::from)?
         .ok_or_else(invalid)?;
     let rec: DeviceRecord = serde_json::from_slice(&kv.value).map_err(IdpError::from)?;
-    let mut req = AuthRequest {
-        client_id: rec.client_id,
-        redirect_uri: format!("{}/device/callback", idp.settings.issuer_path()),
-        scopes: rec.scopes,
-        code_challenge: Some(sha256_b64(idp.device_verifier(&user_code).as_bytes())),
-        code_challenge_method: Some("S256".into()),
-        state: user_code,
-        nonce: None,
-        logged_in: None,
-        auth_ms: 0,
-        exp: 0,
-    };
-    let token = idp.sign_auth_request(&mut req)?;
-    Ok(Redirect::to(&idp.login_url(&token)).into_response())
+    let challenge = sha256_b64(idp.device_verifier(&user_code).as_bytes());
+    let mut req = AuthRequest::new(
+        rec.client_id,
+        format!("{}/device/callback", idp.settings.issuer_path()),
+        rec.scopes,
+        user_code,
+    );
+    req.code_challenge = Some(challenge);
+    req.code_challenge_method = Some("S256".into());
+    // The same chooser as any login: a device can be logged in through any connector.
+    idp.choose(req).await
 }
 
 #[derive(Deserialize)]

@@ -223,7 +223,7 @@ pub(crate) async fn incidents(
     let r = Refusal::failure(Failure::Internal, idp.rng());
     tracing::error!(incident = %r.incident_id(), error = %failed.cause, "identity provider failure");
     if failed.page {
-        crate::pages::idp_error(StatusCode::INTERNAL_SERVER_ERROR, &r.text())
+        crate::pages::idp_error(StatusCode::INTERNAL_SERVER_ERROR, &r.text(), None)
     } else {
         OAuthError::new(StatusCode::INTERNAL_SERVER_ERROR, OAuthCode::ServerError, r.text()).render()
     }
@@ -235,6 +235,8 @@ pub struct PageError {
     pub(crate) status: StatusCode,
     pub(crate) message: String,
     pub(crate) cause: Option<String>,
+    /// The chooser, when the user can start again.
+    pub(crate) back: Option<String>,
 }
 
 impl PageError {
@@ -243,6 +245,19 @@ impl PageError {
             status: StatusCode::BAD_REQUEST,
             message: message.into(),
             cause: None,
+            back: None,
+        }
+    }
+
+    /// A connector's refusal as a page: its status (4xx or 502–504) and its message for users
+    /// (the detail is logged, not shown), with a link back to the chooser.
+    pub(crate) fn connector(connector: &str, e: &crate::connector::ConnectorError, back: Option<String>) -> Self {
+        tracing::warn!(target: "audit", connector, error = %e, "upstream login failed");
+        Self {
+            status: e.status(),
+            message: e.user_message().to_owned(),
+            cause: None,
+            back,
         }
     }
 }
@@ -253,13 +268,14 @@ impl From<IdpError> for PageError {
             status: StatusCode::INTERNAL_SERVER_ERROR,
             message: "Internal server error.".into(),
             cause: Some(e.to_string()),
+            back: None,
         }
     }
 }
 
 impl IntoResponse for PageError {
     fn into_response(self) -> Response {
-        let mut resp = crate::pages::idp_error(self.status, &self.message);
+        let mut resp = crate::pages::idp_error(self.status, &self.message, self.back.as_deref());
         if let Some(cause) = self.cause {
             resp.extensions_mut().insert(Failed { cause, page: true });
         }

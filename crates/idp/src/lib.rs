@@ -9,6 +9,7 @@
 pub mod authn;
 pub mod clients;
 pub mod connector;
+pub mod cookies;
 mod device;
 mod error;
 mod flow;

@@ -475,8 +475,7 @@ impl Inner {
         }
     }
 
-    /// Releases a reservation without counting it (tests only).
-    #[cfg(test)]
+    /// Releases a reservation without counting it (the check could not be made).
     fn cancel(&self, pair: &str, source: &str, account: &str) {
         let p = &self.policy;
         let mut st = self.state.lock();
@@ -527,6 +526,13 @@ impl Permit {
         f
     }
 
+    /// The check could not be made (an upstream directory failed before it could answer):
+    /// the reservation is given back and nothing is counted, as no password was judged.
+    pub fn release(mut self) {
+        self.done = true;
+        self.inner.cancel(&self.pair, &self.source, &self.account);
+    }
+
     /// The check succeeded: the pair's count is cleared (the source's is not, so logging in to
     /// one's own account does not buy more guesses at others).
     pub async fn success(mut self) {
@@ -535,14 +541,6 @@ impl Permit {
         self.inner
             .persist(vec![(format!("{PREFIX}pair/{}", self.pair), None)])
             .await;
-    }
-}
-
-#[cfg(test)]
-impl Permit {
-    fn cancel(mut self) {
-        self.done = true;
-        self.inner.cancel(&self.pair, &self.source, &self.account);
     }
 }
 
@@ -586,7 +584,7 @@ mod tests {
     fn locked(l: &Lockout, account: &str, address: &str) -> bool {
         match l.reserve(account, address) {
             Gate::Open(p) => {
-                p.cancel();
+                p.release();
                 false
             }
             Gate::Locked => true,

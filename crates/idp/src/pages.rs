@@ -14,16 +14,59 @@ use axum::response::{IntoResponse, Response};
 
 /// The Content-Security-Policy of every page: nothing but the inline style, forms posting to
 /// this origin, no framing.
-const CSP: &str = "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'";
+const CSP: &str =
+    "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' https:; form-action 'self'; frame-ancestors 'none'";
+
+/// The branding a login page shows (from [`crate::Branding`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Brand<'a> {
+    logo: Option<&'a str>,
+    dark: bool,
+}
+
+impl<'a> From<&'a crate::Branding> for Brand<'a> {
+    fn from(b: &'a crate::Branding) -> Self {
+        Self {
+            logo: b.logo_url.as_deref(),
+            dark: b.theme == "dark",
+        }
+    }
+}
+
+/// One button of the connector chooser.
+#[derive(Debug, Clone)]
+pub(crate) struct Choice {
+    /// Connector id.
+    pub(crate) id: String,
+    /// Display name.
+    pub(crate) name: String,
+    /// Dex type (the button's CSS class, as Dex's `dex-btn-icon--{type}`).
+    pub(crate) type_name: String,
+    /// `/auth/{id}?<the request's parameters>`.
+    pub(crate) href: String,
+}
+
+/// The connector chooser.
+#[derive(Template)]
+#[template(path = "chooser.html")]
+struct Chooser<'a> {
+    title: &'a str,
+    brand: Brand<'a>,
+    choices: &'a [Choice],
+}
 
 /// The password form.
 #[derive(Template)]
 #[template(path = "login.html")]
 struct Login<'a> {
     title: &'a str,
+    brand: Brand<'a>,
     action: &'a str,
+    prompt: &'a str,
+    email_input: bool,
     login: &'a str,
     error: Option<&'a str>,
+    back: Option<&'a str>,
 }
 
 /// The approval screen.
@@ -31,6 +74,7 @@ struct Login<'a> {
 #[template(path = "approval.html")]
 struct Approval<'a> {
     title: &'a str,
+    brand: Brand<'a>,
     req: &'a str,
     client_name: &'a str,
     scopes: &'a [String],
@@ -63,6 +107,7 @@ struct Message<'a> {
     title: &'a str,
     text: &'a str,
     tone: Tone,
+    back: Option<&'a str>,
     home: bool,
 }
 
@@ -108,6 +153,7 @@ pub fn error_page(status: StatusCode, title: &str, message: &str) -> Response {
             title,
             text: message,
             tone: Tone::Error,
+            back: None,
             home: true,
         },
     )
@@ -125,44 +171,89 @@ pub fn home_page(user: &str, groups: &[String]) -> Response {
     )
 }
 
-/// The IdP's own error page (no link home: the IdP is mounted under the issuer path).
-pub(crate) fn idp_error(status: StatusCode, message: &str) -> Response {
+/// The IdP's own error page (no link home: the IdP is mounted under the issuer path); `back`
+/// links to the login's chooser when the user can try again.
+pub(crate) fn idp_error(status: StatusCode, message: &str, back: Option<&str>) -> Response {
+    let title = if status.is_server_error() {
+        "Login failed"
+    } else {
+        "Bad request"
+    };
     respond(
         status,
         &Message {
-            title: "Bad request",
+            title,
             text: message,
             tone: Tone::Error,
+            back,
             home: false,
         },
     )
 }
 
-/// The password form. `action` is the form's own URL; `error` is shown above the form (and
-/// makes the answer a 401).
-pub(crate) fn login_form(action: &str, login: &str, error: Option<&str>) -> Response {
-    let status = if error.is_some() {
+/// The connector chooser: "Log in with {name}" per connector, under "Log in to {issuer}".
+pub(crate) fn chooser(branding: &crate::Branding, choices: &[Choice]) -> Response {
+    let title = format!("Log in to {}", branding.issuer_name);
+    respond(
+        StatusCode::OK,
+        &Chooser {
+            title: &title,
+            brand: branding.into(),
+            choices,
+        },
+    )
+}
+
+/// What a password form shows besides its fields.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PasswordForm<'a> {
+    /// The login pages' branding.
+    pub(crate) branding: &'a crate::Branding,
+    /// The form's own URL.
+    pub(crate) action: &'a str,
+    /// The user-name label (`Email Address` for local, the connector's `usernamePrompt`).
+    pub(crate) prompt: &'a str,
+    /// Whether the user name is an email address (the input's type).
+    pub(crate) email_input: bool,
+    /// The chooser, when there is more than one connector.
+    pub(crate) back: Option<&'a str>,
+}
+
+/// The password form. `error` is shown above the form (and makes the answer a 401, or
+/// `status` when given: an upstream failure's 502/504).
+pub(crate) fn login_form(
+    form: PasswordForm<'_>,
+    login: &str,
+    error: Option<&str>,
+    status: Option<StatusCode>,
+) -> Response {
+    let status = status.unwrap_or(if error.is_some() {
         StatusCode::UNAUTHORIZED
     } else {
         StatusCode::OK
-    };
+    });
     respond(
         status,
         &Login {
             title: "Log in to Your Account",
-            action,
+            brand: form.branding.into(),
+            action: form.action,
+            prompt: form.prompt,
+            email_input: form.email_input,
             login,
             error,
+            back: form.back,
         },
     )
 }
 
 /// The approval screen: `client_name` asks for `scopes`; `req` is the signed request.
-pub(crate) fn approval(req: &str, client_name: &str, scopes: &[String]) -> Response {
+pub(crate) fn approval(branding: &crate::Branding, req: &str, client_name: &str, scopes: &[String]) -> Response {
     respond(
         StatusCode::OK,
         &Approval {
             title: "Grant Access",
+            brand: branding.into(),
             req,
             client_name,
             scopes,
@@ -191,6 +282,7 @@ pub(crate) fn device_throttled() -> Response {
             title: "Log in a device",
             text: "Too many attempts. Wait a few minutes and try again.",
             tone: Tone::Alert,
+            back: None,
             home: false,
         },
     )
@@ -204,6 +296,7 @@ pub(crate) fn device_done() -> Response {
             title: "Login successful",
             text: "You are logged in. Return to your device to continue.",
             tone: Tone::Notice,
+            back: None,
             home: false,
         },
     )
@@ -236,20 +329,40 @@ mod tests {
 
     #[test]
     fn login_escapes_every_slot() {
+        let brand = Brand {
+            logo: Some(HOSTILE),
+            dark: true,
+        };
         let html = body(&Login {
             title: HOSTILE,
+            brand,
             action: HOSTILE,
+            prompt: HOSTILE,
+            email_input: false,
             login: HOSTILE,
             error: Some(HOSTILE),
+            back: Some(HOSTILE),
         });
-        // title twice (<title> and <h1>), action, login, error.
-        assert_escaped(&html, 5);
+        // title twice (<title> and <h1>), logo, action, prompt, login, error, back.
+        assert_escaped(&html, 8);
+        assert!(html.contains("<body class=\"dark\">"), "{html}");
         let html = body(&Login {
             title: "Log in",
+            brand: Brand {
+                logo: None,
+                dark: false,
+            },
             action: "/dex/auth/local/login?req=a&b=c",
+            prompt: "Email Address",
+            email_input: true,
             login: "",
             error: None,
+            back: None,
         });
+        assert!(html.contains("<body><main><h1>"), "{html}");
+        assert!(!html.contains("<img"), "{html}");
+        assert!(!html.contains("Select another login method"), "{html}");
+        assert!(html.contains("type=\"email\""), "{html}");
         assert!(
             html.contains("action=\"/dex/auth/local/login?req=a&#38;b=c\""),
             "{html}"
@@ -266,6 +379,10 @@ mod tests {
         let scopes = vec![HOSTILE.to_owned(), "openid".to_owned()];
         let html = body(&Approval {
             title: HOSTILE,
+            brand: Brand {
+                logo: None,
+                dark: false,
+            },
             req: HOSTILE,
             client_name: HOSTILE,
             scopes: &scopes,
@@ -301,13 +418,46 @@ mod tests {
                     title: HOSTILE,
                     text: HOSTILE,
                     tone,
+                    back: Some(HOSTILE),
                     home,
                 });
-                assert_escaped(&html, 3);
+                assert_escaped(&html, 4);
                 assert_eq!(html.contains("<a href=\"/\">Home</a>"), home, "{html}");
                 assert_eq!(html.contains("role=\"alert\""), tone == Tone::Alert, "{html}");
             }
         }
+    }
+
+    #[test]
+    fn chooser_escapes_every_slot() {
+        let choices = vec![
+            Choice {
+                id: HOSTILE.into(),
+                name: HOSTILE.into(),
+                type_name: HOSTILE.into(),
+                href: HOSTILE.into(),
+            },
+            Choice {
+                id: "local".into(),
+                name: "Email".into(),
+                type_name: "local".into(),
+                href: "/dex/auth/local?client_id=a&state=b".into(),
+            },
+        ];
+        let html = body(&Chooser {
+            title: HOSTILE,
+            brand: Brand {
+                logo: Some(HOSTILE),
+                dark: false,
+            },
+            choices: &choices,
+        });
+        // title twice, logo, and id, name, type, href of the first choice.
+        assert_escaped(&html, 7);
+        assert!(
+            html.contains("<a href=\"/dex/auth/local?client_id=a&#38;state=b\" class=\"dex-btn-icon--local\" id=\"connector-local\">Log in with Email</a>"),
+            "{html}"
+        );
     }
 
     #[test]
@@ -354,6 +504,7 @@ mod tests {
             title: "Forbidden",
             text: "no",
             tone: Tone::Error,
+            back: None,
             home: true,
         });
         assert!(html.starts_with("<!doctype html>"), "{html}");
@@ -364,8 +515,23 @@ mod tests {
         assert!(html.contains("<p class=\"err\">no</p>"), "{html}");
         assert!(html.trim_end().ends_with("</html>"), "{html}");
         assert!(!html.contains("<script"), "{html}");
-        assert_eq!(login_form("/a", "", Some("bad")).status(), StatusCode::UNAUTHORIZED);
-        assert_eq!(login_form("/a", "", None).status(), StatusCode::OK);
+        let branding = crate::Branding::default();
+        let form = PasswordForm {
+            branding: &branding,
+            action: "/a",
+            prompt: "Username",
+            email_input: false,
+            back: None,
+        };
+        assert_eq!(
+            login_form(form, "", Some("bad"), None).status(),
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(login_form(form, "", None, None).status(), StatusCode::OK);
+        assert_eq!(
+            login_form(form, "", Some("slow"), Some(StatusCode::GATEWAY_TIMEOUT)).status(),
+            StatusCode::GATEWAY_TIMEOUT
+        );
         assert_eq!(device_throttled().status(), StatusCode::TOO_MANY_REQUESTS);
     }
 }

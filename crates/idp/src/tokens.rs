@@ -24,8 +24,9 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use kfsec_store::StoreError;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::connector::{ConnectorError, ConnectorKind, LOCAL, Scopes, UpstreamIdentity};
 use crate::secret::{ct_eq, random_token, sha256_b64, sha256_hex};
-use crate::{Client, Idp, IdpError, OAuthError, User};
+use crate::{Client, Idp, IdpError, OAuthCode, OAuthError, User};
 
 pub(crate) const CODE_PREFIX: &str = "/kfsec/idp/codes/";
 const REFRESH_PREFIX: &str = "/kfsec/idp/refresh/";
@@ -86,6 +87,18 @@ pub struct Claims {
     /// Preferred user name (scope `profile`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub preferred_username: Option<String>,
+    /// The upstream connector and its user id (scope `federated:id`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub federated_claims: Option<FederatedClaims>,
+}
+
+/// Dex's `federated_claims`: which connector vouched for the user, and its id for them.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FederatedClaims {
+    /// The connector id (`local` for the password database).
+    pub connector_id: String,
+    /// The connector's user id.
+    pub user_id: String,
 }
 
 fn ser_aud<S: Serializer>(aud: &[String], s: S) -> Result<S::Ok, S::Error> {
@@ -132,6 +145,18 @@ pub(crate) struct Grant {
     #[serde(default)]
     pub nonce: Option<String>,
     pub email: String,
+    /// The connector that vouched for the user (`local`: the password database, whose users
+    /// are read from the directory at each use).
+    #[serde(default = "local_connector")]
+    pub connector_id: String,
+    /// A federated user's identity as the connector last reported it (without its connector
+    /// data, which each code and refresh token keeps for itself).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<UpstreamIdentity>,
+}
+
+fn local_connector() -> String {
+    LOCAL.to_owned()
 }
 
 /// A code as stored.
@@ -147,6 +172,10 @@ pub(crate) struct CodeRecord {
     /// the `kfsec_iat_ms` and refresh-chain origin of everything the code is redeemed for.
     #[serde(default, rename = "issued_ms")]
     pub auth_ms: u64,
+    /// The connector's data for this login (an upstream refresh token): handed to the refresh
+    /// token the code is redeemed for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -159,6 +188,10 @@ struct RefreshRecord {
     /// The successor, kept only for the reuse interval after rotation.
     #[serde(default)]
     replaced_by: Option<String>,
+    /// This token's own upstream credential (connector data): each refresh token keeps its own,
+    /// so an upstream that rotates refresh tokens cannot break another client's refresh.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    upstream: Option<serde_json::Value>,
 }
 
 /// Why a presented token was refused (all answered as 401; detail is logged).
@@ -220,13 +253,19 @@ pub fn dex_subject(user_id: &str, connector_id: &str) -> String {
 }
 
 impl Idp {
-    /// Claims for `user` who authenticated at `auth_ms` (Unix ms).
-    fn claims_for(&self, grant: &Grant, user: &User, aud: &str, auth_ms: u64) -> Claims {
+    /// Claims for `user` (who logged in through `grant.connector_id`) who authenticated at
+    /// `auth_ms` (Unix ms).
+    fn claims_for(&self, grant: &Grant, user: &UpstreamIdentity, aud: &str, auth_ms: u64) -> Claims {
         let now = self.clock.now();
         let has = |s: &str| grant.scopes.iter().any(|x| x == s);
+        let preferred = if user.preferred_username.is_empty() {
+            &user.username
+        } else {
+            &user.preferred_username
+        };
         Claims {
             iss: self.settings.issuer.clone(),
-            sub: dex_subject(&user.user_id, "local"),
+            sub: dex_subject(&user.user_id, &grant.connector_id),
             aud: vec![aud.to_owned()],
             exp: now.add(self.settings.id_token_ttl).as_secs(),
             iat: now.as_secs(),
@@ -237,10 +276,14 @@ impl Idp {
             iat_ms: Some(auth_ms),
             user: Some(user.email.clone()),
             email: has("email").then(|| user.email.clone()),
-            email_verified: has("email").then_some(true),
+            email_verified: has("email").then_some(user.email_verified),
             groups: has("groups").then(|| user.groups.clone()),
             name: has("profile").then(|| user.username.clone()),
-            preferred_username: has("profile").then(|| user.username.clone()),
+            preferred_username: has("profile").then(|| preferred.clone()),
+            federated_claims: has("federated:id").then(|| FederatedClaims {
+                connector_id: grant.connector_id.clone(),
+                user_id: user.user_id.clone(),
+            }),
         }
     }
 
@@ -249,7 +292,7 @@ impl Idp {
     async fn mint(
         &self,
         grant: &Grant,
-        user: &User,
+        user: &UpstreamIdentity,
         auth_ms: u64,
         refresh: Option<String>,
     ) -> Result<TokenResponse, IdpError> {
@@ -268,9 +311,29 @@ impl Idp {
         })
     }
 
+    /// The user a grant is for, now: a local user as the directory has them (gone → the grant
+    /// is void), a federated user as the connector last reported them.
+    async fn grant_user(&self, grant: &Grant) -> Result<UpstreamIdentity, OAuthError> {
+        if let Some(ident) = &grant.identity {
+            return Ok(ident.clone());
+        }
+        let user = self
+            .users
+            .find(&grant.email)
+            .await?
+            .ok_or_else(|| OAuthError::invalid_grant("The user no longer exists."))?;
+        Ok(local_identity(&user))
+    }
+
     /// A refresh token for `grant` whose chain started at `created_at` (Unix s) from a login at
     /// `origin_ms` (Unix ms), if offline access was granted.
-    async fn new_refresh(&self, grant: &Grant, created_at: u64, origin_ms: u64) -> Result<Option<String>, IdpError> {
+    async fn new_refresh(
+        &self,
+        grant: &Grant,
+        created_at: u64,
+        origin_ms: u64,
+        upstream: Option<serde_json::Value>,
+    ) -> Result<Option<String>, IdpError> {
         if !grant.scopes.iter().any(|s| s == "offline_access") {
             return Ok(None);
         }
@@ -280,6 +343,7 @@ impl Idp {
             created_at,
             origin_ms,
             replaced_by: None,
+            upstream,
         };
         let ttl = self.refresh_ttl(created_at);
         self.store
@@ -359,14 +423,99 @@ impl Idp {
                 }
             }
         }
-        let user = self
-            .users
-            .find(&rec.grant.email)
-            .await?
-            .ok_or_else(|| OAuthError::invalid_grant("The user no longer exists."))?;
+        let user = self.grant_user(&rec.grant).await?;
         let now = self.clock.now();
-        let refresh = self.new_refresh(&rec.grant, now.as_secs(), rec.auth_ms).await?;
+        let refresh = self
+            .new_refresh(&rec.grant, now.as_secs(), rec.auth_ms, rec.upstream)
+            .await?;
         Ok(self.mint(&rec.grant, &user, rec.auth_ms, refresh).await?)
+    }
+
+    /// Mints tokens for a user who just proved a password at `/token` (the resource-owner
+    /// password grant): `who` authenticated at `auth_ms`.
+    pub(crate) async fn mint_for_password(
+        &self,
+        client: &Client,
+        scopes: Vec<String>,
+        who: crate::flow::LoggedIn,
+        auth_ms: u64,
+    ) -> Result<TokenResponse, OAuthError> {
+        let (identity, upstream) = match who.identity {
+            Some(mut ident) => {
+                let data = ident.connector_data.take();
+                (Some(ident), data)
+            }
+            None => (None, None),
+        };
+        let grant = Grant {
+            client_id: client.id.clone(),
+            scopes,
+            nonce: None,
+            email: who.email,
+            connector_id: who.connector_id,
+            identity,
+        };
+        let user = self.grant_user(&grant).await?;
+        let refresh = self
+            .new_refresh(&grant, self.clock.now().as_secs(), auth_ms, upstream)
+            .await?;
+        Ok(self.mint(&grant, &user, auth_ms, refresh).await?)
+    }
+
+    /// Asks the grant's connector about a federated user again (a refresh), returning their
+    /// current identity and this login's new connector data. A refusal revokes everything the
+    /// user holds (their sessions end at once) and is `invalid_grant`; an upstream outage is
+    /// `temporarily_unavailable` (503: the client may retry, nothing is revoked).
+    async fn recheck_upstream(
+        &self,
+        grant: &Grant,
+        upstream: Option<serde_json::Value>,
+    ) -> Result<(UpstreamIdentity, Option<serde_json::Value>), OAuthError> {
+        let Some(known) = &grant.identity else {
+            return Err(OAuthError::invalid_grant("The grant has no upstream identity."));
+        };
+        let Some(connector) = self.settings.connectors.iter().find(|c| c.id == grant.connector_id) else {
+            return Err(OAuthError::invalid_grant(
+                "The connector of this login no longer exists.",
+            ));
+        };
+        let mut current = known.clone();
+        current.connector_data = upstream.clone();
+        let scopes = Scopes::from_list(&grant.scopes);
+        let answer = match &connector.kind {
+            ConnectorKind::Password(p) => p.refresh(scopes, &current).await,
+            ConnectorKind::Callback(c) => c.refresh(scopes, &current).await,
+            ConnectorKind::Local => return Ok((known.clone(), upstream)),
+        }
+        .and_then(crate::connector::admit);
+        match answer {
+            Ok(mut fresh) => {
+                // An upstream that did not rotate its credential keeps the old one.
+                let data = fresh.connector_data.take().or(upstream);
+                Ok((fresh, data))
+            }
+            Err(
+                e @ (ConnectorError::Revoked(_)
+                | ConnectorError::BadCredentials
+                | ConnectorError::NotInAllowedGroups
+                | ConnectorError::Denied(_)
+                | ConnectorError::Ambiguous(_)),
+            ) => {
+                tracing::warn!(target: "audit", user = %grant.email, connector = %connector.id, error = %e, "upstream refused the refresh; revoking the user's credentials");
+                self.revoke_user(&grant.email).await?;
+                Err(OAuthError::invalid_grant(
+                    "The identity provider no longer accepts this user; log in again.",
+                ))
+            }
+            Err(e) => {
+                tracing::warn!(target: "audit", user = %grant.email, connector = %connector.id, error = %e, "upstream unavailable during refresh");
+                Err(OAuthError::new(
+                    http::StatusCode::SERVICE_UNAVAILABLE,
+                    OAuthCode::TemporarilyUnavailable,
+                    "The identity provider could not be reached; try again later.",
+                ))
+            }
+        }
     }
 
     /// Exchanges a refresh token (rotating it) for `client`.
@@ -395,22 +544,39 @@ impl Idp {
                     "Refresh token is invalid or has already been claimed by another client.",
                 ));
             }
-            let user = self
-                .users
-                .find(&rec.grant.email)
-                .await?
-                .ok_or_else(|| OAuthError::invalid_grant("The user no longer exists."))?;
             if let Some(next) = rec.replaced_by {
                 // Inside the reuse window (the record expires when it closes): answer with the
-                // successor so parallel requests of one client do not log the user out.
+                // successor so parallel requests of one client do not log the user out (and
+                // do not each ask the upstream, as Dex).
+                let user = self.grant_user(&rec.grant).await?;
                 return Ok(self.mint(&rec.grant, &user, origin_ms, Some(next)).await?);
             }
-            let Some(next) = self.new_refresh(&rec.grant, rec.created_at, origin_ms).await? else {
+            if !rec.grant.scopes.iter().any(|s| s == "offline_access") {
+                return Err(OAuthError::invalid_grant(
+                    "Refresh token was not issued for offline access.",
+                ));
+            }
+            // A federated user is asked about upstream again; the new token carries what the
+            // upstream says now.
+            let mut next_grant = rec.grant.clone();
+            let mut upstream = rec.upstream.clone();
+            if rec.grant.identity.is_some() {
+                let (fresh, data) = self.recheck_upstream(&rec.grant, rec.upstream.clone()).await?;
+                next_grant.email.clone_from(&fresh.email);
+                next_grant.identity = Some(fresh);
+                upstream = data;
+            }
+            let user = self.grant_user(&next_grant).await?;
+            let Some(next) = self
+                .new_refresh(&next_grant, rec.created_at, origin_ms, upstream)
+                .await?
+            else {
                 return Err(OAuthError::invalid_grant(
                     "Refresh token was not issued for offline access.",
                 ));
             };
             rec.replaced_by = Some(next.clone());
+            rec.grant = next_grant;
             let body = serde_json::to_vec(&rec).map_err(IdpError::from)?;
             match self
                 .store
@@ -544,6 +710,19 @@ impl Idp {
         delete_refresh_tokens(self.store.as_ref(), email).await?;
         tracing::info!(target: "audit", user = %email, "all credentials revoked");
         Ok(())
+    }
+}
+
+/// A local user as the identity tokens are minted from.
+pub(crate) fn local_identity(user: &User) -> UpstreamIdentity {
+    UpstreamIdentity {
+        user_id: user.user_id.clone(),
+        username: user.username.clone(),
+        preferred_username: user.username.clone(),
+        email: user.email.clone(),
+        email_verified: true,
+        groups: user.groups.clone(),
+        connector_data: None,
     }
 }
 

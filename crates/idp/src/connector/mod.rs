@@ -254,6 +254,62 @@ impl Connector {
     }
 }
 
+/// The longest group name and the most groups kfsec takes from an upstream.
+const MAX_GROUP: usize = 256;
+const MAX_GROUPS: usize = 1024;
+
+/// The checks every upstream identity passes before kfsec mints anything for it. The email is
+/// the Kubeflow user id, so it must be a login name kfsec accepts (never in Kubernetes'
+/// `system:` space: an upstream that let a user pick `system:serviceaccount:…` would otherwise
+/// impersonate a service account) and verified by the upstream. Groups in the `system:` space
+/// (`system:masters`), with control characters, or with a comma (the groups header's
+/// separator: `a,b` would become two groups) are dropped with a warning; so are duplicates and
+/// groups beyond [`MAX_GROUPS`].
+pub fn admit(mut identity: UpstreamIdentity) -> Result<UpstreamIdentity, ConnectorError> {
+    if identity.user_id.is_empty() {
+        return Err(ConnectorError::Misconfigured(
+            "the upstream identity has no user id".into(),
+        ));
+    }
+    if identity.email.is_empty() {
+        return Err(ConnectorError::Misconfigured(
+            "the upstream identity has no email (the Kubeflow user id); map one with the connector's email setting"
+                .into(),
+        ));
+    }
+    if let Err(e) = crate::users::validate_login_name(&identity.email) {
+        return Err(ConnectorError::Denied(format!(
+            "unusable email {:?}: {e}",
+            identity.email
+        )));
+    }
+    if !identity.email_verified {
+        return Err(ConnectorError::Denied(format!(
+            "the upstream has not verified the email {:?}",
+            identity.email
+        )));
+    }
+    let mut seen = std::collections::HashSet::new();
+    let before = identity.groups.len();
+    identity.groups.retain(|g| {
+        !g.is_empty()
+            && g.len() <= MAX_GROUP
+            && !g.starts_with("system:")
+            && !g.contains(',')
+            && !g.chars().any(char::is_control)
+            && seen.insert(g.clone())
+    });
+    identity.groups.truncate(MAX_GROUPS);
+    if identity.groups.len() != before {
+        tracing::warn!(
+            user = %identity.email,
+            dropped = before - identity.groups.len(),
+            "upstream groups dropped (system: names, commas, control characters, duplicates, over-long or too many)"
+        );
+    }
+    Ok(identity)
+}
+
 /// Reads Dex's `sub` (base64url of the protobuf `{1: user_id, 2: connector_id}`) back into
 /// `(user_id, connector_id)`; `None` if it is not one.
 pub fn parse_subject(sub: &str) -> Option<(String, String)> {
@@ -297,6 +353,45 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn ident(email: &str, groups: &[&str]) -> UpstreamIdentity {
+        UpstreamIdentity {
+            user_id: "u1".into(),
+            username: "U".into(),
+            email: email.into(),
+            email_verified: true,
+            groups: groups.iter().map(|g| (*g).to_owned()).collect(),
+            ..UpstreamIdentity::default()
+        }
+    }
+
+    #[test]
+    fn upstream_identities_cannot_reach_system_names_or_split_groups() {
+        let ok = admit(ident(
+            "ann@example.com",
+            &["team-a", "system:masters", "a,b", "bad\nname", "", "team-a", "team-b"],
+        ))
+        .unwrap();
+        assert_eq!(ok.groups, ["team-a", "team-b"]);
+        for email in [
+            "system:serviceaccount:kubeflow:pipeline-runner",
+            "system:admin",
+            "",
+            "a\nb",
+        ] {
+            assert!(admit(ident(email, &[])).is_err(), "{email:?}");
+        }
+        let mut unverified = ident("ann@example.com", &[]);
+        unverified.email_verified = false;
+        assert!(matches!(admit(unverified), Err(ConnectorError::Denied(_))));
+        let mut no_id = ident("ann@example.com", &[]);
+        no_id.user_id.clear();
+        assert!(admit(no_id).is_err());
+        let many: Vec<String> = (0..2000).map(|i| format!("g{i}")).collect();
+        let mut big = ident("ann@example.com", &[]);
+        big.groups = many;
+        assert_eq!(admit(big).unwrap().groups.len(), MAX_GROUPS);
+    }
 
     #[test]
     fn subjects_read_back_as_dex_encodes_them() {

@@ -271,6 +271,7 @@ pub fn test_claims(k: &Kfsec, iss: &str, aud: &str, exp_from_now: i64) -> kfsec_
         groups: Some(vec!["system:masters".into()]),
         name: None,
         preferred_username: None,
+        federated_claims: None,
     }
 }
 
