@@ -871,7 +871,15 @@ impl CallbackConnector for Microsoft {
                     "the upstream access token expired and Microsoft gave no refresh token (the client did not ask for offline_access)".into(),
                 ));
             };
-            let refreshed = self.identity(scopes, tokens, Phase::Refresh).await?;
+            let refreshed = match self.identity(scopes, tokens, Phase::Refresh).await {
+                // Removed from every allowed group since the login: they may no longer log in.
+                Err(ConnectorError::NotInAllowedGroups) => {
+                    return Err(ConnectorError::Revoked(
+                        "no longer a member of any of the required groups".into(),
+                    ));
+                }
+                other => other?,
+            };
             if refreshed.user_id != identity.user_id {
                 return Err(ConnectorError::Revoked(format!(
                     "Graph /me now names user {:?}, not {:?}",

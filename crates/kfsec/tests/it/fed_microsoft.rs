@@ -573,3 +573,22 @@ async fn a_client_assertion_file_replaces_the_secret() {
     assert!(e.to_string().contains("invalid_client"), "{e}");
     assert_eq!(e.status(), 502);
 }
+
+#[tokio::test]
+async fn refresh_of_a_user_removed_from_the_allowed_groups_is_revoked() {
+    let fake = fake().await;
+    let c = connector(&fake, json!({"groups": ["kubeflow-admins"]}));
+    let id = login(c.as_ref(), OFFLINE).await.unwrap();
+    let id = c.refresh(OFFLINE, &id).await.unwrap();
+    fake.state()
+        .users
+        .get_mut(ALICE)
+        .unwrap()
+        .groups
+        .retain(|g| g.name != "kubeflow-admins");
+    let e = c.refresh(OFFLINE, &id).await.unwrap_err();
+    let ConnectorError::Revoked(detail) = &e else {
+        panic!("{e:?}")
+    };
+    assert!(detail.contains("required groups"), "{detail}");
+}
