@@ -592,3 +592,116 @@ async fn refresh_of_a_user_removed_from_the_allowed_groups_is_revoked() {
     };
     assert!(detail.contains("required groups"), "{detail}");
 }
+
+/// The issuer kfsec is configured with in the browser tests; the Browser reaches it at the
+/// harness's `base` (the upstream redirects to `<issuer>/callback`).
+const E2E_ISSUER: &str = "https://kf.example.test/dex";
+
+/// kfsec with the Entra connector (allowed groups `kubeflow-admins`, `everyone`, trimmed to them)
+/// and the local password database, so `/dex/auth` shows the chooser.
+async fn kfsec_with_entra(fake: &FakeEntra) -> crate::harness::Kfsec {
+    let yaml = format!(
+        "issuer: {E2E_ISSUER}\nenablePasswordDB: true\nconnectors:\n- type: microsoft\n  id: entra\n  name: Contoso Entra ID\n  config:\n    clientID: {CLIENT_ID}\n    clientSecret: {CLIENT_SECRET}\n    redirectURI: {E2E_ISSUER}/callback\n    tenant: {TENANT}\n    apiURL: {base}\n    graphURL: {base}\n    emailToLowercase: true\n    groups: [kubeflow-admins, everyone]\n    useGroupsAsWhitelist: true\n",
+        base = fake.base
+    );
+    crate::harness::Kfsec::start(&yaml).await
+}
+
+/// A browser: kfsec's pages through `b` (with its cookies), the provider's directly; follows
+/// redirects (approving if asked) and returns the last answer and every URL visited.
+async fn walk(
+    k: &crate::harness::Kfsec,
+    b: &mut crate::harness::Browser,
+    fake: &FakeEntra,
+    start: &str,
+) -> (reqwest::Response, Vec<String>) {
+    let public = E2E_ISSUER.trim_end_matches("/dex");
+    let external = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let mut visited = Vec::new();
+    let mut url = start.replace(public, &k.base);
+    loop {
+        assert!(visited.len() < 20, "redirect loop: {visited:#?}");
+        visited.push(url.clone());
+        let r = if url.starts_with(&fake.base) {
+            external.get(&url).send().await.unwrap()
+        } else {
+            b.get(&url).await
+        };
+        if !r.status().is_redirection() {
+            return (r, visited);
+        }
+        url = crate::harness::location(&r).replace(public, &k.base);
+        if url.starts_with("/dex/approval") {
+            let req = crate::harness::query_param(&url, "req").unwrap();
+            let r = b.post_form(&url, &[("req", &req), ("approval", "approve")]).await;
+            url = crate::harness::location(&r).replace(public, &k.base);
+        }
+    }
+}
+
+/// From a protected `path` to the chooser, then `connector_id=entra` onwards.
+async fn entra_login(
+    k: &crate::harness::Kfsec,
+    b: &mut crate::harness::Browser,
+    fake: &FakeEntra,
+    path: &str,
+) -> (reqwest::Response, Vec<String>) {
+    let (chooser, auth_url) = walk(k, b, fake, path).await;
+    assert_eq!(chooser.status(), 200, "{auth_url:?}");
+    let auth_url = auth_url.last().unwrap().clone();
+    assert!(auth_url.contains("/dex/auth?"), "{auth_url}");
+    let page = chooser.text().await.unwrap();
+    assert!(page.contains("Log in with Contoso Entra ID"), "{page}");
+    walk(k, b, fake, &format!("{auth_url}&connector_id=entra")).await
+}
+
+#[tokio::test]
+async fn browser_logs_in_through_the_chooser_and_entra_to_the_home_page() {
+    let fake = fake().await;
+    let k = kfsec_with_entra(&fake).await;
+    let mut b = k.client();
+    // A protected page → the gatekeeper → /dex/auth (the chooser) → connector_id=entra →
+    // Entra's authorize → back to /dex/callback → the gatekeeper's callback → the page.
+    let (last, visited) = entra_login(&k, &mut b, &fake, "/app/notebooks").await;
+    assert!(
+        visited
+            .iter()
+            .any(|u| u.starts_with(&format!("{}/{TENANT}/oauth2/v2.0/authorize?", fake.base))),
+        "{visited:#?}"
+    );
+    assert!(
+        visited.iter().any(|u| u.contains("/dex/callback?code=")),
+        "{visited:#?}"
+    );
+    assert_eq!(last.status(), 200, "{visited:#?}");
+    let seen: Value = last.json().await.unwrap();
+    assert_eq!(seen["path"], "/app/notebooks");
+    // userPrincipalName (lowercased) is the Kubeflow user; the groups are Graph's names, trimmed
+    // to the allowed ones.
+    assert_eq!(seen["headers"]["kubeflow-userid"], "alice.smith@contoso.example");
+    let groups: Vec<&str> = seen["headers"]["kubeflow-groups"]
+        .as_str()
+        .unwrap()
+        .split(',')
+        .collect();
+    assert_eq!(groups, ["kubeflow-admins", "everyone"]);
+    let scope = fake.state().authorize[0]["scope"].clone();
+    assert!(scope.contains("directory.read.all"), "{scope}");
+
+    // The home page shows who is logged in.
+    let home = b.get("/").await.text().await.unwrap();
+    assert!(home.contains("alice.smith@contoso.example"), "{home}");
+    assert!(home.contains("kubeflow-admins"), "{home}");
+
+    // Bob is in none of the allowed groups: a 403 page saying so, not a 500.
+    fake.state().login_as = BOB.into();
+    let mut b = k.client();
+    let (refused, visited) = entra_login(&k, &mut b, &fake, "/app/").await;
+    let status = refused.status();
+    let page = refused.text().await.unwrap();
+    assert_eq!(status, 403, "{visited:#?}: {page}");
+    assert!(page.contains("not a member of any of the required groups"), "{page}");
+}
