@@ -136,7 +136,7 @@ fn open_supported(
     let _ = (id, &config, ctx);
     // Each connector module replaces its arm with its `open`.
     match type_name {
-        "oidc" => Err(not_built(type_name)),
+        "oidc" => super::oidc::open(id, config, ctx),
         "ldap" => super::ldap::open(id, config, ctx),
         "microsoft" => super::microsoft::open(id, config, ctx),
         other => Err(vec![ConfigProblem::new(
@@ -144,13 +144,6 @@ fn open_supported(
             format!("unknown connector type {other:?}"),
         )]),
     }
-}
-
-fn not_built(type_name: &str) -> Vec<ConfigProblem> {
-    vec![ConfigProblem::new(
-        "",
-        format!("connector type {type_name:?} is not available in this build"),
-    )]
 }
 
 /// Deserializes a connector's `config` into `T` (whose unknown keys land in a flattened

@@ -8,8 +8,10 @@
 //! logged (its `Debug` hides them); every upstream call is bounded by the connector's timeout.
 
 pub mod config;
+pub mod jwks;
 pub mod ldap;
 pub mod microsoft;
+pub mod oidc;
 pub mod upstream;
 
 use std::collections::HashMap;

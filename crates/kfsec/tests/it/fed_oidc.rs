@@ -1,0 +1,537 @@
+//! The `oidc` connector against real providers: a second kfsec as the upstream OP (its login
+//! form, its tokens, its refresh and its `user delete`), and a Cognito-shaped provider of our own
+//! (`fake_op`) for the quirks (string `email_verified`, `cognito:groups`, no `name`) and for
+//! hostile or failing upstreams (bad tokens, rotated keys, huge, slow and dead endpoints).
+#![allow(clippy::disallowed_methods)] // measures real elapsed time of bounded upstream calls
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kfsec_idp::connector::config::{OpenContext, open};
+use kfsec_idp::connector::{CallbackConnector, ConnectorError, ConnectorKind, Scopes, UpstreamIdentity};
+use kfsec_server::admin::{AdminRequest, AdminResponse};
+use kfsec_types::{ManualClock, SystemClock};
+use serde_json::{Value, json};
+
+use crate::fake_op::{CLIENT_ID, CLIENT_SECRET, FakeOp, Tweak};
+use crate::harness::*;
+
+const ISSUER: &str = "https://kf.example.com/dex";
+const CALLBACK: &str = "https://kf.example.com/dex/callback";
+const STATE: &str = "kfsec-state-0123456789";
+
+fn ctx() -> OpenContext {
+    OpenContext::new(ISSUER, Duration::from_secs(10))
+}
+
+fn build(config: Value, ctx: &OpenContext) -> Arc<dyn CallbackConnector> {
+    match open("oidc", "up", "Upstream", config, ctx).unwrap().kind {
+        ConnectorKind::Callback(c) => c,
+        _ => panic!("oidc is a callback connector"),
+    }
+}
+
+/// A config for the fake OP: Cognito's documented settings, plus `extra`.
+fn cognito(op: &FakeOp, extra: Value) -> Value {
+    let mut c = json!({
+        "issuer": op.base,
+        "clientID": CLIENT_ID,
+        "clientSecret": CLIENT_SECRET,
+        "redirectURI": CALLBACK,
+        "scopes": ["openid", "email", "profile", "offline_access"],
+        "insecureEnableGroups": true,
+        "claimMapping": {"groups": "cognito:groups"},
+        "userNameKey": "cognito:username",
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        c[k] = v.clone();
+    }
+    c
+}
+
+fn plain_http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+fn query_of(url: &str) -> HashMap<String, String> {
+    url::Url::parse(url).unwrap().query_pairs().into_owned().collect()
+}
+
+const OFFLINE: Scopes = Scopes {
+    offline_access: true,
+    groups: true,
+};
+
+/// login_url → the upstream's `/authorize` (which answers at once) → callback.
+async fn login(c: &dyn CallbackConnector) -> Result<UpstreamIdentity, ConnectorError> {
+    let r = c.login_url(OFFLINE, CALLBACK, STATE, &kfsec_pki::OsRng).await?;
+    let resp = plain_http().get(&r.url).send().await.unwrap();
+    assert_eq!(resp.status(), 302, "{}", r.url);
+    let back = location(&resp).to_owned();
+    assert!(back.starts_with(&format!("{CALLBACK}?")), "{back}");
+    let q = query_of(&back);
+    assert_eq!(q.get("state").map(String::as_str), Some(STATE));
+    c.callback(OFFLINE, CALLBACK, &r.pending, &q).await
+}
+
+#[tokio::test]
+async fn cognito_shapes_log_in_and_refresh_with_rotation() {
+    let op = FakeOp::start().await;
+    let c = build(cognito(&op, json!({})), &ctx());
+    let id = login(c.as_ref()).await.unwrap();
+    assert_eq!(id.user_id, "3f1b9a52-cognito-sub");
+    assert_eq!(id.email, "ann@example.com");
+    assert!(id.email_verified, "the string \"true\" is true");
+    assert_eq!(
+        id.username, "ann",
+        "userNameKey: cognito:username (Cognito sends no name)"
+    );
+    assert_eq!(id.groups, ["ml-team", "admins"], "claimMapping.groups: cognito:groups");
+    let first_rt = id.connector_data.as_ref().unwrap()["refreshToken"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        !format!("{id:?}").contains(&first_rt),
+        "connector data is hidden in Debug"
+    );
+    {
+        let s = op.state();
+        let a = &s.authorize_requests[0];
+        assert_eq!(a["scope"], "openid email profile offline_access");
+        assert_eq!(a["response_type"], "code");
+        assert_eq!(a["code_challenge_method"], "S256", "PKCE picked from discovery");
+        assert_eq!(a["prompt"], "consent", "Dex's default prompt with offline_access");
+        assert_eq!(a["access_type"], "offline");
+        assert!(a["nonce"].len() >= 32);
+        let (form, auth) = &s.token_requests[0];
+        assert!(auth.as_deref().unwrap().starts_with("Basic "), "client_secret_basic");
+        assert!(!form.contains_key("client_secret"));
+        assert_eq!(form["redirect_uri"], CALLBACK);
+    }
+
+    // Refresh: claims re-read, the rotated refresh token handed back.
+    op.state().claims["email_verified"] = "false".into();
+    op.state().claims["cognito:groups"] = json!(["ml-team"]);
+    let fresh = c.refresh(OFFLINE, &id).await.unwrap();
+    assert!(!fresh.email_verified, "the string \"false\" is false");
+    assert_eq!(fresh.groups, ["ml-team"], "groups re-read upstream");
+    let second_rt = fresh.connector_data.as_ref().unwrap()["refreshToken"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_ne!(first_rt, second_rt, "the upstream rotated its refresh token");
+    // The rotated-out token is refused upstream: Revoked (invalid_grant).
+    let e = c.refresh(OFFLINE, &id).await.unwrap_err();
+    assert!(matches!(e, ConnectorError::Revoked(_)), "{e:?}");
+    assert_eq!(e.status(), 403);
+    // The user removed upstream: the current token is refused too.
+    op.revoke_all();
+    assert!(matches!(
+        c.refresh(OFFLINE, &fresh).await,
+        Err(ConnectorError::Revoked(_))
+    ));
+    // No upstream refresh token at all (no offline_access upstream): Revoked, never a pass.
+    let mut none = fresh.clone();
+    none.connector_data = None;
+    assert!(matches!(
+        c.refresh(OFFLINE, &none).await,
+        Err(ConnectorError::Revoked(_))
+    ));
+}
+
+#[tokio::test]
+async fn get_user_info_reads_cognito_userinfo_and_checks_its_subject() {
+    let op = FakeOp::start().await;
+    // A thin ID token: the email comes from userinfo, with email_verified as a string.
+    op.state().claims = json!({"sub": "3f1b9a52-cognito-sub", "cognito:groups": ["ml-team"], "token_use": "id"});
+    let c = build(
+        cognito(&op, json!({"getUserInfo": true, "userNameKey": "email"})),
+        &ctx(),
+    );
+    let id = login(c.as_ref()).await.unwrap();
+    assert_eq!(
+        (id.email.as_str(), id.username.as_str()),
+        ("ann@example.com", "ann@example.com")
+    );
+    assert!(id.email_verified);
+    assert_eq!(id.groups, ["ml-team"]);
+
+    // A refresh answer without an ID token: the user is read from userinfo.
+    op.state().no_id_token_on_refresh = true;
+    op.state().userinfo["email"] = "ann.new@example.com".into();
+    let fresh = c.refresh(OFFLINE, &id).await.unwrap();
+    assert_eq!(fresh.email, "ann.new@example.com");
+    assert_eq!(fresh.user_id, id.user_id);
+
+    // userinfo about someone else is refused.
+    op.state().userinfo["sub"] = "someone-else".into();
+    let e = login(c.as_ref()).await.unwrap_err();
+    assert!(matches!(&e, ConnectorError::Upstream(m) if m.contains("sub")), "{e:?}");
+    let e = c.refresh(OFFLINE, &fresh).await.unwrap_err();
+    assert!(matches!(&e, ConnectorError::Upstream(m) if m.contains("sub")), "{e:?}");
+
+    // Without getUserInfo, a refresh answer without an ID token says what to set.
+    let plain = build(cognito(&op, json!({})), &ctx());
+    op.state().userinfo["sub"] = "3f1b9a52-cognito-sub".into();
+    op.state().no_id_token_on_refresh = false;
+    op.state().claims = json!({"sub": "3f1b9a52-cognito-sub", "email": "ann@example.com",
+        "email_verified": "true", "cognito:username": "ann"});
+    let id = login(plain.as_ref()).await.unwrap();
+    op.state().no_id_token_on_refresh = true;
+    let e = plain.refresh(OFFLINE, &id).await.unwrap_err();
+    assert!(
+        matches!(&e, ConnectorError::Upstream(m) if m.contains("getUserInfo")),
+        "{e:?}"
+    );
+    assert_eq!(e.status(), 502);
+}
+
+#[tokio::test]
+async fn missing_claims_name_the_setting_to_fix() {
+    let op = FakeOp::start().await;
+    op.state().claims = json!({"sub": "s1", "email_verified": true, "cognito:username": "ann"});
+    let c = build(cognito(&op, json!({})), &ctx());
+    let e = login(c.as_ref()).await.unwrap_err();
+    assert!(
+        matches!(&e, ConnectorError::Misconfigured(m) if m.contains("\"email\"")),
+        "{e:?}"
+    );
+    assert_eq!(e.status(), 502);
+    // Dex's default userNameKey is name, which Cognito does not send.
+    op.state().claims = json!({"sub": "s1", "email": "a@example.com", "email_verified": true});
+    let mut cfg = cognito(&op, json!({}));
+    cfg.as_object_mut().unwrap().remove("userNameKey");
+    let e = login(build(cfg, &ctx()).as_ref()).await.unwrap_err();
+    assert!(
+        matches!(&e, ConnectorError::Misconfigured(m) if m.contains("\"name\"") && m.contains("userNameKey")),
+        "{e:?}"
+    );
+    // No email_verified: refused unless insecureSkipEmailVerified.
+    op.state().claims = json!({"sub": "s1", "email": "a@example.com", "cognito:username": "ann"});
+    let e = login(c.as_ref()).await.unwrap_err();
+    assert!(
+        matches!(&e, ConnectorError::Misconfigured(m) if m.contains("insecureSkipEmailVerified")),
+        "{e:?}"
+    );
+    let skip = build(cognito(&op, json!({"insecureSkipEmailVerified": true})), &ctx());
+    assert!(login(skip.as_ref()).await.unwrap().email_verified);
+}
+
+#[tokio::test]
+async fn allowed_groups_refuse_outsiders_with_403_and_trim_the_rest() {
+    let op = FakeOp::start().await;
+    let c = build(cognito(&op, json!({"allowedGroups": ["platform-admins"]})), &ctx());
+    let e = login(c.as_ref()).await.unwrap_err();
+    assert!(matches!(e, ConnectorError::NotInAllowedGroups), "{e:?}");
+    assert_eq!(e.status(), 403);
+    assert_eq!(
+        e.user_message(),
+        "You are not a member of any of the required groups to authenticate."
+    );
+    let c = build(cognito(&op, json!({"allowedGroups": ["admins", "nobody"]})), &ctx());
+    assert_eq!(
+        login(c.as_ref()).await.unwrap().groups,
+        ["admins"],
+        "trimmed as Dex does"
+    );
+}
+
+#[tokio::test]
+async fn hostile_id_tokens_are_refused() {
+    let op = FakeOp::start().await;
+    let c = build(cognito(&op, json!({})), &ctx());
+    let cases: Vec<(&str, Tweak, &str)> = vec![
+        (
+            "wrong audience",
+            Tweak {
+                aud: Some(json!(["another-client"])),
+                ..Tweak::default()
+            },
+            "audience",
+        ),
+        (
+            "wrong issuer",
+            Tweak {
+                iss: Some("https://evil.example".into()),
+                ..Tweak::default()
+            },
+            "issuer",
+        ),
+        (
+            "expired",
+            Tweak {
+                exp_in: Some(-120),
+                ..Tweak::default()
+            },
+            "expired",
+        ),
+        (
+            "bad signature",
+            Tweak {
+                bad_signature: true,
+                ..Tweak::default()
+            },
+            "signature",
+        ),
+        (
+            "alg none",
+            Tweak {
+                alg_none: true,
+                ..Tweak::default()
+            },
+            "\"none\"",
+        ),
+        (
+            "foreign key",
+            Tweak {
+                foreign_key: true,
+                ..Tweak::default()
+            },
+            "signature",
+        ),
+        (
+            "unknown kid",
+            Tweak {
+                kid: Some("nope".into()),
+                ..Tweak::default()
+            },
+            "nope",
+        ),
+    ];
+    for (what, tweak, says) in cases {
+        op.state().tweak = tweak;
+        let e = login(c.as_ref()).await.unwrap_err();
+        assert!(
+            matches!(&e, ConnectorError::Upstream(m) if m.contains(says)),
+            "{what}: {e:?}"
+        );
+        assert_eq!(e.status(), 502, "{what}");
+        assert!(
+            !e.user_message().contains(says),
+            "{what}: no internals shown to the user"
+        );
+    }
+    // Still fine afterwards, and an audience list that contains the client is accepted.
+    op.state().tweak = Tweak {
+        aud: Some(json!(["another-client", CLIENT_ID])),
+        ..Tweak::default()
+    };
+    assert!(login(c.as_ref()).await.is_ok());
+}
+
+#[tokio::test]
+async fn a_rotated_key_is_fetched_again_at_most_once_per_interval() {
+    let op = FakeOp::start().await;
+    let clock = ManualClock::new(kfsec_types::Clock::now(&SystemClock));
+    let mut ctx = ctx();
+    ctx.clock = clock.clone();
+    let c = build(cognito(&op, json!({})), &ctx);
+    login(c.as_ref()).await.unwrap();
+    assert_eq!(op.state().jwks_hits, 1, "keys fetched on first use");
+    login(c.as_ref()).await.unwrap();
+    assert_eq!(op.state().jwks_hits, 1, "and cached");
+
+    // The upstream rotates to an EC key: the first login after it fetches the keys again.
+    clock.advance(Duration::from_secs(11));
+    op.rotate_to_ec("e1");
+    let id = login(c.as_ref()).await.unwrap();
+    assert_eq!(id.email, "ann@example.com");
+    assert_eq!(op.state().jwks_hits, 2);
+
+    // Tokens naming unknown keys do not make kfsec fetch again within the interval…
+    op.state().tweak.kid = Some("bogus".into());
+    for _ in 0..3 {
+        assert!(login(c.as_ref()).await.is_err());
+    }
+    assert_eq!(op.state().jwks_hits, 2, "no refetch within the interval");
+    // …and once per interval after it.
+    clock.advance(Duration::from_secs(11));
+    assert!(login(c.as_ref()).await.is_err());
+    assert!(login(c.as_ref()).await.is_err());
+    assert_eq!(op.state().jwks_hits, 3);
+}
+
+#[tokio::test]
+async fn huge_slow_and_dead_upstreams_fail_in_bounded_time() {
+    let op = FakeOp::start().await;
+    let c = build(cognito(&op, json!({"timeout": "1s"})), &ctx());
+    op.state().huge_token_answer = true;
+    let e = login(c.as_ref()).await.unwrap_err();
+    assert!(
+        matches!(&e, ConnectorError::Upstream(m) if m.contains("larger than")),
+        "{e:?}"
+    );
+    op.state().huge_token_answer = false;
+
+    op.state().token_delay = Duration::from_secs(30);
+    let start = Instant::now();
+    let e = login(c.as_ref()).await.unwrap_err();
+    let took = start.elapsed();
+    assert!(matches!(e, ConnectorError::Timeout), "{e:?}");
+    assert_eq!(e.status(), 504);
+    assert!(took < Duration::from_millis(2500), "{took:?}");
+
+    // A dead upstream: kfsec starts (nothing is fetched at open), a login says Unreachable.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let dead = json!({"issuer": format!("http://127.0.0.1:{port}"), "clientID": "x", "clientSecret": "y",
+        "redirectURI": CALLBACK, "timeout": "2s"});
+    let c = build(dead, &ctx());
+    let start = Instant::now();
+    let e = c
+        .login_url(OFFLINE, CALLBACK, STATE, &kfsec_pki::OsRng)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ConnectorError::Unreachable(_)), "{e:?}");
+    assert_eq!(e.status(), 502);
+    assert!(start.elapsed() < Duration::from_secs(3));
+
+    // Discovery that failed is tried again at the next login.
+    let op = FakeOp::start().await;
+    op.state().discovery_failures = 1;
+    let c = build(cognito(&op, json!({})), &ctx());
+    let e = login(c.as_ref()).await.unwrap_err();
+    assert!(matches!(&e, ConnectorError::Upstream(m) if m.contains("503")), "{e:?}");
+    assert!(login(c.as_ref()).await.is_ok());
+}
+
+#[tokio::test]
+async fn an_upstream_refusal_is_denied_and_a_forged_answer_is_a_bad_callback() {
+    let op = FakeOp::start().await;
+    let c = build(cognito(&op, json!({})), &ctx());
+    op.state().authorize_error = Some("access_denied".into());
+    let e = login(c.as_ref()).await.unwrap_err();
+    assert!(
+        matches!(&e, ConnectorError::Denied(m) if m.contains("access_denied")),
+        "{e:?}"
+    );
+    assert_eq!(e.status(), 403);
+    op.state().authorize_error = None;
+
+    let r = c.login_url(OFFLINE, CALLBACK, STATE, &kfsec_pki::OsRng).await.unwrap();
+    // No code; a code the upstream never issued; another issuer named (RFC 9207).
+    let no_code = HashMap::from([("state".to_owned(), STATE.to_owned())]);
+    let e = c.callback(OFFLINE, CALLBACK, &r.pending, &no_code).await.unwrap_err();
+    assert!(matches!(e, ConnectorError::BadCallback(_)), "{e:?}");
+    let forged = HashMap::from([("code".to_owned(), "code-999".to_owned())]);
+    let e = c.callback(OFFLINE, CALLBACK, &r.pending, &forged).await.unwrap_err();
+    assert!(matches!(e, ConnectorError::BadCallback(_)), "{e:?}");
+    assert_eq!(e.status(), 400);
+    let mixup = HashMap::from([
+        ("code".to_owned(), "code-1".to_owned()),
+        ("iss".to_owned(), "https://evil.example".to_owned()),
+    ]);
+    let e = c.callback(OFFLINE, CALLBACK, &r.pending, &mixup).await.unwrap_err();
+    assert!(matches!(e, ConnectorError::BadCallback(_)), "{e:?}");
+    // A code replayed with another login's pending state (other nonce, other PKCE verifier).
+    let other = c.login_url(OFFLINE, CALLBACK, STATE, &kfsec_pki::OsRng).await.unwrap();
+    let resp = plain_http().get(&r.url).send().await.unwrap();
+    let q = query_of(location(&resp));
+    let e = c.callback(OFFLINE, CALLBACK, &other.pending, &q).await.unwrap_err();
+    assert!(
+        matches!(e, ConnectorError::BadCallback(_)),
+        "PKCE binds the code to its login: {e:?}"
+    );
+    // A wrong client secret is the operator's problem, said as such.
+    let c = build(cognito(&op, json!({"clientSecret": "wrong"})), &ctx());
+    let e = login(c.as_ref()).await.unwrap_err();
+    assert!(
+        matches!(&e, ConnectorError::Misconfigured(m) if m.contains("clientSecret")),
+        "{e:?}"
+    );
+}
+
+/// A second kfsec is the upstream OP: its login form, its tokens, its refresh, its user removal.
+#[tokio::test]
+async fn a_second_kfsec_is_the_upstream_provider() {
+    let up = Kfsec::start("").await;
+    let client = AdminRequest::ClientAdd {
+        id: "kfsec-downstream".into(),
+        name: Some("Downstream kfsec".into()),
+        redirect_uris: vec![CALLBACK.into()],
+        public: false,
+    };
+    let AdminResponse::Client(client) = kfsec_server::admin::call(up._dir.path(), &client)
+        .await
+        .unwrap()
+        .unwrap()
+    else {
+        panic!("client add");
+    };
+    let secret = client.secret.unwrap();
+    let (email, password) = ("fed.user@example.org", "federated password 1");
+    let add = AdminRequest::UserAdd {
+        email: email.into(),
+        username: Some("Fed User".into()),
+        groups: vec!["ml-team".into(), "platform".into()],
+        password: password.into(),
+    };
+    assert!(matches!(
+        kfsec_server::admin::call(up._dir.path(), &add).await.unwrap().unwrap(),
+        AdminResponse::User(_)
+    ));
+    let config = json!({
+        "issuer": up.running.issuer,
+        "clientID": "kfsec-downstream",
+        "clientSecret": secret,
+        "redirectURI": CALLBACK,
+        "rootCAs": [up.running.ca_pem],
+        "scopes": ["profile", "email", "groups", "offline_access"],
+        "insecureEnableGroups": true,
+    });
+    let c = build(config, &ctx());
+
+    let r = c.login_url(OFFLINE, CALLBACK, STATE, &kfsec_pki::OsRng).await.unwrap();
+    assert!(r.url.starts_with(&format!("{}/auth?", up.running.issuer)), "{}", r.url);
+    let mut b = up.client();
+    let (form, form_url) = b.follow(&r.url).await;
+    assert_eq!(form.status(), 200, "the upstream's login form at {form_url}");
+    let resp = b
+        .post_form(&form_url, &[("login", email), ("password", password)])
+        .await;
+    let mut next = location(&resp).to_owned();
+    if next.starts_with("/dex/approval") {
+        let req = query_param(&next, "req").unwrap();
+        let resp = b.post_form(&next, &[("req", &req), ("approval", "approve")]).await;
+        next = location(&resp).to_owned();
+    }
+    assert!(next.starts_with(&format!("{CALLBACK}?")), "{next}");
+    let q = query_of(&next);
+    assert_eq!(q["state"], STATE);
+    let id = c.callback(OFFLINE, CALLBACK, &r.pending, &q).await.unwrap();
+    assert_eq!(id.email, email);
+    assert!(id.email_verified);
+    assert_eq!(id.username, "Fed User");
+    assert_eq!(id.groups, ["ml-team", "platform"]);
+    assert!(!id.user_id.is_empty());
+    assert!(
+        id.connector_data.is_some(),
+        "offline_access gave an upstream refresh token"
+    );
+
+    // Refresh re-checks the upstream and hands back its rotated refresh token.
+    let fresh = c.refresh(OFFLINE, &id).await.unwrap();
+    assert_eq!(
+        (fresh.email.as_str(), fresh.user_id.as_str()),
+        (email, id.user_id.as_str())
+    );
+    assert_eq!(fresh.groups, ["ml-team", "platform"]);
+    assert_ne!(fresh.connector_data, id.connector_data, "kfsec rotates refresh tokens");
+
+    // The user is deleted upstream: the next refresh says Revoked.
+    let del = AdminRequest::UserDelete { email: email.into() };
+    assert!(matches!(
+        kfsec_server::admin::call(up._dir.path(), &del).await.unwrap().unwrap(),
+        AdminResponse::Ok
+    ));
+    let e = c.refresh(OFFLINE, &fresh).await.unwrap_err();
+    assert!(matches!(e, ConnectorError::Revoked(_)), "{e:?}");
+    up.running.shutdown().await;
+}
