@@ -634,10 +634,18 @@ async fn walk(
             return (r, visited);
         }
         url = crate::harness::location(&r).replace(public, &k.base);
-        if url.starts_with("/dex/approval") {
+        let r = if url.starts_with("/dex/approval") {
             let req = crate::harness::query_param(&url, "req").unwrap();
             let r = b.post_form(&url, &[("req", &req), ("approval", "approve")]).await;
             url = crate::harness::location(&r).replace(public, &k.base);
+            r
+        } else {
+            r
+        };
+        if url.starts_with("https://") && !url.starts_with(&k.base) {
+            // Back to a relying party outside the test (its redirect URI).
+            visited.push(url);
+            return (r, visited);
         }
     }
 }
@@ -704,4 +712,91 @@ async fn browser_logs_in_through_the_chooser_and_entra_to_the_home_page() {
     let page = refused.text().await.unwrap();
     assert_eq!(status, 403, "{visited:#?}: {page}");
     assert!(page.contains("not a member of any of the required groups"), "{page}");
+}
+
+#[tokio::test]
+async fn a_client_refresh_re_asks_entra_and_ends_when_the_user_is_deleted() {
+    let fake = fake().await;
+    let k = kfsec_with_entra(&fake).await;
+    let mut b = k.client();
+    let verifier = "v".repeat(50);
+    let challenge = kfsec_idp::secret::sha256_b64(verifier.as_bytes());
+    let auth = format!(
+        "/dex/auth?client_id=rp-test&redirect_uri=https%3A%2F%2Frp.example%2Fcb&response_type=code&scope=openid+email+groups+profile+federated%3Aid+offline_access&state=s1&code_challenge={challenge}&code_challenge_method=S256&connector_id=entra"
+    );
+    let (_, visited) = walk(&k, &mut b, &fake, &auth).await;
+    let back = visited.last().unwrap();
+    assert!(back.starts_with("https://rp.example/cb?"), "{visited:#?}");
+    let code = crate::harness::query_param(back, "code").unwrap();
+    // Entra was asked for a refresh token because the client asked for one.
+    let scope = fake.state().authorize[0]["scope"].clone();
+    assert_eq!(scope, "user.read directory.read.all offline_access");
+
+    let raw = crate::harness::http_client(&k.running.ca_pem);
+    let token_url = format!("{}/dex/token", k.base);
+    let token = |form: Vec<(&'static str, String)>| {
+        raw.post(&token_url)
+            .basic_auth("rp-test", Some("rp-secret-0123456789"))
+            .form(&form)
+            .send()
+    };
+    let r = token(vec![
+        ("grant_type", "authorization_code".into()),
+        ("code", code),
+        ("redirect_uri", "https://rp.example/cb".into()),
+        ("code_verifier", verifier),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    let t: Value = r.json().await.unwrap();
+    let claims = id_token_claims(&t);
+    assert_eq!(claims["email"], "alice.smith@contoso.example");
+    assert_eq!(claims["email_verified"], true);
+    assert_eq!(claims["name"], "Alice Smith");
+    assert_eq!(claims["groups"], json!(["kubeflow-admins", "everyone"]));
+    assert_eq!(
+        claims["federated_claims"],
+        json!({"connector_id": "entra", "user_id": ALICE})
+    );
+
+    // A refresh asks Entra again (refresh grant, Graph) and carries what changed there.
+    fake.state().users.get_mut(ALICE).unwrap().display_name = "Alice Jones".into();
+    let refresh = |rt: &Value| {
+        vec![
+            ("grant_type", "refresh_token".to_owned()),
+            ("refresh_token", rt.as_str().unwrap().to_owned()),
+        ]
+    };
+    let rt = t["refresh_token"].clone();
+    let r = token(refresh(&rt)).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let t2: Value = r.json().await.unwrap();
+    assert_eq!(id_token_claims(&t2)["name"], "Alice Jones");
+    let upstream_grants = fake
+        .state()
+        .token_forms
+        .iter()
+        .filter(|f| f["grant_type"] == "refresh_token")
+        .count();
+    assert_eq!(upstream_grants, 1);
+
+    // Deleted in Entra: the next refresh is invalid_grant (400, OAuth2 JSON).
+    fake.state().delete_user(ALICE);
+    let r = token(refresh(&t2["refresh_token"])).await.unwrap();
+    assert_eq!(r.status(), 400);
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["error"], "invalid_grant", "{e}");
+}
+
+/// The payload of the ID token in a token answer (kfsec signed it; its signature is tested
+/// elsewhere).
+fn id_token_claims(t: &Value) -> Value {
+    use base64::Engine;
+    let jwt = t["id_token"].as_str().unwrap();
+    let payload = jwt.split('.').nth(1).unwrap();
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .unwrap();
+    serde_json::from_slice(&bytes).unwrap()
 }
