@@ -743,24 +743,11 @@ impl OidcConnector {
             None if methods.iter().any(|m| m == "plain") => Some(Pkce::Plain),
             None => None,
         };
-        let basic_auth = match self.basic_auth_unsupported {
-            Some(unsupported) => !unsupported,
-            None => {
-                let host = url::Url::parse(&self.issuer)
-                    .ok()
-                    .and_then(|u| u.host_str().map(str::to_owned))
-                    .unwrap_or_default();
-                let broken = BROKEN_BASIC_AUTH
-                    .iter()
-                    .any(|h| host == *h || host.ends_with(&format!(".{h}")));
-                // An upstream that lists its client authentication methods and offers only
-                // client_secret_post gets the secret in the body.
-                let post_only = d.token_endpoint_auth_methods_supported.as_ref().is_some_and(|m| {
-                    m.iter().any(|x| x == "client_secret_post") && !m.iter().any(|x| x == "client_secret_basic")
-                });
-                !(broken || post_only)
-            }
-        };
+        let basic_auth = uses_basic_auth(
+            self.basic_auth_unsupported,
+            &self.issuer,
+            d.token_endpoint_auth_methods_supported.as_deref(),
+        );
         let p = Arc::new(Provider {
             auth_url: pick(&o.auth_url, d.authorization_endpoint, "authorization_endpoint")?,
             token_url: pick(&o.token_url, d.token_endpoint, "token_endpoint")?,
@@ -949,6 +936,25 @@ impl OidcConnector {
             )))
         }
     }
+}
+
+/// Whether the client secret goes in HTTP Basic: `basicAuthUnsupported` when set; otherwise
+/// not for Dex's known-broken hosts (Okta) nor for an upstream whose discovery offers only
+/// `client_secret_post`.
+fn uses_basic_auth(unsupported: Option<bool>, issuer: &str, methods: Option<&[String]>) -> bool {
+    if let Some(u) = unsupported {
+        return !u;
+    }
+    let host = url::Url::parse(issuer)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_owned))
+        .unwrap_or_default();
+    let broken = BROKEN_BASIC_AUTH
+        .iter()
+        .any(|h| host == *h || host.ends_with(&format!(".{h}")));
+    let post_only = methods
+        .is_some_and(|m| m.iter().any(|x| x == "client_secret_post") && !m.iter().any(|x| x == "client_secret_basic"));
+    !(broken || post_only)
 }
 
 fn token_error(answer: &Answer, refresh: bool) -> ConnectorError {
@@ -1342,6 +1348,21 @@ mod tests {
         assert_eq!(conn.mapping.email_key, "mail");
         let p = problems(serde_json::json!({"clientid": "other"}));
         assert_eq!(fields(&p), ["clientid"]);
+    }
+
+    #[test]
+    fn client_authentication_follows_dex_and_discovery() {
+        let m = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        assert!(uses_basic_auth(None, "https://op.example.com", None));
+        assert!(!uses_basic_auth(None, "https://dev-1.okta.com/oauth2/default", None));
+        assert!(!uses_basic_auth(None, "https://x.oktapreview.com", None));
+        assert!(uses_basic_auth(None, "https://notokta.com", None));
+        assert!(uses_basic_auth(Some(false), "https://dev-1.okta.com", None));
+        assert!(!uses_basic_auth(Some(true), "https://op.example.com", None));
+        let post = m(&["client_secret_post"]);
+        assert!(!uses_basic_auth(None, "https://op.example.com", Some(&post)));
+        let both = m(&["client_secret_post", "client_secret_basic"]);
+        assert!(uses_basic_auth(None, "https://op.example.com", Some(&both)));
     }
 
     fn mapping() -> Mapping {

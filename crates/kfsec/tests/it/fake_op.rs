@@ -327,7 +327,10 @@ async fn token(State(s): State<S>, headers: HeaderMap, Form(form): Form<HashMap<
         return (StatusCode::OK, "x".repeat(2 * 1024 * 1024)).into_response();
     }
     let expected = format!("Basic {}", STANDARD.encode(format!("{CLIENT_ID}:{CLIENT_SECRET}")));
-    if headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) != Some(expected.as_str()) {
+    let basic = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) == Some(expected.as_str());
+    let post = form.get("client_id").map(String::as_str) == Some(CLIENT_ID)
+        && form.get("client_secret").map(String::as_str) == Some(CLIENT_SECRET);
+    if !(basic || post) {
         return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client");
     }
     let mut st = s.lock().unwrap();

@@ -439,6 +439,15 @@ async fn an_upstream_refusal_is_denied_and_a_forged_answer_is_a_bad_callback() {
         matches!(e, ConnectorError::BadCallback(_)),
         "PKCE binds the code to its login: {e:?}"
     );
+    // basicAuthUnsupported: the secret goes in the body, never in a header.
+    let c = build(cognito(&op, json!({"basicAuthUnsupported": true})), &ctx());
+    login(c.as_ref()).await.unwrap();
+    {
+        let s = op.state();
+        let (form, auth) = s.token_requests.last().unwrap();
+        assert!(auth.is_none(), "{auth:?}");
+        assert_eq!(form["client_secret"], CLIENT_SECRET);
+    }
     // A wrong client secret is the operator's problem, said as such.
     let c = build(cognito(&op, json!({"clientSecret": "wrong"})), &ctx());
     let e = login(c.as_ref()).await.unwrap_err();
