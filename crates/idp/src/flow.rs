@@ -115,9 +115,6 @@ pub(crate) struct AuthRequest {
     /// The connector this request logs in with (empty until one is chosen).
     #[serde(default)]
     pub(crate) connector_id: String,
-    /// Callback connectors: the SHA-256 of the value in this login's browser-binding cookie.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) binding: Option<String>,
     /// With `logged_in`, for a federated login awaiting approval: the upstream's identity
     /// (with its connector data).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -139,21 +136,26 @@ impl AuthRequest {
             auth_ms: 0,
             exp: 0,
             connector_id: String::new(),
-            binding: None,
             identity: None,
         }
     }
 }
 
-/// A callback login's secrets kept in the browser (signed), never in the URL: the binding value
-/// whose digest the `state` carries, and the connector's pending data (PKCE verifier, nonce).
+/// A callback login kept in the browser that started it (a signed cookie), never in the URL:
+/// the random value sent upstream as `state` (so only this browser can finish the login), the
+/// connector's pending data (PKCE verifier, nonce) and the authorization request itself (so the
+/// upstream's `state` stays short: some providers cap it, and it reveals nothing).
 #[derive(Debug, Serialize, Deserialize)]
 struct PendingLogin {
     b: String,
     p: serde_json::Value,
-    #[serde(default)]
     exp: u64,
+    req: AuthRequest,
 }
+
+/// The longest cookie a browser is sure to keep (RFC 6265 §6.1 asks for at least 4,096 bytes
+/// of name, value and attributes).
+const MAX_PENDING_COOKIE: usize = 3800;
 
 /// What signed values are for: a value signed for one purpose never opens as another.
 #[derive(Debug, Clone, Copy)]
@@ -300,23 +302,27 @@ impl Idp {
         };
         let back = self.back_link(&req)?;
         let binding = random_token(self.rng.as_ref());
-        let digest = sha256_hex(binding.as_bytes());
-        req.binding = Some(digest.clone());
-        let state = self.sign_auth_request(&mut req)?;
         let scopes = Scopes::from_list(&req.scopes);
         let redirect = upstream
-            .login_url(scopes, &self.callback_url(), &state, self.rng.as_ref())
+            .login_url(scopes, &self.callback_url(), &binding, self.rng.as_ref())
             .await
             .map_err(|e| PageError::connector(&connector.id, &e, back))?;
+        req.exp = self.clock.now().add(self.settings.auth_request_ttl).as_secs();
         let pending = PendingLogin {
-            b: binding,
+            b: binding.clone(),
             p: redirect.pending,
             exp: req.exp,
+            req,
         };
+        let sealed = self.seal(Purpose::Pending, &pending)?;
+        if sealed.len() > MAX_PENDING_COOKIE {
+            return Err(PageError::bad(
+                "This login request is too large (its state or return address is too long).",
+            ));
+        }
         let cookie = format!(
-            "{}={}; Path={}/callback; Max-Age={}; HttpOnly; Secure; SameSite=Lax",
-            pending_cookie(&digest),
-            self.seal(Purpose::Pending, &pending)?,
+            "{}={sealed}; Path={}/callback; Max-Age={}; HttpOnly; Secure; SameSite=Lax",
+            pending_cookie(&binding),
             self.settings.issuer_path(),
             self.settings.auth_request_ttl.as_secs()
         );
@@ -334,7 +340,6 @@ impl Idp {
         }
         let mut fresh = AuthRequest {
             connector_id: String::new(),
-            binding: None,
             ..req.clone()
         };
         Ok(Some(self.chooser_url(&self.sign_auth_request(&mut fresh)?)))
@@ -346,10 +351,11 @@ impl Idp {
     }
 }
 
-/// The cookie that holds a callback login's secrets (one per login, so parallel logins in two
-/// tabs do not clash).
-fn pending_cookie(binding_digest: &str) -> String {
-    format!("kfsec_upstream_{}", binding_digest.get(..16).unwrap_or(binding_digest))
+/// The cookie that holds the callback login whose upstream `state` is `binding` (one per login,
+/// so parallel logins in two tabs do not clash).
+fn pending_cookie(binding: &str) -> String {
+    let digest = sha256_hex(binding.as_bytes());
+    format!("kfsec_upstream_{}", digest.get(..16).unwrap_or(&digest))
 }
 
 async fn discovery(State(idp): State<Arc<Idp>>) -> Response {
@@ -818,8 +824,21 @@ async fn upstream_callback(
     q: &HashMap<String, String>,
 ) -> Result<Response, PageError> {
     let state = q.get("state").map(String::as_str).unwrap_or_default();
-    let req = idp.open_auth_request(state).ok_or_else(expired)?;
-    let (Some(digest), Some(connector)) = (req.binding.clone(), idp.connector(&req.connector_id).cloned()) else {
+    let cookie_name = pending_cookie(state);
+    // The login must come back to the browser that started it (no login CSRF): its cookie
+    // holds the login, sealed, with the `state` the upstream echoes.
+    let pending: Option<PendingLogin> = crate::cookies::cookies(headers)
+        .find(|(k, _)| *k == cookie_name)
+        .and_then(|(_, v)| idp.unseal(Purpose::Pending, v))
+        .filter(|p: &PendingLogin| {
+            !state.is_empty() && p.exp > idp.clock.now().as_secs() && ct_eq(p.b.as_bytes(), state.as_bytes())
+        });
+    let Some(pending) = pending else {
+        let e = crate::connector::ConnectorError::BadCallback("no login cookie matches the state".into());
+        return Err(PageError::connector(expect.unwrap_or("-"), &e, None));
+    };
+    let req = pending.req;
+    let Some(connector) = idp.connector(&req.connector_id).cloned() else {
         return Err(expired());
     };
     if expect.is_some_and(|e| e != connector.id) {
@@ -829,18 +848,6 @@ async fn upstream_callback(
         return Err(expired());
     };
     let back = idp.back_link(&req)?;
-    let cookie_name = pending_cookie(&digest);
-    // The login must come back to the browser that started it (no login CSRF): its cookie
-    // holds the value whose digest the state carries.
-    let pending: Option<PendingLogin> = crate::cookies::cookies(headers)
-        .find(|(k, _)| *k == cookie_name)
-        .and_then(|(_, v)| idp.unseal(Purpose::Pending, v));
-    let Some(pending) = pending.filter(|p| {
-        p.exp > idp.clock.now().as_secs() && ct_eq(sha256_hex(p.b.as_bytes()).as_bytes(), digest.as_bytes())
-    }) else {
-        let e = crate::connector::ConnectorError::BadCallback("no matching login cookie".into());
-        return Err(PageError::connector(&connector.id, &e, back));
-    };
     let scopes = Scopes::from_list(&req.scopes);
     let identity = upstream
         .callback(scopes, &idp.callback_url(), &pending.p, q)

@@ -26,6 +26,15 @@ impl Env for NoEnv {
     }
 }
 
+/// A loopback port free at the time of asking.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// An upstream that answers with the request it saw, as JSON.
 pub async fn echo_upstream() -> SocketAddr {
     let app = Router::new().fallback(any(|req: Request| async move {
@@ -62,6 +71,12 @@ impl Kfsec {
         Self::start_inner(extra, None, tempfile::tempdir().unwrap()).await
     }
 
+    /// Like [`start`], on a chosen front-door port (so its issuer, `https://localhost:PORT/dex`,
+    /// is known before it starts: an upstream needs its callback URL).
+    pub async fn start_on(port: u16, extra: &str) -> Self {
+        Self::start_full(extra, None, tempfile::tempdir().unwrap(), &format!("127.0.0.1:{port}")).await
+    }
+
     /// Like [`start`], on an existing data directory (a restart).
     pub async fn start_in(dir: tempfile::TempDir, extra: &str) -> Self {
         Self::start_inner(extra, None, dir).await
@@ -84,6 +99,15 @@ impl Kfsec {
     }
 
     async fn start_inner(extra: &str, clock: Option<Arc<ManualClock>>, dir: tempfile::TempDir) -> Self {
+        Self::start_full(extra, clock, dir, "127.0.0.1:0").await
+    }
+
+    async fn start_full(
+        extra: &str,
+        clock: Option<Arc<ManualClock>>,
+        dir: tempfile::TempDir,
+        https_addr: &str,
+    ) -> Self {
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let upstream = echo_upstream().await;
         let yaml = format!(
@@ -92,7 +116,7 @@ impl Kfsec {
         let file = parse(Path::new("test.yaml"), &yaml).unwrap();
         let o = Overrides {
             data_dir: Some(dir.path().to_path_buf()),
-            https_addr: Some("127.0.0.1:0".into()),
+            https_addr: Some(https_addr.into()),
             admin_addr: Some("127.0.0.1:0".into()),
             webhook_addr: Some("127.0.0.1:0".into()),
         };

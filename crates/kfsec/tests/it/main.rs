@@ -7,6 +7,7 @@ mod attacks;
 mod device;
 mod fake_entra;
 mod fake_op;
+mod fed_flow;
 mod fed_microsoft;
 mod fed_oidc;
 mod flow;

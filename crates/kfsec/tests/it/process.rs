@@ -23,14 +23,6 @@ impl Drop for Proc {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Starts `kfsec serve`; returns it once `kfsec ready:` is printed, plus the stdout lines.
 fn serve(dir: &std::path::Path, port: u16) -> (Proc, Vec<String>) {
     let mut child = Command::new(BIN)

@@ -659,14 +659,6 @@ impl Drop for Child {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// The real binary under a small open-files limit (400): a flood of connections is refused by
 /// the caps (fitted below the limit) before descriptors run out, so the admin listener and a
 /// second listener keep working.
