@@ -544,3 +544,219 @@ async fn a_second_kfsec_is_the_upstream_provider() {
     assert!(matches!(e, ConnectorError::Revoked(_)), "{e:?}");
     up.running.shutdown().await;
 }
+
+/// The issuer the downstream kfsec is configured with in the browser tests; the browser reaches
+/// it at the harness's `base` (the upstream redirects to `<issuer>/callback`).
+const E2E_ISSUER: &str = "https://kf.example.org/dex";
+const FED_USER: &str = "fed.user@example.org";
+const FED_PASSWORD: &str = "federated password 1";
+
+/// An upstream kfsec (client `kfsec-downstream`, user [`FED_USER`] in `ml-team` and `platform`)
+/// and a downstream kfsec whose `oidc` connector `corp` logs in there, next to the local
+/// password database (so `/dex/auth` shows the chooser).
+struct Federation {
+    up: Kfsec,
+    down: Kfsec,
+}
+
+async fn federation() -> Federation {
+    let up = Kfsec::start("").await;
+    let admin = |req: AdminRequest| {
+        let dir = up._dir.path().to_path_buf();
+        async move { kfsec_server::admin::call(&dir, &req).await.unwrap().unwrap() }
+    };
+    let AdminResponse::Client(client) = admin(AdminRequest::ClientAdd {
+        id: "kfsec-downstream".into(),
+        name: Some("Kubeflow".into()),
+        redirect_uris: vec![format!("{E2E_ISSUER}/callback")],
+        public: false,
+    })
+    .await
+    else {
+        panic!("client add");
+    };
+    let added = admin(AdminRequest::UserAdd {
+        email: FED_USER.into(),
+        username: Some("Fed User".into()),
+        groups: vec!["ml-team".into(), "platform".into()],
+        password: FED_PASSWORD.into(),
+    })
+    .await;
+    assert!(matches!(added, AdminResponse::User(_)));
+    let config = json!({
+        "issuer": up.running.issuer,
+        "clientID": "kfsec-downstream",
+        "clientSecret": client.secret.unwrap(),
+        "redirectURI": format!("{E2E_ISSUER}/callback"),
+        "rootCAs": [up.running.ca_pem],
+        "scopes": ["profile", "email", "groups", "offline_access"],
+        "insecureEnableGroups": true,
+    });
+    let down = Kfsec::start(&format!(
+        "issuer: {E2E_ISSUER}\nenablePasswordDB: true\nconnectors:\n- type: oidc\n  id: corp\n  name: Corporate SSO\n  config: {config}\n"
+    ))
+    .await;
+    Federation { up, down }
+}
+
+/// A browser across both servers: each one's pages through its own cookie jar, the upstream's
+/// login form answered with [`FED_USER`]'s password, approvals granted; follows redirects and
+/// returns the last answer and every URL visited.
+async fn walk(f: &Federation, down: &mut Browser, up: &mut Browser, start: &str) -> (reqwest::Response, Vec<String>) {
+    let public = E2E_ISSUER.trim_end_matches("/dex");
+    let mut visited = Vec::new();
+    let mut url = down.url(&start.replace(public, &f.down.base));
+    loop {
+        assert!(visited.len() < 20, "redirect loop: {visited:#?}");
+        visited.push(url.clone());
+        let on_up = url.starts_with(&f.up.base);
+        let b: &mut Browser = if on_up { &mut *up } else { &mut *down };
+        let mut r = b.get(&url).await;
+        if on_up && r.status() == 200 && url.contains("/dex/auth/local/login") {
+            r = b
+                .post_form(&url, &[("login", FED_USER), ("password", FED_PASSWORD)])
+                .await;
+        }
+        if !r.status().is_redirection() {
+            return (r, visited);
+        }
+        let mut next = location(&r).to_owned();
+        if next.starts_with("/dex/approval") {
+            let req = query_param(&next, "req").unwrap();
+            let a = b.post_form(&next, &[("req", &req), ("approval", "approve")]).await;
+            next = location(&a).to_owned();
+        }
+        let next = next.replace(public, &f.down.base);
+        url = if next.starts_with('/') {
+            format!("{}{next}", if on_up { &f.up.base } else { &f.down.base })
+        } else {
+            next
+        };
+        if !url.starts_with(&f.up.base) && !url.starts_with(&f.down.base) {
+            // Back to a relying party outside the test (its redirect URI).
+            visited.push(url);
+            return (r, visited);
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_browser_logs_in_through_the_chooser_and_an_upstream_kfsec_to_the_home_page() {
+    let f = federation().await;
+    let (mut down, mut up) = (f.down.client(), f.up.client());
+    // A protected page → the gatekeeper → /dex/auth: the chooser.
+    let (chooser, visited) = walk(&f, &mut down, &mut up, "/app/notebooks").await;
+    assert_eq!(chooser.status(), 200, "{visited:#?}");
+    let page = chooser.text().await.unwrap();
+    assert!(page.contains("Log in with Corporate SSO"), "{page}");
+    let auth_url = visited.last().unwrap().clone();
+    assert!(auth_url.contains("/dex/auth?"), "{auth_url}");
+
+    // connector_id=corp → the upstream kfsec's login form → /dex/callback → the gatekeeper's
+    // callback → the page, as the upstream's user with the upstream's groups.
+    let (last, visited) = walk(&f, &mut down, &mut up, &format!("{auth_url}&connector_id=corp")).await;
+    assert!(
+        visited
+            .iter()
+            .any(|u| u.starts_with(&format!("{}/dex/auth/local/login", f.up.base))),
+        "{visited:#?}"
+    );
+    assert!(
+        visited.iter().any(|u| u.contains("/dex/callback?code=")),
+        "{visited:#?}"
+    );
+    assert_eq!(last.status(), 200, "{visited:#?}");
+    let seen: Value = last.json().await.unwrap();
+    assert_eq!(seen["path"], "/app/notebooks");
+    assert_eq!(seen["headers"]["kubeflow-userid"], FED_USER);
+    assert_eq!(seen["headers"]["kubeflow-groups"], "ml-team,platform");
+    let home = down.get("/").await.text().await.unwrap();
+    assert!(home.contains(FED_USER) && home.contains("ml-team"), "{home}");
+    f.down.running.shutdown().await;
+    f.up.running.shutdown().await;
+}
+
+/// The payload of a token answer's ID token (signed by kfsec; verified elsewhere).
+fn id_token_claims(t: &Value) -> Value {
+    use base64::Engine;
+    let payload = t["id_token"].as_str().unwrap().split('.').nth(1).unwrap();
+    serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap(),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_client_refresh_re_asks_the_upstream_kfsec_and_ends_when_the_user_is_deleted() {
+    let f = federation().await;
+    let (mut down, mut up) = (f.down.client(), f.up.client());
+    let verifier = "v".repeat(50);
+    let challenge = kfsec_idp::secret::sha256_b64(verifier.as_bytes());
+    let auth = format!(
+        "/dex/auth?client_id=rp-test&redirect_uri=https%3A%2F%2Frp.example%2Fcb&response_type=code&scope=openid+email+groups+profile+federated%3Aid+offline_access&state=s1&code_challenge={challenge}&code_challenge_method=S256&connector_id=corp"
+    );
+    let (_, visited) = walk(&f, &mut down, &mut up, &auth).await;
+    let back = visited.last().unwrap();
+    assert!(back.starts_with("https://rp.example/cb?"), "{visited:#?}");
+    let code = query_param(back, "code").unwrap();
+
+    let raw = http_client(&f.down.running.ca_pem);
+    let token_url = format!("{}/dex/token", f.down.base);
+    let token = |form: Vec<(&'static str, String)>| {
+        raw.post(&token_url)
+            .basic_auth("rp-test", Some("rp-secret-0123456789"))
+            .form(&form)
+            .send()
+    };
+    let r = token(vec![
+        ("grant_type", "authorization_code".into()),
+        ("code", code),
+        ("redirect_uri", "https://rp.example/cb".into()),
+        ("code_verifier", verifier),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    let t: Value = r.json().await.unwrap();
+    let claims = id_token_claims(&t);
+    assert_eq!(claims["email"], FED_USER);
+    assert_eq!(claims["email_verified"], true);
+    assert_eq!(claims["name"], "Fed User");
+    assert_eq!(claims["groups"], json!(["ml-team", "platform"]));
+    assert_eq!(claims["federated_claims"]["connector_id"], "corp");
+    assert!(
+        claims["federated_claims"]["user_id"]
+            .as_str()
+            .is_some_and(|u| !u.is_empty())
+    );
+
+    // A refresh asks the upstream again (its refresh grant).
+    let refresh = |rt: &Value| {
+        vec![("grant_type", "refresh_token"), ("refresh_token", rt.as_str().unwrap())]
+            .into_iter()
+            .map(|(k, v)| (k, v.to_owned()))
+            .collect::<Vec<_>>()
+    };
+    let r = token(refresh(&t["refresh_token"])).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let t2: Value = r.json().await.unwrap();
+    assert_eq!(id_token_claims(&t2)["email"], FED_USER);
+
+    // Deleted upstream: the next refresh is invalid_grant (400, OAuth2 JSON).
+    let del = AdminRequest::UserDelete { email: FED_USER.into() };
+    assert!(matches!(
+        kfsec_server::admin::call(f.up._dir.path(), &del)
+            .await
+            .unwrap()
+            .unwrap(),
+        AdminResponse::Ok
+    ));
+    let r = token(refresh(&t2["refresh_token"])).await.unwrap();
+    assert_eq!(r.status(), 400);
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["error"], "invalid_grant", "{e}");
+    f.down.running.shutdown().await;
+    f.up.running.shutdown().await;
+}
