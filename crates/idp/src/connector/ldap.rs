@@ -872,6 +872,10 @@ fn failure(host: &str, e: LdapError) -> (ConnectorError, bool) {
             ConnectorError::Unreachable(format!("{host} is not a valid TLS server name: {source}")),
             false,
         ),
+        LdapError::FilterParsing => (
+            ConnectorError::Misconfigured(format!("{host}: a search filter does not parse")),
+            false,
+        ),
         other => (
             ConnectorError::Unreachable(format!("{host}: connection lost: {other}")),
             true,

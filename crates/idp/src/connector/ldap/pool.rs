@@ -61,6 +61,12 @@ impl Conn {
     }
 }
 
+/// Whether so little of a deadline is left that opening a connection is pointless (a caller
+/// that waited for a slot until its deadline must not add one more connection).
+fn too_late(deadline: Instant) -> bool {
+    deadline.saturating_duration_since(Instant::now()) < Duration::from_millis(50)
+}
+
 /// The connections of one connector.
 pub(super) struct Pool {
     size: usize,
@@ -153,6 +159,9 @@ impl Pool {
                 _permit: permit,
             });
         }
+        if too_late(deadline) {
+            return Err(ConnectorError::Timeout);
+        }
         let mut conn = timeout_at(deadline, Conn::open(s))
             .await
             .map_err(|_| ConnectorError::Timeout)??;
@@ -189,6 +198,9 @@ impl Pool {
             Ok(Err(_)) => return Err(ConnectorError::Unreachable("the connection pool is closed".into())),
             Ok(Ok(p)) => p,
         };
+        if too_late(deadline) {
+            return Err(ConnectorError::Timeout);
+        }
         let conn = timeout_at(deadline, Conn::open(s))
             .await
             .map_err(|_| ConnectorError::Timeout)??;

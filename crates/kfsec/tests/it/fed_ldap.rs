@@ -1,0 +1,480 @@
+//! The `ldap` connector against a real OpenLDAP slapd (see `slapd`): ldaps and StartTLS logins
+//! with groups from two matchers, hostile and non-ASCII user names, refresh after the directory
+//! changed, TLS trust and client certificates, and dead or silent directories answering in
+//! bounded time.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use kfsec_idp::connector::config::OpenContext;
+use kfsec_idp::connector::ldap::{LdapConnector, build};
+use kfsec_idp::connector::{ConnectorError, PasswordConnector, Scopes, UpstreamIdentity};
+use serde_json::json;
+
+use crate::slapd::*;
+
+#[allow(clippy::disallowed_methods)] // measures how long real network waits take (the bounds under test)
+fn now() -> Instant {
+    Instant::now()
+}
+
+const ALL: Scopes = Scopes {
+    offline_access: true,
+    groups: true,
+};
+
+fn ctx() -> OpenContext {
+    OpenContext::new("https://kf.example.com/dex", Duration::from_secs(10))
+}
+
+fn connector(config: serde_json::Value) -> LdapConnector {
+    build("ldap", config, &ctx()).unwrap()
+}
+
+async fn login(c: &LdapConnector, user: &str, pw: &str) -> Option<UpstreamIdentity> {
+    c.login(ALL, user, pw).await.unwrap()
+}
+
+fn groups(id: &UpstreamIdentity) -> Vec<&str> {
+    id.groups.iter().map(String::as_str).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ldaps_login_with_groups_from_two_matchers_and_refresh() {
+    let Some(d) = Slapd::start().await else { return };
+    let c = connector(d.config());
+    assert_eq!(c.prompt(), "Directory user");
+
+    let id = login(&c, "alice", ALICE_PW).await.expect("alice logs in");
+    assert_eq!(id.user_id, "alice");
+    assert_eq!(id.email, "alice@example.org");
+    assert!(id.email_verified);
+    assert_eq!(id.username, "Alice Example");
+    assert_eq!(id.preferred_username, "alice-ex");
+    // member DN (admins), its parent by recursion (platform), memberUid (developers).
+    assert_eq!(groups(&id), ["admins", "platform", "developers"]);
+    assert_eq!(
+        id.connector_data,
+        Some(json!({"dn": format!("uid=alice,{PEOPLE}"), "username": "alice"}))
+    );
+    // Without the groups scope no group search; refresh data all the same.
+    let plain = c.login(Scopes::default(), "alice", ALICE_PW).await.unwrap().unwrap();
+    assert!(plain.groups.is_empty());
+    assert!(plain.connector_data.is_some());
+
+    assert!(login(&c, "alice", "wrong").await.is_none());
+    assert!(login(&c, "alice", &format!("{ALICE_PW} ")).await.is_none());
+    assert!(login(&c, "mallory", ALICE_PW).await.is_none());
+    assert!(login(&c, "alice", "").await.is_none());
+
+    // Refresh reads the directory again.
+    let r = c.refresh(ALL, &id).await.unwrap();
+    assert_eq!(
+        (r.email.as_str(), groups(&r)),
+        ("alice@example.org", vec!["admins", "platform", "developers"])
+    );
+    assert_eq!(r.connector_data, id.connector_data);
+    d.admin(
+        "ldapmodify",
+        &[],
+        &format!(
+            "dn: uid=alice,{PEOPLE}\nchangetype: modify\nreplace: mail\nmail: alice.new@example.org\n\n\
+             dn: cn=developers,{GROUPS}\nchangetype: modify\ndelete: memberUid\nmemberUid: alice\n"
+        ),
+    );
+    let r = c.refresh(ALL, &id).await.unwrap();
+    assert_eq!(r.email, "alice.new@example.org");
+    assert_eq!(groups(&r), ["admins", "platform"]);
+
+    // Removed upstream: the refresh is refused, and so is a login.
+    d.admin("ldapdelete", &[&format!("uid=alice,{PEOPLE}")], "");
+    match c.refresh(ALL, &id).await {
+        Err(ConnectorError::Revoked(why)) => assert!(why.contains("not found"), "{why}"),
+        other => panic!("refresh of a deleted user: {other:?}"),
+    }
+    assert!(login(&c, "alice", ALICE_PW).await.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starttls_non_ascii_special_and_hostile_user_names() {
+    let Some(d) = Slapd::start().await else { return };
+    let c = connector(d.config_starttls());
+
+    // Non-ASCII name and password (Dex's double escape never matches these).
+    let j = login(&c, JUERGEN, JUERGEN_PW).await.expect("jürgen logs in");
+    assert_eq!(j.user_id, JUERGEN);
+    assert_eq!(j.username, "Jürgen Groß");
+    assert_eq!(j.email, "juergen@example.org");
+    assert_eq!(groups(&j), ["admins", "platform"]);
+    assert!(login(&c, JUERGEN, "pässwörd").await.is_none());
+
+    // `( ) * \` in the name: found, bound, and its groups found by DN and by memberUid.
+    let s = login(&c, SPECIAL, SPECIAL_PW).await.expect("the special user logs in");
+    assert_eq!(s.user_id, SPECIAL);
+    assert_eq!(s.email, "special@example.org");
+    assert_eq!(groups(&s), ["specials", "developers"]);
+    let r = c.refresh(ALL, &s).await.unwrap();
+    assert_eq!(groups(&r), ["specials", "developers"]);
+
+    // A user in no group.
+    let n = login(&c, "nogroup", NOGROUP_PW).await.expect("nogroup logs in");
+    assert!(n.groups.is_empty());
+
+    // Filter injection: each of these would match admin (or everyone) if not escaped.
+    for name in [
+        "*",
+        "ad*",
+        "admin)(uid=*",
+        "admin)(|(uid=*",
+        "*)(uid=admin",
+        "admin\0",
+        "\\61dmin",
+        "admin\\",
+    ] {
+        for pw in [ADMIN_PW, ALICE_PW] {
+            assert!(
+                login(&c, name, pw).await.is_none(),
+                "{name:?} must not log in as anyone"
+            );
+        }
+    }
+    // The real admin still can (the directory compares uid case-insensitively).
+    assert_eq!(login(&c, "Admin", ADMIN_PW).await.unwrap().user_id, "admin");
+
+    // Two entries with uid=dup: refused as ambiguous (409), whatever the password.
+    for pw in [DUP_PW, "wrong"] {
+        match c.login(ALL, "dup", pw).await {
+            Err(e @ ConnectorError::Ambiguous(_)) => assert_eq!(e.status(), 409),
+            other => panic!("dup: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refresh_of_a_moved_or_replaced_entry_is_revoked() {
+    let Some(d) = Slapd::start().await else { return };
+    let c = connector(d.config());
+    let alice = login(&c, "alice", ALICE_PW).await.unwrap();
+    let special = login(&c, SPECIAL, SPECIAL_PW).await.unwrap();
+
+    // Renamed: the same user name now finds another DN.
+    d.admin(
+        "ldapmodify",
+        &[],
+        &format!("dn: uid=alice,{PEOPLE}\nchangetype: modrdn\nnewrdn: cn=Alice Example\ndeleteoldrdn: 0\n"),
+    );
+    match c.refresh(ALL, &alice).await {
+        Err(ConnectorError::Revoked(why)) => assert!(why.contains("expected DN"), "{why}"),
+        other => panic!("refresh of a moved entry: {other:?}"),
+    }
+
+    // Same DN, but the entry was deleted and re-created for someone else (new idAttr value).
+    d.admin(
+        "ldapmodify",
+        &[],
+        &format!("dn: {SPECIAL_DN}\nchangetype: modify\nreplace: uid\nuid: {SPECIAL}\nuid: other\n"),
+    );
+    // (idAttr's first value is still the same: not revoked.)
+    assert!(c.refresh(ALL, &special).await.is_ok());
+    let mut replaced = special.clone();
+    replaced.user_id = "someone-else".into();
+    assert!(matches!(
+        c.refresh(ALL, &replaced).await,
+        Err(ConnectorError::Revoked(_))
+    ));
+
+    // Refresh data that is not ours: refused, not a panic.
+    let mut junk = special.clone();
+    junk.connector_data = Some(json!({"nope": 1}));
+    assert!(matches!(c.refresh(ALL, &junk).await, Err(ConnectorError::Revoked(_))));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_ldap_tls_trust_and_client_certificates() {
+    let Some(d) = Slapd::start().await else { return };
+
+    // insecureNoSSL: plain LDAP on the plain port.
+    let mut plain = d.config();
+    plain["host"] = format!("127.0.0.1:{}", d.ldap_port).into();
+    plain["insecureNoSSL"] = true.into();
+    plain.as_object_mut().unwrap().remove("rootCAData");
+    assert!(login(&connector(plain), "alice", ALICE_PW).await.is_some());
+
+    // rootCA as a file path, and "localhost" as the TLS name.
+    let mut by_file = d.config();
+    by_file["host"] = format!("localhost:{}", d.ldaps_port).into();
+    by_file.as_object_mut().unwrap().remove("rootCAData");
+    by_file["rootCA"] = d.pki.ca_file.display().to_string().into();
+    assert!(login(&connector(by_file), "alice", ALICE_PW).await.is_some());
+
+    // A CA that did not issue the server's certificate: a TLS error, over ldaps and StartTLS.
+    let other = tempfile::tempdir().unwrap();
+    let other_ca = kfsec_pki::CertificateAuthority::load_or_create(
+        other.path(),
+        kfsec_pki::KeyAlgorithm::EcdsaP256,
+        &kfsec_types::SystemClock,
+    )
+    .unwrap();
+    for mut cfg in [d.config(), d.config_starttls()] {
+        cfg["rootCAData"] = STANDARD.encode(other_ca.cert_pem()).into();
+        match connector(cfg.clone()).login(ALL, "alice", ALICE_PW).await {
+            Err(ConnectorError::Unreachable(why)) => {
+                // (Both CAs are named alike: webpki finds the issuer by name, then the
+                // signature fails.)
+                assert!(why.contains("TLS") && why.contains("invalid peer certificate"), "{why}")
+            }
+            other => panic!("wrong CA: {other:?}"),
+        }
+        // insecureSkipVerify accepts it (as Dex does).
+        cfg["insecureSkipVerify"] = true.into();
+        assert!(login(&connector(cfg), "alice", ALICE_PW).await.is_some());
+    }
+
+    // ldaps to the plain port: an error, quickly.
+    let mut wrong_port = d.config();
+    wrong_port["host"] = format!("127.0.0.1:{}", d.ldap_port).into();
+    let t = now();
+    assert!(matches!(
+        connector(wrong_port).login(ALL, "alice", ALICE_PW).await,
+        Err(ConnectorError::Unreachable(_) | ConnectorError::Timeout)
+    ));
+    assert!(t.elapsed() < Duration::from_secs(5));
+
+    // A directory that demands a client certificate.
+    let Some(strict) = Slapd::start_with(Options {
+        require_client_cert: true,
+    })
+    .await
+    else {
+        return;
+    };
+    match connector(strict.config()).login(ALL, "alice", ALICE_PW).await {
+        Err(ConnectorError::Unreachable(_)) => {}
+        other => panic!("no client certificate: {other:?}"),
+    }
+    let mut with_cert = strict.config();
+    with_cert["clientCert"] = strict.pki.client_cert.display().to_string().into();
+    with_cert["clientKey"] = strict.pki.client_key.display().to_string().into();
+    assert!(login(&connector(with_cert), "alice", ALICE_PW).await.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_account_anonymous_bind_and_a_restarted_directory() {
+    let Some(mut d) = Slapd::start().await else { return };
+
+    let mut bad = d.config();
+    bad["bindPW"] = "not-the-password".into();
+    match connector(bad).login(ALL, "alice", ALICE_PW).await {
+        Err(e @ ConnectorError::Misconfigured(_)) => {
+            assert!(!format!("{e}").contains("not-the-password"));
+            assert_eq!(e.status(), 502);
+        }
+        other => panic!("wrong service password: {other:?}"),
+    }
+
+    // No bindDN/bindPW: an anonymous bind (this directory lets anonymous users search).
+    let mut anon = d.config();
+    anon.as_object_mut().unwrap().remove("bindDN");
+    anon.as_object_mut().unwrap().remove("bindPW");
+    assert!(login(&connector(anon), "alice", ALICE_PW).await.is_some());
+
+    // Pooled connections cut by a restart: the next login opens new ones.
+    let c = connector(d.config());
+    assert!(login(&c, "alice", ALICE_PW).await.is_some());
+    d.restart().await;
+    assert!(login(&c, "alice", ALICE_PW).await.is_some());
+    assert!(login(&c, JUERGEN, JUERGEN_PW).await.is_some());
+}
+
+/// A TCP listener that accepts and never answers; counts connections.
+async fn blackhole() -> (u16, Arc<AtomicUsize>) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    let count = Arc::new(AtomicUsize::new(0));
+    let c = count.clone();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = l.accept().await {
+            c.fetch_add(1, Ordering::SeqCst);
+            held.push(s);
+        }
+    });
+    (port, count)
+}
+
+fn offline_config(host: String) -> serde_json::Value {
+    json!({
+        "host": host,
+        "insecureSkipVerify": true,
+        "bindDN": SERVICE_DN,
+        "bindPW": SERVICE_PW,
+        "timeout": "1s",
+        "userSearch": {"baseDN": PEOPLE, "username": "uid", "idAttr": "uid", "emailAttr": "mail"},
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_and_silent_directories_answer_in_bounded_time() {
+    let slack = Duration::from_millis(1500);
+
+    // Nothing listens: unreachable, at once.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let t = now();
+    match connector(offline_config(format!("127.0.0.1:{closed}")))
+        .login(ALL, "alice", "pw")
+        .await
+    {
+        Err(ConnectorError::Unreachable(_)) => {}
+        other => panic!("closed port: {other:?}"),
+    }
+    assert!(t.elapsed() < slack, "{:?}", t.elapsed());
+
+    // A listener that never answers (TLS handshake, StartTLS, bind all hang).
+    let (port, accepted) = blackhole().await;
+    let silent = Arc::new(connector(offline_config(format!("127.0.0.1:{port}"))));
+    // An empty password never reaches it.
+    let t = now();
+    assert!(silent.login(ALL, "alice", "").await.unwrap().is_none());
+    assert!(t.elapsed() < Duration::from_millis(100));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        0,
+        "an empty password contacted the directory"
+    );
+
+    for start_tls in [false, true] {
+        let mut cfg = offline_config(format!("127.0.0.1:{port}"));
+        cfg["startTLS"] = start_tls.into();
+        let t = now();
+        match connector(cfg).login(ALL, "alice", "pw").await {
+            Err(ConnectorError::Timeout) => {}
+            other => panic!("silent directory (startTLS {start_tls}): {other:?}"),
+        }
+        let took = t.elapsed();
+        assert!(
+            took >= Duration::from_millis(900) && took < Duration::from_secs(1) + slack,
+            "{took:?}"
+        );
+    }
+
+    // Many logins at once: each ends within the timeout (they wait for the pool's few
+    // connections no longer than that), and a healthy directory's logins are not held up.
+    let healthy = Slapd::start().await;
+    let t = now();
+    let mut tasks = Vec::new();
+    for i in 0..12 {
+        let c = silent.clone();
+        tasks.push(tokio::spawn(async move {
+            let r = c.login(ALL, &format!("user{i}"), "pw").await;
+            (r.is_err(), now())
+        }));
+    }
+    if let Some(d) = &healthy {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let started = now();
+        assert!(login(&connector(d.config()), "alice", ALICE_PW).await.is_some());
+        assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
+    }
+    for task in tasks {
+        let (failed, ended) = task.await.unwrap();
+        assert!(failed);
+        assert!(ended - t < Duration::from_secs(1) + slack, "{:?}", ended - t);
+    }
+    // The pool bounded the connections opened to the silent directory (12 logins; a waiter
+    // may get a freed slot just before its own deadline).
+    let opened = accepted.load(Ordering::SeqCst) - 2;
+    assert!(
+        opened <= 2 * kfsec_idp::connector::ldap::POOL_SIZE,
+        "{opened} connections"
+    );
+}
+
+/// Follows kfsec's redirects from `url` (approving if asked); the last answer and its URL.
+async fn through(b: &mut crate::harness::Browser, url: &str) -> (reqwest::Response, String) {
+    let mut url = url.to_owned();
+    for _ in 0..20 {
+        let r = b.get(&url).await;
+        if !r.status().is_redirection() {
+            return (r, url);
+        }
+        url = crate::harness::location(&r).to_owned();
+        if url.starts_with("/dex/approval") {
+            let req = crate::harness::query_param(&url, "req").unwrap();
+            let r = b.post_form(&url, &[("req", &req), ("approval", "approve")]).await;
+            url = crate::harness::location(&r).to_owned();
+        }
+    }
+    panic!("redirect loop at {url}");
+}
+
+/// From a protected page through the chooser to the LDAP form; submits `user`/`password`.
+async fn browser_login(b: &mut crate::harness::Browser, user: &str, password: &str) -> (reqwest::Response, String) {
+    let (chooser, auth_url) = through(b, "/app/notebooks").await;
+    assert_eq!(chooser.status(), 200, "{auth_url}");
+    let page = chooser.text().await.unwrap();
+    assert!(page.contains("Log in with Corporate LDAP"), "{page}");
+    let (form, form_url) = through(b, &format!("{auth_url}&connector_id=corp-ldap")).await;
+    assert_eq!(form.status(), 200, "{form_url}");
+    assert!(form_url.contains("/dex/auth/corp-ldap/login"), "{form_url}");
+    assert!(form.text().await.unwrap().contains("Directory user"));
+    let r = b.post_form(&form_url, &[("login", user), ("password", password)]).await;
+    if !r.status().is_redirection() {
+        return (r, form_url);
+    }
+    let next = crate::harness::location(&r).to_owned();
+    through(b, &next).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_logs_in_through_the_chooser_and_ldap_to_the_home_page() {
+    let Some(d) = Slapd::start().await else { return };
+    let yaml = format!(
+        "enablePasswordDB: true\nconnectors:\n- type: ldap\n  id: corp-ldap\n  name: Corporate LDAP\n  config: {}\n",
+        d.config()
+    );
+    let k = crate::harness::Kfsec::start(&yaml).await;
+
+    // alice: a protected page → the gatekeeper → the chooser → the LDAP form → the page, as
+    // alice with her groups from both matchers.
+    let mut b = k.client();
+    let (last, url) = browser_login(&mut b, "alice", ALICE_PW).await;
+    assert_eq!(last.status(), 200, "{url}");
+    let seen: serde_json::Value = last.json().await.unwrap();
+    assert_eq!(seen["path"], "/app/notebooks");
+    assert_eq!(seen["headers"]["kubeflow-userid"], "alice@example.org");
+    assert_eq!(seen["headers"]["kubeflow-groups"], "admins,platform,developers");
+    let home = b.get("/").await.text().await.unwrap();
+    assert!(home.contains("alice@example.org"), "{home}");
+    assert!(home.contains("developers"), "{home}");
+
+    // A non-ASCII name and password through the form's encoding.
+    let mut b = k.client();
+    let (last, url) = browser_login(&mut b, JUERGEN, JUERGEN_PW).await;
+    assert_eq!(last.status(), 200, "{url}");
+    let seen: serde_json::Value = last.json().await.unwrap();
+    assert_eq!(seen["headers"]["kubeflow-userid"], "juergen@example.org");
+    assert_eq!(seen["headers"]["kubeflow-groups"], "admins,platform");
+
+    // Wrong password and a filter injection: the form again, 401, no session.
+    for (user, pw) in [("alice", "wrong"), ("*", ALICE_PW), ("admin)(uid=*", ADMIN_PW)] {
+        let mut b = k.client();
+        let (r, _) = browser_login(&mut b, user, pw).await;
+        assert_eq!(r.status(), 401, "{user:?}");
+        assert!(!b.cookies.contains_key("authservice_session"), "{user:?}");
+    }
+    // Two entries share the name: a 409 page that says so, never a 500.
+    let mut b = k.client();
+    let (r, _) = browser_login(&mut b, "dup", DUP_PW).await;
+    assert_eq!(r.status(), 409);
+    let page = r.text().await.unwrap();
+    assert!(page.contains("More than one account matches"), "{page}");
+    assert!(!page.contains("ou=people"), "no directory detail for users: {page}");
+}
