@@ -33,6 +33,10 @@ pub const MAX_PAGES: usize = 64;
 pub const MAX_GROUPS: usize = 11_000;
 /// Ids per `getByIds` request (Graph refuses more).
 pub const BATCH: usize = 1000;
+/// The largest Graph page read: `getByIds` answers with full objects (`$select` is not
+/// available there), 1–2 KB per group and more with long membership rules, so a batch of
+/// [`BATCH`] groups is well above the 1 MiB other upstream answers are held to.
+pub const MAX_GRAPH_PAGE: usize = 8 * 1024 * 1024;
 
 const SCOPE_USER: &str = "user.read";
 const SCOPE_GROUPS: &str = "directory.read.all";
@@ -656,7 +660,14 @@ impl Microsoft {
     ) -> Result<(), ConnectorError> {
         let mut next = Some(url);
         while let Some(url) = next {
-            let answer = self.upstream.post_json(&url, body, token).await?;
+            let req = self
+                .upstream
+                .client()
+                .post(&url)
+                .header(reqwest::header::ACCEPT, "application/json")
+                .bearer_auth(token)
+                .json(body);
+            let answer = self.upstream.send_capped(req, MAX_GRAPH_PAGE).await?;
             if answer.status != 200 {
                 return Err(self.graph_failure(what, &answer));
             }

@@ -3,9 +3,10 @@
 //! a per-request deadline, and capped response bodies.
 //!
 //! Invariants: every call ends within the connector's timeout (the whole exchange, not just the
-//! connect); a response body is read up to [`MAX_BODY`] and no further; redirects are not
-//! followed (an IdP's token or JWKS endpoint does not redirect, and following one could leak a
-//! client secret); TLS is verified unless the operator set `insecureSkipVerify`.
+//! connect); a response body is read up to [`MAX_BODY`] (or the larger cap a caller names for
+//! one call) and no further; redirects are not followed (an IdP's token or JWKS endpoint does
+//! not redirect, and following one could leak a client secret); TLS is verified unless the
+//! operator set `insecureSkipVerify`.
 
 use std::time::Duration;
 
@@ -115,14 +116,20 @@ impl Upstream {
     /// Sends `req` and reads the answer (capped), mapping transport failures to
     /// [`ConnectorError::Timeout`] / [`ConnectorError::Unreachable`].
     pub async fn send(&self, req: reqwest::RequestBuilder) -> Result<Answer, ConnectorError> {
+        self.send_capped(req, MAX_BODY).await
+    }
+
+    /// [`Upstream::send`] reading up to `cap` bytes (for answers known to be larger than
+    /// [`MAX_BODY`], such as Graph's full directory objects).
+    pub async fn send_capped(&self, req: reqwest::RequestBuilder, cap: usize) -> Result<Answer, ConnectorError> {
         let deadline = self.timeout;
         let run = async {
             let mut resp = req.send().await.map_err(transport)?;
             let status = resp.status().as_u16();
             let mut body = Vec::new();
             while let Some(chunk) = resp.chunk().await.map_err(transport)? {
-                if body.len() + chunk.len() > MAX_BODY {
-                    return Err(ConnectorError::Upstream(format!("answer larger than {MAX_BODY} bytes")));
+                if body.len() + chunk.len() > cap {
+                    return Err(ConnectorError::Upstream(format!("answer larger than {cap} bytes")));
                 }
                 body.extend_from_slice(&chunk);
             }

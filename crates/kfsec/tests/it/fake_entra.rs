@@ -63,6 +63,8 @@ pub struct Entra {
     pub groups_error: Option<(u16, String, String)>,
     /// Replace the getMemberGroups next link (a hostile Graph).
     pub next_link_override: Option<String>,
+    /// Bytes of padding added to each getMemberGroups page (a hostile, endless answer).
+    pub padding: usize,
     /// Access tokens Graph no longer accepts.
     pub graph_rejects_tokens: bool,
     /// Access token lifetime in seconds.
@@ -374,6 +376,9 @@ async fn member_groups(
     if let Some(link) = &s.next_link_override {
         answer["@odata.nextLink"] = json!(link);
     }
+    if s.padding > 0 {
+        answer["padding"] = json!("x".repeat(s.padding));
+    }
     Json(answer).into_response()
 }
 
@@ -415,7 +420,7 @@ async fn by_ids(
         .iter()
         .rev()
         .filter_map(|id| all.get(id))
-        .map(|g| json!({"@odata.type": "#microsoft.graph.group", "id": g.id, "displayName": g.name, "securityEnabled": g.security}))
+        .map(group_object)
         .collect();
     objects.dedup();
     let skip = q.get("$skiptoken").and_then(|t| t.parse().ok()).unwrap_or(0);
@@ -427,4 +432,46 @@ async fn by_ids(
         s.page_size.max(1000),
     ))
     .into_response()
+}
+
+/// A group as getByIds returns it: the full object, every property (`$select` is not
+/// available there), about 1.3 KB each — so 1000 of them are more than 1 MiB.
+fn group_object(g: &Group) -> Value {
+    let nick = g.name.replace(' ', "");
+    json!({
+        "@odata.type": "#microsoft.graph.group",
+        "id": g.id,
+        "deletedDateTime": null,
+        "classification": null,
+        "createdDateTime": "2024-03-01T09:30:00Z",
+        "creationOptions": [],
+        "description": format!("{} — members get the Kubeflow profile of their team, the shared notebooks and the pipelines of the group. Owners approve joins. Questions: the platform team.", g.name),
+        "displayName": g.name,
+        "expirationDateTime": null,
+        "groupTypes": if g.security { json!([]) } else { json!(["Unified"]) },
+        "isAssignableToRole": null,
+        "mail": if g.security { Value::Null } else { json!(format!("{nick}@contoso.example")) },
+        "mailEnabled": !g.security,
+        "mailNickname": nick,
+        "membershipRule": null,
+        "membershipRuleProcessingState": null,
+        "onPremisesDomainName": "corp.contoso.example",
+        "onPremisesLastSyncDateTime": "2026-12-05T08:00:00Z",
+        "onPremisesNetBiosName": "CORP",
+        "onPremisesSamAccountName": nick,
+        "onPremisesSecurityIdentifier": "S-1-5-21-1004336348-1177238915-682003330-512",
+        "onPremisesSyncEnabled": true,
+        "preferredDataLocation": null,
+        "preferredLanguage": null,
+        "proxyAddresses": if g.security { json!([]) } else { json!([format!("SMTP:{nick}@contoso.example"), format!("smtp:{nick}@contoso.onmicrosoft.com")]) },
+        "renewedDateTime": "2024-03-01T09:30:00Z",
+        "resourceBehaviorOptions": [],
+        "resourceProvisioningOptions": [],
+        "securityEnabled": g.security,
+        "securityIdentifier": "S-1-12-1-1234567890-1234567890-1234567890-1234567890",
+        "theme": null,
+        "visibility": if g.security { Value::Null } else { json!("Private") },
+        "onPremisesProvisioningErrors": [],
+        "serviceProvisioningErrors": [],
+    })
 }

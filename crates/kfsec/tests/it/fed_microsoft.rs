@@ -356,6 +356,17 @@ async fn a_next_page_on_another_origin_is_refused_and_gets_no_token() {
 }
 
 #[tokio::test]
+async fn a_huge_graph_answer_is_cut_off() {
+    let fake = fake().await;
+    fake.state().padding = 9 * 1024 * 1024;
+    let e = login(connector(&fake, json!({})).as_ref(), GROUPS).await.unwrap_err();
+    let ConnectorError::Upstream(detail) = &e else {
+        panic!("{e:?}")
+    };
+    assert!(detail.contains("larger than"), "{detail}");
+}
+
+#[tokio::test]
 async fn callback_refusals() {
     let fake = fake().await;
     let c = connector(&fake, json!({}));
