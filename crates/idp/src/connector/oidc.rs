@@ -1350,6 +1350,32 @@ mod tests {
         assert_eq!(fields(&p), ["clientid"]);
     }
 
+    /// kubeflow/manifests' Keycloak guide (common/dex/README.md), after $VAR expansion: its
+    /// `jwksUri` is not a Dex key (Dex ignores it silently); kfsec names the one to use.
+    #[test]
+    fn the_kubeflow_keycloak_guide_config_is_refused_only_for_its_jwks_uri() {
+        let guide = serde_json::json!({
+            "issuer": "https://keycloak.example.com/realms/kubeflow",
+            "jwksUri": "https://keycloak.example.com/realms/kubeflow/protocol/openid-connect/certs",
+            "clientID": "kubeflow-oidc-authservice",
+            "clientSecret": "s3cret",
+            "redirectURI": "https://kf.example.com/dex/callback",
+            "insecureSkipVerify": true,
+            "insecureSkipEmailVerified": true,
+            "userNameKey": "email",
+            "scopes": ["openid", "profile", "email", "offline_access"],
+        });
+        let p = open_connector("keycloak", guide.clone(), &ctx()).unwrap_err();
+        assert_eq!(fields(&p), ["jwksUri"]);
+        assert!(p[0].message.contains("providerDiscoveryOverrides.jwksURL"), "{p:?}");
+        let mut fixed = guide;
+        let jwks = fixed.as_object_mut().unwrap().remove("jwksUri").unwrap();
+        fixed["providerDiscoveryOverrides"] = serde_json::json!({ "jwksURL": jwks });
+        let c = open_connector("keycloak", fixed, &ctx()).unwrap();
+        assert_eq!(c.scopes, ["openid", "profile", "email", "offline_access"]);
+        assert_eq!(c.mapping.user_name_key, "email");
+    }
+
     #[test]
     fn client_authentication_follows_dex_and_discovery() {
         let m = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();

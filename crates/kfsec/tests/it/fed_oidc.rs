@@ -599,17 +599,33 @@ async fn federation() -> Federation {
     Federation { up, down }
 }
 
-/// A browser across both servers: each one's pages through its own cookie jar, the upstream's
-/// login form answered with [`FED_USER`]'s password, approvals granted; follows redirects and
-/// returns the last answer and every URL visited.
-async fn walk(f: &Federation, down: &mut Browser, up: &mut Browser, start: &str) -> (reqwest::Response, Vec<String>) {
+/// A browser across kfsec (`down`), an optional upstream kfsec (`up`) — each through its own
+/// cookie jar — and plain-HTTP providers on 127.0.0.1 (`fake_op`); the upstream kfsec's login
+/// form is answered with [`FED_USER`]'s password and approvals are granted. Follows redirects
+/// and returns the last answer and every URL visited.
+async fn walk(
+    down_base: &str,
+    up_base: Option<&str>,
+    down: &mut Browser,
+    up: &mut Browser,
+    start: &str,
+) -> (reqwest::Response, Vec<String>) {
     let public = E2E_ISSUER.trim_end_matches("/dex");
+    let ours = |u: &str| u.starts_with(down_base) || up_base.is_some_and(|b| u.starts_with(b));
     let mut visited = Vec::new();
-    let mut url = down.url(&start.replace(public, &f.down.base));
+    let mut url = down.url(&start.replace(public, down_base));
     loop {
         assert!(visited.len() < 20, "redirect loop: {visited:#?}");
         visited.push(url.clone());
-        let on_up = url.starts_with(&f.up.base);
+        if url.starts_with("http://127.0.0.1") {
+            let r = plain_http().get(&url).send().await.unwrap();
+            if !r.status().is_redirection() {
+                return (r, visited);
+            }
+            url = location(&r).replace(public, down_base);
+            continue;
+        }
+        let on_up = up_base.is_some_and(|b| url.starts_with(b));
         let b: &mut Browser = if on_up { &mut *up } else { &mut *down };
         let mut r = b.get(&url).await;
         if on_up && r.status() == 200 && url.contains("/dex/auth/local/login") {
@@ -626,17 +642,23 @@ async fn walk(f: &Federation, down: &mut Browser, up: &mut Browser, start: &str)
             let a = b.post_form(&next, &[("req", &req), ("approval", "approve")]).await;
             next = location(&a).to_owned();
         }
-        let next = next.replace(public, &f.down.base);
-        url = if next.starts_with('/') {
-            format!("{}{next}", if on_up { &f.up.base } else { &f.down.base })
-        } else {
-            next
+        let next = next.replace(public, down_base);
+        url = match (next.starts_with('/'), on_up, up_base) {
+            (true, true, Some(b)) => format!("{b}{next}"),
+            (true, _, _) => format!("{down_base}{next}"),
+            _ => next,
         };
-        if !url.starts_with(&f.up.base) && !url.starts_with(&f.down.base) {
+        if !ours(&url) && !url.starts_with("http://127.0.0.1") {
             // Back to a relying party outside the test (its redirect URI).
             visited.push(url);
             return (r, visited);
         }
+    }
+}
+
+impl Federation {
+    async fn walk(&self, down: &mut Browser, up: &mut Browser, start: &str) -> (reqwest::Response, Vec<String>) {
+        walk(&self.down.base, Some(&self.up.base), down, up, start).await
     }
 }
 
@@ -645,7 +667,7 @@ async fn a_browser_logs_in_through_the_chooser_and_an_upstream_kfsec_to_the_home
     let f = federation().await;
     let (mut down, mut up) = (f.down.client(), f.up.client());
     // A protected page → the gatekeeper → /dex/auth: the chooser.
-    let (chooser, visited) = walk(&f, &mut down, &mut up, "/app/notebooks").await;
+    let (chooser, visited) = f.walk(&mut down, &mut up, "/app/notebooks").await;
     assert_eq!(chooser.status(), 200, "{visited:#?}");
     let page = chooser.text().await.unwrap();
     assert!(page.contains("Log in with Corporate SSO"), "{page}");
@@ -654,7 +676,9 @@ async fn a_browser_logs_in_through_the_chooser_and_an_upstream_kfsec_to_the_home
 
     // connector_id=corp → the upstream kfsec's login form → /dex/callback → the gatekeeper's
     // callback → the page, as the upstream's user with the upstream's groups.
-    let (last, visited) = walk(&f, &mut down, &mut up, &format!("{auth_url}&connector_id=corp")).await;
+    let (last, visited) = f
+        .walk(&mut down, &mut up, &format!("{auth_url}&connector_id=corp"))
+        .await;
     assert!(
         visited
             .iter()
@@ -697,7 +721,7 @@ async fn a_client_refresh_re_asks_the_upstream_kfsec_and_ends_when_the_user_is_d
     let auth = format!(
         "/dex/auth?client_id=rp-test&redirect_uri=https%3A%2F%2Frp.example%2Fcb&response_type=code&scope=openid+email+groups+profile+federated%3Aid+offline_access&state=s1&code_challenge={challenge}&code_challenge_method=S256&connector_id=corp"
     );
-    let (_, visited) = walk(&f, &mut down, &mut up, &auth).await;
+    let (_, visited) = f.walk(&mut down, &mut up, &auth).await;
     let back = visited.last().unwrap();
     assert!(back.starts_with("https://rp.example/cb?"), "{visited:#?}");
     let code = query_param(back, "code").unwrap();
@@ -759,4 +783,58 @@ async fn a_client_refresh_re_asks_the_upstream_kfsec_and_ends_when_the_user_is_d
     assert_eq!(e["error"], "invalid_grant", "{e}");
     f.down.running.shutdown().await;
     f.up.running.shutdown().await;
+}
+
+/// Cognito end to end: one connector (no password database) goes straight to the provider; the
+/// user lands with Cognito's groups; the provider's refusal and a slow token endpoint are pages
+/// (403, 504 in bounded time), never a 500.
+#[tokio::test]
+async fn a_browser_logs_in_through_a_cognito_shaped_provider_and_failures_are_pages() {
+    let op = FakeOp::start().await;
+    let config = cognito(
+        &op,
+        json!({"redirectURI": format!("{E2E_ISSUER}/callback"), "timeout": "1s"}),
+    );
+    let k = Kfsec::start(&format!(
+        "issuer: {E2E_ISSUER}\nconnectors:\n- type: oidc\n  id: cognito\n  name: AWS Cognito\n  config: {config}\n"
+    ))
+    .await;
+    let go = |path: &'static str| {
+        let k = &k;
+        async move {
+            let (mut b, mut unused) = (k.client(), k.client());
+            let out = walk(&k.base, None, &mut b, &mut unused, path).await;
+            (out, b)
+        }
+    };
+    let ((last, visited), mut b) = go("/app/notebooks").await;
+    assert!(
+        visited
+            .iter()
+            .any(|u| u.starts_with(&format!("{}/authorize?", op.base))),
+        "{visited:#?}"
+    );
+    assert_eq!(last.status(), 200, "{visited:#?}");
+    let seen: Value = last.json().await.unwrap();
+    assert_eq!(seen["headers"]["kubeflow-userid"], "ann@example.com");
+    assert_eq!(seen["headers"]["kubeflow-groups"], "ml-team,admins");
+    assert!(b.get("/").await.text().await.unwrap().contains("ann@example.com"));
+
+    op.state().authorize_error = Some("access_denied".into());
+    let ((refused, visited), _) = go("/app/").await;
+    let status = refused.status();
+    let page = refused.text().await.unwrap();
+    assert_eq!(status, 403, "{visited:#?}: {page}");
+    assert!(page.contains("refused the login"), "{page}");
+    op.state().authorize_error = None;
+
+    op.state().token_delay = Duration::from_secs(30);
+    let start = Instant::now();
+    let ((slow, visited), _) = go("/app/").await;
+    let status = slow.status();
+    let page = slow.text().await.unwrap();
+    assert_eq!(status, 504, "{visited:#?}: {page}");
+    assert!(page.contains("did not answer in time"), "{page}");
+    assert!(start.elapsed() < Duration::from_secs(4), "{:?}", start.elapsed());
+    k.running.shutdown().await;
 }
