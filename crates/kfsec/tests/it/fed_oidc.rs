@@ -838,3 +838,111 @@ async fn a_browser_logs_in_through_a_cognito_shaped_provider_and_failures_are_pa
     assert!(start.elapsed() < Duration::from_secs(4), "{:?}", start.elapsed());
     k.running.shutdown().await;
 }
+
+#[tokio::test]
+async fn discovery_issuer_alias_and_overrides_as_dex() {
+    let op = FakeOp::start().await;
+    // An issuer that differs from the one the provider names: refused, saying what to set…
+    let c = build(cognito(&op, json!({"issuer": format!("{}/", op.base)})), &ctx());
+    let e = login(c.as_ref()).await.unwrap_err();
+    assert!(
+        matches!(&e, ConnectorError::Misconfigured(m) if m.contains("issuerAlias")),
+        "{e:?}"
+    );
+    // …and accepted with issuerAlias naming the discovered issuer (ID tokens carry that one).
+    let c = build(
+        cognito(&op, json!({"issuer": format!("{}/", op.base), "issuerAlias": op.base})),
+        &ctx(),
+    );
+    assert_eq!(login(c.as_ref()).await.unwrap().email, "ann@example.com");
+
+    // Overrides replace the discovered endpoints.
+    let c = build(
+        cognito(
+            &op,
+            json!({"providerDiscoveryOverrides": {"jwksURL": format!("{}/no-keys-here", op.base)}}),
+        ),
+        &ctx(),
+    );
+    let e = login(c.as_ref()).await.unwrap_err();
+    assert!(
+        matches!(&e, ConnectorError::Upstream(m) if m.contains("/no-keys-here")),
+        "{e:?}"
+    );
+    let c = build(
+        cognito(
+            &op,
+            json!({"getUserInfo": true, "providerDiscoveryOverrides": {"userInfoURL": format!("{}/nowhere", op.base)}}),
+        ),
+        &ctx(),
+    );
+    let e = login(c.as_ref()).await.unwrap_err();
+    assert!(
+        matches!(&e, ConnectorError::Upstream(m) if m.contains("userinfo")),
+        "{e:?}"
+    );
+    let c = build(
+        cognito(
+            &op,
+            json!({"providerDiscoveryOverrides": {"authURL": "https://sso.example.com/authorize?p=B2C_1_signin"}}),
+        ),
+        &ctx(),
+    );
+    let r = c.login_url(OFFLINE, CALLBACK, STATE, &kfsec_pki::OsRng).await.unwrap();
+    assert!(
+        r.url
+            .starts_with("https://sso.example.com/authorize?p=B2C_1_signin&client_id="),
+        "{}",
+        r.url
+    );
+    assert!(!query_of(&r.url).contains_key("acr_values"), "no acr_values unless set");
+    let c = build(
+        cognito(&op, json!({"acrValues": ["phr", "phrh"], "promptType": "login"})),
+        &ctx(),
+    );
+    let r = c.login_url(OFFLINE, CALLBACK, STATE, &kfsec_pki::OsRng).await.unwrap();
+    let q = query_of(&r.url);
+    assert_eq!((q["acr_values"].as_str(), q["prompt"].as_str()), ("phr phrh", "login"));
+    // prompt and access_type only when the client asked for offline_access, as Dex.
+    let online = Scopes {
+        offline_access: false,
+        groups: true,
+    };
+    let q = query_of(
+        &c.login_url(online, CALLBACK, STATE, &kfsec_pki::OsRng)
+            .await
+            .unwrap()
+            .url,
+    );
+    assert!(!q.contains_key("prompt") && !q.contains_key("access_type"), "{q:?}");
+}
+
+#[tokio::test]
+async fn upstream_tls_is_verified_unless_insecure_skip_verify() {
+    let up = Kfsec::start("").await;
+    let cfg = |extra: Value| {
+        let mut c = json!({"issuer": up.running.issuer, "clientID": "x", "clientSecret": "y", "redirectURI": CALLBACK});
+        for (k, v) in extra.as_object().unwrap() {
+            c[k] = v.clone();
+        }
+        build(c, &ctx())
+    };
+    let e = cfg(json!({}))
+        .login_url(OFFLINE, CALLBACK, STATE, &kfsec_pki::OsRng)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, ConnectorError::Unreachable(m) if m.to_lowercase().contains("certificate")),
+        "{e:?}"
+    );
+    for ok in [
+        json!({"rootCAs": [up.running.ca_pem]}),
+        json!({"insecureSkipVerify": true}),
+    ] {
+        let r = cfg(ok.clone())
+            .login_url(OFFLINE, CALLBACK, STATE, &kfsec_pki::OsRng)
+            .await;
+        assert!(r.is_ok(), "{ok}: {r:?}");
+    }
+    up.running.shutdown().await;
+}
