@@ -7,7 +7,10 @@
 //! `exp` and `nonce` before a session exists; every credential is judged by the one
 //! [`kfsec_idp::Authenticator`] (audience policy, revocation); a presented bearer token that
 //! fails verification is refused outright (never downgraded to the cookie); an unsafe request
-//! authenticated by the session cookie must come from our own origin ([`same_origin_write`]).
+//! authenticated by the session cookie must come from our own origin ([`same_origin_write`]);
+//! a session of a user who signed in through an upstream connector is re-checked there through
+//! the login's refresh token (asked for with `offline_access`, kept in the server-side session
+//! record only) at the configured interval, and ends when the IdP refuses it (`invalid_grant`).
 
 use std::sync::Arc;
 
@@ -18,21 +21,24 @@ use axum::http::{HeaderMap, HeaderValue, Request, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use futures_util::future::BoxFuture;
 use kfsec_idp::secret::{ct_eq, random_token, sha256_b64};
 use kfsec_types::{Failure, Identity, Refusal, random_array};
 use serde::{Deserialize, Serialize};
 
 use axum::http::Method;
-use kfsec_idp::{Authenticated, CredentialKind};
+use kfsec_idp::{Authenticated, CredentialKind, Idp, OAuthCode};
 
 use crate::listener::ClientCertIdentity;
+use crate::session::{Federated, Refreshed, Refresher};
 use crate::{App, GATEKEEPER_CLIENT_ID, responses};
 
 /// The callback path registered for the gatekeeper client.
 pub const CALLBACK_PATH: &str = "/authservice/oidc/callback";
 const CSRF_COOKIE: &str = "oidc_state_csrf";
 const CSRF_TTL_SECS: u64 = 600;
-const SCOPES: &str = "openid profile email groups";
+/// `offline_access`: the refresh token a federated session is re-checked with.
+const SCOPES: &str = "openid profile email groups offline_access";
 
 #[derive(Serialize, Deserialize)]
 struct CsrfState {
@@ -97,7 +103,7 @@ impl App {
         // through login, API clients get 401.
         for (k, v) in cookies(headers) {
             if k == self.settings.cookie_name
-                && let Some((id, started_ms)) = self.sessions.validate(v).await
+                && let Some((id, started_ms)) = self.sessions.authenticate(v, &IdpRefresher(&self.idp)).await
                 && let Ok(a) = self.authn.session(id, started_ms).await
             {
                 return Authn::Ok(a);
@@ -186,6 +192,67 @@ impl App {
         ))
         .ok()
     }
+}
+
+/// Re-checks a session's login through the gatekeeper's refresh token at the built-in IdP (which
+/// re-checks the upstream connector, rotates the token and refuses revoked users).
+struct IdpRefresher<'a>(&'a Idp);
+
+impl Refresher for IdpRefresher<'_> {
+    fn refresh<'a>(&'a self, refresh_token: &'a str) -> BoxFuture<'a, Refreshed> {
+        Box::pin(async move {
+            let client = match self.0.clients().get(GATEKEEPER_CLIENT_ID).await {
+                Ok(Some(c)) => c,
+                Ok(None) => return Refreshed::Unavailable("the gatekeeper client is missing".into()),
+                Err(e) => return Refreshed::Unavailable(format!("reading the gatekeeper client: {e}")),
+            };
+            let tokens = match self.0.refresh(&client, refresh_token).await {
+                Ok(t) => t,
+                Err(e) => return refresh_refusal(&e),
+            };
+            let claims = match self
+                .0
+                .verify_token(&tokens.id_token, Some(GATEKEEPER_CLIENT_ID), None)
+                .await
+            {
+                Ok(c) => c,
+                Err(e) => return Refreshed::Unavailable(format!("refreshed ID token not accepted: {e}")),
+            };
+            let (Some(email), Some(refresh_token)) = (claims.email, tokens.refresh_token) else {
+                return Refreshed::Refused("the refreshed tokens carry no email or no refresh token".into());
+            };
+            Refreshed::Valid {
+                identity: Identity::new(email, claims.groups.unwrap_or_default()),
+                refresh_token,
+            }
+        })
+    }
+}
+
+/// What a refused refresh means for the session: `invalid_grant` (and any other refusal of the
+/// request itself) ends it; a failure of the IdP or the upstream (5xx,
+/// `temporarily_unavailable`) does not.
+fn refresh_refusal(e: &kfsec_idp::OAuthError) -> Refreshed {
+    let why = match e.cause() {
+        Some(cause) => format!("{}: {} ({cause})", e.error.as_str(), e.description),
+        None => format!("{}: {}", e.error.as_str(), e.description),
+    };
+    if e.status.is_server_error() || matches!(e.error, OAuthCode::TemporarilyUnavailable | OAuthCode::ServerError) {
+        Refreshed::Unavailable(why)
+    } else {
+        Refreshed::Refused(why)
+    }
+}
+
+/// What a new session is re-checked through: the connector of the ID token's `sub` unless it is
+/// the local password database (unless `all`), with the login's refresh token.
+fn federation(sub: &str, refresh_token: Option<String>, all: bool) -> Option<Federated> {
+    let (_, connector) = kfsec_idp::connector::parse_subject(sub)?;
+    let refresh_token = refresh_token?;
+    (all || connector != kfsec_idp::connector::LOCAL).then_some(Federated {
+        connector,
+        refresh_token,
+    })
 }
 
 /// Cross-site request forgery rule for cookie-authenticated requests (the rule of Go's
@@ -308,7 +375,8 @@ pub(crate) async fn callback(
     // The session starts when the password was checked (the ID token's `kfsec_iat_ms`), not
     // now: a revocation between that check and this line voids it.
     let started_ms = claims.iat_ms.unwrap_or_else(|| claims.iat.saturating_mul(1000));
-    let value = match app.sessions.create(&identity, started_ms).await {
+    let federated = federation(&claims.sub, tokens.refresh_token, app.settings.revalidate_all_sessions);
+    let value = match app.sessions.create_with(&identity, started_ms, federated).await {
         Ok(v) => v,
         Err(e) => {
             return app.failed("Login failed", "could not create a session", &e);
@@ -424,5 +492,46 @@ pub(crate) async fn check(State(app): State<Arc<App>>, req: Request<Body>) -> Re
             resp
         }
         _ => app.mounts.unauthenticated(req.uri().path()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::StatusCode;
+    use kfsec_idp::{OAuthCode, OAuthError, dex_subject};
+
+    use super::*;
+
+    #[test]
+    fn only_invalid_grant_and_other_refusals_end_a_session() {
+        let ends = |e: OAuthError| matches!(refresh_refusal(&e), Refreshed::Refused(_));
+        assert!(ends(OAuthError::invalid_grant("The user no longer exists.")));
+        assert!(ends(OAuthError::invalid_client()));
+        assert!(!ends(OAuthError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            OAuthCode::TemporarilyUnavailable,
+            "The identity provider did not answer in time."
+        )));
+        assert!(!ends(OAuthError::new(
+            StatusCode::BAD_GATEWAY,
+            OAuthCode::ServerError,
+            "x"
+        )));
+        assert!(!ends(OAuthError::bad(OAuthCode::TemporarilyUnavailable, "x")));
+    }
+
+    #[test]
+    fn sessions_of_connector_logins_are_federated_local_ones_only_when_asked() {
+        let token = || Some("rt".to_owned());
+        let entra = dex_subject("7f0c", "entra");
+        let f = federation(&entra, token(), false).unwrap();
+        assert_eq!((f.connector.as_str(), f.refresh_token.as_str()), ("entra", "rt"));
+        let local = dex_subject("15841185641784", "local");
+        assert!(federation(&local, token(), false).is_none());
+        assert_eq!(federation(&local, token(), true).unwrap().connector, "local");
+        // No refresh token (offline access not granted) or a sub that is not Dex's: nothing to
+        // re-check with.
+        assert!(federation(&entra, None, false).is_none());
+        assert!(federation("not-a-dex-sub!", token(), true).is_none());
     }
 }

@@ -38,7 +38,7 @@ pub use gatekeeper::{Authn, CALLBACK_PATH, safe_return_path, same_origin_write};
 pub use kfsec_idp::authn::{PIPELINES_AUDIENCE, SERVICE_ACCOUNT_AUDIENCE};
 pub use proxy::{Route, UpstreamIdentity, UpstreamTls};
 pub use responses::{Mount, RenderRefusal};
-pub use session::Sessions;
+pub use session::{Federated, Refreshed, Refresher, Sessions};
 
 /// The gatekeeper's OAuth2 client id at the built-in IdP.
 pub const GATEKEEPER_CLIENT_ID: &str = "kfsec-gatekeeper";
@@ -87,6 +87,12 @@ pub struct GatewaySettings {
     pub forwarded_host: Option<String>,
     /// Concurrent sessions per user; the oldest ends when a new one starts.
     pub max_sessions_per_user: usize,
+    /// How often a session of a user signed in through an upstream connector is re-checked
+    /// there, at its next request (None: never).
+    pub revalidate_federated: Option<Duration>,
+    /// Re-check local users' sessions too (tests only: exercises the re-check without an
+    /// upstream).
+    pub revalidate_all_sessions: bool,
 }
 
 /// The built-in client registration the gatekeeper uses at the IdP.
@@ -153,6 +159,7 @@ impl App {
             keys.session.clone(),
             settings.session_ttl,
             settings.max_sessions_per_user,
+            settings.revalidate_federated,
         );
         let authn = Authenticator::new(idp.clone());
         let idp_path = idp.settings().issuer_path();

@@ -9,18 +9,28 @@
 //! caller ([`kfsec_idp::Authenticator::session`]) can hold it against the user's revocation epoch; a user has at most `max_per_user` sessions (a per-user index
 //! under `/kfsec/session-users/`, the oldest ended first), and all of them end together on
 //! [`Sessions::revoke_user`].
+//!
+//! Federated sessions (the user signed in through an upstream connector) keep the gatekeeper's
+//! refresh token in the record — server-side only, never in the cookie, hidden from `Debug` —
+//! and are re-checked through it ([`Sessions::authenticate`]) when a request arrives and the
+//! last check is older than the revalidation interval: a refusal (`invalid_grant`) ends the
+//! session before the request is served; a temporary failure keeps it and is retried (not
+//! sooner than [`RETRY_AFTER_FAILURE`]). One re-check per session at a time: concurrent requests
+//! meanwhile go on with the identity last confirmed; across replicas the record is re-read and
+//! written back only if unchanged (its revision).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use aws_lc_rs::hmac;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use futures_util::future::BoxFuture;
 use kfsec_idp::secret::sha256_hex;
 use kfsec_store::{Store, StoreError};
 use kfsec_types::{Clock, Identity, Rng, UnixTime, random_array};
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 
 use crate::GatewayError;
@@ -28,6 +38,10 @@ use crate::GatewayError;
 const PREFIX: &str = "/kfsec/sessions/";
 const USER_INDEX: &str = "/kfsec/session-users/";
 const KEYS: &str = "/kfsec/gateway/keys";
+
+/// How long a session whose re-check failed for a passing reason (upstream down or slow) goes on
+/// before the next attempt: so an outage does not make every request wait for a timeout.
+pub const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct SessionRecord {
@@ -40,6 +54,69 @@ struct SessionRecord {
     /// revocation existed: `created_at` then).
     #[serde(default)]
     created_ms: u64,
+    /// For a session that is re-checked upstream: how.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    upstream: Option<UpstreamLink>,
+}
+
+/// How a session is re-checked: the connector the user signed in through and the gatekeeper's
+/// refresh token for that login.
+#[derive(Clone, Serialize, Deserialize)]
+struct UpstreamLink {
+    /// The connector id (the second half of the ID token's `sub`).
+    connector: String,
+    /// The gatekeeper client's refresh token (usable only in-process: the gatekeeper client
+    /// cannot authenticate at `/token`).
+    refresh_token: String,
+    /// Last successful check, Unix ms.
+    checked_ms: u64,
+}
+
+impl std::fmt::Debug for UpstreamLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamLink")
+            .field("connector", &self.connector)
+            .field("checked_ms", &self.checked_ms)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a new session is re-checked through: the connector id and the refresh token.
+#[derive(Clone)]
+pub struct Federated {
+    /// The connector the user signed in through.
+    pub connector: String,
+    /// The gatekeeper client's refresh token of this login.
+    pub refresh_token: String,
+}
+
+impl std::fmt::Debug for Federated {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Federated")
+            .field("connector", &self.connector)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The answer of a re-check upstream.
+pub enum Refreshed {
+    /// Still accepted: the identity now (email and groups) and the rotated refresh token.
+    Valid {
+        /// The identity from the new ID token.
+        identity: Identity,
+        /// The refresh token to use next time.
+        refresh_token: String,
+    },
+    /// Refused for good (`invalid_grant`): the session ends.
+    Refused(String),
+    /// Not known now (the upstream or the IdP failed for a passing reason): try again later.
+    Unavailable(String),
+}
+
+/// Re-checks a session's login through its refresh token (the gatekeeper's IdP in production).
+pub trait Refresher: Send + Sync {
+    /// Redeems `refresh_token`.
+    fn refresh<'a>(&'a self, refresh_token: &'a str) -> BoxFuture<'a, Refreshed>;
 }
 
 impl SessionRecord {
@@ -52,12 +129,25 @@ impl SessionRecord {
     }
 }
 
-/// A live session: who, until when (Unix s), since when (Unix ms).
-#[derive(Debug)]
+/// A live session: who, until when (Unix s), since when (Unix ms), and when it is re-checked.
+#[derive(Debug, Clone)]
 struct Live {
     identity: Identity,
     expires_at: u64,
     started_ms: u64,
+    /// Re-checked upstream: `(connector, last check in Unix ms, no attempt before this Unix ms)`.
+    upstream: Option<(String, u64, u64)>,
+}
+
+impl Live {
+    fn from_record(rec: &SessionRecord) -> Self {
+        Self {
+            identity: Identity::new(rec.user.clone(), rec.groups.clone()),
+            expires_at: rec.expires_at,
+            started_ms: rec.started_ms(),
+            upstream: rec.upstream.as_ref().map(|u| (u.connector.clone(), u.checked_ms, 0)),
+        }
+    }
 }
 
 fn user_prefix(user: &str) -> String {
@@ -104,6 +194,10 @@ pub(crate) async fn load_keys(store: &dyn Store, rng: &dyn Rng) -> Result<MacKey
         session: hmac::Key::new(hmac::HMAC_SHA256, &dec(&rec.session)?),
         csrf: hmac::Key::new(hmac::HMAC_SHA256, &dec(&rec.csrf)?),
     })
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// The user's sessions, oldest first: (index key, session hash).
@@ -157,7 +251,20 @@ pub struct Sessions {
     key: hmac::Key,
     ttl: Duration,
     max_per_user: usize,
+    /// How often a federated session is re-checked (None: never).
+    revalidate: Option<Duration>,
     cache: RwLock<HashMap<String, Arc<Live>>>,
+    /// Sessions being re-checked right now (by hash).
+    refreshing: Mutex<HashSet<String>>,
+}
+
+/// Removes a session from [`Sessions::refreshing`] when its re-check ends, however it ends.
+struct Refreshing<'a>(&'a Sessions, String);
+
+impl Drop for Refreshing<'_> {
+    fn drop(&mut self) {
+        self.0.refreshing.lock().remove(&self.1);
+    }
 }
 
 impl Sessions {
@@ -168,6 +275,7 @@ impl Sessions {
         key: hmac::Key,
         ttl: Duration,
         max_per_user: usize,
+        revalidate: Option<Duration>,
     ) -> Arc<Self> {
         Arc::new(Self {
             store,
@@ -176,8 +284,15 @@ impl Sessions {
             key,
             ttl,
             max_per_user: max_per_user.max(1),
+            revalidate,
             cache: RwLock::default(),
+            refreshing: Mutex::default(),
         })
+    }
+
+    /// How often a federated session is re-checked upstream (None: never).
+    pub fn revalidate_interval(&self) -> Option<Duration> {
+        self.revalidate
     }
 
     /// Session lifetime.
@@ -189,6 +304,17 @@ impl Sessions {
     /// held against the user's revocation epoch, never a later time), ending the user's oldest
     /// sessions beyond the per-user limit; returns the cookie value.
     pub async fn create(&self, identity: &Identity, started_ms: u64) -> Result<String, GatewayError> {
+        self.create_with(identity, started_ms, None).await
+    }
+
+    /// Like [`Sessions::create`], for a login to be re-checked upstream through `federated`
+    /// (kept only when revalidation is on).
+    pub async fn create_with(
+        &self,
+        identity: &Identity,
+        started_ms: u64,
+        federated: Option<Federated>,
+    ) -> Result<String, GatewayError> {
         let id = B64.encode(random_array::<32>(self.rng.as_ref()));
         let now = self.clock.now();
         let rec = SessionRecord {
@@ -197,6 +323,11 @@ impl Sessions {
             created_at: now.as_secs(),
             expires_at: now.add(self.ttl).as_secs(),
             created_ms: started_ms.min(now.as_millis()),
+            upstream: federated.filter(|_| self.revalidate.is_some()).map(|f| UpstreamLink {
+                connector: f.connector,
+                refresh_token: f.refresh_token,
+                checked_ms: now.as_millis(),
+            }),
         };
         let hash = sha256_hex(id.as_bytes());
         let mine = self.user_sessions(&identity.user).await?;
@@ -215,14 +346,7 @@ impl Sessions {
                 Some(self.ttl),
             )
             .await?;
-        self.cache.write().insert(
-            hash,
-            Arc::new(Live {
-                identity: identity.clone(),
-                expires_at: rec.expires_at,
-                started_ms: rec.created_ms,
-            }),
-        );
+        self.cache.write().insert(hash, Arc::new(Live::from_record(&rec)));
         let mac = hmac::sign(&self.key, id.as_bytes());
         Ok(format!("{id}.{}", B64.encode(mac.as_ref())))
     }
@@ -241,32 +365,157 @@ impl Sessions {
     /// The identity of a live session and when it started (Unix ms). The caller checks the
     /// start against the user's revocation epoch (the `Authenticator`).
     pub async fn validate(&self, cookie: &str) -> Option<(Identity, u64)> {
+        let (_, live) = self.live(cookie).await?;
+        Some((live.identity.clone(), live.started_ms))
+    }
+
+    /// Like [`Sessions::validate`], and a federated session whose last check is older than the
+    /// revalidation interval is re-checked through `refresher` first: refused → the session
+    /// ends and this is None; a passing failure → the session goes on (retried later).
+    pub async fn authenticate(&self, cookie: &str, refresher: &dyn Refresher) -> Option<(Identity, u64)> {
+        let (hash, live) = self.live(cookie).await?;
+        let live = match (&live.upstream, self.revalidate) {
+            (Some((_, checked_ms, retry_ms)), Some(every))
+                if self.clock.now().as_millis() >= checked_ms.saturating_add(millis(every)).max(*retry_ms) =>
+            {
+                self.recheck(&hash, live, every, refresher).await?
+            }
+            _ => live,
+        };
+        Some((live.identity.clone(), live.started_ms))
+    }
+
+    /// The live session behind a cookie (cache, else store): its hash and state.
+    async fn live(&self, cookie: &str) -> Option<(String, Arc<Live>)> {
         let hash = self.open(cookie)?;
         let now = self.clock.now().as_secs();
         let cached = self.cache.read().get(&hash).cloned();
         if let Some(entry) = cached {
-            return (now < entry.expires_at).then(|| (entry.identity.clone(), entry.started_ms));
+            return (now < entry.expires_at).then_some((hash, entry));
         }
         let kv = self.store.get(&format!("{PREFIX}{hash}")).await.ok()??;
         let rec: SessionRecord = serde_json::from_slice(&kv.value).ok()?;
         if now >= rec.expires_at {
             return None;
         }
-        let started_ms = rec.started_ms();
-        let identity = Identity::new(rec.user, rec.groups);
+        let live = Arc::new(Live::from_record(&rec));
         let mut cache = self.cache.write();
         if cache.len() > 200_000 {
             cache.retain(|_, e| e.expires_at > now);
         }
-        cache.insert(
-            hash,
-            Arc::new(Live {
-                identity: identity.clone(),
-                expires_at: rec.expires_at,
-                started_ms,
-            }),
-        );
-        Some((identity, started_ms))
+        cache.insert(hash.clone(), live.clone());
+        Some((hash, live))
+    }
+
+    /// Re-checks one session upstream (one at a time per session: a request arriving meanwhile
+    /// goes on with `live`). None: the session ended.
+    async fn recheck(
+        &self,
+        hash: &str,
+        live: Arc<Live>,
+        every: Duration,
+        refresher: &dyn Refresher,
+    ) -> Option<Arc<Live>> {
+        if !self.refreshing.lock().insert(hash.to_owned()) {
+            return Some(live);
+        }
+        let _guard = Refreshing(self, hash.to_owned());
+        let key = format!("{PREFIX}{hash}");
+        // The record, not the cache: another replica may have re-checked (and rotated the
+        // refresh token) already.
+        let (kv, mut rec) = match self.store.get(&key).await {
+            Ok(Some(kv)) => match serde_json::from_slice::<SessionRecord>(&kv.value) {
+                Ok(rec) => (kv, rec),
+                Err(_) => return self.ended(hash, &live.identity.user, "unreadable session record").await,
+            },
+            Ok(None) => return self.ended(hash, &live.identity.user, "session record gone").await,
+            Err(e) => {
+                tracing::warn!(user = %live.identity.user, error = %e, "session re-check postponed: store unavailable");
+                return Some(self.postpone(hash, &live));
+            }
+        };
+        let now = self.clock.now();
+        let Some(link) = rec.upstream.clone() else {
+            return Some(self.cache_record(hash, &rec));
+        };
+        if now.as_millis() < link.checked_ms.saturating_add(millis(every)) {
+            return Some(self.cache_record(hash, &rec));
+        }
+        match refresher.refresh(&link.refresh_token).await {
+            Refreshed::Valid {
+                identity,
+                refresh_token,
+            } => {
+                if !identity.user.eq_ignore_ascii_case(&rec.user) {
+                    // Another Kubeflow user now: sign in again as them (the session, its
+                    // per-user index and its revocation epoch belong to the old name).
+                    tracing::info!(target: "audit", user = %rec.user, now = %identity.user, connector = %link.connector, "session ended: the identity provider now names another user");
+                    return self.ended(hash, &rec.user, "user renamed upstream").await;
+                }
+                rec.groups = identity.groups;
+                rec.upstream = Some(UpstreamLink {
+                    connector: link.connector.clone(),
+                    refresh_token,
+                    checked_ms: now.as_millis(),
+                });
+                let ttl = Duration::from_secs(rec.expires_at.saturating_sub(now.as_secs()).max(1));
+                let body = serde_json::to_vec(&rec).ok()?;
+                match self.store.update(&key, body, Some(kv.mod_revision), Some(ttl)).await {
+                    Ok(_) => {
+                        tracing::debug!(user = %rec.user, connector = %link.connector, "session re-checked upstream");
+                        Some(self.cache_record(hash, &rec))
+                    }
+                    // Written meanwhile (another replica's re-check, whose token is the newer).
+                    Err(StoreError::Conflict { .. }) => match self.store.get(&key).await {
+                        Ok(Some(kv)) => serde_json::from_slice::<SessionRecord>(&kv.value)
+                            .ok()
+                            .map(|r| self.cache_record(hash, &r)),
+                        _ => self.ended(hash, &rec.user, "session record gone").await,
+                    },
+                    Err(StoreError::NotFound(_)) => self.ended(hash, &rec.user, "session record gone").await,
+                    Err(e) => {
+                        tracing::warn!(user = %rec.user, error = %e, "re-checked session not saved; retried later");
+                        Some(self.postpone(hash, &live))
+                    }
+                }
+            }
+            Refreshed::Refused(why) => {
+                tracing::info!(target: "audit", user = %rec.user, connector = %link.connector, reason = %why, "session ended: the identity provider no longer accepts the user");
+                self.ended(hash, &rec.user, "refused upstream").await
+            }
+            Refreshed::Unavailable(why) => {
+                tracing::warn!(user = %rec.user, connector = %link.connector, reason = %why, "session re-check failed for now; the session goes on and is re-checked later");
+                Some(self.postpone(hash, &live))
+            }
+        }
+    }
+
+    /// Caches `rec` as the session's state and returns it.
+    fn cache_record(&self, hash: &str, rec: &SessionRecord) -> Arc<Live> {
+        let live = Arc::new(Live::from_record(rec));
+        self.cache.write().insert(hash.to_owned(), live.clone());
+        live
+    }
+
+    /// No new attempt before [`RETRY_AFTER_FAILURE`] from now.
+    fn postpone(&self, hash: &str, live: &Live) -> Arc<Live> {
+        let retry = self.clock.now().as_millis().saturating_add(millis(RETRY_AFTER_FAILURE));
+        let mut next = live.clone();
+        if let Some(u) = &mut next.upstream {
+            u.2 = retry;
+        }
+        let next = Arc::new(next);
+        self.cache.write().insert(hash.to_owned(), next.clone());
+        next
+    }
+
+    /// Ends a session found invalid during a re-check; always None.
+    async fn ended(&self, hash: &str, user: &str, why: &str) -> Option<Arc<Live>> {
+        if let Err(e) = self.end(hash, None).await {
+            // Still refused now; the cache no longer has it and the record fails its next check.
+            tracing::warn!(user = %user, error = %e, "could not delete an ended session ({why})");
+        }
+        None
     }
 
     /// Ends a session. Unknown or forged cookies are ignored.
@@ -332,5 +581,245 @@ impl Sessions {
                 me.cache.write().retain(|_, e| e.expires_at > now.as_secs());
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+
+    use kfsec_store::MemoryStore;
+    use kfsec_types::{ManualClock, SequenceRng};
+
+    use super::*;
+
+    const EVERY: Duration = Duration::from_secs(15 * 60);
+
+    /// Answers re-checks from a script, recording the tokens it was given; `gate` holds each
+    /// call until a permit is added.
+    #[derive(Default)]
+    struct Script {
+        answers: Mutex<VecDeque<Refreshed>>,
+        seen: Mutex<Vec<String>>,
+        gate: Option<tokio::sync::Semaphore>,
+    }
+
+    impl Script {
+        fn new(answers: impl IntoIterator<Item = Refreshed>) -> Self {
+            Self {
+                answers: Mutex::new(answers.into_iter().collect()),
+                ..Self::default()
+            }
+        }
+        fn seen(&self) -> Vec<String> {
+            self.seen.lock().clone()
+        }
+    }
+
+    impl Refresher for Script {
+        fn refresh<'a>(&'a self, refresh_token: &'a str) -> BoxFuture<'a, Refreshed> {
+            Box::pin(async move {
+                self.seen.lock().push(refresh_token.to_owned());
+                if let Some(gate) = &self.gate {
+                    let _permit = gate.acquire().await;
+                }
+                self.answers
+                    .lock()
+                    .pop_front()
+                    .unwrap_or_else(|| Refreshed::Unavailable("script ran out".into()))
+            })
+        }
+    }
+
+    fn valid(user: &str, groups: &[&str], token: &str) -> Refreshed {
+        Refreshed::Valid {
+            identity: Identity::new(user, groups.iter().map(|g| (*g).to_owned()).collect::<Vec<String>>()),
+            refresh_token: token.into(),
+        }
+    }
+
+    fn sessions_on(store: Arc<dyn Store>, clock: Arc<ManualClock>, revalidate: Option<Duration>) -> Arc<Sessions> {
+        Sessions::new(
+            store,
+            clock,
+            Arc::new(SequenceRng::default()),
+            hmac::Key::new(hmac::HMAC_SHA256, &[7; 32]),
+            Duration::from_secs(24 * 3600),
+            100,
+            revalidate,
+        )
+    }
+
+    fn setup(revalidate: Option<Duration>) -> (Arc<Sessions>, Arc<ManualClock>, Arc<dyn Store>) {
+        let clock = ManualClock::new(UnixTime::from_secs(1_800_000_000));
+        let store: Arc<dyn Store> = MemoryStore::new(clock.clone());
+        (sessions_on(store.clone(), clock.clone(), revalidate), clock, store)
+    }
+
+    fn alice() -> Identity {
+        Identity::new("alice@example.com", vec!["team-a".to_owned()])
+    }
+
+    fn federated(token: &str) -> Option<Federated> {
+        Some(Federated {
+            connector: "entra".into(),
+            refresh_token: token.into(),
+        })
+    }
+
+    async fn record(store: &dyn Store) -> SessionRecord {
+        let all = kfsec_store::list_all(store, PREFIX).await.unwrap();
+        assert_eq!(all.items.len(), 1);
+        serde_json::from_slice(&all.items[0].value).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_federated_session_is_rechecked_after_the_interval_and_follows_the_upstream() {
+        let (s, clock, store) = setup(Some(EVERY));
+        let cookie = s.create_with(&alice(), 0, federated("rt-1")).await.unwrap();
+        // The refresh token lives in the record, never in the cookie.
+        assert!(!cookie.contains("rt-1"));
+        assert_eq!(record(store.as_ref()).await.upstream.unwrap().refresh_token, "rt-1");
+        assert!(!format!("{:?}", record(store.as_ref()).await).contains("rt-1"));
+        let up = Script::new([
+            valid("alice@example.com", &["team-b"], "rt-2"),
+            valid("alice@example.com", &["team-b", "team-c"], "rt-3"),
+        ]);
+        // Within the interval: no upstream call.
+        clock.advance(EVERY - Duration::from_secs(1));
+        assert_eq!(s.authenticate(&cookie, &up).await.unwrap().0, alice());
+        assert!(up.seen().is_empty());
+        // Due: re-checked once; the groups and the token follow the answer.
+        clock.advance(Duration::from_secs(1));
+        let (id, _) = s.authenticate(&cookie, &up).await.unwrap();
+        assert_eq!(id.groups, ["team-b"]);
+        assert_eq!(up.seen(), ["rt-1"]);
+        assert_eq!(record(store.as_ref()).await.upstream.unwrap().refresh_token, "rt-2");
+        assert_eq!(s.authenticate(&cookie, &up).await.unwrap().0.groups, ["team-b"]);
+        assert_eq!(up.seen().len(), 1);
+        // The next interval uses the rotated token.
+        clock.advance(EVERY);
+        assert_eq!(
+            s.authenticate(&cookie, &up).await.unwrap().0.groups,
+            ["team-b", "team-c"]
+        );
+        assert_eq!(up.seen(), ["rt-1", "rt-2"]);
+        // A restart (empty cache) reads the updated identity from the store.
+        let again = sessions_on(store.clone(), clock.clone(), Some(EVERY));
+        assert_eq!(again.validate(&cookie).await.unwrap().0.groups, ["team-b", "team-c"]);
+    }
+
+    #[tokio::test]
+    async fn a_refusal_ends_the_session_before_the_request_is_served() {
+        let (s, clock, store) = setup(Some(EVERY));
+        let cookie = s.create_with(&alice(), 0, federated("rt-1")).await.unwrap();
+        clock.advance(EVERY);
+        let up = Script::new([Refreshed::Refused("invalid_grant: user removed upstream".into())]);
+        assert!(s.authenticate(&cookie, &up).await.is_none());
+        assert!(s.validate(&cookie).await.is_none());
+        assert!(
+            kfsec_store::list_all(store.as_ref(), PREFIX)
+                .await
+                .unwrap()
+                .items
+                .is_empty()
+        );
+        assert!(
+            kfsec_store::list_all(store.as_ref(), USER_INDEX)
+                .await
+                .unwrap()
+                .items
+                .is_empty()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_passing_failure_keeps_the_session_and_retries_later() {
+        let (s, clock, _) = setup(Some(EVERY));
+        let cookie = s.create_with(&alice(), 0, federated("rt-1")).await.unwrap();
+        clock.advance(EVERY);
+        let up = Script::new([
+            Refreshed::Unavailable("temporarily_unavailable: upstream timed out".into()),
+            Refreshed::Refused("invalid_grant".into()),
+        ]);
+        assert_eq!(s.authenticate(&cookie, &up).await.unwrap().0, alice());
+        // Not retried at every request while the upstream is down…
+        clock.advance(RETRY_AFTER_FAILURE - Duration::from_secs(1));
+        assert!(s.authenticate(&cookie, &up).await.is_some());
+        assert_eq!(up.seen().len(), 1);
+        // …but after the pause, with the same token; a refusal then ends it.
+        clock.advance(Duration::from_secs(1));
+        assert!(s.authenticate(&cookie, &up).await.is_none());
+        assert_eq!(up.seen(), ["rt-1", "rt-1"]);
+    }
+
+    #[tokio::test]
+    async fn concurrent_requests_share_one_recheck() {
+        let (s, clock, _) = setup(Some(EVERY));
+        let cookie = s.create_with(&alice(), 0, federated("rt-1")).await.unwrap();
+        clock.advance(EVERY);
+        let up = Arc::new(Script {
+            gate: Some(tokio::sync::Semaphore::new(0)),
+            ..Script::new([valid("alice@example.com", &["team-b"], "rt-2")])
+        });
+        let first = {
+            let (s, up, cookie) = (s.clone(), up.clone(), cookie.clone());
+            tokio::spawn(async move { s.authenticate(&cookie, up.as_ref()).await })
+        };
+        while up.seen().is_empty() {
+            tokio::task::yield_now().await;
+        }
+        // While the first re-check is under way, other requests go on with the last confirmed
+        // identity and call nobody.
+        for _ in 0..5 {
+            let other = tokio::time::timeout(Duration::from_secs(5), s.authenticate(&cookie, up.as_ref()));
+            assert_eq!(other.await.expect("waited for the re-check").unwrap().0, alice());
+        }
+        assert_eq!(up.seen().len(), 1);
+        up.gate.as_ref().unwrap().add_permits(1);
+        assert_eq!(first.await.unwrap().unwrap().0.groups, ["team-b"]);
+        assert_eq!(s.authenticate(&cookie, up.as_ref()).await.unwrap().0.groups, ["team-b"]);
+        assert_eq!(up.seen().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_recheck_by_another_replica_is_not_repeated() {
+        let (a, clock, store) = setup(Some(EVERY));
+        let b = sessions_on(store.clone(), clock.clone(), Some(EVERY));
+        let cookie = a.create_with(&alice(), 0, federated("rt-1")).await.unwrap();
+        assert!(b.validate(&cookie).await.is_some()); // b caches the session
+        clock.advance(EVERY);
+        let up = Script::new([valid("alice@example.com", &["team-b"], "rt-2")]);
+        assert_eq!(a.authenticate(&cookie, &up).await.unwrap().0.groups, ["team-b"]);
+        // b's cache is stale and due; b reads the record, sees the fresh check and its groups.
+        let none = Script::new([]);
+        assert_eq!(b.authenticate(&cookie, &none).await.unwrap().0.groups, ["team-b"]);
+        assert!(none.seen().is_empty());
+    }
+
+    #[tokio::test]
+    async fn another_user_upstream_ends_the_session() {
+        let (s, clock, _) = setup(Some(EVERY));
+        let cookie = s.create_with(&alice(), 0, federated("rt-1")).await.unwrap();
+        clock.advance(EVERY);
+        let up = Script::new([valid("mallory@example.com", &[], "rt-2")]);
+        assert!(s.authenticate(&cookie, &up).await.is_none());
+        assert!(s.validate(&cookie).await.is_none());
+    }
+
+    #[tokio::test]
+    async fn local_sessions_and_revalidation_off_are_never_rechecked() {
+        let (s, clock, store) = setup(Some(EVERY));
+        let local = s.create(&alice(), 0).await.unwrap();
+        let (off, _, off_store) = setup(None);
+        let fed = off.create_with(&alice(), 0, federated("rt-1")).await.unwrap();
+        // With revalidation off the token is not even kept.
+        assert!(record(off_store.as_ref()).await.upstream.is_none());
+        assert!(record(store.as_ref()).await.upstream.is_none());
+        clock.advance(EVERY * 4);
+        let none = Script::new([]);
+        assert!(s.authenticate(&local, &none).await.is_some());
+        assert!(off.authenticate(&fed, &none).await.is_some());
+        assert!(none.seen().is_empty());
     }
 }

@@ -570,6 +570,8 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
             })
         }),
         max_sessions_per_user: cfg.max_sessions_per_user,
+        revalidate_federated: cfg.federation.revalidate_federated,
+        revalidate_all_sessions: cfg.federation.revalidate_all_sessions,
     };
     let app = App::new(
         gw_settings,

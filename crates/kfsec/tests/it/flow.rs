@@ -16,7 +16,8 @@ async fn login_flow_end_to_end() {
     assert_eq!(query_param(&loc, "response_type").as_deref(), Some("code"));
     assert_eq!(
         query_param(&loc, "scope").as_deref(),
-        Some("openid profile email groups")
+        Some("openid profile email groups offline_access"),
+        "offline_access: the refresh token a federated session is re-checked with"
     );
     assert_eq!(query_param(&loc, "code_challenge_method").as_deref(), Some("S256"));
     assert!(query_param(&loc, "state").is_some_and(|s| s.len() > 16));

@@ -11,6 +11,7 @@ mod fed_flow;
 mod fed_ldap;
 mod fed_microsoft;
 mod fed_oidc;
+mod fed_session;
 mod flow;
 mod harness;
 mod ingress;
