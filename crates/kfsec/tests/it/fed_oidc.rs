@@ -547,19 +547,25 @@ async fn a_second_kfsec_is_the_upstream_provider() {
 
 /// The issuer the downstream kfsec is configured with in the browser tests; the browser reaches
 /// it at the harness's `base` (the upstream redirects to `<issuer>/callback`).
-const E2E_ISSUER: &str = "https://kf.example.org/dex";
-const FED_USER: &str = "fed.user@example.org";
+pub(crate) const E2E_ISSUER: &str = "https://kf.example.org/dex";
+pub(crate) const FED_USER: &str = "fed.user@example.org";
 const FED_PASSWORD: &str = "federated password 1";
 
 /// An upstream kfsec (client `kfsec-downstream`, user [`FED_USER`] in `ml-team` and `platform`)
 /// and a downstream kfsec whose `oidc` connector `corp` logs in there, next to the local
 /// password database (so `/dex/auth` shows the chooser).
-struct Federation {
-    up: Kfsec,
-    down: Kfsec,
+pub(crate) struct Federation {
+    pub(crate) up: Kfsec,
+    pub(crate) down: Kfsec,
 }
 
 async fn federation() -> Federation {
+    federation_with(false).await
+}
+
+/// Like [`federation`]; with `manual_clock` the downstream kfsec runs on a manual clock (its
+/// `clock`), the upstream on the system clock.
+pub(crate) async fn federation_with(manual_clock: bool) -> Federation {
     let up = Kfsec::start("").await;
     let admin = |req: AdminRequest| {
         let dir = up._dir.path().to_path_buf();
@@ -592,10 +598,14 @@ async fn federation() -> Federation {
         "scopes": ["profile", "email", "groups", "offline_access"],
         "insecureEnableGroups": true,
     });
-    let down = Kfsec::start(&format!(
+    let yaml = format!(
         "issuer: {E2E_ISSUER}\nenablePasswordDB: true\nconnectors:\n- type: oidc\n  id: corp\n  name: Corporate SSO\n  config: {config}\n"
-    ))
-    .await;
+    );
+    let down = if manual_clock {
+        Kfsec::start_with_clock(&yaml).await
+    } else {
+        Kfsec::start(&yaml).await
+    };
     Federation { up, down }
 }
 
@@ -657,7 +667,7 @@ async fn walk(
 }
 
 impl Federation {
-    async fn walk(&self, down: &mut Browser, up: &mut Browser, start: &str) -> (reqwest::Response, Vec<String>) {
+    pub(crate) async fn walk(&self, down: &mut Browser, up: &mut Browser, start: &str) -> (reqwest::Response, Vec<String>) {
         walk(&self.down.base, Some(&self.up.base), down, up, start).await
     }
 }
@@ -945,4 +955,76 @@ async fn upstream_tls_is_verified_unless_insecure_skip_verify() {
         assert!(r.is_ok(), "{ok}: {r:?}");
     }
     up.running.shutdown().await;
+}
+
+/// Dex keeps one upstream refresh token per user and connector, so an upstream that rotates
+/// refresh tokens breaks every other client's refresh (dex#2728). kfsec keeps one per refresh
+/// token: two clients of one user refresh in turn against a strictly rotating provider, and
+/// each refresh carries what changed upstream.
+#[tokio::test]
+async fn each_refresh_token_keeps_its_own_upstream_token() {
+    let op = FakeOp::start().await;
+    let config = cognito(&op, json!({"redirectURI": format!("{E2E_ISSUER}/callback")}));
+    let k = Kfsec::start(&format!(
+        "issuer: {E2E_ISSUER}\nconnectors:\n- type: oidc\n  id: cognito\n  name: AWS Cognito\n  config: {config}\n"
+    ))
+    .await;
+    let raw = http_client(&k.running.ca_pem);
+    let token_url = format!("{}/dex/token", k.base);
+    let token = |form: Vec<(&'static str, String)>| {
+        raw.post(&token_url)
+            .basic_auth("rp-test", Some("rp-secret-0123456789"))
+            .form(&form)
+            .send()
+    };
+    let mut refresh_tokens = Vec::new();
+    for _ in 0..2 {
+        let verifier = "w".repeat(50);
+        let challenge = kfsec_idp::secret::sha256_b64(verifier.as_bytes());
+        let auth = format!(
+            "/dex/auth?client_id=rp-test&redirect_uri=https%3A%2F%2Frp.example%2Fcb&response_type=code&scope=openid+email+groups+profile+offline_access&state=s1&code_challenge={challenge}&code_challenge_method=S256&connector_id=cognito"
+        );
+        let (mut b, mut unused) = (k.client(), k.client());
+        let (_, visited) = walk(&k.base, None, &mut b, &mut unused, &auth).await;
+        let back = visited.last().unwrap();
+        assert!(back.starts_with("https://rp.example/cb?"), "{visited:#?}");
+        let r = token(vec![
+            ("grant_type", "authorization_code".into()),
+            ("code", query_param(back, "code").unwrap()),
+            ("redirect_uri", "https://rp.example/cb".into()),
+            ("code_verifier", verifier),
+        ])
+        .await
+        .unwrap();
+        assert_eq!(r.status(), 200);
+        let t: Value = r.json().await.unwrap();
+        assert_eq!(id_token_claims(&t)["groups"], json!(["ml-team", "admins"]));
+        refresh_tokens.push(t["refresh_token"].as_str().unwrap().to_owned());
+    }
+    for round in 0..3 {
+        op.state().claims["cognito:groups"] = json!([format!("round-{round}")]);
+        for rt in &mut refresh_tokens {
+            let r = token(
+                vec![("grant_type", "refresh_token"), ("refresh_token", rt.as_str())]
+                    .into_iter()
+                    .map(|(k, v)| (k, v.to_owned()))
+                    .collect(),
+            )
+            .await
+            .unwrap();
+            let status = r.status();
+            let t: Value = r.json().await.unwrap();
+            assert_eq!(status, 200, "round {round}: {t}");
+            assert_eq!(id_token_claims(&t)["groups"], json!([format!("round-{round}")]));
+            *rt = t["refresh_token"].as_str().unwrap().to_owned();
+        }
+    }
+    let upstream_refreshes = op
+        .state()
+        .token_requests
+        .iter()
+        .filter(|(f, _)| f["grant_type"] == "refresh_token")
+        .count();
+    assert_eq!(upstream_refreshes, 6, "every refresh re-asked the provider");
+    k.running.shutdown().await;
 }
