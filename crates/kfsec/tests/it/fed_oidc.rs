@@ -135,6 +135,23 @@ async fn cognito_shapes_log_in_and_refresh_with_rotation() {
         c.refresh(OFFLINE, &fresh).await,
         Err(ConnectorError::Revoked(_))
     ));
+    // An upstream that gives no refresh token: no connector data, and a refresh is Revoked
+    // (never a pass without asking the upstream).
+    op.state().no_refresh_token = true;
+    op.state().refresh_tokens.clear();
+    let without = login(c.as_ref()).await.unwrap();
+    assert_eq!(without.connector_data, None);
+    assert!(matches!(
+        c.refresh(OFFLINE, &without).await,
+        Err(ConnectorError::Revoked(_))
+    ));
+    assert!(
+        !op.state()
+            .token_requests
+            .iter()
+            .any(|(f, _)| f.get("refresh_token").is_some_and(|t| t.is_empty())),
+        "no empty refresh_token sent upstream"
+    );
     // No upstream refresh token at all (no offline_access upstream): Revoked, never a pass.
     let mut none = fresh.clone();
     none.connector_data = None;
@@ -667,7 +684,12 @@ async fn walk(
 }
 
 impl Federation {
-    pub(crate) async fn walk(&self, down: &mut Browser, up: &mut Browser, start: &str) -> (reqwest::Response, Vec<String>) {
+    pub(crate) async fn walk(
+        &self,
+        down: &mut Browser,
+        up: &mut Browser,
+        start: &str,
+    ) -> (reqwest::Response, Vec<String>) {
         walk(&self.down.base, Some(&self.up.base), down, up, start).await
     }
 }
