@@ -58,8 +58,8 @@ summary() {
       awk '{ p += $1; f += $2 } END { print p + 0, f + 0 }')
     passed=$((passed + p)); failed=$((failed + f))
   fi
-  # browser: "browser: 1 passed, 0 failed"; kfp: "kfp: 20 passed, 0 failed".
-  for n in browser kfp testssl; do
+  # browser: "browser: 1 passed, 0 failed"; federated, kfp: "kfp: 20 passed, 0 failed".
+  for n in browser federated kfp testssl; do
     [ -f "$LOGDIR/$n.log" ] || continue
     read -r p f < <(sed -n "s/^$n: \([0-9]*\) passed, \([0-9]*\) failed\$/\1 \2/p" "$LOGDIR/$n.log" | tail -1 |
       awk '{ p += $1; f += $2 } END { print p + 0, f + 0 }')
@@ -109,12 +109,16 @@ fi
 # cold 2-core machine), so it only runs when the test build did not produce the binary.
 if { [ "$TEST_BUILD_OK" = 1 ] && [ -x target/debug/kfsec ]; } || step build cargo build -p kfsec; then
   step browser logged browser env KFSEC_BIN="$ROOT/target/debug/kfsec" node tests/browser/login.mjs || true
+  # Federated identity end to end (~40 s): Chromium through the chooser to slapd, a second kfsec
+  # as upstream OP and the local database; kubectl via `kfsec login`; removal upstream.
+  step federated logged federated env KFSEC_BIN="$ROOT/target/debug/kfsec" node tests/browser/federated.mjs || true
   step kfp logged kfp env KFSEC_BIN="$ROOT/target/debug/kfsec" bash tests/kfp/run.sh || true
   step testssl logged testssl env KFSEC_BIN="$ROOT/target/debug/kfsec" bash tests/tls/testssl.sh || true
   # Short fuzz run of AdmissionReview parsing and PodDefault application (cargo-fuzz, stable).
   step fuzz env FUZZ_SECONDS="${FUZZ_SECONDS:-10}" bash scripts/fuzz-smoke.sh || true
 else
   skip browser "kfsec did not build"
+  skip federated "kfsec did not build"
   skip kfp "kfsec did not build"
   skip testssl "kfsec did not build"
 fi
