@@ -2,18 +2,21 @@
 //! the login's refresh token server-side and redeems it when a request arrives after the
 //! interval; a refusal ends the session before that request is served.
 //!
-//! These tests re-check local users' sessions too (the test-only `revalidate_all_sessions`), so
-//! the whole path — gatekeeper, the IdP's refresh grant, the session store — runs against the
-//! real IdP without an upstream; "removed upstream" is a managed user deleted from the store
-//! without ending their sessions.
+//! The federated case runs against a second kfsec as the upstream OP (`fed_oidc`'s
+//! federation: an `oidc` connector `corp`). The local-path tests re-check local users' sessions
+//! too (the test-only `revalidate_all_sessions`), so the gatekeeper, the IdP's refresh grant and
+//! the session store run without an upstream; "removed" there is a managed user deleted from
+//! the store without ending their sessions.
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use kfsec_server::admin::{AdminRequest, AdminResponse};
 use kfsec_server::config::{Env, Overrides, parse, validate};
 use kfsec_types::{Clock, ManualClock, SystemClock};
 
+use crate::fed_oidc::{FED_USER, federation_with};
 use crate::harness::*;
 
 struct NoEnv;
@@ -144,4 +147,45 @@ async fn with_revalidation_off_nothing_is_rechecked() {
     k.running.idp.users().delete(CAROL).await.unwrap();
     clock.advance(Duration::from_secs(3600));
     assert_eq!(who(&mut carol, "/app/x").await.unwrap(), CAROL);
+}
+
+/// A user signed in through an upstream identity provider (browser → chooser → `corp` → the
+/// upstream kfsec's form → /dex/callback → the gatekeeper) is re-checked there every 15 minutes
+/// (the default): while the user exists the session goes on; once deleted upstream the session
+/// lasts only until its next re-check, which ends it and sends the browser to login.
+#[tokio::test]
+async fn a_federated_user_deleted_upstream_loses_the_session_at_the_next_recheck() {
+    let f = federation_with(true).await;
+    let clock = f.down.clock.clone().unwrap();
+    let (mut down, mut up) = (f.down.client(), f.up.client());
+    let (_, visited) = f.walk(&mut down, &mut up, "/app/x").await;
+    let chooser = visited.last().unwrap().clone();
+    let (last, visited) = f
+        .walk(&mut down, &mut up, &format!("{chooser}&connector_id=corp"))
+        .await;
+    assert_eq!(last.status(), 200, "{visited:#?}");
+    assert_eq!(who(&mut down, "/app/x").await.unwrap(), FED_USER);
+
+    // Due and still there upstream: re-checked (the upstream's refresh grant) and kept.
+    clock.advance(Duration::from_secs(15 * 60));
+    assert_eq!(who(&mut down, "/app/x").await.unwrap(), FED_USER);
+
+    let del = AdminRequest::UserDelete { email: FED_USER.into() };
+    let deleted = kfsec_server::admin::call(f.up._dir.path(), &del)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(deleted, AdminResponse::Ok));
+    clock.advance(Duration::from_secs(14 * 60));
+    assert_eq!(
+        who(&mut down, "/app/x").await.unwrap(),
+        FED_USER,
+        "not due yet: the session goes on until its next re-check"
+    );
+    clock.advance(Duration::from_secs(60));
+    let to = who(&mut down, "/app/x").await.unwrap_err();
+    assert!(to.starts_with("/dex/auth?"), "a browser goes back to login: {to}");
+    assert_eq!(session_records(&f.down).await, 0);
+    f.down.running.shutdown().await;
+    f.up.running.shutdown().await;
 }
