@@ -2,13 +2,14 @@
 2.14 → v2beta1) and plain HTTP (the issue's curl lines, the report endpoint, bad input).
 
 Usage (run.sh does this): python kfp_sdk_test.py MODE
-  MODE = http | v1 | v2
+  MODE = http | v1 | v2 | report | federated (federated.sh sets KFP_FED_*)
 Environment: KFP_BASE (https://localhost:PORT), KFP_CA, KFP_USER1_COOKIE, KFP_USER2_COOKIE,
 KFP_USER1_TOKEN, KFP_USER2_TOKEN, KFP_AGENT_TOKEN, KFP_OTHER_AUD_TOKEN, KFP_PIPELINE (a package
 compiled by the kfp 2 compiler), KFP_STATE (a JSON file shared between modes).
 Prints one line per check and a closing `RESULT passed=N failed=M`.
 """
 
+import base64
 import json
 import os
 import sys
@@ -368,6 +369,58 @@ def v2_checks():
     check("kfp 2.14: the same calls on user2's namespace → ApiException 403 with KFP's text", other_namespace)
 
 
+# ---------------------------------------------------------------------------------------------
+# federated users (federated.sh): ID tokens of an LDAP user and of an upstream-OIDC user
+
+
+def federated_checks():
+    import kfp
+
+    ldap_user, oidc_user = os.environ["KFP_FED_LDAP_EMAIL"], os.environ["KFP_FED_OIDC_EMAIL"]
+    ldap = kfp.Client(host=HOST, existing_token=os.environ["KFP_FED_LDAP_TOKEN"], ssl_ca_cert=CA)
+    oidc = kfp.Client(host=HOST, existing_token=os.environ["KFP_FED_OIDC_TOKEN"], ssl_ca_cert=CA)
+
+    def claims(var):
+        payload = os.environ[var].split(".")[1]
+        return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+
+    def tokens():
+        for var, email, groups in (("KFP_FED_LDAP_TOKEN", ldap_user, "KFP_FED_LDAP_GROUPS"),
+                                   ("KFP_FED_OIDC_TOKEN", oidc_user, "KFP_FED_OIDC_GROUPS")):
+            c = claims(var)
+            expect(c["email"] == email, c)
+            expect(sorted(c.get("groups", [])) == sorted(os.environ[groups].split()), c)
+
+    def own_namespace():
+        e1 = ldap.create_experiment("fed-ldap-exp", namespace="fed-ldap")
+        expect(e1.namespace == "fed-ldap", e1)
+        e2 = oidc.create_experiment("fed-oidc-exp", namespace="fed-oidc")
+        expect(e2.namespace == "fed-oidc", e2)
+        p = ldap.upload_pipeline(PIPELINE, pipeline_name="fed-ldap-pipeline", namespace="fed-ldap")
+        expect(p.namespace == "fed-ldap", p)
+        for c, ns, want in ((ldap, "fed-ldap", "fed-ldap-exp"), (oidc, "fed-oidc", "fed-oidc-exp")):
+            names = [x.display_name for x in (c.list_experiments(namespace=ns).experiments or [])]
+            expect(names == [want], f"{ns}: {names}")
+        names = [x.display_name for x in (ldap.list_pipelines(namespace="fed-ldap").pipelines or [])]
+        expect(names == ["fed-ldap-pipeline"], names)
+
+    def other_namespace():
+        expect_denied(lambda: ldap.list_experiments(namespace="fed-oidc"), ldap_user, "fed-oidc", "list", "experiments")
+        expect_denied(lambda: ldap.create_experiment("intruder", namespace="fed-oidc"),
+                      ldap_user, "fed-oidc", "list", "experiments")
+        expect_denied(lambda: ldap.list_runs(namespace="fed-oidc"), ldap_user, "fed-oidc", "list", "runs")
+        expect_denied(lambda: oidc.list_experiments(namespace="fed-ldap"), oidc_user, "fed-ldap", "list", "experiments")
+        expect_denied(lambda: oidc.list_pipelines(namespace="fed-ldap"), oidc_user, "fed-ldap", "list", "pipelines")
+        expect_denied(lambda: oidc.upload_pipeline(PIPELINE, pipeline_name="intruder", namespace="fed-ldap"),
+                      oidc_user, "fed-ldap", "create", "pipelines", "intruder")
+
+    check("federated: the ID tokens carry the upstream's email and groups (ldap password grant, upstream oidc login)",
+          tokens)
+    check("federated: kfp 2.14 with each user's ID token works in their own namespace and lists only its objects",
+          own_namespace)
+    check("federated: each user is refused the other's namespace (ApiException 403 with KFP's text)", other_namespace)
+
+
 def main():
     mode = sys.argv[1]
     if mode == "http":
@@ -378,6 +431,8 @@ def main():
         v1_checks()
     elif mode == "v2":
         v2_checks()
+    elif mode == "federated":
+        federated_checks()
     else:
         raise SystemExit(f"unknown mode {mode}")
     print(f"RESULT passed={PASSED} failed={FAILED}", flush=True)

@@ -7,7 +7,9 @@
 # Boots `kfsec serve` on a free port with a temporary data dir, creates the profiles user1 and
 # user2 with kubectl (admin kubeconfig), adds two users, a public OAuth2 client for the ID-token
 # flow, and a persistence-agent service account with KFP's report ClusterRole, then runs
-# kfp_sdk_test.py in each mode. Closes with `kfp: N passed, M failed`; exits non-zero on failure.
+# kfp_sdk_test.py in each mode; then federated.sh (federated users' ID tokens against a kfsec
+# with the ldap and oidc connectors, ~8 s). Closes with `kfp: N passed, M failed`; exits
+# non-zero on failure.
 #
 #   bash tests/kfp/run.sh        # env: KFSEC_BIN=/path/to/kfsec to skip the build, KEEP_TMP=1
 set -euo pipefail
@@ -165,15 +167,19 @@ mkdir -p "$HOME"
 PASSED=0
 FAILED=0
 run_mode() { # PYTHON MODE
-  local out rc=0
-  echo "== $2"
-  out="$("$1" "$HERE/kfp_sdk_test.py" "$2" 2>&1)" || rc=$?
+  run_counted "$2" "$1" "$HERE/kfp_sdk_test.py" "$2"
+}
+run_counted() { # NAME CMD...: runs CMD, adds the counts of its `RESULT passed=N failed=M` line
+  local name="$1" out rc=0
+  shift
+  echo "== $name"
+  out="$("$@" 2>&1)" || rc=$?
   # The SDKs print links and warnings; keep our lines and failures' tracebacks.
   grep -v -E '^(Experiment|Run|Pipeline) details: ' <<<"$out" || true
   local p f
   p="$(sed -n 's/^RESULT passed=\([0-9]*\) failed=\([0-9]*\)$/\1/p' <<<"$out" | tail -1)"
   f="$(sed -n 's/^RESULT passed=\([0-9]*\) failed=\([0-9]*\)$/\2/p' <<<"$out" | tail -1)"
-  if [ -z "$p" ]; then p=0; f=1; echo "  FAIL $2 did not finish (exit $rc)"; fi
+  if [ -z "$p" ]; then p=0; f=1; echo "  FAIL $name did not finish (exit $rc)"; fi
   PASSED=$((PASSED + p))
   FAILED=$((FAILED + f))
 }
@@ -181,6 +187,9 @@ run_mode "$V2PY" http
 run_mode "$HERE/.venv18/bin/python" v1
 run_mode "$V2PY" v2
 run_mode "$V2PY" report
+# Federated users (ldap connector via the password grant, oidc connector via the upstream's
+# login form) against their own kfsec with slapd and an upstream kfsec: federated.sh.
+run_counted federated env KFSEC_BIN="$KFSEC_BIN" KFP_PIPELINE="$TMP/pipeline.yaml" bash "$HERE/federated.sh"
 
 if ! kill -0 "$PID" 2>/dev/null; then echo "kfp-tests: kfsec died during the tests" >&2; FAILED=$((FAILED + 1)); fi
 if grep -q "panicked" "$TMP/kfsec.log"; then echo "kfp-tests: kfsec panicked" >&2; FAILED=$((FAILED + 1)); fi
