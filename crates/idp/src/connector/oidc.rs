@@ -591,7 +591,7 @@ pub fn open_connector(id: &str, mut config: Value, ctx: &OpenContext) -> Result<
     if !scopes.iter().any(|s| s == "offline_access") {
         tracing::warn!(
             connector_id = id,
-            "scopes lack offline_access: most upstreams then give no refresh token, so kfsec cannot re-check these users upstream and their refreshes fail (they log in again)"
+            "scopes lack offline_access: Entra ID, Okta and Auth0 then give no refresh token (Keycloak, Cognito and Google give one anyway); a login without one cannot be re-checked upstream, so its refreshes fail and its gatekeeper session ends at the next re-check"
         );
     }
     let mapping = Mapping {
