@@ -478,3 +478,120 @@ async fn browser_logs_in_through_the_chooser_and_ldap_to_the_home_page() {
     assert!(page.contains("More than one account matches"), "{page}");
     assert!(!page.contains("ou=people"), "no directory detail for users: {page}");
 }
+
+/// The password grant (Dex's `oauth2.passwordConnector`) as the CLI uses it, against the LDAP
+/// connector; the refresh re-searches the directory, and a user deleted there loses every
+/// credential (refresh, access token, browser session) at the next refresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn password_grant_refresh_and_removal_upstream_end_to_end() {
+    let Some(d) = Slapd::start().await else { return };
+    let yaml = format!(
+        "enablePasswordDB: true\noauth2:\n  passwordConnector: corp-ldap\nconnectors:\n- type: ldap\n  id: corp-ldap\n  name: Corporate LDAP\n  config: {}\n",
+        d.config()
+    );
+    let k = crate::harness::Kfsec::start(&yaml).await;
+    let http = crate::harness::http_client(&k.running.ca_pem);
+    let token = |form: Vec<(&'static str, String)>| {
+        let http = http.clone();
+        let url = format!("{}/token", k.running.issuer);
+        async move {
+            let r = http
+                .post(url)
+                .basic_auth("rp-test", Some("rp-secret-0123456789"))
+                .form(&form)
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.json::<serde_json::Value>().await.unwrap())
+        }
+    };
+    let password = |user: &str, pw: &str| {
+        vec![
+            ("grant_type", "password".to_owned()),
+            ("username", user.to_owned()),
+            ("password", pw.to_owned()),
+            (
+                "scope",
+                "openid email groups profile offline_access federated:id".to_owned(),
+            ),
+        ]
+    };
+    let claims = |jwt: &str| -> serde_json::Value {
+        let payload = jwt.split('.').nth(1).unwrap();
+        serde_json::from_slice(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(payload)
+                .unwrap(),
+        )
+        .unwrap()
+    };
+
+    let (status, t) = token(password("alice", ALICE_PW)).await;
+    assert_eq!(status, 200, "{t}");
+    let c = claims(t["id_token"].as_str().unwrap());
+    assert_eq!(c["email"], "alice@example.org");
+    assert_eq!(c["email_verified"], true);
+    assert_eq!(c["name"], "Alice Example");
+    assert_eq!(c["groups"], json!(["admins", "platform", "developers"]));
+    assert_eq!(c["sub"], kfsec_idp::dex_subject("alice", "corp-ldap"));
+    assert_eq!(
+        c["federated_claims"],
+        json!({"connector_id": "corp-ldap", "user_id": "alice"})
+    );
+    let (status, e) = token(password("alice", "wrong")).await;
+    assert_eq!(status, 401, "{e}");
+    let (status, e) = token(password("*", ALICE_PW)).await;
+    assert_eq!(status, 401, "{e}");
+
+    // Brute force against a directory user meets the same lockout as the local database.
+    for _ in 0..12 {
+        let (status, e) = token(password("nogroup", "guess")).await;
+        assert_eq!(status, 401, "{e}");
+    }
+    let (status, e) = token(password("nogroup", NOGROUP_PW)).await;
+    assert_eq!(status, 401, "locked out even with the right password: {e}");
+
+    // alice also has a browser session.
+    let mut b = k.client();
+    let (last, url) = browser_login(&mut b, "alice", ALICE_PW).await;
+    assert_eq!(last.status(), 200, "{url}");
+
+    // A refresh reads the directory again: the new group membership shows.
+    d.admin(
+        "ldapmodify",
+        &[],
+        &format!("dn: cn=developers,{GROUPS}\nchangetype: modify\ndelete: memberUid\nmemberUid: alice\n"),
+    );
+    let (status, t2) = token(vec![
+        ("grant_type", "refresh_token".to_owned()),
+        ("refresh_token", t["refresh_token"].as_str().unwrap().into()),
+    ])
+    .await;
+    assert_eq!(status, 200, "{t2}");
+    assert_eq!(
+        claims(t2["id_token"].as_str().unwrap())["groups"],
+        json!(["admins", "platform"])
+    );
+
+    // Deleted in the directory: the next refresh is invalid_grant, and alice's access token
+    // and browser session end with it.
+    d.admin("ldapdelete", &[&format!("uid=alice,{PEOPLE}")], "");
+    let (status, e) = token(vec![
+        ("grant_type", "refresh_token".to_owned()),
+        ("refresh_token", t2["refresh_token"].as_str().unwrap().into()),
+    ])
+    .await;
+    assert_eq!(status, 400, "{e}");
+    assert_eq!(e["error"], "invalid_grant");
+    let r = http
+        .get(format!("{}/userinfo", k.running.issuer))
+        .bearer_auth(t2["access_token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401, "the access token is revoked");
+    let r = b.get("/app/notebooks").await;
+    assert!(r.status().is_redirection(), "the browser session ended: {}", r.status());
+    let (status, e) = token(password("alice", ALICE_PW)).await;
+    assert_eq!(status, 401, "{e}");
+}
