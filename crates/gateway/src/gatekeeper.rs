@@ -37,8 +37,10 @@ use crate::{App, GATEKEEPER_CLIENT_ID, responses};
 pub const CALLBACK_PATH: &str = "/authservice/oidc/callback";
 const CSRF_COOKIE: &str = "oidc_state_csrf";
 const CSRF_TTL_SECS: u64 = 600;
-/// `offline_access`: the refresh token a federated session is re-checked with.
-const SCOPES: &str = "openid profile email groups offline_access";
+const SCOPES: &str = "openid profile email groups";
+/// With `offline_access`: the refresh token a federated session is re-checked with (asked for
+/// only while re-checks are on).
+const SCOPES_OFFLINE: &str = "openid profile email groups offline_access";
 
 #[derive(Serialize, Deserialize)]
 struct CsrfState {
@@ -159,7 +161,14 @@ impl App {
             .append_pair("client_id", GATEKEEPER_CLIENT_ID)
             .append_pair("redirect_uri", CALLBACK_PATH)
             .append_pair("response_type", "code")
-            .append_pair("scope", SCOPES)
+            .append_pair(
+                "scope",
+                if self.sessions.revalidate_interval().is_some() {
+                    SCOPES_OFFLINE
+                } else {
+                    SCOPES
+                },
+            )
             .append_pair("state", &state)
             .append_pair("nonce", &n)
             .append_pair("code_challenge", &sha256_b64(v.as_bytes()))

@@ -142,6 +142,12 @@ async fn with_revalidation_off_nothing_is_rechecked() {
         .await
         .unwrap();
     let mut carol = k.client();
+    // No refresh token is asked for: nothing would use it.
+    let to = who(&mut carol, "/app/x").await.unwrap_err();
+    assert_eq!(
+        query_param(&to, "scope").as_deref(),
+        Some("openid profile email groups")
+    );
     let (r, _) = carol.login("/app/x", CAROL, CAROL_PASSWORD).await;
     assert_eq!(r.status(), 200);
     k.running.idp.users().delete(CAROL).await.unwrap();
