@@ -611,11 +611,14 @@ const E2E_ISSUER: &str = "https://kf.example.test/dex";
 /// kfsec with the Entra connector (allowed groups `kubeflow-admins`, `everyone`, trimmed to them)
 /// and the local password database, so `/dex/auth` shows the chooser.
 async fn kfsec_with_entra(fake: &FakeEntra) -> crate::harness::Kfsec {
-    let yaml = format!(
+    crate::harness::Kfsec::start(&entra_yaml(fake)).await
+}
+
+fn entra_yaml(fake: &FakeEntra) -> String {
+    format!(
         "issuer: {E2E_ISSUER}\nenablePasswordDB: true\nconnectors:\n- type: microsoft\n  id: entra\n  name: Contoso Entra ID\n  config:\n    clientID: {CLIENT_ID}\n    clientSecret: {CLIENT_SECRET}\n    redirectURI: {E2E_ISSUER}/callback\n    tenant: {TENANT}\n    apiURL: {base}\n    graphURL: {base}\n    emailToLowercase: true\n    groups: [kubeflow-admins, everyone]\n    useGroupsAsWhitelist: true\n",
         base = fake.base
-    );
-    crate::harness::Kfsec::start(&yaml).await
+    )
 }
 
 /// A browser: kfsec's pages through `b` (with its cookies), the provider's directly; follows
@@ -810,4 +813,38 @@ fn id_token_claims(t: &Value) -> Value {
         .decode(payload)
         .unwrap();
     serde_json::from_slice(&bytes).unwrap()
+}
+
+#[tokio::test]
+async fn a_gatekeeper_session_ends_when_entra_deletes_the_user() {
+    let fake = fake().await;
+    let k = crate::harness::Kfsec::start_with_clock(&entra_yaml(&fake)).await;
+    let clock = k.clock.clone().unwrap();
+    let mut b = k.client();
+    let (page, visited) = entra_login(&k, &mut b, &fake, "/app/").await;
+    assert_eq!(page.status(), 200, "{visited:#?}");
+    // The gatekeeper asked for a refresh token, so Entra was asked for one too.
+    let scope = fake.state().authorize[0]["scope"].clone();
+    assert!(scope.ends_with("offline_access"), "{scope}");
+
+    fake.state().delete_user(ALICE);
+    // Within the revalidation interval (15m by default) the session goes on…
+    clock.advance(Duration::from_secs(5 * 60));
+    assert_eq!(b.get("/app/").await.status(), 200);
+    // …and at the next check Entra says no: the session ends, the browser is sent to log in.
+    clock.advance(Duration::from_secs(11 * 60));
+    let r = b.get("/app/").await;
+    assert!(r.status().is_redirection(), "{}", r.status());
+    assert!(
+        crate::harness::location(&r).contains("/dex/auth"),
+        "{}",
+        crate::harness::location(&r)
+    );
+    let upstream_refreshes = fake
+        .state()
+        .token_forms
+        .iter()
+        .filter(|f| f["grant_type"] == "refresh_token")
+        .count();
+    assert_eq!(upstream_refreshes, 1);
 }
