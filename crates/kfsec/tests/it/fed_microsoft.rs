@@ -615,8 +615,16 @@ async fn kfsec_with_entra(fake: &FakeEntra) -> crate::harness::Kfsec {
 }
 
 fn entra_yaml(fake: &FakeEntra) -> String {
+    entra_yaml_with(
+        fake,
+        "    groups: [kubeflow-admins, everyone]\n    useGroupsAsWhitelist: true\n",
+    )
+}
+
+/// The Entra connector's entry with `more` config lines.
+fn entra_yaml_with(fake: &FakeEntra, more: &str) -> String {
     format!(
-        "issuer: {E2E_ISSUER}\nenablePasswordDB: true\nconnectors:\n- type: microsoft\n  id: entra\n  name: Contoso Entra ID\n  config:\n    clientID: {CLIENT_ID}\n    clientSecret: {CLIENT_SECRET}\n    redirectURI: {E2E_ISSUER}/callback\n    tenant: {TENANT}\n    apiURL: {base}\n    graphURL: {base}\n    emailToLowercase: true\n    groups: [kubeflow-admins, everyone]\n    useGroupsAsWhitelist: true\n",
+        "issuer: {E2E_ISSUER}\nenablePasswordDB: true\nconnectors:\n- type: microsoft\n  id: entra\n  name: Contoso Entra ID\n  config:\n    clientID: {CLIENT_ID}\n    clientSecret: {CLIENT_SECRET}\n    redirectURI: {E2E_ISSUER}/callback\n    tenant: {TENANT}\n    apiURL: {base}\n    graphURL: {base}\n    emailToLowercase: true\n{more}",
         base = fake.base
     )
 }
@@ -847,4 +855,41 @@ async fn a_gatekeeper_session_ends_when_entra_deletes_the_user() {
         .filter(|f| f["grant_type"] == "refresh_token")
         .count();
     assert_eq!(upstream_refreshes, 1);
+}
+
+#[tokio::test]
+async fn hostile_graph_answers_do_not_become_kubernetes_identities() {
+    let mallory = User {
+        id: "m-1".into(),
+        display_name: "Mallory".into(),
+        upn: "system:serviceaccount:kubeflow:default-editor".into(),
+        groups: vec![],
+    };
+    let eve = User {
+        id: "e-1".into(),
+        display_name: "Eve".into(),
+        upn: "eve@contoso.example".into(),
+        groups: vec![
+            Group::new("g1", "system:masters", true),
+            Group::new("g2", "team-ml,kubeflow-admins", true),
+            Group::new("g3", "bad\nname", true),
+            Group::new("g4", "ok-group", true),
+        ],
+    };
+    let fake = FakeEntra::start(vec![mallory, eve]).await;
+    let k = crate::harness::Kfsec::start(&entra_yaml_with(&fake, "")).await;
+
+    // A user principal name in Kubernetes' system: space is refused (a 4xx page, not a 500).
+    let mut b = k.client();
+    let (refused, visited) = entra_login(&k, &mut b, &fake, "/app/").await;
+    assert_eq!(refused.status(), 403, "{visited:#?}");
+
+    // Groups Kubernetes would misread are dropped; the rest reach kubeflow-groups.
+    fake.state().login_as = "e-1".into();
+    let mut b = k.client();
+    let (page, visited) = entra_login(&k, &mut b, &fake, "/app/").await;
+    assert_eq!(page.status(), 200, "{visited:#?}");
+    let seen: Value = page.json().await.unwrap();
+    assert_eq!(seen["headers"]["kubeflow-userid"], "eve@contoso.example");
+    assert_eq!(seen["headers"]["kubeflow-groups"], "ok-group");
 }
