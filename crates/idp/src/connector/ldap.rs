@@ -944,6 +944,8 @@ impl Inner {
         let (mut entries, more) = (found.entries, found.more);
         match found.rc {
             0 => {}
+            // sizeLimitExceeded: the server stopped early, so the name is not known to be unique.
+            4 if !entries.is_empty() => return Ok(Found::Many(entries.len())),
             32 => {
                 return Err(ConnectorError::Misconfigured(format!(
                     "userSearch.baseDN {:?} does not exist on {}",
@@ -1041,8 +1043,10 @@ impl Inner {
         let found = self
             .search(&g.base_dn, g.scope, &filter, &[g.name_attr.as_str()], MAX_GROUPS)
             .await?;
+        let more = found.more || found.rc == 4;
         match found.rc {
-            0 => {}
+            // sizeLimitExceeded (Active Directory's MaxPageSize): the groups sent are kept.
+            0 | 4 => {}
             // Dex: a missing base is no groups.
             32 => {
                 tracing::info!(connector = %self.s.id, filter, "ldap: group search base does not exist: no groups");
@@ -1055,8 +1059,8 @@ impl Inner {
                 )));
             }
         }
-        if found.more {
-            tracing::warn!(connector = %self.s.id, filter, "ldap: more than {MAX_GROUPS} groups match; the rest are dropped");
+        if more {
+            tracing::warn!(connector = %self.s.id, filter, "ldap: more groups match than were read ({} kept)", found.entries.len());
         }
         Ok(found.entries)
     }

@@ -246,6 +246,7 @@ async fn plain_ldap_tls_trust_and_client_certificates() {
     // A directory that demands a client certificate.
     let Some(strict) = Slapd::start_with(Options {
         require_client_cert: true,
+        ..Options::default()
     })
     .await
     else {
@@ -594,4 +595,24 @@ async fn password_grant_refresh_and_removal_upstream_end_to_end() {
     assert!(r.status().is_redirection(), "the browser session ended: {}", r.status());
     let (status, e) = token(password("alice", ALICE_PW)).await;
     assert_eq!(status, 401, "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_size_limit_never_makes_an_ambiguous_name_unique() {
+    // The directory stops every answer after one entry (sizeLimitExceeded).
+    let Some(d) = Slapd::start_with(Options {
+        size_limit: Some(1),
+        ..Options::default()
+    })
+    .await
+    else {
+        return;
+    };
+    let c = connector(d.config());
+    assert!(matches!(
+        c.login(ALL, "dup", DUP_PW).await,
+        Err(ConnectorError::Ambiguous(_))
+    ));
+    let alice = login(&c, "alice", ALICE_PW).await.unwrap();
+    assert_eq!(groups(&alice), ["admins", "platform", "developers"]);
 }

@@ -95,6 +95,8 @@ pub fn available() -> bool {
 pub struct Options {
     /// `TLSVerifyClient demand`: only clients with a certificate from the CA connect over TLS.
     pub require_client_cert: bool,
+    /// slapd's `sizelimit` (server-side: answers stop early with sizeLimitExceeded).
+    pub size_limit: Option<u32>,
 }
 
 impl Slapd {
@@ -130,6 +132,7 @@ impl Slapd {
         std::fs::create_dir(d.join("db")).unwrap();
         let conf = d.join("slapd.conf");
         let verify = if opts.require_client_cert { "demand" } else { "never" };
+        let size_limit = opts.size_limit.map(|n| format!("sizelimit {n}\n")).unwrap_or_default();
         std::fs::write(
             &conf,
             format!(
@@ -145,7 +148,7 @@ TLSCACertificateFile {ca}
 TLSCertificateFile {d}/server.pem
 TLSCertificateKeyFile {d}/server.key
 TLSVerifyClient {verify}
-access to attrs=userPassword
+{size_limit}access to attrs=userPassword
   by anonymous auth
   by * none
 access to *
