@@ -15,19 +15,17 @@
 // Last line printed: `federated: N passed, M failed`.
 
 import { spawn, execFileSync, spawnSync } from 'node:child_process';
-import { mkdtempSync, mkdirSync, writeFileSync, readFileSync, rmSync, openSync, closeSync, existsSync } from 'node:fs';
+import { mkdtempSync, mkdirSync, writeFileSync, readFileSync, rmSync, existsSync } from 'node:fs';
 import { request as httpsRequest } from 'node:https';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
-import { chromium } from 'playwright-core';
+import { CHROMIUM, freePort, launchChromium, sleep, startKfsec, stopProcess } from './lib.mjs';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const ROOT = path.resolve(HERE, '..', '..');
 const BIN = path.resolve(ROOT, process.env.KFSEC_BIN || 'target/debug/kfsec');
-const CHROMIUM = process.env.CHROMIUM_BIN || '/usr/bin/chromium';
 const FIXTURES = path.join(ROOT, 'scripts', 'federation-fixtures.sh');
 const ARTIFACTS = path.join(ROOT, 'tests', 'artifacts');
 const STEP_TIMEOUT_MS = 15_000;
@@ -46,7 +44,6 @@ let mainCa = null;
 const results = [];
 
 const log = (msg) => console.log(`federated: ${msg}`);
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 function expect(cond, msg) {
   if (!cond) throw new Error(msg);
@@ -54,18 +51,6 @@ function expect(cond, msg) {
 
 function sameSet(got, want) {
   return JSON.stringify([...got].sort()) === JSON.stringify([...want].sort());
-}
-
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.unref();
-    srv.on('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address();
-      srv.close(() => resolve(port));
-    });
-  });
 }
 
 async function check(name, fn) {
@@ -128,32 +113,6 @@ async function until(what, fn, ms = 5_000) {
     if (Date.now() > end) throw new Error(`timed out: ${what}`);
     await sleep(100);
   }
-}
-
-async function waitReady(adminPort, deadlineMs) {
-  const end = Date.now() + deadlineMs;
-  let last = 'no answer';
-  while (Date.now() < end) {
-    if (kfsec.exitCode !== null || kfsec.signalCode !== null) throw new Error(`kfsec exited early (code ${kfsec.exitCode})`);
-    try {
-      const r = await fetch(`http://127.0.0.1:${adminPort}/readyz`);
-      if (r.status === 200) return;
-      last = `HTTP ${r.status}`;
-    } catch (e) {
-      last = e.cause?.code || e.message;
-    }
-    await sleep(100);
-  }
-  throw new Error(`kfsec not ready after ${deadlineMs} ms (/readyz: ${last})`);
-}
-
-async function stopKfsec() {
-  if (!kfsec || kfsec.exitCode !== null || kfsec.signalCode !== null) return;
-  const exited = new Promise((r) => kfsec.once('exit', r));
-  kfsec.kill('SIGTERM');
-  const t = setTimeout(() => kfsec.kill('SIGKILL'), 5_000);
-  await exited;
-  clearTimeout(t);
 }
 
 // A fresh browser profile. Chromium fetches /favicon.ico after every page; unauthenticated, the
@@ -263,13 +222,7 @@ async function setup() {
   ].join('\n'));
 
   logFile = path.join(dataRoot, 'kfsec.log');
-  const fd = openSync(logFile, 'w');
-  kfsec = spawn(BIN,
-    ['serve', '--config', configPath, '--data-dir', path.join(dataRoot, 'data'),
-      '--https-addr', `127.0.0.1:${httpsPort}`, '--admin-addr', `127.0.0.1:${adminPort}`, '--webhook-addr', '127.0.0.1:0'],
-    { stdio: ['ignore', fd, fd], env: { ...process.env, RUST_LOG: process.env.RUST_LOG || 'info', NO_COLOR: '1' } });
-  closeSync(fd);
-  await waitReady(adminPort, 30_000);
+  kfsec = await startKfsec(BIN, { config: configPath, dataDir: path.join(dataRoot, 'data'), httpsPort, adminPort, logFile });
   mainCa = readFileSync(path.join(dataRoot, 'data', 'pki', 'ca.crt'));
   log(`kfsec ready at ${base} (pid ${kfsec.pid}); upstream ${fx.UPSTREAM_ISSUER}, slapd ${fx.LDAPS_URI}`);
 
@@ -281,13 +234,7 @@ async function setup() {
     'spec: {owner: {kind: User, name: owner@example.org}}', '',
   ].join('\n'));
 
-  browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    headless: true,
-    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-      '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-    timeout: 60_000,
-  });
+  browser = await launchChromium();
 }
 
 async function tests() {
@@ -507,7 +454,7 @@ try {
   console.error(`federated: FAIL setup: ${e.message}`);
 } finally {
   try { if (browser) await browser.close(); } catch { /* already gone */ }
-  try { await stopKfsec(); } catch (e) { console.error(`federated: stopping kfsec: ${e.message}`); }
+  try { await stopProcess(kfsec); } catch (e) { console.error(`federated: stopping kfsec: ${e.message}`); }
   if (fixturesUp) {
     try { execFileSync('bash', [FIXTURES, 'stop', path.join(dataRoot, 'fixtures')], { stdio: 'inherit' }); } catch (e) { console.error(`federated: stopping fixtures: ${e.message}`); }
   }

@@ -6,18 +6,16 @@
 // user, drives Debian's /usr/bin/chromium through playwright-core, and always stops kfsec.
 // Last line printed: `browser: 1 passed, 0 failed` or `browser: 0 passed, 1 failed`.
 
-import { spawn, execFileSync } from 'node:child_process';
-import { mkdtempSync, mkdirSync, writeFileSync, readFileSync, rmSync, openSync, closeSync, existsSync } from 'node:fs';
-import { createServer } from 'node:net';
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, mkdirSync, writeFileSync, readFileSync, rmSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { chromium } from 'playwright-core';
+import { CHROMIUM, freePort, launchChromium, startKfsec, stopProcess } from './lib.mjs';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const ROOT = path.resolve(HERE, '..', '..');
 const BIN = path.resolve(ROOT, process.env.KFSEC_BIN || 'target/debug/kfsec');
-const CHROMIUM = process.env.CHROMIUM_BIN || '/usr/bin/chromium';
 const ARTIFACTS = path.join(ROOT, 'tests', 'artifacts');
 const EMAIL = 'user@example.com';
 const PASSWORD = 'correct-horse-battery';
@@ -35,48 +33,6 @@ function log(msg) {
 
 function fail(msg) {
   throw new Error(`[${step}] ${msg}`);
-}
-
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.unref();
-    srv.on('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address();
-      srv.close(() => resolve(port));
-    });
-  });
-}
-
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-async function waitReady(adminPort, deadlineMs) {
-  const end = Date.now() + deadlineMs;
-  let last = 'no answer';
-  while (Date.now() < end) {
-    if (kfsec.exitCode !== null || kfsec.signalCode !== null) {
-      fail(`kfsec exited early (code ${kfsec.exitCode}, signal ${kfsec.signalCode})`);
-    }
-    try {
-      const r = await fetch(`http://127.0.0.1:${adminPort}/readyz`);
-      if (r.status === 200) return;
-      last = `HTTP ${r.status}`;
-    } catch (e) {
-      last = e.cause?.code || e.message;
-    }
-    await sleep(100);
-  }
-  fail(`kfsec not ready after ${deadlineMs} ms (/readyz: ${last})`);
-}
-
-async function stopKfsec() {
-  if (!kfsec || kfsec.exitCode !== null || kfsec.signalCode !== null) return;
-  const exited = new Promise((r) => kfsec.once('exit', r));
-  kfsec.kill('SIGTERM');
-  const t = setTimeout(() => kfsec.kill('SIGKILL'), 5_000);
-  await exited;
-  clearTimeout(t);
 }
 
 async function main() {
@@ -110,25 +66,11 @@ async function main() {
 
   step = 'start kfsec';
   logFile = path.join(dataRoot, 'kfsec.log');
-  const fd = openSync(logFile, 'w');
-  kfsec = spawn(
-    BIN,
-    ['serve', '--config', configPath, '--data-dir', dataDir,
-      '--https-addr', `127.0.0.1:${httpsPort}`, '--admin-addr', `127.0.0.1:${adminPort}`, '--webhook-addr', '127.0.0.1:0'],
-    { stdio: ['ignore', fd, fd], env: { ...process.env, RUST_LOG: process.env.RUST_LOG || 'info', NO_COLOR: '1' } },
-  );
-  closeSync(fd);
-  await waitReady(adminPort, 30_000);
+  kfsec = await startKfsec(BIN, { config: configPath, dataDir, httpsPort, adminPort, logFile });
   log(`kfsec ready at ${base} (pid ${kfsec.pid})`);
 
   step = 'launch chromium';
-  browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    headless: true,
-    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-      '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-    timeout: 60_000,
-  });
+  browser = await launchChromium();
   const context = await browser.newContext({ ignoreHTTPSErrors: true, viewport: { width: 1000, height: 700 } });
   context.setDefaultTimeout(STEP_TIMEOUT_MS);
   const page = await context.newPage();
@@ -199,7 +141,7 @@ try {
   }
 } finally {
   try { if (browser) await browser.close(); } catch { /* already gone */ }
-  try { await stopKfsec(); } catch (e) { console.error(`browser: stopping kfsec: ${e.message}`); }
+  try { await stopProcess(kfsec); } catch (e) { console.error(`browser: stopping kfsec: ${e.message}`); }
   if (dataRoot && passed && !process.env.KEEP_DATA) rmSync(dataRoot, { recursive: true, force: true });
 }
 console.log(passed ? 'browser: 1 passed, 0 failed' : 'browser: 0 passed, 1 failed');
