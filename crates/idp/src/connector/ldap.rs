@@ -376,6 +376,14 @@ fn parse_host(raw: &RawConfig, problems: &mut Vec<ConfigProblem>) -> Option<(url
         problems.push(bad());
         return None;
     }
+    if matches!(url.host(), Some(url::Host::Ipv6(_))) && !raw.insecure_no_ssl {
+        // The LDAP library names the TLS server by the URL's host, which is `[…]` here.
+        problems.push(ConfigProblem::new(
+            "host",
+            format!("{host:?}: TLS to an IPv6 address is not supported; use the directory's DNS name"),
+        ));
+        return None;
+    }
     let name = name.trim_start_matches('[').trim_end_matches(']').to_owned();
     Some((url, name))
 }

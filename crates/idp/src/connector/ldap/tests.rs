@@ -80,8 +80,15 @@ fn defaults_are_dexs() {
     let s = settings("ldap", with(base(), &["host"], json!("10.1.2.3:10636")), &ctx()).unwrap();
     assert_eq!(s.url.as_str(), "ldaps://10.1.2.3:10636");
     assert_eq!(s.host, "10.1.2.3");
-    let s = settings("ldap", with(base(), &["host"], json!("[::1]:10636")), &ctx()).unwrap();
+    let v = with(base(), &["host"], json!("[::1]:10389"));
+    let s = settings("ldap", with(v, &["insecureNoSSL"], json!(true)), &ctx()).unwrap();
+    assert_eq!(s.url.as_str(), "ldap://[::1]:10389");
     assert_eq!(s.host, "::1");
+    // (The LDAP library would give rustls "[::1]" as the server name: refused at startup.)
+    assert_eq!(
+        fields(with(base(), &["host"], json!("[::1]:10636"))),
+        vec!["host".to_owned()]
+    );
 
     let v = with(base(), &["usernamePrompt"], json!("Corporate ID"));
     let v = with(v, &["timeout"], json!("2s"));
