@@ -325,14 +325,25 @@ async fn me(State(f): State<Fake>, headers: HeaderMap, Query(q): Query<HashMap<S
         Ok(u) => u,
         Err(r) => return r,
     };
-    f.lock().me_selects.push(q.get("$select").cloned().unwrap_or_default());
-    Json(json!({
-        "@odata.context": format!("{}/v1.0/$metadata#users(id,displayName,userPrincipalName)/$entity", f.base),
+    let select = q.get("$select").cloned().unwrap_or_default();
+    f.lock().me_selects.push(select.clone());
+    let nickname = user.upn.split('@').next().unwrap_or_default().to_owned();
+    let mut answer = json!({
+        "@odata.context": format!("{}/v1.0/$metadata#users({select})/$entity", f.base),
         "id": user.id,
         "displayName": user.display_name,
         "userPrincipalName": user.upn,
-    }))
-    .into_response()
+    });
+    // Graph returns only what $select names.
+    for (field, value) in [
+        ("mailNickname", nickname.clone()),
+        ("onPremisesSamAccountName", nickname.to_uppercase()),
+    ] {
+        if select.split(',').any(|s| s == field) {
+            answer[field] = json!(value);
+        }
+    }
+    Json(answer).into_response()
 }
 
 fn page<T: serde::Serialize>(f: &Fake, path: &str, items: &[T], skip: usize, size: usize) -> Value {

@@ -130,6 +130,26 @@ async fn email_is_lowercased_and_preferred_username_set_when_configured() {
     let id = login(c.as_ref(), Scopes::default()).await.unwrap();
     assert_eq!(id.email, "alice.smith@contoso.example");
     assert_eq!(id.preferred_username, "alice.smith@contoso.example");
+    for (field, want) in [
+        ("name", "Alice Smith"),
+        ("mailNickname", "Alice.Smith"),
+        ("onPremisesSamAccountName", "ALICE.SMITH"),
+    ] {
+        let c = connector(&fake, json!({"preferredUsernameField": field}));
+        let id = login(c.as_ref(), Scopes::default()).await.unwrap();
+        assert_eq!(id.preferred_username, want, "{field}");
+        assert_eq!(id.email, "Alice.Smith@Contoso.example");
+    }
+    let selects = fake.state().me_selects.clone();
+    assert_eq!(
+        selects,
+        [
+            "id,displayName,userPrincipalName",
+            "id,displayName,userPrincipalName",
+            "id,displayName,userPrincipalName,mailNickname",
+            "id,displayName,userPrincipalName,onPremisesSamAccountName",
+        ]
+    );
 }
 
 #[tokio::test]
