@@ -616,3 +616,47 @@ async fn a_server_size_limit_never_makes_an_ambiguous_name_unique() {
     let alice = login(&c, "alice", ALICE_PW).await.unwrap();
     assert_eq!(groups(&alice), ["admins", "platform", "developers"]);
 }
+
+/// A TCP relay to `to` that counts the connections it carried.
+async fn counting_relay(to: u16) -> (u16, Arc<AtomicUsize>) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    let count = Arc::new(AtomicUsize::new(0));
+    let c = count.clone();
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = l.accept().await {
+            c.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                if let Ok(mut out) = tokio::net::TcpStream::connect(("127.0.0.1", to)).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                }
+            });
+        }
+    });
+    (port, count)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn searches_reuse_pooled_connections_and_binds_use_fresh_ones() {
+    let Some(d) = Slapd::start().await else { return };
+    let (port, opened) = counting_relay(d.ldaps_port).await;
+    let mut cfg = d.config();
+    cfg["host"] = format!("127.0.0.1:{port}").into();
+    let c = connector(cfg);
+    // Each login: one user search, a bind, and four group searches (two matchers, one with a
+    // parent level).
+    for _ in 0..5 {
+        assert_eq!(
+            groups(&login(&c, "alice", ALICE_PW).await.unwrap()),
+            ["admins", "platform", "developers"]
+        );
+    }
+    // 25 searches on one pooled service connection; 5 binds on 5 fresh ones.
+    assert_eq!(opened.load(Ordering::SeqCst), 1 + 5);
+    // Refreshes search only.
+    let id = login(&c, "alice", ALICE_PW).await.unwrap();
+    for _ in 0..3 {
+        c.refresh(ALL, &id).await.unwrap();
+    }
+    assert_eq!(opened.load(Ordering::SeqCst), 1 + 6);
+}
