@@ -64,15 +64,7 @@ pub enum Authn {
     Invalid,
 }
 
-/// Iterates `name=value` pairs of all `Cookie` headers.
-pub(crate) fn cookies(headers: &HeaderMap) -> impl Iterator<Item = (&str, &str)> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|p| p.trim().split_once('='))
-}
+pub(crate) use kfsec_idp::cookies::{cookies, same_origin_write};
 
 pub(crate) fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     cookies(headers).find(|(k, _)| *k == name).map(|(_, v)| v)
@@ -262,32 +254,6 @@ fn federation(sub: &str, refresh_token: Option<String>, all: bool) -> Option<Fed
         connector,
         refresh_token,
     })
-}
-
-/// Cross-site request forgery rule for cookie-authenticated requests (the rule of Go's
-/// `net/http.CrossOriginProtection`, with the configured public origin): safe methods (GET,
-/// HEAD, OPTIONS) pass; otherwise, when the browser sent `Sec-Fetch-Site` it must be
-/// `same-origin` or `none` (typed URL, bookmark); without it, an `Origin` must equal our public
-/// origin; with neither header the request did not come from a browser page (every browser
-/// since 2020 sends one of them on a cross-origin POST) and passes. `text/plain` and multipart
-/// bodies are therefore refused cross-site whatever their content type. Bearer tokens and
-/// client certificates are never sent by a browser on its own and are not subject to this.
-pub fn same_origin_write(method: &Method, headers: &HeaderMap, public_origin: &str) -> bool {
-    if matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
-        return true;
-    }
-    if let Some(site) = headers.get("sec-fetch-site") {
-        return matches!(
-            site.to_str().map(str::to_ascii_lowercase).as_deref(),
-            Ok("same-origin" | "none")
-        );
-    }
-    match headers.get(header::ORIGIN) {
-        None => true,
-        Some(o) => o
-            .to_str()
-            .is_ok_and(|o| o.trim_end_matches('/').eq_ignore_ascii_case(public_origin)),
-    }
 }
 
 /// A same-origin relative path to return to, or `/`.

@@ -34,8 +34,9 @@ use prometheus_client::registry::Registry;
 
 pub use kfsec_types::path;
 
-pub use gatekeeper::{Authn, CALLBACK_PATH, safe_return_path, same_origin_write};
+pub use gatekeeper::{Authn, CALLBACK_PATH, safe_return_path};
 pub use kfsec_idp::authn::{PIPELINES_AUDIENCE, SERVICE_ACCOUNT_AUDIENCE};
+pub use kfsec_idp::cookies::same_origin_write;
 pub use proxy::{Route, UpstreamIdentity, UpstreamTls};
 pub use responses::{Mount, RenderRefusal};
 pub use session::{Federated, Refreshed, Refresher, Sessions};

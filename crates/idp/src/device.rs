@@ -229,9 +229,13 @@ pub(crate) struct VerifyForm {
 /// `POST /device/auth/verify_code`: starts the browser login for that device.
 pub(crate) async fn verify_code(
     State(idp): State<Arc<Idp>>,
+    headers: axum::http::HeaderMap,
     addr: Option<Extension<ClientAddr>>,
     Form(f): Form<VerifyForm>,
 ) -> Result<Response, PageError> {
+    // A cross-site post of an attacker's user code would log the victim in to the attacker's
+    // device (with one connector and no approval screen, without a click).
+    idp.same_origin(&headers)?;
     let source = address(addr);
     if !idp.device_limits.admit_user_code(&source, idp.clock.now()) {
         tracing::warn!(target: "audit", %source, "device code entry throttled");

@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use crate::connector::{Connector, ConnectorKind, LOCAL, Scopes, UpstreamIdentity};
 use crate::error::PageError;
 use crate::lockout::Gate;
-use crate::secret::{ct_eq, random_token, sha256_hex};
+use crate::secret::{ct_eq, random_token};
 use crate::tokens::{CodeRecord, Grant};
 use crate::{ClientAddr, ClientAuth, Idp, IdpError, OAuthCode, OAuthError, pages};
 use aws_lc_rs::hmac;
@@ -246,8 +246,12 @@ impl Idp {
     }
 
     /// Signs a pending authorization request: the login form's `state`.
+    /// A request keeps the expiry it got when first signed: passing it through the chooser
+    /// again does not make it live longer.
     pub(crate) fn sign_auth_request(&self, req: &mut AuthRequest) -> Result<String, IdpError> {
-        req.exp = self.clock.now().add(self.settings.auth_request_ttl).as_secs();
+        if req.exp == 0 {
+            req.exp = self.clock.now().add(self.settings.auth_request_ttl).as_secs();
+        }
         self.seal(Purpose::Request, req)
     }
 
@@ -307,7 +311,9 @@ impl Idp {
             .login_url(scopes, &self.callback_url(), &binding, self.rng.as_ref())
             .await
             .map_err(|e| PageError::connector(&connector.id, &e, back))?;
-        req.exp = self.clock.now().add(self.settings.auth_request_ttl).as_secs();
+        if req.exp == 0 {
+            req.exp = self.clock.now().add(self.settings.auth_request_ttl).as_secs();
+        }
         let pending = PendingLogin {
             b: binding.clone(),
             p: redirect.pending,
@@ -322,7 +328,7 @@ impl Idp {
         }
         let cookie = format!(
             "{}={sealed}; Path={}/callback; Max-Age={}; HttpOnly; Secure; SameSite=Lax",
-            pending_cookie(&binding),
+            PENDING_COOKIE,
             self.settings.issuer_path(),
             self.settings.auth_request_ttl.as_secs()
         );
@@ -345,18 +351,36 @@ impl Idp {
         Ok(Some(self.chooser_url(&self.sign_auth_request(&mut fresh)?)))
     }
 
+    /// Refuses a form post that did not come from kfsec's own pages (login CSRF; a device code
+    /// posted for a victim).
+    pub(crate) fn same_origin(&self, headers: &HeaderMap) -> Result<(), PageError> {
+        let origin = url::Url::parse(&self.settings.issuer)
+            .map(|u| u.origin().ascii_serialization())
+            .unwrap_or_default();
+        if crate::cookies::same_origin_write(&http::Method::POST, headers, &origin) {
+            Ok(())
+        } else {
+            tracing::warn!(target: "audit", "cross-site form post refused");
+            Err(PageError {
+                status: StatusCode::FORBIDDEN,
+                message: "This form was sent from another site; kfsec accepts its forms only from its own pages."
+                    .into(),
+                cause: None,
+                back: None,
+            })
+        }
+    }
+
     /// The upstream's return address: `<issuer>/callback` (Dex's).
     pub fn callback_url(&self) -> String {
         format!("{}/callback", self.settings.issuer)
     }
 }
 
-/// The cookie that holds the callback login whose upstream `state` is `binding` (one per login,
-/// so parallel logins in two tabs do not clash).
-fn pending_cookie(binding: &str) -> String {
-    let digest = sha256_hex(binding.as_bytes());
-    format!("kfsec_upstream_{}", digest.get(..16).unwrap_or(&digest))
-}
+/// The cookie that holds the pending callback login. One per browser: a login started later
+/// replaces an earlier one (whose callback then asks the user to start again), so no page can
+/// pile pending logins up until the browser's cookie or header limits lock the user out.
+const PENDING_COOKIE: &str = "kfsec_upstream_login";
 
 async fn discovery(State(idp): State<Arc<Idp>>) -> Response {
     let iss = &idp.settings.issuer;
@@ -649,9 +673,13 @@ impl Idp {
     ) -> Result<Result<(LoggedIn, u64), PasswordOutcome>, IdpError> {
         let account_name = login.trim();
         // The lockout counts per connector: `local` keeps its old keys (lowercased emails).
+        // Case-folded for every connector (directories match names without case, so `Alice`
+        // must not buy a second budget), and each connector in its own space: `local` keeps its
+        // old keys (emails cannot hold NUL), the others are `{id}\0{name}`.
+        let folded = account_name.to_lowercase();
         let account = match connector.kind {
-            ConnectorKind::Local => account_name.to_ascii_lowercase(),
-            _ => format!("{}/{}", connector.id, account_name),
+            ConnectorKind::Local if !folded.contains('\0') => folded,
+            _ => format!("{}\0{folded}", connector.id),
         };
         let outcome = |o: &str| {
             self.metrics
@@ -725,9 +753,11 @@ async fn login_submit(
     State(idp): State<Arc<Idp>>,
     Path(id): Path<String>,
     Query(q): Params,
+    headers: HeaderMap,
     addr: Option<Extension<ClientAddr>>,
     Form(form): Form<LoginForm>,
 ) -> Result<Response, PageError> {
+    idp.same_origin(&headers)?;
     let (connector, req, token) = password_request(&idp, &id, &q)?;
     let action = idp.login_url(&connector.id, &token);
     let back = idp.back_link(&req)?;
@@ -789,6 +819,11 @@ async fn finish_login(idp: &Idp, req: AuthRequest, who: LoggedIn, auth_ms: u64) 
         .get(&req.client_id)
         .await?
         .ok_or_else(|| PageError::bad("The client no longer exists."))?;
+    // The client may have lost this redirect URI since the request was signed.
+    let device = format!("{}/device/callback", idp.settings.issuer_path());
+    if req.redirect_uri != device && !client.redirect_allowed(&req.redirect_uri) {
+        return Err(PageError::bad("Unregistered redirect_uri."));
+    }
     if idp.settings.skip_approval || client.auth == ClientAuth::InProcess {
         return Ok(see_other(&finish(idp, req, who, auth_ms).await?));
     }
@@ -824,12 +859,12 @@ async fn upstream_callback(
     q: &HashMap<String, String>,
 ) -> Result<Response, PageError> {
     let state = q.get("state").map(String::as_str).unwrap_or_default();
-    let cookie_name = pending_cookie(state);
+    let cookie_name = PENDING_COOKIE;
     // The login must come back to the browser that started it (no login CSRF): its cookie
     // holds the login, sealed, with the `state` the upstream echoes.
     let pending: Option<PendingLogin> = crate::cookies::cookies(headers)
-        .find(|(k, _)| *k == cookie_name)
-        .and_then(|(_, v)| idp.unseal(Purpose::Pending, v))
+        .filter(|(k, _)| *k == cookie_name)
+        .find_map(|(_, v)| idp.unseal::<PendingLogin>(Purpose::Pending, v))
         .filter(|p: &PendingLogin| {
             !state.is_empty() && p.exp > idp.clock.now().as_secs() && ct_eq(p.b.as_bytes(), state.as_bytes())
         });
@@ -926,7 +961,12 @@ struct ApprovalForm {
     approval: String,
 }
 
-async fn approval_submit(State(idp): State<Arc<Idp>>, Form(form): Form<ApprovalForm>) -> Result<Response, PageError> {
+async fn approval_submit(
+    State(idp): State<Arc<Idp>>,
+    headers: HeaderMap,
+    Form(form): Form<ApprovalForm>,
+) -> Result<Response, PageError> {
+    idp.same_origin(&headers)?;
     let (mut req, rev) = load_req(&idp, &form.req).await?;
     let Some(email) = req.logged_in.clone() else {
         return Err(PageError::bad("Login process not yet finalized."));

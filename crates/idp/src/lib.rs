@@ -150,6 +150,7 @@ pub struct Idp {
     device_limits: device::DeviceLimits,
     epochs: Arc<revocation::Epochs>,
     service_accounts: Arc<dyn serviceaccount::ServiceAccountLookup>,
+    refresh_flights: tokens::Flights,
 }
 
 impl Idp {
@@ -207,6 +208,7 @@ impl Idp {
             device_limits,
             epochs,
             service_accounts,
+            refresh_flights: tokens::Flights::default(),
         }))
     }
 

@@ -479,6 +479,13 @@ impl Idp {
                 "The connector of this login no longer exists.",
             ));
         };
+        if upstream.is_none() && matches!(connector.kind, ConnectorKind::Callback(_)) {
+            // The upstream gave no refresh token at login (its scopes lack `offline_access`):
+            // there is nothing to ask it with. This chain ends; nothing is revoked.
+            return Err(OAuthError::invalid_grant(
+                "The identity provider gave no refresh token for this login; log in again.",
+            ));
+        }
         let mut current = known.clone();
         current.connector_data = upstream.clone();
         let scopes = Scopes::from_list(&grant.scopes);
@@ -489,30 +496,45 @@ impl Idp {
         }
         .and_then(crate::connector::admit);
         match answer {
-            Ok(mut fresh) => {
+            Ok(mut fresh) if fresh.email == known.email => {
                 // An upstream that did not rotate its credential keeps the old one.
                 let data = fresh.connector_data.take().or(upstream);
                 Ok((fresh, data))
             }
-            Err(
-                e @ (ConnectorError::Revoked(_)
-                | ConnectorError::BadCredentials
-                | ConnectorError::NotInAllowedGroups
-                | ConnectorError::Denied(_)
-                | ConnectorError::Ambiguous(_)),
-            ) => {
-                tracing::warn!(target: "audit", user = %grant.email, connector = %connector.id, error = %e, "upstream refused the refresh; revoking the user's credentials");
-                self.revoke_user(&grant.email).await?;
+            Ok(fresh) => {
+                // The Kubeflow user is the email: a chain does not move to another user.
+                tracing::warn!(target: "audit", user = %grant.email, now = %fresh.email, connector = %connector.id, "the upstream account's email changed; the refresh token ends");
+                Err(OAuthError::invalid_grant(
+                    "The account's email changed at the identity provider; log in again.",
+                ))
+            }
+            Err(e @ (ConnectorError::Revoked(_) | ConnectorError::NotInAllowedGroups | ConnectorError::Denied(_))) => {
+                // The upstream says this user may no longer log in: everything they hold ends
+                // now (sessions, ID tokens, other refresh chains — all checked against the
+                // epoch at their next use).
+                tracing::warn!(target: "audit", user = %grant.email, connector = %connector.id, error = %e, "upstream refused the refresh; the user's credentials are revoked");
+                self.epochs
+                    .revoke(&grant.email, self.clock.now().as_millis())
+                    .await
+                    .map_err(IdpError::from)?;
                 Err(OAuthError::invalid_grant(
                     "The identity provider no longer accepts this user; log in again.",
                 ))
             }
-            Err(e) => {
+            Err(e @ (ConnectorError::Timeout | ConnectorError::Unreachable(_) | ConnectorError::Upstream(_))) => {
                 tracing::warn!(target: "audit", user = %grant.email, connector = %connector.id, error = %e, "upstream unavailable during refresh");
                 Err(OAuthError::new(
                     http::StatusCode::SERVICE_UNAVAILABLE,
                     OAuthCode::TemporarilyUnavailable,
                     "The identity provider could not be reached; try again later.",
+                ))
+            }
+            Err(e) => {
+                // Not a statement about the user (an ambiguous directory entry, a connector
+                // setting): this chain ends, nothing else does.
+                tracing::warn!(target: "audit", user = %grant.email, connector = %connector.id, error = %e, "refresh refused by the connector");
+                Err(OAuthError::invalid_grant(
+                    "The login can no longer be refreshed; log in again.",
                 ))
             }
         }
@@ -521,6 +543,11 @@ impl Idp {
     /// Exchanges a refresh token (rotating it) for `client`.
     pub async fn refresh(&self, client: &Client, token: &str) -> Result<TokenResponse, OAuthError> {
         let key = format!("{REFRESH_PREFIX}{}", sha256_hex(token.as_bytes()));
+        // One refresh of a token at a time in this process: a second one waits and is answered
+        // with the first's successor, so an upstream that rotates its refresh tokens is asked
+        // once (a second ask with the spent upstream token would be refused).
+        let flight = self.refresh_flights.enter(&key);
+        let _one_at_a_time = flight.lock().await;
         for _ in 0..3 {
             let Some(kv) = self.store.get(&key).await.map_err(IdpError::from)? else {
                 return Err(OAuthError::invalid_grant(
@@ -710,6 +737,28 @@ impl Idp {
         delete_refresh_tokens(self.store.as_ref(), email).await?;
         tracing::info!(target: "audit", user = %email, "all credentials revoked");
         Ok(())
+    }
+}
+
+/// Per-key locks that vanish when unused (refreshes of one token run one at a time).
+#[derive(Default)]
+pub(crate) struct Flights(
+    parking_lot::Mutex<std::collections::HashMap<String, std::sync::Weak<tokio::sync::Mutex<()>>>>,
+);
+
+impl Flights {
+    /// The lock of `key`.
+    pub(crate) fn enter(&self, key: &str) -> std::sync::Arc<tokio::sync::Mutex<()>> {
+        let mut map = self.0.lock();
+        if let Some(lock) = map.get(key).and_then(std::sync::Weak::upgrade) {
+            return lock;
+        }
+        if map.len() >= 1024 {
+            map.retain(|_, w| w.strong_count() > 0);
+        }
+        let lock = std::sync::Arc::new(tokio::sync::Mutex::new(()));
+        map.insert(key.to_owned(), std::sync::Arc::downgrade(&lock));
+        lock
     }
 }
 

@@ -264,7 +264,8 @@ const MAX_GROUPS: usize = 1024;
 /// the Kubeflow user id, so it must be a login name kfsec accepts (never in Kubernetes'
 /// `system:` space: an upstream that let a user pick `system:serviceaccount:…` would otherwise
 /// impersonate a service account) and verified by the upstream. Groups in the `system:` space
-/// (`system:masters`), with control characters, or with a comma (the groups header's
+/// (`system:masters`, in any case), with control characters, surrounding spaces (a consumer
+/// that trims `a, system:masters` would see the name) or a comma (the groups header's
 /// separator: `a,b` would become two groups) are dropped with a warning; so are duplicates and
 /// groups beyond [`MAX_GROUPS`].
 pub fn admit(mut identity: UpstreamIdentity) -> Result<UpstreamIdentity, ConnectorError> {
@@ -296,7 +297,8 @@ pub fn admit(mut identity: UpstreamIdentity) -> Result<UpstreamIdentity, Connect
     identity.groups.retain(|g| {
         !g.is_empty()
             && g.len() <= MAX_GROUP
-            && !g.starts_with("system:")
+            && g.trim() == g
+            && !g.get(..7).is_some_and(|p| p.eq_ignore_ascii_case("system:"))
             && !g.contains(',')
             && !g.chars().any(char::is_control)
             && seen.insert(g.clone())
@@ -371,10 +373,22 @@ mod tests {
     fn upstream_identities_cannot_reach_system_names_or_split_groups() {
         let ok = admit(ident(
             "ann@example.com",
-            &["team-a", "system:masters", "a,b", "bad\nname", "", "team-a", "team-b"],
+            &[
+                "team-a",
+                "system:masters",
+                "System:Masters",
+                " system:masters",
+                "trailing ",
+                "a,b",
+                "bad\nname",
+                "",
+                "team-a",
+                "team-b",
+                "équipe",
+            ],
         ))
         .unwrap();
-        assert_eq!(ok.groups, ["team-a", "team-b"]);
+        assert_eq!(ok.groups, ["team-a", "team-b", "équipe"]);
         for email in [
             "system:serviceaccount:kubeflow:pipeline-runner",
             "system:admin",

@@ -310,13 +310,17 @@ async fn a_federated_login_through_a_second_kfsec_mints_dex_identities_and_refre
         Some((upstream_user.clone(), "upstream".into()))
     );
 
-    // Refresh asks the upstream again (a new token from the same upstream login).
-    let (status, t2) = token(vec![
-        ("grant_type", "refresh_token".into()),
-        ("refresh_token", t["refresh_token"].as_str().unwrap().into()),
-    ])
-    .await;
-    assert_eq!(status, 200, "{t2}");
+    // Refresh asks the upstream again (a new token from the same upstream login); two at once
+    // (a CLI's parallel processes) both succeed with the same successor.
+    let refresh = || {
+        token(vec![
+            ("grant_type", "refresh_token".into()),
+            ("refresh_token", t["refresh_token"].as_str().unwrap().into()),
+        ])
+    };
+    let ((status, t2), (status_b, t2b)) = tokio::join!(refresh(), refresh());
+    assert_eq!((status, status_b), (200, 200), "{t2} {t2b}");
+    assert_eq!(t2["refresh_token"], t2b["refresh_token"]);
     assert_eq!(claims(t2["id_token"].as_str().unwrap())["email"], email);
 
     // The password changes upstream (which revokes the upstream's grant): the next refresh is
@@ -414,4 +418,60 @@ async fn the_password_grant_checks_the_password_connector_under_the_lockout() {
     assert!(statuses.iter().all(|s| *s == 401), "{statuses:?}");
     let (status, e) = grant(http, url, PASSWORD).await;
     assert_eq!(status, 401, "locked out even with the right password: {e}");
+}
+
+#[tokio::test]
+async fn the_idps_forms_refuse_cross_site_posts() {
+    let k = Kfsec::start("").await;
+    let mut b = k.client();
+    let (form, form_url) = b.follow(&format!("/dex/auth?{RP}&scope=openid")).await;
+    assert_eq!(form.status(), 200);
+    let cross = |req: reqwest::RequestBuilder| req.header("sec-fetch-site", "cross-site");
+    // A login posted from another site (login CSRF) is refused before any password check.
+    let r = b
+        .send(cross(
+            b.http
+                .post(b.url(&form_url))
+                .form(&[("login", USER), ("password", PASSWORD)]),
+        ))
+        .await;
+    assert_eq!(r.status(), 403);
+    assert!(r.text().await.unwrap().contains("sent from another site"));
+    let r = b
+        .send(
+            b.http
+                .post(b.url(&form_url))
+                .header("origin", "https://evil.example")
+                .form(&[("login", USER), ("password", PASSWORD)]),
+        )
+        .await;
+    assert_eq!(r.status(), 403);
+    // A device code posted for the victim from another site does not start their login.
+    let r = b
+        .send(cross(
+            b.http
+                .post(b.url("/dex/device/auth/verify_code"))
+                .form(&[("user_code", "ABCD-EFGH")]),
+        ))
+        .await;
+    assert_eq!(r.status(), 403);
+    // The approval form too.
+    let r = b
+        .send(cross(
+            b.http
+                .post(b.url("/dex/approval"))
+                .form(&[("req", "x"), ("approval", "approve")]),
+        ))
+        .await;
+    assert_eq!(r.status(), 403);
+    // The same forms from kfsec's own pages work.
+    let r = b
+        .send(
+            b.http
+                .post(b.url(&form_url))
+                .header("sec-fetch-site", "same-origin")
+                .form(&[("login", USER), ("password", PASSWORD)]),
+        )
+        .await;
+    assert_eq!(r.status(), 303);
 }
