@@ -552,6 +552,160 @@ fn client_identity(cert_path: &str, key_path: &str) -> Result<ClientIdentity, Co
     Ok((certs, key))
 }
 
+/// `userSearch`, checked: every problem into `problems`.
+fn user_search(us: &RawUserSearch, problems: &mut Vec<ConfigProblem>) -> UserSearch {
+    let search = UserSearch {
+        base_dn: us.base_dn.clone(),
+        filter: us.filter.clone(),
+        username: us.username.clone(),
+        scope: scope("userSearch.scope", &us.scope, problems),
+        id_attr: us.id_attr.clone(),
+        email_attr: us.email_attr.clone(),
+        name_attr: us.name_attr.clone(),
+        preferred_username_attr: us.preferred_username_attr.clone(),
+        email_suffix: us.email_suffix.clone(),
+    };
+    if us.base_dn.is_empty() {
+        problems.push(ConfigProblem::new(
+            "userSearch.baseDN",
+            "required (where users are searched)",
+        ));
+    }
+    if us.username.is_empty() || us.username.iter().any(String::is_empty) {
+        problems.push(ConfigProblem::new(
+            "userSearch.username",
+            "required: the attribute (or list of attributes) the login name is matched against, e.g. uid",
+        ));
+    } else {
+        let field = if us.filter.is_empty() {
+            "userSearch.username"
+        } else {
+            "userSearch.filter"
+        };
+        check_filter(field, &user_filter(&search, "x"), problems);
+    }
+    if us.id_attr.is_empty() {
+        problems.push(ConfigProblem::new(
+            "userSearch.idAttr",
+            "required: the attribute that identifies a user for good (e.g. uid; sAMAccountName on Active Directory); Dex fails every login without it",
+        ));
+    }
+    if us.email_suffix.is_empty() && us.email_attr.is_empty() {
+        problems.push(ConfigProblem::new(
+            "userSearch.emailAttr",
+            "required (it becomes the email claim, the Kubeflow user), unless emailSuffix is set",
+        ));
+    }
+    if !us.email_suffix.is_empty() && us.name_attr.is_empty() {
+        problems.push(ConfigProblem::new(
+            "userSearch.emailSuffix",
+            "needs userSearch.nameAttr: the email is <nameAttr value>@<emailSuffix> (without nameAttr every user would be the same \"@suffix\")",
+        ));
+    }
+    if us.email_suffix.starts_with('@') {
+        problems.push(ConfigProblem::new("userSearch.emailSuffix", "write it without the @"));
+    }
+    search
+}
+
+/// Dex's matcher choice: `userMatchers` when the first has a `userAttr`, else the deprecated
+/// flat `userAttr`/`groupAttr`/`recursionGroupAttr`.
+fn matchers(id: &str, gs: &RawGroupSearch, problems: &mut Vec<ConfigProblem>) -> Vec<Matcher> {
+    if gs.user_matchers.first().is_some_and(|m| !m.user_attr.is_empty()) {
+        if !gs.user_attr.is_empty() || !gs.group_attr.is_empty() {
+            tracing::warn!(
+                "ldap connector {id:?}: groupSearch.userAttr/groupAttr are ignored because userMatchers is set (as in Dex)"
+            );
+        }
+        return gs
+            .user_matchers
+            .iter()
+            .map(|m| Matcher {
+                user_attr: m.user_attr.clone(),
+                group_attr: m.group_attr.clone(),
+                recursion_group_attr: m.recursion_group_attr.clone(),
+            })
+            .collect();
+    }
+    if gs.user_attr.is_empty() && gs.group_attr.is_empty() {
+        if !gs.user_matchers.is_empty() {
+            problems.push(ConfigProblem::new(
+                "groupSearch.userMatchers[0].userAttr",
+                "required: the user attribute whose values the groups' groupAttr holds (DN for the entry's DN)",
+            ));
+        }
+        return Vec::new();
+    }
+    if !gs.base_dn.is_empty() {
+        tracing::warn!(
+            "ldap connector {id:?}: groupSearch.userAttr/groupAttr are deprecated in Dex: use groupSearch.userMatchers"
+        );
+    }
+    vec![Matcher {
+        user_attr: gs.user_attr.clone(),
+        group_attr: gs.group_attr.clone(),
+        recursion_group_attr: gs.recursion_group_attr.clone(),
+    }]
+}
+
+/// `groupSearch`, checked (`None`: no `baseDN`, so no groups, as in Dex).
+fn group_search(id: &str, gs: &RawGroupSearch, problems: &mut Vec<ConfigProblem>) -> Option<GroupSearch> {
+    let search = GroupSearch {
+        base_dn: gs.base_dn.clone(),
+        filter: gs.filter.clone(),
+        scope: scope("groupSearch.scope", &gs.scope, problems),
+        matchers: matchers(id, gs, problems),
+        name_attr: gs.name_attr.clone(),
+    };
+    if gs.base_dn.is_empty() {
+        if !search.matchers.is_empty() || !gs.name_attr.is_empty() {
+            tracing::warn!("ldap connector {id:?}: groupSearch has no baseDN, so users get no groups (as in Dex)");
+        }
+        return None;
+    }
+    if gs.name_attr.is_empty() {
+        problems.push(ConfigProblem::new(
+            "groupSearch.nameAttr",
+            "required with groupSearch.baseDN: the group attribute that becomes the group name, e.g. cn",
+        ));
+    }
+    if search.matchers.is_empty() {
+        problems.push(ConfigProblem::new(
+            "groupSearch.userMatchers",
+            "required with groupSearch.baseDN: at least one {userAttr, groupAttr} pair, e.g. {userAttr: DN, groupAttr: member}",
+        ));
+    }
+    let legacy = gs.user_matchers.is_empty();
+    for (i, m) in search.matchers.iter().enumerate() {
+        let at = |f: &str| {
+            if legacy {
+                format!("groupSearch.{f}")
+            } else {
+                format!("groupSearch.userMatchers[{i}].{f}")
+            }
+        };
+        if m.user_attr.is_empty() {
+            problems.push(ConfigProblem::new(at("userAttr"), "required (DN for the entry's DN)"));
+        }
+        if m.group_attr.is_empty() {
+            problems.push(ConfigProblem::new(
+                at("groupAttr"),
+                "required, e.g. member or memberUid",
+            ));
+        } else {
+            check_filter(&at("groupAttr"), &group_filter(&search, &m.group_attr, "x"), problems);
+        }
+        if !m.recursion_group_attr.is_empty() {
+            check_filter(
+                &at("recursionGroupAttr"),
+                &group_filter(&search, &m.recursion_group_attr, "x"),
+                problems,
+            );
+        }
+    }
+    Some(search)
+}
+
 fn settings(id: &str, config: serde_json::Value, ctx: &OpenContext) -> Result<Settings, Vec<ConfigProblem>> {
     let mut config = config;
     drop_nulls(&mut config);
@@ -598,158 +752,8 @@ fn settings(id: &str, config: serde_json::Value, ctx: &OpenContext) -> Result<Se
         ));
     }
 
-    let us = &raw.user_search;
-    if us.base_dn.is_empty() {
-        problems.push(ConfigProblem::new(
-            "userSearch.baseDN",
-            "required (where users are searched)",
-        ));
-    }
-    if us.username.is_empty() || us.username.iter().any(String::is_empty) {
-        problems.push(ConfigProblem::new(
-            "userSearch.username",
-            "required: the attribute (or list of attributes) the login name is matched against, e.g. uid",
-        ));
-    } else {
-        let probe = UserSearch {
-            base_dn: String::new(),
-            filter: us.filter.clone(),
-            username: us.username.clone(),
-            scope: Scope::Subtree,
-            id_attr: String::new(),
-            email_attr: String::new(),
-            name_attr: String::new(),
-            preferred_username_attr: String::new(),
-            email_suffix: String::new(),
-        };
-        let field = if us.filter.is_empty() {
-            "userSearch.username"
-        } else {
-            "userSearch.filter"
-        };
-        check_filter(field, &user_filter(&probe, "x"), &mut problems);
-    }
-    let user_scope = scope("userSearch.scope", &us.scope, &mut problems);
-    if us.id_attr.is_empty() {
-        problems.push(ConfigProblem::new(
-            "userSearch.idAttr",
-            "required: the attribute that identifies a user for good (e.g. uid; sAMAccountName on Active Directory); Dex fails every login without it",
-        ));
-    }
-    if us.email_suffix.is_empty() && us.email_attr.is_empty() {
-        problems.push(ConfigProblem::new(
-            "userSearch.emailAttr",
-            "required (it becomes the email claim, the Kubeflow user), unless emailSuffix is set",
-        ));
-    }
-    if !us.email_suffix.is_empty() && us.name_attr.is_empty() {
-        problems.push(ConfigProblem::new(
-            "userSearch.emailSuffix",
-            "needs userSearch.nameAttr: the email is <nameAttr value>@<emailSuffix> (without nameAttr every user would be the same \"@suffix\")",
-        ));
-    }
-    if us.email_suffix.starts_with('@') {
-        problems.push(ConfigProblem::new("userSearch.emailSuffix", "write it without the @"));
-    }
-
-    let gs = &raw.group_search;
-    let group_scope = scope("groupSearch.scope", &gs.scope, &mut problems);
-    // Dex: userMatchers win when the first has a userAttr; else the deprecated flat pair.
-    let matchers: Vec<Matcher> = if gs.user_matchers.first().is_some_and(|m| !m.user_attr.is_empty()) {
-        if !gs.user_attr.is_empty() || !gs.group_attr.is_empty() {
-            tracing::warn!(
-                "ldap connector {id:?}: groupSearch.userAttr/groupAttr are ignored because userMatchers is set (as in Dex)"
-            );
-        }
-        gs.user_matchers
-            .iter()
-            .map(|m| Matcher {
-                user_attr: m.user_attr.clone(),
-                group_attr: m.group_attr.clone(),
-                recursion_group_attr: m.recursion_group_attr.clone(),
-            })
-            .collect()
-    } else if gs.user_attr.is_empty() && gs.group_attr.is_empty() {
-        if gs.user_matchers.is_empty() {
-            Vec::new()
-        } else {
-            problems.push(ConfigProblem::new(
-                "groupSearch.userMatchers[0].userAttr",
-                "required: the user attribute whose values the groups' groupAttr holds (DN for the entry's DN)",
-            ));
-            Vec::new()
-        }
-    } else {
-        if !gs.base_dn.is_empty() {
-            tracing::warn!(
-                "ldap connector {id:?}: groupSearch.userAttr/groupAttr are deprecated in Dex: use groupSearch.userMatchers"
-            );
-        }
-        vec![Matcher {
-            user_attr: gs.user_attr.clone(),
-            group_attr: gs.group_attr.clone(),
-            recursion_group_attr: gs.recursion_group_attr.clone(),
-        }]
-    };
-    let groups = if gs.base_dn.is_empty() {
-        if !matchers.is_empty() || !gs.name_attr.is_empty() {
-            tracing::warn!("ldap connector {id:?}: groupSearch has no baseDN, so users get no groups (as in Dex)");
-        }
-        None
-    } else {
-        if gs.name_attr.is_empty() {
-            problems.push(ConfigProblem::new(
-                "groupSearch.nameAttr",
-                "required with groupSearch.baseDN: the group attribute that becomes the group name, e.g. cn",
-            ));
-        }
-        if matchers.is_empty() {
-            problems.push(ConfigProblem::new(
-                "groupSearch.userMatchers",
-                "required with groupSearch.baseDN: at least one {userAttr, groupAttr} pair, e.g. {userAttr: DN, groupAttr: member}",
-            ));
-        }
-        let search = GroupSearch {
-            base_dn: gs.base_dn.clone(),
-            filter: gs.filter.clone(),
-            scope: group_scope,
-            matchers: matchers.clone(),
-            name_attr: gs.name_attr.clone(),
-        };
-        let legacy = gs.user_matchers.is_empty();
-        for (i, m) in matchers.iter().enumerate() {
-            let at = |f: &str| {
-                if legacy {
-                    format!("groupSearch.{f}")
-                } else {
-                    format!("groupSearch.userMatchers[{i}].{f}")
-                }
-            };
-            if m.user_attr.is_empty() {
-                problems.push(ConfigProblem::new(at("userAttr"), "required (DN for the entry's DN)"));
-            }
-            if m.group_attr.is_empty() {
-                problems.push(ConfigProblem::new(
-                    at("groupAttr"),
-                    "required, e.g. member or memberUid",
-                ));
-            } else {
-                check_filter(
-                    &at("groupAttr"),
-                    &group_filter(&search, &m.group_attr, "x"),
-                    &mut problems,
-                );
-            }
-            if !m.recursion_group_attr.is_empty() {
-                check_filter(
-                    &at("recursionGroupAttr"),
-                    &group_filter(&search, &m.recursion_group_attr, "x"),
-                    &mut problems,
-                );
-            }
-        }
-        Some(search)
-    };
+    let user = user_search(&raw.user_search, &mut problems);
+    let groups = group_search(id, &raw.group_search, &mut problems);
 
     let timeout = raw.timeout.unwrap_or(ctx.default_timeout);
     if timeout.is_zero() {
@@ -771,17 +775,7 @@ fn settings(id: &str, config: serde_json::Value, ctx: &OpenContext) -> Result<Se
                 raw.username_prompt.clone()
             },
             timeout,
-            user: UserSearch {
-                base_dn: us.base_dn.clone(),
-                filter: us.filter.clone(),
-                username: us.username.clone(),
-                scope: user_scope,
-                id_attr: us.id_attr.clone(),
-                email_attr: us.email_attr.clone(),
-                name_attr: us.name_attr.clone(),
-                preferred_username_attr: us.preferred_username_attr.clone(),
-                email_suffix: us.email_suffix.clone(),
-            },
+            user,
             groups,
         }),
         _ => Err(problems),
