@@ -350,7 +350,18 @@ pub(crate) async fn callback(
     // The session starts when the password was checked (the ID token's `kfsec_iat_ms`), not
     // now: a revocation between that check and this line voids it.
     let started_ms = claims.iat_ms.unwrap_or_else(|| claims.iat.saturating_mul(1000));
-    let federated = federation(&claims.sub, tokens.refresh_token, app.settings.revalidate_all_sessions);
+    let federated = federation(
+        &claims.sub,
+        tokens.refresh_token.clone(),
+        app.settings.revalidate_all_sessions,
+    );
+    if let (None, Some(unused)) = (&federated, &tokens.refresh_token) {
+        // A session that is never re-checked keeps no refresh token: drop it now rather than
+        // leave a record for its idle lifetime.
+        if let Err(e) = app.idp.revoke_refresh(unused).await {
+            tracing::warn!(error = %e, "could not drop the unused refresh token of a local session");
+        }
+    }
     let value = match app.sessions.create_with(&identity, started_ms, federated).await {
         Ok(v) => v,
         Err(e) => {

@@ -228,12 +228,15 @@ impl App {
             .layer(middleware::from_fn_with_state(self.clone(), edge))
     }
 
-    /// Replaces any client-sent identity headers with `id`.
+    /// Replaces any client-sent identity headers with `id`. Names are sent as UTF-8 bytes
+    /// (HTTP's obs-text), so a directory user `jürgen` or a group `équipe` reaches the upstream
+    /// rather than silently dropping the header.
     pub fn set_identity_headers(&self, h: &mut HeaderMap, id: &Identity) {
-        if let Ok(v) = HeaderValue::from_str(&format!("{}{}", self.settings.user_id_prefix, id.user)) {
+        let user = format!("{}{}", self.settings.user_id_prefix, id.user);
+        if let Ok(v) = HeaderValue::from_bytes(user.as_bytes()) {
             h.insert(self.settings.user_id_header.clone(), v);
         }
-        if let Ok(v) = HeaderValue::from_str(&id.groups.join(",")) {
+        if let Ok(v) = HeaderValue::from_bytes(id.groups.join(",").as_bytes()) {
             h.insert(self.settings.groups_header.clone(), v);
         }
     }

@@ -540,6 +540,16 @@ impl Idp {
         }
     }
 
+    /// Deletes one refresh token (a client that will never use it: the gatekeeper's token of a
+    /// session that is not re-checked). Unknown tokens are ignored.
+    pub async fn revoke_refresh(&self, token: &str) -> Result<(), IdpError> {
+        let key = format!("{REFRESH_PREFIX}{}", sha256_hex(token.as_bytes()));
+        match self.store.delete(&key, None).await {
+            Ok(_) | Err(StoreError::NotFound(_)) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Exchanges a refresh token (rotating it) for `client`.
     pub async fn refresh(&self, client: &Client, token: &str) -> Result<TokenResponse, OAuthError> {
         let key = format!("{REFRESH_PREFIX}{}", sha256_hex(token.as_bytes()));

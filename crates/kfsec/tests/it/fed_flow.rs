@@ -475,3 +475,45 @@ async fn the_idps_forms_refuse_cross_site_posts() {
         .await;
     assert_eq!(r.status(), 303);
 }
+
+#[tokio::test]
+async fn non_ascii_names_reach_the_upstream_as_utf8_headers() {
+    // Directory users are often not ASCII (`jürgen`, `équipe`); the identity headers carry
+    // them as UTF-8 rather than being dropped (which left the upstream without a user).
+    let k = Kfsec::start("").await;
+    admin(
+        &k,
+        &AdminRequest::UserAdd {
+            email: "jürgen@example.org".into(),
+            username: Some("jürgen".into()),
+            groups: vec!["équipe".into(), "team-b".into()],
+            password: PASSWORD.into(),
+        },
+    )
+    .await;
+    let mut b = k.client();
+    let (r, _) = b.login("/app/", "jürgen@example.org", PASSWORD).await;
+    assert_eq!(r.status(), 200);
+    let r = b.get("/authservice/check").await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.headers()["kubeflow-userid"].as_bytes(),
+        "jürgen@example.org".as_bytes()
+    );
+    assert_eq!(r.headers()["kubeflow-groups"].as_bytes(), "équipe,team-b".as_bytes());
+}
+
+#[tokio::test]
+async fn a_local_session_keeps_no_refresh_token() {
+    // The gatekeeper asks for offline_access (federated sessions are re-checked with it); a
+    // local session is not re-checked, so its refresh token is dropped at once.
+    let k = Kfsec::start("").await;
+    let mut b = k.client();
+    let (r, _) = b.login("/app/", USER, PASSWORD).await;
+    assert_eq!(r.status(), 200);
+    let left = kfsec_store::list_all(k.running.store.as_ref(), "/kfsec/idp/refresh/")
+        .await
+        .unwrap()
+        .items;
+    assert!(left.is_empty(), "{} refresh records left", left.len());
+}
