@@ -1163,15 +1163,13 @@ impl Inner {
             .connector_data
             .clone()
             .and_then(|v| serde_json::from_value(v).ok())
-            .ok_or_else(|| ConnectorError::Revoked("no LDAP refresh data: log in again".into()))?;
+            // Not a statement about the user: only this refresh chain ends.
+            .ok_or_else(|| ConnectorError::Misconfigured("the refresh token carries no LDAP refresh data".into()))?;
         let entry = match self.find_user(&data.username).await? {
             Found::None => return Err(ConnectorError::Revoked(format!("user not found {:?}", data.username))),
-            Found::Many(_) => {
-                return Err(ConnectorError::Revoked(format!(
-                    "user name {:?} now matches several entries",
-                    data.username
-                )));
-            }
+            // Not a statement about the user either (someone else's entry may be the new one):
+            // this chain ends, the user's other credentials do not.
+            Found::Many(_) => return Err(ConnectorError::Ambiguous(data.username)),
             Found::One(e) => e,
         };
         if !entry.dn.eq_ignore_ascii_case(&data.dn) {

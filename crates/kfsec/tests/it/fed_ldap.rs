@@ -186,10 +186,24 @@ async fn refresh_of_a_moved_or_replaced_entry_is_revoked() {
         Err(ConnectorError::Revoked(_))
     ));
 
-    // Refresh data that is not ours: refused, not a panic.
+    // Refresh data that is not ours: refused (that chain only), not a panic.
     let mut junk = special.clone();
     junk.connector_data = Some(json!({"nope": 1}));
-    assert!(matches!(c.refresh(ALL, &junk).await, Err(ConnectorError::Revoked(_))));
+    assert!(matches!(
+        c.refresh(ALL, &junk).await,
+        Err(ConnectorError::Misconfigured(_))
+    ));
+
+    // A second entry now answers to the name: ambiguous (that chain ends, not the user).
+    let dup = login(&c, "nogroup", NOGROUP_PW).await.unwrap();
+    d.admin(
+        "ldapmodify",
+        &[],
+        &format!(
+            "dn: uid=nogroup2,ou=staff,{PEOPLE}\nchangetype: add\nobjectClass: inetOrgPerson\nuid: nogroup2\nuid: nogroup\ncn: X\nsn: X\nmail: x@example.org\n"
+        ),
+    );
+    assert!(matches!(c.refresh(ALL, &dup).await, Err(ConnectorError::Ambiguous(_))));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
