@@ -389,6 +389,11 @@ pub struct OidcConnector {
     timeout: Duration,
     clock: Arc<dyn Clock>,
     provider: RwLock<Option<Arc<Provider>>>,
+    /// One discovery at a time: concurrent logins wait for it rather than each asking.
+    discovering: tokio::sync::Mutex<()>,
+    /// When discovery last failed (Unix ms) and why: logins within [`DISCOVERY_RETRY`] are
+    /// answered from it, so a dead upstream is not asked once per login attempt.
+    discovery_failed: RwLock<Option<(u64, String)>>,
     keys: RwLock<KeyCache>,
 }
 
@@ -637,9 +642,14 @@ pub fn open_connector(id: &str, mut config: Value, ctx: &OpenContext) -> Result<
         timeout,
         clock: ctx.clock.clone(),
         provider: RwLock::new(None),
+        discovering: tokio::sync::Mutex::new(()),
+        discovery_failed: RwLock::new(None),
         keys: RwLock::new(KeyCache::default()),
     })
 }
+
+/// How long a failed discovery is answered from memory before the upstream is asked again.
+const DISCOVERY_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
 
 fn truncate(s: &str) -> String {
     let mut out: String = s.chars().take(MAX_DESCRIPTION).collect();
@@ -687,12 +697,45 @@ enum Grant<'a> {
 }
 
 impl OidcConnector {
-    /// The upstream's endpoints: discovered once, then cached; after a failure the next call
-    /// tries again.
+    /// The upstream's endpoints: discovered once, then cached. Discovery runs once at a time;
+    /// after a failure, calls within [`DISCOVERY_RETRY`] fail at once with it, and the next one
+    /// after that tries again.
     async fn provider(&self) -> Result<Arc<Provider>, ConnectorError> {
         if let Some(p) = self.provider.read().clone() {
             return Ok(p);
         }
+        let recent_failure = || {
+            let now = self.clock.now().as_millis();
+            self.discovery_failed
+                .read()
+                .as_ref()
+                .filter(|(at, _)| now.saturating_sub(*at) < DISCOVERY_RETRY.as_millis() as u64)
+                .map(|(_, why)| ConnectorError::Unreachable(format!("discovery failed recently: {why}")))
+        };
+        if let Some(e) = recent_failure() {
+            return Err(e);
+        }
+        let _one = self.discovering.lock().await;
+        if let Some(p) = self.provider.read().clone() {
+            return Ok(p);
+        }
+        if let Some(e) = recent_failure() {
+            return Err(e);
+        }
+        match self.discover().await {
+            Ok(p) => {
+                *self.discovery_failed.write() = None;
+                Ok(p)
+            }
+            Err(e) => {
+                *self.discovery_failed.write() = Some((self.clock.now().as_millis(), e.to_string()));
+                Err(e)
+            }
+        }
+    }
+
+    /// Fetches and checks the upstream's discovery document, and caches what it says.
+    async fn discover(&self) -> Result<Arc<Provider>, ConnectorError> {
         let url = format!("{}/.well-known/openid-configuration", self.issuer.trim_end_matches('/'));
         let answer = self.http.get(&url, None).await?;
         if !answer.ok() {

@@ -410,12 +410,33 @@ async fn huge_slow_and_dead_upstreams_fail_in_bounded_time() {
     assert_eq!(e.status(), 502);
     assert!(start.elapsed() < Duration::from_secs(3));
 
-    // Discovery that failed is tried again at the next login.
+    // Discovery that failed is remembered for a few seconds (a dead upstream is not asked once
+    // per login attempt), then tried again.
     let op = FakeOp::start().await;
-    op.state().discovery_failures = 1;
-    let c = build(cognito(&op, json!({})), &ctx());
+    op.state().discovery_failures = 2;
+    let clock = ManualClock::new(kfsec_types::Clock::now(&SystemClock));
+    let mut with_clock = ctx();
+    with_clock.clock = clock.clone();
+    let c = build(cognito(&op, json!({})), &with_clock);
     let e = login(c.as_ref()).await.unwrap_err();
     assert!(matches!(&e, ConnectorError::Upstream(m) if m.contains("503")), "{e:?}");
+    let e = login(c.as_ref()).await.unwrap_err();
+    assert!(
+        matches!(&e, ConnectorError::Unreachable(m) if m.contains("failed recently")),
+        "{e:?}"
+    );
+    assert_eq!(
+        op.state().discovery_failures,
+        1,
+        "answered from memory, not asked again"
+    );
+    clock.advance(Duration::from_secs(6));
+    let e = login(c.as_ref()).await.unwrap_err();
+    assert!(
+        matches!(&e, ConnectorError::Upstream(m) if m.contains("503")),
+        "asked again: {e:?}"
+    );
+    clock.advance(Duration::from_secs(6));
     assert!(login(c.as_ref()).await.is_ok());
 }
 
