@@ -1,7 +1,10 @@
 use std::time::Duration;
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
 use serde_json::json;
 
+use super::settings::Matcher;
 use super::*;
 
 fn ctx() -> OpenContext {
