@@ -678,3 +678,123 @@ async fn searches_reuse_pooled_connections_and_binds_use_fresh_ones() {
     }
     assert_eq!(opened.load(Ordering::SeqCst), 1 + 6);
 }
+
+/// The real binary on a Dex-shaped config with an `ldap` connector (`bindPW` from the
+/// environment, as Dex's docs advise): the insecureNoSSL warning is printed at startup, a CLI
+/// login through the password grant works, and the bind password appears in no output line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_warns_about_plain_ldap_and_never_prints_the_bind_password() {
+    use std::io::BufRead;
+    let Some(d) = Slapd::start().await else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let port = crate::harness::free_port();
+    let config = dir.path().join("dex.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "issuer: https://localhost:{port}/dex
+staticClients:
+- id: kubectl
+  name: kubectl
+  secret: kubectl-secret-0123456789
+  redirectURIs: [\"http://localhost:8000\"]
+oauth2:
+  passwordConnector: corp-ldap
+connectors:
+- type: ldap
+  id: corp-ldap
+  name: Corporate LDAP
+  config:
+    host: 127.0.0.1:{ldap}
+    insecureNoSSL: true
+    bindDN: {SERVICE_DN}
+    bindPW: $LDAP_BIND_PW
+    userSearch:
+      baseDN: {PEOPLE}
+      username: uid
+      idAttr: uid
+      emailAttr: mail
+      nameAttr: cn
+    groupSearch:
+      baseDN: {GROUPS}
+      userMatchers:
+      - userAttr: DN
+        groupAttr: member
+      nameAttr: cn
+",
+            ldap = d.ldap_port,
+        ),
+    )
+    .unwrap();
+    struct Killed(std::process::Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("exec \"$0\" \"$@\" 2>&1")
+        .arg(env!("CARGO_BIN_EXE_kfsec"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .args(["--https-addr", &format!("127.0.0.1:{port}")])
+        .args(["--admin-addr", "127.0.0.1:0", "--webhook-addr", "127.0.0.1:0"])
+        .env("KFSEC_LOG", "debug")
+        .env("LDAP_BIND_PW", SERVICE_PW)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let child = Killed(child);
+    let lines = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let sink = lines.clone();
+    let reader = std::thread::spawn(move || {
+        for l in std::io::BufReader::new(out).lines() {
+            let Ok(l) = l else { break };
+            if l.starts_with("kfsec ready:") {
+                let _ = ready_tx.send(());
+            }
+            sink.lock().unwrap().push(l);
+        }
+    });
+    if ready_rx.recv_timeout(Duration::from_secs(60)).is_err() {
+        panic!("kfsec did not become ready: {:?}", lines.lock().unwrap());
+    }
+
+    let ca = std::fs::read_to_string(dir.path().join("data/pki/ca.crt")).unwrap();
+    let r = crate::harness::http_client(&ca)
+        .post(format!("https://localhost:{port}/dex/token"))
+        .basic_auth("kubectl", Some("kubectl-secret-0123456789"))
+        .form(&[
+            ("grant_type", "password"),
+            ("username", "alice"),
+            ("password", ALICE_PW),
+            ("scope", "openid email groups"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    let body: serde_json::Value = r.json().await.unwrap();
+    drop(child);
+    reader.join().unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body["id_token"].is_string(), "{body}");
+
+    let lines = lines.lock().unwrap().clone();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("insecureNoSSL") && l.contains("clear text")),
+        "no insecureNoSSL warning: {lines:#?}"
+    );
+    assert!(
+        !lines.iter().any(|l| l.contains(SERVICE_PW)),
+        "the bind password was printed: {lines:#?}"
+    );
+}
