@@ -828,6 +828,51 @@ routes:
         assert_eq!(c.https_addr.to_string(), "0.0.0.0:8443");
     }
 
+    /// Every connector example of the README's "Sign in with your identity provider" section
+    /// loads and opens (with its `$VAR`s set and its CA file paths pointing at a real CA), so the
+    /// documentation cannot drift from what kfsec accepts.
+    #[test]
+    fn the_readmes_connector_examples_load() {
+        let readme = include_str!("../../../README.md");
+        let start = readme.find("### Sign in with your identity provider").unwrap();
+        let end = start + readme[start..].find("\n## ").unwrap();
+        let section = &readme[start..end];
+        let dir = tempfile::tempdir().unwrap();
+        let authority = kfsec_pki::CertificateAuthority::load_or_create(
+            dir.path(),
+            kfsec_pki::KeyAlgorithm::EcdsaP256,
+            &kfsec_types::SystemClock,
+        )
+        .unwrap();
+        let ca = dir.path().join("example-ca.pem");
+        std::fs::write(&ca, authority.cert_pem()).unwrap();
+        let mut examples = 0;
+        for block in section.split("```yaml\n").skip(1) {
+            let yaml = block.split("```").next().unwrap();
+            if !yaml.starts_with("- type:") {
+                continue;
+            }
+            examples += 1;
+            let yaml = yaml
+                .replace("/etc/kfsec/keycloak-ca.pem", &ca.display().to_string())
+                .replace("/etc/kfsec/ldap-ca.pem", &ca.display().to_string());
+            let text = format!("issuer: https://kubeflow.example.com/dex\nconnectors:\n{yaml}");
+            let f = parse(Path::new("readme.yaml"), &text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+            let env = MapEnv(vec![
+                ("KEYCLOAK_CLIENT_SECRET", "s"),
+                ("COGNITO_CLIENT_ID", "c"),
+                ("COGNITO_CLIENT_SECRET", "s"),
+                ("ENTRA_CLIENT_ID", "c"),
+                ("ENTRA_CLIENT_SECRET", "s"),
+                ("LDAP_BIND_PW", "p"),
+            ]);
+            let c = validate(f, &Overrides::default(), &env).unwrap_or_else(|e| panic!("{e}\n{text}"));
+            c.open_connectors("https://kubeflow.example.com/dex", Arc::new(kfsec_types::SystemClock))
+                .unwrap_or_else(|e| panic!("{e}\n{text}"));
+        }
+        assert_eq!(examples, 4, "Keycloak, Cognito, Entra ID and LDAP");
+    }
+
     #[test]
     fn the_charmed_kubeflow_dex_config_loads_unchanged() {
         let text = include_str!("../fixtures/dex-charmed-kubeflow.yaml");
