@@ -269,8 +269,13 @@ pub(super) fn federation(
         ));
     }
     if let Some(issuer) = issuer {
+        // A trial open, for its problems only: the server opens the connectors again at start,
+        // and that open says what each connector has to say (its warnings are not printed twice).
         let ctx = OpenContext::new(issuer, DEFAULT_TIMEOUT);
-        problems.extend(open_each(&connectors, &ctx).err().unwrap_or_default());
+        let trial = tracing::subscriber::with_default(tracing::subscriber::NoSubscriber::default(), || {
+            open_each(&connectors, &ctx)
+        });
+        problems.extend(trial.err().unwrap_or_default());
     }
 
     let configured = connectors.len();
