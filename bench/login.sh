@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Full browser-style logins per second through kfsec vs raw bcrypt (cost 12) verifications per
-# second, both at the same concurrency, measured in the same run; then federated logins per second
+# second, both at the same concurrency, measured in the same run; and federated logins per second
 # (FEDERATED=0 skips them) through the ldap connector (Debian's slapd) and the oidc connector (a
 # second kfsec as the upstream provider), both from scripts/federation-fixtures.sh, each as a
-# ratio against the local-password logins above.
+# ratio against the local-password logins of the same run.
 #
-#   bash bench/login.sh        # CONCURRENCY=2 DURATION=20 (seconds) FEDERATED=1 by default
+#   bash bench/login.sh        # CONCURRENCY=2 DURATION=20 (seconds per case) ROUNDS=4 FEDERATED=1
 #
 # A login = GET / → /dex/auth → login form → POST credentials → code → callback → session cookie
 # → GET / (200), with a fresh curl cookie jar each time. bcrypt baseline: python `bcrypt` (C/Rust
@@ -14,12 +14,16 @@
 # oidc, whose answer goes back through kfsec's /dex/callback) → POST → code → callback → cookie →
 # GET / (200). Every password is checked against a bcrypt cost-12 hash: kfsec's static user, the
 # upstream kfsec's static user, and the directory user (userPassword {CRYPT}, set for the bench).
+# The login cases take turns in ROUNDS rounds of DURATION/ROUNDS seconds each, so that a change
+# in the machine's load during the run weighs on all of them alike.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 CONCURRENCY="${CONCURRENCY:-2}"
 DURATION="${DURATION:-20}"
+ROUNDS="${ROUNDS:-4}"
 FEDERATED="${FEDERATED:-1}"
+ROUND_MS=$((DURATION * 1000 / ROUNDS))
 
 bench_need curl python3
 bash "$BENCH_ROOT/scripts/install-test-deps.sh" --bench >/dev/null
@@ -31,29 +35,71 @@ T="$BENCH_TMP"
 KF_PORT="$(free_port)"
 KF_ADMIN="$(free_port)"
 HASH="$(printf '%s\n' "$BENCH_PASSWORD" | "$KFSEC_RELEASE" hash-password)"
-kfsec_config "$T/kfsec.yaml" "$KF_PORT" "$HASH" "loginProtection:
+LIMITS="loginProtection:
   maxFailuresPerAccount: 1000000
   maxFailuresPerAddress: 1000000"
+kfsec_config "$T/kfsec.yaml" "$KF_PORT" "$HASH" "$LIMITS"
 kfsec_start "$T/data" "$T/kfsec.yaml" "$KF_PORT" "$KF_ADMIN"
 CA="$T/data/pki/ca.crt"
 KF="https://localhost:$KF_PORT"
-kfsec_login "$KF" "$CA" "$T/warm.jar" || { echo "warm-up login failed" >&2; exit 1; }
+local_login() { kfsec_login "$KF" "$CA" "$1"; }
+local_login "$T/warm.jar" || { echo "warm-up login failed" >&2; exit 1; }
+CASES=(local)
+
+# --- federated kfsec ------------------------------------------------------------------------
+# fed_login BASE CA CONNECTOR USER PASSWORD JAR: a browser-style login through the chooser and
+# the connector's form (see the header); non-zero unless it ends at BASE/ with 200 and a session.
+fed_login() {
+  local base="$1" ca="$2" conn="$3" user="$4" pw="$5" jar="$6" page href form end
+  rm -f "$jar"
+  page="$(curl -sS --cacert "$ca" -b "$jar" -c "$jar" -L "$base/")" || return 1
+  [[ "$page" =~ href=\"(/dex/auth/$conn\?req=[^\"]*)\" ]] || { echo "fed login: no $conn in the chooser" >&2; return 1; }
+  href="${BASH_REMATCH[1]//\&amp;/\&}"
+  form="$(curl -sS --cacert "$ca" -b "$jar" -c "$jar" -L -o /dev/null -w '%{url_effective}' "$base$href")" || return 1
+  case "$form" in *"/login?"*) ;; *) echo "fed login: no form (at $form)" >&2; return 1 ;; esac
+  end="$(curl -sS --cacert "$ca" -b "$jar" -c "$jar" -L -o /dev/null -w '%{http_code} %{url_effective}' \
+    --data-urlencode "login=$user" --data-urlencode "password=$pw" "$form")" || return 1
+  [ "$end" = "200 $base/" ] || { echo "fed login: ended at $end" >&2; return 1; }
+  grep -q 'authservice_session' "$jar" || { echo "fed login: no session cookie" >&2; return 1; }
+}
+if [ "$FEDERATED" = 1 ]; then
+  FED_PORT="$(free_port)"
+  FED_ADMIN="$(free_port)"
+  FED="https://localhost:$FED_PORT"
+  bench_log "federation fixtures: slapd and an upstream kfsec"
+  KFSEC_BIN="$KFSEC_RELEASE" bash "$BENCH_ROOT/scripts/federation-fixtures.sh" start "$T/fed" "$FED/dex" 2>>"$T/fixtures.log" ||
+    { cat "$T/fixtures.log" >&2; exit 1; }
+  while read -r p; do BENCH_PIDS+=("$p"); done <"$T/fed/pids"
+  # shellcheck source=/dev/null
+  source "$T/fed/fixtures.env"
+  # The directory user's password as a bcrypt cost-12 hash, like the local and upstream users'.
+  printf 'dn: uid=%s,ou=people,dc=example,dc=org\nchangetype: modify\nreplace: userPassword\nuserPassword: {CRYPT}%s\n' \
+    "$LDAP_USER2" "$(printf '%s\n' "$LDAP_PASSWORD2" | "$KFSEC_RELEASE" hash-password)" |
+    ldapmodify -x -H "$LDAP_URI" -D "$LDAP_ROOT_DN" -w "$LDAP_ROOT_PW" >/dev/null
+  kfsec_config "$T/fed.yaml" "$FED_PORT" "$HASH" "$LIMITS
+$(cat "$CONNECTORS_YAML")"
+  kfsec_start "$T/fed-data" "$T/fed.yaml" "$FED_PORT" "$FED_ADMIN"
+  cat "$T/fed-data/pki/ca.crt" "$UPSTREAM_CA" >"$T/fed-cas.pem"
+  ldap_login() { fed_login "$FED" "$T/fed-cas.pem" ldap "$LDAP_USER2" "$LDAP_PASSWORD2" "$1"; }
+  oidc_login() { fed_login "$FED" "$T/fed-cas.pem" upstream "$UPSTREAM_EMAIL" "$UPSTREAM_PASSWORD" "$1"; }
+  ldap_login "$T/warm.jar" || { echo "warm-up ldap login failed" >&2; exit 1; }
+  oidc_login "$T/warm.jar" || { echo "warm-up oidc login failed" >&2; exit 1; }
+  CASES+=(ldap oidc)
+fi
 
 # --- logins ------------------------------------------------------------------------------
-# measure NAME LOGIN_CMD...: CONCURRENCY workers run `LOGIN_CMD JAR` until DURATION has passed;
-# sets OK, BAD, ELAPSED (s) and RATE (logins/s). Errors go to $T/NAME-w*.err.
-measure() {
+# round NAME: CONCURRENCY workers run `NAME_login JAR` for ROUND_MS; adds to $T/NAME.total
+# ("ok failed nanoseconds"). Errors go to $T/NAME-w*.err.
+round() {
   local name="$1" i o b start end deadline
-  shift
-  bench_log "$name logins: $CONCURRENCY workers for ${DURATION}s"
   start="$(date +%s%N)"
-  deadline=$((start + DURATION * 1000000000))
+  deadline=$((start + ROUND_MS * 1000000))
   local -a wpids=()
   for i in $(seq "$CONCURRENCY"); do
     (
       ok=0 bad=0
       while [ "$(date +%s%N)" -lt "$deadline" ]; do
-        if "$@" "$T/$name-w$i.jar" 2>>"$T/$name-w$i.err"; then ok=$((ok + 1)); else bad=$((bad + 1)); fi
+        if "${name}_login" "$T/$name-w$i.jar" 2>>"$T/$name-w$i.err"; then ok=$((ok + 1)); else bad=$((bad + 1)); fi
       done
       echo "$ok $bad" >"$T/$name-w$i.count"
     ) &
@@ -61,14 +107,22 @@ measure() {
   done
   wait "${wpids[@]}"
   end="$(date +%s%N)"
-  OK=0 BAD=0
-  for i in $(seq "$CONCURRENCY"); do read -r o b <"$T/$name-w$i.count"; OK=$((OK + o)); BAD=$((BAD + b)); done
-  ELAPSED="$(awk -v a="$start" -v b="$end" 'BEGIN { printf "%.3f", (b - a) / 1e9 }')"
+  local sum_ok=0 sum_bad=0 sum_ns=0
+  [ -f "$T/$name.total" ] && read -r sum_ok sum_bad sum_ns <"$T/$name.total"
+  for i in $(seq "$CONCURRENCY"); do read -r o b <"$T/$name-w$i.count"; sum_ok=$((sum_ok + o)); sum_bad=$((sum_bad + b)); done
+  echo "$sum_ok $sum_bad $((sum_ns + end - start))" >"$T/$name.total"
+}
+bench_log "logins (${CASES[*]}): $CONCURRENCY workers, $ROUNDS rounds of $((ROUND_MS / 1000)).$((ROUND_MS % 1000 / 100))s per case"
+for r in $(seq "$ROUNDS"); do
+  for c in "${CASES[@]}"; do round "$c"; done
+done
+# totals NAME: sets OK, BAD, ELAPSED (s) and RATE (logins/s) of a case.
+totals() {
+  local ns
+  read -r OK BAD ns <"$T/$1.total"
+  ELAPSED="$(awk -v n="$ns" 'BEGIN { printf "%.3f", n / 1e9 }')"
   RATE="$(awk -v n="$OK" -v s="$ELAPSED" 'BEGIN { printf "%.2f", n / s }')"
 }
-local_login() { kfsec_login "$KF" "$CA" "$1"; }
-measure local local_login
-LOGINS="$RATE"
 
 # --- raw bcrypt --------------------------------------------------------------------------
 bench_log "bcrypt cost 12: $CONCURRENCY processes for ${DURATION}s"
@@ -97,67 +151,28 @@ EOF
 read -r BC_N BC_ELAPSED BC_VERSION <<<"$BCRYPT"
 BC_RATE="$(awk -v n="$BC_N" -v s="$BC_ELAPSED" 'BEGIN { printf "%.2f", n / s }')"
 
-# --- federated logins ---------------------------------------------------------------------
-# fed_login BASE CA CONNECTOR USER PASSWORD JAR: a browser-style login through the chooser and
-# the connector's form (see the header); non-zero unless it ends at BASE/ with 200 and a session.
-fed_login() {
-  local base="$1" ca="$2" conn="$3" user="$4" pw="$5" jar="$6" page href form end
-  rm -f "$jar"
-  page="$(curl -sS --cacert "$ca" -b "$jar" -c "$jar" -L "$base/")" || return 1
-  [[ "$page" =~ href=\"(/dex/auth/$conn\?req=[^\"]*)\" ]] || { echo "fed login: no $conn in the chooser" >&2; return 1; }
-  href="${BASH_REMATCH[1]//\&amp;/\&}"
-  form="$(curl -sS --cacert "$ca" -b "$jar" -c "$jar" -L -o /dev/null -w '%{url_effective}' "$base$href")" || return 1
-  case "$form" in *"/login?"*) ;; *) echo "fed login: no form (at $form)" >&2; return 1 ;; esac
-  end="$(curl -sS --cacert "$ca" -b "$jar" -c "$jar" -L -o /dev/null -w '%{http_code} %{url_effective}' \
-    --data-urlencode "login=$user" --data-urlencode "password=$pw" "$form")" || return 1
-  [ "$end" = "200 $base/" ] || { echo "fed login: ended at $end" >&2; return 1; }
-  grep -q 'authservice_session' "$jar" || { echo "fed login: no session cookie" >&2; return 1; }
-}
-LOCAL_OK="$OK" LOCAL_BAD="$BAD" LOCAL_ELAPSED="$ELAPSED"
-FAILED_LOGINS="$BAD"
-if [ "$FEDERATED" = 1 ]; then
-  FED_PORT="$(free_port)"
-  FED_ADMIN="$(free_port)"
-  FED="https://localhost:$FED_PORT"
-  bench_log "federation fixtures: slapd and an upstream kfsec"
-  KFSEC_BIN="$KFSEC_RELEASE" bash "$BENCH_ROOT/scripts/federation-fixtures.sh" start "$T/fed" "$FED/dex" 2>>"$T/fixtures.log" ||
-    { cat "$T/fixtures.log" >&2; exit 1; }
-  while read -r p; do BENCH_PIDS+=("$p"); done <"$T/fed/pids"
-  # shellcheck source=/dev/null
-  source "$T/fed/fixtures.env"
-  # The directory user's password as a bcrypt cost-12 hash, like the local and upstream users'.
-  printf 'dn: uid=%s,ou=people,dc=example,dc=org\nchangetype: modify\nreplace: userPassword\nuserPassword: {CRYPT}%s\n' \
-    "$LDAP_USER2" "$(printf '%s\n' "$LDAP_PASSWORD2" | "$KFSEC_RELEASE" hash-password)" |
-    ldapmodify -x -H "$LDAP_URI" -D "$LDAP_ROOT_DN" -w "$LDAP_ROOT_PW" >/dev/null
-  kfsec_config "$T/fed.yaml" "$FED_PORT" "$HASH" "loginProtection:
-  maxFailuresPerAccount: 1000000
-  maxFailuresPerAddress: 1000000
-$(cat "$CONNECTORS_YAML")"
-  kfsec_start "$T/fed-data" "$T/fed.yaml" "$FED_PORT" "$FED_ADMIN"
-  cat "$T/fed-data/pki/ca.crt" "$UPSTREAM_CA" >"$T/fed-cas.pem"
-  ldap_login() { fed_login "$FED" "$T/fed-cas.pem" ldap "$LDAP_USER2" "$LDAP_PASSWORD2" "$1"; }
-  oidc_login() { fed_login "$FED" "$T/fed-cas.pem" upstream "$UPSTREAM_EMAIL" "$UPSTREAM_PASSWORD" "$1"; }
-  ldap_login "$T/warm.jar" || { echo "warm-up ldap login failed" >&2; exit 1; }
-  oidc_login "$T/warm.jar" || { echo "warm-up oidc login failed" >&2; exit 1; }
-  measure ldap ldap_login
-  LDAP_OK="$OK" LDAP_BAD="$BAD" LDAP_ELAPSED="$ELAPSED" LDAP_RATE="$RATE"
-  measure oidc oidc_login
-  OIDC_OK="$OK" OIDC_BAD="$BAD" OIDC_ELAPSED="$ELAPSED" OIDC_RATE="$RATE"
-  FAILED_LOGINS=$((FAILED_LOGINS + LDAP_BAD + OIDC_BAD))
-fi
-
 echo
 echo "login bench: concurrency $CONCURRENCY, ${DURATION}s each, $(nproc) cores shared by client and server"
 per_worker() { awk -v r="$1" -v c="$CONCURRENCY" 'BEGIN { print (r > 0) ? c * 1000 / r : 0 }'; }
+FAILED_LOGINS=0
+totals local
+LOGINS="$RATE"
+FAILED_LOGINS=$((FAILED_LOGINS + BAD))
 printf '  kfsec full logins:     %4d ok, %d failed in %ss  = %s logins/s  (%.0f ms/login per worker)\n' \
-  "$LOCAL_OK" "$LOCAL_BAD" "$LOCAL_ELAPSED" "$LOGINS" "$(per_worker "$LOGINS")"
+  "$OK" "$BAD" "$ELAPSED" "$LOGINS" "$(per_worker "$LOGINS")"
 printf '  bcrypt cost 12 checks: %4d in %ss = %s checks/s  (python bcrypt %s)\n' "$BC_N" "$BC_ELAPSED" "$BC_RATE" "$BC_VERSION"
 echo "  ratio logins/bcrypt: $(ratio "$LOGINS" "$BC_RATE")  (1.00 = a login costs exactly one bcrypt check)"
 if [ "$FEDERATED" = 1 ]; then
+  totals ldap
+  LDAP_RATE="$RATE"
+  FAILED_LOGINS=$((FAILED_LOGINS + BAD))
   printf '  kfsec LDAP logins:     %4d ok, %d failed in %ss  = %s logins/s  (%.0f ms/login per worker)\n' \
-    "$LDAP_OK" "$LDAP_BAD" "$LDAP_ELAPSED" "$LDAP_RATE" "$(per_worker "$LDAP_RATE")"
+    "$OK" "$BAD" "$ELAPSED" "$RATE" "$(per_worker "$RATE")"
+  totals oidc
+  OIDC_RATE="$RATE"
+  FAILED_LOGINS=$((FAILED_LOGINS + BAD))
   printf '  kfsec OIDC logins:     %4d ok, %d failed in %ss  = %s logins/s  (%.0f ms/login per worker)\n' \
-    "$OIDC_OK" "$OIDC_BAD" "$OIDC_ELAPSED" "$OIDC_RATE" "$(per_worker "$OIDC_RATE")"
+    "$OK" "$BAD" "$ELAPSED" "$RATE" "$(per_worker "$RATE")"
   echo "  ratio ldap/local: $(ratio "$LDAP_RATE" "$LOGINS")  (slapd, bcrypt {CRYPT} password: service bind, search, user bind, group search)"
   echo "  ratio oidc/local: $(ratio "$OIDC_RATE" "$LOGINS")  (the upstream kfsec shares the cores: its form, code, token, verified ID token)"
 fi
