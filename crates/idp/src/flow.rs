@@ -153,6 +153,13 @@ struct PendingLogin {
     req: AuthRequest,
 }
 
+/// Upstream callbacks one client address may make per [`CALLBACK_WINDOW`]: a person needs a few;
+/// a replaying client would otherwise spend the upstream's rate limit (kfsec's client
+/// credentials, shared by every user) one token request at a time.
+pub(crate) const CALLBACKS_PER_ADDRESS: u32 = 30;
+/// The window of [`CALLBACKS_PER_ADDRESS`].
+pub(crate) const CALLBACK_WINDOW: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// The longest cookie a browser is sure to keep (RFC 6265 §6.1 asks for at least 4,096 bytes
 /// of name, value and attributes).
 const MAX_PENDING_COOKIE: usize = 3800;
@@ -838,8 +845,13 @@ async fn finish_login(idp: &Idp, req: AuthRequest, who: LoggedIn, auth_ms: u64) 
 }
 
 /// `GET /callback`: the upstream's answer to a callback connector's login.
-async fn callback(State(idp): State<Arc<Idp>>, headers: HeaderMap, Query(q): Params) -> Result<Response, PageError> {
-    upstream_callback(&idp, None, &headers, &q).await
+async fn callback(
+    State(idp): State<Arc<Idp>>,
+    headers: HeaderMap,
+    addr: Option<Extension<ClientAddr>>,
+    Query(q): Params,
+) -> Result<Response, PageError> {
+    upstream_callback(&idp, None, &headers, addr, &q).await
 }
 
 /// `GET /callback/{connector}`: the same, for the named connector only.
@@ -847,17 +859,37 @@ async fn callback_connector(
     State(idp): State<Arc<Idp>>,
     Path(id): Path<String>,
     headers: HeaderMap,
+    addr: Option<Extension<ClientAddr>>,
     Query(q): Params,
 ) -> Result<Response, PageError> {
-    upstream_callback(&idp, Some(&id), &headers, &q).await
+    upstream_callback(&idp, Some(&id), &headers, addr, &q).await
 }
 
 async fn upstream_callback(
     idp: &Idp,
     expect: Option<&str>,
     headers: &HeaderMap,
+    addr: Option<Extension<ClientAddr>>,
     q: &HashMap<String, String>,
 ) -> Result<Response, PageError> {
+    let source = addr.map_or_else(|| "unknown".to_owned(), |Extension(ClientAddr(a))| a.to_string());
+    let admitted = idp
+        .callback_limits
+        .lock()
+        .try_acquire(&crate::throttle::source_key(&source), idp.clock.now());
+    if !admitted {
+        tracing::warn!(target: "audit", %source, "upstream callbacks throttled");
+        let mut resp = PageError {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            message: "Too many login attempts from this address. Wait a few minutes and try again.".into(),
+            cause: None,
+            back: None,
+        }
+        .into_response();
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("300"));
+        return Ok(resp);
+    }
     let state = q.get("state").map(String::as_str).unwrap_or_default();
     let cookie_name = PENDING_COOKIE;
     // The login must come back to the browser that started it (no login CSRF): its cookie

@@ -151,6 +151,9 @@ pub struct Idp {
     epochs: Arc<revocation::Epochs>,
     service_accounts: Arc<dyn serviceaccount::ServiceAccountLookup>,
     refresh_flights: tokens::Flights,
+    /// Upstream callbacks per client address (each may cost a call to the upstream's token
+    /// endpoint with kfsec's client credentials).
+    callback_limits: parking_lot::Mutex<throttle::KeyedCounter>,
 }
 
 impl Idp {
@@ -209,6 +212,11 @@ impl Idp {
             epochs,
             service_accounts,
             refresh_flights: tokens::Flights::default(),
+            callback_limits: parking_lot::Mutex::new(throttle::KeyedCounter::new(
+                flow::CALLBACKS_PER_ADDRESS,
+                flow::CALLBACK_WINDOW,
+                10_000,
+            )),
         }))
     }
 

@@ -181,8 +181,18 @@ async fn admin(k: &Kfsec, req: &AdminRequest) -> AdminResponse {
     kfsec_server::admin::call(k._dir.path(), req).await.unwrap().unwrap()
 }
 
-#[tokio::test]
-async fn a_federated_login_through_a_second_kfsec_mints_dex_identities_and_refresh_rechecks_it() {
+/// A kfsec (`k`) whose `oidc` connector `upstream` logs users in at a second kfsec (`up`), a
+/// browser trusting both, and a user of the upstream.
+struct Federation {
+    up: Kfsec,
+    k: Kfsec,
+    b: Browser,
+    callback: String,
+    email: &'static str,
+    password: &'static str,
+}
+
+async fn federation() -> Federation {
     let port = free_port();
     let callback = format!("https://localhost:{port}/dex/callback");
     let up = Kfsec::start("oauth2:\n  skipApprovalScreen: true\n").await;
@@ -199,7 +209,7 @@ async fn a_federated_login_through_a_second_kfsec_mints_dex_identities_and_refre
     else {
         panic!("client add");
     };
-    let (email, password) = ("fed.user@example.org", "federated password 1");
+    let (email, password): (&str, &str) = ("fed.user@example.org", "federated password 1");
     admin(
         &up,
         &AdminRequest::UserAdd {
@@ -229,6 +239,26 @@ async fn a_federated_login_through_a_second_kfsec_mints_dex_identities_and_refre
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap();
+    Federation {
+        up,
+        k,
+        b,
+        callback,
+        email,
+        password,
+    }
+}
+
+#[tokio::test]
+async fn a_federated_login_through_a_second_kfsec_mints_dex_identities_and_refresh_rechecks_it() {
+    let Federation {
+        up,
+        k,
+        mut b,
+        callback,
+        email,
+        password,
+    } = federation().await;
     let start = format!(
         "{}/auth?{RP}&scope=openid+email+profile+groups+offline_access+federated%3Aid&connector_id=upstream",
         k.running.issuer
@@ -238,7 +268,7 @@ async fn a_federated_login_through_a_second_kfsec_mints_dex_identities_and_refre
     assert_eq!(form.status(), 200, "{form_url}");
     assert!(form_url.starts_with(&up.running.issuer), "{form_url}");
     assert!(
-        b.cookies.keys().any(|c| c.starts_with("kfsec_upstream_")),
+        b.cookies.contains_key("kfsec_upstream_login"),
         "the login is bound to this browser"
     );
     let r = b
@@ -262,7 +292,7 @@ async fn a_federated_login_through_a_second_kfsec_mints_dex_identities_and_refre
     assert_eq!(r.status(), 303, "{:?}", r.text().await);
     let done = location(&r).to_owned();
     assert!(done.starts_with("https://rp.example/cb?code="), "{done}");
-    assert!(!b.cookies.keys().any(|c| c.starts_with("kfsec_upstream_")), "cleared");
+    assert!(!b.cookies.contains_key("kfsec_upstream_login"), "cleared");
     // Replaying the callback (same state, same code) in the same browser does not log in twice.
     assert_ne!(b.get(&back_to_us).await.status(), 303);
 
@@ -516,4 +546,36 @@ async fn a_local_session_keeps_no_refresh_token() {
         .unwrap()
         .items;
     assert!(left.is_empty(), "{} refresh records left", left.len());
+}
+
+#[tokio::test]
+async fn replayed_callbacks_are_throttled_per_address() {
+    // Each callback may cost a call to the upstream's token endpoint with kfsec's credentials:
+    // one address replaying a (valid, browser-bound) callback with junk codes is cut off.
+    let Federation {
+        up, k, mut b, callback, ..
+    } = federation().await;
+    // /dex/auth → /dex/auth/upstream → the upstream's /auth with the state it must echo.
+    let mut url = format!(
+        "{}/auth?{RP}&scope=openid+email&connector_id=upstream",
+        k.running.issuer
+    );
+    while url.starts_with(&k.running.issuer) {
+        let r = b.get(&url).await;
+        assert!(r.status().is_redirection(), "{url}: {}", r.status());
+        url = resolve(&url, location(&r));
+    }
+    assert!(url.starts_with(&up.running.issuer), "{url}");
+    assert!(b.cookies.contains_key("kfsec_upstream_login"));
+    let upstream_state = query_param(&url, "state").unwrap();
+    let mut statuses = Vec::new();
+    for _ in 0..32 {
+        let r = b
+            .get(&format!("{callback}?state={upstream_state}&code=junk-code"))
+            .await;
+        statuses.push(r.status().as_u16());
+    }
+    assert!(statuses[..30].iter().all(|s| *s == 400), "{statuses:?}");
+    assert_eq!(statuses[30..], [429, 429], "{statuses:?}");
+    up.running.shutdown().await;
 }
