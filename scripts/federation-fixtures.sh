@@ -102,6 +102,8 @@ start() { # DIR DOWNSTREAM_ISSUER
   trap 'stop "$dir"' ERR
 
   # --- upstream kfsec -----------------------------------------------------------------------
+  # On 127.0.0.1 while the downstream is on localhost: another host, as an identity provider is,
+  # so the two keep apart the cookies a browser holds for them (cookies ignore the port).
   local up="$dir/upstream" up_port up_admin secret hash
   mkdir -p "$up"
   up_port="$(free_port)"
@@ -110,7 +112,7 @@ start() { # DIR DOWNSTREAM_ISSUER
   hash="$(printf '%s\n' "$UPSTREAM_PASSWORD" | "$KFSEC_BIN" hash-password)"
   cat >"$up/kfsec.yaml" <<EOF
 apiVersion: kfsec/v1
-publicURL: https://localhost:$up_port
+publicURL: https://127.0.0.1:$up_port
 staticClients:
 - id: $UPSTREAM_CLIENT_ID
   name: Downstream kfsec
@@ -210,7 +212,7 @@ connectors:
   id: upstream
   name: Upstream kfsec
   config:
-    issuer: https://localhost:$up_port/dex
+    issuer: https://127.0.0.1:$up_port/dex
     clientID: $UPSTREAM_CLIENT_ID
     clientSecret: $secret
     redirectURI: $downstream/callback
@@ -220,7 +222,7 @@ connectors:
 EOF
 
   local -a vars=(
-    UPSTREAM_ISSUER="https://localhost:$up_port/dex" UPSTREAM_ADMIN="http://127.0.0.1:$up_admin"
+    UPSTREAM_ISSUER="https://127.0.0.1:$up_port/dex" UPSTREAM_ADMIN="http://127.0.0.1:$up_admin"
     UPSTREAM_DATA="$up/data" UPSTREAM_CA="$up/data/pki/ca.crt" UPSTREAM_CLIENT_ID="$UPSTREAM_CLIENT_ID"
     UPSTREAM_CLIENT_SECRET="$secret" UPSTREAM_EMAIL="$UPSTREAM_EMAIL" UPSTREAM_PASSWORD="$UPSTREAM_PASSWORD"
     UPSTREAM_GROUPS="$UPSTREAM_GROUPS"
@@ -238,7 +240,7 @@ import json, sys
 kv = [x.split("=", 1) for x in sys.stdin.buffer.read().decode().split("\0") if x]
 print(json.dumps(dict(kv), ensure_ascii=False, indent=1))' >"$dir/fixtures.json"
   trap - ERR
-  log "upstream kfsec https://localhost:$up_port/dex, slapd ldaps://localhost:$ldaps_port (plain $ldap_port); $dir/fixtures.env"
+  log "upstream kfsec https://127.0.0.1:$up_port/dex, slapd ldaps://localhost:$ldaps_port (plain $ldap_port); $dir/fixtures.env"
 }
 
 case "${1:-}" in
