@@ -49,15 +49,18 @@ CASES=(local)
 # --- federated kfsec ------------------------------------------------------------------------
 # fed_login BASE CA CONNECTOR USER PASSWORD JAR: a browser-style login through the chooser and
 # the connector's form (see the header); non-zero unless it ends at BASE/ with 200 and a session.
+# Each login comes from its own loopback address (BENCH_SRC, set per login by round()), as logins
+# of many people do: kfsec throttles upstream callbacks per client address (30 per 5 minutes).
 fed_login() {
   local base="$1" ca="$2" conn="$3" user="$4" pw="$5" jar="$6" page href form end
+  local -a c=(curl -sS --cacert "$ca" -b "$jar" -c "$jar" -L --interface "${BENCH_SRC:-127.0.0.1}")
   rm -f "$jar"
-  page="$(curl -sS --cacert "$ca" -b "$jar" -c "$jar" -L "$base/")" || return 1
+  page="$("${c[@]}" "$base/")" || return 1
   [[ "$page" =~ href=\"(/dex/auth/$conn\?req=[^\"]*)\" ]] || { echo "fed login: no $conn in the chooser" >&2; return 1; }
   href="${BASH_REMATCH[1]//\&amp;/\&}"
-  form="$(curl -sS --cacert "$ca" -b "$jar" -c "$jar" -L -o /dev/null -w '%{url_effective}' "$base$href")" || return 1
+  form="$("${c[@]}" -o /dev/null -w '%{url_effective}' "$base$href")" || return 1
   case "$form" in *"/login?"*) ;; *) echo "fed login: no form (at $form)" >&2; return 1 ;; esac
-  end="$(curl -sS --cacert "$ca" -b "$jar" -c "$jar" -L -o /dev/null -w '%{http_code} %{url_effective}' \
+  end="$("${c[@]}" -o /dev/null -w '%{http_code} %{url_effective}' \
     --data-urlencode "login=$user" --data-urlencode "password=$pw" "$form")" || return 1
   [ "$end" = "200 $base/" ] || { echo "fed login: ended at $end" >&2; return 1; }
   grep -q 'authservice_session' "$jar" || { echo "fed login: no session cookie" >&2; return 1; }
@@ -99,6 +102,7 @@ round() {
     (
       ok=0 bad=0
       while [ "$(date +%s%N)" -lt "$deadline" ]; do
+        BENCH_SRC="127.$((r % 250 + 1)).$i.$(((ok + bad) % 250 + 1))"
         if "${name}_login" "$T/$name-w$i.jar" 2>>"$T/$name-w$i.err"; then ok=$((ok + 1)); else bad=$((bad + 1)); fi
       done
       echo "$ok $bad" >"$T/$name-w$i.count"
