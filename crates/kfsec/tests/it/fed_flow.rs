@@ -3,20 +3,12 @@
 //! kfsec (the upstream) to tokens with Dex's `sub` and `federated_claims`, the callback bound
 //! to the browser that started it, refresh that re-asks the upstream, and the password grant.
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use kfsec_server::admin::{AdminRequest, AdminResponse};
 use serde_json::Value;
 
 use crate::harness::*;
 
 const RP: &str = "client_id=rp-test&redirect_uri=https%3A%2F%2Frp.example%2Fcb&response_type=code&state=s1";
-
-/// The claims of a JWT (unverified: the tests read what kfsec minted).
-fn claims(jwt: &str) -> Value {
-    let payload = jwt.split('.').nth(1).unwrap();
-    serde_json::from_slice(&B64.decode(payload).unwrap()).unwrap()
-}
 
 /// `location` resolved against the URL it answered.
 fn resolve(from: &str, location: &str) -> String {
@@ -297,20 +289,7 @@ async fn a_federated_login_through_a_second_kfsec_mints_dex_identities_and_refre
     assert_ne!(b.get(&back_to_us).await.status(), 303);
 
     let http = http_client(&k.running.ca_pem);
-    let token = |form: Vec<(&'static str, String)>| {
-        let http = http.clone();
-        let url = format!("{}/token", k.running.issuer);
-        async move {
-            let r = http
-                .post(url)
-                .basic_auth("rp-test", Some("rp-secret-0123456789"))
-                .form(&form)
-                .send()
-                .await
-                .unwrap();
-            (r.status().as_u16(), r.json::<Value>().await.unwrap())
-        }
-    };
+    let token = |form: Vec<(&'static str, String)>| rp_token(&k, form);
     let code = query_param(&done, "code").unwrap();
     let (status, t) = token(vec![
         ("grant_type", "authorization_code".into()),
@@ -319,7 +298,7 @@ async fn a_federated_login_through_a_second_kfsec_mints_dex_identities_and_refre
     ])
     .await;
     assert_eq!(status, 200, "{t}");
-    let c = claims(t["id_token"].as_str().unwrap());
+    let c = id_token_claims(&t);
     assert_eq!(c["email"], email);
     assert_eq!(c["email_verified"], true);
     assert_eq!(c["name"], "Fed User");
@@ -351,7 +330,7 @@ async fn a_federated_login_through_a_second_kfsec_mints_dex_identities_and_refre
     let ((status, t2), (status_b, t2b)) = tokio::join!(refresh(), refresh());
     assert_eq!((status, status_b), (200, 200), "{t2} {t2b}");
     assert_eq!(t2["refresh_token"], t2b["refresh_token"]);
-    assert_eq!(claims(t2["id_token"].as_str().unwrap())["email"], email);
+    assert_eq!(id_token_claims(&t2)["email"], email);
 
     // The password changes upstream (which revokes the upstream's grant): the next refresh is
     // invalid_grant (400, OAuth2 JSON), and the tokens already issued are revoked with
@@ -429,7 +408,7 @@ async fn the_password_grant_checks_the_password_connector_under_the_lockout() {
     let (status, t) = grant(http.clone(), url.clone(), PASSWORD).await;
     assert_eq!(status, 200, "{t}");
     assert!(t["refresh_token"].is_string());
-    let c = claims(t["id_token"].as_str().unwrap());
+    let c = id_token_claims(&t);
     // The reference's test vector: static user 15841185641784 of the local connector.
     assert_eq!(c["sub"], "Cg4xNTg0MTE4NTY0MTc4NBIFbG9jYWw");
     assert_eq!(

@@ -510,20 +510,7 @@ async fn password_grant_refresh_and_removal_upstream_end_to_end() {
     );
     let k = crate::harness::Kfsec::start(&yaml).await;
     let http = crate::harness::http_client(&k.running.ca_pem);
-    let token = |form: Vec<(&'static str, String)>| {
-        let http = http.clone();
-        let url = format!("{}/token", k.running.issuer);
-        async move {
-            let r = http
-                .post(url)
-                .basic_auth("rp-test", Some("rp-secret-0123456789"))
-                .form(&form)
-                .send()
-                .await
-                .unwrap();
-            (r.status().as_u16(), r.json::<serde_json::Value>().await.unwrap())
-        }
-    };
+    let token = |form: Vec<(&'static str, String)>| crate::harness::rp_token(&k, form);
     let password = |user: &str, pw: &str| {
         vec![
             ("grant_type", "password".to_owned()),
@@ -535,19 +522,9 @@ async fn password_grant_refresh_and_removal_upstream_end_to_end() {
             ),
         ]
     };
-    let claims = |jwt: &str| -> serde_json::Value {
-        let payload = jwt.split('.').nth(1).unwrap();
-        serde_json::from_slice(
-            &base64::engine::general_purpose::URL_SAFE_NO_PAD
-                .decode(payload)
-                .unwrap(),
-        )
-        .unwrap()
-    };
-
     let (status, t) = token(password("alice", ALICE_PW)).await;
     assert_eq!(status, 200, "{t}");
-    let c = claims(t["id_token"].as_str().unwrap());
+    let c = crate::harness::id_token_claims(&t);
     assert_eq!(c["email"], "alice@example.org");
     assert_eq!(c["email_verified"], true);
     assert_eq!(c["name"], "Alice Example");
@@ -588,7 +565,7 @@ async fn password_grant_refresh_and_removal_upstream_end_to_end() {
     .await;
     assert_eq!(status, 200, "{t2}");
     assert_eq!(
-        claims(t2["id_token"].as_str().unwrap())["groups"],
+        crate::harness::id_token_claims(&t2)["groups"],
         json!(["admins", "platform"])
     );
 

@@ -13,6 +13,7 @@ use kfsec_types::SequenceRng;
 use serde_json::{Value, json};
 
 use crate::fake_entra::{CLIENT_ASSERTION, CLIENT_ID, CLIENT_SECRET, FakeEntra, Group, TENANT, User};
+use crate::harness::{id_token_claims, rp_token};
 
 const ISSUER: &str = "https://kf.example.test/dex";
 const CALLBACK: &str = "https://kf.example.test/dex/callback";
@@ -774,24 +775,15 @@ async fn a_client_refresh_re_asks_entra_and_ends_when_the_user_is_deleted() {
     let scope = fake.state().authorize[0]["scope"].clone();
     assert_eq!(scope, "user.read directory.read.all offline_access");
 
-    let raw = crate::harness::http_client(&k.running.ca_pem);
-    let token_url = format!("{}/dex/token", k.base);
-    let token = |form: Vec<(&'static str, String)>| {
-        raw.post(&token_url)
-            .basic_auth("rp-test", Some("rp-secret-0123456789"))
-            .form(&form)
-            .send()
-    };
-    let r = token(vec![
+    let token = |form: Vec<(&'static str, String)>| rp_token(&k, form);
+    let (status, t) = token(vec![
         ("grant_type", "authorization_code".into()),
         ("code", code),
         ("redirect_uri", "https://rp.example/cb".into()),
         ("code_verifier", verifier),
     ])
-    .await
-    .unwrap();
-    assert_eq!(r.status(), 200);
-    let t: Value = r.json().await.unwrap();
+    .await;
+    assert_eq!(status, 200, "{t}");
     let claims = id_token_claims(&t);
     assert_eq!(claims["email"], "alice.smith@contoso.example");
     assert_eq!(claims["email_verified"], true);
@@ -811,9 +803,8 @@ async fn a_client_refresh_re_asks_entra_and_ends_when_the_user_is_deleted() {
         ]
     };
     let rt = t["refresh_token"].clone();
-    let r = token(refresh(&rt)).await.unwrap();
-    assert_eq!(r.status(), 200);
-    let t2: Value = r.json().await.unwrap();
+    let (status, t2) = token(refresh(&rt)).await;
+    assert_eq!(status, 200, "{t2}");
     assert_eq!(id_token_claims(&t2)["name"], "Alice Jones");
     let upstream_grants = fake
         .state()
@@ -825,22 +816,9 @@ async fn a_client_refresh_re_asks_entra_and_ends_when_the_user_is_deleted() {
 
     // Deleted in Entra: the next refresh is invalid_grant (400, OAuth2 JSON).
     fake.state().delete_user(ALICE);
-    let r = token(refresh(&t2["refresh_token"])).await.unwrap();
-    assert_eq!(r.status(), 400);
-    let e: Value = r.json().await.unwrap();
+    let (status, e) = token(refresh(&t2["refresh_token"])).await;
+    assert_eq!(status, 400, "{e}");
     assert_eq!(e["error"], "invalid_grant", "{e}");
-}
-
-/// The payload of the ID token in a token answer (kfsec signed it; its signature is tested
-/// elsewhere).
-fn id_token_claims(t: &Value) -> Value {
-    use base64::Engine;
-    let jwt = t["id_token"].as_str().unwrap();
-    let payload = jwt.split('.').nth(1).unwrap();
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload)
-        .unwrap();
-    serde_json::from_slice(&bytes).unwrap()
 }
 
 #[tokio::test]

@@ -753,18 +753,6 @@ async fn a_browser_logs_in_through_the_chooser_and_an_upstream_kfsec_to_the_home
     f.up.running.shutdown().await;
 }
 
-/// The payload of a token answer's ID token (signed by kfsec; verified elsewhere).
-fn id_token_claims(t: &Value) -> Value {
-    use base64::Engine;
-    let payload = t["id_token"].as_str().unwrap().split('.').nth(1).unwrap();
-    serde_json::from_slice(
-        &base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(payload)
-            .unwrap(),
-    )
-    .unwrap()
-}
-
 #[tokio::test]
 async fn a_client_refresh_re_asks_the_upstream_kfsec_and_ends_when_the_user_is_deleted() {
     let f = federation().await;
@@ -779,24 +767,15 @@ async fn a_client_refresh_re_asks_the_upstream_kfsec_and_ends_when_the_user_is_d
     assert!(back.starts_with("https://rp.example/cb?"), "{visited:#?}");
     let code = query_param(back, "code").unwrap();
 
-    let raw = http_client(&f.down.running.ca_pem);
-    let token_url = format!("{}/dex/token", f.down.base);
-    let token = |form: Vec<(&'static str, String)>| {
-        raw.post(&token_url)
-            .basic_auth("rp-test", Some("rp-secret-0123456789"))
-            .form(&form)
-            .send()
-    };
-    let r = token(vec![
+    let token = |form: Vec<(&'static str, String)>| rp_token(&f.down, form);
+    let (status, t) = token(vec![
         ("grant_type", "authorization_code".into()),
         ("code", code),
         ("redirect_uri", "https://rp.example/cb".into()),
         ("code_verifier", verifier),
     ])
-    .await
-    .unwrap();
-    assert_eq!(r.status(), 200);
-    let t: Value = r.json().await.unwrap();
+    .await;
+    assert_eq!(status, 200, "{t}");
     let claims = id_token_claims(&t);
     assert_eq!(claims["email"], FED_USER);
     assert_eq!(claims["email_verified"], true);
@@ -816,9 +795,8 @@ async fn a_client_refresh_re_asks_the_upstream_kfsec_and_ends_when_the_user_is_d
             .map(|(k, v)| (k, v.to_owned()))
             .collect::<Vec<_>>()
     };
-    let r = token(refresh(&t["refresh_token"])).await.unwrap();
-    assert_eq!(r.status(), 200);
-    let t2: Value = r.json().await.unwrap();
+    let (status, t2) = token(refresh(&t["refresh_token"])).await;
+    assert_eq!(status, 200, "{t2}");
     assert_eq!(id_token_claims(&t2)["email"], FED_USER);
 
     // Deleted upstream: the next refresh is invalid_grant (400, OAuth2 JSON).
@@ -830,9 +808,8 @@ async fn a_client_refresh_re_asks_the_upstream_kfsec_and_ends_when_the_user_is_d
             .unwrap(),
         AdminResponse::Ok
     ));
-    let r = token(refresh(&t2["refresh_token"])).await.unwrap();
-    assert_eq!(r.status(), 400);
-    let e: Value = r.json().await.unwrap();
+    let (status, e) = token(refresh(&t2["refresh_token"])).await;
+    assert_eq!(status, 400, "{e}");
     assert_eq!(e["error"], "invalid_grant", "{e}");
     f.down.running.shutdown().await;
     f.up.running.shutdown().await;
@@ -1012,14 +989,7 @@ async fn each_refresh_token_keeps_its_own_upstream_token() {
         "issuer: {E2E_ISSUER}\nconnectors:\n- type: oidc\n  id: cognito\n  name: AWS Cognito\n  config: {config}\n"
     ))
     .await;
-    let raw = http_client(&k.running.ca_pem);
-    let token_url = format!("{}/dex/token", k.base);
-    let token = |form: Vec<(&'static str, String)>| {
-        raw.post(&token_url)
-            .basic_auth("rp-test", Some("rp-secret-0123456789"))
-            .form(&form)
-            .send()
-    };
+    let token = |form: Vec<(&'static str, String)>| rp_token(&k, form);
     let mut refresh_tokens = Vec::new();
     for _ in 0..2 {
         let verifier = "w".repeat(50);
@@ -1031,32 +1001,27 @@ async fn each_refresh_token_keeps_its_own_upstream_token() {
         let (_, visited) = walk(&k.base, None, &mut b, &mut unused, &auth).await;
         let back = visited.last().unwrap();
         assert!(back.starts_with("https://rp.example/cb?"), "{visited:#?}");
-        let r = token(vec![
+        let (status, t) = token(vec![
             ("grant_type", "authorization_code".into()),
             ("code", query_param(back, "code").unwrap()),
             ("redirect_uri", "https://rp.example/cb".into()),
             ("code_verifier", verifier),
         ])
-        .await
-        .unwrap();
-        assert_eq!(r.status(), 200);
-        let t: Value = r.json().await.unwrap();
+        .await;
+        assert_eq!(status, 200, "{t}");
         assert_eq!(id_token_claims(&t)["groups"], json!(["ml-team", "admins"]));
         refresh_tokens.push(t["refresh_token"].as_str().unwrap().to_owned());
     }
     for round in 0..3 {
         op.state().claims["cognito:groups"] = json!([format!("round-{round}")]);
         for rt in &mut refresh_tokens {
-            let r = token(
+            let (status, t) = token(
                 vec![("grant_type", "refresh_token"), ("refresh_token", rt.as_str())]
                     .into_iter()
                     .map(|(k, v)| (k, v.to_owned()))
                     .collect(),
             )
-            .await
-            .unwrap();
-            let status = r.status();
-            let t: Value = r.json().await.unwrap();
+            .await;
             assert_eq!(status, 200, "round {round}: {t}");
             assert_eq!(id_token_claims(&t)["groups"], json!([format!("round-{round}")]));
             *rt = t["refresh_token"].as_str().unwrap().to_owned();

@@ -26,6 +26,42 @@ impl Env for NoEnv {
     }
 }
 
+/// The test relying party `rp-test` at `k`'s `/token` (HTTP Basic client authentication), reached
+/// at the listener: the status and the JSON answer.
+pub async fn rp_token(k: &Kfsec, form: Vec<(&'static str, String)>) -> (u16, serde_json::Value) {
+    // At the listener (the issuer's host may be a name tests do not resolve).
+    let path = url::Url::parse(&k.running.issuer)
+        .unwrap()
+        .path()
+        .trim_end_matches('/')
+        .to_owned();
+    let r = http_client(&k.running.ca_pem)
+        .post(format!("{}{path}/token", k.base))
+        .basic_auth("rp-test", Some("rp-secret-0123456789"))
+        .form(&form)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
+/// The claims of a JWT kfsec signed (its signatures are tested elsewhere).
+pub fn jwt_claims(jwt: &str) -> serde_json::Value {
+    use base64::Engine;
+    let payload = jwt.split('.').nth(1).unwrap();
+    serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap(),
+    )
+    .unwrap()
+}
+
+/// The claims of a token answer's ID token.
+pub fn id_token_claims(t: &serde_json::Value) -> serde_json::Value {
+    jwt_claims(t["id_token"].as_str().unwrap())
+}
+
 /// A loopback port free at the time of asking.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
