@@ -24,8 +24,10 @@ log() { echo "install-test-deps: $*"; }
 # nginx, wrk: bench/proxy.sh; nginx is also the shared upstream of it::sec_paths.
 # python3: the WSGI upstream (wsgiref) of it::sec_headers. python3-venv: bench/login.sh (bcrypt baseline).
 # testssl.sh: the TLS audit of the front door and the webhook listener (tests/tls/testssl.sh).
-# slapd, ldap-utils: the private OpenLDAP directory of it::fed_ldap (its own slapd.conf in a
-# tempdir; the Debian default instance that slapd's postinst sets up is never started or used).
+# slapd, ldap-utils: the private OpenLDAP directory of it::fed_ldap and of
+# scripts/federation-fixtures.sh (tests/browser/federated.mjs, tests/kfp/federated.sh,
+# bench/login.sh) — its own slapd.conf in a tempdir; the Debian default instance that slapd's
+# postinst sets up is never started or used.
 APT_PKGS=(ca-certificates openssl curl nginx python3 wrk chromium fonts-dejavu-core procps testssl.sh slapd ldap-utils)
 if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
   APT_PKGS+=(nodejs npm)
