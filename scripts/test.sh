@@ -3,7 +3,8 @@
 #   install test deps → cargo fmt --check → clippy -D warnings → no OpenSSL/native-tls/ring in
 #   the normal dependency tree → cargo test --workspace
 #   (compiled first, then run under TEST_TIMEOUT seconds, default 1200)
-#   → browser test (headless Chromium against the real target/debug/kfsec).
+#   → browser test (headless Chromium against the real target/debug/kfsec) → federated
+#   (tests/browser/federated.mjs: slapd and a second kfsec as upstreams, kubectl via kfsec login).
 # Every step runs even if an earlier one failed (except the browser test, which needs the
 # build); a summary is printed at the end and the exit status is non-zero on any failure.
 set -euo pipefail
