@@ -356,6 +356,18 @@ fn security_headers(mut resp: Response) -> Response {
 }
 
 /// Everything that is not the IdP or the gatekeeper's own endpoints.
+/// Whether a request is a page the browser is navigating to (so a login may start). A browser's
+/// sub-resource request (`/favicon.ico` after every page, a script, an XHR) says otherwise in
+/// `Sec-Fetch-Dest`; starting a login for it would replace the login the page itself started
+/// (its state cookie), and that login's callback would fail. Without the header (curl, an older
+/// browser) a GET is taken as a navigation, as before.
+fn is_navigation(headers: &http::HeaderMap) -> bool {
+    headers
+        .get("sec-fetch-dest")
+        .and_then(|v| v.to_str().ok())
+        .is_none_or(|d| matches!(d.to_ascii_lowercase().as_str(), "document" | "iframe" | "frame"))
+}
+
 async fn protected(State(app): State<Arc<App>>, mut req: Request) -> Response {
     let path = req.uri().path().to_owned();
     let route = app
@@ -391,7 +403,8 @@ async fn protected(State(app): State<Arc<App>>, mut req: Request) -> Response {
         }
         _ if route.as_ref().is_some_and(|r| r.public) => None,
         _ => {
-            let browser = matches!(*req.method(), Method::GET | Method::HEAD) && mount.is_none();
+            let browser =
+                matches!(*req.method(), Method::GET | Method::HEAD) && mount.is_none() && is_navigation(req.headers());
             if browser {
                 let original = req.uri().path_and_query().map_or("/", |pq| pq.as_str()).to_owned();
                 return app.start_login(&original);

@@ -153,9 +153,9 @@ struct PendingLogin {
     req: AuthRequest,
 }
 
-/// Upstream callbacks one client address may make per [`CALLBACK_WINDOW`]: a person needs a few;
-/// a replaying client would otherwise spend the upstream's rate limit (kfsec's client
-/// credentials, shared by every user) one token request at a time.
+/// Failed upstream callbacks one client address may make per [`CALLBACK_WINDOW`]: a person
+/// fails a few; a replaying client would otherwise spend the upstream's rate limit (kfsec's
+/// client credentials, shared by every user) one token request at a time.
 pub(crate) const CALLBACKS_PER_ADDRESS: u32 = 30;
 /// The window of [`CALLBACKS_PER_ADDRESS`].
 pub(crate) const CALLBACK_WINDOW: std::time::Duration = std::time::Duration::from_secs(300);
@@ -618,6 +618,7 @@ fn password_request(
 fn form_for<'a>(
     idp: &'a Idp,
     connector: &'a Connector,
+    req: &'a AuthRequest,
     action: &'a str,
     back: Option<&'a str>,
 ) -> pages::PasswordForm<'a> {
@@ -631,6 +632,7 @@ fn form_for<'a>(
         prompt,
         email_input,
         back,
+        redirect_uri: &req.redirect_uri,
     }
 }
 
@@ -643,7 +645,7 @@ async fn login_page(
     let action = idp.login_url(&connector.id, &token);
     let back = idp.back_link(&req)?;
     Ok(pages::login_form(
-        form_for(&idp, &connector, &action, back.as_deref()),
+        form_for(&idp, &connector, &req, &action, back.as_deref()),
         "",
         None,
         None,
@@ -768,7 +770,7 @@ async fn login_submit(
     let (connector, req, token) = password_request(&idp, &id, &q)?;
     let action = idp.login_url(&connector.id, &token);
     let back = idp.back_link(&req)?;
-    let page = form_for(&idp, &connector, &action, back.as_deref());
+    let page = form_for(&idp, &connector, &req, &action, back.as_deref());
     let address = addr.map_or_else(|| "unknown".to_owned(), |Extension(ClientAddr(a))| a.to_string());
     let scopes = Scopes::from_list(&req.scopes);
     let (who, auth_ms) = match idp
@@ -873,11 +875,14 @@ async fn upstream_callback(
     q: &HashMap<String, String>,
 ) -> Result<Response, PageError> {
     let source = addr.map_or_else(|| "unknown".to_owned(), |Extension(ClientAddr(a))| a.to_string());
-    let admitted = idp
-        .callback_limits
-        .lock()
-        .try_acquire(&crate::throttle::source_key(&source), idp.clock.now());
-    if !admitted {
+    let source_key = crate::throttle::source_key(&source);
+    // Failed callbacks count against the address (logins that succeed never do, so many people
+    // behind one proxy are not held back by each other's logins).
+    let charge = |e: PageError| {
+        let _ = idp.callback_limits.lock().try_acquire(&source_key, idp.clock.now());
+        e
+    };
+    if idp.callback_limits.lock().exhausted(&source_key, idp.clock.now()) {
         tracing::warn!(target: "audit", %source, "upstream callbacks throttled");
         let mut resp = PageError {
             status: StatusCode::TOO_MANY_REQUESTS,
@@ -902,7 +907,7 @@ async fn upstream_callback(
         });
     let Some(pending) = pending else {
         let e = crate::connector::ConnectorError::BadCallback("no login cookie matches the state".into());
-        return Err(PageError::connector(expect.unwrap_or("-"), &e, None));
+        return Err(charge(PageError::connector(expect.unwrap_or("-"), &e, None)));
     };
     let req = pending.req;
     let Some(connector) = idp.connector(&req.connector_id).cloned() else {
@@ -920,7 +925,7 @@ async fn upstream_callback(
         .callback(scopes, &idp.callback_url(), &pending.p, q)
         .await
         .and_then(crate::connector::admit)
-        .map_err(|e| PageError::connector(&connector.id, &e, back.clone()))?;
+        .map_err(|e| charge(PageError::connector(&connector.id, &e, back.clone())))?;
     let auth_ms = idp.clock.now().as_millis();
     tracing::info!(target: "audit", user = %identity.email, connector = %connector.id, "upstream login succeeded");
     let who = LoggedIn::federated(&connector.id, identity);
@@ -982,7 +987,13 @@ async fn approval_page(State(idp): State<Arc<Idp>>, Query(q): Params) -> Result<
         .get(&req.client_id)
         .await?
         .ok_or_else(|| PageError::bad("The client no longer exists."))?;
-    Ok(pages::approval(&idp.settings.branding, &id, &client.name, &req.scopes))
+    Ok(pages::approval(
+        &idp.settings.branding,
+        &id,
+        &client.name,
+        &req.scopes,
+        &req.redirect_uri,
+    ))
 }
 
 #[derive(Deserialize)]

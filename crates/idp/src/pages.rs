@@ -131,6 +131,30 @@ fn respond(status: StatusCode, template: &impl Template) -> Response {
     }
 }
 
+/// A page with a form whose answer redirects to `target` (a client's redirect URI on another
+/// origin): browsers hold a form's whole redirect chain to `form-action`, so the policy names
+/// that origin (or scheme, for an app's custom scheme) besides `'self'`.
+fn respond_form(status: StatusCode, template: &impl Template, target: Option<&str>) -> Response {
+    let mut resp = respond(status, template);
+    if let Some(source) = target.and_then(csp_source)
+        && let Ok(v) =
+            HeaderValue::from_str(&CSP.replace("form-action 'self'", &format!("form-action 'self' {source}")))
+    {
+        resp.headers_mut().insert(header::CONTENT_SECURITY_POLICY, v);
+    }
+    resp
+}
+
+/// The CSP source expression of a redirect URI: its origin for http(s), its scheme for an app's
+/// custom scheme; `None` for a relative URI (this origin) or one that is not a URL.
+fn csp_source(redirect_uri: &str) -> Option<String> {
+    let u = url::Url::parse(redirect_uri).ok()?;
+    match u.scheme() {
+        "http" | "https" => Some(u.origin().ascii_serialization()).filter(|o| o != "null"),
+        scheme => Some(format!("{scheme}:")),
+    }
+}
+
 /// `html` with the pages' headers.
 fn respond_html(status: StatusCode, html: String) -> Response {
     let mut resp = (status, html).into_response();
@@ -217,6 +241,8 @@ pub(crate) struct PasswordForm<'a> {
     pub(crate) email_input: bool,
     /// The chooser, when there is more than one connector.
     pub(crate) back: Option<&'a str>,
+    /// Where the form's answer redirects: the client's redirect URI.
+    pub(crate) redirect_uri: &'a str,
 }
 
 /// The password form. `error` is shown above the form (and makes the answer a 401, or
@@ -232,7 +258,7 @@ pub(crate) fn login_form(
     } else {
         StatusCode::OK
     });
-    respond(
+    respond_form(
         status,
         &Login {
             title: "Log in to Your Account",
@@ -244,12 +270,19 @@ pub(crate) fn login_form(
             error,
             back: form.back,
         },
+        Some(form.redirect_uri),
     )
 }
 
 /// The approval screen: `client_name` asks for `scopes`; `req` is the signed request.
-pub(crate) fn approval(branding: &crate::Branding, req: &str, client_name: &str, scopes: &[String]) -> Response {
-    respond(
+pub(crate) fn approval(
+    branding: &crate::Branding,
+    req: &str,
+    client_name: &str,
+    scopes: &[String],
+    redirect_uri: &str,
+) -> Response {
+    respond_form(
         StatusCode::OK,
         &Approval {
             title: "Grant Access",
@@ -258,6 +291,7 @@ pub(crate) fn approval(branding: &crate::Branding, req: &str, client_name: &str,
             client_name,
             scopes,
         },
+        Some(redirect_uri),
     )
 }
 
@@ -429,6 +463,46 @@ mod tests {
     }
 
     #[test]
+    fn forms_may_redirect_to_their_clients_origin_only() {
+        assert_eq!(
+            csp_source("https://rp.example:8443/cb?x=1").as_deref(),
+            Some("https://rp.example:8443")
+        );
+        assert_eq!(
+            csp_source("http://127.0.0.1:5555/callback").as_deref(),
+            Some("http://127.0.0.1:5555")
+        );
+        assert_eq!(
+            csp_source("com.example.app:/oauth").as_deref(),
+            Some("com.example.app:")
+        );
+        assert_eq!(csp_source("/authservice/oidc/callback"), None);
+        let branding = crate::Branding::default();
+        let form = |redirect_uri| PasswordForm {
+            branding: &branding,
+            action: "/a",
+            prompt: "Username",
+            email_input: false,
+            back: None,
+            redirect_uri,
+        };
+        let csp = |r: Response| {
+            r.headers()[header::CONTENT_SECURITY_POLICY]
+                .to_str()
+                .unwrap()
+                .to_owned()
+        };
+        let page = csp(login_form(form("https://rp.example/cb"), "", None, None));
+        assert!(page.contains("form-action 'self' https://rp.example;"), "{page}");
+        assert_eq!(csp(login_form(form("/authservice/oidc/callback"), "", None, None)), CSP);
+        // A redirect URI cannot inject directives: only a parsed origin or scheme gets in.
+        let page = csp(login_form(form("https://rp.example/cb; script-src *"), "", None, None));
+        assert!(!page.contains("script-src"), "{page}");
+        let page = csp(approval(&branding, "r", "RP", &[], "https://rp.example/cb"));
+        assert!(page.contains("form-action 'self' https://rp.example;"), "{page}");
+    }
+
+    #[test]
     fn chooser_escapes_every_slot() {
         let choices = vec![
             Choice {
@@ -522,6 +596,7 @@ mod tests {
             prompt: "Username",
             email_input: false,
             back: None,
+            redirect_uri: "/authservice/oidc/callback",
         };
         assert_eq!(
             login_form(form, "", Some("bad"), None).status(),

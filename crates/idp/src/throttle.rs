@@ -68,6 +68,13 @@ impl KeyedCounter {
         e.1 += 1;
         true
     }
+
+    /// Whether `key` has used its attempts in the current window (nothing is counted).
+    pub fn exhausted(&self, key: &str, now: UnixTime) -> bool {
+        self.counts
+            .get(key)
+            .is_some_and(|(start, n)| now.since(*start) < self.window && *n >= self.limit)
+    }
 }
 
 /// A rate: a burst of `limit`, refilled evenly over `window` (generic cell rate algorithm).

@@ -181,3 +181,29 @@ async fn metrics_and_health_on_the_admin_listener() {
     assert!(m.contains("kfsec_lockouts_total"), "{m}");
     k.running.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_browsers_sub_resource_request_does_not_restart_the_login_in_progress() {
+    // Chromium asks for /favicon.ico after every page: answered 401, it must not replace the
+    // state cookie of the login the page started (whose callback would then fail).
+    let k = Kfsec::start("").await;
+    let mut b = k.client();
+    let started = b
+        .send(b.http.get(b.url("/app/notebooks")).header("sec-fetch-dest", "document"))
+        .await;
+    assert_eq!(started.status(), 302);
+    let state_cookie = b.cookies.get("oidc_state_csrf").cloned().expect("a login started");
+    for dest in ["image", "script", "empty", "style"] {
+        let r = b
+            .send(b.http.get(b.url("/favicon.ico")).header("sec-fetch-dest", dest))
+            .await;
+        assert_eq!(r.status(), 401, "{dest}");
+        assert_eq!(b.cookies.get("oidc_state_csrf"), Some(&state_cookie), "{dest}");
+    }
+    // The login the page started still completes.
+    let (form, form_url) = b.follow(location(&started)).await;
+    assert_eq!(form.status(), 200);
+    let next = login_and_approve(&mut b, &form_url).await;
+    let (home, _) = b.follow(&next).await;
+    assert_eq!(home.status(), 200, "{next}");
+}
