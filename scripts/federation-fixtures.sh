@@ -7,7 +7,10 @@
 #     downstream kfsec's <issuer>/callback;
 #   - Debian's OpenLDAP slapd with tests/fixtures/ldap/directory.ldif (the directory the Rust
 #     tests use too, crates/kfsec/tests/it/slapd.rs), over ldaps with a certificate issued by the
-#     upstream kfsec's CA (`kfsec cert issue`), plus a plain port for ldap-utils (ldapdelete).
+#     upstream kfsec's CA (`kfsec cert issue`), plus a plain port for ldap-utils (ldapdelete);
+#   - tests/fixtures/fake_entra.py, an Entra ID + Microsoft Graph shaped provider (plain HTTP on
+#     loopback) for the `microsoft` connector: its authorize endpoint redirects straight back (a
+#     signed-in Entra session) for the user in DIR/entra/directory.json.
 #
 #   bash scripts/federation-fixtures.sh start DIR DOWNSTREAM_ISSUER   # e.g. https://localhost:8443/dex
 #   bash scripts/federation-fixtures.sh stop DIR
@@ -15,9 +18,11 @@
 # `start` returns once both answer and writes into DIR:
 #   fixtures.env       KEY=value lines (bash-quoted) for `source`
 #   fixtures.json      the same as one JSON object (for node)
-#   connectors.yaml    the downstream kfsec's `connectors:` list (ids `ldap` and `upstream`), to
+#   connectors.yaml    the downstream kfsec's `connectors:` list (ids `ldap`, `upstream` and
+#                      `microsoft`), to
 #                      append to its config
-#   pids               the processes started (slapd, upstream kfsec); `stop` ends exactly these
+#   pids               the processes started (upstream kfsec, slapd, fake Entra); `stop` ends
+#                      exactly these
 # Everything binds 127.0.0.1 on free ports. env: KFSEC_BIN (default target/debug/kfsec).
 set -euo pipefail
 
@@ -48,6 +53,17 @@ UPSTREAM_EMAIL="upstream.user@example.net"
 UPSTREAM_PASSWORD="upstream password 1"
 UPSTREAM_GROUPS="ml-team data-science"
 UPSTREAM_CLIENT_ID="kfsec-downstream"
+# The fake Entra tenant (tests/fixtures/fake_entra.py): the app registration, the signed-in user
+# (a mixed-case UPN: the connector's emailToLowercase makes the Kubeflow user id) and their
+# groups, three of them so that getMemberGroups (2 ids a page) sends one @odata.nextLink; the
+# directory's other user and group must not show up.
+FAKE_ENTRA="$ROOT/tests/fixtures/fake_entra.py"
+MS_TENANT="7c4e1a2b-9d3f-4e5a-8b6c-0d1e2f3a4b5c"
+MS_CLIENT_ID="0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d"
+MS_USER_ID="5f8e2d1c-3b4a-4c9d-8e7f-6a5b4c3d2e1f"
+MS_NAME="Zoë Okafor"
+MS_UPN="Zoe.Okafor@Contoso.example"
+MS_GROUPS="ML Engineers,kubeflow-admins,All Staff" # display names, comma-separated
 
 log() { echo "federation-fixtures: $*" >&2; }
 die() { log "$*"; exit 1; }
@@ -178,6 +194,28 @@ EOF
   wait_port "$!" "$ldaps_port" 15 "$sd/slapd.log"
   wait_port "$!" "$ldap_port" 15 "$sd/slapd.log"
 
+  # --- fake Entra ID + Graph -------------------------------------------------------------------
+  local ms="$dir/entra" ms_port ms_secret
+  mkdir -p "$ms"
+  ms_port="$(free_port)"
+  ms_secret="$(python3 -c 'import secrets; print(secrets.token_urlsafe(24))')"
+  MS_USER_ID="$MS_USER_ID" MS_NAME="$MS_NAME" MS_UPN="$MS_UPN" MS_GROUPS="$MS_GROUPS" python3 -c '
+import json, os
+groups = [{"id": "a1000000-0000-4000-8000-%012d" % (i + 1), "displayName": n, "securityEnabled": i != 2}
+          for i, n in enumerate(os.environ["MS_GROUPS"].split(","))]
+print(json.dumps({"users": [
+  {"id": os.environ["MS_USER_ID"], "displayName": os.environ["MS_NAME"],
+   "userPrincipalName": os.environ["MS_UPN"], "groups": groups},
+  {"id": "6a7b8c9d-0e1f-4a2b-9c3d-4e5f6a7b8c9d", "displayName": "Other User",
+   "userPrincipalName": "other@contoso.example",
+   "groups": [{"id": "a1000000-0000-4000-8000-000000000009", "displayName": "Finance", "securityEnabled": True}]},
+]}, ensure_ascii=False, indent=1))' >"$ms/directory.json"
+  FAKE_ENTRA_CLIENT_SECRET="$ms_secret" python3 "$FAKE_ENTRA" "$ms_port" --tenant "$MS_TENANT" --client-id "$MS_CLIENT_ID" \
+    --redirect-uri "$downstream/callback" --users "$ms/directory.json" --page-size 2 \
+    </dev/null >/dev/null 2>"$ms/fake_entra.log" &
+  echo $! >>"$dir/pids"
+  wait_ready "$!" "http://127.0.0.1:$ms_port/_fake/requests" 10 "$ms/fake_entra.log"
+
   # --- the downstream's connectors ------------------------------------------------------------
   cat >"$dir/connectors.yaml" <<EOF
 connectors:
@@ -219,6 +257,17 @@ connectors:
     rootCAs: [$up/data/pki/ca.crt]
     scopes: [profile, email, groups, offline_access]
     insecureEnableGroups: true
+- type: microsoft
+  id: microsoft
+  name: Contoso Entra ID
+  config:
+    clientID: $MS_CLIENT_ID
+    clientSecret: $ms_secret
+    redirectURI: $downstream/callback
+    tenant: $MS_TENANT
+    apiURL: http://127.0.0.1:$ms_port
+    graphURL: http://127.0.0.1:$ms_port
+    emailToLowercase: true
 EOF
 
   local -a vars=(
@@ -230,6 +279,8 @@ EOF
     LDAP_ROOT_DN="$LDAP_ROOT_DN" LDAP_ROOT_PW="$LDAP_ROOT_PW"
     LDAP_USER="$LDAP_USER" LDAP_PASSWORD="$LDAP_PASSWORD" LDAP_EMAIL="$LDAP_EMAIL" LDAP_DN="$LDAP_DN"
     LDAP_GROUPS="$LDAP_GROUPS" LDAP_USER2="$LDAP_USER2" LDAP_PASSWORD2="$LDAP_PASSWORD2" LDAP_EMAIL2="$LDAP_EMAIL2"
+    MS_URL="http://127.0.0.1:$ms_port" MS_TENANT="$MS_TENANT" MS_CLIENT_ID="$MS_CLIENT_ID" MS_USER_ID="$MS_USER_ID"
+    MS_UPN="$MS_UPN" MS_EMAIL="$(printf '%s' "$MS_UPN" | tr '[:upper:]' '[:lower:]')" MS_GROUPS="$MS_GROUPS"
     CONNECTORS_YAML="$dir/connectors.yaml"
   )
   local kv
@@ -240,7 +291,7 @@ import json, sys
 kv = [x.split("=", 1) for x in sys.stdin.buffer.read().decode().split("\0") if x]
 print(json.dumps(dict(kv), ensure_ascii=False, indent=1))' >"$dir/fixtures.json"
   trap - ERR
-  log "upstream kfsec https://127.0.0.1:$up_port/dex, slapd ldaps://localhost:$ldaps_port (plain $ldap_port); $dir/fixtures.env"
+  log "upstream kfsec https://127.0.0.1:$up_port/dex, slapd ldaps://localhost:$ldaps_port (plain $ldap_port), fake Entra http://127.0.0.1:$ms_port; $dir/fixtures.env"
 }
 
 case "${1:-}" in

@@ -1,12 +1,14 @@
 // Federated identity end to end: real clients against a kfsec whose users come from real
 // upstreams (scripts/federation-fixtures.sh): Debian's slapd (ldap connector, ldaps with a
-// certificate from kfsec's CA) and a second kfsec process as the OpenID provider (oidc
-// connector), plus the local password database.
+// certificate from kfsec's CA), a second kfsec process as the OpenID provider (oidc
+// connector), an Entra ID + Graph shaped provider (microsoft connector,
+// tests/fixtures/fake_entra.py), plus the local password database.
 //
 //   KFSEC_BIN=target/debug/kfsec node tests/browser/federated.mjs
 //
 // Headless Chromium (Debian's /usr/bin/chromium through playwright-core) goes through the
-// connector chooser to each upstream and lands on the home page as the mapped user; a wrong
+// connector chooser to each upstream and lands on the home page as the mapped user (for
+// Entra: the lowercased UPN and the Graph group names, read from two getMemberGroups pages); a wrong
 // LDAP password shows the form again; a dead upstream shows a 502/504 page with a way back;
 // `kfsec login` (device flow) completed through the LDAP connector gives a kubeconfig that
 // kubectl uses, and a Group RoleBinding for one of the user's LDAP groups grants what the user
@@ -216,7 +218,7 @@ async function setup() {
   logFile = path.join(dataRoot, 'kfsec.log');
   kfsec = await startKfsec(BIN, { config: configPath, dataDir: path.join(dataRoot, 'data'), httpsPort, adminPort, logFile });
   mainCa = readFileSync(path.join(dataRoot, 'data', 'pki', 'ca.crt'));
-  log(`kfsec ready at ${base} (pid ${kfsec.pid}); upstream ${fx.UPSTREAM_ISSUER}, slapd ${fx.LDAPS_URI}`);
+  log(`kfsec ready at ${base} (pid ${kfsec.pid}); upstream ${fx.UPSTREAM_ISSUER}, slapd ${fx.LDAPS_URI}, fake Entra ${fx.MS_URL}`);
 
   // Workspaces for the kubectl check: the LDAP user's own, and a team namespace they are not in.
   admin(['apply', '-f', '-'], [
@@ -232,12 +234,14 @@ async function setup() {
 async function tests() {
   const ldapGroups = fx.LDAP_GROUPS.split(' ');
   const upstreamGroups = fx.UPSTREAM_GROUPS.split(' ');
+  const msGroups = fx.MS_GROUPS.split(',');
 
   await check('the front door sends the browser to the chooser with every connector', async () => {
     const { context, page } = await newPage();
     await openChooser(page);
     const buttons = (await page.locator('.choices a').allInnerTexts()).map((t) => t.trim());
-    expect(sameSet(buttons, ['Log in with Corporate LDAP', 'Log in with Upstream kfsec', 'Log in with Broken upstream', 'Log in with Email']),
+    expect(sameSet(buttons, ['Log in with Corporate LDAP', 'Log in with Upstream kfsec', 'Log in with Contoso Entra ID',
+      'Log in with Broken upstream', 'Log in with Email']),
       `chooser shows ${JSON.stringify(buttons)}`);
     await page.screenshot({ path: path.join(ARTIFACTS, 'chooser.png'), fullPage: true });
     await context.close();
@@ -303,6 +307,37 @@ async function tests() {
     await submitLogin(page, fx.UPSTREAM_EMAIL, fx.UPSTREAM_PASSWORD);
     if (page.url() !== `${base}/`) await page.waitForURL(`${base}/`, { waitUntil: 'load' });
     const s = await expectHome(page, context, fx.UPSTREAM_EMAIL, upstreamGroups, 'home-oidc.png');
+    await logout(page, s);
+    await context.close();
+  });
+
+  await check(`microsoft: Entra user lands home as ${fx.MS_EMAIL} with the Graph group names, logs out`, async () => {
+    const seen = async () => {
+      const r = await fetch(`${fx.MS_URL}/_fake/requests`);
+      expect(r.status === 200, `fake Entra /_fake/requests: HTTP ${r.status}`);
+      return r.json();
+    };
+    const before = (await seen()).length;
+    const { context, page } = await newPage();
+    await openChooser(page);
+    // Entra's authorize endpoint shows no page (a signed-in session): straight back to kfsec, home.
+    await Promise.all([page.waitForURL(`${base}/`, { waitUntil: 'load' }), page.click('#connector-microsoft')]);
+    const s = await expectHome(page, context, fx.MS_EMAIL, msGroups, 'home-microsoft.png');
+    // What kfsec asked of Entra and Graph on the way.
+    const reqs = (await seen()).slice(before);
+    const paths = reqs.map((r) => `${r.method} ${r.path}`);
+    const auth = reqs.find((r) => r.path.endsWith('/oauth2/v2.0/authorize'));
+    expect(auth && auth.path === `/${fx.MS_TENANT}/oauth2/v2.0/authorize`, `no authorize request for the tenant: ${JSON.stringify(paths)}`);
+    expect(auth.query.code_challenge_method === 'S256' && auth.query.redirect_uri === `${base}/dex/callback`,
+      `authorize query ${JSON.stringify(auth.query)}`);
+    expect(auth.query.scope.split(' ').includes('directory.read.all'), `groups not asked for: scope ${auth.query.scope}`);
+    const tok = reqs.filter((r) => r.path.endsWith('/oauth2/v2.0/token'));
+    expect(tok.length === 1 && tok[0].grant_type === 'authorization_code' && tok[0].has_verifier, `token requests ${JSON.stringify(tok)}`);
+    const me = reqs.filter((r) => r.path === '/v1.0/me');
+    expect(me.length === 1 && me[0].select.split(',').includes('userPrincipalName'), `/me requests ${JSON.stringify(me)}`);
+    const pages = reqs.filter((r) => r.path === '/v1.0/me/getMemberGroups');
+    expect(pages.length === 2 && pages[1].skiptoken, `getMemberGroups pages ${JSON.stringify(pages)} (the @odata.nextLink not followed?)`);
+    expect(reqs.some((r) => r.path === '/v1.0/directoryObjects/getByIds' && r.ids === msGroups.length), `getByIds: ${JSON.stringify(paths)}`);
     await logout(page, s);
     await context.close();
   });
