@@ -96,7 +96,7 @@ if [ -z "${KFP_PIPELINE:-}" ]; then
   KFP_PIPELINE="$TMP/pipeline.yaml"
   "$V2PY" "$HERE/compile_pipeline.py" "$KFP_PIPELINE"
 fi
-log "kfsec on $BASE with the ldap and oidc connectors; tokens for $LDAP_EMAIL (password grant) and $UPSTREAM_EMAIL (upstream login)"
+log "kfsec on $BASE with the fixtures' connectors; tokens for $LDAP_EMAIL (password grant) and $UPSTREAM_EMAIL (upstream login)"
 
 export KFP_BASE="$BASE" KFP_CA="$CA" KFP_STATE="$TMP/state.json" KFP_PIPELINE
 export KFP_FED_LDAP_TOKEN="$LDAP_TOKEN" KFP_FED_LDAP_EMAIL="$LDAP_EMAIL" KFP_FED_LDAP_GROUPS="$LDAP_GROUPS"
