@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The kfp SDK with federated users' ID tokens: a kfsec whose users come from real upstreams
 # (scripts/federation-fixtures.sh: slapd behind the ldap connector, a second kfsec behind the
-# oidc connector). The LDAP user's token comes from the password grant (oauth2.passwordConnector:
+# oidc connector, an Entra-shaped provider behind the microsoft connector). The LDAP user's token comes from the password grant (oauth2.passwordConnector:
 # ldap, as Dex CLI users log in), the upstream user's from the code flow through the upstream's
 # own login form (fed_login.py). Each owns a Profile; kfp_sdk_test.py's `federated` mode checks
 # that each sees only their namespace and is refused the other's. Run by run.sh (which made the
@@ -81,10 +81,20 @@ spec:
   owner:
     kind: User
     name: $UPSTREAM_EMAIL
+---
+apiVersion: kubeflow.org/v1
+kind: Profile
+metadata:
+  name: fed-ms
+spec:
+  owner:
+    kind: User
+    name: $MS_EMAIL
 EOF
 for _ in $(seq 1 100); do
   if "${KC[@]}" get rolebindings -n fed-ldap -o name 2>/dev/null | grep -q namespaceAdmin &&
-    "${KC[@]}" get rolebindings -n fed-oidc -o name 2>/dev/null | grep -q namespaceAdmin; then break; fi
+    "${KC[@]}" get rolebindings -n fed-oidc -o name 2>/dev/null | grep -q namespaceAdmin &&
+    "${KC[@]}" get rolebindings -n fed-ms -o name 2>/dev/null | grep -q namespaceAdmin; then break; fi
   sleep 0.1
 done
 
@@ -92,15 +102,18 @@ unset REQUESTS_CA_BUNDLE CURL_CA_BUNDLE
 token() { sed -n 's/^TOKEN=//p'; }
 LDAP_TOKEN="$(printf '%s\n' "$LDAP_PASSWORD" | "$V2PY" "$HERE/fed_login.py" "$BASE" "$TMP/cas.pem" "$CLIENT" "$SECRET" password "$LDAP_USER" | token)"
 OIDC_TOKEN="$(printf '%s\n' "$UPSTREAM_PASSWORD" | "$V2PY" "$HERE/fed_login.py" "$BASE" "$TMP/cas.pem" "$CLIENT" "$SECRET" browser upstream "$UPSTREAM_EMAIL" | token)"
+# The fake Entra signs its users in without a form (as an existing Entra session does).
+MS_TOKEN="$(printf '\n' | "$V2PY" "$HERE/fed_login.py" "$BASE" "$TMP/cas.pem" "$CLIENT" "$SECRET" browser microsoft "$MS_EMAIL" | token)"
 if [ -z "${KFP_PIPELINE:-}" ]; then
   KFP_PIPELINE="$TMP/pipeline.yaml"
   "$V2PY" "$HERE/compile_pipeline.py" "$KFP_PIPELINE"
 fi
-log "kfsec on $BASE with the fixtures' connectors; tokens for $LDAP_EMAIL (password grant) and $UPSTREAM_EMAIL (upstream login)"
+log "kfsec on $BASE with the fixtures' connectors; tokens for $LDAP_EMAIL (password grant), $UPSTREAM_EMAIL (upstream oidc login) and $MS_EMAIL (microsoft login)"
 
 export KFP_BASE="$BASE" KFP_CA="$CA" KFP_STATE="$TMP/state.json" KFP_PIPELINE
 export KFP_FED_LDAP_TOKEN="$LDAP_TOKEN" KFP_FED_LDAP_EMAIL="$LDAP_EMAIL" KFP_FED_LDAP_GROUPS="$LDAP_GROUPS"
 export KFP_FED_OIDC_TOKEN="$OIDC_TOKEN" KFP_FED_OIDC_EMAIL="$UPSTREAM_EMAIL" KFP_FED_OIDC_GROUPS="$UPSTREAM_GROUPS"
+export KFP_FED_MS_TOKEN="$MS_TOKEN" KFP_FED_MS_EMAIL="$MS_EMAIL" KFP_FED_MS_GROUPS="$MS_GROUPS"
 export HOME="$TMP/home" PYTHONWARNINGS=ignore
 mkdir -p "$HOME"
 rc=0

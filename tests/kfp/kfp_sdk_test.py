@@ -370,35 +370,41 @@ def v2_checks():
 
 
 # ---------------------------------------------------------------------------------------------
-# federated users (federated.sh): ID tokens of an LDAP user and of an upstream-OIDC user
+# federated users (federated.sh): ID tokens of an LDAP user, an upstream-OIDC user and an Entra user
 
 
 def federated_checks():
     import kfp
 
     ldap_user, oidc_user = os.environ["KFP_FED_LDAP_EMAIL"], os.environ["KFP_FED_OIDC_EMAIL"]
+    ms_user = os.environ["KFP_FED_MS_EMAIL"]
     ldap = kfp.Client(host=HOST, existing_token=os.environ["KFP_FED_LDAP_TOKEN"], ssl_ca_cert=CA)
     oidc = kfp.Client(host=HOST, existing_token=os.environ["KFP_FED_OIDC_TOKEN"], ssl_ca_cert=CA)
+    ms = kfp.Client(host=HOST, existing_token=os.environ["KFP_FED_MS_TOKEN"], ssl_ca_cert=CA)
 
     def claims(var):
         payload = os.environ[var].split(".")[1]
         return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
 
     def tokens():
-        for var, email, groups in (("KFP_FED_LDAP_TOKEN", ldap_user, "KFP_FED_LDAP_GROUPS"),
-                                   ("KFP_FED_OIDC_TOKEN", oidc_user, "KFP_FED_OIDC_GROUPS")):
+        for var, email, groups, sep in (("KFP_FED_LDAP_TOKEN", ldap_user, "KFP_FED_LDAP_GROUPS", None),
+                                        ("KFP_FED_OIDC_TOKEN", oidc_user, "KFP_FED_OIDC_GROUPS", None),
+                                        ("KFP_FED_MS_TOKEN", ms_user, "KFP_FED_MS_GROUPS", ",")):
             c = claims(var)
             expect(c["email"] == email, c)
-            expect(sorted(c.get("groups", [])) == sorted(os.environ[groups].split()), c)
+            expect(sorted(c.get("groups", [])) == sorted(os.environ[groups].split(sep)), c)
 
     def own_namespace():
         e1 = ldap.create_experiment("fed-ldap-exp", namespace="fed-ldap")
         expect(e1.namespace == "fed-ldap", e1)
         e2 = oidc.create_experiment("fed-oidc-exp", namespace="fed-oidc")
         expect(e2.namespace == "fed-oidc", e2)
+        e3 = ms.create_experiment("fed-ms-exp", namespace="fed-ms")
+        expect(e3.namespace == "fed-ms", e3)
         p = ldap.upload_pipeline(PIPELINE, pipeline_name="fed-ldap-pipeline", namespace="fed-ldap")
         expect(p.namespace == "fed-ldap", p)
-        for c, ns, want in ((ldap, "fed-ldap", "fed-ldap-exp"), (oidc, "fed-oidc", "fed-oidc-exp")):
+        for c, ns, want in ((ldap, "fed-ldap", "fed-ldap-exp"), (oidc, "fed-oidc", "fed-oidc-exp"),
+                            (ms, "fed-ms", "fed-ms-exp")):
             names = [x.display_name for x in (c.list_experiments(namespace=ns).experiments or [])]
             expect(names == [want], f"{ns}: {names}")
         names = [x.display_name for x in (ldap.list_pipelines(namespace="fed-ldap").pipelines or [])]
@@ -413,12 +419,14 @@ def federated_checks():
         expect_denied(lambda: oidc.list_pipelines(namespace="fed-ldap"), oidc_user, "fed-ldap", "list", "pipelines")
         expect_denied(lambda: oidc.upload_pipeline(PIPELINE, pipeline_name="intruder", namespace="fed-ldap"),
                       oidc_user, "fed-ldap", "create", "pipelines", "intruder")
+        expect_denied(lambda: ms.list_experiments(namespace="fed-ldap"), ms_user, "fed-ldap", "list", "experiments")
+        expect_denied(lambda: ldap.list_experiments(namespace="fed-ms"), ldap_user, "fed-ms", "list", "experiments")
 
-    check("federated: the ID tokens carry the upstream's email and groups (ldap password grant, upstream oidc login)",
-          tokens)
+    check("federated: the ID tokens carry the upstream's email and groups (ldap password grant, upstream oidc "
+          "login, microsoft login)", tokens)
     check("federated: kfp 2.14 with each user's ID token works in their own namespace and lists only its objects",
           own_namespace)
-    check("federated: each user is refused the other's namespace (ApiException 403 with KFP's text)", other_namespace)
+    check("federated: each user is refused the others' namespaces (ApiException 403 with KFP's text)", other_namespace)
 
 
 def main():
