@@ -506,27 +506,6 @@ impl Microsoft {
         list.join(" ")
     }
 
-    fn check_callback(&self, callback: &str) -> Result<(), ConnectorError> {
-        if callback == self.redirect_uri {
-            Ok(())
-        } else {
-            Err(ConnectorError::Misconfigured(format!(
-                "expected callback URL {callback:?} did not match the URL in the config {:?}",
-                self.redirect_uri
-            )))
-        }
-    }
-
-    /// Runs `f` within the connector's timeout.
-    async fn bounded<T>(
-        &self,
-        f: impl std::future::Future<Output = Result<T, ConnectorError>>,
-    ) -> Result<T, ConnectorError> {
-        tokio::time::timeout(self.timeout, f)
-            .await
-            .map_err(|_| ConnectorError::Timeout)?
-    }
-
     /// A token request (`grant` pairs plus the client's credentials and scopes).
     async fn token(
         &self,
@@ -789,7 +768,7 @@ impl CallbackConnector for Microsoft {
         state: &str,
         rng: &dyn Rng,
     ) -> Result<LoginRedirect, ConnectorError> {
-        self.check_callback(callback)?;
+        super::check_callback(&self.redirect_uri, callback)?;
         let verifier = crate::secret::random_token(rng);
         let challenge = B64.encode(digest(&SHA256, verifier.as_bytes()));
         let mut url = url::Url::parse(&self.auth_url)
@@ -823,7 +802,7 @@ impl CallbackConnector for Microsoft {
         pending: &serde_json::Value,
         query: &HashMap<String, String>,
     ) -> Result<UpstreamIdentity, ConnectorError> {
-        self.check_callback(callback)?;
+        super::check_callback(&self.redirect_uri, callback)?;
         if let Some(error) = query.get("error") {
             let description = query.get("error_description").map_or("", String::as_str);
             let detail = format!("{}: {}", clip(error), clip(description));
@@ -843,7 +822,7 @@ impl CallbackConnector for Microsoft {
             .get("codeVerifier")
             .and_then(serde_json::Value::as_str)
             .ok_or_else(|| ConnectorError::BadCallback("no PKCE verifier kept for this login".into()))?;
-        self.bounded(async {
+        super::within(self.timeout, async {
             let grant = [
                 ("grant_type", "authorization_code"),
                 ("code", code.as_str()),
@@ -865,7 +844,7 @@ impl CallbackConnector for Microsoft {
                 serde_json::from_value(v)
                     .map_err(|e| ConnectorError::Revoked(format!("unreadable upstream token record: {e}")))
             })?;
-        self.bounded(async {
+        super::within(self.timeout, async {
             // With a refresh token, always ask Microsoft: a disabled or deleted account, a revoked
             // session or a password reset then ends access now, not when the access token expires.
             let tokens = if !data.refresh_token.is_empty() {

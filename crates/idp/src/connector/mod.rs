@@ -351,6 +351,28 @@ pub fn parse_subject(sub: &str) -> Option<(String, String)> {
     Some((user, conn))
 }
 
+/// Runs a connector's whole exchange (`f`) within its `timeout`.
+pub(crate) async fn within<T>(
+    timeout: Duration,
+    f: impl std::future::Future<Output = Result<T, ConnectorError>>,
+) -> Result<T, ConnectorError> {
+    tokio::time::timeout(timeout, f)
+        .await
+        .map_err(|_| ConnectorError::Timeout)?
+}
+
+/// A redirect connector's check that kfsec's callback URL is the one registered upstream (its
+/// `redirectURI`, checked at startup too): Dex's message when they differ.
+pub(crate) fn check_callback(configured: &str, callback: &str) -> Result<(), ConnectorError> {
+    if callback == configured {
+        Ok(())
+    } else {
+        Err(ConnectorError::Misconfigured(format!(
+            "expected callback URL {callback:?} did not match the URL in the config {configured:?}"
+        )))
+    }
+}
+
 /// How long an upstream call may take unless a connector's `timeout` says otherwise.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 

@@ -962,23 +962,6 @@ impl OidcConnector {
         }
         Ok(identity)
     }
-
-    async fn bounded<T>(&self, f: impl Future<Output = Result<T, ConnectorError>>) -> Result<T, ConnectorError> {
-        tokio::time::timeout(self.timeout, f)
-            .await
-            .map_err(|_| ConnectorError::Timeout)?
-    }
-
-    fn check_callback(&self, callback: &str) -> Result<(), ConnectorError> {
-        if callback == self.redirect_uri {
-            Ok(())
-        } else {
-            Err(ConnectorError::Misconfigured(format!(
-                "expected callback URL {callback:?} did not match the URL in the config {:?}",
-                self.redirect_uri
-            )))
-        }
-    }
 }
 
 /// Whether the client secret goes in HTTP Basic: `basicAuthUnsupported` when set; otherwise
@@ -1170,8 +1153,8 @@ impl CallbackConnector for OidcConnector {
         state: &str,
         rng: &dyn Rng,
     ) -> Result<LoginRedirect, ConnectorError> {
-        self.check_callback(callback)?;
-        let provider = self.bounded(self.provider()).await?;
+        super::check_callback(&self.redirect_uri, callback)?;
+        let provider = super::within(self.timeout, self.provider()).await?;
         let mut url = url::Url::parse(&provider.auth_url)
             .map_err(|e| ConnectorError::Upstream(format!("authorization_endpoint: {e}")))?;
         let nonce = crate::secret::random_token(rng);
@@ -1220,7 +1203,7 @@ impl CallbackConnector for OidcConnector {
         pending: &Value,
         query: &HashMap<String, String>,
     ) -> Result<UpstreamIdentity, ConnectorError> {
-        self.check_callback(callback)?;
+        super::check_callback(&self.redirect_uri, callback)?;
         if let Some(e) = query.get("error") {
             return Err(denied(query, e));
         }
@@ -1239,7 +1222,7 @@ impl CallbackConnector for OidcConnector {
             .ok_or_else(|| ConnectorError::BadCallback("no code".into()))?;
         let pending: Pending = serde_json::from_value(pending.clone())
             .map_err(|_| ConnectorError::BadCallback("no pending login state".into()))?;
-        self.bounded(async {
+        super::within(self.timeout, async {
             let provider = self.provider().await?;
             let mut form = vec![
                 ("grant_type", "authorization_code"),
@@ -1270,7 +1253,7 @@ impl CallbackConnector for OidcConnector {
             );
             return Err(ConnectorError::Revoked("no upstream refresh token".into()));
         };
-        self.bounded(async {
+        super::within(self.timeout, async {
             let provider = self.provider().await?;
             let tokens = self
                 .token_request(
