@@ -28,7 +28,8 @@ log() { echo "install-test-deps: $*"; }
 # scripts/federation-fixtures.sh (tests/browser/federated.mjs, tests/kfp/federated.sh,
 # bench/login.sh) — its own slapd.conf in a tempdir; the Debian default instance that slapd's
 # postinst sets up is never started or used.
-APT_PKGS=(ca-certificates openssl curl nginx python3 wrk chromium fonts-dejavu-core procps testssl.sh slapd ldap-utils)
+# jq, curl, openssl: the README's commands (tests/readme/readme_test.py runs them).
+APT_PKGS=(ca-certificates openssl curl jq nginx python3 python3-venv wrk chromium fonts-dejavu-core procps testssl.sh slapd ldap-utils)
 if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
   APT_PKGS+=(nodejs npm)
 fi

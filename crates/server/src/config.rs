@@ -873,6 +873,20 @@ routes:
         assert_eq!(examples, 4, "Keycloak, Cognito, Entra ID and LDAP");
     }
 
+    /// The README's "Configuration reference" block is a config kfsec accepts as written: every
+    /// key it shows exists, with the value type shown (tests/readme/readme_test.py runs the
+    /// README's commands; this is its check for the reference).
+    #[test]
+    fn the_readmes_configuration_reference_loads() {
+        let readme = include_str!("../../../README.md");
+        let start = readme.find("## Configuration reference").unwrap();
+        let yaml = readme[start..].split("```yaml\n").nth(1).unwrap().split("```").next().unwrap();
+        let f = parse(Path::new("kfsec.yaml"), yaml).unwrap_or_else(|e| panic!("{e}"));
+        let c = validate(f, &Overrides::default(), &MapEnv(vec![])).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.issuer.as_deref(), Some("https://kubeflow.example.com/dex"));
+        assert!(c.skip_approval);
+    }
+
     #[test]
     fn the_charmed_kubeflow_dex_config_loads_unchanged() {
         let text = include_str!("../fixtures/dex-charmed-kubeflow.yaml");
