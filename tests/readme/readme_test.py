@@ -18,6 +18,8 @@ the fence (invisible on GitHub):
                                               variables the README's shell blocks set (ID_TOKEN)
     <!-- readme-test: nginx -->               a ```nginx block: served by a real nginx in front of
                                               kfsec, then checked with curl (see NGINX_CHECK)
+    <!-- readme-test: device-login EMAIL PASSWORD -->   run; when it prints `open URL and confirm
+                                              the code C`, do what the user does in a browser
     <!-- readme-test: skip REASON -->         not run, for the reason given (required)
 
 A ```sh block line whose comment starts with `yes` or `no`, or says `exit N`, is checked: the
@@ -47,7 +49,9 @@ import tempfile
 import textwrap
 import time
 import ssl
+import html
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,7 +61,7 @@ ROOT = HERE.parent.parent
 README = ROOT / "README.md"
 
 FENCE = re.compile(r"^```(\w*)\s*$")
-VERDICT = re.compile(r"^<!--\s*readme-test:\s*(\w+)\s*(.*?)\s*-->\s*$")
+VERDICT = re.compile(r"^<!--\s*readme-test:\s*([\w-]+)\s*(.*?)\s*-->\s*$")
 CHECKED = re.compile(r"^(?P<cmd>.*?)\s+#\s*(?:(?P<word>yes|no)\b)?(?:.*?\bexit\s+(?P<rc>\d+))?.*$")
 RUNNABLE = {"sh", "bash", "python", "nginx"}
 BLOCK_TIMEOUT = 180
@@ -110,7 +114,7 @@ PRELUDE = r"""
 set -eE -o pipefail
 __readme_check() { # WORD RC CMD: CMD's first output line is WORD (and its exit status RC)
   local out rc=0
-  out="$(eval "$3" 2>&1)" || rc=$?
+  out="$(eval "$3")" || rc=$?
   if { [ -n "$1" ] && [ "${out%%$'\n'*}" != "$1" ]; } || { [ -n "$2" ] && [ "$rc" != "$2" ]; }; then
     echo "readme-test: '$3' printed '${out%%$'\n'*}' (exit $rc), the README says '$1'${2:+ (exit $2)}" >&2
     return 1
@@ -173,8 +177,15 @@ class Runner:
         self.sh.stdin.write(f"source {shlex.quote(str(script))} </dev/null >{shlex.quote(str(out))} 2>&1; echo $? >{shlex.quote(str(rc))}\n")
         self.sh.stdin.flush()
         deadline = time.time() + BLOCK_TIMEOUT
+        approved = ""
         while not rc.exists() and self.sh.poll() is None and time.time() < deadline:
+            if block.verdict == "device-login" and not approved and out.exists():
+                if m := re.search(r"open (https://\S+) and confirm the code (\S+)", out.read_text()):
+                    approved = self.approve_device(m.group(1), *block.arg.split()[:2]) or "approved"
             time.sleep(0.05)
+        if approved not in ("", "approved"):
+            self.fail(block, f"approving the device login: {approved}")
+            return
         time.sleep(0.05)
         text = out.read_text() if out.exists() else ""
         print(textwrap.indent(text.rstrip(), "    > "))
@@ -231,6 +242,39 @@ class Runner:
             self.fail(block, f"the server's output lacks {missing!r}:\n{log[-2000:]}")
         else:
             self.ok(block, "the server printed this")
+
+    def approve_device(self, url: str, login: str, password: str) -> str:
+        """What the user does in a browser for `kfsec login`: opens the printed URL, confirms the
+        code, logs in, grants access. Returns "" on success, else what went wrong."""
+        ctx = ssl.create_default_context(cafile=str(self.work / "kfsec-data/pki/ca-bundle.crt"))
+        opener = urllib.request.build_opener(urllib.request.HTTPSHandler(context=ctx), urllib.request.HTTPCookieProcessor())
+
+        def form(page: str, at: str) -> tuple[str, dict]:
+            f = re.search(r'<form method="post"(?: action="([^"]*)")?>(.*?)</form>', page, re.S)
+            if not f:
+                raise ValueError(f"no form on {at}: {page[:300]!r}")
+            fields = dict(re.findall(r'<input[^>]*name="([^"]+)"[^>]*value="([^"]*)"', f.group(2)))
+            return urllib.parse.urljoin(at, html.unescape(f.group(1) or at)), {k: html.unescape(v) for k, v in fields.items()}
+
+        try:
+            with opener.open(url, timeout=10) as r:
+                at, page = r.url, r.read().decode()
+            for _ in range(4):
+                if "Grant Access" in page:
+                    action, fields = form(page, at)
+                    fields["approval"] = "approve"
+                elif 'name="password"' in page:
+                    action, fields = form(page, at)
+                    fields.update(login=login, password=password)
+                elif 'name="user_code"' in page:
+                    action, fields = form(page, at)
+                else:
+                    return ""  # the final page ("you may close this window")
+                with opener.open(action, data=urllib.parse.urlencode(fields).encode(), timeout=10) as r:
+                    at, page = r.url, r.read().decode()
+            return f"still on a form after four steps: {page[:300]!r}"
+        except (OSError, ValueError) as e:
+            return str(e)
 
     def shell_value(self, expr: str) -> str:
         """The value of a shell expression (e.g. `$TOKEN`) in the README's shell."""
@@ -355,7 +399,7 @@ def main() -> int:
                     r.fail(b, "skipped without a reason")
                 else:
                     print(f"readme-test: skip line {b.line}: {b.arg}")
-            elif v == "run":
+            elif v in ("run", "device-login"):
                 r.run(b)
             elif v == "serve":
                 r.serve(b)
