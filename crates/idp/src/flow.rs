@@ -29,7 +29,7 @@ use crate::connector::{Connector, ConnectorKind, LOCAL, Scopes, UpstreamIdentity
 use crate::error::PageError;
 use crate::lockout::Gate;
 use crate::secret::{ct_eq, random_token};
-use crate::tokens::{CodeRecord, Grant};
+use crate::tokens::{Claims, CodeRecord, Grant};
 use crate::{ClientAddr, ClientAuth, Idp, IdpError, OAuthCode, OAuthError, pages};
 use aws_lc_rs::hmac;
 use kfsec_store::{Store, StoreError};
@@ -389,24 +389,37 @@ impl Idp {
 /// pile pending logins up until the browser's cookie or header limits lock the user out.
 const PENDING_COOKIE: &str = "kfsec_upstream_login";
 
+/// The grant types `/token` serves, sorted as Dex lists them: the password grant only when
+/// `oauth2.passwordConnector` names a connector. Dex also lists the token-exchange grant; kfsec
+/// does not serve it, so it is not listed.
+fn grant_types(idp: &Idp) -> Vec<&'static str> {
+    let mut grants = vec!["authorization_code", "refresh_token", crate::device::GRANT_TYPE];
+    if idp.settings.password_connector.is_some() {
+        grants.push("password");
+    }
+    grants.sort_unstable();
+    grants
+}
+
+/// The discovery document: Dex's keys and values (Dex v2.45 `server/handlers.go`), listing only
+/// endpoints kfsec serves. Dex's `introspection_endpoint` is left out: kfsec does not serve
+/// token introspection (`/token/introspect`). `federated:id` is listed in `scopes_supported`
+/// because kfsec honours it (Dex honours it too but does not list it).
 async fn discovery(State(idp): State<Arc<Idp>>) -> Response {
     let iss = &idp.settings.issuer;
-    let mut grant_types = vec!["authorization_code", "refresh_token", crate::device::GRANT_TYPE];
-    if idp.settings.password_connector.is_some() {
-        grant_types.push("password");
-    }
     let mut resp = Json(serde_json::json!({
         "issuer": iss,
         "authorization_endpoint": format!("{iss}/auth"),
         "token_endpoint": format!("{iss}/token"),
         "jwks_uri": format!("{iss}/keys"),
         "userinfo_endpoint": format!("{iss}/userinfo"),
-        "grant_types_supported": grant_types,
+        "device_authorization_endpoint": format!("{iss}/device/code"),
+        "grant_types_supported": grant_types(&idp),
         "response_types_supported": ["code"],
         "subject_types_supported": ["public"],
         "id_token_signing_alg_values_supported": ["RS256"],
         "code_challenge_methods_supported": ["S256", "plain"],
-        "scopes_supported": ["openid", "email", "groups", "profile", "offline_access", "federated:id"],
+        "scopes_supported": SCOPES,
         "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
         "claims_supported": ["iss", "sub", "aud", "iat", "exp", "email", "email_verified", "locale", "name", "preferred_username", "at_hash"],
     }))
@@ -1210,14 +1223,15 @@ async fn userinfo(State(idp): State<Arc<Idp>>, headers: HeaderMap) -> Response {
     };
     let Some(token) = token else { return unauthorized() };
     match idp.verify_token(token.trim(), None, None).await {
-        Ok(c) => Json(serde_json::json!({
-            "sub": c.sub,
-            "email": c.email,
-            "email_verified": c.email_verified,
-            "groups": c.groups,
-            "name": c.name,
-            "preferred_username": c.preferred_username,
-        }))
+        // As Dex: the access token's claims, so a claim whose scope was not granted is absent
+        // (never `null`); kfsec's own bookkeeping claims stay out.
+        Ok(c) => Json(Claims {
+            iat_ms: None,
+            user: None,
+            at_hash: None,
+            nbf: None,
+            ..c
+        })
         .into_response(),
         Err(e) => {
             tracing::debug!(error = %e, "userinfo token refused");

@@ -252,6 +252,11 @@ pub fn dex_subject(user_id: &str, connector_id: &str) -> String {
     B64.encode(buf)
 }
 
+/// `Some` of a non-empty value (Dex leaves empty claims out).
+fn nonempty(s: &str) -> Option<String> {
+    (!s.is_empty()).then(|| s.to_owned())
+}
+
 impl Idp {
     /// Claims for `user` (who logged in through `grant.connector_id`) who authenticated at
     /// `auth_ms` (Unix ms).
@@ -275,11 +280,15 @@ impl Idp {
             nbf: None,
             iat_ms: Some(auth_ms),
             user: Some(user.email.clone()),
-            email: has("email").then(|| user.email.clone()),
+            // As Dex (`omitempty`): a claim is present only when its scope was granted and
+            // it has a value; `email_verified` goes with the `email` scope.
+            email: has("email").then(|| nonempty(&user.email)).flatten(),
             email_verified: has("email").then_some(user.email_verified),
-            groups: has("groups").then(|| user.groups.clone()),
-            name: has("profile").then(|| user.username.clone()),
-            preferred_username: has("profile").then(|| preferred.clone()),
+            groups: has("groups")
+                .then(|| (!user.groups.is_empty()).then(|| user.groups.clone()))
+                .flatten(),
+            name: has("profile").then(|| nonempty(&user.username)).flatten(),
+            preferred_username: has("profile").then(|| nonempty(preferred)).flatten(),
             federated_claims: has("federated:id").then(|| FederatedClaims {
                 connector_id: grant.connector_id.clone(),
                 user_id: user.user_id.clone(),

@@ -5,6 +5,7 @@
 mod admission;
 mod attacks;
 mod device;
+mod discovery;
 mod fake_entra;
 mod fake_op;
 mod fed_flow;
