@@ -106,6 +106,17 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
                 "verbs": ["get", "patch", "update"],
             }));
         }
+        if let Some(sub) = r.subresource("token") {
+            resources.push(json!({
+                "name": format!("{}/token", r.plural),
+                "singularName": "",
+                "namespaced": r.namespaced,
+                "group": sub.group,
+                "version": sub.version,
+                "kind": sub.kind,
+                "verbs": sub.verbs,
+            }));
+        }
     }
     let gv = if group.is_empty() {
         version.to_owned()

@@ -176,6 +176,7 @@ impl ApiServer {
             (&Method::GET, true) if watch => "watch",
             (&Method::GET, true) => "get",
             (&Method::POST, false) => "create",
+            (&Method::POST, true) if t.subresource.as_deref() == Some("token") => "create",
             (&Method::PUT, true) => "update",
             (&Method::PATCH, true) => "patch",
             (&Method::DELETE, true) => "delete",
@@ -183,7 +184,12 @@ impl ApiServer {
             _ => return Err(ApiError::MethodNotAllowed),
         };
         let sub = t.subresource.clone().unwrap_or_default();
-        if !res.serves(verb) || (!sub.is_empty() && !matches!(verb, "get" | "update" | "patch")) {
+        let sub_verb = match sub.as_str() {
+            "" => true,
+            "token" => verb == "create",
+            _ => matches!(verb, "get" | "update" | "patch"),
+        };
+        if !res.serves(verb) || !sub_verb {
             return Err(ApiError::MethodNotAllowed);
         }
         // A namespaced type's cluster-wide path serves only list and watch.
@@ -232,6 +238,11 @@ impl ApiServer {
             return Err(ApiError::forbidden(&attrs));
         }
 
+        if sub == "token" {
+            let obj = self.read_object(headers, body).await?;
+            let out = self.token_request(res, &path_ns, &name, obj).await?;
+            return Ok(json_response(StatusCode::CREATED, &out));
+        }
         if let Backing::Review(kind) = res.backing {
             let obj = self.read_object(headers, body).await?;
             let out = self.review(res, kind, &path_ns, user, obj).await?;

@@ -1,9 +1,12 @@
 //! Extension points the server wires in: in-process admission ([`Admission`]) run on every
-//! create, update and patch, and token validation for TokenReview ([`TokenReviewer`]).
+//! create, update and patch, token validation for TokenReview ([`TokenReviewer`]) and
+//! service-account token minting for TokenRequest ([`TokenIssuer`]).
 //!
 //! Invariants: admission runs after all API-side defaulting and validation and before the store
 //! write; a denial never writes anything; a mutating plugin's output is validated again (name,
-//! namespace and uid are restored, not trusted).
+//! namespace and uid are restored, not trusted); the issuer is asked only after the caller was
+//! authorized for `create serviceaccounts/token` on that account and the request validated, and
+//! an issued token never appears in a log or `Debug` output.
 
 use kfsec_types::admission::{self, GroupVersionKind, GroupVersionResource, Operation};
 use kfsec_types::identity::UserInfo;
@@ -120,5 +123,75 @@ impl TokenReviewer for NoTokenReviewer {
             error: "token review is not configured".into(),
             ..TokenReviewStatus::default()
         }
+    }
+}
+
+/// What a TokenRequest asks the issuer for (validated: audiences non-empty strings, lifetime at
+/// least Kubernetes' 10 minutes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenGrant {
+    /// The account's namespace.
+    pub namespace: String,
+    /// The account's name.
+    pub name: String,
+    /// `spec.audiences`; empty asks for the server's own audiences.
+    pub audiences: Vec<String>,
+    /// `spec.expirationSeconds`; the issuer may cap it.
+    pub lifetime: std::time::Duration,
+}
+
+/// A token as the issuer made it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct IssuedToken {
+    /// The signed token (a secret: never logged).
+    pub token: String,
+    /// The audiences it carries (the defaults when none were asked for).
+    pub audiences: Vec<String>,
+    /// Issued at (seconds since the epoch).
+    pub issued_at: u64,
+    /// Expires at (seconds since the epoch).
+    pub expires_at: u64,
+}
+
+impl std::fmt::Debug for IssuedToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IssuedToken")
+            .field("token", &"<redacted>")
+            .field("audiences", &self.audiences)
+            .field("issued_at", &self.issued_at)
+            .field("expires_at", &self.expires_at)
+            .finish()
+    }
+}
+
+/// Why the issuer did not issue.
+#[derive(Debug, thiserror::Error)]
+pub enum IssueError {
+    /// The account does not exist (any more).
+    #[error("no such service account")]
+    NoAccount,
+    /// Nothing issues tokens on this server.
+    #[error("service-account tokens are not issued here")]
+    Unsupported,
+    /// The issuer failed (cause kept for the log, never sent).
+    #[error("token issue failed: {0}")]
+    Failed(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// Mints service-account tokens for `serviceaccounts/token` (TokenRequest).
+#[async_trait::async_trait]
+pub trait TokenIssuer: Send + Sync + 'static {
+    /// Issues a token for `grant`'s account.
+    async fn issue(&self, grant: &TokenGrant) -> Result<IssuedToken, IssueError>;
+}
+
+/// The default: no tokens are issued.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoTokenIssuer;
+
+#[async_trait::async_trait]
+impl TokenIssuer for NoTokenIssuer {
+    async fn issue(&self, _grant: &TokenGrant) -> Result<IssuedToken, IssueError> {
+        Err(IssueError::Unsupported)
     }
 }

@@ -28,8 +28,11 @@ mod route;
 pub mod selector;
 mod status;
 mod table;
+mod tokenrequest;
 mod watch;
 
+#[cfg(test)]
+mod tests_clients;
 #[cfg(test)]
 mod tests_http;
 #[cfg(test)]
@@ -57,7 +60,8 @@ pub use authorize::{
     ResourceRule, SubjectRules, attributes_for,
 };
 pub use hooks::{
-    Admission, AdmissionAttributes, AdmissionDenied, NoAdmission, NoTokenReviewer, TokenReviewStatus, TokenReviewer,
+    Admission, AdmissionAttributes, AdmissionDenied, IssueError, IssuedToken, NoAdmission, NoTokenIssuer,
+    NoTokenReviewer, TokenGrant, TokenIssuer, TokenReviewStatus, TokenReviewer,
 };
 pub use patch::PatchType;
 pub use registry::Resource;
@@ -66,7 +70,7 @@ pub use status::{ApiError, FieldCause, refusal_response, refusal_status, status_
 /// The front-door paths the API owns, as served by [`ApiServer::router`] (an entry ending in `/`
 /// owns every path under it); the composition hands them to the gateway with
 /// [`refusal_response`], the API's renderer for the gateway's refusals.
-pub const PATHS: &[&str] = &["/version", "/api", "/api/", "/apis", "/apis/", "/openapi/"];
+pub const PATHS: &[&str] = &["/version", "/version/", "/api", "/api/", "/apis", "/apis/", "/openapi/"];
 
 use objects::{ListQuery, Preconditions, WriteCtx};
 
@@ -112,6 +116,7 @@ pub struct ApiServer {
     pub(crate) rng: Arc<dyn Rng>,
     pub(crate) admission: Arc<dyn Admission>,
     pub(crate) tokens: Arc<dyn TokenReviewer>,
+    pub(crate) issuer: Arc<dyn TokenIssuer>,
     pub(crate) options: ApiOptions,
 }
 
@@ -144,6 +149,12 @@ impl ApiServerBuilder {
     #[must_use]
     pub fn token_reviewer(mut self, t: Arc<dyn TokenReviewer>) -> Self {
         self.inner.tokens = t;
+        self
+    }
+    /// Service-account token minting for TokenRequest (default: none, the subresource is a 404).
+    #[must_use]
+    pub fn token_issuer(mut self, t: Arc<dyn TokenIssuer>) -> Self {
+        self.inner.issuer = t;
         self
     }
     /// Options.
@@ -183,6 +194,7 @@ impl ApiServer {
                 rng,
                 admission: Arc::new(NoAdmission),
                 tokens: Arc::new(NoTokenReviewer),
+                issuer: Arc::new(NoTokenIssuer),
                 options: ApiOptions::default(),
             },
         }
@@ -204,6 +216,10 @@ impl ApiServer {
         let h = any(handlers::handle);
         Router::new()
             .route("/version", h.clone())
+            .route("/version/", h.clone())
+            .route("/version/{*rest}", h.clone())
+            .route("/api/", h.clone())
+            .route("/apis/", h.clone())
             .route("/api", h.clone())
             .route("/api/{*rest}", h.clone())
             .route("/apis", h.clone())

@@ -221,6 +221,28 @@ const TOKEN_REVIEW: &[Field] = &[
     f(1, "metadata", Msg(OBJECT_META)),
     f(2, "spec", Msg(&[f(1, "token", Str), r(2, "audiences", Str)])),
 ];
+const SELF_SUBJECT_REVIEW: &[Field] = &[f(1, "metadata", Msg(OBJECT_META))];
+const TOKEN_REQUEST: &[Field] = &[
+    f(1, "metadata", Msg(OBJECT_META)),
+    f(
+        2,
+        "spec",
+        Msg(&[
+            r(1, "audiences", Str),
+            f(
+                3,
+                "boundObjectRef",
+                Msg(&[
+                    f(1, "kind", Str),
+                    f(2, "apiVersion", Str),
+                    f(3, "name", Str),
+                    f(4, "uid", Str),
+                ]),
+            ),
+            f(4, "expirationSeconds", Int),
+        ]),
+    ),
+];
 const DELETE_OPTIONS: &[Field] = &[
     f(1, "gracePeriodSeconds", Int),
     f(
@@ -249,6 +271,8 @@ fn schema_for(kind: &str) -> Option<&'static [Field]> {
         "SubjectAccessReview" | "LocalSubjectAccessReview" => SAR,
         "SelfSubjectRulesReview" => SSRR,
         "TokenReview" => TOKEN_REVIEW,
+        "SelfSubjectReview" => SELF_SUBJECT_REVIEW,
+        "TokenRequest" => TOKEN_REQUEST,
         "DeleteOptions" => DELETE_OPTIONS,
         _ => return None,
     })

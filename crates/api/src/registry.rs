@@ -46,6 +46,8 @@ pub enum Review {
     SelfSubjectRules,
     /// `authentication.k8s.io/v1 TokenReview`.
     Token,
+    /// `authentication.k8s.io/v1 SelfSubjectReview` (`kubectl auth whoami`).
+    SelfSubject,
 }
 
 /// What backs a type.
@@ -59,6 +61,9 @@ pub enum Backing {
     },
     /// A create-only review computed on the fly.
     Review(Review),
+    /// The type of a create-only subresource of another type, computed on the fly (TokenRequest
+    /// at `serviceaccounts/{name}/token`); not in the table, so no path names it directly.
+    Subresource,
 }
 
 /// One served resource type at one version.
@@ -121,6 +126,16 @@ impl Resource {
     /// True if `verb` is served.
     pub fn serves(&self, verb: &str) -> bool {
         self.verbs.contains(&verb)
+    }
+
+    /// The type behind subresource `sub` of this type: `status` (the type itself) where served,
+    /// and `token` of core `serviceaccounts` ([`TOKEN_REQUEST`]).
+    pub fn subresource(&self, sub: &str) -> Option<&Resource> {
+        match sub {
+            "status" if self.has_status() => Some(self),
+            "token" if self.group.is_empty() && self.plural == "serviceaccounts" => Some(&TOKEN_REQUEST),
+            _ => None,
+        }
     }
 
     /// The store prefix of all objects of this type: `/k8s/{group}/{plural}/`.
@@ -385,7 +400,31 @@ static RESOURCES: &[Resource] = &[
         false,
         Review::Token
     ),
+    review!(
+        AUTHN,
+        "SelfSubjectReview",
+        "selfsubjectreviews",
+        "selfsubjectreview",
+        false,
+        Review::SelfSubject
+    ),
 ];
+
+/// `authentication.k8s.io/v1 TokenRequest`, served only as `serviceaccounts/{name}/token`
+/// (create).
+pub static TOKEN_REQUEST: Resource = Resource {
+    group: AUTHN,
+    version: "v1",
+    kind: "TokenRequest",
+    plural: "token",
+    singular: "",
+    short_names: &[],
+    categories: &[],
+    namespaced: true,
+    verbs: CREATE_ONLY,
+    names: Subdomain,
+    backing: Backing::Subresource,
+};
 
 /// Groups with their versions, preferred version first, in discovery order.
 static GROUPS: &[(&str, &[&str])] = &[

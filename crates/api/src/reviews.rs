@@ -1,9 +1,10 @@
 //! The create-only review types: SelfSubjectAccessReview, SubjectAccessReview,
-//! LocalSubjectAccessReview, SelfSubjectRulesReview (authorization.k8s.io/v1) and TokenReview
-//! (authentication.k8s.io/v1).
+//! LocalSubjectAccessReview, SelfSubjectRulesReview (authorization.k8s.io/v1), TokenReview and
+//! SelfSubjectReview (authentication.k8s.io/v1).
 //!
 //! Invariants: reviews never write to the store; a SelfSubject* review always evaluates the
-//! caller's own (possibly impersonated) identity, never one named in the body; creating a review
+//! caller's own (possibly impersonated) identity, never one named in the body (a
+//! SelfSubjectReview answers a fresh object: nothing of the body is echoed); creating a review
 //! is itself authorized like any other create before any of this runs.
 
 use kfsec_types::identity::UserInfo;
@@ -78,6 +79,9 @@ impl ApiServer {
         body: Value,
     ) -> Result<Value, ApiError> {
         let mut obj = check_type(res, body)?;
+        if kind == Review::SelfSubject {
+            return Ok(self.self_subject_review(res, caller));
+        }
         let body_ns = obj.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or("");
         if res.namespaced && !body_ns.is_empty() && body_ns != ns {
             return Err(ApiError::BadRequest(
@@ -145,6 +149,7 @@ impl ApiServer {
                 }
                 s
             }
+            Review::SelfSubject => Value::Null,
             Review::Token => {
                 let token = text(&spec, "token");
                 if token.is_empty() {
@@ -179,6 +184,18 @@ impl ApiServer {
             }
         }
         Ok(obj)
+    }
+
+    /// `kubectl auth whoami`: the caller as the API sees it (after impersonation), in a new
+    /// object stamped now, as kube-apiserver answers.
+    fn self_subject_review(&self, res: &Resource, caller: &UserInfo) -> Value {
+        let now = self.clock.now().to_rfc3339();
+        json!({
+            "kind": res.kind,
+            "apiVersion": res.api_version(),
+            "metadata": {"creationTimestamp": now},
+            "status": {"userInfo": caller},
+        })
     }
 
     fn access_status(&self, attrs: &Attributes) -> Value {

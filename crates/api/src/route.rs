@@ -112,7 +112,7 @@ pub(crate) fn parse(path: &str) -> Result<Route, ApiError> {
         return Err(ApiError::NoRoute);
     }
     if let Some(sub) = &sub
-        && !(sub == "status" && res.has_status())
+        && res.subresource(sub).is_none()
     {
         return Err(ApiError::NoRoute);
     }
@@ -124,7 +124,9 @@ pub(crate) fn parse(path: &str) -> Result<Route, ApiError> {
     }))
 }
 
-/// Decoded query parameters (last value wins).
+/// Decoded query parameters. A repeated parameter counts by its first value, as
+/// kube-apiserver's parameter decoding (`url.Values` through apimachinery's conversions) reads
+/// it.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Query(Vec<(String, String)>);
 
@@ -143,11 +145,18 @@ impl Query {
     }
 
     pub(crate) fn get(&self, k: &str) -> Option<&str> {
-        self.0.iter().rev().find(|(qk, _)| qk == k).map(|(_, v)| v.as_str())
+        self.0.iter().find(|(qk, _)| qk == k).map(|(_, v)| v.as_str())
     }
 
+    /// A boolean parameter (`watch`, …), the one reading of every boolean kfsec accepts, as
+    /// apimachinery's `Convert_Slice_string_To_bool`: absent, `0` or `false` in any case is
+    /// false; any other value, the empty one included, is true (`watch=true`, `True`, `1`, `t`,
+    /// `watch=` all start a watch, and no value is refused).
     pub(crate) fn flag(&self, k: &str) -> bool {
-        matches!(self.get(k), Some("true" | "1"))
+        match self.get(k) {
+            None => false,
+            Some(v) => !(v == "0" || v.eq_ignore_ascii_case("false")),
+        }
     }
 }
 
@@ -219,7 +228,27 @@ mod tests {
         let q = Query::parse(Some("labelSelector=app%3Dweb%2Ctier+in+(a)&watch=1&limit=5&limit=6"));
         assert_eq!(q.get("labelSelector"), Some("app=web,tier in (a)"));
         assert!(q.flag("watch"));
-        assert_eq!(q.get("limit"), Some("6"));
+        assert_eq!(q.get("limit"), Some("5"));
         assert_eq!(q.get("nope"), None);
+    }
+
+    /// Every spelling a client sends: Go's `strconv.FormatBool` (`true`), Python's `str(True)`
+    /// (`True`), `1`, `t`, `TRUE`, the bare key — true; absent, `0`, `false` in any case — false.
+    #[test]
+    fn boolean_parameters_read_as_kube_apiserver_reads_them() {
+        for v in ["true", "True", "TRUE", "1", "t", "T", "yes", "", "on"] {
+            let q = Query::parse(Some(&format!("watch={v}")));
+            assert!(q.flag("watch"), "watch={v}");
+        }
+        assert!(Query::parse(Some("watch")).flag("watch"));
+        for v in ["0", "false", "False", "FALSE", "fAlSe"] {
+            let q = Query::parse(Some(&format!("watch={v}")));
+            assert!(!q.flag("watch"), "watch={v}");
+        }
+        assert!(!Query::parse(None).flag("watch"));
+        assert!(!Query::parse(Some("watchx=1")).flag("watch"));
+        // The first of repeated values counts.
+        assert!(!Query::parse(Some("watch=false&watch=true")).flag("watch"));
+        assert!(Query::parse(Some("watch=True&watch=0")).flag("watch"));
     }
 }

@@ -113,7 +113,7 @@ pub enum ApiError {
         detail: String,
     },
     /// Validation failed (422).
-    #[error("{kind} {name:?} is invalid")]
+    #[error("{} {name:?} is invalid", group_kind(.kind, .group))]
     Invalid {
         /// The object kind, e.g. `ConfigMap`.
         kind: String,
@@ -179,6 +179,15 @@ impl From<StoreError> for ApiError {
             }
             other => Self::Store(other),
         }
+    }
+}
+
+/// `Kind` or `Kind.group`, as Kubernetes' `GroupKind.String()` (the subject of a 422).
+fn group_kind(kind: &str, group: &str) -> String {
+    if group.is_empty() {
+        kind.to_owned()
+    } else {
+        format!("{kind}.{group}")
     }
 }
 
@@ -290,7 +299,7 @@ impl ApiError {
                 };
                 (
                     StatusReason::Invalid,
-                    format!("{kind} {name:?} is invalid: {joined}"),
+                    format!("{} {name:?} is invalid: {joined}", group_kind(kind, group)),
                     details,
                 )
             }

@@ -16,6 +16,36 @@ use serde::{Deserialize, Serialize};
 use crate::tokens::VerifyError;
 use crate::{Idp, IdpError};
 
+/// The shortest service-account token kfsec issues (Kubernetes' minimum, 10 minutes).
+pub const MIN_TOKEN_LIFETIME: Duration = Duration::from_secs(600);
+/// The longest: a longer request is capped to it, as kube-apiserver caps with
+/// `--service-account-max-token-expiration`.
+pub const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(48 * 3600);
+
+/// A token issued for an existing account by [`Idp::token_for_account`].
+#[derive(Clone, PartialEq, Eq)]
+pub struct AccountToken {
+    /// The signed token (a secret: never logged, redacted in `Debug`).
+    pub token: String,
+    /// Its audiences.
+    pub audiences: Vec<String>,
+    /// Issued at (seconds since the epoch).
+    pub issued_at: u64,
+    /// Expires at (seconds since the epoch).
+    pub expires_at: u64,
+}
+
+impl std::fmt::Debug for AccountToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AccountToken")
+            .field("token", &"<redacted>")
+            .field("audiences", &self.audiences)
+            .field("issued_at", &self.issued_at)
+            .field("expires_at", &self.expires_at)
+            .finish()
+    }
+}
+
 /// Where the IdP learns whether a service account exists, and its uid.
 #[async_trait::async_trait]
 pub trait ServiceAccountLookup: Send + Sync + 'static {
@@ -90,6 +120,39 @@ impl ServiceAccountClaims {
 }
 
 impl Idp {
+    /// Issues a token for the service account `namespace/name`, for `kfsec token create` and
+    /// TokenRequest alike: the account must exist (`NotFound` otherwise) and its uid goes into
+    /// the token, so the token dies with the account; no audiences means kfsec's own API
+    /// ([`crate::authn::SERVICE_ACCOUNT_AUDIENCE`]); the lifetime is capped at
+    /// [`MAX_TOKEN_LIFETIME`] (the caller refuses or raises one below [`MIN_TOKEN_LIFETIME`]).
+    pub async fn token_for_account(
+        &self,
+        namespace: &str,
+        name: &str,
+        audiences: Vec<String>,
+        lifetime: Duration,
+    ) -> Result<AccountToken, IdpError> {
+        let uid = self
+            .service_accounts()
+            .uid(namespace, name)
+            .await
+            .map_err(|e| IdpError::Internal(e.to_string()))?
+            .ok_or_else(|| IdpError::NotFound(format!("serviceaccounts \"{name}\" in namespace \"{namespace}\"")))?;
+        let audiences = if audiences.is_empty() {
+            vec![crate::authn::SERVICE_ACCOUNT_AUDIENCE.to_owned()]
+        } else {
+            audiences
+        };
+        let (token, claims) =
+            self.sign_account_token(namespace, name, &uid, audiences, lifetime.min(MAX_TOKEN_LIFETIME))?;
+        Ok(AccountToken {
+            token,
+            audiences: claims.aud,
+            issued_at: claims.iat,
+            expires_at: claims.exp,
+        })
+    }
+
     /// Signs a token for service account `namespace/name` (uid `uid`).
     pub fn issue_service_account_token(
         &self,
@@ -99,6 +162,17 @@ impl Idp {
         audiences: Vec<String>,
         lifetime: Duration,
     ) -> Result<String, IdpError> {
+        Ok(self.sign_account_token(namespace, name, uid, audiences, lifetime)?.0)
+    }
+
+    fn sign_account_token(
+        &self,
+        namespace: &str,
+        name: &str,
+        uid: &str,
+        audiences: Vec<String>,
+        lifetime: Duration,
+    ) -> Result<(String, ServiceAccountClaims), IdpError> {
         if audiences.is_empty() {
             return Err(IdpError::Invalid("at least one audience is required".into()));
         }
@@ -118,7 +192,8 @@ impl Idp {
                 },
             },
         };
-        Ok(self.keys.keys().signing.sign(&claims)?)
+        let token = self.keys.keys().signing.sign(&claims)?;
+        Ok((token, claims))
     }
 
     /// Verifies a service-account token for one of `audiences`.

@@ -346,22 +346,12 @@ impl AdminOps {
                             "token create needs the running server; start kfsec serve".into(),
                         ));
                     };
-                    let uid = idp
-                        .service_accounts()
-                        .uid(&namespace, &name)
-                        .await
-                        .map_err(|e| IdpError::Internal(e.to_string()))?
-                        .ok_or_else(|| {
-                            IdpError::NotFound(format!("serviceaccounts \"{name}\" in namespace \"{namespace}\""))
-                        })?;
-                    let seconds = seconds.clamp(600, 48 * 3600);
-                    let token = idp.issue_service_account_token(
-                        &namespace,
-                        &name,
-                        &uid,
-                        audiences,
-                        std::time::Duration::from_secs(seconds),
-                    )?;
+                    let lifetime =
+                        std::time::Duration::from_secs(seconds).max(kfsec_idp::serviceaccount::MIN_TOKEN_LIFETIME);
+                    let token = idp
+                        .token_for_account(&namespace, &name, audiences, lifetime)
+                        .await?
+                        .token;
                     AdminResponse::Token { token }
                 }
                 AdminRequest::CaRotate { window_seconds } => {

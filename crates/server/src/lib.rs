@@ -9,6 +9,7 @@ mod accounts;
 pub mod admin;
 pub mod config;
 pub mod rbac;
+mod tokenrequest;
 pub mod tokenreview;
 pub mod trust;
 pub mod webhooks;
@@ -493,6 +494,7 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
             authn: kfsec_idp::Authenticator::new(idp.clone()),
             rng: rng.clone(),
         }))
+        .token_issuer(Arc::new(tokenrequest::Issuer(idp.clone())))
         .admission(admission.clone())
         .build();
     rbac::install_defaults(&api, ADMIN_GROUP)
