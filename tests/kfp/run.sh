@@ -55,9 +55,17 @@ PORT="$("$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); pri
 BASE="https://localhost:$PORT"
 # login.py's ID tokens are minted for the public client kfp-test-cli: list it as a bearer audience
 # (kfsec accepts bearer ID tokens only of kfsec-gatekeeper, kfsec-cli and `bearerAudiences`,
-# which must name registered clients when kfsec starts).
-printf 'apiVersion: kfsec/v1\nbearerAudiences: [kfp-test-cli]\n' >"$TMP/kfsec.yaml"
-"$KFSEC_BIN" client add kfp-test-cli --public --redirect-uri http://127.0.0.1:5555/cb --data-dir "$DATA" >/dev/null
+# which must name registered clients when kfsec starts — a static client here, since admin
+# commands do not create a data directory before `kfsec serve` has).
+cat >"$TMP/kfsec.yaml" <<'EOF'
+apiVersion: kfsec/v1
+bearerAudiences: [kfp-test-cli]
+staticClients:
+- id: kfp-test-cli
+  name: KFP test CLI
+  public: true
+  redirectURIs: ["http://127.0.0.1:5555/cb"]
+EOF
 "$KFSEC_BIN" serve --config "$TMP/kfsec.yaml" --data-dir "$DATA" --https-addr "127.0.0.1:$PORT" --admin-addr 127.0.0.1:0 --webhook-addr 127.0.0.1:0 \
   >"$TMP/kfsec.out" 2>"$TMP/kfsec.log" &
 PID=$!

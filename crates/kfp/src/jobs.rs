@@ -347,7 +347,7 @@ pub async fn list(k: &Kfp, r: &Req) -> KfpResult<Value> {
             .namespace;
     }
     checked_namespace(&namespace, || {
-        KfpError::InvalidInput("A recurring run cannot have an empty namespace in multi-user mode".into())
+        KfpError::InvalidInput("a recurring run cannot have an empty namespace in multi-user mode".into())
     })
     .map_err(|e| e.wrap(outer.clone()))?;
     access::check(k.authz.as_ref(), &r.who, "list", res::JOBS, &namespace, "").map_err(|e| {

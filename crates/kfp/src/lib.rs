@@ -6,7 +6,7 @@
 //! every operation on an object is authorized (`access::check`, the SubjectAccessReview
 //! equivalent) in the object's own stored namespace before anything is returned or changed;
 //! shared pipelines (no namespace) are readable by every authenticated caller but writable only
-//! with the right in the KFP system namespace; a namespace listing reads only that namespace's
+//! by the user who created them or with the right in the KFP system namespace; a namespace listing reads only that namespace's
 //! keys; pipeline packages are stored with their SHA-256 and verified on every read; bodies are
 //! bounded; no input makes a handler panic or answer 500 (except DataLoss and store failures).
 

@@ -3,8 +3,10 @@
 //! package read path runs use.
 //!
 //! Invariants: a pipeline with no namespace is shared — every authenticated caller may get and
-//! list it, but creating, changing or deleting one needs the right in the KFP system namespace
-//! (KFP's current rule); a namespaced pipeline is checked on `pipelines` in its namespace, and
+//! list it, and publish a new one by upload (KFP's upload rule); changing or deleting one (a new
+//! version included) is for the user who created it (kfsec records the creator; KFP does not)
+//! or needs the right in the KFP system namespace (KFP 2.17's rule, see [`check_pipeline`]);
+//! a namespaced pipeline is checked on `pipelines` in its namespace, and
 //! so are its versions (as KFP does); every package is stored with its SHA-256 and checked on
 //! every read — a mismatch is DataLoss and the package is not served; kfsec never fetches a
 //! package from a URL (no server-side requests on a caller's behalf).
@@ -48,6 +50,10 @@ pub struct Pipeline {
     /// The newest version.
     #[serde(default)]
     pub latest_version_id: String,
+    /// The user who created it (the front door's user name), recorded by kfsec (KFP keeps no
+    /// owner). Empty for pipelines stored before kfsec recorded it: those get no owner rule.
+    #[serde(default)]
+    pub created_by: String,
 }
 
 impl Stored for Pipeline {
@@ -277,7 +283,7 @@ fn version_not_found(id: &str) -> KfpError {
 /// namespace for writes; namespaced ones are checked in their namespace.
 fn check(k: &Kfp, r: &Req, verb: &str, namespace: &str, name: &str, id: &str) -> KfpResult<()> {
     if namespace.is_empty() {
-        if verb == "get" || verb == "list" {
+        if is_read(verb) {
             return Ok(());
         }
         return access::check(
@@ -316,13 +322,53 @@ async fn load_version(k: &Kfp, id: &str) -> KfpResult<Version> {
         .ok_or_else(|| version_not_found(id))
 }
 
+/// Whether `verb` on a pipeline is a read (open on shared pipelines, as in KFP).
+fn is_read(verb: &str) -> bool {
+    verb == "get" || verb == "list"
+}
+
+/// Whether `r`'s caller created the shared pipeline `p` (kfsec's owner rule, see
+/// [`check_pipeline`]). A pipeline stored without a creator has no owner.
+fn is_owner(p: &Pipeline, r: &Req) -> bool {
+    p.namespace.is_empty() && !p.created_by.is_empty() && p.created_by == r.who.user
+}
+
+/// `verb` on the existing pipeline `p` (and, through it, on its versions): KFP's
+/// `canAccessPipeline`, plus kfsec's owner rule for shared pipelines.
+///
+/// Upstream (kubeflow/pipelines `backend/src/apiserver/server`, multi-user mode) has two rules
+/// for a new version of a shared pipeline, and records no owner:
+/// - the gRPC path (`CreatePipelineVersion`: v1 `POST pipeline_versions`, v2
+///   `POST pipelines/{id}/versions`) goes through `canAccessPipeline`, which since KFP 2.17
+///   asks `create` on `pipelines` in the KFP system namespace (`POD_NAMESPACE`) for every write
+///   to a shared pipeline (before 2.17 it asked nothing);
+/// - the multipart path (`pipelines/upload_version`, what kfp 1.8's `upload_pipeline_version`
+///   calls) goes through `canUploadVersionedPipeline`, which asks nothing at all when the parent
+///   pipeline is shared: any user may add a version to any shared pipeline — and a new version
+///   becomes the default that everyone's `run_pipeline(pipeline_id=…)` runs.
+///
+/// kfsec's rule, on both paths and for every write (`create` a version, `update` the default
+/// version, `delete` a version or the pipeline): the user who created the shared pipeline
+/// (`created_by`, recorded at creation) may; anyone else needs what KFP 2.17 asks — the verb on
+/// `pipelines` in the system namespace (cluster and KFP admins have it), refused with KFP's
+/// PermissionDenied text otherwise. So the owner is allowed where 2.17's gRPC path would refuse
+/// them, and other users are refused where the upload path would let them in. Reads are open;
+/// namespaced pipelines are checked in their namespace, exactly as KFP does.
+fn check_pipeline(k: &Kfp, r: &Req, verb: &str, p: &Pipeline) -> KfpResult<()> {
+    if !is_read(verb) && is_owner(p, r) {
+        tracing::info!(target: "audit", user = %r.who.user, verb, id = %p.id, name = %p.name, "kfp shared pipeline write by its creator");
+        return Ok(());
+    }
+    check(k, r, verb, &p.namespace, &p.name, &p.id)
+}
+
 async fn load_authorized(k: &Kfp, r: &Req, id: &str, verb: &str) -> KfpResult<Pipeline> {
     let p = load(k, id).await.map_err(|e| {
         e.wrap(format!(
             "Failed to access pipeline {id}. Check if it exists and have a namespace assigned"
         ))
     })?;
-    check(k, r, verb, &p.namespace, &p.name, id)?;
+    check_pipeline(k, r, verb, &p)?;
     Ok(p)
 }
 
@@ -352,9 +398,10 @@ fn url_refused() -> KfpError {
     )
 }
 
-/// Creates a pipeline record. `upload`: the multipart upload path, where KFP lets every
-/// authenticated caller publish a new shared pipeline (the kfp 1.8 SDK can only upload shared
-/// ones); other writes to shared pipelines need the right in the system namespace.
+/// Creates a pipeline record, recording the caller as its creator. `upload`: the multipart
+/// upload path, where KFP lets every authenticated caller publish a new shared pipeline (the
+/// kfp 1.8 SDK can only upload shared ones); other creations of shared pipelines need the right
+/// in the system namespace.
 async fn insert_pipeline(k: &Kfp, r: &Req, mut p: Pipeline, upload: bool) -> KfpResult<Pipeline> {
     if p.name.is_empty() {
         return Err(KfpError::InvalidInput("name is required".into()));
@@ -379,6 +426,7 @@ async fn insert_pipeline(k: &Kfp, r: &Req, mut p: Pipeline, upload: bool) -> Kfp
     })?;
     p.id = k.new_id();
     p.created_ms = k.now_ms();
+    p.created_by = r.who.user.clone();
     k.db.insert(&p, "pipeline").await?;
     tracing::info!(target: "audit", user = %r.who.user, id = %p.id, namespace = %p.namespace, "kfp pipeline created");
     Ok(p)
@@ -546,6 +594,7 @@ pub async fn upload(k: &Kfp, r: &Req) -> KfpResult<Value> {
             created_ms: 0,
             default_version_id: String::new(),
             latest_version_id: String::new(),
+            created_by: String::new(),
         },
         true,
     )
@@ -629,6 +678,7 @@ fn pipeline_from_body(b: &Value, r: &Req) -> KfpResult<Pipeline> {
         created_ms: 0,
         default_version_id: String::new(),
         latest_version_id: String::new(),
+        created_by: String::new(),
     })
 }
 

@@ -834,8 +834,9 @@ async fn authorization_table() {
         )
         .await;
     assert_eq!(s, 200, "{v}");
-    // ...but changing an existing shared pipeline (a new version, which becomes the default
-    // others run) needs the right in the system namespace; so does the v2 create.
+    // ...but changing someone else's shared pipeline (a new version, which becomes the default
+    // others run) needs the right in the system namespace (see shared_pipeline_owner_rule for
+    // the creator's own); so does the v2 create.
     let (s, v) = e
         .upload(
             U1,
@@ -1589,4 +1590,172 @@ async fn store_failures_are_internal_errors_with_an_incident_id_and_no_internal_
         ids.push(id.to_owned());
     }
     assert_ne!(ids[0], ids[1]);
+}
+
+/// Rewrites the stored record of pipeline `pid` (scope `ns`) with `edit` — what an older kfsec
+/// stored, or a creator set by hand.
+async fn edit_stored_pipeline(e: &Env, ns: &str, pid: &str, edit: impl FnOnce(&mut serde_json::Map<String, Value>)) {
+    let key = crate::storage::object_key(crate::storage::Kind::Pipeline, ns, pid);
+    let kv = e.store.get(&key).await.unwrap().expect("stored pipeline");
+    let mut v: Value = serde_json::from_slice(&kv.value).unwrap();
+    edit(v.as_object_mut().unwrap());
+    e.store.put(&key, serde_json::to_vec(&v).unwrap(), None).await.unwrap();
+}
+
+/// kfsec's owner rule for shared pipelines: the user who uploaded one may add versions (kfp
+/// 1.8's `upload_pipeline_version`, and the v1/v2 JSON create), choose the default version,
+/// delete versions and the pipeline; anyone else needs the verb on `pipelines` in the system
+/// namespace (KFP 2.17's `canAccessPipeline`), which the admin has; a pipeline stored without a
+/// creator has no owner; namespaced pipelines keep KFP's namespace rule.
+#[tokio::test]
+async fn shared_pipeline_owner_rule() {
+    let e = env().await;
+    let v1 = "/pipeline/apis/v1beta1";
+    let v2 = "/pipeline/apis/v2beta1";
+    // user1 publishes a shared pipeline the kfp 1.8 way (no namespace).
+    let (s, v) = e
+        .upload(U1, &format!("{v1}/pipelines/upload?name=mine"), "p.yaml", IR.as_bytes())
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let pid = v["id"].as_str().unwrap().to_owned();
+    assert!(
+        v.get("created_by").is_none(),
+        "kfsec's creator is not part of KFP's wire format: {v}"
+    );
+    let upload_version = |who: &'static str, name: &'static str| {
+        let path = format!("{v1}/pipelines/upload_version?name={name}&pipelineid={pid}");
+        let e = &e;
+        async move { e.upload(who, &path, "p.yaml", IR.as_bytes()).await }
+    };
+    // The owner adds versions: multipart (kfp 1.8) and JSON (v2, v1).
+    let (s, v) = upload_version(U1, "v2").await;
+    assert_eq!(s, 200, "{v}");
+    let owner_vid = v["id"].as_str().unwrap().to_owned();
+    assert_eq!(v["resource_references"][0]["key"]["id"], pid.as_str(), "{v}");
+    let spec: Value = serde_saphyr::from_str(IR).unwrap();
+    let (s, v) = e
+        .post(
+            U1,
+            &format!("{v2}/pipelines/{pid}/versions"),
+            json!({"display_name": "v3", "pipeline_spec": spec}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let v1_version = |name: &str| {
+        json!({"name": name, "pipeline_spec": spec,
+               "resource_references": [{"key": {"type": "PIPELINE", "id": pid}, "relationship": "OWNER"}]})
+    };
+    let (s, v) = e.post(U1, &format!("{v1}/pipeline_versions"), v1_version("v4")).await;
+    assert_eq!(s, 200, "{v}");
+    // The new version is the default (what `run_pipeline(pipeline_id=…)` runs).
+    let (_, v) = e.get(U2, &format!("{v1}/pipelines/{pid}")).await;
+    assert_eq!(v["default_version"]["name"], "v4", "{v}");
+    // Another user is refused on every write, with KFP's text for the system namespace; the
+    // user name is compared exactly (another spelling is another user).
+    for who in [U2, VIEWER, "User1@example.com", "user1@example.com "] {
+        let (s, v) = upload_version(who, "evil").await;
+        assert_denied(s, &v, who, "kubeflow", "create", "pipelines", "mine");
+        let (s, v) = e
+            .post(
+                who,
+                &format!("{v2}/pipelines/{pid}/versions"),
+                json!({"display_name": "evil", "pipeline_spec": spec}),
+            )
+            .await;
+        assert_denied(s, &v, who, "kubeflow", "create", "pipelines", "mine");
+        let (s, v) = e
+            .post(who, &format!("{v1}/pipeline_versions"), v1_version("evil"))
+            .await;
+        assert_denied(s, &v, who, "kubeflow", "create", "pipelines", "mine");
+        let (s, v) = e
+            .post(
+                who,
+                &format!("{v1}/pipelines/{pid}/default_version/{owner_vid}"),
+                json!({}),
+            )
+            .await;
+        assert_denied(s, &v, who, "kubeflow", "update", "pipelines", "mine");
+        let (s, v) = e
+            .call(
+                who,
+                Method::DELETE,
+                &format!("{v1}/pipeline_versions/{owner_vid}"),
+                None,
+            )
+            .await;
+        assert_denied(s, &v, who, "kubeflow", "delete", "pipelines", "mine");
+        let (s, v) = e
+            .call(who, Method::DELETE, &format!("{v1}/pipelines/{pid}"), None)
+            .await;
+        assert_denied(s, &v, who, "kubeflow", "delete", "pipelines", "mine");
+    }
+    let (_, v) = e
+        .get(
+            U2,
+            &format!("{v1}/pipeline_versions?resource_key.type=PIPELINE&resource_key.id={pid}"),
+        )
+        .await;
+    assert_eq!(v["total_size"], 4, "a refused write left a version: {v}");
+    // The admin (rights in the system namespace) may add versions too.
+    let (s, v) = upload_version(ADMIN, "by-admin").await;
+    assert_eq!(s, 200, "{v}");
+    // The owner sets the default, deletes a version, then the pipeline.
+    let (s, v) = e
+        .post(
+            U1,
+            &format!("{v1}/pipelines/{pid}/default_version/{owner_vid}"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let (_, v) = e.get(U2, &format!("{v1}/pipelines/{pid}")).await;
+    assert_eq!(v["default_version"]["id"], owner_vid.as_str(), "{v}");
+    let (s, v) = e
+        .call(U1, Method::DELETE, &format!("{v1}/pipeline_versions/{owner_vid}"), None)
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = e.call(U1, Method::DELETE, &format!("{v1}/pipelines/{pid}"), None).await;
+    assert_eq!(s, 200, "{v}");
+    let (s, _) = e.get(U1, &format!("{v1}/pipelines/{pid}")).await;
+    assert_eq!(s, 404);
+
+    // A shared pipeline stored before kfsec recorded creators has no owner: as before, only the
+    // system namespace's right counts (its uploader is refused, the admin is not).
+    let (s, v) = e
+        .upload(U1, &format!("{v1}/pipelines/upload?name=old"), "p.yaml", IR.as_bytes())
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let old = v["id"].as_str().unwrap().to_owned();
+    edit_stored_pipeline(&e, "", &old, |m| {
+        assert_eq!(m.remove("created_by"), Some(json!(U1)));
+    })
+    .await;
+    let path = format!("{v1}/pipelines/upload_version?name=later&pipelineid={old}");
+    let (s, v) = e.upload(U1, &path, "p.yaml", IR.as_bytes()).await;
+    assert_denied(s, &v, U1, "kubeflow", "create", "pipelines", "old");
+    let (s, v) = e.upload(ADMIN, &path, "p.yaml", IR.as_bytes()).await;
+    assert_eq!(s, 200, "{v}");
+    // An empty creator is no owner either (an empty user name never reaches a handler anyway).
+    edit_stored_pipeline(&e, "", &old, |m| {
+        m.insert("created_by".into(), json!(""));
+    })
+    .await;
+    let (s, v) = e.call(U1, Method::DELETE, &format!("{v1}/pipelines/{old}"), None).await;
+    assert_denied(s, &v, U1, "kubeflow", "delete", "pipelines", "old");
+
+    // Namespaced pipelines: the creator counts for nothing, the namespace's RBAC decides.
+    let (npid, _) = e.pipeline_v2(U1, "user1", "private").await;
+    edit_stored_pipeline(&e, "user1", &npid, |m| {
+        m.insert("created_by".into(), json!(VIEWER));
+    })
+    .await;
+    let (s, v) = e
+        .upload(
+            VIEWER,
+            &format!("{v1}/pipelines/upload_version?name=x&pipelineid={npid}"),
+            "p.yaml",
+            IR.as_bytes(),
+        )
+        .await;
+    assert_denied(s, &v, VIEWER, "user1", "create", "pipelines", "private");
 }
