@@ -17,6 +17,7 @@ mod flow;
 mod harness;
 mod ingress;
 mod keys;
+mod kube_clients;
 mod oidc;
 mod process;
 mod proxying;
