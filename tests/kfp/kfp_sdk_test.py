@@ -67,6 +67,7 @@ def denied_text(user, ns, verb, res, name=""):
 
 USER1 = "kfp-user1@example.org"
 USER2 = "kfp-user2@example.org"
+ADMIN = "kfp-pipelines-admin@example.org"
 
 
 def expect(cond, msg):
@@ -375,6 +376,17 @@ def v1_checks():
         expect_denied(lambda: c2.delete_pipeline(pid), USER2, "kubeflow", "delete", "pipelines", "shared-by-user1")
         expect(c1.list_pipeline_versions(pid).total_size == 3, "a refused call changed the versions")
 
+    def versions_by_admin():
+        # A KFP admin (pipelines in the system namespace, kubeflow) may change any shared pipeline.
+        need("pipeline")
+        admin = kfp.Client(host=HOST, existing_token=os.environ["KFP_ADMIN_TOKEN"], ssl_ca_cert=CA)
+        v = admin.upload_pipeline_version(PIPELINE, "by-the-admin", pipeline_id=ids["pipeline"])
+        expect(c1.get_pipeline(ids["pipeline"]).default_version.id == v.id, "the admin's version is the default")
+        admin.delete_pipeline_version(v.id)
+        expect(c1.list_pipeline_versions(ids["pipeline"]).total_size == 3, "the admin's version is still there")
+        # ...but has no right in user1's namespace.
+        expect_denied(lambda: admin.list_runs(namespace="user1"), ADMIN, "user1", "list", "runs")
+
     def run():
         need("exp", "pipeline", "v2", "v3")
         r = c1.run_pipeline(ids["exp"], "sdk18-run", pipeline_id=ids["pipeline"], version_id=ids["v2"],
@@ -602,6 +614,8 @@ def v1_checks():
           versions_by_owner)
     check("kfp 1.8: another user's upload_pipeline_version / delete on that shared pipeline → 403 with KFP's text",
           versions_by_others)
+    check("kfp 1.8: a KFP admin (pipelines in kubeflow) adds and deletes a version of user1's shared pipeline",
+          versions_by_admin)
     check("kfp 1.8: run_pipeline with a pipeline id and a version id, list (namespace, experiment, paged, sorted), "
           "get_run", run)
     check("kfp 1.8: create_run_from_pipeline_package", run_from_package)
@@ -656,6 +670,14 @@ def v2_checks():
             listed = [x.display_name for x in (c.list_pipelines(page_size=100).pipelines or [])]
             expect("shared-by-sdk2" in listed and "shared-by-user1" in listed, f"shared list: {listed}")
         expect(c2.get_pipeline(shared.pipeline_id).display_name == "shared-by-sdk2", "user2 get shared")
+        # The creator of a shared pipeline adds versions; another user is refused (KFP's check in
+        # the system namespace).
+        v = c1t.upload_pipeline_version(PIPELINE, "sdk2-shared-v2", pipeline_id=shared.pipeline_id)
+        expect(v.pipeline_id == shared.pipeline_id, v)
+        expect_denied(lambda: c2.upload_pipeline_version(PIPELINE, "intruder", pipeline_id=shared.pipeline_id),
+                      USER2, "kubeflow", "create", "pipelines", "shared-by-sdk2")
+        names = [x.display_name for x in c2.list_pipeline_versions(shared.pipeline_id).pipeline_versions]
+        expect(sorted(names) == ["sdk2-shared-v2", "shared-by-sdk2"], names)
 
     def run():
         r = c1.run_pipeline(ids["exp"], "sdk2-run", pipeline_id=ids["pipeline"], version_id=ids["version"],
@@ -692,7 +714,8 @@ def v2_checks():
 
     check("kfp 2.14: healthz", healthz)
     check("kfp 2.14: create an experiment in user1, find it by name, list it (cookie and ID token)", experiment)
-    check("kfp 2.14: upload a compiled pipeline (namespaced and shared); shared visible to user2", upload)
+    check("kfp 2.14: upload a compiled pipeline (namespaced and shared); shared visible to user2; its creator adds "
+          "a version, user2 is refused", upload)
     check("kfp 2.14: create runs (version and inline package) and list them", run)
     check("kfp 2.14: the same calls on user2's namespace → ApiException 403 with KFP's text", other_namespace)
 

@@ -5,8 +5,9 @@
 # lines, the persistence agent's report endpoint, bad input).
 #
 # Boots `kfsec serve` on a free port with a temporary data dir, creates the profiles user1 and
-# user2 with kubectl (admin kubeconfig), adds two users, a public OAuth2 client for the ID-token
-# flow, and a persistence-agent service account with KFP's report ClusterRole, then runs
+# user2 with kubectl (admin kubeconfig), adds two users, a KFP admin (pipelines in kubeflow), a
+# public OAuth2 client for the ID-token flow, and a persistence-agent service account with KFP's
+# report ClusterRole, then runs
 # kfp_sdk_test.py in each mode; then federated.sh (federated users' ID tokens against a kfsec
 # with the ldap and oidc connectors, ~8 s). Closes with `kfp: N passed, M failed`; exits
 # non-zero on failure.
@@ -82,10 +83,15 @@ log "kfsec up on $BASE"
 # --- workspace setup ------------------------------------------------------------------------
 U1=kfp-user1@example.org
 U2=kfp-user2@example.org
+# A KFP admin: the right on pipelines in the KFP system namespace (kubeflow), which KFP asks of
+# whoever changes a shared pipeline they did not create.
+U3=kfp-pipelines-admin@example.org
+P3="admin password $RANDOM$RANDOM"
 P1="user1 password $RANDOM$RANDOM"
 P2="user2 password $RANDOM$RANDOM"
 echo "$P1" | "$KFSEC_BIN" user add "$U1" --data-dir "$DATA" >/dev/null
 echo "$P2" | "$KFSEC_BIN" user add "$U2" --data-dir "$DATA" >/dev/null
+echo "$P3" | "$KFSEC_BIN" user add "$U3" --data-dir "$DATA" >/dev/null
 "${KC[@]}" apply -f - >/dev/null <<EOF
 apiVersion: kubeflow.org/v1
 kind: Profile
@@ -129,6 +135,30 @@ rules:
   verbs: [reportMetrics, readArtifact]
 ---
 apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata:
+  name: shared-pipelines-admin
+  namespace: kubeflow
+rules:
+- apiGroups: [pipelines.kubeflow.org]
+  resources: [pipelines]
+  verbs: [get, list, create, update, delete]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata:
+  name: shared-pipelines-admin
+  namespace: kubeflow
+roleRef:
+  apiGroup: rbac.authorization.k8s.io
+  kind: Role
+  name: shared-pipelines-admin
+subjects:
+- apiGroup: rbac.authorization.k8s.io
+  kind: User
+  name: $U3
+---
+apiVersion: rbac.authorization.k8s.io/v1
 kind: ClusterRoleBinding
 metadata:
   name: ml-pipeline-persistenceagent-binding
@@ -163,11 +193,13 @@ read_login() { # EMAIL PASSWORD -> sets COOKIE TOKEN
 }
 read_login "$U1" "$P1"; U1_COOKIE="$COOKIE"; U1_TOKEN="$TOKEN"
 read_login "$U2" "$P2"; U2_COOKIE="$COOKIE"; U2_TOKEN="$TOKEN"
+read_login "$U3" "$P3"; U3_TOKEN="$TOKEN"
 "$V2PY" "$HERE/compile_pipeline.py" "$TMP/pipeline.yaml"
 log "users, profiles, tokens and the compiled pipeline are ready"
 
 export KFP_BASE="$BASE" KFP_CA="$CA" KFP_STATE="$TMP/state.json" KFP_PIPELINE="$TMP/pipeline.yaml"
 export KFP_USER1_COOKIE="$U1_COOKIE" KFP_USER2_COOKIE="$U2_COOKIE" KFP_USER1_TOKEN="$U1_TOKEN" KFP_USER2_TOKEN="$U2_TOKEN"
+export KFP_ADMIN_TOKEN="$U3_TOKEN"
 export KFP_AGENT_TOKEN="$AGENT_TOKEN" KFP_AGENT_DEFAULT_TOKEN="$AGENT_DEFAULT_TOKEN" KFP_OTHER_AUD_TOKEN="$OTHER_AUD_TOKEN"
 export HOME="$TMP/home" PYTHONWARNINGS=ignore
 mkdir -p "$HOME"
