@@ -60,7 +60,7 @@ summary() {
     passed=$((passed + p)); failed=$((failed + f))
   fi
   # browser: "browser: 1 passed, 0 failed"; federated, kfp: "kfp: 20 passed, 0 failed".
-  for n in browser federated kfp readme testssl; do
+  for n in browser federated kfp clients readme testssl; do
     [ -f "$LOGDIR/$n.log" ] || continue
     read -r p f < <(sed -n "s/^$n: \([0-9]*\) passed, \([0-9]*\) failed\$/\1 \2/p" "$LOGDIR/$n.log" | tail -1 |
       awk '{ p += $1; f += $2 } END { print p + 0, f + 0 }')
@@ -114,6 +114,9 @@ if { [ "$TEST_BUILD_OK" = 1 ] && [ -x target/debug/kfsec ]; } || step build carg
   # as upstream OP and the local database; kubectl via `kfsec login`; removal upstream.
   step federated logged federated env KFSEC_BIN="$ROOT/target/debug/kfsec" node tests/browser/federated.mjs || true
   step kfp logged kfp env KFSEC_BIN="$ROOT/target/debug/kfsec" bash tests/kfp/run.sh || true
+  # The official Python Kubernetes client (PyPI kubernetes, ~20 s): CRUD, watch, Profiles,
+  # TokenRequest, SelfSubjectReview, a user's 403 (tests/clients/run.sh).
+  step clients logged clients env KFSEC_BIN="$ROOT/target/debug/kfsec" bash tests/clients/run.sh || true
   # The README as a tested script (~40 s): every command block a user copies, in order, against a
   # fresh kfsec on the README's own port 8443 (tests/readme/readme_test.py).
   step readme logged readme env KFSEC_BIN="$ROOT/target/debug/kfsec" python3 tests/readme/readme_test.py || true
@@ -124,6 +127,7 @@ else
   skip browser "kfsec did not build"
   skip federated "kfsec did not build"
   skip kfp "kfsec did not build"
+  skip clients "kfsec did not build"
   skip readme "kfsec did not build"
   skip testssl "kfsec did not build"
 fi

@@ -10,8 +10,8 @@ use serde_json::{Map, Value, json};
 
 use crate::registry::{self, Resource};
 
-/// `/version`.
-pub fn version(git_version: &str) -> Value {
+/// `/version`: kube-apiserver's shape, with the build's commit, tree state and date.
+pub fn version(git_version: &str, build: &kfsec_types::BuildInfo) -> Value {
     let (major, minor) =
         git_version
             .trim_start_matches('v')
@@ -28,9 +28,9 @@ pub fn version(git_version: &str) -> Value {
         "major": major,
         "minor": minor,
         "gitVersion": git_version,
-        "gitCommit": "",
-        "gitTreeState": "clean",
-        "buildDate": "1970-01-01T00:00:00Z",
+        "gitCommit": build.commit,
+        "gitTreeState": build.tree_state,
+        "buildDate": build.build_date_rfc3339(),
         "goVersion": "",
         "compiler": "rustc",
         "platform": format!("{}/{}", std::env::consts::OS, if std::env::consts::ARCH == "x86_64" { "amd64" } else if std::env::consts::ARCH == "aarch64" { "arm64" } else { std::env::consts::ARCH }),
@@ -225,7 +225,16 @@ mod tests {
 
     #[test]
     fn documents() {
-        let v = version("v1.32.0-kfsec");
+        let build = kfsec_types::BuildInfo {
+            commit: "0123456789abcdef0123456789abcdef01234567".into(),
+            tree_state: "dirty".into(),
+            build_date: 1_796_479_360,
+            ..Default::default()
+        };
+        let v = version("v1.32.0-kfsec", &build);
+        assert_eq!(v["gitCommit"], "0123456789abcdef0123456789abcdef01234567");
+        assert_eq!(v["gitTreeState"], "dirty");
+        assert_eq!(v["buildDate"], "2026-12-05T14:02:40Z");
         assert_eq!(v["major"], "1");
         assert_eq!(v["minor"], "32");
         let core = resource_list("", "v1").unwrap();

@@ -143,7 +143,7 @@ impl ApiServer {
             v.map(|v| json_response(StatusCode::OK, &v)).ok_or(ApiError::NoRoute)
         };
         match route {
-            Route::Version => discovery_doc(Some(discovery::version(&self.options.git_version))),
+            Route::Version => discovery_doc(Some(discovery::version(&self.options.git_version, &self.options.build))),
             Route::Api => discovery_doc(Some(discovery::api_versions())),
             Route::Apis => discovery_doc(Some(discovery::api_group_list())),
             Route::ApiGroup(g) => discovery_doc(discovery::api_group(&g)),

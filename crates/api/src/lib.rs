@@ -86,6 +86,8 @@ pub struct ApiOptions {
     /// System namespaces no Profile may claim, besides every `kube-*` name. Default `default`,
     /// `kubeflow` (KFP's system namespace) and `kfsec`.
     pub reserved_namespaces: Vec<String>,
+    /// The build `/version` reports (`gitCommit`, `gitTreeState`, `buildDate`).
+    pub build: kfsec_types::BuildInfo,
 }
 
 impl Default for ApiOptions {
@@ -99,6 +101,7 @@ impl Default for ApiOptions {
     }
 }
 
+            build: kfsec_types::BuildInfo::default(),
 /// A list from [`ApiServer::list_objects`].
 #[derive(Debug, Clone)]
 pub struct ObjectList {

@@ -35,7 +35,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use kfsec_server::admin::{self, AdminRequest, AdminResponse};
 use kfsec_server::config::{self, Overrides, ProcessEnv};
 
@@ -50,7 +50,6 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Parser)]
 #[command(
     name = "kfsec",
-    version,
     about = "The security plane of a multi-tenant Kubeflow-style ML platform"
 )]
 struct Cli {
@@ -63,7 +62,8 @@ struct Common {
     /// Configuration file (YAML, apiVersion: kfsec/v1).
     #[arg(long, env = "KFSEC_CONFIG", global = true)]
     config: Option<PathBuf>,
-    /// Data directory [default: ./kfsec-data].
+    /// Data directory [default: the config file's dataDir, else ./kfsec-data]. Only `serve`
+    /// creates it; the other commands refuse a directory that holds no kfsec data.
     #[arg(long, env = "KFSEC_DATA_DIR", global = true)]
     data_dir: Option<PathBuf>,
 }
@@ -304,12 +304,44 @@ enum CertCmd {
     },
 }
 
+/// This binary's build, as its build script baked it in.
+fn build_info() -> kfsec_types::BuildInfo {
+    kfsec_types::BuildInfo {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        commit: env!("KFSEC_GIT_COMMIT").to_owned(),
+        tree_state: env!("KFSEC_GIT_TREE_STATE").to_owned(),
+        build_date: env!("KFSEC_BUILD_EPOCH").parse().unwrap_or(0),
+    }
+}
+
+/// The configuration an admin command works with: `--config`/`KFSEC_CONFIG` if given, with
+/// `--data-dir`/`KFSEC_DATA_DIR` over the file's `dataDir` (default `./kfsec-data`).
+fn admin_config(common: &Common) -> Result<config::Config> {
+    Ok(config::load(
+        common.config.as_deref(),
+        &Overrides {
+            data_dir: common.data_dir.clone(),
+            ..Default::default()
+        },
+        &ProcessEnv,
+    )?)
+}
+
+/// The data directory of an admin command, which must exist: only `serve` creates one.
+fn existing_data_dir(dir: &std::path::Path) -> Result<()> {
+    if !dir.is_dir() {
+        bail!(
+            "no data directory at {} (start the server with \"kfsec serve\", or pass --data-dir / set KFSEC_DATA_DIR)",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
 fn pki_dir(common: &Common) -> Result<PathBuf> {
-    let dir = common
-        .data_dir
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("kfsec-data"))
-        .join("pki");
+    let data = admin_config(common)?.data_dir;
+    existing_data_dir(&data)?;
+    let dir = data.join("pki");
     if !dir.join("ca.crt").exists() {
         bail!(
             "no internal CA in {} (start kfsec serve once, or pass --data-dir)",
@@ -491,7 +523,8 @@ async fn serve(
         admin_addr,
         webhook_addr,
     };
-    let cfg = config::load(common.config.as_deref(), &overrides, &ProcessEnv)?;
+    let mut cfg = config::load(common.config.as_deref(), &overrides, &ProcessEnv)?;
+    cfg.build = build_info();
     logging::init(cfg.log_level.as_deref(), cfg.log_format.as_deref() == Some("json"));
     let running = kfsec_server::start(cfg).await?;
     if let Some(p) = &running.bootstrap_password {
@@ -521,14 +554,8 @@ async fn serve(
 }
 
 async fn admin_call(common: &Common, req: AdminRequest) -> Result<AdminResponse> {
-    let cfg = config::load(
-        common.config.as_deref(),
-        &Overrides {
-            data_dir: common.data_dir.clone(),
-            ..Default::default()
-        },
-        &ProcessEnv,
-    )?;
+    let cfg = admin_config(common)?;
+    existing_data_dir(&cfg.data_dir)?;
     if let Some(resp) = admin::call(&cfg.data_dir, &req)
         .await
         .context("contacting the running server")?
@@ -536,7 +563,12 @@ async fn admin_call(common: &Common, req: AdminRequest) -> Result<AdminResponse>
         return Ok(resp);
     }
     let dir = kfsec_server::DataDir(cfg.data_dir.clone());
-    dir.create()?;
+    if !dir.store().exists() {
+        bail!(
+            "no kfsec data in {} (start the server with \"kfsec serve\" there, or pass --data-dir / set KFSEC_DATA_DIR)",
+            cfg.data_dir.display()
+        );
+    }
     let store = kfsec_server::open_store(&dir, Arc::new(kfsec_types::SystemClock))
         .context("opening the store (is a server running without its admin socket?)")?;
     Ok(kfsec_server::admin_ops(store, &cfg)?.execute(req).await)
@@ -597,14 +629,53 @@ fn print(resp: AdminResponse) -> Result<()> {
     Ok(())
 }
 
+/// Runs the command; an error is printed as one line, `kfsec: <what failed>: <why>` (every
+/// cause, no backtrace), with exit status 1.
 #[tokio::main]
-async fn main() -> Result<()> {
+async fn main() -> std::process::ExitCode {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     // Everything kfsec writes (store, keys, kubeconfigs, sockets) is private unless a file is
     // made public on purpose (certificates are chmod 0644 explicitly): a umask of 000 inherited
     // from a service manager must not make secrets world-readable.
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
-    let cli = Cli::parse();
+    // `--version`: `kfsec 0.1.0 (commit 0123456789ab, built 2026-12-05)`; clap takes the line
+    // for the life of the process.
+    let version: &'static str = Box::leak(build_info().version_line().into_boxed_str());
+    let cli = match Cli::from_arg_matches(&Cli::command().version(version).get_matches()) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
+    match run(cli).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("kfsec: {}", one_line(&e));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// An error and its causes on one line (`a: b: c`): a cause a message already quotes is not
+/// repeated, and line breaks inside a message are folded to `; `.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let msg = cause.to_string();
+        if line.contains(&msg) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&msg);
+    }
+    line.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+async fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
         Cmd::Serve {
             common,
@@ -681,12 +752,19 @@ async fn main() -> Result<()> {
             kubeconfig,
             common,
         } => {
-            let ca = ca_file.unwrap_or_else(|| {
-                common
-                    .data_dir
-                    .unwrap_or_else(|| PathBuf::from("kfsec-data"))
-                    .join("pki/ca-bundle.crt")
-            });
+            let ca = match ca_file {
+                Some(f) => f,
+                None => {
+                    let ca = admin_config(&common)?.data_dir.join("pki/ca-bundle.crt");
+                    if !ca.exists() {
+                        bail!(
+                            "no CA bundle at {} (pass --ca-file with a copy of the server's kfsec-data/pki/ca-bundle.crt)",
+                            ca.display()
+                        );
+                    }
+                    ca
+                }
+            };
             login::login(&server, &ca, &kubeconfig).await
         }
         Cmd::HashPassword => {

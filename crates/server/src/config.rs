@@ -166,6 +166,9 @@ pub struct Config {
     pub acknowledged: Vec<String>,
     /// Connectors, password database, chooser, branding and session revalidation.
     pub federation: Federation,
+    /// The binary's build, reported by `/version` and the `kfsec_build_info` metric: filled by
+    /// the binary (its build script); [`validate`] leaves the library default.
+    pub build: kfsec_types::BuildInfo,
 }
 
 impl Config {
@@ -337,7 +340,14 @@ pub fn parse(path: &Path, text: &str) -> Result<ConfigFile, ConfigError> {
     } else {
         serde_saphyr::from_str(text).map_err(|e| ConfigError::Syntax {
             path: path.into(),
-            message: e.to_string(),
+            // The parser's first line says where and what; the source snippet under it does
+            // not fit the one line an error is printed as.
+            message: e
+                .to_string()
+                .lines()
+                .next()
+                .map(|l| l.trim_start_matches("error: ").to_owned())
+                .unwrap_or_default(),
         })?
     };
     serde_path_to_error::deserialize(value).map_err(|e| ConfigError::Field {
@@ -662,6 +672,7 @@ pub fn validate(f: ConfigFile, o: &Overrides, env: &dyn Env) -> Result<Config, C
         webhook_settings,
         acknowledged,
         federation,
+        build: kfsec_types::BuildInfo::default(),
     })
 }
 

@@ -419,6 +419,14 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
     };
 
     let mut registry = Registry::default();
+    registry.register(
+        "kfsec_build",
+        "The running binary's version and git commit",
+        prometheus_client::metrics::info::Info::new(vec![
+            ("version".to_owned(), cfg.build.version.clone()),
+            ("commit".to_owned(), cfg.build.commit.clone()),
+        ]),
+    );
     let idp_settings = IdpSettings {
         issuer: issuer.clone(),
         id_token_ttl: cfg.id_token_ttl,
@@ -496,6 +504,10 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
         }))
         .token_issuer(Arc::new(tokenrequest::Issuer(idp.clone())))
         .admission(admission.clone())
+        .options(kfsec_api::ApiOptions {
+            build: cfg.build.clone(),
+            ..Default::default()
+        })
         .build();
     rbac::install_defaults(&api, ADMIN_GROUP)
         .await

@@ -4,6 +4,7 @@
 //! randomness reach logic only through [`Clock`] and [`Rng`] so tests can drive them.
 
 pub mod admission;
+pub mod build;
 pub mod clock;
 pub mod config;
 pub mod field;
@@ -17,6 +18,7 @@ pub mod status;
 pub mod time;
 pub mod validation;
 
+pub use build::BuildInfo;
 pub use clock::{Clock, ManualClock, Rng, SequenceRng, SystemClock, UnixTime, random_array};
 pub use field::Field;
 pub use identity::Identity;

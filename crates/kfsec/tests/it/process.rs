@@ -498,3 +498,300 @@ async fn the_charmed_kubeflow_dex_config_starts_kfsec_unchanged() {
         "https://my-charmed-kubeflow.uksouth.cloudapp.azure.com/dex"
     );
 }
+
+/// Environment variables a test sets for one run.
+type Env<'a> = Vec<(&'a str, &'a std::path::Path)>;
+
+/// The real binary run in `cwd` with no inherited `KFSEC_*` setting but `env`, and
+/// `RUST_BACKTRACE=1` (so a backtrace, if any were printed, would show).
+fn run_in(cwd: &std::path::Path, args: &[&str], env: &[(&str, &std::path::Path)], stdin: &str) -> std::process::Output {
+    let mut c = Command::new(BIN);
+    c.current_dir(cwd).args(args).env("RUST_BACKTRACE", "1");
+    for (k, _) in std::env::vars_os().filter(|(k, _)| k.to_string_lossy().starts_with("KFSEC_")) {
+        c.env_remove(k);
+    }
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let mut child = c
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// `kfsec --version`'s line, split: (version, commit, date).
+fn version_line() -> (String, String, String) {
+    let o = Command::new(BIN).arg("--version").output().unwrap();
+    assert!(o.status.success());
+    let out = String::from_utf8(o.stdout).unwrap();
+    let rest = out
+        .strip_prefix(&format!("kfsec {} (commit ", env!("CARGO_PKG_VERSION")))
+        .unwrap_or_else(|| panic!("{out:?}"));
+    let (commit, rest) = rest.split_once(", built ").unwrap_or_else(|| panic!("{out:?}"));
+    let date = rest.strip_suffix(")\n").unwrap_or_else(|| panic!("{out:?}"));
+    (env!("CARGO_PKG_VERSION").to_owned(), commit.to_owned(), date.to_owned())
+}
+
+/// `--version` names the commit this binary was built from (a real object of this repository,
+/// or `unknown` outside git) and its build date (the commit's, never the epoch).
+#[test]
+fn version_flag_names_the_commit_and_build_date() {
+    let (_, commit, date) = version_line();
+    assert_eq!(date.len(), 10, "{date}");
+    let year: u32 = date[..4].parse().unwrap();
+    assert!(year >= 2024, "{date}");
+    let in_git = Command::new("git")
+        .args(["-C", env!("CARGO_MANIFEST_DIR"), "rev-parse", "--git-dir"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !in_git {
+        assert_eq!(commit, "unknown");
+        return;
+    }
+    assert!(
+        commit.len() == 12 && commit.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{commit}"
+    );
+    let o = Command::new("git")
+        .args(["-C", env!("CARGO_MANIFEST_DIR"), "cat-file", "-e"])
+        .arg(format!("{commit}^{{commit}}"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{commit} is not a commit of this repository");
+}
+
+/// `/version` (read by the real kubectl) and the `kfsec_build_info` metric report the build
+/// `--version` prints: its full commit, the tree state, an RFC 3339 date on the same day.
+#[tokio::test]
+async fn version_endpoint_and_build_metric_report_the_build() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let (version, commit, date) = version_line();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let (_p, lines) = serve(dir.path(), port);
+    let ready = lines.last().unwrap();
+    let admin = ready
+        .split("admin http://")
+        .nth(1)
+        .and_then(|r| r.strip_suffix(")\n"))
+        .unwrap_or_else(|| panic!("{ready}"));
+
+    let metrics = reqwest::get(format!("http://{admin}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let info = metrics
+        .lines()
+        .find(|l| l.starts_with("kfsec_build_info{"))
+        .unwrap_or_else(|| panic!("{metrics}"));
+    let prefix = format!("kfsec_build_info{{version=\"{version}\",commit=\"");
+    let full_commit = info
+        .strip_prefix(&prefix)
+        .and_then(|r| r.strip_suffix("\"} 1"))
+        .unwrap_or_else(|| panic!("{info}"));
+    assert!(full_commit.starts_with(&commit), "{info} vs {commit}");
+
+    let Some(kubectl) = std::env::var_os("KFSEC_KUBECTL")
+        .map_or_else(|| std::path::PathBuf::from("/usr/bin/kubectl"), Into::into)
+        .canonicalize()
+        .ok()
+    else {
+        eprintln!("kubectl not installed: /version is checked by the metric only");
+        return;
+    };
+    let certs = dir.path().join("client");
+    let o = cli(
+        dir.path(),
+        &[
+            "cert",
+            "issue",
+            "--client",
+            "version-reader",
+            "--out",
+            certs.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: k\n  cluster:\n    server: https://localhost:{port}\n    certificate-authority: {0}/ca.crt\nusers:\n- name: u\n  user:\n    client-certificate: {0}/tls.crt\n    client-key: {0}/tls.key\ncontexts:\n- name: c\n  context: {{cluster: k, user: u}}\ncurrent-context: c\n",
+            certs.display()
+        ),
+    )
+    .unwrap();
+    let o = Command::new(kubectl)
+        .args(["version", "-o", "json", "--kubeconfig"])
+        .arg(&kubeconfig)
+        .arg("--cache-dir")
+        .arg(dir.path().join("kube-cache"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let server = &v["serverVersion"];
+    assert_eq!(server["gitCommit"], full_commit, "{v}");
+    assert!(
+        matches!(server["gitTreeState"].as_str(), Some("clean" | "dirty")),
+        "{v}"
+    );
+    let built = server["buildDate"].as_str().unwrap();
+    assert!(
+        built.starts_with(&format!("{date}T")) && built.ends_with('Z'),
+        "{built} vs {date}"
+    );
+    assert!(kfsec_types::time::parse_rfc3339(built).unwrap() > 0, "{built}");
+    assert_eq!(server["gitVersion"], "v1.32.0-kfsec", "{v}");
+}
+
+/// Admin commands run from another directory find the data directory through `--data-dir`,
+/// `KFSEC_DATA_DIR` or the config file's `dataDir` (`--config` / `KFSEC_CONFIG`); without one
+/// they say so in one line and exit 1, never creating `./kfsec-data`; every expected error is
+/// one line on stderr, with no backtrace.
+#[tokio::test]
+async fn admin_commands_find_the_data_dir_and_never_create_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (_p, _) = serve(&data, free_port());
+    let elsewhere = tempfile::tempdir().unwrap();
+    let cwd = elsewhere.path();
+    let config = cwd.join("kfsec.yaml");
+    std::fs::write(&config, format!("apiVersion: kfsec/v1\ndataDir: {}\n", data.display())).unwrap();
+    let empty = cwd.join("empty");
+    std::fs::create_dir(&empty).unwrap();
+
+    let ok = |o: &std::process::Output, what: &str| {
+        assert!(o.status.success(), "{what}: {}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).to_string()
+    };
+    let found: [(&str, Vec<&str>, Env); 4] = [
+        (
+            "--data-dir",
+            vec!["user", "list", "--data-dir", data.to_str().unwrap()],
+            vec![],
+        ),
+        ("KFSEC_DATA_DIR", vec!["user", "list"], vec![("KFSEC_DATA_DIR", &data)]),
+        ("--config", vec!["user", "list", "--config", "kfsec.yaml"], vec![]),
+        ("KFSEC_CONFIG", vec!["user", "list"], vec![("KFSEC_CONFIG", &config)]),
+    ];
+    for (what, args, env) in &found {
+        let out = ok(&run_in(cwd, args, env, ""), what);
+        assert!(out.contains("admin@kfsec.local"), "{what}: {out}");
+    }
+    // --data-dir wins over the environment, which wins over the config file.
+    let o = run_in(
+        cwd,
+        &["user", "list", "--data-dir", data.to_str().unwrap()],
+        &[("KFSEC_DATA_DIR", &empty)],
+        "",
+    );
+    ok(&o, "--data-dir over KFSEC_DATA_DIR");
+    let o = run_in(
+        cwd,
+        &["user", "list", "--config", "kfsec.yaml"],
+        &[("KFSEC_DATA_DIR", &empty)],
+        "",
+    );
+    assert!(!o.status.success(), "KFSEC_DATA_DIR over the config file");
+
+    let missing = "kfsec: no data directory at ./kfsec-data (start the server with \"kfsec serve\", or pass --data-dir / set KFSEC_DATA_DIR)\n";
+    let empty_msg = format!(
+        "kfsec: no kfsec data in {} (start the server with \"kfsec serve\" there, or pass --data-dir / set KFSEC_DATA_DIR)\n",
+        empty.display()
+    );
+    let refused: Vec<(Vec<&str>, Env, String)> = vec![
+        (vec!["user", "list"], vec![], missing.into()),
+        (vec!["client", "list"], vec![], missing.into()),
+        (vec!["user", "add", "x@example.org"], vec![], missing.into()),
+        (
+            vec!["token", "create", "default-editor", "-n", "ns"],
+            vec![],
+            missing.into(),
+        ),
+        (
+            vec!["can-i", "get", "pods", "--as", "x@example.org"],
+            vec![],
+            missing.into(),
+        ),
+        (
+            vec!["why", "get", "pods", "--as", "x@example.org"],
+            vec![],
+            missing.into(),
+        ),
+        (vec!["cert", "list"], vec![], missing.into()),
+        (vec!["webhook", "manifests"], vec![], missing.into()),
+        (
+            vec!["user", "list"],
+            vec![("KFSEC_DATA_DIR", &empty)],
+            empty_msg.clone(),
+        ),
+    ];
+    for (args, env, want) in &refused {
+        let o = run_in(cwd, args, env, "a-password-1\n");
+        assert_eq!(o.status.code(), Some(1), "{args:?}");
+        assert_eq!(String::from_utf8_lossy(&o.stderr), *want, "{args:?}");
+        assert!(o.stdout.is_empty(), "{args:?}");
+        assert!(!cwd.join("kfsec-data").exists(), "{args:?} created ./kfsec-data");
+        assert_eq!(
+            std::fs::read_dir(&empty).unwrap().count(),
+            0,
+            "{args:?} wrote into an empty dir"
+        );
+    }
+
+    // Other expected errors: one line, the causes after the context, no backtrace or Debug.
+    let one_line = |o: &std::process::Output, what: &str, needle: &str| {
+        assert_eq!(o.status.code(), Some(1), "{what}");
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        assert!(err.starts_with("kfsec: ") && err.ends_with('\n'), "{what}: {err:?}");
+        assert_eq!(err.lines().count(), 1, "{what}: {err:?}");
+        assert!(err.contains(needle), "{what}: {err:?}");
+        for debug in ["Caused by", "backtrace", "Error {", "Os {", "kind:"] {
+            assert!(!err.contains(debug), "{what}: {err:?}");
+        }
+    };
+    one_line(
+        &run_in(cwd, &["user", "list", "--config", "nope.yaml"], &[], ""),
+        "missing config",
+        "cannot read nope.yaml: No such file or directory",
+    );
+    std::fs::write(cwd.join("bad.yaml"), "apiVersion: kfsec/v1\nnoSuchKey: 1\ndataDir: [\n").unwrap();
+    one_line(
+        &run_in(cwd, &["user", "list", "--config", "bad.yaml"], &[], ""),
+        "bad config",
+        "bad.yaml: line 3 column 10: unclosed bracket",
+    );
+    let o = run_in(cwd, &["user", "list", "--config", "bad.yaml"], &[], "");
+    assert!(!String::from_utf8_lossy(&o.stderr).contains("-->"), "no source snippet");
+    let o = run_in(
+        cwd,
+        &["token", "create", "nobody", "-n", "nowhere"],
+        &[("KFSEC_DATA_DIR", &data)],
+        "",
+    );
+    one_line(&o, "token for a missing service account", "nobody");
+    let o = run_in(
+        cwd,
+        &["user", "add", "admin@kfsec.local"],
+        &[("KFSEC_DATA_DIR", &data)],
+        "a-password-1\n",
+    );
+    one_line(&o, "duplicate user", "admin@kfsec.local");
+    one_line(
+        &run_in(cwd, &["login", "--server", "https://localhost:1"], &[], ""),
+        "login without a CA",
+        "pass --ca-file",
+    );
+    // Commands that need no data directory work anywhere.
+    let o = run_in(cwd, &["hash-password"], &[], "a-password-1\n");
+    assert!(ok(&o, "hash-password").starts_with("$2"));
+    assert!(!cwd.join("kfsec-data").exists());
+}
