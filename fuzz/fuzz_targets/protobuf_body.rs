@@ -27,6 +27,8 @@ const KINDS: &[&str] = &[
     "LocalSubjectAccessReview",
     "SelfSubjectRulesReview",
     "TokenReview",
+    "SelfSubjectReview",
+    "TokenRequest",
     "DeleteOptions",
 ];
 

@@ -593,6 +593,37 @@ mod tests {
     /// A timestamp is RFC 3339 or refused: past year 9999 it used to decode to
     /// `"11476-08-15T05:20:00Z"`, which no RFC 3339 reader accepts (found by the invariant of
     /// the `protobuf_body` fuzz target).
+    /// `kubectl create token` (TokenRequest) and `kubectl auth whoami` (SelfSubjectReview), as
+    /// client-go's typed clients send them.
+    #[test]
+    fn token_request_and_self_subject_review() {
+        let mut meta = Vec::new();
+        bytes(1, b"robot", &mut meta);
+        let mut bound = Vec::new();
+        bytes(1, b"Secret", &mut bound);
+        bytes(3, b"s", &mut bound);
+        let mut spec = Vec::new();
+        bytes(1, b"kfsec", &mut spec);
+        bytes(1, b"pipelines.kubeflow.org", &mut spec);
+        bytes(3, &bound, &mut spec);
+        varint(4 << 3, &mut spec);
+        varint(600, &mut spec);
+        let mut raw = Vec::new();
+        bytes(1, &meta, &mut raw);
+        bytes(2, &spec, &mut raw);
+        let v = decode_body(&envelope("authentication.k8s.io/v1", "TokenRequest", &raw)).unwrap();
+        assert_eq!(
+            v,
+            json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "metadata": {"name": "robot"},
+                "spec": {"audiences": ["kfsec", "pipelines.kubeflow.org"], "boundObjectRef": {"kind": "Secret", "name": "s"}, "expirationSeconds": 600}})
+        );
+        let v = decode_body(&envelope("authentication.k8s.io/v1", "SelfSubjectReview", &[])).unwrap();
+        assert_eq!(
+            v,
+            json!({"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"})
+        );
+    }
+
     #[test]
     fn timestamps_stay_rfc3339() {
         let body = |secs: u64| {
