@@ -1,7 +1,5 @@
 //! Discovery documents: `/version`, `/api`, `/api/v1`, `/apis`, `/apis/{g}`, `/apis/{g}/{v}`
-//! (legacy, non-aggregated JSON), and a minimal `/openapi/v3` that advertises, per group-version,
-//! the PATCH operations with the `fieldValidation` parameter, so kubectl uses server-side field
-//! validation instead of downloading schemas.
+//! (legacy, non-aggregated JSON). The OpenAPI documents are `openapi`'s.
 //!
 //! Invariants: everything here is derived from the static registry only; no stored data is
 //! ever reachable from a discovery path.
@@ -126,98 +124,6 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
     Some(json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}))
 }
 
-/// The served group-versions as OpenAPI v3 path keys: `api/v1`, `apis/{g}/{v}`.
-fn openapi_paths() -> Vec<(String, &'static str, &'static str)> {
-    let mut out = vec![("api/v1".to_owned(), "", "v1")];
-    for (g, vs) in registry::groups() {
-        for v in *vs {
-            out.push((format!("apis/{g}/{v}"), g, v));
-        }
-    }
-    out
-}
-
-/// A stable short hash (FNV-1a, hex) of a document, for `?hash=`.
-fn hash(doc: &Value) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in doc.to_string().bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("{h:016X}")
-}
-
-/// `/openapi/v3`: the index of per-group-version documents.
-pub fn openapi_v3_root() -> Value {
-    let mut paths = Map::new();
-    for (p, g, v) in openapi_paths() {
-        if let Some(doc) = openapi_v3_gv(g, v) {
-            paths.insert(
-                p.clone(),
-                json!({"serverRelativeURL": format!("/openapi/v3/{p}?hash={}", hash(&doc))}),
-            );
-        }
-    }
-    json!({"paths": paths})
-}
-
-/// `/openapi/v3/{api/v1 | apis/g/v}`; `None` if unknown.
-pub fn openapi_v3_for_path(path: &str) -> Option<Value> {
-    openapi_paths()
-        .into_iter()
-        .find(|(p, _, _)| p == path)
-        .and_then(|(_, g, v)| openapi_v3_gv(g, v))
-}
-
-fn openapi_v3_gv(group: &str, version: &str) -> Option<Value> {
-    if !registry::serves_group_version(group, version) {
-        return None;
-    }
-    let base = if group.is_empty() {
-        "/api/v1".to_owned()
-    } else {
-        format!("/apis/{group}/{version}")
-    };
-    let mut paths = Map::new();
-    for r in registry::in_group_version(group, version).filter(|r| r.serves("patch")) {
-        let item = if r.namespaced {
-            format!("{base}/namespaces/{{namespace}}/{}/{{name}}", r.plural)
-        } else {
-            format!("{base}/{}/{{name}}", r.plural)
-        };
-        let gvk = json!({"group": r.group, "version": r.version, "kind": r.kind});
-        let params = json!([
-            {"name": "dryRun", "in": "query", "schema": {"type": "string"}},
-            {"name": "fieldManager", "in": "query", "schema": {"type": "string"}},
-            {"name": "fieldValidation", "in": "query", "schema": {"type": "string"}},
-        ]);
-        let content = json!({
-            "application/json-patch+json": {"schema": {"type": "object"}},
-            "application/merge-patch+json": {"schema": {"type": "object"}},
-        });
-        let op = |id: &str| {
-            json!({
-                "operationId": id,
-                "x-kubernetes-action": id,
-                "x-kubernetes-group-version-kind": gvk,
-                "parameters": params,
-                "responses": {"200": {"description": "OK"}},
-            })
-        };
-        let mut patch = op("patch");
-        if let Some(o) = patch.as_object_mut() {
-            o.insert("requestBody".into(), json!({"content": content}));
-        }
-        paths.insert(item, json!({"patch": patch, "put": op("put")}));
-    }
-    Some(json!({
-        "openapi": "3.0.0",
-        "info": {"title": "Kubernetes", "version": "kfsec"},
-        "paths": paths,
-        "components": {"schemas": {}},
-    }))
-}
-
 #[cfg(test)]
 mod tests {
 
@@ -258,18 +164,5 @@ mod tests {
         assert_eq!(kfg["preferredVersion"]["version"], "v1");
         assert!(api_group("nope").is_none());
         assert_eq!(api_group("kubeflow.org").unwrap()["kind"], "APIGroup");
-    }
-
-    #[test]
-    fn openapi_index_points_at_served_documents() {
-        let root = openapi_v3_root();
-        let url = root["paths"]["apis/kubeflow.org/v1alpha1"]["serverRelativeURL"]
-            .as_str()
-            .unwrap();
-        assert!(url.starts_with("/openapi/v3/apis/kubeflow.org/v1alpha1?hash="));
-        let doc = openapi_v3_for_path("apis/kubeflow.org/v1alpha1").unwrap();
-        let p = &doc["paths"]["/apis/kubeflow.org/v1alpha1/namespaces/{namespace}/poddefaults/{name}"]["patch"];
-        assert_eq!(p["x-kubernetes-group-version-kind"]["kind"], "PodDefault");
-        assert!(openapi_v3_for_path("apis/x/v1").is_none());
     }
 }

@@ -23,6 +23,7 @@ use serde_json::{Value, json};
 use crate::ApiServer;
 use crate::authorize::{ResourceAttributes, attributes_for};
 use crate::discovery;
+use crate::{fieldcheck, openapi};
 use crate::objects::{ListQuery, Preconditions, WriteCtx};
 use crate::patch::PatchType;
 use crate::registry::Backing;
@@ -148,9 +149,15 @@ impl ApiServer {
             Route::Apis => discovery_doc(Some(discovery::api_group_list())),
             Route::ApiGroup(g) => discovery_doc(discovery::api_group(&g)),
             Route::ResourceList { group, version } => discovery_doc(discovery::resource_list(&group, &version)),
-            Route::OpenApiV3Root => discovery_doc(Some(discovery::openapi_v3_root())),
-            Route::OpenApiV3(p) => discovery_doc(discovery::openapi_v3_for_path(&p)),
-            Route::OpenApiV2 => Err(ApiError::NoRoute),
+            Route::OpenApiV3Root | Route::OpenApiV3(_) | Route::OpenApiV2 => {
+                let which = match &route {
+                    Route::OpenApiV3(p) => openapi::Which::V3(p),
+                    Route::OpenApiV2 => openapi::Which::V2,
+                    _ => openapi::Which::V3Index,
+                };
+                let now = self.clock.now().as_secs();
+                openapi::serve(which, &parts.method, &parts.headers, query.get("hash"), now)
+            }
             Route::Resource(t) => {
                 self.resource_request(t, parts.method, &parts.headers, &query, body, &user)
                     .await
@@ -325,19 +332,25 @@ impl ApiServer {
             }
             "create" => {
                 let obj = self.read_object(headers, body).await?;
+                let warn = fieldcheck::check(res, query.get("fieldValidation"), &obj)?;
                 let out = self.create_in(res, &path_ns, obj, ctx).await?;
-                Ok(json_response(StatusCode::CREATED, &out))
+                Ok(fieldcheck::with_warnings(
+                    json_response(StatusCode::CREATED, &out),
+                    &warn,
+                ))
             }
             "update" => {
                 let obj = self.read_object(headers, body).await?;
+                let warn = fieldcheck::check(res, query.get("fieldValidation"), &obj)?;
                 let out = self.update_in(res, &path_ns, &name, obj, ctx).await?;
-                Ok(json_response(StatusCode::OK, &out))
+                Ok(fieldcheck::with_warnings(json_response(StatusCode::OK, &out), &warn))
             }
             "patch" => {
                 let kind = PatchType::from_content_type(&content_type(headers))?;
                 let raw = self.read_body(body).await?;
+                let warn = fieldcheck::check_patch(res, query.get("fieldValidation"), kind, &raw)?;
                 let out = self.patch_in(res, &path_ns, &name, kind, &raw, ctx).await?;
-                Ok(json_response(StatusCode::OK, &out))
+                Ok(fieldcheck::with_warnings(json_response(StatusCode::OK, &out), &warn))
             }
             "delete" => {
                 let raw = self.read_body(body).await?;

@@ -416,3 +416,116 @@ async fn real_kubectl() {
         .await;
     assert_eq!(o.code, 1);
 }
+
+impl Kubectl {
+    /// Runs kubectl, which must exit 1 with `text` in its error output.
+    async fn fails_with(&self, args: &[&str], text: &str) {
+        let o = self.run(args).await;
+        assert_eq!(o.code, 1, "kubectl {args:?}: {}", o.stdout);
+        assert!(o.stderr.contains(text), "{}", o.stderr);
+    }
+}
+
+/// The OpenAPI documents with the real kubectl: `explain` of built-in and Kubeflow kinds (v3),
+/// `create -f` of the review kinds with validation on (v2 protobuf, client-side), and unknown
+/// fields refused the way kube-apiserver refuses them (server-side, `fieldValidation=Strict`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_openapi_explain_and_validation() {
+    let Some(bin) = kubectl_binary() else {
+        eprintln!("kubectl not installed: skipping the real-kubectl test");
+        return;
+    };
+    let f = fixture();
+    let servers = [
+        ("admin", serve_as(&f.api, "admin").await),
+        ("alice", serve_as(&f.api, "alice").await),
+    ];
+    let k = Kubectl::new(bin, &servers);
+
+    let out = k.ok(&["explain", "profile"]).await;
+    assert!(
+        out.contains("KIND:       Profile") && out.contains("VERSION:    v1") && out.contains("spec\t<Object>"),
+        "{out}"
+    );
+    let out = k.ok(&["explain", "profile.spec.owner"]).await;
+    assert!(
+        out.contains("FIELD: owner <Object>") && out.contains("The profile owner") && out.contains("name\t<string>"),
+        "{out}"
+    );
+    let out = k.ok(&["explain", "configmap.data"]).await;
+    assert!(out.contains("FIELD: data <map[string]string>"), "{out}");
+    let out = k
+        .ok(&["explain", "--api-version=kubeflow.org/v1beta1", "profile"])
+        .await;
+    assert!(out.contains("VERSION:    v1beta1"), "{out}");
+    let out = k.ok(&["explain", "pods.spec.containers.resources"]).await;
+    assert!(out.contains("limits\t<map[string]Quantity>"), "{out}");
+    let out = k.ok(&["explain", "poddefault.spec"]).await;
+    assert!(out.contains("selector\t<Object> -required-"), "{out}");
+    let out = k.ok(&["explain", "selfsubjectreview.status.userInfo"]).await;
+    assert!(
+        out.contains("GROUP:      authentication.k8s.io") && out.contains("username\t<string>"),
+        "{out}"
+    );
+
+    // Review kinds validate client-side (no --validate=false needed).
+    k.ok(&["create", "namespace", "x"]).await;
+    let tr = k.file(
+        "tr.yaml",
+        "apiVersion: authentication.k8s.io/v1\nkind: TokenReview\nspec:\n  token: not-a-token\n",
+    );
+    let out = k.ok(&["create", "-f", &tr, "-o", "json"]).await;
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (&v["kind"], &v["status"]["authenticated"]),
+        (&json!("TokenReview"), &json!(false)),
+        "{out}"
+    );
+    let sar = k.file(
+        "sar.yaml",
+        "apiVersion: authorization.k8s.io/v1\nkind: SubjectAccessReview\nspec:\n  user: bob\n  resourceAttributes:\n    verb: list\n    resource: configmaps\n    namespace: x\n",
+    );
+    let out = k.ok(&["create", "-f", &sar, "-o", "jsonpath={.status.allowed}"]).await;
+    assert_eq!(out, "true");
+    let bad = k.file(
+        "badtr.yaml",
+        "apiVersion: authentication.k8s.io/v1\nkind: TokenReview\nspec:\n  tokn: x\n",
+    );
+    k.fails_with(
+        &["create", "-f", &bad],
+        "unknown field \"tokn\" in io.k8s.api.authentication.v1.TokenReviewSpec",
+    )
+    .await;
+
+    // Unknown fields of stored kinds: refused by the server (kubectl sends fieldValidation=Strict).
+    let cm = k.file(
+        "cm.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: c\n  namespace: x\ndata:\n  a: b\nspec:\n  foo: 1\n",
+    );
+    k.fails_with(
+        &["apply", "-f", &cm],
+        "ConfigMap in version \"v1\" cannot be handled as a ConfigMap: strict decoding error: unknown field \"spec\"",
+    )
+    .await;
+    let p = k.file(
+        "p.yaml",
+        "apiVersion: kubeflow.org/v1\nkind: Profile\nmetadata:\n  name: p1\nspec:\n  owner:\n    kind: User\n    name: a@example.com\n  foo: bar\n",
+    );
+    k.fails_with(
+        &["apply", "-f", &p],
+        "strict decoding error: unknown field \"spec.foo\"",
+    )
+    .await;
+    // An existing object: the patch is refused as well.
+    let good = k.file(
+        "good.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: c\n  namespace: x\ndata:\n  a: b\n",
+    );
+    k.ok(&["apply", "-f", &good]).await;
+    k.fails_with(&["apply", "-f", &cm], "strict decoding error: unknown field \"spec\"")
+        .await;
+    // --validate=warn: accepted, with kube-apiserver's warning.
+    let o = k.run(&["apply", "--validate=warn", "-f", &cm]).await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(o.stderr.contains("Warning: unknown field \"spec\""), "{}", o.stderr);
+}

@@ -19,6 +19,7 @@ mod ingress;
 mod keys;
 mod kube_clients;
 mod oidc;
+mod openapi;
 mod process;
 mod proxying;
 mod rbac;
