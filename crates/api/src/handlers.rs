@@ -21,17 +21,18 @@ use kfsec_types::identity::UserInfo;
 use serde_json::{Value, json};
 
 use crate::ApiServer;
+use crate::authorize::RequestAttributes;
 use crate::authorize::{ResourceAttributes, attributes_for};
 use crate::discovery;
-use crate::{fieldcheck, openapi};
-use crate::objects::{ListQuery, Preconditions, WriteCtx};
+use crate::objects::{ApplyOptions, ListQuery, Preconditions, WriteCtx};
 use crate::patch::PatchType;
 use crate::registry::Backing;
 use crate::route::{self, Query, Route, Target};
 use crate::selector::{FieldSelector, LabelQuery};
-use crate::status::{ApiError, status_response};
+use crate::status::{ApiError, FieldCause, status_response};
 use crate::table::{self, Format, Include};
 use crate::watch::WatchParams;
+use crate::{fieldcheck, openapi};
 
 /// The axum handler for every API path.
 pub(crate) async fn handle(State(api): State<Arc<ApiServer>>, req: Request) -> Response {
@@ -86,6 +87,76 @@ fn parse_usize(q: &Query, k: &str) -> Result<Option<u64>, ApiError> {
             .map(Some)
             .map_err(|_| ApiError::BadRequest(format!("invalid {k}: {v:?}"))),
     }
+}
+
+/// The field manager of a write (`?fieldManager=`, else the User-Agent's product, as
+/// kube-apiserver), after kube-apiserver's checks of the write options (422 `…Options` Invalid).
+fn write_manager(verb: &str, q: &Query, headers: &HeaderMap) -> Result<String, ApiError> {
+    let kind = match verb {
+        "create" => "CreateOptions",
+        "update" => "UpdateOptions",
+        "patch" => "PatchOptions",
+        _ => return Ok(String::new()),
+    };
+    let given = q.get("fieldManager").unwrap_or("");
+    let mut causes = Vec::new();
+    if verb == "patch" {
+        let apply = PatchType::from_content_type(&content_type(headers)).is_ok_and(|t| t == PatchType::Apply);
+        if !apply && q.get("force").is_some() {
+            causes.push(FieldCause::forbidden(
+                "force",
+                "may not be specified for non-apply patch",
+            ));
+        }
+        if apply && given.is_empty() {
+            causes.push(FieldCause::required("fieldManager", "is required for apply patch"));
+        }
+    }
+    if given.len() > MAX_FIELD_MANAGER {
+        causes.push(FieldCause {
+            reason: kfsec_types::CauseType::FieldValueTooLong,
+            field: "fieldManager".into(),
+            message: format!("Too long: may not be more than {MAX_FIELD_MANAGER} bytes"),
+        });
+    }
+    if !given.chars().all(printable) {
+        causes.push(FieldCause::invalid(
+            "fieldManager",
+            given,
+            "must only contain printable characters",
+        ));
+    }
+    if !causes.is_empty() {
+        return Err(ApiError::Invalid {
+            kind: kind.into(),
+            group: "meta.k8s.io".into(),
+            name: String::new(),
+            causes,
+        });
+    }
+    if !given.is_empty() {
+        return Ok(given.to_owned());
+    }
+    let agent = headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let mut out = String::new();
+    for c in agent.split('/').next().unwrap_or("").chars().filter(|c| printable(*c)) {
+        if out.len() >= MAX_FIELD_MANAGER {
+            break;
+        }
+        out.push(c);
+    }
+    Ok(out)
+}
+
+/// The longest field manager name (kube-apiserver's `FieldManagerMaxLength`).
+const MAX_FIELD_MANAGER: usize = 128;
+
+/// Go's `unicode.IsPrint`, near enough: no control characters, no space but ASCII space.
+fn printable(c: char) -> bool {
+    c == ' ' || !(c.is_control() || c.is_whitespace())
 }
 
 fn dry_run(q: &Query) -> Result<bool, ApiError> {
@@ -259,11 +330,13 @@ impl ApiServer {
         let format = table::negotiate(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
         let include = Include::parse(query.get("includeObject"));
         let now = i64::try_from(self.clock.now().as_secs()).unwrap_or(i64::MAX);
+        let manager = write_manager(verb, query, headers)?;
         let ctx = WriteCtx {
             user,
             http: true,
             dry_run: dry_run(query)?,
             subresource: &sub,
+            manager: &manager,
         };
         let one = |obj: Value| -> Value {
             match format {
@@ -348,6 +421,22 @@ impl ApiServer {
             "patch" => {
                 let kind = PatchType::from_content_type(&content_type(headers))?;
                 let raw = self.read_body(body).await?;
+                if kind == PatchType::Apply {
+                    // As kube-apiserver: an apply that creates also needs `create`.
+                    let mut create = attrs.clone();
+                    if let RequestAttributes::Resource(r) = &mut create.request {
+                        r.verb = "create".into();
+                    }
+                    let opts = ApplyOptions {
+                        force: query.flag("force"),
+                        field_validation: query.get("fieldValidation").map(str::to_owned),
+                        create_denied: (!self.authz.authorize(&create).is_allowed())
+                            .then(|| ApiError::forbidden(&create)),
+                    };
+                    let (out, created, warn) = self.apply_in(res, &path_ns, &name, &raw, opts, ctx).await?;
+                    let code = if created { StatusCode::CREATED } else { StatusCode::OK };
+                    return Ok(fieldcheck::with_warnings(json_response(code, &one(out)), &warn));
+                }
                 let warn = fieldcheck::check_patch(res, query.get("fieldValidation"), kind, &raw)?;
                 let out = self.patch_in(res, &path_ns, &name, kind, &raw, ctx).await?;
                 Ok(fieldcheck::with_warnings(json_response(StatusCode::OK, &out), &warn))

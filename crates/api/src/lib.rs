@@ -18,6 +18,8 @@ mod hooks;
 mod impersonation;
 mod kinds;
 mod list;
+mod lists;
+pub mod managed;
 mod meta;
 mod objects;
 mod openapi;
@@ -34,6 +36,8 @@ mod table;
 mod tokenrequest;
 mod watch;
 
+#[cfg(test)]
+mod tests_apply;
 #[cfg(test)]
 mod tests_clients;
 #[cfg(test)]
@@ -181,6 +185,7 @@ fn system_ctx(user: &UserInfo) -> WriteCtx<'_> {
         http: false,
         dry_run: false,
         subresource: "",
+        manager: "",
     }
 }
 

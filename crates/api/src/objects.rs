@@ -17,6 +17,7 @@ use serde_json::{Map, Value, json};
 use crate::ApiServer;
 use crate::hooks::AdmissionAttributes;
 use crate::kinds::{prepare_kind, spec_changed};
+use crate::managed::{self, Entry, Writer};
 use crate::meta::{name_suffix, new_uid, validate_maps, validate_name};
 use crate::patch::{self, PatchType};
 use crate::registry::{self, Resource};
@@ -37,6 +38,21 @@ pub(crate) struct WriteCtx<'a> {
     pub dry_run: bool,
     /// `""` or `"status"`.
     pub subresource: &'a str,
+    /// The field manager recorded in `metadata.managedFields` (`""`: a system-internal write,
+    /// which records nothing and keeps the entries as they are).
+    pub manager: &'a str,
+}
+
+/// Server-side apply's request options.
+#[derive(Debug)]
+pub(crate) struct ApplyOptions {
+    /// `?force=true`: take over conflicting fields.
+    pub force: bool,
+    /// `?fieldValidation=`: `Strict` refuses duplicate and unknown fields, `Warn` (default)
+    /// warns about unknown fields.
+    pub field_validation: Option<String>,
+    /// Set when the caller may not `create`: an apply that would create fails with it.
+    pub create_denied: Option<ApiError>,
 }
 
 /// Preconditions of a DELETE.
@@ -256,7 +272,59 @@ impl ApiServer {
         body: Value,
         ctx: WriteCtx<'_>,
     ) -> Result<Value, ApiError> {
+        self.create_managed(res, ns, body, ctx, None).await
+    }
+
+    /// The writer of `ctx` for field management.
+    fn writer<'a>(&self, res: &Resource, ctx: WriteCtx<'a>, api_version: &'a str, now: &'a str) -> Writer<'a> {
+        Writer {
+            manager: ctx.manager,
+            api_version,
+            subresource: ctx.subresource,
+            has_status: res.has_status(),
+            now,
+        }
+    }
+
+    /// The managed fields after a non-apply write of `new` over `old` (`None`: create): the
+    /// entries `given` (server-side apply), or the Update of `ctx.manager`, or — for
+    /// system-internal writes — the old entries unchanged; the entries the writer `requested`
+    /// (the body's `managedFields`) replace the old ones as in [`managed::requested_or`].
+    fn managed_after(
+        &self,
+        res: &Resource,
+        old: Option<&Value>,
+        new: &Value,
+        ctx: WriteCtx<'_>,
+        given: Option<Vec<Entry>>,
+        requested: Option<&Value>,
+    ) -> Option<Value> {
+        let before = managed::requested_or(old.map(managed::entries_of).unwrap_or_default(), requested);
+        if let Some(g) = given {
+            return managed::encode(g);
+        }
+        if ctx.manager.is_empty() {
+            return managed::encode(before);
+        }
+        let av = res.api_version();
+        let now = self.clock.now().to_rfc3339();
+        let w = self.writer(res, ctx, &av, &now);
+        let empty = Value::Object(Map::new());
+        managed::encode(managed::update(&before, old.unwrap_or(&empty), new, &w))
+    }
+
+    /// Creates an object with the field managers `given` (server-side apply) or those of
+    /// `ctx.manager`'s write.
+    async fn create_managed(
+        &self,
+        res: &'static Resource,
+        ns: &str,
+        body: Value,
+        ctx: WriteCtx<'_>,
+        given: Option<Vec<Entry>>,
+    ) -> Result<Value, ApiError> {
         let mut obj = check_type(res, body)?;
+        let requested = meta(&obj).and_then(|m| m.get("managedFields")).cloned();
         if ctx.http
             && res.has_status()
             && let Some(o) = obj.as_object_mut()
@@ -300,6 +368,7 @@ impl ApiServer {
             let generate = m.get("generateName").and_then(Value::as_str).unwrap_or("").to_owned();
             (name, generate)
         };
+        let managed_fields = self.managed_after(res, None, &obj, ctx, given, requested.as_ref());
         let given_name = name;
         if given_name.is_empty() && generate.is_empty() {
             return Err(invalid(
@@ -339,6 +408,7 @@ impl ApiServer {
             restore_identity(&mut candidate, &obj)?;
             prepare_kind(res, &mut candidate, None)?;
             revalidate(res, &name, &candidate)?;
+            set_managed(&mut candidate, managed_fields.clone())?;
             if ctx.dry_run {
                 return Ok(candidate);
             }
@@ -394,7 +464,7 @@ impl ApiServer {
                 return Err(conflict(res, name, MODIFIED));
             }
             match self
-                .write_update(res, ns, name, obj.clone(), &current, rev, ctx)
+                .write_update(res, ns, name, obj.clone(), &current, rev, ctx, None)
                 .await?
             {
                 Some(v) => return Ok(v),
@@ -440,8 +510,112 @@ impl ApiServer {
                 ));
             }
             let patched = check_type(res, patched)?;
-            if let Some(v) = self.write_update(res, ns, name, patched, &current, rev, ctx).await? {
+            if let Some(v) = self
+                .write_update(res, ns, name, patched, &current, rev, ctx, None)
+                .await?
+            {
                 return Ok(v);
+            }
+        }
+        Err(conflict(res, name, MODIFIED))
+    }
+
+    /// Server-side apply of the body `raw` (`PATCH` with `application/apply-patch+yaml`):
+    /// creates the object if it does not exist, else merges it under the field managers'
+    /// rules (see [`managed::apply`]). Returns the object and whether it was created.
+    pub(crate) async fn apply_in(
+        &self,
+        res: &'static Resource,
+        ns: &str,
+        name: &str,
+        raw: &[u8],
+        opts: ApplyOptions,
+        ctx: WriteCtx<'_>,
+    ) -> Result<(Value, bool, Vec<String>), ApiError> {
+        let strict = opts.field_validation.as_deref() == Some("Strict");
+        let body = bytes::Bytes::copy_from_slice(raw);
+        let cfg = self
+            .offload(body.len(), move || {
+                managed::decode_config(&body, strict).map_err(|e| {
+                    let prefix = if strict {
+                        "error strict decoding YAML"
+                    } else {
+                        "error decoding YAML"
+                    };
+                    ApiError::BadRequest(format!("{prefix}: {e}"))
+                })
+            })
+            .await?;
+        let cfg = check_applied(res, name, ns, cfg)?;
+        let warnings = crate::fieldcheck::check(res, opts.field_validation.as_deref(), &cfg)?;
+        let wanted = meta_str(&cfg, "resourceVersion").to_owned();
+        let av = res.api_version();
+        let cfg = std::sync::Arc::new(cfg);
+        for _ in 0..RETRIES {
+            let now = self.clock.now().to_rfc3339();
+            let current = self.read(res, ns, name).await?;
+            let entries = current
+                .as_ref()
+                .map(|(c, _)| managed::entries_of(c))
+                .unwrap_or_default();
+            if let Some((_, rev)) = &current
+                && !wanted.is_empty()
+                && wanted != rev.to_string()
+            {
+                return Err(conflict(res, name, MODIFIED));
+            }
+            if current.is_none() && !wanted.is_empty() {
+                return Err(not_found(res, name));
+            }
+            let live = current.as_ref().map(|(c, _)| {
+                let mut c = c.clone();
+                if let Some(Value::Object(m)) = c.get_mut("metadata") {
+                    m.remove("managedFields");
+                    m.remove("resourceVersion");
+                }
+                c
+            });
+            let (w_manager, w_sub, has_status) = (ctx.manager.to_owned(), ctx.subresource.to_owned(), res.has_status());
+            let (cfg2, av2, force) = (cfg.clone(), av.clone(), opts.force);
+            let size = raw.len();
+            let (merged, new_entries) = self
+                .offload(size, move || {
+                    let w = Writer {
+                        manager: &w_manager,
+                        api_version: &av2,
+                        subresource: &w_sub,
+                        has_status,
+                        now: &now,
+                    };
+                    managed::apply(&entries, live.as_ref(), &cfg2, &w, force).map_err(apply_error)
+                })
+                .await?;
+            let mut merged = merged;
+            if let Some(m) = merged.get_mut("metadata").and_then(Value::as_object_mut) {
+                m.remove("resourceVersion");
+            }
+            match current {
+                None => {
+                    if let Some(e) = opts.create_denied {
+                        return Err(e);
+                    }
+                    match self.create_managed(res, ns, merged, ctx, Some(new_entries)).await {
+                        Err(ApiError::AlreadyExists { .. }) => continue,
+                        other => return other.map(|v| (v, true, warnings)),
+                    }
+                }
+                Some((current, rev)) => {
+                    let merged = check_type(res, merged)?;
+                    if let Some(v) = self
+                        .write_update(res, ns, name, merged, &current, rev, ctx, Some(new_entries))
+                        .await?
+                    {
+                        return Ok((v, false, warnings));
+                    }
+                    if !wanted.is_empty() {
+                        return Err(conflict(res, name, MODIFIED));
+                    }
+                }
             }
         }
         Err(conflict(res, name, MODIFIED))
@@ -458,6 +632,7 @@ impl ApiServer {
         current: &Value,
         rev: Revision,
         ctx: WriteCtx<'_>,
+        given: Option<Vec<Entry>>,
     ) -> Result<Option<Value>, ApiError> {
         let mut new = if ctx.subresource == "status" {
             let mut n = current.clone();
@@ -487,11 +662,12 @@ impl ApiServer {
             // callers; the controller may still record its Failed condition, and it can be deleted.
             self.check_profile_name(res, name)?;
         }
-        {
+        let requested = {
             let m = meta_mut(&mut new)?;
-            m.remove("managedFields");
             m.remove("selfLink");
-        }
+            m.remove("managedFields").filter(|_| ctx.subresource.is_empty())
+        };
+        let managed_fields = self.managed_after(res, Some(current), &new, ctx, given, requested.as_ref());
         let generation = meta(current)
             .and_then(|m| m.get("generation"))
             .and_then(Value::as_i64)
@@ -518,6 +694,7 @@ impl ApiServer {
         restore_identity(&mut new, current)?;
         prepare_kind(res, &mut new, Some(current))?;
         revalidate(res, name, &new)?;
+        set_managed(&mut new, managed_fields)?;
         meta_mut(&mut new)?.insert("resourceVersion".into(), Value::String(rev.to_string()));
         if new == *current {
             return Ok(Some(new));
@@ -661,6 +838,82 @@ fn revalidate(res: &Resource, name: &str, obj: &Value) -> Result<(), ApiError> {
     } else {
         Err(invalid(res, name, causes))
     }
+}
+
+/// Checks an applied configuration against the request as kube-apiserver does: its
+/// `apiVersion` is exactly the URL's, its `kind` the resource's, no `managedFields`, and name
+/// and namespace (if given) those of the URL.
+fn check_applied(res: &Resource, name: &str, ns: &str, cfg: Value) -> Result<Value, ApiError> {
+    let av = cfg.get("apiVersion").and_then(Value::as_str).unwrap_or("");
+    let want = res.api_version();
+    if av != want {
+        return Err(ApiError::BadRequest(format!(
+            "Incorrect version specified in apply patch. Specified patch version: {av}, expected: {want}"
+        )));
+    }
+    let kind = cfg.get("kind").and_then(Value::as_str).unwrap_or("");
+    if kind != res.kind {
+        return Err(ApiError::BadRequest(format!(
+            "the kind in the data ({kind}) does not match the expected kind ({})",
+            res.kind
+        )));
+    }
+    if let Some(m) = cfg.get("metadata").filter(|m| !m.is_null()) {
+        let Some(m) = m.as_object() else {
+            return Err(ApiError::BadRequest("metadata must be a JSON object".into()));
+        };
+        if m.get("managedFields").is_some_and(|v| !v.is_null()) {
+            return Err(ApiError::BadRequest("metadata.managedFields must be nil".into()));
+        }
+        let body_name = m.get("name").and_then(Value::as_str).unwrap_or("");
+        if !body_name.is_empty() && body_name != name {
+            return Err(ApiError::BadRequest(format!(
+                "the name of the object ({body_name}) does not match the name on the URL ({name})"
+            )));
+        }
+        let body_ns = m.get("namespace").and_then(Value::as_str).unwrap_or("");
+        if res.namespaced && !body_ns.is_empty() && body_ns != ns {
+            return Err(ApiError::BadRequest(
+                "the namespace of the provided object does not match the namespace sent on the request".into(),
+            ));
+        }
+    }
+    let mut cfg = cfg;
+    let m = meta_mut(&mut cfg)?;
+    m.insert("name".into(), Value::String(name.to_owned()));
+    if res.namespaced {
+        m.insert("namespace".into(), Value::String(ns.to_owned()));
+    }
+    Ok(cfg)
+}
+
+/// The Status of a failed apply: 409 with one `FieldManagerConflict` cause per field, or 400.
+fn apply_error(e: managed::ApplyError) -> ApiError {
+    match e {
+        managed::ApplyError::Config(c) => ApiError::BadRequest(format!("failed to create typed patch object: {c}")),
+        managed::ApplyError::Conflicts(list) => ApiError::ApplyConflict {
+            message: managed::conflict_message(&list),
+            causes: list
+                .into_iter()
+                .map(|c| FieldCause {
+                    reason: kfsec_types::CauseType::FieldManagerConflict,
+                    field: c.path,
+                    message: format!("conflict with {}", c.manager),
+                })
+                .collect(),
+        },
+    }
+}
+
+/// Sets (or, for `None`, removes) `metadata.managedFields`: computed before admission, so
+/// neither a client nor an admission plugin can forge ownership.
+fn set_managed(obj: &mut Value, managed_fields: Option<Value>) -> Result<(), ApiError> {
+    let m = meta_mut(obj)?;
+    match managed_fields {
+        Some(v) => m.insert("managedFields".into(), v),
+        None => m.remove("managedFields"),
+    };
+    Ok(())
 }
 
 /// Puts back the fields no update, patch or admission plugin may change.

@@ -3,7 +3,7 @@
 //! `$deleteFromPrimitiveList/…` and `$setElementOrder/…` directives).
 //!
 //! Invariants: patching works on a copy and either yields a whole new object or an error (→ 4xx
-//! Status); server-side apply is refused with 415; nothing here panics on hostile input; time is
+//! Status); server-side apply is not a plain patch (it goes through `managed`); nothing here panics on hostile input; time is
 //! (near) linear in the object and the patch — list merges, deletions from primitive lists and
 //! element orders go through hash indexes, and a JSON patch holds at most
 //! [`MAX_JSON_PATCH_OPERATIONS`] operations (the Kubernetes API server's limit; 413 above).
@@ -12,6 +12,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 
 use serde_json::{Map, Value};
 
+use crate::lists::merge_key;
 use crate::status::ApiError;
 
 /// The most operations of one JSON patch (as the Kubernetes API server).
@@ -31,18 +32,21 @@ pub enum PatchType {
     Json,
     /// `application/strategic-merge-patch+json`.
     Strategic,
+    /// `application/apply-patch+yaml`: server-side apply (see [`crate::managed`]).
+    Apply,
 }
 
-const ACCEPTED: &str = "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json";
+const ACCEPTED: &str = "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json, application/apply-patch+yaml";
 
 impl PatchType {
-    /// From a `Content-Type`; server-side apply and anything else → 415.
+    /// From a `Content-Type`; anything else → 415.
     pub fn from_content_type(ct: &str) -> Result<Self, ApiError> {
         let base = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
         match base.as_str() {
             "application/merge-patch+json" => Ok(Self::Merge),
             "application/json-patch+json" => Ok(Self::Json),
             "application/strategic-merge-patch+json" => Ok(Self::Strategic),
+            "application/apply-patch+yaml" => Ok(Self::Apply),
             _ => Err(ApiError::UnsupportedMediaType(ACCEPTED.to_owned())),
         }
     }
@@ -53,6 +57,8 @@ impl PatchType {
 pub fn apply(doc: &Value, kind: PatchType, patch: &[u8], builtin: bool) -> Result<Value, ApiError> {
     let bad = |e: &dyn std::fmt::Display| ApiError::BadRequest(format!("error decoding patch: {e}"));
     match kind {
+        // Server-side apply needs the field managers: `ApiServer::apply_in`, not a plain patch.
+        PatchType::Apply => Err(ApiError::UnsupportedMediaType(ACCEPTED.to_owned())),
         PatchType::Merge => {
             let p: Value = serde_json::from_slice(patch).map_err(|e| bad(&e))?;
             if !p.is_object() {
@@ -106,32 +112,6 @@ pub fn apply(doc: &Value, kind: PatchType, patch: &[u8], builtin: bool) -> Resul
             Ok(out)
         }
     }
-}
-
-/// The merge key of a list field of the built-in kinds (by field name, as in the Go structs).
-fn merge_key(field: &str) -> Option<&'static str> {
-    Some(match field {
-        "containers"
-        | "initContainers"
-        | "ephemeralContainers"
-        | "volumes"
-        | "env"
-        | "imagePullSecrets"
-        | "secrets"
-        | "readinessGates"
-        | "hostAliases"
-        | "resourceClaims"
-        | "schedulingGates" => match field {
-            "readinessGates" => "conditionType",
-            "hostAliases" => "ip",
-            _ => "name",
-        },
-        "volumeMounts" | "volumeDevices" => "mountPath",
-        "ports" => "containerPort",
-        "conditions" => "type",
-        "ownerReferences" => "uid",
-        _ => return None,
-    })
 }
 
 fn strategic_object(doc: &mut Map<String, Value>, patch: &Map<String, Value>, path: &str) -> Result<(), ApiError> {
@@ -297,10 +277,8 @@ mod tests {
             PatchType::Json
         );
         assert_eq!(
-            PatchType::from_content_type("application/apply-patch+yaml")
-                .unwrap_err()
-                .code(),
-            415
+            PatchType::from_content_type("application/apply-patch+yaml").unwrap(),
+            PatchType::Apply
         );
         assert_eq!(PatchType::from_content_type("text/plain").unwrap_err().code(), 415);
     }

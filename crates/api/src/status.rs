@@ -112,6 +112,15 @@ pub enum ApiError {
         /// The text after the colon.
         detail: String,
     },
+    /// Server-side apply found fields owned by other managers (409, `FieldManagerConflict`
+    /// causes), in structured-merge-diff's message format.
+    #[error("{message}")]
+    ApplyConflict {
+        /// `Apply failed with N conflict(s): …`.
+        message: String,
+        /// One per conflicting field.
+        causes: Vec<FieldCause>,
+    },
     /// Validation failed (422).
     #[error("{} {name:?} is invalid", group_kind(.kind, .group))]
     Invalid {
@@ -234,7 +243,7 @@ impl ApiError {
             Self::Unauthorized => 401,
             Self::Forbidden { .. } => 403,
             Self::NoRoute | Self::NotFound { .. } => 404,
-            Self::AlreadyExists { .. } | Self::Conflict { .. } => 409,
+            Self::AlreadyExists { .. } | Self::Conflict { .. } | Self::ApplyConflict { .. } => 409,
             Self::Invalid { .. } => 422,
             Self::BadRequest(_) => 400,
             Self::MethodNotAllowed => 405,
@@ -274,6 +283,14 @@ impl ApiError {
             Self::Conflict { group, kind, name, .. } => {
                 (StatusReason::Conflict, self.to_string(), object(group, kind, name))
             }
+            Self::ApplyConflict { message, causes } => (
+                StatusReason::Conflict,
+                message.clone(),
+                StatusDetails {
+                    causes: status_causes(causes),
+                    ..StatusDetails::default()
+                },
+            ),
             Self::Invalid {
                 kind,
                 group,
@@ -287,14 +304,7 @@ impl ApiError {
                     format!("[{}]", texts.join(", "))
                 };
                 let details = StatusDetails {
-                    causes: causes
-                        .iter()
-                        .map(|c| StatusCause {
-                            reason: c.reason,
-                            message: c.message.clone(),
-                            field: c.field.clone(),
-                        })
-                        .collect(),
+                    causes: status_causes(causes),
                     ..object(group, kind, name)
                 };
                 (
@@ -337,6 +347,18 @@ impl ApiError {
         };
         Status::failure(code, reason, message).with_details(details)
     }
+}
+
+/// The `details.causes` of field problems.
+fn status_causes(causes: &[FieldCause]) -> Vec<StatusCause> {
+    causes
+        .iter()
+        .map(|c| StatusCause {
+            reason: c.reason,
+            message: c.message.clone(),
+            field: c.field.clone(),
+        })
+        .collect()
 }
 
 /// The Status for a [`Refusal`] (the front door's own refusals on the API's paths, failures

@@ -188,11 +188,17 @@ async fn crud_lifecycle() {
         .send(api)
         .await;
     assert_eq!((s, &p["metadata"]["labels"]["tier"]), (StatusCode::OK, &json!("fe")));
-    let (s, _) = call("PATCH", "/api/v1/namespaces/x/configmaps/c1", "alice")
+    // Server-side apply needs a field manager (kube-apiserver's PatchOptions validation).
+    let (s, p) = call("PATCH", "/api/v1/namespaces/x/configmaps/c1", "alice")
         .raw(b"apiVersion: v1", "application/apply-patch+yaml")
         .send(api)
         .await;
-    assert_eq!(s, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(
+        p["message"],
+        "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch"
+    );
+    assert_eq!(p["details"]["causes"][0]["reason"], "FieldValueRequired");
     let (s, _) = call("PATCH", "/api/v1/namespaces/x/configmaps/c1", "alice")
         .raw(
             br#"{"metadata":{"resourceVersion":"1"}}"#,

@@ -529,3 +529,114 @@ async fn kubectl_openapi_explain_and_validation() {
     assert_eq!(o.code, 0, "{}", o.stderr);
     assert!(o.stderr.contains("Warning: unknown field \"spec\""), "{}", o.stderr);
 }
+
+/// `kubectl apply --server-side`: create, re-apply with a field removed, conflicts with other
+/// managers (kubectl's own message), `--force-conflicts`, `--dry-run=server`, the client-side
+/// apply migration, and `--show-managed-fields`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_kubectl_server_side_apply() {
+    let Some(bin) = kubectl_binary() else {
+        eprintln!("kubectl not installed: skipping the real-kubectl test");
+        return;
+    };
+    let f = fixture();
+    let servers = [
+        ("alice", serve_as(&f.api, "alice").await),
+        ("admin", serve_as(&f.api, "admin").await),
+    ];
+    let k = Kubectl::new(bin, &servers);
+    k.admin(&["create", "namespace", "x"]).await;
+    let get = |what: &'static str| {
+        let k = &k;
+        async move { k.ok(&["get", "configmap", "c1", "-o", what]).await }
+    };
+
+    let cm = k.file("ssa.yaml", CM);
+    let out = k.ok(&["apply", "--server-side", "-f", &cm]).await;
+    assert!(out.contains("configmap/c1 serverside-applied"), "{out}");
+    let plain = get("yaml").await;
+    assert!(!plain.contains("managedFields"), "hidden by default: {plain}");
+    let shown = k
+        .ok(&["get", "configmap", "c1", "-o", "yaml", "--show-managed-fields"])
+        .await;
+    for want in [
+        "managedFields:",
+        "manager: kubectl",
+        "operation: Apply",
+        "fieldsType: FieldsV1",
+        "f:a: {}",
+    ] {
+        assert!(shown.contains(want), "{want} in {shown}");
+    }
+
+    // Re-applied without `a` (and with `b`): `a` is gone.
+    let without_a = k.file("ssa2.yaml", &CM.replace("  a: \"1\"\n", "  b: \"3\"\n"));
+    k.ok(&["apply", "--server-side", "-f", &without_a]).await;
+    assert_eq!(get("jsonpath={.data}").await, "{\"b\":\"3\"}");
+
+    // Another manager changes `b`: the next apply conflicts, with kubectl's advice.
+    k.ok(&[
+        "patch",
+        "cm",
+        "c1",
+        "--type=merge",
+        "-p",
+        "{\"data\":{\"b\":\"patched\"}}",
+    ])
+    .await;
+    let o = k.run(&["apply", "--server-side", "-f", &without_a]).await;
+    assert_eq!(o.code, 1);
+    assert!(
+        o.stderr
+            .contains("Apply failed with 1 conflict: conflict with \"kubectl-patch\" using v1: .data.b")
+            && o.stderr.contains("--force-conflicts"),
+        "{}",
+        o.stderr
+    );
+    // --dry-run=server answers but keeps the stored object.
+    let out = k
+        .ok(&[
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "--dry-run=server",
+            "-f",
+            &without_a,
+        ])
+        .await;
+    assert!(out.contains("serverside-applied (server dry run)"), "{out}");
+    assert_eq!(get("jsonpath={.data.b}").await, "patched");
+    // --force-conflicts takes the field back.
+    k.ok(&["apply", "--server-side", "--force-conflicts", "-f", &without_a])
+        .await;
+    assert_eq!(get("jsonpath={.data.b}").await, "3");
+    let shown = k
+        .ok(&["get", "configmap", "c1", "-o", "yaml", "--show-managed-fields"])
+        .await;
+    assert!(!shown.contains("kubectl-patch"), "{shown}");
+
+    // A client-side applied object: another applier conflicts with kubectl-client-side-apply.
+    let c2 = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: c2\ndata:\n  a: \"1\"\n";
+    let c2_file = k.file("c2.yaml", c2);
+    assert!(k.ok(&["apply", "-f", &c2_file]).await.contains("configmap/c2 created"));
+    let changed = k.file("c2b.yaml", &c2.replace("\"1\"", "\"2\""));
+    let o = k
+        .run(&["apply", "--server-side", "--field-manager=other-tool", "-f", &changed])
+        .await;
+    assert_eq!(o.code, 1);
+    assert!(
+        o.stderr
+            .contains("Apply failed with 1 conflict: conflict with \"kubectl-client-side-apply\" using v1: .data.a"),
+        "{}",
+        o.stderr
+    );
+    // kubectl's own switch to server-side apply migrates the client-side ownership, after
+    // which a changed value applies without conflict.
+    k.ok(&["apply", "--server-side", "-f", &c2_file]).await;
+    let shown = k
+        .ok(&["get", "configmap", "c2", "-o", "yaml", "--show-managed-fields"])
+        .await;
+    assert!(!shown.contains("manager: kubectl-client-side-apply"), "{shown}");
+    k.ok(&["apply", "--server-side", "-f", &changed]).await;
+    assert_eq!(k.ok(&["get", "configmap", "c2", "-o", "jsonpath={.data.a}"]).await, "2");
+}
