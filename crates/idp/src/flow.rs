@@ -87,6 +87,14 @@ impl AuthRequestKey {
         }
         Ok(Self(hmac::Key::new(hmac::HMAC_SHA256, &raw)))
     }
+
+    /// A 256-bit key for `purpose`, derived from this one (HMAC-SHA256 of the label), so one
+    /// stored secret serves unrelated uses without one's output opening the other's.
+    pub(crate) fn derive(&self, purpose: &str) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        out.copy_from_slice(hmac::sign(&self.0, format!("derive\0{purpose}").as_bytes()).as_ref());
+        out
+    }
 }
 
 /// A pending authorization request.

@@ -15,10 +15,13 @@
 //! `user passwd` / logout-all cannot produce anything that outlives it, however long it waits
 //! (the approval screen) and whatever races the epoch check at redemption. Every token carries
 //! its user (`kfsec_user`, whatever its scopes), and a token with `kfsec_iat_ms` but no user is
-//! refused.
+//! refused. `kfsec_user` is sealed (AES-256-GCM under a key derived from the IdP's stored
+//! request key): it names the user to kfsec only, so a client granted no `email` scope does
+//! not learn the address from it.
 
 use std::time::Duration;
 
+use aws_lc_rs::aead;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use kfsec_store::StoreError;
@@ -68,8 +71,9 @@ pub struct Claims {
     /// second.
     #[serde(default, rename = "kfsec_iat_ms", skip_serializing_if = "Option::is_none")]
     pub iat_ms: Option<u64>,
-    /// The user (their email, the key of their revocation epoch; kfsec's own claim): present
-    /// whatever the scopes, so a token without `email` is revoked like any other.
+    /// The user (their email, the key of their revocation epoch; kfsec's own claim), sealed so
+    /// only kfsec can read it: present whatever the scopes, so a token without `email` is
+    /// revoked like any other. Tokens minted before sealing carry the plain email.
     #[serde(default, rename = "kfsec_user", skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
     /// Email (scope `email`).
@@ -252,6 +256,13 @@ pub fn dex_subject(user_id: &str, connector_id: &str) -> String {
     B64.encode(buf)
 }
 
+/// The AES-256-GCM key that seals `kfsec_user`.
+fn user_claim_key(auth_key: &crate::flow::AuthRequestKey) -> Result<aead::LessSafeKey, IdpError> {
+    let unbound = aead::UnboundKey::new(&aead::AES_256_GCM, &auth_key.derive("kfsec_user"))
+        .map_err(|_| IdpError::Internal("kfsec_user key".into()))?;
+    Ok(aead::LessSafeKey::new(unbound))
+}
+
 /// `Some` of a non-empty value (Dex leaves empty claims out).
 fn nonempty(s: &str) -> Option<String> {
     (!s.is_empty()).then(|| s.to_owned())
@@ -260,7 +271,7 @@ fn nonempty(s: &str) -> Option<String> {
 impl Idp {
     /// Claims for `user` (who logged in through `grant.connector_id`) who authenticated at
     /// `auth_ms` (Unix ms).
-    fn claims_for(&self, grant: &Grant, user: &UpstreamIdentity, aud: &str, auth_ms: u64) -> Claims {
+    fn claims_for(&self, grant: &Grant, user: &UpstreamIdentity, aud: &str, auth_ms: u64) -> Result<Claims, IdpError> {
         let now = self.clock.now();
         let has = |s: &str| grant.scopes.iter().any(|x| x == s);
         let preferred = if user.preferred_username.is_empty() {
@@ -268,7 +279,7 @@ impl Idp {
         } else {
             &user.preferred_username
         };
-        Claims {
+        Ok(Claims {
             iss: self.settings.issuer.clone(),
             sub: dex_subject(&user.user_id, &grant.connector_id),
             aud: vec![aud.to_owned()],
@@ -279,7 +290,7 @@ impl Idp {
             azp: None,
             nbf: None,
             iat_ms: Some(auth_ms),
-            user: Some(user.email.clone()),
+            user: Some(self.seal_user(&user.email)?),
             // As Dex (`omitempty`): a claim is present only when its scope was granted and
             // it has a value; `email_verified` goes with the `email` scope.
             email: has("email").then(|| nonempty(&user.email)).flatten(),
@@ -293,7 +304,39 @@ impl Idp {
                 connector_id: grant.connector_id.clone(),
                 user_id: user.user_id.clone(),
             }),
+        })
+    }
+
+    /// `kfsec_user` for `email`: base64url of a fresh 96-bit nonce and the AES-256-GCM sealed
+    /// address.
+    fn seal_user(&self, email: &str) -> Result<String, IdpError> {
+        let key = user_claim_key(&self.auth_key)?;
+        let nonce = kfsec_types::random_array::<{ aead::NONCE_LEN }>(self.rng.as_ref());
+        let mut sealed = email.as_bytes().to_vec();
+        key.seal_in_place_append_tag(
+            aead::Nonce::assume_unique_for_key(nonce),
+            aead::Aad::empty(),
+            &mut sealed,
+        )
+        .map_err(|_| IdpError::Internal("sealing kfsec_user failed".into()))?;
+        let mut out = nonce.to_vec();
+        out.extend_from_slice(&sealed);
+        Ok(B64.encode(out))
+    }
+
+    /// The email a `kfsec_user` names: a sealed one opened, or (tokens minted before sealing) a
+    /// plain address, which a base64url value never is. `None` if it does not open.
+    fn open_user(&self, value: &str) -> Option<String> {
+        if value.contains('@') {
+            return Some(value.to_owned());
         }
+        let key = user_claim_key(&self.auth_key).ok()?;
+        let raw = B64.decode(value).ok()?;
+        let (nonce, sealed) = raw.split_at_checked(aead::NONCE_LEN)?;
+        let nonce = aead::Nonce::try_assume_unique_for_key(nonce).ok()?;
+        let mut sealed = sealed.to_vec();
+        let plain = key.open_in_place(nonce, aead::Aad::empty(), &mut sealed).ok()?;
+        String::from_utf8(plain.to_vec()).ok()
     }
 
     /// Mints the access and ID tokens (and a refresh token if `refresh` is given) for `user`
@@ -306,7 +349,7 @@ impl Idp {
         refresh: Option<String>,
     ) -> Result<TokenResponse, IdpError> {
         let keys = self.keys.keys();
-        let mut claims = self.claims_for(grant, user, &grant.client_id, auth_ms);
+        let mut claims = self.claims_for(grant, user, &grant.client_id, auth_ms)?;
         let access_token = keys.signing.sign_typed(&claims, Some(crate::jwt::ACCESS_TOKEN_TYP))?;
         let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, access_token.as_bytes());
         claims.at_hash = Some(B64.encode(digest.as_ref().get(..16).unwrap_or_default()));
@@ -734,14 +777,19 @@ impl Idp {
     /// `kfsec_user` (every token kfsec mints has it), else `email`; a token with `kfsec_iat_ms`
     /// but neither is refused.
     pub(crate) async fn check_not_revoked(&self, claims: &Claims) -> Result<(), VerifyError> {
-        let Some(user) = claims.user.as_ref().or(claims.email.as_ref()) else {
+        let user = match &claims.user {
+            // A sealed user that does not open is no user.
+            Some(sealed) => self.open_user(sealed),
+            None => claims.email.clone(),
+        };
+        let Some(user) = user else {
             return match claims.iat_ms {
                 Some(_) => Err(VerifyError::NoUser),
                 None => Ok(()),
             };
         };
         let issued_ms = claims.iat_ms.unwrap_or_else(|| claims.iat.saturating_mul(1000));
-        match self.epochs.revoked(user, issued_ms).await {
+        match self.epochs.revoked(&user, issued_ms).await {
             Ok(false) => Ok(()),
             Ok(true) => Err(VerifyError::Revoked),
             Err(e) => Err(VerifyError::Unavailable(e.to_string())),

@@ -327,6 +327,14 @@ async fn claims_follow_the_granted_scopes_in_id_tokens_and_userinfo() {
                 }
             }
         }
+        // Without the `email` scope no claim discloses the address (kfsec's own `kfsec_user`
+        // is sealed), in the ID token or the access token.
+        if !scopes.split(' ').any(|s| s == "email") {
+            for jwt in ["id_token", "access_token"] {
+                let claims = jwt_claims(t[jwt].as_str().unwrap()).to_string();
+                assert!(!claims.contains(USER), "{jwt} for {scopes:?}: {claims}");
+            }
+        }
         // userinfo carries no kfsec bookkeeping claims.
         assert!(
             info.as_object().unwrap().keys().all(|c| !c.starts_with("kfsec_")),

@@ -879,7 +879,35 @@ async fn tokens_without_email_are_revoked_too() {
         });
         let t = sign_raw(&k, header.clone(), &orphan);
         assert_eq!(userinfo(&k, &t).await, 401, "no user: {header}");
+        // nor is one whose sealed user does not open (kfsec_user is not a name anyone can set)
+        let mut forged = orphan.clone();
+        forged["kfsec_user"] = json!("bm90LWEtc2VhbGVkLXVzZXItdmFsdWUtYXQtYWxsLWZvcmdlZA");
+        let t = sign_raw(&k, header.clone(), &forged);
+        assert_eq!(userinfo(&k, &t).await, 401, "unsealed user: {header}");
     }
+    // A token minted before kfsec_user was sealed (the plain email) is held against that
+    // user's epoch: revoked by logout-all like the rest.
+    let legacy_user = "legacy@example.org";
+    user_add(&k, legacy_user, "some password 2").await;
+    let legacy = sign_raw(
+        &k,
+        json!({"typ": "at+jwt"}),
+        &json!({
+            "iss": k.running.issuer,
+            "sub": "x",
+            "aud": "rp-test",
+            "exp": now() + 600,
+            "iat": now(),
+            "kfsec_iat_ms": now() * 1000 - 1000,
+            "kfsec_user": legacy_user,
+        }),
+    );
+    assert_eq!(userinfo(&k, &legacy).await, 200, "legacy token before logout-all");
+    let revoke = AdminRequest::UserLogoutAll {
+        email: legacy_user.into(),
+    };
+    assert!(matches!(admin(&k, revoke).await, AdminResponse::Ok));
+    assert_eq!(userinfo(&k, &legacy).await, 401, "legacy token after logout-all");
     k.running.shutdown().await;
 }
 
