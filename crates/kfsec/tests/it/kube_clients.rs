@@ -250,3 +250,60 @@ async fn kubectl_create_token_and_whoami() {
     );
     k.running.shutdown().await;
 }
+
+/// Through the front door: the trailing-slash discovery paths answer as kube-apiserver's (the
+/// Python client asks `/version/`), unknown paths under the API's prefixes are a 404 `Status`,
+/// and `watch=True` streams.
+#[tokio::test]
+async fn discovery_paths_and_watch_spellings_through_the_front_door() {
+    let k = Kfsec::start("").await;
+    let admin = Kubectl::new(k._dir.path());
+    let get = |path: &str| {
+        let admin = &admin;
+        let path = path.to_owned();
+        async move { admin.run(&["get", "--raw", &path], None).await }
+    };
+    for (path, key, want) in [
+        ("/version/", "major", "1"),
+        ("/api/", "kind", "APIVersions"),
+        ("/apis/", "kind", "APIGroupList"),
+        ("/api/v1/", "groupVersion", "v1"),
+        ("/apis/kubeflow.org/v1/", "groupVersion", "kubeflow.org/v1"),
+    ] {
+        let (code, out, err) = get(path).await;
+        assert_eq!(code, 0, "{path}: {err}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v[key], want, "{path}: {v}");
+    }
+    // Unknown API paths: kube-apiserver's 404 Status (JSON, never an HTML page).
+    let http = http_client(&k.running.ca_pem);
+    for path in ["/version/x", "/apis/nope.io/v1/things", "/api/v2/"] {
+        let r = http.get(format!("{}{path}", k.base)).send().await.unwrap();
+        assert_eq!(r.status(), 401, "{path}");
+        let ct = r.headers()["content-type"].to_str().unwrap().to_owned();
+        assert!(ct.starts_with("application/json"), "{path}: {ct}");
+        let (code, _, err) = get(path).await;
+        assert_eq!(code, 1, "{path}");
+        assert!(
+            err.contains("the server could not find the requested resource"),
+            "{path}: {err}"
+        );
+    }
+    // The Python client's spelling of watch: a stream of events, not a list.
+    for args in [
+        vec!["create", "namespace", "w"],
+        vec!["create", "configmap", "c1", "-n", "w"],
+    ] {
+        let (code, _, err) = admin.run(&args, None).await;
+        assert_eq!(code, 0, "{err}");
+    }
+    let (code, out, err) = get("/api/v1/namespaces/w/configmaps?watch=True&timeoutSeconds=1").await;
+    assert_eq!(code, 0, "{err}");
+    let first: serde_json::Value = serde_json::from_str(out.lines().next().unwrap_or("")).unwrap();
+    assert_eq!(
+        (&first["type"], &first["object"]["metadata"]["name"]),
+        (&serde_json::json!("ADDED"), &serde_json::json!("c1")),
+        "{out}"
+    );
+    k.running.shutdown().await;
+}
