@@ -564,7 +564,9 @@ impl ApiServer {
             {
                 return Err(conflict(res, name, MODIFIED));
             }
-            if current.is_none() && !wanted.is_empty() {
+            // An apply creates only through the main resource (the status subresource's
+            // update never creates, as kube-apiserver's StatusREST).
+            if current.is_none() && (!wanted.is_empty() || !ctx.subresource.is_empty()) {
                 return Err(not_found(res, name));
             }
             let live = current.as_ref().map(|(c, _)| {

@@ -328,6 +328,18 @@ async fn apply_authorization_dry_run_and_migration() {
     )
     .await;
     assert_eq!(s, StatusCode::FORBIDDEN);
+    // The status subresource never creates.
+    let (s, _) = send(
+        api,
+        "PATCH",
+        "/api/v1/namespaces/x/pods/p/status?fieldManager=m",
+        "alice",
+        APPLY,
+        "t",
+        b"apiVersion: v1\nkind: Pod\nstatus:\n  phase: Running\n",
+    )
+    .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
     // Dry run: answered, not stored.
     let (s, o) = apply(api, "fieldManager=ssa&dryRun=All", &cm("  a: \"1\"\n")).await;
     assert_eq!(s, StatusCode::CREATED, "{o}");
@@ -394,5 +406,71 @@ async fn apply_authorization_dry_run_and_migration() {
     assert_eq!(
         entry(&o, "kubectl-label").unwrap()["fieldsV1"],
         json!({"f:metadata": {"f:labels": {"f:x": {}}}})
+    );
+}
+
+#[tokio::test]
+async fn apply_lists_by_key_and_the_status_subresource() {
+    let f = setup().await;
+    let api = &f.api;
+    let pod = |containers: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\nspec:\n  containers:\n{containers}status:\n  phase: Faked\n"
+        )
+    };
+    let path = "/api/v1/namespaces/x/pods/p";
+    let (s, o) = send(
+        api,
+        "PATCH",
+        &format!("{path}?fieldManager=one"),
+        "alice",
+        APPLY,
+        "t",
+        pod("  - name: a\n    image: x\n").as_bytes(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{o}");
+    assert_eq!(
+        entry(&o, "one").unwrap()["fieldsV1"]["f:spec"],
+        json!({"f:containers": {"k:{\"name\":\"a\"}": {".": {}, "f:image": {}, "f:name": {}}}})
+    );
+    assert!(o["status"].get("phase").is_none_or(|p| p != "Faked"), "{o}");
+    // A second manager adds its own container: merged by name, not replaced.
+    let (s, o) = send(
+        api,
+        "PATCH",
+        &format!("{path}?fieldManager=two"),
+        "alice",
+        APPLY,
+        "t",
+        pod("  - name: b\n    image: y\n").as_bytes(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{o}");
+    let names: Vec<&str> = o["spec"]["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    assert_eq!(names, ["a", "b"]);
+    // The status subresource: only status is applied and owned, under its own entry.
+    let (s, o) = send(
+        api,
+        "PATCH",
+        &format!("{path}/status?fieldManager=ctrl"),
+        "alice",
+        APPLY,
+        "t",
+        b"apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\nspec:\n  nodeName: ignored\nstatus:\n  phase: Running\n",
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{o}");
+    assert_eq!(o["status"]["phase"], "Running");
+    assert!(o["spec"].get("nodeName").is_none(), "{o}");
+    let e = entry(&o, "ctrl").unwrap();
+    assert_eq!(
+        (&e["subresource"], &e["fieldsV1"]),
+        (&json!("status"), &json!({"f:status": {"f:phase": {}}}))
     );
 }
