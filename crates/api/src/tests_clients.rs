@@ -223,6 +223,12 @@ async fn self_subject_review_answers_the_caller() {
     );
 }
 
+/// `POST` a TokenRequest `body` for service account `ns/sa` as `user`.
+async fn mint(api: &Arc<ApiServer>, ns: &str, sa: &str, user: &str, body: Value) -> (StatusCode, Value) {
+    let path = format!("/api/v1/namespaces/{ns}/serviceaccounts/{sa}/token");
+    send(api, "POST", &path, user, Some(body)).await
+}
+
 /// An issuer that signs nothing: it returns the grant as its "token", so a test sees exactly
 /// what the API asked for.
 struct EchoIssuer;
@@ -287,12 +293,12 @@ async fn token_request_mints_for_existing_accounts_only() {
         assert_eq!(s, StatusCode::CREATED);
     }
     let path = "/api/v1/namespaces/x/serviceaccounts/robot/token";
-    let (s, v) = send(
+    let (s, v) = mint(
         &api,
-        "POST",
-        path,
+        "x",
+        "robot",
         "alice",
-        Some(json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {}})),
+        json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {}}),
     )
     .await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
@@ -308,82 +314,47 @@ async fn token_request_mints_for_existing_accounts_only() {
     );
     assert_eq!(v["metadata"]["namespace"], "x");
     // Audiences and a long lifetime (capped by the issuer), as `--audience A --duration 100h`.
-    let (s, v) = send(
+    let (s, v) = mint(
         &api,
-        "POST",
-        path,
+        "x",
+        "robot",
         "bob",
-        Some(json!({"spec": {"audiences": ["pipelines.kubeflow.org", "vault"], "expirationSeconds": 360_000}})),
+        json!({"spec": {"audiences": ["pipelines.kubeflow.org", "vault"], "expirationSeconds": 360_000}}),
     )
     .await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
     assert_eq!(v["status"]["token"], "x/robot/pipelines.kubeflow.org,vault/172800");
     assert_eq!(v["spec"]["expirationSeconds"], 172_800);
     // bob's grant names `robot` only; a list-only user cannot mint at all.
-    let (s, v) = send(
-        &api,
-        "POST",
-        "/api/v1/namespaces/x/serviceaccounts/other/token",
-        "bob",
-        Some(json!({})),
-    )
-    .await;
+    let (s, v) = mint(&api, "x", "other", "bob", json!({})).await;
     assert_eq!(s, StatusCode::FORBIDDEN);
     assert_eq!(
         v["message"],
         "serviceaccounts \"other\" is forbidden: User \"bob\" cannot create resource \"serviceaccounts/token\" in API group \"\" in the namespace \"x\""
     );
-    let (s, _) = send(
-        &api,
-        "POST",
-        "/api/v1/namespaces/y/serviceaccounts/robot/token",
-        "bob",
-        Some(json!({})),
-    )
-    .await;
+    let (s, _) = mint(&api, "y", "robot", "bob", json!({})).await;
     assert_eq!(s, StatusCode::FORBIDDEN);
     // No such account: 404 as for a get; one deleted as the token is issued too.
-    let (s, v) = send(
-        &api,
-        "POST",
-        "/api/v1/namespaces/x/serviceaccounts/ghost/token",
-        "alice",
-        Some(json!({})),
-    )
-    .await;
+    let (s, v) = mint(&api, "x", "ghost", "alice", json!({})).await;
     assert_eq!(
         (s, v["message"].as_str()),
         (StatusCode::NOT_FOUND, Some("serviceaccounts \"ghost\" not found"))
     );
-    let (s, _) = send(
-        &api,
-        "POST",
-        "/api/v1/namespaces/x/serviceaccounts/vanished/token",
-        "alice",
-        Some(json!({})),
-    )
-    .await;
+    let (s, _) = mint(&api, "x", "vanished", "alice", json!({})).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
     // Validation before the lookup, with kube-apiserver's words.
-    let (s, v) = send(
-        &api,
-        "POST",
-        "/api/v1/namespaces/x/serviceaccounts/ghost/token",
-        "alice",
-        Some(json!({"spec": {"expirationSeconds": 60}})),
-    )
-    .await;
+    let (s, v) = mint(&api, "x", "ghost", "alice", json!({"spec": {"expirationSeconds": 60}})).await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(
         v["message"],
         "TokenRequest.authentication.k8s.io \"\" is invalid: spec.expirationSeconds: Invalid value: 60: may not specify a duration less than 10 minutes"
     );
-    let (s, v) = send(
+    let (s, v) = mint(
         &api,
-        "POST",
-        path,
+        "x",
+        "robot",
         "alice",
-        Some(json!({"spec": {"boundObjectRef": {"kind": "Pod", "apiVersion": "v1", "name": "p"}}})),
+        json!({"spec": {"boundObjectRef": {"kind": "Pod", "apiVersion": "v1", "name": "p"}}}),
     )
     .await;
     assert_eq!(
@@ -393,16 +364,9 @@ async fn token_request_mints_for_existing_accounts_only() {
             Some("cannot bind token to object of type /v1, Kind=Pod")
         )
     );
-    let (s, _) = send(&api, "POST", path, "alice", Some(json!({"kind": "TokenReview"}))).await;
+    let (s, _) = mint(&api, "x", "robot", "alice", json!({"kind": "TokenReview"})).await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
-    let (s, _) = send(
-        &api,
-        "POST",
-        path,
-        "alice",
-        Some(json!({"metadata": {"namespace": "other"}})),
-    )
-    .await;
+    let (s, _) = mint(&api, "x", "robot", "alice", json!({"metadata": {"namespace": "other"}})).await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
     // Only POST; only on service accounts; the cluster-wide path has no token.
     let (s, _) = send(&api, "GET", path, "alice", None).await;
@@ -459,13 +423,6 @@ async fn token_request_without_an_issuer_is_not_found() {
         Some(json!({"metadata": {"name": "robot"}})),
     )
     .await;
-    let (s, v) = send(
-        &f.api,
-        "POST",
-        "/api/v1/namespaces/x/serviceaccounts/robot/token",
-        "alice",
-        Some(json!({})),
-    )
-    .await;
+    let (s, v) = mint(&f.api, "x", "robot", "alice", json!({})).await;
     assert_eq!((s, &v["kind"]), (StatusCode::NOT_FOUND, &json!("Status")));
 }
