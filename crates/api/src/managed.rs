@@ -530,29 +530,33 @@ fn strip_nulls(v: &Value) -> Value {
     }
 }
 
-/// Removes the node at `path` from `v` (nothing if absent).
-fn remove_path(v: &mut Value, field: &str, path: &[Elem]) {
-    let Some((first, rest)) = path.split_first() else {
-        return;
-    };
-    match (v, first) {
-        (Value::Object(m), Elem::Field(k)) => {
-            if rest.is_empty() {
-                m.remove(k);
-            } else if let Some(c) = m.get_mut(k) {
-                remove_path(c, k, rest);
+/// Removes from `v` every node whose path is in `set`, in one walk (linear in `v`).
+fn remove_set(v: &mut Value, field: &str, set: &FieldSet) {
+    match v {
+        Value::Object(m) => {
+            for (e, c) in &set.children {
+                let Elem::Field(k) = e else { continue };
+                if c.member {
+                    m.remove(k);
+                } else if let Some(x) = m.get_mut(k) {
+                    remove_set(x, k, c);
+                }
             }
         }
-        (Value::Array(items), Elem::Key(_) | Elem::Value(_)) => {
+        Value::Array(items) if !set.children.is_empty() => {
             let Some(ids) = list_ids(field, items) else { return };
-            let Some(i) = ids.iter().position(|id| id == first) else {
-                return;
-            };
-            if rest.is_empty() {
-                items.remove(i);
-            } else if let Some(c) = items.get_mut(i) {
-                remove_path(c, "", rest);
+            let mut keep = Vec::with_capacity(items.len());
+            for (id, mut item) in ids.into_iter().zip(std::mem::take(items)) {
+                match set.children.get(&id) {
+                    Some(c) if c.member => {}
+                    Some(c) => {
+                        remove_set(&mut item, "", c);
+                        keep.push(item);
+                    }
+                    None => keep.push(item),
+                }
             }
+            *items = keep;
         }
         _ => {}
     }
@@ -892,11 +896,13 @@ pub fn apply(
     for e in &entries {
         all.union(&e.set);
     }
+    let mut doomed = FieldSet::default();
     for p in last.paths() {
         if !all.covers(&p) {
-            remove_path(&mut merged, "", &p);
+            doomed.insert(&p);
         }
     }
+    remove_set(&mut merged, "", &doomed);
     let cmp = compare(live, &merged);
     let mut changed = cmp.added.clone();
     changed.union(&cmp.modified);
@@ -1125,6 +1131,24 @@ mod tests {
         assert!(decode_config(bomb.as_bytes(), false).is_err());
         let deep = format!("{}1{}", "[".repeat(200), "]".repeat(200));
         assert!(decode_config(format!("a: {deep}").as_bytes(), false).is_err());
+    }
+
+    #[test]
+    #[allow(clippy::disallowed_methods)] // A latency measurement: pruning must not be quadratic.
+    fn pruning_a_large_list_is_linear() {
+        let env: Vec<Value> = (0..20_000)
+            .map(|i| json!({"name": format!("E{i}"), "value": "v"}))
+            .collect();
+        let pod = |env: Vec<Value>| json!({"spec": {"containers": [{"name": "c", "env": env}]}});
+        let (obj, e) = apply(&[], None, &pod(env), &w("m"), false).unwrap();
+        let started = std::time::Instant::now();
+        let (obj, _) = apply(&e, Some(&obj), &pod(Vec::new()), &w("m"), false).unwrap();
+        assert_eq!(obj["spec"]["containers"][0]["env"], json!([]));
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "{:?}",
+            started.elapsed()
+        );
     }
 
     #[test]
