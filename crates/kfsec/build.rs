@@ -3,8 +3,9 @@
 //! when set). Outside git (a source tarball) the commit is `unknown`, never an error.
 //!
 //! Only this crate (the binary) has a build script, and it reruns only when HEAD, the current
-//! ref (loose or packed), the index or the workspace's sources change — sources whose change
-//! rebuilds this crate anyway — so a commit never rebuilds the rest of the workspace.
+//! ref (loose or packed) or the workspace's sources change — sources whose change rebuilds this
+//! crate anyway — so a commit never rebuilds the rest of the workspace. (The index is not
+//! watched: staging changes neither the commit nor whether the tree differs from it.)
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -65,10 +66,9 @@ impl Git<'_> {
     }
 }
 
-/// Reruns when HEAD moves (a commit, a checkout: HEAD, its reflog), the branch it names moves
-/// (a loose ref, or `packed-refs` and the directory a loose ref would appear in), or the index
-/// changes (the tree state). Only existing paths are watched: Cargo reruns a script whose
-/// watched path is missing on every build.
+/// Reruns when HEAD moves (a commit, a checkout: HEAD, its reflog) or the branch it names moves
+/// (a loose ref, or `packed-refs` and the directory a loose ref would appear in). Only existing
+/// paths are watched: Cargo reruns a script whose watched path is missing on every build.
 fn watch_git(git: &Git<'_>) {
     let Some(git_dir) = git.path(&["rev-parse", "--git-dir"]) else {
         return;
@@ -78,7 +78,6 @@ fn watch_git(git: &Git<'_>) {
         .unwrap_or_else(|| git_dir.clone());
     let mut watched = vec![
         git_dir.join("HEAD"),
-        git_dir.join("index"),
         git_dir.join("logs/HEAD"),
         common.join("packed-refs"),
     ];
