@@ -614,6 +614,38 @@ async fn real_kubectl_server_side_apply() {
         .ok(&["get", "configmap", "c1", "-o", "yaml", "--show-managed-fields"])
         .await;
     assert!(!shown.contains("kubectl-patch"), "{shown}");
+    // kubectl diff --server-side: a server dry-run apply, shown as a diff (exit 1: differences).
+    let b4 = k.file("ssa4.yaml", &CM.replace("  a: \"1\"\n", "  b: \"4\"\n"));
+    let o = k.run(&["diff", "--server-side", "-f", &b4]).await;
+    assert_eq!(o.code, 1, "{}", o.stderr);
+    assert!(
+        o.stdout.contains("+  b: \"4\"") && o.stdout.contains("-  b: \"3\""),
+        "{}",
+        o.stdout
+    );
+    assert_eq!(get("jsonpath={.data.b}").await, "3");
+
+    // A Kubeflow kind: its env list is merged by name and owned item by item.
+    let pd = k.file("pd.yaml", PD);
+    let out = k.ok(&["apply", "--server-side", "-f", &pd]).await;
+    assert!(
+        out.contains("poddefault.kubeflow.org/add-gcp-secret serverside-applied"),
+        "{out}"
+    );
+    let shown = k
+        .ok(&[
+            "get",
+            "poddefault",
+            "add-gcp-secret",
+            "-o",
+            "yaml",
+            "--show-managed-fields",
+        ])
+        .await;
+    assert!(
+        shown.contains("k:{\"name\":\"GOOGLE_APPLICATION_CREDENTIALS\"}"),
+        "{shown}"
+    );
 
     // A client-side applied object: another applier conflicts with kubectl-client-side-apply.
     let c2 = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: c2\ndata:\n  a: \"1\"\n";
