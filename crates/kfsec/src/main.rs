@@ -655,7 +655,7 @@ async fn main() -> std::process::ExitCode {
 }
 
 /// An error and its causes on one line (`a: b: c`): a cause a message already quotes is not
-/// repeated, and line breaks inside a message are folded to `; `.
+/// repeated, and the lines of a message (a list of problems) are joined with `; `.
 fn one_line(e: &anyhow::Error) -> String {
     let mut line = String::new();
     for cause in e.chain() {
@@ -668,11 +668,14 @@ fn one_line(e: &anyhow::Error) -> String {
         }
         line.push_str(&msg);
     }
-    line.lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect::<Vec<_>>()
-        .join("; ")
+    let mut out = String::new();
+    for l in line.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        if !out.is_empty() {
+            out.push_str(if out.ends_with(':') { " " } else { "; " });
+        }
+        out.push_str(l);
+    }
+    out
 }
 
 async fn run(cli: Cli) -> Result<()> {
@@ -812,5 +815,38 @@ async fn run(cli: Cli) -> Result<()> {
             };
             print(admin_call(&common, req).await?)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An error whose message already quotes its source, as `#[error("{what}: {source}")]`.
+    #[derive(Debug)]
+    struct Quoting(std::io::Error);
+
+    impl std::fmt::Display for Quoting {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "binding 127.0.0.1:8443: {}", self.0)
+        }
+    }
+
+    impl std::error::Error for Quoting {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn errors_print_as_one_line_without_repeating_a_quoted_cause() {
+        let io = std::io::Error::new(std::io::ErrorKind::AddrInUse, "Address already in use");
+        let e = anyhow::Error::new(Quoting(io)).context("starting the server");
+        assert_eq!(
+            one_line(&e),
+            "starting the server: binding 127.0.0.1:8443: Address already in use"
+        );
+        let multi = anyhow::anyhow!("invalid configuration (2 problems):\n  - a\n  - b");
+        assert_eq!(one_line(&multi), "invalid configuration (2 problems): - a; - b");
     }
 }
