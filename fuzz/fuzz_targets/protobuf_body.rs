@@ -3,8 +3,11 @@
 //! decoding is deterministic; a decoded body is a JSON object whose `kind` is the envelope's
 //! (a kind the decoder supports) and which survives JSON serialisation unchanged; its size is
 //! bounded by a small multiple of the input's (no amplification); every `…Timestamp` in it is
-//! an RFC 3339 time kfsec itself reads back; and an unknown envelope field
-//! appended to a decodable body changes nothing (unknown fields are skipped).
+//! an RFC 3339 time kfsec itself reads back; an unknown envelope field
+//! appended to a decodable body changes nothing (unknown fields are skipped); and a decoded body
+//! has no field its kind's published OpenAPI schema lacks (`fieldcheck`, what `Strict` field
+//! validation refuses). The input read as JSON goes through the unknown-field walk too: it
+//! never panics, reports at most 100 fields, each under a member the body has.
 
 #![no_main]
 
@@ -73,6 +76,10 @@ fn check(body: &[u8]) {
         text.len(),
         body.len()
     );
+    if let Some(api) = v.get("apiVersion").and_then(Value::as_str) {
+        let unknown = kfsec_api::fieldcheck::unknown_fields_of(api, kind, &v);
+        assert!(unknown.is_empty(), "decoded fields the schema lacks: {unknown:?}");
+    }
     // Field 15, varint 1: unknown to runtime.Unknown.
     let mut more = body.to_vec();
     more.extend_from_slice(&[15 << 3, 1]);
@@ -83,7 +90,26 @@ fn check(body: &[u8]) {
     );
 }
 
+/// The unknown-field walk over arbitrary JSON, as a Pod and as a Profile (built-in and CRD schemas).
+fn check_fields(data: &[u8]) {
+    let Ok(v) = serde_json::from_slice::<Value>(data) else {
+        return;
+    };
+    for (api, kind) in [("v1", "Pod"), ("kubeflow.org/v1", "Profile")] {
+        let unknown = kfsec_api::fieldcheck::unknown_fields_of(api, kind, &v);
+        assert!(unknown.len() <= 100, "{} fields reported", unknown.len());
+        let members: Vec<&String> = v.as_object().map(|m| m.keys().collect()).unwrap_or_default();
+        for f in &unknown {
+            let under = |k: &&String| {
+                f == *k || f.strip_prefix(k.as_str()).is_some_and(|r| r.starts_with(['.', '[']))
+            };
+            assert!(members.iter().any(under), "{f:?} is not under a member of the body");
+        }
+    }
+}
+
 fuzz_target!(|data: &[u8]| {
+    check_fields(data);
     check(data);
     let mut with_magic = b"k8s\0".to_vec();
     with_magic.extend_from_slice(data);

@@ -12,7 +12,7 @@ mod access;
 mod authorize;
 pub mod body;
 mod discovery;
-mod fieldcheck;
+pub mod fieldcheck;
 mod handlers;
 mod hooks;
 mod impersonation;
