@@ -170,6 +170,10 @@ pub enum IssueError {
     /// The account does not exist (any more).
     #[error("no such service account")]
     NoAccount,
+    /// The issuer refuses this audience (one of its OAuth2 clients: the token could pass for
+    /// that client's ID token).
+    #[error("audience {0:?} refused")]
+    Audience(String),
     /// Nothing issues tokens on this server.
     #[error("service-account tokens are not issued here")]
     Unsupported,

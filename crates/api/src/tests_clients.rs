@@ -239,6 +239,9 @@ impl crate::TokenIssuer for EchoIssuer {
         if g.name == "vanished" {
             return Err(crate::IssueError::NoAccount);
         }
+        if let Some(a) = g.audiences.iter().find(|a| a.starts_with("client-")) {
+            return Err(crate::IssueError::Audience(a.clone()));
+        }
         let audiences = if g.audiences.is_empty() {
             vec!["kfsec".to_owned()]
         } else {
@@ -368,6 +371,20 @@ async fn token_request_mints_for_existing_accounts_only() {
     assert_eq!(s, StatusCode::BAD_REQUEST);
     let (s, _) = mint(&api, "x", "robot", "alice", json!({"metadata": {"namespace": "other"}})).await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
+    // An audience the issuer refuses (one of its OAuth2 clients) is a 422 on spec.audiences.
+    let (s, v) = mint(
+        &api,
+        "x",
+        "robot",
+        "alice",
+        json!({"spec": {"audiences": ["vault", "client-rp"]}}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(
+        v["message"],
+        "TokenRequest.authentication.k8s.io \"\" is invalid: spec.audiences: Invalid value: \"client-rp\": names an OAuth2 client of this issuer (the token could pass for its ID token)"
+    );
     // Only POST; only on service accounts; the cluster-wide path has no token.
     let (s, _) = send(&api, "GET", path, "alice", None).await;
     assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED);

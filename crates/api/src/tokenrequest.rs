@@ -7,7 +7,9 @@
 //! as kube-apiserver validates it (`expirationSeconds` from 600 to 2^32, default 3600, integers
 //! only) before the account is looked up; the account must exist (404 otherwise); a
 //! `boundObjectRef` is refused with kube-apiserver's message for kinds it cannot bind (kfsec
-//! binds tokens to their account only); the token is returned once, never logged.
+//! binds tokens to their account only); at most 64 audiences, none of them one of the IdP's
+//! OAuth2 clients (the issuer refuses those: the token could pass for that client's ID token);
+//! the token is returned once, never logged.
 
 use kfsec_types::CauseType;
 use serde_json::{Map, Value, json};
@@ -24,6 +26,8 @@ const DEFAULT_SECONDS: i64 = 3600;
 const MIN_SECONDS: i64 = 600;
 /// Kubernetes' longest request (2^32 seconds); the issuer caps below it.
 const MAX_SECONDS: i64 = 1 << 32;
+/// kfsec's limit on `spec.audiences` (Kubernetes has none; each is looked up by the issuer).
+const MAX_AUDIENCES: usize = 64;
 
 /// A request body member of the wrong JSON type, in the words of kube-apiserver's decoder.
 fn wrong_type(field: &str, want: &str) -> ApiError {
@@ -63,6 +67,17 @@ fn parse_spec(spec: &Map<String, Value>) -> Result<Spec, ApiError> {
             .collect::<Result<_, _>>()?,
         Some(_) => return Err(wrong_type("TokenRequestSpec.spec.audiences", "[]string")),
     };
+    if audiences.len() > MAX_AUDIENCES {
+        return Err(invalid(
+            &TOKEN_REQUEST,
+            "",
+            vec![FieldCause {
+                reason: CauseType::FieldValueTooMany,
+                field: "spec.audiences".into(),
+                message: format!("Too many: {}: must have at most {MAX_AUDIENCES} items", audiences.len()),
+            }],
+        ));
+    }
     let seconds = match spec.get("expirationSeconds") {
         None | Some(Value::Null) => DEFAULT_SECONDS,
         Some(v) => v
@@ -138,6 +153,15 @@ impl ApiServer {
         };
         let issued = self.issuer.issue(&grant).await.map_err(|e| match e {
             IssueError::NoAccount => not_found(accounts, name),
+            IssueError::Audience(a) => invalid(
+                &TOKEN_REQUEST,
+                "",
+                vec![FieldCause::invalid(
+                    "spec.audiences",
+                    &a,
+                    "names an OAuth2 client of this issuer (the token could pass for its ID token)",
+                )],
+            ),
             IssueError::Unsupported => ApiError::NoRoute,
             IssueError::Failed(cause) => ApiError::Internal(format!("issuing a service-account token: {cause}")),
         })?;
@@ -201,6 +225,19 @@ mod tests {
         assert!(
             message(&e).ends_with("Invalid value: 4294967297: may not specify a duration larger than 2^32 seconds")
         );
+    }
+
+    #[test]
+    fn audiences_are_capped() {
+        let many: Vec<String> = (0..=MAX_AUDIENCES).map(|i| format!("a{i}")).collect();
+        let e = spec(json!({"audiences": many})).err().unwrap();
+        assert_eq!(e.code(), 422);
+        assert!(
+            message(&e).ends_with("spec.audiences: Too many: 65: must have at most 64 items"),
+            "{}",
+            message(&e)
+        );
+        assert!(spec(json!({"audiences": many[..MAX_AUDIENCES]})).is_ok());
     }
 
     /// Every wrong JSON type a hostile client can send is a 400, never a default.

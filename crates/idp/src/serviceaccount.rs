@@ -4,7 +4,9 @@
 //!
 //! Invariants: a token is accepted only for an audience it names; verification shares the
 //! ID-token key set and algorithm pinning; the caller must check the account still exists with
-//! the token's uid (the store is the source of truth, not the token). The accounts are the
+//! the token's uid (the store is the source of truth, not the token); [`Idp::token_for_account`]
+//! never issues a token whose audience is one of this issuer's OAuth2 clients (it could pass for
+//! that client's ID token). The accounts are the
 //! Kubernetes-style API's objects: the IdP reads them only through [`ServiceAccountLookup`],
 //! which the server wires to `kfsec-api` (the IdP does not know how they are stored).
 
@@ -143,6 +145,11 @@ impl Idp {
         } else {
             audiences
         };
+        if let Some(a) = self.client_audience(&audiences).await? {
+            return Err(IdpError::Invalid(format!(
+                "audience {a:?} is an OAuth2 client of this issuer: a service-account token for it could pass for one of its ID tokens"
+            )));
+        }
         let (token, claims) =
             self.sign_account_token(namespace, name, &uid, audiences, lifetime.min(MAX_TOKEN_LIFETIME))?;
         Ok(AccountToken {
@@ -151,6 +158,18 @@ impl Idp {
             issued_at: claims.iat,
             expires_at: claims.exp,
         })
+    }
+
+    /// The first of `audiences` that is an OAuth2 client id of this issuer, if any. No
+    /// service-account token is issued for one: it carries this issuer and is signed with the
+    /// ID-token keys, so that client could take it for one of its ID tokens.
+    pub async fn client_audience(&self, audiences: &[String]) -> Result<Option<String>, IdpError> {
+        for a in audiences {
+            if self.clients.get(a).await?.is_some() {
+                return Ok(Some(a.clone()));
+            }
+        }
+        Ok(None)
     }
 
     /// Signs a token for service account `namespace/name` (uid `uid`).

@@ -17,6 +17,14 @@ pub(crate) struct Issuer(pub(crate) Arc<Idp>);
 #[async_trait::async_trait]
 impl TokenIssuer for Issuer {
     async fn issue(&self, grant: &TokenGrant) -> Result<IssuedToken, IssueError> {
+        if let Some(a) = self
+            .0
+            .client_audience(&grant.audiences)
+            .await
+            .map_err(|e| IssueError::Failed(Box::new(e)))?
+        {
+            return Err(IssueError::Audience(a));
+        }
         match self
             .0
             .token_for_account(&grant.namespace, &grant.name, grant.audiences.clone(), grant.lifetime)

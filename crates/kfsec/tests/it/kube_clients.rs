@@ -194,6 +194,19 @@ async fn kubectl_create_token_and_whoami() {
         err.contains("cannot bind token to object of type /v1, Kind=Secret"),
         "{err}"
     );
+    // No token passes for an ID token of one of kfsec's OAuth2 clients.
+    for client in ["kfsec-cli", "rp-test"] {
+        let (code, _, err) = admin
+            .run(&["create", "token", "robot", "-n", "team", "--audience", client], None)
+            .await;
+        assert_eq!(code, 1);
+        assert!(
+            err.contains(&format!(
+                "spec.audiences: Invalid value: \"{client}\": names an OAuth2 client of this issuer"
+            )),
+            "{err}"
+        );
+    }
     // A user without the grant gets kubectl's Forbidden line.
     let (code, _, err) = user.run(&["create", "token", "robot", "-n", "team"], None).await;
     assert_eq!(code, 1);
