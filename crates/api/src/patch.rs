@@ -6,7 +6,9 @@
 //! Status); server-side apply is not a plain patch (it goes through `managed`); nothing here panics on hostile input; time is
 //! (near) linear in the object and the patch — list merges, deletions from primitive lists and
 //! element orders go through hash indexes, and a JSON patch holds at most
-//! [`MAX_JSON_PATCH_OPERATIONS`] operations (the Kubernetes API server's limit; 413 above).
+//! [`MAX_JSON_PATCH_OPERATIONS`] operations (the Kubernetes API server's limit; 413 above) whose
+//! `copy` operations copy at most [`MAX_JSON_PATCH_COPY_BYTES`] in total (422 above), so a patch
+//! cannot grow an object beyond its body plus that budget.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
@@ -17,6 +19,31 @@ use crate::status::ApiError;
 
 /// The most operations of one JSON patch (as the Kubernetes API server).
 pub const MAX_JSON_PATCH_OPERATIONS: usize = 10_000;
+
+/// The most bytes the `copy` operations of one JSON patch may copy in total (kube-apiserver's
+/// `JSONPatchMaxCopyBytes`).
+pub const MAX_JSON_PATCH_COPY_BYTES: usize = 3 * 1024 * 1024;
+
+/// The length of `v`'s JSON text, counted up to `cap` (more is reported as `cap`): linear in
+/// `cap`, not in the value.
+fn json_size(v: &Value, cap: usize) -> usize {
+    struct Counter(usize, usize);
+    impl std::io::Write for Counter {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0 = self.0.saturating_add(b.len());
+            if self.0 >= self.1 {
+                return Err(std::io::Error::other("over the cap"));
+            }
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut c = Counter(0, cap);
+    let _ = serde_json::to_writer(&mut c, v);
+    c.0.min(cap)
+}
 
 /// A hashable identity of a JSON value (its canonical text).
 fn identity(v: &Value) -> String {
@@ -76,19 +103,33 @@ pub fn apply(doc: &Value, kind: PatchType, patch: &[u8], builtin: bool) -> Resul
                     p.0.len()
                 )));
             }
+            let rejected = |e: &dyn std::fmt::Display| ApiError::Invalid {
+                kind: String::new(),
+                group: String::new(),
+                name: String::new(),
+                causes: vec![crate::status::FieldCause {
+                    reason: kfsec_types::CauseType::FieldValueInvalid,
+                    field: "patch".into(),
+                    message: format!("the server rejected our request due to an error in our request: {e}"),
+                }],
+            };
             let mut out = doc.clone();
-            json_patch::patch(&mut out, &p.0)
-                .map_err(|e| ApiError::Invalid {
-                    kind: String::new(),
-                    group: String::new(),
-                    name: String::new(),
-                    causes: vec![crate::status::FieldCause {
-                        reason: kfsec_types::CauseType::FieldValueInvalid,
-                        field: "patch".into(),
-                        message: format!("the server rejected our request due to an error in our request: {e}"),
-                    }],
-                })
-                .map(|()| out)
+            // One operation at a time (on the copy: an error discards it), so every `copy` is
+            // charged against the budget before it runs.
+            let mut copied = 0;
+            for op in &p.0 {
+                if let json_patch::PatchOperation::Copy(c) = op {
+                    let from = out.pointer(c.from.as_str());
+                    copied += from.map_or(0, |v| json_size(v, MAX_JSON_PATCH_COPY_BYTES - copied + 1));
+                    if copied > MAX_JSON_PATCH_COPY_BYTES {
+                        return Err(rejected(&format!(
+                            "Unable to complete the copy, the accumulated size increase of copy is {copied}, exceeding the limit {MAX_JSON_PATCH_COPY_BYTES}"
+                        )));
+                    }
+                }
+                json_patch::patch(&mut out, std::slice::from_ref(op)).map_err(|e| rejected(&e))?;
+            }
+            Ok(out)
         }
         PatchType::Strategic => {
             if !builtin {
@@ -281,6 +322,40 @@ mod tests {
             PatchType::Apply
         );
         assert_eq!(PatchType::from_content_type("text/plain").unwrap_err().code(), 415);
+    }
+
+    /// A JSON patch whose `copy` operations copy more than the budget in total is refused
+    /// (kube-apiserver's `JSONPatchMaxCopyBytes`): a few dozen self-doubling copies of a 2 KB
+    /// body would otherwise grow the object to terabytes.
+    #[test]
+    fn json_patch_copies_are_budgeted() {
+        let doc = json!({"data": {"a": "0123456789012345678901234567890123456789"}});
+        let doubling: Vec<Value> = (0..40)
+            .map(|i| json!({"op": "copy", "from": "/data", "path": format!("/data/x{i}")}))
+            .collect();
+        let body = serde_json::to_vec(&doubling).unwrap();
+        let e = apply(&doc, PatchType::Json, &body, false).unwrap_err();
+        assert_eq!(e.code(), 422);
+        assert!(
+            e.to_status()
+                .message
+                .contains("the accumulated size increase of copy is"),
+            "{}",
+            e.to_status().message
+        );
+        // One big copy over the budget, too.
+        let big = json!({"data": {"a": "x".repeat(MAX_JSON_PATCH_COPY_BYTES)}});
+        let one = br#"[{"op":"copy","from":"/data/a","path":"/data/b"}]"#;
+        assert_eq!(apply(&big, PatchType::Json, one, false).unwrap_err().code(), 422);
+        // Copies within the budget work as before.
+        let out = apply(
+            &doc,
+            PatchType::Json,
+            &serde_json::to_vec(&doubling[..4]).unwrap(),
+            false,
+        )
+        .unwrap();
+        assert_eq!(out["data"]["x3"]["x2"]["x1"]["x0"]["a"], doc["data"]["a"]);
     }
 
     #[test]
