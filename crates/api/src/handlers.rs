@@ -318,7 +318,7 @@ impl ApiServer {
 
         if sub == "token" {
             let obj = self.read_object(headers, body).await?;
-            let out = self.token_request(res, &path_ns, &name, obj).await?;
+            let out = self.token_request(res, &path_ns, &name, user, obj).await?;
             return Ok(json_response(StatusCode::CREATED, &out));
         }
         if let Backing::Review(kind) = res.backing {

@@ -12,6 +12,7 @@
 //! the token is returned once, never logged.
 
 use kfsec_types::CauseType;
+use kfsec_types::identity::UserInfo;
 use serde_json::{Map, Value, json};
 
 use crate::ApiServer;
@@ -129,6 +130,7 @@ impl ApiServer {
         accounts: &'static Resource,
         ns: &str,
         name: &str,
+        caller: &UserInfo,
         body: Value,
     ) -> Result<Value, ApiError> {
         let mut obj = check_type(&TOKEN_REQUEST, body)?;
@@ -184,7 +186,7 @@ impl ApiServer {
                 m.entry("creationTimestamp").or_insert(Value::Null);
             }
         }
-        tracing::info!(target: "audit", namespace = ns, account = name, audiences = ?grant.audiences, "service-account token issued through TokenRequest");
+        tracing::info!(target: "audit", user = %caller.username, namespace = ns, account = name, audiences = ?issued.audiences, "service-account token issued through TokenRequest");
         Ok(obj)
     }
 }
