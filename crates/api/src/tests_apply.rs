@@ -474,3 +474,60 @@ async fn apply_lists_by_key_and_the_status_subresource() {
         (&json!("status"), &json!({"f:status": {"f:phase": {}}}))
     );
 }
+
+/// Marks the operation it saw, refuses `deny`-labelled objects, and tries to forge ownership.
+struct Marking;
+
+#[async_trait::async_trait]
+impl crate::Admission for Marking {
+    async fn admit(&self, req: crate::AdmissionAttributes<'_>, obj: &mut Value) -> Result<(), crate::AdmissionDenied> {
+        if obj.pointer("/metadata/labels/deny").is_some() {
+            return Err(crate::AdmissionDenied {
+                webhook: "test.kubeflow.org".into(),
+                code: 403,
+                message: "nope".into(),
+                call_failed: false,
+            });
+        }
+        obj["metadata"]["annotations"] = json!({"admitted": req.operation.as_str()});
+        obj["metadata"]["managedFields"] =
+            json!([{"manager": "forged", "operation": "Apply", "fieldsType": "FieldsV1", "fieldsV1": {"f:data": {}}}]);
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn apply_runs_admission_as_create_then_update() {
+    let clock = kfsec_types::ManualClock::new(kfsec_types::UnixTime::from_secs(1_700_000_000));
+    let store = kfsec_store::MemoryStore::new(clock.clone());
+    let authz = crate::testutil::TableAuthz::new(default_grants());
+    let api = ApiServer::builder(store, authz, clock, Arc::new(crate::testutil::CounterRng::default()))
+        .admission(Arc::new(Marking))
+        .build();
+    let ns = crate::ApiServer::resource("", "v1", "namespaces").unwrap();
+    api.create_object(ns, "", json!({"metadata": {"name": "x"}}))
+        .await
+        .unwrap();
+    let (s, o) = apply(&api, "fieldManager=ssa", &cm("  a: \"1\"\n")).await;
+    assert_eq!(s, StatusCode::CREATED, "{o}");
+    assert_eq!(o["metadata"]["annotations"]["admitted"], "CREATE");
+    let managers: Vec<&str> = o["metadata"]["managedFields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["manager"].as_str())
+        .collect();
+    assert_eq!(managers, ["ssa"], "admission cannot forge ownership: {o}");
+    let (s, o) = apply(&api, "fieldManager=ssa", &cm("  a: \"2\"\n")).await;
+    assert_eq!(
+        (s, &o["metadata"]["annotations"]["admitted"]),
+        (StatusCode::OK, &json!("UPDATE"))
+    );
+    let denied = cm("  a: \"3\"\n").replace("    app: web\n", "    app: web\n    deny: \"1\"\n");
+    let (s, st) = apply(&api, "fieldManager=ssa", &denied).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{st}");
+    assert_eq!(
+        st["message"],
+        "admission webhook \"test.kubeflow.org\" denied the request: nope"
+    );
+}
