@@ -62,13 +62,21 @@ pub fn id_token_claims(t: &serde_json::Value) -> serde_json::Value {
     jwt_claims(t["id_token"].as_str().unwrap())
 }
 
-/// A loopback port free at the time of asking.
+/// A loopback port free at the time of asking, for a server that binds it later. Taken from
+/// below the kernel's ephemeral range (32768-60999), which every `bind(:0)` and outgoing
+/// connection of the parallel tests draws from, so nothing else takes it in between (drawing
+/// from the ephemeral range itself made a test fail with AddrInUse now and then).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU16, Ordering};
+    // Each test process starts at its own offset; ports are handed out once per process.
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let offset = (std::process::id() % 600) as u16 * 20;
+    loop {
+        let port = 20_000 + (offset + NEXT.fetch_add(1, Ordering::Relaxed) % 12_000) % 12_000;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// An upstream that answers with the request it saw, as JSON.
