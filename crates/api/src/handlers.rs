@@ -57,8 +57,9 @@ fn content_type(headers: &HeaderMap) -> String {
         .to_owned()
 }
 
-/// Parses a create/update body by its content type.
-fn decode_object(ct: &str, body: &[u8]) -> Result<Value, ApiError> {
+/// Parses a create/update body by its content type; `max` is the body limit, which a YAML
+/// body's aliases may not expand its scalars beyond.
+fn decode_object(ct: &str, body: &[u8], max: usize) -> Result<Value, ApiError> {
     let base = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     match base.as_str() {
         "" | "application/json" | "*/*" => serde_json::from_slice(body)
@@ -70,7 +71,15 @@ fn decode_object(ct: &str, body: &[u8]) -> Result<Value, ApiError> {
         "application/yaml" | "application/x-yaml" | "text/yaml" => {
             let text =
                 std::str::from_utf8(body).map_err(|_| ApiError::BadRequest("the YAML body is not UTF-8".into()))?;
-            serde_saphyr::from_str::<Value>(text)
+            // Aliases replay their anchor: a 50 KB body could otherwise decode to 60 MB. Its
+            // scalars may total what one body may carry (at least twice its own length: an
+            // escape such as `\L` decodes longer than it is written).
+            let mut budget = serde_saphyr::Budget::default();
+            budget.max_total_scalar_bytes = max.max(body.len().saturating_mul(2));
+            let mut options = serde_saphyr::Options::default();
+            options.budget = Some(budget);
+            options.alias_limits.max_total_replayed_events = 100_000;
+            serde_saphyr::from_str_with_options::<Value>(text, options)
                 .map_err(|e| ApiError::BadRequest(format!("the body of the request could not be decoded as YAML: {e}")))
         }
         _ => Err(ApiError::UnsupportedMediaType(format!(
@@ -175,7 +184,8 @@ impl ApiServer {
     async fn read_object(&self, headers: &HeaderMap, body: Body) -> Result<Value, ApiError> {
         let raw = self.read_body(body).await?;
         let ct = content_type(headers);
-        self.offload(raw.len(), move || decode_object(&ct, &raw)).await
+        let max = self.options.max_body_bytes;
+        self.offload(raw.len(), move || decode_object(&ct, &raw, max)).await
     }
 
     async fn read_body(&self, body: Body) -> Result<bytes::Bytes, ApiError> {
@@ -446,7 +456,7 @@ impl ApiServer {
                 let mut pre = Preconditions::default();
                 let mut dry = ctx.dry_run;
                 if !raw.is_empty() {
-                    let opts = decode_object(&content_type(headers), &raw)?;
+                    let opts = decode_object(&content_type(headers), &raw, self.options.max_body_bytes)?;
                     let s = |p: &str| opts.pointer(p).and_then(Value::as_str).map(str::to_owned);
                     pre.uid = s("/preconditions/uid");
                     pre.resource_version = s("/preconditions/resourceVersion");

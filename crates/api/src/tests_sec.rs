@@ -1,7 +1,8 @@
 //! Security regressions of the API server (issue 9): no Profile may claim a system namespace by
 //! any path or caller; a watch ends with a 403 ERROR event once RBAC revokes its caller, even a revocation
 //! between the handler's check and the watch's start; PATCH
-//! bodies built to be quadratic stay fast, and oversized JSON patches are refused.
+//! bodies built to be quadratic stay fast, and oversized JSON patches are refused; YAML aliases
+//! cannot expand a body beyond the body limit (issue 12).
 
 #![allow(clippy::disallowed_methods)] // timing assertions (quadratic-body regressions) measure real elapsed time
 
@@ -423,4 +424,40 @@ async fn a_watch_on_one_object_takes_its_name_as_it_is() {
             "{name}"
         );
     }
+}
+
+/// A YAML body of `n_aliases` aliases of one anchored `anchor_bytes`-byte scalar (plus enough
+/// other anchors for the parser's alias/anchor ratio): ~52 KB that expand to ~60 MB.
+fn alias_bomb(name: &str, anchor_bytes: usize, n_aliases: usize) -> String {
+    let mut s = format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\ndata:\n  big: &b ");
+    s.push_str(&"A".repeat(anchor_bytes));
+    s.push('\n');
+    for i in 0..=n_aliases / 10 {
+        s.push_str(&format!("  d{i}: &a{i} x\n"));
+    }
+    s.push_str("  many: [");
+    s.push_str(&vec!["*b"; n_aliases].join(","));
+    s.push_str("]\n");
+    s
+}
+
+/// Issue 12: YAML aliases cannot turn a small create body into an object larger than any body
+/// the API accepts (a 52 KB body was stored as a 60 MB ConfigMap); a body whose aliases expand
+/// within that limit still decodes.
+#[tokio::test]
+async fn yaml_aliases_cannot_grow_a_body_beyond_the_body_limit() {
+    let f = fixture();
+    create(&f.api, "alice", "/api/v1/namespaces", r#"{"metadata":{"name":"x"}}"#).await;
+    let uri = "/api/v1/namespaces/x/configmaps";
+    let bomb = alias_bomb("bomb", 6000, 10_000);
+    assert!(bomb.len() < 64 * 1024, "{}", bomb.len());
+    let (s, v) = send(&f.api, "POST", uri, "alice", "application/yaml", bomb.into_bytes()).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{}", v.to_string().len());
+    let (s, _) = send(&f.api, "GET", &format!("{uri}/bomb"), "alice", "", Vec::new()).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    // 100 aliases of 6 KB: 600 KB decoded from 7 KB, under the 3 MiB body limit.
+    let fine = alias_bomb("fine", 6000, 100).replace("  many:", "  more:");
+    let (s, v) = send(&f.api, "POST", uri, "alice", "application/yaml", fine.into_bytes()).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    assert_eq!(v["data"]["more"].as_array().map(Vec::len), Some(100));
 }
