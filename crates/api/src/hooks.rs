@@ -138,6 +138,28 @@ pub struct TokenGrant {
     pub audiences: Vec<String>,
     /// `spec.expirationSeconds`; the issuer may cap it.
     pub lifetime: std::time::Duration,
+    /// `spec.boundObjectRef`, checked: an existing object of the account's namespace.
+    pub bound: Option<BoundRef>,
+}
+
+/// The object a TokenRequest binds its token to (the token works only while it exists).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BoundRef {
+    /// `Pod` or `Secret` (core).
+    pub kind: BoundKindRef,
+    /// Its name.
+    pub name: String,
+    /// Its uid, as stored.
+    pub uid: String,
+}
+
+/// The kinds a token can be bound to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BoundKindRef {
+    /// A core Pod (running as the account).
+    Pod,
+    /// A core Secret.
+    Secret,
 }
 
 /// A token as the issuer made it.

@@ -67,8 +67,8 @@ pub use authorize::{
     ResourceRule, SubjectRules, attributes_for,
 };
 pub use hooks::{
-    Admission, AdmissionAttributes, AdmissionDenied, IssueError, IssuedToken, NoAdmission, NoTokenIssuer,
-    NoTokenReviewer, TokenGrant, TokenIssuer, TokenReviewStatus, TokenReviewer,
+    Admission, AdmissionAttributes, AdmissionDenied, BoundKindRef, BoundRef, IssueError, IssuedToken, NoAdmission,
+    NoTokenIssuer, NoTokenReviewer, TokenGrant, TokenIssuer, TokenReviewStatus, TokenReviewer,
 };
 pub use patch::PatchType;
 pub use registry::Resource;
@@ -101,6 +101,7 @@ impl Default for ApiOptions {
     fn default() -> Self {
         Self {
             git_version: "v1.32.0-kfsec".into(),
+            build: kfsec_types::BuildInfo::default(),
             max_body_bytes: 3 * 1024 * 1024,
             max_watch_timeout: Duration::from_secs(1800),
             reserved_namespaces: ["default", "kubeflow", "kfsec"].map(str::to_owned).to_vec(),
@@ -108,7 +109,6 @@ impl Default for ApiOptions {
     }
 }
 
-            build: kfsec_types::BuildInfo::default(),
 /// A list from [`ApiServer::list_objects`].
 #[derive(Debug, Clone)]
 pub struct ObjectList {

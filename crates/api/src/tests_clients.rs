@@ -249,7 +249,10 @@ impl crate::TokenIssuer for EchoIssuer {
         };
         let lifetime = g.lifetime.as_secs().min(48 * 3600);
         Ok(crate::IssuedToken {
-            token: format!("{}/{}/{}/{lifetime}", g.namespace, g.name, audiences.join(",")),
+            token: match &g.bound {
+                None => format!("{}/{}/{}/{lifetime}", g.namespace, g.name, audiences.join(",")),
+                Some(b) => format!("{}/{}/{:?}:{}:{}", g.namespace, g.name, b.kind, b.name, b.uid),
+            },
             audiences,
             issued_at: 1_700_000_000,
             expires_at: 1_700_000_000 + lifetime,
@@ -357,14 +360,14 @@ async fn token_request_mints_for_existing_accounts_only() {
         "x",
         "robot",
         "alice",
-        json!({"spec": {"boundObjectRef": {"kind": "Pod", "apiVersion": "v1", "name": "p"}}}),
+        json!({"spec": {"boundObjectRef": {"kind": "Node", "apiVersion": "v1", "name": "n"}}}),
     )
     .await;
     assert_eq!(
         (s, v["message"].as_str()),
         (
             StatusCode::BAD_REQUEST,
-            Some("cannot bind token to object of type /v1, Kind=Pod")
+            Some("cannot bind token to object of type /v1, Kind=Node")
         )
     );
     let (s, _) = mint(&api, "x", "robot", "alice", json!({"kind": "TokenReview"})).await;
@@ -442,4 +445,68 @@ async fn token_request_without_an_issuer_is_not_found() {
     .await;
     let (s, v) = mint(&f.api, "x", "robot", "alice", json!({})).await;
     assert_eq!((s, &v["kind"]), (StatusCode::NOT_FOUND, &json!("Status")));
+}
+
+/// `kubectl create token --bound-object-kind Pod|Secret`: the object must exist in the account's
+/// namespace, a Pod must run as the account, a given uid must be the object's; the issuer gets
+/// the stored uid.
+#[tokio::test]
+async fn token_request_binds_to_pods_and_secrets() {
+    let api = token_fixture();
+    let post = |path: &'static str, body: Value| {
+        let api = api.clone();
+        async move { send(&api, "POST", path, "alice", Some(body)).await }
+    };
+    post("/api/v1/namespaces", json!({"metadata": {"name": "x"}})).await;
+    post(
+        "/api/v1/namespaces/x/serviceaccounts",
+        json!({"metadata": {"name": "robot"}}),
+    )
+    .await;
+    let (_, secret) = post("/api/v1/namespaces/x/secrets", json!({"metadata": {"name": "s"}})).await;
+    let uid = secret["metadata"]["uid"].as_str().unwrap().to_owned();
+    for (name, sa) in [("mine", "robot"), ("theirs", "other"), ("plain", "")] {
+        let mut pod = json!({"metadata": {"name": name}, "spec": {"containers": [{"name": "c", "image": "busybox"}]}});
+        if !sa.is_empty() {
+            pod["spec"]["serviceAccountName"] = json!(sa);
+        }
+        let (s, v) = post("/api/v1/namespaces/x/pods", pod).await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+    }
+    let bind = |kind: &str, name: &str, uid: &str| json!({"spec": {"boundObjectRef": {"kind": kind, "apiVersion": "v1", "name": name, "uid": uid}}});
+
+    let (s, v) = mint(&api, "x", "robot", "alice", bind("Secret", "s", "")).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    assert_eq!(v["status"]["token"], format!("x/robot/Secret:s:{uid}"));
+    assert_eq!(v["spec"]["boundObjectRef"]["name"], "s");
+    let (s, v) = mint(&api, "x", "robot", "alice", bind("Secret", "s", &uid)).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let (s, v) = mint(&api, "x", "robot", "alice", bind("Secret", "s", "stale-uid")).await;
+    assert_eq!(s, StatusCode::CONFLICT);
+    assert_eq!(
+        v["message"],
+        "Operation cannot be fulfilled on Secret \"s\": the UID in the bound object reference (stale-uid) does not match the UID in record. The object might have been deleted and then recreated"
+    );
+    let (s, v) = mint(&api, "x", "robot", "alice", bind("Secret", "gone", "")).await;
+    assert_eq!(
+        (s, v["message"].as_str()),
+        (StatusCode::NOT_FOUND, Some("secrets \"gone\" not found"))
+    );
+    let (s, v) = mint(&api, "x", "robot", "alice", bind("Pod", "mine", "")).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    assert!(
+        v["status"]["token"].as_str().unwrap().starts_with("x/robot/Pod:mine:"),
+        "{v}"
+    );
+    let (s, v) = mint(&api, "x", "robot", "alice", bind("Pod", "theirs", "")).await;
+    assert_eq!(
+        (s, v["message"].as_str()),
+        (
+            StatusCode::BAD_REQUEST,
+            Some("cannot bind token for serviceaccount \"robot\" to pod running with different serviceaccount name.")
+        )
+    );
+    // A pod without serviceAccountName runs as `default`.
+    let (s, _) = mint(&api, "x", "robot", "alice", bind("Pod", "plain", "")).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
 }

@@ -6,8 +6,9 @@
 //! `serviceaccounts/token` with the account's name in its namespace; the request is validated
 //! as kube-apiserver validates it (`expirationSeconds` from 600 to 2^32, default 3600, integers
 //! only) before the account is looked up; the account must exist (404 otherwise); a
-//! `boundObjectRef` is refused with kube-apiserver's message for kinds it cannot bind (kfsec
-//! binds tokens to their account only); at most 64 audiences, none of them one of the IdP's
+//! `boundObjectRef` names a Pod running as the account or a Secret of its namespace, which must
+//! exist (with the uid given, if any), and the token dies with it; other kinds are refused with
+//! kube-apiserver's message; at most 64 audiences, none of them one of the IdP's
 //! OAuth2 clients (the issuer refuses those: the token could pass for that client's ID token);
 //! the token is returned once, never logged.
 
@@ -16,9 +17,9 @@ use kfsec_types::identity::UserInfo;
 use serde_json::{Map, Value, json};
 
 use crate::ApiServer;
-use crate::hooks::{IssueError, TokenGrant};
+use crate::hooks::{BoundKindRef, BoundRef, IssueError, TokenGrant};
 use crate::objects::{check_type, invalid, not_found};
-use crate::registry::{Resource, TOKEN_REQUEST};
+use crate::registry::{self, Resource, TOKEN_REQUEST};
 use crate::status::{ApiError, FieldCause};
 
 /// Kubernetes' default `expirationSeconds` (one hour).
@@ -53,6 +54,8 @@ fn invalid_seconds(n: i64, detail: &str) -> ApiError {
 struct Spec {
     audiences: Vec<String>,
     seconds: i64,
+    /// A bindable `boundObjectRef`: kind, name and the uid it asks for (empty: any).
+    bound: Option<(BoundKindRef, String, String)>,
 }
 
 fn parse_spec(spec: &Map<String, Value>) -> Result<Spec, ApiError> {
@@ -97,20 +100,26 @@ fn parse_spec(spec: &Map<String, Value>) -> Result<Spec, ApiError> {
             "may not specify a duration larger than 2^32 seconds",
         ));
     }
-    match spec.get("boundObjectRef") {
-        None | Some(Value::Null) => {}
+    let bound = match spec.get("boundObjectRef") {
+        None | Some(Value::Null) => None,
         Some(Value::Object(r)) => {
             let s = |k: &str| r.get(k).and_then(Value::as_str).unwrap_or("");
-            // `schema.FromAPIVersionAndKind(...).String()`: `group/version, Kind=kind`.
+            // `schema.FromAPIVersionAndKind(...)`: a group only when the version has one.
             let (group, version) = match s("apiVersion").split('/').collect::<Vec<_>>().as_slice() {
                 [v] => ("", *v),
                 [g, v] => (*g, *v),
                 _ => ("", ""),
             };
-            return Err(ApiError::BadRequest(format!(
-                "cannot bind token to object of type {group}/{version}, Kind={}",
-                s("kind")
-            )));
+            let kind = match (group, s("kind")) {
+                ("", "Pod") => BoundKindRef::Pod,
+                ("", "Secret") => BoundKindRef::Secret,
+                (_, k) => {
+                    return Err(ApiError::BadRequest(format!(
+                        "cannot bind token to object of type {group}/{version}, Kind={k}"
+                    )));
+                }
+            };
+            Some((kind, s("name").to_owned(), s("uid").to_owned()))
         }
         Some(_) => {
             return Err(wrong_type(
@@ -118,11 +127,62 @@ fn parse_spec(spec: &Map<String, Value>) -> Result<Spec, ApiError> {
                 "v1.BoundObjectReference",
             ));
         }
-    }
-    Ok(Spec { audiences, seconds })
+    };
+    Ok(Spec {
+        audiences,
+        seconds,
+        bound,
+    })
 }
 
 impl ApiServer {
+    /// The object a token for account `account` is bound to, as kube-apiserver checks it: it
+    /// exists in `ns` (404), a Pod runs as the account (400), and a given uid is its uid (409).
+    async fn bound_object(
+        &self,
+        ns: &str,
+        account: &str,
+        kind: BoundKindRef,
+        name: String,
+        want_uid: &str,
+    ) -> Result<BoundRef, ApiError> {
+        let (plural, kind_name) = match kind {
+            BoundKindRef::Pod => ("pods", "Pod"),
+            BoundKindRef::Secret => ("secrets", "Secret"),
+        };
+        let res = registry::find("", "v1", plural).ok_or(ApiError::NoRoute)?;
+        let obj = self.get_in(res, ns, &name).await?;
+        if kind == BoundKindRef::Pod {
+            let runs_as = obj
+                .pointer("/spec/serviceAccountName")
+                .and_then(Value::as_str)
+                .filter(|s| !s.is_empty())
+                .unwrap_or("default");
+            if runs_as != account {
+                return Err(ApiError::BadRequest(format!(
+                    "cannot bind token for serviceaccount {account:?} to pod running with different serviceaccount name."
+                )));
+            }
+        }
+        let uid = obj
+            .pointer("/metadata/uid")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned();
+        if !want_uid.is_empty() && want_uid != uid {
+            return Err(ApiError::Conflict {
+                qualified: kind_name.to_owned(),
+                group: String::new(),
+                kind: kind_name.to_owned(),
+                name,
+                detail: format!(
+                    "the UID in the bound object reference ({want_uid}) does not match the UID in record. The object might have been deleted and then recreated"
+                ),
+            });
+        }
+        Ok(BoundRef { kind, name, uid })
+    }
+
     /// Answers a TokenRequest for service account `name` (of type `accounts`) in `ns`; the
     /// object to send back with 201.
     pub(crate) async fn token_request(
@@ -147,11 +207,16 @@ impl ApiServer {
         };
         let want = parse_spec(&spec)?;
         self.get_in(accounts, ns, name).await?;
+        let bound = match want.bound {
+            None => None,
+            Some((kind, bname, buid)) => Some(self.bound_object(ns, name, kind, bname, &buid).await?),
+        };
         let grant = TokenGrant {
             namespace: ns.to_owned(),
             name: name.to_owned(),
             audiences: want.audiences,
             lifetime: std::time::Duration::from_secs(want.seconds.unsigned_abs()),
+            bound,
         };
         let issued = self.issuer.issue(&grant).await.map_err(|e| match e {
             IssueError::NoAccount => not_found(accounts, name),
@@ -262,9 +327,24 @@ mod tests {
     }
 
     #[test]
-    fn bound_objects_are_refused_as_kube_apiserver_refuses_unbindable_kinds() {
+    fn bound_objects_pods_and_secrets_only() {
+        let b = spec(json!({"boundObjectRef": {"kind": "Pod", "apiVersion": "v1", "name": "p", "uid": "u"}}))
+            .unwrap()
+            .bound;
+        assert_eq!(b, Some((BoundKindRef::Pod, "p".to_owned(), "u".to_owned())));
+        let b = spec(json!({"boundObjectRef": {"kind": "Secret", "apiVersion": "v1", "name": "s"}}))
+            .unwrap()
+            .bound;
+        assert_eq!(b, Some((BoundKindRef::Secret, "s".to_owned(), String::new())));
         for (r, text) in [
-            (json!({"kind": "Pod", "apiVersion": "v1", "name": "p"}), "/v1, Kind=Pod"),
+            (
+                json!({"kind": "Node", "apiVersion": "v1", "name": "n"}),
+                "/v1, Kind=Node",
+            ),
+            (
+                json!({"kind": "Secret", "apiVersion": "apps/v1"}),
+                "apps/v1, Kind=Secret",
+            ),
             (
                 json!({"kind": "Deployment", "apiVersion": "apps/v1"}),
                 "apps/v1, Kind=Deployment",

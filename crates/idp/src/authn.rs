@@ -16,7 +16,7 @@
 //!   Kubernetes API server's default `--api-audiences`) on every surface, and also
 //!   `pipelines.kubeflow.org` on Pipelines paths (KFP's `TOKEN_REVIEW_AUDIENCE`). TokenReview
 //!   asks for the audiences its request names (default: `kfsec` and the issuer). The account
-//!   must still exist with the token's uid.
+//!   must still exist with the token's uid, and so must the Pod or Secret a token is bound to.
 //! - **Sessions** and **ID tokens** whose login (the password check, not their issue) was at or
 //!   before the user's revocation epoch are void (password change, deletion, "log out
 //!   everywhere").
@@ -169,21 +169,30 @@ impl Authenticator {
     }
 
     /// Whether the service account a token names still exists with the token's uid (tokens of
-    /// a deleted or re-created account stop working). A lookup that fails refuses the token.
+    /// a deleted or re-created account stop working), and so does the object it is bound to, if
+    /// any. A lookup that fails refuses the token.
     async fn account_current(&self, sa: &ServiceAccountClaims) -> bool {
         let k = &sa.kubernetes;
-        match self
-            .idp
-            .service_accounts()
-            .uid(&k.namespace, &k.serviceaccount.name)
-            .await
-        {
-            Ok(uid) => uid.as_deref() == Some(k.serviceaccount.uid.as_str()),
+        let lookup = self.idp.service_accounts();
+        let same = |found: Result<Option<String>, crate::serviceaccount::LookupError>, uid: &str| match found {
+            Ok(found) => found.as_deref() == Some(uid),
             Err(e) => {
                 tracing::warn!(error = %e, "service account lookup failed; token refused");
                 false
             }
+        };
+        if !same(
+            lookup.uid(&k.namespace, &k.serviceaccount.name).await,
+            &k.serviceaccount.uid,
+        ) {
+            return false;
         }
+        for (kind, r) in k.bound() {
+            if !same(lookup.object_uid(kind, &k.namespace, &r.name).await, &r.uid) {
+                return false;
+            }
+        }
+        true
     }
 
     async fn id_token(&self, claims: Claims, surface: Surface<'_>) -> Result<Authenticated, Refusal> {

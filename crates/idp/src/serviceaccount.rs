@@ -48,11 +48,36 @@ impl std::fmt::Debug for AccountToken {
     }
 }
 
+/// The kinds of object a token can be bound to (TokenRequest's `boundObjectRef`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BoundKind {
+    /// A core `Pod`.
+    Pod,
+    /// A core `Secret`.
+    Secret,
+}
+
+/// The object a token is bound to: it works only while that object exists with this uid.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BoundObject {
+    /// Its kind.
+    pub kind: BoundKind,
+    /// Its name (in the account's namespace).
+    pub name: String,
+    /// Its uid.
+    pub uid: String,
+}
+
 /// Where the IdP learns whether a service account exists, and its uid.
 #[async_trait::async_trait]
 pub trait ServiceAccountLookup: Send + Sync + 'static {
     /// The uid of the service account `name` in `namespace`; `None` if there is no such account.
     async fn uid(&self, namespace: &str, name: &str) -> Result<Option<String>, LookupError>;
+    /// The uid of the `kind` object `name` in `namespace` (a bound token's object); `None` if
+    /// there is none. The default knows none, so bound tokens are refused.
+    async fn object_uid(&self, _kind: BoundKind, _namespace: &str, _name: &str) -> Result<Option<String>, LookupError> {
+        Ok(None)
+    }
 }
 
 /// Why a [`ServiceAccountLookup`] could not answer (its cause kept for the log).
@@ -79,9 +104,24 @@ pub struct KubernetesClaim {
     pub namespace: String,
     /// The account.
     pub serviceaccount: AccountRef,
+    /// The pod the token is bound to, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<AccountRef>,
+    /// The secret the token is bound to, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<AccountRef>,
 }
 
-/// A service account reference.
+impl KubernetesClaim {
+    /// The objects the token is bound to (none, or the one kfsec binds).
+    pub fn bound(&self) -> impl Iterator<Item = (BoundKind, &AccountRef)> {
+        [(BoundKind::Pod, &self.pod), (BoundKind::Secret, &self.secret)]
+            .into_iter()
+            .filter_map(|(k, r)| r.as_ref().map(|r| (k, r)))
+    }
+}
+
+/// A reference to an object (a service account, or a token's bound object): name and uid.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct AccountRef {
     /// Name.
@@ -127,12 +167,16 @@ impl Idp {
     /// the token, so the token dies with the account; no audiences means kfsec's own API
     /// ([`crate::authn::SERVICE_ACCOUNT_AUDIENCE`]); the lifetime is capped at
     /// [`MAX_TOKEN_LIFETIME`] (the caller refuses or raises one below [`MIN_TOKEN_LIFETIME`]).
+    ///
+    /// With `bound`, the token also names that object (Kubernetes' `kubernetes.io.pod` /
+    /// `.secret`) and works only while it exists with that uid.
     pub async fn token_for_account(
         &self,
         namespace: &str,
         name: &str,
         audiences: Vec<String>,
         lifetime: Duration,
+        bound: Option<BoundObject>,
     ) -> Result<AccountToken, IdpError> {
         let uid = self
             .service_accounts()
@@ -150,8 +194,14 @@ impl Idp {
                 "audience {a:?} is an OAuth2 client of this issuer: a service-account token for it could pass for one of its ID tokens"
             )));
         }
-        let (token, claims) =
-            self.sign_account_token(namespace, name, &uid, audiences, lifetime.min(MAX_TOKEN_LIFETIME))?;
+        let (token, claims) = self.sign_account_token(
+            bound,
+            namespace,
+            name,
+            &uid,
+            audiences,
+            lifetime.min(MAX_TOKEN_LIFETIME),
+        )?;
         Ok(AccountToken {
             token,
             audiences: claims.aud,
@@ -181,11 +231,14 @@ impl Idp {
         audiences: Vec<String>,
         lifetime: Duration,
     ) -> Result<String, IdpError> {
-        Ok(self.sign_account_token(namespace, name, uid, audiences, lifetime)?.0)
+        Ok(self
+            .sign_account_token(None, namespace, name, uid, audiences, lifetime)?
+            .0)
     }
 
     fn sign_account_token(
         &self,
+        bound: Option<BoundObject>,
         namespace: &str,
         name: &str,
         uid: &str,
@@ -196,7 +249,7 @@ impl Idp {
             return Err(IdpError::Invalid("at least one audience is required".into()));
         }
         let now = self.clock.now();
-        let claims = ServiceAccountClaims {
+        let mut claims = ServiceAccountClaims {
             iss: self.settings.issuer.clone(),
             sub: service_account_username(namespace, name),
             aud: audiences,
@@ -209,8 +262,20 @@ impl Idp {
                     name: name.into(),
                     uid: uid.into(),
                 },
+                pod: None,
+                secret: None,
             },
         };
+        if let Some(b) = bound {
+            let r = Some(AccountRef {
+                name: b.name,
+                uid: b.uid,
+            });
+            match b.kind {
+                BoundKind::Pod => claims.kubernetes.pod = r,
+                BoundKind::Secret => claims.kubernetes.secret = r,
+            }
+        }
         let token = self.keys.keys().signing.sign(&claims)?;
         Ok((token, claims))
     }

@@ -349,7 +349,7 @@ impl AdminOps {
                     let lifetime =
                         std::time::Duration::from_secs(seconds).max(kfsec_idp::serviceaccount::MIN_TOKEN_LIFETIME);
                     let token = idp
-                        .token_for_account(&namespace, &name, audiences, lifetime)
+                        .token_for_account(&namespace, &name, audiences, lifetime, None)
                         .await?
                         .token;
                     AdminResponse::Token { token }

@@ -8,7 +8,8 @@
 
 use std::sync::Arc;
 
-use kfsec_api::{IssueError, IssuedToken, TokenGrant, TokenIssuer};
+use kfsec_api::{BoundKindRef, IssueError, IssuedToken, TokenGrant, TokenIssuer};
+use kfsec_idp::serviceaccount::{BoundKind, BoundObject};
 use kfsec_idp::{Idp, IdpError};
 
 /// Issues TokenRequest tokens with the IdP's keys.
@@ -27,7 +28,20 @@ impl TokenIssuer for Issuer {
         }
         match self
             .0
-            .token_for_account(&grant.namespace, &grant.name, grant.audiences.clone(), grant.lifetime)
+            .token_for_account(
+                &grant.namespace,
+                &grant.name,
+                grant.audiences.clone(),
+                grant.lifetime,
+                grant.bound.as_ref().map(|b| BoundObject {
+                    kind: match b.kind {
+                        BoundKindRef::Pod => BoundKind::Pod,
+                        BoundKindRef::Secret => BoundKind::Secret,
+                    },
+                    name: b.name.clone(),
+                    uid: b.uid.clone(),
+                }),
+            )
             .await
         {
             Ok(t) => Ok(IssuedToken {

@@ -173,6 +173,46 @@ async fn kubectl_create_token_and_whoami() {
     let (code, _, err) = admin.run(&["create", "token", "ghost", "-n", "team"], None).await;
     assert_eq!(code, 1);
     assert!(err.contains("serviceaccounts \"ghost\" not found"), "{err}");
+    // Bound to a Secret: works while the secret exists, with its uid in the token.
+    let (code, _, err) = admin
+        .run(
+            &["create", "secret", "generic", "s", "-n", "team", "--from-literal=a=b"],
+            None,
+        )
+        .await;
+    assert_eq!(code, 0, "{err}");
+    let (code, bound, err) = admin
+        .run(
+            &[
+                "create",
+                "token",
+                "robot",
+                "-n",
+                "team",
+                "--bound-object-kind",
+                "Secret",
+                "--bound-object-name",
+                "s",
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(claims(&bound)["kubernetes.io"]["secret"]["name"], "s");
+    assert_eq!(
+        status("/api/v1/namespaces/team/configmaps", bound.trim().to_owned()).await,
+        403
+    );
+    let (code, _, err) = admin.run(&["delete", "secret", "s", "-n", "team"], None).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        status("/api/v1/namespaces/team/configmaps", bound.trim().to_owned()).await,
+        401
+    );
+    assert_eq!(
+        status("/api/v1/namespaces/team/configmaps", token.trim().to_owned()).await,
+        403
+    );
     let (code, _, err) = admin
         .run(
             &[
@@ -190,8 +230,26 @@ async fn kubectl_create_token_and_whoami() {
         )
         .await;
     assert_eq!(code, 1);
+    assert!(err.contains("secrets \"s\" not found"), "{err}");
+    let (code, _, err) = admin
+        .run(
+            &[
+                "create",
+                "token",
+                "robot",
+                "-n",
+                "team",
+                "--bound-object-kind",
+                "Node",
+                "--bound-object-name",
+                "n",
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(code, 1);
     assert!(
-        err.contains("cannot bind token to object of type /v1, Kind=Secret"),
+        err.contains("cannot bind token to object of type /v1, Kind=Node"),
         "{err}"
     );
     // No token passes for an ID token of one of kfsec's OAuth2 clients.
