@@ -12,6 +12,9 @@ use kfsec_api::managed::{self, FieldSet, Writer};
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 
+/// The body limit the fuzzed bodies decode under.
+const MAX: usize = 64 * 1024;
+
 fn writer(manager: &str) -> Writer<'_> {
     Writer {
         manager,
@@ -39,8 +42,8 @@ fuzz_target!(|data: &[u8]| {
         Some(i) => (&data[..i], &data[i + 1..]),
         None => (&b""[..], data),
     };
-    let Ok(cfg) = managed::decode_config(cfg, false) else { return };
-    let live = managed::decode_config(live, false).ok().filter(|v| v.as_object().is_some_and(|m| !m.is_empty()));
+    let Ok(cfg) = managed::decode_config(cfg, false, MAX) else { return };
+    let live = managed::decode_config(live, false, MAX).ok().filter(|v| v.as_object().is_some_and(|m| !m.is_empty()));
     let w = writer("fuzz");
     for force in [false, true] {
         let Ok((obj, entries)) = managed::apply(&[], live.as_ref(), &cfg, &w, force) else {

@@ -3,7 +3,8 @@
 //!
 //! Invariants: at most `limit` bytes are buffered. An oversized body is still read to its end and
 //! discarded (up to 4× the limit, for at most 30 s) so that a client that is still sending
-//! receives the 413 instead of a connection reset mid-upload. CPU-heavy parsing never runs on an
+//! receives the 413 instead of a connection reset mid-upload; a YAML body decodes under
+//! [`yaml_options`], so aliases cannot expand it beyond the limit. CPU-heavy parsing never runs on an
 //! async worker: [`run_blocking`] runs it on tokio's blocking threads, at most half the cores'
 //! worth at once (at least one) across the whole process, so the async workers — and with them
 //! every listener, the admin `/healthz` included — always keep CPU.
@@ -49,6 +50,22 @@ pub async fn run_blocking<T: Send + 'static>(
     })
     .await
     .map_err(|_| PoolError::Failed)
+}
+
+/// The most events YAML aliases may replay while one body decodes ("billion laughs" stay small).
+pub const MAX_YAML_ALIAS_EVENTS: usize = 100_000;
+
+/// The decoding options of a YAML request body of `len` bytes under the body limit `max`:
+/// aliases replay at most [`MAX_YAML_ALIAS_EVENTS`] events, and the decoded scalars total at
+/// most what one body may carry (at least twice the body's own length: an escape such as `\L`
+/// decodes longer than it is written) — so a small body cannot decode to a huge object.
+pub fn yaml_options(len: usize, max: usize) -> serde_saphyr::Options {
+    let mut budget = serde_saphyr::Budget::default();
+    budget.max_total_scalar_bytes = max.max(len.saturating_mul(2));
+    let mut options = serde_saphyr::Options::default();
+    options.budget = Some(budget);
+    options.alias_limits.max_total_replayed_events = MAX_YAML_ALIAS_EVENTS;
+    options
 }
 
 /// Why a body could not be read.

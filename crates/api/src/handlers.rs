@@ -74,11 +74,7 @@ fn decode_object(ct: &str, body: &[u8], max: usize) -> Result<Value, ApiError> {
             // Aliases replay their anchor: a 50 KB body could otherwise decode to 60 MB. Its
             // scalars may total what one body may carry (at least twice its own length: an
             // escape such as `\L` decodes longer than it is written).
-            let mut budget = serde_saphyr::Budget::default();
-            budget.max_total_scalar_bytes = max.max(body.len().saturating_mul(2));
-            let mut options = serde_saphyr::Options::default();
-            options.budget = Some(budget);
-            options.alias_limits.max_total_replayed_events = 100_000;
+            let options = crate::body::yaml_options(body.len(), max);
             serde_saphyr::from_str_with_options::<Value>(text, options)
                 .map_err(|e| ApiError::BadRequest(format!("the body of the request could not be decoded as YAML: {e}")))
         }

@@ -933,27 +933,21 @@ pub fn apply(
     Ok((merged, entries))
 }
 
-/// The most events YAML aliases may replay in one apply body ("billion laughs" stay small).
-const MAX_ALIAS_EVENTS: usize = 100_000;
-
 /// Why an apply body could not be decoded (the text is the parser's, about the input only).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
 pub struct DecodeError(pub String);
 
-/// Decodes an apply body (YAML, of which JSON is a subset) into an object, under a budget: the
-/// caller's body size limit, nesting at most 64, aliases replaying at most
-/// [`MAX_ALIAS_EVENTS`] events and 4 MiB of anchors. `strict` refuses duplicate keys
+/// Decodes an apply body (YAML, of which JSON is a subset) into an object, under the request
+/// bodies' YAML budget ([`crate::body::yaml_options`]: aliases cannot grow it beyond the body
+/// limit `max`) and nesting at most 64. `strict` refuses duplicate keys
 /// (`fieldValidation=Strict`); otherwise the last one wins. An empty body is `{}`.
-pub fn decode_config(body: &[u8], strict: bool) -> Result<Value, DecodeError> {
+pub fn decode_config(body: &[u8], strict: bool, max: usize) -> Result<Value, DecodeError> {
     let text = std::str::from_utf8(body).map_err(|_| DecodeError("the body is not UTF-8".into()))?;
-    let mut budget = serde_saphyr::Budget::default();
-    budget.max_depth = 64;
-    budget.max_recorded_anchor_bytes = 4 * 1024 * 1024;
-    budget.max_aliases = 10_000;
-    let mut options = serde_saphyr::Options::default();
-    options.budget = Some(budget);
-    options.alias_limits.max_total_replayed_events = MAX_ALIAS_EVENTS;
+    let mut options = crate::body::yaml_options(body.len(), max);
+    if let Some(b) = options.budget.as_mut() {
+        b.max_depth = 64;
+    }
     options.with_snippet = false;
     options.duplicate_keys = if strict {
         serde_saphyr::DuplicateKeyPolicy::Error
@@ -1113,14 +1107,14 @@ mod tests {
 
     #[test]
     fn decoding_budget() {
-        assert_eq!(decode_config(b"", true).unwrap(), json!({}));
+        assert_eq!(decode_config(b"", true, 1024).unwrap(), json!({}));
         assert_eq!(
-            decode_config(br#"{"a":1,"b":[true]}"#, true).unwrap(),
+            decode_config(br#"{"a":1,"b":[true]}"#, true, 1024).unwrap(),
             json!({"a": 1, "b": [true]})
         );
-        assert!(decode_config(b"a: 1\na: 2\n", true).is_err());
-        assert_eq!(decode_config(b"a: 1\na: 2\n", false).unwrap(), json!({"a": 2}));
-        assert!(decode_config(b"- 1", false).is_err());
+        assert!(decode_config(b"a: 1\na: 2\n", true, 1024).is_err());
+        assert_eq!(decode_config(b"a: 1\na: 2\n", false, 1024).unwrap(), json!({"a": 2}));
+        assert!(decode_config(b"- 1", false, 1024).is_err());
         let mut bomb = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
         for i in 1..10 {
             let p = i - 1;
@@ -1128,9 +1122,14 @@ mod tests {
                 "a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"
             ));
         }
-        assert!(decode_config(bomb.as_bytes(), false).is_err());
+        assert!(decode_config(bomb.as_bytes(), false, 1 << 20).is_err());
         let deep = format!("{}1{}", "[".repeat(200), "]".repeat(200));
-        assert!(decode_config(format!("a: {deep}").as_bytes(), false).is_err());
+        assert!(decode_config(format!("a: {deep}").as_bytes(), false, 1 << 20).is_err());
+        // A scalar aliased many times may not outgrow the body limit.
+        let big = format!("s: &s {}\nl: [{}]\n", "x".repeat(10_000), vec!["*s"; 20].join(", "));
+        assert!(decode_config(big.as_bytes(), false, 64 * 1024).is_err());
+        let ok = decode_config(big.as_bytes(), false, 2 << 20);
+        assert!(ok.is_ok(), "{ok:?}");
     }
 
     #[test]

@@ -534,9 +534,10 @@ impl ApiServer {
     ) -> Result<(Value, bool, Vec<String>), ApiError> {
         let strict = opts.field_validation.as_deref() == Some("Strict");
         let body = bytes::Bytes::copy_from_slice(raw);
+        let max = self.options.max_body_bytes;
         let cfg = self
             .offload(body.len(), move || {
-                managed::decode_config(&body, strict).map_err(|e| {
+                managed::decode_config(&body, strict, max).map_err(|e| {
                     let prefix = if strict {
                         "error strict decoding YAML"
                     } else {
