@@ -5,7 +5,9 @@
 //! stripped before every write; `uid`, `creationTimestamp`, `name` and `namespace` cannot be
 //! changed by an update, a patch or an admission plugin; every write is conditional on the
 //! revision that was read (lost updates are impossible); namespaced objects are only created in
-//! namespaces that exist and are not terminating (for HTTP callers).
+//! namespaces that exist and are not terminating (for HTTP callers); a create or update never
+//! stores an object larger than three request bodies (413), so no sequence of writes grows one
+//! without bound.
 
 pub(crate) use crate::list::ListQuery;
 
@@ -186,7 +188,29 @@ fn encode(obj: &Value) -> Result<Vec<u8>, ApiError> {
     serde_json::to_vec(&o).map_err(|e| ApiError::Internal(format!("encode: {e}")))
 }
 
+/// [`encode`] for a create or an update, which may not store more than `max` bytes (413): the
+/// store's limit on one object, as etcd's request limit bounds kube-apiserver's objects. Without
+/// it an object grows without bound — a merge patch adds a body's worth of keys each time, a
+/// server-side apply by one more field manager adds a `managedFields` entry as large as its
+/// configuration.
+fn encode_bounded(obj: &Value, max: usize) -> Result<Vec<u8>, ApiError> {
+    let bytes = encode(obj)?;
+    if bytes.len() > max {
+        return Err(ApiError::TooLargeWith(format!(
+            "Request entity too large: the object would be {} bytes, limit is {max}",
+            bytes.len()
+        )));
+    }
+    Ok(bytes)
+}
+
 impl ApiServer {
+    /// The largest object a create or update stores: three request bodies (the object, its
+    /// `managedFields` and slack).
+    fn max_object_bytes(&self) -> usize {
+        self.options.max_body_bytes.saturating_mul(3)
+    }
+
     /// Reads one object: `(object with resourceVersion, revision)`.
     pub(crate) async fn read(
         &self,
@@ -412,7 +436,15 @@ impl ApiServer {
             if ctx.dry_run {
                 return Ok(candidate);
             }
-            match self.store.create(&res.key(ns, &name), encode(&candidate)?, None).await {
+            match self
+                .store
+                .create(
+                    &res.key(ns, &name),
+                    encode_bounded(&candidate, self.max_object_bytes())?,
+                    None,
+                )
+                .await
+            {
                 Ok(rev) => return Ok(present(res, candidate, rev)),
                 Err(StoreError::AlreadyExists(_)) if !given_name.is_empty() || attempt >= 5 => {
                     return Err(ApiError::AlreadyExists {
@@ -719,7 +751,11 @@ impl ApiServer {
                 Err(e) => Err(e.into()),
             };
         }
-        match self.store.update(&key, encode(&new)?, Some(rev), None).await {
+        match self
+            .store
+            .update(&key, encode_bounded(&new, self.max_object_bytes())?, Some(rev), None)
+            .await
+        {
             Ok(r) => Ok(Some(present(res, new, r))),
             Err(StoreError::Conflict { .. }) => Ok(None),
             Err(StoreError::NotFound(_)) => Err(not_found(res, name)),

@@ -2,7 +2,8 @@
 //! any path or caller; a watch ends with a 403 ERROR event once RBAC revokes its caller, even a revocation
 //! between the handler's check and the watch's start; PATCH
 //! bodies built to be quadratic stay fast, and oversized JSON patches are refused; YAML aliases
-//! cannot expand a body beyond the body limit (issue 12).
+//! cannot expand a body beyond the body limit, and no write stores an object larger than three
+//! bodies (issue 12).
 
 #![allow(clippy::disallowed_methods)] // timing assertions (quadratic-body regressions) measure real elapsed time
 
@@ -460,4 +461,72 @@ async fn yaml_aliases_cannot_grow_a_body_beyond_the_body_limit() {
     let (s, v) = send(&f.api, "POST", uri, "alice", "application/yaml", fine.into_bytes()).await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
     assert_eq!(v["data"]["more"].as_array().map(Vec::len), Some(100));
+}
+
+/// Issue 12: no write stores an object larger than three request bodies (the object, its
+/// `managedFields` and slack). Before, an object grew without bound: each server-side apply of
+/// the same configuration by another field manager added a `managedFields` entry the size of
+/// the configuration (no conflict: shared ownership), and each merge patch could add a body's
+/// worth of new keys.
+#[tokio::test]
+async fn objects_cannot_grow_beyond_three_bodies() {
+    let max_body = 64 * 1024;
+    let f = fixture();
+    let clock = ManualClock::new(UnixTime::from_secs(1_700_000_000));
+    let api = ApiServer::builder(
+        MemoryStore::new(clock.clone()),
+        f.authz.clone(),
+        clock,
+        Arc::new(CounterRng::default()),
+    )
+    .options(crate::ApiOptions {
+        max_body_bytes: max_body,
+        ..Default::default()
+    })
+    .build();
+    create(&api, "alice", "/api/v1/namespaces", r#"{"metadata":{"name":"x"}}"#).await;
+    let data: serde_json::Map<String, Value> = (0..2000).map(|i| (format!("k{i}"), json!("v"))).collect();
+    let cfg = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "grow"}, "data": data});
+    let cfg = serde_json::to_vec(&cfg).unwrap();
+    let uri = "/api/v1/namespaces/x/configmaps/grow";
+    let mut refused = None;
+    for i in 0..40 {
+        let (s, v) = send(
+            &api,
+            "PATCH",
+            &format!("{uri}?fieldManager=m{i}"),
+            "alice",
+            "application/apply-patch+yaml",
+            cfg.clone(),
+        )
+        .await;
+        if s == StatusCode::PAYLOAD_TOO_LARGE {
+            refused = Some(i);
+            break;
+        }
+        assert!(s.is_success(), "{s}: {v}");
+    }
+    assert!(refused.is_some_and(|i| i > 2), "{refused:?}");
+    let (s, stored) = send(&api, "GET", uri, "alice", "", Vec::new()).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(stored.to_string().len() <= 3 * max_body, "{}", stored.to_string().len());
+
+    // Merge patches adding new keys, each within the body limit.
+    let mut refused = None;
+    for i in 0..10 {
+        let more: serde_json::Map<String, Value> = (0..2000)
+            .map(|j| (format!("p{i}-{j}"), json!("0123456789abcdef")))
+            .collect();
+        let body = serde_json::to_vec(&json!({"data": more})).unwrap();
+        assert!(body.len() < max_body);
+        let (s, v) = send(&api, "PATCH", uri, "alice", "application/merge-patch+json", body).await;
+        if s == StatusCode::PAYLOAD_TOO_LARGE {
+            refused = Some(i);
+            break;
+        }
+        assert!(s.is_success(), "{s}: {v}");
+    }
+    assert!(refused.is_some(), "merge patches grew the object without bound");
+    let (_, stored) = send(&api, "GET", uri, "alice", "", Vec::new()).await;
+    assert!(stored.to_string().len() <= 3 * max_body, "{}", stored.to_string().len());
 }
