@@ -625,6 +625,19 @@ async fn real_kubectl_server_side_apply() {
     );
     assert_eq!(get("jsonpath={.data.b}").await, "3");
 
+    // A cluster-scoped kind, created by apply.
+    let ns = k.file(
+        "ns.yaml",
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: demo\n  labels:\n    team: a\n",
+    );
+    let out = k.admin(&["apply", "--server-side", "-f", &ns]).await;
+    assert!(out.contains("namespace/demo serverside-applied"), "{out}");
+    assert_eq!(
+        k.admin(&["get", "ns", "demo", "-o", "jsonpath={.metadata.labels.team}"])
+            .await,
+        "a"
+    );
+
     // A Kubeflow kind: its env list is merged by name and owned item by item.
     let pd = k.file("pd.yaml", PD);
     let out = k.ok(&["apply", "--server-side", "-f", &pd]).await;
