@@ -763,7 +763,11 @@ impl Writer<'_> {
 /// Records a non-apply write of `new` over `old` (`{}` for a create) by `w`: the writer gains
 /// what it added or changed, every other manager loses it, and removed fields lose their owners.
 pub fn update(entries: &[Entry], old: &Value, new: &Value, w: &Writer<'_>) -> Vec<Entry> {
-    let cmp = compare(old, new);
+    let mut cmp = compare(old, new);
+    // Changes only to server-owned fields (a body without `generation`, say) are no change.
+    for set in [&mut cmp.added, &mut cmp.modified, &mut cmp.removed] {
+        w.strip(set);
+    }
     if cmp.is_empty() {
         return entries.to_vec();
     }
@@ -1014,6 +1018,20 @@ mod tests {
         let v = encode(out).unwrap();
         assert_eq!(v[0]["operation"], "Update");
         assert_eq!(v[0]["fieldsType"], "FieldsV1");
+    }
+
+    #[test]
+    fn server_owned_changes_are_no_change() {
+        let old = cm(json!({"a": "1"}));
+        let e = update(&[], &json!({}), &old, &w("m"));
+        let mut new = old.clone();
+        new["metadata"]["generation"] = json!(7);
+        new["metadata"]["uid"] = json!("other");
+        let later = Writer {
+            now: "2027-01-01T00:00:00Z",
+            ..w("m")
+        };
+        assert_eq!(update(&e, &old, &new, &later), e);
     }
 
     #[test]
