@@ -10,9 +10,11 @@
 
 use axum::http::{HeaderValue, header};
 use axum::response::Response;
+use std::collections::BTreeMap;
+
 use serde_json::Value;
 
-use crate::openapi::{self, Documents};
+use crate::openapi::{self, DEF, Gvk};
 use crate::patch::PatchType;
 use crate::registry::Resource;
 use crate::status::ApiError;
@@ -52,13 +54,16 @@ impl Directive {
 /// starting with `$` (strategic-merge directives) and `null` values (deletions) are skipped.
 pub(crate) fn unknown_fields(res: &Resource, body: &Value) -> Result<Vec<String>, ApiError> {
     let docs = openapi::documents()?;
-    Ok(unknown_in(docs, res.group, res.version, res.kind, body))
+    Ok(unknown_in(&docs.shapes, res.group, res.version, res.kind, body))
 }
 
-fn unknown_in(docs: &Documents, group: &str, version: &str, kind: &str, body: &Value) -> Vec<String> {
+fn unknown_in(shapes: &Shapes, group: &str, version: &str, kind: &str, body: &Value) -> Vec<String> {
     let mut out = Vec::new();
-    if let Some(schema) = docs.kind_schema(group, version, kind) {
-        walk(docs, schema, body, String::new(), 0, &mut out);
+    if let Some(i) = shapes
+        .kinds
+        .get(&(group.to_owned(), version.to_owned(), kind.to_owned()))
+    {
+        walk(shapes, *i, body, String::new(), 0, &mut out);
     }
     out
 }
@@ -69,43 +74,134 @@ fn unknown_in(docs: &Documents, group: &str, version: &str, kind: &str, body: &V
 pub fn unknown_fields_of(api_version: &str, kind: &str, body: &Value) -> Vec<String> {
     let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
     openapi::documents()
-        .map(|docs| unknown_in(docs, group, version, kind, body))
+        .map(|docs| unknown_in(&docs.shapes, group, version, kind, body))
         .unwrap_or_default()
 }
 
-/// Follows `$ref` and single-`allOf` wrappers to the schema that declares the shape.
-fn resolve<'a>(docs: &'a Documents, mut s: &'a Value) -> &'a Value {
-    for _ in 0..16 {
-        if let Some(r) = s.get("$ref").and_then(Value::as_str) {
-            match docs.def(r) {
-                Some(d) => s = d,
-                None => return s,
-            }
-        } else if let Some(Value::Array(all)) = s.get("allOf")
-            && let [one] = all.as_slice()
-            && s.get("properties").is_none()
-        {
-            s = one;
-        } else {
-            return s;
-        }
-    }
-    s
+/// One schema node, reduced to what the walk reads.
+#[derive(Debug, Clone, Default)]
+struct Node {
+    /// Declared properties, sorted by name.
+    props: Box<[(Box<str>, u32)]>,
+    /// `additionalProperties` (a schema).
+    extra: Option<u32>,
+    /// `items` (a schema).
+    items: Option<u32>,
+    /// `x-kubernetes-preserve-unknown-fields: true`.
+    open: bool,
 }
 
-fn walk(docs: &Documents, schema: &Value, v: &Value, path: String, depth: usize, out: &mut Vec<String>) {
+impl Node {
+    fn prop(&self, name: &str) -> Option<u32> {
+        self.props
+            .binary_search_by(|(k, _)| (**k).cmp(name))
+            .ok()
+            .and_then(|i| self.props.get(i))
+            .map(|(_, n)| *n)
+    }
+}
+
+/// The served kinds' schemas as a compact graph (`$ref`s and single-`allOf` wrappers resolved
+/// to their target node), built once with the OpenAPI documents.
+#[derive(Debug, Default)]
+pub(crate) struct Shapes {
+    nodes: Vec<Node>,
+    kinds: BTreeMap<Gvk, u32>,
+}
+
+impl Shapes {
+    /// Compiles the canonical definitions (refs `#/definitions/…`).
+    pub(crate) fn compile(defs: &BTreeMap<String, Value>, kinds: &BTreeMap<Gvk, String>) -> Self {
+        let mut c = Compiler {
+            defs,
+            done: BTreeMap::new(),
+            nodes: Vec::new(),
+        };
+        let kinds = kinds
+            .iter()
+            .filter_map(|(gvk, name)| c.def(name).map(|i| (gvk.clone(), i)))
+            .collect();
+        Self { nodes: c.nodes, kinds }
+    }
+
+    fn node(&self, i: u32) -> Option<&Node> {
+        self.nodes.get(usize::try_from(i).ok()?)
+    }
+}
+
+struct Compiler<'a> {
+    defs: &'a BTreeMap<String, Value>,
+    done: BTreeMap<&'a str, u32>,
+    nodes: Vec<Node>,
+}
+
+impl<'a> Compiler<'a> {
+    fn push(&mut self, n: Node) -> u32 {
+        self.nodes.push(n);
+        u32::try_from(self.nodes.len() - 1).unwrap_or(u32::MAX)
+    }
+
+    /// The node of a definition (a placeholder is reserved first, so cycles end).
+    fn def(&mut self, name: &str) -> Option<u32> {
+        let (key, body) = self.defs.get_key_value(name)?;
+        if let Some(i) = self.done.get(key.as_str()) {
+            return Some(*i);
+        }
+        let i = self.push(Node::default());
+        self.done.insert(key.as_str(), i);
+        let n = self.compile(body);
+        let node = self.nodes.get(usize::try_from(n).ok()?).cloned().unwrap_or_default();
+        if let Some(slot) = self.nodes.get_mut(usize::try_from(i).ok()?) {
+            *slot = node;
+        }
+        Some(i)
+    }
+
+    fn compile(&mut self, v: &'a Value) -> u32 {
+        if let Some(r) = v.get("$ref").and_then(Value::as_str)
+            && let Some(i) = r.strip_prefix(DEF).and_then(|n| self.def(n))
+        {
+            return i;
+        }
+        if let Some(Value::Array(all)) = v.get("allOf")
+            && let [one] = all.as_slice()
+            && v.get("properties").is_none()
+        {
+            return self.compile(one);
+        }
+        let mut props: Vec<(Box<str>, u32)> = v
+            .get("properties")
+            .and_then(Value::as_object)
+            .map(|m| m.iter().map(|(k, s)| (k.as_str().into(), self.compile(s))).collect())
+            .unwrap_or_default();
+        props.sort_by(|a, b| a.0.cmp(&b.0));
+        let extra = v
+            .get("additionalProperties")
+            .filter(|a| a.is_object())
+            .map(|a| self.compile(a));
+        let items = v.get("items").filter(|i| i.is_object()).map(|i| self.compile(i));
+        let open = v
+            .get("x-kubernetes-preserve-unknown-fields")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        self.push(Node {
+            props: props.into(),
+            extra,
+            items,
+            open,
+        })
+    }
+}
+
+fn walk(shapes: &Shapes, node: u32, v: &Value, path: String, depth: usize, out: &mut Vec<String>) {
     if depth > MAX_DEPTH || out.len() >= MAX_REPORTED {
         return;
     }
-    let s = resolve(docs, schema);
+    let Some(n) = shapes.node(node) else {
+        return;
+    };
     match v {
         Value::Object(m) => {
-            let open = s
-                .get("x-kubernetes-preserve-unknown-fields")
-                .and_then(Value::as_bool)
-                .unwrap_or(false);
-            let props = s.get("properties").and_then(Value::as_object);
-            let extra = s.get("additionalProperties").filter(|a| a.is_object());
             for (k, x) in m {
                 if k.starts_with('$') || x.is_null() {
                     continue;
@@ -115,19 +211,17 @@ fn walk(docs: &Documents, schema: &Value, v: &Value, path: String, depth: usize,
                 } else {
                     format!("{path}.{k}")
                 };
-                if let Some(sub) = props.and_then(|ps| ps.get(k)) {
-                    walk(docs, sub, x, p, depth + 1, out);
-                } else if let Some(sub) = extra {
-                    walk(docs, sub, x, p, depth + 1, out);
-                } else if props.is_some_and(|ps| !ps.is_empty()) && !open && out.len() < MAX_REPORTED {
+                if let Some(sub) = n.prop(k).or(n.extra) {
+                    walk(shapes, sub, x, p, depth + 1, out);
+                } else if !n.props.is_empty() && !n.open && out.len() < MAX_REPORTED {
                     out.push(p);
                 }
             }
         }
         Value::Array(a) => {
-            if let Some(items) = s.get("items").filter(|i| i.is_object()) {
+            if let Some(items) = n.items {
                 for (i, x) in a.iter().enumerate() {
-                    walk(docs, items, x, format!("{path}[{i}]"), depth + 1, out);
+                    walk(shapes, items, x, format!("{path}[{i}]"), depth + 1, out);
                 }
             }
         }

@@ -25,7 +25,7 @@ static K8S_DATA: &str = include_str!("../openapi/kubernetes.json");
 static KF_DATA: &str = include_str!("../openapi/kubeflow.json");
 
 const META: &str = "io.k8s.apimachinery.pkg.apis.meta.v1.";
-const DEF: &str = "#/definitions/";
+pub(crate) const DEF: &str = "#/definitions/";
 const COMP: &str = "#/components/schemas/";
 /// kubectl's v2 media type (deprecated spelling) and its current spelling.
 const PB_V2: &[&str] = &[
@@ -60,13 +60,11 @@ fn sha512_hex(b: &[u8]) -> String {
     })
 }
 
-/// Every document, built once.
+/// Every document, built once, and the kinds' shapes for field validation.
 #[derive(Debug)]
 pub(crate) struct Documents {
-    /// Canonical definitions (v3 form, refs `#/definitions/…`), built-in and CRD-derived.
-    defs: BTreeMap<String, Value>,
-    /// (group, version, kind) → definition name.
-    kinds: BTreeMap<Gvk, String>,
+    /// What `fieldcheck` walks (compact: the schemas as JSON values would cost tens of MiB).
+    pub(crate) shapes: crate::fieldcheck::Shapes,
     v2_json: Doc,
     v2_pb: Doc,
     v3_index: Doc,
@@ -139,7 +137,7 @@ fn closure(defs: &BTreeMap<String, Value>, roots: impl IntoIterator<Item = Strin
 }
 
 /// (group, version, kind).
-type Gvk = (String, String, String);
+pub(crate) type Gvk = (String, String, String);
 
 /// The Kubeflow kinds' definitions (kind and List), as kube-apiserver builds them from a CRD:
 /// the CRD schema with `apiVersion`/`kind` described, `metadata` an `ObjectMeta` and the GVK.
@@ -227,28 +225,39 @@ fn build() -> Result<Documents, BuildError> {
             )));
         }
     }
-    let mut docs = Documents {
-        defs,
-        kinds,
-        v2_json: Doc::new(Vec::new()),
-        v2_pb: Doc::new(Vec::new()),
-        v3_index: Doc::new(Vec::new()),
-        v3: BTreeMap::new(),
+    let b = Builder { defs, kinds };
+    // Each document lives as a JSON value only while it is encoded.
+    let (v2_json, v2_pb) = {
+        let v2 = b.v2(&crd_names);
+        (
+            Doc::new(v2.to_string().into_bytes()),
+            Doc::new(crate::openapi_pb::document(&v2)),
+        )
     };
-    let v2 = docs.v2(&crd_names);
-    docs.v2_pb = Doc::new(crate::openapi_pb::document(&v2));
-    docs.v2_json = Doc::new(v2.to_string().into_bytes());
     let mut index = Map::new();
+    let mut v3 = BTreeMap::new();
     for (path, g, v) in gv_paths() {
-        let doc = Doc::new(docs.v3_gv(g, v).to_string().into_bytes());
+        let doc = Doc::new(b.v3_gv(g, v).to_string().into_bytes());
         index.insert(
             path.clone(),
             json!({"serverRelativeURL": format!("/openapi/v3/{path}?hash={}", doc.etag)}),
         );
-        docs.v3.insert(path, doc);
+        v3.insert(path, doc);
     }
-    docs.v3_index = Doc::new(json!({"paths": index}).to_string().into_bytes());
-    Ok(docs)
+    Ok(Documents {
+        shapes: crate::fieldcheck::Shapes::compile(&b.defs, &b.kinds),
+        v2_json,
+        v2_pb,
+        v3_index: Doc::new(json!({"paths": index}).to_string().into_bytes()),
+        v3,
+    })
+}
+
+/// The definitions while the documents are built: canonical (v3 form, refs `#/definitions/…`),
+/// built-in and CRD-derived, and which definition is which kind.
+struct Builder {
+    defs: BTreeMap<String, Value>,
+    kinds: BTreeMap<Gvk, String>,
 }
 
 /// The served group-versions as v3 path keys: `api/v1`, `apis/{g}/{v}`.
@@ -304,7 +313,7 @@ fn gv_stem(group: &str, version: &str) -> String {
     format!("{g}{}", camel(version))
 }
 
-impl Documents {
+impl Builder {
     fn def_of(&self, g: &str, v: &str, k: &str) -> String {
         self.kinds
             .get(&(g.to_owned(), v.to_owned(), k.to_owned()))
@@ -658,18 +667,6 @@ impl Documents {
             "paths": paths,
             "components": {"schemas": schemas},
         })
-    }
-
-    /// The canonical schema of a served kind (refs `#/definitions/…`, resolve with [`Self::def`]).
-    pub(crate) fn kind_schema(&self, group: &str, version: &str, kind: &str) -> Option<&Value> {
-        self.kinds
-            .get(&(group.to_owned(), version.to_owned(), kind.to_owned()))
-            .and_then(|n| self.defs.get(n))
-    }
-
-    /// A definition by `$ref`.
-    pub(crate) fn def(&self, reference: &str) -> Option<&Value> {
-        reference.strip_prefix(DEF).and_then(|n| self.defs.get(n))
     }
 }
 
