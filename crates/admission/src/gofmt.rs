@@ -9,6 +9,7 @@
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 
+use kfsec_types::meta::strip_nulls;
 use serde_json::{Map, Value};
 
 /// How a Go struct field is typed.
@@ -437,20 +438,6 @@ fn normalize_int(v: &Value) -> Value {
         return Value::from(f as i64);
     }
     v.clone()
-}
-
-/// A copy of `v` without `null` object members (JSON `null` decodes to a Go zero value).
-pub(crate) fn strip_nulls(v: &Value) -> Value {
-    match v {
-        Value::Object(m) => Value::Object(
-            m.iter()
-                .filter(|(_, v)| !v.is_null())
-                .map(|(k, v)| (k.clone(), strip_nulls(v)))
-                .collect(),
-        ),
-        Value::Array(items) => Value::Array(items.iter().map(strip_nulls).collect()),
-        other => other.clone(),
-    }
 }
 
 /// A value printed inside a `field.Error` (apimachinery `ErrorBody`).

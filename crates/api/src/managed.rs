@@ -11,6 +11,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use kfsec_types::meta::strip_nulls;
 use serde_json::{Map, Value, json};
 
 use crate::lists::{ListType, list_type};
@@ -514,19 +515,6 @@ fn merge_at(field: &str, live: &Value, cfg: &Value) -> Value {
             _ => strip_nulls(cfg),
         },
         _ => strip_nulls(cfg),
-    }
-}
-
-fn strip_nulls(v: &Value) -> Value {
-    match v {
-        Value::Object(m) => Value::Object(
-            m.iter()
-                .filter(|(_, v)| !v.is_null())
-                .map(|(k, v)| (k.clone(), strip_nulls(v)))
-                .collect(),
-        ),
-        Value::Array(a) => Value::Array(a.iter().map(strip_nulls).collect()),
-        other => other.clone(),
     }
 }
 
