@@ -23,6 +23,10 @@ use crate::status::ApiError;
 const MAX_REPORTED: usize = 100;
 /// Deeper than this the walk stops (bodies are JSON nested at most a few hundred levels).
 const MAX_DEPTH: usize = 128;
+/// The longest field name reported (longer ones are cut, ending in `…`).
+const MAX_FIELD_BYTES: usize = 512;
+/// The most `Warning` header bytes one answer carries (kube-apiserver's budget is 4 KiB too).
+const MAX_WARNING_BYTES: usize = 4096;
 
 /// The `fieldValidation` directive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,7 +67,7 @@ fn unknown_in(shapes: &Shapes, group: &str, version: &str, kind: &str, body: &Va
         .kinds
         .get(&(group.to_owned(), version.to_owned(), kind.to_owned()))
     {
-        walk(shapes, *i, body, String::new(), 0, &mut out);
+        walk(shapes, *i, body, &mut Vec::new(), &mut out);
     }
     out
 }
@@ -193,8 +197,45 @@ impl<'a> Compiler<'a> {
     }
 }
 
-fn walk(shapes: &Shapes, node: u32, v: &Value, path: String, depth: usize, out: &mut Vec<String>) {
-    if depth > MAX_DEPTH || out.len() >= MAX_REPORTED {
+/// One step of the path to a field: a member or an array index.
+enum Seg<'a> {
+    Key(&'a str),
+    Index(usize),
+}
+
+/// The field's name as kube-apiserver writes it (`spec.containers[0].foo`), cut to
+/// [`MAX_FIELD_BYTES`] with `…` (a hostile body's keys stay out of answers' sizes).
+fn field_name(segs: &[Seg<'_>]) -> String {
+    let mut out = String::new();
+    for s in segs {
+        match s {
+            Seg::Key(k) => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(k);
+            }
+            Seg::Index(i) => out.push_str(&format!("[{i}]")),
+        }
+        if out.len() > MAX_FIELD_BYTES {
+            break;
+        }
+    }
+    if out.len() > MAX_FIELD_BYTES {
+        let mut cut = MAX_FIELD_BYTES;
+        while !out.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        out.truncate(cut);
+        out.push('…');
+    }
+    out
+}
+
+/// Walks `v` against node `node`; the path is kept as segments and only written out for a
+/// reported field, so the walk's cost stays linear in the body.
+fn walk<'a>(shapes: &Shapes, node: u32, v: &'a Value, segs: &mut Vec<Seg<'a>>, out: &mut Vec<String>) {
+    if segs.len() > MAX_DEPTH || out.len() >= MAX_REPORTED {
         return;
     }
     let Some(n) = shapes.node(node) else {
@@ -206,22 +247,21 @@ fn walk(shapes: &Shapes, node: u32, v: &Value, path: String, depth: usize, out: 
                 if k.starts_with('$') || x.is_null() {
                     continue;
                 }
-                let p = if path.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{path}.{k}")
-                };
+                segs.push(Seg::Key(k));
                 if let Some(sub) = n.prop(k).or(n.extra) {
-                    walk(shapes, sub, x, p, depth + 1, out);
+                    walk(shapes, sub, x, segs, out);
                 } else if !n.props.is_empty() && !n.open && out.len() < MAX_REPORTED {
-                    out.push(p);
+                    out.push(field_name(segs));
                 }
+                segs.pop();
             }
         }
         Value::Array(a) => {
             if let Some(items) = n.items {
                 for (i, x) in a.iter().enumerate() {
-                    walk(shapes, items, x, format!("{path}[{i}]"), depth + 1, out);
+                    segs.push(Seg::Index(i));
+                    walk(shapes, items, x, segs, out);
+                    segs.pop();
                 }
             }
         }
@@ -277,12 +317,17 @@ pub(crate) fn check_patch(
 /// Adds one `Warning: 299 - "unknown field \"…\""` header per field (at most
 /// [`MAX_REPORTED`]; text outside printable ASCII replaced, so any name makes a valid header).
 pub(crate) fn with_warnings(mut resp: Response, fields: &[String]) -> Response {
+    let mut budget = MAX_WARNING_BYTES;
     for f in fields.iter().take(MAX_REPORTED) {
         let text: String = format!("unknown field {f:?}")
             .chars()
             .map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '?' })
             .collect();
         let quoted = format!("299 - \"{}\"", text.replace('\\', "\\\\").replace('"', "\\\""));
+        if quoted.len() > budget {
+            break;
+        }
+        budget -= quoted.len();
         if let Ok(v) = HeaderValue::from_str(&quoted) {
             resp.headers_mut().append(header::WARNING, v);
         }
@@ -374,6 +419,21 @@ mod tests {
             describe(&["a".into(), "b.c".into()]),
             "unknown field \"a\", unknown field \"b.c\""
         );
+        // Long unknown names are cut (answers stay small whatever the body's keys).
+        let long = "k".repeat(1 << 16);
+        let body: serde_json::Map<String, Value> = (0..200).map(|i| (format!("{i}{long}"), json!(1))).collect();
+        let u = unknown("v1", "Pod", Value::Object(body));
+        assert_eq!(u.len(), MAX_REPORTED);
+        assert!(
+            u.iter()
+                .all(|f| f.ends_with('…') && f.len() == MAX_FIELD_BYTES + '…'.len_utf8())
+        );
+        let cut = field_name(&[Seg::Key("spec"), Seg::Index(3), Seg::Key(&long)]);
+        assert!(cut.starts_with("spec[3].kkk") && cut.ends_with('…'));
+        let many: Vec<String> = (0..100).map(|i| format!("{i}{}", "x".repeat(200))).collect();
+        let r = with_warnings(Response::default(), &many);
+        let bytes: usize = r.headers().get_all(header::WARNING).iter().map(|v| v.len()).sum();
+        assert!(bytes <= MAX_WARNING_BYTES && bytes > 3000, "{bytes}");
         assert!(Directive::parse(Some("strict")).is_err());
         assert_eq!(Directive::parse(None).unwrap(), Directive::Warn);
     }

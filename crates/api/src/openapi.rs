@@ -120,18 +120,16 @@ fn refs_into(v: &Value, acc: &mut BTreeSet<String>) {
 }
 
 /// Names reachable from `roots` (roots included).
-fn closure(defs: &BTreeMap<String, Value>, roots: impl IntoIterator<Item = String>) -> BTreeSet<String> {
+fn closure(defs: &BTreeMap<String, DefText>, roots: impl IntoIterator<Item = String>) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     let mut todo: Vec<String> = roots.into_iter().collect();
     while let Some(n) = todo.pop() {
         if !out.insert(n.clone()) {
             continue;
         }
-        let mut acc = BTreeSet::new();
         if let Some(d) = defs.get(&n) {
-            refs_into(d, &mut acc);
+            todo.extend(d.refs.iter().filter(|r| !out.contains(*r)).cloned());
         }
-        todo.extend(acc.into_iter().filter(|r| !out.contains(r)));
     }
     out
 }
@@ -141,11 +139,14 @@ pub(crate) type Gvk = (String, String, String);
 
 /// The Kubeflow kinds' definitions (kind and List), as kube-apiserver builds them from a CRD:
 /// the CRD schema with `apiVersion`/`kind` described, `metadata` an `ObjectMeta` and the GVK.
-fn crd_defs(key: &str, schema: &Value, describe: &BTreeMap<&str, Value>) -> Option<[(String, Value, Gvk); 2]> {
+fn crd_defs(key: &str, schema: Value, describe: &BTreeMap<&str, Value>) -> Option<[(String, Value, Gvk); 2]> {
     let mut it = key.splitn(3, '/');
     let (g, v, k) = (it.next()?, it.next()?, it.next()?);
     let name = format!("{}.{v}.{k}", reversed(g));
-    let mut def = schema.as_object().cloned().unwrap_or_default();
+    let mut def = match schema {
+        Value::Object(m) => m,
+        _ => Map::new(),
+    };
     def.insert("type".into(), json!("object"));
     let props = def.entry("properties").or_insert_with(|| json!({})).as_object_mut()?;
     for (p, d) in describe {
@@ -177,15 +178,17 @@ fn crd_defs(key: &str, schema: &Value, describe: &BTreeMap<&str, Value>) -> Opti
 }
 
 fn build() -> Result<Documents, BuildError> {
-    let k8s: Value = serde_json::from_str(K8S_DATA).map_err(BuildError::Data)?;
-    let kf: Value = serde_json::from_str(KF_DATA).map_err(BuildError::Data)?;
-    let mut defs: BTreeMap<String, Value> = k8s
-        .get("definitions")
-        .and_then(Value::as_object)
-        .ok_or_else(|| BuildError::Missing("definitions".into()))?
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
+    // Members are moved out of the parsed data, never copied: the JSON values are the peak.
+    let member = |data: &str, key: &str| -> Result<Map<String, Value>, BuildError> {
+        match serde_json::from_str::<Value>(data).map_err(BuildError::Data)? {
+            Value::Object(mut m) => match m.remove(key) {
+                Some(Value::Object(o)) => Ok(o),
+                _ => Err(BuildError::Missing(key.into())),
+            },
+            _ => Err(BuildError::Missing(key.into())),
+        }
+    };
+    let mut defs: BTreeMap<String, Value> = member(K8S_DATA, "definitions")?.into_iter().collect();
     let mut kinds = BTreeMap::new();
     for (name, d) in &defs {
         if let Some(Value::Array(gvks)) = d.get("x-kubernetes-group-version-kind")
@@ -205,12 +208,8 @@ fn build() -> Result<Documents, BuildError> {
         .filter_map(|p| cm.get(p).map(|d| (p, d.clone())))
         .collect();
     let mut crd_names = BTreeSet::new();
-    for (key, schema) in kf
-        .get("crds")
-        .and_then(Value::as_object)
-        .ok_or_else(|| BuildError::Missing("crds".into()))?
-    {
-        for (name, def, gvk) in crd_defs(key, schema, &describe).ok_or_else(|| BuildError::Missing(key.clone()))? {
+    for (key, schema) in member(KF_DATA, "crds")? {
+        for (name, def, gvk) in crd_defs(&key, schema, &describe).ok_or_else(|| BuildError::Missing(key.clone()))? {
             crd_names.insert(name.clone());
             defs.insert(name.clone(), def);
             kinds.insert(gvk, name);
@@ -225,19 +224,37 @@ fn build() -> Result<Documents, BuildError> {
             )));
         }
     }
-    let b = Builder { defs, kinds };
-    // Each document lives as a JSON value only while it is encoded.
-    let (v2_json, v2_pb) = {
-        let v2 = b.v2(&crd_names);
-        (
-            Doc::new(v2.to_string().into_bytes()),
-            Doc::new(crate::openapi_pb::document(&v2)),
-        )
-    };
+    let shapes = crate::fieldcheck::Shapes::compile(&defs, &kinds);
+    // From here on each definition is JSON text, which documents are spliced from: the JSON
+    // values of every definition cost several times their text, so they go one by one.
+    let texts = defs
+        .into_iter()
+        .map(|(n, d)| {
+            let mut refs = BTreeSet::new();
+            refs_into(&d, &mut refs);
+            let v2 = match n.as_str() {
+                _ if crd_names.contains(&n) => v2_structural(&d).to_string(),
+                // Their v3 `oneOf` is, in swagger 2.0 (as kube-openapi publishes it), a string.
+                "io.k8s.apimachinery.pkg.api.resource.Quantity" => json!({"type": "string"}).to_string(),
+                "io.k8s.apimachinery.pkg.util.intstr.IntOrString" => {
+                    json!({"type": "string", "format": "int-or-string"}).to_string()
+                }
+                _ => d.to_string(),
+            };
+            let text = DefText {
+                v3: to_v3(&d).to_string(),
+                v2,
+                refs,
+            };
+            (n, text)
+        })
+        .collect();
+    let b = Builder { texts, kinds };
+    let (v2_json, v2_pb) = b.v2();
     let mut index = Map::new();
     let mut v3 = BTreeMap::new();
     for (path, g, v) in gv_paths() {
-        let doc = Doc::new(b.v3_gv(g, v).to_string().into_bytes());
+        let doc = Doc::new(b.v3_gv(g, v).into_bytes());
         index.insert(
             path.clone(),
             json!({"serverRelativeURL": format!("/openapi/v3/{path}?hash={}", doc.etag)}),
@@ -245,7 +262,7 @@ fn build() -> Result<Documents, BuildError> {
         v3.insert(path, doc);
     }
     Ok(Documents {
-        shapes: crate::fieldcheck::Shapes::compile(&b.defs, &b.kinds),
+        shapes,
         v2_json,
         v2_pb,
         v3_index: Doc::new(json!({"paths": index}).to_string().into_bytes()),
@@ -253,12 +270,44 @@ fn build() -> Result<Documents, BuildError> {
     })
 }
 
-/// The definitions while the documents are built: canonical (v3 form, refs `#/definitions/…`),
-/// built-in and CRD-derived, and which definition is which kind.
+/// One definition as JSON text, in each document's form, and the definitions it references.
+struct DefText {
+    /// v3 form: refs into `#/components/schemas/`, wrapped in `allOf`.
+    v3: String,
+    /// swagger 2.0 form (CRD schemas made structural for v2).
+    v2: String,
+    refs: BTreeSet<String>,
+}
+
+/// The definitions while the documents are built, and which definition is which kind.
 struct Builder {
-    defs: BTreeMap<String, Value>,
+    texts: BTreeMap<String, DefText>,
     kinds: BTreeMap<Gvk, String>,
 }
+
+/// `{"name":TEXT,…}` of the named definitions, in the given form.
+fn spliced<'a>(
+    out: &mut String,
+    texts: &'a BTreeMap<String, DefText>,
+    names: impl Iterator<Item = &'a String>,
+    v3: bool,
+) {
+    out.push('{');
+    let mut first = true;
+    for n in names {
+        let Some(t) = texts.get(n) else { continue };
+        if !first {
+            out.push(',');
+        }
+        first = false;
+        out.push_str(&Value::String(n.clone()).to_string());
+        out.push(':');
+        out.push_str(if v3 { &t.v3 } else { &t.v2 });
+    }
+    out.push('}');
+}
+
+const INFO: &str = r#"{"title":"Kubernetes","version":"v1.32.0-kfsec"}"#;
 
 /// The served group-versions as v3 path keys: `api/v1`, `apis/{g}/{v}`.
 fn gv_paths() -> Vec<(String, &'static str, &'static str)> {
@@ -598,8 +647,8 @@ impl Builder {
         Value::Object(op)
     }
 
-    /// The swagger 2.0 document.
-    fn v2(&self, crd_names: &BTreeSet<String>) -> Value {
+    /// The swagger 2.0 document, as JSON and as gnostic protobuf.
+    fn v2(&self) -> (Doc, Doc) {
         let mut paths = Map::new();
         for r in registry::all() {
             let builtin = is_builtin(r.group);
@@ -612,32 +661,22 @@ impl Builder {
                 }
             }
         }
-        let defs: Map<String, Value> = self
-            .defs
+        let paths = Value::Object(paths);
+        let mut text = String::from(r#"{"definitions":"#);
+        spliced(&mut text, &self.texts, self.texts.keys(), false);
+        text.push_str(&format!(r#","info":{INFO},"paths":{paths},"swagger":"2.0"}}"#));
+        let head =
+            json!({"swagger": "2.0", "info": serde_json::from_str::<Value>(INFO).unwrap_or_default(), "paths": paths});
+        let defs = self
+            .texts
             .iter()
-            .map(|(n, d)| {
-                let d = match n.as_str() {
-                    _ if crd_names.contains(n) => v2_structural(d),
-                    // Their v3 `oneOf` is, in swagger 2.0 (as kube-openapi publishes it), a string.
-                    "io.k8s.apimachinery.pkg.api.resource.Quantity" => json!({"type": "string"}),
-                    "io.k8s.apimachinery.pkg.util.intstr.IntOrString" => {
-                        json!({"type": "string", "format": "int-or-string"})
-                    }
-                    _ => d.clone(),
-                };
-                (n.clone(), d)
-            })
-            .collect();
-        json!({
-            "swagger": "2.0",
-            "info": {"title": "Kubernetes", "version": "v1.32.0-kfsec"},
-            "paths": paths,
-            "definitions": defs,
-        })
+            .filter_map(|(n, t)| serde_json::from_str::<Value>(&t.v2).ok().map(|v| (n.as_str(), v)));
+        let pb = crate::openapi_pb::document_parts(&head, defs);
+        (Doc::new(text.into_bytes()), Doc::new(pb))
     }
 
     /// The v3 document of one group-version.
-    fn v3_gv(&self, group: &str, version: &str) -> Value {
+    fn v3_gv(&self, group: &str, version: &str) -> String {
         let mut paths = Map::new();
         let mut roots = BTreeSet::new();
         for r in registry::in_group_version(group, version) {
@@ -657,16 +696,14 @@ impl Builder {
                 }
             }
         }
-        let schemas: Map<String, Value> = closure(&self.defs, roots)
-            .into_iter()
-            .filter_map(|n| self.defs.get(&n).map(|d| (n, to_v3(d))))
-            .collect();
-        json!({
-            "openapi": "3.0.0",
-            "info": {"title": "Kubernetes", "version": "v1.32.0-kfsec"},
-            "paths": paths,
-            "components": {"schemas": schemas},
-        })
+        let names = closure(&self.texts, roots);
+        let mut text = String::from(r#"{"components":{"schemas":"#);
+        spliced(&mut text, &self.texts, names.iter(), true);
+        text.push_str(&format!(
+            r#"}},"info":{INFO},"openapi":"3.0.0","paths":{}}}"#,
+            Value::Object(paths)
+        ));
+        text
     }
 }
 

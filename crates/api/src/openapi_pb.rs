@@ -103,7 +103,19 @@ fn obj(v: &Value) -> &Map<String, Value> {
 }
 
 /// Encodes a swagger 2.0 document (`info`, `paths`, `definitions` — what kfsec publishes).
+#[cfg(test)]
 pub(crate) fn document(doc: &Value) -> Vec<u8> {
+    let defs = doc
+        .get("definitions")
+        .and_then(Value::as_object)
+        .map(|m| m.iter().map(|(n, s)| (n.as_str(), s.clone())).collect::<Vec<_>>())
+        .unwrap_or_default();
+    document_parts(doc, defs.into_iter())
+}
+
+/// [`document`] from its head (`swagger`, `info`, `paths`) and its definitions one by one (so no
+/// JSON value of every definition need exist at once).
+pub(crate) fn document_parts<'a>(doc: &Value, defs: impl Iterator<Item = (&'a str, Value)>) -> Vec<u8> {
     let d = obj(doc);
     let mut m = Msg::default();
     m.str_of(1, d, "swagger");
@@ -125,13 +137,11 @@ pub(crate) fn document(doc: &Value) -> Vec<u8> {
         }
         m.msg(8, paths);
     }
-    if let Some(defs) = d.get("definitions") {
-        let mut out = Msg::default();
-        for (name, s) in obj(defs) {
-            out.msg(1, named_schema(name, s));
-        }
-        m.msg(9, out);
+    let mut out = Msg::default();
+    for (name, s) in defs {
+        out.msg(1, named_schema(name, &s));
     }
+    m.msg(9, out);
     m.extensions(16, d);
     m.0
 }
