@@ -25,7 +25,7 @@ use axum::{Json, Router};
 use kfsec_api::{ApiError, ApiServer, Attributes, Authorize, Decision};
 use kfsec_store::Store;
 use kfsec_types::identity::UserInfo;
-use kfsec_types::kubeflow::PROFILE_API_VERSION;
+use kfsec_types::kubeflow::{PROFILE_API_VERSION, Profile};
 use kfsec_types::rbac::{RoleBinding, RoleRef, Subject};
 use kfsec_types::{Failure, Identity, Refusal, Rng};
 use serde::{Deserialize, Serialize};
@@ -56,7 +56,7 @@ fn user_info(id: &Identity) -> UserInfo {
     UserInfo::from(id)
 }
 
-fn json_utf8(status: StatusCode, body: Value) -> Response {
+pub(crate) fn json_utf8(status: StatusCode, body: Value) -> Response {
     let mut r = (status, Json(body)).into_response();
     r.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -74,7 +74,7 @@ fn empty(status: StatusCode) -> Response {
     r
 }
 
-fn error(status: StatusCode, message: &str) -> Response {
+pub(crate) fn error(status: StatusCode, message: &str) -> Response {
     json_utf8(status, json!({ "error": message }))
 }
 
@@ -108,12 +108,43 @@ fn is_failure(e: &ApiError) -> bool {
 
 /// KFAM's answer to an API error: a genuine refusal is 403 with its (client-facing) message, as
 /// KFAM answers; a failure is [`failure`].
-fn refusal_or_failure(k: &Kfam, doing: &str, e: &ApiError) -> Response {
+fn refusal_or_failure(k: &Kfam, doing: &str, e: &ApiError) -> Denied {
     if is_failure(e) {
-        failure(k, doing, e)
+        Denied::Failed(failure(k, doing, e))
     } else {
-        error(StatusCode::FORBIDDEN, &e.to_string())
+        Denied::Refused(StatusCode::FORBIDDEN, Some(e.to_string()))
     }
+}
+
+/// Why a KFAM operation (shared by `/kfam/` and the dashboard API) did not happen.
+pub(crate) enum Denied {
+    /// A genuine refusal: the status and its client-facing message (`None`: KFAM answers with an
+    /// empty body).
+    Refused(StatusCode, Option<String>),
+    /// kfsec failed: the response (generic message, incident id) is already rendered.
+    Failed(Response),
+}
+
+impl Denied {
+    /// KFAM's rendering.
+    fn kfam(self) -> Response {
+        match self {
+            Self::Refused(status, Some(message)) => error(status, &message),
+            Self::Refused(status, None) => empty(status),
+            Self::Failed(r) => r,
+        }
+    }
+}
+
+/// A profile as KFAM shows it to a caller: its namespace, owner and annotated bindings
+/// (`(user, role)`, the owner's `admin` binding included).
+pub(crate) struct Workspace {
+    /// The profile's (and namespace's) name.
+    pub(crate) name: String,
+    /// The owner's name.
+    pub(crate) owner: String,
+    /// `(user, role)` of each KFAM binding, role `admin`, `edit` or `view`.
+    pub(crate) bindings: Vec<(String, String)>,
 }
 
 /// The name KFAM gives a contributor's RoleBinding, e.g. `user-user1-org1-com-clusterrole-edit`.
@@ -147,11 +178,23 @@ fn short_role(name: &str) -> Option<&'static str> {
 
 /// A KFAM binding as posted (keys matched case-insensitively, as upstream's decoder does).
 #[derive(Debug)]
-struct Binding {
+pub(crate) struct Binding {
     user_kind: String,
     user: String,
     namespace: String,
     role: &'static str,
+}
+
+impl Binding {
+    /// `user` bound in `namespace` with `role` (`admin`, `edit` or `view`; `None` if unknown).
+    pub(crate) fn user(user: &str, namespace: &str, role: &str) -> Option<Self> {
+        Some(Self {
+            user_kind: "User".to_owned(),
+            user: user.to_owned(),
+            namespace: namespace.to_owned(),
+            role: short_role(role)?,
+        })
+    }
 }
 
 fn parse_binding(body: &[u8]) -> Result<Binding, String> {
@@ -221,13 +264,23 @@ impl Kfam {
             .with_state(self.clone())
     }
 
+    /// The authorizer KFAM decides with.
+    pub(crate) fn authz(&self) -> &dyn Authorize {
+        self.authz.as_ref()
+    }
+
+    /// A failure of kfsec while `doing` (logged with an incident id).
+    pub(crate) fn failed(&self, doing: &str, e: &ApiError) -> Denied {
+        Denied::Failed(failure(self, doing, e))
+    }
+
     /// Whether `user` may do anything anywhere.
     pub fn cluster_admin(&self, user: &UserInfo) -> bool {
         let a = Attributes::resource(user.username.clone(), user.groups.clone(), "*", "*", "*", "");
         matches!(self.authz.authorize(&a), Decision::Allow { .. })
     }
 
-    async fn may_manage(&self, user: &UserInfo, namespace: &str) -> Result<bool, ApiError> {
+    pub(crate) async fn may_manage(&self, user: &UserInfo, namespace: &str) -> Result<bool, ApiError> {
         if self.cluster_admin(user) {
             return Ok(true);
         }
@@ -276,17 +329,65 @@ fn rolebindings() -> Result<&'static kfsec_api::Resource, ApiError> {
         .ok_or_else(|| ApiError::Internal("rolebindings are not served".into()))
 }
 
-/// Parses a binding and checks that the caller may manage its namespace (KFAM answers both
-/// refusals with 403; a failure to find out is a failure, not a refusal).
-async fn authorized_binding(k: &Kfam, id: &Identity, body: &[u8]) -> Result<Binding, Response> {
-    let b = parse_binding(body).map_err(|e| error(StatusCode::FORBIDDEN, &e))?;
-    match k.may_manage(&user_info(id), &b.namespace).await {
-        Ok(true) => Ok(b),
-        Ok(false) => {
-            tracing::info!(target: "audit", caller = %id.user, namespace = %b.namespace, "KFAM binding refused");
-            Err(empty(StatusCode::FORBIDDEN))
+impl Kfam {
+    /// Checks that the caller may manage the binding's namespace (a refusal is KFAM's empty 403;
+    /// a failure to find out is a failure, not a refusal).
+    async fn check_manage(&self, id: &Identity, b: &Binding) -> Result<(), Denied> {
+        match self.may_manage(&user_info(id), &b.namespace).await {
+            Ok(true) => Ok(()),
+            Ok(false) => {
+                tracing::info!(target: "audit", caller = %id.user, namespace = %b.namespace, "KFAM binding refused");
+                Err(Denied::Refused(StatusCode::FORBIDDEN, None))
+            }
+            Err(e) => Err(Denied::Failed(failure(self, "checking who may manage a namespace", &e))),
         }
-        Err(e) => Err(failure(k, "checking who may manage a namespace", &e)),
+    }
+
+    /// Adds a contributor binding, if the caller may manage its namespace; the authorizer sees it
+    /// before this returns.
+    pub(crate) async fn bind(&self, id: &Identity, b: &Binding) -> Result<(), Denied> {
+        self.check_manage(id, b).await?;
+        let rb = rolebindings().map_err(|e| Denied::Failed(failure(self, "finding rolebindings", &e)))?;
+        let name = binding_name(&b.user_kind, &b.user, "ClusterRole", b.role);
+        let mut binding = RoleBinding::new(
+            &b.namespace,
+            name,
+            RoleRef::cluster_role(format!("kubeflow-{}", b.role)),
+            vec![Subject::user(&b.user)],
+        );
+        binding.metadata.annotations = BTreeMap::from([
+            ("user".to_owned(), b.user.clone()),
+            ("role".to_owned(), b.role.to_owned()),
+        ]);
+        let obj = encode(&binding).map_err(|e| Denied::Failed(failure(self, "encoding a binding", &e)))?;
+        match self.api.create_object(rb, &b.namespace, obj).await {
+            Ok(_) | Err(ApiError::AlreadyExists { .. }) => {
+                self.settle().await;
+                tracing::info!(target: "audit", caller = %id.user, user = %b.user, namespace = %b.namespace, role = b.role, "contributor added");
+                Ok(())
+            }
+            Err(e) => Err(refusal_or_failure(self, "creating a binding", &e)),
+        }
+    }
+
+    /// Removes a contributor binding, if the caller may manage its namespace; the authorizer no
+    /// longer grants it when this returns.
+    pub(crate) async fn unbind(&self, id: &Identity, b: &Binding) -> Result<(), Denied> {
+        self.check_manage(id, b).await?;
+        let rb = rolebindings().map_err(|e| Denied::Failed(failure(self, "finding rolebindings", &e)))?;
+        let name = binding_name(&b.user_kind, &b.user, "ClusterRole", b.role);
+        match self.api.delete_object(rb, &b.namespace, &name).await {
+            Ok(Some(_)) => {
+                self.settle().await;
+                tracing::info!(target: "audit", caller = %id.user, user = %b.user, namespace = %b.namespace, "contributor removed");
+                Ok(())
+            }
+            Ok(None) => Err(Denied::Refused(
+                StatusCode::FORBIDDEN,
+                Some(format!("rolebinding {name} not found")),
+            )),
+            Err(e) => Err(refusal_or_failure(self, "deleting a binding", &e)),
+        }
     }
 }
 
@@ -295,36 +396,13 @@ async fn create_binding(
     Extension(id): Extension<Identity>,
     body: axum::body::Bytes,
 ) -> Response {
-    let b = match authorized_binding(&k, &id, &body).await {
+    let b = match parse_binding(&body) {
         Ok(b) => b,
-        Err(resp) => return resp,
+        Err(e) => return error(StatusCode::FORBIDDEN, &e),
     };
-    let rb = match rolebindings() {
-        Ok(rb) => rb,
-        Err(e) => return failure(&k, "finding rolebindings", &e),
-    };
-    let name = binding_name(&b.user_kind, &b.user, "ClusterRole", b.role);
-    let mut binding = RoleBinding::new(
-        &b.namespace,
-        name,
-        RoleRef::cluster_role(format!("kubeflow-{}", b.role)),
-        vec![Subject::user(&b.user)],
-    );
-    binding.metadata.annotations = BTreeMap::from([
-        ("user".to_owned(), b.user.clone()),
-        ("role".to_owned(), b.role.to_owned()),
-    ]);
-    let obj = match encode(&binding) {
-        Ok(obj) => obj,
-        Err(e) => return failure(&k, "encoding a binding", &e),
-    };
-    match k.api.create_object(rb, &b.namespace, obj).await {
-        Ok(_) | Err(ApiError::AlreadyExists { .. }) => {
-            k.settle().await;
-            tracing::info!(target: "audit", caller = %id.user, user = %b.user, namespace = %b.namespace, role = b.role, "contributor added");
-            empty(StatusCode::OK)
-        }
-        Err(e) => refusal_or_failure(&k, "creating a binding", &e),
+    match k.bind(&id, &b).await {
+        Ok(()) => empty(StatusCode::OK),
+        Err(d) => d.kfam(),
     }
 }
 
@@ -333,23 +411,13 @@ async fn delete_binding(
     Extension(id): Extension<Identity>,
     body: axum::body::Bytes,
 ) -> Response {
-    let b = match authorized_binding(&k, &id, &body).await {
+    let b = match parse_binding(&body) {
         Ok(b) => b,
-        Err(resp) => return resp,
+        Err(e) => return error(StatusCode::FORBIDDEN, &e),
     };
-    let rb = match rolebindings() {
-        Ok(rb) => rb,
-        Err(e) => return failure(&k, "finding rolebindings", &e),
-    };
-    let name = binding_name(&b.user_kind, &b.user, "ClusterRole", b.role);
-    match k.api.delete_object(rb, &b.namespace, &name).await {
-        Ok(Some(_)) => {
-            k.settle().await;
-            tracing::info!(target: "audit", caller = %id.user, user = %b.user, namespace = %b.namespace, "contributor removed");
-            empty(StatusCode::OK)
-        }
-        Ok(None) => error(StatusCode::FORBIDDEN, &format!("rolebinding {name} not found")),
-        Err(e) => refusal_or_failure(&k, "deleting a binding", &e),
+    match k.unbind(&id, &b).await {
+        Ok(()) => empty(StatusCode::OK),
+        Err(d) => d.kfam(),
     }
 }
 
@@ -381,50 +449,69 @@ struct BindingQuery {
     role: String,
 }
 
+impl Kfam {
+    /// The profiles whose bindings the caller may see: all for a cluster admin, else those the
+    /// caller owns or is bound in. A namespace whose bindings cannot be read fails the answer
+    /// rather than vanishing from it.
+    pub(crate) async fn workspaces(&self, id: &Identity) -> Result<Vec<Workspace>, Response> {
+        let rb = rolebindings().map_err(|e| failure(self, "finding rolebindings", &e))?;
+        let pr = profiles().map_err(|e| failure(self, "finding profiles", &e))?;
+        let profiles = self
+            .api
+            .list_objects(pr, None, "")
+            .await
+            .map_err(|e| failure(self, "listing profiles", &e))?
+            .items;
+        let admin = self.cluster_admin(&user_info(id));
+        let mut out = Vec::new();
+        for p in profiles.into_iter().map(stored_profile) {
+            let ns = p.name();
+            if ns.is_empty() {
+                continue;
+            }
+            let list = self
+                .api
+                .list_objects(rb, Some(ns), "")
+                .await
+                .map_err(|e| failure(self, "listing bindings", &e))?;
+            // KFAM's bindings are the RoleBindings annotated with `user` and `role`.
+            let bindings: Vec<(String, String)> = list
+                .items
+                .into_iter()
+                .filter_map(|b| {
+                    let mut annotations = CoreObject::decode(b).ok()?.metadata.annotations;
+                    Some((annotations.remove("user")?, annotations.remove("role")?))
+                })
+                .collect();
+            // Who is in a workspace is shown to its members and to cluster admins only.
+            let member = p.owner_name() == id.user || bindings.iter().any(|(u, _)| *u == id.user);
+            if admin || member {
+                out.push(Workspace {
+                    name: ns.to_owned(),
+                    owner: p.owner_name().to_owned(),
+                    bindings,
+                });
+            }
+        }
+        Ok(out)
+    }
+}
+
 async fn list_bindings(
     State(k): State<Arc<Kfam>>,
     Extension(id): Extension<Identity>,
     Query(q): Query<BindingQuery>,
 ) -> Response {
-    let rb = match rolebindings() {
-        Ok(rb) => rb,
-        Err(e) => return failure(&k, "finding rolebindings", &e),
+    let workspaces = match k.workspaces(&id).await {
+        Ok(w) => w,
+        Err(r) => return r,
     };
-    let pr = match profiles() {
-        Ok(pr) => pr,
-        Err(e) => return failure(&k, "finding profiles", &e),
-    };
-    let profiles = match k.api.list_objects(pr, None, "").await {
-        Ok(l) => l.items,
-        Err(e) => return failure(&k, "listing profiles", &e),
-    };
-    let admin = k.cluster_admin(&user_info(&id));
     let mut out = Vec::new();
-    for p in profiles.into_iter().map(stored_profile) {
-        let ns = p.name();
-        if ns.is_empty() || (!q.namespace.is_empty() && q.namespace != ns) {
+    for w in workspaces {
+        if !q.namespace.is_empty() && q.namespace != w.name {
             continue;
         }
-        // A namespace whose bindings cannot be read fails the answer rather than vanishing from it.
-        let list = match k.api.list_objects(rb, Some(ns), "").await {
-            Ok(list) => list,
-            Err(e) => return failure(&k, "listing bindings", &e),
-        };
-        // KFAM's bindings are the RoleBindings annotated with `user` and `role`.
-        let bindings: Vec<(String, String)> = list
-            .items
-            .into_iter()
-            .filter_map(|b| {
-                let mut annotations = CoreObject::decode(b).ok()?.metadata.annotations;
-                Some((annotations.remove("user")?, annotations.remove("role")?))
-            })
-            .collect();
-        // Who is in a workspace is shown to its members and to cluster admins only.
-        let member = p.owner_name() == id.user || bindings.iter().any(|(u, _)| *u == id.user);
-        if !(admin || member) {
-            continue;
-        }
-        for (user, role) in bindings {
+        for (user, role) in w.bindings {
             if (!q.user.is_empty() && q.user != user) || (!q.role.is_empty() && q.role != role) {
                 continue;
             }
@@ -433,7 +520,7 @@ async fn list_bindings(
                     kind: "User",
                     name: user,
                 },
-                referred_namespace: ns.to_owned(),
+                referred_namespace: w.name.clone(),
                 role_ref: KindName {
                     kind: "ClusterRole",
                     name: role,
@@ -445,45 +532,74 @@ async fn list_bindings(
     json_utf8(StatusCode::OK, json!({ "bindings": out }))
 }
 
+impl Kfam {
+    /// Creates profile `p` if the caller is a cluster admin, or self-registration is on and the
+    /// caller owns it; never over a system or foreign namespace.
+    pub(crate) async fn make_profile(&self, id: &Identity, mut p: Profile) -> Result<(), Denied> {
+        let own = p.owner_name() == id.user;
+        if !(self.cluster_admin(&user_info(id)) || (self.registration_flow && own)) {
+            return Err(Denied::Refused(
+                StatusCode::FORBIDDEN,
+                Some("only cluster admins create profiles for others (or enable registrationFlow)".to_owned()),
+            ));
+        }
+        p.api_version.set(PROFILE_API_VERSION.to_owned());
+        p.kind.set("Profile".to_owned());
+        let r = profiles().map_err(|e| Denied::Failed(failure(self, "finding profiles", &e)))?;
+        let name = p.name().to_owned();
+        match self.claimable(&name).await {
+            Ok(Ok(())) => {}
+            Ok(Err(message)) => {
+                tracing::info!(target: "audit", caller = %id.user, profile = %name, "KFAM profile refused: {message}");
+                return Err(Denied::Refused(StatusCode::FORBIDDEN, Some(message)));
+            }
+            Err(e) => return Err(Denied::Failed(failure(self, "checking a profile's namespace", &e))),
+        }
+        let p = encode(&p).map_err(|e| Denied::Failed(failure(self, "encoding a profile", &e)))?;
+        match self.api.create_object(r, "", p).await {
+            Ok(_) => {
+                tracing::info!(target: "audit", caller = %id.user, profile = %name, "profile created");
+                Ok(())
+            }
+            Err(e) => Err(refusal_or_failure(self, "creating a profile", &e)),
+        }
+    }
+
+    /// Deletes profile `name` if the caller owns it or is a cluster admin (else KFAM's empty 401).
+    pub(crate) async fn remove_profile(&self, id: &Identity, name: &str) -> Result<(), Denied> {
+        let refused = || Denied::Refused(StatusCode::UNAUTHORIZED, None);
+        let r = profiles().map_err(|e| Denied::Failed(failure(self, "finding profiles", &e)))?;
+        let allowed = match self.api.get_object(r, "", name).await {
+            Ok(Some(p)) => stored_profile(p).owner_name() == id.user || self.cluster_admin(&user_info(id)),
+            Ok(None) => false,
+            Err(e) => return Err(Denied::Failed(failure(self, "reading a profile", &e))),
+        };
+        if !allowed {
+            return Err(refused());
+        }
+        match self.api.delete_object(r, "", name).await {
+            Ok(_) => {
+                tracing::info!(target: "audit", caller = %id.user, profile = %name, "profile deleted");
+                Ok(())
+            }
+            Err(e) if is_failure(&e) => Err(Denied::Failed(failure(self, "deleting a profile", &e))),
+            Err(_) => Err(refused()),
+        }
+    }
+}
+
 async fn create_profile(
     State(k): State<Arc<Kfam>>,
     Extension(id): Extension<Identity>,
     body: axum::body::Bytes,
 ) -> Response {
-    let mut p = match serde_json::from_slice(&body).and_then(decode_profile) {
+    let p = match serde_json::from_slice(&body).and_then(decode_profile) {
         Ok(p) => p,
         Err(e) => return error(StatusCode::FORBIDDEN, &format!("invalid profile: {e}")),
     };
-    let user = user_info(&id);
-    let own = p.owner_name() == id.user;
-    if !(k.cluster_admin(&user) || (k.registration_flow && own)) {
-        return error(
-            StatusCode::FORBIDDEN,
-            "only cluster admins create profiles for others (or enable registrationFlow)",
-        );
-    }
-    p.api_version.set(PROFILE_API_VERSION.to_owned());
-    p.kind.set("Profile".to_owned());
-    let r = match profiles() {
-        Ok(r) => r,
-        Err(e) => return failure(&k, "finding profiles", &e),
-    };
-    let name = p.name().to_owned();
-    match k.claimable(&name).await {
-        Ok(Ok(())) => {}
-        Ok(Err(message)) => {
-            tracing::info!(target: "audit", caller = %id.user, profile = %name, "KFAM profile refused: {message}");
-            return error(StatusCode::FORBIDDEN, &message);
-        }
-        Err(e) => return failure(&k, "checking a profile's namespace", &e),
-    }
-    let p = match encode(&p) {
-        Ok(p) => p,
-        Err(e) => return failure(&k, "encoding a profile", &e),
-    };
-    match k.api.create_object(r, "", p).await {
-        Ok(_) => empty(StatusCode::OK),
-        Err(e) => refusal_or_failure(&k, "creating a profile", &e),
+    match k.make_profile(&id, p).await {
+        Ok(()) => empty(StatusCode::OK),
+        Err(d) => d.kfam(),
     }
 }
 
@@ -492,23 +608,9 @@ async fn delete_profile(
     Extension(id): Extension<Identity>,
     Path(name): Path<String>,
 ) -> Response {
-    let user = user_info(&id);
-    let r = match profiles() {
-        Ok(r) => r,
-        Err(e) => return failure(&k, "finding profiles", &e),
-    };
-    let allowed = match k.api.get_object(r, "", &name).await {
-        Ok(Some(p)) => stored_profile(p).owner_name() == id.user || k.cluster_admin(&user),
-        Ok(None) => false,
-        Err(e) => return failure(&k, "reading a profile", &e),
-    };
-    if !allowed {
-        return empty(StatusCode::UNAUTHORIZED);
-    }
-    match k.api.delete_object(r, "", &name).await {
-        Ok(_) => empty(StatusCode::OK),
-        Err(e) if is_failure(&e) => failure(&k, "deleting a profile", &e),
-        Err(_) => empty(StatusCode::UNAUTHORIZED),
+    match k.remove_profile(&id, &name).await {
+        Ok(()) => empty(StatusCode::OK),
+        Err(d) => d.kfam(),
     }
 }
 

@@ -1,13 +1,16 @@
-//! Kubeflow multi-tenancy on top of the Kubernetes-style API: the profile controller and KFAM.
+//! Kubeflow multi-tenancy on top of the Kubernetes-style API: the profile controller, KFAM and
+//! the Central Dashboard's backend API (which goes through KFAM's code path).
 //!
 //! Invariants: everything here writes through `kfsec-api`'s typed helpers (validation and
 //! admission run, `resourceVersion` bumps), and every decision about who may change a workspace
 //! goes through the RBAC authorizer or the Profile's owner field.
 
 pub mod controller;
+pub mod dashboard;
 pub mod kfam;
 
 pub use controller::{ProfileController, ProfileSettings};
+pub use dashboard::{DASHBOARD_PATHS, Dashboard, DashboardSettings};
 pub use kfam::{AuthzSync, Kfam, refusal_response as kfam_refusal_response};
 
 /// The front-door paths KFAM owns (where the composition nests [`Kfam::router`]); handed to the

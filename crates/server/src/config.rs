@@ -142,6 +142,8 @@ pub struct Config {
     pub log_format: Option<String>,
     /// Self-registration of profiles.
     pub registration_flow: bool,
+    /// The Central Dashboard API's links and settings documents (`dashboard:`), checked.
+    pub dashboard: (serde_json::Value, serde_json::Value),
     /// Extra client ids whose ID tokens are bearer tokens (`bearerAudiences`; each must exist as
     /// a client, checked at start where the store's clients are known).
     pub bearer_audiences: Vec<String>,
@@ -396,6 +398,35 @@ fn bearer_audiences(ids: &[String]) -> Result<Vec<String>, ConfigError> {
     Ok(out)
 }
 
+/// `dashboard:`: the links and settings documents, read and checked now (a bad file fails the
+/// start with the reason), or the defaults.
+fn dashboard_documents(
+    d: &kfsec_types::config::DashboardConfig,
+) -> Result<(serde_json::Value, serde_json::Value), ConfigError> {
+    let read = |key: &str, file: &Option<String>, parse: fn(&[u8]) -> Result<serde_json::Value, String>, default| {
+        let Some(file) = file else { return Ok(default) };
+        let bytes = std::fs::read(file).map_err(|source| ConfigError::Read {
+            path: file.into(),
+            source,
+        })?;
+        parse(&bytes).map_err(|e| ConfigError::Invalid(format!("dashboard.{key}: {file}: {e}")))
+    };
+    Ok((
+        read(
+            "links",
+            &d.links,
+            kfsec_profiles::dashboard::parse_links,
+            kfsec_profiles::dashboard::default_links(),
+        )?,
+        read(
+            "settings",
+            &d.settings,
+            kfsec_profiles::dashboard::parse_settings,
+            kfsec_profiles::dashboard::default_settings(),
+        )?,
+    ))
+}
+
 /// Turns the data model into a validated [`Config`].
 pub fn validate(f: ConfigFile, o: &Overrides, env: &dyn Env) -> Result<Config, ConfigError> {
     if let Some(v) = &f.api_version
@@ -643,6 +674,7 @@ pub fn validate(f: ConfigFile, o: &Overrides, env: &dyn Env) -> Result<Config, C
         log_level: f.logger.as_ref().and_then(|l| l.level.clone()),
         log_format: f.logger.and_then(|l| l.format),
         registration_flow: f.registration_flow,
+        dashboard: dashboard_documents(&f.dashboard)?,
         pipeline_package_quota: (
             f.pipelines.max_package_bytes_per_namespace.unwrap_or(512 * 1024 * 1024),
             f.pipelines.max_packages_per_namespace.unwrap_or(1000),

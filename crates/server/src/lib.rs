@@ -529,6 +529,17 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
         rng.clone(),
         cfg.registration_flow,
     );
+    let dashboard = kfsec_profiles::Dashboard::new(
+        kfam.clone(),
+        api.clone(),
+        kfsec_profiles::DashboardSettings {
+            links: cfg.dashboard.0.clone(),
+            settings: cfg.dashboard.1.clone(),
+            registration_flow: cfg.registration_flow,
+            version: cfg.build.version.clone(),
+            ..Default::default()
+        },
+    );
     let kfp = kfsec_kfp::Kfp::new(
         store.clone(),
         rbac_cache.clone(),
@@ -546,6 +557,8 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
     // over the Kubernetes API's `/apis/{*rest}`.
     let api_router = axum::Router::new()
         .nest("/kfam", kfam.router())
+        // The dashboard's exact `/api/workgroup/…`, `/api/namespaces`… win over `/api/{*rest}`.
+        .merge(dashboard.router())
         .merge(kfp.router())
         .merge(api.router());
     // Each mounted surface: the paths it owns, whose service-account audiences apply there, and
@@ -560,6 +573,11 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
             paths: kfsec_kfp::PATHS.to_vec(),
             surface: kfsec_idp::authn::Surface::Pipelines,
             render: Arc::new(kfsec_kfp::refusal_response),
+        },
+        kfsec_gateway::Mount {
+            paths: kfsec_profiles::DASHBOARD_PATHS.to_vec(),
+            surface: kfsec_idp::authn::Surface::Gateway,
+            render: Arc::new(kfsec_profiles::kfam_refusal_response),
         },
         kfsec_gateway::Mount {
             paths: kfsec_profiles::KFAM_PATHS.to_vec(),

@@ -93,6 +93,9 @@ pub struct ConfigFile {
     /// The Kubeflow Pipelines API (`pipelines:`): the per-namespace package quota.
     #[serde(default)]
     pub pipelines: PipelinesConfig,
+    /// The Central Dashboard API (`dashboard:`): its links and settings documents.
+    #[serde(default)]
+    pub dashboard: DashboardConfig,
     /// Client ids whose ID tokens are accepted as bearer tokens, besides `kfsec-gatekeeper` and
     /// `kfsec-cli` (like the Kubernetes API server's `--oidc-client-id`). Each must be a client.
     #[serde(default)]
@@ -356,6 +359,19 @@ pub struct SessionConfig {
     /// against the upstream, at its next request (default 15m; `0s` turns it off).
     #[serde(default, deserialize_with = "opt_duration")]
     pub revalidate_federated: Option<Duration>,
+}
+
+/// The Central Dashboard API.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct DashboardConfig {
+    /// A file holding the JSON Kubeflow keeps under the `links` key of its
+    /// `centraldashboard-config` ConfigMap (`menuLinks`, `externalLinks`, `quickLinks`,
+    /// `documentationItems`); default: the Pipelines links.
+    pub links: Option<String>,
+    /// A file holding the JSON of the ConfigMap's `settings` key; default
+    /// `{"DASHBOARD_FORCE_IFRAME": false}`.
+    pub settings: Option<String>,
 }
 
 /// The Kubeflow Pipelines API.

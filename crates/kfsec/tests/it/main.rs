@@ -4,6 +4,7 @@
 
 mod admission;
 mod attacks;
+mod dashboard_api;
 mod device;
 mod discovery;
 mod fake_entra;
