@@ -582,6 +582,34 @@ async fn upstreams_holes_are_closed() {
     let (code, out, err) = kc.run(&["get", "--raw", "/api/workgroup/env-info"], None).await;
     assert_eq!(code, 0, "{err}");
     assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["isClusterAdmin"], true);
+    // kubectl's raw POST and DELETE (with a body) reach the contributor routes too.
+    let body = format!(r#"{{"contributor": "{VIEWER}", "role": "view"}}"#);
+    let (code, out, err) = kc
+        .run(
+            &[
+                "create",
+                "--raw",
+                "/api/workgroup/add-contributor/for-viewer",
+                "-f",
+                "-",
+            ],
+            Some(&body.replace(VIEWER, EDITOR)),
+        )
+        .await;
+    assert_eq!((code, out.trim()), (0, format!(r#"["{EDITOR}"]"#).as_str()), "{err}");
+    let (code, out, err) = kc
+        .run(
+            &[
+                "delete",
+                "--raw",
+                "/api/workgroup/remove-contributor/for-viewer",
+                "-f",
+                "-",
+            ],
+            Some(&body.replace(VIEWER, EDITOR)),
+        )
+        .await;
+    assert_eq!((code, out.trim()), (0, "[]"), "{err}");
 
     // A cross-site write carried by the cookie is refused; nothing changes.
     let r = add_with_header(&mut owner, "origin", "https://evil.example", OUTSIDER).await;
