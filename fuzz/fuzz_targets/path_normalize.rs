@@ -1,16 +1,27 @@
 //! Arbitrary bytes as a request path through the front door's normaliser: it never panics; an
 //! accepted path's canonical form starts with `/`, has no `//`, no `.`/`..` segment, no escape of
 //! an unreserved character and no lowercase escape, and normalising it again changes nothing.
+//! The same bytes as a post-login/logout return URL (`return_path`, oauth2-proxy's `rd`): an
+//! accepted one is itself, starts with one `/` (never `//` or `/\`), is visible ASCII without
+//! backslash within the length cap, and its path part is canonical.
 
 #![no_main]
 
-use kfsec_types::path::normalize;
+use kfsec_types::path::{MAX_RETURN_PATH, normalize, return_path};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(input) = std::str::from_utf8(data) else {
         return;
     };
+    if let Some(back) = return_path(input) {
+        assert_eq!(back, input);
+        assert!(back.starts_with('/') && !back.starts_with("//"), "{back:?}");
+        assert!(back.len() <= MAX_RETURN_PATH, "{back:?}");
+        assert!(back.bytes().all(|b| b.is_ascii_graphic() && b != b'\\'), "{back:?}");
+        let path = back.split(['?', '#']).next().unwrap();
+        assert_eq!(normalize(path).as_deref(), Ok(path), "{back:?}");
+    }
     let Ok(out) = normalize(input) else {
         return;
     };

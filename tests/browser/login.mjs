@@ -126,6 +126,31 @@ async function main() {
   const revoked = await context.request.get(`${base}/authservice/check`, { headers: hdr, maxRedirects: 0 });
   if (revoked.status() !== 401) fail(`old session still accepted after logout: HTTP ${revoked.status()}`);
   log('logged out: back at the login form, old session refused (401)');
+
+  step = 'login through /oauth2/start';
+  await page.goto(`${base}/oauth2/start?rd=%2F`);
+  await page.locator('#login').waitFor({ state: 'visible' });
+  await page.fill('#login', EMAIL);
+  await page.fill('#password', PASSWORD);
+  await Promise.all([page.waitForURL(`${base}/`, { waitUntil: 'load' }), page.click('#submit-login')]);
+  const second = (await context.cookies(base)).find((c) => c.name === 'authservice_session');
+  if (!second) fail('no session after logging in through /oauth2/start');
+
+  step = 'logout through /oauth2/sign_out';
+  // As Kubeflow's dashboard logs out: window.top.location.href = logoutUrl (a same-origin GET).
+  await Promise.all([
+    page.waitForURL(/\/dex\/auth\/local\/login/, { waitUntil: 'load' }),
+    page.evaluate(() => { window.top.location.href = '/oauth2/sign_out'; }),
+  ]);
+  if ((await context.cookies(base)).some((c) => c.name === 'authservice_session' && c.value)) {
+    fail('session cookie still present after /oauth2/sign_out');
+  }
+  const gone = await context.request.get(`${base}/authservice/check`, {
+    headers: { Cookie: `authservice_session=${second.value}` },
+    maxRedirects: 0,
+  });
+  if (gone.status() !== 401) fail(`session still accepted after /oauth2/sign_out: HTTP ${gone.status()}`);
+  log('/oauth2/start then /oauth2/sign_out: session ended server-side (401)');
 }
 
 let passed = false;

@@ -1,10 +1,14 @@
 //! The session gatekeeper: who is calling (session cookie or bearer ID token), the login
 //! redirect with state, nonce and PKCE, the OIDC callback, logout and the check endpoint for
-//! other ingresses.
+//! other ingresses — at oidc-authservice's paths (`/authservice/*`) and oauth2-proxy's
+//! (`/oauth2/start`, `sign_in`, `sign_out`, `auth`, `userinfo`), each pair served by one handler.
 //!
-//! Invariants: the state is bound to a MAC'd, short-lived CSRF cookie; after login we redirect
-//! only to a same-origin relative path; the ID token is verified for signature, `iss`, `aud`,
-//! `exp` and `nonce` before a session exists; every credential is judged by the one
+//! Invariants: the state is bound to a MAC'd, short-lived CSRF cookie; after login or logout we
+//! redirect only to a path [`return_path`] accepts (one rule for the login's original URL and
+//! oauth2-proxy's `rd`); a logout ends the session record server-side (cookie or bearer
+//! session), and one carried by the cookie must come from our own origin whatever its method;
+//! the ID token is verified for signature, `iss`, `aud`, `exp` and `nonce` before a session
+//! exists; every credential is judged by the one
 //! [`kfsec_idp::Authenticator`] (audience policy, revocation); a presented bearer token that
 //! fails verification is refused outright (never downgraded to the cookie); an unsafe request
 //! authenticated by the session cookie must come from our own origin ([`same_origin_write`]);
@@ -16,13 +20,14 @@ use std::sync::Arc;
 
 use aws_lc_rs::hmac;
 use axum::body::Body;
-use axum::extract::{Query, State};
+use axum::extract::{Query, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, Request, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use futures_util::future::BoxFuture;
 use kfsec_idp::secret::{ct_eq, random_token, sha256_b64};
+use kfsec_types::path::return_path;
 use kfsec_types::{Failure, Identity, Refusal, random_array};
 use serde::{Deserialize, Serialize};
 
@@ -70,25 +75,27 @@ pub(crate) fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> 
     cookies(headers).find(|(k, _)| *k == name).map(|(_, v)| v)
 }
 
+/// The token of an `Authorization: Bearer` header, if the request has one.
+fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    v.strip_prefix("Bearer ")
+        .or_else(|| v.strip_prefix("bearer "))
+        .map(str::trim)
+}
+
 impl App {
     /// Authenticates a request by bearer token (an ID token from our IdP for an accepted
     /// audience, or a service-account token for an audience `path` accepts), verified client
     /// certificate or session cookie — all through the one [`kfsec_idp::Authenticator`].
     pub async fn authenticate(&self, headers: &HeaderMap, cert: Option<&ClientCertIdentity>, path: &str) -> Authn {
-        if let Some(auth) = headers.get(header::AUTHORIZATION) {
-            let token = auth
-                .to_str()
-                .ok()
-                .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")));
-            if let Some(token) = token.map(str::trim) {
-                return match self.authn.bearer(token, self.mounts.surface(path)).await {
-                    Ok(a) => Authn::Ok(a),
-                    Err(e) => {
-                        tracing::info!(target: "audit", reason = %e, "bearer token refused");
-                        Authn::Invalid
-                    }
-                };
-            }
+        if let Some(token) = bearer_token(headers) {
+            return match self.authn.bearer(token, self.mounts.surface(path)).await {
+                Ok(a) => Authn::Ok(a),
+                Err(e) => {
+                    tracing::info!(target: "audit", reason = %e, "bearer token refused");
+                    Authn::Invalid
+                }
+            };
         }
         if let Some(ClientCertIdentity(id)) = cert {
             return Authn::Ok(self.authn.client_certificate(id.clone()));
@@ -193,6 +200,14 @@ impl App {
         ))
         .ok()
     }
+
+    /// `resp` with the session cookie cleared (the attributes it was set with, `Max-Age=0`).
+    fn clear_session_cookie(&self, mut resp: Response) -> Response {
+        if let Some(c) = self.session_cookie("", 0) {
+            resp.headers_mut().append(header::SET_COOKIE, c);
+        }
+        resp
+    }
 }
 
 /// Re-checks a session's login through the gatekeeper's refresh token at the built-in IdP (which
@@ -256,14 +271,9 @@ fn federation(sub: &str, refresh_token: Option<String>, all: bool) -> Option<Fed
     })
 }
 
-/// A same-origin relative path to return to, or `/`.
+/// [`return_path`], or `/`.
 pub fn safe_return_path(candidate: &str) -> String {
-    let ok = candidate.starts_with('/')
-        && !candidate.starts_with("//")
-        && !candidate.starts_with("/\\")
-        && !candidate.chars().any(|c| c.is_control() || c == '\\')
-        && candidate.len() <= 2048;
-    if ok { candidate.to_owned() } else { "/".to_owned() }
+    return_path(candidate).unwrap_or("/").to_owned()
 }
 
 #[derive(Deserialize)]
@@ -381,37 +391,63 @@ pub(crate) async fn callback(
     resp
 }
 
-/// `POST /authservice/logout`: ends the session server-side and clears the cookie (same-origin
-/// requests only: a cross-site page cannot log the user out).
-pub(crate) async fn logout(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
-    if cookie(&headers, &app.settings.cookie_name).is_some() && !app.cookie_write_allowed(&Method::POST, &headers) {
+/// Ends the sessions a logout request presents: its session cookie and a session given as
+/// `Authorization: Bearer <session>` (how oidc-authservice's clients log out). The one logout
+/// rule of both prefixes: a logout carried by the cookie must come from kfsec's own origin,
+/// whatever the method ([`same_origin_write`] applied as to a POST — a GET to
+/// `/oauth2/sign_out` is a write here), so a third-party page cannot end the user's session
+/// (403); a bearer is never sent by a browser on its own and needs no such check. Whatever else
+/// is in `Authorization` (an ID token, a service-account token, a forged or expired session)
+/// names no session: nothing ends and the answer is the same as after a logout (as RFC 7009 for
+/// unknown tokens), with no detail. Stateless ID tokens stay valid until they expire ("log out
+/// everywhere" voids them).
+async fn end_sessions(app: &App, headers: &HeaderMap) -> Result<(), Response> {
+    let name = app.settings.cookie_name.as_str();
+    if cookie(headers, name).is_some() && !app.cookie_write_allowed(&Method::POST, headers) {
         tracing::warn!(target: "audit", "cross-site logout refused");
-        return responses::html_error(StatusCode::FORBIDDEN, "Forbidden", "Cross-site request refused.");
+        return Err(responses::html_error(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            "Cross-site request refused.",
+        ));
     }
-    let mut user = None;
-    for (k, v) in cookies(&headers) {
-        if k == app.settings.cookie_name {
-            if let Some((id, _)) = app.sessions.validate(v).await {
-                user = Some(id.user);
-            }
-            if let Err(e) = app.sessions.revoke(v).await {
-                return app.failed("Logout failed", "logout failed", &e);
-            }
+    let bearer = bearer_token(headers);
+    let presented = cookies(headers)
+        .filter(|(k, _)| *k == name)
+        .map(|(_, v)| (v, "cookie"))
+        .chain(bearer.map(|v| (v, "bearer")));
+    for (value, via) in presented {
+        let user = app.sessions.validate(value).await.map(|(id, _)| id.user);
+        if let Err(e) = app.sessions.revoke(value).await {
+            return Err(app.failed("Logout failed", "logout failed", &e));
+        }
+        match user {
+            Some(u) => tracing::info!(target: "audit", user = %u, via, "session ended by logout"),
+            None => tracing::info!(target: "audit", via, "logout named no live session; nothing ended"),
         }
     }
-    if let Some(u) = user {
-        tracing::info!(target: "audit", user = %u, "session ended by logout");
+    Ok(())
+}
+
+/// `POST /authservice/logout`: ends the session server-side ([`end_sessions`]) and clears the
+/// cookie.
+pub(crate) async fn logout(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    if let Err(refused) = end_sessions(&app, &headers).await {
+        return refused;
     }
     logged_out(&app, &headers)
 }
 
-/// The answer to a logout: JSON for the dashboard's XHR, else back to login; clears the cookie.
+/// The answer to a logout: oidc-authservice's `201 {"afterLogoutURL"}` for the dashboard's XHR
+/// and for callers that logged out with a bearer session, else [`after_logout`]; clears the
+/// cookie.
 fn logged_out(app: &App, headers: &HeaderMap) -> Response {
-    let wants_json = headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|a| a.contains("application/json"));
-    let mut resp = if wants_json {
+    let wants_json = bearer_token(headers).is_some()
+        || headers
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|a| a.contains("application/json"));
+    let resp = if wants_json {
         // Kubeflow's dashboard logs out with XHR and follows `afterLogoutURL`.
         (
             StatusCode::CREATED,
@@ -419,12 +455,53 @@ fn logged_out(app: &App, headers: &HeaderMap) -> Response {
         )
             .into_response()
     } else {
-        app.start_login("/")
+        after_logout(app)
     };
-    if let Some(c) = app.session_cookie("", 0) {
-        resp.headers_mut().append(header::SET_COOKIE, c);
+    app.clear_session_cookie(resp)
+}
+
+/// Where a browser goes after a logout that names no return path: the login page.
+fn after_logout(app: &App) -> Response {
+    app.start_login("/")
+}
+
+/// The first `rd` parameter of a query (oauth2-proxy reads the first too), decoded.
+fn rd_param(query: Option<&str>) -> Option<String> {
+    url::form_urlencoded::parse(query?.as_bytes())
+        .find(|(k, _)| k == "rd")
+        .map(|(_, v)| v.into_owned())
+}
+
+/// `GET /oauth2/start?rd=<path>` (and `/oauth2/sign_in`, which kfsec has no separate page
+/// for): starts a login that lands on `rd` afterwards — if [`return_path`] accepts it, else `/`.
+pub(crate) async fn oauth2_start(State(app): State<Arc<App>>, RawQuery(query): RawQuery) -> Response {
+    app.start_login(rd_param(query.as_deref()).as_deref().unwrap_or("/"))
+}
+
+/// `GET`/`POST /oauth2/sign_out?rd=<path>`: ends the session as `/authservice/logout` does
+/// ([`end_sessions`]), clears the cookie and redirects to `rd` if [`return_path`] accepts it,
+/// else as any logout ([`after_logout`]). `HEAD` is 405: a probe must not end a session.
+pub(crate) async fn sign_out(
+    State(app): State<Arc<App>>,
+    method: Method,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
+    if method == Method::HEAD {
+        let mut resp = StatusCode::METHOD_NOT_ALLOWED.into_response();
+        resp.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, POST"));
+        return resp;
     }
-    resp
+    if let Err(refused) = end_sessions(&app, &headers).await {
+        return refused;
+    }
+    let rd = rd_param(query.as_deref());
+    let resp = match rd.as_deref().and_then(return_path) {
+        Some(to) => responses::redirect(StatusCode::FOUND, to),
+        None => after_logout(&app),
+    };
+    app.clear_session_cookie(resp)
 }
 
 /// `POST /authservice/logout-all` ("Log out everywhere"): ends every session of the caller
@@ -475,6 +552,58 @@ pub(crate) async fn check(State(app): State<Arc<App>>, req: Request<Body>) -> Re
         Authn::Ok(a) => {
             let mut resp = StatusCode::OK.into_response();
             app.set_identity_headers(resp.headers_mut(), &a.identity);
+            set_auth_request_headers(resp.headers_mut(), &a.identity);
+            resp
+        }
+        _ => app.mounts.unauthenticated(req.uri().path()),
+    }
+}
+
+/// The user's email, when the Kubeflow user id is one (service accounts have none).
+fn email_of(id: &Identity) -> Option<&str> {
+    id.user.contains('@').then_some(id.user.as_str())
+}
+
+/// oauth2-proxy's `--set-xauthrequest` answer headers, which nginx `auth_request` setups read
+/// (`$upstream_http_x_auth_request_user`…): the user id, the email (people only) and the groups
+/// comma-separated, as oauth2-proxy joins them. Sent as UTF-8 bytes like the identity headers.
+fn set_auth_request_headers(h: &mut HeaderMap, id: &Identity) {
+    let groups = id.groups.join(",");
+    let values = [
+        ("x-auth-request-user", Some(id.user.as_str())),
+        ("x-auth-request-email", email_of(id)),
+        ("x-auth-request-groups", (!groups.is_empty()).then_some(groups.as_str())),
+    ];
+    for (name, value) in values {
+        if let Some(v) = value.and_then(|v| HeaderValue::from_bytes(v.as_bytes()).ok()) {
+            h.insert(name, v);
+        }
+    }
+}
+
+/// oauth2-proxy's `/oauth2/userinfo` body (`user` and `email` always, `groups` when there are
+/// any; kfsec keeps no `preferredUsername` in a session, which oauth2-proxy then omits too).
+#[derive(Serialize)]
+struct UserInfo<'a> {
+    user: &'a str,
+    email: &'a str,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    groups: &'a [String],
+}
+
+/// `GET /oauth2/userinfo`: the caller's identity as oauth2-proxy's JSON, or 401.
+pub(crate) async fn userinfo(State(app): State<Arc<App>>, req: Request<Body>) -> Response {
+    match app.authenticate(req.headers(), req.extensions().get(), "/").await {
+        Authn::Ok(a) => {
+            let id = &a.identity;
+            let body = UserInfo {
+                user: &id.user,
+                email: email_of(id).unwrap_or_default(),
+                groups: &id.groups,
+            };
+            let mut resp = axum::Json(body).into_response();
+            resp.headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
             resp
         }
         _ => app.mounts.unauthenticated(req.uri().path()),
@@ -487,6 +616,14 @@ mod tests {
     use kfsec_idp::{OAuthCode, OAuthError, dex_subject};
 
     use super::*;
+
+    #[test]
+    fn unsafe_return_paths_become_home() {
+        for bad in ["//evil.example", "/\\evil", "https://evil.example/", "/%2F%2Fevil"] {
+            assert_eq!(safe_return_path(bad), "/", "{bad:?}");
+        }
+        assert_eq!(safe_return_path("/app/x?ns=a"), "/app/x?ns=a");
+    }
 
     #[test]
     fn only_invalid_grant_and_other_refusals_end_a_session() {

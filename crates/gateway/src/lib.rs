@@ -1,7 +1,8 @@
 //! The HTTPS front door: router, gatekeeper (sessions, login redirect, callback, logout, check
 //! endpoint), reverse proxy to configured routes, the home page and request metrics.
 //!
-//! Invariants: `/dex/*` and `/authservice/*` are never gated; every other path is authenticated
+//! Invariants: `/dex/*`, `/authservice/*` and oauth2-proxy's `/oauth2/` endpoints (`start`,
+//! `sign_in`, `sign_out`, `auth`, `userinfo`) are never gated; every other path is authenticated
 //! unless its route is public; every routing and authentication decision is made on the
 //! normalised path (`kfsec_types::path`), which is also what upstreams receive, and a path that
 //! cannot be normalised is a 400 before any routing; client-sent identity and forwarding headers
@@ -40,6 +41,10 @@ pub use kfsec_idp::cookies::same_origin_write;
 pub use proxy::{Route, UpstreamIdentity, UpstreamTls};
 pub use responses::{Mount, RenderRefusal};
 pub use session::{Federated, Refreshed, Refresher, Sessions};
+
+/// oauth2-proxy's prefix, whose `start`, `sign_in`, `sign_out`, `auth` and `userinfo` the
+/// gatekeeper serves (no configured route may use it).
+pub const OAUTH2_PREFIX: &str = "/oauth2/";
 
 /// The gatekeeper's OAuth2 client id at the built-in IdP.
 pub const GATEKEEPER_CLIENT_ID: &str = "kfsec-gatekeeper";
@@ -214,6 +219,12 @@ impl App {
             .route("/authservice/logout-all", post(gatekeeper::logout_all))
             .route("/authservice/check", any(gatekeeper::check))
             .route("/authservice/check/{*rest}", any(gatekeeper::check))
+            // oauth2-proxy's paths (Kubeflow 1.8+), through the same handlers.
+            .route("/oauth2/start", get(gatekeeper::oauth2_start))
+            .route("/oauth2/sign_in", get(gatekeeper::oauth2_start))
+            .route("/oauth2/sign_out", get(gatekeeper::sign_out).post(gatekeeper::sign_out))
+            .route("/oauth2/auth", any(gatekeeper::check))
+            .route("/oauth2/userinfo", get(gatekeeper::userinfo))
             .fallback(protected)
             .with_state(self.clone());
         let app = if self.idp_path.is_empty() {
@@ -247,6 +258,9 @@ impl App {
         }
         if path.starts_with("/authservice/") {
             return "authservice".into();
+        }
+        if path.starts_with(OAUTH2_PREFIX) {
+            return "oauth2".into();
         }
         match self.settings.routes.iter().find(|r| r.matches(path)) {
             Some(r) => r.prefix.clone(),

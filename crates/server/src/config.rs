@@ -552,7 +552,7 @@ pub fn validate(f: ConfigFile, o: &Overrides, env: &dyn Env) -> Result<Config, C
         let route = Route::new(&r.prefix, &r.upstream, r.public, r.rewrite_prefix.clone(), tls)
             .map_err(|e| ConfigError::Invalid(e.to_string()))?
             .with_forward_authorization(r.forward_authorization);
-        for reserved in ["/dex", "/authservice"] {
+        for reserved in ["/dex", "/authservice", "/oauth2"] {
             if route.prefix.starts_with(reserved)
                 || (reserved.starts_with(route.prefix.trim_end_matches('/')) && route.prefix != "/")
             {
@@ -808,6 +808,7 @@ routes:
             "staticPasswords:\n- email: a@b.c\n  hash: plaintext\n",
             "staticClients:\n- id: a\n  redirectURIs: [/cb]\n",
             "routes:\n- prefix: /dex/x\n  upstream: http://h\n",
+            "routes:\n- prefix: /oauth2/\n  upstream: http://h\n",
             "routes:\n- prefix: /x\n  upstream: ftp://h\n",
             "routes:\n- prefix: /a//b/\n  upstream: http://h\n",
             "routes:\n- prefix: /a/../b/\n  upstream: http://h\n",

@@ -145,9 +145,70 @@ pub fn normalize(path: &str) -> Result<String, PathError> {
     Ok(out)
 }
 
+/// Longest return path [`return_path`] accepts (bytes).
+pub const MAX_RETURN_PATH: usize = 2048;
+
+/// `candidate` if a browser may be sent there after a login or a logout (the original URL of a
+/// login, oauth2-proxy's `rd`): the one rule for both. A same-origin relative URL only: it
+/// starts with `/`, is at most [`MAX_RETURN_PATH`] bytes of visible ASCII (no space, CR/LF, tab
+/// or other control character, which browsers drop or split on), has no backslash anywhere
+/// (browsers read `\` as `/`), and its path (up to `?` or `#`) is already in canonical form
+/// ([`normalize`]): so no `//` (scheme-relative), no `.`/`..` segments and no escaped `/` or
+/// `\` (`%2F`, `%5C`) that something downstream might decode.
+pub fn return_path(candidate: &str) -> Option<&str> {
+    let plain = candidate.len() <= MAX_RETURN_PATH
+        && candidate.starts_with('/')
+        && candidate.bytes().all(|b| b.is_ascii_graphic() && b != b'\\');
+    if !plain {
+        return None;
+    }
+    let path = candidate.split(['?', '#']).next().unwrap_or_default();
+    (normalize(path).ok()? == path).then_some(candidate)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn return_paths_are_same_origin_canonical_paths_only() {
+        for ok in [
+            "/",
+            "/app/x",
+            "/app/x?ns=a&rd=//evil.example",
+            "/pipeline/#/runs/details/1",
+            "/a;b/c?x=%2F",
+            "/caf%C3%A9",
+        ] {
+            assert_eq!(return_path(ok), Some(ok), "{ok:?}");
+        }
+        let long = format!("/{}", "a".repeat(MAX_RETURN_PATH));
+        for bad in [
+            "",
+            "app",
+            "//evil.example",
+            "///evil.example",
+            "/\\evil.example",
+            "/x\\y",
+            "/%2F%2Fevil.example",
+            "/%2f/evil",
+            "/%5Cevil",
+            "/a/../b",
+            "/./x",
+            "/a//b",
+            "/caf%c3%a9",
+            "/\t/evil.example",
+            "/x\r\nSet-Cookie: a=b",
+            "/ /evil.example",
+            "/é",
+            "https://evil.example/",
+            "javascript:alert(1)",
+            long.as_str(),
+        ] {
+            assert_eq!(return_path(bad), None, "{bad:?}");
+        }
+        assert!(return_path(long.get(..MAX_RETURN_PATH).unwrap()).is_some());
+    }
 
     #[test]
     fn canonical_forms() {

@@ -19,6 +19,7 @@ mod harness;
 mod ingress;
 mod keys;
 mod kube_clients;
+mod oauth2_paths;
 mod oidc;
 mod openapi;
 mod process;

@@ -1,0 +1,359 @@
+//! oauth2-proxy's paths beside oidc-authservice's (`/oauth2/start`, `/oauth2/sign_out`,
+//! `/oauth2/auth`, `/oauth2/userinfo`), as Kubeflow 1.8+ front ends and nginx `auth_request`
+//! setups call them, and logout through either prefix really ending the session server-side.
+
+use serde_json::Value;
+
+use crate::harness::*;
+
+const COOKIE: &str = "authservice_session";
+
+/// A logged-in browser and its session cookie's value.
+async fn signed_in(k: &Kfsec) -> (Browser, String) {
+    let mut b = k.client();
+    let (r, url) = b.login("/app/x", USER, PASSWORD).await;
+    assert_eq!(r.status(), 200, "{url}");
+    let session = b.cookies[COOKIE].clone();
+    (b, session)
+}
+
+/// `/authservice/check` with only `cookie` as the session cookie: its status.
+async fn check_with_cookie(k: &Kfsec, cookie: &str) -> u16 {
+    let mut thief = k.client();
+    thief.cookies.insert(COOKIE.into(), cookie.into());
+    thief.get("/authservice/check").await.status().as_u16()
+}
+
+/// `method path` with only `Authorization: Bearer token` (no cookie).
+async fn with_bearer(k: &Kfsec, method: reqwest::Method, path: &str, token: &str) -> reqwest::Response {
+    http_client(&k.running.ca_pem)
+        .request(method, format!("{}{path}", k.base))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn authservice_logout_with_the_session_as_bearer_ends_it() {
+    let k = Kfsec::start("").await;
+    let (_b, session) = signed_in(&k).await;
+    assert_eq!(check_with_cookie(&k, &session).await, 200);
+    // oidc-authservice's clients log out with the session in `Authorization`, no cookie.
+    let r = with_bearer(&k, reqwest::Method::POST, "/authservice/logout", &session).await;
+    assert_eq!(r.status(), 201);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body, serde_json::json!({"afterLogoutURL": "/"}));
+    assert_eq!(
+        check_with_cookie(&k, &session).await,
+        401,
+        "the session must be over, not only the answer"
+    );
+    k.running.shutdown().await;
+}
+
+/// How many session records the server holds.
+async fn sessions_stored(k: &Kfsec) -> usize {
+    kfsec_store::list_all(k.running.store.as_ref(), "/kfsec/sessions/")
+        .await
+        .unwrap()
+        .items
+        .len()
+}
+
+/// `rd` as a query string whose decoded value is exactly `rd`.
+fn rd_query(rd: &str) -> String {
+    url::form_urlencoded::Serializer::new(String::new())
+        .append_pair("rd", rd)
+        .finish()
+}
+
+/// The return path a login redirect (`Location: /dex/auth?…&state=<s>.<b64 path>`) carries.
+fn return_path_in(location: &str) -> String {
+    use base64::Engine;
+    let state = query_param(location, "state").expect("state");
+    let (_, ret) = state.split_once('.').unwrap();
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(ret).unwrap();
+    String::from_utf8(raw).unwrap()
+}
+
+#[tokio::test]
+async fn a_bearer_that_is_no_session_ends_nothing_and_answers_the_same() {
+    let k = Kfsec::start("").await;
+    let (_b, session) = signed_in(&k).await;
+    let keys = k.running.idp.keys().keys();
+    let mut claims = test_claims(&k, &k.running.issuer, "kfsec-cli", 600);
+    claims.groups = Some(vec!["team-a".into()]);
+    let id_token = keys.signing.sign(&claims).unwrap();
+    let forged = format!("{}.AAAA", "x".repeat(43));
+    for bearer in [id_token.as_str(), "not-a-session", forged.as_str()] {
+        let r = with_bearer(&k, reqwest::Method::POST, "/authservice/logout", bearer).await;
+        assert_eq!(r.status(), 201, "{bearer}");
+        let body = r.text().await.unwrap();
+        assert_eq!(body, r#"{"afterLogoutURL":"/"}"#, "no detail for {bearer}");
+    }
+    // The user's browser session is untouched; an ID token is stateless and stays valid until
+    // it expires (logout-all voids it).
+    assert_eq!(check_with_cookie(&k, &session).await, 200);
+    let r = with_bearer(&k, reqwest::Method::GET, "/oauth2/userinfo", &id_token).await;
+    assert_eq!(r.status(), 200);
+    k.running.shutdown().await;
+}
+
+#[tokio::test]
+async fn oauth2_start_logs_in_and_lands_on_rd() {
+    let k = Kfsec::start("").await;
+    let mut b = k.client();
+    let rd = "/app/x?ns=user1&tab=runs";
+    let r = b.get(&format!("/oauth2/start?{}", rd_query(rd))).await;
+    assert_eq!(r.status(), 302);
+    assert!(location(&r).starts_with("/dex/auth?"), "{}", location(&r));
+    assert_eq!(return_path_in(location(&r)), rd);
+    let (done, url) = b
+        .login(&format!("/oauth2/start?{}", rd_query(rd)), USER, PASSWORD)
+        .await;
+    assert_eq!(done.status(), 200);
+    assert_eq!(url, format!("{}{rd}", k.base));
+    let seen: Value = done.json().await.unwrap();
+    assert_eq!(seen["headers"]["kubeflow-userid"], USER);
+    // oauth2-proxy's sign-in page: kfsec has none, it starts the login the same way.
+    let r = b.get(&format!("/oauth2/sign_in?{}", rd_query("/app/y"))).await;
+    assert_eq!(return_path_in(location(&r)), "/app/y");
+    // Without rd: home.
+    let r = b.get("/oauth2/start").await;
+    assert_eq!(return_path_in(location(&r)), "/");
+    k.running.shutdown().await;
+}
+
+#[tokio::test]
+async fn oauth2_sign_out_ends_the_session_server_side() {
+    let k = Kfsec::start("").await;
+    let before = sessions_stored(&k).await;
+    let (mut b, session) = signed_in(&k).await;
+    assert_eq!(sessions_stored(&k).await, before + 1);
+    // The dashboard's logout button: a same-origin top-level GET.
+    let r = b
+        .send(
+            b.http
+                .get(b.url(&format!("/oauth2/sign_out?{}", rd_query("/pipeline/#/runs"))))
+                .header("sec-fetch-site", "same-origin"),
+        )
+        .await;
+    assert_eq!(r.status(), 302);
+    assert_eq!(location(&r), "/pipeline/#/runs");
+    let cleared: Vec<&str> = r
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .filter(|c| c.starts_with("authservice_session="))
+        .collect();
+    assert_eq!(
+        cleared,
+        ["authservice_session=; Path=/; Max-Age=0; HttpOnly; Secure; SameSite=Lax"],
+        "cleared with the attributes it was set with"
+    );
+    assert!(!b.cookies.contains_key(COOKIE));
+    assert_eq!(sessions_stored(&k).await, before, "the record is gone");
+    // The old cookie, replayed: no session anywhere.
+    assert_eq!(check_with_cookie(&k, &session).await, 401);
+    let mut thief = k.client();
+    thief.cookies.insert(COOKIE.into(), session.clone());
+    let r = thief.get("/app/x").await;
+    assert_eq!(r.status(), 302);
+    assert!(location(&r).starts_with("/dex/auth?"));
+    let r = thief.get("/oauth2/userinfo").await;
+    assert_eq!(r.status(), 401);
+
+    // POST too, and without rd a logout goes where /authservice/logout goes: the login.
+    let (mut b, session) = signed_in(&k).await;
+    let r = b.post_form("/oauth2/sign_out", &[]).await;
+    assert_eq!(r.status(), 302);
+    assert!(location(&r).starts_with("/dex/auth?"), "{}", location(&r));
+    assert_eq!(check_with_cookie(&k, &session).await, 401);
+
+    // A session given as bearer ends there as well.
+    let (_b, session) = signed_in(&k).await;
+    let r = with_bearer(&k, reqwest::Method::GET, "/oauth2/sign_out", &session).await;
+    assert_eq!(r.status(), 302);
+    assert_eq!(check_with_cookie(&k, &session).await, 401);
+    k.running.shutdown().await;
+}
+
+#[tokio::test]
+async fn logout_csrf_and_probing_methods_end_nothing() {
+    let k = Kfsec::start("").await;
+    let (mut b, session) = signed_in(&k).await;
+    // A third-party page navigating the browser to either logout: refused, session kept.
+    for (site, origin) in [
+        ("cross-site", None),
+        ("same-site", None),
+        ("cross-site", Some("https://evil.example")),
+    ] {
+        for (method, path) in [
+            (reqwest::Method::GET, "/oauth2/sign_out?rd=/x"),
+            (reqwest::Method::POST, "/oauth2/sign_out"),
+            (reqwest::Method::POST, "/authservice/logout"),
+        ] {
+            let mut req = b
+                .http
+                .request(method.clone(), b.url(path))
+                .header("sec-fetch-site", site);
+            if let Some(o) = origin {
+                req = req.header("origin", o);
+            }
+            let r = b.send(req).await;
+            assert_eq!(r.status(), 403, "{method} {path} from {site}");
+            assert_eq!(check_with_cookie(&k, &session).await, 200);
+        }
+    }
+    // Old browsers: Origin only.
+    let r = b
+        .send(
+            b.http
+                .post(b.url("/oauth2/sign_out"))
+                .header("origin", "https://evil.example"),
+        )
+        .await;
+    assert_eq!(r.status(), 403);
+    // HEAD and OPTIONS never end a session.
+    for method in [reqwest::Method::HEAD, reqwest::Method::OPTIONS] {
+        let r = b.send(b.http.request(method.clone(), b.url("/oauth2/sign_out"))).await;
+        assert_eq!(r.status(), 405, "{method}");
+        assert!(r.headers().get("set-cookie").is_none());
+        assert_eq!(check_with_cookie(&k, &session).await, 200, "{method}");
+    }
+    // Starting a login is a GET (or HEAD); nothing else.
+    for method in [reqwest::Method::POST, reqwest::Method::OPTIONS, reqwest::Method::DELETE] {
+        let r = b.send(b.http.request(method.clone(), b.url("/oauth2/start"))).await;
+        assert_eq!(r.status(), 405, "{method}");
+    }
+    let r = b.send(b.http.head(b.url("/oauth2/start?rd=/app/x"))).await;
+    assert_eq!(r.status(), 302);
+    // Someone with no session at all, sent from elsewhere: nothing to end, on to rd.
+    let mut anon = k.client();
+    let r = anon
+        .send(
+            anon.http
+                .get(anon.url("/oauth2/sign_out?rd=/app/x"))
+                .header("sec-fetch-site", "cross-site"),
+        )
+        .await;
+    assert_eq!((r.status().as_u16(), location(&r)), (302, "/app/x"));
+    k.running.shutdown().await;
+}
+
+#[tokio::test]
+async fn oauth2_auth_and_userinfo_answer_as_oauth2_proxy() {
+    let k = Kfsec::start("").await;
+    let (mut b, _session) = signed_in(&k).await;
+    for path in ["/oauth2/auth", "/authservice/check"] {
+        let r = b
+            .send(
+                b.http
+                    .get(b.url(path))
+                    .header("x-auth-request-user", "admin@evil.example")
+                    .header("x-auth-request-groups", "system:masters"),
+            )
+            .await;
+        assert_eq!(r.status(), 200, "{path}");
+        let h = r.headers();
+        for (name, want) in [
+            ("kubeflow-userid", USER),
+            ("kubeflow-groups", "team-a"),
+            ("x-auth-request-user", USER),
+            ("x-auth-request-email", USER),
+            ("x-auth-request-groups", "team-a"),
+        ] {
+            assert_eq!(h.get(name).and_then(|v| v.to_str().ok()), Some(want), "{path} {name}");
+        }
+        // The same for HEAD and whatever method the protected request had (ext_authz sends it).
+        for method in [reqwest::Method::HEAD, reqwest::Method::POST, reqwest::Method::DELETE] {
+            let r = b.send(b.http.request(method.clone(), b.url(path))).await;
+            assert_eq!(r.status(), 200, "{method} {path}");
+        }
+        let anon = k.client().get(path).await;
+        assert_eq!(anon.status(), 401, "{path}");
+        assert!(anon.headers().get("x-auth-request-user").is_none());
+        assert!(anon.headers().get("kubeflow-userid").is_none());
+    }
+    let r = b.get("/oauth2/userinfo").await;
+    assert_eq!(r.status(), 200);
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/json")
+    );
+    assert_eq!(r.headers()["cache-control"], "no-store");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(
+        body,
+        serde_json::json!({"user": USER, "email": USER, "groups": ["team-a"]})
+    );
+    let anon = k.client().get("/oauth2/userinfo").await;
+    assert_eq!(anon.status(), 401);
+    let bad = with_bearer(&k, reqwest::Method::GET, "/oauth2/userinfo", "eyJhbGciOiJub25lIn0.e30.").await;
+    assert_eq!(bad.status(), 401);
+    k.running.shutdown().await;
+}
+
+#[tokio::test]
+async fn open_redirects_through_rd_are_refused() {
+    let k = Kfsec::start("").await;
+    let long = format!("/{}", "a".repeat(5000));
+    let hostile = [
+        "//evil.example/x",
+        "///evil.example/x",
+        "/\\evil.example",
+        "\\\\evil.example",
+        "/%2F%2Fevil.example",
+        "/%2f%2fevil.example",
+        "/%5Cevil.example",
+        "%2F%2Fevil.example",
+        "https://evil.example/",
+        "http:evil.example",
+        "javascript:alert(1)",
+        "evil.example",
+        "/\t/evil.example",
+        "/\r\nLocation: https://evil.example",
+        "/ /evil.example",
+        "/./../evil.example",
+        "/a/..//evil.example",
+        "/é",
+        long.as_str(),
+        "",
+    ];
+    let mut b = k.client();
+    for rd in hostile {
+        // Sign out (nothing to end) goes to the default, the login page.
+        let r = b.get(&format!("/oauth2/sign_out?{}", rd_query(rd))).await;
+        assert_eq!(r.status(), 302, "{rd:?}");
+        assert!(location(&r).starts_with("/dex/auth?"), "{rd:?} → {}", location(&r));
+        assert_eq!(return_path_in(location(&r)), "/");
+        // A login started with it comes back home.
+        let r = b.get(&format!("/oauth2/start?{}", rd_query(rd))).await;
+        assert_eq!(r.status(), 302, "{rd:?}");
+        assert_eq!(return_path_in(location(&r)), "/", "{rd:?}");
+        assert_eq!(kfsec_gateway::safe_return_path(rd), "/", "{rd:?}");
+    }
+    // Repeated rd: the first counts (as in oauth2-proxy), and it is validated like any.
+    let r = b.get("/oauth2/sign_out?rd=/app/ok&rd=//evil.example").await;
+    assert_eq!(location(&r), "/app/ok");
+    let r = b.get("/oauth2/sign_out?rd=//evil.example&rd=/app/ok").await;
+    assert!(location(&r).starts_with("/dex/auth?"));
+    // A raw (undecoded) query that is not even valid percent-encoding.
+    let r = b.get("/oauth2/sign_out?rd=%E0%80%AF%2F%2Fevil").await;
+    assert!(location(&r).starts_with("/dex/auth?"));
+    // A whole login through a hostile rd stays on kfsec's origin.
+    let (done, url) = b
+        .login(
+            &format!("/oauth2/start?{}", rd_query("//evil.example/x")),
+            USER,
+            PASSWORD,
+        )
+        .await;
+    assert!(url.starts_with(&k.base), "left the origin: {url}");
+    assert_ne!(done.status(), 500);
+    k.running.shutdown().await;
+}
