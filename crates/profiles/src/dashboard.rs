@@ -18,7 +18,7 @@ use axum::Router;
 use axum::extract::{Extension, Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
-use axum::routing::{delete, get, post};
+use axum::routing::{MethodRouter, delete, get, post};
 use kfsec_api::{ApiServer, Attributes, Decision};
 use kfsec_types::Identity;
 use kfsec_types::identity::UserInfo;
@@ -303,19 +303,22 @@ impl Dashboard {
     /// `Extension<Identity>`.
     pub fn router(self: &Arc<Self>) -> Router {
         Router::new()
-            .route("/api/workgroup/exists", get(exists))
-            .route("/api/workgroup/env-info", get(env_info))
-            .route("/api/workgroup/create", post(create))
-            .route("/api/workgroup/nuke-self", delete(nuke_self))
-            .route("/api/workgroup/get-all-namespaces", get(all_namespaces))
-            .route("/api/workgroup/get-contributors/{ns}", get(get_contributors))
-            .route("/api/workgroup/add-contributor/{ns}", post(add_contributor))
-            .route("/api/workgroup/remove-contributor/{ns}", delete(remove_contributor))
+            .route("/api/workgroup/exists", json_405(get(exists)))
+            .route("/api/workgroup/env-info", json_405(get(env_info)))
+            .route("/api/workgroup/create", json_405(post(create)))
+            .route("/api/workgroup/nuke-self", json_405(delete(nuke_self)))
+            .route("/api/workgroup/get-all-namespaces", json_405(get(all_namespaces)))
+            .route("/api/workgroup/get-contributors/{ns}", json_405(get(get_contributors)))
+            .route("/api/workgroup/add-contributor/{ns}", json_405(post(add_contributor)))
+            .route(
+                "/api/workgroup/remove-contributor/{ns}",
+                json_405(delete(remove_contributor)),
+            )
             .route("/api/workgroup/{*rest}", axum::routing::any(not_found))
-            .route("/api/dashboard-links", get(links))
-            .route("/api/dashboard-settings", get(settings))
-            .route("/api/namespaces", get(namespaces))
-            .route("/api/activities/{ns}", get(activities))
+            .route("/api/dashboard-links", json_405(get(links)))
+            .route("/api/dashboard-settings", json_405(get(settings)))
+            .route("/api/namespaces", json_405(get(namespaces)))
+            .route("/api/activities/{ns}", json_405(get(activities)))
             .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
             .with_state(self.clone())
     }
@@ -334,6 +337,11 @@ impl Dashboard {
         let all = self.kfam.workspaces(id).await?;
         all.into_iter().find(|w| w.name == ns).ok_or_else(|| no_access(ns))
     }
+}
+
+/// `method` answered, any other method refused with `{"error"}` (not axum's empty 405).
+fn json_405(method: MethodRouter<Arc<Dashboard>>) -> MethodRouter<Arc<Dashboard>> {
+    method.fallback(|| async { error(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed") })
 }
 
 async fn not_found() -> Response {

@@ -640,6 +640,13 @@ async fn upstreams_holes_are_closed() {
         (s, v),
         (404, json!({"error": "Could not find the route you're looking for"}))
     );
+    for (m, path) in [
+        (Method::GET, "/api/workgroup/create"),
+        (Method::POST, "/api/namespaces"),
+    ] {
+        let (s, v) = call(&mut owner, m, path, None).await;
+        assert_eq!((s, v), (405, json!({"error": "Method not allowed"})), "{path}");
+    }
     let (code, out, err) = kc.run(&["get", "--raw", "/api/v1/namespaces/user1"], None).await;
     assert_eq!(code, 0, "{err}");
     assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["kind"], "Namespace");
