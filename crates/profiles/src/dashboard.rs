@@ -447,12 +447,20 @@ async fn create(
 
 async fn nuke_self(State(d): State<Arc<Dashboard>>, Extension(id): Extension<Identity>) -> Response {
     let ns = default_namespace(&id.user);
+    let refused = || error(StatusCode::FORBIDDEN, &format!("You own no workspace named {ns:?}."));
+    // Only the caller's own workspace: a cluster admin's KFAM right to delete any profile does
+    // not make somebody else's workspace of the same name "self".
+    match d.kfam.workspaces(&id).await {
+        Ok(ws) if ws.iter().any(|w| w.name == ns && w.owner == id.user) => {}
+        Ok(_) => return refused(),
+        Err(r) => return r,
+    }
     match d.kfam.remove_profile(&id, &ns).await {
         Ok(()) => json_utf8(
             StatusCode::OK,
             json!({"message": format!("Removed namespace/profile {ns}"), "serverBody": ""}),
         ),
-        Err(Denied::Refused(..)) => error(StatusCode::FORBIDDEN, &format!("You own no workspace named {ns:?}.")),
+        Err(Denied::Refused(..)) => refused(),
         Err(e) => denied(e, "Unable to remove your workspace"),
     }
 }

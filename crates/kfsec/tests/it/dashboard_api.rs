@@ -578,6 +578,19 @@ async fn upstreams_holes_are_closed() {
         )
         .await;
     assert_eq!(out, VIEWER);
+    // nuke-self is the caller's own workspace only, even for a cluster admin.
+    let (s, _) = call(
+        &mut admin,
+        Method::POST,
+        "/api/workgroup/create",
+        Some(json!({"namespace": "boss", "user": VIEWER})),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let (s, v) = call(&mut admin, Method::DELETE, "/api/workgroup/nuke-self", None).await;
+    assert_eq!(s, 403, "{v}");
+    assert!(is_error(&v), "{v}");
+    assert_eq!(kc.run(&["get", "profile", "boss"], None).await.0, 0, "still there");
     // … and kubectl (the admin's client certificate) reads the same API.
     let (code, out, err) = kc.run(&["get", "--raw", "/api/workgroup/env-info"], None).await;
     assert_eq!(code, 0, "{err}");
