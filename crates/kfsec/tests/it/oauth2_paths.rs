@@ -357,3 +357,64 @@ async fn open_redirects_through_rd_are_refused() {
     assert_ne!(done.status(), 500);
     k.running.shutdown().await;
 }
+
+/// nginx in front, configured as oauth2-proxy's nginx guide says (`auth_request /oauth2/auth`,
+/// `$upstream_http_x_auth_request_*`, `error_page 401 = /oauth2/sign_in`, `/oauth2/` proxied):
+/// kfsec takes oauth2-proxy's place unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_configured_for_oauth2_proxy_works_with_kfsec() {
+    let k = Kfsec::start("").await;
+    let nginx = crate::ingress::Nginx::start(
+        &k,
+        r#"    location /oauth2/ {
+      proxy_pass {kfsec};
+    }
+    location = /oauth2/auth {
+      proxy_pass {kfsec};
+      proxy_set_header Content-Length "";
+      proxy_pass_request_body off;
+    }
+    location / {
+      auth_request /oauth2/auth;
+      error_page 401 = /oauth2/sign_in;
+      auth_request_set $user   $upstream_http_x_auth_request_user;
+      auth_request_set $email  $upstream_http_x_auth_request_email;
+      auth_request_set $groups $upstream_http_x_auth_request_groups;
+      proxy_set_header X-User  $user;
+      proxy_set_header X-Email $email;
+      proxy_set_header X-Groups $groups;
+      proxy_pass http://{up};
+    }"#,
+    )
+    .await;
+    let plain = http_client(&k.running.ca_pem);
+    let through = |path: &str, cookie: Option<&str>| {
+        let req = plain.get(format!("{}{path}", nginx.base));
+        let req = match cookie {
+            Some(c) => req.header("cookie", c),
+            None => req,
+        };
+        async move { req.send().await.unwrap() }
+    };
+    // No session: nginx sends the browser to the login.
+    let r = through("/notebooks", None).await;
+    assert_eq!(r.status(), 302);
+    assert!(location(&r).starts_with("/dex/auth?"), "{}", location(&r));
+    // A session: the upstream gets the identity from the X-Auth-Request-* answer headers.
+    let (_b, session) = signed_in(&k).await;
+    let cookie = format!("{COOKIE}={session}");
+    let r = through("/notebooks", Some(&cookie)).await;
+    assert_eq!(r.status(), 200);
+    let seen: Value = r.json().await.unwrap();
+    assert_eq!(seen["headers"]["x-user"], USER);
+    assert_eq!(seen["headers"]["x-email"], USER);
+    assert_eq!(seen["headers"]["x-groups"], "team-a");
+    // Logout through nginx ends the session at kfsec.
+    let r = through("/oauth2/sign_out?rd=/bye", Some(&cookie)).await;
+    assert_eq!((r.status().as_u16(), location(&r)), (302, "/bye"));
+    assert_eq!(check_with_cookie(&k, &session).await, 401);
+    let r = through("/notebooks", Some(&cookie)).await;
+    assert_eq!(r.status(), 302, "the old cookie no longer passes nginx");
+    drop(nginx);
+    k.running.shutdown().await;
+}
