@@ -98,15 +98,22 @@ def blocks(readme: str) -> list[Block]:
 
 
 def shell_script(block: Block) -> str:
-    """The block as bash, with its `# yes` / `# no` lines turned into checks."""
-    out = []
+    """The block as bash, with its checked commands (`# yes`, `# no`, `exit N`) turned into
+    checks; a command continued over lines with `\\` is checked as a whole."""
+    out: list[str] = []
+    command: list[str] = []
     for raw in block.text.splitlines():
-        m = CHECKED.match(raw)
-        if m and (m.group("word") or m.group("rc")) and not raw.lstrip().startswith("#"):
-            rc = m.group("rc") or ""
-            out.append(f"__readme_check {shlex.quote(m.group('word') or '')} {shlex.quote(rc)} {shlex.quote(m.group('cmd'))}")
+        command.append(raw)
+        if raw.endswith("\\"):
+            continue
+        m = CHECKED.match(command[-1])
+        if m and (m.group("word") or m.group("rc")) and not command[0].lstrip().startswith("#"):
+            text = "\n".join(command[:-1] + [m.group("cmd")])
+            out.append(f"__readme_check {shlex.quote(m.group('word') or '')} {shlex.quote(m.group('rc') or '')} {shlex.quote(text)}")
         else:
-            out.append(raw)
+            out.extend(command)
+        command = []
+    out.extend(command)
     return "\n".join(out) + "\n"
 
 
