@@ -86,6 +86,8 @@ use objects::{ListQuery, Preconditions, WriteCtx};
 pub struct ApiOptions {
     /// `/version` gitVersion.
     pub git_version: String,
+    /// The build `/version` reports (`gitCommit`, `gitTreeState`, `buildDate`).
+    pub build: kfsec_types::BuildInfo,
     /// Largest accepted request body (413 above). Default 3 MiB.
     pub max_body_bytes: usize,
     /// Longest a watch stays open (and the default when `timeoutSeconds` is absent). Default 30 min.
@@ -93,8 +95,6 @@ pub struct ApiOptions {
     /// System namespaces no Profile may claim, besides every `kube-*` name. Default `default`,
     /// `kubeflow` (KFP's system namespace) and `kfsec`.
     pub reserved_namespaces: Vec<String>,
-    /// The build `/version` reports (`gitCommit`, `gitTreeState`, `buildDate`).
-    pub build: kfsec_types::BuildInfo,
 }
 
 impl Default for ApiOptions {

@@ -924,7 +924,13 @@ routes:
     fn the_readmes_configuration_reference_loads() {
         let readme = include_str!("../../../README.md");
         let start = readme.find("## Configuration reference").unwrap();
-        let yaml = readme[start..].split("```yaml\n").nth(1).unwrap().split("```").next().unwrap();
+        let yaml = readme[start..]
+            .split("```yaml\n")
+            .nth(1)
+            .unwrap()
+            .split("```")
+            .next()
+            .unwrap();
         let f = parse(Path::new("kfsec.yaml"), yaml).unwrap_or_else(|e| panic!("{e}"));
         let c = validate(f, &Overrides::default(), &MapEnv(vec![])).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(c.issuer.as_deref(), Some("https://kubeflow.example.com/dex"));
