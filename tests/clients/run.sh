@@ -57,15 +57,9 @@ staticClients:
   secret: $SECRET
   redirectURIs: ["http://127.0.0.1:5555/cb"]
 EOF
-"$KFSEC_BIN" serve --config "$TMP/kfsec.yaml" --data-dir "$DATA" --https-addr "127.0.0.1:$PORT" --admin-addr 127.0.0.1:0 --webhook-addr 127.0.0.1:0 \
-  >"$TMP/kfsec.out" 2>"$TMP/kfsec.log" &
-PID=$!
-for _ in $(seq 1 300); do
-  if grep -q "kfsec ready" "$TMP/kfsec.out" 2>/dev/null; then break; fi
-  if ! kill -0 "$PID" 2>/dev/null; then cat "$TMP/kfsec.log" >&2; echo "clients-tests: kfsec exited" >&2; exit 1; fi
-  sleep 0.1
-done
-grep -q "kfsec ready" "$TMP/kfsec.out" || { echo "clients-tests: kfsec did not start" >&2; exit 1; }
+# shellcheck source=../lib/serve.sh
+source "$ROOT/tests/lib/serve.sh"
+start_kfsec clients-tests "$TMP/kfsec.yaml" "$DATA" "$PORT" "$TMP"
 CA="$DATA/pki/ca.crt"
 log "kfsec up on $BASE"
 
