@@ -24,6 +24,7 @@ mod report;
 mod routes;
 mod runs;
 mod storage;
+pub mod view;
 
 #[cfg(test)]
 mod tests;
@@ -37,6 +38,7 @@ use kfsec_store::Store;
 use kfsec_types::{Clock, Rng};
 
 pub use access::{denied_text, resource_attributes_text};
+pub use error::code as error_code;
 pub use error::{KfpError, KfpResult, NO_IDENTITY, error_response, refusal_response};
 
 /// The front-door paths KFP owns, as served by [`Kfp::router`] (an entry ending in `/` owns every
