@@ -24,7 +24,9 @@ mod meta;
 mod objects;
 mod openapi;
 mod openapi_pb;
-mod patch;
+/// Public for the `api_patch` fuzz target ([`patch::apply`]); the server reaches it only
+/// through PATCH requests.
+pub mod patch;
 pub mod proto;
 mod rbac_guard;
 pub mod registry;

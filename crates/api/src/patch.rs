@@ -8,7 +8,12 @@
 //! element orders go through hash indexes, and a JSON patch holds at most
 //! [`MAX_JSON_PATCH_OPERATIONS`] operations (the Kubernetes API server's limit; 413 above) whose
 //! `copy` operations copy at most [`MAX_JSON_PATCH_COPY_BYTES`] in total (422 above), so a patch
-//! cannot grow an object beyond its body plus that budget.
+//! cannot grow an object beyond its body plus that budget. Nesting is bounded too: merge patches
+//! nest no deeper than the object or the patch; a JSON patch (whose `add`/`copy`/`move` can put
+//! a value under a path, doubling the depth per `copy`) is refused (422) once a bound on the
+//! depth passes [`MAX_JSON_PATCH_WORKING_DEPTH`] (so no deep value is ever built, cloned or
+//! dropped) and when its result nests deeper than [`MAX_PATCHED_DEPTH`] (the store's decoder
+//! could not read it back).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
@@ -23,6 +28,48 @@ pub const MAX_JSON_PATCH_OPERATIONS: usize = 10_000;
 /// The most bytes the `copy` operations of one JSON patch may copy in total (kube-apiserver's
 /// `JSONPatchMaxCopyBytes`).
 pub const MAX_JSON_PATCH_COPY_BYTES: usize = 3 * 1024 * 1024;
+
+/// The deepest nesting (objects and arrays) a patched object may have: what `serde_json`, the
+/// store's decoder, reads back (its recursion limit is 128).
+pub const MAX_PATCHED_DEPTH: usize = 127;
+
+/// The bound on nesting while a JSON patch runs (a big `move` is counted conservatively, so this is
+/// looser than [`MAX_PATCHED_DEPTH`]; the result is then measured exactly).
+pub const MAX_JSON_PATCH_WORKING_DEPTH: usize = 512;
+
+/// The nesting depth of `v` (a scalar is 0, `{}` and `[]` are 1), without recursion.
+pub fn depth(v: &Value) -> usize {
+    depth_within(v, usize::MAX).unwrap_or(usize::MAX)
+}
+
+/// [`depth`], or `None` when `v` has more than `nodes` values (the walk stops there).
+fn depth_within(v: &Value, mut nodes: usize) -> Option<usize> {
+    let mut max = 0;
+    let mut todo = vec![(v, 0usize)];
+    while let Some((v, d)) = todo.pop() {
+        nodes = nodes.checked_sub(1)?;
+        match v {
+            Value::Object(m) => {
+                max = max.max(d + 1);
+                todo.extend(m.values().map(|c| (c, d + 1)));
+            }
+            Value::Array(a) => {
+                max = max.max(d + 1);
+                todo.extend(a.iter().map(|c| (c, d + 1)));
+            }
+            _ => max = max.max(d),
+        }
+    }
+    Some(max)
+}
+
+/// The most values a `move` measures (above, its depth is bounded by the object's).
+const MOVE_MEASURE_NODES: usize = 1024;
+
+/// The number of reference tokens of a JSON pointer.
+fn segments(p: &str) -> usize {
+    p.matches('/').count()
+}
 
 /// The length of `v`'s JSON text, counted up to `cap` (more is reported as `cap`): linear in
 /// `cap`, not in the value.
@@ -117,17 +164,50 @@ pub fn apply(doc: &Value, kind: PatchType, patch: &[u8], builtin: bool) -> Resul
             // One operation at a time (on the copy: an error discards it), so every `copy` is
             // charged against the budget before it runs.
             let mut copied = 0;
+            // An upper bound on `out`'s depth, raised before each operation that nests a value
+            // under a path: exactly for `add`/`replace`/`copy` (the value is in the body or within
+            // the copy budget), for `move` exactly when the value is small, else conservatively
+            // (measuring a big subtree on every `move` would cost it each time).
+            let mut bound = depth(&out);
+            let too_deep = || {
+                rejected(&format!(
+                    "the patched object nests deeper than {MAX_PATCHED_DEPTH} levels"
+                ))
+            };
             for op in &p.0 {
-                if let json_patch::PatchOperation::Copy(c) = op {
-                    let from = out.pointer(c.from.as_str());
-                    copied += from.map_or(0, |v| json_size(v, MAX_JSON_PATCH_COPY_BYTES - copied + 1));
-                    if copied > MAX_JSON_PATCH_COPY_BYTES {
-                        return Err(rejected(&format!(
-                            "Unable to complete the copy, the accumulated size increase of copy is {copied}, exceeding the limit {MAX_JSON_PATCH_COPY_BYTES}"
-                        )));
+                use json_patch::PatchOperation as Op;
+                let nested = match op {
+                    Op::Add(a) => segments(a.path.as_str()) + depth(&a.value),
+                    Op::Replace(r) => segments(r.path.as_str()) + depth(&r.value),
+                    Op::Copy(c) => {
+                        let from = out.pointer(c.from.as_str());
+                        copied += from.map_or(0, |v| json_size(v, MAX_JSON_PATCH_COPY_BYTES - copied + 1));
+                        if copied > MAX_JSON_PATCH_COPY_BYTES {
+                            return Err(rejected(&format!(
+                                "Unable to complete the copy, the accumulated size increase of copy is {copied}, exceeding the limit {MAX_JSON_PATCH_COPY_BYTES}"
+                            )));
+                        }
+                        segments(c.path.as_str()) + from.map_or(0, depth)
                     }
+                    Op::Move(m) => {
+                        let from = out.pointer(m.from.as_str());
+                        let measured = from.and_then(|v| depth_within(v, MOVE_MEASURE_NODES));
+                        segments(m.path.as_str())
+                            + measured.unwrap_or_else(|| bound.saturating_sub(segments(m.from.as_str())))
+                    }
+                    Op::Remove(_) | Op::Test(_) => 0,
+                };
+                bound = bound.max(nested);
+                if bound > MAX_JSON_PATCH_WORKING_DEPTH {
+                    return Err(too_deep());
                 }
                 json_patch::patch(&mut out, std::slice::from_ref(op)).map_err(|e| rejected(&e))?;
+            }
+            if bound > MAX_PATCHED_DEPTH && depth(&out) > MAX_PATCHED_DEPTH {
+                return Err(too_deep());
+            }
+            if !out.is_object() {
+                return Err(rejected(&"the patched object is not a JSON object"));
             }
             Ok(out)
         }
@@ -356,6 +436,105 @@ mod tests {
         )
         .unwrap();
         assert_eq!(out["data"]["x3"]["x2"]["x1"]["x0"]["a"], doc["data"]["a"]);
+    }
+
+    /// `{"":{"":…}}`, `n` levels deep.
+    fn nested(n: usize) -> Value {
+        (0..n)
+            .fold(json!({}), |v, _| json!({ "": v }))
+            .get("")
+            .cloned()
+            .unwrap_or(json!({}))
+    }
+
+    /// A JSON patch cannot nest the object deeper than the store's decoder reads back
+    /// (`MAX_PATCHED_DEPTH`): `copy` doubles the depth per operation for a few bytes of pointer
+    /// (within the copy budget), which used to build a value hundreds of thousands of levels
+    /// deep — a stack overflow when cloned, dropped or stored, and a record no GET or LIST could
+    /// read. `add` under a deep path is bounded the same; a result exactly at the limit works and
+    /// reads back.
+    #[test]
+    fn json_patch_nesting_is_bounded() {
+        // Doubling: copy /a under its own deepest object, 20 times.
+        let doc = json!({"a": {}});
+        let mut n = 0usize;
+        let mut ops = Vec::new();
+        for _ in 0..20 {
+            ops.push(json!({"op": "copy", "from": "/a", "path": format!("/a{}", "/".repeat(n + 1))}));
+            n = 2 * n + 1;
+        }
+        let e = apply(&doc, PatchType::Json, &serde_json::to_vec(&ops).unwrap(), false).unwrap_err();
+        assert_eq!(e.code(), 422, "{}", e.to_status().message);
+        assert!(
+            e.to_status().message.contains("nests deeper than"),
+            "{}",
+            e.to_status().message
+        );
+        // add: a 100-deep value under a 100-deep path.
+        let doc = json!({"a": nested(99)});
+        let path = format!("/a{}", "/".repeat(99));
+        let body = serde_json::to_vec(&json!([{"op": "add", "path": path, "value": nested(100)}])).unwrap();
+        assert_eq!(apply(&doc, PatchType::Json, &body, false).unwrap_err().code(), 422);
+        // Exactly the limit: the object, `a`, then 125 more levels.
+        let doc = json!({"a": {}});
+        let body = serde_json::to_vec(&json!([{"op": "add", "path": "/a/x", "value": nested(MAX_PATCHED_DEPTH - 2)}]))
+            .unwrap();
+        let out = apply(&doc, PatchType::Json, &body, false).unwrap();
+        assert_eq!(depth(&out), MAX_PATCHED_DEPTH);
+        let back: Value = serde_json::from_slice(&serde_json::to_vec(&out).unwrap()).unwrap();
+        assert_eq!(back, out);
+        // move: a 100-deep value under a 100-deep path, and (not refused) a scalar moved down
+        // and back a thousand times.
+        let doc = json!({"a": nested(100), "b": nested(100)});
+        let path = format!("/a{}", "/".repeat(99));
+        let body = serde_json::to_vec(&json!([{"op": "move", "from": "/b", "path": path}])).unwrap();
+        assert_eq!(apply(&doc, PatchType::Json, &body, false).unwrap_err().code(), 422);
+        let doc = json!({"s": 1, "b": {"c": {"d": {}}}});
+        let there_and_back: Vec<Value> = (0..1000)
+            .flat_map(|_| {
+                [
+                    json!({"op": "move", "from": "/s", "path": "/b/c/d/s"}),
+                    json!({"op": "move", "from": "/b/c/d/s", "path": "/s"}),
+                ]
+            })
+            .collect();
+        let out = apply(
+            &doc,
+            PatchType::Json,
+            &serde_json::to_vec(&there_and_back).unwrap(),
+            false,
+        )
+        .unwrap();
+        assert_eq!(out, doc);
+        // One more level is refused.
+        let body = serde_json::to_vec(&json!([{"op": "add", "path": "/a/x/", "value": nested(MAX_PATCHED_DEPTH - 2)}]));
+        let doc = json!({"a": {"x": {}}});
+        assert_eq!(
+            apply(&doc, PatchType::Json, &body.unwrap(), false).unwrap_err().code(),
+            422
+        );
+    }
+
+    /// A JSON patch may replace the root, but the result must still be an object.
+    #[test]
+    fn json_patch_result_is_an_object() {
+        let doc = json!({"a": 1});
+        let e = apply(
+            &doc,
+            PatchType::Json,
+            br#"[{"op":"replace","path":"","value":[1]}]"#,
+            false,
+        )
+        .unwrap_err();
+        assert_eq!(e.code(), 422);
+        let out = apply(
+            &doc,
+            PatchType::Json,
+            br#"[{"op":"replace","path":"","value":{"b":2}}]"#,
+            false,
+        )
+        .unwrap();
+        assert_eq!(out, json!({"b": 2}));
     }
 
     #[test]
