@@ -136,6 +136,17 @@ impl App {
         same_origin_write(method, headers, self.public_origin())
     }
 
+    /// The CSRF token of kfsec's dashboard forms for this caller: a MAC of their session cookie
+    /// (so it is bound to the session and dies with it), or of their name for a bearer or
+    /// certificate caller (whose browser cannot be made to send the credential).
+    pub(crate) fn page_token(&self, headers: &HeaderMap, user: &str, by_session: bool) -> kfsec_idp::pages::CsrfToken {
+        let bound = match cookie(headers, &self.settings.cookie_name) {
+            Some(session) if by_session => format!("kfsec-pages\0session\0{session}"),
+            _ => format!("kfsec-pages\0user\0{user}"),
+        };
+        kfsec_idp::pages::CsrfToken::new(self.csrf_mac(&bound))
+    }
+
     fn csrf_mac(&self, payload: &str) -> String {
         B64.encode(hmac::sign(&self.keys.csrf, payload.as_bytes()).as_ref())
     }

@@ -140,6 +140,26 @@ pub struct App {
     metrics: metrics::HttpMetrics,
     api: Option<Router>,
     mounts: responses::Mounts,
+    pages: std::sync::OnceLock<Pages>,
+}
+
+/// kfsec's own dashboard pages, served for signed-in callers on the paths no route claims. The
+/// router receives the caller's [`Identity`] and the forms' [`kfsec_idp::pages::CsrfToken`] as
+/// request extensions; cookie-authenticated writes have passed the same-origin rule.
+pub struct Pages {
+    /// Owned paths: an entry ending in `/` owns every path under it, any other entry that exact
+    /// path.
+    pub paths: Vec<&'static str>,
+    /// Serves them.
+    pub router: Router,
+}
+
+impl Pages {
+    fn owns(&self, path: &str) -> bool {
+        self.paths
+            .iter()
+            .any(|p| path == *p || (p.ends_with('/') && path.starts_with(p)))
+    }
 }
 
 impl App {
@@ -197,7 +217,14 @@ impl App {
             metrics,
             api,
             mounts,
+            pages: std::sync::OnceLock::new(),
         }))
+    }
+
+    /// Serves kfsec's dashboard pages (once; a second call is ignored). Without them `/` is the
+    /// plain "signed in as" page.
+    pub fn serve_pages(&self, pages: Pages) {
+        let _ = self.pages.set(pages);
     }
 
     /// The session table.
@@ -397,7 +424,9 @@ async fn protected(State(app): State<Arc<App>>, mut req: Request) -> Response {
         .map_or(IpAddr::from([127, 0, 0, 1]), |c| c.0);
     let cert = req.extensions().get::<listener::ClientCertIdentity>().cloned();
     let mount = app.mounts.owner(&path).map(|_| ());
-    let identity = match app.authenticate(req.headers(), cert.as_ref(), &path).await {
+    let authn = app.authenticate(req.headers(), cert.as_ref(), &path).await;
+    let by_session = matches!(&authn, Authn::Ok(a) if a.kind == CredentialKind::Session);
+    let identity = match authn {
         // kfsec's own APIs refuse cross-site writes carried by the cookie (see
         // `same_origin_write`); proxied routes leave that to their upstream.
         Authn::Ok(a)
@@ -431,6 +460,22 @@ async fn protected(State(app): State<Arc<App>>, mut req: Request) -> Response {
     {
         req.extensions_mut().insert(id.clone());
         return match tower::ServiceExt::oneshot(api.clone(), req).await {
+            Ok(r) => r,
+            Err(never) => match never {},
+        };
+    }
+    if route.is_none()
+        && let Some(id) = &identity
+        && let Some(pages) = app.pages.get().filter(|p| p.owns(&path))
+    {
+        if by_session && !app.cookie_write_allowed(req.method(), req.headers()) {
+            tracing::warn!(target: "audit", user = %id.user, path = %path, "cross-site cookie write refused");
+            return kfsec_idp::error_page(StatusCode::FORBIDDEN, "Forbidden", "Cross-site request refused.");
+        }
+        let token = app.page_token(req.headers(), &id.user, by_session);
+        req.extensions_mut().insert(id.clone());
+        req.extensions_mut().insert(token);
+        return match tower::ServiceExt::oneshot(pages.router.clone(), req).await {
             Ok(r) => r,
             Err(never) => match never {},
         };

@@ -120,6 +120,194 @@ struct Home<'a> {
     groups: &'a [String],
 }
 
+/// The per-session token every dashboard form carries (the front door derives it from the
+/// session; a page handler compares what a form sends with [`CsrfToken::matches`]). Its Debug
+/// output hides the value.
+#[derive(Clone)]
+pub struct CsrfToken(String);
+
+impl std::fmt::Debug for CsrfToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CsrfToken(..)")
+    }
+}
+
+impl std::fmt::Display for CsrfToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl CsrfToken {
+    /// Wraps a derived token.
+    pub fn new(token: String) -> Self {
+        Self(token)
+    }
+
+    /// Whether a form's `submitted` token is this one (constant time; an empty token never
+    /// matches).
+    pub fn matches(&self, submitted: &str) -> bool {
+        !self.0.is_empty() && crate::secret::ct_eq(self.0.as_bytes(), submitted.as_bytes())
+    }
+}
+
+/// One of the caller's workspaces on the home page.
+#[derive(Debug, Clone)]
+pub struct WorkspaceEntry {
+    /// The namespace.
+    pub name: String,
+    /// The caller's role, in words (`owner`, `contributor (edit)`, `viewer`).
+    pub role: &'static str,
+    /// Whether it is the namespace selected in `?ns=`.
+    pub selected: bool,
+}
+
+/// A link of the dashboard's links configuration, `{ns}` already substituted.
+#[derive(Debug, Clone)]
+pub struct LinkEntry {
+    /// The text.
+    pub text: String,
+    /// A description (may be empty).
+    pub desc: String,
+    /// The target (checked at configuration load: http(s) or a same-site path).
+    pub href: String,
+}
+
+/// What the dashboard's home page shows.
+#[derive(Debug, Clone, Default)]
+pub struct DashboardView {
+    /// The signed-in user.
+    pub user: String,
+    /// Their groups.
+    pub groups: Vec<String>,
+    /// Whether they are a cluster admin.
+    pub cluster_admin: bool,
+    /// Their workspaces and their role in each.
+    pub workspaces: Vec<WorkspaceEntry>,
+    /// Whether to offer the registration page.
+    pub register: bool,
+    /// Menu links.
+    pub menu: Vec<LinkEntry>,
+    /// Quick links.
+    pub quick: Vec<LinkEntry>,
+    /// External links.
+    pub external: Vec<LinkEntry>,
+    /// Documentation links.
+    pub docs: Vec<LinkEntry>,
+}
+
+/// The dashboard's home page.
+#[derive(Template)]
+#[template(path = "dashboard.html")]
+struct DashboardPage<'a> {
+    title: &'a str,
+    v: &'a DashboardView,
+}
+
+/// A contributor on a workspace's contributors page.
+#[derive(Debug, Clone)]
+pub struct ContributorEntry {
+    /// The contributor.
+    pub user: String,
+    /// Their role in words.
+    pub role: &'static str,
+}
+
+/// What a workspace's contributors page shows.
+#[derive(Debug, Clone)]
+pub struct ContributorsView {
+    /// The workspace.
+    pub ns: String,
+    /// Its owner.
+    pub owner: String,
+    /// Its contributors.
+    pub contributors: Vec<ContributorEntry>,
+    /// Whether the caller may add and remove (owner or cluster admin): the forms are shown.
+    pub manage: bool,
+    /// The forms' token.
+    pub csrf: CsrfToken,
+    /// Why the last change failed.
+    pub error: Option<String>,
+}
+
+/// A workspace's contributors page.
+#[derive(Template)]
+#[template(path = "contributors.html")]
+struct ContributorsPage<'a> {
+    title: &'a str,
+    v: &'a ContributorsView,
+}
+
+/// One row of the cluster admins' list of workspaces.
+#[derive(Debug, Clone)]
+pub struct ProfileEntry {
+    /// The workspace.
+    pub name: String,
+    /// Its owner.
+    pub owner: String,
+    /// How many contributors it has.
+    pub contributors: usize,
+}
+
+/// The cluster admins' list of workspaces.
+#[derive(Template)]
+#[template(path = "profiles.html")]
+struct ProfilesPage<'a> {
+    title: &'a str,
+    rows: &'a [ProfileEntry],
+}
+
+/// The registration page.
+#[derive(Template)]
+#[template(path = "register.html")]
+struct RegisterPage<'a> {
+    title: &'a str,
+    namespace: &'a str,
+    csrf: &'a CsrfToken,
+    error: Option<&'a str>,
+}
+
+/// The dashboard's home page.
+pub fn dashboard_page(view: &DashboardView) -> Response {
+    respond(
+        StatusCode::OK,
+        &DashboardPage {
+            title: "kfsec",
+            v: view,
+        },
+    )
+}
+
+/// A workspace's contributors page (`status` is not 200 when a change failed).
+pub fn contributors_page(status: StatusCode, view: &ContributorsView) -> Response {
+    let title = format!("Contributors of {}", view.ns);
+    respond(status, &ContributorsPage { title: &title, v: view })
+}
+
+/// The cluster admins' list of every workspace with its owner and contributor count.
+pub fn profiles_page(rows: &[ProfileEntry]) -> Response {
+    respond(
+        StatusCode::OK,
+        &ProfilesPage {
+            title: "All workspaces",
+            rows,
+        },
+    )
+}
+
+/// The registration page: a form creating the caller's workspace, `namespace` prefilled.
+pub fn register_page(status: StatusCode, namespace: &str, csrf: &CsrfToken, error: Option<&str>) -> Response {
+    respond(
+        status,
+        &RegisterPage {
+            title: "Create your workspace",
+            namespace,
+            csrf,
+            error,
+        },
+    )
+}
+
 /// `template` rendered as a complete page with safe headers.
 fn respond(status: StatusCode, template: &impl Template) -> Response {
     match template.render() {
@@ -563,6 +751,111 @@ mod tests {
             html.contains("<span id=\"groups\"><code>g1</code> <code>g2</code></span>"),
             "{html}"
         );
+    }
+
+    #[test]
+    fn dashboard_escapes_every_slot() {
+        let link = || LinkEntry {
+            text: HOSTILE.into(),
+            desc: HOSTILE.into(),
+            href: HOSTILE.into(),
+        };
+        let view = DashboardView {
+            user: HOSTILE.into(),
+            groups: vec![HOSTILE.into()],
+            cluster_admin: true,
+            workspaces: vec![WorkspaceEntry {
+                name: HOSTILE.into(),
+                role: "owner",
+                selected: true,
+            }],
+            register: true,
+            menu: vec![link()],
+            quick: vec![link()],
+            external: vec![link()],
+            docs: vec![link()],
+        };
+        let html = body(&DashboardPage {
+            title: HOSTILE,
+            v: &view,
+        });
+        // title twice, user, group, workspace name 6 times (link, text, contributors link and
+        // its text, option value and text), menu 2, quick 3, external 2, docs 3.
+        assert_escaped(&html, 2 + 1 + 1 + 6 + 2 + 3 + 2 + 3);
+        assert!(html.contains("<label for=\"ns\">Namespace</label>"), "{html}");
+        assert!(html.contains("href=\"/register\"") && html.contains("href=\"/admin/profiles\""));
+        assert!(html.contains("href=\"/oauth2/sign_out\""), "{html}");
+        let html = body(&DashboardPage {
+            title: "kfsec",
+            v: &DashboardView::default(),
+        });
+        assert!(
+            html.contains("id=\"no-workspaces\"") && !html.contains("<select"),
+            "{html}"
+        );
+        assert!(
+            !html.contains("/register") && !html.contains("/admin/profiles"),
+            "{html}"
+        );
+    }
+
+    #[test]
+    fn contributors_escapes_every_slot_and_shows_controls_to_managers_only() {
+        for manage in [true, false] {
+            let view = ContributorsView {
+                ns: HOSTILE.into(),
+                owner: HOSTILE.into(),
+                contributors: vec![ContributorEntry {
+                    user: HOSTILE.into(),
+                    role: "viewer",
+                }],
+                manage,
+                csrf: CsrfToken::new(HOSTILE.into()),
+                error: Some(HOSTILE.into()),
+            };
+            let html = body(&ContributorsPage {
+                title: HOSTILE,
+                v: &view,
+            });
+            // title 2, ns 2, owner, error, user; when managing: remove form (action, token,
+            // user, label) and add form (action, token).
+            assert_escaped(&html, if manage { 7 + 6 } else { 7 });
+            assert_eq!(html.contains("<form"), manage, "{html}");
+            assert_eq!(html.contains("name=\"csrf\""), manage, "{html}");
+        }
+    }
+
+    #[test]
+    fn profiles_and_register_escape_every_slot() {
+        let rows = vec![ProfileEntry {
+            name: HOSTILE.into(),
+            owner: HOSTILE.into(),
+            contributors: 3,
+        }];
+        let html = body(&ProfilesPage {
+            title: HOSTILE,
+            rows: &rows,
+        });
+        assert_escaped(&html, 2 + 3);
+        assert!(html.contains("<td class=\"count\">3</td>"), "{html}");
+        let csrf = CsrfToken::new(HOSTILE.into());
+        let html = body(&RegisterPage {
+            title: HOSTILE,
+            namespace: HOSTILE,
+            csrf: &csrf,
+            error: Some(HOSTILE),
+        });
+        assert_escaped(&html, 2 + 3);
+        assert!(html.contains("<label for=\"namespace\">"), "{html}");
+    }
+
+    #[test]
+    fn csrf_tokens_compare_whole_and_hide_in_debug() {
+        let t = CsrfToken::new("abc".into());
+        assert!(t.matches("abc"));
+        assert!(!t.matches("ab") && !t.matches("abcd") && !t.matches(""));
+        assert!(!CsrfToken::new(String::new()).matches(""));
+        assert!(!format!("{t:?}").contains("abc"));
     }
 
     #[test]

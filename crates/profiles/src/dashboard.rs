@@ -30,7 +30,7 @@ use crate::controller::decode_profile;
 use crate::kfam::{Binding, Denied, Kfam, Workspace, error, json_utf8};
 
 /// The largest request body (`{"contributor": …}`, `{"namespace": …}`).
-const MAX_BODY: usize = 16 * 1024;
+pub(crate) const MAX_BODY: usize = 16 * 1024;
 
 /// The front-door paths the dashboard API owns (handed to the gateway with KFAM's renderer).
 pub const DASHBOARD_PATHS: &[&str] = &[
@@ -189,13 +189,13 @@ pub fn parse_settings(bytes: &[u8]) -> Result<Value, String> {
 
 /// The dashboard API's state.
 pub struct Dashboard {
-    kfam: Arc<Kfam>,
+    pub(crate) kfam: Arc<Kfam>,
     api: Arc<ApiServer>,
-    settings: DashboardSettings,
+    pub(crate) settings: DashboardSettings,
 }
 
 /// A caller's role in a workspace as the dashboard names it (KFAM's `admin|edit|view`).
-fn dashboard_role(w: &Workspace, user: &str) -> Option<&'static str> {
+pub(crate) fn dashboard_role(w: &Workspace, user: &str) -> Option<&'static str> {
     if w.owner == user {
         return Some("owner");
     }
@@ -211,7 +211,7 @@ fn dashboard_role(w: &Workspace, user: &str) -> Option<&'static str> {
 }
 
 /// The contributors (role `edit` or `view`, the owner excluded) of `w`, each once.
-fn contributors(w: &Workspace) -> Vec<String> {
+pub(crate) fn contributors(w: &Workspace) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     for (u, r) in &w.bindings {
         if (r == "edit" || r == "view") && *u != w.owner && !out.contains(u) {
@@ -222,7 +222,7 @@ fn contributors(w: &Workspace) -> Vec<String> {
 }
 
 /// A DNS label (`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`, at most 63).
-fn dns_label(s: &str) -> bool {
+pub(crate) fn dns_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
         && s.bytes()
@@ -401,7 +401,7 @@ struct CreateBody {
     user: Option<String>,
 }
 
-async fn create(
+pub(crate) async fn create(
     State(d): State<Arc<Dashboard>>,
     Extension(id): Extension<Identity>,
     body: axum::body::Bytes,
@@ -533,7 +533,7 @@ async fn contributor_list(d: &Dashboard, id: &Identity, ns: &str) -> Response {
     }
 }
 
-async fn add_contributor(
+pub(crate) async fn add_contributor(
     State(d): State<Arc<Dashboard>>,
     Extension(id): Extension<Identity>,
     Path(ns): Path<String>,
@@ -565,7 +565,7 @@ async fn add_contributor(
     contributor_list(&d, &id, &ns).await
 }
 
-async fn remove_contributor(
+pub(crate) async fn remove_contributor(
     State(d): State<Arc<Dashboard>>,
     Extension(id): Extension<Identity>,
     Path(ns): Path<String>,

@@ -8,9 +8,11 @@
 pub mod controller;
 pub mod dashboard;
 pub mod kfam;
+pub mod pages;
 
 pub use controller::{ProfileController, ProfileSettings};
 pub use dashboard::{DASHBOARD_PATHS, Dashboard, DashboardSettings};
+pub use pages::PAGE_PATHS;
 pub use kfam::{AuthzSync, Kfam, refusal_response as kfam_refusal_response};
 
 /// The front-door paths KFAM owns (where the composition nests [`Kfam::router`]); handed to the

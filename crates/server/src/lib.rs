@@ -615,6 +615,11 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
         Some((api_router, mounts)),
     )
     .await?;
+    // kfsec's dashboard pages (`/`, `/workspaces/…`) on the paths no route claims.
+    app.serve_pages(kfsec_gateway::Pages {
+        paths: kfsec_profiles::PAGE_PATHS.to_vec(),
+        router: dashboard.pages_router(),
+    });
 
     let ops = Arc::new(admin::AdminOps {
         users: idp.users().clone(),

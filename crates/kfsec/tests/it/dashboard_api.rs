@@ -14,11 +14,11 @@ use serde_json::{Value, json};
 use crate::harness::*;
 use crate::rbac::Kubectl;
 
-const VIEWER: &str = "viewer@example.org";
+pub(crate) const VIEWER: &str = "viewer@example.org";
 const EDITOR: &str = "editor@example.org";
-const OUTSIDER: &str = "outsider@example.org";
-const ADMIN: &str = "boss@example.org";
-const PW: &str = "a long dashboard password";
+pub(crate) const OUTSIDER: &str = "outsider@example.org";
+pub(crate) const ADMIN: &str = "boss@example.org";
+pub(crate) const PW: &str = "a long dashboard password";
 
 const CONFIG: &str = "registrationFlow: true\noauth2:\n  passwordConnector: local\nbearerAudiences: [rp-test]\n";
 
@@ -32,7 +32,7 @@ async fn add_user(k: &Kfsec, email: &str) {
 }
 
 /// A logged-in browser session of `user`.
-async fn session(k: &Kfsec, user: &str, password: &str) -> Browser {
+pub(crate) async fn session(k: &Kfsec, user: &str, password: &str) -> Browser {
     let mut b = k.client();
     assert_eq!(b.login("/", user, password).await.0.status(), 200, "{user}");
     b
@@ -86,7 +86,7 @@ async fn get(b: &mut Browser, path: &str) -> (u16, Value) {
 }
 
 /// Polls `f` every 100 ms for up to 10 s.
-async fn eventually<F, Fut>(mut f: F) -> bool
+pub(crate) async fn eventually<F, Fut>(mut f: F) -> bool
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
@@ -125,7 +125,7 @@ fn sorted(v: &Value) -> Vec<String> {
 
 /// A server with user1 (the harness's user) owning profile `user1`, the other users, and `ADMIN`
 /// bound to cluster-admin.
-async fn setup(extra: &str) -> (Kfsec, Kubectl) {
+pub(crate) async fn setup(extra: &str) -> (Kfsec, Kubectl) {
     let k = Kfsec::start(extra).await;
     for u in [VIEWER, EDITOR, OUTSIDER, ADMIN] {
         add_user(&k, u).await;

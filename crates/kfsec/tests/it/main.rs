@@ -5,6 +5,7 @@
 mod admission;
 mod attacks;
 mod dashboard_api;
+mod dashboard_pages;
 mod device;
 mod discovery;
 mod fake_entra;

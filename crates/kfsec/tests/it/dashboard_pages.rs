@@ -1,0 +1,248 @@
+//! kfsec's own dashboard pages (issue 13 point 2) through the front door with real sessions:
+//! the owner sees the workspace as owner and adds a viewer through the form, the viewer sees it
+//! as viewer with no controls and a forged POST changes nothing, removal shows on the next
+//! load, forms need the session's token and a same-site Origin, outsiders cannot tell a hidden
+//! workspace from a missing one, registration creates a workspace, cluster admins list them
+//! all, and hostile names come back escaped.
+
+use crate::dashboard_api::{ADMIN, OUTSIDER, PW, VIEWER, session, setup};
+use crate::harness::*;
+
+const PAGE: &str = "/workspaces/user1/contributors";
+
+const CONFIG: &str = "registrationFlow: true\n";
+
+async fn page(b: &mut Browser, path: &str) -> (u16, String) {
+    let r = b.get(path).await;
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+/// The CSRF token of the first form on `html`.
+fn token(html: &str) -> String {
+    let at = html
+        .find("name=\"csrf\" value=\"")
+        .unwrap_or_else(|| panic!("no token: {html}"));
+    let rest = &html[at + "name=\"csrf\" value=\"".len()..];
+    rest[..rest.find('"').unwrap()].to_owned()
+}
+
+/// POSTs a form with extra headers; returns the status, the Location and the body.
+async fn post(b: &mut Browser, path: &str, form: &[(&str, &str)], headers: &[(&str, &str)]) -> (u16, String, String) {
+    let mut req = b.http.post(b.url(path)).form(form);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let r = b.send(req).await;
+    let status = r.status().as_u16();
+    let loc = r
+        .headers()
+        .get("location")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    (status, loc, r.text().await.unwrap())
+}
+
+fn row(ns: &str, role: &str) -> String {
+    format!("{ns}</a></td><td class=\"role\">{role}</td>")
+}
+
+fn contributor(user: &str, role: &str) -> String {
+    format!("<td class=\"user\">{user}</td><td class=\"role\">{role}</td>")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workspaces_and_contributors_in_the_browser() {
+    let (k, _kc) = setup(CONFIG).await;
+    let mut owner = session(&k, USER, PASSWORD).await;
+    let mut viewer = session(&k, VIEWER, PW).await;
+    let mut outsider = session(&k, OUTSIDER, PW).await;
+    let mut admin = session(&k, ADMIN, PW).await;
+
+    // Home: the workspace as owner, the selector, the configured links with {ns}, a logout link.
+    let (s, home) = page(&mut owner, "/").await;
+    assert_eq!(s, 200, "{home}");
+    assert!(home.contains(&row("user1", "owner")), "{home}");
+    assert!(
+        home.contains("<option value=\"user1\" selected>user1</option>"),
+        "{home}"
+    );
+    assert!(home.contains("<label for=\"ns\">"), "{home}");
+    assert!(home.contains("href=\"/pipeline/#/runs\""), "{home}");
+    assert!(home.contains("href=\"/oauth2/sign_out\""), "{home}");
+    assert!(home.contains("href=\"/workspaces/user1/contributors\""), "{home}");
+    assert!(!home.contains("<script"), "{home}");
+    // ?ns= of a workspace not the caller's is not honoured (and not echoed).
+    let (_, other) = page(&mut owner, "/?ns=kube-system").await;
+    assert!(!other.contains("kube-system"), "{other}");
+
+    // The contributors page: controls for the owner, a token bound to the session.
+    let (s, html) = page(&mut owner, PAGE).await;
+    assert_eq!(s, 200, "{html}");
+    assert!(html.contains("id=\"add-contributor\""), "{html}");
+    assert!(html.contains("<label for=\"contributor\">") && html.contains("<label for=\"role\">"));
+    let t = token(&html);
+    let add = |t: &str| {
+        vec![
+            ("csrf", t.to_owned()),
+            ("action", "add".to_owned()),
+            ("contributor", VIEWER.to_owned()),
+            ("role", "view".to_owned()),
+        ]
+    };
+    // Forged posts: no token, a wrong token, another session's token, a cross-site Origin.
+    let viewer_token = token(&page(&mut viewer, "/register").await.1);
+    for (form, headers) in [
+        (add("")[1..].to_vec(), vec![]),
+        (add("AAAA"), vec![]),
+        (add(&viewer_token), vec![]),
+        (add(&t), vec![("origin", "https://evil.example")]),
+        (add(&t), vec![("sec-fetch-site", "cross-site")]),
+    ] {
+        let form: Vec<(&str, &str)> = form.iter().map(|(a, b)| (*a, b.as_str())).collect();
+        let (s, _, body) = post(&mut owner, PAGE, &form, &headers).await;
+        assert_eq!(s, 403, "{form:?} {headers:?}: {body}");
+        assert!(
+            !page(&mut owner, PAGE).await.1.contains(VIEWER),
+            "{form:?} changed something"
+        );
+    }
+
+    // The owner adds the viewer: 303 back to the page, which lists them as viewer.
+    let (s, loc, body) = post(
+        &mut owner,
+        PAGE,
+        &[
+            ("csrf", &t),
+            ("action", "add"),
+            ("contributor", VIEWER),
+            ("role", "view"),
+        ],
+        &[("origin", &k.base)],
+    )
+    .await;
+    assert_eq!((s, loc.as_str()), (303, PAGE), "{body}");
+    let (_, html) = page(&mut owner, PAGE).await;
+    assert!(html.contains(&contributor(VIEWER, "viewer")), "{html}");
+    assert!(html.contains(&format!("aria-label=\"Remove {VIEWER}\"")), "{html}");
+
+    // The viewer: the workspace as viewer, no controls, and even a valid token of theirs changes
+    // nothing (KFAM's owner check).
+    let (_, home) = page(&mut viewer, "/").await;
+    assert!(home.contains(&row("user1", "viewer")), "{home}");
+    let (s, html) = page(&mut viewer, PAGE).await;
+    assert_eq!(s, 200, "{html}");
+    assert!(html.contains(&contributor(VIEWER, "viewer")), "{html}");
+    assert!(!html.contains("<form") && !html.contains("name=\"csrf\""), "{html}");
+    let (s, _, body) = post(
+        &mut viewer,
+        PAGE,
+        &[
+            ("csrf", &viewer_token),
+            ("action", "add"),
+            ("contributor", OUTSIDER),
+            ("role", "edit"),
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(s, 403, "{body}");
+    let (s, _, _) = post(&mut viewer, PAGE, &[("action", "remove"), ("contributor", VIEWER)], &[]).await;
+    assert_eq!(s, 403);
+    assert!(!page(&mut owner, PAGE).await.1.contains(OUTSIDER));
+
+    // An outsider cannot tell a hidden workspace from a missing one.
+    let (s1, hidden) = page(&mut outsider, PAGE).await;
+    let (s2, missing) = page(&mut outsider, "/workspaces/no-such-ws/contributors").await;
+    assert_eq!((s1, s2), (404, 404));
+    assert_eq!(hidden, missing);
+    let out_token = token(&page(&mut outsider, "/register").await.1);
+    let (s, _, body) = post(
+        &mut outsider,
+        PAGE,
+        &[
+            ("csrf", &out_token),
+            ("action", "add"),
+            ("contributor", OUTSIDER),
+            ("role", "edit"),
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!((s, body.as_str()), (404, missing.as_str()));
+
+    // Hostile input is escaped: a contributor name with markup, a hostile ?ns=.
+    let hostile = "<script>alert(1)</script>@evil.org";
+    let (s, _, body) = post(
+        &mut owner,
+        PAGE,
+        &[
+            ("csrf", &t),
+            ("action", "add"),
+            ("contributor", hostile),
+            ("role", "edit"),
+        ],
+        &[],
+    )
+    .await;
+    assert!(!body.contains("<script"), "{s}: {body}");
+    let (_, html) = page(&mut owner, PAGE).await;
+    assert!(!html.contains("<script"), "{html}");
+    let (_, home) = page(&mut owner, "/?ns=%3Cscript%3E").await;
+    assert!(!home.contains("<script"), "{home}");
+
+    // The owner removes the viewer; the viewer's next page load no longer shows the workspace.
+    let (s, loc, _) = post(
+        &mut owner,
+        PAGE,
+        &[("csrf", &t), ("action", "remove"), ("contributor", VIEWER)],
+        &[],
+    )
+    .await;
+    assert_eq!((s, loc.as_str()), (303, PAGE));
+    let (_, home) = page(&mut viewer, "/").await;
+    assert!(!home.contains("user1"), "{home}");
+    assert_eq!(page(&mut viewer, PAGE).await.0, 404);
+
+    // Cluster admins: every workspace with owner and contributor count; others are refused.
+    let (s, html) = page(&mut admin, "/admin/profiles").await;
+    assert_eq!(s, 200, "{html}");
+    assert!(
+        html.contains(&format!("user1</a></td><td class=\"owner\">{USER}</td>")),
+        "{html}"
+    );
+    assert!(page(&mut admin, "/").await.1.contains("href=\"/admin/profiles\""));
+    let (s, html) = page(&mut admin, PAGE).await;
+    assert!(s == 200 && html.contains("id=\"add-contributor\""), "{html}");
+    assert_eq!(page(&mut outsider, "/admin/profiles").await.0, 403);
+
+    // Registration: the outsider owns nothing, so home offers it; the form creates the workspace.
+    let (_, home) = page(&mut outsider, "/").await;
+    assert!(home.contains("href=\"/register\""), "{home}");
+    let (s, html) = page(&mut outsider, "/register").await;
+    assert_eq!(s, 200);
+    assert!(html.contains("value=\"outsider\""), "{html}");
+    let (s, _, _) = post(&mut outsider, "/register", &[("namespace", "outsider-ws")], &[]).await;
+    assert_eq!(s, 403, "no token");
+    let (s, loc, body) = post(
+        &mut outsider,
+        "/register",
+        &[("csrf", &out_token), ("namespace", "outsider-ws")],
+        &[],
+    )
+    .await;
+    assert_eq!((s, loc.as_str()), (303, "/?ns=outsider-ws"), "{body}");
+    let (_, home) = page(&mut outsider, "/?ns=outsider-ws").await;
+    assert!(home.contains(&row("outsider-ws", "owner")), "{home}");
+    assert!(!home.contains("href=\"/register\""), "{home}");
+    assert_eq!(location(&outsider.get("/register").await), "/");
+    // A bad name is refused with the dashboard's message, escaped.
+    let (s, _, body) = post(
+        &mut outsider,
+        "/register",
+        &[("csrf", &out_token), ("namespace", "<b>Bad</b>")],
+        &[],
+    )
+    .await;
+    assert!(s == 400 || s == 403, "{s}: {body}");
+    assert!(!body.contains("<b>Bad"), "{body}");
+}

@@ -1,0 +1,424 @@
+//! kfsec's own dashboard pages — home (your workspaces, the namespace selector, the configured
+//! links), a workspace's contributors page, the registration page and the cluster admins' list
+//! of workspaces — over the same calls as the Central Dashboard API (`dashboard`), rendered by
+//! `kfsec_idp::pages`.
+//!
+//! Invariants: no membership or permission rule lives here — what a caller sees is
+//! `Kfam::workspaces`, who may change a workspace is `Kfam::may_manage` and every change is the
+//! dashboard API's own handler (so KFAM's owner/cluster-admin checks); a form is acted on only
+//! when its token matches the caller's session token (constant time) — checked before anything
+//! else, and the front door has already refused cross-site cookie writes; a workspace an
+//! outsider may not see answers exactly as one that does not exist; `?ns=` is honoured only for
+//! one of the caller's workspaces; a change answers with a redirect to the page (POST, redirect,
+//! GET).
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Extension, Path, RawQuery, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use kfsec_idp::pages::{
+    ContributorEntry, ContributorsView, CsrfToken, DashboardView, LinkEntry, ProfileEntry, WorkspaceEntry,
+    contributors_page, dashboard_page, error_page, profiles_page, register_page,
+};
+use kfsec_types::Identity;
+use kfsec_types::identity::UserInfo;
+use serde_json::{Value, json};
+
+use crate::dashboard::{
+    Dashboard, MAX_BODY, add_contributor, contributors, create, dashboard_role, default_namespace, dns_label,
+    remove_contributor,
+};
+use crate::kfam::Workspace;
+
+/// The front-door paths the pages own (handed to the gateway's `Pages`).
+pub const PAGE_PATHS: &[&str] = &["/", "/workspaces/", "/register", "/admin/profiles"];
+
+/// The one answer for a workspace that does not exist and one the caller may not see.
+const NO_WORKSPACE: &str = "There is no such workspace, or you are not a member of it.";
+
+impl Dashboard {
+    /// The pages' router (paths [`PAGE_PATHS`]); requests carry `Extension<Identity>` and
+    /// `Extension<CsrfToken>`.
+    pub fn pages_router(self: &Arc<Self>) -> Router {
+        Router::new()
+            .route("/", get(home).fallback(wrong_method))
+            .route(
+                "/workspaces/{ns}/contributors",
+                get(contributors_get).post(contributors_post).fallback(wrong_method),
+            )
+            .route(
+                "/register",
+                get(register_get).post(register_post).fallback(wrong_method),
+            )
+            .route("/admin/profiles", get(all_profiles).fallback(wrong_method))
+            .fallback(not_found)
+            .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+            .with_state(self.clone())
+    }
+}
+
+async fn wrong_method() -> Response {
+    error_page(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "Method not allowed",
+        "Method not allowed.",
+    )
+}
+
+async fn not_found() -> Response {
+    error_page(StatusCode::NOT_FOUND, "Not found", "Not found.")
+}
+
+fn no_workspace() -> Response {
+    error_page(StatusCode::NOT_FOUND, "Not found", NO_WORKSPACE)
+}
+
+fn unavailable() -> Response {
+    error_page(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "Unavailable",
+        "The workspaces cannot be read right now. Try again later.",
+    )
+}
+
+/// 303 to `location` (a path of ours).
+fn see_other(location: &str) -> Response {
+    let mut r = StatusCode::SEE_OTHER.into_response();
+    if let Ok(v) = HeaderValue::from_str(location) {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+/// A dashboard role in words.
+fn role_words(role: &str) -> &'static str {
+    match role {
+        "owner" => "owner",
+        "contributor" | "edit" => "contributor (edit)",
+        _ => "viewer",
+    }
+}
+
+/// The value of `key` in a query string or form body (the first one).
+fn field(raw: &[u8], key: &str) -> Option<String> {
+    url::form_urlencoded::parse(raw)
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.into_owned())
+}
+
+/// The 403 for a form without the caller's token (logged); `None` when the token matches.
+fn forged_form(id: &Identity, csrf: &CsrfToken, body: &[u8]) -> Option<Response> {
+    if field(body, "csrf").is_some_and(|t| csrf.matches(&t)) {
+        return None;
+    }
+    tracing::warn!(target: "audit", user = %id.user, "dashboard form without a valid CSRF token refused");
+    Some(error_page(
+        StatusCode::FORBIDDEN,
+        "Forbidden",
+        "This form did not come from this site or has expired. Reload the page and try again.",
+    ))
+}
+
+/// The caller's workspaces, or the page saying they cannot be read.
+async fn workspaces(d: &Dashboard, id: &Identity) -> Result<Vec<Workspace>, Response> {
+    d.kfam.workspaces(id).await.map_err(|r| {
+        tracing::warn!(status = %r.status(), "dashboard page: workspaces unavailable");
+        unavailable()
+    })
+}
+
+/// Workspace `ns` if the caller may see it; otherwise the same 404 whether it exists or not.
+async fn page_workspace(d: &Dashboard, id: &Identity, ns: &str) -> Result<Workspace, Response> {
+    if !dns_label(ns) {
+        return Err(no_workspace());
+    }
+    workspaces(d, id)
+        .await?
+        .into_iter()
+        .find(|w| w.name == ns)
+        .ok_or_else(no_workspace)
+}
+
+/// `link` with `{ns}` replaced by the URL-encoded namespace.
+fn substitute(link: &str, ns: &str) -> String {
+    let encoded: String = url::form_urlencoded::byte_serialize(ns.as_bytes()).collect();
+    link.replace("{ns}", &encoded)
+}
+
+/// The entries of one list of the links document (a section's items follow it, "Section: item").
+fn link_entries(links: &Value, key: &str, ns: &str) -> Vec<LinkEntry> {
+    let mut out = Vec::new();
+    let text = |e: &Value, k: &str| e.get(k).and_then(Value::as_str).unwrap_or_default().to_owned();
+    let mut push = |e: &Value, prefix: &str| {
+        let Some(link) = e.get("link").and_then(Value::as_str) else {
+            return;
+        };
+        let name = text(e, "text");
+        out.push(LinkEntry {
+            text: if prefix.is_empty() {
+                name
+            } else {
+                format!("{prefix}: {name}")
+            },
+            desc: text(e, "desc"),
+            href: substitute(link, ns),
+        });
+    };
+    for e in links.get(key).and_then(Value::as_array).into_iter().flatten() {
+        push(e, "");
+        let section = text(e, "text");
+        for item in e.get("items").and_then(Value::as_array).into_iter().flatten() {
+            push(item, &section);
+        }
+    }
+    out
+}
+
+async fn home(
+    State(d): State<Arc<Dashboard>>,
+    Extension(id): Extension<Identity>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let all = match workspaces(&d, &id).await {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    let mine: Vec<(&Workspace, &'static str)> = all
+        .iter()
+        .filter_map(|w| dashboard_role(w, &id.user).map(|r| (w, r)))
+        .collect();
+    let asked = query.as_deref().and_then(|q| field(q.as_bytes(), "ns"));
+    // `?ns=` only for one of the caller's workspaces; else the first owned one, else the first.
+    let selected = asked
+        .filter(|a| mine.iter().any(|(w, _)| w.name == *a))
+        .or_else(|| mine.iter().find(|(_, r)| *r == "owner").map(|(w, _)| w.name.clone()))
+        .or_else(|| mine.first().map(|(w, _)| w.name.clone()))
+        .unwrap_or_default();
+    let links = &d.settings.links;
+    let view = DashboardView {
+        user: id.user.clone(),
+        groups: id.groups.clone(),
+        cluster_admin: d.kfam.cluster_admin(&UserInfo::from(&id)),
+        workspaces: mine
+            .iter()
+            .map(|(w, r)| WorkspaceEntry {
+                name: w.name.clone(),
+                role: role_words(r),
+                selected: w.name == selected,
+            })
+            .collect(),
+        register: d.settings.registration_flow && !mine.iter().any(|(_, r)| *r == "owner"),
+        menu: link_entries(links, "menuLinks", &selected),
+        quick: link_entries(links, "quickLinks", &selected),
+        external: link_entries(links, "externalLinks", ""),
+        docs: link_entries(links, "documentationItems", &selected),
+    };
+    dashboard_page(&view)
+}
+
+async fn contributors_get(
+    State(d): State<Arc<Dashboard>>,
+    Extension(id): Extension<Identity>,
+    Extension(csrf): Extension<CsrfToken>,
+    Path(ns): Path<String>,
+) -> Response {
+    contributors_view(&d, &id, csrf, &ns, StatusCode::OK, None).await
+}
+
+/// The contributors page of `ns` for the caller (controls for owners and cluster admins).
+async fn contributors_view(
+    d: &Dashboard,
+    id: &Identity,
+    csrf: CsrfToken,
+    ns: &str,
+    status: StatusCode,
+    error: Option<String>,
+) -> Response {
+    let w = match page_workspace(d, id, ns).await {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    let manage = match d.kfam.may_manage(&UserInfo::from(id), ns).await {
+        Ok(m) => m,
+        Err(_) => return unavailable(),
+    };
+    let listed = contributors(&w)
+        .into_iter()
+        .map(|user| {
+            let role = w
+                .bindings
+                .iter()
+                .find(|(u, _)| *u == user)
+                .map_or("viewer", |(_, r)| role_words(r));
+            ContributorEntry { user, role }
+        })
+        .collect();
+    contributors_page(
+        status,
+        &ContributorsView {
+            ns: w.name,
+            owner: w.owner,
+            contributors: listed,
+            manage,
+            csrf,
+            error,
+        },
+    )
+}
+
+/// The `{"error"}` text of a dashboard API answer (the text is client-facing by construction).
+async fn api_error(resp: Response) -> String {
+    let body = axum::body::to_bytes(resp.into_body(), 64 * 1024)
+        .await
+        .unwrap_or_default();
+    serde_json::from_slice::<Value>(&body)
+        .ok()
+        .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_owned))
+        .unwrap_or_else(|| "The change failed.".to_owned())
+}
+
+async fn contributors_post(
+    State(d): State<Arc<Dashboard>>,
+    Extension(id): Extension<Identity>,
+    Extension(csrf): Extension<CsrfToken>,
+    Path(ns): Path<String>,
+    body: Bytes,
+) -> Response {
+    if let Some(r) = forged_form(&id, &csrf, &body) {
+        return r;
+    }
+    if let Err(r) = page_workspace(&d, &id, &ns).await {
+        return r;
+    }
+    let contributor = field(&body, "contributor").unwrap_or_default();
+    let json = |role: Option<String>| Bytes::from(json!({"contributor": contributor, "role": role}).to_string());
+    let resp = match field(&body, "action").as_deref() {
+        Some("add") => {
+            let role = field(&body, "role").filter(|r| r == "edit" || r == "view");
+            let Some(role) = role else {
+                let error = Some("Choose the role edit or view.".to_owned());
+                return contributors_view(&d, &id, csrf, &ns, StatusCode::BAD_REQUEST, error).await;
+            };
+            add_contributor(
+                State(d.clone()),
+                Extension(id.clone()),
+                Path(ns.clone()),
+                json(Some(role)),
+            )
+            .await
+        }
+        Some("remove") => {
+            remove_contributor(State(d.clone()), Extension(id.clone()), Path(ns.clone()), json(None)).await
+        }
+        _ => return error_page(StatusCode::BAD_REQUEST, "Bad request", "Unknown action."),
+    };
+    let status = resp.status();
+    if status.is_success() {
+        return see_other(&format!("/workspaces/{ns}/contributors"));
+    }
+    let error = api_error(resp).await;
+    contributors_view(&d, &id, csrf, &ns, status, Some(error)).await
+}
+
+/// Whether the caller owns a workspace.
+fn owns_one(all: &[Workspace], id: &Identity) -> bool {
+    all.iter().any(|w| dashboard_role(w, &id.user) == Some("owner"))
+}
+
+async fn register_get(
+    State(d): State<Arc<Dashboard>>,
+    Extension(id): Extension<Identity>,
+    Extension(csrf): Extension<CsrfToken>,
+) -> Response {
+    if !d.settings.registration_flow {
+        return not_found().await;
+    }
+    match workspaces(&d, &id).await {
+        Ok(all) if owns_one(&all, &id) => see_other("/"),
+        Ok(_) => register_page(StatusCode::OK, &default_namespace(&id.user), &csrf, None),
+        Err(r) => r,
+    }
+}
+
+async fn register_post(
+    State(d): State<Arc<Dashboard>>,
+    Extension(id): Extension<Identity>,
+    Extension(csrf): Extension<CsrfToken>,
+    body: Bytes,
+) -> Response {
+    if let Some(r) = forged_form(&id, &csrf, &body) {
+        return r;
+    }
+    if !d.settings.registration_flow {
+        return not_found().await;
+    }
+    let ns = field(&body, "namespace").unwrap_or_default();
+    let req = Bytes::from(json!({"namespace": ns}).to_string());
+    let resp = create(State(d.clone()), Extension(id.clone()), req).await;
+    let status = resp.status();
+    if status.is_success() {
+        let encoded: String = url::form_urlencoded::byte_serialize(ns.as_bytes()).collect();
+        return see_other(&format!("/?ns={encoded}"));
+    }
+    let error = api_error(resp).await;
+    register_page(status, &ns, &csrf, Some(&error))
+}
+
+async fn all_profiles(State(d): State<Arc<Dashboard>>, Extension(id): Extension<Identity>) -> Response {
+    if !d.kfam.cluster_admin(&UserInfo::from(&id)) {
+        return error_page(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            "Only cluster admins may list every workspace.",
+        );
+    }
+    match workspaces(&d, &id).await {
+        Ok(all) => {
+            let rows: Vec<ProfileEntry> = all
+                .iter()
+                .map(|w| ProfileEntry {
+                    name: w.name.clone(),
+                    owner: w.owner.clone(),
+                    contributors: contributors(w).len(),
+                })
+                .collect();
+            profiles_page(&rows)
+        }
+        Err(r) => r,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn links_substitute_the_namespace_encoded_and_flatten_sections() {
+        let links = json!({
+            "menuLinks": [
+                {"type": "item", "text": "Notebooks", "link": "/jupyter/?ns={ns}"},
+                {"type": "section", "text": "Pipelines", "items": [{"type": "item", "text": "Runs", "link": "/pipeline/#/runs?ns={ns}"}]},
+                {"type": "item", "text": "no link"},
+            ],
+        });
+        let got = link_entries(&links, "menuLinks", "a b&c");
+        let hrefs: Vec<&str> = got.iter().map(|l| l.href.as_str()).collect();
+        assert_eq!(hrefs, ["/jupyter/?ns=a+b%26c", "/pipeline/#/runs?ns=a+b%26c"]);
+        assert_eq!(got[1].text, "Pipelines: Runs");
+        assert!(link_entries(&links, "quickLinks", "x").is_empty());
+    }
+
+    #[test]
+    fn form_fields_are_decoded_and_the_first_wins() {
+        assert_eq!(field(b"csrf=a%2Bb&csrf=c", "csrf").as_deref(), Some("a+b"));
+        assert_eq!(field(b"x=1", "csrf"), None);
+        assert_eq!(role_words("edit"), "contributor (edit)");
+        assert_eq!(role_words("viewer"), "viewer");
+    }
+}
