@@ -19,6 +19,7 @@ const BIN = path.resolve(ROOT, process.env.KFSEC_BIN || 'target/debug/kfsec');
 const ARTIFACTS = path.join(ROOT, 'tests', 'artifacts');
 const EMAIL = 'user@example.com';
 const PASSWORD = 'correct-horse-battery';
+const VIEWER = 'viewer@example.com';
 const STEP_TIMEOUT_MS = 15_000;
 
 let kfsec = null;
@@ -60,6 +61,10 @@ async function main() {
       `  hash: "${hash}"`,
       '  username: user',
       '  userID: "15841185641784"',
+      `- email: ${VIEWER}`,
+      `  hash: "${hash}"`,
+      '  username: viewer',
+      '  userID: "15841185641785"',
       '',
     ].join('\n'),
   );
@@ -110,6 +115,64 @@ async function main() {
   const shot = path.join(ARTIFACTS, 'home.png');
   await page.screenshot({ path: shot, fullPage: true });
   log(`home page shows #user=${user}; screenshot ${path.relative(ROOT, shot)}`);
+
+  step = 'dashboard pages: the owner adds a viewer through the contributors form';
+  execFileSync('kubectl', ['--kubeconfig', path.join(dataDir, 'admin.kubeconfig'), 'apply', '-f', '-'], {
+    input: `apiVersion: kubeflow.org/v1\nkind: Profile\nmetadata:\n  name: pages-ws\nspec:\n  owner:\n    kind: User\n    name: ${EMAIL}\n`,
+    stdio: ['pipe', 'ignore', 'inherit'],
+  });
+  const ownerRow = page.locator('#workspaces tr', { hasText: 'pages-ws' });
+  for (let i = 0; i < 100; i++) {
+    await page.goto(`${base}/?ns=pages-ws`, { waitUntil: 'load' });
+    if ((await ownerRow.count()) === 1) break;
+    await new Promise((res) => setTimeout(res, 100));
+  }
+  if ((await ownerRow.locator('.role').innerText()).trim() !== 'owner') fail('pages-ws is not shown with the role owner');
+  if ((await page.locator('#ns').inputValue()) !== 'pages-ws') fail('?ns=pages-ws is not the selected namespace');
+  const dashShot = path.join(ARTIFACTS, 'dashboard.png');
+  await page.screenshot({ path: dashShot, fullPage: true });
+  const contributorsUrl = `${base}/workspaces/pages-ws/contributors`;
+  await Promise.all([page.waitForURL(contributorsUrl, { waitUntil: 'load' }), page.click('a[href="/workspaces/pages-ws/contributors"]')]);
+  // By keyboard: the labelled email field, the role select, the Add button.
+  await page.getByLabel('Email address').fill(VIEWER);
+  await page.getByLabel('Role').selectOption('view');
+  await page.getByLabel('Role').focus();
+  await Promise.all([page.waitForNavigation({ waitUntil: 'load' }), page.keyboard.press('Tab').then(() => page.keyboard.press('Enter'))]);
+  if (page.url() !== contributorsUrl) fail(`after adding: at ${page.url()}`);
+  const added = page.locator('#contributors tr', { hasText: VIEWER });
+  if ((await added.count()) !== 1 || (await added.locator('.role').innerText()).trim() !== 'viewer') fail(`${VIEWER} is not listed as viewer`);
+  const contribShot = path.join(ARTIFACTS, 'contributors.png');
+  await page.screenshot({ path: contribShot, fullPage: true });
+
+  step = 'dashboard pages: the viewer sees the workspace as viewer, without controls';
+  const vctx = await browser.newContext({ ignoreHTTPSErrors: true, viewport: { width: 1000, height: 700 } });
+  vctx.setDefaultTimeout(STEP_TIMEOUT_MS);
+  const vpage = await vctx.newPage();
+  await vpage.goto(`${base}/`, { waitUntil: 'load' });
+  await vpage.fill('#login', VIEWER);
+  await vpage.fill('#password', PASSWORD);
+  await Promise.all([vpage.waitForURL(`${base}/`, { waitUntil: 'load' }), vpage.click('#submit-login')]);
+  const viewerRow = vpage.locator('#workspaces tr', { hasText: 'pages-ws' });
+  if ((await viewerRow.locator('.role').innerText()).trim() !== 'viewer') fail('the viewer does not see pages-ws as viewer');
+  await vpage.goto(contributorsUrl, { waitUntil: 'load' });
+  if ((await vpage.locator('form').count()) !== 0) fail('the viewer is shown contributor controls');
+  const viewerShot = path.join(ARTIFACTS, 'contributors-viewer.png');
+  await vpage.screenshot({ path: viewerShot, fullPage: true });
+  const forged = await vctx.request.post(contributorsUrl, {
+    form: { action: 'add', contributor: 'someone@example.com', role: 'edit' },
+    headers: { Origin: base },
+    maxRedirects: 0,
+  });
+  if (forged.status() !== 403) fail(`a forged POST by the viewer: HTTP ${forged.status()}`);
+
+  step = 'dashboard pages: the owner removes the viewer; their next page load no longer shows it';
+  await Promise.all([page.waitForNavigation({ waitUntil: 'load' }), page.click(`button[aria-label="Remove ${VIEWER}"]`)]);
+  if ((await page.locator('#contributors tr', { hasText: VIEWER }).count()) !== 0) fail('the viewer is still listed');
+  await vpage.goto(`${base}/`, { waitUntil: 'load' });
+  if ((await vpage.locator('#workspaces tr', { hasText: 'pages-ws' }).count()) !== 0) fail('the removed viewer still sees pages-ws');
+  await vctx.close();
+  log(`dashboard pages: owner added and removed a viewer in the page, the viewer saw no controls and a forged POST got 403; screenshots ${[dashShot, contribShot, viewerShot].map((p) => path.relative(ROOT, p)).join(', ')}`);
+  await page.goto(`${base}/`, { waitUntil: 'load' });
 
   step = 'check endpoint with the session';
   const hdr = { Cookie: `authservice_session=${session.value}` };
