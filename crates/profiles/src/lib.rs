@@ -12,8 +12,8 @@ pub mod pages;
 
 pub use controller::{ProfileController, ProfileSettings};
 pub use dashboard::{DASHBOARD_PATHS, Dashboard, DashboardSettings};
-pub use pages::PAGE_PATHS;
 pub use kfam::{AuthzSync, Kfam, refusal_response as kfam_refusal_response};
+pub use pages::PAGE_PATHS;
 
 /// The front-door paths KFAM owns (where the composition nests [`Kfam::router`]); handed to the
 /// gateway with [`kfam_refusal_response`].
