@@ -116,6 +116,41 @@ async function main() {
   await page.screenshot({ path: shot, fullPage: true });
   log(`home page shows #user=${user}; screenshot ${path.relative(ROOT, shot)}`);
 
+  step = 'a run through the KFP API, opened from the link the KFP SDK prints';
+  execFileSync('kubectl', ['--kubeconfig', path.join(dataDir, 'admin.kubeconfig'), 'apply', '-f', '-'], {
+    input: `apiVersion: kubeflow.org/v1\nkind: Profile\nmetadata:\n  name: browser-ws\nspec:\n  owner:\n    kind: User\n    name: ${EMAIL}\n`,
+    stdio: ['pipe', 'ignore', 'inherit'],
+  });
+  let exp = null;
+  for (let i = 0; i < 100 && !exp; i++) {
+    const r = await context.request.post(`${base}/pipeline/apis/v2beta1/experiments`, {
+      data: { display_name: 'browser-exp', namespace: 'browser-ws' },
+    });
+    if (r.status() === 200) exp = await r.json();
+    else await new Promise((res) => setTimeout(res, 100));
+  }
+  if (!exp) fail('could not create an experiment in the new workspace');
+  const spec = { pipelineInfo: { name: 'browser-pipeline' }, root: { dag: { tasks: {} } }, schemaVersion: '2.1.0', sdkVersion: 'kfp-2.14.6' };
+  const made = await context.request.post(`${base}/pipeline/apis/v2beta1/runs`, {
+    data: { display_name: 'browser-run', experiment_id: exp.experiment_id, pipeline_spec: spec },
+  });
+  if (made.status() !== 200) fail(`creating a run: HTTP ${made.status()} ${await made.text()}`);
+  const run = await made.json();
+  await page.goto(`${base}/pipeline/#/runs/details/${run.run_id}`);
+  await page.waitForURL(`${base}/pipeline/runs/details/${run.run_id}`, { waitUntil: 'load' });
+  const heading = (await page.locator('h1').innerText()).trim();
+  if (heading !== 'Run browser-run') fail(`run page heading: ${JSON.stringify(heading)}`);
+  if (!(await page.locator('#fields').innerText()).includes(run.state)) fail(`run state ${run.state} not shown`);
+  const runShot = path.join(ARTIFACTS, 'pipeline-run.png');
+  await page.screenshot({ path: runShot, fullPage: true });
+  await Promise.all([page.waitForURL(`${base}/pipeline/?ns=browser-ws`, { waitUntil: 'load' }), page.click('#back')]);
+  const listed = page.locator(`a[href="/pipeline/runs/details/${run.run_id}"]`);
+  if ((await listed.count()) !== 1) fail('the run is not listed in the Pipelines view');
+  const viewShot = path.join(ARTIFACTS, 'pipeline.png');
+  await page.screenshot({ path: viewShot, fullPage: true });
+  log(`/pipeline/#/runs/details/<id> landed on the run (${run.state}); screenshots ${path.relative(ROOT, runShot)}, ${path.relative(ROOT, viewShot)}`);
+  await page.goto(`${base}/`, { waitUntil: 'load' });
+
   step = 'dashboard pages: the owner adds a viewer through the contributors form';
   execFileSync('kubectl', ['--kubeconfig', path.join(dataDir, 'admin.kubeconfig'), 'apply', '-f', '-'], {
     input: `apiVersion: kubeflow.org/v1\nkind: Profile\nmetadata:\n  name: pages-ws\nspec:\n  owner:\n    kind: User\n    name: ${EMAIL}\n`,

@@ -8,7 +8,8 @@
 # user2 with kubectl (admin kubeconfig), adds two users, a KFP admin (pipelines in kubeflow), a
 # public OAuth2 client for the ID-token flow, and a persistence-agent service account with KFP's
 # report ClusterRole, then runs
-# kfp_sdk_test.py in each mode; then federated.sh (federated users' ID tokens against a kfsec
+# kfp_sdk_test.py in each mode, client_manager.py (the Kubeflow docs' KFPClientManager login
+# recipe); then federated.sh (federated users' ID tokens against a kfsec
 # with the ldap and oidc connectors, ~8 s). Closes with `kfp: N passed, M failed`; exits
 # non-zero on failure.
 #
@@ -221,6 +222,10 @@ run_mode "$V2PY" http
 run_mode "$HERE/.venv18/bin/python" v1
 run_mode "$V2PY" v2
 run_mode "$V2PY" report
+# The Kubeflow docs' KFPClientManager login recipe (GET /pipeline → Dex form → back on /pipeline),
+# then the SDK with its cookies and the run page the SDK's link leads to.
+run_counted client-manager env KFP_CM_USER="$U1" KFP_CM_PASSWORD="$P1" KFP_CM_NAMESPACE=user1 \
+  "$V2PY" "$HERE/client_manager.py"
 # Federated users (ldap connector via the password grant, oidc connector via the upstream's
 # login form) against their own kfsec with slapd and an upstream kfsec: federated.sh.
 run_counted federated env KFSEC_BIN="$KFSEC_BIN" KFP_PIPELINE="$TMP/pipeline.yaml" bash "$HERE/federated.sh"

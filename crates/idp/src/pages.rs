@@ -383,6 +383,107 @@ pub fn home_page(user: &str, groups: &[String]) -> Response {
     )
 }
 
+/// The Content-Security-Policy of the Pipelines pages: the pages' own, plus kfsec's one script
+/// file (`script-src 'self'`; no inline script or handler).
+const PIPELINE_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'unsafe-inline'; img-src 'self' https:; form-action 'self'; frame-ancestors 'none'";
+
+/// One linked row of a Pipelines page (a run, an experiment, a pipeline…).
+#[derive(Debug, Clone, Default)]
+pub struct ItemRow {
+    /// The item's page (`/pipeline/runs/details/<id>`…).
+    pub href: String,
+    /// Its display name.
+    pub name: String,
+    /// A run's state, a pipeline's description…
+    pub detail: String,
+    /// When it was created (RFC 3339).
+    pub created: String,
+}
+
+/// A titled table of [`ItemRow`]s.
+#[derive(Debug, Clone, Default)]
+pub struct ItemSection {
+    /// The heading's element id.
+    pub id: String,
+    /// The heading.
+    pub title: String,
+    /// The heading of the detail column.
+    pub detail_heading: String,
+    /// The rows.
+    pub rows: Vec<ItemRow>,
+}
+
+/// The read-only Pipelines view of one namespace.
+#[derive(Template)]
+#[template(path = "pipelines.html")]
+struct Pipelines<'a> {
+    title: &'a str,
+    user: &'a str,
+    namespaces: &'a [String],
+    selected: &'a str,
+    sections: &'a [ItemSection],
+}
+
+/// One KFP object: its fields and related items.
+#[derive(Template)]
+#[template(path = "pipeline_item.html")]
+struct PipelineItem<'a> {
+    title: &'a str,
+    back: &'a str,
+    fields: &'a [(String, String)],
+    sections: &'a [ItemSection],
+}
+
+/// `resp` with the Pipelines pages' policy (kfsec's own script allowed).
+fn with_pipeline_csp(mut resp: Response) -> Response {
+    resp.headers_mut()
+        .insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(PIPELINE_CSP));
+    resp
+}
+
+/// The Pipelines view (`/pipeline/`): `user`, the namespace selector (`namespaces`, `selected`)
+/// and the namespace's items in `sections`.
+pub fn pipelines_page(user: &str, namespaces: &[String], selected: &str, sections: &[ItemSection]) -> Response {
+    with_pipeline_csp(respond(
+        StatusCode::OK,
+        &Pipelines {
+            title: "Pipelines",
+            user,
+            namespaces,
+            selected,
+            sections,
+        },
+    ))
+}
+
+/// One KFP object's page under `title`: `fields` (name, value), related `sections`, a link
+/// `back` to its namespace's view.
+pub fn pipeline_item_page(title: &str, back: &str, fields: &[(String, String)], sections: &[ItemSection]) -> Response {
+    with_pipeline_csp(respond(
+        StatusCode::OK,
+        &PipelineItem {
+            title,
+            back,
+            fields,
+            sections,
+        },
+    ))
+}
+
+/// kfsec's one script (`/pipeline/kfsec-links.js`): turns the KFP UI's `#/runs/details/<id>`
+/// (and experiments, pipelines, recurring runs) into kfsec's `/pipeline/runs/details/<id>`.
+pub fn pipeline_links_script() -> Response {
+    let mut resp = (StatusCode::OK, include_str!("../static/kfsec-links.js")).into_response();
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/javascript; charset=utf-8"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
+    resp
+}
+
 /// The IdP's own error page (no link home: the IdP is mounted under the issuer path); `back`
 /// links to the login's chooser when the user can try again.
 pub(crate) fn idp_error(status: StatusCode, message: &str, back: Option<&str>) -> Response {
@@ -751,6 +852,57 @@ mod tests {
             html.contains("<span id=\"groups\"><code>g1</code> <code>g2</code></span>"),
             "{html}"
         );
+    }
+
+    #[test]
+    fn pipelines_pages_escape_every_slot() {
+        let row = ItemRow {
+            href: HOSTILE.into(),
+            name: HOSTILE.into(),
+            detail: HOSTILE.into(),
+            created: HOSTILE.into(),
+        };
+        let sections = vec![ItemSection {
+            id: HOSTILE.into(),
+            title: HOSTILE.into(),
+            detail_heading: HOSTILE.into(),
+            rows: vec![row],
+        }];
+        let namespaces = vec![HOSTILE.to_owned()];
+        let html = body(&Pipelines {
+            title: HOSTILE,
+            user: HOSTILE,
+            namespaces: &namespaces,
+            selected: HOSTILE,
+            sections: &sections,
+        });
+        // kfsec's own script file is the page's only script.
+        let own = "<script src=\"/pipeline/kfsec-links.js\"></script>";
+        assert_eq!(html.matches("<script").count(), 1, "{html}");
+        let html = html.replacen(own, "", 1);
+        // title twice, user, the option's value and text, section id, title, heading, the row's four.
+        assert_escaped(&html, 12);
+        assert!(html.contains(" selected>"), "{html}");
+        let fields = vec![(HOSTILE.to_owned(), HOSTILE.to_owned())];
+        let html = body(&PipelineItem {
+            title: HOSTILE,
+            back: HOSTILE,
+            fields: &fields,
+            sections: &sections,
+        });
+        // title twice, back, the field's two, the section's three, the row's four.
+        assert_escaped(&html, 12);
+        let resp = pipelines_page("u", &[], "", &[]);
+        let csp = resp.headers()[header::CONTENT_SECURITY_POLICY]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert!(
+            csp.contains("script-src 'self';") && !csp.contains("unsafe-eval"),
+            "{csp}"
+        );
+        let js = pipeline_links_script();
+        assert_eq!(js.headers()[header::CONTENT_TYPE], "text/javascript; charset=utf-8");
     }
 
     #[test]

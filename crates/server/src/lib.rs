@@ -8,6 +8,7 @@
 mod accounts;
 pub mod admin;
 pub mod config;
+mod pipeline_ui;
 pub mod rbac;
 mod tokenrequest;
 pub mod tokenreview;
@@ -617,8 +618,11 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
     .await?;
     // kfsec's dashboard pages (`/`, `/workspaces/…`) on the paths no route claims.
     app.serve_pages(kfsec_gateway::Pages {
-        paths: kfsec_profiles::PAGE_PATHS.to_vec(),
-        router: dashboard.pages_router(),
+        paths: [kfsec_profiles::PAGE_PATHS, pipeline_ui::PATHS].concat(),
+        // kfsec's read-only Pipelines view (`/pipeline/`); a configured `/pipeline/` route wins.
+        router: dashboard
+            .pages_router()
+            .merge(pipeline_ui::router(kfp.clone(), api.clone())),
     });
 
     let ops = Arc::new(admin::AdminOps {

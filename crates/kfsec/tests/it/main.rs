@@ -23,6 +23,7 @@ mod kube_clients;
 mod oauth2_paths;
 mod oidc;
 mod openapi;
+mod pipeline_ui;
 mod process;
 mod proxying;
 mod rbac;
