@@ -71,6 +71,18 @@ async fn workspaces_and_contributors_in_the_browser() {
     assert!(home.contains("href=\"/oauth2/sign_out\""), "{home}");
     assert!(home.contains("href=\"/workspaces/user1/contributors\""), "{home}");
     assert!(!home.contains("<script"), "{home}");
+    // The pages' strict policy: no script at all, forms to this origin only, no framing.
+    let r = owner.get(PAGE).await;
+    let csp = r.headers()["content-security-policy"].to_str().unwrap().to_owned();
+    assert!(
+        csp.starts_with("default-src 'none';") && !csp.contains("script-src"),
+        "{csp}"
+    );
+    assert!(
+        csp.contains("form-action 'self'") && csp.contains("frame-ancestors 'none'"),
+        "{csp}"
+    );
+    assert_eq!(r.headers()["cache-control"], "no-store");
     // ?ns= of a workspace not the caller's is not honoured (and not echoed).
     let (_, other) = page(&mut owner, "/?ns=kube-system").await;
     assert!(!other.contains("kube-system"), "{other}");
