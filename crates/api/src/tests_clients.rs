@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use tower::ServiceExt;
 
 use crate::ApiServer;
-use crate::testutil::{app, fixture};
+use crate::testutil::{app, fixture, watch_events};
 
 async fn send(api: &Arc<ApiServer>, method: &str, path: &str, user: &str, body: Option<Value>) -> (StatusCode, Value) {
     let mut b = Request::builder()
@@ -68,33 +68,6 @@ async fn trailing_slash_paths_answer_like_kube_apiserver() {
     }
 }
 
-/// Reads the first `n` watch events of a streaming response as `TYPE name`.
-async fn events(resp: axum::response::Response, n: usize) -> Vec<String> {
-    let mut body = resp.into_body();
-    let mut out = Vec::new();
-    let mut buf = String::new();
-    while out.len() < n {
-        let frame = tokio::time::timeout(std::time::Duration::from_secs(5), body.frame())
-            .await
-            .expect("an event in time")
-            .expect("the stream goes on")
-            .unwrap();
-        if let Ok(d) = frame.into_data() {
-            buf.push_str(std::str::from_utf8(&d).unwrap());
-            while let Some(i) = buf.find('\n') {
-                let line: String = buf.drain(..=i).collect();
-                let v: Value = serde_json::from_str(line.trim()).unwrap();
-                out.push(format!(
-                    "{} {}",
-                    v["type"].as_str().unwrap(),
-                    v["object"]["metadata"]["name"].as_str().unwrap()
-                ));
-            }
-        }
-    }
-    out
-}
-
 /// `watch=True` (the Python client), `watch=1`, `watch=t`, the bare `watch` — each starts a watch
 /// stream; `watch=false`/`0`/`False` is a plain list.
 #[tokio::test]
@@ -133,7 +106,7 @@ async fn every_spelling_of_watch_starts_a_watch() {
             .unwrap();
         let resp = app(&f.api).oneshot(req).await.unwrap();
         assert_eq!(resp.status(), StatusCode::OK, "{spelling}");
-        assert_eq!(events(resp, 1).await, ["ADDED c1"], "{spelling}");
+        assert_eq!(watch_events(resp, 1).await, ["ADDED c1"], "{spelling}");
     }
     for spelling in ["watch=false", "watch=False", "watch=0", "watch=FALSE"] {
         let (s, v) = send(

@@ -12,7 +12,7 @@ use kfsec_types::admission::Operation;
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
-use crate::testutil::{Fixture, app, fixture, grant};
+use crate::testutil::{Fixture, app, fixture, grant, watch_events};
 use crate::{Admission, AdmissionAttributes, AdmissionDenied, ApiServer, PatchType};
 
 struct Call<'a> {
@@ -886,7 +886,6 @@ async fn watch_streams_events() {
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
-    let mut body = resp.into_body();
     let api2 = api.clone();
     tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -909,27 +908,7 @@ async fn watch_streams_events() {
             .send(&api2)
             .await;
     });
-    let mut events = Vec::new();
-    let mut buf = String::new();
-    while events.len() < 4 {
-        let frame = tokio::time::timeout(Duration::from_secs(5), body.frame())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        if let Ok(d) = frame.into_data() {
-            buf.push_str(std::str::from_utf8(&d).unwrap());
-            while let Some(i) = buf.find('\n') {
-                let line: String = buf.drain(..=i).collect();
-                let v: Value = serde_json::from_str(line.trim()).unwrap();
-                events.push(format!(
-                    "{} {}",
-                    v["type"].as_str().unwrap(),
-                    v["object"]["metadata"]["name"].as_str().unwrap()
-                ));
-            }
-        }
-    }
+    let events = watch_events(resp, 4).await;
     assert_eq!(events, ["ADDED pre", "ADDED new", "DELETED pre", "DELETED new"]);
 
     // Too old a resourceVersion → an ERROR event with 410.

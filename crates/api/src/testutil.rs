@@ -218,3 +218,31 @@ pub async fn serve_as(api: &Arc<ApiServer>, user: &str) -> String {
     });
     format!("http://{addr}")
 }
+
+/// Reads the first `n` watch events of a streaming response as `TYPE name`.
+pub async fn watch_events(resp: Response, n: usize) -> Vec<String> {
+    use http_body_util::BodyExt as _;
+    let mut body = resp.into_body();
+    let mut out = Vec::new();
+    let mut buf = String::new();
+    while out.len() < n {
+        let frame = tokio::time::timeout(std::time::Duration::from_secs(5), body.frame())
+            .await
+            .expect("an event in time")
+            .expect("the stream goes on")
+            .unwrap();
+        if let Ok(d) = frame.into_data() {
+            buf.push_str(std::str::from_utf8(&d).unwrap());
+            while let Some(i) = buf.find('\n') {
+                let line: String = buf.drain(..=i).collect();
+                let v: serde_json::Value = serde_json::from_str(line.trim()).unwrap();
+                out.push(format!(
+                    "{} {}",
+                    v["type"].as_str().unwrap(),
+                    v["object"]["metadata"]["name"].as_str().unwrap()
+                ));
+            }
+        }
+    }
+    out
+}

@@ -38,24 +38,6 @@ pub(crate) async fn session(k: &Kfsec, user: &str, password: &str) -> Browser {
     b
 }
 
-/// An ID token of `user` from the password grant (a bearer token for the front door).
-async fn id_token(k: &Kfsec, user: &str, password: &str) -> String {
-    let r = http_client(&k.running.ca_pem)
-        .post(format!("{}/token", k.running.issuer))
-        .basic_auth("rp-test", Some("rp-secret-0123456789"))
-        .form(&[
-            ("grant_type", "password"),
-            ("username", user),
-            ("password", password),
-            ("scope", "openid email groups profile"),
-        ])
-        .send()
-        .await
-        .unwrap();
-    let v: Value = r.json().await.unwrap();
-    v["id_token"].as_str().unwrap_or_else(|| panic!("{v}")).to_owned()
-}
-
 /// Sends `method path` with an optional JSON body; returns the status and the JSON answer.
 async fn call(b: &mut Browser, method: Method, path: &str, body: Option<Value>) -> (u16, Value) {
     let mut req = b.http.request(method, b.url(path));
@@ -412,7 +394,7 @@ async fn shapes_and_the_role_matrix() {
 
     // A viewer really holds kubeflow-view (read, not write), through the Kubernetes API under
     // /api/v1, which the dashboard routes do not shadow.
-    let token = id_token(&k, VIEWER, PW).await;
+    let token = password_id_token(&k, VIEWER, PW).await;
     let http = http_client(&k.running.ca_pem);
     let r = http
         .get(format!("{}/api/v1/namespaces/user1/configmaps", k.base))
@@ -635,7 +617,7 @@ async fn upstreams_holes_are_closed() {
     // Same-origin from the page itself passes, and a bearer token is not subject to the check.
     let r = add_with_header(&mut owner, "origin", &k.base, EDITOR).await;
     assert_eq!(r.status(), 200);
-    let token = id_token(&k, USER, PASSWORD).await;
+    let token = password_id_token(&k, USER, PASSWORD).await;
     let r = http
         .delete(format!("{}/api/workgroup/remove-contributor/user1", k.base))
         .bearer_auth(&token)

@@ -26,6 +26,24 @@ impl Env for NoEnv {
     }
 }
 
+/// An ID token of `user` from the password grant of `rp-test` (scopes openid email groups
+/// profile): a bearer token for the front door when `rp-test` is in `bearerAudiences` and
+/// `oauth2.passwordConnector` is set.
+pub async fn password_id_token(k: &Kfsec, user: &str, password: &str) -> String {
+    let (status, t) = rp_token(
+        k,
+        vec![
+            ("grant_type", "password".to_owned()),
+            ("username", user.to_owned()),
+            ("password", password.to_owned()),
+            ("scope", "openid email groups profile".to_owned()),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200, "{t}");
+    t["id_token"].as_str().unwrap_or_else(|| panic!("{t}")).to_owned()
+}
+
 /// The test relying party `rp-test` at `k`'s `/token` (HTTP Basic client authentication), reached
 /// at the listener: the status and the JSON answer.
 pub async fn rp_token(k: &Kfsec, form: Vec<(&'static str, String)>) -> (u16, serde_json::Value) {

@@ -10,21 +10,11 @@ use crate::rbac::Kubectl;
 /// A kubeconfig for [`USER`] with a bearer ID token (password grant of `rp-test`, accepted as a
 /// bearer through `bearerAudiences`), next to the admin one.
 async fn user_kubectl(k: &Kfsec, dir: &std::path::Path) -> Kubectl {
-    let (status, t) = rp_token(
-        k,
-        vec![
-            ("grant_type", "password".to_owned()),
-            ("username", USER.to_owned()),
-            ("password", PASSWORD.to_owned()),
-            ("scope", "openid email groups profile".to_owned()),
-        ],
-    )
-    .await;
-    assert_eq!(status, 200, "{t}");
+    let id_token = password_id_token(k, USER, PASSWORD).await;
     let path = dir.join("user.kubeconfig");
     std::fs::copy(k._dir.path().join("admin.kubeconfig"), &path).unwrap();
     let kc = Kubectl::with_kubeconfig(&path);
-    let token = format!("--token={}", t["id_token"].as_str().unwrap());
+    let token = format!("--token={id_token}");
     let (code, _, err) = kc.run(&["config", "set-credentials", "user1", &token], None).await;
     assert_eq!(code, 0, "{err}");
     let (code, _, err) = kc

@@ -6,21 +6,6 @@
 use crate::harness::*;
 use crate::rbac::Kubectl;
 
-async fn bearer(k: &Kfsec) -> String {
-    let (status, t) = rp_token(
-        k,
-        vec![
-            ("grant_type", "password".to_owned()),
-            ("username", USER.to_owned()),
-            ("password", PASSWORD.to_owned()),
-            ("scope", "openid email groups profile".to_owned()),
-        ],
-    )
-    .await;
-    assert_eq!(status, 200, "{t}");
-    t["id_token"].as_str().unwrap().to_owned()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openapi_documents_with_kubectl_and_http_caching() {
     let k = Kfsec::start("bearerAudiences: [rp-test]\noauth2:\n  passwordConnector: local\n").await;
@@ -62,7 +47,7 @@ async fn openapi_documents_with_kubectl_and_http_caching() {
     assert_eq!((code, out.as_str()), (0, "false"), "{err}");
 
     let http = http_client(&k.running.ca_pem);
-    let token = bearer(&k).await;
+    let token = password_id_token(&k, USER, PASSWORD).await;
     let get = |path: &str, accept: Option<&str>, etag: Option<&str>| {
         let mut r = http.get(format!("{}{path}", k.base)).bearer_auth(&token);
         if let Some(a) = accept {
