@@ -24,8 +24,13 @@ trap 'rm -rf "$WORK"' EXIT
 # Unoptimised (--dev) builds: half the compile CPU of cargo-fuzz's default release build (300 s
 # against 690 s on this 2-core machine, measured), at about two thirds of the executions per
 # second — the right trade for a smoke run of seconds. All targets build in one cargo call.
-echo "==> building the fuzz targets (--dev)"
-cargo fuzz build -s none --dev
+echo "==> building the fuzz targets (--dev; $(df -h --output=avail . | tail -1 | tr -d ' ') disk free)"
+# cargo-fuzz reports a failed build as an error with a backtrace when RUST_BACKTRACE is set,
+# which pushes cargo's own message out of a log's tail: keep only the message.
+if ! RUST_BACKTRACE=0 RUST_LIB_BACKTRACE=0 cargo fuzz build -s none --dev; then
+  echo "FAIL: the fuzz targets did not build ($(df -h --output=avail . | tail -1 | tr -d ' ') disk free)" >&2
+  exit 1
+fi
 
 status=0
 for t in "${TARGETS[@]}"; do

@@ -69,6 +69,8 @@ summary() {
   echo
   echo "==> summary ($(($(date +%s) - START))s total)"
   for l in "${SUMMARY[@]}"; do echo "  $l"; done
+  # A full disk fails builds in ways that look like code faults; say how much was left.
+  echo "  disk: $(df -h --output=avail "$ROOT" | tail -1 | tr -d ' ') free where the build ran"
   if [ "$FAILED" -eq 0 ]; then
     echo "test.sh: all steps passed"
   else
