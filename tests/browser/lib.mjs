@@ -1,12 +1,18 @@
-// Helpers shared by the browser tests (login.mjs, federated.mjs): free ports, starting and
-// stopping a kfsec process, launching Debian's Chromium through playwright-core.
+// Helpers shared by the browser tests (login.mjs, federated.mjs, pipeline.mjs): free ports,
+// starting and stopping a kfsec process, launching Debian's Chromium through playwright-core,
+// fresh browser contexts, kfsec's login form, screenshots under tests/artifacts.
 
 import { spawn } from 'node:child_process';
-import { closeSync, openSync } from 'node:fs';
+import { closeSync, mkdirSync, openSync } from 'node:fs';
 import { createServer } from 'node:net';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
 
 export const CHROMIUM = process.env.CHROMIUM_BIN || '/usr/bin/chromium';
+/** The repository's root and the directory the tests' screenshots go to. */
+export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
+export const ARTIFACTS = path.join(ROOT, 'tests', 'artifacts');
 
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
@@ -72,4 +78,33 @@ export function launchChromium() {
       '--disable-background-networking', '--disable-component-update', '--disable-sync'],
     timeout: 60_000,
   });
+}
+
+/**
+ * A fresh browser context (its own cookies: a logged-out browser) for kfsec's self-signed
+ * certificate, with one viewport and a per-step timeout.
+ */
+export async function newContext(browser, timeoutMs = 15_000) {
+  const context = await browser.newContext({ ignoreHTTPSErrors: true, viewport: { width: 1000, height: 700 } });
+  context.setDefaultTimeout(timeoutMs);
+  return context;
+}
+
+/**
+ * Fills kfsec's login form (#login, #password) on `page` and submits it by clicking its button;
+ * resolves once the browser has landed on `landing` (what page.waitForURL accepts).
+ */
+export async function submitLogin(page, email, password, landing) {
+  await page.locator('#login').waitFor({ state: 'visible' });
+  await page.fill('#login', email);
+  await page.fill('#password', password);
+  await Promise.all([page.waitForURL(landing, { waitUntil: 'load' }), page.click('#submit-login')]);
+}
+
+/** Saves a full-page screenshot as tests/artifacts/NAME.png; returns its repository-relative path. */
+export async function screenshot(page, name) {
+  mkdirSync(ARTIFACTS, { recursive: true });
+  const file = path.join(ARTIFACTS, `${name}.png`);
+  await page.screenshot({ path: file, fullPage: true });
+  return path.relative(ROOT, file);
 }

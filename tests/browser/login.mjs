@@ -1,26 +1,28 @@
-// Browser test: a person logs in to kfsec with headless Chromium, sees the home page, logs out.
+// Browser test: people log in to kfsec with headless Chromium, use the dashboard pages (home,
+// contributors, registration, /pipeline) and log out.
 //
 //   KFSEC_BIN=target/debug/kfsec node tests/browser/login.mjs
 //
-// Starts kfsec on free loopback ports with a temporary data dir and a config holding one static
-// user, drives Debian's /usr/bin/chromium through playwright-core, and always stops kfsec.
+// Starts kfsec on free loopback ports with a temporary data dir and a config holding three
+// static users (an owner, a viewer, a newcomer who owns nothing) and `registrationFlow: true`,
+// drives Debian's /usr/bin/chromium through playwright-core, and always stops kfsec.
+// Screenshots go to tests/artifacts/.
 // Last line printed: `browser: 1 passed, 0 failed` or `browser: 0 passed, 1 failed`.
 
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, mkdirSync, writeFileSync, readFileSync, rmSync, existsSync } from 'node:fs';
+import { mkdtempSync, writeFileSync, readFileSync, rmSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { CHROMIUM, freePort, launchChromium, startKfsec, stopProcess } from './lib.mjs';
+import {
+  CHROMIUM, ROOT, freePort, launchChromium, newContext, screenshot, sleep, startKfsec, stopProcess, submitLogin,
+} from './lib.mjs';
 
-const HERE = path.dirname(fileURLToPath(import.meta.url));
-const ROOT = path.resolve(HERE, '..', '..');
 const BIN = path.resolve(ROOT, process.env.KFSEC_BIN || 'target/debug/kfsec');
-const ARTIFACTS = path.join(ROOT, 'tests', 'artifacts');
 const EMAIL = 'user@example.com';
 const PASSWORD = 'correct-horse-battery';
 const VIEWER = 'viewer@example.com';
-const STEP_TIMEOUT_MS = 15_000;
+// Owns no workspace: the registration flow creates one for them.
+const NEWCOMER = 'new.comer@example.com';
 
 let kfsec = null;
 let browser = null;
@@ -56,6 +58,7 @@ async function main() {
     [
       'apiVersion: kfsec/v1',
       `publicURL: ${base}`,
+      'registrationFlow: true',
       'staticPasswords:',
       `- email: ${EMAIL}`,
       `  hash: "${hash}"`,
@@ -65,6 +68,10 @@ async function main() {
       `  hash: "${hash}"`,
       '  username: viewer',
       '  userID: "15841185641785"',
+      `- email: ${NEWCOMER}`,
+      `  hash: "${hash}"`,
+      '  username: newcomer',
+      '  userID: "15841185641786"',
       '',
     ].join('\n'),
   );
@@ -76,8 +83,7 @@ async function main() {
 
   step = 'launch chromium';
   browser = await launchChromium();
-  const context = await browser.newContext({ ignoreHTTPSErrors: true, viewport: { width: 1000, height: 700 } });
-  context.setDefaultTimeout(STEP_TIMEOUT_MS);
+  const context = await newContext(browser);
   const page = await context.newPage();
 
   step = 'open / and get redirected to the login form';
@@ -101,9 +107,7 @@ async function main() {
   log(`wrong password refused: "${errText}"`);
 
   step = 'right password';
-  await page.fill('#login', EMAIL);
-  await page.fill('#password', PASSWORD);
-  await Promise.all([page.waitForURL(`${base}/`, { waitUntil: 'load' }), page.click('#submit-login')]);
+  await submitLogin(page, EMAIL, PASSWORD, `${base}/`);
   const user = (await page.locator('#user').innerText()).trim();
   if (user !== EMAIL) fail(`#user shows ${JSON.stringify(user)}, expected ${EMAIL}`);
   const session = (await context.cookies(base)).find((c) => c.name === 'authservice_session');
@@ -111,10 +115,7 @@ async function main() {
   if (!session.httpOnly || !session.secure || session.sameSite !== 'Lax') {
     fail(`session cookie flags: httpOnly=${session.httpOnly} secure=${session.secure} sameSite=${session.sameSite}`);
   }
-  mkdirSync(ARTIFACTS, { recursive: true });
-  const shot = path.join(ARTIFACTS, 'home.png');
-  await page.screenshot({ path: shot, fullPage: true });
-  log(`home page shows #user=${user}; screenshot ${path.relative(ROOT, shot)}`);
+  log(`home page shows #user=${user}; screenshot ${await screenshot(page, 'home')}`);
 
   step = 'a run through the KFP API, opened from the link the KFP SDK prints';
   execFileSync('kubectl', ['--kubeconfig', path.join(dataDir, 'admin.kubeconfig'), 'apply', '-f', '-'], {
@@ -127,7 +128,7 @@ async function main() {
       data: { display_name: 'browser-exp', namespace: 'browser-ws' },
     });
     if (r.status() === 200) exp = await r.json();
-    else await new Promise((res) => setTimeout(res, 100));
+    else await sleep(100);
   }
   if (!exp) fail('could not create an experiment in the new workspace');
   const spec = { pipelineInfo: { name: 'browser-pipeline' }, root: { dag: { tasks: {} } }, schemaVersion: '2.1.0', sdkVersion: 'kfp-2.14.6' };
@@ -141,14 +142,12 @@ async function main() {
   const heading = (await page.locator('h1').innerText()).trim();
   if (heading !== 'Run browser-run') fail(`run page heading: ${JSON.stringify(heading)}`);
   if (!(await page.locator('#fields').innerText()).includes(run.state)) fail(`run state ${run.state} not shown`);
-  const runShot = path.join(ARTIFACTS, 'pipeline-run.png');
-  await page.screenshot({ path: runShot, fullPage: true });
+  const runShot = await screenshot(page, 'pipeline-run');
   await Promise.all([page.waitForURL(`${base}/pipeline/?ns=browser-ws`, { waitUntil: 'load' }), page.click('#back')]);
   const listed = page.locator(`a[href="/pipeline/runs/details/${run.run_id}"]`);
   if ((await listed.count()) !== 1) fail('the run is not listed in the Pipelines view');
-  const viewShot = path.join(ARTIFACTS, 'pipeline.png');
-  await page.screenshot({ path: viewShot, fullPage: true });
-  log(`/pipeline/#/runs/details/<id> landed on the run (${run.state}); screenshots ${path.relative(ROOT, runShot)}, ${path.relative(ROOT, viewShot)}`);
+  const viewShot = await screenshot(page, 'pipeline');
+  log(`/pipeline/#/runs/details/<id> landed on the run (${run.state}); screenshots ${runShot}, ${viewShot}`);
   await page.goto(`${base}/`, { waitUntil: 'load' });
 
   step = 'dashboard pages: the owner adds a viewer through the contributors form';
@@ -160,12 +159,11 @@ async function main() {
   for (let i = 0; i < 100; i++) {
     await page.goto(`${base}/?ns=pages-ws`, { waitUntil: 'load' });
     if ((await ownerRow.count()) === 1) break;
-    await new Promise((res) => setTimeout(res, 100));
+    await sleep(100);
   }
   if ((await ownerRow.locator('.role').innerText()).trim() !== 'owner') fail('pages-ws is not shown with the role owner');
   if ((await page.locator('#ns').inputValue()) !== 'pages-ws') fail('?ns=pages-ws is not the selected namespace');
-  const dashShot = path.join(ARTIFACTS, 'dashboard.png');
-  await page.screenshot({ path: dashShot, fullPage: true });
+  const dashShot = await screenshot(page, 'dashboard');
   const contributorsUrl = `${base}/workspaces/pages-ws/contributors`;
   await Promise.all([page.waitForURL(contributorsUrl, { waitUntil: 'load' }), page.click('a[href="/workspaces/pages-ws/contributors"]')]);
   // By keyboard: the labelled email field, the role select, the Add button.
@@ -176,23 +174,18 @@ async function main() {
   if (page.url() !== contributorsUrl) fail(`after adding: at ${page.url()}`);
   const added = page.locator('#contributors tr', { hasText: VIEWER });
   if ((await added.count()) !== 1 || (await added.locator('.role').innerText()).trim() !== 'viewer') fail(`${VIEWER} is not listed as viewer`);
-  const contribShot = path.join(ARTIFACTS, 'contributors.png');
-  await page.screenshot({ path: contribShot, fullPage: true });
+  const contribShot = await screenshot(page, 'contributors');
 
   step = 'dashboard pages: the viewer sees the workspace as viewer, without controls';
-  const vctx = await browser.newContext({ ignoreHTTPSErrors: true, viewport: { width: 1000, height: 700 } });
-  vctx.setDefaultTimeout(STEP_TIMEOUT_MS);
+  const vctx = await newContext(browser);
   const vpage = await vctx.newPage();
   await vpage.goto(`${base}/`, { waitUntil: 'load' });
-  await vpage.fill('#login', VIEWER);
-  await vpage.fill('#password', PASSWORD);
-  await Promise.all([vpage.waitForURL(`${base}/`, { waitUntil: 'load' }), vpage.click('#submit-login')]);
+  await submitLogin(vpage, VIEWER, PASSWORD, `${base}/`);
   const viewerRow = vpage.locator('#workspaces tr', { hasText: 'pages-ws' });
   if ((await viewerRow.locator('.role').innerText()).trim() !== 'viewer') fail('the viewer does not see pages-ws as viewer');
   await vpage.goto(contributorsUrl, { waitUntil: 'load' });
   if ((await vpage.locator('form').count()) !== 0) fail('the viewer is shown contributor controls');
-  const viewerShot = path.join(ARTIFACTS, 'contributors-viewer.png');
-  await vpage.screenshot({ path: viewerShot, fullPage: true });
+  const viewerShot = await screenshot(vpage, 'contributors-viewer');
   const forged = await vctx.request.post(contributorsUrl, {
     form: { action: 'add', contributor: 'someone@example.com', role: 'edit' },
     headers: { Origin: base },
@@ -206,8 +199,38 @@ async function main() {
   await vpage.goto(`${base}/`, { waitUntil: 'load' });
   if ((await vpage.locator('#workspaces tr', { hasText: 'pages-ws' }).count()) !== 0) fail('the removed viewer still sees pages-ws');
   await vctx.close();
-  log(`dashboard pages: owner added and removed a viewer in the page, the viewer saw no controls and a forged POST got 403; screenshots ${[dashShot, contribShot, viewerShot].map((p) => path.relative(ROOT, p)).join(', ')}`);
+  log(`dashboard pages: owner added and removed a viewer in the page, the viewer saw no controls and a forged POST got 403; screenshots ${dashShot}, ${contribShot}, ${viewerShot}`);
   await page.goto(`${base}/`, { waitUntil: 'load' });
+
+  step = 'registration flow: a user who owns no workspace creates one, by keyboard';
+  const rctx = await newContext(browser);
+  const rpage = await rctx.newPage();
+  await rpage.goto(`${base}/`, { waitUntil: 'load' });
+  await submitLogin(rpage, NEWCOMER, PASSWORD, (u) => u.href === `${base}/` || u.href === `${base}/register`);
+  if (new URL(rpage.url()).pathname === '/') {
+    // Home offers the registration page to a user who owns no workspace.
+    if (!(await rpage.locator('#no-workspaces').isVisible())) fail('home does not say the newcomer has no workspace');
+    await rpage.getByRole('link', { name: 'Create your workspace' }).focus();
+    await Promise.all([rpage.waitForURL(`${base}/register`, { waitUntil: 'load' }), rpage.keyboard.press('Enter')]);
+  }
+  const nsField = rpage.getByLabel('Workspace name');
+  const proposed = await nsField.inputValue();
+  if (proposed !== 'new-comer') fail(`the registration page proposes ${JSON.stringify(proposed)}, expected "new-comer"`);
+  const registerShot = await screenshot(rpage, 'register');
+  await nsField.focus();
+  await Promise.all([rpage.waitForURL(`${base}/?ns=${proposed}`, { waitUntil: 'load' }), rpage.keyboard.press('Enter')]);
+  const newRow = rpage.locator('#workspaces tr', { hasText: proposed });
+  for (let i = 0; i < 100 && (await newRow.count()) === 0; i++) {
+    await sleep(100);
+    await rpage.reload({ waitUntil: 'load' });
+  }
+  if ((await newRow.count()) !== 1) fail(`${proposed} is not listed on home after registering`);
+  if ((await newRow.locator('.role').innerText()).trim() !== 'owner') fail(`${proposed} is not shown with the role owner`);
+  if ((await rpage.locator('#ns').inputValue()) !== proposed) fail(`${proposed} is not the selected namespace`);
+  if ((await rpage.locator('#register').count()) !== 0) fail('home still offers registration to an owner');
+  const registeredShot = await screenshot(rpage, 'register-home');
+  await rctx.close();
+  log(`registration: ${NEWCOMER} created ${proposed} by keyboard and is shown as its owner; screenshots ${registerShot}, ${registeredShot}`);
 
   step = 'check endpoint with the session';
   const hdr = { Cookie: `authservice_session=${session.value}` };
@@ -227,28 +250,42 @@ async function main() {
 
   step = 'login through /oauth2/start';
   await page.goto(`${base}/oauth2/start?rd=%2F`);
-  await page.locator('#login').waitFor({ state: 'visible' });
-  await page.fill('#login', EMAIL);
-  await page.fill('#password', PASSWORD);
-  await Promise.all([page.waitForURL(`${base}/`, { waitUntil: 'load' }), page.click('#submit-login')]);
+  await submitLogin(page, EMAIL, PASSWORD, `${base}/`);
   const second = (await context.cookies(base)).find((c) => c.name === 'authservice_session');
   if (!second) fail('no session after logging in through /oauth2/start');
 
-  step = 'logout through /oauth2/sign_out';
-  // As Kubeflow's dashboard logs out: window.top.location.href = logoutUrl (a same-origin GET).
-  await Promise.all([
-    page.waitForURL(/\/dex\/auth\/local\/login/, { waitUntil: 'load' }),
-    page.evaluate(() => { window.top.location.href = '/oauth2/sign_out'; }),
-  ]);
+  step = 'logout through the page\'s /oauth2/sign_out link';
+  const signOut = page.getByRole('link', { name: 'Log out', exact: true });
+  if ((await signOut.getAttribute('href')) !== '/oauth2/sign_out') fail(`the "Log out" link goes to ${await signOut.getAttribute('href')}`);
+  await Promise.all([page.waitForURL((u) => u.pathname !== '/', { waitUntil: 'load' }), signOut.click()]);
+  // kfsec answers with a "you are logged out" page, or (older builds) with the login form.
+  const afterShot = await screenshot(page, 'logged-out');
+  let landed;
+  if (await page.locator('#login').isVisible()) {
+    landed = 'the login form';
+  } else {
+    const text = await page.locator('body').innerText();
+    if (!/logged out|signed out/i.test(text)) fail(`after /oauth2/sign_out, at ${page.url()}: ${JSON.stringify(text.slice(0, 200))}`);
+    if ((await page.locator('#user').count()) !== 0) fail('the logged-out page still shows the user');
+    landed = `a logged-out page (${new URL(page.url()).pathname})`;
+  }
   if ((await context.cookies(base)).some((c) => c.name === 'authservice_session' && c.value)) {
     fail('session cookie still present after /oauth2/sign_out');
   }
+  await page.goto(`${base}/`, { waitUntil: 'load' });
+  await page.locator('#login').waitFor({ state: 'visible' });
+  if (!page.url().startsWith(`${base}/dex/auth/local/login`)) fail(`/ after logout: at ${page.url()}`);
+  // The old cookie put back into the browser is refused too: the session ended server-side.
+  await context.addCookies([{ name: 'authservice_session', value: second.value, url: base, httpOnly: true, secure: true, sameSite: 'Lax' }]);
+  await page.goto(`${base}/`, { waitUntil: 'load' });
+  await page.locator('#login').waitFor({ state: 'visible' });
+  if (!page.url().startsWith(`${base}/dex/auth/local/login`)) fail(`/ with the old cookie: at ${page.url()}`);
   const gone = await context.request.get(`${base}/authservice/check`, {
     headers: { Cookie: `authservice_session=${second.value}` },
     maxRedirects: 0,
   });
   if (gone.status() !== 401) fail(`session still accepted after /oauth2/sign_out: HTTP ${gone.status()}`);
-  log('/oauth2/start then /oauth2/sign_out: session ended server-side (401)');
+  log(`"Log out" link (/oauth2/sign_out) led to ${landed}; / then shows the login form, with the old cookie too (401); screenshot ${afterShot}`);
 }
 
 let passed = false;
