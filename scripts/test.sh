@@ -115,6 +115,8 @@ if { [ "$TEST_BUILD_OK" = 1 ] && [ -x target/debug/kfsec ]; } || step build carg
   # Federated identity end to end (~40 s): Chromium through the chooser to slapd, a second kfsec
   # as upstream OP and the local database; kubectl via `kfsec login`; removal upstream.
   step federated logged federated env KFSEC_BIN="$ROOT/target/debug/kfsec" node tests/browser/federated.mjs || true
+  # The kfp SDKs 1.8 and 2.14 against the real binary; then a logged-out Chromium opens a run the
+  # SDK created from the link it printed (tests/browser/pipeline.mjs, counted in kfp's line).
   step kfp logged kfp env KFSEC_BIN="$ROOT/target/debug/kfsec" bash tests/kfp/run.sh || true
   # The official Python Kubernetes client (PyPI kubernetes, ~20 s): CRUD, watch, Profiles,
   # TokenRequest, SelfSubjectReview, a user's 403 (tests/clients/run.sh).

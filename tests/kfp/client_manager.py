@@ -10,10 +10,15 @@ redirect (a final `.../approval` page is approved with `approval=approve`); ever
 session then goes to `kfp.Client(host=<host>/pipeline, cookies="k=v; k2=v2")`.
 
 Usage (run.sh does this): python client_manager.py
-Environment: KFP_BASE, KFP_CA, KFP_CM_USER, KFP_CM_PASSWORD, KFP_CM_NAMESPACE.
+Environment: KFP_BASE, KFP_CA, KFP_CM_USER, KFP_CM_PASSWORD, KFP_CM_NAMESPACE; optional
+KFP_CM_RUN_OUT, a file that gets the run's id, name and the "Run details" link the SDK printed
+(tests/browser/pipeline.mjs then opens that link in Chromium).
 Prints one line per check and a closing `RESULT passed=N failed=M`.
 """
 
+import contextlib
+import io
+import json
 import os
 import re
 import traceback
@@ -89,11 +94,19 @@ def sdk_with_cookies():
     names = [x.display_name for x in (listed.experiments or [])]
     expect(name in names, names)
     pipeline = os.environ.get("KFP_PIPELINE")
-    r = c.create_run_from_pipeline_package(pipeline, arguments={"msg": "from the recipe"},
-                                           run_name="client-manager-run", experiment_name=name,
-                                           namespace=NAMESPACE)
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        r = c.create_run_from_pipeline_package(pipeline, arguments={"msg": "from the recipe"},
+                                               run_name="client-manager-run", experiment_name=name,
+                                               namespace=NAMESPACE)
     SEEN["run"] = r.run_id
     SEEN["exp"] = e.experiment_id
+    links = re.findall(r"^Run details: (\S+)$", printed.getvalue(), re.M)
+    expect(links == [f"{HOST}/#/runs/details/{r.run_id}"], printed.getvalue())
+    out = os.environ.get("KFP_CM_RUN_OUT")
+    if out:
+        with open(out, "w") as f:
+            json.dump({"run_id": r.run_id, "name": "client-manager-run", "link": links[0]}, f)
 
 
 def run_link_lands():

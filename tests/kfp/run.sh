@@ -9,8 +9,9 @@
 # public OAuth2 client for the ID-token flow, and a persistence-agent service account with KFP's
 # report ClusterRole, then runs
 # kfp_sdk_test.py in each mode, client_manager.py (the Kubeflow docs' KFPClientManager login
-# recipe); then federated.sh (federated users' ID tokens against a kfsec
-# with the ldap and oidc connectors, ~8 s). Closes with `kfp: N passed, M failed`; exits
+# recipe) and tests/browser/pipeline.mjs (a logged-out Chromium opens the run the recipe's SDK
+# created from the SDK's link and lands on it after kfsec's login); then federated.sh (federated
+# users' ID tokens against a kfsec with the ldap and oidc connectors, ~8 s). Closes with `kfp: N passed, M failed`; exits
 # non-zero on failure.
 #
 #   bash tests/kfp/run.sh        # env: KFSEC_BIN=/path/to/kfsec to skip the build, KEEP_TMP=1
@@ -225,7 +226,16 @@ run_mode "$V2PY" report
 # The Kubeflow docs' KFPClientManager login recipe (GET /pipeline → Dex form → back on /pipeline),
 # then the SDK with its cookies and the run page the SDK's link leads to.
 run_counted client-manager env KFP_CM_USER="$U1" KFP_CM_PASSWORD="$P1" KFP_CM_NAMESPACE=user1 \
-  "$V2PY" "$HERE/client_manager.py"
+  KFP_CM_RUN_OUT="$TMP/cm-run.json" "$V2PY" "$HERE/client_manager.py"
+# Chromium, logged out, opens that run from the link the SDK printed: kfsec's login page, then
+# the run's page (tests/browser/pipeline.mjs).
+if [ -s "$TMP/cm-run.json" ]; then
+  mapfile -t CM_RUN < <("$PY" -c 'import json,sys; r=json.load(open(sys.argv[1])); print(r["run_id"]); print(r["name"]); print(r["link"])' "$TMP/cm-run.json")
+  run_counted pipeline-browser env KFSEC_PASSWORD="$P1" \
+    node "$ROOT/tests/browser/pipeline.mjs" "$BASE" "$U1" "${CM_RUN[0]}" "${CM_RUN[1]}" "${CM_RUN[2]}"
+else
+  echo "== pipeline-browser"; echo "  FAIL no run from client-manager to open"; FAILED=$((FAILED + 1))
+fi
 # Federated users (ldap connector via the password grant, oidc connector via the upstream's
 # login form) against their own kfsec with slapd and an upstream kfsec: federated.sh.
 run_counted federated env KFSEC_BIN="$KFSEC_BIN" KFP_PIPELINE="$TMP/pipeline.yaml" bash "$HERE/federated.sh"
