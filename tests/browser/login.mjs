@@ -239,14 +239,14 @@ async function main() {
   if (ok.headers()['kubeflow-userid'] !== EMAIL) fail(`kubeflow-userid: ${ok.headers()['kubeflow-userid']}`);
 
   step = 'logout';
-  await Promise.all([page.waitForURL(/\/dex\/auth\/local\/login/, { waitUntil: 'load' }), page.click('#logout')]);
-  await page.locator('#login').waitFor({ state: 'visible' });
+  await Promise.all([page.waitForURL((u) => u.pathname !== '/', { waitUntil: 'load' }), page.click('#logout')]);
   if ((await context.cookies(base)).some((c) => c.name === 'authservice_session' && c.value)) {
     fail('session cookie still present after logout');
   }
+  const firstLanding = await backToLogin(page, base);
   const revoked = await context.request.get(`${base}/authservice/check`, { headers: hdr, maxRedirects: 0 });
   if (revoked.status() !== 401) fail(`old session still accepted after logout: HTTP ${revoked.status()}`);
-  log('logged out: back at the login form, old session refused (401)');
+  log(`logged out (landed on ${firstLanding}); / then shows the login form; old session refused (401)`);
 
   step = 'login through /oauth2/start';
   await page.goto(`${base}/oauth2/start?rd=%2F`);
@@ -258,23 +258,11 @@ async function main() {
   const signOut = page.getByRole('link', { name: 'Log out', exact: true });
   if ((await signOut.getAttribute('href')) !== '/oauth2/sign_out') fail(`the "Log out" link goes to ${await signOut.getAttribute('href')}`);
   await Promise.all([page.waitForURL((u) => u.pathname !== '/', { waitUntil: 'load' }), signOut.click()]);
-  // kfsec answers with a "you are logged out" page, or (older builds) with the login form.
   const afterShot = await screenshot(page, 'logged-out');
-  let landed;
-  if (await page.locator('#login').isVisible()) {
-    landed = 'the login form';
-  } else {
-    const text = await page.locator('body').innerText();
-    if (!/logged out|signed out/i.test(text)) fail(`after /oauth2/sign_out, at ${page.url()}: ${JSON.stringify(text.slice(0, 200))}`);
-    if ((await page.locator('#user').count()) !== 0) fail('the logged-out page still shows the user');
-    landed = `a logged-out page (${new URL(page.url()).pathname})`;
-  }
   if ((await context.cookies(base)).some((c) => c.name === 'authservice_session' && c.value)) {
     fail('session cookie still present after /oauth2/sign_out');
   }
-  await page.goto(`${base}/`, { waitUntil: 'load' });
-  await page.locator('#login').waitFor({ state: 'visible' });
-  if (!page.url().startsWith(`${base}/dex/auth/local/login`)) fail(`/ after logout: at ${page.url()}`);
+  const landed = await backToLogin(page, base);
   // The old cookie put back into the browser is refused too: the session ended server-side.
   await context.addCookies([{ name: 'authservice_session', value: second.value, url: base, httpOnly: true, secure: true, sameSite: 'Lax' }]);
   await page.goto(`${base}/`, { waitUntil: 'load' });
@@ -286,6 +274,31 @@ async function main() {
   });
   if (gone.status() !== 401) fail(`session still accepted after /oauth2/sign_out: HTTP ${gone.status()}`);
   log(`"Log out" link (/oauth2/sign_out) led to ${landed}; / then shows the login form, with the old cookie too (401); screenshot ${afterShot}`);
+}
+
+/**
+ * After a logout: kfsec shows a "You are logged out" page (or, in builds before it, the login form
+ * at once). From the logged-out page, its "Log in again" link (followed by keyboard) leads to /;
+ * either way the page must end at the login form, i.e. / no longer accepts the browser. Returns
+ * where the logout landed.
+ */
+async function backToLogin(page, base) {
+  let landed = 'the login form';
+  if (!(await page.locator('#login').isVisible())) {
+    const heading = (await page.getByRole('heading', { level: 1 }).innerText()).trim();
+    if (!/logged out/i.test(heading)) fail(`after the logout, at ${page.url()}: heading ${JSON.stringify(heading)}`);
+    if ((await page.locator('#user').count()) !== 0) fail('the logged-out page still shows the user');
+    landed = `"${heading}" (${new URL(page.url()).pathname})`;
+    const again = page.getByRole('link', { name: 'Log in again' });
+    if ((await again.getAttribute('href')) !== '/') fail(`"Log in again" goes to ${await again.getAttribute('href')}`);
+    await again.focus();
+    await Promise.all([page.waitForURL(/\/dex\/auth\//, { waitUntil: 'load' }), page.keyboard.press('Enter')]);
+  } else {
+    await page.goto(`${base}/`, { waitUntil: 'load' });
+  }
+  await page.locator('#login').waitFor({ state: 'visible' });
+  if (!page.url().startsWith(`${base}/dex/auth/local/login`)) fail(`/ after the logout: at ${page.url()}`);
+  return landed;
 }
 
 let passed = false;
