@@ -78,15 +78,16 @@ EOF
 }
 
 # kfsec_start DATA_DIR CONFIG HTTPS_PORT ADMIN_PORT: start kfsec in the background and wait
-# for /readyz. Sets KFSEC_PID.
+# for /readyz. Sets KFSEC_PID. KFSEC_WRAP (words) runs kfsec under a tool, e.g. valgrind.
 kfsec_start() {
-  local data="$1" cfg="$2" port="$3" admin="$4"
-  RUST_LOG="${RUST_LOG:-warn}" NO_COLOR=1 "$KFSEC_RELEASE" serve --config "$cfg" --data-dir "$data" \
+  local data="$1" cfg="$2" port="$3" admin="$4" wrap
+  read -r -a wrap <<<"${KFSEC_WRAP:-}"
+  RUST_LOG="${RUST_LOG:-warn}" NO_COLOR=1 "${wrap[@]}" "$KFSEC_RELEASE" serve --config "$cfg" --data-dir "$data" \
     --https-addr "127.0.0.1:$port" --admin-addr "127.0.0.1:$admin" --webhook-addr 127.0.0.1:0 \
     >>"$BENCH_TMP/kfsec.out" 2>>"$BENCH_TMP/kfsec.log" &
   KFSEC_PID=$!
   BENCH_PIDS+=("$KFSEC_PID")
-  wait_http "http://127.0.0.1:$admin/readyz" 60 || { tail -20 "$BENCH_TMP/kfsec.log" >&2; exit 1; }
+  wait_http "http://127.0.0.1:$admin/readyz" "${KFSEC_START_SECONDS:-60}" || { tail -20 "$BENCH_TMP/kfsec.log" >&2; exit 1; }
 }
 
 # kfsec_login BASE CA JAR [EMAIL] [PASSWORD]: the whole browser flow with curl and a fresh
