@@ -113,6 +113,20 @@ impl App {
         Authn::Missing
     }
 
+    /// The login of the session cookie that authenticated `id` (the first of the cookies that
+    /// is a live session of `id`, as `authenticate` takes the first that validates).
+    pub(crate) async fn session_login(&self, headers: &HeaderMap, id: &Identity) -> Option<kfsec_idp::SessionLogin> {
+        for (k, v) in cookies(headers) {
+            if k == self.settings.cookie_name
+                && let Some((who, login)) = self.sessions.login_of(v).await
+                && who == *id
+            {
+                return Some(login);
+            }
+        }
+        None
+    }
+
     /// A failure of kfsec while serving a browser: the cause is logged under a fresh incident
     /// id; the page shows a generic message and the id.
     fn failed(&self, title: &str, doing: &str, cause: &dyn std::fmt::Display) -> Response {
@@ -383,7 +397,11 @@ pub(crate) async fn callback(
             tracing::warn!(error = %e, "could not drop the unused refresh token of a local session");
         }
     }
-    let value = match app.sessions.create_with(&identity, started_ms, federated).await {
+    let value = match app
+        .sessions
+        .create_login(&identity, started_ms, &claims.sub, federated)
+        .await
+    {
         Ok(v) => v,
         Err(e) => {
             return app.failed("Login failed", "could not create a session", &e);

@@ -473,6 +473,9 @@ async fn protected(State(app): State<Arc<App>>, mut req: Request) -> Response {
             return kfsec_idp::error_page(StatusCode::FORBIDDEN, "Forbidden", "Cross-site request refused.");
         }
         let token = app.page_token(req.headers(), &id.user, by_session);
+        if by_session && let Some(login) = app.session_login(req.headers(), id).await {
+            req.extensions_mut().insert(login);
+        }
         req.extensions_mut().insert(id.clone());
         req.extensions_mut().insert(token);
         return match tower::ServiceExt::oneshot(pages.router.clone(), req).await {

@@ -57,6 +57,9 @@ struct SessionRecord {
     /// For a session that is re-checked upstream: how.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     upstream: Option<UpstreamLink>,
+    /// The `sub` of the ID token the session began with (empty in older records).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    subject: String,
 }
 
 /// How a session is re-checked: the connector the user signed in through and the gatekeeper's
@@ -137,6 +140,8 @@ struct Live {
     started_ms: u64,
     /// Re-checked upstream: `(connector, last check in Unix ms, no attempt before this Unix ms)`.
     upstream: Option<(String, u64, u64)>,
+    /// The `sub` of the ID token the session began with (empty: not known).
+    subject: String,
 }
 
 impl Live {
@@ -146,6 +151,7 @@ impl Live {
             expires_at: rec.expires_at,
             started_ms: rec.started_ms(),
             upstream: rec.upstream.as_ref().map(|u| (u.connector.clone(), u.checked_ms, 0)),
+            subject: rec.subject.clone(),
         }
     }
 }
@@ -315,6 +321,18 @@ impl Sessions {
         started_ms: u64,
         federated: Option<Federated>,
     ) -> Result<String, GatewayError> {
+        self.create_login(identity, started_ms, "", federated).await
+    }
+
+    /// Like [`Sessions::create_with`], remembering the `sub` of the ID token the login produced
+    /// (for the tokens minted for the session, [`Sessions::login_of`]).
+    pub async fn create_login(
+        &self,
+        identity: &Identity,
+        started_ms: u64,
+        subject: &str,
+        federated: Option<Federated>,
+    ) -> Result<String, GatewayError> {
         let id = B64.encode(random_array::<32>(self.rng.as_ref()));
         let now = self.clock.now();
         let rec = SessionRecord {
@@ -328,6 +346,7 @@ impl Sessions {
                 refresh_token: f.refresh_token,
                 checked_ms: now.as_millis(),
             }),
+            subject: subject.to_owned(),
         };
         let hash = sha256_hex(id.as_bytes());
         let mine = self.user_sessions(&identity.user).await?;
@@ -367,6 +386,19 @@ impl Sessions {
     pub async fn validate(&self, cookie: &str) -> Option<(Identity, u64)> {
         let (_, live) = self.live(cookie).await?;
         Some((live.identity.clone(), live.started_ms))
+    }
+
+    /// Who a live session's cookie stands for and its login: start, end and subject (for a
+    /// token minted for the session). The revocation check is the caller's, as for
+    /// [`Sessions::validate`].
+    pub async fn login_of(&self, cookie: &str) -> Option<(Identity, kfsec_idp::SessionLogin)> {
+        let (_, live) = self.live(cookie).await?;
+        let login = kfsec_idp::SessionLogin {
+            started_ms: live.started_ms,
+            expires_at: live.expires_at,
+            subject: live.subject.clone(),
+        };
+        Some((live.identity.clone(), login))
     }
 
     /// Like [`Sessions::validate`], and a federated session whose last check is older than the
@@ -671,6 +703,30 @@ mod tests {
         let all = kfsec_store::list_all(store, PREFIX).await.unwrap();
         assert_eq!(all.items.len(), 1);
         serde_json::from_slice(&all.items[0].value).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_sessions_login_keeps_its_subject_start_and_end() {
+        let (s, clock, store) = setup(None);
+        let cookie = s
+            .create_login(&alice(), 1_799_999_999_000, "c3ViLTE", None)
+            .await
+            .unwrap();
+        let want = kfsec_idp::SessionLogin {
+            started_ms: 1_799_999_999_000,
+            expires_at: 1_800_000_000 + 24 * 3600,
+            subject: "c3ViLTE".into(),
+        };
+        assert_eq!(s.login_of(&cookie).await, Some((alice(), want.clone())));
+        // From the record too (another replica, a restart).
+        let other = sessions_on(store.clone(), clock.clone(), None);
+        assert_eq!(other.login_of(&cookie).await, Some((alice(), want)));
+        // Older sessions have none; a forged or ended cookie has no login.
+        let plain = s.create(&alice(), 0).await.unwrap();
+        assert_eq!(s.login_of(&plain).await.unwrap().1.subject, "");
+        assert!(s.login_of(&format!("{}x", &cookie)).await.is_none());
+        s.revoke(&cookie).await.unwrap();
+        assert!(s.login_of(&cookie).await.is_none());
     }
 
     #[tokio::test]

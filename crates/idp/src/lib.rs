@@ -38,7 +38,7 @@ pub use authn::{Authenticated, Authenticator, CredentialKind, Refusal, Surface};
 pub use clients::{Client, ClientAuth, ClientRegistry};
 pub use error::{IdpError, OAuthCode, OAuthError};
 pub use pages::{error_page, home_page};
-pub use tokens::{Claims, TokenResponse, VerifyError, delete_refresh_tokens, dex_subject};
+pub use tokens::{Claims, SessionLogin, SessionToken, TokenResponse, VerifyError, delete_refresh_tokens, dex_subject};
 pub use users::{User, UserDirectory};
 
 use keys::KeyManager;

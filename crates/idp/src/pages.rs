@@ -194,6 +194,19 @@ pub struct DashboardView {
     pub external: Vec<LinkEntry>,
     /// Documentation links.
     pub docs: Vec<LinkEntry>,
+    /// The "Download kubeconfig" form, when offered.
+    pub kubeconfig: Option<KubeconfigOffer>,
+}
+
+/// The home page's "Download kubeconfig" form.
+#[derive(Debug, Clone)]
+pub struct KubeconfigOffer {
+    /// The form's token.
+    pub csrf: CsrfToken,
+    /// The namespace of the kubeconfig's context (the selected workspace; empty: none).
+    pub ns: String,
+    /// How long the token in it is valid, in words (`24 hours`).
+    pub valid_for: String,
 }
 
 /// The dashboard's home page.
@@ -926,14 +939,21 @@ mod tests {
             quick: vec![link()],
             external: vec![link()],
             docs: vec![link()],
+            kubeconfig: Some(KubeconfigOffer {
+                csrf: CsrfToken::new(HOSTILE.into()),
+                ns: HOSTILE.into(),
+                valid_for: HOSTILE.into(),
+            }),
         };
         let html = body(&DashboardPage {
             title: HOSTILE,
             v: &view,
         });
         // title twice, user, group, workspace name 6 times (link, text, contributors link and
-        // its text, option value and text), menu 2, quick 3, external 2, docs 3.
-        assert_escaped(&html, 2 + 1 + 1 + 6 + 2 + 3 + 2 + 3);
+        // its text, option value and text), menu 2, quick 3, external 2, docs 3, the kubeconfig
+        // form 5 (token, namespace twice, lifetime, user).
+        assert_escaped(&html, 2 + 1 + 1 + 6 + 2 + 3 + 2 + 3 + 5);
+        assert!(html.contains("<form method=\"post\" action=\"/kubeconfig\""), "{html}");
         assert!(html.contains("<label for=\"ns\">Namespace</label>"), "{html}");
         assert!(html.contains("href=\"/register\"") && html.contains("href=\"/admin/profiles\""));
         assert!(html.contains("href=\"/oauth2/sign_out\""), "{html}");
@@ -946,7 +966,7 @@ mod tests {
             "{html}"
         );
         assert!(
-            !html.contains("/register") && !html.contains("/admin/profiles"),
+            !html.contains("/register") && !html.contains("/admin/profiles") && !html.contains("/kubeconfig"),
             "{html}"
         );
     }

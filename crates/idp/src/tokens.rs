@@ -25,6 +25,7 @@ use aws_lc_rs::aead;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use kfsec_store::StoreError;
+use kfsec_types::Identity;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::connector::{ConnectorError, ConnectorKind, LOCAL, Scopes, UpstreamIdentity};
@@ -234,6 +235,36 @@ pub enum VerifyError {
     /// The revocation state could not be read (the token is refused).
     #[error("revocation state unavailable: {0}")]
     Unavailable(String),
+}
+
+/// A browser session as the gatekeeper holds it, for [`Idp::id_token_for_session`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionLogin {
+    /// When the login's password check began, Unix ms (what the session is revoked by).
+    pub started_ms: u64,
+    /// When the session ends, Unix seconds.
+    pub expires_at: u64,
+    /// The `sub` of the ID token the session began with (empty for a session from before it
+    /// was kept).
+    pub subject: String,
+}
+
+/// An ID token minted for a session, and when it expires (Unix seconds). Its Debug output hides
+/// the token.
+#[derive(Clone)]
+pub struct SessionToken {
+    /// The token (a secret: never logged).
+    pub token: String,
+    /// Expiry, Unix seconds.
+    pub expires_at: u64,
+}
+
+impl std::fmt::Debug for SessionToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionToken")
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Dex's `sub`: base64url (no padding) of a protobuf `{1: user_id, 2: connector_id}`.
@@ -512,6 +543,63 @@ impl Idp {
             .new_refresh(&grant, self.clock.now().as_secs(), auth_ms, upstream)
             .await?;
         Ok(self.mint(&grant, &user, auth_ms, refresh).await?)
+    }
+
+    /// Mints an ID token for `client_id` (a built-in client whose ID tokens are bearer
+    /// credentials: `kfsec-cli`, as `kfsec login` gets) standing for `identity`'s browser
+    /// session `login` (the dashboard's "Download kubeconfig"). It carries exactly the session's
+    /// user and groups (never more), scopes `openid email groups`, the session's `sub`, and the
+    /// session's login time as `kfsec_iat_ms`: whatever revokes the session (log out everywhere,
+    /// a password change, deletion) revokes the token. It expires after the ID-token lifetime,
+    /// never after the session.
+    pub async fn id_token_for_session(
+        &self,
+        client_id: &str,
+        identity: &Identity,
+        login: &SessionLogin,
+    ) -> Result<SessionToken, IdpError> {
+        if self.clients.get(client_id).await?.is_none() {
+            return Err(IdpError::NotFound(format!("client {client_id}")));
+        }
+        let now = self.clock.now().as_secs();
+        if login.expires_at <= now {
+            return Err(IdpError::Invalid("the session has ended".into()));
+        }
+        let subject = if login.subject.is_empty() {
+            // A session from before the subject was kept: a local user's `sub` is known.
+            match self.users.find(&identity.user).await? {
+                Some(user) => dex_subject(&user.user_id, LOCAL),
+                None => return Err(IdpError::NotFound("the session's subject".into())),
+            }
+        } else {
+            login.subject.clone()
+        };
+        let grant = Grant {
+            client_id: client_id.to_owned(),
+            scopes: ["openid", "email", "groups"].map(str::to_owned).to_vec(),
+            nonce: None,
+            email: identity.user.clone(),
+            connector_id: LOCAL.to_owned(),
+            identity: None,
+        };
+        let user = UpstreamIdentity {
+            user_id: String::new(),
+            username: String::new(),
+            preferred_username: String::new(),
+            email: identity.user.clone(),
+            email_verified: true,
+            groups: identity.groups.clone(),
+            connector_data: None,
+        };
+        let mut claims = self.claims_for(&grant, &user, client_id, login.started_ms)?;
+        claims.sub = subject;
+        claims.exp = claims.exp.min(login.expires_at);
+        let token = self.keys.keys().signing.sign(&claims)?;
+        tracing::info!(target: "audit", user = %identity.user, client = %client_id, exp = claims.exp, "ID token issued for a session");
+        Ok(SessionToken {
+            token,
+            expires_at: claims.exp,
+        })
     }
 
     /// Asks the grant's connector about a federated user again (a refresh), returning their

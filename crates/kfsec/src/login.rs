@@ -128,13 +128,14 @@ pub async fn login(server: &str, ca_file: &Path, kubeconfig: &Path) -> Result<()
             _ => bail!("login failed: {} {}", err.error, err.error_description),
         }
     };
-    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
-    let text = format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: kfsec\n  cluster:\n    server: {server}\n    certificate-authority-data: {ca}\nusers:\n- name: kfsec-user\n  user:\n    token: {token}\ncontexts:\n- name: kfsec\n  context:\n    cluster: kfsec\n    user: kfsec-user\ncurrent-context: kfsec\n",
-        server = base.as_str().trim_end_matches('/'),
-        ca = b64(&ca_pem),
-        token = tokens.id_token,
-    );
+    let ca = base64::engine::general_purpose::STANDARD.encode(&ca_pem);
+    let text = kfsec_types::kubeconfig::BearerKubeconfig {
+        server: base.as_str().trim_end_matches('/'),
+        ca_data: Some(&ca),
+        namespace: None,
+        token: &tokens.id_token,
+    }
+    .render();
     kfsec_pki::write_private_file(kubeconfig, text.as_bytes())?;
     say!("Logged in. Wrote {}", kubeconfig.display());
     Ok(())

@@ -192,6 +192,8 @@ pub struct Dashboard {
     pub(crate) kfam: Arc<Kfam>,
     api: Arc<ApiServer>,
     pub(crate) settings: DashboardSettings,
+    /// What the home page's "Download kubeconfig" uses (none: not offered).
+    pub(crate) kubeconfig: std::sync::OnceLock<Arc<dyn crate::pages::KubeconfigSource>>,
 }
 
 /// A caller's role in a workspace as the dashboard names it (KFAM's `admin|edit|view`).
@@ -296,7 +298,12 @@ fn denied(d: Denied, what: &str) -> Response {
 impl Dashboard {
     /// The dashboard API over `kfam` and `api`.
     pub fn new(kfam: Arc<Kfam>, api: Arc<ApiServer>, settings: DashboardSettings) -> Arc<Self> {
-        Arc::new(Self { kfam, api, settings })
+        Arc::new(Self {
+            kfam,
+            api,
+            settings,
+            kubeconfig: std::sync::OnceLock::new(),
+        })
     }
 
     /// The router, to be merged at the root (its paths are [`DASHBOARD_PATHS`]). Requests carry

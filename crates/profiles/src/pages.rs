@@ -1,7 +1,7 @@
 //! kfsec's own dashboard pages — home (your workspaces, the namespace selector, the configured
-//! links), a workspace's contributors page, the registration page and the cluster admins' list
-//! of workspaces — over the same calls as the Central Dashboard API (`dashboard`), rendered by
-//! `kfsec_idp::pages`.
+//! links, "Download kubeconfig"), a workspace's contributors page, the registration page and the
+//! cluster admins' list of workspaces — over the same calls as the Central Dashboard API
+//! (`dashboard`), rendered by `kfsec_idp::pages`.
 //!
 //! Invariants: no membership or permission rule lives here — what a caller sees is
 //! `Kfam::workspaces`, who may change a workspace is `Kfam::may_manage` and every change is the
@@ -10,9 +10,13 @@
 //! else, and the front door has already refused cross-site cookie writes; a workspace an
 //! outsider may not see answers exactly as one that does not exist; `?ns=` is honoured only for
 //! one of the caller's workspaces; a change answers with a redirect to the page (POST, redirect,
-//! GET).
+//! GET). A kubeconfig is made only for a caller signed in by a browser session (the front door's
+//! `SessionLogin`), after the form check, by the composition's [`KubeconfigSource`] (which mints
+//! the token through the IdP's one path for session tokens); its answer is never cached, never
+//! sniffed, and the token is never logged.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -21,9 +25,10 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use kfsec_idp::pages::{
-    ContributorEntry, ContributorsView, CsrfToken, DashboardView, LinkEntry, ProfileEntry, WorkspaceEntry,
-    contributors_page, dashboard_page, error_page, profiles_page, register_page,
+    ContributorEntry, ContributorsView, CsrfToken, DashboardView, KubeconfigOffer, LinkEntry, ProfileEntry,
+    WorkspaceEntry, contributors_page, dashboard_page, error_page, profiles_page, register_page,
 };
+use kfsec_idp::{IdpError, SessionLogin};
 use kfsec_types::Identity;
 use kfsec_types::identity::UserInfo;
 use serde_json::{Value, json};
@@ -35,12 +40,28 @@ use crate::dashboard::{
 use crate::kfam::Workspace;
 
 /// The front-door paths the pages own (handed to the gateway's `Pages`).
-pub const PAGE_PATHS: &[&str] = &["/", "/workspaces/", "/register", "/admin/profiles"];
+pub const PAGE_PATHS: &[&str] = &["/", "/workspaces/", "/register", "/admin/profiles", "/kubeconfig"];
 
 /// The one answer for a workspace that does not exist and one the caller may not see.
 const NO_WORKSPACE: &str = "There is no such workspace, or you are not a member of it.";
 
+/// The composition's side of the home page's "Download kubeconfig": it knows the front door's
+/// URL and the CA a client must trust, and mints the user's token.
+#[async_trait::async_trait]
+pub trait KubeconfigSource: Send + Sync {
+    /// The longest a token lives (the page says so); never past the session.
+    fn lifetime(&self) -> Duration;
+    /// The kubeconfig (YAML) for `id`'s browser session `login`, its context in namespace `ns`.
+    async fn kubeconfig(&self, id: &Identity, login: &SessionLogin, ns: Option<&str>) -> Result<String, IdpError>;
+}
+
 impl Dashboard {
+    /// Offers "Download kubeconfig" on the home page, made by `source` (once; a second call is
+    /// ignored).
+    pub fn offer_kubeconfig(&self, source: Arc<dyn KubeconfigSource>) {
+        let _ = self.kubeconfig.set(source);
+    }
+
     /// The pages' router (paths [`PAGE_PATHS`]); requests carry `Extension<Identity>` and
     /// `Extension<CsrfToken>`.
     pub fn pages_router(self: &Arc<Self>) -> Router {
@@ -55,6 +76,12 @@ impl Dashboard {
                 get(register_get).post(register_post).fallback(wrong_method),
             )
             .route("/admin/profiles", get(all_profiles).fallback(wrong_method))
+            .route(
+                "/kubeconfig",
+                get(|| async { see_other("/") })
+                    .post(kubeconfig_post)
+                    .fallback(wrong_method),
+            )
             .fallback(not_found)
             .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
             .with_state(self.clone())
@@ -180,26 +207,49 @@ fn link_entries(links: &Value, key: &str, ns: &str) -> Vec<LinkEntry> {
     out
 }
 
+/// The caller's workspaces with their role in each.
+fn mine<'a>(all: &'a [Workspace], id: &Identity) -> Vec<(&'a Workspace, &'static str)> {
+    all.iter()
+        .filter_map(|w| dashboard_role(w, &id.user).map(|r| (w, r)))
+        .collect()
+}
+
+/// The selected namespace: `asked` only if it is one of the caller's workspaces; else the first
+/// they own, else the first; empty when they have none.
+fn selected_namespace(mine: &[(&Workspace, &'static str)], asked: Option<String>) -> String {
+    asked
+        .filter(|a| mine.iter().any(|(w, _)| w.name == *a))
+        .or_else(|| mine.iter().find(|(_, r)| *r == "owner").map(|(w, _)| w.name.clone()))
+        .or_else(|| mine.first().map(|(w, _)| w.name.clone()))
+        .unwrap_or_default()
+}
+
+/// A duration in words: `24 hours`, `90 minutes`, `1 hour`.
+fn duration_words(d: Duration) -> String {
+    let s = d.as_secs();
+    let (n, unit) = if s >= 3600 && s.is_multiple_of(3600) {
+        (s / 3600, "hour")
+    } else if s >= 60 && s.is_multiple_of(60) {
+        (s / 60, "minute")
+    } else {
+        (s, "second")
+    };
+    format!("{n} {unit}{}", if n == 1 { "" } else { "s" })
+}
+
 async fn home(
     State(d): State<Arc<Dashboard>>,
     Extension(id): Extension<Identity>,
+    Extension(csrf): Extension<CsrfToken>,
     RawQuery(query): RawQuery,
 ) -> Response {
     let all = match workspaces(&d, &id).await {
         Ok(w) => w,
         Err(r) => return r,
     };
-    let mine: Vec<(&Workspace, &'static str)> = all
-        .iter()
-        .filter_map(|w| dashboard_role(w, &id.user).map(|r| (w, r)))
-        .collect();
+    let mine = mine(&all, &id);
     let asked = query.as_deref().and_then(|q| field(q.as_bytes(), "ns"));
-    // `?ns=` only for one of the caller's workspaces; else the first owned one, else the first.
-    let selected = asked
-        .filter(|a| mine.iter().any(|(w, _)| w.name == *a))
-        .or_else(|| mine.iter().find(|(_, r)| *r == "owner").map(|(w, _)| w.name.clone()))
-        .or_else(|| mine.first().map(|(w, _)| w.name.clone()))
-        .unwrap_or_default();
+    let selected = selected_namespace(&mine, asked);
     let links = &d.settings.links;
     let view = DashboardView {
         user: id.user.clone(),
@@ -218,8 +268,83 @@ async fn home(
         quick: link_entries(links, "quickLinks", &selected),
         external: link_entries(links, "externalLinks", ""),
         docs: link_entries(links, "documentationItems", &selected),
+        kubeconfig: d.kubeconfig.get().map(|k| KubeconfigOffer {
+            csrf,
+            ns: selected.clone(),
+            valid_for: duration_words(k.lifetime()),
+        }),
     };
     dashboard_page(&view)
+}
+
+/// `kubeconfig-<name>.yaml` for user `user`: lower-case letters, digits and `-` only.
+fn kubeconfig_file_name(user: &str) -> String {
+    let mut name = String::new();
+    for c in user.chars() {
+        let c = c.to_ascii_lowercase();
+        if c.is_ascii_alphanumeric() {
+            name.push(c);
+        } else if !name.is_empty() && !name.ends_with('-') {
+            name.push('-');
+        }
+        if name.len() >= 63 {
+            break;
+        }
+    }
+    let name = name.trim_end_matches('-');
+    format!("kubeconfig-{}.yaml", if name.is_empty() { "kfsec" } else { name })
+}
+
+/// `POST /kubeconfig`: the caller's kubeconfig, as a download.
+async fn kubeconfig_post(
+    State(d): State<Arc<Dashboard>>,
+    Extension(id): Extension<Identity>,
+    Extension(csrf): Extension<CsrfToken>,
+    login: Option<Extension<SessionLogin>>,
+    body: Bytes,
+) -> Response {
+    if let Some(r) = forged_form(&id, &csrf, &body) {
+        return r;
+    }
+    let Some(source) = d.kubeconfig.get() else {
+        return not_found().await;
+    };
+    let Some(Extension(login)) = login else {
+        return error_page(
+            StatusCode::BAD_REQUEST,
+            "Bad request",
+            "A kubeconfig is made for a browser session only. Sign in with the browser, or use kfsec login.",
+        );
+    };
+    let all = match workspaces(&d, &id).await {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    let ns = selected_namespace(&mine(&all, &id), field(&body, "ns"));
+    let yaml = match source
+        .kubeconfig(&id, &login, Some(ns.as_str()).filter(|n| !n.is_empty()))
+        .await
+    {
+        Ok(y) => y,
+        Err(e) => {
+            tracing::warn!(user = %id.user, error = %e, "kubeconfig could not be made");
+            return error_page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Unavailable",
+                "The kubeconfig cannot be made right now. Reload the page and try again, or sign in again.",
+            );
+        }
+    };
+    tracing::info!(target: "audit", user = %id.user, namespace = %ns, "kubeconfig downloaded");
+    let mut r = (StatusCode::OK, yaml).into_response();
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/yaml"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{}\"", kubeconfig_file_name(&id.user))) {
+        h.insert(header::CONTENT_DISPOSITION, v);
+    }
+    r
 }
 
 async fn contributors_get(
@@ -420,5 +545,39 @@ mod tests {
         assert_eq!(field(b"x=1", "csrf"), None);
         assert_eq!(role_words("edit"), "contributor (edit)");
         assert_eq!(role_words("viewer"), "viewer");
+    }
+
+    #[test]
+    fn kubeconfig_file_names_and_lifetimes() {
+        assert_eq!(
+            kubeconfig_file_name("User1@Example.com"),
+            "kubeconfig-user1-example-com.yaml"
+        );
+        assert_eq!(kubeconfig_file_name("\"; rm -rf /\r\n"), "kubeconfig-rm-rf.yaml");
+        assert_eq!(kubeconfig_file_name("éé"), "kubeconfig-kfsec.yaml");
+        assert_eq!(
+            kubeconfig_file_name(&"a".repeat(500)).len(),
+            "kubeconfig-.yaml".len() + 63
+        );
+        assert_eq!(duration_words(Duration::from_secs(86_400)), "24 hours");
+        assert_eq!(duration_words(Duration::from_secs(3600)), "1 hour");
+        assert_eq!(duration_words(Duration::from_secs(5400)), "90 minutes");
+        assert_eq!(duration_words(Duration::from_secs(61)), "61 seconds");
+    }
+
+    #[test]
+    fn the_selected_namespace_is_one_of_the_callers() {
+        let ws = |name: &str| Workspace {
+            name: name.into(),
+            owner: "o".into(),
+            bindings: vec![],
+        };
+        let (a, b) = (ws("a"), ws("b"));
+        let mine = vec![(&a, "viewer"), (&b, "owner")];
+        assert_eq!(selected_namespace(&mine, Some("a".into())), "a");
+        assert_eq!(selected_namespace(&mine, Some("kube-system".into())), "b");
+        assert_eq!(selected_namespace(&mine, None), "b");
+        assert_eq!(selected_namespace(&mine[..1], None), "a");
+        assert_eq!(selected_namespace(&[], Some("a".into())), "");
     }
 }

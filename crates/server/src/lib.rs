@@ -8,6 +8,7 @@
 mod accounts;
 pub mod admin;
 pub mod config;
+mod kubeconfig;
 mod pipeline_ui;
 pub mod rbac;
 mod tokenrequest;
@@ -616,6 +617,12 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
         Some((api_router, mounts)),
     )
     .await?;
+    // "Download kubeconfig" on the home page: `kfsec login`'s server URL and CA.
+    dashboard.offer_kubeconfig(Arc::new(kubeconfig::Kubeconfigs {
+        idp: idp.clone(),
+        server: public_url.clone(),
+        trust: cfg.tls_files.is_none().then(|| trust.clone()),
+    }));
     // kfsec's dashboard pages (`/`, `/workspaces/…`) on the paths no route claims.
     app.serve_pages(kfsec_gateway::Pages {
         paths: [kfsec_profiles::PAGE_PATHS, pipeline_ui::PATHS].concat(),

@@ -9,6 +9,7 @@ pub mod clock;
 pub mod config;
 pub mod field;
 pub mod identity;
+pub mod kubeconfig;
 pub mod kubeflow;
 pub mod meta;
 pub mod path;

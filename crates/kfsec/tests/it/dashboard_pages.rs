@@ -3,10 +3,11 @@
 //! as viewer with no controls and a forged POST changes nothing, removal shows on the next
 //! load, forms need the session's token and a same-site Origin, outsiders cannot tell a hidden
 //! workspace from a missing one, registration creates a workspace, cluster admins list them
-//! all, and hostile names come back escaped.
+//! all, hostile names come back escaped, and "Download kubeconfig" gives real kubectl the user.
 
 use crate::dashboard_api::{ADMIN, OUTSIDER, PW, VIEWER, session, setup};
 use crate::harness::*;
+use crate::rbac::Kubectl;
 
 const PAGE: &str = "/workspaces/user1/contributors";
 
@@ -257,4 +258,153 @@ async fn workspaces_and_contributors_in_the_browser() {
     .await;
     assert!(s == 400 || s == 403, "{s}: {body}");
     assert!(!body.contains("<b>Bad"), "{body}");
+}
+
+/// "Download kubeconfig" (issue 13 point 2): the home page's form gives the signed-in user a
+/// kubeconfig that real kubectl uses as them — `kfsec login`'s server URL and CA, the selected
+/// workspace as namespace (only one of theirs), an ID token of `kfsec-cli` that ends with the
+/// session at the latest and is revoked by "Log out everywhere"; forged posts get 403 and no
+/// token, a caller without a session gets none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn download_kubeconfig_gives_kubectl_the_users_identity() {
+    let (k, _kc) = setup(&format!("{CONFIG}session:\n  ttl: 10m\n")).await;
+    let mut owner = session(&k, USER, PASSWORD).await;
+    let (s, home) = page(&mut owner, "/?ns=user1").await;
+    assert_eq!(s, 200, "{home}");
+    assert!(
+        home.contains("<form method=\"post\" action=\"/kubeconfig\" id=\"kubeconfig\">"),
+        "{home}"
+    );
+    assert!(
+        home.contains("<button type=\"submit\" id=\"download-kubeconfig\" aria-describedby=\"kubeconfig-validity\">Download kubeconfig</button>"),
+        "{home}"
+    );
+    assert!(
+        home.contains("<input type=\"hidden\" name=\"ns\" value=\"user1\">"),
+        "{home}"
+    );
+    assert!(home.contains("valid for 24 hours, never past this session"), "{home}");
+    let t = token(&home);
+
+    // Forged posts: no token, a wrong one, a cross-site Origin or fetch: 403, an HTML page.
+    let form = |t: &str| vec![("csrf", t.to_owned()), ("ns", "user1".to_owned())];
+    for (form, headers) in [
+        (form("")[1..].to_vec(), vec![]),
+        (form("AAAA"), vec![]),
+        (form(&t), vec![("origin", "https://evil.example")]),
+        (form(&t), vec![("sec-fetch-site", "cross-site")]),
+    ] {
+        let form: Vec<(&str, &str)> = form.iter().map(|(a, b)| (*a, b.as_str())).collect();
+        let r = {
+            let mut req = owner.http.post(owner.url("/kubeconfig")).form(&form);
+            for (k, v) in &headers {
+                req = req.header(*k, *v);
+            }
+            owner.send(req).await
+        };
+        assert_eq!(r.status(), 403, "{form:?} {headers:?}");
+        assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+        assert!(r.headers().get("content-disposition").is_none());
+        let body = r.text().await.unwrap();
+        assert!(!body.contains("token:") && !body.contains("apiVersion"), "{body}");
+    }
+    // No session: no kubeconfig (the front door's 401); a GET goes back to the home page.
+    let mut stranger = k.client();
+    let r = stranger
+        .post_form("/kubeconfig", &[("csrf", &t), ("ns", "user1")])
+        .await;
+    assert_eq!(r.status(), 401);
+    assert!(!r.text().await.unwrap().contains("apiVersion"));
+    assert_eq!(location(&owner.get("/kubeconfig").await), "/");
+
+    // The download: a namespace not the caller's falls back to their workspace.
+    let req = owner
+        .http
+        .post(owner.url("/kubeconfig"))
+        .header("origin", &k.base)
+        .form(&[("csrf", t.as_str()), ("ns", "kube-system")]);
+    let r = owner.send(req).await;
+    assert_eq!(r.status(), 200);
+    let h = r.headers().clone();
+    assert_eq!(h["content-type"], "application/yaml");
+    assert_eq!(
+        h["content-disposition"],
+        "attachment; filename=\"kubeconfig-test-user1-example-org.yaml\""
+    );
+    assert_eq!(h["cache-control"], "no-store");
+    assert_eq!(h["x-content-type-options"], "nosniff");
+    let yaml = r.text().await.unwrap();
+    assert!(!yaml.contains("kube-system"), "{yaml}");
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("kubeconfig-test-user1-example-org.yaml");
+    std::fs::write(&path, &yaml).unwrap();
+    let user = Kubectl::with_kubeconfig(&path);
+
+    // kubectl reads it: kfsec login's server URL and CA bundle, the workspace as namespace.
+    let (code, out, err) = user.run(&["config", "view", "--raw", "-o", "json"], None).await;
+    assert_eq!(code, 0, "{err}");
+    let cfg: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(cfg["current-context"], "kfsec");
+    let cluster = &cfg["clusters"][0]["cluster"];
+    assert_eq!(cluster["server"], k.running.public_url.as_str());
+    let ca = std::fs::read(k._dir.path().join("pki/ca-bundle.crt")).unwrap();
+    assert_eq!(
+        cluster["certificate-authority-data"],
+        base64_standard(&ca),
+        "kfsec login's default CA bundle"
+    );
+    assert_eq!(cfg["contexts"][0]["context"]["namespace"], "user1");
+    let jwt = cfg["users"][0]["user"]["token"].as_str().unwrap().to_owned();
+    let claims = jwt_claims(&jwt);
+    assert_eq!(claims["aud"], "kfsec-cli");
+    assert_eq!(claims["email"], USER);
+    // The session's subject (what `kfsec login` would get for the user), and its login time.
+    let u = k.running.idp.users().find(USER).await.unwrap().unwrap();
+    assert_eq!(claims["sub"], kfsec_idp::dex_subject(&u.user_id, "local"));
+    assert!(claims["kfsec_iat_ms"].as_u64().unwrap() <= claims["iat"].as_u64().unwrap() * 1000 + 999);
+    let lifetime = claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap();
+    assert!(
+        lifetime <= 600 && lifetime > 500,
+        "capped by the 10m session: {lifetime}"
+    );
+
+    // Real kubectl as the user: whoami names them and their groups; the namespace is theirs.
+    let (code, out, err) = user.run(&["auth", "whoami", "-o", "json"], None).await;
+    assert_eq!(code, 0, "{err}");
+    let who: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(who["status"]["userInfo"]["username"], USER);
+    assert_eq!(
+        who["status"]["userInfo"]["groups"],
+        serde_json::json!(["team-a", "system:authenticated"])
+    );
+    let (code, out, err) = user.run(&["get", "pods"], None).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(err.contains("No resources found in user1 namespace."), "{err}");
+    let (code, _, err) = user.run(&["get", "pods", "-n", "kube-system"], None).await;
+    assert_eq!(code, 1);
+    assert!(
+        err.contains(&format!("User \"{USER}\" cannot list resource \"pods\"")),
+        "{err}"
+    );
+    // The token is not in the log-able parts of the answer.
+    assert!(!format!("{h:?}").contains(&jwt));
+
+    // "Log out everywhere" revokes it at once.
+    let req = owner
+        .http
+        .post(owner.url("/authservice/logout-all"))
+        .header("origin", &k.base);
+    let r = owner.send(req).await;
+    assert!(r.status().is_success() || r.status().is_redirection(), "{}", r.status());
+    let (code, _, err) = user.run(&["auth", "whoami"], None).await;
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("Unauthorized") || err.contains("You must be logged in"),
+        "{err}"
+    );
+}
+
+fn base64_standard(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
 }
