@@ -5,7 +5,8 @@
 //!
 //! Invariants: the state is bound to a MAC'd, short-lived CSRF cookie; after login or logout we
 //! redirect only to a path [`return_path`] accepts (one rule for the login's original URL and
-//! oauth2-proxy's `rd`); a logout ends the session record server-side (cookie or bearer
+//! oauth2-proxy's `rd`), a logout without one to the logged-out page, which needs no session
+//! (so it never starts a new login); a logout ends the session record server-side (cookie or bearer
 //! session), and one carried by the cookie must come from our own origin whatever its method;
 //! the ID token is verified for signature, `iss`, `aud`, `exp` and `nonce` before a session
 //! exists; every credential is judged by the one
@@ -40,6 +41,12 @@ use crate::{App, GATEKEEPER_CLIENT_ID, responses};
 
 /// The callback path registered for the gatekeeper client.
 pub const CALLBACK_PATH: &str = "/authservice/oidc/callback";
+/// The "you are logged out" page under oauth2-proxy's prefix, where `/oauth2/sign_out` without
+/// a valid `rd` lands (a proxy in front that sends `/oauth2/` to kfsec unauthenticated serves it
+/// too).
+pub const LOGGED_OUT_OAUTH2: &str = "/oauth2/logged_out";
+/// The same page under oidc-authservice's prefix, where `/authservice/logout` lands.
+pub const LOGGED_OUT_AUTHSERVICE: &str = "/authservice/logged_out";
 const CSRF_COOKIE: &str = "oidc_state_csrf";
 const CSRF_TTL_SECS: u64 = 600;
 const SCOPES: &str = "openid profile email groups";
@@ -467,31 +474,44 @@ pub(crate) async fn logout(State(app): State<Arc<App>>, headers: HeaderMap) -> R
     logged_out(&app, &headers)
 }
 
-/// The answer to a logout: oidc-authservice's `201 {"afterLogoutURL"}` for the dashboard's XHR
-/// and for callers that logged out with a bearer session, else [`after_logout`]; clears the
-/// cookie.
+/// The answer to a logout at `/authservice/*`: oidc-authservice's `201 {"afterLogoutURL"}` for
+/// the dashboard's XHR (the logged-out page, which a browser following it shows without starting
+/// a login) and for callers that logged out with a bearer session (`/`, as before: such a caller
+/// is no browser, and the answer must not tell whether the bearer named a session), else
+/// [`after_logout`]; clears the cookie.
 fn logged_out(app: &App, headers: &HeaderMap) -> Response {
-    let wants_json = bearer_token(headers).is_some()
+    let bearer = bearer_token(headers).is_some();
+    let wants_json = bearer
         || headers
             .get(header::ACCEPT)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|a| a.contains("application/json"));
     let resp = if wants_json {
         // Kubeflow's dashboard logs out with XHR and follows `afterLogoutURL`.
+        let after = if bearer { "/" } else { LOGGED_OUT_AUTHSERVICE };
         (
             StatusCode::CREATED,
-            axum::Json(serde_json::json!({"afterLogoutURL": "/"})),
+            axum::Json(serde_json::json!({ "afterLogoutURL": after })),
         )
             .into_response()
     } else {
-        after_logout(app)
+        after_logout(LOGGED_OUT_AUTHSERVICE)
     };
     app.clear_session_cookie(resp)
 }
 
-/// Where a browser goes after a logout that names no return path: the login page.
-fn after_logout(app: &App) -> Response {
-    app.start_login("/")
+/// Where a logout that names no (acceptable) return path sends the caller: 302 to the logged-out
+/// `page` — oauth2-proxy answers 302 to `/` there, but kfsec's `/` would start a new login at
+/// once, and the user would never see that they are logged out.
+fn after_logout(page: &str) -> Response {
+    responses::redirect(StatusCode::FOUND, page)
+}
+
+/// `GET /oauth2/logged_out` and `/authservice/logged_out`: "You are logged out" with a link to
+/// log in again. Served to anyone (no session needed, so it never starts a login); it reads
+/// nothing from the request.
+pub(crate) async fn logged_out_page(State(app): State<Arc<App>>) -> Response {
+    kfsec_idp::pages::logged_out_page(&app.idp.settings().branding)
 }
 
 /// The first `rd` parameter of a query (oauth2-proxy reads the first too), decoded.
@@ -508,8 +528,9 @@ pub(crate) async fn oauth2_start(State(app): State<Arc<App>>, RawQuery(query): R
 }
 
 /// `GET`/`POST /oauth2/sign_out?rd=<path>`: ends the session as `/authservice/logout` does
-/// ([`end_sessions`]), clears the cookie and redirects to `rd` if [`return_path`] accepts it,
-/// else as any logout ([`after_logout`]). `HEAD` is 405: a probe must not end a session.
+/// ([`end_sessions`]), clears the cookie and redirects (302, for every client, as oauth2-proxy)
+/// to `rd` if [`return_path`] accepts it, else to the logged-out page ([`after_logout`]).
+/// `HEAD` is 405: a probe must not end a session.
 pub(crate) async fn sign_out(
     State(app): State<Arc<App>>,
     method: Method,
@@ -528,7 +549,7 @@ pub(crate) async fn sign_out(
     let rd = rd_param(query.as_deref());
     let resp = match rd.as_deref().and_then(return_path) {
         Some(to) => responses::redirect(StatusCode::FOUND, to),
-        None => after_logout(&app),
+        None => after_logout(LOGGED_OUT_OAUTH2),
     };
     app.clear_session_cookie(resp)
 }

@@ -35,7 +35,7 @@ use prometheus_client::registry::Registry;
 
 pub use kfsec_types::path;
 
-pub use gatekeeper::{Authn, CALLBACK_PATH, safe_return_path};
+pub use gatekeeper::{Authn, CALLBACK_PATH, LOGGED_OUT_AUTHSERVICE, LOGGED_OUT_OAUTH2, safe_return_path};
 pub use kfsec_idp::authn::{PIPELINES_AUDIENCE, SERVICE_ACCOUNT_AUDIENCE};
 pub use kfsec_idp::cookies::same_origin_write;
 pub use proxy::{Route, UpstreamIdentity, UpstreamTls};
@@ -252,6 +252,8 @@ impl App {
             .route("/oauth2/sign_out", get(gatekeeper::sign_out).post(gatekeeper::sign_out))
             .route("/oauth2/auth", any(gatekeeper::check))
             .route("/oauth2/userinfo", get(gatekeeper::userinfo))
+            .route(gatekeeper::LOGGED_OUT_OAUTH2, get(gatekeeper::logged_out_page))
+            .route(gatekeeper::LOGGED_OUT_AUTHSERVICE, get(gatekeeper::logged_out_page))
             .fallback(protected)
             .with_state(self.clone());
         let app = if self.idp_path.is_empty() {

@@ -205,6 +205,7 @@ impl Idp {
             .route("/token", axum::routing::post(token))
             .route("/userinfo", get(userinfo).post(userinfo))
             .route("/healthz", get(|| async { "Health check passed" }))
+            .route(pages::LOGIN_SCRIPT, get(|| async { pages::login_script() }))
             .route("/device/code", axum::routing::post(crate::device::device_code))
             .route("/device", get(crate::device::device_page))
             .route(
@@ -306,7 +307,11 @@ impl Idp {
                 href: format!("{}/auth/{}?req={enc}", self.settings.issuer_path(), c.id),
             })
             .collect();
-        Ok(pages::chooser(&self.settings.branding, &choices))
+        Ok(pages::chooser(
+            &self.settings.branding,
+            &self.settings.issuer_path(),
+            &choices,
+        ))
     }
 
     /// Starts the login of `req` at `connector`: its password form, or the upstream.
@@ -642,6 +647,7 @@ fn form_for<'a>(
     req: &'a AuthRequest,
     action: &'a str,
     back: Option<&'a str>,
+    issuer_path: &'a str,
 ) -> pages::PasswordForm<'a> {
     let (prompt, email_input) = match &connector.kind {
         ConnectorKind::Password(p) => (p.prompt(), false),
@@ -649,6 +655,7 @@ fn form_for<'a>(
     };
     pages::PasswordForm {
         branding: &idp.settings.branding,
+        issuer_path,
         action,
         prompt,
         email_input,
@@ -665,8 +672,9 @@ async fn login_page(
     let (connector, req, token) = password_request(&idp, &id, &q)?;
     let action = idp.login_url(&connector.id, &token);
     let back = idp.back_link(&req)?;
+    let issuer_path = idp.settings.issuer_path();
     Ok(pages::login_form(
-        form_for(&idp, &connector, &req, &action, back.as_deref()),
+        form_for(&idp, &connector, &req, &action, back.as_deref(), &issuer_path),
         "",
         None,
         None,
@@ -683,8 +691,9 @@ struct LoginForm {
 
 /// Why a password check did not produce a user.
 enum PasswordOutcome {
-    /// Wrong user name or password, or the lockout refused the check.
-    Refused(&'static str),
+    /// Wrong user name or password, or the lockout refused the check: the text for the user
+    /// (`{prompt}` standing for the user-name label).
+    Refused(String),
     /// The connector could not decide (upstream down, ambiguous account).
     Failed(crate::connector::ConnectorError),
 }
@@ -720,12 +729,13 @@ impl Idp {
         // Reserve the check before running it: concurrent guesses cannot overrun the budget.
         let permit = match self.lockout.reserve(&account, address) {
             Gate::Open(p) => p,
-            Gate::Locked => {
+            Gate::Locked(retry) => {
                 outcome("locked");
                 tracing::warn!(target: "audit", %address, connector = %connector.id, "login refused: locked out");
-                return Ok(Err(PasswordOutcome::Refused(
-                    "Too many failed attempts. Try again later.",
-                )));
+                return Ok(Err(PasswordOutcome::Refused(format!(
+                    "Too many failed attempts. Try again {}.",
+                    retry.in_words()
+                ))));
             }
         };
         if !permit.wait().is_zero() {
@@ -770,7 +780,15 @@ impl Idp {
             }
             tracing::warn!(target: "audit", %address, connector = %connector.id, "login failed");
             tokio::time::sleep(failure.delay).await;
-            return Ok(Err(PasswordOutcome::Refused("Invalid {prompt} and password.")));
+            let text = match failure.retry {
+                // This failure started a lock: say so now, not only at the next attempt.
+                Some(retry) => format!(
+                    "Invalid {{prompt}} and password. Too many failed attempts: try again {}.",
+                    retry.in_words()
+                ),
+                None => "Invalid {prompt} and password.".to_owned(),
+            };
+            return Ok(Err(PasswordOutcome::Refused(text)));
         };
         permit.success().await;
         outcome("success");
@@ -791,7 +809,8 @@ async fn login_submit(
     let (connector, req, token) = password_request(&idp, &id, &q)?;
     let action = idp.login_url(&connector.id, &token);
     let back = idp.back_link(&req)?;
-    let page = form_for(&idp, &connector, &req, &action, back.as_deref());
+    let issuer_path = idp.settings.issuer_path();
+    let page = form_for(&idp, &connector, &req, &action, back.as_deref(), &issuer_path);
     let address = addr.map_or_else(|| "unknown".to_owned(), |Extension(ClientAddr(a))| a.to_string());
     let scopes = Scopes::from_list(&req.scopes);
     let (who, auth_ms) = match idp
@@ -1008,11 +1027,23 @@ async fn approval_page(State(idp): State<Arc<Idp>>, Query(q): Params) -> Result<
         .get(&req.client_id)
         .await?
         .ok_or_else(|| PageError::bad("The client no longer exists."))?;
+    let mut scopes = Vec::with_capacity(req.scopes.len());
+    for scope in &req.scopes {
+        // A cross-client scope names the other client: shown by its name when it exists.
+        let peer = match scope.strip_prefix(pages::CROSS_CLIENT_PREFIX) {
+            Some(peer) if !peer.is_empty() && peer.len() <= MAX_CLIENT_ID => {
+                idp.clients.get(peer).await?.map(|c| c.name)
+            }
+            _ => None,
+        };
+        scopes.push(pages::describe_scope(scope, peer.as_deref()));
+    }
+    let issuer_path = idp.settings.issuer_path();
     Ok(pages::approval(
-        &idp.settings.branding,
+        pages::Brand::new(&idp.settings.branding, &issuer_path),
         &id,
         &client.name,
-        &req.scopes,
+        &scopes,
         &req.redirect_uri,
     ))
 }

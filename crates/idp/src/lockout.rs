@@ -44,7 +44,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kfsec_store::Store;
-use kfsec_types::Clock;
+use kfsec_types::time::format_rfc3339;
+use kfsec_types::{Clock, UnixTime};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
@@ -267,8 +268,50 @@ pub struct Lockout(Arc<Inner>);
 pub enum Gate {
     /// Go ahead, after [`Permit::wait`]; report the outcome on the permit.
     Open(Permit),
-    /// Locked out or over budget; the password must not be checked.
-    Locked,
+    /// Locked out or over budget; the password must not be checked before [`Retry::at`].
+    Locked(Retry),
+}
+
+/// When a refused login may be tried again, by the lockout's clock: the end of the lock (or an
+/// estimate a few seconds ahead when only checks in flight or the account's pacing refused it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retry {
+    /// When the refusal was decided.
+    pub now: UnixTime,
+    /// The earliest time a check may be granted again.
+    pub at: UnixTime,
+}
+
+impl Retry {
+    /// How long the refusal lasts.
+    pub fn remaining(&self) -> Duration {
+        self.at.since(self.now)
+    }
+
+    /// The wait in words for a person, consistent with a wall clock: `in 16 minutes (at 17:46
+    /// UTC)` — whole minutes from the current minute to the minute the lock has surely ended
+    /// (rounded up, so the user never comes back too early); hours past 60 minutes; the date too
+    /// when that is another day (UTC).
+    pub fn in_words(&self) -> String {
+        const MIN: u64 = 60;
+        let now_min = self.now.as_secs() / MIN;
+        let at_min = self.at.as_secs().div_ceil(MIN).max(now_min + 1);
+        let minutes = at_min - now_min;
+        let unit = |n: u64, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
+        let span = match (minutes / 60, minutes % 60) {
+            (0, m) => unit(m, "minute"),
+            (h, 0) => unit(h, "hour"),
+            (h, m) => format!("{} {}", unit(h, "hour"), unit(m, "minute")),
+        };
+        let stamp = |min: u64| format_rfc3339(i64::try_from(min.saturating_mul(MIN)).unwrap_or(i64::MAX));
+        let (at, today) = (stamp(at_min), stamp(now_min));
+        let clock = at.get(11..16).unwrap_or_default();
+        if at.get(..10) == today.get(..10) {
+            format!("in {span} (at {clock} UTC)")
+        } else {
+            format!("in {span} (at {} {clock} UTC)", at.get(..10).unwrap_or_default())
+        }
+    }
 }
 
 /// A reserved password check. Dropping it without an outcome counts as a failure.
@@ -288,6 +331,8 @@ pub struct Failure {
     pub delay: Duration,
     /// Whether this failure started a lockout.
     pub locked: bool,
+    /// When the lockout this failure started ends.
+    pub retry: Option<Retry>,
 }
 
 fn ms(d: Duration) -> u64 {
@@ -371,23 +416,47 @@ impl Lockout {
         let st = &mut *st;
         // Everything that can refuse is looked up first, without inserting: a refused request
         // leaves no trace, so a locked source cannot fill the tables however many logins it sends.
-        let open = |e: Option<&mut Entry>, limit: u32| match e {
+        // Each check gives the time (ms) it refuses until: the end of a lock, the end of a
+        // window whose count is spent, or, when only checks in flight fill the budget, a few
+        // seconds (they end within `MAX_WAIT`).
+        let soon = now.saturating_add(ms(MAX_WAIT));
+        let refused_until = |e: Option<&mut Entry>, limit: u32| match e {
             Some(e) => {
                 e.refresh(now, window);
-                !e.locked(now) && e.failures.saturating_add(e.in_flight) < limit
+                if let Some(until) = e.locked_until.filter(|_| e.locked(now)) {
+                    Some(until)
+                } else if e.failures >= limit {
+                    Some(e.window_start.saturating_add(window))
+                } else {
+                    (e.failures.saturating_add(e.in_flight) >= limit).then_some(soon)
+                }
             }
-            None => limit > 0,
+            None => (limit == 0).then_some(now.saturating_add(window)),
         };
-        if !open(st.sources.get_mut(&source_k), p.per_address) || !open(st.pairs.get_mut(&pair), p.per_account) {
-            return Gate::Locked;
+        let refusals = [
+            refused_until(st.sources.get_mut(&source_k), p.per_address),
+            refused_until(st.pairs.get_mut(&pair), p.per_account),
+        ];
+        let locked = |until_ms: u64| {
+            Gate::Locked(Retry {
+                now: now_t,
+                at: UnixTime::from_millis(until_ms.max(now.saturating_add(1000))),
+            })
+        };
+        if let Some(until) = refusals.into_iter().flatten().max() {
+            return locked(until);
         }
         let (mut gcra, in_flight) = st.accounts.get(&account_k).copied().unwrap_or_default();
         if in_flight >= MAX_IN_FLIGHT_PER_ACCOUNT {
-            return Gate::Locked;
+            return locked(soon);
         }
         let max_wait = Gcra::interval(p.account_budget, p.window).min(MAX_WAIT);
         let Some(wait) = gcra.take(p.account_budget, p.window, now_t, max_wait) else {
-            return Gate::Locked;
+            // The pacing's next slot close enough to wait for: the bucket's earliest time
+            // (as `Gcra::take` computes it) less the wait a check may spend.
+            let tolerance = p.window.saturating_sub(Gcra::interval(p.account_budget, p.window));
+            let earliest = gcra.full_at().max(now_t).sub(tolerance).sub(max_wait);
+            return locked(earliest.as_millis());
         };
         // Granted: record the reservation, evicting the least valuable entries when a table is
         // full (a full table never refuses a login).
@@ -444,6 +513,14 @@ impl Inner {
             Failure {
                 delay,
                 locked: pair_locked || source_locked,
+                retry: [(pair_locked, &pair_rec), (source_locked, &source_rec)]
+                    .into_iter()
+                    .filter_map(|(locked, (e, _))| e.locked_until.filter(|_| locked))
+                    .max()
+                    .map(|until| Retry {
+                        now: UnixTime::from_millis(now),
+                        at: UnixTime::from_millis(until),
+                    }),
             },
             [
                 (format!("{PREFIX}pair/{pair}"), Some(pair_rec)),
@@ -577,7 +654,7 @@ mod tests {
     fn permit(l: &Lockout, account: &str, address: &str) -> Permit {
         match l.reserve(account, address) {
             Gate::Open(p) => p,
-            Gate::Locked => panic!("{account} from {address} is locked"),
+            Gate::Locked(_) => panic!("{account} from {address} is locked"),
         }
     }
 
@@ -587,7 +664,7 @@ mod tests {
                 p.release();
                 false
             }
-            Gate::Locked => true,
+            Gate::Locked(_) => true,
         }
     }
 
@@ -750,6 +827,88 @@ mod tests {
         }
         clock.advance(Duration::from_secs(121));
         assert!(!locked(&l, "a", "10.0.0.1"), "back to the first lockout length");
+    }
+
+    fn retry(l: &Lockout, account: &str, address: &str) -> Retry {
+        match l.reserve(account, address) {
+            Gate::Open(_) => panic!("{account} from {address} is not locked"),
+            Gate::Locked(r) => r,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_lock_says_when_it_ends_by_the_lockouts_clock() {
+        // 2026-12-05 17:30:20 UTC.
+        let start = UnixTime::from_secs(1_796_491_820);
+        let clock = ManualClock::new(start);
+        let l = Lockout::new(policy(), clock.clone(), None);
+        for _ in 0..2 {
+            assert_eq!(permit(&l, "a", "10.0.0.1").failure().await.retry, None);
+        }
+        // The failure that locks says until when (120 s).
+        let f = permit(&l, "a", "10.0.0.1").failure().await;
+        let until = UnixTime::from_secs(1_796_491_940);
+        assert_eq!(f.retry, Some(Retry { now: start, at: until }));
+        clock.advance(Duration::from_secs(30));
+        let r = retry(&l, "a", "10.0.0.1");
+        assert_eq!((r.at, r.remaining()), (until, Duration::from_secs(90)));
+        // 17:30:50 → ends 17:32:20: shown as 17:33, three minutes on the wall clock.
+        assert_eq!(r.in_words(), "in 3 minutes (at 17:33 UTC)");
+        clock.advance(Duration::from_secs(90));
+        assert!(!locked(&l, "a", "10.0.0.1"));
+        // The second lock lasts twice as long: its remaining time grows with it.
+        for _ in 0..3 {
+            let _ = permit(&l, "a", "10.0.0.1").failure().await;
+        }
+        assert_eq!(retry(&l, "a", "10.0.0.1").remaining(), Duration::from_secs(240));
+        // Another account from the same source is not locked; the source's own budget is 5.
+        assert!(!locked(&l, "b", "10.0.0.1"));
+    }
+
+    #[test]
+    fn retry_in_words_rounds_up_and_names_hours_and_days() {
+        let at = |now: u64, at: u64| {
+            Retry {
+                now: UnixTime::from_secs(now),
+                at: UnixTime::from_secs(at),
+            }
+            .in_words()
+        };
+        // 1970-01-01 00:00:00 + offsets.
+        assert_eq!(at(0, 1), "in 1 minute (at 00:01 UTC)");
+        assert_eq!(at(0, 60), "in 1 minute (at 00:01 UTC)");
+        assert_eq!(at(59, 61), "in 2 minutes (at 00:02 UTC)");
+        assert_eq!(at(0, 900), "in 15 minutes (at 00:15 UTC)");
+        assert_eq!(at(0, 3600), "in 1 hour (at 01:00 UTC)");
+        assert_eq!(at(0, 2 * 3600 + 61), "in 2 hours 2 minutes (at 02:02 UTC)");
+        assert_eq!(at(23 * 3600, 25 * 3600), "in 2 hours (at 1970-01-02 01:00 UTC)");
+        // A lock already over (clock moved) still says at least a minute, never "0 minutes".
+        assert_eq!(at(120, 60), "in 1 minute (at 00:03 UTC)");
+    }
+
+    #[tokio::test]
+    async fn pacing_and_checks_in_flight_give_a_near_retry() {
+        let clock = ManualClock::new(UnixTime::from_secs(1_000));
+        let l = Lockout::new(
+            LockoutPolicy {
+                account_budget: 2,
+                per_account: 100,
+                per_address: 100,
+                ..policy()
+            },
+            clock.clone(),
+            None,
+        );
+        // Two checks from different sources spend the burst; a third is refused by the pacing
+        // (window 60 s / 2 = one slot per 30 s, at most 10 s waited): retry within the slot.
+        for i in 0..2 {
+            let _ = permit(&l, "a", &format!("10.0.0.{i}")).failure().await;
+        }
+        let r = retry(&l, "a", "10.0.0.9");
+        assert!(
+            r.remaining() > Duration::ZERO && r.remaining() <= Duration::from_secs(30),
+            "{r:?}"
+        );
     }
 
     #[tokio::test]

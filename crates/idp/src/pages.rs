@@ -5,8 +5,10 @@
 //!
 //! Invariants: every interpolated value is escaped by the template engine (text and quoted
 //! attribute values; no template marks a value safe), so no caller escapes or builds markup;
-//! pages carry no script, only the inline style their Content-Security-Policy allows; they
-//! forbid framing and caching. A page that fails to render is a generic 500, never a panic.
+//! pages carry no inline script, only the inline style their Content-Security-Policy allows; the
+//! only scripts are kfsec's own files (the login pages' `kfsec-login.js`, the Pipelines pages'
+//! `kfsec-links.js`), allowed by `script-src 'self'` on those pages alone; pages forbid framing
+//! and caching. A page that fails to render is a generic 500, never a panic.
 
 use askama::Template;
 use axum::http::{HeaderValue, StatusCode, header};
@@ -17,19 +19,77 @@ use axum::response::{IntoResponse, Response};
 const CSP: &str =
     "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' https:; form-action 'self'; frame-ancestors 'none'";
 
-/// The branding a login page shows (from [`crate::Branding`]).
+/// The Content-Security-Policy of the pages that load one of kfsec's own script files — the
+/// login pages (chooser, password form, approval: [`LOGIN_SCRIPT`]) and the Pipelines pages —
+/// the pages' own plus `script-src 'self'` (no inline script or handler).
+const SCRIPT_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'unsafe-inline'; img-src 'self' https:; form-action 'self'; frame-ancestors 'none'";
+
+/// The path of the login pages' script under the issuer path (`/dex/static/kfsec-login.js`).
+pub(crate) const LOGIN_SCRIPT: &str = "/static/kfsec-login.js";
+
+/// The branding a login page shows (from [`crate::Branding`]) and where its script is.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Brand<'a> {
     logo: Option<&'a str>,
     dark: bool,
+    /// The issuer path (`/dex`): the login script is at `{issuer_path}`[`LOGIN_SCRIPT`].
+    issuer_path: &'a str,
 }
 
-impl<'a> From<&'a crate::Branding> for Brand<'a> {
-    fn from(b: &'a crate::Branding) -> Self {
+impl<'a> Brand<'a> {
+    /// `b`'s branding on a page of the IdP mounted at `issuer_path`.
+    pub(crate) fn new(b: &'a crate::Branding, issuer_path: &'a str) -> Self {
         Self {
             logo: b.logo_url.as_deref(),
             dark: b.theme == "dark",
+            issuer_path,
         }
+    }
+
+    /// The login script's URL (a path on this origin).
+    fn script(&self) -> String {
+        format!("{}{LOGIN_SCRIPT}", self.issuer_path)
+    }
+}
+
+/// One line of the approval screen: a scope in words, or a scope kfsec has no words for as it was
+/// sent (`raw`, shown as code).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ScopeLine {
+    /// The words, or the scope itself.
+    pub(crate) text: String,
+    /// Whether `text` is the scope as sent.
+    pub(crate) raw: bool,
+}
+
+/// The prefix of Dex's cross-client scope (`audience:server:client_id:<id>`: tokens for that
+/// client too).
+pub(crate) const CROSS_CLIENT_PREFIX: &str = "audience:server:client_id:";
+
+/// What `scope` lets a client do, in words; for a cross-client scope `peer_name` is the other
+/// client's name when it exists (its id otherwise).
+pub(crate) fn describe_scope(scope: &str, peer_name: Option<&str>) -> ScopeLine {
+    let words = |t: &str| ScopeLine {
+        text: t.to_owned(),
+        raw: false,
+    };
+    match scope {
+        "openid" => words("Confirm who you are (sign you in)"),
+        "email" => words("See your email address"),
+        "profile" => words("See your name and user name"),
+        "groups" => words("See the groups you belong to"),
+        "offline_access" => words("Keep access when you are not using it (stay signed in)"),
+        "federated:id" => words("See which identity provider you logged in with and your account ID there"),
+        _ => match scope.strip_prefix(CROSS_CLIENT_PREFIX) {
+            Some(peer) if !peer.is_empty() => ScopeLine {
+                text: format!("Issue tokens for {}", peer_name.unwrap_or(peer)),
+                raw: false,
+            },
+            _ => ScopeLine {
+                text: scope.to_owned(),
+                raw: true,
+            },
+        },
     }
 }
 
@@ -77,7 +137,15 @@ struct Approval<'a> {
     brand: Brand<'a>,
     req: &'a str,
     client_name: &'a str,
-    scopes: &'a [String],
+    scopes: &'a [ScopeLine],
+}
+
+/// The page a browser lands on after a logout that names no return path.
+#[derive(Template)]
+#[template(path = "logged_out.html")]
+struct LoggedOut<'a> {
+    title: &'a str,
+    brand: Brand<'a>,
 }
 
 /// The form where a user types a device's code.
@@ -335,12 +403,14 @@ fn respond(status: StatusCode, template: &impl Template) -> Response {
 /// A page with a form whose answer redirects to `target` (a client's redirect URI on another
 /// origin): browsers hold a form's whole redirect chain to `form-action`, so the policy names
 /// that origin (or scheme, for an app's custom scheme) besides `'self'`.
+/// Login pages load kfsec's login script ([`SCRIPT_CSP`]).
 fn respond_form(status: StatusCode, template: &impl Template, target: Option<&str>) -> Response {
     let mut resp = respond(status, template);
-    if let Some(source) = target.and_then(csp_source)
-        && let Ok(v) =
-            HeaderValue::from_str(&CSP.replace("form-action 'self'", &format!("form-action 'self' {source}")))
-    {
+    let csp = match target.and_then(csp_source) {
+        Some(source) => SCRIPT_CSP.replace("form-action 'self'", &format!("form-action 'self' {source}")),
+        None => SCRIPT_CSP.to_owned(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&csp) {
         resp.headers_mut().insert(header::CONTENT_SECURITY_POLICY, v);
     }
     resp
@@ -384,6 +454,19 @@ pub fn error_page(status: StatusCode, title: &str, message: &str) -> Response {
     )
 }
 
+/// The page after a logout that names no return path (or a refused one): "You are logged out"
+/// and a link to log in again (`/`), with the login pages' branding. It needs no session, so
+/// showing it never starts a login; it carries no script.
+pub fn logged_out_page(branding: &crate::Branding) -> Response {
+    respond(
+        StatusCode::OK,
+        &LoggedOut {
+            title: "You are logged out",
+            brand: Brand::new(branding, ""),
+        },
+    )
+}
+
 /// The front door's home page for a signed-in user: user name, groups, log-out buttons.
 pub fn home_page(user: &str, groups: &[String]) -> Response {
     respond(
@@ -395,10 +478,6 @@ pub fn home_page(user: &str, groups: &[String]) -> Response {
         },
     )
 }
-
-/// The Content-Security-Policy of the Pipelines pages: the pages' own, plus kfsec's one script
-/// file (`script-src 'self'`; no inline script or handler).
-const PIPELINE_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'unsafe-inline'; img-src 'self' https:; form-action 'self'; frame-ancestors 'none'";
 
 /// One linked row of a Pipelines page (a run, an experiment, a pipeline…).
 #[derive(Debug, Clone, Default)]
@@ -450,7 +529,7 @@ struct PipelineItem<'a> {
 /// `resp` with the Pipelines pages' policy (kfsec's own script allowed).
 fn with_pipeline_csp(mut resp: Response) -> Response {
     resp.headers_mut()
-        .insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(PIPELINE_CSP));
+        .insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(SCRIPT_CSP));
     resp
 }
 
@@ -483,10 +562,22 @@ pub fn pipeline_item_page(title: &str, back: &str, fields: &[(String, String)], 
     ))
 }
 
-/// kfsec's one script (`/pipeline/kfsec-links.js`): turns the KFP UI's `#/runs/details/<id>`
+/// The login pages' script (`{issuer}/static/kfsec-login.js`): carries the page's URL fragment
+/// into its forms' and same-origin links' targets, so a fragment the user arrived with (the KFP
+/// UI's `#/runs/details/<id>`) survives the login's POST and the redirects after it.
+pub(crate) fn login_script() -> Response {
+    script(include_str!("../static/kfsec-login.js"))
+}
+
+/// The Pipelines pages' script (`/pipeline/kfsec-links.js`): turns the KFP UI's `#/runs/details/<id>`
 /// (and experiments, pipelines, recurring runs) into kfsec's `/pipeline/runs/details/<id>`.
 pub fn pipeline_links_script() -> Response {
-    let mut resp = (StatusCode::OK, include_str!("../static/kfsec-links.js")).into_response();
+    script(include_str!("../static/kfsec-links.js"))
+}
+
+/// A static script of kfsec's with its headers.
+fn script(source: &'static str) -> Response {
+    let mut resp = (StatusCode::OK, source).into_response();
     let h = resp.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
@@ -518,15 +609,16 @@ pub(crate) fn idp_error(status: StatusCode, message: &str, back: Option<&str>) -
 }
 
 /// The connector chooser: "Log in with {name}" per connector, under "Log in to {issuer}".
-pub(crate) fn chooser(branding: &crate::Branding, choices: &[Choice]) -> Response {
+pub(crate) fn chooser(branding: &crate::Branding, issuer_path: &str, choices: &[Choice]) -> Response {
     let title = format!("Log in to {}", branding.issuer_name);
-    respond(
+    respond_form(
         StatusCode::OK,
         &Chooser {
             title: &title,
-            brand: branding.into(),
+            brand: Brand::new(branding, issuer_path),
             choices,
         },
+        None,
     )
 }
 
@@ -535,6 +627,8 @@ pub(crate) fn chooser(branding: &crate::Branding, choices: &[Choice]) -> Respons
 pub(crate) struct PasswordForm<'a> {
     /// The login pages' branding.
     pub(crate) branding: &'a crate::Branding,
+    /// The issuer path (where the login script is).
+    pub(crate) issuer_path: &'a str,
     /// The form's own URL.
     pub(crate) action: &'a str,
     /// The user-name label (`Email Address` for local, the connector's `usernamePrompt`).
@@ -564,7 +658,7 @@ pub(crate) fn login_form(
         status,
         &Login {
             title: "Log in to Your Account",
-            brand: form.branding.into(),
+            brand: Brand::new(form.branding, form.issuer_path),
             action: form.action,
             prompt: form.prompt,
             email_input: form.email_input,
@@ -576,19 +670,20 @@ pub(crate) fn login_form(
     )
 }
 
-/// The approval screen: `client_name` asks for `scopes`; `req` is the signed request.
+/// The approval screen: `client_name` asks for `scopes` (in words, [`describe_scope`]); `req`
+/// is the signed request.
 pub(crate) fn approval(
-    branding: &crate::Branding,
+    brand: Brand<'_>,
     req: &str,
     client_name: &str,
-    scopes: &[String],
+    scopes: &[ScopeLine],
     redirect_uri: &str,
 ) -> Response {
     respond_form(
         StatusCode::OK,
         &Approval {
             title: "Grant Access",
-            brand: branding.into(),
+            brand,
             req,
             client_name,
             scopes,
@@ -649,6 +744,15 @@ mod tests {
         template.render().unwrap()
     }
 
+    /// A login page's HTML without its one script element, kfsec's own login script (asserted
+    /// there exactly once).
+    fn without_login_script(html: &str) -> String {
+        let own = "<script src=\"/dex/static/kfsec-login.js\"></script>";
+        assert_eq!(html.matches("<script").count(), 1, "{html}");
+        assert_eq!(html.matches(own).count(), 1, "{html}");
+        html.replacen(own, "", 1)
+    }
+
     /// No hostile markup or quote survives unescaped, and the escaped form is there once per slot.
     fn assert_escaped(html: &str, slots: usize) {
         assert!(!html.contains("<script"), "{html}");
@@ -668,6 +772,7 @@ mod tests {
         let brand = Brand {
             logo: Some(HOSTILE),
             dark: true,
+            issuer_path: "/dex",
         };
         let html = body(&Login {
             title: HOSTILE,
@@ -679,6 +784,7 @@ mod tests {
             error: Some(HOSTILE),
             back: Some(HOSTILE),
         });
+        let html = without_login_script(&html);
         // title twice (<title> and <h1>), logo, action, prompt, login, error, back.
         assert_escaped(&html, 8);
         assert!(html.contains("<body class=\"dark\">"), "{html}");
@@ -687,6 +793,7 @@ mod tests {
             brand: Brand {
                 logo: None,
                 dark: false,
+                issuer_path: "/dex",
             },
             action: "/dex/auth/local/login?req=a&b=c",
             prompt: "Email Address",
@@ -708,23 +815,90 @@ mod tests {
             "{html}"
         );
         assert!(!html.contains("role=\"alert\""), "{html}");
+        assert!(
+            html.contains("<form method=\"post\" action=\"/dex/auth/local/login?req=a&#38;b=c\" id=\"login-form\">"),
+            "{html}"
+        );
+        without_login_script(&html);
+    }
+
+    #[test]
+    fn scopes_are_described_in_words_and_unknown_ones_shown_as_sent() {
+        let d = |s: &str, peer: Option<&str>| describe_scope(s, peer);
+        for known in ["openid", "email", "profile", "groups", "offline_access", "federated:id"] {
+            let line = d(known, None);
+            assert!(
+                !line.raw && line.text != known && line.text.contains(' '),
+                "{known}: {line:?}"
+            );
+        }
+        assert_eq!(d("email", None).text, "See your email address");
+        assert_eq!(
+            d("offline_access", None).text,
+            "Keep access when you are not using it (stay signed in)"
+        );
+        assert_eq!(
+            d("audience:server:client_id:kfp", Some("Kubeflow Pipelines")).text,
+            "Issue tokens for Kubeflow Pipelines"
+        );
+        // A peer that does not exist is named by its id; an empty one is just an unknown scope.
+        assert_eq!(
+            d("audience:server:client_id:ghost", None).text,
+            "Issue tokens for ghost"
+        );
+        assert_eq!(
+            d("audience:server:client_id:", None),
+            ScopeLine {
+                text: "audience:server:client_id:".into(),
+                raw: true
+            }
+        );
+        // Spellings that are not the scope are not described as it.
+        for other in ["Email", "email ", "openid\0", "groups:x", "GROUPS"] {
+            assert_eq!(
+                d(other, None),
+                ScopeLine {
+                    text: other.into(),
+                    raw: true
+                },
+                "{other:?}"
+            );
+        }
     }
 
     #[test]
     fn approval_escapes_every_slot() {
-        let scopes = vec![HOSTILE.to_owned(), "openid".to_owned()];
+        let scopes = vec![
+            describe_scope(HOSTILE, None),
+            describe_scope(&format!("{CROSS_CLIENT_PREFIX}x"), Some(HOSTILE)),
+            describe_scope("openid", None),
+            describe_scope("groups", None),
+        ];
         let html = body(&Approval {
             title: HOSTILE,
             brand: Brand {
                 logo: None,
                 dark: false,
+                issuer_path: "/dex",
             },
             req: HOSTILE,
             client_name: HOSTILE,
             scopes: &scopes,
         });
-        assert_escaped(&html, 5);
-        assert!(html.contains("<li><code>openid</code></li>"), "{html}");
+        let html = without_login_script(&html);
+        // title twice, req, client name, the unknown scope (as code), the peer's name.
+        assert_escaped(&html, 6);
+        assert!(html.contains("<ul id=\"scopes\"><li><code>&#60;script"), "{html}");
+        assert!(html.contains("<li>Issue tokens for &#60;script"), "{html}");
+        assert!(
+            html.contains("<li>Confirm who you are (sign you in)</li><li>See the groups you belong to</li></ul>"),
+            "{html}"
+        );
+        assert!(
+            !html.contains("<code>openid</code>") && !html.contains(">groups<"),
+            "{html}"
+        );
+        assert!(html.contains("<form method=\"post\" id=\"approval-form\">"), "{html}");
         assert!(html.contains("name=\"approval\" value=\"approve\""), "{html}");
         assert!(!html.contains("style=\""), "no inline style attribute: {html}");
     }
@@ -782,6 +956,7 @@ mod tests {
         let branding = crate::Branding::default();
         let form = |redirect_uri| PasswordForm {
             branding: &branding,
+            issuer_path: "/dex",
             action: "/a",
             prompt: "Username",
             email_input: false,
@@ -796,11 +971,16 @@ mod tests {
         };
         let page = csp(login_form(form("https://rp.example/cb"), "", None, None));
         assert!(page.contains("form-action 'self' https://rp.example;"), "{page}");
-        assert_eq!(csp(login_form(form("/authservice/oidc/callback"), "", None, None)), CSP);
+        // Login pages load kfsec's own script file, nothing else.
+        assert_eq!(
+            csp(login_form(form("/authservice/oidc/callback"), "", None, None)),
+            SCRIPT_CSP
+        );
         // A redirect URI cannot inject directives: only a parsed origin or scheme gets in.
         let page = csp(login_form(form("https://rp.example/cb; script-src *"), "", None, None));
-        assert!(!page.contains("script-src"), "{page}");
-        let page = csp(approval(&branding, "r", "RP", &[], "https://rp.example/cb"));
+        assert!(!page.contains('*') && page.matches("script-src").count() == 1, "{page}");
+        let brand = Brand::new(&branding, "/dex");
+        let page = csp(approval(brand, "r", "RP", &[], "https://rp.example/cb"));
         assert!(page.contains("form-action 'self' https://rp.example;"), "{page}");
     }
 
@@ -825,9 +1005,11 @@ mod tests {
             brand: Brand {
                 logo: Some(HOSTILE),
                 dark: false,
+                issuer_path: "/dex",
             },
             choices: &choices,
         });
+        let html = without_login_script(&html);
         // title twice, logo, and id, name, type, href of the first choice.
         assert_escaped(&html, 7);
         assert!(
@@ -956,7 +1138,15 @@ mod tests {
         assert!(html.contains("<form method=\"post\" action=\"/kubeconfig\""), "{html}");
         assert!(html.contains("<label for=\"ns\">Namespace</label>"), "{html}");
         assert!(html.contains("href=\"/register\"") && html.contains("href=\"/admin/profiles\""));
-        assert!(html.contains("href=\"/oauth2/sign_out\""), "{html}");
+        // One "Log out" control (a link to oauth2-proxy's path) and a differently named
+        // "Log out everywhere".
+        assert_eq!(html.matches(">Log out<").count(), 1, "{html}");
+        assert!(
+            html.contains("<a href=\"/oauth2/sign_out\" id=\"logout\">Log out</a>"),
+            "{html}"
+        );
+        assert_eq!(html.matches(">Log out everywhere<").count(), 1, "{html}");
+        assert!(!html.contains("/authservice/logout\""), "{html}");
         let html = body(&DashboardPage {
             title: "kfsec",
             v: &DashboardView::default(),
@@ -1022,6 +1212,45 @@ mod tests {
     }
 
     #[test]
+    fn the_logged_out_page_says_so_links_to_a_new_login_and_has_no_script() {
+        let branding = crate::Branding {
+            issuer_name: HOSTILE.into(),
+            logo_url: Some(HOSTILE.into()),
+            theme: "dark".into(),
+        };
+        let html = body(&LoggedOut {
+            title: "You are logged out",
+            brand: Brand::new(&branding, HOSTILE),
+        });
+        // The logo is the only slot (the issuer path is not used: the page loads no script).
+        assert_escaped(&html, 1);
+        assert!(html.contains("<h1>You are logged out</h1>"), "{html}");
+        assert!(
+            html.contains("<a href=\"/\" id=\"login-again\">Log in again</a>"),
+            "{html}"
+        );
+        assert!(html.contains("id=\"logged-out\" role=\"status\""), "{html}");
+        assert!(html.contains("<body class=\"dark\">"), "branded: {html}");
+        let resp = logged_out_page(&crate::Branding::default());
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(resp.headers()[header::CONTENT_SECURITY_POLICY], CSP);
+        assert_eq!(resp.headers()[header::CACHE_CONTROL], "no-store");
+    }
+
+    #[test]
+    fn the_login_script_is_served_as_a_script_and_keeps_only_the_fragment() {
+        let js = login_script();
+        assert_eq!(js.headers()[header::CONTENT_TYPE], "text/javascript; charset=utf-8");
+        let src = include_str!("../static/kfsec-login.js");
+        // Targets are rebuilt with the URL API and must stay on this origin; nothing is written
+        // as markup or evaluated.
+        assert!(src.contains("new URL(") && src.contains("u.origin !== here"), "{src}");
+        for banned in ["innerHTML", "eval(", "document.write", "Function("] {
+            assert!(!src.contains(banned), "{banned}");
+        }
+    }
+
+    #[test]
     fn csrf_tokens_compare_whole_and_hide_in_debug() {
         let t = CsrfToken::new("abc".into());
         assert!(t.matches("abc"));
@@ -1057,6 +1286,7 @@ mod tests {
         let branding = crate::Branding::default();
         let form = PasswordForm {
             branding: &branding,
+            issuer_path: "/dex",
             action: "/a",
             prompt: "Username",
             email_input: false,

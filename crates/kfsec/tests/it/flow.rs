@@ -106,7 +106,11 @@ async fn login_flow_end_to_end() {
     let copied = b.cookies["authservice_session"].clone();
     let r = b.post_form("/authservice/logout", &[]).await;
     assert_eq!(r.status(), 302);
-    assert!(location(&r).starts_with("/dex/auth?"), "logout leads to the login page");
+    assert_eq!(
+        location(&r),
+        "/authservice/logged_out",
+        "logout leads to the logged-out page"
+    );
     assert!(!b.cookies.contains_key("authservice_session"), "cookie cleared");
     let mut thief = Browser::new(&k.running.ca_pem, &k.base);
     thief.cookies.insert("authservice_session".into(), copied);

@@ -7,6 +7,8 @@ use serde_json::Value;
 use crate::harness::*;
 
 const COOKIE: &str = "authservice_session";
+/// Where a logout without an acceptable `rd` lands.
+const LOGGED_OUT: &str = "/oauth2/logged_out";
 
 /// A logged-in browser and its session cookie's value.
 async fn signed_in(k: &Kfsec) -> (Browser, String) {
@@ -165,17 +167,17 @@ async fn oauth2_sign_out_ends_the_session_server_side() {
     let r = thief.get("/oauth2/userinfo").await;
     assert_eq!(r.status(), 401);
 
-    // POST too, and without rd a logout goes where /authservice/logout goes: the login.
+    // POST too, and without rd a logout lands on the logged-out page (not a new login).
     let (mut b, session) = signed_in(&k).await;
     let r = b.post_form("/oauth2/sign_out", &[]).await;
     assert_eq!(r.status(), 302);
-    assert!(location(&r).starts_with("/dex/auth?"), "{}", location(&r));
+    assert_eq!(location(&r), LOGGED_OUT);
     assert_eq!(check_with_cookie(&k, &session).await, 401);
 
-    // A session given as bearer ends there as well.
+    // A session given as bearer ends there as well (302 as for a browser, as oauth2-proxy).
     let (_b, session) = signed_in(&k).await;
     let r = with_bearer(&k, reqwest::Method::GET, "/oauth2/sign_out", &session).await;
-    assert_eq!(r.status(), 302);
+    assert_eq!((r.status().as_u16(), location(&r)), (302, LOGGED_OUT));
     assert_eq!(check_with_cookie(&k, &session).await, 401);
     k.running.shutdown().await;
 }
@@ -328,16 +330,11 @@ async fn open_redirects_through_rd_are_refused() {
     ];
     let mut b = k.client();
     for rd in hostile {
-        // Sign out (nothing to end) goes to the default, the login page.
+        // Sign out (nothing to end) goes to the default, the logged-out page.
         let r = b.get(&format!("/oauth2/sign_out?{}", rd_query(rd))).await;
         let rd_shown: String = rd.chars().take(60).collect();
         assert_eq!(r.status(), 302, "{rd_shown:?}");
-        assert!(
-            location(&r).starts_with("/dex/auth?"),
-            "{rd_shown:?} → {}",
-            location(&r)
-        );
-        assert_eq!(return_path_in(location(&r)), "/");
+        assert_eq!(location(&r), LOGGED_OUT, "{rd_shown:?}");
         // A login started with it comes back home.
         let r = b.get(&format!("/oauth2/start?{}", rd_query(rd))).await;
         assert_eq!(r.status(), 302, "{rd_shown:?}");
@@ -350,10 +347,10 @@ async fn open_redirects_through_rd_are_refused() {
     let r = b.get("/oauth2/sign_out?rd=/app/ok&rd=//evil.example").await;
     assert_eq!(location(&r), "/app/ok");
     let r = b.get("/oauth2/sign_out?rd=//evil.example&rd=/app/ok").await;
-    assert!(location(&r).starts_with("/dex/auth?"));
+    assert_eq!(location(&r), LOGGED_OUT);
     // A raw (undecoded) query that is not even valid percent-encoding.
     let r = b.get("/oauth2/sign_out?rd=%E0%80%AF%2F%2Fevil").await;
-    assert!(location(&r).starts_with("/dex/auth?"));
+    assert_eq!(location(&r), LOGGED_OUT);
     // A whole login through a hostile rd stays on kfsec's origin.
     let (done, url) = b
         .login(
@@ -425,5 +422,145 @@ async fn nginx_configured_for_oauth2_proxy_works_with_kfsec() {
     let r = through("/notebooks", Some(&cookie)).await;
     assert_eq!(r.status(), 302, "the old cookie no longer passes nginx");
     drop(nginx);
+    k.running.shutdown().await;
+}
+
+/// The logged-out page as a browser gets it: 200 HTML saying so, with a link to log in again, a
+/// strict policy and no script; nothing about it starts a login or needs a session.
+async fn assert_logged_out_page(b: &mut Browser, path: &str) {
+    let r = b
+        .send(
+            b.http
+                .get(b.url(path))
+                .header("sec-fetch-site", "same-origin")
+                .header("sec-fetch-dest", "document"),
+        )
+        .await;
+    assert_eq!(r.status(), 200, "{path}: {}", location(&r));
+    assert!(r.headers().get("set-cookie").is_none(), "{path} starts nothing");
+    assert_eq!(r.headers()["cache-control"], "no-store");
+    let csp = r.headers()["content-security-policy"].to_str().unwrap().to_owned();
+    assert!(
+        csp.starts_with("default-src 'none';") && !csp.contains("script-src"),
+        "{csp}"
+    );
+    let html = r.text().await.unwrap();
+    assert!(html.contains("<h1>You are logged out</h1>"), "{html}");
+    assert!(
+        html.contains("<a href=\"/\" id=\"login-again\">Log in again</a>"),
+        "{html}"
+    );
+    assert!(!html.contains("<script") && !html.contains(USER), "{html}");
+}
+
+#[tokio::test]
+async fn logout_without_rd_shows_the_logged_out_page_and_the_session_is_gone() {
+    let k = Kfsec::start("").await;
+    // The dashboard's "Log out" link: a same-origin GET without rd.
+    let (mut b, session) = signed_in(&k).await;
+    let r = b
+        .send(
+            b.http
+                .get(b.url("/oauth2/sign_out"))
+                .header("sec-fetch-site", "same-origin"),
+        )
+        .await;
+    assert_eq!((r.status().as_u16(), location(&r)), (302, LOGGED_OUT));
+    assert!(!b.cookies.contains_key(COOKIE), "cookie cleared");
+    assert_logged_out_page(&mut b, LOGGED_OUT).await;
+    // The old cookie, replayed: the login redirect for a page, 401 at the check endpoints.
+    let mut thief = k.client();
+    thief.cookies.insert(COOKIE.into(), session.clone());
+    for path in ["/oauth2/auth", "/authservice/check", "/oauth2/userinfo"] {
+        assert_eq!(thief.get(path).await.status(), 401, "{path}");
+    }
+    let r = thief.get("/").await;
+    assert_eq!(r.status(), 302);
+    assert!(location(&r).starts_with("/dex/auth?"), "{}", location(&r));
+    // The page itself needs no session: with the dead cookie, or none, it is served, not a login.
+    assert_logged_out_page(&mut thief, LOGGED_OUT).await;
+    assert_logged_out_page(&mut k.client(), LOGGED_OUT).await;
+    // "Log in again" (/) starts a new login, which works.
+    let (done, url) = b.login("/", USER, PASSWORD).await;
+    assert_eq!((done.status().as_u16(), url), (200, format!("{}/", k.base)));
+
+    // oidc-authservice's logout from a browser form lands on the same page under its prefix;
+    // the dashboard's XHR (JSON) is told to go there; a bearer logout keeps `/`.
+    let (mut b, session) = signed_in(&k).await;
+    let r = b.post_form("/authservice/logout", &[]).await;
+    assert_eq!((r.status().as_u16(), location(&r)), (302, "/authservice/logged_out"));
+    assert_eq!(check_with_cookie(&k, &session).await, 401);
+    assert_logged_out_page(&mut b, "/authservice/logged_out").await;
+    let (mut b, session) = signed_in(&k).await;
+    let r = b
+        .send(
+            b.http
+                .post(b.url("/authservice/logout"))
+                .header("accept", "application/json")
+                .header("origin", &k.base),
+        )
+        .await;
+    assert_eq!(r.status(), 201);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body, serde_json::json!({"afterLogoutURL": "/authservice/logged_out"}));
+    assert_eq!(check_with_cookie(&k, &session).await, 401);
+    // The page answers GET (and HEAD) only; it ends nothing and reflects nothing of the query.
+    let r = k.client().post_form(LOGGED_OUT, &[]).await;
+    assert_eq!(r.status(), 405);
+    let (mut b, session) = signed_in(&k).await;
+    let r = b.get(&format!("{LOGGED_OUT}?rd=%3Cscript%3E")).await;
+    assert_eq!(r.status(), 200);
+    assert!(!r.text().await.unwrap().contains("script"));
+    assert_eq!(
+        check_with_cookie(&k, &session).await,
+        200,
+        "showing the page ends nothing"
+    );
+    k.running.shutdown().await;
+}
+
+/// A fragment the user arrived with (`/pipeline/#/runs/details/<id>`) survives the login: no
+/// redirect of the login carries a fragment of its own (a browser then keeps the one it has), and
+/// the login pages load kfsec's own script, which puts the fragment on the form's target (the
+/// POST would otherwise drop it). The script is served without a session.
+#[tokio::test]
+async fn the_login_pages_carry_the_fragment_script_and_no_redirect_drops_it() {
+    let k = Kfsec::start("").await;
+    let mut b = k.client();
+    let (form, form_url) = b.follow("/pipeline/").await;
+    assert_eq!(form.status(), 200, "{form_url}");
+    let csp = form.headers()["content-security-policy"].to_str().unwrap().to_owned();
+    assert!(csp.contains("script-src 'self';"), "{csp}");
+    let html = form.text().await.unwrap();
+    assert!(
+        html.contains("<form method=\"post\" action=\"/dex/auth/local/login?"),
+        "{html}"
+    );
+    assert!(html.contains("id=\"login-form\""), "{html}");
+    assert_eq!(html.matches("<script").count(), 1, "{html}");
+    assert!(
+        html.contains("<script src=\"/dex/static/kfsec-login.js\"></script>"),
+        "{html}"
+    );
+    // The script itself: no session needed, a script type, nothing that needs a login.
+    let mut anon = k.client();
+    let r = anon
+        .send(
+            anon.http
+                .get(anon.url("/dex/static/kfsec-login.js"))
+                .header("sec-fetch-dest", "script"),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "text/javascript; charset=utf-8");
+    assert_eq!(r.headers()["x-content-type-options"], "nosniff");
+    assert!(r.text().await.unwrap().contains("location.hash"));
+    // The login's answers: the 303 to the callback and the callback's 302 back to /pipeline/
+    // carry no fragment, so the browser's own (put on the form's target) is kept.
+    let r = b.post_form(&form_url, &[("login", USER), ("password", PASSWORD)]).await;
+    assert_eq!(r.status(), 303);
+    assert!(!location(&r).contains('#'), "{}", location(&r));
+    let r = b.get(location(&r)).await;
+    assert_eq!((r.status().as_u16(), location(&r)), (302, "/pipeline/"));
     k.running.shutdown().await;
 }

@@ -519,11 +519,15 @@ async fn pages_escape_reflected_input() {
     let r = b.post_form(&url, &[("login", HOSTILE), ("password", "wrong")]).await;
     assert_eq!(r.status(), 401);
     let csp = r.headers()["content-security-policy"].to_str().unwrap().to_owned();
+    // The login page loads kfsec's own login script file and nothing else.
     assert!(
-        csp.starts_with("default-src 'none';") && !csp.contains("script-src"),
+        csp.starts_with("default-src 'none'; script-src 'self';") && !csp.contains("unsafe-eval"),
         "{csp}"
     );
     let body = r.text().await.unwrap();
+    let own = "<script src=\"/dex/static/kfsec-login.js\"></script>";
+    assert_eq!(body.matches("<script").count(), 1, "{body}");
+    let body = body.replacen(own, "", 1);
     assert!(!body.contains("<script") && !body.contains("<x "), "{body}");
     assert!(body.contains(&format!("value=\"{ESCAPED}\"")), "{body}");
     let r = b
@@ -536,5 +540,53 @@ async fn pages_escape_reflected_input() {
         body.contains(&format!("name=\"user_code\" value=\"{ESCAPED}\"")),
         "{body}"
     );
+    k.running.shutdown().await;
+}
+
+/// "Try again in N minutes (at HH:MM UTC)" for `remaining` from `now` (Unix seconds), as the
+/// login page words it: whole minutes on the wall clock, rounded up.
+fn retry_words(now: u64, remaining: u64) -> String {
+    let (now_min, at_min) = (now / 60, (now + remaining).div_ceil(60));
+    let at = kfsec_types::time::format_rfc3339(i64::try_from(at_min * 60).unwrap());
+    format!("in {} minutes (at {} UTC)", at_min - now_min, &at[11..16])
+}
+
+/// The lockout page says how long the lock lasts, from the lockout's own clock: the failure that
+/// locks says so at once, the refusals after it count down, and the lock ends when it said.
+#[tokio::test]
+async fn the_lockout_page_says_when_the_lock_ends() {
+    let k = Kfsec::start_with_clock("loginProtection:\n  maxFailuresPerAccount: 3\n  lockout: 10m\n").await;
+    let clock = k.clock.clone().unwrap();
+    let mut b = k.client();
+    let url = login_form_url(&mut b).await;
+    for _ in 0..2 {
+        let r = b
+            .post_form(&url, &[("login", USER), ("password", "wrong password!")])
+            .await;
+        let body = r.text().await.unwrap();
+        assert!(body.contains(INVALID) && !body.contains(LOCKED), "{body}");
+    }
+    let locked_at = kfsec_types::Clock::now(clock.as_ref()).as_secs();
+    let r = b
+        .post_form(&url, &[("login", USER), ("password", "wrong password!")])
+        .await;
+    assert_eq!(r.status(), 401);
+    let body = r.text().await.unwrap();
+    let want = format!("Too many failed attempts: try again {}.", retry_words(locked_at, 600));
+    assert!(body.contains(INVALID) && body.contains(&want), "{want} in {body}");
+    assert!(body.contains("role=\"alert\""), "announced: {body}");
+    // Four minutes later, even the right password: six minutes left.
+    clock.advance(Duration::from_secs(240));
+    let r = b.post_form(&url, &[("login", USER), ("password", PASSWORD)]).await;
+    let body = r.text().await.unwrap();
+    let want = format!(
+        "Too many failed attempts. Try again {}.",
+        retry_words(locked_at + 240, 360)
+    );
+    assert!(body.contains(&want), "{want} in {body}");
+    // At the time it said, the lock is over.
+    clock.advance(Duration::from_secs(360));
+    let r = b.post_form(&url, &[("login", USER), ("password", PASSWORD)]).await;
+    assert_eq!(r.status(), 303, "{}", r.text().await.unwrap());
     k.running.shutdown().await;
 }
