@@ -29,7 +29,10 @@ log() { echo "install-test-deps: $*"; }
 # bench/login.sh) — its own slapd.conf in a tempdir; the Debian default instance that slapd's
 # postinst sets up is never started or used.
 # jq, curl, openssl: the README's commands (tests/readme/readme_test.py runs them).
-APT_PKGS=(ca-certificates openssl curl jq nginx python3 python3-venv wrk chromium fonts-dejavu-core procps testssl.sh slapd ldap-utils)
+# protobuf-compiler, libprotobuf-dev: the etcd-client crate compiles etcd's .proto files (protoc +
+# google/protobuf/*.proto). etcd-server, etcd-client: the etcd store's tests start their own
+# /usr/bin/etcd members on free 127.0.0.1 ports (the packaged etcd.service is not used).
+APT_PKGS=(ca-certificates openssl curl jq nginx python3 python3-venv wrk chromium fonts-dejavu-core procps testssl.sh slapd ldap-utils protobuf-compiler libprotobuf-dev etcd-server etcd-client)
 if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
   APT_PKGS+=(nodejs npm)
 fi

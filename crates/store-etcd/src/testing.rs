@@ -1,0 +1,209 @@
+//! Test support (feature `testing`): real etcd members — Debian's `/usr/bin/etcd` — started as
+//! child processes on free 127.0.0.1 ports in a temporary directory, one member or a 3-member
+//! cluster, killed (SIGKILL) and reaped when the [`EtcdCluster`] is dropped.
+//!
+//! Invariants: members never use the packaged `etcd.service` data or ports; each cluster has
+//! its own `--initial-cluster-token`; the inherited environment is cleared so `ETCD_*` variables
+//! cannot change a member. Tests call [`etcd_binary`] first: when etcd is missing they skip with
+//! a message, unless `KFSEC_REQUIRE_ETCD` is set (CI sets it), in which case it is an error.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use etcd_client::{Client, ConnectOptions, GetOptions};
+
+/// The etcd binary the tests run.
+pub const ETCD_BIN: &str = "/usr/bin/etcd";
+/// Set (to anything) to make a missing etcd an error instead of a skip.
+pub const REQUIRE_ENV: &str = "KFSEC_REQUIRE_ETCD";
+
+/// `Ok(Some(path))` when etcd is installed; `Ok(None)` (after printing why the test is skipped)
+/// when it is not and [`REQUIRE_ENV`] is unset; `Err` when it is missing but required.
+pub fn etcd_binary() -> Result<Option<PathBuf>, String> {
+    let bin = PathBuf::from(ETCD_BIN);
+    if bin.is_file() {
+        return Ok(Some(bin));
+    }
+    if std::env::var_os(REQUIRE_ENV).is_some() {
+        return Err(format!(
+            "{ETCD_BIN} is missing but {REQUIRE_ENV} is set: run scripts/install-test-deps.sh (package etcd-server)"
+        ));
+    }
+    eprintln!(
+        "SKIPPED: {ETCD_BIN} not installed (scripts/install-test-deps.sh installs etcd-server; set {REQUIRE_ENV}=1 to fail instead)"
+    );
+    Ok(None)
+}
+
+/// One etcd member process.
+#[derive(Debug)]
+pub struct Member {
+    /// `--name`.
+    pub name: String,
+    /// The client URL, e.g. `http://127.0.0.1:40123`.
+    pub client_url: String,
+    /// The peer URL.
+    pub peer_url: String,
+    child: Option<Child>,
+}
+
+/// A running etcd cluster of 1 or 3 members (see the module docs).
+#[derive(Debug)]
+pub struct EtcdCluster {
+    members: Vec<Member>,
+    dir: tempfile::TempDir,
+}
+
+fn free_port() -> Result<u16, String> {
+    let l = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("bind a free port: {e}"))?;
+    l.local_addr().map(|a| a.port()).map_err(|e| e.to_string())
+}
+
+static CLUSTERS: AtomicU64 = AtomicU64::new(0);
+
+impl EtcdCluster {
+    /// Starts a single member and waits until it answers a quorum read.
+    pub async fn single(bin: &Path) -> Result<Self, String> {
+        Self::start(bin, 1).await
+    }
+
+    /// Starts three members and waits until every one answers a quorum read (a leader exists).
+    pub async fn three(bin: &Path) -> Result<Self, String> {
+        Self::start(bin, 3).await
+    }
+
+    /// Starts `n` members.
+    pub async fn start(bin: &Path, n: usize) -> Result<Self, String> {
+        let dir = tempfile::tempdir().map_err(|e| format!("tempdir: {e}"))?;
+        let mut members = Vec::new();
+        for i in 1..=n {
+            members.push(Member {
+                name: format!("n{i}"),
+                client_url: format!("http://127.0.0.1:{}", free_port()?),
+                peer_url: format!("http://127.0.0.1:{}", free_port()?),
+                child: None,
+            });
+        }
+        let initial = members
+            .iter()
+            .map(|m| format!("{}={}", m.name, m.peer_url))
+            .collect::<Vec<_>>()
+            .join(",");
+        let token = format!(
+            "kfsec-test-{}-{}",
+            std::process::id(),
+            CLUSTERS.fetch_add(1, Ordering::Relaxed)
+        );
+        let mut cluster = Self { members, dir };
+        for m in &mut cluster.members {
+            let log = cluster.dir.path().join(format!("{}.log", m.name));
+            let out = std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
+            let err = out.try_clone().map_err(|e| e.to_string())?;
+            let child = Command::new(bin)
+                .env_clear()
+                .arg("--name")
+                .arg(&m.name)
+                .arg("--data-dir")
+                .arg(cluster.dir.path().join(format!("{}.etcd", m.name)))
+                .arg("--listen-client-urls")
+                .arg(&m.client_url)
+                .arg("--advertise-client-urls")
+                .arg(&m.client_url)
+                .arg("--listen-peer-urls")
+                .arg(&m.peer_url)
+                .arg("--initial-advertise-peer-urls")
+                .arg(&m.peer_url)
+                .arg("--initial-cluster")
+                .arg(&initial)
+                .arg("--initial-cluster-token")
+                .arg(&token)
+                .arg("--initial-cluster-state")
+                .arg("new")
+                .stdin(Stdio::null())
+                .stdout(out)
+                .stderr(err)
+                .spawn()
+                .map_err(|e| format!("start {}: {e}", bin.display()))?;
+            m.child = Some(child);
+        }
+        for i in 0..n {
+            cluster.wait_ready(i, Duration::from_secs(30)).await?;
+        }
+        Ok(cluster)
+    }
+
+    /// Waits until member `i` answers a quorum read.
+    pub async fn wait_ready(&self, i: usize, within: Duration) -> Result<(), String> {
+        let url = self.client_url(i).to_owned();
+        let mut last = String::new();
+        let poll = async {
+            loop {
+                let opts = ConnectOptions::new()
+                    .with_connect_timeout(Duration::from_secs(1))
+                    .with_timeout(Duration::from_secs(2))
+                    .with_require_leader(true);
+                let attempt = async {
+                    let mut c = Client::connect([url.as_str()], Some(opts)).await?;
+                    c.get("health", Some(GetOptions::new().with_count_only())).await
+                };
+                match tokio::time::timeout(Duration::from_secs(3), attempt).await {
+                    Ok(Ok(_)) => return,
+                    Ok(Err(e)) => last = e.to_string(),
+                    Err(_) => last = "timeout".into(),
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        };
+        if tokio::time::timeout(within, poll).await.is_ok() {
+            return Ok(());
+        }
+        Err(format!(
+            "etcd member {i} ({url}) not ready within {within:?}: {last}; log: {}",
+            self.log(i)
+        ))
+    }
+
+    /// The client URLs of all members.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members.iter().map(|m| m.client_url.clone()).collect()
+    }
+
+    /// Member `i`'s client URL.
+    pub fn client_url(&self, i: usize) -> &str {
+        self.members.get(i).map(|m| m.client_url.as_str()).unwrap_or_default()
+    }
+
+    /// The tail of member `i`'s log (for failure messages).
+    pub fn log(&self, i: usize) -> String {
+        let Some(m) = self.members.get(i) else {
+            return String::new();
+        };
+        let text = std::fs::read_to_string(self.dir.path().join(format!("{}.log", m.name))).unwrap_or_default();
+        let tail: Vec<&str> = text.lines().rev().take(20).collect();
+        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+    }
+
+    /// Kills member `i` with SIGKILL and reaps it.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.members.get_mut(i).and_then(|m| m.child.take()) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// A raw client to all members (for writing or checking keys outside the store).
+    pub async fn raw_client(&self) -> Result<Client, String> {
+        Client::connect(self.endpoints(), None).await.map_err(|e| e.to_string())
+    }
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill(i);
+        }
+    }
+}

@@ -1,0 +1,377 @@
+//! Tests against real etcd members (see [`crate::testing`]): the shared conformance suite, and
+//! what only etcd can get wrong — compaction, lease vs stored expiry, CAS races across clients,
+//! the prefix boundary, and a member killed under load.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use etcd_client::{GetOptions, PutOptions};
+use kfsec_store::conformance;
+use kfsec_store::{EventKind, KeyValue, ListPage, Revision, Store, StoreError, WatchStream};
+use kfsec_types::{ManualClock, UnixTime};
+
+use crate::testing::{EtcdCluster, etcd_binary};
+use crate::{Compaction, EtcdConfig, EtcdError, EtcdStore, connect};
+
+/// A single-member etcd, or `None` to skip (etcd missing and not required).
+async fn single() -> Option<EtcdCluster> {
+    let bin = etcd_binary().unwrap()?;
+    Some(EtcdCluster::single(&bin).await.unwrap())
+}
+
+fn config(cluster: &EtcdCluster, prefix: &str) -> EtcdConfig {
+    let mut c = EtcdConfig::new(cluster.endpoints(), prefix);
+    // The suite drives expiry with a manual clock; leases must not fire during a test.
+    c.lease_grace = Duration::from_secs(3600);
+    c.watch_buffer = conformance::TEST_WATCH_BUFFER;
+    c
+}
+
+/// The etcd store as the suite sees it: before each `watch`, history is compacted down to the
+/// suite's retention (etcd keeps history until compacted; the leader's schedule does this in
+/// production), so "a watch older than the retained log is Compacted" holds as for redb.
+struct Retaining {
+    inner: Arc<EtcdStore>,
+    keep: u64,
+}
+
+#[async_trait::async_trait]
+impl Store for Retaining {
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
+        self.inner.get(key).await
+    }
+    async fn list(&self, prefix: &str, limit: usize, start_after: Option<&str>) -> Result<ListPage, StoreError> {
+        self.inner.list(prefix, limit, start_after).await
+    }
+    async fn create(&self, key: &str, value: Vec<u8>, ttl: Option<Duration>) -> Result<Revision, StoreError> {
+        self.inner.create(key, value, ttl).await
+    }
+    async fn update(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        expected: Option<Revision>,
+        ttl: Option<Duration>,
+    ) -> Result<Revision, StoreError> {
+        self.inner.update(key, value, expected, ttl).await
+    }
+    async fn put(&self, key: &str, value: Vec<u8>, ttl: Option<Duration>) -> Result<Revision, StoreError> {
+        self.inner.put(key, value, ttl).await
+    }
+    async fn delete(&self, key: &str, expected: Option<Revision>) -> Result<KeyValue, StoreError> {
+        self.inner.delete(key, expected).await
+    }
+    async fn take(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
+        self.inner.take(key).await
+    }
+    async fn revision(&self) -> Result<Revision, StoreError> {
+        self.inner.revision().await
+    }
+    async fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream, StoreError> {
+        self.inner
+            .compact(Compaction::KeepRevisions(self.keep))
+            .await
+            .map_err(|e| StoreError::Backend(e.to_string()))?;
+        self.inner.watch(prefix, after).await
+    }
+}
+
+async fn harness(cluster: &EtcdCluster, prefix: &str) -> (conformance::Harness, Arc<EtcdStore>) {
+    let clock = ManualClock::new(UnixTime::from_secs(1_700_000_000));
+    let store = Arc::new(connect(&config(cluster, prefix), clock.clone()).await.unwrap());
+    let s = store.clone();
+    let h = conformance::Harness {
+        store: Arc::new(Retaining {
+            inner: store.clone(),
+            keep: conformance::TEST_LOG_RETENTION as u64,
+        }),
+        clock,
+        sweep: Box::new(move || {
+            let s = s.clone();
+            Box::pin(async move { s.sweep_expired().await })
+        }),
+        log_retention: conformance::TEST_LOG_RETENTION,
+        watch_channel_capacity: None,
+        watch_buffer: conformance::TEST_WATCH_BUFFER,
+    };
+    (h, store)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_conformance() {
+    let Some(cluster) = single().await else { return };
+    let (h, _) = harness(&cluster, "/kfsec").await;
+    conformance::run_all(&h).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_conformance_on_three_members() {
+    let Some(bin) = etcd_binary().unwrap() else { return };
+    let cluster = EtcdCluster::three(&bin).await.unwrap();
+    let (h, _) = harness(&cluster, "/deep/prefix/").await;
+    conformance::run_all(&h).await;
+}
+
+async fn next(w: &mut WatchStream) -> Result<kfsec_store::WatchEvent, StoreError> {
+    match tokio::time::timeout(Duration::from_secs(10), w.recv()).await {
+        Ok(Some(item)) => item,
+        other => panic!("expected a watch item, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn watch_from_compacted_history_is_compacted() {
+    let Some(cluster) = single().await else { return };
+    let clock = ManualClock::new(UnixTime::from_secs(1_700_000_000));
+    let store = connect(&config(&cluster, "/kfsec"), clock).await.unwrap();
+    let r0 = store.revision().await.unwrap();
+    for i in 0..10 {
+        store.put(&format!("/c/{i}"), vec![i], None).await.unwrap();
+    }
+    let end = store.revision().await.unwrap();
+    let at = store.compact(Compaction::KeepRevisions(4)).await.unwrap().unwrap();
+    assert_eq!(at, end - 4);
+    // Compacting again at the same point is not an error.
+    assert_eq!(store.compact(Compaction::BeforeRevision(at)).await.unwrap(), Some(at));
+    assert_eq!(store.compact(Compaction::KeepRevisions(end + 5)).await.unwrap(), None);
+    match store.watch("/c/", r0).await {
+        Err(StoreError::Compacted { requested, oldest }) => assert_eq!((requested, oldest), (r0, at - 1)),
+        other => panic!("expected Compacted, got {other:?}"),
+    }
+    // A watch from the oldest available replays everything from the compaction revision on.
+    let mut w = store.watch("/c/", at - 1).await.unwrap();
+    for r in at..=end {
+        assert_eq!(next(&mut w).await.unwrap().kv.mod_revision, r);
+    }
+    // Reads are unaffected by compaction.
+    assert_eq!(store.list("/c/", 0, None).await.unwrap().items.len(), 10);
+}
+
+#[tokio::test]
+async fn ttl_is_enforced_from_the_stored_expiry_and_the_lease_cleans_up() {
+    let Some(cluster) = single().await else { return };
+    let clock = ManualClock::new(UnixTime::from_secs(1_700_000_000));
+    let mut cfg = config(&cluster, "/kfsec");
+    cfg.lease_grace = Duration::ZERO;
+    let store = connect(&cfg, clock.clone()).await.unwrap();
+    let mut raw = cluster.raw_client().await.unwrap();
+
+    // Expired by the clock, long before any lease could fire: invisible to every read.
+    store
+        .create("/t/code", b"c".to_vec(), Some(Duration::from_secs(60)))
+        .await
+        .unwrap();
+    clock.advance(Duration::from_secs(61));
+    assert!(store.get("/t/code").await.unwrap().is_none());
+    assert!(store.list("/t/", 0, None).await.unwrap().items.is_empty());
+    assert!(store.take("/t/code").await.unwrap().is_none());
+    let lease = raw.get("/kfsec/t/code", None).await.unwrap().kvs()[0].lease();
+    assert_ne!(lease, 0, "a TTL record carries a lease");
+    assert!(
+        raw.lease_time_to_live(lease, None).await.unwrap().ttl() > 50,
+        "the lease has not fired: expiry came from the value"
+    );
+
+    // The lease (2 s minimum) deletes a record nobody sweeps, with a Delete event.
+    let r = store.revision().await.unwrap();
+    let mut w = store.watch("/t/", r).await.unwrap();
+    store
+        .create("/t/short", b"s".to_vec(), Some(Duration::from_secs(1)))
+        .await
+        .unwrap();
+    assert_eq!(next(&mut w).await.unwrap().kind, EventKind::Put);
+    let del = next(&mut w).await.unwrap();
+    assert_eq!(
+        (del.kind, del.kv.key.as_str(), del.kv.value.as_slice()),
+        (EventKind::Delete, "/t/short", &b"s"[..])
+    );
+    assert!(raw.get("/kfsec/t/short", None).await.unwrap().kvs().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_increments_from_two_replicas_lose_nothing() {
+    let Some(cluster) = single().await else { return };
+    let clock = ManualClock::new(UnixTime::from_secs(1_700_000_000));
+    let a = Arc::new(connect(&config(&cluster, "/kfsec"), clock.clone()).await.unwrap());
+    let b = Arc::new(connect(&config(&cluster, "/kfsec"), clock).await.unwrap());
+    a.create("/n/counter", b"0".to_vec(), None).await.unwrap();
+    const TASKS: usize = 8;
+    const EACH: usize = 15;
+    let mut handles = Vec::new();
+    for t in 0..TASKS {
+        let s = if t % 2 == 0 { a.clone() } else { b.clone() };
+        handles.push(tokio::spawn(async move {
+            let mut conflicts = 0;
+            for _ in 0..EACH {
+                loop {
+                    let kv = s.get("/n/counter").await.unwrap().unwrap();
+                    let n: usize = std::str::from_utf8(&kv.value).unwrap().parse().unwrap();
+                    match s
+                        .update(
+                            "/n/counter",
+                            (n + 1).to_string().into_bytes(),
+                            Some(kv.mod_revision),
+                            None,
+                        )
+                        .await
+                    {
+                        Ok(_) => break,
+                        Err(StoreError::Conflict { .. }) => conflicts += 1,
+                        Err(e) => panic!("{e:?}"),
+                    }
+                }
+            }
+            conflicts
+        }));
+    }
+    let mut conflicts = 0;
+    for h in handles {
+        conflicts += h.await.unwrap();
+    }
+    let kv = a.get("/n/counter").await.unwrap().unwrap();
+    assert_eq!(kv.value, (TASKS * EACH).to_string().into_bytes());
+    assert!(conflicts > 0, "the race never happened; the test proves nothing");
+}
+
+#[tokio::test]
+async fn nothing_outside_the_prefix_is_read_or_written() {
+    let Some(cluster) = single().await else { return };
+    let clock = ManualClock::new(UnixTime::from_secs(1_700_000_000));
+    let store = connect(&config(&cluster, "/kfsec/"), clock.clone()).await.unwrap();
+    assert_eq!(store.prefix(), "/kfsec");
+    let mut raw = cluster.raw_client().await.unwrap();
+    let foreign = [
+        "/kfsec",
+        "/kfsec2/x",
+        "/kfsec0",
+        "/kfsed",
+        "/other/y",
+        "kfsec/z",
+        "/kfsec.bak/a",
+    ];
+    for k in foreign {
+        raw.put(k, b"foreign", None).await.unwrap();
+    }
+    let r = store.revision().await.unwrap();
+    let mut w = store.watch("", r).await.unwrap();
+    store
+        .put("/a", b"1".to_vec(), Some(Duration::from_secs(1)))
+        .await
+        .unwrap();
+    store.put("/b/c", b"2".to_vec(), None).await.unwrap();
+    raw.put("/kfsec2/during", b"foreign", None).await.unwrap();
+    store.delete("/b/c", None).await.unwrap();
+    clock.advance(Duration::from_secs(2));
+    assert_eq!(store.sweep_expired().await.unwrap(), 1);
+
+    for prefix in ["", "/", "/a", "/b"] {
+        let page = store.list(prefix, 0, None).await.unwrap();
+        assert!(page.items.is_empty(), "{prefix:?}: {:?}", page.items);
+    }
+    let page = store.list("2", 0, None).await.unwrap();
+    assert!(page.items.is_empty());
+    // Watch sees exactly the store's four writes, none of the foreign one.
+    let kinds: Vec<(EventKind, String)> = [
+        next(&mut w).await,
+        next(&mut w).await,
+        next(&mut w).await,
+        next(&mut w).await,
+    ]
+    .into_iter()
+    .map(|e| {
+        let e = e.unwrap();
+        (e.kind, e.kv.key)
+    })
+    .collect();
+    assert_eq!(
+        kinds,
+        [
+            (EventKind::Put, "/a".to_owned()),
+            (EventKind::Put, "/b/c".to_owned()),
+            (EventKind::Delete, "/b/c".to_owned()),
+            (EventKind::Delete, "/a".to_owned()),
+        ]
+    );
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), w.recv())
+            .await
+            .is_err()
+    );
+
+    // Keys that do not start with `/` are refused before anything is sent.
+    for bad in ["", "a", "../x", "2/x"] {
+        assert!(
+            matches!(store.put(bad, Vec::new(), None).await, Err(StoreError::Backend(_))),
+            "{bad:?}"
+        );
+        assert!(matches!(store.get(bad).await, Err(StoreError::Backend(_))), "{bad:?}");
+    }
+    // Every foreign key still holds its value, unchanged since it was written.
+    for k in foreign {
+        let resp = raw.get(k, None).await.unwrap();
+        assert_eq!(resp.kvs()[0].value(), b"foreign", "{k}");
+        assert!(
+            u64::try_from(resp.kvs()[0].mod_revision()).unwrap() <= r,
+            "{k} was rewritten"
+        );
+    }
+    let all = raw.get("", Some(GetOptions::new().with_all_keys())).await.unwrap();
+    for kv in all.kvs() {
+        let k = String::from_utf8_lossy(kv.key());
+        assert!(
+            foreign.contains(&k.as_ref()) || k == "/kfsec2/during",
+            "unexpected key {k}"
+        );
+    }
+
+    // A value under the prefix that is not a kfsec record: an error, never a panic; the
+    // sweeper leaves it alone.
+    raw.put("/kfsec/bad", b"\x01\xff garbage", Some(PutOptions::new()))
+        .await
+        .unwrap();
+    assert!(matches!(store.get("/bad").await, Err(StoreError::Backend(_))));
+    assert!(matches!(store.list("", 0, None).await, Err(StoreError::Backend(_))));
+    assert_eq!(store.sweep_expired().await.unwrap(), 0);
+    assert_eq!(raw.get("/kfsec/bad", None).await.unwrap().kvs().len(), 1);
+}
+
+#[tokio::test]
+async fn bad_configuration_and_unreachable_endpoints_are_named() {
+    let clock: Arc<dyn kfsec_types::Clock> = ManualClock::new(UnixTime::from_secs(1));
+    let mut cfg = EtcdConfig::new(vec!["http://127.0.0.1:1".into()], "/kfsec");
+    cfg.connect_timeout = Duration::from_millis(500);
+    cfg.request_timeout = Duration::from_millis(500);
+    let err = connect(&cfg, clock.clone()).await.unwrap_err();
+    assert!(matches!(err, EtcdError::Unreachable(_)), "{err:?}");
+    assert!(err.to_string().contains("http://127.0.0.1:1"), "{err}");
+
+    for (endpoints, prefix, why) in [
+        (vec![], "/kfsec", "no endpoints"),
+        (vec!["127.0.0.1:2379".to_owned()], "/kfsec", "127.0.0.1:2379"),
+        (
+            vec!["https://127.0.0.1:2379".to_owned()],
+            "/kfsec",
+            "https://127.0.0.1:2379",
+        ),
+        (vec!["http://127.0.0.1:2379".to_owned()], "/", "prefix"),
+        (vec!["http://127.0.0.1:2379".to_owned()], "kfsec", "prefix"),
+        (vec!["http://127.0.0.1:2379".to_owned()], "", "prefix"),
+    ] {
+        let cfg = EtcdConfig::new(endpoints, prefix);
+        let err = connect(&cfg, clock.clone()).await.unwrap_err();
+        assert!(matches!(err, EtcdError::Config(_)), "{err:?}");
+        assert!(err.to_string().contains(why), "{err} should name {why}");
+    }
+    let mut cfg = EtcdConfig::new(vec!["https://127.0.0.1:2379".into()], "/kfsec");
+    cfg.tls = Some(crate::EtcdTls {
+        ca_file: Some("/nonexistent/ca.crt".into()),
+        ..Default::default()
+    });
+    let err = connect(&cfg, clock.clone()).await.unwrap_err();
+    assert!(err.to_string().contains("/nonexistent/ca.crt"), "{err}");
+    let mut cfg = EtcdConfig::new(vec!["http://127.0.0.1:2379".into()], "/kfsec");
+    cfg.username = Some("root".into());
+    cfg.password = Some("s3cret-pw".into());
+    assert!(!format!("{cfg:?}").contains("s3cret-pw"));
+}
