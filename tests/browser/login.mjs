@@ -1,5 +1,5 @@
 // Browser test: people log in to kfsec with headless Chromium, use the dashboard pages (home,
-// contributors, registration, /pipeline) and log out.
+// contributors, registration, /pipeline, "Download kubeconfig" used by kubectl) and log out.
 //
 //   KFSEC_BIN=target/debug/kfsec node tests/browser/login.mjs
 //
@@ -200,6 +200,25 @@ async function main() {
   if ((await vpage.locator('#workspaces tr', { hasText: 'pages-ws' }).count()) !== 0) fail('the removed viewer still sees pages-ws');
   await vctx.close();
   log(`dashboard pages: owner added and removed a viewer in the page, the viewer saw no controls and a forged POST got 403; screenshots ${dashShot}, ${contribShot}, ${viewerShot}`);
+  await page.goto(`${base}/`, { waitUntil: 'load' });
+
+  step = 'dashboard pages: "Download kubeconfig" by keyboard, then kubectl as the user';
+  await page.goto(`${base}/?ns=pages-ws`, { waitUntil: 'load' });
+  const validity = (await page.locator('#kubeconfig-validity').innerText()).trim();
+  if (!/valid for 24 hours, never past this session/.test(validity)) fail(`the page says: ${JSON.stringify(validity)}`);
+  await page.getByRole('button', { name: 'Download kubeconfig' }).focus();
+  const [download] = await Promise.all([page.waitForEvent('download'), page.keyboard.press('Enter')]);
+  const kcName = download.suggestedFilename();
+  if (kcName !== 'kubeconfig-user-example-com.yaml') fail(`downloaded as ${JSON.stringify(kcName)}`);
+  const kcPath = path.join(dataRoot, kcName);
+  await download.saveAs(kcPath);
+  const kubectlAs = (...args) => execFileSync('kubectl', ['--kubeconfig', kcPath, ...args], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+  const whoami = JSON.parse(kubectlAs('auth', 'whoami', '-o', 'json'));
+  if (whoami.status.userInfo.username !== EMAIL) fail(`kubectl auth whoami: ${JSON.stringify(whoami.status.userInfo)}`);
+  const kcNs = kubectlAs('config', 'view', '--minify', '-o', 'jsonpath={.contexts[0].context.namespace}');
+  if (kcNs !== 'pages-ws') fail(`the kubeconfig's namespace is ${JSON.stringify(kcNs)}`);
+  kubectlAs('get', 'pods');
+  log(`"Download kubeconfig" (keyboard) saved ${kcName}; kubectl auth whoami with it: ${EMAIL}, namespace ${kcNs}`);
   await page.goto(`${base}/`, { waitUntil: 'load' });
 
   step = 'registration flow: a user who owns no workspace creates one, by keyboard';
