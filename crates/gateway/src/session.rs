@@ -38,6 +38,9 @@ use crate::GatewayError;
 const PREFIX: &str = "/kfsec/sessions/";
 const USER_INDEX: &str = "/kfsec/session-users/";
 const KEYS: &str = "/kfsec/gateway/keys";
+/// The store prefixes holding secrets (the MAC keys; session records, which keep a federated
+/// login's refresh token): sealed at rest when `secretsEncryption` is on.
+pub const SECRET_PREFIXES: &[&str] = &[PREFIX, KEYS];
 
 /// How long a session whose re-check failed for a passing reason (upstream down or slow) goes on
 /// before the next attempt: so an outage does not make every request wait for a timeout.

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::IdpError;
 use crate::secret::{SaltedDigest, ct_eq, random_alnum};
 
-const PREFIX: &str = "/kfsec/idp/clients/";
+pub(crate) const PREFIX: &str = "/kfsec/idp/clients/";
 
 /// How a client proves itself at `/token`.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]

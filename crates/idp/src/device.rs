@@ -36,7 +36,7 @@ use crate::{Client, ClientAddr, Idp, IdpError, OAuthCode, OAuthError, TokenRespo
 
 /// The grant type of device-code polling.
 pub const GRANT_TYPE: &str = "urn:ietf:params:oauth:grant-type:device_code";
-const DEVICE_PREFIX: &str = "/kfsec/idp/device/";
+pub(crate) const DEVICE_PREFIX: &str = "/kfsec/idp/device/";
 const USER_CODE_PREFIX: &str = "/kfsec/idp/usercodes/";
 const TTL: Duration = Duration::from_secs(300);
 const INTERVAL: u64 = 5;

@@ -35,8 +35,8 @@ use aws_lc_rs::hmac;
 use kfsec_store::{Store, StoreError};
 use kfsec_types::{Rng, random_array};
 
-const AUTHREQ_PREFIX: &str = "/kfsec/idp/authreqs/";
-const AUTHREQ_KEY: &str = "/kfsec/idp/authreq-key";
+pub(crate) const AUTHREQ_PREFIX: &str = "/kfsec/idp/authreqs/";
+pub(crate) const AUTHREQ_KEY: &str = "/kfsec/idp/authreq-key";
 type Params = Query<HashMap<String, String>>;
 
 /// Longest `state` of the in-process gatekeeper (it carries the return path, ≤ 2,048 bytes).

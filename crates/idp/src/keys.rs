@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::IdpError;
 use crate::jwt::{SigningKey, VerifyingKey};
 
-const KEYS_KEY: &str = "/kfsec/idp/keys";
+pub(crate) const KEYS_KEY: &str = "/kfsec/idp/keys";
 
 #[derive(Serialize, Deserialize)]
 struct StoredPrivate {

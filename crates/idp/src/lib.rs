@@ -44,6 +44,21 @@ pub use users::{User, UserDirectory};
 use keys::KeyManager;
 use lockout::{Lockout, LockoutPolicy};
 
+/// The IdP's store prefixes holding secret material, sealed at rest when `secretsEncryption` is
+/// on: signing keys, the authorization-request key, password hashes, client secret digests,
+/// and the records that carry tokens or an upstream's credentials (`connector_data`):
+/// approval records, codes, refresh tokens, device-flow grants.
+pub const SECRET_PREFIXES: &[&str] = &[
+    keys::KEYS_KEY,
+    flow::AUTHREQ_KEY,
+    users::PREFIX,
+    clients::PREFIX,
+    flow::AUTHREQ_PREFIX,
+    tokens::CODE_PREFIX,
+    tokens::REFRESH_PREFIX,
+    device::DEVICE_PREFIX,
+];
+
 /// The address a request came from, as the front door determined it (peer address, or the
 /// `X-Forwarded-For` entry of a trusted proxy). Inserted as a request extension.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -33,7 +33,7 @@ use crate::secret::{ct_eq, random_token, sha256_b64, sha256_hex};
 use crate::{Client, Idp, IdpError, OAuthCode, OAuthError, User};
 
 pub(crate) const CODE_PREFIX: &str = "/kfsec/idp/codes/";
-const REFRESH_PREFIX: &str = "/kfsec/idp/refresh/";
+pub(crate) const REFRESH_PREFIX: &str = "/kfsec/idp/refresh/";
 /// Clock skew tolerated for `nbf` and `iat` in the future.
 pub(crate) const LEEWAY_SECS: u64 = 60;
 /// Codes live at most this long.

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::IdpError;
 
-const PREFIX: &str = "/kfsec/idp/users/";
+pub(crate) const PREFIX: &str = "/kfsec/idp/users/";
 /// bcrypt cost for new hashes (Dex recommends 12).
 pub const BCRYPT_COST: u32 = 12;
 const DUMMY_HASH: &str = "$2b$12$MDP2xh3kgw9JK0BTDD/7QOhK.RnXxrW7fY4ZAWp/4eNN717b8wbgu";

@@ -127,6 +127,11 @@ enum Cmd {
         #[command(flatten)]
         common: Common,
     },
+    /// Encryption of the secrets in the store at rest (`secretsEncryption`).
+    Secrets {
+        #[command(subcommand)]
+        cmd: SecretsCmd,
+    },
     /// Log in to a kfsec server with the device flow and write a kubeconfig with your token.
     Login {
         /// The front door, e.g. https://localhost:8443.
@@ -140,6 +145,16 @@ enum Cmd {
         kubeconfig: PathBuf,
         #[command(flatten)]
         common: Common,
+    },
+}
+
+#[derive(Subcommand)]
+enum SecretsCmd {
+    /// Write a new key-encryption key (32 random bytes, base64) to FILE, mode 0600; never
+    /// overwrites. Configure it as `secretsEncryption: {keyFile: FILE}` on every replica.
+    GenerateKey {
+        /// The key file to create.
+        file: PathBuf,
     },
 }
 
@@ -571,6 +586,7 @@ async fn admin_call(common: &Common, req: AdminRequest) -> Result<AdminResponse>
     }
     let store = kfsec_server::open_store(&dir, Arc::new(kfsec_types::SystemClock))
         .context("opening the store (is a server running without its admin socket?)")?;
+    let store = kfsec_server::seal_store(store, &cfg, &kfsec_types::SystemClock, Arc::new(kfsec_pki::OsRng)).await?;
     Ok(kfsec_server::admin_ops(store, &cfg)?.execute(req).await)
 }
 
@@ -749,6 +765,19 @@ async fn run(cli: Cli) -> Result<()> {
             }
         }
         Cmd::Cert { cmd, common } => cert_cmd(cmd, &common).await,
+        Cmd::Secrets {
+            cmd: SecretsCmd::GenerateKey { file },
+        } => {
+            let key = kfsec_store::sealed::SealKey::generate(&kfsec_pki::OsRng);
+            key.write_new(&file)?;
+            say!(
+                "wrote {} (mode 0600): key id {}\nuse it on every replica: secretsEncryption: {{keyFile: {}}}",
+                file.display(),
+                key.id(),
+                file.display()
+            );
+            Ok(())
+        }
         Cmd::Login {
             server,
             ca_file,

@@ -168,6 +168,8 @@ pub struct Config {
     pub acknowledged: Vec<String>,
     /// Connectors, password database, chooser, branding and session revalidation.
     pub federation: Federation,
+    /// The keys sealing secret material in the store (`secretsEncryption`), read at load.
+    pub secrets_encryption: Option<kfsec_store::sealed::Keyring>,
     /// The binary's build, reported by `/version` and the `kfsec_build_info` metric: filled by
     /// the binary (its build script); [`validate`] leaves the library default.
     pub build: kfsec_types::BuildInfo,
@@ -425,6 +427,31 @@ fn dashboard_documents(
             kfsec_profiles::dashboard::default_settings(),
         )?,
     ))
+}
+
+/// `secretsEncryption:`: the key files, read and checked now (a bad one fails the start,
+/// naming the setting and the file).
+fn secrets_keys(
+    s: Option<&kfsec_types::config::SecretsEncryptionConfig>,
+) -> Result<Option<kfsec_store::sealed::Keyring>, ConfigError> {
+    use kfsec_store::sealed::{Keyring, SealKey};
+    let Some(s) = s else { return Ok(None) };
+    let load = |what: &str, file: &str| {
+        if file.is_empty() {
+            return Err(ConfigError::Invalid(format!(
+                "secretsEncryption.{what}: name a key file"
+            )));
+        }
+        SealKey::load(Path::new(file)).map_err(|e| ConfigError::Invalid(format!("secretsEncryption.{what}: {e}")))
+    };
+    let primary = load("keyFile", &s.key_file)?;
+    let previous = s
+        .previous_key_files
+        .iter()
+        .enumerate()
+        .map(|(i, f)| load(&format!("previousKeyFiles[{i}]"), f))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Some(Keyring::new(primary, previous)))
 }
 
 /// Turns the data model into a validated [`Config`].
@@ -704,6 +731,7 @@ pub fn validate(f: ConfigFile, o: &Overrides, env: &dyn Env) -> Result<Config, C
         webhook_settings,
         acknowledged,
         federation,
+        secrets_encryption: secrets_keys(f.secrets_encryption.as_ref())?,
         build: kfsec_types::BuildInfo::default(),
     })
 }
@@ -787,6 +815,61 @@ routes:
             .unwrap_err()
             .to_string();
         assert!(err.contains("expiry.idTokens"), "{err}");
+    }
+
+    #[test]
+    fn secrets_encryption_loads_private_key_files_and_names_a_bad_one() {
+        use kfsec_store::sealed::SealKey;
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str| dir.path().join(name).display().to_string();
+        let (new, old) = (SealKey::from_bytes([1; 32]), SealKey::from_bytes([2; 32]));
+        new.write_new(Path::new(&file("new"))).unwrap();
+        old.write_new(Path::new(&file("old"))).unwrap();
+        let load = |yaml: String| {
+            parse(Path::new("c.yaml"), &yaml)
+                .map_err(|e| e.to_string())
+                .and_then(|f| validate(f, &Overrides::default(), &MapEnv(vec![])).map_err(|e| e.to_string()))
+        };
+        let c = load(format!(
+            "secretsEncryption:\n  keyFile: {}\n  previousKeyFiles: [{}]\n",
+            file("new"),
+            file("old")
+        ))
+        .unwrap();
+        let ring = c.secrets_encryption.unwrap();
+        assert_eq!(ring.primary_id(), new.id());
+        assert_eq!(ring.held(), format!("{}, {}", new.id(), old.id()));
+        assert!(load(String::new()).unwrap().secrets_encryption.is_none());
+
+        let err = load(format!(
+            "secretsEncryption:\n  keyFile: {}\n  keyfile: x\n",
+            file("new")
+        ))
+        .unwrap_err();
+        assert!(err.contains("secretsEncryption") && err.contains("keyfile"), "{err}");
+        let err = load("secretsEncryption: {}\n".into()).unwrap_err();
+        assert!(err.contains("keyFile"), "{err}");
+        let err = load(format!("secretsEncryption:\n  keyFile: {}\n", file("missing"))).unwrap_err();
+        assert!(
+            err.contains("secretsEncryption.keyFile") && err.contains("missing"),
+            "{err}"
+        );
+        std::fs::write(file("short"), "c2hvcnQ=\n").unwrap();
+        std::fs::set_permissions(file("short"), std::fs::Permissions::from_mode(0o600)).unwrap();
+        let err = load(format!(
+            "secretsEncryption:\n  keyFile: {}\n  previousKeyFiles: [{}]\n",
+            file("new"),
+            file("short")
+        ))
+        .unwrap_err();
+        assert!(
+            err.contains("secretsEncryption.previousKeyFiles[0]") && err.contains("5 bytes, not 32"),
+            "{err}"
+        );
+        std::fs::set_permissions(file("old"), std::fs::Permissions::from_mode(0o604)).unwrap();
+        let err = load(format!("secretsEncryption:\n  keyFile: {}\n", file("old"))).unwrap_err();
+        assert!(err.contains("chmod 600") && err.contains(&file("old")), "{err}");
     }
 
     #[test]

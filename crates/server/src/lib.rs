@@ -315,6 +315,39 @@ pub fn open_store(dir: &DataDir, clock: Arc<dyn Clock>) -> Result<Arc<RedbStore>
     Ok(RedbStore::open_with_options(&dir.store(), clock, options)?)
 }
 
+/// Every store prefix holding secret material, as the crates that own them declare it.
+pub fn secret_prefixes() -> Vec<&'static str> {
+    [kfsec_idp::SECRET_PREFIXES, kfsec_gateway::session::SECRET_PREFIXES].concat()
+}
+
+/// The store as kfsec uses it: with `secretsEncryption`, wrapped so that the values under
+/// [`secret_prefixes`] are sealed, after the start-up check (a store sealed with a key this
+/// process lacks is refused naming the key id; plaintext is sealed the first time; values under a
+/// previous key are re-sealed under the primary); without it, a sealed store is refused.
+pub async fn seal_store(
+    store: Arc<dyn Store>,
+    cfg: &Config,
+    clock: &dyn Clock,
+    rng: Arc<dyn Rng>,
+) -> Result<Arc<dyn Store>, ServerError> {
+    use kfsec_store::sealed::{SealedStore, check_unsealed};
+    let Some(ring) = cfg.secrets_encryption.clone() else {
+        check_unsealed(store.as_ref()).await?;
+        return Ok(store);
+    };
+    let primary = ring.primary_id();
+    let sealed = SealedStore::new(store, &secret_prefixes(), ring, rng);
+    let done = sealed.prepare(clock).await?;
+    if done.first_time && done.sealed > 0 {
+        tracing::warn!(key_id = %primary, sealed = done.sealed, "secretsEncryption turned on: the store's existing secret values are now sealed; keep the key file, the store cannot be read without it");
+    }
+    if done.resealed > 0 {
+        tracing::warn!(key_id = %primary, resealed = done.resealed, "secret values re-sealed under the primary key; the previous keys can be removed from secretsEncryption.previousKeyFiles once every replica runs with this key");
+    }
+    tracing::info!(key_id = %primary, "secret values in the store are sealed (AES-256-GCM)");
+    Ok(Arc::new(sealed))
+}
+
 /// Builds the admin operations over an open store (for the CLI when no server runs).
 pub fn admin_ops(store: Arc<dyn Store>, cfg: &Config) -> Result<admin::AdminOps, ServerError> {
     let store_for_ops = store.clone();
@@ -405,6 +438,7 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
     let connectors = cfg.open_connectors(&issuer, clock.clone())?;
 
     let store: Arc<dyn Store> = open_store(&dir, clock.clone())?;
+    let store = seal_store(store, &cfg, clock.as_ref(), rng.clone()).await?;
     let mut cas = CaSet::load_or_create(&dir.pki(), cfg.key_algorithm, clock.as_ref())?;
     if cas.window_ended(clock.now()) {
         cas = cas.finish(&dir.pki(), clock.as_ref())?;

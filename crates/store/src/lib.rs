@@ -16,6 +16,7 @@ pub mod flaky;
 pub mod follow;
 pub mod memory;
 pub mod redb_store;
+pub mod sealed;
 
 pub use follow::{Backoff, Event, Initial, Snapshot, Watcher, WatcherConfig, list_all};
 pub use memory::MemoryStore;
@@ -111,6 +112,10 @@ pub enum StoreError {
     /// The database file is held by another process.
     #[error("the store is open in another process")]
     Locked,
+    /// A sealed value that cannot be opened, or a store sealed with a key this process does not
+    /// hold (`secretsEncryption`, [`sealed`]).
+    #[error(transparent)]
+    Sealed(#[from] sealed::SealError),
     /// Any other storage failure.
     #[error("storage backend: {0}")]
     Backend(String),

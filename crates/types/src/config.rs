@@ -106,6 +106,19 @@ pub struct ConfigFile {
     /// The admission webhook listener (client authentication, connection caps).
     #[serde(default)]
     pub webhooks: WebhooksConfig,
+    /// Encryption of the secret material in the store (`secretsEncryption:`).
+    pub secrets_encryption: Option<SecretsEncryptionConfig>,
+}
+
+/// `secretsEncryption:` — the key-encryption key files (32 random bytes in base64, mode 0600).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SecretsEncryptionConfig {
+    /// The key that seals new writes (and opens).
+    pub key_file: String,
+    /// Keys that only open (a rotation: the old key, until one start has re-sealed everything).
+    #[serde(default)]
+    pub previous_key_files: Vec<String>,
 }
 
 /// Connection limits of a TLS listener (`frontDoor:`; `webhooks:` takes the caps too).
