@@ -499,10 +499,21 @@ pub struct ItemSection {
     pub id: String,
     /// The heading.
     pub title: String,
-    /// The heading of the detail column.
-    pub detail_heading: String,
+    /// The column headings: name, detail (an empty one leaves the column out), time.
+    pub columns: (String, String, String),
     /// The rows.
     pub rows: Vec<ItemRow>,
+}
+
+/// One labelled value of a Pipelines item page, a link when `href` is not empty.
+#[derive(Debug, Clone, Default)]
+pub struct ItemField {
+    /// The label (`Run id`, `Experiment`…).
+    pub label: String,
+    /// The value shown.
+    pub value: String,
+    /// The page the value links to (`/pipeline/experiments/details/<id>`…), or empty.
+    pub href: String,
 }
 
 /// The read-only Pipelines view of one namespace.
@@ -522,7 +533,7 @@ struct Pipelines<'a> {
 struct PipelineItem<'a> {
     title: &'a str,
     back: &'a str,
-    fields: &'a [(String, String)],
+    fields: &'a [ItemField],
     sections: &'a [ItemSection],
 }
 
@@ -548,9 +559,9 @@ pub fn pipelines_page(user: &str, namespaces: &[String], selected: &str, section
     ))
 }
 
-/// One KFP object's page under `title`: `fields` (name, value), related `sections`, a link
-/// `back` to its namespace's view.
-pub fn pipeline_item_page(title: &str, back: &str, fields: &[(String, String)], sections: &[ItemSection]) -> Response {
+/// One KFP object's page under `title`: `fields`, related `sections`, a link `back` to its
+/// namespace's view.
+pub fn pipeline_item_page(title: &str, back: &str, fields: &[ItemField], sections: &[ItemSection]) -> Response {
     with_pipeline_csp(respond(
         StatusCode::OK,
         &PipelineItem {
@@ -1060,7 +1071,7 @@ mod tests {
         let sections = vec![ItemSection {
             id: HOSTILE.into(),
             title: HOSTILE.into(),
-            detail_heading: HOSTILE.into(),
+            columns: (HOSTILE.into(), HOSTILE.into(), HOSTILE.into()),
             rows: vec![row],
         }];
         let namespaces = vec![HOSTILE.to_owned()];
@@ -1075,18 +1086,23 @@ mod tests {
         let own = "<script src=\"/pipeline/kfsec-links.js\"></script>";
         assert_eq!(html.matches("<script").count(), 1, "{html}");
         let html = html.replacen(own, "", 1);
-        // title twice, user, the option's value and text, section id, title, heading, the row's four.
-        assert_escaped(&html, 12);
+        // title twice, user, the option's value and text, section id, title, three headings, the
+        // row's four.
+        assert_escaped(&html, 14);
         assert!(html.contains(" selected>"), "{html}");
-        let fields = vec![(HOSTILE.to_owned(), HOSTILE.to_owned())];
+        let fields = vec![ItemField {
+            label: HOSTILE.into(),
+            value: HOSTILE.into(),
+            href: HOSTILE.into(),
+        }];
         let html = body(&PipelineItem {
             title: HOSTILE,
             back: HOSTILE,
             fields: &fields,
             sections: &sections,
         });
-        // title twice, back, the field's two, the section's three, the row's four.
-        assert_escaped(&html, 12);
+        // title twice, back, the field's three, the section's five, the row's four.
+        assert_escaped(&html, 15);
         let resp = pipelines_page("u", &[], "", &[]);
         let csp = resp.headers()[header::CONTENT_SECURITY_POLICY]
             .to_str()

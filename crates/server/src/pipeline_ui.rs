@@ -21,7 +21,7 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::get;
 use kfsec_api::ApiServer;
-use kfsec_idp::pages::{ItemRow, ItemSection};
+use kfsec_idp::pages::{ItemField, ItemRow, ItemSection};
 use kfsec_kfp::view::Read;
 use kfsec_kfp::{Kfp, KfpError};
 use kfsec_types::Identity;
@@ -129,12 +129,22 @@ fn url_segment(id: &str) -> String {
     url::form_urlencoded::byte_serialize(id.as_bytes()).collect()
 }
 
+/// A section whose columns are Name, `detail_heading` and Created.
 fn section(id: &str, title: &str, detail_heading: &str, rows: Vec<ItemRow>) -> ItemSection {
     ItemSection {
         id: id.into(),
         title: title.into(),
-        detail_heading: detail_heading.into(),
+        columns: ("Name".into(), detail_heading.into(), "Created".into()),
         rows,
+    }
+}
+
+/// `label`: `value` linking to the `kind` page of `id` (plain text when `id` is empty).
+fn link_field(label: &str, value: &str, kind: &str, id: &str) -> ItemField {
+    ItemField {
+        label: label.into(),
+        value: if value.is_empty() { id.into() } else { value.into() },
+        href: format!("/pipeline/{kind}/details/{}", url_segment(id)),
     }
 }
 
@@ -272,26 +282,38 @@ fn back(namespace: &str) -> String {
 /// KFP's rendering of an unset time.
 const NEVER: &str = "1970-01-01T00:00:00Z";
 
-fn fields(v: &Value, keys: &[(&str, &str)]) -> Vec<(String, String)> {
+/// The fields of `v` named by `keys` (label, key) that have a value, as text.
+fn fields(v: &Value, keys: &[(&str, &str)]) -> Vec<ItemField> {
     keys.iter()
         .filter_map(|(label, k)| {
             let x = s(v, k);
             // KFP's zero time stands for "not yet" (a run not finished).
-            (!x.is_empty() && x != NEVER).then(|| ((*label).to_owned(), x.to_owned()))
+            (!x.is_empty() && x != NEVER).then(|| ItemField {
+                label: (*label).to_owned(),
+                value: x.to_owned(),
+                href: String::new(),
+            })
         })
         .collect()
 }
 
-/// The namespace of experiment `id`, if the caller may read it ("" otherwise).
-async fn experiment_namespace(ui: &Ui, who: &Identity, id: &str) -> String {
+/// A field linking to experiment `id` under its name, and the experiment's namespace ("" when
+/// the caller may not read it: the link then shows the id, and the page answers for itself).
+async fn experiment_link(ui: &Ui, who: &Identity, id: &str) -> Option<(ItemField, String)> {
     if id.is_empty() {
-        return String::new();
+        return None;
     }
-    ui.kfp
-        .read(who, Read::Experiment(id))
-        .await
-        .map(|e| s(&e, "namespace").to_owned())
-        .unwrap_or_default()
+    let e = ui.kfp.read(who, Read::Experiment(id)).await.ok();
+    let (name, ns) = e
+        .as_ref()
+        .map(|e| (s(e, "display_name"), s(e, "namespace")))
+        .unwrap_or_default();
+    Some((link_field("Experiment", name, "experiments", id), ns.to_owned()))
+}
+
+/// A run parameter as a person reads it: a string without JSON's quotes, anything else as JSON.
+fn parameter_text(v: &Value) -> String {
+    v.as_str().map_or_else(|| v.to_string(), str::to_owned)
 }
 
 async fn run(State(ui): State<Arc<Ui>>, Extension(who): Extension<Identity>, Path(id): Path<String>) -> Response {
@@ -306,23 +328,38 @@ async fn run(State(ui): State<Arc<Ui>>, Extension(who): Extension<Identity>, Pat
             ("Name", "display_name"),
             ("State", "state"),
             ("Description", "description"),
-            ("Experiment", "experiment_id"),
-            ("Recurring run", "recurring_run_id"),
+        ],
+    );
+    let experiment = experiment_link(&ui, &who, s(&r, "experiment_id")).await;
+    let ns = experiment.as_ref().map(|(_, ns)| ns.clone()).unwrap_or_default();
+    f.extend(experiment.map(|(field, _)| field));
+    let recurring = s(&r, "recurring_run_id");
+    if !recurring.is_empty() {
+        f.push(link_field("Recurring run", "", "recurringruns", recurring));
+    }
+    f.extend(fields(
+        &r,
+        &[
             ("Storage", "storage_state"),
             ("Created", "created_at"),
             ("Scheduled", "scheduled_at"),
             ("Finished", "finished_at"),
         ],
-    );
+    ));
     if let Some(p) = r.get("pipeline_version_reference") {
-        f.extend(fields(
-            p,
-            &[("Pipeline", "pipeline_id"), ("Pipeline version", "pipeline_version_id")],
-        ));
+        let pipeline = s(p, "pipeline_id");
+        if !pipeline.is_empty() {
+            f.push(link_field("Pipeline", "", "pipelines", pipeline));
+        }
+        f.extend(fields(p, &[("Pipeline version", "pipeline_version_id")]));
     }
     if let Some(params) = r.pointer("/runtime_config/parameters").and_then(Value::as_object) {
         for (k, v) in params {
-            f.push((format!("Parameter {k}"), v.to_string()));
+            f.push(ItemField {
+                label: format!("Parameter {k}"),
+                value: parameter_text(v),
+                href: String::new(),
+            });
         }
     }
     let history = items(&r, "state_history")
@@ -335,12 +372,16 @@ async fn run(State(ui): State<Arc<Ui>>, Extension(who): Extension<Identity>, Pat
         })
         .filter(|h| !h.name.is_empty())
         .collect::<Vec<_>>();
-    let ns = experiment_namespace(&ui, &who, s(&r, "experiment_id")).await;
     let title = format!("Run {}", s(&r, "display_name"));
     let sections = if history.is_empty() {
         Vec::new()
     } else {
-        vec![section("history", "State history", "", history)]
+        vec![ItemSection {
+            id: "history".into(),
+            title: "State history".into(),
+            columns: ("State".into(), String::new(), "Since".into()),
+            rows: history,
+        }]
     };
     kfsec_idp::pages::pipeline_item_page(&title, &back(&ns), &f, &sections)
 }
@@ -396,14 +437,23 @@ async fn recurring_run(
             ("Name", "display_name"),
             ("Description", "description"),
             ("Namespace", "namespace"),
-            ("Experiment", "experiment_id"),
-            ("Status", "status"),
-            ("Mode", "mode"),
-            ("Created", "created_at"),
         ],
     );
+    f.extend(
+        experiment_link(&ui, &who, s(&j, "experiment_id"))
+            .await
+            .map(|(field, _)| field),
+    );
+    f.extend(fields(
+        &j,
+        &[("Status", "status"), ("Mode", "mode"), ("Created", "created_at")],
+    ));
     if let Some(t) = j.get("trigger") {
-        f.push(("Trigger".into(), t.to_string()));
+        f.push(ItemField {
+            label: "Trigger".into(),
+            value: t.to_string(),
+            href: String::new(),
+        });
     }
     let title = format!("Recurring run {}", s(&j, "display_name"));
     kfsec_idp::pages::pipeline_item_page(&title, &back(s(&j, "namespace")), &f, &[])
@@ -429,7 +479,11 @@ async fn pipeline(State(ui): State<Arc<Ui>>, Extension(who): Extension<Identity>
         ],
     );
     if s(&p, "namespace").is_empty() {
-        f.push(("Namespace".into(), "(shared)".into()));
+        f.push(ItemField {
+            label: "Namespace".into(),
+            value: "(shared)".into(),
+            href: String::new(),
+        });
     }
     let rows = items(&versions, "pipeline_versions")
         .iter()

@@ -118,6 +118,7 @@ async fn the_pipelines_view_shows_a_namespaces_runs_and_refuses_other_users_item
         &mut owner,
         "/pipeline/apis/v2beta1/runs",
         json!({"display_name": "nightly-run", "experiment_id": eid,
+               "runtime_config": {"parameters": {"msg": "hi <b>", "epochs": 3}},
                "pipeline_version_reference": {"pipeline_id": pid, "pipeline_version_id": vid}}),
     )
     .await;
@@ -158,7 +159,7 @@ async fn the_pipelines_view_shows_a_namespaces_runs_and_refuses_other_users_item
     );
     assert!(
         html.contains(&format!(
-            "<a href=\"/pipeline/runs/details/{rid}\">nightly-run</a></td><td class=\"state\">{state}</td>"
+            "<a href=\"/pipeline/runs/details/{rid}\">nightly-run</a></td><td>{state}</td>"
         )),
         "{html}"
     );
@@ -171,10 +172,7 @@ async fn the_pipelines_view_shows_a_namespaces_runs_and_refuses_other_users_item
         html.contains(&format!("/pipeline/pipelines/details/{pid}\">train</a>")),
         "{html}"
     );
-    assert!(
-        html.contains(&format!("\">train</a></td><td class=\"state\">{vname}</td>")),
-        "{html}"
-    );
+    assert!(html.contains(&format!("\">train</a></td><td>{vname}</td>")), "{html}");
     assert!(
         html.contains(&format!("/pipeline/pipelines/details/{shared_pid}\">shared-flow</a>")),
         "{html}"
@@ -198,6 +196,21 @@ async fn the_pipelines_view_shows_a_namespaces_runs_and_refuses_other_users_item
     );
     assert!(html.contains(&format!("<th>State</th><td>{state}</td>")), "{html}");
     assert!(html.contains("href=\"/pipeline/?ns=user1\""), "{html}");
+    // Related items are links, the experiment under its name; parameters read as values
+    // (a string without JSON's quotes, escaped); the history's columns say what they hold.
+    assert!(
+        html.contains(&format!(
+            "<th>Experiment</th><td><a href=\"/pipeline/experiments/details/{eid}\">"
+        )),
+        "{html}"
+    );
+    assert!(
+        html.contains(&format!("<a href=\"/pipeline/pipelines/details/{pid}\">{pid}</a>")),
+        "{html}"
+    );
+    assert!(html.contains("<th>Parameter msg</th><td>hi &#60;b&#62;</td>"), "{html}");
+    assert!(html.contains("<th>Parameter epochs</th><td>3</td>"), "{html}");
+    assert!(html.contains("<th>State</th><th>Since</th>"), "{html}");
     let (s, html) = page(&mut owner, &format!("/pipeline/experiments/details/{eid}")).await;
     assert_eq!(s, 200, "{html}");
     assert!(
