@@ -162,7 +162,10 @@ async function expectHome(page, context, email, groups, shot) {
 }
 
 async function logout(page, s) {
-  await Promise.all([page.waitForURL(/\/dex\/auth\?/, { waitUntil: 'load' }), page.click('#logout')]);
+  // The logout ends on kfsec's "You are logged out" page; "Log in again" leads to the chooser.
+  await Promise.all([page.waitForURL(/\/oauth2\/logged_out$/, { waitUntil: 'load' }), page.click('#logout')]);
+  await page.locator('#login-again').waitFor({ state: 'visible' });
+  await Promise.all([page.waitForURL(/\/dex\/auth\?/, { waitUntil: 'load' }), page.click('#login-again')]);
   await page.locator('.choices').waitFor({ state: 'visible' });
   const r = await https(`${base}/authservice/check`, { headers: { Cookie: `authservice_session=${s.value}` } });
   expect(r.status === 401, `old session still accepted after logout: HTTP ${r.status}`);

@@ -78,6 +78,7 @@ async fn kfsec_login_uses_the_device_flow() {
         .lines()
         .find_map(|l| l.trim().strip_prefix("token: "))
         .unwrap()
+        .trim_matches('"')
         .to_owned();
     let raw = http_client(&k.running.ca_pem);
     let r = raw
