@@ -36,12 +36,14 @@ use kfsec_store::{EventKind, KeyValue, ListPage, Revision, Store, StoreError, Wa
 use kfsec_types::{Clock, UnixTime};
 
 pub mod envelope;
+mod retry;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 #[cfg(test)]
 mod tests;
 
 use envelope::CreateRevision;
+use retry::Sent;
 
 /// How to reach etcd and where kfsec's keys live there.
 #[derive(Clone)]
@@ -168,6 +170,7 @@ pub struct EtcdStore {
     lease_grace: Duration,
     request_timeout: Duration,
     watch_buffer: usize,
+    endpoints: usize,
 }
 
 impl fmt::Debug for EtcdStore {
@@ -294,11 +297,8 @@ pub async fn connect(config: &EtcdConfig, clock: Arc<dyn Clock>) -> Result<EtcdS
         lease_grace: config.lease_grace,
         request_timeout: config.request_timeout,
         watch_buffer: config.watch_buffer.max(1),
+        endpoints: config.endpoints.len(),
     })
-}
-
-fn backend(e: etcd_client::Error) -> StoreError {
-    StoreError::Backend(format!("etcd: {e}"))
 }
 
 fn to_rev(r: i64) -> Result<Revision, StoreError> {
@@ -411,20 +411,19 @@ impl EtcdStore {
         })
     }
 
-    async fn timed<T>(&self, f: impl Future<Output = Result<T, etcd_client::Error>>) -> Result<T, StoreError> {
-        match tokio::time::timeout(self.request_timeout.saturating_mul(2), f).await {
-            Ok(r) => r.map_err(backend),
-            Err(_) => Err(StoreError::Backend(format!(
-                "etcd: no answer within {:?}",
-                self.request_timeout.saturating_mul(2)
-            ))),
-        }
+    /// The raw etcd record at `ekey` (a quorum read, retried through transient failures).
+    async fn read_raw(&self, ekey: &str) -> Result<Option<etcd_client::KeyValue>, StoreError> {
+        let resp = self
+            .read_retry(|| {
+                let mut kv = self.client.kv_client();
+                async move { kv.get(ekey, None).await }
+            })
+            .await?;
+        Ok(resp.kvs().first().cloned())
     }
 
     async fn read(&self, ekey: &str) -> Result<Option<Current>, StoreError> {
-        let mut kv = self.client.kv_client();
-        let resp = self.timed(kv.get(ekey, None)).await?;
-        resp.kvs().first().map(|kv| self.decode(kv)).transpose()
+        self.read_raw(ekey).await?.map(|kv| self.decode(&kv)).transpose()
     }
 
     /// The record a failed transaction's `or_else(get)` returned.
@@ -450,8 +449,25 @@ impl EtcdStore {
         // Saturating float → int conversion; etcd caps lease TTLs itself.
         #[allow(clippy::cast_possible_truncation)]
         let secs = secs.min(i64::MAX as f64) as i64;
-        let mut lease = self.client.lease_client();
-        Ok(self.timed(lease.grant(secs, None)).await?.id())
+        // Repeating a grant is harmless: an unused lease just expires.
+        let resp = self
+            .read_retry(|| {
+                let mut lease = self.client.lease_client();
+                async move { lease.grant(secs, None).await }
+            })
+            .await?;
+        Ok(resp.id())
+    }
+
+    /// Sends `txn`; after an ambiguous failure, reads the key and returns what it holds now
+    /// (`Err(cause)` inside when the read cannot be had either).
+    async fn send_txn(&self, txn: Txn) -> Result<Sent<etcd_client::TxnResponse>, StoreError> {
+        self.write_once(|| {
+            let mut kv = self.client.kv_client();
+            let txn = txn.clone();
+            async move { kv.txn(txn).await }
+        })
+        .await
     }
 
     async fn write(
@@ -473,7 +489,7 @@ impl EtcdStore {
             Want::Create => None,
             _ => self.read(&ekey).await?,
         };
-        let mut kv = self.client.kv_client();
+        let mut ambiguous = 0;
         loop {
             let live = current.as_ref().filter(|c| is_live(&c.kv, now));
             match (want, live) {
@@ -510,13 +526,32 @@ impl EtcdStore {
             let opts = lease.map(|id| PutOptions::new().with_lease(id));
             let txn = Txn::new()
                 .when([compare])
-                .and_then([TxnOp::put(ekey.as_str(), body, opts)])
+                .and_then([TxnOp::put(ekey.as_str(), body.clone(), opts)])
                 .or_else([TxnOp::get(ekey.as_str(), None)]);
-            let resp = self.timed(kv.txn(txn)).await?;
-            if resp.succeeded() {
-                return Self::header_revision(resp.header());
+            match self.send_txn(txn).await? {
+                Sent::Done(resp) if resp.succeeded() => return Self::header_revision(resp.header()),
+                Sent::Done(resp) => current = self.else_current(&resp)?,
+                Sent::Unknown(cause) => {
+                    // Did it apply? The key tells: unchanged → it did not (send it again);
+                    // holding exactly our bytes and lease → it did; anything else → another
+                    // writer came first, and the loop applies the usual rules to that.
+                    ambiguous += 1;
+                    let now_raw = self.read_raw(&ekey).await?;
+                    let before = current.as_ref().map(|c| c.etcd_mod);
+                    let unchanged = now_raw.as_ref().map(etcd_client::KeyValue::mod_revision) == before;
+                    if unchanged {
+                        if ambiguous > 3 {
+                            return Err(cause);
+                        }
+                    } else if let Some(raw) = &now_raw
+                        && raw.value() == body.as_slice()
+                        && raw.lease() == lease.unwrap_or(0)
+                    {
+                        return to_rev(raw.mod_revision());
+                    }
+                    current = now_raw.map(|kv| self.decode(&kv)).transpose()?;
+                }
             }
-            current = self.else_current(&resp)?;
         }
     }
 
@@ -525,7 +560,7 @@ impl EtcdStore {
         let ekey = self.ekey(key)?;
         let now = self.clock.now();
         let mut current = self.read(&ekey).await?;
-        let mut kv = self.client.kv_client();
+        let mut ambiguous = 0;
         loop {
             let Some(c) = current.filter(|c| is_live(&c.kv, now)) else {
                 return Ok(None);
@@ -541,13 +576,25 @@ impl EtcdStore {
                 .when([Compare::mod_revision(ekey.as_str(), CompareOp::Equal, c.etcd_mod)])
                 .and_then([TxnOp::delete(ekey.as_str(), None)])
                 .or_else([TxnOp::get(ekey.as_str(), None)]);
-            let resp = self.timed(kv.txn(txn)).await?;
-            if resp.succeeded() {
-                let mut deleted = c.kv;
-                deleted.mod_revision = Self::header_revision(resp.header())?;
-                return Ok(Some(deleted));
+            match self.send_txn(txn).await? {
+                Sent::Done(resp) if resp.succeeded() => {
+                    let mut deleted = c.kv;
+                    deleted.mod_revision = Self::header_revision(resp.header())?;
+                    return Ok(Some(deleted));
+                }
+                Sent::Done(resp) => current = self.else_current(&resp)?,
+                Sent::Unknown(cause) => {
+                    // Unchanged → it did not apply: send it again. Gone or changed → we cannot
+                    // tell whose delete it was; for a single-use `take` the only safe answer
+                    // is a failure (never a second holder of the record).
+                    ambiguous += 1;
+                    let now = self.read(&ekey).await?;
+                    if ambiguous > 3 || now.as_ref().map(|n| n.etcd_mod) != Some(c.etcd_mod) {
+                        return Err(cause);
+                    }
+                    current = now;
+                }
             }
-            current = self.else_current(&resp)?;
         }
     }
 
@@ -560,12 +607,17 @@ impl EtcdStore {
             .erange("")
             .ok_or_else(|| StoreError::Backend("no key range".into()))?;
         let now = self.clock.now();
-        let mut kv = self.client.kv_client();
         let mut cursor = lo;
         let mut swept = 0;
         loop {
-            let opts = GetOptions::new().with_range(hi.clone()).with_limit(500);
-            let resp = self.timed(kv.get(cursor.clone(), Some(opts))).await?;
+            let resp = self
+                .read_retry(|| {
+                    let mut kv = self.client.kv_client();
+                    let opts = GetOptions::new().with_range(hi.clone()).with_limit(500);
+                    let from = cursor.clone();
+                    async move { kv.get(from, Some(opts)).await }
+                })
+                .await?;
             for raw in resp.kvs() {
                 let Ok(c) = self.decode(raw) else { continue };
                 if is_live(&c.kv, now) {
@@ -575,7 +627,10 @@ impl EtcdStore {
                 let txn = Txn::new()
                     .when([Compare::mod_revision(ekey.clone(), CompareOp::Equal, c.etcd_mod)])
                     .and_then([TxnOp::delete(ekey, None)]);
-                if self.timed(kv.txn(txn)).await?.succeeded() {
+                // An ambiguous answer is left to the next sweep (or the lease).
+                if let Sent::Done(r) = self.send_txn(txn).await?
+                    && r.succeeded()
+                {
                     swept += 1;
                 }
             }
@@ -617,17 +672,26 @@ impl EtcdStore {
     /// A quorum read through any reachable member: `Ok(current revision)` when the cluster has
     /// a leader and answers within the request timeout (for `/readyz`).
     pub async fn health(&self) -> Result<Revision, EtcdError> {
-        let mut kv = self.client.kv_client();
         let timeout = self.request_timeout.saturating_mul(2);
-        let resp = tokio::time::timeout(
-            timeout,
-            kv.get(self.root.as_str(), Some(GetOptions::new().with_count_only())),
-        )
-        .await
-        .map_err(|_| EtcdError::Timeout(timeout))?
-        .map_err(EtcdError::Request)?;
-        let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
-        Ok(Revision::try_from(rev).unwrap_or(0))
+        // A refused connection (a dead member) is instant and says nothing about the cluster:
+        // try the next endpoint. Anything else is the answer.
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let mut kv = self.client.kv_client();
+            let read = kv.get(self.root.as_str(), Some(GetOptions::new().with_count_only()));
+            match tokio::time::timeout(timeout, read).await {
+                Err(_) => return Err(EtcdError::Timeout(timeout)),
+                Ok(Ok(resp)) => {
+                    let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+                    return Ok(Revision::try_from(rev).unwrap_or(0));
+                }
+                Ok(Err(e)) if retry::classify(&e) == retry::Failure::NotSent && attempts < 2 * self.endpoints + 2 => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Ok(Err(e)) => return Err(EtcdError::Request(e)),
+            }
+        }
     }
 
     /// The raw etcd client (for tests and for the leader election that shares this connection).
@@ -640,17 +704,33 @@ impl EtcdStore {
         &self.root
     }
 
+    /// Whether etcd still has the history of revision `at` (not compacted away).
+    async fn readable_at(&self, at: Revision) -> Result<bool, StoreError> {
+        let at = to_i64(at)?;
+        self.read_retry(|| {
+            let mut kv = self.client.kv_client();
+            let opts = GetOptions::new().with_count_only().with_revision(at);
+            async move {
+                match kv.get(self.root.as_str(), Some(opts)).await {
+                    Ok(_) => Ok(true),
+                    Err(e) if is_compacted(&e) => Ok(false),
+                    Err(e) => Err(e),
+                }
+            }
+        })
+        .await
+    }
+
     /// The smallest revision readable in etcd's history at or after `from` (≤ `to`), found by
     /// bisection over history reads (compaction is rare, so is this).
     async fn oldest_readable(&self, from: Revision, to: Revision) -> Result<Revision, StoreError> {
-        let mut kv = self.client.kv_client();
         let (mut lo, mut hi) = (from, to);
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
-            let opts = GetOptions::new().with_count_only().with_revision(to_i64(mid)?);
-            match self.timed(kv.get(self.root.as_str(), Some(opts))).await {
-                Ok(_) => hi = mid,
-                Err(_) => lo = mid + 1,
+            if self.readable_at(mid).await? {
+                hi = mid;
+            } else {
+                lo = mid + 1;
             }
         }
         Ok(lo)
@@ -752,7 +832,7 @@ impl Store for EtcdStore {
         let mut attempts = 0;
         loop {
             attempts += 1;
-            match self.timed(self.list_once(prefix, limit, start_after)).await {
+            match self.read_retry(|| self.list_once(prefix, limit, start_after)).await {
                 Err(StoreError::Backend(m)) if attempts < 3 && m.contains("compacted") => continue,
                 other => return other,
             }
@@ -788,9 +868,14 @@ impl Store for EtcdStore {
     }
 
     async fn revision(&self) -> Result<Revision, StoreError> {
-        let mut kv = self.client.kv_client();
         let resp = self
-            .timed(kv.get(self.root.as_str(), Some(GetOptions::new().with_count_only())))
+            .read_retry(|| {
+                let mut kv = self.client.kv_client();
+                async move {
+                    kv.get(self.root.as_str(), Some(GetOptions::new().with_count_only()))
+                        .await
+                }
+            })
             .await?;
         Self::header_revision(resp.header())
     }

@@ -375,3 +375,93 @@ async fn bad_configuration_and_unreachable_endpoints_are_named() {
     cfg.password = Some("s3cret-pw".into());
     assert!(!format!("{cfg:?}").contains("s3cret-pw"));
 }
+
+/// The index of the member that is the raft leader.
+async fn leader_of(cluster: &EtcdCluster) -> usize {
+    for i in 0..3 {
+        let mut c = etcd_client::Client::connect([cluster.client_url(i)], None)
+            .await
+            .unwrap();
+        let st = c.status().await.unwrap();
+        if st.header().unwrap().member_id() == st.leader() {
+            return i;
+        }
+    }
+    panic!("no leader");
+}
+
+/// Kills one member of a 3-member cluster (the raft leader or a follower) while a writer and a
+/// watcher run through one store connected to all three endpoints: no write fails (in-flight
+/// ones included: an ambiguous answer is resolved by reading the key), every acknowledged write
+/// is there afterwards, and the watch delivers every event once, in order.
+async fn kill_member_under_load(kill_leader: bool) {
+    let Some(bin) = etcd_binary().unwrap() else { return };
+    let mut cluster = EtcdCluster::three(&bin).await.unwrap();
+    let clock = ManualClock::new(UnixTime::from_secs(1_700_000_000));
+    let store = Arc::new(connect(&config(&cluster, "/kfsec"), clock).await.unwrap());
+    let r0 = store.revision().await.unwrap();
+    let mut w = store.watch("/m/", r0).await.unwrap();
+
+    let acked = Arc::new(std::sync::Mutex::new(Vec::<(String, Revision)>::new()));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (store, acked, stop) = (store.clone(), acked.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut failures = Vec::new();
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let key = format!("/m/{i:05}");
+                match store.create(&key, vec![1], None).await {
+                    Ok(r) => acked.lock().unwrap().push((key, r)),
+                    Err(e) => failures.push(format!("{key}: {e}")),
+                }
+                i += 1;
+            }
+            failures
+        })
+    };
+    let acked_count = || acked.lock().unwrap().len();
+    while acked_count() < 20 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let leader = leader_of(&cluster).await;
+    let victim = if kill_leader { leader } else { (leader + 1) % 3 };
+    cluster.kill(victim);
+    let at_kill = acked_count();
+    while acked_count() < at_kill + 40 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let failures = writer.await.unwrap();
+    assert!(
+        failures.is_empty(),
+        "writes failed after member {victim} died: {failures:?}"
+    );
+
+    let acked = acked.lock().unwrap().clone();
+    let page = store.list("/m/", 0, None).await.unwrap();
+    let stored: Vec<(String, Revision)> = page.items.iter().map(|kv| (kv.key.clone(), kv.mod_revision)).collect();
+    assert_eq!(stored, acked, "exactly the acknowledged writes, at their revisions");
+
+    let mut seen = Vec::new();
+    while seen.len() < acked.len() {
+        seen.push(next(&mut w).await.unwrap().kv.mod_revision);
+    }
+    assert_eq!(seen, acked.iter().map(|(_, r)| *r).collect::<Vec<_>>());
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), w.recv())
+            .await
+            .is_err()
+    );
+    assert!(store.health().await.is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_leader_fails_no_request() {
+    kill_member_under_load(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_follower_fails_no_request() {
+    kill_member_under_load(false).await;
+}

@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use etcd_client::{GetOptions, WatchOptions};
+use etcd_client::WatchOptions;
 use kfsec_store::{Revision, StoreError, WatchStream};
 use tokio::sync::mpsc;
 
@@ -27,27 +27,39 @@ pub(crate) async fn start(store: &EtcdStore, prefix: &str, after: Revision) -> R
     let current = kfsec_store::Store::revision(store).await?;
     if after < current {
         let start = after + 1;
-        let opts = GetOptions::new().with_count_only().with_revision(to_i64(start)?);
-        let mut kv = store.client.kv_client();
-        match store
-            .timed(async { kv.get(store.root.as_str(), Some(opts)).await })
-            .await
-        {
-            Ok(_) => {}
-            Err(StoreError::Backend(m)) if m.contains("required revision has been compacted") => {
-                let first = store.oldest_readable(start, current).await?;
-                return Err(StoreError::Compacted {
-                    requested: after,
-                    oldest: first.saturating_sub(1),
-                });
-            }
-            Err(e) => return Err(e),
+        if !store.readable_at(start).await? {
+            let first = store.oldest_readable(start, current).await?;
+            return Err(StoreError::Compacted {
+                requested: after,
+                oldest: first.saturating_sub(1),
+            });
         }
     }
-    let stream = open(store, &lo, &hi, after).await?;
+    let stream = open_retrying(store, &lo, &hi, after).await?;
     let store = store.clone();
     tokio::spawn(forward(store, lo, hi, after, stream, tx));
     Ok(rx)
+}
+
+/// [`open`], retried through transient failures until the operation deadline.
+async fn open_retrying(
+    store: &EtcdStore,
+    lo: &[u8],
+    hi: &[u8],
+    after: Revision,
+) -> Result<etcd_client::WatchStream, StoreError> {
+    let mut delay = Duration::from_millis(20);
+    let deadline = tokio::time::Instant::now() + store.request_timeout.saturating_mul(2);
+    loop {
+        match open(store, lo, hi, after).await {
+            Err(e @ StoreError::Backend(_)) if tokio::time::Instant::now() + delay < deadline => {
+                tracing::debug!(error = %e, "etcd watch set-up failed; retrying");
+            }
+            other => return other,
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_millis(500));
+    }
 }
 
 /// Opens an etcd watch for events after `after` and waits for etcd to confirm it.
