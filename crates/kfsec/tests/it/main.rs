@@ -37,4 +37,5 @@ mod sec_paths;
 mod sec_refusals;
 mod sec_tenancy;
 mod sec_webhooks;
+mod secrets_at_rest;
 mod slapd;
