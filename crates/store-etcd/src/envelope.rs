@@ -17,6 +17,9 @@
 //! written over it, while the store contract starts a new record (new create revision) when a
 //! value is written over an *expired* record that is still in etcd: such a write uses mode 1, and
 //! later updates of that record carry the number forward in mode 2.
+//!
+//! This file depends only on `kfsec_types`, so `fuzz/fuzz_targets/store_envelope.rs` compiles it
+//! directly (`#[path]`) without building the etcd client.
 
 use kfsec_types::UnixTime;
 
@@ -49,18 +52,28 @@ pub struct Envelope<'a> {
 }
 
 /// Why a stored value is not a kfsec envelope.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EnvelopeError {
     /// Empty, or shorter than its header says.
-    #[error("truncated value")]
     Truncated,
     /// A version this build does not read.
-    #[error("unknown envelope version {0}")]
     Version(u8),
     /// Reserved flag bits set, or an unknown create-revision mode.
-    #[error("unknown envelope flags {0:#04x}")]
     Flags(u8),
 }
+
+// Display by hand (no thiserror): the fuzz target compiles this file on its own.
+impl std::fmt::Display for EnvelopeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Truncated => f.write_str("truncated value"),
+            Self::Version(v) => write!(f, "unknown envelope version {v}"),
+            Self::Flags(b) => write!(f, "unknown envelope flags {b:#04x}"),
+        }
+    }
+}
+
+impl std::error::Error for EnvelopeError {}
 
 /// Encodes `payload` with its expiry and create-revision mode.
 pub fn encode(expires_at: Option<UnixTime>, create: CreateRevision, payload: &[u8]) -> Vec<u8> {
