@@ -23,8 +23,10 @@
 //! someone with write access to the backend is refused, not trusted; key bytes live in
 //! [`Zeroizing`] buffers and never appear in `Debug` output, errors or logs (only key ids do);
 //! [`SealedStore::prepare`] (run once at start) refuses a store holding values under a key id
-//! this process does not hold, naming it, and seals plaintext only the first time (no canary
-//! record [`CANARY_KEY`] yet).
+//! this process does not hold, naming it, and seals plaintext only in a store never sealed
+//! before (no canary record [`CANARY_KEY`] and no sealed value). What sealing does not cover: a
+//! writer to the backend can put back an older sealed value of the same key (the AAD binds the
+//! key, not the revision), or delete values.
 //!
 //! Random 96-bit nonces bound the writes under one key: rotate the key (`previousKeyFiles`) well
 //! before 2^32 sealed writes.
@@ -569,8 +571,9 @@ impl SealedStore {
     /// The start-up check, run before anything reads the store:
     /// - a value under a key id this process does not hold → [`SealError::StoreKey`] naming it;
     /// - a value that does not authenticate → [`SealError::Tampered`];
-    /// - plaintext under a sealed prefix: sealed now if the store has no canary yet (sealing is
-    ///   being turned on), else refused ([`SealError::Plaintext`]);
+    /// - plaintext under a sealed prefix: sealed now if the store was never sealed (no canary
+    ///   and no sealed value: sealing is being turned on), else refused ([`SealError::Plaintext`]);
+    /// - nothing is written unless every value passed these checks;
     /// - values (and the canary) under a previous key are re-sealed under the primary key, so
     ///   after one start the previous keys can be dropped;
     /// - finally the canary is written, sealed with the primary key.
@@ -601,13 +604,39 @@ impl SealedStore {
                 id == ring.primary_id()
             }
         };
+        // Every value is checked before anything is written: a key id not held or a value that
+        // does not authenticate stops the start with the store untouched.
+        let (mut pending, mut any_sealed, mut plaintext) = (Vec::new(), false, None);
         for prefix in &self.sealer.prefixes {
             for kv in crate::list_all(self.inner.as_ref(), prefix).await?.items {
-                match self.reseal(kv, done.first_time, clock).await.map_err(store_key_error)? {
-                    Resealed::Kept => {}
-                    Resealed::Sealed => done.sealed += 1,
-                    Resealed::Rotated => done.resealed += 1,
+                match ring.open(&kv.key, &kv.value) {
+                    Ok((_, id)) => {
+                        any_sealed = true;
+                        if id != ring.primary_id() {
+                            pending.push(kv);
+                        }
+                    }
+                    Err(SealError::Plaintext { key }) => {
+                        plaintext.get_or_insert(key);
+                        pending.push(kv);
+                    }
+                    Err(e) => return Err(store_key_error(e.into())),
                 }
+            }
+        }
+        // Plaintext is sealed only in a store that was never sealed: no canary and no sealed
+        // value (deleting the canary does not open the door to injected plaintext).
+        done.first_time &= !any_sealed;
+        if let Some(key) = plaintext
+            && !done.first_time
+        {
+            return Err(SealError::Plaintext { key }.into());
+        }
+        for kv in pending {
+            match self.reseal(kv, done.first_time, clock).await.map_err(store_key_error)? {
+                Resealed::Kept => {}
+                Resealed::Sealed => done.sealed += 1,
+                Resealed::Rotated => done.resealed += 1,
             }
         }
         if !canary_current {
@@ -989,6 +1018,15 @@ mod tests {
         let err = s.prepare(f.clock.as_ref()).await.unwrap_err().to_string();
         assert!(err.contains("/secret/injected") && err.contains("not sealed"), "{err}");
         assert_eq!(f.raw.get("/secret/injected").await.unwrap().unwrap().value, SECRET);
+        // Deleting the canary too does not make it a first start while sealed values exist.
+        f.raw.delete(CANARY_KEY, None).await.unwrap();
+        let err = s.prepare(f.clock.as_ref()).await.unwrap_err().to_string();
+        assert!(err.contains("/secret/injected") && err.contains("not sealed"), "{err}");
+        assert_eq!(f.raw.get("/secret/injected").await.unwrap().unwrap().value, SECRET);
+        assert!(
+            f.raw.get(CANARY_KEY).await.unwrap().is_none(),
+            "a refused start writes nothing"
+        );
     }
 
     #[tokio::test]
