@@ -268,7 +268,7 @@ pub async fn connect(config: &EtcdConfig, clock: Arc<dyn Clock>) -> Result<EtcdS
             let mut c = Client::connect([endpoint.as_str()], Some(opts.clone()))
                 .await
                 .map_err(|e| e.to_string())?;
-            c.get(root.as_str(), Some(GetOptions::new().with_count_only()))
+            c.get(format!("{root}/"), Some(GetOptions::new().with_count_only()))
                 .await
                 .map_err(|e| e.to_string())
         };
@@ -363,6 +363,12 @@ impl EtcdStore {
             return Err(StoreError::Backend(format!("store key {key:?} must start with /")));
         }
         Ok(format!("{}{key}", self.root))
+    }
+
+    /// The etcd key of store key `/`: reads that want only the revision (`count_only`) go there,
+    /// inside the prefix, so an etcd role limited to the prefix may make them.
+    fn probe_key(&self) -> String {
+        format!("{}/", self.root)
     }
 
     /// The etcd key range of store prefix `prefix`; `None` if no store key can match it.
@@ -679,7 +685,7 @@ impl EtcdStore {
         loop {
             attempts += 1;
             let mut kv = self.client.kv_client();
-            let read = kv.get(self.root.as_str(), Some(GetOptions::new().with_count_only()));
+            let read = kv.get(self.probe_key(), Some(GetOptions::new().with_count_only()));
             match tokio::time::timeout(timeout, read).await {
                 Err(_) => return Err(EtcdError::Timeout(timeout)),
                 Ok(Ok(resp)) => {
@@ -711,7 +717,7 @@ impl EtcdStore {
             let mut kv = self.client.kv_client();
             let opts = GetOptions::new().with_count_only().with_revision(at);
             async move {
-                match kv.get(self.root.as_str(), Some(opts)).await {
+                match kv.get(self.probe_key(), Some(opts)).await {
                     Ok(_) => Ok(true),
                     Err(e) if is_compacted(&e) => Ok(false),
                     Err(e) => Err(e),
@@ -745,7 +751,7 @@ impl EtcdStore {
         let mut kv = self.client.kv_client();
         let Some((lo, hi)) = self.erange(prefix) else {
             let resp = kv
-                .get(self.root.as_str(), Some(GetOptions::new().with_count_only()))
+                .get(self.probe_key(), Some(GetOptions::new().with_count_only()))
                 .await?;
             return Ok(ListPage {
                 items: Vec::new(),
@@ -769,7 +775,7 @@ impl EtcdStore {
             if cursor >= hi {
                 // Past the range: only the revision is wanted.
                 opts = GetOptions::new().with_count_only();
-                cursor = self.root.clone().into_bytes();
+                cursor = self.probe_key().into_bytes();
             } else if limit != 0 {
                 let want = limit + 1 - items.len();
                 opts = opts.with_limit(i64::try_from(want.max(1)).unwrap_or(i64::MAX));
@@ -872,7 +878,7 @@ impl Store for EtcdStore {
             .read_retry(|| {
                 let mut kv = self.client.kv_client();
                 async move {
-                    kv.get(self.root.as_str(), Some(GetOptions::new().with_count_only()))
+                    kv.get(self.probe_key(), Some(GetOptions::new().with_count_only()))
                         .await
                 }
             })

@@ -55,6 +55,68 @@ pub struct Member {
 pub struct EtcdCluster {
     members: Vec<Member>,
     dir: tempfile::TempDir,
+    tls: Option<TestPki>,
+}
+
+/// PEM files of a throwaway PKI for TLS to test members: a CA, the members' serving
+/// certificate (for 127.0.0.1 and localhost) and a client certificate, all signed by the CA.
+#[derive(Debug, Clone)]
+pub struct TestPki {
+    /// The CA certificate.
+    pub ca_file: PathBuf,
+    /// The members' certificate.
+    pub server_cert: PathBuf,
+    /// Its key.
+    pub server_key: PathBuf,
+    /// A client certificate (for `--client-cert-auth`).
+    pub client_cert: PathBuf,
+    /// Its key.
+    pub client_key: PathBuf,
+}
+
+impl TestPki {
+    /// Generates the PKI into `dir`.
+    pub fn generate(dir: &Path) -> Result<Self, String> {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+        let e = |e: rcgen::Error| e.to_string();
+        let write = |name: &str, pem: String| -> Result<PathBuf, String> {
+            let p = dir.join(name);
+            std::fs::write(&p, pem).map_err(|e| format!("{}: {e}", p.display()))?;
+            Ok(p)
+        };
+        let ca_key = KeyPair::generate().map_err(e)?;
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(e)?;
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_cert = ca_params.self_signed(&ca_key).map_err(e)?;
+        let issuer = Issuer::new(ca_params, &ca_key);
+        let leaf = |names: Vec<String>| -> Result<(String, String), String> {
+            let key = KeyPair::generate().map_err(e)?;
+            let cert = CertificateParams::new(names)
+                .map_err(e)?
+                .signed_by(&key, &issuer)
+                .map_err(e)?;
+            Ok((cert.pem(), key.serialize_pem()))
+        };
+        let (server_cert, server_key) = leaf(vec!["127.0.0.1".into(), "localhost".into()])?;
+        let (client_cert, client_key) = leaf(vec!["kfsec-test-client".into()])?;
+        Ok(Self {
+            ca_file: write("ca.crt", ca_cert.pem())?,
+            server_cert: write("server.crt", server_cert)?,
+            server_key: write("server.key", server_key)?,
+            client_cert: write("client.crt", client_cert)?,
+            client_key: write("client.key", client_key)?,
+        })
+    }
+
+    fn options(&self) -> Result<etcd_client::TlsOptions, String> {
+        let read = |p: &PathBuf| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
+        Ok(etcd_client::TlsOptions::new()
+            .ca_certificate(etcd_client::Certificate::from_pem(read(&self.ca_file)?))
+            .identity(etcd_client::Identity::from_pem(
+                read(&self.client_cert)?,
+                read(&self.client_key)?,
+            )))
+    }
 }
 
 fn free_port() -> Result<u16, String> {
@@ -75,14 +137,30 @@ impl EtcdCluster {
         Self::start(bin, 3).await
     }
 
+    /// Starts one member serving clients over TLS only (`https://`), requiring a client
+    /// certificate signed by the generated CA ([`EtcdCluster::pki`]).
+    pub async fn single_tls(bin: &Path) -> Result<Self, String> {
+        Self::start_with(bin, 1, true).await
+    }
+
     /// Starts `n` members.
     pub async fn start(bin: &Path, n: usize) -> Result<Self, String> {
+        Self::start_with(bin, n, false).await
+    }
+
+    async fn start_with(bin: &Path, n: usize, tls: bool) -> Result<Self, String> {
         let dir = tempfile::tempdir().map_err(|e| format!("tempdir: {e}"))?;
+        let pki = if tls {
+            Some(TestPki::generate(dir.path())?)
+        } else {
+            None
+        };
+        let scheme = if tls { "https" } else { "http" };
         let mut members = Vec::new();
         for i in 1..=n {
             members.push(Member {
                 name: format!("n{i}"),
-                client_url: format!("http://127.0.0.1:{}", free_port()?),
+                client_url: format!("{scheme}://127.0.0.1:{}", free_port()?),
                 peer_url: format!("http://127.0.0.1:{}", free_port()?),
                 child: None,
             });
@@ -97,12 +175,22 @@ impl EtcdCluster {
             std::process::id(),
             CLUSTERS.fetch_add(1, Ordering::Relaxed)
         );
-        let mut cluster = Self { members, dir };
+        let mut cluster = Self { members, dir, tls: pki };
         for m in &mut cluster.members {
             let log = cluster.dir.path().join(format!("{}.log", m.name));
             let out = std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
             let err = out.try_clone().map_err(|e| e.to_string())?;
-            let child = Command::new(bin)
+            let mut cmd = Command::new(bin);
+            if let Some(pki) = &cluster.tls {
+                cmd.arg("--cert-file")
+                    .arg(&pki.server_cert)
+                    .arg("--key-file")
+                    .arg(&pki.server_key)
+                    .arg("--trusted-ca-file")
+                    .arg(&pki.ca_file)
+                    .arg("--client-cert-auth");
+            }
+            let child = cmd
                 .env_clear()
                 .arg("--name")
                 .arg(&m.name)
@@ -141,24 +229,27 @@ impl EtcdCluster {
         let mut last = String::new();
         let poll = async {
             loop {
-                let opts = ConnectOptions::new()
+                let mut opts = ConnectOptions::new()
                     .with_connect_timeout(Duration::from_secs(1))
                     .with_timeout(Duration::from_secs(2))
                     .with_require_leader(true);
+                if let Some(pki) = &self.tls {
+                    opts = opts.with_tls(pki.options()?);
+                }
                 let attempt = async {
                     let mut c = Client::connect([url.as_str()], Some(opts)).await?;
                     c.get("health", Some(GetOptions::new().with_count_only())).await
                 };
                 match tokio::time::timeout(Duration::from_secs(3), attempt).await {
-                    Ok(Ok(_)) => return,
+                    Ok(Ok(_)) => return Ok(()),
                     Ok(Err(e)) => last = e.to_string(),
                     Err(_) => last = "timeout".into(),
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         };
-        if tokio::time::timeout(within, poll).await.is_ok() {
-            return Ok(());
+        if let Ok(done) = tokio::time::timeout(within, poll).await {
+            return done;
         }
         Err(format!(
             "etcd member {i} ({url}) not ready within {within:?}: {last}; log: {}",
@@ -194,9 +285,18 @@ impl EtcdCluster {
         }
     }
 
+    /// The PKI of a TLS cluster.
+    pub fn pki(&self) -> Option<&TestPki> {
+        self.tls.as_ref()
+    }
+
     /// A raw client to all members (for writing or checking keys outside the store).
     pub async fn raw_client(&self) -> Result<Client, String> {
-        Client::connect(self.endpoints(), None).await.map_err(|e| e.to_string())
+        let opts = match &self.tls {
+            Some(pki) => Some(ConnectOptions::new().with_tls(pki.options()?)),
+            None => None,
+        };
+        Client::connect(self.endpoints(), opts).await.map_err(|e| e.to_string())
     }
 }
 
