@@ -176,3 +176,94 @@ async fn secrets_are_sealed_at_rest_and_only_the_right_key_opens_the_store() {
     assert_eq!(r.status(), 200);
     k.running.shutdown().await;
 }
+
+const BIN: &str = env!("CARGO_BIN_EXE_kfsec");
+
+fn kfsec_cli(args: &[&std::ffi::OsStr], stdin: &str) -> (bool, String, String) {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut c = Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    c.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    let out = c.wait_with_output().unwrap();
+    let text = |b: Vec<u8>| String::from_utf8(b).unwrap();
+    (out.status.success(), text(out.stdout), text(out.stderr))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_makes_private_keys_and_opens_a_sealed_store_only_with_its_key() {
+    use std::ffi::OsStr;
+    use std::os::unix::fs::PermissionsExt;
+    let keys = tempfile::tempdir().unwrap();
+    let file = keys.path().join("kek.b64");
+    let generate = [OsStr::new("secrets"), OsStr::new("generate-key"), file.as_os_str()];
+    let (ok, out, err) = kfsec_cli(&generate, "");
+    assert!(ok, "{err}");
+    let id = SealKey::load(&file).unwrap().id().to_string();
+    assert!(out.contains(&format!("key id {id}")), "{out}");
+    assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+    let (ok, _, err) = kfsec_cli(&generate, "");
+    assert!(!ok && err.contains("exists"), "{err}");
+    assert_eq!(
+        SealKey::load(&file).unwrap().id().to_string(),
+        id,
+        "the key was not replaced"
+    );
+    let (wrong, wrong_id) = new_key(keys.path(), "wrong");
+
+    let k = Kfsec::start(&sealing(&file, &[])).await;
+    let dir = stop(k).await;
+    let config = |name: &str, yaml: &str| {
+        let path = keys.path().join(name);
+        std::fs::write(&path, format!("apiVersion: kfsec/v1\n{yaml}")).unwrap();
+        path
+    };
+    let (right_cfg, wrong_cfg, none_cfg) = (
+        config("right.yaml", &sealing(&file, &[])),
+        config("wrong.yaml", &sealing(&wrong, &[])),
+        config("none.yaml", ""),
+    );
+    // No server runs: the admin commands open the store themselves, through the same seal.
+    let admin = |cfg: &Path, args: &[&str]| {
+        let mut all: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
+        all.extend([
+            OsStr::new("--config"),
+            cfg.as_os_str(),
+            OsStr::new("--data-dir"),
+            dir.path().as_os_str(),
+        ]);
+        all.iter().map(|s| s.to_os_string()).collect::<Vec<_>>()
+    };
+    let run = |args: Vec<std::ffi::OsString>, stdin: &str| {
+        let refs: Vec<&OsStr> = args.iter().map(|s| s.as_os_str()).collect();
+        kfsec_cli(&refs, stdin)
+    };
+    let (ok, out, err) = run(admin(&right_cfg, &["user", "list"]), "");
+    assert!(ok && out.contains("admin@kfsec.local"), "{out}{err}");
+    let (ok, _, err) = run(
+        admin(&right_cfg, &["user", "add", "cli.user@example.org"]),
+        "a-cli-password-123\n",
+    );
+    assert!(ok, "{err}");
+    let (ok, _, err) = run(admin(&wrong_cfg, &["user", "list"]), "");
+    assert!(
+        !ok && err.contains(&format!(
+            "the store is sealed with key {id}; this replica has keys {wrong_id}"
+        )),
+        "{err}"
+    );
+    let (ok, _, err) = run(admin(&none_cfg, &["user", "list"]), "");
+    assert!(!ok && err.contains(&id), "{err}");
+
+    // The user the CLI wrote (its hash sealed by the CLI) logs in on the server.
+    let k = Kfsec::start_in(dir, &sealing(&file, &[])).await;
+    let mut b = k.client();
+    let (r, _) = b.login("/app/", "cli.user@example.org", "a-cli-password-123").await;
+    assert_eq!(r.status(), 200);
+    k.running.shutdown().await;
+}
