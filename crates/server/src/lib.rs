@@ -332,7 +332,7 @@ pub async fn seal_store(
 ) -> Result<Arc<dyn Store>, ServerError> {
     use kfsec_store::sealed::{SealedStore, check_unsealed};
     let Some(ring) = cfg.secrets_encryption.clone() else {
-        check_unsealed(store.as_ref()).await?;
+        check_unsealed(store.as_ref(), &secret_prefixes()).await?;
         return Ok(store);
     };
     let primary = ring.primary_id();

@@ -539,19 +539,27 @@ impl fmt::Debug for SealedStore {
     }
 }
 
-/// At start without `secretsEncryption`: refuses a store that is sealed (it has a canary).
-pub async fn check_unsealed(store: &dyn Store) -> Result<(), StoreError> {
-    let Some(kv) = store.get(CANARY_KEY).await? else {
-        return Ok(());
-    };
-    match Envelope::parse(&kv.value) {
-        Ok(env) => Err(SealError::NotConfigured { id: env.key_id }.into()),
-        Err(reason) => Err(SealError::Malformed {
-            key: CANARY_KEY.into(),
-            reason,
-        }
-        .into()),
+/// At start without `secretsEncryption`: refuses a store that is sealed — it has a canary, or
+/// the first value under one of `prefixes` is an envelope — naming the key id.
+pub async fn check_unsealed(store: &dyn Store, prefixes: &[&str]) -> Result<(), StoreError> {
+    if let Some(kv) = store.get(CANARY_KEY).await? {
+        return match Envelope::parse(&kv.value) {
+            Ok(env) => Err(SealError::NotConfigured { id: env.key_id }.into()),
+            Err(reason) => Err(SealError::Malformed {
+                key: CANARY_KEY.into(),
+                reason,
+            }
+            .into()),
+        };
     }
+    for prefix in prefixes {
+        for kv in store.list(prefix, 1, None).await?.items {
+            if let Ok(env) = Envelope::parse(&kv.value) {
+                return Err(SealError::NotConfigured { id: env.key_id }.into());
+            }
+        }
+    }
+    Ok(())
 }
 
 impl SealedStore {
@@ -980,11 +988,19 @@ mod tests {
         // Nothing was changed by the refused start.
         assert_eq!(old.get("/secret/a").await.unwrap().unwrap().value, SECRET);
         // Without a key at all.
-        let err = check_unsealed(f.raw.as_ref()).await.unwrap_err().to_string();
+        let err = check_unsealed(f.raw.as_ref(), &[]).await.unwrap_err().to_string();
         assert!(err.contains(&id1) && err.contains("secretsEncryption.keyFile"), "{err}");
-        check_unsealed(MemoryStore::new(f.clock.clone()).as_ref())
+        // Also without the canary: a sealed value gives it away.
+        f.raw.delete(CANARY_KEY, None).await.unwrap();
+        check_unsealed(f.raw.as_ref(), &["/other/"]).await.unwrap();
+        let err = check_unsealed(f.raw.as_ref(), &["/other/", "/secret/"])
             .await
-            .unwrap();
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(&id1), "{err}");
+        let plain = MemoryStore::new(f.clock.clone());
+        plain.put("/secret/a", b"{}".to_vec(), None).await.unwrap();
+        check_unsealed(plain.as_ref(), &["/secret/"]).await.unwrap();
     }
 
     #[tokio::test]
