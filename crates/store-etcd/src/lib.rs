@@ -36,6 +36,7 @@ use kfsec_store::{EventKind, KeyValue, ListPage, Revision, Store, StoreError, Wa
 use kfsec_types::{Clock, UnixTime};
 
 pub mod envelope;
+mod lease;
 mod retry;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
@@ -171,6 +172,7 @@ pub struct EtcdStore {
     request_timeout: Duration,
     watch_buffer: usize,
     endpoints: usize,
+    leases: Arc<lease::Leases>,
 }
 
 impl fmt::Debug for EtcdStore {
@@ -298,6 +300,7 @@ pub async fn connect(config: &EtcdConfig, clock: Arc<dyn Clock>) -> Result<EtcdS
         request_timeout: config.request_timeout,
         watch_buffer: config.watch_buffer.max(1),
         endpoints: config.endpoints.len(),
+        leases: Arc::default(),
     })
 }
 
@@ -384,7 +387,12 @@ impl EtcdStore {
 
     /// Decodes an etcd record under the prefix.
     fn decode(&self, kv: &etcd_client::KeyValue) -> Result<Current, StoreError> {
-        let ekey = String::from_utf8_lossy(kv.key());
+        let ekey = std::str::from_utf8(kv.key()).map_err(|_| {
+            StoreError::Backend(format!(
+                "etcd key {:?} under the prefix is not UTF-8",
+                String::from_utf8_lossy(kv.key())
+            ))
+        })?;
         let key = ekey
             .strip_prefix(self.root.as_str())
             .filter(|k| k.starts_with('/'))
@@ -450,11 +458,17 @@ impl EtcdStore {
         )
     }
 
+    /// A lease for a record with `ttl`: a shared one of its TTL class, or a new one (see
+    /// [`lease`]).
     async fn grant(&self, ttl: Duration) -> Result<i64, StoreError> {
         let secs = ttl.saturating_add(self.lease_grace).as_secs_f64().ceil().max(2.0);
         // Saturating float → int conversion; etcd caps lease TTLs itself.
         #[allow(clippy::cast_possible_truncation)]
-        let secs = secs.min(i64::MAX as f64) as i64;
+        let base = secs.min(1e15) as i64;
+        if let Some(id) = self.leases.reuse(base) {
+            return Ok(id);
+        }
+        let (secs, window) = lease::plan(base);
         // Repeating a grant is harmless: an unused lease just expires.
         let resp = self
             .read_retry(|| {
@@ -462,6 +476,8 @@ impl EtcdStore {
                 async move { lease.grant(secs, None).await }
             })
             .await?;
+        self.leases
+            .granted(base, resp.id(), window, tokio::time::Instant::now());
         Ok(resp.id())
     }
 
@@ -486,10 +502,11 @@ impl EtcdStore {
         let ekey = self.ekey(key)?;
         let now = self.clock.now();
         let expires_at = ttl.map(|d| expiry(now, d));
-        let lease = match ttl {
+        let mut lease = match ttl {
             Some(d) => Some(self.grant(d).await?),
             None => None,
         };
+        let mut regranted = false;
         let mut current = match want {
             // Optimistic: a create usually finds nothing.
             Want::Create => None,
@@ -534,7 +551,23 @@ impl EtcdStore {
                 .when([compare])
                 .and_then([TxnOp::put(ekey.as_str(), body.clone(), opts)])
                 .or_else([TxnOp::get(ekey.as_str(), None)]);
-            match self.send_txn(txn).await? {
+            let sent = match self.send_txn(txn).await {
+                Err(StoreError::Backend(m)) if m.contains("requested lease not found") && !regranted => {
+                    // A shared lease etcd no longer has (revoked by an operator, a restore):
+                    // never share it again, and write with a fresh one.
+                    if let Some(id) = lease {
+                        self.leases.forget(id);
+                    }
+                    regranted = true;
+                    lease = match ttl {
+                        Some(d) => Some(self.grant(d).await?),
+                        None => None,
+                    };
+                    continue;
+                }
+                other => other?,
+            };
+            match sent {
                 Sent::Done(resp) if resp.succeeded() => return Self::header_revision(resp.header()),
                 Sent::Done(resp) => current = self.else_current(&resp)?,
                 Sent::Unknown(cause) => {
@@ -606,12 +639,18 @@ impl EtcdStore {
 
     /// Deletes every record whose stored expiry has passed (one revision and one Delete event
     /// each); returns how many. Reads the whole prefix page by page, so run it on one replica
-    /// (the leader) at a modest interval; leases clean up behind it anyway. A value under the
+    /// (the leader) at a modest interval, or sweep only the prefixes that hold TTL records with
+    /// [`EtcdStore::sweep_expired_under`]; leases clean up behind it anyway. A value under the
     /// prefix that is not a kfsec record is logged and left alone.
     pub async fn sweep_expired(&self) -> Result<usize, StoreError> {
-        let (lo, hi) = self
-            .erange("")
-            .ok_or_else(|| StoreError::Backend("no key range".into()))?;
+        self.sweep_expired_under("").await
+    }
+
+    /// [`EtcdStore::sweep_expired`] for the store keys under `prefix` only.
+    pub async fn sweep_expired_under(&self, prefix: &str) -> Result<usize, StoreError> {
+        let Some((lo, hi)) = self.erange(prefix) else {
+            return Ok(0);
+        };
         let now = self.clock.now();
         let mut cursor = lo;
         let mut swept = 0;
@@ -777,7 +816,7 @@ impl EtcdStore {
                 opts = GetOptions::new().with_count_only();
                 cursor = self.probe_key().into_bytes();
             } else if limit != 0 {
-                let want = limit + 1 - items.len();
+                let want = limit.saturating_add(1).saturating_sub(items.len());
                 opts = opts.with_limit(i64::try_from(want.max(1)).unwrap_or(i64::MAX));
             }
             if let Some(r) = revision {

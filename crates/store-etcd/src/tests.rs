@@ -565,3 +565,37 @@ async fn etcd_users_limited_to_the_prefix() {
     assert!(err.to_string().contains(&cluster.client_url(0).to_owned()), "{err}");
     assert!(!err.to_string().contains("wrong"), "{err}");
 }
+
+#[tokio::test]
+async fn ttl_records_share_a_lease_and_outlive_a_revoked_one() {
+    let Some(cluster) = single().await else { return };
+    let clock = ManualClock::new(UnixTime::from_secs(1_700_000_000));
+    let store = connect(&config(&cluster, "/kfsec"), clock).await.unwrap();
+    let mut raw = cluster.raw_client().await.unwrap();
+    let lease_of = |resp: etcd_client::GetResponse| resp.kvs()[0].lease();
+    let ttl = Some(Duration::from_secs(600));
+    store.create("/s/a", Vec::new(), ttl).await.unwrap();
+    store.create("/s/b", Vec::new(), ttl).await.unwrap();
+    store
+        .create("/s/c", Vec::new(), Some(Duration::from_secs(60)))
+        .await
+        .unwrap();
+    let a = lease_of(raw.get("/kfsec/s/a", None).await.unwrap());
+    assert_ne!(a, 0);
+    assert_eq!(
+        lease_of(raw.get("/kfsec/s/b", None).await.unwrap()),
+        a,
+        "same TTL class: one lease"
+    );
+    assert_ne!(lease_of(raw.get("/kfsec/s/c", None).await.unwrap()), a);
+    // The shared lease lasts past every attached record's stored expiry.
+    let left = raw.lease_time_to_live(a, None).await.unwrap().ttl();
+    assert!(left >= 600 + 3600, "{left}");
+
+    // An operator revokes it: its records go; the next TTL write gets a new lease.
+    raw.lease_revoke(a).await.unwrap();
+    assert!(store.get("/s/a").await.unwrap().is_none());
+    store.create("/s/d", Vec::new(), ttl).await.unwrap();
+    let d = lease_of(raw.get("/kfsec/s/d", None).await.unwrap());
+    assert!(d != 0 && d != a);
+}
