@@ -758,3 +758,38 @@ pub fn webhook_manifests(ca_bundle_b64: &str, namespace: &str) -> String {
 pub fn is_data_dir(path: &Path) -> bool {
     DataDir(path.to_path_buf()).store().exists()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_secret_prefixes_cover_the_secret_material_and_nothing_else() {
+        let covered = |key: &str| secret_prefixes().iter().any(|p| key.starts_with(p));
+        for key in [
+            "/kfsec/idp/keys",
+            "/kfsec/idp/authreq-key",
+            "/kfsec/idp/users/a@example.org",
+            "/kfsec/idp/clients/rp",
+            "/kfsec/idp/codes/c",
+            "/kfsec/idp/refresh/r",
+            "/kfsec/idp/authreqs/a",
+            "/kfsec/idp/device/d",
+            "/kfsec/sessions/s",
+            "/kfsec/gateway/keys",
+        ] {
+            assert!(covered(key), "{key} holds secrets: sealed");
+        }
+        for key in [
+            "/kfsec/idp/lockout/l",
+            "/kfsec/idp/revoked/a@example.org",
+            "/kfsec/idp/usercodes/ABCD-EFGH",
+            "/kfsec/session-users/u/1-h",
+            "/kfsec/bootstrap",
+            "/k8s/core/namespaces/a",
+            "/kfp/runs/r",
+        ] {
+            assert!(!covered(key), "{key} holds no secret: left as it is");
+        }
+    }
+}
