@@ -13,7 +13,8 @@
 //! GET). A kubeconfig is made only for a caller signed in by a browser session (the front door's
 //! `SessionLogin`), after the form check, by the composition's [`KubeconfigSource`] (which mints
 //! the token through the IdP's one path for session tokens); its answer is never cached, never
-//! sniffed, and the token is never logged.
+//! sniffed, and the token is never logged; it is answered only to a top-level navigation (Fetch
+//! Metadata), never to a script or a frame on this origin that could read it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,7 +22,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Extension, Path, RawQuery, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use kfsec_idp::pages::{
@@ -295,16 +296,42 @@ fn kubeconfig_file_name(user: &str) -> String {
     format!("kubeconfig-{}.yaml", if name.is_empty() { "kfsec" } else { name })
 }
 
-/// `POST /kubeconfig`: the caller's kubeconfig, as a download.
+/// Whether a request is a top-level navigation by Fetch Metadata: `Sec-Fetch-Mode: navigate`
+/// and `Sec-Fetch-Dest: document` when the browser sends them (a header left out passes, as
+/// older browsers and command-line clients send none). A script's `fetch`/XHR (mode `cors`,
+/// `same-origin`…) or a frame's load (dest `iframe`) could read the answer; a top-level
+/// navigation to an attachment cannot be read by any page.
+fn page_navigation(headers: &HeaderMap) -> bool {
+    let is = |name: &str, want: &str| {
+        headers
+            .get(name)
+            .is_none_or(|v| v.as_bytes().eq_ignore_ascii_case(want.as_bytes()))
+    };
+    is("sec-fetch-mode", "navigate") && is("sec-fetch-dest", "document")
+}
+
+/// `POST /kubeconfig`: the caller's kubeconfig, as a download — only for a top-level form
+/// navigation ([`page_navigation`]): a script of a proxied app on this origin (a notebook's
+/// page, an HTML artifact), which the browser lets send the cookie and the page's token, must
+/// not carry a bearer token away.
 async fn kubeconfig_post(
     State(d): State<Arc<Dashboard>>,
     Extension(id): Extension<Identity>,
     Extension(csrf): Extension<CsrfToken>,
     login: Option<Extension<SessionLogin>>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Response {
     if let Some(r) = forged_form(&id, &csrf, &body) {
         return r;
+    }
+    if !page_navigation(&headers) {
+        tracing::warn!(target: "audit", user = %id.user, "kubeconfig refused: not a top-level form navigation");
+        return error_page(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            "Download the kubeconfig with the home page's button.",
+        );
     }
     let Some(source) = d.kubeconfig.get() else {
         return not_found().await;
@@ -563,6 +590,35 @@ mod tests {
         assert_eq!(duration_words(Duration::from_secs(3600)), "1 hour");
         assert_eq!(duration_words(Duration::from_secs(5400)), "90 minutes");
         assert_eq!(duration_words(Duration::from_secs(61)), "61 seconds");
+    }
+
+    #[test]
+    fn kubeconfigs_answer_top_level_navigations_only() {
+        let h = |pairs: &[(&'static str, &str)]| {
+            let mut h = HeaderMap::new();
+            for (k, v) in pairs {
+                h.insert(*k, HeaderValue::from_str(v).unwrap());
+            }
+            h
+        };
+        for ok in [
+            h(&[]),
+            h(&[("sec-fetch-mode", "navigate"), ("sec-fetch-dest", "document")]),
+            h(&[("sec-fetch-mode", "Navigate"), ("sec-fetch-user", "?1")]),
+        ] {
+            assert!(page_navigation(&ok), "{ok:?}");
+        }
+        for script in [
+            h(&[("sec-fetch-mode", "cors"), ("sec-fetch-dest", "empty")]),
+            h(&[("sec-fetch-mode", "same-origin")]),
+            h(&[("sec-fetch-mode", "no-cors")]),
+            h(&[("sec-fetch-dest", "empty")]),
+            h(&[("sec-fetch-mode", "navigate"), ("sec-fetch-dest", "iframe")]),
+            h(&[("sec-fetch-mode", "navigate"), ("sec-fetch-dest", "frame")]),
+            h(&[("sec-fetch-mode", "navigate "), ("sec-fetch-dest", "document")]),
+        ] {
+            assert!(!page_navigation(&script), "{script:?}");
+        }
     }
 
     #[test]

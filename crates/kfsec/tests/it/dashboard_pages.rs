@@ -293,6 +293,25 @@ async fn download_kubeconfig_gives_kubectl_the_users_identity() {
         (form("AAAA"), vec![]),
         (form(&t), vec![("origin", "https://evil.example")]),
         (form(&t), vec![("sec-fetch-site", "cross-site")]),
+        // A script on this origin (a proxied app's page: a notebook, an HTML artifact) reading
+        // the answer with fetch/XHR, or loading it into a frame it can read: no token for it.
+        (
+            form(&t),
+            vec![
+                ("sec-fetch-site", "same-origin"),
+                ("sec-fetch-mode", "cors"),
+                ("sec-fetch-dest", "empty"),
+                ("origin", k.base.as_str()),
+            ],
+        ),
+        (
+            form(&t),
+            vec![("sec-fetch-mode", "same-origin"), ("sec-fetch-dest", "empty")],
+        ),
+        (
+            form(&t),
+            vec![("sec-fetch-mode", "navigate"), ("sec-fetch-dest", "iframe")],
+        ),
     ] {
         let form: Vec<(&str, &str)> = form.iter().map(|(a, b)| (*a, b.as_str())).collect();
         let r = {
@@ -335,6 +354,19 @@ async fn download_kubeconfig_gives_kubectl_the_users_identity() {
     assert_eq!(h["x-content-type-options"], "nosniff");
     let yaml = r.text().await.unwrap();
     assert!(!yaml.contains("kube-system"), "{yaml}");
+    // What a browser sends for the button (a top-level form navigation) is a download too.
+    let req = owner
+        .http
+        .post(owner.url("/kubeconfig"))
+        .header("origin", &k.base)
+        .header("sec-fetch-site", "same-origin")
+        .header("sec-fetch-mode", "navigate")
+        .header("sec-fetch-dest", "document")
+        .header("sec-fetch-user", "?1")
+        .form(&[("csrf", t.as_str()), ("ns", "user1")]);
+    let r = owner.send(req).await;
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().contains("    namespace: \"user1\"\n"));
     let tmp = tempfile::tempdir().unwrap();
     let path = tmp.path().join("kubeconfig-test-user1-example-org.yaml");
     std::fs::write(&path, &yaml).unwrap();
