@@ -1045,6 +1045,87 @@ mod tests {
         );
     }
 
+    /// A backend on which another replica writes each key just before this one's first update
+    /// of it (the race of two replicas re-sealing at start).
+    struct Racing {
+        inner: Arc<MemoryStore>,
+        other: Keyring,
+        raced: parking_lot::Mutex<Vec<String>>,
+    }
+
+    #[async_trait::async_trait]
+    impl Store for Racing {
+        async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
+            self.inner.get(key).await
+        }
+        async fn list(&self, prefix: &str, limit: usize, after: Option<&str>) -> Result<ListPage, StoreError> {
+            self.inner.list(prefix, limit, after).await
+        }
+        async fn create(&self, key: &str, value: Vec<u8>, ttl: Option<Duration>) -> Result<Revision, StoreError> {
+            self.inner.create(key, value, ttl).await
+        }
+        async fn update(
+            &self,
+            key: &str,
+            value: Vec<u8>,
+            expected: Option<Revision>,
+            ttl: Option<Duration>,
+        ) -> Result<Revision, StoreError> {
+            if !self.raced.lock().contains(&key.to_owned()) {
+                self.raced.lock().push(key.to_owned());
+                let theirs = self
+                    .other
+                    .seal(key, b"written by the other replica", &SequenceRng::default())?;
+                self.inner.put(key, theirs, None).await?;
+            }
+            self.inner.update(key, value, expected, ttl).await
+        }
+        async fn put(&self, key: &str, value: Vec<u8>, ttl: Option<Duration>) -> Result<Revision, StoreError> {
+            self.inner.put(key, value, ttl).await
+        }
+        async fn delete(&self, key: &str, expected: Option<Revision>) -> Result<KeyValue, StoreError> {
+            self.inner.delete(key, expected).await
+        }
+        async fn take(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
+            self.inner.take(key).await
+        }
+        async fn revision(&self) -> Result<Revision, StoreError> {
+            self.inner.revision().await
+        }
+        async fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream, StoreError> {
+            self.inner.watch(prefix, after).await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_concurrent_write_during_the_reseal_is_kept_not_overwritten() {
+        let f = fixture();
+        let old = f.sealed(&["/secret/"], ring(1));
+        old.prepare(f.clock.as_ref()).await.unwrap();
+        old.put("/secret/a", SECRET.to_vec(), None).await.unwrap();
+        // The other replica already runs with the new key primary.
+        let racing = Arc::new(Racing {
+            inner: f.raw.clone(),
+            other: Keyring::new(key(2), vec![key(1)]),
+            raced: parking_lot::Mutex::new(Vec::new()),
+        });
+        let s = SealedStore::new(
+            racing,
+            &["/secret/"],
+            Keyring::new(key(2), vec![key(1)]),
+            Arc::new(SequenceRng::default()),
+        );
+        let done = s.prepare(f.clock.as_ref()).await.unwrap();
+        assert_eq!(
+            done.resealed, 0,
+            "the value the other replica wrote was already current"
+        );
+        assert_eq!(
+            s.get("/secret/a").await.unwrap().unwrap().value,
+            b"written by the other replica"
+        );
+    }
+
     #[tokio::test]
     async fn rotation_reseals_under_the_primary_then_the_old_key_can_go() {
         let f = fixture();
