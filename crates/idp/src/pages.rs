@@ -1152,6 +1152,11 @@ mod tests {
         // form 5 (token, namespace twice, lifetime, user).
         assert_escaped(&html, 2 + 1 + 1 + 6 + 2 + 3 + 2 + 3 + 5);
         assert!(html.contains("<form method=\"post\" action=\"/kubeconfig\""), "{html}");
+        // The token is stateless: the page must not let the user believe "Log out" voids it.
+        assert!(
+            html.contains("&ldquo;Log out&rdquo; on this device does not revoke it; &ldquo;Log out everywhere&rdquo; or a password change does."),
+            "{html}"
+        );
         assert!(html.contains("<label for=\"ns\">Namespace</label>"), "{html}");
         assert!(html.contains("href=\"/register\"") && html.contains("href=\"/admin/profiles\""));
         // One "Log out" control (a link to oauth2-proxy's path) and a differently named
