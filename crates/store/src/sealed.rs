@@ -837,6 +837,34 @@ mod tests {
         }
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn conformance_suite_passes_through_the_wrapper_over_redb() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new(UnixTime::from_secs(1_700_000_000));
+        let raw =
+            crate::RedbStore::open_with_options(&dir.path().join("s.redb"), clock.clone(), conformance::test_options())
+                .unwrap();
+        let sealed = Arc::new(SealedStore::new(
+            raw.clone(),
+            &["/"],
+            ring(1),
+            Arc::new(SequenceRng::default()),
+        ));
+        sealed.prepare(clock.as_ref()).await.unwrap();
+        let h = conformance::Harness {
+            store: sealed,
+            clock,
+            sweep: Box::new(move || {
+                let s = raw.clone();
+                Box::pin(async move { s.sweep_expired().await })
+            }),
+            log_retention: conformance::TEST_LOG_RETENTION,
+            watch_channel_capacity: Some(conformance::TEST_WATCH_CAPACITY),
+            watch_buffer: conformance::TEST_WATCH_BUFFER,
+        };
+        conformance::run_all(&h).await;
+    }
+
     /// Every byte the backend holds or replays, for the scan.
     async fn raw_bytes(raw: &MemoryStore) -> Vec<Vec<u8>> {
         let mut all: Vec<Vec<u8>> = crate::list_all(raw, "")
