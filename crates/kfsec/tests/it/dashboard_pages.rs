@@ -287,12 +287,18 @@ async fn download_kubeconfig_gives_kubectl_the_users_identity() {
     let t = token(&home);
 
     // Forged posts: no token, a wrong one, a cross-site Origin or fetch: 403, an HTML page.
+    let other_port = format!("{}1", k.base);
+    let other_scheme = k.base.replacen("https://", "http://", 1);
     let form = |t: &str| vec![("csrf", t.to_owned()), ("ns", "user1".to_owned())];
     for (form, headers) in [
         (form("")[1..].to_vec(), vec![]),
         (form("AAAA"), vec![]),
         (form(&t), vec![("origin", "https://evil.example")]),
         (form(&t), vec![("sec-fetch-site", "cross-site")]),
+        (form(&t), vec![("sec-fetch-site", "same-site")]),
+        (form(&t), vec![("origin", "null")]),
+        (form(&t), vec![("origin", other_port.as_str())]),
+        (form(&t), vec![("origin", other_scheme.as_str())]),
         // A script on this origin (a proxied app's page: a notebook, an HTML artifact) reading
         // the answer with fetch/XHR, or loading it into a frame it can read: no token for it.
         (
@@ -421,6 +427,27 @@ async fn download_kubeconfig_gives_kubectl_the_users_identity() {
     // The token is not in the log-able parts of the answer.
     assert!(!format!("{h:?}").contains(&jwt));
 
+    // A caller by bearer token (this very token), with the form token the page gives it: no
+    // browser session, so no token minted from one (400) — a token cannot renew itself.
+    let bearer = jwt.clone();
+    let http = http_client(&k.running.ca_pem);
+    let r = http
+        .get(format!("{}/?ns=user1", k.base))
+        .bearer_auth(&bearer)
+        .send()
+        .await
+        .unwrap();
+    let bearer_form_token = token(&r.text().await.unwrap());
+    let r = http
+        .post(format!("{}/kubeconfig", k.base))
+        .bearer_auth(&bearer)
+        .form(&[("csrf", bearer_form_token.as_str()), ("ns", "user1")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.headers().get("content-disposition").is_none());
+    assert!(!r.text().await.unwrap().contains("apiVersion"));
     // "Log out everywhere" revokes it at once.
     let req = owner
         .http
