@@ -696,6 +696,9 @@ enum PasswordOutcome {
     Refused(String),
     /// The connector could not decide (upstream down, ambiguous account).
     Failed(crate::connector::ConnectorError),
+    /// The login protection's counters could not be kept (a store error): refused unchecked,
+    /// with the text for the user.
+    Unavailable(String),
 }
 
 impl Idp {
@@ -727,8 +730,17 @@ impl Idp {
                 .inc()
         };
         // Reserve the check before running it: concurrent guesses cannot overrun the budget.
-        let permit = match self.lockout.reserve(&account, address) {
+        let permit = match self.lockout.reserve(&account, address).await {
             Gate::Open(p) => p,
+            Gate::Unavailable(retry) => {
+                // Fail closed: no password is checked while the counters cannot be kept.
+                outcome("unavailable");
+                tracing::warn!(target: "audit", %address, connector = %connector.id, "login refused: login protection unavailable");
+                return Ok(Err(PasswordOutcome::Unavailable(format!(
+                    "Logins cannot be checked right now. Try again {}.",
+                    retry.in_words()
+                ))));
+            }
             Gate::Locked(retry) => {
                 outcome("locked");
                 tracing::warn!(target: "audit", %address, connector = %connector.id, "login refused: locked out");
@@ -766,7 +778,7 @@ impl Idp {
                 Err(e) => {
                     // Not a wrong password: the budget is given back, nothing is counted.
                     outcome("error");
-                    permit.release();
+                    permit.release().await;
                     return Ok(Err(PasswordOutcome::Failed(e)));
                 }
             },
@@ -821,6 +833,14 @@ async fn login_submit(
         Err(PasswordOutcome::Refused(text)) => {
             let text = text.replace("{prompt}", page.prompt);
             return Ok(pages::login_form(page, &form.login, Some(&text), None));
+        }
+        Err(PasswordOutcome::Unavailable(text)) => {
+            return Ok(pages::login_form(
+                page,
+                &form.login,
+                Some(&text),
+                Some(StatusCode::SERVICE_UNAVAILABLE),
+            ));
         }
         Err(PasswordOutcome::Failed(e)) => {
             tracing::warn!(target: "audit", connector = %connector.id, error = %e, "password connector failed");
@@ -1228,6 +1248,11 @@ async fn password_grant(
             StatusCode::UNAUTHORIZED,
             OAuthCode::AccessDenied,
             "Invalid username or password",
+        )),
+        Err(PasswordOutcome::Unavailable(text)) => Err(OAuthError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            OAuthCode::TemporarilyUnavailable,
+            text,
         )),
         Err(PasswordOutcome::Failed(e)) => {
             tracing::warn!(target: "audit", connector = %connector.id, error = %e, "password grant: connector failed");

@@ -93,6 +93,11 @@ impl Default for Gcra {
 }
 
 impl Gcra {
+    /// A rate whose bucket is full again at `tat` (a stored state).
+    pub fn at(tat: UnixTime) -> Self {
+        Self { tat }
+    }
+
     /// The spacing of attempts once the burst is spent.
     pub fn interval(limit: u32, window: Duration) -> Duration {
         window / limit.max(1)
