@@ -502,6 +502,8 @@ impl Sealer {
         if !self.covers(key) {
             return Ok(value);
         }
+        // The caller's plaintext buffer is wiped once sealed.
+        let value = Zeroizing::new(value);
         Ok(self.ring.seal(key, &value, self.rng.as_ref())?)
     }
 
