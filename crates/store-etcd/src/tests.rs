@@ -393,14 +393,19 @@ async fn leader_of(cluster: &EtcdCluster) -> usize {
 /// Kills one member of a 3-member cluster (the raft leader or a follower) while a writer and a
 /// watcher run through one store connected to all three endpoints: no write fails (in-flight
 /// ones included: an ambiguous answer is resolved by reading the key), every acknowledged write
-/// is there afterwards, and the watch delivers every event once, in order.
+/// is there afterwards, and every watch delivers every event once, in order.
 async fn kill_member_under_load(kill_leader: bool) {
     let Some(bin) = etcd_binary().unwrap() else { return };
     let mut cluster = EtcdCluster::three(&bin).await.unwrap();
     let clock = ManualClock::new(UnixTime::from_secs(1_700_000_000));
     let store = Arc::new(connect(&config(&cluster, "/kfsec"), clock).await.unwrap());
     let r0 = store.revision().await.unwrap();
-    let mut w = store.watch("/m/", r0).await.unwrap();
+    // Several watches, so that some are (very likely) on the member that dies and must be
+    // re-opened through another one.
+    let mut watches = Vec::new();
+    for _ in 0..6 {
+        watches.push(store.watch("/m/", r0).await.unwrap());
+    }
 
     let acked = Arc::new(std::sync::Mutex::new(Vec::<(String, Revision)>::new()));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -443,16 +448,18 @@ async fn kill_member_under_load(kill_leader: bool) {
     let stored: Vec<(String, Revision)> = page.items.iter().map(|kv| (kv.key.clone(), kv.mod_revision)).collect();
     assert_eq!(stored, acked, "exactly the acknowledged writes, at their revisions");
 
-    let mut seen = Vec::new();
-    while seen.len() < acked.len() {
-        seen.push(next(&mut w).await.unwrap().kv.mod_revision);
+    for w in &mut watches {
+        let mut seen = Vec::new();
+        while seen.len() < acked.len() {
+            seen.push(next(w).await.unwrap().kv.mod_revision);
+        }
+        assert_eq!(seen, acked.iter().map(|(_, r)| *r).collect::<Vec<_>>());
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), w.recv())
+                .await
+                .is_err()
+        );
     }
-    assert_eq!(seen, acked.iter().map(|(_, r)| *r).collect::<Vec<_>>());
-    assert!(
-        tokio::time::timeout(Duration::from_millis(200), w.recv())
-            .await
-            .is_err()
-    );
     assert!(store.health().await.is_ok());
 }
 
