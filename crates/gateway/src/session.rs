@@ -733,6 +733,30 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_logout_at_one_replica_ends_the_session_cached_at_another() {
+        let (a, clock, store) = setup(None);
+        let b = sessions_on(store.clone(), clock.clone(), None);
+        let watch = b.spawn_watch();
+        let cookie = a.create_login(&alice(), 0, "c3ViLTE", None).await.unwrap();
+        // B has served the session (its cache holds it), then A logs it out.
+        assert!(b.validate(&cookie).await.is_some());
+        assert!(b.login_of(&cookie).await.is_some());
+        a.revoke(&cookie).await.unwrap();
+        let mut gone = false;
+        for _ in 0..200 {
+            if b.validate(&cookie).await.is_none() {
+                gone = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(gone, "replica B still honours a logged-out session");
+        // Nor can B mint a token for it ("Download kubeconfig" reads the login through B).
+        assert!(b.login_of(&cookie).await.is_none());
+        watch.abort();
+    }
+
+    #[tokio::test]
     async fn a_federated_session_is_rechecked_after_the_interval_and_follows_the_upstream() {
         let (s, clock, store) = setup(Some(EVERY));
         let cookie = s.create_with(&alice(), 0, federated("rt-1")).await.unwrap();
