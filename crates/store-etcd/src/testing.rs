@@ -148,7 +148,20 @@ impl EtcdCluster {
         Self::start_with(bin, n, false).await
     }
 
+    /// Starts the members; a member that dies at once (a free port taken by someone else
+    /// between choosing and binding it) makes a fresh attempt on new ports, three at most.
     async fn start_with(bin: &Path, n: usize, tls: bool) -> Result<Self, String> {
+        let mut last = String::new();
+        for _ in 0..3 {
+            match Self::try_start(bin, n, tls).await {
+                Ok(c) => return Ok(c),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    async fn try_start(bin: &Path, n: usize, tls: bool) -> Result<Self, String> {
         let dir = tempfile::tempdir().map_err(|e| format!("tempdir: {e}"))?;
         let pki = if tls {
             Some(TestPki::generate(dir.path())?)
@@ -245,6 +258,9 @@ impl EtcdCluster {
                     Ok(Err(e)) => last = e.to_string(),
                     Err(_) => last = "timeout".into(),
                 }
+                if self.exited(i) {
+                    return Err(format!("etcd member {i} ({url}) exited; log: {}", self.log(i)));
+                }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         };
@@ -275,6 +291,25 @@ impl EtcdCluster {
         let text = std::fs::read_to_string(self.dir.path().join(format!("{}.log", m.name))).unwrap_or_default();
         let tail: Vec<&str> = text.lines().rev().take(20).collect();
         tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+    }
+
+    /// Whether member `i`'s process has ended (or was killed).
+    fn exited(&self, i: usize) -> bool {
+        // try_wait needs `&mut`; a zero-signal probe of the pid answers the same question.
+        match self.members.get(i).and_then(|m| m.child.as_ref()) {
+            Some(child) => !Path::new(&format!("/proc/{}", child.id())).exists() || self.zombie(child.id()),
+            None => true,
+        }
+    }
+
+    fn zombie(&self, pid: u32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| {
+                s.rsplit(')')
+                    .next()
+                    .is_some_and(|rest| rest.trim_start().starts_with('Z'))
+            })
+            .unwrap_or(true)
     }
 
     /// Kills member `i` with SIGKILL and reaps it.
