@@ -219,6 +219,23 @@ async function main() {
   if (kcNs !== 'pages-ws') fail(`the kubeconfig's namespace is ${JSON.stringify(kcNs)}`);
   kubectlAs('get', 'pods');
   log(`"Download kubeconfig" (keyboard) saved ${kcName}; kubectl auth whoami with it: ${EMAIL}, namespace ${kcNs}`);
+  // A script on this origin (as a proxied app's page could run) posting the same form with the
+  // page's token gets no token: only the button's top-level navigation is answered.
+  // kfsec's own pages forbid fetch (CSP); a proxied app's page need not: /oauth2/userinfo (JSON,
+  // no policy) stands in for one.
+  const kcForm = {
+    csrf: await page.locator('#kubeconfig input[name=csrf]').getAttribute('value'),
+    ns: 'pages-ws',
+  };
+  await page.goto(`${base}/oauth2/userinfo`, { waitUntil: 'load' });
+  const scripted = await page.evaluate(async (f) => {
+    const r = await fetch('/kubeconfig', { method: 'POST', body: new URLSearchParams(f) });
+    return { status: r.status, body: await r.text() };
+  }, kcForm);
+  if (scripted.status !== 403 || scripted.body.includes('apiVersion') || !scripted.body.includes('Download the kubeconfig with the home page')) {
+    fail(`a same-origin fetch of /kubeconfig: HTTP ${scripted.status} ${scripted.body.slice(0, 300)}`);
+  }
+  log('a same-origin script\'s fetch of /kubeconfig (with the page\'s token) got 403, no token');
   await page.goto(`${base}/`, { waitUntil: 'load' });
 
   step = 'registration flow: a user who owns no workspace creates one, by keyboard';
