@@ -6,7 +6,12 @@
 //! with the same redirect URI and a matching PKCE verifier; token checks cover signature, header
 //! (`crit`, `typ`), `iss`, `aud`, `exp`, `nbf` and `iat` (60 s leeway), the user's revocation
 //! epoch and (for the gatekeeper) `nonce`. Access tokens carry `typ: at+jwt` (RFC 9068) and are
-//! accepted only at `/userinfo`, never where an ID token is expected.
+//! accepted only at `/userinfo`, never where an ID token is expected. A refresh token rotates
+//! exactly once however many requests race on however many replicas (a claim on its record by
+//! compare-and-swap; the upstream of a federated grant is asked once); for the reuse interval
+//! (its end kept in the record) the old token answers with the same successor, then it is
+//! `invalid_grant`. The successor token itself is in the old record only for that interval, under
+//! a prefix sealed at rest ([`crate::SECRET_PREFIXES`]).
 //!
 //! Revocation is held against the time the user's password was checked (`auth_ms`, taken before
 //! the check began), never against when something was issued: a code carries it, the ID and
@@ -197,6 +202,22 @@ struct RefreshRecord {
     /// so an upstream that rotates refresh tokens cannot break another client's refresh.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     upstream: Option<serde_json::Value>,
+    /// After rotation: until when (Unix ms) the successor answers for this token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    reuse_until_ms: Option<u64>,
+    /// Until when (Unix ms) a refresh in progress, on any replica, holds the rotation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    rotating_until_ms: Option<u64>,
+}
+
+/// How long a refresh may hold a token's rotation (asking its upstream included) before
+/// another request may take it over.
+const ROTATION_CLAIM: Duration = Duration::from_secs(30);
+/// How often a refresh waiting for another one's rotation looks again.
+const ROTATION_POLL: Duration = Duration::from_millis(20);
+
+fn invalid_refresh() -> OAuthError {
+    OAuthError::invalid_grant("Refresh token is invalid or has already been claimed by another client.")
 }
 
 /// Why a presented token was refused (all answered as 401; detail is logged).
@@ -427,6 +448,8 @@ impl Idp {
             origin_ms,
             replaced_by: None,
             upstream,
+            reuse_until_ms: None,
+            rotating_until_ms: None,
         };
         let ttl = self.refresh_ttl(created_at);
         self.store
@@ -691,18 +714,25 @@ impl Idp {
     }
 
     /// Exchanges a refresh token (rotating it) for `client`.
+    ///
+    /// Rotation is one compare-and-swap on the token's record, so it happens once however many
+    /// requests race on however many replicas: the first to claim the record (`rotating_until_ms`,
+    /// written at the revision it read) asks the upstream if the grant is federated, stores the
+    /// successor and writes `replaced_by` at the claim's revision; the others wait for that and
+    /// answer with the same successor. As Dex's `reuseInterval`: for that interval after its
+    /// rotation the old token answers with its successor (no upstream asked, nothing written),
+    /// provided the successor is still the current token; after it the old token is
+    /// `invalid_grant`, and the chain itself lives on (Dex revokes nothing for a late reuse).
     pub async fn refresh(&self, client: &Client, token: &str) -> Result<TokenResponse, OAuthError> {
         let key = format!("{REFRESH_PREFIX}{}", sha256_hex(token.as_bytes()));
-        // One refresh of a token at a time in this process: a second one waits and is answered
-        // with the first's successor, so an upstream that rotates its refresh tokens is asked
-        // once (a second ask with the spent upstream token would be refused).
+        // One refresh of a token at a time in this process (the others wait here rather than
+        // poll the store); across replicas the record's claim does the same.
         let flight = self.refresh_flights.enter(&key);
         let _one_at_a_time = flight.lock().await;
-        for _ in 0..3 {
+        let deadline = tokio::time::Instant::now() + ROTATION_CLAIM + ROTATION_CLAIM / 4;
+        loop {
             let Some(kv) = self.store.get(&key).await.map_err(IdpError::from)? else {
-                return Err(OAuthError::invalid_grant(
-                    "Refresh token is invalid or has already been claimed by another client.",
-                ));
+                return Err(invalid_refresh());
             };
             let mut rec: RefreshRecord = serde_json::from_slice(&kv.value).map_err(IdpError::from)?;
             let origin_ms = if rec.origin_ms == 0 {
@@ -717,69 +747,151 @@ impl Idp {
                     .await
                     .map_err(IdpError::from)?
             {
-                return Err(OAuthError::invalid_grant(
-                    "Refresh token is invalid or has already been claimed by another client.",
-                ));
+                return Err(invalid_refresh());
             }
-            if let Some(next) = rec.replaced_by {
-                // Inside the reuse window (the record expires when it closes): answer with the
-                // successor so parallel requests of one client do not log the user out (and
-                // do not each ask the upstream, as Dex).
-                let user = self.grant_user(&rec.grant).await?;
-                return Ok(self.mint(&rec.grant, &user, origin_ms, Some(next)).await?);
+            let now = self.clock.now();
+            if let Some(next) = rec.replaced_by.take() {
+                return self.reuse(&rec, origin_ms, next, now.as_millis()).await;
             }
             if !rec.grant.scopes.iter().any(|s| s == "offline_access") {
                 return Err(OAuthError::invalid_grant(
                     "Refresh token was not issued for offline access.",
                 ));
             }
-            // A federated user is asked about upstream again; the new token carries what the
-            // upstream says now.
-            let mut next_grant = rec.grant.clone();
-            let mut upstream = rec.upstream.clone();
-            if rec.grant.identity.is_some() {
-                let (fresh, data) = self.recheck_upstream(&rec.grant, rec.upstream.clone()).await?;
-                next_grant.email.clone_from(&fresh.email);
-                next_grant.identity = Some(fresh);
-                upstream = data;
-            }
-            let user = self.grant_user(&next_grant).await?;
-            let Some(next) = self
-                .new_refresh(&next_grant, rec.created_at, origin_ms, upstream)
-                .await?
-            else {
-                return Err(OAuthError::invalid_grant(
-                    "Refresh token was not issued for offline access.",
-                ));
-            };
-            rec.replaced_by = Some(next.clone());
-            rec.grant = next_grant;
-            let body = serde_json::to_vec(&rec).map_err(IdpError::from)?;
-            match self
-                .store
-                .update(
-                    &key,
-                    body,
-                    Some(kv.mod_revision),
-                    Some(self.settings.refresh.reuse_interval),
-                )
-                .await
-            {
-                Ok(_) => return Ok(self.mint(&rec.grant, &user, origin_ms, Some(next)).await?),
-                Err(StoreError::Conflict { .. }) => {
-                    // A parallel refresh won; drop ours and answer with theirs.
-                    let _ = self
-                        .store
-                        .delete(&format!("{REFRESH_PREFIX}{}", sha256_hex(next.as_bytes())), None)
-                        .await;
+            if rec.rotating_until_ms.is_some_and(|t| now.as_millis() < t) {
+                // Another request (on this replica or another) is rotating it: wait for its
+                // successor, or for its claim to lapse (a replica that died mid-rotation).
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(OAuthError::new(
+                        http::StatusCode::SERVICE_UNAVAILABLE,
+                        OAuthCode::TemporarilyUnavailable,
+                        "The refresh token is being refreshed by another request; try again.",
+                    ));
                 }
-                Err(StoreError::NotFound(_)) => break,
+                tokio::time::sleep(ROTATION_POLL).await;
+                continue;
+            }
+            // Claim the rotation, keeping the record's expiry.
+            let ttl = kv
+                .expires_at
+                .map_or_else(|| self.refresh_ttl(rec.created_at), |t| t.since(now))
+                .max(Duration::from_secs(1));
+            rec.rotating_until_ms = Some(now.add(ROTATION_CLAIM).as_millis());
+            let body = serde_json::to_vec(&rec).map_err(IdpError::from)?;
+            let claimed = match self.store.update(&key, body, Some(kv.mod_revision), Some(ttl)).await {
+                Ok(rev) => rev,
+                // Another request claimed or rotated it first, or it is gone: look again.
+                Err(StoreError::Conflict { .. } | StoreError::NotFound(_)) => continue,
                 Err(e) => return Err(IdpError::from(e).into()),
+            };
+            if let Some(answer) = self.rotate(&key, rec, claimed, ttl, origin_ms).await? {
+                return Ok(answer);
             }
         }
-        Err(OAuthError::invalid_grant(
-            "Refresh token is invalid or has already been claimed by another client.",
-        ))
+    }
+
+    /// A rotated-out token inside its reuse interval: its successor, if that is still the
+    /// current token (Dex keeps one obsolete token per chain).
+    async fn reuse(
+        &self,
+        rec: &RefreshRecord,
+        origin_ms: u64,
+        next: String,
+        now_ms: u64,
+    ) -> Result<TokenResponse, OAuthError> {
+        // The interval is held against the record's own end time, not only the store's TTL.
+        let within = rec.reuse_until_ms.is_none_or(|t| now_ms < t);
+        let successor = self
+            .store
+            .get(&format!("{REFRESH_PREFIX}{}", sha256_hex(next.as_bytes())))
+            .await
+            .map_err(IdpError::from)?;
+        let current = successor
+            .and_then(|kv| serde_json::from_slice::<RefreshRecord>(&kv.value).ok())
+            .is_some_and(|s| s.replaced_by.is_none());
+        if !(within && current) {
+            tracing::warn!(target: "audit", user = %rec.grant.email, client = %rec.grant.client_id, "a rotated-out refresh token was presented again after its successor was used");
+            return Err(invalid_refresh());
+        }
+        let user = self.grant_user(&rec.grant).await?;
+        Ok(self.mint(&rec.grant, &user, origin_ms, Some(next)).await?)
+    }
+
+    /// Rotates a token this request has claimed (the record at revision `claimed`): asks the
+    /// upstream of a federated grant, stores the successor and points the record at it for the
+    /// reuse interval. `None`: the claim was lost (it lapsed and another request rotated the
+    /// token): look again.
+    async fn rotate(
+        &self,
+        key: &str,
+        mut rec: RefreshRecord,
+        claimed: kfsec_store::Revision,
+        ttl: Duration,
+        origin_ms: u64,
+    ) -> Result<Option<TokenResponse>, OAuthError> {
+        let successor = self.successor(&rec, origin_ms).await;
+        let (next_grant, user, next) = match successor {
+            Ok(s) => s,
+            Err(e) => {
+                // Nothing was rotated: give the claim back so the client may try again.
+                rec.rotating_until_ms = None;
+                if let Ok(body) = serde_json::to_vec(&rec)
+                    && let Err(err) = self.store.update(key, body, Some(claimed), Some(ttl)).await
+                {
+                    tracing::debug!(error = %err, "refresh: the rotation claim was not given back");
+                }
+                return Err(e);
+            }
+        };
+        let reuse = self.settings.refresh.reuse_interval;
+        rec.replaced_by = Some(next.clone());
+        rec.reuse_until_ms = Some(self.clock.now().add(reuse).as_millis());
+        rec.rotating_until_ms = None;
+        rec.grant = next_grant;
+        let body = serde_json::to_vec(&rec).map_err(IdpError::from)?;
+        match self.store.update(key, body, Some(claimed), Some(reuse)).await {
+            Ok(_) => Ok(Some(self.mint(&rec.grant, &user, origin_ms, Some(next)).await?)),
+            Err(e) => {
+                // Ours is not handed out: drop it.
+                let _ = self
+                    .store
+                    .delete(&format!("{REFRESH_PREFIX}{}", sha256_hex(next.as_bytes())), None)
+                    .await;
+                match e {
+                    StoreError::Conflict { .. } => Ok(None),
+                    // Revoked (deleted) while we rotated.
+                    StoreError::NotFound(_) => Err(invalid_refresh()),
+                    e => Err(IdpError::from(e).into()),
+                }
+            }
+        }
+    }
+
+    /// The successor of a token: the grant as the upstream reports it now (a federated user is
+    /// asked again), its user, and the new token, stored.
+    async fn successor(
+        &self,
+        rec: &RefreshRecord,
+        origin_ms: u64,
+    ) -> Result<(Grant, UpstreamIdentity, String), OAuthError> {
+        let mut next_grant = rec.grant.clone();
+        let mut upstream = rec.upstream.clone();
+        if rec.grant.identity.is_some() {
+            let (fresh, data) = self.recheck_upstream(&rec.grant, rec.upstream.clone()).await?;
+            next_grant.email.clone_from(&fresh.email);
+            next_grant.identity = Some(fresh);
+            upstream = data;
+        }
+        let user = self.grant_user(&next_grant).await?;
+        let Some(next) = self
+            .new_refresh(&next_grant, rec.created_at, origin_ms, upstream)
+            .await?
+        else {
+            return Err(OAuthError::invalid_grant(
+                "Refresh token was not issued for offline access.",
+            ));
+        };
+        Ok((next_grant, user, next))
     }
 
     /// Issues a code for a logged-in user (`rec.auth_ms`: when their password check began) and
@@ -977,5 +1089,209 @@ mod tests {
             "/cb?code=a+b&state=x%26y"
         );
         assert_eq!(append_query("/cb?x=1", &[("code", "c")]), "/cb?x=1&code=c");
+    }
+
+    mod replicas {
+        use std::sync::Arc;
+        use std::time::Duration;
+
+        use kfsec_store::{MemoryStore, Store};
+        use kfsec_types::{Clock, ManualClock, UnixTime};
+
+        use super::super::*;
+        use crate::lockout::LockoutPolicy;
+        use crate::{Branding, ClientAuth, IdpSettings, RefreshPolicy};
+
+        const USER: &str = "alice@example.com";
+        const REUSE: Duration = Duration::from_secs(3);
+
+        fn settings() -> IdpSettings {
+            IdpSettings {
+                issuer: "https://kf.example.com/dex".into(),
+                id_token_ttl: Duration::from_secs(600),
+                signing_key_rotation: Duration::from_secs(6 * 3600),
+                auth_request_ttl: Duration::from_secs(600),
+                refresh: RefreshPolicy {
+                    reuse_interval: REUSE,
+                    idle: Duration::from_secs(3600),
+                    absolute: Duration::from_secs(24 * 3600),
+                },
+                skip_approval: true,
+                static_users: vec![User {
+                    email: USER.into(),
+                    username: "alice".into(),
+                    user_id: "1".into(),
+                    hash: "$2y$12$99qz3xSNm5CHLxYv7OXd4.sTbzXEjUxzy6oDsZF10Rm5hM.WhqXPa".into(),
+                    groups: vec![],
+                }],
+                static_clients: vec![client()],
+                builtin_clients: vec![],
+                lockout: LockoutPolicy::default(),
+                bearer_audiences: vec![],
+                connectors: vec![],
+                always_show_login_screen: false,
+                password_connector: None,
+                branding: Branding::default(),
+            }
+        }
+
+        fn client() -> Client {
+            Client {
+                id: "rp".into(),
+                name: "RP".into(),
+                redirect_uris: vec!["https://rp.example/cb".into()],
+                auth: ClientAuth::Public,
+            }
+        }
+
+        /// `n` IdP replicas over one store and clock.
+        async fn replicas(n: usize) -> (Vec<Arc<Idp>>, Arc<dyn Store>, Arc<ManualClock>) {
+            let clock = ManualClock::new(UnixTime::from_secs(1_800_000_000));
+            let store: Arc<dyn Store> = MemoryStore::new(clock.clone());
+            let mut idps = Vec::new();
+            for _ in 0..n {
+                let idp = Idp::new(
+                    settings(),
+                    store.clone(),
+                    clock.clone(),
+                    Arc::new(kfsec_pki::OsRng),
+                    &mut prometheus_client::registry::Registry::default(),
+                    Arc::new(crate::serviceaccount::NoServiceAccounts),
+                )
+                .await
+                .unwrap();
+                idps.push(idp);
+            }
+            (idps, store, clock)
+        }
+
+        async fn first_token(idp: &Idp) -> String {
+            let grant = Grant {
+                client_id: "rp".into(),
+                scopes: vec!["openid".into(), "email".into(), "offline_access".into()],
+                nonce: None,
+                email: USER.into(),
+                connector_id: LOCAL.into(),
+                identity: None,
+            };
+            let now = idp.clock.now();
+            idp.new_refresh(&grant, now.as_secs(), now.as_millis(), None)
+                .await
+                .unwrap()
+                .unwrap()
+        }
+
+        /// Sets one field of a token's stored record (what another replica, or a backend
+        /// keeping records past their TTL, leaves there), with a long store TTL.
+        async fn set_field(store: &Arc<dyn Store>, token: &str, field: &str, value: u64) {
+            let key = format!("{REFRESH_PREFIX}{}", sha256_hex(token.as_bytes()));
+            let kv = store.get(&key).await.unwrap().unwrap();
+            let mut rec: serde_json::Value = serde_json::from_slice(&kv.value).unwrap();
+            rec[field] = value.into();
+            let body = serde_json::to_vec(&rec).unwrap();
+            store
+                .update(&key, body, None, Some(Duration::from_secs(3600)))
+                .await
+                .unwrap();
+        }
+
+        async fn records(store: &Arc<dyn Store>) -> usize {
+            kfsec_store::list_all(store.as_ref(), REFRESH_PREFIX)
+                .await
+                .unwrap()
+                .items
+                .len()
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn a_refresh_racing_on_replicas_rotates_once_and_answers_all_alike() {
+            let (idps, store, clock) = replicas(2).await;
+            for round in 0..20 {
+                let token = first_token(&idps[0]).await;
+                let before = records(&store).await;
+                // Three requests per replica with the same token, at once.
+                let mut racing = Vec::new();
+                for i in 0..6 {
+                    let (idp, token) = (idps[i % 2].clone(), token.clone());
+                    racing.push(tokio::spawn(async move { idp.refresh(&client(), &token).await }));
+                }
+                let mut rotated = Vec::new();
+                for r in racing {
+                    let answer = r.await.unwrap().unwrap_or_else(|e| panic!("round {round}: {e:?}"));
+                    rotated.push(answer.refresh_token.expect("a refresh token"));
+                }
+                assert!(
+                    rotated.iter().all(|t| *t == rotated[0]),
+                    "round {round}: one successor for all"
+                );
+                assert_ne!(rotated[0], token);
+                assert_eq!(records(&store).await, before + 1, "round {round}: exactly one rotation");
+                // The successor works on either replica.
+                let next = idps[1].refresh(&client(), &rotated[0]).await.unwrap();
+                assert_ne!(next.refresh_token.as_deref(), Some(rotated[0].as_str()));
+                clock.advance(REUSE + Duration::from_secs(1));
+            }
+        }
+
+        #[tokio::test]
+        async fn after_the_reuse_interval_the_old_token_is_invalid_grant_and_the_chain_lives() {
+            let (idps, _store, clock) = replicas(2).await;
+            let (a, b) = (&idps[0], &idps[1]);
+            let t0 = first_token(a).await;
+            let t1 = a.refresh(&client(), &t0).await.unwrap().refresh_token.unwrap();
+            // Inside the interval, on the other replica: the same successor.
+            clock.advance(Duration::from_secs(2));
+            let again = b.refresh(&client(), &t0).await.unwrap();
+            assert_eq!(again.refresh_token.as_deref(), Some(t1.as_str()));
+            // After it: refused, as Dex does …
+            clock.advance(Duration::from_secs(2));
+            for idp in [a, b] {
+                let e = idp.refresh(&client(), &t0).await.unwrap_err();
+                assert_eq!(e.error, OAuthCode::InvalidGrant);
+            }
+            // … and, as Dex, the late reuse revokes nothing: the current token still refreshes.
+            let t2 = b.refresh(&client(), &t1).await.unwrap().refresh_token.unwrap();
+            // Dex keeps one obsolete token: once its successor was used, t1 no longer answers
+            // even inside its interval.
+            let t3 = a.refresh(&client(), &t2).await.unwrap().refresh_token.unwrap();
+            let e = b.refresh(&client(), &t2).await;
+            assert_eq!(
+                e.unwrap().refresh_token.as_deref(),
+                Some(t3.as_str()),
+                "t2 within its interval"
+            );
+            let _t4 = a.refresh(&client(), &t3).await.unwrap();
+            let e = b.refresh(&client(), &t2).await.unwrap_err();
+            assert_eq!(e.error, OAuthCode::InvalidGrant, "t3 was used: t2 is spent");
+        }
+
+        #[tokio::test]
+        async fn the_reuse_end_is_the_records_own_not_the_stores() {
+            let (idps, store, _clock) = replicas(1).await;
+            let t0 = first_token(&idps[0]).await;
+            let _t1 = idps[0].refresh(&client(), &t0).await.unwrap();
+            // A backend whose TTL outlives the interval (a lease is a minimum, not an end).
+            let ended = idps[0].clock.now().as_millis() - 1;
+            set_field(&store, &t0, "reuse_until_ms", ended).await;
+            let e = idps[0].refresh(&client(), &t0).await.unwrap_err();
+            assert_eq!(e.error, OAuthCode::InvalidGrant);
+        }
+
+        #[tokio::test]
+        async fn a_replica_that_died_mid_rotation_holds_the_token_only_for_its_claim() {
+            let (idps, store, clock) = replicas(1).await;
+            let t0 = first_token(&idps[0]).await;
+            // Another replica claimed the rotation and died.
+            let claim = clock.now().add(ROTATION_CLAIM).as_millis();
+            set_field(&store, &t0, "rotating_until_ms", claim).await;
+            let idp = idps[0].clone();
+            let t = t0.clone();
+            let waiting = tokio::spawn(async move { idp.refresh(&client(), &t).await });
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            assert!(!waiting.is_finished(), "waits for the claim holder");
+            clock.advance(ROTATION_CLAIM);
+            let answer = waiting.await.unwrap().unwrap();
+            assert!(answer.refresh_token.is_some_and(|t| t != t0), "took the rotation over");
+        }
     }
 }
