@@ -878,6 +878,21 @@ mod tests {
     }
 
     #[test]
+    fn cross_client_scopes_are_refused_before_any_screen_names_a_peer() {
+        // kfsec has no trusted peers: a request naming another client (to learn its name on
+        // the approval screen, or to get tokens for it) is refused at /auth, the device flow
+        // and the password grant alike, so `describe_scope`'s peer lookup sees no such scope.
+        for raw in [
+            "openid audience:server:client_id:kfsec-gatekeeper",
+            "openid audience:server:client_id:",
+            "openid email Audience:Server:Client_ID:kfsec-cli",
+        ] {
+            assert!(crate::flow::requested_scopes(raw).is_err(), "{raw:?}");
+        }
+        assert!(crate::flow::requested_scopes("openid email groups").is_ok());
+    }
+
+    #[test]
     fn approval_escapes_every_slot() {
         let scopes = vec![
             describe_scope(HOSTILE, None),
