@@ -1303,3 +1303,68 @@ async fn userinfo(State(idp): State<Arc<Idp>>, headers: HeaderMap) -> Response {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use kfsec_store::MemoryStore;
+    use kfsec_store::flaky::Flaky;
+    use kfsec_types::{ManualClock, UnixTime};
+
+    use super::*;
+    use crate::IdpSettings;
+    use crate::test_support::{USER, client, idp, settings};
+
+    #[tokio::test]
+    async fn a_store_failure_at_the_lockout_refuses_the_login_unchecked_and_says_try_again() {
+        let clock = ManualClock::new(UnixTime::from_secs(1_800_000_000));
+        let flaky = Flaky::new(MemoryStore::new(clock.clone()));
+        let idp = idp(
+            IdpSettings {
+                password_connector: Some(LOCAL.into()),
+                ..settings()
+            },
+            flaky.clone(),
+            clock,
+        )
+        .await;
+        flaky.fail(true);
+        // The login form: refused without a check, in words, no internal text.
+        let outcome = idp
+            .check_password(
+                &Connector::local(),
+                Scopes::from_list(&[]),
+                USER,
+                "password",
+                "10.0.0.1",
+            )
+            .await
+            .unwrap();
+        match outcome {
+            Err(PasswordOutcome::Unavailable(text)) => {
+                assert!(
+                    text.starts_with("Logins cannot be checked right now. Try again in "),
+                    "{text}"
+                );
+                assert!(!text.contains(Flaky::CAUSE));
+            }
+            Ok(_) => panic!("a password was checked while its counters could not be kept"),
+            Err(_) => panic!("not the unavailable answer"),
+        }
+        // The password grant: 503 temporarily_unavailable, as OAuth2 says.
+        let form: HashMap<String, String> = [
+            ("grant_type", "password"),
+            ("username", USER),
+            ("password", "password"),
+            ("scope", "openid"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let e = password_grant(&idp, &client(), &form, "10.0.0.1").await.unwrap_err();
+        assert_eq!(
+            (e.status, e.error),
+            (StatusCode::SERVICE_UNAVAILABLE, OAuthCode::TemporarilyUnavailable)
+        );
+        assert_eq!(idp.metrics.verifications.get(), 0, "no password was verified");
+    }
+}

@@ -20,6 +20,8 @@ pub mod pages;
 pub mod revocation;
 pub mod secret;
 pub mod serviceaccount;
+#[cfg(test)]
+mod test_support;
 mod throttle;
 mod tokens;
 pub mod users;

@@ -1099,50 +1099,9 @@ mod tests {
         use kfsec_types::{Clock, ManualClock, UnixTime};
 
         use super::super::*;
-        use crate::lockout::LockoutPolicy;
-        use crate::{Branding, ClientAuth, IdpSettings, RefreshPolicy};
+        use crate::test_support::{USER, client, settings};
 
-        const USER: &str = "alice@example.com";
-        const REUSE: Duration = Duration::from_secs(3);
-
-        fn settings() -> IdpSettings {
-            IdpSettings {
-                issuer: "https://kf.example.com/dex".into(),
-                id_token_ttl: Duration::from_secs(600),
-                signing_key_rotation: Duration::from_secs(6 * 3600),
-                auth_request_ttl: Duration::from_secs(600),
-                refresh: RefreshPolicy {
-                    reuse_interval: REUSE,
-                    idle: Duration::from_secs(3600),
-                    absolute: Duration::from_secs(24 * 3600),
-                },
-                skip_approval: true,
-                static_users: vec![User {
-                    email: USER.into(),
-                    username: "alice".into(),
-                    user_id: "1".into(),
-                    hash: "$2y$12$99qz3xSNm5CHLxYv7OXd4.sTbzXEjUxzy6oDsZF10Rm5hM.WhqXPa".into(),
-                    groups: vec![],
-                }],
-                static_clients: vec![client()],
-                builtin_clients: vec![],
-                lockout: LockoutPolicy::default(),
-                bearer_audiences: vec![],
-                connectors: vec![],
-                always_show_login_screen: false,
-                password_connector: None,
-                branding: Branding::default(),
-            }
-        }
-
-        fn client() -> Client {
-            Client {
-                id: "rp".into(),
-                name: "RP".into(),
-                redirect_uris: vec!["https://rp.example/cb".into()],
-                auth: ClientAuth::Public,
-            }
-        }
+        const REUSE: Duration = crate::test_support::REUSE;
 
         /// `n` IdP replicas over one store and clock.
         async fn replicas(n: usize) -> (Vec<Arc<Idp>>, Arc<dyn Store>, Arc<ManualClock>) {
@@ -1150,17 +1109,7 @@ mod tests {
             let store: Arc<dyn Store> = MemoryStore::new(clock.clone());
             let mut idps = Vec::new();
             for _ in 0..n {
-                let idp = Idp::new(
-                    settings(),
-                    store.clone(),
-                    clock.clone(),
-                    Arc::new(kfsec_pki::OsRng),
-                    &mut prometheus_client::registry::Registry::default(),
-                    Arc::new(crate::serviceaccount::NoServiceAccounts),
-                )
-                .await
-                .unwrap();
-                idps.push(idp);
+                idps.push(crate::test_support::idp(settings(), store.clone(), clock.clone()).await);
             }
             (idps, store, clock)
         }
