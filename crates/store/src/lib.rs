@@ -14,6 +14,7 @@ mod engine;
 #[cfg(any(test, feature = "testing"))]
 pub mod flaky;
 pub mod follow;
+pub mod leader;
 pub mod memory;
 pub mod redb_store;
 pub mod sealed;
@@ -156,6 +157,24 @@ pub trait Store: Send + Sync + 'static {
     /// Events for keys under `prefix` with revision > `after` (replayed from the change log,
     /// then live). `after` older than the retained log → Err(Compacted) immediately.
     async fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream, StoreError>;
+    /// The upkeep of a store other processes share (etcd): its expired records and its history
+    /// need one process at a time — the elected leader ([`leader`]) — to tend them. `None`
+    /// (the default) for a store this process owns alone (redb's file lock, memory), which
+    /// tends itself. A wrapper store forwards its inner store's.
+    fn upkeep(&self) -> Option<&dyn Upkeep> {
+        None
+    }
+}
+
+/// Housekeeping of a shared store, run by the leader only (see [`Store::upkeep`]).
+#[async_trait::async_trait]
+pub trait Upkeep: Send + Sync {
+    /// Deletes the records whose expiry has passed (one revision and one Delete event each);
+    /// returns how many. Safe to run twice at once (each delete is a compare-and-swap).
+    async fn sweep(&self) -> Result<usize, StoreError>;
+    /// Discards the change history before `revision` (watches from older revisions get
+    /// [`StoreError::Compacted`]); compacting at an already compacted revision is no error.
+    async fn compact_before(&self, revision: Revision) -> Result<(), StoreError>;
 }
 
 /// Tuning shared by the backends.

@@ -777,6 +777,10 @@ impl Store for SealedStore {
         });
         Ok(out)
     }
+
+    fn upkeep(&self) -> Option<&dyn crate::Upkeep> {
+        self.inner.upkeep()
+    }
 }
 
 #[cfg(test)]
