@@ -1242,5 +1242,104 @@ mod tests {
             let answer = waiting.await.unwrap().unwrap();
             assert!(answer.refresh_token.is_some_and(|t| t != t0), "took the rotation over");
         }
+
+        /// An upstream that rotates its refresh credential and refuses a spent one (as Entra
+        /// and most OIDC providers do): a second ask with the old credential would revoke the
+        /// user.
+        struct Rotating {
+            current: parking_lot::Mutex<u32>,
+            asked: std::sync::atomic::AtomicUsize,
+        }
+
+        #[async_trait::async_trait]
+        impl crate::connector::PasswordConnector for Rotating {
+            fn prompt(&self) -> &str {
+                "Username"
+            }
+            async fn login(&self, _: Scopes, _: &str, _: &str) -> Result<Option<UpstreamIdentity>, ConnectorError> {
+                Ok(None)
+            }
+            async fn refresh(
+                &self,
+                _: Scopes,
+                identity: &UpstreamIdentity,
+            ) -> Result<UpstreamIdentity, ConnectorError> {
+                self.asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(30)).await;
+                let mut current = self.current.lock();
+                if identity.connector_data != Some(serde_json::json!(*current)) {
+                    return Err(ConnectorError::Revoked("refresh token already used".into()));
+                }
+                *current += 1;
+                Ok(UpstreamIdentity {
+                    connector_data: Some(serde_json::json!(*current)),
+                    ..identity.clone()
+                })
+            }
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn a_federated_refresh_racing_on_replicas_asks_its_upstream_once() {
+            let upstream = Arc::new(Rotating {
+                current: parking_lot::Mutex::new(0),
+                asked: std::sync::atomic::AtomicUsize::new(0),
+            });
+            let connector = crate::connector::Connector {
+                id: "up".into(),
+                name: "Upstream".into(),
+                type_name: "ldap".into(),
+                kind: ConnectorKind::Password(upstream.clone()),
+            };
+            let clock = ManualClock::new(UnixTime::from_secs(1_800_000_000));
+            let store: Arc<dyn Store> = MemoryStore::new(clock.clone());
+            let mut idps = Vec::new();
+            for _ in 0..2 {
+                let mut s = settings();
+                s.connectors.push(connector.clone());
+                idps.push(crate::test_support::idp(s, store.clone(), clock.clone()).await);
+            }
+            let identity = UpstreamIdentity {
+                user_id: "u-1".into(),
+                username: "bob".into(),
+                preferred_username: "bob".into(),
+                email: "bob@example.com".into(),
+                email_verified: true,
+                groups: vec![],
+                connector_data: None,
+            };
+            let grant = Grant {
+                client_id: "rp".into(),
+                scopes: vec!["openid".into(), "offline_access".into()],
+                nonce: None,
+                email: identity.email.clone(),
+                connector_id: "up".into(),
+                identity: Some(identity),
+            };
+            let now = clock.now();
+            let token = idps[0]
+                .new_refresh(&grant, now.as_secs(), now.as_millis(), Some(serde_json::json!(0)))
+                .await
+                .unwrap()
+                .unwrap();
+            let mut racing = Vec::new();
+            for i in 0..6 {
+                let (idp, token) = (idps[i % 2].clone(), token.clone());
+                racing.push(tokio::spawn(async move { idp.refresh(&client(), &token).await }));
+            }
+            let mut rotated = Vec::new();
+            for r in racing {
+                rotated.push(r.await.unwrap().unwrap().refresh_token.unwrap());
+            }
+            assert!(rotated.iter().all(|t| *t == rotated[0]), "one successor for all");
+            assert_eq!(
+                upstream.asked.load(std::sync::atomic::Ordering::SeqCst),
+                1,
+                "the upstream asked once"
+            );
+            // Nothing was revoked: the successor refreshes, with the upstream's new credential.
+            let next = idps[1].refresh(&client(), &rotated[0]).await.unwrap();
+            assert!(next.refresh_token.is_some());
+            assert_eq!(upstream.asked.load(std::sync::atomic::Ordering::SeqCst), 2);
+        }
     }
 }
