@@ -6,7 +6,8 @@
 //! there, so nothing here removes a header by a client-chosen name; the session cookie never
 //! reaches an upstream, nor `Authorization` unless the route opts in; `X-Forwarded-Host` is the
 //! configured public host, never the client's `Host`; an unreachable upstream is a 502 whose body
-//! names no internal error; a malformed client body is a 400.
+//! names no internal error; a malformed client body is a 400; an upstream cannot widen a service
+//! worker's scope past its route (`Service-Worker-Allowed` removed from its answers).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -246,6 +247,14 @@ fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool, named: bool) {
         }
     }
     h.remove("proxy-authenticate");
+}
+
+/// Removes what an upstream's answer must not say for the whole origin: `Service-Worker-Allowed`
+/// would let an app's service worker control paths beyond the script's directory — `/`, kfsec's
+/// login form and pages, and navigations such as `POST /kubeconfig`, whose answers it could
+/// read. Without it, a worker stays under its route's prefix.
+fn confine_upstream_response(h: &mut HeaderMap) {
+    h.remove("service-worker-allowed");
 }
 
 fn is_upgrade(h: &HeaderMap) -> bool {
@@ -510,11 +519,13 @@ impl Proxy {
             }
             let (mut parts, _) = resp.into_parts();
             strip_hop_by_hop(&mut parts.headers, true, true);
+            confine_upstream_response(&mut parts.headers);
             parts.extensions.insert(Proxied);
             return Response::from_parts(parts, Body::empty());
         }
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers, false, true);
+        confine_upstream_response(&mut parts.headers);
         parts.extensions.insert(Proxied);
         Response::from_parts(parts, Body::new(body))
     }
@@ -565,6 +576,16 @@ mod tests {
         );
         remove_cookie(&mut h, "authservice_session");
         assert_eq!(h.get(header::COOKIE).unwrap(), "a=1; b=2");
+    }
+
+    #[test]
+    fn upstream_service_workers_stay_under_their_route() {
+        let mut h = HeaderMap::new();
+        h.insert("service-worker-allowed", HeaderValue::from_static("/"));
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/javascript"));
+        confine_upstream_response(&mut h);
+        assert!(h.get("service-worker-allowed").is_none());
+        assert_eq!(h[header::CONTENT_TYPE], "text/javascript");
     }
 
     #[test]
