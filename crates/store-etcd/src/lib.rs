@@ -32,7 +32,7 @@ use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity, PutOptions, TlsOptions,
     Txn, TxnOp, TxnOpResponse,
 };
-use kfsec_store::{EventKind, KeyValue, ListPage, Revision, Store, StoreError, WatchEvent, WatchStream};
+use kfsec_store::{EventKind, KeyValue, ListPage, Revision, Store, StoreError, Upkeep, WatchEvent, WatchStream};
 use kfsec_types::{Clock, UnixTime};
 
 pub mod envelope;
@@ -42,6 +42,8 @@ mod retry;
 pub mod testing;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_leader;
 
 use envelope::CreateRevision;
 use retry::Sent;
@@ -927,6 +929,26 @@ impl Store for EtcdStore {
 
     async fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream, StoreError> {
         watch::start(self, prefix, after).await
+    }
+
+    fn upkeep(&self) -> Option<&dyn Upkeep> {
+        Some(self)
+    }
+}
+
+/// The leader's chores on the shared cluster: [`EtcdStore::sweep_expired`] and
+/// [`EtcdStore::compact`] (see [`kfsec_store::leader`]).
+#[async_trait::async_trait]
+impl Upkeep for EtcdStore {
+    async fn sweep(&self) -> Result<usize, StoreError> {
+        self.sweep_expired().await
+    }
+
+    async fn compact_before(&self, revision: Revision) -> Result<(), StoreError> {
+        self.compact(Compaction::BeforeRevision(revision))
+            .await
+            .map(|_| ())
+            .map_err(|e| StoreError::Backend(e.to_string()))
     }
 }
 

@@ -113,6 +113,16 @@ pub struct LeaseRecord {
     pub leader_transitions: u64,
 }
 
+impl LeaseRecord {
+    /// The record at `key` (`None` when absent or not a lease record), e.g. to show who leads.
+    pub async fn read(store: &dyn Store, key: &str) -> Result<Option<Self>, StoreError> {
+        Ok(store
+            .get(key)
+            .await?
+            .and_then(|kv| serde_json::from_slice(&kv.value).ok()))
+    }
+}
+
 /// A revision of the record as this replica first saw it.
 #[derive(Debug, Clone, Copy)]
 struct Observed {
