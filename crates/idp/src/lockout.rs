@@ -937,11 +937,21 @@ impl Lockout {
         &self.0.policy
     }
 
-    /// Warms the cache with the stored counters (at start); returns how many were read. The
-    /// store stays the authority: a replica that skips this only reads them later.
+    /// Warms the cache with the stored counters (at start, at most what the cache holds);
+    /// returns how many were cached. The store stays the authority: a record left out is read
+    /// when it is needed.
     pub async fn restore(&self) -> Result<usize, StoreError> {
         let inner = &self.0;
-        let records = kfsec_store::list_all(inner.store.as_ref(), PREFIX).await?.items;
+        let mut records = Vec::new();
+        let mut after: Option<String> = None;
+        while records.len() < inner.max_entries.saturating_mul(3) {
+            let page = inner.store.list(PREFIX, 500, after.as_deref()).await?;
+            records.extend(page.items);
+            match page.continue_key {
+                Some(k) => after = Some(k),
+                None => break,
+            }
+        }
         let mut n = 0;
         let mut st = inner.state.lock();
         for kv in &records {
