@@ -606,3 +606,37 @@ async fn ttl_records_share_a_lease_and_outlive_a_revoked_one() {
     let d = lease_of(raw.get("/kfsec/s/d", None).await.unwrap());
     assert!(d != 0 && d != a);
 }
+
+#[tokio::test]
+async fn a_record_written_over_an_expired_one_keeps_its_own_create_revision() {
+    let Some(cluster) = single().await else { return };
+    let clock = ManualClock::new(UnixTime::from_secs(1_700_000_000));
+    let store = connect(&config(&cluster, "/kfsec"), clock.clone()).await.unwrap();
+    let old = store
+        .create("/r/k", b"old".to_vec(), Some(Duration::from_secs(1)))
+        .await
+        .unwrap();
+    clock.advance(Duration::from_secs(2));
+    // etcd still holds the expired record (created at `old`); the store starts a new one.
+    let new = store.put("/r/k", b"new".to_vec(), None).await.unwrap();
+    let mut w = store.watch("/r/", new).await.unwrap();
+    let r2 = store.update("/r/k", b"v2".to_vec(), Some(new), None).await.unwrap();
+    let r3 = store
+        .update("/r/k", b"v3".to_vec(), None, Some(Duration::from_secs(60)))
+        .await
+        .unwrap();
+    let kv = store.get("/r/k").await.unwrap().unwrap();
+    assert_eq!((kv.create_revision, kv.mod_revision), (new, r3));
+    assert!(old < new);
+    let e = next(&mut w).await.unwrap();
+    assert_eq!((e.kv.create_revision, e.kv.mod_revision), (new, r2));
+    let taken = store.take("/r/k").await.unwrap().unwrap();
+    assert_eq!(taken.create_revision, new);
+    let del = next(&mut w).await.unwrap();
+    let del2 = next(&mut w).await.unwrap();
+    assert_eq!((del.kind, del2.kind), (EventKind::Put, EventKind::Delete));
+    assert_eq!(del2.kv.create_revision, new);
+    // Re-created after the take: etcd's own create revision again.
+    let fresh = store.create("/r/k", Vec::new(), None).await.unwrap();
+    assert_eq!(store.get("/r/k").await.unwrap().unwrap().create_revision, fresh);
+}
