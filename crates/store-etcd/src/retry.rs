@@ -76,14 +76,18 @@ impl EtcdStore {
         let deadline = self.deadline();
         let mut delay = Duration::from_millis(20);
         loop {
-            let (err, class) = match tokio::time::timeout(self.attempt_timeout(), f()).await {
+            // No attempt runs past the operation deadline.
+            let budget = self
+                .attempt_timeout()
+                .min(deadline.saturating_duration_since(tokio::time::Instant::now()));
+            let (err, class) = match tokio::time::timeout(budget, f()).await {
                 Ok(Ok(v)) => return Ok(Sent::Done(v)),
                 Ok(Err(e)) => {
                     let class = classify(&e);
                     (StoreError::Backend(format!("etcd: {e}")), class)
                 }
                 Err(_) => (
-                    StoreError::Backend(format!("etcd: no answer within {:?}", self.attempt_timeout())),
+                    StoreError::Backend(format!("etcd: no answer within {budget:?}")),
                     Failure::Unknown,
                 ),
             };

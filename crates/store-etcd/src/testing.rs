@@ -48,6 +48,8 @@ pub struct Member {
     /// The peer URL.
     pub peer_url: String,
     child: Option<Child>,
+    /// The command line (after the binary) that starts it.
+    args: Vec<std::ffi::OsString>,
 }
 
 /// A running etcd cluster of 1 or 3 members (see the module docs).
@@ -56,6 +58,7 @@ pub struct EtcdCluster {
     members: Vec<Member>,
     dir: tempfile::TempDir,
     tls: Option<TestPki>,
+    bin: PathBuf,
 }
 
 /// PEM files of a throwaway PKI for TLS to test members: a CA, the members' serving
@@ -176,6 +179,7 @@ impl EtcdCluster {
                 client_url: format!("{scheme}://127.0.0.1:{}", free_port()?),
                 peer_url: format!("http://127.0.0.1:{}", free_port()?),
                 child: None,
+                args: Vec::new(),
             });
         }
         let initial = members
@@ -188,52 +192,77 @@ impl EtcdCluster {
             std::process::id(),
             CLUSTERS.fetch_add(1, Ordering::Relaxed)
         );
-        let mut cluster = Self { members, dir, tls: pki };
-        for m in &mut cluster.members {
-            let log = cluster.dir.path().join(format!("{}.log", m.name));
-            let out = std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
-            let err = out.try_clone().map_err(|e| e.to_string())?;
-            let mut cmd = Command::new(bin);
-            if let Some(pki) = &cluster.tls {
-                cmd.arg("--cert-file")
-                    .arg(&pki.server_cert)
-                    .arg("--key-file")
-                    .arg(&pki.server_key)
-                    .arg("--trusted-ca-file")
-                    .arg(&pki.ca_file)
-                    .arg("--client-cert-auth");
+        for m in &mut members {
+            let mut args: Vec<std::ffi::OsString> = Vec::new();
+            if let Some(pki) = &pki {
+                args.extend([
+                    "--cert-file".into(),
+                    pki.server_cert.clone().into(),
+                    "--key-file".into(),
+                    pki.server_key.clone().into(),
+                    "--trusted-ca-file".into(),
+                    pki.ca_file.clone().into(),
+                    "--client-cert-auth".into(),
+                ]);
             }
-            let child = cmd
-                .env_clear()
-                .arg("--name")
-                .arg(&m.name)
-                .arg("--data-dir")
-                .arg(cluster.dir.path().join(format!("{}.etcd", m.name)))
-                .arg("--listen-client-urls")
-                .arg(&m.client_url)
-                .arg("--advertise-client-urls")
-                .arg(&m.client_url)
-                .arg("--listen-peer-urls")
-                .arg(&m.peer_url)
-                .arg("--initial-advertise-peer-urls")
-                .arg(&m.peer_url)
-                .arg("--initial-cluster")
-                .arg(&initial)
-                .arg("--initial-cluster-token")
-                .arg(&token)
-                .arg("--initial-cluster-state")
-                .arg("new")
-                .stdin(Stdio::null())
-                .stdout(out)
-                .stderr(err)
-                .spawn()
-                .map_err(|e| format!("start {}: {e}", bin.display()))?;
-            m.child = Some(child);
+            let data = dir.path().join(format!("{}.etcd", m.name));
+            for (flag, value) in [
+                ("--name", m.name.clone().into()),
+                ("--data-dir", data.into_os_string()),
+                ("--listen-client-urls", m.client_url.clone().into()),
+                ("--advertise-client-urls", m.client_url.clone().into()),
+                ("--listen-peer-urls", m.peer_url.clone().into()),
+                ("--initial-advertise-peer-urls", m.peer_url.clone().into()),
+                ("--initial-cluster", initial.clone().into()),
+                ("--initial-cluster-token", token.clone().into()),
+                ("--initial-cluster-state", "new".into()),
+            ] {
+                args.push(flag.into());
+                args.push(value);
+            }
+            m.args = args;
+        }
+        let mut cluster = Self {
+            members,
+            dir,
+            tls: pki,
+            bin: bin.to_path_buf(),
+        };
+        for i in 0..n {
+            cluster.spawn(i)?;
         }
         for i in 0..n {
             cluster.wait_ready(i, Duration::from_secs(30)).await?;
         }
         Ok(cluster)
+    }
+
+    /// Starts member `i`'s process (again, after [`EtcdCluster::kill`]: same ports and data
+    /// directory, so it rejoins the cluster with its data). Its output goes to its log.
+    pub fn spawn(&mut self, i: usize) -> Result<(), String> {
+        let log_path = self.dir.path().join(format!("n{}.log", i + 1));
+        let Some(m) = self.members.get_mut(i) else {
+            return Err(format!("no member {i}"));
+        };
+        if m.child.is_some() {
+            return Ok(());
+        }
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(|e| format!("{}: {e}", log_path.display()))?;
+        let err = out.try_clone().map_err(|e| e.to_string())?;
+        let child = Command::new(&self.bin)
+            .env_clear()
+            .args(&m.args)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .map_err(|e| format!("start {}: {e}", self.bin.display()))?;
+        m.child = Some(child);
+        Ok(())
     }
 
     /// Waits until member `i` answers a quorum read.

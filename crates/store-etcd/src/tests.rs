@@ -640,3 +640,41 @@ async fn a_record_written_over_an_expired_one_keeps_its_own_create_revision() {
     let fresh = store.create("/r/k", Vec::new(), None).await.unwrap();
     assert_eq!(store.get("/r/k").await.unwrap().unwrap().create_revision, fresh);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_down_fails_within_the_deadline_and_recovers_by_itself() {
+    let Some(mut cluster) = single().await else { return };
+    let clock = ManualClock::new(UnixTime::from_secs(1_700_000_000));
+    let mut cfg = config(&cluster, "/kfsec");
+    cfg.request_timeout = Duration::from_secs(1);
+    let store = connect(&cfg, clock).await.unwrap();
+    store.put("/d/before", b"1".to_vec(), None).await.unwrap();
+    let r = store.revision().await.unwrap();
+    let mut w = store.watch("/d/", r).await.unwrap();
+
+    cluster.kill(0);
+    let started = tokio::time::Instant::now();
+    for op in 0..3 {
+        let res = match op {
+            0 => store.get("/d/before").await.map(|_| ()),
+            1 => store.put("/d/x", Vec::new(), None).await.map(|_| ()),
+            _ => store
+                .create("/d/y", Vec::new(), Some(Duration::from_secs(60)))
+                .await
+                .map(|_| ()),
+        };
+        assert!(matches!(res, Err(StoreError::Backend(_))), "{op}: {res:?}");
+    }
+    assert!(store.health().await.is_err());
+    // Each operation gives up after about 2 × request_timeout.
+    assert!(started.elapsed() < Duration::from_secs(9), "{:?}", started.elapsed());
+
+    // etcd comes back (same data): the same store serves again, the watch resumed on its own.
+    cluster.spawn(0).unwrap();
+    cluster.wait_ready(0, Duration::from_secs(30)).await.unwrap();
+    assert_eq!(store.get("/d/before").await.unwrap().unwrap().value, b"1");
+    let r2 = store.put("/d/after", b"2".to_vec(), None).await.unwrap();
+    let e = next(&mut w).await.unwrap();
+    assert_eq!((e.kv.key.as_str(), e.kv.mod_revision), ("/d/after", r2));
+    assert!(store.health().await.is_ok());
+}
