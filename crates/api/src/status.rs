@@ -252,6 +252,7 @@ impl ApiError {
             Self::TooManyRequests(_) => 429,
             Self::Expired(_) => 410,
             Self::AdmissionDenied { code, .. } => *code,
+            Self::Store(e) if e.is_unavailable() => 503,
             Self::Store(_) | Self::Internal(_) | Self::AdmissionFailed { .. } => 500,
         }
     }
@@ -339,6 +340,11 @@ impl ApiError {
                 (r, self.to_string(), StatusDetails::default())
             }
             Self::AdmissionFailed { .. } => (StatusReason::InternalError, self.to_string(), StatusDetails::default()),
+            Self::Store(e) if e.is_unavailable() => (
+                StatusReason::ServiceUnavailable,
+                "the request could not be completed: storage is unavailable; retry later".to_owned(),
+                StatusDetails::default(),
+            ),
             Self::Store(_) | Self::Internal(_) => (
                 StatusReason::InternalError,
                 "Internal error occurred: the server failed to complete the request".to_owned(),
@@ -420,6 +426,13 @@ pub fn status_of(err: &ApiError, rng: &dyn Rng) -> Status {
             ..err.to_status()
         };
     }
+    if let ApiError::Store(e) = err
+        && e.is_unavailable()
+    {
+        let r = Refusal::failure(Failure::Storage, rng);
+        tracing::warn!(incident = %r.incident_id(), error = %err, "kubernetes api: store unavailable; answered 503");
+        return refusal_status(&r);
+    }
     if matches!(err, ApiError::Store(_) | ApiError::Internal(_)) {
         let r = Refusal::failure(Failure::Internal, rng);
         tracing::error!(incident = %r.incident_id(), error = %err, "kubernetes api internal error");
@@ -495,5 +508,18 @@ mod tests {
         let s = st(&e);
         assert_eq!(s["code"], 500);
         assert!(!s["message"].as_str().unwrap().contains("secret"));
+    }
+
+    #[test]
+    fn an_unavailable_store_is_503_service_unavailable_without_the_cause() {
+        let e = ApiError::Store(StoreError::Unavailable("etcd 10.0.0.7:2379 refused".into()));
+        assert_eq!(e.code(), 503);
+        let s = serde_json::to_value(status_of(&e, &kfsec_types::SequenceRng::default())).unwrap();
+        assert_eq!(
+            (s["code"].as_u64(), s["reason"].as_str()),
+            (Some(503), Some("ServiceUnavailable"))
+        );
+        let m = s["message"].as_str().unwrap();
+        assert!(m.contains("storage is unavailable") && !m.contains("10.0.0.7"), "{m}");
     }
 }

@@ -29,7 +29,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use futures_util::future::BoxFuture;
 use kfsec_idp::secret::{ct_eq, random_token, sha256_b64};
 use kfsec_types::path::return_path;
-use kfsec_types::{Failure, Identity, Refusal, random_array};
+use kfsec_types::{Failure, Identity, Refusal, RefusalKind, random_array};
 use serde::{Deserialize, Serialize};
 
 use axum::http::Method;
@@ -74,9 +74,17 @@ pub enum Authn {
     Missing,
     /// Credentials presented but invalid.
     Invalid,
+    /// Credentials presented, but the store has not been heard from for longer than its stale
+    /// limit (`store.staleLimit`): what the caches hold (sessions, revocations, RBAC) may be out
+    /// of date, so nothing is granted — answered 503.
+    Unavailable,
 }
 
 pub(crate) use kfsec_idp::cookies::{cookies, same_origin_write};
+
+/// What a caller is told while the store cannot be trusted (503).
+pub(crate) const STORE_DOWN: &str =
+    "The service is temporarily unavailable (its store cannot be reached); retry later.";
 
 pub(crate) fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     cookies(headers).find(|(k, _)| *k == name).map(|(_, v)| v)
@@ -95,6 +103,12 @@ impl App {
     /// audience, or a service-account token for an audience `path` accepts), verified client
     /// certificate or session cookie — all through the one [`kfsec_idp::Authenticator`].
     pub async fn authenticate(&self, headers: &HeaderMap, cert: Option<&ClientCertIdentity>, path: &str) -> Authn {
+        let credential =
+            bearer_token(headers).is_some() || cert.is_some() || cookie(headers, &self.settings.cookie_name).is_some();
+        if credential && let Err(e) = self.sessions.store_current() {
+            tracing::debug!(error = %e, "credential not checked: the store is not current");
+            return Authn::Unavailable;
+        }
         if let Some(token) = bearer_token(headers) {
             return match self.authn.bearer(token, self.mounts.surface(path)).await {
                 Ok(a) => Authn::Ok(a),
@@ -135,8 +149,14 @@ impl App {
     }
 
     /// A failure of kfsec while serving a browser: the cause is logged under a fresh incident
-    /// id; the page shows a generic message and the id.
+    /// id; the page shows a generic message and the id (503 when the store cannot be reached).
     fn failed(&self, title: &str, doing: &str, cause: &dyn std::fmt::Display) -> Response {
+        let cause_text = cause.to_string();
+        if kfsec_store::StoreError::text_is_unavailable(&cause_text) {
+            let r = Refusal::failure(Failure::Storage, self.rng.as_ref());
+            tracing::warn!(incident = %r.incident_id(), error = %cause_text, "{doing}: store unavailable");
+            return responses::html_error(StatusCode::SERVICE_UNAVAILABLE, title, &r.text());
+        }
         let r = Refusal::failure(Failure::Internal, self.rng.as_ref());
         tracing::error!(incident = %r.incident_id(), error = %cause, "{doing}");
         responses::html_error(StatusCode::INTERNAL_SERVER_ERROR, title, &r.text())
@@ -605,6 +625,7 @@ pub(crate) async fn check(State(app): State<Arc<App>>, req: Request<Body>) -> Re
             set_auth_request_headers(resp.headers_mut(), &a.identity);
             resp
         }
+        Authn::Unavailable => app.mounts.error(req.uri().path(), RefusalKind::Unavailable, STORE_DOWN),
         _ => app.mounts.unauthenticated(req.uri().path()),
     }
 }

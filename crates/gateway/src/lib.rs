@@ -443,6 +443,11 @@ async fn protected(State(app): State<Arc<App>>, mut req: Request) -> Response {
                 .error(&path, RefusalKind::Forbidden, "Cross-site request refused.");
         }
         Authn::Ok(a) => Some(a.identity),
+        Authn::Unavailable => {
+            return app
+                .mounts
+                .error(&path, RefusalKind::Unavailable, gatekeeper::STORE_DOWN);
+        }
         Authn::Invalid if route.as_ref().is_none_or(|r| !r.public) => {
             return app.mounts.unauthenticated(&path);
         }
@@ -507,8 +512,15 @@ fn home(id: &Identity) -> Response {
     kfsec_idp::home_page(&id.user, &id.groups)
 }
 
-/// Health endpoints and metrics for the admin listener.
-pub fn admin_router(registry: Arc<Registry>, ready: Arc<std::sync::atomic::AtomicBool>) -> Router {
+/// Whether the process is ready: `Err(reason)` is answered 503 with the reason (no secret, no
+/// internal detail beyond naming the failing dependency). Called on every `/readyz`: it must be
+/// cheap (read cached state, never wait on the store).
+pub type ReadyCheck = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+
+/// Health endpoints and metrics for the admin listener. `/healthz` always answers 200 while the
+/// process runs; `/readyz` answers `ready` or 503 with `ready`'s reason; `/metrics` answers 503
+/// until `registry` is set (the components register their metrics while the server starts).
+pub fn admin_router(registry: Arc<std::sync::OnceLock<Arc<Registry>>>, ready: ReadyCheck) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route(
@@ -516,10 +528,9 @@ pub fn admin_router(registry: Arc<Registry>, ready: Arc<std::sync::atomic::Atomi
             get(move || {
                 let ready = ready.clone();
                 async move {
-                    if ready.load(std::sync::atomic::Ordering::Acquire) {
-                        (StatusCode::OK, "ready").into_response()
-                    } else {
-                        (StatusCode::SERVICE_UNAVAILABLE, "starting").into_response()
+                    match ready() {
+                        Ok(()) => (StatusCode::OK, "ready".to_owned()).into_response(),
+                        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why).into_response(),
                     }
                 }
             }),
@@ -529,8 +540,11 @@ pub fn admin_router(registry: Arc<Registry>, ready: Arc<std::sync::atomic::Atomi
             get(move || {
                 let registry = registry.clone();
                 async move {
+                    let Some(registry) = registry.get() else {
+                        return (StatusCode::SERVICE_UNAVAILABLE, "starting").into_response();
+                    };
                     let mut out = String::new();
-                    if prometheus_client::encoding::text::encode(&mut out, &registry).is_err() {
+                    if prometheus_client::encoding::text::encode(&mut out, registry).is_err() {
                         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
                     }
                     let mut r = Response::new(Body::from(out));

@@ -384,6 +384,13 @@ impl Sessions {
         Some(sha256_hex(id.as_bytes()))
     }
 
+    /// `Err(Unavailable)` when the store has not been heard from for longer than its stale
+    /// limit ([`kfsec_store::Store::check_current`]; one atomic load): cached sessions must
+    /// not be served then.
+    pub fn store_current(&self) -> Result<(), StoreError> {
+        self.store.check_current()
+    }
+
     /// The identity of a live session and when it started (Unix ms). The caller checks the
     /// start against the user's revocation epoch (the `Authenticator`).
     pub async fn validate(&self, cookie: &str) -> Option<(Identity, u64)> {

@@ -220,6 +220,21 @@ pub(crate) async fn incidents(
     let Some(failed) = resp.extensions().get::<Failed>().cloned() else {
         return resp;
     };
+    if StoreError::text_is_unavailable(&failed.cause) {
+        // The store cannot be reached (etcd down): 503, retry later — not a failure of kfsec.
+        let r = Refusal::failure(Failure::Storage, idp.rng());
+        tracing::warn!(incident = %r.incident_id(), error = %failed.cause, "identity provider: store unavailable; answered 503");
+        return if failed.page {
+            crate::pages::idp_error(StatusCode::SERVICE_UNAVAILABLE, &r.text(), None)
+        } else {
+            OAuthError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                OAuthCode::TemporarilyUnavailable,
+                r.text(),
+            )
+            .render()
+        };
+    }
     let r = Refusal::failure(Failure::Internal, idp.rng());
     tracing::error!(incident = %r.incident_id(), error = %failed.cause, "identity provider failure");
     if failed.page {

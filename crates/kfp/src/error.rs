@@ -177,7 +177,12 @@ impl KfpError {
     /// A store failure, answered as a generic Internal error; the cause is kept for the log line
     /// (written with an incident id where the request is answered), never shown.
     /// Logged here too, for callers that ignore a best-effort cleanup's failure.
+    /// A store that cannot be reached now is answered 503 (`Unavailable`, gRPC 14) instead.
     pub fn store(e: &kfsec_store::StoreError) -> Self {
+        if e.is_unavailable() {
+            tracing::warn!(error = %e, "kfp: store unavailable; answered 503");
+            return Self::Unavailable("the request could not be completed: storage is unavailable; retry later".into());
+        }
         tracing::error!(error = %e, "kfp: store failure");
         Self::Internal(format!("storage failure: {e}"))
     }

@@ -570,23 +570,32 @@ async fn serve(
 
 async fn admin_call(common: &Common, req: AdminRequest) -> Result<AdminResponse> {
     let cfg = admin_config(common)?;
-    existing_data_dir(&cfg.data_dir)?;
-    if let Some(resp) = admin::call(&cfg.data_dir, &req)
-        .await
-        .context("contacting the running server")?
-    {
-        return Ok(resp);
+    // On etcd the state is in the cluster: a machine without a data directory (no server here)
+    // still administers it.
+    let etcd = matches!(cfg.store, kfsec_server::config::store::StoreSettings::Etcd { .. });
+    if !etcd || cfg.data_dir.is_dir() {
+        existing_data_dir(&cfg.data_dir)?;
+        if let Some(resp) = admin::call(&cfg.data_dir, &req)
+            .await
+            .context("contacting the running server")?
+        {
+            return Ok(resp);
+        }
     }
     let dir = kfsec_server::DataDir(cfg.data_dir.clone());
-    if !dir.store().exists() {
+    if !etcd && !dir.store().exists() {
         bail!(
             "no kfsec data in {} (start the server with \"kfsec serve\" there, or pass --data-dir / set KFSEC_DATA_DIR)",
             cfg.data_dir.display()
         );
     }
-    let store = kfsec_server::open_store(&dir, Arc::new(kfsec_types::SystemClock))
-        .context("opening the store (is a server running without its admin socket?)")?;
-    let store = kfsec_server::seal_store(store, &cfg, &kfsec_types::SystemClock, Arc::new(kfsec_pki::OsRng)).await?;
+    let store = kfsec_server::open_admin_store(&cfg, Arc::new(kfsec_types::SystemClock))
+        .await
+        .context(if etcd {
+            "opening the etcd store"
+        } else {
+            "opening the store (is a server running without its admin socket?)"
+        })?;
     Ok(kfsec_server::admin_ops(store, &cfg)?.execute(req).await)
 }
 

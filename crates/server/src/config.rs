@@ -7,6 +7,7 @@
 //! all of its problems in one run.
 
 mod federation;
+pub mod store;
 
 pub use federation::{DEFAULT_REVALIDATE_FEDERATED, Federation};
 
@@ -170,6 +171,8 @@ pub struct Config {
     pub federation: Federation,
     /// The keys sealing secret material in the store (`secretsEncryption`), read at load.
     pub secrets_encryption: Option<kfsec_store::sealed::Keyring>,
+    /// Where the state lives (`store:`): redb under the data directory, or etcd.
+    pub store: store::StoreSettings,
     /// The binary's build, reported by `/version` and the `kfsec_build_info` metric: filled by
     /// the binary (its build script); [`validate`] leaves the library default.
     pub build: kfsec_types::BuildInfo,
@@ -731,6 +734,7 @@ pub fn validate(f: ConfigFile, o: &Overrides, env: &dyn Env) -> Result<Config, C
         webhook_settings,
         acknowledged,
         federation,
+        store: store::settings(f.store.as_ref(), f.secrets_encryption.is_some(), env)?,
         secrets_encryption: secrets_keys(f.secrets_encryption.as_ref())?,
         build: kfsec_types::BuildInfo::default(),
     })

@@ -11,6 +11,7 @@ pub mod config;
 mod kubeconfig;
 mod pipeline_ui;
 pub mod rbac;
+pub mod storage;
 mod tokenrequest;
 pub mod tokenreview;
 pub mod trust;
@@ -437,8 +438,30 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
     // Opened here, where the issuer (the callback URL's base) is final.
     let connectors = cfg.open_connectors(&issuer, clock.clone())?;
 
-    let store: Arc<dyn Store> = open_store(&dir, clock.clone())?;
-    let store = seal_store(store, &cfg, clock.as_ref(), rng.clone()).await?;
+    // The admin listener answers from here on: /healthz 200, /readyz 503 with the reason
+    // (an unreachable etcd is retried below for as long as it takes) until everything is up.
+    let (tx, rx) = watch::channel(false);
+    let wait = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|v| *v).await;
+    };
+    let ready = Arc::new(AtomicBool::new(false));
+    let store_health = storage::StoreHealth::new(&cfg.store, clock.clone());
+    let metrics = Arc::new(std::sync::OnceLock::new());
+    let admin_task = kfsec_gateway::listener::serve_plain_dedicated(
+        admin_l,
+        kfsec_gateway::admin_router(metrics.clone(), ready_check(ready.clone(), store_health.clone())),
+        wait(rx.clone()),
+    )
+    .map_err(io("starting the admin listener"))?;
+    let opened = storage::open(&cfg.store, &dir, clock.clone(), &store_health).await?;
+    let store = seal_store(opened.store, &cfg, clock.as_ref(), rng.clone()).await?;
+    let (store, store_probe): (Arc<dyn Store>, _) = match opened.etcd {
+        Some(etcd) => (
+            Arc::new(storage::Tracked::new(store, store_health.clone())),
+            Some(storage::spawn_probe(etcd, store_health.clone())),
+        ),
+        None => (store, None),
+    };
     let mut cas = CaSet::load_or_create(&dir.pki(), cfg.key_algorithm, clock.as_ref())?;
     if cas.window_ended(clock.now()) {
         cas = cas.finish(&dir.pki(), clock.as_ref())?;
@@ -501,6 +524,7 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
     let bootstrap_password = bootstrap(store.as_ref(), &idp, rng.as_ref()).await?;
     // Kubernetes-style API, RBAC, profiles and KFAM.
     let rbac_cache = rbac::RbacCache::new();
+    rbac_cache.guard_with(store.clone());
     let admission = webhooks::InProcessAdmission::new(
         kfsec_api::Objects::new(store.clone(), rng.clone()),
         cfg.webhook_settings.clone(),
@@ -689,12 +713,8 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
         controller.spawn(),
     ];
     background.extend(cert_watch);
+    background.extend(store_probe);
 
-    let (tx, rx) = watch::channel(false);
-    let wait = |mut rx: watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|v| *v).await;
-    };
-    let ready = Arc::new(AtomicBool::new(false));
     let (front_limits, webhook_limits) = listener_limits(&cfg);
     let listener_metrics = kfsec_gateway::listener::ListenerMetrics::register(&mut registry);
     let settings = |name, limits| kfsec_gateway::listener::TlsListenerSettings {
@@ -719,14 +739,11 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
             wait(rx.clone()),
             settings("webhooks", webhook_limits),
         )),
-        // On a thread of its own: front-door load cannot delay /healthz and /metrics.
-        kfsec_gateway::listener::serve_plain_dedicated(
-            admin_l,
-            kfsec_gateway::admin_router(registry, ready.clone()),
-            wait(rx),
-        )
-        .map_err(io("starting the admin listener"))?,
+        // On a thread of its own (started above): front-door load cannot delay /healthz and
+        // /metrics.
+        admin_task,
     ];
+    let _ = metrics.set(registry);
     ready.store(true, Ordering::Release);
     tracing::info!(%https_addr, %admin_addr, %issuer, "kfsec is ready");
     Ok(Running {
@@ -747,6 +764,34 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
         tasks,
         background,
     })
+}
+
+/// `/readyz`: the store's health first (the reason names the store problem), then whether
+/// every listener is up.
+fn ready_check(ready: Arc<AtomicBool>, store: Arc<storage::StoreHealth>) -> kfsec_gateway::ReadyCheck {
+    Arc::new(move || {
+        store.ready()?;
+        if ready.load(Ordering::Acquire) {
+            Ok(())
+        } else {
+            Err("starting".into())
+        }
+    })
+}
+
+/// Opens the configured store for a command-line admin operation when no server runs here:
+/// the redb file (as [`open_store`]) or etcd (one connection attempt: an unreachable cluster is
+/// an error naming the endpoints, not a wait), sealed as the server seals it.
+pub async fn open_admin_store(cfg: &Config, clock: Arc<dyn Clock>) -> Result<Arc<dyn Store>, ServerError> {
+    let store: Arc<dyn Store> = match &cfg.store {
+        config::store::StoreSettings::Redb => open_store(&DataDir(cfg.data_dir.clone()), clock.clone())?,
+        config::store::StoreSettings::Etcd { config, .. } => Arc::new(
+            kfsec_store_etcd::connect(config, clock.clone())
+                .await
+                .map_err(|e| ServerError::Store(StoreError::Backend(e.to_string())))?,
+        ),
+    };
+    seal_store(store, cfg, clock.as_ref(), Arc::new(OsRng)).await
 }
 
 /// The webhook configurations (YAML) for a cluster's API server to call kfsec's webhooks.

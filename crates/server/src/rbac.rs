@@ -5,7 +5,8 @@
 //! Invariants: decisions read memory only (no store access on the hot path); a writer can wait
 //! until its own RBAC write is visible ([`AuthzSync`]), which makes KFAM revocation immediate;
 //! if the watch falls behind, the cache is rebuilt from a fresh list rather than guessed; an
-//! object that does not decode grants nothing.
+//! object that does not decode grants nothing; on a shared store (etcd) a cache not fed for
+//! longer than `store.staleLimit` grants nothing either ([`RbacCache::guard_with`]).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -30,6 +31,8 @@ const KINDS: [(&str, RbacKind); 4] = [
 pub struct RbacCache {
     authorizer: Authorizer,
     seen: watch::Sender<u64>,
+    /// The store whose currency decisions depend on (set once at start).
+    store: std::sync::OnceLock<Arc<dyn kfsec_store::Store>>,
 }
 
 impl RbacCache {
@@ -38,7 +41,19 @@ impl RbacCache {
         Arc::new(Self {
             authorizer: Authorizer::new(),
             seen: watch::channel(0).0,
+            store: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Makes every decision depend on `store` being current
+    /// ([`kfsec_store::Store::check_current`], one atomic load): a cache the store has not fed
+    /// for longer than its stale limit allows nothing (a revoked binding must not outlive it).
+    pub fn guard_with(&self, store: Arc<dyn kfsec_store::Store>) {
+        let _ = self.store.set(store);
+    }
+
+    fn current(&self) -> bool {
+        self.store.get().is_none_or(|s| s.check_current().is_ok())
     }
 
     /// The authorizer.
@@ -171,10 +186,16 @@ impl AuthzSync for RbacCache {
 
 impl kfsec_api::Authorize for RbacCache {
     fn authorize(&self, attributes: &kfsec_api::Attributes) -> kfsec_api::Decision {
+        if !self.current() {
+            return kfsec_api::Decision::NoOpinion;
+        }
         self.authorizer.authorize(attributes)
     }
 
     fn rules_for(&self, user: &UserInfo, namespace: &str) -> SubjectRules {
+        if !self.current() {
+            return SubjectRules::default();
+        }
         kfsec_api::Authorize::rules_for(&self.authorizer, user, namespace)
     }
 

@@ -120,6 +120,24 @@ pub enum StoreError {
     /// Any other storage failure.
     #[error("storage backend: {0}")]
     Backend(String),
+    /// The store cannot be reached now (a shared store's cluster is down or has no quorum, or
+    /// nothing has been heard from it for longer than allowed): retry later (503).
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl StoreError {
+    /// Whether this is [`StoreError::Unavailable`]: the renderers answer 503 for it, 500 for
+    /// other failures.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, Self::Unavailable(_))
+    }
+
+    /// Whether `cause` (an error's text, where the error was turned into text on the way up)
+    /// carries a [`StoreError::Unavailable`].
+    pub fn text_is_unavailable(cause: &str) -> bool {
+        cause.contains("store unavailable: ")
+    }
 }
 
 /// A watch: `Ok` events in revision order; an `Err` is always the last item.
@@ -163,6 +181,14 @@ pub trait Store: Send + Sync + 'static {
     /// tends itself. A wrapper store forwards its inner store's.
     fn upkeep(&self) -> Option<&dyn Upkeep> {
         None
+    }
+    /// `Err(Unavailable)` when what this process caches from the store may no longer be
+    /// trusted: a shared store not heard from for longer than its stale limit. Caches of
+    /// sessions and authorization call it before serving a cached answer (one atomic load);
+    /// a local store (the default) is always current. A wrapper store forwards its inner
+    /// store's.
+    fn check_current(&self) -> Result<(), StoreError> {
+        Ok(())
     }
 }
 

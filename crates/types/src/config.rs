@@ -108,6 +108,62 @@ pub struct ConfigFile {
     pub webhooks: WebhooksConfig,
     /// Encryption of the secret material in the store (`secretsEncryption:`).
     pub secrets_encryption: Option<SecretsEncryptionConfig>,
+    /// Where kfsec keeps its state (`store:`): the embedded file under `dataDir` (default) or an
+    /// etcd cluster several replicas share.
+    pub store: Option<StoreConfig>,
+}
+
+/// `store:` — `type: redb` (default: one file under `dataDir`) or `type: etcd` with the
+/// cluster's client URLs, the key prefix, TLS and etcd user.
+#[derive(Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct StoreConfig {
+    /// `redb` or `etcd`.
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    /// etcd client URLs (`http://…` or, with `tls`, `https://…`).
+    #[serde(default)]
+    pub endpoints: Vec<String>,
+    /// The key prefix everything is stored under (default `/kfsec`).
+    pub prefix: Option<String>,
+    /// TLS to the etcd members.
+    pub tls: Option<StoreTlsConfig>,
+    /// etcd user (with a password).
+    pub username: Option<String>,
+    /// The etcd user's password.
+    pub password: Option<String>,
+    /// Environment variable holding the etcd user's password (instead of `password`).
+    pub password_env: Option<String>,
+    /// How long cached sessions and authorization keep serving after the last contact with
+    /// the store (default 60s); then they fail closed.
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub stale_limit: Option<Duration>,
+}
+
+impl fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoreConfig")
+            .field("kind", &self.kind)
+            .field("endpoints", &self.endpoints)
+            .field("prefix", &self.prefix)
+            .field("tls", &self.tls)
+            .field("username", &self.username)
+            .field("password_env", &self.password_env)
+            .field("stale_limit", &self.stale_limit)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `store.tls:` — PEM files for TLS to etcd.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct StoreTlsConfig {
+    /// The CA that signed the members' certificates.
+    pub ca_file: Option<String>,
+    /// A client certificate (with `keyFile`).
+    pub cert_file: Option<String>,
+    /// The client certificate's key.
+    pub key_file: Option<String>,
 }
 
 /// `secretsEncryption:` — the key-encryption key files (32 random bytes in base64, mode 0600).

@@ -39,3 +39,4 @@ mod sec_tenancy;
 mod sec_webhooks;
 mod secrets_at_rest;
 mod slapd;
+mod store_etcd;

@@ -66,7 +66,7 @@ fn serve(dir: &Path, log: &Path, config: Option<&Path>) -> (Proc, u16) {
 }
 
 /// An HTTPS client presenting the admin kubeconfig's client certificate.
-fn admin_client(dir: &Path) -> reqwest::Client {
+pub(crate) fn admin_client(dir: &Path) -> reqwest::Client {
     let text = std::fs::read_to_string(dir.join("admin.kubeconfig")).unwrap();
     let field = |name: &str| {
         let v = text
