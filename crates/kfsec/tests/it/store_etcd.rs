@@ -142,6 +142,32 @@ async fn get_until(b: &mut Browser, path: &str, want: u16, within: Duration) -> 
     false
 }
 
+/// Creates KFP experiment `name` in `default` with the admin kubeconfig's certificate.
+async fn write_experiment(k: &Kfsec, name: &str) -> (u16, Value) {
+    let r = admin_client(k._dir.path())
+        .post(format!("{}/pipeline/apis/v1beta1/experiments", k.base))
+        .json(&json!({"name": name, "resource_references": [
+            {"key": {"type": "NAMESPACE", "id": "default"}, "relationship": "OWNER"}]}))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+/// Redeems a code that was never issued at `/dex/token` (the code is looked up in the store).
+async fn bogus_code(k: &Kfsec) -> (u16, Value) {
+    rp_token(
+        k,
+        vec![
+            ("grant_type", "authorization_code".to_owned()),
+            ("code", "never-issued-code-0123456789".to_owned()),
+            ("redirect_uri", "https://rp.example/cb".to_owned()),
+        ],
+    )
+    .await
+}
+
 /// Creates ConfigMap `name` in `default` with the admin kubeconfig's certificate: the status
 /// and the JSON answer.
 async fn write_configmap(k: &Kfsec, name: &str) -> (u16, Value) {
@@ -229,6 +255,9 @@ async fn etcd_down_fails_writes_and_stale_sessions_closed_and_recovers_by_itself
     assert_eq!(b.login("/app/x", USER, PASSWORD).await.0.status(), 200);
     assert_eq!(write_configmap(&k, "before").await.0, 201);
 
+    assert_eq!(write_experiment(&k, "before").await.0, 200);
+    assert_eq!(bogus_code(&k).await.0, 400);
+
     m.kill();
     // Within staleLimit the cached session still serves…
     assert_eq!(
@@ -236,10 +265,20 @@ async fn etcd_down_fails_writes_and_stale_sessions_closed_and_recovers_by_itself
         200,
         "cached session within staleLimit"
     );
-    // …but a write needs etcd: 503, Kubernetes Status ServiceUnavailable, within 10 s.
+    // …but writes need etcd: 503 in each protocol's format, within 10 s.
     let t = Instant::now();
-    let (code, v) = write_configmap(&k, "during").await;
+    let ((code, v), (kfp_code, kfp), (oauth_code, oauth)) = tokio::join!(
+        write_configmap(&k, "during"),
+        write_experiment(&k, "during"),
+        bogus_code(&k)
+    );
     let took = t.elapsed();
+    assert_eq!((kfp_code, kfp["code"].as_u64()), (503, Some(14)), "KFP: {kfp}");
+    assert_eq!(
+        (oauth_code, oauth["error"].as_str()),
+        (503, Some("temporarily_unavailable")),
+        "OAuth2: {oauth}"
+    );
     assert_eq!(code, 503, "{v}");
     assert_eq!(v["kind"], "Status", "{v}");
     assert_eq!(v["reason"], "ServiceUnavailable", "{v}");

@@ -250,6 +250,49 @@ mod tests {
         assert!(!format!("{c:?}").contains("password: p"));
     }
 
+    /// The README's "HA with etcd" example loads as written, its files put in a scratch
+    /// directory and its `passwordEnv` set.
+    #[test]
+    fn the_readmes_etcd_example_loads() {
+        let readme = include_str!("../../../../README.md");
+        let start = readme.find("### HA with etcd").unwrap();
+        let mut yaml = readme[start..]
+            .split("```yaml\n")
+            .nth(1)
+            .unwrap()
+            .split("```")
+            .next()
+            .unwrap()
+            .to_owned();
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["etcd-ca.crt", "etcd-client.crt", "etcd-client.key"] {
+            let file = dir.path().join(name);
+            std::fs::write(&file, "pem").unwrap();
+            yaml = yaml.replace(&format!("/etc/kfsec/{name}"), &file.display().to_string());
+        }
+        let key = dir.path().join("kek.b64");
+        SealKey::from_bytes([9; 32]).write_new(&key).unwrap();
+        yaml = yaml.replace("/etc/kfsec/kek.b64", &key.display().to_string());
+        struct Password;
+        impl Env for Password {
+            fn var(&self, name: &str) -> Option<String> {
+                (name == "KFSEC_ETCD_PASSWORD").then(|| "pw".to_owned())
+            }
+        }
+        let f = parse(Path::new("kfsec.yaml"), &yaml).unwrap_or_else(|e| panic!("{e}"));
+        let c = validate(f, &Overrides::default(), &Password).unwrap_or_else(|e| panic!("{e}"));
+        let StoreSettings::Etcd { config, stale_limit } = &c.store else {
+            panic!("etcd expected")
+        };
+        assert_eq!(config.endpoints.len(), 3);
+        assert!(config.tls.as_ref().is_some_and(|t| t.key_file.is_some()));
+        assert_eq!(
+            (config.username.as_deref(), config.password.as_deref()),
+            (Some("kfsec"), Some("pw"))
+        );
+        assert_eq!(*stale_limit, Duration::from_secs(60));
+    }
+
     #[test]
     fn etcd_without_secrets_encryption_is_refused_with_the_reason() {
         let dir = tempfile::tempdir().unwrap();
