@@ -171,13 +171,23 @@ impl KeyManager {
     /// Rotates if due; re-reads the store when another replica rotated. Returns whether the
     /// signing key changed.
     pub async fn tick(&self) -> Result<bool, IdpError> {
+        self.maintain(true).await
+    }
+
+    /// Re-reads the store when another replica (the leader) rotated; never rotates. Returns
+    /// whether the signing key changed.
+    pub async fn reload(&self) -> Result<bool, IdpError> {
+        self.maintain(false).await
+    }
+
+    async fn maintain(&self, rotate: bool) -> Result<bool, IdpError> {
         let now = self.clock.now();
         let Some(kv) = self.store.get(KEYS_KEY).await? else {
             return Err(IdpError::Internal("signing keys missing from store".into()));
         };
         let mut rec: KeysRecord = serde_json::from_slice(&kv.value)?;
         let before = self.keys().signing.kid().to_owned();
-        if now.as_secs() >= rec.next_rotation {
+        if rotate && now.as_secs() >= rec.next_rotation {
             let old = load_private(&rec.signing)?.public();
             rec.retired.push(Retired {
                 key: old,
@@ -198,7 +208,7 @@ impl KeyManager {
                     tracing::info!(kid = %rec.signing.kid, "rotated the ID token signing key");
                     *self.current.write() = Arc::new(load(&rec, rev, now)?);
                 }
-                Err(StoreError::Conflict { .. }) => return Box::pin(self.tick()).await,
+                Err(StoreError::Conflict { .. }) => return Box::pin(self.maintain(rotate)).await,
                 Err(e) => return Err(e.into()),
             }
         } else {
@@ -217,5 +227,57 @@ impl KeyManager {
             .next_rotation
             .as_secs()
             .saturating_sub(self.clock.now().as_secs())
+    }
+}
+
+#[cfg(test)]
+mod leader_tests {
+    use kfsec_store::MemoryStore;
+    use kfsec_types::{ManualClock, SequenceRng};
+
+    use super::*;
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    /// Two replicas over one store: only the leader rotates, the follower re-reads, and two
+    /// leaders for a moment still rotate once.
+    #[tokio::test]
+    async fn only_the_leader_rotates_and_a_double_rotation_is_one() {
+        let clock = ManualClock::new(UnixTime::from_secs(1_700_000_000));
+        let store = MemoryStore::new(clock.clone());
+        let open = || {
+            KeyManager::open(
+                store.clone(),
+                clock.clone(),
+                Arc::new(SequenceRng::default()),
+                HOUR,
+                HOUR / 2,
+            )
+        };
+        let (leader, follower) = (open().await.unwrap(), open().await.unwrap());
+        let first = leader.keys().signing.kid().to_owned();
+        assert_eq!(follower.keys().signing.kid(), first);
+        clock.advance(HOUR + Duration::from_secs(1));
+        assert!(!follower.reload().await.unwrap(), "a follower never rotates");
+        assert_eq!(follower.keys().signing.kid(), first);
+        assert!(leader.tick().await.unwrap());
+        let second = leader.keys().signing.kid().to_owned();
+        assert!(
+            follower.reload().await.unwrap(),
+            "the follower picks up the leader's rotation"
+        );
+        assert_eq!(follower.keys().signing.kid(), second);
+        // Both believe they lead when the next rotation is due: one rotation, not two.
+        clock.advance(HOUR + Duration::from_secs(1));
+        let (a, b) = tokio::join!(leader.tick(), follower.tick());
+        assert!(a.unwrap() && b.unwrap());
+        let third = leader.keys().signing.kid().to_owned();
+        assert_eq!(follower.keys().signing.kid(), third);
+        let rec: KeysRecord = serde_json::from_slice(&store.get(KEYS_KEY).await.unwrap().unwrap().value).unwrap();
+        assert_eq!(rec.signing.kid, third);
+        // One rotation: the second key retired once (the first has expired), the next one new.
+        let retired: Vec<_> = rec.retired.iter().map(|r| r.key.kid.clone()).collect();
+        assert_eq!(retired, vec![second]);
+        assert_ne!(rec.next.kid, third);
     }
 }

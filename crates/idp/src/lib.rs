@@ -274,14 +274,26 @@ impl Idp {
         self.service_accounts.as_ref()
     }
 
-    /// Runs key rotation on schedule until the task is dropped.
-    pub fn spawn_rotation(self: &Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
+    /// Keeps the signing keys current every `every` until the task is dropped: rotates when due
+    /// while `leading` says this replica leads; otherwise only re-reads the leader's rotations.
+    pub fn spawn_rotation(
+        self: &Arc<Self>,
+        every: Duration,
+        leading: tokio::sync::watch::Receiver<bool>,
+    ) -> tokio::task::JoinHandle<()> {
         let me = self.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             loop {
                 tick.tick().await;
-                if let Err(e) = me.keys.tick().await {
+                // Only the leader rotates (a compare-and-swap, so a second leader for a moment
+                // changes nothing); every replica re-reads what it wrote.
+                let done = if *leading.borrow() {
+                    me.keys.tick().await
+                } else {
+                    me.keys.reload().await
+                };
+                if let Err(e) = done {
                     tracing::warn!(error = %e, "signing key maintenance failed");
                 }
             }

@@ -198,8 +198,22 @@ impl ProfileController {
 
     /// Creates or updates `desired` (matched by namespace/name) when it differs in the fields
     /// the controller owns (top-level members `owned`, and the labels and annotations it sets).
+    /// A create that finds the object created meanwhile, or an update that finds it changed (a
+    /// second controller for a moment, during a leader handover), reads it again and re-checks:
+    /// create-if-absent and compare-and-swap, never a duplicate or a lost write.
     async fn ensure(&self, r: &'static Resource, desired: &impl Serialize, owned: &[&str]) -> Result<(), ApiError> {
         let desired = CoreObject::decode(encode(desired)?)?;
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match self.ensure_once(r, &desired, owned).await {
+                Err(ApiError::AlreadyExists { .. } | ApiError::Conflict { .. }) if attempts < 5 => continue,
+                other => return other,
+            }
+        }
+    }
+
+    async fn ensure_once(&self, r: &'static Resource, desired: &CoreObject, owned: &[&str]) -> Result<(), ApiError> {
         let (ns, name) = (&desired.metadata.namespace, &desired.metadata.name);
         match self.api.get_object(r, ns, name).await? {
             None => {
@@ -263,7 +277,12 @@ impl ProfileController {
                     }
                 }
                 if changed {
-                    self.api.update_object(nsr, encode(&ns)?).await?;
+                    match self.api.update_object(nsr, encode(&ns)?).await {
+                        Ok(_) => {}
+                        // Changed meanwhile (another controller for a moment): check again.
+                        Err(ApiError::Conflict { .. }) => return Box::pin(self.ensure_namespace(profile)).await,
+                        Err(e) => return Err(e),
+                    }
                 }
             }
             None => {
@@ -279,7 +298,13 @@ impl ProfileController {
                     .map(|(k, v)| (k.clone(), v.clone()))
                     .collect();
                 let ns = CoreObject::new("v1", "Namespace", meta);
-                self.api.create_object(nsr, "", encode(&ns)?).await?;
+                match self.api.create_object(nsr, "", encode(&ns)?).await {
+                    Ok(_) => {}
+                    // Created meanwhile (another controller during a leader handover): check
+                    // whose it is, as for one that existed.
+                    Err(ApiError::AlreadyExists { .. }) => return Box::pin(self.ensure_namespace(profile)).await,
+                    Err(e) => return Err(e),
+                }
             }
         }
         Ok(Outcome::Ok)
@@ -776,5 +801,158 @@ mod tests {
         assert!(finalized, "the deleted Profile's namespace is finalized");
         assert_ne!(get(&api, "namespaces", "", "kept").await, Value::Null);
         assert_ne!(get(&api, "namespaces", "", "plain").await, Value::Null);
+    }
+
+    /// A store whose reads and writes yield first, so two controllers interleave between a
+    /// read and the write that depends on it (as two replicas on etcd do).
+    struct Yielding(Arc<MemoryStore>);
+
+    #[async_trait::async_trait]
+    impl Store for Yielding {
+        async fn get(&self, key: &str) -> Result<Option<kfsec_store::KeyValue>, kfsec_store::StoreError> {
+            tokio::task::yield_now().await;
+            self.0.get(key).await
+        }
+        async fn list(
+            &self,
+            prefix: &str,
+            limit: usize,
+            start_after: Option<&str>,
+        ) -> Result<kfsec_store::ListPage, kfsec_store::StoreError> {
+            self.0.list(prefix, limit, start_after).await
+        }
+        async fn create(
+            &self,
+            key: &str,
+            value: Vec<u8>,
+            ttl: Option<std::time::Duration>,
+        ) -> Result<u64, kfsec_store::StoreError> {
+            tokio::task::yield_now().await;
+            self.0.create(key, value, ttl).await
+        }
+        async fn update(
+            &self,
+            key: &str,
+            value: Vec<u8>,
+            expected: Option<u64>,
+            ttl: Option<std::time::Duration>,
+        ) -> Result<u64, kfsec_store::StoreError> {
+            tokio::task::yield_now().await;
+            self.0.update(key, value, expected, ttl).await
+        }
+        async fn put(
+            &self,
+            key: &str,
+            value: Vec<u8>,
+            ttl: Option<std::time::Duration>,
+        ) -> Result<u64, kfsec_store::StoreError> {
+            self.0.put(key, value, ttl).await
+        }
+        async fn delete(
+            &self,
+            key: &str,
+            expected: Option<u64>,
+        ) -> Result<kfsec_store::KeyValue, kfsec_store::StoreError> {
+            self.0.delete(key, expected).await
+        }
+        async fn take(&self, key: &str) -> Result<Option<kfsec_store::KeyValue>, kfsec_store::StoreError> {
+            self.0.take(key).await
+        }
+        async fn revision(&self) -> Result<u64, kfsec_store::StoreError> {
+            self.0.revision().await
+        }
+        async fn watch(&self, prefix: &str, after: u64) -> Result<kfsec_store::WatchStream, kfsec_store::StoreError> {
+            self.0.watch(prefix, after).await
+        }
+    }
+
+    /// Two controllers at once on one store (two replicas during a leader handover, each with
+    /// its own API server): every Profile gets exactly one namespace, its three RoleBindings and
+    /// two ServiceAccounts, once each, and a Successful status — never "namespace already
+    /// exist" from the race.
+    #[tokio::test]
+    async fn two_controllers_at_once_make_exactly_one_of_each_object() {
+        let clock = ManualClock::new(UnixTime::from_millis(1_700_000_000_000));
+        let store: Arc<dyn Store> = Arc::new(Yielding(MemoryStore::new(clock.clone())));
+        let replica = || {
+            ApiServer::new(
+                store.clone(),
+                Arc::new(Nobody),
+                clock.clone(),
+                Arc::new(kfsec_types::SequenceRng::default()),
+            )
+        };
+        let (a, b) = (replica(), replica());
+        let ca = ProfileController::new(a.clone(), ProfileSettings::default());
+        let cb = ProfileController::new(b.clone(), ProfileSettings::default());
+        let (ta, tb) = (ca.spawn(), cb.spawn());
+        const N: usize = 12;
+        for i in 0..N {
+            let api = if i % 2 == 0 { &a } else { &b };
+            let profile = json!({"apiVersion": "kubeflow.org/v1", "kind": "Profile", "metadata": {"name": format!("team-{i}")},
+                                 "spec": {"owner": {"kind": "User", "name": format!("u{i}@example.com")},
+                                          "resourceQuotaSpec": {"hard": {"cpu": "1"}}}});
+            api.create_object(profiles().unwrap(), "", profile).await.unwrap();
+        }
+        // Both also reconcile every Profile directly, racing each other and the watchers.
+        let listed = a.list_objects(profiles().unwrap(), None, "").await.unwrap();
+        let mut racers = Vec::new();
+        for o in listed.items {
+            for c in [ca.clone(), cb.clone()] {
+                let p = decode_profile(o.clone()).unwrap();
+                racers.push(tokio::spawn(async move { c.reconcile(&p).await }));
+            }
+        }
+        for r in racers {
+            // A status write that lost to the other's is fine; a lost create must not fail it.
+            r.await.unwrap().unwrap();
+        }
+        let mut settled = false;
+        for _ in 0..500 {
+            let ps = a.list_objects(profiles().unwrap(), None, "").await.unwrap();
+            if ps
+                .items
+                .iter()
+                .all(|p| p["status"]["conditions"][0]["type"] == "Successful")
+            {
+                settled = true;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        ta.abort();
+        tb.abort();
+        assert!(settled, "every Profile ends Successful");
+        let names = |items: Vec<Value>| -> Vec<String> {
+            let mut v: Vec<String> = items
+                .iter()
+                .map(|o| o["metadata"]["name"].as_str().unwrap().to_owned())
+                .collect();
+            v.sort();
+            v
+        };
+        let rb = res("rbac.authorization.k8s.io", "v1", "rolebindings").unwrap();
+        let sa = res("", "v1", "serviceaccounts").unwrap();
+        let rq = res("", "v1", "resourcequotas").unwrap();
+        let nsr = res("", "v1", "namespaces").unwrap();
+        for i in 0..N {
+            let ns = format!("team-{i}");
+            let n = get(&a, "namespaces", "", &ns).await;
+            assert_eq!(n["metadata"]["ownerReferences"].as_array().unwrap().len(), 1);
+            assert_eq!(
+                names(a.list_objects(rb, Some(&ns), "").await.unwrap().items),
+                ["default-editor", "default-viewer", "namespaceAdmin"]
+            );
+            assert_eq!(
+                names(a.list_objects(sa, Some(&ns), "").await.unwrap().items),
+                ["default-editor", "default-viewer"]
+            );
+            assert_eq!(
+                names(a.list_objects(rq, Some(&ns), "").await.unwrap().items),
+                ["kf-resource-quota"]
+            );
+        }
+        let all = names(a.list_objects(nsr, None, "").await.unwrap().items);
+        assert_eq!(all.iter().filter(|n| n.starts_with("team-")).count(), N);
     }
 }

@@ -9,6 +9,7 @@ mod accounts;
 pub mod admin;
 pub mod config;
 mod kubeconfig;
+pub mod leader;
 mod pipeline_ui;
 pub mod rbac;
 pub mod storage;
@@ -139,11 +140,16 @@ pub struct Running {
     shutdown: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     background: Vec<tokio::task::JoinHandle<()>>,
+    leadership: kfsec_store::leader::Leadership,
 }
 
 impl Running {
-    /// Stops accepting, drains connections and waits for the listeners to finish.
+    /// Hands leadership over, stops accepting, drains connections and waits for the listeners
+    /// to finish.
     pub async fn shutdown(self) {
+        // The singleton work stops and the leader lease is handed back first, so another
+        // replica takes over at once (a rolling restart).
+        self.leadership.release().await;
         let _ = self.shutdown.send(true);
         for t in self.tasks {
             let _ = t.await;
@@ -486,6 +492,9 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
             ("commit".to_owned(), cfg.build.commit.clone()),
         ]),
     );
+    // One leader among the replicas runs the singleton work below (`leader`).
+    let (leadership, leader_gauge) =
+        leader::elect(store.clone(), clock.clone(), rng.clone(), host_name(), &mut registry)?;
     let idp_settings = IdpSettings {
         issuer: issuer.clone(),
         id_token_ttl: cfg.id_token_ttl,
@@ -703,14 +712,28 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
     });
     let mut background = vec![
         admin::serve(&dir.0, ops).map_err(io("opening the admin socket"))?,
-        idp.spawn_rotation(Duration::from_secs(30)),
+        idp.spawn_rotation(Duration::from_secs(30), leadership.subscribe()),
         idp.epochs().spawn_watch(),
         app.sessions().spawn_watch(),
         app.sessions().spawn_prune(Duration::from_secs(60)),
         rbac_task,
         renewal_task,
         admission.spawn_watch(),
-        controller.spawn(),
+        leadership.while_leading("profile controller", {
+            let controller = controller.clone();
+            move || controller.spawn()
+        }),
+        leadership.while_leading("store upkeep", {
+            let store = store.clone();
+            move || {
+                tokio::spawn(leader::upkeep(
+                    store.clone(),
+                    leader::SWEEP_EVERY,
+                    leader::COMPACT_EVERY,
+                ))
+            }
+        }),
+        leader_gauge,
     ];
     background.extend(cert_watch);
     background.extend(store_probe);
@@ -763,6 +786,7 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
         shutdown: tx,
         tasks,
         background,
+        leadership,
     })
 }
 

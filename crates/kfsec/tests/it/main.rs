@@ -20,6 +20,7 @@ mod harness;
 mod ingress;
 mod keys;
 mod kube_clients;
+mod leader;
 mod oauth2_paths;
 mod oidc;
 mod openapi;
