@@ -423,7 +423,14 @@ impl Elector {
                     () = timer => tracing::warn!("singleton work did not stop in time; releasing the lease anyway"),
                 }
             }
-            match self.release().await {
+            // Bounded too: a store that does not answer must not hold up the shutdown (the
+            // lease then runs out by itself).
+            let timer = self.sleep.sleep(self.config.renew_deadline);
+            let released = tokio::select! {
+                r = self.release() => r,
+                () = timer => Err(StoreError::Backend("no answer".into())),
+            };
+            match released {
                 Ok(()) => tracing::info!(identity = %self.config.identity, "released the leader lease"),
                 Err(e) => {
                     tracing::warn!(error = %e, "releasing the leader lease failed; another replica takes over when it runs out")

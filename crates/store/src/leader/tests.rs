@@ -417,3 +417,97 @@ async fn work_runs_only_while_leading_and_release_stops_it_before_handing_over()
     assert_eq!(starts.load(Ordering::SeqCst), 1, "a's work ran once");
     b.release().await;
 }
+
+/// A store whose calls never answer while `hung` is set (a frozen etcd member).
+struct Hanging(Arc<MemoryStore>, AtomicBool);
+
+impl Hanging {
+    async fn gate(&self) {
+        if self.1.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for Hanging {
+    async fn get(&self, key: &str) -> Result<Option<crate::KeyValue>, StoreError> {
+        self.gate().await;
+        self.0.get(key).await
+    }
+    async fn list(&self, prefix: &str, limit: usize, after: Option<&str>) -> Result<crate::ListPage, StoreError> {
+        self.gate().await;
+        self.0.list(prefix, limit, after).await
+    }
+    async fn create(&self, key: &str, value: Vec<u8>, ttl: Option<Duration>) -> Result<Revision, StoreError> {
+        self.gate().await;
+        self.0.create(key, value, ttl).await
+    }
+    async fn update(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        expected: Option<Revision>,
+        ttl: Option<Duration>,
+    ) -> Result<Revision, StoreError> {
+        self.gate().await;
+        self.0.update(key, value, expected, ttl).await
+    }
+    async fn put(&self, key: &str, value: Vec<u8>, ttl: Option<Duration>) -> Result<Revision, StoreError> {
+        self.gate().await;
+        self.0.put(key, value, ttl).await
+    }
+    async fn delete(&self, key: &str, expected: Option<Revision>) -> Result<crate::KeyValue, StoreError> {
+        self.gate().await;
+        self.0.delete(key, expected).await
+    }
+    async fn take(&self, key: &str) -> Result<Option<crate::KeyValue>, StoreError> {
+        self.gate().await;
+        self.0.take(key).await
+    }
+    async fn revision(&self) -> Result<Revision, StoreError> {
+        self.gate().await;
+        self.0.revision().await
+    }
+    async fn watch(&self, prefix: &str, after: Revision) -> Result<crate::WatchStream, StoreError> {
+        self.gate().await;
+        self.0.watch(prefix, after).await
+    }
+}
+
+/// Completes at its second poll, moving its clock by the wait (the wait "happened"), so a store
+/// call that answers at once wins the race against it.
+struct Instant(Arc<ManualClock>);
+impl Sleep for Instant {
+    fn sleep(&self, d: Duration) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        let clock = self.0.clone();
+        Box::pin(async move {
+            tokio::task::yield_now().await;
+            clock.advance(d);
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_leader_whose_store_hangs_steps_down_at_its_renew_deadline() {
+    let clock = ManualClock::new(UnixTime::from_secs(START));
+    let store = Arc::new(Hanging(memory(), AtomicBool::new(false)));
+    let mut e = Elector::new(
+        store.clone(),
+        LeaderConfig::new("a"),
+        clock.clone(),
+        Arc::new(SequenceRng::default()),
+    )
+    .unwrap()
+    .with_sleep(Arc::new(Instant(clock.clone())));
+    e.step().await;
+    assert!(e.is_leading());
+    let renewed = clock.now();
+    // One retry period later the store freezes: the renewal is abandoned at the deadline.
+    clock.advance(Duration::from_secs(1));
+    e.slept += Duration::from_secs(1);
+    store.1.store(true, Ordering::SeqCst);
+    e.step().await;
+    assert!(!e.is_leading(), "stepped down although the store call never returned");
+    assert_eq!(clock.now().since(renewed), DEADLINE, "exactly at the renew deadline");
+}
