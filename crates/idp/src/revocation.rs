@@ -63,7 +63,10 @@ impl Epochs {
     }
 
     /// The epoch of `email` in Unix milliseconds, if its credentials were ever revoked.
+    /// A shared store not heard from for longer than its stale limit is an error (the cache may
+    /// miss a revocation made meanwhile): the credential is refused.
     pub async fn get(&self, email: &str) -> Result<Option<u64>, StoreError> {
+        self.store.check_current()?;
         let k = user_key(email);
         if let Some(v) = self.cache.read().get(&k) {
             return Ok(*v);

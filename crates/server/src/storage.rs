@@ -23,7 +23,9 @@ use parking_lot::Mutex;
 use crate::config::store::StoreSettings;
 use crate::{DataDir, ServerError};
 
-/// How often the etcd health probe runs (also the age of the answer `/readyz` serves).
+/// How often the etcd health probe runs at most (also the age of the answer `/readyz` serves);
+/// more often with a short `staleLimit` (a quarter of it), so that an idle replica never goes
+/// stale while etcd answers.
 const PROBE_EVERY: Duration = Duration::from_secs(1);
 
 /// `/readyz` fails when nothing has been heard from etcd for this long, even if the last
@@ -179,9 +181,10 @@ async fn connect_retrying(
     }
 }
 
-/// Probes etcd every second (a quorum read through any member): records the contact, and sets
+/// Probes etcd every second or more often (see [`PROBE_EVERY`]; a quorum read through any member): records the contact, and sets
 /// or clears what `/readyz` reports. Logs each change of state once.
 pub fn spawn_probe(etcd: EtcdStore, health: Arc<StoreHealth>) -> tokio::task::JoinHandle<()> {
+    let every = (health.stale_limit / 4).clamp(Duration::from_millis(250), PROBE_EVERY);
     tokio::spawn(async move {
         let failing = AtomicBool::new(false);
         loop {
@@ -200,7 +203,7 @@ pub fn spawn_probe(etcd: EtcdStore, health: Arc<StoreHealth>) -> tokio::task::Jo
                     health.set_problem(Some(format!("store: etcd health check failed: {e}")));
                 }
             }
-            tokio::time::sleep(PROBE_EVERY).await;
+            tokio::time::sleep(every).await;
         }
     })
 }
@@ -250,7 +253,8 @@ impl Tracked {
     fn map_err(&self, e: StoreError) -> StoreError {
         match e {
             StoreError::Backend(m) if transient(&m) => {
-                tracing::warn!(error = %m, "etcd did not answer");
+                // The renderers log the refusal (with an incident id); this is the detail.
+                tracing::debug!(error = %m, "etcd did not answer");
                 StoreError::Unavailable("etcd did not answer".into())
             }
             // A contract answer (not found, conflict…) is an answer.

@@ -168,6 +168,18 @@ async fn bogus_code(k: &Kfsec) -> (u16, Value) {
     .await
 }
 
+/// A browser without a session logging in (the password check reads the user and the login
+/// counters from the store): the status and the page.
+async fn start_login(k: &Kfsec) -> (u16, String) {
+    let mut b = k.client();
+    let r = b.get("/app/new").await;
+    assert_eq!(r.status(), 302);
+    let (form, form_url) = b.follow(location(&r)).await;
+    assert_eq!(form.status(), 200, "the login form needs no store");
+    let r = b.post_form(&form_url, &[("login", USER), ("password", PASSWORD)]).await;
+    (r.status().as_u16(), r.text().await.unwrap_or_default())
+}
+
 /// Creates ConfigMap `name` in `default` with the admin kubeconfig's certificate: the status
 /// and the JSON answer.
 async fn write_configmap(k: &Kfsec, name: &str) -> (u16, Value) {
@@ -267,12 +279,17 @@ async fn etcd_down_fails_writes_and_stale_sessions_closed_and_recovers_by_itself
     );
     // …but writes need etcd: 503 in each protocol's format, within 10 s.
     let t = Instant::now();
-    let ((code, v), (kfp_code, kfp), (oauth_code, oauth)) = tokio::join!(
+    let ((code, v), (kfp_code, kfp), (oauth_code, oauth), (page_code, page)) = tokio::join!(
         write_configmap(&k, "during"),
         write_experiment(&k, "during"),
-        bogus_code(&k)
+        bogus_code(&k),
+        start_login(&k)
     );
     let took = t.elapsed();
+    assert!(
+        page_code == 503 && page.contains("<html"),
+        "login page: {page_code} {page}"
+    );
     assert_eq!((kfp_code, kfp["code"].as_u64()), (503, Some(14)), "KFP: {kfp}");
     assert_eq!(
         (oauth_code, oauth["error"].as_str()),
