@@ -370,6 +370,32 @@ mod tests {
     }
 
     #[test]
+    fn the_rbac_cache_allows_nothing_while_the_store_is_stale() {
+        use kfsec_api::{Attributes, Authorize};
+        let clock = ManualClock::new(UnixTime::from_millis(1_000_000));
+        let h = StoreHealth::new(&etcd_settings(2), clock.clone());
+        let cache = crate::rbac::RbacCache::new();
+        let admin = Attributes::resource(
+            "root",
+            vec![kfsec_types::identity::SYSTEM_MASTERS.to_owned()],
+            "delete",
+            "",
+            "namespaces",
+            "",
+        );
+        assert!(cache.authorize(&admin).is_allowed(), "unguarded: memory only");
+        cache.guard_with(Arc::new(Tracked::new(
+            kfsec_store::MemoryStore::new(clock.clone()),
+            h.clone(),
+        )));
+        assert!(!cache.authorize(&admin).is_allowed(), "never heard from the store");
+        h.touch();
+        assert!(cache.authorize(&admin).is_allowed());
+        clock.advance(Duration::from_millis(2_001));
+        assert!(!cache.authorize(&admin).is_allowed(), "past staleLimit: fail closed");
+    }
+
+    #[test]
     fn a_local_store_is_always_current_and_ready_once_open() {
         let clock = ManualClock::new(UnixTime::from_millis(1_000_000));
         let h = StoreHealth::new(&StoreSettings::Redb, clock.clone());
