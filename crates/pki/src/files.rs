@@ -21,7 +21,7 @@ pub fn write_private_file(path: &Path, contents: &[u8]) -> Result<(), PkiError> 
 }
 
 /// Atomically writes a public file (certificates) with mode 0644 (subject to umask).
-pub(crate) fn write_public_file(path: &Path, contents: &[u8]) -> Result<(), PkiError> {
+pub fn write_public_file(path: &Path, contents: &[u8]) -> Result<(), PkiError> {
     write_atomic(path, contents, 0o644)
 }
 

@@ -359,8 +359,14 @@ impl AdminOps {
                     let status = match (&self.trust, window) {
                         (Some(t), Some(w)) => t.rotate(w).await.map_err(|e| e.to_string()),
                         (Some(t), None) => t.finish().await.map_err(|e| e.to_string()),
-                        (None, w) => crate::trust::rotate_offline(&self.pki_dir, w, &kfsec_types::SystemClock)
-                            .map_err(|e| e.to_string()),
+                        (None, w) => crate::trust::shared::rotate_offline(
+                            self.store.as_ref(),
+                            &self.pki_dir,
+                            w,
+                            &kfsec_types::SystemClock,
+                        )
+                        .await
+                        .map_err(|e| e.to_string()),
                     };
                     AdminResponse::Rotation(status.map_err(IdpError::Invalid)?)
                 }

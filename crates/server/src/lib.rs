@@ -324,7 +324,12 @@ pub fn open_store(dir: &DataDir, clock: Arc<dyn Clock>) -> Result<Arc<RedbStore>
 
 /// Every store prefix holding secret material, as the crates that own them declare it.
 pub fn secret_prefixes() -> Vec<&'static str> {
-    [kfsec_idp::SECRET_PREFIXES, kfsec_gateway::session::SECRET_PREFIXES].concat()
+    [
+        kfsec_idp::SECRET_PREFIXES,
+        kfsec_gateway::session::SECRET_PREFIXES,
+        trust::shared::SECRET_PREFIXES,
+    ]
+    .concat()
 }
 
 /// The store as kfsec uses it: with `secretsEncryption`, wrapped so that the values under
@@ -468,7 +473,9 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
         ),
         None => (store, None),
     };
-    let mut cas = CaSet::load_or_create(&dir.pki(), cfg.key_algorithm, clock.as_ref())?;
+    // The CA set is the store's (`trust::shared`): adopted, or migrated/created and published.
+    let (mut cas, ca_rev) =
+        trust::shared::ensure_ca(store.as_ref(), &dir.pki(), cfg.key_algorithm, clock.as_ref()).await?;
     if cas.window_ended(clock.now()) {
         cas = cas.finish(&dir.pki(), clock.as_ref())?;
     }
@@ -564,6 +571,9 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
     if let Some(c) = &callers {
         c.follow(trust.clone());
     }
+    // Certificates another replica published are served instead of this one's; its changes
+    // are followed from here on.
+    let pki_follow = trust.share(store.clone(), ca_rev).await?;
     let renew_every = (cfg.leaf_lifetime / 6).clamp(Duration::from_millis(500), Duration::from_secs(60));
     let renewal_task = trust.spawn(renew_every);
     let api = kfsec_api::ApiServer::builder(store.clone(), rbac_cache.clone(), clock.clone(), rng.clone())
@@ -736,6 +746,7 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
         leader_gauge,
     ];
     background.extend(cert_watch);
+    background.push(pki_follow);
     background.extend(store_probe);
 
     let (front_limits, webhook_limits) = listener_limits(&cfg);
@@ -846,6 +857,9 @@ mod tests {
             "/kfsec/idp/device/d",
             "/kfsec/sessions/s",
             "/kfsec/gateway/keys",
+            "/kfsec/pki/ca",
+            "/kfsec/pki/certs/frontdoor.crt@0123456789abcdef",
+            "/kfsec/pki/certs/webhooks/kfsec-admission.crt",
         ] {
             assert!(covered(key), "{key} holds secrets: sealed");
         }

@@ -10,8 +10,13 @@
 //!   once with the cross-signed chain, and every verifier trusts both CAs until the window ends,
 //!   when the previous CA is dropped everywhere.
 //!
+//! - Replicas share all of it through the store ([`shared`]): each change is written there by
+//!   compare-and-swap and followed by the other replicas' watches.
+//!
 //! Invariants: a failed renewal keeps serving the current certificate and is retried on the next
 //! tick; private keys are written 0600; rotations, window ends and renewals are serialised.
+
+pub mod shared;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -102,12 +107,7 @@ fn issue(spec: &CertSpec, cas: &CaSet, clock: &dyn Clock) -> Result<(String, Str
 }
 
 fn store(spec: &CertSpec, chain: &str, key_pem: &str) -> Result<(), ServerError> {
-    let write = |path: &PathBuf, text: &str| {
-        std::fs::write(path, text).map_err(|source| ServerError::Io {
-            what: format!("writing {}", path.display()),
-            source,
-        })
-    };
+    let write = |path: &PathBuf, text: &str| kfsec_pki::write_public_file(path, text.as_bytes());
     let (crt, key) = &spec.files;
     kfsec_pki::write_private_file(key, key_pem.as_bytes())?;
     write(crt, chain)?;
@@ -194,6 +194,8 @@ pub struct Trust {
     busy: tokio::sync::Mutex<()>,
     /// Wakes the loop when the CA set changed (a new window end to wait for).
     changed: tokio::sync::Notify,
+    /// The store the replicas share the PKI through, once [`Self::share`]d.
+    shared: std::sync::OnceLock<shared::Shared>,
 }
 
 impl Trust {
@@ -215,6 +217,7 @@ impl Trust {
             trusting,
             busy: tokio::sync::Mutex::new(()),
             changed: tokio::sync::Notify::new(),
+            shared: std::sync::OnceLock::new(),
         })
     }
 
@@ -227,36 +230,33 @@ impl Trust {
     /// certificate is re-issued before this returns.
     pub async fn rotate(&self, window: Duration) -> Result<RotationStatus, ServerError> {
         let _busy = self.busy.lock().await;
+        // Shared: from the store's CA set, and back to it (a race with another replica's
+        // rotation is lost by one of them, which adopts the other's).
+        self.sync_locked().await?;
         let next = self.cas().rotate(&self.pki_dir, window, self.clock.as_ref())?;
-        self.install(next)
+        let status = self.install(next);
+        self.publish_locked().await?;
+        status
     }
 
     /// Ends the rotation window now.
     pub async fn finish(&self) -> Result<RotationStatus, ServerError> {
         let _busy = self.busy.lock().await;
+        self.sync_locked().await?;
         let cas = self.cas();
         if cas.previous().is_none() {
             return Err(PkiError::Rotation("none is in progress".into()).into());
         }
         let next = cas.finish(&self.pki_dir, self.clock.as_ref())?;
-        self.install(next)
+        let status = self.install(next);
+        self.publish_locked().await?;
+        status
     }
 
     /// Makes `next` the CA set everywhere: verifiers trust its bundle, every certificate is
     /// re-issued from its signing CA with its chain.
     fn install(&self, next: CaSet) -> Result<RotationStatus, ServerError> {
-        let next = Arc::new(next);
-        // The set on disk has changed: memory follows first, whatever fails below (a retried
-        // rotation must see the open window; the next tick retries what is behind).
-        *self.cas.write() = next.clone();
-        self.changed.notify_one();
-        let epoch = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
-        let bundle = next.trust_bundle_pem();
-        // Verifiers before certificates, so a peer presenting a new certificate is accepted by
-        // the time any certificate of ours changes.
-        self.trusting.upstream_roots.replace(&bundle)?;
-        let (live, resolver) = &self.trusting.front_door;
-        live.replace(front_door_config(resolver.clone(), &next)?);
+        let (next, epoch) = self.trust_set(next)?;
         // Every item is attempted; one that fails is retried by the next tick (its epoch is
         // behind), and the first failure is reported.
         let mut reissued = Vec::new();
@@ -286,9 +286,31 @@ impl Trust {
         }
     }
 
+    /// Makes `next` the CA set in memory and of every verifier (the certificates are the
+    /// caller's); returns it and its epoch.
+    fn trust_set(&self, next: CaSet) -> Result<(Arc<CaSet>, u64), ServerError> {
+        let next = Arc::new(next);
+        // The set on disk has changed: memory follows first, whatever fails below (a retried
+        // rotation must see the open window; the next tick retries what is behind).
+        *self.cas.write() = next.clone();
+        self.changed.notify_one();
+        let epoch = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
+        let bundle = next.trust_bundle_pem();
+        // Verifiers before certificates, so a peer presenting a new certificate is accepted by
+        // the time any certificate of ours changes.
+        self.trusting.upstream_roots.replace(&bundle)?;
+        let (live, resolver) = &self.trusting.front_door;
+        live.replace(front_door_config(resolver.clone(), &next)?);
+        Ok((next, epoch))
+    }
+
     /// One pass: ends a window that is over, renews what is due.
     pub async fn tick(&self) {
         let _busy = self.busy.lock().await;
+        // Shared: what another replica changed first (it may have renewed already).
+        if let Err(e) = self.sync_locked().await {
+            tracing::warn!(error = %e, "reading the shared PKI failed; retrying");
+        }
         let cas = self.cas();
         let now = self.clock.now();
         if cas.window_ended(now) {
@@ -317,6 +339,10 @@ impl Trust {
                 Ok(()) => self.kubeconfig_epoch.store(epoch, Ordering::Release),
                 Err(e) => tracing::warn!(error = %e, "rewriting the admin kubeconfig failed; retrying"),
             }
+        }
+        // Shared: what changed here goes to the store (a race lost adopts the winner's).
+        if let Err(e) = self.publish_locked().await {
+            tracing::warn!(error = %e, "sharing the PKI through the store failed; retrying");
         }
     }
 
