@@ -25,6 +25,7 @@ mod oauth2_paths;
 mod oidc;
 mod openapi;
 mod pipeline_ui;
+mod pki_shared;
 mod process;
 mod proxying;
 mod rbac;
