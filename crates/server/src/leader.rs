@@ -123,7 +123,109 @@ pub async fn upkeep(store: Arc<dyn Store>, sweep_every: Duration, compact_every:
 
 #[cfg(test)]
 mod tests {
+    use kfsec_store::{KeyValue, ListPage, MemoryStore, StoreError, Upkeep, WatchStream};
+    use kfsec_types::{ManualClock, UnixTime};
+    use parking_lot::Mutex;
+
     use super::*;
+
+    /// A memory store that says it is shared and records the upkeep asked of it.
+    struct Shared {
+        inner: Arc<MemoryStore>,
+        sweeps: Mutex<usize>,
+        compactions: Mutex<Vec<Revision>>,
+    }
+
+    #[async_trait::async_trait]
+    impl Upkeep for Shared {
+        async fn sweep(&self) -> Result<usize, StoreError> {
+            *self.sweeps.lock() += 1;
+            Ok(0)
+        }
+        async fn compact_before(&self, revision: Revision) -> Result<(), StoreError> {
+            self.compactions.lock().push(revision);
+            Ok(())
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl Store for Shared {
+        async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
+            self.inner.get(key).await
+        }
+        async fn list(&self, prefix: &str, limit: usize, after: Option<&str>) -> Result<ListPage, StoreError> {
+            self.inner.list(prefix, limit, after).await
+        }
+        async fn create(&self, key: &str, value: Vec<u8>, ttl: Option<Duration>) -> Result<Revision, StoreError> {
+            self.inner.create(key, value, ttl).await
+        }
+        async fn update(
+            &self,
+            key: &str,
+            value: Vec<u8>,
+            expected: Option<Revision>,
+            ttl: Option<Duration>,
+        ) -> Result<Revision, StoreError> {
+            self.inner.update(key, value, expected, ttl).await
+        }
+        async fn put(&self, key: &str, value: Vec<u8>, ttl: Option<Duration>) -> Result<Revision, StoreError> {
+            self.inner.put(key, value, ttl).await
+        }
+        async fn delete(&self, key: &str, expected: Option<Revision>) -> Result<KeyValue, StoreError> {
+            self.inner.delete(key, expected).await
+        }
+        async fn take(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
+            self.inner.take(key).await
+        }
+        async fn revision(&self) -> Result<Revision, StoreError> {
+            self.inner.revision().await
+        }
+        async fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream, StoreError> {
+            self.inner.watch(prefix, after).await
+        }
+        fn upkeep(&self) -> Option<&dyn Upkeep> {
+            Some(self)
+        }
+    }
+
+    /// The leader's loop sweeps on its interval and compacts each round at the revision the
+    /// round before saw (never at its start); a local store gets no upkeep loop at all.
+    #[tokio::test]
+    async fn upkeep_sweeps_and_compacts_one_interval_behind() {
+        let store = Arc::new(Shared {
+            inner: MemoryStore::new(ManualClock::new(UnixTime::from_secs(1_700_000_000))),
+            sweeps: Mutex::new(0),
+            compactions: Mutex::new(Vec::new()),
+        });
+        let task = tokio::spawn(upkeep(
+            store.clone(),
+            Duration::from_millis(20),
+            Duration::from_millis(100),
+        ));
+        // Writes go on between rounds: each round sees a newer revision.
+        let mut seen = Vec::new();
+        for i in 0..40u8 {
+            store.put("/k", vec![i], None).await.unwrap();
+            seen.push(store.revision().await.unwrap());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        task.abort();
+        assert!(*store.sweeps.lock() >= 5, "swept {} times", store.sweeps.lock());
+        let compactions = store.compactions.lock().clone();
+        assert!(compactions.len() >= 2, "{compactions:?}");
+        // Never at the start (the first round records revision 0 or the first write), always
+        // behind the latest write, and increasing.
+        assert!(compactions.windows(2).all(|w| w[0] <= w[1]), "{compactions:?}");
+        assert!(*compactions.last().unwrap() < *seen.last().unwrap());
+        // A store this process owns alone: the loop ends at once.
+        let local: Arc<dyn Store> = MemoryStore::new(ManualClock::new(UnixTime::from_secs(1_700_000_000)));
+        tokio::time::timeout(
+            Duration::from_secs(1),
+            upkeep(local, Duration::from_millis(1), Duration::from_millis(1)),
+        )
+        .await
+        .unwrap();
+    }
 
     #[test]
     fn compaction_keeps_one_interval_and_never_runs_at_start() {

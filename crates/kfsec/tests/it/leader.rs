@@ -3,6 +3,7 @@
 //! controller, and when it shuts down the other leads at once and reconciles the Profiles
 //! created meanwhile. The etcd test is skipped (said on stderr) when etcd is not installed,
 //! unless `KFSEC_REQUIRE_ETCD` is set.
+#![allow(clippy::disallowed_methods)] // polls real time while real replicas elect and hand over
 
 use std::path::Path;
 use std::time::{Duration, Instant};
