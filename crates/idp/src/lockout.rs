@@ -32,7 +32,8 @@
 //!   times (window start, lock end, GCRA time in ms); the store's TTL is only clean-up and is
 //!   set past them. The local map is a cache of records this replica has read or written: it
 //!   may refuse on its own (a cached lock, a spent budget — never more permissive than the
-//!   store was), and every grant goes through the store.
+//!   store was; never on reservations in flight, which other replicas settle unseen), and every
+//!   grant goes through the store.
 //! * **Fail closed.** A store error while reserving refuses that login with a "try again later"
 //!   answer ([`Gate::Unavailable`]) and is logged; what was already reserved is given back if the
 //!   store lets us, and otherwise stays counted. An error while recording an outcome is logged
@@ -201,12 +202,19 @@ impl Entry {
     /// Until when (ms) a new check is refused, if it is: the end of a lock, the end of a window
     /// whose count is spent, or, when only reservations in flight fill the budget, `soon`.
     fn refused_until(&self, now: u64, window: u64, limit: u32, soon: u64) -> Option<u64> {
+        self.settled_refusal(now, window, limit)
+            .or_else(|| (self.failures >= limit).then_some(soon))
+    }
+    /// The refusals a cached copy may decide alone: a lock or a spent count of reported
+    /// failures. Not reservations in flight: other replicas settle theirs without this one
+    /// seeing it, so a copy holding them would refuse until its window ended.
+    fn settled_refusal(&self, now: u64, window: u64, limit: u32) -> Option<u64> {
         if let Some(until) = self.locked_until.filter(|_| self.locked(now)) {
             Some(until)
         } else if self.confirmed() >= limit {
             Some(self.window_start.saturating_add(window))
         } else {
-            (self.failures >= limit).then_some(soon)
+            None
         }
     }
     /// Counts a failure reserved in the window starting at `reserved`: already counted if that
@@ -586,7 +594,13 @@ impl Inner {
         digest: &str,
         decide: impl FnMut(Option<Entry>) -> Step<Entry, R>,
     ) -> Result<R, StoreError> {
-        let start = table.map(&mut self.state.lock()).get(digest).copied();
+        // A copy holding reservations in flight is no start: others settle theirs unseen, and
+        // a decision on it alone could refuse on what no longer is.
+        let start = table
+            .map(&mut self.state.lock())
+            .get(digest)
+            .copied()
+            .filter(|(e, _)| e.pending == 0);
         let done = match self.modify(&table.key(digest), start, decide).await {
             Ok(done) => done,
             Err(e) => {
@@ -687,7 +701,7 @@ impl Inner {
         .filter_map(|(map, k, limit)| {
             let (mut e, _) = map.get(k).copied()?;
             e.refresh(now, window);
-            e.refused_until(now, window, limit, soon)
+            e.settled_refusal(now, window, limit)
         })
         .max();
         if refused.is_some() {
@@ -1554,6 +1568,25 @@ mod tests {
             locked(&b, "admin", "10.0.2.2").await,
             "one waiter per slot, on any replica"
         );
+    }
+
+    #[tokio::test]
+    async fn reservations_another_replica_settled_do_not_refuse_from_the_cache() {
+        let clock = ManualClock::new(UnixTime::from_secs(1_000));
+        let store: Arc<dyn Store> = MemoryStore::new(clock.clone());
+        let [a, b]: [Lockout; 2] = replicas(2, &policy(), &clock, &store).try_into().ok().unwrap();
+        // B caches the pair (one failure); A's two checks in flight fill the budget (3), so B
+        // is refused "soon" and its cached copy now holds A's reservations …
+        permit(&b, "a", "10.0.0.1").await.failure().await;
+        let held = [permit(&a, "a", "10.0.0.1").await, permit(&a, "a", "10.0.0.1").await];
+        assert!(locked(&b, "a", "10.0.0.1").await, "the budget is in flight");
+        // … which A then settles as successes: the pair is clear in the store, and B must
+        // ask the store again rather than refuse from its copy until the window ends.
+        for p in held {
+            p.success().await;
+        }
+        permit(&b, "a", "10.0.0.1").await.success().await;
+        permit(&a, "a", "10.0.0.1").await.success().await;
     }
 
     #[tokio::test]
