@@ -79,6 +79,16 @@ fn decode(kv: &KeyValue) -> Result<Files, ServerError> {
     serde_json::from_slice(&kv.value).map_err(|e| unreadable(&kv.key, e))
 }
 
+/// The CA set's record, which always holds the signing CA and its key (never taken as "no CA",
+/// which would mint one).
+fn decode_ca(kv: &KeyValue) -> Result<Files, ServerError> {
+    let files = decode(kv)?;
+    if !(files.files.contains_key("ca.crt") && files.files.contains_key("ca.key")) {
+        return Err(unreadable(&kv.key, "it holds no CA certificate and key"));
+    }
+    Ok(files)
+}
+
 fn encode(key: &str, files: &Files) -> Result<Vec<u8>, ServerError> {
     serde_json::to_vec(files).map_err(|e| unreadable(key, e))
 }
@@ -173,7 +183,7 @@ pub async fn ensure_ca(
     let names = ca_names(dir);
     for _ in 0..ATTEMPTS {
         if let Some(kv) = store.get(CA_RECORD).await? {
-            let files = decode(&kv)?;
+            let files = decode_ca(&kv)?;
             if let Some(rotated) = local_successor(dir, &files, alg, clock) {
                 let (cas, local) = rotated?;
                 match store
@@ -438,7 +448,7 @@ impl Trust {
         if kv.mod_revision == sh.ca_rev.load(Ordering::Acquire) {
             return Ok(false);
         }
-        let files = decode(&kv)?;
+        let files = decode_ca(&kv)?;
         remove(&self.pki_dir.join(CA_PENDING))?;
         materialise(&files, &ca_names(&self.pki_dir))?;
         let current = self.cas();
@@ -854,6 +864,24 @@ mod tests {
         let (at_c, _) = ensure_ca(store.as_ref(), c.path(), KeyAlgorithm::EcdsaP256, clock.as_ref()).await?;
         assert_eq!(at_c.current().cert_pem(), now.current().cert_pem());
         assert!(!c.path().join("ca-previous.crt").exists());
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_stored_ca_record_without_its_key_is_an_error_never_a_new_ca() -> R {
+        let (store, clock) = setup();
+        let a = tempfile::tempdir()?;
+        ensure_ca(store.as_ref(), a.path(), KeyAlgorithm::EcdsaP256, clock.as_ref()).await?;
+        let mut files = decode(&store.get(CA_RECORD).await?.ok_or("no record")?)?;
+        files.files.remove("ca.key");
+        store.put(CA_RECORD, encode(CA_RECORD, &files)?, None).await?;
+        let b = tempfile::tempdir()?;
+        let err = ensure_ca(store.as_ref(), b.path(), KeyAlgorithm::EcdsaP256, clock.as_ref())
+            .await
+            .err()
+            .ok_or("accepted")?;
+        assert!(err.to_string().contains("no CA certificate and key"), "{err}");
+        assert!(!b.path().join("ca.crt").exists(), "no CA of its own");
         Ok(())
     }
 
