@@ -129,6 +129,72 @@ async fn two_replicas_on_etcd_share_the_ca_certificates_and_admin_kubeconfigs() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewals_on_two_replicas_on_etcd_converge_on_one_front_door_certificate() {
+    let Some(bin) = etcd_binary().unwrap_or_else(|e| panic!("{e}")) else {
+        return;
+    };
+    let cluster = EtcdCluster::single(&bin).await.unwrap();
+    let keys = tempfile::tempdir().unwrap();
+    let kek = keys.path().join("kek");
+    SealKey::generate(&kfsec_pki::OsRng).write_new(&kek).unwrap();
+    // Renewed every 4 s; both replicas run their renewal pass every second.
+    let yaml = format!(
+        "store:\n  type: etcd\n  endpoints: [{}]\n  prefix: /kfsec-renew-it\nsecretsEncryption:\n  keyFile: {}\npki:\n  leafLifetime: 6s\n",
+        cluster.endpoints().join(", "),
+        kek.display()
+    );
+    let a = Kfsec::start(&yaml).await;
+    let b = Kfsec::start(&yaml).await;
+    let ca = a.running.ca_pem.clone();
+    let served = async |k: &Kfsec| {
+        crate::proxying::served_cert(&ca, k.running.https_addr, "localhost")
+            .await
+            .serial_hex
+    };
+    let first = served(&a).await;
+    assert_eq!(served(&b).await, first, "one front-door certificate");
+    // Renewed (on whichever replica got there first), and then one certificate again on both.
+    let mut renewed = None;
+    assert!(
+        within(Duration::from_secs(20), async || {
+            let (sa, sb) = (served(&a).await, served(&b).await);
+            if sa == sb && sa != first {
+                renewed = Some(sa);
+                true
+            } else {
+                false
+            }
+        })
+        .await,
+        "the renewed certificate is the same on both replicas"
+    );
+    let renewed = renewed.unwrap();
+    let on_file = |k: &Kfsec| {
+        kfsec_pki::parse_cert_pem(&read(&k._dir.path().join("pki"), "frontdoor.crt"))
+            .unwrap()
+            .serial_hex
+    };
+    assert!(
+        within(Duration::from_secs(5), async || on_file(&a) == on_file(&b)).await,
+        "and so are the pki/frontdoor.crt files"
+    );
+    assert_ne!(on_file(&b), first, "B's file follows the renewal ({renewed})");
+    let records = a
+        .running
+        .store
+        .list("/kfsec/pki/certs/frontdoor.crt", 0, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        records.items.len(),
+        1,
+        "one stored front-door certificate for the two replicas"
+    );
+    b.running.shutdown().await;
+    a.running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_data_dir_from_before_the_shared_pki_keeps_its_ca() {
     let k = Kfsec::start("").await;
     let pki = k._dir.path().join("pki");
