@@ -558,6 +558,7 @@ secretsEncryption: {{keyFile: {key}}}
         stop = threading.Event()
         lock = threading.Lock()
         acked: list[str] = []
+        sessions: list[dict[str, str]] = []
         failures: list[str] = []
         counts = {"login": 0, "browser-login": 0, "write": 0, "get": 0}
 
@@ -576,6 +577,9 @@ secretsEncryption: {{keyFile: {key}}}
                         # raises unless it reaches the upstream
                         resp = browser_login(r, public, user=f"load{w}@example.org")
                         ok = "authservice_session" in resp
+                        if ok:
+                            with lock:
+                                sessions.append(resp)
                     elif kind == "write":
                         name = f"load-{w}-{i}"
                         resp = create_configmap(r, ctx, name)
@@ -623,10 +627,16 @@ secretsEncryption: {{keyFile: {key}}}
         listed = req(b.https, "GET", "/api/v1/namespaces/default/configmaps", ctx=ctx)
         if listed.status != 200:
             return f"list: {listed}"
-        present = {i["metadata"]["name"] for i in listed.json()["items"]}
-        lost = [n for n in acked if n not in present]
+        present = {i["metadata"]["name"]: (i.get("data") or {}).get("k") for i in listed.json()["items"]}
+        lost = [n for n in acked if present.get(n) != n]
         if lost:
             return f"{len(lost)} acknowledged writes missing after {killed}: {lost[:5]}"
+        # The sessions made under the load (acknowledged with a cookie) are there too, on every
+        # replica.
+        gone = [(r.name, j) for j in sessions for r in replicas if check(r, j) != 200]
+        if gone:
+            return f"{len(gone)} (replica, session) pairs refuse a session made during the kills"
+        log(f"{len(acked)} acknowledged writes present, {len(sessions)} sessions valid on every replica")
         if failures:
             return f"{len(failures)} of {sum(counts.values())} requests failed across {killed}: {failures[0]}"
         if min(counts.values()) == 0:
