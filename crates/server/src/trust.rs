@@ -235,7 +235,9 @@ impl Trust {
         self.sync_locked().await?;
         let next = self.cas().rotate(&self.pki_dir, window, self.clock.as_ref())?;
         let status = self.install(next);
-        self.publish_locked().await?;
+        if !self.publish_locked().await? {
+            return Err(shared::changing());
+        }
         status
     }
 
@@ -249,7 +251,9 @@ impl Trust {
         }
         let next = cas.finish(&self.pki_dir, self.clock.as_ref())?;
         let status = self.install(next);
-        self.publish_locked().await?;
+        if !self.publish_locked().await? {
+            return Err(shared::changing());
+        }
         status
     }
 

@@ -288,7 +288,8 @@ fn ensure_dir(dir: &Path) -> Result<(), ServerError> {
         })
 }
 
-fn changing() -> ServerError {
+/// A change of the shared CA set lost to another replica's (which was adopted).
+pub(super) fn changing() -> ServerError {
     ServerError::Pki(PkiError::Rotation(
         "another replica changed the shared CA set at the same time; its change is kept, try again".into(),
     ))
@@ -389,11 +390,12 @@ impl Trust {
     }
 
     /// Writes what changed here (CA set, certificates) to the store by compare-and-swap; where
-    /// another replica wrote first, adopts its value (busy lock held). Every item is attempted;
-    /// the first failure is returned.
-    pub(super) async fn publish_locked(&self) -> Result<(), ServerError> {
-        let Some(sh) = self.shared.get() else { return Ok(()) };
-        self.publish_ca(sh).await?;
+    /// another replica wrote first, adopts its value (busy lock held). Whether this replica's CA
+    /// set is the stored one (false: another replica's change won and was adopted). Every item
+    /// is attempted; the first failure is returned.
+    pub(super) async fn publish_locked(&self) -> Result<bool, ServerError> {
+        let Some(sh) = self.shared.get() else { return Ok(true) };
+        let kept = self.publish_ca(sh).await?;
         let mut first = None;
         for i in 0..self.items.len() {
             if let Err(e) = self.publish_item(sh, i).await {
@@ -401,16 +403,16 @@ impl Trust {
                 first.get_or_insert(e);
             }
         }
-        first.map_or(Ok(()), Err)
+        first.map_or(Ok(kept), Err)
     }
 
-    async fn publish_ca(&self, sh: &Shared) -> Result<(), ServerError> {
+    async fn publish_ca(&self, sh: &Shared) -> Result<bool, ServerError> {
         let local = snapshot(&ca_names(&self.pki_dir))?;
         let stored = sh.store()?.get(CA_RECORD).await?;
         let written = match &stored {
             Some(kv) if decode(kv)? == local => {
                 sh.ca_rev.store(kv.mod_revision, Ordering::Release);
-                return Ok(());
+                return Ok(true);
             }
             Some(kv) if kv.mod_revision == sh.ca_rev.load(Ordering::Acquire) => {
                 sh.store()?
@@ -429,11 +431,12 @@ impl Trust {
             Ok(rev) => {
                 sh.ca_rev.store(rev, Ordering::Release);
                 tracing::info!(subject = %self.cas().current().info().subject, "shared the changed CA set through the store");
-                Ok(())
+                Ok(true)
             }
             Err(StoreError::Conflict { .. } | StoreError::AlreadyExists(_)) => {
+                tracing::info!("another replica changed the shared CA set first; adopting its change");
                 self.adopt_ca(sh).await?;
-                Err(changing())
+                Ok(false)
             }
             Err(e) => Err(e.into()),
         }
@@ -475,6 +478,7 @@ impl Trust {
         for _ in 0..ATTEMPTS {
             let local = snapshot(&names)?;
             let written = match sh.store()?.get(&record).await? {
+                None if !self.is_current(&local, &names) => return Ok(()),
                 None => sh.store()?.create(&record, encode(&record, &local)?, None).await,
                 Some(kv) => {
                     let stored = decode(&kv)?;
@@ -482,6 +486,10 @@ impl Trust {
                         || (kv.mod_revision != known.load(Ordering::Acquire) && self.adopt_item(i, &stored, &names)?)
                     {
                         known.store(kv.mod_revision, Ordering::Release);
+                        return Ok(());
+                    }
+                    if !self.is_current(&local, &names) {
+                        // Issued under a CA set this replica no longer has: re-issued first.
                         return Ok(());
                     }
                     sh.store()?
@@ -499,6 +507,14 @@ impl Trust {
             }
         }
         Err(changing())
+    }
+
+    /// Whether `files` hold a chain of the current CA set.
+    fn is_current(&self, files: &Files, names: &Names) -> bool {
+        names
+            .get(1)
+            .and_then(|(crt_name, _)| files.files.get(crt_name))
+            .is_some_and(|chain| self.cas().is_current_chain(chain))
     }
 
     /// Serves `stored` for item `i` if it is usable (a valid pair, a chain of the current CA set,
@@ -771,6 +787,40 @@ mod tests {
         b.trust.finish().await?;
         assert!(eventually(|| a.trust.cas().previous().is_none()).await);
         assert!(eventually(|| !a.pki().join("ca-previous.crt").exists()).await);
+        Ok(())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn rotations_racing_on_two_replicas_leave_one_ca_set() -> R {
+        for _ in 0..3 {
+            let (store, clock) = setup();
+            let a = replica(store.clone(), clock.clone()).await?;
+            let b = replica(store.clone(), clock.clone()).await?;
+            let window = Duration::from_secs(3600);
+            let (ta, tb) = (a.trust.clone(), b.trust.clone());
+            let (ra, rb) = tokio::join!(
+                tokio::spawn(async move { ta.rotate(window).await }),
+                tokio::spawn(async move { tb.rotate(window).await })
+            );
+            let (ra, rb) = (ra?, rb?);
+            assert!(ra.is_ok() != rb.is_ok(), "exactly one rotation wins: {ra:?} {rb:?}");
+            let lost = ra.err().or(rb.err()).ok_or("no loser")?;
+            // Lost at the compare-and-swap, or seen before starting (the other's window is open).
+            let lost = lost.to_string();
+            assert!(
+                lost.contains("another replica changed") || lost.contains("one is in progress"),
+                "{lost}"
+            );
+            let stored = decode(&store.get(CA_RECORD).await?.ok_or("no record")?)?;
+            let stored_ca = stored.files.get("ca.crt").ok_or("no ca.crt")?.clone();
+            for r in [&a, &b] {
+                assert!(eventually(|| r.trust.cas().current().cert_pem() == stored_ca).await);
+                assert_eq!(r.file("ca.crt"), stored_ca);
+            }
+            assert!(eventually(|| a.serving() == b.serving()).await, "one certificate");
+            assert!(b.trust.cas().is_current_chain(&b.file("frontdoor.crt")));
+            assert!(a.trust.cas().is_current_chain(&a.file("frontdoor.crt")));
+        }
         Ok(())
     }
 
