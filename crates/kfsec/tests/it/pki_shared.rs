@@ -38,6 +38,22 @@ async fn verifies(ca_pem: &str, base: &str) -> bool {
     client.get(format!("{base}/dex/healthz")).send().await.is_ok()
 }
 
+/// A single real etcd member and the configuration of replicas sharing it under `prefix` (one
+/// key file), with `extra` YAML; `None` when etcd is not installed (skipped).
+async fn on_etcd(prefix: &str, extra: &str) -> Option<(EtcdCluster, tempfile::TempDir, String)> {
+    let bin = etcd_binary().unwrap_or_else(|e| panic!("{e}"))?;
+    let cluster = EtcdCluster::single(&bin).await.unwrap();
+    let keys = tempfile::tempdir().unwrap();
+    let kek = keys.path().join("kek");
+    SealKey::generate(&kfsec_pki::OsRng).write_new(&kek).unwrap();
+    let yaml = format!(
+        "store:\n  type: etcd\n  endpoints: [{}]\n  prefix: {prefix}\nsecretsEncryption:\n  keyFile: {}\n{extra}",
+        cluster.endpoints().join(", "),
+        kek.display()
+    );
+    Some((cluster, keys, yaml))
+}
+
 async fn within(limit: Duration, mut f: impl AsyncFnMut() -> bool) -> bool {
     let end = Instant::now() + limit;
     while Instant::now() < end {
@@ -51,18 +67,9 @@ async fn within(limit: Duration, mut f: impl AsyncFnMut() -> bool) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_on_etcd_share_the_ca_certificates_and_admin_kubeconfigs() {
-    let Some(bin) = etcd_binary().unwrap_or_else(|e| panic!("{e}")) else {
+    let Some((_cluster, _keys, yaml)) = on_etcd("/kfsec-pki-it", "").await else {
         return;
     };
-    let cluster = EtcdCluster::single(&bin).await.unwrap();
-    let keys = tempfile::tempdir().unwrap();
-    let kek = keys.path().join("kek");
-    SealKey::generate(&kfsec_pki::OsRng).write_new(&kek).unwrap();
-    let yaml = format!(
-        "store:\n  type: etcd\n  endpoints: [{}]\n  prefix: /kfsec-pki-it\nsecretsEncryption:\n  keyFile: {}\n",
-        cluster.endpoints().join(", "),
-        kek.display()
-    );
     let a = Kfsec::start(&yaml).await;
     let (a_dir, a_pki) = (a._dir.path().to_path_buf(), a._dir.path().join("pki"));
     let mut browser = a.client();
@@ -130,19 +137,10 @@ async fn two_replicas_on_etcd_share_the_ca_certificates_and_admin_kubeconfigs() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn renewals_on_two_replicas_on_etcd_converge_on_one_front_door_certificate() {
-    let Some(bin) = etcd_binary().unwrap_or_else(|e| panic!("{e}")) else {
+    // Renewed every 4 s; both replicas run their renewal pass every second.
+    let Some((_cluster, _keys, yaml)) = on_etcd("/kfsec-renew-it", "pki:\n  leafLifetime: 6s\n").await else {
         return;
     };
-    let cluster = EtcdCluster::single(&bin).await.unwrap();
-    let keys = tempfile::tempdir().unwrap();
-    let kek = keys.path().join("kek");
-    SealKey::generate(&kfsec_pki::OsRng).write_new(&kek).unwrap();
-    // Renewed every 4 s; both replicas run their renewal pass every second.
-    let yaml = format!(
-        "store:\n  type: etcd\n  endpoints: [{}]\n  prefix: /kfsec-renew-it\nsecretsEncryption:\n  keyFile: {}\npki:\n  leafLifetime: 6s\n",
-        cluster.endpoints().join(", "),
-        kek.display()
-    );
     let a = Kfsec::start(&yaml).await;
     let b = Kfsec::start(&yaml).await;
     let ca = a.running.ca_pem.clone();
