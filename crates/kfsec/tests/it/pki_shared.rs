@@ -67,7 +67,7 @@ async fn within(limit: Duration, mut f: impl AsyncFnMut() -> bool) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_on_etcd_share_the_ca_certificates_and_admin_kubeconfigs() {
-    let Some((_cluster, _keys, yaml)) = on_etcd("/kfsec-pki-it", "").await else {
+    let Some((cluster, _keys, yaml)) = on_etcd("/kfsec-pki-it", "").await else {
         return;
     };
     let a = Kfsec::start(&yaml).await;
@@ -87,6 +87,26 @@ async fn two_replicas_on_etcd_share_the_ca_certificates_and_admin_kubeconfigs() 
         );
     }
     assert_eq!(a.running.ca_pem, b.running.ca_pem);
+    // In etcd under the prefix, and sealed: no private key in the clear.
+    let mut raw = cluster.raw_client().await.unwrap();
+    let all = raw
+        .get("/kfsec-pki-it/", Some(etcd_client::GetOptions::new().with_prefix()))
+        .await
+        .unwrap();
+    let pki: Vec<_> = all
+        .kvs()
+        .iter()
+        .filter(|kv| String::from_utf8_lossy(kv.key()).contains("/kfsec/pki/"))
+        .collect();
+    assert!(pki.len() >= 3, "the CA and the certificates are in etcd");
+    for kv in pki {
+        let value = String::from_utf8_lossy(kv.value());
+        assert!(
+            !value.contains("PRIVATE KEY"),
+            "{} is sealed",
+            String::from_utf8_lossy(kv.key())
+        );
+    }
     let mut at_b = Browser::new(&b.running.ca_pem, &b.base);
     at_b.cookies = browser.cookies.clone();
     assert_eq!(at_b.get("/app/y").await.status(), 200, "A's session cookie works on B");
