@@ -28,8 +28,8 @@ pub const SWEEP_EVERY: Duration = Duration::from_secs(10);
 /// `--etcd-compaction-interval` default).
 pub const COMPACT_EVERY: Duration = Duration::from_secs(300);
 
-/// Starts this replica's candidacy: identity `host-<random>`, the default timing (lease 8 s,
-/// renew deadline 5 s, retry 1 s), exclusive when the store has no upkeep (not shared). Registers
+/// Starts this replica's candidacy: identity `host-<random>`, the default timing (lease 6 s,
+/// renew deadline 4 s, retry 1 s), exclusive when the store has no upkeep (not shared). Registers
 /// `kfsec_leader`; returns the election and the task keeping the gauge.
 pub fn elect(
     store: Arc<dyn Store>,

@@ -40,14 +40,14 @@ pub const LEADER_KEY: &str = "/kfsec/leader";
 
 /// How the election is timed.
 ///
-/// With the defaults (lease 8 s, renew deadline 5 s, retry 1 s): a leader renews every second;
+/// With the defaults (lease 6 s, renew deadline 4 s, retry 1 s): a leader renews every second;
 /// a follower polls every 1–1.2 s and, once it has seen the record unchanged, wakes exactly when
 /// the lease would run out. The leader's last renewal (committed at `T`, at most 1 s before it
-/// died at `K`) is observed by a follower by `T + 1.2 s`, so it takes over by `T + 1.2 s + 8 s <
-/// K + 9.2 s` (plus one store round trip): within 10 s. A leader cut off from the store stops
-/// by `T + 5 s` (its deadline runs from the start of that renewal, before `T`), 3 s before the
-/// earliest takeover at `T + 8 s` — room for its work to be aborted and for clock rates that
-/// differ by up to 8/5.
+/// died at `K`) is observed by a follower by `T + 1.2 s`, so it takes over by `T + 1.2 s + 6 s <
+/// K + 7.2 s` (plus one store round trip): within 10 s with room for a loaded machine. A leader
+/// cut off from the store stops by `T + 4 s` (its deadline runs from the start of that renewal,
+/// before `T`), 2 s before the earliest takeover at `T + 6 s` — room for its work to be aborted
+/// and for clock rates that differ by up to 6/4.
 #[derive(Debug, Clone)]
 pub struct LeaderConfig {
     /// The record's key. Default [`LEADER_KEY`].
@@ -71,8 +71,8 @@ impl LeaderConfig {
         Self {
             key: LEADER_KEY.to_owned(),
             identity: identity.into(),
-            lease_duration: Duration::from_secs(8),
-            renew_deadline: Duration::from_secs(5),
+            lease_duration: Duration::from_secs(6),
+            renew_deadline: Duration::from_secs(4),
             retry_period: Duration::from_secs(1),
             exclusive: false,
         }

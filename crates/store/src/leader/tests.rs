@@ -14,8 +14,8 @@ use crate::flaky::Flaky;
 
 const START: u64 = 1_700_000_000;
 const TICK: Duration = Duration::from_millis(50);
-const LEASE: Duration = Duration::from_secs(8);
-const DEADLINE: Duration = Duration::from_secs(5);
+const LEASE: Duration = Duration::from_secs(6);
+const DEADLINE: Duration = Duration::from_secs(4);
 
 /// A sleep that never ends: store calls on the memory store answer at once.
 struct Never;
@@ -157,7 +157,7 @@ async fn one_leader_among_three_and_it_stays() {
     let rec = sim.record().await;
     assert_eq!(rec.holder_identity, format!("replica-{first}"));
     assert_eq!(rec.leader_transitions, 0);
-    assert_eq!(rec.lease_duration_ms, 8_000);
+    assert_eq!(rec.lease_duration_ms, 6_000);
 }
 
 async fn dead_leader_is_replaced(skews: &[i64]) {
