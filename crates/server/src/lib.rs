@@ -322,12 +322,17 @@ pub fn open_store(dir: &DataDir, clock: Arc<dyn Clock>) -> Result<Arc<RedbStore>
     Ok(RedbStore::open_with_options(&dir.store(), clock, options)?)
 }
 
+/// Kubernetes objects holding secret material: core/v1 Secrets (what kube-apiserver's
+/// EncryptionConfiguration encrypts).
+const K8S_SECRET_PREFIXES: &[&str] = &["/k8s/core/secrets/"];
+
 /// Every store prefix holding secret material, as the crates that own them declare it.
 pub fn secret_prefixes() -> Vec<&'static str> {
     [
         kfsec_idp::SECRET_PREFIXES,
         kfsec_gateway::session::SECRET_PREFIXES,
         trust::shared::SECRET_PREFIXES,
+        K8S_SECRET_PREFIXES,
     ]
     .concat()
 }
@@ -348,7 +353,11 @@ pub async fn seal_store(
         return Ok(store);
     };
     let primary = ring.primary_id();
-    let sealed = SealedStore::new(store, &secret_prefixes(), ring, rng);
+    let mut sealed = SealedStore::new(store, &secret_prefixes(), ring, rng);
+    if !matches!(cfg.store, config::store::StoreSettings::Redb) {
+        // A shared store is sealed from its first write: plaintext there was injected.
+        sealed = sealed.never_seal_plaintext();
+    }
     let done = sealed.prepare(clock).await?;
     if done.first_time && done.sealed > 0 {
         tracing::warn!(key_id = %primary, sealed = done.sealed, "secretsEncryption turned on: the store's existing secret values are now sealed; keep the key file, the store cannot be read without it");
@@ -860,6 +869,7 @@ mod tests {
             "/kfsec/pki/ca",
             "/kfsec/pki/certs/frontdoor.crt@0123456789abcdef",
             "/kfsec/pki/certs/webhooks/kfsec-admission.crt",
+            "/k8s/core/secrets/ns/s",
         ] {
             assert!(covered(key), "{key} holds secrets: sealed");
         }

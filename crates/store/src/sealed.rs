@@ -530,6 +530,9 @@ pub struct Prepared {
 pub struct SealedStore {
     inner: Arc<dyn Store>,
     sealer: Arc<Sealer>,
+    /// Whether `prepare` may seal plaintext found in a store never sealed (a local store being
+    /// switched to sealing); off for shared stores, which are sealed from their first write.
+    seal_plaintext: bool,
 }
 
 impl fmt::Debug for SealedStore {
@@ -575,14 +578,26 @@ impl SealedStore {
                 ring,
                 rng,
             }),
+            seal_plaintext: true,
         }
+    }
+
+    /// For a store that holds only sealed values from its first write (etcd, where
+    /// `secretsEncryption` is required): [`SealedStore::prepare`] refuses plaintext under a
+    /// sealed prefix even with no canary and no sealed value, so a backend writer who deletes
+    /// the canary and every sealed value cannot have injected plaintext sealed and trusted.
+    #[must_use]
+    pub fn never_seal_plaintext(mut self) -> Self {
+        self.seal_plaintext = false;
+        self
     }
 
     /// The start-up check, run before anything reads the store:
     /// - a value under a key id this process does not hold → [`SealError::StoreKey`] naming it;
     /// - a value that does not authenticate → [`SealError::Tampered`];
     /// - plaintext under a sealed prefix: sealed now if the store was never sealed (no canary
-    ///   and no sealed value: sealing is being turned on), else refused ([`SealError::Plaintext`]);
+    ///   and no sealed value: sealing is being turned on) unless [`SealedStore::never_seal_plaintext`],
+    ///   else refused ([`SealError::Plaintext`]);
     /// - nothing is written unless every value passed these checks;
     /// - values (and the canary) under a previous key are re-sealed under the primary key, so
     ///   after one start the previous keys can be dropped;
@@ -638,12 +653,16 @@ impl SealedStore {
         // value (deleting the canary does not open the door to injected plaintext).
         done.first_time &= !any_sealed;
         if let Some(key) = plaintext
-            && !done.first_time
+            && !(done.first_time && self.seal_plaintext)
         {
             return Err(SealError::Plaintext { key }.into());
         }
         for kv in pending {
-            match self.reseal(kv, done.first_time, clock).await.map_err(store_key_error)? {
+            match self
+                .reseal(kv, done.first_time && self.seal_plaintext, clock)
+                .await
+                .map_err(store_key_error)?
+            {
                 Resealed::Kept => {}
                 Resealed::Sealed => done.sealed += 1,
                 Resealed::Rotated => done.resealed += 1,
@@ -1070,6 +1089,33 @@ mod tests {
             f.raw.get(CANARY_KEY).await.unwrap().is_none(),
             "a refused start writes nothing"
         );
+    }
+
+    #[tokio::test]
+    async fn a_shared_store_emptied_of_sealed_values_does_not_adopt_injected_plaintext() {
+        // Someone with write access to etcd (no key) deletes the canary and every sealed
+        // value, then writes a plaintext secret of their own (say a signing key they know).
+        let f = fixture();
+        let s = f.sealed(&["/secret/"], ring(1)).never_seal_plaintext();
+        s.prepare(f.clock.as_ref()).await.unwrap();
+        s.put("/secret/a", SECRET.to_vec(), None).await.unwrap();
+        f.raw.delete("/secret/a", None).await.unwrap();
+        f.raw.delete(CANARY_KEY, None).await.unwrap();
+        f.raw
+            .put("/secret/injected", b"attacker's key".to_vec(), None)
+            .await
+            .unwrap();
+        let err = s.prepare(f.clock.as_ref()).await.unwrap_err().to_string();
+        assert!(err.contains("/secret/injected") && err.contains("not sealed"), "{err}");
+        assert_eq!(
+            f.raw.get("/secret/injected").await.unwrap().unwrap().value,
+            b"attacker's key"
+        );
+        assert!(s.get("/secret/injected").await.is_err(), "never handed on");
+        // An empty shared store still starts (and is marked sealed).
+        f.raw.delete("/secret/injected", None).await.unwrap();
+        assert!(s.prepare(f.clock.as_ref()).await.unwrap().first_time);
+        assert!(f.raw.get(CANARY_KEY).await.unwrap().is_some());
     }
 
     /// A backend on which another replica writes each key just before this one's first update

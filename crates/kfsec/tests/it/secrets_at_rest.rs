@@ -267,3 +267,55 @@ async fn the_cli_makes_private_keys_and_opens_a_sealed_store_only_with_its_key()
     assert_eq!(r.status(), 200);
     k.running.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubernetes_secrets_are_sealed_at_rest_and_kubectl_reads_them_back() {
+    let keys = tempfile::tempdir().unwrap();
+    let (kek, _) = new_key(keys.path(), "kek");
+    let k = Kfsec::start(&sealing(&kek, &[])).await;
+    let value = "s3cr3t-minio-password-0123456789abcdef";
+    let kubectl = crate::rbac::Kubectl::new(k._dir.path());
+    let (code, _, err) = kubectl
+        .run(
+            &[
+                "create",
+                "secret",
+                "generic",
+                "mlpipeline-minio-artifact",
+                "-n",
+                "default",
+                &format!("--from-literal=secretkey={value}"),
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = kubectl
+        .run(
+            &[
+                "get",
+                "secret",
+                "mlpipeline-minio-artifact",
+                "-n",
+                "default",
+                "-o",
+                "jsonpath={.data.secretkey}",
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(B64.decode(out.trim()).unwrap(), value.as_bytes());
+    let dir = stop(k).await;
+    let file = std::fs::read(dir.path().join("kfsec.redb")).unwrap();
+    assert!(
+        contains(&file, b"mlpipeline-minio-artifact"),
+        "the scan reads the store's bytes"
+    );
+    for needle in [value.to_owned(), B64.encode(value)] {
+        assert!(
+            !contains(&file, needle.as_bytes()),
+            "a Secret's data is in the redb file in the clear"
+        );
+    }
+}
