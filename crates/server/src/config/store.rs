@@ -40,9 +40,21 @@ fn invalid(msg: String) -> ConfigError {
     ConfigError::Invalid(msg)
 }
 
+/// An endpoint as messages show it: any user information (`user:password@`) replaced by `***`,
+/// so a password put in the URL is never repeated in an error or a log.
+fn shown(e: &str) -> String {
+    let start = e.find("://").map_or(0, |i| i + 3);
+    let rest = &e[start..];
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..end].rfind('@') {
+        Some(at) => format!("{}***{}", &e[..start], &rest[at..]),
+        None => e.to_owned(),
+    }
+}
+
 /// Checks one endpoint: an `http(s)://host:port` URL with nothing else.
 fn endpoint(i: usize, e: &str, tls: bool) -> Result<(), ConfigError> {
-    let bad = |why: &str| invalid(format!("store.endpoints[{i}] {e:?}: {why}"));
+    let bad = |why: &str| invalid(format!("store.endpoints[{i}] {:?}: {why}", shown(e)));
     let u = url::Url::parse(e).map_err(|err| bad(&format!("not a URL ({err})")))?;
     match (u.scheme(), tls) {
         ("http", false) | ("https", true) => {}
@@ -291,6 +303,28 @@ mod tests {
             (Some("kfsec"), Some("pw"))
         );
         assert_eq!(*stale_limit, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn an_endpoint_with_credentials_is_refused_without_repeating_the_password() {
+        let dir = tempfile::tempdir().unwrap();
+        for e in [
+            "http://root:hunter2-etcd@a:2379",
+            "https://root:hunter2-etcd@a:2379/path",
+            "ftp://root:hunter2-etcd@a:2379",
+            "http://root:hunter2-etcd@:2379",
+            "http://root:hunter2-etcd@a:99999",
+        ] {
+            let err = load(
+                dir.path(),
+                &format!("store: {{type: etcd, endpoints: ['{e}']}}\n"),
+                true,
+            )
+            .map(|_| ())
+            .unwrap_err();
+            assert!(err.contains("store.endpoints[0]"), "{err}");
+            assert!(!err.contains("hunter2-etcd"), "the password is repeated: {err}");
+        }
     }
 
     #[test]
