@@ -62,6 +62,37 @@ wait_http() {
   return 1
 }
 
+# ok_upstream PORT: a trivial upstream on 127.0.0.1:PORT, nginx (1 worker, dir $BENCH_TMP/up)
+# answering every request with 200 "ok"; returns once it answers. Sets UP_PID.
+ok_upstream() {
+  local d="$BENCH_TMP/up"
+  mkdir -p "$d"
+  cat >"$d/nginx.conf" <<EOF
+worker_processes 1;
+daemon off;
+pid $d/nginx.pid;
+error_log $d/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $d/body;
+  proxy_temp_path $d/proxy;
+  fastcgi_temp_path $d/fastcgi;
+  uwsgi_temp_path $d/uwsgi;
+  scgi_temp_path $d/scgi;
+  keepalive_requests 1000000;
+  server {
+    listen 127.0.0.1:$1;
+    location / { default_type text/plain; return 200 "ok"; }
+  }
+}
+EOF
+  nginx -p "$d" -c "$d/nginx.conf" &
+  UP_PID=$!
+  BENCH_PIDS+=("$UP_PID")
+  wait_http "http://127.0.0.1:$1/" 10
+}
+
 # kfsec_config FILE HTTPS_PORT HASH [EXTRA_YAML]: write a config with the bench user.
 kfsec_config() {
   local file="$1" port="$2" hash="$3" extra="${4:-}"

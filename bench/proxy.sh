@@ -26,31 +26,8 @@ KF_ADMIN="$(free_port)"
 NG_PORT="$(free_port)"
 
 # --- trivial upstream: nginx returning a fixed 200 body ------------------------------
-mkdir -p "$T/up" "$T/ng"
-cat >"$T/up/nginx.conf" <<EOF
-worker_processes 1;
-daemon off;
-pid $T/up/nginx.pid;
-error_log $T/up/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  client_body_temp_path $T/up/body;
-  proxy_temp_path $T/up/proxy;
-  fastcgi_temp_path $T/up/fastcgi;
-  uwsgi_temp_path $T/up/uwsgi;
-  scgi_temp_path $T/up/scgi;
-  keepalive_requests 1000000;
-  server {
-    listen 127.0.0.1:$UP_PORT;
-    location / { default_type text/plain; return 200 "ok"; }
-  }
-}
-EOF
-nginx -p "$T/up" -c "$T/up/nginx.conf" &
-UP_PID=$!
-BENCH_PIDS+=("$UP_PID")
-wait_http "http://127.0.0.1:$UP_PORT/" 10
+mkdir -p "$T/ng"
+ok_upstream "$UP_PORT"
 
 # --- kfsec with a route / → upstream -------------------------------------------------
 HASH="$(printf '%s\n' "$BENCH_PASSWORD" | "$KFSEC_RELEASE" hash-password)"
