@@ -3,6 +3,7 @@
 # nginx as a plain TLS reverse proxy (no auth), both counted by valgrind's callgrind.
 #
 #   bash bench/proxy-instr.sh          # REQUESTS=2000 by default
+#   KFSEC_EXTRA_YAML='store: {...}' bash bench/proxy-instr.sh   # e.g. kfsec on etcd
 #
 # Unlike bench/proxy.sh (wall-clock throughput under wrk), the figure does not depend on what
 # else the machine is doing: the same binary and inputs give the same count, so two builds can
@@ -61,7 +62,8 @@ CALLGRIND=(valgrind --tool=callgrind --collect-atstart=yes --dump-instr=no)
 HASH="$(printf '%s\n' "$BENCH_PASSWORD" | "$KFSEC_RELEASE" hash-password)"
 kfsec_config "$T/kfsec.yaml" "$KF_PORT" "$HASH" "routes:
 - prefix: /
-  upstream: http://127.0.0.1:$UP_PORT"
+  upstream: http://127.0.0.1:$UP_PORT
+${KFSEC_EXTRA_YAML:-}"
 bench_log "starting kfsec under callgrind (slow)"
 KFSEC_WRAP="${CALLGRIND[*]} --callgrind-out-file=$T/kfsec.cg" KFSEC_START_SECONDS=600 \
   kfsec_start "$T/data" "$T/kfsec.yaml" "$KF_PORT" "$KF_ADMIN"
