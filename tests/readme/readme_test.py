@@ -257,7 +257,7 @@ class Runner:
         opener = urllib.request.build_opener(urllib.request.HTTPSHandler(context=ctx), urllib.request.HTTPCookieProcessor())
 
         def form(page: str, at: str) -> tuple[str, dict]:
-            f = re.search(r'<form method="post"(?: action="([^"]*)")?>(.*?)</form>', page, re.S)
+            f = re.search(r'<form method="post"(?: action="([^"]*)")?[^>]*>(.*?)</form>', page, re.S)
             if not f:
                 raise ValueError(f"no form on {at}: {page[:300]!r}")
             fields = dict(re.findall(r'<input[^>]*name="([^"]+)"[^>]*value="([^"]*)"', f.group(2)))
