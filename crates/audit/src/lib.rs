@@ -10,9 +10,12 @@ use std::sync::Arc;
 
 pub mod event;
 pub mod policy;
+pub mod request;
+pub mod testing;
 
 pub use event::{Event, EventList, IDENTITY_GROUP, Level, ObjectRef, ResponseStatus, Stage};
 pub use policy::{Attributes, Decision, ResourceAttributes};
+pub use request::RequestAudit;
 
 /// Where events go: the policy's decision for a request, and the non-blocking hand-off of an
 /// event to the configured backends. Implemented by the real pipeline (policy + log file +

@@ -1,0 +1,740 @@
+//! The per-request audit context: [`RequestAudit`], created by the gateway's edge for every
+//! front-door request while auditing is on and carried in the request's extensions; surfaces
+//! fill in what they learn (caller, verb and object, authorization decision, identity action),
+//! the edge writes the response's status and emits the request's Event(s) when the response is
+//! complete. Also the standalone identity events of background actions ([`background`]), the
+//! `Audit-ID` rules ([`audit_id_from_client`], [`new_audit_id`]) and the vocabulary of identity
+//! events ([`identity`]).
+//!
+//! Security invariants: nothing here reads a request or response body or a header other than
+//! what the edge passes in; the request body is kept only when the policy's level for the
+//! request allows it ([`RequestAudit::request_object`]) and is dropped again when the final
+//! level does not; an Event is emitted at most once per stage; a client's `Audit-ID` is reused
+//! only when it is short and of a safe charset (so it cannot forge log lines or blow up memory).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use kfsec_types::identity::UserInfo;
+use kfsec_types::{Clock, Rng, UnixTime};
+
+use crate::Auditor;
+use crate::event::{Event, IDENTITY_GROUP, Level, ObjectRef, ResponseStatus, Stage};
+use crate::policy::{Attributes, ResourceAttributes};
+
+/// The request and response header carrying the audit id (as kube-apiserver's).
+pub const AUDIT_ID_HEADER: &str = "audit-id";
+/// Annotation: `allow` or `forbid`, as kube-apiserver's authorizer filter writes it.
+pub const DECISION_ANNOTATION: &str = "authorization.k8s.io/decision";
+/// Annotation: the authorizer's reason (RBAC's `RBAC: allowed by …`, a route's rule).
+pub const AUTHZ_REASON_ANNOTATION: &str = "authorization.k8s.io/reason";
+/// Annotation of identity events: the connector (`local`, `ldap`, an upstream's id).
+pub const CONNECTOR_ANNOTATION: &str = "kfsec.io/connector";
+/// Annotation of identity events: why an action failed or happened (`invalid credentials`).
+pub const REASON_ANNOTATION: &str = "kfsec.io/reason";
+/// Annotation of token events: the OAuth2 grant type.
+pub const GRANT_TYPE_ANNOTATION: &str = "kfsec.io/grant-type";
+/// Annotation of identity events: the OAuth2 client the action was for.
+pub const CLIENT_ANNOTATION: &str = "kfsec.io/client";
+/// The user of a request nobody authenticated for.
+pub const ANONYMOUS: &str = "system:anonymous";
+/// The longest client `Audit-ID` reused; longer ones are replaced by a generated id.
+pub const MAX_CLIENT_AUDIT_ID: usize = 128;
+
+/// The identity events' vocabulary: resources (objectRef.resource, group [`IDENTITY_GROUP`])
+/// and verbs.
+pub mod identity {
+    /// Logins (objectRef.name: the account that logged in or was attempted).
+    pub const LOGINS: &str = "logins";
+    /// Browser sessions (logout).
+    pub const SESSIONS: &str = "sessions";
+    /// OAuth2 / OIDC tokens (issue, refresh, revoke).
+    pub const TOKENS: &str = "tokens";
+    /// Account lockouts after repeated failures.
+    pub const LOCKOUTS: &str = "lockouts";
+    /// Device-flow user codes (approve).
+    pub const DEVICECODES: &str = "devicecodes";
+    /// Token signing keys (rotate).
+    pub const SIGNINGKEYS: &str = "signingkeys";
+    /// Serving and client certificates, CAs (rotate).
+    pub const CERTIFICATES: &str = "certificates";
+    /// kfsec's configuration (reload).
+    pub const CONFIG: &str = "config";
+
+    /// A login (success or failure; the response status tells which).
+    pub const LOGIN: &str = "login";
+    /// A logout.
+    pub const LOGOUT: &str = "logout";
+    /// An account locked out.
+    pub const LOCKOUT: &str = "lockout";
+    /// Tokens issued.
+    pub const ISSUE: &str = "issue";
+    /// Tokens refreshed.
+    pub const REFRESH: &str = "refresh";
+    /// Tokens revoked.
+    pub const REVOKE: &str = "revoke";
+    /// A device code approved (or denied).
+    pub const APPROVE: &str = "approve";
+    /// A key or certificate rotated.
+    pub const ROTATE: &str = "rotate";
+    /// Configuration reloaded.
+    pub const RELOAD: &str = "reload";
+}
+
+/// Whether `value` (a client's `Audit-ID` header) is reused as the request's audit id: 1 to
+/// [`MAX_CLIENT_AUDIT_ID`] characters of `A-Z a-z 0-9 - _ . :` (UUIDs and the usual trace ids).
+pub fn audit_id_from_client(value: &[u8]) -> Option<&str> {
+    let ok = !value.is_empty()
+        && value.len() <= MAX_CLIENT_AUDIT_ID
+        && value
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
+    if ok { std::str::from_utf8(value).ok() } else { None }
+}
+
+/// A random (version 4) UUID from `rng`, as kube-apiserver generates audit ids.
+pub fn new_audit_id(rng: &dyn Rng) -> String {
+    let mut b = [0u8; 16];
+    rng.fill(&mut b);
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let mut s = String::with_capacity(36);
+    for (i, byte) in b.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            s.push('-');
+        }
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        s.push(char::from(HEX[usize::from(byte >> 4)]));
+        s.push(char::from(HEX[usize::from(byte & 0x0f)]));
+    }
+    s
+}
+
+/// `t` as Kubernetes' MicroTime: RFC 3339 in UTC with microseconds
+/// (`2026-11-22T06:30:00.123456Z`).
+pub fn micro_time(t: UnixTime) -> String {
+    let secs = i64::try_from(t.as_secs()).unwrap_or(i64::MAX);
+    let mut s = kfsec_types::time::format_rfc3339(secs);
+    s.pop(); // the 'Z'
+    s.push_str(&format!(".{:06}Z", t.since_epoch().subsec_micros()));
+    s
+}
+
+/// The Kubernetes `Status` reason of an HTTP failure code (what kube-apiserver's Status bodies
+/// carry for it), `None` for codes without one.
+pub fn status_reason(code: u16) -> Option<&'static str> {
+    Some(match code {
+        400 => "BadRequest",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "NotFound",
+        405 => "MethodNotAllowed",
+        406 => "NotAcceptable",
+        409 => "Conflict",
+        410 => "Expired",
+        413 => "RequestEntityTooLarge",
+        415 => "UnsupportedMediaType",
+        422 => "Invalid",
+        429 => "TooManyRequests",
+        500 => "InternalError",
+        502 | 503 => "ServiceUnavailable",
+        504 => "Timeout",
+        _ => return None,
+    })
+}
+
+/// What the edge knows when a request arrives.
+#[derive(Debug)]
+pub struct Begin {
+    /// The audit id ([`audit_id_from_client`] or [`new_audit_id`]).
+    pub audit_id: String,
+    /// The request's method (its lower-cased form is the default, non-resource verb).
+    pub method: http::Method,
+    /// Path and query, as routed (normalised).
+    pub request_uri: String,
+    /// Trusted proxies' forwarded addresses, then the peer address.
+    pub source_ips: Vec<String>,
+    /// The client's `User-Agent`.
+    pub user_agent: Option<String>,
+}
+
+/// The audit context of one request: cheap to clone (one `Arc`), shared by the edge and the
+/// surfaces through the request's extensions.
+#[derive(Clone)]
+pub struct RequestAudit(Arc<Inner>);
+
+impl std::fmt::Debug for RequestAudit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequestAudit")
+            .field("audit_id", &self.0.audit_id)
+            .finish()
+    }
+}
+
+struct Inner {
+    auditor: Auditor,
+    clock: Arc<dyn Clock>,
+    audit_id: String,
+    received: UnixTime,
+    state: Mutex<State>,
+}
+
+struct State {
+    method: http::Method,
+    request_uri: String,
+    source_ips: Vec<String>,
+    user_agent: Option<String>,
+    user: Option<UserInfo>,
+    impersonated: Option<UserInfo>,
+    /// `None`: a non-resource request with the lower-cased method as its verb.
+    verb: Option<String>,
+    object: Option<ObjectRef>,
+    annotations: BTreeMap<String, String>,
+    request_object: Option<serde_json::Value>,
+    failure: Option<(String, String)>,
+    long_running: bool,
+    /// Stages already emitted (`RequestReceived`, `ResponseStarted`, `ResponseComplete`).
+    emitted: [bool; 3],
+}
+
+fn anonymous() -> UserInfo {
+    UserInfo {
+        username: ANONYMOUS.to_owned(),
+        groups: vec!["system:unauthenticated".to_owned()],
+        ..UserInfo::default()
+    }
+}
+
+impl State {
+    fn verb(&self) -> String {
+        match &self.verb {
+            Some(v) => v.clone(),
+            None => self.method.as_str().to_ascii_lowercase(),
+        }
+    }
+}
+
+impl RequestAudit {
+    /// The context of a new request; `None` when `auditor` is disabled (nothing allocated).
+    pub fn begin(auditor: &Auditor, clock: &Arc<dyn Clock>, begin: Begin) -> Option<Self> {
+        if !auditor.enabled() {
+            return None;
+        }
+        Some(Self(Arc::new(Inner {
+            auditor: auditor.clone(),
+            clock: clock.clone(),
+            audit_id: begin.audit_id,
+            received: clock.now(),
+            state: Mutex::new(State {
+                method: begin.method,
+                request_uri: begin.request_uri,
+                source_ips: begin.source_ips,
+                user_agent: begin.user_agent,
+                user: None,
+                impersonated: None,
+                verb: None,
+                object: None,
+                annotations: BTreeMap::new(),
+                request_object: None,
+                failure: None,
+                long_running: false,
+                emitted: [false; 3],
+            }),
+        })))
+    }
+
+    /// The request's context, or `None` when auditing is off.
+    pub fn from_extensions(ext: &http::Extensions) -> Option<RequestAudit> {
+        ext.get::<RequestAudit>().cloned()
+    }
+
+    /// The request's audit id (also in the `Audit-ID` response header).
+    pub fn audit_id(&self) -> String {
+        self.0.audit_id.clone()
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.0.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The authenticated caller (set by the gateway; `system:anonymous` when never set).
+    pub fn set_user(&self, user: UserInfo) {
+        self.state().user = Some(user);
+    }
+
+    /// The effective user after impersonation.
+    pub fn impersonated(&self, user: UserInfo) {
+        self.state().impersonated = Some(user);
+    }
+
+    /// A resource request: its verb and the object acted on.
+    pub fn resource(&self, verb: &str, object: ObjectRef) {
+        let mut s = self.state();
+        s.verb = Some(verb.to_owned());
+        s.object = Some(object);
+        if verb == "watch" {
+            s.long_running = true;
+        }
+    }
+
+    /// A non-resource request with `verb` (the default: the lower-cased method, no objectRef).
+    pub fn non_resource(&self, verb: &str) {
+        let mut s = self.state();
+        s.verb = Some(verb.to_owned());
+        s.object = None;
+    }
+
+    /// An identity action (the request's Event becomes it): objectRef `{apiGroup:
+    /// identity.kfsec.io, resource, name}` and the verb (see [`identity`]). `name` is the account
+    /// (for a failed login: the attempted one), a client id or a key id — never a secret.
+    pub fn identity(&self, resource: &str, verb: &str, name: Option<&str>) {
+        self.resource(verb, identity_object(resource, name));
+    }
+
+    /// Sets the objectRef's name after the fact (a login whose account is known only later).
+    pub fn object_name(&self, name: &str) {
+        if let Some(o) = self.state().object.as_mut() {
+            o.name = Some(name.to_owned());
+        }
+    }
+
+    /// The authorization decision: `authorization.k8s.io/decision` `allow` | `forbid`, and
+    /// `authorization.k8s.io/reason` when `reason` is not empty.
+    pub fn decision(&self, allowed: bool, reason: &str) {
+        let mut s = self.state();
+        s.annotations.insert(
+            DECISION_ANNOTATION.to_owned(),
+            if allowed { "allow" } else { "forbid" }.to_owned(),
+        );
+        if !reason.is_empty() {
+            s.annotations
+                .insert(AUTHZ_REASON_ANNOTATION.to_owned(), reason.to_owned());
+        }
+    }
+
+    /// Sets annotation `key` (the last value wins). Never pass a secret.
+    pub fn annotate(&self, key: &str, value: impl Into<String>) {
+        self.state().annotations.insert(key.to_owned(), value.into());
+    }
+
+    /// The failure's Kubernetes reason and message for `responseStatus` (defaults: the reason
+    /// of the status code, no message).
+    pub fn failure(&self, reason: &str, message: &str) {
+        self.state().failure = Some((reason.to_owned(), message.to_owned()));
+    }
+
+    /// Marks the request long-running (a watch, a stream): `ResponseStarted` at the headers,
+    /// `ResponseComplete` when the body ends. Verb `watch` implies it.
+    pub fn long_running(&self) {
+        self.state().long_running = true;
+    }
+
+    /// Whether the request is long-running.
+    pub fn is_long_running(&self) -> bool {
+        self.state().long_running
+    }
+
+    fn level_now(&self, s: &State) -> Level {
+        let anon;
+        let user = match &s.user {
+            Some(u) => u,
+            None => {
+                anon = anonymous();
+                &anon
+            }
+        };
+        let verb = s.verb();
+        let path = s.request_uri.split('?').next().unwrap_or_default();
+        let attrs = attributes(user, &verb, s.object.as_ref(), path);
+        self.0.auditor.decide(&attrs).level
+    }
+
+    /// Whether the policy's level for what is known of the request so far is Request or more
+    /// (so the surface should hand its body to [`RequestAudit::request_object`]).
+    pub fn wants_request_body(&self) -> bool {
+        let s = self.state();
+        s.object.is_some() && self.level_now(&s) >= Level::Request
+    }
+
+    /// The request body, kept only when the level allows it (checked again when emitted).
+    /// Never pass a body carrying credentials.
+    pub fn request_object(&self, body: serde_json::Value) {
+        let mut s = self.state();
+        if s.object.is_some() && self.level_now(&s) >= Level::Request {
+            s.request_object = Some(body);
+        }
+    }
+
+    /// A further identity event of this request, emitted now as its own Event with this
+    /// request's audit id, user and client (e.g. the `lockout` a failed `login` caused).
+    pub fn side_event(&self, resource: &str, verb: &str, name: Option<&str>, annotations: &[(&str, &str)], code: u16) {
+        let s = self.state();
+        let user = s.user.clone().unwrap_or_else(anonymous);
+        let object = identity_object(resource, name);
+        let attrs = attributes(&user, verb, Some(&object), "");
+        let decision = self.0.auditor.decide(&attrs);
+        if decision.level == Level::None || decision.omit_stages.contains(&Stage::ResponseComplete) {
+            return;
+        }
+        let event = Event {
+            kind: "Event".to_owned(),
+            api_version: "audit.k8s.io/v1".to_owned(),
+            level: decision.level.min(Level::Metadata),
+            audit_id: self.0.audit_id.clone(),
+            stage: Stage::ResponseComplete,
+            request_uri: s.request_uri.clone(),
+            verb: verb.to_owned(),
+            user,
+            impersonated_user: None,
+            source_ips: s.source_ips.clone(),
+            user_agent: s.user_agent.clone(),
+            object_ref: Some(object),
+            response_status: Some(response_status(code, None)),
+            request_object: None,
+            response_object: None,
+            request_received_timestamp: micro_time(self.0.received),
+            stage_timestamp: micro_time(self.0.clock.now()),
+            annotations: annotations
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        };
+        drop(s);
+        self.0.auditor.record(event);
+    }
+
+    /// The response's headers are out with `code`: a long-running request emits
+    /// `RequestReceived` and `ResponseStarted` (as the policy allows) and returns `true` (call
+    /// [`RequestAudit::complete`] when the body ends); any other request emits its events now
+    /// and returns `false`.
+    pub fn response_started(&self, code: u16) -> bool {
+        if self.is_long_running() {
+            self.emit(code, &[Stage::RequestReceived, Stage::ResponseStarted]);
+            true
+        } else {
+            self.complete(code);
+            false
+        }
+    }
+
+    /// The response is complete with `code`: emits `RequestReceived` (unless already) and
+    /// `ResponseComplete`, as the policy allows. Later calls do nothing.
+    pub fn complete(&self, code: u16) {
+        self.emit(code, &[Stage::RequestReceived, Stage::ResponseComplete]);
+    }
+
+    fn emit(&self, code: u16, stages: &[Stage]) {
+        let mut s = self.state();
+        let user = s.user.clone().unwrap_or_else(anonymous);
+        let verb = s.verb();
+        let path = s.request_uri.split('?').next().unwrap_or_default().to_owned();
+        let decision = self
+            .0
+            .auditor
+            .decide(&attributes(&user, &verb, s.object.as_ref(), &path));
+        if decision.level == Level::None {
+            s.emitted = [true; 3];
+            return;
+        }
+        // Bodies are recorded for resource requests only, as kube-apiserver does.
+        let level = if s.object.is_none() {
+            decision.level.min(Level::Metadata)
+        } else {
+            decision.level
+        };
+        let now = self.0.clock.now();
+        for &stage in stages {
+            let i = match stage {
+                Stage::RequestReceived => 0,
+                Stage::ResponseStarted => 1,
+                Stage::ResponseComplete | Stage::Panic => 2,
+            };
+            if std::mem::replace(&mut s.emitted[i], true) || decision.omit_stages.contains(&stage) {
+                continue;
+            }
+            let last = i == 2;
+            let status = (stage != Stage::RequestReceived).then(|| {
+                let failure = s.failure.as_ref().map(|(r, m)| (r.as_str(), m.as_str()));
+                response_status(code, failure)
+            });
+            let request_object = if level >= Level::Request {
+                if last {
+                    s.request_object.take()
+                } else {
+                    s.request_object.clone()
+                }
+            } else {
+                None
+            };
+            let event = Event {
+                kind: "Event".to_owned(),
+                api_version: "audit.k8s.io/v1".to_owned(),
+                level,
+                audit_id: self.0.audit_id.clone(),
+                stage,
+                request_uri: s.request_uri.clone(),
+                verb: verb.clone(),
+                user: user.clone(),
+                impersonated_user: s.impersonated.clone(),
+                source_ips: s.source_ips.clone(),
+                user_agent: s.user_agent.clone(),
+                object_ref: s.object.clone(),
+                response_status: status,
+                request_object,
+                response_object: None,
+                request_received_timestamp: micro_time(self.0.received),
+                stage_timestamp: micro_time(if stage == Stage::RequestReceived {
+                    self.0.received
+                } else {
+                    now
+                }),
+                annotations: if stage == Stage::RequestReceived {
+                    BTreeMap::new()
+                } else {
+                    s.annotations.clone()
+                },
+            };
+            self.0.auditor.record(event);
+        }
+    }
+}
+
+fn identity_object(resource: &str, name: Option<&str>) -> ObjectRef {
+    ObjectRef {
+        resource: Some(resource.to_owned()),
+        name: name.filter(|n| !n.is_empty()).map(str::to_owned),
+        api_group: Some(IDENTITY_GROUP.to_owned()),
+        api_version: Some("v1".to_owned()),
+        ..ObjectRef::default()
+    }
+}
+
+fn attributes<'a>(user: &'a UserInfo, verb: &'a str, object: Option<&'a ObjectRef>, path: &'a str) -> Attributes<'a> {
+    Attributes {
+        user,
+        verb,
+        resource: object.map(|o| ResourceAttributes {
+            api_group: o.api_group.as_deref().unwrap_or_default(),
+            resource: o.resource.as_deref().unwrap_or_default(),
+            subresource: o.subresource.as_deref().unwrap_or_default(),
+            namespace: o.namespace.as_deref().unwrap_or_default(),
+            name: o.name.as_deref().unwrap_or_default(),
+        }),
+        path,
+    }
+}
+
+fn response_status(code: u16, failure: Option<(&str, &str)>) -> ResponseStatus {
+    if code < 400 {
+        return ResponseStatus {
+            code,
+            ..ResponseStatus::default()
+        };
+    }
+    let (reason, message) = match failure {
+        Some((r, m)) => (Some(r.to_owned()), Some(m.to_owned()).filter(|m| !m.is_empty())),
+        None => (status_reason(code).map(str::to_owned), None),
+    };
+    ResponseStatus {
+        status: Some("Failure".to_owned()),
+        message,
+        reason,
+        code,
+    }
+}
+
+/// Records a standalone identity event of a background action (a key or certificate rotated
+/// by kfsec itself, configuration reloaded): user kfsec's system user, a fresh audit id, stage
+/// `ResponseComplete`, Metadata level at most. `annotations` must not carry secrets.
+pub fn background(
+    auditor: &Auditor,
+    clock: &dyn Clock,
+    rng: &dyn Rng,
+    resource: &str,
+    verb: &str,
+    name: Option<&str>,
+    annotations: &[(&str, &str)],
+) {
+    if !auditor.enabled() {
+        return;
+    }
+    let user = UserInfo::system();
+    let object = identity_object(resource, name);
+    let decision = auditor.decide(&attributes(&user, verb, Some(&object), ""));
+    if decision.level == Level::None || decision.omit_stages.contains(&Stage::ResponseComplete) {
+        return;
+    }
+    let now = micro_time(clock.now());
+    auditor.record(Event {
+        kind: "Event".to_owned(),
+        api_version: "audit.k8s.io/v1".to_owned(),
+        level: decision.level.min(Level::Metadata),
+        audit_id: new_audit_id(rng),
+        stage: Stage::ResponseComplete,
+        request_uri: String::new(),
+        verb: verb.to_owned(),
+        user,
+        impersonated_user: None,
+        source_ips: Vec::new(),
+        user_agent: None,
+        object_ref: Some(object),
+        response_status: Some(response_status(200, None)),
+        request_object: None,
+        response_object: None,
+        request_received_timestamp: now.clone(),
+        stage_timestamp: now,
+        annotations: annotations
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::Capture;
+    use kfsec_types::{ManualClock, SequenceRng};
+
+    fn begin(auditor: &Auditor, uri: &str) -> RequestAudit {
+        let clock: Arc<dyn Clock> = ManualClock::new(UnixTime::from_millis(1_795_321_800_123));
+        RequestAudit::begin(
+            auditor,
+            &clock,
+            Begin {
+                audit_id: "id-1".into(),
+                method: http::Method::POST,
+                request_uri: uri.into(),
+                source_ips: vec!["10.0.0.1".into()],
+                user_agent: Some("curl/8".into()),
+            },
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn disabled_auditor_gives_no_context() {
+        let clock: Arc<dyn Clock> = ManualClock::new(UnixTime::from_secs(0));
+        let b = Begin {
+            audit_id: "x".into(),
+            method: http::Method::GET,
+            request_uri: "/".into(),
+            source_ips: vec![],
+            user_agent: None,
+        };
+        assert!(RequestAudit::begin(&Auditor::disabled(), &clock, b).is_none());
+        assert!(RequestAudit::from_extensions(&http::Extensions::new()).is_none());
+    }
+
+    #[test]
+    fn a_non_resource_request_is_the_lower_cased_method_with_anonymous_user() {
+        let cap = Capture::metadata();
+        let a = begin(&cap.auditor(), "/x?y=1");
+        a.decision(true, "route /x");
+        a.complete(200);
+        a.complete(500); // ignored
+        let ev = cap.events();
+        assert_eq!(ev.len(), 2);
+        assert_eq!(ev[0].stage, Stage::RequestReceived);
+        let e = &ev[1];
+        assert_eq!(e.stage, Stage::ResponseComplete);
+        assert_eq!(e.verb, "post");
+        assert_eq!(e.user.username, ANONYMOUS);
+        assert_eq!(e.object_ref, None);
+        assert_eq!(e.response_status.as_ref().map(|s| s.code), Some(200));
+        assert_eq!(e.request_received_timestamp, "2026-11-22T04:30:00.123000Z");
+        assert_eq!(e.annotations[DECISION_ANNOTATION], "allow");
+        assert_eq!(e.source_ips, ["10.0.0.1"]);
+    }
+
+    #[test]
+    fn a_failed_login_names_the_account_and_reason() {
+        let cap = Capture::metadata();
+        let a = begin(&cap.auditor(), "/dex/auth/local/login");
+        a.identity(identity::LOGINS, identity::LOGIN, Some("alice@example.com"));
+        a.annotate(CONNECTOR_ANNOTATION, "local");
+        a.annotate(REASON_ANNOTATION, "invalid credentials");
+        a.complete(401);
+        let e = cap.events().pop().unwrap();
+        let o = e.object_ref.unwrap();
+        assert_eq!(o.api_group.as_deref(), Some(IDENTITY_GROUP));
+        assert_eq!(o.name.as_deref(), Some("alice@example.com"));
+        assert_eq!(e.verb, "login");
+        let st = e.response_status.unwrap();
+        assert_eq!(
+            (st.code, st.status.as_deref(), st.reason.as_deref()),
+            (401, Some("Failure"), Some("Unauthorized"))
+        );
+    }
+
+    #[test]
+    fn request_bodies_follow_the_level() {
+        let cap = Capture::metadata();
+        let a = begin(&cap.auditor(), "/api/v1/namespaces/a/configmaps");
+        a.resource("create", ObjectRef::default());
+        assert!(!a.wants_request_body());
+        a.request_object(serde_json::json!({"a": 1}));
+        a.complete(201);
+        assert!(cap.events().iter().all(|e| e.request_object.is_none()));
+
+        let cap = Capture::with_level(Level::Request);
+        let a = begin(&cap.auditor(), "/api/v1/namespaces/a/configmaps");
+        assert!(!a.wants_request_body(), "non-resource requests carry no body");
+        a.resource("create", ObjectRef::default());
+        assert!(a.wants_request_body());
+        a.request_object(serde_json::json!({"a": 1}));
+        a.complete(201);
+        assert_eq!(
+            cap.events().last().unwrap().request_object,
+            Some(serde_json::json!({"a": 1}))
+        );
+    }
+
+    #[test]
+    fn watches_start_then_complete() {
+        let cap = Capture::metadata();
+        let a = begin(&cap.auditor(), "/api/v1/pods?watch=1");
+        a.resource("watch", ObjectRef::default());
+        assert!(a.response_started(200));
+        assert_eq!(cap.events().len(), 2);
+        a.complete(200);
+        let stages: Vec<_> = cap.events().iter().map(|e| e.stage).collect();
+        assert_eq!(
+            stages,
+            [Stage::RequestReceived, Stage::ResponseStarted, Stage::ResponseComplete]
+        );
+    }
+
+    #[test]
+    fn client_audit_ids_are_reused_only_when_sane() {
+        assert_eq!(audit_id_from_client(b"abc-123_x.y:z"), Some("abc-123_x.y:z"));
+        assert_eq!(audit_id_from_client(b""), None);
+        assert_eq!(audit_id_from_client(b"a b"), None);
+        assert_eq!(audit_id_from_client(b"a\"}\n{"), None);
+        assert_eq!(audit_id_from_client(&[b'a'; 129]), None);
+        assert!(audit_id_from_client(&[b'a'; 128]).is_some());
+        let id = new_audit_id(&SequenceRng::default());
+        assert_eq!(id.len(), 36);
+        assert_eq!(&id[14..15], "4");
+        assert!(audit_id_from_client(id.as_bytes()).is_some());
+    }
+
+    #[test]
+    fn background_events_are_the_system_user() {
+        let cap = Capture::metadata();
+        let clock = ManualClock::new(UnixTime::from_secs(1));
+        background(
+            &cap.auditor(),
+            &*clock,
+            &SequenceRng::default(),
+            identity::SIGNINGKEYS,
+            identity::ROTATE,
+            Some("k1"),
+            &[],
+        );
+        let e = cap.events().pop().unwrap();
+        assert_eq!(e.user.username, kfsec_types::identity::KFSEC_SYSTEM_USER);
+        assert_eq!(e.verb, "rotate");
+        assert_eq!(e.stage_timestamp, "1970-01-01T00:00:01.000000Z");
+    }
+}
