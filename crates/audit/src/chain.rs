@@ -1,0 +1,925 @@
+//! The hash chain and signed checkpoints that make the audit log tamper-evident, and their
+//! verifier.
+//!
+//! Every line is a complete `audit.k8s.io/v1` Event carrying annotations
+//! `kfsec.io/chain-seq` (a global sequence number, continuing across rotated files and restarts)
+//! and `kfsec.io/chain-hash` = hex SHA-256(previous line's hash ‖ canonical JSON of the event
+//! without `kfsec.io/chain-hash`), canonical = keys sorted, no whitespace. The first line of each
+//! file also carries `kfsec.io/chain-prev` (the previous line's hash), so a file whose
+//! predecessors were rotated away still verifies from its first line. Every N lines or T seconds
+//! a checkpoint Event (`identity.kfsec.io` `auditcheckpoints`, verb `checkpoint`) signs the
+//! sequence number and hash of the line before it with the dedicated Ed25519 audit key.
+//!
+//! Security invariants: the verifier trusts nothing in a line before its hash is checked; a
+//! checkpoint is accepted only with a valid signature by a key the operator supplied; the first
+//! bad line is located (file and line number) and classified (modified, deleted, inserted,
+//! reordered, truncated tail). Limits, said plainly: deleting the newest lines after the last
+//! checkpoint, or whole files, is only detectable against an off-box copy.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use aws_lc_rs::signature::{ED25519, Ed25519KeyPair, KeyPair as _, UnparsedPublicKey};
+use base64::Engine as _;
+use kfsec_types::{Rng, UnixTime};
+use serde_json::Value;
+
+use crate::event::{Event, IDENTITY_GROUP, Level, ObjectRef, ResponseStatus, Stage};
+
+/// Annotation: the line's global sequence number (decimal).
+pub const SEQ: &str = "kfsec.io/chain-seq";
+/// Annotation: the line's chain hash (hex SHA-256).
+pub const HASH: &str = "kfsec.io/chain-hash";
+/// Annotation on a file's first line: the hash of the line before it (in the previous file).
+pub const PREV: &str = "kfsec.io/chain-prev";
+/// Checkpoint annotation: the sequence number signed (the line before the checkpoint).
+pub const CP_SEQ: &str = "kfsec.io/checkpoint-seq";
+/// Checkpoint annotation: the chain hash signed.
+pub const CP_HEAD: &str = "kfsec.io/checkpoint-head";
+/// Checkpoint annotation: the id of the signing key.
+pub const CP_KEY: &str = "kfsec.io/checkpoint-key";
+/// Checkpoint annotation: base64 Ed25519 signature of [`checkpoint_message`].
+pub const CP_SIG: &str = "kfsec.io/checkpoint-signature";
+/// The resource of checkpoint events (group [`IDENTITY_GROUP`]).
+pub const CHECKPOINT_RESOURCE: &str = "auditcheckpoints";
+/// The resource of the audit log's own events (recovery after a crash).
+pub const LOG_RESOURCE: &str = "auditlogs";
+/// The hash before the first line of a chain.
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+/// Deterministic JSON: object keys sorted (recursively), no whitespace.
+pub fn canonical(v: &Value) -> String {
+    fn write(v: &Value, out: &mut String) {
+        match v {
+            Value::Object(m) => {
+                let mut keys: Vec<&String> = m.keys().collect();
+                keys.sort();
+                out.push('{');
+                for (i, k) in keys.into_iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    out.push_str(&Value::String(k.clone()).to_string());
+                    out.push(':');
+                    if let Some(x) = m.get(k) {
+                        write(x, out);
+                    }
+                }
+                out.push('}');
+            }
+            Value::Array(a) => {
+                out.push('[');
+                for (i, x) in a.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    write(x, out);
+                }
+                out.push(']');
+            }
+            other => out.push_str(&other.to_string()),
+        }
+    }
+    let mut out = String::new();
+    write(v, &mut out);
+    out
+}
+
+/// The chain hash of an event (as a JSON value, its own `kfsec.io/chain-hash` ignored) that
+/// follows a line with hash `prev`.
+pub fn link_hash(prev: &str, event: &Value) -> String {
+    let mut v = event.clone();
+    if let Some(a) = v.get_mut("annotations").and_then(Value::as_object_mut) {
+        a.remove(HASH);
+    }
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    ctx.update(prev.as_bytes());
+    ctx.update(b"\n");
+    ctx.update(canonical(&v).as_bytes());
+    hex(ctx.finish().as_ref())
+}
+
+/// What a checkpoint signs.
+pub fn checkpoint_message(seq: u64, head: &str) -> Vec<u8> {
+    format!("kfsec.io/audit-checkpoint/v1\n{seq}\n{head}\n").into_bytes()
+}
+
+/// Errors of the chain writer and the key files.
+#[derive(Debug, thiserror::Error)]
+pub enum ChainError {
+    /// An event that does not serialize (cannot happen with [`Event`]).
+    #[error("serializing an audit event: {0}")]
+    Json(#[from] serde_json::Error),
+    /// A key file.
+    #[error("audit key {path}: {message}")]
+    Key {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// IO on a key file.
+    #[error("audit key {path}: {source}")]
+    KeyIo {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// The position of a chain: the last line's sequence number and hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Head {
+    /// Sequence number of the last line (0 before the first).
+    pub seq: u64,
+    /// Its hash ([`GENESIS`] before the first).
+    pub hash: String,
+}
+
+impl Default for Head {
+    fn default() -> Self {
+        Self {
+            seq: 0,
+            hash: GENESIS.to_owned(),
+        }
+    }
+}
+
+impl Head {
+    /// Seals `event` as the next line: adds the chain annotations (and `kfsec.io/chain-prev`
+    /// when `first_in_file`), advances the head and returns the JSON line (no newline).
+    pub fn seal(&mut self, mut event: Event, first_in_file: bool) -> Result<String, ChainError> {
+        let seq = self.seq + 1;
+        event.annotations.remove(HASH);
+        event.annotations.remove(PREV);
+        event.annotations.insert(SEQ.to_owned(), seq.to_string());
+        if first_in_file {
+            event.annotations.insert(PREV.to_owned(), self.hash.clone());
+        }
+        let hash = link_hash(&self.hash, &serde_json::to_value(&event)?);
+        event.annotations.insert(HASH.to_owned(), hash.clone());
+        let line = serde_json::to_string(&event)?;
+        self.seq = seq;
+        self.hash = hash;
+        Ok(line)
+    }
+
+    /// The head after `line` (a sealed line read back), if it carries the chain annotations.
+    pub fn of_line(line: &[u8]) -> Option<Self> {
+        let v: Value = serde_json::from_slice(line).ok()?;
+        let a = v.get("annotations")?;
+        Some(Self {
+            seq: a.get(SEQ)?.as_str()?.parse().ok()?,
+            hash: a.get(HASH)?.as_str()?.to_owned(),
+        })
+    }
+}
+
+/// RFC 3339 with microseconds, as Kubernetes' MicroTime (`2026-12-05T21:00:00.123456Z`).
+pub fn micro_time(t: UnixTime) -> String {
+    let d = t.since_epoch();
+    let secs = kfsec_types::time::format_rfc3339(i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    format!("{}.{:06}Z", secs.trim_end_matches('Z'), d.subsec_micros())
+}
+
+/// A random UUID (v4) from `rng`, for events' `auditID`.
+pub fn new_audit_id(rng: &dyn Rng) -> String {
+    let mut b = [0u8; 16];
+    rng.fill(&mut b);
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h = hex(&b);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+/// An event of the audit log about itself (`identity.kfsec.io`, `resource`, `verb`), by
+/// kfsec (`system:kfsec`).
+pub fn log_event(
+    resource: &str,
+    verb: &str,
+    now: UnixTime,
+    rng: &dyn Rng,
+    annotations: BTreeMap<String, String>,
+) -> Event {
+    let t = micro_time(now);
+    Event {
+        kind: "Event".into(),
+        api_version: "audit.k8s.io/v1".into(),
+        level: Level::Metadata,
+        audit_id: new_audit_id(rng),
+        stage: Stage::ResponseComplete,
+        request_uri: String::new(),
+        verb: verb.into(),
+        user: kfsec_types::identity::UserInfo {
+            username: "system:kfsec".into(),
+            ..Default::default()
+        },
+        impersonated_user: None,
+        source_ips: Vec::new(),
+        user_agent: None,
+        object_ref: Some(ObjectRef {
+            resource: Some(resource.into()),
+            api_group: Some(IDENTITY_GROUP.into()),
+            api_version: Some("v1".into()),
+            ..Default::default()
+        }),
+        response_status: Some(ResponseStatus {
+            code: 200,
+            ..Default::default()
+        }),
+        request_object: None,
+        response_object: None,
+        request_received_timestamp: t.clone(),
+        stage_timestamp: t,
+        annotations,
+    }
+}
+
+/// The dedicated audit signing key (Ed25519). Never in `Debug` output.
+pub struct SigningKey {
+    pair: Ed25519KeyPair,
+    id: String,
+}
+
+impl std::fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SigningKey")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The id of an Ed25519 public key: the first 16 hex digits of its SHA-256.
+pub fn key_id(public: &[u8]) -> String {
+    hex(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, public).as_ref())[..16].to_owned()
+}
+
+const SPKI_PREFIX: [u8; 12] = [0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00];
+
+/// A public key as PEM (`PUBLIC KEY`, SubjectPublicKeyInfo), as `openssl pkey -pubin` reads it.
+pub fn public_pem(public: &[u8]) -> String {
+    let mut der = SPKI_PREFIX.to_vec();
+    der.extend_from_slice(public);
+    format!(
+        "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
+        base64::engine::general_purpose::STANDARD.encode(der)
+    )
+}
+
+/// Reads an Ed25519 public key from PEM (`PUBLIC KEY`).
+pub fn parse_public_pem(text: &str) -> Option<Vec<u8>> {
+    let body: String = text
+        .lines()
+        .map(str::trim)
+        .skip_while(|l| *l != "-----BEGIN PUBLIC KEY-----")
+        .skip(1)
+        .take_while(|l| *l != "-----END PUBLIC KEY-----")
+        .collect();
+    let der = base64::engine::general_purpose::STANDARD.decode(body).ok()?;
+    let key = der.strip_prefix(&SPKI_PREFIX[..])?;
+    (key.len() == 32).then(|| key.to_vec())
+}
+
+impl SigningKey {
+    /// A new key from 32 bytes of `rng`.
+    pub fn generate(rng: &dyn Rng) -> Result<Self, ChainError> {
+        let mut seed = [0u8; 32];
+        rng.fill(&mut seed);
+        let pair = Ed25519KeyPair::from_seed_unchecked(&seed).map_err(|e| ChainError::Key {
+            path: PathBuf::new(),
+            message: e.to_string(),
+        })?;
+        seed.fill(0);
+        Ok(Self::from_pair(pair))
+    }
+
+    fn from_pair(pair: Ed25519KeyPair) -> Self {
+        let id = key_id(pair.public_key().as_ref());
+        Self { pair, id }
+    }
+
+    /// The key's id ([`key_id`] of its public key).
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The raw public key.
+    pub fn public(&self) -> Vec<u8> {
+        self.pair.public_key().as_ref().to_vec()
+    }
+
+    /// Signs `msg`.
+    pub fn sign(&self, msg: &[u8]) -> Vec<u8> {
+        self.pair.sign(msg).as_ref().to_vec()
+    }
+
+    /// Loads `dir/signing-key.pk8`, or creates it (mode 0600) with `dir/audit.pub` next to it.
+    /// The public key file is rewritten if missing.
+    pub fn load_or_create(dir: &Path, rng: &dyn Rng) -> Result<Self, ChainError> {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let io = |path: &Path| {
+            let path = path.to_owned();
+            move |source| ChainError::KeyIo { path, source }
+        };
+        let key_path = dir.join("signing-key.pk8");
+        let pub_path = dir.join("audit.pub");
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let key = match std::fs::read(&key_path) {
+            Ok(der) => {
+                let pair = Ed25519KeyPair::from_pkcs8(&der).map_err(|e| ChainError::Key {
+                    path: key_path.clone(),
+                    message: format!("not an Ed25519 PKCS#8 key ({e})"),
+                })?;
+                Self::from_pair(pair)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let key = Self::generate(rng)?;
+                let der = key.pair.to_pkcs8().map_err(|e| ChainError::Key {
+                    path: key_path.clone(),
+                    message: e.to_string(),
+                })?;
+                let mut f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&key_path)
+                    .map_err(io(&key_path))?;
+                f.write_all(der.as_ref()).map_err(io(&key_path))?;
+                f.sync_all().map_err(io(&key_path))?;
+                key
+            }
+            Err(e) => return Err(io(&key_path)(e)),
+        };
+        let pem = public_pem(&key.public());
+        if std::fs::read_to_string(&pub_path).ok().as_deref() != Some(pem.as_str()) {
+            let tmp = dir.join("audit.pub.tmp");
+            std::fs::write(&tmp, &pem).map_err(io(&tmp))?;
+            std::fs::rename(&tmp, &pub_path).map_err(io(&pub_path))?;
+        }
+        Ok(key)
+    }
+
+    /// A checkpoint event signing `head` (the last line written).
+    pub fn checkpoint(&self, head: &Head, now: UnixTime, rng: &dyn Rng) -> Event {
+        let sig = self.sign(&checkpoint_message(head.seq, &head.hash));
+        let annotations = BTreeMap::from([
+            (CP_SEQ.to_owned(), head.seq.to_string()),
+            (CP_HEAD.to_owned(), head.hash.clone()),
+            (CP_KEY.to_owned(), self.id.clone()),
+            (CP_SIG.to_owned(), base64::engine::general_purpose::STANDARD.encode(sig)),
+        ]);
+        log_event(CHECKPOINT_RESOURCE, "checkpoint", now, rng, annotations)
+    }
+}
+
+/// Where verification stopped, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// The file.
+    pub file: String,
+    /// 1-based line number.
+    pub line: usize,
+    /// What is wrong, for a person.
+    pub reason: String,
+    /// The class: `modified`, `deleted`, `inserted`, `reordered`, `truncated`, `signature`,
+    /// `unknown-key`, `malformed`.
+    pub kind: &'static str,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}: {}", self.file, self.line, self.reason)
+    }
+}
+
+/// What an intact chain held.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Report {
+    /// Lines that are not checkpoints.
+    pub events: u64,
+    /// Checkpoints (all with valid signatures).
+    pub checkpoints: u64,
+    /// Ids of the keys that signed them.
+    pub keys: Vec<String>,
+    /// Lines after the last checkpoint (chained, not yet signed).
+    pub unsigned_tail: u64,
+    /// First and last sequence numbers seen.
+    pub seqs: Option<(u64, u64)>,
+    /// Files read.
+    pub files: usize,
+}
+
+/// Verifies a chain, line by line, across files in order. Feed it with [`Verifier::line`]
+/// (complete lines, without newline), then [`Verifier::finish`].
+pub struct Verifier<'k> {
+    keys: &'k [Vec<u8>],
+    key_ids: Vec<String>,
+    head: Option<Head>,
+    /// The head before the last line (to tell which of two equal-seq lines was inserted).
+    before: Option<Head>,
+    report: Report,
+}
+
+fn fail(file: &str, line: usize, kind: &'static str, reason: impl Into<String>) -> Failure {
+    Failure {
+        file: file.to_owned(),
+        line,
+        reason: reason.into(),
+        kind,
+    }
+}
+
+fn annotation<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
+    v.get("annotations")?.get(key)?.as_str()
+}
+
+impl<'k> Verifier<'k> {
+    /// A verifier trusting checkpoints signed by one of `keys` (raw Ed25519 public keys).
+    pub fn new(keys: &'k [Vec<u8>]) -> Self {
+        Self {
+            keys,
+            key_ids: keys.iter().map(|k| key_id(k)).collect(),
+            head: None,
+            before: None,
+            report: Report::default(),
+        }
+    }
+
+    /// The sequence number a line claims, if it has one (cheap check for classification).
+    pub fn seq_of(line: &[u8]) -> Option<u64> {
+        let v: Value = serde_json::from_slice(line).ok()?;
+        annotation(&v, SEQ)?.parse().ok()
+    }
+
+    /// Checks one complete line (line number `n` of `file`). On a sequence gap `later_has`
+    /// answers whether a sequence number appears later in the input (reordered vs deleted).
+    pub fn line(
+        &mut self,
+        file: &str,
+        n: usize,
+        line: &[u8],
+        later_has: &mut dyn FnMut(u64) -> bool,
+    ) -> Result<(), Failure> {
+        let bad = |kind, reason: String| Err(fail(file, n, kind, reason));
+        if line.iter().all(u8::is_ascii_whitespace) {
+            return bad("inserted", "empty line (inserted)".into());
+        }
+        let Ok(v) = serde_json::from_slice::<Value>(line) else {
+            return bad(
+                "modified",
+                "not a JSON object: the line was modified or inserted".into(),
+            );
+        };
+        let (Some(seq), Some(hash)) = (annotation(&v, SEQ), annotation(&v, HASH)) else {
+            return bad(
+                "inserted",
+                "no chain annotations: a line inserted (not written by kfsec)".into(),
+            );
+        };
+        let Ok(seq) = seq.parse::<u64>() else {
+            return bad("modified", format!("chain sequence {seq:?} is not a number: modified"));
+        };
+        let prev_claim = annotation(&v, PREV);
+        if let Some(head) = &self.head {
+            let expected = head.seq + 1;
+            if seq < expected {
+                if seq == head.seq && hash == head.hash {
+                    return bad(
+                        "inserted",
+                        format!("a copy of the line before (sequence {seq} repeated): inserted"),
+                    );
+                }
+                // A line whose hash chains to the head before the previous line: the previous
+                // line is the one that does not belong.
+                let prev_line_inserted = self
+                    .before
+                    .as_ref()
+                    .is_some_and(|b| b.seq + 1 == seq && link_hash(&b.hash, &v) == hash);
+                if prev_line_inserted {
+                    return Err(fail(
+                        file,
+                        n.saturating_sub(1),
+                        "inserted",
+                        format!(
+                            "inserted line (sequence {} repeated; the next line chains to the one before it)",
+                            head.seq
+                        ),
+                    ));
+                }
+                return bad(
+                    if seq == head.seq { "inserted" } else { "reordered" },
+                    format!("sequence {seq} after {}: a line inserted or moved here", head.seq),
+                );
+            }
+            if seq > expected {
+                let missing = if seq - expected == 1 {
+                    format!("sequence {expected}")
+                } else {
+                    format!("sequences {expected}..{}", seq - 1)
+                };
+                return if later_has(expected) {
+                    bad(
+                        "reordered",
+                        format!("out of order: {missing} comes later (lines reordered)"),
+                    )
+                } else {
+                    bad("deleted", format!("{missing} missing before this line (deleted)"))
+                };
+            }
+            if prev_claim.is_some_and(|p| p != head.hash) {
+                return bad(
+                    "modified",
+                    "kfsec.io/chain-prev does not match the line before: modified".into(),
+                );
+            }
+            if link_hash(&head.hash, &v) != hash {
+                return bad("modified", "hash mismatch: the line was modified".into());
+            }
+        } else {
+            let prev = match prev_claim {
+                Some(p) => Some(p.to_owned()),
+                None if seq == 1 => Some(GENESIS.to_owned()),
+                None => None,
+            };
+            if let Some(prev) = prev
+                && link_hash(&prev, &v) != hash
+            {
+                return bad("modified", "hash mismatch: the line was modified".into());
+            }
+        }
+        let is_checkpoint = v
+            .get("objectRef")
+            .is_some_and(|o| o.get("resource").and_then(Value::as_str) == Some(CHECKPOINT_RESOURCE))
+            && v.get("verb").and_then(Value::as_str) == Some("checkpoint");
+        if is_checkpoint {
+            self.checkpoint(file, n, &v)?;
+        } else {
+            self.report.events += 1;
+            self.report.unsigned_tail += 1;
+        }
+        let new = Head {
+            seq,
+            hash: hash.to_owned(),
+        };
+        self.before = self.head.replace(new);
+        self.report.seqs = Some(match self.report.seqs {
+            None => (seq, seq),
+            Some((first, _)) => (first, seq),
+        });
+        Ok(())
+    }
+
+    fn checkpoint(&mut self, file: &str, n: usize, v: &Value) -> Result<(), Failure> {
+        let bad = |kind, reason: &str| Err(fail(file, n, kind, reason));
+        let (Some(cp_seq), Some(cp_head), Some(key), Some(sig)) = (
+            annotation(v, CP_SEQ),
+            annotation(v, CP_HEAD),
+            annotation(v, CP_KEY),
+            annotation(v, CP_SIG),
+        ) else {
+            return bad("signature", "checkpoint without its signature annotations");
+        };
+        let Some(i) = self.key_ids.iter().position(|k| k == key) else {
+            return Err(fail(
+                file,
+                n,
+                "unknown-key",
+                format!("checkpoint signed by unknown key {key} (pass its public key with --key)"),
+            ));
+        };
+        let Ok(cp_seq) = cp_seq.parse::<u64>() else {
+            return bad("signature", "checkpoint sequence is not a number");
+        };
+        let Ok(sig) = base64::engine::general_purpose::STANDARD.decode(sig) else {
+            return bad("signature", "checkpoint signature is not base64");
+        };
+        let Some(pk) = self.keys.get(i) else {
+            return bad("unknown-key", "checkpoint key missing");
+        };
+        if UnparsedPublicKey::new(&ED25519, pk)
+            .verify(&checkpoint_message(cp_seq, cp_head), &sig)
+            .is_err()
+        {
+            return bad("signature", "bad checkpoint signature");
+        }
+        if let Some(head) = &self.head
+            && (head.seq != cp_seq || head.hash != cp_head)
+        {
+            return bad(
+                "modified",
+                "the checkpoint signs another chain head: lines before it were rewritten",
+            );
+        }
+        self.report.checkpoints += 1;
+        self.report.unsigned_tail = 0;
+        if !self.report.keys.iter().any(|k| k == key) {
+            self.report.keys.push(key.to_owned());
+        }
+        Ok(())
+    }
+
+    /// The report of an intact input.
+    pub fn finish(self) -> Report {
+        self.report
+    }
+
+    /// Events verified so far.
+    pub fn events(&self) -> u64 {
+        self.report.events + self.report.checkpoints
+    }
+}
+
+/// Verifies in-memory files `(name, bytes)` in order (the CLI streams files; this is for tests
+/// and the fuzz target). A last line without newline in the last file is a truncated tail.
+pub fn verify_bytes(files: &[(&str, &[u8])], keys: &[Vec<u8>]) -> Result<Report, Failure> {
+    let mut v = Verifier::new(keys);
+    let lines: Vec<(usize, usize, &[u8], bool)> = files
+        .iter()
+        .enumerate()
+        .flat_map(|(fi, (_, data))| {
+            let mut out = Vec::new();
+            let mut rest: &[u8] = data;
+            let mut n = 0;
+            while !rest.is_empty() {
+                n += 1;
+                match rest.iter().position(|b| *b == b'\n') {
+                    Some(p) => {
+                        out.push((fi, n, &rest[..p], true));
+                        rest = &rest[p + 1..];
+                    }
+                    None => {
+                        out.push((fi, n, rest, false));
+                        rest = &[];
+                    }
+                }
+            }
+            out
+        })
+        .collect();
+    for (i, (fi, n, line, complete)) in lines.iter().enumerate() {
+        let name = files.get(*fi).map_or("", |f| f.0);
+        if !complete {
+            let last = i + 1 == lines.len();
+            return Err(fail(
+                name,
+                *n,
+                if last { "truncated" } else { "malformed" },
+                if last {
+                    format!(
+                        "truncated tail: the last line is incomplete (the write was cut, e.g. kill -9); the {} lines before it are intact",
+                        v.events()
+                    )
+                } else {
+                    "incomplete line in the middle of the chain".to_owned()
+                },
+            ));
+        }
+        let mut later = |seq: u64| {
+            lines[i + 1..]
+                .iter()
+                .any(|(_, _, l, _)| Verifier::seq_of(l) == Some(seq))
+        };
+        v.line(name, *n, line, &mut later)?;
+    }
+    let mut r = v.finish();
+    r.files = files.len();
+    Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kfsec_types::SequenceRng;
+
+    pub(crate) fn event(i: u64) -> Event {
+        let mut e = log_event(
+            "configmaps",
+            "create",
+            UnixTime::from_secs(1_796_504_400 + i),
+            &SequenceRng::default(),
+            BTreeMap::new(),
+        );
+        e.object_ref = Some(ObjectRef {
+            resource: Some("configmaps".into()),
+            namespace: Some("team-a".into()),
+            name: Some(format!("cm-{i}")),
+            ..Default::default()
+        });
+        e.request_object = Some(serde_json::json!({"data": {"k": i, "f": 1.5, "z": [1, "two"]}}));
+        e
+    }
+
+    /// 10 events with a checkpoint after every 4 lines: lines 1-4 events, 5 checkpoint, …
+    fn log(key: &SigningKey) -> Vec<String> {
+        let mut head = Head::default();
+        let mut out = Vec::new();
+        for i in 0..10 {
+            out.push(head.seal(event(i), out.is_empty()).unwrap_or_else(|e| panic!("{e}")));
+            if out.len() % 5 == 4 {
+                let cp = key.checkpoint(&head, UnixTime::from_secs(1_796_504_500), &SequenceRng::default());
+                out.push(head.seal(cp, false).unwrap_or_else(|e| panic!("{e}")));
+            }
+        }
+        out
+    }
+
+    fn bytes(lines: &[String]) -> Vec<u8> {
+        lines.iter().flat_map(|l| format!("{l}\n").into_bytes()).collect()
+    }
+
+    fn check(lines: &[String], keys: &[Vec<u8>]) -> Result<Report, Failure> {
+        verify_bytes(&[("audit.log", &bytes(lines))], keys)
+    }
+
+    fn key() -> SigningKey {
+        SigningKey::generate(&SequenceRng::default()).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn an_intact_log_verifies_with_its_checkpoints() {
+        let k = key();
+        let lines = log(&k);
+        assert_eq!(lines.len(), 12);
+        let r = check(&lines, &[k.public()]).unwrap_or_else(|f| panic!("{f}"));
+        assert_eq!((r.events, r.checkpoints, r.unsigned_tail), (10, 2, 2));
+        assert_eq!(r.keys, vec![k.id().to_owned()]);
+        assert_eq!(r.seqs, Some((1, 12)));
+        // Every line is an audit.k8s.io/v1 Event Kubernetes' types read.
+        for l in &lines {
+            let e: Event = serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!((e.kind.as_str(), e.api_version.as_str()), ("Event", "audit.k8s.io/v1"));
+        }
+    }
+
+    #[test]
+    fn each_kind_of_tampering_is_located() {
+        let k = key();
+        let keys = [k.public()];
+        let lines = log(&k);
+        let at = |l: &[String]| check(l, &keys).err().map(|f| (f.line, f.kind)).unwrap_or((0, "intact"));
+
+        let mut modified = lines.clone();
+        modified[2] = modified[2].replace("cm-2", "cm-X");
+        assert_eq!(at(&modified), (3, "modified"));
+
+        // Modified and its own hash recomputed: the next line no longer chains.
+        let mut rehashed = lines.clone();
+        let mut v: Value = serde_json::from_str(&rehashed[2]).unwrap_or_else(|e| panic!("{e}"));
+        v["objectRef"]["name"] = "cm-X".into();
+        let prev = Head::of_line(lines[1].as_bytes()).unwrap_or_else(|| panic!()).hash;
+        let h = link_hash(&prev, &v);
+        v["annotations"][HASH] = h.into();
+        rehashed[2] = v.to_string();
+        assert_eq!(at(&rehashed), (4, "modified"));
+
+        let mut deleted = lines.clone();
+        deleted.remove(6);
+        assert_eq!(at(&deleted), (7, "deleted"));
+
+        let mut swapped = lines.clone();
+        swapped.swap(6, 7);
+        assert_eq!(at(&swapped), (7, "reordered"));
+
+        let mut moved = lines.clone();
+        let l = moved.remove(1);
+        moved.insert(8, l);
+        assert_eq!(at(&moved), (2, "reordered"));
+
+        let mut foreign = lines.clone();
+        foreign.insert(
+            3,
+            r#"{"kind":"Event","apiVersion":"audit.k8s.io/v1","verb":"get"}"#.into(),
+        );
+        assert_eq!(at(&foreign), (4, "inserted"));
+
+        let mut duplicate = lines.clone();
+        duplicate.insert(3, lines[2].clone());
+        assert_eq!(at(&duplicate), (4, "inserted"));
+
+        // A forged line chained properly after line 3: the real line 4 repeats its sequence.
+        let mut forged = lines.clone();
+        let mut h3 = Head::of_line(lines[2].as_bytes()).unwrap_or_else(|| panic!());
+        forged.insert(3, h3.seal(event(99), false).unwrap_or_else(|e| panic!("{e}")));
+        assert_eq!(at(&forged), (4, "inserted"));
+
+        let mut empty = lines.clone();
+        empty.insert(5, String::new());
+        assert_eq!(at(&empty), (6, "inserted"));
+
+        // The whole chain rewritten from line 2 on (hashes recomputed): the checkpoint's
+        // signature names another head.
+        let mut rewritten: Vec<String> = vec![lines[0].clone()];
+        let mut head = Head::of_line(lines[0].as_bytes()).unwrap_or_else(|| panic!());
+        for l in &lines[1..] {
+            let mut e: Event = serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}"));
+            if let Some(o) = e.object_ref.as_mut().filter(|o| o.name.as_deref() == Some("cm-2")) {
+                o.name = Some("cm-X".into());
+            }
+            rewritten.push(head.seal(e, false).unwrap_or_else(|e| panic!("{e}")));
+        }
+        assert_eq!(at(&rewritten), (5, "modified"));
+
+        // Truncated tail.
+        let mut cut = bytes(&lines);
+        cut.truncate(cut.len() - 20);
+        let f = verify_bytes(&[("audit.log", &cut)], &keys)
+            .err()
+            .unwrap_or_else(|| panic!());
+        assert_eq!((f.line, f.kind), (12, "truncated"));
+        assert!(f.to_string().starts_with("audit.log:12: truncated tail"), "{f}");
+    }
+
+    #[test]
+    fn checkpoints_need_the_right_key_and_a_valid_signature() {
+        let k = key();
+        let lines = log(&k);
+        let other = SigningKey::generate(&kfsec_types::SequenceRng::default());
+        let _ = other;
+        let mut rng_other = [0u8; 32];
+        rng_other[0] = 1;
+        struct Fixed([u8; 32]);
+        impl Rng for Fixed {
+            fn fill(&self, buf: &mut [u8]) {
+                for (i, b) in buf.iter_mut().enumerate() {
+                    *b = self.0[i % 32];
+                }
+            }
+        }
+        let stranger = SigningKey::generate(&Fixed(rng_other)).unwrap_or_else(|e| panic!("{e}"));
+        let f = check(&lines, &[stranger.public()]).err().unwrap_or_else(|| panic!());
+        assert_eq!((f.line, f.kind), (5, "unknown-key"));
+        // A checkpoint whose signature was replaced (and its hash recomputed).
+        let mut bad = lines.clone();
+        let mut v: Value = serde_json::from_str(&bad[4]).unwrap_or_else(|e| panic!("{e}"));
+        let sig = v["annotations"][CP_SIG].as_str().unwrap_or_default().to_owned();
+        let mut raw = base64::engine::general_purpose::STANDARD
+            .decode(sig)
+            .unwrap_or_default();
+        raw[0] ^= 1;
+        v["annotations"][CP_SIG] = base64::engine::general_purpose::STANDARD.encode(raw).into();
+        let prev = Head::of_line(lines[3].as_bytes()).unwrap_or_else(|| panic!()).hash;
+        v["annotations"][HASH] = link_hash(&prev, &v).into();
+        bad[4] = v.to_string();
+        let f = check(&bad, &[k.public()]).err().unwrap_or_else(|| panic!());
+        assert_eq!((f.line, f.kind), (5, "signature"));
+        // The public key round-trips through its PEM file form.
+        assert_eq!(parse_public_pem(&public_pem(&k.public())), Some(k.public()));
+    }
+
+    #[test]
+    fn a_file_starting_mid_chain_verifies_from_its_prev_annotation() {
+        let k = key();
+        let mut head = Head::default();
+        let a: Vec<String> = (0..3)
+            .map(|i| head.seal(event(i), i == 0).unwrap_or_else(|e| panic!("{e}")))
+            .collect();
+        let b: Vec<String> = (3..6)
+            .map(|i| head.seal(event(i), i == 3).unwrap_or_else(|e| panic!("{e}")))
+            .collect();
+        let r = verify_bytes(&[("b.log", &bytes(&b))], &[k.public()]).unwrap_or_else(|f| panic!("{f}"));
+        assert_eq!(r.seqs, Some((4, 6)));
+        let r = verify_bytes(&[("a.log", &bytes(&a)), ("b.log", &bytes(&b))], &[k.public()])
+            .unwrap_or_else(|f| panic!("{f}"));
+        assert_eq!((r.events, r.files), (6, 2));
+        let mut b2 = b.clone();
+        b2[0] = b2[0].replace("cm-3", "cm-Y");
+        let f = verify_bytes(&[("b.log", &bytes(&b2))], &[])
+            .err()
+            .unwrap_or_else(|| panic!());
+        assert_eq!((f.file.as_str(), f.line, f.kind), ("b.log", 1, "modified"));
+        // Files given in the wrong order.
+        let f = verify_bytes(&[("b.log", &bytes(&b)), ("a.log", &bytes(&a))], &[])
+            .err()
+            .unwrap_or_else(|| panic!());
+        assert_eq!((f.file.as_str(), f.line), ("a.log", 1));
+    }
+
+    #[test]
+    fn micro_time_and_audit_ids() {
+        assert_eq!(
+            micro_time(UnixTime::from_millis(1_796_504_400_123)),
+            "2026-12-05T21:00:00.123000Z"
+        );
+        let id = new_audit_id(&SequenceRng::default());
+        assert_eq!(id.len(), 36);
+        assert_eq!(&id[14..15], "4");
+    }
+}

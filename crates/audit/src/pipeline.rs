@@ -1,0 +1,288 @@
+//! The audit pipeline: the [`Sink`] kfsec runs — the policy, one bounded queue per backend
+//! (log file, webhook), the backends' workers, and the two audit metrics
+//! (`kfsec_audit_events_total{backend}`, `kfsec_audit_events_dropped_total{backend}`).
+//!
+//! Security invariants: `record` never blocks and never waits on IO — a full queue (a slow or
+//! dead backend) drops the event, counts it and logs it at most once a second; the log's chain
+//! has one writer (the log worker thread), so lines are sealed in the order they are written.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::time::{Duration, Instant};
+
+use kfsec_types::{Clock, Rng};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+
+use crate::chain::SigningKey;
+use crate::event::Event;
+use crate::log::{LogSettings, LogWriter};
+use crate::policy::{Attributes, Decision, Policy};
+use crate::webhook::{WebhookBackend, WebhookSettings};
+use crate::{Auditor, Sink};
+
+/// Events a backend's queue holds before new ones are dropped.
+pub const QUEUE_CAPACITY: usize = 10_000;
+
+type Labels = Vec<(String, String)>;
+
+/// The audit metrics, registered on the server's registry.
+#[derive(Debug, Clone, Default)]
+pub struct AuditMetrics {
+    events: Family<Labels, Counter>,
+    dropped: Family<Labels, Counter>,
+    last_warn: Arc<AtomicU64>,
+}
+
+impl AuditMetrics {
+    /// Registers `kfsec_audit_events_total` and `kfsec_audit_events_dropped_total`.
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Self::default();
+        registry.register(
+            "kfsec_audit_events",
+            "Audit events written (log) or delivered (webhook), by backend",
+            m.events.clone(),
+        );
+        registry.register(
+            "kfsec_audit_events_dropped",
+            "Audit events dropped because a backend's queue was full or its write failed, by backend",
+            m.dropped.clone(),
+        );
+        m
+    }
+
+    fn labels(backend: &str) -> Labels {
+        vec![("backend".to_owned(), backend.to_owned())]
+    }
+
+    /// Counts `n` events written/sent by `backend`.
+    pub fn written(&self, backend: &str, n: u64) {
+        self.events.get_or_create(&Self::labels(backend)).inc_by(n);
+    }
+
+    /// Counts `n` events dropped by `backend` and logs it (at most once a second).
+    // A monotonic rate limit on a log line, not logic: Instant allowed here.
+    #[allow(clippy::disallowed_methods)]
+    pub fn dropped(&self, backend: &str, n: u64, why: &str) {
+        self.dropped.get_or_create(&Self::labels(backend)).inc_by(n);
+        static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+        let now = u64::try_from(START.get_or_init(Instant::now).elapsed().as_millis()).unwrap_or(u64::MAX);
+        let last = self.last_warn.load(Ordering::Relaxed);
+        if (last == 0 || now.saturating_sub(last) >= 1000)
+            && self
+                .last_warn
+                .compare_exchange(last, now.max(1), Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(
+                backend,
+                dropped = n,
+                reason = why,
+                "audit events dropped (see kfsec_audit_events_dropped_total)"
+            );
+        }
+    }
+
+    /// Events written/sent so far by `backend` (for tests and the bench).
+    pub fn written_count(&self, backend: &str) -> u64 {
+        self.events.get_or_create(&Self::labels(backend)).get()
+    }
+
+    /// Events dropped so far by `backend`.
+    pub fn dropped_count(&self, backend: &str) -> u64 {
+        self.dropped.get_or_create(&Self::labels(backend)).get()
+    }
+}
+
+enum Msg {
+    Event(Box<Event>),
+    Flush(std::sync::mpsc::Sender<()>),
+}
+
+struct LogBackend {
+    tx: SyncSender<Msg>,
+}
+
+/// The settings of a pipeline.
+#[derive(Debug, Clone)]
+pub struct PipelineSettings {
+    /// The policy (the default one when no file is configured).
+    pub policy: Policy,
+    /// The log backend, if on.
+    pub log: Option<LogSettings>,
+    /// The webhook backend, if on.
+    pub webhook: Option<WebhookSettings>,
+    /// Where the audit signing key lives (`<dataDir>/audit`).
+    pub key_dir: std::path::PathBuf,
+}
+
+/// The running pipeline (the real [`Sink`]).
+pub struct Pipeline {
+    policy: Policy,
+    log: Option<LogBackend>,
+    webhook: Option<WebhookBackend>,
+    metrics: AuditMetrics,
+}
+
+impl std::fmt::Debug for Pipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pipeline")
+            .field("log", &self.log.is_some())
+            .field("webhook", &self.webhook.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Starting the pipeline failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// The signing key.
+    #[error(transparent)]
+    Key(#[from] crate::chain::ChainError),
+    /// The log file.
+    #[error(transparent)]
+    Log(#[from] crate::log::LogError),
+    /// The webhook backend.
+    #[error(transparent)]
+    Webhook(#[from] crate::webhook::WebhookError),
+    /// The worker thread.
+    #[error("starting the audit log thread: {0}")]
+    Thread(std::io::Error),
+}
+
+// The checkpoint timer is a monotonic IO deadline of the worker thread (the checkpoint's own
+// time comes from the Clock): Instant allowed here.
+#[allow(clippy::disallowed_methods)]
+fn log_worker(mut w: LogWriter, rx: Receiver<Msg>, metrics: AuditMetrics, interval: Duration) {
+    let mut next = Instant::now() + interval;
+    let checkpoint = |w: &mut LogWriter, metrics: &AuditMetrics| {
+        if let Err(e) = w.checkpoint() {
+            metrics.dropped("log", 0, "checkpoint write failed");
+            tracing::warn!(error = %e, "writing an audit checkpoint failed");
+        }
+    };
+    loop {
+        let wait = next.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(wait) {
+            Ok(Msg::Event(ev)) => match w.write(*ev) {
+                Ok(()) => metrics.written("log", 1),
+                Err(e) => {
+                    tracing::warn!(error = %e, "writing an audit event failed");
+                    metrics.dropped("log", 1, "write failed");
+                }
+            },
+            Ok(Msg::Flush(ack)) => {
+                checkpoint(&mut w, &metrics);
+                let _ = ack.send(());
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                checkpoint(&mut w, &metrics);
+                next = Instant::now() + interval;
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                checkpoint(&mut w, &metrics);
+                return;
+            }
+        }
+    }
+}
+
+impl Pipeline {
+    /// Starts the backends: the log worker thread (opening the file and the signing key now,
+    /// so a problem fails the start) and the webhook task (needs a Tokio runtime).
+    pub fn start(
+        settings: PipelineSettings,
+        metrics: AuditMetrics,
+        clock: Arc<dyn Clock>,
+        rng: Arc<dyn Rng>,
+    ) -> Result<Arc<Self>, PipelineError> {
+        let log = match settings.log {
+            None => None,
+            Some(log) => {
+                let key = Arc::new(SigningKey::load_or_create(&settings.key_dir, rng.as_ref())?);
+                let interval = log.checkpoint_interval.max(Duration::from_millis(10));
+                let writer = LogWriter::open(log, key, clock.clone(), rng.clone())?;
+                let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE_CAPACITY);
+                let m = metrics.clone();
+                std::thread::Builder::new()
+                    .name("kfsec-audit-log".into())
+                    .spawn(move || log_worker(writer, rx, m, interval))
+                    .map_err(PipelineError::Thread)?;
+                Some(LogBackend { tx })
+            }
+        };
+        let webhook = match settings.webhook {
+            None => None,
+            Some(w) => Some(WebhookBackend::start(w, metrics.clone())?),
+        };
+        Ok(Arc::new(Self {
+            policy: settings.policy,
+            log,
+            webhook,
+            metrics,
+        }))
+    }
+
+    /// The auditor surfaces record through.
+    pub fn auditor(self: &Arc<Self>) -> Auditor {
+        Auditor::new(self.clone())
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &AuditMetrics {
+        &self.metrics
+    }
+
+    /// Waits (up to `timeout`) until every event queued so far is written and a checkpoint
+    /// signs them. Blocking: call from a blocking context (a monotonic IO deadline: Instant and
+    /// thread sleep allowed here).
+    #[allow(clippy::disallowed_methods)]
+    pub fn flush(&self, timeout: Duration) -> bool {
+        let Some(log) = &self.log else { return true };
+        let (ack, done) = std::sync::mpsc::channel();
+        let deadline = Instant::now() + timeout;
+        let mut msg = Msg::Flush(ack);
+        loop {
+            match log.tx.try_send(msg) {
+                Ok(()) => break,
+                Err(TrySendError::Full(m)) if Instant::now() < deadline => {
+                    msg = m;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(_) => return false,
+            }
+        }
+        done.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .is_ok()
+    }
+
+    /// Flushes, then stops the webhook backend after one last delivery attempt (bounded).
+    pub async fn shutdown(self: &Arc<Self>) {
+        let me = self.clone();
+        let _ = tokio::task::spawn_blocking(move || me.flush(Duration::from_secs(5))).await;
+        if let Some(w) = &self.webhook {
+            w.shutdown(Duration::from_secs(2)).await;
+        }
+    }
+}
+
+impl Sink for Pipeline {
+    fn decide(&self, attributes: &Attributes<'_>) -> Decision {
+        self.policy.decide(attributes)
+    }
+
+    fn record(&self, event: Event) {
+        if let Some(w) = &self.webhook {
+            w.push(event.clone(), &self.metrics);
+        }
+        if let Some(log) = &self.log {
+            match log.tx.try_send(Msg::Event(Box::new(event))) {
+                Ok(()) => {}
+                Err(TrySendError::Full(_)) => self.metrics.dropped("log", 1, "queue full"),
+                Err(TrySendError::Disconnected(_)) => self.metrics.dropped("log", 1, "log writer stopped"),
+            }
+        }
+    }
+}
