@@ -8,13 +8,20 @@
 
 use std::sync::Arc;
 
+pub mod chain;
 pub mod event;
+pub mod files;
+pub mod log;
+pub mod pipeline;
 pub mod policy;
+pub mod query;
+pub mod webhook;
 pub mod request;
 pub mod testing;
 
 pub use event::{Event, EventList, IDENTITY_GROUP, Level, ObjectRef, ResponseStatus, Stage};
-pub use policy::{Attributes, Decision, ResourceAttributes};
+pub use pipeline::{AuditMetrics, Pipeline, PipelineSettings};
+pub use policy::{Attributes, Decision, Policy, PolicyError, ResourceAttributes};
 pub use request::RequestAudit;
 
 /// Where events go: the policy's decision for a request, and the non-blocking hand-off of an
