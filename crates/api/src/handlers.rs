@@ -20,7 +20,6 @@ use kfsec_types::Identity;
 use kfsec_types::identity::UserInfo;
 use serde_json::{Value, json};
 
-use crate::ApiServer;
 use crate::authorize::RequestAttributes;
 use crate::authorize::{ResourceAttributes, attributes_for};
 use crate::discovery;
@@ -32,14 +31,19 @@ use crate::selector::{FieldSelector, LabelQuery};
 use crate::status::{ApiError, FieldCause, status_response};
 use crate::table::{self, Format, Include};
 use crate::watch::WatchParams;
+use crate::{ApiServer, audit};
 use crate::{fieldcheck, openapi};
 
 /// The axum handler for every API path.
 pub(crate) async fn handle(State(api): State<Arc<ApiServer>>, req: Request) -> Response {
-    match api.serve(req).await {
-        Ok(r) => r,
-        Err(e) => status_response(&e, api.rng.as_ref()),
-    }
+    let ctx = kfsec_audit::RequestAudit::from_extensions(req.extensions());
+    audit::scope(ctx, async {
+        match api.serve(req).await {
+            Ok(r) => r,
+            Err(e) => status_response(&e, api.rng.as_ref()),
+        }
+    })
+    .await
 }
 
 pub(crate) fn json_response(code: StatusCode, v: &Value) -> Response {
@@ -156,6 +160,10 @@ fn write_manager(verb: &str, q: &Query, headers: &HeaderMap) -> Result<String, A
     Ok(out)
 }
 
+/// The audit reason of a discovery request no RBAC binding grants (kfsec serves discovery to
+/// every authenticated caller).
+const DISCOVERY_REASON: &str = "kfsec: discovery is served to every authenticated user";
+
 /// The longest field manager name (kube-apiserver's `FieldManagerMaxLength`).
 const MAX_FIELD_MANAGER: usize = 128;
 
@@ -211,9 +219,23 @@ impl ApiServer {
             let _ = self.read_body(body).await;
             return Err(ApiError::TooLarge(self.options.max_body_bytes));
         }
-        let user = self.effective_user(&identity, &parts.headers)?;
+        let user = match self.effective_user(&identity, &parts.headers) {
+            Ok(user) => user,
+            Err(e) => {
+                if matches!(e, ApiError::Forbidden { .. }) {
+                    audit::refused();
+                }
+                return Err(e);
+            }
+        };
+        if parts.headers.contains_key("impersonate-user") {
+            audit::impersonated(&user);
+        }
         let route = route::parse(parts.uri.path())?;
         let query = Query::parse(parts.uri.query());
+        if !matches!(route, Route::Resource(_)) {
+            self.audit_discovery(&user, &parts.method, parts.uri.path());
+        }
         let discovery_doc = |v: Option<Value>| -> Result<Response, ApiError> {
             if parts.method != Method::GET && parts.method != Method::HEAD {
                 return Err(ApiError::MethodNotAllowed);
@@ -240,6 +262,23 @@ impl ApiServer {
                     .await
             }
         }
+    }
+
+    /// Records a discovery, OpenAPI or version request in the audit Event: a non-resource
+    /// request every authenticated caller may make (what Kubernetes' `system:discovery` role
+    /// grants), with RBAC's reason when a binding grants it.
+    fn audit_discovery(&self, user: &UserInfo, method: &Method, path: &str) {
+        if !audit::active() {
+            return;
+        }
+        let verb = method.as_str().to_ascii_lowercase();
+        let attrs = crate::authorize::Attributes::non_resource(user.username.clone(), user.groups.clone(), &verb, path);
+        let decision = self.authz.authorize(&attrs);
+        let reason = match decision.reason() {
+            "" => DISCOVERY_REASON,
+            r => r,
+        };
+        audit::decided_non_resource(&verb, true, reason);
     }
 
     #[allow(clippy::too_many_lines)]
@@ -318,7 +357,18 @@ impl ApiServer {
                 name: attr_name,
             },
         );
-        if !self.authz.authorize(&attrs).is_allowed() {
+        let decision = self.authz.authorize(&attrs);
+        if audit::active()
+            && let RequestAttributes::Resource(r) = &attrs.request
+        {
+            audit::decided(
+                verb,
+                audit::resource_ref(r, res.version),
+                decision.is_allowed(),
+                decision.reason(),
+            );
+        }
+        if !decision.is_allowed() {
             return Err(ApiError::forbidden(&attrs));
         }
 
@@ -411,8 +461,10 @@ impl ApiServer {
             }
             "create" => {
                 let obj = self.read_object(headers, body).await?;
+                audit::request_body(res.plural, || Some(obj.clone()));
                 let warn = fieldcheck::check(res, query.get("fieldValidation"), &obj)?;
                 let out = self.create_in(res, &path_ns, obj, ctx).await?;
+                audit::written(&out);
                 Ok(fieldcheck::with_warnings(
                     json_response(StatusCode::CREATED, &out),
                     &warn,
@@ -420,31 +472,45 @@ impl ApiServer {
             }
             "update" => {
                 let obj = self.read_object(headers, body).await?;
+                audit::request_body(res.plural, || Some(obj.clone()));
                 let warn = fieldcheck::check(res, query.get("fieldValidation"), &obj)?;
                 let out = self.update_in(res, &path_ns, &name, obj, ctx).await?;
+                audit::written(&out);
                 Ok(fieldcheck::with_warnings(json_response(StatusCode::OK, &out), &warn))
             }
             "patch" => {
                 let kind = PatchType::from_content_type(&content_type(headers))?;
                 let raw = self.read_body(body).await?;
+                audit::request_body(res.plural, || serde_json::from_slice(&raw).ok());
                 if kind == PatchType::Apply {
                     // As kube-apiserver: an apply that creates also needs `create`.
                     let mut create = attrs.clone();
                     if let RequestAttributes::Resource(r) = &mut create.request {
                         r.verb = "create".into();
                     }
+                    let create_denied =
+                        (!self.authz.authorize(&create).is_allowed()).then(|| ApiError::forbidden(&create));
+                    let denied_text = create_denied.as_ref().map(ToString::to_string);
                     let opts = ApplyOptions {
                         force: query.flag("force"),
                         field_validation: query.get("fieldValidation").map(str::to_owned),
-                        create_denied: (!self.authz.authorize(&create).is_allowed())
-                            .then(|| ApiError::forbidden(&create)),
+                        create_denied,
                     };
-                    let (out, created, warn) = self.apply_in(res, &path_ns, &name, &raw, opts, ctx).await?;
+                    let applied = self.apply_in(res, &path_ns, &name, &raw, opts, ctx).await;
+                    // The apply would have created the object, which the caller may not.
+                    if let Err(e @ ApiError::Forbidden { .. }) = &applied
+                        && denied_text.as_deref() == Some(e.to_string().as_str())
+                    {
+                        audit::refused();
+                    }
+                    let (out, created, warn) = applied?;
+                    audit::written(&out);
                     let code = if created { StatusCode::CREATED } else { StatusCode::OK };
                     return Ok(fieldcheck::with_warnings(json_response(code, &one(out)), &warn));
                 }
                 let warn = fieldcheck::check_patch(res, query.get("fieldValidation"), kind, &raw)?;
                 let out = self.patch_in(res, &path_ns, &name, kind, &raw, ctx).await?;
+                audit::written(&out);
                 Ok(fieldcheck::with_warnings(json_response(StatusCode::OK, &out), &warn))
             }
             "delete" => {
@@ -463,6 +529,7 @@ impl ApiServer {
                 let out = self
                     .delete_in(res, &path_ns, &name, &pre, WriteCtx { dry_run: dry, ..ctx })
                     .await?;
+                audit::written(&out);
                 let pending = out.pointer("/metadata/deletionTimestamp").is_some_and(|v| !v.is_null());
                 if pending && !dry {
                     return Ok(json_response(StatusCode::ACCEPTED, &out));

@@ -9,6 +9,7 @@
 //! without `metadata.resourceVersion` (which is always the record's mod revision).
 
 mod access;
+pub mod audit;
 mod authorize;
 pub mod body;
 mod discovery;

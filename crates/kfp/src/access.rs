@@ -4,10 +4,11 @@
 //! PermissionDenied text when the answer is no.
 //!
 //! Invariants: only `Decision::Allow` allows; every decision (allowed or not) is written to the
-//! audit log; the caller's groups are those the front door authenticated plus the implicit ones
+//! request's audit Event (`kfsec_api::audit`: verb and objectRef are exactly the question asked,
+//! group `pipelines.kubeflow.org`, version `v1beta1`, with RBAC's reason) and to the log; the caller's groups are those the front door authenticated plus the implicit ones
 //! (`UserInfo::authenticated`).
 
-use kfsec_api::{Attributes, Authorize, Decision};
+use kfsec_api::{Attributes, Authorize, Decision, audit};
 use kfsec_types::Identity;
 use kfsec_types::identity::UserInfo;
 
@@ -71,7 +72,12 @@ pub fn check(
         namespace,
     )
     .with_name(name);
-    match authz.authorize(&attrs) {
+    let decision = authz.authorize(&attrs);
+    if audit::active() {
+        let object = audit::object_ref(GROUP, VERSION, resource, namespace, name);
+        audit::decided(verb, object, decision.is_allowed(), decision.reason());
+    }
+    match decision {
         Decision::Allow { reason } => {
             tracing::debug!(target: "audit", user = %who.user, verb, resource, namespace, name, %reason, "kfp allowed");
             Ok(())
@@ -113,5 +119,6 @@ pub(crate) async fn load_namespaced<T: Guarded>(k: &crate::Kfp, who: &Identity, 
         ))
         .wrap("Failed to authorize the request")
     })?;
+    audit::identified(None, Some(id));
     Ok(obj)
 }

@@ -206,6 +206,7 @@ pub async fn create(k: &Kfp, r: &Req) -> KfpResult<Value> {
             last_run_ms: 0,
         };
         k.db.insert(&exp, "experiment").await?;
+        kfsec_api::audit::identified(Some(&exp.name), Some(&exp.id));
         tracing::info!(target: "audit", user = %r.who.user, id = %exp.id, namespace = %exp.namespace, "kfp experiment created");
         Ok(exp.render(r.v2))
     };

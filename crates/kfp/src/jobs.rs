@@ -307,6 +307,7 @@ pub async fn create(k: &Kfp, r: &Req) -> KfpResult<Value> {
             let _ = k.db.delete_blob(SPECS, &job.id).await;
             return Err(e);
         }
+        kfsec_api::audit::identified(Some(&job.name), Some(&job.id));
         tracing::info!(target: "audit", user = %r.who.user, id = %job.id, namespace = %job.namespace, "kfp job created");
         Ok(job.render(r.v2, Some(&spec.json)))
     };

@@ -14,6 +14,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use kfsec_api::audit;
+
 use crate::access::{self, res};
 use crate::error::{KfpError, KfpResult};
 use crate::experiments::checked_namespace;
@@ -284,6 +286,12 @@ fn version_not_found(id: &str) -> KfpError {
 fn check(k: &Kfp, r: &Req, verb: &str, namespace: &str, name: &str, id: &str) -> KfpResult<()> {
     if namespace.is_empty() {
         if is_read(verb) {
+            allowed_without_rbac(
+                verb,
+                name,
+                id,
+                "kfp: shared pipelines are readable by every authenticated user",
+            );
             return Ok(());
         }
         return access::check(
@@ -357,9 +365,27 @@ fn is_owner(p: &Pipeline, r: &Req) -> bool {
 fn check_pipeline(k: &Kfp, r: &Req, verb: &str, p: &Pipeline) -> KfpResult<()> {
     if !is_read(verb) && is_owner(p, r) {
         tracing::info!(target: "audit", user = %r.who.user, verb, id = %p.id, name = %p.name, "kfp shared pipeline write by its creator");
+        allowed_without_rbac(
+            verb,
+            &p.name,
+            &p.id,
+            "kfsec: the creator of a shared pipeline may change it",
+        );
         return Ok(());
     }
-    check(k, r, verb, &p.namespace, &p.name, &p.id)
+    check(k, r, verb, &p.namespace, &p.name, &p.id)?;
+    audit::identified(None, Some(&p.id));
+    Ok(())
+}
+
+/// Records in the request's audit Event a decision on a shared pipeline that no RBAC rule makes
+/// (open reads and uploads, as in KFP; the creator's writes, kfsec's rule).
+fn allowed_without_rbac(verb: &str, name: &str, id: &str, reason: &str) {
+    if audit::active() {
+        let object = audit::object_ref(access::GROUP, access::VERSION, res::PIPELINES, "", name);
+        audit::decided(verb, object, true, reason);
+        audit::identified(None, Some(id));
+    }
 }
 
 async fn load_authorized(k: &Kfp, r: &Req, id: &str, verb: &str) -> KfpResult<Pipeline> {
@@ -414,6 +440,12 @@ async fn insert_pipeline(k: &Kfp, r: &Req, mut p: Pipeline, upload: bool) -> Kfp
         tracing::info!(target: "audit", user = %r.who.user, name = %p.name, "kfp shared pipeline upload (open to authenticated users, as in KFP)");
     }
     let checked = if open {
+        allowed_without_rbac(
+            "create",
+            &p.name,
+            "",
+            "kfp: shared pipelines may be uploaded by every authenticated user",
+        );
         Ok(())
     } else {
         check(k, r, "create", &p.namespace, &p.name, "")
@@ -428,6 +460,7 @@ async fn insert_pipeline(k: &Kfp, r: &Req, mut p: Pipeline, upload: bool) -> Kfp
     p.created_ms = k.now_ms();
     p.created_by = r.who.user.clone();
     k.db.insert(&p, "pipeline").await?;
+    audit::identified(Some(&p.name), Some(&p.id));
     tracing::info!(target: "audit", user = %r.who.user, id = %p.id, namespace = %p.namespace, "kfp pipeline created");
     Ok(p)
 }

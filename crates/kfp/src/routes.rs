@@ -14,6 +14,7 @@ use axum::body::Bytes;
 use axum::extract::{Request, State};
 use axum::http::{Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use kfsec_api::audit;
 use kfsec_types::{Failure, Identity, Refusal};
 use serde_json::{Value, json};
 
@@ -65,8 +66,14 @@ fn not_found() -> KfpError {
 /// Bodies above this size are parsed on the blocking pool.
 const INLINE_PARSE_BYTES: usize = 64 * 1024;
 
-/// The single entry point for every KFP path.
+/// The single entry point for every KFP path; the request's audit context is current while it
+/// is served, so each authorization check records its decision (`access::check`).
 pub async fn dispatch(State(k): State<Arc<Kfp>>, req: Request) -> Response {
+    let ctx = audit::RequestAudit::from_extensions(req.extensions());
+    audit::scope(ctx, serve(k, req)).await
+}
+
+async fn serve(k: Arc<Kfp>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     let Some(who) = parts.extensions.get::<Identity>().cloned() else {
         return error_response(&KfpError::Unauthenticated(crate::error::NO_IDENTITY.into()));

@@ -505,6 +505,7 @@ pub async fn create(k: &Kfp, r: &Req) -> KfpResult<Value> {
             return Err(e);
         }
         experiments::touch_last_run(k, &exp.id, now).await?;
+        kfsec_api::audit::identified(Some(&run.name), Some(&run.id));
         tracing::info!(target: "audit", user = %r.who.user, id = %run.id, namespace = %run.namespace, "kfp run created");
         let spec_json = spec.json;
         Ok(if r.v2 {

@@ -1759,3 +1759,105 @@ async fn shared_pipeline_owner_rule() {
         .await;
     assert_denied(s, &v, VIEWER, "user1", "create", "pipelines", "private");
 }
+
+/// Sends `req` as `who` with an audit context and returns the status and the request's Event.
+async fn audited(e: &Env, who: &str, mut req: Request<Body>) -> (StatusCode, kfsec_audit::Event) {
+    let cap = kfsec_audit::testing::Capture::metadata();
+    let clock: Arc<dyn kfsec_types::Clock> = e.clock.clone();
+    let begin = kfsec_audit::request::Begin {
+        audit_id: "a".into(),
+        method: req.method().clone(),
+        request_uri: req.uri().to_string(),
+        source_ips: vec![],
+        user_agent: None,
+    };
+    let ctx = kfsec_audit::RequestAudit::begin(&cap.auditor(), &clock, begin).unwrap();
+    req.extensions_mut().insert(ctx.clone());
+    let (status, _) = e.send(Some(who), req).await;
+    ctx.complete(status.as_u16());
+    (status, cap.take().pop().unwrap())
+}
+
+fn json_req(method: Method, path: &str, body: &Value) -> Request<Body> {
+    Request::builder()
+        .method(method)
+        .uri(path)
+        .header("content-type", "application/json")
+        .body(Body::from(body.to_string()))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn audit_events_carry_kfps_question_and_decision() {
+    let e = env().await;
+    let body = json!({"display_name": "exp", "namespace": "user1"});
+    let (s, ev) = audited(
+        &e,
+        U1,
+        json_req(Method::POST, "/pipeline/apis/v2beta1/experiments", &body),
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert_eq!(ev.verb, "create");
+    let o = ev.object_ref.unwrap();
+    assert_eq!(o.api_group.as_deref(), Some("pipelines.kubeflow.org"));
+    assert_eq!(o.api_version.as_deref(), Some("v1beta1"));
+    assert_eq!(
+        (o.resource.as_deref(), o.namespace.as_deref(), o.name.as_deref()),
+        (Some("experiments"), Some("user1"), Some("exp"))
+    );
+    assert!(o.uid.is_some(), "the new experiment's id");
+    assert_eq!(ev.annotations["authorization.k8s.io/decision"], "allow");
+    assert_eq!(ev.annotations["authorization.k8s.io/reason"], "test");
+    // Another user's namespace: forbid, no reason, KFP's 403.
+    let (s, ev) = audited(
+        &e,
+        U2,
+        json_req(Method::POST, "/pipeline/apis/v2beta1/experiments", &body),
+    )
+    .await;
+    assert_eq!(s, 403);
+    assert_eq!(ev.verb, "create");
+    assert_eq!(ev.object_ref.unwrap().namespace.as_deref(), Some("user1"));
+    assert_eq!(ev.annotations["authorization.k8s.io/decision"], "forbid");
+    assert!(!ev.annotations.contains_key("authorization.k8s.io/reason"));
+    assert_eq!(ev.response_status.unwrap().code, 403);
+    // A run by id: the object's namespace and the id as uid.
+    let exp = e.experiment_v2(U1, "user1", "e2").await;
+    let (pid, vid) = e.pipeline_v2(U1, "user1", "p").await;
+    let run = json!({"display_name": "r", "experiment_id": exp,
+        "pipeline_version_reference": {"pipeline_id": pid, "pipeline_version_id": vid}});
+    let (s, v) = e.post(U1, "/pipeline/apis/v2beta1/runs", run).await;
+    assert_eq!(s, 200, "{v}");
+    let id = v["run_id"].as_str().unwrap().to_owned();
+    let get = Request::builder()
+        .uri(format!("/pipeline/apis/v2beta1/runs/{id}"))
+        .body(Body::empty())
+        .unwrap();
+    let (s, ev) = audited(&e, VIEWER, get).await;
+    assert_eq!(s, 200);
+    let o = ev.object_ref.unwrap();
+    assert_eq!(
+        (ev.verb.as_str(), o.resource.as_deref(), o.uid.as_deref()),
+        ("get", Some("runs"), Some(id.as_str()))
+    );
+    // A shared pipeline upload is open: allowed without RBAC, and says so.
+    let mut body = b"--B\r\nContent-Disposition: form-data; name=\"uploadfile\"; filename=\"p.yaml\"\r\n\r\n".to_vec();
+    body.extend_from_slice(IR.as_bytes());
+    body.extend_from_slice(b"\r\n--B--\r\n");
+    let up = Request::builder()
+        .method(Method::POST)
+        .uri("/pipeline/apis/v2beta1/pipelines/upload?name=shared")
+        .header("content-type", "multipart/form-data; boundary=B")
+        .body(Body::from(body))
+        .unwrap();
+    let (s, ev) = audited(&e, U2, up).await;
+    assert_eq!(s, 200);
+    let o = ev.object_ref.unwrap();
+    assert_eq!(
+        (o.resource.as_deref(), o.namespace.as_deref(), o.name.as_deref()),
+        (Some("pipelines"), None, Some("shared"))
+    );
+    assert!(o.uid.is_some());
+    assert!(ev.annotations["authorization.k8s.io/reason"].starts_with("kfp: shared pipelines may be uploaded"));
+}
