@@ -34,6 +34,9 @@ pub const CONNECTOR_ANNOTATION: &str = "kfsec.io/connector";
 pub const REASON_ANNOTATION: &str = "kfsec.io/reason";
 /// Annotation of token events: the OAuth2 grant type.
 pub const GRANT_TYPE_ANNOTATION: &str = "kfsec.io/grant-type";
+/// Annotation of identity events: `success` or `failure` (a failed login's response is often a
+/// 200 page that says so).
+pub const OUTCOME_ANNOTATION: &str = "kfsec.io/outcome";
 /// Annotation of identity events: the OAuth2 client the action was for.
 pub const CLIENT_ANNOTATION: &str = "kfsec.io/client";
 /// The user of a request nobody authenticated for.
@@ -315,6 +318,14 @@ impl RequestAudit {
     /// Sets annotation `key` (the last value wins). Never pass a secret.
     pub fn annotate(&self, key: &str, value: impl Into<String>) {
         self.state().annotations.insert(key.to_owned(), value.into());
+    }
+
+    /// Sets annotation `key` unless it is set already.
+    pub fn annotate_default(&self, key: &str, value: impl Into<String>) {
+        self.state()
+            .annotations
+            .entry(key.to_owned())
+            .or_insert_with(|| value.into());
     }
 
     /// The failure's Kubernetes reason and message for `responseStatus` (defaults: the reason

@@ -27,6 +27,8 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use futures_util::future::BoxFuture;
+use kfsec_audit::RequestAudit;
+use kfsec_audit::request::identity as ident;
 use kfsec_idp::secret::{ct_eq, random_token, sha256_b64};
 use kfsec_types::path::return_path;
 use kfsec_types::{Failure, Identity, Refusal, RefusalKind, random_array};
@@ -344,8 +346,13 @@ pub(crate) struct CallbackQuery {
 pub(crate) async fn callback(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
+    audit: Option<axum::Extension<RequestAudit>>,
     Query(q): Query<CallbackQuery>,
 ) -> Response {
+    let audit = audit.map(|axum::Extension(a)| a);
+    if let Some(a) = &audit {
+        a.identity(ident::SESSIONS, ident::ISSUE, None);
+    }
     let fail = |msg: &str| responses::html_error(StatusCode::BAD_REQUEST, "Login failed", msg);
     if let Some(err) = q.error {
         return fail(&format!(
@@ -435,6 +442,10 @@ pub(crate) async fn callback(
         }
     };
     tracing::info!(target: "audit", user = %identity.user, "session started");
+    if let Some(a) = &audit {
+        a.object_name(&identity.user);
+        a.set_user((&identity).into());
+    }
     let mut resp = responses::redirect(StatusCode::FOUND, &original);
     if let Some(c) = app.session_cookie(&value, app.sessions.ttl().as_secs()) {
         resp.headers_mut().append(header::SET_COOKIE, c);
@@ -457,7 +468,10 @@ pub(crate) async fn callback(
 /// names no session: nothing ends and the answer is the same as after a logout (as RFC 7009 for
 /// unknown tokens), with no detail. Stateless ID tokens stay valid until they expire ("log out
 /// everywhere" voids them).
-async fn end_sessions(app: &App, headers: &HeaderMap) -> Result<(), Response> {
+async fn end_sessions(app: &App, headers: &HeaderMap, audit: Option<&RequestAudit>) -> Result<(), Response> {
+    if let Some(a) = audit {
+        a.identity(ident::SESSIONS, ident::LOGOUT, None);
+    }
     let name = app.settings.cookie_name.as_str();
     if cookie(headers, name).is_some() && !app.cookie_write_allowed(&Method::POST, headers) {
         tracing::warn!(target: "audit", "cross-site logout refused");
@@ -478,7 +492,13 @@ async fn end_sessions(app: &App, headers: &HeaderMap) -> Result<(), Response> {
             return Err(app.failed("Logout failed", "logout failed", &e));
         }
         match user {
-            Some(u) => tracing::info!(target: "audit", user = %u, via, "session ended by logout"),
+            Some(u) => {
+                if let Some(a) = audit {
+                    a.object_name(&u);
+                    a.set_user(kfsec_types::identity::UserInfo::authenticated(u.as_str(), &[]));
+                }
+                tracing::info!(target: "audit", user = %u, via, "session ended by logout")
+            }
             None => tracing::info!(target: "audit", via, "logout named no live session; nothing ended"),
         }
     }
@@ -487,8 +507,12 @@ async fn end_sessions(app: &App, headers: &HeaderMap) -> Result<(), Response> {
 
 /// `POST /authservice/logout`: ends the session server-side ([`end_sessions`]) and clears the
 /// cookie.
-pub(crate) async fn logout(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
-    if let Err(refused) = end_sessions(&app, &headers).await {
+pub(crate) async fn logout(
+    State(app): State<Arc<App>>,
+    audit: Option<axum::Extension<RequestAudit>>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(refused) = end_sessions(&app, &headers, audit.as_ref().map(|axum::Extension(a)| a)).await {
         return refused;
     }
     logged_out(&app, &headers)
@@ -554,6 +578,7 @@ pub(crate) async fn oauth2_start(State(app): State<Arc<App>>, RawQuery(query): R
 pub(crate) async fn sign_out(
     State(app): State<Arc<App>>,
     method: Method,
+    audit: Option<axum::Extension<RequestAudit>>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Response {
@@ -563,7 +588,7 @@ pub(crate) async fn sign_out(
             .insert(header::ALLOW, HeaderValue::from_static("GET, POST"));
         return resp;
     }
-    if let Err(refused) = end_sessions(&app, &headers).await {
+    if let Err(refused) = end_sessions(&app, &headers, audit.as_ref().map(|axum::Extension(a)| a)).await {
         return refused;
     }
     let rd = rd_param(query.as_deref());
@@ -594,6 +619,11 @@ pub(crate) async fn logout_all(State(app): State<Arc<App>>, req: Request<Body>) 
         tracing::warn!(target: "audit", user = %who.identity.user, "cross-site logout-all refused");
         return responses::html_error(StatusCode::FORBIDDEN, "Forbidden", "Cross-site request refused.");
     }
+    if let Some(a) = RequestAudit::from_extensions(req.extensions()) {
+        a.identity(ident::TOKENS, ident::REVOKE, Some(&who.identity.user));
+        a.set_user((&who.identity).into());
+        a.annotate(kfsec_audit::request::REASON_ANNOTATION, "logout everywhere");
+    }
     let user = who.identity.user;
     if let Err(e) = app.idp.revoke_user(&user).await {
         return app.failed("Logout failed", "revocation failed", &e);
@@ -620,6 +650,10 @@ pub(crate) async fn check(State(app): State<Arc<App>>, req: Request<Body>) -> Re
         .unwrap_or("/");
     match app.authenticate(req.headers(), req.extensions().get(), asked).await {
         Authn::Ok(a) => {
+            if let Some(audit) = RequestAudit::from_extensions(req.extensions()) {
+                audit.set_user((&a.identity).into());
+                audit.decision(true, "authenticated");
+            }
             let mut resp = StatusCode::OK.into_response();
             app.set_identity_headers(resp.headers_mut(), &a.identity);
             set_auth_request_headers(resp.headers_mut(), &a.identity);

@@ -9,6 +9,7 @@
 //! (every spelling, `headers`) are always stripped and replaced by the authenticated identity;
 //! handlers receive an `Identity`, never raw credentials.
 
+mod audit;
 mod gatekeeper;
 pub mod headers;
 pub mod listener;
@@ -141,6 +142,7 @@ pub struct App {
     api: Option<Router>,
     mounts: responses::Mounts,
     pages: std::sync::OnceLock<Pages>,
+    auditor: std::sync::OnceLock<kfsec_audit::Auditor>,
 }
 
 /// kfsec's own dashboard pages, served for signed-in callers on the paths no route claims. The
@@ -218,6 +220,7 @@ impl App {
             api,
             mounts,
             pages: std::sync::OnceLock::new(),
+            auditor: std::sync::OnceLock::new(),
         }))
     }
 
@@ -225,6 +228,12 @@ impl App {
     /// plain "signed in as" page.
     pub fn serve_pages(&self, pages: Pages) {
         let _ = self.pages.set(pages);
+    }
+
+    /// Records every front-door request through `auditor` (once; a second call is ignored; without
+    /// it nothing is recorded): the edge opens each request's `kfsec_audit::RequestAudit`.
+    pub fn audit(&self, auditor: kfsec_audit::Auditor) {
+        let _ = self.auditor.set(auditor);
     }
 
     /// The session table.
@@ -307,19 +316,31 @@ async fn edge(State(app): State<Arc<App>>, mut req: Request, next: Next) -> Resp
     #[allow(clippy::disallowed_methods)] // the request-latency metric is a monotonic measurement, not logic time
     let start = Instant::now();
     let refusal = normalise_target(&app.mounts, &mut req).or_else(|| ambiguity(&app, &req));
+    let auditor = app.auditor.get().filter(|a| a.enabled());
+    let mut request_audit = None;
+    if refusal.is_some()
+        && let Some(auditor) = auditor
+    {
+        let peer = req.extensions().get::<ClientAddr>().map(|c| c.0);
+        request_audit = audit::begin(&app, auditor, &mut req, peer, None);
+    }
     let (resp, route) = match refusal {
         None => {
             let peer = req.extensions().get::<ClientAddr>().map(|c| c.0);
             let trusted = peer.is_some_and(|p| app.settings.trusted_proxies.contains(&p));
-            if let Some(ip) = headers::sanitize(req.headers_mut(), &app.reserved, peer, trusted) {
+            let forwarded = headers::sanitize(req.headers_mut(), &app.reserved, peer, trusted);
+            if let Some(ip) = forwarded {
                 req.extensions_mut().insert(ClientAddr(ip));
+            }
+            if let Some(auditor) = auditor {
+                request_audit = audit::begin(&app, auditor, &mut req, peer, forwarded);
             }
             let route = app.route_label(req.uri().path());
             (next.run(req).await, route)
         }
         Some(resp) => (resp, "rejected".to_owned()),
     };
-    let resp = security_headers(resp);
+    let resp = audit::finish(request_audit, security_headers(resp));
     app.metrics
         .requests
         .get_or_create(&metrics::RequestLabels {
@@ -449,10 +470,16 @@ async fn protected(State(app): State<Arc<App>>, mut req: Request) -> Response {
                 .error(&path, RefusalKind::Unavailable, gatekeeper::STORE_DOWN);
         }
         Authn::Invalid if route.as_ref().is_none_or(|r| !r.public) => {
+            if let (Some(r), None) = (&route, mount) {
+                audit::route_decision(&req, &r.prefix, false, "invalid credentials");
+            }
             return app.mounts.unauthenticated(&path);
         }
         _ if route.as_ref().is_some_and(|r| r.public) => None,
         _ => {
+            if let (Some(r), None) = (&route, mount) {
+                audit::route_decision(&req, &r.prefix, false, "not authenticated");
+            }
             let browser =
                 matches!(*req.method(), Method::GET | Method::HEAD) && mount.is_none() && is_navigation(req.headers());
             if browser {
@@ -462,6 +489,9 @@ async fn protected(State(app): State<Arc<App>>, mut req: Request) -> Response {
             return app.mounts.unauthenticated(&path);
         }
     };
+    if let Some(id) = &identity {
+        audit::set_user(&req, id);
+    }
     if let (Some(api), Some(id)) = (&app.api, &identity)
         && mount.is_some()
     {
@@ -492,6 +522,8 @@ async fn protected(State(app): State<Arc<App>>, mut req: Request) -> Response {
     }
     match route {
         Some(route) => {
+            let why = if route.public { "public route" } else { "authenticated" };
+            audit::route_decision(&req, &route.prefix, true, why);
             proxy::remove_cookie(req.headers_mut(), &app.settings.cookie_name);
             if let Some(id) = &identity {
                 app.set_identity_headers(req.headers_mut(), id);

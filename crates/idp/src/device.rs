@@ -22,6 +22,7 @@ use axum::Json;
 use axum::extract::{Extension, Form, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use kfsec_audit::RequestAudit;
 use kfsec_store::{Store, StoreError};
 use kfsec_types::UnixTime;
 use parking_lot::Mutex;
@@ -161,10 +162,14 @@ pub(crate) struct CodeForm {
 pub(crate) async fn device_code(
     State(idp): State<Arc<Idp>>,
     addr: Option<Extension<ClientAddr>>,
+    audit: Option<Extension<RequestAudit>>,
     Form(f): Form<CodeForm>,
 ) -> Result<Response, Response> {
+    let audit = audit.map(|Extension(a)| a);
+    crate::audit::device_code(audit.as_ref(), &f.client_id);
     device_code_inner(&idp, &address(addr), f)
         .await
+        .inspect_err(|e| crate::audit::failed(audit.as_ref(), e.error.as_str()))
         .map_err(|e| retry_later(e.into_response()))
 }
 
@@ -285,8 +290,11 @@ pub(crate) struct CallbackQuery {
 pub(crate) async fn device_callback(
     State(idp): State<Arc<Idp>>,
     addr: Option<Extension<ClientAddr>>,
+    audit: Option<Extension<RequestAudit>>,
     Query(q): Query<CallbackQuery>,
 ) -> Result<Response, PageError> {
+    let audit = audit.map(|Extension(a)| a);
+    crate::audit::device_approval(audit.as_ref());
     let invalid = || PageError::bad("This device login is invalid or has expired. Start again on your device.");
     // The state is a user code: guessing it here is throttled like entering it on the page.
     let source = address(addr);
@@ -306,6 +314,7 @@ pub(crate) async fn device_callback(
     let kv = idp.store.get(&key).await.map_err(IdpError::from)?.ok_or_else(invalid)?;
     let mut rec: DeviceRecord = serde_json::from_slice(&kv.value).map_err(IdpError::from)?;
     let client = idp.clients.get(&rec.client_id).await?.ok_or_else(invalid)?;
+    crate::audit::client(audit.as_ref(), &client.id);
     let redirect = format!("{}/device/callback", idp.settings.issuer_path());
     let verifier = idp.device_verifier(&q.state);
     let tokens = idp
@@ -318,6 +327,7 @@ pub(crate) async fn device_callback(
     if idp.store.take(&user_code_key).await.map_err(IdpError::from)?.is_none() {
         return Err(invalid());
     }
+    crate::audit::device_approved(audit.as_ref(), &tokens);
     rec.tokens = Some(tokens);
     let ttl = Some(TTL);
     idp.store

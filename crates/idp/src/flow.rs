@@ -32,6 +32,7 @@ use crate::secret::{ct_eq, random_token};
 use crate::tokens::{Claims, CodeRecord, Grant};
 use crate::{ClientAddr, ClientAuth, Idp, IdpError, OAuthCode, OAuthError, pages};
 use aws_lc_rs::hmac;
+use kfsec_audit::RequestAudit;
 use kfsec_store::{Store, StoreError};
 use kfsec_types::{Rng, random_array};
 
@@ -712,8 +713,10 @@ impl Idp {
         login: &str,
         password: &str,
         address: &str,
+        audit: Option<&RequestAudit>,
     ) -> Result<Result<(LoggedIn, u64), PasswordOutcome>, IdpError> {
         let account_name = login.trim();
+        let audit = crate::audit::Login::start(audit, &connector.id, account_name);
         // The lockout counts per connector: `local` keeps its old keys (lowercased emails).
         // Case-folded for every connector (directories match names without case, so `Alice`
         // must not buy a second budget), and each connector in its own space: `local` keeps its
@@ -735,6 +738,7 @@ impl Idp {
             Gate::Unavailable(retry) => {
                 // Fail closed: no password is checked while the counters cannot be kept.
                 outcome("unavailable");
+                audit.failed("login protection unavailable");
                 tracing::warn!(target: "audit", %address, connector = %connector.id, "login refused: login protection unavailable");
                 return Ok(Err(PasswordOutcome::Unavailable(format!(
                     "Logins cannot be checked right now. Try again {}.",
@@ -743,6 +747,7 @@ impl Idp {
             }
             Gate::Locked(retry) => {
                 outcome("locked");
+                audit.failed("locked out");
                 tracing::warn!(target: "audit", %address, connector = %connector.id, "login refused: locked out");
                 return Ok(Err(PasswordOutcome::Refused(format!(
                     "Too many failed attempts. Try again {}.",
@@ -770,6 +775,7 @@ impl Idp {
                 Ok(Some(ident)) => match crate::connector::admit(ident) {
                     Ok(ident) => Some(LoggedIn::federated(&connector.id, ident)),
                     Err(e) => {
+                        audit.failed("not admitted");
                         permit.success().await;
                         return Ok(Err(PasswordOutcome::Failed(e)));
                     }
@@ -778,6 +784,7 @@ impl Idp {
                 Err(e) => {
                     // Not a wrong password: the budget is given back, nothing is counted.
                     outcome("error");
+                    audit.failed("upstream error");
                     permit.release().await;
                     return Ok(Err(PasswordOutcome::Failed(e)));
                 }
@@ -786,8 +793,10 @@ impl Idp {
         };
         let Some(found) = found else {
             outcome("failure");
+            audit.failed("invalid credentials");
             let failure = permit.failure().await;
             if failure.locked {
+                audit.locked_out(200);
                 self.metrics.lockouts.inc();
             }
             tracing::warn!(target: "audit", %address, connector = %connector.id, "login failed");
@@ -804,6 +813,7 @@ impl Idp {
         };
         permit.success().await;
         outcome("success");
+        audit.succeeded(&found.email, found.identity.as_ref().map_or(&[], |i| &i.groups[..]));
         tracing::info!(target: "audit", user = %found.email, connector = %connector.id, %address, "login succeeded");
         Ok(Ok((found, auth_ms)))
     }
@@ -815,6 +825,7 @@ async fn login_submit(
     Query(q): Params,
     headers: HeaderMap,
     addr: Option<Extension<ClientAddr>>,
+    audit: Option<Extension<RequestAudit>>,
     Form(form): Form<LoginForm>,
 ) -> Result<Response, PageError> {
     idp.same_origin(&headers)?;
@@ -826,7 +837,14 @@ async fn login_submit(
     let address = addr.map_or_else(|| "unknown".to_owned(), |Extension(ClientAddr(a))| a.to_string());
     let scopes = Scopes::from_list(&req.scopes);
     let (who, auth_ms) = match idp
-        .check_password(&connector, scopes, &form.login, &form.password, &address)
+        .check_password(
+            &connector,
+            scopes,
+            &form.login,
+            &form.password,
+            &address,
+            audit.as_ref().map(|Extension(a)| a),
+        )
         .await?
     {
         Ok(found) => found,
@@ -911,9 +929,10 @@ async fn callback(
     State(idp): State<Arc<Idp>>,
     headers: HeaderMap,
     addr: Option<Extension<ClientAddr>>,
+    audit: Option<Extension<RequestAudit>>,
     Query(q): Params,
 ) -> Result<Response, PageError> {
-    upstream_callback(&idp, None, &headers, addr, &q).await
+    upstream_callback(&idp, None, &headers, addr, audit, &q).await
 }
 
 /// `GET /callback/{connector}`: the same, for the named connector only.
@@ -922,9 +941,10 @@ async fn callback_connector(
     Path(id): Path<String>,
     headers: HeaderMap,
     addr: Option<Extension<ClientAddr>>,
+    audit: Option<Extension<RequestAudit>>,
     Query(q): Params,
 ) -> Result<Response, PageError> {
-    upstream_callback(&idp, Some(&id), &headers, addr, &q).await
+    upstream_callback(&idp, Some(&id), &headers, addr, audit, &q).await
 }
 
 async fn upstream_callback(
@@ -932,6 +952,7 @@ async fn upstream_callback(
     expect: Option<&str>,
     headers: &HeaderMap,
     addr: Option<Extension<ClientAddr>>,
+    audit: Option<Extension<RequestAudit>>,
     q: &HashMap<String, String>,
 ) -> Result<Response, PageError> {
     let source = addr.map_or_else(|| "unknown".to_owned(), |Extension(ClientAddr(a))| a.to_string());
@@ -981,11 +1002,14 @@ async fn upstream_callback(
     };
     let back = idp.back_link(&req)?;
     let scopes = Scopes::from_list(&req.scopes);
+    let audit = crate::audit::Login::start(audit.as_ref().map(|Extension(a)| a), &connector.id, "");
     let identity = upstream
         .callback(scopes, &idp.callback_url(), &pending.p, q)
         .await
         .and_then(crate::connector::admit)
+        .inspect_err(|_| audit.failed("upstream error"))
         .map_err(|e| charge(PageError::connector(&connector.id, &e, back.clone())))?;
+    audit.succeeded(&identity.email, &identity.groups);
     let auth_ms = idp.clock.now().as_millis();
     tracing::info!(target: "audit", user = %identity.email, connector = %connector.id, "upstream login succeeded");
     let who = LoggedIn::federated(&connector.id, identity);
@@ -1129,10 +1153,36 @@ fn client_credentials(
     Ok((id, form.get("client_secret").cloned()))
 }
 
+/// `POST /token`, with its audit Event: the grant's identity action, the client, and the OAuth2
+/// error code as the reason of a failure.
 async fn token(
     State(idp): State<Arc<Idp>>,
     headers: HeaderMap,
     addr: Option<Extension<ClientAddr>>,
+    audit: Option<Extension<RequestAudit>>,
+    form: Result<Form<HashMap<String, String>>, axum::extract::rejection::FormRejection>,
+) -> Result<Response, OAuthError> {
+    let audit = audit.map(|Extension(a)| a);
+    if let (Some(a), Ok(Form(f))) = (&audit, &form) {
+        crate::audit::token_request(
+            a,
+            f.get("grant_type").map(String::as_str),
+            f.get("client_id").map(String::as_str),
+        );
+    }
+    let result = token_inner(idp, headers, addr, audit.as_ref(), form).await;
+    match &result {
+        Ok(_) => crate::audit::succeeded(audit.as_ref()),
+        Err(e) => crate::audit::failed(audit.as_ref(), e.error.as_str()),
+    }
+    result
+}
+
+async fn token_inner(
+    idp: Arc<Idp>,
+    headers: HeaderMap,
+    addr: Option<Extension<ClientAddr>>,
+    audit: Option<&RequestAudit>,
     form: Result<Form<HashMap<String, String>>, axum::extract::rejection::FormRejection>,
 ) -> Result<Response, OAuthError> {
     let Form(form) = form.map_err(|e| OAuthError::invalid_request(format!("Could not parse the request body: {e}")))?;
@@ -1146,6 +1196,7 @@ async fn token(
         tracing::warn!(target: "audit", client = %client_id, "client authentication failed");
         return Err(OAuthError::invalid_client());
     }
+    crate::audit::client(audit, &client.id);
     let get = |k: &str| form.get(k).map(String::as_str);
     let resp = match get("grant_type") {
         Some("authorization_code") => {
@@ -1165,7 +1216,7 @@ async fn token(
         }
         Some("password") if idp.settings.password_connector.is_some() => {
             let address = addr.map_or_else(|| "unknown".to_owned(), |Extension(ClientAddr(a))| a.to_string());
-            password_grant(&idp, &client, &form, &address).await?
+            password_grant(&idp, &client, &form, &address, audit).await?
         }
         Some(crate::device::GRANT_TYPE) => {
             crate::device::poll(&idp, &client, get("device_code").unwrap_or_default()).await?
@@ -1178,6 +1229,7 @@ async fn token(
         }
         None => return Err(OAuthError::invalid_request("Required param: grant_type.")),
     };
+    crate::audit::token_user(audit, &resp);
     let mut r = Json(resp).into_response();
     r.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -1215,6 +1267,7 @@ async fn password_grant(
     client: &crate::Client,
     form: &HashMap<String, String>,
     address: &str,
+    audit: Option<&RequestAudit>,
 ) -> Result<crate::TokenResponse, OAuthError> {
     let get = |k: &str| form.get(k).map(String::as_str).unwrap_or_default();
     let scopes = requested_scopes(get("scope"))?;
@@ -1240,6 +1293,7 @@ async fn password_grant(
             get("username"),
             get("password"),
             address,
+            audit,
         )
         .await?
     {
@@ -1336,6 +1390,7 @@ mod tests {
                 USER,
                 "password",
                 "10.0.0.1",
+                None,
             )
             .await
             .unwrap();
@@ -1360,7 +1415,9 @@ mod tests {
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect();
-        let e = password_grant(&idp, &client(), &form, "10.0.0.1").await.unwrap_err();
+        let e = password_grant(&idp, &client(), &form, "10.0.0.1", None)
+            .await
+            .unwrap_err();
         assert_eq!(
             (e.status, e.error),
             (StatusCode::SERVICE_UNAVAILABLE, OAuthCode::TemporarilyUnavailable)

@@ -75,6 +75,7 @@ pub struct KeyManager {
     rotation: Duration,
     token_lifetime: Duration,
     current: RwLock<Arc<KeySet>>,
+    auditor: std::sync::OnceLock<kfsec_audit::Auditor>,
 }
 
 fn new_kid(rng: &dyn Rng) -> String {
@@ -160,7 +161,14 @@ impl KeyManager {
             rotation,
             token_lifetime,
             current: RwLock::new(Arc::new(loaded)),
+            auditor: std::sync::OnceLock::new(),
         }))
+    }
+
+    /// Records each rotation this process makes as an audit event (`rotate` on `signingkeys`,
+    /// the new key's id as its name; once, a second call is ignored).
+    pub fn audit(&self, auditor: kfsec_audit::Auditor) {
+        let _ = self.auditor.set(auditor);
     }
 
     /// The current key set.
@@ -206,6 +214,17 @@ impl KeyManager {
             {
                 Ok(rev) => {
                     tracing::info!(kid = %rec.signing.kid, "rotated the ID token signing key");
+                    if let Some(auditor) = self.auditor.get() {
+                        kfsec_audit::request::background(
+                            auditor,
+                            self.clock.as_ref(),
+                            self.rng.as_ref(),
+                            kfsec_audit::request::identity::SIGNINGKEYS,
+                            kfsec_audit::request::identity::ROTATE,
+                            Some(&rec.signing.kid),
+                            &[],
+                        );
+                    }
                     *self.current.write() = Arc::new(load(&rec, rev, now)?);
                 }
                 Err(StoreError::Conflict { .. }) => return Box::pin(self.maintain(rotate)).await,

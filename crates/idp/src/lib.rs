@@ -6,6 +6,7 @@
 //! against our own published keys; redirect URIs match exactly; every password check runs
 //! through the lockout gate; secrets, codes and tokens are stored only as digests.
 
+mod audit;
 pub mod authn;
 pub mod clients;
 pub mod connector;

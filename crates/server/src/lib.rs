@@ -703,6 +703,12 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
         Some((api_router, mounts)),
     )
     .await?;
+    // Audit: every front-door request, the IdP's key rotations, the certificates and CA
+    // changes made here (the pipeline itself is started by `auditing`).
+    let auditor = kfsec_audit::Auditor::disabled();
+    app.audit(auditor.clone());
+    idp.keys().audit(auditor.clone());
+    trust.audit(auditor.clone(), rng.clone());
     // "Download kubeconfig" on the home page: `kfsec login`'s server URL and CA.
     dashboard.offer_kubeconfig(Arc::new(kubeconfig::Kubeconfigs {
         idp: idp.clone(),

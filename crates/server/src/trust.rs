@@ -196,6 +196,8 @@ pub struct Trust {
     changed: tokio::sync::Notify,
     /// The store the replicas share the PKI through, once [`Self::share`]d.
     shared: std::sync::OnceLock<shared::Shared>,
+    /// Where certificate and CA rotations made here are recorded, once [`Self::audit`] is set.
+    auditor: std::sync::OnceLock<(kfsec_audit::Auditor, Arc<dyn kfsec_types::Rng>)>,
 }
 
 impl Trust {
@@ -218,7 +220,28 @@ impl Trust {
             busy: tokio::sync::Mutex::new(()),
             changed: tokio::sync::Notify::new(),
             shared: std::sync::OnceLock::new(),
+            auditor: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Records the certificates issued and the CA changes made here as audit events (`rotate`
+    /// on `certificates`, named by the certificate or `ca`; once, a second call is ignored).
+    pub fn audit(&self, auditor: kfsec_audit::Auditor, rng: Arc<dyn kfsec_types::Rng>) {
+        let _ = self.auditor.set((auditor, rng));
+    }
+
+    fn audited(&self, name: &str, reason: &str) {
+        if let Some((auditor, rng)) = self.auditor.get() {
+            kfsec_audit::request::background(
+                auditor,
+                self.clock.as_ref(),
+                rng.as_ref(),
+                kfsec_audit::request::identity::CERTIFICATES,
+                kfsec_audit::request::identity::ROTATE,
+                Some(name),
+                &[(kfsec_audit::request::REASON_ANNOTATION, reason)],
+            );
+        }
     }
 
     /// The current CA set.
@@ -234,6 +257,7 @@ impl Trust {
         // rotation is lost by one of them, which adopts the other's).
         self.sync_locked().await?;
         let next = self.cas().rotate(&self.pki_dir, window, self.clock.as_ref())?;
+        self.audited("ca", "CA rotation started");
         let status = self.install(next);
         if !self.publish_locked().await? {
             return Err(shared::changing());
@@ -250,6 +274,7 @@ impl Trust {
             return Err(PkiError::Rotation("none is in progress".into()).into());
         }
         let next = cas.finish(&self.pki_dir, self.clock.as_ref())?;
+        self.audited("ca", "CA rotation finished");
         let status = self.install(next);
         if !self.publish_locked().await? {
             return Err(shared::changing());
@@ -320,7 +345,10 @@ impl Trust {
         if cas.window_ended(now) {
             match cas.finish(&self.pki_dir, self.clock.as_ref()) {
                 Ok(next) => match self.install(next) {
-                    Ok(_) => tracing::info!("CA rotation window over; certificates re-issued"),
+                    Ok(_) => {
+                        self.audited("ca", "CA rotation window over");
+                        tracing::info!("CA rotation window over; certificates re-issued")
+                    }
                     Err(e) => tracing::warn!(error = %e, "re-issuing after the CA rotation window failed; retrying"),
                 },
                 Err(e) => tracing::warn!(error = %e, "ending the CA rotation window failed; retrying"),

@@ -1,0 +1,149 @@
+//! The front door's audit layer: the edge opens a [`RequestAudit`] for every request while an
+//! [`Auditor`] is enabled (audit id, client addresses, user agent, request URI, arrival time),
+//! returns the id in the `Audit-ID` response header, and emits the request's Event(s) from the
+//! final response — at once for ordinary requests, `ResponseStarted` at the headers and
+//! `ResponseComplete` when the body ends for long-running ones (watches).
+//!
+//! Security invariants: a client's `Audit-ID` is reused only when short and of a safe charset
+//! (`kfsec_audit::request::audit_id_from_client`), otherwise a UUID is generated from the
+//! injected Rng; `sourceIPs` believe a forwarded address only from a trusted proxy, by the one
+//! rule the edge already applies (`headers::sanitize`: the last `X-Forwarded-For` entry a
+//! trusted peer sent), then the peer address; nothing here reads a body, a cookie or an
+//! `Authorization` header; with auditing off nothing is allocated.
+
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::{HeaderValue, header};
+use axum::response::Response;
+use bytes::Bytes;
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use kfsec_audit::request::{AUDIT_ID_HEADER, Begin, audit_id_from_client, new_audit_id};
+use kfsec_audit::{Auditor, RequestAudit};
+use kfsec_types::Identity;
+use kfsec_types::identity::UserInfo;
+
+use crate::App;
+
+/// Opens the request's audit context (`None` when auditing is off) and puts it in the
+/// request's extensions. `forwarded`: the client address a trusted proxy reported.
+pub(crate) fn begin(
+    app: &App,
+    auditor: &Auditor,
+    req: &mut Request,
+    peer: Option<IpAddr>,
+    forwarded: Option<IpAddr>,
+) -> Option<RequestAudit> {
+    if !auditor.enabled() {
+        return None;
+    }
+    let audit_id = req
+        .headers()
+        .get(AUDIT_ID_HEADER)
+        .and_then(|v| audit_id_from_client(v.as_bytes()))
+        .map_or_else(|| new_audit_id(app.rng.as_ref()), str::to_owned);
+    let mut source_ips = Vec::with_capacity(2);
+    source_ips.extend(forwarded.map(|ip| ip.to_string()));
+    source_ips.extend(peer.map(|ip| ip.to_string()));
+    let user_agent = req
+        .headers()
+        .get(header::USER_AGENT)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    let request_uri = req.uri().path_and_query().map_or("/", |pq| pq.as_str()).to_owned();
+    let audit = RequestAudit::begin(
+        auditor,
+        &app.clock,
+        Begin {
+            audit_id,
+            method: req.method().clone(),
+            request_uri,
+            source_ips,
+            user_agent,
+        },
+    )?;
+    req.extensions_mut().insert(audit.clone());
+    Some(audit)
+}
+
+/// Records the authenticated caller on the request's audit context, if any.
+pub(crate) fn set_user(req: &Request, identity: &Identity) {
+    if let Some(a) = req.extensions().get::<RequestAudit>() {
+        a.set_user(UserInfo::from(identity));
+    }
+}
+
+/// Records a proxied route's decision on the request's audit context, if any.
+pub(crate) fn route_decision(req: &Request, prefix: &str, allowed: bool, why: &str) {
+    if let Some(a) = req.extensions().get::<RequestAudit>() {
+        a.decision(allowed, &format!("route {prefix}: {why}"));
+    }
+}
+
+/// Adds the `Audit-ID` header and emits the request's events (wrapping the body of a
+/// long-running response so `ResponseComplete` is emitted when it ends).
+pub(crate) fn finish(audit: Option<RequestAudit>, mut resp: Response) -> Response {
+    let Some(audit) = audit else {
+        return resp;
+    };
+    if let Ok(v) = HeaderValue::from_str(&audit.audit_id()) {
+        resp.headers_mut().insert(AUDIT_ID_HEADER, v);
+    }
+    let code = resp.status().as_u16();
+    if audit.response_started(code) {
+        resp = resp.map(|inner| {
+            Body::new(Completing {
+                inner,
+                audit: Some(audit),
+                code,
+            })
+        });
+    }
+    resp
+}
+
+/// A long-running response's body: `ResponseComplete` is emitted when it ends or is dropped
+/// (the client went away).
+struct Completing {
+    inner: Body,
+    audit: Option<RequestAudit>,
+    code: u16,
+}
+
+impl Completing {
+    fn done(&mut self) {
+        if let Some(a) = self.audit.take() {
+            a.complete(self.code);
+        }
+    }
+}
+
+impl Drop for Completing {
+    fn drop(&mut self) {
+        self.done();
+    }
+}
+
+impl HttpBody for Completing {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
+            this.done();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

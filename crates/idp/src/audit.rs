@@ -1,0 +1,186 @@
+//! Identity events of the IdP's requests: each login, token or device-flow request's audit
+//! Event (`kfsec_audit::RequestAudit`, opened by the gateway's edge) becomes the identity action
+//! it performs — objectRef `{apiGroup: identity.kfsec.io, resource, name}`, the action's verb,
+//! `kfsec.io/connector` and `kfsec.io/reason` — and a lockout a failed login starts is its own
+//! Event with the same audit id.
+//!
+//! Security invariants: only account names, connector ids, client ids, grant types and fixed
+//! reason texts are recorded — never a password, code, token, cookie or user code; the attempted
+//! account is bounded in length.
+
+use kfsec_audit::RequestAudit;
+use kfsec_audit::request::{
+    CLIENT_ANNOTATION, CONNECTOR_ANNOTATION, GRANT_TYPE_ANNOTATION, OUTCOME_ANNOTATION, REASON_ANNOTATION, identity,
+};
+use kfsec_types::identity::UserInfo;
+
+/// The longest attempted account name recorded (longer ones are cut, marked with `…`).
+const MAX_ACCOUNT: usize = 256;
+
+fn bounded(account: &str) -> String {
+    if account.chars().count() <= MAX_ACCOUNT {
+        return account.to_owned();
+    }
+    let mut s: String = account.chars().take(MAX_ACCOUNT).collect();
+    s.push('…');
+    s
+}
+
+/// One login's audit: started with the connector and the attempted account, ended by
+/// [`Login::failed`] or [`Login::succeeded`]. Does nothing when auditing is off.
+pub(crate) struct Login<'a> {
+    audit: Option<&'a RequestAudit>,
+    connector: String,
+    account: String,
+}
+
+impl<'a> Login<'a> {
+    /// A login at `connector` for `account` (empty: not known yet, as at an upstream callback).
+    pub(crate) fn start(audit: Option<&'a RequestAudit>, connector: &str, account: &str) -> Self {
+        let account = bounded(account.trim());
+        if let Some(a) = audit {
+            a.identity(identity::LOGINS, identity::LOGIN, Some(&account));
+            a.annotate(CONNECTOR_ANNOTATION, connector);
+        }
+        Self {
+            audit,
+            connector: connector.to_owned(),
+            account,
+        }
+    }
+
+    /// The login failed for `reason` (a fixed text: `invalid credentials`, `locked out`…).
+    pub(crate) fn failed(&self, reason: &str) {
+        if let Some(a) = self.audit {
+            a.annotate(OUTCOME_ANNOTATION, "failure");
+            a.annotate(REASON_ANNOTATION, reason);
+        }
+    }
+
+    /// The failure just recorded started a lockout of the account: its own `lockout` Event.
+    pub(crate) fn locked_out(&self, code: u16) {
+        if let Some(a) = self.audit {
+            a.side_event(
+                identity::LOCKOUTS,
+                identity::LOCKOUT,
+                Some(&self.account),
+                &[
+                    (CONNECTOR_ANNOTATION, &self.connector),
+                    (REASON_ANNOTATION, "too many failed attempts"),
+                ],
+                code,
+            );
+        }
+    }
+
+    /// The login succeeded as `email` (with `groups`): the Event's user and objectRef name.
+    pub(crate) fn succeeded(&self, email: &str, groups: &[String]) {
+        if let Some(a) = self.audit {
+            a.annotate(OUTCOME_ANNOTATION, "success");
+            a.object_name(email);
+            a.set_user(UserInfo::authenticated(email, groups));
+        }
+    }
+}
+
+/// Bounded label of a grant type (`other` for anything unknown: a client's text never lands in
+/// the log unbounded).
+fn grant_label(grant: &str) -> &'static str {
+    match grant {
+        "authorization_code" => "authorization_code",
+        "refresh_token" => "refresh_token",
+        "password" => "password",
+        crate::device::GRANT_TYPE => crate::device::GRANT_TYPE,
+        _ => "other",
+    }
+}
+
+/// A token endpoint request: `issue` (authorization code, device code), `refresh`, or the
+/// password grant's `login` on `tokens` / `logins`, with the grant type and client.
+pub(crate) fn token_request(audit: &RequestAudit, grant: Option<&str>, client_id: Option<&str>) {
+    let g = grant.map_or("other", grant_label);
+    match g {
+        "refresh_token" => audit.identity(identity::TOKENS, identity::REFRESH, client_id),
+        "password" => audit.identity(identity::LOGINS, identity::LOGIN, None),
+        _ => audit.identity(identity::TOKENS, identity::ISSUE, client_id),
+    }
+    audit.annotate(GRANT_TYPE_ANNOTATION, g);
+    if let Some(c) = client_id {
+        audit.annotate(CLIENT_ANNOTATION, bounded(c));
+    }
+}
+
+/// A failed request's reason (an OAuth2 error code or a fixed text), unless one was recorded.
+pub(crate) fn failed(audit: Option<&RequestAudit>, reason: &str) {
+    if let Some(a) = audit {
+        a.annotate_default(OUTCOME_ANNOTATION, "failure");
+        a.annotate_default(REASON_ANNOTATION, reason);
+    }
+}
+
+/// The client an action was for.
+pub(crate) fn client(audit: Option<&RequestAudit>, client_id: &str) {
+    if let Some(a) = audit {
+        a.annotate(CLIENT_ANNOTATION, bounded(client_id));
+    }
+}
+
+/// A device-flow approval (the browser leg's callback): `approve` on `devicecodes`.
+pub(crate) fn device_approval(audit: Option<&RequestAudit>) {
+    if let Some(a) = audit {
+        a.identity(identity::DEVICECODES, identity::APPROVE, None);
+    }
+}
+
+/// A request that succeeded, unless an outcome was recorded.
+pub(crate) fn succeeded(audit: Option<&RequestAudit>) {
+    if let Some(a) = audit {
+        a.annotate_default(OUTCOME_ANNOTATION, "success");
+    }
+}
+
+/// A device code issued to `client_id`: `issue` on `devicecodes`.
+pub(crate) fn device_code(audit: Option<&RequestAudit>, client_id: &str) {
+    if let Some(a) = audit {
+        a.identity(identity::DEVICECODES, identity::ISSUE, None);
+        a.annotate(CLIENT_ANNOTATION, bounded(client_id));
+    }
+}
+
+/// The user the tokens of `resp` were issued to: the `email` (else `sub`) and `groups` claims
+/// of its ID token, which kfsec just signed (so read without verifying again).
+fn token_subject(resp: &crate::TokenResponse) -> Option<UserInfo> {
+    use base64::Engine;
+    let payload = resp.id_token.split('.').nth(1)?;
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).ok()?;
+    let claims: serde_json::Value = serde_json::from_slice(&raw).ok()?;
+    let name = claims
+        .get("email")
+        .and_then(|v| v.as_str())
+        .or_else(|| claims.get("sub").and_then(|v| v.as_str()))?;
+    let groups: Vec<String> = claims
+        .get("groups")
+        .and_then(|v| v.as_array())
+        .map(|a| a.iter().filter_map(|g| g.as_str().map(str::to_owned)).collect())
+        .unwrap_or_default();
+    Some(UserInfo::authenticated(name, &groups))
+}
+
+/// The tokens of a token endpoint request were issued: the Event's user is their subject.
+pub(crate) fn token_user(audit: Option<&RequestAudit>, resp: &crate::TokenResponse) {
+    if let Some(a) = audit
+        && let Some(user) = token_subject(resp)
+    {
+        a.set_user(user);
+    }
+}
+
+/// The device login was approved by the user the device's tokens are for.
+pub(crate) fn device_approved(audit: Option<&RequestAudit>, resp: &crate::TokenResponse) {
+    if let Some(a) = audit
+        && let Some(user) = token_subject(resp)
+    {
+        a.annotate(OUTCOME_ANNOTATION, "success");
+        a.set_user(user);
+    }
+}
