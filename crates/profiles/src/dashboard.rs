@@ -19,6 +19,7 @@ use axum::extract::{Extension, Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::{MethodRouter, delete, get, post};
+use kfsec_api::audit;
 use kfsec_api::{ApiServer, Attributes, Decision};
 use kfsec_types::Identity;
 use kfsec_types::identity::UserInfo;
@@ -27,7 +28,9 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use crate::controller::decode_profile;
-use crate::kfam::{Binding, Denied, Kfam, Workspace, error, json_utf8};
+use crate::kfam::{
+    Binding, Denied, Kfam, MEMBERS_REASON, Workspace, binding_ref, error, json_utf8, owner_reason, profile_ref,
+};
 
 /// The largest request body (`{"contributor": …}`, `{"namespace": …}`).
 pub(crate) const MAX_BODY: usize = 16 * 1024;
@@ -327,13 +330,19 @@ impl Dashboard {
             .route("/api/namespaces", json_405(get(namespaces)))
             .route("/api/activities/{ns}", json_405(get(activities)))
             .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+            .layer(axum::middleware::from_fn(audit::layer))
             .with_state(self.clone())
     }
 
     fn allowed(&self, id: &Identity, verb: &str, resource: &str, ns: &str, name: &str) -> bool {
+        self.decide(id, verb, resource, ns, name).is_allowed()
+    }
+
+    /// RBAC's decision on `verb` of the core `resource` (`name` in `ns`) for the caller.
+    fn decide(&self, id: &Identity, verb: &str, resource: &str, ns: &str, name: &str) -> Decision {
         let u = UserInfo::from(id);
         let a = Attributes::resource(u.username, u.groups, verb, "", resource, ns).with_name(name);
-        matches!(self.kfam.authz().authorize(&a), Decision::Allow { .. })
+        self.kfam.authz().authorize(&a)
     }
 
     /// The caller's workspace `ns`, if they may see it (member or cluster admin).
@@ -356,6 +365,7 @@ async fn not_found() -> Response {
 }
 
 async fn exists(State(d): State<Arc<Dashboard>>, Extension(id): Extension<Identity>) -> Response {
+    audit::decided("list", profile_ref(""), true, MEMBERS_REASON);
     let workspaces = match d.kfam.workspaces(&id).await {
         Ok(w) => w,
         Err(r) => return r,
@@ -373,6 +383,7 @@ async fn exists(State(d): State<Arc<Dashboard>>, Extension(id): Extension<Identi
 }
 
 async fn env_info(State(d): State<Arc<Dashboard>>, Extension(id): Extension<Identity>) -> Response {
+    audit::decided("list", profile_ref(""), true, MEMBERS_REASON);
     let workspaces = match d.kfam.workspaces(&id).await {
         Ok(w) => w,
         Err(r) => return r,
@@ -422,6 +433,13 @@ pub(crate) async fn create(
     let owner = b.user.filter(|u| !u.is_empty()).unwrap_or_else(|| id.user.clone());
     // Upstream lets the body name anyone as owner; here only a cluster admin may.
     if owner != id.user && !d.kfam.cluster_admin(&UserInfo::from(&id)) {
+        let ns = b.namespace.as_deref().filter(|n| !n.is_empty());
+        audit::decided(
+            "create",
+            profile_ref(ns.unwrap_or(&default_namespace(&owner))),
+            false,
+            "",
+        );
         tracing::info!(target: "audit", caller = %id.user, owner = %owner, "dashboard create for another user refused");
         return error(
             StatusCode::FORBIDDEN,
@@ -459,7 +477,10 @@ async fn nuke_self(State(d): State<Arc<Dashboard>>, Extension(id): Extension<Ide
     // not make somebody else's workspace of the same name "self".
     match d.kfam.workspaces(&id).await {
         Ok(ws) if ws.iter().any(|w| w.name == ns && w.owner == id.user) => {}
-        Ok(_) => return refused(),
+        Ok(_) => {
+            audit::decided("delete", profile_ref(&ns), false, "");
+            return refused();
+        }
         Err(r) => return r,
     }
     match d.kfam.remove_profile(&id, &ns).await {
@@ -473,6 +494,7 @@ async fn nuke_self(State(d): State<Arc<Dashboard>>, Extension(id): Extension<Ide
 }
 
 async fn all_namespaces(State(d): State<Arc<Dashboard>>, Extension(id): Extension<Identity>) -> Response {
+    audit::decided("list", profile_ref(""), true, MEMBERS_REASON);
     match d.kfam.workspaces(&id).await {
         Ok(ws) => {
             let rows: Vec<Value> = ws
@@ -490,7 +512,21 @@ async fn get_contributors(
     Extension(id): Extension<Identity>,
     Path(ns): Path<String>,
 ) -> Response {
-    contributor_list(&d, &id, &ns).await
+    match d.workspace(&id, &ns).await {
+        Ok(w) => {
+            if audit::active() {
+                let reason = match dashboard_role(&w, &id.user) {
+                    Some("owner") => Some(owner_reason(&ns)),
+                    Some(role) => Some(format!("KFAM: allowed as a {role} of Profile {ns:?}")),
+                    None => d.kfam.cluster_admin_reason(&UserInfo::from(&id)),
+                };
+                let object = binding_ref(&ns, "");
+                audit::decided("list", object, true, reason.as_deref().unwrap_or_default());
+            }
+            json_utf8(StatusCode::OK, json!(contributors(&w)))
+        }
+        Err(r) => refused_change(r, "list", &ns),
+    }
 }
 
 #[derive(Deserialize)]
@@ -532,6 +568,15 @@ async fn contributor_request(
     Ok((user, role, d.workspace(id, ns).await?))
 }
 
+/// A contributor request refused before KFAM was asked (`r`): a 403 (the workspace is not the
+/// caller's to see) is recorded as a refused `verb` on `ns`'s rolebindings.
+fn refused_change(r: Response, verb: &str, ns: &str) -> Response {
+    if r.status() == StatusCode::FORBIDDEN {
+        audit::decided(verb, binding_ref(ns, ""), false, "");
+    }
+    r
+}
+
 /// `ns`'s contributors as the caller sees them (upstream's answer to every contributor route).
 async fn contributor_list(d: &Dashboard, id: &Identity, ns: &str) -> Response {
     match d.workspace(id, ns).await {
@@ -548,7 +593,7 @@ pub(crate) async fn add_contributor(
 ) -> Response {
     let (user, role, w) = match contributor_request(&d, &id, &ns, &body).await {
         Ok(x) => x,
-        Err(r) => return r,
+        Err(r) => return refused_change(r, "create", &ns),
     };
     let role = role.unwrap_or("edit");
     if user == w.owner {
@@ -580,7 +625,7 @@ pub(crate) async fn remove_contributor(
 ) -> Response {
     let (user, role, w) = match contributor_request(&d, &id, &ns, &body).await {
         Ok(x) => x,
-        Err(r) => return r,
+        Err(r) => return refused_change(r, "delete", &ns),
     };
     let what = format!("Unable to remove contributor for {ns}");
     let roles: Vec<&'static str> = ["edit", "view"]
@@ -590,7 +635,17 @@ pub(crate) async fn remove_contributor(
         .collect();
     if roles.is_empty() {
         // Nothing to remove; who asks still decides between "no such contributor" and "no".
-        return match d.kfam.may_manage(&UserInfo::from(&id), &ns).await {
+        let decided = d.kfam.manage_reason(&UserInfo::from(&id), &ns).await;
+        if let Ok(reason) = &decided {
+            let object = binding_ref(&ns, "");
+            audit::decided(
+                "delete",
+                object,
+                reason.is_some(),
+                reason.as_deref().unwrap_or_default(),
+            );
+        }
+        return match decided.map(|r| r.is_some()) {
             Ok(true) => error(StatusCode::NOT_FOUND, &format!("{user} is not a contributor of {ns}.")),
             Ok(false) => denied(Denied::Refused(StatusCode::FORBIDDEN, None), &what),
             Err(_) => denied(Denied::Refused(StatusCode::SERVICE_UNAVAILABLE, None), &what),
@@ -625,7 +680,10 @@ async fn namespaces(State(d): State<Arc<Dashboard>>, Extension(id): Extension<Id
         Ok(l) => l.items,
         Err(e) => return denied(d.kfam.failed("listing namespaces", &e), "Unable to list namespaces"),
     };
-    let everything = d.allowed(&id, "list", "namespaces", "", "");
+    let listing = d.decide(&id, "list", "namespaces", "", "");
+    let everything = listing.is_allowed();
+    let reason = if everything { listing.reason() } else { MEMBERS_REASON };
+    audit::decided("list", audit::object_ref("", "v1", "namespaces", "", ""), true, reason);
     let members: Vec<String> = if everything {
         Vec::new()
     } else {
@@ -666,7 +724,10 @@ async fn activities(
     if !dns_label(&ns) {
         return bad_request(&format!("{ns:?} is not a namespace name"));
     }
-    if !d.allowed(&id, "list", "events", &ns, "") {
+    let decision = d.decide(&id, "list", "events", &ns, "");
+    let object = audit::object_ref("", "v1", "events", &ns, "");
+    audit::decided("list", object, decision.is_allowed(), decision.reason());
+    if !decision.is_allowed() {
         tracing::info!(target: "audit", caller = %id.user, namespace = %ns, "dashboard activities refused");
         return error(
             StatusCode::FORBIDDEN,

@@ -22,6 +22,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
+use kfsec_api::audit::{self, ObjectRef};
 use kfsec_api::{ApiError, ApiServer, Attributes, Authorize, Decision};
 use kfsec_store::Store;
 use kfsec_types::identity::UserInfo;
@@ -261,6 +262,7 @@ impl Kfam {
             .route("/v1/role/clusteradmin", get(is_cluster_admin))
             // KFAM bodies are a binding or a profile: a few hundred bytes.
             .layer(axum::extract::DefaultBodyLimit::max(KFAM_MAX_BODY))
+            .layer(axum::middleware::from_fn(audit::layer))
             .with_state(self.clone())
     }
 
@@ -276,20 +278,35 @@ impl Kfam {
 
     /// Whether `user` may do anything anywhere.
     pub fn cluster_admin(&self, user: &UserInfo) -> bool {
+        self.cluster_admin_reason(user).is_some()
+    }
+
+    /// RBAC's reason when `user` may do anything anywhere (`None`: not a cluster admin).
+    pub(crate) fn cluster_admin_reason(&self, user: &UserInfo) -> Option<String> {
         let a = Attributes::resource(user.username.clone(), user.groups.clone(), "*", "*", "*", "");
-        matches!(self.authz.authorize(&a), Decision::Allow { .. })
+        match self.authz.authorize(&a) {
+            Decision::Allow { reason } => Some(reason),
+            Decision::NoOpinion => None,
+        }
     }
 
     pub(crate) async fn may_manage(&self, user: &UserInfo, namespace: &str) -> Result<bool, ApiError> {
-        if self.cluster_admin(user) {
-            return Ok(true);
+        Ok(self.manage_reason(user, namespace).await?.is_some())
+    }
+
+    /// Why `user` may manage `namespace`'s contributors (a cluster admin: RBAC's reason; its
+    /// owner: [`owner_reason`]); `None`: they may not.
+    pub(crate) async fn manage_reason(&self, user: &UserInfo, namespace: &str) -> Result<Option<String>, ApiError> {
+        if let Some(reason) = self.cluster_admin_reason(user) {
+            return Ok(Some(reason));
         }
         // A system namespace has no owner, whatever a Profile of that name (old data) says.
         if self.api.is_reserved_namespace(namespace) {
-            return Ok(false);
+            return Ok(None);
         }
         let profile = self.api.get_object(profiles()?, "", namespace).await?;
-        Ok(profile.is_some_and(|p| stored_profile(p).owner_name() == user.username))
+        let owner = profile.is_some_and(|p| stored_profile(p).owner_name() == user.username);
+        Ok(owner.then(|| owner_reason(namespace)))
     }
 
     /// Whether a new profile may be named `name`: not a system namespace, not a namespace that
@@ -324,18 +341,52 @@ impl Kfam {
     }
 }
 
+/// The audit `objectRef` of a KFAM binding: `rolebindings` (`rbac.authorization.k8s.io/v1`) in
+/// the workspace namespace.
+pub(crate) fn binding_ref(namespace: &str, name: &str) -> ObjectRef {
+    audit::object_ref(RBAC_GROUP, "v1", "rolebindings", namespace, name)
+}
+
+/// The audit `objectRef` of a Profile (`kubeflow.org/v1`, cluster-scoped).
+pub(crate) fn profile_ref(name: &str) -> ObjectRef {
+    let (group, version) = PROFILE_API_VERSION.split_once('/').unwrap_or(("kubeflow.org", "v1"));
+    audit::object_ref(group, version, "profiles", "", name)
+}
+
+/// The audit reason of a decision a profile's ownership makes.
+pub(crate) fn owner_reason(namespace: &str) -> String {
+    format!("KFAM: allowed as the owner of Profile {namespace:?}")
+}
+
+/// The audit reason of a profile created through self-registration.
+const REGISTRATION_REASON: &str = "KFAM: registrationFlow lets a user create the Profile they own";
+
+/// The audit reason of the cluster-admin question asked about oneself.
+const SELF_QUESTION_REASON: &str = "KFAM: every user may ask whether they are a cluster admin";
+
+/// The audit reason of reads every user may make, limited to the workspaces they belong to.
+pub(crate) const MEMBERS_REASON: &str = "KFAM: every user reads the workspaces they belong to";
+
+const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
+
 fn rolebindings() -> Result<&'static kfsec_api::Resource, ApiError> {
-    ApiServer::resource("rbac.authorization.k8s.io", "v1", "rolebindings")
+    ApiServer::resource(RBAC_GROUP, "v1", "rolebindings")
         .ok_or_else(|| ApiError::Internal("rolebindings are not served".into()))
 }
 
 impl Kfam {
     /// Checks that the caller may manage the binding's namespace (a refusal is KFAM's empty 403;
     /// a failure to find out is a failure, not a refusal).
-    async fn check_manage(&self, id: &Identity, b: &Binding) -> Result<(), Denied> {
-        match self.may_manage(&user_info(id), &b.namespace).await {
-            Ok(true) => Ok(()),
-            Ok(false) => {
+    /// The decision is recorded in the request's audit Event as `verb` on the binding `name`.
+    async fn check_manage(&self, id: &Identity, b: &Binding, verb: &str, name: &str) -> Result<(), Denied> {
+        let decided = self.manage_reason(&user_info(id), &b.namespace).await;
+        if let Ok(reason) = &decided {
+            let object = binding_ref(&b.namespace, name);
+            audit::decided(verb, object, reason.is_some(), reason.as_deref().unwrap_or_default());
+        }
+        match decided {
+            Ok(Some(_)) => Ok(()),
+            Ok(None) => {
                 tracing::info!(target: "audit", caller = %id.user, namespace = %b.namespace, "KFAM binding refused");
                 Err(Denied::Refused(StatusCode::FORBIDDEN, None))
             }
@@ -346,9 +397,9 @@ impl Kfam {
     /// Adds a contributor binding, if the caller may manage its namespace; the authorizer sees it
     /// before this returns.
     pub(crate) async fn bind(&self, id: &Identity, b: &Binding) -> Result<(), Denied> {
-        self.check_manage(id, b).await?;
-        let rb = rolebindings().map_err(|e| Denied::Failed(failure(self, "finding rolebindings", &e)))?;
         let name = binding_name(&b.user_kind, &b.user, "ClusterRole", b.role);
+        self.check_manage(id, b, "create", &name).await?;
+        let rb = rolebindings().map_err(|e| Denied::Failed(failure(self, "finding rolebindings", &e)))?;
         let mut binding = RoleBinding::new(
             &b.namespace,
             name,
@@ -361,23 +412,24 @@ impl Kfam {
         ]);
         let obj = encode(&binding).map_err(|e| Denied::Failed(failure(self, "encoding a binding", &e)))?;
         match self.api.create_object(rb, &b.namespace, obj).await {
-            Ok(_) | Err(ApiError::AlreadyExists { .. }) => {
-                self.settle().await;
-                tracing::info!(target: "audit", caller = %id.user, user = %b.user, namespace = %b.namespace, role = b.role, "contributor added");
-                Ok(())
-            }
-            Err(e) => Err(refusal_or_failure(self, "creating a binding", &e)),
+            Ok(created) => audit::written(&created),
+            Err(ApiError::AlreadyExists { .. }) => {}
+            Err(e) => return Err(refusal_or_failure(self, "creating a binding", &e)),
         }
+        self.settle().await;
+        tracing::info!(target: "audit", caller = %id.user, user = %b.user, namespace = %b.namespace, role = b.role, "contributor added");
+        Ok(())
     }
 
     /// Removes a contributor binding, if the caller may manage its namespace; the authorizer no
     /// longer grants it when this returns.
     pub(crate) async fn unbind(&self, id: &Identity, b: &Binding) -> Result<(), Denied> {
-        self.check_manage(id, b).await?;
-        let rb = rolebindings().map_err(|e| Denied::Failed(failure(self, "finding rolebindings", &e)))?;
         let name = binding_name(&b.user_kind, &b.user, "ClusterRole", b.role);
+        self.check_manage(id, b, "delete", &name).await?;
+        let rb = rolebindings().map_err(|e| Denied::Failed(failure(self, "finding rolebindings", &e)))?;
         match self.api.delete_object(rb, &b.namespace, &name).await {
-            Ok(Some(_)) => {
+            Ok(Some(deleted)) => {
+                audit::written(&deleted);
                 self.settle().await;
                 tracing::info!(target: "audit", caller = %id.user, user = %b.user, namespace = %b.namespace, "contributor removed");
                 Ok(())
@@ -502,6 +554,7 @@ async fn list_bindings(
     Extension(id): Extension<Identity>,
     Query(q): Query<BindingQuery>,
 ) -> Response {
+    audit::decided("list", binding_ref(&q.namespace, ""), true, MEMBERS_REASON);
     let workspaces = match k.workspaces(&id).await {
         Ok(w) => w,
         Err(r) => return r,
@@ -537,7 +590,17 @@ impl Kfam {
     /// caller owns it; never over a system or foreign namespace.
     pub(crate) async fn make_profile(&self, id: &Identity, mut p: Profile) -> Result<(), Denied> {
         let own = p.owner_name() == id.user;
-        if !(self.cluster_admin(&user_info(id)) || (self.registration_flow && own)) {
+        let reason = match self.cluster_admin_reason(&user_info(id)) {
+            Some(reason) => Some(reason),
+            None => (self.registration_flow && own).then(|| REGISTRATION_REASON.to_owned()),
+        };
+        audit::decided(
+            "create",
+            profile_ref(p.name()),
+            reason.is_some(),
+            reason.as_deref().unwrap_or_default(),
+        );
+        if reason.is_none() {
             return Err(Denied::Refused(
                 StatusCode::FORBIDDEN,
                 Some("only cluster admins create profiles for others (or enable registrationFlow)".to_owned()),
@@ -557,7 +620,8 @@ impl Kfam {
         }
         let p = encode(&p).map_err(|e| Denied::Failed(failure(self, "encoding a profile", &e)))?;
         match self.api.create_object(r, "", p).await {
-            Ok(_) => {
+            Ok(created) => {
+                audit::written(&created);
                 tracing::info!(target: "audit", caller = %id.user, profile = %name, "profile created");
                 Ok(())
             }
@@ -569,16 +633,31 @@ impl Kfam {
     pub(crate) async fn remove_profile(&self, id: &Identity, name: &str) -> Result<(), Denied> {
         let refused = || Denied::Refused(StatusCode::UNAUTHORIZED, None);
         let r = profiles().map_err(|e| Denied::Failed(failure(self, "finding profiles", &e)))?;
-        let allowed = match self.api.get_object(r, "", name).await {
-            Ok(Some(p)) => stored_profile(p).owner_name() == id.user || self.cluster_admin(&user_info(id)),
-            Ok(None) => false,
+        let reason = match self.api.get_object(r, "", name).await {
+            Ok(Some(p)) => {
+                if stored_profile(p).owner_name() == id.user {
+                    Some(owner_reason(name))
+                } else {
+                    self.cluster_admin_reason(&user_info(id))
+                }
+            }
+            Ok(None) => None,
             Err(e) => return Err(Denied::Failed(failure(self, "reading a profile", &e))),
         };
-        if !allowed {
+        audit::decided(
+            "delete",
+            profile_ref(name),
+            reason.is_some(),
+            reason.as_deref().unwrap_or_default(),
+        );
+        if reason.is_none() {
             return Err(refused());
         }
         match self.api.delete_object(r, "", name).await {
-            Ok(_) => {
+            Ok(deleted) => {
+                if let Some(d) = &deleted {
+                    audit::written(d);
+                }
                 tracing::info!(target: "audit", caller = %id.user, profile = %name, "profile deleted");
                 Ok(())
             }
@@ -630,10 +709,13 @@ async fn is_cluster_admin(
 ) -> Response {
     let caller = user_info(&id);
     let answer = if q.user.is_empty() || q.user == id.user {
+        audit::decided_non_resource("get", true, SELF_QUESTION_REASON);
         k.cluster_admin(&caller)
-    } else if k.cluster_admin(&caller) {
+    } else if let Some(reason) = k.cluster_admin_reason(&caller) {
+        audit::decided_non_resource("get", true, &reason);
         k.cluster_admin(&UserInfo::authenticated(q.user, &[]))
     } else {
+        audit::decided_non_resource("get", false, "");
         tracing::info!(target: "audit", caller = %id.user, "KFAM cluster-admin question about another user answered false");
         false
     };
@@ -738,6 +820,75 @@ mod failure_tests {
         let status = r.status();
         let bytes = axum::body::to_bytes(r.into_body(), usize::MAX).await.unwrap();
         (status, String::from_utf8(bytes.to_vec()).unwrap())
+    }
+
+    /// `method path` as `user` through KFAM's router with an audit context: the status and the
+    /// request's Event.
+    async fn audited(k: &Arc<Kfam>, user: &str, method: &str, path: &str, body: &str) -> (u16, kfsec_audit::Event) {
+        use tower::ServiceExt as _;
+        let cap = kfsec_audit::testing::Capture::metadata();
+        let clock: Arc<dyn kfsec_types::Clock> = ManualClock::new(UnixTime::from_secs(1));
+        let begin = kfsec_audit::request::Begin {
+            audit_id: "a".into(),
+            method: method.parse().unwrap(),
+            request_uri: path.into(),
+            source_ips: vec![],
+            user_agent: None,
+        };
+        let ctx = kfsec_audit::RequestAudit::begin(&cap.auditor(), &clock, begin).unwrap();
+        let mut req = axum::http::Request::builder()
+            .method(method)
+            .uri(path)
+            .body(axum::body::Body::from(body.to_owned()))
+            .unwrap();
+        req.extensions_mut().insert(Identity::new(user, Vec::new()));
+        req.extensions_mut().insert(ctx.clone());
+        let status = k.router().oneshot(req).await.unwrap().status().as_u16();
+        ctx.complete(status);
+        (status, cap.take().pop().unwrap())
+    }
+
+    #[tokio::test]
+    async fn audit_events_name_the_binding_and_who_decided() {
+        let (k, _) = setup().await;
+        let decision = |e: &kfsec_audit::Event| {
+            let a = |key: &str| e.annotations.get(key).cloned().unwrap_or_default();
+            (a("authorization.k8s.io/decision"), a("authorization.k8s.io/reason"))
+        };
+        // The owner adds bob: create rolebindings/<KFAM's name> in the workspace namespace.
+        let (status, e) = audited(&k, "alice", "POST", "/v1/bindings", BINDING).await;
+        assert_eq!(status, 200);
+        assert_eq!(e.verb, "create");
+        let o = e.object_ref.clone().unwrap();
+        assert_eq!(o.api_group.as_deref(), Some("rbac.authorization.k8s.io"));
+        assert_eq!(
+            (o.resource.as_deref(), o.namespace.as_deref(), o.name.as_deref()),
+            (Some("rolebindings"), Some("team"), Some("user-bob-clusterrole-edit"))
+        );
+        assert!(o.uid.is_some());
+        assert_eq!(
+            decision(&e),
+            ("allow".into(), r#"KFAM: allowed as the owner of Profile "team""#.into())
+        );
+        // Someone else may not remove him: forbid, no reason.
+        let (status, e) = audited(&k, "mallory", "DELETE", "/v1/bindings", BINDING).await;
+        assert_eq!(status, 403);
+        assert_eq!(e.verb, "delete");
+        assert_eq!(decision(&e), ("forbid".into(), String::new()));
+        assert_eq!(e.object_ref.unwrap().name.as_deref(), Some("user-bob-clusterrole-edit"));
+        // Profiles: a refused creation, an owner's deletion.
+        let p = r#"{"metadata":{"name":"other"},"spec":{"owner":{"kind":"User","name":"carol"}}}"#;
+        let (status, e) = audited(&k, "mallory", "POST", "/v1/profiles", p).await;
+        assert_eq!(status, 403);
+        assert_eq!(decision(&e).0, "forbid");
+        let o = e.object_ref.unwrap();
+        assert_eq!(
+            (o.resource.as_deref(), o.name.as_deref()),
+            (Some("profiles"), Some("other"))
+        );
+        let (status, e) = audited(&k, "alice", "DELETE", "/v1/profiles/team", "").await;
+        assert_eq!(status, 200);
+        assert_eq!((e.verb.as_str(), decision(&e).0.as_str()), ("delete", "allow"));
     }
 
     #[tokio::test]

@@ -85,6 +85,8 @@ impl Dashboard {
             )
             .fallback(not_found)
             .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+            // The pages' changes are KFAM's: their decisions go into the request's audit Event.
+            .layer(axum::middleware::from_fn(kfsec_api::audit::layer))
             .with_state(self.clone())
     }
 }
