@@ -473,7 +473,7 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
         wait(rx.clone()),
     )
     .map_err(io("starting the admin listener"))?;
-    let opened = storage::open(&cfg.store, &dir, clock.clone(), &store_health).await?;
+    let opened = storage::open(&cfg.store, &dir, clock.clone(), rng.clone(), &store_health).await?;
     let store = seal_store(opened.store, &cfg, clock.as_ref(), rng.clone()).await?;
     let (store, store_probe): (Arc<dyn Store>, _) = match opened.etcd {
         Some(etcd) => (
@@ -836,7 +836,7 @@ pub async fn open_admin_store(cfg: &Config, clock: Arc<dyn Clock>) -> Result<Arc
     let store: Arc<dyn Store> = match &cfg.store {
         config::store::StoreSettings::Redb => open_store(&DataDir(cfg.data_dir.clone()), clock.clone())?,
         config::store::StoreSettings::Etcd { config, .. } => Arc::new(
-            kfsec_store_etcd::connect(config, clock.clone())
+            kfsec_store_etcd::connect(config, clock.clone(), Arc::new(OsRng))
                 .await
                 .map_err(|e| ServerError::Store(StoreError::Backend(e.to_string())))?,
         ),

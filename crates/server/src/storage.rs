@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use kfsec_store::{KeyValue, ListPage, Revision, Store, StoreError, Upkeep, WatchStream};
 use kfsec_store_etcd::{EtcdConfig, EtcdError, EtcdStore};
-use kfsec_types::Clock;
+use kfsec_types::{Clock, Rng};
 use parking_lot::Mutex;
 
 use crate::config::store::StoreSettings;
@@ -130,6 +130,7 @@ pub async fn open(
     settings: &StoreSettings,
     dir: &DataDir,
     clock: Arc<dyn Clock>,
+    rng: Arc<dyn Rng>,
     health: &StoreHealth,
 ) -> Result<Opened, ServerError> {
     let config = match settings {
@@ -140,7 +141,7 @@ pub async fn open(
         }
         StoreSettings::Etcd { config, .. } => config,
     };
-    let etcd = connect_retrying(config, clock, health).await?;
+    let etcd = connect_retrying(config, clock, rng, health).await?;
     health.touch();
     health.set_problem(None);
     tracing::info!(endpoints = %config.endpoints.join(","), prefix = %etcd.prefix(), "connected to etcd");
@@ -153,12 +154,13 @@ pub async fn open(
 async fn connect_retrying(
     config: &EtcdConfig,
     clock: Arc<dyn Clock>,
+    rng: Arc<dyn Rng>,
     health: &StoreHealth,
 ) -> Result<EtcdStore, ServerError> {
     let mut delay = Duration::from_millis(200);
     let mut attempt = 1u32;
     loop {
-        match kfsec_store_etcd::connect(config, clock.clone()).await {
+        match kfsec_store_etcd::connect(config, clock.clone(), rng.clone()).await {
             Ok(s) => return Ok(s),
             Err(EtcdError::Unreachable(failures)) => {
                 for (endpoint, cause) in &failures {

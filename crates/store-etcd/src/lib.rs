@@ -5,7 +5,18 @@
 //! revision); `create` is a transaction on `create_revision == 0`, every other write and `take`
 //! a transaction on the `mod_revision` just read (retried while etcd reports a concurrent
 //! change, so an unconditional write never clobbers blindly and `expected` conflicts are exact);
-//! `list` pages key ranges (`start_after` + `"\0"` up to the prefix end) at one revision; `watch`
+//! each such transaction also puts a *receipt* — an empty key named by 16 random bytes from the
+//! injected [`Rng`], in the reserved range `prefix + "/\0receipt/"`, leased for a minute — so
+//! that after an ambiguous answer (the connection broke during a member's death or a leader
+//! election) one read of the receipt and the key at one revision says exactly what happened:
+//! receipt there → it applied (at the receipt's `mod_revision`); absent and the key unchanged →
+//! it did not yet, so it is sent again with the same receipt (at most one attempt can apply);
+//! absent and the key moved on → it never will, and the usual rules apply to what is there
+//! (`take` → `Ok(None)`: another caller holds the record; `delete` → NotFound / Conflict; CAS →
+//! Conflict). So a single-use `take` goes to exactly one caller and a CAS never has two
+//! winners, also when a competitor wrote the same bytes. Receipts are never listed, watched,
+//! swept or decoded: every store range starts after the reserved keys, and the store keys `/`
+//! and `/\0…` are refused. `list` pages key ranges (`start_after` + `"\0"` up to the prefix end) at one revision; `watch`
 //! replays from `after + 1` with previous values and reports etcd's compaction as
 //! [`StoreError::Compacted`] (`oldest` = the compaction revision − 1). Values are stored in the
 //! small framed envelope of [`envelope`] (version, absolute expiry, create-revision mode).
@@ -18,10 +29,11 @@
 //! [`EtcdStore::compact`] on a schedule.
 //!
 //! Security invariants: every key read or written is `prefix + key` with `key` starting with `/`
-//! (prefix `/kfsec` → `/kfsec/<key>`), so nothing outside the configured prefix is ever written,
-//! listed or watched, and a key that does not start with `/` is refused; a value under the
-//! prefix that is not a valid envelope is a [`StoreError::Backend`], never a panic; the etcd
-//! password never appears in `Debug` output or logs; connection errors name the endpoint.
+//! (prefix `/kfsec` → `/kfsec/<key>`; receipts are `/kfsec/\0receipt/<hex>`), so nothing
+//! outside the configured prefix is ever written, listed or watched, and a key that does not
+//! start with `/` is refused; a value under the prefix that is not a valid envelope is a
+//! [`StoreError::Backend`], never a panic; the etcd password never appears in `Debug` output or
+//! logs; connection errors name the endpoint.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -33,7 +45,7 @@ use etcd_client::{
     Txn, TxnOp, TxnOpResponse,
 };
 use kfsec_store::{EventKind, KeyValue, ListPage, Revision, Store, StoreError, Upkeep, WatchEvent, WatchStream};
-use kfsec_types::{Clock, UnixTime};
+use kfsec_types::{Clock, Rng, UnixTime, random_array};
 
 pub mod envelope;
 mod lease;
@@ -42,6 +54,8 @@ mod retry;
 pub mod testing;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_ambiguous;
 #[cfg(test)]
 mod tests_leader;
 
@@ -172,6 +186,8 @@ pub struct EtcdStore {
     /// The normalised prefix, without a trailing `/` (e.g. `/kfsec`).
     root: String,
     clock: Arc<dyn Clock>,
+    /// The source of receipt names.
+    rng: Arc<dyn Rng>,
     lease_grace: Duration,
     request_timeout: Duration,
     watch_buffer: usize,
@@ -257,8 +273,9 @@ fn check_endpoint(endpoint: &str, tls: bool) -> Result<(), EtcdError> {
 
 /// Connects to the cluster and checks that at least one endpoint answers a quorum read (an
 /// endpoint that does not is logged, naming it, and used again once it recovers). `clock` is
-/// the time TTL expiry is judged by.
-pub async fn connect(config: &EtcdConfig, clock: Arc<dyn Clock>) -> Result<EtcdStore, EtcdError> {
+/// the time TTL expiry is judged by; `rng` names each write's receipt (see the crate docs), so
+/// it must give different bytes in every process sharing the cluster (a secure random source).
+pub async fn connect(config: &EtcdConfig, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -> Result<EtcdStore, EtcdError> {
     let root = normalise_prefix(&config.prefix)?;
     if config.endpoints.is_empty() {
         return Err(EtcdError::Config("no endpoints".into()));
@@ -300,6 +317,7 @@ pub async fn connect(config: &EtcdConfig, clock: Arc<dyn Clock>) -> Result<EtcdS
         client,
         root,
         clock,
+        rng,
         lease_grace: config.lease_grace,
         request_timeout: config.request_timeout,
         watch_buffer: config.watch_buffer.max(1),
@@ -348,6 +366,41 @@ fn prefix_end(key: &[u8]) -> Vec<u8> {
     vec![0]
 }
 
+/// Store keys starting with this, and the key `/` itself, are refused: their etcd keys are
+/// kfsec's own — `prefix + "/"` is the revision probe, `prefix + "/\0receipt/…"` the receipts —
+/// and no range the store lists, watches or sweeps includes them.
+const RESERVED: &str = "/\0";
+
+/// How long a receipt stays readable (its lease, plus `lease_grace`): far longer than an
+/// operation spends resolving an ambiguous answer (a few request timeouts).
+const RECEIPT_TTL: Duration = Duration::from_secs(60);
+
+/// One store operation's receipt: a key unique to the operation (random name), put with a
+/// short lease by the same etcd transaction as the operation's write or delete. After an
+/// ambiguous answer it tells exactly whether the transaction applied: present → it did (its
+/// `mod_revision` is the transaction's revision); absent while the record is unchanged → not
+/// yet (send it again, with the same receipt, so at most one attempt applies); absent while
+/// the record has moved on → never (the compare can no longer hold).
+struct Receipt {
+    key: String,
+    lease: i64,
+}
+
+/// What a transaction carrying a [`Receipt`] did.
+enum Outcome {
+    /// It applied (this attempt or an earlier, ambiguous one), at this etcd revision.
+    Applied(i64),
+    /// It did not apply: its compare failed; the key holds this now.
+    NotApplied(Option<etcd_client::KeyValue>),
+    /// Its answer was lost and it has not applied; the key holds this now.
+    Unknown(Option<etcd_client::KeyValue>, StoreError),
+}
+
+/// Whether a transaction failed because a lease it names is gone from etcd.
+fn lease_lost(e: &StoreError) -> bool {
+    matches!(e, StoreError::Backend(m) if m.contains("requested lease not found"))
+}
+
 /// What a write requires of the record it replaces.
 #[derive(Clone, Copy)]
 enum Want {
@@ -369,7 +422,24 @@ impl EtcdStore {
         if !key.starts_with('/') {
             return Err(StoreError::Backend(format!("store key {key:?} must start with /")));
         }
+        if key == "/" || key.starts_with(RESERVED) {
+            return Err(StoreError::Backend(format!("store key {key:?} is reserved")));
+        }
         Ok(format!("{}{key}", self.root))
+    }
+
+    /// A fresh receipt: a key of the reserved range no other operation uses, with a lease of
+    /// [`RECEIPT_TTL`].
+    async fn receipt(&self) -> Result<Receipt, StoreError> {
+        let nonce: [u8; 16] = random_array(self.rng.as_ref());
+        let mut key = format!("{}{RESERVED}receipt/", self.root);
+        for b in nonce {
+            key.push_str(&format!("{b:02x}"));
+        }
+        Ok(Receipt {
+            key,
+            lease: self.grant(RECEIPT_TTL).await?,
+        })
     }
 
     /// The etcd key of store key `/`: reads that want only the revision (`count_only`) go there,
@@ -379,13 +449,22 @@ impl EtcdStore {
     }
 
     /// The etcd key range of store prefix `prefix`; `None` if no store key can match it.
+    /// It never includes the reserved keys (the probe key and the receipts).
     fn erange(&self, prefix: &str) -> Option<(Vec<u8>, Vec<u8>)> {
-        let lo = match prefix {
-            "" => format!("{}/", self.root),
-            p if p.starts_with('/') => format!("{}{p}", self.root),
+        let (lo, hi) = match prefix {
+            // Every store key: past `prefix + "/"` and the receipts (`prefix + "/\0…"`).
+            "" | "/" => (
+                format!("{}/\u{1}", self.root),
+                prefix_end(format!("{}/", self.root).as_bytes()),
+            ),
+            p if p.starts_with(RESERVED) => return None,
+            p if p.starts_with('/') => {
+                let lo = format!("{}{p}", self.root);
+                let hi = prefix_end(lo.as_bytes());
+                (lo, hi)
+            }
             _ => return None,
         };
-        let hi = prefix_end(lo.as_bytes());
         Some((lo.into_bytes(), hi))
     }
 
@@ -444,16 +523,6 @@ impl EtcdStore {
         self.read_raw(ekey).await?.map(|kv| self.decode(&kv)).transpose()
     }
 
-    /// The record a failed transaction's `or_else(get)` returned.
-    fn else_current(&self, resp: &etcd_client::TxnResponse) -> Result<Option<Current>, StoreError> {
-        for r in resp.op_responses() {
-            if let TxnOpResponse::Get(g) = r {
-                return g.kvs().first().map(|kv| self.decode(kv)).transpose();
-            }
-        }
-        Err(StoreError::Backend("etcd: transaction answer without its read".into()))
-    }
-
     fn header_revision(header: Option<&etcd_client::ResponseHeader>) -> Result<Revision, StoreError> {
         to_rev(
             header
@@ -485,8 +554,8 @@ impl EtcdStore {
         Ok(resp.id())
     }
 
-    /// Sends `txn`; after an ambiguous failure, reads the key and returns what it holds now
-    /// (`Err(cause)` inside when the read cannot be had either).
+    /// Sends `txn`, again only while it certainly did not reach etcd ([`Sent::Unknown`] after
+    /// an ambiguous failure).
     async fn send_txn(&self, txn: Txn) -> Result<Sent<etcd_client::TxnResponse>, StoreError> {
         self.write_once(|| {
             let mut kv = self.client.kv_client();
@@ -494,6 +563,93 @@ impl EtcdStore {
             async move { kv.txn(txn).await }
         })
         .await
+    }
+
+    /// Runs `op` on `ekey` if `compare` holds, putting `receipt` in the same transaction, and
+    /// settles an ambiguous answer with the receipt (see [`Receipt`]): a quorum read of the
+    /// receipt and the key at one revision. Fails only when etcd cannot be read either.
+    /// `resent`: an earlier attempt of this operation had an ambiguous answer (only then can a
+    /// failed compare be that attempt's doing).
+    async fn commit(
+        &self,
+        ekey: &str,
+        compare: Compare,
+        op: TxnOp,
+        receipt: &Receipt,
+        resent: bool,
+    ) -> Result<Outcome, StoreError> {
+        let stamp = TxnOp::put(
+            receipt.key.as_str(),
+            Vec::new(),
+            Some(PutOptions::new().with_lease(receipt.lease)),
+        );
+        let txn = Txn::new()
+            .when([compare])
+            .and_then([op, stamp])
+            .or_else([TxnOp::get(ekey, None), TxnOp::get(receipt.key.as_str(), None)]);
+        match self.send_txn(txn).await? {
+            Sent::Done(resp) if resp.succeeded() => Ok(Outcome::Applied(
+                resp.header()
+                    .ok_or_else(|| StoreError::Backend("etcd: answer without a header".into()))?
+                    .revision(),
+            )),
+            Sent::Done(resp) => {
+                // The compare failed; the receipt is there if an earlier, ambiguous attempt
+                // of this operation applied.
+                let [now, stamped] = Self::two_gets(&resp)?;
+                Ok(match stamped {
+                    Some(r) if resent => Outcome::Applied(r.mod_revision()),
+                    _ => Outcome::NotApplied(now),
+                })
+            }
+            Sent::Unknown(cause) => {
+                tracing::debug!(key = %ekey, error = %cause, "ambiguous etcd answer; reading the receipt");
+                let resp = self
+                    .read_retry(|| {
+                        let mut kv = self.client.kv_client();
+                        // Only reads: a linearizable read of both keys at one revision.
+                        let look =
+                            Txn::new().and_then([TxnOp::get(ekey, None), TxnOp::get(receipt.key.as_str(), None)]);
+                        async move { kv.txn(look).await }
+                    })
+                    .await?;
+                let [now, stamped] = Self::two_gets(&resp)?;
+                Ok(match stamped {
+                    Some(r) => Outcome::Applied(r.mod_revision()),
+                    None => Outcome::Unknown(now, cause),
+                })
+            }
+        }
+    }
+
+    /// The first record of each of a transaction answer's two reads.
+    fn two_gets(resp: &etcd_client::TxnResponse) -> Result<[Option<etcd_client::KeyValue>; 2], StoreError> {
+        let mut gets = resp.op_responses().into_iter().filter_map(|r| match r {
+            TxnOpResponse::Get(g) => Some(g.kvs().first().cloned()),
+            _ => None,
+        });
+        match (gets.next(), gets.next()) {
+            (Some(a), Some(b)) => Ok([a, b]),
+            _ => Err(StoreError::Backend("etcd: transaction answer without its reads".into())),
+        }
+    }
+
+    /// A lease was gone from etcd (revoked by an operator, a restore): never share `ids` again
+    /// and grant fresh ones — the record's (for `ttl`) and the receipt's.
+    async fn regrant(
+        &self,
+        ids: [Option<i64>; 2],
+        ttl: Option<Duration>,
+        receipt: &mut Receipt,
+    ) -> Result<Option<i64>, StoreError> {
+        for id in ids.into_iter().flatten() {
+            self.leases.forget(id);
+        }
+        receipt.lease = self.grant(RECEIPT_TTL).await?;
+        match ttl {
+            Some(d) => Ok(Some(self.grant(d).await?)),
+            None => Ok(None),
+        }
     }
 
     async fn write(
@@ -510,6 +666,7 @@ impl EtcdStore {
             Some(d) => Some(self.grant(d).await?),
             None => None,
         };
+        let mut receipt = self.receipt().await?;
         let mut regranted = false;
         let mut current = match want {
             // Optimistic: a create usually finds nothing.
@@ -551,58 +708,45 @@ impl EtcdStore {
             };
             let body = envelope::encode(expires_at, create, &value);
             let opts = lease.map(|id| PutOptions::new().with_lease(id));
-            let txn = Txn::new()
-                .when([compare])
-                .and_then([TxnOp::put(ekey.as_str(), body.clone(), opts)])
-                .or_else([TxnOp::get(ekey.as_str(), None)]);
-            let sent = match self.send_txn(txn).await {
-                Err(StoreError::Backend(m)) if m.contains("requested lease not found") && !regranted => {
-                    // A shared lease etcd no longer has (revoked by an operator, a restore):
-                    // never share it again, and write with a fresh one.
-                    if let Some(id) = lease {
-                        self.leases.forget(id);
-                    }
+            let op = TxnOp::put(ekey.as_str(), body, opts);
+            let outcome = match self.commit(&ekey, compare, op, &receipt, ambiguous > 0).await {
+                Err(e) if lease_lost(&e) && !regranted => {
                     regranted = true;
-                    lease = match ttl {
-                        Some(d) => Some(self.grant(d).await?),
-                        None => None,
-                    };
+                    lease = self.regrant([lease, Some(receipt.lease)], ttl, &mut receipt).await?;
                     continue;
                 }
                 other => other?,
             };
-            match sent {
-                Sent::Done(resp) if resp.succeeded() => return Self::header_revision(resp.header()),
-                Sent::Done(resp) => current = self.else_current(&resp)?,
-                Sent::Unknown(cause) => {
-                    // Did it apply? The key tells: unchanged → it did not (send it again);
-                    // holding exactly our bytes and lease → it did; anything else → another
-                    // writer came first, and the loop applies the usual rules to that.
+            // Not applied: the loop applies the usual rules to what the key holds now (an
+            // unchanged key after an ambiguous answer → the same transaction again).
+            current = match outcome {
+                Outcome::Applied(rev) => return to_rev(rev),
+                Outcome::NotApplied(now) => now,
+                Outcome::Unknown(now, cause) => {
                     ambiguous += 1;
-                    let now_raw = self.read_raw(&ekey).await?;
-                    let before = current.as_ref().map(|c| c.etcd_mod);
-                    let unchanged = now_raw.as_ref().map(etcd_client::KeyValue::mod_revision) == before;
-                    if unchanged {
-                        if ambiguous > 3 {
-                            return Err(cause);
-                        }
-                    } else if let Some(raw) = &now_raw
-                        && raw.value() == body.as_slice()
-                        && raw.lease() == lease.unwrap_or(0)
-                    {
-                        return to_rev(raw.mod_revision());
+                    if ambiguous > 3 {
+                        return Err(cause);
                     }
-                    current = now_raw.map(|kv| self.decode(&kv)).transpose()?;
+                    now
                 }
             }
+            .map(|kv| self.decode(&kv))
+            .transpose()?;
         }
     }
 
     /// Deletes the live record at `key` if `expected` matches; `Ok(None)` if there is none.
+    /// Exact across ambiguous answers (the [`Receipt`] says whether the delete was this call's),
+    /// so a single-use record taken by two callers at once goes to exactly one of them.
     async fn remove(&self, key: &str, expected: Option<Revision>) -> Result<Option<KeyValue>, StoreError> {
         let ekey = self.ekey(key)?;
         let now = self.clock.now();
         let mut current = self.read(&ekey).await?;
+        if !current.as_ref().is_some_and(|c| is_live(&c.kv, now)) {
+            return Ok(None);
+        }
+        let mut receipt = self.receipt().await?;
+        let mut regranted = false;
         let mut ambiguous = 0;
         loop {
             let Some(c) = current.filter(|c| is_live(&c.kv, now)) else {
@@ -615,29 +759,36 @@ impl EtcdStore {
                     found: c.kv.mod_revision,
                 });
             }
-            let txn = Txn::new()
-                .when([Compare::mod_revision(ekey.as_str(), CompareOp::Equal, c.etcd_mod)])
-                .and_then([TxnOp::delete(ekey.as_str(), None)])
-                .or_else([TxnOp::get(ekey.as_str(), None)]);
-            match self.send_txn(txn).await? {
-                Sent::Done(resp) if resp.succeeded() => {
+            let compare = Compare::mod_revision(ekey.as_str(), CompareOp::Equal, c.etcd_mod);
+            let op = TxnOp::delete(ekey.as_str(), None);
+            let outcome = match self.commit(&ekey, compare, op, &receipt, ambiguous > 0).await {
+                Err(e) if lease_lost(&e) && !regranted => {
+                    regranted = true;
+                    self.regrant([Some(receipt.lease), None], None, &mut receipt).await?;
+                    current = Some(c);
+                    continue;
+                }
+                other => other?,
+            };
+            // Applied → the record deleted is `c`: an attempt is sent again only while the
+            // key is unchanged, or once the receipt has shown that no earlier one can apply.
+            current = match outcome {
+                Outcome::Applied(rev) => {
                     let mut deleted = c.kv;
-                    deleted.mod_revision = Self::header_revision(resp.header())?;
+                    deleted.mod_revision = to_rev(rev)?;
                     return Ok(Some(deleted));
                 }
-                Sent::Done(resp) => current = self.else_current(&resp)?,
-                Sent::Unknown(cause) => {
-                    // Unchanged → it did not apply: send it again. Gone or changed → we cannot
-                    // tell whose delete it was; for a single-use `take` the only safe answer
-                    // is a failure (never a second holder of the record).
+                Outcome::NotApplied(now) => now,
+                Outcome::Unknown(now, cause) => {
                     ambiguous += 1;
-                    let now = self.read(&ekey).await?;
-                    if ambiguous > 3 || now.as_ref().map(|n| n.etcd_mod) != Some(c.etcd_mod) {
+                    if ambiguous > 3 {
                         return Err(cause);
                     }
-                    current = now;
+                    now
                 }
             }
+            .map(|kv| self.decode(&kv))
+            .transpose()?;
         }
     }
 

@@ -9,10 +9,17 @@ use std::time::Duration;
 use etcd_client::{GetOptions, PutOptions};
 use kfsec_store::conformance;
 use kfsec_store::{EventKind, KeyValue, ListPage, Revision, Store, StoreError, WatchStream};
-use kfsec_types::{ManualClock, UnixTime};
+use kfsec_types::{ManualClock, SequenceRng, UnixTime};
 
 use crate::testing::{EtcdCluster, etcd_binary};
 use crate::{Compaction, EtcdConfig, EtcdError, EtcdStore, connect};
+
+/// One random source for every store of the test binary, so that no two stores name their
+/// receipts alike (as two replicas' OS randomness never does).
+pub(crate) fn rng() -> Arc<dyn kfsec_types::Rng> {
+    static RNG: std::sync::OnceLock<Arc<SequenceRng>> = std::sync::OnceLock::new();
+    RNG.get_or_init(Arc::default).clone()
+}
 
 /// A single-member etcd, or `None` to skip (etcd missing and not required).
 async fn single() -> Option<EtcdCluster> {
@@ -79,7 +86,7 @@ impl Store for Retaining {
 
 async fn harness(cluster: &EtcdCluster, prefix: &str) -> (conformance::Harness, Arc<EtcdStore>) {
     let clock = ManualClock::new(UnixTime::from_secs(1_700_000_000));
-    let store = Arc::new(connect(&config(cluster, prefix), clock.clone()).await.unwrap());
+    let store = Arc::new(connect(&config(cluster, prefix), clock.clone(), rng()).await.unwrap());
     let s = store.clone();
     let h = conformance::Harness {
         store: Arc::new(Retaining {
@@ -124,7 +131,7 @@ async fn next(w: &mut WatchStream) -> Result<kfsec_store::WatchEvent, StoreError
 async fn watch_from_compacted_history_is_compacted() {
     let Some(cluster) = single().await else { return };
     let clock = ManualClock::new(UnixTime::from_secs(1_700_000_000));
-    let store = connect(&config(&cluster, "/kfsec"), clock).await.unwrap();
+    let store = connect(&config(&cluster, "/kfsec"), clock, rng()).await.unwrap();
     let r0 = store.revision().await.unwrap();
     for i in 0..10 {
         store.put(&format!("/c/{i}"), vec![i], None).await.unwrap();
@@ -154,7 +161,7 @@ async fn ttl_is_enforced_from_the_stored_expiry_and_the_lease_cleans_up() {
     let clock = ManualClock::new(UnixTime::from_secs(1_700_000_000));
     let mut cfg = config(&cluster, "/kfsec");
     cfg.lease_grace = Duration::ZERO;
-    let store = connect(&cfg, clock.clone()).await.unwrap();
+    let store = connect(&cfg, clock.clone(), rng()).await.unwrap();
     let mut raw = cluster.raw_client().await.unwrap();
 
     // Expired by the clock, long before any lease could fire: invisible to every read.
@@ -193,8 +200,12 @@ async fn ttl_is_enforced_from_the_stored_expiry_and_the_lease_cleans_up() {
 async fn concurrent_increments_from_two_replicas_lose_nothing() {
     let Some(cluster) = single().await else { return };
     let clock = ManualClock::new(UnixTime::from_secs(1_700_000_000));
-    let a = Arc::new(connect(&config(&cluster, "/kfsec"), clock.clone()).await.unwrap());
-    let b = Arc::new(connect(&config(&cluster, "/kfsec"), clock).await.unwrap());
+    let a = Arc::new(
+        connect(&config(&cluster, "/kfsec"), clock.clone(), rng())
+            .await
+            .unwrap(),
+    );
+    let b = Arc::new(connect(&config(&cluster, "/kfsec"), clock, rng()).await.unwrap());
     a.create("/n/counter", b"0".to_vec(), None).await.unwrap();
     const TASKS: usize = 8;
     const EACH: usize = 15;
@@ -238,7 +249,9 @@ async fn concurrent_increments_from_two_replicas_lose_nothing() {
 async fn nothing_outside_the_prefix_is_read_or_written() {
     let Some(cluster) = single().await else { return };
     let clock = ManualClock::new(UnixTime::from_secs(1_700_000_000));
-    let store = connect(&config(&cluster, "/kfsec/"), clock.clone()).await.unwrap();
+    let store = connect(&config(&cluster, "/kfsec/"), clock.clone(), rng())
+        .await
+        .unwrap();
     assert_eq!(store.prefix(), "/kfsec");
     let mut raw = cluster.raw_client().await.unwrap();
     let foreign = [
@@ -299,8 +312,9 @@ async fn nothing_outside_the_prefix_is_read_or_written() {
             .is_err()
     );
 
-    // Keys that do not start with `/` are refused before anything is sent.
-    for bad in ["", "a", "../x", "2/x"] {
+    // Keys that do not start with `/` are refused before anything is sent, and so are the
+    // reserved ones (the probe key, the receipts' range).
+    for bad in ["", "a", "../x", "2/x", "/", "/\0receipt/x", "/\0"] {
         assert!(
             matches!(store.put(bad, Vec::new(), None).await, Err(StoreError::Backend(_))),
             "{bad:?}"
@@ -317,13 +331,22 @@ async fn nothing_outside_the_prefix_is_read_or_written() {
         );
     }
     let all = raw.get("", Some(GetOptions::new().with_all_keys())).await.unwrap();
+    let mut receipts = 0;
     for kv in all.kvs() {
         let k = String::from_utf8_lossy(kv.key());
+        if k.starts_with("/kfsec/\0receipt/") {
+            // Each write's and delete's receipt: leased, inside the prefix, never listed,
+            // watched or swept (the checks above).
+            assert_ne!(kv.lease(), 0, "{k}");
+            receipts += 1;
+            continue;
+        }
         assert!(
             foreign.contains(&k.as_ref()) || k == "/kfsec2/during",
             "unexpected key {k}"
         );
     }
+    assert_eq!(receipts, 3, "the two puts and the delete");
 
     // A value under the prefix that is not a kfsec record: an error, never a panic; the
     // sweeper leaves it alone.
@@ -342,7 +365,7 @@ async fn bad_configuration_and_unreachable_endpoints_are_named() {
     let mut cfg = EtcdConfig::new(vec!["http://127.0.0.1:1".into()], "/kfsec");
     cfg.connect_timeout = Duration::from_millis(500);
     cfg.request_timeout = Duration::from_millis(500);
-    let err = connect(&cfg, clock.clone()).await.unwrap_err();
+    let err = connect(&cfg, clock.clone(), rng()).await.unwrap_err();
     assert!(matches!(err, EtcdError::Unreachable(_)), "{err:?}");
     assert!(err.to_string().contains("http://127.0.0.1:1"), "{err}");
 
@@ -359,7 +382,7 @@ async fn bad_configuration_and_unreachable_endpoints_are_named() {
         (vec!["http://127.0.0.1:2379".to_owned()], "", "prefix"),
     ] {
         let cfg = EtcdConfig::new(endpoints, prefix);
-        let err = connect(&cfg, clock.clone()).await.unwrap_err();
+        let err = connect(&cfg, clock.clone(), rng()).await.unwrap_err();
         assert!(matches!(err, EtcdError::Config(_)), "{err:?}");
         assert!(err.to_string().contains(why), "{err} should name {why}");
     }
@@ -368,7 +391,7 @@ async fn bad_configuration_and_unreachable_endpoints_are_named() {
         ca_file: Some("/nonexistent/ca.crt".into()),
         ..Default::default()
     });
-    let err = connect(&cfg, clock.clone()).await.unwrap_err();
+    let err = connect(&cfg, clock.clone(), rng()).await.unwrap_err();
     assert!(err.to_string().contains("/nonexistent/ca.crt"), "{err}");
     let mut cfg = EtcdConfig::new(vec!["http://127.0.0.1:2379".into()], "/kfsec");
     cfg.username = Some("root".into());
@@ -398,7 +421,7 @@ async fn kill_member_under_load(kill_leader: bool) {
     let Some(bin) = etcd_binary().unwrap() else { return };
     let mut cluster = EtcdCluster::three(&bin).await.unwrap();
     let clock = ManualClock::new(UnixTime::from_secs(1_700_000_000));
-    let store = Arc::new(connect(&config(&cluster, "/kfsec"), clock).await.unwrap());
+    let store = Arc::new(connect(&config(&cluster, "/kfsec"), clock, rng()).await.unwrap());
     let r0 = store.revision().await.unwrap();
     // Several watches, so that some are (very likely) on the member that dies and must be
     // re-opened through another one.
@@ -493,7 +516,7 @@ async fn tls_with_client_certificates() {
         cert_file: Some(pki.client_cert.clone()),
         key_file: Some(pki.client_key.clone()),
     };
-    let store = connect(&with(good.clone()), clock.clone()).await.unwrap();
+    let store = connect(&with(good.clone()), clock.clone(), rng()).await.unwrap();
     let r = store.put("/tls", b"over TLS".to_vec(), None).await.unwrap();
     assert_eq!(store.get("/tls").await.unwrap().unwrap().mod_revision, r);
     assert!(store.health().await.is_ok());
@@ -504,7 +527,7 @@ async fn tls_with_client_certificates() {
         key_file: None,
         ..good.clone()
     };
-    let err = connect(&with(no_cert), clock.clone()).await.unwrap_err();
+    let err = connect(&with(no_cert), clock.clone(), rng()).await.unwrap_err();
     eprintln!("no client certificate: {err}");
     assert!(err.to_string().contains(&endpoint), "{err}");
 
@@ -515,7 +538,7 @@ async fn tls_with_client_certificates() {
         ca_file: Some(other_pki.ca_file.clone()),
         ..good.clone()
     };
-    let err = connect(&with(wrong_ca), clock.clone()).await.unwrap_err();
+    let err = connect(&with(wrong_ca), clock.clone(), rng()).await.unwrap_err();
     eprintln!("wrong CA: {err}");
     assert!(matches!(err, EtcdError::Unreachable(_)), "{err:?}");
     assert!(err.to_string().contains(&endpoint), "{err}");
@@ -525,7 +548,7 @@ async fn tls_with_client_certificates() {
         key_file: Some(pki.ca_file.clone()),
         ..good
     };
-    let err = connect(&with(bad_key), clock).await.unwrap_err();
+    let err = connect(&with(bad_key), clock, rng()).await.unwrap_err();
     assert!(err.to_string().contains(&endpoint), "{err}");
 }
 
@@ -547,7 +570,7 @@ async fn etcd_users_limited_to_the_prefix() {
     let mut cfg = config(&cluster, "/kfsec");
     cfg.username = Some("kfsec".into());
     cfg.password = Some("kfsec-pw".into());
-    let store = connect(&cfg, clock.clone()).await.unwrap();
+    let store = connect(&cfg, clock.clone(), rng()).await.unwrap();
     // Every operation stays inside the role's prefix.
     let r0 = store.revision().await.unwrap();
     let mut w = store.watch("/", r0).await.unwrap();
@@ -567,7 +590,7 @@ async fn etcd_users_limited_to_the_prefix() {
     assert!(store.compact(Compaction::KeepRevisions(1)).await.unwrap().is_some());
 
     cfg.password = Some("wrong".into());
-    let err = connect(&cfg, clock).await.unwrap_err();
+    let err = connect(&cfg, clock, rng()).await.unwrap_err();
     eprintln!("wrong password: {err}");
     assert!(err.to_string().contains(&cluster.client_url(0).to_owned()), "{err}");
     assert!(!err.to_string().contains("wrong"), "{err}");
@@ -577,7 +600,7 @@ async fn etcd_users_limited_to_the_prefix() {
 async fn ttl_records_share_a_lease_and_outlive_a_revoked_one() {
     let Some(cluster) = single().await else { return };
     let clock = ManualClock::new(UnixTime::from_secs(1_700_000_000));
-    let store = connect(&config(&cluster, "/kfsec"), clock).await.unwrap();
+    let store = connect(&config(&cluster, "/kfsec"), clock, rng()).await.unwrap();
     let mut raw = cluster.raw_client().await.unwrap();
     let lease_of = |resp: etcd_client::GetResponse| resp.kvs()[0].lease();
     let ttl = Some(Duration::from_secs(600));
@@ -611,7 +634,9 @@ async fn ttl_records_share_a_lease_and_outlive_a_revoked_one() {
 async fn a_record_written_over_an_expired_one_keeps_its_own_create_revision() {
     let Some(cluster) = single().await else { return };
     let clock = ManualClock::new(UnixTime::from_secs(1_700_000_000));
-    let store = connect(&config(&cluster, "/kfsec"), clock.clone()).await.unwrap();
+    let store = connect(&config(&cluster, "/kfsec"), clock.clone(), rng())
+        .await
+        .unwrap();
     let old = store
         .create("/r/k", b"old".to_vec(), Some(Duration::from_secs(1)))
         .await
@@ -647,7 +672,7 @@ async fn etcd_down_fails_within_the_deadline_and_recovers_by_itself() {
     let clock = ManualClock::new(UnixTime::from_secs(1_700_000_000));
     let mut cfg = config(&cluster, "/kfsec");
     cfg.request_timeout = Duration::from_secs(1);
-    let store = connect(&cfg, clock).await.unwrap();
+    let store = connect(&cfg, clock, rng()).await.unwrap();
     store.put("/d/before", b"1".to_vec(), None).await.unwrap();
     let r = store.revision().await.unwrap();
     let mut w = store.watch("/d/", r).await.unwrap();

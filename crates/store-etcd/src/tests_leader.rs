@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use kfsec_store::leader::{Elector, LEADER_KEY, LeaderConfig, Leadership, LeaseRecord};
 use kfsec_store::{Store, StoreError};
-use kfsec_types::{SequenceRng, SystemClock};
+use kfsec_types::SystemClock;
 
 use crate::testing::{EtcdCluster, etcd_binary};
 use crate::{EtcdConfig, EtcdStore, connect};
@@ -20,9 +20,13 @@ async fn single() -> Option<EtcdCluster> {
 
 async fn store(cluster: &EtcdCluster) -> Arc<EtcdStore> {
     Arc::new(
-        connect(&EtcdConfig::new(cluster.endpoints(), "/kfsec"), Arc::new(SystemClock))
-            .await
-            .unwrap(),
+        connect(
+            &EtcdConfig::new(cluster.endpoints(), "/kfsec"),
+            Arc::new(SystemClock),
+            crate::tests::rng(),
+        )
+        .await
+        .unwrap(),
     )
 }
 
@@ -31,7 +35,7 @@ async fn candidate(cluster: &EtcdCluster, name: &str) -> Leadership {
         store(cluster).await,
         LeaderConfig::new(name),
         Arc::new(SystemClock),
-        Arc::new(SequenceRng::default()),
+        crate::tests::rng(),
     )
     .unwrap()
     .spawn()
