@@ -39,6 +39,7 @@ use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use kfsec_server::admin::{self, AdminRequest, AdminResponse};
 use kfsec_server::config::{self, Overrides, ProcessEnv};
 
+mod audit;
 mod logging;
 mod login;
 
@@ -84,6 +85,17 @@ enum Cmd {
         /// it, e.g. 0.0.0.0:9443 in a pod — then also set webhooks.clientAuth in the config].
         #[arg(long, env = "KFSEC_WEBHOOK_ADDR")]
         webhook_addr: Option<String>,
+        /// The audit log file, over the config's audit.log.path (`-` stdout, "" off)
+        /// [default: <data-dir>/audit/audit.log].
+        #[arg(long, value_name = "FILE")]
+        audit_log_path: Option<String>,
+    },
+    /// The audit log: verify its hash chain and signatures, query its events.
+    Audit {
+        #[command(subcommand)]
+        cmd: audit::AuditCmd,
+        #[command(flatten)]
+        common: Common,
     },
     /// Admission webhooks.
     Webhook {
@@ -531,6 +543,7 @@ async fn serve(
     https_addr: Option<String>,
     admin_addr: Option<String>,
     webhook_addr: Option<String>,
+    audit_log_path: Option<String>,
 ) -> Result<()> {
     let overrides = Overrides {
         data_dir: common.data_dir,
@@ -540,6 +553,9 @@ async fn serve(
     };
     let mut cfg = config::load(common.config.as_deref(), &overrides, &ProcessEnv)?;
     cfg.build = build_info();
+    if let Some(p) = &audit_log_path {
+        cfg.audit.set_log_path(p);
+    }
     logging::init(cfg.log_level.as_deref(), cfg.log_format.as_deref() == Some("json"));
     let running = kfsec_server::start(cfg).await?;
     if let Some(p) = &running.bootstrap_password {
@@ -710,7 +726,14 @@ async fn run(cli: Cli) -> Result<()> {
             https_addr,
             admin_addr,
             webhook_addr,
-        } => serve(common, https_addr, admin_addr, webhook_addr).await,
+            audit_log_path,
+        } => serve(common, https_addr, admin_addr, webhook_addr, audit_log_path).await,
+        Cmd::Audit { cmd, common } => {
+            if !audit::run(cmd, &admin_config(&common)?)? {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
         Cmd::Webhook {
             cmd: WebhookCmd::Manifests { namespace },
             common,

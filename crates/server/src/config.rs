@@ -6,6 +6,7 @@
 //! federation part (`federation`: connectors, password database, branding, revalidation) reports
 //! all of its problems in one run.
 
+pub mod audit;
 mod federation;
 pub mod store;
 
@@ -173,6 +174,8 @@ pub struct Config {
     pub secrets_encryption: Option<kfsec_store::sealed::Keyring>,
     /// Where the state lives (`store:`): redb under the data directory, or etcd.
     pub store: store::StoreSettings,
+    /// The audit policy and backends (`audit:`); `--audit-log-path` sets the log's path.
+    pub audit: audit::AuditSettings,
     /// The binary's build, reported by `/version` and the `kfsec_build_info` metric: filled by
     /// the binary (its build script); [`validate`] leaves the library default.
     pub build: kfsec_types::BuildInfo,
@@ -651,7 +654,9 @@ pub fn validate(f: ConfigFile, o: &Overrides, env: &dyn Env) -> Result<Config, C
             ("kubeflow", kfsec_admission::settings::KSERVE_CONFIG_MAP),
         )?,
     };
+    let audit = audit::settings(f.audit.as_ref(), &data_dir)?;
     Ok(Config {
+        audit,
         data_dir,
         https_addr,
         admin_addr,

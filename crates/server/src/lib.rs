@@ -6,6 +6,7 @@
 //! is reported only after every listener is accepting.
 
 mod accounts;
+pub mod auditing;
 pub mod admin;
 pub mod config;
 mod kubeconfig;
@@ -69,6 +70,9 @@ pub enum ServerError {
     /// Kubernetes-style API.
     #[error("api: {0}")]
     Api(String),
+    /// The audit log (file, key, webhook).
+    #[error("audit: {0}")]
+    Audit(#[from] kfsec_audit::pipeline::PipelineError),
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ServerError {
@@ -137,6 +141,8 @@ pub struct Running {
     pub api: Arc<kfsec_api::ApiServer>,
     /// The RBAC authorizer cache.
     pub rbac: Arc<rbac::RbacCache>,
+    /// The audit pipeline (`None`: audit off); [`Running::shutdown`] flushes it.
+    pub audit: Option<Arc<kfsec_audit::Pipeline>>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     background: Vec<tokio::task::JoinHandle<()>>,
@@ -156,6 +162,10 @@ impl Running {
         }
         for b in self.background {
             b.abort();
+        }
+        // Everything recorded until now is written and signed by a last checkpoint.
+        if let Some(audit) = &self.audit {
+            audit.shutdown().await;
         }
     }
 }
@@ -508,6 +518,8 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
             ("commit".to_owned(), cfg.build.commit.clone()),
         ]),
     );
+    // The audit pipeline (`audit:`; `auditing`): every surface records through `auditor`.
+    let (auditor, audit_pipeline) = auditing::start(&cfg, clock.clone(), rng.clone(), &mut registry)?;
     // One leader among the replicas runs the singleton work below (`leader`).
     let (leadership, leader_gauge) =
         leader::elect(store.clone(), clock.clone(), rng.clone(), host_name(), &mut registry)?;
@@ -705,7 +717,6 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
     .await?;
     // Audit: every front-door request, the IdP's key rotations, the certificates and CA
     // changes made here (the pipeline itself is started by `auditing`).
-    let auditor = kfsec_audit::Auditor::disabled();
     app.audit(auditor.clone());
     idp.keys().audit(auditor.clone());
     trust.audit(auditor.clone(), rng.clone());
@@ -809,6 +820,7 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
         api,
         rbac: rbac_cache,
         trust,
+        audit: audit_pipeline,
         shutdown: tx,
         tasks,
         background,

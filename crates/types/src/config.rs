@@ -111,6 +111,51 @@ pub struct ConfigFile {
     /// Where kfsec keeps its state (`store:`): the embedded file under `dataDir` (default) or an
     /// etcd cluster several replicas share.
     pub store: Option<StoreConfig>,
+    /// The audit log (`audit:`): policy file, log file backend, webhook backend.
+    pub audit: Option<AuditConfig>,
+}
+
+/// `audit:` — Kubernetes' audit settings: `policyFile`, `log`, `webhook`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AuditConfig {
+    /// An `audit.k8s.io/v1` Policy file (YAML or JSON); none: the default policy.
+    pub policy_file: Option<String>,
+    /// The log file backend (default: on, `<dataDir>/audit/audit.log`).
+    pub log: Option<AuditLogConfig>,
+    /// The webhook backend (default: off).
+    pub webhook: Option<AuditWebhookConfig>,
+}
+
+/// `audit.log:` — the file (`-` = stdout, `""` = off), rotation as Kubernetes'
+/// `--audit-log-max*` flags, and the checkpoint cadence.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AuditLogConfig {
+    /// The file.
+    pub path: Option<String>,
+    /// Rotate at this size in MB (default 100; 0 never).
+    #[serde(rename = "maxSizeMB")]
+    pub max_size_mb: Option<u64>,
+    /// Rotated files kept (default 100; 0 all).
+    pub max_backups: Option<u64>,
+    /// Days rotated files are kept (default 366; 0 forever).
+    pub max_age_days: Option<u64>,
+    /// Lines between signed checkpoints (default 1000).
+    pub checkpoint_lines: Option<u64>,
+    /// Longest time between signed checkpoints (default 10s).
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub checkpoint_interval: Option<Duration>,
+}
+
+/// `audit.webhook:` — where `EventList` batches are posted.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AuditWebhookConfig {
+    /// The collector's URL (`https://…`; `http://` only to a loopback address).
+    pub url: String,
+    /// A PEM CA bundle trusted for it, besides the system roots.
+    pub ca_file: Option<String>,
 }
 
 /// `store:` — `type: redb` (default: one file under `dataDir`) or `type: etcd` with the
