@@ -123,7 +123,7 @@ pub async fn upkeep(store: Arc<dyn Store>, sweep_every: Duration, compact_every:
 
 #[cfg(test)]
 mod tests {
-    use kfsec_store::{KeyValue, ListPage, MemoryStore, StoreError, Upkeep, WatchStream};
+    use kfsec_store::{MemoryStore, StoreError, Upkeep};
     use kfsec_types::{ManualClock, UnixTime};
     use parking_lot::Mutex;
 
@@ -148,40 +148,9 @@ mod tests {
         }
     }
 
-    #[async_trait::async_trait]
-    impl Store for Shared {
-        async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
-            self.inner.get(key).await
-        }
-        async fn list(&self, prefix: &str, limit: usize, after: Option<&str>) -> Result<ListPage, StoreError> {
-            self.inner.list(prefix, limit, after).await
-        }
-        async fn create(&self, key: &str, value: Vec<u8>, ttl: Option<Duration>) -> Result<Revision, StoreError> {
-            self.inner.create(key, value, ttl).await
-        }
-        async fn update(
-            &self,
-            key: &str,
-            value: Vec<u8>,
-            expected: Option<Revision>,
-            ttl: Option<Duration>,
-        ) -> Result<Revision, StoreError> {
-            self.inner.update(key, value, expected, ttl).await
-        }
-        async fn put(&self, key: &str, value: Vec<u8>, ttl: Option<Duration>) -> Result<Revision, StoreError> {
-            self.inner.put(key, value, ttl).await
-        }
-        async fn delete(&self, key: &str, expected: Option<Revision>) -> Result<KeyValue, StoreError> {
-            self.inner.delete(key, expected).await
-        }
-        async fn take(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
-            self.inner.take(key).await
-        }
-        async fn revision(&self) -> Result<Revision, StoreError> {
-            self.inner.revision().await
-        }
-        async fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream, StoreError> {
-            self.inner.watch(prefix, after).await
+    impl kfsec_store::forward::Forward for Shared {
+        fn inner(&self) -> &dyn Store {
+            self.inner.as_ref()
         }
         fn upkeep(&self) -> Option<&dyn Upkeep> {
             Some(self)

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use etcd_client::{GetOptions, PutOptions};
 use kfsec_store::conformance;
-use kfsec_store::{EventKind, KeyValue, ListPage, Revision, Store, StoreError, WatchStream};
+use kfsec_store::{EventKind, Revision, Store, StoreError, WatchStream};
 use kfsec_types::{ManualClock, SequenceRng, UnixTime};
 
 use crate::testing::{EtcdCluster, etcd_binary};
@@ -44,36 +44,9 @@ struct Retaining {
 }
 
 #[async_trait::async_trait]
-impl Store for Retaining {
-    async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
-        self.inner.get(key).await
-    }
-    async fn list(&self, prefix: &str, limit: usize, start_after: Option<&str>) -> Result<ListPage, StoreError> {
-        self.inner.list(prefix, limit, start_after).await
-    }
-    async fn create(&self, key: &str, value: Vec<u8>, ttl: Option<Duration>) -> Result<Revision, StoreError> {
-        self.inner.create(key, value, ttl).await
-    }
-    async fn update(
-        &self,
-        key: &str,
-        value: Vec<u8>,
-        expected: Option<Revision>,
-        ttl: Option<Duration>,
-    ) -> Result<Revision, StoreError> {
-        self.inner.update(key, value, expected, ttl).await
-    }
-    async fn put(&self, key: &str, value: Vec<u8>, ttl: Option<Duration>) -> Result<Revision, StoreError> {
-        self.inner.put(key, value, ttl).await
-    }
-    async fn delete(&self, key: &str, expected: Option<Revision>) -> Result<KeyValue, StoreError> {
-        self.inner.delete(key, expected).await
-    }
-    async fn take(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
-        self.inner.take(key).await
-    }
-    async fn revision(&self) -> Result<Revision, StoreError> {
-        self.inner.revision().await
+impl kfsec_store::forward::Forward for Retaining {
+    fn inner(&self) -> &dyn Store {
+        self.inner.as_ref()
     }
     async fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream, StoreError> {
         self.inner

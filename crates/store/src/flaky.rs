@@ -10,11 +10,11 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::Duration;
 
 use parking_lot::Mutex;
 
-use crate::{KeyValue, ListPage, MemoryStore, Revision, Store, StoreError, WatchStream};
+use crate::forward::Call;
+use crate::{ListPage, MemoryStore, Revision, Store, StoreError, WatchStream};
 
 /// A [`MemoryStore`] whose operations fail while [`Flaky::fail`] is on.
 pub struct Flaky {
@@ -103,10 +103,15 @@ impl Flaky {
 }
 
 #[async_trait::async_trait]
-impl Store for Flaky {
-    async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
-        self.check()?;
-        self.inner.get(key).await
+impl crate::forward::Forward for Flaky {
+    fn inner(&self) -> &dyn Store {
+        self.inner.as_ref()
+    }
+    async fn before(&self, call: Call) -> Result<(), StoreError> {
+        match call {
+            Call::List | Call::Revision | Call::Watch => self.check_read(),
+            _ => self.check(),
+        }
     }
     async fn list(&self, prefix: &str, limit: usize, start_after: Option<&str>) -> Result<ListPage, StoreError> {
         self.check_read()?;
@@ -120,36 +125,6 @@ impl Store for Flaky {
             after.await;
         }
         page
-    }
-    async fn create(&self, key: &str, value: Vec<u8>, ttl: Option<Duration>) -> Result<Revision, StoreError> {
-        self.check()?;
-        self.inner.create(key, value, ttl).await
-    }
-    async fn update(
-        &self,
-        key: &str,
-        value: Vec<u8>,
-        expected: Option<Revision>,
-        ttl: Option<Duration>,
-    ) -> Result<Revision, StoreError> {
-        self.check()?;
-        self.inner.update(key, value, expected, ttl).await
-    }
-    async fn put(&self, key: &str, value: Vec<u8>, ttl: Option<Duration>) -> Result<Revision, StoreError> {
-        self.check()?;
-        self.inner.put(key, value, ttl).await
-    }
-    async fn delete(&self, key: &str, expected: Option<Revision>) -> Result<KeyValue, StoreError> {
-        self.check()?;
-        self.inner.delete(key, expected).await
-    }
-    async fn take(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
-        self.check()?;
-        self.inner.take(key).await
-    }
-    async fn revision(&self) -> Result<Revision, StoreError> {
-        self.check_read()?;
-        self.inner.revision().await
     }
     async fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream, StoreError> {
         self.check_read()?;

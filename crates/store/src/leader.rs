@@ -19,7 +19,9 @@
 //!   [`Leadership::release`] stops that work first, then clears the holder so another replica
 //!   takes over at once;
 //! - with [`LeaderConfig::exclusive`] (a store no other process can open: redb's file lock, the
-//!   memory store) a record naming another holder is a previous run's and is taken at once.
+//!   memory store) a record naming another holder is a previous run's and is taken at once, and
+//!   the lease, once taken, is not renewed (nobody could take it: renewing would be a durable
+//!   write every second for nothing); it is still released at a graceful end.
 //!
 //! Like client-go's, this is no fencing: work run under it must be idempotent (create-if-absent,
 //! compare-and-swap), so two leaders for a moment do no harm.
@@ -310,6 +312,10 @@ impl Elector {
     async fn step(&mut self) -> Duration {
         let retry = self.config.retry_period;
         let deadline = self.config.renew_deadline;
+        if self.config.exclusive && self.is_leading() {
+            // No other process can open this store: the lease is ours until released.
+            return retry;
+        }
         let start = (self.clock.now(), self.slept);
         // A leader may spend only what is left of its renew deadline; a follower at most the
         // renew deadline (a hung store must not stall the loop for ever).

@@ -14,6 +14,8 @@ mod engine;
 #[cfg(any(test, feature = "testing"))]
 pub mod flaky;
 pub mod follow;
+#[cfg(any(test, feature = "testing"))]
+pub mod forward;
 pub mod leader;
 pub mod memory;
 pub mod redb_store;

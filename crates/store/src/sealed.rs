@@ -1127,15 +1127,9 @@ mod tests {
     }
 
     #[async_trait::async_trait]
-    impl Store for Racing {
-        async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
-            self.inner.get(key).await
-        }
-        async fn list(&self, prefix: &str, limit: usize, after: Option<&str>) -> Result<ListPage, StoreError> {
-            self.inner.list(prefix, limit, after).await
-        }
-        async fn create(&self, key: &str, value: Vec<u8>, ttl: Option<Duration>) -> Result<Revision, StoreError> {
-            self.inner.create(key, value, ttl).await
+    impl crate::forward::Forward for Racing {
+        fn inner(&self) -> &dyn Store {
+            self.inner.as_ref()
         }
         async fn update(
             &self,
@@ -1152,21 +1146,6 @@ mod tests {
                 self.inner.put(key, theirs, None).await?;
             }
             self.inner.update(key, value, expected, ttl).await
-        }
-        async fn put(&self, key: &str, value: Vec<u8>, ttl: Option<Duration>) -> Result<Revision, StoreError> {
-            self.inner.put(key, value, ttl).await
-        }
-        async fn delete(&self, key: &str, expected: Option<Revision>) -> Result<KeyValue, StoreError> {
-            self.inner.delete(key, expected).await
-        }
-        async fn take(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
-            self.inner.take(key).await
-        }
-        async fn revision(&self) -> Result<Revision, StoreError> {
-            self.inner.revision().await
-        }
-        async fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream, StoreError> {
-            self.inner.watch(prefix, after).await
         }
     }
 

@@ -4,6 +4,7 @@
 
 mod admission;
 mod attacks;
+mod audit_events;
 mod audit_log;
 mod dashboard_api;
 mod dashboard_pages;

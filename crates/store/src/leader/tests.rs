@@ -310,6 +310,17 @@ async fn an_exclusive_store_is_won_at_once_even_when_a_previous_run_holds_it() {
     .with_sleep(Arc::new(Never));
     alone.step().await;
     assert!(alone.is_leading());
+    // And keeps leading without writing: no renewal on a store nobody else can open.
+    let taken = store.get(LEADER_KEY).await.unwrap().unwrap().mod_revision;
+    for _ in 0..5 {
+        alone.step().await;
+        assert!(alone.is_leading());
+    }
+    assert_eq!(
+        store.revision().await.unwrap(),
+        taken,
+        "no durable write per retry period on an exclusive store"
+    );
     // A fresh store: the first candidate wins at once too.
     let mut first = Elector::new(
         memory(),
@@ -421,57 +432,16 @@ async fn work_runs_only_while_leading_and_release_stops_it_before_handing_over()
 /// A store whose calls never answer while `hung` is set (a frozen etcd member).
 struct Hanging(Arc<MemoryStore>, AtomicBool);
 
-impl Hanging {
-    async fn gate(&self) {
+#[async_trait::async_trait]
+impl crate::forward::Forward for Hanging {
+    fn inner(&self) -> &dyn Store {
+        self.0.as_ref()
+    }
+    async fn before(&self, _call: crate::forward::Call) -> Result<(), StoreError> {
         if self.1.load(Ordering::SeqCst) {
             std::future::pending::<()>().await;
         }
-    }
-}
-
-#[async_trait::async_trait]
-impl Store for Hanging {
-    async fn get(&self, key: &str) -> Result<Option<crate::KeyValue>, StoreError> {
-        self.gate().await;
-        self.0.get(key).await
-    }
-    async fn list(&self, prefix: &str, limit: usize, after: Option<&str>) -> Result<crate::ListPage, StoreError> {
-        self.gate().await;
-        self.0.list(prefix, limit, after).await
-    }
-    async fn create(&self, key: &str, value: Vec<u8>, ttl: Option<Duration>) -> Result<Revision, StoreError> {
-        self.gate().await;
-        self.0.create(key, value, ttl).await
-    }
-    async fn update(
-        &self,
-        key: &str,
-        value: Vec<u8>,
-        expected: Option<Revision>,
-        ttl: Option<Duration>,
-    ) -> Result<Revision, StoreError> {
-        self.gate().await;
-        self.0.update(key, value, expected, ttl).await
-    }
-    async fn put(&self, key: &str, value: Vec<u8>, ttl: Option<Duration>) -> Result<Revision, StoreError> {
-        self.gate().await;
-        self.0.put(key, value, ttl).await
-    }
-    async fn delete(&self, key: &str, expected: Option<Revision>) -> Result<crate::KeyValue, StoreError> {
-        self.gate().await;
-        self.0.delete(key, expected).await
-    }
-    async fn take(&self, key: &str) -> Result<Option<crate::KeyValue>, StoreError> {
-        self.gate().await;
-        self.0.take(key).await
-    }
-    async fn revision(&self) -> Result<Revision, StoreError> {
-        self.gate().await;
-        self.0.revision().await
-    }
-    async fn watch(&self, prefix: &str, after: Revision) -> Result<crate::WatchStream, StoreError> {
-        self.gate().await;
-        self.0.watch(prefix, after).await
+        Ok(())
     }
 }
 

@@ -1,0 +1,353 @@
+//! The audit Events requests leave, read back from the log file kfsec writes by default
+//! (`<dataDir>/audit/audit.log`): identity events (failed and successful logins with connector
+//! and reason, session start, logout, password grant, token refresh, device code and approval),
+//! a proxied request (non-resource, route decision), the `Audit-ID` header (a client's reused,
+//! a bad one replaced by a generated UUID, echoed either way), `sourceIPs` with and without a
+//! trusted proxy — and no password, token, code or cookie anywhere in the log.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::harness::*;
+
+/// Every Event in the audit log (checkpoints left out) and the log's raw text, after the
+/// pipeline has written what it holds.
+async fn audit_log(k: &Kfsec) -> (Vec<Value>, String) {
+    let pipeline = k.running.audit.clone().expect("the audit log is on by default");
+    let flushed = tokio::task::spawn_blocking(move || pipeline.flush(Duration::from_secs(10)))
+        .await
+        .unwrap();
+    assert!(flushed, "the audit log flushed");
+    let text = std::fs::read_to_string(k._dir.path().join("audit").join("audit.log")).unwrap();
+    let events = text
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|e| e["kind"] == "Event" && e["verb"] != "checkpoint")
+        .collect();
+    (events, text)
+}
+
+/// The Events of `verb` on identity resource `resource`.
+fn identity<'a>(events: &'a [Value], resource: &str, verb: &str) -> Vec<&'a Value> {
+    events
+        .iter()
+        .filter(|e| {
+            e["verb"] == verb
+                && e["objectRef"]["apiGroup"] == "identity.kfsec.io"
+                && e["objectRef"]["resource"] == resource
+        })
+        .collect()
+}
+
+fn annotation<'a>(e: &'a Value, key: &str) -> &'a str {
+    e["annotations"][key].as_str().unwrap_or_default()
+}
+
+/// Fails naming the secret if `text` (the whole log) contains any of `secrets`.
+fn assert_no_secrets(text: &str, secrets: &[(&str, &str)]) {
+    for (what, s) in secrets {
+        assert!(s.len() >= 6, "{what} too short to search for");
+        assert!(!text.contains(s), "the audit log contains the {what}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logins_logout_and_proxied_requests_leave_events_without_secrets() {
+    let k = Kfsec::start("").await;
+    let mut b = k.client();
+    let (form, form_url) = b.follow("/app/hello").await;
+    assert_eq!(form.status(), 200);
+    // A wrong password: the form again, and a failed `login` naming the attempted account.
+    let wrong = "not the password 7781";
+    let r = b.post_form(&form_url, &[("login", USER), ("password", wrong)]).await;
+    assert_eq!(r.status(), 401);
+    let failed_id = r.headers()["audit-id"].to_str().unwrap().to_owned();
+    // The right one: the login succeeds, the gatekeeper's callback starts a session.
+    let next = login_and_approve(&mut b, &form_url).await;
+    let (page, _) = b.follow(&next).await;
+    assert_eq!(page.status(), 200);
+    let session = b.cookies["authservice_session"].clone();
+    // A proxied request, with the client's Audit-ID and a forged X-Forwarded-For.
+    let r = b
+        .send(
+            b.http
+                .get(b.url("/app/x?y=1"))
+                .header("audit-id", "trace-4711.a:b")
+                .header("x-forwarded-for", "203.0.113.9"),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.headers()["audit-id"],
+        "trace-4711.a:b",
+        "a sane client Audit-ID is echoed"
+    );
+    // An unauthenticated API-style call to the route: refused, an unsafe Audit-ID replaced.
+    let r = http_client(&k.running.ca_pem)
+        .post(format!("{}/app/x", k.base))
+        .header("audit-id", "x".repeat(200))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let generated = r.headers()["audit-id"].to_str().unwrap().to_owned();
+    assert_eq!(generated.len(), 36, "a generated UUID: {generated}");
+    assert_eq!(&generated[14..15], "4", "a version-4 UUID: {generated}");
+    // Logout.
+    let r = b.post_form("/authservice/logout", &[]).await;
+    assert_eq!(r.status(), 302);
+
+    let (events, text) = audit_log(&k).await;
+    // Every request got its Event(s), all at ResponseComplete under the default policy.
+    assert!(events.iter().all(|e| e["apiVersion"] == "audit.k8s.io/v1"));
+    assert!(
+        events.iter().all(|e| e["stage"] == "ResponseComplete"),
+        "RequestReceived is omitted by default"
+    );
+
+    let logins = identity(&events, "logins", "login");
+    let failed = logins
+        .iter()
+        .find(|e| annotation(e, "kfsec.io/outcome") == "failure")
+        .expect("a failed login event");
+    assert_eq!(
+        failed["auditID"],
+        failed_id.as_str(),
+        "the Event's id is the response's Audit-ID"
+    );
+    assert_eq!(failed["objectRef"]["name"], USER, "the attempted account");
+    assert_eq!(annotation(failed, "kfsec.io/connector"), "local");
+    assert_eq!(annotation(failed, "kfsec.io/reason"), "invalid credentials");
+    assert_eq!(failed["user"]["username"], "system:anonymous");
+    assert_eq!(failed["sourceIPs"], serde_json::json!(["127.0.0.1"]));
+    assert_eq!(failed["responseStatus"]["code"], 401);
+    assert!(
+        failed["requestURI"]
+            .as_str()
+            .unwrap()
+            .starts_with("/dex/auth/local/login")
+    );
+    assert!(
+        failed.get("requestObject").is_none(),
+        "a login's body is never recorded"
+    );
+    let ok = logins
+        .iter()
+        .find(|e| annotation(e, "kfsec.io/outcome") == "success")
+        .expect("a successful login event");
+    assert_eq!(ok["user"]["username"], USER);
+    assert_eq!(ok["objectRef"]["name"], USER);
+    assert_eq!(annotation(ok, "kfsec.io/connector"), "local");
+    assert!(ok["annotations"].get("kfsec.io/reason").is_none());
+
+    let started = identity(&events, "sessions", "issue");
+    assert_eq!(started.len(), 1, "{started:?}");
+    assert_eq!(started[0]["user"]["username"], USER);
+    let logout = identity(&events, "sessions", "logout");
+    assert_eq!(logout.len(), 1);
+    assert_eq!(logout[0]["user"]["username"], USER);
+    assert_eq!(logout[0]["objectRef"]["name"], USER);
+
+    // The proxied request: a non-resource request, the route's decision, the client's id,
+    // and the forged X-Forwarded-For not believed.
+    let proxied = events
+        .iter()
+        .find(|e| e["requestURI"] == "/app/x?y=1")
+        .expect("the proxied request's event");
+    assert_eq!(proxied["auditID"], "trace-4711.a:b");
+    assert_eq!(proxied["verb"], "get");
+    assert!(proxied.get("objectRef").is_none());
+    assert_eq!(proxied["user"]["username"], USER);
+    assert!(
+        proxied["user"]["groups"]
+            .as_array()
+            .unwrap()
+            .contains(&Value::from("team-a"))
+    );
+    assert_eq!(proxied["sourceIPs"], serde_json::json!(["127.0.0.1"]));
+    assert_eq!(proxied["responseStatus"]["code"], 200);
+    assert_eq!(annotation(proxied, "authorization.k8s.io/decision"), "allow");
+    assert_eq!(
+        annotation(proxied, "authorization.k8s.io/reason"),
+        "route /app/: authenticated"
+    );
+    assert!(proxied["requestReceivedTimestamp"].as_str().unwrap().len() == "2026-01-01T00:00:00.000000Z".len());
+
+    let refused = events
+        .iter()
+        .find(|e| e["auditID"] == generated.as_str())
+        .expect("the refused request's event, under the generated id");
+    assert_eq!(refused["verb"], "post");
+    assert_eq!(refused["user"]["username"], "system:anonymous");
+    assert_eq!(refused["responseStatus"]["code"], 401);
+    assert_eq!(refused["responseStatus"]["status"], "Failure");
+    assert_eq!(refused["responseStatus"]["reason"], "Unauthorized");
+    assert_eq!(annotation(refused, "authorization.k8s.io/decision"), "forbid");
+
+    assert_no_secrets(
+        &text,
+        &[
+            ("password", PASSWORD),
+            ("wrong password", wrong),
+            ("session cookie", &session),
+        ],
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trusted_proxy_forwarded_address_is_believed() {
+    let k = Kfsec::start("trustedProxies: [\"127.0.0.1\"]\n").await;
+    let r = http_client(&k.running.ca_pem)
+        .get(format!("{}/open/x", k.base))
+        .header("x-forwarded-for", "198.51.100.1, 203.0.113.9")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let id = r.headers()["audit-id"].to_str().unwrap().to_owned();
+    let (events, _) = audit_log(&k).await;
+    let e = events.iter().find(|e| e["auditID"] == id.as_str()).unwrap();
+    // The proxy's report of its client (the last entry it added), then the proxy itself.
+    assert_eq!(e["sourceIPs"], serde_json::json!(["203.0.113.9", "127.0.0.1"]));
+    assert_eq!(
+        annotation(e, "authorization.k8s.io/reason"),
+        "route /open/: public route"
+    );
+    assert_eq!(e["user"]["username"], "system:anonymous");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn password_grant_and_refresh_are_token_events_without_tokens() {
+    let k = Kfsec::start("oauth2:\n  passwordConnector: local\n").await;
+    let wrong = "wrong-password-5521";
+    let (status, _) = rp_token(
+        &k,
+        vec![
+            ("grant_type", "password".to_owned()),
+            ("username", USER.to_owned()),
+            ("password", wrong.to_owned()),
+            ("scope", "openid email".to_owned()),
+        ],
+    )
+    .await;
+    assert_eq!(status, 401);
+    let (status, t) = rp_token(
+        &k,
+        vec![
+            ("grant_type", "password".to_owned()),
+            ("username", USER.to_owned()),
+            ("password", PASSWORD.to_owned()),
+            ("scope", "openid email groups offline_access".to_owned()),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200, "{t}");
+    let refresh = t["refresh_token"].as_str().unwrap().to_owned();
+    let (status, t2) = rp_token(
+        &k,
+        vec![
+            ("grant_type", "refresh_token".to_owned()),
+            ("refresh_token", refresh.clone()),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200, "{t2}");
+    // An unknown refresh token is refused: a failed refresh.
+    let (status, replayed) = rp_token(
+        &k,
+        vec![
+            ("grant_type", "refresh_token".to_owned()),
+            ("refresh_token", "no-such-refresh-token".to_owned()),
+        ],
+    )
+    .await;
+    assert_ne!(status, 200, "{replayed}");
+
+    let (events, text) = audit_log(&k).await;
+    let logins = identity(&events, "logins", "login");
+    assert_eq!(logins.len(), 2, "{logins:?}");
+    let failed = logins[0];
+    assert_eq!(failed["objectRef"]["name"], USER);
+    assert_eq!(annotation(failed, "kfsec.io/reason"), "invalid credentials");
+    assert_eq!(annotation(failed, "kfsec.io/grant-type"), "password");
+    assert_eq!(annotation(failed, "kfsec.io/client"), "rp-test");
+    assert_eq!(failed["responseStatus"]["code"], 401);
+    let ok = logins[1];
+    assert_eq!(ok["user"]["username"], USER);
+    assert_eq!(annotation(ok, "kfsec.io/outcome"), "success");
+
+    let refreshes = identity(&events, "tokens", "refresh");
+    assert_eq!(refreshes.len(), 2, "{refreshes:?}");
+    assert_eq!(refreshes[0]["user"]["username"], USER, "the tokens' subject");
+    assert_eq!(annotation(refreshes[0], "kfsec.io/client"), "rp-test");
+    assert_eq!(annotation(refreshes[0], "kfsec.io/grant-type"), "refresh_token");
+    assert_eq!(annotation(refreshes[0], "kfsec.io/outcome"), "success");
+    assert_eq!(annotation(refreshes[1], "kfsec.io/outcome"), "failure");
+    assert_eq!(
+        annotation(refreshes[1], "kfsec.io/reason"),
+        replayed["error"].as_str().unwrap()
+    );
+
+    let s = |v: &Value, f: &str| v[f].as_str().unwrap().to_owned();
+    assert_no_secrets(
+        &text,
+        &[
+            ("password", PASSWORD),
+            ("wrong password", wrong),
+            ("client secret", "rp-secret-0123456789"),
+            ("refresh token", &refresh),
+            ("access token", &s(&t, "access_token")),
+            ("ID token", &s(&t, "id_token")),
+            ("refreshed refresh token", &s(&t2, "refresh_token")),
+            ("refreshed ID token", &s(&t2, "id_token")),
+        ],
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_flow_issue_and_approval_are_events_without_codes() {
+    let k = Kfsec::start("").await;
+    let r: Value = http_client(&k.running.ca_pem)
+        .post(format!("{}/device/code", k.running.issuer))
+        .form(&[("client_id", "kfsec-cli"), ("scope", "openid email")])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let device_code = r["device_code"].as_str().unwrap().to_owned();
+    let user_code = r["user_code"].as_str().unwrap().to_owned();
+    let mut b = k.client();
+    let r = b
+        .post_form("/dex/device/auth/verify_code", &[("user_code", &user_code)])
+        .await;
+    assert!(r.status().is_redirection());
+    let (form, form_url) = b.follow(location(&r)).await;
+    assert_eq!(form.status(), 200);
+    let next = login_and_approve(&mut b, &form_url).await;
+    assert!(next.starts_with("/dex/device/callback?"), "{next}");
+    let code = query_param(&next, "code").unwrap();
+    assert_eq!(b.get(&next).await.status(), 200);
+
+    let (events, text) = audit_log(&k).await;
+    let issued = identity(&events, "devicecodes", "issue");
+    assert_eq!(issued.len(), 1);
+    assert_eq!(annotation(issued[0], "kfsec.io/client"), "kfsec-cli");
+    let approved = identity(&events, "devicecodes", "approve");
+    assert_eq!(approved.len(), 1);
+    assert_eq!(approved[0]["user"]["username"], USER);
+    assert_eq!(annotation(approved[0], "kfsec.io/client"), "kfsec-cli");
+    assert_eq!(annotation(approved[0], "kfsec.io/outcome"), "success");
+    assert_eq!(approved[0]["responseStatus"]["code"], 200);
+    assert_no_secrets(
+        &text,
+        &[
+            ("device code", &device_code),
+            ("user code", &user_code),
+            ("authorization code", &code),
+            ("password", PASSWORD),
+        ],
+    );
+}
