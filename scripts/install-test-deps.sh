@@ -32,7 +32,9 @@ log() { echo "install-test-deps: $*"; }
 # protobuf-compiler, libprotobuf-dev: the etcd-client crate compiles etcd's .proto files (protoc +
 # google/protobuf/*.proto). etcd-server, etcd-client: the etcd store's tests start their own
 # /usr/bin/etcd members on free 127.0.0.1 ports (the packaged etcd.service is not used).
-APT_PKGS=(ca-certificates openssl curl jq nginx python3 python3-venv wrk chromium fonts-dejavu-core procps testssl.sh slapd ldap-utils protobuf-compiler libprotobuf-dev etcd-server etcd-client)
+# prometheus: promtool (check metrics, check/test rules) and a prometheus server of its own on a
+# free 127.0.0.1 port (tests/prometheus/run.sh; the packaged prometheus.service is not used).
+APT_PKGS=(ca-certificates openssl curl jq nginx python3 python3-venv wrk chromium fonts-dejavu-core procps testssl.sh slapd ldap-utils protobuf-compiler libprotobuf-dev etcd-server etcd-client prometheus)
 if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
   APT_PKGS+=(nodejs npm)
 fi

@@ -60,7 +60,7 @@ summary() {
     passed=$((passed + p)); failed=$((failed + f))
   fi
   # browser: "browser: 1 passed, 0 failed"; federated, kfp: "kfp: 20 passed, 0 failed".
-  for n in browser federated kfp clients readme testssl ha; do
+  for n in browser federated kfp clients readme testssl ha prometheus; do
     [ -f "$LOGDIR/$n.log" ] || continue
     read -r p f < <(sed -n "s/^$n: \([0-9]*\) passed, \([0-9]*\) failed\$/\1 \2/p" "$LOGDIR/$n.log" | tail -1 |
       awk '{ p += $1; f += $2 } END { print p + 0, f + 0 }')
@@ -130,6 +130,10 @@ if { [ "$TEST_BUILD_OK" = 1 ] && [ -x target/debug/kfsec ]; } || step build carg
   # lockout and refresh; etcd leader/follower killed under load, the kfsec leader killed, etcd
   # fully down and back, an unreachable endpoint at startup (tests/ha/run.sh).
   step ha logged ha env KFSEC_BIN="$ROOT/target/debug/kfsec" bash tests/ha/run.sh || true
+  # Metrics and alerts (~20 s): promtool check metrics on a scrape (no warning), promtool
+  # check/test rules on deploy/prometheus/, and a real Prometheus scraping kfsec, queried over its
+  # HTTP API for every documented series (tests/prometheus/run.sh).
+  step prometheus logged prometheus env KFSEC_BIN="$ROOT/target/debug/kfsec" bash tests/prometheus/run.sh || true
   # Short fuzz run of AdmissionReview parsing and PodDefault application (cargo-fuzz, stable).
   step fuzz env FUZZ_SECONDS="${FUZZ_SECONDS:-10}" bash scripts/fuzz-smoke.sh || true
 else
@@ -140,6 +144,7 @@ else
   skip readme "kfsec did not build"
   skip testssl "kfsec did not build"
   skip ha "kfsec did not build"
+  skip prometheus "kfsec did not build"
 fi
 
 summary

@@ -654,13 +654,17 @@ pub(crate) async fn check(State(app): State<Arc<App>>, req: Request<Body>) -> Re
                 audit.set_user((&a.identity).into());
                 audit.decision(true, "authenticated");
             }
+            app.decided("gatekeeper", true);
             let mut resp = StatusCode::OK.into_response();
             app.set_identity_headers(resp.headers_mut(), &a.identity);
             set_auth_request_headers(resp.headers_mut(), &a.identity);
             resp
         }
         Authn::Unavailable => app.mounts.error(req.uri().path(), RefusalKind::Unavailable, STORE_DOWN),
-        _ => app.mounts.unauthenticated(req.uri().path()),
+        _ => {
+            app.decided("gatekeeper", false);
+            app.mounts.unauthenticated(req.uri().path())
+        }
     }
 }
 

@@ -13,7 +13,7 @@ mod audit;
 mod gatekeeper;
 pub mod headers;
 pub mod listener;
-mod metrics;
+pub mod metrics;
 pub mod proxy;
 pub mod responses;
 pub mod session;
@@ -143,6 +143,7 @@ pub struct App {
     mounts: responses::Mounts,
     pages: std::sync::OnceLock<Pages>,
     auditor: std::sync::OnceLock<kfsec_audit::Auditor>,
+    decisions: std::sync::OnceLock<metrics::Decisions>,
 }
 
 /// kfsec's own dashboard pages, served for signed-in callers on the paths no route claims. The
@@ -221,6 +222,7 @@ impl App {
             mounts,
             pages: std::sync::OnceLock::new(),
             auditor: std::sync::OnceLock::new(),
+            decisions: std::sync::OnceLock::new(),
         }))
     }
 
@@ -234,6 +236,25 @@ impl App {
     /// it nothing is recorded): the edge opens each request's `kfsec_audit::RequestAudit`.
     pub fn audit(&self, auditor: kfsec_audit::Auditor) {
         let _ = self.auditor.set(auditor);
+    }
+
+    /// Counts the gateway's own decisions (proxied routes, the gatekeeper's check endpoint) in
+    /// `decisions` (once; a second call is ignored).
+    pub fn count_decisions(&self, decisions: metrics::Decisions) {
+        let _ = self.decisions.set(decisions);
+    }
+
+    fn decided(&self, surface: &'static str, allowed: bool) {
+        if let Some(d) = self.decisions.get() {
+            d.record(surface, allowed);
+        }
+    }
+
+    /// A proxied route's decision (`proxied`: the path is a configured route's, no surface's).
+    fn decided_proxy(&self, proxied: bool, allowed: bool) {
+        if proxied {
+            self.decided("proxy", allowed);
+        }
     }
 
     /// The session table.
@@ -291,20 +312,13 @@ impl App {
     }
 
     fn route_label(&self, path: &str) -> String {
-        if !self.idp_path.is_empty() && path.starts_with(&self.idp_path) {
-            return "idp".into();
-        }
-        if path.starts_with("/authservice/") {
-            return "authservice".into();
-        }
-        if path.starts_with(OAUTH2_PREFIX) {
-            return "oauth2".into();
-        }
-        match self.settings.routes.iter().find(|r| r.matches(path)) {
-            Some(r) => r.prefix.clone(),
-            None if path == "/" => "home".into(),
-            None => "other".into(),
-        }
+        let names = metrics::RouteNames {
+            idp_path: &self.idp_path,
+            routes: &self.settings.routes,
+            mount: self.mounts.owner(path).map(|m| m.name),
+            page: self.pages.get().is_some_and(|p| p.owns(path)),
+        };
+        metrics::route_label(&names, path)
     }
 }
 
@@ -473,6 +487,7 @@ async fn protected(State(app): State<Arc<App>>, mut req: Request) -> Response {
             if let (Some(r), None) = (&route, mount) {
                 audit::route_decision(&req, &r.prefix, false, "invalid credentials");
             }
+            app.decided_proxy(route.is_some() && mount.is_none(), false);
             return app.mounts.unauthenticated(&path);
         }
         _ if route.as_ref().is_some_and(|r| r.public) => None,
@@ -482,6 +497,7 @@ async fn protected(State(app): State<Arc<App>>, mut req: Request) -> Response {
             }
             let browser =
                 matches!(*req.method(), Method::GET | Method::HEAD) && mount.is_none() && is_navigation(req.headers());
+            app.decided_proxy(route.is_some() && mount.is_none(), false);
             if browser {
                 let original = req.uri().path_and_query().map_or("/", |pq| pq.as_str()).to_owned();
                 return app.start_login(&original);
@@ -524,6 +540,7 @@ async fn protected(State(app): State<Arc<App>>, mut req: Request) -> Response {
         Some(route) => {
             let why = if route.public { "public route" } else { "authenticated" };
             audit::route_decision(&req, &route.prefix, true, why);
+            app.decided_proxy(true, true);
             proxy::remove_cookie(req.headers_mut(), &app.settings.cookie_name);
             if let Some(id) = &identity {
                 app.set_identity_headers(req.headers_mut(), id);
@@ -569,7 +586,7 @@ pub fn admin_router(registry: Arc<std::sync::OnceLock<Arc<Registry>>>, ready: Re
         )
         .route(
             "/metrics",
-            get(move || {
+            get(move |headers: http::HeaderMap| {
                 let registry = registry.clone();
                 async move {
                     let Some(registry) = registry.get() else {
@@ -579,11 +596,21 @@ pub fn admin_router(registry: Arc<std::sync::OnceLock<Arc<Registry>>>, ready: Re
                     if prometheus_client::encoding::text::encode(&mut out, registry).is_err() {
                         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
                     }
-                    let mut r = Response::new(Body::from(out));
-                    r.headers_mut().insert(
-                        header::CONTENT_TYPE,
-                        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
-                    );
+                    // OpenMetrics for scrapers that ask for it (Prometheus), else the text format.
+                    let openmetrics = headers
+                        .get_all(header::ACCEPT)
+                        .iter()
+                        .any(|v| v.to_str().is_ok_and(|v| v.contains("application/openmetrics-text")));
+                    let (body, kind) = match openmetrics {
+                        true => (out, "application/openmetrics-text; version=1.0.0; charset=utf-8"),
+                        false => (
+                            metrics::prometheus_text(&out),
+                            "text/plain; version=0.0.4; charset=utf-8",
+                        ),
+                    };
+                    let mut r = Response::new(Body::from(body));
+                    r.headers_mut()
+                        .insert(header::CONTENT_TYPE, HeaderValue::from_static(kind));
                     r
                 }
             }),

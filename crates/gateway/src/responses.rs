@@ -21,6 +21,8 @@ pub type RenderRefusal = Arc<dyn Fn(&Refusal) -> Response + Send + Sync>;
 /// audience policy for its service-account tokens, and its refusal renderer.
 #[derive(Clone)]
 pub struct Mount {
+    /// Its name in metrics (`route` and `surface` labels): `api`, `kfp`, `kfam`, `dashboard`.
+    pub name: &'static str,
     /// Owned paths: an entry ending in `/` owns every path under it, any other entry that exact
     /// path. The most specific entry of all mounts wins (exact, then the longest prefix).
     pub paths: Vec<&'static str>,
@@ -135,6 +137,7 @@ mod tests {
 
     fn mount(paths: &[&'static str], surface: Surface<'static>, tag: &'static str) -> Mount {
         Mount {
+            name: tag,
             paths: paths.to_vec(),
             surface,
             render: Arc::new(move |r: &Refusal| {

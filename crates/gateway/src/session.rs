@@ -612,6 +612,28 @@ impl Sessions {
         })
     }
 
+    /// Sessions alive now, read from the store (so every replica counts the same, on etcd too);
+    /// at most `limit` records are read.
+    pub async fn active(&self, limit: usize) -> Result<usize, StoreError> {
+        let now = self.clock.now().as_secs();
+        let (mut read, mut alive) = (0usize, 0usize);
+        let mut after: Option<String> = None;
+        while read < limit {
+            let page = self.store.list(PREFIX, 500, after.as_deref()).await?;
+            read += page.items.len();
+            alive += page
+                .items
+                .iter()
+                .filter(|kv| serde_json::from_slice::<SessionRecord>(&kv.value).is_ok_and(|r| r.expires_at > now))
+                .count();
+            match page.continue_key {
+                Some(k) => after = Some(k),
+                None => break,
+            }
+        }
+        Ok(alive)
+    }
+
     /// Drops expired entries from the cache every `every`, until the task is dropped.
     pub fn spawn_prune(self: &Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
         let me = self.clone();

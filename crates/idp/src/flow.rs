@@ -726,12 +726,7 @@ impl Idp {
             ConnectorKind::Local if !folded.contains('\0') => folded,
             _ => format!("{}\0{folded}", connector.id),
         };
-        let outcome = |o: &str| {
-            self.metrics
-                .logins
-                .get_or_create(&vec![("outcome".to_owned(), o.to_owned())])
-                .inc()
-        };
+        let outcome = |o: &str| self.metrics.login(&connector.id, o);
         // Reserve the check before running it: concurrent guesses cannot overrun the budget.
         let permit = match self.lockout.reserve(&account, address).await {
             Gate::Open(p) => p,
@@ -1008,7 +1003,11 @@ async fn upstream_callback(
         .await
         .and_then(crate::connector::admit)
         .inspect_err(|_| audit.failed("upstream error"))
-        .map_err(|e| charge(PageError::connector(&connector.id, &e, back.clone())))?;
+        .map_err(|e| {
+            idp.metrics.login(&connector.id, "failure");
+            charge(PageError::connector(&connector.id, &e, back.clone()))
+        })?;
+    idp.metrics.login(&connector.id, "success");
     audit.succeeded(&identity.email, &identity.groups);
     let auth_ms = idp.clock.now().as_millis();
     tracing::info!(target: "audit", user = %identity.email, connector = %connector.id, "upstream login succeeded");
@@ -1229,6 +1228,8 @@ async fn token_inner(
         }
         None => return Err(OAuthError::invalid_request("Required param: grant_type.")),
     };
+    // Only the grant types matched above get here: the label is bounded.
+    idp.metrics.token_issued(get("grant_type").unwrap_or_default());
     crate::audit::token_user(audit, &resp);
     let mut r = Json(resp).into_response();
     r.headers_mut()

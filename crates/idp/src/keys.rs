@@ -240,6 +240,18 @@ impl KeyManager {
         Ok(self.keys().signing.kid() != before)
     }
 
+    /// How long the current signing key has been signing: from the rotation that made it the
+    /// signing key (the next rotation is scheduled one rotation period after it), by this
+    /// process's clock.
+    pub fn signing_key_age(&self) -> Duration {
+        let began = self
+            .keys()
+            .next_rotation
+            .as_secs()
+            .saturating_sub(self.rotation.as_secs());
+        Duration::from_secs(self.clock.now().as_secs().saturating_sub(began))
+    }
+
     /// Seconds until the next rotation (for `Cache-Control` on `/keys`).
     pub fn seconds_to_rotation(&self) -> u64 {
         self.keys()

@@ -151,6 +151,27 @@ struct Metrics {
     logins: Family<Vec<(String, String)>, Counter>,
     lockouts: Counter,
     verifications: Counter,
+    tokens: Family<Vec<(String, String)>, Counter>,
+}
+
+impl Metrics {
+    /// Counts one login at `connector` (a configured connector id) with `outcome` (`success`,
+    /// `failure`, `locked`, `unavailable`, `error`).
+    pub(crate) fn login(&self, connector: &str, outcome: &str) {
+        self.logins
+            .get_or_create(&vec![
+                ("connector".to_owned(), connector.to_owned()),
+                ("outcome".to_owned(), outcome.to_owned()),
+            ])
+            .inc();
+    }
+
+    /// Counts one token response of the token endpoint by its (known) grant type.
+    pub(crate) fn token_issued(&self, grant_type: &str) {
+        self.tokens
+            .get_or_create(&vec![("grant_type".to_owned(), grant_type.to_owned())])
+            .inc();
+    }
 }
 
 /// The identity provider.
@@ -204,7 +225,16 @@ impl Idp {
         let device_limits = device::DeviceLimits::load(&settings.lockout, store.as_ref(), clock.now()).await?;
         let epochs = revocation::Epochs::new(store.clone(), rng.clone());
         let metrics = Metrics::default();
-        registry.register("kfsec_logins", "Password logins by outcome", metrics.logins.clone());
+        registry.register(
+            "kfsec_logins",
+            "Logins by connector (configured connector id) and outcome (success, failure, locked, unavailable, error)",
+            metrics.logins.clone(),
+        );
+        registry.register(
+            "kfsec_tokens_issued",
+            "Token responses of the token endpoint by grant type",
+            metrics.tokens.clone(),
+        );
         registry.register(
             "kfsec_lockouts",
             "Lockouts started by failed logins",
@@ -236,6 +266,11 @@ impl Idp {
                 10_000,
             )),
         }))
+    }
+
+    /// The login lockout (shared by every replica over the store).
+    pub fn lockout(&self) -> &Lockout {
+        &self.lockout
     }
 
     /// The settings.

@@ -1002,6 +1002,33 @@ impl Lockout {
         Ok(n)
     }
 
+    /// Lockouts in force now (pairs and client addresses locked), read from the store, so every
+    /// replica's count is the same; at most `limit` records are read.
+    pub async fn active(&self, limit: usize) -> Result<usize, StoreError> {
+        let inner = &self.0;
+        let now = inner.clock.now().as_millis();
+        let (mut read, mut locked) = (0usize, 0usize);
+        let mut after: Option<String> = None;
+        while read < limit {
+            let page = inner.store.list(PREFIX, 500, after.as_deref()).await?;
+            read += page.items.len();
+            locked += page
+                .items
+                .iter()
+                .filter(|kv| {
+                    let table = kv.key.strip_prefix(PREFIX).and_then(|r| r.split_once('/')).map(|t| t.0);
+                    matches!(table, Some("pair" | "source"))
+                        && serde_json::from_slice::<Entry>(&kv.value).is_ok_and(|e| e.locked(now))
+                })
+                .count();
+            match page.continue_key {
+                Some(k) => after = Some(k),
+                None => break,
+            }
+        }
+        Ok(locked)
+    }
+
     /// Reserves a password check for `account` (already normalised as users are looked up) from
     /// `address`.
     pub async fn reserve(&self, account: &str, address: &str) -> Gate {

@@ -11,6 +11,7 @@ pub mod admin;
 pub mod config;
 mod kubeconfig;
 pub mod leader;
+pub mod metrics;
 mod pipeline_ui;
 pub mod rbac;
 pub mod storage;
@@ -520,6 +521,9 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
     );
     // The audit pipeline (`audit:`; `auditing`): every surface records through `auditor`.
     let (auditor, audit_pipeline) = auditing::start(&cfg, clock.clone(), rng.clone(), &mut registry)?;
+    // Store latency and authorization decisions by surface (`metrics`).
+    let store: Arc<dyn Store> = Arc::new(metrics::Timed::new(store, &mut registry));
+    let decisions = kfsec_gateway::metrics::Decisions::register(&mut registry);
     // One leader among the replicas runs the singleton work below (`leader`).
     let (leadership, leader_gauge) =
         leader::elect(store.clone(), clock.clone(), rng.clone(), host_name(), &mut registry)?;
@@ -597,7 +601,8 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
     let pki_follow = trust.share(store.clone(), ca_rev).await?;
     let renew_every = (cfg.leaf_lifetime / 6).clamp(Duration::from_millis(500), Duration::from_secs(60));
     let renewal_task = trust.spawn(renew_every);
-    let api = kfsec_api::ApiServer::builder(store.clone(), rbac_cache.clone(), clock.clone(), rng.clone())
+    let counted = |surface| metrics::CountedAuthz::wrap(rbac_cache.clone(), surface, &decisions);
+    let api = kfsec_api::ApiServer::builder(store.clone(), counted("api"), clock.clone(), rng.clone())
         .token_reviewer(Arc::new(tokenreview::Reviewer {
             authn: kfsec_idp::Authenticator::new(idp.clone()),
             rng: rng.clone(),
@@ -625,7 +630,7 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
         api.clone(),
         store.clone(),
         rbac_cache.clone(),
-        rbac_cache.clone(),
+        counted("kfp"),
         rng.clone(),
         cfg.registration_flow,
     );
@@ -642,7 +647,7 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
     );
     let kfp = kfsec_kfp::Kfp::new(
         store.clone(),
-        rbac_cache.clone(),
+        counted("kfam"),
         clock.clone(),
         rng.clone(),
         kfsec_kfp::KfpSettings {
@@ -677,21 +682,25 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
         kfsec_gateway::Mount {
             paths: kfsec_profiles::DASHBOARD_PATHS.to_vec(),
             surface: kfsec_idp::authn::Surface::Gateway,
+            name: "api",
             render: Arc::new(kfsec_profiles::kfam_refusal_response),
         },
         kfsec_gateway::Mount {
             paths: kfsec_profiles::KFAM_PATHS.to_vec(),
             surface: kfsec_idp::authn::Surface::Gateway,
+            name: "kfp",
             render: Arc::new(kfsec_profiles::kfam_refusal_response),
         },
     ];
 
     let gw_settings = GatewaySettings {
+            name: "dashboard",
         cookie_name: cfg.cookie_name.clone(),
         session_ttl: cfg.session_ttl,
         user_id_header: cfg.user_id_header.clone(),
         user_id_prefix: cfg.user_id_prefix.clone(),
         groups_header: cfg.groups_header.clone(),
+            name: "kfam",
         routes: cfg.routes.clone(),
         trusted_proxies: cfg.trusted_proxies.clone(),
         upstream_identity: Some(upstream),
@@ -732,6 +741,20 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
         // kfsec's read-only Pipelines view (`/pipeline/`); a configured `/pipeline/` route wins.
         router: dashboard
             .pages_router()
+    app.count_decisions(decisions.clone());
+    registry.register_collector(Box::new(metrics::Live {
+        certificates: {
+            let trust = trust.clone();
+            Arc::new(move || trust.certificates())
+        },
+        signing_key_age: {
+            let idp = idp.clone();
+            Arc::new(move || idp.keys().signing_key_age())
+        },
+        ready: ready_check(ready.clone(), store_health.clone()),
+        clock: clock.clone(),
+    }));
+    let store_gauges = metrics::StoreGauges::register(&mut registry);
             .merge(pipeline_ui::router(kfp.clone(), api.clone())),
     });
 
@@ -789,6 +812,12 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
             https,
             front_tls,
             app.router(),
+    background.push(metrics::spawn_gauges(
+        store_gauges,
+        app.sessions().clone(),
+        idp.lockout().clone(),
+        Duration::from_secs(5),
+    ));
             wait(rx.clone()),
             settings("front-door", front_limits),
         )),

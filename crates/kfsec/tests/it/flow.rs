@@ -175,8 +175,14 @@ async fn metrics_and_health_on_the_admin_listener() {
         .text()
         .await
         .unwrap();
-    assert!(m.contains("kfsec_logins_total{outcome=\"success\"} 1"), "{m}");
-    assert!(m.contains("kfsec_logins_total{outcome=\"failure\"} 1"), "{m}");
+    assert!(
+        m.contains("kfsec_logins_total{connector=\"local\",outcome=\"success\"} 1"),
+        "{m}"
+    );
+    assert!(
+        m.contains("kfsec_logins_total{connector=\"local\",outcome=\"failure\"} 1"),
+        "{m}"
+    );
     assert!(
         m.contains("kfsec_http_requests_total{route=\"home\",code=\"200\"}"),
         "{m}"

@@ -23,6 +23,7 @@ mod ingress;
 mod keys;
 mod kube_clients;
 mod leader;
+mod metrics;
 mod oauth2_paths;
 mod oidc;
 mod openapi;
