@@ -511,6 +511,9 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
     };
 
     let mut registry = Registry::default();
+    // Store latency and authorization decisions by surface (`metrics`).
+    let store: Arc<dyn Store> = Arc::new(metrics::Timed::new(store, &mut registry));
+    let decisions = kfsec_gateway::metrics::Decisions::register(&mut registry);
     registry.register(
         "kfsec_build",
         "The running binary's version and git commit",
@@ -521,9 +524,6 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
     );
     // The audit pipeline (`audit:`; `auditing`): every surface records through `auditor`.
     let (auditor, audit_pipeline) = auditing::start(&cfg, clock.clone(), rng.clone(), &mut registry)?;
-    // Store latency and authorization decisions by surface (`metrics`).
-    let store: Arc<dyn Store> = Arc::new(metrics::Timed::new(store, &mut registry));
-    let decisions = kfsec_gateway::metrics::Decisions::register(&mut registry);
     // One leader among the replicas runs the singleton work below (`leader`).
     let (leadership, leader_gauge) =
         leader::elect(store.clone(), clock.clone(), rng.clone(), host_name(), &mut registry)?;
@@ -629,8 +629,8 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
     let kfam = kfsec_profiles::Kfam::new(
         api.clone(),
         store.clone(),
+        counted("kfam"),
         rbac_cache.clone(),
-        counted("kfp"),
         rng.clone(),
         cfg.registration_flow,
     );
@@ -647,7 +647,7 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
     );
     let kfp = kfsec_kfp::Kfp::new(
         store.clone(),
-        counted("kfam"),
+        counted("kfp"),
         clock.clone(),
         rng.clone(),
         kfsec_kfp::KfpSettings {
@@ -670,37 +670,37 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
     // its refusal renderer (the gateway renders none itself).
     let mounts = vec![
         kfsec_gateway::Mount {
+            name: "api",
             paths: kfsec_api::PATHS.to_vec(),
             surface: kfsec_idp::authn::Surface::Gateway,
             render: Arc::new(kfsec_api::refusal_response),
         },
         kfsec_gateway::Mount {
+            name: "kfp",
             paths: kfsec_kfp::PATHS.to_vec(),
             surface: kfsec_idp::authn::Surface::Pipelines,
             render: Arc::new(kfsec_kfp::refusal_response),
         },
         kfsec_gateway::Mount {
+            name: "dashboard",
             paths: kfsec_profiles::DASHBOARD_PATHS.to_vec(),
             surface: kfsec_idp::authn::Surface::Gateway,
-            name: "api",
             render: Arc::new(kfsec_profiles::kfam_refusal_response),
         },
         kfsec_gateway::Mount {
+            name: "kfam",
             paths: kfsec_profiles::KFAM_PATHS.to_vec(),
             surface: kfsec_idp::authn::Surface::Gateway,
-            name: "kfp",
             render: Arc::new(kfsec_profiles::kfam_refusal_response),
         },
     ];
 
     let gw_settings = GatewaySettings {
-            name: "dashboard",
         cookie_name: cfg.cookie_name.clone(),
         session_ttl: cfg.session_ttl,
         user_id_header: cfg.user_id_header.clone(),
         user_id_prefix: cfg.user_id_prefix.clone(),
         groups_header: cfg.groups_header.clone(),
-            name: "kfam",
         routes: cfg.routes.clone(),
         trusted_proxies: cfg.trusted_proxies.clone(),
         upstream_identity: Some(upstream),
@@ -729,18 +729,6 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
     app.audit(auditor.clone());
     idp.keys().audit(auditor.clone());
     trust.audit(auditor.clone(), rng.clone());
-    // "Download kubeconfig" on the home page: `kfsec login`'s server URL and CA.
-    dashboard.offer_kubeconfig(Arc::new(kubeconfig::Kubeconfigs {
-        idp: idp.clone(),
-        server: public_url.clone(),
-        trust: cfg.tls_files.is_none().then(|| trust.clone()),
-    }));
-    // kfsec's dashboard pages (`/`, `/workspaces/…`) on the paths no route claims.
-    app.serve_pages(kfsec_gateway::Pages {
-        paths: [kfsec_profiles::PAGE_PATHS, pipeline_ui::PATHS].concat(),
-        // kfsec's read-only Pipelines view (`/pipeline/`); a configured `/pipeline/` route wins.
-        router: dashboard
-            .pages_router()
     app.count_decisions(decisions.clone());
     registry.register_collector(Box::new(metrics::Live {
         certificates: {
@@ -755,6 +743,18 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
         clock: clock.clone(),
     }));
     let store_gauges = metrics::StoreGauges::register(&mut registry);
+    // "Download kubeconfig" on the home page: `kfsec login`'s server URL and CA.
+    dashboard.offer_kubeconfig(Arc::new(kubeconfig::Kubeconfigs {
+        idp: idp.clone(),
+        server: public_url.clone(),
+        trust: cfg.tls_files.is_none().then(|| trust.clone()),
+    }));
+    // kfsec's dashboard pages (`/`, `/workspaces/…`) on the paths no route claims.
+    app.serve_pages(kfsec_gateway::Pages {
+        paths: [kfsec_profiles::PAGE_PATHS, pipeline_ui::PATHS].concat(),
+        // kfsec's read-only Pipelines view (`/pipeline/`); a configured `/pipeline/` route wins.
+        router: dashboard
+            .pages_router()
             .merge(pipeline_ui::router(kfp.clone(), api.clone())),
     });
 
@@ -796,6 +796,12 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
     ];
     background.extend(cert_watch);
     background.push(pki_follow);
+    background.push(metrics::spawn_gauges(
+        store_gauges,
+        app.sessions().clone(),
+        idp.lockout().clone(),
+        Duration::from_secs(5),
+    ));
     background.extend(store_probe);
 
     let (front_limits, webhook_limits) = listener_limits(&cfg);
@@ -812,12 +818,6 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
             https,
             front_tls,
             app.router(),
-    background.push(metrics::spawn_gauges(
-        store_gauges,
-        app.sessions().clone(),
-        idp.lockout().clone(),
-        Duration::from_secs(5),
-    ));
             wait(rx.clone()),
             settings("front-door", front_limits),
         )),
