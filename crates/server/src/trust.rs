@@ -12,6 +12,22 @@
 //!
 //! - Replicas share all of it through the store ([`shared`]): each change is written there by
 //!   compare-and-swap and followed by the other replicas' watches.
+//! - Who renews (issue 14: one leader for singleton work). The leader's pass ([`Trust::spawn`],
+//!   run under `Leadership::while_leading`) does the shared work: it ends a CA rotation window and
+//!   renews every certificate when it is [`due`]. Every other replica follows the store (its
+//!   watch adopts the leader's certificates within moments) and runs only the follower's pass
+//!   ([`Trust::spawn_follower`]), which is for what is genuinely this replica's: the admin
+//!   kubeconfig (a file of its own, never in the store), and a certificate nobody else renews —
+//!   a record is named by the names a certificate is issued for, and the front door's include
+//!   this host's name, so on replicas with host names of their own each front-door record is
+//!   one replica's alone. The follower cannot know whether the leader serves the same record, so
+//!   it renews a certificate only once it is [`overdue`] (a sixth of its lifetime left: the
+//!   leader, passing every twelfth of the lifetime, renews by a quarter left), or when it is of
+//!   an older CA set [`BEHIND_GRACE`] after the set changed (the leader re-issues at once). A
+//!   record the leader shares (webhooks, the gateway's, a front door on one host) is thus never
+//!   written by a follower while the leader is alive, and a leader that died does not leave
+//!   certificates to expire before another takes over. A user-supplied front-door pair is not
+//!   this module's: every replica watches its own files.
 //!
 //! Invariants: a failed renewal keeps serving the current certificate and is retried on the next
 //! tick; private keys are written 0600; rotations, window ends and renewals are serialised.
@@ -26,6 +42,7 @@ use std::time::Duration;
 use kfsec_pki::{CaSet, CertificateAuthority, IssuedCert, LiveRoots, LiveServerConfig, PkiError, ReloadingResolver};
 use kfsec_types::{Clock, UnixTime};
 use parking_lot::RwLock;
+use tokio::sync::watch;
 
 use crate::ServerError;
 
@@ -123,6 +140,23 @@ pub fn due(not_after: UnixTime, now: UnixTime, lifetime: Duration) -> bool {
     not_after.since(now) <= lifetime / 3
 }
 
+/// Whether a certificate has gone unrenewed past the point the leader renews it by: a sixth of
+/// its lifetime or less remains. Only then does a follower renew it ([`Trust::follower_tick`]).
+pub fn overdue(not_after: UnixTime, now: UnixTime, lifetime: Duration) -> bool {
+    not_after.since(now) <= lifetime / 6
+}
+
+/// How often the renewal passes run for certificates of `lifetime`: a twelfth of it (between
+/// 0.5 s and 60 s), so the leader renews a certificate with at least a quarter of its lifetime
+/// left, well before a follower would take it for [`overdue`].
+pub fn renewal_period(lifetime: Duration) -> Duration {
+    (lifetime / 12).clamp(Duration::from_millis(500), Duration::from_secs(60))
+}
+
+/// How long a follower leaves a certificate of an older CA set to the leader (which re-issues
+/// every certificate with the change) before it re-issues it itself.
+pub const BEHIND_GRACE: Duration = Duration::from_secs(5);
+
 /// Work to redo for a new CA set.
 pub type OnCaChange = Box<dyn Fn(&CaSet) -> Result<(), ServerError> + Send + Sync>;
 
@@ -192,8 +226,14 @@ pub struct Trust {
     items: Vec<Renewable>,
     trusting: Trusting,
     busy: tokio::sync::Mutex<()>,
-    /// Wakes the loop when the CA set changed (a new window end to wait for).
+    /// Wakes the leader's loop when the CA set changed (a new window end to wait for).
     changed: tokio::sync::Notify,
+    /// Wakes the follower's loop when the CA set changed (certificates to catch up).
+    changed_follow: tokio::sync::Notify,
+    /// When the CA set last changed here (ms since the epoch, this replica's clock).
+    changed_at: AtomicU64,
+    /// Certificates issued here since the start (renewals, re-issues for a new CA set).
+    issued: AtomicU64,
     /// The store the replicas share the PKI through, once [`Self::share`]d.
     shared: std::sync::OnceLock<shared::Shared>,
     /// Where certificate and CA rotations made here are recorded, once [`Self::audit`] is set.
@@ -219,6 +259,9 @@ impl Trust {
             trusting,
             busy: tokio::sync::Mutex::new(()),
             changed: tokio::sync::Notify::new(),
+            changed_follow: tokio::sync::Notify::new(),
+            changed_at: AtomicU64::new(0),
+            issued: AtomicU64::new(0),
             shared: std::sync::OnceLock::new(),
             auditor: std::sync::OnceLock::new(),
         })
@@ -244,26 +287,21 @@ impl Trust {
         }
     }
 
-    /// Every certificate served or trusted now, by name (`ca`, `ca-previous`, `front-door`,
-    /// `gateway-workload`, `webhook-<service>`), with its end of validity: read from the live
-    /// resolvers and CA set at each call, so a renewal shows at once.
-    pub fn certificates(&self) -> Vec<(String, UnixTime)> {
-        let slug = |s: &str| s.to_ascii_lowercase().replace(' ', "-");
-        let cas = self.cas();
-        let mut out = vec![("ca".to_owned(), cas.current().not_after())];
-        if let Some(p) = cas.previous() {
-            out.push(("ca-previous".to_owned(), p.info.not_after));
-        }
-        out.extend(self.items.iter().map(|i| (slug(&i.spec.name), i.resolver.not_after())));
-        if !out.iter().any(|(n, _)| n == "front-door") {
-            out.push(("front-door".to_owned(), self.trusting.front_door.1.not_after()));
-        }
-        out
-    }
-
     /// The current CA set.
     pub fn cas(&self) -> Arc<CaSet> {
         self.cas.read().clone()
+    }
+
+    /// How many certificates this replica has issued since it started (renewals and re-issues
+    /// for a new CA set; not those established at start or adopted from another replica).
+    pub fn issued(&self) -> u64 {
+        self.issued.load(Ordering::Acquire)
+    }
+
+    fn renew(&self, item: &Renewable, cas: &CaSet, epoch: u64) -> Result<(), ServerError> {
+        item.renew(cas, epoch, self.clock.as_ref())?;
+        self.issued.fetch_add(1, Ordering::AcqRel);
+        Ok(())
     }
 
     /// Starts a CA rotation: a new signing CA, the old one trusted for `window`; every
@@ -308,7 +346,7 @@ impl Trust {
         let mut reissued = Vec::new();
         let mut first_error = None;
         for item in &self.items {
-            match item.renew(&next, epoch, self.clock.as_ref()) {
+            match self.renew(item, &next, epoch) {
                 Ok(()) => reissued.push(item.spec.name.clone()),
                 Err(e) => {
                     tracing::warn!(cert = %item.spec.name, error = %e, "re-issuing for the new CA set failed; retrying");
@@ -339,7 +377,9 @@ impl Trust {
         // The set on disk has changed: memory follows first, whatever fails below (a retried
         // rotation must see the open window; the next tick retries what is behind).
         *self.cas.write() = next.clone();
+        self.changed_at.store(self.clock.now().as_millis(), Ordering::Release);
         self.changed.notify_one();
+        self.changed_follow.notify_one();
         let epoch = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
         let bundle = next.trust_bundle_pem();
         // Verifiers before certificates, so a peer presenting a new certificate is accepted by
@@ -350,7 +390,7 @@ impl Trust {
         Ok((next, epoch))
     }
 
-    /// One pass: ends a window that is over, renews what is due.
+    /// The leader's pass: ends a window that is over, renews what is due.
     pub async fn tick(&self) {
         let _busy = self.busy.lock().await;
         // Shared: what another replica changed first (it may have renewed already).
@@ -378,25 +418,115 @@ impl Trust {
             if item.epoch.load(Ordering::Acquire) == epoch && !due(item.resolver.not_after(), now, item.spec.lifetime) {
                 continue;
             }
-            match item.renew(&cas, epoch, self.clock.as_ref()) {
+            match self.renew(item, &cas, epoch) {
                 Ok(()) => tracing::info!(cert = %item.spec.name, "renewed certificate"),
                 Err(e) => tracing::warn!(cert = %item.spec.name, error = %e, "certificate renewal failed; retrying"),
             }
         }
-        if self.kubeconfig_epoch.load(Ordering::Acquire) != epoch {
-            match (self.trusting.admin_kubeconfig)(&cas) {
-                Ok(()) => self.kubeconfig_epoch.store(epoch, Ordering::Release),
-                Err(e) => tracing::warn!(error = %e, "rewriting the admin kubeconfig failed; retrying"),
-            }
-        }
+        self.catch_up_kubeconfig(&cas, epoch);
         // Shared: what changed here goes to the store (a race lost adopts the winner's).
         if let Err(e) = self.publish_locked().await {
             tracing::warn!(error = %e, "sharing the PKI through the store failed; retrying");
         }
     }
 
-    /// Calls [`Self::tick`] every `every`, and at the end of a rotation window, until the task
-    /// is dropped.
+    /// Rewrites the admin kubeconfig if an earlier attempt for the CA set of `epoch` failed.
+    fn catch_up_kubeconfig(&self, cas: &CaSet, epoch: u64) {
+        if self.kubeconfig_epoch.load(Ordering::Acquire) != epoch {
+            match (self.trusting.admin_kubeconfig)(cas) {
+                Ok(()) => self.kubeconfig_epoch.store(epoch, Ordering::Release),
+                Err(e) => tracing::warn!(error = %e, "rewriting the admin kubeconfig failed; retrying"),
+            }
+        }
+    }
+
+    /// The certificates a follower renews itself at `now` ([`overdue`], or of an older CA set
+    /// for [`BEHIND_GRACE`]), and how long until one of an older set is its own to re-issue.
+    fn follower_work(&self, now: UnixTime) -> (Vec<usize>, Option<Duration>) {
+        let epoch = self.epoch.load(Ordering::Acquire);
+        let behind_for = now.since(UnixTime::from_millis(self.changed_at.load(Ordering::Acquire)));
+        let mut wait = None;
+        let mut todo = Vec::new();
+        for (i, item) in self.items.iter().enumerate() {
+            let behind = item.epoch.load(Ordering::Acquire) != epoch;
+            if overdue(item.resolver.not_after(), now, item.spec.lifetime) || (behind && behind_for >= BEHIND_GRACE) {
+                todo.push(i);
+            } else if behind {
+                wait = Some(BEHIND_GRACE.saturating_sub(behind_for));
+            }
+        }
+        (todo, wait)
+    }
+
+    /// A follower's pass: what is this replica's own (module docs). Returns how soon to pass
+    /// again, if sooner than the regular period.
+    pub async fn follower_tick(&self) -> Option<Duration> {
+        let _busy = self.busy.lock().await;
+        let (todo, wait) = self.follower_work(self.clock.now());
+        if !todo.is_empty() {
+            // The watch may lag: the leader's certificates first.
+            if let Err(e) = self.sync_locked().await {
+                tracing::warn!(error = %e, "reading the shared PKI failed; retrying");
+            }
+        }
+        let (todo, wait) = if todo.is_empty() {
+            (todo, wait)
+        } else {
+            self.follower_work(self.clock.now())
+        };
+        let cas = self.cas();
+        let epoch = self.epoch.load(Ordering::Acquire);
+        for &i in &todo {
+            let item = &self.items[i];
+            match self.renew(item, &cas, epoch) {
+                Ok(()) => {
+                    tracing::info!(cert = %item.spec.name, "renewed certificate (not renewed by the leader in time)");
+                }
+                Err(e) => tracing::warn!(cert = %item.spec.name, error = %e, "certificate renewal failed; retrying"),
+            }
+        }
+        self.catch_up_kubeconfig(&cas, epoch);
+        if !todo.is_empty()
+            && let Err(e) = self.publish_locked().await
+        {
+            tracing::warn!(error = %e, "sharing the PKI through the store failed; retrying");
+        }
+        wait
+    }
+
+    /// Runs [`Self::follower_tick`] every `every` (sooner when the CA set changed) while this
+    /// replica does not lead (`leading`), until the task is dropped.
+    pub fn spawn_follower(
+        self: &Arc<Self>,
+        every: Duration,
+        mut leading: watch::Receiver<bool>,
+    ) -> tokio::task::JoinHandle<()> {
+        let this = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let wait = if *leading.borrow_and_update() {
+                    None
+                } else {
+                    this.follower_tick().await
+                };
+                let wait = wait.map_or(every, |w| w.min(every)).max(Duration::from_millis(10));
+                let lead_change = async {
+                    if leading.changed().await.is_err() {
+                        // The election is over (shutting down): only the timers wake us.
+                        std::future::pending::<()>().await;
+                    }
+                };
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    () = this.changed_follow.notified() => {}
+                    () = lead_change => {}
+                }
+            }
+        })
+    }
+
+    /// Calls [`Self::tick`] (the leader's pass) every `every`, and at the end of a rotation
+    /// window, until the task is dropped.
     pub fn spawn(self: &Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
         let this = self.clone();
         tokio::spawn(async move {

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use crate::harness::*;
 
 /// The value of `kfsec_leader` on the admin listener's `/metrics`.
-async fn leader_gauge(k: &Kfsec) -> Option<i64> {
+pub async fn leader_gauge(k: &Kfsec) -> Option<i64> {
     let m = reqwest::get(format!("http://{}/metrics", k.running.admin_addr))
         .await
         .ok()?

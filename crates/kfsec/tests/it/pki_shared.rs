@@ -1,10 +1,11 @@
 //! The PKI replicas share through the store (`trust::shared`): two kfsec on one real etcd serve
 //! one CA and one front-door certificate, an admin kubeconfig written by one replica works
 //! against the other with real kubectl, a session created before a replica joined is accepted
-//! by it, and a CA rotation made on one replica is served by the other without a restart; a
-//! data directory from before the store held the PKI keeps its CA (every kubeconfig made from it
-//! keeps working). The etcd test is skipped (with a message) when etcd is not installed, unless
-//! `KFSEC_REQUIRE_ETCD` is set.
+//! by it, and a CA rotation made on one replica is served by the other without a restart; only
+//! the leader renews certificates (the follower serves them, issuing none) and a replica that
+//! takes over from a dead leader renews in its turn; a data directory from before the store
+//! held the PKI keeps its CA (every kubeconfig made from it keeps working). The etcd tests are
+//! skipped (with a message) when etcd is not installed, unless `KFSEC_REQUIRE_ETCD` is set.
 
 use std::path::Path;
 use std::time::Duration;
@@ -156,13 +157,19 @@ async fn two_replicas_on_etcd_share_the_ca_certificates_and_admin_kubeconfigs() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn renewals_on_two_replicas_on_etcd_converge_on_one_front_door_certificate() {
-    // Renewed every 4 s; both replicas run their renewal pass every second.
-    let Some((_cluster, _keys, yaml)) = on_etcd("/kfsec-renew-it", "pki:\n  leafLifetime: 6s\n").await else {
+async fn only_the_leader_renews_the_followers_serve_its_certificates_and_a_new_leader_takes_over() {
+    // 9 s certificates: the leader renews them with 3 s to 2.25 s left (passes every 0.75 s); a
+    // follower would renew one itself only with 1.5 s left.
+    let Some((_cluster, _keys, yaml)) = on_etcd("/kfsec-renew-it", "pki:\n  leafLifetime: 9s\n").await else {
         return;
     };
     let a = Kfsec::start(&yaml).await;
+    let gauge = async |k: &Kfsec, want: i64, limit: Duration| {
+        within(limit, async || crate::leader::leader_gauge(k).await == Some(want)).await
+    };
+    assert!(gauge(&a, 1, Duration::from_secs(5)).await, "the first replica leads");
     let b = Kfsec::start(&yaml).await;
+    assert!(gauge(&b, 0, Duration::from_secs(3)).await, "the second follows");
     let ca = a.running.ca_pem.clone();
     let served = async |k: &Kfsec| {
         crate::proxying::served_cert(&ca, k.running.https_addr, "localhost")
@@ -171,32 +178,47 @@ async fn renewals_on_two_replicas_on_etcd_converge_on_one_front_door_certificate
     };
     let first = served(&a).await;
     assert_eq!(served(&b).await, first, "one front-door certificate");
-    // Renewed (on whichever replica got there first), and then one certificate again on both.
-    let mut renewed = None;
+    let (a_issued, b_issued) = (a.running.trust.issued(), b.running.trust.issued());
+    // Two renewal rounds on the leader, each served by the follower, which issues nothing.
+    let mut seen = vec![first];
+    for round in 0..2 {
+        let before = seen.last().unwrap().clone();
+        let mut renewed = None;
+        assert!(
+            within(Duration::from_secs(12), async || {
+                let (sa, sb) = (served(&a).await, served(&b).await);
+                if sa == sb && sa != before {
+                    renewed = Some(sa);
+                    true
+                } else {
+                    false
+                }
+            })
+            .await,
+            "round {round}: the follower serves the leader's renewed certificate"
+        );
+        seen.push(renewed.unwrap());
+    }
     assert!(
-        within(Duration::from_secs(20), async || {
-            let (sa, sb) = (served(&a).await, served(&b).await);
-            if sa == sb && sa != first {
-                renewed = Some(sa);
-                true
-            } else {
-                false
-            }
-        })
-        .await,
-        "the renewed certificate is the same on both replicas"
+        a.running.trust.issued() >= a_issued + 2,
+        "the leader renewed: {} → {}",
+        a_issued,
+        a.running.trust.issued()
     );
-    let renewed = renewed.unwrap();
+    assert_eq!(
+        b.running.trust.issued(),
+        b_issued,
+        "the follower issued no certificate (it wrote nothing under /kfsec/pki/)"
+    );
     let on_file = |k: &Kfsec| {
         kfsec_pki::parse_cert_pem(&read(&k._dir.path().join("pki"), "frontdoor.crt"))
             .unwrap()
             .serial_hex
     };
     assert!(
-        within(Duration::from_secs(5), async || on_file(&a) == on_file(&b)).await,
-        "and so are the pki/frontdoor.crt files"
+        within(Duration::from_secs(5), async || on_file(&b) == on_file(&a)).await,
+        "the follower's pki/frontdoor.crt follows"
     );
-    assert_ne!(on_file(&b), first, "B's file follows the renewal ({renewed})");
     let records = a
         .running
         .store
@@ -208,8 +230,30 @@ async fn renewals_on_two_replicas_on_etcd_converge_on_one_front_door_certificate
         1,
         "one stored front-door certificate for the two replicas"
     );
+
+    // The leader dies without handing over: B leads within the takeover time and renews.
+    let last = served(&b).await;
+    a.running.abandon();
+    assert!(
+        gauge(&b, 1, Duration::from_secs(10)).await,
+        "B leads within 10 s of the leader's death"
+    );
+    let at_takeover = b.running.trust.issued();
+    let mut renewed = None;
+    assert!(
+        within(Duration::from_secs(9), async || {
+            let s = served(&b).await;
+            if s != last && b.running.trust.issued() > at_takeover {
+                renewed = Some(s);
+                true
+            } else {
+                false
+            }
+        })
+        .await,
+        "the new leader renews (within one lifetime of its takeover)"
+    );
     b.running.shutdown().await;
-    a.running.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

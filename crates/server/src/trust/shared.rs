@@ -598,7 +598,7 @@ impl Trust {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::trust::{CertSpec, Renewable, Trusting, front_door_config};
+    use crate::trust::{BEHIND_GRACE, CertSpec, Renewable, Trusting, front_door_config};
     use kfsec_pki::{LiveRoots, LiveServerConfig};
     use kfsec_store::MemoryStore;
     use kfsec_types::{ManualClock, UnixTime};
@@ -628,16 +628,28 @@ mod tests {
     /// A replica's PKI as `start_with` builds it (CA from the store, a front-door certificate),
     /// on `dir`, sharing through `store`.
     async fn replica_in(dir: tempfile::TempDir, store: Arc<dyn Store>, clock: Arc<ManualClock>) -> R<Replica> {
+        replica_named(dir, store, clock, "localhost").await
+    }
+
+    /// [`replica_in`] with a front-door certificate for `host` (a host name of its own: a record
+    /// of its own).
+    async fn replica_named(
+        dir: tempfile::TempDir,
+        store: Arc<dyn Store>,
+        clock: Arc<ManualClock>,
+        host: &str,
+    ) -> R<Replica> {
         let pki = dir.path().join("pki");
         let (cas, rev) = ensure_ca(store.as_ref(), &pki, KeyAlgorithm::EcdsaP256, clock.as_ref()).await?;
+        let names = vec![host.to_owned()];
         let spec = CertSpec {
             name: "front door".into(),
-            issue: Box::new(|ca: &kfsec_pki::CertificateAuthority, clock: &dyn Clock| {
-                ca.issue_server("kfsec front door", &["localhost".to_owned()], &[], LIFETIME, clock)
+            tag: Some((pki.join("frontdoor.names"), format!("{names:?} []"))),
+            issue: Box::new(move |ca: &kfsec_pki::CertificateAuthority, clock: &dyn Clock| {
+                ca.issue_server("kfsec front door", &names, &[], LIFETIME, clock)
             }),
             files: (pki.join("frontdoor.crt"), pki.join("frontdoor.key")),
             lifetime: LIFETIME,
-            tag: Some((pki.join("frontdoor.names"), "[\"localhost\"] []".into())),
         };
         let item = Renewable::establish(spec, &cas, clock.as_ref())?;
         let resolver = item.resolver().clone();
@@ -859,6 +871,72 @@ mod tests {
             let stored = kfsec_pki::parse_cert_pem(stored.files.get("frontdoor.crt").ok_or("no crt")?)?;
             assert_eq!(stored.serial_hex, a.serving(), "the stored one is the one served");
         }
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_follower_leaves_renewal_to_the_leader_and_serves_its_certificate() -> R {
+        let (store, clock) = setup();
+        let a = replica(store.clone(), clock.clone()).await?;
+        let b = replica(store.clone(), clock.clone()).await?;
+        let old = b.serving();
+        // Due (the leader renews now), not overdue: the follower's pass issues nothing.
+        clock.advance(LIFETIME * 2 / 3 + Duration::from_secs(1));
+        assert_eq!(b.trust.follower_tick().await, None);
+        assert_eq!((b.trust.issued(), b.serving()), (0, old.clone()));
+        a.trust.tick().await;
+        assert_eq!(a.trust.issued(), 1);
+        assert!(eventually(|| b.serving() == a.serving()).await, "B serves A's renewal");
+        // Past the follower's threshold too: what the leader renewed is not renewed again.
+        clock.advance(LIFETIME / 6);
+        b.trust.follower_tick().await;
+        assert_eq!(b.trust.issued(), 0);
+        assert_ne!(b.serving(), old);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_certificate_nobody_else_renews_is_renewed_by_its_follower_once_overdue() -> R {
+        let (store, clock) = setup();
+        let _leader = replica(store.clone(), clock.clone()).await?;
+        // A host name of its own: no other replica serves (or renews) this record.
+        let b = replica_named(tempfile::tempdir()?, store.clone(), clock.clone(), "b.example").await?;
+        let old = b.serving();
+        clock.advance(LIFETIME * 2 / 3 + Duration::from_secs(1));
+        b.trust.follower_tick().await;
+        assert_eq!(b.serving(), old, "due, but the leader's to renew first");
+        clock.advance(LIFETIME / 6);
+        b.trust.follower_tick().await;
+        assert_eq!(b.trust.issued(), 1, "overdue: renewed by the follower");
+        assert_ne!(b.serving(), old);
+        // And shared like any renewal.
+        let (record, _) = item_names(&b.pki(), &b.trust.items[0].spec);
+        let stored = decode(&store.get(&record).await?.ok_or("no record")?)?;
+        let stored = kfsec_pki::parse_cert_pem(stored.files.get("frontdoor.crt").ok_or("no crt")?)?;
+        assert_eq!(stored.serial_hex, b.serving());
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_follower_reissues_its_own_certificate_for_a_new_ca_set_after_the_grace() -> R {
+        let (store, clock) = setup();
+        let a = replica(store.clone(), clock.clone()).await?;
+        let b = replica_named(tempfile::tempdir()?, store.clone(), clock.clone(), "b.example").await?;
+        a.trust.rotate(Duration::from_secs(3600)).await?;
+        let subject = a.trust.cas().current().info().subject.clone();
+        assert!(eventually(|| b.trust.cas().current().info().subject == subject).await);
+        // The leader re-issued its own certificates; B's record is B's alone.
+        assert!(!b.trust.cas().is_current_chain(&b.file("frontdoor.crt")));
+        assert_eq!(
+            b.trust.follower_tick().await,
+            Some(BEHIND_GRACE),
+            "left to the leader for a while"
+        );
+        assert_eq!(b.trust.issued(), 0);
+        clock.advance(BEHIND_GRACE);
+        assert_eq!(b.trust.follower_tick().await, None);
+        assert_eq!(b.trust.issued(), 1);
+        assert!(b.trust.cas().is_current_chain(&b.file("frontdoor.crt")));
         Ok(())
     }
 
