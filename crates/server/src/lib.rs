@@ -11,6 +11,7 @@ pub mod admin;
 pub mod config;
 mod kubeconfig;
 pub mod leader;
+pub mod metrics;
 mod pipeline_ui;
 pub mod rbac;
 pub mod storage;
@@ -520,6 +521,9 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
     };
 
     let mut registry = Registry::default();
+    // Store latency and authorization decisions by surface (`metrics`).
+    let store: Arc<dyn Store> = Arc::new(metrics::Timed::new(store, &mut registry));
+    let decisions = kfsec_gateway::metrics::Decisions::register(&mut registry);
     registry.register(
         "kfsec_build",
         "The running binary's version and git commit",
@@ -609,7 +613,8 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
     // (`trust` module docs).
     let renew_every = trust::renewal_period(cfg.leaf_lifetime);
     let renewal_task = trust.spawn_follower(renew_every, leadership.subscribe());
-    let api = kfsec_api::ApiServer::builder(store.clone(), rbac_cache.clone(), clock.clone(), rng.clone())
+    let counted = |surface| metrics::CountedAuthz::wrap(rbac_cache.clone(), surface, &decisions);
+    let api = kfsec_api::ApiServer::builder(store.clone(), counted("api"), clock.clone(), rng.clone())
         .token_reviewer(Arc::new(tokenreview::Reviewer {
             authn: kfsec_idp::Authenticator::new(idp.clone()),
             rng: rng.clone(),
@@ -636,7 +641,7 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
     let kfam = kfsec_profiles::Kfam::new(
         api.clone(),
         store.clone(),
-        rbac_cache.clone(),
+        counted("kfam"),
         rbac_cache.clone(),
         rng.clone(),
         cfg.registration_flow,
@@ -654,7 +659,7 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
     );
     let kfp = kfsec_kfp::Kfp::new(
         store.clone(),
-        rbac_cache.clone(),
+        counted("kfp"),
         clock.clone(),
         rng.clone(),
         kfsec_kfp::KfpSettings {
@@ -677,21 +682,25 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
     // its refusal renderer (the gateway renders none itself).
     let mounts = vec![
         kfsec_gateway::Mount {
+            name: "api",
             paths: kfsec_api::PATHS.to_vec(),
             surface: kfsec_idp::authn::Surface::Gateway,
             render: Arc::new(kfsec_api::refusal_response),
         },
         kfsec_gateway::Mount {
+            name: "kfp",
             paths: kfsec_kfp::PATHS.to_vec(),
             surface: kfsec_idp::authn::Surface::Pipelines,
             render: Arc::new(kfsec_kfp::refusal_response),
         },
         kfsec_gateway::Mount {
+            name: "dashboard",
             paths: kfsec_profiles::DASHBOARD_PATHS.to_vec(),
             surface: kfsec_idp::authn::Surface::Gateway,
             render: Arc::new(kfsec_profiles::kfam_refusal_response),
         },
         kfsec_gateway::Mount {
+            name: "kfam",
             paths: kfsec_profiles::KFAM_PATHS.to_vec(),
             surface: kfsec_idp::authn::Surface::Gateway,
             render: Arc::new(kfsec_profiles::kfam_refusal_response),
@@ -732,6 +741,20 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
     app.audit(auditor.clone());
     idp.keys().audit(auditor.clone());
     trust.audit(auditor.clone(), rng.clone());
+    app.count_decisions(decisions.clone());
+    registry.register_collector(Box::new(metrics::Live {
+        certificates: {
+            let trust = trust.clone();
+            Arc::new(move || trust.certificates())
+        },
+        signing_key_age: {
+            let idp = idp.clone();
+            Arc::new(move || idp.keys().signing_key_age())
+        },
+        ready: ready_check(ready.clone(), store_health.clone()),
+        clock: clock.clone(),
+    }));
+    let store_gauges = metrics::StoreGauges::register(&mut registry);
     // "Download kubeconfig" on the home page: `kfsec login`'s server URL and CA.
     dashboard.offer_kubeconfig(Arc::new(kubeconfig::Kubeconfigs {
         idp: idp.clone(),
@@ -789,6 +812,12 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
     ];
     background.extend(cert_watch);
     background.push(pki_follow);
+    background.push(metrics::spawn_gauges(
+        store_gauges,
+        app.sessions().clone(),
+        idp.lockout().clone(),
+        Duration::from_secs(5),
+    ));
     background.extend(store_probe);
 
     let (front_limits, webhook_limits) = listener_limits(&cfg);

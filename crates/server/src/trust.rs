@@ -287,6 +287,23 @@ impl Trust {
         }
     }
 
+    /// Every certificate served or trusted now, by name (`ca`, `ca-previous`, `front-door`,
+    /// `gateway-workload`, `webhook-<service>`), with its end of validity: read from the live
+    /// resolvers and CA set at each call, so a renewal shows at once.
+    pub fn certificates(&self) -> Vec<(String, UnixTime)> {
+        let slug = |s: &str| s.to_ascii_lowercase().replace(' ', "-");
+        let cas = self.cas();
+        let mut out = vec![("ca".to_owned(), cas.current().not_after())];
+        if let Some(p) = cas.previous() {
+            out.push(("ca-previous".to_owned(), p.info.not_after));
+        }
+        out.extend(self.items.iter().map(|i| (slug(&i.spec.name), i.resolver.not_after())));
+        if !out.iter().any(|(n, _)| n == "front-door") {
+            out.push(("front-door".to_owned(), self.trusting.front_door.1.not_after()));
+        }
+        out
+    }
+
     /// The current CA set.
     pub fn cas(&self) -> Arc<CaSet> {
         self.cas.read().clone()
