@@ -6,8 +6,8 @@
 //! is reported only after every listener is accepting.
 
 mod accounts;
-pub mod auditing;
 pub mod admin;
+pub mod auditing;
 pub mod config;
 mod kubeconfig;
 pub mod leader;
@@ -840,7 +840,10 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
         tokio::spawn(kfsec_gateway::listener::serve_tls(
             webhook_l,
             webhook_tls,
-            webhooks::webhook_router(admission),
+            webhooks::webhook_router(
+                admission,
+                webhooks::ReviewAudit::new(auditor.clone(), clock.clone(), rng.clone()),
+            ),
             wait(rx.clone()),
             settings("webhooks", webhook_limits),
         )),

@@ -27,6 +27,10 @@ use serde_json::Value;
 
 use crate::config::WebhookSettingsMaps;
 
+mod review_audit;
+
+pub use review_audit::ReviewAudit;
+
 /// The in-process admission chain.
 pub struct InProcessAdmission {
     objects: Objects,
@@ -564,40 +568,60 @@ fn issue_webhook_cert(
     ca.issue_server(&cn, names, &[std::net::IpAddr::from([127, 0, 0, 1])], lifetime, clock)
 }
 
-/// The webhook listener's routes: `POST <path>` for every webhook, answering AdmissionReview.
-pub fn webhook_router(admission: Arc<InProcessAdmission>) -> axum::Router {
+/// The webhook listener's routes: `POST <path>` for every webhook, answering AdmissionReview;
+/// each request is one audit Event through `audit` ([`review_audit`]).
+pub fn webhook_router(admission: Arc<InProcessAdmission>, audit: ReviewAudit) -> axum::Router {
     use axum::http::{HeaderValue, StatusCode, header};
-    use axum::response::IntoResponse;
+    use axum::response::{IntoResponse, Response};
+    let json = |out: Vec<u8>| -> Response {
+        let mut r = (StatusCode::OK, out).into_response();
+        r.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        r
+    };
+    let invalid = |e: kfsec_admission::ReviewError| -> Response {
+        (StatusCode::BAD_REQUEST, format!("invalid AdmissionReview: {e}\n")).into_response()
+    };
     let mut router = axum::Router::new();
     for hook in kfsec_admission::all_webhooks() {
         let path = hook.path().to_owned();
         let needs = Arc::new(hook.context_needs());
         let hook: Arc<dyn kfsec_admission::Webhook> = Arc::from(hook);
         let admission = admission.clone();
+        let audit = audit.clone();
         router = router.route(
             &path,
-            axum::routing::post(move |body: axum::body::Bytes| {
+            axum::routing::post(move |parts: axum::http::request::Parts, body: axum::body::Bytes| {
                 let (hook, admission, needs) = (hook.clone(), admission.clone(), needs.clone());
+                let ctx = audit.begin(&parts);
                 async move {
-                    match kfsec_admission::parse_review(&body) {
+                    let resp = match kfsec_admission::parse_review(&body) {
                         Ok(review) => {
-                            let ctx = match admission.context(&review.request.namespace, &needs).await {
-                                Ok(ctx) => ctx,
+                            if let Some(ctx) = &ctx {
+                                review_audit::reviewed(ctx, hook.name(), &review);
+                            }
+                            match admission.context(&review.request.namespace, &needs).await {
+                                Ok(c) => {
+                                    let outcome = kfsec_admission::admit_bounded(hook.as_ref(), &review.request, &c);
+                                    if let Some(ctx) = &ctx {
+                                        review_audit::outcome(ctx, &outcome);
+                                    }
+                                    json(kfsec_admission::encode_response(
+                                        &review.api_version,
+                                        &review.request.uid,
+                                        &outcome,
+                                    ))
+                                }
                                 Err(e) => {
                                     // The calling API server applies the webhook's failurePolicy.
                                     tracing::error!(error = %e, webhook = hook.name(), namespace = %review.request.namespace, "admission context not loaded; review answered 500");
-                                    return (StatusCode::INTERNAL_SERVER_ERROR, "the webhook could not be run\n")
-                                        .into_response();
+                                    (StatusCode::INTERNAL_SERVER_ERROR, "the webhook could not be run\n").into_response()
                                 }
-                            };
-                            let out = kfsec_admission::review_parsed(&review, hook.as_ref(), &ctx);
-                            let mut r = (StatusCode::OK, out).into_response();
-                            r.headers_mut()
-                                .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-                            r
+                            }
                         }
-                        Err(e) => (StatusCode::BAD_REQUEST, format!("invalid AdmissionReview: {e}\n")).into_response(),
-                    }
+                        Err(e) => invalid(e),
+                    };
+                    review_audit::finish(ctx, resp)
                 }
             }),
         );
@@ -606,20 +630,25 @@ pub fn webhook_router(admission: Arc<InProcessAdmission>) -> axum::Router {
     // bench/admission.sh). It still parses the review and echoes its uid.
     router = router.route(
         "/allow-all",
-        axum::routing::post(|body: axum::body::Bytes| async move {
-            match kfsec_admission::parse_review(&body) {
-                Ok(review) => {
-                    let out = kfsec_admission::encode_response(
-                        &review.api_version,
-                        &review.request.uid,
-                        &kfsec_admission::AdmissionOutcome::Allow,
-                    );
-                    let mut r = (StatusCode::OK, out).into_response();
-                    r.headers_mut()
-                        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-                    r
-                }
-                Err(e) => (StatusCode::BAD_REQUEST, format!("invalid AdmissionReview: {e}\n")).into_response(),
+        axum::routing::post(move |parts: axum::http::request::Parts, body: axum::body::Bytes| {
+            let ctx = audit.begin(&parts);
+            async move {
+                let resp = match kfsec_admission::parse_review(&body) {
+                    Ok(review) => {
+                        let outcome = kfsec_admission::AdmissionOutcome::Allow;
+                        if let Some(ctx) = &ctx {
+                            review_audit::reviewed(ctx, "allow-all", &review);
+                            review_audit::outcome(ctx, &outcome);
+                        }
+                        json(kfsec_admission::encode_response(
+                            &review.api_version,
+                            &review.request.uid,
+                            &outcome,
+                        ))
+                    }
+                    Err(e) => invalid(e),
+                };
+                review_audit::finish(ctx, resp)
             }
         }),
     );

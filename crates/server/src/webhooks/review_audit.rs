@@ -1,0 +1,179 @@
+//! The webhook listener's audit Events. That listener is not behind the front door's edge, so it
+//! opens each request's `RequestAudit` itself: one Event per AdmissionReview (or per refused
+//! body), in the same log and format as every other request.
+//!
+//! What an Event says (decided here, documented in `docs/architecture.md`):
+//! - `user`: the **caller of the webhook** — the identity of its verified client certificate
+//!   (the API server's, with `webhooks.clientAuth`), `system:anonymous` without one; never the
+//!   reviewed request's user, which is annotated instead (`admission.kfsec.io/reviewed-user`);
+//! - `verb`: the review's operation in lower case (`create`, `update`, `delete`, `connect`);
+//!   `objectRef`: the reviewed object (the review's resource, subresource, namespace and name);
+//!   a body that is not an AdmissionReview is a non-resource `post` answered 400;
+//! - `authorization.k8s.io/decision`: `allow` — the listener decides who may call it at the TLS
+//!   handshake; the reason says whether a verified certificate was required;
+//! - the webhook's verdict in annotations: `admission.kfsec.io/webhook` (its name),
+//!   `admission.kfsec.io/outcome` (`allow`, `patch` or `deny`), `admission.kfsec.io/patch-operations`
+//!   (how many JSON Patch operations), `kfsec.io/reason` (a denial's message, at most
+//!   [`MAX_REASON`] bytes); `responseStatus` is the HTTP answer (200 for every answered review).
+//!
+//! Security invariants: no body is recorded (the reviewed object may hold anything); the
+//! caller's `Audit-ID` is reused only by `kfsec_audit`'s rule; `sourceIPs` is the TCP peer only
+//! (nothing forwarded is believed on this listener).
+
+use std::sync::Arc;
+
+use axum::http::HeaderValue;
+use axum::http::request::Parts;
+use axum::response::Response;
+use kfsec_admission::{AdmissionOutcome, ParsedReview};
+use kfsec_audit::request::{AUDIT_ID_HEADER, Begin, REASON_ANNOTATION, audit_id_from_client, new_audit_id};
+use kfsec_audit::{Auditor, ObjectRef, RequestAudit};
+use kfsec_gateway::listener::ClientCertIdentity;
+use kfsec_types::identity::UserInfo;
+use kfsec_types::{Clock, Rng};
+
+/// Annotation: the webhook that answered.
+pub const WEBHOOK_ANNOTATION: &str = "admission.kfsec.io/webhook";
+/// Annotation: `allow`, `patch` or `deny`.
+pub const OUTCOME_ANNOTATION: &str = "admission.kfsec.io/outcome";
+/// Annotation: the number of JSON Patch operations of a `patch` outcome.
+pub const PATCH_OPERATIONS_ANNOTATION: &str = "admission.kfsec.io/patch-operations";
+/// Annotation: the user whose request the API server is reviewing.
+pub const REVIEWED_USER_ANNOTATION: &str = "admission.kfsec.io/reviewed-user";
+/// The longest denial message recorded.
+pub const MAX_REASON: usize = 512;
+
+/// The decision reason when the caller presented a verified client certificate.
+const CLIENT_CERT_REASON: &str = "kfsec: the webhook caller's client certificate was verified (webhooks.clientAuth)";
+/// The decision reason when the listener asks for no client certificate.
+const OPEN_REASON: &str = "kfsec: webhooks.clientAuth is off, any TLS client may call the webhooks";
+
+/// What the webhook listener records its Events with.
+#[derive(Clone)]
+pub struct ReviewAudit {
+    auditor: Auditor,
+    clock: Arc<dyn Clock>,
+    rng: Arc<dyn Rng>,
+}
+
+impl std::fmt::Debug for ReviewAudit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReviewAudit").field("auditor", &self.auditor).finish()
+    }
+}
+
+impl ReviewAudit {
+    /// Events through `auditor`, timed by `clock`, ids from `rng`.
+    pub fn new(auditor: Auditor, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -> Self {
+        Self { auditor, clock, rng }
+    }
+
+    /// Opens the context of one webhook request (`None` when auditing is off): the caller, the
+    /// peer address, the listener's decision.
+    pub(crate) fn begin(&self, parts: &Parts) -> Option<RequestAudit> {
+        let audit_id = parts
+            .headers
+            .get(AUDIT_ID_HEADER)
+            .and_then(|v| audit_id_from_client(v.as_bytes()))
+            .map_or_else(|| new_audit_id(self.rng.as_ref()), str::to_owned);
+        let ctx = RequestAudit::begin(
+            &self.auditor,
+            &self.clock,
+            Begin {
+                audit_id,
+                method: parts.method.clone(),
+                request_uri: parts.uri.path_and_query().map_or("/", |pq| pq.as_str()).to_owned(),
+                source_ips: parts
+                    .extensions
+                    .get::<kfsec_idp::ClientAddr>()
+                    .map(|a| vec![a.0.to_string()])
+                    .unwrap_or_default(),
+                user_agent: parts
+                    .headers
+                    .get(axum::http::header::USER_AGENT)
+                    .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()),
+            },
+        )?;
+        let caller = parts.extensions.get::<ClientCertIdentity>();
+        if let Some(ClientCertIdentity(id)) = caller {
+            ctx.set_user(UserInfo::from(id));
+        }
+        ctx.decision(
+            true,
+            if caller.is_some() {
+                CLIENT_CERT_REASON
+            } else {
+                OPEN_REASON
+            },
+        );
+        Some(ctx)
+    }
+}
+
+/// The reviewed object as the Event's `objectRef`, and the operation as its verb.
+pub(crate) fn reviewed(ctx: &RequestAudit, webhook: &str, review: &ParsedReview) {
+    let r = &review.request;
+    let some = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+    let object = ObjectRef {
+        resource: some(&r.resource.resource),
+        namespace: some(&r.namespace),
+        name: some(&r.name),
+        api_group: some(&r.resource.group),
+        api_version: some(&r.resource.version),
+        subresource: some(&r.sub_resource),
+        ..ObjectRef::default()
+    };
+    ctx.resource(&r.operation.as_str().to_ascii_lowercase(), object);
+    ctx.annotate(WEBHOOK_ANNOTATION, webhook);
+    if !r.user_info.username.is_empty() {
+        ctx.annotate(REVIEWED_USER_ANNOTATION, r.user_info.username.clone());
+    }
+}
+
+/// The webhook's verdict as annotations.
+pub(crate) fn outcome(ctx: &RequestAudit, outcome: &AdmissionOutcome) {
+    match outcome {
+        AdmissionOutcome::Allow => ctx.annotate(OUTCOME_ANNOTATION, "allow"),
+        AdmissionOutcome::Patch(p) => {
+            ctx.annotate(OUTCOME_ANNOTATION, "patch");
+            ctx.annotate(PATCH_OPERATIONS_ANNOTATION, p.0.len().to_string());
+        }
+        AdmissionOutcome::Deny { message, .. } => {
+            ctx.annotate(OUTCOME_ANNOTATION, "deny");
+            ctx.annotate(REASON_ANNOTATION, truncated(message, MAX_REASON));
+        }
+    }
+}
+
+/// Emits the request's Event with the response's status and returns the response with the
+/// `Audit-ID` header.
+pub(crate) fn finish(ctx: Option<RequestAudit>, mut resp: Response) -> Response {
+    if let Some(ctx) = ctx {
+        ctx.complete(resp.status().as_u16());
+        if let Ok(v) = HeaderValue::from_str(&ctx.audit_id()) {
+            resp.headers_mut().insert(AUDIT_ID_HEADER, v);
+        }
+    }
+    resp
+}
+
+/// `s` cut to at most `max` bytes on a character boundary.
+fn truncated(s: &str, max: usize) -> String {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn denial_messages_are_cut_on_a_character_boundary() {
+        assert_eq!(truncated("abc", 512), "abc");
+        assert_eq!(truncated("aé", 2), "a");
+        assert_eq!(truncated(&"x".repeat(600), MAX_REASON).len(), MAX_REASON);
+    }
+}
