@@ -4,6 +4,9 @@
 //! The same bytes as a post-login/logout return URL (`return_path`, oauth2-proxy's `rd`): an
 //! accepted one is itself, starts with one `/` (never `//` or `/\`), is visible ASCII without
 //! backslash within the length cap, and its path part is canonical.
+//! The same bytes as an audit Event's request URI (`redacted_uri`): never a panic, a URI without
+//! a secret parameter is unchanged, the redacted one keeps the path and names no secret value;
+//! and as a client's `Audit-ID`: an accepted id is short and of the safe charset.
 
 #![no_main]
 
@@ -11,9 +14,22 @@ use kfsec_types::path::{MAX_RETURN_PATH, normalize, return_path};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
+    if let Some(id) = kfsec_audit::request::audit_id_from_client(data) {
+        assert!(!id.is_empty() && id.len() <= kfsec_audit::request::MAX_CLIENT_AUDIT_ID);
+        assert!(
+            id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b)),
+            "{id:?}"
+        );
+    }
     let Ok(input) = std::str::from_utf8(data) else {
         return;
     };
+    let uri = kfsec_audit::request::redacted_uri(input);
+    assert_eq!(uri.split('?').next(), input.split('?').next(), "{uri:?}");
+    if uri != input {
+        assert!(uri.contains("=REDACTED"), "{uri:?}");
+        assert!(uri.len() <= input.len() + "=REDACTED".len() * input.matches('&').count() + 9);
+    }
     if let Some(back) = return_path(input) {
         assert_eq!(back, input);
         assert!(back.starts_with('/') && !back.starts_with("//"), "{back:?}");

@@ -113,6 +113,55 @@ pub fn new_audit_id(rng: &dyn Rng) -> String {
     s
 }
 
+/// Query parameters whose values are credentials or single-use codes (OAuth2 and OIDC
+/// callbacks, the device flow): their values are recorded as `REDACTED`.
+const SECRET_PARAMS: [&str; 11] = [
+    "code",
+    "state",
+    "user_code",
+    "device_code",
+    "token",
+    "access_token",
+    "id_token",
+    "id_token_hint",
+    "refresh_token",
+    "password",
+    "client_secret",
+];
+
+fn secret_param(pair: &str) -> bool {
+    url::form_urlencoded::parse(pair.as_bytes())
+        .next()
+        .is_some_and(|(k, _)| SECRET_PARAMS.iter().any(|s| s.eq_ignore_ascii_case(&k)))
+}
+
+/// `path_and_query` as an Event's `requestURI`: the values of [`SECRET_PARAMS`] replaced by `REDACTED` (the
+/// parameter's name kept, so the log still says a code was presented).
+pub fn redacted_uri(path_and_query: &str) -> String {
+    let Some((path, query)) = path_and_query.split_once('?') else {
+        return path_and_query.to_owned();
+    };
+    if !query.split('&').any(secret_param) {
+        return path_and_query.to_owned();
+    }
+    let mut out = String::with_capacity(path_and_query.len());
+    out.push_str(path);
+    out.push('?');
+    for (i, pair) in query.split('&').enumerate() {
+        if i > 0 {
+            out.push('&');
+        }
+        match pair.split_once('=') {
+            Some((k, _)) if secret_param(pair) => {
+                out.push_str(k);
+                out.push_str("=REDACTED");
+            }
+            _ => out.push_str(pair),
+        }
+    }
+    out
+}
+
 /// `t` as Kubernetes' MicroTime: RFC 3339 in UTC with microseconds
 /// (`2026-11-22T06:30:00.123456Z`).
 pub fn micro_time(t: UnixTime) -> String {
@@ -747,5 +796,29 @@ mod tests {
         assert_eq!(e.user.username, kfsec_types::identity::KFSEC_SYSTEM_USER);
         assert_eq!(e.verb, "rotate");
         assert_eq!(e.stage_timestamp, "1970-01-01T00:00:01.000000Z");
+    }
+
+    #[test]
+    fn codes_and_tokens_in_queries_are_redacted() {
+        assert_eq!(redacted_uri("/app/x?y=1"), "/app/x?y=1");
+        assert_eq!(redacted_uri("/app/x"), "/app/x");
+        assert_eq!(
+            redacted_uri("/authservice/oidc/callback?code=abc123&state=s.t"),
+            "/authservice/oidc/callback?code=REDACTED&state=REDACTED"
+        );
+        assert_eq!(
+            redacted_uri("/dex/device?user_code=ABCD-EFGH&x=1"),
+            "/dex/device?user_code=REDACTED&x=1"
+        );
+        // Other spellings of the name are still the parameter the server reads.
+        assert_eq!(
+            redacted_uri("/cb?c%6Fde=abc&CODE=d"),
+            "/cb?c%6Fde=REDACTED&CODE=REDACTED"
+        );
+        assert_eq!(redacted_uri("/cb?code"), "/cb?code");
+        assert_eq!(
+            redacted_uri("/cb?access_token=t&&a=b"),
+            "/cb?access_token=REDACTED&&a=b"
+        );
     }
 }

@@ -21,7 +21,7 @@ use axum::http::{HeaderValue, header};
 use axum::response::Response;
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
-use kfsec_audit::request::{AUDIT_ID_HEADER, Begin, audit_id_from_client, new_audit_id};
+use kfsec_audit::request::{AUDIT_ID_HEADER, Begin, audit_id_from_client, new_audit_id, redacted_uri};
 use kfsec_audit::{Auditor, RequestAudit};
 use kfsec_types::Identity;
 use kfsec_types::identity::UserInfo;
@@ -66,55 +66,6 @@ pub(crate) fn begin(
     )?;
     req.extensions_mut().insert(audit.clone());
     Some(audit)
-}
-
-/// Query parameters whose values are credentials or single-use codes (OAuth2 and OIDC
-/// callbacks, the device flow): their values are recorded as `REDACTED`.
-const SECRET_PARAMS: [&str; 11] = [
-    "code",
-    "state",
-    "user_code",
-    "device_code",
-    "token",
-    "access_token",
-    "id_token",
-    "id_token_hint",
-    "refresh_token",
-    "password",
-    "client_secret",
-];
-
-fn secret_param(pair: &str) -> bool {
-    url::form_urlencoded::parse(pair.as_bytes())
-        .next()
-        .is_some_and(|(k, _)| SECRET_PARAMS.iter().any(|s| s.eq_ignore_ascii_case(&k)))
-}
-
-/// `path_and_query` with the values of [`SECRET_PARAMS`] replaced by `REDACTED` (the
-/// parameter's name kept, so the log still says a code was presented).
-fn redacted_uri(path_and_query: &str) -> String {
-    let Some((path, query)) = path_and_query.split_once('?') else {
-        return path_and_query.to_owned();
-    };
-    if !query.split('&').any(secret_param) {
-        return path_and_query.to_owned();
-    }
-    let mut out = String::with_capacity(path_and_query.len());
-    out.push_str(path);
-    out.push('?');
-    for (i, pair) in query.split('&').enumerate() {
-        if i > 0 {
-            out.push('&');
-        }
-        match pair.split_once('=') {
-            Some((k, _)) if secret_param(pair) => {
-                out.push_str(k);
-                out.push_str("=REDACTED");
-            }
-            _ => out.push_str(pair),
-        }
-    }
-    out
 }
 
 /// Records the authenticated caller on the request's audit context, if any.
@@ -194,34 +145,5 @@ impl HttpBody for Completing {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::redacted_uri;
-
-    #[test]
-    fn codes_and_tokens_in_queries_are_redacted() {
-        assert_eq!(redacted_uri("/app/x?y=1"), "/app/x?y=1");
-        assert_eq!(redacted_uri("/app/x"), "/app/x");
-        assert_eq!(
-            redacted_uri("/authservice/oidc/callback?code=abc123&state=s.t"),
-            "/authservice/oidc/callback?code=REDACTED&state=REDACTED"
-        );
-        assert_eq!(
-            redacted_uri("/dex/device?user_code=ABCD-EFGH&x=1"),
-            "/dex/device?user_code=REDACTED&x=1"
-        );
-        // Other spellings of the name are still the parameter the server reads.
-        assert_eq!(
-            redacted_uri("/cb?c%6Fde=abc&CODE=d"),
-            "/cb?c%6Fde=REDACTED&CODE=REDACTED"
-        );
-        assert_eq!(redacted_uri("/cb?code"), "/cb?code");
-        assert_eq!(
-            redacted_uri("/cb?access_token=t&&a=b"),
-            "/cb?access_token=REDACTED&&a=b"
-        );
     }
 }
