@@ -52,10 +52,14 @@ impl Timed {
         Self { inner, latency }
     }
 
-    fn observe(&self, op: &'static str, start: Instant) {
+    /// Runs `call`, observing how long it took under `op`.
+    async fn timed<T>(&self, op: &'static str, call: impl std::future::Future<Output = T>) -> T {
+        let start = started();
+        let r = call.await;
         self.latency
             .get_or_create(&OpLabel { op })
             .observe(start.elapsed().as_secs_f64());
+        r
     }
 }
 
@@ -68,22 +72,13 @@ fn started() -> Instant {
 #[async_trait::async_trait]
 impl Store for Timed {
     async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
-        let t = started();
-        let r = self.inner.get(key).await;
-        self.observe("get", t);
-        r
+        self.timed("get", self.inner.get(key)).await
     }
     async fn list(&self, prefix: &str, limit: usize, start_after: Option<&str>) -> Result<ListPage, StoreError> {
-        let t = started();
-        let r = self.inner.list(prefix, limit, start_after).await;
-        self.observe("list", t);
-        r
+        self.timed("list", self.inner.list(prefix, limit, start_after)).await
     }
     async fn create(&self, key: &str, value: Vec<u8>, ttl: Option<Duration>) -> Result<Revision, StoreError> {
-        let t = started();
-        let r = self.inner.create(key, value, ttl).await;
-        self.observe("create", t);
-        r
+        self.timed("create", self.inner.create(key, value, ttl)).await
     }
     async fn update(
         &self,
@@ -92,40 +87,22 @@ impl Store for Timed {
         expected: Option<Revision>,
         ttl: Option<Duration>,
     ) -> Result<Revision, StoreError> {
-        let t = started();
-        let r = self.inner.update(key, value, expected, ttl).await;
-        self.observe("update", t);
-        r
+        self.timed("update", self.inner.update(key, value, expected, ttl)).await
     }
     async fn put(&self, key: &str, value: Vec<u8>, ttl: Option<Duration>) -> Result<Revision, StoreError> {
-        let t = started();
-        let r = self.inner.put(key, value, ttl).await;
-        self.observe("put", t);
-        r
+        self.timed("put", self.inner.put(key, value, ttl)).await
     }
     async fn delete(&self, key: &str, expected: Option<Revision>) -> Result<KeyValue, StoreError> {
-        let t = started();
-        let r = self.inner.delete(key, expected).await;
-        self.observe("delete", t);
-        r
+        self.timed("delete", self.inner.delete(key, expected)).await
     }
     async fn take(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
-        let t = started();
-        let r = self.inner.take(key).await;
-        self.observe("take", t);
-        r
+        self.timed("take", self.inner.take(key)).await
     }
     async fn revision(&self) -> Result<Revision, StoreError> {
-        let t = started();
-        let r = self.inner.revision().await;
-        self.observe("revision", t);
-        r
+        self.timed("revision", self.inner.revision()).await
     }
     async fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream, StoreError> {
-        let t = started();
-        let r = self.inner.watch(prefix, after).await;
-        self.observe("watch", t);
-        r
+        self.timed("watch", self.inner.watch(prefix, after)).await
     }
     fn upkeep(&self) -> Option<&dyn Upkeep> {
         self.inner.upkeep()

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use crate::harness::{Kfsec, PASSWORD, USER, http_client, password_id_token};
+use crate::harness::{Kfsec, PASSWORD, USER, http_client, password_id_token, rp_token};
 
 async fn scrape(k: &Kfsec, accept: Option<&str>) -> (String, String) {
     let mut req = reqwest::Client::new().get(format!("http://{}/metrics", k.running.admin_addr));
@@ -113,6 +113,48 @@ async fn families_and_labels_after_traffic_on_every_surface() {
     assert!(
         om.ends_with("# EOF\n") && om.contains("# TYPE kfsec_logins counter"),
         "{om}"
+    );
+    k.running.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_lockout_shows_in_lockouts_active_and_logins_by_outcome() {
+    let k = Kfsec::start("oauth2:\n  passwordConnector: local\nloginProtection:\n  maxFailuresPerAccount: 2\n").await;
+    let (_, m) = scrape(&k, None).await;
+    assert_eq!(value(&m, "kfsec_lockouts_active"), Some(0.0), "{m}");
+    for _ in 0..3 {
+        let (status, _) = rp_token(
+            &k,
+            vec![
+                ("grant_type", "password".to_owned()),
+                ("username", USER.to_owned()),
+                ("password", "not the password".to_owned()),
+                ("scope", "openid".to_owned()),
+            ],
+        )
+        .await;
+        assert_eq!(status, 401);
+    }
+    // Counted from the store every 5 s.
+    let mut m = String::new();
+    for _ in 0..40 {
+        m = scrape(&k, None).await.1;
+        if value(&m, "kfsec_lockouts_active").is_some_and(|n| n >= 1.0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(value(&m, "kfsec_lockouts_active"), Some(1.0), "{m}");
+    assert_eq!(value(&m, "kfsec_lockouts_total"), Some(1.0), "{m}");
+    assert_eq!(
+        value(&m, "kfsec_logins_total{connector=\"local\",outcome=\"failure\"}"),
+        Some(2.0),
+        "{m}"
+    );
+    assert_eq!(
+        value(&m, "kfsec_logins_total{connector=\"local\",outcome=\"locked\"}"),
+        Some(1.0),
+        "{m}"
     );
     k.running.shutdown().await;
 }
