@@ -503,28 +503,34 @@ impl RequestAudit {
             decision.level
         };
         let now = self.0.clock.now();
+        let mut due = [None; 3];
         for &stage in stages {
             let i = match stage {
                 Stage::RequestReceived => 0,
                 Stage::ResponseStarted => 1,
                 Stage::ResponseComplete | Stage::Panic => 2,
             };
-            if std::mem::replace(&mut s.emitted[i], true) || decision.omit_stages.contains(&stage) {
-                continue;
+            if !std::mem::replace(&mut s.emitted[i], true) && !decision.omit_stages.contains(&stage) {
+                due[i] = Some(stage);
             }
-            let last = i == 2;
+        }
+        let (mut user, mut verb) = (Some(user), Some(verb));
+        for stage in due.into_iter().flatten() {
+            // The final event takes the request's fields instead of copying them.
+            let last = stage == Stage::ResponseComplete || stage == Stage::Panic;
             let status = (stage != Stage::RequestReceived).then(|| {
                 let failure = s.failure.as_ref().map(|(r, m)| (r.as_str(), m.as_str()));
                 response_status(code, failure)
             });
-            let request_object = if level >= Level::Request {
-                if last {
-                    s.request_object.take()
-                } else {
-                    s.request_object.clone()
-                }
-            } else {
-                None
+            let request_object = match level >= Level::Request {
+                true if last => s.request_object.take(),
+                true => s.request_object.clone(),
+                false => None,
+            };
+            let annotations = match stage {
+                Stage::RequestReceived => BTreeMap::new(),
+                _ if last => std::mem::take(&mut s.annotations),
+                _ => s.annotations.clone(),
             };
             let event = Event {
                 kind: "Event".to_owned(),
@@ -532,13 +538,37 @@ impl RequestAudit {
                 level,
                 audit_id: self.0.audit_id.clone(),
                 stage,
-                request_uri: s.request_uri.clone(),
-                verb: verb.clone(),
-                user: user.clone(),
-                impersonated_user: s.impersonated.clone(),
-                source_ips: s.source_ips.clone(),
-                user_agent: s.user_agent.clone(),
-                object_ref: s.object.clone(),
+                request_uri: if last {
+                    std::mem::take(&mut s.request_uri)
+                } else {
+                    s.request_uri.clone()
+                },
+                verb: if last {
+                    verb.take().unwrap_or_default()
+                } else {
+                    verb.clone().unwrap_or_default()
+                },
+                user: if last {
+                    user.take().unwrap_or_default()
+                } else {
+                    user.clone().unwrap_or_default()
+                },
+                impersonated_user: if last {
+                    s.impersonated.take()
+                } else {
+                    s.impersonated.clone()
+                },
+                source_ips: if last {
+                    std::mem::take(&mut s.source_ips)
+                } else {
+                    s.source_ips.clone()
+                },
+                user_agent: if last {
+                    s.user_agent.take()
+                } else {
+                    s.user_agent.clone()
+                },
+                object_ref: if last { s.object.take() } else { s.object.clone() },
                 response_status: status,
                 request_object,
                 response_object: None,
@@ -548,11 +578,7 @@ impl RequestAudit {
                 } else {
                     now
                 }),
-                annotations: if stage == Stage::RequestReceived {
-                    BTreeMap::new()
-                } else {
-                    s.annotations.clone()
-                },
+                annotations,
             };
             self.0.auditor.record(event);
         }
