@@ -13,7 +13,7 @@ use crate::harness::*;
 
 /// Every Event in the audit log (checkpoints left out) and the log's raw text, after the
 /// pipeline has written what it holds.
-async fn audit_log(k: &Kfsec) -> (Vec<Value>, String) {
+pub(crate) async fn audit_log(k: &Kfsec) -> (Vec<Value>, String) {
     let pipeline = k.running.audit.clone().expect("the audit log is on by default");
     let flushed = tokio::task::spawn_blocking(move || pipeline.flush(Duration::from_secs(10)))
         .await

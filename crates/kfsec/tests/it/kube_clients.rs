@@ -9,7 +9,7 @@ use crate::rbac::Kubectl;
 
 /// A kubeconfig for [`USER`] with a bearer ID token (password grant of `rp-test`, accepted as a
 /// bearer through `bearerAudiences`), next to the admin one.
-async fn user_kubectl(k: &Kfsec, dir: &std::path::Path) -> Kubectl {
+pub(crate) async fn user_kubectl(k: &Kfsec, dir: &std::path::Path) -> Kubectl {
     let id_token = password_id_token(k, USER, PASSWORD).await;
     let path = dir.join("user.kubeconfig");
     std::fs::copy(k._dir.path().join("admin.kubeconfig"), &path).unwrap();

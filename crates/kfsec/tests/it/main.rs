@@ -6,6 +6,7 @@ mod admission;
 mod attacks;
 mod audit_events;
 mod audit_log;
+mod audit_surfaces;
 mod dashboard_api;
 mod dashboard_pages;
 mod device;

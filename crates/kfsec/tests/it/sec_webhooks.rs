@@ -11,7 +11,7 @@ use crate::harness::*;
 
 const HOOK_HOST: &str = "poddefaults-webhook-service.kubeflow.svc";
 
-fn review(containers: usize) -> serde_json::Value {
+pub(crate) fn review(containers: usize) -> serde_json::Value {
     let cs: Vec<serde_json::Value> = (0..containers)
         .map(|i| serde_json::json!({"name": format!("c{i}"), "image": "x"}))
         .collect();
@@ -31,7 +31,7 @@ fn review(containers: usize) -> serde_json::Value {
 }
 
 /// A client of the webhook listener, presenting `identity` (PEM certificate chain + key).
-fn client(k: &Kfsec, identity: Option<&str>) -> reqwest::Client {
+pub(crate) fn client(k: &Kfsec, identity: Option<&str>) -> reqwest::Client {
     let mut b = reqwest::Client::builder()
         .tls_certs_only([reqwest::Certificate::from_pem(k.running.ca_pem.as_bytes()).unwrap()])
         .resolve(HOOK_HOST, k.running.webhook_addr);
@@ -41,12 +41,12 @@ fn client(k: &Kfsec, identity: Option<&str>) -> reqwest::Client {
     b.build().unwrap()
 }
 
-fn url(k: &Kfsec) -> String {
+pub(crate) fn url(k: &Kfsec) -> String {
     format!("https://{HOOK_HOST}:{}/apply-poddefault", k.running.webhook_addr.port())
 }
 
 /// `kfsec cert issue --client NAME` into `out`; returns certificate chain + key as one PEM.
-fn issue_client_cert(data_dir: &Path, name: &str, out: &Path) -> String {
+pub(crate) fn issue_client_cert(data_dir: &Path, name: &str, out: &Path) -> String {
     let o = Command::new(env!("CARGO_BIN_EXE_kfsec"))
         .args(["cert", "issue", "--client", name, "--duration", "1h", "--data-dir"])
         .arg(data_dir)
@@ -60,7 +60,7 @@ fn issue_client_cert(data_dir: &Path, name: &str, out: &Path) -> String {
     format!("{crt}{key}")
 }
 
-async fn add_poddefault(k: &Kfsec, env: usize, value_len: usize) {
+pub(crate) async fn add_poddefault(k: &Kfsec, env: usize, value_len: usize) {
     let kc = crate::rbac::Kubectl::new(k._dir.path());
     assert_eq!(kc.run(&["create", "namespace", "team"], None).await.0, 0);
     let mut pd = "apiVersion: kubeflow.org/v1alpha1\nkind: PodDefault\nmetadata:\n  name: add-env\n  namespace: team\nspec:\n  selector:\n    matchLabels:\n      add-env: \"true\"\n  desc: d\n  env:\n".to_owned();

@@ -7,7 +7,8 @@
 //!   (the API server's, with `webhooks.clientAuth`), `system:anonymous` without one; never the
 //!   reviewed request's user, which is annotated instead (`admission.kfsec.io/reviewed-user`);
 //! - `verb`: the review's operation in lower case (`create`, `update`, `delete`, `connect`);
-//!   `objectRef`: the reviewed object (the review's resource, subresource, namespace and name);
+//!   `objectRef`: the reviewed object (the review's resource, subresource, namespace and name —
+//!   the object's own name when the request leaves it empty);
 //!   a body that is not an AdmissionReview is a non-resource `post` answered 400;
 //! - `authorization.k8s.io/decision`: `allow` — the listener decides who may call it at the TLS
 //!   handshake; the reason says whether a verified certificate was required;
@@ -117,7 +118,11 @@ pub(crate) fn reviewed(ctx: &RequestAudit, webhook: &str, review: &ParsedReview)
     let object = ObjectRef {
         resource: some(&r.resource.resource),
         namespace: some(&r.namespace),
-        name: some(&r.name),
+        // A create's request may leave `name` to the object (kube-apiserver fills it in later).
+        name: some(&r.name).or_else(|| {
+            let object = r.object.as_ref()?;
+            some(object.pointer("/metadata/name")?.as_str()?)
+        }),
         api_group: some(&r.resource.group),
         api_version: some(&r.resource.version),
         subresource: some(&r.sub_resource),
