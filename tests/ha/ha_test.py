@@ -38,7 +38,6 @@ LOCKED = "locked@example.org"
 BURST = "burst@example.org"
 CLIENT, SECRET = "ha-test", "ha-test-secret-0123456789"
 STALE_LIMIT = 5
-ELECTION = 3.0  # s after a member's death in which etcd may answer a write ambiguously
 WORKERS = 6  # scenario 5's load: each its own user (one account's checks in flight are capped)
 T0 = time.monotonic()
 
@@ -636,18 +635,16 @@ secretsEncryption: {{keyFile: {key}}}
         stop.set()
         for th in ts:
             th.join(30)
-        # A request whose etcd write was in flight when a member died or while the survivors
-        # elected a leader can get an ambiguous answer from etcd; kfsec then fails it closed
-        # (503) where it cannot look whether the write applied (a single-use code's `take`).
-        # Those are counted and printed; any other failure fails the scenario.
-        in_flight = [f for f in failures if f[1] == 503 and any(k - 0.5 <= f[0] <= k + ELECTION for k in kills)]
-        other = [f for f in failures if f not in in_flight]
-        log(f"load: {counts}, {len(acked)} writes acknowledged, {len(failures)} failed: "
-            f"{len(in_flight)} in flight while a member died or a leader was elected, {len(other)} other")
-        for f in in_flight[:5]:
-            log(f"  in flight at a kill (+{min(abs(f[0] - k) for k in kills):.1f} s): {f[2][:400]}")
-        for f in other[:10]:
-            log(f"  failed: {f[2]}")
+        # Strict: no request fails. A kfsec request whose etcd transaction was in flight on the
+        # killed member's connection (or while the survivors elected a leader) gets an ambiguous
+        # answer from etcd, which kfsec settles itself with the transaction's receipt (a write
+        # that applied is acknowledged, a code exchange's `take` goes to exactly one caller), so
+        # none reaches the client; the clients' own connections (to the kfsec replicas) are
+        # never cut here. Each failure is printed with its distance from the nearest kill.
+        log(f"load: {counts}, {len(acked)} writes acknowledged, {len(failures)} failed")
+        for f in failures[:10]:
+            near = min((f[0] - k for k in kills), key=abs)
+            log(f"  failed ({near:+.1f} s from a kill): {f[2][:400]}")
         listed = req(b.https, "GET", "/api/v1/namespaces/default/configmaps", ctx=ctx)
         if listed.status != 200:
             return f"list: {listed}"
@@ -661,10 +658,8 @@ secretsEncryption: {{keyFile: {key}}}
         if gone:
             return f"{len(gone)} (replica, session) pairs refuse a session made during the kills"
         log(f"{len(acked)} acknowledged writes present, {len(sessions)} sessions valid on every replica")
-        if other:
-            return f"{len(other)} of {sum(counts.values())} requests failed across {killed}: {other[0][2]}"
-        if len(in_flight) > 2 * len(kills):
-            return f"{len(in_flight)} requests answered 503 around {len(kills)} member deaths (more than 2 each)"
+        if failures:
+            return f"{len(failures)} of {sum(counts.values())} requests failed across {killed}: {failures[0][2]}"
         if min(counts.values()) == 0:
             return f"no load of some kind ran: {counts}"
 

@@ -603,7 +603,6 @@ impl EtcdStore {
                 })
             }
             Sent::Unknown(cause) => {
-                tracing::debug!(key = %ekey, error = %cause, "ambiguous etcd answer; reading the receipt");
                 let resp = self
                     .read_retry(|| {
                         let mut kv = self.client.kv_client();
@@ -614,6 +613,8 @@ impl EtcdStore {
                     })
                     .await?;
                 let [now, stamped] = Self::two_gets(&resp)?;
+                // The key is not logged: some store keys hold a code.
+                tracing::info!(error = %cause, applied = stamped.is_some(), "ambiguous etcd answer settled by its receipt");
                 Ok(match stamped {
                     Some(r) => Outcome::Applied(r.mod_revision()),
                     None => Outcome::Unknown(now, cause),

@@ -343,3 +343,69 @@ async fn cas_writes_and_deletes_whose_answer_is_lost_are_exact() {
     assert!(matches!(ta.await.unwrap(), Err(StoreError::NotFound(_))));
     assert_eq!(cutter.cuts.load(Ordering::SeqCst), 5);
 }
+
+/// The index of the member that is the raft leader.
+async fn leader_of(cluster: &EtcdCluster) -> usize {
+    for i in 0..3 {
+        let mut c = etcd_client::Client::connect([cluster.client_url(i)], None)
+            .await
+            .unwrap();
+        let st = c.status().await.unwrap();
+        if st.header().unwrap().member_id() == st.leader() {
+            return i;
+        }
+    }
+    panic!("no leader");
+}
+
+/// Two stores (two replicas) race to `take` each of a run of single-use records while the raft
+/// leader is killed: every record goes to exactly one of them, and no take fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn takes_racing_across_a_killed_leader_go_to_exactly_one() {
+    let Some(bin) = etcd_binary().unwrap() else { return };
+    let mut cluster = EtcdCluster::three(&bin).await.unwrap();
+    let clock = clock();
+    let a = store(&cluster, None, &clock).await;
+    let b = store(&cluster, None, &clock).await;
+    const N: usize = 600;
+    for i in 0..N {
+        a.create(&format!("/code/{i:04}"), i.to_le_bytes().to_vec(), None)
+            .await
+            .unwrap();
+    }
+    let done = Arc::new(AtomicUsize::new(0));
+    let taker = |s: Arc<EtcdStore>, done: Arc<AtomicUsize>| {
+        tokio::spawn(async move {
+            let mut got = Vec::new();
+            let mut errors = Vec::new();
+            for i in 0..N {
+                match s.take(&format!("/code/{i:04}")).await {
+                    Ok(Some(kv)) => got.push((i, kv.value)),
+                    Ok(None) => {}
+                    Err(e) => errors.push(format!("{i}: {e}")),
+                }
+                done.fetch_max(i, Ordering::SeqCst);
+            }
+            (got, errors)
+        })
+    };
+    let ta = taker(a.clone(), done.clone());
+    let tb = taker(b.clone(), done.clone());
+    while done.load(Ordering::SeqCst) < N / 4 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let victim = leader_of(&cluster).await;
+    cluster.kill(victim);
+    let (ga, ea) = ta.await.unwrap();
+    let (gb, eb) = tb.await.unwrap();
+    assert!(ea.is_empty() && eb.is_empty(), "takes failed: {ea:?} {eb:?}");
+    let mut owners = vec![0u8; N];
+    for (i, v) in ga.iter().chain(gb.iter()) {
+        assert_eq!(v, &i.to_le_bytes().to_vec());
+        owners[*i] += 1;
+    }
+    let wrong: Vec<usize> = (0..N).filter(|i| owners[*i] != 1).collect();
+    assert!(wrong.is_empty(), "records not taken exactly once: {wrong:?}");
+    assert!(a.list("/code/", 0, None).await.unwrap().items.is_empty());
+    eprintln!("A took {}, B took {}", ga.len(), gb.len());
+}
