@@ -705,7 +705,7 @@ pub fn verify_bytes(files: &[(&str, &[u8])], keys: &[Vec<u8>]) -> Result<Report,
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use kfsec_types::SequenceRng;
 

@@ -57,6 +57,8 @@ pub struct LogSettings {
     pub checkpoint_lines: u64,
     /// Time between checkpoints.
     pub checkpoint_interval: Duration,
+    /// Where each checkpoint is also posted (a witness in another trust domain).
+    pub witness: Option<crate::webhook::WebhookSettings>,
 }
 
 impl LogSettings {
@@ -69,6 +71,7 @@ impl LogSettings {
             max_age_days: DEFAULT_MAX_AGE_DAYS,
             checkpoint_lines: DEFAULT_CHECKPOINT_LINES,
             checkpoint_interval: DEFAULT_CHECKPOINT_INTERVAL,
+            witness: None,
         }
     }
 }
@@ -104,6 +107,7 @@ pub struct LogWriter {
     key: Arc<SigningKey>,
     clock: Arc<dyn Clock>,
     rng: Arc<dyn Rng>,
+    witness: Option<Box<dyn Fn(String) + Send>>,
 }
 
 impl std::fmt::Debug for LogWriter {
@@ -192,6 +196,7 @@ impl LogWriter {
             key,
             clock,
             rng,
+            witness: None,
         };
         if let Some((bytes, n)) = cut {
             let mut a = BTreeMap::new();
@@ -201,9 +206,14 @@ impl LogWriter {
             );
             a.insert("kfsec.io/truncated-line".to_owned(), bytes);
             let ev = chain::log_event(chain::LOG_RESOURCE, "recover", w.clock.now(), w.rng.as_ref(), a);
-            w.append(ev)?;
+            let _ = w.append(ev)?;
         }
         Ok(w)
+    }
+
+    /// Hands each checkpoint line, once written, to `f` (the witness backend; must not block).
+    pub fn on_checkpoint(&mut self, f: Box<dyn Fn(String) + Send>) {
+        self.witness = Some(f);
     }
 
     /// The chain's head (last line written).
@@ -211,7 +221,7 @@ impl LogWriter {
         &self.head
     }
 
-    fn append(&mut self, event: Event) -> Result<(), LogError> {
+    fn append(&mut self, event: Event) -> Result<String, LogError> {
         let before = self.head.clone();
         let mut line = self.head.seal(event.clone(), self.first_in_file)?;
         if let Out::File { size, .. } = &self.out {
@@ -243,12 +253,12 @@ impl LogWriter {
         }
         self.first_in_file = false;
         self.since_checkpoint += 1;
-        Ok(())
+        Ok(line)
     }
 
     /// Appends `event` (sealed), and a checkpoint after it when N lines have passed.
     pub fn write(&mut self, event: Event) -> Result<(), LogError> {
-        self.append(event)?;
+        let _ = self.append(event)?;
         if self.settings.checkpoint_lines > 0 && self.since_checkpoint >= self.settings.checkpoint_lines {
             self.checkpoint()?;
         }
@@ -262,13 +272,16 @@ impl LogWriter {
             return Ok(());
         }
         let cp = self.key.checkpoint(&self.head, self.clock.now(), self.rng.as_ref());
-        self.append(cp)?;
+        let line = self.append(cp)?;
         self.since_checkpoint = 0;
         if let Out::File { path, file, .. } = &self.out {
             file.sync_data().map_err(|source| LogError::Io {
                 path: path.clone(),
                 source,
             })?;
+        }
+        if let Some(w) = &self.witness {
+            w(line);
         }
         Ok(())
     }

@@ -203,7 +203,11 @@ impl Pipeline {
             Some(log) => {
                 let key = Arc::new(SigningKey::load_or_create(&settings.key_dir, rng.as_ref())?);
                 let interval = log.checkpoint_interval.max(Duration::from_millis(10));
-                let writer = LogWriter::open(log, key, clock.clone(), rng.clone())?;
+                let witness = log.witness.clone().map(crate::webhook::Witness::start).transpose()?;
+                let mut writer = LogWriter::open(log, key, clock.clone(), rng.clone())?;
+                if let Some(w) = witness {
+                    writer.on_checkpoint(Box::new(move |line| w.send(line)));
+                }
                 let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE_CAPACITY);
                 let m = metrics.clone();
                 std::thread::Builder::new()
@@ -283,6 +287,67 @@ impl Sink for Pipeline {
                 Err(TrySendError::Full(_)) => self.metrics.dropped("log", 1, "queue full"),
                 Err(TrySendError::Disconnected(_)) => self.metrics.dropped("log", 1, "log writer stopped"),
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::LogTarget;
+    use kfsec_types::{SequenceRng, SystemClock};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_log_is_chained_and_signed_and_each_checkpoint_reaches_the_witness() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let (url, mut witnessed) = crate::webhook::tests::collector().await;
+        let mut log = LogSettings::new(LogTarget::File(dir.path().join("audit.log")));
+        log.checkpoint_lines = 3;
+        log.witness = Some(WebhookSettings {
+            url: url.parse().unwrap_or_else(|e| panic!("{e}")),
+            ca_file: None,
+        });
+        let settings = PipelineSettings {
+            policy: Policy::default_policy(),
+            log: Some(log),
+            webhook: None,
+            key_dir: dir.path().join("keys"),
+        };
+        let metrics = AuditMetrics::default();
+        let p = Pipeline::start(
+            settings,
+            metrics.clone(),
+            Arc::new(SystemClock),
+            Arc::new(SequenceRng::default()),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let auditor = p.auditor();
+        for i in 0..4 {
+            auditor.record(crate::chain::tests::event(i));
+        }
+        let p2 = p.clone();
+        assert!(
+            tokio::task::spawn_blocking(move || p2.flush(Duration::from_secs(5)))
+                .await
+                .unwrap_or(false)
+        );
+        assert_eq!(metrics.written_count("log"), 4);
+        // 4 events, a checkpoint after the third line and one at the flush.
+        let text = std::fs::read_to_string(dir.path().join("audit.log")).unwrap_or_default();
+        assert_eq!(text.lines().count(), 6, "{text}");
+        let pem = std::fs::read_to_string(dir.path().join("keys/audit.pub")).unwrap_or_default();
+        let key = crate::chain::parse_public_pem(&pem).unwrap_or_default();
+        let r = crate::files::verify_files(&[dir.path().join("audit.log")], &[key])
+            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap_or_else(|f| panic!("{f}"));
+        assert_eq!((r.events, r.checkpoints, r.unsigned_tail), (4, 2, 0));
+        for line in text.lines().filter(|l| l.contains(r#""verb":"checkpoint""#)) {
+            let got = tokio::time::timeout(Duration::from_secs(3), witnessed.recv())
+                .await
+                .ok()
+                .flatten();
+            let want: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
+            assert_eq!(got, Some(want));
         }
     }
 }

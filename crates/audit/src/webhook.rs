@@ -58,7 +58,7 @@ pub enum WebhookError {
     NoRuntime,
 }
 
-type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+pub(crate) type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 /// The running backend.
 pub struct WebhookBackend {
@@ -67,7 +67,7 @@ pub struct WebhookBackend {
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
-fn client(ca_file: Option<&PathBuf>) -> Result<HttpsClient, WebhookError> {
+pub(crate) fn client(ca_file: Option<&PathBuf>) -> Result<HttpsClient, WebhookError> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls_native_certs::load_native_certs().certs {
         let _ = roots.add(cert);
@@ -103,7 +103,7 @@ fn client(ca_file: Option<&PathBuf>) -> Result<HttpsClient, WebhookError> {
 }
 
 /// The URL as logs show it: no user information.
-fn shown(uri: &http::Uri) -> String {
+pub(crate) fn shown(uri: &http::Uri) -> String {
     format!(
         "{}://{}{}",
         uri.scheme_str().unwrap_or("https"),
@@ -112,7 +112,7 @@ fn shown(uri: &http::Uri) -> String {
     )
 }
 
-async fn post(client: &HttpsClient, url: &http::Uri, body: &Bytes) -> Result<(), String> {
+pub(crate) async fn post(client: &HttpsClient, url: &http::Uri, body: &Bytes) -> Result<(), String> {
     let req = http::Request::post(url.clone())
         .header(http::header::CONTENT_TYPE, "application/json")
         .body(Full::new(body.clone()))
@@ -233,5 +233,136 @@ impl WebhookBackend {
                 abort.abort();
             }
         }
+    }
+}
+
+/// The witness: each signed checkpoint line posted as it is written (`audit.log.witness`), so a
+/// copy of the chain's signed heads lives outside this machine's trust domain. Bounded (64
+/// checkpoints queued; more are dropped and logged), 3 attempts each, never blocking the log.
+pub struct Witness {
+    tx: mpsc::Sender<String>,
+}
+
+impl Witness {
+    /// Starts the sender task.
+    pub fn start(settings: WebhookSettings) -> Result<Self, WebhookError> {
+        let handle = tokio::runtime::Handle::try_current().map_err(|_| WebhookError::NoRuntime)?;
+        let client = client(settings.ca_file.as_ref())?;
+        let (tx, mut rx) = mpsc::channel::<String>(64);
+        let url = settings.url;
+        handle.spawn(async move {
+            while let Some(line) = rx.recv().await {
+                let body = Bytes::from(line);
+                let mut backoff = Duration::from_millis(250);
+                for attempt in 1..=ATTEMPTS {
+                    match post(&client, &url, &body).await {
+                        Ok(()) => break,
+                        Err(e) if attempt == ATTEMPTS => {
+                            tracing::warn!(url = %shown(&url), error = %e, "the audit witness did not take a checkpoint");
+                        }
+                        Err(_) => {
+                            tokio::time::sleep(backoff).await;
+                            backoff *= 2;
+                        }
+                    }
+                }
+            }
+        });
+        Ok(Self { tx })
+    }
+
+    /// Queues a checkpoint line without waiting.
+    pub fn send(&self, line: String) {
+        if self.tx.try_send(line).is_err() {
+            tracing::warn!("audit witness queue full or stopped: a checkpoint was not sent");
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    /// A collector answering 200 to each POST, handing over each body.
+    pub(crate) async fn collector() -> (String, mpsc::UnboundedReceiver<serde_json::Value>) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let url = format!("http://{}/audit", l.local_addr().unwrap_or_else(|e| panic!("{e}")));
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    loop {
+                        let mut chunk = [0u8; 8192];
+                        let n = s.read(&mut chunk).await.unwrap_or(0);
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                            continue;
+                        };
+                        let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+                        let len: usize = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length: "))
+                            .and_then(|v| v.trim().parse().ok())
+                            .unwrap_or(0);
+                        if buf.len() < end + 4 + len {
+                            continue;
+                        }
+                        let body: Vec<u8> = buf.drain(..end + 4 + len).skip(end + 4).collect();
+                        let _ = tx.send(serde_json::from_slice(&body).unwrap_or_default());
+                        let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n").await;
+                    }
+                });
+            }
+        });
+        (url, rx)
+    }
+
+    #[tokio::test]
+    async fn batches_are_event_lists_posted_within_a_second() {
+        let (url, mut rx) = collector().await;
+        let metrics = AuditMetrics::default();
+        let settings = WebhookSettings {
+            url: url.parse().unwrap_or_else(|e| panic!("{e}")),
+            ca_file: None,
+        };
+        let b = WebhookBackend::start(settings, metrics.clone()).unwrap_or_else(|e| panic!("{e}"));
+        for i in 0..5 {
+            b.push(crate::chain::tests::event(i), &metrics);
+        }
+        let got = tokio::time::timeout(Duration::from_secs(3), rx.recv())
+            .await
+            .unwrap_or_else(|_| panic!("no batch within 3 s"))
+            .unwrap_or_default();
+        assert_eq!(got["kind"], "EventList");
+        assert_eq!(got["apiVersion"], "audit.k8s.io/v1");
+        assert_eq!(got["items"].as_array().map(Vec::len), Some(5));
+        assert_eq!(got["items"][0]["kind"], "Event");
+        // A full batch goes at once; the rest follows within the second.
+        for i in 0..(MAX_BATCH as u64 + 10) {
+            b.push(crate::chain::tests::event(i), &metrics);
+        }
+        let full = tokio::time::timeout(Duration::from_secs(3), rx.recv())
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        assert_eq!(full["items"].as_array().map(Vec::len), Some(MAX_BATCH));
+        let rest = tokio::time::timeout(Duration::from_secs(3), rx.recv())
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        assert_eq!(rest["items"].as_array().map(Vec::len), Some(10));
+        b.shutdown(Duration::from_secs(1)).await;
+        assert_eq!(metrics.written_count("webhook"), 5 + MAX_BATCH as u64 + 10);
+        assert_eq!(metrics.dropped_count("webhook"), 0);
     }
 }

@@ -146,6 +146,8 @@ pub struct AuditLogConfig {
     /// Longest time between signed checkpoints (default 10s).
     #[serde(default, deserialize_with = "opt_duration")]
     pub checkpoint_interval: Option<Duration>,
+    /// Where each signed checkpoint is also posted (a witness outside this machine).
+    pub witness: Option<AuditWebhookConfig>,
 }
 
 /// `audit.webhook:` — where `EventList` batches are posted.

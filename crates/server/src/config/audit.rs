@@ -13,7 +13,7 @@ use std::time::Duration;
 use kfsec_audit::Policy;
 use kfsec_audit::log::{LogSettings, LogTarget};
 use kfsec_audit::webhook::WebhookSettings;
-use kfsec_types::config::AuditConfig;
+use kfsec_types::config::{AuditConfig, AuditWebhookConfig};
 
 use super::ConfigError;
 
@@ -61,6 +61,39 @@ fn invalid(msg: String) -> ConfigError {
     ConfigError::Invalid(msg)
 }
 
+/// A collector's `{url, caFile}` (`field` names it in messages): `https://`, or `http://` to a
+/// loopback address; no user information; the CA file exists.
+fn endpoint(field: &str, w: &AuditWebhookConfig) -> Result<WebhookSettings, ConfigError> {
+    let bad = |why: &str| invalid(format!("{field}.url: {why}"));
+    let u = url::Url::parse(&w.url).map_err(|e| bad(&format!("not a URL ({e})")))?;
+    if !u.username().is_empty() || u.password().is_some() {
+        return Err(bad("no user or password in the URL"));
+    }
+    let loopback = match u.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(d)) => d == "localhost",
+        None => false,
+    };
+    match u.scheme() {
+        "https" => {}
+        "http" if loopback => {}
+        "http" => return Err(bad("use https:// (http:// only to a loopback collector)")),
+        s => return Err(bad(&format!("unsupported scheme {s:?}"))),
+    }
+    if u.fragment().is_some() {
+        return Err(bad("no #fragment"));
+    }
+    let url: http::Uri = u.as_str().parse().map_err(|_| bad("not a valid URI"))?;
+    let ca_file = w.ca_file.as_ref().map(PathBuf::from);
+    if let Some(f) = &ca_file
+        && let Err(e) = std::fs::metadata(f)
+    {
+        return Err(invalid(format!("{field}.caFile {}: {e}", f.display())));
+    }
+    Ok(WebhookSettings { url, ca_file })
+}
+
 /// Validates `audit:` (absent: the default policy, the log at its default path).
 pub fn settings(a: Option<&AuditConfig>, data_dir: &Path) -> Result<AuditSettings, ConfigError> {
     let default = AuditConfig::default();
@@ -97,6 +130,11 @@ pub fn settings(a: Option<&AuditConfig>, data_dir: &Path) -> Result<AuditSetting
                 }
                 s.checkpoint_lines = v;
             }
+            s.witness = l
+                .witness
+                .as_ref()
+                .map(|w| endpoint("audit.log.witness", w))
+                .transpose()?;
             if let Some(v) = l.checkpoint_interval {
                 if v < Duration::from_millis(100) {
                     return Err(invalid("audit.log.checkpointInterval must be at least 100ms".into()));
@@ -106,39 +144,7 @@ pub fn settings(a: Option<&AuditConfig>, data_dir: &Path) -> Result<AuditSetting
             Some(s)
         }
     };
-    let webhook = match &a.webhook {
-        None => None,
-        Some(w) => {
-            let bad = |why: &str| invalid(format!("audit.webhook.url: {why}"));
-            let u = url::Url::parse(&w.url).map_err(|e| bad(&format!("not a URL ({e})")))?;
-            if !u.username().is_empty() || u.password().is_some() {
-                return Err(bad("no user or password in the URL"));
-            }
-            let loopback = match u.host() {
-                Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-                Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-                Some(url::Host::Domain(d)) => d == "localhost",
-                None => false,
-            };
-            match u.scheme() {
-                "https" => {}
-                "http" if loopback => {}
-                "http" => return Err(bad("use https:// (http:// only to a loopback collector)")),
-                s => return Err(bad(&format!("unsupported scheme {s:?}"))),
-            }
-            if u.fragment().is_some() {
-                return Err(bad("no #fragment"));
-            }
-            let url: http::Uri = u.as_str().parse().map_err(|_| bad("not a valid URI"))?;
-            let ca_file = w.ca_file.as_ref().map(PathBuf::from);
-            if let Some(f) = &ca_file
-                && let Err(e) = std::fs::metadata(f)
-            {
-                return Err(invalid(format!("audit.webhook.caFile {}: {e}", f.display())));
-            }
-            Some(WebhookSettings { url, ca_file })
-        }
-    };
+    let webhook = a.webhook.as_ref().map(|w| endpoint("audit.webhook", w)).transpose()?;
     Ok(AuditSettings { policy, log, webhook })
 }
 
@@ -214,6 +220,11 @@ mod tests {
         let msg = e(&format!("audit: {{policyFile: {}}}", p.display()));
         assert!(msg.contains("rules[0]") && msg.contains("usr"), "{msg}");
         assert!(load("audit: {webhook: {url: 'http://127.0.0.1:9/'}}").is_ok_and(|a| a.webhook.is_some()));
+        assert!(e("audit: {log: {witness: {url: 'http://w.example.com/'}}}").contains("audit.log.witness.url"));
+        assert!(
+            load("audit: {log: {witness: {url: 'https://w.example.com/cp'}}}")
+                .is_ok_and(|a| a.log.is_some_and(|l| l.witness.is_some()))
+        );
     }
 
     /// The README's "Audit log" configuration example loads as written (its files stood in).
