@@ -351,3 +351,93 @@ async fn device_flow_issue_and_approval_are_events_without_codes() {
         ],
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lockout_is_its_own_event_beside_the_failed_login_that_caused_it() {
+    let k = Kfsec::start("oauth2:\n  passwordConnector: local\nloginProtection:\n  maxFailuresPerAccount: 2\n").await;
+    for _ in 0..3 {
+        let (status, _) = rp_token(
+            &k,
+            vec![
+                ("grant_type", "password".to_owned()),
+                ("username", USER.to_owned()),
+                ("password", "not the password 9931".to_owned()),
+                ("scope", "openid".to_owned()),
+            ],
+        )
+        .await;
+        assert_eq!(status, 401);
+    }
+    let (events, text) = audit_log(&k).await;
+    let logins = identity(&events, "logins", "login");
+    let reasons: Vec<&str> = logins.iter().map(|e| annotation(e, "kfsec.io/reason")).collect();
+    assert_eq!(reasons, ["invalid credentials", "invalid credentials", "locked out"]);
+    let lockouts = identity(&events, "lockouts", "lockout");
+    assert_eq!(lockouts.len(), 1, "{lockouts:?}");
+    let lockout = lockouts[0];
+    assert_eq!(lockout["objectRef"]["name"], USER);
+    assert_eq!(annotation(lockout, "kfsec.io/connector"), "local");
+    assert_eq!(annotation(lockout, "kfsec.io/reason"), "too many failed attempts");
+    assert_eq!(
+        lockout["auditID"], logins[1]["auditID"],
+        "the failed login that locked the account"
+    );
+    assert_eq!(lockout["sourceIPs"], logins[1]["sourceIPs"]);
+    assert_no_secrets(&text, &[("wrong password", "not the password 9931")]);
+}
+
+/// An LDAP connector's logins through the password grant: the connector's id, the attempted
+/// account, and `upstream error` when the directory is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ldap_logins_name_the_connector_and_the_upstream_error() {
+    let Some(d) = crate::slapd::Slapd::start().await else {
+        return;
+    };
+    let yaml = format!(
+        "oauth2:\n  passwordConnector: corp-ldap\nconnectors:\n- type: ldap\n  id: corp-ldap\n  name: Corporate LDAP\n  config: {}\n",
+        d.config()
+    );
+    let k = Kfsec::start(&yaml).await;
+    let grant = |user: &str, pw: &str| {
+        vec![
+            ("grant_type", "password".to_owned()),
+            ("username", user.to_owned()),
+            ("password", pw.to_owned()),
+            ("scope", "openid email groups".to_owned()),
+        ]
+    };
+    let (status, t) = rp_token(&k, grant("alice", crate::slapd::ALICE_PW)).await;
+    assert_eq!(status, 200, "{t}");
+    let (status, _) = rp_token(&k, grant("alice", "wrong-ldap-pw-1")).await;
+    assert_eq!(status, 401);
+    drop(d);
+    let (status, _) = rp_token(&k, grant("alice", crate::slapd::ALICE_PW)).await;
+    assert_ne!(status, 200);
+
+    let (events, text) = audit_log(&k).await;
+    let logins = identity(&events, "logins", "login");
+    assert_eq!(logins.len(), 3, "{logins:?}");
+    assert!(
+        logins
+            .iter()
+            .all(|e| annotation(e, "kfsec.io/connector") == "corp-ldap")
+    );
+    assert_eq!(logins[0]["user"]["username"], "alice@example.org");
+    assert!(
+        logins[0]["user"]["groups"]
+            .as_array()
+            .unwrap()
+            .contains(&Value::from("admins"))
+    );
+    assert_eq!(logins[1]["objectRef"]["name"], "alice");
+    assert_eq!(annotation(logins[1], "kfsec.io/reason"), "invalid credentials");
+    assert_eq!(annotation(logins[2], "kfsec.io/reason"), "upstream error");
+    assert_eq!(annotation(logins[2], "kfsec.io/outcome"), "failure");
+    assert_no_secrets(
+        &text,
+        &[
+            ("password", crate::slapd::ALICE_PW),
+            ("wrong password", "wrong-ldap-pw-1"),
+        ],
+    );
+}
