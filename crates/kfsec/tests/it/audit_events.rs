@@ -441,3 +441,41 @@ async fn ldap_logins_name_the_connector_and_the_upstream_error() {
         ],
     );
 }
+
+/// What kfsec does by itself — a signing-key rotation, a CA rotation and the certificates it
+/// re-issues — are Events of `system:kfsec`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_and_certificate_rotations_are_system_events() {
+    let k = Kfsec::start_with_clock("expiry:\n  signingKeys: 1h\n").await;
+    let clock = k.clock.clone().unwrap();
+    let idp = k.running.idp.clone();
+    clock.advance(Duration::from_secs(3601));
+    let _ = idp.keys().tick().await.unwrap();
+    let kid = idp.keys().keys().signing.kid().to_owned();
+    k.running.trust.rotate(Duration::from_secs(3600)).await.unwrap();
+
+    let (events, _) = audit_log(&k).await;
+    let keys = identity(&events, "signingkeys", "rotate");
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    assert_eq!(keys[0]["objectRef"]["name"], kid.as_str());
+    assert_eq!(keys[0]["user"]["username"], "system:kfsec");
+    let certs = identity(&events, "certificates", "rotate");
+    assert!(
+        certs
+            .iter()
+            .any(|e| e["objectRef"]["name"] == "ca" && annotation(e, "kfsec.io/reason") == "CA rotation started"),
+        "{certs:?}"
+    );
+    assert!(
+        certs
+            .iter()
+            .any(|e| annotation(e, "kfsec.io/reason") == "certificate issued"),
+        "{certs:?}"
+    );
+    assert!(certs.iter().all(|e| e["user"]["username"] == "system:kfsec"));
+    // Each background Event has its own id.
+    let mut ids: Vec<&str> = certs.iter().map(|e| e["auditID"].as_str().unwrap()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), certs.len());
+}
