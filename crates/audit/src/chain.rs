@@ -68,7 +68,7 @@ pub fn canonical(v: &Value) -> String {
                     if i > 0 {
                         out.push(',');
                     }
-                    out.push_str(&Value::String(k.clone()).to_string());
+                    out.push_str(&serde_json::to_string(k).unwrap_or_default());
                     out.push(':');
                     if let Some(x) = m.get(k) {
                         write(x, out);
@@ -97,15 +97,21 @@ pub fn canonical(v: &Value) -> String {
 /// The chain hash of an event (as a JSON value, its own `kfsec.io/chain-hash` ignored) that
 /// follows a line with hash `prev`.
 pub fn link_hash(prev: &str, event: &Value) -> String {
+    let digest = |v: &Value| {
+        let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+        ctx.update(prev.as_bytes());
+        ctx.update(b"\n");
+        ctx.update(canonical(v).as_bytes());
+        hex(ctx.finish().as_ref())
+    };
+    if event.get("annotations").and_then(|a| a.get(HASH)).is_none() {
+        return digest(event);
+    }
     let mut v = event.clone();
     if let Some(a) = v.get_mut("annotations").and_then(Value::as_object_mut) {
         a.remove(HASH);
     }
-    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
-    ctx.update(prev.as_bytes());
-    ctx.update(b"\n");
-    ctx.update(canonical(&v).as_bytes());
-    hex(ctx.finish().as_ref())
+    digest(&v)
 }
 
 /// What a checkpoint signs.
@@ -554,14 +560,21 @@ impl<'k> Verifier<'k> {
                 return bad("modified", "hash mismatch: the line was modified".into());
             }
         } else {
+            // kfsec starts every file with `kfsec.io/chain-prev`: without it only the chain's
+            // very first line (sequence 1, after GENESIS) can be checked.
             let prev = match prev_claim {
-                Some(p) => Some(p.to_owned()),
-                None if seq == 1 => Some(GENESIS.to_owned()),
-                None => None,
+                Some(p) => p.to_owned(),
+                None if seq == 1 => GENESIS.to_owned(),
+                None => {
+                    return bad(
+                        "modified",
+                        format!(
+                            "the first line (sequence {seq}) has no kfsec.io/chain-prev: modified, or not the start of a file"
+                        ),
+                    );
+                }
             };
-            if let Some(prev) = prev
-                && link_hash(&prev, &v) != hash
-            {
+            if link_hash(&prev, &v) != hash {
                 return bad("modified", "hash mismatch: the line was modified".into());
             }
         }
@@ -905,6 +918,18 @@ pub(crate) mod tests {
             .err()
             .unwrap_or_else(|| panic!());
         assert_eq!((f.file.as_str(), f.line, f.kind), ("b.log", 1, "modified"));
+        // The first line's chain-prev removed (to hide a change to it): refused.
+        let mut b3 = b.clone();
+        let mut v: Value = serde_json::from_str(&b3[0]).unwrap_or_else(|e| panic!("{e}"));
+        if let Some(a) = v["annotations"].as_object_mut() {
+            a.remove(PREV);
+        }
+        v["objectRef"]["name"] = "cm-Z".into();
+        b3[0] = v.to_string();
+        let f = verify_bytes(&[("b.log", &bytes(&b3))], &[])
+            .err()
+            .unwrap_or_else(|| panic!());
+        assert_eq!((f.line, f.kind), (1, "modified"));
         // Files given in the wrong order.
         let f = verify_bytes(&[("b.log", &bytes(&b)), ("a.log", &bytes(&a))], &[])
             .err()

@@ -223,10 +223,12 @@ impl LogWriter {
 
     fn append(&mut self, event: Event) -> Result<String, LogError> {
         let before = self.head.clone();
-        let mut line = self.head.seal(event.clone(), self.first_in_file)?;
+        let mut line = self.head.seal(event, self.first_in_file)?;
         if let Out::File { size, .. } = &self.out {
             let limit = self.settings.max_size_mb.saturating_mul(1024 * 1024);
             if limit > 0 && *size > 0 && size.saturating_add(line.len() as u64 + 1) > limit {
+                // Rare: sealed again as the first line of the next file.
+                let event: Event = serde_json::from_str(&line).map_err(chain::ChainError::Json)?;
                 self.head = before;
                 self.rotate()?;
                 line = self.head.seal(event, true)?;
