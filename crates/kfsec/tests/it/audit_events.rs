@@ -44,6 +44,16 @@ fn annotation<'a>(e: &'a Value, key: &str) -> &'a str {
     e["annotations"][key].as_str().unwrap_or_default()
 }
 
+/// The password grant's form for `user` with `password` and `scope`.
+fn password_grant(user: &str, password: &str, scope: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("grant_type", "password".to_owned()),
+        ("username", user.to_owned()),
+        ("password", password.to_owned()),
+        ("scope", scope.to_owned()),
+    ]
+}
+
 /// Fails naming the secret if `text` (the whole log) contains any of `secrets`.
 fn assert_no_secrets(text: &str, secrets: &[(&str, &str)]) {
     for (what, s) in secrets {
@@ -221,27 +231,9 @@ async fn a_trusted_proxy_forwarded_address_is_believed() {
 async fn password_grant_and_refresh_are_token_events_without_tokens() {
     let k = Kfsec::start("oauth2:\n  passwordConnector: local\n").await;
     let wrong = "wrong-password-5521";
-    let (status, _) = rp_token(
-        &k,
-        vec![
-            ("grant_type", "password".to_owned()),
-            ("username", USER.to_owned()),
-            ("password", wrong.to_owned()),
-            ("scope", "openid email".to_owned()),
-        ],
-    )
-    .await;
+    let (status, _) = rp_token(&k, password_grant(USER, wrong, "openid email")).await;
     assert_eq!(status, 401);
-    let (status, t) = rp_token(
-        &k,
-        vec![
-            ("grant_type", "password".to_owned()),
-            ("username", USER.to_owned()),
-            ("password", PASSWORD.to_owned()),
-            ("scope", "openid email groups offline_access".to_owned()),
-        ],
-    )
-    .await;
+    let (status, t) = rp_token(&k, password_grant(USER, PASSWORD, "openid email groups offline_access")).await;
     assert_eq!(status, 200, "{t}");
     let refresh = t["refresh_token"].as_str().unwrap().to_owned();
     let (status, t2) = rp_token(
@@ -308,17 +300,7 @@ async fn password_grant_and_refresh_are_token_events_without_tokens() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn device_flow_issue_and_approval_are_events_without_codes() {
     let k = Kfsec::start("").await;
-    let r: Value = http_client(&k.running.ca_pem)
-        .post(format!("{}/device/code", k.running.issuer))
-        .form(&[("client_id", "kfsec-cli"), ("scope", "openid email")])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let device_code = r["device_code"].as_str().unwrap().to_owned();
-    let user_code = r["user_code"].as_str().unwrap().to_owned();
+    let (device_code, user_code) = crate::sec_login::device_code(&k).await;
     let mut b = k.client();
     let r = b
         .post_form("/dex/device/auth/verify_code", &[("user_code", &user_code)])
@@ -356,16 +338,7 @@ async fn device_flow_issue_and_approval_are_events_without_codes() {
 async fn a_lockout_is_its_own_event_beside_the_failed_login_that_caused_it() {
     let k = Kfsec::start("oauth2:\n  passwordConnector: local\nloginProtection:\n  maxFailuresPerAccount: 2\n").await;
     for _ in 0..3 {
-        let (status, _) = rp_token(
-            &k,
-            vec![
-                ("grant_type", "password".to_owned()),
-                ("username", USER.to_owned()),
-                ("password", "not the password 9931".to_owned()),
-                ("scope", "openid".to_owned()),
-            ],
-        )
-        .await;
+        let (status, _) = rp_token(&k, password_grant(USER, "not the password 9931", "openid")).await;
         assert_eq!(status, 401);
     }
     let (events, text) = audit_log(&k).await;
@@ -398,14 +371,7 @@ async fn ldap_logins_name_the_connector_and_the_upstream_error() {
         d.config()
     );
     let k = Kfsec::start(&yaml).await;
-    let grant = |user: &str, pw: &str| {
-        vec![
-            ("grant_type", "password".to_owned()),
-            ("username", user.to_owned()),
-            ("password", pw.to_owned()),
-            ("scope", "openid email groups".to_owned()),
-        ]
-    };
+    let grant = |user: &str, pw: &str| password_grant(user, pw, "openid email groups");
     let (status, t) = rp_token(&k, grant("alice", crate::slapd::ALICE_PW)).await;
     assert_eq!(status, 200, "{t}");
     let (status, _) = rp_token(&k, grant("alice", "wrong-ldap-pw-1")).await;

@@ -43,7 +43,7 @@ async fn login_form_url(b: &mut Browser) -> String {
 }
 
 /// A fresh device code for `kfsec-cli`: (device_code, user_code).
-async fn device_code(k: &Kfsec) -> (String, String) {
+pub(crate) async fn device_code(k: &Kfsec) -> (String, String) {
     let r: serde_json::Value = http_client(&k.running.ca_pem)
         .post(format!("{}/device/code", k.running.issuer))
         .form(&[("client_id", "kfsec-cli"), ("scope", "openid email")])
