@@ -445,3 +445,45 @@ async fn key_and_certificate_rotations_are_system_events() {
     ids.dedup();
     assert_eq!(ids.len(), certs.len());
 }
+
+/// A login through an upstream OpenID Connect provider (a second kfsec): the callback's Event
+/// is the `login`, with the connector and the upstream's user and groups; the upstream records
+/// its own local login.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_federated_callback_is_a_login_of_the_upstream_user() {
+    use crate::fed_oidc::{FED_USER, federation_with};
+    let f = federation_with(false).await;
+    let (mut down, mut up) = (f.down.client(), f.up.client());
+    let (_, visited) = f.walk(&mut down, &mut up, "/app/x").await;
+    let auth_url = visited.last().unwrap().clone();
+    let (last, visited) = f
+        .walk(&mut down, &mut up, &format!("{auth_url}&connector_id=corp"))
+        .await;
+    assert_eq!(last.status(), 200, "{visited:#?}");
+
+    let (events, _) = audit_log(&f.down).await;
+    let logins = identity(&events, "logins", "login");
+    assert_eq!(logins.len(), 1, "{logins:?}");
+    let e = logins[0];
+    assert!(
+        e["requestURI"]
+            .as_str()
+            .unwrap()
+            .starts_with("/dex/callback?code=REDACTED&state=REDACTED"),
+        "{e}"
+    );
+    assert_eq!(annotation(e, "kfsec.io/connector"), "corp");
+    assert_eq!(annotation(e, "kfsec.io/outcome"), "success");
+    assert_eq!(e["user"]["username"], FED_USER);
+    assert!(
+        e["user"]["groups"]
+            .as_array()
+            .unwrap()
+            .contains(&Value::from("ml-team"))
+    );
+    let (up_events, _) = audit_log(&f.up).await;
+    let up_logins = identity(&up_events, "logins", "login");
+    assert_eq!(up_logins.len(), 1);
+    assert_eq!(annotation(up_logins[0], "kfsec.io/connector"), "local");
+    assert_eq!(up_logins[0]["user"]["username"], FED_USER);
+}
