@@ -2,8 +2,9 @@
 //! the retry loops. Invariants: a read is retried on any transient failure until the operation
 //! deadline (2 × the request timeout); a write transaction is retried blindly only when it
 //! certainly never reached etcd (connection refused, no leader) — after an ambiguous failure
-//! (timeout, leader changed, broken connection) the caller must look at the key before trying
-//! again, so a write is never applied twice and never reported lost when it was applied.
+//! (timeout, leader changed, broken connection) the caller must look at the transaction's
+//! receipt and the key before trying again (see the crate docs), so a write is never applied
+//! twice and never reported lost when it was applied.
 
 use std::future::Future;
 use std::time::Duration;
