@@ -605,6 +605,7 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
     };
     if let Some(c) = &callers {
         c.follow(trust.clone());
+        c.count_decisions(decisions.clone());
     }
     // Certificates another replica published are served instead of this one's; its changes
     // are followed from here on.

@@ -380,6 +380,8 @@ pub struct CallerVerifier {
     internal: Option<std::sync::OnceLock<Arc<crate::trust::Trust>>>,
     /// The bundle the current verifier was built from, and the verifier.
     current: parking_lot::RwLock<(String, Arc<dyn rustls::server::danger::ClientCertVerifier>)>,
+    /// Where each caller's certificate check is counted (surface `webhook`).
+    decisions: std::sync::OnceLock<kfsec_gateway::metrics::Decisions>,
 }
 
 impl std::fmt::Debug for CallerVerifier {
@@ -427,7 +429,19 @@ impl CallerVerifier {
             allowed: auth.allowed_names.clone(),
             internal: auth.ca_file.is_none().then(std::sync::OnceLock::new),
             current: parking_lot::RwLock::new((bundle, verifier)),
+            decisions: std::sync::OnceLock::new(),
         })))
+    }
+
+    /// Counts each presented certificate's check in `decisions` (surface `webhook`; once).
+    pub fn count_decisions(&self, decisions: kfsec_gateway::metrics::Decisions) {
+        let _ = self.decisions.set(decisions);
+    }
+
+    fn decided(&self, allowed: bool) {
+        if let Some(d) = self.decisions.get() {
+            d.record("webhook", allowed);
+        }
     }
 
     /// Follows the internal CA set of `trust` from now on (no effect with a CA file).
@@ -462,9 +476,14 @@ impl rustls::server::danger::ClientCertVerifier for CallerVerifier {
         intermediates: &[rustls::pki_types::CertificateDer<'_>],
         now: rustls::pki_types::UnixTime,
     ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
-        let verified = self.verifier().verify_client_cert(end_entity, intermediates, now)?;
+        let verified = self
+            .verifier()
+            .verify_client_cert(end_entity, intermediates, now)
+            .inspect_err(|_| self.decided(false))?;
         let names = kfsec_pki::cert_names(end_entity.as_ref()).unwrap_or_default();
-        if names.iter().any(|n| self.allowed.iter().any(|a| a == n)) {
+        let allowed = names.iter().any(|n| self.allowed.iter().any(|a| a == n));
+        self.decided(allowed);
+        if allowed {
             Ok(verified)
         } else {
             tracing::info!(

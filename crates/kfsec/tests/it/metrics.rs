@@ -158,3 +158,32 @@ async fn a_lockout_shows_in_lockouts_active_and_logins_by_outcome() {
     );
     k.running.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_callers_certificate_checks_are_counted() {
+    use crate::sec_webhooks::{client, issue_client_cert, review, url};
+    let k = Kfsec::start("webhooks:\n  clientAuth:\n    allowedNames: [kube-apiserver]\n").await;
+    let dir = tempfile::tempdir().unwrap();
+    let good = issue_client_cert(k._dir.path(), "kube-apiserver", &dir.path().join("good"));
+    let bad = issue_client_cert(k._dir.path(), "someone-else", &dir.path().join("bad"));
+    let post = |id: &str| client(&k, Some(id)).post(url(&k)).json(&review(1)).send();
+    assert_eq!(post(&good).await.unwrap().status(), 200);
+    assert!(
+        post(&bad).await.is_err(),
+        "a caller not allowed is refused in the handshake"
+    );
+    let (_, m) = scrape(&k, None).await;
+    assert!(
+        value(
+            &m,
+            "kfsec_authz_decisions_total{surface=\"webhook\",decision=\"allow\"}"
+        )
+        .is_some_and(|v| v >= 1.0),
+        "{m}"
+    );
+    assert!(
+        value(&m, "kfsec_authz_decisions_total{surface=\"webhook\",decision=\"deny\"}").is_some_and(|v| v >= 1.0),
+        "{m}"
+    );
+    k.running.shutdown().await;
+}
