@@ -15,9 +15,9 @@ pub mod log;
 pub mod pipeline;
 pub mod policy;
 pub mod query;
-pub mod webhook;
 pub mod request;
 pub mod testing;
+pub mod webhook;
 
 pub use event::{Event, EventList, IDENTITY_GROUP, Level, ObjectRef, ResponseStatus, Stage};
 pub use pipeline::{AuditMetrics, Pipeline, PipelineSettings};
@@ -32,6 +32,11 @@ pub trait Sink: Send + Sync {
     fn decide(&self, attributes: &Attributes<'_>) -> Decision;
     /// Hands `event` to the backends without blocking; drops (and counts) it when they are full.
     fn record(&self, event: Event);
+    /// Whether recorded bodies leave out `metadata.managedFields` (the policy's
+    /// `omitManagedFields` for the matching rule; default no).
+    fn omit_managed_fields(&self, _attributes: &Attributes<'_>) -> bool {
+        false
+    }
 }
 
 /// The cheap, cloneable handle surfaces record through. [`Auditor::disabled`] records nothing
@@ -43,7 +48,9 @@ pub struct Auditor {
 
 impl std::fmt::Debug for Auditor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Auditor").field("enabled", &self.sink.is_some()).finish()
+        f.debug_struct("Auditor")
+            .field("enabled", &self.sink.is_some())
+            .finish()
     }
 }
 
@@ -69,6 +76,11 @@ impl Auditor {
             Some(sink) => sink.decide(attributes),
             None => Decision::none(),
         }
+    }
+
+    /// Whether recorded bodies leave out `metadata.managedFields` for this request.
+    pub fn omit_managed_fields(&self, attributes: &Attributes<'_>) -> bool {
+        self.sink.as_ref().is_some_and(|s| s.omit_managed_fields(attributes))
     }
 
     /// Records `event` (dropped when disabled or when its level is [`Level::None`]).

@@ -277,6 +277,10 @@ impl Sink for Pipeline {
         self.policy.decide(attributes)
     }
 
+    fn omit_managed_fields(&self, attributes: &Attributes<'_>) -> bool {
+        self.policy.omit_managed_fields(attributes)
+    }
+
     fn record(&self, event: Event) {
         if let Some(w) = &self.webhook {
             w.push(event.clone(), &self.metrics);

@@ -631,6 +631,24 @@ rules:
     }
 
     #[test]
+    fn omit_managed_fields_is_the_rules_else_the_policys() {
+        let p = Policy::parse(
+            "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitManagedFields: true\nrules:\n- level: Request\n  verbs: [create]\n  omitManagedFields: false\n- level: Metadata\n",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let u = user("a", &[]);
+        let at = |verb| Attributes {
+            user: &u,
+            verb,
+            resource: res("", "configmaps", "", "ns", "c"),
+            path: "/api",
+        };
+        assert!(!p.omit_managed_fields(&at("create")));
+        assert!(p.omit_managed_fields(&at("update")));
+        assert!(!Policy::default_policy().omit_managed_fields(&at("update")));
+    }
+
+    #[test]
     fn the_default_policy_is_metadata_with_request_for_writes() {
         let p = Policy::default_policy();
         let u = user("alice", &[]);
