@@ -187,3 +187,56 @@ async fn webhook_callers_certificate_checks_are_counted() {
     );
     k.running.shutdown().await;
 }
+
+/// The value of `series` on `k`'s scrape once it reaches `want` (polled for 8 s: the store
+/// gauges are refreshed every 5 s), else the last value seen.
+async fn gauge_reaches(k: &Kfsec, series: &str, want: f64) -> Option<f64> {
+    let mut seen = None;
+    for _ in 0..32 {
+        seen = value(&scrape(k, None).await.1, series);
+        if seen.is_some_and(|v| v >= want) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_etcd_every_replica_reports_the_clusters_sessions_and_lockouts() {
+    use kfsec_store::sealed::SealKey;
+    use kfsec_store_etcd::testing::{EtcdCluster, etcd_binary};
+    let Some(bin) = etcd_binary().unwrap_or_else(|e| panic!("{e}")) else {
+        return;
+    };
+    let cluster = EtcdCluster::single(&bin).await.unwrap();
+    let keys = tempfile::tempdir().unwrap();
+    let key = keys.path().join("kek");
+    SealKey::generate(&kfsec_pki::OsRng).write_new(&key).unwrap();
+    let yaml = format!(
+        "store:\n  type: etcd\n  endpoints: [{}]\n  prefix: /kfsec-metrics\nsecretsEncryption:\n  keyFile: {}\noauth2:\n  passwordConnector: local\nloginProtection:\n  maxFailuresPerAccount: 2\n",
+        cluster.endpoints().join(", "),
+        key.display()
+    );
+    let a = Kfsec::start(&yaml).await;
+    let b = Kfsec::start(&yaml).await;
+    // A session and a lockout made through replica a…
+    let mut browser = a.client();
+    let (r, _) = browser.login("/", USER, PASSWORD).await;
+    assert_eq!(r.status(), 200);
+    for _ in 0..2 {
+        let form = vec![
+            ("grant_type", "password".to_owned()),
+            ("username", "someone@example.org".to_owned()),
+            ("password", "wrong".to_owned()),
+            ("scope", "openid".to_owned()),
+        ];
+        assert_eq!(rp_token(&a, form).await.0, 401);
+    }
+    // …are counted by replica b, which saw neither request.
+    assert_eq!(gauge_reaches(&b, "kfsec_sessions_active", 1.0).await, Some(1.0));
+    assert_eq!(gauge_reaches(&b, "kfsec_lockouts_active", 1.0).await, Some(1.0));
+    assert_eq!(gauge_reaches(&a, "kfsec_sessions_active", 1.0).await, Some(1.0));
+    a.running.shutdown().await;
+    b.running.shutdown().await;
+}
