@@ -469,3 +469,26 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod throughput {
+    use super::*;
+    use kfsec_types::{SequenceRng, SystemClock};
+
+    #[test]
+    #[ignore = "measurement"]
+    fn events_per_second() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let key = Arc::new(SigningKey::generate(&SequenceRng::default()).unwrap_or_else(|e| panic!("{e}")));
+        let s = LogSettings::new(LogTarget::File(dir.path().join("a.log")));
+        let mut w = LogWriter::open(s, key, Arc::new(SystemClock), Arc::new(SequenceRng::default()))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let ev = crate::chain::tests::event(1);
+        #[allow(clippy::disallowed_methods)]
+        let t = std::time::Instant::now();
+        for _ in 0..50_000 {
+            w.write(ev.clone()).unwrap_or_else(|e| panic!("{e}"));
+        }
+        println!("{:.0} events/s", 50_000.0 / t.elapsed().as_secs_f64());
+    }
+}
