@@ -29,6 +29,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use futures_util::future::BoxFuture;
 use kfsec_audit::RequestAudit;
 use kfsec_audit::request::identity as ident;
+use kfsec_audit::request::{OUTCOME_ANNOTATION, REASON_ANNOTATION};
 use kfsec_idp::secret::{ct_eq, random_token, sha256_b64};
 use kfsec_types::path::return_path;
 use kfsec_types::{Failure, Identity, Refusal, RefusalKind, random_array};
@@ -353,7 +354,13 @@ pub(crate) async fn callback(
     if let Some(a) = &audit {
         a.identity(ident::SESSIONS, ident::ISSUE, None);
     }
-    let fail = |msg: &str| responses::html_error(StatusCode::BAD_REQUEST, "Login failed", msg);
+    let fail = |msg: &str| {
+        if let Some(a) = &audit {
+            a.annotate(OUTCOME_ANNOTATION, "failure");
+            a.annotate(REASON_ANNOTATION, "invalid callback");
+        }
+        responses::html_error(StatusCode::BAD_REQUEST, "Login failed", msg)
+    };
     if let Some(err) = q.error {
         return fail(&format!(
             "The identity provider answered: {err} {}",
@@ -443,6 +450,7 @@ pub(crate) async fn callback(
     };
     tracing::info!(target: "audit", user = %identity.user, "session started");
     if let Some(a) = &audit {
+        a.annotate(OUTCOME_ANNOTATION, "success");
         a.object_name(&identity.user);
         a.set_user((&identity).into());
     }
@@ -662,6 +670,9 @@ pub(crate) async fn check(State(app): State<Arc<App>>, req: Request<Body>) -> Re
         }
         Authn::Unavailable => app.mounts.error(req.uri().path(), RefusalKind::Unavailable, STORE_DOWN),
         _ => {
+            if let Some(audit) = RequestAudit::from_extensions(req.extensions()) {
+                audit.decision(false, "not authenticated");
+            }
             app.decided("gatekeeper", false);
             app.mounts.unauthenticated(req.uri().path())
         }

@@ -154,6 +154,8 @@ async fn logins_logout_and_proxied_requests_leave_events_without_secrets() {
     let started = identity(&events, "sessions", "issue");
     assert_eq!(started.len(), 1, "{started:?}");
     assert_eq!(started[0]["user"]["username"], USER);
+    assert_eq!(annotation(started[0], "kfsec.io/outcome"), "success", "{}", started[0]);
+    assert!(started[0]["requestURI"].as_str().unwrap().contains("code=REDACTED"));
     let logout = identity(&events, "sessions", "logout");
     assert_eq!(logout.len(), 1);
     assert_eq!(logout[0]["user"]["username"], USER);
