@@ -318,6 +318,7 @@ impl Trust {
     fn renew(&self, item: &Renewable, cas: &CaSet, epoch: u64) -> Result<(), ServerError> {
         item.renew(cas, epoch, self.clock.as_ref())?;
         self.issued.fetch_add(1, Ordering::AcqRel);
+        self.audited(&item.spec.name, "certificate issued");
         Ok(())
     }
 
