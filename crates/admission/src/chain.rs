@@ -43,6 +43,19 @@ impl Denial {
     }
 }
 
+/// A mutating webhook the chain called ([`Chain::admit_observed`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mutation {
+    /// Its position among the chain's mutating webhooks (Kubernetes' `index`).
+    pub index: usize,
+    /// Its name.
+    pub webhook: &'static str,
+    /// Its MutatingWebhookConfiguration.
+    pub configuration: &'static str,
+    /// Whether it returned a patch.
+    pub mutated: bool,
+}
+
 /// A set of webhooks with their registrations, ready to run in-process.
 pub struct Chain {
     hooks: Vec<(Box<dyn Webhook>, Registration)>,
@@ -126,14 +139,35 @@ impl Chain {
 
     /// Admits `object` (which replaces `req.object`), mutating it in place.
     pub fn admit(&self, req: &AdmissionRequest, ctx: &Context, object: &mut Value) -> Result<(), Denial> {
+        self.admit_observed(req, ctx, object, &mut |_| {})
+    }
+
+    /// [`Chain::admit`], telling `observe` about every mutating webhook called (for the audit
+    /// log's `mutation.webhook.admission.k8s.io/round_0_index_<i>` annotations).
+    pub fn admit_observed(
+        &self,
+        req: &AdmissionRequest,
+        ctx: &Context,
+        object: &mut Value,
+        observe: &mut dyn FnMut(Mutation),
+    ) -> Result<(), Denial> {
         let mut current = req.clone();
         for kind in [WebhookKind::Mutating, WebhookKind::Validating] {
-            for (hook, reg) in self.hooks.iter().filter(|(_, r)| r.kind == kind) {
+            for (index, (hook, reg)) in self.hooks.iter().filter(|(_, r)| r.kind == kind).enumerate() {
                 current.object = Some(object.clone());
                 if !reg.matches(&current, &ctx.namespace_labels) {
                     continue;
                 }
-                match crate::webhook::admit_bounded(hook.as_ref(), &current, ctx) {
+                let outcome = crate::webhook::admit_bounded(hook.as_ref(), &current, ctx);
+                if kind == WebhookKind::Mutating {
+                    observe(Mutation {
+                        index,
+                        webhook: reg.name,
+                        configuration: reg.configuration,
+                        mutated: matches!(outcome, AdmissionOutcome::Patch(_)),
+                    });
+                }
+                match outcome {
                     AdmissionOutcome::Allow => {}
                     AdmissionOutcome::Patch(patch) => {
                         if kind == WebhookKind::Validating {

@@ -64,6 +64,8 @@ struct State {
     what: Option<(String, Option<ObjectRef>)>,
     /// `(allowed, reason)`.
     decision: Option<(bool, String)>,
+    /// Inside [`unrecorded`]: questions that only filter what the caller sees.
+    filtering: bool,
 }
 
 /// The current request's context and what its surface decided so far.
@@ -139,6 +141,9 @@ pub fn active() -> bool {
 fn record(verb: &str, object: Option<ObjectRef>, allowed: bool, reason: &str) {
     with(|r| {
         let mut s = r.state();
+        if s.filtering {
+            return;
+        }
         let take = match &s.decision {
             None => true,
             Some((was_allowed, _)) => *was_allowed && !allowed,
@@ -148,6 +153,16 @@ fn record(verb: &str, object: Option<ObjectRef>, allowed: bool, reason: &str) {
             s.decision = Some((allowed, reason.to_owned()));
         }
     });
+}
+
+/// Runs `f`, whose authorization questions only filter what the caller is shown (a namespace
+/// selector's entries): none of them is the request's decision.
+pub fn unrecorded<R>(f: impl FnOnce() -> R) -> R {
+    let set = |on: bool| with(|r| r.state().filtering = on);
+    set(true);
+    let out = f();
+    set(false);
+    out
 }
 
 /// A decision on a resource request: `verb` on `object`, allowed or not, with the authorizer's
@@ -351,6 +366,18 @@ mod tests {
         ctx.complete(499);
         let e = cap.take().pop().unwrap();
         assert_eq!(e.verb, "get");
+        assert_eq!(e.annotations["authorization.k8s.io/decision"], "allow");
+
+        // Filtering questions are not the request's decision.
+        let ctx = begin(&cap);
+        scope(Some(ctx.clone()), async {
+            unrecorded(|| decided("list", object_ref("g", "v1", "runs", "other", ""), false, ""));
+            decided("list", object_ref("g", "v1", "runs", "mine", ""), true, "r");
+        })
+        .await;
+        ctx.complete(200);
+        let e = cap.take().pop().unwrap();
+        assert_eq!(e.object_ref.unwrap().namespace.as_deref(), Some("mine"));
         assert_eq!(e.annotations["authorization.k8s.io/decision"], "allow");
 
         // A refusal before any question (impersonation) stands; the method stays the verb.
@@ -566,5 +593,34 @@ mod tests {
         let e = cap.take().pop().unwrap();
         assert_eq!(e.verb, "patch");
         assert_eq!(decision(&e), ("forbid", ""));
+    }
+
+    struct Annotating;
+
+    #[async_trait::async_trait]
+    impl crate::Admission for Annotating {
+        async fn admit(&self, _: crate::AdmissionAttributes<'_>, _: &mut Value) -> Result<(), crate::AdmissionDenied> {
+            annotate("mutation.webhook.admission.k8s.io/round_0_index_0", "m");
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn admission_plugins_annotate_the_writes_event() {
+        let clock = kfsec_types::ManualClock::new(kfsec_types::UnixTime::from_secs(1_700_000_000));
+        let store = kfsec_store::MemoryStore::new(clock.clone());
+        let authz = crate::testutil::TableAuthz::new(crate::testutil::default_grants());
+        let api = crate::ApiServer::builder(store, authz, clock, Arc::new(crate::testutil::CounterRng::default()))
+            .admission(Arc::new(Annotating))
+            .build();
+        let f = crate::testutil::Fixture {
+            api,
+            store: kfsec_store::MemoryStore::new(kfsec_types::ManualClock::new(UnixTime::from_secs(1))),
+            authz: crate::testutil::TableAuthz::new(vec![]),
+        };
+        let cap = Capture::metadata();
+        let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "x"}});
+        let e = through_api(&f, &cap, "POST", "/api/v1/namespaces", "admin", &[], Some(ns)).await;
+        assert_eq!(e.annotations["mutation.webhook.admission.k8s.io/round_0_index_0"], "m");
     }
 }

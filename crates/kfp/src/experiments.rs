@@ -156,6 +156,7 @@ pub async fn load_authorized(k: &Kfp, r: &Req, id: &str, verb: &str) -> KfpResul
         &exp.name,
     )
     .map_err(|e| e.wrap("Failed to authorize with API"))?;
+    kfsec_api::audit::identified(None, Some(id));
     Ok(exp)
 }
 

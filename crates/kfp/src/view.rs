@@ -73,16 +73,19 @@ impl Kfp {
 
 impl Kfp {
     /// Whether `who` may list runs in `namespace` (KFP's own check, as `GET runs?namespace=`).
+    /// A filter, not the request's decision: not recorded in its audit Event.
     pub fn may_read(&self, who: &Identity, namespace: &str) -> bool {
         crate::storage::valid_namespace(namespace)
-            && crate::access::check(
-                self.authz.as_ref(),
-                who,
-                "list",
-                crate::access::res::RUNS,
-                namespace,
-                "",
-            )
-            .is_ok()
+            && kfsec_api::audit::unrecorded(|| {
+                crate::access::check(
+                    self.authz.as_ref(),
+                    who,
+                    "list",
+                    crate::access::res::RUNS,
+                    namespace,
+                    "",
+                )
+                .is_ok()
+            })
     }
 }

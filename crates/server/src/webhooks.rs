@@ -329,7 +329,21 @@ impl kfsec_api::Admission for InProcessAdmission {
                 });
             }
         };
-        self.chain.admit(&req, &ctx, object).map_err(|d| AdmissionDenied {
+        // Each mutating webhook called is an annotation of the write's audit Event, with
+        // kube-apiserver's key and value (`round_0`: the chain runs once).
+        let mut observe = |m: kfsec_admission::chain::Mutation| {
+            let quoted = |s: &str| Value::String(s.to_owned()).to_string();
+            let value = format!(
+                r#"{{"configuration":{},"webhook":{},"mutated":{}}}"#,
+                quoted(m.configuration),
+                quoted(m.webhook),
+                m.mutated
+            );
+            let key = format!("mutation.webhook.admission.k8s.io/round_0_index_{}", m.index);
+            kfsec_api::audit::annotate(&key, value);
+        };
+        let admitted = self.chain.admit_observed(&req, &ctx, object, &mut observe);
+        admitted.map_err(|d| AdmissionDenied {
             webhook: d.webhook,
             code: d.code,
             message: d.message,

@@ -323,6 +323,19 @@ async fn kfam_dashboard_and_kfp_requests_leave_events() {
         reason.starts_with(r#"RBAC: allowed by RoleBinding "namespaceAdmin/user1""#),
         "{reason}"
     );
+    // kfsec's Pipelines page of it: the page's Event names the experiment KFP's check read.
+    let r = owner.get(&format!("/pipeline/experiments/details/{id}")).await;
+    assert_eq!(r.status(), 200);
+    let (events, _) = audit_log(&k).await;
+    let e = event(&events, USER, "get", "experiments");
+    assert_eq!(
+        e["requestURI"].as_str(),
+        Some(format!("/pipeline/experiments/details/{id}").as_str())
+    );
+    assert_eq!(
+        (e["objectRef"]["uid"].as_str(), decision(e).0),
+        (Some(id.as_str()), "allow")
+    );
     // … and user2 may not read it.
     let r = other
         .send(
@@ -367,7 +380,40 @@ async fn admission_reviews_leave_an_event_naming_the_caller_and_the_verdict() {
     assert_eq!(r.status(), 400);
     let bad_id = r.headers()["audit-id"].to_str().unwrap().to_owned();
 
+    // The same webhook in-process, on a write through kfsec's own API: kube-apiserver's
+    // mutation annotation on the write's Event.
+    let pod = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: q\n  namespace: team\n  labels:\n    add-env: \"true\"\nspec:\n  containers:\n  - name: c\n    image: x\n";
+    let admin = crate::rbac::Kubectl::new(k._dir.path());
+    let label = [
+        "label",
+        "namespace",
+        "team",
+        "app.kubernetes.io/part-of=kubeflow-profile",
+    ];
+    assert_eq!(admin.run(&label, None).await.0, 0, "the webhook's namespaceSelector");
+    let (code, _, err) = admin.run(&["create", "-f", "-"], Some(pod)).await;
+    assert_eq!(code, 0, "{err}");
+
     let (events, _) = audit_log(&k).await;
+    let e = events
+        .iter()
+        .rfind(|e| e["verb"] == "create" && e["objectRef"]["resource"] == "pods" && e["objectRef"]["name"] == "q")
+        .unwrap();
+    let mutation = e["annotations"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .find(|(key, _)| key.starts_with("mutation.webhook.admission.k8s.io/round_0_index_"))
+        .map(|(_, v)| serde_json::from_str::<Value>(v.as_str().unwrap()).unwrap());
+    assert_eq!(
+        mutation,
+        Some(serde_json::json!({
+            "configuration": "poddefaults-webhook-mutating-webhook-configuration",
+            "webhook": "poddefaults-webhook-deployment.kubeflow.org",
+            "mutated": true,
+        })),
+        "{e}"
+    );
     let e = events.iter().find(|e| e["auditID"] == "apiserver-call-1").unwrap();
     eprintln!("admission review: {e}");
     assert_eq!(e["user"]["username"], "kube-apiserver");
