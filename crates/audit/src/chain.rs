@@ -577,6 +577,12 @@ impl<'k> Verifier<'k> {
             if link_hash(&prev, &v) != hash {
                 return bad("modified", "hash mismatch: the line was modified".into());
             }
+            // The line before, as this line claims it: a checkpoint here must sign exactly it
+            // (else any old signed checkpoint could head a forged file).
+            self.head = Some(Head {
+                seq: seq.saturating_sub(1),
+                hash: prev,
+            });
         }
         let is_checkpoint = v
             .get("objectRef")
@@ -935,6 +941,37 @@ pub(crate) mod tests {
             .err()
             .unwrap_or_else(|| panic!());
         assert_eq!((f.file.as_str(), f.line), ("a.log", 1));
+    }
+
+    #[test]
+    fn a_replayed_checkpoint_heading_a_forged_file_is_not_counted_as_signed() {
+        let k = key();
+        let lines = log(&k);
+        // An attacker rewrites the file: the old signed checkpoint (line 5, signing sequence 4)
+        // re-sealed as the first line of a fresh chain, then forged events chained to it.
+        let cp: Event = serde_json::from_str(&lines[4]).unwrap_or_else(|e| panic!("{e}"));
+        for first_seq in [0u64, 4] {
+            let mut head = Head {
+                seq: first_seq,
+                hash: "ab".repeat(32),
+            };
+            let mut forged = vec![head.seal(cp.clone(), true).unwrap_or_else(|e| panic!("{e}"))];
+            for i in 100..103 {
+                forged.push(head.seal(event(i), false).unwrap_or_else(|e| panic!("{e}")));
+            }
+            let f = check(&forged, &[k.public()]).err();
+            assert_eq!(
+                f.map(|f| (f.line, f.kind)),
+                Some((1, "modified")),
+                "a checkpoint must sign the line before it, also on a file's first line"
+            );
+        }
+        // The genuine file starting at the checkpoint (rotated there) still verifies.
+        let mut head = Head::of_line(lines[3].as_bytes()).unwrap_or_else(|| panic!());
+        let mut tail = vec![head.seal(cp, true).unwrap_or_else(|e| panic!("{e}"))];
+        tail.push(head.seal(event(5), false).unwrap_or_else(|e| panic!("{e}")));
+        let r = check(&tail, &[k.public()]).unwrap_or_else(|f| panic!("{f}"));
+        assert_eq!((r.checkpoints, r.events), (1, 1));
     }
 
     #[test]
