@@ -221,6 +221,14 @@ impl Pipeline {
             None => None,
             Some(w) => Some(WebhookBackend::start(w, metrics.clone())?),
         };
+        // The series of the backends in use exist from the start (at 0), so a rate or an alert
+        // on them has data before the first drop.
+        for (on, backend) in [(log.is_some(), "log"), (webhook.is_some(), "webhook")] {
+            if on {
+                metrics.written(backend, 0);
+                metrics.dropped.get_or_create(&AuditMetrics::labels(backend)).inc_by(0);
+            }
+        }
         Ok(Arc::new(Self {
             policy: settings.policy,
             log,
@@ -317,7 +325,8 @@ mod tests {
             webhook: None,
             key_dir: dir.path().join("keys"),
         };
-        let metrics = AuditMetrics::default();
+        let mut registry = Registry::default();
+        let metrics = AuditMetrics::register(&mut registry);
         let p = Pipeline::start(
             settings,
             metrics.clone(),
@@ -336,6 +345,14 @@ mod tests {
                 .unwrap_or(false)
         );
         assert_eq!(metrics.written_count("log"), 4);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap_or_else(|e| panic!("{e}"));
+        assert!(text.contains("kfsec_audit_events_total{backend=\"log\"} 4"), "{text}");
+        assert!(
+            text.contains("kfsec_audit_events_dropped_total{backend=\"log\"} 0"),
+            "{text}"
+        );
+        assert!(!text.contains("backend=\"webhook\""), "{text}");
         // 4 events, a checkpoint after the third line and one at the flush.
         let text = std::fs::read_to_string(dir.path().join("audit.log")).unwrap_or_default();
         assert_eq!(text.lines().count(), 6, "{text}");
