@@ -243,29 +243,37 @@ pub fn annotate(key: &str, value: impl Into<String>) {
     with(|r| r.ctx.annotate(key, value));
 }
 
-/// Hands the request body to the context when the policy's level for the recorded request is
-/// Request or more — never for [`NO_BODY_RESOURCES`]. `body` is only called when it is wanted.
-pub fn request_body(resource: &str, body: impl FnOnce() -> Option<Value>) {
+/// Whether the policy's level for the recorded request (a request on `resource`) is Request or
+/// more, so its body should be handed over — never for [`NO_BODY_RESOURCES`].
+pub fn wants_body(resource: &str) -> bool {
     if NO_BODY_RESOURCES.contains(&resource) {
-        return;
+        return false;
     }
-    with(|r| {
-        // The level depends on the verb and object: the context must know them first.
-        {
-            let s = r.state();
-            match &s.what {
-                Some((verb, Some(o))) if o.resource.as_deref() == Some(resource) => {
-                    r.ctx.resource(verb, o.clone());
+    CURRENT
+        .try_with(|r| {
+            // The level depends on the verb and object: the context must know them first.
+            {
+                let s = r.state();
+                match &s.what {
+                    Some((verb, Some(o))) if o.resource.as_deref() == Some(resource) => {
+                        r.ctx.resource(verb, o.clone());
+                    }
+                    _ => return false,
                 }
-                _ => return,
             }
-        }
-        if r.ctx.wants_request_body()
-            && let Some(v) = body()
-        {
-            r.ctx.request_object(v);
-        }
-    });
+            r.ctx.wants_request_body()
+        })
+        .unwrap_or(false)
+}
+
+/// Hands the request body to the context when [`wants_body`] says so; `body` is only called
+/// then.
+pub fn request_body(resource: &str, body: impl FnOnce() -> Option<Value>) {
+    if wants_body(resource)
+        && let Some(v) = body()
+    {
+        with(|r| r.ctx.request_object(v));
+    }
 }
 
 #[cfg(test)]
@@ -425,8 +433,10 @@ mod tests {
         let mut req = axum::http::Request::builder()
             .method(method)
             .uri(path)
-            .header("authorization", format!("Bearer {user}"))
-            .header("content-type", "application/json");
+            .header("authorization", format!("Bearer {user}"));
+        if !headers.iter().any(|(k, _)| *k == "content-type") {
+            req = req.header("content-type", "application/json");
+        }
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
@@ -488,6 +498,19 @@ mod tests {
         );
         assert!(o.uid.is_some() && o.resource_version.is_some(), "{o:?}");
         assert_eq!(e.request_object, Some(cm));
+        // A patch's body is the patch, as sent.
+        let patch = json!({"data": {"a": "c"}});
+        let e = through_api(
+            &f,
+            &cap,
+            "PATCH",
+            "/api/v1/namespaces/x/configmaps/c",
+            "alice",
+            &[("content-type", "application/merge-patch+json")],
+            Some(patch.clone()),
+        )
+        .await;
+        assert_eq!((e.verb.as_str(), e.request_object), ("patch", Some(patch)));
         // A Secret's body is never handed over, at any level.
         let secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"}, "stringData": {"password": "hunter2"}});
         let e = through_api(

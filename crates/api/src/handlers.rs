@@ -481,7 +481,15 @@ impl ApiServer {
             "patch" => {
                 let kind = PatchType::from_content_type(&content_type(headers))?;
                 let raw = self.read_body(body).await?;
-                audit::request_body(res.plural, || serde_json::from_slice(&raw).ok());
+                if audit::wants_body(res.plural) {
+                    // Parsed off the async workers when large, like every body; a busy pool
+                    // costs the Event its body, never the request.
+                    let copy = raw.clone();
+                    let parsed = self
+                        .offload(raw.len(), move || Ok(serde_json::from_slice(&copy).ok()))
+                        .await;
+                    audit::request_body(res.plural, || parsed.ok().flatten());
+                }
                 if kind == PatchType::Apply {
                     // As kube-apiserver: an apply that creates also needs `create`.
                     let mut create = attrs.clone();
