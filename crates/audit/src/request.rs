@@ -113,11 +113,13 @@ pub fn new_audit_id(rng: &dyn Rng) -> String {
     s
 }
 
-/// Query parameters whose values are credentials or single-use codes (OAuth2 and OIDC
-/// callbacks, the device flow): their values are recorded as `REDACTED`.
-const SECRET_PARAMS: [&str; 11] = [
+/// Query parameters whose values are credentials, single-use codes or bearer handles (OAuth2
+/// and OIDC callbacks, the device flow, the approval screen's `req`, PKCE verifiers, token
+/// exchange, presigned object-store URLs): their values are recorded as `REDACTED`.
+const SECRET_PARAMS: &[&str] = &[
     "code",
     "state",
+    "req",
     "user_code",
     "device_code",
     "token",
@@ -127,6 +129,15 @@ const SECRET_PARAMS: [&str; 11] = [
     "refresh_token",
     "password",
     "client_secret",
+    "code_verifier",
+    "client_assertion",
+    "subject_token",
+    "actor_token",
+    "api_key",
+    "apikey",
+    "x-amz-signature",
+    "x-amz-credential",
+    "x-amz-security-token",
 ];
 
 fn secret_param(pair: &str) -> bool {
@@ -135,22 +146,35 @@ fn secret_param(pair: &str) -> bool {
         .is_some_and(|(k, _)| SECRET_PARAMS.iter().any(|s| s.eq_ignore_ascii_case(&k)))
 }
 
+/// A query's parameters with the separator before each (`&` or `;`, which some servers also
+/// split on; the first has none).
+fn query_pairs(query: &str) -> impl Iterator<Item = (Option<char>, &str)> {
+    let mut sep = None;
+    query.split_inclusive(['&', ';']).map(move |part| {
+        let this = sep;
+        let (pair, next) = match part.strip_suffix(['&', ';']) {
+            Some(p) => (p, part.chars().last()),
+            None => (part, None),
+        };
+        sep = next;
+        (this, pair)
+    })
+}
+
 /// `path_and_query` as an Event's `requestURI`: the values of [`SECRET_PARAMS`] replaced by `REDACTED` (the
 /// parameter's name kept, so the log still says a code was presented).
 pub fn redacted_uri(path_and_query: &str) -> String {
     let Some((path, query)) = path_and_query.split_once('?') else {
         return path_and_query.to_owned();
     };
-    if !query.split('&').any(secret_param) {
+    if !query_pairs(query).any(|(_, p)| secret_param(p)) {
         return path_and_query.to_owned();
     }
     let mut out = String::with_capacity(path_and_query.len());
     out.push_str(path);
     out.push('?');
-    for (i, pair) in query.split('&').enumerate() {
-        if i > 0 {
-            out.push('&');
-        }
+    for (sep, pair) in query_pairs(query) {
+        out.extend(sep);
         match pair.split_once('=') {
             Some((k, _)) if secret_param(pair) => {
                 out.push_str(k);
@@ -159,6 +183,8 @@ pub fn redacted_uri(path_and_query: &str) -> String {
             _ => out.push_str(pair),
         }
     }
+    // A trailing separator is not followed by a pair.
+    out.extend(query.chars().last().filter(|c| matches!(c, '&' | ';')));
     out
 }
 
@@ -846,5 +872,36 @@ mod tests {
             redacted_uri("/cb?access_token=t&&a=b"),
             "/cb?access_token=REDACTED&&a=b"
         );
+    }
+
+    #[test]
+    fn every_bearer_handle_and_separator_spelling_is_redacted() {
+        // The approval screen's `req` is a bearer handle: whoever reads it can POST the approval
+        // and receive the victim's code in the redirect.
+        assert_eq!(redacted_uri("/dex/approval?req=abc123"), "/dex/approval?req=REDACTED");
+        for name in [
+            "code_verifier",
+            "client_assertion",
+            "subject_token",
+            "actor_token",
+            "api_key",
+            "X-Amz-Signature",
+            "X-Amz-Security-Token",
+            "x-amz-credential",
+        ] {
+            assert_eq!(
+                redacted_uri(&format!("/app?{name}=s3cr3t&x=1")),
+                format!("/app?{name}=REDACTED&x=1"),
+                "{name}"
+            );
+        }
+        // `;` separates parameters for some upstream apps (W3C form encoding, older servers).
+        assert_eq!(redacted_uri("/app?a=1;token=s3cr3t;b=2"), "/app?a=1;token=REDACTED;b=2");
+        assert_eq!(
+            redacted_uri("/app?a=1&b=2;code=s3cr3t&code=x"),
+            "/app?a=1&b=2;code=REDACTED&code=REDACTED"
+        );
+        assert_eq!(redacted_uri("/cb?code=s&"), "/cb?code=REDACTED&");
+        assert_eq!(redacted_uri("/cb?;code=s;;"), "/cb?;code=REDACTED;;");
     }
 }
