@@ -17,9 +17,11 @@
 //!   (how many JSON Patch operations), `kfsec.io/reason` (a denial's message, at most
 //!   [`MAX_REASON`] bytes); `responseStatus` is the HTTP answer (200 for every answered review).
 //!
-//! Security invariants: no body is recorded (the reviewed object may hold anything); the
-//! caller's `Audit-ID` is reused only by `kfsec_audit`'s rule; `sourceIPs` is the TCP peer only
-//! (nothing forwarded is believed on this listener).
+//! Security invariants: no body is recorded (the reviewed object may hold anything); what the
+//! review claims (names, the reviewed user) is cut to Kubernetes' lengths, so a caller cannot
+//! write megabytes into the log through one field; the caller's `Audit-ID` is reused only by
+//! `kfsec_audit`'s rule; `sourceIPs` is the TCP peer only (nothing forwarded is believed on this
+//! listener).
 
 use std::sync::Arc;
 
@@ -41,8 +43,10 @@ pub const OUTCOME_ANNOTATION: &str = "admission.kfsec.io/outcome";
 pub const PATCH_OPERATIONS_ANNOTATION: &str = "admission.kfsec.io/patch-operations";
 /// Annotation: the user whose request the API server is reviewing.
 pub const REVIEWED_USER_ANNOTATION: &str = "admission.kfsec.io/reviewed-user";
-/// The longest denial message recorded.
+/// The longest denial message (and reviewed user name) recorded.
 pub const MAX_REASON: usize = 512;
+/// The longest object name, namespace, resource, group or version recorded (a DNS subdomain).
+pub const MAX_NAME: usize = 253;
 
 /// The decision reason when the caller presented a verified client certificate.
 const CLIENT_CERT_REASON: &str = "kfsec: the webhook caller's client certificate was verified (webhooks.clientAuth)";
@@ -114,7 +118,8 @@ impl ReviewAudit {
 /// The reviewed object as the Event's `objectRef`, and the operation as its verb.
 pub(crate) fn reviewed(ctx: &RequestAudit, webhook: &str, review: &ParsedReview) {
     let r = &review.request;
-    let some = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+    // The review is the caller's word: each field is cut to what Kubernetes allows a name.
+    let some = |s: &str| (!s.is_empty()).then(|| truncated(s, MAX_NAME));
     let object = ObjectRef {
         resource: some(&r.resource.resource),
         namespace: some(&r.namespace),
@@ -131,7 +136,7 @@ pub(crate) fn reviewed(ctx: &RequestAudit, webhook: &str, review: &ParsedReview)
     ctx.resource(&r.operation.as_str().to_ascii_lowercase(), object);
     ctx.annotate(WEBHOOK_ANNOTATION, webhook);
     if !r.user_info.username.is_empty() {
-        ctx.annotate(REVIEWED_USER_ANNOTATION, r.user_info.username.clone());
+        ctx.annotate(REVIEWED_USER_ANNOTATION, truncated(&r.user_info.username, MAX_REASON));
     }
 }
 
@@ -174,6 +179,42 @@ fn truncated(s: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_a_review_claims_is_cut_to_kubernetes_lengths() {
+        let cap = kfsec_audit::testing::Capture::metadata();
+        let clock: Arc<dyn Clock> = kfsec_types::ManualClock::new(kfsec_types::UnixTime::from_secs(1));
+        let audit = ReviewAudit::new(cap.auditor(), clock, Arc::new(kfsec_types::SequenceRng::default()));
+        let (parts, ()) = axum::http::Request::post("/apply-poddefault")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let ctx = audit.begin(&parts).unwrap();
+        let long = "x".repeat(1 << 20);
+        let review = kfsec_admission::parse_review(
+            serde_json::json!({
+                "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+                "request": {"uid": "1", "operation": "UPDATE", "name": long, "namespace": long,
+                            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                            "resource": {"group": long, "version": "v1", "resource": "pods"},
+                            "userInfo": {"username": long}}
+            })
+            .to_string()
+            .as_bytes(),
+        )
+        .unwrap();
+        reviewed(&ctx, "w", &review);
+        outcome(&ctx, &AdmissionOutcome::deny(403, long.clone()));
+        ctx.complete(200);
+        let e = cap.take().pop().unwrap();
+        assert_eq!(e.verb, "update");
+        assert_eq!(e.user.username, kfsec_audit::request::ANONYMOUS);
+        let o = e.object_ref.unwrap();
+        for field in [o.name, o.namespace, o.api_group] {
+            assert_eq!(field.map(|f| f.len()), Some(MAX_NAME));
+        }
+        assert!(serde_json::to_string(&e.annotations).unwrap().len() < 4 * MAX_REASON);
+    }
 
     #[test]
     fn denial_messages_are_cut_on_a_character_boundary() {
