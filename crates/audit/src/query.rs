@@ -159,7 +159,10 @@ pub fn summary(v: &Value) -> String {
     };
     let mut out = format!(
         "{} {} {} {} {} {decision}",
-        clean(s(v, &["requestReceivedTimestamp"])),
+        clean(match s(v, &["requestReceivedTimestamp"]) {
+            "" => "-",
+            t => t,
+        }),
         clean(if user.is_empty() { "-" } else { &user }),
         clean(s(v, &["verb"])),
         clean(if target.is_empty() { "-" } else { &target }).replace("\\x20", " "),
@@ -171,4 +174,68 @@ pub fn summary(v: &Value) -> String {
         out.push_str(&clean(reason));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(user: &str, verb: &str, code: u16, decision: Option<&str>, t: &str) -> Value {
+        let mut v = serde_json::json!({
+            "kind": "Event", "apiVersion": "audit.k8s.io/v1", "verb": verb,
+            "user": {"username": user},
+            "objectRef": {"resource": "pods", "subresource": "log", "namespace": "team-a", "name": "p\nx"},
+            "responseStatus": {"code": code},
+            "requestReceivedTimestamp": t,
+        });
+        if let Some(d) = decision {
+            v["annotations"] = serde_json::json!({"authorization.k8s.io/decision": d});
+        }
+        v
+    }
+
+    #[test]
+    fn filters_combine_and_decisions_read_the_annotation_first() {
+        let a = ev("alice", "get", 200, Some("allow"), "2026-12-05T21:00:00.000001Z");
+        let b = ev("bob", "create", 403, Some("forbid"), "2026-12-05T20:00:00.000001Z");
+        let c = ev("carol", "login", 401, None, "2026-12-05T21:30:00Z");
+        let f = Filter {
+            decision: Some(Decision::Deny),
+            ..Default::default()
+        };
+        assert!(!f.matches(&a) && f.matches(&b) && f.matches(&c));
+        let since = kfsec_types::time::parse_rfc3339("2026-12-05T20:30:00Z");
+        let f = Filter {
+            since,
+            resource: Some("pods/log".into()),
+            namespace: Some("team-a".into()),
+            ..Default::default()
+        };
+        assert!(f.matches(&a) && !f.matches(&b) && f.matches(&c));
+        let f = Filter {
+            user: Some("alice".into()),
+            verb: Some("get".into()),
+            resource: Some("pods".into()),
+            ..Default::default()
+        };
+        assert!(f.matches(&a) && !f.matches(&b));
+        // A line without a time never passes --since.
+        let f = Filter {
+            since: Some(0),
+            ..Default::default()
+        };
+        assert!(!f.matches(&serde_json::json!({"verb": "get"})));
+    }
+
+    #[test]
+    fn the_summary_is_one_escaped_line() {
+        let s = summary(&ev("bob", "create", 403, Some("forbid"), "2026-12-05T20:00:00.000001Z"));
+        assert_eq!(
+            s,
+            "2026-12-05T20:00:00.000001Z bob create pods/log ns=team-a name=p\\nx 403 deny"
+        );
+        assert!(!s.contains('\n'));
+        let nonres = serde_json::json!({"verb": "get", "requestURI": "/healthz", "user": {"username": "u"}});
+        assert_eq!(summary(&nonres), "- u get /healthz - -");
+    }
 }
