@@ -161,6 +161,11 @@ fn appears_later(files: &[PathBuf], fi: usize, offset: u64, seq: u64) -> bool {
     false
 }
 
+/// How often, and how long apart, an incomplete last line is re-read before it is called a
+/// truncated tail (a running kfsec appends each event with one `write`).
+const TAIL_SETTLE_TRIES: usize = 4;
+const TAIL_SETTLE_PAUSE: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// Verifies the chain across `files` in order, streaming. Errors reading a file are
 /// [`ReadError`]; a bad line is the verdict's [`Failure`].
 pub fn verify_files(files: &[PathBuf], keys: &[Vec<u8>]) -> Result<Verdict, ReadError> {
@@ -182,10 +187,24 @@ pub fn verify_files(files: &[PathBuf], keys: &[Vec<u8>]) -> Result<Verdict, Read
             if got == 0 {
                 break;
             }
+            let mut got = got;
+            let last = fi + 1 == files.len();
+            if last && !line.ends_with(b"\n") {
+                // The live log's writer may be mid-`write`: give the line a moment to complete
+                // before calling it a truncated tail.
+                for _ in 0..TAIL_SETTLE_TRIES {
+                    // The CLI's synchronous verifier, never run on a runtime worker.
+                    #[allow(clippy::disallowed_methods)]
+                    std::thread::sleep(TAIL_SETTLE_PAUSE);
+                    got += r.read_until(b'\n', &mut line).map_err(rerr)?;
+                    if line.ends_with(b"\n") {
+                        break;
+                    }
+                }
+            }
             n += 1;
             offset += u64::try_from(got).unwrap_or(0);
             let Some(complete) = line.strip_suffix(b"\n") else {
-                let last = fi + 1 == files.len();
                 return Ok(Err(Failure {
                     file: name,
                     line: n,
