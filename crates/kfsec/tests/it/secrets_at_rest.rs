@@ -207,7 +207,10 @@ async fn the_cli_makes_private_keys_and_opens_a_sealed_store_only_with_its_key()
     let id = SealKey::load(&file).unwrap().id().to_string();
     assert!(out.contains(&format!("key id {id}")), "{out}");
     assert!(out.ends_with("}\n"), "every line ends with a newline: {out:?}");
-    assert!(std::fs::read_to_string(&file).unwrap().ends_with('\n'), "so does the key file");
+    assert!(
+        std::fs::read_to_string(&file).unwrap().ends_with('\n'),
+        "so does the key file"
+    );
     assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
     let (ok, _, err) = kfsec_cli(&generate, "");
     assert!(!ok && err.contains("exists"), "{err}");
