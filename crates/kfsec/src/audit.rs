@@ -134,6 +134,11 @@ pub fn run(cmd: AuditCmd, cfg: &kfsec_server::config::Config) -> Result<bool> {
                         k.display()
                     );
                 }
+                // Whoever can rewrite the log can usually rewrite this file too.
+                eprintln!(
+                    "kfsec: key {} (from the data dir; against someone who can write it, verify with --key and a copy kept elsewhere)",
+                    k.display()
+                );
                 vec![k]
             } else {
                 keys
@@ -172,6 +177,21 @@ pub fn run(cmd: AuditCmd, cfg: &kfsec_server::config::Config) -> Result<bool> {
                             "the last {} events follow the last checkpoint: chained but not yet signed",
                             r.unsigned_tail
                         );
+                    }
+                    // kfsec signs every `checkpointLines` lines; even a kill -9 and restart leave
+                    // fewer than twice that unsigned. More means checkpoints were removed and the
+                    // lines after them rewritten and re-chained.
+                    let every = cfg
+                        .audit
+                        .log
+                        .as_ref()
+                        .map_or(kfsec_audit::log::DEFAULT_CHECKPOINT_LINES, |l| l.checkpoint_lines);
+                    if r.unsigned_tail > every.saturating_mul(2) {
+                        say!(
+                            "NOT VERIFIED: {} events after the last checkpoint, but kfsec signs a checkpoint every {every} lines (audit.log.checkpointLines): checkpoints were removed and the lines after them may have been rewritten; compare with the witness's checkpoints",
+                            r.unsigned_tail
+                        );
+                        return Ok(false);
                     }
                     Ok(true)
                 }

@@ -34,6 +34,7 @@ mod process;
 mod proxying;
 mod rbac;
 mod rotation;
+mod sec_audit;
 mod sec_authn;
 mod sec_connections;
 mod sec_headers;
