@@ -99,6 +99,9 @@ fn grant_label(grant: &str) -> &'static str {
 /// password grant's `login` on `tokens` / `logins`, with the grant type and client.
 pub(crate) fn token_request(audit: &RequestAudit, grant: Option<&str>, client_id: Option<&str>) {
     let g = grant.map_or("other", grant_label);
+    // Not yet authenticated: as long as the form is.
+    let client_id = client_id.map(bounded);
+    let client_id = client_id.as_deref();
     match g {
         "refresh_token" => audit.identity(identity::TOKENS, identity::REFRESH, client_id),
         "password" => audit.identity(identity::LOGINS, identity::LOGIN, None),
@@ -106,7 +109,7 @@ pub(crate) fn token_request(audit: &RequestAudit, grant: Option<&str>, client_id
     }
     audit.annotate(GRANT_TYPE_ANNOTATION, g);
     if let Some(c) = client_id {
-        audit.annotate(CLIENT_ANNOTATION, bounded(c));
+        audit.annotate(CLIENT_ANNOTATION, c);
     }
 }
 
@@ -182,5 +185,41 @@ pub(crate) fn device_approved(audit: Option<&RequestAudit>, resp: &crate::TokenR
     {
         a.annotate(OUTCOME_ANNOTATION, "success");
         a.set_user(user);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use kfsec_audit::request::Begin;
+    use kfsec_audit::testing::Capture;
+    use kfsec_types::{Clock, ManualClock, UnixTime};
+
+    use super::*;
+
+    #[test]
+    fn a_hostile_client_id_is_bounded_in_the_event() {
+        let cap = Capture::metadata();
+        let clock: Arc<dyn Clock> = ManualClock::new(UnixTime::from_secs(1));
+        let a = RequestAudit::begin(
+            &cap.auditor(),
+            &clock,
+            Begin {
+                audit_id: "a1".into(),
+                method: http::Method::POST,
+                request_uri: "/dex/token".into(),
+                source_ips: vec![],
+                user_agent: None,
+            },
+        )
+        .unwrap_or_else(|| panic!("auditing is on"));
+        // An unauthenticated token request's client_id: up to the form limit (megabytes).
+        let huge = "c".repeat(1 << 20);
+        token_request(&a, Some("refresh_token"), Some(&huge));
+        a.complete(401);
+        let e = cap.events().pop().unwrap_or_else(|| panic!("no event"));
+        let line = serde_json::to_string(&e).unwrap_or_default();
+        assert!(line.len() < 4096, "the event is {} bytes", line.len());
     }
 }
