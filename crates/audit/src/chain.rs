@@ -444,6 +444,66 @@ pub struct Verifier<'k> {
     report: Report,
 }
 
+/// A JSON value parsed with duplicate object keys refused: readers disagree on which one counts
+/// (serde_json and jq keep the last, others the first), so such a line could hash as one event
+/// and read as another. kfsec never writes one.
+struct Strict(Value);
+
+impl<'de> serde::Deserialize<'de> for Strict {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(StrictVisitor).map(Strict)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> serde::de::Visitor<'de> for StrictVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("JSON without duplicate keys")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(v.into())
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(v.into())
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<Value, A::Error> {
+        let mut out = Vec::new();
+        while let Some(Strict(v)) = a.next_element()? {
+            out.push(v);
+        }
+        Ok(Value::Array(out))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut a: A) -> Result<Value, A::Error> {
+        let mut out = serde_json::Map::new();
+        while let Some(k) = a.next_key::<String>()? {
+            let Strict(v) = a.next_value()?;
+            if out.contains_key(&k) {
+                return Err(serde::de::Error::custom("duplicate key"));
+            }
+            out.insert(k, v);
+        }
+        Ok(Value::Object(out))
+    }
+}
+
 fn fail(file: &str, line: usize, kind: &'static str, reason: impl Into<String>) -> Failure {
     Failure {
         file: file.to_owned(),
@@ -488,7 +548,7 @@ impl<'k> Verifier<'k> {
         if line.iter().all(u8::is_ascii_whitespace) {
             return bad("inserted", "empty line (inserted)".into());
         }
-        let Ok(v) = serde_json::from_slice::<Value>(line) else {
+        let Ok(Strict(v)) = serde_json::from_slice::<Strict>(line) else {
             return bad(
                 "modified",
                 "not a JSON object: the line was modified or inserted".into(),
@@ -972,6 +1032,24 @@ pub(crate) mod tests {
         tail.push(head.seal(event(5), false).unwrap_or_else(|e| panic!("{e}")));
         let r = check(&tail, &[k.public()]).unwrap_or_else(|f| panic!("{f}"));
         assert_eq!((r.checkpoints, r.events), (1, 1));
+    }
+
+    #[test]
+    fn a_duplicate_key_that_readers_disagree_on_is_refused() {
+        let k = key();
+        let lines = log(&k);
+        // A first `user` inserted before kfsec's: serde_json, jq and Python keep the last one (the
+        // hash still matches), a first-wins reader sees mallory.
+        let mut dup = lines.clone();
+        dup[2] = dup[2].replacen('{', r#"{"user":{"username":"mallory"},"#, 1);
+        assert!(dup[2].contains("mallory"));
+        let f = check(&dup, &[k.public()]).err();
+        assert_eq!(f.map(|f| (f.line, f.kind)), Some((3, "modified")));
+        // Nested too.
+        let mut nested = lines.clone();
+        nested[2] = nested[2].replacen(r#""annotations":{"#, r#""annotations":{"kfsec.io/chain-seq":"9","#, 1);
+        let f = check(&nested, &[k.public()]).err();
+        assert_eq!(f.map(|f| (f.line, f.kind)), Some((3, "modified")));
     }
 
     #[test]
