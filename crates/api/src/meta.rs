@@ -157,7 +157,7 @@ pub fn new_uid(rng: &dyn Rng) -> String {
     let mut b: [u8; 16] = random_array(rng);
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
-    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    let h = kfsec_types::hex::encode(&b);
     format!(
         "{}-{}-{}-{}-{}",
         &h[0..8],

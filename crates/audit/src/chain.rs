@@ -3,8 +3,11 @@
 //!
 //! Every line is a complete `audit.k8s.io/v1` Event carrying annotations
 //! `kfsec.io/chain-seq` (a global sequence number, continuing across rotated files and restarts)
-//! and `kfsec.io/chain-hash` = hex SHA-256(previous line's hash ‖ canonical JSON of the event
-//! without `kfsec.io/chain-hash`), canonical = keys sorted, no whitespace. The first line of each
+//! and, as the last member of its annotations (the Event's last field), `kfsec.io/chain-hash` =
+//! hex SHA-256(previous line's hash ‖ `\n` ‖ the line's exact bytes without that member): the
+//! hash covers every byte kfsec wrote, so no re-spelling of the JSON (other number forms,
+//! escapes, key order, whitespace) verifies, and sealing costs one serialization and one digest
+//! per event. The first line of each
 //! file also carries `kfsec.io/chain-prev` (the previous line's hash), so a file whose
 //! predecessors were rotated away still verifies from its first line. Every N lines or T seconds
 //! a checkpoint Event (`identity.kfsec.io` `auditcheckpoints`, verb `checkpoint`) signs the
@@ -21,6 +24,7 @@ use std::path::{Path, PathBuf};
 
 use aws_lc_rs::signature::{ED25519, Ed25519KeyPair, KeyPair as _, UnparsedPublicKey};
 use base64::Engine as _;
+use kfsec_types::hex::encode as hex;
 use kfsec_types::{Rng, UnixTime};
 use serde_json::Value;
 
@@ -47,71 +51,35 @@ pub const LOG_RESOURCE: &str = "auditlogs";
 /// The hash before the first line of a chain.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _ = write!(s, "{b:02x}");
+/// How a sealed line ends: its hash as the last annotation, closing the annotations and the
+/// Event (`,"kfsec.io/chain-hash":"<64 hex>"}}`).
+const HASH_OPEN: &[u8] = b",\"kfsec.io/chain-hash\":\"";
+const HASH_CLOSE: &[u8] = b"\"}}";
+const HASH_HEX_LEN: usize = 64;
+
+/// hex SHA-256(`prev` ‖ `\n` ‖ `parts`…).
+fn digest_link(prev: &str, parts: &[&[u8]]) -> String {
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    ctx.update(prev.as_bytes());
+    ctx.update(b"\n");
+    for p in parts {
+        ctx.update(p);
     }
-    s
+    hex(ctx.finish().as_ref())
 }
 
-/// Deterministic JSON: object keys sorted (recursively), no whitespace.
-pub fn canonical(v: &Value) -> String {
-    fn write(v: &Value, out: &mut String) {
-        match v {
-            Value::Object(m) => {
-                let mut keys: Vec<&String> = m.keys().collect();
-                keys.sort();
-                out.push('{');
-                for (i, k) in keys.into_iter().enumerate() {
-                    if i > 0 {
-                        out.push(',');
-                    }
-                    out.push_str(&serde_json::to_string(k).unwrap_or_default());
-                    out.push(':');
-                    if let Some(x) = m.get(k) {
-                        write(x, out);
-                    }
-                }
-                out.push('}');
-            }
-            Value::Array(a) => {
-                out.push('[');
-                for (i, x) in a.iter().enumerate() {
-                    if i > 0 {
-                        out.push(',');
-                    }
-                    write(x, out);
-                }
-                out.push(']');
-            }
-            other => out.push_str(&other.to_string()),
-        }
-    }
-    let mut out = String::new();
-    write(v, &mut out);
-    out
-}
-
-/// The chain hash of an event (as a JSON value, its own `kfsec.io/chain-hash` ignored) that
-/// follows a line with hash `prev`.
-pub fn link_hash(prev: &str, event: &Value) -> String {
-    let digest = |v: &Value| {
-        let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
-        ctx.update(prev.as_bytes());
-        ctx.update(b"\n");
-        ctx.update(canonical(v).as_bytes());
-        hex(ctx.finish().as_ref())
-    };
-    if event.get("annotations").and_then(|a| a.get(HASH)).is_none() {
-        return digest(event);
-    }
-    let mut v = event.clone();
-    if let Some(a) = v.get_mut("annotations").and_then(Value::as_object_mut) {
-        a.remove(HASH);
-    }
-    digest(&v)
+/// The chain hash of a sealed `line` that follows a line with hash `prev`: the digest of the
+/// line's exact bytes with its trailing `kfsec.io/chain-hash` member removed. `None` when the
+/// line does not end with that member (not as kfsec seals lines: modified).
+pub fn link_hash(prev: &str, line: &[u8]) -> Option<String> {
+    let tail = HASH_OPEN.len() + HASH_HEX_LEN + HASH_CLOSE.len();
+    let body_len = line.len().checked_sub(tail)?;
+    let (body, t) = line.split_at(body_len);
+    let digits = t.get(HASH_OPEN.len()..HASH_OPEN.len() + HASH_HEX_LEN)?;
+    let well_formed = t.starts_with(HASH_OPEN)
+        && t.ends_with(HASH_CLOSE)
+        && digits.iter().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c));
+    well_formed.then(|| digest_link(prev, &[body, b"}}"]))
 }
 
 /// What a checkpoint signs.
@@ -172,9 +140,20 @@ impl Head {
         if first_in_file {
             event.annotations.insert(PREV.to_owned(), self.hash.clone());
         }
-        let hash = link_hash(&self.hash, &serde_json::to_value(&event)?);
-        event.annotations.insert(HASH.to_owned(), hash.clone());
-        let line = serde_json::to_string(&event)?;
+        // `annotations` is the Event's last field and holds at least the sequence number, so the
+        // serialization ends with `"}}`: the hash member goes right before those two braces.
+        let mut line = serde_json::to_vec(&event)?;
+        if !line.ends_with(b"\"}}") {
+            return Err(ChainError::Json(serde::ser::Error::custom(
+                "an Event's serialization does not end with its annotations",
+            )));
+        }
+        let hash = digest_link(&self.hash, &[&line]);
+        line.truncate(line.len() - 2);
+        line.extend_from_slice(HASH_OPEN);
+        line.extend_from_slice(hash.as_bytes());
+        line.extend_from_slice(HASH_CLOSE);
+        let line = String::from_utf8(line).map_err(|e| ChainError::Json(serde::ser::Error::custom(e)))?;
         self.seq = seq;
         self.hash = hash;
         Ok(line)
@@ -578,7 +557,7 @@ impl<'k> Verifier<'k> {
                 let prev_line_inserted = self
                     .before
                     .as_ref()
-                    .is_some_and(|b| b.seq + 1 == seq && link_hash(&b.hash, &v) == hash);
+                    .is_some_and(|b| b.seq + 1 == seq && link_hash(&b.hash, line).as_deref() == Some(hash));
                 if prev_line_inserted {
                     return Err(fail(
                         file,
@@ -616,7 +595,7 @@ impl<'k> Verifier<'k> {
                     "kfsec.io/chain-prev does not match the line before: modified".into(),
                 );
             }
-            if link_hash(&head.hash, &v) != hash {
+            if link_hash(&head.hash, line).as_deref() != Some(hash) {
                 return bad("modified", "hash mismatch: the line was modified".into());
             }
         } else {
@@ -634,7 +613,7 @@ impl<'k> Verifier<'k> {
                     );
                 }
             };
-            if link_hash(&prev, &v) != hash {
+            if link_hash(&prev, line).as_deref() != Some(hash) {
                 return bad("modified", "hash mismatch: the line was modified".into());
             }
             // The line before, as this line claims it: a checkpoint here must sign exactly it
@@ -863,10 +842,9 @@ pub(crate) mod tests {
         let mut rehashed = lines.clone();
         let mut v: Value = serde_json::from_str(&rehashed[2]).unwrap_or_else(|e| panic!("{e}"));
         v["objectRef"]["name"] = "cm-X".into();
-        let prev = Head::of_line(lines[1].as_bytes()).unwrap_or_else(|| panic!()).hash;
-        let h = link_hash(&prev, &v);
-        v["annotations"][HASH] = h.into();
-        rehashed[2] = v.to_string();
+        let mut before = Head::of_line(lines[1].as_bytes()).unwrap_or_else(|| panic!());
+        let e: Event = serde_json::from_value(v).unwrap_or_else(|e| panic!("{e}"));
+        rehashed[2] = before.seal(e, false).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(at(&rehashed), (4, "modified"));
 
         let mut deleted = lines.clone();
@@ -954,9 +932,9 @@ pub(crate) mod tests {
             .unwrap_or_default();
         raw[0] ^= 1;
         v["annotations"][CP_SIG] = base64::engine::general_purpose::STANDARD.encode(raw).into();
-        let prev = Head::of_line(lines[3].as_bytes()).unwrap_or_else(|| panic!()).hash;
-        v["annotations"][HASH] = link_hash(&prev, &v).into();
-        bad[4] = v.to_string();
+        let mut before = Head::of_line(lines[3].as_bytes()).unwrap_or_else(|| panic!());
+        let e: Event = serde_json::from_value(v).unwrap_or_else(|e| panic!("{e}"));
+        bad[4] = before.seal(e, false).unwrap_or_else(|e| panic!("{e}"));
         let f = check(&bad, &[k.public()]).err().unwrap_or_else(|| panic!());
         assert_eq!((f.line, f.kind), (5, "signature"));
         // The public key round-trips through its PEM file form.
@@ -1032,6 +1010,33 @@ pub(crate) mod tests {
         tail.push(head.seal(event(5), false).unwrap_or_else(|e| panic!("{e}")));
         let r = check(&tail, &[k.public()]).unwrap_or_else(|f| panic!("{f}"));
         assert_eq!((r.checkpoints, r.events), (1, 1));
+    }
+
+    #[test]
+    fn a_line_re_spelled_as_equivalent_json_is_modified() {
+        // The hash covers the bytes kfsec wrote: JSON that reads the same to a parser (other
+        // number forms, escapes, whitespace, key order) is still a change.
+        let k = key();
+        let lines = log(&k);
+        for (from, to) in [
+            ("\"verb\":\"create\"", "\"verb\": \"create\""),
+            ("cm-2", "cm\\u002d2"),
+            (
+                "\"kind\":\"Event\",\"apiVersion\":\"audit.k8s.io/v1\"",
+                "\"apiVersion\":\"audit.k8s.io/v1\",\"kind\":\"Event\"",
+            ),
+        ] {
+            let mut l = lines.clone();
+            assert!(l[2].contains(from), "{from} not in {}", l[2]);
+            l[2] = l[2].replacen(from, to, 1);
+            let v: Value = serde_json::from_str(&l[2]).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(
+                v,
+                serde_json::from_str::<Value>(&lines[2]).unwrap_or_else(|e| panic!("{e}"))
+            );
+            let f = check(&l, &[k.public()]).err();
+            assert_eq!(f.map(|f| (f.line, f.kind)), Some((3, "modified")), "{to}");
+        }
     }
 
     #[test]

@@ -79,7 +79,7 @@ pub struct KeyManager {
 }
 
 fn new_kid(rng: &dyn Rng) -> String {
-    random_array::<16>(rng).iter().map(|b| format!("{b:02x}")).collect()
+    kfsec_types::hex::encode(&random_array::<16>(rng))
 }
 
 fn stored(k: &SigningKey) -> Result<StoredPrivate, IdpError> {

@@ -32,11 +32,7 @@ pub fn random_alnum(rng: &dyn Rng, len: usize) -> String {
 
 /// Hex SHA-256 of `data`: the store key of a code, refresh token or session.
 pub fn sha256_hex(data: &[u8]) -> String {
-    digest(&SHA256, data)
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    kfsec_types::hex::encode(digest(&SHA256, data).as_ref())
 }
 
 /// Base64url SHA-256 of `data` (PKCE S256).

@@ -212,7 +212,7 @@ impl UserDirectory {
         let user = User {
             email: email.to_owned(),
             username: username.unwrap_or_else(|| email.split('@').next().unwrap_or(email).to_owned()),
-            user_id: random_array::<16>(rng).iter().map(|b| format!("{b:02x}")).collect(),
+            user_id: kfsec_types::hex::encode(&random_array::<16>(rng)),
             hash,
             groups,
         };

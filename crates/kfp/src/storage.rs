@@ -87,8 +87,7 @@ pub fn valid_id(id: &str) -> bool {
 
 /// Hex SHA-256.
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    let d = digest::digest(&digest::SHA256, bytes);
-    d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+    kfsec_types::hex::encode(digest::digest(&digest::SHA256, bytes).as_ref())
 }
 
 /// Where an id lives.
@@ -320,7 +319,7 @@ pub fn new_id(now_ms: u64, rng: &dyn kfsec_types::Rng) -> String {
     b[6..].copy_from_slice(&r);
     b[6] = 0x70 | (b[6] & 0x0f);
     b[8] = 0x80 | (b[8] & 0x3f);
-    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    let h = kfsec_types::hex::encode(&b);
     format!(
         "{}-{}-{}-{}-{}",
         h.get(0..8).unwrap_or_default(),

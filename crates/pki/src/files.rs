@@ -35,7 +35,7 @@ fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), PkiError>
     };
     let mut suffix = [0u8; 8];
     OsRng.fill(&mut suffix);
-    let suffix: String = suffix.iter().map(|b| format!("{b:02x}")).collect();
+    let suffix = kfsec_types::hex::encode(&suffix);
     let tmp = dir.join(format!(".{}.{suffix}.tmp", name.to_string_lossy()));
 
     let mut file = OpenOptions::new()

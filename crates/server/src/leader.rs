@@ -38,10 +38,7 @@ pub fn elect(
     host: Option<String>,
     registry: &mut Registry,
 ) -> Result<(Leadership, JoinHandle<()>), ServerError> {
-    let suffix: String = kfsec_types::random_array::<6>(rng.as_ref())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let suffix = kfsec_types::hex::encode(&kfsec_types::random_array::<6>(rng.as_ref()));
     let identity = format!("{}-{suffix}", host.as_deref().unwrap_or("kfsec"));
     let exclusive = store.upkeep().is_none();
     let config = LeaderConfig {

@@ -433,9 +433,7 @@ impl EtcdStore {
     async fn receipt(&self) -> Result<Receipt, StoreError> {
         let nonce: [u8; 16] = random_array(self.rng.as_ref());
         let mut key = format!("{}{RESERVED}receipt/", self.root);
-        for b in nonce {
-            key.push_str(&format!("{b:02x}"));
-        }
+        kfsec_types::hex::push(&mut key, &nonce);
         Ok(Receipt {
             key,
             lease: self.grant(RECEIPT_TTL).await?,

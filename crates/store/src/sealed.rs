@@ -75,10 +75,7 @@ pub struct KeyId(pub [u8; KEY_ID_LEN]);
 
 impl fmt::Display for KeyId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for b in self.0 {
-            write!(f, "{b:02x}")?;
-        }
-        Ok(())
+        f.write_str(&kfsec_types::hex::encode(&self.0))
     }
 }
 
@@ -1266,7 +1263,7 @@ mod tests {
         // `printf '\x01%.0s' {1..32} | sha256sum | cut -c1-16`
         let k = key(1);
         let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &[1u8; 32]);
-        let hex: String = digest.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect();
+        let hex = kfsec_types::hex::encode(&digest.as_ref()[..8]);
         assert_eq!(k.id().to_string(), hex);
         let ring = Keyring::new(k.clone(), vec![key(2)]);
         let b64 = k.to_base64();

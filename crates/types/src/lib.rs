@@ -8,6 +8,7 @@ pub mod build;
 pub mod clock;
 pub mod config;
 pub mod field;
+pub mod hex;
 pub mod identity;
 pub mod kubeconfig;
 pub mod kubeflow;

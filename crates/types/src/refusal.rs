@@ -75,7 +75,7 @@ pub struct Incident(String);
 impl Incident {
     /// A fresh id (8 hex digits from `rng`).
     pub fn new(rng: &dyn Rng) -> Self {
-        Self(random_array::<4>(rng).iter().map(|b| format!("{b:02x}")).collect())
+        Self(crate::hex::encode(&random_array::<4>(rng)))
     }
 
     /// The id.
