@@ -37,11 +37,10 @@ PY="$BENCH_ROOT/bench/.venv/bin/python"
 bench_build
 bench_init
 T="$BENCH_TMP"
-STORES=(redb etcd)
+CASES=(redb etcd)
 
 # --- three etcd members ------------------------------------------------------------------------
 NAMES=(n1 n2 n3)
-ETCD_PIDS=()
 declare -A CPORT PPORT
 for n in "${NAMES[@]}"; do CPORT[$n]="$(free_port)"; PPORT[$n]="$(free_port)"; done
 CLUSTER="$(for n in "${NAMES[@]}"; do printf '%s=http://127.0.0.1:%s,' "$n" "${PPORT[$n]}"; done)"
@@ -56,7 +55,7 @@ for n in "${NAMES[@]}"; do
     --initial-cluster "$CLUSTER" --initial-cluster-token "$CLUSTER_TOKEN" \
     --initial-cluster-state new --logger zap --log-outputs "$T/$n.etcd.log" >/dev/null 2>&1 &
   BENCH_PIDS+=($!)
-  ETCD_PIDS+=($!)
+  ROUND_EXTRA_PIDS+=($!)
   disown $! # a member still electing when stopped gets SIGKILL after 5 s; no job report for it
 done
 for _ in $(seq 100); do
@@ -94,104 +93,26 @@ ETCD_STORE="store:
   endpoints: [${ENDPOINTS//,/, }]
   prefix: /kfsec-bench"
 
-declare -A PORT ADMIN PID CA BASE
-for s in "${STORES[@]}"; do PORT[$s]="$(free_port)"; done
+for s in "${CASES[@]}"; do PORT[$s]="$(free_port)"; done
 kfsec_config "$T/redb.yaml" "${PORT[redb]}" "$HASH" "$COMMON"
 kfsec_config "$T/etcd.yaml" "${PORT[etcd]}" "$HASH" "$COMMON
 $ETCD_STORE"
-# start_kfsec NAME CONFIG: kfsec on PORT[NAME] (a fresh one unless set) with its own data dir.
-start_kfsec() {
-  [ -n "${PORT[$1]:-}" ] || PORT[$1]="$(free_port)"
-  ADMIN[$1]="$(free_port)"
-  bench_log "kfsec $1: starting"
-  kfsec_start "$T/$1-data" "$2" "${PORT[$1]}" "${ADMIN[$1]}"
-  PID[$1]="$KFSEC_PID" CA[$1]="$T/$1-data/pki/ca.crt" BASE[$1]="https://localhost:${PORT[$1]}"
-}
-for s in "${STORES[@]}"; do start_kfsec "$s" "$T/$s.yaml"; done
+for s in "${CASES[@]}"; do case_start "$s" "$T/$s.yaml"; done
 
 # --- set-up per store: a session cookie, a ServiceAccount token for the writes -----------------
-# api STORE METHOD PATH [JSON]: a request with the admin client certificate of the store's
-# kfsec (from its admin.kubeconfig); prints the body, fails unless 2xx.
-admin_pem() { # STORE: the client certificate and key from admin.kubeconfig, as PEM files
-  local kc="$T/$1-data/admin.kubeconfig"
-  awk '$1 == "client-certificate-data:" { print $2 }' "$kc" | base64 -d >"$T/$1-admin.crt"
-  awk '$1 == "client-key-data:" { print $2 }' "$kc" | base64 -d >"$T/$1-admin.key"
-}
-api() {
-  curl -sS --fail-with-body --cacert "${CA[$1]}" --cert "$T/$1-admin.crt" --key "$T/$1-admin.key" \
-    -X "$2" -H 'Content-Type: application/json' ${4:+--data "$4"} "${BASE[$1]}$3"
-}
-declare -A COOKIE TOKEN
-for s in "${STORES[@]}"; do
-  kfsec_login "${BASE[$s]}" "${CA[$s]}" "$T/$s.jar" || { echo "$s: login failed" >&2; exit 1; }
-  COOKIE[$s]="authservice_session=$(session_cookie "$T/$s.jar")"
-  body="$(curl -sS --cacert "${CA[$s]}" -H "Cookie: ${COOKIE[$s]}" "${BASE[$s]}/")"
-  [ "$body" = ok ] || { echo "$s: authenticated GET returned: $body" >&2; exit 1; }
-  admin_pem "$s"
-  api "$s" POST /api/v1/namespaces/default/serviceaccounts '{"metadata": {"name": "bench-writer"}}' >/dev/null
-  api "$s" POST /apis/rbac.authorization.k8s.io/v1/namespaces/default/rolebindings '{"metadata": {"name": "bench-writer"},
-    "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "kubeflow-edit"},
-    "subjects": [{"kind": "ServiceAccount", "name": "bench-writer", "namespace": "default"}]}' >/dev/null
-  TOKEN[$s]="$(api "$s" POST /api/v1/namespaces/default/serviceaccounts/bench-writer/token \
-    '{"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {"expirationSeconds": 3600}}' |
-    python3 -c 'import json, sys; print(json.load(sys.stdin)["status"]["token"])')"
-  code="$(curl -sS --cacert "${CA[$s]}" -o "$T/$s.cm" -w '%{http_code}' -H "Authorization: Bearer ${TOKEN[$s]}" \
-    -H 'Content-Type: application/json' --data '{"metadata": {"name": "bench-check"}}' \
-    "${BASE[$s]}/api/v1/namespaces/default/configmaps")"
-  [ "$code" = 201 ] || { echo "$s: ConfigMap POST with the token answered $code: $(cat "$T/$s.cm")" >&2; exit 1; }
-done
-
-# One unique ConfigMap per request: name = PREFIX-THREAD-COUNTER (wrk args: PREFIX TOKEN).
-cat >"$T/write.lua" <<'EOF'
-local threads, n = 0, 0
-function setup(thread)
-  threads = threads + 1
-  thread:set("tid", threads)
-end
-function init(args)
-  prefix, token = args[1], args[2]
-end
-function request()
-  n = n + 1
-  local name = prefix .. "-" .. tid .. "-" .. n
-  return wrk.format("POST", "/api/v1/namespaces/default/configmaps",
-    { ["Content-Type"] = "application/json", ["Authorization"] = "Bearer " .. token },
-    '{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"' .. name .. '"},"data":{"k":"' .. name .. '"}}')
-end
-EOF
+for s in "${CASES[@]}"; do case_setup "$s"; done
+write_lua "$T/write.lua"
 
 # --- load ------------------------------------------------------------------------------------
-# order R: the stores in round R's order (reversed every other round).
-order() { if [ $(($1 % 2)) = 1 ]; then echo redb etcd; else echo etcd redb; fi; }
-
-# wrk_round CASE STORE R CONNS WRK-ARGS...: one measured wrk run into $T/CASE-STORE.R.wrk; the
-# CPU ticks of the kfsec under test and of the etcd members into .cpu.
-wrk_round() {
-  local c="$1" s="$2" r="$3" conns="$4" c0 c1
-  shift 4
-  local e0 e1
-  c0="$(cpu_ticks "${PID[$s]}")" e0="$(cpu_ticks "${ETCD_PIDS[@]}")"
-  wrk -t"$THREADS" -c"$conns" -d"$DURATION" --latency "$@" >"$T/$c-$s.$r.wrk"
-  c1="$(cpu_ticks "${PID[$s]}")" e1="$(cpu_ticks "${ETCD_PIDS[@]}")"
-  echo "$((c1 - c0)) $((e1 - e0))" >"$T/$c-$s.$r.cpu"
-}
-for s in "${STORES[@]}"; do
+for s in "${CASES[@]}"; do
   bench_log "warm-up $WARMUP: proxy and writes on $s"
   wrk -t"$THREADS" -c"$CONNECTIONS" -d"$WARMUP" -H "Cookie: ${COOKIE[$s]}" "${BASE[$s]}/" >/dev/null
   wrk -t"$THREADS" -c"$WRITE_CONNECTIONS" -d"$WARMUP" -s "$T/write.lua" "${BASE[$s]}/" -- warm "${TOKEN[$s]}" >/dev/null
 done
-for r in $(seq "$ROUNDS"); do
-  for s in $(order "$r"); do
-    bench_log "proxy round $r/$ROUNDS on $s: wrk -t$THREADS -c$CONNECTIONS -d$DURATION"
-    wrk_round proxy "$s" "$r" "$CONNECTIONS" -H "Cookie: ${COOKIE[$s]}" "${BASE[$s]}/"
-  done
-done
-for r in $(seq "$ROUNDS"); do
-  for s in $(order "$r"); do
-    bench_log "write round $r/$ROUNDS on $s: wrk -t$THREADS -c$WRITE_CONNECTIONS -d$DURATION, POST ConfigMaps"
-    wrk_round write "$s" "$r" "$WRITE_CONNECTIONS" -s "$T/write.lua" "${BASE[$s]}/" -- "w$r" "${TOKEN[$s]}"
-  done
-done
+proxy_args() { WRK_ARGS=(-H "Cookie: ${COOKIE[$1]}" "${BASE[$1]}/"); }
+write_args() { WRK_ARGS=(-s "$T/write.lua" "${BASE[$1]}/" -- "w$2" "${TOKEN[$1]}"); }
+case_rounds proxy "$CONNECTIONS" proxy_args
+case_rounds write "$WRITE_CONNECTIONS" write_args
 
 # login_round STORE: CONCURRENCY workers log in on STORE's kfsec for LOGIN_ROUND_MS; adds to
 # $T/login-STORE.total ("ok failed nanoseconds"). Errors go to $T/login-STORE-w*.err.
@@ -219,14 +140,14 @@ login_round() {
   echo "$ok $bad $((ns + end - start))" >"$T/login-$s.total"
 }
 for r in $(seq "$LOGIN_ROUNDS"); do
-  for s in $(order "$r"); do
+  for s in $(case_order "$r"); do
     bench_log "login round $r/$LOGIN_ROUNDS on $s: $CONCURRENCY workers, $((LOGIN_ROUND_MS / 1000)).$((LOGIN_ROUND_MS % 1000 / 100))s"
     login_round "$s"
   done
 done
 
 # --- session propagation: a second replica B on the same etcd --------------------------------
-start_kfsec etcd-b "$T/etcd.yaml"
+case_start etcd-b "$T/etcd.yaml"
 bench_log "propagation: $PROPAGATIONS logins on A (:${PORT[etcd]}), B (:${PORT[etcd-b]}) polled until it accepts the session"
 PROPAGATION="$(python3 - "${PORT[etcd]}" "${PORT[etcd-b]}" "$FAST_USER" "$BENCH_PASSWORD" "$PROPAGATIONS" <<'EOF'
 # A browser-style login on A, every hop sent to A; when the answer that sets the session cookie
@@ -324,42 +245,14 @@ EOF
 read -r PR_P50 PR_P99 PR_MAX PR_FIRST LO_P50 LO_P99 LO_MAX LO_FIRST <<<"$PROPAGATION"
 
 # --- report ----------------------------------------------------------------------------------
-TICK="$(getconf CLK_TCK)"
-# wrk_sum CASE STORE: sets RPS (all rounds' requests / their seconds), P50 and P99 (ms, mean of
-# the rounds), CPU and ETCD_CPU (µs per request), BAD (non-2xx) and ERR (socket errors), summed.
-wrk_sum() {
-  local f r
-  read -r RPS P50 P99 CPU ETCD_CPU BAD ERR < <(
-    for r in $(seq "$ROUNDS"); do
-      f="$T/$1-$2.$r"
-      echo "$(awk '/requests in/ { sub(/s,$/, "", $4); print $1, $4 }' "$f.wrk") $(wrk_field "$f.wrk" p50)" \
-        "$(wrk_field "$f.wrk" p99) $(cat "$f.cpu") $(wrk_field "$f.wrk" non2xx) $(wrk_field "$f.wrk" errors)"
-    done | awk -v hz="$TICK" '{ n += $1; s += $2; p50 += $3; p99 += $4; k += $5; e += $6; bad += $7; err += $8 }
-      END { printf "%.0f %.3f %.3f %.1f %.1f %d %d\n", n / s, p50 / NR, p99 / NR, k / hz * 1e6 / n, e / hz * 1e6 / n, bad, err }')
-}
-FAILED=0
-wrk_report() { # CASE: both stores' lines and the ratio line
-  local s
-  for s in "${STORES[@]}"; do
-    wrk_sum "$1" "$s"
-    printf '  %-5s %8s req/s   p50 %7.3f ms   p99 %7.3f ms   kfsec CPU %6s us/req' "$s" "$RPS" "$P50" "$P99" "$CPU"
-    if [ "$s" = etcd ]; then printf '   etcd members CPU %6s us/req' "$ETCD_CPU"; fi
-    printf '   non-2xx %s   socket errors %s\n' "$BAD" "$ERR"
-    FAILED=$((FAILED + BAD))
-    eval "${s}_rps=$RPS ${s}_p99=$P99"
-  done
-  # shellcheck disable=SC2154
-  echo "  ratio etcd/redb: req/s $(ratio "$etcd_rps" "$redb_rps")   p99 $(ratio "$etcd_p99" "$redb_p99") (lower is better)"
-}
-
 echo
 echo "etcd bench: kfsec on a 3-member etcd $ETCD_VERSION cluster vs kfsec on redb, same configuration"
 echo "  (secretsEncryption on both); the cases take turns, $ROUNDS rounds each; $(nproc) cores shared by"
 echo "  the load generator, kfsec and the etcd members; load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "1. authenticated GET / through the front door (cookie check + proxy to nginx), wrk -t$THREADS -c$CONNECTIONS, ${DURATION} per round"
-wrk_report proxy
+case_report proxy "etcd members"
 echo "2. full browser-style logins (bcrypt cost 12), concurrency $CONCURRENCY, ${LOGIN_SECONDS}s per store"
-for s in "${STORES[@]}"; do
+for s in "${CASES[@]}"; do
   read -r ok bad ns <"$T/login-$s.total"
   rate="$(awk -v n="$ok" -v ns="$ns" 'BEGIN { printf "%.2f", n / (ns / 1e9) }')"
   printf '  %-5s %4d ok, %d failed = %s logins/s\n' "$s" "$ok" "$bad" "$rate"
@@ -369,7 +262,7 @@ done
 # shellcheck disable=SC2154
 echo "  ratio etcd/redb: logins/s $(ratio "$etcd_logins" "$redb_logins")"
 echo "3. API writes: POST /api/v1/namespaces/default/configmaps (ServiceAccount token), wrk -t$THREADS -c$WRITE_CONNECTIONS, ${DURATION} per round"
-wrk_report write
+case_report write "etcd members"
 echo "4. session propagation between two replicas on the etcd, $PROPAGATIONS sessions (absolute, no peer; B asked every ~1 ms)"
 echo "  login on A → B accepts the cookie:  p50 $PR_P50 ms   p99 $PR_P99 ms   max $PR_MAX ms   at B's first ask: $PR_FIRST/$PROPAGATIONS"
 echo "  logout on A → B refuses the cookie: p50 $LO_P50 ms   p99 $LO_P99 ms   max $LO_MAX ms   at B's first ask: $LO_FIRST/$PROPAGATIONS"

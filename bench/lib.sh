@@ -175,3 +175,133 @@ with_children() {
 ratio() {
   awk -v a="$1" -v b="$2" -v d="${3:-2}" 'BEGIN { if (b == 0) print "n/a"; else printf "%.*f\n", d, a / b }'
 }
+
+# --- two kfsec cases measured in turns (bench/etcd.sh, bench/audit.sh) --------------------------
+# Each case NAME is one kfsec process; its figures live in these arrays, keyed by NAME.
+declare -gA PORT ADMIN PID CA BASE COOKIE TOKEN
+CASES=()             # the two cases compared, set by the script (e.g. redb etcd)
+ROUND_EXTRA_PIDS=()  # processes whose CPU is counted beside kfsec's (e.g. the etcd members)
+
+# case_start NAME CONFIG: kfsec on PORT[NAME] (a fresh port unless set) with its own data dir.
+case_start() {
+  [ -n "${PORT[$1]:-}" ] || PORT[$1]="$(free_port)"
+  ADMIN[$1]="$(free_port)"
+  bench_log "kfsec $1: starting"
+  kfsec_start "$BENCH_TMP/$1-data" "$2" "${PORT[$1]}" "${ADMIN[$1]}"
+  PID[$1]="$KFSEC_PID" CA[$1]="$BENCH_TMP/$1-data/pki/ca.crt" BASE[$1]="https://localhost:${PORT[$1]}"
+}
+
+# case_api NAME METHOD PATH [JSON]: a request with the admin client certificate of NAME's kfsec
+# (from its admin.kubeconfig); prints the body, fails unless 2xx.
+case_api() {
+  local kc="$BENCH_TMP/$1-data/admin.kubeconfig" crt="$BENCH_TMP/$1-admin.crt" key="$BENCH_TMP/$1-admin.key"
+  if [ ! -f "$key" ]; then
+    awk '$1 == "client-certificate-data:" { print $2 }' "$kc" | base64 -d >"$crt"
+    (umask 077 && awk '$1 == "client-key-data:" { print $2 }' "$kc" | base64 -d >"$key")
+  fi
+  curl -sS --fail-with-body --cacert "${CA[$1]}" --cert "$crt" --key "$key" \
+    -X "$2" -H 'Content-Type: application/json' ${4:+--data "$4"} "${BASE[$1]}$3"
+}
+
+# case_setup NAME: a browser session (COOKIE[NAME], checked through the route /) and a
+# ServiceAccount token allowed to edit namespace default (TOKEN[NAME], checked by a write).
+case_setup() {
+  local s="$1" body code
+  kfsec_login "${BASE[$s]}" "${CA[$s]}" "$BENCH_TMP/$s.jar" || { echo "$s: login failed" >&2; exit 1; }
+  COOKIE[$s]="authservice_session=$(session_cookie "$BENCH_TMP/$s.jar")"
+  body="$(curl -sS --cacert "${CA[$s]}" -H "Cookie: ${COOKIE[$s]}" "${BASE[$s]}/")"
+  [ "$body" = ok ] || { echo "$s: authenticated GET returned: $body" >&2; exit 1; }
+  case_api "$s" POST /api/v1/namespaces/default/serviceaccounts '{"metadata": {"name": "bench-writer"}}' >/dev/null
+  case_api "$s" POST /apis/rbac.authorization.k8s.io/v1/namespaces/default/rolebindings '{"metadata": {"name": "bench-writer"},
+    "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "kubeflow-edit"},
+    "subjects": [{"kind": "ServiceAccount", "name": "bench-writer", "namespace": "default"}]}' >/dev/null
+  TOKEN[$s]="$(case_api "$s" POST /api/v1/namespaces/default/serviceaccounts/bench-writer/token \
+    '{"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {"expirationSeconds": 3600}}' |
+    python3 -c 'import json, sys; print(json.load(sys.stdin)["status"]["token"])')"
+  code="$(curl -sS --cacert "${CA[$s]}" -o "$BENCH_TMP/$s.cm" -w '%{http_code}' -H "Authorization: Bearer ${TOKEN[$s]}" \
+    -H 'Content-Type: application/json' --data '{"metadata": {"name": "bench-check"}}' \
+    "${BASE[$s]}/api/v1/namespaces/default/configmaps")"
+  [ "$code" = 201 ] || { echo "$s: ConfigMap POST with the token answered $code: $(cat "$BENCH_TMP/$s.cm")" >&2; exit 1; }
+}
+
+# write_lua FILE: a wrk script POSTing one unique ConfigMap per request to namespace default,
+# name = PREFIX-THREAD-COUNTER (wrk args after --: PREFIX TOKEN).
+write_lua() {
+  cat >"$1" <<'LUA'
+local threads, n = 0, 0
+function setup(thread)
+  threads = threads + 1
+  thread:set("tid", threads)
+end
+function init(args)
+  prefix, token = args[1], args[2]
+end
+function request()
+  n = n + 1
+  local name = prefix .. "-" .. tid .. "-" .. n
+  return wrk.format("POST", "/api/v1/namespaces/default/configmaps",
+    { ["Content-Type"] = "application/json", ["Authorization"] = "Bearer " .. token },
+    '{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"' .. name .. '"},"data":{"k":"' .. name .. '"}}')
+end
+LUA
+}
+
+# case_order R: the two cases in round R's order (reversed every other round), so a change in
+# the machine's load weighs on both alike.
+case_order() { if [ $(($1 % 2)) = 1 ]; then echo "${CASES[0]} ${CASES[1]}"; else echo "${CASES[1]} ${CASES[0]}"; fi; }
+
+# case_round KIND NAME R CONNS WRK-ARGS...: one measured wrk run into $BENCH_TMP/KIND-NAME.R.wrk;
+# the CPU ticks of NAME's kfsec and of ROUND_EXTRA_PIDS into .cpu.
+case_round() {
+  local k="$1" s="$2" r="$3" conns="$4" c0 c1 e0 e1
+  shift 4
+  c0="$(cpu_ticks "${PID[$s]}")" e0="$(cpu_ticks "${ROUND_EXTRA_PIDS[@]}")"
+  wrk -t"$THREADS" -c"$conns" -d"$DURATION" --latency "$@" >"$BENCH_TMP/$k-$s.$r.wrk"
+  c1="$(cpu_ticks "${PID[$s]}")" e1="$(cpu_ticks "${ROUND_EXTRA_PIDS[@]}")"
+  echo "$((c1 - c0)) $((e1 - e0))" >"$BENCH_TMP/$k-$s.$r.cpu"
+}
+
+# case_rounds KIND CONNS ARGS-FUNCTION: ROUNDS measured rounds of KIND, the cases in turns; the
+# function, called with (case, round), sets WRK_ARGS (wrk's options and URL for that case).
+WRK_ARGS=()
+case_rounds() {
+  local k="$1" conns="$2" f="$3" r s
+  for r in $(seq "$ROUNDS"); do
+    for s in $(case_order "$r"); do
+      "$f" "$s" "$r"
+      bench_log "$k round $r/$ROUNDS on $s: wrk -t$THREADS -c$conns -d$DURATION"
+      case_round "$k" "$s" "$r" "$conns" "${WRK_ARGS[@]}"
+    done
+  done
+}
+
+# case_sum KIND NAME: sets RPS (all rounds' requests / their seconds), P50 and P99 (ms, mean of
+# the rounds), CPU and EXTRA_CPU (µs per request), BAD (non-2xx) and ERR (socket errors), summed.
+case_sum() {
+  local f r tick
+  tick="$(getconf CLK_TCK)"
+  read -r RPS P50 P99 CPU EXTRA_CPU BAD ERR < <(
+    for r in $(seq "$ROUNDS"); do
+      f="$BENCH_TMP/$1-$2.$r"
+      echo "$(awk '/requests in/ { sub(/s,$/, "", $4); print $1, $4 }' "$f.wrk") $(wrk_field "$f.wrk" p50)" \
+        "$(wrk_field "$f.wrk" p99) $(cat "$f.cpu") $(wrk_field "$f.wrk" non2xx) $(wrk_field "$f.wrk" errors)"
+    done | awk -v hz="$tick" '{ n += $1; s += $2; p50 += $3; p99 += $4; k += $5; e += $6; bad += $7; err += $8 }
+      END { printf "%.0f %.3f %.3f %.1f %.1f %d %d\n", n / s, p50 / NR, p99 / NR, k / hz * 1e6 / n, e / hz * 1e6 / n, bad, err }')
+}
+
+# case_report KIND [EXTRA-LABEL]: both cases' lines (with EXTRA-LABEL's CPU for the second case
+# when given) and the ratio line second/first; adds non-2xx answers to FAILED.
+FAILED=0
+case_report() {
+  local s a="${CASES[0]}" b="${CASES[1]}"
+  declare -A rps p99
+  for s in "$a" "$b"; do
+    case_sum "$1" "$s"
+    printf '  %-5s %8s req/s   p50 %7.3f ms   p99 %7.3f ms   kfsec CPU %6s us/req' "$s" "$RPS" "$P50" "$P99" "$CPU"
+    if [ "$s" = "$b" ] && [ -n "${2:-}" ]; then printf '   %s CPU %6s us/req' "$2" "$EXTRA_CPU"; fi
+    printf '   non-2xx %s   socket errors %s\n' "$BAD" "$ERR"
+    FAILED=$((FAILED + BAD))
+    rps[$s]="$RPS" p99[$s]="$P99"
+  done
+  echo "  ratio $b/$a: req/s $(ratio "${rps[$b]}" "${rps[$a]}")   p99 $(ratio "${p99[$b]}" "${p99[$a]}") (lower is better)"
+}
