@@ -170,13 +170,6 @@ impl Head {
     }
 }
 
-/// RFC 3339 with microseconds, as Kubernetes' MicroTime (`2026-12-05T21:00:00.123456Z`).
-pub fn micro_time(t: UnixTime) -> String {
-    let d = t.since_epoch();
-    let secs = kfsec_types::time::format_rfc3339(i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
-    format!("{}.{:06}Z", secs.trim_end_matches('Z'), d.subsec_micros())
-}
-
 /// A random UUID (v4) from `rng`, for events' `auditID`.
 pub fn new_audit_id(rng: &dyn Rng) -> String {
     let mut b = [0u8; 16];
@@ -203,7 +196,7 @@ pub fn log_event(
     rng: &dyn Rng,
     annotations: BTreeMap<String, String>,
 ) -> Event {
-    let t = micro_time(now);
+    let t = now.to_rfc3339_micros();
     Event {
         kind: "Event".into(),
         api_version: "audit.k8s.io/v1".into(),
@@ -1060,7 +1053,7 @@ pub(crate) mod tests {
     #[test]
     fn micro_time_and_audit_ids() {
         assert_eq!(
-            micro_time(UnixTime::from_millis(1_796_504_400_123)),
+            UnixTime::from_millis(1_796_504_400_123).to_rfc3339_micros(),
             "2026-12-05T21:00:00.123000Z"
         );
         let id = new_audit_id(&SequenceRng::default());

@@ -188,16 +188,6 @@ pub fn redacted_uri(path_and_query: &str) -> String {
     out
 }
 
-/// `t` as Kubernetes' MicroTime: RFC 3339 in UTC with microseconds
-/// (`2026-11-22T06:30:00.123456Z`).
-pub fn micro_time(t: UnixTime) -> String {
-    let secs = i64::try_from(t.as_secs()).unwrap_or(i64::MAX);
-    let mut s = kfsec_types::time::format_rfc3339(secs);
-    s.pop(); // the 'Z'
-    s.push_str(&format!(".{:06}Z", t.since_epoch().subsec_micros()));
-    s
-}
-
 /// The Kubernetes `Status` reason of an HTTP failure code (what kube-apiserver's Status bodies
 /// carry for it), `None` for codes without one.
 pub fn status_reason(code: u16) -> Option<&'static str> {
@@ -478,8 +468,8 @@ impl RequestAudit {
             response_status: Some(response_status(code, None)),
             request_object: None,
             response_object: None,
-            request_received_timestamp: micro_time(self.0.received),
-            stage_timestamp: micro_time(self.0.clock.now()),
+            request_received_timestamp: self.0.received.to_rfc3339_micros(),
+            stage_timestamp: self.0.clock.now().to_rfc3339_micros(),
             annotations: annotations
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
@@ -598,12 +588,13 @@ impl RequestAudit {
                 response_status: status,
                 request_object,
                 response_object: None,
-                request_received_timestamp: micro_time(self.0.received),
-                stage_timestamp: micro_time(if stage == Stage::RequestReceived {
+                request_received_timestamp: self.0.received.to_rfc3339_micros(),
+                stage_timestamp: (if stage == Stage::RequestReceived {
                     self.0.received
                 } else {
                     now
-                }),
+                })
+                .to_rfc3339_micros(),
                 annotations,
             };
             self.0.auditor.record(event);
@@ -676,7 +667,7 @@ pub fn background(
     if decision.level == Level::None || decision.omit_stages.contains(&Stage::ResponseComplete) {
         return;
     }
-    let now = micro_time(clock.now());
+    let now = clock.now().to_rfc3339_micros();
     auditor.record(Event {
         kind: "Event".to_owned(),
         api_version: "audit.k8s.io/v1".to_owned(),

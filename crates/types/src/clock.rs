@@ -44,6 +44,14 @@ impl UnixTime {
     pub fn to_rfc3339(self) -> String {
         crate::time::format_rfc3339(i64::try_from(self.as_secs()).unwrap_or(i64::MAX))
     }
+    /// RFC 3339 in UTC with microseconds, e.g. `2026-11-22T06:30:00.123456Z` (Kubernetes'
+    /// MicroTime).
+    pub fn to_rfc3339_micros(self) -> String {
+        crate::time::format_rfc3339_micros(
+            i64::try_from(self.as_secs()).unwrap_or(i64::MAX),
+            self.0.subsec_micros(),
+        )
+    }
     /// How long from `earlier` to `self`; zero if `earlier` is later.
     pub fn since(self, earlier: UnixTime) -> Duration {
         self.0.saturating_sub(earlier.0)

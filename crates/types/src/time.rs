@@ -5,15 +5,48 @@
 
 /// Seconds since the epoch → `YYYY-MM-DDTHH:MM:SSZ`.
 pub fn format_rfc3339(secs: i64) -> String {
+    let mut out = String::with_capacity(20);
+    push_rfc3339_seconds(&mut out, secs);
+    out.push('Z');
+    out
+}
+
+/// Seconds and microseconds since the epoch → `YYYY-MM-DDTHH:MM:SS.ffffffZ` (Kubernetes'
+/// MicroTime, as audit events carry it).
+pub fn format_rfc3339_micros(secs: i64, micros: u32) -> String {
+    let mut out = String::with_capacity(27);
+    push_rfc3339_seconds(&mut out, secs);
+    out.push('.');
+    push_digits(&mut out, i64::from(micros.min(999_999)), 6);
+    out.push('Z');
+    out
+}
+
+/// `YYYY-MM-DDTHH:MM:SS` without formatting machinery (audit timestamps are written twice per
+/// request); years outside 0..=9999 as `format!` would spell them.
+fn push_rfc3339_seconds(out: &mut String, secs: i64) {
     let days = secs.div_euclid(86_400);
     let s = secs.rem_euclid(86_400);
     let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        s / 3600,
-        (s / 60) % 60,
-        s % 60
-    )
+    if (0..=9999).contains(&y) {
+        push_digits(out, y, 4);
+    } else {
+        out.push_str(&format!("{y:04}"));
+    }
+    for (sep, v) in [('-', m), ('-', d), ('T', s / 3600), (':', (s / 60) % 60), (':', s % 60)] {
+        out.push(sep);
+        push_digits(out, v, 2);
+    }
+}
+
+/// `v` (0 ≤ v < 10^width) zero-padded to `width` digits.
+fn push_digits(out: &mut String, v: i64, width: u32) {
+    let mut div = 10_i64.pow(width.saturating_sub(1));
+    while div > 0 {
+        let digit = u8::try_from((v / div) % 10).unwrap_or(0);
+        out.push(char::from(b'0' + digit));
+        div /= 10;
+    }
 }
 
 fn civil_from_days(z: i64) -> (i64, i64, i64) {
@@ -94,6 +127,37 @@ fn num_in(s: &str, r: std::ops::Range<usize>) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn digits_are_spelled_as_format_spells_them() {
+        for t in [
+            0_i64,
+            59,
+            86_399,
+            951_782_400,
+            1_796_504_400,
+            253_402_300_799,
+            -1,
+            253_402_300_800,
+        ] {
+            let days = t.div_euclid(86_400);
+            let s = t.rem_euclid(86_400);
+            let (y, m, d) = civil_from_days(days);
+            let want = format!(
+                "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}",
+                s / 3600,
+                (s / 60) % 60,
+                s % 60
+            );
+            assert_eq!(format_rfc3339(t), format!("{want}Z"));
+            assert_eq!(format_rfc3339_micros(t, 7), format!("{want}.000007Z"));
+            assert_eq!(format_rfc3339_micros(t, 999_999), format!("{want}.999999Z"));
+        }
+        assert_eq!(
+            format_rfc3339_micros(1_796_504_400, 123_456),
+            "2026-12-05T21:00:00.123456Z"
+        );
+    }
 
     #[test]
     fn round_trip() {
