@@ -223,17 +223,13 @@ async fn kfam_dashboard_and_kfp_requests_leave_events() {
     let kc = Kubectl::new(k._dir.path());
     let (code, _, err) = kc.run(&["apply", "-f", "-"], Some(PROFILE)).await;
     assert_eq!(code, 0, "{err}");
-    for _ in 0..50 {
-        if kc
-            .run(&["get", "rolebinding", "namespaceAdmin", "-n", "user1"], None)
+    eventually(|| async {
+        kc.run(&["get", "rolebinding", "namespaceAdmin", "-n", "user1"], None)
             .await
             .0
             == 0
-        {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    })
+    .await;
     let mut owner = k.client();
     assert_eq!(owner.login("/", USER, PASSWORD).await.0.status(), 200);
     let mut other = k.client();

@@ -67,21 +67,6 @@ async fn get(b: &mut Browser, path: &str) -> (u16, Value) {
     call(b, Method::GET, path, None).await
 }
 
-/// Polls `f` every 100 ms for up to 10 s.
-pub(crate) async fn eventually<F, Fut>(mut f: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    for _ in 0..100 {
-        if f().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    false
-}
-
 /// Every key of `v`, sorted.
 fn keys(v: &Value) -> Vec<&str> {
     let mut k: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();

@@ -373,3 +373,18 @@ pub async fn login_and_approve(b: &mut Browser, form_url: &str) -> String {
     }
     next
 }
+
+/// Polls `f` every 100 ms for up to 10 s.
+pub(crate) async fn eventually<F, Fut>(mut f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..100 {
+        if f().await {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    false
+}

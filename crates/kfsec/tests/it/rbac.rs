@@ -261,17 +261,13 @@ async fn kfam_contributors_grant_and_revoke_at_once() {
         .await
         .0 == 0
     };
-    for _ in 0..50 {
-        if kc
-            .run(&["get", "rolebinding", "namespaceAdmin", "-n", "user1"], None)
+    eventually(|| async {
+        kc.run(&["get", "rolebinding", "namespaceAdmin", "-n", "user1"], None)
             .await
             .0
             == 0
-        {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    })
+    .await;
     assert!(!can_user2().await);
 
     let mut owner = k.client();

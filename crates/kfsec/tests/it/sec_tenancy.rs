@@ -55,21 +55,6 @@ fn profile_yaml(name: &str, owner: &str) -> String {
     )
 }
 
-/// Polls `f` every 100 ms for up to 5 s.
-async fn eventually<F, Fut>(mut f: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    for _ in 0..50 {
-        if f().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    false
-}
-
 /// Applies profiles `(name, owner)` and waits until the controller made their owners admins.
 async fn profiles(kc: &Kubectl, list: &[(&str, &str)]) {
     let yaml: Vec<String> = list.iter().map(|(n, o)| profile_yaml(n, o)).collect();
