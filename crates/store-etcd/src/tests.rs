@@ -373,7 +373,7 @@ async fn bad_configuration_and_unreachable_endpoints_are_named() {
 }
 
 /// The index of the member that is the raft leader.
-async fn leader_of(cluster: &EtcdCluster) -> usize {
+pub(crate) async fn leader_of(cluster: &EtcdCluster) -> usize {
     for i in 0..3 {
         let mut c = etcd_client::Client::connect([cluster.client_url(i)], None)
             .await

@@ -18,7 +18,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 
 use crate::testing::{EtcdCluster, etcd_binary};
-use crate::tests::rng;
+use crate::tests::{leader_of, rng};
 use crate::{EtcdConfig, EtcdStore, connect};
 
 /// What the next matching request suffers.
@@ -342,20 +342,6 @@ async fn cas_writes_and_deletes_whose_answer_is_lost_are_exact() {
     cutter.release.notify_one();
     assert!(matches!(ta.await.unwrap(), Err(StoreError::NotFound(_))));
     assert_eq!(cutter.cuts.load(Ordering::SeqCst), 5);
-}
-
-/// The index of the member that is the raft leader.
-async fn leader_of(cluster: &EtcdCluster) -> usize {
-    for i in 0..3 {
-        let mut c = etcd_client::Client::connect([cluster.client_url(i)], None)
-            .await
-            .unwrap();
-        let st = c.status().await.unwrap();
-        if st.header().unwrap().member_id() == st.leader() {
-            return i;
-        }
-    }
-    panic!("no leader");
 }
 
 /// Two stores (two replicas) race to `take` each of a run of single-use records — several
