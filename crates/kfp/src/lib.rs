@@ -11,6 +11,7 @@
 //! bounded; no input makes a handler panic or answer 500 (except DataLoss and store failures).
 
 mod access;
+pub mod artifacts;
 mod error;
 mod experiments;
 mod jobs;
@@ -32,7 +33,7 @@ mod tests;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::routing::{any, post};
+use axum::routing::{any, get, post};
 use kfsec_api::Authorize;
 use kfsec_store::Store;
 use kfsec_types::{Clock, Rng};
@@ -46,6 +47,8 @@ pub use error::{KfpError, KfpResult, NO_IDENTITY, error_response, refusal_respon
 /// `/apis/`); the composition hands them to the gateway with [`refusal_response`].
 pub const PATHS: &[&str] = &[
     "/pipeline/apis/",
+    "/pipeline/artifacts/get",
+    "/artifacts/get",
     "/apis/v1beta1/workflows",
     "/apis/v1beta1/scheduledworkflows",
 ];
@@ -86,6 +89,9 @@ pub struct Kfp {
     pub(crate) settings: KfpSettings,
     /// Serialises the quota check and the write of a new package.
     pub(crate) quota: tokio::sync::Mutex<()>,
+    /// Where the artifact endpoint reads (set once by the composition when an S3 upstream is
+    /// configured; unset, the endpoint answers 501).
+    pub(crate) artifacts: std::sync::OnceLock<Arc<dyn artifacts::ArtifactStore>>,
 }
 
 impl std::fmt::Debug for Kfp {
@@ -126,15 +132,24 @@ impl Kfp {
             pager: list::Paginator::new(&secret),
             settings,
             quota: tokio::sync::Mutex::new(()),
+            artifacts: std::sync::OnceLock::new(),
         }))
     }
 
-    /// The router: `/pipeline/apis/{v1beta1,v2beta1}/…` plus the persistence agent's
+    /// Serves the artifact endpoint from `store` (once; a second call is ignored).
+    pub fn serve_artifacts(&self, store: Arc<dyn artifacts::ArtifactStore>) {
+        let _ = self.artifacts.set(store);
+    }
+
+    /// The router: `/pipeline/apis/{v1beta1,v2beta1}/…`, the UI's artifact endpoint
+    /// (`/pipeline/artifacts/get`, `/artifacts/get`) plus the persistence agent's
     /// `/apis/v1beta1/workflows` and `/apis/v1beta1/scheduledworkflows`. Requests must carry an
     /// `Extension<kfsec_types::Identity>`.
     pub fn router(self: &Arc<Self>) -> Router {
         Router::new()
             .route("/pipeline/apis/{*rest}", any(routes::dispatch))
+            .route("/pipeline/artifacts/get", get(artifacts::get))
+            .route("/artifacts/get", get(artifacts::get))
             .route("/apis/v1beta1/workflows", post(routes::dispatch))
             .route("/apis/v1beta1/scheduledworkflows", post(routes::dispatch))
             .with_state(Arc::clone(self))

@@ -1,0 +1,793 @@
+//! KFP UI's artifact endpoint, `GET /pipeline/artifacts/get` and `/artifacts/get`
+//! (`?source=s3|minio&namespace=&bucket=&key=[&peek=N]`): an object from the pipelines' object
+//! store, read through the S3 gateway's upstream with kfsec's own upstream credentials.
+//!
+//! Invariants (in this order, as KFP's frontend server checks them, tightened): every request
+//! carries the front door's `Identity` (401 otherwise); every parameter appears at most once;
+//! `namespace` is required (400, KFP's text) and a DNS-1123 label; the caller may `get`
+//! `viewers` in group `kubeflow.org` in that namespace (KFP's SubjectAccessReview, asked of
+//! kfsec's authorizer and recorded in the audit Event; 403 otherwise); the bucket is a valid S3
+//! bucket name and the key at most 1024 bytes, with no empty, `.` or `..` segment, no leading
+//! `/`, no backslash and no control character (400); the exact key string that goes upstream lies
+//! within the namespace's prefixes of the gateway's policy (403 otherwise) — so naming another
+//! namespace's key, in any spelling, reads nothing. Answers are never sniffed or rendered
+//! (`nosniff`, `attachment`, `no-store`); a missing object is 404; `peek` bounds the bytes sent.
+//! Errors are KFP's plain-text bodies, never an internal error's text.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use kfsec_api::{Attributes, audit};
+use kfsec_types::identity::UserInfo;
+use kfsec_types::{Identity, Incident};
+
+use crate::Kfp;
+
+/// The front-door paths of the endpoint (KFP's frontend server registers both).
+pub const PATHS: &[&str] = &["/pipeline/artifacts/get", "/artifacts/get"];
+
+/// The group of KFP's artifact access question.
+pub const VIEWERS_GROUP: &str = "kubeflow.org";
+/// The resource of KFP's artifact access question.
+pub const VIEWERS: &str = "viewers";
+/// The longest object key S3 accepts (and KFP's frontend server).
+pub const MAX_KEY_BYTES: usize = 1024;
+
+/// One object as read from the store: its length when known and its streaming body.
+pub struct ArtifactObject {
+    /// `Content-Length` of what the body yields, when the store said.
+    pub length: Option<u64>,
+    /// The bytes, streamed.
+    pub body: Body,
+}
+
+impl std::fmt::Debug for ArtifactObject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ArtifactObject")
+            .field("length", &self.length)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A read that failed for a reason other than a missing object (the cause is logged, never sent).
+#[derive(Debug, thiserror::Error)]
+#[error("artifact store read failed: {0}")]
+pub struct ArtifactStoreError(#[source] pub Box<dyn std::error::Error + Send + Sync>);
+
+/// Where artifacts are read: the S3 gateway's policy (which keys a namespace may reach) and its
+/// upstream (the object store, with kfsec's credentials).
+#[async_trait::async_trait]
+pub trait ArtifactStore: Send + Sync + 'static {
+    /// Whether `namespace`'s key may read `key` in `bucket` under the gateway's policy; `key` is
+    /// the exact string that [`ArtifactStore::get`] sends upstream.
+    fn may_read(&self, namespace: &str, bucket: &str, key: &str) -> bool;
+    /// The object, its first `first_bytes` bytes only when given; `Ok(None)` when it does not
+    /// exist (no such key or no such bucket).
+    async fn get(
+        &self,
+        bucket: &str,
+        key: &str,
+        first_bytes: Option<u64>,
+    ) -> Result<Option<ArtifactObject>, ArtifactStoreError>;
+}
+
+/// The parsed query.
+#[derive(Debug, Default)]
+struct Query {
+    source: Option<String>,
+    namespace: Option<String>,
+    bucket: Option<String>,
+    key: Option<String>,
+    peek: Option<String>,
+}
+
+/// A refusal: status and KFP's plain-text message.
+type Refused = (StatusCode, String);
+
+fn refused(status: StatusCode, msg: impl Into<String>) -> Refused {
+    (status, msg.into())
+}
+
+fn parse_query(raw: &str) -> Result<Query, Refused> {
+    let mut q = Query::default();
+    for (k, v) in url::form_urlencoded::parse(raw.as_bytes()) {
+        let slot = match k.as_ref() {
+            "source" => &mut q.source,
+            "namespace" => &mut q.namespace,
+            "bucket" => &mut q.bucket,
+            "key" => &mut q.key,
+            "peek" => &mut q.peek,
+            // KFP's other parameters (download, keyEncoding, providerInfo, …) select behaviour
+            // kfsec does not offer; they are ignored, never honoured.
+            _ => continue,
+        };
+        if slot.is_some() {
+            return Err(refused(
+                StatusCode::BAD_REQUEST,
+                format!("Query parameter {k} must be given at most once"),
+            ));
+        }
+        *slot = Some(v.into_owned());
+    }
+    Ok(q)
+}
+
+/// A DNS-1123 label, as Kubernetes names namespaces (KFP: `isAllowedResourceName`).
+fn is_namespace(s: &str) -> bool {
+    kfsec_types::validation::is_dns1123_label(s)
+}
+
+/// An S3 bucket name: 3–63 characters of lower-case letters, digits, `.` and `-`, starting and
+/// ending with a letter or digit, no `..`.
+fn is_bucket(s: &str) -> bool {
+    let b = s.as_bytes();
+    (3..=63).contains(&b.len())
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'.' || *c == b'-')
+        && b.first().is_some_and(u8::is_ascii_alphanumeric)
+        && b.last().is_some_and(u8::is_ascii_alphanumeric)
+        && !s.contains("..")
+}
+
+/// Why a key is refused before any policy question (`None`: acceptable). Stores that map keys to
+/// file paths (SeaweedFS's filer, MinIO) may resolve `.`/`..`/empty segments or backslashes, so
+/// none of them is accepted: the string the policy saw is the object the store reads.
+fn key_problem(key: &str) -> Option<&'static str> {
+    if key.is_empty() {
+        return Some("Artifact source, bucket, and key are required and must use a supported storage source");
+    }
+    if key.len() > MAX_KEY_BYTES {
+        return Some("Object key too long");
+    }
+    if key.starts_with('/') || key.contains('\\') || key.chars().any(char::is_control) || {
+        let segs = key.split('/').count();
+        key.split('/')
+            .enumerate()
+            .any(|(i, seg)| seg == "." || seg == ".." || (seg.is_empty() && i + 1 < segs))
+    } {
+        return Some("Invalid artifact key");
+    }
+    None
+}
+
+/// The handler of [`PATHS`].
+pub async fn get(State(k): State<Arc<Kfp>>, req: Request) -> Response {
+    let ctx = audit::RequestAudit::from_extensions(req.extensions());
+    audit::scope(ctx, serve(k, req)).await
+}
+
+async fn serve(k: Arc<Kfp>, req: Request) -> Response {
+    let who = req.extensions().get::<Identity>().cloned();
+    let raw = req.uri().query().unwrap_or_default().to_owned();
+    match answer(&k, who, &raw).await {
+        Ok(r) => r,
+        Err((status, msg)) => plain(status, msg),
+    }
+}
+
+async fn answer(k: &Kfp, who: Option<Identity>, raw: &str) -> Result<Response, Refused> {
+    let q = parse_query(raw)?;
+    let Some(who) = who.filter(|w| !w.user.is_empty()) else {
+        return Err(refused(
+            StatusCode::UNAUTHORIZED,
+            "Authentication required for artifact access",
+        ));
+    };
+    let namespace = q.namespace.unwrap_or_default();
+    if namespace.is_empty() {
+        return Err(refused(
+            StatusCode::BAD_REQUEST,
+            "Namespace parameter is required when authentication is enabled",
+        ));
+    }
+    if !is_namespace(&namespace) {
+        return Err(refused(StatusCode::BAD_REQUEST, "Invalid namespace format"));
+    }
+    authorize(k, &who, &namespace)?;
+    let (source, bucket, key) = (
+        q.source.unwrap_or_default(),
+        q.bucket.unwrap_or_default(),
+        q.key.unwrap_or_default(),
+    );
+    if bucket.is_empty() || key.is_empty() || source.is_empty() {
+        return Err(refused(
+            StatusCode::FORBIDDEN,
+            "Artifact source, bucket, and key are required and must use a supported storage source",
+        ));
+    }
+    if source != "s3" && source != "minio" {
+        return Err(refused(
+            StatusCode::BAD_REQUEST,
+            format!("Artifact source {source:?} is not served here: kfsec serves s3 and minio artifacts"),
+        ));
+    }
+    if !is_bucket(&bucket) {
+        return Err(refused(StatusCode::BAD_REQUEST, "Invalid bucket name"));
+    }
+    if let Some(problem) = key_problem(&key) {
+        return Err(refused(StatusCode::BAD_REQUEST, problem));
+    }
+    let peek = match q.peek.as_deref() {
+        None | Some("") => None,
+        Some(p) => match p.parse::<u64>() {
+            Ok(0) => None,
+            Ok(n) => Some(n),
+            Err(_) => return Err(refused(StatusCode::BAD_REQUEST, "Invalid peek value")),
+        },
+    };
+    let Some(store) = k.artifacts.get() else {
+        return Err(refused(
+            StatusCode::NOT_IMPLEMENTED,
+            "Artifact storage is not configured: kfsec reads artifacts through its s3 gateway's upstream",
+        ));
+    };
+    if !store.may_read(&namespace, &bucket, &key) {
+        tracing::info!(target: "audit", user = %who.user, %namespace, %bucket, "artifact key outside the namespace's prefixes");
+        audit::decided(
+            "get",
+            audit::object_ref("", "", "artifacts", &namespace, &key),
+            false,
+            "",
+        );
+        return Err(refused(
+            StatusCode::FORBIDDEN,
+            "Artifact does not belong to the requested namespace",
+        ));
+    }
+    match store.get(&bucket, &key, peek).await {
+        Ok(Some(obj)) => Ok(stream(obj, &key, peek)),
+        Ok(None) => Err(refused(
+            StatusCode::NOT_FOUND,
+            format!("No objects found at {bucket}/{key}"),
+        )),
+        Err(e) => {
+            let incident = Incident::new(k.rng.as_ref());
+            tracing::warn!(incident = %incident.as_str(), error = %e, %bucket, "artifact read failed");
+            Err(refused(
+                StatusCode::BAD_GATEWAY,
+                format!("Failed to get object in bucket (incident {})", incident.as_str()),
+            ))
+        }
+    }
+}
+
+/// KFP's question: may `who` `get` `viewers` (`kubeflow.org`) in `namespace`?
+fn authorize(k: &Kfp, who: &Identity, namespace: &str) -> Result<(), Refused> {
+    let user = UserInfo::from(who);
+    let attrs = Attributes::resource(
+        user.username.clone(),
+        user.groups.clone(),
+        "get",
+        VIEWERS_GROUP,
+        VIEWERS,
+        namespace,
+    );
+    let decision = k.authz.authorize(&attrs);
+    if audit::active() {
+        let object = audit::object_ref(VIEWERS_GROUP, "v1alpha1", VIEWERS, namespace, "");
+        audit::decided("get", object, decision.is_allowed(), decision.reason());
+    }
+    if decision.is_allowed() {
+        return Ok(());
+    }
+    tracing::info!(target: "audit", user = %who.user, %namespace, "artifact read denied");
+    Err(refused(
+        StatusCode::FORBIDDEN,
+        format!(
+            "User is not authorized to GET VIEWERS in namespace {namespace}: User '{}' is not authorized with reason:  (request: &ResourceAttributes{{Namespace:{namespace},Verb:get,Group:{VIEWERS_GROUP},Version:v1beta1,Resource:{VIEWERS},Subresource:,Name:,}})",
+            who.user
+        ),
+    ))
+}
+
+/// The hardening every answer carries: never sniffed, never rendered inline, never cached.
+fn harden(r: &mut Response) {
+    let h = r.headers_mut();
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("private, no-store"));
+    if !h.contains_key(header::CONTENT_DISPOSITION) {
+        h.insert(header::CONTENT_DISPOSITION, HeaderValue::from_static("attachment"));
+    }
+}
+
+fn plain(status: StatusCode, msg: String) -> Response {
+    let mut r = (
+        status,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        )],
+        msg,
+    )
+        .into_response();
+    harden(&mut r);
+    r
+}
+
+/// `attachment; filename="<ascii>"; filename*=UTF-8''<percent-encoded>` of the key's last segment.
+fn disposition(key: &str) -> HeaderValue {
+    let base = key.trim_end_matches('/').rsplit('/').next().unwrap_or_default();
+    let base = if base.is_empty() { "artifact" } else { base };
+    let ascii: String = base
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let encoded: String = url::form_urlencoded::byte_serialize(base.as_bytes())
+        .collect::<String>()
+        .replace('+', "%20")
+        .replace('*', "%2A");
+    HeaderValue::from_str(&format!("attachment; filename=\"{ascii}\"; filename*=UTF-8''{encoded}"))
+        .unwrap_or_else(|_| HeaderValue::from_static("attachment"))
+}
+
+fn stream(obj: ArtifactObject, key: &str, peek: Option<u64>) -> Response {
+    let length = match (obj.length, peek) {
+        (Some(l), Some(p)) => Some(l.min(p)),
+        (l, None) => l,
+        (None, Some(_)) => None,
+    };
+    let body = match peek {
+        Some(p) => Body::new(Take {
+            inner: obj.body,
+            left: p,
+        }),
+        None => obj.body,
+    };
+    let mut r = Response::new(body);
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    if let Some(l) = length {
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(l));
+    }
+    h.insert(header::CONTENT_DISPOSITION, disposition(key));
+    harden(&mut r);
+    r
+}
+
+/// A body cut after `left` bytes (the `peek` limit, also when the store sent more).
+struct Take {
+    inner: Body,
+    left: u64,
+}
+
+impl HttpBody for Take {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        loop {
+            if self.left == 0 {
+                return Poll::Ready(None);
+            }
+            let frame = match Pin::new(&mut self.inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(f))) => f,
+                other => return other,
+            };
+            let Ok(mut data) = frame.into_data() else {
+                continue; // trailers are not forwarded
+            };
+            let n = usize::try_from(self.left).unwrap_or(usize::MAX);
+            if data.len() > n {
+                data.truncate(n);
+            }
+            self.left -= data.len() as u64;
+            return Poll::Ready(Some(Ok(Frame::data(data))));
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.left == 0 || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let mut h = SizeHint::new();
+        h.set_upper(self.left);
+        h
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_that_could_be_resolved_elsewhere_are_refused() {
+        for bad in [
+            "/private-artifacts/a/x",
+            "private-artifacts/a/../b/x",
+            "private-artifacts/a/./x",
+            "private-artifacts//a/x",
+            "private-artifacts/a/x\0",
+            "private-artifacts/a\\..\\b/x",
+            "private-artifacts/a/\nx",
+            "..",
+        ] {
+            assert!(key_problem(bad).is_some(), "{bad:?} accepted");
+        }
+        assert!(key_problem(&"a".repeat(1025)).is_some());
+        for good in [
+            "private-artifacts/a/x",
+            "private-artifacts/a/dir/",
+            "artifacts/run/x.tgz",
+            "private-artifacts/a/%2F..%2Fb",
+            "private-artifacts/a/x..y",
+        ] {
+            assert!(key_problem(good).is_none(), "{good:?} refused");
+        }
+        assert!(key_problem(&"a".repeat(1024)).is_none());
+    }
+
+    #[test]
+    fn bucket_names_follow_s3() {
+        for good in ["mlpipeline", "a.b-c", "abc"] {
+            assert!(is_bucket(good), "{good}");
+        }
+        for bad in ["ab", "ML", "-ab", "ab-", "a..b", "a/b", "a b", &"a".repeat(64)] {
+            assert!(!is_bucket(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn repeated_parameters_are_refused() {
+        assert!(parse_query("namespace=a&namespace=b").is_err());
+        let q = parse_query("namespace=a&key=x%2Fy&other=1&other=2").unwrap();
+        assert_eq!(q.key.as_deref(), Some("x/y"));
+    }
+
+    #[test]
+    fn the_download_name_is_safe_for_a_header() {
+        let d = disposition("private-artifacts/a/we\"ird\r\nname ü");
+        let s = d.to_str().unwrap();
+        assert!(s.starts_with("attachment; filename=\"we_ird__name__\""), "{s}");
+        assert!(!s.contains('\n'));
+    }
+
+    mod through_the_router {
+        use std::collections::HashMap;
+
+        use axum::http::Request as HttpRequest;
+        use kfsec_api::{Decision, RequestAttributes, SubjectRules};
+        use kfsec_store::MemoryStore;
+        use kfsec_types::{ManualClock, Rng, UnixTime};
+        use parking_lot::Mutex;
+        use tower::ServiceExt;
+
+        use super::super::*;
+        use crate::KfpSettings;
+
+        /// `get viewers` in `team-a` for alice only; every question recorded.
+        #[derive(Default)]
+        struct Viewers(Mutex<Vec<Attributes>>);
+
+        impl kfsec_api::Authorize for Viewers {
+            fn authorize(&self, a: &Attributes) -> Decision {
+                self.0.lock().push(a.clone());
+                match &a.request {
+                    RequestAttributes::Resource(r)
+                        if a.user == "alice@example.com"
+                            && r.namespace == "team-a"
+                            && r.verb == "get"
+                            && r.api_group == "kubeflow.org"
+                            && r.resource == "viewers" =>
+                    {
+                        Decision::Allow { reason: "test".into() }
+                    }
+                    _ => Decision::NoOpinion,
+                }
+            }
+            fn rules_for(&self, _: &UserInfo, _: &str) -> SubjectRules {
+                SubjectRules::default()
+            }
+        }
+
+        struct FixedRng;
+        impl Rng for FixedRng {
+            fn fill(&self, buf: &mut [u8]) {
+                buf.fill(7);
+            }
+        }
+
+        /// The default policy's shape and a map of objects; every key read is recorded.
+        #[derive(Default)]
+        struct Objects {
+            objects: HashMap<String, Vec<u8>>,
+            read: Mutex<Vec<(String, Option<u64>)>>,
+            fail: bool,
+        }
+
+        #[async_trait::async_trait]
+        impl ArtifactStore for Objects {
+            fn may_read(&self, ns: &str, bucket: &str, key: &str) -> bool {
+                bucket == "mlpipeline"
+                    && (key.starts_with(&format!("private-artifacts/{ns}/")) || key.starts_with("artifacts/"))
+            }
+            async fn get(
+                &self,
+                bucket: &str,
+                key: &str,
+                first: Option<u64>,
+            ) -> Result<Option<ArtifactObject>, ArtifactStoreError> {
+                self.read.lock().push((key.to_owned(), first));
+                if self.fail {
+                    return Err(ArtifactStoreError("upstream secret detail".into()));
+                }
+                Ok(self.objects.get(&format!("{bucket}/{key}")).map(|b| ArtifactObject {
+                    length: Some(b.len() as u64),
+                    body: Body::from(b.clone()),
+                }))
+            }
+        }
+
+        async fn kfp(store: Option<Arc<Objects>>) -> (Arc<Kfp>, Arc<Viewers>) {
+            let clock = ManualClock::new(UnixTime::from_secs(1_700_000_000));
+            let authz = Arc::new(Viewers::default());
+            let k = Kfp::new(
+                MemoryStore::new(clock.clone()),
+                authz.clone(),
+                clock,
+                Arc::new(FixedRng),
+                KfpSettings::default(),
+            )
+            .await
+            .unwrap();
+            if let Some(s) = store {
+                k.serve_artifacts(s);
+            }
+            (k, authz)
+        }
+
+        fn objects() -> Arc<Objects> {
+            let mut o = Objects::default();
+            o.objects.insert(
+                "mlpipeline/private-artifacts/team-a/run/out.txt".into(),
+                b"hello artifact".to_vec(),
+            );
+            o.objects.insert(
+                "mlpipeline/private-artifacts/team-b/run/secret.txt".into(),
+                b"team b only".to_vec(),
+            );
+            Arc::new(o)
+        }
+
+        async fn call(k: &Arc<Kfp>, who: Option<&str>, uri: &str) -> (StatusCode, axum::http::HeaderMap, String) {
+            let mut req = HttpRequest::builder().uri(uri).body(Body::empty()).unwrap();
+            if let Some(u) = who {
+                req.extensions_mut().insert(Identity::new(u, vec![]));
+            }
+            let resp = k.router().oneshot(req).await.unwrap();
+            let (parts, body) = resp.into_parts();
+            let bytes = axum::body::to_bytes(body, usize::MAX).await.unwrap();
+            (
+                parts.status,
+                parts.headers,
+                String::from_utf8_lossy(&bytes).into_owned(),
+            )
+        }
+
+        const ALICE: Option<&str> = Some("alice@example.com");
+        const OWN: &str = "source=s3&namespace=team-a&bucket=mlpipeline&key=private-artifacts%2Fteam-a%2Frun%2Fout.txt";
+
+        #[tokio::test]
+        async fn an_own_artifact_is_streamed_on_both_paths() {
+            let store = objects();
+            let (k, authz) = kfp(Some(store.clone())).await;
+            for path in PATHS {
+                let (status, h, body) = call(&k, ALICE, &format!("{path}?{OWN}")).await;
+                assert_eq!(status, StatusCode::OK, "{path}: {body}");
+                assert_eq!(body, "hello artifact");
+                assert_eq!(h["x-content-type-options"], "nosniff");
+                assert_eq!(h["content-type"], "application/octet-stream");
+                assert!(
+                    h["content-disposition"]
+                        .to_str()
+                        .unwrap()
+                        .starts_with("attachment; filename=\"out.txt\"")
+                );
+            }
+            let asked = authz.0.lock();
+            let RequestAttributes::Resource(r) = &asked[0].request else {
+                panic!()
+            };
+            assert_eq!(
+                (
+                    r.verb.as_str(),
+                    r.api_group.as_str(),
+                    r.resource.as_str(),
+                    r.namespace.as_str()
+                ),
+                ("get", "kubeflow.org", "viewers", "team-a")
+            );
+        }
+
+        #[tokio::test]
+        async fn peek_limits_the_bytes() {
+            let store = objects();
+            let (k, _) = kfp(Some(store.clone())).await;
+            let (status, h, body) = call(&k, ALICE, &format!("/pipeline/artifacts/get?{OWN}&peek=5")).await;
+            assert_eq!(status, StatusCode::OK);
+            assert_eq!(body, "hello");
+            assert_eq!(h["content-length"], "5");
+            assert_eq!(store.read.lock().last().unwrap().1, Some(5));
+        }
+
+        #[tokio::test]
+        async fn refusals_carry_kfps_statuses_and_read_nothing() {
+            let store = objects();
+            let (k, _) = kfp(Some(store.clone())).await;
+            let p = "/pipeline/artifacts/get";
+            let cases: &[(Option<&str>, String, StatusCode, &str)] = &[
+                (
+                    None,
+                    format!("{p}?{OWN}"),
+                    StatusCode::UNAUTHORIZED,
+                    "Authentication required",
+                ),
+                (
+                    ALICE,
+                    format!("{p}?source=s3&bucket=mlpipeline&key=private-artifacts/team-a/run/out.txt"),
+                    StatusCode::BAD_REQUEST,
+                    "Namespace parameter is required when authentication is enabled",
+                ),
+                (
+                    ALICE,
+                    format!("{p}?{OWN}&namespace=team-b"),
+                    StatusCode::BAD_REQUEST,
+                    "at most once",
+                ),
+                (
+                    ALICE,
+                    format!("{p}?source=s3&namespace=Team_A&bucket=mlpipeline&key=x"),
+                    StatusCode::BAD_REQUEST,
+                    "Invalid namespace format",
+                ),
+                // another namespace: the access question says no
+                (
+                    ALICE,
+                    format!(
+                        "{p}?source=s3&namespace=team-b&bucket=mlpipeline&key=private-artifacts/team-b/run/secret.txt"
+                    ),
+                    StatusCode::FORBIDDEN,
+                    "User is not authorized to GET VIEWERS in namespace team-b",
+                ),
+                (
+                    Some("mallory@example.com"),
+                    format!("{p}?{OWN}"),
+                    StatusCode::FORBIDDEN,
+                    "not authorized",
+                ),
+                // own namespace, another namespace's key, in several spellings
+                (
+                    ALICE,
+                    format!(
+                        "{p}?source=s3&namespace=team-a&bucket=mlpipeline&key=private-artifacts/team-b/run/secret.txt"
+                    ),
+                    StatusCode::FORBIDDEN,
+                    "does not belong to the requested namespace",
+                ),
+                (
+                    ALICE,
+                    format!(
+                        "{p}?source=s3&namespace=team-a&bucket=mlpipeline&key=private-artifacts/team-a/../team-b/run/secret.txt"
+                    ),
+                    StatusCode::BAD_REQUEST,
+                    "Invalid artifact key",
+                ),
+                (
+                    ALICE,
+                    format!(
+                        "{p}?source=s3&namespace=team-a&bucket=mlpipeline&key=private-artifacts/team-a%2F..%2F..%2Fprivate-artifacts/team-b/run/secret.txt"
+                    ),
+                    StatusCode::BAD_REQUEST,
+                    "Invalid artifact key",
+                ),
+                (
+                    ALICE,
+                    format!("{p}?source=s3&namespace=team-a&bucket=mlpipeline&key=/private-artifacts/team-a/x"),
+                    StatusCode::BAD_REQUEST,
+                    "Invalid artifact key",
+                ),
+                (
+                    ALICE,
+                    format!("{p}?source=s3&namespace=team-a&bucket=mlpipeline&key=private-artifacts/team-a/x%00"),
+                    StatusCode::BAD_REQUEST,
+                    "Invalid artifact key",
+                ),
+                (
+                    ALICE,
+                    format!("{p}?source=s3&namespace=team-a&bucket=mlpipeline&key=private-artifacts/team-ab/x"),
+                    StatusCode::FORBIDDEN,
+                    "does not belong",
+                ),
+                (
+                    ALICE,
+                    format!("{p}?source=s3&namespace=team-a&bucket=other-bucket&key=private-artifacts/team-a/x"),
+                    StatusCode::FORBIDDEN,
+                    "does not belong",
+                ),
+                (
+                    ALICE,
+                    format!("{p}?source=s3&namespace=team-a&bucket=ML..x&key=private-artifacts/team-a/x"),
+                    StatusCode::BAD_REQUEST,
+                    "Invalid bucket name",
+                ),
+                (
+                    ALICE,
+                    format!(
+                        "{p}?source=s3&namespace=team-a&bucket=mlpipeline&key=private-artifacts/team-a/{}",
+                        "x".repeat(1100)
+                    ),
+                    StatusCode::BAD_REQUEST,
+                    "Object key too long",
+                ),
+                (
+                    ALICE,
+                    format!("{p}?source=gcs&namespace=team-a&bucket=mlpipeline&key=private-artifacts/team-a/x"),
+                    StatusCode::BAD_REQUEST,
+                    "not served",
+                ),
+                (
+                    ALICE,
+                    format!("{p}?namespace=team-a&bucket=mlpipeline"),
+                    StatusCode::FORBIDDEN,
+                    "are required",
+                ),
+                (
+                    ALICE,
+                    format!("{p}?{OWN}&peek=-1"),
+                    StatusCode::BAD_REQUEST,
+                    "Invalid peek",
+                ),
+            ];
+            for (who, uri, status, text) in cases {
+                let (got, h, body) = call(&k, *who, uri).await;
+                assert_eq!(got, *status, "{uri}: {body}");
+                assert!(body.contains(text), "{uri}: {body}");
+                assert_eq!(h["x-content-type-options"], "nosniff");
+                assert!(h["content-type"].to_str().unwrap().starts_with("text/plain"));
+            }
+            assert!(
+                store.read.lock().is_empty(),
+                "a refused request read {:?}",
+                store.read.lock()
+            );
+        }
+
+        #[tokio::test]
+        async fn a_missing_object_is_404_and_a_failed_read_says_nothing_of_its_cause() {
+            let (k, _) = kfp(Some(objects())).await;
+            let (status, _, body) = call(
+                &k,
+                ALICE,
+                "/artifacts/get?source=minio&namespace=team-a&bucket=mlpipeline&key=private-artifacts/team-a/none",
+            )
+            .await;
+            assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+            let failing = Arc::new(Objects {
+                fail: true,
+                ..Objects::default()
+            });
+            let (k, _) = kfp(Some(failing)).await;
+            let (status, _, body) = call(&k, ALICE, &format!("/artifacts/get?{OWN}")).await;
+            assert_eq!(status, StatusCode::BAD_GATEWAY);
+            assert!(!body.contains("secret detail"), "{body}");
+            let (k, _) = kfp(None).await;
+            let (status, _, _) = call(&k, ALICE, &format!("/artifacts/get?{OWN}")).await;
+            assert_eq!(status, StatusCode::NOT_IMPLEMENTED);
+        }
+    }
+}
