@@ -60,7 +60,7 @@ summary() {
     passed=$((passed + p)); failed=$((failed + f))
   fi
   # browser: "browser: 1 passed, 0 failed"; federated, kfp: "kfp: 20 passed, 0 failed".
-  for n in browser federated kfp clients readme testssl ha prometheus; do
+  for n in browser federated kfp clients readme testssl ha prometheus s3; do
     [ -f "$LOGDIR/$n.log" ] || continue
     read -r p f < <(sed -n "s/^$n: \([0-9]*\) passed, \([0-9]*\) failed\$/\1 \2/p" "$LOGDIR/$n.log" | tail -1 |
       awk '{ p += $1; f += $2 } END { print p + 0, f + 0 }')
@@ -134,6 +134,9 @@ if { [ "$TEST_BUILD_OK" = 1 ] && [ -x target/debug/kfsec ]; } || step build carg
   # check/test rules on deploy/prometheus/, and a real Prometheus scraping kfsec, queried over its
   # HTTP API for every documented series (tests/prometheus/run.sh).
   step prometheus logged prometheus env KFSEC_BIN="$ROOT/target/debug/kfsec" bash tests/prometheus/run.sh || true
+  # The S3 gateway with real clients (~60 s): boto3 and the minio SDK with a workspace's keys
+  # through kfsec's gateway to moto (signatures on), and KFP's artifact endpoint (tests/s3/run.sh).
+  step s3 logged s3 env KFSEC_BIN="$ROOT/target/debug/kfsec" bash tests/s3/run.sh || true
   # Short fuzz run of AdmissionReview parsing and PodDefault application (cargo-fuzz, stable).
   step fuzz env FUZZ_SECONDS="${FUZZ_SECONDS:-10}" bash scripts/fuzz-smoke.sh || true
 else
@@ -145,6 +148,7 @@ else
   skip testssl "kfsec did not build"
   skip ha "kfsec did not build"
   skip prometheus "kfsec did not build"
+  skip s3 "kfsec did not build"
 fi
 
 summary
