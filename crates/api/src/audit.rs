@@ -176,9 +176,10 @@ pub fn decided_non_resource(verb: &str, allowed: bool, reason: &str) {
     record(verb, None, allowed, reason);
 }
 
-/// A refusal that ends the request, whatever was allowed before (impersonation refused, a
-/// second question such as server-side apply's `create` answered no): the recorded verb and
-/// object stay, the decision becomes `forbid`, the reason empty.
+/// A refusal that ends the request, whatever was allowed before (a second question such as
+/// server-side apply's `create` answered no): the recorded verb and object stay, the decision
+/// becomes `forbid`, the reason empty. (A refused impersonation is a [`decided`] refusal of the
+/// attempted request, with the refusal as its reason.)
 pub fn refused() {
     with(|r| {
         let mut s = r.state();
@@ -581,9 +582,54 @@ mod tests {
             None,
         )
         .await;
+        // Refused: the attempted request's verb and objectRef, the refusal as the reason.
         assert_eq!(e.impersonated_user, None);
-        assert_eq!(decision(&e), ("forbid", ""));
+        assert_eq!(e.verb, "list");
+        assert_eq!(e.object_ref, Some(object_ref("", "v1", "configmaps", "x", "")));
+        assert_eq!(
+            decision(&e),
+            (
+                "forbid",
+                "users \"alice\" is forbidden: User \"bob\" cannot impersonate resource \"users\" in API group \"\" at the cluster scope"
+            )
+        );
         assert_eq!(e.response_status.unwrap().code, 403);
+        for (method, path, verb, want) in [
+            (
+                "DELETE",
+                "/apis/kubeflow.org/v1alpha1/namespaces/x/poddefaults/p",
+                "delete",
+                Some(object_ref("kubeflow.org", "v1alpha1", "poddefaults", "x", "p")),
+            ),
+            (
+                "GET",
+                "/api/v1/namespaces/x",
+                "get",
+                Some(object_ref("", "v1", "namespaces", "x", "x")),
+            ),
+            (
+                "GET",
+                "/api/v1/pods?watch=1",
+                "watch",
+                Some(object_ref("", "v1", "pods", "", "")),
+            ),
+            ("GET", "/apis", "get", None),
+        ] {
+            let e = through_api(&f, &cap, method, path, "bob", &[("impersonate-user", "alice")], None).await;
+            assert_eq!((e.verb.as_str(), &e.object_ref), (verb, &want), "{method} {path}");
+            assert_eq!(decision(&e).0, "forbid", "{method} {path}");
+        }
+        let e = through_api(
+            &f,
+            &cap,
+            "GET",
+            "/api/v1/namespaces/x/pods/p/status",
+            "bob",
+            &[("impersonate-user", "alice")],
+            None,
+        )
+        .await;
+        assert_eq!(e.object_ref.and_then(|o| o.subresource).as_deref(), Some("status"));
     }
 
     #[tokio::test]

@@ -182,6 +182,51 @@ fn dry_run(q: &Query) -> Result<bool, ApiError> {
     }
 }
 
+/// The Kubernetes verb of a resource request (`None`: no verb serves this method there).
+fn resource_verb(method: &Method, t: &Target, query: &Query) -> Option<&'static str> {
+    let watch = query.flag("watch");
+    Some(match (method, t.name.is_some()) {
+        (&Method::GET, _) if watch => "watch",
+        (&Method::GET, false) => "list",
+        (&Method::GET, true) => "get",
+        (&Method::POST, false) => "create",
+        (&Method::POST, true) if t.subresource.as_deref() == Some("token") => "create",
+        (&Method::PUT, true) => "update",
+        (&Method::PATCH, true) => "patch",
+        (&Method::DELETE, true) => "delete",
+        (&Method::DELETE, false) => "deletecollection",
+        _ => return None,
+    })
+}
+
+/// Records a refused impersonation in the audit Event: the verb and objectRef of the request the
+/// caller attempted (from its path, as kube-apiserver's request info names them: `namespaces/NAME`
+/// in namespace NAME), decision `forbid`, and as the reason the refusal the caller was sent
+/// (which impersonation was refused).
+fn audit_refused_impersonation(method: &Method, uri: &axum::http::Uri, refusal: &str) {
+    if !audit::active() {
+        return;
+    }
+    if let Ok(Route::Resource(t)) = route::parse(uri.path())
+        && let Some(verb) = resource_verb(method, &t, &Query::parse(uri.query()))
+    {
+        let res = t.res;
+        let name = t.name.clone().unwrap_or_default();
+        let namespace = if res.group.is_empty() && res.plural == "namespaces" {
+            name.clone()
+        } else {
+            t.namespace.clone().unwrap_or_default()
+        };
+        let object = audit::ObjectRef {
+            subresource: t.subresource.clone(),
+            ..audit::object_ref(res.group, res.version, res.plural, &namespace, &name)
+        };
+        audit::decided(verb, object, false, refusal);
+    } else {
+        audit::decided_non_resource(&method.as_str().to_ascii_lowercase(), false, refusal);
+    }
+}
+
 impl ApiServer {
     /// Reads and decodes a body (JSON, YAML, protobuf); a large one is decoded on the bounded
     /// blocking pool.
@@ -222,8 +267,8 @@ impl ApiServer {
         let user = match self.effective_user(&identity, &parts.headers) {
             Ok(user) => user,
             Err(e) => {
-                if matches!(e, ApiError::Forbidden { .. }) {
-                    audit::refused();
+                if let ApiError::Forbidden { message, .. } = &e {
+                    audit_refused_impersonation(&parts.method, &parts.uri, message);
                 }
                 return Err(e);
             }
@@ -292,20 +337,7 @@ impl ApiServer {
         user: &UserInfo,
     ) -> Result<Response, ApiError> {
         let res = t.res;
-        let watch = query.flag("watch");
-        let verb = match (&method, t.name.is_some()) {
-            (&Method::GET, false) if watch => "watch",
-            (&Method::GET, false) => "list",
-            (&Method::GET, true) if watch => "watch",
-            (&Method::GET, true) => "get",
-            (&Method::POST, false) => "create",
-            (&Method::POST, true) if t.subresource.as_deref() == Some("token") => "create",
-            (&Method::PUT, true) => "update",
-            (&Method::PATCH, true) => "patch",
-            (&Method::DELETE, true) => "delete",
-            (&Method::DELETE, false) => "deletecollection",
-            _ => return Err(ApiError::MethodNotAllowed),
-        };
+        let verb = resource_verb(&method, &t, query).ok_or(ApiError::MethodNotAllowed)?;
         let sub = t.subresource.clone().unwrap_or_default();
         let sub_verb = match sub.as_str() {
             "" => true,
