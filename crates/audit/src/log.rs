@@ -1,7 +1,8 @@
-//! The log backend's writer: seals each event into the hash chain, appends it to the file in
-//! one write (no buffering in the process, so a kill -9 loses only what was still queued),
-//! writes signed checkpoints every N lines (and, driven by its caller, every T seconds),
-//! rotates by size into lumberjack-named backups and prunes them by count and age.
+//! The log backend's writer: seals each event into the hash chain and appends it to the file,
+//! writing each batch of lines its caller hands it in one write ([`LogWriter::flush`]: lines are
+//! held in the process only until the batch ends, so a kill -9 loses only what was queued or in
+//! the batch), writes signed checkpoints every N lines (and, driven by its caller, every T
+//! seconds), rotates by size into lumberjack-named backups and prunes them by count and age.
 //!
 //! Security invariants: files are created mode 0600 (directory 0700); the chain resumes from the
 //! last complete line on disk (sequence numbers continue across restarts and rotations); an
@@ -100,6 +101,10 @@ enum Out {
 /// Appends sealed events to the log (one owner: the backend's thread).
 pub struct LogWriter {
     out: Out,
+    /// Sealed lines not yet written (one batch; [`LogWriter::flush`] writes them).
+    pending: Vec<u8>,
+    /// How many lines `pending` holds.
+    pending_lines: u64,
     head: Head,
     first_in_file: bool,
     since_checkpoint: u64,
@@ -115,6 +120,17 @@ impl std::fmt::Debug for LogWriter {
         f.debug_struct("LogWriter")
             .field("head", &self.head)
             .finish_non_exhaustive()
+    }
+}
+
+impl Drop for LogWriter {
+    /// A writer dropped with lines still pending writes them (best effort: a failure here was
+    /// going to be one at the next flush too, and is logged).
+    fn drop(&mut self) {
+        let lines = self.pending_lines;
+        if let Err(e) = self.flush() {
+            tracing::warn!(error = %e, lines, "writing the audit log's last lines failed");
+        }
     }
 }
 
@@ -189,6 +205,8 @@ impl LogWriter {
         };
         let mut w = Self {
             out,
+            pending: Vec::new(),
+            pending_lines: 0,
             head,
             first_in_file,
             since_checkpoint: 0,
@@ -207,6 +225,7 @@ impl LogWriter {
             a.insert("kfsec.io/truncated-line".to_owned(), bytes);
             let ev = chain::log_event(chain::LOG_RESOURCE, "recover", w.clock.now(), w.rng.as_ref(), a);
             let _ = w.append(ev)?;
+            w.flush()?;
         }
         Ok(w)
     }
@@ -235,30 +254,49 @@ impl LogWriter {
             }
         }
         line.push('\n');
-        match &mut self.out {
-            Out::Stdout => {
-                let mut o = std::io::stdout().lock();
-                o.write_all(line.as_bytes())
-                    .and_then(|()| o.flush())
-                    .map_err(|source| LogError::Io {
-                        path: PathBuf::from("-"),
-                        source,
-                    })?;
-            }
-            Out::File { path, file, size } => {
-                file.write_all(line.as_bytes()).map_err(|source| LogError::Io {
-                    path: path.clone(),
-                    source,
-                })?;
-                *size += line.len() as u64;
-            }
+        self.pending.extend_from_slice(line.as_bytes());
+        self.pending_lines += 1;
+        if let Out::File { size, .. } = &mut self.out {
+            *size += line.len() as u64;
         }
         self.first_in_file = false;
         self.since_checkpoint += 1;
         Ok(line)
     }
 
-    /// Appends `event` (sealed), and a checkpoint after it when N lines have passed.
+    /// Writes the lines appended since the last flush in one write. On failure the lines are
+    /// lost (the error says how many: [`LogWriter::pending_lines`] before the call).
+    pub fn flush(&mut self) -> Result<(), LogError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let result = match &mut self.out {
+            Out::Stdout => {
+                let mut o = std::io::stdout().lock();
+                o.write_all(&self.pending)
+                    .and_then(|()| o.flush())
+                    .map_err(|source| LogError::Io {
+                        path: PathBuf::from("-"),
+                        source,
+                    })
+            }
+            Out::File { path, file, .. } => file.write_all(&self.pending).map_err(|source| LogError::Io {
+                path: path.clone(),
+                source,
+            }),
+        };
+        self.pending.clear();
+        self.pending_lines = 0;
+        result
+    }
+
+    /// Lines appended and not yet written.
+    pub fn pending_lines(&self) -> u64 {
+        self.pending_lines
+    }
+
+    /// Appends `event` (sealed; written at the next [`LogWriter::flush`]), and a checkpoint after
+    /// it when N lines have passed (a checkpoint flushes).
     pub fn write(&mut self, event: Event) -> Result<(), LogError> {
         let _ = self.append(event)?;
         if self.settings.checkpoint_lines > 0 && self.since_checkpoint >= self.settings.checkpoint_lines {
@@ -276,6 +314,7 @@ impl LogWriter {
         let cp = self.key.checkpoint(&self.head, self.clock.now(), self.rng.as_ref());
         let line = self.append(cp)?;
         self.since_checkpoint = 0;
+        self.flush()?;
         if let Out::File { path, file, .. } = &self.out {
             file.sync_data().map_err(|source| LogError::Io {
                 path: path.clone(),
@@ -289,6 +328,7 @@ impl LogWriter {
     }
 
     fn rotate(&mut self) -> Result<(), LogError> {
+        self.flush()?;
         let Out::File { path, .. } = &self.out else {
             return Ok(());
         };
