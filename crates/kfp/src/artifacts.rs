@@ -13,6 +13,12 @@
 //! namespace's key, in any spelling, reads nothing. Answers are never sniffed or rendered
 //! (`nosniff`, `attachment`, `no-store`); a missing object is 404; `peek` bounds the bytes sent.
 //! Errors are KFP's plain-text bodies, never an internal error's text.
+//!
+//! Also KFP's `ReadArtifact` (`runs/{run}/nodes/{node}/artifacts/{name}:read`, v1beta1 and
+//! v2beta1): `readArtifact` on the run, the key from the reported workflow's status, refused
+//! unless the policy lets the run's own namespace read it (a workflow's status is written in the
+//! user's namespace, so it may name any key). kfsec keeps no MLMD artifact records, so the v2
+//! `ArtifactService` (`/apis/v2beta1/artifacts/{id}`) stays NotFound.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -75,6 +81,8 @@ pub trait ArtifactStore: Send + Sync + 'static {
         key: &str,
         first_bytes: Option<u64>,
     ) -> Result<Option<ArtifactObject>, ArtifactStoreError>;
+    /// The pipelines' bucket, where KFP's `ReadArtifact` reads a workflow's artifact keys.
+    fn bucket(&self) -> &str;
 }
 
 /// The parsed query.
@@ -255,6 +263,101 @@ async fn answer(k: &Kfp, who: Option<Identity>, raw: &str) -> Result<Response, R
             ))
         }
     }
+}
+
+/// The longest artifact `ReadArtifact` returns (it is answered whole, base64 in JSON).
+pub const MAX_READ_ARTIFACT_BYTES: u64 = 16 * 1024 * 1024;
+
+/// KFP's `ReadArtifact` (`GET /apis/{v1beta1,v2beta1}/runs/{run}/nodes/{node}/artifacts/{name}:read`):
+/// the caller needs `readArtifact` on the run (in its namespace); the key is the reported
+/// workflow's `status.nodes[node].outputs.artifacts[name].s3.key`, read from the pipelines'
+/// bucket — but only when the gateway's policy lets the run's namespace read that key, since a
+/// workflow's status is written in the user's namespace and could name any key. Answers
+/// `{"data": base64}`.
+pub(crate) async fn read_run_artifact(
+    k: &Kfp,
+    r: &crate::routes::Req,
+    run_id: &str,
+    node_id: &str,
+    name: &str,
+) -> crate::KfpResult<serde_json::Value> {
+    use crate::KfpError;
+    let outer = "Failed to read artifact";
+    let run = crate::runs::load_authorized(k, r, run_id, "readArtifact")
+        .await
+        .map_err(|e| e.wrap(outer))?;
+    let path = format!("runs/{run_id}/nodes/{node_id}/artifacts/{name}");
+    let missing = || KfpError::NotFound(format!("artifact {path} not found")).wrap(outer);
+    if run.runtime_sha256.is_empty() {
+        return Err(missing());
+    }
+    let bytes =
+        k.db.get_blob(crate::runs::RUNTIME, &run.id, &run.runtime_sha256)
+            .await?;
+    let workflow: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|_| KfpError::DataLoss("The stored workflow is not JSON".into()))?;
+    let key = workflow
+        .pointer("/status/nodes")
+        .and_then(|n| n.get(node_id))
+        .and_then(|n| n.pointer("/outputs/artifacts"))
+        .and_then(serde_json::Value::as_array)
+        .and_then(|list| {
+            list.iter()
+                .find(|a| a.get("name").and_then(serde_json::Value::as_str) == Some(name))
+        })
+        .and_then(|a| a.pointer("/s3/key"))
+        .and_then(serde_json::Value::as_str)
+        .filter(|k| !k.is_empty())
+        .ok_or_else(missing)?
+        .to_owned();
+    let Some(store) = k.artifacts.get() else {
+        return Err(KfpError::Unimplemented(
+            "Reading artifacts needs kfsec's s3 gateway (an s3: upstream in the configuration)".into(),
+        )
+        .wrap(outer));
+    };
+    let bucket = store.bucket().to_owned();
+    if key_problem(&key).is_some() || !store.may_read(&run.namespace, &bucket, &key) {
+        tracing::warn!(target: "audit", user = %r.who.user, run = %run_id, namespace = %run.namespace,
+            "a reported workflow names an artifact key outside its namespace's prefixes");
+        return Err(KfpError::PermissionDenied(format!(
+            "The artifact of run {run_id} lies outside namespace {}'s artifact prefixes",
+            run.namespace
+        ))
+        .wrap(outer));
+    }
+    let obj = match store.get(&bucket, &key, None).await {
+        Ok(Some(o)) => o,
+        Ok(None) => return Err(missing()),
+        Err(e) => {
+            tracing::warn!(error = %e, run = %run_id, "artifact read failed");
+            return Err(KfpError::Unavailable("The artifact store could not be read; retry later".into()).wrap(outer));
+        }
+    };
+    if obj.length.is_some_and(|l| l > MAX_READ_ARTIFACT_BYTES) {
+        return Err(too_big().wrap(outer));
+    }
+    let data = http_body_util::Limited::new(obj.body, usize::try_from(MAX_READ_ARTIFACT_BYTES).unwrap_or(usize::MAX));
+    let data = http_body_util::BodyExt::collect(data)
+        .await
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                too_big()
+            } else {
+                tracing::warn!(error = %e, "artifact read failed mid-stream");
+                KfpError::Unavailable("The artifact store could not be read; retry later".into())
+            }
+        })
+        .map_err(|e| e.wrap(outer))?
+        .to_bytes();
+    use base64::Engine as _;
+    Ok(serde_json::json!({ "data": base64::engine::general_purpose::STANDARD.encode(&data) }))
+}
+
+fn too_big() -> crate::KfpError {
+    crate::KfpError::ResourceExhausted(format!(
+        "The artifact is larger than {MAX_READ_ARTIFACT_BYTES} bytes: read it through the S3 gateway or /pipeline/artifacts/get"
+    ))
 }
 
 /// KFP's question: may `who` `get` `viewers` (`kubeflow.org`) in `namespace`?
@@ -487,6 +590,14 @@ mod tests {
                     {
                         Decision::Allow { reason: "test".into() }
                     }
+                    // KFP's own rights: alice edits team-a, the agent reports.
+                    RequestAttributes::Resource(r)
+                        if r.api_group == "pipelines.kubeflow.org"
+                            && ((a.user == "alice@example.com" && r.namespace == "team-a")
+                                || (a.user == AGENT && r.verb == "report")) =>
+                    {
+                        Decision::Allow { reason: "test".into() }
+                    }
                     _ => Decision::NoOpinion,
                 }
             }
@@ -495,10 +606,12 @@ mod tests {
             }
         }
 
-        struct FixedRng;
+        struct FixedRng(std::sync::atomic::AtomicU8);
         impl Rng for FixedRng {
             fn fill(&self, buf: &mut [u8]) {
-                buf.fill(7);
+                for b in buf.iter_mut() {
+                    *b = self.0.fetch_add(37, std::sync::atomic::Ordering::Relaxed);
+                }
             }
         }
 
@@ -515,6 +628,9 @@ mod tests {
             fn may_read(&self, ns: &str, bucket: &str, key: &str) -> bool {
                 bucket == "mlpipeline"
                     && (key.starts_with(&format!("private-artifacts/{ns}/")) || key.starts_with("artifacts/"))
+            }
+            fn bucket(&self) -> &str {
+                "mlpipeline"
             }
             async fn get(
                 &self,
@@ -540,7 +656,7 @@ mod tests {
                 MemoryStore::new(clock.clone()),
                 authz.clone(),
                 clock,
-                Arc::new(FixedRng),
+                Arc::new(FixedRng(std::sync::atomic::AtomicU8::new(7))),
                 KfpSettings::default(),
             )
             .await
@@ -765,6 +881,130 @@ mod tests {
                 "a refused request read {:?}",
                 store.read.lock()
             );
+        }
+
+        const AGENT: &str = "system:serviceaccount:kubeflow:ml-pipeline-persistenceagent";
+
+        async fn json_call(
+            k: &Arc<Kfp>,
+            who: &str,
+            method: &str,
+            uri: &str,
+            body: serde_json::Value,
+        ) -> (StatusCode, serde_json::Value) {
+            let mut req = HttpRequest::builder()
+                .method(method)
+                .uri(uri)
+                .header("content-type", "application/json")
+                .body(Body::from(body.to_string()))
+                .unwrap();
+            req.extensions_mut().insert(Identity::new(who, vec![]));
+            let resp = k.router().oneshot(req).await.unwrap();
+            let status = resp.status();
+            let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap();
+            (
+                status,
+                serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+            )
+        }
+
+        /// A run in team-a whose reported workflow names `key` as node `n1`'s artifact `out`.
+        async fn run_with_artifact(k: &Arc<Kfp>, key: &str) -> String {
+            let alice = "alice@example.com";
+            let (s, v) = json_call(
+                k,
+                alice,
+                "POST",
+                "/pipeline/apis/v2beta1/experiments",
+                serde_json::json!({"display_name": "e", "namespace": "team-a"}),
+            )
+            .await;
+            assert_eq!(s, StatusCode::OK, "{v}");
+            let exp = v["experiment_id"].as_str().unwrap().to_owned();
+            let spec = serde_json::json!({"pipelineInfo": {"name": "p"}, "root": {"dag": {"tasks": {}}},
+                "schemaVersion": "2.1.0", "sdkVersion": "kfp-2.14.6"});
+            let (s, v) = json_call(
+                k,
+                alice,
+                "POST",
+                "/pipeline/apis/v2beta1/runs",
+                serde_json::json!({"display_name": "r", "experiment_id": exp, "pipeline_spec": spec}),
+            )
+            .await;
+            assert_eq!(s, StatusCode::OK, "{v}");
+            let run = v["run_id"].as_str().unwrap().to_owned();
+            let wf = serde_json::json!({"apiVersion": "argoproj.io/v1alpha1", "kind": "Workflow",
+                "metadata": {"name": "p-1", "namespace": "team-a", "uid": "u-1", "labels": {"pipeline/runid": run}},
+                "status": {"phase": "Succeeded", "nodes": {"n1": {"outputs": {"artifacts": [
+                    {"name": "main-logs", "s3": {"key": "private-artifacts/team-a/logs"}},
+                    {"name": "out", "s3": {"key": key}}]}}}}});
+            let (s, v) = json_call(k, AGENT, "POST", "/apis/v1beta1/workflows", wf).await;
+            assert_eq!(s, StatusCode::OK, "{v}");
+            run
+        }
+
+        #[tokio::test]
+        async fn read_artifact_reads_the_workflows_key_within_the_runs_namespace() {
+            let store = objects();
+            let (k, _) = kfp(Some(store.clone())).await;
+            let run = run_with_artifact(&k, "private-artifacts/team-a/run/out.txt").await;
+            for v in ["v1beta1", "v2beta1"] {
+                let (s, body) = json_call(
+                    &k,
+                    "alice@example.com",
+                    "GET",
+                    &format!("/pipeline/apis/{v}/runs/{run}/nodes/n1/artifacts/out:read"),
+                    serde_json::Value::Null,
+                )
+                .await;
+                assert_eq!(s, StatusCode::OK, "{body}");
+                assert_eq!(body["data"], "aGVsbG8gYXJ0aWZhY3Q=", "{body}");
+            }
+            // another user: KFP's denial; an unknown node or artifact: NotFound
+            let (s, body) = json_call(
+                &k,
+                "mallory@example.com",
+                "GET",
+                &format!("/pipeline/apis/v1beta1/runs/{run}/nodes/n1/artifacts/out:read"),
+                serde_json::Value::Null,
+            )
+            .await;
+            assert_eq!(s, StatusCode::FORBIDDEN, "{body}");
+            assert!(body["message"].as_str().unwrap().contains("readArtifact"), "{body}");
+            for path in ["nodes/n2/artifacts/out:read", "nodes/n1/artifacts/nope:read"] {
+                let (s, body) = json_call(
+                    &k,
+                    "alice@example.com",
+                    "GET",
+                    &format!("/pipeline/apis/v1beta1/runs/{run}/{path}"),
+                    serde_json::Value::Null,
+                )
+                .await;
+                assert_eq!(s, StatusCode::NOT_FOUND, "{path}: {body}");
+            }
+        }
+
+        #[tokio::test]
+        async fn read_artifact_refuses_a_workflow_naming_another_namespaces_key() {
+            for key in [
+                "private-artifacts/team-b/run/secret.txt",
+                "private-artifacts/team-a/../team-b/run/secret.txt",
+            ] {
+                let store = objects();
+                let (k, _) = kfp(Some(store.clone())).await;
+                let run = run_with_artifact(&k, key).await;
+                let (s, body) = json_call(
+                    &k,
+                    "alice@example.com",
+                    "GET",
+                    &format!("/pipeline/apis/v2beta1/runs/{run}/nodes/n1/artifacts/out:read"),
+                    serde_json::Value::Null,
+                )
+                .await;
+                assert_eq!(s, StatusCode::FORBIDDEN, "{key}: {body}");
+                assert!(!body.to_string().contains("team b only"));
+                assert!(store.read.lock().is_empty(), "{key} was read");
+            }
         }
 
         #[tokio::test]

@@ -215,9 +215,10 @@ async fn route(k: &Kfp, m: &Method, rest: &[&str], r: &Req) -> KfpResult<Value> 
         }
         ["runs", id, "terminate"] if post && !r.v2 => runs::terminate(k, r, id).await,
         ["runs", id, "retry"] if post && !r.v2 => runs::retry(k, r, id).await,
-        ["runs", _, "nodes", _, "artifacts", _] if get => Err(KfpError::Unimplemented(
-            "Reading artifacts is not offered by kfsec: artifacts live in the object store".into(),
-        )),
+        ["runs", run, "nodes", node, "artifacts", seg] if get => match action(seg) {
+            (name, "read") => crate::artifacts::read_run_artifact(k, r, run, node, name).await,
+            _ => Err(not_found()),
+        },
         // jobs (v1) and recurring runs (v2)
         ["jobs"] if post && !r.v2 => jobs::create(k, r).await,
         ["jobs"] if get && !r.v2 => jobs::list(k, r).await,

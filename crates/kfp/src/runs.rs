@@ -404,7 +404,7 @@ fn empty_namespace() -> KfpError {
 }
 
 /// KFP's `canAccessRun` with an id.
-async fn load_authorized(k: &Kfp, r: &Req, id: &str, verb: &str) -> KfpResult<Run> {
+pub(crate) async fn load_authorized(k: &Kfp, r: &Req, id: &str, verb: &str) -> KfpResult<Run> {
     access::load_namespaced(k, &r.who, id, verb).await
 }
 
