@@ -78,7 +78,7 @@ impl Algorithm {
     }
 
     /// Digest length in bytes.
-    pub fn len(self) -> usize {
+    pub fn digest_len(self) -> usize {
         match self {
             Self::Crc32 | Self::Crc32c => 4,
             Self::Crc64Nvme => 8,
@@ -203,12 +203,12 @@ fn invalid_value(alg: Algorithm, trailer: bool) -> S3Error {
     )))
 }
 
-/// Decodes a base64 checksum of exactly `alg.len()` bytes.
+/// Decodes a base64 checksum of exactly `alg.digest_len()` bytes.
 pub fn decode_checksum(alg: Algorithm, value: &str, trailer: bool) -> Result<Vec<u8>, S3Error> {
     let v = B64
         .decode(value.trim().as_bytes())
         .map_err(|_| invalid_value(alg, trailer))?;
-    if v.len() != alg.len() {
+    if v.len() != alg.digest_len() {
         return Err(invalid_value(alg, trailer));
     }
     Ok(v)
@@ -353,10 +353,10 @@ impl BodyChecks {
                 });
             }
         }
-        if let Some((h, want)) = self.md5 {
-            if h.finalize().as_slice() != want.as_slice() {
-                return Err(S3Error::BadDigest);
-            }
+        if let Some((h, want)) = self.md5
+            && h.finalize().as_slice() != want.as_slice()
+        {
+            return Err(S3Error::BadDigest);
         }
         if let Some((alg, h, expected)) = self.checksum {
             let want = match expected {

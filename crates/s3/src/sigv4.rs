@@ -1186,4 +1186,4 @@ pub fn sign_with(
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
