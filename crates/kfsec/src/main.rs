@@ -139,6 +139,13 @@ enum Cmd {
         #[command(flatten)]
         common: Common,
     },
+    /// Per-workspace S3 keys (the S3 gateway's credentials).
+    S3 {
+        #[command(subcommand)]
+        cmd: S3Cmd,
+        #[command(flatten)]
+        common: Common,
+    },
     /// Encryption of the secrets in the store at rest (`secretsEncryption`).
     Secrets {
         #[command(subcommand)]
@@ -157,6 +164,32 @@ enum Cmd {
         kubeconfig: PathBuf,
         #[command(flatten)]
         common: Common,
+    },
+}
+
+#[derive(Subcommand)]
+enum S3Cmd {
+    /// Issue a new S3 key for a profile namespace and write it into the namespace's Secret
+    /// mlpipeline-minio-artifact (accesskey, secretkey); the previous key keeps working for
+    /// --overlap, then only the new one does. Prints the new access key id and the salted
+    /// fingerprint of its secret.
+    Rotate {
+        /// The profile namespace.
+        #[arg(short = 'n', long)]
+        namespace: String,
+        /// How long the previous key stays valid, e.g. 1h (0s: it ends now).
+        #[arg(long, default_value = "1h")]
+        overlap: String,
+        /// Also print the new secret key (the namespace's Secret holds it in any case).
+        #[arg(long)]
+        show_secret: bool,
+    },
+    /// List a namespace's live S3 keys: access key ids, when each was issued, when a rotated
+    /// one ends, and the salted fingerprints of their secrets.
+    Keys {
+        /// The profile namespace.
+        #[arg(short = 'n', long)]
+        namespace: String,
     },
 }
 
@@ -665,6 +698,38 @@ fn print(resp: AdminResponse) -> Result<()> {
             say!("clients should trust: pki/ca-bundle.crt");
         }
         AdminResponse::Explanation { allowed, .. } => say!("{}", if allowed { "yes" } else { "no" }),
+        AdminResponse::S3Key(k) => {
+            say!("access key id {}", k.id);
+            say!("fingerprint {}", k.fingerprint);
+            if let Some(secret) = k.secret {
+                say!("secret {secret}");
+            }
+            say!(
+                "the Secret mlpipeline-minio-artifact in namespace {} holds the new key",
+                k.namespace
+            );
+        }
+        AdminResponse::S3Keys { namespace, items } => {
+            if items.is_empty() {
+                bail!("namespace {namespace} has no S3 key");
+            }
+            say!(
+                "{:<20}  {:<20}  {:<20}  FINGERPRINT",
+                "ACCESS KEY ID",
+                "CREATED",
+                "NOT AFTER"
+            );
+            let time = |secs: u64| kfsec_types::UnixTime::from_secs(secs).to_rfc3339();
+            for k in items {
+                say!(
+                    "{:<20}  {:<20}  {:<20}  {}",
+                    k.id,
+                    time(k.created),
+                    k.not_after.map_or_else(|| "-".to_owned(), time),
+                    k.fingerprint
+                );
+            }
+        }
         AdminResponse::Error { message } => bail!(message),
     }
     Ok(())
@@ -797,6 +862,23 @@ async fn run(cli: Cli) -> Result<()> {
             }
         }
         Cmd::Cert { cmd, common } => cert_cmd(cmd, &common).await,
+        Cmd::S3 { cmd, common } => {
+            let req = match cmd {
+                S3Cmd::Rotate {
+                    namespace,
+                    overlap,
+                    show_secret,
+                } => AdminRequest::S3Rotate {
+                    namespace,
+                    overlap_seconds: kfsec_types::config::parse_duration(&overlap)
+                        .map_err(anyhow::Error::msg)?
+                        .as_secs(),
+                    show_secret,
+                },
+                S3Cmd::Keys { namespace } => AdminRequest::S3Keys { namespace },
+            };
+            print(admin_call(&common, req).await?)
+        }
         Cmd::Secrets {
             cmd: SecretsCmd::GenerateKey { file },
         } => {

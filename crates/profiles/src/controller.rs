@@ -2,7 +2,10 @@
 //! creates — the Namespace (annotation `owner`, default labels), the `namespaceAdmin`
 //! RoleBinding to `kubeflow-admin`, the `default-editor`/`default-viewer` ServiceAccounts bound
 //! to `kubeflow-edit`/`kubeflow-view`, the `kf-resource-quota` ResourceQuota — records status
-//! conditions, and deletes the namespace (and so its contents) when the Profile goes.
+//! conditions, and deletes the namespace (and so its contents) when the Profile goes. With
+//! workspace credentials configured (`credentials::WorkspaceCredentials`: the S3 keys), it also
+//! writes their Secrets into the namespace and revokes them when the Profile goes (or, for a
+//! Profile deleted while unwatched, at the next re-list).
 //!
 //! Invariants: a namespace owned by someone else is never taken over (the Profile gets a Failed
 //! condition) — only a namespace this very Profile created (its owner reference) is adopted;
@@ -29,6 +32,8 @@ use kfsec_types::meta::{ObjectMeta, OwnerReference};
 use kfsec_types::rbac::{RBAC_GROUP, RoleBinding, RoleRef, Subject, SubjectKind};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+
+use crate::credentials::WorkspaceCredentials;
 
 /// Controller settings.
 #[derive(Debug, Clone)]
@@ -183,6 +188,7 @@ fn owner_subject(owner: Option<&ProfileOwner>) -> Subject {
 pub struct ProfileController {
     api: Arc<ApiServer>,
     settings: ProfileSettings,
+    credentials: Option<Arc<dyn WorkspaceCredentials>>,
 }
 
 enum Outcome {
@@ -193,7 +199,100 @@ enum Outcome {
 impl ProfileController {
     /// A controller reading, following and writing the objects through `api`.
     pub fn new(api: Arc<ApiServer>, settings: ProfileSettings) -> Arc<Self> {
-        Arc::new(Self { api, settings })
+        Arc::new(Self {
+            api,
+            settings,
+            credentials: None,
+        })
+    }
+
+    /// The same, also giving every profile namespace the Secrets of `credentials` (issued at the
+    /// first reconcile, revoked when the Profile goes).
+    pub fn with_credentials(
+        api: Arc<ApiServer>,
+        settings: ProfileSettings,
+        credentials: Arc<dyn WorkspaceCredentials>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            api,
+            settings,
+            credentials: Some(credentials),
+        })
+    }
+
+    /// Writes the credential Secrets of the Profile `namespace` (a rotation's new key, a Secret
+    /// someone deleted); nothing when there is no such Profile or no credentials are configured.
+    pub async fn sync_credentials(&self, namespace: &str) -> Result<(), ApiError> {
+        let Some(profile) = self.api.get_object(profiles()?, "", namespace).await? else {
+            return Ok(());
+        };
+        let profile =
+            decode_profile(profile).map_err(|e| ApiError::Internal(format!("decoding a stored Profile: {e}")))?;
+        self.ensure_credentials(&profile).await
+    }
+
+    /// Issues (or finds) the namespace's credentials and writes them as Secrets it owns.
+    async fn ensure_credentials(&self, profile: &Profile) -> Result<(), ApiError> {
+        use base64::Engine;
+        let Some(credentials) = &self.credentials else {
+            return Ok(());
+        };
+        let secrets = res("", "v1", "secrets")?;
+        let wanted = credentials
+            .secrets(profile.name())
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        for s in wanted {
+            let mut secret = CoreObject::new("v1", "Secret", owned_meta(profile, &s.name));
+            let data: Map<String, Value> = s
+                .data
+                .iter()
+                .map(|(k, v)| {
+                    let encoded = base64::engine::general_purpose::STANDARD.encode(v.as_bytes());
+                    (k.clone(), Value::String(encoded))
+                })
+                .collect();
+            secret.rest.insert("type".into(), Value::String("Opaque".into()));
+            secret.rest.insert("data".into(), Value::Object(data));
+            self.ensure(secrets, &secret, &["data", "type"]).await?;
+        }
+        Ok(())
+    }
+
+    /// Revokes the credentials of the deleted Profile `name`, unless a Profile of that name
+    /// lives again (a re-created one keeps what its reconcile issued).
+    async fn revoke_credentials(&self, name: &str, uid: &str) -> Result<(), ApiError> {
+        let Some(credentials) = &self.credentials else {
+            return Ok(());
+        };
+        if let Some(live) = self.api.get_object(profiles()?, "", name).await?
+            && metadata_of(&live).is_some_and(|m| m.uid != uid)
+        {
+            return Ok(());
+        }
+        credentials
+            .revoke(name)
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))
+    }
+
+    /// Revokes the credentials of every namespace no Profile in `live` (names) has.
+    async fn revoke_orphan_credentials(&self, live: &std::collections::HashSet<String>) -> Result<(), ApiError> {
+        let Some(credentials) = &self.credentials else {
+            return Ok(());
+        };
+        let holders = credentials
+            .holders()
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        for ns in holders.iter().filter(|ns| !live.contains(*ns)) {
+            tracing::info!(namespace = %ns, "revoking the credentials of a Profile deleted while unwatched");
+            credentials
+                .revoke(ns)
+                .await
+                .map_err(|e| ApiError::Internal(e.to_string()))?;
+        }
+        Ok(())
     }
 
     /// Creates or updates `desired` (matched by namespace/name) when it differs in the fields
@@ -395,7 +494,7 @@ impl ProfileController {
         } else {
             self.api.delete_object(rq, ns, "kf-resource-quota").await?;
         }
-        Ok(())
+        self.ensure_credentials(profile).await
     }
 
     async fn set_status(&self, profile: &Profile, outcome: Outcome) -> Result<(), ApiError> {
@@ -496,6 +595,7 @@ impl ProfileController {
         if self.api.is_reserved_namespace(name) {
             return Ok(());
         }
+        self.revoke_credentials(name, uid_of(profile)).await?;
         if let Some(ns) = self.api.get_object(nsr, "", name).await? {
             let uid = uid_of(profile);
             let owned = CoreObject::decode(ns)?
@@ -572,6 +672,10 @@ impl ProfileController {
                                     tracing::warn!(error = %e, "finalizing namespaces of deleted Profiles failed; retried at the next re-list");
                                 }
                             }
+                        }
+                        let names: std::collections::HashSet<String> = objects.iter().map(|o| o.name.clone()).collect();
+                        if let Err(e) = me.revoke_orphan_credentials(&names).await {
+                            tracing::warn!(error = %e, "revoking the credentials of deleted Profiles failed; retried at the next re-list");
                         }
                         (EventKind::Put, objects)
                     }
@@ -755,6 +859,103 @@ mod tests {
         let before = store.revision().await.unwrap();
         c.reconcile(&decode_profile(p).unwrap()).await.unwrap();
         assert_eq!(store.revision().await.unwrap(), before);
+    }
+
+    /// Credentials issued per namespace, counted: what the controller asks of them.
+    #[derive(Default)]
+    struct Creds {
+        issued: std::sync::Mutex<BTreeMap<String, u32>>,
+        revoked: std::sync::Mutex<Vec<String>>,
+    }
+
+    #[async_trait::async_trait]
+    impl WorkspaceCredentials for Creds {
+        async fn secrets(
+            &self,
+            ns: &str,
+        ) -> Result<Vec<crate::credentials::CredentialSecret>, crate::credentials::CredentialError> {
+            let mut issued = self.issued.lock().unwrap();
+            let n = *issued.entry(ns.to_owned()).or_insert(1);
+            let data = [
+                ("accesskey".to_owned(), zeroize::Zeroizing::new(format!("KEY{n}"))),
+                (
+                    "secretkey".to_owned(),
+                    zeroize::Zeroizing::new(format!("secret-of-{ns}")),
+                ),
+            ];
+            Ok(vec![crate::credentials::CredentialSecret {
+                name: crate::credentials::ARTIFACT_SECRET.into(),
+                data: data.into_iter().collect(),
+            }])
+        }
+        async fn revoke(&self, ns: &str) -> Result<(), crate::credentials::CredentialError> {
+            self.issued.lock().unwrap().remove(ns);
+            self.revoked.lock().unwrap().push(ns.to_owned());
+            Ok(())
+        }
+        async fn holders(&self) -> Result<Vec<String>, crate::credentials::CredentialError> {
+            Ok(self.issued.lock().unwrap().keys().cloned().collect())
+        }
+    }
+
+    #[tokio::test]
+    async fn credentials_become_the_namespaces_secret_once_and_go_with_the_profile() {
+        let clock = ManualClock::new(UnixTime::from_millis(1_700_000_000_000));
+        let store = MemoryStore::new(clock.clone());
+        let api = ApiServer::new(store.clone(), Arc::new(Nobody), clock, Arc::new(Sevens));
+        let creds = Arc::new(Creds::default());
+        let c = ProfileController::with_credentials(api.clone(), ProfileSettings::default(), creds.clone());
+        let profile = json!({"apiVersion": "kubeflow.org/v1", "kind": "Profile", "metadata": {"name": "team"},
+            "spec": {"owner": {"kind": "User", "name": "alice@example.com"}}});
+        let stored = api.create_object(profiles().unwrap(), "", profile).await.unwrap();
+        c.reconcile(&decode_profile(stored.clone()).unwrap()).await.unwrap();
+        let secret = get(&api, "secrets", "team", "mlpipeline-minio-artifact").await;
+        assert_eq!(secret["type"], "Opaque");
+        // base64 of "KEY1" and "secret-of-team", as Kubernetes stores `data`.
+        assert_eq!(
+            secret["data"],
+            json!({"accesskey": "S0VZMQ==", "secretkey": "c2VjcmV0LW9mLXRlYW0="})
+        );
+        assert_eq!(secret["metadata"]["ownerReferences"][0]["kind"], "Profile");
+        let p = get(&api, "profiles", "", "team").await;
+        let before = store.revision().await.unwrap();
+        c.reconcile(&decode_profile(p.clone()).unwrap()).await.unwrap();
+        assert_eq!(store.revision().await.unwrap(), before, "a second pass writes nothing");
+        // A deleted Secret is written back at the next reconcile; a changed one is put right.
+        let secrets = res("", "v1", "secrets").unwrap();
+        api.delete_object(secrets, "team", "mlpipeline-minio-artifact")
+            .await
+            .unwrap();
+        c.sync_credentials("team").await.unwrap();
+        assert_eq!(
+            get(&api, "secrets", "team", "mlpipeline-minio-artifact").await["data"]["accesskey"],
+            "S0VZMQ=="
+        );
+        let mut changed = get(&api, "secrets", "team", "mlpipeline-minio-artifact").await;
+        changed["data"]["secretkey"] = json!("b3RoZXI=");
+        api.update_object(secrets, changed).await.unwrap();
+        c.reconcile(&decode_profile(p.clone()).unwrap()).await.unwrap();
+        assert_eq!(
+            get(&api, "secrets", "team", "mlpipeline-minio-artifact").await["data"]["secretkey"],
+            "c2VjcmV0LW9mLXRlYW0="
+        );
+        // A re-created Profile of the same name keeps its credentials when the old one's deletion
+        // is handled; the Profile's own deletion revokes them.
+        let mut old = decode_profile(p).unwrap();
+        if let Some(m) = old.metadata.get_mut() {
+            m.uid = "an-older-profile".into();
+        }
+        c.finalize(&old).await.unwrap();
+        assert!(creds.revoked.lock().unwrap().is_empty());
+        api.delete_object(profiles().unwrap(), "", "team").await.unwrap();
+        c.finalize(&decode_profile(stored).unwrap()).await.unwrap();
+        assert_eq!(*creds.revoked.lock().unwrap(), ["team"]);
+        // Holders without a Profile (deleted while unwatched) are revoked at the next list.
+        creds.issued.lock().unwrap().insert("gone".into(), 1);
+        c.revoke_orphan_credentials(&["other".to_owned()].into_iter().collect())
+            .await
+            .unwrap();
+        assert_eq!(*creds.revoked.lock().unwrap(), ["team", "gone"]);
     }
 
     /// A Profile deleted while no controller watched (before a start, during a lost watch):

@@ -6,6 +6,7 @@
 //! goes through the RBAC authorizer or the Profile's owner field.
 
 pub mod controller;
+pub mod credentials;
 pub mod dashboard;
 pub mod kfam;
 pub mod pages;

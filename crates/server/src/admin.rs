@@ -102,6 +102,21 @@ pub enum AdminRequest {
         /// Length of the trust window.
         window_seconds: Option<u64>,
     },
+    /// Issue a new S3 key for a profile namespace and write it into the namespace's Secret; the
+    /// keys current until now stay valid for `overlap_seconds` (`kfsec s3 rotate`).
+    S3Rotate {
+        /// The profile namespace.
+        namespace: String,
+        /// How long the previous keys stay valid.
+        overlap_seconds: u64,
+        /// Return the new secret too (only on explicit request).
+        show_secret: bool,
+    },
+    /// List a namespace's live S3 keys, without secrets (`kfsec s3 keys`).
+    S3Keys {
+        /// The profile namespace.
+        namespace: String,
+    },
 }
 
 impl std::fmt::Debug for AdminRequest {
@@ -118,6 +133,8 @@ impl std::fmt::Debug for AdminRequest {
             Self::TokenCreate { .. } => "TokenCreate",
             Self::Explain { .. } => "Explain",
             Self::CaRotate { .. } => "CaRotate",
+            Self::S3Rotate { .. } => "S3Rotate",
+            Self::S3Keys { .. } => "S3Keys",
         })
     }
 }
@@ -156,11 +173,43 @@ pub enum AdminResponse {
     },
     /// The CA set after a rotation step.
     Rotation(crate::trust::RotationStatus),
+    /// A new S3 key.
+    S3Key(S3KeyView),
+    /// A namespace's S3 keys (no secrets).
+    S3Keys {
+        /// The namespace.
+        namespace: String,
+        /// Oldest first.
+        items: Vec<kfsec_s3::keystore::KeySummary>,
+    },
     /// Failed.
     Error {
         /// Message.
         message: String,
     },
+}
+
+/// A new S3 key as the CLI shows it: the secret only when asked for.
+#[derive(Serialize, Deserialize)]
+pub struct S3KeyView {
+    /// The namespace.
+    pub namespace: String,
+    /// Access key id.
+    pub id: String,
+    /// The secret's salted SHA-256 fingerprint.
+    pub fingerprint: String,
+    /// The secret (only with `show_secret`).
+    pub secret: Option<String>,
+}
+
+impl std::fmt::Debug for S3KeyView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3KeyView")
+            .field("namespace", &self.namespace)
+            .field("id", &self.id)
+            .field("fingerprint", &self.fingerprint)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Serializable mirror of [`NewClient`].
@@ -369,6 +418,39 @@ impl AdminOps {
                         .map_err(|e| e.to_string()),
                     };
                     AdminResponse::Rotation(status.map_err(IdpError::Invalid)?)
+                }
+                AdminRequest::S3Rotate {
+                    namespace,
+                    overlap_seconds,
+                    show_secret,
+                } => {
+                    let key = crate::s3keys::rotate(
+                        self.store.clone(),
+                        &namespace,
+                        std::time::Duration::from_secs(overlap_seconds),
+                        Arc::new(kfsec_types::SystemClock),
+                        self.rng.clone(),
+                    )
+                    .await
+                    .map_err(|e| IdpError::Invalid(e.to_string()))?;
+                    AdminResponse::S3Key(S3KeyView {
+                        namespace,
+                        id: key.id.clone(),
+                        fingerprint: key.fingerprint.clone(),
+                        secret: show_secret.then(|| key.secret.to_string()),
+                    })
+                }
+                AdminRequest::S3Keys { namespace } => {
+                    let keys = kfsec_s3::keystore::KeyStore::new(
+                        self.store.clone(),
+                        Arc::new(kfsec_types::SystemClock),
+                        self.rng.clone(),
+                    );
+                    let items = keys
+                        .list(&namespace)
+                        .await
+                        .map_err(|e| IdpError::Invalid(e.to_string()))?;
+                    AdminResponse::S3Keys { namespace, items }
                 }
             })
         }

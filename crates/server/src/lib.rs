@@ -9,11 +9,13 @@ mod accounts;
 pub mod admin;
 pub mod auditing;
 pub mod config;
+pub mod kek;
 mod kubeconfig;
 pub mod leader;
 pub mod metrics;
 mod pipeline_ui;
 pub mod rbac;
+pub mod s3keys;
 pub mod storage;
 mod tokenrequest;
 pub mod tokenreview;
@@ -144,6 +146,8 @@ pub struct Running {
     pub rbac: Arc<rbac::RbacCache>,
     /// The audit pipeline (`None`: audit off); [`Running::shutdown`] flushes it.
     pub audit: Option<Arc<kfsec_audit::Pipeline>>,
+    /// The workspaces' S3 keys (issued by the profile controller when `s3:` is configured).
+    pub s3_keys: Arc<kfsec_s3::keystore::KeyStore>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     background: Vec<tokio::task::JoinHandle<()>>,
@@ -353,23 +357,41 @@ pub fn secret_prefixes() -> Vec<&'static str> {
         kfsec_idp::SECRET_PREFIXES,
         kfsec_gateway::session::SECRET_PREFIXES,
         trust::shared::SECRET_PREFIXES,
+        kfsec_s3::keystore::SECRET_PREFIXES,
         K8S_SECRET_PREFIXES,
     ]
     .concat()
 }
 
-/// The store as kfsec uses it: with `secretsEncryption`, wrapped so that the values under
-/// [`secret_prefixes`] are sealed, after the start-up check (a store sealed with a key this
-/// process lacks is refused naming the key id; plaintext is sealed the first time; values under a
-/// previous key are re-sealed under the primary); without it, a sealed store is refused.
+/// The store as kfsec uses it: with `secretsEncryption` — or, on the embedded redb store
+/// without it, the data directory's key ([`kek`], created at the server's first start when
+/// `create_kek`) — wrapped so that the values under [`secret_prefixes`] are sealed, after the
+/// start-up check (a store sealed with a key this process lacks is refused naming the key id;
+/// plaintext is sealed the first time; values under a previous key are re-sealed under the
+/// primary); without a key, a sealed store is refused.
 pub async fn seal_store(
     store: Arc<dyn Store>,
     cfg: &Config,
     clock: &dyn Clock,
     rng: Arc<dyn Rng>,
+    create_kek: bool,
 ) -> Result<Arc<dyn Store>, ServerError> {
     use kfsec_store::sealed::{SealedStore, check_unsealed};
-    let Some(ring) = cfg.secrets_encryption.clone() else {
+    let ring = match (cfg.secrets_encryption.clone(), &cfg.store) {
+        (Some(ring), _) => Some(ring),
+        (None, config::store::StoreSettings::Redb) => {
+            kek::keyring(
+                store.as_ref(),
+                &cfg.data_dir,
+                &secret_prefixes(),
+                create_kek,
+                rng.as_ref(),
+            )
+            .await?
+        }
+        (None, _) => None,
+    };
+    let Some(ring) = ring else {
         check_unsealed(store.as_ref(), &secret_prefixes()).await?;
         return Ok(store);
     };
@@ -495,7 +517,7 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
     )
     .map_err(io("starting the admin listener"))?;
     let opened = storage::open(&cfg.store, &dir, clock.clone(), rng.clone(), &store_health).await?;
-    let store = seal_store(opened.store, &cfg, clock.as_ref(), rng.clone()).await?;
+    let store = seal_store(opened.store, &cfg, clock.as_ref(), rng.clone(), true).await?;
     let (store, store_probe): (Arc<dyn Store>, _) = match opened.etcd {
         Some(etcd) => (
             Arc::new(storage::Tracked::new(store, store_health.clone())),
@@ -633,6 +655,8 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
     let rbac_task = rbac_cache.spawn(api.clone());
     let rev = store.revision().await?;
     kfsec_profiles::AuthzSync::wait_for(rbac_cache.as_ref(), rev).await;
+    // Each profile namespace's S3 key and its Secret.
+    let s3_keys = Arc::new(kfsec_s3::keystore::KeyStore::new(store.clone(), clock.clone(), rng.clone()));
     let controller = kfsec_profiles::ProfileController::new(api.clone(), kfsec_profiles::ProfileSettings::default());
     // System namespaces exist from the first start and belong to no profile.
     controller
@@ -870,6 +894,7 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
         rbac: rbac_cache,
         trust,
         audit: audit_pipeline,
+        s3_keys,
         shutdown: tx,
         tasks,
         background,
@@ -902,7 +927,7 @@ pub async fn open_admin_store(cfg: &Config, clock: Arc<dyn Clock>) -> Result<Arc
                 .map_err(|e| ServerError::Store(StoreError::Backend(e.to_string())))?,
         ),
     };
-    seal_store(store, cfg, clock.as_ref(), Arc::new(OsRng)).await
+    seal_store(store, cfg, clock.as_ref(), Arc::new(OsRng), false).await
 }
 
 /// The webhook configurations (YAML) for a cluster's API server to call kfsec's webhooks.
@@ -937,6 +962,7 @@ mod tests {
             "/kfsec/pki/certs/frontdoor.crt@0123456789abcdef",
             "/kfsec/pki/certs/webhooks/kfsec-admission.crt",
             "/k8s/core/secrets/ns/s",
+            "/kfsec/s3/ns/team-a",
         ] {
             assert!(covered(key), "{key} holds secrets: sealed");
         }
@@ -946,6 +972,7 @@ mod tests {
             "/kfsec/idp/usercodes/ABCD-EFGH",
             "/kfsec/session-users/u/1-h",
             "/kfsec/bootstrap",
+            "/kfsec/s3/ids/KF0123456789ABCDEFGH",
             "/k8s/core/namespaces/a",
             "/kfp/runs/r",
         ] {
