@@ -366,9 +366,10 @@ async fn admission_reviews_leave_an_event_naming_the_caller_and_the_verdict() {
     assert_eq!(r.headers()["audit-id"], "apiserver-call-1");
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["response"]["patchType"], "JSONPatch");
-    // Not an AdmissionReview: a non-resource post answered 400.
+    // Not an AdmissionReview: a non-resource post answered 400. A secret in its query is
+    // recorded as REDACTED, as on the front door.
     let r = client(&k, Some(&apiserver))
-        .post(url(&k))
+        .post(format!("{}?timeout=10s&token=s3cr3t", url(&k)))
         .body("{}")
         .send()
         .await
@@ -439,5 +440,7 @@ async fn admission_reviews_leave_an_event_naming_the_caller_and_the_verdict() {
         (Some("post"), Some(400))
     );
     assert!(e.get("objectRef").is_none());
+    assert_eq!(e["requestURI"], "/apply-poddefault?timeout=10s&token=REDACTED");
+    assert!(!e.to_string().contains("s3cr3t"), "{e}");
     k.running.shutdown().await;
 }

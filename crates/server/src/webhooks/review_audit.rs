@@ -19,9 +19,10 @@
 //!
 //! Security invariants: no body is recorded (the reviewed object may hold anything); what the
 //! review claims (names, the reviewed user) is cut to Kubernetes' lengths, so a caller cannot
-//! write megabytes into the log through one field; the caller's `Audit-ID` is reused only by
-//! `kfsec_audit`'s rule; `sourceIPs` is the TCP peer only (nothing forwarded is believed on this
-//! listener).
+//! write megabytes into the log through one field (nor through `User-Agent`); `requestURI`
+//! carries secret query values as `REDACTED` (`kfsec_audit::request::redacted_uri`, as on the
+//! front door); the caller's `Audit-ID` is reused only by `kfsec_audit`'s rule; `sourceIPs` is
+//! the TCP peer only (nothing forwarded is believed on this listener).
 
 use std::sync::Arc;
 
@@ -29,7 +30,9 @@ use axum::http::HeaderValue;
 use axum::http::request::Parts;
 use axum::response::Response;
 use kfsec_admission::{AdmissionOutcome, ParsedReview};
-use kfsec_audit::request::{AUDIT_ID_HEADER, Begin, REASON_ANNOTATION, audit_id_from_client, new_audit_id};
+use kfsec_audit::request::{
+    AUDIT_ID_HEADER, Begin, REASON_ANNOTATION, audit_id_from_client, new_audit_id, redacted_uri,
+};
 use kfsec_audit::{Auditor, ObjectRef, RequestAudit};
 use kfsec_gateway::listener::ClientCertIdentity;
 use kfsec_types::identity::UserInfo;
@@ -45,6 +48,8 @@ pub const PATCH_OPERATIONS_ANNOTATION: &str = "admission.kfsec.io/patch-operatio
 pub const REVIEWED_USER_ANNOTATION: &str = "admission.kfsec.io/reviewed-user";
 /// The longest denial message (and reviewed user name) recorded.
 pub const MAX_REASON: usize = 512;
+/// The longest `User-Agent` recorded (bytes; the front door's bound).
+pub const MAX_USER_AGENT: usize = 1024;
 /// The longest object name, namespace, resource, group or version recorded (a DNS subdomain).
 pub const MAX_NAME: usize = 253;
 
@@ -87,7 +92,8 @@ impl ReviewAudit {
             Begin {
                 audit_id,
                 method: parts.method.clone(),
-                request_uri: parts.uri.path_and_query().map_or("/", |pq| pq.as_str()).to_owned(),
+                // Secret query values `REDACTED`, by the one rule every surface's Event follows.
+                request_uri: redacted_uri(parts.uri.path_and_query().map_or("/", |pq| pq.as_str())),
                 source_ips: parts
                     .extensions
                     .get::<kfsec_idp::ClientAddr>()
@@ -96,7 +102,7 @@ impl ReviewAudit {
                 user_agent: parts
                     .headers
                     .get(axum::http::header::USER_AGENT)
-                    .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()),
+                    .map(|v| truncated(&String::from_utf8_lossy(v.as_bytes()), MAX_USER_AGENT)),
             },
         )?;
         let caller = parts.extensions.get::<ClientCertIdentity>();
@@ -214,6 +220,26 @@ mod tests {
             assert_eq!(field.map(|f| f.len()), Some(MAX_NAME));
         }
         assert!(serde_json::to_string(&e.annotations).unwrap().len() < 4 * MAX_REASON);
+    }
+
+    #[test]
+    fn secret_query_values_and_huge_user_agents_are_not_recorded() {
+        let cap = kfsec_audit::testing::Capture::metadata();
+        let clock: Arc<dyn Clock> = kfsec_types::ManualClock::new(kfsec_types::UnixTime::from_secs(1));
+        let audit = ReviewAudit::new(cap.auditor(), clock, Arc::new(kfsec_types::SequenceRng::default()));
+        let (parts, ()) = axum::http::Request::post("/apply-poddefault?timeout=10s&token=s3cr3t;code=c0de")
+            .header("user-agent", "u".repeat(1 << 16))
+            .body(())
+            .unwrap()
+            .into_parts();
+        let ctx = audit.begin(&parts).unwrap();
+        ctx.complete(400);
+        let e = cap.take().pop().unwrap();
+        assert_eq!(
+            e.request_uri,
+            "/apply-poddefault?timeout=10s&token=REDACTED;code=REDACTED"
+        );
+        assert_eq!(e.user_agent.map(|u| u.len()), Some(MAX_USER_AGENT));
     }
 
     #[test]
