@@ -156,17 +156,49 @@ fn token_subject(resp: &crate::TokenResponse) -> Option<UserInfo> {
     use base64::Engine;
     let payload = resp.id_token.split('.').nth(1)?;
     let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).ok()?;
-    let claims: serde_json::Value = serde_json::from_slice(&raw).ok()?;
-    let name = claims
-        .get("email")
-        .and_then(|v| v.as_str())
-        .or_else(|| claims.get("sub").and_then(|v| v.as_str()))?;
-    let groups: Vec<String> = claims
-        .get("groups")
-        .and_then(|v| v.as_array())
-        .map(|a| a.iter().filter_map(|g| g.as_str().map(str::to_owned)).collect())
-        .unwrap_or_default();
-    Some(UserInfo::authenticated(name, &groups))
+    let claims: crate::tokens::Claims = serde_json::from_slice(&raw).ok()?;
+    claims_user(&claims)
+}
+
+/// A token's subject as an Event's user: its `email` claim (what the front door authenticates
+/// an ID token as), else `sub`, with its `groups`.
+fn claims_user(claims: &crate::tokens::Claims) -> Option<UserInfo> {
+    let name = claims.email.as_deref().unwrap_or(&claims.sub);
+    (!name.is_empty()).then(|| UserInfo::authenticated(name, claims.groups.as_deref().unwrap_or_default()))
+}
+
+/// `/userinfo` answered for a verified access token: the Event's user is the token's subject
+/// (the token itself is never recorded).
+pub(crate) fn token_holder(audit: Option<&RequestAudit>, claims: &crate::tokens::Claims) {
+    if let Some(a) = audit
+        && let Some(user) = claims_user(claims)
+    {
+        a.set_user(user);
+    }
+}
+
+/// The approval screen answered (`POST /approval`), before its request is known: `approve` on
+/// `tokens` (a client asking for the user's tokens).
+pub(crate) fn approval_answered(audit: Option<&RequestAudit>) {
+    if let Some(a) = audit {
+        a.identity(identity::TOKENS, identity::APPROVE, None);
+    }
+}
+
+/// The approval screen's request, once loaded: `approve` on `devicecodes` for a device login
+/// (the code is never recorded), else on `tokens` named by the client; the user is who logged
+/// in and answered.
+pub(crate) fn approval_request(audit: Option<&RequestAudit>, device: bool, client_id: &str, user: &str) {
+    if let Some(a) = audit {
+        let client_id = bounded(client_id);
+        if device {
+            a.identity(identity::DEVICECODES, identity::APPROVE, None);
+        } else {
+            a.identity(identity::TOKENS, identity::APPROVE, Some(&client_id));
+        }
+        a.annotate(CLIENT_ANNOTATION, client_id);
+        a.set_user(UserInfo::authenticated(user, &[]));
+    }
 }
 
 /// The tokens of a token endpoint request were issued: the Event's user is their subject.

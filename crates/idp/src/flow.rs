@@ -1099,22 +1099,44 @@ struct ApprovalForm {
     approval: String,
 }
 
+/// `POST /approval`, with its audit Event: `approve` on `tokens` (or `devicecodes` for a device
+/// login), the user who answered, `kfsec.io/outcome` and, when declined or refused, the reason.
 async fn approval_submit(
     State(idp): State<Arc<Idp>>,
     headers: HeaderMap,
+    audit: Option<Extension<RequestAudit>>,
     Form(form): Form<ApprovalForm>,
 ) -> Result<Response, PageError> {
-    idp.same_origin(&headers)?;
-    let (mut req, rev) = load_req(&idp, &form.req).await?;
+    let audit = audit.map(|Extension(a)| a);
+    crate::audit::approval_answered(audit.as_ref());
+    let result = approval_inner(&idp, &headers, audit.as_ref(), form).await;
+    match &result {
+        Ok(_) => crate::audit::succeeded(audit.as_ref()),
+        Err(_) => crate::audit::failed(audit.as_ref(), "invalid approval request"),
+    }
+    result
+}
+
+async fn approval_inner(
+    idp: &Arc<Idp>,
+    headers: &HeaderMap,
+    audit: Option<&RequestAudit>,
+    form: ApprovalForm,
+) -> Result<Response, PageError> {
+    idp.same_origin(headers)?;
+    let (mut req, rev) = load_req(idp, &form.req).await?;
     let Some(email) = req.logged_in.clone() else {
         return Err(PageError::bad("Login process not yet finalized."));
     };
+    let device = req.redirect_uri == format!("{}/device/callback", idp.settings.issuer_path());
+    crate::audit::approval_request(audit, device, &req.client_id, &email);
     // Single use: whoever deletes the request first finishes it.
     idp.store
         .delete(&format!("{AUTHREQ_PREFIX}{}", form.req), Some(rev))
         .await
         .map_err(|_| PageError::bad("This request was already answered."))?;
     if form.approval != "approve" {
+        crate::audit::failed(audit, OAuthCode::AccessDenied.as_str());
         let to = crate::tokens::append_query(
             &req.redirect_uri,
             &[("error", OAuthCode::AccessDenied.as_str()), ("state", &req.state)],
@@ -1126,7 +1148,7 @@ async fn approval_submit(
         Some(ident) => LoggedIn::federated(&req.connector_id, ident),
         None => LoggedIn::local(email),
     };
-    Ok(see_other(&finish(&idp, req, who, auth_ms).await?))
+    Ok(see_other(&finish(idp, req, who, auth_ms).await?))
 }
 
 /// Client credentials from HTTP Basic (RFC 6749 §2.3.1, form-urlencoded parts) or the body.
@@ -1324,7 +1346,9 @@ async fn password_grant(
     }
 }
 
-async fn userinfo(State(idp): State<Arc<Idp>>, headers: HeaderMap) -> Response {
+/// `GET|POST /userinfo`: the verified access token's claims; its audit Event's user is the
+/// token's subject.
+async fn userinfo(State(idp): State<Arc<Idp>>, headers: HeaderMap, audit: Option<Extension<RequestAudit>>) -> Response {
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -1344,14 +1368,17 @@ async fn userinfo(State(idp): State<Arc<Idp>>, headers: HeaderMap) -> Response {
     match idp.verify_token(token.trim(), None, None).await {
         // As Dex: the access token's claims, so a claim whose scope was not granted is absent
         // (never `null`); kfsec's own bookkeeping claims stay out.
-        Ok(c) => Json(Claims {
-            iat_ms: None,
-            user: None,
-            at_hash: None,
-            nbf: None,
-            ..c
-        })
-        .into_response(),
+        Ok(c) => {
+            crate::audit::token_holder(audit.as_ref().map(|Extension(a)| a), &c);
+            Json(Claims {
+                iat_ms: None,
+                user: None,
+                at_hash: None,
+                nbf: None,
+                ..c
+            })
+            .into_response()
+        }
         Err(e) => {
             tracing::debug!(error = %e, "userinfo token refused");
             unauthorized()

@@ -319,12 +319,23 @@ async fn device_flow_issue_and_approval_are_events_without_codes() {
     let issued = identity(&events, "devicecodes", "issue");
     assert_eq!(issued.len(), 1);
     assert_eq!(annotation(issued[0], "kfsec.io/client"), "kfsec-cli");
+    // The user's answer on the approval screen, then the browser leg's completion.
     let approved = identity(&events, "devicecodes", "approve");
-    assert_eq!(approved.len(), 1);
-    assert_eq!(approved[0]["user"]["username"], USER);
-    assert_eq!(annotation(approved[0], "kfsec.io/client"), "kfsec-cli");
-    assert_eq!(annotation(approved[0], "kfsec.io/outcome"), "success");
-    assert_eq!(approved[0]["responseStatus"]["code"], 200);
+    assert_eq!(approved.len(), 2, "{approved:?}");
+    assert!(approved[0]["requestURI"].as_str().unwrap().starts_with("/dex/approval"));
+    assert!(
+        approved[1]["requestURI"]
+            .as_str()
+            .unwrap()
+            .starts_with("/dex/device/callback")
+    );
+    for (e, code) in approved.iter().zip([303, 200]) {
+        assert_eq!(e["user"]["username"], USER);
+        assert_eq!(annotation(e, "kfsec.io/client"), "kfsec-cli");
+        assert_eq!(annotation(e, "kfsec.io/outcome"), "success");
+        assert_eq!(e["responseStatus"]["code"], code);
+        assert!(e["objectRef"].get("name").is_none(), "no code in the name: {e}");
+    }
     assert_no_secrets(
         &text,
         &[
@@ -332,6 +343,95 @@ async fn device_flow_issue_and_approval_are_events_without_codes() {
             ("user code", &user_code),
             ("authorization code", &code),
             ("password", PASSWORD),
+        ],
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approvals_and_userinfo_name_the_user_who_answered_or_holds_the_token() {
+    let k = Kfsec::start("").await;
+    let auth = "/dex/auth?client_id=rp-test&redirect_uri=https%3A%2F%2Frp.example%2Fcb&response_type=code&scope=openid+email+groups&state=s1";
+    // Approved: a code for the client.
+    let mut b = k.client();
+    let (form, form_url) = b.follow(auth).await;
+    assert_eq!(form.status(), 200);
+    let r = b.post_form(&form_url, &[("login", USER), ("password", PASSWORD)]).await;
+    let approval = location(&r).to_owned();
+    assert!(approval.starts_with("/dex/approval?"), "{approval}");
+    let req = query_param(&approval, "req").unwrap();
+    let r = b.post_form(&approval, &[("req", &req), ("approval", "approve")]).await;
+    let code = query_param(location(&r), "code").unwrap();
+    // Declined.
+    let mut b2 = k.client();
+    let (_, form_url) = b2.follow(auth).await;
+    let r = b2
+        .post_form(&form_url, &[("login", USER), ("password", PASSWORD)])
+        .await;
+    let approval2 = location(&r).to_owned();
+    let req2 = query_param(&approval2, "req").unwrap();
+    let r = b2.post_form(&approval2, &[("req", &req2), ("approval", "deny")]).await;
+    assert!(location(&r).contains("error=access_denied"));
+    // Answered twice: refused.
+    let r = b2
+        .post_form(&approval2, &[("req", &req2), ("approval", "approve")])
+        .await;
+    assert!(r.status().is_client_error(), "{}", r.status());
+
+    let (status, t) = rp_token(
+        &k,
+        vec![
+            ("grant_type", "authorization_code".to_owned()),
+            ("code", code.clone()),
+            ("redirect_uri", "https://rp.example/cb".to_owned()),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200, "{t}");
+    let access = t["access_token"].as_str().unwrap().to_owned();
+    let path = url::Url::parse(&k.running.issuer)
+        .unwrap()
+        .path()
+        .trim_end_matches('/')
+        .to_owned();
+    let http = http_client(&k.running.ca_pem);
+    let userinfo = format!("{}{path}/userinfo", k.base);
+    let r = http.get(&userinfo).bearer_auth(&access).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let r = http.get(&userinfo).bearer_auth("not-a-token").send().await.unwrap();
+    assert_eq!(r.status(), 401);
+
+    let (events, text) = audit_log(&k).await;
+    let approvals = identity(&events, "tokens", "approve");
+    assert_eq!(approvals.len(), 3, "{approvals:?}");
+    for e in &approvals {
+        assert_eq!(e["requestURI"], "/dex/approval?req=REDACTED", "{e}");
+    }
+    let (yes, no, again) = (approvals[0], approvals[1], approvals[2]);
+    assert_eq!(yes["user"]["username"], USER);
+    assert_eq!(yes["objectRef"]["name"], "rp-test");
+    assert_eq!(annotation(yes, "kfsec.io/client"), "rp-test");
+    assert_eq!(annotation(yes, "kfsec.io/outcome"), "success");
+    assert_eq!(no["user"]["username"], USER);
+    assert_eq!(annotation(no, "kfsec.io/outcome"), "failure");
+    assert_eq!(annotation(no, "kfsec.io/reason"), "access_denied");
+    assert_eq!(annotation(again, "kfsec.io/outcome"), "failure");
+    assert_eq!(annotation(again, "kfsec.io/reason"), "invalid approval request");
+    assert_eq!(again["responseStatus"]["code"], 400);
+    let infos: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["requestURI"] == format!("{path}/userinfo").as_str())
+        .collect();
+    assert_eq!(infos.len(), 2, "{infos:?}");
+    assert_eq!(infos[0]["user"]["username"], USER, "the token's subject");
+    assert_eq!(infos[0]["responseStatus"]["code"], 200);
+    assert_eq!(infos[1]["user"]["username"], "system:anonymous");
+    assert_no_secrets(
+        &text,
+        &[
+            ("approval request", &req),
+            ("declined approval request", &req2),
+            ("authorization code", &code),
+            ("access token", &access),
         ],
     );
 }
