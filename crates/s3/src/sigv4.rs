@@ -91,12 +91,17 @@ impl SigningKey {
     /// `HMAC(HMAC(HMAC(HMAC("AWS4"+secret, date), region), "s3"), "aws4_request")`; `date` is
     /// `YYYYMMDD`.
     pub fn derive(secret: &str, date: &str, region: &str) -> Self {
+        Self::derive_for_service(secret, date, region, "s3")
+    }
+
+    /// The key for another service (AWS's generic SigV4 test suite signs for `service`).
+    fn derive_for_service(secret: &str, date: &str, region: &str, service: &str) -> Self {
         let mut seed = zeroize::Zeroizing::new(Vec::with_capacity(secret.len() + 4));
         seed.extend_from_slice(b"AWS4");
         seed.extend_from_slice(secret.as_bytes());
         let k_date = hmac_raw(&seed, date.as_bytes());
         let k_region = hmac_raw(k_date.as_ref(), region.as_bytes());
-        let k_service = hmac_raw(k_region.as_ref(), b"s3");
+        let k_service = hmac_raw(k_region.as_ref(), service.as_bytes());
         let k_signing = hmac_raw(k_service.as_ref(), b"aws4_request");
         Self {
             key: hmac::Key::new(hmac::HMAC_SHA256, k_signing.as_ref()),
