@@ -89,6 +89,10 @@ enum Cmd {
         /// [default: <data-dir>/audit/audit.log].
         #[arg(long, value_name = "FILE")]
         audit_log_path: Option<String>,
+        /// The S3 gateway's listen address, over the config's s3.addr (needs an s3: section)
+        /// [default: 127.0.0.1:9000].
+        #[arg(long, env = "KFSEC_S3_ADDR")]
+        s3_addr: Option<String>,
     },
     /// The audit log: verify its hash chain and signatures, query its events.
     Audit {
@@ -577,6 +581,7 @@ async fn serve(
     admin_addr: Option<String>,
     webhook_addr: Option<String>,
     audit_log_path: Option<String>,
+    s3_addr: Option<String>,
 ) -> Result<()> {
     let overrides = Overrides {
         data_dir: common.data_dir,
@@ -586,6 +591,7 @@ async fn serve(
     };
     let mut cfg = config::load(common.config.as_deref(), &overrides, &ProcessEnv)?;
     cfg.build = build_info();
+    config::s3::override_addr(cfg.s3.as_mut(), s3_addr.as_deref())?;
     if let Some(p) = &audit_log_path {
         cfg.audit.set_log_path(p);
     }
@@ -792,7 +798,8 @@ async fn run(cli: Cli) -> Result<()> {
             admin_addr,
             webhook_addr,
             audit_log_path,
-        } => serve(common, https_addr, admin_addr, webhook_addr, audit_log_path).await,
+            s3_addr,
+        } => serve(common, https_addr, admin_addr, webhook_addr, audit_log_path, s3_addr).await,
         Cmd::Audit { cmd, common } => {
             if !audit::run(cmd, &admin_config(&common)?)? {
                 std::process::exit(1);

@@ -7,6 +7,10 @@
 pub mod checksum;
 pub mod chunked;
 pub mod error;
+pub mod gateway;
 pub mod keys;
 pub mod keystore;
+pub mod listing;
+pub mod policy;
 pub mod sigv4;
+pub mod upstream;

@@ -8,6 +8,7 @@
 
 pub mod audit;
 mod federation;
+pub mod s3;
 pub mod store;
 
 pub use federation::{DEFAULT_REVALIDATE_FEDERATED, Federation};
@@ -176,6 +177,8 @@ pub struct Config {
     pub store: store::StoreSettings,
     /// The audit policy and backends (`audit:`); `--audit-log-path` sets the log's path.
     pub audit: audit::AuditSettings,
+    /// The S3 gateway (`s3:`; `None`: off).
+    pub s3: Option<s3::S3Settings>,
     /// The binary's build, reported by `/version` and the `kfsec_build_info` metric: filled by
     /// the binary (its build script); [`validate`] leaves the library default.
     pub build: kfsec_types::BuildInfo,
@@ -741,6 +744,7 @@ pub fn validate(f: ConfigFile, o: &Overrides, env: &dyn Env) -> Result<Config, C
         federation,
         store: store::settings(f.store.as_ref(), f.secrets_encryption.is_some(), env)?,
         secrets_encryption: secrets_keys(f.secrets_encryption.as_ref())?,
+        s3: s3::settings(f.s3.as_ref(), None, env)?,
         build: kfsec_types::BuildInfo::default(),
     })
 }

@@ -15,6 +15,7 @@ pub mod leader;
 pub mod metrics;
 mod pipeline_ui;
 pub mod rbac;
+pub mod s3gateway;
 pub mod s3keys;
 pub mod storage;
 mod tokenrequest;
@@ -148,6 +149,8 @@ pub struct Running {
     pub audit: Option<Arc<kfsec_audit::Pipeline>>,
     /// The workspaces' S3 keys (issued by the profile controller when `s3:` is configured).
     pub s3_keys: Arc<kfsec_s3::keystore::KeyStore>,
+    /// The S3 gateway's address (`None`: no `s3:` section).
+    pub s3_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     background: Vec<tokio::task::JoinHandle<()>>,
@@ -489,6 +492,13 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
         .await
         .map_err(io(format!("binding {}", cfg.webhook_addr)))?;
     let webhook_addr = webhook_l.local_addr().map_err(io("reading the webhook address"))?;
+    let s3_listener = s3gateway::bind(cfg.s3.as_ref()).await?;
+    // The upstream store behind the S3 gateway (KFP's artifact endpoint reads through it too).
+    let s3_upstream = cfg
+        .s3
+        .as_ref()
+        .map(|s| s3gateway::upstream(s, clock.clone()))
+        .transpose()?;
 
     let public_url = match &cfg.public_url {
         Some(u) => u.as_str().trim_end_matches('/').to_owned(),
@@ -606,8 +616,17 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
     let (webhook_tls, mut renewables) =
         webhooks::webhook_tls(&cas, &dir.pki(), cfg.leaf_lifetime, clock.as_ref(), callers.clone())?;
     let webhook_tls = LiveServerConfig::new(webhook_tls);
+    let mut s3_tls = None;
     renewables.extend(front_renewal);
     renewables.push(gateway_cert);
+    if let Some(s3) = &cfg.s3 {
+        let cert = s3gateway::certificate(s3, &cas, &dir.pki(), cfg.leaf_lifetime, clock.as_ref())?;
+        s3_tls = Some(LiveServerConfig::new(kfsec_pki::server_config(
+            cert.resolver().clone(),
+            false,
+        )?));
+        renewables.push(cert);
+    }
     let trust = {
         let (dir, public_url) = (DataDir(dir.0.clone()), public_url.clone());
         let admin_clock = clock.clone();
@@ -655,9 +674,20 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
     let rbac_task = rbac_cache.spawn(api.clone());
     let rev = store.revision().await?;
     kfsec_profiles::AuthzSync::wait_for(rbac_cache.as_ref(), rev).await;
-    // Each profile namespace's S3 key and its Secret.
-    let s3_keys = Arc::new(kfsec_s3::keystore::KeyStore::new(store.clone(), clock.clone(), rng.clone()));
-    let controller = kfsec_profiles::ProfileController::new(api.clone(), kfsec_profiles::ProfileSettings::default());
+    // Each profile namespace's S3 key and its Secret, when the S3 gateway is configured.
+    let s3_keys = Arc::new(kfsec_s3::keystore::KeyStore::new(
+        store.clone(),
+        clock.clone(),
+        rng.clone(),
+    ));
+    let controller = match &cfg.s3 {
+        Some(_) => kfsec_profiles::ProfileController::with_credentials(
+            api.clone(),
+            kfsec_profiles::ProfileSettings::default(),
+            Arc::new(s3keys::S3Credentials(s3_keys.clone())),
+        ),
+        None => kfsec_profiles::ProfileController::new(api.clone(), kfsec_profiles::ProfileSettings::default()),
+    };
     // System namespaces exist from the first start and belong to no profile.
     controller
         .ensure_system_namespaces()
@@ -845,7 +875,24 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
     ));
     background.extend(store_probe);
 
+    let s3_router = match (&cfg.s3, &s3_upstream) {
+        (Some(s3), Some(upstream)) => Some(s3gateway::router(
+            s3,
+            s3gateway::Parts {
+                keys: s3_keys.clone(),
+                upstream: upstream.clone(),
+                clock: clock.clone(),
+                rng: rng.clone(),
+                auditor: auditor.clone(),
+                decisions: decisions.clone(),
+            },
+            &mut registry,
+        )),
+        _ => None,
+    };
     let (front_limits, webhook_limits) = listener_limits(&cfg);
+    // The S3 gateway's listener keeps the front door's timeouts and caps.
+    let s3_limits = front_limits.clone();
     let listener_metrics = kfsec_gateway::listener::ListenerMetrics::register(&mut registry);
     let settings = |name, limits| kfsec_gateway::listener::TlsListenerSettings {
         name,
@@ -854,7 +901,7 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
         drain: Duration::from_secs(10),
     };
     let registry = Arc::new(registry);
-    let tasks = vec![
+    let mut tasks = vec![
         tokio::spawn(kfsec_gateway::listener::serve_tls(
             https,
             front_tls,
@@ -876,10 +923,24 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
         // /metrics.
         admin_task,
     ];
+    let s3_addr = s3_listener.as_ref().map(|(_, a)| *a);
+    if let (Some((listener, _)), Some(tls), Some(router)) = (s3_listener, s3_tls, s3_router) {
+        tasks.push(tokio::spawn(kfsec_gateway::listener::serve_tls(
+            listener,
+            tls,
+            router,
+            wait(rx.clone()),
+            settings("s3", s3_limits),
+        )));
+    }
     let _ = metrics.set(registry);
     ready.store(true, Ordering::Release);
+    if let Some(a) = s3_addr {
+        tracing::info!(s3_addr = %a, "s3 gateway is listening");
+    }
     tracing::info!(%https_addr, %admin_addr, %issuer, "kfsec is ready");
     Ok(Running {
+        s3_addr,
         https_addr,
         admin_addr,
         webhook_addr,

@@ -113,6 +113,59 @@ pub struct ConfigFile {
     pub store: Option<StoreConfig>,
     /// The audit log (`audit:`): policy file, log file backend, webhook backend.
     pub audit: Option<AuditConfig>,
+    /// The S3 gateway (`s3:`): off when absent.
+    pub s3: Option<S3Config>,
+}
+
+/// `s3:` — the S3 gateway in front of an upstream S3 store: its listener, the region clients
+/// sign for, an optional base domain for virtual-host-style requests, the upstream, the
+/// pipelines bucket and the prefix policy.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct S3Config {
+    /// Listen address (default `127.0.0.1:9000`).
+    pub addr: Option<String>,
+    /// The region clients sign for (default `us-east-1`).
+    pub region: Option<String>,
+    /// Base domain for virtual-host-style requests (`<bucket>.<domain>`); path style always works.
+    pub domain: Option<String>,
+    /// The S3 store requests are re-signed to.
+    pub upstream: Option<S3UpstreamConfig>,
+    /// Kubeflow Pipelines' bucket, which the default policy is about (default `mlpipeline`).
+    pub bucket: Option<String>,
+    /// Who reaches what (default: SeaweedFS's per-namespace prefixes in `bucket`).
+    pub policy: Option<Vec<S3PolicyRule>>,
+}
+
+/// `s3.upstream:` — the upstream store and kfsec's own credentials for it (files, or the
+/// environment variables `KFSEC_S3_UPSTREAM_ACCESS_KEY` / `KFSEC_S3_UPSTREAM_SECRET_KEY`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct S3UpstreamConfig {
+    /// `http(s)://host[:port]` of the store.
+    pub endpoint: Option<String>,
+    /// The region the store expects signatures for (default: `s3.region`).
+    pub region: Option<String>,
+    /// A file holding the upstream access key id.
+    pub access_key_file: Option<String>,
+    /// A file holding the upstream secret access key.
+    pub secret_key_file: Option<String>,
+    /// A PEM CA bundle trusted for an `https://` endpoint (default: the system roots).
+    pub ca_file: Option<String>,
+}
+
+/// One `s3.policy` entry: a namespace's key may reach `prefix` (`<ns>` stands for the key's
+/// namespace) in `bucket`, reading or reading and writing.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct S3PolicyRule {
+    /// The bucket (`<ns>` allowed, for a bucket per namespace).
+    pub bucket: String,
+    /// The key prefix, ending in `/` (or `""`: the whole bucket).
+    #[serde(default)]
+    pub prefix: String,
+    /// `read` or `readWrite` (default `readWrite`).
+    pub access: Option<String>,
 }
 
 /// `audit:` — Kubernetes' audit settings: `policyFile`, `log`, `webhook`.

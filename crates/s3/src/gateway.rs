@@ -1,0 +1,1076 @@
+//! `gateway`: the S3 gateway's HTTP service — for each request: address (path style always,
+//! virtual-host style `<bucket>.<domain>` when a domain is set), verify SigV4 (`sigv4`) against
+//! the key (`keys::KeyLookup`), classify the operation and authorize it by the key's namespace
+//! (`policy`), check the body as it streams (`chunked`, `checksum`), re-sign to the upstream
+//! (`upstream`) and stream the answer back, filtering listings broader than the policy
+//! (`listing`). One audit Event per request (user `s3:<namespace>`, objectRef
+//! `objects`/`buckets` of API group `s3.kfsec.io`).
+//!
+//! Invariants: nothing reaches the upstream before the signature verified against a live key
+//! and the policy allowed the bucket and key (the copy source of a copy too); only an
+//! allow-list of headers is forwarded, and the client's credentials never are; bucket
+//! administration (create, delete, policy, ACL, CORS, lifecycle…) is refused with
+//! `AccessDenied`; a body whose checksum or signature fails aborts the upstream request before
+//! its last byte is sent, so the store never completes the write; every refusal is S3 XML from
+//! `error`, and upstream failures are 503 `ServiceUnavailable` with the cause only in the log.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use axum::extract::State;
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body::{Body as HttpBody, Frame};
+use http_body_util::BodyExt as _;
+use kfsec_audit::event::ObjectRef;
+use kfsec_audit::request::{Begin, new_audit_id};
+use kfsec_audit::{Auditor, RequestAudit};
+use kfsec_types::identity::UserInfo;
+use kfsec_types::{Clock, Rng};
+
+use crate::error::{BoxError, S3Error};
+use crate::keys::KeyLookup;
+use crate::listing;
+use crate::policy::{ListScope, Need, Policy};
+use crate::sigv4::{self, Auth, RequestParts};
+use crate::upstream::{self, Upstream, UpstreamRequest};
+
+/// The audit API group of S3 requests.
+pub const AUDIT_GROUP: &str = "s3.kfsec.io";
+
+/// What the gateway is configured with.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// The region clients sign for.
+    pub region: String,
+    /// Base domain for virtual-host-style requests (lower case, no trailing dot).
+    pub domain: Option<String>,
+    /// Who reaches what.
+    pub policy: Policy,
+}
+
+/// Counts what the gateway decides and answers (the server maps it to its metrics).
+pub trait Observer: Send + Sync + 'static {
+    /// One authorization decision.
+    fn decision(&self, allowed: bool);
+    /// One answered request: status and seconds taken until the response head.
+    fn request(&self, code: u16, seconds: f64);
+}
+
+/// The gateway service.
+pub struct Gateway {
+    cfg: GatewayConfig,
+    keys: Arc<dyn KeyLookup>,
+    upstream: Upstream,
+    clock: Arc<dyn Clock>,
+    rng: Arc<dyn Rng>,
+    auditor: Auditor,
+    observer: Option<Arc<dyn Observer>>,
+    peer: Option<PeerOf>,
+}
+
+/// Reads the client's address from a request's extensions (the listener puts it there).
+pub type PeerOf = fn(&http::Extensions) -> Option<std::net::IpAddr>;
+
+/// What a request does, as the policy and the audit log see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Operation {
+    /// An object read (GetObject, HeadObject, ListParts, GetObjectTagging).
+    ReadObject,
+    /// An object write (PutObject, UploadPart, multipart create/complete/abort, DeleteObject,
+    /// tagging), with the copy source `(bucket, key)` of a copy.
+    WriteObject {
+        /// `x-amz-copy-source`, decoded.
+        copy_source: Option<(String, String)>,
+    },
+    /// ListObjects (V1/V2) or ListObjectVersions of `prefix`.
+    List {
+        /// The listed prefix.
+        prefix: String,
+    },
+    /// ListMultipartUploads of `prefix`.
+    ListUploads {
+        /// The listed prefix.
+        prefix: String,
+    },
+    /// HeadBucket, GetBucketLocation.
+    BucketInfo,
+    /// Anything else (bucket administration, ACLs, policies, ListBuckets): refused.
+    Refused,
+}
+
+impl Operation {
+    fn verb(&self, method: &Method) -> &'static str {
+        match self {
+            Self::ReadObject | Self::BucketInfo => "get",
+            Self::List { .. } | Self::ListUploads { .. } => "list",
+            Self::WriteObject { .. } if method == Method::DELETE => "delete",
+            Self::WriteObject { .. } => "create",
+            Self::Refused => match *method {
+                Method::GET | Method::HEAD => "get",
+                Method::DELETE => "delete",
+                _ => "create",
+            },
+        }
+    }
+}
+
+/// Query parameters naming object subresources the gateway refuses.
+const REFUSED_OBJECT_PARAMS: [&str; 8] = [
+    "acl",
+    "policy",
+    "retention",
+    "legal-hold",
+    "torrent",
+    "restore",
+    "select",
+    "object-lock",
+];
+
+/// Headers forwarded to the upstream as the client sent them (plus `x-amz-meta-*`).
+const FORWARDED: [&str; 24] = [
+    "content-type",
+    "content-md5",
+    "content-disposition",
+    "content-language",
+    "cache-control",
+    "expires",
+    "range",
+    "if-match",
+    "if-none-match",
+    "if-modified-since",
+    "if-unmodified-since",
+    "x-amz-copy-source",
+    "x-amz-copy-source-range",
+    "x-amz-copy-source-if-match",
+    "x-amz-copy-source-if-none-match",
+    "x-amz-copy-source-if-modified-since",
+    "x-amz-copy-source-if-unmodified-since",
+    "x-amz-metadata-directive",
+    "x-amz-tagging",
+    "x-amz-tagging-directive",
+    "x-amz-storage-class",
+    "x-amz-server-side-encryption",
+    "x-amz-checksum-algorithm",
+    "x-amz-checksum-type",
+];
+
+/// Presigned-URL parameters, never forwarded.
+const PRESIGN_PARAMS: [&str; 7] = [
+    "X-Amz-Algorithm",
+    "X-Amz-Credential",
+    "X-Amz-Date",
+    "X-Amz-Expires",
+    "X-Amz-SignedHeaders",
+    "X-Amz-Signature",
+    "X-Amz-Security-Token",
+];
+
+/// The decoded query: (name, value, had `=`), in order.
+struct Query(Vec<(String, String, bool)>);
+
+impl Query {
+    fn parse(raw: &str) -> Result<Self, S3Error> {
+        let mut out = Vec::new();
+        for pair in raw.split('&').filter(|p| !p.is_empty()) {
+            let (n, v, eq) = match pair.split_once('=') {
+                Some((n, v)) => (n, v, true),
+                None => (pair, "", false),
+            };
+            let dec = |s: &str| {
+                sigv4::percent_decode(s.as_bytes())
+                    .and_then(|b| String::from_utf8(b).ok())
+                    .ok_or(S3Error::InvalidUri)
+            };
+            out.push((dec(n)?, dec(v)?, eq));
+        }
+        Ok(Self(out))
+    }
+    fn get(&self, name: &str) -> Option<&str> {
+        self.0.iter().find(|(n, _, _)| n == name).map(|(_, v, _)| v.as_str())
+    }
+    fn has(&self, name: &str) -> bool {
+        self.0.iter().any(|(n, _, _)| n == name)
+    }
+    /// The query for the upstream: presign parameters removed, re-encoded.
+    fn upstream(&self) -> String {
+        let mut out = String::new();
+        for (n, v, eq) in &self.0 {
+            if PRESIGN_PARAMS.contains(&n.as_str()) {
+                continue;
+            }
+            if !out.is_empty() {
+                out.push('&');
+            }
+            sigv4::uri_encode(&mut out, n.as_bytes(), false);
+            if *eq {
+                out.push('=');
+                sigv4::uri_encode(&mut out, v.as_bytes(), false);
+            }
+        }
+        out
+    }
+}
+
+/// Which bucket and key a request names: `(bucket, key)`; `bucket` is `None` for the service.
+fn address(
+    host: Option<&str>,
+    raw_path: &str,
+    domain: Option<&str>,
+) -> Result<(Option<String>, Option<String>), S3Error> {
+    let decode = |s: &str| {
+        sigv4::percent_decode(s.as_bytes())
+            .and_then(|b| String::from_utf8(b).ok())
+            .ok_or(S3Error::InvalidUri)
+    };
+    let path = raw_path.strip_prefix('/').ok_or(S3Error::InvalidUri)?;
+    let host = host.map(|h| {
+        let h = h.trim_end_matches('.');
+        // Strip a port (not inside an IPv6 literal).
+        let h = match h.rfind(':') {
+            Some(i) if !h.ends_with(']') && h[..i].find(':').is_none() => &h[..i],
+            _ => h,
+        };
+        h.to_ascii_lowercase()
+    });
+    if let (Some(domain), Some(host)) = (domain, host.as_deref())
+        && let Some(bucket) = host.strip_suffix(domain).and_then(|b| b.strip_suffix('.'))
+        && !bucket.is_empty()
+    {
+        let key = decode(path)?;
+        return Ok((Some(bucket.to_owned()), (!key.is_empty()).then_some(key)));
+    }
+    if path.is_empty() {
+        return Ok((None, None));
+    }
+    let (bucket, key) = match path.split_once('/') {
+        Some((b, k)) => (decode(b)?, decode(k)?),
+        None => (decode(path)?, String::new()),
+    };
+    Ok((Some(bucket), (!key.is_empty()).then_some(key)))
+}
+
+fn bucket_name_ok(b: &str) -> bool {
+    (3..=63).contains(&b.len())
+        && b.bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'.' || c == b'-')
+}
+
+/// `x-amz-copy-source`: `[/]bucket/key[?versionId=…]`, URL-encoded.
+fn copy_source(v: &HeaderValue) -> Result<(String, String), S3Error> {
+    let bad = || {
+        S3Error::InvalidArgument("Copy Source must mention the source bucket and key: sourcebucket/sourcekey".into())
+    };
+    let s = v.to_str().map_err(|_| bad())?;
+    let s = s.split_once('?').map_or(s, |(p, _)| p);
+    let s = s.strip_prefix('/').unwrap_or(s);
+    let (b, k) = s.split_once('/').ok_or_else(bad)?;
+    let dec = |x: &str| {
+        sigv4::percent_decode(x.as_bytes())
+            .and_then(|b| String::from_utf8(b).ok())
+            .ok_or_else(bad)
+    };
+    let (b, k) = (dec(b)?, dec(k)?);
+    if b.is_empty() || k.is_empty() {
+        return Err(bad());
+    }
+    Ok((b, k))
+}
+
+/// Classifies a request on `bucket` (and `key`).
+fn classify(method: &Method, key: Option<&str>, q: &Query, headers: &HeaderMap) -> Result<Operation, S3Error> {
+    if key.is_some() {
+        if REFUSED_OBJECT_PARAMS.iter().any(|p| q.has(p)) {
+            return Ok(Operation::Refused);
+        }
+        return Ok(match *method {
+            Method::GET | Method::HEAD => Operation::ReadObject,
+            Method::PUT | Method::POST | Method::DELETE => Operation::WriteObject {
+                copy_source: match headers.get("x-amz-copy-source") {
+                    Some(v) if *method == Method::PUT => Some(copy_source(v)?),
+                    _ => None,
+                },
+            },
+            _ => Operation::Refused,
+        });
+    }
+    let prefix = || q.get("prefix").unwrap_or_default().to_owned();
+    // Bucket-level: listings and information only.
+    let subresources: Vec<&str> =
+        q.0.iter()
+            .map(|(n, _, _)| n.as_str())
+            .filter(|n| {
+                !PRESIGN_PARAMS.contains(n)
+                    && !matches!(
+                        *n,
+                        "prefix"
+                            | "delimiter"
+                            | "marker"
+                            | "max-keys"
+                            | "encoding-type"
+                            | "list-type"
+                            | "continuation-token"
+                            | "fetch-owner"
+                            | "start-after"
+                            | "key-marker"
+                            | "upload-id-marker"
+                            | "max-uploads"
+                            | "version-id-marker"
+                            | "x-id"
+                    )
+            })
+            .collect();
+    Ok(match (method.clone(), subresources.as_slice()) {
+        (Method::GET, []) | (Method::GET, ["versions"]) => Operation::List { prefix: prefix() },
+        (Method::GET, ["uploads"]) => Operation::ListUploads { prefix: prefix() },
+        (Method::GET, ["location"]) | (Method::HEAD, []) => Operation::BucketInfo,
+        _ => Operation::Refused,
+    })
+}
+
+/// Hop-by-hop and framing headers never copied from the upstream's answer.
+fn response_header_kept(name: &HeaderName) -> bool {
+    !matches!(
+        name.as_str(),
+        "connection" | "keep-alive" | "proxy-connection" | "transfer-encoding" | "upgrade" | "te" | "trailer"
+    )
+}
+
+/// The client's `aws-chunked` content encoding removed from `Content-Encoding` (`None` when
+/// nothing else remains).
+fn without_aws_chunked(v: &HeaderValue) -> Option<HeaderValue> {
+    let s = v.to_str().ok()?;
+    let rest: Vec<&str> = s
+        .split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty() && !e.eq_ignore_ascii_case("aws-chunked"))
+        .collect();
+    if rest.is_empty() {
+        None
+    } else {
+        HeaderValue::from_str(&rest.join(",")).ok()
+    }
+}
+
+/// A body that holds each data frame back until the next one arrives (or the body ends
+/// cleanly): when the inner body fails — a checksum or chunk signature that does not match is
+/// only known at the end — the last bytes were never sent, so an upstream expecting
+/// `Content-Length` bytes never sees a complete request and stores nothing.
+pub struct HoldLast<B> {
+    inner: B,
+    held: Option<Bytes>,
+    done: bool,
+}
+
+impl<B> HoldLast<B> {
+    /// Wraps `inner`.
+    pub fn new(inner: B) -> Self {
+        Self {
+            inner,
+            held: None,
+            done: false,
+        }
+    }
+}
+
+impl<B> HttpBody for HoldLast<B>
+where
+    B: HttpBody<Data = Bytes, Error = BoxError> + Unpin,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        loop {
+            if this.done {
+                return Poll::Ready(this.held.take().map(|b| Ok(Frame::data(b))));
+            }
+            match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) => this.done = true,
+                Poll::Ready(Some(Err(e))) => {
+                    this.held = None;
+                    this.done = true;
+                    return Poll::Ready(Some(Err(e)));
+                }
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) if data.is_empty() => {}
+                    Ok(data) => {
+                        if let Some(prev) = this.held.replace(data) {
+                            return Poll::Ready(Some(Ok(Frame::data(prev))));
+                        }
+                    }
+                    // Trailers are not forwarded (checksums are checked here, not upstream).
+                    Err(_) => {}
+                },
+            }
+        }
+    }
+}
+
+/// A request's failure recorded for the body stream: the first error a body check raised, so
+/// the handler can answer it instead of a generic upstream failure.
+#[derive(Clone, Default)]
+pub struct BodyFailure(Arc<parking_lot_free::Slot>);
+
+mod parking_lot_free {
+    use std::sync::Mutex;
+
+    use crate::error::S3Error;
+
+    /// One error slot.
+    #[derive(Default)]
+    pub struct Slot(Mutex<Option<S3Error>>);
+
+    impl Slot {
+        pub fn set(&self, e: S3Error) {
+            let mut g = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if g.is_none() {
+                *g = Some(e);
+            }
+        }
+        pub fn take(&self) -> Option<S3Error> {
+            self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take()
+        }
+    }
+}
+
+impl BodyFailure {
+    /// Records `e` (the first one wins).
+    pub fn set(&self, e: S3Error) {
+        self.0.set(e);
+    }
+    /// The recorded error, if any.
+    pub fn take(&self) -> Option<S3Error> {
+        self.0.take()
+    }
+}
+
+/// Everything decided about one request before it is forwarded.
+struct Decided {
+    namespace: String,
+    bucket: String,
+    key: Option<String>,
+    op: Operation,
+    auth: Box<sigv4::Verified>,
+}
+
+type Resp = Response<axum::body::Body>;
+
+fn s3_response(e: &S3Error, method: &Method, resource: &str, request_id: &str) -> Resp {
+    e.to_response(method, resource, request_id).map(axum::body::Body::new)
+}
+
+impl Gateway {
+    /// A gateway over `keys` and `upstream`.
+    pub fn new(
+        cfg: GatewayConfig,
+        keys: Arc<dyn KeyLookup>,
+        upstream: Upstream,
+        clock: Arc<dyn Clock>,
+        rng: Arc<dyn Rng>,
+    ) -> Self {
+        Self {
+            cfg,
+            keys,
+            upstream,
+            clock,
+            rng,
+            auditor: Auditor::disabled(),
+            observer: None,
+            peer: None,
+        }
+    }
+
+    /// Records one audit Event per request through `auditor`.
+    pub fn with_auditor(mut self, auditor: Auditor) -> Self {
+        self.auditor = auditor;
+        self
+    }
+
+    /// Reads the client's address (audit `sourceIPs`) with `peer`.
+    pub fn with_peer(mut self, peer: PeerOf) -> Self {
+        self.peer = Some(peer);
+        self
+    }
+
+    /// Reports decisions and answers to `observer`.
+    pub fn with_observer(mut self, observer: Arc<dyn Observer>) -> Self {
+        self.observer = Some(observer);
+        self
+    }
+
+    /// The upstream this gateway forwards to (shared with KFP's artifact endpoint).
+    pub fn upstream(&self) -> &Upstream {
+        &self.upstream
+    }
+
+    /// The service: every method and path.
+    pub fn router(self: Arc<Self>) -> axum::Router {
+        axum::Router::new().fallback(handle).with_state(self)
+    }
+
+    fn request_id(&self) -> String {
+        let mut b = [0u8; 8];
+        self.rng.fill(&mut b);
+        kfsec_types::hex::encode(&b).to_ascii_uppercase()
+    }
+
+    fn begin_audit(&self, req: &Request<axum::body::Body>) -> Option<RequestAudit> {
+        if !self.auditor.enabled() {
+            return None;
+        }
+        let peer = self.peer.and_then(|f| f(req.extensions())).map(|ip| ip.to_string());
+        RequestAudit::begin(
+            &self.auditor,
+            &self.clock,
+            Begin {
+                audit_id: new_audit_id(self.rng.as_ref()),
+                method: req.method().clone(),
+                request_uri: kfsec_audit::request::redacted_uri(
+                    req.uri().path_and_query().map_or("/", |pq| pq.as_str()),
+                ),
+                source_ips: peer.into_iter().collect(),
+                user_agent: req
+                    .headers()
+                    .get(header::USER_AGENT)
+                    .and_then(|v| v.to_str().ok())
+                    .map(|s| s.chars().take(1024).collect()),
+            },
+        )
+    }
+
+    /// Authenticates and authorizes; the error is the S3 refusal.
+    async fn decide(&self, parts: &http::request::Parts, audit: Option<&RequestAudit>) -> Result<Decided, S3Error> {
+        let host = parts
+            .headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| parts.uri.authority().map(http::uri::Authority::as_str));
+        let (bucket, key) = address(host, parts.uri.path(), self.cfg.domain.as_deref())?;
+        let q = Query::parse(parts.uri.query().unwrap_or_default())?;
+        let now = self.clock.now();
+        let rp = RequestParts::from_parts(parts);
+        let Some(auth) = Auth::parse(rp, &self.cfg.region, now)? else {
+            return Err(S3Error::AccessDenied("Access Denied".into()));
+        };
+        if auth.security_token().is_some() {
+            return Err(S3Error::InvalidArgument(
+                "kfsec's keys have no session token: send no X-Amz-Security-Token".into(),
+            ));
+        }
+        let found = self
+            .keys
+            .lookup(auth.access_key_id(), now)
+            .await
+            .map_err(|e| S3Error::ServiceUnavailable(Some(Box::new(e))))?;
+        let verified = auth.verify(rp, found.as_ref())?;
+        let Some(found) = found else {
+            return Err(S3Error::InvalidAccessKeyId);
+        };
+        let namespace = found.namespace.clone();
+        if let Some(a) = audit {
+            a.set_user(UserInfo {
+                username: format!("s3:{namespace}"),
+                groups: vec!["kfsec:s3".to_owned(), "system:authenticated".to_owned()],
+                ..UserInfo::default()
+            });
+            a.annotate("s3.kfsec.io/access-key-id", found.id.clone());
+        }
+        let Some(bucket) = bucket else {
+            return Err(S3Error::AccessDenied("Access Denied".into()));
+        };
+        if !bucket_name_ok(&bucket) {
+            return Err(S3Error::NoSuchBucket);
+        }
+        let op = classify(&parts.method, key.as_deref(), &q, &parts.headers)?;
+        let p = &self.cfg.policy;
+        let allowed = match (&op, key.as_deref()) {
+            (Operation::ReadObject, Some(k)) => p.object(&namespace, &bucket, k, Need::Read),
+            (Operation::WriteObject { copy_source }, Some(k)) => {
+                p.object(&namespace, &bucket, k, Need::Write)
+                    && copy_source
+                        .as_ref()
+                        .is_none_or(|(sb, sk)| p.object(&namespace, sb, sk, Need::Read))
+            }
+            (Operation::List { prefix } | Operation::ListUploads { prefix }, None) => {
+                p.listing(&namespace, &bucket, prefix) != ListScope::Denied
+            }
+            (Operation::BucketInfo, None) => p.bucket_visible(&namespace, &bucket),
+            _ => false,
+        };
+        if let Some(a) = audit {
+            a.resource(
+                op.verb(&parts.method),
+                ObjectRef {
+                    resource: Some(if key.is_some() { "objects" } else { "buckets" }.to_owned()),
+                    namespace: Some(namespace.clone()),
+                    name: Some(match &key {
+                        Some(k) => format!("{bucket}/{}", k.chars().take(1024).collect::<String>()),
+                        None => bucket.clone(),
+                    }),
+                    api_group: Some(AUDIT_GROUP.to_owned()),
+                    ..ObjectRef::default()
+                },
+            );
+            a.decision(allowed, if allowed { "s3: allowed by the s3 policy" } else { "" });
+        }
+        if let Some(o) = &self.observer {
+            o.decision(allowed);
+        }
+        if !allowed {
+            return Err(S3Error::AccessDenied("Access Denied".into()));
+        }
+        Ok(Decided {
+            namespace,
+            bucket,
+            key,
+            op,
+            auth: Box::new(verified),
+        })
+    }
+
+    /// The request as the upstream gets it: allow-listed headers, the checked body.
+    fn upstream_request(
+        &self,
+        parts: &http::request::Parts,
+        body: axum::body::Body,
+        d: &Decided,
+        failure: &BodyFailure,
+    ) -> Result<UpstreamRequest, S3Error> {
+        let q = Query::parse(parts.uri.query().unwrap_or_default())?;
+        let mut headers = HeaderMap::new();
+        for (name, value) in &parts.headers {
+            let n = name.as_str();
+            if FORWARDED.contains(&n) || n.starts_with("x-amz-meta-") {
+                headers.append(name.clone(), value.clone());
+            } else if n == "content-encoding" {
+                if let Some(v) = without_aws_chunked(value) {
+                    headers.insert(header::CONTENT_ENCODING, v);
+                }
+            } else if n.starts_with("x-amz-checksum-") && n != "x-amz-checksum-algorithm" && n != "x-amz-checksum-type"
+            {
+                // A checksum sent as a header: the store checks it too.
+                headers.append(name.clone(), value.clone());
+            }
+        }
+        let body = crate::gateway::body::checked(parts, body, &d.auth, &mut headers, failure)?;
+        Ok(UpstreamRequest {
+            method: parts.method.clone(),
+            bucket: Some(d.bucket.clone()),
+            key: d.key.clone(),
+            query: q.upstream(),
+            headers,
+            body,
+        })
+    }
+
+    async fn forward(
+        &self,
+        parts: &http::request::Parts,
+        body: axum::body::Body,
+        d: &Decided,
+        request_id: &str,
+    ) -> Result<Resp, S3Error> {
+        let failure = BodyFailure::default();
+        let up = self.upstream_request(parts, body, d, &failure)?;
+        let resp = match self.upstream.send(up).await {
+            Ok(r) => r,
+            Err(e) => {
+                if let Some(body_error) = failure.take() {
+                    return Err(body_error);
+                }
+                return Err(S3Error::ServiceUnavailable(Some(Box::new(e))));
+            }
+        };
+        if let Some(body_error) = failure.take() {
+            return Err(body_error);
+        }
+        let (mut rparts, rbody) = resp.into_parts();
+        let status = rparts.status;
+        if status.is_server_error() {
+            let text = read_capped(rbody, 4096).await.unwrap_or_default();
+            tracing::warn!(
+                status = status.as_u16(),
+                body = %String::from_utf8_lossy(&text),
+                "s3 gateway: the upstream store failed"
+            );
+            return Err(if status == StatusCode::NOT_IMPLEMENTED {
+                S3Error::NotImplemented("not implemented by the object store".into())
+            } else {
+                S3Error::ServiceUnavailable(None)
+            });
+        }
+        if status == StatusCode::FORBIDDEN {
+            // The store refusing kfsec's own credentials is kfsec's configuration, not the
+            // client's doing.
+            let text = read_capped(rbody, 64 << 10).await.unwrap_or_default();
+            let s = String::from_utf8_lossy(&text);
+            if s.contains("<Code>InvalidAccessKeyId</Code>") || s.contains("<Code>SignatureDoesNotMatch</Code>") {
+                tracing::warn!("s3 gateway: the upstream store refused kfsec's upstream credentials (s3.upstream)");
+                return Err(S3Error::ServiceUnavailable(None));
+            }
+            return Ok(build(rparts, axum::body::Body::from(text), request_id));
+        }
+        let filter = status.is_success()
+            && match &d.op {
+                Operation::List { prefix } | Operation::ListUploads { prefix } => {
+                    self.cfg.policy.listing(&d.namespace, &d.bucket, prefix) == ListScope::Filter
+                }
+                _ => false,
+            };
+        if filter {
+            let doc = read_capped(rbody, listing::MAX_LISTING_BYTES)
+                .await
+                .map_err(|e| S3Error::ServiceUnavailable(Some(e)))?;
+            let (ns, bucket, p) = (&d.namespace, &d.bucket, &self.cfg.policy);
+            let out = listing::filter(
+                &doc,
+                |k| p.key_visible(ns, bucket, k),
+                |c| p.prefix_visible(ns, bucket, c),
+            )
+            .map_err(|e| S3Error::ServiceUnavailable(Some(Box::new(e))))?;
+            rparts.headers.remove(header::CONTENT_LENGTH);
+            return Ok(build(rparts, axum::body::Body::from(out), request_id));
+        }
+        Ok(build(
+            rparts,
+            axum::body::Body::new(rbody.map_err(BoxError::from)),
+            request_id,
+        ))
+    }
+}
+
+/// Reads a body of at most `cap` bytes.
+async fn read_capped<B>(body: B, cap: usize) -> Result<Bytes, BoxError>
+where
+    B: HttpBody<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    let limited = http_body_util::Limited::new(body, cap);
+    Ok(limited.collect().await?.to_bytes())
+}
+
+fn build(parts: http::response::Parts, body: axum::body::Body, request_id: &str) -> Resp {
+    let mut out = Response::new(body);
+    *out.status_mut() = parts.status;
+    for (name, value) in &parts.headers {
+        if response_header_kept(name) && name != "x-amz-request-id" && name != "x-amz-id-2" && name != "server" {
+            out.headers_mut().append(name.clone(), value.clone());
+        }
+    }
+    if let Ok(v) = HeaderValue::from_str(request_id) {
+        out.headers_mut().insert("x-amz-request-id", v);
+    }
+    out
+}
+
+async fn handle(State(gw): State<Arc<Gateway>>, req: Request<axum::body::Body>) -> Resp {
+    let started = gw.clock.now();
+    let request_id = gw.request_id();
+    let audit = gw.begin_audit(&req);
+    let (parts, body) = req.into_parts();
+    let resource = parts.uri.path().to_owned();
+    let result = match gw.decide(&parts, audit.as_ref()).await {
+        Ok(d) => gw.forward(&parts, body, &d, &request_id).await,
+        Err(e) => Err(e),
+    };
+    let resp = match result {
+        Ok(r) => r,
+        Err(e) => {
+            match &e {
+                S3Error::ServiceUnavailable(cause) | S3Error::InternalError(cause) => {
+                    tracing::warn!(
+                        request_id,
+                        code = e.code(),
+                        cause = cause.as_ref().map(ToString::to_string).unwrap_or_default(),
+                        "s3 gateway request failed"
+                    );
+                }
+                _ => {}
+            }
+            s3_response(&e, &parts.method, &resource, &request_id)
+        }
+    };
+    let code = resp.status().as_u16();
+    if let Some(a) = &audit {
+        a.complete(code);
+    }
+    if let Some(o) = &gw.observer {
+        o.request(code, gw.clock.now().since(started).as_secs_f64());
+    }
+    let mut resp = resp;
+    if let Some(a) = &audit
+        && let Ok(v) = HeaderValue::from_str(&a.audit_id())
+    {
+        resp.headers_mut().insert(kfsec_audit::request::AUDIT_ID_HEADER, v);
+    }
+    resp
+}
+
+pub(crate) mod body {
+    //! The request body as the upstream gets it, checked as it streams.
+    use super::*;
+    use crate::checksum::BodyChecks;
+
+    /// A decoded body fed through the request's checks: a failing check at the end (or a
+    /// failing inner body) is recorded in the [`BodyFailure`] and ends the stream with an error.
+    pub(crate) struct Checked {
+        pub(crate) inner: upstream::Body,
+        pub(crate) checks: Option<BodyChecks>,
+        pub(crate) trailers: Vec<(String, String)>,
+        pub(crate) failure: BodyFailure,
+    }
+
+    impl HttpBody for Checked {
+        type Data = Bytes;
+        type Error = BoxError;
+
+        fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+            let this = &mut *self;
+            loop {
+                match Pin::new(&mut this.inner).poll_frame(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                        Ok(data) => {
+                            if let Some(c) = &mut this.checks {
+                                c.update(&data);
+                            }
+                            return Poll::Ready(Some(Ok(Frame::data(data))));
+                        }
+                        Err(frame) => {
+                            if let Ok(t) = frame.into_trailers() {
+                                for (n, v) in &t {
+                                    if let Ok(v) = v.to_str() {
+                                        this.trailers.push((n.as_str().to_owned(), v.to_owned()));
+                                    }
+                                }
+                            }
+                        }
+                    },
+                    Poll::Ready(Some(Err(e))) => {
+                        this.checks = None;
+                        this.failure.set(match e.downcast::<S3Error>() {
+                            Ok(s3) => *s3,
+                            Err(other) => {
+                                S3Error::IncompleteBody(format!("the request body ended early ({other})").into())
+                            }
+                        });
+                        return Poll::Ready(Some(Err("request body failed".into())));
+                    }
+                    Poll::Ready(None) => {
+                        let Some(checks) = this.checks.take() else {
+                            return Poll::Ready(None);
+                        };
+                        return match checks.finish(&this.trailers) {
+                            Ok(()) => Poll::Ready(None),
+                            Err(e) => {
+                                this.failure.set(e);
+                                Poll::Ready(Some(Err("request body check failed".into())))
+                            }
+                        };
+                    }
+                }
+            }
+        }
+    }
+
+    fn declared(parts: &http::request::Parts, name: &str) -> Result<Option<u64>, S3Error> {
+        parts
+            .headers
+            .get(name)
+            .map(|v| {
+                v.to_str()
+                    .ok()
+                    .and_then(|s| s.parse::<u64>().ok())
+                    .ok_or_else(|| S3Error::InvalidArgument(format!("{name} is not a number").into()))
+            })
+            .transpose()
+    }
+
+    /// The body, checked as the signature's payload mode and the checksum headers require,
+    /// with `Content-Length` set to the decoded length, held back by [`HoldLast`].
+    pub(crate) fn checked(
+        parts: &http::request::Parts,
+        body: axum::body::Body,
+        auth: &sigv4::Verified,
+        headers: &mut HeaderMap,
+        failure: &BodyFailure,
+    ) -> Result<upstream::Body, S3Error> {
+        let checks = BodyChecks::from_request(&parts.headers, &auth.payload)?;
+        let has_body = !matches!(parts.method, Method::GET | Method::HEAD | Method::DELETE);
+        if !has_body {
+            return Ok(upstream::empty());
+        }
+        let raw = body.map_err(BoxError::from).boxed_unsync();
+        let (inner, len) = if auth.payload.is_aws_chunked() {
+            let decoded = declared(parts, "x-amz-decoded-content-length")?.ok_or(S3Error::MissingContentLength)?;
+            (
+                crate::gateway::body::aws_chunked(raw, &auth.payload, &checks)?,
+                Some(decoded),
+            )
+        } else {
+            (raw, declared(parts, "content-length")?)
+        };
+        if let Some(len) = len {
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+        }
+        let checked = Checked {
+            inner,
+            checks: (!checks.is_empty()).then_some(checks),
+            trailers: Vec::new(),
+            failure: failure.clone(),
+        };
+        Ok(HoldLast::new(checked).boxed_unsync())
+    }
+
+    /// The aws-chunked decoder over `raw` (chunk signatures checked for signed modes).
+    fn aws_chunked(
+        _raw: upstream::Body,
+        _payload: &sigv4::Payload,
+        _checks: &BodyChecks,
+    ) -> Result<upstream::Body, S3Error> {
+        Err(S3Error::NotImplemented(
+            "aws-chunked bodies are not supported yet".into(),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_and_virtual_host_addressing() {
+        let a = |host: Option<&str>, path: &str, domain: Option<&str>| address(host, path, domain).unwrap();
+        assert_eq!(
+            a(Some("localhost:9000"), "/mlpipeline/private/a%20b/c", None),
+            (Some("mlpipeline".into()), Some("private/a b/c".into()))
+        );
+        assert_eq!(
+            a(Some("localhost"), "/mlpipeline", None),
+            (Some("mlpipeline".into()), None)
+        );
+        assert_eq!(
+            a(Some("localhost"), "/mlpipeline/", None),
+            (Some("mlpipeline".into()), None)
+        );
+        assert_eq!(a(Some("localhost"), "/", None), (None, None));
+        assert_eq!(
+            a(Some("MLPipeline.S3.Example.com:9000"), "/x/y", Some("s3.example.com")),
+            (Some("mlpipeline".into()), Some("x/y".into()))
+        );
+        assert_eq!(
+            a(Some("s3.example.com"), "/b/k", Some("s3.example.com")),
+            (Some("b".into()), Some("k".into()))
+        );
+        // Without a domain, a bucket-like host is ignored: path style.
+        assert_eq!(
+            a(Some("evil.s3.example.com"), "/b/k", None),
+            (Some("b".into()), Some("k".into()))
+        );
+        assert!(address(None, "/b/%zz", None).is_err());
+        assert!(address(None, "/b/%ff", None).is_err());
+    }
+
+    #[test]
+    fn bucket_administration_is_refused_and_objects_are_classified() {
+        let q = |s: &str| Query::parse(s).unwrap();
+        let h = HeaderMap::new();
+        let c = |m: Method, key: Option<&str>, query: &str| classify(&m, key, &q(query), &h).unwrap();
+        assert_eq!(c(Method::GET, Some("k"), "x-id=GetObject"), Operation::ReadObject);
+        assert_eq!(c(Method::GET, Some("k"), "uploadId=1"), Operation::ReadObject);
+        assert_eq!(
+            c(Method::PUT, Some("k"), "partNumber=1&uploadId=2"),
+            Operation::WriteObject { copy_source: None }
+        );
+        assert_eq!(c(Method::PUT, Some("k"), "acl"), Operation::Refused);
+        assert_eq!(c(Method::GET, Some("k"), "acl="), Operation::Refused);
+        assert_eq!(
+            c(Method::GET, None, "list-type=2&prefix=private%2F&delimiter=%2F"),
+            Operation::List {
+                prefix: "private/".into()
+            }
+        );
+        assert_eq!(
+            c(Method::GET, None, "uploads"),
+            Operation::ListUploads { prefix: String::new() }
+        );
+        assert_eq!(c(Method::GET, None, "location"), Operation::BucketInfo);
+        assert_eq!(c(Method::HEAD, None, ""), Operation::BucketInfo);
+        for (m, query) in [
+            (Method::PUT, ""),
+            (Method::DELETE, ""),
+            (Method::GET, "policy"),
+            (Method::GET, "acl"),
+            (Method::PUT, "policy"),
+            (Method::GET, "cors"),
+            (Method::POST, "delete"),
+            (Method::GET, "prefix=a&lifecycle"),
+        ] {
+            assert_eq!(c(m.clone(), None, query), Operation::Refused, "{m} ?{query}");
+        }
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-amz-copy-source",
+            HeaderValue::from_static("/other/private%2Fx?versionId=1"),
+        );
+        assert_eq!(
+            classify(&Method::PUT, Some("k"), &q(""), &h).unwrap(),
+            Operation::WriteObject {
+                copy_source: Some(("other".into(), "private/x".into()))
+            }
+        );
+        h.insert("x-amz-copy-source", HeaderValue::from_static("nokey"));
+        assert!(classify(&Method::PUT, Some("k"), &q(""), &h).is_err());
+    }
+
+    #[test]
+    fn presign_parameters_are_not_forwarded() {
+        let q = Query::parse("X-Amz-Signature=abc&uploads&prefix=a%20b&X-Amz-Credential=x%2Fy").unwrap();
+        assert_eq!(q.upstream(), "uploads&prefix=a%20b");
+    }
+
+    #[test]
+    fn aws_chunked_is_removed_from_content_encoding() {
+        assert_eq!(without_aws_chunked(&HeaderValue::from_static("aws-chunked")), None);
+        assert_eq!(
+            without_aws_chunked(&HeaderValue::from_static("aws-chunked, gzip")),
+            Some(HeaderValue::from_static("gzip"))
+        );
+    }
+
+    #[tokio::test]
+    async fn hold_last_never_sends_the_last_bytes_of_a_failing_body() {
+        use futures_util::stream;
+        let frames: Vec<Result<Frame<Bytes>, BoxError>> = vec![
+            Ok(Frame::data(Bytes::from_static(b"one"))),
+            Ok(Frame::data(Bytes::from_static(b"two"))),
+            Err("checksum mismatch".into()),
+        ];
+        let body = http_body_util::StreamBody::new(stream::iter(frames));
+        let mut held = HoldLast::new(body);
+        let mut got = Vec::new();
+        let mut failed = false;
+        while let Some(f) = held.frame().await {
+            match f {
+                Ok(f) => got.extend_from_slice(&f.into_data().unwrap()),
+                Err(_) => failed = true,
+            }
+        }
+        assert!(failed);
+        assert_eq!(got, b"one");
+        let ok: Vec<Result<Frame<Bytes>, BoxError>> = vec![
+            Ok(Frame::data(Bytes::from_static(b"one"))),
+            Ok(Frame::data(Bytes::from_static(b"two"))),
+        ];
+        let all = HoldLast::new(http_body_util::StreamBody::new(stream::iter(ok)))
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes();
+        assert_eq!(&all[..], b"onetwo");
+    }
+}

@@ -1,0 +1,288 @@
+//! `listing`: filters an upstream listing (ListObjects V1/V2, ListObjectVersions,
+//! ListMultipartUploads) down to the entries a key may see, when the listed prefix is broader
+//! than what the policy allows (`policy::ListScope::Filter`); a listing inside an allowed prefix
+//! is passed through untouched and never comes here.
+//!
+//! Choice: the answer is read whole (at most [`MAX_LISTING_BYTES`] — a page holds at most
+//! `max-keys` ≤ 1000 entries, so a real page is far smaller) and re-emitted with only the
+//! visible `Contents`/`Version`/`DeleteMarker`/`Upload` entries (by `Key`) and `CommonPrefixes`
+//! (by `Prefix`), and `KeyCount` recounted. Rewriting the request instead cannot express
+//! "these four prefixes" in one S3 listing. Everything else (paging markers, `IsTruncated`)
+//! is kept, so a client pages on as usual; a page may come back short or empty.
+//!
+//! Invariants: an entry whose key cannot be read is dropped (fail closed); an answer that is
+//! not a well-formed listing is an error, never passed on; memory is bounded by the cap.
+
+/// The largest listing answer read (bytes).
+pub const MAX_LISTING_BYTES: usize = 16 << 20;
+
+/// Why a listing answer could not be filtered.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ListingError {
+    /// Larger than [`MAX_LISTING_BYTES`].
+    #[error("listing answer larger than {MAX_LISTING_BYTES} bytes")]
+    TooLarge,
+    /// Not the XML of a listing.
+    #[error("listing answer is not a listing: {0}")]
+    Malformed(&'static str),
+}
+
+/// Entry elements filtered by their `<Key>`.
+const KEYED: [&str; 4] = ["Contents", "Version", "DeleteMarker", "Upload"];
+
+/// One element: its name, and its byte range in the document.
+struct Element<'a> {
+    name: &'a str,
+    start: usize,
+    end: usize,
+}
+
+fn find(hay: &[u8], from: usize, needle: &[u8]) -> Option<usize> {
+    hay.get(from..)?
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .map(|p| p + from)
+}
+
+fn is_name_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':')
+}
+
+/// The tag at `at` (`<name …>`, `</name>` or `<name/>`): (name, closing, self-closing, end).
+fn tag(doc: &[u8], at: usize) -> Result<(&str, bool, bool, usize), ListingError> {
+    let bad = ListingError::Malformed("tag");
+    let close = doc.get(at + 1) == Some(&b'/');
+    let name_start = at + 1 + usize::from(close);
+    let mut i = name_start;
+    while doc.get(i).is_some_and(|b| is_name_byte(*b)) {
+        i += 1;
+    }
+    if i == name_start {
+        return Err(bad);
+    }
+    let name = std::str::from_utf8(&doc[name_start..i]).map_err(|_| bad)?;
+    let gt = find(doc, i, b">").ok_or(ListingError::Malformed("unclosed tag"))?;
+    let self_closing = !close && gt > 0 && doc[gt - 1] == b'/';
+    Ok((name, close, self_closing, gt + 1))
+}
+
+/// Skips the prolog (`<?xml …?>`, comments, whitespace) and returns the root element's name and
+/// the offset after its start tag.
+fn root(doc: &[u8]) -> Result<(&str, usize, usize), ListingError> {
+    let mut i = 0;
+    loop {
+        while doc.get(i).is_some_and(u8::is_ascii_whitespace) {
+            i += 1;
+        }
+        if doc[i..].starts_with(b"<?") {
+            i = find(doc, i, b"?>").ok_or(ListingError::Malformed("prolog"))? + 2;
+        } else if doc[i..].starts_with(b"<!--") {
+            i = find(doc, i, b"-->").ok_or(ListingError::Malformed("comment"))? + 3;
+        } else if doc.get(i) == Some(&b'<') {
+            let (name, close, self_closing, end) = tag(doc, i)?;
+            if close || self_closing {
+                return Err(ListingError::Malformed("root"));
+            }
+            return Ok((name, i, end));
+        } else {
+            return Err(ListingError::Malformed("no root element"));
+        }
+    }
+}
+
+/// The root's child elements, and the offset of the root's end tag.
+fn children(doc: &[u8], mut i: usize) -> Result<(Vec<Element<'_>>, usize), ListingError> {
+    let mut out = Vec::new();
+    loop {
+        let lt = find(doc, i, b"<").ok_or(ListingError::Malformed("unterminated root"))?;
+        if doc[lt..].starts_with(b"<!--") {
+            i = find(doc, lt, b"-->").ok_or(ListingError::Malformed("comment"))? + 3;
+            continue;
+        }
+        if doc[lt..].starts_with(b"<![CDATA[") || doc[lt..].starts_with(b"<!") || doc[lt..].starts_with(b"<?") {
+            return Err(ListingError::Malformed("markup a listing does not use"));
+        }
+        let (name, close, self_closing, end) = tag(doc, lt)?;
+        if close {
+            return Ok((out, lt));
+        }
+        if self_closing {
+            out.push(Element { name, start: lt, end });
+            i = end;
+            continue;
+        }
+        // Find the matching end tag, counting nested elements.
+        let mut depth = 1usize;
+        let mut j = end;
+        while depth > 0 {
+            let lt2 = find(doc, j, b"<").ok_or(ListingError::Malformed("unterminated element"))?;
+            if doc[lt2..].starts_with(b"<!") || doc[lt2..].starts_with(b"<?") {
+                return Err(ListingError::Malformed("markup a listing does not use"));
+            }
+            let (_, c, sc, e) = tag(doc, lt2)?;
+            if c {
+                depth -= 1;
+            } else if !sc {
+                depth += 1;
+                if depth > 8 {
+                    return Err(ListingError::Malformed("nested too deep"));
+                }
+            }
+            j = e;
+        }
+        out.push(Element {
+            name,
+            start: lt,
+            end: j,
+        });
+        i = j;
+    }
+}
+
+/// The unescaped text of the first `<name>…</name>` inside `elem`.
+fn child_text(elem: &[u8], name: &str) -> Option<String> {
+    let open = format!("<{name}>");
+    let s = find(elem, 0, open.as_bytes())? + open.len();
+    let e = find(elem, s, format!("</{name}>").as_bytes())?;
+    unescape(std::str::from_utf8(&elem[s..e]).ok()?)
+}
+
+/// XML text with the five named entities and numeric references resolved; `None` when malformed.
+pub fn unescape(s: &str) -> Option<String> {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(amp) = rest.find('&') {
+        out.push_str(&rest[..amp]);
+        let semi = rest[amp..].find(';')? + amp;
+        let ent = &rest[amp + 1..semi];
+        let c = match ent {
+            "amp" => '&',
+            "lt" => '<',
+            "gt" => '>',
+            "quot" => '"',
+            "apos" => '\'',
+            _ => {
+                let n = if let Some(hex) = ent.strip_prefix("#x").or_else(|| ent.strip_prefix("#X")) {
+                    u32::from_str_radix(hex, 16).ok()?
+                } else {
+                    ent.strip_prefix('#')?.parse().ok()?
+                };
+                char::from_u32(n)?
+            }
+        };
+        out.push(c);
+        rest = &rest[semi + 1..];
+    }
+    out.push_str(rest);
+    Some(out)
+}
+
+/// Filters a listing document: keeps the entries `key_visible` / `prefix_visible` accept and
+/// recounts `KeyCount`.
+pub fn filter(
+    doc: &[u8],
+    key_visible: impl Fn(&str) -> bool,
+    prefix_visible: impl Fn(&str) -> bool,
+) -> Result<Vec<u8>, ListingError> {
+    if doc.len() > MAX_LISTING_BYTES {
+        return Err(ListingError::TooLarge);
+    }
+    let (root_name, _, after_root) = root(doc)?;
+    if !matches!(
+        root_name,
+        "ListBucketResult" | "ListVersionsResult" | "ListMultipartUploadsResult"
+    ) {
+        return Err(ListingError::Malformed("not a listing"));
+    }
+    let (elems, root_end) = children(doc, after_root)?;
+    let mut keep = Vec::with_capacity(elems.len());
+    let mut kept_entries = 0usize;
+    for e in &elems {
+        let body = &doc[e.start..e.end];
+        let k = if KEYED.contains(&e.name) {
+            child_text(body, "Key").is_some_and(|k| key_visible(&k))
+        } else if e.name == "CommonPrefixes" {
+            child_text(body, "Prefix").is_some_and(|p| prefix_visible(&p))
+        } else {
+            true
+        };
+        if k && (KEYED.contains(&e.name) || e.name == "CommonPrefixes") {
+            kept_entries += 1;
+        }
+        keep.push(k);
+    }
+    let mut out = Vec::with_capacity(doc.len());
+    out.extend_from_slice(&doc[..after_root]);
+    let mut pos = after_root;
+    for (e, k) in elems.iter().zip(keep) {
+        out.extend_from_slice(&doc[pos..e.start]);
+        if e.name == "KeyCount" {
+            out.extend_from_slice(format!("<KeyCount>{kept_entries}</KeyCount>").as_bytes());
+        } else if k {
+            out.extend_from_slice(&doc[e.start..e.end]);
+        }
+        pos = e.end;
+    }
+    out.extend_from_slice(&doc[pos..root_end]);
+    out.extend_from_slice(&doc[root_end..]);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const V2: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
+<ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Name>mlpipeline</Name><Prefix></Prefix><MaxKeys>1000</MaxKeys><KeyCount>5</KeyCount><Delimiter>/</Delimiter><IsTruncated>false</IsTruncated><Contents><Key>a&amp;b</Key><ETag>&quot;x&quot;</ETag><Owner><ID>o</ID></Owner><Size>1</Size></Contents><Contents><Key>private/team-b/x</Key><Size>2</Size></Contents><Contents><Key>private/team-a/y</Key><Size>3</Size></Contents><CommonPrefixes><Prefix>private/</Prefix></CommonPrefixes><CommonPrefixes><Prefix>other/</Prefix></CommonPrefixes></ListBucketResult>"#;
+
+    #[test]
+    fn only_visible_entries_remain_and_keycount_is_recounted() {
+        let out = filter(
+            V2.as_bytes(),
+            |k| k.starts_with("private/team-a/") || k == "a&b",
+            |p| p == "private/",
+        )
+        .unwrap();
+        let out = String::from_utf8(out).unwrap();
+        assert!(out.contains("<Key>a&amp;b</Key>"), "{out}");
+        assert!(out.contains("private/team-a/y"));
+        assert!(!out.contains("team-b"), "{out}");
+        assert!(!out.contains("other/"));
+        assert!(out.contains("<Prefix>private/</Prefix>"));
+        assert!(out.contains("<KeyCount>3</KeyCount>"), "{out}");
+        assert!(out.starts_with("<?xml") && out.ends_with("</ListBucketResult>"));
+        assert!(out.contains("<Owner><ID>o</ID></Owner>"));
+    }
+
+    #[test]
+    fn uploads_and_versions_are_filtered_by_key() {
+        let doc = "<ListMultipartUploadsResult><Bucket>b</Bucket><Upload><Key>x/1</Key><UploadId>u</UploadId></Upload><Upload><Key>y/1</Key></Upload></ListMultipartUploadsResult>";
+        let out = String::from_utf8(filter(doc.as_bytes(), |k| k.starts_with("x/"), |_| false).unwrap()).unwrap();
+        assert!(out.contains("x/1") && !out.contains("y/1"), "{out}");
+        let doc = "<ListVersionsResult><Version><Key>y</Key></Version><DeleteMarker><Key>y</Key></DeleteMarker><Version><Key>x</Key></Version></ListVersionsResult>";
+        let out = String::from_utf8(filter(doc.as_bytes(), |k| k == "x", |_| false).unwrap()).unwrap();
+        assert_eq!(
+            out,
+            "<ListVersionsResult><Version><Key>x</Key></Version></ListVersionsResult>"
+        );
+    }
+
+    #[test]
+    fn hostile_or_broken_answers_are_errors_not_passed_on() {
+        for doc in [
+            "",
+            "<Error><Code>x</Code></Error>",
+            "<ListBucketResult><Contents><Key>a</Key>",
+            "<ListBucketResult><Contents><![CDATA[<Key>x</Key>]]></Contents></ListBucketResult>",
+            "<ListBucketResult><a><a><a><a><a><a><a><a><a><a></a></a></a></a></a></a></a></a></a></a></ListBucketResult>",
+            "garbage",
+        ] {
+            assert!(filter(doc.as_bytes(), |_| true, |_| true).is_err(), "{doc}");
+        }
+        // An entry whose key cannot be decoded is dropped.
+        let doc = "<ListBucketResult><Contents><Key>&bogus;</Key></Contents></ListBucketResult>";
+        let out = filter(doc.as_bytes(), |_| true, |_| true).unwrap();
+        assert_eq!(out, b"<ListBucketResult></ListBucketResult>");
+        assert_eq!(unescape("&#x41;&#66;&lt;").as_deref(), Some("AB<"));
+    }
+}
