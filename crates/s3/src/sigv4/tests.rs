@@ -761,11 +761,14 @@ fn streaming_seed_signatures() {
 /// trimming, repeated headers joined in order, query sorting and encoding, UTF-8, and the
 /// *unnormalized* path cases (S3 never normalises `.`, `..` or `//`). Paths are given as they
 /// arrive on the wire (percent-encoded where the suite has raw spaces or UTF-8).
+/// (case name, method, wire target, headers, canonical request without the payload hash).
+type SuiteCase<'a> = (&'a str, &'a str, &'a str, &'a [(&'a str, &'a str)], &'a str);
+
 #[test]
 fn aws_generic_suite_canonical_requests() {
     let date = ("x-amz-date", "20150830T123600Z");
     let host = ("host", "example.amazonaws.com");
-    let cases: &[(&str, &str, &str, &[(&str, &str)], &str)] = &[
+    let cases: &[SuiteCase] = &[
         (
             "get-header-value-trim",
             "GET",
