@@ -356,35 +356,16 @@ impl KeyStore {
     pub async fn current_or_issue(&self, ns: &str) -> Result<(IssuedKey, bool), KeyStoreError> {
         check_namespace(ns)?;
         for _ in 0..CAS_ATTEMPTS {
-            let now = self.clock.now();
             if let Some((record, rev)) = self.read(ns).await? {
                 if let Some(current) = record.keys.iter().rev().find(|k| k.not_after.is_none()) {
                     return Ok((current.issued(ns), false));
                 }
                 // Every key is rotated out (or the record is empty): a new current key.
-                let key = self.mint(ns).await?;
-                let mut next = record.clone();
-                next.keys.retain(|k| k.live(now));
-                next.keys.push(key.clone());
-                match self
-                    .store
-                    .update(&Self::ns_key(ns), Self::encode(&next)?, Some(rev), None)
-                    .await
-                {
-                    Ok(_) => {
-                        self.prune_index(&record, &next).await;
-                        tracing::info!(namespace = %ns, access_key_id = %key.id, fingerprint = %key.fingerprint, "S3 key issued");
-                        return Ok((key.issued(ns), true));
-                    }
-                    Err(StoreError::Conflict { .. } | StoreError::NotFound(_)) => {
-                        self.unindex([key.id]).await;
-                        continue;
-                    }
-                    Err(e) => {
-                        self.unindex([key.id]).await;
-                        return Err(e.into());
-                    }
+                if let Some(key) = self.add_current(ns, &record, rev, None).await? {
+                    tracing::info!(namespace = %ns, access_key_id = %key.id, fingerprint = %key.fingerprint, "S3 key issued");
+                    return Ok((key.issued(ns), true));
                 }
+                continue;
             }
             let key = self.mint(ns).await?;
             let record = NamespaceRecord {
@@ -396,10 +377,7 @@ impl KeyStore {
                     return Ok((key.issued(ns), true));
                 }
                 // Issued meanwhile by another controller: theirs is the key.
-                Err(StoreError::AlreadyExists(_)) => {
-                    self.unindex([key.id]).await;
-                    continue;
-                }
+                Err(StoreError::AlreadyExists(_)) => self.unindex([key.id]).await,
                 Err(e) => {
                     self.unindex([key.id]).await;
                     return Err(e.into());
@@ -407,6 +385,45 @@ impl KeyStore {
             }
         }
         Err(KeyStoreError::Busy(ns.to_owned()))
+    }
+
+    /// Writes `record` (read at `rev`) back with a new current key — the keys current until now
+    /// ending at `end` when given, the dead ones dropped: the new key, or `None` when the record
+    /// changed or went meanwhile (read it again).
+    async fn add_current(
+        &self,
+        ns: &str,
+        record: &NamespaceRecord,
+        rev: u64,
+        end: Option<u64>,
+    ) -> Result<Option<StoredKey>, KeyStoreError> {
+        let now = self.clock.now();
+        let key = self.mint(ns).await?;
+        let mut next = record.clone();
+        if let Some(end) = end {
+            for k in &mut next.keys {
+                k.not_after = Some(k.not_after.map_or(end, |e| e.min(end)));
+            }
+        }
+        next.keys.retain(|k| k.live(now));
+        next.keys.push(key.clone());
+        match self
+            .store
+            .update(&Self::ns_key(ns), Self::encode(&next)?, Some(rev), None)
+            .await
+        {
+            Ok(_) => {
+                self.prune_index(record, &next).await;
+                Ok(Some(key))
+            }
+            Err(e) => {
+                self.unindex([key.id]).await;
+                match e {
+                    StoreError::Conflict { .. } | StoreError::NotFound(_) => Ok(None),
+                    e => Err(e.into()),
+                }
+            }
+        }
     }
 
     async fn prune_index(&self, before: &NamespaceRecord, after: &NamespaceRecord) {
@@ -426,40 +443,13 @@ impl KeyStore {
     pub async fn rotate(&self, ns: &str, overlap: Duration) -> Result<IssuedKey, KeyStoreError> {
         check_namespace(ns)?;
         for _ in 0..CAS_ATTEMPTS {
-            let now = self.clock.now();
             let Some((record, rev)) = self.read(ns).await? else {
                 return Err(KeyStoreError::NoKey(ns.to_owned()));
             };
-            let end = now.add(overlap).as_secs();
-            let key = self.mint(ns).await?;
-            let mut next = record.clone();
-            for k in &mut next.keys {
-                k.not_after = Some(k.not_after.map_or(end, |e| e.min(end)));
-            }
-            next.keys.retain(|k| k.live(now));
-            next.keys.push(key.clone());
-            match self
-                .store
-                .update(&Self::ns_key(ns), Self::encode(&next)?, Some(rev), None)
-                .await
-            {
-                Ok(_) => {
-                    self.prune_index(&record, &next).await;
-                    tracing::info!(namespace = %ns, access_key_id = %key.id, fingerprint = %key.fingerprint, overlap_secs = overlap.as_secs(), "S3 key rotated");
-                    return Ok(key.issued(ns));
-                }
-                Err(StoreError::Conflict { .. }) => {
-                    self.unindex([key.id]).await;
-                    continue;
-                }
-                Err(StoreError::NotFound(_)) => {
-                    self.unindex([key.id]).await;
-                    return Err(KeyStoreError::NoKey(ns.to_owned()));
-                }
-                Err(e) => {
-                    self.unindex([key.id]).await;
-                    return Err(e.into());
-                }
+            let end = self.clock.now().add(overlap).as_secs();
+            if let Some(key) = self.add_current(ns, &record, rev, Some(end)).await? {
+                tracing::info!(namespace = %ns, access_key_id = %key.id, fingerprint = %key.fingerprint, overlap_secs = overlap.as_secs(), "S3 key rotated");
+                return Ok(key.issued(ns));
             }
         }
         Err(KeyStoreError::Busy(ns.to_owned()))
@@ -678,6 +668,20 @@ mod tests {
         let mut namespaces = f.keys.namespaces().await.unwrap();
         namespaces.sort();
         assert_eq!(namespaces, ["team-a", "team-b"]);
+    }
+
+    #[tokio::test]
+    async fn two_controllers_issuing_at_once_agree_on_one_key() {
+        let f = fixture(Duration::ZERO);
+        // The same random sequence on both: their first ids collide too.
+        let other = KeyStore::new(f.keys.store.clone(), f.clock.clone(), Arc::new(SequenceRng::default()));
+        let (a, b) = tokio::join!(f.keys.current_or_issue("team-a"), other.current_or_issue("team-a"));
+        let ((a, a_new), (b, b_new)) = (a.unwrap(), b.unwrap());
+        assert_eq!(a.id, b.id);
+        assert_eq!(a.secret, b.secret);
+        assert!(a_new ^ b_new, "exactly one issued it");
+        let index = f.raw.list(ID_PREFIX, 0, None).await.unwrap();
+        assert_eq!(index.items.len(), 1, "the loser's index entry is gone");
     }
 
     #[tokio::test]
