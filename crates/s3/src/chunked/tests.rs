@@ -331,3 +331,38 @@ async fn plain_bodies() {
     assert_eq!(forward_content_encoding("aws-chunked"), None);
     assert_eq!(forward_content_encoding("aws-chunked, gzip").as_deref(), Some("gzip"));
 }
+
+/// The consumer never sees the whole body when a check fails at its end: the last data frame is
+/// withheld until every check passed (so an upstream write with the decoded `Content-Length`
+/// cannot complete).
+#[tokio::test]
+async fn last_frame_is_withheld_until_the_checks_pass() {
+    use base64::Engine;
+    let parts = unsigned_trailer_request("20", Some("x-amz-checksum-crc32"));
+    let v = verify_at(&parts, T0).unwrap();
+    let good = base64::engine::general_purpose::STANDARD.encode(crc32fast::hash(b"hello world, chunked").to_be_bytes());
+    for (crc, ok) in [(good.as_str(), true), ("AAAAAA==", false)] {
+        let body = format!("14\r\nhello world, chunked\r\n0\r\nx-amz-checksum-crc32:{crc}\r\n\r\n");
+        let frames: VecDeque<Bytes> = body.as_bytes().chunks(4).map(Bytes::copy_from_slice).collect();
+        let plan = BodyPlan::from_request(&parts.headers, &v).unwrap();
+        assert_eq!(plan.decoded_len, 20);
+        let mut vb = VerifyingBody::new(Frames(frames), plan);
+        let mut got = 0usize;
+        let mut failed = None;
+        while let Some(f) = vb.frame().await {
+            match f {
+                Ok(f) => got += f.into_data().map(|d| d.len()).unwrap_or(0),
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        if ok {
+            assert_eq!((got, failed.is_none()), (20, true));
+        } else {
+            assert!(got < 20, "all {got} bytes were released before the check failed");
+            assert_eq!(failed.map(|e| e.code()), Some("BadDigest"));
+        }
+    }
+}
