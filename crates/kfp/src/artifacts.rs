@@ -85,6 +85,76 @@ pub trait ArtifactStore: Send + Sync + 'static {
     fn bucket(&self) -> &str;
 }
 
+/// The real [`ArtifactStore`]: the S3 gateway's policy and its upstream (kfsec's credentials).
+#[derive(Debug, Clone)]
+pub struct S3Artifacts {
+    upstream: kfsec_s3::upstream::Upstream,
+    policy: kfsec_s3::policy::Policy,
+    bucket: String,
+}
+
+impl S3Artifacts {
+    /// Reads through `upstream`, within what `policy` lets a namespace's key read; `bucket` is
+    /// the pipelines' bucket (`s3.bucket`).
+    pub fn new(upstream: kfsec_s3::upstream::Upstream, policy: kfsec_s3::policy::Policy, bucket: String) -> Self {
+        Self {
+            upstream,
+            policy,
+            bucket,
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl ArtifactStore for S3Artifacts {
+    fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    fn may_read(&self, namespace: &str, bucket: &str, key: &str) -> bool {
+        self.policy.object(namespace, bucket, key, kfsec_s3::policy::Need::Read)
+    }
+
+    async fn get(
+        &self,
+        bucket: &str,
+        key: &str,
+        first_bytes: Option<u64>,
+    ) -> Result<Option<ArtifactObject>, ArtifactStoreError> {
+        let range = first_bytes.map(|n| format!("bytes=0-{}", n.saturating_sub(1)));
+        let resp = self
+            .upstream
+            .get_object(bucket, key, range.as_deref())
+            .await
+            .map_err(|e| ArtifactStoreError(Box::new(e)))?;
+        let status = resp.status();
+        if status == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        if status == StatusCode::RANGE_NOT_SATISFIABLE {
+            // A peek at an empty object.
+            return Ok(Some(ArtifactObject {
+                length: Some(0),
+                body: Body::empty(),
+            }));
+        }
+        if !(status == StatusCode::OK || status == StatusCode::PARTIAL_CONTENT) {
+            return Err(ArtifactStoreError(
+                format!("the store answered {status} to a GET").into(),
+            ));
+        }
+        let length = resp
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
+        Ok(Some(ArtifactObject {
+            length,
+            body: Body::new(resp.into_body()),
+        }))
+    }
+}
+
 /// The parsed query.
 #[derive(Debug, Default)]
 struct Query {

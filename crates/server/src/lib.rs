@@ -408,7 +408,10 @@ pub async fn seal_store(
     if done.first_time && done.sealed > 0 {
         tracing::warn!(key_id = %primary, sealed = done.sealed, "secretsEncryption turned on: the store's existing secret values are now sealed; keep the key file, the store cannot be read without it");
     }
-    if done.resealed > 0 {
+    let kek = kek::path(&cfg.data_dir);
+    if done.resealed > 0 && cfg.secrets_encryption.is_some() && kek.exists() {
+        tracing::warn!(key_id = %primary, resealed = done.resealed, kek = %kek.display(), "secretsEncryption turned on: the store's existing secret values are now sealed with its keyFile instead of the data directory's key, which is no longer needed (delete it once every value is re-sealed: this start has done so)");
+    } else if done.resealed > 0 {
         tracing::warn!(key_id = %primary, resealed = done.resealed, "secret values re-sealed under the primary key; the previous keys can be removed from secretsEncryption.previousKeyFiles once every replica runs with this key");
     }
     tracing::info!(key_id = %primary, "secret values in the store are sealed (AES-256-GCM)");
@@ -725,6 +728,14 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
     )
     .await
     .map_err(|e| ServerError::Api(e.to_string()))?;
+    // KFP's artifact endpoint reads through the S3 gateway's upstream, within its policy.
+    if let (Some(s3), Some(upstream)) = (&cfg.s3, &s3_upstream) {
+        kfp.serve_artifacts(Arc::new(kfsec_kfp::artifacts::S3Artifacts::new(
+            upstream.clone(),
+            s3.policy.clone(),
+            s3.bucket.clone(),
+        )));
+    }
     // The KFP router goes first: its exact `/apis/v1beta1/{workflows,scheduledworkflows}` win
     // over the Kubernetes API's `/apis/{*rest}`.
     let api_router = axum::Router::new()
