@@ -153,9 +153,12 @@ def _():
     s3 = gw()
     seen = {}
 
+    def text(v):
+        return v.decode() if isinstance(v, bytes) else v
+
     def record(request, **_):
-        seen["sha"] = request.headers.get("x-amz-content-sha256")
-        seen["trailer"] = request.headers.get("x-amz-trailer")
+        seen["sha"] = text(request.headers.get("x-amz-content-sha256"))
+        seen["trailer"] = text(request.headers.get("x-amz-trailer"))
 
     s3.meta.events.register("before-send.s3.PutObject", record)
     data = os.urandom(300_000)
