@@ -14,14 +14,12 @@
 //! its last byte is sent, so the store never completes the write; every refusal is S3 XML from
 //! `error`, and upstream failures are 503 `ServiceUnavailable` with the cause only in the log.
 
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use axum::extract::State;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
-use http_body::{Body as HttpBody, Frame};
+use http_body::Body as HttpBody;
 use http_body_util::BodyExt as _;
 use kfsec_audit::event::ObjectRef;
 use kfsec_audit::request::{Begin, new_audit_id};
@@ -129,7 +127,7 @@ const REFUSED_OBJECT_PARAMS: [&str; 8] = [
 ];
 
 /// Headers forwarded to the upstream as the client sent them (plus `x-amz-meta-*`).
-const FORWARDED: [&str; 24] = [
+const FORWARDED: [&str; 22] = [
     "content-type",
     "content-md5",
     "content-disposition",
@@ -152,8 +150,6 @@ const FORWARDED: [&str; 24] = [
     "x-amz-tagging-directive",
     "x-amz-storage-class",
     "x-amz-server-side-encryption",
-    "x-amz-checksum-algorithm",
-    "x-amz-checksum-type",
 ];
 
 /// Presigned-URL parameters, never forwarded.
@@ -335,79 +331,6 @@ fn response_header_kept(name: &HeaderName) -> bool {
         name.as_str(),
         "connection" | "keep-alive" | "proxy-connection" | "transfer-encoding" | "upgrade" | "te" | "trailer"
     )
-}
-
-/// The client's `aws-chunked` content encoding removed from `Content-Encoding` (`None` when
-/// nothing else remains).
-fn without_aws_chunked(v: &HeaderValue) -> Option<HeaderValue> {
-    let s = v.to_str().ok()?;
-    let rest: Vec<&str> = s
-        .split(',')
-        .map(str::trim)
-        .filter(|e| !e.is_empty() && !e.eq_ignore_ascii_case("aws-chunked"))
-        .collect();
-    if rest.is_empty() {
-        None
-    } else {
-        HeaderValue::from_str(&rest.join(",")).ok()
-    }
-}
-
-/// A body that holds each data frame back until the next one arrives (or the body ends
-/// cleanly): when the inner body fails — a checksum or chunk signature that does not match is
-/// only known at the end — the last bytes were never sent, so an upstream expecting
-/// `Content-Length` bytes never sees a complete request and stores nothing.
-pub struct HoldLast<B> {
-    inner: B,
-    held: Option<Bytes>,
-    done: bool,
-}
-
-impl<B> HoldLast<B> {
-    /// Wraps `inner`.
-    pub fn new(inner: B) -> Self {
-        Self {
-            inner,
-            held: None,
-            done: false,
-        }
-    }
-}
-
-impl<B> HttpBody for HoldLast<B>
-where
-    B: HttpBody<Data = Bytes, Error = BoxError> + Unpin,
-{
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = &mut *self;
-        loop {
-            if this.done {
-                return Poll::Ready(this.held.take().map(|b| Ok(Frame::data(b))));
-            }
-            match Pin::new(&mut this.inner).poll_frame(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(None) => this.done = true,
-                Poll::Ready(Some(Err(e))) => {
-                    this.held = None;
-                    this.done = true;
-                    return Poll::Ready(Some(Err(e)));
-                }
-                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
-                    Ok(data) if data.is_empty() => {}
-                    Ok(data) => {
-                        if let Some(prev) = this.held.replace(data) {
-                            return Poll::Ready(Some(Ok(Frame::data(prev))));
-                        }
-                    }
-                    // Trailers are not forwarded (checksums are checked here, not upstream).
-                    Err(_) => {}
-                },
-            }
-        }
-    }
 }
 
 /// A request's failure recorded for the body stream: the first error a body check raised, so
@@ -647,7 +570,12 @@ impl Gateway {
             if FORWARDED.contains(&n) || n.starts_with("x-amz-meta-") {
                 headers.append(name.clone(), value.clone());
             } else if n == "content-encoding" {
-                if let Some(v) = without_aws_chunked(value) {
+                if let Some(v) = value
+                    .to_str()
+                    .ok()
+                    .and_then(crate::chunked::forward_content_encoding)
+                    .and_then(|v| HeaderValue::from_str(&v).ok())
+                {
                     headers.insert(header::CONTENT_ENCODING, v);
                 }
             } else if n.starts_with("x-amz-checksum-") && n != "x-amz-checksum-algorithm" && n != "x-amz-checksum-type"
@@ -811,87 +739,14 @@ async fn handle(State(gw): State<Arc<Gateway>>, req: Request<axum::body::Body>) 
 }
 
 pub(crate) mod body {
-    //! The request body as the upstream gets it, checked as it streams.
+    //! The request body as the upstream gets it: `chunked::VerifyingBody` (aws-chunked decoding,
+    //! chunk and trailer signatures, checksums, decoded length; its last frame withheld until
+    //! every check passed), its failure recorded for the answer.
     use super::*;
-    use crate::checksum::BodyChecks;
+    use crate::chunked::{BodyPlan, VerifyingBody};
 
-    /// A decoded body fed through the request's checks: a failing check at the end (or a
-    /// failing inner body) is recorded in the [`BodyFailure`] and ends the stream with an error.
-    pub(crate) struct Checked {
-        pub(crate) inner: upstream::Body,
-        pub(crate) checks: Option<BodyChecks>,
-        pub(crate) trailers: Vec<(String, String)>,
-        pub(crate) failure: BodyFailure,
-    }
-
-    impl HttpBody for Checked {
-        type Data = Bytes;
-        type Error = BoxError;
-
-        fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-            let this = &mut *self;
-            loop {
-                match Pin::new(&mut this.inner).poll_frame(cx) {
-                    Poll::Pending => return Poll::Pending,
-                    Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
-                        Ok(data) => {
-                            if let Some(c) = &mut this.checks {
-                                c.update(&data);
-                            }
-                            return Poll::Ready(Some(Ok(Frame::data(data))));
-                        }
-                        Err(frame) => {
-                            if let Ok(t) = frame.into_trailers() {
-                                for (n, v) in &t {
-                                    if let Ok(v) = v.to_str() {
-                                        this.trailers.push((n.as_str().to_owned(), v.to_owned()));
-                                    }
-                                }
-                            }
-                        }
-                    },
-                    Poll::Ready(Some(Err(e))) => {
-                        this.checks = None;
-                        this.failure.set(match e.downcast::<S3Error>() {
-                            Ok(s3) => *s3,
-                            Err(other) => {
-                                S3Error::IncompleteBody(format!("the request body ended early ({other})").into())
-                            }
-                        });
-                        return Poll::Ready(Some(Err("request body failed".into())));
-                    }
-                    Poll::Ready(None) => {
-                        let Some(checks) = this.checks.take() else {
-                            return Poll::Ready(None);
-                        };
-                        return match checks.finish(&this.trailers) {
-                            Ok(()) => Poll::Ready(None),
-                            Err(e) => {
-                                this.failure.set(e);
-                                Poll::Ready(Some(Err("request body check failed".into())))
-                            }
-                        };
-                    }
-                }
-            }
-        }
-    }
-
-    fn declared(parts: &http::request::Parts, name: &str) -> Result<Option<u64>, S3Error> {
-        parts
-            .headers
-            .get(name)
-            .map(|v| {
-                v.to_str()
-                    .ok()
-                    .and_then(|s| s.parse::<u64>().ok())
-                    .ok_or_else(|| S3Error::InvalidArgument(format!("{name} is not a number").into()))
-            })
-            .transpose()
-    }
-
-    /// The body, checked as the signature's payload mode and the checksum headers require,
-    /// with `Content-Length` set to the decoded length, held back by [`HoldLast`].
+    /// The checked body with `Content-Length` set to the decoded length (empty for GET, HEAD
+    /// and DELETE).
     pub(crate) fn checked(
         parts: &http::request::Parts,
         body: axum::body::Body,
@@ -899,42 +754,18 @@ pub(crate) mod body {
         headers: &mut HeaderMap,
         failure: &BodyFailure,
     ) -> Result<upstream::Body, S3Error> {
-        let checks = BodyChecks::from_request(&parts.headers, &auth.payload)?;
-        let has_body = !matches!(parts.method, Method::GET | Method::HEAD | Method::DELETE);
-        if !has_body {
+        if matches!(parts.method, Method::GET | Method::HEAD | Method::DELETE) {
             return Ok(upstream::empty());
         }
-        let raw = body.map_err(BoxError::from).boxed_unsync();
-        let (inner, len) = if auth.payload.is_aws_chunked() {
-            let decoded = declared(parts, "x-amz-decoded-content-length")?.ok_or(S3Error::MissingContentLength)?;
-            (
-                crate::gateway::body::aws_chunked(raw, &auth.payload, &checks)?,
-                Some(decoded),
-            )
-        } else {
-            (raw, declared(parts, "content-length")?)
-        };
-        if let Some(len) = len {
-            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-        }
-        let checked = Checked {
-            inner,
-            checks: (!checks.is_empty()).then_some(checks),
-            trailers: Vec::new(),
-            failure: failure.clone(),
-        };
-        Ok(HoldLast::new(checked).boxed_unsync())
-    }
-
-    /// The aws-chunked decoder over `raw` (chunk signatures checked for signed modes).
-    fn aws_chunked(
-        _raw: upstream::Body,
-        _payload: &sigv4::Payload,
-        _checks: &BodyChecks,
-    ) -> Result<upstream::Body, S3Error> {
-        Err(S3Error::NotImplemented(
-            "aws-chunked bodies are not supported yet".into(),
-        ))
+        let plan = BodyPlan::from_request(&parts.headers, auth)?;
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(plan.decoded_len));
+        let failure = failure.clone();
+        Ok(VerifyingBody::new(body, plan)
+            .map_err(move |e| -> BoxError {
+                failure.set(e);
+                "request body check failed".into()
+            })
+            .boxed_unsync())
     }
 }
 
@@ -1031,46 +862,5 @@ mod tests {
     fn presign_parameters_are_not_forwarded() {
         let q = Query::parse("X-Amz-Signature=abc&uploads&prefix=a%20b&X-Amz-Credential=x%2Fy").unwrap();
         assert_eq!(q.upstream(), "uploads&prefix=a%20b");
-    }
-
-    #[test]
-    fn aws_chunked_is_removed_from_content_encoding() {
-        assert_eq!(without_aws_chunked(&HeaderValue::from_static("aws-chunked")), None);
-        assert_eq!(
-            without_aws_chunked(&HeaderValue::from_static("aws-chunked, gzip")),
-            Some(HeaderValue::from_static("gzip"))
-        );
-    }
-
-    #[tokio::test]
-    async fn hold_last_never_sends_the_last_bytes_of_a_failing_body() {
-        use futures_util::stream;
-        let frames: Vec<Result<Frame<Bytes>, BoxError>> = vec![
-            Ok(Frame::data(Bytes::from_static(b"one"))),
-            Ok(Frame::data(Bytes::from_static(b"two"))),
-            Err("checksum mismatch".into()),
-        ];
-        let body = http_body_util::StreamBody::new(stream::iter(frames));
-        let mut held = HoldLast::new(body);
-        let mut got = Vec::new();
-        let mut failed = false;
-        while let Some(f) = held.frame().await {
-            match f {
-                Ok(f) => got.extend_from_slice(&f.into_data().unwrap()),
-                Err(_) => failed = true,
-            }
-        }
-        assert!(failed);
-        assert_eq!(got, b"one");
-        let ok: Vec<Result<Frame<Bytes>, BoxError>> = vec![
-            Ok(Frame::data(Bytes::from_static(b"one"))),
-            Ok(Frame::data(Bytes::from_static(b"two"))),
-        ];
-        let all = HoldLast::new(http_body_util::StreamBody::new(stream::iter(ok)))
-            .collect()
-            .await
-            .unwrap()
-            .to_bytes();
-        assert_eq!(&all[..], b"onetwo");
     }
 }
