@@ -499,6 +499,16 @@ impl RequestAudit {
         self.emit(code, &[Stage::RequestReceived, Stage::ResponseComplete]);
     }
 
+    /// The handler panicked and the request is answered 500: emits `RequestReceived` (unless
+    /// already) and a `Panic` Event (responseStatus 500 `InternalError`, `message`), as
+    /// kube-apiserver's audit filter does when it recovers a panic. Later calls do nothing.
+    /// `message` must not carry the panic's own text (it may hold anything): say where the
+    /// detail was logged.
+    pub fn panicked(&self, message: &str) {
+        self.failure("InternalError", message);
+        self.emit(500, &[Stage::RequestReceived, Stage::Panic]);
+    }
+
     fn emit(&self, code: u16, stages: &[Stage]) {
         let mut s = self.state();
         let user = s.user.clone().unwrap_or_else(anonymous);

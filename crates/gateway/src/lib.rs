@@ -14,6 +14,7 @@ mod gatekeeper;
 pub mod headers;
 pub mod listener;
 pub mod metrics;
+mod panics;
 pub mod proxy;
 pub mod responses;
 pub mod session;
@@ -325,7 +326,7 @@ impl App {
 /// Runs first on every request, before routing: the path is normalised (or refused with 400),
 /// the received `Connection` header is applied and reserved identity and forwarding headers
 /// removed (`headers`), the client address is taken from a trusted proxy, security headers are
-/// added to the answer, metrics.
+/// added to the answer, metrics; a handler's panic becomes a 500 and a `Panic` audit Event.
 async fn edge(State(app): State<Arc<App>>, mut req: Request, next: Next) -> Response {
     #[allow(clippy::disallowed_methods)] // the request-latency metric is a monotonic measurement, not logic time
     let start = Instant::now();
@@ -350,7 +351,19 @@ async fn edge(State(app): State<Arc<App>>, mut req: Request, next: Next) -> Resp
                 request_audit = audit::begin(&app, auditor, &mut req, peer, forwarded);
             }
             let route = app.route_label(req.uri().path());
-            (next.run(req).await, route)
+            // A handler's panic is answered 500 and recorded (`panics`), not a reset connection.
+            let uri = req.uri().clone();
+            let resp = match panics::catch(next.run(req)).await {
+                Ok(resp) => resp,
+                Err(panic) => panics::answer(
+                    &app.mounts,
+                    app.rng.as_ref(),
+                    uri.path(),
+                    request_audit.as_ref(),
+                    &panic,
+                ),
+            };
+            (resp, route)
         }
         Some(resp) => (resp, "rejected".to_owned()),
     };
