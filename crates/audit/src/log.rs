@@ -134,19 +134,33 @@ impl Drop for LogWriter {
     }
 }
 
+/// Whether `line` (a sealed line read back) is a checkpoint.
+fn is_checkpoint_line(line: &[u8]) -> bool {
+    serde_json::from_slice::<serde_json::Value>(line).is_ok_and(|v| {
+        v.pointer("/objectRef/resource").and_then(serde_json::Value::as_str) == Some(chain::CHECKPOINT_RESOURCE)
+            && v.get("verb").and_then(serde_json::Value::as_str) == Some("checkpoint")
+    })
+}
+
 fn open_append(path: &std::path::Path) -> std::io::Result<File> {
     OpenOptions::new().create(true).append(true).mode(0o600).open(path)
 }
 
 impl LogWriter {
     /// Opens the log, resuming the chain from the last line on disk (the file's, else its
-    /// newest backup's). An incomplete last line is cut off and kept in a recovery event.
+    /// newest backup's). An incomplete last line is cut off and kept in a recovery event. When
+    /// the chain resumed after lines no checkpoint signed (the previous run was killed), a
+    /// checkpoint signing them is written first: a process that keeps crashing before its first
+    /// checkpoint leaves at most its last run's lines unsigned, never a growing tail that
+    /// `kfsec audit verify` must treat as checkpoints removed.
     pub fn open(
         settings: LogSettings,
         key: Arc<SigningKey>,
         clock: Arc<dyn Clock>,
         rng: Arc<dyn Rng>,
     ) -> Result<Self, LogError> {
+        // Whether the last line on disk is a chained line that is not a checkpoint.
+        let mut unsigned_on_disk = false;
         let (out, head, first_in_file, cut) = match &settings.target {
             LogTarget::Stdout => (Out::Stdout, Head::default(), true, None),
             LogTarget::File(path) => {
@@ -175,19 +189,24 @@ impl LogWriter {
                     size = keep;
                 }
                 let (head, first) = match last.as_deref().and_then(Head::of_line) {
-                    Some(h) => (h, false),
+                    Some(h) => {
+                        unsigned_on_disk = last.as_deref().is_some_and(|l| !is_checkpoint_line(l));
+                        (h, false)
+                    }
                     None if last.is_some() => {
                         tracing::warn!(path = %path.display(), "the audit log's last line carries no chain annotations; a new chain starts");
                         (Head::default(), false)
                     }
                     None => {
                         // Empty file: continue from the newest backup, if any.
-                        let prev = files::backups(path)
+                        let prev_line = files::backups(path)
                             .map_err(io)?
                             .last()
                             .and_then(|b| files::last_line(b).ok())
-                            .and_then(|(l, _)| l)
-                            .and_then(|l| Head::of_line(&l));
+                            .and_then(|(l, _)| l);
+                        let prev = prev_line.as_deref().and_then(Head::of_line);
+                        unsigned_on_disk =
+                            prev.is_some() && prev_line.as_deref().is_some_and(|l| !is_checkpoint_line(l));
                         (prev.unwrap_or_default(), true)
                     }
                 };
@@ -216,6 +235,7 @@ impl LogWriter {
             rng,
             witness: None,
         };
+        let recovered = cut.is_some();
         if let Some((bytes, n)) = cut {
             let mut a = BTreeMap::new();
             a.insert(
@@ -226,6 +246,10 @@ impl LogWriter {
             let ev = chain::log_event(chain::LOG_RESOURCE, "recover", w.clock.now(), w.rng.as_ref(), a);
             let _ = w.append(ev)?;
             w.flush()?;
+        }
+        if (unsigned_on_disk || recovered) && w.head.seq > 0 {
+            w.since_checkpoint = w.since_checkpoint.max(1);
+            w.checkpoint()?;
         }
         Ok(w)
     }
@@ -471,6 +495,41 @@ mod tests {
             .err()
             .unwrap_or_else(|| panic!());
         assert_eq!((f.file, f.line, f.kind), (rest[1].display().to_string(), 1, "deleted"));
+    }
+
+    #[test]
+    fn a_crash_loop_leaves_only_the_last_runs_lines_unsigned() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("audit.log");
+        let clock = ManualClock::new(UnixTime::from_secs(1_796_504_400));
+        let key = Arc::new(SigningKey::generate(&SequenceRng::default()).unwrap_or_else(|e| panic!("{e}")));
+        // Ten runs, each killed after 5 lines (a checkpoint is due every 7): before this rule the
+        // 50 unsigned lines were more than twice checkpointLines, which verify calls removed
+        // checkpoints.
+        for run in 0..10 {
+            let mut w = writer(&path, clock.clone(), &key, 0, 0);
+            for i in 0..5 {
+                w.write(event(run * 10 + i)).unwrap_or_else(|e| panic!("{e}"));
+            }
+            w.flush().unwrap_or_else(|e| panic!("{e}"));
+            std::mem::forget(w);
+        }
+        let r = files::verify_files(std::slice::from_ref(&path), &[key.public()])
+            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap_or_else(|f| panic!("{f}"));
+        assert_eq!((r.events, r.checkpoints, r.unsigned_tail), (50, 9, 5), "{r:?}");
+        // A restart after a checkpoint adds none; a restart after nothing at all neither.
+        let w = writer(&path, clock.clone(), &key, 0, 0);
+        drop(w);
+        let w = writer(&path, clock, &key, 0, 0);
+        drop(w);
+        let r = files::verify_files(std::slice::from_ref(&path), &[key.public()])
+            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap_or_else(|f| panic!("{f}"));
+        assert_eq!((r.checkpoints, r.unsigned_tail), (10, 0), "{r:?}");
+        let empty = dir.path().join("empty.log");
+        drop(writer(&empty, ManualClock::new(UnixTime::from_secs(1)), &key, 0, 0));
+        assert_eq!(std::fs::read(&empty).map(|d| d.len()).unwrap_or(1), 0);
     }
 
     #[test]
