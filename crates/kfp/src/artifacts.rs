@@ -605,6 +605,58 @@ mod tests {
         assert!(key_problem(&"a".repeat(1024)).is_none());
     }
 
+    /// Every key built from pieces a hostile caller would combine, that the endpoint accepts for
+    /// team-a under the real default policy, resolves (as a filesystem-backed store would fold
+    /// it) inside team-a's or the shared prefixes.
+    #[test]
+    fn no_accepted_key_resolves_outside_the_namespace() {
+        let policy = kfsec_s3::policy::Policy::seaweedfs_default("mlpipeline");
+        let pieces = [
+            "private-artifacts/",
+            "private/",
+            "team-a",
+            "team-b",
+            "/",
+            "..",
+            ".",
+            "%2F",
+            "artifacts/",
+            "shared/",
+            "x",
+        ];
+        let mut keys = vec![String::new()];
+        for _ in 0..5 {
+            keys = keys
+                .iter()
+                .flat_map(|k| pieces.iter().map(move |p| format!("{k}{p}")))
+                .collect();
+            for key in &keys {
+                if key_problem(key).is_some()
+                    || !policy.object("team-a", "mlpipeline", key, kfsec_s3::policy::Need::Read)
+                {
+                    continue;
+                }
+                let mut resolved: Vec<&str> = Vec::new();
+                for seg in key.split('/') {
+                    match seg {
+                        ".." => {
+                            resolved.pop();
+                        }
+                        "." | "" => {}
+                        s => resolved.push(s),
+                    }
+                }
+                let r = resolved.join("/") + "/";
+                assert!(
+                    ["private-artifacts/team-a/", "private/team-a/", "artifacts/", "shared/"]
+                        .iter()
+                        .any(|p| r.starts_with(p)),
+                    "{key:?} resolves to {r:?}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn bucket_names_follow_s3() {
         for good in ["mlpipeline", "a.b-c", "abc"] {
