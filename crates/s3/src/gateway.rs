@@ -66,6 +66,7 @@ pub struct Gateway {
     auditor: Auditor,
     observer: Option<Arc<dyn Observer>>,
     peer: Option<PeerOf>,
+    markers: listing::MarkerSeal,
 }
 
 /// Reads the client's address from a request's extensions (the listener puts it there).
@@ -395,7 +396,10 @@ impl Gateway {
         clock: Arc<dyn Clock>,
         rng: Arc<dyn Rng>,
     ) -> Self {
+        let mut secret = [0u8; 32];
+        rng.fill(&mut secret);
         Self {
+            markers: listing::MarkerSeal::new(&secret),
             cfg,
             keys,
             upstream,
@@ -410,6 +414,14 @@ impl Gateway {
     /// Records one audit Event per request through `auditor`.
     pub fn with_auditor(mut self, auditor: Auditor) -> Self {
         self.auditor = auditor;
+        self
+    }
+
+    /// Seals the paging markers of filtered listings with a key derived from `secret` (default:
+    /// a random key, so markers open only on this process; replicas sharing a secret open each
+    /// other's).
+    pub fn with_marker_secret(mut self, secret: &[u8]) -> Self {
+        self.markers = listing::MarkerSeal::new(secret);
         self
     }
 
@@ -562,8 +574,19 @@ impl Gateway {
         body: axum::body::Body,
         d: &Decided,
         failure: &BodyFailure,
+        filtered: bool,
     ) -> Result<UpstreamRequest, S3Error> {
-        let q = Query::parse(parts.uri.query().unwrap_or_default())?;
+        let mut q = Query::parse(parts.uri.query().unwrap_or_default())?;
+        if filtered {
+            // Paging on from a filtered page: open the sealed markers.
+            for (n, v, _) in &mut q.0 {
+                if listing::MARKER_PARAMS.contains(&n.as_str()) && v.starts_with(listing::SEALED_PREFIX) {
+                    *v = self.markers.open(&d.namespace, v).ok_or_else(|| {
+                        S3Error::InvalidArgument("The continuation token provided is incorrect".into())
+                    })?;
+                }
+            }
+        }
         let mut headers = HeaderMap::new();
         for (name, value) in &parts.headers {
             let n = name.as_str();
@@ -602,8 +625,14 @@ impl Gateway {
         d: &Decided,
         request_id: &str,
     ) -> Result<Resp, S3Error> {
+        let filter = match &d.op {
+            Operation::List { prefix } | Operation::ListUploads { prefix } => {
+                self.cfg.policy.listing(&d.namespace, &d.bucket, prefix) == ListScope::Filter
+            }
+            _ => false,
+        };
         let failure = BodyFailure::default();
-        let up = self.upstream_request(parts, body, d, &failure)?;
+        let up = self.upstream_request(parts, body, d, &failure, filter)?;
         let resp = match self.upstream.send(up).await {
             Ok(r) => r,
             Err(e) => {
@@ -642,22 +671,17 @@ impl Gateway {
             }
             return Ok(build(rparts, axum::body::Body::from(text), request_id));
         }
-        let filter = status.is_success()
-            && match &d.op {
-                Operation::List { prefix } | Operation::ListUploads { prefix } => {
-                    self.cfg.policy.listing(&d.namespace, &d.bucket, prefix) == ListScope::Filter
-                }
-                _ => false,
-            };
-        if filter {
+        if filter && status.is_success() {
             let doc = read_capped(rbody, listing::MAX_LISTING_BYTES)
                 .await
                 .map_err(|e| S3Error::ServiceUnavailable(Some(e)))?;
             let (ns, bucket, p) = (&d.namespace, &d.bucket, &self.cfg.policy);
+            let seal = |m: &str| self.markers.seal(ns, m, self.rng.as_ref());
             let out = listing::filter(
                 &doc,
                 |k| p.key_visible(ns, bucket, k),
                 |c| p.prefix_visible(ns, bucket, c),
+                seal,
             )
             .map_err(|e| S3Error::ServiceUnavailable(Some(Box::new(e))))?;
             rparts.headers.remove(header::CONTENT_LENGTH);

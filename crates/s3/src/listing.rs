@@ -7,11 +7,16 @@
 //! `max-keys` ≤ 1000 entries, so a real page is far smaller) and re-emitted with only the
 //! visible `Contents`/`Version`/`DeleteMarker`/`Upload` entries (by `Key`) and `CommonPrefixes`
 //! (by `Prefix`), and `KeyCount` recounted. Rewriting the request instead cannot express
-//! "these four prefixes" in one S3 listing. Everything else (paging markers, `IsTruncated`)
-//! is kept, so a client pages on as usual; a page may come back short or empty.
+//! "these four prefixes" in one S3 listing. `IsTruncated` and the rest are kept, so a client
+//! pages on as usual; a page may come back short or empty. The paging markers (`NextMarker`,
+//! `NextContinuationToken`, `NextKeyMarker`, and the echoed `Marker`, `ContinuationToken`,
+//! `KeyMarker`, `StartAfter`) name whatever key the upstream stopped at — possibly another
+//! namespace's — so they are sealed ([`MarkerSeal`]: AES-256-GCM, bound to the namespace) and
+//! opened again when the client pages on.
 //!
 //! Invariants: an entry whose key cannot be read is dropped (fail closed); an answer that is
-//! not a well-formed listing is an error, never passed on; memory is bounded by the cap.
+//! not a well-formed listing is an error, never passed on; memory is bounded by the cap; no
+//! paging marker of a filtered listing leaves in clear.
 
 /// The largest listing answer read (bytes).
 pub const MAX_LISTING_BYTES: usize = 16 << 20;
@@ -25,6 +30,99 @@ pub enum ListingError {
     /// Not the XML of a listing.
     #[error("listing answer is not a listing: {0}")]
     Malformed(&'static str),
+}
+
+/// Paging markers sealed in a filtered listing.
+pub const MARKERS: [&str; 7] = [
+    "NextMarker",
+    "NextContinuationToken",
+    "NextKeyMarker",
+    "Marker",
+    "ContinuationToken",
+    "KeyMarker",
+    "StartAfter",
+];
+
+/// Query parameters that carry a sealed marker back.
+pub const MARKER_PARAMS: [&str; 4] = ["marker", "continuation-token", "key-marker", "start-after"];
+
+/// The prefix of a sealed marker.
+pub const SEALED_PREFIX: &str = "kfsec1.";
+
+/// Seals paging markers of filtered listings (AES-256-GCM; the namespace is the associated
+/// data, so one namespace's marker does not open for another).
+pub struct MarkerSeal {
+    key: aws_lc_rs::aead::LessSafeKey,
+}
+
+impl std::fmt::Debug for MarkerSeal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MarkerSeal")
+    }
+}
+
+impl MarkerSeal {
+    /// A seal keyed by HMAC-SHA256(`secret`, a fixed label): replicas configured with the same
+    /// secret open each other's markers.
+    pub fn new(secret: &[u8]) -> Self {
+        use aws_lc_rs::{aead, hmac};
+        let k = hmac::Key::new(hmac::HMAC_SHA256, secret);
+        let tag = hmac::sign(&k, b"kfsec s3 listing markers v1");
+        // A 32-byte key always builds an AES-256 key.
+        let unbound = aead::UnboundKey::new(&aead::AES_256_GCM, tag.as_ref()).unwrap_or_else(|_| unreachable_key());
+        Self {
+            key: aead::LessSafeKey::new(unbound),
+        }
+    }
+
+    /// `marker` sealed for `namespace`, with a nonce from `rng`.
+    pub fn seal(&self, namespace: &str, marker: &str, rng: &dyn kfsec_types::Rng) -> String {
+        use aws_lc_rs::aead;
+        use base64::Engine as _;
+        let mut nonce = [0u8; aead::NONCE_LEN];
+        rng.fill(&mut nonce);
+        let mut buf = marker.as_bytes().to_vec();
+        let sealed = self.key.seal_in_place_append_tag(
+            aead::Nonce::assume_unique_for_key(nonce),
+            aead::Aad::from(namespace.as_bytes()),
+            &mut buf,
+        );
+        if sealed.is_err() {
+            return String::new();
+        }
+        let mut out = nonce.to_vec();
+        out.extend_from_slice(&buf);
+        format!(
+            "{SEALED_PREFIX}{}",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(out)
+        )
+    }
+
+    /// The marker inside `token` when it was sealed for `namespace`.
+    pub fn open(&self, namespace: &str, token: &str) -> Option<String> {
+        use aws_lc_rs::aead;
+        use base64::Engine as _;
+        let raw = token.strip_prefix(SEALED_PREFIX)?;
+        if raw.len() > 8192 {
+            return None;
+        }
+        let mut bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(raw).ok()?;
+        if bytes.len() < aead::NONCE_LEN {
+            return None;
+        }
+        let mut ct = bytes.split_off(aead::NONCE_LEN);
+        let nonce = aead::Nonce::try_assume_unique_for_key(&bytes).ok()?;
+        let plain = self
+            .key
+            .open_in_place(nonce, aead::Aad::from(namespace.as_bytes()), &mut ct)
+            .ok()?;
+        String::from_utf8(plain.to_vec()).ok()
+    }
+}
+
+#[allow(clippy::panic)]
+fn unreachable_key() -> aws_lc_rs::aead::UnboundKey {
+    panic!("AES-256-GCM rejected a 32-byte key")
 }
 
 /// Entry elements filtered by their `<Key>`.
@@ -183,6 +281,7 @@ pub fn filter(
     doc: &[u8],
     key_visible: impl Fn(&str) -> bool,
     prefix_visible: impl Fn(&str) -> bool,
+    seal: impl Fn(&str) -> String,
 ) -> Result<Vec<u8>, ListingError> {
     if doc.len() > MAX_LISTING_BYTES {
         return Err(ListingError::TooLarge);
@@ -218,6 +317,14 @@ pub fn filter(
         out.extend_from_slice(&doc[pos..e.start]);
         if e.name == "KeyCount" {
             out.extend_from_slice(format!("<KeyCount>{kept_entries}</KeyCount>").as_bytes());
+        } else if MARKERS.contains(&e.name) {
+            let value = child_text(&doc[e.start..e.end], e.name).unwrap_or_default();
+            if value.is_empty() {
+                out.extend_from_slice(&doc[e.start..e.end]);
+            } else {
+                // Sealed text is base64url with a dot prefix: nothing to escape.
+                out.extend_from_slice(format!("<{0}>{1}</{0}>", e.name, seal(&value)).as_bytes());
+            }
         } else if k {
             out.extend_from_slice(&doc[e.start..e.end]);
         }
@@ -233,7 +340,7 @@ mod tests {
     use super::*;
 
     const V2: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
-<ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Name>mlpipeline</Name><Prefix></Prefix><MaxKeys>1000</MaxKeys><KeyCount>5</KeyCount><Delimiter>/</Delimiter><IsTruncated>false</IsTruncated><Contents><Key>a&amp;b</Key><ETag>&quot;x&quot;</ETag><Owner><ID>o</ID></Owner><Size>1</Size></Contents><Contents><Key>private/team-b/x</Key><Size>2</Size></Contents><Contents><Key>private/team-a/y</Key><Size>3</Size></Contents><CommonPrefixes><Prefix>private/</Prefix></CommonPrefixes><CommonPrefixes><Prefix>other/</Prefix></CommonPrefixes></ListBucketResult>"#;
+<ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Name>mlpipeline</Name><Prefix></Prefix><MaxKeys>1000</MaxKeys><KeyCount>5</KeyCount><Delimiter>/</Delimiter><IsTruncated>true</IsTruncated><NextContinuationToken>private/team-b/x</NextContinuationToken><Contents><Key>a&amp;b</Key><ETag>&quot;x&quot;</ETag><Owner><ID>o</ID></Owner><Size>1</Size></Contents><Contents><Key>private/team-b/x</Key><Size>2</Size></Contents><Contents><Key>private/team-a/y</Key><Size>3</Size></Contents><CommonPrefixes><Prefix>private/</Prefix></CommonPrefixes><CommonPrefixes><Prefix>other/</Prefix></CommonPrefixes></ListBucketResult>"#;
 
     #[test]
     fn only_visible_entries_remain_and_keycount_is_recounted() {
@@ -241,6 +348,7 @@ mod tests {
             V2.as_bytes(),
             |k| k.starts_with("private/team-a/") || k == "a&b",
             |p| p == "private/",
+            |m| format!("sealed({})", m.len()),
         )
         .unwrap();
         let out = String::from_utf8(out).unwrap();
@@ -252,15 +360,36 @@ mod tests {
         assert!(out.contains("<KeyCount>3</KeyCount>"), "{out}");
         assert!(out.starts_with("<?xml") && out.ends_with("</ListBucketResult>"));
         assert!(out.contains("<Owner><ID>o</ID></Owner>"));
+        assert!(
+            out.contains("<NextContinuationToken>sealed(16)</NextContinuationToken>"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn sealed_markers_open_only_for_their_namespace() {
+        let seal = MarkerSeal::new(b"upstream secret");
+        let rng = kfsec_types::SequenceRng::default();
+        let t = seal.seal("team-a", "private-artifacts/team-b/run", &rng);
+        assert!(t.starts_with(SEALED_PREFIX) && !t.contains("team-b"), "{t}");
+        assert_eq!(seal.open("team-a", &t).as_deref(), Some("private-artifacts/team-b/run"));
+        assert_eq!(seal.open("team-b", &t), None);
+        assert_eq!(MarkerSeal::new(b"other").open("team-a", &t), None);
+        let mut bad = t.clone();
+        bad.push('A');
+        assert_eq!(seal.open("team-a", &bad), None);
+        assert_eq!(seal.open("team-a", "kfsec1.!!"), None);
+        assert_eq!(seal.open("team-a", "plain"), None);
     }
 
     #[test]
     fn uploads_and_versions_are_filtered_by_key() {
         let doc = "<ListMultipartUploadsResult><Bucket>b</Bucket><Upload><Key>x/1</Key><UploadId>u</UploadId></Upload><Upload><Key>y/1</Key></Upload></ListMultipartUploadsResult>";
-        let out = String::from_utf8(filter(doc.as_bytes(), |k| k.starts_with("x/"), |_| false).unwrap()).unwrap();
+        let out = String::from_utf8(filter(doc.as_bytes(), |k| k.starts_with("x/"), |_| false, str::to_owned).unwrap())
+            .unwrap();
         assert!(out.contains("x/1") && !out.contains("y/1"), "{out}");
         let doc = "<ListVersionsResult><Version><Key>y</Key></Version><DeleteMarker><Key>y</Key></DeleteMarker><Version><Key>x</Key></Version></ListVersionsResult>";
-        let out = String::from_utf8(filter(doc.as_bytes(), |k| k == "x", |_| false).unwrap()).unwrap();
+        let out = String::from_utf8(filter(doc.as_bytes(), |k| k == "x", |_| false, str::to_owned).unwrap()).unwrap();
         assert_eq!(
             out,
             "<ListVersionsResult><Version><Key>x</Key></Version></ListVersionsResult>"
@@ -277,11 +406,14 @@ mod tests {
             "<ListBucketResult><a><a><a><a><a><a><a><a><a><a></a></a></a></a></a></a></a></a></a></a></ListBucketResult>",
             "garbage",
         ] {
-            assert!(filter(doc.as_bytes(), |_| true, |_| true).is_err(), "{doc}");
+            assert!(
+                filter(doc.as_bytes(), |_| true, |_| true, str::to_owned).is_err(),
+                "{doc}"
+            );
         }
         // An entry whose key cannot be decoded is dropped.
         let doc = "<ListBucketResult><Contents><Key>&bogus;</Key></Contents></ListBucketResult>";
-        let out = filter(doc.as_bytes(), |_| true, |_| true).unwrap();
+        let out = filter(doc.as_bytes(), |_| true, |_| true, str::to_owned).unwrap();
         assert_eq!(out, b"<ListBucketResult></ListBucketResult>");
         assert_eq!(unescape("&#x41;&#66;&lt;").as_deref(), Some("AB<"));
     }

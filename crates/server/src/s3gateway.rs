@@ -161,6 +161,8 @@ pub fn router(s3: &S3Settings, p: Parts, registry: &mut Registry) -> axum::Route
         p.clock,
         p.rng,
     )
+    // Replicas share the upstream secret, so each opens the others' sealed paging markers.
+    .with_marker_secret(s3.upstream.secret_key.as_bytes())
     .with_auditor(p.auditor)
     .with_peer(|ext| ext.get::<kfsec_idp::ClientAddr>().map(|c| c.0))
     .with_observer(Arc::new(Counting {
