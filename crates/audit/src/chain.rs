@@ -129,34 +129,85 @@ impl Default for Head {
     }
 }
 
+/// An Event serialized as a line's body, before sealing: the JSON object without the chain's
+/// own annotations (any an Event carried are removed). Producing it is the expensive part of a
+/// line (done on the thread that recorded the event); sealing it only appends to the bytes and
+/// hashes them.
+#[derive(Debug, Clone)]
+pub struct Encoded {
+    bytes: Vec<u8>,
+    /// Whether the body ends in a non-empty `annotations` object (`…"}}`), or has none (`…"}`).
+    annotated: bool,
+}
+
+impl Encoded {
+    /// Serializes `event` (without `kfsec.io/chain-*` annotations).
+    pub fn new(mut event: Event) -> Result<Self, ChainError> {
+        for key in [SEQ, HASH, PREV] {
+            event.annotations.remove(key);
+        }
+        let annotated = !event.annotations.is_empty();
+        let mut bytes = Vec::with_capacity(1024);
+        crate::encode::write_event(&mut bytes, &event);
+        // `annotations` is the Event's last field (omitted when empty) and `stageTimestamp`, a
+        // string, the one before it: the body ends with the annotations' last value and two
+        // braces, or with that timestamp and one.
+        let end: &[u8] = if annotated { b"\"}}" } else { b"\"}" };
+        if !bytes.ends_with(end) || (!annotated && bytes.ends_with(b"}}")) {
+            return Err(ChainError::Json(serde::ser::Error::custom(
+                "an Event's serialization does not end with its annotations or its stage timestamp",
+            )));
+        }
+        Ok(Self { bytes, annotated })
+    }
+}
+
 impl Head {
     /// Seals `event` as the next line: adds the chain annotations (and `kfsec.io/chain-prev`
     /// when `first_in_file`), advances the head and returns the JSON line (no newline).
-    pub fn seal(&mut self, mut event: Event, first_in_file: bool) -> Result<String, ChainError> {
+    pub fn seal(&mut self, event: Event, first_in_file: bool) -> Result<String, ChainError> {
+        let mut line = Vec::new();
+        let _ = self.seal_into(&Encoded::new(event)?, first_in_file, &mut line);
+        String::from_utf8(line).map_err(|e| ChainError::Json(serde::ser::Error::custom(e)))
+    }
+
+    /// Appends `body` sealed as the next line to `out` (no newline): the chain annotations go
+    /// last in its annotations (`kfsec.io/chain-prev` when `first_in_file`, then
+    /// `kfsec.io/chain-seq`), the hash of those bytes after them. Advances the head and returns
+    /// the previous hash (for [`Head::undo`]).
+    pub fn seal_into(&mut self, body: &Encoded, first_in_file: bool, out: &mut Vec<u8>) -> String {
         let seq = self.seq + 1;
-        event.annotations.remove(HASH);
-        event.annotations.remove(PREV);
-        event.annotations.insert(SEQ.to_owned(), seq.to_string());
+        let start = out.len();
+        let b = &body.bytes;
+        if body.annotated {
+            out.extend_from_slice(&b[..b.len() - 2]);
+            out.push(b',');
+        } else {
+            out.extend_from_slice(&b[..b.len() - 1]);
+            out.extend_from_slice(b",\"annotations\":{");
+        }
         if first_in_file {
-            event.annotations.insert(PREV.to_owned(), self.hash.clone());
+            out.extend_from_slice(b"\"kfsec.io/chain-prev\":\"");
+            out.extend_from_slice(self.hash.as_bytes());
+            out.extend_from_slice(b"\",");
         }
-        // `annotations` is the Event's last field and holds at least the sequence number, so the
-        // serialization ends with `"}}`: the hash member goes right before those two braces.
-        let mut line = serde_json::to_vec(&event)?;
-        if !line.ends_with(b"\"}}") {
-            return Err(ChainError::Json(serde::ser::Error::custom(
-                "an Event's serialization does not end with its annotations",
-            )));
-        }
-        let hash = digest_link(&self.hash, &[&line]);
-        line.truncate(line.len() - 2);
-        line.extend_from_slice(HASH_OPEN);
-        line.extend_from_slice(hash.as_bytes());
-        line.extend_from_slice(HASH_CLOSE);
-        let line = String::from_utf8(line).map_err(|e| ChainError::Json(serde::ser::Error::custom(e)))?;
+        out.extend_from_slice(b"\"kfsec.io/chain-seq\":\"");
+        out.extend_from_slice(seq.to_string().as_bytes());
+        out.extend_from_slice(b"\"}}");
+        let hash = digest_link(&self.hash, &[&out[start..]]);
+        out.truncate(out.len() - 2);
+        out.extend_from_slice(HASH_OPEN);
+        out.extend_from_slice(hash.as_bytes());
+        out.extend_from_slice(HASH_CLOSE);
         self.seq = seq;
-        self.hash = hash;
-        Ok(line)
+        std::mem::replace(&mut self.hash, hash)
+    }
+
+    /// Takes back the last [`Head::seal_into`] (its line was not written): `prev` is what it
+    /// returned.
+    pub fn undo(&mut self, prev: String) {
+        self.seq = self.seq.saturating_sub(1);
+        self.hash = prev;
     }
 
     /// The head after `line` (a sealed line read back), if it carries the chain annotations.
@@ -170,22 +221,7 @@ impl Head {
     }
 }
 
-/// A random UUID (v4) from `rng`, for events' `auditID`.
-pub fn new_audit_id(rng: &dyn Rng) -> String {
-    let mut b = [0u8; 16];
-    rng.fill(&mut b);
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let h = hex(&b);
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
-}
+pub use crate::request::new_audit_id;
 
 /// An event of the audit log about itself (`identity.kfsec.io`, `resource`, `verb`), by
 /// kfsec (`system:kfsec`).

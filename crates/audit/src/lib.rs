@@ -9,6 +9,7 @@
 use std::sync::Arc;
 
 pub mod chain;
+pub mod encode;
 pub mod event;
 pub mod files;
 pub mod log;

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use kfsec_types::{Clock, Rng};
 
-use crate::chain::{self, Head, SigningKey};
+use crate::chain::{self, Encoded, Head, SigningKey};
 use crate::event::Event;
 use crate::files;
 
@@ -244,7 +244,7 @@ impl LogWriter {
             );
             a.insert("kfsec.io/truncated-line".to_owned(), bytes);
             let ev = chain::log_event(chain::LOG_RESOURCE, "recover", w.clock.now(), w.rng.as_ref(), a);
-            let _ = w.append(ev)?;
+            let _ = w.append(&Encoded::new(ev)?)?;
             w.flush()?;
         }
         if (unsigned_on_disk || recovered) && w.head.seq > 0 {
@@ -264,28 +264,31 @@ impl LogWriter {
         &self.head
     }
 
-    fn append(&mut self, event: Event) -> Result<String, LogError> {
-        let before = self.head.clone();
-        let mut line = self.head.seal(event, self.first_in_file)?;
+    /// Seals `body` into the pending batch (rotating first when the line would not fit in the
+    /// file); returns where its line starts in `pending`.
+    fn append(&mut self, body: &Encoded) -> Result<usize, LogError> {
+        let mut start = self.pending.len();
+        let prev = self.head.seal_into(body, self.first_in_file, &mut self.pending);
         if let Out::File { size, .. } = &self.out {
             let limit = self.settings.max_size_mb.saturating_mul(1024 * 1024);
-            if limit > 0 && *size > 0 && size.saturating_add(line.len() as u64 + 1) > limit {
+            let len = (self.pending.len() - start) as u64 + 1;
+            if limit > 0 && *size > 0 && size.saturating_add(len) > limit {
                 // Rare: sealed again as the first line of the next file.
-                let event: Event = serde_json::from_str(&line).map_err(chain::ChainError::Json)?;
-                self.head = before;
+                self.pending.truncate(start);
+                self.head.undo(prev);
                 self.rotate()?;
-                line = self.head.seal(event, true)?;
+                start = self.pending.len();
+                let _ = self.head.seal_into(body, true, &mut self.pending);
             }
         }
-        line.push('\n');
-        self.pending.extend_from_slice(line.as_bytes());
+        self.pending.push(b'\n');
         self.pending_lines += 1;
         if let Out::File { size, .. } = &mut self.out {
-            *size += line.len() as u64;
+            *size += (self.pending.len() - start) as u64;
         }
         self.first_in_file = false;
         self.since_checkpoint += 1;
-        Ok(line)
+        Ok(start)
     }
 
     /// Writes the lines appended since the last flush in one write. On failure the lines are
@@ -322,7 +325,12 @@ impl LogWriter {
     /// Appends `event` (sealed; written at the next [`LogWriter::flush`]), and a checkpoint after
     /// it when N lines have passed (a checkpoint flushes).
     pub fn write(&mut self, event: Event) -> Result<(), LogError> {
-        let _ = self.append(event)?;
+        self.write_encoded(&Encoded::new(event).map_err(LogError::Chain)?)
+    }
+
+    /// [`LogWriter::write`] of an event already serialized (by the thread that recorded it).
+    pub fn write_encoded(&mut self, body: &Encoded) -> Result<(), LogError> {
+        let _ = self.append(body)?;
         if self.settings.checkpoint_lines > 0 && self.since_checkpoint >= self.settings.checkpoint_lines {
             self.checkpoint()?;
         }
@@ -336,7 +344,8 @@ impl LogWriter {
             return Ok(());
         }
         let cp = self.key.checkpoint(&self.head, self.clock.now(), self.rng.as_ref());
-        let line = self.append(cp)?;
+        let start = self.append(&Encoded::new(cp)?)?;
+        let line = String::from_utf8_lossy(&self.pending[start..self.pending.len() - 1]).into_owned();
         self.since_checkpoint = 0;
         self.flush()?;
         if let Out::File { path, file, .. } = &self.out {

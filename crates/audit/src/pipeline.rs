@@ -16,7 +16,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 
-use crate::chain::SigningKey;
+use crate::chain::{Encoded, SigningKey};
 use crate::event::Event;
 use crate::log::{LogSettings, LogWriter};
 use crate::policy::{Attributes, Decision, Policy};
@@ -97,7 +97,8 @@ impl AuditMetrics {
 }
 
 enum Msg {
-    Event(Box<Event>),
+    /// An event, serialized by the thread that recorded it.
+    Event(Encoded),
     Flush(std::sync::mpsc::Sender<()>),
 }
 
@@ -200,7 +201,7 @@ fn log_worker(mut w: LogWriter, rx: Receiver<Msg>, metrics: AuditMetrics, interv
         let mut n = 0;
         while let Some(m) = msg {
             match m {
-                Msg::Event(ev) => match w.write(*ev) {
+                Msg::Event(body) => match w.write_encoded(&body) {
                     Ok(()) => written += 1,
                     Err(e) => {
                         tracing::warn!(error = %e, "writing an audit event failed");
@@ -341,7 +342,18 @@ impl Sink for Pipeline {
             w.push(event.clone(), &self.metrics);
         }
         if let Some(log) = &self.log {
-            match log.tx.try_send(Msg::Event(Box::new(event))) {
+            // Serialized here, on the recording thread (in parallel across requests, and the
+            // event's many small allocations are freed by the thread that made them): the log
+            // worker only seals and writes.
+            let body = match Encoded::new(event) {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::warn!(error = %e, "serializing an audit event failed");
+                    self.metrics.dropped("log", 1, "serializing failed");
+                    return;
+                }
+            };
+            match log.tx.try_send(Msg::Event(body)) {
                 Ok(()) => {}
                 Err(TrySendError::Full(_)) => self.metrics.dropped("log", 1, "queue full"),
                 Err(TrySendError::Disconnected(_)) => self.metrics.dropped("log", 1, "log writer stopped"),

@@ -21,7 +21,7 @@ use axum::http::{HeaderValue, header};
 use axum::response::Response;
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
-use kfsec_audit::request::{AUDIT_ID_HEADER, Begin, audit_id_from_client, new_audit_id, redacted_uri};
+use kfsec_audit::request::{AUDIT_ID_HEADER, Begin, audit_id_from_client, redacted_uri};
 use kfsec_audit::{Auditor, RequestAudit};
 use kfsec_types::Identity;
 use kfsec_types::identity::UserInfo;
@@ -44,7 +44,7 @@ pub(crate) fn begin(
         .headers()
         .get(AUDIT_ID_HEADER)
         .and_then(|v| audit_id_from_client(v.as_bytes()))
-        .map_or_else(|| new_audit_id(app.rng.as_ref()), str::to_owned);
+        .map_or_else(|| app.audit_ids.next_id(), str::to_owned);
     let mut source_ips = Vec::with_capacity(2);
     source_ips.extend(forwarded.map(|ip| ip.to_string()));
     source_ips.extend(peer.map(|ip| ip.to_string()));

@@ -144,6 +144,8 @@ pub struct App {
     mounts: responses::Mounts,
     pages: std::sync::OnceLock<Pages>,
     auditor: std::sync::OnceLock<kfsec_audit::Auditor>,
+    /// Audit ids (pooled randomness: one per request).
+    audit_ids: kfsec_audit::request::AuditIds,
     decisions: std::sync::OnceLock<metrics::Decisions>,
 }
 
@@ -215,6 +217,7 @@ impl App {
             authn,
             keys,
             clock,
+            audit_ids: kfsec_audit::request::AuditIds::new(rng.clone()),
             rng,
             proxy,
             reserved,
