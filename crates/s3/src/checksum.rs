@@ -18,7 +18,7 @@ use http::HeaderMap;
 use md5::Digest as _;
 
 use crate::error::S3Error;
-use crate::sigv4::Payload;
+use crate::sigv4::{Payload, single_header};
 
 /// An `x-amz-checksum-*` algorithm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -265,7 +265,7 @@ impl BodyChecks {
         }
 
         // The announced trailer.
-        let trailer = match single(headers, "x-amz-trailer")? {
+        let trailer = match single_header(headers, "x-amz-trailer")? {
             None => None,
             Some(v) => {
                 let names: Vec<&str> = v.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
@@ -295,7 +295,7 @@ impl BodyChecks {
             (None, None) => None,
         };
 
-        if let Some(sdk) = single(headers, "x-amz-sdk-checksum-algorithm")? {
+        if let Some(sdk) = single_header(headers, "x-amz-sdk-checksum-algorithm")? {
             let alg = Algorithm::from_s3_name(sdk.trim()).ok_or_else(|| {
                 S3Error::InvalidRequest("Value for x-amz-sdk-checksum-algorithm header is invalid.".into())
             })?;
@@ -388,19 +388,6 @@ fn multiple_checksums() -> S3Error {
     S3Error::InvalidRequest(
         "Expecting a single x-amz-checksum- header. Multiple checksum Types are not allowed.".into(),
     )
-}
-
-fn single<'h>(headers: &'h HeaderMap, name: &str) -> Result<Option<&'h str>, S3Error> {
-    let mut it = headers.get_all(name).iter();
-    let Some(v) = it.next() else {
-        return Ok(None);
-    };
-    if it.next().is_some() {
-        return Err(S3Error::InvalidRequest(format!("Multiple {name} headers").into()));
-    }
-    v.to_str()
-        .map(Some)
-        .map_err(|_| S3Error::InvalidRequest(format!("Invalid {name} header").into()))
 }
 
 #[cfg(test)]

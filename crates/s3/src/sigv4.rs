@@ -746,7 +746,7 @@ fn unsupported_mechanism() -> S3Error {
 }
 
 /// At most one value of a header, as text.
-fn single_header<'h>(headers: &'h HeaderMap, name: &str) -> Result<Option<&'h str>, S3Error> {
+pub(crate) fn single_header<'h>(headers: &'h HeaderMap, name: &str) -> Result<Option<&'h str>, S3Error> {
     let mut it = headers.get_all(name).iter();
     let Some(v) = it.next() else {
         return Ok(None);

@@ -8,31 +8,10 @@
 use http_body_util::{BodyExt, Full};
 
 use super::*;
-use crate::sigv4::tests::{T0, req, verify_at};
-use crate::sigv4::{STREAMING_PAYLOAD, STREAMING_PAYLOAD_TRAILER, STREAMING_UNSIGNED_PAYLOAD_TRAILER};
+use crate::sigv4::STREAMING_UNSIGNED_PAYLOAD_TRAILER;
+use crate::sigv4::tests::{T0, streaming_request, trailer_request, verify_at};
 
 const AK: &str = crate::sigv4::tests::AK;
-
-/// The chunked example's request (signed headers as on the page).
-fn streaming_request() -> http::request::Parts {
-    let a = format!(
-        "AWS4-HMAC-SHA256 Credential={AK}/20130524/us-east-1/s3/aws4_request,SignedHeaders=content-encoding;content-length;host;x-amz-content-sha256;x-amz-date;x-amz-decoded-content-length;x-amz-storage-class,Signature=4f232c4386841ef735655705268965c44a0e4690baa4adea153f7db9fa80a0a9"
-    );
-    req(
-        "PUT",
-        "/examplebucket/chunkObject.txt",
-        &[
-            ("host", "s3.amazonaws.com"),
-            ("x-amz-date", "20130524T000000Z"),
-            ("x-amz-storage-class", "REDUCED_REDUNDANCY"),
-            ("authorization", &a),
-            ("x-amz-content-sha256", STREAMING_PAYLOAD),
-            ("content-encoding", "aws-chunked"),
-            ("x-amz-decoded-content-length", "66560"),
-            ("content-length", "66824"),
-        ],
-    )
-}
 
 fn streaming_body() -> Vec<u8> {
     let mut b = Vec::new();
@@ -46,26 +25,6 @@ fn streaming_body() -> Vec<u8> {
         b"\r\n0;chunk-signature=b6c6ea8a5354eaf15b3cb7646744f4275b71ea724fed81ceb9323e279d449df9\r\n\r\n",
     );
     b
-}
-
-fn trailer_request() -> http::request::Parts {
-    let a = format!(
-        "AWS4-HMAC-SHA256 Credential={AK}/20130524/us-east-1/s3/aws4_request,SignedHeaders=content-encoding;host;x-amz-content-sha256;x-amz-date;x-amz-decoded-content-length;x-amz-storage-class;x-amz-trailer,Signature=106e2a8a18243abcf37539882f36619c00e2dfc72633413f02d3b74544bfeb8e"
-    );
-    req(
-        "PUT",
-        "/examplebucket/chunkObject.txt",
-        &[
-            ("host", "s3.amazonaws.com"),
-            ("x-amz-date", "20130524T000000Z"),
-            ("x-amz-storage-class", "REDUCED_REDUNDANCY"),
-            ("authorization", &a),
-            ("x-amz-content-sha256", STREAMING_PAYLOAD_TRAILER),
-            ("content-encoding", "aws-chunked"),
-            ("x-amz-decoded-content-length", "66560"),
-            ("x-amz-trailer", "x-amz-checksum-crc32c"),
-        ],
-    )
 }
 
 fn trailer_body(crc: &str, trailer_sig: &str) -> Vec<u8> {

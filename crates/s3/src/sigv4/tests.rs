@@ -673,23 +673,7 @@ fn sign_round_trips_through_verify() {
 #[test]
 fn streaming_seed_signatures() {
     // sigv4-streaming.html: the seed request of the chunked upload example.
-    let a = format!(
-        "AWS4-HMAC-SHA256 Credential={AK}/20130524/us-east-1/s3/aws4_request,SignedHeaders=content-encoding;content-length;host;x-amz-content-sha256;x-amz-date;x-amz-decoded-content-length;x-amz-storage-class,Signature=4f232c4386841ef735655705268965c44a0e4690baa4adea153f7db9fa80a0a9"
-    );
-    let p = req(
-        "PUT",
-        "/examplebucket/chunkObject.txt",
-        &[
-            ("host", "s3.amazonaws.com"),
-            ("x-amz-date", "20130524T000000Z"),
-            ("x-amz-storage-class", "REDUCED_REDUNDANCY"),
-            ("authorization", &a),
-            ("x-amz-content-sha256", STREAMING_PAYLOAD),
-            ("content-encoding", "aws-chunked"),
-            ("x-amz-decoded-content-length", "66560"),
-            ("content-length", "66824"),
-        ],
-    );
+    let p = streaming_request();
     let v = verify(&p).unwrap();
     let Payload::Streaming(signer) = v.payload else {
         panic!("not streaming")
@@ -712,24 +696,7 @@ fn streaming_seed_signatures() {
     );
 
     // sigv4-streaming-trailers.html: the seed of the trailer example.
-    let a = format!(
-        "AWS4-HMAC-SHA256 Credential={AK}/20130524/us-east-1/s3/aws4_request,SignedHeaders=content-encoding;host;x-amz-content-sha256;x-amz-date;x-amz-decoded-content-length;x-amz-storage-class;x-amz-trailer,Signature=106e2a8a18243abcf37539882f36619c00e2dfc72633413f02d3b74544bfeb8e"
-    );
-    let p = req(
-        "PUT",
-        "/examplebucket/chunkObject.txt",
-        &[
-            ("host", "s3.amazonaws.com"),
-            ("x-amz-date", "20130524T000000Z"),
-            ("x-amz-storage-class", "REDUCED_REDUNDANCY"),
-            ("authorization", &a),
-            ("x-amz-content-sha256", STREAMING_PAYLOAD_TRAILER),
-            ("content-encoding", "aws-chunked"),
-            ("x-amz-decoded-content-length", "66560"),
-            ("x-amz-trailer", "x-amz-checksum-crc32c"),
-            ("content-length", "66824"),
-        ],
-    );
+    let p = trailer_request();
     let v = verify(&p).unwrap();
     let Payload::StreamingTrailer(signer) = v.payload else {
         panic!("not a trailer upload")
@@ -967,4 +934,46 @@ fn aws_generic_suite_canonical_requests() {
         let sts = string_to_sign(&date, "20150830/us-east-1/service/aws4_request", &creq);
         assert_eq!(hex(&key.sign(sts.as_bytes())), sig, "{target}");
     }
+}
+
+/// The chunked example's request (signed headers as on the page).
+pub(crate) fn streaming_request() -> http::request::Parts {
+    let a = format!(
+        "AWS4-HMAC-SHA256 Credential={AK}/20130524/us-east-1/s3/aws4_request,SignedHeaders=content-encoding;content-length;host;x-amz-content-sha256;x-amz-date;x-amz-decoded-content-length;x-amz-storage-class,Signature=4f232c4386841ef735655705268965c44a0e4690baa4adea153f7db9fa80a0a9"
+    );
+    req(
+        "PUT",
+        "/examplebucket/chunkObject.txt",
+        &[
+            ("host", "s3.amazonaws.com"),
+            ("x-amz-date", "20130524T000000Z"),
+            ("x-amz-storage-class", "REDUCED_REDUNDANCY"),
+            ("authorization", &a),
+            ("x-amz-content-sha256", STREAMING_PAYLOAD),
+            ("content-encoding", "aws-chunked"),
+            ("x-amz-decoded-content-length", "66560"),
+            ("content-length", "66824"),
+        ],
+    )
+}
+
+/// The trailer example's request (signed headers as on the page).
+pub(crate) fn trailer_request() -> http::request::Parts {
+    let a = format!(
+        "AWS4-HMAC-SHA256 Credential={AK}/20130524/us-east-1/s3/aws4_request,SignedHeaders=content-encoding;host;x-amz-content-sha256;x-amz-date;x-amz-decoded-content-length;x-amz-storage-class;x-amz-trailer,Signature=106e2a8a18243abcf37539882f36619c00e2dfc72633413f02d3b74544bfeb8e"
+    );
+    req(
+        "PUT",
+        "/examplebucket/chunkObject.txt",
+        &[
+            ("host", "s3.amazonaws.com"),
+            ("x-amz-date", "20130524T000000Z"),
+            ("x-amz-storage-class", "REDUCED_REDUNDANCY"),
+            ("authorization", &a),
+            ("x-amz-content-sha256", STREAMING_PAYLOAD_TRAILER),
+            ("content-encoding", "aws-chunked"),
+            ("x-amz-decoded-content-length", "66560"),
+            ("x-amz-trailer", "x-amz-checksum-crc32c"),
+        ],
+    )
 }
