@@ -128,6 +128,18 @@ pub(crate) fn client(audit: Option<&RequestAudit>, client_id: &str) {
     }
 }
 
+/// The token endpoint's client, authenticated: annotated, and (but for the password grant,
+/// whose objectRef names the account) the name of the `tokens` objectRef — also when the
+/// client authenticated with HTTP Basic and sent no `client_id` field.
+pub(crate) fn token_client(audit: Option<&RequestAudit>, grant: Option<&str>, client_id: &str) {
+    client(audit, client_id);
+    if let Some(a) = audit
+        && grant != Some("password")
+    {
+        a.object_name(&bounded(client_id));
+    }
+}
+
 /// A device-flow approval (the browser leg's callback): `approve` on `devicecodes`.
 pub(crate) fn device_approval(audit: Option<&RequestAudit>) {
     if let Some(a) = audit {

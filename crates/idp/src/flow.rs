@@ -1217,8 +1217,8 @@ async fn token_inner(
         tracing::warn!(target: "audit", client = %client_id, "client authentication failed");
         return Err(OAuthError::invalid_client());
     }
-    crate::audit::client(audit, &client.id);
     let get = |k: &str| form.get(k).map(String::as_str);
+    crate::audit::token_client(audit, get("grant_type"), &client.id);
     let resp = match get("grant_type") {
         Some("authorization_code") => {
             idp.redeem_code(

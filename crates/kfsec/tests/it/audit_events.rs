@@ -399,6 +399,17 @@ async fn approvals_and_userinfo_name_the_user_who_answered_or_holds_the_token() 
     assert_eq!(r.status(), 200);
     let r = http.get(&userinfo).bearer_auth("not-a-token").send().await.unwrap();
     assert_eq!(r.status(), 401);
+    // A browser session, ended everywhere: `revoke` on `tokens`.
+    let mut b3 = k.client();
+    let (_, form_url) = b3.follow("/app/hello").await;
+    let next = login_and_approve(&mut b3, &form_url).await;
+    assert_eq!(b3.follow(&next).await.0.status(), 200);
+    let logout_all = b3
+        .http
+        .post(b3.url("/authservice/logout-all"))
+        .header("origin", &k.base);
+    let r = b3.send(logout_all).await;
+    assert!(r.status().is_success() || r.status().is_redirection(), "{}", r.status());
 
     let (events, text) = audit_log(&k).await;
     let approvals = identity(&events, "tokens", "approve");
@@ -417,6 +428,18 @@ async fn approvals_and_userinfo_name_the_user_who_answered_or_holds_the_token() 
     assert_eq!(annotation(again, "kfsec.io/outcome"), "failure");
     assert_eq!(annotation(again, "kfsec.io/reason"), "invalid approval request");
     assert_eq!(again["responseStatus"]["code"], 400);
+    // The code redeemed: `issue` on `tokens` for the client, user = the tokens' subject.
+    let issued = identity(&events, "tokens", "issue");
+    assert_eq!(issued.len(), 1, "{issued:?}");
+    assert_eq!(issued[0]["objectRef"]["name"], "rp-test");
+    assert_eq!(issued[0]["user"]["username"], USER);
+    assert_eq!(annotation(issued[0], "kfsec.io/grant-type"), "authorization_code");
+    assert_eq!(annotation(issued[0], "kfsec.io/outcome"), "success");
+    let revoked = identity(&events, "tokens", "revoke");
+    assert_eq!(revoked.len(), 1, "{revoked:?}");
+    assert_eq!(revoked[0]["user"]["username"], USER);
+    assert_eq!(revoked[0]["objectRef"]["name"], USER);
+    assert_eq!(annotation(revoked[0], "kfsec.io/reason"), "logout everywhere");
     let infos: Vec<&Value> = events
         .iter()
         .filter(|e| e["requestURI"] == format!("{path}/userinfo").as_str())

@@ -2,7 +2,8 @@
 //! `kfsec audit verify` says intact, then names the line of each tampering (modified, deleted,
 //! reordered, inserted, truncated tail); `kfsec audit query` answers without jq; a kill -9
 //! leaves a log that verifies intact or reports exactly a truncated tail, and the restarted
-//! server continues the chain. The webhook backend: a collector that stops answering does not
+//! server continues the chain; a server killed again and again before its first checkpoint
+//! leaves a log that verifies, with only the last run's lines unsigned. The webhook backend: a collector that stops answering does not
 //! slow requests, and the drops are counted.
 
 #![allow(clippy::disallowed_methods)] // waits for the real binary against a monotonic deadline
@@ -323,6 +324,43 @@ async fn a_kill_9_loses_at_most_the_tail_and_the_restart_continues_the_chain() {
         })
         .collect();
     assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_loop_before_the_first_checkpoint_still_verifies() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let log = dir.path().join("logs/audit.log");
+    let config = "audit:\n  log:\n    checkpointLines: 5\n    checkpointInterval: 1h\n";
+    // Five runs, each killed after 3 requests (fewer than checkpointLines): 15 lines no running
+    // process signed, more than the 2 × 5 verify accepts unless each start signs what the
+    // previous run left.
+    for _ in 0..5 {
+        let mut p = serve(dir.path(), port, config, &log);
+        let before = lines(&log).len();
+        drive(&client(dir.path()), port, 3).await;
+        wait_for_lines(&log, before + 3);
+        std::thread::sleep(Duration::from_millis(200));
+        p.0.kill().unwrap();
+        p.0.wait().unwrap();
+    }
+    let all = lines(&log);
+    let unsigned = all
+        .iter()
+        .rev()
+        .take_while(|l| !l.contains(r#""resource":"auditcheckpoints""#))
+        .count();
+    assert!((3..5).contains(&unsigned), "{unsigned} lines after the last checkpoint");
+    let (ok, out, err) = audit(dir.path(), &["verify", log.to_str().unwrap()]);
+    assert!(ok && out.starts_with("intact: "), "{out}{err}");
+    // What a kill -9 left unsigned is said, exactly.
+    assert!(
+        out.contains(&format!(
+            "the last {unsigned} events follow the last checkpoint: chained but not yet signed"
+        )),
+        "{out}"
+    );
 }
 
 #[tokio::test]
