@@ -249,7 +249,14 @@ impl BodyChecks {
         let mut found: Option<(Algorithm, Vec<u8>)> = None;
         for (name, value) in headers {
             let n = name.as_str();
-            if !n.starts_with("x-amz-checksum-") || n == "x-amz-checksum-type" || n == "x-amz-checksum-algorithm" {
+            // `-mode` (GetObject: return the stored checksum), `-type` and `-algorithm`
+            // (CreateMultipartUpload) carry no value to verify.
+            if !n.starts_with("x-amz-checksum-")
+                || matches!(
+                    n,
+                    "x-amz-checksum-mode" | "x-amz-checksum-type" | "x-amz-checksum-algorithm"
+                )
+            {
                 continue;
             }
             let Some(alg) = Algorithm::from_header_name(n) else {
