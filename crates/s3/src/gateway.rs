@@ -95,6 +95,8 @@ pub enum Operation {
     },
     /// HeadBucket, GetBucketLocation.
     BucketInfo,
+    /// DeleteObjects (`POST ?delete`): every key in the body must be writable.
+    DeleteObjects,
     /// Anything else (bucket administration, ACLs, policies, ListBuckets): refused.
     Refused,
 }
@@ -105,6 +107,7 @@ impl Operation {
             Self::ReadObject | Self::BucketInfo => "get",
             Self::List { .. } | Self::ListUploads { .. } => "list",
             Self::WriteObject { .. } if method == Method::DELETE => "delete",
+            Self::DeleteObjects => "delete",
             Self::WriteObject { .. } => "create",
             Self::Refused => match *method {
                 Method::GET | Method::HEAD => "get",
@@ -322,6 +325,7 @@ fn classify(method: &Method, key: Option<&str>, q: &Query, headers: &HeaderMap) 
         (Method::GET, []) | (Method::GET, ["versions"]) => Operation::List { prefix: prefix() },
         (Method::GET, ["uploads"]) => Operation::ListUploads { prefix: prefix() },
         (Method::GET, ["location"]) | (Method::HEAD, []) => Operation::BucketInfo,
+        (Method::POST, ["delete"]) => Operation::DeleteObjects,
         _ => Operation::Refused,
     })
 }
@@ -534,6 +538,8 @@ impl Gateway {
                 p.listing(&namespace, &bucket, prefix) != ListScope::Denied
             }
             (Operation::BucketInfo, None) => p.bucket_visible(&namespace, &bucket),
+            // The keys are checked when the body has been read (`forward`).
+            (Operation::DeleteObjects, None) => p.bucket_visible(&namespace, &bucket),
             _ => false,
         };
         if let Some(a) = audit {
@@ -632,7 +638,28 @@ impl Gateway {
             _ => false,
         };
         let failure = BodyFailure::default();
-        let up = self.upstream_request(parts, body, d, &failure, filter)?;
+        let mut up = self.upstream_request(parts, body, d, &failure, filter)?;
+        if d.op == Operation::DeleteObjects {
+            // Read the (checked) list, refuse it unless every key is writable, send it on as read.
+            let doc = read_request_body(
+                std::mem::replace(&mut up.body, upstream::empty()),
+                listing::MAX_DELETE_BYTES,
+            )
+            .await
+            .map_err(|_| {
+                failure
+                    .take()
+                    .unwrap_or_else(|| S3Error::InvalidRequest("The Delete body is too large or incomplete".into()))
+            })?;
+            let keys = listing::delete_keys(&doc)
+                .map_err(|_| S3Error::InvalidRequest("The XML you provided was not well-formed".into()))?;
+            let p = &self.cfg.policy;
+            if keys.is_empty() || !keys.iter().all(|k| p.object(&d.namespace, &d.bucket, k, Need::Write)) {
+                return Err(S3Error::AccessDenied("Access Denied".into()));
+            }
+            up.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(doc.len()));
+            up.body = upstream::full(doc);
+        }
         let resp = match self.upstream.send(up).await {
             Ok(r) => r,
             Err(e) => {
@@ -693,6 +720,20 @@ impl Gateway {
             request_id,
         ))
     }
+}
+
+/// Reads a request body of at most `cap` bytes.
+async fn read_request_body(mut body: upstream::Body, cap: usize) -> Result<Bytes, ()> {
+    let mut out = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame.map_err(|_| ())?.into_data() {
+            if out.len() + data.len() > cap {
+                return Err(());
+            }
+            out.extend_from_slice(&data);
+        }
+    }
+    Ok(out.freeze())
 }
 
 /// Reads a body of at most `cap` bytes.
@@ -855,6 +896,7 @@ mod tests {
         );
         assert_eq!(c(Method::GET, None, "location"), Operation::BucketInfo);
         assert_eq!(c(Method::HEAD, None, ""), Operation::BucketInfo);
+        assert_eq!(c(Method::POST, None, "delete"), Operation::DeleteObjects);
         for (m, query) in [
             (Method::PUT, ""),
             (Method::DELETE, ""),
@@ -862,7 +904,6 @@ mod tests {
             (Method::GET, "acl"),
             (Method::PUT, "policy"),
             (Method::GET, "cors"),
-            (Method::POST, "delete"),
             (Method::GET, "prefix=a&lifecycle"),
         ] {
             assert_eq!(c(m.clone(), None, query), Operation::Refused, "{m} ?{query}");

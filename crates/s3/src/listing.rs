@@ -318,12 +318,12 @@ pub fn filter(
         if e.name == "KeyCount" {
             out.extend_from_slice(format!("<KeyCount>{kept_entries}</KeyCount>").as_bytes());
         } else if MARKERS.contains(&e.name) {
-            let value = child_text(&doc[e.start..e.end], e.name).unwrap_or_default();
-            if value.is_empty() {
-                out.extend_from_slice(&doc[e.start..e.end]);
-            } else {
+            match child_text(&doc[e.start..e.end], e.name) {
+                Some(v) if v.is_empty() => out.extend_from_slice(&doc[e.start..e.end]),
                 // Sealed text is base64url with a dot prefix: nothing to escape.
-                out.extend_from_slice(format!("<{0}>{1}</{0}>", e.name, seal(&value)).as_bytes());
+                Some(v) => out.extend_from_slice(format!("<{0}>{1}</{0}>", e.name, seal(&v)).as_bytes()),
+                // A marker that does not decode is dropped, never passed on in clear.
+                None => {}
             }
         } else if k {
             out.extend_from_slice(&doc[e.start..e.end]);
@@ -333,6 +333,32 @@ pub fn filter(
     out.extend_from_slice(&doc[pos..root_end]);
     out.extend_from_slice(&doc[root_end..]);
     Ok(out)
+}
+
+/// The largest DeleteObjects body read (S3 allows 1000 keys of at most 1024 bytes each).
+pub const MAX_DELETE_BYTES: usize = 2 << 20;
+
+/// The keys a DeleteObjects body (`<Delete><Object><Key>…</Key></Object>…</Delete>`) names;
+/// an `Object` without a readable `Key`, or anything but `Object` and `Quiet`, is an error.
+pub fn delete_keys(doc: &[u8]) -> Result<Vec<String>, ListingError> {
+    if doc.len() > MAX_DELETE_BYTES {
+        return Err(ListingError::TooLarge);
+    }
+    let (root_name, _, after_root) = root(doc)?;
+    if root_name != "Delete" {
+        return Err(ListingError::Malformed("not a Delete document"));
+    }
+    let (elems, _) = children(doc, after_root)?;
+    let mut keys = Vec::with_capacity(elems.len());
+    for e in elems {
+        match e.name {
+            "Object" => keys
+                .push(child_text(&doc[e.start..e.end], "Key").ok_or(ListingError::Malformed("Object without a Key"))?),
+            "Quiet" => {}
+            _ => return Err(ListingError::Malformed("unexpected element in Delete")),
+        }
+    }
+    Ok(keys)
 }
 
 #[cfg(test)]
@@ -416,5 +442,19 @@ mod tests {
         let out = filter(doc.as_bytes(), |_| true, |_| true, str::to_owned).unwrap();
         assert_eq!(out, b"<ListBucketResult></ListBucketResult>");
         assert_eq!(unescape("&#x41;&#66;&lt;").as_deref(), Some("AB<"));
+    }
+
+    #[test]
+    fn delete_documents_name_their_keys_or_fail() {
+        let doc = b"<?xml version=\"1.0\"?><Delete xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Quiet>true</Quiet><Object><Key>a/1</Key></Object><Object><Key>b&amp;2</Key><VersionId>v</VersionId></Object></Delete>";
+        assert_eq!(delete_keys(doc).unwrap(), vec!["a/1".to_owned(), "b&2".to_owned()]);
+        for bad in [
+            &b"<Delete><Object><VersionId>v</VersionId></Object></Delete>"[..],
+            b"<Delete><Other/></Delete>",
+            b"<NotDelete/>",
+            b"<Delete><Object><Key>x</Key>",
+        ] {
+            assert!(delete_keys(bad).is_err());
+        }
     }
 }

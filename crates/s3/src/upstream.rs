@@ -38,6 +38,13 @@ pub fn empty() -> Body {
         .boxed_unsync()
 }
 
+/// A body of `bytes`.
+pub fn full(bytes: Bytes) -> Body {
+    http_body_util::Full::new(bytes)
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
 /// Where the store is and kfsec's credentials for it.
 #[derive(Clone)]
 pub struct UpstreamConfig {

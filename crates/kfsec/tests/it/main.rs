@@ -34,6 +34,8 @@ mod process;
 mod proxying;
 mod rbac;
 mod rotation;
+mod s3_gateway;
+mod s3_keys;
 mod sec_audit;
 mod sec_authn;
 mod sec_connections;

@@ -1,0 +1,373 @@
+//! The S3 gateway's own behaviour against a tiny in-test upstream (an S3-shaped store that
+//! records what reaches it): re-signing with the upstream key, the default policy, bucket
+//! administration refused, checksums that fail leaving nothing stored, filtered listings, and
+//! an unreachable upstream answered 503 in S3's XML. The real clients (boto3, minio, moto) are
+//! `tests/s3/`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use http::{HeaderMap, Method, StatusCode, Uri};
+use kfsec_s3::sigv4;
+use kfsec_types::{Clock, SystemClock};
+
+use crate::harness::{Kfsec, http_client};
+
+const UP_AK: &str = "UPSTREAMAK0001";
+const UP_SK: &str = "upstream-secret-key-0123456789";
+
+#[derive(Default)]
+struct Fake {
+    objects: Mutex<BTreeMap<String, Vec<u8>>>,
+    /// (method, path and query, Authorization) of every request that reached the store.
+    seen: Mutex<Vec<(String, String, String)>>,
+}
+
+fn xml(status: StatusCode, body: String) -> Response {
+    (status, [("content-type", "application/xml")], body).into_response()
+}
+
+async fn fake(State(f): State<Arc<Fake>>, req: Request) -> Response {
+    let (p, body) = req.into_parts();
+    let auth = p
+        .headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    f.seen.lock().unwrap().push((
+        p.method.to_string(),
+        p.uri.path_and_query().map(|x| x.to_string()).unwrap_or_default(),
+        auth.clone(),
+    ));
+    if !auth.starts_with(&format!("AWS4-HMAC-SHA256 Credential={UP_AK}/")) {
+        return xml(
+            StatusCode::FORBIDDEN,
+            "<Error><Code>InvalidAccessKeyId</Code></Error>".into(),
+        );
+    }
+    let path = p.uri.path().to_owned();
+    let Some(rest) = path.strip_prefix("/mlpipeline") else {
+        return xml(StatusCode::NOT_FOUND, "<Error><Code>NoSuchBucket</Code></Error>".into());
+    };
+    let key = rest.trim_start_matches('/').to_owned();
+    match (p.method.clone(), key.is_empty()) {
+        (Method::PUT, false) => match axum::body::to_bytes(body, 1 << 20).await {
+            Ok(b) => {
+                f.objects.lock().unwrap().insert(key, b.to_vec());
+                (StatusCode::OK, [("etag", "\"e\"")]).into_response()
+            }
+            // An aborted upload: nothing stored.
+            Err(_) => StatusCode::BAD_REQUEST.into_response(),
+        },
+        (Method::GET, false) => match f.objects.lock().unwrap().get(&key) {
+            Some(b) => b.clone().into_response(),
+            None => xml(StatusCode::NOT_FOUND, "<Error><Code>NoSuchKey</Code></Error>".into()),
+        },
+        (Method::GET, true) => {
+            let prefix = p
+                .uri
+                .query()
+                .unwrap_or_default()
+                .split('&')
+                .find_map(|kv| kv.strip_prefix("prefix="))
+                .map(|v| v.replace("%2F", "/"))
+                .unwrap_or_default();
+            let mut out = String::from(
+                "<?xml version=\"1.0\" encoding=\"UTF-8\"?><ListBucketResult><Name>mlpipeline</Name><KeyCount>0</KeyCount><IsTruncated>false</IsTruncated>",
+            );
+            for k in f.objects.lock().unwrap().keys().filter(|k| k.starts_with(&prefix)) {
+                out.push_str(&format!("<Contents><Key>{k}</Key><Size>1</Size></Contents>"));
+            }
+            out.push_str("</ListBucketResult>");
+            xml(StatusCode::OK, out)
+        }
+        _ => StatusCode::OK.into_response(),
+    }
+}
+
+async fn start_fake() -> (SocketAddr, Arc<Fake>) {
+    let f = Arc::new(Fake::default());
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let app = axum::Router::new().fallback(fake).with_state(f.clone());
+    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+    (addr, f)
+}
+
+/// kfsec with `s3:` in front of `upstream`; the credential files live in `dir`.
+async fn start(upstream: SocketAddr, dir: &std::path::Path, extra: &str) -> Kfsec {
+    let (ak, sk) = (dir.join("ak"), dir.join("sk"));
+    std::fs::write(&ak, format!("{UP_AK}\n")).unwrap();
+    std::fs::write(&sk, format!("{UP_SK}\n")).unwrap();
+    Kfsec::start(&format!(
+        "s3:\n  addr: 127.0.0.1:0\n  upstream:\n    endpoint: http://{upstream}\n    accessKeyFile: {}\n    secretKeyFile: {}\n{extra}",
+        ak.display(),
+        sk.display()
+    ))
+    .await
+}
+
+struct Client {
+    http: reqwest::Client,
+    base: String,
+    id: String,
+    secret: String,
+}
+
+impl Client {
+    async fn new(k: &Kfsec, ns: &str) -> Self {
+        let (key, _) = k.running.s3_keys.current_or_issue(ns).await.unwrap();
+        Self {
+            http: http_client(&k.running.ca_pem),
+            base: format!("https://127.0.0.1:{}", k.running.s3_addr.unwrap().port()),
+            id: key.id.clone(),
+            secret: key.secret.to_string(),
+        }
+    }
+
+    /// A signed request (`UNSIGNED-PAYLOAD`, extra headers signed when `x-amz-*` or
+    /// `content-md5`), answered as (status, body).
+    async fn send(&self, method: Method, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, String) {
+        let uri: Uri = format!("{}{path}", self.base).parse().unwrap();
+        let mut h = HeaderMap::new();
+        for (n, v) in headers {
+            h.insert(http::HeaderName::from_bytes(n.as_bytes()).unwrap(), v.parse().unwrap());
+        }
+        let creds = sigv4::Credentials {
+            access_key_id: &self.id,
+            secret: &self.secret,
+            session_token: None,
+        };
+        sigv4::sign(
+            &method,
+            &uri,
+            &mut h,
+            &creds,
+            "us-east-1",
+            SystemClock.now(),
+            sigv4::UNSIGNED_PAYLOAD,
+        )
+        .unwrap();
+        h.remove("host");
+        let r = self
+            .http
+            .request(method, uri.to_string())
+            .headers(h)
+            .body(body.to_vec())
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    }
+}
+
+#[tokio::test]
+async fn own_prefix_round_trips_re_signed_and_the_policy_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let (up, fake) = start_fake().await;
+    let k = start(up, dir.path(), "").await;
+    let a = Client::new(&k, "team-a").await;
+
+    let (s, b) = a
+        .send(
+            Method::PUT,
+            "/mlpipeline/private-artifacts/team-a/run/x.txt",
+            &[],
+            b"hello",
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    let (s, b) = a
+        .send(Method::GET, "/mlpipeline/private-artifacts/team-a/run/x.txt", &[], b"")
+        .await;
+    assert_eq!((s, b.as_str()), (200, "hello"));
+    // Everything the store saw was signed with kfsec's upstream key, never the client's.
+    for (_, _, auth) in fake.seen.lock().unwrap().iter() {
+        assert!(auth.contains(UP_AK) && !auth.contains(&a.id), "{auth}");
+    }
+    let seen = fake.seen.lock().unwrap().len();
+
+    for (method, path) in [
+        (Method::PUT, "/mlpipeline/private-artifacts/team-b/x"),
+        (Method::GET, "/mlpipeline/private/team-b/x"),
+        (Method::PUT, "/mlpipeline/private-artifacts/team-a%2F..%2Fteam-b/x"),
+        (Method::PUT, "/other-bucket/private-artifacts/team-a/x"),
+        (Method::PUT, "/newbucket"),
+        (Method::DELETE, "/mlpipeline"),
+        (Method::GET, "/mlpipeline?policy"),
+        (Method::PUT, "/mlpipeline/private-artifacts/team-a/x?acl"),
+        (Method::GET, "/mlpipeline?prefix=private-artifacts%2Fteam-b%2F"),
+        (Method::GET, "/"),
+    ] {
+        let (s, b) = a.send(method.clone(), path, &[], b"x").await;
+        assert_eq!(s, 403, "{method} {path}: {b}");
+        assert!(b.contains("<Code>AccessDenied</Code>"), "{method} {path}: {b}");
+    }
+    // A copy from another namespace's prefix into the own one is refused too.
+    let (s, b) = a
+        .send(
+            Method::PUT,
+            "/mlpipeline/private-artifacts/team-a/copy",
+            &[("x-amz-copy-source", "/mlpipeline/private-artifacts/team-b/secret")],
+            b"",
+        )
+        .await;
+    assert_eq!(s, 403, "{b}");
+    // DeleteObjects: one key outside the own prefixes refuses the whole request.
+    let del = |keys: &[&str]| {
+        let objects: String = keys
+            .iter()
+            .map(|k| format!("<Object><Key>{k}</Key></Object>"))
+            .collect();
+        format!("<Delete><Quiet>true</Quiet>{objects}</Delete>").into_bytes()
+    };
+    let (s, b) = a
+        .send(
+            Method::POST,
+            "/mlpipeline?delete",
+            &[],
+            &del(&["private-artifacts/team-a/run/x.txt", "private-artifacts/team-b/y"]),
+        )
+        .await;
+    assert_eq!(s, 403, "{b}");
+    assert_eq!(
+        fake.seen.lock().unwrap().len(),
+        seen,
+        "a refused request reached the store"
+    );
+    let (s, b) = a
+        .send(
+            Method::POST,
+            "/mlpipeline?delete",
+            &[],
+            &del(&["private-artifacts/team-a/run/x.txt"]),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    assert!(
+        fake.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(m, p, _)| m == "POST" && p == "/mlpipeline?delete"),
+        "the allowed DeleteObjects did not reach the store"
+    );
+
+    // A wrong secret, and no signature at all.
+    let wrong = Client {
+        secret: "not-the-secret".into(),
+        ..Client::new(&k, "team-a").await
+    };
+    let (s, b) = wrong
+        .send(Method::GET, "/mlpipeline/private-artifacts/team-a/run/x.txt", &[], b"")
+        .await;
+    assert_eq!(s, 403);
+    assert!(b.contains("<Code>SignatureDoesNotMatch</Code>"), "{b}");
+    let r = a
+        .http
+        .get(format!("{}/mlpipeline/private-artifacts/team-a/run/x.txt", a.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert!(r.text().await.unwrap().contains("<Code>AccessDenied</Code>"));
+    k.running.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_bad_content_md5_is_bad_digest_and_nothing_is_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let (up, fake) = start_fake().await;
+    let k = start(up, dir.path(), "").await;
+    let a = Client::new(&k, "team-a").await;
+    // base64(MD5("other bytes")) is not the MD5 of the body sent.
+    use base64::Engine as _;
+    let md5_of_other = base64::engine::general_purpose::STANDARD.encode([0u8; 16]);
+    let (s, b) = a
+        .send(
+            Method::PUT,
+            "/mlpipeline/private-artifacts/team-a/corrupt",
+            &[("content-md5", &md5_of_other)],
+            &vec![7u8; 200_000],
+        )
+        .await;
+    assert_eq!(s, 400, "{b}");
+    assert!(b.contains("<Code>BadDigest</Code>"), "{b}");
+    assert!(
+        !fake
+            .objects
+            .lock()
+            .unwrap()
+            .contains_key("private-artifacts/team-a/corrupt"),
+        "a corrupted body was stored upstream"
+    );
+    k.running.shutdown().await;
+}
+
+#[tokio::test]
+async fn broad_listings_show_only_what_the_key_may_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let (up, fake) = start_fake().await;
+    let k = start(up, dir.path(), "").await;
+    for key in [
+        "private-artifacts/team-a/1",
+        "private-artifacts/team-b/2",
+        "private/team-b/3",
+        "shared/4",
+        "elsewhere/5",
+    ] {
+        fake.objects.lock().unwrap().insert(key.into(), b"x".to_vec());
+    }
+    let a = Client::new(&k, "team-a").await;
+    for path in [
+        "/mlpipeline?list-type=2",
+        "/mlpipeline?list-type=2&prefix=private-artifacts%2F",
+    ] {
+        let (s, b) = a.send(Method::GET, path, &[], b"").await;
+        assert_eq!(s, 200, "{b}");
+        assert!(b.contains("private-artifacts/team-a/1"), "{path}: {b}");
+        assert!(!b.contains("team-b") && !b.contains("elsewhere"), "{path}: {b}");
+    }
+    let (_, b) = a.send(Method::GET, "/mlpipeline?list-type=2", &[], b"").await;
+    assert!(b.contains("shared/4") && b.contains("<KeyCount>2</KeyCount>"), "{b}");
+    k.running.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_unreachable_upstream_is_503_in_s3_xml() {
+    let dir = tempfile::tempdir().unwrap();
+    // A port nothing listens on.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let k = start(closed, dir.path(), "  domain: s3.example.test\n").await;
+    let a = Client::new(&k, "team-a").await;
+    let (s, b) = a
+        .send(Method::GET, "/mlpipeline/private-artifacts/team-a/x", &[], b"")
+        .await;
+    assert_eq!(s, 503, "{b}");
+    assert!(b.contains("<Code>ServiceUnavailable</Code>"), "{b}");
+    assert!(!b.contains("127.0.0.1") && !b.to_lowercase().contains("refused"), "{b}");
+    // Virtual-host style: the certificate names `*.s3.example.test`, the bucket comes from the
+    // host (the other namespace's key in it is refused, the own one reaches the dead store).
+    let s3 = k.running.s3_addr.unwrap();
+    let vhost = Client {
+        http: reqwest::Client::builder()
+            .tls_certs_only([reqwest::Certificate::from_pem(k.running.ca_pem.as_bytes()).unwrap()])
+            .resolve("mlpipeline.s3.example.test", s3)
+            .build()
+            .unwrap(),
+        base: format!("https://mlpipeline.s3.example.test:{}", s3.port()),
+        ..Client::new(&k, "team-a").await
+    };
+    let (s, b) = vhost.send(Method::GET, "/private-artifacts/team-b/x", &[], b"").await;
+    assert_eq!(s, 403, "{b}");
+    let (s, b) = vhost.send(Method::GET, "/private-artifacts/team-a/x", &[], b"").await;
+    assert_eq!(s, 503, "{b}");
+    k.running.shutdown().await;
+}
