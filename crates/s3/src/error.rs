@@ -371,6 +371,27 @@ mod tests {
     }
 
     #[test]
+    fn expired_and_unsigned_header_documents() {
+        let e = S3Error::RequestExpired {
+            expires_secs: 86400,
+            expired_at: UnixTime::from_secs(1_369_440_000),
+            server_time: UnixTime::from_secs(1_369_440_001),
+        };
+        let xml = e.to_xml("/b/k", "id");
+        assert!(xml.contains("<Code>AccessDenied</Code><Message>Request has expired</Message><X-Amz-Expires>86400</X-Amz-Expires><Expires>2013-05-25T00:00:00Z</Expires><ServerTime>2013-05-25T00:00:01Z</ServerTime>"), "{xml}");
+        let xml = S3Error::HeadersNotSigned("x-amz-meta-a,x-amz-tagging".into()).to_xml("/b", "id");
+        assert!(
+            xml.contains("<HeadersNotSigned>x-amz-meta-a,x-amz-tagging</HeadersNotSigned>"),
+            "{xml}"
+        );
+        // SignatureDoesNotMatch carries Code, Message, Resource, RequestId and nothing else
+        // (S3 adds StringToSign and CanonicalRequest: never here).
+        let xml = S3Error::SignatureDoesNotMatch.to_xml("/b", "id");
+        assert_eq!(xml.matches('<').count(), 11, "{xml}");
+        assert!(!xml.contains("StringToSign") && !xml.contains("CanonicalRequest"));
+    }
+
+    #[test]
     fn escapes_and_hides_internal_causes() {
         let cause: BoxError = "secret internal path /var/lib/kek".into();
         let e = S3Error::InternalError(Some(cause));
