@@ -250,6 +250,8 @@ pub struct AdminOps {
     pub pki_dir: PathBuf,
     /// The live session table (None offline: sessions are deleted in the store).
     pub sessions: Option<Arc<kfsec_gateway::Sessions>>,
+    /// The audit log (disabled offline): S3 key rotations are recorded there.
+    pub auditor: kfsec_audit::Auditor,
 }
 
 /// Splits `resource[.group][/subresource]`; a bare plural served by exactly one group gets it.
@@ -424,12 +426,16 @@ impl AdminOps {
                     overlap_seconds,
                     show_secret,
                 } => {
+                    let events = crate::s3keys::KeyEvents::new(
+                        self.auditor.clone(),
+                        Arc::new(kfsec_types::SystemClock),
+                        self.rng.clone(),
+                    );
                     let key = crate::s3keys::rotate(
                         self.store.clone(),
                         &namespace,
                         std::time::Duration::from_secs(overlap_seconds),
-                        Arc::new(kfsec_types::SystemClock),
-                        self.rng.clone(),
+                        events,
                     )
                     .await
                     .map_err(|e| IdpError::Invalid(e.to_string()))?;

@@ -439,9 +439,12 @@ fn dashboard_documents(
 }
 
 /// `secretsEncryption:`: the key files, read and checked now (a bad one fails the start,
-/// naming the setting and the file).
+/// naming the setting and the file). `data_dir_kek`: the data directory's own key
+/// (`crate::kek`, redb only), held decrypt-only when it exists, so a store sealed with it is
+/// re-sealed under `keyFile` at the first start with `secretsEncryption`.
 fn secrets_keys(
     s: Option<&kfsec_types::config::SecretsEncryptionConfig>,
+    data_dir_kek: Option<&Path>,
 ) -> Result<Option<kfsec_store::sealed::Keyring>, ConfigError> {
     use kfsec_store::sealed::{Keyring, SealKey};
     let Some(s) = s else { return Ok(None) };
@@ -454,12 +457,15 @@ fn secrets_keys(
         SealKey::load(Path::new(file)).map_err(|e| ConfigError::Invalid(format!("secretsEncryption.{what}: {e}")))
     };
     let primary = load("keyFile", &s.key_file)?;
-    let previous = s
+    let mut previous = s
         .previous_key_files
         .iter()
         .enumerate()
         .map(|(i, f)| load(&format!("previousKeyFiles[{i}]"), f))
         .collect::<Result<Vec<_>, _>>()?;
+    if let Some(kek) = data_dir_kek.filter(|p| p.exists()) {
+        previous.push(SealKey::load(kek).map_err(|e| ConfigError::Invalid(format!("the data directory's key: {e}")))?);
+    }
     Ok(Some(Keyring::new(primary, previous)))
 }
 
@@ -658,6 +664,9 @@ pub fn validate(f: ConfigFile, o: &Overrides, env: &dyn Env) -> Result<Config, C
         )?,
     };
     let audit = audit::settings(f.audit.as_ref(), &data_dir)?;
+    // The data directory's own key (redb only), which `secretsEncryption` takes over from.
+    let data_dir_kek = (f.store.as_ref().and_then(|s| s.kind.as_deref()).unwrap_or("redb") == "redb")
+        .then(|| crate::kek::path(&data_dir));
     Ok(Config {
         audit,
         data_dir,
@@ -743,7 +752,7 @@ pub fn validate(f: ConfigFile, o: &Overrides, env: &dyn Env) -> Result<Config, C
         acknowledged,
         federation,
         store: store::settings(f.store.as_ref(), f.secrets_encryption.is_some(), env)?,
-        secrets_encryption: secrets_keys(f.secrets_encryption.as_ref())?,
+        secrets_encryption: secrets_keys(f.secrets_encryption.as_ref(), data_dir_kek.as_deref())?,
         s3: s3::settings(f.s3.as_ref(), None, env)?,
         build: kfsec_types::BuildInfo::default(),
     })

@@ -410,7 +410,7 @@ pub async fn seal_store(
     }
     let kek = kek::path(&cfg.data_dir);
     if done.resealed > 0 && cfg.secrets_encryption.is_some() && kek.exists() {
-        tracing::warn!(key_id = %primary, resealed = done.resealed, kek = %kek.display(), "secretsEncryption turned on: the store's existing secret values are now sealed with its keyFile instead of the data directory's key, which is no longer needed (delete it once every value is re-sealed: this start has done so)");
+        tracing::warn!(key_id = %primary, resealed = done.resealed, kek = %kek.display(), "secretsEncryption turned on: the store's existing secret values are now sealed with its keyFile instead of the data directory's key, which is no longer needed (that file is no longer needed)");
     } else if done.resealed > 0 {
         tracing::warn!(key_id = %primary, resealed = done.resealed, "secret values re-sealed under the primary key; the previous keys can be removed from secretsEncryption.previousKeyFiles once every replica runs with this key");
     }
@@ -440,6 +440,7 @@ pub fn admin_ops(store: Arc<dyn Store>, cfg: &Config) -> Result<admin::AdminOps,
         pki_dir: DataDir(cfg.data_dir.clone()).pki(),
         rng: Arc::new(OsRng),
         sessions: None,
+        auditor: kfsec_audit::Auditor::disabled(),
     })
 }
 
@@ -687,7 +688,10 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
         Some(_) => kfsec_profiles::ProfileController::with_credentials(
             api.clone(),
             kfsec_profiles::ProfileSettings::default(),
-            Arc::new(s3keys::S3Credentials(s3_keys.clone())),
+            Arc::new(s3keys::S3Credentials::new(
+                s3_keys.clone(),
+                s3keys::KeyEvents::new(auditor.clone(), clock.clone(), rng.clone()),
+            )),
         ),
         None => kfsec_profiles::ProfileController::new(api.clone(), kfsec_profiles::ProfileSettings::default()),
     };
@@ -846,6 +850,7 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
         trust: Some(trust.clone()),
         pki_dir: dir.pki(),
         sessions: Some(app.sessions().clone()),
+        auditor: auditor.clone(),
     });
     let mut background = vec![
         admin::serve(&dir.0, ops).map_err(io("opening the admin socket"))?,
