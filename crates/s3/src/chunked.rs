@@ -352,7 +352,8 @@ impl BodyPlan {
     /// The plan for a verified request: aws-chunked payloads need `x-amz-decoded-content-length`
     /// (else `MissingContentLength`), other bodies `Content-Length` when they have one
     /// (`Transfer-Encoding` without it → `MissingContentLength`); over 5 GiB → `EntityTooLarge`;
-    /// the checks from [`BodyChecks::from_request`].
+    /// `Content-Encoding: aws-chunked` with a non-streaming payload → `InvalidArgument`; the
+    /// checks from [`BodyChecks::from_request`].
     pub fn from_request(headers: &HeaderMap, verified: &Verified) -> Result<Self, S3Error> {
         let checks = BodyChecks::from_request(headers, &verified.payload)?;
         let length = |name: &str| -> Result<Option<u64>, S3Error> {
@@ -369,6 +370,19 @@ impl BodyPlan {
                 .map(Some)
                 .map_err(|_| S3Error::InvalidArgument(format!("Invalid {name}").into()))
         };
+        // aws-chunked framing without a streaming x-amz-content-sha256 would reach the object
+        // store undecoded (as the object's bytes): refused.
+        let aws_chunked_encoding = headers
+            .get_all(http::header::CONTENT_ENCODING)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|e| e.trim().eq_ignore_ascii_case("aws-chunked"));
+        if aws_chunked_encoding && !verified.payload.is_aws_chunked() {
+            return Err(S3Error::InvalidArgument(
+                "Content-Encoding aws-chunked needs a STREAMING-* x-amz-content-sha256".into(),
+            ));
+        }
         let (decoded_len, decoder) = match ChunkMode::of(&verified.payload) {
             Some(mode) => {
                 let n = length("x-amz-decoded-content-length")?.ok_or(S3Error::MissingContentLength)?;

@@ -287,6 +287,13 @@ async fn plain_bodies() {
     let mut big = HeaderMap::new();
     big.insert("content-length", "5368709121".parse().unwrap());
     assert!(matches!(BodyPlan::from_request(&big, &v), Err(S3Error::EntityTooLarge)));
+    // aws-chunked framing under a non-streaming payload hash.
+    let mut framed = h.clone();
+    framed.insert("content-encoding", "gzip, aws-chunked".parse().unwrap());
+    assert_eq!(
+        BodyPlan::from_request(&framed, &v).unwrap_err().code(),
+        "InvalidArgument"
+    );
     assert_eq!(forward_content_encoding("aws-chunked"), None);
     assert_eq!(forward_content_encoding("aws-chunked, gzip").as_deref(), Some("gzip"));
 }
