@@ -4,7 +4,9 @@
 //! - 0: header auth — the rest is `Authorization\nx-amz-content-sha256\npath?query\nname:value`;
 //! - 1: presigned URL — the rest is the request target (path and query);
 //! - 2, 3, 4: an aws-chunked body (signed, signed with trailers, unsigned with trailers) under
-//!   AWS's documented example key and seed; bytes 2–3 are the decoded length.
+//!   AWS's documented example key and seed; bytes 2–3 are the decoded length;
+//! - 5: an upstream listing through the gateway's filter (`listing::filter`);
+//! - 6: a DeleteObjects body (`listing::delete_keys`).
 //!
 //! Invariants: nothing panics; every refusal is a 4xx S3 error whose XML renders; the decoder
 //! never yields more than the announced decoded length, yields exactly what it counted, and gives
@@ -135,13 +137,41 @@ fn decode(mode: u8, split: u8, data: &[u8]) {
     }
 }
 
+/// Modes 5 and 6 (the gateway's listing filter, DeleteObjects bodies): a filtered listing keeps
+/// no entry the predicate refuses, re-filters to itself, and leaks no paging marker in clear.
+fn listing(rest: &[u8]) {
+    use kfsec_s3::listing;
+    let visible = |k: &str| k.starts_with('a');
+    let Ok(out) = listing::filter(rest, visible, visible, |_| "SEALED".to_owned()) else {
+        return;
+    };
+    let again = listing::filter(&out, visible, visible, |_| "SEALED".to_owned());
+    assert_eq!(again.as_deref(), Ok(out.as_slice()), "filtering is not idempotent");
+    let seen = std::cell::RefCell::new(Vec::new());
+    let _ = listing::filter(
+        &out,
+        |k| {
+            seen.borrow_mut().push(k.to_owned());
+            true
+        },
+        |_| true,
+        str::to_owned,
+    );
+    let seen = seen.into_inner();
+    assert!(seen.iter().all(|k| visible(k)), "an invisible key survived: {seen:?}");
+}
+
 fuzz_target!(|data: &[u8]| {
     let [mode, split, rest @ ..] = data else {
         return;
     };
-    match mode % 5 {
+    match mode % 7 {
         0 => auth(rest, false),
         1 => auth(rest, true),
+        5 => listing(rest),
+        6 => {
+            let _ = kfsec_s3::listing::delete_keys(rest);
+        }
         m => decode(m, *split, rest),
     }
 });
