@@ -27,7 +27,7 @@ pub use ca::{CertificateAuthority, IssuedCert, KeyAlgorithm};
 pub use error::PkiError;
 pub use files::{write_private_file, write_public_file};
 pub use live::{LiveRoots, LiveServerConfig, client_config_live};
-pub use reload::ReloadingResolver;
+pub use reload::{OnFileChange, ReloadingResolver};
 pub use rng::OsRng;
 pub use tls::{
     ClientAuth, client_config_trusting, client_config_with_identity, crypto_provider, load_certified_key,

@@ -25,6 +25,10 @@ struct Current {
     info: CertInfo,
 }
 
+/// Told of each change of watched certificate files ([`ReloadingResolver::watch_files_notify`]):
+/// `Ok` once the new pair serves, `Err` once per failing state of the files.
+pub type OnFileChange = Box<dyn Fn(Result<(), &PkiError>) + Send + Sync>;
+
 /// A certificate resolver whose certificate can be replaced at runtime.
 pub struct ReloadingResolver {
     current: RwLock<Arc<Current>>,
@@ -104,6 +108,18 @@ impl ReloadingResolver {
         key: PathBuf,
         interval: Duration,
     ) -> tokio::task::JoinHandle<()> {
+        self.watch_files_notify(cert, key, interval, Box::new(|_| {}))
+    }
+
+    /// [`ReloadingResolver::watch_files`], telling `on_change` of each change of the files:
+    /// `Ok` once the new pair serves, `Err` once per failing state of the files.
+    pub fn watch_files_notify(
+        self: &Arc<Self>,
+        cert: PathBuf,
+        key: PathBuf,
+        interval: Duration,
+        on_change: OnFileChange,
+    ) -> tokio::task::JoinHandle<()> {
         let weak: Weak<Self> = Arc::downgrade(self);
         tokio::spawn(async move {
             let mut ticker = tokio::time::interval(interval);
@@ -135,6 +151,7 @@ impl ReloadingResolver {
                     Ok(()) => {
                         loaded = Some(fp);
                         failed = None;
+                        on_change(Ok(()));
                     }
                     Err(e) => {
                         if failed.as_ref() != Some(&fp) {
@@ -144,6 +161,7 @@ impl ReloadingResolver {
                                 error = %e,
                                 "reloading serving certificate failed; keeping the current one"
                             );
+                            on_change(Err(&e));
                             failed = Some(fp);
                         }
                     }

@@ -203,6 +203,36 @@ type FrontDoorCert = (
     Option<trust::Renewable>,
 );
 
+/// Records each change of a user-supplied front-door certificate pair as `rotate` on
+/// `certificates`, named `front-door`, by kfsec's system user (once `auditor` is set: auditing
+/// starts after the certificate).
+fn audit_front_door_files(
+    auditor: Arc<std::sync::OnceLock<kfsec_audit::Auditor>>,
+    clock: Arc<dyn Clock>,
+    rng: Arc<dyn Rng>,
+) -> kfsec_pki::OnFileChange {
+    use kfsec_audit::request::{OUTCOME_ANNOTATION, REASON_ANNOTATION, identity};
+    Box::new(move |result| {
+        let Some(auditor) = auditor.get() else { return };
+        let (outcome, reason) = match result {
+            Ok(()) => ("success", "the tls certificate files changed: reloaded"),
+            Err(_) => (
+                "failure",
+                "the tls certificate files changed but do not load: the current certificate is kept",
+            ),
+        };
+        kfsec_audit::request::background(
+            auditor,
+            clock.as_ref(),
+            rng.as_ref(),
+            identity::CERTIFICATES,
+            identity::ROTATE,
+            Some("front-door"),
+            &[(OUTCOME_ANNOTATION, outcome), (REASON_ANNOTATION, reason)],
+        );
+    })
+}
+
 /// The front-door certificate: a user-supplied pair (watched for changes), or one issued by the
 /// internal CA (re-issued when its names or the CA change, or a third of its life remains).
 fn front_door_cert(
@@ -211,10 +241,11 @@ fn front_door_cert(
     dir: &DataDir,
     public_host: Option<String>,
     clock: &dyn Clock,
+    on_file_change: kfsec_pki::OnFileChange,
 ) -> Result<FrontDoorCert, ServerError> {
     if let Some((cert, key)) = &cfg.tls_files {
         let r = ReloadingResolver::from_files(cert, key)?;
-        let watch = r.watch_files(cert.clone(), key.clone(), Duration::from_secs(2));
+        let watch = r.watch_files_notify(cert.clone(), key.clone(), Duration::from_secs(2), on_file_change);
         return Ok((r, Some(watch), None));
     }
     let mut dns = vec!["localhost".to_owned()];
@@ -546,7 +577,15 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
         cas = cas.finish(&dir.pki(), clock.as_ref())?;
     }
     let cas = Arc::new(cas);
-    let (resolver, cert_watch, front_renewal) = front_door_cert(&cfg, &cas, &dir, public_host, clock.as_ref())?;
+    let cert_files_auditor = Arc::new(std::sync::OnceLock::new());
+    let (resolver, cert_watch, front_renewal) = front_door_cert(
+        &cfg,
+        &cas,
+        &dir,
+        public_host,
+        clock.as_ref(),
+        audit_front_door_files(cert_files_auditor.clone(), clock.clone(), rng.clone()),
+    )?;
     // Client certificates are optional; a verified one authenticates (admin kubeconfig).
     let front_tls = LiveServerConfig::new(trust::front_door_config(resolver.clone(), &cas)?);
     write_admin_kubeconfig(&dir, &cas, &public_url, clock.as_ref())?;
@@ -570,6 +609,7 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
     );
     // The audit pipeline (`audit:`; `auditing`): every surface records through `auditor`.
     let (auditor, audit_pipeline) = auditing::start(&cfg, clock.clone(), rng.clone(), &mut registry)?;
+    let _ = cert_files_auditor.set(auditor.clone());
     // One leader among the replicas runs the singleton work below (`leader`).
     let (leadership, leader_gauge) =
         leader::elect(store.clone(), clock.clone(), rng.clone(), host_name(), &mut registry)?;

@@ -460,6 +460,75 @@ async fn approvals_and_userinfo_name_the_user_who_answered_or_holds_the_token() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_front_door_certificate_file_is_a_rotate_event() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let pki = tempfile::tempdir().unwrap();
+    let clock = kfsec_types::SystemClock;
+    let ca = kfsec_pki::CertificateAuthority::load_or_create(pki.path(), kfsec_pki::KeyAlgorithm::EcdsaP256, &clock)
+        .unwrap();
+    let issue = |cn: &str| {
+        ca.issue_server(cn, &["localhost".into()], &[], Duration::from_secs(3600), &clock)
+            .unwrap()
+    };
+    let (cert, key) = (pki.path().join("tls.crt"), pki.path().join("tls.key"));
+    let first = issue("first");
+    std::fs::write(&cert, &first.cert_pem).unwrap();
+    std::fs::write(&key, &first.key_pem).unwrap();
+    let k = Kfsec::start(&format!(
+        "tls:\n  certFile: {}\n  keyFile: {}\n",
+        cert.display(),
+        key.display()
+    ))
+    .await;
+    let front_door = |events: &[Value], outcome: &str| {
+        identity(events, "certificates", "rotate")
+            .into_iter()
+            .filter(|e| e["objectRef"]["name"] == "front-door" && annotation(e, "kfsec.io/outcome") == outcome)
+            .count()
+    };
+    assert_eq!(front_door(&audit_log(&k).await.0, "success"), 0);
+    // The operator (or cert-manager) replaces the pair: recorded once it serves.
+    let second = issue("second");
+    std::fs::write(&key, &second.key_pem).unwrap();
+    std::fs::write(&cert, &second.cert_pem).unwrap();
+    let mut seen = false;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if front_door(&audit_log(&k).await.0, "success") == 1 {
+            seen = true;
+            break;
+        }
+    }
+    assert!(seen, "no rotate event for the reloaded front-door certificate");
+    // A pair that does not load: recorded as a failure, the old certificate kept. (The key
+    // written before the certificate above may have been seen alone: a failure too.)
+    let failures = front_door(&audit_log(&k).await.0, "failure");
+    std::fs::write(&cert, "not a certificate").unwrap();
+    let mut failed = false;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if front_door(&audit_log(&k).await.0, "failure") > failures {
+            failed = true;
+            break;
+        }
+    }
+    assert!(
+        failed,
+        "no failure event for a front-door certificate that does not load"
+    );
+    let (events, _) = audit_log(&k).await;
+    let e = identity(&events, "certificates", "rotate")
+        .into_iter()
+        .rfind(|e| e["objectRef"]["name"] == "front-door")
+        .unwrap();
+    assert_eq!(e["user"]["username"], "system:kfsec");
+    assert!(
+        annotation(e, "kfsec.io/reason").contains("current certificate is kept"),
+        "{e}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lockout_is_its_own_event_beside_the_failed_login_that_caused_it() {
     let k = Kfsec::start("oauth2:\n  passwordConnector: local\nloginProtection:\n  maxFailuresPerAccount: 2\n").await;
     for _ in 0..3 {
