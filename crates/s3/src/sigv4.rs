@@ -1114,7 +1114,9 @@ impl fmt::Debug for Credentials<'_> {
 /// `payload_hash`: a lower-case hex SHA-256 or [`UNSIGNED_PAYLOAD`]), `x-amz-security-token`
 /// if any, `host` when absent (from the URI's authority), and `Authorization`. Signs `host`,
 /// `content-md5`, `content-type` and every `x-amz-*` header present. `uri` must be the exact
-/// path and query that will be sent.
+/// path and query that will be sent; send the path in [`canonical_uri`] form (each segment
+/// encoded once, as [`uri_encode`] does), so that an upstream which signs the path as received
+/// (botocore-based verifiers such as moto do) computes the same canonical request.
 pub fn sign(
     method: &Method,
     uri: &Uri,

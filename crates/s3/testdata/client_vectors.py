@@ -179,6 +179,11 @@ def minio_cases():
          response=b'<?xml version="1.0"?><ListBucketResult></ListBucketResult>')
     url = m.presigned_get_object(BUCKET, KEY)
     record(f"minio {minio.__version__}", "presigned_get_object", "GET", url, {}, b"", b"")
+    # Over plain http the minio SDK signs the body's SHA-256.
+    plain = minio.Minio("localhost:9000", access_key=AK, secret_key=SECRET, secure=False,
+                        region="us-east-1", http_client=pool)
+    call("put_object http", plain.put_object, BUCKET, KEY, io.BytesIO(BODY), len(BODY),
+         decoded=BODY, metadata={"x-amz-meta-run": "1  2"}, content_type="text/plain")
 
 
 boto_cases()
