@@ -461,19 +461,8 @@ async fn approvals_and_userinfo_name_the_user_who_answered_or_holds_the_token() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_changed_front_door_certificate_file_is_a_rotate_event() {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let pki = tempfile::tempdir().unwrap();
-    let clock = kfsec_types::SystemClock;
-    let ca = kfsec_pki::CertificateAuthority::load_or_create(pki.path(), kfsec_pki::KeyAlgorithm::EcdsaP256, &clock)
-        .unwrap();
-    let issue = |cn: &str| {
-        ca.issue_server(cn, &["localhost".into()], &[], Duration::from_secs(3600), &clock)
-            .unwrap()
-    };
-    let (cert, key) = (pki.path().join("tls.crt"), pki.path().join("tls.key"));
-    let first = issue("first");
-    std::fs::write(&cert, &first.cert_pem).unwrap();
-    std::fs::write(&key, &first.key_pem).unwrap();
+    let (ca, cert, key) = crate::proxying::user_pair(pki.path());
     let k = Kfsec::start(&format!(
         "tls:\n  certFile: {}\n  keyFile: {}\n",
         cert.display(),
@@ -488,7 +477,7 @@ async fn a_changed_front_door_certificate_file_is_a_rotate_event() {
     };
     assert_eq!(front_door(&audit_log(&k).await.0, "success"), 0);
     // The operator (or cert-manager) replaces the pair: recorded once it serves.
-    let second = issue("second");
+    let second = crate::proxying::issue_localhost(&ca, "second");
     std::fs::write(&key, &second.key_pem).unwrap();
     std::fs::write(&cert, &second.cert_pem).unwrap();
     let mut seen = false;

@@ -105,19 +105,9 @@ async fn request_bodies_stream_to_the_upstream() {
 
 #[tokio::test]
 async fn user_certificate_is_reloaded_without_dropping_connections() {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let pki = tempfile::tempdir().unwrap();
-    let clock = kfsec_types::SystemClock;
-    let ca = kfsec_pki::CertificateAuthority::load_or_create(pki.path(), kfsec_pki::KeyAlgorithm::EcdsaP256, &clock)
-        .unwrap();
-    let issue = |cn: &str| {
-        ca.issue_server(cn, &["localhost".into()], &[], Duration::from_secs(3600), &clock)
-            .unwrap()
-    };
-    let (cert, key) = (pki.path().join("tls.crt"), pki.path().join("tls.key"));
-    let first = issue("first");
-    std::fs::write(&cert, &first.cert_pem).unwrap();
-    std::fs::write(&key, &first.key_pem).unwrap();
+    let (ca, cert, key) = user_pair(pki.path());
+    let issue = |cn: &str| issue_localhost(&ca, cn);
     let mut k = Kfsec::start(&format!(
         "tls:\n  certFile: {}\n  keyFile: {}\n",
         cert.display(),
@@ -158,6 +148,37 @@ async fn user_certificate_is_reloaded_without_dropping_connections() {
     let n = old.read(&mut buf).await.unwrap();
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
     k.running.shutdown().await;
+}
+
+/// A user-supplied front-door pair: a CA in `dir`, and a `localhost` certificate it issued to
+/// `first` written to `dir/tls.crt` and `dir/tls.key` (returned with the CA).
+pub(crate) fn user_pair(
+    dir: &std::path::Path,
+) -> (kfsec_pki::CertificateAuthority, std::path::PathBuf, std::path::PathBuf) {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let ca = kfsec_pki::CertificateAuthority::load_or_create(
+        dir,
+        kfsec_pki::KeyAlgorithm::EcdsaP256,
+        &kfsec_types::SystemClock,
+    )
+    .unwrap();
+    let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
+    let first = issue_localhost(&ca, "first");
+    std::fs::write(&cert, &first.cert_pem).unwrap();
+    std::fs::write(&key, &first.key_pem).unwrap();
+    (ca, cert, key)
+}
+
+/// A `localhost` server certificate for `cn` from `ca`, valid an hour.
+pub(crate) fn issue_localhost(ca: &kfsec_pki::CertificateAuthority, cn: &str) -> kfsec_pki::IssuedCert {
+    ca.issue_server(
+        cn,
+        &["localhost".into()],
+        &[],
+        Duration::from_secs(3600),
+        &kfsec_types::SystemClock,
+    )
+    .unwrap()
 }
 
 pub fn pem(der: &[u8]) -> String {
