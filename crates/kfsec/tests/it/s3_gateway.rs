@@ -119,7 +119,12 @@ struct Client {
 }
 
 impl Client {
+    /// The workspace `ns` (a Profile, so its key is not swept as an orphan) and its key.
     async fn new(k: &Kfsec, ns: &str) -> Self {
+        let r = kfsec_api::ApiServer::resource("kubeflow.org", "v1", "profiles").unwrap();
+        let profile = serde_json::json!({"apiVersion": "kubeflow.org/v1", "kind": "Profile",
+            "metadata": {"name": ns}, "spec": {"owner": {"kind": "User", "name": "alice@example.com"}}});
+        let _ = k.running.api.create_object(r, "", profile).await;
         let (key, _) = k.running.s3_keys.current_or_issue(ns).await.unwrap();
         Self {
             http: http_client(&k.running.ca_pem),
@@ -275,6 +280,28 @@ async fn own_prefix_round_trips_re_signed_and_the_policy_holds() {
         .unwrap();
     assert_eq!(r.status(), 403);
     assert!(r.text().await.unwrap().contains("<Code>AccessDenied</Code>"));
+
+    // One audit Event per request: the key's namespace as the user, the object in s3.kfsec.io.
+    let (events, _) = crate::audit_events::audit_log(&k).await;
+    let s3: Vec<_> = events
+        .iter()
+        .filter(|e| e["objectRef"]["apiGroup"] == "s3.kfsec.io")
+        .collect();
+    let put = s3
+        .iter()
+        .find(|e| e["verb"] == "create" && e["objectRef"]["name"] == "mlpipeline/private-artifacts/team-a/run/x.txt")
+        .unwrap_or_else(|| panic!("no Event of the PUT in {s3:?}"));
+    assert_eq!(put["user"]["username"], "s3:team-a");
+    assert_eq!(put["objectRef"]["resource"], "objects");
+    assert_eq!(put["objectRef"]["namespace"], "team-a");
+    assert_eq!(put["responseStatus"]["code"], 200);
+    assert!(
+        s3.iter()
+            .any(|e| e["objectRef"]["name"] == "mlpipeline/private-artifacts/team-b/x"
+                && e["responseStatus"]["code"] == 403
+                && e["annotations"]["authorization.k8s.io/decision"] == "forbid"),
+        "no refused Event in {s3:?}"
+    );
     k.running.shutdown().await;
 }
 
