@@ -134,7 +134,7 @@ if { [ "$TEST_BUILD_OK" = 1 ] && [ -x target/debug/kfsec ]; } || step build carg
   # check/test rules on deploy/prometheus/, and a real Prometheus scraping kfsec, queried over its
   # HTTP API for every documented series (tests/prometheus/run.sh).
   step prometheus logged prometheus env KFSEC_BIN="$ROOT/target/debug/kfsec" bash tests/prometheus/run.sh || true
-  # The S3 gateway with real clients (~60 s): boto3 and the minio SDK with a workspace's keys
+  # The S3 gateway with real clients (~35 s): boto3 and the minio SDK with a workspace's keys
   # through kfsec's gateway to moto (signatures on), and KFP's artifact endpoint (tests/s3/run.sh).
   step s3 logged s3 env KFSEC_BIN="$ROOT/target/debug/kfsec" bash tests/s3/run.sh || true
   # Short fuzz run of AdmissionReview parsing and PodDefault application (cargo-fuzz, stable).
