@@ -374,10 +374,11 @@ def _():
 
 # --- KFP's artifact endpoint ------------------------------------------------------------------
 
-def artifact(ns, key, token=A_TOKEN, **extra):
+def artifact(ns, key, token=A_TOKEN, path="/pipeline/artifacts/get", **extra):
     params = {"source": "s3", "namespace": ns, "bucket": BUCKET, "key": key, **extra}
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    return requests.get(f"{KFP}/pipeline/artifacts/get", params=params, headers=headers, verify=CA, timeout=10)
+    return requests.get(f"{KFP}{path}", params=params, headers=headers, verify=CA, timeout=10,
+                        allow_redirects=False)
 
 
 @check("kfp_artifact_own_namespace_served")
@@ -386,6 +387,8 @@ def _():
     r = artifact("team-a", SEED)
     assert r.status_code == 200 and r.content == BODY, f"{r.status_code} {r.text[:200]}"
     assert r.headers.get("x-content-type-options") == "nosniff"
+    r = artifact("team-a", SEED, path="/artifacts/get", source="minio")
+    assert r.status_code == 200 and r.content == BODY, f"/artifacts/get: {r.status_code} {r.text[:200]}"
     r = artifact("team-a", SEED, peek="5")
     assert r.status_code == 200 and r.content == BODY[:5], f"peek: {r.status_code} {r.content[:50]!r}"
 
