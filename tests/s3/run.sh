@@ -8,7 +8,8 @@
 # upstream credentials), and everything after is signed and checked. Then `kfsec serve` starts
 # with an `s3:` block pointing at moto, the profiles team-a and team-b are created with kubectl,
 # each namespace's Secret mlpipeline-minio-artifact is read, a user of team-a logs in (bearer
-# ID token, as tests/kfp does), and s3_test.py runs the checks, one `PASS name` / `FAIL name:
+# ID token, as tests/kfp does), the persistence agent gets a token (KFP's report ClusterRole,
+# for ReadArtifact's reported workflows), and s3_test.py runs the checks, one `PASS name` / `FAIL name:
 # why` line each, closing with `s3: N passed, M failed`. Exits non-zero on any failure; the
 # servers are always stopped.
 #
@@ -136,6 +137,42 @@ spec:
     kind: User
     name: $UB
 EOF
+# The persistence agent's right to report workflows (KFP's ClusterRole), for ReadArtifact.
+"${KC[@]}" apply -f - >/dev/null <<EOF
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: kubeflow
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata:
+  name: ml-pipeline-persistenceagent
+  namespace: kubeflow
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata:
+  name: ml-pipeline-persistenceagent-role
+rules:
+- apiGroups: [pipelines.kubeflow.org]
+  resources: [scheduledworkflows, workflows]
+  verbs: [report]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata:
+  name: ml-pipeline-persistenceagent-binding
+roleRef:
+  apiGroup: rbac.authorization.k8s.io
+  kind: ClusterRole
+  name: ml-pipeline-persistenceagent-role
+subjects:
+- kind: ServiceAccount
+  name: ml-pipeline-persistenceagent
+  namespace: kubeflow
+EOF
+AGENT_TOKEN="$("$KFSEC_BIN" token create ml-pipeline-persistenceagent -n kubeflow --audience pipelines.kubeflow.org --data-dir "$DATA")"
 secret_field() { # NS FIELD
   "${KC[@]}" get secret mlpipeline-minio-artifact -n "$1" -o "jsonpath={.data.$2}" 2>/dev/null | base64 -d 2>/dev/null
 }
@@ -164,7 +201,7 @@ A_TOKEN="$(login "$UA" "$PA")"
 export S3T_GATEWAY="https://127.0.0.1:$S3_PORT" S3T_CA="$CA" S3T_MOTO="$MOTO_URL" S3T_BUCKET=mlpipeline
 export S3T_UPSTREAM_AK="$(cat "$TMP/upstream-access-key")" S3T_UPSTREAM_SK="$(cat "$TMP/upstream-secret-key")"
 export S3T_A_AK="$A_AK" S3T_A_SK="$A_SK" S3T_B_AK="$B_AK" S3T_B_SK="$B_SK"
-export S3T_KFP="https://localhost:$PORT" S3T_A_TOKEN="$A_TOKEN"
+export S3T_KFP="https://localhost:$PORT" S3T_A_TOKEN="$A_TOKEN" S3T_AGENT_TOKEN="$AGENT_TOKEN"
 export S3T_DATA="$DATA" S3T_KUBECONFIG="$DATA/admin.kubeconfig" S3T_TMP="$TMP"
 log "workspaces team-a and team-b ready; running the checks"
 set +e

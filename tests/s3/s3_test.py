@@ -413,6 +413,41 @@ def _():
     assert r.status_code in (401, 302, 303), f"anonymous: {r.status_code}"
 
 
+def kfp_api(method, path, token, body=None):
+    r = requests.request(method, f"{KFP}/pipeline/apis/{path}", json=body, verify=CA, timeout=10,
+                         headers={"Authorization": f"Bearer {token}"})
+    return r.status_code, (r.json() if r.content else {})
+
+
+@check("kfp_read_artifact_of_a_run")
+def _():
+    # KFP's ReadArtifact: the key comes from the workflow the persistence agent reported; a
+    # workflow status naming another namespace's key is refused.
+    assert A_TOKEN and E["S3T_AGENT_TOKEN"], "tokens missing"
+    s, v = kfp_api("POST", "v2beta1/experiments", A_TOKEN, {"display_name": f"e-{RUN}", "namespace": "team-a"})
+    assert s == 200, f"experiment: {s} {v}"
+    exp = v["experiment_id"]
+    spec = {"pipelineInfo": {"name": "p"}, "root": {"dag": {"tasks": {}}},
+            "schemaVersion": "2.1.0", "sdkVersion": "kfp-2.14.6"}
+    runs = {}
+    for name, key in (("own", SEED), ("other", OTHER + "secret.txt")):
+        s, v = kfp_api("POST", "v2beta1/runs", A_TOKEN, {"display_name": name, "experiment_id": exp, "pipeline_spec": spec})
+        assert s == 200, f"run: {s} {v}"
+        runs[name] = v["run_id"]
+        wf = {"apiVersion": "argoproj.io/v1alpha1", "kind": "Workflow",
+              "metadata": {"name": f"wf-{name}-{RUN}", "namespace": "team-a", "uid": f"u-{name}-{RUN}",
+                           "labels": {"pipeline/runid": v["run_id"]}},
+              "status": {"phase": "Succeeded", "nodes": {"n1": {"outputs": {"artifacts": [
+                  {"name": "out", "s3": {"bucket": BUCKET, "key": key}}]}}}}}
+        r = requests.post(f"{KFP}/apis/v1beta1/workflows", json=wf, verify=CA, timeout=10,
+                          headers={"Authorization": f"Bearer {E['S3T_AGENT_TOKEN']}"})
+        assert r.status_code == 200, f"report: {r.status_code} {r.text[:200]}"
+    s, v = kfp_api("GET", f"v1beta1/runs/{runs['own']}/nodes/n1/artifacts/out:read", A_TOKEN)
+    assert s == 200 and base64.b64decode(v.get("data", "")) == BODY, f"own: {s} {v}"
+    s, v = kfp_api("GET", f"v2beta1/runs/{runs['other']}/nodes/n1/artifacts/out:read", A_TOKEN)
+    assert s == 403 and "data" not in v, f"other namespace's key: {s} {v}"
+
+
 # --- rotation and revocation (last: they change the keys) ----------------------------------------
 
 def kfsec(*args):
