@@ -441,7 +441,7 @@ pub async fn seal_store(
     }
     let kek = kek::path(&cfg.data_dir);
     if done.resealed > 0 && cfg.secrets_encryption.is_some() && kek.exists() {
-        tracing::warn!(key_id = %primary, resealed = done.resealed, kek = %kek.display(), "secretsEncryption turned on: the store's existing secret values are now sealed with its keyFile instead of the data directory's key, which is no longer needed (that file is no longer needed)");
+        tracing::warn!(key_id = %primary, resealed = done.resealed, kek = %kek.display(), "secretsEncryption turned on: the store's existing secret values are now sealed with its keyFile instead of the data directory's key (that file is no longer needed)");
     } else if done.resealed > 0 {
         tracing::warn!(key_id = %primary, resealed = done.resealed, "secret values re-sealed under the primary key; the previous keys can be removed from secretsEncryption.previousKeyFiles once every replica runs with this key");
     }
