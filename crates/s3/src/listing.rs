@@ -296,12 +296,29 @@ pub fn filter(
     let (elems, root_end) = children(doc, after_root)?;
     let mut keep = Vec::with_capacity(elems.len());
     let mut kept_entries = 0usize;
+    // The last entry of the unfiltered page, where a V1 client must page on from.
+    let mut last: Option<String> = None;
+    let mut later = |name: Option<String>| {
+        if let Some(n) = name
+            && last.as_ref().is_none_or(|l| n > *l)
+        {
+            last = Some(n);
+        }
+    };
     for e in &elems {
         let body = &doc[e.start..e.end];
         let k = if KEYED.contains(&e.name) {
-            child_text(body, "Key").is_some_and(|k| key_visible(&k))
+            let key = child_text(body, "Key");
+            let visible = key.as_deref().is_some_and(&key_visible);
+            if e.name == "Contents" {
+                later(key);
+            }
+            visible
         } else if e.name == "CommonPrefixes" {
-            child_text(body, "Prefix").is_some_and(|p| prefix_visible(&p))
+            let prefix = child_text(body, "Prefix");
+            let visible = prefix.as_deref().is_some_and(&prefix_visible);
+            later(prefix);
+            visible
         } else {
             true
         };
@@ -329,6 +346,24 @@ pub fn filter(
             out.extend_from_slice(&doc[e.start..e.end]);
         }
         pos = e.end;
+    }
+    // ListObjects V1 without a delimiter carries no NextMarker: clients page on from the last
+    // key they got, which filtering may have removed (an empty page would stop them or send
+    // them back). Give them the sealed last key of the unfiltered page instead.
+    let has = |name: &str| elems.iter().any(|e| e.name == name);
+    let truncated = elems
+        .iter()
+        .find(|e| e.name == "IsTruncated")
+        .and_then(|e| child_text(&doc[e.start..e.end], "IsTruncated"))
+        .is_some_and(|v| v == "true");
+    if root_name == "ListBucketResult"
+        && truncated
+        && !has("NextMarker")
+        && !has("NextContinuationToken")
+        && !has("KeyCount")
+        && let Some(last) = &last
+    {
+        out.extend_from_slice(format!("<NextMarker>{}</NextMarker>", seal(last)).as_bytes());
     }
     out.extend_from_slice(&doc[pos..root_end]);
     out.extend_from_slice(&doc[root_end..]);
@@ -456,5 +491,29 @@ mod tests {
         ] {
             assert!(delete_keys(bad).is_err());
         }
+    }
+
+    #[test]
+    fn a_truncated_v1_page_gets_a_sealed_next_marker() {
+        let doc = "<ListBucketResult><Name>b</Name><Marker></Marker><MaxKeys>2</MaxKeys><IsTruncated>true</IsTruncated><Contents><Key>a/1</Key></Contents><Contents><Key>b/9</Key></Contents></ListBucketResult>";
+        let out = filter(
+            doc.as_bytes(),
+            |k| k.starts_with("a/"),
+            |_| false,
+            |m| format!("S[{m}]"),
+        )
+        .unwrap();
+        let out = String::from_utf8(out).unwrap();
+        assert!(
+            out.contains("<NextMarker>S[b/9]</NextMarker>") && !out.contains("<Key>b/9"),
+            "{out}"
+        );
+        // Not when the page is complete, nor for V2 (KeyCount) answers.
+        let done = doc.replace("<IsTruncated>true", "<IsTruncated>false");
+        let out = String::from_utf8(filter(done.as_bytes(), |_| true, |_| true, str::to_owned).unwrap()).unwrap();
+        assert!(!out.contains("NextMarker"), "{out}");
+        let v2 = doc.replace("<MaxKeys>", "<KeyCount>2</KeyCount><MaxKeys>");
+        let out = String::from_utf8(filter(v2.as_bytes(), |_| true, |_| true, str::to_owned).unwrap()).unwrap();
+        assert!(!out.contains("NextMarker"), "{out}");
     }
 }
