@@ -142,13 +142,27 @@ pub struct Encoded {
 
 impl Encoded {
     /// Serializes `event` (without `kfsec.io/chain-*` annotations).
-    pub fn new(mut event: Event) -> Result<Self, ChainError> {
-        for key in [SEQ, HASH, PREV] {
-            event.annotations.remove(key);
+    pub fn new(event: Event) -> Result<Self, ChainError> {
+        Self::of_view(&crate::encode::EventView::of(&event))
+    }
+
+    /// Serializes the viewed event (without `kfsec.io/chain-*` annotations).
+    pub fn of_view(view: &crate::encode::EventView<'_>) -> Result<Self, ChainError> {
+        let reserved = [SEQ, HASH, PREV];
+        let stripped;
+        let mut view = *view;
+        if reserved.iter().any(|k| view.annotations.contains_key(*k)) {
+            stripped = view
+                .annotations
+                .iter()
+                .filter(|(k, _)| !reserved.contains(&k.as_str()))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect::<BTreeMap<_, _>>();
+            view.annotations = &stripped;
         }
-        let annotated = !event.annotations.is_empty();
+        let annotated = !view.annotations.is_empty();
         let mut bytes = Vec::with_capacity(1024);
-        crate::encode::write_event(&mut bytes, &event);
+        crate::encode::write_view(&mut bytes, &view);
         // `annotations` is the Event's last field (omitted when empty) and `stageTimestamp`, a
         // string, the one before it: the body ends with the annotations' last value and two
         // braces, or with that timestamp and one.

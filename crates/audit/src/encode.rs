@@ -243,40 +243,137 @@ fn u16_digits(mut n: u16, buf: &mut [u8; 5]) -> &[u8] {
     }
 }
 
+/// An [`Event`] by reference: what the request path serializes straight from its own state,
+/// without building (and then freeing) an owned Event.
+#[derive(Debug, Clone, Copy)]
+pub struct EventView<'a> {
+    /// `kind` (`Event`).
+    pub kind: &'a str,
+    /// `apiVersion` (`audit.k8s.io/v1`).
+    pub api_version: &'a str,
+    /// `level`.
+    pub level: Level,
+    /// `auditID`.
+    pub audit_id: &'a str,
+    /// `stage`.
+    pub stage: Stage,
+    /// `requestURI`.
+    pub request_uri: &'a str,
+    /// `verb`.
+    pub verb: &'a str,
+    /// `user`.
+    pub user: &'a UserInfo,
+    /// `impersonatedUser`.
+    pub impersonated_user: Option<&'a UserInfo>,
+    /// `sourceIPs`.
+    pub source_ips: &'a [String],
+    /// `userAgent`.
+    pub user_agent: Option<&'a str>,
+    /// `objectRef`.
+    pub object_ref: Option<&'a ObjectRef>,
+    /// `responseStatus`.
+    pub response_status: Option<&'a ResponseStatus>,
+    /// `requestObject`.
+    pub request_object: Option<&'a serde_json::Value>,
+    /// `responseObject`.
+    pub response_object: Option<&'a serde_json::Value>,
+    /// `requestReceivedTimestamp`.
+    pub request_received_timestamp: &'a str,
+    /// `stageTimestamp`.
+    pub stage_timestamp: &'a str,
+    /// `annotations`.
+    pub annotations: &'a BTreeMap<String, String>,
+}
+
+impl<'a> EventView<'a> {
+    /// A view of `e`.
+    pub fn of(e: &'a Event) -> Self {
+        Self {
+            kind: &e.kind,
+            api_version: &e.api_version,
+            level: e.level,
+            audit_id: &e.audit_id,
+            stage: e.stage,
+            request_uri: &e.request_uri,
+            verb: &e.verb,
+            user: &e.user,
+            impersonated_user: e.impersonated_user.as_ref(),
+            source_ips: &e.source_ips,
+            user_agent: e.user_agent.as_deref(),
+            object_ref: e.object_ref.as_ref(),
+            response_status: e.response_status.as_ref(),
+            request_object: e.request_object.as_ref(),
+            response_object: e.response_object.as_ref(),
+            request_received_timestamp: &e.request_received_timestamp,
+            stage_timestamp: &e.stage_timestamp,
+            annotations: &e.annotations,
+        }
+    }
+
+    /// The owned Event (for backends that keep events: the webhook's batches, tests' sinks).
+    pub fn to_event(&self) -> Event {
+        Event {
+            kind: self.kind.to_owned(),
+            api_version: self.api_version.to_owned(),
+            level: self.level,
+            audit_id: self.audit_id.to_owned(),
+            stage: self.stage,
+            request_uri: self.request_uri.to_owned(),
+            verb: self.verb.to_owned(),
+            user: self.user.clone(),
+            impersonated_user: self.impersonated_user.cloned(),
+            source_ips: self.source_ips.to_vec(),
+            user_agent: self.user_agent.map(str::to_owned),
+            object_ref: self.object_ref.cloned(),
+            response_status: self.response_status.cloned(),
+            request_object: self.request_object.cloned(),
+            response_object: self.response_object.cloned(),
+            request_received_timestamp: self.request_received_timestamp.to_owned(),
+            stage_timestamp: self.stage_timestamp.to_owned(),
+            annotations: self.annotations.clone(),
+        }
+    }
+}
+
 /// Appends `event` as one JSON object, byte for byte what `serde_json::to_writer` writes.
-pub fn write_event(out: &mut Vec<u8>, e: &Event) {
+pub fn write_event(out: &mut Vec<u8>, event: &Event) {
+    write_view(out, &EventView::of(event));
+}
+
+/// Appends the viewed event as one JSON object ([`write_event`]'s bytes).
+pub fn write_view(out: &mut Vec<u8>, e: &EventView<'_>) {
     object(out, |m| {
-        m.str("kind", &e.kind);
-        m.str("apiVersion", &e.api_version);
+        m.str("kind", e.kind);
+        m.str("apiVersion", e.api_version);
         m.raw("level", level(e.level));
-        m.str("auditID", &e.audit_id);
+        m.str("auditID", e.audit_id);
         m.raw("stage", stage(e.stage));
-        m.str("requestURI", &e.request_uri);
-        m.str("verb", &e.verb);
-        user(m.key("user"), &e.user);
-        if let Some(u) = &e.impersonated_user {
+        m.str("requestURI", e.request_uri);
+        m.str("verb", e.verb);
+        user(m.key("user"), e.user);
+        if let Some(u) = e.impersonated_user {
             user(m.key("impersonatedUser"), u);
         }
         if !e.source_ips.is_empty() {
-            m.strings("sourceIPs", &e.source_ips);
+            m.strings("sourceIPs", e.source_ips);
         }
-        m.opt_str("userAgent", e.user_agent.as_deref());
-        if let Some(o) = &e.object_ref {
+        m.opt_str("userAgent", e.user_agent);
+        if let Some(o) = e.object_ref {
             object_ref(m.key("objectRef"), o);
         }
-        if let Some(s) = &e.response_status {
+        if let Some(s) = e.response_status {
             response_status(m.key("responseStatus"), s);
         }
-        if let Some(v) = &e.request_object {
+        if let Some(v) = e.request_object {
             m.value("requestObject", v);
         }
-        if let Some(v) = &e.response_object {
+        if let Some(v) = e.response_object {
             m.value("responseObject", v);
         }
-        m.str("requestReceivedTimestamp", &e.request_received_timestamp);
-        m.str("stageTimestamp", &e.stage_timestamp);
+        m.str("requestReceivedTimestamp", e.request_received_timestamp);
+        m.str("stageTimestamp", e.stage_timestamp);
         if !e.annotations.is_empty() {
-            m.string_map("annotations", &e.annotations);
+            m.string_map("annotations", e.annotations);
         }
     });
 }
@@ -333,6 +430,7 @@ mod tests {
         write_event(&mut mine, e);
         let theirs = serde_json::to_vec(e).unwrap_or_default();
         assert_eq!(String::from_utf8_lossy(&mine), String::from_utf8_lossy(&theirs));
+        assert_eq!(&EventView::of(e).to_event(), e);
     }
 
     #[test]

@@ -33,6 +33,11 @@ pub trait Sink: Send + Sync {
     fn decide(&self, attributes: &Attributes<'_>) -> Decision;
     /// Hands `event` to the backends without blocking; drops (and counts) it when they are full.
     fn record(&self, event: Event);
+    /// [`Sink::record`] of an event by reference (the request path's, built from its state):
+    /// a sink that only serializes need not copy it into an owned [`Event`].
+    fn record_view(&self, view: &encode::EventView<'_>) {
+        self.record(view.to_event());
+    }
     /// Whether recorded bodies leave out `metadata.managedFields` (the policy's
     /// `omitManagedFields` for the matching rule; default no).
     fn omit_managed_fields(&self, _attributes: &Attributes<'_>) -> bool {
@@ -90,6 +95,15 @@ impl Auditor {
             && event.level != Level::None
         {
             sink.record(event);
+        }
+    }
+
+    /// [`Auditor::record`] of an event by reference.
+    pub fn record_view(&self, view: &encode::EventView<'_>) {
+        if let Some(sink) = &self.sink
+            && view.level != Level::None
+        {
+            sink.record_view(view);
         }
     }
 }

@@ -17,6 +17,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 
 use crate::chain::{Encoded, SigningKey};
+use crate::encode::EventView;
 use crate::event::Event;
 use crate::log::{LogSettings, LogWriter};
 use crate::policy::{Attributes, Decision, Policy};
@@ -175,6 +176,20 @@ fn log_worker(mut w: LogWriter, rx: Receiver<Msg>, metrics: AuditMetrics, interv
             tracing::warn!(error = %e, "writing an audit checkpoint failed");
         }
     };
+    // Writes the batch's pending lines (one write) and counts the `written` events of the batch
+    // (less those the write lost).
+    let settle = |w: &mut LogWriter, metrics: &AuditMetrics, written: u64| {
+        let pending = w.pending_lines();
+        let mut lost = 0;
+        if let Err(e) = w.flush() {
+            tracing::warn!(error = %e, lines = pending, "writing audit events failed");
+            metrics.dropped("log", pending, "write failed");
+            lost = pending;
+        }
+        if written > lost {
+            metrics.written("log", written - lost);
+        }
+    };
     let mut busy = false;
     loop {
         let first = if busy {
@@ -196,7 +211,7 @@ fn log_worker(mut w: LogWriter, rx: Receiver<Msg>, metrics: AuditMetrics, interv
             return;
         };
         busy = first.is_some();
-        let (mut written, mut failed) = (0u64, 0u64);
+        let mut written = 0u64;
         let mut msg = first;
         let mut n = 0;
         while let Some(m) = msg {
@@ -205,10 +220,11 @@ fn log_worker(mut w: LogWriter, rx: Receiver<Msg>, metrics: AuditMetrics, interv
                     Ok(()) => written += 1,
                     Err(e) => {
                         tracing::warn!(error = %e, "writing an audit event failed");
-                        failed += 1;
+                        metrics.dropped("log", 1, "write failed");
                     }
                 },
                 Msg::Flush(ack) => {
+                    settle(&mut w, &metrics, std::mem::take(&mut written));
                     checkpoint(&mut w, &metrics);
                     let _ = ack.send(());
                 }
@@ -216,20 +232,7 @@ fn log_worker(mut w: LogWriter, rx: Receiver<Msg>, metrics: AuditMetrics, interv
             n += 1;
             msg = if n < BATCH_MAX { rx.try_recv().ok() } else { None };
         }
-        // Lines sealed but not yet written (a checkpoint inside the batch wrote the ones before
-        // it): written now, in one write.
-        let pending = w.pending_lines();
-        if let Err(e) = w.flush() {
-            tracing::warn!(error = %e, lines = pending, "writing audit events failed");
-            failed += pending;
-            written = written.saturating_sub(pending);
-        }
-        if written > 0 {
-            metrics.written("log", written);
-        }
-        if failed > 0 {
-            metrics.dropped("log", failed, "write failed");
-        }
+        settle(&mut w, &metrics, written);
         if Instant::now() >= next {
             checkpoint(&mut w, &metrics);
             next = Instant::now() + interval;
@@ -341,23 +344,35 @@ impl Sink for Pipeline {
         if let Some(w) = &self.webhook {
             w.push(event.clone(), &self.metrics);
         }
-        if let Some(log) = &self.log {
-            // Serialized here, on the recording thread (in parallel across requests, and the
-            // event's many small allocations are freed by the thread that made them): the log
-            // worker only seals and writes.
-            let body = match Encoded::new(event) {
-                Ok(b) => b,
-                Err(e) => {
-                    tracing::warn!(error = %e, "serializing an audit event failed");
-                    self.metrics.dropped("log", 1, "serializing failed");
-                    return;
-                }
-            };
-            match log.tx.try_send(Msg::Event(body)) {
-                Ok(()) => {}
-                Err(TrySendError::Full(_)) => self.metrics.dropped("log", 1, "queue full"),
-                Err(TrySendError::Disconnected(_)) => self.metrics.dropped("log", 1, "log writer stopped"),
+        self.log_encoded(|| Encoded::new(event));
+    }
+
+    fn record_view(&self, view: &EventView<'_>) {
+        if let Some(w) = &self.webhook {
+            w.push(view.to_event(), &self.metrics);
+        }
+        self.log_encoded(|| Encoded::of_view(view));
+    }
+}
+
+impl Pipeline {
+    /// Serializes the event (here, on the recording thread: in parallel across requests, and
+    /// the event's allocations are freed by the thread that made them) and queues it for the
+    /// log worker, which only seals and writes.
+    fn log_encoded(&self, encode: impl FnOnce() -> Result<Encoded, crate::chain::ChainError>) {
+        let Some(log) = &self.log else { return };
+        let body = match encode() {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(error = %e, "serializing an audit event failed");
+                self.metrics.dropped("log", 1, "serializing failed");
+                return;
             }
+        };
+        match log.tx.try_send(Msg::Event(body)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => self.metrics.dropped("log", 1, "queue full"),
+            Err(TrySendError::Disconnected(_)) => self.metrics.dropped("log", 1, "log writer stopped"),
         }
     }
 }

@@ -19,6 +19,7 @@ use kfsec_types::identity::UserInfo;
 use kfsec_types::{Clock, Rng, UnixTime};
 
 use crate::Auditor;
+use crate::encode::EventView;
 use crate::event::{Event, IDENTITY_GROUP, Level, ObjectRef, ResponseStatus, Stage};
 use crate::policy::{Attributes, ResourceAttributes};
 
@@ -323,10 +324,26 @@ fn anonymous() -> UserInfo {
 
 impl State {
     fn verb(&self) -> String {
-        match &self.verb {
-            Some(v) => v.clone(),
-            None => self.method.as_str().to_ascii_lowercase(),
+        self.verb_str().into_owned()
+    }
+
+    /// The verb: the one a surface set, else the lower-cased method (no allocation for the
+    /// standard methods).
+    fn verb_str(&self) -> std::borrow::Cow<'_, str> {
+        use http::Method;
+        if let Some(v) = &self.verb {
+            return std::borrow::Cow::Borrowed(v);
         }
+        std::borrow::Cow::Borrowed(match self.method {
+            Method::GET => "get",
+            Method::POST => "post",
+            Method::PUT => "put",
+            Method::DELETE => "delete",
+            Method::PATCH => "patch",
+            Method::HEAD => "head",
+            Method::OPTIONS => "options",
+            _ => return std::borrow::Cow::Owned(self.method.as_str().to_ascii_lowercase()),
+        })
     }
 }
 
@@ -559,14 +576,12 @@ impl RequestAudit {
 
     fn emit(&self, code: u16, stages: &[Stage]) {
         let mut s = self.state();
-        let user = s.user.clone().unwrap_or_else(anonymous);
-        let verb = s.verb();
-        let path = s.request_uri.split('?').next().unwrap_or_default().to_owned();
-        let decision = self
-            .0
-            .auditor
-            .decide(&attributes(&user, &verb, s.object.as_ref(), &path));
+        let verb = s.verb_str();
+        let user = s.user.as_ref().unwrap_or_else(|| anonymous_ref());
+        let path = s.request_uri.split('?').next().unwrap_or_default();
+        let decision = self.0.auditor.decide(&attributes(user, &verb, s.object.as_ref(), path));
         if decision.level == Level::None {
+            drop(verb);
             s.emitted = [true; 3];
             return;
         }
@@ -576,88 +591,69 @@ impl RequestAudit {
         } else {
             decision.level
         };
-        let now = self.0.clock.now();
         let mut due = [None; 3];
+        let mut emitted = s.emitted;
         for &stage in stages {
             let i = match stage {
                 Stage::RequestReceived => 0,
                 Stage::ResponseStarted => 1,
                 Stage::ResponseComplete | Stage::Panic => 2,
             };
-            if !std::mem::replace(&mut s.emitted[i], true) && !decision.omit_stages.contains(&stage) {
+            if !std::mem::replace(&mut emitted[i], true) && !decision.omit_stages.contains(&stage) {
                 due[i] = Some(stage);
             }
         }
-        let (mut user, mut verb) = (Some(user), Some(verb));
+        let received = self.0.received.to_rfc3339_micros();
+        let now = self.0.clock.now().to_rfc3339_micros();
+        static NO_ANNOTATIONS: BTreeMap<String, String> = BTreeMap::new();
         for stage in due.into_iter().flatten() {
-            // The final event takes the request's fields instead of copying them.
-            let last = stage == Stage::ResponseComplete || stage == Stage::Panic;
             let status = (stage != Stage::RequestReceived).then(|| {
                 let failure = s.failure.as_ref().map(|(r, m)| (r.as_str(), m.as_str()));
                 response_status(code, failure)
             });
-            let request_object = match level >= Level::Request {
-                true if last => s.request_object.take(),
-                true => s.request_object.clone(),
-                false => None,
-            };
-            let annotations = match stage {
-                Stage::RequestReceived => BTreeMap::new(),
-                _ if last => std::mem::take(&mut s.annotations),
-                _ => s.annotations.clone(),
-            };
-            let event = Event {
-                kind: "Event".to_owned(),
-                api_version: "audit.k8s.io/v1".to_owned(),
+            let view = EventView {
+                kind: "Event",
+                api_version: "audit.k8s.io/v1",
                 level,
-                audit_id: self.0.audit_id.clone(),
+                audit_id: &self.0.audit_id,
                 stage,
-                request_uri: if last {
-                    std::mem::take(&mut s.request_uri)
+                request_uri: &s.request_uri,
+                verb: &verb,
+                user,
+                impersonated_user: s.impersonated.as_ref(),
+                source_ips: &s.source_ips,
+                user_agent: s.user_agent.as_deref(),
+                object_ref: s.object.as_ref(),
+                response_status: status.as_ref(),
+                request_object: if level >= Level::Request {
+                    s.request_object.as_ref()
                 } else {
-                    s.request_uri.clone()
+                    None
                 },
-                verb: if last {
-                    verb.take().unwrap_or_default()
-                } else {
-                    verb.clone().unwrap_or_default()
-                },
-                user: if last {
-                    user.take().unwrap_or_default()
-                } else {
-                    user.clone().unwrap_or_default()
-                },
-                impersonated_user: if last {
-                    s.impersonated.take()
-                } else {
-                    s.impersonated.clone()
-                },
-                source_ips: if last {
-                    std::mem::take(&mut s.source_ips)
-                } else {
-                    s.source_ips.clone()
-                },
-                user_agent: if last {
-                    s.user_agent.take()
-                } else {
-                    s.user_agent.clone()
-                },
-                object_ref: if last { s.object.take() } else { s.object.clone() },
-                response_status: status,
-                request_object,
                 response_object: None,
-                request_received_timestamp: self.0.received.to_rfc3339_micros(),
-                stage_timestamp: (if stage == Stage::RequestReceived {
-                    self.0.received
+                request_received_timestamp: &received,
+                stage_timestamp: if stage == Stage::RequestReceived {
+                    &received
                 } else {
-                    now
-                })
-                .to_rfc3339_micros(),
-                annotations,
+                    &now
+                },
+                annotations: if stage == Stage::RequestReceived {
+                    &NO_ANNOTATIONS
+                } else {
+                    &s.annotations
+                },
             };
-            self.0.auditor.record(event);
+            self.0.auditor.record_view(&view);
         }
+        drop(verb);
+        s.emitted = emitted;
     }
+}
+
+/// The user of requests nobody authenticated ([`ANONYMOUS`]), built once.
+fn anonymous_ref() -> &'static UserInfo {
+    static ANON: std::sync::OnceLock<UserInfo> = std::sync::OnceLock::new();
+    ANON.get_or_init(anonymous)
 }
 
 fn identity_object(resource: &str, name: Option<&str>) -> ObjectRef {
