@@ -34,6 +34,9 @@ use crate::policy::{ListScope, Need, Policy};
 use crate::sigv4::{self, Auth, RequestParts};
 use crate::upstream::{self, Upstream, UpstreamRequest};
 
+/// How long a body-less request waits for the upstream store's answer head.
+pub const UPSTREAM_HEAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// The audit API group of S3 requests.
 pub const AUDIT_GROUP: &str = "s3.kfsec.io";
 
@@ -167,6 +170,11 @@ const PRESIGN_PARAMS: [&str; 7] = [
     "X-Amz-Security-Token",
 ];
 
+/// `%XX`-decoded UTF-8 text (`None` for a bad escape or invalid UTF-8).
+fn percent_decoded(s: &str) -> Option<String> {
+    sigv4::percent_decode(s.as_bytes()).and_then(|b| String::from_utf8(b).ok())
+}
+
 /// The decoded query: (name, value, had `=`), in order.
 struct Query(Vec<(String, String, bool)>);
 
@@ -178,11 +186,7 @@ impl Query {
                 Some((n, v)) => (n, v, true),
                 None => (pair, "", false),
             };
-            let dec = |s: &str| {
-                sigv4::percent_decode(s.as_bytes())
-                    .and_then(|b| String::from_utf8(b).ok())
-                    .ok_or(S3Error::InvalidUri)
-            };
+            let dec = |s: &str| percent_decoded(s).ok_or(S3Error::InvalidUri);
             out.push((dec(n)?, dec(v)?, eq));
         }
         Ok(Self(out))
@@ -219,11 +223,7 @@ fn address(
     raw_path: &str,
     domain: Option<&str>,
 ) -> Result<(Option<String>, Option<String>), S3Error> {
-    let decode = |s: &str| {
-        sigv4::percent_decode(s.as_bytes())
-            .and_then(|b| String::from_utf8(b).ok())
-            .ok_or(S3Error::InvalidUri)
-    };
+    let decode = |s: &str| percent_decoded(s).ok_or(S3Error::InvalidUri);
     let path = raw_path.strip_prefix('/').ok_or(S3Error::InvalidUri)?;
     let host = host.map(|h| {
         let h = h.trim_end_matches('.');
@@ -266,11 +266,7 @@ fn copy_source(v: &HeaderValue) -> Result<(String, String), S3Error> {
     let s = s.split_once('?').map_or(s, |(p, _)| p);
     let s = s.strip_prefix('/').unwrap_or(s);
     let (b, k) = s.split_once('/').ok_or_else(bad)?;
-    let dec = |x: &str| {
-        sigv4::percent_decode(x.as_bytes())
-            .and_then(|b| String::from_utf8(b).ok())
-            .ok_or_else(bad)
-    };
+    let dec = |x: &str| percent_decoded(x).ok_or_else(bad);
     let (b, k) = (dec(b)?, dec(k)?);
     if b.is_empty() || k.is_empty() {
         return Err(bad());
@@ -660,7 +656,21 @@ impl Gateway {
             up.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(doc.len()));
             up.body = upstream::full(doc);
         }
-        let resp = match self.upstream.send(up).await {
+        // A request without a body waits at most UPSTREAM_HEAD_TIMEOUT for the store's answer
+        // head (an upload's answer comes after its body, which the listener's stall timer bounds).
+        let sent = if matches!(parts.method, Method::GET | Method::HEAD | Method::DELETE) {
+            match tokio::time::timeout(UPSTREAM_HEAD_TIMEOUT, self.upstream.send(up)).await {
+                Ok(r) => r,
+                Err(_) => {
+                    return Err(S3Error::ServiceUnavailable(Some(
+                        "the upstream store did not answer in time".into(),
+                    )));
+                }
+            }
+        } else {
+            self.upstream.send(up).await
+        };
+        let resp = match sent {
             Ok(r) => r,
             Err(e) => {
                 if let Some(body_error) = failure.take() {
