@@ -302,6 +302,24 @@ async fn own_prefix_round_trips_re_signed_and_the_policy_holds() {
                 && e["annotations"]["authorization.k8s.io/decision"] == "forbid"),
         "no refused Event in {s3:?}"
     );
+
+    // Metrics: answers by code under route "s3", decisions under surface "s3".
+    let m = reqwest::Client::new()
+        .get(format!("http://{}/metrics", k.running.admin_addr))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for series in [
+        "kfsec_s3_requests_total{route=\"s3\",code=\"200\"}",
+        "kfsec_s3_requests_total{route=\"s3\",code=\"403\"}",
+        "kfsec_authz_decisions_total{surface=\"s3\",decision=\"deny\"}",
+        "kfsec_authz_decisions_total{surface=\"s3\",decision=\"allow\"}",
+    ] {
+        assert!(m.contains(series), "{series} missing");
+    }
     k.running.shutdown().await;
 }
 
