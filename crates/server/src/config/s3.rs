@@ -330,6 +330,32 @@ mod tests {
         assert!(settings(None, Some("127.0.0.1:9000"), &Vars(vec![])).is_err());
     }
 
+    /// The README's `s3:` example loads as written (its key files stood in).
+    #[test]
+    fn the_readmes_s3_example_loads() {
+        let readme = include_str!("../../../../README.md");
+        let start = readme.find("### Object storage").unwrap();
+        let block = readme[start..]
+            .split("```yaml\n")
+            .nth(1)
+            .and_then(|b| b.split("```").next())
+            .unwrap_or_default();
+        assert!(block.starts_with("s3:"), "{block}");
+        let dir = tempfile::tempdir().unwrap();
+        let mut yaml = block.to_owned();
+        for name in ["s3-access-key", "s3-secret-key"] {
+            let file = dir.path().join(name);
+            std::fs::write(&file, format!("{name}-value\n")).unwrap();
+            yaml = yaml.replace(&format!("/etc/kfsec/{name}"), &file.display().to_string());
+        }
+        let f = super::super::parse(std::path::Path::new("k"), &yaml).unwrap();
+        let got = settings(f.s3.as_ref(), None, &Vars(vec![])).unwrap().unwrap();
+        assert_eq!(got.domain.as_deref(), Some("s3.example.com"));
+        assert_eq!(got.upstream.access_key, "s3-access-key-value");
+        assert_eq!(got.policy.rules().len(), 4);
+        assert_eq!(got.policy.rules()[3].access, Access::Read);
+    }
+
     #[test]
     fn credentials_come_from_files() {
         let dir = tempfile::tempdir().unwrap();
