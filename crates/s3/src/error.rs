@@ -86,6 +86,9 @@ pub enum S3Error {
     /// 400: the body was longer than its announced length.
     #[error("InvalidRequest: body longer than announced")]
     BodyTooLong,
+    /// 400: a request body's XML is not well-formed or not what the operation takes.
+    #[error("MalformedXML")]
+    MalformedXml,
     /// 400: the request is invalid (message says why).
     #[error("InvalidRequest: {0}")]
     InvalidRequest(Cow<'static, str>),
@@ -137,6 +140,7 @@ impl S3Error {
             Self::MissingContentLength => "MissingContentLength",
             Self::IncompleteBody(_) => "IncompleteBody",
             Self::BodyTooLong | Self::InvalidRequest(_) => "InvalidRequest",
+            Self::MalformedXml => "MalformedXML",
             Self::InvalidArgument(_) => "InvalidArgument",
             Self::InvalidUri => "InvalidURI",
             Self::EntityTooLarge => "EntityTooLarge",
@@ -174,6 +178,7 @@ impl S3Error {
             | Self::IncompleteBody(_)
             | Self::BodyTooLong
             | Self::InvalidRequest(_)
+            | Self::MalformedXml
             | Self::InvalidArgument(_)
             | Self::InvalidUri
             | Self::EntityTooLarge => StatusCode::BAD_REQUEST,
@@ -192,6 +197,9 @@ impl S3Error {
             | Self::InvalidArgument(m)
             | Self::NotImplemented(m) => m.clone(),
             Self::IncompleteBody(m) => m.clone(),
+            Self::MalformedXml => {
+                "The XML you provided was not well-formed or did not validate against our published schema".into()
+            }
             Self::RequestExpired { .. } => "Request has expired".into(),
             Self::HeadersNotSigned(_) => {
                 "There were headers present in the request which were not signed".into()
