@@ -416,3 +416,89 @@ async fn an_unreachable_upstream_is_503_in_s3_xml() {
     assert_eq!(s, 503, "{b}");
     k.running.shutdown().await;
 }
+
+#[tokio::test]
+async fn broad_listings_take_no_chosen_marker_nor_another_delimiter() {
+    let dir = tempfile::tempdir().unwrap();
+    let (up, fake) = start_fake().await;
+    let k = start(up, dir.path(), "").await;
+    for key in ["private-artifacts/team-a/1", "private-artifacts/team-b/2"] {
+        fake.objects.lock().unwrap().insert(key.into(), b"x".to_vec());
+    }
+    let a = Client::new(&k, "team-a").await;
+    let before = fake.seen.lock().unwrap().len();
+    // A filtered listing (broader than team-a's prefixes): a chosen marker would let the
+    // client bisect team-b's keys; a bogus sealed one is refused too.
+    for query in [
+        "list-type=2&prefix=private-artifacts%2F&max-keys=1&start-after=private-artifacts%2Fteam-b%2F",
+        "list-type=2&prefix=private-artifacts%2F&continuation-token=private-artifacts%2Fteam-b",
+        "prefix=private-artifacts%2F&marker=private-artifacts%2Fteam-b",
+        "versions&prefix=private-artifacts%2F&key-marker=a&version-id-marker=v",
+        "uploads&prefix=private-artifacts%2F&key-marker=a&upload-id-marker=u",
+        "list-type=2&start-after=kfsec1.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        "list-type=2&prefix=private-artifacts%2F&delimiter=-",
+    ] {
+        let (s, b) = a.send(Method::GET, &format!("/mlpipeline?{query}"), &[], b"").await;
+        assert_eq!(s, 400, "{query}: {b}");
+        assert!(b.contains("<Code>InvalidArgument</Code>"), "{query}: {b}");
+        assert!(!b.contains("team-b"), "{query}: {b}");
+    }
+    assert_eq!(
+        fake.seen.lock().unwrap().len(),
+        before,
+        "a refused listing reached the store"
+    );
+    // Empty markers and `/` are fine; inside an allowed prefix, a chosen marker is fine (the
+    // prefix bounds the answer whatever the marker).
+    for query in [
+        "list-type=2&prefix=private-artifacts%2F&start-after=&delimiter=%2F",
+        "list-type=2&prefix=private-artifacts%2Fteam-a%2F&start-after=private-artifacts%2Fteam-b%2F&delimiter=-",
+    ] {
+        let (s, b) = a.send(Method::GET, &format!("/mlpipeline?{query}"), &[], b"").await;
+        assert_eq!(s, 200, "{query}: {b}");
+        assert!(!b.contains("team-b/2"), "{query}: {b}");
+    }
+    k.running.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_empty_upload_is_checked_before_the_store_sees_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (up, fake) = start_fake().await;
+    let k = start(up, dir.path(), "").await;
+    let a = Client::new(&k, "team-a").await;
+    use base64::Engine as _;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    let wrong_md5 = b64(&[0u8; 16]);
+    let wrong_sha = b64(&[0u8; 32]);
+    for (header, value, code) in [
+        ("content-md5", wrong_md5.as_str(), "BadDigest"),
+        ("x-amz-checksum-sha256", wrong_sha.as_str(), "BadDigest"),
+    ] {
+        let key = format!("private-artifacts/team-a/empty-{header}");
+        let (s, b) = a
+            .send(Method::PUT, &format!("/mlpipeline/{key}"), &[(header, value)], b"")
+            .await;
+        assert_eq!(s, 400, "{header}: {b}");
+        assert!(b.contains(&format!("<Code>{code}</Code>")), "{header}: {b}");
+        assert!(
+            !fake
+                .seen
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|(m, p, _)| m == "PUT" && p.contains(&key)),
+            "{header}: an empty upload reached the store before its check"
+        );
+    }
+    // A good empty upload is stored.
+    let (s, b) = a
+        .send(Method::PUT, "/mlpipeline/private-artifacts/team-a/empty", &[], b"")
+        .await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(
+        fake.objects.lock().unwrap().get("private-artifacts/team-a/empty"),
+        Some(&Vec::new())
+    );
+    k.running.shutdown().await;
+}
