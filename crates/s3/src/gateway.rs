@@ -121,16 +121,26 @@ impl Operation {
     }
 }
 
-/// Query parameters naming object subresources the gateway refuses.
-const REFUSED_OBJECT_PARAMS: [&str; 8] = [
-    "acl",
-    "policy",
-    "retention",
-    "legal-hold",
-    "torrent",
-    "restore",
-    "select",
-    "object-lock",
+/// Query parameters an object request may carry (besides the presign ones): anything else
+/// (`acl`, `retention`, `legal-hold`, `restore`, `select`, a store's own extensions…) makes
+/// the request refused.
+const OBJECT_PARAMS: [&str; 16] = [
+    "versionId",
+    "partNumber",
+    "uploadId",
+    "uploads",
+    "tagging",
+    "attributes",
+    "x-id",
+    "max-parts",
+    "part-number-marker",
+    "encoding-type",
+    "response-content-type",
+    "response-content-language",
+    "response-expires",
+    "response-cache-control",
+    "response-content-disposition",
+    "response-content-encoding",
 ];
 
 /// Headers forwarded to the upstream as the client sent them (plus `x-amz-meta-*`).
@@ -187,15 +197,19 @@ impl Query {
                 None => (pair, "", false),
             };
             let dec = |s: &str| percent_decoded(s).ok_or(S3Error::InvalidUri);
-            out.push((dec(n)?, dec(v)?, eq));
+            let n = dec(n)?;
+            // One value per name: stores disagree on which of several they use.
+            if out.iter().any(|(m, _, _): &(String, String, bool)| *m == n) {
+                return Err(S3Error::InvalidArgument(
+                    "A query parameter may be given only once".into(),
+                ));
+            }
+            out.push((n, dec(v)?, eq));
         }
         Ok(Self(out))
     }
     fn get(&self, name: &str) -> Option<&str> {
         self.0.iter().find(|(n, _, _)| n == name).map(|(_, v, _)| v.as_str())
-    }
-    fn has(&self, name: &str) -> bool {
-        self.0.iter().any(|(n, _, _)| n == name)
     }
     /// The query for the upstream: presign parameters removed, re-encoded.
     fn upstream(&self) -> String {
@@ -257,13 +271,41 @@ fn bucket_name_ok(b: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'.' || c == b'-')
 }
 
-/// `x-amz-copy-source`: `[/]bucket/key[?versionId=…]`, URL-encoded.
-fn copy_source(v: &HeaderValue) -> Result<(String, String), S3Error> {
+/// `x-amz-copy-source`, checked: `(bucket, key, versionId)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct CopySource {
+    bucket: String,
+    key: String,
+    version_id: Option<String>,
+}
+
+impl CopySource {
+    /// The header the upstream gets: rebuilt from the checked parts, URI-encoded, never the
+    /// client's string.
+    fn header(&self) -> Option<HeaderValue> {
+        let mut out = String::from("/");
+        sigv4::uri_encode(&mut out, self.bucket.as_bytes(), false);
+        out.push('/');
+        sigv4::uri_encode(&mut out, self.key.as_bytes(), true);
+        if let Some(v) = &self.version_id {
+            out.push_str("?versionId=");
+            sigv4::uri_encode(&mut out, v.as_bytes(), false);
+        }
+        HeaderValue::from_str(&out).ok()
+    }
+}
+
+/// `x-amz-copy-source`: `[/]bucket/key[?versionId=…]`, URL-encoded; anything else after the
+/// `?` is refused.
+fn copy_source(v: &HeaderValue) -> Result<CopySource, S3Error> {
     let bad = || {
         S3Error::InvalidArgument("Copy Source must mention the source bucket and key: sourcebucket/sourcekey".into())
     };
     let s = v.to_str().map_err(|_| bad())?;
-    let s = s.split_once('?').map_or(s, |(p, _)| p);
+    let (s, query) = match s.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (s, None),
+    };
     let s = s.strip_prefix('/').unwrap_or(s);
     let (b, k) = s.split_once('/').ok_or_else(bad)?;
     let dec = |x: &str| percent_decoded(x).ok_or_else(bad);
@@ -271,20 +313,60 @@ fn copy_source(v: &HeaderValue) -> Result<(String, String), S3Error> {
     if b.is_empty() || k.is_empty() {
         return Err(bad());
     }
-    Ok((b, k))
+    let version_id = match query {
+        None => None,
+        Some(q) => Some(dec(q.strip_prefix("versionId=").ok_or_else(bad)?)?),
+    };
+    Ok(CopySource {
+        bucket: b,
+        key: k,
+        version_id,
+    })
+}
+
+/// Refuses headers that make a store act beyond the checked request: MinIO's and Snowball's
+/// extraction and internal metadata (`x-amz-meta-snowball-*`, `x-amz-meta-minio-*`,
+/// `x-amz-snowball-*`: a tar body unpacked under its entries' own names), and a repeat of any
+/// header the gateway forwards (stores disagree on whether the first or the last counts).
+fn check_headers(headers: &HeaderMap) -> Result<(), S3Error> {
+    for name in headers.keys() {
+        let n = name.as_str();
+        if n.starts_with("x-amz-meta-snowball-")
+            || n.starts_with("x-amz-meta-minio-")
+            || n.starts_with("x-amz-snowball-")
+        {
+            return Err(S3Error::InvalidArgument(
+                "Store-internal metadata headers are not accepted".into(),
+            ));
+        }
+        let forwarded = FORWARDED.contains(&n)
+            || n.starts_with("x-amz-meta-")
+            || n.starts_with("x-amz-checksum-")
+            || n.starts_with("x-amz-copy-source")
+            || n == "content-encoding";
+        if forwarded && headers.get_all(name).iter().nth(1).is_some() {
+            return Err(S3Error::InvalidArgument(
+                format!("The header {n} may be given only once").into(),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Classifies a request on `bucket` (and `key`).
 fn classify(method: &Method, key: Option<&str>, q: &Query, headers: &HeaderMap) -> Result<Operation, S3Error> {
     if key.is_some() {
-        if REFUSED_OBJECT_PARAMS.iter().any(|p| q.has(p)) {
+        if q.0
+            .iter()
+            .any(|(n, _, _)| !OBJECT_PARAMS.contains(&n.as_str()) && !PRESIGN_PARAMS.contains(&n.as_str()))
+        {
             return Ok(Operation::Refused);
         }
         return Ok(match *method {
             Method::GET | Method::HEAD => Operation::ReadObject,
             Method::PUT | Method::POST | Method::DELETE => Operation::WriteObject {
                 copy_source: match headers.get("x-amz-copy-source") {
-                    Some(v) if *method == Method::PUT => Some(copy_source(v)?),
+                    Some(v) if *method == Method::PUT => copy_source(v).map(|c| Some((c.bucket, c.key)))?,
                     _ => None,
                 },
             },
@@ -520,6 +602,7 @@ impl Gateway {
         if !bucket_name_ok(&bucket) {
             return Err(S3Error::NoSuchBucket);
         }
+        check_headers(&parts.headers)?;
         let op = classify(&parts.method, key.as_deref(), &q, &parts.headers)?;
         let p = &self.cfg.policy;
         let allowed = match (&op, key.as_deref()) {
@@ -601,11 +684,17 @@ impl Gateway {
                 }
             }
         }
+        let copying = matches!(&d.op, Operation::WriteObject { copy_source: Some(_) });
         let mut headers = HeaderMap::new();
         for (name, value) in &parts.headers {
             let n = name.as_str();
-            if FORWARDED.contains(&n) || n.starts_with("x-amz-meta-") {
-                headers.append(name.clone(), value.clone());
+            if n.starts_with("x-amz-copy-source") {
+                // Only on a checked copy; the source itself is rebuilt below.
+                if copying && n != "x-amz-copy-source" && FORWARDED.contains(&n) {
+                    headers.insert(name.clone(), value.clone());
+                }
+            } else if FORWARDED.contains(&n) || n.starts_with("x-amz-meta-") {
+                headers.insert(name.clone(), value.clone());
             } else if n == "content-encoding" {
                 if let Some(v) = value
                     .to_str()
@@ -618,8 +707,19 @@ impl Gateway {
             } else if n.starts_with("x-amz-checksum-") && n != "x-amz-checksum-algorithm" && n != "x-amz-checksum-type"
             {
                 // A checksum sent as a header: the store checks it too.
-                headers.append(name.clone(), value.clone());
+                headers.insert(name.clone(), value.clone());
             }
+        }
+        if copying {
+            // The source as checked (bucket, key, versionId), not the client's spelling.
+            let source = parts
+                .headers
+                .get("x-amz-copy-source")
+                .map(copy_source)
+                .transpose()?
+                .and_then(|c| c.header())
+                .ok_or_else(|| S3Error::InvalidArgument("Copy Source is not valid".into()))?;
+            headers.insert("x-amz-copy-source", source);
         }
         let body = crate::gateway::body::checked(parts, body, &d.auth, &mut headers, failure)?;
         Ok(UpstreamRequest {
@@ -660,13 +760,15 @@ impl Gateway {
                     .take()
                     .unwrap_or_else(|| S3Error::InvalidRequest("The Delete body is too large or incomplete".into()))
             })?;
-            let keys = listing::delete_keys(&doc)
-                .map_err(|_| S3Error::InvalidRequest("The XML you provided was not well-formed".into()))?;
+            let del = listing::delete_request(&doc).map_err(|_| S3Error::MalformedXml)?;
             let p = &self.cfg.policy;
-            if keys.is_empty() || !keys.iter().all(|k| p.object(&d.namespace, &d.bucket, k, Need::Write)) {
+            if !del.keys().all(|k| p.object(&d.namespace, &d.bucket, k, Need::Write)) {
                 return Err(S3Error::AccessDenied("Access Denied".into()));
             }
-            up.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(doc.len()));
+            // The store gets the list as checked, re-serialized, never the client's bytes; its
+            // integrity headers are recomputed over the new body.
+            let doc = Bytes::from(del.to_xml());
+            delete_body_headers(&mut up.headers, &doc);
             up.body = upstream::full(doc);
         }
         // A request without a body waits at most UPSTREAM_HEAD_TIMEOUT for the store's answer
@@ -746,6 +848,27 @@ impl Gateway {
     }
 }
 
+/// The headers of a re-serialized DeleteObjects body `doc`: the client's checksums and
+/// framing headers dropped, `Content-Length` and `Content-MD5` (S3 requires an integrity
+/// header on DeleteObjects) computed over `doc`.
+fn delete_body_headers(headers: &mut HeaderMap, doc: &[u8]) {
+    use base64::Engine as _;
+    use md5::Digest as _;
+    let drop: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| n.as_str().starts_with("x-amz-checksum-") || *n == header::CONTENT_ENCODING)
+        .cloned()
+        .collect();
+    for n in drop {
+        headers.remove(n);
+    }
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(doc.len()));
+    let md5 = base64::engine::general_purpose::STANDARD.encode(md5::Md5::digest(doc));
+    if let Ok(v) = HeaderValue::from_str(&md5) {
+        headers.insert("content-md5", v);
+    }
+}
+
 /// An upload announced empty (decoded length 0): the store would complete the write from the
 /// headers alone, before any check of the body ran. So the whole body — framing, chunk
 /// signatures, trailer checksums, nothing more than announced — is read and checked first, and
@@ -804,6 +927,12 @@ fn build(parts: http::response::Parts, body: axum::body::Body, request_id: &str)
     if let Ok(v) = HeaderValue::from_str(request_id) {
         out.headers_mut().insert("x-amz-request-id", v);
     }
+    // An object's Content-Type is the uploader's (or `response-content-type`'s) choice: a
+    // browser opening a presigned URL must neither sniff it nor run it with this origin.
+    out.headers_mut()
+        .insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    out.headers_mut()
+        .insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static("sandbox"));
     out
 }
 
@@ -976,6 +1105,120 @@ mod tests {
         );
         h.insert("x-amz-copy-source", HeaderValue::from_static("nokey"));
         assert!(classify(&Method::PUT, Some("k"), &q(""), &h).is_err());
+    }
+
+    /// Findings 3 and 5 of the security review: one value per query parameter and forwarded
+    /// header; the copy source rebuilt from what was checked; an allow-list of object
+    /// subresources.
+    #[test]
+    fn repeats_are_refused_and_the_copy_source_is_rebuilt() {
+        for dup in [
+            "prefix=private-artifacts/team-a/&prefix=private-artifacts/team-b/",
+            "prefix=a&prefix",
+            "versionId=1&versionId=2",
+            "prefix=a&pre%66ix=b",
+        ] {
+            assert!(Query::parse(dup).is_err(), "{dup}");
+        }
+        let cs = |v: &'static str| copy_source(&HeaderValue::from_static(v));
+        let c = cs("/other/private%2Fx?versionId=1").unwrap();
+        assert_eq!((c.bucket.as_str(), c.key.as_str()), ("other", "private/x"));
+        assert_eq!(c.header().unwrap(), "/other/private/x?versionId=1");
+        // A `?` the client encoded is part of the key, and stays encoded.
+        let c = cs("mlpipeline/private-artifacts/team-a/a%3F%20b").unwrap();
+        assert_eq!(c.key, "private-artifacts/team-a/a? b");
+        assert_eq!(c.header().unwrap(), "/mlpipeline/private-artifacts/team-a/a%3F%20b");
+        // Anything but versionId after the `?` is refused.
+        for bad in ["/b/k?x=1", "/b/k?", "/b/k?versionId=%zz", "/b/", "nokey"] {
+            assert!(cs(bad).is_err(), "{bad}");
+        }
+        let q = |s: &str| Query::parse(s).unwrap();
+        let h = HeaderMap::new();
+        let c = |m: Method, query: &str| classify(&m, Some("k"), &q(query), &h).unwrap();
+        for ok in [
+            "response-content-type=text%2Fplain&versionId=1",
+            "attributes",
+            "tagging",
+            "uploadId=1&max-parts=10&part-number-marker=2",
+            "X-Amz-Signature=1&X-Amz-Date=2",
+        ] {
+            assert_ne!(c(Method::GET, ok), Operation::Refused, "{ok}");
+        }
+        for refused in [
+            "acl",
+            "retention",
+            "legal-hold",
+            "restore",
+            "select&select-type=2",
+            "torrent",
+            "lambdaArn=x",
+            "x",
+        ] {
+            assert_eq!(c(Method::GET, refused), Operation::Refused, "{refused}");
+            assert_eq!(c(Method::POST, refused), Operation::Refused, "{refused}");
+        }
+    }
+
+    /// Findings 2 and 3: store-internal metadata and repeated forwarded headers are refused.
+    #[test]
+    fn snowball_metadata_and_repeated_headers_are_refused() {
+        let with = |pairs: &[(&'static str, &'static str)]| {
+            let mut h = HeaderMap::new();
+            for (n, v) in pairs {
+                h.append(HeaderName::from_static(n), HeaderValue::from_static(v));
+            }
+            check_headers(&h)
+        };
+        for name in [
+            "x-amz-meta-snowball-auto-extract",
+            "x-amz-meta-minio-snowball-prefix",
+            "x-amz-snowball-extract",
+            "x-amz-meta-minio-internal",
+        ] {
+            let e = with(&[(name, "true")]).unwrap_err();
+            assert_eq!(e.code(), "InvalidArgument", "{name}");
+        }
+        // Any case: header names arrive lower-cased, so one spelling covers them all.
+        let upper = HeaderName::from_bytes(b"X-Amz-Meta-Snowball-Auto-Extract").unwrap();
+        let mut h = HeaderMap::new();
+        h.insert(upper, HeaderValue::from_static("true"));
+        assert!(check_headers(&h).is_err());
+        for dup in [
+            "x-amz-copy-source",
+            "x-amz-meta-a",
+            "content-type",
+            "x-amz-checksum-crc32",
+            "content-encoding",
+        ] {
+            assert!(with(&[(dup, "a"), (dup, "b")]).is_err(), "{dup}");
+        }
+        with(&[
+            ("x-amz-meta-a", "1"),
+            ("x-amz-meta-b", "2"),
+            ("content-type", "text/plain"),
+        ])
+        .unwrap();
+    }
+
+    /// Finding 1: the re-serialized Delete body carries its own integrity headers.
+    #[test]
+    fn a_reserialized_delete_gets_its_own_content_md5() {
+        use base64::Engine as _;
+        use md5::Digest as _;
+        let mut h = HeaderMap::new();
+        h.insert("content-md5", HeaderValue::from_static("AAAAAAAAAAAAAAAAAAAAAA=="));
+        h.insert("x-amz-checksum-crc32", HeaderValue::from_static("AAAAAA=="));
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("999"));
+        let doc = b"<Delete/>";
+        delete_body_headers(&mut h, doc);
+        assert!(h.get("x-amz-checksum-crc32").is_none());
+        assert_eq!(h[header::CONTENT_LENGTH], "9");
+        assert_eq!(
+            h["content-md5"],
+            base64::engine::general_purpose::STANDARD
+                .encode(md5::Md5::digest(doc))
+                .as_str()
+        );
     }
 
     #[test]

@@ -431,27 +431,265 @@ pub fn filter(
 /// The largest DeleteObjects body read (S3 allows 1000 keys of at most 1024 bytes each).
 pub const MAX_DELETE_BYTES: usize = 2 << 20;
 
-/// The keys a DeleteObjects body (`<Delete><Object><Key>…</Key></Object>…</Delete>`) names;
-/// an `Object` without a readable `Key`, or anything but `Object` and `Quiet`, is an error.
-pub fn delete_keys(doc: &[u8]) -> Result<Vec<String>, ListingError> {
+/// The most objects one DeleteObjects names (S3's limit).
+pub const MAX_DELETE_OBJECTS: usize = 1000;
+
+/// The children an `Object` of a DeleteObjects body may carry (flat, text only, once each).
+const DELETE_OBJECT_FIELDS: [&str; 5] = ["Key", "VersionId", "ETag", "LastModifiedTime", "Size"];
+
+/// A DeleteObjects body as the gateway checked it: re-serialized ([`DeleteRequest::to_xml`])
+/// and sent upstream instead of the client's bytes, so the store deletes exactly what was
+/// authorized whatever its XML parser makes of duplicates, nesting or namespaces.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DeleteRequest {
+    /// `<Quiet>`, when given.
+    pub quiet: Option<bool>,
+    /// Each `Object`: its fields in [`DELETE_OBJECT_FIELDS`] order, `Key` first and always set.
+    pub objects: Vec<DeleteObject>,
+}
+
+/// One `Object` of a DeleteObjects body.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DeleteObject {
+    /// `Key`.
+    pub key: String,
+    /// The other fields given (`VersionId`, `ETag`, `LastModifiedTime`, `Size`), by name.
+    pub fields: Vec<(&'static str, String)>,
+}
+
+/// A token of the strict Delete reader.
+enum Tok<'a> {
+    Open(&'a str, bool),
+    Close(&'a str),
+    Text(&'a str),
+}
+
+/// Reads the next token at `i`: only plain start/end tags (the root's `xmlns` aside, no
+/// attributes), text, no comments, CDATA, DOCTYPE or processing instructions.
+fn delete_token(s: &str, i: usize, root: bool) -> Result<Option<(Tok<'_>, usize)>, ListingError> {
+    let bad = || ListingError::Malformed("not a plain Delete document");
+    let rest = &s[i..];
+    if rest.is_empty() {
+        return Ok(None);
+    }
+    if !rest.starts_with('<') {
+        let end = rest.find('<').map_or(s.len(), |p| i + p);
+        return Ok(Some((Tok::Text(&s[i..end]), end)));
+    }
+    let gt = rest.find('>').ok_or_else(bad)?;
+    let inner = &rest[1..gt];
+    let end = i + gt + 1;
+    if let Some(name) = inner.strip_prefix('/') {
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return Err(bad());
+        }
+        return Ok(Some((Tok::Close(name), end)));
+    }
+    let (inner, self_closing) = match inner.strip_suffix('/') {
+        Some(x) => (x, true),
+        None => (inner, false),
+    };
+    let (name, attrs) = inner
+        .split_once(|c: char| c.is_ascii_whitespace())
+        .map_or((inner, ""), |(n, a)| (n, a.trim()));
+    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return Err(bad());
+    }
+    if !attrs.is_empty() {
+        // Only the root's default namespace: `xmlns="…"` (no prefixes, nothing else).
+        let ok = root
+            && attrs
+                .strip_prefix("xmlns")
+                .map(|a| a.trim_start())
+                .and_then(|a| a.strip_prefix('='))
+                .map(str::trim_start)
+                .is_some_and(|v| {
+                    let q = v.chars().next();
+                    matches!(q, Some('"' | '\''))
+                        && v.len() >= 2
+                        && v.ends_with(q.unwrap_or('"'))
+                        && !v[1..v.len() - 1].contains(['"', '\'', '<', '&'])
+                });
+        if !ok {
+            return Err(bad());
+        }
+    }
+    Ok(Some((Tok::Open(name, self_closing), end)))
+}
+
+/// A DeleteObjects body, read strictly: `<Delete>` holding `Object`s and at most one `Quiet`;
+/// each `Object` holding exactly one `Key` and at most one each of `VersionId`, `ETag`,
+/// `LastModifiedTime`, `Size`, as flat text; no prefixed names, attributes (the root's
+/// `xmlns` aside), comments, CDATA or DOCTYPE; 1 to [`MAX_DELETE_OBJECTS`] objects. Anything
+/// else is an error (S3 `MalformedXML`).
+pub fn delete_request(doc: &[u8]) -> Result<DeleteRequest, ListingError> {
     if doc.len() > MAX_DELETE_BYTES {
         return Err(ListingError::TooLarge);
     }
-    let (root_name, _, after_root) = root(doc)?;
-    if root_name != "Delete" {
-        return Err(ListingError::Malformed("not a Delete document"));
+    let bad = |why: &'static str| ListingError::Malformed(why);
+    let s = std::str::from_utf8(doc).map_err(|_| bad("not UTF-8"))?;
+    let s = s.strip_prefix('\u{feff}').unwrap_or(s).trim_start();
+    // An XML declaration, then the root.
+    let mut i = 0;
+    if s.starts_with("<?xml") {
+        let end = s.find("?>").ok_or(bad("prolog"))?;
+        if s[1..end].contains('<') {
+            return Err(bad("prolog"));
+        }
+        i = end + 2;
     }
-    let (elems, _) = children(doc, after_root)?;
-    let mut keys = Vec::with_capacity(elems.len());
-    for e in elems {
-        match e.name {
-            "Object" => keys
-                .push(child_text(&doc[e.start..e.end], "Key").ok_or(ListingError::Malformed("Object without a Key"))?),
-            "Quiet" => {}
-            _ => return Err(ListingError::Malformed("unexpected element in Delete")),
+    let ws = |t: &str| t.bytes().all(|b| b.is_ascii_whitespace());
+    let next = |i: &mut usize, root: bool| -> Result<Option<Tok<'_>>, ListingError> {
+        let t = delete_token(s, *i, root)?;
+        Ok(t.map(|(t, e)| {
+            *i = e;
+            t
+        }))
+    };
+    // Whitespace, then the root.
+    loop {
+        match next(&mut i, true)? {
+            Some(Tok::Text(t)) if ws(t) => {}
+            Some(Tok::Open("Delete", false)) => break,
+            _ => return Err(bad("not a Delete document")),
         }
     }
-    Ok(keys)
+    // Reads the text of a leaf element whose start tag was just read (empty when self-closing).
+    let leaf = |i: &mut usize, name: &str, self_closing: bool| -> Result<String, ListingError> {
+        if self_closing {
+            return Ok(String::new());
+        }
+        let mut text = "";
+        let mut t = delete_token(s, *i, false)?.ok_or(bad("unterminated element"))?;
+        if let (Tok::Text(x), e) = t {
+            text = x;
+            *i = e;
+            t = delete_token(s, *i, false)?.ok_or(bad("unterminated element"))?;
+        }
+        match t {
+            (Tok::Close(n), e) if n == name => {
+                *i = e;
+                unescape(text).ok_or(bad("bad character reference"))
+            }
+            _ => Err(bad("element with children where text belongs")),
+        }
+    };
+    let mut out = DeleteRequest::default();
+    loop {
+        match next(&mut i, false)?.ok_or(bad("unterminated Delete"))? {
+            Tok::Text(t) if ws(t) => {}
+            Tok::Close("Delete") => break,
+            Tok::Open("Quiet", sc) if out.quiet.is_none() => {
+                let v = leaf(&mut i, "Quiet", sc)?;
+                out.quiet = Some(match v.trim() {
+                    "true" => true,
+                    "false" => false,
+                    _ => return Err(bad("Quiet is not true or false")),
+                });
+            }
+            Tok::Open("Object", false) => {
+                if out.objects.len() == MAX_DELETE_OBJECTS {
+                    return Err(bad("more than 1000 objects"));
+                }
+                let mut key: Option<String> = None;
+                let mut fields: Vec<(&'static str, String)> = Vec::new();
+                loop {
+                    match next(&mut i, false)?.ok_or(bad("unterminated Object"))? {
+                        Tok::Text(t) if ws(t) => {}
+                        Tok::Close("Object") => break,
+                        Tok::Open(name, sc) => {
+                            let field = DELETE_OBJECT_FIELDS
+                                .iter()
+                                .find(|f| **f == name)
+                                .ok_or(bad("unexpected element in Object"))?;
+                            let v = leaf(&mut i, field, sc)?;
+                            if *field == "Key" {
+                                if key.replace(v).is_some() {
+                                    return Err(bad("Object with more than one Key"));
+                                }
+                            } else if fields.iter().any(|(f, _)| f == field) {
+                                return Err(bad("repeated element in Object"));
+                            } else {
+                                fields.push((field, v));
+                            }
+                        }
+                        _ => return Err(bad("unexpected content in Object")),
+                    }
+                }
+                let key = key.filter(|k| !k.is_empty()).ok_or(bad("Object without a Key"))?;
+                fields.sort_by_key(|(f, _)| DELETE_OBJECT_FIELDS.iter().position(|x| x == f));
+                out.objects.push(DeleteObject { key, fields });
+            }
+            _ => return Err(bad("unexpected element in Delete")),
+        }
+    }
+    // Only whitespace after the root.
+    while let Some(t) = next(&mut i, false)? {
+        match t {
+            Tok::Text(t) if ws(t) => {}
+            _ => return Err(bad("content after the Delete element")),
+        }
+    }
+    if out.objects.is_empty() {
+        return Err(bad("no Object"));
+    }
+    Ok(out)
+}
+
+/// `s` as XML text: markup characters, quotes and every control or whitespace character but
+/// the space as character references (so no parser's newline or whitespace handling changes it).
+fn escape_into(out: &mut String, s: &str) {
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            c if c.is_control() || (c.is_whitespace() && c != ' ') => {
+                out.push_str(&format!("&#x{:X};", u32::from(c)));
+            }
+            c => out.push(c),
+        }
+    }
+}
+
+impl DeleteRequest {
+    /// The keys named, in order.
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.objects.iter().map(|o| o.key.as_str())
+    }
+
+    /// The canonical document sent upstream.
+    pub fn to_xml(&self) -> Vec<u8> {
+        let mut out = String::from(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Delete xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\">",
+        );
+        if let Some(q) = self.quiet {
+            out.push_str(if q {
+                "<Quiet>true</Quiet>"
+            } else {
+                "<Quiet>false</Quiet>"
+            });
+        }
+        for o in &self.objects {
+            out.push_str("<Object><Key>");
+            escape_into(&mut out, &o.key);
+            out.push_str("</Key>");
+            for (f, v) in &o.fields {
+                out.push('<');
+                out.push_str(f);
+                out.push('>');
+                escape_into(&mut out, v);
+                out.push_str("</");
+                out.push_str(f);
+                out.push('>');
+            }
+            out.push_str("</Object>");
+        }
+        out.push_str("</Delete>");
+        out.into_bytes()
+    }
 }
 
 #[cfg(test)]
@@ -598,15 +836,64 @@ mod tests {
     #[test]
     fn delete_documents_name_their_keys_or_fail() {
         let doc = b"<?xml version=\"1.0\"?><Delete xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Quiet>true</Quiet><Object><Key>a/1</Key></Object><Object><Key>b&amp;2</Key><VersionId>v</VersionId></Object></Delete>";
-        assert_eq!(delete_keys(doc).unwrap(), vec!["a/1".to_owned(), "b&2".to_owned()]);
+        let d = delete_request(doc).unwrap();
+        assert_eq!(d.keys().collect::<Vec<_>>(), ["a/1", "b&2"]);
+        assert_eq!(d.quiet, Some(true));
         for bad in [
             &b"<Delete><Object><VersionId>v</VersionId></Object></Delete>"[..],
             b"<Delete><Other/></Delete>",
             b"<NotDelete/>",
             b"<Delete><Object><Key>x</Key>",
+            b"<Delete></Delete>",
+            b"<Delete><Object><Key></Key></Object></Delete>",
         ] {
-            assert!(delete_keys(bad).is_err());
+            assert!(delete_request(bad).is_err());
         }
+    }
+
+    /// Finding 1 of the security review: the store must not delete a key the gateway did not
+    /// check, whatever its XML parser does with duplicates, nesting or prefixes.
+    #[test]
+    fn delete_documents_with_ambiguous_keys_are_refused() {
+        for bad in [
+            // Go's encoding/xml keeps the last of repeated elements.
+            "<Delete><Object><Key>private-artifacts/team-a/x</Key><Key>private-artifacts/team-b/victim</Key></Object></Delete>",
+            // A Key nested in an unknown element.
+            "<Delete><Object><Foo><Key>private-artifacts/team-a/x</Key></Foo><Key>private-artifacts/team-b/victim</Key></Object></Delete>",
+            "<Delete><Object><Key>private-artifacts/team-b/victim</Key><Foo><Key>private-artifacts/team-a/x</Key></Foo></Object></Delete>",
+            // Namespace-prefixed names (local name Key for a namespace-aware parser).
+            "<Delete><Object><Key>private-artifacts/team-a/x</Key><s3:Key xmlns:s3=\"http://s3.amazonaws.com/doc/2006-03-01/\">private-artifacts/team-b/victim</s3:Key></Object></Delete>",
+            "<Delete xmlns:s3=\"x\"><s3:Object><Key>a</Key></s3:Object></Delete>",
+            // Attributes, comments, CDATA, DOCTYPE, Key with children, text around elements.
+            "<Delete><Object><Key xmlns=\"x\">a</Key></Object></Delete>",
+            "<Delete><Object><Key>a<!-- c --></Key></Object></Delete>",
+            "<Delete><Object><Key><![CDATA[a]]></Key></Object></Delete>",
+            "<!DOCTYPE d [<!ENTITY e \"b\">]><Delete><Object><Key>&e;</Key></Object></Delete>",
+            "<Delete><Object><Key>a<b/></Key></Object></Delete>",
+            "<Delete><Object>junk<Key>a</Key></Object></Delete>",
+            "<Delete><Object><Key>a</Key><VersionId>1</VersionId><VersionId>2</VersionId></Object></Delete>",
+            "<Delete><Quiet>true</Quiet><Quiet>false</Quiet><Object><Key>a</Key></Object></Delete>",
+            "<Delete><Quiet>yes</Quiet><Object><Key>a</Key></Object></Delete>",
+            "<Delete><Object><Key>a</Key></Object></Delete><Delete><Object><Key>b</Key></Object></Delete>",
+        ] {
+            assert!(delete_request(bad.as_bytes()).is_err(), "{bad}");
+        }
+        let many = format!("<Delete>{}</Delete>", "<Object><Key>a</Key></Object>".repeat(1001));
+        assert!(delete_request(many.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn delete_documents_are_reserialized_canonically() {
+        let doc = "<Delete xmlns='http://s3.amazonaws.com/doc/2006-03-01/'>\n <Object>\n  <VersionId>v&lt;1</VersionId><Key>a&amp;b\r\n&#x9;&quot;c</Key>\n </Object><Object><Key>x</Key><ETag/></Object>\n</Delete>\n";
+        let d = delete_request(doc.as_bytes()).unwrap();
+        assert_eq!(d.objects[0].key, "a&b\r\n\t\"c");
+        let out = String::from_utf8(d.to_xml()).unwrap();
+        assert_eq!(
+            out,
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Delete xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Object><Key>a&amp;b&#xD;&#xA;&#x9;&quot;c</Key><VersionId>v&lt;1</VersionId></Object><Object><Key>x</Key><ETag></ETag></Object></Delete>"
+        );
+        // The canonical form reads back to the same list.
+        assert_eq!(delete_request(out.as_bytes()).unwrap(), d);
     }
 
     #[test]
