@@ -223,12 +223,8 @@ fn key_problem(key: &str) -> Option<&'static str> {
     if key.len() > MAX_KEY_BYTES {
         return Some("Object key too long");
     }
-    if key.starts_with('/') || key.contains('\\') || key.chars().any(char::is_control) || {
-        let segs = key.split('/').count();
-        key.split('/')
-            .enumerate()
-            .any(|(i, seg)| seg == "." || seg == ".." || (seg.is_empty() && i + 1 < segs))
-    } {
+    // The S3 gateway's predicate: one definition of a key kfsec forwards.
+    if !kfsec_s3::policy::safe_key(key) {
         return Some("Invalid artifact key");
     }
     None

@@ -75,14 +75,18 @@ fn fill(template: &str, ns: &str) -> String {
     template.replace(NS, ns)
 }
 
-/// Whether `key` is one this gateway forwards: no `.` or `..` segment, no empty segment inside
-/// (a trailing `/`, a "folder" marker, is fine), no NUL or other control character.
+/// Whether `key` is one this gateway (and KFP's artifact endpoint) forwards: no `.` or `..`
+/// segment, not even padded with whitespace (a store or a file system trimming names would
+/// read it as one); no empty segment inside (a trailing `/`, a "folder" marker, is fine); no
+/// `\` (a path separator to Windows-backed stores); no control character (C0, DEL, C1).
 pub fn safe_key(key: &str) -> bool {
-    if key.is_empty() || key.bytes().any(|b| b < 0x20 || b == 0x7f) {
+    if key.is_empty() || key.contains('\\') || key.chars().any(char::is_control) {
         return false;
     }
     let body = key.strip_suffix('/').unwrap_or(key);
-    !body.split('/').any(|seg| seg.is_empty() || seg == "." || seg == "..")
+    !body
+        .split('/')
+        .any(|seg| seg.is_empty() || matches!(seg.trim(), "." | ".."))
 }
 
 impl Policy {
@@ -301,5 +305,20 @@ mod tests {
         assert!(bad("mlpipeline", "a/../").contains("segments"));
         assert!(bad("ML", "").contains("bucket name"));
         assert!(bad("mlpipeline", "<nsx>/").contains("whole segment"));
+    }
+
+    /// Finding 7 of the security review: one key predicate for the gateway and KFP's artifact
+    /// endpoint, refusing `\\` and whitespace-padded dot segments.
+    #[test]
+    fn unsafe_keys_in_every_spelling_are_refused() {
+        for ok in ["a", "a/b", "a/b/", "a/.b", "a/..b/c", "a/b c/d", "a/b.txt"] {
+            assert!(safe_key(ok), "{ok:?}");
+        }
+        for bad in [
+            "", "/a", "a//b", "a/./b", "a/../b", "..", "a/ .. /b", "a/..\t/b", " ./a", "a/. ", "a\\..\\b", "a\\b",
+            "a\u{0}b", "a\u{7f}", "a\u{85}b", "a\nb",
+        ] {
+            assert!(!safe_key(bad), "{bad:?}");
+        }
     }
 }

@@ -24,6 +24,10 @@ struct Fake {
     objects: Mutex<BTreeMap<String, Vec<u8>>>,
     /// (method, path and query, Authorization) of every request that reached the store.
     seen: Mutex<Vec<(String, String, String)>>,
+    /// The headers of every request that reached the store.
+    heads: Mutex<Vec<HeaderMap>>,
+    /// The bodies of the DeleteObjects requests that reached the store.
+    deletes: Mutex<Vec<Vec<u8>>>,
 }
 
 fn xml(status: StatusCode, body: String) -> Response {
@@ -43,6 +47,7 @@ async fn fake(State(f): State<Arc<Fake>>, req: Request) -> Response {
         p.uri.path_and_query().map(|x| x.to_string()).unwrap_or_default(),
         auth.clone(),
     ));
+    f.heads.lock().unwrap().push(p.headers.clone());
     if !auth.starts_with(&format!("AWS4-HMAC-SHA256 Credential={UP_AK}/")) {
         return xml(
             StatusCode::FORBIDDEN,
@@ -84,6 +89,11 @@ async fn fake(State(f): State<Arc<Fake>>, req: Request) -> Response {
             }
             out.push_str("</ListBucketResult>");
             xml(StatusCode::OK, out)
+        }
+        (Method::POST, true) => {
+            let b = axum::body::to_bytes(body, 1 << 20).await.unwrap_or_default();
+            f.deletes.lock().unwrap().push(b.to_vec());
+            xml(StatusCode::OK, "<DeleteResult></DeleteResult>".into())
         }
         _ => StatusCode::OK.into_response(),
     }
@@ -137,6 +147,12 @@ impl Client {
     /// A signed request (`UNSIGNED-PAYLOAD`, extra headers signed when `x-amz-*` or
     /// `content-md5`), answered as (status, body).
     async fn send(&self, method: Method, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, String) {
+        let r = self.response(method, path, headers, body).await;
+        (r.status().as_u16(), r.text().await.unwrap())
+    }
+
+    /// The same request, answered as the response.
+    async fn response(&self, method: Method, path: &str, headers: &[(&str, &str)], body: &[u8]) -> reqwest::Response {
         let uri: Uri = format!("{}{path}", self.base).parse().unwrap();
         let mut h = HeaderMap::new();
         for (n, v) in headers {
@@ -166,7 +182,7 @@ impl Client {
             .send()
             .await
             .unwrap();
-        (r.status().as_u16(), r.text().await.unwrap())
+        r
     }
 }
 
@@ -379,6 +395,139 @@ async fn broad_listings_show_only_what_the_key_may_read() {
     }
     let (_, b) = a.send(Method::GET, "/mlpipeline?list-type=2", &[], b"").await;
     assert!(b.contains("shared/4") && b.contains("<KeyCount>2</KeyCount>"), "{b}");
+    k.running.shutdown().await;
+}
+
+/// The security review's findings 1, 2, 3, 5 and 8: what reaches the store is what the gateway
+/// checked — a re-serialized Delete list, a rebuilt copy source, one value per parameter — and
+/// store-internal metadata never does.
+#[tokio::test]
+async fn smuggled_keys_sources_and_metadata_never_reach_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let (up, fake) = start_fake().await;
+    let k = start(up, dir.path(), "").await;
+    let a = Client::new(&k, "team-a").await;
+    let seen = || fake.seen.lock().unwrap().len();
+    let before = seen();
+    // Finding 1: Keys the gateway's parse and a Go store's parse read differently.
+    for body in [
+        "<Delete><Object><Key>private-artifacts/team-a/x</Key><Key>private-artifacts/team-b/victim</Key></Object></Delete>",
+        "<Delete><Object><Foo><Key>private-artifacts/team-a/x</Key></Foo><Key>private-artifacts/team-b/victim</Key></Object></Delete>",
+        "<Delete><Object><Key>private-artifacts/team-a/x</Key><s3:Key xmlns:s3=\"http://s3.amazonaws.com/doc/2006-03-01/\">private-artifacts/team-b/victim</s3:Key></Object></Delete>",
+    ] {
+        let (s, b) = a.send(Method::POST, "/mlpipeline?delete", &[], body.as_bytes()).await;
+        assert_eq!(s, 400, "{body}: {b}");
+        assert!(b.contains("<Code>MalformedXML</Code>"), "{b}");
+    }
+    // Finding 2: MinIO's snowball extraction (a tar unpacked under its entries' names).
+    for h in [
+        "x-amz-meta-snowball-auto-extract",
+        "X-Amz-Meta-Minio-Snowball-Prefix",
+        "x-amz-snowball-extract",
+    ] {
+        let (s, b) = a
+            .send(
+                Method::PUT,
+                "/mlpipeline/private-artifacts/team-a/t.tar",
+                &[(h, "true")],
+                b"tar",
+            )
+            .await;
+        assert_eq!(s, 400, "{h}: {b}");
+        assert!(b.contains("<Code>InvalidArgument</Code>"), "{b}");
+    }
+    // Finding 3: a repeated parameter (Ceph keeps the last) and other object subresources.
+    for path in [
+        "/mlpipeline?prefix=private-artifacts/team-a/&prefix=private-artifacts/team-b/",
+        "/mlpipeline/private-artifacts/team-a/x?versionId=1&versionId=2",
+    ] {
+        let (s, b) = a.send(Method::GET, path, &[], b"").await;
+        assert_eq!(s, 400, "{path}: {b}");
+    }
+    let (s, _) = a
+        .send(
+            Method::GET,
+            "/mlpipeline/private-artifacts/team-a/x?lambdaArn=x",
+            &[],
+            b"",
+        )
+        .await;
+    assert_eq!(s, 403);
+    // Finding 5: what follows a raw `?` is not silently dropped.
+    let (s, b) = a
+        .send(
+            Method::PUT,
+            "/mlpipeline/private-artifacts/team-a/dst",
+            &[(
+                "x-amz-copy-source",
+                "mlpipeline/private-artifacts/team-a/x?/../../team-b/victim",
+            )],
+            b"",
+        )
+        .await;
+    assert_eq!(s, 400, "{b}");
+    assert_eq!(seen(), before, "a refused request reached the store");
+
+    // What does reach the store: the Delete list re-serialized with its own Content-MD5…
+    let (s, b) = a
+        .send(
+            Method::POST,
+            "/mlpipeline?delete",
+            &[],
+            b"<Delete>\n<Quiet>true</Quiet><Object>\n <Key>private-artifacts/team-a/a&amp;b</Key></Object></Delete>",
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(
+        String::from_utf8(fake.deletes.lock().unwrap().last().unwrap().clone()).unwrap(),
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Delete xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Quiet>true</Quiet><Object><Key>private-artifacts/team-a/a&amp;b</Key></Object></Delete>"
+    );
+    // (S3 requires an integrity header on DeleteObjects: the gateway computes it.)
+    let md5 = fake.heads.lock().unwrap().last().unwrap()["content-md5"].clone();
+    assert_eq!(md5.len(), 24, "{md5:?}");
+    // …a copy source rebuilt from the checked parts, and none on a request that is no copy.
+    let (s, b) = a
+        .send(
+            Method::PUT,
+            "/mlpipeline/private-artifacts/team-a/dst",
+            &[(
+                "x-amz-copy-source",
+                "mlpipeline/private-artifacts/team-a/a%3Fb%20c?versionId=v%2F1",
+            )],
+            b"",
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    let head = fake.heads.lock().unwrap().last().unwrap().clone();
+    assert_eq!(
+        head["x-amz-copy-source"],
+        "/mlpipeline/private-artifacts/team-a/a%3Fb%20c?versionId=v%2F1"
+    );
+    fake.objects
+        .lock()
+        .unwrap()
+        .insert("private-artifacts/team-a/page.html".into(), b"<script>".to_vec());
+    let r = a
+        .response(
+            Method::GET,
+            "/mlpipeline/private-artifacts/team-a/page.html?response-content-type=text%2Fhtml",
+            &[("x-amz-copy-source", "mlpipeline/private-artifacts/team-b/victim")],
+            b"",
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    assert!(
+        fake.heads
+            .lock()
+            .unwrap()
+            .last()
+            .unwrap()
+            .get("x-amz-copy-source")
+            .is_none()
+    );
+    // Finding 8: an object a browser opens is neither sniffed nor run as this origin.
+    assert_eq!(r.headers()["x-content-type-options"], "nosniff");
+    assert_eq!(r.headers()["content-security-policy"], "sandbox");
     k.running.shutdown().await;
 }
 
