@@ -13,6 +13,13 @@
 //! `AccessDenied`; a body whose checksum or signature fails aborts the upstream request before
 //! its last byte is sent, so the store never completes the write; every refusal is S3 XML from
 //! `error`, and upstream failures are 503 `ServiceUnavailable` with the cause only in the log.
+//! The store acts on what was checked, never on a second reading of the client's input: each
+//! query parameter and forwarded header once (a repeat is refused, as stores disagree on which
+//! copy wins), the copy source rebuilt from its checked bucket, key and versionId, the
+//! DeleteObjects list re-serialized from the strict parse (with its own `Content-MD5`), object
+//! subresources from an allow-list; store-internal metadata (`x-amz-meta-snowball-*`,
+//! `x-amz-meta-minio-*`, `x-amz-snowball-*`) is refused; answers carry `nosniff` and
+//! `Content-Security-Policy: sandbox`.
 
 use std::sync::Arc;
 
