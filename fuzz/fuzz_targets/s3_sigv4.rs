@@ -6,7 +6,9 @@
 //! - 2, 3, 4: an aws-chunked body (signed, signed with trailers, unsigned with trailers) under
 //!   AWS's documented example key and seed; bytes 2–3 are the decoded length;
 //! - 5: an upstream listing through the gateway's filter (`listing::filter`);
-//! - 6: a DeleteObjects body (`listing::delete_keys`).
+//! - 6: a DeleteObjects body (`listing::delete_request`): an accepted body re-serializes to a
+//!   canonical document that reads back to the same list, with the same keys (what the store
+//!   deletes is what the gateway checked).
 //!
 //! Invariants: nothing panics; every refusal is a 4xx S3 error whose XML renders; the decoder
 //! never yields more than the announced decoded length, yields exactly what it counted, and gives
@@ -170,7 +172,12 @@ fuzz_target!(|data: &[u8]| {
         1 => auth(rest, true),
         5 => listing(rest),
         6 => {
-            let _ = kfsec_s3::listing::delete_keys(rest);
+            if let Ok(d) = kfsec_s3::listing::delete_request(rest) {
+                let canonical = d.to_xml();
+                let again = kfsec_s3::listing::delete_request(&canonical).expect("the canonical Delete reads back");
+                assert_eq!(again, d);
+                assert_eq!(again.to_xml(), canonical);
+            }
         }
         m => decode(m, *split, rest),
     }
