@@ -198,6 +198,36 @@ def _():
     assert prefixes == ["private-artifacts/team-a/"], f"common prefixes {prefixes}"
 
 
+@check("boto3_broad_listing_pages_on_sealed_markers_only")
+def _():
+    # One key a page: every page's token is sealed (same length whatever key it stands for),
+    # and the walk still ends with the own keys; V1 (marker) and V2 (continuation token) both.
+    s3 = gw()
+    keys, tokens = [], set()
+    for page in s3.get_paginator("list_objects_v2").paginate(
+        Bucket=BUCKET, Prefix="private-artifacts/", PaginationConfig={"PageSize": 1}
+    ):
+        keys += [o["Key"] for o in page.get("Contents", [])]
+        if page.get("NextContinuationToken"):
+            tokens.add(len(page["NextContinuationToken"]))
+    assert SEED in keys and not [k for k in keys if "team-b" in k], keys
+    assert len(tokens) <= 1, f"sealed token lengths vary: {tokens}"
+    v1 = []
+    for page in s3.get_paginator("list_objects").paginate(
+        Bucket=BUCKET, Prefix="private-artifacts/", PaginationConfig={"PageSize": 1}
+    ):
+        v1 += [o["Key"] for o in page.get("Contents", [])]
+    assert SEED in v1 and not [k for k in v1 if "team-b" in k], v1
+    # A chosen marker or another delimiter in a broad listing would bisect team-b's names.
+    expect_code(
+        lambda: s3.list_objects_v2(Bucket=BUCKET, Prefix="private-artifacts/", StartAfter="private-artifacts/team-b/"),
+        "InvalidArgument",
+    )
+    expect_code(lambda: s3.list_objects_v2(Bucket=BUCKET, Prefix="private-artifacts/", Delimiter="-"), "InvalidArgument")
+    # Inside the own prefix, StartAfter is the client's to choose.
+    s3.list_objects_v2(Bucket=BUCKET, Prefix=OWN, StartAfter=OWN)
+
+
 @check("boto3_multipart_own_prefix")
 def _():
     s3 = gw()
