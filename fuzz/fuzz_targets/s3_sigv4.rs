@@ -144,6 +144,25 @@ fn decode(mode: u8, split: u8, data: &[u8]) {
 fn listing(rest: &[u8]) {
     use kfsec_s3::listing;
     let visible = |k: &str| k.starts_with('a');
+    // Sealed markers: any token a client sends opens to nothing or to a marker this seal made;
+    // a marker seals to a fixed length and opens back to itself, for its scope only.
+    let seal = listing::MarkerSeal::new(b"fuzz");
+    let text = String::from_utf8_lossy(rest);
+    let _ = seal.open("ns\nb", &text);
+    let _ = seal.open("ns\nb", &format!("{}{text}", listing::SEALED_PREFIX));
+    let rng = kfsec_types::SequenceRng::default();
+    // S3 keys are at most 1024 bytes.
+    let mut marker = String::new();
+    for c in text.chars() {
+        if marker.len() + c.len_utf8() > 1024 {
+            break;
+        }
+        marker.push(c);
+    }
+    let token = seal.seal("ns\nb", &marker, &rng);
+    assert_eq!(token.len(), seal.seal("ns\nb", "", &rng).len(), "a sealed marker's length varies");
+    assert_eq!(seal.open("ns\nb", &token).as_deref(), Some(marker.as_str()));
+    assert_eq!(seal.open("other\nb", &token), None);
     let Ok(out) = listing::filter(rest, visible, visible, |_| "SEALED".to_owned()) else {
         return;
     };
