@@ -160,7 +160,11 @@ fn listing(rest: &[u8]) {
         marker.push(c);
     }
     let token = seal.seal("ns\nb", &marker, &rng);
-    assert_eq!(token.len(), seal.seal("ns\nb", "", &rng).len(), "a sealed marker's length varies");
+    assert_eq!(
+        token.len(),
+        seal.seal("ns\nb", "", &rng).len(),
+        "a sealed marker's length varies"
+    );
     assert_eq!(seal.open("ns\nb", &token).as_deref(), Some(marker.as_str()));
     assert_eq!(seal.open("other\nb", &token), None);
     let Ok(out) = listing::filter(rest, visible, visible, |_| "SEALED".to_owned()) else {
