@@ -870,6 +870,9 @@ fn delete_body_headers(headers: &mut HeaderMap, doc: &[u8]) {
         headers.remove(n);
     }
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(doc.len()));
+    // The document kfsec wrote, whatever type the client claimed (a form type could make a
+    // store parse the body as parameters).
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/xml"));
     let md5 = base64::engine::general_purpose::STANDARD.encode(md5::Md5::digest(doc));
     if let Ok(v) = HeaderValue::from_str(&md5) {
         headers.insert("content-md5", v);

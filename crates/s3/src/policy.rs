@@ -116,6 +116,15 @@ impl Policy {
                 )));
             }
             let filled = r.prefix.replace(NS, "ns");
+            // Stores answer listings with `encoding-type=url` (botocore asks for it by default)
+            // in form encoding, which a '+' or '%' in a prefix would read differently: refused,
+            // so a prefix compares the same encoded or not.
+            if filled.contains(['%', '+']) {
+                return Err(PolicyError(format!(
+                    "s3.policy[{i}].prefix {:?}: '%' and '+' are not allowed in a prefix (listings name keys URL-encoded, where they read differently)",
+                    r.prefix
+                )));
+            }
             if !safe_key(&filled) {
                 return Err(PolicyError(format!(
                     "s3.policy[{i}].prefix {:?}: no empty, '.' or '..' segments",
@@ -305,6 +314,8 @@ mod tests {
         assert!(bad("mlpipeline", "a/../").contains("segments"));
         assert!(bad("ML", "").contains("bucket name"));
         assert!(bad("mlpipeline", "<nsx>/").contains("whole segment"));
+        assert!(bad("mlpipeline", "a+b/").contains("'%' and '+'"));
+        assert!(bad("mlpipeline", "a%20b/").contains("'%' and '+'"));
     }
 
     /// Finding 7 of the security review: one key predicate for the gateway and KFP's artifact
