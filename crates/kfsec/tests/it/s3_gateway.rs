@@ -174,15 +174,13 @@ impl Client {
         )
         .unwrap();
         h.remove("host");
-        let r = self
-            .http
+        self.http
             .request(method, uri.to_string())
             .headers(h)
             .body(body.to_vec())
             .send()
             .await
-            .unwrap();
-        r
+            .unwrap()
     }
 }
 
