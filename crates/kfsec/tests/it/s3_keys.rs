@@ -15,6 +15,7 @@ use kfsec_types::Clock;
 
 use crate::harness::*;
 use crate::rbac::Kubectl;
+use crate::secrets_at_rest::stop;
 
 const BIN: &str = env!("CARGO_BIN_EXE_kfsec");
 
@@ -324,23 +325,4 @@ impl kfsec_server::config::Env for NoVars {
     fn var(&self, _: &str) -> Option<String> {
         None
     }
-}
-
-/// Stops `k` and waits until its store file can be opened again.
-async fn stop(k: Kfsec) -> tempfile::TempDir {
-    let dir = k.stop().await;
-    let db = dir.path().join("kfsec.redb");
-    for _ in 0..100 {
-        let options = kfsec_store::StoreOptions {
-            sweep_interval: None,
-            ..Default::default()
-        };
-        if kfsec_store::RedbStore::open_with_options(&db, std::sync::Arc::new(kfsec_types::SystemClock), options)
-            .is_ok()
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    dir
 }

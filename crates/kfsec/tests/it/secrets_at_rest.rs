@@ -38,8 +38,8 @@ fn sealing(key: &Path, previous: &[&Path]) -> String {
     yaml
 }
 
-/// Stops `k` and waits until its store file can be opened again.
-async fn stop(k: Kfsec) -> tempfile::TempDir {
+/// Stops `k` and waits until its store file can be opened again (redb's lock released).
+pub(crate) async fn stop(k: Kfsec) -> tempfile::TempDir {
     let dir = k.stop().await;
     let db = dir.path().join("kfsec.redb");
     for _ in 0..100 {
