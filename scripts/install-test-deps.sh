@@ -38,6 +38,10 @@ APT_PKGS=(ca-certificates openssl curl jq nginx python3 python3-venv wrk chromiu
 if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
   APT_PKGS+=(nodejs npm)
 fi
+# --bench: haproxy is a peer of bench/proxy.sh; valgrind (callgrind) runs bench/proxy-instr.sh.
+if [ "$WITH_BENCH" = 1 ]; then
+  APT_PKGS+=(haproxy valgrind)
+fi
 
 missing=()
 for p in "${APT_PKGS[@]}"; do

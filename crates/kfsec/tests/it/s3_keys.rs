@@ -187,6 +187,21 @@ async fn a_profile_gets_its_own_key_which_rotates_and_dies_with_the_profile() {
     assert!(keys.lookup(&bk, now()).await.unwrap().is_some());
 
     // Issue, rotation and revocation are audit Events naming ids and fingerprints, never secrets.
+    // The revocation's Event is recorded once the store has dropped the key, so a lookup can see
+    // the key gone a moment before the Event is in the log: wait for it.
+    let revoked = |events: &[serde_json::Value]| {
+        events
+            .iter()
+            .any(|e| e["objectRef"]["resource"] == "s3keys" && e["verb"] == "revoke")
+    };
+    assert!(
+        eventually(|| {
+            let k = &k;
+            async move { revoked(&crate::audit_events::audit_log(k).await.0) }
+        })
+        .await,
+        "the revocation's audit Event"
+    );
     let (events, text) = crate::audit_events::audit_log(&k).await;
     let key_events: Vec<(String, String)> = events
         .iter()
