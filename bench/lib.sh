@@ -62,13 +62,17 @@ wait_http() {
   return 1
 }
 
-# ok_upstream PORT: a trivial upstream on 127.0.0.1:PORT, nginx (1 worker, dir $BENCH_TMP/up)
-# answering every request with 200 "ok"; returns once it answers. Sets UP_PID.
-ok_upstream() {
-  local d="$BENCH_TMP/up"
+# nginx_conf DIR WORKERS HTTP [MAIN]: write DIR/nginx.conf (the one preamble all benches share):
+# WORKERS worker processes, in the foreground (so the PID started is the master's), pid file,
+# error log and temp paths in DIR, no access log, client connections kept for a million
+# requests. HTTP goes inside the http block (upstreams, servers, other settings), MAIN at the
+# top level (e.g. `master_process off;`, `user NAME;`).
+nginx_conf() {
+  local d="$1" workers="$2" http="$3" main="${4:-}"
   mkdir -p "$d"
   cat >"$d/nginx.conf" <<EOF
-worker_processes 1;
+${main:+$main
+}worker_processes $workers;
 daemon off;
 pid $d/nginx.pid;
 error_log $d/error.log warn;
@@ -81,15 +85,37 @@ http {
   uwsgi_temp_path $d/uwsgi;
   scgi_temp_path $d/scgi;
   keepalive_requests 1000000;
-  server {
-    listen 127.0.0.1:$1;
-    location / { default_type text/plain; return 200 "ok"; }
-  }
+$http
 }
 EOF
-  nginx -p "$d" -c "$d/nginx.conf" &
-  UP_PID=$!
-  BENCH_PIDS+=("$UP_PID")
+}
+
+# nginx_start DIR: start nginx with DIR/nginx.conf in the background, add it to BENCH_PIDS and
+# set NGINX_PID (the master, or the only process with `master_process off`). NGINX_WRAP (words)
+# runs it under a tool, e.g. valgrind, whose output then goes to DIR/wrap.log. Returns at once:
+# the caller waits for the listener it needs.
+nginx_start() {
+  local d="$1" wrap
+  read -r -a wrap <<<"${NGINX_WRAP:-}"
+  if [ "${#wrap[@]}" -gt 0 ]; then
+    "${wrap[@]}" nginx -p "$d" -c "$d/nginx.conf" 2>>"$d/wrap.log" &
+  else
+    nginx -p "$d" -c "$d/nginx.conf" &
+  fi
+  NGINX_PID=$!
+  BENCH_PIDS+=("$NGINX_PID")
+}
+
+# ok_upstream PORT: a trivial upstream on 127.0.0.1:PORT, nginx (1 worker, dir $BENCH_TMP/up)
+# answering every request with 200 "ok"; returns once it answers. Sets UP_PID.
+ok_upstream() {
+  nginx_conf "$BENCH_TMP/up" 1 "  server {
+    listen 127.0.0.1:$1;
+    location / { default_type text/plain; return 200 \"ok\"; }
+  }"
+  nginx_start "$BENCH_TMP/up"
+  # shellcheck disable=SC2034 # for the caller
+  UP_PID="$NGINX_PID"
   wait_http "http://127.0.0.1:$1/" 10
 }
 
@@ -166,8 +192,9 @@ cpu_ticks() {
   echo "$total"
 }
 
-# children PID: the PID and its direct children (nginx master + workers).
+# with_children PID: the PID and its direct children (nginx master + workers).
 with_children() {
+  # shellcheck disable=SC2046 # one word per PID
   echo "$1" $(pgrep -P "$1" || true)
 }
 

@@ -26,35 +26,9 @@ UP_PORT="$(free_port)"
 KF_PORT="$(free_port)"
 KF_ADMIN="$(free_port)"
 NG_PORT="$(free_port)"
-mkdir -p "$T/up" "$T/ng"
-
-# nginx_conf DIR BODY: a one-process nginx config whose http block holds BODY.
-nginx_conf() {
-  cat >"$1/nginx.conf" <<EOF
-worker_processes 1;
-master_process off;
-daemon off;
-pid $1/nginx.pid;
-error_log $1/error.log warn;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  client_body_temp_path $1/body;
-  proxy_temp_path $1/proxy;
-  fastcgi_temp_path $1/fastcgi;
-  uwsgi_temp_path $1/uwsgi;
-  scgi_temp_path $1/scgi;
-  keepalive_requests 1000000;
-$2
-}
-EOF
-}
 
 # --- trivial upstream (not counted) --------------------------------------------------
-nginx_conf "$T/up" "  server { listen 127.0.0.1:$UP_PORT; location / { default_type text/plain; return 200 \"ok\"; } }"
-nginx -p "$T/up" -c "$T/up/nginx.conf" &
-BENCH_PIDS+=("$!")
-wait_http "http://127.0.0.1:$UP_PORT/" 10
+ok_upstream "$UP_PORT"
 
 CALLGRIND=(valgrind --tool=callgrind --collect-atstart=yes --dump-instr=no)
 
@@ -72,7 +46,7 @@ kfsec_login "https://localhost:$KF_PORT" "$CA" "$T/jar" || { echo "login through
 COOKIE="authservice_session=$(session_cookie "$T/jar")"
 
 # --- nginx under callgrind, with kfsec's certificate --------------------------------------
-nginx_conf "$T/ng" "  upstream backend { server 127.0.0.1:$UP_PORT; keepalive 8; }
+nginx_conf "$T/ng" 1 "  upstream backend { server 127.0.0.1:$UP_PORT; keepalive 8; }
   server {
     listen 127.0.0.1:$NG_PORT ssl;
     ssl_certificate $T/data/pki/frontdoor.crt;
@@ -85,11 +59,10 @@ nginx_conf "$T/ng" "  upstream backend { server 127.0.0.1:$UP_PORT; keepalive 8;
       proxy_set_header Host \$host;
       proxy_set_header kubeflow-userid $BENCH_USER;
     }
-  }"
+  }" "master_process off;"
 bench_log "starting nginx under callgrind"
-"${CALLGRIND[@]}" --callgrind-out-file="$T/nginx.cg" nginx -p "$T/ng" -c "$T/ng/nginx.conf" 2>>"$T/ng/valgrind.log" &
-NG_PID=$!
-BENCH_PIDS+=("$NG_PID")
+NGINX_WRAP="${CALLGRIND[*]} --callgrind-out-file=$T/nginx.cg" nginx_start "$T/ng"
+NG_PID="$NGINX_PID"
 for _ in $(seq 600); do curl -s --cacert "$CA" -o /dev/null "https://localhost:$NG_PORT/" && break; sleep 0.1; done
 
 # count NAME PORT PID: Ir per request, printed to stdout.

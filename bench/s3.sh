@@ -59,22 +59,7 @@ KPID="$KFSEC_PID"
 D="$T/nginx"
 mkdir -p "$D/root/$BUCKET/private-artifacts/$NS"
 # The workers run as this user (the work dir is 0700; as root nginx would drop to nobody).
-cat >"$D/nginx.conf" <<EOF
-user $(id -un);
-worker_processes 1;
-daemon off;
-pid $D/nginx.pid;
-error_log $D/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  client_body_temp_path $D/body;
-  proxy_temp_path $D/proxy;
-  fastcgi_temp_path $D/fastcgi;
-  uwsgi_temp_path $D/uwsgi;
-  scgi_temp_path $D/scgi;
-  keepalive_requests 1000000;
-  client_max_body_size 64m;
+nginx_conf "$D" 1 "  client_max_body_size 64m;
   client_body_buffer_size 1m;
   sendfile on;
   server {
@@ -89,12 +74,9 @@ http {
       create_full_put_path on;
       default_type application/octet-stream;
     }
-  }
-}
-EOF
-nginx -p "$D" -c "$D/nginx.conf" &
-NPID=$!
-BENCH_PIDS+=("$NPID")
+  }" "user $(id -un);"
+nginx_start "$D"
+NPID="$NGINX_PID"
 for _ in $(seq 200); do curl -s -o /dev/null "http://127.0.0.1:$UP_PORT/" && break; sleep 0.05; done
 
 # --- a workspace and its key ---------------------------------------------------------------------
