@@ -18,14 +18,14 @@ use std::task::{Context, Poll};
 
 use axum::body::Body;
 use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use axum::http::uri::PathAndQuery;
 use axum::http::{Request, Response, StatusCode, Uri};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 
 use kfsec_types::RefusalKind;
 
 use crate::GatewayError;
+use crate::upstream::{self, Pool, Tcp, Tls, UpstreamError};
 
 /// A validated route.
 #[derive(Debug, Clone)]
@@ -152,26 +152,53 @@ impl Route {
         lower_path.starts_with(&prefix) || (prefix.ends_with('/') && lower_path == &prefix[..prefix.len() - 1])
     }
 
-    fn target(&self, uri: &Uri) -> Result<Uri, GatewayError> {
+    /// The upstream's path and query for `uri`: the base path, then the path with the prefix
+    /// rewritten (`/` when both are empty), then the query; always starting with `/`. Built in
+    /// one string of the exact size.
+    fn target_path(&self, uri: &Uri) -> Result<PathAndQuery, GatewayError> {
         let path = uri.path();
-        let rest = path.get(self.prefix.len().min(path.len())..).unwrap_or_default();
-        let mapped = match &self.rewrite_prefix {
-            Some(r) => format!("{r}{rest}"),
-            None => path.to_owned(),
+        let (head, tail) = match &self.rewrite_prefix {
+            Some(r) => (
+                r.as_str(),
+                path.get(self.prefix.len().min(path.len())..).unwrap_or_default(),
+            ),
+            None => ("", path),
         };
-        let mut pq = format!("{}{}", self.base_path, if mapped.is_empty() { "/" } else { &mapped });
-        if !pq.starts_with('/') {
-            pq.insert(0, '/');
+        let mapped = if head.is_empty() && tail.is_empty() {
+            ("/", "")
+        } else {
+            (head, tail)
+        };
+        let slash = [self.base_path.as_str(), mapped.0, mapped.1]
+            .iter()
+            .find(|s| !s.is_empty())
+            .is_none_or(|s| !s.starts_with('/'));
+        let query = uri.query();
+        let mut pq = String::with_capacity(
+            usize::from(slash)
+                + self.base_path.len()
+                + mapped.0.len()
+                + mapped.1.len()
+                + query.map_or(0, |q| q.len() + 1),
+        );
+        if slash {
+            pq.push('/');
         }
-        if let Some(q) = uri.query() {
+        pq.push_str(&self.base_path);
+        pq.push_str(mapped.0);
+        pq.push_str(mapped.1);
+        if let Some(q) = query {
             pq.push('?');
             pq.push_str(q);
         }
+        PathAndQuery::try_from(pq).map_err(|_| GatewayError::Internal("bad upstream path".into()))
+    }
+
+    /// The full upstream URI for `uri` (upstreams receive [`Self::target_path`]).
+    #[cfg(test)]
+    fn target(&self, uri: &Uri) -> Result<Uri, GatewayError> {
         let mut parts = self.upstream.clone().into_parts();
-        parts.path_and_query = Some(
-            pq.parse()
-                .map_err(|_| GatewayError::Internal("bad upstream path".into()))?,
-        );
+        parts.path_and_query = Some(self.target_path(uri)?);
         Uri::from_parts(parts).map_err(|e| GatewayError::Internal(e.to_string()))
     }
 }
@@ -211,42 +238,49 @@ pub fn ambiguous(routes: &[Route], path: &str) -> bool {
         || best_route(routes, &stripped, true) != Some(exact)
 }
 
-/// Headers that belong to one connection (RFC 9110 §7.6.1) plus proxy credentials.
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "proxy-authorization",
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+static SERVICE_WORKER_ALLOWED: HeaderName = HeaderName::from_static("service-worker-allowed");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Headers that belong to one connection (RFC 9110 §7.6.1) plus proxy credentials, with
+/// whether an upgrade keeps them.
+static HOP_BY_HOP: [(&HeaderName, bool); 9] = [
+    (&header::CONNECTION, true),
+    (&KEEP_ALIVE, false),
+    (&PROXY_CONNECTION, false),
+    (&header::TE, false),
+    (&header::TRAILER, false),
+    (&header::TRANSFER_ENCODING, false),
+    (&header::UPGRADE, true),
+    (&header::PROXY_AUTHORIZATION, false),
+    (&header::PROXY_AUTHENTICATE, false),
 ];
 
 /// Removes hop-by-hop headers. `named`: also the headers the message's own `Connection` names —
 /// only for a message as received (responses here; requests had theirs applied at the edge).
 fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool, named: bool) {
-    let named: Vec<HeaderName> = if named {
-        h.get_all(header::CONNECTION)
+    if named && h.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = h
+            .get_all(header::CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
             .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-            .collect()
-    } else {
-        Vec::new()
-    };
-    for n in named {
-        if !(keep_upgrade && n == header::UPGRADE) {
-            h.remove(n);
+            .collect();
+        for n in named {
+            if !(keep_upgrade && n == header::UPGRADE) {
+                h.remove(n);
+            }
         }
     }
-    for n in HOP_BY_HOP {
-        if !(keep_upgrade && (n == "connection" || n == "upgrade")) {
-            h.remove(n);
+    for (n, upgrade_keeps) in &HOP_BY_HOP {
+        if !(keep_upgrade && *upgrade_keeps) {
+            h.remove(*n);
         }
     }
-    h.remove("proxy-authenticate");
 }
 
 /// Removes what an upstream's answer must not say for the whole origin: `Service-Worker-Allowed`
@@ -254,7 +288,7 @@ fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool, named: bool) {
 /// login form and pages, and navigations such as `POST /kubeconfig`, whose answers it could
 /// read. Without it, a worker stays under its route's prefix.
 fn confine_upstream_response(h: &mut HeaderMap) {
-    h.remove("service-worker-allowed");
+    h.remove(&SERVICE_WORKER_ALLOWED);
 }
 
 fn is_upgrade(h: &HeaderMap) -> bool {
@@ -264,39 +298,66 @@ fn is_upgrade(h: &HeaderMap) -> bool {
             .any(|v| v.to_str().is_ok_and(|s| s.to_ascii_lowercase().contains("upgrade")))
 }
 
-/// Removes one cookie from the `Cookie` headers, keeping the others.
+/// Removes one cookie from the `Cookie` headers, keeping the others: what remains of the
+/// headers that are text becomes one header, its cookies trimmed and joined by `"; "` (no header
+/// when nothing remains).
 pub(crate) fn remove_cookie(h: &mut HeaderMap, name: &str) {
-    let values: Vec<String> = h
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .map(str::to_owned)
-        .collect();
-    if values.is_empty() {
+    let mut kept = String::new();
+    let mut text = false;
+    let mut headers = 0;
+    for v in h.get_all(header::COOKIE) {
+        headers += 1;
+        let Ok(v) = v.to_str() else { continue };
+        text = true;
+        for p in v.split(';').map(str::trim) {
+            if !p.is_empty() && p.split_once('=').is_none_or(|(k, _)| k != name) {
+                if !kept.is_empty() {
+                    kept.push_str("; ");
+                }
+                kept.push_str(p);
+            }
+        }
+    }
+    if !text {
+        return;
+    }
+    // One header that already reads as the result: left as it is.
+    if headers == 1 && h.get(header::COOKIE).is_some_and(|v| v.as_bytes() == kept.as_bytes()) {
         return;
     }
     h.remove(header::COOKIE);
-    let kept: Vec<&str> = values
-        .iter()
-        .flat_map(|v| v.split(';'))
-        .map(str::trim)
-        .filter(|p| !p.is_empty() && p.split_once('=').is_none_or(|(k, _)| k != name))
-        .collect();
     if !kept.is_empty()
-        && let Ok(v) = HeaderValue::from_str(&kept.join("; "))
+        && let Ok(v) = HeaderValue::try_from(kept)
     {
         h.insert(header::COOKIE, v);
     }
 }
 
-type TlsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>;
+type PlainPool = Pool<Tcp, WatchedBody>;
+type TlsPool = Pool<Tls, WatchedBody>;
+/// By route prefix.
+type TlsPools = HashMap<String, Arc<TlsPool>>;
 
-/// The upstream clients: one plain, one per TLS route.
+/// The upstream connection pools: one per plain upstream, one per TLS route.
 #[derive(Clone)]
 pub struct Proxy {
-    client: Client<HttpConnector, Body>,
+    /// By upstream authority.
+    plain: Arc<HashMap<String, Arc<PlainPool>>>,
     tls: Arc<TlsClients>,
     forwarded_host: Option<HeaderValue>,
+}
+
+/// Idle connections kept per plain upstream and per TLS route.
+const MAX_IDLE_PLAIN: usize = 256;
+const MAX_IDLE_TLS: usize = 64;
+
+fn plain_pool(upstream: &Uri) -> PlainPool {
+    Pool::new(
+        Tcp::new(upstream),
+        upstream::host_header(upstream),
+        MAX_IDLE_PLAIN,
+        upstream::IDLE_TIMEOUT,
+    )
 }
 
 /// Marks a response that came from an upstream (kfsec's own pages get stricter headers).
@@ -334,16 +395,16 @@ impl http_body::Body for WatchedBody {
     }
 }
 
-/// The TLS clients with the roots generation their pooled connections were verified under.
+/// The TLS routes' pools with the roots generation their connections were verified under.
 struct TlsClients {
     routes: Vec<Route>,
     identity: Option<UpstreamIdentity>,
-    current: parking_lot::RwLock<(u64, Arc<HashMap<String, TlsClient>>)>,
+    current: parking_lot::RwLock<(u64, Arc<TlsPools>)>,
 }
 
 impl TlsClients {
-    /// One client per TLS route; each pool starts empty.
-    fn build(&self) -> Result<HashMap<String, TlsClient>, GatewayError> {
+    /// One pool per TLS route; each starts empty.
+    fn build(&self) -> Result<TlsPools, GatewayError> {
         let mut tls = HashMap::new();
         for r in &self.routes {
             let Some(t) = &r.tls else { continue };
@@ -351,30 +412,29 @@ impl TlsClients {
                 .identity
                 .as_ref()
                 .ok_or_else(|| GatewayError::Config(format!("route {}: TLS needs the internal CA", r.prefix)))?;
-            // (ALPN is set by the connector builder: HTTP/1.1, which upgrades need.)
+            // No ALPN (as hyper_rustls's HTTP/1-only connector had it): HTTP/1.1, which upgrades
+            // need.
             let cfg = kfsec_pki::client_config_live(id.roots.clone(), t.mutual.then(|| id.certificate.clone()))
                 .map_err(|e| GatewayError::Config(format!("route {}: {e}", r.prefix)))?;
             let name = rustls::pki_types::ServerName::try_from(t.server_name.clone())
                 .map_err(|e| GatewayError::Config(format!("route {}: server name: {e}", r.prefix)))?;
-            let connector = hyper_rustls::HttpsConnectorBuilder::new()
-                .with_tls_config(cfg)
-                .https_only()
-                .with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(name))
-                .enable_http1()
-                .wrap_connector(http_connector());
+            let connect = Tls {
+                tcp: Tcp::new(&r.upstream),
+                connector: tokio_rustls::TlsConnector::from(Arc::new(cfg)),
+                server_name: name,
+            };
+            let host = upstream::host_header(&r.upstream);
             tls.insert(
                 r.prefix.clone(),
-                Client::builder(TokioExecutor::new())
-                    .pool_max_idle_per_host(64)
-                    .build(connector),
+                Arc::new(Pool::new(connect, host, MAX_IDLE_TLS, upstream::IDLE_TIMEOUT)),
             );
         }
         Ok(tls)
     }
 
-    /// The client of `prefix`. When the roots changed since its connections were verified, the
-    /// clients are rebuilt, so no pooled connection outlives the trust it was checked against.
-    fn get(&self, prefix: &str) -> Option<TlsClient> {
+    /// The pool of `prefix`. When the roots changed since its connections were verified, the
+    /// pools are rebuilt, so no pooled connection outlives the trust it was checked against.
+    fn get(&self, prefix: &str) -> Option<Arc<TlsPool>> {
         let generation = self.identity.as_ref().map_or(0, |id| id.roots.generation());
         {
             let current = self.current.read();
@@ -386,23 +446,19 @@ impl TlsClients {
         if current.0 != generation {
             match self.build() {
                 Ok(clients) => *current = (generation, Arc::new(clients)),
-                Err(e) => tracing::warn!(error = %e, "rebuilding the upstream TLS clients failed"),
+                Err(e) => {
+                    // Never the old pools: their connections were verified under the old roots.
+                    tracing::warn!(error = %e, "rebuilding the upstream TLS clients failed");
+                    *current = (current.0, Arc::new(HashMap::new()));
+                }
             }
         }
         current.1.get(prefix).cloned()
     }
 }
 
-fn http_connector() -> HttpConnector {
-    let mut conn = HttpConnector::new();
-    conn.set_nodelay(true);
-    conn.set_connect_timeout(Some(std::time::Duration::from_secs(5)));
-    conn.enforce_http(false);
-    conn
-}
-
 impl Proxy {
-    /// Clients for `routes`; TLS routes trust only `identity`'s CA and, when mutual, present its
+    /// Pools for `routes`; TLS routes trust only `identity`'s CA and, when mutual, present its
     /// workload certificate. `forwarded_host` is the `X-Forwarded-Host` upstreams receive (the
     /// public URL's host).
     pub fn new(
@@ -410,9 +466,13 @@ impl Proxy {
         identity: Option<&UpstreamIdentity>,
         forwarded_host: Option<HeaderValue>,
     ) -> Result<Self, GatewayError> {
-        let client = Client::builder(TokioExecutor::new())
-            .pool_max_idle_per_host(256)
-            .build(http_connector());
+        let mut plain = HashMap::new();
+        for r in routes.iter().filter(|r| r.tls.is_none()) {
+            let authority = r.upstream.authority().map(|a| a.as_str()).unwrap_or_default();
+            plain
+                .entry(authority.to_owned())
+                .or_insert_with(|| Arc::new(plain_pool(&r.upstream)));
+        }
         let generation = identity.map_or(0, |id| id.roots.generation());
         let mut tls = TlsClients {
             routes: routes.to_vec(),
@@ -422,7 +482,7 @@ impl Proxy {
         let clients = tls.build()?;
         tls.current.get_mut().1 = Arc::new(clients);
         Ok(Self {
-            client,
+            plain: Arc::new(plain),
             tls: Arc::new(tls),
             forwarded_host,
         })
@@ -442,59 +502,63 @@ impl Proxy {
         mounts: &crate::responses::Mounts,
     ) -> Response<Body> {
         let upgrade = is_upgrade(req.headers());
-        let path = req.uri().path().to_owned();
-        let target = match route.target(req.uri()) {
+        let target = match route.target_path(req.uri()) {
             Ok(t) => t,
             Err(e) => {
                 tracing::warn!(route = %route.prefix, error = %e, "no upstream target");
-                return bad_gateway(mounts, &path);
+                return bad_gateway(mounts, req.uri().path());
             }
         };
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
         strip_hop_by_hop(&mut parts.headers, upgrade, false);
         let h = &mut parts.headers;
-        if !h.contains_key("x-forwarded-for")
+        if !h.contains_key(&X_FORWARDED_FOR)
             && let Ok(v) = HeaderValue::from_str(&peer.to_string())
         {
-            h.insert("x-forwarded-for", v);
+            h.insert(X_FORWARDED_FOR.clone(), v);
         }
-        h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        h.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("https"));
         match &self.forwarded_host {
-            Some(host) => h.insert("x-forwarded-host", host.clone()),
-            None => h.remove("x-forwarded-host"),
+            Some(host) => h.insert(X_FORWARDED_HOST.clone(), host.clone()),
+            None => h.remove(&X_FORWARDED_HOST),
         };
         if !route.forward_authorization {
             h.remove(header::AUTHORIZATION);
         }
         h.remove(header::HOST);
-        // Upstreams are spoken to over HTTP/1.1 (the only version that can carry an Upgrade).
+        // Upstreams are spoken to over HTTP/1.1 (the only version that can carry an Upgrade), in
+        // origin form; the pool adds `Host`. The client's URI is kept for the error answers.
         parts.version = http::Version::HTTP_11;
-        parts.uri = target;
+        let uri = std::mem::replace(&mut parts.uri, Uri::from(target));
         let failed = Arc::new(AtomicBool::new(false));
-        let body = Body::new(WatchedBody {
+        let body = WatchedBody {
             inner: body,
             failed: failed.clone(),
-        });
+        };
         let out = Request::from_parts(parts, body);
-        let sent = match (&route.tls, self.tls.get(&route.prefix)) {
-            (Some(_), Some(client)) => client.request(out).await,
-            (Some(_), None) => {
-                tracing::warn!(route = %route.prefix, "no TLS client for this route");
-                return bad_gateway(mounts, &path);
-            }
-            (None, _) => self.client.request(out).await,
+        let sent = match &route.tls {
+            None => match self.plain.get(route.upstream.authority().map_or("", |a| a.as_str())) {
+                Some(pool) => pool.send(out, upgrade).await,
+                // (not a configured route: a pool for this request only)
+                None => Arc::new(plain_pool(&route.upstream)).send(out, upgrade).await,
+            },
+            Some(_) => match self.tls.get(&route.prefix) {
+                Some(pool) => pool.send(out, upgrade).await,
+                None => {
+                    tracing::warn!(route = %route.prefix, "no TLS client for this route");
+                    return bad_gateway(mounts, uri.path());
+                }
+            },
         };
         let mut resp = match sent {
             Ok(r) => r,
             Err(e) if failed.load(Ordering::Acquire) => {
                 tracing::debug!(route = %route.prefix, error = %e, "the client's request body was malformed");
-                return mounts.error(&path, RefusalKind::BadRequest, "Malformed request body.");
+                return mounts.error(uri.path(), RefusalKind::BadRequest, "Malformed request body.");
             }
             Err(e) => {
-                let detail = std::error::Error::source(&e)
-                    .map(ToString::to_string)
-                    .unwrap_or_else(|| e.to_string());
+                let detail = causes(&e);
                 match &route.tls {
                     Some(t) => tracing::warn!(
                         route = %route.prefix, error = %e, detail, server_name = %t.server_name,
@@ -502,7 +566,7 @@ impl Proxy {
                     ),
                     None => tracing::warn!(route = %route.prefix, error = %e, detail, "upstream request failed"),
                 }
-                return bad_gateway(mounts, &path);
+                return bad_gateway(mounts, uri.path());
             }
         };
         if upgrade && resp.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -527,8 +591,22 @@ impl Proxy {
         strip_hop_by_hop(&mut parts.headers, false, true);
         confine_upstream_response(&mut parts.headers);
         parts.extensions.insert(Proxied);
-        Response::from_parts(parts, Body::new(body))
+        Response::from_parts(parts, body)
     }
+}
+
+/// What caused `e`, innermost last (the log's `detail`).
+fn causes(e: &UpstreamError) -> String {
+    let mut detail = String::new();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if !detail.is_empty() {
+            detail.push_str(": ");
+        }
+        detail.push_str(&s.to_string());
+        source = s.source();
+    }
+    detail
 }
 
 /// The one 502 answer, in the format of `path`'s clients: the detail goes to the log, never to

@@ -1,0 +1,783 @@
+//! Upstream HTTP/1.1 connections: one pool per upstream (plain) or per TLS route, each pooled
+//! connection driven by the task of the request that uses it — no task per connection, no
+//! channel hop per request. The request task polls the connection while it awaits the response
+//! head; the response body handed back ([`ResponseBody`]) holds the connection and polls it
+//! before each frame, so the front door's connection task drives the upstream one too.
+//!
+//! Invariants: a connection goes back to its pool only after its response body ended and the
+//! connection settled idle, ready for the next request; a body dropped before its end (the
+//! client went away) closes its connection. An idle connection is checked before reuse (an
+//! upstream's close shows as the connection finishing) and expires after [`IDLE_TIMEOUT`]. A
+//! request is retried — once, on a fresh connection — only when hyper hands it back unsent
+//! from a reused connection; one that may have been written never is. Upgrade requests get a
+//! dedicated connection of their own (its driver spawned), never pooled. TLS connections are
+//! verified at connect by their route's `ClientConfig`; the proxy replaces a TLS route's pool
+//! when the roots change, so no connection verified under old roots is checked out again.
+
+use std::collections::VecDeque;
+use std::future::{Future, poll_fn};
+use std::net::SocketAddr;
+use std::pin::{Pin, pin};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use axum::body::Body;
+use bytes::Bytes;
+use http::header::{HOST, HeaderValue};
+use http::{Request, Response, Uri};
+use hyper::body::Incoming;
+use hyper::client::conn::TrySendError;
+use hyper::client::conn::http1::{self, Connection, SendRequest};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+/// How long an idle connection is kept (hyper_util's legacy client's default).
+pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// The time one new TCP connection may take (split between an upstream's addresses).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why an upstream request failed. The display names the step; the source says what happened.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum UpstreamError {
+    #[error("resolving {host}")]
+    Resolve {
+        host: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{host} resolves to no address")]
+    NoAddress { host: String },
+    #[error("connecting to {addr}")]
+    Connect {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("connecting to {addr} timed out")]
+    ConnectTimeout { addr: SocketAddr },
+    #[error("TLS handshake")]
+    Tls(#[source] std::io::Error),
+    #[error("HTTP/1.1 handshake")]
+    Handshake(#[source] hyper::Error),
+    #[error("upstream request")]
+    Request(#[source] hyper::Error),
+}
+
+/// A request body the pool can send: what hyper's client connections accept.
+pub(crate) trait ReqBody: http_body::Body<Data = Bytes, Error: Into<BoxError>> + Send + 'static {}
+impl<B: http_body::Body<Data = Bytes, Error: Into<BoxError>> + Send + 'static> ReqBody for B {}
+
+/// Opens a transport to one upstream.
+pub(crate) trait Connect: Send + Sync + 'static {
+    /// The byte stream.
+    type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    /// A new connection.
+    fn connect(&self) -> impl Future<Output = Result<Self::Io, UpstreamError>> + Send;
+}
+
+/// TCP to `host:port` (a name is resolved on each new connection), `TCP_NODELAY` set.
+#[derive(Debug, Clone)]
+pub(crate) struct Tcp {
+    host: String,
+    port: u16,
+}
+
+impl Tcp {
+    /// The upstream of `uri` (an `http://` or `https://` URL with an authority).
+    pub(crate) fn new(uri: &Uri) -> Self {
+        let host = uri.host().unwrap_or_default();
+        let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+        let default = if uri.scheme_str() == Some("https") { 443 } else { 80 };
+        Self {
+            host: host.to_owned(),
+            port: uri.port_u16().unwrap_or(default),
+        }
+    }
+
+    async fn stream(&self) -> Result<TcpStream, UpstreamError> {
+        let resolve = |source| UpstreamError::Resolve {
+            host: self.host.clone(),
+            source,
+        };
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((self.host.as_str(), self.port))
+            .await
+            .map_err(resolve)?
+            .collect();
+        let deadline = Instant::now() + CONNECT_TIMEOUT;
+        let mut failed = UpstreamError::NoAddress {
+            host: self.host.clone(),
+        };
+        // Like hyper_util's `HttpConnector`: each address gets its share of the time left.
+        for (i, addr) in addrs.iter().enumerate() {
+            let share =
+                deadline.saturating_duration_since(Instant::now()) / u32::try_from(addrs.len() - i).unwrap_or(1);
+            match tokio::time::timeout(share, TcpStream::connect(addr)).await {
+                Ok(Ok(s)) => {
+                    s.set_nodelay(true)
+                        .map_err(|source| UpstreamError::Connect { addr: *addr, source })?;
+                    return Ok(s);
+                }
+                Ok(Err(source)) => failed = UpstreamError::Connect { addr: *addr, source },
+                Err(_) => failed = UpstreamError::ConnectTimeout { addr: *addr },
+            }
+        }
+        Err(failed)
+    }
+}
+
+impl Connect for Tcp {
+    type Io = TcpStream;
+
+    async fn connect(&self) -> Result<TcpStream, UpstreamError> {
+        self.stream().await
+    }
+}
+
+/// TLS over [`Tcp`] with a fixed server name and a route's client config.
+pub(crate) struct Tls {
+    pub(crate) tcp: Tcp,
+    pub(crate) connector: tokio_rustls::TlsConnector,
+    pub(crate) server_name: rustls::pki_types::ServerName<'static>,
+}
+
+impl Connect for Tls {
+    type Io = tokio_rustls::client::TlsStream<TcpStream>;
+
+    async fn connect(&self) -> Result<Self::Io, UpstreamError> {
+        let tcp = self.tcp.stream().await?;
+        self.connector
+            .connect(self.server_name.clone(), tcp)
+            .await
+            .map_err(UpstreamError::Tls)
+    }
+}
+
+/// One HTTP/1.1 connection: the sender and the connection future, polled by whoever uses it.
+struct Conn<C: Connect, B: ReqBody> {
+    tx: SendRequest<B>,
+    /// `None` once the connection finished (closed or failed).
+    conn: Option<Connection<TokioIo<C::Io>, B>>,
+}
+
+impl<C: Connect, B: ReqBody> Conn<C, B> {
+    /// Polls the connection; false once it finished (it is dropped then, which hands a request
+    /// it never took back to its sender).
+    fn drive(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(conn) = self.conn.as_mut() else {
+            return false;
+        };
+        match Pin::new(conn).poll(cx) {
+            Poll::Pending => true,
+            Poll::Ready(done) => {
+                if let Err(e) = done {
+                    tracing::debug!(error = %e, "upstream connection failed");
+                }
+                self.conn = None;
+                false
+            }
+        }
+    }
+
+    /// Whether the connection can take another request now: polled once without a waker (no
+    /// syscall when its socket saw no event), so it settles idle — or shows the upstream closed it —
+    /// and holds no waker of the task that used it last.
+    fn settle(&mut self) -> bool {
+        self.drive(&mut Context::from_waker(Waker::noop())) && self.tx.is_ready()
+    }
+
+    /// Sends `req` and drives the connection until the response head arrives. The request comes
+    /// back in the error only when it was never written.
+    async fn send(&mut self, req: Request<B>) -> Result<Response<Incoming>, TrySendError<Request<B>>> {
+        let mut sent = pin!(self.tx.try_send_request(req));
+        poll_fn(|cx| {
+            if self.drive(cx) {
+                // Only polling the connection (just done) can complete `sent`: no waker needed.
+                sent.as_mut().poll(&mut Context::from_waker(Waker::noop()))
+            } else {
+                sent.as_mut().poll(cx)
+            }
+        })
+        .await
+    }
+}
+
+struct Idle<C: Connect, B: ReqBody> {
+    conn: Conn<C, B>,
+    since: Instant,
+}
+
+/// The idle connections to one upstream.
+pub(crate) struct Pool<C: Connect, B: ReqBody> {
+    connect: C,
+    /// The `Host` every request carries (the upstream's authority, default port omitted).
+    host: HeaderValue,
+    idle: parking_lot::Mutex<VecDeque<Idle<C, B>>>,
+    max_idle: usize,
+    idle_timeout: Duration,
+    reaper: AtomicBool,
+}
+
+/// `Host` for `uri`, as hyper_util's legacy client sets it: the host, and the port unless it is
+/// the scheme's default.
+pub(crate) fn host_header(uri: &Uri) -> HeaderValue {
+    let host = uri.host().unwrap_or_default();
+    let default = if uri.scheme_str() == Some("https") { 443 } else { 80 };
+    let value = match uri.port_u16() {
+        Some(port) if port != default => HeaderValue::try_from(format!("{host}:{port}")),
+        _ => HeaderValue::try_from(host),
+    };
+    value.unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+impl<C: Connect, B: ReqBody> Pool<C, B> {
+    /// An empty pool that keeps at most `max_idle` idle connections, each for `idle_timeout`.
+    pub(crate) fn new(connect: C, host: HeaderValue, max_idle: usize, idle_timeout: Duration) -> Self {
+        Self {
+            connect,
+            host,
+            idle: parking_lot::Mutex::new(VecDeque::new()),
+            max_idle,
+            idle_timeout,
+            reaper: AtomicBool::new(false),
+        }
+    }
+
+    /// Sends `req` (origin-form URI, no `Host`) over a pooled or new connection; the answer's body
+    /// drives the connection and returns it to the pool at its end. An `upgrade` request gets a
+    /// dedicated connection that can be taken over (`hyper::upgrade::on`).
+    pub(crate) async fn send(
+        self: &Arc<Self>,
+        mut req: Request<B>,
+        upgrade: bool,
+    ) -> Result<Response<Body>, UpstreamError> {
+        req.headers_mut().insert(HOST, self.host.clone());
+        if upgrade {
+            return self.send_upgrade(req).await;
+        }
+        let (conn, reused) = match self.checkout() {
+            Some(conn) => (conn, true),
+            None => (self.open().await?, false),
+        };
+        self.send_on(conn, reused, req).await
+    }
+
+    async fn send_on(
+        self: &Arc<Self>,
+        mut conn: Conn<C, B>,
+        reused: bool,
+        req: Request<B>,
+    ) -> Result<Response<Body>, UpstreamError> {
+        let resp = match conn.send(req).await {
+            Ok(resp) => resp,
+            Err(mut e) => match e.take_message() {
+                // The upstream closed the idle connection as it was taken: never written, so
+                // sent once more on a new connection.
+                Some(unsent) if reused => {
+                    tracing::debug!(error = %e.error(), "reused upstream connection was closed; retrying");
+                    conn = self.open().await?;
+                    conn.send(unsent)
+                        .await
+                        .map_err(|e| UpstreamError::Request(e.into_error()))?
+                }
+                _ => return Err(UpstreamError::Request(e.into_error())),
+            },
+        };
+        Ok(resp.map(|body| {
+            Body::new(ResponseBody {
+                body,
+                conn: Some(conn),
+                pool: self.clone(),
+                ended: false,
+            })
+        }))
+    }
+
+    async fn send_upgrade(&self, req: Request<B>) -> Result<Response<Body>, UpstreamError> {
+        let io = self.connect.connect().await?;
+        let (mut tx, conn) = http1::handshake(TokioIo::new(io))
+            .await
+            .map_err(UpstreamError::Handshake)?;
+        // The rare path: a connection that may become a tunnel, driven by its own task.
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(error = %e, "upstream upgrade connection failed");
+            }
+        });
+        let resp = tx.send_request(req).await.map_err(UpstreamError::Request)?;
+        Ok(resp.map(Body::new))
+    }
+
+    async fn open(&self) -> Result<Conn<C, B>, UpstreamError> {
+        let io = self.connect.connect().await?;
+        let (tx, conn) = http1::handshake(TokioIo::new(io))
+            .await
+            .map_err(UpstreamError::Handshake)?;
+        Ok(Conn { tx, conn: Some(conn) })
+    }
+
+    /// The most recently used idle connection that is still open, if any.
+    fn checkout(&self) -> Option<Conn<C, B>> {
+        loop {
+            let now = Instant::now();
+            let (mut candidate, expired) = {
+                let mut idle = self.idle.lock();
+                let candidate = idle.pop_back()?;
+                (candidate, self.take_expired(&mut idle, now))
+            };
+            // (closed after the lock)
+            drop(expired);
+            if now.saturating_duration_since(candidate.since) < self.idle_timeout && candidate.conn.settle() {
+                return Some(candidate.conn);
+            }
+        }
+    }
+
+    /// The connections of `idle` that were idle for `idle_timeout` at `now` (the oldest are at
+    /// its front).
+    fn take_expired(&self, idle: &mut VecDeque<Idle<C, B>>, now: Instant) -> Vec<Idle<C, B>> {
+        let mut expired = Vec::new();
+        while let Some(front) = idle.front()
+            && now.saturating_duration_since(front.since) >= self.idle_timeout
+        {
+            expired.extend(idle.pop_front());
+        }
+        expired
+    }
+
+    /// Keeps `conn` for the next request (unless the pool is full).
+    fn put(self: &Arc<Self>, conn: Conn<C, B>) {
+        let idle = Idle {
+            conn,
+            since: Instant::now(),
+        };
+        let full = {
+            let mut pool = self.idle.lock();
+            if pool.len() < self.max_idle {
+                pool.push_back(idle);
+                None
+            } else {
+                Some(idle)
+            }
+        };
+        drop(full);
+        if !self.reaper.swap(true, Ordering::Relaxed)
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            rt.spawn(reap(Arc::downgrade(self), self.idle_timeout));
+        }
+    }
+
+    fn purge(&self) {
+        let now = Instant::now();
+        let expired = self.take_expired(&mut self.idle.lock(), now);
+        drop(expired);
+    }
+
+    #[cfg(test)]
+    fn idle_count(&self) -> usize {
+        self.idle.lock().len()
+    }
+}
+
+/// Closes a pool's expired idle connections while nobody takes connections from it (a
+/// checkout drops the expired ones itself); ends with the pool.
+async fn reap<C: Connect, B: ReqBody>(pool: Weak<Pool<C, B>>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(pool) = pool.upgrade() else { return };
+        pool.purge();
+    }
+}
+
+/// An upstream response body that drives its connection, and returns it to the pool once the
+/// body ended.
+struct ResponseBody<C: Connect, B: ReqBody> {
+    body: Incoming,
+    /// `None` once the connection finished or was released.
+    conn: Option<Conn<C, B>>,
+    pool: Arc<Pool<C, B>>,
+    ended: bool,
+}
+
+impl<C: Connect, B: ReqBody> ResponseBody<C, B> {
+    fn release(&mut self) {
+        if let Some(mut conn) = self.conn.take()
+            && conn.settle()
+        {
+            self.pool.put(conn);
+        }
+    }
+}
+
+impl<C: Connect, B: ReqBody> http_body::Body for ResponseBody<C, B> {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let driving = this.conn.as_mut().is_some_and(|c| c.drive(cx));
+        let polled = if driving {
+            // Only the connection (polled just now) feeds the body: no waker needed.
+            Pin::new(&mut this.body).poll_frame(&mut Context::from_waker(Waker::noop()))
+        } else {
+            Pin::new(&mut this.body).poll_frame(cx)
+        };
+        match &polled {
+            Poll::Ready(None) => {
+                this.ended = true;
+                this.release();
+            }
+            Poll::Ready(Some(Err(_))) => this.conn = None,
+            Poll::Ready(Some(Ok(_))) | Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended || self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl<C: Connect, B: ReqBody> Drop for ResponseBody<C, B> {
+    /// A body that ended — also one never polled because it was empty (HEAD, 204, 304,
+    /// `Content-Length: 0`) or whose last frame was its known length — returns the connection;
+    /// one dropped midway closes it (the rest of the answer is still on the wire).
+    fn drop(&mut self) {
+        if self.ended || http_body::Body::is_end_stream(&self.body) {
+            self.release();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::convert::Infallible;
+    use std::sync::atomic::AtomicUsize;
+
+    use http::{Method, StatusCode};
+    use http_body_util::BodyExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    const BIG: usize = 8 << 20;
+
+    /// A local HTTP/1 upstream that counts the connections it accepted.
+    struct Upstream {
+        addr: SocketAddr,
+        accepted: Arc<AtomicUsize>,
+    }
+
+    impl Upstream {
+        fn accepted(&self) -> usize {
+            self.accepted.load(Ordering::SeqCst)
+        }
+
+        fn pool(&self, idle_timeout: Duration) -> Arc<Pool<Tcp, Body>> {
+            let uri: Uri = format!("http://{}", self.addr).parse().unwrap();
+            Arc::new(Pool::new(Tcp::new(&uri), host_header(&uri), 256, idle_timeout))
+        }
+    }
+
+    async fn answer(req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+        let path = req.uri().path().to_owned();
+        let resp = match path.as_str() {
+            "/204" => Response::builder().status(StatusCode::NO_CONTENT).body(Body::empty()),
+            "/304" => Response::builder().status(StatusCode::NOT_MODIFIED).body(Body::empty()),
+            "/empty" => Response::builder().header("content-length", "0").body(Body::empty()),
+            "/echo" => Response::builder().body(Body::new(req.into_body())),
+            "/big" => {
+                let chunks = (0..BIG / 65536).map(|_| Ok::<_, Infallible>(Bytes::from(vec![7u8; 65536])));
+                Response::builder().body(Body::from_stream(futures_util::stream::iter(chunks)))
+            }
+            _ => {
+                let host = req.headers().get(HOST).cloned();
+                Response::builder()
+                    .header("x-host", host.unwrap_or_else(|| HeaderValue::from_static("")))
+                    .body(Body::from(format!("ok {path}")))
+            }
+        };
+        Ok(resp.unwrap())
+    }
+
+    /// Accepts connections on 127.0.0.1, counts them and hands each to `serve` in a task.
+    async fn serve<F: Future<Output = ()> + Send + 'static>(serve: fn(TcpStream) -> F) -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            loop {
+                let (s, _) = listener.accept().await.unwrap();
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(serve(s));
+            }
+        });
+        Upstream { addr, accepted }
+    }
+
+    /// A hyper HTTP/1 upstream answering with [`answer`].
+    async fn upstream(keep_alive: bool) -> Upstream {
+        async fn http1(s: TcpStream, keep_alive: bool) {
+            let _ = hyper::server::conn::http1::Builder::new()
+                .keep_alive(keep_alive)
+                .serve_connection(TokioIo::new(s), hyper::service::service_fn(answer))
+                .await;
+        }
+        if keep_alive {
+            serve(|s| http1(s, true)).await
+        } else {
+            serve(|s| http1(s, false)).await
+        }
+    }
+
+    /// How long after its answer [`closing_upstream`] closes the connection.
+    const CLOSE_AFTER: Duration = Duration::from_millis(30);
+
+    /// An upstream that answers one request per connection, keep-alive in its headers, then
+    /// closes the connection (as at the end of its keep-alive timeout).
+    async fn closing_upstream() -> Upstream {
+        serve(|mut s| async move {
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.ends_with(b"\r\n\r\n") {
+                let n = s.read(&mut buf).await.unwrap();
+                if n == 0 {
+                    return;
+                }
+                head.extend_from_slice(&buf[..n]);
+            }
+            s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                .await
+                .unwrap();
+            // the close comes a little after the answer: the connection was idle
+            tokio::time::sleep(CLOSE_AFTER).await;
+        })
+        .await
+    }
+
+    fn get(path: &str) -> Request<Body> {
+        Request::get(path).body(Body::empty()).unwrap()
+    }
+
+    async fn text(pool: &Arc<Pool<Tcp, Body>>, req: Request<Body>) -> (StatusCode, String) {
+        let resp = pool.send(req, false).await.unwrap();
+        let status = resp.status();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn sequential_requests_reuse_one_connection() {
+        let up = upstream(true).await;
+        let pool = up.pool(IDLE_TIMEOUT);
+        for i in 0..20 {
+            assert_eq!(
+                text(&pool, get(&format!("/n{i}"))).await,
+                (StatusCode::OK, format!("ok /n{i}"))
+            );
+        }
+        assert_eq!(up.accepted(), 1);
+        assert_eq!(pool.idle_count(), 1);
+        // Host is the upstream's authority
+        let resp = pool.send(get("/"), false).await.unwrap();
+        assert_eq!(resp.headers()["x-host"], up.addr.to_string().as_str());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn parallel_requests_open_at_most_one_connection_each_and_reuse_them() {
+        let up = upstream(true).await;
+        let pool = up.pool(IDLE_TIMEOUT);
+        let burst = |n: usize| {
+            let pool = pool.clone();
+            async move {
+                let tasks: Vec<_> = (0..n)
+                    .map(|i| {
+                        let pool = pool.clone();
+                        tokio::spawn(async move { text(&pool, get(&format!("/p{i}"))).await })
+                    })
+                    .collect();
+                for (i, t) in tasks.into_iter().enumerate() {
+                    assert_eq!(t.await.unwrap(), (StatusCode::OK, format!("ok /p{i}")));
+                }
+            }
+        };
+        burst(16).await;
+        let opened = up.accepted();
+        assert!((1..=16).contains(&opened), "{opened}");
+        assert_eq!(pool.idle_count(), opened);
+        // one at a time now: all on the idle connections
+        for i in 0..opened {
+            assert_eq!(text(&pool, get(&format!("/p{i}"))).await.0, StatusCode::OK);
+        }
+        assert_eq!(up.accepted(), opened);
+    }
+
+    #[tokio::test]
+    async fn a_body_dropped_midway_closes_its_connection() {
+        let up = upstream(true).await;
+        let pool = up.pool(IDLE_TIMEOUT);
+        let resp = pool.send(get("/big"), false).await.unwrap();
+        let mut body = resp.into_body();
+        let first = body.frame().await.unwrap().unwrap();
+        assert!(first.is_data());
+        drop(body);
+        assert_eq!(pool.idle_count(), 0);
+        assert_eq!(text(&pool, get("/")).await.0, StatusCode::OK);
+        assert_eq!(up.accepted(), 2);
+    }
+
+    #[tokio::test]
+    async fn empty_answers_return_their_connection() {
+        let up = upstream(true).await;
+        let pool = up.pool(IDLE_TIMEOUT);
+        for _ in 0..3 {
+            let head = Request::builder()
+                .method(Method::HEAD)
+                .uri("/")
+                .body(Body::empty())
+                .unwrap();
+            for (req, status) in [
+                (head, StatusCode::OK),
+                (get("/204"), StatusCode::NO_CONTENT),
+                (get("/304"), StatusCode::NOT_MODIFIED),
+                (get("/empty"), StatusCode::OK),
+            ] {
+                // dropped without a poll, as hyper's server does with an empty body
+                let resp = pool.send(req, false).await.unwrap();
+                assert_eq!(resp.status(), status);
+                assert!(http_body::Body::is_end_stream(resp.body()));
+                drop(resp);
+                assert_eq!(pool.idle_count(), 1);
+            }
+        }
+        assert_eq!(up.accepted(), 1);
+    }
+
+    #[tokio::test]
+    async fn connections_the_upstream_closes_are_not_reused() {
+        // `Connection: close` in the answer
+        let up = upstream(false).await;
+        let pool = up.pool(IDLE_TIMEOUT);
+        for _ in 0..5 {
+            assert_eq!(text(&pool, get("/")).await, (StatusCode::OK, "ok /".into()));
+        }
+        assert_eq!(up.accepted(), 5);
+        // closed silently after a keep-alive answer
+        let up = closing_upstream().await;
+        let pool = up.pool(IDLE_TIMEOUT);
+        for _ in 0..5 {
+            assert_eq!(text(&pool, get("/")).await, (StatusCode::OK, "ok".into()));
+            assert_eq!(pool.idle_count(), 1);
+            tokio::time::sleep(CLOSE_AFTER * 3).await;
+        }
+        assert_eq!(up.accepted(), 5);
+    }
+
+    #[tokio::test]
+    async fn a_request_handed_back_unsent_is_retried_on_a_new_connection() {
+        let up = closing_upstream().await;
+        let pool = up.pool(IDLE_TIMEOUT);
+        assert_eq!(text(&pool, get("/")).await, (StatusCode::OK, "ok".into()));
+        // the upstream's close reaches the idle socket; taken without the pool's check, as if
+        // it arrived just after it
+        assert_eq!(pool.idle_count(), 1);
+        tokio::time::sleep(CLOSE_AFTER * 3).await;
+        let conn = pool.idle.lock().pop_back().unwrap().conn;
+        let resp = pool.send_on(conn, true, get("/")).await.unwrap();
+        assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), "ok");
+        assert_eq!(up.accepted(), 2);
+        // a new connection's request is not retried
+        tokio::time::sleep(CLOSE_AFTER * 3).await;
+        let conn = pool.idle.lock().pop_back().unwrap().conn;
+        assert!(pool.send_on(conn, false, get("/")).await.is_err());
+        assert_eq!(up.accepted(), 2);
+    }
+
+    #[tokio::test]
+    async fn bodies_stream_both_ways() {
+        let up = upstream(true).await;
+        let pool = up.pool(IDLE_TIMEOUT);
+        // download
+        let resp = pool.send(get("/big"), false).await.unwrap();
+        let mut body = resp.into_body();
+        let mut n = 0;
+        while let Some(frame) = body.frame().await {
+            n += frame.unwrap().into_data().unwrap().len();
+        }
+        drop(body);
+        assert_eq!(n, BIG);
+        // upload, echoed while it is still being sent
+        let chunks = (0..BIG / 65536).map(|i| Ok::<_, Infallible>(Bytes::from(vec![(i % 251) as u8; 65536])));
+        let req = Request::post("/echo")
+            .body(Body::from_stream(futures_util::stream::iter(chunks)))
+            .unwrap();
+        let resp = pool.send(req, false).await.unwrap();
+        let echoed = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(echoed.len(), BIG);
+        assert!(
+            echoed
+                .chunks(65536)
+                .enumerate()
+                .all(|(i, c)| c.iter().all(|b| *b == (i % 251) as u8))
+        );
+        assert_eq!(text(&pool, get("/")).await.0, StatusCode::OK);
+        assert_eq!(up.accepted(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_upstream_that_is_down_is_an_error() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        let uri: Uri = format!("http://{addr}").parse().unwrap();
+        let pool: Arc<Pool<Tcp, Body>> = Arc::new(Pool::new(Tcp::new(&uri), host_header(&uri), 8, IDLE_TIMEOUT));
+        let e = pool.send(get("/"), false).await.unwrap_err();
+        assert!(matches!(e, UpstreamError::Connect { .. }), "{e:?}");
+    }
+
+    #[tokio::test]
+    async fn idle_connections_expire() {
+        let up = upstream(true).await;
+        let pool = up.pool(Duration::from_millis(100));
+        assert_eq!(text(&pool, get("/")).await.0, StatusCode::OK);
+        assert_eq!(text(&pool, get("/")).await.0, StatusCode::OK);
+        assert_eq!(up.accepted(), 1);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        // the reaper closed it
+        assert_eq!(pool.idle_count(), 0);
+        assert_eq!(text(&pool, get("/")).await.0, StatusCode::OK);
+        assert_eq!(up.accepted(), 2);
+    }
+
+    #[test]
+    fn host_headers_omit_default_ports() {
+        for (uri, host) in [
+            ("http://127.0.0.1:8080/", "127.0.0.1:8080"),
+            ("http://svc/", "svc"),
+            ("http://svc:80/", "svc"),
+            ("https://svc:443/", "svc"),
+            ("https://svc:8443/", "svc:8443"),
+            ("http://[::1]:81/", "[::1]:81"),
+        ] {
+            assert_eq!(host_header(&uri.parse().unwrap()), host, "{uri}");
+        }
+        let t = Tcp::new(&"http://[::1]:81/".parse().unwrap());
+        assert_eq!((t.host.as_str(), t.port), ("::1", 81));
+    }
+}
