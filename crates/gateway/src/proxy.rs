@@ -262,17 +262,16 @@ static HOP_BY_HOP: [(&HeaderName, bool); 9] = [
 /// Removes hop-by-hop headers. `named`: also the headers the message's own `Connection` names —
 /// only for a message as received (responses here; requests had theirs applied at the edge).
 fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool, named: bool) {
-    if named && h.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = h
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-            .collect();
-        for n in named {
-            if !(keep_upgrade && n == header::UPGRADE) {
-                h.remove(n);
+    if named && let Some(first) = h.get(header::CONNECTION).cloned() {
+        // (values are cheap to clone: shared bytes; more than one `Connection` header is rare)
+        let rest: Vec<HeaderValue> = h.get_all(header::CONNECTION).iter().skip(1).cloned().collect();
+        for v in std::iter::once(&first).chain(&rest) {
+            let Ok(v) = v.to_str() else { continue };
+            for n in v.split(',').map(str::trim) {
+                // (a name that is not a valid header name names no header)
+                if !(keep_upgrade && n.eq_ignore_ascii_case("upgrade")) {
+                    h.remove(n);
+                }
             }
         }
     }
@@ -322,7 +321,7 @@ pub(crate) fn remove_cookie(h: &mut HeaderMap, name: &str) {
         return;
     }
     // One header that already reads as the result: left as it is.
-    if headers == 1 && h.get(header::COOKIE).is_some_and(|v| v.as_bytes() == kept.as_bytes()) {
+    if headers == 1 && !kept.is_empty() && h.get(header::COOKIE).is_some_and(|v| v.as_bytes() == kept.as_bytes()) {
         return;
     }
     h.remove(header::COOKIE);
@@ -654,6 +653,52 @@ mod tests {
         );
         remove_cookie(&mut h, "authservice_session");
         assert_eq!(h.get(header::COOKIE).unwrap(), "a=1; b=2");
+    }
+
+    #[test]
+    fn cookie_removal_keeps_the_others_in_one_normalised_header() {
+        let removed = |values: &[&'static [u8]]| {
+            let mut h = HeaderMap::new();
+            for v in values {
+                h.append(header::COOKIE, HeaderValue::from_bytes(v).unwrap());
+            }
+            remove_cookie(&mut h, "authservice_session");
+            h.get_all(header::COOKIE)
+                .iter()
+                .map(|v| v.as_bytes().to_vec())
+                .collect::<Vec<_>>()
+        };
+        assert!(removed(&[b"authservice_session=zzz"]).is_empty());
+        assert!(removed(&[b" authservice_session=zzz ; "]).is_empty());
+        assert!(removed(&[b""]).is_empty());
+        assert_eq!(removed(&[b"a=1;b=2"]), [b"a=1; b=2"]);
+        assert_eq!(removed(&[b"a=1; b=2"]), [b"a=1; b=2"]);
+        assert_eq!(removed(&[b"a=1", b"authservice_session=x; b=2"]), [b"a=1; b=2"]);
+        assert_eq!(
+            removed(&[b"authservice_session =x; flag"]),
+            [b"authservice_session =x; flag"]
+        );
+        // a header that is not text is left alone, or dropped beside one that is
+        assert_eq!(removed(&[b"a=\xff"]), [b"a=\xff"]);
+        assert_eq!(removed(&[b"a=\xff", b"b=2"]), [b"b=2"]);
+    }
+
+    #[test]
+    fn upgrades_keep_their_connection_and_upgrade_headers() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade, X-Secret"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert(header::PROXY_AUTHENTICATE, HeaderValue::from_static("Basic"));
+        strip_hop_by_hop(&mut h, true, true);
+        assert_eq!(h[header::UPGRADE], "websocket");
+        assert!(h.contains_key(header::CONNECTION));
+        assert!(
+            !h.contains_key("x-secret") && !h.contains_key(header::TE) && !h.contains_key(header::PROXY_AUTHENTICATE)
+        );
+        strip_hop_by_hop(&mut h, false, true);
+        assert!(h.is_empty());
     }
 
     #[test]

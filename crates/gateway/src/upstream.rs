@@ -161,8 +161,9 @@ impl Connect for Tls {
 /// One HTTP/1.1 connection: the sender and the connection future, polled by whoever uses it.
 struct Conn<C: Connect, B: ReqBody> {
     tx: SendRequest<B>,
-    /// `None` once the connection finished (closed or failed).
-    conn: Option<Connection<TokioIo<C::Io>, B>>,
+    /// `None` once the connection finished (closed or failed). Boxed: it is large (hundreds of
+    /// bytes), and a `Conn` moves several times per request (pool, request, body, pool).
+    conn: Option<Box<Connection<TokioIo<C::Io>, B>>>,
 }
 
 impl<C: Connect, B: ReqBody> Conn<C, B> {
@@ -318,7 +319,10 @@ impl<C: Connect, B: ReqBody> Pool<C, B> {
         let (tx, conn) = http1::handshake(TokioIo::new(io))
             .await
             .map_err(UpstreamError::Handshake)?;
-        Ok(Conn { tx, conn: Some(conn) })
+        Ok(Conn {
+            tx,
+            conn: Some(Box::new(conn)),
+        })
     }
 
     /// The most recently used idle connection that is still open, if any.
