@@ -46,8 +46,8 @@ pub(crate) fn begin(
         .and_then(|v| audit_id_from_client(v.as_bytes()))
         .map_or_else(|| app.audit_ids.next_id(), str::to_owned);
     let mut source_ips = Vec::with_capacity(2);
-    source_ips.extend(forwarded.map(|ip| ip.to_string()));
-    source_ips.extend(peer.map(|ip| ip.to_string()));
+    source_ips.extend(forwarded.map(crate::headers::ip_string));
+    source_ips.extend(peer.map(crate::headers::ip_string));
     let user_agent = req
         .headers()
         .get(header::USER_AGENT)

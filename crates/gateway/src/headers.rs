@@ -141,11 +141,12 @@ pub fn sanitize(h: &mut HeaderMap, reserved: &Reserved, socket_peer: Option<IpAd
         .and_then(|v| v.rsplit(',').next())
         .and_then(|v| v.trim().parse::<IpAddr>().ok());
     let mut xff = prior.join(", ");
+    xff.reserve(15);
     if let Some(peer) = socket_peer {
         if !xff.is_empty() {
             xff.push_str(", ");
         }
-        xff.push_str(&peer.to_string());
+        push_ip(&mut xff, peer);
     }
     if !xff.is_empty()
         && let Ok(v) = HeaderValue::from_str(&xff)
@@ -155,9 +156,63 @@ pub fn sanitize(h: &mut HeaderMap, reserved: &Reserved, socket_peer: Option<IpAd
     reported
 }
 
+/// Appends `ip` as text (what `Display` writes; IPv4 without the formatting machinery: this runs
+/// for every request).
+pub(crate) fn push_ip(out: &mut String, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                if octet >= 100 {
+                    out.push(char::from(b'0' + octet / 100));
+                }
+                if octet >= 10 {
+                    out.push(char::from(b'0' + octet / 10 % 10));
+                }
+                out.push(char::from(b'0' + octet % 10));
+            }
+        }
+        IpAddr::V6(_) => {
+            use std::fmt::Write as _;
+            let _ = write!(out, "{ip}");
+        }
+    }
+}
+
+/// `ip` as text ([`push_ip`]).
+pub(crate) fn ip_string(ip: IpAddr) -> String {
+    let mut s = String::with_capacity(15);
+    push_ip(&mut s, ip);
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn addresses_read_as_display_writes_them() {
+        for ip in [
+            "0.0.0.0",
+            "10.0.0.1",
+            "127.0.0.1",
+            "255.255.255.255",
+            "192.168.100.9",
+            "1.20.199.250",
+            "::1",
+            "2001:db8::7",
+            "::ffff:10.0.0.1",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(ip_string(ip), ip.to_string());
+        }
+        for n in 0..=255u8 {
+            let ip = IpAddr::from([n, n.wrapping_mul(7), 0, 255 - n]);
+            assert_eq!(ip_string(ip), ip.to_string());
+        }
+    }
 
     fn reserved() -> Reserved {
         Reserved::new(

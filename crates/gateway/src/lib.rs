@@ -18,6 +18,7 @@ mod panics;
 pub mod proxy;
 pub mod responses;
 pub mod session;
+mod upstream;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -27,7 +28,6 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
-use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use kfsec_idp::{Authenticator, Client, ClientAddr, ClientAuth, CredentialKind, Idp};
@@ -147,6 +147,10 @@ pub struct App {
     /// Audit ids (pooled randomness: one per request).
     audit_ids: kfsec_audit::request::AuditIds,
     decisions: std::sync::OnceLock<metrics::Decisions>,
+    /// The metrics label of each configured route (its prefix), made once.
+    route_labels: Vec<Arc<String>>,
+    /// Whether a route prefix has capitals (`ambiguity` then always compares loose readings).
+    upper_case_routes: bool,
 }
 
 /// kfsec's own dashboard pages, served for signed-in callers on the paths no route claims. The
@@ -209,6 +213,7 @@ impl App {
             Some((router, mounts)) => (Some(router), responses::Mounts::new(mounts)),
             None => (None, responses::Mounts::default()),
         };
+        let settings_routes = settings.routes.clone();
         Ok(Arc::new(Self {
             settings,
             idp,
@@ -227,6 +232,10 @@ impl App {
             pages: std::sync::OnceLock::new(),
             auditor: std::sync::OnceLock::new(),
             decisions: std::sync::OnceLock::new(),
+            route_labels: settings_routes.iter().map(|r| Arc::new(r.prefix.clone())).collect(),
+            upper_case_routes: settings_routes
+                .iter()
+                .any(|r| r.prefix.bytes().any(|b| b.is_ascii_uppercase())),
         }))
     }
 
@@ -271,8 +280,11 @@ impl App {
         &self.authn
     }
 
-    /// The front door's router.
-    pub fn router(self: &Arc<Self>) -> Router {
+    /// The front door as a service for the TLS listener: the edge (`edge`) runs first on every
+    /// request; then the IdP's and the gatekeeper's own endpoints go through their router and
+    /// every other path straight to `protected` (the same function that router falls back to),
+    /// with no router or middleware layer between the edge and a proxied route.
+    pub fn service(self: &Arc<Self>) -> FrontDoor {
         let idp = self.idp.router();
         let gate = Router::new()
             .route(CALLBACK_PATH, get(gatekeeper::callback))
@@ -290,16 +302,21 @@ impl App {
             .route(gatekeeper::LOGGED_OUT_AUTHSERVICE, get(gatekeeper::logged_out_page))
             .fallback(protected)
             .with_state(self.clone());
-        let app = if self.idp_path.is_empty() {
+        let gate = if self.idp_path.is_empty() {
             gate
         } else {
             gate.nest(&self.idp_path, idp)
         };
-        // The edge wraps the whole router (a layer on an inner router would run after routing):
-        // routing sees the normalised path.
-        Router::new()
-            .fallback_service(app)
-            .layer(middleware::from_fn_with_state(self.clone(), edge))
+        FrontDoor(Arc::new((self.clone(), gate)))
+    }
+
+    /// Whether `path` may be one of the gate router's own endpoints (the IdP under its issuer
+    /// path, `/authservice/…`, `/oauth2/…`). A path it does not serve falls back to `protected`
+    /// there too, so answering yes too often costs only the routing.
+    fn gate_path(&self, path: &str) -> bool {
+        path.starts_with("/authservice")
+            || path.starts_with("/oauth2")
+            || (!self.idp_path.is_empty() && path.starts_with(&self.idp_path))
     }
 
     /// Replaces any client-sent identity headers with `id`. Names are sent as UTF-8 bytes
@@ -315,10 +332,11 @@ impl App {
         }
     }
 
-    fn route_label(&self, path: &str) -> String {
+    fn route_label(&self, path: &str) -> Arc<String> {
         let names = metrics::RouteNames {
             idp_path: &self.idp_path,
             routes: &self.settings.routes,
+            route_labels: &self.route_labels,
             mount: self.mounts.owner(path).map(|m| m.name),
             page: self.pages.get().is_some_and(|p| p.owns(path)),
         };
@@ -326,21 +344,55 @@ impl App {
     }
 }
 
+/// The front door's service (`App::service`): every request runs through `edge`. Cheap to
+/// clone (one `Arc`).
+#[derive(Clone)]
+pub struct FrontDoor(Arc<(Arc<App>, Router)>);
+
+impl tower::Service<Request> for FrontDoor {
+    type Response = Response;
+    type Error = std::convert::Infallible;
+    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        let this = self.0.clone();
+        Box::pin(async move {
+            let (app, gate) = &*this;
+            Ok(edge(app, gate, req).await)
+        })
+    }
+}
+
+/// After the edge: the gate router for its endpoints, `protected` for everything else.
+async fn dispatch(app: &Arc<App>, gate: &Router, req: Request) -> Response {
+    if app.gate_path(req.uri().path()) {
+        return match tower::ServiceExt::oneshot(gate.clone(), req).await {
+            Ok(r) => r,
+            Err(never) => match never {},
+        };
+    }
+    protected(State(app.clone()), req).await
+}
+
 /// Runs first on every request, before routing: the path is normalised (or refused with 400),
 /// the received `Connection` header is applied and reserved identity and forwarding headers
 /// removed (`headers`), the client address is taken from a trusted proxy, security headers are
 /// added to the answer, metrics; a handler's panic becomes a 500 and a `Panic` audit Event.
-async fn edge(State(app): State<Arc<App>>, mut req: Request, next: Next) -> Response {
+async fn edge(app: &Arc<App>, gate: &Router, mut req: Request) -> Response {
     #[allow(clippy::disallowed_methods)] // the request-latency metric is a monotonic measurement, not logic time
     let start = Instant::now();
-    let refusal = normalise_target(&app.mounts, &mut req).or_else(|| ambiguity(&app, &req));
+    let refusal = normalise_target(&app.mounts, &mut req).or_else(|| ambiguity(app, &req));
     let auditor = app.auditor.get().filter(|a| a.enabled());
     let mut request_audit = None;
     if refusal.is_some()
         && let Some(auditor) = auditor
     {
         let peer = req.extensions().get::<ClientAddr>().map(|c| c.0);
-        request_audit = audit::begin(&app, auditor, &mut req, peer, None);
+        request_audit = audit::begin(app, auditor, &mut req, peer, None);
     }
     let (resp, route) = match refusal {
         None => {
@@ -351,12 +403,12 @@ async fn edge(State(app): State<Arc<App>>, mut req: Request, next: Next) -> Resp
                 req.extensions_mut().insert(ClientAddr(ip));
             }
             if let Some(auditor) = auditor {
-                request_audit = audit::begin(&app, auditor, &mut req, peer, forwarded);
+                request_audit = audit::begin(app, auditor, &mut req, peer, forwarded);
             }
             let route = app.route_label(req.uri().path());
             // A handler's panic is answered 500 and recorded (`panics`), not a reset connection.
             let uri = req.uri().clone();
-            let resp = match panics::catch(next.run(req)).await {
+            let resp = match panics::catch(dispatch(app, gate, req)).await {
                 Ok(resp) => resp,
                 Err(panic) => panics::answer(
                     &app.mounts,
@@ -368,7 +420,7 @@ async fn edge(State(app): State<Arc<App>>, mut req: Request, next: Next) -> Resp
             };
             (resp, route)
         }
-        Some(resp) => (resp, "rejected".to_owned()),
+        Some(resp) => (resp, Arc::new("rejected".to_owned())),
     };
     let resp = audit::finish(request_audit, security_headers(resp));
     app.metrics
@@ -390,6 +442,9 @@ async fn edge(State(app): State<Arc<App>>, mut req: Request, next: Next) -> Resp
 /// that refuses it.
 fn normalise_target(mounts: &responses::Mounts, req: &mut Request) -> Option<Response> {
     let raw = req.uri().path();
+    if path::is_normal(raw) {
+        return None;
+    }
     let refuse = |raw: &str, why: &dyn std::fmt::Display| {
         mounts.error(raw, RefusalKind::BadRequest, &format!("Invalid request path: {why}."))
     };
@@ -419,6 +474,11 @@ fn normalise_target(mounts: &responses::Mounts, req: &mut Request) -> Option<Res
 /// The 400 that refuses a path an upstream could read as another route (`proxy::ambiguous`).
 fn ambiguity(app: &App, req: &Request) -> Option<Response> {
     let path = req.uri().path();
+    // Without ';' or capitals in the path, and no capitals in any route prefix, the loose
+    // readings are the path itself: nothing to compare.
+    if !app.upper_case_routes && !path.bytes().any(|b| b == b';' || b.is_ascii_uppercase()) {
+        return None;
+    }
     proxy::ambiguous(&app.settings.routes, path).then(|| {
         app.mounts.error(
             path,
@@ -469,8 +529,7 @@ async fn protected(State(app): State<Arc<App>>, mut req: Request) -> Response {
         .routes
         .iter()
         .filter(|r| r.matches(&path))
-        .max_by_key(|r| r.prefix.len())
-        .cloned();
+        .max_by_key(|r| r.prefix.len());
     let peer = req
         .extensions()
         .get::<ClientAddr>()
@@ -499,14 +558,14 @@ async fn protected(State(app): State<Arc<App>>, mut req: Request) -> Response {
                 .mounts
                 .error(&path, RefusalKind::Unavailable, gatekeeper::STORE_DOWN);
         }
-        Authn::Invalid if route.as_ref().is_none_or(|r| !r.public) => {
+        Authn::Invalid if route.is_none_or(|r| !r.public) => {
             if let (Some(r), None) = (&route, mount) {
                 audit::route_decision(&req, &r.prefix, false, "invalid credentials");
             }
             app.decided_proxy(route.is_some() && mount.is_none(), false);
             return app.mounts.unauthenticated(&path);
         }
-        _ if route.as_ref().is_some_and(|r| r.public) => None,
+        _ if route.is_some_and(|r| r.public) => None,
         _ => {
             if let (Some(r), None) = (&route, mount) {
                 audit::route_decision(&req, &r.prefix, false, "not authenticated");
@@ -561,7 +620,7 @@ async fn protected(State(app): State<Arc<App>>, mut req: Request) -> Response {
             if let Some(id) = &identity {
                 app.set_identity_headers(req.headers_mut(), id);
             }
-            app.proxy.forward(&route, req, peer, &app.mounts).await
+            app.proxy.forward(route, req, peer, &app.mounts).await
         }
         None if path == "/" => match identity {
             Some(id) => home(&id),

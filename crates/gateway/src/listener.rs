@@ -21,6 +21,7 @@
 #![allow(clippy::disallowed_methods)] // connection, header and idle timeouts are monotonic IO deadlines, not logic time
 
 use std::collections::HashMap;
+use std::convert::Infallible;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
@@ -304,7 +305,8 @@ impl Drop for Slot {
 /// `send_timeout`: the time between two successive operations, not the whole transfer).
 struct StallTimer {
     limit: Duration,
-    sleep: Pin<Box<tokio::time::Sleep>>,
+    /// Made at the first wait (most request bodies are empty and never wait).
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
     armed: bool,
 }
 
@@ -312,7 +314,7 @@ impl StallTimer {
     fn new(limit: Duration) -> Self {
         Self {
             limit,
-            sleep: Box::pin(tokio::time::sleep(limit)),
+            sleep: None,
             armed: false,
         }
     }
@@ -325,11 +327,21 @@ impl StallTimer {
                 Poll::Ready(v)
             }
             Poll::Pending => {
-                if !self.armed {
-                    self.armed = true;
-                    self.sleep.as_mut().reset(Instant::now() + self.limit);
-                }
-                match self.sleep.as_mut().poll(cx) {
+                let sleep = match (&mut self.sleep, self.armed) {
+                    (Some(sleep), true) => sleep,
+                    (slot, _) => {
+                        self.armed = true;
+                        let deadline = Instant::now() + self.limit;
+                        match slot {
+                            Some(sleep) => {
+                                sleep.as_mut().reset(deadline);
+                                sleep
+                            }
+                            None => slot.insert(Box::pin(tokio::time::sleep_until(deadline))),
+                        }
+                    }
+                };
+                match sleep.as_mut().poll(cx) {
                     Poll::Ready(()) => Poll::Ready(stalled()),
                     Poll::Pending => Poll::Pending,
                 }
@@ -560,15 +572,12 @@ fn is_connection_error(e: &std::io::Error) -> bool {
     matches!(e.kind(), ConnectionRefused | ConnectionAborted | ConnectionReset)
 }
 
-fn builder(limits: &ListenerLimits) -> Builder<TokioExecutor> {
+fn builder() -> Builder<TokioExecutor> {
     let mut b = Builder::new(TokioExecutor::new());
-    // hyper's own head timer restarts with every request head it waits for; the connection task
-    // below enforces the header and idle limits, this only backs them up.
-    b.http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout.max(limits.idle_timeout))
-        .max_buf_size(MAX_HEADER_BYTES)
-        .keep_alive(true);
+    // No HTTP/1 timer: hyper's would arm a timer for every request head it waits for; the
+    // connection task below enforces the header limit (first request) and the idle limit (no
+    // request in flight, whatever part of a head has arrived) on its own.
+    b.http1().max_buf_size(MAX_HEADER_BYTES).keep_alive(true);
     b.http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(128)
@@ -579,13 +588,15 @@ fn builder(limits: &ListenerLimits) -> Builder<TokioExecutor> {
 
 /// Serves `app` over TLS on `listener` until `shutdown` resolves, then drains connections for at
 /// most `settings.drain`.
-pub async fn serve_tls(
+pub async fn serve_tls<S>(
     listener: TcpListener,
     tls: Arc<kfsec_pki::LiveServerConfig>,
-    app: Router,
+    app: S,
     shutdown: impl Future<Output = ()>,
     settings: TlsListenerSettings,
-) {
+) where
+    S: Service + Clone,
+{
     let TlsListenerSettings {
         name,
         limits,
@@ -595,7 +606,7 @@ pub async fn serve_tls(
     // Every connection task holds a clone of `alive`; the drain waits for all of them to drop.
     let (alive, mut drained) = tokio::sync::mpsc::channel::<()>(1);
     let (stop, stopping) = watch::channel(false);
-    let builder = Arc::new(builder(&limits));
+    let builder = Arc::new(builder());
     let label = ListenerLabel {
         listener: name.to_owned(),
     };
@@ -687,13 +698,24 @@ pub async fn serve_tls(
     }
 }
 
+type Req = http::Request<axum::body::Body>;
+type Resp = axum::response::Response;
+
+/// What a TLS listener serves: a router, or the front door's own service.
+pub trait Service:
+    tower::Service<Req, Response = Resp, Error = Infallible, Future: Send> + Send + Sync + 'static
+{
+}
+
+impl<S: tower::Service<Req, Response = Resp, Error = Infallible, Future: Send> + Send + Sync + 'static> Service for S {}
+
 /// One accepted connection.
-struct Connection {
+struct Connection<S> {
     name: &'static str,
     peer: SocketAddr,
     limits: ListenerLimits,
     metrics: ListenerMetrics,
-    app: Router,
+    app: S,
     builder: Arc<Builder<TokioExecutor>>,
     requests: Arc<Slots>,
 }
@@ -713,7 +735,7 @@ fn busy() -> hyper::Response<axum::body::Body> {
     r
 }
 
-impl Connection {
+impl<S: Service + Clone> Connection<S> {
     async fn run(
         self,
         io: Counted,

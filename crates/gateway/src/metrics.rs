@@ -4,6 +4,8 @@
 //! status; surfaces and decisions from fixed sets), never raw paths: a hostile client choosing
 //! paths cannot grow the series.
 
+use std::sync::Arc;
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -12,13 +14,13 @@ use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct RequestLabels {
-    pub route: String,
+    pub route: Arc<String>,
     pub code: u16,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct RouteLabel {
-    pub route: String,
+    pub route: Arc<String>,
 }
 
 /// HTTP metrics.
@@ -119,6 +121,8 @@ pub(crate) struct RouteNames<'a> {
     pub idp_path: &'a str,
     /// Configured routes.
     pub routes: &'a [crate::proxy::Route],
+    /// Their labels (their prefixes), made once: a proxied request's label is not a new string.
+    pub route_labels: &'a [Arc<String>],
     /// The mounted surface owning the path, if any (`api`, `kfp`, `kfam`, `dashboard`).
     pub mount: Option<&'static str>,
     /// Whether kfsec's own pages own the path.
@@ -128,48 +132,57 @@ pub(crate) struct RouteNames<'a> {
 /// The bounded route label of `path`: `dex-<endpoint>`, `authservice-<endpoint>`,
 /// `oauth2-<endpoint>`, the mounted surface's name, a configured route's prefix (the longest
 /// that matches, as the proxy chooses), `pages`, `home`, or `other`.
-pub(crate) fn route_label(names: &RouteNames<'_>, path: &str) -> String {
+pub(crate) fn route_label(names: &RouteNames<'_>, path: &str) -> Arc<String> {
+    Arc::new(match named_label(names, path) {
+        Ok(route) => return names.route_labels.get(route).cloned().unwrap_or_default(),
+        Err(name) => name,
+    })
+}
+
+/// The index of the configured route whose prefix labels `path`, or the label's text.
+fn named_label(names: &RouteNames<'_>, path: &str) -> Result<usize, String> {
     let first = |rest: &str| rest.split('/').next().unwrap_or_default().to_owned();
     if !names.idp_path.is_empty()
         && let Some(rest) = path.strip_prefix(names.idp_path)
         && (rest.is_empty() || rest.starts_with('/'))
     {
         let seg = first(rest.trim_start_matches('/'));
-        return match DEX_ENDPOINTS.contains(&seg.as_str()) {
+        return Err(match DEX_ENDPOINTS.contains(&seg.as_str()) {
             true => format!("dex-{}", seg.trim_start_matches('.')),
             false => "dex-other".into(),
-        };
+        });
     }
     for family in ["authservice", "oauth2"] {
         if let Some(rest) = path.strip_prefix('/').and_then(|p| p.strip_prefix(family))
             && let Some(rest) = rest.strip_prefix('/')
         {
             let seg = first(rest);
-            return match GATEKEEPER_ENDPOINTS.contains(&seg.as_str()) {
+            return Err(match GATEKEEPER_ENDPOINTS.contains(&seg.as_str()) {
                 true => format!("{family}-{seg}"),
                 false => format!("{family}-other"),
-            };
+            });
         }
     }
-    if let Some(r) = names
+    if let Some((i, _)) = names
         .routes
         .iter()
-        .filter(|r| r.matches(path))
-        .max_by_key(|r| r.prefix.len())
+        .enumerate()
+        .filter(|(_, r)| r.matches(path))
+        .max_by_key(|(_, r)| r.prefix.len())
         && names.mount.is_none()
     {
-        return r.prefix.clone();
+        return Ok(i);
     }
     if let Some(m) = names.mount {
-        return m.into();
+        return Err(m.into());
     }
     if path == "/" {
-        return "home".into();
+        return Err("home".into());
     }
     if names.page {
-        return "pages".into();
+        return Err("pages".into());
     }
-    "other".into()
+    Err("other".into())
 }
 
 /// The Prometheus text format (0.0.4) of an OpenMetrics exposition, for scrapers that do not ask
@@ -244,9 +257,11 @@ mod tests {
     #[test]
     fn labels_are_bounded_whatever_the_path() {
         let routes = [route("/jupyter/"), route("/jupyter/lab/")];
+        let labels: Vec<Arc<String>> = routes.iter().map(|r| Arc::new(r.prefix.clone())).collect();
         let names = |mount, page| RouteNames {
             idp_path: "/dex",
             routes: &routes,
+            route_labels: &labels,
             mount,
             page,
         };
@@ -268,13 +283,15 @@ mod tests {
             ("/", "home"),
             ("/random/abc123", "other"),
         ] {
-            assert_eq!(route_label(&plain, path), want, "{path}");
+            assert_eq!(*route_label(&plain, path), want, "{path}");
         }
         assert_eq!(
-            route_label(&names(Some("kfp"), false), "/pipeline/apis/v2beta1/runs"),
+            *route_label(&names(Some("kfp"), false), "/pipeline/apis/v2beta1/runs"),
             "kfp"
         );
-        assert_eq!(route_label(&names(None, true), "/workspaces/a/contributors"), "pages");
+        assert_eq!(*route_label(&names(None, true), "/workspaces/a/contributors"), "pages");
+        // A proxied route's label is the one made at start, not a new string.
+        assert!(Arc::ptr_eq(&route_label(&plain, "/jupyter/x"), &labels[0]));
     }
 
     #[test]

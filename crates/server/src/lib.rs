@@ -961,7 +961,7 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
         tokio::spawn(kfsec_gateway::listener::serve_tls(
             https,
             front_tls,
-            app.router(),
+            app.service(),
             wait(rx.clone()),
             settings("front-door", front_limits),
         )),

@@ -145,6 +145,34 @@ pub fn normalize(path: &str) -> Result<String, PathError> {
     Ok(out)
 }
 
+/// Whether `path` is already in canonical form, decided without allocating (every request asks):
+/// only `/`, unreserved characters and plain `pchar`s (no escape at all), no empty segment but a
+/// trailing one, and no `.`/`..` segment with or without parameters. `true` implies
+/// `normalize(path) == Ok(path)`; `false` says only that [`normalize`] must decide.
+pub fn is_normal(path: &str) -> bool {
+    let Some(rest) = path.strip_prefix('/') else {
+        return false;
+    };
+    if !rest.bytes().all(|b| b == b'/' || is_unreserved(b) || is_plain_pchar(b)) {
+        return false;
+    }
+    let mut segments = rest.split('/').peekable();
+    while let Some(seg) = segments.next() {
+        let last = segments.peek().is_none();
+        if seg.is_empty() {
+            if !last {
+                return false;
+            }
+            continue;
+        }
+        let base = seg.split(';').next().unwrap_or_default();
+        if base == "." || base == ".." {
+            return false;
+        }
+    }
+    true
+}
+
 /// Longest return path [`return_path`] accepts (bytes).
 pub const MAX_RETURN_PATH: usize = 2048;
 
@@ -169,6 +197,40 @@ pub fn return_path(candidate: &str) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn normal_paths_are_recognised_without_normalising() {
+        for p in [
+            "/",
+            "/a",
+            "/a/",
+            "/a/b;c=d/e",
+            "/~x/-._/a:b@c!$&'()*+,;=",
+            "/a..b/.c/..d/",
+        ] {
+            assert!(is_normal(p), "{p}");
+            assert_eq!(normalize(p).as_deref(), Ok(p), "{p}");
+        }
+        for p in [
+            "", "a", "//", "/a//b", "/a/./b", "/a/../b", "/.", "/..", "/a/.", "/a/..", "/.;x/a", "/..;x", "/%41",
+            "/a%2Fb", "/a b", "/é", "/a\\b", "/a?b", "/a#b", "/a\u{7f}",
+        ] {
+            assert!(!is_normal(p), "{p}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn is_normal_means_normalize_changes_nothing(p in "[/a.;%2Fb~@-]{0,24}") {
+            let normalized = normalize(&p);
+            if is_normal(&p) {
+                proptest::prop_assert_eq!(normalized.as_deref(), Ok(p.as_str()));
+            }
+            if normalized.as_deref() == Ok(p.as_str()) && !p.contains('%') {
+                proptest::prop_assert!(is_normal(&p), "{}", p);
+            }
+        }
+    }
 
     #[test]
     fn return_paths_are_same_origin_canonical_paths_only() {
