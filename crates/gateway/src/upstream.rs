@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use bytes::Bytes;
+use futures_util::task::AtomicWaker;
 use http::header::{HOST, HeaderValue};
 use http::{Request, Response, Uri};
 use hyper::body::Incoming;
@@ -158,9 +159,36 @@ impl Connect for Tls {
     }
 }
 
+/// The waker a connection is polled with, for its whole life: it wakes the task that drives the
+/// connection now (none while idle), and holds back the wake-ups that task causes itself while
+/// it takes the connection's output (`ResponseBody::poll_frame`).
+#[derive(Default)]
+struct Gate {
+    task: AtomicWaker,
+    holding: AtomicBool,
+    held: AtomicBool,
+}
+
+impl std::task::Wake for Gate {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        if self.holding.load(Ordering::SeqCst) {
+            self.held.store(true, Ordering::SeqCst);
+        } else {
+            self.task.wake();
+        }
+    }
+}
+
 /// One HTTP/1.1 connection: the sender and the connection future, polled by whoever uses it.
 struct Conn<C: Connect, B: ReqBody> {
     tx: SendRequest<B>,
+    gate: Arc<Gate>,
+    /// `gate` as a waker (made once: hyper and tokio keep it registered, no clone per poll).
+    waker: Waker,
     /// `None` once the connection finished (closed or failed). Boxed: it is large (hundreds of
     /// bytes), and a `Conn` moves several times per request (pool, request, body, pool).
     conn: Option<Box<Connection<TokioIo<C::Io>, B>>>,
@@ -173,7 +201,8 @@ impl<C: Connect, B: ReqBody> Conn<C, B> {
         let Some(conn) = self.conn.as_mut() else {
             return false;
         };
-        match Pin::new(conn).poll(cx) {
+        self.gate.task.register(cx.waker());
+        match Pin::new(conn).poll(&mut Context::from_waker(&self.waker)) {
             Poll::Pending => true,
             Poll::Ready(done) => {
                 if let Err(e) = done {
@@ -185,9 +214,9 @@ impl<C: Connect, B: ReqBody> Conn<C, B> {
         }
     }
 
-    /// Whether the connection can take another request now: polled once without a waker (no
+    /// Whether the connection can take another request now: polled once for no task (no
     /// syscall when its socket saw no event), so it settles idle — or shows the upstream closed it —
-    /// and holds no waker of the task that used it last.
+    /// and wakes no task that used it before.
     fn settle(&mut self) -> bool {
         self.drive(&mut Context::from_waker(Waker::noop())) && self.tx.is_ready()
     }
@@ -319,8 +348,11 @@ impl<C: Connect, B: ReqBody> Pool<C, B> {
         let (tx, conn) = http1::handshake(TokioIo::new(io))
             .await
             .map_err(UpstreamError::Handshake)?;
+        let gate = Arc::new(Gate::default());
         Ok(Conn {
             tx,
+            waker: Waker::from(gate.clone()),
+            gate,
             conn: Some(Box::new(conn)),
         })
     }
@@ -431,11 +463,21 @@ impl<C: Connect, B: ReqBody> http_body::Body for ResponseBody<C, B> {
     ) -> Poll<Option<Result<http_body::Frame<Bytes>, hyper::Error>>> {
         let this = self.get_mut();
         let driving = this.conn.as_mut().is_some_and(|c| c.drive(cx));
-        let polled = if driving {
-            // Only the connection (polled just now) feeds the body: no waker needed.
-            Pin::new(&mut this.body).poll_frame(&mut Context::from_waker(Waker::noop()))
-        } else {
-            Pin::new(&mut this.body).poll_frame(cx)
+        let polled = match this.conn.as_ref() {
+            Some(c) if driving => {
+                // Only the connection (polled just now) feeds the body: no waker needed. Taking
+                // a frame wakes the connection's body sender, that is this task: held back, as
+                // the caller polls again for the next frame (or the body ended); a wake-up held
+                // back when there was no frame is passed on.
+                c.gate.holding.store(true, Ordering::SeqCst);
+                let polled = Pin::new(&mut this.body).poll_frame(&mut Context::from_waker(Waker::noop()));
+                c.gate.holding.store(false, Ordering::SeqCst);
+                if c.gate.held.swap(false, Ordering::SeqCst) && polled.is_pending() {
+                    cx.waker().wake_by_ref();
+                }
+                polled
+            }
+            _ => Pin::new(&mut this.body).poll_frame(cx),
         };
         match &polled {
             Poll::Ready(None) => {
@@ -505,6 +547,16 @@ mod tests {
             "/304" => Response::builder().status(StatusCode::NOT_MODIFIED).body(Body::empty()),
             "/empty" => Response::builder().header("content-length", "0").body(Body::empty()),
             "/echo" => Response::builder().body(Body::new(req.into_body())),
+            "/drip" => {
+                let chunks = futures_util::stream::unfold(0u8, |i| async move {
+                    if i == 20 {
+                        return None;
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    Some((Ok::<_, Infallible>(Bytes::from(vec![i; 1000])), i + 1))
+                });
+                Response::builder().body(Body::from_stream(chunks))
+            }
             "/big" => {
                 let chunks = (0..BIG / 65536).map(|_| Ok::<_, Infallible>(Bytes::from(vec![7u8; 65536])));
                 Response::builder().body(Body::from_stream(futures_util::stream::iter(chunks)))
@@ -741,6 +793,33 @@ mod tests {
                 .all(|(i, c)| c.iter().all(|b| *b == (i % 251) as u8))
         );
         assert_eq!(text(&pool, get("/")).await.0, StatusCode::OK);
+        assert_eq!(up.accepted(), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn bodies_that_arrive_slowly_wake_their_reader() {
+        let up = upstream(true).await;
+        let pool = up.pool(IDLE_TIMEOUT);
+        for _ in 0..3 {
+            let pool = pool.clone();
+            let read = tokio::spawn(async move {
+                let resp = pool.send(get("/drip"), false).await.unwrap();
+                let mut body = resp.into_body();
+                let mut frames = Vec::new();
+                while let Some(frame) = body.frame().await {
+                    frames.push(frame.unwrap().into_data().unwrap());
+                }
+                frames
+            });
+            let frames = tokio::time::timeout(Duration::from_secs(10), read)
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(
+                frames.concat(),
+                (0..20u8).flat_map(|i| vec![i; 1000]).collect::<Vec<_>>()
+            );
+        }
         assert_eq!(up.accepted(), 1);
     }
 
