@@ -536,12 +536,19 @@ impl Proxy {
             failed: failed.clone(),
         };
         let out = Request::from_parts(parts, body);
+        let unconfigured;
         let sent = match &route.tls {
-            None => match self.plain.get(route.upstream.authority().map_or("", |a| a.as_str())) {
-                Some(pool) => pool.send(out, upgrade).await,
-                // (not a configured route: a pool for this request only)
-                None => Arc::new(plain_pool(&route.upstream)).send(out, upgrade).await,
-            },
+            None => {
+                let pool = match self.plain.get(route.upstream.authority().map_or("", |a| a.as_str())) {
+                    Some(pool) => pool,
+                    // (not a configured route: a pool for this request only)
+                    None => {
+                        unconfigured = Arc::new(plain_pool(&route.upstream));
+                        &unconfigured
+                    }
+                };
+                pool.send(out, upgrade).await
+            }
             Some(_) => match self.tls.get(&route.prefix) {
                 Some(pool) => pool.send(out, upgrade).await,
                 None => {

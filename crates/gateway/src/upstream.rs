@@ -29,7 +29,6 @@ use futures_util::task::AtomicWaker;
 use http::header::{HOST, HeaderValue};
 use http::{Request, Response, Uri};
 use hyper::body::Incoming;
-use hyper::client::conn::TrySendError;
 use hyper::client::conn::http1::{self, Connection, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -221,21 +220,20 @@ impl<C: Connect, B: ReqBody> Conn<C, B> {
         self.drive(&mut Context::from_waker(Waker::noop())) && self.tx.is_ready()
     }
 
-    /// Sends `req` and drives the connection until the response head arrives. The request comes
-    /// back in the error only when it was never written.
-    async fn send(&mut self, req: Request<B>) -> Result<Response<Incoming>, TrySendError<Request<B>>> {
-        let mut sent = pin!(self.tx.try_send_request(req));
-        poll_fn(|cx| {
-            if self.drive(cx) {
-                // Only polling the connection (just done) can complete `sent`: no waker needed.
-                sent.as_mut().poll(&mut Context::from_waker(Waker::noop()))
-            } else {
-                sent.as_mut().poll(cx)
-            }
-        })
-        .await
+    /// Drives the connection until `sent` (a request sent on it) has the response head. The
+    /// request comes back in the error only when it was never written.
+    fn poll_sent<F: Future>(&mut self, cx: &mut Context<'_>, sent: Pin<&mut F>) -> Poll<F::Output> {
+        if self.drive(cx) {
+            // Only polling the connection (just done) can complete `sent`: no waker needed.
+            sent.poll(&mut Context::from_waker(Waker::noop()))
+        } else {
+            sent.poll(cx)
+        }
     }
 }
+
+/// A connection being opened.
+type Opening<'a, C, B> = Pin<Box<dyn Future<Output = Result<Conn<C, B>, UpstreamError>> + Send + 'a>>;
 
 struct Idle<C: Connect, B: ReqBody> {
     conn: Conn<C, B>,
@@ -281,51 +279,64 @@ impl<C: Connect, B: ReqBody> Pool<C, B> {
     /// Sends `req` (origin-form URI, no `Host`) over a pooled or new connection; the answer's body
     /// drives the connection and returns it to the pool at its end. An `upgrade` request gets a
     /// dedicated connection that can be taken over (`hyper::upgrade::on`).
-    pub(crate) async fn send(
+    pub(crate) fn send(
         self: &Arc<Self>,
         mut req: Request<B>,
         upgrade: bool,
-    ) -> Result<Response<Body>, UpstreamError> {
+    ) -> impl Future<Output = Result<Response<Body>, UpstreamError>> + Send + '_ {
         req.headers_mut().insert(HOST, self.host.clone());
-        if upgrade {
-            return self.send_upgrade(req).await;
-        }
-        let (conn, reused) = match self.checkout() {
-            Some(conn) => (conn, true),
-            None => (self.open().await?, false),
-        };
-        self.send_on(conn, reused, req).await
+        let idle = if upgrade { None } else { self.checkout() };
+        self.send_on(idle, req, upgrade)
     }
 
-    async fn send_on(
+    /// [`Self::send`] on `idle` (a reused connection) or a new one. One flat state machine (no
+    /// nested `async fn` holding the request again): it is part of every proxied request's
+    /// future, which is moved and copied whole.
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an async fn holds its arguments twice (rust-lang/rust#62958): the request's future grows by one request"
+    )]
+    fn send_on(
         self: &Arc<Self>,
-        mut conn: Conn<C, B>,
-        reused: bool,
-        req: Request<B>,
-    ) -> Result<Response<Body>, UpstreamError> {
-        let resp = match conn.send(req).await {
-            Ok(resp) => resp,
-            Err(mut e) => match e.take_message() {
-                // The upstream closed the idle connection as it was taken: never written, so
-                // sent once more on a new connection.
-                Some(unsent) if reused => {
-                    tracing::debug!(error = %e.error(), "reused upstream connection was closed; retrying");
-                    conn = self.open().await?;
-                    conn.send(unsent)
-                        .await
-                        .map_err(|e| UpstreamError::Request(e.into_error()))?
-                }
-                _ => return Err(UpstreamError::Request(e.into_error())),
-            },
-        };
-        Ok(resp.map(|body| {
-            Body::new(ResponseBody {
-                body,
-                conn: Some(conn),
-                pool: self.clone(),
-                ended: false,
-            })
-        }))
+        idle: Option<Conn<C, B>>,
+        mut req: Request<B>,
+        upgrade: bool,
+    ) -> impl Future<Output = Result<Response<Body>, UpstreamError>> + Send + '_ {
+        async move {
+            if upgrade {
+                return Box::pin(self.send_upgrade(req)).await;
+            }
+            let (mut conn, mut reused) = match idle {
+                Some(conn) => (conn, true),
+                None => (self.open().await?, false),
+            };
+            let resp = loop {
+                let mut sent = pin!(conn.tx.try_send_request(req));
+                let unsent = match poll_fn(|cx| conn.poll_sent(cx, sent.as_mut())).await {
+                    Ok(resp) => break resp,
+                    Err(mut e) => match e.take_message() {
+                        // The upstream closed the idle connection as it was taken: never written,
+                        // so sent once more on a new connection.
+                        Some(unsent) if reused => {
+                            tracing::debug!(error = %e.error(), "reused upstream connection was closed; retrying");
+                            unsent
+                        }
+                        _ => return Err(UpstreamError::Request(e.into_error())),
+                    },
+                };
+                req = unsent;
+                conn = self.open().await?;
+                reused = false;
+            };
+            Ok(resp.map(|body| {
+                Body::new(ResponseBody {
+                    body,
+                    conn: Some(conn),
+                    pool: self.clone(),
+                    ended: false,
+                })
+            }))
+        }
     }
 
     async fn send_upgrade(&self, req: Request<B>) -> Result<Response<Body>, UpstreamError> {
@@ -343,17 +354,21 @@ impl<C: Connect, B: ReqBody> Pool<C, B> {
         Ok(resp.map(Body::new))
     }
 
-    async fn open(&self) -> Result<Conn<C, B>, UpstreamError> {
-        let io = self.connect.connect().await?;
-        let (tx, conn) = http1::handshake(TokioIo::new(io))
-            .await
-            .map_err(UpstreamError::Handshake)?;
-        let gate = Arc::new(Gate::default());
-        Ok(Conn {
-            tx,
-            waker: Waker::from(gate.clone()),
-            gate,
-            conn: Some(Box::new(conn)),
+    /// A new connection. (Boxed: connecting — resolving, TCP, TLS — takes a large future that
+    /// would otherwise be part of every request's, which is moved and copied whole.)
+    fn open(&self) -> Opening<'_, C, B> {
+        Box::pin(async move {
+            let io = self.connect.connect().await?;
+            let (tx, conn) = http1::handshake(TokioIo::new(io))
+                .await
+                .map_err(UpstreamError::Handshake)?;
+            let gate = Arc::new(Gate::default());
+            Ok(Conn {
+                tx,
+                waker: Waker::from(gate.clone()),
+                gate,
+                conn: Some(Box::new(conn)),
+            })
         })
     }
 
@@ -750,19 +765,24 @@ mod tests {
         let up = closing_upstream().await;
         let pool = up.pool(IDLE_TIMEOUT);
         assert_eq!(text(&pool, get("/")).await, (StatusCode::OK, "ok".into()));
+        assert_eq!(pool.idle_count(), 1);
         // the upstream's close reaches the idle socket; taken without the pool's check, as if
         // it arrived just after it
-        assert_eq!(pool.idle_count(), 1);
         tokio::time::sleep(CLOSE_AFTER * 3).await;
         let conn = pool.idle.lock().pop_back().unwrap().conn;
-        let resp = pool.send_on(conn, true, get("/")).await.unwrap();
+        let resp = pool.send_on(Some(conn), get("/"), false).await.unwrap();
         assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), "ok");
         assert_eq!(up.accepted(), 2);
-        // a new connection's request is not retried
-        tokio::time::sleep(CLOSE_AFTER * 3).await;
-        let conn = pool.idle.lock().pop_back().unwrap().conn;
-        assert!(pool.send_on(conn, false, get("/")).await.is_err());
-        assert_eq!(up.accepted(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_request_on_a_new_connection_is_not_retried() {
+        // an upstream that closes every connection it accepts
+        let up = serve(|s| async move { drop(s) }).await;
+        let pool = up.pool(IDLE_TIMEOUT);
+        let e = pool.send(get("/"), false).await.unwrap_err();
+        assert!(matches!(e, UpstreamError::Request(_)), "{e:?}");
+        assert_eq!(up.accepted(), 1);
     }
 
     #[tokio::test]
