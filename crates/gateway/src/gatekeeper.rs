@@ -113,7 +113,7 @@ impl App {
             return Authn::Unavailable;
         }
         if let Some(token) = bearer_token(headers) {
-            return match self.authn.bearer(token, self.mounts.surface(path)).await {
+            return match Box::pin(self.authn.bearer(token, self.mounts.surface(path))).await {
                 Ok(a) => Authn::Ok(a),
                 Err(e) => {
                     tracing::info!(target: "audit", reason = %e, "bearer token refused");

@@ -367,15 +367,20 @@ impl tower::Service<Request> for FrontDoor {
     }
 }
 
-/// After the edge: the gate router for its endpoints, `protected` for everything else.
-async fn dispatch(app: &Arc<App>, gate: &Router, req: Request) -> Response {
+/// After the edge: the gate router for its endpoints, `protected` for everything else. (Not an
+/// `async fn`, whose future would hold both branches' futures one after the other.)
+fn dispatch(app: &Arc<App>, gate: &Router, req: Request) -> impl std::future::Future<Output = Response> + use<> {
+    use futures_util::future::Either;
     if app.gate_path(req.uri().path()) {
-        return match tower::ServiceExt::oneshot(gate.clone(), req).await {
+        // Boxed, as every branch off the proxied path: a future is as large as its largest
+        // branch, and the whole of it is copied into its box for every request.
+        let routed = Box::pin(tower::ServiceExt::oneshot(gate.clone(), req));
+        return Either::Left(futures_util::FutureExt::map(routed, |r| match r {
             Ok(r) => r,
             Err(never) => match never {},
-        };
+        }));
     }
-    protected(State(app.clone()), req).await
+    Either::Right(protected(State(app.clone()), req))
 }
 
 /// Runs first on every request, before routing: the path is normalised (or refused with 400),
@@ -587,7 +592,7 @@ async fn protected(State(app): State<Arc<App>>, mut req: Request) -> Response {
         && mount.is_some()
     {
         req.extensions_mut().insert(id.clone());
-        return match tower::ServiceExt::oneshot(api.clone(), req).await {
+        return match Box::pin(tower::ServiceExt::oneshot(api.clone(), req)).await {
             Ok(r) => r,
             Err(never) => match never {},
         };
@@ -601,12 +606,12 @@ async fn protected(State(app): State<Arc<App>>, mut req: Request) -> Response {
             return kfsec_idp::error_page(StatusCode::FORBIDDEN, "Forbidden", "Cross-site request refused.");
         }
         let token = app.page_token(req.headers(), &id.user, by_session);
-        if by_session && let Some(login) = app.session_login(req.headers(), id).await {
+        if by_session && let Some(login) = Box::pin(app.session_login(req.headers(), id)).await {
             req.extensions_mut().insert(login);
         }
         req.extensions_mut().insert(id.clone());
         req.extensions_mut().insert(token);
-        return match tower::ServiceExt::oneshot(pages.router.clone(), req).await {
+        return match Box::pin(tower::ServiceExt::oneshot(pages.router.clone(), req)).await {
             Ok(r) => r,
             Err(never) => match never {},
         };

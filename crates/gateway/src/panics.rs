@@ -23,8 +23,10 @@ use kfsec_types::{Refusal, Rng};
 use crate::responses::Mounts;
 
 /// Runs `fut` (the router); a panic in it is returned as its text instead of unwinding further.
-pub(crate) async fn catch(fut: impl Future<Output = Response>) -> Result<Response, String> {
-    AssertUnwindSafe(fut).catch_unwind().await.map_err(panic_text)
+/// (A plain function, not an `async fn`, whose future would hold `fut` twice: as its argument and
+/// inside the unwinding guard.)
+pub(crate) fn catch(fut: impl Future<Output = Response>) -> impl Future<Output = Result<Response, String>> {
+    AssertUnwindSafe(fut).catch_unwind().map(|r| r.map_err(panic_text))
 }
 
 fn panic_text(payload: Box<dyn Any + Send>) -> String {

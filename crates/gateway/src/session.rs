@@ -420,7 +420,7 @@ impl Sessions {
             (Some((_, checked_ms, retry_ms)), Some(every))
                 if self.clock.now().as_millis() >= checked_ms.saturating_add(millis(every)).max(*retry_ms) =>
             {
-                self.recheck(&hash, live, every, refresher).await?
+                Box::pin(self.recheck(&hash, live, every, refresher)).await?
             }
             _ => live,
         };
