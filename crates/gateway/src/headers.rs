@@ -67,20 +67,40 @@ fn canonical_eq(name: &[u8], canonical: &[u8]) -> bool {
 #[derive(Debug, Clone)]
 pub struct Reserved {
     extra: Vec<String>,
+    /// The first letters of every reserved name (canonical form): most headers a client sends
+    /// (`cookie`, `accept`, `user-agent`…) are passed over with one comparison.
+    first: [bool; 256],
 }
 
 impl Reserved {
     /// The built-in names plus the configured `user` and `groups` headers.
     pub fn new(user: &HeaderName, groups: &HeaderName) -> Self {
-        Self {
-            extra: vec![canonical_name(user.as_str()), canonical_name(groups.as_str())],
+        let extra = vec![canonical_name(user.as_str()), canonical_name(groups.as_str())];
+        let mut first = [false; 256];
+        let names = RESERVED.iter().chain(&RESERVED_PREFIXES).copied();
+        for name in names.chain(extra.iter().map(String::as_str)) {
+            if let Some(&b) = name.as_bytes().first() {
+                first[usize::from(b)] = true;
+            }
         }
+        Self { extra, first }
     }
 
     /// Whether a client may not send `name` (compared in canonical form without allocating: this
     /// runs for every header of every request).
     pub fn is_reserved(&self, name: &str) -> bool {
         let name = name.as_bytes();
+        // The canonical form's first byte: a letter folded to lowercase, `-` for the rest.
+        let first = name.first().map_or(b'-', |&b| {
+            if b.is_ascii_alphanumeric() {
+                b.to_ascii_lowercase()
+            } else {
+                b'-'
+            }
+        });
+        if !self.first[usize::from(first)] {
+            return false;
+        }
         RESERVED.iter().any(|r| canonical_eq(name, r.as_bytes()))
             || RESERVED_PREFIXES
                 .iter()
@@ -242,7 +262,33 @@ mod tests {
         ] {
             assert!(r.is_reserved(n), "{n}");
         }
-        for n in ["cookie", "authorization", "content-type", "x-request-id", "user-agent"] {
+        for n in [
+            "cookie",
+            "authorization",
+            "content-type",
+            "x-request-id",
+            "user-agent",
+            "",
+            "-",
+        ] {
+            assert!(!r.is_reserved(n), "{n}");
+        }
+        // Configured names whose first letters no built-in name has are reserved as well.
+        let r = Reserved::new(
+            &HeaderName::from_static("my-user"),
+            &HeaderName::from_static("9-groups"),
+        );
+        for n in [
+            "my-user",
+            "MY_USER",
+            "My.User",
+            "9-groups",
+            "9_GROUPS",
+            "kubeflow-userid",
+        ] {
+            assert!(r.is_reserved(n), "{n}");
+        }
+        for n in ["my-users", "mx-user", "8-groups"] {
             assert!(!r.is_reserved(n), "{n}");
         }
     }

@@ -323,11 +323,19 @@ impl App {
     /// (HTTP's obs-text), so a directory user `jürgen` or a group `équipe` reaches the upstream
     /// rather than silently dropping the header.
     pub fn set_identity_headers(&self, h: &mut HeaderMap, id: &Identity) {
-        let user = format!("{}{}", self.settings.user_id_prefix, id.user);
-        if let Ok(v) = HeaderValue::from_bytes(user.as_bytes()) {
+        // Each value is built once and handed over (`Bytes` takes the buffer, no copy).
+        let prefix = &self.settings.user_id_prefix;
+        let mut user = String::with_capacity(prefix.len() + id.user.len());
+        user.push_str(prefix);
+        user.push_str(&id.user);
+        if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(user)) {
             h.insert(self.settings.user_id_header.clone(), v);
         }
-        if let Ok(v) = HeaderValue::from_bytes(id.groups.join(",").as_bytes()) {
+        let groups = match id.groups.as_slice() {
+            [] => Ok(HeaderValue::from_static("")),
+            many => HeaderValue::from_maybe_shared(bytes::Bytes::from(many.join(","))),
+        };
+        if let Ok(v) = groups {
             h.insert(self.settings.groups_header.clone(), v);
         }
     }

@@ -13,11 +13,14 @@ pub fn push(out: &mut String, bytes: &[u8]) {
     }
 }
 
-/// The lower-case hex of `bytes`.
+/// The lower-case hex of `bytes` (bytes first, then one ASCII check: cheaper than a `char` push
+/// per digit).
 pub fn encode(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len() * 2);
-    push(&mut out, bytes);
-    out
+    let mut out = Vec::with_capacity(bytes.len() * 2);
+    for &b in bytes {
+        out.extend_from_slice(&[DIGITS[usize::from(b >> 4)], DIGITS[usize::from(b & 0x0f)]]);
+    }
+    String::from_utf8(out).unwrap_or_default()
 }
 
 #[cfg(test)]
