@@ -297,36 +297,37 @@ fn is_upgrade(h: &HeaderMap) -> bool {
             .any(|v| v.to_str().is_ok_and(|s| s.to_ascii_lowercase().contains("upgrade")))
 }
 
-/// Removes one cookie from the `Cookie` headers, keeping the others: what remains of the
-/// headers that are text becomes one header, its cookies trimmed and joined by `"; "` (no header
-/// when nothing remains).
+/// Removes one cookie from the `Cookie` headers, keeping the others: what remains becomes one
+/// header, its cookies trimmed and joined by `"; "` (no header when nothing remains). Read as
+/// bytes, not text: a browser sends all its cookies in one header, and one cookie value that is
+/// not ASCII (a page on the origin can set one) must not carry the session cookie beside it to
+/// the upstream.
 pub(crate) fn remove_cookie(h: &mut HeaderMap, name: &str) {
-    let mut kept = String::new();
-    let mut text = false;
+    let mut kept: Vec<u8> = Vec::new();
     let mut headers = 0;
     for v in h.get_all(header::COOKIE) {
         headers += 1;
-        let Ok(v) = v.to_str() else { continue };
-        text = true;
-        for p in v.split(';').map(str::trim) {
-            if !p.is_empty() && p.split_once('=').is_none_or(|(k, _)| k != name) {
+        for p in v.as_bytes().split(|&b| b == b';').map(<[u8]>::trim_ascii) {
+            let key = p.iter().position(|&b| b == b'=').map(|i| &p[..i]);
+            if !p.is_empty() && key.is_none_or(|k| k != name.as_bytes()) {
                 if !kept.is_empty() {
-                    kept.push_str("; ");
+                    kept.extend_from_slice(b"; ");
                 }
-                kept.push_str(p);
+                kept.extend_from_slice(p);
             }
         }
     }
-    if !text {
+    if headers == 0 {
         return;
     }
     // One header that already reads as the result: left as it is.
-    if headers == 1 && !kept.is_empty() && h.get(header::COOKIE).is_some_and(|v| v.as_bytes() == kept.as_bytes()) {
+    if headers == 1 && !kept.is_empty() && h.get(header::COOKIE).is_some_and(|v| v.as_bytes() == kept.as_slice()) {
         return;
     }
     h.remove(header::COOKIE);
+    // (bytes of header values, joined by "; ": always a valid value)
     if !kept.is_empty()
-        && let Ok(v) = HeaderValue::try_from(kept)
+        && let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(kept))
     {
         h.insert(header::COOKIE, v);
     }
@@ -685,9 +686,35 @@ mod tests {
             removed(&[b"authservice_session =x; flag"]),
             [b"authservice_session =x; flag"]
         );
-        // a header that is not text is left alone, or dropped beside one that is
+        // a header that is not text is read as bytes
         assert_eq!(removed(&[b"a=\xff"]), [b"a=\xff"]);
-        assert_eq!(removed(&[b"a=\xff", b"b=2"]), [b"b=2"]);
+        assert_eq!(removed(&[b"a=\xff", b"b=2"]), [&b"a=\xff; b=2"[..]]);
+    }
+
+    #[test]
+    fn the_session_cookie_is_removed_from_headers_that_are_not_text() {
+        // A browser joins all its cookies in one header: one cookie with a UTF-8 value (which a
+        // page on the origin can set) makes the whole header not `to_str`-able. The session
+        // cookie in it must not reach the upstream either.
+        let mut h = HeaderMap::new();
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_bytes(b"authservice_session=secret; name=J\xc3\xbcrgen").unwrap(),
+        );
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_bytes(b"b=\xff; authservice_session=s2").unwrap(),
+        );
+        remove_cookie(&mut h, "authservice_session");
+        let left: Vec<&[u8]> = h.get_all(header::COOKIE).iter().map(HeaderValue::as_bytes).collect();
+        assert_eq!(left, [&b"name=J\xc3\xbcrgen; b=\xff"[..]]);
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_bytes(b"authservice_session=\xff").unwrap(),
+        );
+        remove_cookie(&mut h, "authservice_session");
+        assert!(!h.contains_key(header::COOKIE));
     }
 
     #[test]
