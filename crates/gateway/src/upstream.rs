@@ -785,6 +785,124 @@ mod tests {
         assert_eq!(up.accepted(), 1);
     }
 
+    /// An upstream that answers every request on a connection with `answer` (raw bytes).
+    async fn raw_upstream(answer: &'static [u8], then: Option<(Duration, &'static [u8])>) -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = listener.accept().await.unwrap();
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    loop {
+                        let mut head = Vec::new();
+                        // (a body may follow in the same read: not read as the next head, as
+                        // an upstream that never reads bodies)
+                        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                            match s.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => head.extend_from_slice(&buf[..n]),
+                            }
+                        }
+                        if s.write_all(answer).await.is_err() {
+                            return;
+                        }
+                        if let Some((after, extra)) = then {
+                            tokio::time::sleep(after).await;
+                            let _ = s.write_all(extra).await;
+                        }
+                    }
+                });
+            }
+        });
+        Upstream { addr, accepted }
+    }
+
+    #[tokio::test]
+    async fn extra_answers_never_reach_the_next_request() {
+        const EVIL: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nevil";
+        // in the same write
+        let up = raw_upstream(
+            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokHTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nevil",
+            None,
+        )
+        .await;
+        let pool = up.pool(IDLE_TIMEOUT);
+        for _ in 0..3 {
+            assert_eq!(text(&pool, get("/")).await, (StatusCode::OK, "ok".into()));
+        }
+        // a little later, while the connection is idle
+        let up = raw_upstream(
+            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+            Some((Duration::from_millis(30), EVIL)),
+        )
+        .await;
+        let pool = up.pool(IDLE_TIMEOUT);
+        for _ in 0..3 {
+            assert_eq!(text(&pool, get("/")).await, (StatusCode::OK, "ok".into()));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // after a 304, a HEAD, a 204 that came with bodies anyway
+        for answer in [
+            &b"HTTP/1.1 304 Not Modified\r\ncontent-length: 4\r\n\r\nevil"[..],
+            b"HTTP/1.1 204 No Content\r\ntransfer-encoding: chunked\r\n\r\n4\r\nevil\r\n0\r\n\r\n",
+        ] {
+            let up = raw_upstream(answer, None).await;
+            let pool = up.pool(IDLE_TIMEOUT);
+            for _ in 0..3 {
+                let resp = pool.send(get("/"), false).await.unwrap();
+                let body = resp.into_body().collect().await.unwrap().to_bytes();
+                assert!(body.is_empty());
+            }
+        }
+        let up = raw_upstream(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nevil", None).await;
+        let pool = up.pool(IDLE_TIMEOUT);
+        for _ in 0..3 {
+            let head = Request::head("/").body(Body::empty()).unwrap();
+            let resp = pool.send(head, false).await.unwrap();
+            assert!(resp.into_body().collect().await.unwrap().to_bytes().is_empty());
+            assert_eq!(text(&pool, get("/")).await, (StatusCode::OK, "evil".into()));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_connection_with_a_request_body_half_sent_is_never_reused() {
+        // The upstream answers as soon as it has a head, without reading the body.
+        let up = raw_upstream(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok", None).await;
+        let pool = up.pool(IDLE_TIMEOUT);
+        // a body that stalls after its first chunk (its sender kept)
+        let stalled = futures_util::StreamExt::chain(
+            futures_util::stream::iter([Ok::<_, std::io::Error>(Bytes::from_static(
+                b"GET /smuggled HTTP/1.1\r\n",
+            ))]),
+            futures_util::stream::pending(),
+        );
+        let req = Request::post("/up")
+            .header("content-length", "1000")
+            .body(Body::from_stream(stalled))
+            .unwrap();
+        assert_eq!(text(&pool, req).await, (StatusCode::OK, "ok".into()));
+        assert_eq!(pool.idle_count(), 0);
+        // a body that fails after its first chunk
+        let chunks = futures_util::stream::iter([
+            Ok(Bytes::from_static(b"half")),
+            Err(std::io::Error::other("client went away")),
+        ]);
+        let req = Request::post("/up")
+            .header("content-length", "1000")
+            .body(Body::from_stream(chunks))
+            .unwrap();
+        if let Ok(resp) = pool.send(req, false).await {
+            let _ = resp.into_body().collect().await;
+        }
+        assert_eq!(pool.idle_count(), 0);
+        assert_eq!(text(&pool, get("/")).await, (StatusCode::OK, "ok".into()));
+        assert_eq!(up.accepted(), 3);
+    }
+
     #[tokio::test]
     async fn bodies_stream_both_ways() {
         let up = upstream(true).await;
