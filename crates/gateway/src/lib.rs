@@ -213,7 +213,11 @@ impl App {
             Some((router, mounts)) => (Some(router), responses::Mounts::new(mounts)),
             None => (None, responses::Mounts::default()),
         };
-        let settings_routes = settings.routes.clone();
+        let route_labels = settings.routes.iter().map(|r| Arc::new(r.prefix.clone())).collect();
+        let upper_case_routes = settings
+            .routes
+            .iter()
+            .any(|r| r.prefix.bytes().any(|b| b.is_ascii_uppercase()));
         Ok(Arc::new(Self {
             settings,
             idp,
@@ -232,10 +236,8 @@ impl App {
             pages: std::sync::OnceLock::new(),
             auditor: std::sync::OnceLock::new(),
             decisions: std::sync::OnceLock::new(),
-            route_labels: settings_routes.iter().map(|r| Arc::new(r.prefix.clone())).collect(),
-            upper_case_routes: settings_routes
-                .iter()
-                .any(|r| r.prefix.bytes().any(|b| b.is_ascii_uppercase())),
+            route_labels,
+            upper_case_routes,
         }))
     }
 
