@@ -19,6 +19,7 @@ pub mod proxy;
 pub mod responses;
 pub mod session;
 mod upstream;
+pub mod workers;
 
 use std::net::IpAddr;
 use std::sync::Arc;

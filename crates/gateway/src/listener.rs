@@ -1,6 +1,7 @@
 //! The TLS accept loop (after kanidm's): rustls handshake, HTTP/1.1 and HTTP/2 on one port with
 //! upgrades, the peer address attached to every request, connection caps and timeouts, graceful
-//! shutdown that lets in-flight requests finish; and the admin listener on its own thread.
+//! shutdown that lets in-flight requests finish; each accepted connection served whole on one
+//! per-core worker (`workers`); and the admin listener on its own thread.
 //!
 //! Invariants: TLS ≥ 1.2 (the `ServerConfig` comes from `kfsec-pki`); request headers are bounded
 //! (oversized → 431); every connection ends unless it has a request in flight: from accept (TLS
@@ -215,6 +216,8 @@ pub struct TlsListenerSettings {
     pub metrics: ListenerMetrics,
     /// How long in-flight requests may finish after shutdown starts.
     pub drain: Duration,
+    /// The per-core workers that serve the connections (`None`: the caller's runtime).
+    pub workers: Option<Arc<crate::workers::Workers>>,
 }
 
 /// The key a per-address cap counts under: the IPv4 address, or an IPv6 address's /64 (one
@@ -602,6 +605,7 @@ pub async fn serve_tls<S>(
         limits,
         metrics,
         drain,
+        workers,
     } = settings;
     // Every connection task holds a clone of `alive`; the drain waits for all of them to drop.
     let (alive, mut drained) = tokio::sync::mpsc::channel::<()>(1);
@@ -677,7 +681,7 @@ pub async fn serve_tls<S>(
             requests: requests.clone(),
         };
         let (alive, stopping) = (alive.clone(), stopping.clone());
-        tokio::spawn(async move {
+        let serve = move |tcp| async move {
             let _alive = alive;
             let io = Counted {
                 io: tcp,
@@ -685,7 +689,11 @@ pub async fn serve_tls<S>(
                 write_stall: StallTimer::new(idle_timeout),
             };
             conn.run(io, accepted, acceptor, replaced, stopping).await;
-        });
+        };
+        match &workers {
+            Some(workers) => workers.spawn(tcp, serve),
+            None => drop(tokio::spawn(serve(tcp))),
+        }
     }
     drop(listener);
     let _ = stop.send(true);
@@ -810,6 +818,11 @@ impl<S: Service + Clone> Connection<S> {
         let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), svc);
         tokio::pin!(conn);
         tokio::pin!(replaced);
+        // One timer for the connection's life, moved only when it must fire earlier than it
+        // is set to (a new timer at every wake-up would cost a timer-wheel insertion and
+        // removal per request); one that fires before the deadline is set again.
+        let timer = tokio::time::sleep_until(header_deadline);
+        tokio::pin!(timer);
         // When a graceful close was asked for.
         let mut closing: Option<Instant> = None;
         let result = loop {
@@ -829,6 +842,9 @@ impl<S: Service + Clone> Connection<S> {
                 // (its deadline is its last progress plus the idle timeout, never earlier).
                 None => recheck,
             };
+            if deadline < timer.deadline() || timer.is_elapsed() {
+                timer.as_mut().reset(deadline);
+            }
             tokio::select! {
                 r = conn.as_mut() => break r,
                 _ = stopping.wait_for(|s| *s), if closing.is_none() => {
@@ -839,7 +855,9 @@ impl<S: Service + Clone> Connection<S> {
                     closing = Some(Instant::now());
                     conn.as_mut().graceful_shutdown();
                 }
-                () = tokio::time::sleep_until(deadline) => match (closing, *watching.lock()) {
+                () = timer.as_mut() => match (closing, *watching.lock()) {
+                    // Set for an earlier deadline than this round's: set again above.
+                    _ if Instant::now() < deadline => {}
                     // The client has taken no response data for the idle timeout (whether or
                     // not a close was asked for).
                     (_, cur) if cur.handed_over > 0 && cur.last_progress + limits.idle_timeout <= Instant::now() => {
@@ -891,15 +909,12 @@ pub fn serve_plain_dedicated(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
     let std_listener = listener.into_std()?;
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let (done, finished) = tokio::sync::oneshot::channel::<()>();
-    std::thread::Builder::new().name("kfsec-admin".into()).spawn(move || {
-        runtime.block_on(async move {
-            match TcpListener::from_std(std_listener) {
-                Ok(l) => serve_plain(l, app, shutdown).await,
-                Err(e) => tracing::error!(error = %e, "admin listener failed"),
-            }
-        });
+    crate::workers::runtime_thread("kfsec-admin".into(), || {}, async move {
+        match TcpListener::from_std(std_listener) {
+            Ok(l) => serve_plain(l, app, shutdown).await,
+            Err(e) => tracing::error!(error = %e, "admin listener failed"),
+        }
         let _ = done.send(());
     })?;
     Ok(tokio::spawn(async move {

@@ -240,12 +240,18 @@ struct Idle<C: Connect, B: ReqBody> {
     since: Instant,
 }
 
+/// One worker's idle connections to an upstream, the oldest first.
+type IdleList<C, B> = parking_lot::Mutex<VecDeque<Idle<C, B>>>;
+
 /// The idle connections to one upstream.
 pub(crate) struct Pool<C: Connect, B: ReqBody> {
     connect: C,
     /// The `Host` every request carries (the upstream's authority, default port omitted).
     host: HeaderValue,
-    idle: parking_lot::Mutex<VecDeque<Idle<C, B>>>,
+    /// One idle list per connection worker (`workers::current`; index 0 for other threads): a
+    /// connection is reused by the worker that opened it, whose reactor it is registered with.
+    idle: Box<[IdleList<C, B>]>,
+    /// Per worker.
     max_idle: usize,
     idle_timeout: Duration,
     reaper: AtomicBool,
@@ -269,7 +275,10 @@ impl<C: Connect, B: ReqBody> Pool<C, B> {
         Self {
             connect,
             host,
-            idle: parking_lot::Mutex::new(VecDeque::new()),
+            // One per worker (`Workers::per_core`) and one for other threads.
+            idle: (0..=std::thread::available_parallelism().map_or(1, usize::from))
+                .map(|_| parking_lot::Mutex::new(VecDeque::new()))
+                .collect(),
             max_idle,
             idle_timeout,
             reaper: AtomicBool::new(false),
@@ -372,12 +381,17 @@ impl<C: Connect, B: ReqBody> Pool<C, B> {
         })
     }
 
+    /// This thread's idle list.
+    fn shard(&self) -> &IdleList<C, B> {
+        &self.idle[crate::workers::current() % self.idle.len()]
+    }
+
     /// The most recently used idle connection that is still open, if any.
     fn checkout(&self) -> Option<Conn<C, B>> {
         loop {
             let now = Instant::now();
             let (mut candidate, expired) = {
-                let mut idle = self.idle.lock();
+                let mut idle = self.shard().lock();
                 let candidate = idle.pop_back()?;
                 (candidate, self.take_expired(&mut idle, now))
             };
@@ -408,7 +422,7 @@ impl<C: Connect, B: ReqBody> Pool<C, B> {
             since: Instant::now(),
         };
         let full = {
-            let mut pool = self.idle.lock();
+            let mut pool = self.shard().lock();
             if pool.len() < self.max_idle {
                 pool.push_back(idle);
                 None
@@ -426,13 +440,15 @@ impl<C: Connect, B: ReqBody> Pool<C, B> {
 
     fn purge(&self) {
         let now = Instant::now();
-        let expired = self.take_expired(&mut self.idle.lock(), now);
-        drop(expired);
+        for shard in &self.idle {
+            let expired = self.take_expired(&mut shard.lock(), now);
+            drop(expired);
+        }
     }
 
     #[cfg(test)]
     fn idle_count(&self) -> usize {
-        self.idle.lock().len()
+        self.idle.iter().map(|s| s.lock().len()).sum()
     }
 }
 
@@ -769,7 +785,7 @@ mod tests {
         // the upstream's close reaches the idle socket; taken without the pool's check, as if
         // it arrived just after it
         tokio::time::sleep(CLOSE_AFTER * 3).await;
-        let conn = pool.idle.lock().pop_back().unwrap().conn;
+        let conn = pool.shard().lock().pop_back().unwrap().conn;
         let resp = pool.send_on(Some(conn), get("/"), false).await.unwrap();
         assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), "ok");
         assert_eq!(up.accepted(), 2);

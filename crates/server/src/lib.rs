@@ -950,11 +950,15 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
     // The S3 gateway's listener keeps the front door's timeouts and caps.
     let s3_limits = front_limits.clone();
     let listener_metrics = kfsec_gateway::listener::ListenerMetrics::register(&mut registry);
+    // Every TLS connection is served whole on one of these (one per core): no request of it
+    // hops threads.
+    let workers = Arc::new(kfsec_gateway::workers::Workers::per_core().map_err(io("starting the connection workers"))?);
     let settings = |name, limits| kfsec_gateway::listener::TlsListenerSettings {
         name,
         limits,
         metrics: listener_metrics.clone(),
         drain: Duration::from_secs(10),
+        workers: Some(workers.clone()),
     };
     let registry = Arc::new(registry);
     let mut tasks = vec![

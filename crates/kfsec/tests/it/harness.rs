@@ -97,18 +97,22 @@ pub fn free_port() -> u16 {
     }
 }
 
-/// An upstream that answers with the request it saw, as JSON.
+/// An upstream that reads the request's body and answers with the request it saw, as JSON
+/// (`body_bytes`: the body's length).
 pub async fn echo_upstream() -> SocketAddr {
     let app = Router::new().fallback(any(|req: Request| async move {
-        let headers: BTreeMap<String, String> = req
-            .headers()
+        let (parts, body) = req.into_parts();
+        let headers: BTreeMap<String, String> = parts
+            .headers
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_owned()))
             .collect();
+        let body_bytes = axum::body::to_bytes(body, usize::MAX).await.map(|b| b.len()).ok();
         axum::Json(serde_json::json!({
-            "path": req.uri().path_and_query().map(|p| p.to_string()),
-            "method": req.method().as_str(),
+            "path": parts.uri.path_and_query().map(|p| p.to_string()),
+            "method": parts.method.as_str(),
             "headers": headers,
+            "body_bytes": body_bytes,
         }))
     }));
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -100,6 +100,7 @@ async fn request_bodies_stream_to_the_upstream() {
     let seen: serde_json::Value = r.json().await.unwrap();
     assert_eq!(seen["method"], "POST");
     assert_eq!(seen["headers"]["content-length"], "8388608");
+    assert_eq!(seen["body_bytes"], 8388608, "the whole body reached the upstream");
     k.running.shutdown().await;
 }
 
