@@ -382,8 +382,8 @@ impl RequestAudit {
     }
 
     /// The request's audit id (also in the `Audit-ID` response header).
-    pub fn audit_id(&self) -> String {
-        self.0.audit_id.clone()
+    pub fn audit_id(&self) -> &str {
+        &self.0.audit_id
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -433,15 +433,15 @@ impl RequestAudit {
 
     /// The authorization decision: `authorization.k8s.io/decision` `allow` | `forbid`, and
     /// `authorization.k8s.io/reason` when `reason` is not empty.
-    pub fn decision(&self, allowed: bool, reason: &str) {
+    pub fn decision(&self, allowed: bool, reason: impl Into<String>) {
+        let reason = reason.into();
         let mut s = self.state();
         s.annotations.insert(
             DECISION_ANNOTATION.to_owned(),
             if allowed { "allow" } else { "forbid" }.to_owned(),
         );
         if !reason.is_empty() {
-            s.annotations
-                .insert(AUTHZ_REASON_ANNOTATION.to_owned(), reason.to_owned());
+            s.annotations.insert(AUTHZ_REASON_ANNOTATION.to_owned(), reason);
         }
     }
 

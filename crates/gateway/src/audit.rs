@@ -96,7 +96,7 @@ pub(crate) fn set_user(req: &Request, identity: &Identity) {
 /// Records a proxied route's decision on the request's audit context, if any.
 pub(crate) fn route_decision(req: &Request, prefix: &str, allowed: bool, why: &str) {
     if let Some(a) = req.extensions().get::<RequestAudit>() {
-        a.decision(allowed, &format!("route {prefix}: {why}"));
+        a.decision(allowed, format!("route {prefix}: {why}"));
     }
 }
 
@@ -106,7 +106,7 @@ pub(crate) fn finish(audit: Option<RequestAudit>, mut resp: Response) -> Respons
     let Some(audit) = audit else {
         return resp;
     };
-    if let Ok(v) = HeaderValue::from_str(&audit.audit_id()) {
+    if let Ok(v) = HeaderValue::from_str(audit.audit_id()) {
         resp.headers_mut().insert(AUDIT_ID_HEADER, v);
     }
     let code = resp.status().as_u16();

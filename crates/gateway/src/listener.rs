@@ -27,6 +27,7 @@ use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -303,6 +304,92 @@ impl Drop for Slot {
     }
 }
 
+/// The in-flight request caps of one listener: a total, and one count per client address that
+/// the address's connections share. A connection takes its address's count once
+/// ([`RequestCaps::address`]), so a request costs a few atomic operations — no lock and no
+/// lookup on the request path.
+#[derive(Debug)]
+struct RequestCaps {
+    total: AtomicUsize,
+    max: usize,
+    per_address: usize,
+    gauge: Gauge,
+    /// Each address's count while a connection from it holds the count.
+    addresses: parking_lot::Mutex<Addresses>,
+}
+
+#[derive(Debug, Default)]
+struct Addresses {
+    counts: HashMap<IpAddr, std::sync::Weak<AtomicUsize>>,
+    /// Entries of addresses with no connection left are dropped when the table reaches this size
+    /// (then twice the live entries, at least 1,024): amortised, and the table stays bounded by
+    /// the open connections.
+    sweep_at: usize,
+}
+
+/// One in-flight request's place under the [`RequestCaps`]; released when its answer's body is
+/// dropped.
+#[derive(Debug)]
+struct RequestSlot {
+    caps: Arc<RequestCaps>,
+    address: Arc<AtomicUsize>,
+}
+
+impl RequestCaps {
+    fn new(max: usize, per_address: usize, gauge: Gauge) -> Arc<Self> {
+        Arc::new(Self {
+            total: AtomicUsize::new(0),
+            max: max.max(1),
+            per_address: per_address.max(1),
+            gauge,
+            addresses: parking_lot::Mutex::new(Addresses::default()),
+        })
+    }
+
+    /// The in-flight count of `ip`'s address (an IPv6 address's /64), shared by its connections.
+    fn address(&self, ip: IpAddr) -> Arc<AtomicUsize> {
+        let key = address_key(ip);
+        let mut a = self.addresses.lock();
+        if let Some(count) = a.counts.get(&key).and_then(std::sync::Weak::upgrade) {
+            return count;
+        }
+        if a.counts.len() >= a.sweep_at {
+            a.counts.retain(|_, c| c.strong_count() > 0);
+            a.sweep_at = (a.counts.len() * 2).max(1024);
+        }
+        let count = Arc::new(AtomicUsize::new(0));
+        a.counts.insert(key, Arc::downgrade(&count));
+        count
+    }
+
+    /// A place for one request of the address whose count is `address`, or the metric reason
+    /// of the refusal (`max_requests`, `max_requests_per_address`).
+    fn try_acquire(self: &Arc<Self>, address: &Arc<AtomicUsize>) -> Result<RequestSlot, &'static str> {
+        if self.total.fetch_add(1, Ordering::AcqRel) >= self.max {
+            self.total.fetch_sub(1, Ordering::AcqRel);
+            return Err("max_requests");
+        }
+        if address.fetch_add(1, Ordering::AcqRel) >= self.per_address {
+            address.fetch_sub(1, Ordering::AcqRel);
+            self.total.fetch_sub(1, Ordering::AcqRel);
+            return Err("max_requests_per_address");
+        }
+        self.gauge.inc();
+        Ok(RequestSlot {
+            caps: self.clone(),
+            address: address.clone(),
+        })
+    }
+}
+
+impl Drop for RequestSlot {
+    fn drop(&mut self) {
+        self.address.fetch_sub(1, Ordering::AcqRel);
+        self.caps.total.fetch_sub(1, Ordering::AcqRel);
+        self.caps.gauge.dec();
+    }
+}
+
 /// Times one side's wait on the peer: armed at the first `Pending` of a wait, disarmed by
 /// progress, ready once the wait has lasted `limit` (nginx's `client_body_timeout` and
 /// `send_timeout`: the time between two successive operations, not the whole transfer).
@@ -452,11 +539,11 @@ struct TrackedBody {
     in_flight: InFlight,
     handed_over: bool,
     /// The request's place under the in-flight caps.
-    _permit: Option<Slot>,
+    _permit: Option<RequestSlot>,
 }
 
 impl TrackedBody {
-    fn new(inner: axum::body::Body, in_flight: InFlight, permit: Option<Slot>) -> Self {
+    fn new(inner: axum::body::Body, in_flight: InFlight, permit: Option<RequestSlot>) -> Self {
         Self {
             inner,
             in_flight,
@@ -622,11 +709,10 @@ pub async fn serve_tls<S>(
     );
     // In-flight requests (HTTP/2 streams included), each of which may hold an upstream
     // connection: as many as connections in all, twice the per-address connections per address.
-    let requests = Slots::new(
+    let requests = RequestCaps::new(
         limits.max_connections,
         limits.max_connections_per_address.saturating_mul(2),
         metrics.requests.get_or_create(&label).clone(),
-        ("max_requests", "max_requests_per_address"),
     );
     let accept_errors = metrics
         .accept_errors
@@ -725,7 +811,7 @@ struct Connection<S> {
     metrics: ListenerMetrics,
     app: S,
     builder: Arc<Builder<TokioExecutor>>,
-    requests: Arc<Slots>,
+    requests: Arc<RequestCaps>,
 }
 
 /// The answer to a request over the in-flight caps: 503 with `Retry-After`, no work done.
@@ -795,6 +881,8 @@ impl<S: Service + Clone> Connection<S> {
         }));
         let watching = activity.clone();
         let idle_timeout = limits.idle_timeout;
+        // The in-flight count of this client's address, taken once for all its requests.
+        let address = requests.address(peer.ip());
         let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
             let in_flight = InFlight::start(&activity);
             req.extensions_mut().insert(ClientAddr(peer.ip()));
@@ -803,7 +891,7 @@ impl<S: Service + Clone> Connection<S> {
             }
             let app = app.clone();
             let stall = StallTimer::new(idle_timeout);
-            let permit = requests.try_acquire(peer.ip()).map_err(|reason| {
+            let permit = requests.try_acquire(&address).map_err(|reason| {
                 ListenerMetrics::count(&metrics.refused, name, reason);
             });
             async move {
@@ -818,11 +906,6 @@ impl<S: Service + Clone> Connection<S> {
         let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), svc);
         tokio::pin!(conn);
         tokio::pin!(replaced);
-        // One timer for the connection's life, moved only when it must fire earlier than it
-        // is set to (a new timer at every wake-up would cost a timer-wheel insertion and
-        // removal per request); one that fires before the deadline is set again.
-        let timer = tokio::time::sleep_until(header_deadline);
-        tokio::pin!(timer);
         // When a graceful close was asked for.
         let mut closing: Option<Instant> = None;
         let result = loop {
@@ -842,9 +925,6 @@ impl<S: Service + Clone> Connection<S> {
                 // (its deadline is its last progress plus the idle timeout, never earlier).
                 None => recheck,
             };
-            if deadline < timer.deadline() || timer.is_elapsed() {
-                timer.as_mut().reset(deadline);
-            }
             tokio::select! {
                 r = conn.as_mut() => break r,
                 _ = stopping.wait_for(|s| *s), if closing.is_none() => {
@@ -855,9 +935,7 @@ impl<S: Service + Clone> Connection<S> {
                     closing = Some(Instant::now());
                     conn.as_mut().graceful_shutdown();
                 }
-                () = timer.as_mut() => match (closing, *watching.lock()) {
-                    // Set for an earlier deadline than this round's: set again above.
-                    _ if Instant::now() < deadline => {}
+                () = tokio::time::sleep_until(deadline) => match (closing, *watching.lock()) {
                     // The client has taken no response data for the idle timeout (whether or
                     // not a close was asked for).
                     (_, cur) if cur.handed_over > 0 && cur.last_progress + limits.idle_timeout <= Instant::now() => {
@@ -910,7 +988,7 @@ pub fn serve_plain_dedicated(
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
     let std_listener = listener.into_std()?;
     let (done, finished) = tokio::sync::oneshot::channel::<()>();
-    crate::workers::runtime_thread("kfsec-admin".into(), || {}, async move {
+    crate::workers::runtime_thread("kfsec-admin".into(), 2, || {}, async move {
         match TcpListener::from_std(std_listener) {
             Ok(l) => serve_plain(l, app, shutdown).await,
             Err(e) => tracing::error!(error = %e, "admin listener failed"),
@@ -966,6 +1044,65 @@ mod tests {
         assert_eq!(slots.gauge.get(), 3);
         drop(s4);
         assert_eq!(slots.gauge.get(), 2);
+    }
+
+    #[test]
+    fn request_caps_count_per_address_and_in_total_and_release() {
+        let caps = RequestCaps::new(3, 2, Gauge::default());
+        // two connections of one /64 share a count; another address has its own
+        let a1 = caps.address("2001:db8:1:2::1".parse().unwrap());
+        let a2 = caps.address("2001:db8:1:2::ffff".parse().unwrap());
+        let b = caps.address("127.0.0.1".parse().unwrap());
+        assert!(Arc::ptr_eq(&a1, &a2));
+        let r1 = caps.try_acquire(&a1).unwrap();
+        let _r2 = caps.try_acquire(&a2).unwrap();
+        assert_eq!(caps.try_acquire(&a1).unwrap_err(), "max_requests_per_address");
+        let _r3 = caps.try_acquire(&b).unwrap();
+        assert_eq!(caps.try_acquire(&b).unwrap_err(), "max_requests");
+        assert_eq!(caps.gauge.get(), 3);
+        drop(r1);
+        let _r4 = caps.try_acquire(&a1).unwrap();
+        assert_eq!(caps.try_acquire(&a2).unwrap_err(), "max_requests");
+        // refusals leave no count behind
+        assert_eq!((caps.total.load(Ordering::Relaxed), a1.load(Ordering::Relaxed)), (3, 2));
+    }
+
+    #[test]
+    fn request_caps_hold_under_concurrency() {
+        let caps = RequestCaps::new(1_000, 5, Gauge::default());
+        let address = caps.address("10.0.0.1".parse().unwrap());
+        let peak = Arc::new(AtomicUsize::new(0));
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                let (caps, address, peak) = (caps.clone(), address.clone(), peak.clone());
+                s.spawn(move || {
+                    for _ in 0..20_000 {
+                        if let Ok(slot) = caps.try_acquire(&address) {
+                            peak.fetch_max(address.load(Ordering::Relaxed), Ordering::Relaxed);
+                            drop(slot);
+                        }
+                    }
+                });
+            }
+        });
+        assert!(peak.load(Ordering::Relaxed) <= 5, "never more than the cap at once");
+        assert_eq!(
+            (caps.total.load(Ordering::Relaxed), address.load(Ordering::Relaxed)),
+            (0, 0)
+        );
+        assert_eq!(caps.gauge.get(), 0);
+    }
+
+    #[test]
+    fn the_address_table_forgets_addresses_without_connections() {
+        let caps = RequestCaps::new(10, 10, Gauge::default());
+        let kept = caps.address("10.0.0.1".parse().unwrap());
+        for i in 0..5_000u32 {
+            drop(caps.address(IpAddr::from((0x0b00_0000 + i).to_be_bytes())));
+        }
+        let len = caps.addresses.lock().counts.len();
+        assert!(len <= 1025, "bounded by the live connections (amortised): {len}");
+        assert!(Arc::ptr_eq(&kept, &caps.address("10.0.0.1".parse().unwrap())));
     }
 
     #[test]

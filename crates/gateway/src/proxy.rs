@@ -275,8 +275,17 @@ fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool, named: bool) {
             }
         }
     }
-    for (n, upgrade_keeps) in &HOP_BY_HOP {
-        if !(keep_upgrade && *upgrade_keeps) {
+    // One pass over the names present (a handful, usually none of them hop-by-hop: comparing
+    // them is cheaper than a hashed lookup of each hop-by-hop name), then a removal of each one
+    // found, with all its values.
+    let mut found = [false; HOP_BY_HOP.len()];
+    for name in h.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|(n, _)| *n == name) {
+            found[i] = true;
+        }
+    }
+    for ((n, upgrade_keeps), found) in HOP_BY_HOP.iter().zip(found) {
+        if found && !(keep_upgrade && *upgrade_keeps) {
             h.remove(*n);
         }
     }
@@ -715,6 +724,31 @@ mod tests {
         );
         remove_cookie(&mut h, "authservice_session");
         assert!(!h.contains_key(header::COOKIE));
+    }
+
+    #[test]
+    fn every_hop_by_hop_header_is_removed_with_all_its_values() {
+        for (name, upgrade_keeps) in &HOP_BY_HOP {
+            for keep_upgrade in [false, true] {
+                let mut h = HeaderMap::new();
+                h.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
+                h.append(*name, HeaderValue::from_static("one"));
+                h.append(*name, HeaderValue::from_static("two"));
+                h.insert("x-after", HeaderValue::from_static("1"));
+                strip_hop_by_hop(&mut h, keep_upgrade, false);
+                let kept = keep_upgrade && *upgrade_keeps;
+                assert_eq!(h.get_all(*name).iter().count(), if kept { 2 } else { 0 }, "{name}");
+                assert_eq!(h.len(), if kept { 4 } else { 2 }, "{name}: the others stay");
+            }
+        }
+        // all of them at once, amid others
+        let mut h = HeaderMap::new();
+        for (name, _) in &HOP_BY_HOP {
+            h.insert(*name, HeaderValue::from_static("x"));
+            h.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
+        }
+        strip_hop_by_hop(&mut h, false, false);
+        assert_eq!(h.keys().collect::<Vec<_>>(), [header::ACCEPT]);
     }
 
     #[test]

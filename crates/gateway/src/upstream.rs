@@ -251,7 +251,7 @@ pub(crate) struct Pool<C: Connect, B: ReqBody> {
     /// One idle list per connection worker (`workers::current`; index 0 for other threads): a
     /// connection is reused by the worker that opened it, whose reactor it is registered with.
     idle: Box<[IdleList<C, B>]>,
-    /// Per worker.
+    /// Per idle list (the pool's cap divided among the workers).
     max_idle: usize,
     idle_timeout: Duration,
     reaper: AtomicBool,
@@ -272,14 +272,17 @@ pub(crate) fn host_header(uri: &Uri) -> HeaderValue {
 impl<C: Connect, B: ReqBody> Pool<C, B> {
     /// An empty pool that keeps at most `max_idle` idle connections, each for `idle_timeout`.
     pub(crate) fn new(connect: C, host: HeaderValue, max_idle: usize, idle_timeout: Duration) -> Self {
+        let workers = std::thread::available_parallelism().map_or(1, usize::from);
         Self {
             connect,
             host,
             // One per worker (`Workers::per_core`) and one for other threads.
-            idle: (0..=std::thread::available_parallelism().map_or(1, usize::from))
+            idle: (0..=workers)
                 .map(|_| parking_lot::Mutex::new(VecDeque::new()))
                 .collect(),
-            max_idle,
+            // Divided, so that more workers keep no more idle sockets (they count against the
+            // file descriptors the listeners' caps leave free).
+            max_idle: max_idle.div_ceil(workers),
             idle_timeout,
             reaper: AtomicBool::new(false),
         }

@@ -27,23 +27,43 @@ pub(crate) fn current() -> usize {
     WORKER.with(Cell::get)
 }
 
-/// Runs `future` to its end on a new thread `name` with a single-threaded runtime of its own;
-/// `setup` runs first on that thread. Returns the runtime's handle.
+/// The blocking-thread cap (`spawn_blocking`: password hashing, store transactions) shared by
+/// the runtimes [`runtime_thread`] makes: each gets its share, so that more runtimes do not
+/// raise the process's thread ceiling.
+const BLOCKING_THREADS: usize = 512;
+
+/// Runs `future` to its end on a new thread `name` with a single-threaded runtime of its own
+/// (built on that thread, its blocking threads capped at `blocking_threads`); `setup` runs first
+/// on that thread. Returns the runtime's handle once it runs.
 pub(crate) fn runtime_thread<F>(
     name: String,
+    blocking_threads: usize,
     setup: impl FnOnce() + Send + 'static,
     future: F,
 ) -> std::io::Result<Handle>
 where
     F: Future<Output = ()> + Send + 'static,
 {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let handle = runtime.handle().clone();
+    let (started, handle) = std::sync::mpsc::sync_channel(1);
     std::thread::Builder::new().name(name).spawn(move || {
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .max_blocking_threads(blocking_threads.max(1))
+            .build()
+        {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = started.send(Err(e));
+                return;
+            }
+        };
+        let _ = started.send(Ok(runtime.handle().clone()));
         setup();
         runtime.block_on(future);
     })?;
-    Ok(handle)
+    handle
+        .recv()
+        .map_err(|_| std::io::Error::other("a runtime thread ended while starting"))?
 }
 
 #[derive(Debug)]
@@ -64,12 +84,18 @@ pub struct Workers {
 impl Workers {
     /// `n` workers (at least one), named `kfsec-worker-1` … `kfsec-worker-n`.
     pub fn start(n: usize) -> std::io::Result<Self> {
-        let workers = (1..=n.max(1))
+        let n = n.max(1);
+        let workers = (1..=n)
             .map(|i| {
                 let (stop, stopped) = oneshot::channel::<()>();
-                let handle = runtime_thread(format!("kfsec-worker-{i}"), move || WORKER.set(i), async move {
-                    let _ = stopped.await;
-                })?;
+                let handle = runtime_thread(
+                    format!("kfsec-worker-{i}"),
+                    BLOCKING_THREADS / (n + 1),
+                    move || WORKER.set(i),
+                    async move {
+                        let _ = stopped.await;
+                    },
+                )?;
                 Ok(Worker {
                     handle,
                     open: Arc::new(AtomicUsize::new(0)),

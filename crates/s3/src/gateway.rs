@@ -982,7 +982,7 @@ async fn handle(State(gw): State<Arc<Gateway>>, req: Request<axum::body::Body>) 
     }
     let mut resp = resp;
     if let Some(a) = &audit
-        && let Ok(v) = HeaderValue::from_str(&a.audit_id())
+        && let Ok(v) = HeaderValue::from_str(a.audit_id())
     {
         resp.headers_mut().insert(kfsec_audit::request::AUDIT_ID_HEADER, v);
     }

@@ -166,7 +166,7 @@ pub(crate) fn outcome(ctx: &RequestAudit, outcome: &AdmissionOutcome) {
 pub(crate) fn finish(ctx: Option<RequestAudit>, mut resp: Response) -> Response {
     if let Some(ctx) = ctx {
         ctx.complete(resp.status().as_u16());
-        if let Ok(v) = HeaderValue::from_str(&ctx.audit_id()) {
+        if let Ok(v) = HeaderValue::from_str(ctx.audit_id()) {
             resp.headers_mut().insert(AUDIT_ID_HEADER, v);
         }
     }
