@@ -150,6 +150,8 @@ pub struct App {
     decisions: std::sync::OnceLock<metrics::Decisions>,
     /// The metrics label of each configured route (its prefix), made once.
     route_labels: Vec<Arc<String>>,
+    /// Their series (a proxied request counts without a lookup).
+    route_series: Vec<metrics::RouteSeries>,
     /// Whether a route prefix has capitals (`ambiguity` then always compares loose readings).
     upper_case_routes: bool,
 }
@@ -214,7 +216,8 @@ impl App {
             Some((router, mounts)) => (Some(router), responses::Mounts::new(mounts)),
             None => (None, responses::Mounts::default()),
         };
-        let route_labels = settings.routes.iter().map(|r| Arc::new(r.prefix.clone())).collect();
+        let route_labels: Vec<_> = settings.routes.iter().map(|r| Arc::new(r.prefix.clone())).collect();
+        let route_series = route_labels.iter().map(|l| metrics.route_series(l)).collect();
         let upper_case_routes = settings
             .routes
             .iter()
@@ -238,6 +241,7 @@ impl App {
             auditor: std::sync::OnceLock::new(),
             decisions: std::sync::OnceLock::new(),
             route_labels,
+            route_series,
             upper_case_routes,
         }))
     }
@@ -343,7 +347,7 @@ impl App {
         }
     }
 
-    fn route_label(&self, path: &str) -> Arc<String> {
+    fn route_label(&self, path: &str) -> (Arc<String>, Option<usize>) {
         let names = metrics::RouteNames {
             idp_path: &self.idp_path,
             routes: &self.settings.routes,
@@ -436,20 +440,16 @@ async fn edge(app: &Arc<App>, gate: &Router, mut req: Request) -> Response {
             };
             (resp, route)
         }
-        Some(resp) => (resp, Arc::new("rejected".to_owned())),
+        Some(resp) => (resp, (Arc::new("rejected".to_owned()), None)),
     };
     let resp = audit::finish(request_audit, security_headers(resp));
-    app.metrics
-        .requests
-        .get_or_create(&metrics::RequestLabels {
-            route: route.clone(),
-            code: resp.status().as_u16(),
-        })
-        .inc();
-    app.metrics
-        .latency
-        .get_or_create(&metrics::RouteLabel { route })
-        .observe(start.elapsed().as_secs_f64());
+    let (route, configured) = route;
+    app.metrics.record(
+        route,
+        configured.and_then(|i| app.route_series.get(i)),
+        resp.status().as_u16(),
+        start.elapsed().as_secs_f64(),
+    );
     resp
 }
 

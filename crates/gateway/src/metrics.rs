@@ -47,6 +47,46 @@ impl HttpMetrics {
         );
         Self { requests, latency }
     }
+
+    /// The series of the configured route labelled `route`, looked up once.
+    pub fn route_series(&self, route: &Arc<String>) -> RouteSeries {
+        RouteSeries {
+            latency: self.latency.get_or_create(&RouteLabel { route: route.clone() }).clone(),
+            ok: self
+                .requests
+                .get_or_create(&RequestLabels {
+                    route: route.clone(),
+                    code: 200,
+                })
+                .clone(),
+        }
+    }
+
+    /// Counts one answer of `route` with `code` after `seconds`; `series`: the route's own
+    /// (a configured route's, made by [`Self::route_series`]), which needs no lookup for a 200.
+    pub fn record(&self, route: Arc<String>, series: Option<&RouteSeries>, code: u16, seconds: f64) {
+        match series {
+            Some(s) if code == 200 => s.ok.inc(),
+            _ => self
+                .requests
+                .get_or_create(&RequestLabels {
+                    route: route.clone(),
+                    code,
+                })
+                .inc(),
+        };
+        match series {
+            Some(s) => s.latency.observe(seconds),
+            None => self.latency.get_or_create(&RouteLabel { route }).observe(seconds),
+        }
+    }
+}
+
+/// One configured route's series (the same as its labels' in the families: clones share them).
+pub(crate) struct RouteSeries {
+    latency: Histogram,
+    /// Its `code="200"` requests.
+    ok: Counter,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -132,11 +172,12 @@ pub(crate) struct RouteNames<'a> {
 /// The bounded route label of `path`: `dex-<endpoint>`, `authservice-<endpoint>`,
 /// `oauth2-<endpoint>`, the mounted surface's name, a configured route's prefix (the longest
 /// that matches, as the proxy chooses), `pages`, `home`, or `other`.
-pub(crate) fn route_label(names: &RouteNames<'_>, path: &str) -> Arc<String> {
-    Arc::new(match named_label(names, path) {
-        Ok(route) => return names.route_labels.get(route).cloned().unwrap_or_default(),
-        Err(name) => name,
-    })
+/// With the label, the index of the configured route when the label is one's.
+pub(crate) fn route_label(names: &RouteNames<'_>, path: &str) -> (Arc<String>, Option<usize>) {
+    match named_label(names, path) {
+        Ok(route) => (names.route_labels.get(route).cloned().unwrap_or_default(), Some(route)),
+        Err(name) => (Arc::new(name), None),
+    }
 }
 
 /// The index of the configured route whose prefix labels `path`, or the label's text.
@@ -227,6 +268,29 @@ pub(crate) fn prometheus_text(openmetrics: &str) -> String {
 #[cfg(test)]
 mod tests {
     #[test]
+    fn a_routes_own_series_count_into_the_families() {
+        let mut registry = Registry::default();
+        let m = HttpMetrics::register(&mut registry);
+        let app = Arc::new("/app/".to_owned());
+        let series = m.route_series(&app);
+        m.record(app.clone(), Some(&series), 200, 0.001);
+        m.record(app.clone(), Some(&series), 200, 0.001);
+        m.record(app.clone(), Some(&series), 404, 0.001);
+        m.record(Arc::new("home".to_owned()), None, 200, 0.001);
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &registry).unwrap();
+        for want in [
+            r#"kfsec_http_requests_total{route="/app/",code="200"} 2"#,
+            r#"kfsec_http_requests_total{route="/app/",code="404"} 1"#,
+            r#"kfsec_http_requests_total{route="home",code="200"} 1"#,
+            r#"kfsec_http_request_duration_seconds_count{route="/app/"} 3"#,
+            r#"kfsec_http_request_duration_seconds_count{route="home"} 1"#,
+        ] {
+            assert!(out.contains(want), "{want} in\n{out}");
+        }
+    }
+
+    #[test]
     fn the_text_format_names_counters_and_infos_as_their_samples() {
         let mut registry = Registry::default();
         let c = Counter::<u64>::default();
@@ -283,15 +347,18 @@ mod tests {
             ("/", "home"),
             ("/random/abc123", "other"),
         ] {
-            assert_eq!(*route_label(&plain, path), want, "{path}");
+            assert_eq!(*route_label(&plain, path).0, want, "{path}");
         }
         assert_eq!(
-            *route_label(&names(Some("kfp"), false), "/pipeline/apis/v2beta1/runs"),
+            *route_label(&names(Some("kfp"), false), "/pipeline/apis/v2beta1/runs").0,
             "kfp"
         );
-        assert_eq!(*route_label(&names(None, true), "/workspaces/a/contributors"), "pages");
+        assert_eq!(
+            *route_label(&names(None, true), "/workspaces/a/contributors").0,
+            "pages"
+        );
         // A proxied route's label is the one made at start, not a new string.
-        assert!(Arc::ptr_eq(&route_label(&plain, "/jupyter/x"), &labels[0]));
+        assert!(Arc::ptr_eq(&route_label(&plain, "/jupyter/x").0, &labels[0]));
     }
 
     #[test]
