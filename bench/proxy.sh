@@ -13,6 +13,8 @@
 #
 #   bash bench/proxy.sh    # env: DURATION=10s WARMUP=2s CONNS="1 64 256" THREADS=2 HS_CONNS=64
 #                          #      NGINX_WORKERS=$(nproc) HAPROXY_THREADS=$(nproc)
+#   KFSEC_EXTRA_YAML='audit: {log: {path: ""}}' bash bench/proxy.sh   # appended to kfsec's
+#                          # configuration, e.g. audit off (the nginx peers log nothing either)
 #
 # Everything listens on 127.0.0.1; wrk speaks HTTP/1.1 (no ALPN) to the peers, which keep their
 # upstream connections alive (pools at least as large as the most connections measured).
@@ -77,7 +79,8 @@ ok_upstream "$UP_PORT"
 HASH="$(printf '%s\n' "$BENCH_PASSWORD" | "$KFSEC_RELEASE" hash-password)"
 kfsec_config "$T/kfsec.yaml" "$KF_PORT" "$HASH" "routes:
 - prefix: /
-  upstream: http://127.0.0.1:$UP_PORT"
+  upstream: http://127.0.0.1:$UP_PORT
+${KFSEC_EXTRA_YAML:-}"
 kfsec_start "$T/data" "$T/kfsec.yaml" "$KF_PORT" "$KF_ADMIN"
 KF_CA="$T/data/pki/ca.crt"
 CRT="$T/data/pki/frontdoor.crt"
