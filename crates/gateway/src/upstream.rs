@@ -606,7 +606,9 @@ mod tests {
     }
 
     /// Accepts connections on 127.0.0.1, counts them and hands each to `serve` in a task.
-    async fn serve<F: Future<Output = ()> + Send + 'static>(serve: fn(TcpStream) -> F) -> Upstream {
+    async fn serve<F: Future<Output = ()> + Send + 'static>(
+        serve: impl Fn(TcpStream) -> F + Send + 'static,
+    ) -> Upstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let accepted = Arc::new(AtomicUsize::new(0));
@@ -806,38 +808,28 @@ mod tests {
 
     /// An upstream that answers every request on a connection with `answer` (raw bytes).
     async fn raw_upstream(answer: &'static [u8], then: Option<(Duration, &'static [u8])>) -> Upstream {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let count = accepted.clone();
-        tokio::spawn(async move {
+        serve(move |mut s| async move {
+            let mut buf = [0u8; 4096];
             loop {
-                let (mut s, _) = listener.accept().await.unwrap();
-                count.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(async move {
-                    let mut buf = [0u8; 4096];
-                    loop {
-                        let mut head = Vec::new();
-                        // (a body may follow in the same read: not read as the next head, as
-                        // an upstream that never reads bodies)
-                        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                            match s.read(&mut buf).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => head.extend_from_slice(&buf[..n]),
-                            }
-                        }
-                        if s.write_all(answer).await.is_err() {
-                            return;
-                        }
-                        if let Some((after, extra)) = then {
-                            tokio::time::sleep(after).await;
-                            let _ = s.write_all(extra).await;
-                        }
+                let mut head = Vec::new();
+                // (a body may follow in the same read: not read as the next head, as an upstream
+                // that never reads bodies)
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
                     }
-                });
+                }
+                if s.write_all(answer).await.is_err() {
+                    return;
+                }
+                if let Some((after, extra)) = then {
+                    tokio::time::sleep(after).await;
+                    let _ = s.write_all(extra).await;
+                }
             }
-        });
-        Upstream { addr, accepted }
+        })
+        .await
     }
 
     #[tokio::test]

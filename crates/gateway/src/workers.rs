@@ -112,16 +112,6 @@ impl Workers {
         Self::start(std::thread::available_parallelism().map_or(1, usize::from))
     }
 
-    /// How many workers there are.
-    pub fn len(&self) -> usize {
-        self.workers.len()
-    }
-
-    /// Always false: there is at least one worker.
-    pub fn is_empty(&self) -> bool {
-        self.workers.is_empty()
-    }
-
     /// Serves `tcp` with `serve` on the worker with the fewest open connections (the socket is
     /// moved to that worker's reactor). A socket that cannot be moved is closed.
     pub(crate) fn spawn<F>(&self, tcp: TcpStream, serve: impl FnOnce(TcpStream) -> F + Send + 'static)
