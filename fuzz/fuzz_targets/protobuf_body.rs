@@ -2,7 +2,7 @@
 //! kfsec-api's decoder (`proto::decode_body`), with and without the magic: it never panics;
 //! decoding is deterministic; a decoded body is a JSON object whose `kind` is the envelope's
 //! (a kind the decoder supports) and which survives JSON serialisation unchanged; its size is
-//! bounded by a small multiple of the input's (no amplification); every `…Timestamp` in it is
+//! bounded by a small multiple of the input's (no amplification); every `ObjectMeta` time in it is
 //! an RFC 3339 time kfsec itself reads back; an unknown envelope field
 //! appended to a decodable body changes nothing (unknown fields are skipped); and a decoded body
 //! has no field its kind's published OpenAPI schema lacks (`fieldcheck`, what `Strict` field
@@ -36,17 +36,21 @@ const KINDS: &[&str] = &[
     "DeleteOptions",
 ];
 
-/// Every string under a key ending in `Timestamp` is a time `kfsec_types::time` parses.
+/// Every time in an `ObjectMeta` (the object under a `metadata` key: its `creationTimestamp`
+/// and `deletionTimestamp`, the decoder's `Time` fields) is a string `kfsec_types::time` parses.
+/// Only there: a label, annotation or data key may end in `Timestamp` and hold any string.
 fn timestamps_parse(v: &Value) {
     match v {
         Value::Object(m) => {
-            for (k, x) in m {
-                if k.ends_with("Timestamp") {
-                    let t = x.as_str().expect("a timestamp is a string");
-                    assert!(kfsec_types::time::parse_rfc3339(t).is_some(), "{k}: {t:?}");
+            if let Some(Value::Object(meta)) = m.get("metadata") {
+                for k in ["creationTimestamp", "deletionTimestamp"] {
+                    if let Some(x) = meta.get(k) {
+                        let t = x.as_str().expect("a timestamp is a string");
+                        assert!(kfsec_types::time::parse_rfc3339(t).is_some(), "{k}: {t:?}");
+                    }
                 }
-                timestamps_parse(x);
             }
+            m.values().for_each(timestamps_parse);
         }
         Value::Array(a) => a.iter().for_each(timestamps_parse),
         _ => {}
