@@ -128,8 +128,8 @@ impl App {
         // through login, API clients get 401.
         for (k, v) in cookies(headers) {
             if k == self.settings.cookie_name
-                && let Some((id, started_ms)) = self.sessions.authenticate(v, &IdpRefresher(&self.idp)).await
-                && let Ok(a) = self.authn.session(id, started_ms).await
+                && let Some((id, started_ms, key)) = self.sessions.authenticate(v, &IdpRefresher(&self.idp)).await
+                && let Ok(a) = self.authn.session(id, &key, started_ms).await
             {
                 return Authn::Ok(a);
             }

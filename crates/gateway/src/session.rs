@@ -27,6 +27,7 @@ use aws_lc_rs::hmac;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use futures_util::future::BoxFuture;
+use kfsec_idp::revocation::UserKey;
 use kfsec_idp::secret::sha256_hex;
 use kfsec_store::{Store, StoreError};
 use kfsec_types::{Clock, Identity, Rng, UnixTime, random_array};
@@ -139,6 +140,8 @@ impl SessionRecord {
 #[derive(Debug, Clone)]
 struct Live {
     identity: Identity,
+    /// The user's revocation key, computed once per cached session (not per request).
+    user_key: UserKey,
     expires_at: u64,
     started_ms: u64,
     /// Re-checked upstream: `(connector, last check in Unix ms, no attempt before this Unix ms)`.
@@ -151,6 +154,7 @@ impl Live {
     fn from_record(rec: &SessionRecord) -> Self {
         Self {
             identity: Identity::new(rec.user.clone(), rec.groups.clone()),
+            user_key: UserKey::of(&rec.user),
             expires_at: rec.expires_at,
             started_ms: rec.started_ms(),
             upstream: rec.upstream.as_ref().map(|u| (u.connector.clone(), u.checked_ms, 0)),
@@ -414,7 +418,8 @@ impl Sessions {
     /// Like [`Sessions::validate`], and a federated session whose last check is older than the
     /// revalidation interval is re-checked through `refresher` first: refused → the session
     /// ends and this is None; a passing failure → the session goes on (retried later).
-    pub async fn authenticate(&self, cookie: &str, refresher: &dyn Refresher) -> Option<(Identity, u64)> {
+    /// Also returns the user's revocation key, for the caller's check.
+    pub async fn authenticate(&self, cookie: &str, refresher: &dyn Refresher) -> Option<(Identity, u64, UserKey)> {
         let (hash, live) = self.live(cookie).await?;
         let live = match (&live.upstream, self.revalidate) {
             (Some((_, checked_ms, retry_ms)), Some(every))
@@ -424,7 +429,7 @@ impl Sessions {
             }
             _ => live,
         };
-        Some((live.identity.clone(), live.started_ms))
+        Some((live.identity.clone(), live.started_ms, live.user_key.clone()))
     }
 
     /// The live session behind a cookie (cache, else store): its hash and state.
@@ -803,8 +808,13 @@ mod tests {
         assert!(up.seen().is_empty());
         // Due: re-checked once; the groups and the token follow the answer.
         clock.advance(Duration::from_secs(1));
-        let (id, _) = s.authenticate(&cookie, &up).await.unwrap();
+        let (id, _, key) = s.authenticate(&cookie, &up).await.unwrap();
         assert_eq!(id.groups, ["team-b"]);
+        assert_eq!(
+            key,
+            UserKey::of(&id.user),
+            "the session carries its user's revocation key"
+        );
         assert_eq!(up.seen(), ["rt-1"]);
         assert_eq!(record(store.as_ref()).await.upstream.unwrap().refresh_token, "rt-2");
         assert_eq!(s.authenticate(&cookie, &up).await.unwrap().0.groups, ["team-b"]);

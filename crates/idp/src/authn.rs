@@ -30,6 +30,7 @@ use kfsec_types::Identity;
 
 use crate::Idp;
 use crate::jwt::JwtError;
+use crate::revocation::UserKey;
 use crate::serviceaccount::ServiceAccountClaims;
 use crate::tokens::{Claims, VerifyError};
 
@@ -226,9 +227,11 @@ impl Authenticator {
     }
 
     /// A session the caller looked up: valid unless it began at or before the user's
-    /// revocation epoch (`started_ms`: Unix ms). An unreadable epoch refuses.
-    pub async fn session(&self, identity: Identity, started_ms: u64) -> Result<Authenticated, Refusal> {
-        match self.idp.epochs().revoked(&identity.user, started_ms).await {
+    /// revocation epoch (`started_ms`: Unix ms). `key` is the user's revocation key
+    /// ([`UserKey::of`] the identity's user, kept with the session). An unreadable epoch refuses.
+    pub async fn session(&self, identity: Identity, key: &UserKey, started_ms: u64) -> Result<Authenticated, Refusal> {
+        debug_assert_eq!(*key, UserKey::of(&identity.user));
+        match self.idp.epochs().revoked_key(key, started_ms).await {
             Ok(false) => Ok(Authenticated {
                 identity,
                 audiences: vec![],

@@ -34,8 +34,20 @@ struct EpochRecord {
     not_before_ms: u64,
 }
 
-fn user_key(email: &str) -> String {
-    sha256_hex(email.to_ascii_lowercase().as_bytes())
+/// A user's key in the epoch table: the SHA-256 of the lower-cased email, hex. Computed once
+/// per session by its holder ([`Epochs::revoked_key`]) rather than per request; cheap to clone.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserKey(Arc<str>);
+
+impl UserKey {
+    /// The key of `email` (case-insensitive: `Alice@x` and `alice@x` share one epoch).
+    pub fn of(email: &str) -> Self {
+        Self(sha256_hex(email.to_ascii_lowercase().as_bytes()).into())
+    }
+
+    fn as_str(&self) -> &str {
+        &self.0
+    }
 }
 
 /// The epochs, cached.
@@ -66,13 +78,18 @@ impl Epochs {
     /// A shared store not heard from for longer than its stale limit is an error (the cache may
     /// miss a revocation made meanwhile): the credential is refused.
     pub async fn get(&self, email: &str) -> Result<Option<u64>, StoreError> {
+        self.get_key(&UserKey::of(email)).await
+    }
+
+    /// [`Epochs::get`] by the user's key.
+    async fn get_key(&self, key: &UserKey) -> Result<Option<u64>, StoreError> {
         self.store.check_current()?;
-        let k = user_key(email);
-        if let Some(v) = self.cache.read().get(&k) {
+        let k = key.as_str();
+        if let Some(v) = self.cache.read().get(k) {
             return Ok(*v);
         }
         let generation = self.generation.load(Ordering::Acquire);
-        let v = read(self.store.as_ref(), &k).await?;
+        let v = read(self.store.as_ref(), k).await?;
         let mut cache = self.cache.write();
         if !self.live.load(Ordering::Acquire) || self.generation.load(Ordering::Acquire) != generation {
             // No watch keeps the cache current, or the cache was dropped while we read (our
@@ -85,7 +102,7 @@ impl Epochs {
             return Ok(v);
         }
         // A watch event may have landed meanwhile: it is newer than our read.
-        Ok(*cache.entry(k).or_insert(v))
+        Ok(*cache.entry(k.to_owned()).or_insert(v))
     }
 
     fn clear(&self, cache: &mut HashMap<String, Option<u64>>) {
@@ -95,7 +112,12 @@ impl Epochs {
 
     /// Whether a credential of `email` issued at `issued_ms` is void.
     pub async fn revoked(&self, email: &str, issued_ms: u64) -> Result<bool, StoreError> {
-        Ok(self.get(email).await?.is_some_and(|e| issued_ms <= e))
+        self.revoked_key(&UserKey::of(email), issued_ms).await
+    }
+
+    /// [`Epochs::revoked`] by the user's key (computed once by a session's holder).
+    pub async fn revoked_key(&self, key: &UserKey, issued_ms: u64) -> Result<bool, StoreError> {
+        Ok(self.get_key(key).await?.is_some_and(|e| issued_ms <= e))
     }
 
     /// Voids every credential of `email` issued up to `now_ms` (and remembers it here at once).
@@ -103,7 +125,7 @@ impl Epochs {
         let epoch = write(self.store.as_ref(), email, now_ms).await?;
         if self.live.load(Ordering::Acquire) {
             let mut cache = self.cache.write();
-            let e = cache.entry(user_key(email)).or_insert(None);
+            let e = cache.entry(UserKey::of(email).as_str().to_owned()).or_insert(None);
             *e = Some(e.unwrap_or(0).max(epoch));
         }
         Ok(epoch)
@@ -173,7 +195,7 @@ async fn read(store: &dyn Store, k: &str) -> Result<Option<u64>, StoreError> {
 /// Writes the epoch of `email` (never moving it back) straight to the store: the offline CLI's
 /// path and the building block of [`Epochs::revoke`]. Returns the epoch in force.
 pub async fn write(store: &dyn Store, email: &str, now_ms: u64) -> Result<u64, StoreError> {
-    let key = format!("{PREFIX}{}", user_key(email));
+    let key = format!("{PREFIX}{}", UserKey::of(email).as_str());
     for _ in 0..5 {
         let current = store.get(&key).await?;
         let old = current
@@ -212,6 +234,11 @@ mod tests {
         assert_eq!(e.revoke("A@x", 5_000).await.unwrap(), 5_000);
         assert!(e.revoked("a@X", 5_000).await.unwrap());
         assert!(!e.revoked("a@x", 5_001).await.unwrap());
+        // the key a session keeps answers as the email does, in any spelling
+        assert_eq!(UserKey::of("A@X"), UserKey::of("a@x"));
+        assert!(e.revoked_key(&UserKey::of("a@X"), 5_000).await.unwrap());
+        assert!(!e.revoked_key(&UserKey::of("a@x"), 5_001).await.unwrap());
+        assert!(!e.revoked_key(&UserKey::of("b@x"), 1).await.unwrap());
         assert_eq!(write(store.as_ref(), "a@x", 1_000).await.unwrap(), 5_000);
         // a fresh cache reads the store
         let e2 = Epochs::new(store, rng());
@@ -220,7 +247,7 @@ mod tests {
         e2.live.store(true, Ordering::Release);
         assert_eq!(e2.get("a@x").await.unwrap(), Some(5_000));
         let old = serde_json::to_vec(&EpochRecord { not_before_ms: 1_000 }).unwrap();
-        e2.observe(&user_key("a@x"), &EventKind::Put, &old);
+        e2.observe(UserKey::of("a@x").as_str(), &EventKind::Put, &old);
         assert_eq!(e2.get("a@x").await.unwrap(), Some(5_000));
     }
 
