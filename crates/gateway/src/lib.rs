@@ -11,6 +11,7 @@
 
 mod audit;
 mod gatekeeper;
+pub mod h1;
 pub mod headers;
 pub mod listener;
 pub mod metrics;

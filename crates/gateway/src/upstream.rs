@@ -1,15 +1,23 @@
 //! Upstream HTTP/1.1 connections: one pool per upstream (plain) or per TLS route, each pooled
 //! connection driven by the task of the request that uses it — no task per connection, no
-//! channel hop per request. The request task polls the connection while it awaits the response
-//! head; the response body handed back ([`ResponseBody`]) holds the connection and polls it
-//! before each frame, so the front door's connection task drives the upstream one too.
+//! channel hop per request. Requests without a body (`GET`, `HEAD`: [`lean_eligible`], the
+//! bulk of proxied traffic) take the lean path: kfsec's own codec ([`crate::h1`]) writes the
+//! head and reads the answer straight from the socket, the small answer whole with its head.
+//! Others (bodies, upgrades) go through hyper's client connection: the request task polls it
+//! while it awaits the response head; the response body handed back ([`ResponseBody`]) holds
+//! the connection and polls it before each frame, so the front door's connection task drives
+//! the upstream one too. The two kinds keep separate idle lists.
 //!
 //! Invariants: a connection goes back to its pool only after its response body ended and the
-//! connection settled idle, ready for the next request; a body dropped before its end (the
-//! client went away) closes its connection. An idle connection is checked before reuse (an
-//! upstream's close shows as the connection finishing) and expires after [`IDLE_TIMEOUT`]. A
-//! request is retried — once, on a fresh connection — only when hyper hands it back unsent
-//! from a reused connection; one that may have been written never is. Upgrade requests get a
+//! connection settled idle, ready for the next request — for a lean one: its answer said where
+//! it ends (never read until close), kept the connection alive, and nothing was read past it
+//! or arrived since; a body dropped before its end (the client went away) or that failed
+//! closes its connection. An answer [`crate::h1`] could frame two ways is refused, never
+//! guessed at. An idle connection is checked before reuse (an upstream's close shows as the
+//! connection finishing, or the socket readable) and expires after [`IDLE_TIMEOUT`]. A
+//! request is retried — once, on a fresh connection — only from a reused connection: through
+//! hyper when it hands the request back unsent, on the lean path (idempotent requests only)
+//! when the connection failed before any byte of an answer arrived. Upgrade requests get a
 //! dedicated connection of their own (its driver spawned), never pooled. TLS connections are
 //! verified at connect by their route's `ClientConfig`; the proxy replaces a TLS route's pool
 //! when the roots change, so no connection verified under old roots is checked out again.
@@ -24,16 +32,18 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use axum::body::Body;
-use bytes::Bytes;
+use bytes::{Buf, Bytes, BytesMut};
 use futures_util::task::AtomicWaker;
-use http::header::{HOST, HeaderValue};
-use http::{Request, Response, Uri};
+use http::header::{CONTENT_LENGTH, HOST, HeaderValue, TRANSFER_ENCODING};
+use http::{Method, Request, Response, Uri};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, Connection, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
+
+use crate::h1::{self, ChunkedDecoder, Decoded, Framing, H1Error};
 
 /// How long an idle connection is kept (hyper_util's legacy client's default).
 pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -67,6 +77,14 @@ pub(crate) enum UpstreamError {
     Handshake(#[source] hyper::Error),
     #[error("upstream request")]
     Request(#[source] hyper::Error),
+    #[error("sending the request")]
+    Send(#[source] std::io::Error),
+    #[error("receiving the response")]
+    Receive(#[source] std::io::Error),
+    #[error("the upstream closed the connection before the response ended")]
+    Closed,
+    #[error("upstream response")]
+    Response(#[source] H1Error),
 }
 
 /// A request body the pool can send: what hyper's client connections accept.
@@ -235,22 +253,103 @@ impl<C: Connect, B: ReqBody> Conn<C, B> {
 /// A connection being opened.
 type Opening<'a, C, B> = Pin<Box<dyn Future<Output = Result<Conn<C, B>, UpstreamError>> + Send + 'a>>;
 
-struct Idle<C: Connect, B: ReqBody> {
-    conn: Conn<C, B>,
+struct Idle<T> {
+    conn: T,
     since: Instant,
 }
 
 /// One worker's idle connections to an upstream, the oldest first.
-type IdleList<C, B> = parking_lot::Mutex<VecDeque<Idle<C, B>>>;
+type IdleList<T> = parking_lot::Mutex<VecDeque<Idle<T>>>;
+
+/// Idle lists, one per connection worker (`workers::current`; index 0 for other threads): a
+/// connection is reused by the worker that opened it, whose reactor it is registered with.
+struct Shards<T>(Box<[IdleList<T>]>);
+
+impl<T> Shards<T> {
+    fn new(workers: usize) -> Self {
+        // One per worker (`Workers::per_core`) and one for other threads.
+        Self(
+            (0..=workers)
+                .map(|_| parking_lot::Mutex::new(VecDeque::new()))
+                .collect(),
+        )
+    }
+
+    /// This thread's idle list.
+    fn current(&self) -> &IdleList<T> {
+        &self.0[crate::workers::current() % self.0.len()]
+    }
+
+    /// The most recently used idle connection younger than `timeout` that `settle` finds
+    /// usable, if any (the expired ones are dropped on the way, after the lock).
+    fn checkout(&self, timeout: Duration, mut settle: impl FnMut(&mut T) -> bool) -> Option<T> {
+        loop {
+            let now = Instant::now();
+            let (mut candidate, expired) = {
+                let mut idle = self.current().lock();
+                let candidate = idle.pop_back()?;
+                (candidate, take_expired(&mut idle, now, timeout))
+            };
+            drop(expired);
+            if now.saturating_duration_since(candidate.since) < timeout && settle(&mut candidate.conn) {
+                return Some(candidate.conn);
+            }
+        }
+    }
+
+    /// Keeps `conn` on this thread's list unless it holds `max` already (then it is closed).
+    fn put(&self, conn: T, max: usize) {
+        let idle = Idle {
+            conn,
+            since: Instant::now(),
+        };
+        let full = {
+            let mut list = self.current().lock();
+            if list.len() < max {
+                list.push_back(idle);
+                None
+            } else {
+                Some(idle)
+            }
+        };
+        drop(full);
+    }
+
+    /// Closes the connections idle for `timeout`.
+    fn purge(&self, timeout: Duration) {
+        let now = Instant::now();
+        for list in &self.0 {
+            let expired = take_expired(&mut list.lock(), now, timeout);
+            drop(expired);
+        }
+    }
+
+    #[cfg(test)]
+    fn count(&self) -> usize {
+        self.0.iter().map(|s| s.lock().len()).sum()
+    }
+}
+
+/// The connections of `idle` that were idle for `timeout` at `now` (the oldest are at its front).
+fn take_expired<T>(idle: &mut VecDeque<Idle<T>>, now: Instant, timeout: Duration) -> Vec<Idle<T>> {
+    let mut expired = Vec::new();
+    while let Some(front) = idle.front()
+        && now.saturating_duration_since(front.since) >= timeout
+    {
+        expired.extend(idle.pop_front());
+    }
+    expired
+}
 
 /// The idle connections to one upstream.
 pub(crate) struct Pool<C: Connect, B: ReqBody> {
     connect: C,
     /// The `Host` every request carries (the upstream's authority, default port omitted).
     host: HeaderValue,
-    /// One idle list per connection worker (`workers::current`; index 0 for other threads): a
-    /// connection is reused by the worker that opened it, whose reactor it is registered with.
-    idle: Box<[IdleList<C, B>]>,
+    /// Idle hyper connections (requests with a body).
+    idle: Shards<Conn<C, B>>,
+    /// Idle lean connections (requests without one: [`lean_eligible`]).
+    lean: Shards<Lean<C::Io>>,
     /// Per idle list (the pool's cap divided among the workers).
     max_idle: usize,
     idle_timeout: Duration,
@@ -276,10 +375,8 @@ impl<C: Connect, B: ReqBody> Pool<C, B> {
         Self {
             connect,
             host,
-            // One per worker (`Workers::per_core`) and one for other threads.
-            idle: (0..=workers)
-                .map(|_| parking_lot::Mutex::new(VecDeque::new()))
-                .collect(),
+            idle: Shards::new(workers),
+            lean: Shards::new(workers),
             // Divided, so that more workers keep no more idle sockets (they count against the
             // file descriptors the listeners' caps leave free).
             max_idle: max_idle.div_ceil(workers),
@@ -297,11 +394,72 @@ impl<C: Connect, B: ReqBody> Pool<C, B> {
         upgrade: bool,
     ) -> impl Future<Output = Result<Response<Body>, UpstreamError>> + Send + '_ {
         req.headers_mut().insert(HOST, self.host.clone());
-        let idle = if upgrade { None } else { self.checkout() };
-        self.send_on(idle, req, upgrade)
+        let lean = !upgrade && lean_eligible(&req);
+        let idle = if upgrade || lean { None } else { self.checkout() };
+        async move {
+            if lean {
+                return self.send_lean(req).await;
+            }
+            // (boxed: the rarer path's large future is not made part of every request's)
+            Box::pin(self.send_on(idle, req, upgrade)).await
+        }
     }
 
-    /// [`Self::send`] on `idle` (a reused connection) or a new one. One flat state machine (no
+    /// [`Self::send`] for a request without a body ([`lean_eligible`]), over a lean connection.
+    /// A reused connection that fails before any byte of the answer arrived (the upstream
+    /// closed it meanwhile) is replaced once by a new one: the request is idempotent.
+    async fn send_lean(self: &Arc<Self>, req: Request<B>) -> Result<Response<Body>, UpstreamError> {
+        let method = req.method().clone();
+        let mut head = Vec::with_capacity(512);
+        let target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+        h1::write_request_head(&mut head, &method, target, req.headers());
+        drop(req);
+        let (mut conn, mut reused) = match self.lean.checkout(self.idle_timeout, Lean::settle) {
+            Some(conn) => (conn, true),
+            None => (Lean::new(self.connect.connect().await?), false),
+        };
+        let answer = loop {
+            match conn.exchange(&head, &method).await {
+                Ok(answer) => break answer,
+                Err((e, unanswered)) if reused && unanswered => {
+                    tracing::debug!(error = %e, "reused upstream connection was closed; retrying");
+                    conn = Lean::new(self.connect.connect().await?);
+                    reused = false;
+                }
+                Err((e, _)) => return Err(e),
+            }
+        };
+        let keep_alive = answer.keep_alive;
+        let mut resp = Response::new(Body::empty());
+        *resp.status_mut() = answer.status;
+        *resp.version_mut() = answer.version;
+        *resp.headers_mut() = answer.headers;
+        let reading = match answer.body {
+            Framing::Empty => {
+                self.release_lean(conn, keep_alive);
+                return Ok(resp);
+            }
+            // The usual small answer: read whole with its head.
+            Framing::Length(n) if conn.buf.len() as u64 >= n => {
+                let body = conn.buf.split_to(usize::try_from(n).unwrap_or(usize::MAX)).freeze();
+                self.release_lean(conn, keep_alive);
+                *resp.body_mut() = Body::from(body);
+                return Ok(resp);
+            }
+            Framing::Length(n) => Reading::Length(n),
+            Framing::Chunked => Reading::Chunked(ChunkedDecoder::default()),
+            Framing::UntilClose => Reading::UntilClose,
+        };
+        *resp.body_mut() = Body::new(LeanBody {
+            conn: Some(conn),
+            reading,
+            keep_alive,
+            pool: self.clone(),
+        });
+        Ok(resp)
+    }
+
+    /// [`Self::send`] on `idle` (a reused hyper connection) or a new one. One flat state machine (no
     /// nested `async fn` holding the request again): it is part of every proxied request's
     /// future, which is moved and copied whole.
     #[allow(
@@ -384,56 +542,28 @@ impl<C: Connect, B: ReqBody> Pool<C, B> {
         })
     }
 
-    /// This thread's idle list.
-    fn shard(&self) -> &IdleList<C, B> {
-        &self.idle[crate::workers::current() % self.idle.len()]
-    }
-
     /// The most recently used idle connection that is still open, if any.
     fn checkout(&self) -> Option<Conn<C, B>> {
-        loop {
-            let now = Instant::now();
-            let (mut candidate, expired) = {
-                let mut idle = self.shard().lock();
-                let candidate = idle.pop_back()?;
-                (candidate, self.take_expired(&mut idle, now))
-            };
-            // (closed after the lock)
-            drop(expired);
-            if now.saturating_duration_since(candidate.since) < self.idle_timeout && candidate.conn.settle() {
-                return Some(candidate.conn);
-            }
-        }
-    }
-
-    /// The connections of `idle` that were idle for `idle_timeout` at `now` (the oldest are at
-    /// its front).
-    fn take_expired(&self, idle: &mut VecDeque<Idle<C, B>>, now: Instant) -> Vec<Idle<C, B>> {
-        let mut expired = Vec::new();
-        while let Some(front) = idle.front()
-            && now.saturating_duration_since(front.since) >= self.idle_timeout
-        {
-            expired.extend(idle.pop_front());
-        }
-        expired
+        self.idle.checkout(self.idle_timeout, Conn::settle)
     }
 
     /// Keeps `conn` for the next request (unless the pool is full).
     fn put(self: &Arc<Self>, conn: Conn<C, B>) {
-        let idle = Idle {
-            conn,
-            since: Instant::now(),
-        };
-        let full = {
-            let mut pool = self.shard().lock();
-            if pool.len() < self.max_idle {
-                pool.push_back(idle);
-                None
-            } else {
-                Some(idle)
-            }
-        };
-        drop(full);
+        self.idle.put(conn, self.max_idle);
+        self.reap_later();
+    }
+
+    /// Keeps a lean connection whose response ended, when it is reusable: `keep_alive` (its
+    /// response allowed it) and nothing arrived since.
+    fn release_lean(self: &Arc<Self>, mut conn: Lean<C::Io>, keep_alive: bool) {
+        if keep_alive && conn.settle() {
+            self.lean.put(conn, self.max_idle);
+            self.reap_later();
+        }
+    }
+
+    /// Starts the reaper of expired idle connections, once.
+    fn reap_later(self: &Arc<Self>) {
         if !self.reaper.swap(true, Ordering::Relaxed)
             && let Ok(rt) = tokio::runtime::Handle::try_current()
         {
@@ -442,21 +572,214 @@ impl<C: Connect, B: ReqBody> Pool<C, B> {
     }
 
     fn purge(&self) {
-        let now = Instant::now();
-        for shard in &self.idle {
-            let expired = self.take_expired(&mut shard.lock(), now);
-            drop(expired);
-        }
+        self.idle.purge(self.idle_timeout);
+        self.lean.purge(self.idle_timeout);
     }
 
     #[cfg(test)]
     fn idle_count(&self) -> usize {
-        self.idle.iter().map(|s| s.lock().len()).sum()
+        self.idle.count() + self.lean.count()
     }
 }
 
 /// Closes a pool's expired idle connections while nobody takes connections from it (a
 /// checkout drops the expired ones itself); ends with the pool.
+/// Whether `req` takes the lean path: a `GET` or `HEAD` whose body is known to be empty (no
+/// `Transfer-Encoding`, no `Content-Length` but 0). Anything else goes through hyper.
+fn lean_eligible<B: ReqBody>(req: &Request<B>) -> bool {
+    matches!(*req.method(), Method::GET | Method::HEAD)
+        && http_body::Body::is_end_stream(req.body())
+        && !req.headers().contains_key(TRANSFER_ENCODING)
+        && req.headers().get(CONTENT_LENGTH).is_none_or(|v| v == "0")
+}
+
+/// How much the read buffer grows by when it runs low.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// A connection of the lean path, spoken to with [`crate::h1`]: the transport, and what was read
+/// past the response being handled.
+struct Lean<Io> {
+    io: Io,
+    buf: BytesMut,
+}
+
+impl<Io: AsyncRead + AsyncWrite + Unpin> Lean<Io> {
+    fn new(io: Io) -> Self {
+        Self {
+            io,
+            buf: BytesMut::new(),
+        }
+    }
+
+    /// Whether the connection can take another request: nothing is left of the last answer and
+    /// nothing arrived since — no byte, no close, no error. Polled once for no task (no syscall
+    /// when the socket saw no event).
+    fn settle(&mut self) -> bool {
+        if !self.buf.is_empty() {
+            return false;
+        }
+        let mut probe = [0u8; 1];
+        let mut probe = tokio::io::ReadBuf::new(&mut probe);
+        Pin::new(&mut self.io)
+            .poll_read(&mut Context::from_waker(Waker::noop()), &mut probe)
+            .is_pending()
+    }
+
+    /// Makes room for the next read.
+    fn reserve(&mut self) {
+        if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
+            self.buf.reserve(READ_CHUNK);
+        }
+    }
+
+    /// Writes the request `head` and reads the final response head (interim 1xx answers are
+    /// skipped). On failure, also whether no byte of an answer arrived.
+    async fn exchange(&mut self, head: &[u8], method: &Method) -> Result<h1::ResponseHead, (UpstreamError, bool)> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        if let Err(e) = async {
+            self.io.write_all(head).await?;
+            self.io.flush().await
+        }
+        .await
+        {
+            return Err((UpstreamError::Send(e), true));
+        }
+        let mut interim = 0;
+        let mut answered = false;
+        loop {
+            match h1::parse_response_head(&self.buf, method) {
+                Ok(Some((answer, len))) => {
+                    self.buf.advance(len);
+                    if answer.status == http::StatusCode::SWITCHING_PROTOCOLS {
+                        return Err((UpstreamError::Response(H1Error::UnexpectedUpgrade), false));
+                    }
+                    if !answer.status.is_informational() {
+                        return Ok(answer);
+                    }
+                    interim += 1;
+                    if interim > h1::MAX_INTERIM {
+                        return Err((UpstreamError::Response(H1Error::TooManyInterim), false));
+                    }
+                    continue;
+                }
+                Ok(None) => {}
+                Err(e) => return Err((UpstreamError::Response(e), false)),
+            }
+            self.reserve();
+            match self.io.read_buf(&mut self.buf).await {
+                Ok(0) => return Err((UpstreamError::Closed, !answered)),
+                Ok(_) => answered = true,
+                Err(e) => return Err((UpstreamError::Receive(e), !answered)),
+            }
+        }
+    }
+}
+
+/// What is left to read of a lean response's body.
+enum Reading {
+    Length(u64),
+    Chunked(ChunkedDecoder),
+    UntilClose,
+    Done,
+}
+
+/// A lean response's body, read from its connection as it is polled; the connection goes back
+/// to the pool at the body's end when the response allowed it, and is closed when the body is
+/// dropped before its end or fails.
+struct LeanBody<C: Connect, B: ReqBody> {
+    /// `None` once the body ended or failed.
+    conn: Option<Lean<C::Io>>,
+    reading: Reading,
+    keep_alive: bool,
+    pool: Arc<Pool<C, B>>,
+}
+
+impl<C: Connect, B: ReqBody> LeanBody<C, B> {
+    /// The body ended: the connection may serve another request.
+    fn finish(&mut self) {
+        self.reading = Reading::Done;
+        if let Some(conn) = self.conn.take() {
+            self.pool.release_lean(conn, self.keep_alive);
+        }
+    }
+
+    fn fail(&mut self, e: UpstreamError) -> Poll<Option<Result<http_body::Frame<Bytes>, UpstreamError>>> {
+        self.reading = Reading::Done;
+        self.conn = None;
+        Poll::Ready(Some(Err(e)))
+    }
+}
+
+impl<C: Connect, B: ReqBody> http_body::Body for LeanBody<C, B> {
+    type Data = Bytes;
+    type Error = UpstreamError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, UpstreamError>>> {
+        use http_body::Frame;
+        use tokio::io::AsyncReadExt;
+        let this = self.get_mut();
+        loop {
+            let Some(conn) = this.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match &mut this.reading {
+                Reading::Done => return Poll::Ready(None),
+                Reading::Length(left) if !conn.buf.is_empty() => {
+                    let n = usize::try_from(*left).map_or(conn.buf.len(), |l| l.min(conn.buf.len()));
+                    let data = conn.buf.split_to(n).freeze();
+                    *left -= n as u64;
+                    if *left == 0 {
+                        this.finish();
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Reading::Chunked(decoder) => match decoder.decode(&mut conn.buf) {
+                    Ok(Some(Decoded::Data(data))) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                    Ok(Some(Decoded::Trailers(t))) => return Poll::Ready(Some(Ok(Frame::trailers(t)))),
+                    Ok(Some(Decoded::End)) => {
+                        this.finish();
+                        return Poll::Ready(None);
+                    }
+                    Ok(None) => {}
+                    Err(e) => return this.fail(UpstreamError::Response(e)),
+                },
+                Reading::UntilClose if !conn.buf.is_empty() => {
+                    return Poll::Ready(Some(Ok(Frame::data(conn.buf.split().freeze()))));
+                }
+                Reading::Length(_) | Reading::UntilClose => {}
+            }
+            conn.reserve();
+            // (`read_buf` reads or registers the waker; dropped when pending, nothing is lost)
+            let read = pin!(conn.io.read_buf(&mut conn.buf)).poll(cx);
+            match std::task::ready!(read) {
+                Ok(0) if matches!(this.reading, Reading::UntilClose) => {
+                    this.reading = Reading::Done;
+                    this.conn = None;
+                    return Poll::Ready(None);
+                }
+                Ok(0) => return this.fail(UpstreamError::Closed),
+                Ok(_) => {}
+                Err(e) => return this.fail(UpstreamError::Receive(e)),
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self.reading, Reading::Done | Reading::Length(0))
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match self.reading {
+            Reading::Length(n) => http_body::SizeHint::with_exact(n),
+            Reading::Done => http_body::SizeHint::with_exact(0),
+            Reading::Chunked(_) | Reading::UntilClose => http_body::SizeHint::default(),
+        }
+    }
+}
+
 async fn reap<C: Connect, B: ReqBody>(pool: Weak<Pool<C, B>>, every: Duration) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -785,12 +1108,14 @@ mod tests {
     async fn a_request_handed_back_unsent_is_retried_on_a_new_connection() {
         let up = closing_upstream().await;
         let pool = up.pool(IDLE_TIMEOUT);
-        assert_eq!(text(&pool, get("/")).await, (StatusCode::OK, "ok".into()));
-        assert_eq!(pool.idle_count(), 1);
+        // (hyper's path, which requests with a body take)
+        let resp = pool.send_on(None, get("/"), false).await.unwrap();
+        assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), "ok");
+        assert_eq!(pool.idle.count(), 1);
         // the upstream's close reaches the idle socket; taken without the pool's check, as if
         // it arrived just after it
         tokio::time::sleep(CLOSE_AFTER * 3).await;
-        let conn = pool.shard().lock().pop_back().unwrap().conn;
+        let conn = pool.idle.current().lock().pop_back().unwrap().conn;
         let resp = pool.send_on(Some(conn), get("/"), false).await.unwrap();
         assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), "ok");
         assert_eq!(up.accepted(), 2);
@@ -802,8 +1127,19 @@ mod tests {
         let up = serve(|s| async move { drop(s) }).await;
         let pool = up.pool(IDLE_TIMEOUT);
         let e = pool.send(get("/"), false).await.unwrap_err();
-        assert!(matches!(e, UpstreamError::Request(_)), "{e:?}");
+        assert!(
+            matches!(
+                e,
+                UpstreamError::Closed | UpstreamError::Receive(_) | UpstreamError::Send(_)
+            ),
+            "{e:?}"
+        );
         assert_eq!(up.accepted(), 1);
+        // hyper's path (requests with a body) alike
+        let req = Request::post("/").body(Body::from("x")).unwrap();
+        let e = pool.send(req, false).await.unwrap_err();
+        assert!(matches!(e, UpstreamError::Request(_)), "{e:?}");
+        assert_eq!(up.accepted(), 2);
     }
 
     /// An upstream that answers every request on a connection with `answer` (raw bytes).
@@ -830,6 +1166,131 @@ mod tests {
             }
         })
         .await
+    }
+
+    /// `pool`'s answer to `req` as (status, body, trailers), or the error (of the head or body).
+    async fn lean_answer(
+        pool: &Arc<Pool<Tcp, Body>>,
+        req: Request<Body>,
+    ) -> Result<(StatusCode, String, Option<http::HeaderMap>), String> {
+        let resp = pool.send(req, false).await.map_err(|e| format!("{e:?}"))?;
+        let status = resp.status();
+        let collected = resp.into_body().collect().await.map_err(|e| format!("{e:?}"))?;
+        let trailers = collected.trailers().cloned();
+        Ok((
+            status,
+            String::from_utf8_lossy(&collected.to_bytes()).into_owned(),
+            trailers,
+        ))
+    }
+
+    #[tokio::test]
+    async fn lean_answers_are_framed_and_reused_as_they_say() {
+        // (answer, body read, connection reusable)
+        let cases: &[(&'static [u8], &str, bool)] = &[
+            (b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok", "ok", true),
+            (b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n", "", true),
+            (b"HTTP/1.1 204 No Content\r\n\r\n", "", true),
+            (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok", "ok", true),
+            (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n3;x=y\r\n ok\r\n0\r\nx-t: 1\r\n\r\n", "ok ok", true),
+            (b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok", "ok", false),
+            (b"HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\nok", "ok", false),
+        ];
+        for &(answer, body, reused) in cases {
+            let up = raw_upstream(answer, None).await;
+            let pool = up.pool(IDLE_TIMEOUT);
+            for _ in 0..3 {
+                let (status, got, trailers) = lean_answer(&pool, get("/")).await.unwrap();
+                assert!(status.is_success(), "{answer:?}");
+                assert_eq!(got, body, "{answer:?}");
+                if body == "ok ok" {
+                    assert_eq!(trailers.unwrap()["x-t"], "1");
+                }
+            }
+            assert_eq!(up.accepted(), if reused { 1 } else { 3 }, "{answer:?}");
+        }
+        // a body delimited by the close
+        let up = serve(|mut s| async move {
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf).await;
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\n\r\nuntil").await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let _ = s.write_all(b" the close").await;
+        })
+        .await;
+        let pool = up.pool(IDLE_TIMEOUT);
+        assert_eq!(lean_answer(&pool, get("/")).await.unwrap().1, "until the close");
+        assert_eq!(pool.idle_count(), 0);
+        // HEAD: no body, whatever the length says
+        let up = raw_upstream(b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\n", None).await;
+        let pool = up.pool(IDLE_TIMEOUT);
+        for _ in 0..3 {
+            let req = Request::head("/").body(Body::empty()).unwrap();
+            let resp = pool.send(req, false).await.unwrap();
+            assert_eq!(resp.headers()[CONTENT_LENGTH], "9");
+            assert!(resp.into_body().collect().await.unwrap().to_bytes().is_empty());
+        }
+        assert_eq!(up.accepted(), 1);
+    }
+
+    #[tokio::test]
+    async fn lean_answers_framed_two_ways_or_cut_short_fail_and_close() {
+        for answer in [
+            &b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\nok!",
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\nok",
+            b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nx: a\r\n folded\r\ncontent-length: 2\r\n\r\nok",
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nokX\r\n0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n",
+        ] {
+            let up = raw_upstream(answer, None).await;
+            let pool = up.pool(IDLE_TIMEOUT);
+            for _ in 0..2 {
+                let e = lean_answer(&pool, get("/")).await.unwrap_err();
+                assert!(e.contains("Response("), "{answer:?}: {e}");
+            }
+            assert_eq!(pool.idle_count(), 0);
+            assert_eq!(up.accepted(), 2, "{answer:?}: a failed connection is never reused");
+        }
+        // a length not reached before the close
+        let up = serve(|mut s| async move {
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf).await;
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nshort").await;
+        })
+        .await;
+        let pool = up.pool(IDLE_TIMEOUT);
+        assert!(lean_answer(&pool, get("/")).await.unwrap_err().contains("Closed"));
+        assert_eq!(pool.idle_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_lean_request_the_reused_connection_drops_unanswered_is_sent_again_once() {
+        // Each connection answers its first request and drops the second unanswered (as an
+        // upstream closing an idle connection as the request arrives).
+        let up = serve(|mut s| async move {
+            let mut buf = [0u8; 4096];
+            for answered in [true, false] {
+                let mut head = Vec::new();
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                if answered {
+                    let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
+                }
+            }
+        })
+        .await;
+        let pool = up.pool(IDLE_TIMEOUT);
+        assert_eq!(text(&pool, get("/")).await, (StatusCode::OK, "ok".into()));
+        assert_eq!(text(&pool, get("/")).await, (StatusCode::OK, "ok".into()));
+        assert_eq!(up.accepted(), 2, "sent again on a new connection");
+        // (a new connection that drops the request: not sent again, see
+        // `a_request_on_a_new_connection_is_not_retried`)
     }
 
     #[tokio::test]
@@ -942,7 +1403,8 @@ mod tests {
                 .all(|(i, c)| c.iter().all(|b| *b == (i % 251) as u8))
         );
         assert_eq!(text(&pool, get("/")).await.0, StatusCode::OK);
-        assert_eq!(up.accepted(), 1);
+        // one lean connection (GETs) and one of hyper's (the upload), each reused
+        assert_eq!(up.accepted(), 2);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,0 +1,111 @@
+//! Arbitrary bytes as an upstream's HTTP/1.1 answer to the front door's lean client
+//! (`kfsec_gateway::h1`), for `GET` and `HEAD`: parsing never panics and is deterministic; a
+//! parsed head lies within the input and within `MAX_HEAD`, and every proper prefix of it is
+//! "incomplete" (no answer is read differently because it arrived in pieces); its framing is the
+//! one its headers allow (chunked only without `Content-Length`, a length only as the header
+//! says, no body for `HEAD`, 1xx, 204 and 304; reuse only for HTTP/1.1 that knows its end). The
+//! bytes after the head, as a chunked body, decode to the same data, trailers and leftover — or
+//! the same refusal — whether they arrive whole or one byte at a time, and a body the target
+//! itself chunks from the input decodes back to it.
+
+#![no_main]
+
+use bytes::BytesMut;
+use http::{Method, StatusCode, Version};
+use kfsec_gateway::h1::{ChunkedDecoder, Decoded, Framing, H1Error, MAX_HEAD, parse_response_head};
+use libfuzzer_sys::fuzz_target;
+
+type Dechunked = Result<(Vec<u8>, Option<http::HeaderMap>, Vec<u8>), H1Error>;
+
+/// Decodes `body` as chunked, fed `step` bytes at a time: data, trailers, the rest.
+fn dechunk(body: &[u8], step: usize) -> Dechunked {
+    let mut d = ChunkedDecoder::default();
+    let mut buf = BytesMut::new();
+    let (mut data, mut trailers) = (Vec::new(), None);
+    let mut fed = 0;
+    loop {
+        match d.decode(&mut buf)? {
+            Some(Decoded::Data(b)) => {
+                assert!(!b.is_empty(), "empty data frame");
+                data.extend_from_slice(&b);
+            }
+            Some(Decoded::Trailers(t)) => {
+                assert!(!t.is_empty() && trailers.is_none(), "trailers twice or empty");
+                trailers = Some(t);
+            }
+            Some(Decoded::End) => {
+                assert!(d.is_done());
+                buf.extend_from_slice(&body[fed..]);
+                return Ok((data, trailers, buf.to_vec()));
+            }
+            None if fed == body.len() => return Err(H1Error::Chunked("(fuzz) input ended")),
+            None => {
+                let n = step.min(body.len() - fed);
+                buf.extend_from_slice(&body[fed..fed + n]);
+                fed += n;
+            }
+        }
+    }
+}
+
+fn check_head(data: &[u8], method: &Method) {
+    let parsed = parse_response_head(data, method);
+    let again = parse_response_head(data, method);
+    assert_eq!(format!("{parsed:?}"), format!("{again:?}"), "not deterministic");
+    let Ok(Some((head, len))) = parsed else { return };
+    assert!(len <= data.len() && len <= MAX_HEAD, "{len}");
+    for cut in [0, len / 2, len - 1] {
+        assert!(
+            matches!(parse_response_head(&data[..cut], method), Ok(None)),
+            "a prefix of {cut} bytes read as something else"
+        );
+    }
+    let cl = head.headers.get(http::header::CONTENT_LENGTH);
+    let te = head.headers.contains_key(http::header::TRANSFER_ENCODING);
+    let no_body = *method == Method::HEAD
+        || head.status.is_informational()
+        || head.status == StatusCode::NO_CONTENT
+        || head.status == StatusCode::NOT_MODIFIED;
+    match head.body {
+        Framing::Empty => assert!(
+            no_body || cl.and_then(|v| v.to_str().ok()).is_some_and(|v| v.split(',').all(|p| p.trim().parse::<u64>() == Ok(0)))
+        ),
+        Framing::Length(n) => {
+            assert!(!no_body && !te && n > 0);
+            let v = cl.expect("a length from Content-Length").to_str().expect("digits");
+            assert!(v.split(',').all(|p| p.trim().parse::<u64>() == Ok(n)), "{v} vs {n}");
+        }
+        Framing::Chunked => assert!(!no_body && te && cl.is_none() && head.version == Version::HTTP_11),
+        Framing::UntilClose => assert!(!no_body && !te && cl.is_none() && !head.keep_alive),
+    }
+    if head.keep_alive {
+        assert!(head.version == Version::HTTP_11 && head.body != Framing::UntilClose);
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    check_head(data, &Method::GET);
+    check_head(data, &Method::HEAD);
+    // The input after a head (or all of it) as a chunked body: the same however it arrives.
+    let body = match parse_response_head(data, &Method::GET) {
+        Ok(Some((_, len))) => &data[len..],
+        _ => data,
+    };
+    let whole = dechunk(body, body.len().max(1));
+    let bytewise = dechunk(body, 1);
+    assert_eq!(format!("{whole:?}"), format!("{bytewise:?}"), "decoding depends on how the body arrives");
+    // The input as data, chunked by the target (sizes from its bytes), decodes back to it.
+    let mut encoded = Vec::new();
+    let mut rest = data;
+    while !rest.is_empty() {
+        let n = usize::from(rest[0]).clamp(1, rest.len());
+        encoded.extend_from_slice(format!("{n:x}\r\n").as_bytes());
+        encoded.extend_from_slice(&rest[..n]);
+        encoded.extend_from_slice(b"\r\n");
+        rest = &rest[n..];
+    }
+    encoded.extend_from_slice(b"0\r\n\r\n");
+    let (decoded, trailers, left) = dechunk(&encoded, 7).expect("a well-formed chunked body");
+    assert_eq!(decoded, data);
+    assert!(trailers.is_none() && left.is_empty());
+});
