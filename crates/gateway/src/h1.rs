@@ -6,8 +6,10 @@
 //! Security invariants: a response is framed one way only. Anything two readers could frame
 //! differently — `Transfer-Encoding` with `Content-Length`, lengths that differ or are not plain
 //! digits, a transfer coding other than exactly `chunked`, a repeated `Transfer-Encoding`,
-//! obsolete line folding, a chunk size that is not hex or overflows, chunk data not ended by
-//! CRLF, a bare LF — is refused ([`H1Error`]), never guessed at, and its connection is dropped.
+//! obsolete line folding, a chunk size that is not hex or overflows, chunk data or a chunk-size
+//! line not ended by CRLF — is refused ([`H1Error`]), never guessed at, and its connection is
+//! dropped. (Head and trailer lines may end in a bare LF, as RFC 9112 §2.2 lets a recipient
+//! accept and hyper does: it cannot move where a message ends.)
 //! A connection may carry another request only when its response said where it ends, asked for
 //! no close and was HTTP/1.1 ([`ResponseHead::keep_alive`]); the caller also checks that
 //! nothing follows it. Heads, header counts, chunk lines and trailers are bounded. The request
@@ -18,8 +20,9 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
 
-/// The largest response head (status line and headers) read, in bytes.
-pub const MAX_HEAD: usize = 64 * 1024;
+/// The largest response head (status line and headers) read, in bytes: what hyper's client
+/// buffers at most, so no answer hyper's path takes is refused here.
+pub const MAX_HEAD: usize = 8192 + 4096 * 100;
 /// The most headers in a response head, or in a trailer section.
 pub const MAX_HEADERS: usize = 128;
 /// The most interim (1xx) responses skipped before the final one.
@@ -80,6 +83,8 @@ pub struct ResponseHead {
     pub version: Version,
     /// As received, except that a repeated `Content-Length` (all values equal) is kept once.
     pub headers: HeaderMap,
+    /// The reason phrase when it is not the status's canonical one (to be passed on as sent).
+    pub reason: Option<Bytes>,
     /// How the body is delimited.
     pub body: Framing,
     /// Whether the connection may carry another request once the body is read.
@@ -119,6 +124,10 @@ pub fn parse_response_head(buf: &[u8], method: &Method) -> Result<Option<(Respon
         .code
         .and_then(|c| StatusCode::from_u16(c).ok())
         .ok_or(H1Error::Status)?;
+    let reason = parsed
+        .reason
+        .filter(|r| Some(*r) != status.canonical_reason())
+        .map(|r| Bytes::copy_from_slice(r.as_bytes()));
     let version = match parsed.version {
         Some(1) => Version::HTTP_11,
         Some(0) => Version::HTTP_10,
@@ -174,11 +183,21 @@ pub fn parse_response_head(buf: &[u8], method: &Method) -> Result<Option<(Respon
             status,
             version,
             headers,
+            reason,
             body,
             keep_alive,
         },
         len,
     )))
+}
+
+/// Whether `buf` may hold a whole head, given that its first `searched` bytes held no end of
+/// one (an empty line: `\n\r\n` or `\n\n`). Lets a reader parse once per head instead of
+/// after every read (which a head arriving in many small pieces would make quadratic).
+pub fn may_hold_head(buf: &[u8], searched: usize) -> bool {
+    let from = searched.saturating_sub(2).min(buf.len());
+    let tail = &buf[from..];
+    tail.windows(2).any(|w| w == b"\n\n") || tail.windows(3).any(|w| w == b"\n\r\n")
 }
 
 /// A `Content-Length` value: plain decimal digits, or a list of equal ones (RFC 9110 §8.6).
@@ -206,9 +225,9 @@ fn content_length(v: &[u8]) -> Result<u64, H1Error> {
 pub enum Decoded {
     /// Body bytes (never empty).
     Data(Bytes),
-    /// The trailer section (only when it has fields), before [`Decoded::End`].
+    /// The trailer section (only when it has fields): the body ended with it.
     Trailers(HeaderMap),
-    /// The body ended; what follows in the buffer is not part of it.
+    /// The body ended (no trailers); what follows in the buffer is not part of it.
     End,
 }
 
@@ -222,8 +241,6 @@ enum Chunk {
     DataEnd,
     /// After the last chunk: the trailer section.
     Trailers,
-    /// Trailers returned; the end is next.
-    Ending,
     /// The body ended.
     Done,
 }
@@ -241,7 +258,7 @@ impl Default for ChunkedDecoder {
 }
 
 impl ChunkedDecoder {
-    /// Whether the body ended.
+    /// Whether the body ended (after [`Decoded::End`] or [`Decoded::Trailers`]).
     pub fn is_done(&self) -> bool {
         self.state == Chunk::Done
     }
@@ -302,19 +319,48 @@ impl ChunkedDecoder {
                         trailers.append(name, value);
                     }
                     buf.advance(len);
-                    if trailers.is_empty() {
-                        self.state = Chunk::Done;
-                        return Ok(Some(Decoded::End));
-                    }
-                    self.state = Chunk::Ending;
-                    return Ok(Some(Decoded::Trailers(trailers)));
-                }
-                Chunk::Ending | Chunk::Done => {
                     self.state = Chunk::Done;
-                    return Ok(Some(Decoded::End));
+                    return Ok(Some(if trailers.is_empty() {
+                        Decoded::End
+                    } else {
+                        Decoded::Trailers(trailers)
+                    }));
                 }
+                Chunk::Done => return Ok(Some(Decoded::End)),
             }
         }
+    }
+}
+
+/// A whole chunked body's data, its trailers (if any) and the bytes after it.
+pub type Dechunked = (Vec<u8>, Option<HeaderMap>, Vec<u8>);
+
+/// Decodes the chunked body at the start of `input`, fed to the decoder `step` bytes at a time
+/// (the incremental decoder over a complete input: for tests and the fuzz target). An input
+/// that ends before the body does is [`H1Error::Chunked`].
+pub fn dechunk(input: &[u8], step: usize) -> Result<Dechunked, H1Error> {
+    let mut decoder = ChunkedDecoder::default();
+    let mut buf = BytesMut::new();
+    let mut data = Vec::new();
+    let mut fed = 0;
+    loop {
+        let trailers = match decoder.decode(&mut buf)? {
+            Some(Decoded::Data(b)) => {
+                data.extend_from_slice(&b);
+                continue;
+            }
+            Some(Decoded::Trailers(t)) => Some(t),
+            Some(Decoded::End) => None,
+            None if fed == input.len() => return Err(H1Error::Chunked("the input ended inside the body")),
+            None => {
+                let n = step.max(1).min(input.len() - fed);
+                buf.extend_from_slice(&input[fed..fed + n]);
+                fed += n;
+                continue;
+            }
+        };
+        buf.extend_from_slice(&input[fed..]);
+        return Ok((data, trailers, buf.to_vec()));
     }
 }
 
@@ -393,6 +439,31 @@ mod tests {
         assert_eq!(h.version, Version::HTTP_11);
         assert_eq!(h.headers["x-y"], "z");
         assert_eq!((h.body, h.keep_alive), (Framing::Length(2), true));
+    }
+
+    #[test]
+    fn a_head_is_parsed_once_its_end_may_have_arrived() {
+        let raw = b"HTTP/1.1 200 OK\r\nx: y\r\n\r\n";
+        for end in 0..raw.len() {
+            assert!(!may_hold_head(&raw[..end], 0), "{end}");
+            // however the bytes arrived
+            for searched in 0..end {
+                assert!(!may_hold_head(&raw[..end], searched));
+            }
+        }
+        for searched in 0..raw.len() {
+            assert!(may_hold_head(raw, searched), "{searched}");
+        }
+        assert!(may_hold_head(b"HTTP/1.1 200 OK\nx: y\n\n", 17));
+    }
+
+    #[test]
+    fn only_uncommon_reason_phrases_are_kept() {
+        let reason = |raw: &str| head(raw).unwrap().unwrap().0.reason;
+        assert_eq!(reason("HTTP/1.1 200 OK\r\n\r\n"), None);
+        assert_eq!(reason("HTTP/1.1 404 Not Found\r\n\r\n"), None);
+        assert_eq!(reason("HTTP/1.1 200 Fine\r\n\r\n").as_deref(), Some(&b"Fine"[..]));
+        assert_eq!(reason("HTTP/1.1 200 \r\n\r\n").as_deref(), Some(&b""[..]));
     }
 
     #[test]
@@ -484,37 +555,6 @@ mod tests {
             head(&many),
             Err(H1Error::Head(httparse::Error::TooManyHeaders))
         ));
-    }
-
-    /// The data, the trailers and what was left after the body.
-    type Dechunked = Result<(Vec<u8>, Option<HeaderMap>, Vec<u8>), H1Error>;
-
-    /// Decodes `body` fed in pieces of `step` bytes.
-    fn dechunk(body: &[u8], step: usize) -> Dechunked {
-        let mut d = ChunkedDecoder::default();
-        let mut buf = BytesMut::new();
-        let (mut data, mut trailers) = (Vec::new(), None);
-        let mut fed = 0;
-        loop {
-            match d.decode(&mut buf)? {
-                Some(Decoded::Data(b)) => {
-                    assert!(!b.is_empty());
-                    data.extend_from_slice(&b);
-                }
-                Some(Decoded::Trailers(t)) => trailers = Some(t),
-                Some(Decoded::End) => {
-                    assert!(d.is_done());
-                    buf.extend_from_slice(&body[fed..]);
-                    return Ok((data, trailers, buf.to_vec()));
-                }
-                None if fed == body.len() => return Err(H1Error::Chunked("(test) ran out of input")),
-                None => {
-                    let n = step.min(body.len() - fed);
-                    buf.extend_from_slice(&body[fed..fed + n]);
-                    fed += n;
-                }
-            }
-        }
     }
 
     #[test]

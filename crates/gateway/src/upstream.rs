@@ -235,7 +235,7 @@ impl<C: Connect, B: ReqBody> Conn<C, B> {
     /// syscall when its socket saw no event), so it settles idle — or shows the upstream closed it —
     /// and wakes no task that used it before.
     fn settle(&mut self) -> bool {
-        self.drive(&mut Context::from_waker(Waker::noop())) && self.tx.is_ready()
+        matches!(unbudgeted(poll_fn(|cx| Poll::Ready(self.drive(cx)))), Poll::Ready(true)) && self.tx.is_ready()
     }
 
     /// Drives the connection until `sent` (a request sent on it) has the response head. The
@@ -248,6 +248,13 @@ impl<C: Connect, B: ReqBody> Conn<C, B> {
             sent.poll(cx)
         }
     }
+}
+
+/// Polls `fut` once for no task, outside tokio's cooperative budget: with the task's budget
+/// spent (a client pipelining many requests), tokio would answer Pending without looking at
+/// the socket, and a closed or unsolicited-data connection would pass an idle check.
+fn unbudgeted<F: Future>(fut: F) -> Poll<F::Output> {
+    pin!(tokio::task::unconstrained(fut)).poll(&mut Context::from_waker(Waker::noop()))
 }
 
 /// A connection being opened.
@@ -429,11 +436,16 @@ impl<C: Connect, B: ReqBody> Pool<C, B> {
                 Err((e, _)) => return Err(e),
             }
         };
-        let keep_alive = answer.keep_alive;
+        // Not after a HEAD: an upstream that sends a body anyway (separately, later than the
+        // idle check could see) would have it read as the next request's answer.
+        let keep_alive = answer.keep_alive && method != Method::HEAD;
         let mut resp = Response::new(Body::empty());
         *resp.status_mut() = answer.status;
         *resp.version_mut() = answer.version;
         *resp.headers_mut() = answer.headers;
+        if let Some(reason) = answer.reason.and_then(|r| hyper::ext::ReasonPhrase::try_from(r).ok()) {
+            resp.extensions_mut().insert(reason);
+        }
         let reading = match answer.body {
             Framing::Empty => {
                 self.release_lean(conn, keep_alive);
@@ -557,6 +569,10 @@ impl<C: Connect, B: ReqBody> Pool<C, B> {
     /// response allowed it) and nothing arrived since.
     fn release_lean(self: &Arc<Self>, mut conn: Lean<C::Io>, keep_alive: bool) {
         if keep_alive && conn.settle() {
+            if conn.buf.capacity() > READ_CHUNK {
+                // (a large head grew it: an idle connection keeps no more than a small one)
+                conn.buf = BytesMut::new();
+            }
             self.lean.put(conn, self.max_idle);
             self.reap_later();
         }
@@ -590,7 +606,7 @@ fn lean_eligible<B: ReqBody>(req: &Request<B>) -> bool {
     matches!(*req.method(), Method::GET | Method::HEAD)
         && http_body::Body::is_end_stream(req.body())
         && !req.headers().contains_key(TRANSFER_ENCODING)
-        && req.headers().get(CONTENT_LENGTH).is_none_or(|v| v == "0")
+        && req.headers().get_all(CONTENT_LENGTH).iter().all(|v| v == "0")
 }
 
 /// How much the read buffer grows by when it runs low.
@@ -620,9 +636,8 @@ impl<Io: AsyncRead + AsyncWrite + Unpin> Lean<Io> {
         }
         let mut probe = [0u8; 1];
         let mut probe = tokio::io::ReadBuf::new(&mut probe);
-        Pin::new(&mut self.io)
-            .poll_read(&mut Context::from_waker(Waker::noop()), &mut probe)
-            .is_pending()
+        let io = &mut self.io;
+        unbudgeted(poll_fn(|cx| Pin::new(&mut *io).poll_read(cx, &mut probe))).is_pending()
     }
 
     /// Makes room for the next read.
@@ -646,10 +661,19 @@ impl<Io: AsyncRead + AsyncWrite + Unpin> Lean<Io> {
         }
         let mut interim = 0;
         let mut answered = false;
+        // (how much of the buffer is known to hold no end of a head)
+        let mut searched = 0;
         loop {
-            match h1::parse_response_head(&self.buf, method) {
+            let parsed = if h1::may_hold_head(&self.buf, searched) || self.buf.len() >= h1::MAX_HEAD {
+                h1::parse_response_head(&self.buf, method)
+            } else {
+                Ok(None)
+            };
+            searched = self.buf.len();
+            match parsed {
                 Ok(Some((answer, len))) => {
                     self.buf.advance(len);
+                    searched = 0;
                     if answer.status == http::StatusCode::SWITCHING_PROTOCOLS {
                         return Err((UpstreamError::Response(H1Error::UnexpectedUpgrade), false));
                     }
@@ -738,7 +762,12 @@ impl<C: Connect, B: ReqBody> http_body::Body for LeanBody<C, B> {
                 }
                 Reading::Chunked(decoder) => match decoder.decode(&mut conn.buf) {
                     Ok(Some(Decoded::Data(data))) => return Poll::Ready(Some(Ok(Frame::data(data)))),
-                    Ok(Some(Decoded::Trailers(t))) => return Poll::Ready(Some(Ok(Frame::trailers(t)))),
+                    Ok(Some(Decoded::Trailers(t))) => {
+                        // The last frame (hyper's server polls no further): the connection is
+                        // released now.
+                        this.finish();
+                        return Poll::Ready(Some(Ok(Frame::trailers(t))));
+                    }
                     Ok(Some(Decoded::End)) => {
                         this.finish();
                         return Poll::Ready(None);
@@ -1067,21 +1096,23 @@ mod tests {
                 .uri("/")
                 .body(Body::empty())
                 .unwrap();
-            for (req, status) in [
-                (head, StatusCode::OK),
-                (get("/204"), StatusCode::NO_CONTENT),
-                (get("/304"), StatusCode::NOT_MODIFIED),
-                (get("/empty"), StatusCode::OK),
+            for (req, status, kept) in [
+                (get("/204"), StatusCode::NO_CONTENT, 1),
+                (get("/304"), StatusCode::NOT_MODIFIED, 1),
+                (get("/empty"), StatusCode::OK, 1),
+                // a HEAD's connection is not kept: a body an upstream sends anyway, later,
+                // would be read as the next answer
+                (head, StatusCode::OK, 0),
             ] {
                 // dropped without a poll, as hyper's server does with an empty body
                 let resp = pool.send(req, false).await.unwrap();
                 assert_eq!(resp.status(), status);
                 assert!(http_body::Body::is_end_stream(resp.body()));
                 drop(resp);
-                assert_eq!(pool.idle_count(), 1);
+                assert_eq!(pool.idle_count(), kept);
             }
         }
-        assert_eq!(up.accepted(), 1);
+        assert_eq!(up.accepted(), 3);
     }
 
     #[tokio::test]
@@ -1230,7 +1261,60 @@ mod tests {
             assert_eq!(resp.headers()[CONTENT_LENGTH], "9");
             assert!(resp.into_body().collect().await.unwrap().to_bytes().is_empty());
         }
+        assert_eq!(up.accepted(), 3, "a HEAD's connection is not kept");
+    }
+
+    #[tokio::test]
+    async fn a_lean_answer_ending_in_trailers_returns_its_connection_at_them() {
+        let up = raw_upstream(
+            b"HTTP/1.1 299 Fine\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nx-t: 1\r\n\r\n",
+            None,
+        )
+        .await;
+        let pool = up.pool(IDLE_TIMEOUT);
+        for _ in 0..3 {
+            let resp = pool.send(get("/"), false).await.unwrap();
+            let reason = resp.extensions().get::<hyper::ext::ReasonPhrase>().unwrap();
+            assert_eq!(reason.as_bytes(), b"Fine", "an uncommon reason phrase is passed on");
+            let mut body = resp.into_body();
+            assert_eq!(body.frame().await.unwrap().unwrap().into_data().unwrap(), "ok");
+            let trailers = body.frame().await.unwrap().unwrap().into_trailers().unwrap();
+            assert_eq!(trailers["x-t"], "1");
+            // hyper's server polls no further after trailers: the body is dropped here
+            assert!(http_body::Body::is_end_stream(&body));
+            drop(body);
+            assert_eq!(pool.idle_count(), 1);
+        }
         assert_eq!(up.accepted(), 1);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_idle_check_sees_the_socket_even_with_the_tasks_budget_spent() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = TcpStream::connect(addr).await.unwrap();
+        let (mut upstream, _) = listener.accept().await.unwrap();
+        // an idle connection the upstream wrote to, then closed
+        upstream
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nevil")
+            .await
+            .unwrap();
+        drop(upstream);
+        let mut conn = Lean::new(client);
+        // another socket with data, polled in the same task poll until tokio's budget is spent
+        let mut other = TcpStream::connect(addr).await.unwrap();
+        let (mut peer, _) = listener.accept().await.unwrap();
+        peer.write_all(&[0u8; 4096]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let settled = poll_fn(|cx| {
+            let mut byte = [0u8; 1];
+            for _ in 0..200 {
+                let _ = Pin::new(&mut other).poll_read(cx, &mut tokio::io::ReadBuf::new(&mut byte));
+            }
+            Poll::Ready(conn.settle())
+        })
+        .await;
+        assert!(!settled, "a connection with unread bytes passed the idle check");
     }
 
     #[tokio::test]
