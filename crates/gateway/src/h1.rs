@@ -108,12 +108,14 @@ pub fn write_request_head(out: &mut Vec<u8>, method: &Method, target: &str, head
 }
 
 /// Parses the response head at the start of `buf`, for a request with `method`: `Ok(None)` when
-/// it is not complete yet, else the head and its length in bytes. Interim (1xx) heads are
-/// returned like final ones (with [`Framing::Empty`]); the caller skips them.
-pub fn parse_response_head(buf: &[u8], method: &Method) -> Result<Option<(ResponseHead, usize)>, H1Error> {
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut parsed = httparse::Response::new(&mut slots);
-    let len = match parsed.parse(buf) {
+/// it is not complete yet (`buf` untouched), else the head, split off `buf` (which then starts
+/// with the body). The header values share the head's bytes (no copy). Interim (1xx) heads are
+/// returned like final ones (with [`Framing::Empty`]); the caller skips them. After an error,
+/// what is left in `buf` is unspecified (its connection is not used again).
+pub fn parse_response_head(buf: &mut BytesMut, method: &Method) -> Result<Option<ResponseHead>, H1Error> {
+    let mut slots = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut parsed, buf, &mut slots) {
         Ok(httparse::Status::Complete(n)) if n <= MAX_HEAD => n,
         Ok(httparse::Status::Complete(_)) => return Err(H1Error::HeadTooLarge),
         Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => return Err(H1Error::HeadTooLarge),
@@ -133,13 +135,25 @@ pub fn parse_response_head(buf: &[u8], method: &Method) -> Result<Option<(Respon
         Some(0) => Version::HTTP_10,
         _ => return Err(H1Error::Head(httparse::Error::Version)),
     };
-    let mut headers = HeaderMap::with_capacity(parsed.headers.len());
+    // Names, and where each value lies in the head, whose bytes the values then share.
+    let base = buf.as_ptr().addr();
+    let mut fields = Vec::with_capacity(parsed.headers.len());
+    for h in parsed.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| H1Error::Header)?;
+        let start = match h.value.as_ptr().addr().checked_sub(base) {
+            Some(start) if start + h.value.len() <= len => start,
+            _ if h.value.is_empty() => 0,
+            _ => return Err(H1Error::Header),
+        };
+        fields.push((name, start..start + h.value.len()));
+    }
+    let head = buf.split_to(len).freeze();
+    let mut headers = HeaderMap::with_capacity(fields.len());
     let mut chunked = None;
     let mut length: Option<u64> = None;
     let mut close = false;
-    for h in parsed.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| H1Error::Header)?;
-        let value = HeaderValue::from_bytes(h.value).map_err(|_| H1Error::Header)?;
+    for (name, at) in fields {
+        let value = HeaderValue::from_maybe_shared(head.slice(at)).map_err(|_| H1Error::Header)?;
         if name == TRANSFER_ENCODING {
             if chunked.is_some() {
                 return Err(H1Error::Framing("repeated Transfer-Encoding"));
@@ -178,17 +192,14 @@ pub fn parse_response_head(buf: &[u8], method: &Method) -> Result<Option<(Respon
         (None, None) => Framing::UntilClose,
     };
     let keep_alive = version == Version::HTTP_11 && !close && body != Framing::UntilClose;
-    Ok(Some((
-        ResponseHead {
-            status,
-            version,
-            headers,
-            reason,
-            body,
-            keep_alive,
-        },
-        len,
-    )))
+    Ok(Some(ResponseHead {
+        status,
+        version,
+        headers,
+        reason,
+        body,
+        keep_alive,
+    }))
 }
 
 /// Whether `buf` may hold a whole head, given that its first `searched` bytes held no end of
@@ -405,8 +416,11 @@ fn chunk_size(line: &[u8]) -> Result<u64, H1Error> {
 mod tests {
     use super::*;
 
+    /// The head of `raw` and its length.
     fn head(raw: &str) -> Result<Option<(ResponseHead, usize)>, H1Error> {
-        parse_response_head(raw.as_bytes(), &Method::GET)
+        let mut buf = BytesMut::from(raw.as_bytes());
+        let parsed = parse_response_head(&mut buf, &Method::GET)?;
+        Ok(parsed.map(|h| (h, raw.len() - buf.len())))
     }
 
     fn framing(raw: &str) -> Result<(Framing, bool), H1Error> {
@@ -503,9 +517,8 @@ mod tests {
             Ok((Empty, true))
         );
         assert_eq!(framing("HTTP/1.1 100 Continue\r\n\r\n"), Ok((Empty, true)));
-        let (h, _) = parse_response_head(b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\n", &Method::HEAD)
-            .unwrap()
-            .unwrap();
+        let mut buf = BytesMut::from(&b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\n"[..]);
+        let h = parse_response_head(&mut buf, &Method::HEAD).unwrap().unwrap();
         assert_eq!(h.body, Empty);
         assert_eq!(h.headers[CONTENT_LENGTH], "9", "a HEAD answer keeps its length");
     }

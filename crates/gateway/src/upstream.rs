@@ -32,7 +32,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use axum::body::Body;
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use futures_util::task::AtomicWaker;
 use http::header::{CONTENT_LENGTH, HOST, HeaderValue, TRANSFER_ENCODING};
 use http::{Method, Request, Response, Uri};
@@ -661,18 +661,18 @@ impl<Io: AsyncRead + AsyncWrite + Unpin> Lean<Io> {
         }
         let mut interim = 0;
         let mut answered = false;
-        // (how much of the buffer is known to hold no end of a head)
+        // How much of the buffer is known to hold no end of a head: after a first parse found
+        // the head incomplete, only reads that may complete it are parsed again.
         let mut searched = 0;
         loop {
-            let parsed = if h1::may_hold_head(&self.buf, searched) || self.buf.len() >= h1::MAX_HEAD {
-                h1::parse_response_head(&self.buf, method)
+            let parsed = if searched == 0 || h1::may_hold_head(&self.buf, searched) || self.buf.len() >= h1::MAX_HEAD {
+                h1::parse_response_head(&mut self.buf, method)
             } else {
                 Ok(None)
             };
             searched = self.buf.len();
             match parsed {
-                Ok(Some((answer, len))) => {
-                    self.buf.advance(len);
+                Ok(Some(answer)) => {
                     searched = 0;
                     if answer.status == http::StatusCode::SWITCHING_PROTOCOLS {
                         return Err((UpstreamError::Response(H1Error::UnexpectedUpgrade), false));
