@@ -269,11 +269,6 @@ impl Default for ChunkedDecoder {
 }
 
 impl ChunkedDecoder {
-    /// Whether the body ended (after [`Decoded::End`] or [`Decoded::Trailers`]).
-    pub fn is_done(&self) -> bool {
-        self.state == Chunk::Done
-    }
-
     /// Takes the next piece of the body from the front of `buf`: `Ok(None)` when `buf` holds
     /// too little (read more and call again). Data is split off `buf` without copying.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Decoded>, H1Error> {
