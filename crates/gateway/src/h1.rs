@@ -1,7 +1,8 @@
-//! The HTTP/1.1 codec of the upstream pool's lean path (requests without a body: `GET`,
-//! `HEAD`): the request head it writes, the response head it reads and the framing of the
-//! response body (RFC 9112 §6) — without I/O, so the parser and the chunked decoder are fuzzed
-//! on their own (`fuzz/fuzz_targets/upstream_response.rs`).
+//! The HTTP/1.1 codec of kfsec's lean paths, without I/O so each parser is fuzzed on its own:
+//! on the upstream side (`GET`, `HEAD`: `fuzz/fuzz_targets/upstream_response.rs`), the request
+//! head the pool writes, the response head it reads and the framing of the response body
+//! (RFC 9112 §6); on the client side (`fuzz/fuzz_targets/front_request.rs`), the request heads
+//! the front door's lean loop serves itself and the response heads it writes.
 //!
 //! Security invariants: a response is framed one way only. Anything two readers could frame
 //! differently — `Transfer-Encoding` with `Content-Length`, lengths that differ or are not plain
@@ -15,6 +16,12 @@
 //! nothing follows it. Heads, header counts, chunk lines and trailers are bounded. The request
 //! head is built from `http` types, which admit no CR, LF or NUL in a method, target, name or
 //! value: no request can be split.
+//! On the client side, only a request that has no body by every rule is taken
+//! ([`parse_request_head`]: no `Content-Length` or `Transfer-Encoding` in any spelling, no
+//! `Expect` or `Upgrade`, HTTP/1.1, not `CONNECT`); anything else is left untouched for hyper,
+//! so where a client's request ends is decided once, the same way. A response head says the
+//! length of the body that is actually sent, never one the service claimed
+//! ([`write_response_head`]).
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
@@ -407,6 +414,278 @@ fn chunk_size(line: &[u8]) -> Result<u64, H1Error> {
     Ok(size)
 }
 
+// The front door's side: request heads from clients, response heads to them.
+
+/// The most headers in a request head the lean path reads: hyper's server default (a head
+/// with more goes to hyper, which answers 431).
+pub const MAX_REQUEST_HEADERS: usize = 100;
+
+/// What the front door makes of the bytes a client has sent so far on an HTTP/1.1 connection.
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // returned once per request and taken apart at once: a box would be one more allocation
+pub enum RequestHead {
+    /// No whole head yet, and fewer bytes than the limit.
+    Partial,
+    /// A request the lean path serves, split off the buffer (which then starts with whatever
+    /// the client pipelined after it). It has no body: HTTP/1.1 without `Content-Length`,
+    /// `Transfer-Encoding`, `Expect` or `Upgrade`, and `Connection` says at most `close` or
+    /// `keep-alive`.
+    Lean {
+        /// Method, target, headers (values sharing the head's bytes), version HTTP/1.1.
+        request: http::Request<()>,
+        /// Whether the connection may carry another request afterwards (no `Connection: close`).
+        keep_alive: bool,
+    },
+    /// Anything else — a body, HTTP/1.0, an upgrade, `CONNECT`, a malformed or oversized head:
+    /// the buffer is left as it was, for hyper to serve (or refuse) from the same bytes.
+    Other,
+}
+
+/// Parses the request head at the start of `buf` (at most `max_head` bytes) for the front
+/// door's lean path; see [`RequestHead`].
+pub fn parse_request_head(buf: &mut BytesMut, max_head: usize) -> RequestHead {
+    let mut slots = [const { std::mem::MaybeUninit::uninit() }; MAX_REQUEST_HEADERS];
+    let mut parsed = httparse::Request::new(&mut []);
+    let len = match httparse::ParserConfig::default().parse_request_with_uninit_headers(&mut parsed, buf, &mut slots) {
+        Ok(httparse::Status::Complete(n)) if n <= max_head => n,
+        Ok(httparse::Status::Partial) if buf.len() < max_head => return RequestHead::Partial,
+        _ => return RequestHead::Other,
+    };
+    if parsed.version != Some(1) {
+        return RequestHead::Other;
+    }
+    let Some(method) = parsed.method.and_then(|m| Method::from_bytes(m.as_bytes()).ok()) else {
+        return RequestHead::Other;
+    };
+    let base = buf.as_ptr().addr();
+    let within = |s: &[u8]| match s.as_ptr().addr().checked_sub(base) {
+        Some(start) if start + s.len() <= len => Some(start..start + s.len()),
+        _ if s.is_empty() => Some(0..0),
+        _ => None,
+    };
+    let Some(target) = parsed.path.and_then(|p| within(p.as_bytes())) else {
+        return RequestHead::Other;
+    };
+    if method == Method::CONNECT || target.is_empty() {
+        return RequestHead::Other;
+    }
+    let mut keep_alive = true;
+    let mut fields = Vec::with_capacity(parsed.headers.len());
+    for h in parsed.headers.iter() {
+        let Ok(name) = HeaderName::from_bytes(h.name.as_bytes()) else {
+            return RequestHead::Other;
+        };
+        if name == CONTENT_LENGTH
+            || name == TRANSFER_ENCODING
+            || name == http::header::EXPECT
+            || name == http::header::UPGRADE
+        {
+            return RequestHead::Other;
+        }
+        if name == CONNECTION {
+            for token in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                if token.eq_ignore_ascii_case(b"close") {
+                    keep_alive = false;
+                } else if !(token.is_empty() || token.eq_ignore_ascii_case(b"keep-alive")) {
+                    return RequestHead::Other;
+                }
+            }
+        }
+        let Some(at) = within(h.value) else {
+            return RequestHead::Other;
+        };
+        fields.push((name, at));
+    }
+    let head = buf.split_to(len).freeze();
+    let built = (|| {
+        let uri = http::Uri::from_maybe_shared(head.slice(target)).ok()?;
+        let mut headers = HeaderMap::with_capacity(fields.len());
+        for (name, at) in fields {
+            headers.append(name, HeaderValue::from_maybe_shared(head.slice(at)).ok()?);
+        }
+        let mut request = http::Request::new(());
+        *request.method_mut() = method;
+        *request.uri_mut() = uri;
+        *request.version_mut() = Version::HTTP_11;
+        *request.headers_mut() = headers;
+        Some(request)
+    })();
+    match built {
+        Some(request) => RequestHead::Lean { request, keep_alive },
+        None => {
+            // Put the head back in front of what followed it, for hyper.
+            let mut whole = BytesMut::with_capacity(head.len() + buf.len());
+            whole.extend_from_slice(&head);
+            whole.extend_from_slice(buf);
+            *buf = whole;
+            RequestHead::Other
+        }
+    }
+}
+
+/// How much body a response has, as its `http_body::Body` tells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodySize {
+    /// None (the body is at its end already).
+    Empty,
+    /// Exactly this many bytes.
+    Exact(u64),
+    /// Not known in advance (a stream).
+    Unknown,
+}
+
+/// How the body of a response written by [`write_response_head`] is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFraming {
+    /// Not at all (`HEAD`, 204, 304, an empty body).
+    None,
+    /// Exactly this many bytes (> 0): more is an error, fewer ends the connection.
+    Length(u64),
+    /// In chunks ([`write_chunk`], then [`LAST_CHUNK`]).
+    Chunked,
+}
+
+/// The end of a chunked body (no trailers).
+pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
+
+/// Appends one chunk of a chunked body (nothing for empty `data`: an empty chunk would end it).
+pub fn write_chunk(out: &mut Vec<u8>, data: &[u8]) {
+    if data.is_empty() {
+        return;
+    }
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let n = data.len();
+    let digits = (usize::BITS - n.leading_zeros()).div_ceil(4);
+    for i in (0..digits).rev() {
+        out.push(HEX[(n >> (i * 4)) & 0xf]);
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
+}
+
+fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + u8::try_from(n % 10).unwrap_or(0);
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
+}
+
+/// Appends the HTTP/1.1 head of a response to a `method` request, as hyper's server writes it:
+/// the status line (a `hyper::ext::ReasonPhrase` extension's phrase, else the canonical one),
+/// the headers in order except `Content-Length` and `Transfer-Encoding`, which are written for
+/// the body actually sent (`content-length` for an empty or sized body or a valid
+/// `Content-Length` the service set on a stream, else `transfer-encoding: chunked`; none for
+/// 204 and 304, and a `HEAD` answer keeps the length the service gave), `connection: close`
+/// when `close` and the service did not say it, and `date` unless the service set one. An
+/// interim (1xx) status cannot answer here and becomes an empty 500 that closes the connection,
+/// as with hyper. Returns the body's framing and whether the connection closes after it.
+pub fn write_response_head(
+    out: &mut Vec<u8>,
+    parts: &http::response::Parts,
+    method: &Method,
+    body: BodySize,
+    close: bool,
+    date: &[u8],
+) -> (BodyFraming, bool) {
+    let status = parts.status;
+    if status.is_informational() {
+        out.extend_from_slice(
+            b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\nconnection: close\r\ndate: ",
+        );
+        out.extend_from_slice(date);
+        out.extend_from_slice(b"\r\n\r\n");
+        return (BodyFraming::None, true);
+    }
+    let reason = parts.extensions.get::<hyper::ext::ReasonPhrase>();
+    if status == StatusCode::OK && reason.is_none() {
+        out.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
+    } else {
+        out.extend_from_slice(b"HTTP/1.1 ");
+        out.extend_from_slice(status.as_str().as_bytes());
+        out.push(b' ');
+        match reason {
+            Some(r) => out.extend_from_slice(r.as_bytes()),
+            None => out.extend_from_slice(status.canonical_reason().unwrap_or("<none>").as_bytes()),
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+    let mut close = close;
+    let mut said_close = false;
+    let mut has_date = false;
+    let mut declared: Option<u64> = None;
+    let mut declared_ok = true;
+    for (name, value) in &parts.headers {
+        if name == CONTENT_LENGTH {
+            match content_length(value.as_bytes()) {
+                Ok(n) if declared.is_none_or(|d| d == n) => declared = Some(n),
+                _ => declared_ok = false,
+            }
+            continue;
+        }
+        if name == TRANSFER_ENCODING {
+            continue;
+        }
+        if name == CONNECTION {
+            said_close |= value
+                .as_bytes()
+                .split(|&b| b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
+        } else if name == http::header::DATE {
+            has_date = true;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    let declared = declared.filter(|_| declared_ok);
+    let bodiless_status = status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
+    let head = *method == Method::HEAD;
+    let (length, framing) = match body {
+        _ if bodiless_status => (None, BodyFraming::None),
+        _ if head => (
+            declared.or(match body {
+                BodySize::Exact(n) => Some(n),
+                _ => None,
+            }),
+            BodyFraming::None,
+        ),
+        BodySize::Empty | BodySize::Exact(0) => (Some(0), BodyFraming::None),
+        BodySize::Exact(n) => (Some(n), BodyFraming::Length(n)),
+        BodySize::Unknown => match declared {
+            Some(0) => (Some(0), BodyFraming::None),
+            Some(n) => (Some(n), BodyFraming::Length(n)),
+            None => (None, BodyFraming::Chunked),
+        },
+    };
+    if let Some(n) = length {
+        out.extend_from_slice(b"content-length: ");
+        push_decimal(out, n);
+        out.extend_from_slice(b"\r\n");
+    } else if framing == BodyFraming::Chunked {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    }
+    if close && !said_close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    close |= said_close;
+    if !has_date {
+        out.extend_from_slice(b"date: ");
+        out.extend_from_slice(date);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    (framing, close)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -423,6 +702,238 @@ mod tests {
             let (h, _) = h.expect("complete");
             (h.body, h.keep_alive)
         })
+    }
+
+    /// What `parse_request_head` makes of `raw`, and the bytes left in the buffer.
+    fn lean_parse(raw: &[u8]) -> (RequestHead, Vec<u8>) {
+        let mut buf = BytesMut::from(raw);
+        let head = parse_request_head(&mut buf, 64 * 1024);
+        (head, buf.to_vec())
+    }
+
+    #[test]
+    fn plain_requests_are_lean_and_what_follows_is_left_for_the_next() {
+        let raw = b"GET /a/b?c=d HTTP/1.1\r\nHost: kf.example\r\nCookie: x=1\r\nX-Twice: 1\r\nx-twice: 2\r\n\r\nHEAD / HTTP/1.1\r\n";
+        let (head, rest) = lean_parse(raw);
+        let RequestHead::Lean { request, keep_alive } = head else {
+            panic!("{head:?}")
+        };
+        assert!(keep_alive);
+        assert_eq!(request.method(), Method::GET);
+        assert_eq!(request.uri(), "/a/b?c=d");
+        assert_eq!(request.version(), Version::HTTP_11);
+        assert_eq!(request.headers()["host"], "kf.example");
+        assert_eq!(
+            request.headers().get_all("x-twice").iter().collect::<Vec<_>>(),
+            ["1", "2"]
+        );
+        assert_eq!(rest, b"HEAD / HTTP/1.1\r\n");
+        // Every proper prefix is partial, and leaves the buffer alone.
+        let whole = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+        for cut in 0..whole.len() {
+            let (head, rest) = lean_parse(&whole[..cut]);
+            assert!(matches!(head, RequestHead::Partial), "{cut}: {head:?}");
+            assert_eq!(rest, &whole[..cut]);
+        }
+        for (raw, keep) in [
+            (&b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n"[..], false),
+            (b"GET / HTTP/1.1\r\nconnection: Keep-Alive, CLOSE\r\n\r\n", false),
+            (b"GET / HTTP/1.1\r\nConnection: keep-alive\r\n\r\n", true),
+            (b"DELETE /x HTTP/1.1\r\n\r\n", true),
+            (b"OPTIONS * HTTP/1.1\r\n\r\n", true),
+        ] {
+            let (head, _) = lean_parse(raw);
+            assert!(
+                matches!(head, RequestHead::Lean { keep_alive, .. } if keep_alive == keep),
+                "{head:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn requests_that_may_have_a_body_or_change_protocol_are_left_to_hyper_untouched() {
+        let others: &[&[u8]] = &[
+            b"POST / HTTP/1.1\r\nContent-Length: 2\r\n\r\nok",
+            b"GET / HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+            b"GET / HTTP/1.1\r\ncontent-length: 5\r\n\r\nhello",
+            b"GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            b"GET / HTTP/1.1\r\nTRANSFER-ENCODING: chunked\r\n\r\n",
+            b"GET / HTTP/1.1\r\nTransfer-Encoding : chunked\r\n\r\n",
+            b"GET / HTTP/1.1\r\nX: a\r\n Transfer-Encoding: chunked\r\n\r\n",
+            b"GET / HTTP/1.1\r\nExpect: 100-continue\r\n\r\n",
+            b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+            b"GET / HTTP/1.1\r\nConnection: TE\r\n\r\n",
+            b"GET / HTTP/1.0\r\n\r\n",
+            b"GET / HTTP/2.0\r\n\r\n",
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+            b"CONNECT kf.example:443 HTTP/1.1\r\n\r\n",
+            b"GET  / HTTP/1.1\r\n\r\n",
+            b"GET / HTTP/1.1\r\nBad Name: x\r\n\r\n",
+            b"GET / HTTP/1.1\r\nX: a\0b\r\n\r\n",
+            b"GET /\x7f HTTP/1.1\r\n\r\n",
+            b"GET http://[::1 HTTP/1.1\r\n\r\n",
+        ];
+        for raw in others {
+            let (head, rest) = lean_parse(raw);
+            assert!(
+                matches!(head, RequestHead::Other),
+                "{:?}: {head:?}",
+                String::from_utf8_lossy(raw)
+            );
+            assert_eq!(&rest, raw, "{:?}", String::from_utf8_lossy(raw));
+        }
+        // More headers than hyper reads, and heads over the limit (whole or not yet).
+        let mut many = b"GET / HTTP/1.1\r\n".to_vec();
+        for i in 0..=MAX_REQUEST_HEADERS {
+            many.extend_from_slice(format!("x-{i}: v\r\n").as_bytes());
+        }
+        many.extend_from_slice(b"\r\n");
+        assert!(matches!(lean_parse(&many).0, RequestHead::Other));
+        let big = format!("GET / HTTP/1.1\r\nx: {}\r\n\r\n", "a".repeat(64 * 1024));
+        assert!(matches!(lean_parse(big.as_bytes()).0, RequestHead::Other));
+        assert!(matches!(
+            lean_parse(&big.as_bytes()[..64 * 1024 + 5]).0,
+            RequestHead::Other
+        ));
+    }
+
+    fn response(
+        status: u16,
+        headers: &[(&str, &str)],
+        method: Method,
+        body: BodySize,
+        close: bool,
+    ) -> (String, BodyFraming, bool) {
+        let mut r = http::Response::new(());
+        *r.status_mut() = StatusCode::from_u16(status).unwrap();
+        for (k, v) in headers {
+            r.headers_mut().append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        let (parts, ()) = r.into_parts();
+        let mut out = Vec::new();
+        let (framing, close) =
+            write_response_head(&mut out, &parts, &method, body, close, b"Sun, 06 Nov 1994 08:49:37 GMT");
+        (String::from_utf8(out).unwrap(), framing, close)
+    }
+
+    #[test]
+    fn response_heads_frame_the_body_that_is_sent() {
+        const DATE: &str = "date: Sun, 06 Nov 1994 08:49:37 GMT\r\n";
+        let (head, framing, close) = response(
+            200,
+            &[("content-type", "text/plain")],
+            Method::GET,
+            BodySize::Exact(5),
+            false,
+        );
+        assert_eq!(
+            head,
+            format!("HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 5\r\n{DATE}\r\n")
+        );
+        assert_eq!((framing, close), (BodyFraming::Length(5), false));
+        // A length the service wrote is replaced by the body's own; a stream is chunked.
+        let (head, framing, _) = response(
+            200,
+            &[("content-length", "99"), ("transfer-encoding", "gzip")],
+            Method::GET,
+            BodySize::Exact(5),
+            false,
+        );
+        assert_eq!(head, format!("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n{DATE}\r\n"));
+        assert_eq!(framing, BodyFraming::Length(5));
+        let (head, framing, _) = response(200, &[], Method::GET, BodySize::Unknown, false);
+        assert_eq!(
+            head,
+            format!("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n{DATE}\r\n")
+        );
+        assert_eq!(framing, BodyFraming::Chunked);
+        let (head, framing, _) = response(200, &[("content-length", "7")], Method::GET, BodySize::Unknown, false);
+        assert_eq!(
+            (head.contains("content-length: 7\r\n"), framing),
+            (true, BodyFraming::Length(7))
+        );
+        let (head, framing, _) = response(
+            200,
+            &[("content-length", "7"), ("content-length", "8")],
+            Method::GET,
+            BodySize::Unknown,
+            false,
+        );
+        assert_eq!(
+            (head.contains("content-length"), framing),
+            (false, BodyFraming::Chunked)
+        );
+        let (head, framing, _) = response(404, &[], Method::GET, BodySize::Empty, false);
+        assert_eq!(
+            head,
+            format!("HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n{DATE}\r\n")
+        );
+        assert_eq!(framing, BodyFraming::None);
+        // HEAD keeps the length it was given and sends nothing; 204 and 304 have neither.
+        let (head, framing, _) = response(200, &[("content-length", "1234")], Method::HEAD, BodySize::Empty, false);
+        assert_eq!(
+            (head.contains("content-length: 1234\r\n"), framing),
+            (true, BodyFraming::None)
+        );
+        for status in [204, 304] {
+            let (head, framing, _) = response(
+                status,
+                &[("content-length", "3")],
+                Method::GET,
+                BodySize::Exact(3),
+                false,
+            );
+            assert!(
+                !head.contains("content-length") && !head.contains("transfer-encoding"),
+                "{head}"
+            );
+            assert_eq!(framing, BodyFraming::None);
+        }
+        // Closing: said once; the service's own close is honoured; its date is kept.
+        let (head, _, close) = response(200, &[], Method::GET, BodySize::Empty, true);
+        assert!(close && head.contains("connection: close\r\n"));
+        let (head, _, close) = response(
+            200,
+            &[("connection", "close"), ("date", "x")],
+            Method::GET,
+            BodySize::Empty,
+            false,
+        );
+        assert!(
+            close && head.matches("connection").count() == 1 && !head.contains(DATE),
+            "{head}"
+        );
+        // An interim status cannot answer here.
+        let (head, framing, close) = response(101, &[("upgrade", "websocket")], Method::GET, BodySize::Empty, false);
+        assert!(head.starts_with("HTTP/1.1 500 ") && !head.contains("upgrade"));
+        assert_eq!((framing, close), (BodyFraming::None, true));
+        // Every head parses back, framed as written.
+        for (status, body, want) in [
+            (200, BodySize::Exact(5), Framing::Length(5)),
+            (200, BodySize::Unknown, Framing::Chunked),
+            (500, BodySize::Empty, Framing::Empty),
+        ] {
+            let (head, _, _) = response(status, &[("x", "y")], Method::GET, body, false);
+            let mut buf = BytesMut::from(head.as_bytes());
+            let parsed = parse_response_head(&mut buf, &Method::GET).unwrap().unwrap();
+            assert_eq!(parsed.body, want);
+            assert!(buf.is_empty());
+        }
+    }
+
+    #[test]
+    fn chunks_are_sized_in_hex_and_empty_data_writes_none() {
+        let mut out = Vec::new();
+        write_chunk(&mut out, b"");
+        assert!(out.is_empty());
+        write_chunk(&mut out, &[b'a'; 26]);
+        out.extend_from_slice(LAST_CHUNK);
+        assert_eq!(&out[..4], b"1a\r\n");
+        let (body, trailers, rest) = dechunk(&out, 3).unwrap();
+        assert_eq!((body, trailers.is_none(), rest.len()), (vec![b'a'; 26], true, 0));
     }
 
     #[test]

@@ -13,6 +13,7 @@ mod audit;
 mod gatekeeper;
 pub mod h1;
 pub mod headers;
+mod lean;
 pub mod listener;
 pub mod metrics;
 mod panics;

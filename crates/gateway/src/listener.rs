@@ -196,6 +196,16 @@ impl ListenerMetrics {
         m
     }
 
+    /// Counts a connection of `listener` closed by a timeout (`reason`).
+    pub(crate) fn closed(&self, listener: &str, reason: &str) {
+        Self::count(&self.closed, listener, reason);
+    }
+
+    /// Counts a connection or request of `listener` refused over a cap (`reason`).
+    pub(crate) fn refused(&self, listener: &str, reason: &str) {
+        Self::count(&self.refused, listener, reason);
+    }
+
     fn count(family: &Family<ReasonLabels, Counter>, listener: &str, reason: &str) {
         family
             .get_or_create(&ReasonLabels {
@@ -309,7 +319,7 @@ impl Drop for Slot {
 /// ([`RequestCaps::address`]), so a request costs a few atomic operations — no lock and no
 /// lookup on the request path.
 #[derive(Debug)]
-struct RequestCaps {
+pub(crate) struct RequestCaps {
     total: AtomicUsize,
     max: usize,
     per_address: usize,
@@ -330,7 +340,7 @@ struct Addresses {
 /// One in-flight request's place under the [`RequestCaps`]; released when its answer's body is
 /// dropped.
 #[derive(Debug)]
-struct RequestSlot {
+pub(crate) struct RequestSlot {
     caps: Arc<RequestCaps>,
     address: Arc<AtomicUsize>,
 }
@@ -364,7 +374,7 @@ impl RequestCaps {
 
     /// A place for one request of the address whose count is `address`, or the metric reason
     /// of the refusal (`max_requests`, `max_requests_per_address`).
-    fn try_acquire(self: &Arc<Self>, address: &Arc<AtomicUsize>) -> Result<RequestSlot, &'static str> {
+    pub(crate) fn try_acquire(self: &Arc<Self>, address: &Arc<AtomicUsize>) -> Result<RequestSlot, &'static str> {
         if self.total.fetch_add(1, Ordering::AcqRel) >= self.max {
             self.total.fetch_sub(1, Ordering::AcqRel);
             return Err("max_requests");
@@ -747,7 +757,7 @@ pub async fn serve_tls<S>(
         let slot = match slots.try_acquire(peer.ip()) {
             Ok(s) => s,
             Err(reason) => {
-                ListenerMetrics::count(&metrics.refused, name, reason);
+                metrics.refused(name, reason);
                 drop(tcp);
                 continue;
             }
@@ -815,7 +825,7 @@ struct Connection<S> {
 }
 
 /// The answer to a request over the in-flight caps: 503 with `Retry-After`, no work done.
-fn busy() -> hyper::Response<axum::body::Body> {
+pub(crate) fn busy() -> hyper::Response<axum::body::Body> {
     let mut r = hyper::Response::new(axum::body::Body::from(
         "kfsec: too many requests in flight, retry shortly\n",
     ));
@@ -855,7 +865,7 @@ impl<S: Service + Clone> Connection<S> {
                 return;
             }
             Err(_) => {
-                ListenerMetrics::count(&metrics.closed, name, "header_timeout");
+                metrics.closed(name, "header_timeout");
                 return;
             }
         };
@@ -872,17 +882,46 @@ impl<S: Service + Clone> Connection<S> {
         // is replaced (a CA leaves the trust), the connection is closed gracefully and the
         // client's next handshake is checked again.
         let bound_to_roots = cert_identity.is_some();
+        // The in-flight count of this client's address, taken once for all its requests.
+        let address = requests.address(peer.ip());
+        tokio::pin!(replaced);
+        let mut tls = tls;
+        let mut app = app;
+        // HTTP/1.1's plain requests are served by the lean loop until the first one it leaves
+        // to hyper; HTTP/2 is hyper's from the start.
+        let (buffered, last_done) = if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+            (bytes::BytesMut::new(), None)
+        } else {
+            let lean = crate::lean::Lean {
+                app: &mut app,
+                peer: peer.ip(),
+                cert_identity: cert_identity.as_ref(),
+                requests: &requests,
+                address: &address,
+                metrics: &metrics,
+                name,
+                header_deadline,
+                idle_timeout: limits.idle_timeout,
+            };
+            match lean
+                .serve(&mut tls, &mut stopping, replaced.as_mut(), bound_to_roots)
+                .await
+            {
+                crate::lean::End::Closed => return,
+                crate::lean::End::Handoff { buffered, last_done } => (buffered, last_done),
+            }
+        };
+        let since = last_done.unwrap_or(accepted);
         let activity = Arc::new(Mutex::new(Activity {
-            started: false,
+            started: last_done.is_some(),
             in_flight: 0,
-            idle_since: accepted,
+            idle_since: since,
             handed_over: 0,
-            last_progress: accepted,
+            last_progress: since,
         }));
         let watching = activity.clone();
         let idle_timeout = limits.idle_timeout;
-        // The in-flight count of this client's address, taken once for all its requests.
-        let address = requests.address(peer.ip());
+        let refusals = metrics.clone();
         let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
             let in_flight = InFlight::start(&activity);
             req.extensions_mut().insert(ClientAddr(peer.ip()));
@@ -892,7 +931,7 @@ impl<S: Service + Clone> Connection<S> {
             let app = app.clone();
             let stall = StallTimer::new(idle_timeout);
             let permit = requests.try_acquire(&address).map_err(|reason| {
-                ListenerMetrics::count(&metrics.refused, name, reason);
+                refusals.refused(name, reason);
             });
             async move {
                 let Ok(permit) = permit else {
@@ -903,9 +942,9 @@ impl<S: Service + Clone> Connection<S> {
                 Ok::<_, std::convert::Infallible>(resp.map(|inner| TrackedBody::new(inner, in_flight, Some(permit))))
             }
         });
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), svc);
+        let io = crate::lean::Prefixed::new(buffered.freeze(), tls);
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
         tokio::pin!(conn);
-        tokio::pin!(replaced);
         // When a graceful close was asked for.
         let mut closing: Option<Instant> = None;
         let result = loop {
@@ -939,7 +978,7 @@ impl<S: Service + Clone> Connection<S> {
                     // The client has taken no response data for the idle timeout (whether or
                     // not a close was asked for).
                     (_, cur) if cur.handed_over > 0 && cur.last_progress + limits.idle_timeout <= Instant::now() => {
-                        ListenerMetrics::count(&metrics.closed, name, "send_timeout");
+                        metrics.closed(name, "send_timeout");
                         return;
                     }
                     // A request in flight is let finish; otherwise the grace is over.
@@ -952,12 +991,12 @@ impl<S: Service + Clone> Connection<S> {
                     (None, cur) if !cur.started => {
                         // No complete request head in time (slow handshake, silence, dripping
                         // headers, HTTP/2 PINGs only): closed without an answer.
-                        ListenerMetrics::count(&metrics.closed, name, "header_timeout");
+                        metrics.closed(name, "header_timeout");
                         return;
                     }
                     (None, cur) if cur.idle_since != now.idle_since => {}
                     (None, _) => {
-                        ListenerMetrics::count(&metrics.closed, name, "idle_timeout");
+                        metrics.closed(name, "idle_timeout");
                         closing = Some(Instant::now());
                         conn.as_mut().graceful_shutdown();
                     }

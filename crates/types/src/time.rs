@@ -22,6 +22,33 @@ pub fn format_rfc3339_micros(secs: i64, micros: u32) -> String {
     out
 }
 
+/// Seconds since the epoch → an IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`, RFC 9110
+/// §5.6.7: HTTP's `Date`, `Expires`, `Last-Modified`). Years outside 0..=9999 are clamped.
+pub fn format_http_date(secs: i64) -> String {
+    const WEEKDAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let secs = secs.clamp(-62_167_219_200, 253_402_300_799);
+    let days = secs.div_euclid(86_400);
+    let s = secs.rem_euclid(86_400);
+    let (y, m, d) = civil_from_days(days);
+    let mut out = String::with_capacity(29);
+    out.push_str(WEEKDAYS[usize::try_from(days.rem_euclid(7)).unwrap_or(0)]);
+    out.push_str(", ");
+    push_digits(&mut out, d, 2);
+    out.push(' ');
+    out.push_str(MONTHS[usize::try_from(m - 1).unwrap_or(0)]);
+    out.push(' ');
+    push_digits(&mut out, y, 4);
+    for (sep, v) in [(' ', s / 3600), (':', (s / 60) % 60), (':', s % 60)] {
+        out.push(sep);
+        push_digits(&mut out, v, 2);
+    }
+    out.push_str(" GMT");
+    out
+}
+
 /// `YYYY-MM-DDTHH:MM:SS` without formatting machinery (audit timestamps are written twice per
 /// request); years outside 0..=9999 as `format!` would spell them.
 fn push_rfc3339_seconds(out: &mut String, secs: i64) {
@@ -157,6 +184,17 @@ mod tests {
             format_rfc3339_micros(1_796_504_400, 123_456),
             "2026-12-05T21:00:00.123456Z"
         );
+    }
+
+    #[test]
+    fn http_dates_are_imf_fixdates() {
+        assert_eq!(format_http_date(0), "Thu, 01 Jan 1970 00:00:00 GMT");
+        assert_eq!(format_http_date(784_111_777), "Sun, 06 Nov 1994 08:49:37 GMT");
+        assert_eq!(format_http_date(1_700_000_000), "Tue, 14 Nov 2023 22:13:20 GMT");
+        assert_eq!(format_http_date(951_782_400), "Tue, 29 Feb 2000 00:00:00 GMT");
+        assert_eq!(format_http_date(-1), "Wed, 31 Dec 1969 23:59:59 GMT");
+        assert_eq!(format_http_date(i64::MAX), "Fri, 31 Dec 9999 23:59:59 GMT");
+        assert_eq!(format_http_date(i64::MAX).len(), 29);
     }
 
     #[test]

@@ -456,6 +456,79 @@ publicURL: https://kubeflow.example.org\nuserIdHeader: x-goog-authenticated-user
     k.running.shutdown().await;
 }
 
+/// Requests pipelined in one write on one connection: plain `GET` and `HEAD` (the front door's
+/// lean loop), a `POST` with a chunked body whose data spells a request (handed to hyper with
+/// every byte already read), then a `GET` (hyper's now). Each is answered once, in order, and the
+/// body never reaches the upstream as a request, whichever side of the hand-over it lies on.
+#[tokio::test]
+async fn pipelined_requests_are_answered_in_order_and_a_body_is_never_a_request() {
+    let (raw, seen) = raw_upstream(|line| format!("<{line}>")).await;
+    let k = Kfsec::start(&format!(
+        "- prefix: /raw-open/\n  upstream: http://{raw}\n  public: true\n"
+    ))
+    .await;
+    let smuggled = "GET /raw-open/smuggled HTTP/1.1\r\nHost: localhost\r\n\r\n";
+    for split in [None, Some(60)] {
+        seen.lock().unwrap().clear();
+        let mut s = tls_to(&k, b"http/1.1").await;
+        let pipeline = format!(
+            "GET /raw-open/1 HTTP/1.1\r\nHost: localhost\r\n\r\n\
+             HEAD /raw-open/2 HTTP/1.1\r\nHost: localhost\r\n\r\n\
+             POST /raw-open/3 HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n\
+             {:x}\r\n{smuggled}\r\n0\r\n\r\n\
+             GET /raw-open/4 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+            smuggled.len()
+        );
+        match split {
+            // All at once, then in two writes cut inside the second request's head.
+            None => s.write_all(pipeline.as_bytes()).await.unwrap(),
+            Some(at) => {
+                s.write_all(&pipeline.as_bytes()[..at]).await.unwrap();
+                s.flush().await.unwrap();
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                s.write_all(&pipeline.as_bytes()[at..]).await.unwrap();
+            }
+        }
+        s.flush().await.unwrap();
+        let mut out = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
+            .await
+            .expect("the front door answered and closed")
+            .unwrap();
+        let text = String::from_utf8_lossy(&out);
+        assert_eq!(text.matches("HTTP/1.1 200 OK\r\n").count(), 4, "{text}");
+        let order: Vec<usize> = [
+            "<GET /raw-open/1 HTTP/1.1>",
+            "<POST /raw-open/3 HTTP/1.1>",
+            "<GET /raw-open/4 HTTP/1.1>",
+        ]
+        .iter()
+        .map(|b| text.find(b).unwrap_or_else(|| panic!("{b} missing: {text}")))
+        .collect();
+        assert!(order.windows(2).all(|w| w[0] < w[1]), "{text}");
+        assert!(
+            !text.contains("HEAD /raw-open/2") && !text.contains("smuggled"),
+            "{text}"
+        );
+        let lines: Vec<String> = seen
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|h| h.lines().next().unwrap_or_default().to_owned())
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                "GET /raw-open/1 HTTP/1.1",
+                "HEAD /raw-open/2 HTTP/1.1",
+                "POST /raw-open/3 HTTP/1.1",
+                "GET /raw-open/4 HTTP/1.1"
+            ],
+            "{split:?}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn forwarded_for_is_appended_only_for_trusted_proxies() {
     let (raw, seen) = raw_upstream(|_| "ok".into()).await;
