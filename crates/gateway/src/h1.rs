@@ -553,14 +553,18 @@ pub fn write_chunk(out: &mut Vec<u8>, data: &[u8]) {
     if data.is_empty() {
         return;
     }
+    write_chunk_size(out, data.len());
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends the size line of a chunk of `n` (> 0) bytes; its data and a CRLF follow.
+pub fn write_chunk_size(out: &mut Vec<u8>, n: usize) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let n = data.len();
-    let digits = (usize::BITS - n.leading_zeros()).div_ceil(4);
+    let digits = (usize::BITS - n.leading_zeros()).div_ceil(4).max(1);
     for i in (0..digits).rev() {
         out.push(HEX[(n >> (i * 4)) & 0xf]);
     }
-    out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(data);
     out.extend_from_slice(b"\r\n");
 }
 
@@ -617,6 +621,8 @@ pub fn write_response_head(
         }
         out.extend_from_slice(b"\r\n");
     }
+    let bodiless_status = status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
+    let head = *method == Method::HEAD;
     let mut close = close;
     let mut said_close = false;
     let mut has_date = false;
@@ -630,7 +636,8 @@ pub fn write_response_head(
             }
             continue;
         }
-        if name == TRANSFER_ENCODING {
+        // A `Trailer` announcement where no chunked body can follow is dropped, as hyper does.
+        if name == TRANSFER_ENCODING || (name == http::header::TRAILER && (head || bodiless_status)) {
             continue;
         }
         if name == CONNECTION {
@@ -647,8 +654,6 @@ pub fn write_response_head(
         out.extend_from_slice(b"\r\n");
     }
     let declared = declared.filter(|_| declared_ok);
-    let bodiless_status = status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
-    let head = *method == Method::HEAD;
     let (length, framing) = match body {
         _ if bodiless_status => (None, BodyFraming::None),
         _ if head => (

@@ -95,7 +95,18 @@ impl<S: Service> Lean<'_, S> {
         // idle timeout after the last one); looked at again, and moved, when it passes.
         let timer = tokio::time::sleep_until(self.header_deadline.min(Instant::now() + self.idle_timeout));
         tokio::pin!(timer);
+        // Whether the client roots changed since the handshake (looked at between requests, so a
+        // client pipelining without pause cannot outrun it).
+        let mut revoked = false;
+        // One wait for shutdown for the connection's life (not one registration per request).
+        let mut stop = stopping.clone();
+        let stopped = async move { drop(stop.wait_for(|s| *s).await) };
+        tokio::pin!(stopped);
         loop {
+            if *stopping.borrow() || (bound_to_roots && fired(replaced.as_mut(), &mut revoked).await) {
+                let _ = tokio::time::timeout(Duration::from_secs(1), io.shutdown()).await;
+                return End::Closed;
+            }
             let (request, keep_alive) = loop {
                 // A head that came in one read is parsed at once; one that comes in pieces only
                 // once a piece may have ended it.
@@ -103,6 +114,9 @@ impl<S: Service> Lean<'_, S> {
                     match h1::parse_request_head(&mut buf, MAX_HEADER_BYTES) {
                         RequestHead::Partial => {}
                         RequestHead::Lean { request, keep_alive } => break (request, keep_alive),
+                        // A connection that spoke HTTP/1.1 stays HTTP/1.1 (hyper's automatic
+                        // detection would take an HTTP/2 preface now).
+                        RequestHead::Other if last_done.is_some() && h2_preface(&buf) => return End::Closed,
                         RequestHead::Other => {
                             return End::Handoff {
                                 buffered: buf,
@@ -117,10 +131,8 @@ impl<S: Service> Lean<'_, S> {
                 }
                 tokio::select! {
                     biased;
-                    r = io.read_buf(&mut buf) => match r {
-                        Ok(0) | Err(_) => return End::Closed,
-                        Ok(_) => {}
-                    },
+                    () = &mut stopped => return End::Closed,
+                    () = &mut replaced, if bound_to_roots && !revoked => return End::Closed,
                     () = &mut timer => {
                         let deadline = last_done.map_or(self.header_deadline, |t| t + self.idle_timeout);
                         let now = Instant::now();
@@ -132,8 +144,10 @@ impl<S: Service> Lean<'_, S> {
                         }
                         timer.as_mut().reset(deadline.min(now + self.idle_timeout));
                     }
-                    () = async { drop(stopping.wait_for(|s| *s).await) } => return End::Closed,
-                    () = &mut replaced, if bound_to_roots => return End::Closed,
+                    r = io.read_buf(&mut buf) => match r {
+                        Ok(0) | Err(_) => return End::Closed,
+                        Ok(_) => {}
+                    },
                 }
             };
             searched = 0;
@@ -148,15 +162,31 @@ impl<S: Service> Lean<'_, S> {
                 Ok(_) => {
                     let app = &mut *self.app;
                     let Ok(()) = std::future::poll_fn(|cx| app.poll_ready(cx)).await;
-                    let Ok(resp) = app.call(req).await;
-                    resp
+                    let call = app.call(req);
+                    tokio::pin!(call);
+                    // The client is read meanwhile: one that hangs up ends its request (as hyper
+                    // does), releasing its places under the caps and its upstream connection.
+                    loop {
+                        tokio::select! {
+                            biased;
+                            r = &mut call => {
+                                let Ok(resp) = r;
+                                break resp;
+                            }
+                            r = io.read_buf(&mut buf), if buf.len() < MAX_HEADER_BYTES => match r {
+                                Ok(0) | Err(_) => return End::Closed,
+                                Ok(_) => {}
+                            },
+                        }
+                    }
                 }
                 Err(reason) => {
                     self.metrics.refused(self.name, reason);
                     busy()
                 }
             };
-            let close = !keep_alive || *stopping.borrow();
+            let close =
+                !keep_alive || *stopping.borrow() || (bound_to_roots && fired(replaced.as_mut(), &mut revoked).await);
             let (parts, body) = resp.into_parts();
             let size = if body.is_end_stream() {
                 BodySize::Empty
@@ -168,6 +198,13 @@ impl<S: Service> Lean<'_, S> {
             drop(parts);
             let sent = send(io, &mut out, body, framing, &mut buf).await;
             drop(permit);
+            // A large answer's or head's buffer is not kept for the connection's life.
+            if out.capacity() > 4 * COPY_MAX {
+                out = Vec::with_capacity(8 * 1024);
+            }
+            if buf.is_empty() && buf.capacity() > 4 * COPY_MAX {
+                buf = BytesMut::with_capacity(8 * 1024);
+            }
             match sent {
                 Ok(()) if !close => last_done = Some(Instant::now()),
                 Ok(()) => {
@@ -234,21 +271,31 @@ where
                 Err(_) => continue,
             },
         };
+        if data.is_empty() {
+            continue;
+        }
         match &mut left {
             Some(n) => {
-                let len = u64::try_from(data.len()).unwrap_or(u64::MAX);
-                if len > *n {
+                // More than the length said: what is owed is sent, then the connection ends.
+                let owed = usize::try_from(*n).unwrap_or(usize::MAX);
+                let overrun = data.len() > owed;
+                let data = if overrun { data.slice(..owed) } else { data };
+                *n -= u64::try_from(data.len()).unwrap_or(*n);
+                put(io, out, &data).await?;
+                if overrun {
+                    flush(io, out).await?;
                     return Err(SendError::Body);
                 }
-                *n -= len;
-                if data.len() > COPY_MAX {
-                    flush(io, out).await?;
-                    io.write_all(&data).await.map_err(SendError::Io)?;
-                } else {
-                    out.extend_from_slice(&data);
+                if *n == 0 {
+                    // Whole: the body is not waited on further.
+                    break;
                 }
             }
-            None => h1::write_chunk(out, &data),
+            None => {
+                h1::write_chunk_size(out, data.len());
+                put(io, out, &data).await?;
+                out.extend_from_slice(b"\r\n");
+            }
         }
         if out.len() > COPY_MAX {
             flush(io, out).await?;
@@ -260,6 +307,35 @@ where
         None => out.extend_from_slice(h1::LAST_CHUNK),
     }
     flush(io, out).await
+}
+
+/// Appends `data` behind what `out` holds, or, when it is large, writes both as they are
+/// (no copy of a large frame).
+async fn put<IO: AsyncWrite + Unpin>(io: &mut IO, out: &mut Vec<u8>, data: &[u8]) -> Result<(), SendError> {
+    if data.len() > COPY_MAX {
+        flush(io, out).await?;
+        io.write_all(data).await.map_err(SendError::Io)?;
+    } else {
+        out.extend_from_slice(data);
+    }
+    Ok(())
+}
+
+/// Whether `replaced` has resolved, looking once without waiting; once it has, it is not
+/// polled again (`done`).
+async fn fired(replaced: Pin<&mut impl Future<Output = ()>>, done: &mut bool) -> bool {
+    if !*done {
+        let mut replaced = replaced;
+        *done = std::future::poll_fn(|cx| Poll::Ready(replaced.as_mut().poll(cx).is_ready())).await;
+    }
+    *done
+}
+
+/// Whether `buf` starts as HTTP/2's connection preface does (RFC 9113 §3.4), whole or cut.
+fn h2_preface(buf: &[u8]) -> bool {
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let n = buf.len().min(PREFACE.len());
+    n > 0 && buf[..n] == PREFACE[..n]
 }
 
 /// Writes `out` whole and flushes.

@@ -1,7 +1,8 @@
 //! The TLS accept loop (after kanidm's): rustls handshake, HTTP/1.1 and HTTP/2 on one port with
 //! upgrades, the peer address attached to every request, connection caps and timeouts, graceful
 //! shutdown that lets in-flight requests finish; each accepted connection served whole on one
-//! per-core worker (`workers`); and the admin listener on its own thread.
+//! per-core worker (`workers`), its plain HTTP/1.1 requests by the lean loop (`lean`) until the
+//! first one that loop leaves to hyper; and the admin listener on its own thread.
 //!
 //! Invariants: TLS ≥ 1.2 (the `ServerConfig` comes from `kfsec-pki`); request headers are bounded
 //! (oversized → 431); every connection ends unless it has a request in flight: from accept (TLS

@@ -529,6 +529,60 @@ async fn pipelined_requests_are_answered_in_order_and_a_body_is_never_a_request(
     }
 }
 
+/// A client that hangs up while its request waits on a silent upstream ends that request: kfsec
+/// drops the upstream connection (so a client cannot hold upstream connections and places under
+/// the in-flight caps after leaving), on the lean path as on hyper's.
+#[tokio::test]
+async fn a_client_that_hangs_up_ends_its_request_upstream() {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent = l.local_addr().unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Duration>(4);
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                // Read the request and never answer; report when kfsec closes the connection.
+                let mut chunk = [0u8; 4096];
+                let mut got = 0;
+                let mut since = None;
+                loop {
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            got += n;
+                            since.get_or_insert_with(tokio::time::Instant::now);
+                        }
+                    }
+                }
+                if got > 0 {
+                    let _ = tx.send(since.map_or(Duration::ZERO, |t| t.elapsed())).await;
+                }
+            });
+        }
+    });
+    let k = Kfsec::start(&format!(
+        "- prefix: /silent/\n  upstream: http://{silent}\n  public: true\n"
+    ))
+    .await;
+    for body in ["", "POST"] {
+        let mut s = tls_to(&k, b"http/1.1").await;
+        let req = if body.is_empty() {
+            "GET /silent/a HTTP/1.1\r\nHost: localhost\r\n\r\n".to_owned()
+        } else {
+            "POST /silent/a HTTP/1.1\r\nHost: localhost\r\nContent-Length: 2\r\n\r\nok".to_owned()
+        };
+        s.write_all(req.as_bytes()).await.unwrap();
+        s.flush().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        drop(s);
+        let held = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .unwrap_or_else(|_| panic!("{body:?}: the upstream connection outlived the client"))
+            .unwrap();
+        assert!(held < Duration::from_secs(5), "{held:?}");
+    }
+}
+
 #[tokio::test]
 async fn forwarded_for_is_appended_only_for_trusted_proxies() {
     let (raw, seen) = raw_upstream(|_| "ok".into()).await;
