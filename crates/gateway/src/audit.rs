@@ -17,7 +17,7 @@ use std::task::{Context, Poll};
 
 use axum::body::Body;
 use axum::extract::Request;
-use axum::http::{HeaderValue, header};
+use axum::http::{HeaderName, HeaderValue, header};
 use axum::response::Response;
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
@@ -27,6 +27,9 @@ use kfsec_types::Identity;
 use kfsec_types::identity::UserInfo;
 
 use crate::App;
+
+/// `Audit-ID` as a typed name (a `&str` name is parsed again at every use).
+static AUDIT_ID: HeaderName = HeaderName::from_static(AUDIT_ID_HEADER);
 
 /// Opens the request's audit context (`None` when auditing is off) and puts it in the
 /// request's extensions. `forwarded`: the client address a trusted proxy reported.
@@ -42,7 +45,7 @@ pub(crate) fn begin(
     }
     let audit_id = req
         .headers()
-        .get(AUDIT_ID_HEADER)
+        .get(&AUDIT_ID)
         .and_then(|v| audit_id_from_client(v.as_bytes()))
         .map_or_else(|| app.audit_ids.next_id(), str::to_owned);
     let mut source_ips = Vec::with_capacity(2);
@@ -96,7 +99,11 @@ pub(crate) fn set_user(req: &Request, identity: &Identity) {
 /// Records a proxied route's decision on the request's audit context, if any.
 pub(crate) fn route_decision(req: &Request, prefix: &str, allowed: bool, why: &str) {
     if let Some(a) = req.extensions().get::<RequestAudit>() {
-        a.decision(allowed, format!("route {prefix}: {why}"));
+        let mut reason = String::with_capacity(8 + prefix.len() + why.len());
+        for part in ["route ", prefix, ": ", why] {
+            reason.push_str(part);
+        }
+        a.decision(allowed, reason);
     }
 }
 
@@ -107,7 +114,7 @@ pub(crate) fn finish(audit: Option<RequestAudit>, mut resp: Response) -> Respons
         return resp;
     };
     if let Ok(v) = HeaderValue::from_str(audit.audit_id()) {
-        resp.headers_mut().insert(AUDIT_ID_HEADER, v);
+        resp.headers_mut().insert(AUDIT_ID.clone(), v);
     }
     let code = resp.status().as_u16();
     if audit.response_started(code) {

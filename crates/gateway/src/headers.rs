@@ -137,13 +137,16 @@ pub fn apply_connection(h: &mut HeaderMap) {
     }
 }
 
+/// `X-Forwarded-For` as a typed name (a `&str` name is parsed again at every use).
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
 /// Removes every reserved header; `X-Forwarded-For` is then kept with `socket_peer` appended when
 /// the peer is a trusted proxy, and set to `socket_peer` otherwise. Returns the client address
 /// a trusted proxy reported (the last `X-Forwarded-For` entry), if any.
 pub fn sanitize(h: &mut HeaderMap, reserved: &Reserved, socket_peer: Option<IpAddr>, trusted: bool) -> Option<IpAddr> {
     apply_connection(h);
     let prior: Vec<String> = if trusted {
-        h.get_all("x-forwarded-for")
+        h.get_all(&X_FORWARDED_FOR)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .map(|v| v.trim().to_owned())
@@ -171,7 +174,7 @@ pub fn sanitize(h: &mut HeaderMap, reserved: &Reserved, socket_peer: Option<IpAd
     if !xff.is_empty()
         && let Ok(v) = HeaderValue::from_str(&xff)
     {
-        h.insert("x-forwarded-for", v);
+        h.insert(X_FORWARDED_FOR.clone(), v);
     }
     reported
 }

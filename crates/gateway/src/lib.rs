@@ -534,8 +534,9 @@ fn security_headers(mut resp: Response) -> Response {
 /// (its state cookie), and that login's callback would fail. Without the header (curl, an older
 /// browser) a GET is taken as a navigation, as before.
 fn is_navigation(headers: &http::HeaderMap) -> bool {
+    static SEC_FETCH_DEST: http::HeaderName = http::HeaderName::from_static("sec-fetch-dest");
     headers
-        .get("sec-fetch-dest")
+        .get(&SEC_FETCH_DEST)
         .and_then(|v| v.to_str().ok())
         .is_none_or(|d| matches!(d.to_ascii_lowercase().as_str(), "document" | "iframe" | "frame"))
 }
