@@ -541,22 +541,12 @@ pub enum BodyFraming {
     None,
     /// Exactly this many bytes (> 0): more is an error, fewer ends the connection.
     Length(u64),
-    /// In chunks ([`write_chunk`], then [`LAST_CHUNK`]).
+    /// In chunks (each a [`write_chunk_size`] line, the data and CRLF; then [`LAST_CHUNK`]).
     Chunked,
 }
 
 /// The end of a chunked body (no trailers).
 pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
-
-/// Appends one chunk of a chunked body (nothing for empty `data`: an empty chunk would end it).
-pub fn write_chunk(out: &mut Vec<u8>, data: &[u8]) {
-    if data.is_empty() {
-        return;
-    }
-    write_chunk_size(out, data.len());
-    out.extend_from_slice(data);
-    out.extend_from_slice(b"\r\n");
-}
 
 /// Appends the size line of a chunk of `n` (> 0) bytes; its data and a CRLF follow.
 pub fn write_chunk_size(out: &mut Vec<u8>, n: usize) {
@@ -930,15 +920,18 @@ mod tests {
     }
 
     #[test]
-    fn chunks_are_sized_in_hex_and_empty_data_writes_none() {
+    fn chunks_are_sized_in_hex() {
         let mut out = Vec::new();
-        write_chunk(&mut out, b"");
-        assert!(out.is_empty());
-        write_chunk(&mut out, &[b'a'; 26]);
+        write_chunk_size(&mut out, 26);
+        out.extend_from_slice(&[b'a'; 26]);
+        out.extend_from_slice(b"\r\n");
         out.extend_from_slice(LAST_CHUNK);
         assert_eq!(&out[..4], b"1a\r\n");
         let (body, trailers, rest) = dechunk(&out, 3).unwrap();
         assert_eq!((body, trailers.is_none(), rest.len()), (vec![b'a'; 26], true, 0));
+        let mut line = Vec::new();
+        write_chunk_size(&mut line, 0x1_0000);
+        assert_eq!(line, b"10000\r\n");
     }
 
     #[test]
