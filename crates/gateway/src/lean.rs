@@ -50,7 +50,7 @@ pub(crate) enum End {
 
 /// The connection's context.
 pub(crate) struct Lean<'a, S> {
-    pub app: &'a mut S,
+    pub app: &'a S,
     pub peer: std::net::IpAddr,
     pub cert_identity: Option<&'a ClientCertIdentity>,
     pub requests: &'a Arc<RequestCaps>,
@@ -76,11 +76,15 @@ enum SendError {
 
 impl<S: Service> Lean<'_, S> {
     /// Serves requests on `io` until the connection ends or is handed to hyper.
+    /// `stopping` and `replaced` are the connection's (`roots` waits for `replaced`); they are
+    /// asked with one atomic load per request, and their futures polled only once they may
+    /// have fired (`Gated`).
     pub(crate) async fn serve<IO>(
         self,
         io: &mut IO,
-        stopping: &mut watch::Receiver<bool>,
-        mut replaced: Pin<&mut impl Future<Output = ()>>,
+        stopping: &watch::Receiver<bool>,
+        replaced: &kfsec_pki::Replaced,
+        roots: &mut Gated<impl Future<Output = ()>>,
         bound_to_roots: bool,
     ) -> End
     where
@@ -95,15 +99,14 @@ impl<S: Service> Lean<'_, S> {
         // idle timeout after the last one); looked at again, and moved, when it passes.
         let timer = tokio::time::sleep_until(self.header_deadline.min(Instant::now() + self.idle_timeout));
         tokio::pin!(timer);
-        // Whether the client roots changed since the handshake (looked at between requests, so a
-        // client pipelining without pause cannot outrun it).
-        let mut revoked = false;
         // One wait for shutdown for the connection's life (not one registration per request).
         let mut stop = stopping.clone();
-        let stopped = async move { drop(stop.wait_for(|s| *s).await) };
-        tokio::pin!(stopped);
+        let mut stopped = Gated::new(async move { drop(stop.wait_for(|s| *s).await) });
+        // Whether the client roots changed since the handshake is looked at between requests
+        // too, so a client pipelining without pause cannot outrun it.
+        let revoked = || bound_to_roots && replaced.fired();
         loop {
-            if *stopping.borrow() || (bound_to_roots && fired(replaced.as_mut(), &mut revoked).await) {
+            if stop_asked(stopping) || revoked() {
                 let _ = tokio::time::timeout(Duration::from_secs(1), io.shutdown()).await;
                 return End::Closed;
             }
@@ -131,8 +134,8 @@ impl<S: Service> Lean<'_, S> {
                 }
                 tokio::select! {
                     biased;
-                    () = &mut stopped => return End::Closed,
-                    () = &mut replaced, if bound_to_roots && !revoked => return End::Closed,
+                    () = stopped.poll_if(|| may_have_changed(stopping)) => return End::Closed,
+                    () = roots.poll_if(|| replaced.fired()), if bound_to_roots => return End::Closed,
                     () = &mut timer => {
                         let deadline = last_done.map_or(self.header_deadline, |t| t + self.idle_timeout);
                         let now = Instant::now();
@@ -160,19 +163,14 @@ impl<S: Service> Lean<'_, S> {
             let permit = self.requests.try_acquire(self.address);
             let resp = match &permit {
                 Ok(_) => {
-                    let app = &mut *self.app;
-                    let Ok(()) = std::future::poll_fn(|cx| app.poll_ready(cx)).await;
-                    let call = app.call(req);
+                    let call = self.app.serve(req);
                     tokio::pin!(call);
                     // The client is read meanwhile: one that hangs up ends its request (as hyper
                     // does), releasing its places under the caps and its upstream connection.
                     loop {
                         tokio::select! {
                             biased;
-                            r = &mut call => {
-                                let Ok(resp) = r;
-                                break resp;
-                            }
+                            resp = &mut call => break resp,
                             r = io.read_buf(&mut buf), if buf.len() < MAX_HEADER_BYTES => match r {
                                 Ok(0) | Err(_) => return End::Closed,
                                 Ok(_) => {}
@@ -185,8 +183,7 @@ impl<S: Service> Lean<'_, S> {
                     busy()
                 }
             };
-            let close =
-                !keep_alive || *stopping.borrow() || (bound_to_roots && fired(replaced.as_mut(), &mut revoked).await);
+            let close = !keep_alive || stop_asked(stopping) || revoked();
             let (parts, body) = resp.into_parts();
             let size = if body.is_end_stream() {
                 BodySize::Empty
@@ -321,14 +318,48 @@ async fn put<IO: AsyncWrite + Unpin>(io: &mut IO, out: &mut Vec<u8>, data: &[u8]
     Ok(())
 }
 
-/// Whether `replaced` has resolved, looking once without waiting; once it has, it is not
-/// polled again (`done`).
-async fn fired(replaced: Pin<&mut impl Future<Output = ()>>, done: &mut bool) -> bool {
-    if !*done {
-        let mut replaced = replaced;
-        *done = std::future::poll_fn(|cx| Poll::Ready(replaced.as_mut().poll(cx).is_ready())).await;
+/// Whether `stopping` may have changed since the connection began (one atomic load; the lock
+/// of `borrow` only when it has).
+fn may_have_changed(stopping: &watch::Receiver<bool>) -> bool {
+    !matches!(stopping.has_changed(), Ok(false))
+}
+
+/// Whether kfsec is stopping.
+pub(crate) fn stop_asked(stopping: &watch::Receiver<bool>) -> bool {
+    may_have_changed(stopping) && *stopping.borrow()
+}
+
+/// A wait on a signal shared by every connection (shutdown, a replacement of the client roots),
+/// polled only when a cheap check says it may have fired. Polling a registered waiter of
+/// tokio's `Notify` takes the lock its waiters share, on every wake-up of every connection;
+/// once polled, the waiter stays registered, so the task is still woken when it fires.
+pub(crate) struct Gated<F> {
+    wait: Pin<Box<F>>,
+    registered: bool,
+}
+
+impl<F: Future> Gated<F> {
+    pub(crate) fn new(wait: F) -> Self {
+        Self {
+            wait: Box::pin(wait),
+            registered: false,
+        }
     }
-    *done
+
+    /// The wait, polled the first time (which registers it) and then only when
+    /// `may_have_fired()` (asked at each poll: a wake-up of the task may be the signal's).
+    pub(crate) fn poll_if<'a>(
+        &'a mut self,
+        may_have_fired: impl Fn() -> bool + 'a,
+    ) -> impl Future<Output = F::Output> + 'a {
+        std::future::poll_fn(move |cx| {
+            if self.registered && !may_have_fired() {
+                return Poll::Pending;
+            }
+            self.registered = true;
+            self.wait.as_mut().poll(cx)
+        })
+    }
 }
 
 /// Whether `buf` starts as HTTP/2's connection preface does (RFC 9113 §3.4), whole or cut.

@@ -20,6 +20,7 @@ mod panics;
 pub mod proxy;
 pub mod responses;
 pub mod session;
+pub mod sharded;
 mod upstream;
 pub mod workers;
 
@@ -349,15 +350,26 @@ impl App {
         }
     }
 
-    fn route_label(&self, path: &str) -> (Arc<String>, Option<usize>) {
+    fn route_label(&self, path: &str) -> Result<usize, String> {
         let names = metrics::RouteNames {
             idp_path: &self.idp_path,
             routes: &self.settings.routes,
-            route_labels: &self.route_labels,
             mount: self.mounts.owner(path).map(|m| m.name),
             page: self.pages.get().is_some_and(|p| p.owns(path)),
         };
         metrics::route_label(&names, path)
+    }
+
+    /// Counts a request of `route` (`App::route_label`) answered `code` after `seconds`.
+    fn record_request(&self, route: Result<usize, String>, code: u16, seconds: f64) {
+        match route {
+            Ok(i) if i < self.route_labels.len() => {
+                self.metrics
+                    .record(&self.route_labels[i], self.route_series.get(i), code, seconds);
+            }
+            Ok(_) => {}
+            Err(name) => self.metrics.record(&Arc::new(name), None, code, seconds),
+        }
     }
 }
 
@@ -384,9 +396,17 @@ impl tower::Service<Request> for FrontDoor {
     }
 }
 
+impl listener::Service for FrontDoor {
+    fn serve(&self, req: Request) -> impl std::future::Future<Output = Response> + Send + '_ {
+        let (app, gate) = &*self.0;
+        // (boxed: a connection's own future stays small while it waits for its next request)
+        Box::pin(edge(app, gate, req))
+    }
+}
+
 /// After the edge: the gate router for its endpoints, `protected` for everything else. (Not an
 /// `async fn`, whose future would hold both branches' futures one after the other.)
-fn dispatch(app: &Arc<App>, gate: &Router, req: Request) -> impl std::future::Future<Output = Response> + use<> {
+fn dispatch<'a>(app: &'a Arc<App>, gate: &Router, req: Request) -> impl std::future::Future<Output = Response> + 'a {
     use futures_util::future::Either;
     if app.gate_path(req.uri().path()) {
         // Boxed, as every branch off the proxied path: a future is as large as its largest
@@ -397,7 +417,7 @@ fn dispatch(app: &Arc<App>, gate: &Router, req: Request) -> impl std::future::Fu
             Err(never) => match never {},
         }));
     }
-    Either::Right(protected(State(app.clone()), req))
+    Either::Right(guarded(app, req))
 }
 
 /// Runs first on every request, before routing: the path is normalised (or refused with 400),
@@ -442,16 +462,10 @@ async fn edge(app: &Arc<App>, gate: &Router, mut req: Request) -> Response {
             };
             (resp, route)
         }
-        Some(resp) => (resp, (Arc::new("rejected".to_owned()), None)),
+        Some(resp) => (resp, Err("rejected".to_owned())),
     };
     let resp = audit::finish(request_audit, security_headers(resp));
-    let (route, configured) = route;
-    app.metrics.record(
-        route,
-        configured.and_then(|i| app.route_series.get(i)),
-        resp.status().as_u16(),
-        start.elapsed().as_secs_f64(),
-    );
+    app.record_request(route, resp.status().as_u16(), start.elapsed().as_secs_f64());
     resp
 }
 
@@ -541,7 +555,14 @@ fn is_navigation(headers: &http::HeaderMap) -> bool {
         .is_none_or(|d| matches!(d.to_ascii_lowercase().as_str(), "document" | "iframe" | "frame"))
 }
 
-async fn protected(State(app): State<Arc<App>>, mut req: Request) -> Response {
+/// The gate router's fallback.
+async fn protected(State(app): State<Arc<App>>, req: Request) -> Response {
+    guarded(&app, req).await
+}
+
+/// Everything that is not the IdP or the gatekeeper's own endpoints: the session or credential
+/// checked, then a configured route proxied, kfsec's own APIs or pages served, or refused.
+async fn guarded(app: &Arc<App>, mut req: Request) -> Response {
     let path = req.uri().path().to_owned();
     let route = app
         .settings

@@ -317,11 +317,11 @@ impl Drop for Slot {
 
 /// The in-flight request caps of one listener: a total, and one count per client address that
 /// the address's connections share. A connection takes its address's count once
-/// ([`RequestCaps::address`]), so a request costs a few atomic operations — no lock and no
-/// lookup on the request path.
+/// ([`RequestCaps::address`]), so a request costs two atomic additions and two subtractions —
+/// no lock, no lookup, no reference count on the request path. The total is the in-flight
+/// gauge itself (`kfsec_listener_requests_in_flight`): one count, not two.
 #[derive(Debug)]
 pub(crate) struct RequestCaps {
-    total: AtomicUsize,
     max: usize,
     per_address: usize,
     gauge: Gauge,
@@ -338,18 +338,37 @@ struct Addresses {
     sweep_at: usize,
 }
 
-/// One in-flight request's place under the [`RequestCaps`]; released when its answer's body is
-/// dropped.
+/// One in-flight request's place under the [`RequestCaps`], released when dropped (the lean
+/// loop's, held while it answers).
 #[derive(Debug)]
-pub(crate) struct RequestSlot {
+pub(crate) struct RequestSlot<'a> {
+    caps: &'a RequestCaps,
+    address: &'a AtomicUsize,
+}
+
+impl Drop for RequestSlot<'_> {
+    fn drop(&mut self) {
+        self.caps.release(self.address);
+    }
+}
+
+/// [`RequestSlot`] that owns its counts (hyper's path: released when the answer's body is
+/// dropped, which may outlive the connection's task).
+#[derive(Debug)]
+pub(crate) struct OwnedRequestSlot {
     caps: Arc<RequestCaps>,
     address: Arc<AtomicUsize>,
+}
+
+impl Drop for OwnedRequestSlot {
+    fn drop(&mut self) {
+        self.caps.release(&self.address);
+    }
 }
 
 impl RequestCaps {
     fn new(max: usize, per_address: usize, gauge: Gauge) -> Arc<Self> {
         Arc::new(Self {
-            total: AtomicUsize::new(0),
             max: max.max(1),
             per_address: per_address.max(1),
             gauge,
@@ -375,29 +394,48 @@ impl RequestCaps {
 
     /// A place for one request of the address whose count is `address`, or the metric reason
     /// of the refusal (`max_requests`, `max_requests_per_address`).
-    pub(crate) fn try_acquire(self: &Arc<Self>, address: &Arc<AtomicUsize>) -> Result<RequestSlot, &'static str> {
-        if self.total.fetch_add(1, Ordering::AcqRel) >= self.max {
-            self.total.fetch_sub(1, Ordering::AcqRel);
-            return Err("max_requests");
-        }
-        if address.fetch_add(1, Ordering::AcqRel) >= self.per_address {
-            address.fetch_sub(1, Ordering::AcqRel);
-            self.total.fetch_sub(1, Ordering::AcqRel);
-            return Err("max_requests_per_address");
-        }
-        self.gauge.inc();
-        Ok(RequestSlot {
+    pub(crate) fn try_acquire<'a>(&'a self, address: &'a AtomicUsize) -> Result<RequestSlot<'a>, &'static str> {
+        self.take(address)?;
+        Ok(RequestSlot { caps: self, address })
+    }
+
+    /// [`Self::try_acquire`] for a place that owns its counts.
+    pub(crate) fn try_acquire_owned(
+        self: &Arc<Self>,
+        address: &Arc<AtomicUsize>,
+    ) -> Result<OwnedRequestSlot, &'static str> {
+        self.take(address)?;
+        Ok(OwnedRequestSlot {
             caps: self.clone(),
             address: address.clone(),
         })
     }
-}
 
-impl Drop for RequestSlot {
-    fn drop(&mut self) {
-        self.address.fetch_sub(1, Ordering::AcqRel);
-        self.caps.total.fetch_sub(1, Ordering::AcqRel);
-        self.caps.gauge.dec();
+    /// Counts one more request, or refuses it leaving the counts as they were (a refused
+    /// request is taken back at once: the gauge shows it for no longer).
+    fn take(&self, address: &AtomicUsize) -> Result<(), &'static str> {
+        let before = self.gauge.inc();
+        if usize::try_from(before).is_ok_and(|n| n >= self.max) {
+            self.gauge.dec();
+            return Err("max_requests");
+        }
+        if address.fetch_add(1, Ordering::AcqRel) >= self.per_address {
+            address.fetch_sub(1, Ordering::AcqRel);
+            self.gauge.dec();
+            return Err("max_requests_per_address");
+        }
+        Ok(())
+    }
+
+    fn release(&self, address: &AtomicUsize) {
+        address.fetch_sub(1, Ordering::AcqRel);
+        self.gauge.dec();
+    }
+
+    /// Requests in flight (tests).
+    #[cfg(test)]
+    fn total(&self) -> i64 {
+        self.gauge.get()
     }
 }
 
@@ -550,11 +588,11 @@ struct TrackedBody {
     in_flight: InFlight,
     handed_over: bool,
     /// The request's place under the in-flight caps.
-    _permit: Option<RequestSlot>,
+    _permit: Option<OwnedRequestSlot>,
 }
 
 impl TrackedBody {
-    fn new(inner: axum::body::Body, in_flight: InFlight, permit: Option<RequestSlot>) -> Self {
+    fn new(inner: axum::body::Body, in_flight: InFlight, permit: Option<OwnedRequestSlot>) -> Self {
         Self {
             inner,
             in_flight,
@@ -810,9 +848,21 @@ type Resp = axum::response::Response;
 pub trait Service:
     tower::Service<Req, Response = Resp, Error = Infallible, Future: Send> + Send + Sync + 'static
 {
+    /// Serves `req` with the service borrowed (the lean loop's call: nothing is cloned for it).
+    fn serve(&self, req: Req) -> impl Future<Output = Resp> + Send + '_;
 }
 
-impl<S: tower::Service<Req, Response = Resp, Error = Infallible, Future: Send> + Send + Sync + 'static> Service for S {}
+impl Service for axum::Router {
+    fn serve(&self, req: Req) -> impl Future<Output = Resp> + Send + '_ {
+        let call = tower::ServiceExt::oneshot(self.clone(), req);
+        async move {
+            match call.await {
+                Ok(resp) => resp,
+                Err(never) => match never {},
+            }
+        }
+    }
+}
 
 /// One accepted connection.
 struct Connection<S> {
@@ -846,7 +896,7 @@ impl<S: Service + Clone> Connection<S> {
         io: Counted,
         accepted: Instant,
         acceptor: TlsAcceptor,
-        replaced: impl Future<Output = ()>,
+        replaced: kfsec_pki::Replaced,
         mut stopping: watch::Receiver<bool>,
     ) {
         let Self {
@@ -885,16 +935,15 @@ impl<S: Service + Clone> Connection<S> {
         let bound_to_roots = cert_identity.is_some();
         // The in-flight count of this client's address, taken once for all its requests.
         let address = requests.address(peer.ip());
-        tokio::pin!(replaced);
+        let mut roots = crate::lean::Gated::new(replaced.clone().wait());
         let mut tls = tls;
-        let mut app = app;
         // HTTP/1.1's plain requests are served by the lean loop until the first one it leaves
         // to hyper; HTTP/2 is hyper's from the start.
         let (buffered, last_done) = if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
             (bytes::BytesMut::new(), None)
         } else {
             let lean = crate::lean::Lean {
-                app: &mut app,
+                app: &app,
                 peer: peer.ip(),
                 cert_identity: cert_identity.as_ref(),
                 requests: &requests,
@@ -905,7 +954,7 @@ impl<S: Service + Clone> Connection<S> {
                 idle_timeout: limits.idle_timeout,
             };
             match lean
-                .serve(&mut tls, &mut stopping, replaced.as_mut(), bound_to_roots)
+                .serve(&mut tls, &stopping, &replaced, &mut roots, bound_to_roots)
                 .await
             {
                 crate::lean::End::Closed => return,
@@ -931,7 +980,7 @@ impl<S: Service + Clone> Connection<S> {
             }
             let app = app.clone();
             let stall = StallTimer::new(idle_timeout);
-            let permit = requests.try_acquire(&address).map_err(|reason| {
+            let permit = requests.try_acquire_owned(&address).map_err(|reason| {
                 refusals.refused(name, reason);
             });
             async move {
@@ -971,7 +1020,7 @@ impl<S: Service + Clone> Connection<S> {
                     closing = Some(Instant::now());
                     conn.as_mut().graceful_shutdown();
                 }
-                () = &mut replaced, if bound_to_roots && closing.is_none() => {
+                () = roots.poll_if(|| replaced.fired()), if bound_to_roots && closing.is_none() => {
                     closing = Some(Instant::now());
                     conn.as_mut().graceful_shutdown();
                 }
@@ -1104,7 +1153,13 @@ mod tests {
         let _r4 = caps.try_acquire(&a1).unwrap();
         assert_eq!(caps.try_acquire(&a2).unwrap_err(), "max_requests");
         // refusals leave no count behind
-        assert_eq!((caps.total.load(Ordering::Relaxed), a1.load(Ordering::Relaxed)), (3, 2));
+        assert_eq!((caps.total(), a1.load(Ordering::Relaxed)), (3, 2));
+        // an owned place counts the same
+        drop(_r4);
+        let owned = caps.try_acquire_owned(&a1).unwrap();
+        assert_eq!(caps.try_acquire(&b).unwrap_err(), "max_requests");
+        drop(owned);
+        assert_eq!((caps.total(), a1.load(Ordering::Relaxed)), (2, 1));
     }
 
     #[test]
@@ -1126,11 +1181,7 @@ mod tests {
             }
         });
         assert!(peak.load(Ordering::Relaxed) <= 5, "never more than the cap at once");
-        assert_eq!(
-            (caps.total.load(Ordering::Relaxed), address.load(Ordering::Relaxed)),
-            (0, 0)
-        );
-        assert_eq!(caps.gauge.get(), 0);
+        assert_eq!((caps.total(), address.load(Ordering::Relaxed)), (0, 0));
     }
 
     #[test]

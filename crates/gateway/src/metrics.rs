@@ -7,10 +7,11 @@
 use std::sync::Arc;
 
 use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::histogram::exponential_buckets;
 use prometheus_client::registry::Registry;
+
+use crate::sharded::{ShardedCounter, ShardedHistogram};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct RequestLabels {
@@ -23,18 +24,18 @@ pub(crate) struct RouteLabel {
     pub route: Arc<String>,
 }
 
-/// HTTP metrics.
+/// HTTP metrics (per-worker cells: [`crate::sharded`]).
 #[derive(Clone)]
 pub(crate) struct HttpMetrics {
-    pub requests: Family<RequestLabels, Counter>,
-    pub latency: Family<RouteLabel, Histogram, fn() -> Histogram>,
+    pub requests: Family<RequestLabels, ShardedCounter>,
+    pub latency: Family<RouteLabel, ShardedHistogram, fn() -> ShardedHistogram>,
 }
 
 impl HttpMetrics {
     pub fn register(registry: &mut Registry) -> Self {
-        let requests = Family::<RequestLabels, Counter>::default();
-        let latency: Family<RouteLabel, Histogram, fn() -> Histogram> =
-            Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.0005, 2.0, 16)));
+        let requests = Family::<RequestLabels, ShardedCounter>::default();
+        let latency: Family<RouteLabel, ShardedHistogram, fn() -> ShardedHistogram> =
+            Family::new_with_constructor(|| ShardedHistogram::new(exponential_buckets(0.0005, 2.0, 16)));
         registry.register(
             "kfsec_http_requests",
             "Front-door requests by route (surface, endpoint or configured route prefix) and status",
@@ -64,7 +65,7 @@ impl HttpMetrics {
 
     /// Counts one answer of `route` with `code` after `seconds`; `series`: the route's own
     /// (a configured route's, made by [`Self::route_series`]), which needs no lookup for a 200.
-    pub fn record(&self, route: Arc<String>, series: Option<&RouteSeries>, code: u16, seconds: f64) {
+    pub fn record(&self, route: &Arc<String>, series: Option<&RouteSeries>, code: u16, seconds: f64) {
         match series {
             Some(s) if code == 200 => s.ok.inc(),
             _ => self
@@ -77,16 +78,19 @@ impl HttpMetrics {
         };
         match series {
             Some(s) => s.latency.observe(seconds),
-            None => self.latency.get_or_create(&RouteLabel { route }).observe(seconds),
+            None => self
+                .latency
+                .get_or_create(&RouteLabel { route: route.clone() })
+                .observe(seconds),
         }
     }
 }
 
 /// One configured route's series (the same as its labels' in the families: clones share them).
 pub(crate) struct RouteSeries {
-    latency: Histogram,
+    latency: ShardedHistogram,
     /// Its `code="200"` requests.
-    ok: Counter,
+    ok: ShardedCounter,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -99,7 +103,12 @@ struct DecisionLabels {
 /// surface that asked (`api`, `kfp`, `kfam`, `proxy`, `gatekeeper`, `webhook`…) and its outcome
 /// (`allow` or `deny`). Cheap to clone; every clone counts into the same family.
 #[derive(Clone, Debug, Default)]
-pub struct Decisions(Family<DecisionLabels, Counter>);
+pub struct Decisions {
+    family: Family<DecisionLabels, ShardedCounter>,
+    /// The front door's own series (its allow/deny of a proxied route), looked up once: the
+    /// family's lookup takes a lock every core shares.
+    proxy: Arc<[std::sync::OnceLock<ShardedCounter>; 2]>,
+}
 
 impl Decisions {
     /// A new family, registered in `registry`.
@@ -108,20 +117,31 @@ impl Decisions {
         registry.register(
             "kfsec_authz_decisions",
             "Authorization decisions by surface (api, kfp, kfam, proxy, gatekeeper, webhook) and decision (allow, deny)",
-            d.0.clone(),
+            d.family.clone(),
         );
         d
     }
 
+    fn series(&self, surface: &'static str, allowed: bool) -> ShardedCounter {
+        let decision = if allowed { "allow" } else { "deny" };
+        self.family.get_or_create(&DecisionLabels { surface, decision }).clone()
+    }
+
     /// Counts one decision of `surface` (a fixed name, never request data).
     pub fn record(&self, surface: &'static str, allowed: bool) {
-        let decision = if allowed { "allow" } else { "deny" };
-        self.0.get_or_create(&DecisionLabels { surface, decision }).inc();
+        if surface == "proxy" {
+            self.proxy[usize::from(allowed)]
+                .get_or_init(|| self.series(surface, allowed))
+                .inc();
+        } else {
+            let decision = if allowed { "allow" } else { "deny" };
+            self.family.get_or_create(&DecisionLabels { surface, decision }).inc();
+        }
     }
 
     /// The count so far (tests).
     pub fn count(&self, surface: &'static str, decision: &'static str) -> u64 {
-        self.0.get_or_create(&DecisionLabels { surface, decision }).get()
+        self.family.get_or_create(&DecisionLabels { surface, decision }).get()
     }
 }
 
@@ -161,8 +181,6 @@ pub(crate) struct RouteNames<'a> {
     pub idp_path: &'a str,
     /// Configured routes.
     pub routes: &'a [crate::proxy::Route],
-    /// Their labels (their prefixes), made once: a proxied request's label is not a new string.
-    pub route_labels: &'a [Arc<String>],
     /// The mounted surface owning the path, if any (`api`, `kfp`, `kfam`, `dashboard`).
     pub mount: Option<&'static str>,
     /// Whether kfsec's own pages own the path.
@@ -171,17 +189,9 @@ pub(crate) struct RouteNames<'a> {
 
 /// The bounded route label of `path`: `dex-<endpoint>`, `authservice-<endpoint>`,
 /// `oauth2-<endpoint>`, the mounted surface's name, a configured route's prefix (the longest
-/// that matches, as the proxy chooses), `pages`, `home`, or `other`.
-/// With the label, the index of the configured route when the label is one's.
-pub(crate) fn route_label(names: &RouteNames<'_>, path: &str) -> (Arc<String>, Option<usize>) {
-    match named_label(names, path) {
-        Ok(route) => (names.route_labels.get(route).cloned().unwrap_or_default(), Some(route)),
-        Err(name) => (Arc::new(name), None),
-    }
-}
-
-/// The index of the configured route whose prefix labels `path`, or the label's text.
-fn named_label(names: &RouteNames<'_>, path: &str) -> Result<usize, String> {
+/// that matches, as the proxy chooses), `pages`, `home`, or `other`. A configured route's label
+/// is given as the route's index (its label and series are made once, at start).
+pub(crate) fn route_label(names: &RouteNames<'_>, path: &str) -> Result<usize, String> {
     let first = |rest: &str| rest.split('/').next().unwrap_or_default().to_owned();
     if !names.idp_path.is_empty()
         && let Some(rest) = path.strip_prefix(names.idp_path)
@@ -273,10 +283,10 @@ mod tests {
         let m = HttpMetrics::register(&mut registry);
         let app = Arc::new("/app/".to_owned());
         let series = m.route_series(&app);
-        m.record(app.clone(), Some(&series), 200, 0.001);
-        m.record(app.clone(), Some(&series), 200, 0.001);
-        m.record(app.clone(), Some(&series), 404, 0.001);
-        m.record(Arc::new("home".to_owned()), None, 200, 0.001);
+        m.record(&app, Some(&series), 200, 0.001);
+        m.record(&app, Some(&series), 200, 0.001);
+        m.record(&app, Some(&series), 404, 0.001);
+        m.record(&Arc::new("home".to_owned()), None, 200, 0.001);
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &registry).unwrap();
         for want in [
@@ -293,7 +303,7 @@ mod tests {
     #[test]
     fn the_text_format_names_counters_and_infos_as_their_samples() {
         let mut registry = Registry::default();
-        let c = Counter::<u64>::default();
+        let c = prometheus_client::metrics::counter::Counter::<u64>::default();
         c.inc();
         registry.register("kfsec_x", "An x", c);
         registry.register(
@@ -321,13 +331,15 @@ mod tests {
     #[test]
     fn labels_are_bounded_whatever_the_path() {
         let routes = [route("/jupyter/"), route("/jupyter/lab/")];
-        let labels: Vec<Arc<String>> = routes.iter().map(|r| Arc::new(r.prefix.clone())).collect();
         let names = |mount, page| RouteNames {
             idp_path: "/dex",
             routes: &routes,
-            route_labels: &labels,
             mount,
             page,
+        };
+        let label = |names: &RouteNames<'_>, path: &str| match route_label(names, path) {
+            Ok(i) => routes[i].prefix.clone(),
+            Err(name) => name,
         };
         let plain = names(None, false);
         for (path, want) in [
@@ -347,18 +359,12 @@ mod tests {
             ("/", "home"),
             ("/random/abc123", "other"),
         ] {
-            assert_eq!(*route_label(&plain, path).0, want, "{path}");
+            assert_eq!(label(&plain, path), want, "{path}");
         }
-        assert_eq!(
-            *route_label(&names(Some("kfp"), false), "/pipeline/apis/v2beta1/runs").0,
-            "kfp"
-        );
-        assert_eq!(
-            *route_label(&names(None, true), "/workspaces/a/contributors").0,
-            "pages"
-        );
-        // A proxied route's label is the one made at start, not a new string.
-        assert!(Arc::ptr_eq(&route_label(&plain, "/jupyter/x").0, &labels[0]));
+        assert_eq!(label(&names(Some("kfp"), false), "/pipeline/apis/v2beta1/runs"), "kfp");
+        assert_eq!(label(&names(None, true), "/workspaces/a/contributors"), "pages");
+        // A proxied route's label is its index: its label and series were made at start.
+        assert_eq!(route_label(&plain, "/jupyter/x"), Ok(0));
     }
 
     #[test]

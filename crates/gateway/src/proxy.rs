@@ -559,8 +559,10 @@ impl Proxy {
                 };
                 pool.send(out, upgrade).await
             }
+            // (boxed: a TLS connection's state is large, and would otherwise be part of every
+            // proxied request's future, copied at each step)
             Some(_) => match self.tls.get(&route.prefix) {
-                Some(pool) => pool.send(out, upgrade).await,
+                Some(pool) => Box::pin(pool.send(out, upgrade)).await,
                 None => {
                     tracing::warn!(route = %route.prefix, "no TLS client for this route");
                     return bad_gateway(mounts, uri.path());

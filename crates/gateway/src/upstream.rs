@@ -423,14 +423,15 @@ impl<C: Connect, B: ReqBody> Pool<C, B> {
         drop(req);
         let (mut conn, mut reused) = match self.lean.checkout(self.idle_timeout, Lean::settle) {
             Some(conn) => (conn, true),
-            None => (Lean::new(self.connect.connect().await?), false),
+            // (boxed: connecting is rare, and its future large)
+            None => (Lean::new(Box::pin(self.connect.connect()).await?), false),
         };
         let answer = loop {
             match conn.exchange(&head, &method).await {
                 Ok(answer) => break answer,
                 Err((e, unanswered)) if reused && unanswered => {
                     tracing::debug!(error = %e, "reused upstream connection was closed; retrying");
-                    conn = Lean::new(self.connect.connect().await?);
+                    conn = Lean::new(Box::pin(self.connect.connect()).await?);
                     reused = false;
                 }
                 Err((e, _)) => return Err(e),

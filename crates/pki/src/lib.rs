@@ -26,7 +26,7 @@ pub use authority::{CaSet, PreviousCa, bundle_path};
 pub use ca::{CertificateAuthority, IssuedCert, KeyAlgorithm};
 pub use error::PkiError;
 pub use files::{write_private_file, write_public_file};
-pub use live::{LiveRoots, LiveServerConfig, client_config_live};
+pub use live::{LiveRoots, LiveServerConfig, Replaced, client_config_live};
 pub use reload::{OnFileChange, ReloadingResolver};
 pub use rng::OsRng;
 pub use tls::{

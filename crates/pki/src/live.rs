@@ -163,13 +163,34 @@ impl LiveServerConfig {
         self.inner.send_replace(Arc::new(config));
     }
 
-    /// Resolves at the next [`Self::replace`].
-    pub fn replaced(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
-        let mut rx = self.inner.subscribe();
-        async move {
-            if rx.changed().await.is_err() {
-                std::future::pending::<()>().await;
-            }
+    /// Tells whether [`Self::replace`] was called after this call.
+    pub fn replaced(&self) -> Replaced {
+        Replaced(self.inner.subscribe())
+    }
+}
+
+/// A connection's view of its [`LiveServerConfig`]'s replacements since it was taken
+/// ([`LiveServerConfig::replaced`]).
+#[derive(Clone)]
+pub struct Replaced(tokio::sync::watch::Receiver<Arc<ServerConfig>>);
+
+impl fmt::Debug for Replaced {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Replaced").field(&self.fired()).finish()
+    }
+}
+
+impl Replaced {
+    /// Whether the config was replaced since (one atomic load, no lock: cheap enough to ask
+    /// before every request).
+    pub fn fired(&self) -> bool {
+        matches!(self.0.has_changed(), Ok(true))
+    }
+
+    /// Resolves at the first replacement since (never, once the config is dropped).
+    pub async fn wait(mut self) {
+        if self.0.changed().await.is_err() {
+            std::future::pending::<()>().await;
         }
     }
 }
