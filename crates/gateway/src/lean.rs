@@ -334,14 +334,16 @@ pub(crate) fn stop_asked(stopping: &watch::Receiver<bool>) -> bool {
 /// tokio's `Notify` takes the lock its waiters share, on every wake-up of every connection;
 /// once polled, the waiter stays registered, so the task is still woken when it fires.
 pub(crate) struct Gated<F> {
-    wait: Pin<Box<F>>,
+    wait: Pin<Box<tokio::task::Unconstrained<F>>>,
     registered: bool,
 }
 
 impl<F: Future> Gated<F> {
     pub(crate) fn new(wait: F) -> Self {
         Self {
-            wait: Box::pin(wait),
+            // (unconstrained: a poll is never turned away for the task's cooperative budget,
+            // which would leave the wait unregistered and the gate shut)
+            wait: Box::pin(tokio::task::unconstrained(wait)),
             registered: false,
         }
     }

@@ -803,9 +803,10 @@ pub async fn serve_tls<S>(
         };
         let _ = tcp.set_nodelay(true);
         let accepted = Instant::now();
-        // The config current at accept time (client roots change with a CA rotation).
-        let acceptor = TlsAcceptor::from(tls.current());
+        // The config current at accept time (client roots change with a CA rotation); its
+        // replacements are watched from before it is taken, so none is missed.
         let replaced = tls.replaced();
+        let acceptor = TlsAcceptor::from(tls.current());
         let conn = Connection {
             name,
             peer,

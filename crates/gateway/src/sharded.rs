@@ -5,9 +5,9 @@
 //! per observation, its `Counter` is one atomic shared by every core).
 //!
 //! Invariants: a cell is only ever added to (relaxed atomic additions: exact counts, no lost
-//! update, also from threads that are not workers, which share cell 0); a scrape reads every
-//! cell once, so it may see an observation's count without its sum for an instant, never a
-//! count that goes back.
+//! update, also from threads that are not workers, which share cell 0, and from workers that
+//! share a cell on machines with more cores than cells); a scrape reads every cell once, so it
+//! may see an observation's count without its sum for an instant, never a count that goes back.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,30 +15,82 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::{MetricType, TypedMetric};
 
-/// One cell per worker plus one (index 0) for every other thread.
+/// Cells: one per worker plus one (index 0) for every other thread, at most [`MAX_CELLS`].
 fn cells() -> usize {
     static CELLS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *CELLS.get_or_init(|| std::thread::available_parallelism().map_or(1, usize::from) + 1)
+    *CELLS.get_or_init(|| (std::thread::available_parallelism().map_or(1, usize::from) + 1).min(MAX_CELLS))
 }
+
+/// The most cells a metric has: on a larger machine workers share cells (a series' memory, and
+/// a scrape's work, stay bounded: the `code` label of a route's requests is the upstream's).
+const MAX_CELLS: usize = 9;
 
 /// This thread's cell among `n`.
 fn mine(n: usize) -> usize {
-    let w = crate::workers::current();
-    if w < n { w } else { 0 }
+    cell_of(crate::workers::current(), n)
 }
 
-/// Keeps a cell on cache lines no other cell shares (adjacent-line prefetch included).
+/// Worker `w`'s cell among `n` (`w` 0: not a worker): its own, or shared by workers `n - 1`
+/// apart; never out of range.
+fn cell_of(w: usize, n: usize) -> usize {
+    match w {
+        0 => 0,
+        _ if n < 2 => 0,
+        w => (w - 1) % (n - 1) + 1,
+    }
+}
+
+/// One cache line of values.
 #[derive(Debug, Default)]
-#[repr(align(128))]
-struct Padded<T>(T);
+#[repr(align(64))]
+struct Line([AtomicU64; 8]);
+
+/// `values` counts per cell, each cell on whole cache lines of its own.
+#[derive(Debug)]
+struct Cells {
+    lines: Box<[Line]>,
+    /// Lines per cell.
+    per_cell: usize,
+}
+
+impl Cells {
+    fn new(values: usize) -> Self {
+        let per_cell = values.div_ceil(8).max(1);
+        Self {
+            lines: (0..cells() * per_cell).map(|_| Line::default()).collect(),
+            per_cell,
+        }
+    }
+
+    fn count(&self) -> usize {
+        self.lines.len() / self.per_cell
+    }
+
+    /// Value `k` of cell `cell`.
+    fn value(&self, cell: usize, k: usize) -> &AtomicU64 {
+        &self.lines[cell * self.per_cell + k / 8].0[k % 8]
+    }
+
+    /// Value `k` of this thread's cell.
+    fn mine(&self, k: usize) -> &AtomicU64 {
+        self.value(mine(self.count()), k)
+    }
+
+    /// Value `k` summed over the cells.
+    fn sum(&self, k: usize) -> u64 {
+        (0..self.count())
+            .map(|c| self.value(c, k).load(Ordering::Relaxed))
+            .sum()
+    }
+}
 
 /// A monotonic counter (`MetricType::Counter`).
 #[derive(Debug, Clone)]
-pub struct ShardedCounter(Arc<[Padded<AtomicU64>]>);
+pub struct ShardedCounter(Arc<Cells>);
 
 impl Default for ShardedCounter {
     fn default() -> Self {
-        Self((0..cells()).map(|_| Padded::default()).collect())
+        Self(Arc::new(Cells::new(1)))
     }
 }
 
@@ -50,12 +102,12 @@ impl ShardedCounter {
 
     /// Adds `n`.
     pub fn inc_by(&self, n: u64) {
-        self.0[mine(self.0.len())].0.fetch_add(n, Ordering::Relaxed);
+        self.0.mine(0).fetch_add(n, Ordering::Relaxed);
     }
 
     /// The total.
     pub fn get(&self) -> u64 {
-        self.0.iter().map(|c| c.0.load(Ordering::Relaxed)).sum()
+        self.0.sum(0)
     }
 }
 
@@ -73,23 +125,19 @@ impl EncodeMetric for ShardedCounter {
     }
 }
 
-/// One cell of a [`ShardedHistogram`].
-#[derive(Debug)]
-struct HistogramCell {
-    /// The sum's `f64` bits (updated by compare-and-swap; uncontended within a worker).
-    sum: AtomicU64,
-    count: AtomicU64,
-    /// Observations per bucket, not cumulative; the last one is `+Inf`'s.
-    buckets: Box<[AtomicU64]>,
-}
-
-/// A classic histogram (`MetricType::Histogram`) with fixed upper bounds.
+/// A classic histogram (`MetricType::Histogram`) with fixed upper bounds. Each cell holds the
+/// sum's `f64` bits (value 0, updated by compare-and-swap, uncontended within a worker), the
+/// count (1), and each bucket's observations (2…), not cumulative, the last being `+Inf`'s.
 #[derive(Debug, Clone)]
 pub struct ShardedHistogram {
     /// Upper bounds, ascending, then `+Inf`.
     bounds: Arc<[f64]>,
-    cells: Arc<[Padded<HistogramCell>]>,
+    cells: Arc<Cells>,
 }
+
+const SUM: usize = 0;
+const COUNT: usize = 1;
+const BUCKETS: usize = 2;
 
 impl ShardedHistogram {
     /// A histogram with these upper bounds (ascending; a bound that is not finite is left out,
@@ -99,51 +147,44 @@ impl ShardedHistogram {
             .filter(|b| b.is_finite())
             .chain(std::iter::once(f64::INFINITY))
             .collect();
-        let cells = (0..cells())
-            .map(|_| {
-                Padded(HistogramCell {
-                    sum: AtomicU64::new(0f64.to_bits()),
-                    count: AtomicU64::new(0),
-                    buckets: bounds.iter().map(|_| AtomicU64::new(0)).collect(),
-                })
-            })
-            .collect();
+        let cells = Arc::new(Cells::new(BUCKETS + bounds.len()));
         Self { bounds, cells }
     }
 
     /// Records `v` (a NaN counts in `+Inf`, as prometheus-client does).
     pub fn observe(&self, v: f64) {
-        let cell = &self.cells[mine(self.cells.len())].0;
         let last = self.bounds.len() - 1;
         let i = if v.is_nan() {
             last
         } else {
             self.bounds.iter().position(|b| *b >= v).unwrap_or(last)
         };
-        cell.buckets[i].fetch_add(1, Ordering::Relaxed);
-        cell.count.fetch_add(1, Ordering::Relaxed);
-        let _ = cell.sum.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |s| {
+        let cells = &self.cells;
+        cells.mine(BUCKETS + i).fetch_add(1, Ordering::Relaxed);
+        cells.mine(COUNT).fetch_add(1, Ordering::Relaxed);
+        let _ = cells.mine(SUM).fetch_update(Ordering::Relaxed, Ordering::Relaxed, |s| {
             Some((f64::from_bits(s) + v).to_bits())
         });
     }
 
     /// Sum, count and each bucket's (non-cumulative) count over all cells.
     fn snapshot(&self) -> (f64, u64, Vec<(f64, u64)>) {
-        let mut buckets: Vec<(f64, u64)> = self.bounds.iter().map(|b| (*b, 0)).collect();
-        let (mut sum, mut count) = (0.0, 0);
-        for cell in self.cells.iter() {
-            sum += f64::from_bits(cell.0.sum.load(Ordering::Relaxed));
-            count += cell.0.count.load(Ordering::Relaxed);
-            for (b, c) in buckets.iter_mut().zip(cell.0.buckets.iter()) {
-                b.1 += c.load(Ordering::Relaxed);
-            }
-        }
-        (sum, count, buckets)
+        let cells = &self.cells;
+        let sum = (0..cells.count())
+            .map(|c| f64::from_bits(cells.value(c, SUM).load(Ordering::Relaxed)))
+            .sum();
+        let buckets = self
+            .bounds
+            .iter()
+            .enumerate()
+            .map(|(i, b)| (*b, cells.sum(BUCKETS + i)))
+            .collect();
+        (sum, cells.sum(COUNT), buckets)
     }
 
     /// Observations so far (tests).
     pub fn count(&self) -> u64 {
-        self.snapshot().1
+        self.cells.sum(COUNT)
     }
 }
 
@@ -214,6 +255,16 @@ mod tests {
             text(|r| r.register("c", "x", ours)),
             text(|r| r.register("c", "x", theirs))
         );
+    }
+
+    #[test]
+    fn every_worker_has_a_cell_in_range() {
+        assert_eq!(cell_of(0, 3), 0);
+        assert_eq!((1..=4).map(|w| cell_of(w, 3)).collect::<Vec<_>>(), [1, 2, 1, 2]);
+        assert_eq!((1..=3).map(|w| cell_of(w, MAX_CELLS)).collect::<Vec<_>>(), [1, 2, 3]);
+        assert_eq!(cell_of(MAX_CELLS, MAX_CELLS), 1);
+        assert_eq!(cell_of(5, 1), 0);
+        assert!((0..200).all(|w| (1..=MAX_CELLS).all(|n| cell_of(w, n) < n)));
     }
 
     #[test]
