@@ -35,6 +35,8 @@ pub struct AuditMetrics {
     events: Family<Labels, Counter>,
     dropped: Family<Labels, Counter>,
     last_warn: Arc<AtomicU64>,
+    /// `events`' series of the log and webhook backends.
+    series: Arc<[std::sync::OnceLock<Counter>; 2]>,
 }
 
 impl AuditMetrics {
@@ -58,9 +60,20 @@ impl AuditMetrics {
         vec![("backend".to_owned(), backend.to_owned())]
     }
 
-    /// Counts `n` events written/sent by `backend`.
+    /// Counts `n` events written/sent by `backend` (the log's and the webhook's series are
+    /// looked up once, not per batch).
     pub fn written(&self, backend: &str, n: u64) {
-        self.events.get_or_create(&Self::labels(backend)).inc_by(n);
+        let known = match backend {
+            "log" => &self.series[0],
+            "webhook" => &self.series[1],
+            _ => {
+                self.events.get_or_create(&Self::labels(backend)).inc_by(n);
+                return;
+            }
+        };
+        known
+            .get_or_init(|| self.events.get_or_create(&Self::labels(backend)).clone())
+            .inc_by(n);
     }
 
     /// Counts `n` events dropped by `backend` and logs it (at most once a second).

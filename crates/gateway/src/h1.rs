@@ -98,6 +98,11 @@ pub struct ResponseHead {
     pub keep_alive: bool,
 }
 
+/// Headers kfsec may add to a parsed head: to a request, the identity pair and
+/// `X-Forwarded-For`, `-Proto` and `-Host`; to an answer, HSTS, `nosniff`, `Audit-ID` and the
+/// framing of its own.
+const ADDED_HEADERS: usize = 6;
+
 /// Appends a request head: `METHOD target HTTP/1.1`, then `headers` in order, then the empty
 /// line. `target` is the origin-form path and query.
 pub fn write_request_head(out: &mut Vec<u8>, method: &Method, target: &str, headers: &HeaderMap) {
@@ -155,7 +160,8 @@ pub fn parse_response_head(buf: &mut BytesMut, method: &Method) -> Result<Option
         fields.push((name, start..start + h.value.len()));
     }
     let head = buf.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity(fields.len());
+    // (room for the headers kfsec adds to an answer, so the map is not grown and rehashed)
+    let mut headers = HeaderMap::with_capacity(fields.len() + ADDED_HEADERS);
     let mut chunked = None;
     let mut length: Option<u64> = None;
     let mut close = false;
@@ -499,7 +505,8 @@ pub fn parse_request_head(buf: &mut BytesMut, max_head: usize) -> RequestHead {
     let head = buf.split_to(len).freeze();
     let built = (|| {
         let uri = http::Uri::from_maybe_shared(head.slice(target)).ok()?;
-        let mut headers = HeaderMap::with_capacity(fields.len());
+        // (room for the headers kfsec adds to a request, so the map is not grown and rehashed)
+        let mut headers = HeaderMap::with_capacity(fields.len() + ADDED_HEADERS);
         for (name, at) in fields {
             headers.append(name, HeaderValue::from_maybe_shared(head.slice(at)).ok()?);
         }
