@@ -105,6 +105,9 @@ impl<S: Service> Lean<'_, S> {
         // Whether the client roots changed since the handshake is looked at between requests
         // too, so a client pipelining without pause cannot outrun it.
         let revoked = || bound_to_roots && replaced.fired();
+        // The request being served: one place for the connection's life, made at its first
+        // request and reused, so a request costs no allocation of its (large) future.
+        let mut serving = Box::pin(None);
         loop {
             if stop_asked(stopping) || revoked() {
                 let _ = tokio::time::timeout(Duration::from_secs(1), io.shutdown()).await;
@@ -163,20 +166,22 @@ impl<S: Service> Lean<'_, S> {
             let permit = self.requests.try_acquire(self.address);
             let resp = match &permit {
                 Ok(_) => {
-                    let call = self.app.serve(req);
-                    tokio::pin!(call);
+                    serving.set(Some(self.app.serve(req)));
                     // The client is read meanwhile: one that hangs up ends its request (as hyper
                     // does), releasing its places under the caps and its upstream connection.
-                    loop {
+                    let resp = loop {
                         tokio::select! {
                             biased;
-                            resp = &mut call => break resp,
+                            resp = poll_serving(serving.as_mut()) => break resp,
                             r = io.read_buf(&mut buf), if buf.len() < MAX_HEADER_BYTES => match r {
                                 Ok(0) | Err(_) => return End::Closed,
                                 Ok(_) => {}
                             },
                         }
-                    }
+                    };
+                    // (what the request held is released now, not at the next request)
+                    serving.set(None);
+                    resp
                 }
                 Err(reason) => {
                     self.metrics.refused(self.name, reason);
@@ -316,6 +321,14 @@ async fn put<IO: AsyncWrite + Unpin>(io: &mut IO, out: &mut Vec<u8>, data: &[u8]
         out.extend_from_slice(data);
     }
     Ok(())
+}
+
+/// The request in `serving` polled (pending when there is none).
+fn poll_serving<F: Future>(mut serving: Pin<&mut Option<F>>) -> impl Future<Output = F::Output> + '_ {
+    std::future::poll_fn(move |cx| match serving.as_mut().as_pin_mut() {
+        Some(f) => f.poll(cx),
+        None => Poll::Pending,
+    })
 }
 
 /// Whether `stopping` may have changed since the connection began (one atomic load; the lock

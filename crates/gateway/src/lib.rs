@@ -399,8 +399,7 @@ impl tower::Service<Request> for FrontDoor {
 impl listener::Service for FrontDoor {
     fn serve(&self, req: Request) -> impl std::future::Future<Output = Response> + Send + '_ {
         let (app, gate) = &*self.0;
-        // (boxed: a connection's own future stays small while it waits for its next request)
-        Box::pin(edge(app, gate, req))
+        edge(app, gate, req)
     }
 }
 
