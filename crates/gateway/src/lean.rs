@@ -338,7 +338,7 @@ fn may_have_changed(stopping: &watch::Receiver<bool>) -> bool {
 }
 
 /// Whether kfsec is stopping.
-pub(crate) fn stop_asked(stopping: &watch::Receiver<bool>) -> bool {
+fn stop_asked(stopping: &watch::Receiver<bool>) -> bool {
     may_have_changed(stopping) && *stopping.borrow()
 }
 

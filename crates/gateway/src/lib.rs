@@ -151,9 +151,8 @@ pub struct App {
     /// Audit ids (pooled randomness: one per request).
     audit_ids: kfsec_audit::request::AuditIds,
     decisions: std::sync::OnceLock<metrics::Decisions>,
-    /// The metrics label of each configured route (its prefix), made once.
-    route_labels: Vec<Arc<String>>,
-    /// Their series (a proxied request counts without a lookup).
+    /// Each configured route's metrics series, labelled by its prefix (a proxied request
+    /// counts without a lookup).
     route_series: Vec<metrics::RouteSeries>,
     /// Whether a route prefix has capitals (`ambiguity` then always compares loose readings).
     upper_case_routes: bool,
@@ -219,8 +218,11 @@ impl App {
             Some((router, mounts)) => (Some(router), responses::Mounts::new(mounts)),
             None => (None, responses::Mounts::default()),
         };
-        let route_labels: Vec<_> = settings.routes.iter().map(|r| Arc::new(r.prefix.clone())).collect();
-        let route_series = route_labels.iter().map(|l| metrics.route_series(l)).collect();
+        let route_series = settings
+            .routes
+            .iter()
+            .map(|r| metrics.route_series(&Arc::new(r.prefix.clone())))
+            .collect();
         let upper_case_routes = settings
             .routes
             .iter()
@@ -243,7 +245,6 @@ impl App {
             pages: std::sync::OnceLock::new(),
             auditor: std::sync::OnceLock::new(),
             decisions: std::sync::OnceLock::new(),
-            route_labels,
             route_series,
             upper_case_routes,
         }))
@@ -362,14 +363,11 @@ impl App {
 
     /// Counts a request of `route` (`App::route_label`) answered `code` after `seconds`.
     fn record_request(&self, route: Result<usize, String>, code: u16, seconds: f64) {
-        match route {
-            Ok(i) if i < self.route_labels.len() => {
-                self.metrics
-                    .record(&self.route_labels[i], self.route_series.get(i), code, seconds);
-            }
-            Ok(_) => {}
-            Err(name) => self.metrics.record(&Arc::new(name), None, code, seconds),
-        }
+        let series = match route {
+            Ok(i) => self.route_series.get(i).ok_or_else(|| Arc::new("other".to_owned())),
+            Err(name) => Err(Arc::new(name)),
+        };
+        self.metrics.record(series, code, seconds);
     }
 }
 

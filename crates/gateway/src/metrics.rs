@@ -52,6 +52,7 @@ impl HttpMetrics {
     /// The series of the configured route labelled `route`, looked up once.
     pub fn route_series(&self, route: &Arc<String>) -> RouteSeries {
         RouteSeries {
+            label: route.clone(),
             latency: self.latency.get_or_create(&RouteLabel { route: route.clone() }).clone(),
             ok: self
                 .requests
@@ -63,31 +64,34 @@ impl HttpMetrics {
         }
     }
 
-    /// Counts one answer of `route` with `code` after `seconds`; `series`: the route's own
-    /// (a configured route's, made by [`Self::route_series`]), which needs no lookup for a 200.
-    pub fn record(&self, route: &Arc<String>, series: Option<&RouteSeries>, code: u16, seconds: f64) {
-        match series {
-            Some(s) if code == 200 => s.ok.inc(),
-            _ => self
-                .requests
-                .get_or_create(&RequestLabels {
-                    route: route.clone(),
-                    code,
-                })
-                .inc(),
+    /// Counts one answer with `code` after `seconds`, of a configured route (its series, made by
+    /// [`Self::route_series`], which needs no lookup for a 200) or of a route labelled so.
+    pub fn record(&self, route: Result<&RouteSeries, Arc<String>>, code: u16, seconds: f64) {
+        let label = match route {
+            Ok(s) if code == 200 => {
+                s.ok.inc();
+                s.latency.observe(seconds);
+                return;
+            }
+            Ok(s) => {
+                s.latency.observe(seconds);
+                s.label.clone()
+            }
+            Err(label) => {
+                self.latency
+                    .get_or_create(&RouteLabel { route: label.clone() })
+                    .observe(seconds);
+                label
+            }
         };
-        match series {
-            Some(s) => s.latency.observe(seconds),
-            None => self
-                .latency
-                .get_or_create(&RouteLabel { route: route.clone() })
-                .observe(seconds),
-        }
+        self.requests.get_or_create(&RequestLabels { route: label, code }).inc();
     }
 }
 
 /// One configured route's series (the same as its labels' in the families: clones share them).
 pub(crate) struct RouteSeries {
+    /// The route's label (its prefix).
+    label: Arc<String>,
     latency: ShardedHistogram,
     /// Its `code="200"` requests.
     ok: ShardedCounter,
@@ -283,10 +287,10 @@ mod tests {
         let m = HttpMetrics::register(&mut registry);
         let app = Arc::new("/app/".to_owned());
         let series = m.route_series(&app);
-        m.record(&app, Some(&series), 200, 0.001);
-        m.record(&app, Some(&series), 200, 0.001);
-        m.record(&app, Some(&series), 404, 0.001);
-        m.record(&Arc::new("home".to_owned()), None, 200, 0.001);
+        m.record(Ok(&series), 200, 0.001);
+        m.record(Ok(&series), 200, 0.001);
+        m.record(Ok(&series), 404, 0.001);
+        m.record(Err(Arc::new("home".to_owned())), 200, 0.001);
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &registry).unwrap();
         for want in [
