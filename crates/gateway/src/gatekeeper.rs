@@ -40,7 +40,7 @@ use kfsec_idp::{Authenticated, CredentialKind, Idp, OAuthCode};
 
 use crate::listener::ClientCertIdentity;
 use crate::session::{Federated, Refreshed, Refresher};
-use crate::{App, GATEKEEPER_CLIENT_ID, responses};
+use crate::{App, GATEKEEPER_CLIENT_ID, front, responses};
 
 /// The callback path registered for the gatekeeper client.
 pub const CALLBACK_PATH: &str = "/authservice/oidc/callback";
@@ -125,12 +125,32 @@ impl App {
             return Authn::Ok(self.authn.client_certificate(id.clone()));
         }
         // An expired, revoked or forged cookie is treated like no cookie: browsers go back
-        // through login, API clients get 401.
+        // through login, API clients get 401. The versions are read before anything is
+        // checked: an answer remembered by the front holds only while they stay the same.
+        let versions = self.idp.epochs().cached_version().map(|epochs| front::Versions {
+            sessions: self.sessions.version(),
+            epochs,
+        });
         for (k, v) in cookies(headers) {
-            if k == self.settings.cookie_name
-                && let Some((id, started_ms, key)) = self.sessions.authenticate(v, &IdpRefresher(&self.idp)).await
-                && let Ok(a) = self.authn.session(id, &key, started_ms).await
+            if k != self.settings.cookie_name {
+                continue;
+            }
+            if let Some(versions) = versions
+                && let Some(a) = self.front.get(v, versions, self.clock.now())
             {
+                return Authn::Ok(a);
+            }
+            if let Some(s) = self.sessions.check(v, &IdpRefresher(&self.idp)).await
+                && let Ok(a) = self.authn.session(s.identity, &s.user_key, s.started_ms).await
+            {
+                if let Some(versions) = versions {
+                    let holds = front::Holds {
+                        versions,
+                        expires_at: s.expires_at,
+                        recheck_at_ms: s.recheck_at_ms,
+                    };
+                    self.front.put(v, holds, &a);
+                }
                 return Authn::Ok(a);
             }
         }

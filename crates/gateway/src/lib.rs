@@ -10,6 +10,7 @@
 //! handlers receive an `Identity`, never raw credentials.
 
 mod audit;
+mod front;
 mod gatekeeper;
 pub mod h1;
 pub mod headers;
@@ -150,6 +151,8 @@ pub struct App {
     auditor: std::sync::OnceLock<kfsec_audit::Auditor>,
     /// Audit ids (pooled randomness: one per request).
     audit_ids: kfsec_audit::request::AuditIds,
+    /// The session check's per-thread front.
+    front: front::Front,
     decisions: std::sync::OnceLock<metrics::Decisions>,
     /// Each configured route's metrics series, labelled by its prefix (a proxied request
     /// counts without a lookup).
@@ -236,6 +239,7 @@ impl App {
             keys,
             clock,
             audit_ids: kfsec_audit::request::AuditIds::new(rng.clone()),
+            front: front::Front::new(),
             rng,
             proxy,
             reserved,

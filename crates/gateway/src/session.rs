@@ -30,8 +30,8 @@ use futures_util::future::BoxFuture;
 use kfsec_idp::revocation::UserKey;
 use kfsec_idp::secret::sha256_hex;
 use kfsec_store::{Store, StoreError};
-use kfsec_types::{Clock, Identity, Rng, UnixTime, random_array};
-use parking_lot::{Mutex, RwLock};
+use kfsec_types::{Clock, Identity, Rng, UnixTime, Versioned, random_array};
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 use crate::GatewayError;
@@ -150,6 +150,21 @@ struct Live {
     subject: String,
 }
 
+/// A session that passed [`Sessions::check`]: who, since when, and until when the answer holds.
+#[derive(Debug, Clone)]
+pub struct Checked {
+    /// Who.
+    pub identity: Identity,
+    /// The login's start (Unix ms), for the revocation check.
+    pub started_ms: u64,
+    /// The user's revocation key.
+    pub user_key: UserKey,
+    /// The session's end (Unix s): not valid from then on.
+    pub expires_at: u64,
+    /// When the session is next re-checked upstream (Unix ms; `u64::MAX`: never).
+    pub recheck_at_ms: u64,
+}
+
 impl Live {
     fn from_record(rec: &SessionRecord) -> Self {
         Self {
@@ -266,7 +281,9 @@ pub struct Sessions {
     max_per_user: usize,
     /// How often a federated session is re-checked (None: never).
     revalidate: Option<Duration>,
-    cache: RwLock<HashMap<String, Arc<Live>>>,
+    /// Live sessions by hash. Its version moves with every change (login, logout, re-check,
+    /// watch event, prune): copies of what it answered ([`crate::front`]) go with it.
+    cache: Versioned<HashMap<String, Arc<Live>>>,
     /// Sessions being re-checked right now (by hash).
     refreshing: Mutex<HashSet<String>>,
 }
@@ -298,7 +315,7 @@ impl Sessions {
             ttl,
             max_per_user: max_per_user.max(1),
             revalidate,
-            cache: RwLock::default(),
+            cache: Versioned::default(),
             refreshing: Mutex::default(),
         })
     }
@@ -420,16 +437,38 @@ impl Sessions {
     /// ends and this is None; a passing failure → the session goes on (retried later).
     /// Also returns the user's revocation key, for the caller's check.
     pub async fn authenticate(&self, cookie: &str, refresher: &dyn Refresher) -> Option<(Identity, u64, UserKey)> {
+        let s = self.check(cookie, refresher).await?;
+        Some((s.identity, s.started_ms, s.user_key))
+    }
+
+    /// [`Sessions::authenticate`], with how long its answer holds while the cache's
+    /// [`Sessions::version`] stays the same.
+    pub async fn check(&self, cookie: &str, refresher: &dyn Refresher) -> Option<Checked> {
         let (hash, live) = self.live(cookie).await?;
-        let live = match (&live.upstream, self.revalidate) {
-            (Some((_, checked_ms, retry_ms)), Some(every))
-                if self.clock.now().as_millis() >= checked_ms.saturating_add(millis(every)).max(*retry_ms) =>
-            {
-                Box::pin(self.recheck(&hash, live, every, refresher)).await?
-            }
-            _ => live,
+        let recheck_at = |live: &Live| match (&live.upstream, self.revalidate) {
+            (Some((_, checked_ms, retry_ms)), Some(every)) => checked_ms.saturating_add(millis(every)).max(*retry_ms),
+            _ => u64::MAX,
         };
-        Some((live.identity.clone(), live.started_ms, live.user_key.clone()))
+        let live = if self.clock.now().as_millis() >= recheck_at(&live) {
+            let every = self.revalidate?;
+            Box::pin(self.recheck(&hash, live, every, refresher)).await?
+        } else {
+            live
+        };
+        Some(Checked {
+            identity: live.identity.clone(),
+            started_ms: live.started_ms,
+            user_key: live.user_key.clone(),
+            expires_at: live.expires_at,
+            recheck_at_ms: recheck_at(&live),
+        })
+    }
+
+    /// The session cache's version ([`Versioned::version`]): an answer of [`Sessions::check`]
+    /// given at this version holds, until its expiry and re-check times, for as long as the
+    /// version stays the same.
+    pub fn version(&self) -> u64 {
+        self.cache.version()
     }
 
     /// The live session behind a cookie (cache, else store): its hash and state.

@@ -16,11 +16,10 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use kfsec_store::{Event, EventKind, Store, StoreError};
-use kfsec_types::Rng;
-use parking_lot::RwLock;
+use kfsec_types::{Rng, Versioned};
 use serde::{Deserialize, Serialize};
 
 use crate::secret::sha256_hex;
@@ -57,10 +56,9 @@ pub struct Epochs {
     rng: Arc<dyn Rng>,
     /// Whether the watch is following the store: only then are reads cached.
     live: AtomicBool,
-    /// Key hash → epoch (`None`: the store has none).
-    cache: RwLock<HashMap<String, Option<u64>>>,
-    /// Bumped whenever the cache is dropped: a read that began before may be stale.
-    generation: AtomicU64,
+    /// Key hash → epoch (`None`: the store has none). Its version moves with every change: a
+    /// read that began before one may be stale, and so may a copy of what it held.
+    cache: Versioned<HashMap<String, Option<u64>>>,
 }
 
 impl Epochs {
@@ -69,8 +67,7 @@ impl Epochs {
             store,
             rng,
             live: AtomicBool::new(false),
-            cache: RwLock::default(),
-            generation: AtomicU64::new(0),
+            cache: Versioned::default(),
         })
     }
 
@@ -88,26 +85,31 @@ impl Epochs {
         if let Some(v) = self.cache.read().get(k) {
             return Ok(*v);
         }
-        let generation = self.generation.load(Ordering::Acquire);
+        let version = self.cache.version();
         let v = read(self.store.as_ref(), k).await?;
         let mut cache = self.cache.write();
-        if !self.live.load(Ordering::Acquire) || self.generation.load(Ordering::Acquire) != generation {
-            // No watch keeps the cache current, or the cache was dropped while we read (our
-            // value may predate what the watch resumed from): answer without caching.
+        if !self.live.load(Ordering::Acquire) || self.cache.version() != version {
+            // No watch keeps the cache current, or the cache changed while we read (it may
+            // have been dropped, and our value predate what the watch resumed from): answer
+            // without caching.
             return Ok(v);
         }
         if cache.len() > 100_000 {
             // Dropping entries could lose an event newer than our read: start empty instead.
-            self.clear(&mut cache);
+            cache.clear();
             return Ok(v);
         }
         // A watch event may have landed meanwhile: it is newer than our read.
         Ok(*cache.entry(k.to_owned()).or_insert(v))
     }
 
-    fn clear(&self, cache: &mut HashMap<String, Option<u64>>) {
-        self.generation.fetch_add(1, Ordering::AcqRel);
-        cache.clear();
+    /// The cache's version ([`Versioned::version`]), when the cache is followed by the watch:
+    /// an answer of [`Epochs::revoked_key`] given at this version stays true for as long as
+    /// the version does (every change of a cached epoch, a drop of the cache and the watch's
+    /// loss move it). `None` while no watch follows the store (every read goes to it then).
+    pub fn cached_version(&self) -> Option<u64> {
+        let version = self.cache.version();
+        self.live.load(Ordering::Acquire).then_some(version)
     }
 
     /// Whether a credential of `email` issued at `issued_ms` is void.
@@ -160,7 +162,7 @@ impl Epochs {
                     Ok(Event::Restarted { .. }) => {
                         // Anything read before the watch started may be stale.
                         let mut cache = me.cache.write();
-                        me.clear(&mut cache);
+                        cache.clear();
                         me.live.store(true, Ordering::Release);
                     }
                     Ok(Event::Applied(kv)) => me.observe_key(&kv.key, &EventKind::Put, &kv.value),
@@ -170,7 +172,7 @@ impl Epochs {
                         tracing::warn!(error = %e, "revocation watch lost; reloading");
                         me.live.store(false, Ordering::Release);
                         let mut cache = me.cache.write();
-                        me.clear(&mut cache);
+                        cache.clear();
                     }
                 }
             }

@@ -19,6 +19,7 @@ pub mod refusal;
 pub mod status;
 pub mod time;
 pub mod validation;
+pub mod versioned;
 
 pub use build::BuildInfo;
 pub use clock::{Clock, ManualClock, Rng, SequenceRng, SystemClock, UnixTime, random_array};
@@ -27,3 +28,4 @@ pub use identity::Identity;
 pub use meta::{LabelSelector, LabelSelectorRequirement, ObjectMeta};
 pub use refusal::{Failure, Incident, Refusal, RefusalKind};
 pub use status::{CauseType, Status, StatusCause, StatusDetails, StatusReason};
+pub use versioned::Versioned;

@@ -1130,3 +1130,75 @@ async fn offline_logout_all_survives_a_restart() {
     assert_eq!(works(&k, &fresh).await, ALL);
     k.running.shutdown().await;
 }
+
+/// How many of `n` checks of `cookie`, each on a connection of its own (so both workers see
+/// it, several times), were accepted.
+async fn checks_on_fresh_connections(k: &Kfsec, cookie: &str, n: usize) -> usize {
+    let mut checks = tokio::task::JoinSet::new();
+    for _ in 0..n {
+        let (client, url) = (http_client(&k.running.ca_pem), format!("{}/authservice/check", k.base));
+        let cookie = format!("authservice_session={cookie}");
+        checks.spawn(async move {
+            let mut ok = 0;
+            for _ in 0..3 {
+                let r = client.get(&url).header("cookie", &cookie).send().await.unwrap();
+                assert!(matches!(r.status().as_u16(), 200 | 401), "{}", r.status());
+                ok += usize::from(r.status() == 200);
+            }
+            ok
+        });
+    }
+    checks.join_all().await.into_iter().sum()
+}
+
+/// Each worker thread remembers the sessions it has checked (the front of the session check):
+/// a logout, a "log out everywhere" and a password change still end a session at once on all
+/// of them, and the user's other sessions and other users' go on.
+#[tokio::test]
+async fn a_session_every_worker_has_seen_ends_at_once() {
+    let k = Kfsec::start("").await;
+    let (_, bystander) = session_of(&k, USER, PASSWORD).await;
+    for (i, end) in ["logout", "logout-all", "passwd"].into_iter().enumerate() {
+        let (email, password) = (format!("front{i}@example.org"), format!("front password {i}"));
+        user_add(&k, &email, &password).await;
+        let (_, cookie) = session_of(&k, &email, &password).await;
+        let (_, second) = session_of(&k, &email, &password).await;
+        assert_eq!(checks_on_fresh_connections(&k, &cookie, 8).await, 24, "{end}: before");
+        assert_eq!(checks_on_fresh_connections(&k, &second, 4).await, 12, "{end}: before");
+        assert_eq!(
+            checks_on_fresh_connections(&k, &bystander, 4).await,
+            12,
+            "{end}: before"
+        );
+        match end {
+            "logout" => {
+                let r = http_client(&k.running.ca_pem)
+                    .post(format!("{}/authservice/logout", k.base))
+                    .header("cookie", format!("authservice_session={cookie}"))
+                    .header("origin", &k.base)
+                    .send()
+                    .await
+                    .unwrap();
+                assert!(r.status().is_redirection() || r.status().is_success(), "{}", r.status());
+            }
+            "logout-all" => assert!(matches!(
+                admin(&k, AdminRequest::UserLogoutAll { email: email.clone() }).await,
+                AdminResponse::Ok
+            )),
+            _ => passwd(&k, &email, "a new front password").await,
+        }
+        assert_eq!(checks_on_fresh_connections(&k, &cookie, 8).await, 0, "{end}: after");
+        let second_left = if end == "logout" { 12 } else { 0 };
+        assert_eq!(
+            checks_on_fresh_connections(&k, &second, 4).await,
+            second_left,
+            "{end}: the other session"
+        );
+        assert_eq!(
+            checks_on_fresh_connections(&k, &bystander, 4).await,
+            12,
+            "{end}: another user"
+        );
+    }
+    k.running.shutdown().await;
+}
