@@ -89,7 +89,7 @@ impl Recorder {
             }
         }
         if let Some((allowed, reason)) = &s.decision {
-            self.ctx.decision(*allowed, reason);
+            self.ctx.decision(*allowed, reason.clone());
         }
     }
 }
@@ -240,7 +240,7 @@ pub fn impersonated(user: &UserInfo) {
 }
 
 /// Sets annotation `key` on the request's Event. Never pass a secret.
-pub fn annotate(key: &str, value: impl Into<String>) {
+pub fn annotate(key: impl Into<std::borrow::Cow<'static, str>>, value: impl Into<std::borrow::Cow<'static, str>>) {
     with(|r| r.ctx.annotate(key, value));
 }
 

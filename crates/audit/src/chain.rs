@@ -151,14 +151,14 @@ impl Encoded {
         let reserved = [SEQ, HASH, PREV];
         let stripped;
         let mut view = *view;
-        if reserved.iter().any(|k| view.annotations.contains_key(*k)) {
+        if reserved.iter().any(|k| view.annotations.contains_key(k)) {
             stripped = view
                 .annotations
                 .iter()
-                .filter(|(k, _)| !reserved.contains(&k.as_str()))
-                .map(|(k, v)| (k.clone(), v.clone()))
+                .filter(|(k, _)| !reserved.contains(k))
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
                 .collect::<BTreeMap<_, _>>();
-            view.annotations = &stripped;
+            view.annotations = crate::encode::Annotations::Owned(&stripped);
         }
         let annotated = !view.annotations.is_empty();
         let mut bytes = Vec::with_capacity(1024);

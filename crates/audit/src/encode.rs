@@ -8,6 +8,7 @@
 //! every control character), so no field a client controls (`requestURI`, `userAgent`, names)
 //! can end a string, add a member or break the line.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use kfsec_types::identity::UserInfo;
@@ -198,10 +199,10 @@ impl Members<'_> {
         self.out.push(b']');
     }
 
-    fn string_map(&mut self, key: &str, map: &BTreeMap<String, String>) {
+    fn string_map(&mut self, key: &str, map: Annotations<'_>) {
         let out = self.key(key);
         object(out, |m| {
-            for (k, v) in map {
+            for (k, v) in map.iter() {
                 write_str(m.key_escaped(k), v);
             }
         });
@@ -282,7 +283,52 @@ pub struct EventView<'a> {
     /// `stageTimestamp`.
     pub stage_timestamp: &'a str,
     /// `annotations`.
-    pub annotations: &'a BTreeMap<String, String>,
+    pub annotations: Annotations<'a>,
+}
+
+/// The request path's annotations: keys are the code's own names, values most often too.
+pub type StaticAnnotations = BTreeMap<Cow<'static, str>, Cow<'static, str>>;
+
+/// An Event's annotations by reference: an owned Event's, or a request's own (which need not
+/// allocate a name or a fixed value per request). Either iterates in key order.
+#[derive(Debug, Clone, Copy)]
+pub enum Annotations<'a> {
+    /// An owned [`Event`]'s.
+    Owned(&'a BTreeMap<String, String>),
+    /// A request's.
+    Static(&'a StaticAnnotations),
+}
+
+impl<'a> Annotations<'a> {
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        match self {
+            Self::Owned(m) => m.is_empty(),
+            Self::Static(m) => m.is_empty(),
+        }
+    }
+
+    /// Whether `key` is set.
+    pub fn contains_key(&self, key: &str) -> bool {
+        match self {
+            Self::Owned(m) => m.contains_key(key),
+            Self::Static(m) => m.contains_key(key),
+        }
+    }
+
+    /// `(key, value)` in key order.
+    pub fn iter(&self) -> impl Iterator<Item = (&'a str, &'a str)> + 'a {
+        let (owned, fixed) = match *self {
+            Self::Owned(m) => (Some(m.iter().map(|(k, v)| (k.as_str(), v.as_str()))), None),
+            Self::Static(m) => (None, Some(m.iter().map(|(k, v)| (&**k, &**v)))),
+        };
+        owned.into_iter().flatten().chain(fixed.into_iter().flatten())
+    }
+
+    /// An owned copy.
+    pub fn to_map(&self) -> BTreeMap<String, String> {
+        self.iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect()
+    }
 }
 
 impl<'a> EventView<'a> {
@@ -306,7 +352,7 @@ impl<'a> EventView<'a> {
             response_object: e.response_object.as_ref(),
             request_received_timestamp: &e.request_received_timestamp,
             stage_timestamp: &e.stage_timestamp,
-            annotations: &e.annotations,
+            annotations: Annotations::Owned(&e.annotations),
         }
     }
 
@@ -330,7 +376,7 @@ impl<'a> EventView<'a> {
             response_object: self.response_object.cloned(),
             request_received_timestamp: self.request_received_timestamp.to_owned(),
             stage_timestamp: self.stage_timestamp.to_owned(),
-            annotations: self.annotations.clone(),
+            annotations: self.annotations.to_map(),
         }
     }
 }
@@ -457,6 +503,29 @@ mod tests {
             }
             same(&e);
         }
+    }
+
+    #[test]
+    fn a_requests_own_annotations_are_written_as_an_owned_events() {
+        let e = event("x\"y", true);
+        let fixed: StaticAnnotations = [
+            (Cow::Borrowed("b/static"), Cow::Owned("v\n".to_owned())),
+            (Cow::Owned("a/owned".to_owned()), Cow::Borrowed("w")),
+        ]
+        .into_iter()
+        .collect();
+        let mut owned = e.clone();
+        owned.annotations = Annotations::Static(&fixed).to_map();
+        let mut view = EventView::of(&e);
+        view.annotations = Annotations::Static(&fixed);
+        let (mut mine, mut theirs) = (Vec::new(), Vec::new());
+        write_view(&mut mine, &view);
+        write_event(&mut theirs, &owned);
+        assert_eq!(String::from_utf8_lossy(&mine), String::from_utf8_lossy(&theirs));
+        assert_eq!(view.to_event(), owned);
+        assert!(view.annotations.contains_key("a/owned") && !view.annotations.contains_key("a"));
+        let keys: Vec<_> = view.annotations.iter().map(|(k, _)| k).collect();
+        assert_eq!(keys, ["a/owned", "b/static"], "in key order");
     }
 
     proptest! {

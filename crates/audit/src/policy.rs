@@ -43,7 +43,7 @@ pub struct Decision {
     /// How much to record.
     pub level: Level,
     /// Stages not to record.
-    pub omit_stages: Vec<Stage>,
+    pub omit_stages: Stages,
 }
 
 impl Decision {
@@ -51,8 +51,44 @@ impl Decision {
     pub fn none() -> Self {
         Self {
             level: Level::None,
-            omit_stages: Vec::new(),
+            omit_stages: Stages::default(),
         }
+    }
+}
+
+/// A set of [`Stage`]s (a policy's `omitStages`), without allocation: decided per request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Stages(u8);
+
+impl Stages {
+    /// The set of `stages`.
+    pub fn of(stages: &[Stage]) -> Self {
+        stages.iter().copied().collect()
+    }
+
+    fn bit(stage: Stage) -> u8 {
+        match stage {
+            Stage::RequestReceived => 1,
+            Stage::ResponseStarted => 2,
+            Stage::ResponseComplete => 4,
+            Stage::Panic => 8,
+        }
+    }
+
+    /// Whether `stage` is in the set.
+    pub fn contains(&self, stage: &Stage) -> bool {
+        self.0 & Self::bit(*stage) != 0
+    }
+
+    /// Both sets' stages.
+    pub fn union(self, other: Self) -> Self {
+        Self(self.0 | other.0)
+    }
+}
+
+impl FromIterator<Stage> for Stages {
+    fn from_iter<I: IntoIterator<Item = Stage>>(stages: I) -> Self {
+        Self(stages.into_iter().fold(0, |bits, s| bits | Self::bit(s)))
     }
 }
 
@@ -138,7 +174,7 @@ struct Rule {
     resources: Vec<GroupResources>,
     namespaces: Vec<String>,
     non_resource_urls: Vec<String>,
-    omit_stages: Vec<Stage>,
+    omit_stages: Stages,
     omit_managed_fields: Option<bool>,
 }
 
@@ -146,7 +182,7 @@ struct Rule {
 #[derive(Debug, Clone)]
 pub struct Policy {
     rules: Vec<Rule>,
-    omit_stages: Vec<Stage>,
+    omit_stages: Stages,
     omit_managed_fields: bool,
 }
 
@@ -238,16 +274,6 @@ pub fn carries_secrets(r: &ResourceAttributes<'_>) -> bool {
         || r.subresource == "token"
 }
 
-fn merge_stages(a: &[Stage], b: &[Stage]) -> Vec<Stage> {
-    let mut out = a.to_vec();
-    for s in b {
-        if !out.contains(s) {
-            out.push(*s);
-        }
-    }
-    out
-}
-
 impl Policy {
     /// The default policy: `Metadata` for everything, `Request` for writes (`create`, `update`,
     /// `patch`, `delete`, `deletecollection`), stage `RequestReceived` omitted — with the
@@ -261,12 +287,12 @@ impl Policy {
             resources: Vec::new(),
             namespaces: Vec::new(),
             non_resource_urls: Vec::new(),
-            omit_stages: Vec::new(),
+            omit_stages: Stages::default(),
             omit_managed_fields: None,
         };
         Self {
             rules: vec![rule(Level::Request, WRITE_VERBS), rule(Level::Metadata, &[])],
-            omit_stages: vec![Stage::RequestReceived],
+            omit_stages: Stages::of(&[Stage::RequestReceived]),
             omit_managed_fields: false,
         }
     }
@@ -349,13 +375,13 @@ impl Policy {
                 resources: r.resources,
                 namespaces: r.namespaces,
                 non_resource_urls: r.non_resource_urls,
-                omit_stages: r.omit_stages,
+                omit_stages: r.omit_stages.into_iter().collect(),
                 omit_managed_fields: r.omit_managed_fields,
             });
         }
         Ok(Self {
             rules,
-            omit_stages: file.omit_stages,
+            omit_stages: file.omit_stages.into_iter().collect(),
             omit_managed_fields: file.omit_managed_fields,
         })
     }
@@ -383,7 +409,7 @@ impl Policy {
         };
         Decision {
             level,
-            omit_stages: merge_stages(&self.omit_stages, &rule.omit_stages),
+            omit_stages: self.omit_stages.union(rule.omit_stages),
         }
     }
 
@@ -399,6 +425,27 @@ impl Policy {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stage_sets_hold_exactly_their_stages() {
+        let all = [
+            Stage::RequestReceived,
+            Stage::ResponseStarted,
+            Stage::ResponseComplete,
+            Stage::Panic,
+        ];
+        let a = Stages::of(&[Stage::RequestReceived]);
+        let b = Stages::of(&[Stage::Panic, Stage::Panic]);
+        for s in all {
+            assert_eq!(a.contains(&s), s == Stage::RequestReceived);
+            assert_eq!(
+                a.union(b).contains(&s),
+                matches!(s, Stage::RequestReceived | Stage::Panic)
+            );
+            assert!(!Stages::default().contains(&s));
+            assert!(Stages::of(&all).contains(&s));
+        }
+    }
 
     fn user(name: &str, groups: &[&str]) -> UserInfo {
         UserInfo {
@@ -546,7 +593,7 @@ rules:
             };
             let d = p.decide(&a);
             assert_eq!(d.level, want, "{verb} {resource:?} {path}");
-            assert_eq!(d.omit_stages, vec![Stage::RequestReceived]);
+            assert_eq!(d.omit_stages, Stages::of(&[Stage::RequestReceived]));
         }
     }
 
@@ -580,7 +627,7 @@ rules:
         assert_eq!(d("get", res("", "nodes", "", "", "n"), "").level, Level::Metadata);
         assert_eq!(
             d("get", res("", "configmaps", "", "ns", "c"), "").omit_stages,
-            vec![Stage::ResponseStarted]
+            Stages::of(&[Stage::ResponseStarted])
         );
         // A rule with namespaces never matches non-resource requests.
         assert_eq!(d("get", None, "/metrics").level, Level::None);

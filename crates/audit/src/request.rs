@@ -12,6 +12,7 @@
 //! level does not; an Event is emitted at most once per stage; a client's `Audit-ID` is reused
 //! only when it is short and of a safe charset (so it cannot forge log lines or blow up memory).
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -19,7 +20,7 @@ use kfsec_types::identity::UserInfo;
 use kfsec_types::{Clock, Rng, UnixTime};
 
 use crate::Auditor;
-use crate::encode::EventView;
+use crate::encode::{Annotations, EventView, StaticAnnotations};
 use crate::event::{Event, IDENTITY_GROUP, Level, ObjectRef, ResponseStatus, Stage};
 use crate::policy::{Attributes, ResourceAttributes};
 
@@ -157,20 +158,81 @@ impl AuditIds {
     }
 }
 
+/// What request contexts record through: the auditor and the clock.
+pub struct Recorder {
+    auditor: Auditor,
+    clock: Arc<dyn Clock>,
+}
+
+/// One [`Recorder`] per thread for a hot path: each request's context holds its thread's (one
+/// reference count of the thread's own), not the shared auditor's and clock's, whose counts
+/// every core would otherwise write on every request.
+pub struct Recorders {
+    auditor: Auditor,
+    clock: Arc<dyn Clock>,
+    /// Tells this instance's recorders from another's on the same thread.
+    instance: u64,
+}
+
+impl std::fmt::Debug for Recorders {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Recorders").finish_non_exhaustive()
+    }
+}
+
+thread_local! {
+    static RECORDERS: std::cell::RefCell<Option<(u64, Arc<Recorder>)>> = const { std::cell::RefCell::new(None) };
+}
+
+impl Recorders {
+    /// Recorders through `auditor` and `clock`.
+    pub fn new(auditor: Auditor, clock: Arc<dyn Clock>) -> Self {
+        static INSTANCES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        Self {
+            auditor,
+            clock,
+            instance: INSTANCES.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        }
+    }
+
+    /// Whether anything can be recorded ([`Auditor::enabled`]).
+    pub fn enabled(&self) -> bool {
+        self.auditor.enabled()
+    }
+
+    /// The calling thread's recorder.
+    pub fn here(&self) -> Arc<Recorder> {
+        RECORDERS.with_borrow_mut(|slot| match slot {
+            Some((instance, r)) if *instance == self.instance => r.clone(),
+            _ => {
+                let r = Arc::new(Recorder {
+                    auditor: self.auditor.clone(),
+                    clock: self.clock.clone(),
+                });
+                *slot = Some((self.instance, r.clone()));
+                r
+            }
+        })
+    }
+}
+
 /// `b` as a version 4 UUID's text (version and variant bits set).
 fn uuid_v4(mut b: [u8; 16]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
-    let mut s = String::with_capacity(36);
+    let mut text = [b'-'; 36];
+    let mut at = 0;
     for (i, byte) in b.iter().enumerate() {
         if matches!(i, 4 | 6 | 8 | 10) {
-            s.push('-');
+            at += 1;
         }
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        s.push(char::from(HEX[usize::from(byte >> 4)]));
-        s.push(char::from(HEX[usize::from(byte & 0x0f)]));
+        text[at] = HEX[usize::from(byte >> 4)];
+        text[at + 1] = HEX[usize::from(byte & 0x0f)];
+        at += 2;
     }
-    s
+    // Only hex digits and dashes were written.
+    String::from_utf8(text.to_vec()).unwrap_or_default()
 }
 
 /// Query parameters whose values are credentials, single-use codes or bearer handles (OAuth2
@@ -300,8 +362,7 @@ impl std::fmt::Debug for RequestAudit {
 }
 
 struct Inner {
-    auditor: Auditor,
-    clock: Arc<dyn Clock>,
+    recorder: Arc<Recorder>,
     audit_id: String,
     received: UnixTime,
     state: Mutex<State>,
@@ -312,12 +373,12 @@ struct State {
     request_uri: String,
     source_ips: Vec<String>,
     user_agent: Option<String>,
-    user: Option<UserInfo>,
+    user: Option<Arc<UserInfo>>,
     impersonated: Option<UserInfo>,
     /// `None`: a non-resource request with the lower-cased method as its verb.
     verb: Option<String>,
     object: Option<ObjectRef>,
-    annotations: BTreeMap<String, String>,
+    annotations: StaticAnnotations,
     request_object: Option<serde_json::Value>,
     failure: Option<(String, String)>,
     long_running: bool,
@@ -364,11 +425,20 @@ impl RequestAudit {
         if !auditor.enabled() {
             return None;
         }
-        Some(Self(Arc::new(Inner {
+        let recorder = Arc::new(Recorder {
             auditor: auditor.clone(),
             clock: clock.clone(),
+        });
+        Some(Self::begin_with(&recorder, begin))
+    }
+
+    /// The context of a new request recording through `recorder` (a hot path's: one per thread,
+    /// [`Recorders::here`]).
+    pub fn begin_with(recorder: &Arc<Recorder>, begin: Begin) -> Self {
+        Self(Arc::new(Inner {
+            recorder: recorder.clone(),
             audit_id: begin.audit_id,
-            received: clock.now(),
+            received: recorder.clock.now(),
             state: Mutex::new(State {
                 method: begin.method,
                 request_uri: begin.request_uri,
@@ -384,7 +454,7 @@ impl RequestAudit {
                 long_running: false,
                 emitted: [false; 3],
             }),
-        })))
+        }))
     }
 
     /// The request's context, or `None` when auditing is off.
@@ -403,6 +473,12 @@ impl RequestAudit {
 
     /// The authenticated caller (set by the gateway; `system:anonymous` when never set).
     pub fn set_user(&self, user: UserInfo) {
+        self.set_user_shared(Arc::new(user));
+    }
+
+    /// [`RequestAudit::set_user`] of a user a hot path holds already (one per caller, not one
+    /// built per request).
+    pub fn set_user_shared(&self, user: Arc<UserInfo>) {
         self.state().user = Some(user);
     }
 
@@ -444,28 +520,28 @@ impl RequestAudit {
 
     /// The authorization decision: `authorization.k8s.io/decision` `allow` | `forbid`, and
     /// `authorization.k8s.io/reason` when `reason` is not empty.
-    pub fn decision(&self, allowed: bool, reason: impl Into<String>) {
+    pub fn decision(&self, allowed: bool, reason: impl Into<Cow<'static, str>>) {
         let reason = reason.into();
         let mut s = self.state();
         s.annotations.insert(
-            DECISION_ANNOTATION.to_owned(),
-            if allowed { "allow" } else { "forbid" }.to_owned(),
+            Cow::Borrowed(DECISION_ANNOTATION),
+            Cow::Borrowed(if allowed { "allow" } else { "forbid" }),
         );
         if !reason.is_empty() {
-            s.annotations.insert(AUTHZ_REASON_ANNOTATION.to_owned(), reason);
+            s.annotations.insert(Cow::Borrowed(AUTHZ_REASON_ANNOTATION), reason);
         }
     }
 
     /// Sets annotation `key` (the last value wins). Never pass a secret.
-    pub fn annotate(&self, key: &str, value: impl Into<String>) {
-        self.state().annotations.insert(key.to_owned(), value.into());
+    pub fn annotate(&self, key: impl Into<Cow<'static, str>>, value: impl Into<Cow<'static, str>>) {
+        self.state().annotations.insert(key.into(), value.into());
     }
 
     /// Sets annotation `key` unless it is set already.
-    pub fn annotate_default(&self, key: &str, value: impl Into<String>) {
+    pub fn annotate_default(&self, key: impl Into<Cow<'static, str>>, value: impl Into<Cow<'static, str>>) {
         self.state()
             .annotations
-            .entry(key.to_owned())
+            .entry(key.into())
             .or_insert_with(|| value.into());
     }
 
@@ -489,7 +565,7 @@ impl RequestAudit {
     fn level_now(&self, s: &State) -> Level {
         let anon;
         let user = match &s.user {
-            Some(u) => u,
+            Some(u) => &**u,
             None => {
                 anon = anonymous();
                 &anon
@@ -498,7 +574,7 @@ impl RequestAudit {
         let verb = s.verb();
         let path = s.request_uri.split('?').next().unwrap_or_default();
         let attrs = attributes(user, &verb, s.object.as_ref(), path);
-        self.0.auditor.decide(&attrs).level
+        self.0.recorder.auditor.decide(&attrs).level
     }
 
     /// Whether the policy's level for what is known of the request so far is Request or more
@@ -521,10 +597,10 @@ impl RequestAudit {
     /// request's audit id, user and client (e.g. the `lockout` a failed `login` caused).
     pub fn side_event(&self, resource: &str, verb: &str, name: Option<&str>, annotations: &[(&str, &str)], code: u16) {
         let s = self.state();
-        let user = s.user.clone().unwrap_or_else(anonymous);
+        let user = s.user.as_deref().cloned().unwrap_or_else(anonymous);
         let object = identity_object(resource, name);
         let attrs = attributes(&user, verb, Some(&object), "");
-        let decision = self.0.auditor.decide(&attrs);
+        let decision = self.0.recorder.auditor.decide(&attrs);
         if decision.level == Level::None || decision.omit_stages.contains(&Stage::ResponseComplete) {
             return;
         }
@@ -545,14 +621,14 @@ impl RequestAudit {
             request_object: None,
             response_object: None,
             request_received_timestamp: self.0.received.to_rfc3339_micros(),
-            stage_timestamp: self.0.clock.now().to_rfc3339_micros(),
+            stage_timestamp: self.0.recorder.clock.now().to_rfc3339_micros(),
             annotations: annotations
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                 .collect(),
         };
         drop(s);
-        self.0.auditor.record(event);
+        self.0.recorder.auditor.record(event);
     }
 
     /// The response's headers are out with `code`: a long-running request emits
@@ -588,9 +664,13 @@ impl RequestAudit {
     fn emit(&self, code: u16, stages: &[Stage]) {
         let mut s = self.state();
         let verb = s.verb_str();
-        let user = s.user.as_ref().unwrap_or_else(|| anonymous_ref());
+        let user = s.user.as_deref().unwrap_or_else(|| anonymous_ref());
         let path = s.request_uri.split('?').next().unwrap_or_default();
-        let decision = self.0.auditor.decide(&attributes(user, &verb, s.object.as_ref(), path));
+        let decision = self
+            .0
+            .recorder
+            .auditor
+            .decide(&attributes(user, &verb, s.object.as_ref(), path));
         if decision.level == Level::None {
             drop(verb);
             s.emitted = [true; 3];
@@ -614,9 +694,9 @@ impl RequestAudit {
                 due[i] = Some(stage);
             }
         }
-        let received = self.0.received.to_rfc3339_micros();
-        let now = self.0.clock.now().to_rfc3339_micros();
-        static NO_ANNOTATIONS: BTreeMap<String, String> = BTreeMap::new();
+        let received = self.0.received.rfc3339_micros();
+        let now = self.0.recorder.clock.now().rfc3339_micros();
+        static NO_ANNOTATIONS: StaticAnnotations = BTreeMap::new();
         for stage in due.into_iter().flatten() {
             let status = (stage != Stage::RequestReceived).then(|| {
                 let failure = s.failure.as_ref().map(|(r, m)| (r.as_str(), m.as_str()));
@@ -642,19 +722,19 @@ impl RequestAudit {
                     None
                 },
                 response_object: None,
-                request_received_timestamp: &received,
+                request_received_timestamp: received.as_str(),
                 stage_timestamp: if stage == Stage::RequestReceived {
-                    &received
+                    received.as_str()
                 } else {
-                    &now
+                    now.as_str()
                 },
-                annotations: if stage == Stage::RequestReceived {
+                annotations: Annotations::Static(if stage == Stage::RequestReceived {
                     &NO_ANNOTATIONS
                 } else {
                     &s.annotations
-                },
+                }),
             };
-            self.0.auditor.record_view(&view);
+            self.0.recorder.auditor.record_view(&view);
         }
         drop(verb);
         s.emitted = emitted;
@@ -915,6 +995,48 @@ mod tests {
             handles.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect()
         });
         assert_eq!(ids.len(), 1200);
+    }
+
+    #[test]
+    fn uuids_are_spelled_in_full() {
+        assert_eq!(uuid_v4([0; 16]), "00000000-0000-4000-8000-000000000000");
+        assert_eq!(uuid_v4([0xab; 16]), "abababab-abab-4bab-abab-abababababab");
+        assert_eq!(uuid_v4([0xff; 16]), "ffffffff-ffff-4fff-bfff-ffffffffffff");
+    }
+
+    #[test]
+    fn each_recorders_events_reach_its_own_auditor_from_every_thread() {
+        let (one, two) = (Capture::metadata(), Capture::metadata());
+        let clock: Arc<dyn Clock> = ManualClock::new(UnixTime::from_secs(1));
+        let r1 = Arc::new(Recorders::new(one.auditor(), clock.clone()));
+        let r2 = Arc::new(Recorders::new(two.auditor(), clock));
+        let request = |recorders: &Recorders, id: &str| {
+            let b = Begin {
+                audit_id: id.into(),
+                method: http::Method::GET,
+                request_uri: "/".into(),
+                source_ips: vec![],
+                user_agent: None,
+            };
+            RequestAudit::begin_with(&recorders.here(), b).complete(200);
+        };
+        // Interleaved on one thread, then from another.
+        for _ in 0..2 {
+            request(&r1, "one");
+            request(&r2, "two");
+        }
+        let (t1, t2) = (r1.clone(), r2.clone());
+        std::thread::spawn(move || {
+            request(&t1, "one");
+            request(&t2, "two");
+        })
+        .join()
+        .unwrap_or_else(|_| panic!("thread panicked"));
+        for (cap, id) in [(&one, "one"), (&two, "two")] {
+            let ids: Vec<_> = cap.events().into_iter().map(|e| e.audit_id).collect();
+            assert_eq!(ids, [id; 6], "2 events for each of 3 requests");
+        }
+        assert!(Arc::ptr_eq(&r1.here(), &r1.here()), "a thread's recorder is reused");
     }
 
     #[test]

@@ -72,7 +72,7 @@ impl Sink for Capture {
     fn decide(&self, attributes: &Attributes<'_>) -> Decision {
         Decision {
             level: (self.choose)(attributes),
-            omit_stages: Vec::new(),
+            omit_stages: crate::policy::Stages::default(),
         }
     }
 

@@ -13,6 +13,7 @@
 
 use std::net::IpAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use axum::body::Body;
@@ -21,8 +22,8 @@ use axum::http::{HeaderName, HeaderValue, header};
 use axum::response::Response;
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
-use kfsec_audit::request::{AUDIT_ID_HEADER, Begin, audit_id_from_client, redacted_uri};
-use kfsec_audit::{Auditor, RequestAudit};
+use kfsec_audit::RequestAudit;
+use kfsec_audit::request::{AUDIT_ID_HEADER, Begin, Recorders, audit_id_from_client, redacted_uri};
 use kfsec_types::Identity;
 use kfsec_types::identity::UserInfo;
 
@@ -31,18 +32,15 @@ use crate::App;
 /// `Audit-ID` as a typed name (a `&str` name is parsed again at every use).
 static AUDIT_ID: HeaderName = HeaderName::from_static(AUDIT_ID_HEADER);
 
-/// Opens the request's audit context (`None` when auditing is off) and puts it in the
-/// request's extensions. `forwarded`: the client address a trusted proxy reported.
+/// Opens the request's audit context (auditing is on) and puts it in the request's
+/// extensions. `forwarded`: the client address a trusted proxy reported.
 pub(crate) fn begin(
     app: &App,
-    auditor: &Auditor,
+    recorders: &Recorders,
     req: &mut Request,
     peer: Option<IpAddr>,
     forwarded: Option<IpAddr>,
-) -> Option<RequestAudit> {
-    if !auditor.enabled() {
-        return None;
-    }
+) -> RequestAudit {
     let audit_id = req
         .headers()
         .get(&AUDIT_ID)
@@ -56,9 +54,8 @@ pub(crate) fn begin(
         .get(header::USER_AGENT)
         .map(|v| bounded_lossy(v.as_bytes(), MAX_USER_AGENT));
     let request_uri = redacted_uri(req.uri().path_and_query().map_or("/", |pq| pq.as_str()));
-    let audit = RequestAudit::begin(
-        auditor,
-        &app.clock,
+    let audit = RequestAudit::begin_with(
+        &recorders.here(),
         Begin {
             audit_id,
             method: req.method().clone(),
@@ -66,9 +63,9 @@ pub(crate) fn begin(
             source_ips,
             user_agent,
         },
-    )?;
+    );
     req.extensions_mut().insert(audit.clone());
-    Some(audit)
+    audit
 }
 
 /// The longest `User-Agent` recorded (bytes; a hostile client's huge header is cut, marked `…`).
@@ -89,10 +86,24 @@ fn bounded_lossy(bytes: &[u8], max: usize) -> String {
     out
 }
 
+thread_local! {
+    /// The last caller recorded on this thread, as an audit user: the next request is most
+    /// often the same caller's, whose user is then shared rather than built again.
+    static LAST_USER: std::cell::RefCell<Option<(Identity, Arc<UserInfo>)>> = const { std::cell::RefCell::new(None) };
+}
+
 /// Records the authenticated caller on the request's audit context, if any.
 pub(crate) fn set_user(req: &Request, identity: &Identity) {
     if let Some(a) = req.extensions().get::<RequestAudit>() {
-        a.set_user(UserInfo::from(identity));
+        let user = LAST_USER.with_borrow_mut(|last| match last {
+            Some((who, user)) if who == identity => user.clone(),
+            _ => {
+                let user = Arc::new(UserInfo::from(identity));
+                *last = Some((identity.clone(), user.clone()));
+                user
+            }
+        });
+        a.set_user_shared(user);
     }
 }
 

@@ -148,7 +148,8 @@ pub struct App {
     api: Option<Router>,
     mounts: responses::Mounts,
     pages: std::sync::OnceLock<Pages>,
-    auditor: std::sync::OnceLock<kfsec_audit::Auditor>,
+    /// What each request's audit context records through (one per thread).
+    recorders: std::sync::OnceLock<kfsec_audit::request::Recorders>,
     /// Audit ids (pooled randomness: one per request).
     audit_ids: kfsec_audit::request::AuditIds,
     /// The session check's per-thread front.
@@ -247,7 +248,7 @@ impl App {
             api,
             mounts,
             pages: std::sync::OnceLock::new(),
-            auditor: std::sync::OnceLock::new(),
+            recorders: std::sync::OnceLock::new(),
             decisions: std::sync::OnceLock::new(),
             route_series,
             upper_case_routes,
@@ -263,7 +264,9 @@ impl App {
     /// Records every front-door request through `auditor` (once; a second call is ignored; without
     /// it nothing is recorded): the edge opens each request's `kfsec_audit::RequestAudit`.
     pub fn audit(&self, auditor: kfsec_audit::Auditor) {
-        let _ = self.auditor.set(auditor);
+        let _ = self
+            .recorders
+            .set(kfsec_audit::request::Recorders::new(auditor, self.clock.clone()));
     }
 
     /// Counts the gateway's own decisions (proxied routes, the gatekeeper's check endpoint) in
@@ -429,13 +432,13 @@ async fn edge(app: &Arc<App>, gate: &Router, mut req: Request) -> Response {
     #[allow(clippy::disallowed_methods)] // the request-latency metric is a monotonic measurement, not logic time
     let start = Instant::now();
     let refusal = normalise_target(&app.mounts, &mut req).or_else(|| ambiguity(app, &req));
-    let auditor = app.auditor.get().filter(|a| a.enabled());
+    let recorders = app.recorders.get().filter(|r| r.enabled());
     let mut request_audit = None;
     if refusal.is_some()
-        && let Some(auditor) = auditor
+        && let Some(recorders) = recorders
     {
         let peer = req.extensions().get::<ClientAddr>().map(|c| c.0);
-        request_audit = audit::begin(app, auditor, &mut req, peer, None);
+        request_audit = Some(audit::begin(app, recorders, &mut req, peer, None));
     }
     let (resp, route) = match refusal {
         None => {
@@ -445,8 +448,8 @@ async fn edge(app: &Arc<App>, gate: &Router, mut req: Request) -> Response {
             if let Some(ip) = forwarded {
                 req.extensions_mut().insert(ClientAddr(ip));
             }
-            if let Some(auditor) = auditor {
-                request_audit = audit::begin(app, auditor, &mut req, peer, forwarded);
+            if let Some(recorders) = recorders {
+                request_audit = Some(audit::begin(app, recorders, &mut req, peer, forwarded));
             }
             let route = app.route_label(req.uri().path());
             // A handler's panic is answered 500 and recorded (`panics`), not a reset connection.

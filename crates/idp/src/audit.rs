@@ -40,7 +40,7 @@ impl<'a> Login<'a> {
         let account = bounded(account.trim());
         if let Some(a) = audit {
             a.identity(identity::LOGINS, identity::LOGIN, Some(&account));
-            a.annotate(CONNECTOR_ANNOTATION, connector);
+            a.annotate(CONNECTOR_ANNOTATION, connector.to_owned());
         }
         Self {
             audit,
@@ -53,7 +53,7 @@ impl<'a> Login<'a> {
     pub(crate) fn failed(&self, reason: &str) {
         if let Some(a) = self.audit {
             a.annotate(OUTCOME_ANNOTATION, "failure");
-            a.annotate(REASON_ANNOTATION, reason);
+            a.annotate(REASON_ANNOTATION, reason.to_owned());
         }
     }
 
@@ -109,7 +109,7 @@ pub(crate) fn token_request(audit: &RequestAudit, grant: Option<&str>, client_id
     }
     audit.annotate(GRANT_TYPE_ANNOTATION, g);
     if let Some(c) = client_id {
-        audit.annotate(CLIENT_ANNOTATION, c);
+        audit.annotate(CLIENT_ANNOTATION, c.to_owned());
     }
 }
 
@@ -117,7 +117,7 @@ pub(crate) fn token_request(audit: &RequestAudit, grant: Option<&str>, client_id
 pub(crate) fn failed(audit: Option<&RequestAudit>, reason: &str) {
     if let Some(a) = audit {
         a.annotate_default(OUTCOME_ANNOTATION, "failure");
-        a.annotate_default(REASON_ANNOTATION, reason);
+        a.annotate_default(REASON_ANNOTATION, reason.to_owned());
     }
 }
 

@@ -340,7 +340,7 @@ impl kfsec_api::Admission for InProcessAdmission {
                 m.mutated
             );
             let key = format!("mutation.webhook.admission.k8s.io/round_0_index_{}", m.index);
-            kfsec_api::audit::annotate(&key, value);
+            kfsec_api::audit::annotate(key, value);
         };
         let admitted = self.chain.admit_observed(&req, &ctx, object, &mut observe);
         admitted.map_err(|d| AdmissionDenied {

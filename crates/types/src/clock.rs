@@ -47,7 +47,12 @@ impl UnixTime {
     /// RFC 3339 in UTC with microseconds, e.g. `2026-11-22T06:30:00.123456Z` (Kubernetes'
     /// MicroTime).
     pub fn to_rfc3339_micros(self) -> String {
-        crate::time::format_rfc3339_micros(
+        self.rfc3339_micros().as_str().to_owned()
+    }
+
+    /// [`UnixTime::to_rfc3339_micros`] on the stack.
+    pub fn rfc3339_micros(self) -> crate::time::MicroTime {
+        crate::time::MicroTime::new(
             i64::try_from(self.as_secs()).unwrap_or(i64::MAX),
             self.0.subsec_micros(),
         )

@@ -14,12 +14,76 @@ pub fn format_rfc3339(secs: i64) -> String {
 /// Seconds and microseconds since the epoch → `YYYY-MM-DDTHH:MM:SS.ffffffZ` (Kubernetes'
 /// MicroTime, as audit events carry it).
 pub fn format_rfc3339_micros(secs: i64, micros: u32) -> String {
-    let mut out = String::with_capacity(27);
-    push_rfc3339_seconds(&mut out, secs);
-    out.push('.');
-    push_digits(&mut out, i64::from(micros.min(999_999)), 6);
-    out.push('Z');
-    out
+    MicroTime::new(secs, micros).as_str().to_owned()
+}
+
+/// A [`format_rfc3339_micros`] timestamp held on the stack (no allocation: the audit path
+/// writes two per request).
+#[derive(Clone, Copy)]
+pub struct MicroTime {
+    buf: [u8; 40],
+    len: u8,
+}
+
+impl MicroTime {
+    /// `secs` and `micros` (capped at 999,999) since the epoch.
+    pub fn new(secs: i64, micros: u32) -> Self {
+        let mut t = Self { buf: [0; 40], len: 0 };
+        let days = secs.div_euclid(86_400);
+        let s = secs.rem_euclid(86_400);
+        let (y, m, d) = civil_from_days(days);
+        if (0..=9999).contains(&y) {
+            t.digits(y, 4);
+        } else {
+            // (as `format!` spells such years; at most 14 bytes for an i64's seconds)
+            use std::io::Write;
+            let mut rest = &mut t.buf[..];
+            let _ = write!(rest, "{y:04}");
+            let left = rest.len();
+            t.len = u8::try_from(40 - left).unwrap_or(0);
+        }
+        for (sep, v) in [
+            (b'-', m),
+            (b'-', d),
+            (b'T', s / 3600),
+            (b':', (s / 60) % 60),
+            (b':', s % 60),
+        ] {
+            t.push(sep);
+            t.digits(v, 2);
+        }
+        t.push(b'.');
+        t.digits(i64::from(micros.min(999_999)), 6);
+        t.push(b'Z');
+        t
+    }
+
+    fn push(&mut self, b: u8) {
+        self.buf[usize::from(self.len)] = b;
+        self.len += 1;
+    }
+
+    /// `v` (0 ≤ v < 10^width) zero-padded to `width` digits.
+    fn digits(&mut self, mut v: i64, width: u8) {
+        let start = usize::from(self.len);
+        for i in (0..usize::from(width)).rev() {
+            self.buf[start + i] = b'0' + u8::try_from(v % 10).unwrap_or(0);
+            v /= 10;
+        }
+        self.len += width;
+    }
+
+    /// The text.
+    pub fn as_str(&self) -> &str {
+        // Only ASCII digits and separators are ever written.
+        std::str::from_utf8(&self.buf[..usize::from(self.len)]).unwrap_or_default()
+    }
+}
+
+impl std::fmt::Debug for MicroTime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Seconds since the epoch → an IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`, RFC 9110
@@ -166,6 +230,8 @@ mod tests {
             253_402_300_799,
             -1,
             253_402_300_800,
+            i64::MAX,
+            i64::MIN,
         ] {
             let days = t.div_euclid(86_400);
             let s = t.rem_euclid(86_400);

@@ -140,7 +140,7 @@ pub(crate) fn reviewed(ctx: &RequestAudit, webhook: &str, review: &ParsedReview)
         ..ObjectRef::default()
     };
     ctx.resource(&r.operation.as_str().to_ascii_lowercase(), object);
-    ctx.annotate(WEBHOOK_ANNOTATION, webhook);
+    ctx.annotate(WEBHOOK_ANNOTATION, webhook.to_owned());
     if !r.user_info.username.is_empty() {
         ctx.annotate(REVIEWED_USER_ANNOTATION, truncated(&r.user_info.username, MAX_REASON));
     }
