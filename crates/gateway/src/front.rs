@@ -13,7 +13,8 @@
 //! request), (3) the session has not expired and (4) its upstream re-check is not due. It never
 //! answers for a request the full check would refuse; the caller checks first that the store
 //! is current, as for the full check. Entries hold no secret beyond the cookie itself, which
-//! the thread already held; the table is bounded.
+//! the thread already held; the table is bounded, an entry found retired is dropped at once,
+//! and a dropped entry's cookie is zeroed.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -47,7 +48,8 @@ pub(crate) struct Holds {
 }
 
 struct Entry {
-    cookie: Box<[u8]>,
+    /// (a bearer secret: zeroed when the entry goes)
+    cookie: zeroize::Zeroizing<Box<[u8]>>,
     holds: Holds,
     authn: Authenticated,
 }
@@ -84,13 +86,21 @@ impl Front {
     /// (read now, before this request's other checks) and `now`.
     pub(crate) fn get(&self, cookie: &str, versions: Versions, now: UnixTime) -> Option<Authenticated> {
         let slot = self.keyed.hash_one(cookie.as_bytes());
-        TABLE.with_borrow(|table| {
-            let e = table.as_ref().filter(|t| t.front == self.id)?.entries.get(&slot)?;
+        TABLE.with_borrow_mut(|table| {
+            let entries = &mut table.as_mut().filter(|t| t.front == self.id)?.entries;
+            let e = entries.get(&slot)?;
+            if verify_slices_are_equal(&e.cookie, cookie.as_bytes()).is_err() {
+                return None;
+            }
             let holds = e.holds.versions == versions
                 && now.as_secs() < e.holds.expires_at
-                && now.as_millis() < e.holds.recheck_at_ms
-                && verify_slices_are_equal(&e.cookie, cookie.as_bytes()).is_ok();
-            holds.then(|| e.authn.clone())
+                && now.as_millis() < e.holds.recheck_at_ms;
+            if !holds {
+                // Retired: not kept (nor its cookie) until the slot is reused.
+                entries.remove(&slot);
+                return None;
+            }
+            Some(e.authn.clone())
         })
     }
 
@@ -111,7 +121,7 @@ impl Front {
             t.entries.insert(
                 slot,
                 Entry {
-                    cookie: cookie.as_bytes().into(),
+                    cookie: zeroize::Zeroizing::new(cookie.as_bytes().into()),
                     holds,
                     authn: authn.clone(),
                 },
@@ -170,6 +180,21 @@ mod tests {
         );
         assert_eq!(f.get("id.mac", V, UnixTime::from_secs(599)), Some(alice()));
         assert_eq!(f.get("id.mac", V, UnixTime::from_secs(600)), None);
+    }
+
+    #[test]
+    fn a_retired_answer_is_dropped_when_found() {
+        let f = Front::new();
+        let len = || TABLE.with_borrow(|t| t.as_ref().filter(|t| t.front == f.id).map_or(0, |t| t.entries.len()));
+        f.put("gone", holds(), &alice());
+        assert_eq!(len(), 1);
+        assert_eq!(f.get("gone!", V, UnixTime::from_secs(1)), None);
+        assert_eq!(len(), 1, "another cookie does not retire it");
+        assert_eq!(
+            f.get("gone", Versions { sessions: 9, ..V }, UnixTime::from_secs(1)),
+            None
+        );
+        assert_eq!(len(), 0, "retired, and dropped");
     }
 
     #[test]

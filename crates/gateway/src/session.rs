@@ -30,7 +30,7 @@ use futures_util::future::BoxFuture;
 use kfsec_idp::revocation::UserKey;
 use kfsec_idp::secret::sha256_hex;
 use kfsec_store::{Store, StoreError};
-use kfsec_types::{Clock, Identity, Rng, UnixTime, Versioned, random_array};
+use kfsec_types::{Clock, Identity, Rng, Versioned, random_array};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
@@ -614,10 +614,21 @@ impl Sessions {
         user_sessions(self.store.as_ref(), user).await
     }
 
-    /// Deletes one session (record, index entry, cache entry).
+    /// Deletes one session (record, index entry, cache entry: the record first, so a check
+    /// running meanwhile cannot read it back into the cache after the eviction).
     async fn end(&self, hash: &str, index_key: Option<&str>) -> Result<(), GatewayError> {
-        self.cache.write().remove(hash);
-        end(self.store.as_ref(), hash, index_key).await
+        let ended = end(self.store.as_ref(), hash, index_key).await;
+        self.evict(hash);
+        ended
+    }
+
+    /// Removes a session from the cache. The cache is written (and its version moved) only if
+    /// it holds the session: a client repeating the logout of a session that is gone does not
+    /// retire every thread's copy of every other session.
+    fn evict(&self, hash: &str) {
+        if self.cache.read().contains_key(hash) {
+            self.cache.write().remove(hash);
+        }
     }
 
     /// Ends every session of `user` (password change, deletion, "log out everywhere"); returns
@@ -642,7 +653,7 @@ impl Sessions {
                 match watcher.next().await {
                     Ok(kfsec_store::Event::Deleted(kv)) => {
                         if let Some(hash) = kv.key.strip_prefix(PREFIX) {
-                            me.cache.write().remove(hash);
+                            me.evict(hash);
                         }
                     }
                     Ok(kfsec_store::Event::Restarted { .. }) => me.cache.write().clear(),
@@ -685,8 +696,10 @@ impl Sessions {
             let mut tick = tokio::time::interval(every);
             loop {
                 tick.tick().await;
-                let now: UnixTime = me.clock.now();
-                me.cache.write().retain(|_, e| e.expires_at > now.as_secs());
+                let now = me.clock.now().as_secs();
+                if me.cache.read().values().any(|e| e.expires_at <= now) {
+                    me.cache.write().retain(|_, e| e.expires_at > now);
+                }
             }
         })
     }
@@ -697,7 +710,7 @@ mod tests {
     use std::collections::VecDeque;
 
     use kfsec_store::MemoryStore;
-    use kfsec_types::{ManualClock, SequenceRng};
+    use kfsec_types::{ManualClock, SequenceRng, UnixTime};
 
     use super::*;
 
@@ -803,6 +816,34 @@ mod tests {
         assert!(s.login_of(&format!("{}x", &cookie)).await.is_none());
         s.revoke(&cookie).await.unwrap();
         assert!(s.login_of(&cookie).await.is_none());
+    }
+
+    #[tokio::test]
+    async fn the_cache_version_moves_with_every_change_and_only_then() {
+        let (s, clock, _) = setup(None);
+        let v0 = s.version();
+        let cookie = s.create_login(&alice(), 0, "", None).await.unwrap();
+        let v1 = s.version();
+        assert!(v1 > v0, "a login");
+        assert!(s.validate(&cookie).await.is_some());
+        assert_eq!(s.version(), v1, "a check of a cached session changes nothing");
+        s.revoke(&cookie).await.unwrap();
+        let v2 = s.version();
+        assert!(v2 > v1, "a logout");
+        assert!(s.validate(&cookie).await.is_none());
+        s.revoke(&cookie).await.unwrap();
+        assert_eq!(s.version(), v2, "the logout of a session that is gone changes nothing");
+        let other = s.create_login(&alice(), 0, "", None).await.unwrap();
+        let prune = s.spawn_prune(Duration::from_millis(5));
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let v3 = s.version();
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        assert_eq!(s.version(), v3, "a prune that finds nothing expired changes nothing");
+        clock.advance(Duration::from_secs(2 * 24 * 3600));
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        assert!(s.version() > v3, "a prune that drops an expired session");
+        assert!(s.validate(&other).await.is_none());
+        prune.abort();
     }
 
     #[tokio::test]

@@ -16,7 +16,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use kfsec_store::{Event, EventKind, Store, StoreError};
 use kfsec_types::{Rng, Versioned};
@@ -59,6 +59,9 @@ pub struct Epochs {
     /// Key hash → epoch (`None`: the store has none). Its version moves with every change: a
     /// read that began before one may be stale, and so may a copy of what it held.
     cache: Versioned<HashMap<String, Option<u64>>>,
+    /// Bumped whenever the cache is dropped: a store read that began before may be older than
+    /// what the watch resumed from, and is not cached.
+    clears: AtomicU64,
 }
 
 impl Epochs {
@@ -68,6 +71,7 @@ impl Epochs {
             rng,
             live: AtomicBool::new(false),
             cache: Versioned::default(),
+            clears: AtomicU64::new(0),
         })
     }
 
@@ -85,22 +89,31 @@ impl Epochs {
         if let Some(v) = self.cache.read().get(k) {
             return Ok(*v);
         }
-        let version = self.cache.version();
+        let clears = self.clears.load(Ordering::Acquire);
         let v = read(self.store.as_ref(), k).await?;
+        // No watch keeps the cache current, or the cache was dropped while we read (our value
+        // may predate what the watch resumed from): answer without caching, and without
+        // writing to the cache (which would retire every copy of it for nothing).
+        let cacheable = || self.live.load(Ordering::Acquire) && self.clears.load(Ordering::Acquire) == clears;
+        if !cacheable() {
+            return Ok(v);
+        }
         let mut cache = self.cache.write();
-        if !self.live.load(Ordering::Acquire) || self.cache.version() != version {
-            // No watch keeps the cache current, or the cache changed while we read (it may
-            // have been dropped, and our value predate what the watch resumed from): answer
-            // without caching.
+        if !cacheable() {
             return Ok(v);
         }
         if cache.len() > 100_000 {
             // Dropping entries could lose an event newer than our read: start empty instead.
-            cache.clear();
+            self.clear(&mut cache);
             return Ok(v);
         }
         // A watch event may have landed meanwhile: it is newer than our read.
         Ok(*cache.entry(k.to_owned()).or_insert(v))
+    }
+
+    fn clear(&self, cache: &mut HashMap<String, Option<u64>>) {
+        self.clears.fetch_add(1, Ordering::AcqRel);
+        cache.clear();
     }
 
     /// The cache's version ([`Versioned::version`]), when the cache is followed by the watch:
@@ -162,7 +175,7 @@ impl Epochs {
                     Ok(Event::Restarted { .. }) => {
                         // Anything read before the watch started may be stale.
                         let mut cache = me.cache.write();
-                        cache.clear();
+                        me.clear(&mut cache);
                         me.live.store(true, Ordering::Release);
                     }
                     Ok(Event::Applied(kv)) => me.observe_key(&kv.key, &EventKind::Put, &kv.value),
@@ -172,7 +185,7 @@ impl Epochs {
                         tracing::warn!(error = %e, "revocation watch lost; reloading");
                         me.live.store(false, Ordering::Release);
                         let mut cache = me.cache.write();
-                        cache.clear();
+                        me.clear(&mut cache);
                     }
                 }
             }

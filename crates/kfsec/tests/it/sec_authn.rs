@@ -1202,3 +1202,35 @@ async fn a_session_every_worker_has_seen_ends_at_once() {
     }
     k.running.shutdown().await;
 }
+
+/// A revocation that reaches the server only as an epoch in the store (another replica's, or a
+/// refresh the upstream refused: the user's sessions are not deleted) ends a session every
+/// worker has seen, as soon as the store's watch delivers it, and for good.
+#[tokio::test]
+async fn an_epoch_written_elsewhere_ends_a_session_every_worker_has_seen() {
+    let k = Kfsec::start("").await;
+    let (email, password) = ("epoch-front@example.org", "epoch front password 1");
+    user_add(&k, email, password).await;
+    let (_, cookie) = session_of(&k, email, password).await;
+    let (_, bystander) = session_of(&k, USER, PASSWORD).await;
+    for _ in 0..3 {
+        assert_eq!(checks_on_fresh_connections(&k, &cookie, 8).await, 24, "before");
+    }
+    let now = SystemClock.now().as_millis();
+    kfsec_idp::revocation::write(k.running.store.as_ref(), email, now)
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while checks_on_fresh_connections(&k, &cookie, 2).await > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the watched epoch never ended the session"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for _ in 0..3 {
+        assert_eq!(checks_on_fresh_connections(&k, &cookie, 8).await, 0, "after");
+    }
+    assert_eq!(checks_on_fresh_connections(&k, &bystander, 4).await, 12, "another user");
+    k.running.shutdown().await;
+}
