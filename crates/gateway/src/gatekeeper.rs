@@ -106,13 +106,14 @@ impl App {
     /// audience, or a service-account token for an audience `path` accepts), verified client
     /// certificate or session cookie — all through the one [`kfsec_idp::Authenticator`].
     pub async fn authenticate(&self, headers: &HeaderMap, cert: Option<&ClientCertIdentity>, path: &str) -> Authn {
-        let credential =
-            bearer_token(headers).is_some() || cert.is_some() || cookie(headers, &self.settings.cookie_name).is_some();
+        let bearer = bearer_token(headers);
+        let first_session = cookie(headers, &self.settings.cookie_name);
+        let credential = bearer.is_some() || cert.is_some() || first_session.is_some();
         if credential && let Err(e) = self.sessions.store_current() {
             tracing::debug!(error = %e, "credential not checked: the store is not current");
             return Authn::Unavailable;
         }
-        if let Some(token) = bearer_token(headers) {
+        if let Some(token) = bearer {
             return match Box::pin(self.authn.bearer(token, self.mounts.surface(path))).await {
                 Ok(a) => Authn::Ok(a),
                 Err(e) => {
@@ -131,14 +132,16 @@ impl App {
             sessions: self.sessions.version(),
             epochs,
         });
+        // The first session cookie, as its front remembers it (no second reading of the
+        // `Cookie` headers on this path, which most requests take).
+        if let (Some(v), Some(versions)) = (first_session, versions)
+            && let Some(a) = self.front.get(v, versions, self.clock.now())
+        {
+            return Authn::Ok(a);
+        }
         for (k, v) in cookies(headers) {
             if k != self.settings.cookie_name {
                 continue;
-            }
-            if let Some(versions) = versions
-                && let Some(a) = self.front.get(v, versions, self.clock.now())
-            {
-                return Authn::Ok(a);
             }
             if let Some(s) = self.sessions.check(v, &IdpRefresher(&self.idp)).await
                 && let Ok(a) = self.authn.session(s.identity, &s.user_key, s.started_ms).await

@@ -1,7 +1,8 @@
 //! RFC 3339 timestamps as Kubernetes and KFP write them (`2006-01-02T15:04:05Z`: whole seconds,
 //! UTC) and the parser for what clients send (fractions and offsets accepted).
 //!
-//! Invariants: pure functions; out-of-range input yields `None`, never a panic.
+//! Invariants: pure functions (one per-thread memo of the last second spelled, which changes no
+//! result); out-of-range input yields `None`, never a panic.
 
 /// Seconds since the epoch → `YYYY-MM-DDTHH:MM:SSZ`.
 pub fn format_rfc3339(secs: i64) -> String {
@@ -28,6 +29,26 @@ pub struct MicroTime {
 impl MicroTime {
     /// `secs` and `micros` (capped at 999,999) since the epoch.
     pub fn new(secs: i64, micros: u32) -> Self {
+        thread_local! {
+            /// The last second spelled on this thread (requests come many to a second).
+            static LAST: std::cell::Cell<Option<(i64, MicroTime)>> = const { std::cell::Cell::new(None) };
+        }
+        let mut t = LAST.with(|last| match last.get() {
+            Some((s, t)) if s == secs => t,
+            _ => {
+                let t = Self::seconds(secs);
+                last.set(Some((secs, t)));
+                t
+            }
+        });
+        t.push(b'.');
+        t.digits(i64::from(micros.min(999_999)), 6);
+        t.push(b'Z');
+        t
+    }
+
+    /// `YYYY-MM-DDTHH:MM:SS` of `secs`.
+    fn seconds(secs: i64) -> Self {
         let mut t = Self { buf: [0; 40], len: 0 };
         let days = secs.div_euclid(86_400);
         let s = secs.rem_euclid(86_400);
@@ -52,9 +73,6 @@ impl MicroTime {
             t.push(sep);
             t.digits(v, 2);
         }
-        t.push(b'.');
-        t.digits(i64::from(micros.min(999_999)), 6);
-        t.push(b'Z');
         t
     }
 
