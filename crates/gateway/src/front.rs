@@ -1,26 +1,25 @@
 //! The session check's per-thread front: each worker thread remembers the answers of the full
 //! check ([`crate::session::Sessions::check`], then the revocation epoch) for the session
-//! cookies it has seen, so a cookie it saw before costs a keyed hash, a constant-time
-//! comparison and two atomic loads instead of an HMAC, a SHA-256 and two shared locks — and no
-//! cache line is written by both cores.
+//! cookies it has seen, so a cookie it saw before costs one SHA-256 of the cookie and two
+//! atomic loads instead of an HMAC, a SHA-256, two shared locks and their shared cache lines.
 //!
-//! Security invariants: an entry answers only for the exact cookie it was made from (found by a
-//! keyed hash, then its bytes compared in constant time), and only while (1) the session cache
-//! and the revocation-epoch cache are both at the versions read *before* the full check that
-//! made the entry — every login, logout, revocation, re-check, watch event, prune or drop of
-//! either cache moves its version and so retires every entry of every thread at once —, (2) the
-//! epoch cache follows the store (otherwise every check reads the store, and so does every
-//! request), (3) the session has not expired and (4) its upstream re-check is not due. It never
-//! answers for a request the full check would refuse; the caller checks first that the store
-//! is current, as for the full check. Entries hold no secret beyond the cookie itself, which
-//! the thread already held; the table is bounded, an entry found retired is dropped at once,
-//! and a dropped entry's cookie is zeroed.
+//! Security invariants: an entry answers only for the cookie whose SHA-256 it holds (found by
+//! the digest, compared in constant time), and only while (1) the session cache and the
+//! revocation-epoch cache are both at the versions read *before* the full check that made the
+//! entry — every login, logout, revocation, re-check, watch event, prune or drop of either
+//! cache moves its version and so retires every entry of every thread at once —, (2) the epoch
+//! cache follows the store (otherwise every check reads the store, and so does every request),
+//! (3) the session has not expired and (4) its upstream re-check is not due. It never answers
+//! for a request the full check would refuse; the caller checks first that the store is
+//! current, as for the full check. Entries keep no cookie, only its digest, from which none can
+//! be made (as the session store keeps only its id's); the table is bounded and an entry found
+//! retired is dropped at once.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::hash::BuildHasher;
 
 use aws_lc_rs::constant_time::verify_slices_are_equal;
+use aws_lc_rs::digest;
 use kfsec_idp::Authenticated;
 use kfsec_types::UnixTime;
 
@@ -48,8 +47,8 @@ pub(crate) struct Holds {
 }
 
 struct Entry {
-    /// (a bearer secret: zeroed when the entry goes)
-    cookie: zeroize::Zeroizing<Box<[u8]>>,
+    /// The cookie's SHA-256.
+    digest: [u8; 32],
     holds: Holds,
     authn: Authenticated,
 }
@@ -57,6 +56,7 @@ struct Entry {
 /// One thread's entries, for the front they belong to.
 struct Table {
     front: u64,
+    /// By the digest's first eight bytes.
     entries: HashMap<u64, Entry, rustc_hash::FxBuildHasher>,
 }
 
@@ -68,9 +68,15 @@ thread_local! {
 pub(crate) struct Front {
     /// Tells this front's entries from another's on the same thread.
     id: u64,
-    /// The keyed hash that finds a cookie's entry (its key is random per front, so which
-    /// cookies share a slot cannot be chosen or learnt).
-    keyed: std::collections::hash_map::RandomState,
+}
+
+/// `cookie`'s SHA-256, and the table slot it goes in.
+fn digest_of(cookie: &str) -> ([u8; 32], u64) {
+    let mut d = [0u8; 32];
+    d.copy_from_slice(digest::digest(&digest::SHA256, cookie.as_bytes()).as_ref());
+    let mut slot = [0u8; 8];
+    slot.copy_from_slice(&d[..8]);
+    (d, u64::from_le_bytes(slot))
 }
 
 impl Front {
@@ -78,25 +84,24 @@ impl Front {
         static FRONTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         Self {
             id: FRONTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-            keyed: std::collections::hash_map::RandomState::new(),
         }
     }
 
     /// The answer remembered for `cookie` on this thread, if it still holds at `versions`
     /// (read now, before this request's other checks) and `now`.
     pub(crate) fn get(&self, cookie: &str, versions: Versions, now: UnixTime) -> Option<Authenticated> {
-        let slot = self.keyed.hash_one(cookie.as_bytes());
+        let (digest, slot) = digest_of(cookie);
         TABLE.with_borrow_mut(|table| {
             let entries = &mut table.as_mut().filter(|t| t.front == self.id)?.entries;
             let e = entries.get(&slot)?;
-            if verify_slices_are_equal(&e.cookie, cookie.as_bytes()).is_err() {
+            if verify_slices_are_equal(&e.digest, &digest).is_err() {
                 return None;
             }
             let holds = e.holds.versions == versions
                 && now.as_secs() < e.holds.expires_at
                 && now.as_millis() < e.holds.recheck_at_ms;
             if !holds {
-                // Retired: not kept (nor its cookie) until the slot is reused.
+                // Retired: not kept until the slot is reused.
                 entries.remove(&slot);
                 return None;
             }
@@ -106,7 +111,7 @@ impl Front {
 
     /// Remembers the full check's answer for `cookie` on this thread.
     pub(crate) fn put(&self, cookie: &str, holds: Holds, authn: &Authenticated) {
-        let slot = self.keyed.hash_one(cookie.as_bytes());
+        let (digest, slot) = digest_of(cookie);
         TABLE.with_borrow_mut(|table| {
             let t = match table {
                 Some(t) if t.front == self.id => t,
@@ -121,7 +126,7 @@ impl Front {
             t.entries.insert(
                 slot,
                 Entry {
-                    cookie: zeroize::Zeroizing::new(cookie.as_bytes().into()),
+                    digest,
                     holds,
                     authn: authn.clone(),
                 },
@@ -210,6 +215,19 @@ mod tests {
             .unwrap_or_else(|_| panic!("thread panicked"));
         assert_eq!(seen, None, "another thread");
         assert_eq!(a.get("c", V, now), Some(alice()));
+    }
+
+    #[test]
+    fn entries_keep_the_cookies_digest_not_the_cookie() {
+        let f = Front::new();
+        f.put("the-cookie.its-mac", holds(), &alice());
+        let (digest, slot) = digest_of("the-cookie.its-mac");
+        let want = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, b"the-cookie.its-mac");
+        assert_eq!(digest.as_slice(), want.as_ref());
+        TABLE.with_borrow(|t| {
+            let e = t.as_ref().and_then(|t| t.entries.get(&slot));
+            assert_eq!(e.map(|e| e.digest), Some(digest));
+        });
     }
 
     #[test]
