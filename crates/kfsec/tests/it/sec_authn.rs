@@ -1234,3 +1234,23 @@ async fn an_epoch_written_elsewhere_ends_a_session_every_worker_has_seen() {
     assert_eq!(checks_on_fresh_connections(&k, &bystander, 4).await, 12, "another user");
     k.running.shutdown().await;
 }
+
+/// Callers taking turns on one keep-alive connection (so on one worker thread, which keeps the
+/// last caller's identity header values) each reach the upstream as themselves, groups and all.
+#[tokio::test]
+async fn callers_taking_turns_on_one_connection_each_reach_the_upstream_as_themselves() {
+    let k = Kfsec::start("").await;
+    let (email, password) = ("turns@example.org", "turns password 1");
+    user_add(&k, email, password).await;
+    let (_, mine) = session_of(&k, email, password).await;
+    let (_, theirs) = session_of(&k, USER, PASSWORD).await;
+    let s = Surfaces::new(&k);
+    let me = Some((email.to_owned(), vec![]));
+    let them = Some((USER.to_owned(), vec!["team-a".to_owned()]));
+    for _ in 0..3 {
+        for (cookie, who) in [(&mine, &me), (&mine, &me), (&theirs, &them), (&mine, &me)] {
+            assert_eq!(&s.route(&Cred::Cookie(cookie.clone())).await, who);
+        }
+    }
+    k.running.shutdown().await;
+}
