@@ -341,38 +341,19 @@ impl App {
     /// (HTTP's obs-text), so a directory user `jürgen` or a group `équipe` reaches the upstream
     /// rather than silently dropping the header.
     pub fn set_identity_headers(&self, h: &mut HeaderMap, id: &Identity) {
-        type Values = (Option<HeaderValue>, Option<HeaderValue>);
-        thread_local! {
-            /// The last caller's values on this thread, with the prefix they were made with: the
-            /// next request is most often the same caller's (a value is shared bytes: a clone
-            /// is a count of this thread's own).
-            static LAST: std::cell::RefCell<Option<(String, Identity, Values)>> = const { std::cell::RefCell::new(None) };
-        }
+        // Each value is built once and handed over (`Bytes` takes the buffer, no copy).
         let prefix = &self.settings.user_id_prefix;
-        let (user, groups) = LAST.with_borrow_mut(|last| {
-            if let Some((p, who, values)) = last.as_ref()
-                && p == prefix
-                && who == id
-            {
-                return values.clone();
-            }
-            // Each value is built once and handed over (`Bytes` takes the buffer, no copy).
-            let mut user = String::with_capacity(prefix.len() + id.user.len());
-            user.push_str(prefix);
-            user.push_str(&id.user);
-            let user = HeaderValue::from_maybe_shared(bytes::Bytes::from(user)).ok();
-            let groups = match id.groups.as_slice() {
-                [] => Some(HeaderValue::from_static("")),
-                many => HeaderValue::from_maybe_shared(bytes::Bytes::from(many.join(","))).ok(),
-            };
-            let values = (user, groups);
-            *last = Some((prefix.clone(), id.clone(), values.clone()));
-            values
-        });
-        if let Some(v) = user {
+        let mut user = String::with_capacity(prefix.len() + id.user.len());
+        user.push_str(prefix);
+        user.push_str(&id.user);
+        if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(user)) {
             h.insert(self.settings.user_id_header.clone(), v);
         }
-        if let Some(v) = groups {
+        let groups = match id.groups.as_slice() {
+            [] => Ok(HeaderValue::from_static("")),
+            many => HeaderValue::from_maybe_shared(bytes::Bytes::from(many.join(","))),
+        };
+        if let Ok(v) = groups {
             h.insert(self.settings.groups_header.clone(), v);
         }
     }
