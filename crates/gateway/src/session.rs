@@ -12,7 +12,7 @@
 //!
 //! Federated sessions (the user signed in through an upstream connector) keep the gatekeeper's
 //! refresh token in the record — server-side only, never in the cookie, hidden from `Debug` —
-//! and are re-checked through it ([`Sessions::authenticate`]) when a request arrives and the
+//! and are re-checked through it ([`Sessions::check`]) when a request arrives and the
 //! last check is older than the revalidation interval: a refusal (`invalid_grant`) ends the
 //! session before the request is served; a temporary failure keeps it and is retried (not
 //! sooner than [`RETRY_AFTER_FAILURE`]). One re-check per session at a time: concurrent requests
@@ -435,14 +435,8 @@ impl Sessions {
     /// Like [`Sessions::validate`], and a federated session whose last check is older than the
     /// revalidation interval is re-checked through `refresher` first: refused → the session
     /// ends and this is None; a passing failure → the session goes on (retried later).
-    /// Also returns the user's revocation key, for the caller's check.
-    pub async fn authenticate(&self, cookie: &str, refresher: &dyn Refresher) -> Option<(Identity, u64, UserKey)> {
-        let s = self.check(cookie, refresher).await?;
-        Some((s.identity, s.started_ms, s.user_key))
-    }
-
-    /// [`Sessions::authenticate`], with how long its answer holds while the cache's
-    /// [`Sessions::version`] stays the same.
+    /// Also returns the user's revocation key, for the caller's check, and how long the answer
+    /// holds while the cache's [`Sessions::version`] stays the same.
     pub async fn check(&self, cookie: &str, refresher: &dyn Refresher) -> Option<Checked> {
         let (hash, live) = self.live(cookie).await?;
         let recheck_at = |live: &Live| match (&live.upstream, self.revalidate) {
@@ -884,11 +878,15 @@ mod tests {
         ]);
         // Within the interval: no upstream call.
         clock.advance(EVERY - Duration::from_secs(1));
-        assert_eq!(s.authenticate(&cookie, &up).await.unwrap().0, alice());
+        assert_eq!(s.check(&cookie, &up).await.unwrap().identity, alice());
         assert!(up.seen().is_empty());
         // Due: re-checked once; the groups and the token follow the answer.
         clock.advance(Duration::from_secs(1));
-        let (id, _, key) = s.authenticate(&cookie, &up).await.unwrap();
+        let Checked {
+            identity: id,
+            user_key: key,
+            ..
+        } = s.check(&cookie, &up).await.unwrap();
         assert_eq!(id.groups, ["team-b"]);
         assert_eq!(
             key,
@@ -897,12 +895,12 @@ mod tests {
         );
         assert_eq!(up.seen(), ["rt-1"]);
         assert_eq!(record(store.as_ref()).await.upstream.unwrap().refresh_token, "rt-2");
-        assert_eq!(s.authenticate(&cookie, &up).await.unwrap().0.groups, ["team-b"]);
+        assert_eq!(s.check(&cookie, &up).await.unwrap().identity.groups, ["team-b"]);
         assert_eq!(up.seen().len(), 1);
         // The next interval uses the rotated token.
         clock.advance(EVERY);
         assert_eq!(
-            s.authenticate(&cookie, &up).await.unwrap().0.groups,
+            s.check(&cookie, &up).await.unwrap().identity.groups,
             ["team-b", "team-c"]
         );
         assert_eq!(up.seen(), ["rt-1", "rt-2"]);
@@ -917,7 +915,7 @@ mod tests {
         let cookie = s.create_with(&alice(), 0, federated("rt-1")).await.unwrap();
         clock.advance(EVERY);
         let up = Script::new([Refreshed::Refused("invalid_grant: user removed upstream".into())]);
-        assert!(s.authenticate(&cookie, &up).await.is_none());
+        assert!(s.check(&cookie, &up).await.is_none());
         assert!(s.validate(&cookie).await.is_none());
         assert!(
             kfsec_store::list_all(store.as_ref(), PREFIX)
@@ -944,14 +942,14 @@ mod tests {
             Refreshed::Unavailable("temporarily_unavailable: upstream timed out".into()),
             Refreshed::Refused("invalid_grant".into()),
         ]);
-        assert_eq!(s.authenticate(&cookie, &up).await.unwrap().0, alice());
+        assert_eq!(s.check(&cookie, &up).await.unwrap().identity, alice());
         // Not retried at every request while the upstream is down…
         clock.advance(RETRY_AFTER_FAILURE - Duration::from_secs(1));
-        assert!(s.authenticate(&cookie, &up).await.is_some());
+        assert!(s.check(&cookie, &up).await.is_some());
         assert_eq!(up.seen().len(), 1);
         // …but after the pause, with the same token; a refusal then ends it.
         clock.advance(Duration::from_secs(1));
-        assert!(s.authenticate(&cookie, &up).await.is_none());
+        assert!(s.check(&cookie, &up).await.is_none());
         assert_eq!(up.seen(), ["rt-1", "rt-1"]);
     }
 
@@ -966,7 +964,7 @@ mod tests {
         });
         let first = {
             let (s, up, cookie) = (s.clone(), up.clone(), cookie.clone());
-            tokio::spawn(async move { s.authenticate(&cookie, up.as_ref()).await })
+            tokio::spawn(async move { s.check(&cookie, up.as_ref()).await })
         };
         while up.seen().is_empty() {
             tokio::task::yield_now().await;
@@ -974,13 +972,13 @@ mod tests {
         // While the first re-check is under way, other requests go on with the last confirmed
         // identity and call nobody.
         for _ in 0..5 {
-            let other = tokio::time::timeout(Duration::from_secs(5), s.authenticate(&cookie, up.as_ref()));
-            assert_eq!(other.await.expect("waited for the re-check").unwrap().0, alice());
+            let other = tokio::time::timeout(Duration::from_secs(5), s.check(&cookie, up.as_ref()));
+            assert_eq!(other.await.expect("waited for the re-check").unwrap().identity, alice());
         }
         assert_eq!(up.seen().len(), 1);
         up.gate.as_ref().unwrap().add_permits(1);
-        assert_eq!(first.await.unwrap().unwrap().0.groups, ["team-b"]);
-        assert_eq!(s.authenticate(&cookie, up.as_ref()).await.unwrap().0.groups, ["team-b"]);
+        assert_eq!(first.await.unwrap().unwrap().identity.groups, ["team-b"]);
+        assert_eq!(s.check(&cookie, up.as_ref()).await.unwrap().identity.groups, ["team-b"]);
         assert_eq!(up.seen().len(), 1);
     }
 
@@ -992,10 +990,10 @@ mod tests {
         assert!(b.validate(&cookie).await.is_some()); // b caches the session
         clock.advance(EVERY);
         let up = Script::new([valid("alice@example.com", &["team-b"], "rt-2")]);
-        assert_eq!(a.authenticate(&cookie, &up).await.unwrap().0.groups, ["team-b"]);
+        assert_eq!(a.check(&cookie, &up).await.unwrap().identity.groups, ["team-b"]);
         // b's cache is stale and due; b reads the record, sees the fresh check and its groups.
         let none = Script::new([]);
-        assert_eq!(b.authenticate(&cookie, &none).await.unwrap().0.groups, ["team-b"]);
+        assert_eq!(b.check(&cookie, &none).await.unwrap().identity.groups, ["team-b"]);
         assert!(none.seen().is_empty());
     }
 
@@ -1005,7 +1003,7 @@ mod tests {
         let cookie = s.create_with(&alice(), 0, federated("rt-1")).await.unwrap();
         clock.advance(EVERY);
         let up = Script::new([valid("mallory@example.com", &[], "rt-2")]);
-        assert!(s.authenticate(&cookie, &up).await.is_none());
+        assert!(s.check(&cookie, &up).await.is_none());
         assert!(s.validate(&cookie).await.is_none());
     }
 
@@ -1020,8 +1018,8 @@ mod tests {
         assert!(record(store.as_ref()).await.upstream.is_none());
         clock.advance(EVERY * 4);
         let none = Script::new([]);
-        assert!(s.authenticate(&local, &none).await.is_some());
-        assert!(off.authenticate(&fed, &none).await.is_some());
+        assert!(s.check(&local, &none).await.is_some());
+        assert!(off.check(&fed, &none).await.is_some());
         assert!(none.seen().is_empty());
     }
 }
