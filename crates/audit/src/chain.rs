@@ -57,15 +57,20 @@ const HASH_OPEN: &[u8] = b",\"kfsec.io/chain-hash\":\"";
 const HASH_CLOSE: &[u8] = b"\"}}";
 const HASH_HEX_LEN: usize = 64;
 
-/// hex SHA-256(`prev` ‖ `\n` ‖ `parts`…).
-fn digest_link(prev: &str, parts: &[&[u8]]) -> String {
+/// SHA-256(`prev` ‖ `\n` ‖ `parts`…).
+fn link_digest(prev: &str, parts: &[&[u8]]) -> aws_lc_rs::digest::Digest {
     let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
     ctx.update(prev.as_bytes());
     ctx.update(b"\n");
     for p in parts {
         ctx.update(p);
     }
-    hex(ctx.finish().as_ref())
+    ctx.finish()
+}
+
+/// hex SHA-256(`prev` ‖ `\n` ‖ `parts`…).
+fn digest_link(prev: &str, parts: &[&[u8]]) -> String {
+    hex(link_digest(prev, parts).as_ref())
 }
 
 /// The chain hash of a sealed `line` that follows a line with hash `prev`: the digest of the
@@ -174,6 +179,15 @@ impl Encoded {
         }
         Ok(Self { bytes, annotated })
     }
+
+    /// The most bytes its sealed line can take (the body, the chain's annotations at their
+    /// longest: `kfsec.io/chain-prev`, a 20-digit sequence number, the hash).
+    pub fn sealed_len_max(&self) -> usize {
+        const ANNOTATIONS: usize = ",\"annotations\":{".len();
+        const PREV_MEMBER: usize = "\"kfsec.io/chain-prev\":\"\",".len() + HASH_HEX_LEN;
+        const SEQ_MEMBER: usize = "\"kfsec.io/chain-seq\":\"\"".len() + 20;
+        self.bytes.len() + ANNOTATIONS + PREV_MEMBER + SEQ_MEMBER + HASH_OPEN.len() + HASH_HEX_LEN + HASH_CLOSE.len()
+    }
 }
 
 impl Head {
@@ -181,15 +195,15 @@ impl Head {
     /// when `first_in_file`), advances the head and returns the JSON line (no newline).
     pub fn seal(&mut self, event: Event, first_in_file: bool) -> Result<String, ChainError> {
         let mut line = Vec::new();
-        let _ = self.seal_into(&Encoded::new(event)?, first_in_file, &mut line);
+        self.seal_into(&Encoded::new(event)?, first_in_file, &mut line);
         String::from_utf8(line).map_err(|e| ChainError::Json(serde::ser::Error::custom(e)))
     }
 
     /// Appends `body` sealed as the next line to `out` (no newline): the chain annotations go
     /// last in its annotations (`kfsec.io/chain-prev` when `first_in_file`, then
-    /// `kfsec.io/chain-seq`), the hash of those bytes after them. Advances the head and returns
-    /// the previous hash (for [`Head::undo`]).
-    pub fn seal_into(&mut self, body: &Encoded, first_in_file: bool, out: &mut Vec<u8>) -> String {
+    /// `kfsec.io/chain-seq`), the hash of those bytes after them. Advances the head. The line is
+    /// at most [`Encoded::sealed_len_max`] bytes.
+    pub fn seal_into(&mut self, body: &Encoded, first_in_file: bool, out: &mut Vec<u8>) {
         let seq = self.seq + 1;
         let start = out.len();
         let b = &body.bytes;
@@ -206,22 +220,17 @@ impl Head {
             out.extend_from_slice(b"\",");
         }
         out.extend_from_slice(b"\"kfsec.io/chain-seq\":\"");
-        out.extend_from_slice(seq.to_string().as_bytes());
+        let mut digits = [0u8; 20];
+        out.extend_from_slice(crate::encode::decimal(seq, &mut digits));
         out.extend_from_slice(b"\"}}");
-        let hash = digest_link(&self.hash, &[&out[start..]]);
+        let digest = link_digest(&self.hash, &[&out[start..]]);
+        self.hash.clear();
+        kfsec_types::hex::push(&mut self.hash, digest.as_ref());
         out.truncate(out.len() - 2);
         out.extend_from_slice(HASH_OPEN);
-        out.extend_from_slice(hash.as_bytes());
+        out.extend_from_slice(self.hash.as_bytes());
         out.extend_from_slice(HASH_CLOSE);
         self.seq = seq;
-        std::mem::replace(&mut self.hash, hash)
-    }
-
-    /// Takes back the last [`Head::seal_into`] (its line was not written): `prev` is what it
-    /// returned.
-    pub fn undo(&mut self, prev: String) {
-        self.seq = self.seq.saturating_sub(1);
-        self.hash = prev;
     }
 
     /// The head after `line` (a sealed line read back), if it carries the chain annotations.

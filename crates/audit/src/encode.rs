@@ -27,6 +27,12 @@ pub(crate) fn write_str(out: &mut Vec<u8>, s: &str) {
     let bytes = s.as_bytes();
     out.reserve(bytes.len() + 2);
     out.push(b'"');
+    // Most strings need no escape at all: one branch-free pass tells, then one copy.
+    if !bytes.iter().fold(false, |any, &b| any | needs_escape(b)) {
+        out.extend_from_slice(bytes);
+        out.push(b'"');
+        return;
+    }
     let mut run = 0;
     let mut chunks = bytes.chunks_exact(16);
     let mut at = 0;
@@ -227,12 +233,13 @@ fn response_status(out: &mut Vec<u8>, s: &ResponseStatus) {
         m.opt_str("status", s.status.as_deref());
         m.opt_str("message", s.message.as_deref());
         m.opt_str("reason", s.reason.as_deref());
-        let mut digits = [0u8; 5];
-        m.raw("code", u16_digits(s.code, &mut digits));
+        let mut digits = [0u8; 20];
+        m.raw("code", decimal(u64::from(s.code), &mut digits));
     });
 }
 
-fn u16_digits(mut n: u16, buf: &mut [u8; 5]) -> &[u8] {
+/// The decimal digits of `n`, written at the end of `buf`.
+pub(crate) fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
     let mut i = buf.len();
     loop {
         i -= 1;
@@ -286,8 +293,62 @@ pub struct EventView<'a> {
     pub annotations: Annotations<'a>,
 }
 
-/// The request path's annotations: keys are the code's own names, values most often too.
-pub type StaticAnnotations = BTreeMap<Cow<'static, str>, Cow<'static, str>>;
+/// The request path's annotations: keys are the code's own names, values most often too. A
+/// request has a few: they are kept sorted by key in one vector (a tree's node per request
+/// costs more than the search of a handful).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StaticAnnotations(Vec<(Cow<'static, str>, Cow<'static, str>)>);
+
+impl StaticAnnotations {
+    /// None.
+    pub const fn new() -> Self {
+        Self(Vec::new())
+    }
+
+    fn find(&self, key: &str) -> Result<usize, usize> {
+        self.0.binary_search_by(|(k, _)| (**k).cmp(key))
+    }
+
+    /// Sets `key` to `value` (the last value wins).
+    pub fn insert(&mut self, key: Cow<'static, str>, value: Cow<'static, str>) {
+        match self.find(&key) {
+            Ok(i) => self.0[i].1 = value,
+            Err(i) => self.0.insert(i, (key, value)),
+        }
+    }
+
+    /// Sets `key` to `value` unless it is set.
+    pub fn insert_default(&mut self, key: Cow<'static, str>, value: impl FnOnce() -> Cow<'static, str>) {
+        if let Err(i) = self.find(&key) {
+            self.0.insert(i, (key, value()));
+        }
+    }
+
+    /// The value of `key`.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.find(key).ok().map(|i| &*self.0[i].1)
+    }
+
+    /// `(key, value)` in key order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| (&**k, &**v))
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl FromIterator<(Cow<'static, str>, Cow<'static, str>)> for StaticAnnotations {
+    fn from_iter<I: IntoIterator<Item = (Cow<'static, str>, Cow<'static, str>)>>(iter: I) -> Self {
+        let mut a = Self::new();
+        for (k, v) in iter {
+            a.insert(k, v);
+        }
+        a
+    }
+}
 
 /// An Event's annotations by reference: an owned Event's, or a request's own (which need not
 /// allocate a name or a fixed value per request). Either iterates in key order.
@@ -312,7 +373,7 @@ impl<'a> Annotations<'a> {
     pub fn contains_key(&self, key: &str) -> bool {
         match self {
             Self::Owned(m) => m.contains_key(key),
-            Self::Static(m) => m.contains_key(key),
+            Self::Static(m) => m.get(key).is_some(),
         }
     }
 
@@ -320,7 +381,7 @@ impl<'a> Annotations<'a> {
     pub fn iter(&self) -> impl Iterator<Item = (&'a str, &'a str)> + 'a {
         let (owned, fixed) = match *self {
             Self::Owned(m) => (Some(m.iter().map(|(k, v)| (k.as_str(), v.as_str()))), None),
-            Self::Static(m) => (None, Some(m.iter().map(|(k, v)| (&**k, &**v)))),
+            Self::Static(m) => (None, Some(m.iter())),
         };
         owned.into_iter().flatten().chain(fixed.into_iter().flatten())
     }
@@ -526,6 +587,19 @@ mod tests {
         assert!(view.annotations.contains_key("a/owned") && !view.annotations.contains_key("a"));
         let keys: Vec<_> = view.annotations.iter().map(|(k, _)| k).collect();
         assert_eq!(keys, ["a/owned", "b/static"], "in key order");
+    }
+
+    #[test]
+    fn a_requests_annotations_keep_key_order_and_the_last_value() {
+        let mut a = StaticAnnotations::new();
+        for (k, v) in [("m", "1"), ("z", "2"), ("a", "3"), ("m", "4"), ("b/x", "5")] {
+            a.insert(Cow::Borrowed(k), Cow::Borrowed(v));
+        }
+        a.insert_default(Cow::Borrowed("z"), || Cow::Borrowed("ignored"));
+        a.insert_default(Cow::Borrowed("c"), || Cow::Borrowed("6"));
+        let all: Vec<_> = a.iter().collect();
+        assert_eq!(all, [("a", "3"), ("b/x", "5"), ("c", "6"), ("m", "4"), ("z", "2")]);
+        assert_eq!((a.get("m"), a.get("q")), (Some("4"), None));
     }
 
     proptest! {

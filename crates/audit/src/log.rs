@@ -2,7 +2,7 @@
 //! writing each batch of lines its caller hands it in one write ([`LogWriter::flush`]: lines are
 //! held in the process only until the batch ends, so a kill -9 loses only what was queued or in
 //! the batch), writes signed checkpoints every N lines (and, driven by its caller, every T
-//! seconds), rotates by size into lumberjack-named backups and prunes them by count and age.
+//! seconds) and syncs them (those of a flood of lines at most once a second), rotates by size into lumberjack-named backups and prunes them by count and age.
 //!
 //! Security invariants: files are created mode 0600 (directory 0700); the chain resumes from the
 //! last complete line on disk (sequence numbers continue across restarts and rotations); an
@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kfsec_types::{Clock, Rng};
+use kfsec_types::{Clock, Rng, UnixTime};
 
 use crate::chain::{self, Encoded, Head, SigningKey};
 use crate::event::Event;
@@ -33,6 +33,9 @@ pub const DEFAULT_MAX_AGE_DAYS: u64 = 366;
 pub const DEFAULT_CHECKPOINT_LINES: u64 = 1000;
 /// Default time between checkpoints (when anything was written).
 pub const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(10);
+/// The checkpoints written every N lines are synced at most this often (the others and the
+/// writer's idle moments sync at once).
+pub const SYNC_EVERY: Duration = Duration::from_secs(1);
 
 /// Where the log goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -108,6 +111,10 @@ pub struct LogWriter {
     head: Head,
     first_in_file: bool,
     since_checkpoint: u64,
+    /// Whether a checkpoint was written since the last sync.
+    unsynced: bool,
+    /// When the file was last synced.
+    last_sync: Option<UnixTime>,
     settings: LogSettings,
     key: Arc<SigningKey>,
     clock: Arc<dyn Clock>,
@@ -229,6 +236,8 @@ impl LogWriter {
             head,
             first_in_file,
             since_checkpoint: 0,
+            unsynced: false,
+            last_sync: None,
             settings,
             key,
             clock,
@@ -264,23 +273,18 @@ impl LogWriter {
         &self.head
     }
 
-    /// Seals `body` into the pending batch (rotating first when the line would not fit in the
-    /// file); returns where its line starts in `pending`.
+    /// Seals `body` into the pending batch (rotating first when its line, at its longest, would
+    /// not fit in the file); returns where its line starts in `pending`.
     fn append(&mut self, body: &Encoded) -> Result<usize, LogError> {
-        let mut start = self.pending.len();
-        let prev = self.head.seal_into(body, self.first_in_file, &mut self.pending);
         if let Out::File { size, .. } = &self.out {
             let limit = self.settings.max_size_mb.saturating_mul(1024 * 1024);
-            let len = (self.pending.len() - start) as u64 + 1;
+            let len = body.sealed_len_max() as u64 + 1;
             if limit > 0 && *size > 0 && size.saturating_add(len) > limit {
-                // Rare: sealed again as the first line of the next file.
-                self.pending.truncate(start);
-                self.head.undo(prev);
                 self.rotate()?;
-                start = self.pending.len();
-                let _ = self.head.seal_into(body, true, &mut self.pending);
             }
         }
+        let start = self.pending.len();
+        self.head.seal_into(body, self.first_in_file, &mut self.pending);
         self.pending.push(b'\n');
         self.pending_lines += 1;
         if let Out::File { size, .. } = &mut self.out {
@@ -329,10 +333,18 @@ impl LogWriter {
     }
 
     /// [`LogWriter::write`] of an event already serialized (by the thread that recorded it).
+    /// The checkpoint every N lines is synced at most once a second ([`SYNC_EVERY`]): under a
+    /// flood of events the log is not synced dozens of times a second; the writer's thread syncs
+    /// what is left as soon as its queue is empty ([`LogWriter::sync`]).
     pub fn write_encoded(&mut self, body: &Encoded) -> Result<(), LogError> {
         let _ = self.append(body)?;
         if self.settings.checkpoint_lines > 0 && self.since_checkpoint >= self.settings.checkpoint_lines {
-            self.checkpoint()?;
+            self.write_checkpoint()?;
+            let now = self.clock.now();
+            let due = self.last_sync.is_none_or(|t| now < t || now.since(t) >= SYNC_EVERY);
+            if due {
+                self.sync()?;
+            }
         }
         Ok(())
     }
@@ -340,6 +352,13 @@ impl LogWriter {
     /// Writes a signed checkpoint of the head, if anything was written since the last one, and
     /// syncs the file.
     pub fn checkpoint(&mut self) -> Result<(), LogError> {
+        self.write_checkpoint()?;
+        self.sync()
+    }
+
+    /// Writes a signed checkpoint of the head, if anything was written since the last one (not
+    /// synced: [`LogWriter::sync`]).
+    fn write_checkpoint(&mut self) -> Result<(), LogError> {
         if self.since_checkpoint == 0 {
             return Ok(());
         }
@@ -348,20 +367,32 @@ impl LogWriter {
         let line = String::from_utf8_lossy(&self.pending[start..self.pending.len() - 1]).into_owned();
         self.since_checkpoint = 0;
         self.flush()?;
-        if let Out::File { path, file, .. } = &self.out {
-            file.sync_data().map_err(|source| LogError::Io {
-                path: path.clone(),
-                source,
-            })?;
-        }
+        self.unsynced = true;
         if let Some(w) = &self.witness {
             w(line);
         }
         Ok(())
     }
 
+    /// Syncs the file if a checkpoint was written since the last sync.
+    pub fn sync(&mut self) -> Result<(), LogError> {
+        if !std::mem::take(&mut self.unsynced) {
+            return Ok(());
+        }
+        self.last_sync = Some(self.clock.now());
+        if let Out::File { path, file, .. } = &self.out {
+            file.sync_data().map_err(|source| LogError::Io {
+                path: path.clone(),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
     fn rotate(&mut self) -> Result<(), LogError> {
         self.flush()?;
+        // (a rotated file is left synced up to its last checkpoint)
+        self.sync()?;
         let Out::File { path, .. } = &self.out else {
             return Ok(());
         };
@@ -450,8 +481,8 @@ mod tests {
         LogWriter::open(s, key.clone(), clock, Arc::new(SequenceRng::default())).unwrap_or_else(|e| panic!("{e}"))
     }
 
-    #[test]
-    fn the_chain_continues_across_rotations_and_restarts_and_backups_are_pruned() {
+    /// A temporary directory, the log's path in it, a clock and the signing key.
+    fn setup() -> (tempfile::TempDir, std::path::PathBuf, Arc<ManualClock>, Arc<SigningKey>) {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let path = dir.path().join("audit/audit.log");
         let clock = ManualClock::new(UnixTime::from_secs(1_796_504_400));
@@ -459,6 +490,52 @@ mod tests {
             SigningKey::load_or_create(&dir.path().join("audit"), &SequenceRng::default())
                 .unwrap_or_else(|e| panic!("{e}")),
         );
+        (dir, path, clock, key)
+    }
+
+    #[test]
+    fn the_checkpoints_of_a_flood_are_synced_at_most_once_a_second_and_the_rest_on_request() {
+        let (_dir, path, clock, key) = setup();
+        let mut w = writer(&path, clock.clone(), &key, 0, 0);
+        let write = |w: &mut LogWriter, n: u64| {
+            for i in 0..n {
+                w.write(event(i)).unwrap_or_else(|e| panic!("{e}"));
+            }
+        };
+        // The first checkpoint is synced at once, the next ones within the second are not.
+        write(&mut w, 7);
+        assert!(!w.unsynced, "the first checkpoint is synced");
+        write(&mut w, 7);
+        assert!(w.unsynced, "a second checkpoint within the second waits");
+        clock.advance(Duration::from_millis(999));
+        write(&mut w, 7);
+        assert!(w.unsynced);
+        // A second after the last sync, the next checkpoint syncs everything before it.
+        clock.advance(Duration::from_millis(1));
+        write(&mut w, 7);
+        assert!(!w.unsynced, "a checkpoint a second after the last sync is synced");
+        // One put off is synced when asked (the worker asks when its queue is empty), and by a
+        // checkpoint asked for (flush, shutdown) whatever the time; a clock gone back syncs.
+        write(&mut w, 7);
+        assert!(w.unsynced);
+        w.sync().unwrap_or_else(|e| panic!("{e}"));
+        assert!(!w.unsynced);
+        write(&mut w, 1);
+        w.checkpoint().unwrap_or_else(|e| panic!("{e}"));
+        assert!(!w.unsynced, "a checkpoint asked for is synced");
+        clock.set(UnixTime::from_secs(1_796_504_300));
+        write(&mut w, 7);
+        assert!(!w.unsynced, "a clock gone back does not hold syncs off");
+        // Every line is on record and signed.
+        w.checkpoint().unwrap_or_else(|e| panic!("{e}"));
+        let data = std::fs::read(&path).unwrap_or_else(|e| panic!("{e}"));
+        let report = chain::verify_bytes(&[("audit.log", &data)], &[key.public()]).unwrap_or_else(|f| panic!("{f}"));
+        assert_eq!((report.events, report.unsigned_tail), (43, 0));
+    }
+
+    #[test]
+    fn the_chain_continues_across_rotations_and_restarts_and_backups_are_pruned() {
+        let (_dir, path, clock, key) = setup();
         // 1 MB files: ~4,500 lines of ~230 bytes make several rotations.
         let mut w = writer(&path, clock.clone(), &key, 1, 3);
         for i in 0..6000 {

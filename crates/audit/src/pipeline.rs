@@ -176,8 +176,9 @@ const BATCH_MAX: usize = 4096;
 
 /// The log worker's loop: waits for the first event, then — while a drain finds events —
 /// drains the queue every [`BATCH_PAUSE`], sealing the batch and writing it at once; a drain
-/// that finds nothing sends it back to waiting. Checkpoints every `interval` (the writer adds
-/// them every N lines) and at a flush request or shutdown.
+/// that finds nothing sends it back to waiting, after syncing the file if a checkpoint is not
+/// synced yet. Checkpoints every `interval` (the writer adds them every N lines) and at a flush
+/// request or shutdown.
 // The pause and the checkpoint timer are monotonic IO pacing of the worker thread (the
 // checkpoint's own time comes from the Clock): Instant and thread sleep allowed here.
 #[allow(clippy::disallowed_methods)]
@@ -224,6 +225,12 @@ fn log_worker(mut w: LogWriter, rx: Receiver<Msg>, metrics: AuditMetrics, interv
             return;
         };
         busy = first.is_some();
+        if !busy {
+            // The queue is empty: a checkpoint whose sync was put off is synced now.
+            if let Err(e) = w.sync() {
+                tracing::warn!(error = %e, "syncing the audit log failed");
+            }
+        }
         let mut written = 0u64;
         let mut msg = first;
         let mut n = 0;

@@ -13,7 +13,6 @@
 //! only when it is short and of a safe charset (so it cannot forge log lines or blow up memory).
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use kfsec_types::identity::UserInfo;
@@ -448,7 +447,7 @@ impl RequestAudit {
                 impersonated: None,
                 verb: None,
                 object: None,
-                annotations: BTreeMap::new(),
+                annotations: StaticAnnotations::new(),
                 request_object: None,
                 failure: None,
                 long_running: false,
@@ -539,10 +538,7 @@ impl RequestAudit {
 
     /// Sets annotation `key` unless it is set already.
     pub fn annotate_default(&self, key: impl Into<Cow<'static, str>>, value: impl Into<Cow<'static, str>>) {
-        self.state()
-            .annotations
-            .entry(key.into())
-            .or_insert_with(|| value.into());
+        self.state().annotations.insert_default(key.into(), || value.into());
     }
 
     /// The failure's Kubernetes reason and message for `responseStatus` (defaults: the reason
@@ -696,7 +692,7 @@ impl RequestAudit {
         }
         let received = self.0.received.rfc3339_micros();
         let now = self.0.recorder.clock.now().rfc3339_micros();
-        static NO_ANNOTATIONS: StaticAnnotations = BTreeMap::new();
+        static NO_ANNOTATIONS: StaticAnnotations = StaticAnnotations::new();
         for stage in due.into_iter().flatten() {
             let status = (stage != Stage::RequestReceived).then(|| {
                 let failure = s.failure.as_ref().map(|(r, m)| (r.as_str(), m.as_str()));

@@ -156,6 +156,20 @@ impl Route {
     /// rewritten (`/` when both are empty), then the query; always starting with `/`. Built in
     /// one string of the exact size.
     fn target_path(&self, uri: &Uri) -> Result<PathAndQuery, GatewayError> {
+        // A route that neither rewrites nor adds a base path sends the path and query as they
+        // came (their bytes shared, not copied and checked again).
+        if self.rewrite_prefix.is_none()
+            && self.base_path.is_empty()
+            && uri.path().starts_with('/')
+            && let Some(pq) = uri.path_and_query()
+        {
+            return Ok(pq.clone());
+        }
+        self.built_target_path(uri)
+    }
+
+    /// [`Route::target_path`], built.
+    fn built_target_path(&self, uri: &Uri) -> Result<PathAndQuery, GatewayError> {
         let path = uri.path();
         let (head, tail) = match &self.rewrite_prefix {
             Some(r) => (
@@ -312,6 +326,25 @@ fn is_upgrade(h: &HeaderMap) -> bool {
 /// not ASCII (a page on the origin can set one) must not carry the session cookie beside it to
 /// the upstream.
 pub(crate) fn remove_cookie(h: &mut HeaderMap, name: &str) {
+    // The common case, one header holding one cookie and no space around it (a `contains` is a
+    // `memchr`, not a loop over the bytes): kept as it is, or removed.
+    let mut all = h.get_all(header::COOKIE).iter();
+    if let (Some(v), None) = (all.next(), all.next())
+        && !v.as_bytes().contains(&b';')
+        && v.as_bytes().trim_ascii().len() == v.len()
+    {
+        let p = v.as_bytes();
+        let key = p.iter().position(|&b| b == b'=').map(|i| &p[..i]);
+        if p.is_empty() || key.is_some_and(|k| k == name.as_bytes()) {
+            h.remove(header::COOKIE);
+        }
+        return;
+    }
+    remove_cookie_from_all(h, name);
+}
+
+/// [`remove_cookie`] for any number of `Cookie` headers and cookies.
+fn remove_cookie_from_all(h: &mut HeaderMap, name: &str) {
     let mut kept: Vec<u8> = Vec::new();
     let mut headers = 0;
     for v in h.get_all(header::COOKIE) {
@@ -650,6 +683,23 @@ mod tests {
             r.target(&"/app/z".parse().unwrap()).unwrap().to_string(),
             "http://h:1/base/app/z"
         );
+        // A route without rewrite or base path passes the path and query on as built would.
+        let plain = Route::new("/", "http://h:1", false, None, None).unwrap();
+        for uri in [
+            "/",
+            "/a/b?c=d&e",
+            "/a?",
+            "/%2F%zz?x=%20",
+            "http://other:9/p/q?r",
+            "/a;b=c/d?e#f",
+        ] {
+            let uri: Uri = uri.parse().unwrap();
+            assert_eq!(
+                plain.target_path(&uri).unwrap().as_str(),
+                plain.built_target_path(&uri).unwrap().as_str(),
+                "{uri}"
+            );
+        }
         assert!(Route::new("app", "http://h", false, None, None).is_err());
         assert!(Route::new("/a//b/", "http://h", false, None, None).is_err());
         assert!(Route::new("/a/./b/", "http://h", false, None, None).is_err());
@@ -697,9 +747,35 @@ mod tests {
             removed(&[b"authservice_session =x; flag"]),
             [b"authservice_session =x; flag"]
         );
+        assert_eq!(removed(&[b"a=1"]), [b"a=1"]);
+        assert_eq!(removed(&[b"authservice_session"]), [b"authservice_session"]);
+        assert_eq!(removed(&[b"authservice_session2=x"]), [b"authservice_session2=x"]);
+        assert_eq!(removed(&[b" a=1"]), [b"a=1"]);
         // a header that is not text is read as bytes
         assert_eq!(removed(&[b"a=\xff"]), [b"a=\xff"]);
         assert_eq!(removed(&[b"a=\xff", b"b=2"]), [&b"a=\xff; b=2"[..]]);
+    }
+
+    proptest::proptest! {
+        /// The shortcut for one header holding one cookie decides as the general removal does.
+        #[test]
+        fn one_cookie_is_removed_or_kept_as_by_the_general_rule(
+            parts in proptest::collection::vec(
+                proptest::sample::select(vec![
+                    &b"authservice_session"[..], b"=", b";", b" ", b"\t", b"a", b"x=1", b"\xff", b"",
+                ]),
+                0..8,
+            )
+        ) {
+            let value = parts.concat();
+            let Ok(v) = HeaderValue::from_bytes(&value) else { return Ok(()) };
+            let mut fast = HeaderMap::new();
+            fast.insert(header::COOKIE, v);
+            let mut general = fast.clone();
+            remove_cookie(&mut fast, "authservice_session");
+            remove_cookie_from_all(&mut general, "authservice_session");
+            proptest::prop_assert_eq!(fast, general);
+        }
     }
 
     #[test]

@@ -58,17 +58,40 @@ impl Mount {
 
 /// The mounted surfaces.
 #[derive(Debug, Clone, Default)]
-pub struct Mounts(Vec<Mount>);
+pub struct Mounts {
+    mounts: Vec<Mount>,
+    /// The second bytes of the owned paths (after their `/`), as a bit set: a path whose second
+    /// byte is not among them is nobody's (most proxied paths), found without a look at each.
+    second: [u64; 4],
+    /// Whether an owned path is shorter than two bytes (`/`): then every path is looked at.
+    short: bool,
+}
 
 impl Mounts {
     /// The surfaces in `mounts`.
     pub fn new(mounts: Vec<Mount>) -> Self {
-        Self(mounts)
+        let mut second = [0u64; 4];
+        let mut short = false;
+        for p in mounts.iter().flat_map(|m| &m.paths) {
+            match p.as_bytes().get(1) {
+                Some(&b) => second[usize::from(b >> 6)] |= 1 << (b & 63),
+                None => short = true,
+            }
+        }
+        Self { mounts, second, short }
     }
 
     /// The mount that owns `path`, if any.
     pub fn owner(&self, path: &str) -> Option<&Mount> {
-        self.0
+        // (an entry owns only paths that start with it: a path of two or more bytes, only by
+        // an entry of as many, with the same second byte)
+        if !self.short {
+            let b = *path.as_bytes().get(1)?;
+            if self.second[usize::from(b >> 6)] & (1 << (b & 63)) == 0 {
+                return None;
+            }
+        }
+        self.mounts
             .iter()
             .filter_map(|m| m.specificity(path).map(|s| (s, m)))
             .max_by_key(|(s, _)| *s)
@@ -187,5 +210,41 @@ mod tests {
         assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
         assert_eq!(r.headers()[header::WWW_AUTHENTICATE], "Bearer realm=\"kfsec\"");
         assert_eq!(text(r).await, "k8s:Unauthorized");
+    }
+
+    #[test]
+    fn the_owner_found_by_the_second_byte_is_the_one_every_entry_names() {
+        let scan = |m: &Mounts, path: &str| {
+            m.mounts
+                .iter()
+                .filter_map(|mt| mt.specificity(path).map(|s| (s, mt.name)))
+                .max_by_key(|(s, _)| *s)
+                .map(|(_, n)| n)
+        };
+        let rooted = Mounts::new(vec![
+            mount(&["/"], Surface::Gateway, "root"),
+            mount(&["/api/"], Surface::Gateway, "k8s"),
+        ]);
+        for m in [mounts(), rooted, Mounts::default()] {
+            for path in [
+                "",
+                "/",
+                "/a",
+                "/api",
+                "/api/",
+                "/api/v1",
+                "/apis",
+                "/apix",
+                "/p",
+                "/pipeline/apis/x",
+                "/pipeline",
+                "/jupyter/",
+                "/\u{e9}",
+                "//api/",
+                "api/",
+            ] {
+                assert_eq!(m.owner(path).map(|mt| mt.name), scan(&m, path), "{path}");
+            }
+        }
     }
 }

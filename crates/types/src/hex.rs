@@ -4,12 +4,16 @@
 
 const DIGITS: &[u8; 16] = b"0123456789abcdef";
 
-/// Appends the lower-case hex of `bytes` to `out`.
+/// Appends the lower-case hex of `bytes` to `out` (a stack buffer per 64 bytes, then one
+/// ASCII check: no allocation, no `char` push per digit).
 pub fn push(out: &mut String, bytes: &[u8]) {
-    out.reserve(bytes.len() * 2);
-    for &b in bytes {
-        out.push(char::from(DIGITS[usize::from(b >> 4)]));
-        out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+    let mut buf = [0u8; 128];
+    for chunk in bytes.chunks(64) {
+        for (i, &b) in chunk.iter().enumerate() {
+            buf[2 * i] = DIGITS[usize::from(b >> 4)];
+            buf[2 * i + 1] = DIGITS[usize::from(b & 0x0f)];
+        }
+        out.push_str(std::str::from_utf8(&buf[..2 * chunk.len()]).unwrap_or_default());
     }
 }
 
@@ -34,5 +38,8 @@ mod tests {
         let all: Vec<u8> = (0..=255).collect();
         let expected: String = all.iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(encode(&all), expected);
+        let mut pushed = String::from("x");
+        push(&mut pushed, &all);
+        assert_eq!(pushed, format!("x{expected}"));
     }
 }
