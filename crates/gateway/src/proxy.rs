@@ -410,7 +410,8 @@ pub struct Proxied;
 /// a connection cut mid-body), so that failure is answered 400, not 502.
 struct WatchedBody {
     inner: Body,
-    failed: Arc<AtomicBool>,
+    /// `None` for a body that is over before it starts (nothing to watch, nothing allocated).
+    failed: Option<Arc<AtomicBool>>,
 }
 
 impl http_body::Body for WatchedBody {
@@ -422,8 +423,8 @@ impl http_body::Body for WatchedBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Err(_))) = &polled {
-            self.failed.store(true, Ordering::Release);
+        if let (Poll::Ready(Some(Err(_))), Some(failed)) = (&polled, &self.failed) {
+            failed.store(true, Ordering::Release);
         }
         polled
     }
@@ -556,7 +557,7 @@ impl Proxy {
         strip_hop_by_hop(&mut parts.headers, upgrade, false);
         let h = &mut parts.headers;
         if !h.contains_key(&X_FORWARDED_FOR)
-            && let Ok(v) = HeaderValue::from_str(&peer.to_string())
+            && let Some(v) = forwarded_for(peer)
         {
             h.insert(X_FORWARDED_FOR.clone(), v);
         }
@@ -573,7 +574,7 @@ impl Proxy {
         // origin form; the pool adds `Host`. The client's URI is kept for the error answers.
         parts.version = http::Version::HTTP_11;
         let uri = std::mem::replace(&mut parts.uri, Uri::from(target));
-        let failed = Arc::new(AtomicBool::new(false));
+        let failed = (!http_body::Body::is_end_stream(&body)).then(|| Arc::new(AtomicBool::new(false)));
         let body = WatchedBody {
             inner: body,
             failed: failed.clone(),
@@ -604,7 +605,7 @@ impl Proxy {
         };
         let mut resp = match sent {
             Ok(r) => r,
-            Err(e) if failed.load(Ordering::Acquire) => {
+            Err(e) if failed.as_ref().is_some_and(|f| f.load(Ordering::Acquire)) => {
                 tracing::debug!(route = %route.prefix, error = %e, "the client's request body was malformed");
                 return mounts.error(uri.path(), RefusalKind::BadRequest, "Malformed request body.");
             }
@@ -644,6 +645,24 @@ impl Proxy {
         parts.extensions.insert(Proxied);
         Response::from_parts(parts, body)
     }
+}
+
+/// `peer` as an `X-Forwarded-For` value. Each thread keeps the last one it made: the requests a
+/// thread serves come most often from one address (a load balancer's, a client's), and the
+/// value is then shared, not formatted again.
+fn forwarded_for(peer: IpAddr) -> Option<HeaderValue> {
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<(IpAddr, HeaderValue)>> = const { std::cell::RefCell::new(None) };
+    }
+    LAST.with_borrow_mut(|last| match last {
+        Some((ip, v)) if *ip == peer => Some(v.clone()),
+        _ => {
+            // (an address's text is digits, dots, colons and hex letters: always a valid value)
+            let v = HeaderValue::from_maybe_shared(bytes::Bytes::from(crate::headers::ip_string(peer))).ok()?;
+            *last = Some((peer, v.clone()));
+            Some(v)
+        }
+    })
 }
 
 /// What caused `e`, innermost last (the log's `detail`).
@@ -704,6 +723,16 @@ mod tests {
         assert!(Route::new("/a//b/", "http://h", false, None, None).is_err());
         assert!(Route::new("/a/./b/", "http://h", false, None, None).is_err());
         assert!(Route::new("/a", "ftp://h", false, None, None).is_err());
+    }
+
+    #[test]
+    fn each_peer_is_forwarded_as_itself_when_peers_take_turns_on_a_thread() {
+        let peers: [IpAddr; 3] = [[10, 0, 0, 1].into(), "2001:db8::7".parse().unwrap(), [10, 0, 0, 2].into()];
+        for round in 0..3 {
+            for p in peers.iter().cycle().skip(round).take(4) {
+                assert_eq!(forwarded_for(*p).unwrap(), p.to_string().as_str());
+            }
+        }
     }
 
     #[test]

@@ -105,6 +105,25 @@ async fn request_bodies_stream_to_the_upstream() {
 }
 
 #[tokio::test]
+async fn a_request_body_that_breaks_off_malformed_is_refused_400_not_502() {
+    let k = Kfsec::start("").await;
+    let mut b = k.client();
+    b.login("/", USER, PASSWORD).await;
+    let cookie = b.cookies["authservice_session"].clone();
+    let mut s = tls_connect(&k).await;
+    let req = format!(
+        "POST /app/upload HTTP/1.1\r\nHost: localhost\r\nCookie: authservice_session={cookie}\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nabcd\r\nzz\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("Malformed request body."), "{answer}");
+    k.running.shutdown().await;
+}
+
+#[tokio::test]
 async fn user_certificate_is_reloaded_without_dropping_connections() {
     let pki = tempfile::tempdir().unwrap();
     let (ca, cert, key) = user_pair(pki.path());
