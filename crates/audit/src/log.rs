@@ -111,8 +111,9 @@ pub struct LogWriter {
     head: Head,
     first_in_file: bool,
     since_checkpoint: u64,
-    /// Whether a checkpoint was written since the last sync.
-    unsynced: bool,
+    /// The checkpoint lines written since the last sync: handed to the witness once synced (a
+    /// witness must never hold a checkpoint a crash could still take off the disk).
+    unsynced: Vec<String>,
     /// When the file was last synced.
     last_sync: Option<UnixTime>,
     settings: LogSettings,
@@ -236,7 +237,7 @@ impl LogWriter {
             head,
             first_in_file,
             since_checkpoint: 0,
-            unsynced: false,
+            unsynced: Vec::new(),
             last_sync: None,
             settings,
             key,
@@ -367,24 +368,27 @@ impl LogWriter {
         let line = String::from_utf8_lossy(&self.pending[start..self.pending.len() - 1]).into_owned();
         self.since_checkpoint = 0;
         self.flush()?;
-        self.unsynced = true;
-        if let Some(w) = &self.witness {
-            w(line);
-        }
+        self.unsynced.push(line);
         Ok(())
     }
 
-    /// Syncs the file if a checkpoint was written since the last sync.
+    /// Syncs the file if a checkpoint was written since the last sync, then hands those
+    /// checkpoints to the witness. A failed sync is tried again at the next call.
     pub fn sync(&mut self) -> Result<(), LogError> {
-        if !std::mem::take(&mut self.unsynced) {
+        if self.unsynced.is_empty() {
             return Ok(());
         }
-        self.last_sync = Some(self.clock.now());
         if let Out::File { path, file, .. } = &self.out {
             file.sync_data().map_err(|source| LogError::Io {
                 path: path.clone(),
                 source,
             })?;
+        }
+        self.last_sync = Some(self.clock.now());
+        for line in std::mem::take(&mut self.unsynced) {
+            if let Some(w) = &self.witness {
+                w(line);
+            }
         }
         Ok(())
     }
@@ -497,6 +501,13 @@ mod tests {
     fn the_checkpoints_of_a_flood_are_synced_at_most_once_a_second_and_the_rest_on_request() {
         let (_dir, path, clock, key) = setup();
         let mut w = writer(&path, clock.clone(), &key, 0, 0);
+        // The witness is handed a checkpoint only once it is synced.
+        let witnessed = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = witnessed.clone();
+        w.on_checkpoint(Box::new(move |line| {
+            seen.lock().unwrap_or_else(|e| panic!("{e}")).push(line)
+        }));
+        let witnessed = move || witnessed.lock().unwrap_or_else(|e| panic!("{e}")).len();
         let write = |w: &mut LogWriter, n: u64| {
             for i in 0..n {
                 w.write(event(i)).unwrap_or_else(|e| panic!("{e}"));
@@ -504,33 +515,40 @@ mod tests {
         };
         // The first checkpoint is synced at once, the next ones within the second are not.
         write(&mut w, 7);
-        assert!(!w.unsynced, "the first checkpoint is synced");
+        assert!(w.unsynced.is_empty(), "the first checkpoint is synced");
+        assert_eq!(witnessed(), 1);
         write(&mut w, 7);
-        assert!(w.unsynced, "a second checkpoint within the second waits");
+        assert!(!w.unsynced.is_empty(), "a second checkpoint within the second waits");
         clock.advance(Duration::from_millis(999));
         write(&mut w, 7);
-        assert!(w.unsynced);
+        assert!(!w.unsynced.is_empty());
+        assert_eq!(witnessed(), 1, "no witness of a checkpoint not yet synced");
         // A second after the last sync, the next checkpoint syncs everything before it.
         clock.advance(Duration::from_millis(1));
         write(&mut w, 7);
-        assert!(!w.unsynced, "a checkpoint a second after the last sync is synced");
+        assert!(
+            w.unsynced.is_empty(),
+            "a checkpoint a second after the last sync is synced"
+        );
+        assert_eq!(witnessed(), 4, "the ones put off are witnessed with it");
         // One put off is synced when asked (the worker asks when its queue is empty), and by a
         // checkpoint asked for (flush, shutdown) whatever the time; a clock gone back syncs.
         write(&mut w, 7);
-        assert!(w.unsynced);
+        assert!(!w.unsynced.is_empty());
         w.sync().unwrap_or_else(|e| panic!("{e}"));
-        assert!(!w.unsynced);
+        assert!(w.unsynced.is_empty());
         write(&mut w, 1);
         w.checkpoint().unwrap_or_else(|e| panic!("{e}"));
-        assert!(!w.unsynced, "a checkpoint asked for is synced");
+        assert!(w.unsynced.is_empty(), "a checkpoint asked for is synced");
         clock.set(UnixTime::from_secs(1_796_504_300));
         write(&mut w, 7);
-        assert!(!w.unsynced, "a clock gone back does not hold syncs off");
+        assert!(w.unsynced.is_empty(), "a clock gone back does not hold syncs off");
         // Every line is on record and signed.
         w.checkpoint().unwrap_or_else(|e| panic!("{e}"));
         let data = std::fs::read(&path).unwrap_or_else(|e| panic!("{e}"));
         let report = chain::verify_bytes(&[("audit.log", &data)], &[key.public()]).unwrap_or_else(|f| panic!("{f}"));
         assert_eq!((report.events, report.unsigned_tail), (43, 0));
+        assert_eq!(witnessed() as u64, report.checkpoints);
     }
 
     #[test]

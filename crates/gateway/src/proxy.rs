@@ -160,8 +160,9 @@ impl Route {
         // came (their bytes shared, not copied and checked again).
         if self.rewrite_prefix.is_none()
             && self.base_path.is_empty()
-            && uri.path().starts_with('/')
             && let Some(pq) = uri.path_and_query()
+            // (an absolute-form target's empty path reads as `/`, yet its text starts `?`)
+            && pq.as_str().starts_with('/')
         {
             return Ok(pq.clone());
         }
@@ -711,6 +712,9 @@ mod tests {
             "/%2F%zz?x=%20",
             "http://other:9/p/q?r",
             "/a;b=c/d?e#f",
+            "https://h?x=1",
+            "https://h?",
+            "https://h",
         ] {
             let uri: Uri = uri.parse().unwrap();
             assert_eq!(
@@ -727,7 +731,11 @@ mod tests {
 
     #[test]
     fn each_peer_is_forwarded_as_itself_when_peers_take_turns_on_a_thread() {
-        let peers: [IpAddr; 3] = [[10, 0, 0, 1].into(), "2001:db8::7".parse().unwrap(), [10, 0, 0, 2].into()];
+        let peers: [IpAddr; 3] = [
+            [10, 0, 0, 1].into(),
+            "2001:db8::7".parse().unwrap(),
+            [10, 0, 0, 2].into(),
+        ];
         for round in 0..3 {
             for p in peers.iter().cycle().skip(round).take(4) {
                 assert_eq!(forwarded_for(*p).unwrap(), p.to_string().as_str());
