@@ -17,6 +17,7 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use aws_lc_rs::constant_time::verify_slices_are_equal;
 use aws_lc_rs::digest;
@@ -50,7 +51,7 @@ struct Entry {
     /// The cookie's SHA-256.
     digest: [u8; 32],
     holds: Holds,
-    authn: Authenticated,
+    authn: Arc<Authenticated>,
 }
 
 /// One thread's entries, for the front they belong to.
@@ -89,7 +90,7 @@ impl Front {
 
     /// The answer remembered for `cookie` on this thread, if it still holds at `versions`
     /// (read now, before this request's other checks) and `now`.
-    pub(crate) fn get(&self, cookie: &str, versions: Versions, now: UnixTime) -> Option<Authenticated> {
+    pub(crate) fn get(&self, cookie: &str, versions: Versions, now: UnixTime) -> Option<Arc<Authenticated>> {
         let (digest, slot) = digest_of(cookie);
         TABLE.with_borrow_mut(|table| {
             let entries = &mut table.as_mut().filter(|t| t.front == self.id)?.entries;
@@ -110,7 +111,7 @@ impl Front {
     }
 
     /// Remembers the full check's answer for `cookie` on this thread.
-    pub(crate) fn put(&self, cookie: &str, holds: Holds, authn: &Authenticated) {
+    pub(crate) fn put(&self, cookie: &str, holds: Holds, authn: &Arc<Authenticated>) {
         let (digest, slot) = digest_of(cookie);
         TABLE.with_borrow_mut(|table| {
             let t = match table {
@@ -141,12 +142,12 @@ mod tests {
     use kfsec_idp::CredentialKind;
     use kfsec_types::Identity;
 
-    fn alice() -> Authenticated {
-        Authenticated {
+    fn alice() -> Arc<Authenticated> {
+        Arc::new(Authenticated {
             identity: Identity::new("alice@example.com", vec!["team".into()]),
             audiences: vec![],
             kind: CredentialKind::Session,
-        }
+        })
     }
 
     const V: Versions = Versions { sessions: 3, epochs: 7 };

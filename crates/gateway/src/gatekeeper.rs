@@ -71,8 +71,9 @@ struct CsrfState {
 
 /// How a request authenticated, or why it did not.
 pub enum Authn {
-    /// A valid session, bearer token or client certificate.
-    Ok(Authenticated),
+    /// A valid session, bearer token or client certificate (shared: a session's, with the
+    /// answer its front remembers).
+    Ok(Arc<Authenticated>),
     /// No credentials at all.
     Missing,
     /// Credentials presented but invalid.
@@ -115,7 +116,7 @@ impl App {
         }
         if let Some(token) = bearer {
             return match Box::pin(self.authn.bearer(token, self.mounts.surface(path))).await {
-                Ok(a) => Authn::Ok(a),
+                Ok(a) => Authn::Ok(Arc::new(a)),
                 Err(e) => {
                     tracing::info!(target: "audit", reason = %e, "bearer token refused");
                     Authn::Invalid
@@ -123,7 +124,7 @@ impl App {
             };
         }
         if let Some(ClientCertIdentity(id)) = cert {
-            return Authn::Ok(self.authn.client_certificate(id.clone()));
+            return Authn::Ok(Arc::new(self.authn.client_certificate(id.clone())));
         }
         // An expired, revoked or forged cookie is treated like no cookie: browsers go back
         // through login, API clients get 401. The versions are read before anything is
@@ -146,6 +147,7 @@ impl App {
             if let Some(s) = self.sessions.check(v, &IdpRefresher(&self.idp)).await
                 && let Ok(a) = self.authn.session(s.identity, &s.user_key, s.started_ms).await
             {
+                let a = Arc::new(a);
                 if let Some(versions) = versions {
                     let holds = front::Holds {
                         versions,
@@ -655,7 +657,7 @@ pub(crate) async fn logout_all(State(app): State<Arc<App>>, req: Request<Body>) 
         a.set_user((&who.identity).into());
         a.annotate(kfsec_audit::request::REASON_ANNOTATION, "logout everywhere");
     }
-    let user = who.identity.user;
+    let user = who.identity.user.clone();
     if let Err(e) = app.idp.revoke_user(&user).await {
         return app.failed("Logout failed", "revocation failed", &e);
     }

@@ -585,7 +585,8 @@ fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
 /// the body actually sent (`content-length` for an empty or sized body or a valid
 /// `Content-Length` the service set on a stream, else `transfer-encoding: chunked`; none for
 /// 204 and 304, and a `HEAD` answer keeps the length the service gave), `connection: close`
-/// when `close` and the service did not say it, and `date` unless the service set one. An
+/// when `close` and the service did not say it, and the `Date` value `date` gives unless the
+/// service set one (so most proxied answers cost no clock reading). An
 /// interim (1xx) status cannot answer here and becomes an empty 500 that closes the connection,
 /// as with hyper. Returns the body's framing and whether the connection closes after it.
 pub fn write_response_head(
@@ -594,14 +595,14 @@ pub fn write_response_head(
     method: &Method,
     body: BodySize,
     close: bool,
-    date: &[u8],
+    date: impl FnOnce() -> [u8; 29],
 ) -> (BodyFraming, bool) {
     let status = parts.status;
     if status.is_informational() {
         out.extend_from_slice(
             b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\nconnection: close\r\ndate: ",
         );
-        out.extend_from_slice(date);
+        out.extend_from_slice(&date());
         out.extend_from_slice(b"\r\n\r\n");
         return (BodyFraming::None, true);
     }
@@ -681,7 +682,7 @@ pub fn write_response_head(
     close |= said_close;
     if !has_date {
         out.extend_from_slice(b"date: ");
-        out.extend_from_slice(date);
+        out.extend_from_slice(&date());
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"\r\n");
@@ -816,8 +817,9 @@ mod tests {
         }
         let (parts, ()) = r.into_parts();
         let mut out = Vec::new();
-        let (framing, close) =
-            write_response_head(&mut out, &parts, &method, body, close, b"Sun, 06 Nov 1994 08:49:37 GMT");
+        let (framing, close) = write_response_head(&mut out, &parts, &method, body, close, || {
+            *b"Sun, 06 Nov 1994 08:49:37 GMT"
+        });
         (String::from_utf8(out).unwrap(), framing, close)
     }
 

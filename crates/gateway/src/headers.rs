@@ -159,6 +159,14 @@ pub fn sanitize(h: &mut HeaderMap, reserved: &Reserved, socket_peer: Option<IpAd
     for n in doomed {
         h.remove(n);
     }
+    // The common case, nothing forwarded (a client straight, or a trusted proxy that sent
+    // none): the peer's value, made once per thread and peer.
+    if prior.is_empty() {
+        if let Some(v) = socket_peer.and_then(forwarded_for) {
+            h.insert(X_FORWARDED_FOR.clone(), v);
+        }
+        return None;
+    }
     let reported = prior
         .last()
         .and_then(|v| v.rsplit(',').next())
@@ -204,6 +212,24 @@ pub(crate) fn push_ip(out: &mut String, ip: IpAddr) {
     }
 }
 
+/// `peer` as an `X-Forwarded-For` value. Each thread keeps the last one it made: the requests a
+/// thread serves come most often from one address (a load balancer's, a client's), and the
+/// value is then shared, not formatted again.
+pub(crate) fn forwarded_for(peer: IpAddr) -> Option<HeaderValue> {
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<(IpAddr, HeaderValue)>> = const { std::cell::RefCell::new(None) };
+    }
+    LAST.with_borrow_mut(|last| match last {
+        Some((ip, v)) if *ip == peer => Some(v.clone()),
+        _ => {
+            // (an address's text is digits, dots, colons and hex letters: always a valid value)
+            let v = HeaderValue::from_maybe_shared(bytes::Bytes::from(ip_string(peer))).ok()?;
+            *last = Some((peer, v.clone()));
+            Some(v)
+        }
+    })
+}
+
 /// `ip` as text ([`push_ip`]).
 pub(crate) fn ip_string(ip: IpAddr) -> String {
     let mut s = String::with_capacity(15);
@@ -214,6 +240,20 @@ pub(crate) fn ip_string(ip: IpAddr) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_peer_is_forwarded_as_itself_when_peers_take_turns_on_a_thread() {
+        let peers: [IpAddr; 3] = [
+            [10, 0, 0, 1].into(),
+            "2001:db8::7".parse().unwrap(),
+            [10, 0, 0, 2].into(),
+        ];
+        for round in 0..3 {
+            for p in peers.iter().cycle().skip(round).take(4) {
+                assert_eq!(forwarded_for(*p).unwrap(), p.to_string().as_str());
+            }
+        }
+    }
 
     #[test]
     fn addresses_read_as_display_writes_them() {

@@ -196,7 +196,7 @@ impl<S: Service> Lean<'_, S> {
                 body.size_hint().exact().map_or(BodySize::Unknown, BodySize::Exact)
             };
             out.clear();
-            let (framing, close) = h1::write_response_head(&mut out, &parts, &method, size, close, &http_date());
+            let (framing, close) = h1::write_response_head(&mut out, &parts, &method, size, close, http_date);
             drop(parts);
             let sent = send(io, &mut out, body, framing, &mut buf).await;
             drop(permit);

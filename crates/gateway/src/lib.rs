@@ -582,7 +582,7 @@ async fn guarded(app: &Arc<App>, mut req: Request) -> Response {
     let mount = app.mounts.owner(&path).map(|_| ());
     let authn = app.authenticate(req.headers(), cert.as_ref(), &path).await;
     let by_session = matches!(&authn, Authn::Ok(a) if a.kind == CredentialKind::Session);
-    let identity = match authn {
+    let caller = match authn {
         // kfsec's own APIs refuse cross-site writes carried by the cookie (see
         // `same_origin_write`); proxied routes leave that to their upstream.
         Authn::Ok(a)
@@ -596,7 +596,7 @@ async fn guarded(app: &Arc<App>, mut req: Request) -> Response {
                 .mounts
                 .error(&path, RefusalKind::Forbidden, "Cross-site request refused.");
         }
-        Authn::Ok(a) => Some(a.identity),
+        Authn::Ok(a) => Some(a),
         Authn::Unavailable => {
             return app
                 .mounts
@@ -624,10 +624,13 @@ async fn guarded(app: &Arc<App>, mut req: Request) -> Response {
             return app.mounts.unauthenticated(&path);
         }
     };
-    if let Some(id) = &identity {
+    // (shared with the session front's answer: borrowed here, copied only for kfsec's own
+    // APIs and pages)
+    let identity = caller.as_deref().map(|a| &a.identity);
+    if let Some(id) = identity {
         audit::set_user(&req, id);
     }
-    if let (Some(api), Some(id)) = (&app.api, &identity)
+    if let (Some(api), Some(id)) = (&app.api, identity)
         && mount.is_some()
     {
         req.extensions_mut().insert(id.clone());
@@ -637,7 +640,7 @@ async fn guarded(app: &Arc<App>, mut req: Request) -> Response {
         };
     }
     if route.is_none()
-        && let Some(id) = &identity
+        && let Some(id) = identity
         && let Some(pages) = app.pages.get().filter(|p| p.owns(&path))
     {
         if by_session && !app.cookie_write_allowed(req.method(), req.headers()) {
@@ -661,13 +664,13 @@ async fn guarded(app: &Arc<App>, mut req: Request) -> Response {
             audit::route_decision(&req, &route.prefix, true, why);
             app.decided_proxy(true, true);
             proxy::remove_cookie(req.headers_mut(), &app.settings.cookie_name);
-            if let Some(id) = &identity {
+            if let Some(id) = identity {
                 app.set_identity_headers(req.headers_mut(), id);
             }
             app.proxy.forward(route, req, peer, &app.mounts).await
         }
         None if path == "/" => match identity {
-            Some(id) => home(&id),
+            Some(id) => home(id),
             None => app.mounts.error(&path, RefusalKind::NotFound, "Not found."),
         },
         None => app

@@ -558,7 +558,7 @@ impl Proxy {
         strip_hop_by_hop(&mut parts.headers, upgrade, false);
         let h = &mut parts.headers;
         if !h.contains_key(&X_FORWARDED_FOR)
-            && let Some(v) = forwarded_for(peer)
+            && let Some(v) = crate::headers::forwarded_for(peer)
         {
             h.insert(X_FORWARDED_FOR.clone(), v);
         }
@@ -648,24 +648,6 @@ impl Proxy {
     }
 }
 
-/// `peer` as an `X-Forwarded-For` value. Each thread keeps the last one it made: the requests a
-/// thread serves come most often from one address (a load balancer's, a client's), and the
-/// value is then shared, not formatted again.
-fn forwarded_for(peer: IpAddr) -> Option<HeaderValue> {
-    thread_local! {
-        static LAST: std::cell::RefCell<Option<(IpAddr, HeaderValue)>> = const { std::cell::RefCell::new(None) };
-    }
-    LAST.with_borrow_mut(|last| match last {
-        Some((ip, v)) if *ip == peer => Some(v.clone()),
-        _ => {
-            // (an address's text is digits, dots, colons and hex letters: always a valid value)
-            let v = HeaderValue::from_maybe_shared(bytes::Bytes::from(crate::headers::ip_string(peer))).ok()?;
-            *last = Some((peer, v.clone()));
-            Some(v)
-        }
-    })
-}
-
 /// What caused `e`, innermost last (the log's `detail`).
 fn causes(e: &UpstreamError) -> String {
     let mut detail = String::new();
@@ -727,20 +709,6 @@ mod tests {
         assert!(Route::new("/a//b/", "http://h", false, None, None).is_err());
         assert!(Route::new("/a/./b/", "http://h", false, None, None).is_err());
         assert!(Route::new("/a", "ftp://h", false, None, None).is_err());
-    }
-
-    #[test]
-    fn each_peer_is_forwarded_as_itself_when_peers_take_turns_on_a_thread() {
-        let peers: [IpAddr; 3] = [
-            [10, 0, 0, 1].into(),
-            "2001:db8::7".parse().unwrap(),
-            [10, 0, 0, 2].into(),
-        ];
-        for round in 0..3 {
-            for p in peers.iter().cycle().skip(round).take(4) {
-                assert_eq!(forwarded_for(*p).unwrap(), p.to_string().as_str());
-            }
-        }
     }
 
     #[test]
