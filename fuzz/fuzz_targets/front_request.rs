@@ -51,7 +51,7 @@ fn check_response(req_headers: &http::HeaderMap, method: &Method, knobs: &[u8]) 
     };
     let (parts, ()) = resp.into_parts();
     let mut out = Vec::new();
-    let (framing, close) = write_response_head(&mut out, &parts, method, body, k(7) % 2 == 1, b"Sun, 06 Nov 1994 08:49:37 GMT");
+    let (framing, close) = write_response_head(&mut out, &parts, method, body, k(7) % 2 == 1, || *b"Sun, 06 Nov 1994 08:49:37 GMT");
     let mut buf = BytesMut::from(&out[..]);
     let parsed = parse_response_head(&mut buf, method)
         .unwrap_or_else(|e| panic!("a written head does not parse back: {e}: {:?}", String::from_utf8_lossy(&out)))
