@@ -240,7 +240,7 @@ pub fn impersonated(user: &UserInfo) {
 }
 
 /// Sets annotation `key` on the request's Event. Never pass a secret.
-pub fn annotate(key: impl Into<std::borrow::Cow<'static, str>>, value: impl Into<std::borrow::Cow<'static, str>>) {
+pub fn annotate(key: impl Into<std::borrow::Cow<'static, str>>, value: impl Into<kfsec_audit::encode::Text>) {
     with(|r| r.ctx.annotate(key, value));
 }
 
@@ -298,7 +298,7 @@ mod tests {
                 audit_id: "a1".into(),
                 method: http::Method::POST,
                 request_uri: "/x".into(),
-                source_ips: vec![],
+                source_ips: vec![].into(),
                 user_agent: None,
             },
         )

@@ -30,6 +30,8 @@ use serde_json::Value;
 
 use crate::event::{Event, IDENTITY_GROUP, Level, ObjectRef, ResponseStatus, Stage};
 
+/// What every chain annotation's key starts with.
+const CHAIN_PREFIX: &str = "kfsec.io/chain-";
 /// Annotation: the line's global sequence number (decimal).
 pub const SEQ: &str = "kfsec.io/chain-seq";
 /// Annotation: the line's chain hash (hex SHA-256).
@@ -156,7 +158,8 @@ impl Encoded {
         let reserved = [SEQ, HASH, PREV];
         let stripped;
         let mut view = *view;
-        if reserved.iter().any(|k| view.annotations.contains_key(k)) {
+        // (Every reserved key starts with the chain's prefix: one look at each key.)
+        if view.annotations.iter().any(|(k, _)| k.starts_with(CHAIN_PREFIX)) {
             stripped = view
                 .annotations
                 .iter()
@@ -835,6 +838,37 @@ pub(crate) mod tests {
         });
         e.request_object = Some(serde_json::json!({"data": {"k": i, "f": 1.5, "z": [1, "two"]}}));
         e
+    }
+
+    #[test]
+    fn an_events_own_chain_annotations_are_dropped_and_its_other_ones_kept() {
+        let mut head = Head::default();
+        let _ = head.seal(event(0), true).unwrap_or_else(|e| panic!("{e}"));
+        let mut e = event(1);
+        for (k, v) in [
+            (SEQ, "999"),
+            (HASH, "ff"),
+            (PREV, "forged"),
+            ("kfsec.io/chain-other", "kept"),
+            ("a/b", "c"),
+        ] {
+            e.annotations.insert(k.to_owned(), v.to_owned());
+        }
+        let prev = head.hash.clone();
+        let line = head.seal(e, false).unwrap_or_else(|err| panic!("{err}"));
+        let v: Value = serde_json::from_str(&line).unwrap_or_else(|err| panic!("{err}"));
+        let a = &v["annotations"];
+        assert_eq!(
+            (a[SEQ].as_str(), a[HASH].as_str()),
+            (Some("2"), Some(head.hash.as_str()))
+        );
+        assert!(a.get(PREV).is_none(), "{line}");
+        assert_eq!(
+            (a["kfsec.io/chain-other"].as_str(), a["a/b"].as_str()),
+            (Some("kept"), Some("c"))
+        );
+        assert_eq!(link_hash(&prev, line.as_bytes()).as_deref(), Some(head.hash.as_str()));
+        assert_eq!(line.matches(SEQ).count(), 1, "{line}");
     }
 
     /// 10 events with a checkpoint after every 4 lines: lines 1-4 events, 5 checkpoint, …

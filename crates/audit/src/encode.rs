@@ -293,16 +293,66 @@ pub struct EventView<'a> {
     pub annotations: Annotations<'a>,
 }
 
+/// An annotation's value on the request path: a fixed text, one shared by many requests (a
+/// route's decision reason, built once), or a request's own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Text {
+    /// Fixed in the code.
+    Static(&'static str),
+    /// Shared (one reference count per request, no copy).
+    Shared(std::sync::Arc<str>),
+    /// The request's own.
+    Owned(String),
+}
+
+impl std::ops::Deref for Text {
+    type Target = str;
+    fn deref(&self) -> &str {
+        match self {
+            Self::Static(s) => s,
+            Self::Shared(s) => s,
+            Self::Owned(s) => s,
+        }
+    }
+}
+
+impl From<&'static str> for Text {
+    fn from(s: &'static str) -> Self {
+        Self::Static(s)
+    }
+}
+
+impl From<String> for Text {
+    fn from(s: String) -> Self {
+        Self::Owned(s)
+    }
+}
+
+impl From<std::sync::Arc<str>> for Text {
+    fn from(s: std::sync::Arc<str>) -> Self {
+        Self::Shared(s)
+    }
+}
+
+impl From<Cow<'static, str>> for Text {
+    fn from(s: Cow<'static, str>) -> Self {
+        match s {
+            Cow::Borrowed(s) => Self::Static(s),
+            Cow::Owned(s) => Self::Owned(s),
+        }
+    }
+}
+
 /// The request path's annotations: keys are the code's own names, values most often too. A
-/// request has a few: they are kept sorted by key in one vector (a tree's node per request
-/// costs more than the search of a handful).
+/// request has a few: they are kept sorted by key in one small vector, whose first two live in
+/// the request's context itself (no allocation for a proxied request's decision and reason).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct StaticAnnotations(Vec<(Cow<'static, str>, Cow<'static, str>)>);
+pub struct StaticAnnotations(smallvec::SmallVec<[(Cow<'static, str>, Text); 2]>);
 
 impl StaticAnnotations {
     /// None.
     pub const fn new() -> Self {
-        Self(Vec::new())
+        Self(smallvec::SmallVec::new_const())
     }
 
     fn find(&self, key: &str) -> Result<usize, usize> {
@@ -310,17 +360,17 @@ impl StaticAnnotations {
     }
 
     /// Sets `key` to `value` (the last value wins).
-    pub fn insert(&mut self, key: Cow<'static, str>, value: Cow<'static, str>) {
+    pub fn insert(&mut self, key: Cow<'static, str>, value: impl Into<Text>) {
         match self.find(&key) {
-            Ok(i) => self.0[i].1 = value,
-            Err(i) => self.0.insert(i, (key, value)),
+            Ok(i) => self.0[i].1 = value.into(),
+            Err(i) => self.0.insert(i, (key, value.into())),
         }
     }
 
     /// Sets `key` to `value` unless it is set.
-    pub fn insert_default(&mut self, key: Cow<'static, str>, value: impl FnOnce() -> Cow<'static, str>) {
+    pub fn insert_default<T: Into<Text>>(&mut self, key: Cow<'static, str>, value: impl FnOnce() -> T) {
         if let Err(i) = self.find(&key) {
-            self.0.insert(i, (key, value()));
+            self.0.insert(i, (key, value().into()));
         }
     }
 
@@ -340,8 +390,8 @@ impl StaticAnnotations {
     }
 }
 
-impl FromIterator<(Cow<'static, str>, Cow<'static, str>)> for StaticAnnotations {
-    fn from_iter<I: IntoIterator<Item = (Cow<'static, str>, Cow<'static, str>)>>(iter: I) -> Self {
+impl<V: Into<Text>> FromIterator<(Cow<'static, str>, V)> for StaticAnnotations {
+    fn from_iter<I: IntoIterator<Item = (Cow<'static, str>, V)>>(iter: I) -> Self {
         let mut a = Self::new();
         for (k, v) in iter {
             a.insert(k, v);

@@ -19,7 +19,7 @@ use kfsec_types::identity::UserInfo;
 use kfsec_types::{Clock, Rng, UnixTime};
 
 use crate::Auditor;
-use crate::encode::{Annotations, EventView, StaticAnnotations};
+use crate::encode::{Annotations, EventView, StaticAnnotations, Text};
 use crate::event::{Event, IDENTITY_GROUP, Level, ObjectRef, ResponseStatus, Stage};
 use crate::policy::{Attributes, ResourceAttributes};
 
@@ -100,7 +100,40 @@ pub fn audit_id_from_client(value: &[u8]) -> Option<&str> {
 pub fn new_audit_id(rng: &dyn Rng) -> String {
     let mut b = [0u8; 16];
     rng.fill(&mut b);
-    uuid_v4(b)
+    AuditId::Uuid(uuid_v4(b)).as_str().to_owned()
+}
+
+/// A request's audit id: a generated UUID's text, kept inline (no allocation per request), or
+/// any other id (a client's, a test's).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuditId {
+    /// A version 4 UUID's text ([`new_audit_id`]'s format).
+    Uuid([u8; 36]),
+    /// Another id.
+    Text(String),
+}
+
+impl AuditId {
+    /// The id.
+    pub fn as_str(&self) -> &str {
+        match self {
+            // Only hex digits and dashes are ever written into a `Uuid`.
+            Self::Uuid(b) => std::str::from_utf8(b).unwrap_or_default(),
+            Self::Text(s) => s,
+        }
+    }
+}
+
+impl From<String> for AuditId {
+    fn from(s: String) -> Self {
+        Self::Text(s)
+    }
+}
+
+impl From<&str> for AuditId {
+    fn from(s: &str) -> Self {
+        Self::Text(s.to_owned())
+    }
 }
 
 /// Random bytes drawn per [`AuditIds`] refill (256 ids).
@@ -140,7 +173,7 @@ impl AuditIds {
     }
 
     /// The next id ([`new_audit_id`]'s format).
-    pub fn next_id(&self) -> String {
+    pub fn next_id(&self) -> AuditId {
         let mut b = [0u8; 16];
         ID_POOLS.with_borrow_mut(|pool| {
             let (instance, bytes, used) =
@@ -153,7 +186,7 @@ impl AuditIds {
             b.copy_from_slice(&bytes[*used..*used + 16]);
             *used += 16;
         });
-        uuid_v4(b)
+        AuditId::Uuid(uuid_v4(b))
     }
 }
 
@@ -216,7 +249,7 @@ impl Recorders {
 }
 
 /// `b` as a version 4 UUID's text (version and variant bits set).
-fn uuid_v4(mut b: [u8; 16]) -> String {
+fn uuid_v4(mut b: [u8; 16]) -> [u8; 36] {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
@@ -230,8 +263,7 @@ fn uuid_v4(mut b: [u8; 16]) -> String {
         text[at + 1] = HEX[usize::from(byte & 0x0f)];
         at += 2;
     }
-    // Only hex digits and dashes were written.
-    String::from_utf8(text.to_vec()).unwrap_or_default()
+    text
 }
 
 /// Query parameters whose values are credentials, single-use codes or bearer handles (OAuth2
@@ -335,14 +367,15 @@ pub fn status_reason(code: u16) -> Option<&'static str> {
 /// What the edge knows when a request arrives.
 #[derive(Debug)]
 pub struct Begin {
-    /// The audit id ([`audit_id_from_client`] or [`new_audit_id`]).
-    pub audit_id: String,
+    /// The audit id ([`audit_id_from_client`] or [`AuditIds::next_id`]).
+    pub audit_id: AuditId,
     /// The request's method (its lower-cased form is the default, non-resource verb).
     pub method: http::Method,
     /// Path and query, as routed (normalised).
     pub request_uri: String,
-    /// Trusted proxies' forwarded addresses, then the peer address.
-    pub source_ips: Vec<String>,
+    /// Trusted proxies' forwarded addresses, then the peer address (shared: a connection's
+    /// requests can hand on one list).
+    pub source_ips: Arc<[String]>,
     /// The client's `User-Agent`.
     pub user_agent: Option<String>,
 }
@@ -362,7 +395,7 @@ impl std::fmt::Debug for RequestAudit {
 
 struct Inner {
     recorder: Arc<Recorder>,
-    audit_id: String,
+    audit_id: AuditId,
     received: UnixTime,
     state: Mutex<State>,
 }
@@ -370,7 +403,7 @@ struct Inner {
 struct State {
     method: http::Method,
     request_uri: String,
-    source_ips: Vec<String>,
+    source_ips: Arc<[String]>,
     user_agent: Option<String>,
     user: Option<Arc<UserInfo>>,
     impersonated: Option<UserInfo>,
@@ -463,7 +496,7 @@ impl RequestAudit {
 
     /// The request's audit id (also in the `Audit-ID` response header).
     pub fn audit_id(&self) -> &str {
-        &self.0.audit_id
+        self.0.audit_id.as_str()
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -519,12 +552,12 @@ impl RequestAudit {
 
     /// The authorization decision: `authorization.k8s.io/decision` `allow` | `forbid`, and
     /// `authorization.k8s.io/reason` when `reason` is not empty.
-    pub fn decision(&self, allowed: bool, reason: impl Into<Cow<'static, str>>) {
+    pub fn decision(&self, allowed: bool, reason: impl Into<Text>) {
         let reason = reason.into();
         let mut s = self.state();
         s.annotations.insert(
             Cow::Borrowed(DECISION_ANNOTATION),
-            Cow::Borrowed(if allowed { "allow" } else { "forbid" }),
+            if allowed { "allow" } else { "forbid" },
         );
         if !reason.is_empty() {
             s.annotations.insert(Cow::Borrowed(AUTHZ_REASON_ANNOTATION), reason);
@@ -532,13 +565,13 @@ impl RequestAudit {
     }
 
     /// Sets annotation `key` (the last value wins). Never pass a secret.
-    pub fn annotate(&self, key: impl Into<Cow<'static, str>>, value: impl Into<Cow<'static, str>>) {
+    pub fn annotate(&self, key: impl Into<Cow<'static, str>>, value: impl Into<Text>) {
         self.state().annotations.insert(key.into(), value.into());
     }
 
     /// Sets annotation `key` unless it is set already.
-    pub fn annotate_default(&self, key: impl Into<Cow<'static, str>>, value: impl Into<Cow<'static, str>>) {
-        self.state().annotations.insert_default(key.into(), || value.into());
+    pub fn annotate_default(&self, key: impl Into<Cow<'static, str>>, value: impl Into<Text>) {
+        self.state().annotations.insert_default(key.into(), || value);
     }
 
     /// The failure's Kubernetes reason and message for `responseStatus` (defaults: the reason
@@ -604,13 +637,13 @@ impl RequestAudit {
             kind: "Event".to_owned(),
             api_version: "audit.k8s.io/v1".to_owned(),
             level: decision.level.min(Level::Metadata),
-            audit_id: self.0.audit_id.clone(),
+            audit_id: self.0.audit_id.as_str().to_owned(),
             stage: Stage::ResponseComplete,
             request_uri: s.request_uri.clone(),
             verb: verb.to_owned(),
             user,
             impersonated_user: None,
-            source_ips: s.source_ips.clone(),
+            source_ips: s.source_ips.to_vec(),
             user_agent: s.user_agent.clone(),
             object_ref: Some(object),
             response_status: Some(response_status(code, None)),
@@ -702,7 +735,7 @@ impl RequestAudit {
                 kind: "Event",
                 api_version: "audit.k8s.io/v1",
                 level,
-                audit_id: &self.0.audit_id,
+                audit_id: self.0.audit_id.as_str(),
                 stage,
                 request_uri: &s.request_uri,
                 verb: &verb,
@@ -849,7 +882,7 @@ mod tests {
                 audit_id: "id-1".into(),
                 method: http::Method::POST,
                 request_uri: uri.into(),
-                source_ips: vec!["10.0.0.1".into()],
+                source_ips: vec!["10.0.0.1".into()].into(),
                 user_agent: Some("curl/8".into()),
             },
         )
@@ -863,7 +896,7 @@ mod tests {
             audit_id: "x".into(),
             method: http::Method::GET,
             request_uri: "/".into(),
-            source_ips: vec![],
+            source_ips: vec![].into(),
             user_agent: None,
         };
         assert!(RequestAudit::begin(&Auditor::disabled(), &clock, b).is_none());
@@ -976,8 +1009,8 @@ mod tests {
         let b = AuditIds::new(Arc::new(Constant(0xee)));
         // Interleaved on one thread, each instance's ids come from its own generator.
         for _ in 0..3 {
-            assert!(a.next_id().starts_with("11111111-1111-4111-9111-"));
-            assert!(b.next_id().starts_with("eeeeeeee-eeee-4eee-aeee-"));
+            assert!(a.next_id().as_str().starts_with("11111111-1111-4111-9111-"));
+            assert!(b.next_id().as_str().starts_with("eeeeeeee-eeee-4eee-aeee-"));
         }
         // From a sequence, ids are distinct across refills and threads.
         let seq = Arc::new(AuditIds::new(Arc::new(SequenceRng::default())));
@@ -985,7 +1018,7 @@ mod tests {
             let handles: Vec<_> = (0..2)
                 .map(|_| {
                     let seq = seq.clone();
-                    s.spawn(move || (0..600).map(|_| seq.next_id()).collect::<Vec<_>>())
+                    s.spawn(move || (0..600).map(|_| seq.next_id().as_str().to_owned()).collect::<Vec<_>>())
                 })
                 .collect();
             handles.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect()
@@ -995,9 +1028,9 @@ mod tests {
 
     #[test]
     fn uuids_are_spelled_in_full() {
-        assert_eq!(uuid_v4([0; 16]), "00000000-0000-4000-8000-000000000000");
-        assert_eq!(uuid_v4([0xab; 16]), "abababab-abab-4bab-abab-abababababab");
-        assert_eq!(uuid_v4([0xff; 16]), "ffffffff-ffff-4fff-bfff-ffffffffffff");
+        assert_eq!(uuid_v4([0; 16]).as_slice(), b"00000000-0000-4000-8000-000000000000");
+        assert_eq!(uuid_v4([0xab; 16]).as_slice(), b"abababab-abab-4bab-abab-abababababab");
+        assert_eq!(uuid_v4([0xff; 16]).as_slice(), b"ffffffff-ffff-4fff-bfff-ffffffffffff");
     }
 
     #[test]
@@ -1011,7 +1044,7 @@ mod tests {
                 audit_id: id.into(),
                 method: http::Method::GET,
                 request_uri: "/".into(),
-                source_ips: vec![],
+                source_ips: vec![].into(),
                 user_agent: None,
             };
             RequestAudit::begin_with(&recorders.here(), b).complete(200);

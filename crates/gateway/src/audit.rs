@@ -23,7 +23,7 @@ use axum::response::Response;
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use kfsec_audit::RequestAudit;
-use kfsec_audit::request::{AUDIT_ID_HEADER, Begin, Recorders, audit_id_from_client, redacted_uri};
+use kfsec_audit::request::{AUDIT_ID_HEADER, AuditId, Begin, Recorders, audit_id_from_client, redacted_uri};
 use kfsec_types::Identity;
 use kfsec_types::identity::UserInfo;
 
@@ -32,12 +32,12 @@ use crate::App;
 /// `Audit-ID` as a typed name (a `&str` name is parsed again at every use).
 static AUDIT_ID: HeaderName = HeaderName::from_static(AUDIT_ID_HEADER);
 
-/// Opens the request's audit context (auditing is on) and puts it in the request's
-/// extensions. `forwarded`: the client address a trusted proxy reported.
+/// Opens the request's audit context (auditing is on). `forwarded`: the client address a
+/// trusted proxy reported.
 pub(crate) fn begin(
     app: &App,
     recorders: &Recorders,
-    req: &mut Request,
+    req: &Request,
     peer: Option<IpAddr>,
     forwarded: Option<IpAddr>,
 ) -> RequestAudit {
@@ -45,16 +45,14 @@ pub(crate) fn begin(
         .headers()
         .get(&AUDIT_ID)
         .and_then(|v| audit_id_from_client(v.as_bytes()))
-        .map_or_else(|| app.audit_ids.next_id(), str::to_owned);
-    let mut source_ips = Vec::with_capacity(2);
-    source_ips.extend(forwarded.map(crate::headers::ip_string));
-    source_ips.extend(peer.map(crate::headers::ip_string));
+        .map_or_else(|| app.audit_ids.next_id(), AuditId::from);
+    let source_ips = source_ips(forwarded, peer);
     let user_agent = req
         .headers()
         .get(header::USER_AGENT)
         .map(|v| bounded_lossy(v.as_bytes(), MAX_USER_AGENT));
     let request_uri = redacted_uri(req.uri().path_and_query().map_or("/", |pq| pq.as_str()));
-    let audit = RequestAudit::begin_with(
+    RequestAudit::begin_with(
         &recorders.here(),
         Begin {
             audit_id,
@@ -63,9 +61,41 @@ pub(crate) fn begin(
             source_ips,
             user_agent,
         },
-    );
-    req.extensions_mut().insert(audit.clone());
-    audit
+    )
+}
+
+/// Hands `audit` on to a handler that reads it from the request's extensions (the gate's
+/// endpoints, kfsec's own APIs and pages; the proxied path passes it by reference instead).
+pub(crate) fn share(req: &mut Request, audit: Option<&RequestAudit>) {
+    if let Some(a) = audit {
+        req.extensions_mut().insert(a.clone());
+    }
+}
+
+/// A thread's last `sourceIPs`: the forwarded address and the peer's, and their list.
+type LastIps = (Option<IpAddr>, Option<IpAddr>, Arc<[String]>);
+/// A thread's last route decision reason: the route's prefix, why, and the reason.
+type LastReason = (Arc<str>, &'static str, Arc<str>);
+
+/// `sourceIPs`: the address a trusted proxy reported, then the peer's. The last list is kept
+/// per thread and shared with the next request from the same addresses (most often the same
+/// connection's), instead of formatted again.
+fn source_ips(forwarded: Option<IpAddr>, peer: Option<IpAddr>) -> Arc<[String]> {
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<LastIps>> = const { std::cell::RefCell::new(None) };
+    }
+    LAST.with_borrow_mut(|last| match last {
+        Some((f, p, ips)) if (*f, *p) == (forwarded, peer) => ips.clone(),
+        _ => {
+            let ips: Arc<[String]> = forwarded
+                .into_iter()
+                .chain(peer)
+                .map(crate::headers::ip_string)
+                .collect();
+            *last = Some((forwarded, peer, ips.clone()));
+            ips
+        }
+    })
 }
 
 /// The longest `User-Agent` recorded (bytes; a hostile client's huge header is cut, marked `…`).
@@ -93,8 +123,8 @@ thread_local! {
 }
 
 /// Records the authenticated caller on the request's audit context, if any.
-pub(crate) fn set_user(req: &Request, identity: &Identity) {
-    if let Some(a) = req.extensions().get::<RequestAudit>() {
+pub(crate) fn set_user(audit: Option<&RequestAudit>, identity: &Identity) {
+    if let Some(a) = audit {
         let user = LAST_USER.with_borrow_mut(|last| match last {
             Some((who, user)) if who == identity => user.clone(),
             _ => {
@@ -107,13 +137,22 @@ pub(crate) fn set_user(req: &Request, identity: &Identity) {
     }
 }
 
-/// Records a proxied route's decision on the request's audit context, if any.
-pub(crate) fn route_decision(req: &Request, prefix: &str, allowed: bool, why: &str) {
-    if let Some(a) = req.extensions().get::<RequestAudit>() {
-        let mut reason = String::with_capacity(8 + prefix.len() + why.len());
-        for part in ["route ", prefix, ": ", why] {
-            reason.push_str(part);
-        }
+/// Records a proxied route's decision on the request's audit context, if any. The reason
+/// (`route <prefix>: <why>`) last built on this thread is shared with the next request that
+/// has the same one, instead of built again.
+pub(crate) fn route_decision(audit: Option<&RequestAudit>, prefix: &str, allowed: bool, why: &'static str) {
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<LastReason>> = const { std::cell::RefCell::new(None) };
+    }
+    if let Some(a) = audit {
+        let reason = LAST.with_borrow_mut(|last| match last {
+            Some((p, w, reason)) if **p == *prefix && *w == why => reason.clone(),
+            _ => {
+                let reason: Arc<str> = format!("route {prefix}: {why}").into();
+                *last = Some((prefix.into(), why, reason.clone()));
+                reason
+            }
+        });
         a.decision(allowed, reason);
     }
 }
@@ -186,7 +225,54 @@ impl HttpBody for Completing {
 
 #[cfg(test)]
 mod tests {
-    use super::bounded_lossy;
+    use super::*;
+    use kfsec_audit::testing::Capture;
+    use kfsec_types::{Clock, ManualClock, UnixTime};
+
+    #[test]
+    fn each_request_gets_its_own_routes_reason_and_addresses_when_they_take_turns_on_a_thread() {
+        let cap = Capture::metadata();
+        let clock: Arc<dyn Clock> = ManualClock::new(UnixTime::from_secs(1_800_000_000));
+        let (a, b): (IpAddr, IpAddr) = (
+            [10, 0, 0, 1].into(),
+            "2001:db8::7".parse().unwrap_or_else(|e| panic!("{e}")),
+        );
+        // (route prefix, why, forwarded address, peer, sourceIPs)
+        type Case<'a> = (&'a str, &'static str, Option<IpAddr>, Option<IpAddr>, &'a [&'a str]);
+        let cases: [Case<'_>; 5] = [
+            ("/a/", "authenticated", None, Some(a), &["10.0.0.1"]),
+            ("/b/", "authenticated", Some(b), Some(a), &["2001:db8::7", "10.0.0.1"]),
+            ("/b/", "public route", None, Some(b), &["2001:db8::7"]),
+            ("/a/", "authenticated", None, None, &[]),
+            ("/a/", "authenticated", None, Some(a), &["10.0.0.1"]),
+        ];
+        for (i, (prefix, why, forwarded, peer, ips)) in cases.into_iter().enumerate() {
+            let id = format!("r{i}");
+            let audit = RequestAudit::begin(
+                &cap.auditor(),
+                &clock,
+                Begin {
+                    audit_id: id.as_str().into(),
+                    method: http::Method::GET,
+                    request_uri: "/".into(),
+                    source_ips: source_ips(forwarded, peer),
+                    user_agent: None,
+                },
+            )
+            .unwrap_or_else(|| panic!("auditing is on"));
+            route_decision(Some(&audit), prefix, true, why);
+            audit.complete(200);
+            let events = cap.of(&id);
+            let e = events.last().unwrap_or_else(|| panic!("no event for {id}"));
+            let want = format!("route {prefix}: {why}");
+            assert_eq!(
+                e.annotations.get(kfsec_audit::request::AUTHZ_REASON_ANNOTATION),
+                Some(&want),
+                "{id}"
+            );
+            assert_eq!(e.source_ips, ips, "{id}");
+        }
+    }
 
     #[test]
     fn user_agents_are_bounded_at_a_character_boundary() {

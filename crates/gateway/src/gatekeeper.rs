@@ -683,8 +683,8 @@ pub(crate) async fn check(State(app): State<Arc<App>>, req: Request<Body>) -> Re
         .unwrap_or("/");
     match app.authenticate(req.headers(), req.extensions().get(), asked).await {
         Authn::Ok(a) => {
-            if let Some(audit) = RequestAudit::from_extensions(req.extensions()) {
-                audit.set_user((&a.identity).into());
+            if let Some(audit) = req.extensions().get::<RequestAudit>() {
+                crate::audit::set_user(Some(audit), &a.identity);
                 audit.decision(true, "authenticated");
             }
             app.decided("gatekeeper", true);
@@ -695,7 +695,7 @@ pub(crate) async fn check(State(app): State<Arc<App>>, req: Request<Body>) -> Re
         }
         Authn::Unavailable => app.mounts.error(req.uri().path(), RefusalKind::Unavailable, STORE_DOWN),
         _ => {
-            if let Some(audit) = RequestAudit::from_extensions(req.extensions()) {
+            if let Some(audit) = req.extensions().get::<RequestAudit>() {
                 audit.decision(false, "not authenticated");
             }
             app.decided("gatekeeper", false);

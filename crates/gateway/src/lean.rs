@@ -33,7 +33,6 @@ use tokio::time::Instant;
 
 use crate::h1::{self, BodyFraming, BodySize, RequestHead};
 use crate::listener::{ClientCertIdentity, ListenerMetrics, MAX_HEADER_BYTES, RequestCaps, Service, busy};
-use kfsec_idp::ClientAddr;
 
 /// How a connection left the lean loop.
 pub(crate) enum End {
@@ -159,14 +158,13 @@ impl<S: Service> Lean<'_, S> {
             searched = 0;
             let method = request.method().clone();
             let mut req = request.map(|()| axum::body::Body::empty());
-            req.extensions_mut().insert(ClientAddr(self.peer));
             if let Some(id) = self.cert_identity {
                 req.extensions_mut().insert(id.clone());
             }
             let permit = self.requests.try_acquire(self.address);
             let resp = match &permit {
                 Ok(_) => {
-                    serving.set(Some(self.app.serve(req)));
+                    serving.set(Some(self.app.serve_from(req, self.peer)));
                     // The client is read meanwhile: one that hangs up ends its request (as hyper
                     // does), releasing its places under the caps and its upstream connection.
                     let resp = loop {

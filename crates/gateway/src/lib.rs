@@ -27,6 +27,7 @@ pub mod workers;
 
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -35,6 +36,7 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
+use kfsec_audit::RequestAudit;
 use kfsec_idp::{Authenticator, Client, ClientAddr, ClientAuth, CredentialKind, Idp};
 use kfsec_store::{Store, StoreError};
 use kfsec_types::{Clock, Identity, RefusalKind, Rng};
@@ -396,7 +398,7 @@ impl tower::Service<Request> for FrontDoor {
         let this = self.0.clone();
         Box::pin(async move {
             let (app, gate) = &*this;
-            Ok(edge(app, gate, req).await)
+            Ok(edge(app, gate, req, None).await)
         })
     }
 }
@@ -404,15 +406,49 @@ impl tower::Service<Request> for FrontDoor {
 impl listener::Service for FrontDoor {
     fn serve(&self, req: Request) -> impl std::future::Future<Output = Response> + Send + '_ {
         let (app, gate) = &*self.0;
-        edge(app, gate, req)
+        edge(app, gate, req, None)
+    }
+
+    /// The peer is handed on by the edge (put in the request's extensions only for the handlers
+    /// that read it there, not for a proxied request).
+    fn serve_from(&self, req: Request, peer: IpAddr) -> impl std::future::Future<Output = Response> + Send + '_ {
+        let (app, gate) = &*self.0;
+        edge(app, gate, req, Some(peer))
+    }
+}
+
+/// What the edge hands on with a request: its audit context, the client's address (a trusted
+/// proxy's report, else the peer's), and a flag set when the answer came from an upstream.
+/// kfsec's own handlers read the first two from the request's extensions (`Hop::hand_over`
+/// puts them there); the proxied path takes them from here, and allocates neither.
+#[derive(Clone, Copy)]
+struct Hop<'a> {
+    audit: Option<&'a RequestAudit>,
+    client: Option<IpAddr>,
+    proxied: &'a AtomicBool,
+}
+
+impl Hop<'_> {
+    /// Puts the audit context and the client's address in `req`'s extensions, for a handler.
+    fn hand_over(&self, req: &mut Request) {
+        audit::share(req, self.audit);
+        if let Some(ip) = self.client {
+            req.extensions_mut().insert(ClientAddr(ip));
+        }
     }
 }
 
 /// After the edge: the gate router for its endpoints, `protected` for everything else. (Not an
 /// `async fn`, whose future would hold both branches' futures one after the other.)
-fn dispatch<'a>(app: &'a Arc<App>, gate: &Router, req: Request) -> impl std::future::Future<Output = Response> + 'a {
+fn dispatch<'a>(
+    app: &'a Arc<App>,
+    gate: &Router,
+    mut req: Request,
+    hop: Hop<'a>,
+) -> impl std::future::Future<Output = Response> + 'a {
     use futures_util::future::Either;
     if app.gate_path(req.uri().path()) {
+        hop.hand_over(&mut req);
         // Boxed, as every branch off the proxied path: a future is as large as its largest
         // branch, and the whole of it is copied into its box for every request.
         let routed = Box::pin(tower::ServiceExt::oneshot(gate.clone(), req));
@@ -421,40 +457,44 @@ fn dispatch<'a>(app: &'a Arc<App>, gate: &Router, req: Request) -> impl std::fut
             Err(never) => match never {},
         }));
     }
-    Either::Right(guarded(app, req))
+    Either::Right(guarded(app, req, hop))
 }
 
 /// Runs first on every request, before routing: the path is normalised (or refused with 400),
 /// the received `Connection` header is applied and reserved identity and forwarding headers
 /// removed (`headers`), the client address is taken from a trusted proxy, security headers are
 /// added to the answer, metrics; a handler's panic becomes a 500 and a `Panic` audit Event.
-async fn edge(app: &Arc<App>, gate: &Router, mut req: Request) -> Response {
+/// `peer`: the connection's peer, when the listener hands it on (else it is read from the
+/// request's extensions).
+async fn edge(app: &Arc<App>, gate: &Router, mut req: Request, peer: Option<IpAddr>) -> Response {
     #[allow(clippy::disallowed_methods)] // the request-latency metric is a monotonic measurement, not logic time
     let start = Instant::now();
+    let peer = peer.or_else(|| req.extensions().get::<ClientAddr>().map(|c| c.0));
     let refusal = normalise_target(&app.mounts, &mut req).or_else(|| ambiguity(app, &req));
     let recorders = app.recorders.get().filter(|r| r.enabled());
     let mut request_audit = None;
     if refusal.is_some()
         && let Some(recorders) = recorders
     {
-        let peer = req.extensions().get::<ClientAddr>().map(|c| c.0);
-        request_audit = Some(audit::begin(app, recorders, &mut req, peer, None));
+        request_audit = Some(audit::begin(app, recorders, &req, peer, None));
     }
+    let proxied = AtomicBool::new(false);
     let (resp, route) = match refusal {
         None => {
-            let peer = req.extensions().get::<ClientAddr>().map(|c| c.0);
             let trusted = peer.is_some_and(|p| app.settings.trusted_proxies.contains(&p));
             let forwarded = headers::sanitize(req.headers_mut(), &app.reserved, peer, trusted);
-            if let Some(ip) = forwarded {
-                req.extensions_mut().insert(ClientAddr(ip));
-            }
             if let Some(recorders) = recorders {
-                request_audit = Some(audit::begin(app, recorders, &mut req, peer, forwarded));
+                request_audit = Some(audit::begin(app, recorders, &req, peer, forwarded));
             }
             let route = app.route_label(req.uri().path());
             // A handler's panic is answered 500 and recorded (`panics`), not a reset connection.
             let uri = req.uri().clone();
-            let resp = match panics::catch(dispatch(app, gate, req)).await {
+            let hop = Hop {
+                audit: request_audit.as_ref(),
+                client: forwarded.or(peer),
+                proxied: &proxied,
+            };
+            let resp = match panics::catch(dispatch(app, gate, req, hop)).await {
                 Ok(resp) => resp,
                 Err(panic) => panics::answer(
                     &app.mounts,
@@ -468,7 +508,8 @@ async fn edge(app: &Arc<App>, gate: &Router, mut req: Request) -> Response {
         }
         Some(resp) => (resp, Err("rejected".to_owned())),
     };
-    let resp = audit::finish(request_audit, security_headers(resp));
+    let proxied = proxied.load(Ordering::Relaxed) || resp.extensions().get::<proxy::Proxied>().is_some();
+    let resp = audit::finish(request_audit, security_headers(resp, proxied));
     app.record_request(route, resp.status().as_u16(), start.elapsed().as_secs_f64());
     resp
 }
@@ -526,8 +567,9 @@ fn ambiguity(app: &App, req: &Request) -> Option<Response> {
 
 /// HSTS and `nosniff` on every answer; kfsec's own HTML pages (not an upstream's) also refuse
 /// framing and cross-origin referrers.
-fn security_headers(mut resp: Response) -> Response {
-    let own_html = resp.extensions().get::<proxy::Proxied>().is_none()
+/// (`proxied`: the answer came from an upstream.)
+fn security_headers(mut resp: Response, proxied: bool) -> Response {
+    let own_html = !proxied
         && resp
             .headers()
             .get(header::CONTENT_TYPE)
@@ -560,13 +602,29 @@ fn is_navigation(headers: &http::HeaderMap) -> bool {
 }
 
 /// The gate router's fallback.
+/// (Its hop comes from the request's extensions, where the edge put it for the gate router; an
+/// upstream's answer is marked [`proxy::Proxied`] for the edge.)
 async fn protected(State(app): State<Arc<App>>, req: Request) -> Response {
-    guarded(&app, req).await
+    let audit = RequestAudit::from_extensions(req.extensions());
+    let proxied = AtomicBool::new(false);
+    let hop = Hop {
+        audit: audit.as_ref(),
+        client: req.extensions().get::<ClientAddr>().map(|c| c.0),
+        proxied: &proxied,
+    };
+    let mut resp = guarded(&app, req, hop).await;
+    if proxied.load(Ordering::Relaxed) {
+        resp.extensions_mut().insert(proxy::Proxied);
+    }
+    resp
 }
 
 /// Everything that is not the IdP or the gatekeeper's own endpoints: the session or credential
 /// checked, then a configured route proxied, kfsec's own APIs or pages served, or refused.
-async fn guarded(app: &Arc<App>, mut req: Request) -> Response {
+/// `audit`: the request's audit context, handed on in the request's extensions to kfsec's own
+/// APIs and pages (a proxied request needs no copy there).
+async fn guarded(app: &Arc<App>, mut req: Request, hop: Hop<'_>) -> Response {
+    let audit = hop.audit;
     let path = req.uri().path().to_owned();
     let route = app
         .settings
@@ -574,10 +632,7 @@ async fn guarded(app: &Arc<App>, mut req: Request) -> Response {
         .iter()
         .filter(|r| r.matches(&path))
         .max_by_key(|r| r.prefix.len());
-    let peer = req
-        .extensions()
-        .get::<ClientAddr>()
-        .map_or(IpAddr::from([127, 0, 0, 1]), |c| c.0);
+    let peer = hop.client.unwrap_or(IpAddr::from([127, 0, 0, 1]));
     let cert = req.extensions().get::<listener::ClientCertIdentity>().cloned();
     let mount = app.mounts.owner(&path).map(|_| ());
     let authn = app.authenticate(req.headers(), cert.as_ref(), &path).await;
@@ -604,7 +659,7 @@ async fn guarded(app: &Arc<App>, mut req: Request) -> Response {
         }
         Authn::Invalid if route.is_none_or(|r| !r.public) => {
             if let (Some(r), None) = (&route, mount) {
-                audit::route_decision(&req, &r.prefix, false, "invalid credentials");
+                audit::route_decision(audit, &r.prefix, false, "invalid credentials");
             }
             app.decided_proxy(route.is_some() && mount.is_none(), false);
             return app.mounts.unauthenticated(&path);
@@ -612,7 +667,7 @@ async fn guarded(app: &Arc<App>, mut req: Request) -> Response {
         _ if route.is_some_and(|r| r.public) => None,
         _ => {
             if let (Some(r), None) = (&route, mount) {
-                audit::route_decision(&req, &r.prefix, false, "not authenticated");
+                audit::route_decision(audit, &r.prefix, false, "not authenticated");
             }
             let browser =
                 matches!(*req.method(), Method::GET | Method::HEAD) && mount.is_none() && is_navigation(req.headers());
@@ -628,11 +683,12 @@ async fn guarded(app: &Arc<App>, mut req: Request) -> Response {
     // APIs and pages)
     let identity = caller.as_deref().map(|a| &a.identity);
     if let Some(id) = identity {
-        audit::set_user(&req, id);
+        audit::set_user(audit, id);
     }
     if let (Some(api), Some(id)) = (&app.api, identity)
         && mount.is_some()
     {
+        hop.hand_over(&mut req);
         req.extensions_mut().insert(id.clone());
         return match Box::pin(tower::ServiceExt::oneshot(api.clone(), req)).await {
             Ok(r) => r,
@@ -651,6 +707,7 @@ async fn guarded(app: &Arc<App>, mut req: Request) -> Response {
         if by_session && let Some(login) = Box::pin(app.session_login(req.headers(), id)).await {
             req.extensions_mut().insert(login);
         }
+        hop.hand_over(&mut req);
         req.extensions_mut().insert(id.clone());
         req.extensions_mut().insert(token);
         return match Box::pin(tower::ServiceExt::oneshot(pages.router.clone(), req)).await {
@@ -661,13 +718,19 @@ async fn guarded(app: &Arc<App>, mut req: Request) -> Response {
     match route {
         Some(route) => {
             let why = if route.public { "public route" } else { "authenticated" };
-            audit::route_decision(&req, &route.prefix, true, why);
+            audit::route_decision(audit, &route.prefix, true, why);
             app.decided_proxy(true, true);
             proxy::remove_cookie(req.headers_mut(), &app.settings.cookie_name);
             if let Some(id) = identity {
                 app.set_identity_headers(req.headers_mut(), id);
             }
-            app.proxy.forward(route, req, peer, &app.mounts).await
+            match app.proxy.forward(route, req, peer, &app.mounts).await {
+                Ok(resp) => {
+                    hop.proxied.store(true, Ordering::Relaxed);
+                    resp
+                }
+                Err(own) => own,
+            }
         }
         None if path == "/" => match identity {
             Some(id) => home(id),

@@ -849,8 +849,16 @@ type Resp = axum::response::Response;
 pub trait Service:
     tower::Service<Req, Response = Resp, Error = Infallible, Future: Send> + Send + Sync + 'static
 {
-    /// Serves `req` with the service borrowed (the lean loop's call: nothing is cloned for it).
+    /// Serves `req` with the service borrowed (nothing is cloned for it).
     fn serve(&self, req: Req) -> impl Future<Output = Resp> + Send + '_;
+
+    /// Serves `req` from `peer` (the lean loop's call). By default the address goes into the
+    /// request's extensions ([`ClientAddr`]), where handlers read it; a service that hands it on
+    /// itself may skip that.
+    fn serve_from(&self, mut req: Req, peer: std::net::IpAddr) -> impl Future<Output = Resp> + Send + '_ {
+        req.extensions_mut().insert(ClientAddr(peer));
+        self.serve(req)
+    }
 }
 
 impl Service for axum::Router {

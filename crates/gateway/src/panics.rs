@@ -76,7 +76,7 @@ mod tests {
                 audit_id: "panic-1".into(),
                 method: http::Method::GET,
                 request_uri: "/app/x".into(),
-                source_ips: vec!["10.0.0.1".into()],
+                source_ips: vec!["10.0.0.1".into()].into(),
                 user_agent: None,
             },
         )

@@ -403,7 +403,8 @@ fn plain_pool(upstream: &Uri) -> PlainPool {
     )
 }
 
-/// Marks a response that came from an upstream (kfsec's own pages get stricter headers).
+/// Marks a response that came from an upstream when it passes through a router on its way back
+/// to the edge (kfsec's own pages get stricter headers).
 #[derive(Debug, Clone, Copy)]
 pub struct Proxied;
 
@@ -536,21 +537,22 @@ impl Proxy {
 impl Proxy {
     /// Forwards `req`: its headers were sanitised at the edge (`Connection` applied, reserved
     /// names removed, `X-Forwarded-For` set) and identity added by the caller. `peer` is used for
-    /// `X-Forwarded-For` only when the edge did not set it. Refusals are rendered for the path's
-    /// clients by `mounts`.
+    /// `X-Forwarded-For` only when the edge did not set it. `Ok`: the upstream's answer; `Err`:
+    /// kfsec's own refusal (502 with its reason, 400 for a malformed body), rendered for the
+    /// path's clients by `mounts`.
     pub async fn forward(
         &self,
         route: &Route,
         mut req: Request<Body>,
         peer: IpAddr,
         mounts: &crate::responses::Mounts,
-    ) -> Response<Body> {
+    ) -> Result<Response<Body>, Response<Body>> {
         let upgrade = is_upgrade(req.headers());
         let target = match route.target_path(req.uri()) {
             Ok(t) => t,
             Err(e) => {
                 tracing::warn!(route = %route.prefix, error = %e, "no upstream target");
-                return bad_gateway(mounts, req.uri().path());
+                return Err(bad_gateway(mounts, req.uri().path()));
             }
         };
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -600,7 +602,7 @@ impl Proxy {
                 Some(pool) => Box::pin(pool.send(out, upgrade)).await,
                 None => {
                     tracing::warn!(route = %route.prefix, "no TLS client for this route");
-                    return bad_gateway(mounts, uri.path());
+                    return Err(bad_gateway(mounts, uri.path()));
                 }
             },
         };
@@ -608,7 +610,7 @@ impl Proxy {
             Ok(r) => r,
             Err(e) if failed.as_ref().is_some_and(|f| f.load(Ordering::Acquire)) => {
                 tracing::debug!(route = %route.prefix, error = %e, "the client's request body was malformed");
-                return mounts.error(uri.path(), RefusalKind::BadRequest, "Malformed request body.");
+                return Err(mounts.error(uri.path(), RefusalKind::BadRequest, "Malformed request body."));
             }
             Err(e) => {
                 let detail = causes(&e);
@@ -619,7 +621,7 @@ impl Proxy {
                     ),
                     None => tracing::warn!(route = %route.prefix, error = %e, detail, "upstream request failed"),
                 }
-                return bad_gateway(mounts, uri.path());
+                return Err(bad_gateway(mounts, uri.path()));
             }
         };
         if upgrade && resp.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -637,14 +639,12 @@ impl Proxy {
             let (mut parts, _) = resp.into_parts();
             strip_hop_by_hop(&mut parts.headers, true, true);
             confine_upstream_response(&mut parts.headers);
-            parts.extensions.insert(Proxied);
-            return Response::from_parts(parts, Body::empty());
+            return Ok(Response::from_parts(parts, Body::empty()));
         }
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers, false, true);
         confine_upstream_response(&mut parts.headers);
-        parts.extensions.insert(Proxied);
-        Response::from_parts(parts, body)
+        Ok(Response::from_parts(parts, body))
     }
 }
 

@@ -253,7 +253,7 @@ mod tests {
                 audit_id: "a1".into(),
                 method: http::Method::POST,
                 request_uri: "/dex/token".into(),
-                source_ips: vec![],
+                source_ips: vec![].into(),
                 user_agent: None,
             },
         )

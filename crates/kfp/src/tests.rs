@@ -1768,7 +1768,7 @@ async fn audited(e: &Env, who: &str, mut req: Request<Body>) -> (StatusCode, kfs
         audit_id: "a".into(),
         method: req.method().clone(),
         request_uri: req.uri().to_string(),
-        source_ips: vec![],
+        source_ips: vec![].into(),
         user_agent: None,
     };
     let ctx = kfsec_audit::RequestAudit::begin(&cap.auditor(), &clock, begin).unwrap();

@@ -832,7 +832,7 @@ mod failure_tests {
             audit_id: "a".into(),
             method: method.parse().unwrap(),
             request_uri: path.into(),
-            source_ips: vec![],
+            source_ips: vec![].into(),
             user_agent: None,
         };
         let ctx = kfsec_audit::RequestAudit::begin(&cap.auditor(), &clock, begin).unwrap();

@@ -551,7 +551,7 @@ impl Gateway {
             &self.auditor,
             &self.clock,
             Begin {
-                audit_id: new_audit_id(self.rng.as_ref()),
+                audit_id: new_audit_id(self.rng.as_ref()).into(),
                 method: req.method().clone(),
                 request_uri: kfsec_audit::request::redacted_uri(
                     req.uri().path_and_query().map_or("/", |pq| pq.as_str()),

@@ -90,7 +90,7 @@ impl ReviewAudit {
             &self.auditor,
             &self.clock,
             Begin {
-                audit_id,
+                audit_id: audit_id.into(),
                 method: parts.method.clone(),
                 // Secret query values `REDACTED`, by the one rule every surface's Event follows.
                 request_uri: redacted_uri(parts.uri.path_and_query().map_or("/", |pq| pq.as_str())),
@@ -98,7 +98,8 @@ impl ReviewAudit {
                     .extensions
                     .get::<kfsec_idp::ClientAddr>()
                     .map(|a| vec![a.0.to_string()])
-                    .unwrap_or_default(),
+                    .unwrap_or_default()
+                    .into(),
                 user_agent: parts
                     .headers
                     .get(axum::http::header::USER_AGENT)
