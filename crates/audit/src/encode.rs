@@ -295,7 +295,7 @@ pub struct EventView<'a> {
 
 /// An annotation's value on the request path: a fixed text, one shared by many requests (a
 /// route's decision reason, built once), or a request's own.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Text {
     /// Fixed in the code.
     Static(&'static str),
@@ -304,6 +304,15 @@ pub enum Text {
     /// The request's own.
     Owned(String),
 }
+
+/// Texts are equal when they read the same, however they are held.
+impl PartialEq for Text {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for Text {}
 
 impl std::ops::Deref for Text {
     type Target = str;
@@ -637,6 +646,14 @@ mod tests {
         assert!(view.annotations.contains_key("a/owned") && !view.annotations.contains_key("a"));
         let keys: Vec<_> = view.annotations.iter().map(|(k, _)| k).collect();
         assert_eq!(keys, ["a/owned", "b/static"], "in key order");
+    }
+
+    #[test]
+    fn texts_are_equal_when_they_read_the_same() {
+        let shared: std::sync::Arc<str> = "a".into();
+        assert_eq!(Text::Static("a"), Text::Owned("a".to_owned()));
+        assert_eq!(Text::Shared(shared), Text::Static("a"));
+        assert_ne!(Text::Static("a"), Text::Static("b"));
     }
 
     #[test]

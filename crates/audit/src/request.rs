@@ -100,39 +100,45 @@ pub fn audit_id_from_client(value: &[u8]) -> Option<&str> {
 pub fn new_audit_id(rng: &dyn Rng) -> String {
     let mut b = [0u8; 16];
     rng.fill(&mut b);
-    AuditId::Uuid(uuid_v4(b)).as_str().to_owned()
+    AuditId::uuid(b).as_str().to_owned()
 }
 
 /// A request's audit id: a generated UUID's text, kept inline (no allocation per request), or
 /// any other id (a client's, a test's).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AuditId {
-    /// A version 4 UUID's text ([`new_audit_id`]'s format).
+pub struct AuditId(IdRepr);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum IdRepr {
+    /// A version 4 UUID's text ([`uuid_v4`]: only hex digits and dashes).
     Uuid([u8; 36]),
     /// Another id.
     Text(String),
 }
 
 impl AuditId {
+    fn uuid(b: [u8; 16]) -> Self {
+        Self(IdRepr::Uuid(uuid_v4(b)))
+    }
+
     /// The id.
     pub fn as_str(&self) -> &str {
-        match self {
-            // Only hex digits and dashes are ever written into a `Uuid`.
-            Self::Uuid(b) => std::str::from_utf8(b).unwrap_or_default(),
-            Self::Text(s) => s,
+        match &self.0 {
+            IdRepr::Uuid(b) => std::str::from_utf8(b).unwrap_or_default(),
+            IdRepr::Text(s) => s,
         }
     }
 }
 
 impl From<String> for AuditId {
     fn from(s: String) -> Self {
-        Self::Text(s)
+        Self(IdRepr::Text(s))
     }
 }
 
 impl From<&str> for AuditId {
     fn from(s: &str) -> Self {
-        Self::Text(s.to_owned())
+        Self(IdRepr::Text(s.to_owned()))
     }
 }
 
@@ -186,7 +192,7 @@ impl AuditIds {
             b.copy_from_slice(&bytes[*used..*used + 16]);
             *used += 16;
         });
-        AuditId::Uuid(uuid_v4(b))
+        AuditId::uuid(b)
     }
 }
 

@@ -74,8 +74,6 @@ pub(crate) fn share(req: &mut Request, audit: Option<&RequestAudit>) {
 
 /// A thread's last `sourceIPs`: the forwarded address and the peer's, and their list.
 type LastIps = (Option<IpAddr>, Option<IpAddr>, Arc<[String]>);
-/// A thread's last route decision reason: the route's prefix, why, and the reason.
-type LastReason = (Arc<str>, &'static str, Arc<str>);
 
 /// `sourceIPs`: the address a trusted proxy reported, then the peer's. The last list is kept
 /// per thread and shared with the next request from the same addresses (most often the same
@@ -137,23 +135,32 @@ pub(crate) fn set_user(audit: Option<&RequestAudit>, identity: &Identity) {
     }
 }
 
-/// Records a proxied route's decision on the request's audit context, if any. The reason
-/// (`route <prefix>: <why>`) last built on this thread is shared with the next request that
-/// has the same one, instead of built again.
-pub(crate) fn route_decision(audit: Option<&RequestAudit>, prefix: &str, allowed: bool, why: &'static str) {
-    thread_local! {
-        static LAST: std::cell::RefCell<Option<LastReason>> = const { std::cell::RefCell::new(None) };
+/// A route's decision reasons, as `authorization.k8s.io/reason` records them (`route <prefix>:
+/// <why>`): built once per route with the front door, shared by its requests.
+pub(crate) struct RouteReasons {
+    pub(crate) authenticated: Arc<str>,
+    pub(crate) public_route: Arc<str>,
+    pub(crate) invalid_credentials: Arc<str>,
+    pub(crate) not_authenticated: Arc<str>,
+}
+
+impl RouteReasons {
+    pub(crate) fn new(prefix: &str) -> Self {
+        let reason = |why: &str| Arc::from(format!("route {prefix}: {why}"));
+        Self {
+            authenticated: reason("authenticated"),
+            public_route: reason("public route"),
+            invalid_credentials: reason("invalid credentials"),
+            not_authenticated: reason("not authenticated"),
+        }
     }
+}
+
+/// Records a proxied route's decision and its reason (one of the route's [`RouteReasons`]) on
+/// the request's audit context, if any.
+pub(crate) fn route_decision(audit: Option<&RequestAudit>, allowed: bool, reason: &Arc<str>) {
     if let Some(a) = audit {
-        let reason = LAST.with_borrow_mut(|last| match last {
-            Some((p, w, reason)) if **p == *prefix && *w == why => reason.clone(),
-            _ => {
-                let reason: Arc<str> = format!("route {prefix}: {why}").into();
-                *last = Some((prefix.into(), why, reason.clone()));
-                reason
-            }
-        });
-        a.decision(allowed, reason);
+        a.decision(allowed, reason.clone());
     }
 }
 
@@ -237,16 +244,54 @@ mod tests {
             [10, 0, 0, 1].into(),
             "2001:db8::7".parse().unwrap_or_else(|e| panic!("{e}")),
         );
-        // (route prefix, why, forwarded address, peer, sourceIPs)
-        type Case<'a> = (&'a str, &'static str, Option<IpAddr>, Option<IpAddr>, &'a [&'a str]);
-        let cases: [Case<'_>; 5] = [
-            ("/a/", "authenticated", None, Some(a), &["10.0.0.1"]),
-            ("/b/", "authenticated", Some(b), Some(a), &["2001:db8::7", "10.0.0.1"]),
-            ("/b/", "public route", None, Some(b), &["2001:db8::7"]),
-            ("/a/", "authenticated", None, None, &[]),
-            ("/a/", "authenticated", None, Some(a), &["10.0.0.1"]),
+        let (ra, rb) = (RouteReasons::new("/a/"), RouteReasons::new("/b/"));
+        // (reason, forwarded address, peer, the reason's text, sourceIPs)
+        type Case<'a> = (&'a Arc<str>, Option<IpAddr>, Option<IpAddr>, &'a str, &'a [&'a str]);
+        let cases: [Case<'_>; 6] = [
+            (
+                &ra.authenticated,
+                None,
+                Some(a),
+                "route /a/: authenticated",
+                &["10.0.0.1"],
+            ),
+            (
+                &rb.authenticated,
+                Some(b),
+                Some(a),
+                "route /b/: authenticated",
+                &["2001:db8::7", "10.0.0.1"],
+            ),
+            (
+                &rb.public_route,
+                None,
+                Some(b),
+                "route /b/: public route",
+                &["2001:db8::7"],
+            ),
+            (
+                &ra.invalid_credentials,
+                None,
+                None,
+                "route /a/: invalid credentials",
+                &[],
+            ),
+            (
+                &ra.not_authenticated,
+                None,
+                Some(a),
+                "route /a/: not authenticated",
+                &["10.0.0.1"],
+            ),
+            (
+                &ra.authenticated,
+                None,
+                Some(a),
+                "route /a/: authenticated",
+                &["10.0.0.1"],
+            ),
         ];
-        for (i, (prefix, why, forwarded, peer, ips)) in cases.into_iter().enumerate() {
+        for (i, (reason, forwarded, peer, text, ips)) in cases.into_iter().enumerate() {
             let id = format!("r{i}");
             let audit = RequestAudit::begin(
                 &cap.auditor(),
@@ -260,16 +305,12 @@ mod tests {
                 },
             )
             .unwrap_or_else(|| panic!("auditing is on"));
-            route_decision(Some(&audit), prefix, true, why);
+            route_decision(Some(&audit), true, reason);
             audit.complete(200);
             let events = cap.of(&id);
             let e = events.last().unwrap_or_else(|| panic!("no event for {id}"));
-            let want = format!("route {prefix}: {why}");
-            assert_eq!(
-                e.annotations.get(kfsec_audit::request::AUTHZ_REASON_ANNOTATION),
-                Some(&want),
-                "{id}"
-            );
+            let got = e.annotations.get(kfsec_audit::request::AUTHZ_REASON_ANNOTATION);
+            assert_eq!(got.map(String::as_str), Some(text), "{id}");
             assert_eq!(e.source_ips, ips, "{id}");
         }
     }

@@ -689,7 +689,7 @@ pub(crate) async fn check(State(app): State<Arc<App>>, req: Request<Body>) -> Re
             }
             app.decided("gatekeeper", true);
             let mut resp = StatusCode::OK.into_response();
-            app.set_identity_headers(resp.headers_mut(), &a.identity);
+            app.set_identity_headers(resp.headers_mut(), &a);
             set_auth_request_headers(resp.headers_mut(), &a.identity);
             resp
         }

@@ -119,6 +119,10 @@ pub fn write_request_head(out: &mut Vec<u8>, method: &Method, target: &str, head
     out.extend_from_slice(b"\r\n");
 }
 
+/// A head's header names and where each value lies in it, gathered before the head's bytes are
+/// frozen: the usual head's fit on the stack (no allocation per head).
+type Fields = smallvec::SmallVec<[(HeaderName, std::ops::Range<usize>); 24]>;
+
 /// Parses the response head at the start of `buf`, for a request with `method`: `Ok(None)` when
 /// it is not complete yet (`buf` untouched), else the head, split off `buf` (which then starts
 /// with the body). The header values share the head's bytes (no copy). Interim (1xx) heads are
@@ -149,7 +153,7 @@ pub fn parse_response_head(buf: &mut BytesMut, method: &Method) -> Result<Option
     };
     // Names, and where each value lies in the head, whose bytes the values then share.
     let base = buf.as_ptr().addr();
-    let mut fields = Vec::with_capacity(parsed.headers.len());
+    let mut fields = Fields::new();
     for h in parsed.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| H1Error::Header)?;
         let start = match h.value.as_ptr().addr().checked_sub(base) {
@@ -165,7 +169,7 @@ pub fn parse_response_head(buf: &mut BytesMut, method: &Method) -> Result<Option
     let mut chunked = None;
     let mut length: Option<u64> = None;
     let mut close = false;
-    for (name, at) in fields {
+    for (name, at) in fields.drain(..) {
         let value = HeaderValue::from_maybe_shared(head.slice(at)).map_err(|_| H1Error::Header)?;
         if name == TRANSFER_ENCODING {
             if chunked.is_some() {
@@ -476,7 +480,7 @@ pub fn parse_request_head(buf: &mut BytesMut, max_head: usize) -> RequestHead {
         return RequestHead::Other;
     }
     let mut keep_alive = true;
-    let mut fields = Vec::with_capacity(parsed.headers.len());
+    let mut fields = Fields::new();
     for h in parsed.headers.iter() {
         let Ok(name) = HeaderName::from_bytes(h.name.as_bytes()) else {
             return RequestHead::Other;
@@ -507,7 +511,7 @@ pub fn parse_request_head(buf: &mut BytesMut, max_head: usize) -> RequestHead {
         let uri = http::Uri::from_maybe_shared(head.slice(target)).ok()?;
         // (room for the headers kfsec adds to a request, so the map is not grown and rehashed)
         let mut headers = HeaderMap::with_capacity(fields.len() + ADDED_HEADERS);
-        for (name, at) in fields {
+        for (name, at) in fields.drain(..) {
             headers.append(name, HeaderValue::from_maybe_shared(head.slice(at)).ok()?);
         }
         let mut request = http::Request::new(());

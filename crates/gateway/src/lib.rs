@@ -160,6 +160,8 @@ pub struct App {
     /// Each configured route's metrics series, labelled by its prefix (a proxied request
     /// counts without a lookup).
     route_series: Vec<metrics::RouteSeries>,
+    /// Each configured route's audit decision reasons (`audit::RouteReasons`), built once.
+    route_reasons: Vec<audit::RouteReasons>,
     /// Whether a route prefix has capitals (`ambiguity` then always compares loose readings).
     upper_case_routes: bool,
 }
@@ -229,6 +231,11 @@ impl App {
             .iter()
             .map(|r| metrics.route_series(&Arc::new(r.prefix.clone())))
             .collect();
+        let route_reasons = settings
+            .routes
+            .iter()
+            .map(|r| audit::RouteReasons::new(&r.prefix))
+            .collect();
         let upper_case_routes = settings
             .routes
             .iter()
@@ -253,6 +260,7 @@ impl App {
             recorders: std::sync::OnceLock::new(),
             decisions: std::sync::OnceLock::new(),
             route_series,
+            route_reasons,
             upper_case_routes,
         }))
     }
@@ -342,20 +350,12 @@ impl App {
     /// Replaces any client-sent identity headers with `id`. Names are sent as UTF-8 bytes
     /// (HTTP's obs-text), so a directory user `jürgen` or a group `équipe` reaches the upstream
     /// rather than silently dropping the header.
-    pub fn set_identity_headers(&self, h: &mut HeaderMap, id: &Identity) {
-        // Each value is built once and handed over (`Bytes` takes the buffer, no copy).
-        let prefix = &self.settings.user_id_prefix;
-        let mut user = String::with_capacity(prefix.len() + id.user.len());
-        user.push_str(prefix);
-        user.push_str(&id.user);
-        if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(user)) {
+    pub fn set_identity_headers(&self, h: &mut HeaderMap, caller: &Arc<kfsec_idp::Authenticated>) {
+        let (user, groups) = IdentityValues::of(caller, &self.settings.user_id_prefix);
+        if let Some(v) = user {
             h.insert(self.settings.user_id_header.clone(), v);
         }
-        let groups = match id.groups.as_slice() {
-            [] => Ok(HeaderValue::from_static("")),
-            many => HeaderValue::from_maybe_shared(bytes::Bytes::from(many.join(","))),
-        };
-        if let Ok(v) = groups {
+        if let Some(v) = groups {
             h.insert(self.settings.groups_header.clone(), v);
         }
     }
@@ -377,6 +377,60 @@ impl App {
             Err(name) => Err(Arc::new(name)),
         };
         self.metrics.record(series, code, seconds);
+    }
+}
+
+/// A caller's identity header values (`<prefix><user>`, the groups joined by commas), for
+/// `App::set_identity_headers`; `None` for a value that is not a valid header value.
+struct IdentityValues {
+    /// Whose (kept, so its address cannot be another caller's while it is compared).
+    caller: Arc<kfsec_idp::Authenticated>,
+    prefix: String,
+    user: Option<HeaderValue>,
+    groups: Option<HeaderValue>,
+}
+
+impl IdentityValues {
+    /// The values of `caller`'s identity with `prefix`. Those last built on this thread are
+    /// shared (a reference count each) with the next request of the same caller (the same
+    /// shared answer, or an equal identity) and prefix: most often the same session's.
+    fn of(caller: &Arc<kfsec_idp::Authenticated>, prefix: &str) -> (Option<HeaderValue>, Option<HeaderValue>) {
+        thread_local! {
+            static LAST: std::cell::RefCell<Option<IdentityValues>> = const { std::cell::RefCell::new(None) };
+        }
+        LAST.with_borrow_mut(|last| match last {
+            Some(v)
+                if v.prefix == prefix && (Arc::ptr_eq(&v.caller, caller) || v.caller.identity == caller.identity) =>
+            {
+                if !Arc::ptr_eq(&v.caller, caller) {
+                    v.caller = caller.clone();
+                }
+                (v.user.clone(), v.groups.clone())
+            }
+            _ => {
+                let v = Self::new(caller, prefix);
+                let values = (v.user.clone(), v.groups.clone());
+                *last = Some(v);
+                values
+            }
+        })
+    }
+
+    fn new(caller: &Arc<kfsec_idp::Authenticated>, prefix: &str) -> Self {
+        let id = &caller.identity;
+        let mut user = String::with_capacity(prefix.len() + id.user.len());
+        user.push_str(prefix);
+        user.push_str(&id.user);
+        let groups = match id.groups.as_slice() {
+            [] => Ok(HeaderValue::from_static("")),
+            many => HeaderValue::from_maybe_shared(bytes::Bytes::from(many.join(","))),
+        };
+        Self {
+            caller: caller.clone(),
+            prefix: prefix.to_owned(),
+            user: HeaderValue::from_maybe_shared(bytes::Bytes::from(user)).ok(),
+            groups: groups.ok(),
+        }
     }
 }
 
@@ -621,17 +675,19 @@ async fn protected(State(app): State<Arc<App>>, req: Request) -> Response {
 
 /// Everything that is not the IdP or the gatekeeper's own endpoints: the session or credential
 /// checked, then a configured route proxied, kfsec's own APIs or pages served, or refused.
-/// `audit`: the request's audit context, handed on in the request's extensions to kfsec's own
-/// APIs and pages (a proxied request needs no copy there).
+/// `hop`: what the edge hands on (the request's audit context and the client's address are put
+/// in the request's extensions only for kfsec's own APIs and pages).
 async fn guarded(app: &Arc<App>, mut req: Request, hop: Hop<'_>) -> Response {
     let audit = hop.audit;
     let path = req.uri().path().to_owned();
-    let route = app
+    let (route, reasons) = app
         .settings
         .routes
         .iter()
-        .filter(|r| r.matches(&path))
-        .max_by_key(|r| r.prefix.len());
+        .zip(&app.route_reasons)
+        .filter(|(r, _)| r.matches(&path))
+        .max_by_key(|(r, _)| r.prefix.len())
+        .unzip();
     let peer = hop.client.unwrap_or(IpAddr::from([127, 0, 0, 1]));
     let cert = req.extensions().get::<listener::ClientCertIdentity>().cloned();
     let mount = app.mounts.owner(&path).map(|_| ());
@@ -658,16 +714,16 @@ async fn guarded(app: &Arc<App>, mut req: Request, hop: Hop<'_>) -> Response {
                 .error(&path, RefusalKind::Unavailable, gatekeeper::STORE_DOWN);
         }
         Authn::Invalid if route.is_none_or(|r| !r.public) => {
-            if let (Some(r), None) = (&route, mount) {
-                audit::route_decision(audit, &r.prefix, false, "invalid credentials");
+            if let (Some(r), None) = (reasons, mount) {
+                audit::route_decision(audit, false, &r.invalid_credentials);
             }
             app.decided_proxy(route.is_some() && mount.is_none(), false);
             return app.mounts.unauthenticated(&path);
         }
         _ if route.is_some_and(|r| r.public) => None,
         _ => {
-            if let (Some(r), None) = (&route, mount) {
-                audit::route_decision(audit, &r.prefix, false, "not authenticated");
+            if let (Some(r), None) = (reasons, mount) {
+                audit::route_decision(audit, false, &r.not_authenticated);
             }
             let browser =
                 matches!(*req.method(), Method::GET | Method::HEAD) && mount.is_none() && is_navigation(req.headers());
@@ -715,14 +771,18 @@ async fn guarded(app: &Arc<App>, mut req: Request, hop: Hop<'_>) -> Response {
             Err(never) => match never {},
         };
     }
-    match route {
-        Some(route) => {
-            let why = if route.public { "public route" } else { "authenticated" };
-            audit::route_decision(audit, &route.prefix, true, why);
+    match route.zip(reasons) {
+        Some((route, reasons)) => {
+            let why = if route.public {
+                &reasons.public_route
+            } else {
+                &reasons.authenticated
+            };
+            audit::route_decision(audit, true, why);
             app.decided_proxy(true, true);
             proxy::remove_cookie(req.headers_mut(), &app.settings.cookie_name);
-            if let Some(id) = identity {
-                app.set_identity_headers(req.headers_mut(), id);
+            if let Some(caller) = &caller {
+                app.set_identity_headers(req.headers_mut(), caller);
             }
             match app.proxy.forward(route, req, peer, &app.mounts).await {
                 Ok(resp) => {
@@ -800,4 +860,45 @@ pub fn admin_router(registry: Arc<std::sync::OnceLock<Arc<Registry>>>, ready: Re
                 }
             }),
         )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_caller_gets_its_own_identity_headers_when_callers_take_turns_on_a_thread() {
+        let caller = |user: &str, groups: &[&str]| {
+            Arc::new(kfsec_idp::Authenticated {
+                identity: Identity::new(user.to_owned(), groups.iter().map(|g| (*g).to_owned()).collect()),
+                audiences: vec![],
+                kind: CredentialKind::Session,
+            })
+        };
+        let ann = caller("ann@example.com", &["a", "b"]);
+        let ann_again = caller("ann@example.com", &["a", "b"]);
+        let bob = caller("bob@example.com", &[]);
+        let ann_other_groups = caller("ann@example.com", &["c"]);
+        let text = |v: Option<HeaderValue>| v.map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+        let google = "accounts.google.com:";
+        let cases = [
+            (&ann, "", Some("ann@example.com"), Some("a,b")),
+            (&ann_again, "", Some("ann@example.com"), Some("a,b")),
+            (&bob, "", Some("bob@example.com"), Some("")),
+            (&ann, google, Some("accounts.google.com:ann@example.com"), Some("a,b")),
+            (
+                &ann_other_groups,
+                google,
+                Some("accounts.google.com:ann@example.com"),
+                Some("c"),
+            ),
+            (&ann, "", Some("ann@example.com"), Some("a,b")),
+        ];
+        for (i, (caller, prefix, user, groups)) in cases.into_iter().enumerate() {
+            let (u, g) = IdentityValues::of(caller, prefix);
+            assert_eq!((text(u).as_deref(), text(g).as_deref()), (user, groups), "case {i}");
+        }
+        let bad = caller("eve\nx", &[]);
+        assert_eq!(IdentityValues::of(&bad, "").0, None, "not a header value: not sent");
+    }
 }
