@@ -136,31 +136,58 @@ pub(crate) fn set_user(audit: Option<&RequestAudit>, identity: &Identity) {
 }
 
 /// A route's decision reasons, as `authorization.k8s.io/reason` records them (`route <prefix>:
-/// <why>`): built once per route with the front door, shared by its requests.
+/// <why>`): built once per route with the front door.
 pub(crate) struct RouteReasons {
-    pub(crate) authenticated: Arc<str>,
-    pub(crate) public_route: Arc<str>,
-    pub(crate) invalid_credentials: Arc<str>,
-    pub(crate) not_authenticated: Arc<str>,
+    /// Tells this route's reasons from another's (another front door's too) in a thread's memo.
+    id: u64,
+    texts: [Box<str>; 4],
+}
+
+/// Why a route's request was decided as it was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Why {
+    Authenticated,
+    PublicRoute,
+    InvalidCredentials,
+    NotAuthenticated,
 }
 
 impl RouteReasons {
     pub(crate) fn new(prefix: &str) -> Self {
-        let reason = |why: &str| Arc::from(format!("route {prefix}: {why}"));
+        static IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let reason = |why: &str| format!("route {prefix}: {why}").into_boxed_str();
         Self {
-            authenticated: reason("authenticated"),
-            public_route: reason("public route"),
-            invalid_credentials: reason("invalid credentials"),
-            not_authenticated: reason("not authenticated"),
+            id: IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            texts: [
+                reason("authenticated"),
+                reason("public route"),
+                reason("invalid credentials"),
+                reason("not authenticated"),
+            ],
         }
     }
 }
 
-/// Records a proxied route's decision and its reason (one of the route's [`RouteReasons`]) on
-/// the request's audit context, if any.
-pub(crate) fn route_decision(audit: Option<&RequestAudit>, allowed: bool, reason: &Arc<str>) {
+/// A thread's last route decision reason: whose, why, and the thread's own copy of its text.
+type LastReason = (u64, Why, Arc<str>);
+
+/// Records a proxied route's decision and its reason on the request's audit context, if any.
+/// The reason is shared from the thread's own copy (its reference count is written by this
+/// core only), made again when a request of another route or outcome comes.
+pub(crate) fn route_decision(audit: Option<&RequestAudit>, allowed: bool, reasons: &RouteReasons, why: Why) {
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<LastReason>> = const { std::cell::RefCell::new(None) };
+    }
     if let Some(a) = audit {
-        a.decision(allowed, reason.clone());
+        let reason = LAST.with_borrow_mut(|last| match last {
+            Some((id, w, reason)) if *id == reasons.id && *w == why => reason.clone(),
+            _ => {
+                let reason: Arc<str> = Arc::from(&*reasons.texts[why as usize]);
+                *last = Some((reasons.id, why, reason.clone()));
+                reason
+            }
+        });
+        a.decision(allowed, reason);
     }
 }
 
@@ -244,54 +271,79 @@ mod tests {
             [10, 0, 0, 1].into(),
             "2001:db8::7".parse().unwrap_or_else(|e| panic!("{e}")),
         );
-        let (ra, rb) = (RouteReasons::new("/a/"), RouteReasons::new("/b/"));
-        // (reason, forwarded address, peer, the reason's text, sourceIPs)
-        type Case<'a> = (&'a Arc<str>, Option<IpAddr>, Option<IpAddr>, &'a str, &'a [&'a str]);
-        let cases: [Case<'_>; 6] = [
+        let (ra, rb, ra2) = (
+            RouteReasons::new("/a/"),
+            RouteReasons::new("/b/"),
+            RouteReasons::new("/a2/"),
+        );
+        // (route, why, forwarded address, peer, the reason's text, sourceIPs)
+        type Case<'a> = (
+            &'a RouteReasons,
+            Why,
+            Option<IpAddr>,
+            Option<IpAddr>,
+            &'a str,
+            &'a [&'a str],
+        );
+        let cases: [Case<'_>; 7] = [
             (
-                &ra.authenticated,
+                &ra,
+                Why::Authenticated,
                 None,
                 Some(a),
                 "route /a/: authenticated",
                 &["10.0.0.1"],
             ),
             (
-                &rb.authenticated,
+                &rb,
+                Why::Authenticated,
                 Some(b),
                 Some(a),
                 "route /b/: authenticated",
                 &["2001:db8::7", "10.0.0.1"],
             ),
             (
-                &rb.public_route,
+                &rb,
+                Why::PublicRoute,
                 None,
                 Some(b),
                 "route /b/: public route",
                 &["2001:db8::7"],
             ),
             (
-                &ra.invalid_credentials,
+                &ra,
+                Why::InvalidCredentials,
                 None,
                 None,
                 "route /a/: invalid credentials",
                 &[],
             ),
             (
-                &ra.not_authenticated,
+                &ra,
+                Why::NotAuthenticated,
                 None,
                 Some(a),
                 "route /a/: not authenticated",
                 &["10.0.0.1"],
             ),
             (
-                &ra.authenticated,
+                &ra2,
+                Why::NotAuthenticated,
+                None,
+                Some(a),
+                "route /a2/: not authenticated",
+                &["10.0.0.1"],
+            ),
+            (
+                &ra,
+                Why::Authenticated,
                 None,
                 Some(a),
                 "route /a/: authenticated",
                 &["10.0.0.1"],
             ),
         ];
-        for (i, (reason, forwarded, peer, text, ips)) in cases.into_iter().enumerate() {
+        for (i, (route, why, forwarded, peer, text, ips)) in cases.into_iter().enumerate() {
             let id = format!("r{i}");
             let audit = RequestAudit::begin(
                 &cap.auditor(),
@@ -305,7 +357,7 @@ mod tests {
                 },
             )
             .unwrap_or_else(|| panic!("auditing is on"));
-            route_decision(Some(&audit), true, reason);
+            route_decision(Some(&audit), true, route, why);
             audit.complete(200);
             let events = cap.of(&id);
             let e = events.last().unwrap_or_else(|| panic!("no event for {id}"));

@@ -715,7 +715,7 @@ async fn guarded(app: &Arc<App>, mut req: Request, hop: Hop<'_>) -> Response {
         }
         Authn::Invalid if route.is_none_or(|r| !r.public) => {
             if let (Some(r), None) = (reasons, mount) {
-                audit::route_decision(audit, false, &r.invalid_credentials);
+                audit::route_decision(audit, false, r, audit::Why::InvalidCredentials);
             }
             app.decided_proxy(route.is_some() && mount.is_none(), false);
             return app.mounts.unauthenticated(&path);
@@ -723,7 +723,7 @@ async fn guarded(app: &Arc<App>, mut req: Request, hop: Hop<'_>) -> Response {
         _ if route.is_some_and(|r| r.public) => None,
         _ => {
             if let (Some(r), None) = (reasons, mount) {
-                audit::route_decision(audit, false, &r.not_authenticated);
+                audit::route_decision(audit, false, r, audit::Why::NotAuthenticated);
             }
             let browser =
                 matches!(*req.method(), Method::GET | Method::HEAD) && mount.is_none() && is_navigation(req.headers());
@@ -774,11 +774,11 @@ async fn guarded(app: &Arc<App>, mut req: Request, hop: Hop<'_>) -> Response {
     match route.zip(reasons) {
         Some((route, reasons)) => {
             let why = if route.public {
-                &reasons.public_route
+                audit::Why::PublicRoute
             } else {
-                &reasons.authenticated
+                audit::Why::Authenticated
             };
-            audit::route_decision(audit, true, why);
+            audit::route_decision(audit, true, reasons, why);
             app.decided_proxy(true, true);
             proxy::remove_cookie(req.headers_mut(), &app.settings.cookie_name);
             if let Some(caller) = &caller {
