@@ -64,14 +64,6 @@ pub(crate) fn begin(
     )
 }
 
-/// Hands `audit` on to a handler that reads it from the request's extensions (the gate's
-/// endpoints, kfsec's own APIs and pages; the proxied path passes it by reference instead).
-pub(crate) fn share(req: &mut Request, audit: Option<&RequestAudit>) {
-    if let Some(a) = audit {
-        req.extensions_mut().insert(a.clone());
-    }
-}
-
 /// A thread's last `sourceIPs`: the forwarded address and the peer's, and their list.
 type LastIps = (Option<IpAddr>, Option<IpAddr>, Arc<[String]>);
 

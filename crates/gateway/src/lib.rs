@@ -485,7 +485,9 @@ struct Hop<'a> {
 impl Hop<'_> {
     /// Puts the audit context and the client's address in `req`'s extensions, for a handler.
     fn hand_over(&self, req: &mut Request) {
-        audit::share(req, self.audit);
+        if let Some(a) = self.audit {
+            req.extensions_mut().insert(a.clone());
+        }
         if let Some(ip) = self.client {
             req.extensions_mut().insert(ClientAddr(ip));
         }

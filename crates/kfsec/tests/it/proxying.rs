@@ -40,6 +40,15 @@ async fn websocket_echo() -> std::net::SocketAddr {
     addr
 }
 
+/// Logs `USER` in through a browser client: the login's final status, the session cookie's
+/// value, and a fresh raw TLS connection to the front door to send requests by hand.
+async fn logged_in_connection(k: &Kfsec) -> (reqwest::StatusCode, String, tokio_rustls::client::TlsStream<TcpStream>) {
+    let mut b = k.client();
+    let (r, _) = b.login("/", USER, PASSWORD).await;
+    let cookie = b.cookies["authservice_session"].clone();
+    (r.status(), cookie, tls_connect(k).await)
+}
+
 async fn tls_connect(k: &Kfsec) -> tokio_rustls::client::TlsStream<TcpStream> {
     let mut cfg = kfsec_pki::client_config_trusting(&k.running.ca_pem).unwrap();
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
@@ -56,11 +65,8 @@ async fn websocket_upgrades_pass_through_with_identity() {
     let ws = websocket_echo().await;
     // appended to the base config's `routes:` list
     let k = Kfsec::start(&format!("- prefix: /notebook/\n  upstream: http://{ws}\n")).await;
-    let mut b = k.client();
-    let (r, _) = b.login("/", USER, PASSWORD).await;
-    assert_eq!(r.status(), 200);
-    let cookie = b.cookies["authservice_session"].clone();
-    let mut s = tls_connect(&k).await;
+    let (status, cookie, mut s) = logged_in_connection(&k).await;
+    assert_eq!(status, 200);
     let req = format!(
         "GET /notebook/api/kernels/1/channels HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nkubeflow-userid: forged@evil\r\nCookie: authservice_session={cookie}\r\n\r\n"
     );
@@ -107,10 +113,7 @@ async fn request_bodies_stream_to_the_upstream() {
 #[tokio::test]
 async fn a_request_body_that_breaks_off_malformed_is_refused_400_not_502() {
     let k = Kfsec::start("").await;
-    let mut b = k.client();
-    b.login("/", USER, PASSWORD).await;
-    let cookie = b.cookies["authservice_session"].clone();
-    let mut s = tls_connect(&k).await;
+    let (_, cookie, mut s) = logged_in_connection(&k).await;
     let req = format!(
         "POST /app/upload HTTP/1.1\r\nHost: localhost\r\nCookie: authservice_session={cookie}\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nabcd\r\nzz\r\n"
     );
