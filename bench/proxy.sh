@@ -4,7 +4,9 @@
 #
 #   kfsec       session cookie check + reverse proxy, kfsec's defaults (one audit event per
 #               request, also for each /authservice/check below)
-#   nginx       Debian nginx as a plain TLS reverse proxy, no auth
+#   nginx       Debian nginx as a plain TLS reverse proxy, no auth, no access log
+#   nginx+log   the same with nginx's default access log (`combined` format, one write per
+#               request): the like-for-like peer of kfsec's default, which records every request
 #   nginx+auth  the "proxy + auth service" deployment (Kubeflow's oauth2-proxy/authservice
 #               pattern): nginx terminates TLS and asks kfsec's /authservice/check with
 #               auth_request over a pool of keep-alive TLS connections, then proxies with the
@@ -14,7 +16,8 @@
 #   bash bench/proxy.sh    # env: DURATION=10s WARMUP=2s CONNS="1 64 256" THREADS=2 HS_CONNS=64
 #                          #      NGINX_WORKERS=$(nproc) HAPROXY_THREADS=$(nproc)
 #   KFSEC_EXTRA_YAML='audit: {log: {path: ""}}' bash bench/proxy.sh   # appended to kfsec's
-#                          # configuration, e.g. audit off (the nginx peers log nothing either)
+#                          # configuration, e.g. audit off (like nginx, nginx+auth and haproxy,
+#                          # which log nothing)
 #
 # Everything listens on 127.0.0.1; wrk speaks HTTP/1.1 (no ALPN) to the peers, which keep their
 # upstream connections alive (pools at least as large as the most connections measured).
@@ -35,7 +38,7 @@
 # (401) refuse it without the cookie; nginx+auth got the user id from kfsec's answer (kfsec's
 # check answers 200 with kubeflow-userid, kubeflow-groups, x-auth-request-user and -email, or
 # 401); kfsec and nginx answer 200 and `connection: close` to a `Connection: close` request.
-# About 3 minutes with the defaults (4 peers x 3 connection counts + 2 runs, each WARMUP +
+# About 3.5 minutes with the defaults (5 peers x 3 connection counts + 2 runs, each WARMUP +
 # DURATION). Exits non-zero if a measured run saw a non-2xx answer or a socket error, or if a
 # `Connection: close` run went at more than half the keep-alive rate (wrk did not reconnect).
 set -euo pipefail
@@ -48,7 +51,7 @@ THREADS="${THREADS:-2}"
 HS_CONNS="${HS_CONNS:-64}"
 NGINX_WORKERS="${NGINX_WORKERS:-$(nproc)}"
 HAPROXY_THREADS="${HAPROXY_THREADS:-$(nproc)}"
-PEERS=(kfsec nginx nginx+auth haproxy)
+PEERS=(kfsec nginx nginx+log nginx+auth haproxy)
 
 bench_need curl wrk nginx haproxy openssl python3
 bench_build
@@ -64,11 +67,13 @@ UP_PORT="$(free_port)"
 KF_PORT="$(free_port)"
 KF_ADMIN="$(free_port)"
 NG_PORT="$(free_port)"
+NGL_PORT="$(free_port)"
 NGA_PORT="$(free_port)"
 HA_PORT="$(free_port)"
 declare -A URL
 URL[kfsec]="https://localhost:$KF_PORT"
 URL[nginx]="https://localhost:$NG_PORT"
+URL[nginx+log]="https://localhost:$NGL_PORT"
 URL[nginx+auth]="https://localhost:$NGA_PORT"
 URL[haproxy]="https://localhost:$HA_PORT"
 
@@ -124,6 +129,14 @@ $(proxy_location "$BENCH_USER")
     }")"
 nginx_start "$T/ng"
 NG_PID="$NGINX_PID"
+# The same, logging each request as nginx does by default (its own file, `combined`, unbuffered).
+nginx_conf "$T/ngl" "$NGINX_WORKERS" "$BACKEND
+$(ng_server "$NGL_PORT" "    access_log $T/ngl/access.log combined;
+    location / {
+$(proxy_location "$BENCH_USER")
+    }")"
+nginx_start "$T/ngl"
+NGL_PID="$NGINX_PID"
 
 # kfsec's /authservice/check answers 200 with the identity headers (kubeflow-userid,
 # kubeflow-groups, x-auth-request-*) or 401; the subrequest carries the client's cookie.
@@ -240,6 +253,7 @@ pids() {
   case "$1" in
     kfsec) echo "$KFSEC_PID" ;;
     nginx) with_children "$NG_PID" ;;
+    nginx+log) with_children "$NGL_PID" ;;
     nginx+auth) with_children "$NGA_PID" ;;
     haproxy) echo "$HA_PID" ;;
   esac
@@ -271,6 +285,12 @@ for c in $CONNS; do
 done
 for p in kfsec nginx; do run hs "$p" "$HS_CONNS" -H 'Connection: close'; done
 
+# nginx+log wrote a line per request (at least the measured ones).
+logged="$(wc -l <"$T/ngl/access.log")"
+measured=0
+for c in $CONNS; do measured=$((measured + $(awk '/ requests in / { print $1 }' "$T/ka-nginx+log-$c.wrk"))); done
+[ "$logged" -ge "$measured" ] || { echo "nginx+log logged $logged lines for $measured measured requests" >&2; exit 1; }
+
 # --- report ----------------------------------------------------------------------------------------
 TICK="$(getconf CLK_TCK)"
 FAILED=0
@@ -299,6 +319,7 @@ echo
 echo "proxy bench: authenticated GET / over TLS on 127.0.0.1, HTTP/1.1; wrk --latency, $WARMUP warm-up + $DURATION measured per run"
 echo "  kfsec       session cookie check + reverse proxy (kfsec's defaults: one audit event per request)"
 echo "  nginx       $(nginx -v 2>&1 | sed 's/.*version: //'), $NGINX_WORKERS workers: TLS reverse proxy, no auth"
+echo "  nginx+log   the same + nginx's default access log (combined, one write per request)"
 echo "  nginx+auth  the same nginx config + auth_request to kfsec /authservice/check (keep-alive TLS pool)"
 echo "  haproxy     HAProxy $(haproxy -v | awk 'NR == 1 { print $3 }'), nbthread $HAPROXY_THREADS: TLS reverse proxy, no auth"
 echo "  upstream: nginx 1 worker, fixed 200 \"ok\"; upstream keep-alive pools of $POOL; one certificate (kfsec's front door)"
@@ -341,6 +362,9 @@ for c in $CONNS; do
     "$(ratio "${P99[ka-kfsec-$c]}" "${P99[ka-nginx-$c]}")" \
     "$(ratio "${RPS[ka-kfsec-$c]}" "${RPS[ka-nginx+auth-$c]}")" "$(ratio "${CPU[ka-kfsec-$c]}" "${CPU[ka-nginx+auth-$c]}")" \
     "$(ratio "${RPS[ka-kfsec-$c]}" "${RPS[ka-haproxy-$c]}")" "$(ratio "${CPU[ka-kfsec-$c]}" "${CPU[ka-haproxy-$c]}")"
+  printf '  %4s conns   kfsec/(nginx+log) rps %5s  CPU/req %5s  p99 %5s   (both record every request)\n' "$c" \
+    "$(ratio "${RPS[ka-kfsec-$c]}" "${RPS[ka-nginx+log-$c]}")" "$(ratio "${CPU[ka-kfsec-$c]}" "${CPU[ka-nginx+log-$c]}")" \
+    "$(ratio "${P99[ka-kfsec-$c]}" "${P99[ka-nginx+log-$c]}")"
 done
 printf '  handshakes kfsec/nginx: conn/s %s  CPU/conn %s  p99 %s\n' \
   "$(ratio "${RPS[hs-kfsec-$HS_CONNS]}" "${RPS[hs-nginx-$HS_CONNS]}")" \
