@@ -370,6 +370,27 @@ printf '  handshakes kfsec/nginx: conn/s %s  CPU/conn %s  p99 %s\n' \
   "$(ratio "${RPS[hs-kfsec-$HS_CONNS]}" "${RPS[hs-nginx-$HS_CONNS]}")" \
   "$(ratio "${CPU[hs-kfsec-$HS_CONNS]}" "${CPU[hs-nginx-$HS_CONNS]}")" \
   "$(ratio "${P99[hs-kfsec-$HS_CONNS]}" "${P99[hs-nginx-$HS_CONNS]}")"
+# Issue 17's aims, at 64 connections when measured: against nginx (req/s >= 1.0x, CPU/req
+# <= 1.1x, p99 no worse) and nginx + auth_request (req/s >= 2x); the same three against nginx+log.
+if [ -n "${RPS[ka-kfsec-64]:-}" ]; then
+  # aim LABEL A B OP LIMIT: "LABEL 0.97x (aim OP LIMIT: held|missed)".
+  aim() {
+    local r
+    r="$(ratio "$2" "$3")"
+    if awk -v r="$r" -v l="$5" -v op="$4" 'BEGIN { exit !((op == ">=") ? r >= l : r <= l) }'; then
+      printf '%s %sx (aim %s %s: held)' "$1" "$r" "$4" "$5"
+    else
+      printf '%s %sx (aim %s %s: MISSED)' "$1" "$r" "$4" "$5"
+    fi
+  }
+  for peer in nginx nginx+log; do
+    printf '  aims at 64 conns vs %-9s %s;  %s;  %s\n' "$peer" \
+      "$(aim req/s "${RPS[ka-kfsec-64]}" "${RPS[ka-$peer-64]}" '>=' 1.0)" \
+      "$(aim CPU/req "${CPU[ka-kfsec-64]}" "${CPU[ka-$peer-64]}" '<=' 1.1)" \
+      "$(aim p99 "${P99[ka-kfsec-64]}" "${P99[ka-$peer-64]}" '<=' 1.0)"
+  done
+  printf '  aim at 64 conns vs nginx+auth %s\n' "$(aim req/s "${RPS[ka-kfsec-64]}" "${RPS[ka-nginx+auth-64]}" '>=' 2.0)"
+fi
 echo "  load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
 if [ "$FAILED" -gt 0 ]; then
   echo "FAILED: $FAILED measured run(s) with no requests, non-2xx answers or socket errors, or without reconnections (see above); figures are not comparable" >&2
