@@ -373,7 +373,7 @@ printf '  handshakes kfsec/nginx: conn/s %s  CPU/conn %s  p99 %s\n' \
 # Issue 17's aims, at 64 connections when measured: against nginx (req/s >= 1.0x, CPU/req
 # <= 1.1x, p99 no worse) and nginx + auth_request (req/s >= 2x); the same three against nginx+log.
 if [ -n "${RPS[ka-kfsec-64]:-}" ]; then
-  # aim LABEL A B OP LIMIT: "LABEL 0.97x (aim OP LIMIT: held|missed)".
+  # aim LABEL A B OP LIMIT: "LABEL 0.97x (aim OP LIMIT: held|MISSED)" for the ratio A/B.
   aim() {
     local r
     r="$(ratio "$2" "$3")"
