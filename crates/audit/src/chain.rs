@@ -155,32 +155,33 @@ impl Encoded {
 
     /// Serializes the viewed event (without `kfsec.io/chain-*` annotations).
     pub fn of_view(view: &crate::encode::EventView<'_>) -> Result<Self, ChainError> {
-        let reserved = [SEQ, HASH, PREV];
-        let stripped;
-        let mut view = *view;
-        // (Every reserved key starts with the chain's prefix: one look at each key.)
-        if view.annotations.iter().any(|(k, _)| k.starts_with(CHAIN_PREFIX)) {
-            stripped = view
-                .annotations
-                .iter()
-                .filter(|(k, _)| !reserved.contains(k))
-                .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                .collect::<BTreeMap<_, _>>();
-            view.annotations = crate::encode::Annotations::Owned(&stripped);
-        }
-        let annotated = !view.annotations.is_empty();
         let mut bytes = Vec::with_capacity(1024);
-        crate::encode::write_view(&mut bytes, &view);
-        // `annotations` is the Event's last field (omitted when empty) and `stageTimestamp`, a
-        // string, the one before it: the body ends with the annotations' last value and two
-        // braces, or with that timestamp and one.
-        let end: &[u8] = if annotated { b"\"}}" } else { b"\"}" };
-        if !bytes.ends_with(end) || (!annotated && bytes.ends_with(b"}}")) {
-            return Err(ChainError::Json(serde::ser::Error::custom(
-                "an Event's serialization does not end with its annotations or its stage timestamp",
-            )));
-        }
+        let annotated = encode_into(&mut bytes, view)?;
         Ok(Self { bytes, annotated })
+    }
+
+    /// The body, to seal.
+    pub fn body(&self) -> Body<'_> {
+        Body {
+            bytes: &self.bytes,
+            annotated: self.annotated,
+        }
+    }
+}
+
+/// A serialized body by reference (an [`Encoded`]'s, or one staged in a buffer with others by
+/// [`encode_into`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Body<'a> {
+    bytes: &'a [u8],
+    annotated: bool,
+}
+
+impl<'a> Body<'a> {
+    /// The body [`encode_into`] appended as `bytes`, returning `annotated`. Only this crate
+    /// makes one: sealing relies on how an encoded body ends.
+    pub(crate) fn staged(bytes: &'a [u8], annotated: bool) -> Self {
+        Self { bytes, annotated }
     }
 
     /// The most bytes its sealed line can take (the body, the chain's annotations at their
@@ -193,23 +194,56 @@ impl Encoded {
     }
 }
 
+/// Appends the viewed event to `out` as a line's body (without `kfsec.io/chain-*`
+/// annotations) and returns whether it ends in annotations; on an error `out` is as it was.
+pub fn encode_into(out: &mut Vec<u8>, view: &crate::encode::EventView<'_>) -> Result<bool, ChainError> {
+    let reserved = [SEQ, HASH, PREV];
+    let stripped;
+    let mut view = *view;
+    // (Every reserved key starts with the chain's prefix: one look at each key.)
+    if view.annotations.iter().any(|(k, _)| k.starts_with(CHAIN_PREFIX)) {
+        stripped = view
+            .annotations
+            .iter()
+            .filter(|(k, _)| !reserved.contains(k))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect::<BTreeMap<_, _>>();
+        view.annotations = crate::encode::Annotations::Owned(&stripped);
+    }
+    let annotated = !view.annotations.is_empty();
+    let start = out.len();
+    crate::encode::write_view(out, &view);
+    // `annotations` is the Event's last field (omitted when empty) and `stageTimestamp`, a
+    // string, the one before it: the body ends with the annotations' last value and two
+    // braces, or with that timestamp and one.
+    let body = &out[start..];
+    let end: &[u8] = if annotated { b"\"}}" } else { b"\"}" };
+    if !body.ends_with(end) || (!annotated && body.ends_with(b"}}")) {
+        out.truncate(start);
+        return Err(ChainError::Json(serde::ser::Error::custom(
+            "an Event's serialization does not end with its annotations or its stage timestamp",
+        )));
+    }
+    Ok(annotated)
+}
+
 impl Head {
     /// Seals `event` as the next line: adds the chain annotations (and `kfsec.io/chain-prev`
     /// when `first_in_file`), advances the head and returns the JSON line (no newline).
     pub fn seal(&mut self, event: Event, first_in_file: bool) -> Result<String, ChainError> {
         let mut line = Vec::new();
-        self.seal_into(&Encoded::new(event)?, first_in_file, &mut line);
+        self.seal_into(Encoded::new(event)?.body(), first_in_file, &mut line);
         String::from_utf8(line).map_err(|e| ChainError::Json(serde::ser::Error::custom(e)))
     }
 
     /// Appends `body` sealed as the next line to `out` (no newline): the chain annotations go
     /// last in its annotations (`kfsec.io/chain-prev` when `first_in_file`, then
     /// `kfsec.io/chain-seq`), the hash of those bytes after them. Advances the head. The line is
-    /// at most [`Encoded::sealed_len_max`] bytes.
-    pub fn seal_into(&mut self, body: &Encoded, first_in_file: bool, out: &mut Vec<u8>) {
+    /// at most [`Body::sealed_len_max`] bytes.
+    pub fn seal_into(&mut self, body: Body<'_>, first_in_file: bool, out: &mut Vec<u8>) {
         let seq = self.seq + 1;
         let start = out.len();
-        let b = &body.bytes;
+        let b = body.bytes;
         if body.annotated {
             out.extend_from_slice(&b[..b.len() - 2]);
             out.push(b',');

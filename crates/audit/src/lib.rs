@@ -12,6 +12,7 @@ pub mod chain;
 pub mod encode;
 pub mod event;
 pub mod files;
+mod lanes;
 pub mod log;
 pub mod pipeline;
 pub mod policy;
@@ -37,6 +38,13 @@ pub trait Sink: Send + Sync {
     /// a sink that only serializes need not copy it into an owned [`Event`].
     fn record_view(&self, view: &encode::EventView<'_>) {
         self.record(view.to_event());
+    }
+    /// [`Sink::record_view`] of an event of a request that records several over time (its
+    /// `RequestReceived` or `ResponseStarted` before the response ends, a side event, and the
+    /// stages after one of those): a sink that stages events per thread keeps these in the
+    /// order recorded, whichever threads record them.
+    fn record_stage(&self, view: &encode::EventView<'_>) {
+        self.record_view(view);
     }
     /// Whether recorded bodies leave out `metadata.managedFields` (the policy's
     /// `omitManagedFields` for the matching rule; default no).
@@ -104,6 +112,15 @@ impl Auditor {
             && view.level != Level::None
         {
             sink.record_view(view);
+        }
+    }
+
+    /// [`Auditor::record_view`] of one of several stages of a request ([`Sink::record_stage`]).
+    pub fn record_stage(&self, view: &encode::EventView<'_>) {
+        if let Some(sink) = &self.sink
+            && view.level != Level::None
+        {
+            sink.record_stage(view);
         }
     }
 }

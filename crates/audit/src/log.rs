@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use kfsec_types::{Clock, Rng, UnixTime};
 
-use crate::chain::{self, Encoded, Head, SigningKey};
+use crate::chain::{self, Body, Encoded, Head, SigningKey};
 use crate::event::Event;
 use crate::files;
 
@@ -254,7 +254,7 @@ impl LogWriter {
             );
             a.insert("kfsec.io/truncated-line".to_owned(), bytes);
             let ev = chain::log_event(chain::LOG_RESOURCE, "recover", w.clock.now(), w.rng.as_ref(), a);
-            let _ = w.append(&Encoded::new(ev)?)?;
+            let _ = w.append(Encoded::new(ev)?.body())?;
             w.flush()?;
         }
         if (unsigned_on_disk || recovered) && w.head.seq > 0 {
@@ -276,7 +276,7 @@ impl LogWriter {
 
     /// Seals `body` into the pending batch (rotating first when its line, at its longest, would
     /// not fit in the file); returns where its line starts in `pending`.
-    fn append(&mut self, body: &Encoded) -> Result<usize, LogError> {
+    fn append(&mut self, body: Body<'_>) -> Result<usize, LogError> {
         if let Out::File { size, .. } = &self.out {
             let limit = self.settings.max_size_mb.saturating_mul(1024 * 1024);
             let len = body.sealed_len_max() as u64 + 1;
@@ -330,14 +330,14 @@ impl LogWriter {
     /// Appends `event` (sealed; written at the next [`LogWriter::flush`]), and a checkpoint after
     /// it when N lines have passed (a checkpoint flushes).
     pub fn write(&mut self, event: Event) -> Result<(), LogError> {
-        self.write_encoded(&Encoded::new(event).map_err(LogError::Chain)?)
+        self.write_encoded(Encoded::new(event).map_err(LogError::Chain)?.body())
     }
 
     /// [`LogWriter::write`] of an event already serialized (by the thread that recorded it).
     /// The checkpoint every N lines is synced at most once a second ([`SYNC_EVERY`]): under a
     /// flood of events the log is not synced dozens of times a second; the writer's thread syncs
     /// what is left as soon as its queue is empty ([`LogWriter::sync`]).
-    pub fn write_encoded(&mut self, body: &Encoded) -> Result<(), LogError> {
+    pub fn write_encoded(&mut self, body: Body<'_>) -> Result<(), LogError> {
         let _ = self.append(body)?;
         if self.settings.checkpoint_lines > 0 && self.since_checkpoint >= self.settings.checkpoint_lines {
             self.write_checkpoint()?;
@@ -364,7 +364,7 @@ impl LogWriter {
             return Ok(());
         }
         let cp = self.key.checkpoint(&self.head, self.clock.now(), self.rng.as_ref());
-        let start = self.append(&Encoded::new(cp)?)?;
+        let start = self.append(Encoded::new(cp)?.body())?;
         let line = String::from_utf8_lossy(&self.pending[start..self.pending.len() - 1]).into_owned();
         self.since_checkpoint = 0;
         self.flush()?;

@@ -2,13 +2,14 @@
 //! (log file, webhook), the backends' workers, and the two audit metrics
 //! (`kfsec_audit_events_total{backend}`, `kfsec_audit_events_dropped_total{backend}`).
 //!
-//! Security invariants: `record` never blocks and never waits on IO — a full queue (a slow or
-//! dead backend) drops the event, counts it and logs it at most once a second; the log's chain
-//! has one writer (the log worker thread), so lines are sealed in the order they are written.
+//! Security invariants: `record` never blocks and never waits on IO — a full queue or lane (a
+//! slow or dead backend) drops the event, counts it and logs it at most once a second; the log's
+//! chain has one writer (the log worker thread), so lines are sealed in the order they are
+//! written; a flush returns once every event recorded before it is written and signed.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
+use std::sync::mpsc::{Receiver, Sender, TryRecvError};
 use std::time::{Duration, Instant};
 
 use kfsec_types::{Clock, Rng};
@@ -16,15 +17,17 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 
-use crate::chain::{Encoded, SigningKey};
+use crate::chain::SigningKey;
 use crate::encode::EventView;
 use crate::event::Event;
+use crate::lanes::{Batch, Lanes, Refusal, SPARES};
 use crate::log::{LogSettings, LogWriter};
 use crate::policy::{Attributes, Decision, Policy};
 use crate::webhook::{WebhookBackend, WebhookSettings};
 use crate::{Auditor, Sink};
 
-/// Events a backend's queue holds before new ones are dropped.
+/// Events a backend's queue (the webhook's; each of the log's lanes) holds before new ones are
+/// dropped.
 pub const QUEUE_CAPACITY: usize = 10_000;
 
 type Labels = Vec<(String, String)>;
@@ -110,14 +113,16 @@ impl AuditMetrics {
     }
 }
 
-enum Msg {
-    /// An event, serialized by the thread that recorded it.
-    Event(Encoded),
-    Flush(std::sync::mpsc::Sender<()>),
+/// The log backend: the lanes events are staged in, and the worker's flush requests.
+struct LogBackend {
+    lanes: Arc<Lanes>,
+    flushes: Sender<Sender<()>>,
 }
 
-struct LogBackend {
-    tx: SyncSender<Msg>,
+impl Drop for LogBackend {
+    fn drop(&mut self) {
+        self.lanes.stop();
+    }
 }
 
 /// The settings of a pipeline.
@@ -167,22 +172,41 @@ pub enum PipelineError {
     Thread(std::io::Error),
 }
 
-/// While events keep coming, the log worker sleeps this long between draining its queue instead
-/// of waiting on it, so requests hand events over without waking it (no futex wake, no context
-/// switch per event) and each batch is one write.
+/// While events keep coming, the log worker sleeps this long between taking the lanes' events
+/// instead of waiting for the next one, so requests stage events without waking it (no futex
+/// wake, no context switch per event) and each batch is one write.
 const BATCH_PAUSE: Duration = Duration::from_millis(2);
-/// Most events written in one batch (one write) before the worker checks its timers.
-const BATCH_MAX: usize = 4096;
+/// Most lines sealed before they are written (one write), within a round.
+const BATCH_MAX: u64 = 4096;
 
-/// The log worker's loop: waits for the first event, then — while a drain finds events —
-/// drains the queue every [`BATCH_PAUSE`], sealing the batch and writing it at once; a drain
-/// that finds nothing sends it back to waiting, after syncing the file if a checkpoint is not
-/// synced yet. Checkpoints every `interval` (the writer adds them every N lines) and at a flush
-/// request or shutdown.
+/// Closes the lanes when the log worker ends, however it ends (a panic included): recording
+/// then refuses events, and those staged but never written are counted as dropped.
+struct Closing<'a>(&'a Lanes, &'a AuditMetrics);
+
+impl Drop for Closing<'_> {
+    fn drop(&mut self) {
+        let discarded = self.0.close();
+        if discarded > 0 {
+            self.1.dropped("log", discarded, "log writer stopped");
+        }
+    }
+}
+
+/// The log worker's loop: sleeps until an event is staged (or a flush is asked for, or a
+/// checkpoint is due), then — while a round finds events — takes every lane's events each
+/// [`BATCH_PAUSE`], sealing them and writing them at once; a round that finds nothing sends it
+/// back to sleep, after syncing the file if a checkpoint is not synced yet. Checkpoints every
+/// `interval` (the writer adds them every N lines), at a flush request and when stopping.
 // The pause and the checkpoint timer are monotonic IO pacing of the worker thread (the
 // checkpoint's own time comes from the Clock): Instant and thread sleep allowed here.
 #[allow(clippy::disallowed_methods)]
-fn log_worker(mut w: LogWriter, rx: Receiver<Msg>, metrics: AuditMetrics, interval: Duration) {
+fn log_worker(
+    mut w: LogWriter,
+    lanes: Arc<Lanes>,
+    flushes: Receiver<Sender<()>>,
+    metrics: AuditMetrics,
+    interval: Duration,
+) {
     let mut next = Instant::now() + interval;
     let checkpoint = |w: &mut LogWriter, metrics: &AuditMetrics| {
         if let Err(e) = w.checkpoint() {
@@ -190,8 +214,8 @@ fn log_worker(mut w: LogWriter, rx: Receiver<Msg>, metrics: AuditMetrics, interv
             tracing::warn!(error = %e, "writing an audit checkpoint failed");
         }
     };
-    // Writes the batch's pending lines (one write) and counts the `written` events of the batch
-    // (less those the write lost).
+    // Writes the pending lines (one write) and counts the `written` events among them (less
+    // those the write lost).
     let settle = |w: &mut LogWriter, metrics: &AuditMetrics, written: u64| {
         let pending = w.pending_lines();
         let mut lost = 0;
@@ -204,55 +228,67 @@ fn log_worker(mut w: LogWriter, rx: Receiver<Msg>, metrics: AuditMetrics, interv
             metrics.written("log", written - lost);
         }
     };
+    let _closing = Closing(&lanes, &metrics);
+    let (mut scratch, mut spares, mut taken, mut acks) = (Vec::new(), Vec::<Batch>::new(), Vec::new(), Vec::new());
     let mut busy = false;
     loop {
-        let first = if busy {
+        if busy {
             std::thread::sleep(BATCH_PAUSE);
-            match rx.try_recv() {
-                Ok(m) => Ok(Some(m)),
-                Err(TryRecvError::Empty) => Ok(None),
-                Err(TryRecvError::Disconnected) => Err(()),
-            }
         } else {
-            match rx.recv_timeout(next.saturating_duration_since(Instant::now())) {
-                Ok(m) => Ok(Some(m)),
-                Err(RecvTimeoutError::Timeout) => Ok(None),
-                Err(RecvTimeoutError::Disconnected) => Err(()),
+            if !lanes.going_idle(&mut scratch) {
+                std::thread::park_timeout(next.saturating_duration_since(Instant::now()));
             }
-        };
-        let Ok(first) = first else {
-            checkpoint(&mut w, &metrics);
-            return;
-        };
-        busy = first.is_some();
-        if !busy {
-            // The queue is empty: a checkpoint whose sync was put off is synced now.
-            if let Err(e) = w.sync() {
-                tracing::warn!(error = %e, "syncing the audit log failed");
+            lanes.awake();
+        }
+        // Flush requests first: the events recorded before each was sent are staged by now.
+        let mut stopping = lanes.stopping();
+        loop {
+            match flushes.try_recv() {
+                Ok(ack) => acks.push(ack),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    stopping = true;
+                    break;
+                }
             }
         }
+        lanes.take(&mut scratch, &mut spares, &mut taken);
+        busy = !taken.is_empty();
         let mut written = 0u64;
-        let mut msg = first;
-        let mut n = 0;
-        while let Some(m) = msg {
-            match m {
-                Msg::Event(body) => match w.write_encoded(&body) {
+        for mut batch in taken.drain(..) {
+            for body in batch.bodies() {
+                match w.write_encoded(body) {
                     Ok(()) => written += 1,
                     Err(e) => {
                         tracing::warn!(error = %e, "writing an audit event failed");
                         metrics.dropped("log", 1, "write failed");
                     }
-                },
-                Msg::Flush(ack) => {
+                }
+                if w.pending_lines() >= BATCH_MAX {
                     settle(&mut w, &metrics, std::mem::take(&mut written));
-                    checkpoint(&mut w, &metrics);
-                    let _ = ack.send(());
                 }
             }
-            n += 1;
-            msg = if n < BATCH_MAX { rx.try_recv().ok() } else { None };
+            if spares.len() < SPARES {
+                batch.clear();
+                spares.push(batch);
+            }
         }
         settle(&mut w, &metrics, written);
+        if !busy {
+            // Nothing was staged: a checkpoint whose sync was put off is synced now.
+            if let Err(e) = w.sync() {
+                tracing::warn!(error = %e, "syncing the audit log failed");
+            }
+        }
+        if !acks.is_empty() || stopping {
+            checkpoint(&mut w, &metrics);
+            for ack in acks.drain(..) {
+                let _ = ack.send(());
+            }
+        }
+        if stopping {
+            return;
+        }
         if Instant::now() >= next {
             checkpoint(&mut w, &metrics);
             next = Instant::now() + interval;
@@ -279,13 +315,15 @@ impl Pipeline {
                 if let Some(w) = witness {
                     writer.on_checkpoint(Box::new(move |line| w.send(line)));
                 }
-                let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE_CAPACITY);
-                let m = metrics.clone();
-                std::thread::Builder::new()
+                let lanes = Arc::new(Lanes::new());
+                let (flushes, requests) = std::sync::mpsc::channel();
+                let (m, l) = (metrics.clone(), lanes.clone());
+                let worker = std::thread::Builder::new()
                     .name("kfsec-audit-log".into())
-                    .spawn(move || log_worker(writer, rx, m, interval))
+                    .spawn(move || log_worker(writer, l, requests, m, interval))
                     .map_err(PipelineError::Thread)?;
-                Some(LogBackend { tx })
+                lanes.set_worker(worker.thread().clone());
+                Some(LogBackend { lanes, flushes })
             }
         };
         let webhook = match settings.webhook {
@@ -318,27 +356,16 @@ impl Pipeline {
         &self.metrics
     }
 
-    /// Waits (up to `timeout`) until every event queued so far is written and a checkpoint
-    /// signs them. Blocking: call from a blocking context (a monotonic IO deadline: Instant and
-    /// thread sleep allowed here).
-    #[allow(clippy::disallowed_methods)]
+    /// Waits (up to `timeout`) until every event recorded so far is written and a checkpoint
+    /// signs them. Blocking: call from a blocking context.
     pub fn flush(&self, timeout: Duration) -> bool {
         let Some(log) = &self.log else { return true };
         let (ack, done) = std::sync::mpsc::channel();
-        let deadline = Instant::now() + timeout;
-        let mut msg = Msg::Flush(ack);
-        loop {
-            match log.tx.try_send(msg) {
-                Ok(()) => break,
-                Err(TrySendError::Full(m)) if Instant::now() < deadline => {
-                    msg = m;
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                Err(_) => return false,
-            }
+        if log.flushes.send(ack).is_err() {
+            return false;
         }
-        done.recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .is_ok()
+        log.lanes.wake();
+        done.recv_timeout(timeout).is_ok()
     }
 
     /// Flushes, then stops the webhook backend after one last delivery attempt (bounded).
@@ -361,38 +388,42 @@ impl Sink for Pipeline {
     }
 
     fn record(&self, event: Event) {
+        let view = EventView::of(&event);
+        self.log(false, &view);
         if let Some(w) = &self.webhook {
-            w.push(event.clone(), &self.metrics);
+            w.push(event, &self.metrics);
         }
-        self.log_encoded(|| Encoded::new(event));
     }
 
     fn record_view(&self, view: &EventView<'_>) {
         if let Some(w) = &self.webhook {
             w.push(view.to_event(), &self.metrics);
         }
-        self.log_encoded(|| Encoded::of_view(view));
+        self.log(false, view);
+    }
+
+    fn record_stage(&self, view: &EventView<'_>) {
+        if let Some(w) = &self.webhook {
+            w.push(view.to_event(), &self.metrics);
+        }
+        self.log(true, view);
     }
 }
 
 impl Pipeline {
-    /// Serializes the event (here, on the recording thread: in parallel across requests, and
-    /// the event's allocations are freed by the thread that made them) and queues it for the
-    /// log worker, which only seals and writes.
-    fn log_encoded(&self, encode: impl FnOnce() -> Result<Encoded, crate::chain::ChainError>) {
+    /// Serializes the event (here, on the recording thread: in parallel across requests) into
+    /// a lane for the log worker, which only seals and writes. `in_sequence`: one of several
+    /// stages of a request (kept in the order recorded across threads).
+    fn log(&self, in_sequence: bool, view: &EventView<'_>) {
         let Some(log) = &self.log else { return };
-        let body = match encode() {
-            Ok(b) => b,
-            Err(e) => {
+        match log.lanes.stage(in_sequence, |out| crate::chain::encode_into(out, view)) {
+            Ok(()) => {}
+            Err(Refusal::Full) => self.metrics.dropped("log", 1, "queue full"),
+            Err(Refusal::Stopped) => self.metrics.dropped("log", 1, "log writer stopped"),
+            Err(Refusal::Encode(e)) => {
                 tracing::warn!(error = %e, "serializing an audit event failed");
                 self.metrics.dropped("log", 1, "serializing failed");
-                return;
             }
-        };
-        match log.tx.try_send(Msg::Event(body)) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => self.metrics.dropped("log", 1, "queue full"),
-            Err(TrySendError::Disconnected(_)) => self.metrics.dropped("log", 1, "log writer stopped"),
         }
     }
 }
@@ -402,6 +433,92 @@ mod tests {
     use super::*;
     use crate::log::LogTarget;
     use kfsec_types::{SequenceRng, SystemClock};
+
+    #[test]
+    fn events_of_many_threads_are_all_written_and_a_requests_stages_stay_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = LogSettings::new(LogTarget::File(dir.path().join("audit.log")));
+        log.checkpoint_lines = 500;
+        let settings = PipelineSettings {
+            policy: Policy::default_policy(),
+            log: Some(log),
+            webhook: None,
+            key_dir: dir.path().join("keys"),
+        };
+        let metrics = AuditMetrics::register(&mut Registry::default());
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let p = Pipeline::start(
+            settings,
+            metrics.clone(),
+            clock.clone(),
+            Arc::new(SequenceRng::default()),
+        )
+        .unwrap();
+        let auditor = p.auditor();
+        // A watch: begun here, its headers out on one thread, its end on another, while four
+        // threads record 1,000 events each.
+        let watch = crate::RequestAudit::begin(
+            &auditor,
+            &clock,
+            crate::request::Begin {
+                audit_id: "the-watch".into(),
+                method: http::Method::GET,
+                request_uri: "/api/v1/namespaces/a/pods?watch=1".into(),
+                source_ips: vec!["10.0.0.1".into()].into(),
+                user_agent: None,
+            },
+        )
+        .unwrap();
+        watch.long_running();
+        std::thread::scope(|s| {
+            for t in 0..4u64 {
+                let auditor = auditor.clone();
+                let watch = watch.clone();
+                s.spawn(move || {
+                    for i in 0..1000 {
+                        auditor.record(crate::chain::tests::event(t * 1000 + i));
+                        if (t, i) == (1, 10) {
+                            assert!(watch.response_started(200));
+                        }
+                        if (t, i) == (2, 900) {
+                            watch.complete(200);
+                        }
+                    }
+                });
+            }
+        });
+        assert!(p.flush(Duration::from_secs(10)));
+        assert_eq!(metrics.written_count("log"), 4002);
+        assert_eq!(metrics.dropped_count("log"), 0);
+        let text = std::fs::read_to_string(dir.path().join("audit.log")).unwrap();
+        let mut names: Vec<String> = Vec::new();
+        let mut stages = Vec::new();
+        for line in text.lines() {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            if v["auditID"] == "the-watch" {
+                stages.push(v["stage"].as_str().unwrap().to_owned());
+            } else if let Some(name) = v["objectRef"]["name"].as_str().filter(|_| v["verb"] == "create") {
+                names.push(name.to_owned());
+            }
+        }
+        assert_eq!(stages, ["ResponseStarted", "ResponseComplete"]);
+        // Every event once; each thread's in the order it recorded them.
+        assert_eq!(names.len(), 4000);
+        for t in 0..4u64 {
+            let mine: Vec<&String> = names
+                .iter()
+                .filter(|n| n.trim_start_matches("cm-").parse::<u64>().unwrap() / 1000 == t)
+                .collect();
+            let want: Vec<String> = (0..1000).map(|i| format!("cm-{}", t * 1000 + i)).collect();
+            assert_eq!(mine, want.iter().collect::<Vec<_>>());
+        }
+        let pem = std::fs::read_to_string(dir.path().join("keys/audit.pub")).unwrap();
+        let key = crate::chain::parse_public_pem(&pem).unwrap();
+        let r = crate::files::verify_files(&[dir.path().join("audit.log")], &[key])
+            .unwrap()
+            .unwrap();
+        assert_eq!((r.events, r.unsigned_tail), (4002, 0));
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_log_is_chained_and_signed_and_each_checkpoint_reaches_the_witness() {

@@ -422,6 +422,9 @@ struct State {
     long_running: bool,
     /// Stages already emitted (`RequestReceived`, `ResponseStarted`, `ResponseComplete`).
     emitted: [bool; 3],
+    /// A stage was recorded before the response's end: every stage is recorded in sequence
+    /// ([`crate::Sink::record_stage`]).
+    in_sequence: bool,
 }
 
 fn anonymous() -> UserInfo {
@@ -491,6 +494,7 @@ impl RequestAudit {
                 failure: None,
                 long_running: false,
                 emitted: [false; 3],
+                in_sequence: false,
             }),
         }))
     }
@@ -630,8 +634,9 @@ impl RequestAudit {
 
     /// A further identity event of this request, emitted now as its own Event with this
     /// request's audit id, user and client (e.g. the `lockout` a failed `login` caused).
+    /// It is recorded in sequence with the request's own stages (which then are too).
     pub fn side_event(&self, resource: &str, verb: &str, name: Option<&str>, annotations: &[(&str, &str)], code: u16) {
-        let s = self.state();
+        let mut s = self.state();
         let user = s.user.as_deref().cloned().unwrap_or_else(anonymous);
         let object = identity_object(resource, name);
         let attrs = attributes(&user, verb, Some(&object), "");
@@ -662,8 +667,9 @@ impl RequestAudit {
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                 .collect(),
         };
+        s.in_sequence = true;
         drop(s);
-        self.0.recorder.auditor.record(event);
+        self.0.recorder.auditor.record_stage(&EventView::of(&event));
     }
 
     /// The response's headers are out with `code`: a long-running request emits
@@ -729,6 +735,13 @@ impl RequestAudit {
                 due[i] = Some(stage);
             }
         }
+        // Stages recorded by one call are recorded in order by this thread; a request whose
+        // stages span calls (a long-running one: `ResponseStarted` at the headers, the rest when
+        // the body ends, maybe on another thread) records them all in sequence.
+        let last_call = stages
+            .iter()
+            .any(|s| matches!(s, Stage::ResponseComplete | Stage::Panic));
+        let in_sequence = s.in_sequence || (!last_call && due.iter().any(Option::is_some));
         let received = self.0.received.rfc3339_micros();
         let now = self.0.recorder.clock.now().rfc3339_micros();
         static NO_ANNOTATIONS: StaticAnnotations = StaticAnnotations::new();
@@ -769,10 +782,15 @@ impl RequestAudit {
                     &s.annotations
                 }),
             };
-            self.0.recorder.auditor.record_view(&view);
+            if in_sequence {
+                self.0.recorder.auditor.record_stage(&view);
+            } else {
+                self.0.recorder.auditor.record_view(&view);
+            }
         }
         drop(verb);
         s.emitted = emitted;
+        s.in_sequence = in_sequence;
     }
 }
 
@@ -907,6 +925,69 @@ mod tests {
         };
         assert!(RequestAudit::begin(&Auditor::disabled(), &clock, b).is_none());
         assert!(RequestAudit::from_extensions(&http::Extensions::new()).is_none());
+    }
+
+    /// Which way each stage reached the sink: `true` through [`Sink::record_stage`].
+    struct Routes(Mutex<Vec<(Stage, bool)>>, crate::policy::Stages);
+
+    impl crate::Sink for Routes {
+        fn decide(&self, _: &crate::Attributes<'_>) -> crate::Decision {
+            crate::Decision {
+                level: Level::Metadata,
+                omit_stages: self.1,
+            }
+        }
+        fn record(&self, event: Event) {
+            self.0.lock().unwrap().push((event.stage, false));
+        }
+        fn record_stage(&self, view: &EventView<'_>) {
+            self.0.lock().unwrap().push((view.stage, true));
+        }
+    }
+
+    #[test]
+    fn only_the_stages_of_a_request_recorded_by_several_calls_are_recorded_in_sequence() {
+        use Stage::*;
+        let run = |omit: &[Stage], long_running: bool, panics: bool| {
+            let sink = Arc::new(Routes(Mutex::default(), crate::policy::Stages::of(omit)));
+            let a = begin(&Auditor::new(sink.clone()), "/w");
+            if long_running {
+                a.long_running();
+                assert!(a.response_started(200));
+            }
+            if panics {
+                a.panicked("see the log");
+            } else {
+                a.complete(200);
+            }
+            a.complete(200);
+            sink.0.lock().unwrap().clone()
+        };
+        // One call (an ordinary request): its stages in order on the recording thread.
+        assert_eq!(
+            run(&[], false, false),
+            [(RequestReceived, false), (ResponseComplete, false)]
+        );
+        assert_eq!(run(&[RequestReceived], false, false), [(ResponseComplete, false)]);
+        assert_eq!(run(&[], false, true), [(RequestReceived, false), (Panic, false)]);
+        // A long-running request: every stage in sequence, the last one too.
+        assert_eq!(
+            run(&[], true, false),
+            [
+                (RequestReceived, true),
+                (ResponseStarted, true),
+                (ResponseComplete, true)
+            ]
+        );
+        assert_eq!(
+            run(&[RequestReceived], true, false),
+            [(ResponseStarted, true), (ResponseComplete, true)]
+        );
+        // ... unless the policy left nothing before the last stage.
+        assert_eq!(
+            run(&[RequestReceived, ResponseStarted], true, false),
+            [(ResponseComplete, false)]
+        );
     }
 
     #[test]
