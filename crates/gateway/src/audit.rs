@@ -189,7 +189,7 @@ pub(crate) fn finish(audit: Option<RequestAudit>, mut resp: Response) -> Respons
     let Some(audit) = audit else {
         return resp;
     };
-    if let Ok(v) = HeaderValue::from_str(audit.audit_id()) {
+    if let Some(v) = audit_id_value(audit.audit_id()) {
         resp.headers_mut().insert(AUDIT_ID.clone(), v);
     }
     let code = resp.status().as_u16();
@@ -203,6 +203,25 @@ pub(crate) fn finish(audit: Option<RequestAudit>, mut resp: Response) -> Respons
         });
     }
     resp
+}
+
+/// Bytes of `Audit-ID` values a thread cuts from one buffer (about a hundred ids).
+const AUDIT_ID_CHUNK: usize = 4096;
+
+/// `id` as a header value, cut from the thread's buffer of values (a reference count on a buffer
+/// shared by the next hundred answers of the thread, instead of an allocation per answer);
+/// `None` when it is not a valid header value.
+fn audit_id_value(id: &str) -> Option<HeaderValue> {
+    thread_local! {
+        static VALUES: std::cell::RefCell<bytes::BytesMut> = std::cell::RefCell::new(bytes::BytesMut::new());
+    }
+    VALUES.with_borrow_mut(|values| {
+        if values.capacity() < id.len() {
+            *values = bytes::BytesMut::with_capacity(AUDIT_ID_CHUNK.max(id.len()));
+        }
+        values.extend_from_slice(id.as_bytes());
+        HeaderValue::from_maybe_shared(values.split().freeze()).ok()
+    })
 }
 
 /// A long-running response's body: `ResponseComplete` is emitted when it ends or is dropped
@@ -254,6 +273,18 @@ mod tests {
     use super::*;
     use kfsec_audit::testing::Capture;
     use kfsec_types::{Clock, ManualClock, UnixTime};
+
+    #[test]
+    fn audit_id_values_cut_from_one_buffer_each_keep_their_own_text() {
+        // Across several buffers, ids of every allowed length, each value kept past later ones.
+        let ids: Vec<String> = (0..300).map(|i| format!("{i:0>w$}", w = 1 + i % 128)).collect();
+        let values: Vec<HeaderValue> = ids.iter().map(|id| audit_id_value(id).unwrap()).collect();
+        for (id, v) in ids.iter().zip(&values) {
+            assert_eq!(v.as_bytes(), id.as_bytes());
+        }
+        assert_eq!(audit_id_value("not\nvalid\x01"), None);
+        assert_eq!(audit_id_value("ok").unwrap(), "ok");
+    }
 
     #[test]
     fn each_request_gets_its_own_routes_reason_and_addresses_when_they_take_turns_on_a_thread() {
