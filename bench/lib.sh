@@ -192,6 +192,16 @@ cpu_ticks() {
   echo "$total"
 }
 
+# cpu_split PID...: "USER SYSTEM" clock ticks used so far by these processes.
+cpu_split() {
+  local pid u=0 k=0 a b
+  for pid in "$@"; do
+    read -r a b < <(awk '{ print $14, $15 }' "/proc/$pid/stat" 2>/dev/null || echo 0 0)
+    u=$((u + a)) k=$((k + b))
+  done
+  echo "$u $k"
+}
+
 # with_children PID: the PID and its direct children (nginx master + workers).
 with_children() {
   # shellcheck disable=SC2046 # one word per PID

@@ -264,9 +264,9 @@ extra_pids() { if [ "$1" = nginx+auth ]; then echo "$KFSEC_PID"; fi; }
 machine_ticks() { awk '$1 == "cpu" { t = 0; for (i = 2; i <= NF; i++) t += $i; print $5 + $6, t }' /proc/stat; }
 
 # run KIND PEER CONNS [WRK-ARGS...]: a warm-up run, then the measured one into $T/KIND-PEER-CONNS.wrk
-# and the CPU ticks of pids and extra_pids into .cpu.
+# and the CPU ticks of pids and extra_pids into .cpu (then the pids' user and kernel ticks).
 run() {
-  local kind="$1" p="$2" c="$3" t f c0 c1 e0 e1 m0 m1 main extra
+  local kind="$1" p="$2" c="$3" t f c0 c1 e0 e1 m0 m1 s0 s1 main extra
   shift 3
   t="$(threads "$c")"
   f="$T/$kind-$p-$c"
@@ -274,10 +274,10 @@ run() {
   read -r -a extra <<<"$(extra_pids "$p")"
   bench_log "$kind $p: warm-up $WARMUP, then wrk -t$t -c$c -d$DURATION $*"
   wrk -t"$t" -c"$c" -d"$WARMUP" -H "Cookie: $KF_COOKIE" "$@" "${URL[$p]}/" >"$f.warm"
-  c0="$(cpu_ticks "${main[@]}")" e0="$(cpu_ticks "${extra[@]}")" m0="$(machine_ticks)"
+  c0="$(cpu_ticks "${main[@]}")" e0="$(cpu_ticks "${extra[@]}")" m0="$(machine_ticks)" s0="$(cpu_split "${main[@]}")"
   wrk -t"$t" -c"$c" -d"$DURATION" --latency -H "Cookie: $KF_COOKIE" "$@" "${URL[$p]}/" >"$f.wrk"
-  c1="$(cpu_ticks "${main[@]}")" e1="$(cpu_ticks "${extra[@]}")" m1="$(machine_ticks)"
-  echo "$((c1 - c0)) $((e1 - e0)) $m0 $m1" >"$f.cpu"
+  c1="$(cpu_ticks "${main[@]}")" e1="$(cpu_ticks "${extra[@]}")" m1="$(machine_ticks)" s1="$(cpu_split "${main[@]}")"
+  echo "$((c1 - c0)) $((e1 - e0)) $m0 $m1 $(awk -v a="$s0" -v b="$s1" 'BEGIN { split(a, x); split(b, y); print y[1] - x[1], y[2] - x[2] }')" >"$f.cpu"
 }
 
 for c in $CONNS; do
@@ -297,16 +297,18 @@ FAILED=0
 declare -A RPS P99 CPU
 # line KIND PEER CONNS: one peer's figures; sets RPS, P99, CPU [KIND-PEER-CONNS] (CPU: all parts).
 line() {
-  local f="$T/$1-$2-$3" n rps p50 p99 bad conn rd wr tout cpu main extra idle parts=""
+  local f="$T/$1-$2-$3" n rps p50 p99 bad conn rd wr tout cpu main extra idle user kernel parts
   n="$(awk '/ requests in / { print $1 }' "$f.wrk")"
   rps="$(wrk_field "$f.wrk" rps)" p50="$(wrk_field "$f.wrk" p50)" p99="$(wrk_field "$f.wrk" p99)"
   bad="$(wrk_field "$f.wrk" non2xx)"
   read -r conn rd wr tout < <(awk '/Socket errors:/ { gsub(/,/, ""); print $4, $6, $8, $10; f = 1 }
     END { if (!f) print 0, 0, 0, 0 }' "$f.wrk")
-  # µs per request: all parts, the peer's own and the extra processes' (nginx+auth); and the
-  # share of all cores left idle during the run.
-  read -r cpu main extra idle < <(awk -v n="$n" -v hz="$TICK" '{ u = 1e6 / hz / (n > 0 ? n : 1);
-    printf "%.1f %.1f %.1f %.0f\n", ($1 + $2) * u, $1 * u, $2 * u, ($6 > $4) ? 100 * ($5 - $3) / ($6 - $4) : 0 }' "$f.cpu")
+  # µs per request: all parts, the peer's own and the extra processes' (nginx+auth); the share
+  # of all cores left idle during the run; the peer's own in user space and in the kernel.
+  read -r cpu main extra idle user kernel < <(awk -v n="$n" -v hz="$TICK" '{ u = 1e6 / hz / (n > 0 ? n : 1);
+    printf "%.1f %.1f %.1f %.0f %.1f %.1f\n", ($1 + $2) * u, $1 * u, $2 * u, ($6 > $4) ? 100 * ($5 - $3) / ($6 - $4) : 0,
+      $7 * u, $8 * u }' "$f.cpu")
+  parts="(user $user + kernel $kernel)"
   if [ -n "$(extra_pids "$2")" ]; then parts="(nginx $main + kfsec $extra)"; fi
   printf '  %-11s %9.0f %9.3f %9.3f %8s %-27s %5s %% %8s %9s\n' "$2" "$rps" "$p50" "$p99" "$cpu" "$parts" "$idle" "$bad" \
     "$conn/$rd/$wr/$tout"
@@ -329,6 +331,7 @@ if [ "${TLS[kfsec]##* }" != "${TLS[nginx]##* }" ]; then
   echo "  NOTE: only one of kfsec and nginx resumes TLS sessions: the new-connection runs compare unlike handshakes"
 fi
 echo "  us/req = the server processes' user + system CPU time per request (nginx: all workers; nginx+auth: nginx + kfsec)"
+echo "           (beside it: the peer's own in user space and in the kernel; for nginx+auth, nginx's and kfsec's)"
 echo "  idle = share of all cores idle during the run; c/r/w/t = wrk's socket errors: connect/read/write/timeout"
 echo "  $(nproc) cores shared by wrk, the upstream and the servers; load average now: $(cut -d' ' -f1-3 /proc/loadavg)"
 for c in $CONNS; do
