@@ -184,12 +184,9 @@ wrk_field() {
 
 # cpu_ticks PID...: user+system clock ticks used so far by these processes.
 cpu_ticks() {
-  local pid total=0 t
-  for pid in "$@"; do
-    t="$(awk '{ print $14 + $15 }' "/proc/$pid/stat" 2>/dev/null || echo 0)"
-    total=$((total + t))
-  done
-  echo "$total"
+  local u k
+  read -r u k < <(cpu_split "$@")
+  echo $((u + k))
 }
 
 # cpu_split PID...: "USER SYSTEM" clock ticks used so far by these processes.

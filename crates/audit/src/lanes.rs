@@ -240,7 +240,7 @@ impl Lanes {
             Arc::strong_count(lane) > 2
         });
         std::sync::atomic::fence(Ordering::Acquire);
-        for lane in std::iter::once(&self.shared).chain(lanes.iter().map(|l| &**l)) {
+        for lane in self.with_shared(lanes) {
             let mut batch = lane.lock();
             if batch.ends.is_empty() {
                 continue;
@@ -260,11 +260,14 @@ impl Lanes {
     pub(crate) fn going_idle(&self, lanes: &mut Vec<Arc<Lane>>) -> bool {
         self.idle.store(true, Ordering::SeqCst);
         lanes.extend(lock(&self.threads).iter().cloned());
-        let staged = std::iter::once(&self.shared)
-            .chain(lanes.iter().map(|l| &**l))
-            .any(|l| !l.lock().ends.is_empty());
+        let staged = self.with_shared(lanes).any(|l| !l.lock().ends.is_empty());
         lanes.clear();
         staged
+    }
+
+    /// The shared lane, then the lanes of a snapshot of the registry.
+    fn with_shared<'a>(&'a self, lanes: &'a [Arc<Lane>]) -> impl Iterator<Item = &'a Lane> {
+        std::iter::once(&self.shared).chain(lanes.iter().map(|l| &**l))
     }
 
     /// The worker is awake: events no longer wake it.

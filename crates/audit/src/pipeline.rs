@@ -396,21 +396,23 @@ impl Sink for Pipeline {
     }
 
     fn record_view(&self, view: &EventView<'_>) {
-        if let Some(w) = &self.webhook {
-            w.push(view.to_event(), &self.metrics);
-        }
-        self.log(false, view);
+        self.record_viewed(false, view);
     }
 
     fn record_stage(&self, view: &EventView<'_>) {
-        if let Some(w) = &self.webhook {
-            w.push(view.to_event(), &self.metrics);
-        }
-        self.log(true, view);
+        self.record_viewed(true, view);
     }
 }
 
 impl Pipeline {
+    /// Hands the viewed event to the webhook (as an owned Event) and to the log.
+    fn record_viewed(&self, in_sequence: bool, view: &EventView<'_>) {
+        if let Some(w) = &self.webhook {
+            w.push(view.to_event(), &self.metrics);
+        }
+        self.log(in_sequence, view);
+    }
+
     /// Serializes the event (here, on the recording thread: in parallel across requests) into
     /// a lane for the log worker, which only seals and writes. `in_sequence`: one of several
     /// stages of a request (kept in the order recorded across threads).

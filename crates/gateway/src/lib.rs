@@ -380,12 +380,6 @@ impl App {
     }
 }
 
-/// Whether two user id prefixes are the same; the most common one, none, without a `memcmp`
-/// call.
-fn same_prefix(a: &str, b: &str) -> bool {
-    a.len() == b.len() && (a.is_empty() || a == b)
-}
-
 /// A caller's identity header values (`<prefix><user>`, the groups joined by commas), for
 /// `App::set_identity_headers`; `None` for a value that is not a valid header value.
 struct IdentityValues {
@@ -406,8 +400,7 @@ impl IdentityValues {
         }
         LAST.with_borrow_mut(|last| match last {
             Some(v)
-                if same_prefix(&v.prefix, prefix)
-                    && (Arc::ptr_eq(&v.caller, caller) || v.caller.identity == caller.identity) =>
+                if v.prefix == prefix && (Arc::ptr_eq(&v.caller, caller) || v.caller.identity == caller.identity) =>
             {
                 if !Arc::ptr_eq(&v.caller, caller) {
                     v.caller = caller.clone();
