@@ -6,7 +6,10 @@
 //!
 //! Security invariant: every string is escaped exactly as JSON requires (quote, backslash and
 //! every control character), so no field a client controls (`requestURI`, `userAgent`, names)
-//! can end a string, add a member or break the line.
+//! can end a string, add a member or break the line. The members a thread's previous Event
+//! shared with the next (who called, the annotations) are copied from that Event's spelling
+//! only when their values are equal, compared in full: a memo can miss, never put one caller's
+//! members in another's line.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -105,6 +108,20 @@ impl Members<'_> {
         self.out.extend_from_slice(key.as_bytes());
         self.out.extend_from_slice(b"\":");
         self.out
+    }
+
+    /// Members spelled before (by [`write_members`]'s memo), after a comma unless first.
+    fn spelled(&mut self, members: &[u8]) {
+        if !self.first {
+            self.out.push(b',');
+        }
+        self.first = false;
+        self.out.extend_from_slice(members);
+    }
+
+    /// Where the next member will start (after its comma).
+    fn next_start(&self) -> usize {
+        self.out.len() + usize::from(!self.first)
     }
 
     fn str(&mut self, key: &str, value: &str) {
@@ -506,15 +523,78 @@ pub fn write_event(out: &mut Vec<u8>, event: &Event) {
     write_view(out, &EventView::of(event));
 }
 
-/// Appends the viewed event as one JSON object ([`write_event`]'s bytes).
-pub fn write_view(out: &mut Vec<u8>, e: &EventView<'_>) {
-    object(out, |m| {
-        m.str("kind", e.kind);
-        m.str("apiVersion", e.api_version);
-        m.raw("level", level(e.level));
-        m.str("auditID", e.audit_id);
-        m.raw("stage", stage(e.stage));
-        m.str("requestURI", e.request_uri);
+/// An Event's `kind` and `apiVersion` as every audit Event has them.
+const KIND: &str = "Event";
+const API_VERSION: &str = "audit.k8s.io/v1";
+/// Their members, spelled once.
+const KIND_AND_API_VERSION: &[u8] = b"\"kind\":\"Event\",\"apiVersion\":\"audit.k8s.io/v1\"";
+
+/// The longest run of members a memo keeps (a caller with thousands of groups is spelled each
+/// time rather than held by every thread).
+const MEMO_MAX: usize = 4096;
+
+/// The caller's members (`verb` through `userAgent`) of the last Event this thread wrote, and
+/// their spelling.
+struct CallerMemo {
+    verb: String,
+    user: UserInfo,
+    impersonated: Option<UserInfo>,
+    source_ips: Vec<String>,
+    user_agent: Option<String>,
+    /// Empty: nothing remembered.
+    spelled: Vec<u8>,
+}
+
+impl CallerMemo {
+    const fn new() -> Self {
+        Self {
+            verb: String::new(),
+            user: empty_user(),
+            impersonated: None,
+            source_ips: Vec::new(),
+            user_agent: None,
+            spelled: Vec::new(),
+        }
+    }
+}
+
+impl<'a> Remembers<&EventView<'a>> for CallerMemo {
+    fn spelled(&self) -> &[u8] {
+        &self.spelled
+    }
+
+    /// Whether `e`'s caller reads exactly as the remembered one (every field compared).
+    fn matches(&self, e: &EventView<'a>) -> bool {
+        !self.spelled.is_empty()
+            && self.verb == e.verb
+            && self.user == *e.user
+            && self.impersonated.as_ref() == e.impersonated_user
+            && self.source_ips == e.source_ips
+            && self.user_agent.as_deref() == e.user_agent
+    }
+
+    /// Remembers `e`'s caller and its `spelled` members, reusing the memo's buffers.
+    fn remember(&mut self, e: &EventView<'a>, spelled: &[u8]) {
+        self.spelled.clear();
+        if spelled.len() > MEMO_MAX {
+            return;
+        }
+        e.verb.clone_into(&mut self.verb);
+        copy_user(&mut self.user, e.user);
+        match (&mut self.impersonated, e.impersonated_user) {
+            (Some(mine), Some(theirs)) => copy_user(mine, theirs),
+            (mine, theirs) => *mine = theirs.cloned(),
+        }
+        e.source_ips.clone_into(&mut self.source_ips);
+        match (&mut self.user_agent, e.user_agent) {
+            (Some(mine), Some(theirs)) => theirs.clone_into(mine),
+            (mine, theirs) => *mine = theirs.map(str::to_owned),
+        }
+        self.spelled.extend_from_slice(spelled);
+    }
+
+    /// Writes `e`'s caller members (`verb` through `userAgent`).
+    fn spell(m: &mut Members<'_>, e: &EventView<'a>) {
         m.str("verb", e.verb);
         user(m.key("user"), e.user);
         if let Some(u) = e.impersonated_user {
@@ -524,6 +604,133 @@ pub fn write_view(out: &mut Vec<u8>, e: &EventView<'_>) {
             m.strings("sourceIPs", e.source_ips);
         }
         m.opt_str("userAgent", e.user_agent);
+    }
+}
+
+/// The annotations of the last annotated Event this thread wrote, and their spelling.
+struct AnnotationsMemo {
+    pairs: Vec<(String, String)>,
+    /// Empty: nothing remembered.
+    spelled: Vec<u8>,
+}
+
+impl<'a> Remembers<Annotations<'a>> for AnnotationsMemo {
+    fn spelled(&self) -> &[u8] {
+        &self.spelled
+    }
+
+    fn matches(&self, a: Annotations<'a>) -> bool {
+        if self.spelled.is_empty() {
+            return false;
+        }
+        let mut theirs = a.iter();
+        self.pairs
+            .iter()
+            .all(|(k, v)| theirs.next().is_some_and(|(k2, v2)| k == k2 && v == v2))
+            && theirs.next().is_none()
+    }
+
+    fn remember(&mut self, a: Annotations<'a>, spelled: &[u8]) {
+        self.spelled.clear();
+        if spelled.len() > MEMO_MAX {
+            return;
+        }
+        let mut n = 0;
+        for (k, v) in a.iter() {
+            match self.pairs.get_mut(n) {
+                Some((mk, mv)) => {
+                    k.clone_into(mk);
+                    v.clone_into(mv);
+                }
+                None => self.pairs.push((k.to_owned(), v.to_owned())),
+            }
+            n += 1;
+        }
+        self.pairs.truncate(n);
+        self.spelled.extend_from_slice(spelled);
+    }
+
+    fn spell(m: &mut Members<'_>, a: Annotations<'a>) {
+        m.string_map("annotations", a);
+    }
+}
+
+/// A memo of the members an Event wrote for a key (its caller, its annotations): the key as
+/// remembered and the members' spelling.
+trait Remembers<K: Copy> {
+    /// The remembered spelling (empty: nothing remembered).
+    fn spelled(&self) -> &[u8];
+    /// Whether `key` reads exactly as the remembered one.
+    fn matches(&self, key: K) -> bool;
+    /// Remembers `key` and the `spelled` members written for it.
+    fn remember(&mut self, key: K, spelled: &[u8]);
+    /// Writes `key`'s members.
+    fn spell(m: &mut Members<'_>, key: K);
+
+    /// Writes `key`'s members: copied from the memo when its key reads the same, otherwise
+    /// spelled and remembered.
+    fn write(&mut self, m: &mut Members<'_>, key: K) {
+        if self.matches(key) {
+            m.spelled(self.spelled());
+            return;
+        }
+        let start = m.next_start();
+        Self::spell(m, key);
+        self.remember(key, &m.out[start..]);
+    }
+}
+
+/// A thread's memos of the last Event it wrote.
+struct Memo {
+    caller: CallerMemo,
+    annotations: AnnotationsMemo,
+}
+
+thread_local! {
+    static MEMO: std::cell::RefCell<Memo> = const {
+        std::cell::RefCell::new(Memo {
+            caller: CallerMemo::new(),
+            annotations: AnnotationsMemo { pairs: Vec::new(), spelled: Vec::new() },
+        })
+    };
+}
+
+const fn empty_user() -> UserInfo {
+    UserInfo {
+        username: String::new(),
+        uid: String::new(),
+        groups: Vec::new(),
+        extra: BTreeMap::new(),
+    }
+}
+
+/// `dst = src`, in `dst`'s buffers.
+fn copy_user(dst: &mut UserInfo, src: &UserInfo) {
+    src.username.clone_into(&mut dst.username);
+    src.uid.clone_into(&mut dst.uid);
+    src.groups.clone_into(&mut dst.groups);
+    dst.extra.clone_from(&src.extra);
+}
+
+/// Appends the viewed event as one JSON object ([`write_event`]'s bytes).
+pub fn write_view(out: &mut Vec<u8>, e: &EventView<'_>) {
+    MEMO.with_borrow_mut(|memo| write_members(out, e, memo));
+}
+
+/// [`write_view`] with the thread's memos.
+fn write_members(out: &mut Vec<u8>, e: &EventView<'_>, memo: &mut Memo) {
+    object(out, |m| {
+        if e.kind == KIND && e.api_version == API_VERSION {
+            m.spelled(KIND_AND_API_VERSION);
+        } else {
+            m.str("kind", e.kind);
+            m.str("apiVersion", e.api_version);
+        }
+        m.raw("level", level(e.level));
+        m.str("auditID", e.audit_id);
+        m.raw("stage", stage(e.stage));
+        m.str("requestURI", e.request_uri);
+        memo.caller.write(m, e);
         if let Some(o) = e.object_ref {
             object_ref(m.key("objectRef"), o);
         }
@@ -539,7 +746,7 @@ pub fn write_view(out: &mut Vec<u8>, e: &EventView<'_>) {
         m.str("requestReceivedTimestamp", e.request_received_timestamp);
         m.str("stageTimestamp", e.stage_timestamp);
         if !e.annotations.is_empty() {
-            m.string_map("annotations", e.annotations);
+            memo.annotations.write(m, e.annotations);
         }
     });
 }
@@ -669,10 +876,91 @@ mod tests {
         assert_eq!((a.get("m"), a.get("q")), (Some("4"), None));
     }
 
+    /// Events that differ from `event("x", true)` in one field the memos key on, each.
+    fn one_field_apart() -> Vec<Event> {
+        let base = event("x", true);
+        let with = |f: &dyn Fn(&mut Event)| {
+            let mut e = base.clone();
+            f(&mut e);
+            e
+        };
+        vec![
+            base.clone(),
+            with(&|e| e.verb = "list".into()),
+            with(&|e| e.user.username.push('y')),
+            with(&|e| e.user.uid.clear()),
+            with(&|e| e.user.groups.push("g".into())),
+            with(&|e| e.user.groups.reverse()),
+            with(&|e| e.user.groups.clear()),
+            with(&|e| e.user.extra.clear()),
+            with(&|e| {
+                e.user.extra.insert("x".into(), vec!["other".into()]);
+            }),
+            with(&|e| e.impersonated_user = None),
+            with(&|e| {
+                if let Some(u) = e.impersonated_user.as_mut() {
+                    u.username = "z".into();
+                }
+            }),
+            with(&|e| {
+                e.source_ips.pop();
+            }),
+            with(&|e| e.source_ips.clear()),
+            with(&|e| e.user_agent = None),
+            with(&|e| e.user_agent = Some("x ".into())),
+            with(&|e| e.annotations.clear()),
+            with(&|e| {
+                e.annotations.insert("kx".into(), "y".into());
+            }),
+            with(&|e| {
+                e.annotations.insert("a".into(), "x".into());
+            }),
+            with(&|e| {
+                e.annotations = [("ky".to_owned(), "x".to_owned())].into();
+            }),
+            with(&|e| e.kind = "Other".into()),
+            with(&|e| e.api_version = "audit.k8s.io/v1beta1".into()),
+            // Longer than a memo keeps.
+            with(&|e| e.user.groups = (0..400).map(|i| format!("group-{i}")).collect()),
+            with(&|e| e.annotations = (0..400).map(|i| (format!("k{i}"), "v".repeat(20))).collect()),
+        ]
+    }
+
+    #[test]
+    fn a_caller_or_annotations_one_field_apart_are_never_spelled_from_the_memo() {
+        let all = one_field_apart();
+        for a in &all {
+            for b in &all {
+                // The first remembers its caller and annotations; the second must not reuse them
+                // unless they are equal (then the bytes are the same either way).
+                same(a);
+                same(b);
+                same(b);
+            }
+        }
+    }
+
     proptest! {
         #[test]
         fn arbitrary_strings_match_serde_json(s in any::<String>(), extra in any::<bool>()) {
             same(&event(&s, extra));
+        }
+
+        /// Runs of events drawn from a few callers and annotation sets (so the memos often hit,
+        /// and often miss by one field) are each written as serde_json writes them.
+        #[test]
+        fn runs_of_similar_events_match_serde_json(
+            picks in prop::collection::vec((0..3usize, 0..3usize, 0..3usize, 0..3usize, any::<bool>()), 1..24)
+        ) {
+            const TEXTS: [&str; 3] = ["a", "a\"", "b"];
+            for (user, agent, note, ips, impersonated) in picks {
+                let mut e = event(TEXTS[user], false);
+                e.user_agent = (agent > 0).then(|| TEXTS[agent].to_owned());
+                e.annotations.insert("k".into(), TEXTS[note].to_owned());
+                e.source_ips = (0..ips).map(|i| format!("10.0.0.{i}")).collect();
+                e.impersonated_user = impersonated.then(|| e.user.clone());
+                same(&e);
+            }
         }
     }
 }

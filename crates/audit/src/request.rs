@@ -96,6 +96,49 @@ pub fn audit_id_from_client(value: &[u8]) -> Option<&str> {
     if ok { std::str::from_utf8(value).ok() } else { None }
 }
 
+/// The longest `User-Agent` an Event records, in bytes (a hostile client's huge header is cut).
+pub const MAX_USER_AGENT: usize = 1024;
+
+/// A `User-Agent` header's value as an Event records it: as text (invalid UTF-8 replaced), cut
+/// to at most [`MAX_USER_AGENT`] bytes at a character boundary and then marked `…`. The thread's
+/// last one is shared with its next request that sent the same bytes (most often the same
+/// client's), instead of converted and allocated again.
+pub fn user_agent(raw: &[u8]) -> Arc<str> {
+    thread_local! {
+        static LAST: std::cell::RefCell<(Vec<u8>, Option<Arc<str>>)> = const { std::cell::RefCell::new((Vec::new(), None)) };
+    }
+    LAST.with_borrow_mut(|(last_raw, last)| match last {
+        Some(text) if last_raw.as_slice() == raw => text.clone(),
+        _ => {
+            let text: Arc<str> = bounded_lossy(raw, MAX_USER_AGENT).into();
+            last_raw.clear();
+            if raw.len() <= MAX_USER_AGENT {
+                last_raw.extend_from_slice(raw);
+                *last = Some(text.clone());
+            } else {
+                *last = None;
+            }
+            text
+        }
+    })
+}
+
+/// `bytes` as text (invalid UTF-8 replaced), cut to at most `max` bytes at a character boundary
+/// and marked `…` when cut.
+fn bounded_lossy(bytes: &[u8], max: usize) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    if text.len() <= max {
+        return text.into_owned();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut out = text[..end].to_owned();
+    out.push('…');
+    out
+}
+
 /// A random (version 4) UUID from `rng`, as kube-apiserver generates audit ids.
 pub fn new_audit_id(rng: &dyn Rng) -> String {
     let mut b = [0u8; 16];
@@ -382,8 +425,8 @@ pub struct Begin {
     /// Trusted proxies' forwarded addresses, then the peer address (shared: a connection's
     /// requests can hand on one list).
     pub source_ips: Arc<[String]>,
-    /// The client's `User-Agent`.
-    pub user_agent: Option<String>,
+    /// The client's `User-Agent` ([`user_agent`]).
+    pub user_agent: Option<Arc<str>>,
 }
 
 /// The audit context of one request: cheap to clone (one `Arc`), shared by the edge and the
@@ -410,7 +453,7 @@ struct State {
     method: http::Method,
     request_uri: String,
     source_ips: Arc<[String]>,
-    user_agent: Option<String>,
+    user_agent: Option<Arc<str>>,
     user: Option<Arc<UserInfo>>,
     impersonated: Option<UserInfo>,
     /// `None`: a non-resource request with the lower-cased method as its verb.
@@ -655,7 +698,7 @@ impl RequestAudit {
             user,
             impersonated_user: None,
             source_ips: s.source_ips.to_vec(),
-            user_agent: s.user_agent.clone(),
+            user_agent: s.user_agent.as_deref().map(str::to_owned),
             object_ref: Some(object),
             response_status: Some(response_status(code, None)),
             request_object: None,
@@ -911,6 +954,36 @@ mod tests {
             },
         )
         .unwrap()
+    }
+
+    #[test]
+    fn user_agents_are_bounded_at_a_character_boundary() {
+        assert_eq!(bounded_lossy(b"curl/8", 1024), "curl/8");
+        assert_eq!(bounded_lossy("aé".as_bytes(), 2), "a…");
+        assert_eq!(bounded_lossy(&[b'x'; 2000], 1024).len(), 1024 + '…'.len_utf8());
+        assert_eq!(bounded_lossy(b"a\xffb", 10), "a\u{fffd}b");
+    }
+
+    #[test]
+    fn a_threads_last_user_agent_is_shared_only_with_the_same_bytes() {
+        let a = user_agent(b"kfp/2.0");
+        assert!(
+            Arc::ptr_eq(&a, &user_agent(b"kfp/2.0")),
+            "the same bytes share one text"
+        );
+        for other in [&b"kfp/2.1"[..], b"kfp/2.0 ", b"KFP/2.0", b"", b"kfp/2.\xff"] {
+            let got = user_agent(other);
+            assert_eq!(&*got, &*String::from_utf8_lossy(other), "{other:?}");
+            assert!(!Arc::ptr_eq(&a, &got));
+        }
+        let huge = vec![b'u'; MAX_USER_AGENT * 4];
+        assert_eq!(user_agent(&huge).len(), MAX_USER_AGENT + '…'.len_utf8());
+        assert_eq!(
+            user_agent(&huge).len(),
+            MAX_USER_AGENT + '…'.len_utf8(),
+            "not remembered, made again"
+        );
+        assert_eq!(&*user_agent(b"kfp/2.0"), "kfp/2.0");
     }
 
     #[test]

@@ -50,7 +50,7 @@ pub(crate) fn begin(
     let user_agent = req
         .headers()
         .get(header::USER_AGENT)
-        .map(|v| bounded_lossy(v.as_bytes(), MAX_USER_AGENT));
+        .map(|v| kfsec_audit::request::user_agent(v.as_bytes()));
     let request_uri = redacted_uri(req.uri().path_and_query().map_or("/", |pq| pq.as_str()));
     RequestAudit::begin_with(
         &recorders.here(),
@@ -86,24 +86,6 @@ fn source_ips(forwarded: Option<IpAddr>, peer: Option<IpAddr>) -> Arc<[String]> 
             ips
         }
     })
-}
-
-/// The longest `User-Agent` recorded (bytes; a hostile client's huge header is cut, marked `…`).
-const MAX_USER_AGENT: usize = 1024;
-
-/// `bytes` as text (invalid UTF-8 replaced), cut to at most `max` bytes at a character boundary.
-fn bounded_lossy(bytes: &[u8], max: usize) -> String {
-    let text = String::from_utf8_lossy(bytes);
-    if text.len() <= max {
-        return text.into_owned();
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    let mut out = text[..end].to_owned();
-    out.push('…');
-    out
 }
 
 thread_local! {
@@ -388,13 +370,5 @@ mod tests {
             assert_eq!(got.map(String::as_str), Some(text), "{id}");
             assert_eq!(e.source_ips, ips, "{id}");
         }
-    }
-
-    #[test]
-    fn user_agents_are_bounded_at_a_character_boundary() {
-        assert_eq!(bounded_lossy(b"curl/8", 1024), "curl/8");
-        assert_eq!(bounded_lossy("aé".as_bytes(), 2), "a…");
-        assert_eq!(bounded_lossy(&[b'x'; 2000], 1024).len(), 1024 + '…'.len_utf8());
-        assert_eq!(bounded_lossy(b"a\xffb", 10), "a\u{fffd}b");
     }
 }

@@ -560,8 +560,7 @@ impl Gateway {
                 user_agent: req
                     .headers()
                     .get(header::USER_AGENT)
-                    .and_then(|v| v.to_str().ok())
-                    .map(|s| s.chars().take(1024).collect()),
+                    .map(|v| kfsec_audit::request::user_agent(v.as_bytes())),
             },
         )
     }

@@ -48,8 +48,6 @@ pub const PATCH_OPERATIONS_ANNOTATION: &str = "admission.kfsec.io/patch-operatio
 pub const REVIEWED_USER_ANNOTATION: &str = "admission.kfsec.io/reviewed-user";
 /// The longest denial message (and reviewed user name) recorded.
 pub const MAX_REASON: usize = 512;
-/// The longest `User-Agent` recorded (bytes; the front door's bound).
-pub const MAX_USER_AGENT: usize = 1024;
 /// The longest object name, namespace, resource, group or version recorded (a DNS subdomain).
 pub const MAX_NAME: usize = 253;
 
@@ -103,7 +101,7 @@ impl ReviewAudit {
                 user_agent: parts
                     .headers
                     .get(axum::http::header::USER_AGENT)
-                    .map(|v| truncated(&String::from_utf8_lossy(v.as_bytes()), MAX_USER_AGENT)),
+                    .map(|v| kfsec_audit::request::user_agent(v.as_bytes())),
             },
         )?;
         let caller = parts.extensions.get::<ClientCertIdentity>();
@@ -240,7 +238,10 @@ mod tests {
             e.request_uri,
             "/apply-poddefault?timeout=10s&token=REDACTED;code=REDACTED"
         );
-        assert_eq!(e.user_agent.map(|u| u.len()), Some(MAX_USER_AGENT));
+        assert_eq!(
+            e.user_agent.map(|u| u.len()),
+            Some(kfsec_audit::request::MAX_USER_AGENT + '…'.len_utf8())
+        );
     }
 
     #[test]
