@@ -235,7 +235,8 @@ fn log_worker(
     let mut busy = false;
     loop {
         if busy {
-            std::thread::sleep(BATCH_PAUSE);
+            // (A flush's unpark ends the pause early.)
+            std::thread::park_timeout(BATCH_PAUSE);
         } else {
             if !lanes.going_idle(&mut scratch) {
                 std::thread::park_timeout(next.saturating_duration_since(Instant::now()));

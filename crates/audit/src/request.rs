@@ -107,20 +107,29 @@ pub fn user_agent(raw: &[u8]) -> Arc<str> {
     thread_local! {
         static LAST: std::cell::RefCell<(Vec<u8>, Option<Arc<str>>)> = const { std::cell::RefCell::new((Vec::new(), None)) };
     }
-    LAST.with_borrow_mut(|(last_raw, last)| match last {
-        Some(text) if last_raw.as_slice() == raw => text.clone(),
-        _ => {
-            let text: Arc<str> = bounded_lossy(raw, MAX_USER_AGENT).into();
-            last_raw.clear();
-            if raw.len() <= MAX_USER_AGENT {
-                last_raw.extend_from_slice(raw);
-                *last = Some(text.clone());
-            } else {
-                *last = None;
+    let remembered = LAST.try_with(|last| {
+        let mut last = last.try_borrow_mut().ok()?;
+        let (last_raw, last) = &mut *last;
+        match last {
+            Some(text) if last_raw.as_slice() == raw => Some(text.clone()),
+            _ => {
+                let text: Arc<str> = bounded_lossy(raw, MAX_USER_AGENT).into();
+                last_raw.clear();
+                if raw.len() <= MAX_USER_AGENT {
+                    last_raw.extend_from_slice(raw);
+                    *last = Some(text.clone());
+                } else {
+                    *last = None;
+                }
+                Some(text)
             }
-            text
         }
-    })
+    });
+    // (Without the thread's memo, at thread exit: made on its own.)
+    remembered
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| bounded_lossy(raw, MAX_USER_AGENT).into())
 }
 
 /// `bytes` as text (invalid UTF-8 replaced), cut to at most `max` bytes at a character boundary
@@ -977,12 +986,11 @@ mod tests {
             assert!(!Arc::ptr_eq(&a, &got));
         }
         let huge = vec![b'u'; MAX_USER_AGENT * 4];
-        assert_eq!(user_agent(&huge).len(), MAX_USER_AGENT + '…'.len_utf8());
-        assert_eq!(
-            user_agent(&huge).len(),
-            MAX_USER_AGENT + '…'.len_utf8(),
-            "not remembered, made again"
-        );
+        let cut = user_agent(&huge);
+        assert_eq!(cut.len(), MAX_USER_AGENT + '…'.len_utf8());
+        let again = user_agent(&huge);
+        assert_eq!(again, cut);
+        assert!(!Arc::ptr_eq(&cut, &again), "not remembered, made again");
         assert_eq!(&*user_agent(b"kfp/2.0"), "kfp/2.0");
     }
 
