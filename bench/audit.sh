@@ -7,7 +7,9 @@
 #   2. API reads/s: GET one ConfigMap with a ServiceAccount token;
 #   3. API writes/s: POST ConfigMaps with the token (wrk + a Lua script, WRITE_CONNECTIONS);
 # and checks that the audited kfsec wrote an event for every measured request and that
-# `kfsec audit verify` finds its log intact.
+# `kfsec audit verify` finds its log intact. Under each case's line, kfsec's CPU per request by
+# thread group (connection workers, audit log thread, the rest; user + kernel), from
+# /proc/PID/task: where the audit's cost lands.
 #
 #   bash bench/audit.sh   # env: DURATION=5s WARMUP=2s ROUNDS=3 CONNECTIONS=64 THREADS=2 WRITE_CONNECTIONS=4
 #

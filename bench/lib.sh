@@ -199,6 +199,20 @@ cpu_split() {
   echo "$u $k"
 }
 
+# thread_split PID: clock ticks used so far by kfsec's connection workers (kfsec-worker-N), by
+# its audit log thread (kfsec-audit-log) and by the whole process (threads that exited
+# included): "WORKERS_USER WORKERS_SYSTEM LOG_USER LOG_SYSTEM PROCESS_USER PROCESS_SYSTEM".
+thread_split() {
+  local t
+  {
+    for t in /proc/"$1"/task/*; do
+      echo "$(cat "$t/comm" 2>/dev/null || echo gone) $(awk '{ print $14, $15 }' "$t/stat" 2>/dev/null || echo 0 0)"
+    done
+    echo "process $(cpu_split "$1")"
+  } | awk '{ g = ($1 ~ /^kfsec-worker/) ? 0 : ($1 == "kfsec-audit-log") ? 1 : ($1 == "process") ? 2 : 3; u[g] += $2; k[g] += $3 }
+    END { printf "%d %d %d %d %d %d\n", u[0], k[0], u[1], k[1], u[2], k[2] }'
+}
+
 # with_children PID: the PID and its direct children (nginx master + workers).
 with_children() {
   # shellcheck disable=SC2046 # one word per PID
@@ -285,14 +299,17 @@ LUA
 case_order() { if [ $(($1 % 2)) = 1 ]; then echo "${CASES[0]} ${CASES[1]}"; else echo "${CASES[1]} ${CASES[0]}"; fi; }
 
 # case_round KIND NAME R CONNS WRK-ARGS...: one measured wrk run into $BENCH_TMP/KIND-NAME.R.wrk;
-# the CPU ticks of NAME's kfsec and of ROUND_EXTRA_PIDS into .cpu.
+# the CPU ticks of NAME's kfsec and of ROUND_EXTRA_PIDS into .cpu, of kfsec's thread groups
+# (thread_split) into .threads.
 case_round() {
-  local k="$1" s="$2" r="$3" conns="$4" c0 c1 e0 e1
+  local k="$1" s="$2" r="$3" conns="$4" c0 c1 e0 e1 t0 t1
   shift 4
-  c0="$(cpu_ticks "${PID[$s]}")" e0="$(cpu_ticks "${ROUND_EXTRA_PIDS[@]}")"
+  c0="$(cpu_ticks "${PID[$s]}")" e0="$(cpu_ticks "${ROUND_EXTRA_PIDS[@]}")" t0="$(thread_split "${PID[$s]}")"
   wrk -t"$THREADS" -c"$conns" -d"$DURATION" --latency "$@" >"$BENCH_TMP/$k-$s.$r.wrk"
-  c1="$(cpu_ticks "${PID[$s]}")" e1="$(cpu_ticks "${ROUND_EXTRA_PIDS[@]}")"
+  c1="$(cpu_ticks "${PID[$s]}")" e1="$(cpu_ticks "${ROUND_EXTRA_PIDS[@]}")" t1="$(thread_split "${PID[$s]}")"
   echo "$((c1 - c0)) $((e1 - e0))" >"$BENCH_TMP/$k-$s.$r.cpu"
+  paste -d' ' <(tr ' ' '\n' <<<"$t0") <(tr ' ' '\n' <<<"$t1") | awk '{ printf "%d ", $2 - $1 } END { print "" }' \
+    >"$BENCH_TMP/$k-$s.$r.threads"
 }
 
 # case_rounds KIND CONNS ARGS-FUNCTION: ROUNDS measured rounds of KIND, the cases in turns; the
@@ -310,10 +327,18 @@ case_rounds() {
 }
 
 # case_sum KIND NAME: sets RPS (all rounds' requests / their seconds), P50 and P99 (ms, mean of
-# the rounds), CPU and EXTRA_CPU (µs per request), BAD (non-2xx) and ERR (socket errors), summed.
+# the rounds), CPU and EXTRA_CPU (µs per request), BAD (non-2xx) and ERR (socket errors), summed,
+# and SPLIT (µs per request of kfsec's workers, audit log thread and the rest, user + kernel).
 case_sum() {
   local f r tick
   tick="$(getconf CLK_TCK)"
+  SPLIT="$(for r in $(seq "$ROUNDS"); do
+    f="$BENCH_TMP/$1-$2.$r"
+    echo "$(awk '/requests in/ { print $1 }' "$f.wrk") $(cat "$f.threads")"
+  done | awk -v hz="$tick" '{ n += $1; for (i = 2; i <= 7; i++) t[i] += $i }
+    END { us = 1e6 / hz / n
+      printf "workers %.2f + %.2f, audit log %.2f + %.2f, rest %.2f + %.2f", t[2] * us, t[3] * us, t[4] * us, t[5] * us,
+        (t[6] - t[2] - t[4]) * us, (t[7] - t[3] - t[5]) * us }')"
   read -r RPS P50 P99 CPU EXTRA_CPU BAD ERR < <(
     for r in $(seq "$ROUNDS"); do
       f="$BENCH_TMP/$1-$2.$r"
@@ -334,6 +359,7 @@ case_report() {
     printf '  %-5s %8s req/s   p50 %7.3f ms   p99 %7.3f ms   kfsec CPU %6s us/req' "$s" "$RPS" "$P50" "$P99" "$CPU"
     if [ "$s" = "$b" ] && [ -n "${2:-}" ]; then printf '   %s CPU %6s us/req' "$2" "$EXTRA_CPU"; fi
     printf '   non-2xx %s   socket errors %s\n' "$BAD" "$ERR"
+    printf '        kfsec threads, us/req user + kernel: %s\n' "$SPLIT"
     FAILED=$((FAILED + BAD))
     rps[$s]="$RPS" p99[$s]="$P99"
   done
