@@ -302,14 +302,16 @@ case_order() { if [ $(($1 % 2)) = 1 ]; then echo "${CASES[0]} ${CASES[1]}"; else
 # the CPU ticks of NAME's kfsec and of ROUND_EXTRA_PIDS into .cpu, of kfsec's thread groups
 # (thread_split) into .threads.
 case_round() {
-  local k="$1" s="$2" r="$3" conns="$4" c0 c1 e0 e1 t0 t1
+  local k="$1" s="$2" r="$3" conns="$4" c0 c1 e0 e1 t0 t1 i
   shift 4
   c0="$(cpu_ticks "${PID[$s]}")" e0="$(cpu_ticks "${ROUND_EXTRA_PIDS[@]}")" t0="$(thread_split "${PID[$s]}")"
   wrk -t"$THREADS" -c"$conns" -d"$DURATION" --latency "$@" >"$BENCH_TMP/$k-$s.$r.wrk"
   c1="$(cpu_ticks "${PID[$s]}")" e1="$(cpu_ticks "${ROUND_EXTRA_PIDS[@]}")" t1="$(thread_split "${PID[$s]}")"
   echo "$((c1 - c0)) $((e1 - e0))" >"$BENCH_TMP/$k-$s.$r.cpu"
-  paste -d' ' <(tr ' ' '\n' <<<"$t0") <(tr ' ' '\n' <<<"$t1") | awk '{ printf "%d ", $2 - $1 } END { print "" }' \
-    >"$BENCH_TMP/$k-$s.$r.threads"
+  local -a before after
+  read -r -a before <<<"$t0"
+  read -r -a after <<<"$t1"
+  for i in "${!after[@]}"; do printf '%d ' $((after[i] - before[i])); done >"$BENCH_TMP/$k-$s.$r.threads"
 }
 
 # case_rounds KIND CONNS ARGS-FUNCTION: ROUNDS measured rounds of KIND, the cases in turns; the
