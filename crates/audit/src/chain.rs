@@ -201,7 +201,11 @@ pub fn encode_into(out: &mut Vec<u8>, view: &crate::encode::EventView<'_>) -> Re
     let stripped;
     let mut view = *view;
     // (Every reserved key starts with the chain's prefix: one look at each key.)
-    if view.annotations.iter().any(|(k, _)| k.starts_with(CHAIN_PREFIX)) {
+    if view
+        .annotations
+        .iter()
+        .any(|(k, _)| kfsec_types::same::starts_with(k, CHAIN_PREFIX))
+    {
         stripped = view
             .annotations
             .iter()

@@ -15,6 +15,7 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use kfsec_types::identity::UserInfo;
+use kfsec_types::same;
 
 use crate::event::{Event, Level, ObjectRef, ResponseStatus, Stage};
 
@@ -566,11 +567,14 @@ impl<'a> Remembers<&EventView<'a>> for CallerMemo {
     /// Whether `e`'s caller reads exactly as the remembered one (every field compared).
     fn matches(&self, e: &EventView<'a>) -> bool {
         !self.spelled.is_empty()
-            && self.verb == e.verb
-            && self.user == *e.user
-            && self.impersonated.as_ref() == e.impersonated_user
-            && self.source_ips == e.source_ips
-            && self.user_agent.as_deref() == e.user_agent
+            && same::str(&self.verb, e.verb)
+            && self.user.same_as(e.user)
+            && match (&self.impersonated, e.impersonated_user) {
+                (Some(mine), Some(theirs)) => mine.same_as(theirs),
+                (mine, theirs) => mine.is_none() && theirs.is_none(),
+            }
+            && same::strs(&self.source_ips, e.source_ips)
+            && same::opt_str(self.user_agent.as_deref(), e.user_agent)
     }
 
     /// Remembers `e`'s caller and its `spelled` members, reusing the memo's buffers.
@@ -624,10 +628,11 @@ impl<'a> Remembers<Annotations<'a>> for AnnotationsMemo {
             return false;
         }
         let mut theirs = a.iter();
-        self.pairs
-            .iter()
-            .all(|(k, v)| theirs.next().is_some_and(|(k2, v2)| k == k2 && v == v2))
-            && theirs.next().is_none()
+        self.pairs.iter().all(|(k, v)| {
+            theirs
+                .next()
+                .is_some_and(|(k2, v2)| same::str(k, k2) && same::str(v, v2))
+        }) && theirs.next().is_none()
     }
 
     fn remember(&mut self, a: Annotations<'a>, spelled: &[u8]) {

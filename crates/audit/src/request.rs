@@ -292,16 +292,22 @@ impl Recorders {
 
     /// The calling thread's recorder.
     pub fn here(&self) -> Arc<Recorder> {
+        self.with_here(Arc::clone)
+    }
+
+    /// `f` of the calling thread's recorder, lent (no reference count taken and given back).
+    pub fn with_here<T>(&self, f: impl FnOnce(&Arc<Recorder>) -> T) -> T {
         RECORDERS.with_borrow_mut(|slot| match slot {
-            Some((instance, r)) if *instance == self.instance => r.clone(),
-            _ => {
-                let r = Arc::new(Recorder {
-                    auditor: self.auditor.clone(),
-                    clock: self.clock.clone(),
-                });
-                *slot = Some((self.instance, r.clone()));
-                r
-            }
+            Some((instance, r)) if *instance == self.instance => f(r),
+            _ => f(&slot
+                .insert((
+                    self.instance,
+                    Arc::new(Recorder {
+                        auditor: self.auditor.clone(),
+                        clock: self.clock.clone(),
+                    }),
+                ))
+                .1),
         })
     }
 }

@@ -52,16 +52,14 @@ pub(crate) fn begin(
         .get(header::USER_AGENT)
         .map(|v| kfsec_audit::request::user_agent(v.as_bytes()));
     let request_uri = redacted_uri(req.uri().path_and_query().map_or("/", |pq| pq.as_str()));
-    RequestAudit::begin_with(
-        &recorders.here(),
-        Begin {
-            audit_id,
-            method: req.method().clone(),
-            request_uri,
-            source_ips,
-            user_agent,
-        },
-    )
+    let begin = Begin {
+        audit_id,
+        method: req.method().clone(),
+        request_uri,
+        source_ips,
+        user_agent,
+    };
+    recorders.with_here(|recorder| RequestAudit::begin_with(recorder, begin))
 }
 
 /// A thread's last `sourceIPs`: the forwarded address and the peer's, and their list.

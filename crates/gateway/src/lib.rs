@@ -39,7 +39,7 @@ use axum::routing::{any, get, post};
 use kfsec_audit::RequestAudit;
 use kfsec_idp::{Authenticator, Client, ClientAddr, ClientAuth, CredentialKind, Idp};
 use kfsec_store::{Store, StoreError};
-use kfsec_types::{Clock, Identity, RefusalKind, Rng};
+use kfsec_types::{Clock, Identity, RefusalKind, Rng, same};
 use prometheus_client::registry::Registry;
 
 pub use kfsec_types::path;
@@ -400,7 +400,8 @@ impl IdentityValues {
         }
         LAST.with_borrow_mut(|last| match last {
             Some(v)
-                if v.prefix == prefix && (Arc::ptr_eq(&v.caller, caller) || v.caller.identity == caller.identity) =>
+                if same::str(&v.prefix, prefix)
+                    && (Arc::ptr_eq(&v.caller, caller) || v.caller.identity == caller.identity) =>
             {
                 if !Arc::ptr_eq(&v.caller, caller) {
                     v.caller = caller.clone();

@@ -277,17 +277,18 @@ static HOP_BY_HOP: [(&HeaderName, bool); 9] = [
 /// Removes hop-by-hop headers. `named`: also the headers the message's own `Connection` names —
 /// only for a message as received (responses here; requests had theirs applied at the edge).
 fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool, named: bool) {
-    if named && let Some(first) = h.get(header::CONNECTION).cloned() {
-        // (values are cheap to clone: shared bytes; more than one `Connection` header is rare)
-        let rest: Vec<HeaderValue> = h.get_all(header::CONNECTION).iter().skip(1).cloned().collect();
-        for v in std::iter::once(&first).chain(&rest) {
-            let Ok(v) = v.to_str() else { continue };
-            for n in v.split(',').map(str::trim) {
-                // (a name that is not a valid header name names no header)
-                if !(keep_upgrade && n.eq_ignore_ascii_case("upgrade")) {
-                    h.remove(n);
-                }
-            }
+    // Most often the message's `Connection` names no header that is present (`keep-alive`,
+    // `close`): then no value is copied.
+    if named
+        && h.get_all(header::CONNECTION)
+            .iter()
+            .flat_map(|v| named_by(v, keep_upgrade))
+            .any(|n| h.contains_key(n))
+    {
+        // (values are cheap to clone: shared bytes)
+        let values: Vec<HeaderValue> = h.get_all(header::CONNECTION).iter().cloned().collect();
+        for n in values.iter().flat_map(|v| named_by(v, keep_upgrade)) {
+            h.remove(n);
         }
     }
     // One pass over the names present (a handful, usually none of them hop-by-hop: comparing
@@ -304,6 +305,13 @@ fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool, named: bool) {
             h.remove(*n);
         }
     }
+}
+
+/// The header names a `Connection` value lists, except `upgrade` when an upgrade keeps it (a
+/// name that is not a valid header name names no header; a value that is not text, none).
+fn named_by(v: &HeaderValue, keep_upgrade: bool) -> impl Iterator<Item = &str> {
+    let names = v.to_str().unwrap_or_default().split(',').map(str::trim);
+    names.filter(move |n| !(n.is_empty() || keep_upgrade && n.eq_ignore_ascii_case("upgrade")))
 }
 
 /// Removes what an upstream's answer must not say for the whole origin: `Service-Worker-Allowed`
@@ -832,6 +840,52 @@ mod tests {
         }
         strip_hop_by_hop(&mut h, false, false);
         assert_eq!(h.keys().collect::<Vec<_>>(), [header::ACCEPT]);
+    }
+
+    proptest::proptest! {
+        /// Whatever the `Connection` headers list (several headers, any case, empty and invalid
+        /// names, a value that is not text), the headers they name are removed exactly as by
+        /// removing every listed name in turn, and nothing else is.
+        #[test]
+        fn the_headers_connection_names_are_removed_as_listed(
+            values in proptest::collection::vec(
+                proptest::collection::vec(
+                    proptest::sample::select(vec![
+                        &b"x-secret"[..], b"X-Secret", b"keep-alive", b"close", b"upgrade", b"Upgrade",
+                        b"x-other", b"", b" ", b"bad name", b"\xff", b"accept",
+                    ]),
+                    0..4,
+                ),
+                0..3,
+            ),
+            keep_upgrade in proptest::bool::ANY,
+        ) {
+            let mut h = HeaderMap::new();
+            for v in &values {
+                if let Ok(v) = HeaderValue::from_bytes(&v.join(&b","[..])) {
+                    h.append(header::CONNECTION, v);
+                }
+            }
+            for name in ["x-secret", "x-other", "close", "accept", "x-kept"] {
+                h.insert(name, HeaderValue::from_static("1"));
+            }
+            h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+            let mut expected = h.clone();
+            let listed: Vec<String> = expected
+                .get_all(header::CONNECTION)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(',').map(|n| n.trim().to_owned()).collect::<Vec<_>>())
+                .collect();
+            for n in listed {
+                if !(keep_upgrade && n.eq_ignore_ascii_case("upgrade")) {
+                    expected.remove(n.as_str());
+                }
+            }
+            strip_hop_by_hop(&mut expected, keep_upgrade, false);
+            strip_hop_by_hop(&mut h, keep_upgrade, true);
+            proptest::prop_assert_eq!(h, expected);
+        }
     }
 
     #[test]

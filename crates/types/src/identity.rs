@@ -135,6 +135,20 @@ pub struct UserInfo {
 }
 
 impl UserInfo {
+    /// Whether `other` is the same user, field by field: `==` without a call into `memcmp`
+    /// per string ([`crate::same`]; not constant-time: a user's fields are not secret).
+    pub fn same_as(&self, other: &UserInfo) -> bool {
+        crate::same::str(&self.username, &other.username)
+            && crate::same::str(&self.uid, &other.uid)
+            && crate::same::strs(&self.groups, &other.groups)
+            && self.extra.len() == other.extra.len()
+            && self
+                .extra
+                .iter()
+                .zip(&other.extra)
+                .all(|((k, v), (k2, v2))| crate::same::str(k, k2) && crate::same::strs(v, v2))
+    }
+
     /// A user with `groups` plus the implicit groups the authenticator adds
     /// ([`authenticated_groups`]).
     pub fn authenticated(username: impl Into<String>, groups: &[String]) -> Self {
@@ -164,6 +178,38 @@ impl From<&Identity> for UserInfo {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn same_as_is_equality_field_by_field() {
+        let base = UserInfo {
+            username: "alice@example.com".into(),
+            uid: "1000".into(),
+            groups: vec!["team".into(), "system:authenticated".into()],
+            extra: BTreeMap::from([("scopes".to_owned(), vec!["a".to_owned(), "b".to_owned()])]),
+        };
+        assert!(base.same_as(&base.clone()));
+        let variants: Vec<fn(&mut UserInfo)> = vec![
+            |u| u.username.push('x'),
+            |u| u.uid.clear(),
+            |u| u.groups.reverse(),
+            |u| drop(u.groups.pop()),
+            |u| u.groups.push(String::new()),
+            |u| u.extra.clear(),
+            |u| drop(u.extra.insert("scopes".into(), vec!["a".into()])),
+            |u| drop(u.extra.insert("scopez".into(), vec![])),
+            |u| {
+                let v = u.extra.remove("scopes").unwrap_or_default();
+                u.extra.insert("scopex".into(), v);
+            },
+        ];
+        for (i, change) in variants.iter().enumerate() {
+            let mut other = base.clone();
+            change(&mut other);
+            assert_eq!(base.same_as(&other), base == other, "variant {i}");
+            assert!(!base.same_as(&other), "variant {i}");
+            assert!(!other.same_as(&base), "variant {i}");
+        }
+    }
 
     #[test]
     fn service_account_names() {

@@ -16,6 +16,7 @@ pub mod meta;
 pub mod path;
 pub mod rbac;
 pub mod refusal;
+pub mod same;
 pub mod status;
 pub mod time;
 pub mod validation;
