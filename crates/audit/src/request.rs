@@ -296,6 +296,8 @@ impl Recorders {
     }
 
     /// `f` of the calling thread's recorder, lent (no reference count taken and given back).
+    /// The thread's slot stays borrowed while `f` runs: `f` must not ask for the thread's
+    /// recorder again (`here`, `with_here`), which would panic.
     pub fn with_here<T>(&self, f: impl FnOnce(&Arc<Recorder>) -> T) -> T {
         RECORDERS.with_borrow_mut(|slot| match slot {
             Some((instance, r)) if *instance == self.instance => f(r),

@@ -109,6 +109,17 @@ impl Reserved {
     }
 }
 
+/// The names a `Connection` header value lists (RFC 9110 §7.6.1), split on commas and trimmed,
+/// read from its bytes: a value that is not all visible ASCII (obs-text elsewhere in it) still
+/// names the headers it lists. An empty entry, or one that is not UTF-8 (so no header name),
+/// names nothing.
+pub(crate) fn connection_names(v: &HeaderValue) -> impl Iterator<Item = &str> {
+    v.as_bytes()
+        .split(|&b| b == b',')
+        .filter_map(|n| std::str::from_utf8(n.trim_ascii()).ok())
+        .filter(|n| !n.is_empty())
+}
+
 /// Applies the received message's `Connection` header: removes the headers it names (except
 /// `Upgrade`, which the proxy needs to join upgrades) and leaves `Connection: upgrade` only when
 /// an upgrade is requested. Runs before anything is added, so it can only remove client headers.
@@ -116,10 +127,8 @@ pub fn apply_connection(h: &mut HeaderMap) {
     let named: Vec<String> = h
         .get_all(header::CONNECTION)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|n| n.trim().to_ascii_lowercase())
-        .filter(|n| !n.is_empty())
+        .flat_map(connection_names)
+        .map(str::to_ascii_lowercase)
         .collect();
     let mut upgrade = false;
     for n in &named {
@@ -353,6 +362,25 @@ mod tests {
         h.insert(header::CONNECTION, HeaderValue::from_static("close"));
         apply_connection(&mut h);
         assert!(h.get(header::CONNECTION).is_none());
+        // A value with a byte that is not visible ASCII (obs-text) still names its headers, in
+        // every spelling and position.
+        for value in [
+            &b"x-secret, \xff"[..],
+            b"\xff,X-Secret",
+            b" x-secret\t,\x80\x81",
+            b"caf\xc3\xa9, x-secret",
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert(header::CONNECTION, HeaderValue::from_bytes(value).unwrap());
+            h.insert("x-secret", HeaderValue::from_static("1"));
+            h.insert("x-fine", HeaderValue::from_static("1"));
+            apply_connection(&mut h);
+            assert!(h.get("x-secret").is_none(), "{value:?}");
+            assert!(
+                h.get("x-fine").is_some() && h.get(header::CONNECTION).is_none(),
+                "{value:?}"
+            );
+        }
     }
 
     #[test]

@@ -307,11 +307,10 @@ fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool, named: bool) {
     }
 }
 
-/// The header names a `Connection` value lists, except `upgrade` when an upgrade keeps it (a
-/// name that is not a valid header name names no header; a value that is not text, none).
+/// The header names a `Connection` value lists (`headers::connection_names`), except `upgrade`
+/// when an upgrade keeps it (a name that is not a valid header name names no header).
 fn named_by(v: &HeaderValue, keep_upgrade: bool) -> impl Iterator<Item = &str> {
-    let names = v.to_str().unwrap_or_default().split(',').map(str::trim);
-    names.filter(move |n| !(n.is_empty() || keep_upgrade && n.eq_ignore_ascii_case("upgrade")))
+    crate::headers::connection_names(v).filter(move |n| !(keep_upgrade && n.eq_ignore_ascii_case("upgrade")))
 }
 
 /// Removes what an upstream's answer must not say for the whole origin: `Service-Worker-Allowed`
@@ -844,8 +843,8 @@ mod tests {
 
     proptest::proptest! {
         /// Whatever the `Connection` headers list (several headers, any case, empty and invalid
-        /// names, a value that is not text), the headers they name are removed exactly as by
-        /// removing every listed name in turn, and nothing else is.
+        /// names, a value with bytes that are not text), the headers they name are removed
+        /// exactly as by removing every listed name in turn, and nothing else is.
         #[test]
         fn the_headers_connection_names_are_removed_as_listed(
             values in proptest::collection::vec(
@@ -871,10 +870,11 @@ mod tests {
             }
             h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
             let mut expected = h.clone();
+            // (a value is read as its bytes: one with obs-text still names its headers)
             let listed: Vec<String> = expected
                 .get_all(header::CONNECTION)
                 .iter()
-                .filter_map(|v| v.to_str().ok())
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
                 .flat_map(|v| v.split(',').map(|n| n.trim().to_owned()).collect::<Vec<_>>())
                 .collect();
             for n in listed {
