@@ -338,9 +338,12 @@ case_sum() {
     f="$BENCH_TMP/$1-$2.$r"
     echo "$(awk '/requests in/ { print $1 }' "$f.wrk") $(cat "$f.threads")"
   done | awk -v hz="$tick" '{ n += $1; for (i = 2; i <= 7; i++) t[i] += $i }
+    # (the process'"'"'s ticks and each thread'"'"'s are rounded on their own, so the rest can come
+    # out a tick or two below zero: shown as 0)
+    function rest(all, a, b) { return all - a - b > 0 ? all - a - b : 0 }
     END { us = 1e6 / hz / n
       printf "workers %.2f + %.2f, audit log %.2f + %.2f, rest %.2f + %.2f", t[2] * us, t[3] * us, t[4] * us, t[5] * us,
-        (t[6] - t[2] - t[4]) * us, (t[7] - t[3] - t[5]) * us }')"
+        rest(t[6], t[2], t[4]) * us, rest(t[7], t[3], t[5]) * us }')"
   read -r RPS P50 P99 CPU EXTRA_CPU BAD ERR < <(
     for r in $(seq "$ROUNDS"); do
       f="$BENCH_TMP/$1-$2.$r"
