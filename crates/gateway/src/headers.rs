@@ -109,14 +109,16 @@ impl Reserved {
     }
 }
 
-/// The names a `Connection` header value lists (RFC 9110 §7.6.1), split on commas and trimmed,
-/// read from its bytes: a value that is not all visible ASCII (obs-text elsewhere in it) still
-/// names the headers it lists. An empty entry, or one that is not UTF-8 (so no header name),
-/// names nothing.
+/// The names a `Connection` header value lists (RFC 9110 §7.6.1), split on commas and trimmed
+/// (of any whitespace, not only the grammar's: a sloppy list removes more, never less), read
+/// from its bytes: a value that is not all visible ASCII (obs-text elsewhere in it) still names
+/// the headers it lists. An empty entry, or one that is not UTF-8 (so no header name), names
+/// nothing.
 pub(crate) fn connection_names(v: &HeaderValue) -> impl Iterator<Item = &str> {
     v.as_bytes()
         .split(|&b| b == b',')
-        .filter_map(|n| std::str::from_utf8(n.trim_ascii()).ok())
+        .filter_map(|n| std::str::from_utf8(n).ok())
+        .map(str::trim)
         .filter(|n| !n.is_empty())
 }
 
@@ -369,6 +371,7 @@ mod tests {
             b"\xff,X-Secret",
             b" x-secret\t,\x80\x81",
             b"caf\xc3\xa9, x-secret",
+            b"\xc2\xa0x-secret\xc2\xa0, \xff",
         ] {
             let mut h = HeaderMap::new();
             h.insert(header::CONNECTION, HeaderValue::from_bytes(value).unwrap());

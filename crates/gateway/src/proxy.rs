@@ -321,6 +321,14 @@ fn confine_upstream_response(h: &mut HeaderMap) {
     h.remove(&SERVICE_WORKER_ALLOWED);
 }
 
+/// What an upstream's answer may say to the client: its hop-by-hop headers and the headers its
+/// own `Connection` lists removed (`Connection` and `Upgrade` kept for an `upgrade` the client
+/// asked for), and `Service-Worker-Allowed` (`confine_upstream_response`).
+pub fn sanitize_upstream_response(h: &mut HeaderMap, upgrade: bool) {
+    strip_hop_by_hop(h, upgrade, true);
+    confine_upstream_response(h);
+}
+
 fn is_upgrade(h: &HeaderMap) -> bool {
     h.contains_key(header::UPGRADE)
         && h.get_all(header::CONNECTION)
@@ -644,13 +652,11 @@ impl Proxy {
                 });
             }
             let (mut parts, _) = resp.into_parts();
-            strip_hop_by_hop(&mut parts.headers, true, true);
-            confine_upstream_response(&mut parts.headers);
+            sanitize_upstream_response(&mut parts.headers, true);
             return Ok(Response::from_parts(parts, Body::empty()));
         }
         let (mut parts, body) = resp.into_parts();
-        strip_hop_by_hop(&mut parts.headers, false, true);
-        confine_upstream_response(&mut parts.headers);
+        sanitize_upstream_response(&mut parts.headers, false);
         Ok(Response::from_parts(parts, body))
     }
 }
