@@ -14,7 +14,9 @@
 #   haproxy     Debian HAProxy 2.6 as a plain TLS reverse proxy, no auth
 #
 #   bash bench/proxy.sh    # env: DURATION=10s WARMUP=2s CONNS="1 64 256" THREADS=2 HS_CONNS=64
-#                          #      NGINX_WORKERS=$(nproc) HAPROXY_THREADS=$(nproc)
+#                          #      NGINX_WORKERS=$(nproc) HAPROXY_THREADS=$(nproc) ROUNDS=1
+#   ROUNDS=5 CONNS=64 bash bench/proxy.sh   # issue 17's figure: five rounds at 64 connections,
+#                          # judged by the median of each round's ratios
 #   KFSEC_EXTRA_YAML='audit: {log: {path: ""}}' bash bench/proxy.sh   # appended to kfsec's
 #                          # configuration, e.g. audit off (like nginx, nginx+auth and haproxy,
 #                          # which log nothing)
@@ -33,6 +35,10 @@
 #     and prints it), so these are resumed TLS 1.3 handshakes: PSK plus a fresh X25519 exchange,
 #     no certificate signature.
 #  3. Ratios kfsec/peer per connection count and for new connections.
+# With ROUNDS > 1 the keep-alive and new-connection runs are repeated, the peers' order reversed
+# every other round, so that a change in the machine's load weighs on every peer alike: each
+# round's table and ratios (each ratio is of runs a minute apart at most), then the median of
+# the rounds' ratios, by which the aims are judged.
 #
 # Before the load: every peer answers "ok" to the authenticated GET; kfsec (302) and nginx+auth
 # (401) refuse it without the cookie; nginx+auth got the user id from kfsec's answer (kfsec's
@@ -51,7 +57,9 @@ THREADS="${THREADS:-2}"
 HS_CONNS="${HS_CONNS:-64}"
 NGINX_WORKERS="${NGINX_WORKERS:-$(nproc)}"
 HAPROXY_THREADS="${HAPROXY_THREADS:-$(nproc)}"
+ROUNDS="${ROUNDS:-1}"
 PEERS=(kfsec nginx nginx+log nginx+auth haproxy)
+case "$ROUNDS" in '' | *[!0-9]* | 0) echo "ROUNDS must be a positive whole number, not '$ROUNDS'" >&2; exit 2 ;; esac
 
 bench_need curl wrk nginx haproxy openssl python3
 bench_build
@@ -263,16 +271,17 @@ extra_pids() { if [ "$1" = nginx+auth ]; then echo "$KFSEC_PID"; fi; }
 # machine_ticks: "IDLE TOTAL" clock ticks of all cores so far (/proc/stat; idle includes iowait).
 machine_ticks() { awk '$1 == "cpu" { t = 0; for (i = 2; i <= NF; i++) t += $i; print $5 + $6, t }' /proc/stat; }
 
-# run KIND PEER CONNS [WRK-ARGS...]: a warm-up run, then the measured one into $T/KIND-PEER-CONNS.wrk
-# and the CPU ticks of pids and extra_pids into .cpu (then the pids' user and kernel ticks).
+# run KIND PEER CONNS [WRK-ARGS...]: a warm-up run, then the measured one of round $R into
+# $T/KIND-PEER-CONNS.rR.wrk and the CPU ticks of pids and extra_pids into .cpu (then the pids' user
+# and kernel ticks).
 run() {
   local kind="$1" p="$2" c="$3" t f c0 c1 e0 e1 m0 m1 s0 s1 main extra
   shift 3
   t="$(threads "$c")"
-  f="$T/$kind-$p-$c"
+  f="$T/$kind-$p-$c.r$R"
   read -r -a main <<<"$(pids "$p")"
   read -r -a extra <<<"$(extra_pids "$p")"
-  bench_log "$kind $p: warm-up $WARMUP, then wrk -t$t -c$c -d$DURATION $*"
+  bench_log "round $R/$ROUNDS $kind $p: warm-up $WARMUP, then wrk -t$t -c$c -d$DURATION $*"
   wrk -t"$t" -c"$c" -d"$WARMUP" -H "Cookie: $KF_COOKIE" "$@" "${URL[$p]}/" >"$f.warm"
   c0="$(cpu_ticks "${main[@]}")" e0="$(cpu_ticks "${extra[@]}")" m0="$(machine_ticks)" s0="$(cpu_split "${main[@]}")"
   wrk -t"$t" -c"$c" -d"$DURATION" --latency -H "Cookie: $KF_COOKIE" "$@" "${URL[$p]}/" >"$f.wrk"
@@ -280,24 +289,33 @@ run() {
   echo "$((c1 - c0)) $((e1 - e0)) $m0 $m1 $(awk -v a="$s0" -v b="$s1" 'BEGIN { split(a, x); split(b, y); print y[1] - x[1], y[2] - x[2] }')" >"$f.cpu"
 }
 
-for c in $CONNS; do
-  for p in "${PEERS[@]}"; do run ka "$p" "$c"; done
+# in_order WORD...: the words, reversed in even rounds.
+in_order() {
+  if [ $((R % 2)) = 1 ]; then echo "$@"; else printf '%s\n' "$@" | tac | tr '\n' ' '; fi
+}
+for R in $(seq "$ROUNDS"); do
+  for c in $CONNS; do
+    for p in $(in_order "${PEERS[@]}"); do run ka "$p" "$c"; done
+  done
+  for p in $(in_order kfsec nginx); do run hs "$p" "$HS_CONNS" -H 'Connection: close'; done
 done
-for p in kfsec nginx; do run hs "$p" "$HS_CONNS" -H 'Connection: close'; done
 
 # nginx+log wrote a line per request (at least the measured ones).
 logged="$(wc -l <"$T/ngl/access.log")"
 measured=0
-for c in $CONNS; do measured=$((measured + $(awk '/ requests in / { print $1 }' "$T/ka-nginx+log-$c.wrk"))); done
+for R in $(seq "$ROUNDS"); do
+  for c in $CONNS; do measured=$((measured + $(awk '/ requests in / { print $1 }' "$T/ka-nginx+log-$c.r$R.wrk"))); done
+done
 [ "$logged" -ge "$measured" ] || { echo "nginx+log logged $logged lines for $measured measured requests" >&2; exit 1; }
 
 # --- report ----------------------------------------------------------------------------------------
 TICK="$(getconf CLK_TCK)"
 FAILED=0
 declare -A RPS P99 CPU
-# line KIND PEER CONNS: one peer's figures; sets RPS, P99, CPU [KIND-PEER-CONNS] (CPU: all parts).
+# line KIND PEER CONNS: one peer's figures in round $R; sets RPS, P99, CPU [KIND-PEER-CONNS-R]
+# (CPU: all parts).
 line() {
-  local f="$T/$1-$2-$3" n rps p50 p99 bad conn rd wr tout cpu main extra idle user kernel parts
+  local f="$T/$1-$2-$3.r$R" n rps p50 p99 bad conn rd wr tout cpu main extra idle user kernel parts
   n="$(awk '/ requests in / { print $1 }' "$f.wrk")"
   rps="$(wrk_field "$f.wrk" rps)" p50="$(wrk_field "$f.wrk" p50)" p99="$(wrk_field "$f.wrk" p99)"
   bad="$(wrk_field "$f.wrk" non2xx)"
@@ -313,7 +331,7 @@ line() {
   printf '  %-11s %9.0f %9.3f %9.3f %8s %-27s %5s %% %8s %9s\n' "$2" "$rps" "$p50" "$p99" "$cpu" "$parts" "$idle" "$bad" \
     "$conn/$rd/$wr/$tout"
   if [ "${n:-0}" = 0 ] || [ "$bad" != 0 ] || [ $((conn + rd + wr + tout)) != 0 ]; then FAILED=$((FAILED + 1)); fi
-  RPS[$1-$2-$3]="$rps" P99[$1-$2-$3]="$p99" CPU[$1-$2-$3]="$cpu"
+  RPS[$1-$2-$3-$R]="$rps" P99[$1-$2-$3-$R]="$p99" CPU[$1-$2-$3-$R]="$cpu"
 }
 header() { printf '  %-11s %9s %9s %9s %8s %-27s %7s %8s %9s\n' peer "$1" "p50 ms" "p99 ms" "$2" "" "idle" non-2xx "c/r/w/t"; }
 
@@ -334,65 +352,101 @@ echo "  us/req = the server processes' user + system CPU time per request (nginx
 echo "           (beside it: the peer's own in user space and in the kernel; for nginx+auth, nginx's and kfsec's)"
 echo "  idle = share of all cores idle during the run; c/r/w/t = wrk's socket errors: connect/read/write/timeout"
 echo "  $(nproc) cores shared by wrk, the upstream and the servers; load average now: $(cut -d' ' -f1-3 /proc/loadavg)"
-for c in $CONNS; do
+# median VALUE...: the median of the numbers ("n/a" ones left out; the mean of the middle two of
+# an even count).
+median() {
+  printf '%s\n' "$@" | grep -v '^n/a$' | sort -g | awk '{ v[NR] = $1 }
+    END { if (NR == 0) print "n/a"; else if (NR % 2) printf "%.2f\n", v[(NR + 1) / 2]; else printf "%.2f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+# r_of KIND PEER CONNS METRIC: kfsec's METRIC (RPS, CPU, P99) over PEER's, in round $R.
+r_of() { local -n m="$4"; ratio "${m[$1-kfsec-$3-$R]}" "${m[$1-$2-$3-$R]}"; }
+declare -A RATIO # [KIND-PEER-CONNS-METRIC-R]
+for R in $(seq "$ROUNDS"); do
+  if [ "$ROUNDS" -gt 1 ]; then echo; echo "round $R of $ROUNDS (peers in $(in_order "${PEERS[@]}" | sed 's/ *$//; s/ /, /g') order)"; fi
+  for c in $CONNS; do
+    echo
+    echo "keep-alive, $c connection(s) (wrk -t$(threads "$c") -c$c)"
+    header req/s us/req
+    for p in "${PEERS[@]}"; do line ka "$p" "$c"; done
+  done
   echo
-  echo "keep-alive, $c connection(s) (wrk -t$(threads "$c") -c$c)"
-  header req/s us/req
-  for p in "${PEERS[@]}"; do line ka "$p" "$c"; done
+  echo "new TCP + TLS connection per request (Connection: close; wrk -t$(threads "$HS_CONNS") -c$HS_CONNS)"
+  header conn/s us/conn
+  for p in kfsec nginx; do line hs "$p" "$HS_CONNS"; done
+  # wrk reconnects only when the answer closes the connection: near a keep-alive rate it did not.
+  for p in kfsec nginx; do
+    k=0
+    for c in $CONNS; do k="$(awk -v a="$k" -v b="${RPS[ka-$p-$c-$R]}" 'BEGIN { print (b > a) ? b : a }')"; done
+    if awk -v h="${RPS[hs-$p-$HS_CONNS-$R]}" -v k="$k" 'BEGIN { exit !(h > k / 2) }'; then
+      echo "  $p: $(ratio "${RPS[hs-$p-$HS_CONNS-$R]}" "$k") of its best keep-alive rate with Connection: close: did wrk reconnect?" >&2
+      FAILED=$((FAILED + 1))
+    fi
+  done
+  for c in $CONNS; do
+    for p in nginx nginx+log nginx+auth haproxy; do
+      for m in RPS CPU P99; do RATIO[ka-$p-$c-$m-$R]="$(r_of ka "$p" "$c" "$m")"; done
+    done
+  done
+  for m in RPS CPU P99; do RATIO[hs-nginx-$HS_CONNS-$m-$R]="$(r_of hs nginx "$HS_CONNS" "$m")"; done
 done
-echo
-echo "new TCP + TLS connection per request (Connection: close; wrk -t$(threads "$HS_CONNS") -c$HS_CONNS)"
-header conn/s us/conn
-for p in kfsec nginx; do line hs "$p" "$HS_CONNS"; done
 resumed="resumed handshakes (both servers resume TLS sessions)"
 if [ "${TLS[kfsec]##* }${TLS[nginx]##* }" != yesyes ]; then resumed="handshakes: see which servers resume above"; fi
 echo "  note: $resumed; wrk's side of each handshake shares the cores: compare us/conn more than conn/s"
-# wrk reconnects only when the answer closes the connection: near a keep-alive rate it did not.
-for p in kfsec nginx; do
-  k=0
-  for c in $CONNS; do k="$(awk -v a="$k" -v b="${RPS[ka-$p-$c]}" 'BEGIN { print (b > a) ? b : a }')"; done
-  if awk -v h="${RPS[hs-$p-$HS_CONNS]}" -v k="$k" 'BEGIN { exit !(h > k / 2) }'; then
-    echo "  $p: $(ratio "${RPS[hs-$p-$HS_CONNS]}" "$k") of its best keep-alive rate with Connection: close: did wrk reconnect?" >&2
-    FAILED=$((FAILED + 1))
-  fi
-done
 
-echo
-echo "ratios (req/s: higher is better for kfsec; CPU/req, p99: lower is better)"
-for c in $CONNS; do
-  printf '  %4s conns   kfsec/nginx rps %5s  CPU/req %5s  p99 %5s   kfsec/(nginx+auth) rps %5s  CPU/req %5s   kfsec/haproxy rps %5s  CPU/req %5s\n' "$c" \
-    "$(ratio "${RPS[ka-kfsec-$c]}" "${RPS[ka-nginx-$c]}")" "$(ratio "${CPU[ka-kfsec-$c]}" "${CPU[ka-nginx-$c]}")" \
-    "$(ratio "${P99[ka-kfsec-$c]}" "${P99[ka-nginx-$c]}")" \
-    "$(ratio "${RPS[ka-kfsec-$c]}" "${RPS[ka-nginx+auth-$c]}")" "$(ratio "${CPU[ka-kfsec-$c]}" "${CPU[ka-nginx+auth-$c]}")" \
-    "$(ratio "${RPS[ka-kfsec-$c]}" "${RPS[ka-haproxy-$c]}")" "$(ratio "${CPU[ka-kfsec-$c]}" "${CPU[ka-haproxy-$c]}")"
-  printf '  %4s conns   kfsec/(nginx+log) rps %5s  CPU/req %5s  p99 %5s   (both record every request)\n' "$c" \
-    "$(ratio "${RPS[ka-kfsec-$c]}" "${RPS[ka-nginx+log-$c]}")" "$(ratio "${CPU[ka-kfsec-$c]}" "${CPU[ka-nginx+log-$c]}")" \
-    "$(ratio "${P99[ka-kfsec-$c]}" "${P99[ka-nginx+log-$c]}")"
-done
-printf '  handshakes kfsec/nginx: conn/s %s  CPU/conn %s  p99 %s\n' \
-  "$(ratio "${RPS[hs-kfsec-$HS_CONNS]}" "${RPS[hs-nginx-$HS_CONNS]}")" \
-  "$(ratio "${CPU[hs-kfsec-$HS_CONNS]}" "${CPU[hs-nginx-$HS_CONNS]}")" \
-  "$(ratio "${P99[hs-kfsec-$HS_CONNS]}" "${P99[hs-nginx-$HS_CONNS]}")"
-# Issue 17's aims, at 64 connections when measured: against nginx (req/s >= 1.0x, CPU/req
-# <= 1.1x, p99 no worse) and nginx + auth_request (req/s >= 2x); the same three against nginx+log.
-if [ -n "${RPS[ka-kfsec-64]:-}" ]; then
-  # aim LABEL A B OP LIMIT: "LABEL 0.97x (aim OP LIMIT: held|MISSED)" for the ratio A/B.
+# ratio_at KEY: the ratio KEY of round $R, or (R=median) the median of the rounds' ratios.
+ratio_at() {
+  if [ "$R" = median ]; then
+    local all=() r
+    for r in $(seq "$ROUNDS"); do all+=("${RATIO[$1-$r]}"); done
+    median "${all[@]}"
+  else
+    echo "${RATIO[$1-$R]}"
+  fi
+}
+# ratios LABEL: the ratio tables of round $R (or R=median), under LABEL.
+ratios() {
+  local c
+  echo
+  echo "ratios, $1 (req/s: higher is better for kfsec; CPU/req, p99: lower is better)"
+  for c in $CONNS; do
+    printf '  %4s conns   kfsec/nginx rps %5s  CPU/req %5s  p99 %5s   kfsec/(nginx+auth) rps %5s  CPU/req %5s   kfsec/haproxy rps %5s  CPU/req %5s\n' "$c" \
+      "$(ratio_at "ka-nginx-$c-RPS")" "$(ratio_at "ka-nginx-$c-CPU")" "$(ratio_at "ka-nginx-$c-P99")" \
+      "$(ratio_at "ka-nginx+auth-$c-RPS")" "$(ratio_at "ka-nginx+auth-$c-CPU")" \
+      "$(ratio_at "ka-haproxy-$c-RPS")" "$(ratio_at "ka-haproxy-$c-CPU")"
+    printf '  %4s conns   kfsec/(nginx+log) rps %5s  CPU/req %5s  p99 %5s   (both record every request)\n' "$c" \
+      "$(ratio_at "ka-nginx+log-$c-RPS")" "$(ratio_at "ka-nginx+log-$c-CPU")" "$(ratio_at "ka-nginx+log-$c-P99")"
+  done
+  printf '  handshakes kfsec/nginx: conn/s %s  CPU/conn %s  p99 %s\n' \
+    "$(ratio_at "hs-nginx-$HS_CONNS-RPS")" "$(ratio_at "hs-nginx-$HS_CONNS-CPU")" "$(ratio_at "hs-nginx-$HS_CONNS-P99")"
+}
+if [ "$ROUNDS" -gt 1 ]; then
+  for R in $(seq "$ROUNDS"); do ratios "round $R"; done
+  R=median
+  ratios "median of the $ROUNDS rounds' ratios"
+else
+  R=1
+  ratios "kfsec/peer"
+fi
+# Issue 17's aims, at 64 connections when measured (the median ratios with ROUNDS > 1): against
+# nginx (req/s >= 1.0x, CPU/req <= 1.1x, p99 no worse) and nginx + auth_request (req/s >= 2x);
+# the same three against nginx+log.
+if [ -n "${RPS[ka-kfsec-64-1]:-}" ]; then
+  # aim LABEL KEY OP LIMIT: "LABEL 0.97x (aim OP LIMIT: held|MISSED)" for the ratio KEY.
   aim() {
     local r
-    r="$(ratio "$2" "$3")"
-    if awk -v r="$r" -v l="$5" -v op="$4" 'BEGIN { exit !((op == ">=") ? r >= l : r <= l) }'; then
-      printf '%s %sx (aim %s %s: held)' "$1" "$r" "$4" "$5"
+    r="$(ratio_at "$2")"
+    if awk -v r="$r" -v l="$4" -v op="$3" 'BEGIN { exit !((op == ">=") ? r >= l : r <= l) }'; then
+      printf '%s %sx (aim %s %s: held)' "$1" "$r" "$3" "$4"
     else
-      printf '%s %sx (aim %s %s: MISSED)' "$1" "$r" "$4" "$5"
+      printf '%s %sx (aim %s %s: MISSED)' "$1" "$r" "$3" "$4"
     fi
   }
   for peer in nginx nginx+log; do
     printf '  aims at 64 conns vs %-9s %s;  %s;  %s\n' "$peer" \
-      "$(aim req/s "${RPS[ka-kfsec-64]}" "${RPS[ka-$peer-64]}" '>=' 1.0)" \
-      "$(aim CPU/req "${CPU[ka-kfsec-64]}" "${CPU[ka-$peer-64]}" '<=' 1.1)" \
-      "$(aim p99 "${P99[ka-kfsec-64]}" "${P99[ka-$peer-64]}" '<=' 1.0)"
+      "$(aim req/s "ka-$peer-64-RPS" '>=' 1.0)" "$(aim CPU/req "ka-$peer-64-CPU" '<=' 1.1)" \
+      "$(aim p99 "ka-$peer-64-P99" '<=' 1.0)"
   done
-  printf '  aim at 64 conns vs nginx+auth %s\n' "$(aim req/s "${RPS[ka-kfsec-64]}" "${RPS[ka-nginx+auth-64]}" '>=' 2.0)"
+  printf '  aim at 64 conns vs nginx+auth %s\n' "$(aim req/s "ka-nginx+auth-64-RPS" '>=' 2.0)"
 fi
 echo "  load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
 if [ "$FAILED" -gt 0 ]; then
