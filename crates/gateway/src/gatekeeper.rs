@@ -711,9 +711,10 @@ fn email_of(id: &Identity) -> Option<&str> {
 
 /// oauth2-proxy's `--set-xauthrequest` answer headers, which nginx `auth_request` setups read
 /// (`$upstream_http_x_auth_request_user`…): the user id, the email (people only) and the groups
-/// comma-separated, as oauth2-proxy joins them. Sent as UTF-8 bytes like the identity headers.
+/// comma-separated, as oauth2-proxy joins them (`headers::groups_list`). Sent as UTF-8 bytes
+/// like the identity headers.
 fn set_auth_request_headers(h: &mut HeaderMap, id: &Identity) {
-    let groups = id.groups.join(",");
+    let groups = crate::headers::groups_list(&id.groups);
     let values = [
         ("x-auth-request-user", Some(id.user.as_str())),
         ("x-auth-request-email", email_of(id)),

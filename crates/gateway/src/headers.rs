@@ -5,8 +5,12 @@
 //! removed here, before identity is added), so a client can never remove a header kfsec sets;
 //! every header whose name, read the way CGI/WSGI gateways read names (ASCII case folded, every
 //! non-alphanumeric character taken as `-`), is a reserved identity or forwarding name is
-//! removed, on every route and protocol version; `X-Forwarded-For` is kept (and appended to)
-//! only when the peer is a trusted proxy, otherwise it is set fresh to the peer.
+//! removed, on every route and protocol version; so is every header whose name reads that way as
+//! a framing or hop-by-hop name but is spelled otherwise (`Content_Length`, `transfer.encoding`):
+//! kfsec frames a request by the real names, and an upstream that read the look-alike could
+//! frame it otherwise on a connection other users' requests share; `X-Forwarded-For` is kept
+//! (and appended to) only when the peer is a trusted proxy, otherwise it is set fresh to the
+//! peer.
 
 use std::net::IpAddr;
 
@@ -31,6 +35,11 @@ const RESERVED: [&str; 16] = [
     "x-user-id",
     "x-groups",
 ];
+
+/// Framing and hop-by-hop names (canonical form), reserved in any spelling but their own: those
+/// with a `-`, which a look-alike can spell with another byte (`Connection`, `TE`, `Host`… have
+/// no look-alike: a name reads as them only when it is them).
+const FRAMING: [&str; 4] = ["content-length", "transfer-encoding", "keep-alive", "proxy-connection"];
 
 /// Reserved name prefixes (canonical form): `X-Forwarded-*`, oauth2-proxy's `X-Auth-Request-*`,
 /// the Kubernetes front-proxy's `X-Remote-*`.
@@ -86,10 +95,16 @@ impl Reserved {
         Self { extra, first }
     }
 
-    /// Whether a client may not send `name` (compared in canonical form without allocating: this
-    /// runs for every header of every request).
+    /// Whether a client may not send `name`: an identity or forwarding name, or a framing or
+    /// hop-by-hop name spelled otherwise than itself (compared in canonical form without
+    /// allocating: this runs for every header of every request).
     pub fn is_reserved(&self, name: &str) -> bool {
         let name = name.as_bytes();
+        self.is_identity(name) || is_framing_look_alike(name)
+    }
+
+    /// Whether `name` reads as an identity or forwarding name.
+    fn is_identity(&self, name: &[u8]) -> bool {
         // The canonical form's first byte: a letter folded to lowercase, `-` for the rest.
         let first = name.first().map_or(b'-', |&b| {
             if b.is_ascii_alphanumeric() {
@@ -107,6 +122,14 @@ impl Reserved {
                 .any(|p| name.len() >= p.len() && canonical_eq(&name[..p.len()], p.as_bytes()))
             || self.extra.iter().any(|r| canonical_eq(name, r.as_bytes()))
     }
+}
+
+/// Whether `name` reads as a framing or hop-by-hop name ([`FRAMING`]) but is not spelled as one:
+/// it holds a byte other than a letter, a digit or `-` (a name of only those, in any case, is
+/// the header itself, which the framing and `Connection` rules handle).
+fn is_framing_look_alike(name: &[u8]) -> bool {
+    name.iter().any(|&b| !(b.is_ascii_alphanumeric() || b == b'-'))
+        && FRAMING.iter().any(|f| canonical_eq(name, f.as_bytes()))
 }
 
 /// The names a `Connection` header value lists (RFC 9110 §7.6.1), split on commas and trimmed
@@ -146,6 +169,24 @@ pub fn apply_connection(h: &mut HeaderMap) {
     if upgrade && h.contains_key(header::UPGRADE) {
         h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
+}
+
+/// `groups` as one header value, comma-separated as Kubeflow's `kubeflow-groups` and
+/// oauth2-proxy's `X-Auth-Request-Groups` carry them. A group whose name holds a comma is left
+/// out: a reader would split it in two, and a part could read as another group (`a,admins`).
+pub(crate) fn groups_list(groups: &[String]) -> String {
+    let mut list = String::new();
+    for g in groups {
+        if g.contains(',') {
+            tracing::debug!(group = %g, "a group name with a comma is left out of the groups header");
+            continue;
+        }
+        if !list.is_empty() {
+            list.push(',');
+        }
+        list.push_str(g);
+    }
+    list
 }
 
 /// `X-Forwarded-For` as a typed name (a `&str` name is parsed again at every use).
@@ -345,6 +386,56 @@ mod tests {
         for n in ["my-users", "mx-user", "8-groups"] {
             assert!(!r.is_reserved(n), "{n}");
         }
+    }
+
+    #[test]
+    fn framing_and_hop_by_hop_look_alikes_are_reserved_and_the_names_themselves_are_not() {
+        let r = reserved();
+        for n in [
+            "content_length",
+            "Content.Length",
+            "transfer_encoding",
+            "Transfer~Encoding",
+            "transfer'encoding",
+            "KEEP.ALIVE",
+            "keep_alive",
+            "proxy_connection",
+            "Proxy*Connection",
+        ] {
+            assert!(r.is_reserved(n), "{n}");
+        }
+        // The names themselves, in any case, are left to the framing and `Connection` rules;
+        // other names with `_` or `.` pass.
+        for n in [
+            "content-length",
+            "Content-Length",
+            "transfer-encoding",
+            "TE",
+            "te",
+            "host",
+            "upgrade",
+            "x_custom",
+            "x.trace.id",
+            "content_type",
+            "content_lengths",
+            "_content_length",
+            "connection_",
+            "te_",
+            "h_st",
+        ] {
+            assert!(!r.is_reserved(n), "{n}");
+        }
+    }
+
+    #[test]
+    fn a_group_with_a_comma_is_left_out_of_the_groups_list() {
+        let groups = |g: &[&str]| groups_list(&g.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>());
+        assert_eq!(groups(&[]), "");
+        assert_eq!(groups(&["team-a"]), "team-a");
+        assert_eq!(groups(&["team-a", "team b", "x"]), "team-a,team b,x");
+        assert_eq!(groups(&["a,admins", "team-a"]), "team-a");
+        assert_eq!(groups(&["team-a", "a,admins"]), "team-a");
+        assert_eq!(groups(&[",", "a,", ",b"]), "");
     }
 
     #[test]

@@ -25,7 +25,7 @@ use std::sync::atomic::AtomicUsize;
 use std::task::Poll;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use http_body::Body as _;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
@@ -59,6 +59,10 @@ pub(crate) struct Lean<'a, S> {
     pub header_deadline: Instant,
     pub idle_timeout: Duration,
 }
+
+/// Bytes of empty lines (CR, LF) ignored before a request line (RFC 9112 §2.2 asks for at least
+/// one CRLF); a client that sends more is not speaking HTTP, and its connection is closed.
+const MAX_BLANK: usize = 16;
 
 /// Bodies larger than this are written straight from their frame, not copied behind the head.
 const COPY_MAX: usize = 16 * 1024;
@@ -94,6 +98,8 @@ impl<S: Service> Lean<'_, S> {
         let mut last_done: Option<Instant> = None;
         // Bytes of `buf` known to hold no end of a head.
         let mut searched = 0;
+        // Bytes of empty lines dropped before the request being read.
+        let mut blank = 0;
         // Never later than the real deadline (the header deadline before the first answer, the
         // idle timeout after the last one); looked at again, and moved, when it passes.
         let timer = tokio::time::sleep_until(self.header_deadline.min(Instant::now() + self.idle_timeout));
@@ -113,6 +119,18 @@ impl<S: Service> Lean<'_, S> {
                 return End::Closed;
             }
             let (request, keep_alive) = loop {
+                // Empty lines before the request line are dropped as they come, so they are
+                // never parsed again (httparse skips any number of them, and a head re-parsed
+                // after each of many tiny reads would make the work quadratic).
+                let leading = buf.iter().take_while(|&&b| b == b'\r' || b == b'\n').count();
+                if leading > 0 {
+                    blank += leading;
+                    if blank > MAX_BLANK {
+                        return End::Closed;
+                    }
+                    buf.advance(leading);
+                    searched = 0;
+                }
                 // A head that came in one read is parsed at once; one that comes in pieces only
                 // once a piece may have ended it.
                 if searched == 0 || h1::may_hold_head(&buf, searched) || buf.len() >= MAX_HEADER_BYTES {
@@ -156,6 +174,7 @@ impl<S: Service> Lean<'_, S> {
                 }
             };
             searched = 0;
+            blank = 0;
             let method = request.method().clone();
             let mut req = request.map(|()| axum::body::Body::empty());
             if let Some(id) = self.cert_identity {

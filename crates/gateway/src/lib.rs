@@ -424,7 +424,7 @@ impl IdentityValues {
         user.push_str(&id.user);
         let groups = match id.groups.as_slice() {
             [] => Ok(HeaderValue::from_static("")),
-            many => HeaderValue::from_maybe_shared(bytes::Bytes::from(many.join(","))),
+            many => HeaderValue::from_maybe_shared(bytes::Bytes::from(headers::groups_list(many))),
         };
         Self {
             caller: caller.clone(),

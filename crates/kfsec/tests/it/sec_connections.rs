@@ -735,3 +735,56 @@ async fn a_connection_flood_cannot_exhaust_file_descriptors() {
     health.finish();
     drop(conns);
 }
+
+/// A few empty lines before a request line are ignored (RFC 9112 §2.2), on a new connection and
+/// between keep-alive requests; a stream of them is not HTTP, and its connection is closed at
+/// once instead of being parsed again after every piece until a timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_lines_before_a_request_are_ignored_and_a_stream_of_them_is_cut_off() {
+    use tokio::io::AsyncBufReadExt;
+    // Default limits: the header and idle timeouts are far longer than this test waits.
+    let k = Kfsec::start("").await;
+    let s = tls(&k, TcpStream::connect(k.running.https_addr).await.unwrap(), b"http/1.1").await;
+    let (r, mut w) = tokio::io::split(s);
+    let mut r = tokio::io::BufReader::new(r);
+    for lead in [&b"\r\n"[..], b"\r\n\r\n", b"\n"] {
+        let mut req = lead.to_vec();
+        req.extend_from_slice(b"GET /open/x HTTP/1.1\r\nHost: localhost\r\n\r\n");
+        w.write_all(&req).await.unwrap();
+        let mut status = String::new();
+        r.read_line(&mut status).await.unwrap();
+        assert!(status.starts_with("HTTP/1.1 "), "after {lead:?}: {status:?}");
+        let len = read_head(&mut r).await;
+        let mut body = vec![0u8; len];
+        r.read_exact(&mut body).await.unwrap();
+    }
+    // Many empty lines, each in a TLS record of its own, on this connection and a new one.
+    let fresh = tls(&k, TcpStream::connect(k.running.https_addr).await.unwrap(), b"http/1.1").await;
+    let (fresh_r, fresh_w) = tokio::io::split(fresh);
+    for (what, mut r, mut w) in [
+        (
+            "after a request",
+            Box::new(r) as Box<dyn AsyncRead + Unpin + Send>,
+            Box::new(w) as Box<dyn AsyncWrite + Unpin + Send>,
+        ),
+        ("first", Box::new(fresh_r), Box::new(fresh_w)),
+    ] {
+        let t = Instant::now();
+        let writer = tokio::spawn(async move {
+            for _ in 0..200 {
+                if w.write_all(b"\r\n").await.is_err() || w.flush().await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            std::future::pending::<()>().await;
+        });
+        let closed = closed_within(&mut r, t, Duration::from_secs(5)).await;
+        writer.abort();
+        assert!(
+            closed.is_some(),
+            "{what}: a stream of empty lines kept the connection open"
+        );
+    }
+    k.running.shutdown().await;
+}

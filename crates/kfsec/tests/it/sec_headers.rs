@@ -2,7 +2,8 @@
 //! any spelling (dash, underscore, case, `Connection`-named, duplicated, HTTP/2) on protected and
 //! public routes, as seen by a real WSGI upstream and by a raw-socket upstream recording exact
 //! bytes; forwarding headers come from kfsec, not the client; `Authorization` reaches only routes
-//! that opt in; every response carries HSTS and `nosniff`; upstream failures and malformed
+//! that opt in; look-alikes of framing headers (`Content_Length`) never reach an upstream; every
+//! response carries HSTS and `nosniff`; upstream failures and malformed
 //! bodies are answered without internal detail.
 
 use std::net::SocketAddr;
@@ -453,6 +454,73 @@ publicURL: https://kubeflow.example.org\nuserIdHeader: x-goog-authenticated-user
         let head = seen.lock().unwrap().pop().unwrap();
         assert_eq!(head.contains(&bearer), forwarded, "{path}:\n{head}");
     }
+    k.running.shutdown().await;
+}
+
+/// Names that read, the CGI way, as a framing or hop-by-hop header but are spelled otherwise
+/// never reach an upstream (one that read them as the real names could frame a request other
+/// than kfsec did, on a connection other users' requests share), on the lean `GET` path, a
+/// `POST` with a body (hyper's path) and HTTP/2; other names with `_` or `.` still do, and the
+/// real body arrives whole.
+#[tokio::test]
+async fn framing_header_look_alikes_never_reach_an_upstream() {
+    let (raw, seen) = raw_upstream(|_| "ok".into()).await;
+    let k = Kfsec::start(&format!(
+        "- prefix: /raw-open/\n  upstream: http://{raw}\n  public: true\n"
+    ))
+    .await;
+    let look_alikes: Vec<(&str, &str)> = vec![
+        ("Content_Length", "5"),
+        ("content.length", "0"),
+        ("Transfer_Encoding", "chunked"),
+        ("transfer~encoding", "chunked"),
+        ("Keep_Alive", "timeout=5"),
+        ("proxy_connection", "keep-alive"),
+        ("X_Custom", "kept"),
+        ("x.trace.id", "kept"),
+    ];
+    let check = |head: &str, what: &str| {
+        let lines = header_lines(head);
+        for (n, _) in &lines {
+            let spelled_otherwise = n.bytes().any(|b| !(b.is_ascii_alphanumeric() || b == b'-'));
+            let c = canonical(n);
+            assert!(
+                !(spelled_otherwise
+                    && ["content-length", "transfer-encoding", "keep-alive", "proxy-connection"].contains(&c.as_str())),
+                "{what}: {n} reached the upstream:\n{head}"
+            );
+        }
+        for n in ["x_custom", "x.trace.id"] {
+            assert!(
+                lines.iter().any(|(m, v)| m.eq_ignore_ascii_case(n) && v == "kept"),
+                "{what}: {n} was dropped:\n{head}"
+            );
+        }
+    };
+    seen.lock().unwrap().clear();
+    let (status, resp) = h1(&k, "GET /raw-open/a HTTP/1.1", &look_alikes, b"").await;
+    assert_eq!(status, 200, "{resp}");
+    let head = seen.lock().unwrap().pop().unwrap();
+    check(&head, "GET");
+    assert!(!head.to_ascii_lowercase().contains("content-length"), "GET:\n{head}");
+    let mut with_body = look_alikes.clone();
+    with_body.push(("Content-Length", "11"));
+    seen.lock().unwrap().clear();
+    let (status, resp) = h1(&k, "POST /raw-open/b HTTP/1.1", &with_body, b"hello world").await;
+    assert_eq!(status, 200, "{resp}");
+    let head = seen.lock().unwrap().pop().unwrap();
+    check(&head, "POST");
+    assert!(
+        head.to_ascii_lowercase().contains("content-length: 11"),
+        "POST:\n{head}"
+    );
+    seen.lock().unwrap().clear();
+    let lower: Vec<(String, &str)> = look_alikes.iter().map(|(n, v)| (n.to_ascii_lowercase(), *v)).collect();
+    let lower: Vec<(&str, &str)> = lower.iter().map(|(n, v)| (n.as_str(), *v)).collect();
+    let (status, _, _) = h2(&k, "/raw-open/c", &lower).await;
+    assert_eq!(status, 200);
+    let head = seen.lock().unwrap().pop().unwrap();
+    check(&head, "HTTP/2");
     k.running.shutdown().await;
 }
 
