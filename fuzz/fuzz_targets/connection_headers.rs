@@ -8,7 +8,9 @@
 //!   `Connection` remains only as `upgrade`, beside an `Upgrade`;
 //! - in an answer: no hop-by-hop header and no header its `Connection` lists remains
 //!   (`Connection` and `Upgrade` only for an upgrade, and `Upgrade` only if not listed),
-//!   nor `Service-Worker-Allowed`;
+//!   nor `Service-Worker-Allowed` or `Clear-Site-Data`, nor a `Set-Cookie` of one of kfsec's
+//!   cookies (its name before the first `=`, trimmed, in any case), while every other
+//!   `Set-Cookie` is kept in order;
 //! - every other header is kept, with all its values in order.
 //!
 //! Input: a flags byte (bit 0: the peer is a trusted proxy; bit 1: the answer is an upgrade's),
@@ -21,7 +23,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use http::header::{CONNECTION, UPGRADE};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use kfsec_gateway::headers::{Reserved, sanitize};
-use kfsec_gateway::proxy::sanitize_upstream_response;
+use kfsec_gateway::proxy::{OwnCookies, sanitize_upstream_response};
 use libfuzzer_sys::fuzz_target;
 
 const PEER: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7));
@@ -123,9 +125,21 @@ fn edge(received: &HeaderMap, trusted: bool) {
     });
 }
 
+/// kfsec's cookies, as this target knows them (its own list: see `LOOK_ALIKE_OF`).
+const OWN_COOKIES: [&str; 3] = ["authservice_session", "oidc_state_csrf", "kfsec_upstream_login"];
+
+/// Whether a `Set-Cookie` value sets one of [`OWN_COOKIES`] (the reference reading: lossy text,
+/// up to the first `;`, the name before the first `=`, trimmed).
+fn sets_own(v: &HeaderValue) -> bool {
+    let text = String::from_utf8_lossy(v.as_bytes());
+    let pair = text.split(';').next().unwrap_or_default();
+    pair.split_once('=')
+        .is_some_and(|(name, _)| OWN_COOKIES.iter().any(|own| own.eq_ignore_ascii_case(name.trim_matches(|c: char| c.is_ascii_whitespace()))))
+}
+
 fn answer(received: &HeaderMap, upgrade: bool) {
     let mut h = received.clone();
-    sanitize_upstream_response(&mut h, upgrade);
+    sanitize_upstream_response(&mut h, upgrade, &OwnCookies::new("authservice_session"));
     let listed = listed(received);
     let upgrade_keeps = |n: &str| upgrade && (n == "connection" || n == "upgrade");
     for n in HOP_BY_HOP {
@@ -138,9 +152,19 @@ fn answer(received: &HeaderMap, upgrade: bool) {
             assert!(!h.contains_key(n.as_str()), "{n}, listed in Connection, reached the client");
         }
     }
-    assert!(!h.contains_key("service-worker-allowed"));
+    assert!(!h.contains_key("service-worker-allowed") && !h.contains_key("clear-site-data"));
+    let cookies_kept: Vec<&HeaderValue> = h.get_all("set-cookie").iter().collect();
+    assert!(!cookies_kept.iter().any(|v| sets_own(v)), "kfsec's cookie set by an upstream reached the client: {cookies_kept:?}");
+    if !listed.iter().any(|l| l == "set-cookie") {
+        let want: Vec<&HeaderValue> = received.get_all("set-cookie").iter().filter(|v| !sets_own(v)).collect();
+        assert_eq!(cookies_kept, want, "another Set-Cookie was not kept as it came");
+    }
     kept(received, &h, |n| {
-        !HOP_BY_HOP.contains(&n.as_str()) && n != "service-worker-allowed" && !listed.iter().any(|l| l == n.as_str())
+        !HOP_BY_HOP.contains(&n.as_str())
+            && n != "service-worker-allowed"
+            && n != "clear-site-data"
+            && n != "set-cookie"
+            && !listed.iter().any(|l| l == n.as_str())
     });
 }
 

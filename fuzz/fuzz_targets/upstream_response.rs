@@ -4,10 +4,10 @@
 //! "incomplete" (no answer is read differently because it arrived in pieces), and the cheap
 //! "may hold a head" check never hides it; its framing is the one its headers allow (chunked
 //! only without `Content-Length`, a length only as the header says, no body for `HEAD`, 1xx,
-//! 204 and 304; reuse only for HTTP/1.1 that knows its end). The bytes after the head, as a
-//! chunked body, decode to the same data, trailers and leftover — or the same refusal — whether
-//! they arrive whole or one byte at a time, and a body the target itself chunks from the input
-//! decodes back to it.
+//! 204 and 304; reuse only for HTTP/1.1 that knows its end, never after a 204 that declares a
+//! body). The bytes after the head, as a chunked body, decode to the same data, trailers and
+//! leftover — or the same refusal — whether they arrive whole or one byte at a time, and a body
+//! the target itself chunks from the input decodes back to it.
 
 #![no_main]
 
@@ -56,6 +56,9 @@ fn check_head(data: &[u8], method: &Method) {
     }
     if head.keep_alive {
         assert!(head.version == Version::HTTP_11 && head.body != Framing::UntilClose);
+        // a 204 that declares a body may send it where the next answer would be read
+        let declared = te || cl.and_then(|v| v.to_str().ok()).is_some_and(|v| v.split(',').any(|p| p.trim() != "0"));
+        assert!(!(head.status == StatusCode::NO_CONTENT && declared), "a 204 declaring a body was kept alive");
     }
 }
 

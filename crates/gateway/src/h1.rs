@@ -208,7 +208,11 @@ pub fn parse_response_head(buf: &mut BytesMut, method: &Method) -> Result<Option
         (None, Some(n)) => Framing::Length(n),
         (None, None) => Framing::UntilClose,
     };
-    let keep_alive = version == Version::HTTP_11 && !close && body != Framing::UntilClose;
+    // A 204 may declare no body (RFC 9110 §8.6, §6.4.1); one that does may send it, where the
+    // connection's next answer would be read: it is not reused.
+    let declares_body = chunked.is_some() || length.is_some_and(|n| n > 0);
+    let stray = status == StatusCode::NO_CONTENT && declares_body;
+    let keep_alive = version == Version::HTTP_11 && !close && !stray && body != Framing::UntilClose;
     Ok(Some(ResponseHead {
         status,
         version,
@@ -1025,10 +1029,20 @@ mod tests {
             framing("HTTP/1.0 200 OK\r\ncontent-length: 3\r\n\r\n"),
             Ok((Length(3), false))
         );
+        // A 204 that declares a body may send it after its head: its connection is not reused.
         assert_eq!(
             framing("HTTP/1.1 204 No Content\r\ntransfer-encoding: chunked\r\n\r\n"),
+            Ok((Empty, false))
+        );
+        assert_eq!(
+            framing("HTTP/1.1 204 No Content\r\ncontent-length: 6\r\n\r\n"),
+            Ok((Empty, false))
+        );
+        assert_eq!(
+            framing("HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n"),
             Ok((Empty, true))
         );
+        assert_eq!(framing("HTTP/1.1 204 No Content\r\n\r\n"), Ok((Empty, true)));
         assert_eq!(
             framing("HTTP/1.1 304 Not Modified\r\ncontent-length: 9\r\n\r\n"),
             Ok((Empty, true))

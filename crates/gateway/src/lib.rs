@@ -220,7 +220,12 @@ impl App {
             ),
             None => None,
         };
-        let proxy = proxy::Proxy::new(&settings.routes, settings.upstream_identity.as_ref(), forwarded_host)?;
+        let proxy = proxy::Proxy::new(
+            &settings.routes,
+            settings.upstream_identity.as_ref(),
+            forwarded_host,
+            proxy::OwnCookies::new(&settings.cookie_name),
+        )?;
         let reserved = headers::Reserved::new(&settings.user_id_header, &settings.groups_header);
         let (api, mounts) = match api {
             Some((router, mounts)) => (Some(router), responses::Mounts::new(mounts)),
@@ -633,8 +638,8 @@ fn security_headers(mut resp: Response, proxied: bool) -> Response {
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.starts_with("text/html"));
     let h = resp.headers_mut();
-    h.entry(header::STRICT_TRANSPORT_SECURITY)
-        .or_insert(HeaderValue::from_static(HSTS));
+    // (an upstream's replaced: the transport policy is the whole origin's, kfsec's to set)
+    h.insert(header::STRICT_TRANSPORT_SECURITY, HeaderValue::from_static(HSTS));
     h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     if own_html {
         h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));

@@ -313,20 +313,73 @@ fn named_by(v: &HeaderValue, keep_upgrade: bool) -> impl Iterator<Item = &str> {
     crate::headers::connection_names(v).filter(move |n| !(keep_upgrade && n.eq_ignore_ascii_case("upgrade")))
 }
 
-/// Removes what an upstream's answer must not say for the whole origin: `Service-Worker-Allowed`
-/// would let an app's service worker control paths beyond the script's directory — `/`, kfsec's
-/// login form and pages, and navigations such as `POST /kubeconfig`, whose answers it could
-/// read. Without it, a worker stays under its route's prefix.
-fn confine_upstream_response(h: &mut HeaderMap) {
+/// `Clear-Site-Data` as a typed name.
+static CLEAR_SITE_DATA: HeaderName = HeaderName::from_static("clear-site-data");
+
+/// The cookies kfsec sets on the origin — the session, the gatekeeper's login state, an upstream
+/// login's pending state — which no upstream's answer may set, replace or clear.
+#[derive(Debug, Clone)]
+pub struct OwnCookies(Box<[Box<str>]>);
+
+impl OwnCookies {
+    /// kfsec's cookies, its session cookie named `session`.
+    pub fn new(session: &str) -> Self {
+        Self(
+            [
+                session,
+                crate::gatekeeper::CSRF_COOKIE,
+                kfsec_idp::cookies::PENDING_LOGIN,
+            ]
+            .map(Box::from)
+            .into(),
+        )
+    }
+
+    /// Whether the `Set-Cookie` value `v` sets one of them (its name in any case: a browser
+    /// would keep another case apart, so removing it too removes nothing kfsec reads).
+    fn sets_own(&self, v: &HeaderValue) -> bool {
+        let name = kfsec_idp::cookies::set_cookie_name(v.as_bytes());
+        self.0.iter().any(|own| own.as_bytes().eq_ignore_ascii_case(name))
+    }
+}
+
+/// Removes what an upstream's answer must not say for the whole origin, whose other routes are
+/// other users' apps and kfsec's own pages:
+/// - `Service-Worker-Allowed` would let an app's service worker control paths beyond the
+///   script's directory — `/`, kfsec's login form and pages, and navigations such as
+///   `POST /kubeconfig`, whose answers it could read. Without it, a worker stays under its
+///   route's prefix.
+/// - A `Set-Cookie` of one of kfsec's cookies (`own`) would plant a session — the app owner's,
+///   under a path of the victim's app, which the browser then sends first — or a login state,
+///   or clear them.
+/// - `Clear-Site-Data` would clear every app's cookies and storage on the origin.
+///
+/// (`Strict-Transport-Security` is the edge's to set: it replaces an upstream's.)
+fn confine_upstream_response(h: &mut HeaderMap, own: &OwnCookies) {
     h.remove(&SERVICE_WORKER_ALLOWED);
+    h.remove(&CLEAR_SITE_DATA);
+    // Most answers set no cookie, and most that do set none of kfsec's: nothing is copied then.
+    if h.get_all(header::SET_COOKIE).iter().any(|v| own.sets_own(v)) {
+        let kept: Vec<HeaderValue> = h
+            .get_all(header::SET_COOKIE)
+            .iter()
+            .filter(|v| !own.sets_own(v))
+            .cloned()
+            .collect();
+        h.remove(header::SET_COOKIE);
+        for v in kept {
+            h.append(header::SET_COOKIE, v);
+        }
+    }
 }
 
 /// What an upstream's answer may say to the client: its hop-by-hop headers and the headers its
 /// own `Connection` lists removed (`Connection` and `Upgrade` kept for an `upgrade` the client
-/// asked for), and `Service-Worker-Allowed` (`confine_upstream_response`).
-pub fn sanitize_upstream_response(h: &mut HeaderMap, upgrade: bool) {
+/// asked for), and what would reach beyond its route (`confine_upstream_response`:
+/// `Service-Worker-Allowed`, `Clear-Site-Data`, a `Set-Cookie` of kfsec's cookies `own`).
+pub fn sanitize_upstream_response(h: &mut HeaderMap, upgrade: bool, own: &OwnCookies) {
     strip_hop_by_hop(h, upgrade, true);
-    confine_upstream_response(h);
+    confine_upstream_response(h, own);
 }
 
 fn is_upgrade(h: &HeaderMap) -> bool {
@@ -403,6 +456,7 @@ pub struct Proxy {
     plain: Arc<HashMap<String, Arc<PlainPool>>>,
     tls: Arc<TlsClients>,
     forwarded_host: Option<HeaderValue>,
+    own_cookies: OwnCookies,
 }
 
 /// Idle connections kept per plain upstream and per TLS route.
@@ -525,6 +579,7 @@ impl Proxy {
         routes: &[Route],
         identity: Option<&UpstreamIdentity>,
         forwarded_host: Option<HeaderValue>,
+        own_cookies: OwnCookies,
     ) -> Result<Self, GatewayError> {
         let mut plain = HashMap::new();
         for r in routes.iter().filter(|r| r.tls.is_none()) {
@@ -545,6 +600,7 @@ impl Proxy {
             plain: Arc::new(plain),
             tls: Arc::new(tls),
             forwarded_host,
+            own_cookies,
         })
     }
 }
@@ -652,11 +708,11 @@ impl Proxy {
                 });
             }
             let (mut parts, _) = resp.into_parts();
-            sanitize_upstream_response(&mut parts.headers, true);
+            sanitize_upstream_response(&mut parts.headers, true, &self.own_cookies);
             return Ok(Response::from_parts(parts, Body::empty()));
         }
         let (mut parts, body) = resp.into_parts();
-        sanitize_upstream_response(&mut parts.headers, false);
+        sanitize_upstream_response(&mut parts.headers, false, &self.own_cookies);
         Ok(Response::from_parts(parts, body))
     }
 }
@@ -917,9 +973,57 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("service-worker-allowed", HeaderValue::from_static("/"));
         h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/javascript"));
-        confine_upstream_response(&mut h);
+        confine_upstream_response(&mut h, &OwnCookies::new("authservice_session"));
         assert!(h.get("service-worker-allowed").is_none());
         assert_eq!(h[header::CONTENT_TYPE], "text/javascript");
+    }
+
+    #[test]
+    fn upstream_answers_cannot_set_kfsecs_cookies_or_clear_the_site() {
+        let own = OwnCookies::new("my_session");
+        let set_cookies = |h: &HeaderMap| -> Vec<String> {
+            h.get_all(header::SET_COOKIE)
+                .iter()
+                .map(|v| v.to_str().unwrap().to_owned())
+                .collect()
+        };
+        let mut h = HeaderMap::new();
+        for v in [
+            "my_session=attackers; Path=/victim/; Secure",
+            "theme=dark; Path=/app/",
+            " MY_SESSION =x",
+            "oidc_state_csrf=forged; Path=/authservice/",
+            "kfsec_upstream_login=; Max-Age=0",
+            "app_session=1; HttpOnly",
+            "my_session",
+            "x=1; my_session=2",
+        ] {
+            h.append(header::SET_COOKIE, HeaderValue::from_static(v));
+        }
+        h.insert("clear-site-data", HeaderValue::from_static("\"cookies\""));
+        confine_upstream_response(&mut h, &own);
+        // (`my_session` alone names no cookie, and `x=1; my_session=2` sets `x`)
+        assert_eq!(
+            set_cookies(&h),
+            [
+                "theme=dark; Path=/app/",
+                "app_session=1; HttpOnly",
+                "my_session",
+                "x=1; my_session=2"
+            ]
+        );
+        assert!(h.get("clear-site-data").is_none());
+        // The default session name is kfsec's only when configured so.
+        let mut h = HeaderMap::new();
+        h.append(header::SET_COOKIE, HeaderValue::from_static("authservice_session=x"));
+        confine_upstream_response(&mut h, &own);
+        assert_eq!(h.get_all(header::SET_COOKIE).iter().count(), 1);
+        // An answer without kfsec's cookies keeps its own in order.
+        let mut h = HeaderMap::new();
+        h.append(header::SET_COOKIE, HeaderValue::from_static("b=2"));
+        h.append(header::SET_COOKIE, HeaderValue::from_static("a=1"));
+        confine_upstream_response(&mut h, &own);
+        assert_eq!(set_cookies(&h), ["b=2", "a=1"]);
     }
 
     #[test]

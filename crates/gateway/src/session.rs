@@ -4,7 +4,8 @@
 //! the session under the SHA-256 of the id (never the id itself), with a TTL; an in-memory cache
 //! makes the hot path a MAC check plus a hash-map lookup. Invariants: a cookie is honoured only
 //! while its record exists, so logout (record deleted, cache evicted, other replicas evicted by
-//! watch) stops a copied cookie at once; MAC comparison is constant-time; a session is returned
+//! watch) stops a copied cookie at once, and a store read begun before a logout never puts the
+//! session back in a cache (`Sessions::cache_if_current`); MAC comparison is constant-time; a session is returned
 //! with its start time (the time of the login's password check, given by the caller) so the
 //! caller ([`kfsec_idp::Authenticator::session`]) can hold it against the user's revocation epoch; a user has at most `max_per_user` sessions (a per-user index
 //! under `/kfsec/session-users/`, the oldest ended first), and all of them end together on
@@ -21,6 +22,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use aws_lc_rs::hmac;
@@ -284,6 +286,11 @@ pub struct Sessions {
     /// Live sessions by hash. Its version moves with every change (login, logout, re-check,
     /// watch event, prune): copies of what it answered ([`crate::front`]) go with it.
     cache: Versioned<HashMap<String, Arc<Live>>>,
+    /// Evictions so far (a logout, a watched deletion, a user's revocation, a cleared cache),
+    /// counted before the cache is looked at. What was read from the store is cached only if
+    /// none happened since the read began ([`Sessions::cache_if_current`]): a logout racing
+    /// the read — its eviction finding nothing cached yet — is not undone by the read's insert.
+    evictions: AtomicU64,
     /// Sessions being re-checked right now (by hash).
     refreshing: Mutex<HashSet<String>>,
 }
@@ -316,6 +323,7 @@ impl Sessions {
             max_per_user: max_per_user.max(1),
             revalidate,
             cache: Versioned::default(),
+            evictions: AtomicU64::new(0),
             refreshing: Mutex::default(),
         })
     }
@@ -473,18 +481,39 @@ impl Sessions {
         if let Some(entry) = cached {
             return (now < entry.expires_at).then_some((hash, entry));
         }
-        let kv = self.store.get(&format!("{PREFIX}{hash}")).await.ok()??;
-        let rec: SessionRecord = serde_json::from_slice(&kv.value).ok()?;
-        if now >= rec.expires_at {
-            return None;
+        // Read again (once) when a session was evicted meanwhile: the eviction may have been
+        // this one's logout, which the second read sees; a request that still overlaps one is
+        // answered from its read, uncached.
+        for attempt in 0..2 {
+            let seen = self.evictions.load(Ordering::SeqCst);
+            let kv = self.store.get(&format!("{PREFIX}{hash}")).await.ok()??;
+            let rec: SessionRecord = serde_json::from_slice(&kv.value).ok()?;
+            if now >= rec.expires_at {
+                return None;
+            }
+            let live = Arc::new(Live::from_record(&rec));
+            if self.cache_if_current(&hash, &live, seen) || attempt == 1 {
+                return Some((hash, live));
+            }
         }
-        let live = Arc::new(Live::from_record(&rec));
+        None
+    }
+
+    /// Caches `live` as `hash`'s state unless a session was evicted since `seen` (the count
+    /// read before the store read `live` came from); whether it was cached.
+    fn cache_if_current(&self, hash: &str, live: &Arc<Live>, seen: u64) -> bool {
         let mut cache = self.cache.write();
+        // (read under the lock an eviction's look at the cache waits for: an eviction counted
+        // after this sees the entry and removes it)
+        if self.evictions.load(Ordering::SeqCst) != seen {
+            return false;
+        }
         if cache.len() > 200_000 {
+            let now = self.clock.now().as_secs();
             cache.retain(|_, e| e.expires_at > now);
         }
-        cache.insert(hash.clone(), live.clone());
-        Some((hash, live))
+        cache.insert(hash.to_owned(), live.clone());
+        true
     }
 
     /// Re-checks one session upstream (one at a time per session: a request arriving meanwhile
@@ -500,6 +529,7 @@ impl Sessions {
             return Some(live);
         }
         let _guard = Refreshing(self, hash.to_owned());
+        let seen = self.evictions.load(Ordering::SeqCst);
         let key = format!("{PREFIX}{hash}");
         // The record, not the cache: another replica may have re-checked (and rotated the
         // refresh token) already.
@@ -511,15 +541,15 @@ impl Sessions {
             Ok(None) => return self.ended(hash, &live.identity.user, "session record gone").await,
             Err(e) => {
                 tracing::warn!(user = %live.identity.user, error = %e, "session re-check postponed: store unavailable");
-                return Some(self.postpone(hash, &live));
+                return Some(self.postpone(hash, &live, seen));
             }
         };
         let now = self.clock.now();
         let Some(link) = rec.upstream.clone() else {
-            return Some(self.cache_record(hash, &rec));
+            return Some(self.cache_record(hash, &rec, seen));
         };
         if now.as_millis() < link.checked_ms.saturating_add(millis(every)) {
-            return Some(self.cache_record(hash, &rec));
+            return Some(self.cache_record(hash, &rec, seen));
         }
         match refresher.refresh(&link.refresh_token).await {
             Refreshed::Valid {
@@ -543,19 +573,19 @@ impl Sessions {
                 match self.store.update(&key, body, Some(kv.mod_revision), Some(ttl)).await {
                     Ok(_) => {
                         tracing::debug!(user = %rec.user, connector = %link.connector, "session re-checked upstream");
-                        Some(self.cache_record(hash, &rec))
+                        Some(self.cache_record(hash, &rec, seen))
                     }
                     // Written meanwhile (another replica's re-check, whose token is the newer).
                     Err(StoreError::Conflict { .. }) => match self.store.get(&key).await {
                         Ok(Some(kv)) => serde_json::from_slice::<SessionRecord>(&kv.value)
                             .ok()
-                            .map(|r| self.cache_record(hash, &r)),
+                            .map(|r| self.cache_record(hash, &r, seen)),
                         _ => self.ended(hash, &rec.user, "session record gone").await,
                     },
                     Err(StoreError::NotFound(_)) => self.ended(hash, &rec.user, "session record gone").await,
                     Err(e) => {
                         tracing::warn!(user = %rec.user, error = %e, "re-checked session not saved; retried later");
-                        Some(self.postpone(hash, &live))
+                        Some(self.postpone(hash, &live, seen))
                     }
                 }
             }
@@ -565,27 +595,28 @@ impl Sessions {
             }
             Refreshed::Unavailable(why) => {
                 tracing::warn!(user = %rec.user, connector = %link.connector, reason = %why, "session re-check failed for now; the session goes on and is re-checked later");
-                Some(self.postpone(hash, &live))
+                Some(self.postpone(hash, &live, seen))
             }
         }
     }
 
-    /// Caches `rec` as the session's state and returns it.
-    fn cache_record(&self, hash: &str, rec: &SessionRecord) -> Arc<Live> {
+    /// Caches `rec` as the session's state (unless a session was evicted since `seen`) and
+    /// returns it.
+    fn cache_record(&self, hash: &str, rec: &SessionRecord, seen: u64) -> Arc<Live> {
         let live = Arc::new(Live::from_record(rec));
-        self.cache.write().insert(hash.to_owned(), live.clone());
+        self.cache_if_current(hash, &live, seen);
         live
     }
 
     /// No new attempt before [`RETRY_AFTER_FAILURE`] from now.
-    fn postpone(&self, hash: &str, live: &Live) -> Arc<Live> {
+    fn postpone(&self, hash: &str, live: &Live, seen: u64) -> Arc<Live> {
         let retry = self.clock.now().as_millis().saturating_add(millis(RETRY_AFTER_FAILURE));
         let mut next = live.clone();
         if let Some(u) = &mut next.upstream {
             u.2 = retry;
         }
         let next = Arc::new(next);
-        self.cache.write().insert(hash.to_owned(), next.clone());
+        self.cache_if_current(hash, &next, seen);
         next
     }
 
@@ -620,15 +651,24 @@ impl Sessions {
     /// it holds the session: a client repeating the logout of a session that is gone does not
     /// retire every thread's copy of every other session.
     fn evict(&self, hash: &str) {
+        // (counted first: see `evictions`)
+        self.evictions.fetch_add(1, Ordering::SeqCst);
         if self.cache.read().contains_key(hash) {
             self.cache.write().remove(hash);
         }
+    }
+
+    /// Empties the cache (a deletion may have been missed).
+    fn clear(&self) {
+        self.evictions.fetch_add(1, Ordering::SeqCst);
+        self.cache.write().clear();
     }
 
     /// Ends every session of `user` (password change, deletion, "log out everywhere"); returns
     /// how many there were.
     pub async fn revoke_user(&self, user: &str) -> Result<usize, GatewayError> {
         let n = delete_user_sessions(self.store.as_ref(), user).await?;
+        self.evictions.fetch_add(1, Ordering::SeqCst);
         self.cache
             .write()
             .retain(|_, e| !e.identity.user.eq_ignore_ascii_case(user));
@@ -650,11 +690,11 @@ impl Sessions {
                             me.evict(hash);
                         }
                     }
-                    Ok(kfsec_store::Event::Restarted { .. }) => me.cache.write().clear(),
+                    Ok(kfsec_store::Event::Restarted { .. }) => me.clear(),
                     Ok(_) => {}
                     Err(e) => {
                         tracing::warn!(error = %e, "session watch lost; clearing the cache");
-                        me.cache.write().clear();
+                        me.clear();
                     }
                 }
             }
@@ -703,7 +743,7 @@ impl Sessions {
 mod tests {
     use std::collections::VecDeque;
 
-    use kfsec_store::MemoryStore;
+    use kfsec_store::{KeyValue, MemoryStore};
     use kfsec_types::{ManualClock, SequenceRng, UnixTime};
 
     use super::*;
@@ -838,6 +878,63 @@ mod tests {
         assert!(s.version() > v3, "a prune that drops an expired session");
         assert!(s.validate(&other).await.is_none());
         prune.abort();
+    }
+
+    /// A store whose next read, when `holding`, takes the record at once but returns it only
+    /// when released: a read served before a write and delivered after it.
+    struct LateReads {
+        inner: Arc<dyn Store>,
+        holding: std::sync::atomic::AtomicBool,
+        taken: tokio::sync::Notify,
+        release: tokio::sync::Semaphore,
+    }
+
+    #[async_trait::async_trait]
+    impl kfsec_store::forward::Forward for LateReads {
+        fn inner(&self) -> &dyn Store {
+            self.inner.as_ref()
+        }
+
+        async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
+            let got = self.inner.get(key).await;
+            if self.holding.swap(false, Ordering::SeqCst) {
+                self.taken.notify_one();
+                drop(self.release.acquire().await);
+            }
+            got
+        }
+    }
+
+    #[tokio::test]
+    async fn a_logout_racing_a_cache_miss_is_not_undone_by_its_read() {
+        let clock = ManualClock::new(UnixTime::from_secs(1_800_000_000));
+        let inner: Arc<dyn Store> = MemoryStore::new(clock.clone());
+        let late = Arc::new(LateReads {
+            inner: inner.clone(),
+            holding: true.into(),
+            taken: tokio::sync::Notify::new(),
+            release: tokio::sync::Semaphore::new(0),
+        });
+        // The session is made at replica A; replica B has never served it.
+        let a = sessions_on(inner.clone(), clock.clone(), None);
+        let b = sessions_on(late.clone(), clock.clone(), None);
+        let cookie = a.create_login(&alice(), 0, "", None).await.unwrap();
+        // A request at B misses B's cache and reads the record; before the read returns, the
+        // session is logged out at B (its eviction finds nothing cached), then the read returns
+        // the record as it was.
+        let pending = tokio::spawn({
+            let (b, cookie) = (b.clone(), cookie.clone());
+            async move { b.validate(&cookie).await }
+        });
+        late.taken.notified().await;
+        b.revoke(&cookie).await.unwrap();
+        late.release.add_permits(1);
+        // (that request overlapped the logout: either answer is right for it)
+        let _ = pending.await.unwrap();
+        assert!(
+            b.validate(&cookie).await.is_none(),
+            "a read begun before the logout revived the session"
+        );
     }
 
     #[tokio::test]

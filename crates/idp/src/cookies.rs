@@ -8,6 +8,21 @@
 
 use http::{HeaderMap, Method, header};
 
+/// The cookie an upstream login (a federated connector's) keeps its pending state in, from its
+/// start to its callback.
+pub const PENDING_LOGIN: &str = "kfsec_upstream_login";
+
+/// The name of the cookie a `Set-Cookie` value sets, as a browser reads it (RFC 6265 §5.2): the
+/// bytes before the first `=` of the part before the first `;`, trimmed; empty when there is no
+/// `=` (a browser then takes it all as the value of a nameless cookie).
+pub fn set_cookie_name(value: &[u8]) -> &[u8] {
+    let pair = value.split(|&b| b == b';').next().unwrap_or_default();
+    match pair.iter().position(|&b| b == b'=') {
+        Some(i) => pair[..i].trim_ascii(),
+        None => &[],
+    }
+}
+
 /// Iterates `name=value` pairs of all `Cookie` headers.
 pub fn cookies(headers: &HeaderMap) -> impl Iterator<Item = (&str, &str)> {
     headers

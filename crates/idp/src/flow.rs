@@ -401,7 +401,7 @@ impl Idp {
 /// The cookie that holds the pending callback login. One per browser: a login started later
 /// replaces an earlier one (whose callback then asks the user to start again), so no page can
 /// pile pending logins up until the browser's cookie or header limits lock the user out.
-const PENDING_COOKIE: &str = "kfsec_upstream_login";
+const PENDING_COOKIE: &str = crate::cookies::PENDING_LOGIN;
 
 /// The grant types `/token` serves, sorted as Dex lists them: the password grant only when
 /// `oauth2.passwordConnector` names a connector. Dex also lists the token-exchange grant; kfsec

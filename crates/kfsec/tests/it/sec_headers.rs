@@ -3,7 +3,8 @@
 //! public routes, as seen by a real WSGI upstream and by a raw-socket upstream recording exact
 //! bytes; forwarding headers come from kfsec, not the client; `Authorization` reaches only routes
 //! that opt in; look-alikes of framing headers (`Content_Length`) never reach an upstream; every
-//! response carries HSTS and `nosniff`; upstream failures and malformed
+//! response carries kfsec's HSTS and `nosniff`, and no upstream's answer sets kfsec's cookies or
+//! clears the site; upstream failures and malformed
 //! bodies are answered without internal detail.
 
 use std::net::SocketAddr;
@@ -521,6 +522,78 @@ async fn framing_header_look_alikes_never_reach_an_upstream() {
     assert_eq!(status, 200);
     let head = seen.lock().unwrap().pop().unwrap();
     check(&head, "HTTP/2");
+    k.running.shutdown().await;
+}
+
+/// An upstream's answer cannot set, replace or clear kfsec's cookies (the session — planted under
+/// a path of another user's app, the browser would send it first — the login states), clear
+/// the whole site, or switch HSTS off, on the lean `GET` path, hyper's (`POST`) and HTTP/2; its
+/// own cookies reach the client.
+#[tokio::test]
+async fn upstream_answers_cannot_plant_kfsecs_cookies_or_clear_the_site() {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let resp = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\
+Set-Cookie: authservice_session=ATTACKERS; Path=/victim/; Secure\r\n\
+Set-Cookie: theme=dark; Path=/up/\r\n\
+Set-Cookie: oidc_state_csrf=FORGED; Path=/authservice/\r\n\
+set-cookie: kfsec_upstream_login=; Max-Age=0\r\n\
+Clear-Site-Data: \"cookies\", \"storage\"\r\n\
+Strict-Transport-Security: max-age=0\r\nConnection: close\r\n\r\nok";
+                let _ = s.write_all(resp.as_bytes()).await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    let k = Kfsec::start(&format!("- prefix: /up/\n  upstream: http://{up}\n  public: true\n")).await;
+    let check = |what: &str, cookies: Vec<String>, csd: bool, hsts: Vec<String>| {
+        assert_eq!(cookies, ["theme=dark; Path=/up/"], "{what}");
+        assert!(!csd, "{what}: Clear-Site-Data reached the client");
+        assert_eq!(hsts, ["max-age=31536000"], "{what}");
+    };
+    for (line, body) in [("GET /up/a HTTP/1.1", &b""[..]), ("POST /up/b HTTP/1.1", b"x")] {
+        let headers: &[(&str, &str)] = if body.is_empty() {
+            &[]
+        } else {
+            &[("Content-Length", "1")]
+        };
+        let (status, resp) = h1(&k, line, headers, body).await;
+        assert_eq!(status, 200, "{resp}");
+        let lines = header_lines(resp.split("\r\n\r\n").next().unwrap());
+        let all = |name: &str| -> Vec<String> {
+            lines
+                .iter()
+                .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.clone())
+                .collect()
+        };
+        check(
+            line,
+            all("set-cookie"),
+            !all("clear-site-data").is_empty(),
+            all("strict-transport-security"),
+        );
+    }
+    let (status, h, _) = h2(&k, "/up/c", &[]).await;
+    assert_eq!(status, 200);
+    let all = |name: &str| -> Vec<String> { h.get_all(name).iter().map(|v| v.to_str().unwrap().to_owned()).collect() };
+    check(
+        "HTTP/2",
+        all("set-cookie"),
+        h.contains_key("clear-site-data"),
+        all("strict-transport-security"),
+    );
     k.running.shutdown().await;
 }
 
