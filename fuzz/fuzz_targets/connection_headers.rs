@@ -8,8 +8,9 @@
 //!   `Connection` remains only as `upgrade`, beside an `Upgrade`;
 //! - in an answer: no hop-by-hop header and no header its `Connection` lists remains
 //!   (`Connection` and `Upgrade` only for an upgrade, and `Upgrade` only if not listed),
-//!   nor `Service-Worker-Allowed` or `Clear-Site-Data`, nor a `Set-Cookie` of one of kfsec's
-//!   cookies (its name before the first `=`, trimmed, in any case), while every other
+//!   nor `Service-Worker-Allowed` or an origin-wide header (`Clear-Site-Data`, `NEL`,
+//!   `Report-To`, `Alt-Svc`), nor a `Set-Cookie` of one of kfsec's cookies (the name it comes
+//!   back under, in any case: a nameless cookie comes back as its value), while every other
 //!   `Set-Cookie` is kept in order;
 //! - every other header is kept, with all its values in order.
 //!
@@ -128,13 +129,22 @@ fn edge(received: &HeaderMap, trusted: bool) {
 /// kfsec's cookies, as this target knows them (its own list: see `LOOK_ALIKE_OF`).
 const OWN_COOKIES: [&str; 3] = ["authservice_session", "oidc_state_csrf", "kfsec_upstream_login"];
 
+/// Headers an answer may not send, which speak for the whole origin.
+const CONFINED: [&str; 5] = ["service-worker-allowed", "clear-site-data", "nel", "report-to", "alt-svc"];
+
 /// Whether a `Set-Cookie` value sets one of [`OWN_COOKIES`] (the reference reading: lossy text,
-/// up to the first `;`, the name before the first `=`, trimmed).
+/// up to the first `;`, the name before the first `=`, trimmed; for a nameless cookie, the same
+/// of its value, which is what a browser sends back).
 fn sets_own(v: &HeaderValue) -> bool {
     let text = String::from_utf8_lossy(v.as_bytes());
+    let trim = |s: &str| s.trim_matches(|c: char| c.is_ascii_whitespace()).to_owned();
     let pair = text.split(';').next().unwrap_or_default();
-    pair.split_once('=')
-        .is_some_and(|(name, _)| OWN_COOKIES.iter().any(|own| own.eq_ignore_ascii_case(name.trim_matches(|c: char| c.is_ascii_whitespace()))))
+    let name = match pair.split_once('=') {
+        Some((name, value)) if trim(name).is_empty() => trim(value).split_once('=').map(|(n, _)| trim(n)),
+        Some((name, _)) => Some(trim(name)),
+        None => None,
+    };
+    name.is_some_and(|name| OWN_COOKIES.iter().any(|own| own.eq_ignore_ascii_case(&name)))
 }
 
 fn answer(received: &HeaderMap, upgrade: bool) {
@@ -152,7 +162,9 @@ fn answer(received: &HeaderMap, upgrade: bool) {
             assert!(!h.contains_key(n.as_str()), "{n}, listed in Connection, reached the client");
         }
     }
-    assert!(!h.contains_key("service-worker-allowed") && !h.contains_key("clear-site-data"));
+    for n in CONFINED {
+        assert!(!h.contains_key(n), "{n} reached the client");
+    }
     let cookies_kept: Vec<&HeaderValue> = h.get_all("set-cookie").iter().collect();
     assert!(!cookies_kept.iter().any(|v| sets_own(v)), "kfsec's cookie set by an upstream reached the client: {cookies_kept:?}");
     if !listed.iter().any(|l| l == "set-cookie") {
@@ -161,8 +173,7 @@ fn answer(received: &HeaderMap, upgrade: bool) {
     }
     kept(received, &h, |n| {
         !HOP_BY_HOP.contains(&n.as_str())
-            && n != "service-worker-allowed"
-            && n != "clear-site-data"
+            && !CONFINED.contains(&n.as_str())
             && n != "set-cookie"
             && !listed.iter().any(|l| l == n.as_str())
     });

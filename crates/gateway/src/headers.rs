@@ -172,13 +172,15 @@ pub fn apply_connection(h: &mut HeaderMap) {
 }
 
 /// `groups` as one header value, comma-separated as Kubeflow's `kubeflow-groups` and
-/// oauth2-proxy's `X-Auth-Request-Groups` carry them. A group whose name holds a comma is left
-/// out: a reader would split it in two, and a part could read as another group (`a,admins`).
+/// oauth2-proxy's `X-Auth-Request-Groups` carry them. A group the list cannot carry as itself is
+/// left out: one whose name holds a comma (a reader would split it in two, and a part could
+/// read as another group: `a,admins`), and an empty one or one with whitespace at either end (a
+/// reader trims each entry, so ` admins` would read as `admins`).
 pub(crate) fn groups_list(groups: &[String]) -> String {
     let mut list = String::new();
     for g in groups {
-        if g.contains(',') {
-            tracing::debug!(group = %g, "a group name with a comma is left out of the groups header");
+        if g.contains(',') || g.is_empty() || g.trim() != g {
+            tracing::debug!(group = %g, "a group the groups header cannot carry as itself is left out of it");
             continue;
         }
         if !list.is_empty() {
@@ -436,6 +438,7 @@ mod tests {
         assert_eq!(groups(&["a,admins", "team-a"]), "team-a");
         assert_eq!(groups(&["team-a", "a,admins"]), "team-a");
         assert_eq!(groups(&[",", "a,", ",b"]), "");
+        assert_eq!(groups(&[" admins", "admins ", "", "\tx", "team b"]), "team b");
     }
 
     #[test]

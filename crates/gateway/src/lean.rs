@@ -64,6 +64,20 @@ pub(crate) struct Lean<'a, S> {
 /// one CRLF); a client that sends more is not speaking HTTP, and its connection is closed.
 const MAX_BLANK: usize = 16;
 
+/// Bytes of whole empty lines (`\r\n` or a bare `\n`) at the start of `buf`. A lone `\r` is
+/// left: it is an empty line only if `\n` follows (one that does not is not one, and the parser
+/// refuses it as hyper does).
+fn empty_lines(buf: &[u8]) -> usize {
+    let mut at = 0;
+    loop {
+        match &buf[at..] {
+            [b'\r', b'\n', ..] => at += 2,
+            [b'\n', ..] => at += 1,
+            _ => return at,
+        }
+    }
+}
+
 /// Bodies larger than this are written straight from their frame, not copied behind the head.
 const COPY_MAX: usize = 16 * 1024;
 
@@ -122,7 +136,7 @@ impl<S: Service> Lean<'_, S> {
                 // Empty lines before the request line are dropped as they come, so they are
                 // never parsed again (httparse skips any number of them, and a head re-parsed
                 // after each of many tiny reads would make the work quadratic).
-                let leading = buf.iter().take_while(|&&b| b == b'\r' || b == b'\n').count();
+                let leading = empty_lines(&buf);
                 if leading > 0 {
                     blank += leading;
                     if blank > MAX_BLANK {
@@ -481,5 +495,28 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Prefixed<T> {
     }
     fn is_write_vectored(&self) -> bool {
         self.io.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::empty_lines;
+
+    #[test]
+    fn only_whole_empty_lines_are_dropped() {
+        for (buf, n) in [
+            (&b""[..], 0),
+            (b"GET / HTTP/1.1\r\n", 0),
+            (b"\r\nGET", 2),
+            (b"\nGET", 1),
+            (b"\r\n\n\r\nGET", 5),
+            (b"\r", 0),
+            (b"\r\n\r", 2),
+            (b"\rGET", 0),
+            (b"\r\r\n", 0),
+            (b"\n\rGET", 1),
+        ] {
+            assert_eq!(empty_lines(buf), n, "{buf:?}");
+        }
     }
 }

@@ -313,8 +313,17 @@ fn named_by(v: &HeaderValue, keep_upgrade: bool) -> impl Iterator<Item = &str> {
     crate::headers::connection_names(v).filter(move |n| !(keep_upgrade && n.eq_ignore_ascii_case("upgrade")))
 }
 
-/// `Clear-Site-Data` as a typed name.
-static CLEAR_SITE_DATA: HeaderName = HeaderName::from_static("clear-site-data");
+/// What an upstream's answer could tell a browser about the whole origin rather than its own
+/// route: erase every app's cookies and storage (`Clear-Site-Data`), send a report of every
+/// request to the origin — its URL, other apps' query tokens and login callbacks included — to
+/// a collector of the app's choosing for as long as it says (`NEL` with `Report-To`), or take
+/// the origin's traffic to another endpoint (`Alt-Svc`).
+static ORIGIN_WIDE: [HeaderName; 4] = [
+    HeaderName::from_static("clear-site-data"),
+    HeaderName::from_static("nel"),
+    HeaderName::from_static("report-to"),
+    HeaderName::from_static("alt-svc"),
+];
 
 /// The cookies kfsec sets on the origin — the session, the gatekeeper's login state, an upstream
 /// login's pending state — which no upstream's answer may set, replace or clear.
@@ -352,14 +361,25 @@ impl OwnCookies {
 /// - A `Set-Cookie` of one of kfsec's cookies (`own`) would plant a session — the app owner's,
 ///   under a path of the victim's app, which the browser then sends first — or a login state,
 ///   or clear them.
-/// - `Clear-Site-Data` would clear every app's cookies and storage on the origin.
+/// - [`ORIGIN_WIDE`]: `Clear-Site-Data`, `NEL`, `Report-To`, `Alt-Svc`.
 ///
 /// (`Strict-Transport-Security` is the edge's to set: it replaces an upstream's.)
 fn confine_upstream_response(h: &mut HeaderMap, own: &OwnCookies) {
-    h.remove(&SERVICE_WORKER_ALLOWED);
-    h.remove(&CLEAR_SITE_DATA);
+    // One pass over the names present (a handful, usually none of these: cheaper than a hashed
+    // lookup of each), then the lookups that are needed.
+    let (mut confined, mut cookies) = (false, false);
+    for name in h.keys() {
+        confined |= *name == SERVICE_WORKER_ALLOWED || ORIGIN_WIDE.contains(name);
+        cookies |= *name == header::SET_COOKIE;
+    }
+    if confined {
+        h.remove(&SERVICE_WORKER_ALLOWED);
+        for name in &ORIGIN_WIDE {
+            h.remove(name);
+        }
+    }
     // Most answers set no cookie, and most that do set none of kfsec's: nothing is copied then.
-    if h.get_all(header::SET_COOKIE).iter().any(|v| own.sets_own(v)) {
+    if cookies && h.get_all(header::SET_COOKIE).iter().any(|v| own.sets_own(v)) {
         let kept: Vec<HeaderValue> = h
             .get_all(header::SET_COOKIE)
             .iter()
@@ -376,7 +396,8 @@ fn confine_upstream_response(h: &mut HeaderMap, own: &OwnCookies) {
 /// What an upstream's answer may say to the client: its hop-by-hop headers and the headers its
 /// own `Connection` lists removed (`Connection` and `Upgrade` kept for an `upgrade` the client
 /// asked for), and what would reach beyond its route (`confine_upstream_response`:
-/// `Service-Worker-Allowed`, `Clear-Site-Data`, a `Set-Cookie` of kfsec's cookies `own`).
+/// `Service-Worker-Allowed`, the origin-wide `Clear-Site-Data`, `NEL`, `Report-To` and
+/// `Alt-Svc`, a `Set-Cookie` of kfsec's cookies `own`).
 pub fn sanitize_upstream_response(h: &mut HeaderMap, upgrade: bool, own: &OwnCookies) {
     strip_hop_by_hop(h, upgrade, true);
     confine_upstream_response(h, own);
@@ -997,10 +1018,18 @@ mod tests {
             "app_session=1; HttpOnly",
             "my_session",
             "x=1; my_session=2",
+            "=my_session=attackers; Path=/victim/",
+            "= oidc_state_csrf =forged",
         ] {
             h.append(header::SET_COOKIE, HeaderValue::from_static(v));
         }
         h.insert("clear-site-data", HeaderValue::from_static("\"cookies\""));
+        h.insert(
+            "nel",
+            HeaderValue::from_static("{\"report_to\":\"g\",\"max_age\":31536000}"),
+        );
+        h.insert("report-to", HeaderValue::from_static("{\"group\":\"g\"}"));
+        h.insert("alt-svc", HeaderValue::from_static("h3=\":8443\""));
         confine_upstream_response(&mut h, &own);
         // (`my_session` alone names no cookie, and `x=1; my_session=2` sets `x`)
         assert_eq!(
@@ -1012,7 +1041,9 @@ mod tests {
                 "x=1; my_session=2"
             ]
         );
-        assert!(h.get("clear-site-data").is_none());
+        for name in ["clear-site-data", "nel", "report-to", "alt-svc"] {
+            assert!(h.get(name).is_none(), "{name}");
+        }
         // The default session name is kfsec's only when configured so.
         let mut h = HeaderMap::new();
         h.append(header::SET_COOKIE, HeaderValue::from_static("authservice_session=x"));

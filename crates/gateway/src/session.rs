@@ -244,7 +244,8 @@ async fn user_sessions(store: &dyn Store, user: &str) -> Result<Vec<(String, Str
 }
 
 /// Deletes one session record and its index entry (looked up when not given).
-async fn end(store: &dyn Store, hash: &str, index_key: Option<&str>) -> Result<(), GatewayError> {
+/// Whether the session record was there to delete.
+async fn end(store: &dyn Store, hash: &str, index_key: Option<&str>) -> Result<bool, GatewayError> {
     let index_key = match index_key {
         Some(k) => Some(k.to_owned()),
         None => match store.get(&format!("{PREFIX}{hash}")).await? {
@@ -254,13 +255,20 @@ async fn end(store: &dyn Store, hash: &str, index_key: Option<&str>) -> Result<(
             None => None,
         },
     };
-    for key in [Some(format!("{PREFIX}{hash}")), index_key].into_iter().flatten() {
+    let mut deleted = false;
+    // (the record first)
+    for (i, key) in [Some(format!("{PREFIX}{hash}")), index_key]
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
         match store.delete(&key, None).await {
-            Ok(_) | Err(StoreError::NotFound(_)) => {}
+            Ok(_) => deleted |= i == 0,
+            Err(StoreError::NotFound(_)) => {}
             Err(e) => return Err(e.into()),
         }
     }
-    Ok(())
+    Ok(deleted)
 }
 
 /// Deletes every session of `user` from the store (the offline CLI's path; a running server's
@@ -502,6 +510,10 @@ impl Sessions {
     /// Caches `live` as `hash`'s state unless a session was evicted since `seen` (the count
     /// read before the store read `live` came from); whether it was cached.
     fn cache_if_current(&self, hash: &str, live: &Arc<Live>, seen: u64) -> bool {
+        // (looked at first without the lock: a refused insert then moves no version)
+        if self.evictions.load(Ordering::SeqCst) != seen {
+            return false;
+        }
         let mut cache = self.cache.write();
         // (read under the lock an eviction's look at the cache waits for: an eviction counted
         // after this sees the entry and removes it)
@@ -541,7 +553,7 @@ impl Sessions {
             Ok(None) => return self.ended(hash, &live.identity.user, "session record gone").await,
             Err(e) => {
                 tracing::warn!(user = %live.identity.user, error = %e, "session re-check postponed: store unavailable");
-                return Some(self.postpone(hash, &live, seen));
+                return Some(self.postpone(hash, &live));
             }
         };
         let now = self.clock.now();
@@ -585,7 +597,7 @@ impl Sessions {
                     Err(StoreError::NotFound(_)) => self.ended(hash, &rec.user, "session record gone").await,
                     Err(e) => {
                         tracing::warn!(user = %rec.user, error = %e, "re-checked session not saved; retried later");
-                        Some(self.postpone(hash, &live, seen))
+                        Some(self.postpone(hash, &live))
                     }
                 }
             }
@@ -595,7 +607,7 @@ impl Sessions {
             }
             Refreshed::Unavailable(why) => {
                 tracing::warn!(user = %rec.user, connector = %link.connector, reason = %why, "session re-check failed for now; the session goes on and is re-checked later");
-                Some(self.postpone(hash, &live, seen))
+                Some(self.postpone(hash, &live))
             }
         }
     }
@@ -609,14 +621,21 @@ impl Sessions {
     }
 
     /// No new attempt before [`RETRY_AFTER_FAILURE`] from now.
-    fn postpone(&self, hash: &str, live: &Live, seen: u64) -> Arc<Live> {
+    /// The entry is replaced only if it is still `live` itself: a session evicted meanwhile (a
+    /// logout while the store or the IdP failed) is not put back.
+    fn postpone(&self, hash: &str, live: &Arc<Live>) -> Arc<Live> {
         let retry = self.clock.now().as_millis().saturating_add(millis(RETRY_AFTER_FAILURE));
-        let mut next = live.clone();
+        let mut next = Live::clone(live);
         if let Some(u) = &mut next.upstream {
             u.2 = retry;
         }
         let next = Arc::new(next);
-        self.cache_if_current(hash, &next, seen);
+        let mut cache = self.cache.write();
+        if let Some(entry) = cache.get_mut(hash)
+            && Arc::ptr_eq(entry, live)
+        {
+            *entry = next.clone();
+        }
         next
     }
 
@@ -643,8 +662,14 @@ impl Sessions {
     /// running meanwhile cannot read it back into the cache after the eviction).
     async fn end(&self, hash: &str, index_key: Option<&str>) -> Result<(), GatewayError> {
         let ended = end(self.store.as_ref(), hash, index_key).await;
-        self.evict(hash);
-        ended
+        // Counted unless this call found the record gone: its deletion was counted by whoever
+        // made it, here or through the watch (so a logout repeating one old cookie many times
+        // does not keep every cache miss from being cached).
+        if !matches!(ended, Ok(false)) {
+            self.evictions.fetch_add(1, Ordering::SeqCst);
+        }
+        self.drop_cached(hash);
+        ended.map(drop)
     }
 
     /// Removes a session from the cache. The cache is written (and its version moved) only if
@@ -653,6 +678,11 @@ impl Sessions {
     fn evict(&self, hash: &str) {
         // (counted first: see `evictions`)
         self.evictions.fetch_add(1, Ordering::SeqCst);
+        self.drop_cached(hash);
+    }
+
+    /// [`Sessions::evict`] without the count (which the caller made, or need not make).
+    fn drop_cached(&self, hash: &str) {
         if self.cache.read().contains_key(hash) {
             self.cache.write().remove(hash);
         }
@@ -935,6 +965,22 @@ mod tests {
             b.validate(&cookie).await.is_none(),
             "a read begun before the logout revived the session"
         );
+    }
+
+    #[tokio::test]
+    async fn only_a_logout_that_ends_a_session_counts_as_an_eviction() {
+        let (s, _, _) = setup(None);
+        let cookie = s.create_login(&alice(), 0, "", None).await.unwrap();
+        let before = s.evictions.load(Ordering::SeqCst);
+        s.revoke(&cookie).await.unwrap();
+        let after = s.evictions.load(Ordering::SeqCst);
+        assert_eq!(after, before + 1);
+        // The same old cookie logged out again (as often as a client repeats it) ends nothing:
+        // what the store reads for other sessions is still cached.
+        for _ in 0..5 {
+            s.revoke(&cookie).await.unwrap();
+        }
+        assert_eq!(s.evictions.load(Ordering::SeqCst), after);
     }
 
     #[tokio::test]

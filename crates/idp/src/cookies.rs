@@ -12,14 +12,25 @@ use http::{HeaderMap, Method, header};
 /// start to its callback.
 pub const PENDING_LOGIN: &str = "kfsec_upstream_login";
 
-/// The name of the cookie a `Set-Cookie` value sets, as a browser reads it (RFC 6265 §5.2): the
-/// bytes before the first `=` of the part before the first `;`, trimmed; empty when there is no
-/// `=` (a browser then takes it all as the value of a nameless cookie).
+/// The name a server reads, in the `Cookie` header a browser sends back, for the cookie a
+/// `Set-Cookie` value sets (RFC 6265bis §5.6): the bytes before the first `=` of the part before
+/// the first `;`, trimmed. A cookie with an empty name is sent as its value alone, so
+/// `=authservice_session=x` comes back as `authservice_session=x`: then the name is the value's,
+/// read the same way. Empty when the cookie comes back without a `=` (no name at all).
 pub fn set_cookie_name(value: &[u8]) -> &[u8] {
     let pair = value.split(|&b| b == b';').next().unwrap_or_default();
-    match pair.iter().position(|&b| b == b'=') {
-        Some(i) => pair[..i].trim_ascii(),
-        None => &[],
+    let Some(i) = pair.iter().position(|&b| b == b'=') else {
+        return &[];
+    };
+    match pair[..i].trim_ascii() {
+        [] => {
+            let value = pair[i + 1..].trim_ascii();
+            value
+                .iter()
+                .position(|&b| b == b'=')
+                .map_or(&[][..], |j| value[..j].trim_ascii())
+        }
+        name => name,
     }
 }
 
@@ -70,6 +81,25 @@ mod tests {
             h.append(*k, v.parse().unwrap());
         }
         h
+    }
+
+    #[test]
+    fn the_name_a_set_cookie_comes_back_under() {
+        for (set, name) in [
+            ("a=1", "a"),
+            (" a =1; Path=/", "a"),
+            ("a=1=2", "a"),
+            ("a", ""),
+            ("", ""),
+            ("=a=1", "a"),
+            ("= a =1; Path=/x/", "a"),
+            ("=a", ""),
+            ("==a=1", ""),
+            ("x=1; a=2", "x"),
+            ("=; a=1", ""),
+        ] {
+            assert_eq!(set_cookie_name(set.as_bytes()), name.as_bytes(), "{set:?}");
+        }
     }
 
     #[test]

