@@ -148,7 +148,9 @@ impl App {
                 && let Ok(a) = self.authn.session(s.identity, &s.user_key, s.started_ms).await
             {
                 let a = Arc::new(a);
-                if let Some(versions) = versions {
+                // (only an answer that is the session cache's entry: its eviction moves the
+                // version the copy is kept for)
+                if let Some(versions) = versions.filter(|_| s.cached) {
                     let holds = front::Holds {
                         versions,
                         expires_at: s.expires_at,

@@ -174,12 +174,14 @@ pub fn apply_connection(h: &mut HeaderMap) {
 /// `groups` as one header value, comma-separated as Kubeflow's `kubeflow-groups` and
 /// oauth2-proxy's `X-Auth-Request-Groups` carry them. A group the list cannot carry as itself is
 /// left out: one whose name holds a comma (a reader would split it in two, and a part could
-/// read as another group: `a,admins`), and an empty one or one with whitespace at either end (a
-/// reader trims each entry, so ` admins` would read as `admins`).
+/// read as another group: `a,admins`), an empty one or one with whitespace at either end (a
+/// reader trims each entry, so ` admins` would read as `admins`), one with a `"` (a reader that
+/// unquotes would read `"admins"` as `admins`), and one with a control byte (no header value
+/// can hold it, and the whole header would be lost).
 pub(crate) fn groups_list(groups: &[String]) -> String {
     let mut list = String::new();
     for g in groups {
-        if g.contains(',') || g.is_empty() || g.trim() != g {
+        if g.contains([',', '"']) || g.is_empty() || g.trim() != g || g.bytes().any(|b| b.is_ascii_control()) {
             tracing::debug!(group = %g, "a group the groups header cannot carry as itself is left out of it");
             continue;
         }
@@ -439,6 +441,7 @@ mod tests {
         assert_eq!(groups(&["team-a", "a,admins"]), "team-a");
         assert_eq!(groups(&[",", "a,", ",b"]), "");
         assert_eq!(groups(&[" admins", "admins ", "", "\tx", "team b"]), "team b");
+        assert_eq!(groups(&["\"admins\"", "a\u{7f}b", "a\nb", "ops"]), "ops");
     }
 
     #[test]

@@ -165,6 +165,11 @@ pub struct Checked {
     pub expires_at: u64,
     /// When the session is next re-checked upstream (Unix ms; `u64::MAX`: never).
     pub recheck_at_ms: u64,
+    /// Whether this answer is the cache's entry, whose eviction moves the cache's version: only
+    /// then may a copy of it be kept for as long as the version stays ([`crate::front`]). (An
+    /// answer read while a logout ran is not cached, and its session's later eviction would not
+    /// move the version.)
+    pub cached: bool,
 }
 
 impl Live {
@@ -431,7 +436,7 @@ impl Sessions {
     /// The identity of a live session and when it started (Unix ms). The caller checks the
     /// start against the user's revocation epoch (the `Authenticator`).
     pub async fn validate(&self, cookie: &str) -> Option<(Identity, u64)> {
-        let (_, live) = self.live(cookie).await?;
+        let (_, live, _) = self.live(cookie).await?;
         Some((live.identity.clone(), live.started_ms))
     }
 
@@ -439,7 +444,7 @@ impl Sessions {
     /// token minted for the session). The revocation check is the caller's, as for
     /// [`Sessions::validate`].
     pub async fn login_of(&self, cookie: &str) -> Option<(Identity, kfsec_idp::SessionLogin)> {
-        let (_, live) = self.live(cookie).await?;
+        let (_, live, _) = self.live(cookie).await?;
         let login = kfsec_idp::SessionLogin {
             started_ms: live.started_ms,
             expires_at: live.expires_at,
@@ -454,16 +459,16 @@ impl Sessions {
     /// Also returns the user's revocation key, for the caller's check, and how long the answer
     /// holds while the cache's [`Sessions::version`] stays the same.
     pub async fn check(&self, cookie: &str, refresher: &dyn Refresher) -> Option<Checked> {
-        let (hash, live) = self.live(cookie).await?;
+        let (hash, live, cached) = self.live(cookie).await?;
         let recheck_at = |live: &Live| match (&live.upstream, self.revalidate) {
             (Some((_, checked_ms, retry_ms)), Some(every)) => checked_ms.saturating_add(millis(every)).max(*retry_ms),
             _ => u64::MAX,
         };
-        let live = if self.clock.now().as_millis() >= recheck_at(&live) {
+        let (live, cached) = if self.clock.now().as_millis() >= recheck_at(&live) {
             let every = self.revalidate?;
-            Box::pin(self.recheck(&hash, live, every, refresher)).await?
+            Box::pin(self.recheck(&hash, (live, cached), every, refresher)).await?
         } else {
-            live
+            (live, cached)
         };
         Some(Checked {
             identity: live.identity.clone(),
@@ -471,6 +476,7 @@ impl Sessions {
             user_key: live.user_key.clone(),
             expires_at: live.expires_at,
             recheck_at_ms: recheck_at(&live),
+            cached,
         })
     }
 
@@ -481,13 +487,14 @@ impl Sessions {
         self.cache.version()
     }
 
-    /// The live session behind a cookie (cache, else store): its hash and state.
-    async fn live(&self, cookie: &str) -> Option<(String, Arc<Live>)> {
+    /// The live session behind a cookie (cache, else store): its hash, its state, and whether
+    /// that state is the cache's entry.
+    async fn live(&self, cookie: &str) -> Option<(String, Arc<Live>, bool)> {
         let hash = self.open(cookie)?;
         let now = self.clock.now().as_secs();
         let cached = self.cache.read().get(&hash).cloned();
         if let Some(entry) = cached {
-            return (now < entry.expires_at).then_some((hash, entry));
+            return (now < entry.expires_at).then_some((hash, entry, true));
         }
         // Read again (once) when a session was evicted meanwhile: the eviction may have been
         // this one's logout, which the second read sees; a request that still overlaps one is
@@ -500,8 +507,9 @@ impl Sessions {
                 return None;
             }
             let live = Arc::new(Live::from_record(&rec));
-            if self.cache_if_current(&hash, &live, seen) || attempt == 1 {
-                return Some((hash, live));
+            let cached = self.cache_if_current(&hash, &live, seen);
+            if cached || attempt == 1 {
+                return Some((hash, live, cached));
             }
         }
         None
@@ -533,12 +541,12 @@ impl Sessions {
     async fn recheck(
         &self,
         hash: &str,
-        live: Arc<Live>,
+        (live, cached): (Arc<Live>, bool),
         every: Duration,
         refresher: &dyn Refresher,
-    ) -> Option<Arc<Live>> {
+    ) -> Option<(Arc<Live>, bool)> {
         if !self.refreshing.lock().insert(hash.to_owned()) {
-            return Some(live);
+            return Some((live, cached));
         }
         let _guard = Refreshing(self, hash.to_owned());
         let seen = self.evictions.load(Ordering::SeqCst);
@@ -613,34 +621,39 @@ impl Sessions {
     }
 
     /// Caches `rec` as the session's state (unless a session was evicted since `seen`) and
-    /// returns it.
-    fn cache_record(&self, hash: &str, rec: &SessionRecord, seen: u64) -> Arc<Live> {
+    /// returns it, and whether it was cached.
+    fn cache_record(&self, hash: &str, rec: &SessionRecord, seen: u64) -> (Arc<Live>, bool) {
         let live = Arc::new(Live::from_record(rec));
-        self.cache_if_current(hash, &live, seen);
-        live
+        let cached = self.cache_if_current(hash, &live, seen);
+        (live, cached)
     }
 
     /// No new attempt before [`RETRY_AFTER_FAILURE`] from now.
     /// The entry is replaced only if it is still `live` itself: a session evicted meanwhile (a
     /// logout while the store or the IdP failed) is not put back.
-    fn postpone(&self, hash: &str, live: &Arc<Live>) -> Arc<Live> {
+    fn postpone(&self, hash: &str, live: &Arc<Live>) -> (Arc<Live>, bool) {
         let retry = self.clock.now().as_millis().saturating_add(millis(RETRY_AFTER_FAILURE));
         let mut next = Live::clone(live);
         if let Some(u) = &mut next.upstream {
             u.2 = retry;
         }
         let next = Arc::new(next);
-        let mut cache = self.cache.write();
-        if let Some(entry) = cache.get_mut(hash)
-            && Arc::ptr_eq(entry, live)
-        {
-            *entry = next.clone();
+        // (looked at first under the read lock: a write moves the version)
+        if !self.cache.read().get(hash).is_some_and(|e| Arc::ptr_eq(e, live)) {
+            return (next, false);
         }
-        next
+        let mut cache = self.cache.write();
+        match cache.get_mut(hash) {
+            Some(entry) if Arc::ptr_eq(entry, live) => {
+                *entry = next.clone();
+                (next, true)
+            }
+            _ => (next, false),
+        }
     }
 
     /// Ends a session found invalid during a re-check; always None.
-    async fn ended(&self, hash: &str, user: &str, why: &str) -> Option<Arc<Live>> {
+    async fn ended(&self, hash: &str, user: &str, why: &str) -> Option<(Arc<Live>, bool)> {
         if let Err(e) = self.end(hash, None).await {
             // Still refused now; the cache no longer has it and the record fails its next check.
             tracing::warn!(user = %user, error = %e, "could not delete an ended session ({why})");
@@ -910,11 +923,12 @@ mod tests {
         prune.abort();
     }
 
-    /// A store whose next read, when `holding`, takes the record at once but returns it only
-    /// when released: a read served before a write and delivered after it.
+    /// A store whose next `holding` reads of `key` each take the record at once but return it
+    /// only when released: reads served before a write and delivered after it.
     struct LateReads {
         inner: Arc<dyn Store>,
-        holding: std::sync::atomic::AtomicBool,
+        key: Mutex<String>,
+        holding: std::sync::atomic::AtomicUsize,
         taken: tokio::sync::Notify,
         release: tokio::sync::Semaphore,
     }
@@ -927,28 +941,46 @@ mod tests {
 
         async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
             let got = self.inner.get(key).await;
-            if self.holding.swap(false, Ordering::SeqCst) {
+            if *self.key.lock() == key
+                && self
+                    .holding
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                    .is_ok()
+            {
                 self.taken.notify_one();
-                drop(self.release.acquire().await);
+                // (each release lets one read through)
+                if let Ok(permit) = self.release.acquire().await {
+                    permit.forget();
+                }
             }
             got
         }
     }
 
-    #[tokio::test]
-    async fn a_logout_racing_a_cache_miss_is_not_undone_by_its_read() {
+    /// Replicas A (on the store) and B (on a [`LateReads`] of it, holding reads of the session's
+    /// record), and a session made at A that B has never served.
+    async fn late_replicas() -> (Arc<LateReads>, Arc<Sessions>, Arc<Sessions>, String) {
         let clock = ManualClock::new(UnixTime::from_secs(1_800_000_000));
         let inner: Arc<dyn Store> = MemoryStore::new(clock.clone());
         let late = Arc::new(LateReads {
             inner: inner.clone(),
-            holding: true.into(),
+            key: Mutex::default(),
+            holding: 0.into(),
             taken: tokio::sync::Notify::new(),
             release: tokio::sync::Semaphore::new(0),
         });
-        // The session is made at replica A; replica B has never served it.
-        let a = sessions_on(inner.clone(), clock.clone(), None);
-        let b = sessions_on(late.clone(), clock.clone(), None);
+        let a = sessions_on(inner, clock.clone(), None);
+        let b = sessions_on(late.clone(), clock, None);
         let cookie = a.create_login(&alice(), 0, "", None).await.unwrap();
+        *late.key.lock() = format!("{PREFIX}{}", b.open(&cookie).unwrap());
+        (late, a, b, cookie)
+    }
+
+    #[tokio::test]
+    async fn a_logout_racing_a_cache_miss_is_not_undone_by_its_read() {
+        // The session is made at replica A; replica B has never served it.
+        let (late, _a, b, cookie) = late_replicas().await;
+        late.holding.store(1, Ordering::SeqCst);
         // A request at B misses B's cache and reads the record; before the read returns, the
         // session is logged out at B (its eviction finds nothing cached), then the read returns
         // the record as it was.
@@ -965,6 +997,32 @@ mod tests {
             b.validate(&cookie).await.is_none(),
             "a read begun before the logout revived the session"
         );
+    }
+
+    #[tokio::test]
+    async fn an_answer_read_while_sessions_were_evicted_is_not_cached_nor_said_to_be() {
+        let (late, a, b, cookie) = late_replicas().await;
+        let others: Vec<String> = [
+            a.create_login(&alice(), 0, "", None).await.unwrap(),
+            a.create_login(&alice(), 0, "", None).await.unwrap(),
+        ]
+        .into();
+        // Both of B's reads of the session are held while another session is logged out at B.
+        late.holding.store(2, Ordering::SeqCst);
+        let pending = tokio::spawn({
+            let (b, cookie) = (b.clone(), cookie.clone());
+            async move { b.check(&cookie, &Script::new([])).await }
+        });
+        for other in &others {
+            late.taken.notified().await;
+            b.revoke(other).await.unwrap();
+            late.release.add_permits(1);
+        }
+        let checked = pending.await.unwrap().expect("the session is live");
+        assert!(!checked.cached, "an answer not in the cache was said to be the cache's");
+        assert!(!b.cache.read().contains_key(&b.open(&cookie).unwrap()));
+        // The next check caches it, and says so.
+        assert!(b.check(&cookie, &Script::new([])).await.unwrap().cached);
     }
 
     #[tokio::test]

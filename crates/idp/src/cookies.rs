@@ -34,13 +34,15 @@ pub fn set_cookie_name(value: &[u8]) -> &[u8] {
     }
 }
 
-/// Iterates `name=value` pairs of all `Cookie` headers.
+/// Iterates `name=value` pairs of all `Cookie` headers, read from their bytes: a pair that is
+/// not UTF-8 is skipped alone (a browser sends all its cookies in one header, and one cookie
+/// with another byte — an app on the origin can set one — must not hide the others).
 pub fn cookies(headers: &HeaderMap) -> impl Iterator<Item = (&str, &str)> {
     headers
         .get_all(header::COOKIE)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
+        .flat_map(|v| v.as_bytes().split(|&b| b == b';'))
+        .filter_map(|p| std::str::from_utf8(p).ok())
         .filter_map(|p| p.trim().split_once('='))
 }
 
@@ -81,6 +83,21 @@ mod tests {
             h.append(*k, v.parse().unwrap());
         }
         h
+    }
+
+    #[test]
+    fn a_cookie_that_is_not_utf8_or_ascii_hides_no_other() {
+        let mut h = HeaderMap::new();
+        h.append(
+            header::COOKIE,
+            http::HeaderValue::from_bytes(b"x=\xc3\xa9; authservice_session=abc; y=\xff\xfe; z=1").unwrap(),
+        );
+        h.append(header::COOKIE, http::HeaderValue::from_static("w=2"));
+        let got: Vec<(&str, &str)> = cookies(&h).collect();
+        assert_eq!(
+            got,
+            [("x", "\u{e9}"), ("authservice_session", "abc"), ("z", "1"), ("w", "2")]
+        );
     }
 
     #[test]

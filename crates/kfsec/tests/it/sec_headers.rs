@@ -608,6 +608,33 @@ Strict-Transport-Security: max-age=0\r\nConnection: close\r\n\r\nok";
     k.running.shutdown().await;
 }
 
+/// A cookie an app on the origin set with bytes that are not ASCII (a browser sends every cookie
+/// in one header) does not hide the session cookie beside it: the caller is still signed in.
+#[tokio::test]
+async fn a_non_ascii_cookie_beside_the_session_does_not_sign_the_user_out() {
+    let (raw, seen) = raw_upstream(|_| "ok".into()).await;
+    let k = Kfsec::start(&format!("- prefix: /raw/\n  upstream: http://{raw}\n")).await;
+    let session = session_cookie(&k).await;
+    let mut s = tls_to(&k, b"http/1.1").await;
+    let mut req =
+        format!("GET /raw/a HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nCookie: theme=caf").into_bytes();
+    req.extend_from_slice("\u{e9}; ".as_bytes());
+    req.extend_from_slice(session.as_bytes());
+    req.extend_from_slice(b"; raw=\xff\r\n\r\n");
+    s.write_all(&req).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    let head = seen.lock().unwrap().pop().unwrap();
+    assert!(
+        head.to_ascii_lowercase()
+            .contains(&format!("kubeflow-userid: {USER}").to_ascii_lowercase()),
+        "{head}"
+    );
+    k.running.shutdown().await;
+}
+
 /// Requests pipelined in one write on one connection: plain `GET` and `HEAD` (the front door's
 /// lean loop), a `POST` with a chunked body whose data spells a request (handed to hyper with
 /// every byte already read), then a `GET` (hyper's now). Each is answered once, in order, and the
