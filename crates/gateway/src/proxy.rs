@@ -6,8 +6,10 @@
 //! there, so nothing here removes a header by a client-chosen name; the session cookie never
 //! reaches an upstream, nor `Authorization` unless the route opts in; `X-Forwarded-Host` is the
 //! configured public host, never the client's `Host`; an unreachable upstream is a 502 whose body
-//! names no internal error; a malformed client body is a 400; an upstream cannot widen a service
-//! worker's scope past its route (`Service-Worker-Allowed` removed from its answers).
+//! names no internal error; a malformed client body is a 400; an upstream's answer cannot reach
+//! beyond its route: no `Service-Worker-Allowed` (a service worker stays under the route), no
+//! `Set-Cookie` of kfsec's own cookies (`OwnCookies`), no origin-wide `Clear-Site-Data`, `NEL`,
+//! `Report-To` or `Alt-Svc`.
 
 use std::collections::HashMap;
 use std::net::IpAddr;

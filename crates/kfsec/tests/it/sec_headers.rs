@@ -616,8 +616,7 @@ async fn a_non_ascii_cookie_beside_the_session_does_not_sign_the_user_out() {
     let k = Kfsec::start(&format!("- prefix: /raw/\n  upstream: http://{raw}\n")).await;
     let session = session_cookie(&k).await;
     let mut s = tls_to(&k, b"http/1.1").await;
-    let mut req =
-        format!("GET /raw/a HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nCookie: theme=caf").into_bytes();
+    let mut req = b"GET /raw/a HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nCookie: theme=caf".to_vec();
     req.extend_from_slice("\u{e9}; ".as_bytes());
     req.extend_from_slice(session.as_bytes());
     req.extend_from_slice(b"; raw=\xff\r\n\r\n");
