@@ -378,6 +378,7 @@ pub fn refusal_status(r: &Refusal) -> Status {
         RefusalKind::TooLarge => StatusReason::RequestEntityTooLarge,
         RefusalKind::TooManyRequests => StatusReason::TooManyRequests,
         RefusalKind::Unavailable | RefusalKind::BadGateway => StatusReason::ServiceUnavailable,
+        RefusalKind::GatewayTimeout => StatusReason::Timeout,
         _ => StatusReason::InternalError,
     };
     Status::failure(r.code(), reason, r.text())
@@ -449,6 +450,14 @@ mod tests {
 
     fn st(e: &ApiError) -> Value {
         serde_json::to_value(e.to_status()).unwrap()
+    }
+
+    #[test]
+    fn an_upstream_that_timed_out_is_a_504_timeout_status() {
+        let s = refusal_status(&Refusal::new(RefusalKind::GatewayTimeout, "too slow"));
+        let s = serde_json::to_value(s).unwrap();
+        assert_eq!((s["code"].as_u64(), s["reason"].as_str()), (Some(504), Some("Timeout")));
+        assert_eq!(s["message"], "too slow");
     }
 
     #[test]

@@ -22,6 +22,7 @@ pub mod proxy;
 pub mod responses;
 pub mod session;
 pub mod sharded;
+mod stall;
 mod upstream;
 pub mod workers;
 
@@ -98,6 +99,8 @@ pub struct GatewaySettings {
     pub trusted_proxies: Vec<IpAddr>,
     /// TLS material for upstreams.
     pub upstream_identity: Option<UpstreamIdentity>,
+    /// How long an upstream may let one wait last (`frontDoor.upstreamTimeout`).
+    pub upstream_timeout: Duration,
     /// `X-Forwarded-Host` for upstreams: the public URL's `host[:port]` (never the client's `Host`).
     pub forwarded_host: Option<String>,
     /// Concurrent sessions per user; the oldest ends when a new one starts.
@@ -225,6 +228,7 @@ impl App {
             settings.upstream_identity.as_ref(),
             forwarded_host,
             proxy::OwnCookies::new(&settings.cookie_name),
+            settings.upstream_timeout,
         )?;
         let reserved = headers::Reserved::new(&settings.user_id_header, &settings.groups_header);
         let (api, mounts) = match api {

@@ -52,6 +52,8 @@ use tower::ServiceExt;
 use kfsec_idp::ClientAddr;
 use kfsec_types::Identity;
 
+use crate::stall::StallTimer;
+
 /// The identity of a verified TLS client certificate, attached to each request of its
 /// connection.
 #[derive(Debug, Clone)]
@@ -439,56 +441,6 @@ impl RequestCaps {
     }
 }
 
-/// Times one side's wait on the peer: armed at the first `Pending` of a wait, disarmed by
-/// progress, ready once the wait has lasted `limit` (nginx's `client_body_timeout` and
-/// `send_timeout`: the time between two successive operations, not the whole transfer).
-struct StallTimer {
-    limit: Duration,
-    /// Made at the first wait (most request bodies are empty and never wait).
-    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
-    armed: bool,
-}
-
-impl StallTimer {
-    fn new(limit: Duration) -> Self {
-        Self {
-            limit,
-            sleep: None,
-            armed: false,
-        }
-    }
-
-    /// `poll` under this timer: progress disarms it; a wait of `limit` becomes `stalled()`.
-    fn watch<T>(&mut self, cx: &mut Context<'_>, poll: Poll<T>, stalled: impl FnOnce() -> T) -> Poll<T> {
-        match poll {
-            Poll::Ready(v) => {
-                self.armed = false;
-                Poll::Ready(v)
-            }
-            Poll::Pending => {
-                let sleep = match (&mut self.sleep, self.armed) {
-                    (Some(sleep), true) => sleep,
-                    (slot, _) => {
-                        self.armed = true;
-                        let deadline = Instant::now() + self.limit;
-                        match slot {
-                            Some(sleep) => {
-                                sleep.as_mut().reset(deadline);
-                                sleep
-                            }
-                            None => slot.insert(Box::pin(tokio::time::sleep_until(deadline))),
-                        }
-                    }
-                };
-                match sleep.as_mut().poll(cx) {
-                    Poll::Ready(()) => Poll::Ready(stalled()),
-                    Poll::Pending => Poll::Pending,
-                }
-            }
-        }
-    }
-}
-
 /// A socket that holds its connection's [`Slot`], and fails a write the client has not let
 /// progress for the idle timeout (a client that stops reading a response).
 struct Counted {
@@ -675,7 +627,7 @@ impl http_body::Body for TimedBody {
         let poll = Pin::new(&mut this.inner)
             .poll_frame(cx)
             .map(|f| f.map(|r| r.map_err(RequestBodyError::Client)));
-        let limit = this.stall.limit;
+        let limit = this.stall.limit();
         this.stall
             .watch(cx, poll, || Some(Err(RequestBodyError::Stalled(limit))))
     }

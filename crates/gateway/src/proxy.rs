@@ -17,6 +17,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -480,18 +481,21 @@ pub struct Proxy {
     tls: Arc<TlsClients>,
     forwarded_host: Option<HeaderValue>,
     own_cookies: OwnCookies,
+    /// How long an upstream may let one wait last (nginx's `proxy_read_timeout`).
+    timeout: Duration,
 }
 
 /// Idle connections kept per plain upstream and per TLS route.
 const MAX_IDLE_PLAIN: usize = 256;
 const MAX_IDLE_TLS: usize = 64;
 
-fn plain_pool(upstream: &Uri) -> PlainPool {
+fn plain_pool(upstream: &Uri, timeout: Duration) -> PlainPool {
     Pool::new(
         Tcp::new(upstream),
         upstream::host_header(upstream),
         MAX_IDLE_PLAIN,
         upstream::IDLE_TIMEOUT,
+        timeout,
     )
 }
 
@@ -536,6 +540,8 @@ impl http_body::Body for WatchedBody {
 struct TlsClients {
     routes: Vec<Route>,
     identity: Option<UpstreamIdentity>,
+    /// The pools' upstream timeout.
+    timeout: Duration,
     current: parking_lot::RwLock<(u64, Arc<TlsPools>)>,
 }
 
@@ -563,7 +569,13 @@ impl TlsClients {
             let host = upstream::host_header(&r.upstream);
             tls.insert(
                 r.prefix.clone(),
-                Arc::new(Pool::new(connect, host, MAX_IDLE_TLS, upstream::IDLE_TIMEOUT)),
+                Arc::new(Pool::new(
+                    connect,
+                    host,
+                    MAX_IDLE_TLS,
+                    upstream::IDLE_TIMEOUT,
+                    self.timeout,
+                )),
             );
         }
         Ok(tls)
@@ -597,24 +609,28 @@ impl TlsClients {
 impl Proxy {
     /// Pools for `routes`; TLS routes trust only `identity`'s CA and, when mutual, present its
     /// workload certificate. `forwarded_host` is the `X-Forwarded-Host` upstreams receive (the
-    /// public URL's host).
+    /// public URL's host). An upstream that lets one wait last `timeout` — for the next bytes
+    /// of its answer, or to take the next bytes of a request — fails its request
+    /// ([`upstream::Timed`]).
     pub fn new(
         routes: &[Route],
         identity: Option<&UpstreamIdentity>,
         forwarded_host: Option<HeaderValue>,
         own_cookies: OwnCookies,
+        timeout: Duration,
     ) -> Result<Self, GatewayError> {
         let mut plain = HashMap::new();
         for r in routes.iter().filter(|r| r.tls.is_none()) {
             let authority = r.upstream.authority().map(|a| a.as_str()).unwrap_or_default();
             plain
                 .entry(authority.to_owned())
-                .or_insert_with(|| Arc::new(plain_pool(&r.upstream)));
+                .or_insert_with(|| Arc::new(plain_pool(&r.upstream, timeout)));
         }
         let generation = identity.map_or(0, |id| id.roots.generation());
         let mut tls = TlsClients {
             routes: routes.to_vec(),
             identity: identity.cloned(),
+            timeout,
             current: parking_lot::RwLock::new((generation, Arc::new(HashMap::new()))),
         };
         let clients = tls.build()?;
@@ -624,6 +640,7 @@ impl Proxy {
             tls: Arc::new(tls),
             forwarded_host,
             own_cookies,
+            timeout,
         })
     }
 }
@@ -684,7 +701,7 @@ impl Proxy {
                     Some(pool) => pool,
                     // (not a configured route: a pool for this request only)
                     None => {
-                        unconfigured = Arc::new(plain_pool(&route.upstream));
+                        unconfigured = Arc::new(plain_pool(&route.upstream, self.timeout));
                         &unconfigured
                     }
                 };
@@ -705,6 +722,14 @@ impl Proxy {
             Err(e) if failed.as_ref().is_some_and(|f| f.load(Ordering::Acquire)) => {
                 tracing::debug!(route = %route.prefix, error = %e, "the client's request body was malformed");
                 return Err(mounts.error(uri.path(), RefusalKind::BadRequest, "Malformed request body."));
+            }
+            Err(e) if e.timed_out() => {
+                tracing::warn!(route = %route.prefix, error = %e, detail = causes(&e), "upstream timed out");
+                return Err(mounts.error(
+                    uri.path(),
+                    RefusalKind::GatewayTimeout,
+                    "The upstream service did not answer in time.",
+                ));
             }
             Err(e) => {
                 let detail = causes(&e);

@@ -21,12 +21,20 @@
 //! dedicated connection of their own (its driver spawned), never pooled. TLS connections are
 //! verified at connect by their route's `ClientConfig`; the proxy replaces a TLS route's pool
 //! when the roots change, so no connection verified under old roots is checked out again.
+//!
+//! Deadlines (nginx's `proxy_connect_timeout`, `proxy_read_timeout`, `proxy_send_timeout`):
+//! opening a connection (TCP, then TLS) takes at most [`CONNECT_TIMEOUT`] each; every
+//! transport is [`Timed`]: a write the upstream does not take, and — once the request was sent
+//! whole, until its answer ended — a read it does not answer, fail after the pool's `timeout`
+//! without progress. Time between two requests (pooled), while the client's request body is
+//! still coming, or in a tunnel after `101` is never counted against the upstream. A request
+//! that timed out is never retried.
 
 use std::collections::VecDeque;
 use std::future::{Future, poll_fn};
 use std::net::SocketAddr;
 use std::pin::{Pin, pin};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -44,10 +52,12 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::h1::{self, ChunkedDecoder, Decoded, Framing, H1Error};
+use crate::stall::StallTimer;
 
 /// How long an idle connection is kept (hyper_util's legacy client's default).
 pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
-/// The time one new TCP connection may take (split between an upstream's addresses).
+/// The time one new TCP connection may take (split between an upstream's addresses), and then
+/// its TLS handshake.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -73,6 +83,8 @@ pub(crate) enum UpstreamError {
     ConnectTimeout { addr: SocketAddr },
     #[error("TLS handshake")]
     Tls(#[source] std::io::Error),
+    #[error("TLS handshake timed out")]
+    TlsTimeout,
     #[error("HTTP/1.1 handshake")]
     Handshake(#[source] hyper::Error),
     #[error("upstream request")]
@@ -87,9 +99,213 @@ pub(crate) enum UpstreamError {
     Response(#[source] H1Error),
 }
 
+impl UpstreamError {
+    /// Whether the upstream let a deadline pass (connecting, or a [`Timed`] wait): nginx's 504,
+    /// not a 502.
+    pub(crate) fn timed_out(&self) -> bool {
+        if matches!(self, Self::ConnectTimeout { .. } | Self::TlsTimeout) {
+            return true;
+        }
+        // (`io::Error`'s `source` skips its own payload: looked at here)
+        let mut cause = std::error::Error::source(self);
+        while let Some(e) = cause {
+            if e.is::<Stalled>()
+                || e.downcast_ref::<std::io::Error>()
+                    .and_then(std::io::Error::get_ref)
+                    .is_some_and(|inner| inner.is::<Stalled>())
+            {
+                return true;
+            }
+            cause = e.source();
+        }
+        false
+    }
+}
+
+/// The error of a [`Timed`] transport whose upstream let one wait last its timeout.
+#[derive(Debug, thiserror::Error)]
+#[error("the upstream sent and took nothing for {0:?}")]
+pub(crate) struct Stalled(Duration);
+
+/// Which wait a connection's [`Timed`] transport times, set by the task driving the connection:
+/// the low bit says an answer is awaited (the request was sent whole and its answer has not
+/// ended); the rest counts the changes, so each change ends the wait under way.
+#[derive(Debug, Default)]
+pub(crate) struct Phase(AtomicU64);
+
+impl Phase {
+    fn set(&self, awaiting: bool) {
+        let now = self.0.load(Ordering::Relaxed);
+        self.0
+            .store(((now >> 1) + 1) << 1 | u64::from(awaiting), Ordering::Relaxed);
+    }
+
+    /// The request was sent whole: its answer is awaited from now on.
+    fn awaiting(&self) {
+        self.set(true);
+    }
+
+    /// The answer ended (or became a tunnel): nothing is awaited.
+    fn settled(&self) {
+        self.set(false);
+    }
+}
+
+/// An upstream transport under its pool's `timeout`: a write (or flush) the upstream does not
+/// take, and a read it does not answer while [`Phase`] says an answer is awaited, fail with
+/// [`Stalled`] once one wait lasted `timeout`. Reads and writes wait apart (progress of one
+/// never ends the other's wait); every change of phase ends the read's.
+pub(crate) struct Timed<Io> {
+    io: Io,
+    phase: Arc<Phase>,
+    /// The phase the running read wait belongs to.
+    seen: u64,
+    reading: StallTimer,
+    writing: StallTimer,
+}
+
+impl<Io> Timed<Io> {
+    fn new(io: Io, timeout: Duration) -> Self {
+        Self {
+            io,
+            phase: Arc::default(),
+            seen: 0,
+            reading: StallTimer::new(timeout),
+            writing: StallTimer::new(timeout),
+        }
+    }
+
+    fn stalled<T>(timeout: Duration) -> std::io::Result<T> {
+        Err(std::io::Error::new(std::io::ErrorKind::TimedOut, Stalled(timeout)))
+    }
+
+    /// `poll` (a write's or a flush's) under the write timer.
+    fn watch_write<T>(&mut self, cx: &mut Context<'_>, poll: Poll<std::io::Result<T>>) -> Poll<std::io::Result<T>> {
+        let timeout = self.writing.limit();
+        self.writing.watch(cx, poll, || Self::stalled(timeout))
+    }
+}
+
+impl<Io: AsyncRead + Unpin> AsyncRead for Timed<Io> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let phase = this.phase.0.load(Ordering::Relaxed);
+        if phase != this.seen {
+            this.seen = phase;
+            this.reading.disarm();
+        }
+        let poll = Pin::new(&mut this.io).poll_read(cx, buf);
+        if phase & 1 == 1 {
+            let timeout = this.reading.limit();
+            this.reading.watch(cx, poll, || Self::stalled(timeout))
+        } else {
+            poll
+        }
+    }
+}
+
+impl<Io: AsyncWrite + Unpin> AsyncWrite for Timed<Io> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let poll = Pin::new(&mut this.io).poll_write(cx, buf);
+        this.watch_write(cx, poll)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let poll = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        this.watch_write(cx, poll)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let poll = Pin::new(&mut this.io).poll_flush(cx);
+        this.watch_write(cx, poll)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+/// A request body that tells its connection's [`Phase`] when it was sent whole (hyper's path:
+/// the answer is awaited from then on, not while the client is still sending).
+pub(crate) struct Sending<B> {
+    body: B,
+    phase: Arc<Phase>,
+    /// Told already (once per request: telling again would restart the wait).
+    told: AtomicBool,
+}
+
+impl<B: http_body::Body> Sending<B> {
+    fn new(body: B, phase: Arc<Phase>) -> Self {
+        let sending = Self {
+            body,
+            phase,
+            told: AtomicBool::new(false),
+        };
+        if sending.body.is_end_stream() {
+            sending.sent();
+        }
+        sending
+    }
+
+    /// Tells the phase, once; whether it was told now.
+    fn sent(&self) -> bool {
+        let now = !self.told.swap(true, Ordering::Relaxed);
+        if now {
+            self.phase.awaiting();
+        }
+        now
+    }
+}
+
+impl<B: http_body::Body + Unpin> http_body::Body for Sending<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.body).poll_frame(cx);
+        if (matches!(polled, Poll::Ready(None)) || this.body.is_end_stream()) && this.sent() {
+            // The connection may have looked for the answer before, untimed, and look no more
+            // until the socket wakes it: polled again, it starts the timed wait now.
+            cx.waker().wake_by_ref();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        let end = self.body.is_end_stream();
+        if end {
+            self.sent();
+        }
+        end
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
 /// A request body the pool can send: what hyper's client connections accept.
-pub(crate) trait ReqBody: http_body::Body<Data = Bytes, Error: Into<BoxError>> + Send + 'static {}
-impl<B: http_body::Body<Data = Bytes, Error: Into<BoxError>> + Send + 'static> ReqBody for B {}
+pub(crate) trait ReqBody: http_body::Body<Data = Bytes, Error: Into<BoxError>> + Send + Unpin + 'static {}
+impl<B: http_body::Body<Data = Bytes, Error: Into<BoxError>> + Send + Unpin + 'static> ReqBody for B {}
 
 /// Opens a transport to one upstream.
 pub(crate) trait Connect: Send + Sync + 'static {
@@ -169,10 +385,11 @@ impl Connect for Tls {
 
     async fn connect(&self) -> Result<Self::Io, UpstreamError> {
         let tcp = self.tcp.stream().await?;
-        self.connector
-            .connect(self.server_name.clone(), tcp)
-            .await
-            .map_err(UpstreamError::Tls)
+        let handshake = self.connector.connect(self.server_name.clone(), tcp);
+        match tokio::time::timeout(CONNECT_TIMEOUT, handshake).await {
+            Ok(done) => done.map_err(UpstreamError::Tls),
+            Err(_) => Err(UpstreamError::TlsTimeout),
+        }
     }
 }
 
@@ -202,14 +419,19 @@ impl std::task::Wake for Gate {
 
 /// One HTTP/1.1 connection: the sender and the connection future, polled by whoever uses it.
 struct Conn<C: Connect, B: ReqBody> {
-    tx: SendRequest<B>,
+    tx: SendRequest<Sending<B>>,
+    /// What its transport times.
+    phase: Arc<Phase>,
     gate: Arc<Gate>,
     /// `gate` as a waker (made once: hyper and tokio keep it registered, no clone per poll).
     waker: Waker,
     /// `None` once the connection finished (closed or failed). Boxed: it is large (hundreds of
     /// bytes), and a `Conn` moves several times per request (pool, request, body, pool).
-    conn: Option<Box<Connection<TokioIo<C::Io>, B>>>,
+    conn: Option<Box<HyperConnection<C, B>>>,
 }
+
+/// hyper's side of a pooled connection.
+type HyperConnection<C, B> = Connection<TokioIo<Timed<<C as Connect>::Io>>, Sending<B>>;
 
 impl<C: Connect, B: ReqBody> Conn<C, B> {
     /// Polls the connection; false once it finished (it is dropped then, which hands a request
@@ -360,6 +582,8 @@ pub(crate) struct Pool<C: Connect, B: ReqBody> {
     /// Per idle list (the pool's cap divided among the workers).
     max_idle: usize,
     idle_timeout: Duration,
+    /// The longest an upstream may let one wait last ([`Timed`]).
+    timeout: Duration,
     reaper: AtomicBool,
 }
 
@@ -376,8 +600,15 @@ pub(crate) fn host_header(uri: &Uri) -> HeaderValue {
 }
 
 impl<C: Connect, B: ReqBody> Pool<C, B> {
-    /// An empty pool that keeps at most `max_idle` idle connections, each for `idle_timeout`.
-    pub(crate) fn new(connect: C, host: HeaderValue, max_idle: usize, idle_timeout: Duration) -> Self {
+    /// An empty pool that keeps at most `max_idle` idle connections, each for `idle_timeout`; an
+    /// upstream that lets one wait last `timeout` fails its request ([`Timed`]).
+    pub(crate) fn new(
+        connect: C,
+        host: HeaderValue,
+        max_idle: usize,
+        idle_timeout: Duration,
+        timeout: Duration,
+    ) -> Self {
         let workers = std::thread::available_parallelism().map_or(1, usize::from);
         Self {
             connect,
@@ -388,6 +619,7 @@ impl<C: Connect, B: ReqBody> Pool<C, B> {
             // file descriptors the listeners' caps leave free).
             max_idle: max_idle.div_ceil(workers),
             idle_timeout,
+            timeout,
             reaper: AtomicBool::new(false),
         }
     }
@@ -424,14 +656,14 @@ impl<C: Connect, B: ReqBody> Pool<C, B> {
         let (mut conn, mut reused) = match self.lean.checkout(self.idle_timeout, Lean::settle) {
             Some(conn) => (conn, true),
             // (boxed: connecting is rare, and its future large)
-            None => (Lean::new(Box::pin(self.connect.connect()).await?), false),
+            None => (self.open_lean().await?, false),
         };
         let answer = loop {
             match conn.exchange(&head, &method).await {
                 Ok(answer) => break answer,
-                Err((e, unanswered)) if reused && unanswered => {
+                Err((e, unanswered)) if reused && unanswered && !e.timed_out() => {
                     tracing::debug!(error = %e, "reused upstream connection was closed; retrying");
-                    conn = Lean::new(Box::pin(self.connect.connect()).await?);
+                    conn = self.open_lean().await?;
                     reused = false;
                 }
                 Err((e, _)) => return Err(e),
@@ -482,7 +714,7 @@ impl<C: Connect, B: ReqBody> Pool<C, B> {
     fn send_on(
         self: &Arc<Self>,
         idle: Option<Conn<C, B>>,
-        mut req: Request<B>,
+        req: Request<B>,
         upgrade: bool,
     ) -> impl Future<Output = Result<Response<Body>, UpstreamError>> + Send + '_ {
         async move {
@@ -493,6 +725,7 @@ impl<C: Connect, B: ReqBody> Pool<C, B> {
                 Some(conn) => (conn, true),
                 None => (self.open().await?, false),
             };
+            let mut req = req.map(|body| Sending::new(body, conn.phase.clone()));
             let resp = loop {
                 let mut sent = pin!(conn.tx.try_send_request(req));
                 let unsent = match poll_fn(|cx| conn.poll_sent(cx, sent.as_mut())).await {
@@ -507,8 +740,8 @@ impl<C: Connect, B: ReqBody> Pool<C, B> {
                         _ => return Err(UpstreamError::Request(e.into_error())),
                     },
                 };
-                req = unsent;
                 conn = self.open().await?;
+                req = unsent.map(|sending| Sending::new(sending.body, conn.phase.clone()));
                 reused = false;
             };
             Ok(resp.map(|body| {
@@ -523,7 +756,8 @@ impl<C: Connect, B: ReqBody> Pool<C, B> {
     }
 
     async fn send_upgrade(&self, req: Request<B>) -> Result<Response<Body>, UpstreamError> {
-        let io = self.connect.connect().await?;
+        let io = Timed::new(self.connect.connect().await?, self.timeout);
+        let phase = io.phase.clone();
         let (mut tx, conn) = http1::handshake(TokioIo::new(io))
             .await
             .map_err(UpstreamError::Handshake)?;
@@ -533,7 +767,12 @@ impl<C: Connect, B: ReqBody> Pool<C, B> {
                 tracing::debug!(error = %e, "upstream upgrade connection failed");
             }
         });
+        let req = req.map(|body| Sending::new(body, phase.clone()));
         let resp = tx.send_request(req).await.map_err(UpstreamError::Request)?;
+        if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+            // A tunnel: either side may be quiet for as long as it likes (writes stay timed).
+            phase.settled();
+        }
         Ok(resp.map(Body::new))
     }
 
@@ -541,18 +780,28 @@ impl<C: Connect, B: ReqBody> Pool<C, B> {
     /// would otherwise be part of every request's, which is moved and copied whole.)
     fn open(&self) -> Opening<'_, C, B> {
         Box::pin(async move {
-            let io = self.connect.connect().await?;
+            let io = Timed::new(self.connect.connect().await?, self.timeout);
+            let phase = io.phase.clone();
             let (tx, conn) = http1::handshake(TokioIo::new(io))
                 .await
                 .map_err(UpstreamError::Handshake)?;
             let gate = Arc::new(Gate::default());
             Ok(Conn {
                 tx,
+                phase,
                 waker: Waker::from(gate.clone()),
                 gate,
                 conn: Some(Box::new(conn)),
             })
         })
+    }
+
+    /// A new lean connection.
+    async fn open_lean(&self) -> Result<Lean<C::Io>, UpstreamError> {
+        Ok(Lean::new(Timed::new(
+            Box::pin(self.connect.connect()).await?,
+            self.timeout,
+        )))
     }
 
     /// The most recently used idle connection that is still open, if any.
@@ -569,6 +818,7 @@ impl<C: Connect, B: ReqBody> Pool<C, B> {
     /// Keeps a lean connection whose response ended, when it is reusable: `keep_alive` (its
     /// response allowed it) and nothing arrived since.
     fn release_lean(self: &Arc<Self>, mut conn: Lean<C::Io>, keep_alive: bool) {
+        conn.io.phase.settled();
         if keep_alive && conn.settle() {
             if conn.buf.capacity() > READ_CHUNK {
                 // (a large head grew it: an idle connection keeps no more than a small one)
@@ -616,12 +866,12 @@ const READ_CHUNK: usize = 16 * 1024;
 /// A connection of the lean path, spoken to with [`crate::h1`]: the transport, and what was read
 /// past the response being handled.
 struct Lean<Io> {
-    io: Io,
+    io: Timed<Io>,
     buf: BytesMut,
 }
 
 impl<Io: AsyncRead + AsyncWrite + Unpin> Lean<Io> {
-    fn new(io: Io) -> Self {
+    fn new(io: Timed<Io>) -> Self {
         Self {
             io,
             buf: BytesMut::new(),
@@ -652,6 +902,8 @@ impl<Io: AsyncRead + AsyncWrite + Unpin> Lean<Io> {
     /// skipped). On failure, also whether no byte of an answer arrived.
     async fn exchange(&mut self, head: &[u8], method: &Method) -> Result<h1::ResponseHead, (UpstreamError, bool)> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        // (the head is the whole request: its answer is awaited from the first byte written)
+        self.io.phase.awaiting();
         if let Err(e) = async {
             self.io.write_all(head).await?;
             self.io.flush().await
@@ -832,10 +1084,11 @@ struct ResponseBody<C: Connect, B: ReqBody> {
 
 impl<C: Connect, B: ReqBody> ResponseBody<C, B> {
     fn release(&mut self) {
-        if let Some(mut conn) = self.conn.take()
-            && conn.settle()
-        {
-            self.pool.put(conn);
+        if let Some(mut conn) = self.conn.take() {
+            conn.phase.settled();
+            if conn.settle() {
+                self.pool.put(conn);
+            }
         }
     }
 }
@@ -909,6 +1162,8 @@ mod tests {
     use tokio::net::TcpListener;
 
     const BIG: usize = 8 << 20;
+    /// The pools' upstream timeout in tests (long: only the deadline tests wait for theirs).
+    const TIMEOUT: Duration = Duration::from_secs(30);
 
     /// A local HTTP/1 upstream that counts the connections it accepted.
     struct Upstream {
@@ -922,8 +1177,12 @@ mod tests {
         }
 
         fn pool(&self, idle_timeout: Duration) -> Arc<Pool<Tcp, Body>> {
+            self.timed_pool(idle_timeout, TIMEOUT)
+        }
+
+        fn timed_pool(&self, idle_timeout: Duration, timeout: Duration) -> Arc<Pool<Tcp, Body>> {
             let uri: Uri = format!("http://{}", self.addr).parse().unwrap();
-            Arc::new(Pool::new(Tcp::new(&uri), host_header(&uri), 256, idle_timeout))
+            Arc::new(Pool::new(Tcp::new(&uri), host_header(&uri), 256, idle_timeout, timeout))
         }
     }
 
@@ -934,6 +1193,11 @@ mod tests {
             "/304" => Response::builder().status(StatusCode::NOT_MODIFIED).body(Body::empty()),
             "/empty" => Response::builder().header("content-length", "0").body(Body::empty()),
             "/echo" => Response::builder().body(Body::new(req.into_body())),
+            // answers once the whole request body arrived: its length
+            "/collect" => {
+                let n = req.into_body().collect().await.map_or(0, |b| b.to_bytes().len());
+                Response::builder().body(Body::from(format!("{n}")))
+            }
             "/drip" => {
                 let chunks = futures_util::stream::unfold(0u8, |i| async move {
                     if i == 20 {
@@ -1299,7 +1563,7 @@ mod tests {
             .await
             .unwrap();
         drop(upstream);
-        let mut conn = Lean::new(client);
+        let mut conn = Lean::new(Timed::new(client, TIMEOUT));
         // another socket with data, polled in the same task poll until tokio's budget is spent
         let mut other = TcpStream::connect(addr).await.unwrap();
         let (mut peer, _) = listener.accept().await.unwrap();
@@ -1523,7 +1787,8 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         drop(listener);
         let uri: Uri = format!("http://{addr}").parse().unwrap();
-        let pool: Arc<Pool<Tcp, Body>> = Arc::new(Pool::new(Tcp::new(&uri), host_header(&uri), 8, IDLE_TIMEOUT));
+        let pool: Arc<Pool<Tcp, Body>> =
+            Arc::new(Pool::new(Tcp::new(&uri), host_header(&uri), 8, IDLE_TIMEOUT, TIMEOUT));
         let e = pool.send(get("/"), false).await.unwrap_err();
         assert!(matches!(e, UpstreamError::Connect { .. }), "{e:?}");
     }
@@ -1540,6 +1805,218 @@ mod tests {
         assert_eq!(pool.idle_count(), 0);
         assert_eq!(text(&pool, get("/")).await.0, StatusCode::OK);
         assert_eq!(up.accepted(), 2);
+    }
+
+    /// The deadline of the deadline tests.
+    const SHORT: Duration = Duration::from_millis(300);
+
+    /// Reads one request head (and `body` bytes after it) from `s`; false if it closed first.
+    async fn read_request(s: &mut TcpStream, body: usize) -> bool {
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            if let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n")
+                && seen.len() >= end + 4 + body
+            {
+                return true;
+            }
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+            }
+        }
+    }
+
+    /// An upstream that reads a request (head and `body` bytes), writes the `parts` of its
+    /// answer `gap` apart, reads the next request and answers nothing more: it keeps the
+    /// connection open, silent, for a minute.
+    async fn scripted(body: usize, parts: &'static [&'static [u8]], gap: Duration) -> Upstream {
+        serve(move |mut s| async move {
+            if read_request(&mut s, body).await {
+                for part in parts {
+                    tokio::time::sleep(gap).await;
+                    if s.write_all(part).await.is_err() {
+                        return;
+                    }
+                }
+                let _ = read_request(&mut s, body).await;
+                tokio::time::sleep(Duration::from_secs(60)).await;
+            }
+        })
+        .await
+    }
+
+    fn post(path: &str, body: &'static str) -> Request<Body> {
+        Request::post(path).body(Body::from(body)).unwrap()
+    }
+
+    /// `what` failed by the deadline, within a second of it.
+    async fn times_out<T: std::fmt::Debug>(what: impl Future<Output = Result<T, UpstreamError>>) {
+        let start = Instant::now();
+        let e = tokio::time::timeout(Duration::from_secs(10), what)
+            .await
+            .unwrap()
+            .unwrap_err();
+        let took = start.elapsed();
+        assert!(e.timed_out(), "{e:?}");
+        assert!(took >= SHORT && took < SHORT + Duration::from_secs(1), "{took:?}");
+    }
+
+    #[tokio::test]
+    async fn an_upstream_that_never_answers_times_out_on_both_paths_and_is_not_retried() {
+        // no answer at all: the lean path (GET) and hyper's (a body)
+        let up = scripted(0, &[], Duration::ZERO).await;
+        let pool = up.timed_pool(IDLE_TIMEOUT, SHORT);
+        times_out(pool.send(get("/"), false)).await;
+        let up = scripted(1, &[], Duration::ZERO).await;
+        let pool = up.timed_pool(IDLE_TIMEOUT, SHORT);
+        times_out(pool.send(post("/", "x"), false)).await;
+        // half a head, then nothing
+        let up = scripted(0, &[b"HTTP/1.1 200 OK\r\ncontent-len"], Duration::ZERO).await;
+        let pool = up.timed_pool(IDLE_TIMEOUT, SHORT);
+        times_out(pool.send(get("/"), false)).await;
+        let up = scripted(1, &[b"HTTP/1.1 200 OK\r\ncontent-len"], Duration::ZERO).await;
+        let pool = up.timed_pool(IDLE_TIMEOUT, SHORT);
+        times_out(pool.send(post("/", "x"), false)).await;
+        // answered once, silent on the reused connection: not sent again on a new one
+        let up = scripted(0, &[b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"], Duration::ZERO).await;
+        let pool = up.timed_pool(IDLE_TIMEOUT, SHORT);
+        assert_eq!(text(&pool, get("/")).await, (StatusCode::OK, "ok".into()));
+        times_out(pool.send(get("/"), false)).await;
+        assert_eq!(up.accepted(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_answer_that_stalls_midway_fails_its_body() {
+        let stalled = |e: &(dyn std::error::Error + 'static)| {
+            let mut cause = Some(e);
+            while let Some(c) = cause {
+                if c.downcast_ref::<std::io::Error>()
+                    .and_then(std::io::Error::get_ref)
+                    .is_some_and(|i| i.is::<Stalled>())
+                {
+                    return true;
+                }
+                cause = c.source();
+            }
+            false
+        };
+        for body in [0, 1] {
+            let up = scripted(
+                body,
+                &[b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhalf"],
+                Duration::ZERO,
+            )
+            .await;
+            let pool = up.timed_pool(IDLE_TIMEOUT, SHORT);
+            let req = if body == 0 { get("/") } else { post("/", "x") };
+            let resp = pool.send(req, false).await.unwrap();
+            let start = Instant::now();
+            let e = tokio::time::timeout(Duration::from_secs(10), resp.into_body().collect())
+                .await
+                .unwrap()
+                .unwrap_err();
+            assert!(start.elapsed() >= SHORT / 2, "{:?}", start.elapsed());
+            assert!(stalled(&e), "{e:?}");
+            assert_eq!(pool.idle_count(), 0);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_slow_but_steady_answer_is_never_cut() {
+        // five parts, each two thirds of the deadline after the last: 1.3 times the deadline
+        // in all, never one whole deadline without a byte
+        const PARTS: &[&[u8]] = &[
+            b"HTTP/1.1 200 OK\r\n",
+            b"transfer-encoding: chunked\r\n\r\n",
+            b"2\r\nab\r\n",
+            b"2\r\ncd\r\n",
+            b"0\r\n\r\n",
+        ];
+        for body in [0, 1] {
+            let up = scripted(body, PARTS, SHORT * 2 / 3).await;
+            let pool = up.timed_pool(IDLE_TIMEOUT, SHORT);
+            let req = if body == 0 { get("/") } else { post("/", "x") };
+            assert_eq!(text(&pool, req).await, (StatusCode::OK, "abcd".into()));
+        }
+    }
+
+    #[tokio::test]
+    async fn rest_between_requests_and_a_slow_client_body_are_not_the_upstreams_delay() {
+        let up = upstream(true).await;
+        let pool = up.timed_pool(IDLE_TIMEOUT, SHORT);
+        for req in [get("/"), post("/collect", "abc")] {
+            let first = text(&pool, req).await;
+            assert_eq!(first.0, StatusCode::OK);
+        }
+        // pooled twice the deadline, then reused
+        tokio::time::sleep(SHORT * 2).await;
+        assert_eq!(text(&pool, get("/a")).await, (StatusCode::OK, "ok /a".into()));
+        assert_eq!(
+            text(&pool, post("/collect", "abcd")).await,
+            (StatusCode::OK, "4".into())
+        );
+        assert_eq!(up.accepted(), 2);
+        // a client that pauses twice the deadline within its body: the upstream waits for the
+        // whole body before it answers, and the wait is the client's
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Bytes, Infallible>>(1);
+        let req = Request::post("/collect")
+            .body(Body::from_stream(futures_util::stream::poll_fn(move |cx| {
+                rx.poll_recv(cx)
+            })))
+            .unwrap();
+        let client = tokio::spawn(async move {
+            tx.send(Ok(Bytes::from_static(b"12345"))).await.unwrap();
+            tokio::time::sleep(SHORT * 2).await;
+            tx.send(Ok(Bytes::from_static(b"678"))).await.unwrap();
+        });
+        assert_eq!(text(&pool, req).await, (StatusCode::OK, "8".into()));
+        client.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_upstream_that_takes_no_request_bytes_times_out() {
+        // reads nothing at all: the body fills the sockets' buffers, then waits
+        let up = serve(|s| async move {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            drop(s);
+        })
+        .await;
+        let pool = up.timed_pool(IDLE_TIMEOUT, SHORT);
+        let req = Request::post("/").body(Body::from(vec![0u8; BIG])).unwrap();
+        times_out(pool.send(req, false)).await;
+    }
+
+    #[tokio::test]
+    async fn a_tunnel_may_be_quiet_longer_than_the_deadline() {
+        let up = serve(|mut s| async move {
+            if read_request(&mut s, 0).await {
+                s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: x\r\n\r\n")
+                    .await
+                    .unwrap();
+                tokio::time::sleep(SHORT * 2).await;
+                s.write_all(b"hello").await.unwrap();
+                let mut buf = [0u8; 5];
+                s.read_exact(&mut buf).await.unwrap();
+                s.write_all(&buf).await.unwrap();
+            }
+        })
+        .await;
+        let pool = up.timed_pool(IDLE_TIMEOUT, SHORT);
+        let req = Request::get("/ws")
+            .header("connection", "upgrade")
+            .header("upgrade", "x")
+            .body(Body::empty())
+            .unwrap();
+        let resp = pool.send(req, true).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
+        let mut tunnel = TokioIo::new(hyper::upgrade::on(resp).await.unwrap());
+        let mut buf = [0u8; 5];
+        tunnel.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"hello");
+        tunnel.write_all(b"again").await.unwrap();
+        tunnel.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"again");
     }
 
     #[test]

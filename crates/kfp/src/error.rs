@@ -18,6 +18,8 @@ pub const NO_IDENTITY: &str = "Failed to check authorization. User identity is e
 pub mod code {
     /// InvalidArgument.
     pub const INVALID_ARGUMENT: i32 = 3;
+    /// DeadlineExceeded (a service behind kfsec did not answer in time).
+    pub const DEADLINE_EXCEEDED: i32 = 4;
     /// NotFound.
     pub const NOT_FOUND: i32 = 5;
     /// AlreadyExists.
@@ -79,6 +81,9 @@ pub enum KfpError {
     /// Too busy to do the work now (gRPC 14, HTTP 503).
     #[error("Unavailable: {0}")]
     Unavailable(String),
+    /// A service behind kfsec did not answer in time (gRPC 4, HTTP 504).
+    #[error("DeadlineExceeded: {0}")]
+    DeadlineExceeded(String),
     /// Not offered by kfsec (gRPC 12, HTTP 501).
     #[error("Unimplemented: {0}")]
     Unimplemented(String),
@@ -131,6 +136,7 @@ impl KfpError {
             Self::Unimplemented(_) => code::UNIMPLEMENTED,
             Self::ResourceExhausted(_) => code::RESOURCE_EXHAUSTED,
             Self::Unavailable(_) => code::UNAVAILABLE,
+            Self::DeadlineExceeded(_) => code::DEADLINE_EXCEEDED,
             Self::Failed(r) if r.kind == RefusalKind::Unavailable => code::UNAVAILABLE,
             Self::Internal(_) | Self::Failed(_) | Self::Wrapped { .. } => code::INTERNAL,
         }
@@ -150,7 +156,8 @@ impl KfpError {
             | Self::DataLoss(m)
             | Self::Unimplemented(m)
             | Self::ResourceExhausted(m)
-            | Self::Unavailable(m) => m.clone(),
+            | Self::Unavailable(m)
+            | Self::DeadlineExceeded(m) => m.clone(),
             Self::Failed(r) => r.text(),
             Self::Internal(_) | Self::Wrapped { .. } => "Internal error".into(),
         }
@@ -170,6 +177,7 @@ impl KfpError {
             code::UNIMPLEMENTED => StatusCode::NOT_IMPLEMENTED,
             code::RESOURCE_EXHAUSTED => StatusCode::TOO_MANY_REQUESTS,
             code::UNAVAILABLE => StatusCode::SERVICE_UNAVAILABLE,
+            code::DEADLINE_EXCEEDED => StatusCode::GATEWAY_TIMEOUT,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -226,6 +234,7 @@ impl KfpError {
             RefusalKind::Internal => Self::Failed(r.clone()),
             RefusalKind::Unavailable if r.incident.is_some() => Self::Failed(r.clone()),
             RefusalKind::Unavailable | RefusalKind::BadGateway => Self::Unavailable(m),
+            RefusalKind::GatewayTimeout => Self::DeadlineExceeded(m),
             _ => Self::InvalidInput(m),
         }
     }
@@ -244,3 +253,18 @@ impl IntoResponse for KfpError {
 
 /// Result of the KFP operations.
 pub type KfpResult<T> = Result<T, KfpError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_upstream_that_timed_out_is_deadline_exceeded() {
+        let e = KfpError::from_refusal(&Refusal::new(RefusalKind::GatewayTimeout, "too slow"));
+        assert_eq!(
+            (e.code(), e.http_status()),
+            (code::DEADLINE_EXCEEDED, StatusCode::GATEWAY_TIMEOUT)
+        );
+        assert_eq!(e.external(), "too slow");
+    }
+}

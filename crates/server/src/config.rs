@@ -160,6 +160,8 @@ pub struct Config {
     pub pipeline_package_quota: (u64, u64),
     /// Front-door timeouts and connection caps (`frontDoor:`).
     pub front_door: ListenerLimits,
+    /// How long an upstream may let one wait last (`frontDoor.upstreamTimeout`, default 60s).
+    pub upstream_timeout: Duration,
     /// Webhook listener timeouts (the front door's) and connection caps (`webhooks:`).
     pub webhook_limits: ListenerLimits,
     /// Client-certificate authentication of webhook callers (`webhooks.clientAuth`).
@@ -287,6 +289,19 @@ pub struct WebhookClientAuth {
     pub allowed_names: Vec<String>,
 }
 
+/// How long an upstream may let one wait last by default (nginx's `proxy_read_timeout`).
+const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A timeout setting `what`: `default` when absent; at least 100ms (there is no "none").
+fn timeout_setting(v: Option<Duration>, what: &str, default: Duration) -> Result<Duration, ConfigError> {
+    match v {
+        Some(d) if d < Duration::from_millis(100) => Err(ConfigError::Invalid(format!(
+            "{what} must be at least 100ms (a slow service needs a longer one, not none)"
+        ))),
+        v => Ok(v.unwrap_or(default)),
+    }
+}
+
 /// The listener limits of `frontDoor:` and `webhooks:`.
 fn listener_limits(f: &ConfigFile) -> Result<(ListenerLimits, ListenerLimits, Option<WebhookClientAuth>), ConfigError> {
     let fd = &f.front_door;
@@ -294,12 +309,7 @@ fn listener_limits(f: &ConfigFile) -> Result<(ListenerLimits, ListenerLimits, Op
         Some(0) => Err(ConfigError::Invalid(format!("{what} must be at least 1"))),
         v => Ok(v.unwrap_or(default)),
     };
-    let timeout = |v: Option<Duration>, what: &str, default: Duration| match v {
-        Some(d) if d < Duration::from_millis(100) => {
-            Err(ConfigError::Invalid(format!("{what} must be at least 100ms")))
-        }
-        v => Ok(v.unwrap_or(default)),
-    };
+    let timeout = timeout_setting;
     let (fdd, whd) = (ListenerLimits::FRONT_DOOR, ListenerLimits::WEBHOOKS);
     let front = ListenerLimits {
         header_timeout: timeout(fd.header_timeout, "frontDoor.headerTimeout", fdd.header_timeout)?,
@@ -643,6 +653,11 @@ pub fn validate(f: ConfigFile, o: &Overrides, env: &dyn Env) -> Result<Config, C
         ));
     }
     let (front_door, webhook_limits, webhook_client_auth) = listener_limits(&f)?;
+    let upstream_timeout = timeout_setting(
+        f.front_door.upstream_timeout,
+        "frontDoor.upstreamTimeout",
+        DEFAULT_UPSTREAM_TIMEOUT,
+    )?;
     let mut acknowledged = acknowledge_dex_sections(&f)?;
     let (federation, unused) = federation::federation(
         &f,
@@ -746,6 +761,7 @@ pub fn validate(f: ConfigFile, o: &Overrides, env: &dyn Env) -> Result<Config, C
             l
         },
         front_door,
+        upstream_timeout,
         webhook_limits,
         webhook_client_auth,
         webhook_settings,
@@ -1212,5 +1228,30 @@ routes:
             .unwrap_err()
             .to_string();
         assert!(err.contains("frontDoor") && err.contains("idleTimeOut"), "{err}");
+    }
+
+    #[test]
+    fn the_upstream_timeout_defaults_to_nginxs_and_has_no_off() {
+        let config = |yaml: &str| {
+            validate(
+                parse(Path::new("c.yaml"), yaml).unwrap(),
+                &Overrides::default(),
+                &MapEnv(vec![]),
+            )
+        };
+        assert_eq!(config("").unwrap().upstream_timeout, Duration::from_secs(60));
+        assert_eq!(
+            config("frontDoor:\n  upstreamTimeout: 10m\n").unwrap().upstream_timeout,
+            Duration::from_secs(600)
+        );
+        for bad in ["0s", "50ms"] {
+            let e = config(&format!("frontDoor:\n  upstreamTimeout: {bad}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("frontDoor.upstreamTimeout must be at least 100ms"),
+                "{bad}: {e}"
+            );
+        }
     }
 }

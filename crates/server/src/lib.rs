@@ -826,6 +826,7 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
         routes: cfg.routes.clone(),
         trusted_proxies: cfg.trusted_proxies.clone(),
         upstream_identity: Some(upstream),
+        upstream_timeout: cfg.upstream_timeout,
         forwarded_host: url::Url::parse(&public_url).ok().and_then(|u| {
             u.host_str().map(|h| match u.port() {
                 Some(p) => format!("{h}:{p}"),

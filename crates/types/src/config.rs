@@ -294,6 +294,13 @@ pub struct FrontDoorConfig {
     /// Open connections at once from one client address (an IPv6 /64) (default 512); twice
     /// this many requests may be in flight from one address.
     pub max_connections_per_address: Option<usize>,
+    /// An upstream that lets one wait last this long — for the next bytes of its answer once
+    /// the request was sent, or to take the next bytes of the request — fails the request:
+    /// 504 before the answer began, the answer cut after (default 60s; nginx's
+    /// `proxy_read_timeout` and `proxy_send_timeout`). Never counted: a pooled connection's
+    /// rest between requests, a client still sending its body, a WebSocket's quiet.
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub upstream_timeout: Option<Duration>,
 }
 
 /// The admission webhook listener.

@@ -32,6 +32,8 @@ pub enum RefusalKind {
     Internal,
     /// 502: the upstream could not be reached.
     BadGateway,
+    /// 504: the upstream did not answer in time.
+    GatewayTimeout,
     /// 503: kfsec (or its storage) is unavailable; retry later.
     Unavailable,
 }
@@ -48,6 +50,7 @@ impl RefusalKind {
             Self::TooManyRequests => 429,
             Self::Internal => 500,
             Self::BadGateway => 502,
+            Self::GatewayTimeout => 504,
             Self::Unavailable => 503,
         }
     }
@@ -63,6 +66,7 @@ impl RefusalKind {
             Self::TooManyRequests => "Too Many Requests",
             Self::Internal => "Internal Server Error",
             Self::BadGateway => "Bad Gateway",
+            Self::GatewayTimeout => "Gateway Timeout",
             Self::Unavailable => "Service Unavailable",
         }
     }

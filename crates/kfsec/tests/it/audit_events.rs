@@ -20,11 +20,18 @@ pub(crate) async fn audit_log(k: &Kfsec) -> (Vec<Value>, String) {
         .unwrap();
     assert!(flushed, "the audit log flushed");
     let text = std::fs::read_to_string(k._dir.path().join("audit").join("audit.log")).unwrap();
-    let events = text
+    let mut events: Vec<Value> = text
         .lines()
         .map(|l| serde_json::from_str::<Value>(l).unwrap())
         .filter(|e| e["kind"] == "Event" && e["verb"] != "checkpoint")
         .collect();
+    // Events recorded on different threads may be written in another order than they happened
+    // (as kube-apiserver's batching backend writes them): put back in the order the requests
+    // came (fixed-width microsecond times sort as text).
+    events.sort_by(|a, b| {
+        let at = |e: &Value| e["requestReceivedTimestamp"].as_str().unwrap_or_default().to_owned();
+        at(a).cmp(&at(b))
+    });
     (events, text)
 }
 
@@ -259,27 +266,33 @@ async fn password_grant_and_refresh_are_token_events_without_tokens() {
     assert_ne!(status, 200, "{replayed}");
 
     let (events, text) = audit_log(&k).await;
+    let by_outcome = |events: &[&'_ Value], o: &str| -> Value {
+        let of: Vec<_> = events
+            .iter()
+            .filter(|e| annotation(e, "kfsec.io/outcome") == o)
+            .collect();
+        assert_eq!(of.len(), 1, "{o}: {events:?}");
+        (*of[0]).clone()
+    };
     let logins = identity(&events, "logins", "login");
     assert_eq!(logins.len(), 2, "{logins:?}");
-    let failed = logins[0];
+    let failed = by_outcome(&logins, "failure");
     assert_eq!(failed["objectRef"]["name"], USER);
-    assert_eq!(annotation(failed, "kfsec.io/reason"), "invalid credentials");
-    assert_eq!(annotation(failed, "kfsec.io/grant-type"), "password");
-    assert_eq!(annotation(failed, "kfsec.io/client"), "rp-test");
+    assert_eq!(annotation(&failed, "kfsec.io/reason"), "invalid credentials");
+    assert_eq!(annotation(&failed, "kfsec.io/grant-type"), "password");
+    assert_eq!(annotation(&failed, "kfsec.io/client"), "rp-test");
     assert_eq!(failed["responseStatus"]["code"], 401);
-    let ok = logins[1];
+    let ok = by_outcome(&logins, "success");
     assert_eq!(ok["user"]["username"], USER);
-    assert_eq!(annotation(ok, "kfsec.io/outcome"), "success");
 
     let refreshes = identity(&events, "tokens", "refresh");
     assert_eq!(refreshes.len(), 2, "{refreshes:?}");
-    assert_eq!(refreshes[0]["user"]["username"], USER, "the tokens' subject");
-    assert_eq!(annotation(refreshes[0], "kfsec.io/client"), "rp-test");
-    assert_eq!(annotation(refreshes[0], "kfsec.io/grant-type"), "refresh_token");
-    assert_eq!(annotation(refreshes[0], "kfsec.io/outcome"), "success");
-    assert_eq!(annotation(refreshes[1], "kfsec.io/outcome"), "failure");
+    let (ok, failed) = (by_outcome(&refreshes, "success"), by_outcome(&refreshes, "failure"));
+    assert_eq!(ok["user"]["username"], USER, "the tokens' subject");
+    assert_eq!(annotation(&ok, "kfsec.io/client"), "rp-test");
+    assert_eq!(annotation(&ok, "kfsec.io/grant-type"), "refresh_token");
     assert_eq!(
-        annotation(refreshes[1], "kfsec.io/reason"),
+        annotation(&failed, "kfsec.io/reason"),
         replayed["error"].as_str().unwrap()
     );
 

@@ -488,24 +488,33 @@ async fn read_head<R: tokio::io::AsyncBufRead + Unpin>(r: &mut R) -> usize {
 /// An upstream that answers every request with `len` bytes, `chunk` at a time, pausing `every`
 /// between chunks (as fast as it is read when zero).
 async fn raw_upstream(len: usize, chunk: usize, every: Duration) -> SocketAddr {
+    raw_server(move |mut r, mut w| async move {
+        let _ = read_head(&mut r).await;
+        let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {len}\r\nContent-Type: text/plain\r\n\r\n");
+        let data = vec![b'x'; chunk];
+        let _ = w.write_all(head.as_bytes()).await;
+        for _ in 0..len / chunk {
+            if w.write_all(&data).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(every).await;
+        }
+    })
+    .await
+}
+
+type RawReader = tokio::io::BufReader<tokio::net::tcp::OwnedReadHalf>;
+
+/// A TCP server on 127.0.0.1 that hands each connection, split, to `serve` in a task.
+async fn raw_server<F: std::future::Future<Output = ()> + Send + 'static>(
+    serve: impl Fn(RawReader, tokio::net::tcp::OwnedWriteHalf) -> F + Send + 'static,
+) -> SocketAddr {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     tokio::spawn(async move {
         while let Ok((s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let (r, mut w) = s.into_split();
-                let mut r = tokio::io::BufReader::new(r);
-                let _ = read_head(&mut r).await;
-                let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {len}\r\nContent-Type: text/plain\r\n\r\n");
-                let data = vec![b'x'; chunk];
-                let _ = w.write_all(head.as_bytes()).await;
-                for _ in 0..len / chunk {
-                    if w.write_all(&data).await.is_err() {
-                        return;
-                    }
-                    tokio::time::sleep(every).await;
-                }
-            });
+            let (r, w) = s.into_split();
+            tokio::spawn(serve(tokio::io::BufReader::new(r), w));
         }
     });
     addr
@@ -786,5 +795,78 @@ async fn empty_lines_before_a_request_are_ignored_and_a_stream_of_them_is_cut_of
             "{what}: a stream of empty lines kept the connection open"
         );
     }
+    k.running.shutdown().await;
+}
+
+/// An upstream that reads each request head (and whatever body follows) and answers `answer`
+/// — possibly nothing, possibly half an answer — then keeps the connection open, silent.
+async fn silent_upstream(answer: &'static [u8]) -> SocketAddr {
+    raw_server(move |mut r, mut w| async move {
+        let len = read_head(&mut r).await;
+        let mut body = vec![0u8; len];
+        let _ = r.read_exact(&mut body).await;
+        let _ = w.write_all(answer).await;
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        drop((r, w));
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_stops_answering_is_cut_off_at_its_timeout() {
+    const TIMEOUT: Duration = Duration::from_millis(700);
+    let silent = silent_upstream(b"").await;
+    let half_head = silent_upstream(b"HTTP/1.1 200 OK\r\nContent-Le").await;
+    let half_body = silent_upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhalf").await;
+    let k = Kfsec::start(&format!(
+        "- prefix: /silent/\n  upstream: http://{silent}\n  public: true\n\
+         - prefix: /half-head/\n  upstream: http://{half_head}\n  public: true\n\
+         - prefix: /half-body/\n  upstream: http://{half_body}\n  public: true\n\
+         frontDoor:\n  upstreamTimeout: 700ms\n"
+    ))
+    .await;
+    let h2 = http_client(&k.running.ca_pem);
+    let h1 = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(k.running.ca_pem.as_bytes()).unwrap()])
+        .http1_only()
+        .build()
+        .unwrap();
+    // No answer, or half a head: 504 with kfsec's page, on the lean path (GET) and hyper's (a
+    // body), over HTTP/1.1 (kfsec's own loop) and HTTP/2.
+    for (client, version) in [(&h1, reqwest::Version::HTTP_11), (&h2, reqwest::Version::HTTP_2)] {
+        for prefix in ["/silent/", "/half-head/"] {
+            for post in [false, true] {
+                let url = format!("{}{prefix}x", k.base);
+                let req = if post {
+                    client.post(url).body("a body")
+                } else {
+                    client.get(url)
+                };
+                let t = Instant::now();
+                let r = tokio::time::timeout(Duration::from_secs(10), req.send())
+                    .await
+                    .expect("a silent upstream held the request 10 s")
+                    .unwrap();
+                let took = t.elapsed();
+                let what = format!("{prefix} post={post} {version:?}");
+                assert_eq!(r.version(), version, "{what}");
+                assert_eq!(r.status(), 504, "{what}");
+                assert!(took >= TIMEOUT && took <= TIMEOUT + SLACK * 2, "{what}: {took:?}");
+                let body = r.text().await.unwrap();
+                assert!(body.contains("did not answer in time"), "{what}: {body}");
+            }
+        }
+        // Half a body: the answer began (200), so it is cut — never completed, never hung.
+        let t = Instant::now();
+        let r = client.get(format!("{}/half-body/x", k.base)).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        let body = tokio::time::timeout(Duration::from_secs(10), r.bytes())
+            .await
+            .expect("a half answer held the request 10 s");
+        assert!(body.is_err(), "{version:?}: a cut answer read as whole: {body:?}");
+        assert!(t.elapsed() <= TIMEOUT + SLACK * 2, "{version:?}: {:?}", t.elapsed());
+    }
+    // kfsec still serves: the cut requests gave back their places
+    assert_eq!(h1.get(format!("{}/open/x", k.base)).send().await.unwrap().status(), 200);
     k.running.shutdown().await;
 }

@@ -1,0 +1,74 @@
+//! One side's wait on its peer, timed: the time between two successive operations (nginx's
+//! `client_body_timeout`, `send_timeout`, `proxy_read_timeout`), never the whole transfer.
+//!
+//! Invariant: a wait counts from its first `Pending`; any progress ends it, and so does
+//! [`StallTimer::disarm`]; a wait that lasted the limit is answered with the caller's stall
+//! error, never with `Pending` again. The timer's `Sleep` is made at the first wait and reused
+//! (a later deadline is an atomic update in tokio's wheel, not a new registration).
+#![allow(clippy::disallowed_methods)] // IO deadlines are monotonic socket time, not logic time
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// Times one side's wait on the peer: armed at the first `Pending` of a wait, disarmed by
+/// progress, ready once the wait has lasted `limit`.
+pub(crate) struct StallTimer {
+    limit: Duration,
+    /// Made at the first wait (most request bodies are empty and never wait).
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    armed: bool,
+}
+
+impl StallTimer {
+    pub(crate) fn new(limit: Duration) -> Self {
+        Self {
+            limit,
+            sleep: None,
+            armed: false,
+        }
+    }
+
+    /// The longest wait.
+    pub(crate) fn limit(&self) -> Duration {
+        self.limit
+    }
+
+    /// Ends the current wait: the next `Pending` starts a new one.
+    pub(crate) fn disarm(&mut self) {
+        self.armed = false;
+    }
+
+    /// `poll` under this timer: progress disarms it; a wait of `limit` becomes `stalled()`.
+    pub(crate) fn watch<T>(&mut self, cx: &mut Context<'_>, poll: Poll<T>, stalled: impl FnOnce() -> T) -> Poll<T> {
+        match poll {
+            Poll::Ready(v) => {
+                self.armed = false;
+                Poll::Ready(v)
+            }
+            Poll::Pending => {
+                let sleep = match (&mut self.sleep, self.armed) {
+                    (Some(sleep), true) => sleep,
+                    (slot, _) => {
+                        self.armed = true;
+                        let deadline = Instant::now() + self.limit;
+                        match slot {
+                            Some(sleep) => {
+                                sleep.as_mut().reset(deadline);
+                                sleep
+                            }
+                            None => slot.insert(Box::pin(tokio::time::sleep_until(deadline))),
+                        }
+                    }
+                };
+                match sleep.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(stalled()),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+}
