@@ -14,6 +14,10 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+/// The longest wait when the limit is longer than the clock can count (about 30 years, as
+/// tokio's own far future).
+const FAR: Duration = Duration::from_secs(86_400 * 365 * 30);
+
 /// Times one side's wait on the peer: armed at the first `Pending` of a wait, disarmed by
 /// progress, ready once the wait has lasted `limit`.
 pub(crate) struct StallTimer {
@@ -54,7 +58,9 @@ impl StallTimer {
                     (Some(sleep), true) => sleep,
                     (slot, _) => {
                         self.armed = true;
-                        let deadline = Instant::now() + self.limit;
+                        // (a limit past the end of time waits as long as there is)
+                        let now = Instant::now();
+                        let deadline = now.checked_add(self.limit).unwrap_or_else(|| now + FAR);
                         match slot {
                             Some(sleep) => {
                                 sleep.as_mut().reset(deadline);
@@ -70,5 +76,40 @@ impl StallTimer {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::FutureExt;
+
+    #[tokio::test]
+    async fn a_limit_past_the_end_of_time_waits_and_never_panics() {
+        let mut timer = StallTimer::new(Duration::MAX);
+        let waited = std::future::poll_fn(|cx| Poll::Ready(timer.watch(cx, Poll::<()>::Pending, || ())));
+        assert!(waited.await.is_pending());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wait_ends_at_its_limit_and_progress_or_a_disarm_starts_a_new_one() {
+        let mut timer = StallTimer::new(Duration::from_secs(10));
+        let wait = |timer: &mut StallTimer| {
+            std::future::poll_fn(|cx| Poll::Ready(timer.watch(cx, Poll::<bool>::Pending, || true))).now_or_never()
+        };
+        assert_eq!(wait(&mut timer), Some(Poll::Pending));
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        // progress: the next wait starts afresh
+        let ready = std::future::poll_fn(|cx| Poll::Ready(timer.watch(cx, Poll::Ready(false), || true)));
+        assert_eq!(ready.now_or_never(), Some(Poll::Ready(false)));
+        assert_eq!(wait(&mut timer), Some(Poll::Pending));
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        assert_eq!(wait(&mut timer), Some(Poll::Pending));
+        timer.disarm();
+        assert_eq!(wait(&mut timer), Some(Poll::Pending));
+        tokio::time::sleep(Duration::from_secs(9)).await;
+        assert_eq!(wait(&mut timer), Some(Poll::Pending));
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(wait(&mut timer), Some(Poll::Ready(true)));
     }
 }

@@ -292,12 +292,13 @@ pub struct WebhookClientAuth {
 /// How long an upstream may let one wait last by default (nginx's `proxy_read_timeout`).
 const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// A timeout setting `what`: `default` when absent; at least 100ms (there is no "none").
+/// A timeout setting `what`: `default` when absent; from 100ms (there is no "none") to 24h.
 fn timeout_setting(v: Option<Duration>, what: &str, default: Duration) -> Result<Duration, ConfigError> {
     match v {
         Some(d) if d < Duration::from_millis(100) => Err(ConfigError::Invalid(format!(
             "{what} must be at least 100ms (a slow service needs a longer one, not none)"
         ))),
+        Some(d) if d > Duration::from_secs(86_400) => Err(ConfigError::Invalid(format!("{what} must be at most 24h"))),
         v => Ok(v.unwrap_or(default)),
     }
 }
@@ -1250,6 +1251,15 @@ routes:
                 .to_string();
             assert!(
                 e.contains("frontDoor.upstreamTimeout must be at least 100ms"),
+                "{bad}: {e}"
+            );
+        }
+        for (key, bad) in [("upstreamTimeout", "25h"), ("idleTimeout", "1000000d")] {
+            let e = config(&format!("frontDoor:\n  {key}: {bad}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains(&format!("frontDoor.{key} must be at most 24h")),
                 "{bad}: {e}"
             );
         }
