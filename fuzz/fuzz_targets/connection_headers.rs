@@ -130,7 +130,16 @@ fn edge(received: &HeaderMap, trusted: bool) {
 const OWN_COOKIES: [&str; 3] = ["authservice_session", "oidc_state_csrf", "kfsec_upstream_login"];
 
 /// Headers an answer may not send, which speak for the whole origin.
-const CONFINED: [&str; 5] = ["service-worker-allowed", "clear-site-data", "nel", "report-to", "alt-svc"];
+const CONFINED: [&str; 8] = [
+    "service-worker-allowed",
+    "clear-site-data",
+    "nel",
+    "report-to",
+    "alt-svc",
+    "accept-ch",
+    "origin-agent-cluster",
+    "set-login",
+];
 
 /// Whether a `Set-Cookie` value sets one of [`OWN_COOKIES`] (the reference reading: lossy text,
 /// up to the first `;`, the name before the first `=`, trimmed; for a nameless cookie, the same

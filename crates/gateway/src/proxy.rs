@@ -319,13 +319,19 @@ fn named_by(v: &HeaderValue, keep_upgrade: bool) -> impl Iterator<Item = &str> {
 /// What an upstream's answer could tell a browser about the whole origin rather than its own
 /// route: erase every app's cookies and storage (`Clear-Site-Data`), send a report of every
 /// request to the origin — its URL, other apps' query tokens and login callbacks included — to
-/// a collector of the app's choosing for as long as it says (`NEL` with `Report-To`), or take
-/// the origin's traffic to another endpoint (`Alt-Svc`).
-static ORIGIN_WIDE: [HeaderName; 4] = [
+/// a collector of the app's choosing for as long as it says (`NEL` with `Report-To`), take
+/// the origin's traffic to another endpoint (`Alt-Svc`), have every later request to the origin
+/// carry the client hints it asks for (`Accept-CH`, remembered for the origin), key or unkey
+/// the origin's agent cluster (`Origin-Agent-Cluster`), or speak for the origin's sign-in state
+/// to the browser's federated login (`Set-Login`).
+static ORIGIN_WIDE: [HeaderName; 7] = [
     HeaderName::from_static("clear-site-data"),
     HeaderName::from_static("nel"),
     HeaderName::from_static("report-to"),
     HeaderName::from_static("alt-svc"),
+    HeaderName::from_static("accept-ch"),
+    HeaderName::from_static("origin-agent-cluster"),
+    HeaderName::from_static("set-login"),
 ];
 
 /// The cookies kfsec sets on the origin — the session, the gatekeeper's login state, an upstream
@@ -364,7 +370,8 @@ impl OwnCookies {
 /// - A `Set-Cookie` of one of kfsec's cookies (`own`) would plant a session — the app owner's,
 ///   under a path of the victim's app, which the browser then sends first — or a login state,
 ///   or clear them.
-/// - [`ORIGIN_WIDE`]: `Clear-Site-Data`, `NEL`, `Report-To`, `Alt-Svc`.
+/// - [`ORIGIN_WIDE`]: `Clear-Site-Data`, `NEL`, `Report-To`, `Alt-Svc`, `Accept-CH`,
+///   `Origin-Agent-Cluster`, `Set-Login`.
 ///
 /// (`Strict-Transport-Security` is the edge's to set: it replaces an upstream's.)
 fn confine_upstream_response(h: &mut HeaderMap, own: &OwnCookies) {

@@ -530,6 +530,17 @@ async fn framing_header_look_alikes_never_reach_an_upstream() {
 /// nameless cookie too, which comes back as `name=value`), clear the whole site, have every
 /// request to the origin reported elsewhere, or switch HSTS off, on the lean `GET` path, hyper's (`POST`) and HTTP/2; its
 /// own cookies reach the client.
+/// The headers with which an answer would speak for the whole origin (the test's own list).
+const ORIGIN_WIDE: [&str; 7] = [
+    "clear-site-data",
+    "nel",
+    "report-to",
+    "alt-svc",
+    "accept-ch",
+    "origin-agent-cluster",
+    "set-login",
+];
+
 #[tokio::test]
 async fn upstream_answers_cannot_plant_kfsecs_cookies_or_clear_the_site() {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -554,6 +565,10 @@ Report-To: {\"group\":\"g\",\"max_age\":31536000,\"endpoints\":[{\"url\":\"https
 Set-Cookie: oidc_state_csrf=FORGED; Path=/authservice/\r\n\
 set-cookie: kfsec_upstream_login=; Max-Age=0\r\n\
 Clear-Site-Data: \"cookies\", \"storage\"\r\n\
+Accept-CH: Sec-CH-UA-Full-Version-List, Device-Memory\r\n\
+Origin-Agent-Cluster: ?0\r\n\
+Set-Login: logged-out\r\n\
+Alt-Svc: h3=\"evil.example:443\"; ma=86400\r\n\
 Strict-Transport-Security: max-age=0\r\nConnection: close\r\n\r\nok";
                 let _ = s.write_all(resp.as_bytes()).await;
                 let _ = s.shutdown().await;
@@ -565,7 +580,7 @@ Strict-Transport-Security: max-age=0\r\nConnection: close\r\n\r\nok";
         assert_eq!(cookies, ["theme=dark; Path=/up/"], "{what}");
         assert!(
             !confined,
-            "{what}: Clear-Site-Data, NEL or Report-To reached the client"
+            "{what}: a header that speaks for the whole origin reached the client"
         );
         assert_eq!(hsts, ["max-age=31536000"], "{what}");
     };
@@ -588,9 +603,7 @@ Strict-Transport-Security: max-age=0\r\nConnection: close\r\n\r\nok";
         check(
             line,
             all("set-cookie"),
-            ["clear-site-data", "nel", "report-to"]
-                .iter()
-                .any(|n| !all(n).is_empty()),
+            ORIGIN_WIDE.iter().any(|n| !all(n).is_empty()),
             all("strict-transport-security"),
         );
     }
@@ -600,9 +613,7 @@ Strict-Transport-Security: max-age=0\r\nConnection: close\r\n\r\nok";
     check(
         "HTTP/2",
         all("set-cookie"),
-        ["clear-site-data", "nel", "report-to"]
-            .iter()
-            .any(|n| h.contains_key(*n)),
+        ORIGIN_WIDE.iter().any(|n| h.contains_key(*n)),
         all("strict-transport-security"),
     );
     k.running.shutdown().await;
