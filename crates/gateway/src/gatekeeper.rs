@@ -50,7 +50,8 @@ pub const CALLBACK_PATH: &str = "/authservice/oidc/callback";
 pub const LOGGED_OUT_OAUTH2: &str = "/oauth2/logged_out";
 /// The same page under oidc-authservice's prefix, where `/authservice/logout` lands.
 pub const LOGGED_OUT_AUTHSERVICE: &str = "/authservice/logged_out";
-pub(crate) const CSRF_COOKIE: &str = "oidc_state_csrf";
+/// The cookie that carries the gatekeeper's login state (`state` and its check) through the login.
+pub const CSRF_COOKIE: &str = "oidc_state_csrf";
 const CSRF_TTL_SECS: u64 = 600;
 const SCOPES: &str = "openid profile email groups";
 /// With `offline_access`: the refresh token a federated session is re-checked with (asked for

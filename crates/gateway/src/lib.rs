@@ -45,7 +45,7 @@ use prometheus_client::registry::Registry;
 
 pub use kfsec_types::path;
 
-pub use gatekeeper::{Authn, CALLBACK_PATH, LOGGED_OUT_AUTHSERVICE, LOGGED_OUT_OAUTH2, safe_return_path};
+pub use gatekeeper::{Authn, CALLBACK_PATH, CSRF_COOKIE, LOGGED_OUT_AUTHSERVICE, LOGGED_OUT_OAUTH2, safe_return_path};
 pub use kfsec_idp::authn::{PIPELINES_AUDIENCE, SERVICE_ACCOUNT_AUDIENCE};
 pub use kfsec_idp::cookies::same_origin_write;
 pub use proxy::{Route, UpstreamIdentity, UpstreamTls};

@@ -289,6 +289,31 @@ pub struct WebhookClientAuth {
     pub allowed_names: Vec<String>,
 }
 
+/// `session.cookieName` (default `authservice_session`, the name Kubeflow's clients know): a
+/// cookie name (an RFC 6265 token of at most 128 bytes) that is none of kfsec's other cookies.
+/// A `__Host-` name (`__Host-authservice_session`) is accepted — kfsec's session cookie is
+/// `Secure`, `Path=/` and has no `Domain` — and recommended where apps share the origin: no
+/// app's script can then shadow it with a cookie of the same name for a narrower path.
+fn session_cookie_name(name: Option<String>) -> Result<String, ConfigError> {
+    let name = name.unwrap_or_else(|| "authservice_session".into());
+    let token = !name.is_empty()
+        && name.len() <= 128
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b));
+    if !token {
+        return Err(ConfigError::Invalid(format!(
+            "session.cookieName {name:?} is not a cookie name (1-128 of letters, digits and !#$%&'*+-.^_`|~)"
+        )));
+    }
+    if [kfsec_gateway::CSRF_COOKIE, kfsec_idp::cookies::PENDING_LOGIN].contains(&name.as_str()) {
+        return Err(ConfigError::Invalid(format!(
+            "session.cookieName {name:?} is the name of another of kfsec's cookies"
+        )));
+    }
+    Ok(name)
+}
+
 /// How long an upstream may let one wait last by default (nginx's `proxy_read_timeout`).
 const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -728,7 +753,7 @@ pub fn validate(f: ConfigFile, o: &Overrides, env: &dyn Env) -> Result<Config, C
         },
         routes,
         session_ttl,
-        cookie_name: f.session.cookie_name.unwrap_or_else(|| "authservice_session".into()),
+        cookie_name: session_cookie_name(f.session.cookie_name)?,
         user_id_header: header(f.user_id_header.as_deref().unwrap_or("kubeflow-userid"), "userIdHeader")?,
         user_id_prefix: f.user_id_prefix.unwrap_or_default(),
         groups_header: header(f.groups_header.as_deref().unwrap_or("kubeflow-groups"), "groupsHeader")?,
@@ -1229,6 +1254,55 @@ routes:
             .unwrap_err()
             .to_string();
         assert!(err.contains("frontDoor") && err.contains("idleTimeOut"), "{err}");
+    }
+
+    #[test]
+    fn session_cookie_names_are_cookie_tokens_and_not_kfsecs_other_cookies() {
+        let config = |name: &str| {
+            let yaml = format!("session:\n  cookieName: {}\n", serde_json::to_string(name).unwrap());
+            validate(
+                parse(Path::new("c.yaml"), &yaml).unwrap(),
+                &Overrides::default(),
+                &MapEnv(vec![]),
+            )
+        };
+        for good in [
+            "authservice_session",
+            "__Host-authservice_session",
+            "__Secure-s",
+            "_oauth2_proxy",
+            "a!#$%&'*+-.^_`|~",
+        ] {
+            assert_eq!(config(good).unwrap().cookie_name, good);
+        }
+        let long = "a".repeat(129);
+        for bad in [
+            "",
+            "a b",
+            "a;b",
+            "a=b",
+            "a,b",
+            "a\"b",
+            "sess\u{e9}",
+            "a\tb",
+            "(s)",
+            long.as_str(),
+        ] {
+            let e = config(bad).unwrap_err().to_string();
+            assert!(e.contains("is not a cookie name"), "{bad:?}: {e}");
+        }
+        // (YAML delivers a DEL only escaped)
+        let yaml = "session:\n  cookieName: \"a\\x7f\"\n";
+        let e = validate(
+            parse(Path::new("c.yaml"), yaml).unwrap(),
+            &Overrides::default(),
+            &MapEnv(vec![]),
+        );
+        assert!(e.unwrap_err().to_string().contains("is not a cookie name"));
+        for own in ["oidc_state_csrf", "kfsec_upstream_login"] {
+            let e = config(own).unwrap_err().to_string();
+            assert!(e.contains("another of kfsec's cookies"), "{own}: {e}");
+        }
     }
 
     #[test]

@@ -590,3 +590,59 @@ async fn the_lockout_page_says_when_the_lock_ends() {
     assert_eq!(r.status(), 303, "{}", r.text().await.unwrap());
     k.running.shutdown().await;
 }
+
+/// A `__Host-` session cookie name (the hardening for apps sharing the origin: no app's script
+/// can shadow the session with a cookie of the same name for a narrower path) works end to end,
+/// and kfsec's session cookie meets the prefix's rules (`Secure`, `Path=/`, no `Domain`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_prefixed_session_cookie_signs_users_in() {
+    const NAME: &str = "__Host-authservice_session";
+    let k = Kfsec::start(&format!("session:\n  cookieName: {NAME}\n")).await;
+    let mut br = k.client();
+    // the cookie as the callback sets it
+    let (form, form_url) = br.follow("/app/hello").await;
+    assert_eq!(form.status(), 200);
+    let resp = br
+        .post_form(&form_url, &[("login", USER), ("password", PASSWORD)])
+        .await;
+    assert_eq!(resp.status(), 303);
+    let mut url = br.url(location(&resp));
+    let set = loop {
+        let resp = br.get(&url).await;
+        let set: Vec<String> = resp
+            .headers()
+            .get_all(reqwest::header::SET_COOKIE)
+            .iter()
+            .map(|v| v.to_str().unwrap().to_owned())
+            .filter(|v| v.starts_with(&format!("{NAME}=")))
+            .collect();
+        if !set.is_empty() {
+            break set;
+        }
+        assert!(
+            resp.status().is_redirection(),
+            "no session cookie on the way back: {}",
+            resp.status()
+        );
+        url = br.url(location(&resp));
+    };
+    let attributes: Vec<String> = set[0]
+        .split(';')
+        .skip(1)
+        .map(|a| a.trim().to_ascii_lowercase())
+        .collect();
+    assert!(attributes.iter().any(|a| a == "secure"), "{set:?}");
+    assert!(attributes.iter().any(|a| a == "path=/"), "{set:?}");
+    assert!(attributes.iter().any(|a| a == "httponly"), "{set:?}");
+    assert!(!attributes.iter().any(|a| a.starts_with("domain")), "{set:?}");
+    // signed in under that name; the app never sees the cookie
+    let (resp, _) = br.follow("/app/hello").await;
+    assert_eq!(resp.status(), 200);
+    let echoed: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(echoed["headers"]["kubeflow-userid"], USER, "{echoed}");
+    assert!(
+        !echoed["headers"]["cookie"].as_str().unwrap_or_default().contains(NAME),
+        "{echoed}"
+    );
+    k.running.shutdown().await;
+}
