@@ -223,10 +223,7 @@ pub fn sanitize(h: &mut HeaderMap, reserved: &Reserved, socket_peer: Option<IpAd
         }
         return None;
     }
-    let reported = prior
-        .last()
-        .and_then(|v| v.rsplit(',').next())
-        .and_then(|v| v.trim().parse::<IpAddr>().ok());
+    let reported = last_entry(prior.last().map(String::as_str));
     let mut xff = prior.join(", ");
     xff.reserve(15);
     if let Some(peer) = socket_peer {
@@ -241,6 +238,25 @@ pub fn sanitize(h: &mut HeaderMap, reserved: &Reserved, socket_peer: Option<IpAd
         h.insert(X_FORWARDED_FOR.clone(), v);
     }
     reported
+}
+
+/// The client address a trusted proxy reported: the last entry of the last non-empty
+/// `X-Forwarded-For` (the address the proxy itself saw, appended by it).
+pub(crate) fn reported_client(h: &HeaderMap) -> Option<IpAddr> {
+    last_entry(
+        h.get_all(&X_FORWARDED_FOR)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .map(str::trim)
+            .rfind(|v| !v.is_empty()),
+    )
+}
+
+/// The last entry of an `X-Forwarded-For` value, as an address.
+fn last_entry(value: Option<&str>) -> Option<IpAddr> {
+    value
+        .and_then(|v| v.rsplit(',').next())
+        .and_then(|v| v.trim().parse::<IpAddr>().ok())
 }
 
 /// Appends `ip` as text (what `Display` writes; IPv4 without the formatting machinery: this runs

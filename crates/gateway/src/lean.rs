@@ -54,6 +54,8 @@ pub(crate) struct Lean<'a, S> {
     pub cert_identity: Option<&'a ClientCertIdentity>,
     pub requests: &'a Arc<RequestCaps>,
     pub address: &'a Arc<AtomicUsize>,
+    /// The peer is a trusted proxy (its requests count under the clients it reports).
+    pub trusted: bool,
     pub metrics: &'a ListenerMetrics,
     pub name: &'static str,
     pub header_deadline: Instant,
@@ -194,7 +196,8 @@ impl<S: Service> Lean<'_, S> {
             if let Some(id) = self.cert_identity {
                 req.extensions_mut().insert(id.clone());
             }
-            let permit = self.requests.try_acquire(self.address);
+            let forwarded = self.requests.forwarded(self.trusted, req.headers());
+            let permit = self.requests.try_acquire(forwarded.as_ref().unwrap_or(self.address));
             let resp = match &permit {
                 Ok(_) => {
                     serving.set(Some(self.app.serve_from(req, self.peer)));

@@ -15,6 +15,8 @@
 //! closed at once; no more than `max_connections` requests are in flight at once (HTTP/2 streams
 //! included), nor more than twice `max_connections_per_address` from one address, and one over a
 //! cap is answered 503 at once (both counted in `kfsec_listener_connections_refused_total`); a
+//! trusted proxy's connections count in the total only, and each of its requests under the
+//! client address it reports (the last `X-Forwarded-For` entry, `headers::reported_client`); a
 //! failing `accept` (e.g. out of file descriptors)
 //! backs off exponentially up to 1 s instead of spinning; the admin listener runs on its own
 //! thread and runtime, so no front-door load can starve it of CPU time, and the caps are fitted
@@ -232,6 +234,10 @@ pub struct TlsListenerSettings {
     pub drain: Duration,
     /// The per-core workers that serve the connections (`None`: the caller's runtime).
     pub workers: Option<Arc<crate::workers::Workers>>,
+    /// Proxies whose `X-Forwarded-For` is believed: their connections are not under the
+    /// per-address connection cap, and each request of theirs counts under the per-address
+    /// request cap of the client address they report.
+    pub trusted_proxies: Vec<IpAddr>,
 }
 
 /// The key a per-address cap counts under: the IPv4 address, or an IPv6 address's /64 (one
@@ -269,7 +275,8 @@ struct Slots {
 #[derive(Debug)]
 struct Slot {
     slots: Arc<Slots>,
-    key: IpAddr,
+    /// The address counted (`None`: a trusted proxy's connection, counted in the total only).
+    key: Option<IpAddr>,
 }
 
 impl Slots {
@@ -283,17 +290,21 @@ impl Slots {
         })
     }
 
-    fn try_acquire(self: &Arc<Self>, ip: IpAddr) -> Result<Slot, &'static str> {
-        let key = address_key(ip);
+    /// A place for a connection from `ip`, counted under its address unless `per_address` is
+    /// false (a trusted proxy's).
+    fn try_acquire(self: &Arc<Self>, ip: IpAddr, per_address: bool) -> Result<Slot, &'static str> {
+        let key = per_address.then(|| address_key(ip));
         let mut c = self.counts.lock();
         if c.total >= self.max {
             return Err(self.reasons.0);
         }
-        let n = c.by_address.entry(key).or_insert(0);
-        if *n >= self.per_address {
-            return Err(self.reasons.1);
+        if let Some(key) = key {
+            let n = c.by_address.entry(key).or_insert(0);
+            if *n >= self.per_address {
+                return Err(self.reasons.1);
+            }
+            *n += 1;
         }
-        *n += 1;
         c.total += 1;
         self.gauge.inc();
         Ok(Slot {
@@ -307,10 +318,12 @@ impl Drop for Slot {
     fn drop(&mut self) {
         let mut c = self.slots.counts.lock();
         c.total = c.total.saturating_sub(1);
-        if let Some(n) = c.by_address.get_mut(&self.key) {
+        if let Some(key) = &self.key
+            && let Some(n) = c.by_address.get_mut(key)
+        {
             *n = n.saturating_sub(1);
             if *n == 0 {
-                c.by_address.remove(&self.key);
+                c.by_address.remove(key);
             }
         }
         self.slots.gauge.dec();
@@ -392,6 +405,16 @@ impl RequestCaps {
         let count = Arc::new(AtomicUsize::new(0));
         a.counts.insert(key, Arc::downgrade(&count));
         count
+    }
+
+    /// The count a request on a trusted proxy's connection takes: that of the client address
+    /// the proxy reported (`None`: the connection's own — not a trusted proxy's, or no address
+    /// reported).
+    pub(crate) fn forwarded(&self, trusted: bool, headers: &http::HeaderMap) -> Option<Arc<AtomicUsize>> {
+        if !trusted {
+            return None;
+        }
+        crate::headers::reported_client(headers).map(|client| self.address(client))
     }
 
     /// A place for one request of the address whose count is `address`, or the metric reason
@@ -694,6 +717,7 @@ pub async fn serve_tls<S>(
         metrics,
         drain,
         workers,
+        trusted_proxies,
     } = settings;
     // Every connection task holds a clone of `alive`; the drain waits for all of them to drop.
     let (alive, mut drained) = tokio::sync::mpsc::channel::<()>(1);
@@ -745,7 +769,8 @@ pub async fn serve_tls<S>(
             () = &mut shutdown => break,
         };
         // Over a cap: closed at once, before any TLS work.
-        let slot = match slots.try_acquire(peer.ip()) {
+        let trusted = trusted_proxies.contains(&peer.ip());
+        let slot = match slots.try_acquire(peer.ip(), !trusted) {
             Ok(s) => s,
             Err(reason) => {
                 metrics.refused(name, reason);
@@ -767,6 +792,7 @@ pub async fn serve_tls<S>(
             app: app.clone(),
             builder: builder.clone(),
             requests: requests.clone(),
+            trusted,
         };
         let (alive, stopping) = (alive.clone(), stopping.clone());
         let serve = move |tcp| async move {
@@ -834,6 +860,8 @@ struct Connection<S> {
     app: S,
     builder: Arc<Builder<TokioExecutor>>,
     requests: Arc<RequestCaps>,
+    /// The peer is a trusted proxy.
+    trusted: bool,
 }
 
 /// The answer to a request over the in-flight caps: 503 with `Retry-After`, no work done.
@@ -868,6 +896,7 @@ impl<S: Service + Clone> Connection<S> {
             app,
             builder,
             requests,
+            trusted,
         } = self;
         let header_deadline = accepted + limits.header_timeout;
         let tls = match tokio::time::timeout_at(header_deadline, acceptor.accept(io)).await {
@@ -909,6 +938,7 @@ impl<S: Service + Clone> Connection<S> {
                 cert_identity: cert_identity.as_ref(),
                 requests: &requests,
                 address: &address,
+                trusted,
                 metrics: &metrics,
                 name,
                 header_deadline,
@@ -941,9 +971,12 @@ impl<S: Service + Clone> Connection<S> {
             }
             let app = app.clone();
             let stall = StallTimer::new(idle_timeout);
-            let permit = requests.try_acquire_owned(&address).map_err(|reason| {
-                refusals.refused(name, reason);
-            });
+            let forwarded = requests.forwarded(trusted, req.headers());
+            let permit = requests
+                .try_acquire_owned(forwarded.as_ref().unwrap_or(&address))
+                .map_err(|reason| {
+                    refusals.refused(name, reason);
+                });
             async move {
                 let Ok(permit) = permit else {
                     return Ok(busy().map(|inner| TrackedBody::new(inner, in_flight, None)));
@@ -1084,16 +1117,51 @@ mod tests {
         );
         let a: IpAddr = "127.0.0.1".parse().unwrap();
         let b: IpAddr = "127.0.0.2".parse().unwrap();
-        let s1 = slots.try_acquire(a).unwrap();
-        let _s2 = slots.try_acquire(a).unwrap();
-        assert_eq!(slots.try_acquire(a).unwrap_err(), "max_connections_per_address");
-        let _s3 = slots.try_acquire(b).unwrap();
-        assert_eq!(slots.try_acquire(b).unwrap_err(), "max_connections");
+        let s1 = slots.try_acquire(a, true).unwrap();
+        let _s2 = slots.try_acquire(a, true).unwrap();
+        assert_eq!(slots.try_acquire(a, true).unwrap_err(), "max_connections_per_address");
+        let _s3 = slots.try_acquire(b, true).unwrap();
+        assert_eq!(slots.try_acquire(b, true).unwrap_err(), "max_connections");
         drop(s1);
-        let s4 = slots.try_acquire(a).unwrap();
+        let s4 = slots.try_acquire(a, true).unwrap();
         assert_eq!(slots.gauge.get(), 3);
         drop(s4);
         assert_eq!(slots.gauge.get(), 2);
+        // a trusted proxy's connections: the total only (its address's count is full)
+        let proxied = slots.try_acquire(a, false).unwrap();
+        assert_eq!(slots.try_acquire(a, false).unwrap_err(), "max_connections");
+        drop(proxied);
+        assert_eq!(slots.gauge.get(), 2);
+        assert_eq!(slots.counts.lock().by_address.get(&a), Some(&1));
+    }
+
+    #[test]
+    fn a_trusted_proxys_requests_count_under_the_clients_they_report() {
+        let caps = RequestCaps::new(100, 2, Gauge::default());
+        let proxy = caps.address("10.0.0.5".parse().unwrap());
+        let from = |xff: &str| {
+            let mut h = http::HeaderMap::new();
+            h.insert("x-forwarded-for", http::HeaderValue::from_str(xff).unwrap());
+            h
+        };
+        // not trusted, or nothing reported: the connection's own count
+        assert!(caps.forwarded(false, &from("192.0.2.1")).is_none());
+        assert!(caps.forwarded(true, &http::HeaderMap::new()).is_none());
+        assert!(caps.forwarded(true, &from("not an address")).is_none());
+        // the last entry is the client the proxy saw (what came before is the client's word)
+        let greedy = caps.forwarded(true, &from("198.51.100.7, 192.0.2.1")).unwrap();
+        let held: Vec<_> = (0..2).map(|_| caps.try_acquire_owned(&greedy).unwrap()).collect();
+        assert_eq!(
+            caps.try_acquire_owned(&caps.forwarded(true, &from("192.0.2.1")).unwrap())
+                .unwrap_err(),
+            "max_requests_per_address"
+        );
+        // another client behind the same proxy, and the proxy's own requests, still get places
+        let other = caps.forwarded(true, &from("192.0.2.1, 203.0.113.9")).unwrap();
+        assert!(caps.try_acquire_owned(&other).is_ok());
+        assert!(caps.try_acquire(&proxy).is_ok());
+        drop(held);
+        assert_eq!(greedy.load(Ordering::Relaxed), 0);
     }
 
     #[test]

@@ -954,12 +954,14 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
     // Every TLS connection is served whole on one of these (one per core): no request of it
     // hops threads.
     let workers = Arc::new(kfsec_gateway::workers::Workers::per_core().map_err(io("starting the connection workers"))?);
-    let settings = |name, limits| kfsec_gateway::listener::TlsListenerSettings {
+    // (the front door believes trusted proxies' `X-Forwarded-For`; the other listeners do not)
+    let settings = |name, limits, trusted_proxies| kfsec_gateway::listener::TlsListenerSettings {
         name,
         limits,
         metrics: listener_metrics.clone(),
         drain: Duration::from_secs(10),
         workers: Some(workers.clone()),
+        trusted_proxies,
     };
     let registry = Arc::new(registry);
     let mut tasks = vec![
@@ -968,7 +970,7 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
             front_tls,
             app.service(),
             wait(rx.clone()),
-            settings("front-door", front_limits),
+            settings("front-door", front_limits, cfg.trusted_proxies.clone()),
         )),
         tokio::spawn(kfsec_gateway::listener::serve_tls(
             webhook_l,
@@ -978,7 +980,7 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
                 webhooks::ReviewAudit::new(auditor.clone(), clock.clone(), rng.clone()),
             ),
             wait(rx.clone()),
-            settings("webhooks", webhook_limits),
+            settings("webhooks", webhook_limits, Vec::new()),
         )),
         // On a thread of its own (started above): front-door load cannot delay /healthz and
         // /metrics.
@@ -991,7 +993,7 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
             tls,
             router,
             wait(rx.clone()),
-            settings("s3", s3_limits),
+            settings("s3", s3_limits, Vec::new()),
         )));
     }
     let _ = metrics.set(registry);

@@ -870,3 +870,62 @@ async fn an_upstream_that_stops_answering_is_cut_off_at_its_timeout() {
     assert_eq!(h1.get(format!("{}/open/x", k.base)).send().await.unwrap().status(), 200);
     k.running.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_trusted_proxy_each_client_has_its_own_request_places() {
+    // an upstream that answers after a while: requests stay in flight
+    let slow = raw_server(|mut r, mut w| async move {
+        let _ = read_head(&mut r).await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let _ = w.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
+    })
+    .await;
+    // 127.0.0.1 is the trusted proxy; two connections and four requests in flight per address
+    let k = Kfsec::start(&format!(
+        "- prefix: /slow/\n  upstream: http://{slow}\n  public: true\n\
+         trustedProxies: [127.0.0.1]\n\
+         frontDoor:\n  maxConnections: 100\n  maxConnectionsPerAddress: 2\n"
+    ))
+    .await;
+    let h1 = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(k.running.ca_pem.as_bytes()).unwrap()])
+        .http1_only()
+        .build()
+        .unwrap();
+    let send = |client: &str, i: usize| {
+        let req = h1
+            .get(format!("{}/slow/{i}", k.base))
+            .header("x-forwarded-for", format!("203.0.113.50, {client}"));
+        async move { req.send().await.map(|r| r.status().as_u16()) }
+    };
+    // One client behind the proxy takes its four places — on six connections from the proxy's
+    // one address, over that address's cap of two, because the proxy is trusted.
+    let greedy: Vec<_> = (0..4).map(|i| tokio::spawn(send("198.51.100.7", i))).collect();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let (fifth, other, third) = tokio::join!(send("198.51.100.7", 4), send("192.0.2.1", 5), send("192.0.2.2", 6));
+    assert_eq!(
+        fifth.unwrap(),
+        503,
+        "the greedy client's fifth request is over its own cap"
+    );
+    assert_eq!(other.unwrap(), 200, "another client behind the proxy is not refused");
+    assert_eq!(third.unwrap(), 200, "nor a third");
+    for g in greedy {
+        assert_eq!(g.await.unwrap().unwrap(), 200);
+    }
+    // A client that is not a trusted proxy keeps the per-address connection cap.
+    let front = k.running.https_addr;
+    let held = (
+        connect_from("127.0.0.2", front).await,
+        connect_from("127.0.0.2", front).await,
+    );
+    let mut third = connect_from("127.0.0.2", front).await;
+    let mut byte = [0u8; 1];
+    let closed = tokio::time::timeout(Duration::from_secs(5), third.read(&mut byte)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0) | Err(_))),
+        "the third connection from 127.0.0.2 stayed open: {closed:?}"
+    );
+    drop(held);
+    k.running.shutdown().await;
+}
