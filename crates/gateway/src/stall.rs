@@ -46,6 +46,14 @@ impl StallTimer {
         self.armed = false;
     }
 
+    /// Starts a new wait now, `cx`'s task to be woken at its end: for a wait that begins where
+    /// no `Pending` will come to arm the timer (the task may not look again until woken).
+    pub(crate) fn restart(&mut self, cx: &mut Context<'_>) {
+        self.armed = false;
+        // (a fresh wait cannot have ended: its end is seen by the next `watch`)
+        let _ = self.wait(cx);
+    }
+
     /// `poll` under this timer: progress disarms it; a wait of `limit` becomes `stalled()`.
     pub(crate) fn watch<T>(&mut self, cx: &mut Context<'_>, poll: Poll<T>, stalled: impl FnOnce() -> T) -> Poll<T> {
         match poll {
@@ -53,29 +61,32 @@ impl StallTimer {
                 self.armed = false;
                 Poll::Ready(v)
             }
-            Poll::Pending => {
-                let sleep = match (&mut self.sleep, self.armed) {
-                    (Some(sleep), true) => sleep,
-                    (slot, _) => {
-                        self.armed = true;
-                        // (a limit past the end of time waits as long as there is)
-                        let now = Instant::now();
-                        let deadline = now.checked_add(self.limit).unwrap_or_else(|| now + FAR);
-                        match slot {
-                            Some(sleep) => {
-                                sleep.as_mut().reset(deadline);
-                                sleep
-                            }
-                            None => slot.insert(Box::pin(tokio::time::sleep_until(deadline))),
-                        }
+            Poll::Pending => match self.wait(cx) {
+                Poll::Ready(()) => Poll::Ready(stalled()),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    /// The running wait (one starts now if none runs), polled with `cx`: ready at its end.
+    fn wait(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let sleep = match (&mut self.sleep, self.armed) {
+            (Some(sleep), true) => sleep,
+            (slot, _) => {
+                self.armed = true;
+                // (a limit past the end of time waits as long as there is)
+                let now = Instant::now();
+                let deadline = now.checked_add(self.limit).unwrap_or_else(|| now + FAR);
+                match slot {
+                    Some(sleep) => {
+                        sleep.as_mut().reset(deadline);
+                        sleep
                     }
-                };
-                match sleep.as_mut().poll(cx) {
-                    Poll::Ready(()) => Poll::Ready(stalled()),
-                    Poll::Pending => Poll::Pending,
+                    None => slot.insert(Box::pin(tokio::time::sleep_until(deadline))),
                 }
             }
-        }
+        };
+        sleep.as_mut().poll(cx)
     }
 }
 

@@ -126,27 +126,44 @@ impl UpstreamError {
 pub(crate) struct Stalled(Duration);
 
 /// Which wait a connection's [`Timed`] transport times, set by the task driving the connection:
-/// the low bit says an answer is awaited (the request was sent whole and its answer has not
-/// ended); the rest counts the changes, so each change ends the wait under way.
+/// [`Phase::AWAITING`] says an answer is awaited (the request was sent whole and its answer has
+/// not ended), [`Phase::TUNNEL`] that the connection became a tunnel (for good: nothing is
+/// awaited again); the rest counts the changes, so each change ends the wait under way.
 #[derive(Debug, Default)]
 pub(crate) struct Phase(AtomicU64);
 
 impl Phase {
-    fn set(&self, awaiting: bool) {
-        // (one atomic step: an upgrade's connection task and its request task may both set it)
+    const AWAITING: u64 = 1;
+    const TUNNEL: u64 = 2;
+    /// One change, in the count above the flags.
+    const STEP: u64 = 4;
+
+    /// A new phase with `flags` (one atomic step: an upgrade's connection task and its request
+    /// task may both set it), unless the connection is a tunnel.
+    fn set(&self, flags: u64) {
         let _ = self.0.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |now| {
-            Some(((now >> 1) + 1) << 1 | u64::from(awaiting))
+            (now & Self::TUNNEL == 0).then_some(((now & !(Self::STEP - 1)) + Self::STEP) | flags)
         });
     }
 
     /// The request was sent whole: its answer is awaited from now on.
     fn awaiting(&self) {
-        self.set(true);
+        self.set(Self::AWAITING);
     }
 
-    /// The answer ended (or became a tunnel): nothing is awaited.
+    /// The answer ended: nothing is awaited.
     fn settled(&self) {
-        self.set(false);
+        self.set(0);
+    }
+
+    /// The connection became a tunnel: either side may be quiet as long as it likes.
+    fn tunnel(&self) {
+        self.set(Self::TUNNEL);
+    }
+
+    /// Whether the phase `value` awaits an answer.
+    fn awaits(value: u64) -> bool {
+        value & Self::AWAITING != 0
     }
 }
 
@@ -185,14 +202,22 @@ impl<Io> Timed<Io> {
     }
 
     /// A write's `poll` under the write timer. The upstream taking bytes also restarts the
-    /// read's wait: the answer is awaited from the request's last byte written.
+    /// read's wait when an answer is awaited — the answer is awaited from the request's last
+    /// byte written, and the task is woken at the wait's end even if it never looks for the
+    /// answer again before (hyper may have looked before the request was whole, untimed).
     fn watch_written(
         &mut self,
         cx: &mut Context<'_>,
         poll: Poll<std::io::Result<usize>>,
     ) -> Poll<std::io::Result<usize>> {
         if matches!(poll, Poll::Ready(Ok(n)) if n > 0) {
-            self.reading.disarm();
+            let phase = self.phase.0.load(Ordering::Relaxed);
+            self.seen = phase;
+            if Phase::awaits(phase) {
+                self.reading.restart(cx);
+            } else {
+                self.reading.disarm();
+            }
         }
         self.watch_write(cx, poll)
     }
@@ -211,7 +236,7 @@ impl<Io: AsyncRead + Unpin> AsyncRead for Timed<Io> {
             this.reading.disarm();
         }
         let poll = Pin::new(&mut this.io).poll_read(cx, buf);
-        if phase & 1 == 1 {
+        if Phase::awaits(phase) {
             let timeout = this.reading.limit();
             this.reading.watch(cx, poll, || Self::stalled(timeout))
         } else {
@@ -362,7 +387,14 @@ pub(crate) trait Connect: Send + Sync + 'static {
 pub(crate) struct Tcp {
     host: String,
     port: u16,
+    /// Places for the name's lookups on the blocking pool ([`MAX_LOOKUPS`]); a place is held
+    /// until its lookup returns, even one a connection gave up waiting for.
+    lookups: Arc<tokio::sync::Semaphore>,
 }
+
+/// Lookups of one upstream's name at once: a resolver that stopped answering holds this many
+/// blocking threads, not one per connection attempt.
+const MAX_LOOKUPS: usize = 4;
 
 impl Tcp {
     /// The upstream of `uri` (an `http://` or `https://` URL with an authority).
@@ -373,21 +405,41 @@ impl Tcp {
         Self {
             host: host.to_owned(),
             port: uri.port_u16().unwrap_or(default),
+            lookups: Arc::new(tokio::sync::Semaphore::new(MAX_LOOKUPS)),
+        }
+    }
+
+    /// The addresses of the upstream, by `deadline`: an address as it is; a name looked up on
+    /// the blocking pool, at most [`MAX_LOOKUPS`] at once.
+    async fn addresses(&self, deadline: Instant) -> Result<Vec<SocketAddr>, UpstreamError> {
+        if let Ok(ip) = self.host.parse::<std::net::IpAddr>() {
+            return Ok(vec![SocketAddr::new(ip, self.port)]);
+        }
+        let failed = |source| UpstreamError::Resolve {
+            host: self.host.clone(),
+            source,
+        };
+        let timed_out = || failed(std::io::ErrorKind::TimedOut.into());
+        let permit = tokio::time::timeout_at(deadline, self.lookups.clone().acquire_owned())
+            .await
+            .map_err(|_| timed_out())?
+            .map_err(std::io::Error::other)
+            .map_err(failed)?;
+        let (host, port) = (self.host.clone(), self.port);
+        let lookup = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), port)).map(Iterator::collect)
+        });
+        match tokio::time::timeout_at(deadline, lookup).await {
+            Err(_) => Err(timed_out()),
+            Ok(Err(joined)) => Err(failed(std::io::Error::other(joined))),
+            Ok(Ok(found)) => found.map_err(failed),
         }
     }
 
     async fn stream(&self) -> Result<TcpStream, UpstreamError> {
-        let resolve = |source| UpstreamError::Resolve {
-            host: self.host.clone(),
-            source,
-        };
         let deadline = Instant::now() + CONNECT_TIMEOUT;
-        let lookup = tokio::net::lookup_host((self.host.as_str(), self.port));
-        let addrs: Vec<SocketAddr> = tokio::time::timeout_at(deadline, lookup)
-            .await
-            .map_err(|_| resolve(std::io::ErrorKind::TimedOut.into()))?
-            .map_err(resolve)?
-            .collect();
+        let addrs = self.addresses(deadline).await?;
         let mut failed = UpstreamError::NoAddress {
             host: self.host.clone(),
         };
@@ -816,7 +868,7 @@ impl<C: Connect, B: ReqBody> Pool<C, B> {
         let resp = tx.send_request(req).await.map_err(UpstreamError::Request)?;
         if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
             // A tunnel: either side may be quiet for as long as it likes (writes stay timed).
-            phase.settled();
+            phase.tunnel();
         }
         Ok(resp.map(Body::new))
     }
@@ -1834,6 +1886,28 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn upstreams_by_name_are_looked_up_on_each_new_connection() {
+        let up = upstream(true).await;
+        let uri: Uri = format!("http://localhost:{}", up.addr.port()).parse().unwrap();
+        let pool: Arc<Pool<Tcp, Body>> =
+            Arc::new(Pool::new(Tcp::new(&uri), host_header(&uri), 8, IDLE_TIMEOUT, TIMEOUT));
+        assert_eq!(text(&pool, get("/n")).await, (StatusCode::OK, "ok /n".into()));
+        // every place for a lookup given back
+        assert_eq!(pool.connect.lookups.available_permits(), MAX_LOOKUPS);
+        let unknown: Uri = "http://no-such-host.invalid:80".parse().unwrap();
+        let pool: Arc<Pool<Tcp, Body>> = Arc::new(Pool::new(
+            Tcp::new(&unknown),
+            host_header(&unknown),
+            8,
+            IDLE_TIMEOUT,
+            TIMEOUT,
+        ));
+        let e = pool.send(get("/"), false).await.unwrap_err();
+        // (refused by the resolver, or — one that does not answer — timed out: either way, named)
+        assert!(matches!(e, UpstreamError::Resolve { .. }), "{e:?}");
+    }
+
+    #[tokio::test]
     async fn an_upstream_that_is_down_is_an_error() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -1982,6 +2056,36 @@ mod tests {
             .unwrap();
         times_out(pool.send(req, false)).await;
         drop(tx);
+        // a GET whose body's end is not known yet (hyper sends it none, and drops it unpolled),
+        // and a declared empty body that has not said it ended
+        for (method, length) in [(Method::GET, None), (Method::POST, Some("0"))] {
+            let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Bytes, Infallible>>(1);
+            let mut req = Request::builder().method(method).uri("/hang");
+            if let Some(n) = length {
+                req = req.header(CONTENT_LENGTH, n);
+            }
+            let req = req
+                .body(Body::from_stream(futures_util::stream::poll_fn(move |cx| {
+                    rx.poll_recv(cx)
+                })))
+                .unwrap();
+            times_out(pool.send(req, false)).await;
+            drop(tx);
+        }
+    }
+
+    #[test]
+    fn a_tunnel_stays_a_tunnel() {
+        let phase = Phase::default();
+        phase.awaiting();
+        assert!(Phase::awaits(phase.0.load(Ordering::Relaxed)));
+        phase.tunnel();
+        let tunnel = phase.0.load(Ordering::Relaxed);
+        assert!(!Phase::awaits(tunnel));
+        // a request body that ends after the 101 does not make the tunnel's quiet timed
+        phase.awaiting();
+        phase.settled();
+        assert_eq!(phase.0.load(Ordering::Relaxed), tunnel);
     }
 
     #[tokio::test]
@@ -2025,7 +2129,7 @@ mod tests {
                 .unwrap_err();
             let took = start.elapsed();
             assert!(took >= SHORT / 2 && took < SHORT + Duration::from_secs(1), "{took:?}");
-            assert!(stalled(&e) || upgrade, "{e:?}");
+            assert!(stalled(&e), "{upgrade}: {e:?}");
             assert_eq!(pool.idle_count(), 0);
         }
     }

@@ -297,8 +297,9 @@ pub struct FrontDoorConfig {
     /// An upstream that lets one wait last this long — for the next bytes of its answer once
     /// the request was sent, or to take the next bytes of the request — fails the request:
     /// 504 before the answer began, the answer cut after (default 60s; nginx's
-    /// `proxy_read_timeout` and `proxy_send_timeout`). Never counted: a pooled connection's
-    /// rest between requests, a client still sending its body, a WebSocket's quiet.
+    /// `proxy_read_timeout` and `proxy_send_timeout`; 100ms to 24h, as every timeout here).
+    /// Never counted: a pooled connection's rest between requests, a client still sending its
+    /// body, a WebSocket's quiet.
     #[serde(default, deserialize_with = "opt_duration")]
     pub upstream_timeout: Option<Duration>,
 }
