@@ -201,6 +201,7 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 /// a trusted proxy reported (the last `X-Forwarded-For` entry), if any.
 pub fn sanitize(h: &mut HeaderMap, reserved: &Reserved, socket_peer: Option<IpAddr>, trusted: bool) -> Option<IpAddr> {
     apply_connection(h);
+    let reported = if trusted { reported_client(h) } else { None };
     let prior: Vec<String> = if trusted {
         h.get_all(&X_FORWARDED_FOR)
             .iter()
@@ -221,9 +222,8 @@ pub fn sanitize(h: &mut HeaderMap, reserved: &Reserved, socket_peer: Option<IpAd
         if let Some(v) = socket_peer.and_then(forwarded_for) {
             h.insert(X_FORWARDED_FOR.clone(), v);
         }
-        return None;
+        return reported;
     }
-    let reported = last_entry(prior.last().map(String::as_str));
     let mut xff = prior.join(", ");
     xff.reserve(15);
     if let Some(peer) = socket_peer {
@@ -240,23 +240,33 @@ pub fn sanitize(h: &mut HeaderMap, reserved: &Reserved, socket_peer: Option<IpAd
     reported
 }
 
-/// The client address a trusted proxy reported: the last entry of the last non-empty
-/// `X-Forwarded-For` (the address the proxy itself saw, appended by it).
-pub(crate) fn reported_client(h: &HeaderMap) -> Option<IpAddr> {
-    last_entry(
-        h.get_all(&X_FORWARDED_FOR)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .map(str::trim)
-            .rfind(|v| !v.is_empty()),
-    )
+/// Whether `peer` is one of the `trusted` proxies (an IPv4 peer on a dual-stack socket,
+/// `::ffff:a.b.c.d`, is the IPv4 address it maps).
+pub fn is_trusted(trusted: &[IpAddr], peer: IpAddr) -> bool {
+    let peer = peer.to_canonical();
+    trusted.iter().any(|t| t.to_canonical() == peer)
 }
 
-/// The last entry of an `X-Forwarded-For` value, as an address.
-fn last_entry(value: Option<&str>) -> Option<IpAddr> {
-    value
-        .and_then(|v| v.rsplit(',').next())
-        .and_then(|v| v.trim().parse::<IpAddr>().ok())
+/// The client address a trusted proxy reported: the last entry of the last non-empty
+/// `X-Forwarded-For` (the address the proxy itself saw, appended by it), read from the value's
+/// bytes (another byte earlier in it — the client's own entries — does not hide it).
+pub(crate) fn reported_client(h: &HeaderMap) -> Option<IpAddr> {
+    let value = h
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .map(|v| v.as_bytes().trim_ascii())
+        .rfind(|v| !v.is_empty())?;
+    forwarded_entry(std::str::from_utf8(value.rsplit(|&b| b == b',').next()?).ok()?)
+}
+
+/// One `X-Forwarded-For` entry as an address: `ip`, or `ip:port` and `[ip6]:port` as some load
+/// balancers write it.
+fn forwarded_entry(entry: &str) -> Option<IpAddr> {
+    let entry = entry.trim();
+    entry
+        .parse::<IpAddr>()
+        .ok()
+        .or_else(|| entry.parse::<std::net::SocketAddr>().ok().map(|a| a.ip()))
 }
 
 /// Appends `ip` as text (what `Display` writes; IPv4 without the formatting machinery: this runs
@@ -312,6 +322,40 @@ pub(crate) fn ip_string(ip: IpAddr) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_reported_client_is_the_last_entry_the_proxy_appended() {
+        let xff = |values: &[&[u8]]| {
+            let mut h = HeaderMap::new();
+            for v in values {
+                h.append("x-forwarded-for", HeaderValue::from_bytes(v).unwrap());
+            }
+            reported_client(&h)
+        };
+        let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
+        assert_eq!(xff(&[b"203.0.113.50, 198.51.100.7"]), ip("198.51.100.7"));
+        assert_eq!(xff(&[b"1.1.1.1", b"2001:db8::1 "]), ip("2001:db8::1"));
+        // a client's own bytes before the proxy's entry do not hide it
+        assert_eq!(xff(&[b"\xff\xfe, 198.51.100.7"]), ip("198.51.100.7"));
+        // load balancers that write the port
+        assert_eq!(xff(&[b"198.51.100.7:5678"]), ip("198.51.100.7"));
+        assert_eq!(xff(&[b"a, [2001:db8::2]:443"]), ip("2001:db8::2"));
+        // the last non-empty header; nothing an address
+        assert_eq!(xff(&[b"198.51.100.7", b" "]), ip("198.51.100.7"));
+        assert_eq!(xff(&[b"unknown"]), None);
+        assert_eq!(xff(&[]), None);
+    }
+
+    #[test]
+    fn a_trusted_proxy_on_a_dual_stack_socket_is_still_trusted() {
+        let trusted = ["10.0.0.5".parse().unwrap(), "2001:db8::5".parse().unwrap()];
+        for peer in ["10.0.0.5", "::ffff:10.0.0.5", "2001:db8::5"] {
+            assert!(is_trusted(&trusted, peer.parse().unwrap()), "{peer}");
+        }
+        for peer in ["10.0.0.6", "::ffff:10.0.0.6", "2001:db8::6", "::10.0.0.5"] {
+            assert!(!is_trusted(&trusted, peer.parse().unwrap()), "{peer}");
+        }
+    }
 
     #[test]
     fn each_peer_is_forwarded_as_itself_when_peers_take_turns_on_a_thread() {

@@ -547,7 +547,7 @@ async fn edge(app: &Arc<App>, gate: &Router, mut req: Request, peer: Option<IpAd
     let proxied = AtomicBool::new(false);
     let (resp, route) = match refusal {
         None => {
-            let trusted = peer.is_some_and(|p| app.settings.trusted_proxies.contains(&p));
+            let trusted = peer.is_some_and(|p| headers::is_trusted(&app.settings.trusted_proxies, p));
             let forwarded = headers::sanitize(req.headers_mut(), &app.reserved, peer, trusted);
             if let Some(recorders) = recorders {
                 request_audit = Some(audit::begin(app, recorders, &req, peer, forwarded));

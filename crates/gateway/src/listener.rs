@@ -15,8 +15,8 @@
 //! closed at once; no more than `max_connections` requests are in flight at once (HTTP/2 streams
 //! included), nor more than twice `max_connections_per_address` from one address, and one over a
 //! cap is answered 503 at once (both counted in `kfsec_listener_connections_refused_total`); a
-//! trusted proxy's connections count in the total only, and each of its requests under the
-//! client address it reports (the last `X-Forwarded-For` entry, `headers::reported_client`); a
+//! trusted proxy's requests count under the client address it reports (the last
+//! `X-Forwarded-For` entry, `headers::reported_client`), its connections under its own; a
 //! failing `accept` (e.g. out of file descriptors)
 //! backs off exponentially up to 1 s instead of spinning; the admin listener runs on its own
 //! thread and runtime, so no front-door load can starve it of CPU time, and the caps are fitted
@@ -234,9 +234,9 @@ pub struct TlsListenerSettings {
     pub drain: Duration,
     /// The per-core workers that serve the connections (`None`: the caller's runtime).
     pub workers: Option<Arc<crate::workers::Workers>>,
-    /// Proxies whose `X-Forwarded-For` is believed: their connections are not under the
-    /// per-address connection cap, and each request of theirs counts under the per-address
-    /// request cap of the client address they report.
+    /// Proxies whose `X-Forwarded-For` is believed: each request of theirs counts under the
+    /// per-address request cap of the client address they report (their connections stay under
+    /// their own address's connection cap: a tunnel holds a connection, not a request place).
     pub trusted_proxies: Vec<IpAddr>,
 }
 
@@ -275,8 +275,7 @@ struct Slots {
 #[derive(Debug)]
 struct Slot {
     slots: Arc<Slots>,
-    /// The address counted (`None`: a trusted proxy's connection, counted in the total only).
-    key: Option<IpAddr>,
+    key: IpAddr,
 }
 
 impl Slots {
@@ -290,21 +289,17 @@ impl Slots {
         })
     }
 
-    /// A place for a connection from `ip`, counted under its address unless `per_address` is
-    /// false (a trusted proxy's).
-    fn try_acquire(self: &Arc<Self>, ip: IpAddr, per_address: bool) -> Result<Slot, &'static str> {
-        let key = per_address.then(|| address_key(ip));
+    fn try_acquire(self: &Arc<Self>, ip: IpAddr) -> Result<Slot, &'static str> {
+        let key = address_key(ip);
         let mut c = self.counts.lock();
         if c.total >= self.max {
             return Err(self.reasons.0);
         }
-        if let Some(key) = key {
-            let n = c.by_address.entry(key).or_insert(0);
-            if *n >= self.per_address {
-                return Err(self.reasons.1);
-            }
-            *n += 1;
+        let n = c.by_address.entry(key).or_insert(0);
+        if *n >= self.per_address {
+            return Err(self.reasons.1);
         }
+        *n += 1;
         c.total += 1;
         self.gauge.inc();
         Ok(Slot {
@@ -318,12 +313,10 @@ impl Drop for Slot {
     fn drop(&mut self) {
         let mut c = self.slots.counts.lock();
         c.total = c.total.saturating_sub(1);
-        if let Some(key) = &self.key
-            && let Some(n) = c.by_address.get_mut(key)
-        {
+        if let Some(n) = c.by_address.get_mut(&self.key) {
             *n = n.saturating_sub(1);
             if *n == 0 {
-                c.by_address.remove(key);
+                c.by_address.remove(&self.key);
             }
         }
         self.slots.gauge.dec();
@@ -769,8 +762,8 @@ pub async fn serve_tls<S>(
             () = &mut shutdown => break,
         };
         // Over a cap: closed at once, before any TLS work.
-        let trusted = trusted_proxies.contains(&peer.ip());
-        let slot = match slots.try_acquire(peer.ip(), !trusted) {
+        let trusted = crate::headers::is_trusted(&trusted_proxies, peer.ip());
+        let slot = match slots.try_acquire(peer.ip()) {
             Ok(s) => s,
             Err(reason) => {
                 metrics.refused(name, reason);
@@ -1117,22 +1110,16 @@ mod tests {
         );
         let a: IpAddr = "127.0.0.1".parse().unwrap();
         let b: IpAddr = "127.0.0.2".parse().unwrap();
-        let s1 = slots.try_acquire(a, true).unwrap();
-        let _s2 = slots.try_acquire(a, true).unwrap();
-        assert_eq!(slots.try_acquire(a, true).unwrap_err(), "max_connections_per_address");
-        let _s3 = slots.try_acquire(b, true).unwrap();
-        assert_eq!(slots.try_acquire(b, true).unwrap_err(), "max_connections");
+        let s1 = slots.try_acquire(a).unwrap();
+        let _s2 = slots.try_acquire(a).unwrap();
+        assert_eq!(slots.try_acquire(a).unwrap_err(), "max_connections_per_address");
+        let _s3 = slots.try_acquire(b).unwrap();
+        assert_eq!(slots.try_acquire(b).unwrap_err(), "max_connections");
         drop(s1);
-        let s4 = slots.try_acquire(a, true).unwrap();
+        let s4 = slots.try_acquire(a).unwrap();
         assert_eq!(slots.gauge.get(), 3);
         drop(s4);
         assert_eq!(slots.gauge.get(), 2);
-        // a trusted proxy's connections: the total only (its address's count is full)
-        let proxied = slots.try_acquire(a, false).unwrap();
-        assert_eq!(slots.try_acquire(a, false).unwrap_err(), "max_connections");
-        drop(proxied);
-        assert_eq!(slots.gauge.get(), 2);
-        assert_eq!(slots.counts.lock().by_address.get(&a), Some(&1));
     }
 
     #[test]

@@ -306,10 +306,22 @@ fn session_cookie_name(name: Option<String>) -> Result<String, ConfigError> {
             "session.cookieName {name:?} is not a cookie name (1-128 of letters, digits and !#$%&'*+-.^_`|~)"
         )));
     }
-    if [kfsec_gateway::CSRF_COOKIE, kfsec_idp::cookies::PENDING_LOGIN].contains(&name.as_str()) {
+    if [kfsec_gateway::CSRF_COOKIE, kfsec_idp::cookies::PENDING_LOGIN]
+        .iter()
+        .any(|own| own.eq_ignore_ascii_case(&name))
+    {
         return Err(ConfigError::Invalid(format!(
             "session.cookieName {name:?} is the name of another of kfsec's cookies"
         )));
+    }
+    // (a prefix in another case protects only where browsers match prefixes case-blind)
+    for prefix in ["__Host-", "__Secure-"] {
+        if name.len() >= prefix.len() && name[..prefix.len()].eq_ignore_ascii_case(prefix) && !name.starts_with(prefix)
+        {
+            return Err(ConfigError::Invalid(format!(
+                "session.cookieName {name:?}: spell the prefix {prefix:?}, as browsers define it"
+            )));
+        }
     }
     Ok(name)
 }
@@ -1299,9 +1311,13 @@ routes:
             &MapEnv(vec![]),
         );
         assert!(e.unwrap_err().to_string().contains("is not a cookie name"));
-        for own in ["oidc_state_csrf", "kfsec_upstream_login"] {
+        for own in ["oidc_state_csrf", "kfsec_upstream_login", "OIDC_State_CSRF"] {
             let e = config(own).unwrap_err().to_string();
             assert!(e.contains("another of kfsec's cookies"), "{own}: {e}");
+        }
+        for odd in ["__host-authservice_session", "__HOST-s", "__secure-s"] {
+            let e = config(odd).unwrap_err().to_string();
+            assert!(e.contains("spell the prefix"), "{odd}: {e}");
         }
     }
 

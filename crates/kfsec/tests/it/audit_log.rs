@@ -406,12 +406,7 @@ async fn a_webhook_that_stops_answering_does_not_slow_requests_and_drops_are_cou
     let audit = k.running.audit.clone().expect("audit on");
     let dropped = audit.metrics().dropped_count("webhook");
     assert!(dropped > 0, "nothing dropped");
-    let metrics = reqwest::get(format!("http://{}/metrics", k.running.admin_addr))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(&k).await;
     assert!(
         metrics
             .lines()

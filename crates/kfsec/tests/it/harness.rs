@@ -318,6 +318,24 @@ impl Browser {
     }
 }
 
+/// The admin listener's `/metrics` text.
+pub async fn metrics_text(k: &Kfsec) -> String {
+    reqwest::get(format!("http://{}/metrics", k.running.admin_addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// The value of the admin listener's metric `series`, a name with its labels (0 when absent).
+pub async fn metric(k: &Kfsec, series: &str) -> f64 {
+    let text = metrics_text(k).await;
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0.0)
+}
+
 pub fn location(resp: &reqwest::Response) -> &str {
     resp.headers()
         .get(reqwest::header::LOCATION)

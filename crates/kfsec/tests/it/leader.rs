@@ -46,12 +46,7 @@ async fn a_single_replica_leads_at_once() {
         "kfsec_leader 1 on a single replica: {:?}",
         leader_gauge(&k).await
     );
-    let m = reqwest::get(format!("http://{}/metrics", k.running.admin_addr))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = metrics_text(&k).await;
     assert!(m.contains("# TYPE kfsec_leader gauge"), "{m}");
     k.running.shutdown().await;
 }

@@ -140,15 +140,6 @@ async fn open_idle(from: &[(&str, usize)], to: SocketAddr) -> (Vec<TcpStream>, u
     (open, closed)
 }
 
-async fn metrics(k: &Kfsec) -> String {
-    reqwest::get(format!("http://{}/metrics", k.running.admin_addr))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
 fn metric(text: &str, prefix: &str) -> u64 {
     text.lines()
         .find(|l| l.starts_with(prefix))
@@ -221,7 +212,7 @@ async fn connection_floods_are_capped_and_shed_while_admin_answers() {
     assert_eq!(served(&k).await.unwrap(), 200);
     health.finish();
 
-    let m = metrics(&k).await;
+    let m = metrics_text(&k).await;
     assert!(
         metric(
             &m,
@@ -418,7 +409,7 @@ async fn silent_slow_and_idle_clients_are_closed_within_the_limits() {
             "kfsec_listener_connections_timed_out_total{listener=\"front-door\",reason=\"idle_timeout\"}",
         )
     };
-    let before = timed_out(&metrics(&k).await);
+    let before = timed_out(&metrics_text(&k).await);
     let http = http_client(&k.running.ca_pem);
     for _ in 0..6 {
         let r = http.get(format!("{}/open/x", k.base)).send().await.unwrap();
@@ -426,7 +417,11 @@ async fn silent_slow_and_idle_clients_are_closed_within_the_limits() {
         assert_eq!(r.version(), reqwest::Version::HTTP_2);
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    assert_eq!(timed_out(&metrics(&k).await), before, "a busy connection was timed out");
+    assert_eq!(
+        timed_out(&metrics_text(&k).await),
+        before,
+        "a busy connection was timed out"
+    );
     let k = Arc::into_inner(k).unwrap();
     k.running.shutdown().await;
 }
@@ -646,7 +641,7 @@ async fn requests_in_flight_are_capped_so_upstream_connections_stay_bounded() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(served, "requests are served again once the others ended");
-    let m = metrics(&k).await;
+    let m = metrics_text(&k).await;
     let refused = metric(
         &m,
         "kfsec_listener_connections_refused_total{listener=\"front-door\",reason=\"max_requests\"}",
@@ -876,55 +871,87 @@ async fn behind_a_trusted_proxy_each_client_has_its_own_request_places() {
     // an upstream that answers after a while: requests stay in flight
     let slow = raw_server(|mut r, mut w| async move {
         let _ = read_head(&mut r).await;
-        tokio::time::sleep(Duration::from_millis(1500)).await;
+        tokio::time::sleep(Duration::from_millis(2500)).await;
         let _ = w.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
     })
     .await;
-    // 127.0.0.1 is the trusted proxy; two connections and four requests in flight per address
+    // 127.0.0.1 is the trusted proxy (written as a dual-stack peer would be seen: it is the same
+    // address); three connections and six requests in flight per address
     let k = Kfsec::start(&format!(
         "- prefix: /slow/\n  upstream: http://{slow}\n  public: true\n\
-         trustedProxies: [127.0.0.1]\n\
-         frontDoor:\n  maxConnections: 100\n  maxConnectionsPerAddress: 2\n"
+         trustedProxies: [\"::ffff:127.0.0.1\"]\n\
+         frontDoor:\n  maxConnections: 100\n  maxConnectionsPerAddress: 3\n"
     ))
     .await;
-    let h1 = reqwest::Client::builder()
-        .tls_certs_only([reqwest::Certificate::from_pem(k.running.ca_pem.as_bytes()).unwrap()])
-        .http1_only()
-        .build()
-        .unwrap();
-    let send = |client: &str, i: usize| {
-        let req = h1
-            .get(format!("{}/slow/{i}", k.base))
-            .header("x-forwarded-for", format!("203.0.113.50, {client}"));
-        async move { req.send().await.map(|r| r.status().as_u16()) }
+    let ca = || reqwest::Certificate::from_pem(k.running.ca_pem.as_bytes()).unwrap();
+    let h2 = http_client(&k.running.ca_pem);
+    let h1 = || {
+        reqwest::Client::builder()
+            .tls_certs_only([ca()])
+            .http1_only()
+            .build()
+            .unwrap()
     };
-    // One client behind the proxy takes its four places — on six connections from the proxy's
-    // one address, over that address's cap of two, because the proxy is trusted.
-    let greedy: Vec<_> = (0..4).map(|i| tokio::spawn(send("198.51.100.7", i))).collect();
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    let (fifth, other, third) = tokio::join!(send("198.51.100.7", 4), send("192.0.2.1", 5), send("192.0.2.2", 6));
-    assert_eq!(
-        fifth.unwrap(),
-        503,
-        "the greedy client's fifth request is over its own cap"
-    );
-    assert_eq!(other.unwrap(), 200, "another client behind the proxy is not refused");
-    assert_eq!(third.unwrap(), 200, "nor a third");
-    for g in greedy {
-        assert_eq!(g.await.unwrap().unwrap(), 200);
+    let (lean_a, lean_b) = (h1(), h1());
+    let send = |client: &reqwest::Client, who: &str, i: usize| {
+        let req = client
+            .get(format!("{}/slow/{i}", k.base))
+            .header("x-forwarded-for", format!("203.0.113.50, {who}"));
+        async move {
+            let r = req.send().await.unwrap();
+            (r.version(), r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    // (the HTTP/2 connection first, so that the streams share it)
+    let warm = h2.get(format!("{}/open/x", k.base)).send().await.unwrap();
+    assert_eq!(warm.version(), reqwest::Version::HTTP_2);
+    // One client behind the proxy takes its six places: five HTTP/2 streams on one connection
+    // (hyper's path) and a request of the lean HTTP/1.1 loop on another.
+    let mut greedy: Vec<_> = (0..5).map(|i| tokio::spawn(send(&h2, "198.51.100.7", i))).collect();
+    greedy.push(tokio::spawn(send(&lean_a, "198.51.100.7", 5)));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while metric(
+        &metrics_text(&k).await,
+        "kfsec_listener_requests_in_flight{listener=\"front-door\"}",
+    ) < 6
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the six requests never were in flight together"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // A client that is not a trusted proxy keeps the per-address connection cap.
+    // Its seventh is refused, by the lean loop (a third connection) and on HTTP/2 alike; other
+    // clients behind the same proxy are not.
+    let (lean_seventh, h2_seventh, other, third) = tokio::join!(
+        send(&lean_b, "198.51.100.7", 6),
+        send(&h2, "198.51.100.7", 7),
+        send(&h2, "192.0.2.1", 8),
+        send(&h2, "192.0.2.2", 9),
+    );
+    for (what, (version, status, body)) in [("lean", lean_seventh), ("HTTP/2", h2_seventh)] {
+        assert_eq!(status, 503, "{what} {version:?}: the greedy client's seventh request");
+        assert!(body.contains("too many requests in flight"), "{what}: {body}");
+    }
+    assert_eq!(other.1, 200, "another client behind the proxy is not refused");
+    assert_eq!(third.1, 200, "nor a third");
+    for g in greedy {
+        assert_eq!(g.await.unwrap().1, 200);
+    }
+    // A client that is not a trusted proxy counts as itself whatever it says it forwards, and
+    // keeps the per-address connection cap.
     let front = k.running.https_addr;
     let held = (
         connect_from("127.0.0.2", front).await,
         connect_from("127.0.0.2", front).await,
+        connect_from("127.0.0.2", front).await,
     );
-    let mut third = connect_from("127.0.0.2", front).await;
+    let mut fourth = connect_from("127.0.0.2", front).await;
     let mut byte = [0u8; 1];
-    let closed = tokio::time::timeout(Duration::from_secs(5), third.read(&mut byte)).await;
+    let closed = tokio::time::timeout(Duration::from_secs(5), fourth.read(&mut byte)).await;
     assert!(
         matches!(closed, Ok(Ok(0) | Err(_))),
-        "the third connection from 127.0.0.2 stayed open: {closed:?}"
+        "a fourth connection from 127.0.0.2 stayed open: {closed:?}"
     );
     drop(held);
     k.running.shutdown().await;

@@ -64,18 +64,6 @@ fn with_query(base: &str, q: &[(&str, String)]) -> String {
     format!("{base}?{qs}")
 }
 
-async fn metric(k: &Kfsec, name: &str) -> f64 {
-    let text = reqwest::get(format!("http://{}/metrics", k.running.admin_addr))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
-        .unwrap_or(0.0)
-}
-
 /// bcrypt cost 4 of [`CHEAP_PASSWORD`].
 const CHEAP_HASH: &str = "$2b$04$nUYInPokvemVMIP2O69qZO/WFaQFDGIAVxOs9IVhDRD1ZY67wLbc.";
 const CHEAP_PASSWORD: &str = "cheap password";
