@@ -5,11 +5,11 @@
 //! before the authenticated identity is added, and the request's `Connection` header was applied
 //! there, so nothing here removes a header by a client-chosen name; the session cookie never
 //! reaches an upstream, nor `Authorization` unless the route opts in; `X-Forwarded-Host` is the
-//! configured public host, never the client's `Host`; an unreachable upstream is a 502 whose body
-//! names no internal error; a malformed client body is a 400; an upstream's answer cannot reach
-//! beyond its route: no `Service-Worker-Allowed` (a service worker stays under the route), no
-//! `Set-Cookie` of kfsec's own cookies (`OwnCookies`), no origin-wide `Clear-Site-Data`, `NEL`,
-//! `Report-To` or `Alt-Svc`.
+//! configured public host, never the client's `Host`; an unreachable upstream is a 502, one that
+//! let a deadline pass a 504 (`upstream::Timed`), whose bodies name no internal error; a
+//! malformed client body is a 400; an upstream's answer cannot reach beyond its route: no
+//! `Service-Worker-Allowed` (a service worker stays under the route), no `Set-Cookie` of kfsec's
+//! own cookies (`OwnCookies`), none of the origin-wide headers (`ORIGIN_WIDE`).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
