@@ -1990,27 +1990,21 @@ mod tests {
 
     #[tokio::test]
     async fn an_upstream_that_never_answers_times_out_on_both_paths_and_is_not_retried() {
-        // no answer at all: the lean path (GET) and hyper's (a body)
-        let up = scripted(0, &[], Duration::ZERO).await;
-        let pool = up.timed_pool(IDLE_TIMEOUT, SHORT);
-        times_out(pool.send(get("/"), false)).await;
-        let up = scripted(1, &[], Duration::ZERO).await;
-        let pool = up.timed_pool(IDLE_TIMEOUT, SHORT);
-        times_out(pool.send(post("/", "x"), false)).await;
-        // half a head, then nothing
-        let up = scripted(0, &[b"HTTP/1.1 200 OK\r\ncontent-len"], Duration::ZERO).await;
-        let pool = up.timed_pool(IDLE_TIMEOUT, SHORT);
-        times_out(pool.send(get("/"), false)).await;
-        let up = scripted(1, &[b"HTTP/1.1 200 OK\r\ncontent-len"], Duration::ZERO).await;
-        let pool = up.timed_pool(IDLE_TIMEOUT, SHORT);
-        times_out(pool.send(post("/", "x"), false)).await;
-        // an interim answer, then nothing
-        let up = scripted(0, &[b"HTTP/1.1 100 Continue\r\n\r\n"], Duration::ZERO).await;
-        let pool = up.timed_pool(IDLE_TIMEOUT, SHORT);
-        times_out(pool.send(get("/"), false)).await;
-        let up = scripted(1, &[b"HTTP/1.1 100 Continue\r\n\r\n"], Duration::ZERO).await;
-        let pool = up.timed_pool(IDLE_TIMEOUT, SHORT);
-        times_out(pool.send(post("/", "x"), false)).await;
+        // no answer at all, half a head, an interim answer only — then nothing: on the lean
+        // path (GET) and hyper's (a body)
+        const SILENCES: [&[&[u8]]; 3] = [
+            &[],
+            &[b"HTTP/1.1 200 OK\r\ncontent-len"],
+            &[b"HTTP/1.1 100 Continue\r\n\r\n"],
+        ];
+        for parts in SILENCES {
+            for body in [0, 1] {
+                let up = scripted(body, parts, Duration::ZERO).await;
+                let pool = up.timed_pool(IDLE_TIMEOUT, SHORT);
+                let req = if body == 0 { get("/") } else { post("/", "x") };
+                times_out(pool.send(req, false)).await;
+            }
+        }
         // answered once, silent on the reused connection: not sent again on a new one
         for body in [0, 1] {
             let up = scripted(
