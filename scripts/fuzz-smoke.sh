@@ -11,7 +11,7 @@ SECONDS_PER_TARGET="${FUZZ_SECONDS:-20}"
 TARGETS=(admission_review poddefault_apply path_normalize kfp_multipart jwt_verify
   label_selector field_selector protobuf_body kfp_filter admission_settings upstream_id_token
   ldap_entry server_side_apply api_patch sealed_envelope store_envelope audit s3_sigv4
-  upstream_response front_request connection_headers)
+  upstream_response front_request connection_headers trusted_proxies)
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
   echo "==> installing cargo-fuzz"

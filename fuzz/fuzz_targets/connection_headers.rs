@@ -25,6 +25,7 @@ use http::header::{CONNECTION, UPGRADE};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use kfsec_gateway::headers::{Reserved, sanitize};
 use kfsec_gateway::proxy::{OwnCookies, sanitize_upstream_response};
+use kfsec_gateway::forwarded::TrustedProxies;
 use libfuzzer_sys::fuzz_target;
 
 const PEER: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7));
@@ -94,8 +95,9 @@ fn edge(received: &HeaderMap, trusted: bool) {
         &HeaderName::from_static("kubeflow-userid"),
         &HeaderName::from_static("kubeflow-groups"),
     );
+    let proxies = TrustedProxies::new(vec!["192.0.2.0/24".parse().unwrap()]);
     let mut h = received.clone();
-    sanitize(&mut h, &reserved, Some(PEER), trusted);
+    sanitize(&mut h, &reserved, Some(PEER), trusted.then_some(&proxies));
     let listed = listed(received);
     for n in &listed {
         // (`Connection` itself is checked below; `X-Forwarded-For` is set fresh by kfsec)

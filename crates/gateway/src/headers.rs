@@ -16,6 +16,8 @@ use std::net::IpAddr;
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
 
+use crate::forwarded::{TrustedProxies, X_FORWARDED_FOR};
+
 /// Reserved names (canonical form): identity and forwarding headers only kfsec sets.
 const RESERVED: [&str; 16] = [
     "kubeflow-userid",
@@ -193,16 +195,19 @@ pub(crate) fn groups_list(groups: &[String]) -> String {
     list
 }
 
-/// `X-Forwarded-For` as a typed name (a `&str` name is parsed again at every use).
-static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-
 /// Removes every reserved header; `X-Forwarded-For` is then kept with `socket_peer` appended when
-/// the peer is a trusted proxy, and set to `socket_peer` otherwise. Returns the client address
-/// a trusted proxy reported (the last `X-Forwarded-For` entry), if any.
-pub fn sanitize(h: &mut HeaderMap, reserved: &Reserved, socket_peer: Option<IpAddr>, trusted: bool) -> Option<IpAddr> {
+/// the peer is a trusted proxy (`trusted`: the trusted proxies, when it is one of them), and set
+/// to `socket_peer` otherwise. Returns the client address the trusted proxies reported
+/// ([`TrustedProxies::reported_client`]), if any.
+pub fn sanitize(
+    h: &mut HeaderMap,
+    reserved: &Reserved,
+    socket_peer: Option<IpAddr>,
+    trusted: Option<&TrustedProxies>,
+) -> Option<IpAddr> {
     apply_connection(h);
-    let reported = if trusted { reported_client(h) } else { None };
-    let prior: Vec<String> = if trusted {
+    let reported = trusted.and_then(|t| t.reported_client(h));
+    let prior: Vec<String> = if trusted.is_some() {
         h.get_all(&X_FORWARDED_FOR)
             .iter()
             .filter_map(|v| v.to_str().ok())
@@ -238,35 +243,6 @@ pub fn sanitize(h: &mut HeaderMap, reserved: &Reserved, socket_peer: Option<IpAd
         h.insert(X_FORWARDED_FOR.clone(), v);
     }
     reported
-}
-
-/// Whether `peer` is one of the `trusted` proxies (an IPv4 peer on a dual-stack socket,
-/// `::ffff:a.b.c.d`, is the IPv4 address it maps).
-pub fn is_trusted(trusted: &[IpAddr], peer: IpAddr) -> bool {
-    let peer = peer.to_canonical();
-    trusted.iter().any(|t| t.to_canonical() == peer)
-}
-
-/// The client address a trusted proxy reported: the last entry of the last non-empty
-/// `X-Forwarded-For` (the address the proxy itself saw, appended by it), read from the value's
-/// bytes (another byte earlier in it — the client's own entries — does not hide it).
-pub(crate) fn reported_client(h: &HeaderMap) -> Option<IpAddr> {
-    let value = h
-        .get_all(&X_FORWARDED_FOR)
-        .iter()
-        .map(|v| v.as_bytes().trim_ascii())
-        .rfind(|v| !v.is_empty())?;
-    forwarded_entry(std::str::from_utf8(value.rsplit(|&b| b == b',').next()?).ok()?)
-}
-
-/// One `X-Forwarded-For` entry as an address: `ip`, or `ip:port` and `[ip6]:port` as some load
-/// balancers write it.
-fn forwarded_entry(entry: &str) -> Option<IpAddr> {
-    let entry = entry.trim();
-    entry
-        .parse::<IpAddr>()
-        .ok()
-        .or_else(|| entry.parse::<std::net::SocketAddr>().ok().map(|a| a.ip()))
 }
 
 /// Appends `ip` as text (what `Display` writes; IPv4 without the formatting machinery: this runs
@@ -322,40 +298,6 @@ pub(crate) fn ip_string(ip: IpAddr) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_reported_client_is_the_last_entry_the_proxy_appended() {
-        let xff = |values: &[&[u8]]| {
-            let mut h = HeaderMap::new();
-            for v in values {
-                h.append("x-forwarded-for", HeaderValue::from_bytes(v).unwrap());
-            }
-            reported_client(&h)
-        };
-        let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
-        assert_eq!(xff(&[b"203.0.113.50, 198.51.100.7"]), ip("198.51.100.7"));
-        assert_eq!(xff(&[b"1.1.1.1", b"2001:db8::1 "]), ip("2001:db8::1"));
-        // a client's own bytes before the proxy's entry do not hide it
-        assert_eq!(xff(&[b"\xff\xfe, 198.51.100.7"]), ip("198.51.100.7"));
-        // load balancers that write the port
-        assert_eq!(xff(&[b"198.51.100.7:5678"]), ip("198.51.100.7"));
-        assert_eq!(xff(&[b"a, [2001:db8::2]:443"]), ip("2001:db8::2"));
-        // the last non-empty header; nothing an address
-        assert_eq!(xff(&[b"198.51.100.7", b" "]), ip("198.51.100.7"));
-        assert_eq!(xff(&[b"unknown"]), None);
-        assert_eq!(xff(&[]), None);
-    }
-
-    #[test]
-    fn a_trusted_proxy_on_a_dual_stack_socket_is_still_trusted() {
-        let trusted = ["10.0.0.5".parse().unwrap(), "2001:db8::5".parse().unwrap()];
-        for peer in ["10.0.0.5", "::ffff:10.0.0.5", "2001:db8::5"] {
-            assert!(is_trusted(&trusted, peer.parse().unwrap()), "{peer}");
-        }
-        for peer in ["10.0.0.6", "::ffff:10.0.0.6", "2001:db8::6", "::10.0.0.5"] {
-            assert!(!is_trusted(&trusted, peer.parse().unwrap()), "{peer}");
-        }
-    }
 
     #[test]
     fn each_peer_is_forwarded_as_itself_when_peers_take_turns_on_a_thread() {
@@ -548,15 +490,22 @@ mod tests {
         let r = reserved();
         let peer: IpAddr = "10.0.0.1".parse().unwrap();
         let mut h = HeaderMap::new();
-        h.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6, 203.0.113.7"));
+        h.insert(
+            "x-forwarded-for",
+            HeaderValue::from_static("6.6.6.6, 203.0.113.7, 10.9.9.9"),
+        );
         h.insert("x_forwarded_for", HeaderValue::from_static("6.6.6.6"));
-        let reported = sanitize(&mut h, &r, Some(peer), true);
+        let trusted = TrustedProxies::new(vec!["10.0.0.0/8".parse().unwrap()]);
+        let reported = sanitize(&mut h, &r, Some(peer), Some(&trusted));
         assert_eq!(reported, Some("203.0.113.7".parse().unwrap()));
-        assert_eq!(h.get("x-forwarded-for").unwrap(), "6.6.6.6, 203.0.113.7, 10.0.0.1");
+        assert_eq!(
+            h.get("x-forwarded-for").unwrap(),
+            "6.6.6.6, 203.0.113.7, 10.9.9.9, 10.0.0.1"
+        );
         assert!(h.get("x_forwarded_for").is_none());
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6"));
-        assert_eq!(sanitize(&mut h, &r, Some(peer), false), None);
+        assert_eq!(sanitize(&mut h, &r, Some(peer), None), None);
         assert_eq!(h.get("x-forwarded-for").unwrap(), "10.0.0.1");
     }
 }

@@ -54,8 +54,9 @@ pub(crate) struct Lean<'a, S> {
     pub cert_identity: Option<&'a ClientCertIdentity>,
     pub requests: &'a Arc<RequestCaps>,
     pub address: &'a Arc<AtomicUsize>,
-    /// The peer is a trusted proxy (its requests count under the clients it reports).
-    pub trusted: bool,
+    /// The trusted proxies, when the peer is one of them (its requests count under the clients
+    /// it reports).
+    pub trusted: Option<&'a crate::forwarded::TrustedProxies>,
     pub metrics: &'a ListenerMetrics,
     pub name: &'static str,
     pub header_deadline: Instant,

@@ -10,6 +10,7 @@
 //! handlers receive an `Identity`, never raw credentials.
 
 mod audit;
+pub mod forwarded;
 mod front;
 mod gatekeeper;
 pub mod h1;
@@ -96,7 +97,7 @@ pub struct GatewaySettings {
     /// Proxied routes.
     pub routes: Vec<Route>,
     /// Proxies whose `X-Forwarded-For` is believed.
-    pub trusted_proxies: Vec<IpAddr>,
+    pub trusted_proxies: forwarded::TrustedProxies,
     /// TLS material for upstreams.
     pub upstream_identity: Option<UpstreamIdentity>,
     /// How long an upstream may let one wait last (`frontDoor.upstreamTimeout`).
@@ -547,7 +548,8 @@ async fn edge(app: &Arc<App>, gate: &Router, mut req: Request, peer: Option<IpAd
     let proxied = AtomicBool::new(false);
     let (resp, route) = match refusal {
         None => {
-            let trusted = peer.is_some_and(|p| headers::is_trusted(&app.settings.trusted_proxies, p));
+            let proxies = &app.settings.trusted_proxies;
+            let trusted = peer.filter(|p| proxies.contains(*p)).map(|_| proxies);
             let forwarded = headers::sanitize(req.headers_mut(), &app.reserved, peer, trusted);
             if let Some(recorders) = recorders {
                 request_audit = Some(audit::begin(app, recorders, &req, peer, forwarded));

@@ -15,8 +15,8 @@
 //! closed at once; no more than `max_connections` requests are in flight at once (HTTP/2 streams
 //! included), nor more than twice `max_connections_per_address` from one address, and one over a
 //! cap is answered 503 at once (both counted in `kfsec_listener_connections_refused_total`); a
-//! trusted proxy's requests count under the client address it reports (the last
-//! `X-Forwarded-For` entry, `headers::reported_client`), its connections under its own; a
+//! trusted proxy's requests count under the client address the chain of trusted proxies reports
+//! (`forwarded::TrustedProxies::reported_client`), its connections under its own; a
 //! failing `accept` (e.g. out of file descriptors)
 //! backs off exponentially up to 1 s instead of spinning; the admin listener runs on its own
 //! thread and runtime, so no front-door load can starve it of CPU time, and the caps are fitted
@@ -237,7 +237,7 @@ pub struct TlsListenerSettings {
     /// Proxies whose `X-Forwarded-For` is believed: each request of theirs counts under the
     /// per-address request cap of the client address they report (their connections stay under
     /// their own address's connection cap: a tunnel holds a connection, not a request place).
-    pub trusted_proxies: Vec<IpAddr>,
+    pub trusted_proxies: crate::forwarded::TrustedProxies,
 }
 
 /// The key a per-address cap counts under: the IPv4 address, or an IPv6 address's /64 (one
@@ -403,11 +403,12 @@ impl RequestCaps {
     /// The count a request on a trusted proxy's connection takes: that of the client address
     /// the proxy reported (`None`: the connection's own — not a trusted proxy's, or no address
     /// reported).
-    pub(crate) fn forwarded(&self, trusted: bool, headers: &http::HeaderMap) -> Option<Arc<AtomicUsize>> {
-        if !trusted {
-            return None;
-        }
-        crate::headers::reported_client(headers).map(|client| self.address(client))
+    pub(crate) fn forwarded(
+        &self,
+        trusted: Option<&crate::forwarded::TrustedProxies>,
+        headers: &http::HeaderMap,
+    ) -> Option<Arc<AtomicUsize>> {
+        trusted?.reported_client(headers).map(|client| self.address(client))
     }
 
     /// A place for one request of the address whose count is `address`, or the metric reason
@@ -762,7 +763,7 @@ pub async fn serve_tls<S>(
             () = &mut shutdown => break,
         };
         // Over a cap: closed at once, before any TLS work.
-        let trusted = crate::headers::is_trusted(&trusted_proxies, peer.ip());
+        let trusted = trusted_proxies.contains(peer.ip()).then(|| trusted_proxies.clone());
         let slot = match slots.try_acquire(peer.ip()) {
             Ok(s) => s,
             Err(reason) => {
@@ -853,8 +854,8 @@ struct Connection<S> {
     app: S,
     builder: Arc<Builder<TokioExecutor>>,
     requests: Arc<RequestCaps>,
-    /// The peer is a trusted proxy.
-    trusted: bool,
+    /// The trusted proxies, when the peer is one of them.
+    trusted: Option<crate::forwarded::TrustedProxies>,
 }
 
 /// The answer to a request over the in-flight caps: 503 with `Retry-After`, no work done.
@@ -931,7 +932,7 @@ impl<S: Service + Clone> Connection<S> {
                 cert_identity: cert_identity.as_ref(),
                 requests: &requests,
                 address: &address,
-                trusted,
+                trusted: trusted.as_ref(),
                 metrics: &metrics,
                 name,
                 header_deadline,
@@ -964,7 +965,7 @@ impl<S: Service + Clone> Connection<S> {
             }
             let app = app.clone();
             let stall = StallTimer::new(idle_timeout);
-            let forwarded = requests.forwarded(trusted, req.headers());
+            let forwarded = requests.forwarded(trusted.as_ref(), req.headers());
             let permit = requests
                 .try_acquire_owned(forwarded.as_ref().unwrap_or(&address))
                 .map_err(|reason| {
@@ -1131,20 +1132,22 @@ mod tests {
             h.insert("x-forwarded-for", http::HeaderValue::from_str(xff).unwrap());
             h
         };
+        let proxies = crate::forwarded::TrustedProxies::new(vec!["10.0.0.0/24".parse().unwrap()]);
+        let trusted = Some(&proxies);
         // not trusted, or nothing reported: the connection's own count
-        assert!(caps.forwarded(false, &from("192.0.2.1")).is_none());
-        assert!(caps.forwarded(true, &http::HeaderMap::new()).is_none());
-        assert!(caps.forwarded(true, &from("not an address")).is_none());
-        // the last entry is the client the proxy saw (what came before is the client's word)
-        let greedy = caps.forwarded(true, &from("198.51.100.7, 192.0.2.1")).unwrap();
+        assert!(caps.forwarded(None, &from("192.0.2.1")).is_none());
+        assert!(caps.forwarded(trusted, &http::HeaderMap::new()).is_none());
+        assert!(caps.forwarded(trusted, &from("not an address")).is_none());
+        // the last entry no trusted proxy wrote is the client (what came before is its word)
+        let greedy = caps.forwarded(trusted, &from("198.51.100.7, 192.0.2.1")).unwrap();
         let held: Vec<_> = (0..2).map(|_| caps.try_acquire_owned(&greedy).unwrap()).collect();
         assert_eq!(
-            caps.try_acquire_owned(&caps.forwarded(true, &from("192.0.2.1")).unwrap())
+            caps.try_acquire_owned(&caps.forwarded(trusted, &from("192.0.2.1, 10.0.0.7")).unwrap())
                 .unwrap_err(),
             "max_requests_per_address"
         );
         // another client behind the same proxy, and the proxy's own requests, still get places
-        let other = caps.forwarded(true, &from("192.0.2.1, 203.0.113.9")).unwrap();
+        let other = caps.forwarded(trusted, &from("192.0.2.1, 203.0.113.9")).unwrap();
         assert!(caps.try_acquire_owned(&other).is_ok());
         assert!(caps.try_acquire(&proxy).is_ok());
         drop(held);

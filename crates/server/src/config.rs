@@ -13,7 +13,7 @@ pub mod store;
 
 pub use federation::{DEFAULT_REVALIDATE_FEDERATED, Federation};
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -137,8 +137,8 @@ pub struct Config {
     pub groups_header: HeaderName,
     /// User-supplied certificate and key.
     pub tls_files: Option<(PathBuf, PathBuf)>,
-    /// Trusted proxies.
-    pub trusted_proxies: Vec<IpAddr>,
+    /// Trusted proxies (addresses and CIDR ranges).
+    pub trusted_proxies: kfsec_gateway::forwarded::TrustedProxies,
     /// Log level.
     pub log_level: Option<String>,
     /// Log format.
@@ -663,14 +663,15 @@ pub fn validate(f: ConfigFile, o: &Overrides, env: &dyn Env) -> Result<Config, C
         },
         None => None,
     };
-    let trusted_proxies = f
-        .trusted_proxies
-        .iter()
-        .map(|p| {
-            p.parse()
-                .map_err(|_| ConfigError::Invalid(format!("trustedProxies: {p:?} is not an IP address")))
-        })
-        .collect::<Result<_, _>>()?;
+    let trusted_proxies = kfsec_gateway::forwarded::TrustedProxies::new(
+        f.trusted_proxies
+            .iter()
+            .map(|p| {
+                p.parse()
+                    .map_err(|e| ConfigError::Invalid(format!("trustedProxies: {e}")))
+            })
+            .collect::<Result<_, _>>()?,
+    );
 
     let hours = |h: u64| Duration::from_secs(h * 3600);
     let e = &f.expiry;
@@ -1268,15 +1269,22 @@ routes:
         assert!(err.contains("frontDoor") && err.contains("idleTimeOut"), "{err}");
     }
 
+    /// `yaml` parsed and validated, with no overrides or environment.
+    fn validated(yaml: &str) -> Result<Config, ConfigError> {
+        validate(
+            parse(Path::new("c.yaml"), yaml).unwrap(),
+            &Overrides::default(),
+            &MapEnv(vec![]),
+        )
+    }
+
     #[test]
     fn session_cookie_names_are_cookie_tokens_and_not_kfsecs_other_cookies() {
         let config = |name: &str| {
-            let yaml = format!("session:\n  cookieName: {}\n", serde_json::to_string(name).unwrap());
-            validate(
-                parse(Path::new("c.yaml"), &yaml).unwrap(),
-                &Overrides::default(),
-                &MapEnv(vec![]),
-            )
+            validated(&format!(
+                "session:\n  cookieName: {}\n",
+                serde_json::to_string(name).unwrap()
+            ))
         };
         for good in [
             "authservice_session",
@@ -1304,12 +1312,7 @@ routes:
             assert!(e.contains("is not a cookie name"), "{bad:?}: {e}");
         }
         // (YAML delivers a DEL only escaped)
-        let yaml = "session:\n  cookieName: \"a\\x7f\"\n";
-        let e = validate(
-            parse(Path::new("c.yaml"), yaml).unwrap(),
-            &Overrides::default(),
-            &MapEnv(vec![]),
-        );
+        let e = validated("session:\n  cookieName: \"a\\x7f\"\n");
         assert!(e.unwrap_err().to_string().contains("is not a cookie name"));
         for own in ["oidc_state_csrf", "kfsec_upstream_login", "OIDC_State_CSRF"] {
             let e = config(own).unwrap_err().to_string();
@@ -1323,13 +1326,7 @@ routes:
 
     #[test]
     fn the_upstream_timeout_defaults_to_nginxs_and_has_no_off() {
-        let config = |yaml: &str| {
-            validate(
-                parse(Path::new("c.yaml"), yaml).unwrap(),
-                &Overrides::default(),
-                &MapEnv(vec![]),
-            )
-        };
+        let config = validated;
         assert_eq!(config("").unwrap().upstream_timeout, Duration::from_secs(60));
         assert_eq!(
             config("frontDoor:\n  upstreamTimeout: 10m\n").unwrap().upstream_timeout,
@@ -1352,6 +1349,29 @@ routes:
                 e.contains(&format!("frontDoor.{key} must be at most 24h")),
                 "{bad}: {e}"
             );
+        }
+    }
+
+    #[test]
+    fn trusted_proxies_are_addresses_or_ranges_that_do_not_trust_everyone() {
+        let config = validated;
+        let t = config("trustedProxies: [10.0.0.5, 10.244.0.0/16, \"fd00::/8\"]\n")
+            .unwrap()
+            .trusted_proxies;
+        for ip in ["10.0.0.5", "10.244.3.7", "fd00::1"] {
+            assert!(t.contains(ip.parse().unwrap()), "{ip}");
+        }
+        assert!(!t.contains("10.0.0.6".parse().unwrap()));
+        for (bad, why) in [
+            ("0.0.0.0/0", "trusts every address"),
+            ("10.244.0.1/16", "the range is 10.244.0.0/16"),
+            ("10.0.0.0/40", "at most 32"),
+            ("proxy.internal", "not an IP address or a CIDR range"),
+        ] {
+            let e = config(&format!("trustedProxies: [\"{bad}\"]\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("trustedProxies") && e.contains(why), "{bad}: {e}");
         }
     }
 }

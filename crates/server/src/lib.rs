@@ -980,7 +980,7 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
                 webhooks::ReviewAudit::new(auditor.clone(), clock.clone(), rng.clone()),
             ),
             wait(rx.clone()),
-            settings("webhooks", webhook_limits, Vec::new()),
+            settings("webhooks", webhook_limits, Default::default()),
         )),
         // On a thread of its own (started above): front-door load cannot delay /healthz and
         // /metrics.
@@ -993,7 +993,7 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
             tls,
             router,
             wait(rx.clone()),
-            settings("s3", s3_limits, Vec::new()),
+            settings("s3", s3_limits, Default::default()),
         )));
     }
     let _ = metrics.set(registry);

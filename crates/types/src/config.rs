@@ -81,7 +81,8 @@ pub struct ConfigFile {
     /// Brute-force protection of logins.
     #[serde(default)]
     pub login_protection: LoginProtectionConfig,
-    /// Addresses of proxies in front of kfsec whose `X-Forwarded-For` is trusted.
+    /// Addresses and CIDR ranges of proxies in front of kfsec whose `X-Forwarded-For` is
+    /// trusted.
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
     /// The internal CA and the certificates it issues to kfsec itself.

@@ -216,19 +216,27 @@ async fn logins_logout_and_proxied_requests_leave_events_without_secrets() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trusted_proxy_forwarded_address_is_believed() {
-    let k = Kfsec::start("trustedProxies: [\"127.0.0.1\"]\n").await;
-    let r = http_client(&k.running.ca_pem)
-        .get(format!("{}/open/x", k.base))
-        .header("x-forwarded-for", "198.51.100.1, 203.0.113.9")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let id = r.headers()["audit-id"].to_str().unwrap().to_owned();
+    // the proxy, and a range of ingress pods behind it
+    let k = Kfsec::start("trustedProxies: [\"127.0.0.1\", 10.0.0.0/8]\n").await;
+    let mut ids = Vec::new();
+    for xff in ["198.51.100.1, 203.0.113.9", "198.51.100.1, 203.0.113.9, 10.4.4.4"] {
+        let r = http_client(&k.running.ca_pem)
+            .get(format!("{}/open/x", k.base))
+            .header("x-forwarded-for", xff)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        ids.push(r.headers()["audit-id"].to_str().unwrap().to_owned());
+    }
     let (events, _) = audit_log(&k).await;
-    let e = events.iter().find(|e| e["auditID"] == id.as_str()).unwrap();
-    // The proxy's report of its client (the last entry it added), then the proxy itself.
-    assert_eq!(e["sourceIPs"], serde_json::json!(["203.0.113.9", "127.0.0.1"]));
+    let find = |id: &str| events.iter().find(|e| e["auditID"] == id).unwrap();
+    // The client the proxies reported (the last entry no trusted hop wrote: through a pod too),
+    // then the proxy itself.
+    for id in &ids {
+        assert_eq!(find(id)["sourceIPs"], serde_json::json!(["203.0.113.9", "127.0.0.1"]));
+    }
+    let e = find(&ids[0]);
     assert_eq!(
         annotation(e, "authorization.k8s.io/reason"),
         "route /open/: public route"

@@ -876,10 +876,11 @@ async fn behind_a_trusted_proxy_each_client_has_its_own_request_places() {
     })
     .await;
     // 127.0.0.1 is the trusted proxy (written as a dual-stack peer would be seen: it is the same
-    // address); three connections and six requests in flight per address
+    // address), and behind it a range of ingress pods (10.0.0.0/8); three connections and six
+    // requests in flight per address
     let k = Kfsec::start(&format!(
         "- prefix: /slow/\n  upstream: http://{slow}\n  public: true\n\
-         trustedProxies: [\"::ffff:127.0.0.1\"]\n\
+         trustedProxies: [\"::ffff:127.0.0.1\", 10.0.0.0/8]\n\
          frontDoor:\n  maxConnections: 100\n  maxConnectionsPerAddress: 3\n"
     ))
     .await;
@@ -921,12 +922,13 @@ async fn behind_a_trusted_proxy_each_client_has_its_own_request_places() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // Its seventh is refused, by the lean loop (a third connection) and on HTTP/2 alike; other
-    // clients behind the same proxy are not.
+    // Its seventh is refused, by the lean loop (a third connection) and on HTTP/2 alike, also when
+    // it comes through an ingress pod (the pod's entry is a trusted hop, skipped); other clients
+    // behind the same proxy and pod are not.
     let (lean_seventh, h2_seventh, other, third) = tokio::join!(
-        send(&lean_b, "198.51.100.7", 6),
+        send(&lean_b, "198.51.100.7, 10.1.2.3", 6),
         send(&h2, "198.51.100.7", 7),
-        send(&h2, "192.0.2.1", 8),
+        send(&h2, "192.0.2.1, 10.1.2.3", 8),
         send(&h2, "192.0.2.2", 9),
     );
     for (what, (version, status, body)) in [("lean", lean_seventh), ("HTTP/2", h2_seventh)] {
