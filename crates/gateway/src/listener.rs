@@ -16,7 +16,9 @@
 //! included), nor more than twice `max_connections_per_address` from one address, and one over a
 //! cap is answered 503 at once (both counted in `kfsec_listener_connections_refused_total`); a
 //! trusted proxy's requests count under the client address the chain of trusted proxies reports
-//! (`forwarded::TrustedProxies::reported_client`), its connections under its own; a
+//! (`forwarded::TrustedProxies::reported_client`), and so do the upgrade tunnels they become
+//! (`TunnelPlace`, up to `max_connections_per_address` per client); its connections count in the
+//! total only, so no client behind it can take them all; a
 //! failing `accept` (e.g. out of file descriptors)
 //! backs off exponentially up to 1 s instead of spinning; the admin listener runs on its own
 //! thread and runtime, so no front-door load can starve it of CPU time, and the caps are fitted
@@ -185,7 +187,7 @@ impl ListenerMetrics {
         );
         registry.register(
             "kfsec_listener_connections_refused",
-            "Connections closed at accept, or requests answered 503, because a cap was reached (reason: max_connections, max_connections_per_address, max_requests, max_requests_per_address)",
+            "Connections closed at accept, or requests answered 503, because a cap was reached (reason: max_connections, max_connections_per_address, max_requests, max_requests_per_address, max_tunnels_per_address)",
             m.refused.clone(),
         );
         registry.register(
@@ -235,8 +237,8 @@ pub struct TlsListenerSettings {
     /// The per-core workers that serve the connections (`None`: the caller's runtime).
     pub workers: Option<Arc<crate::workers::Workers>>,
     /// Proxies whose `X-Forwarded-For` is believed: each request of theirs counts under the
-    /// per-address request cap of the client address they report (their connections stay under
-    /// their own address's connection cap: a tunnel holds a connection, not a request place).
+    /// per-address request cap of the client address they report, each upgrade tunnel under
+    /// that client's tunnel cap; their connections count under the total cap only.
     pub trusted_proxies: crate::forwarded::TrustedProxies,
 }
 
@@ -275,7 +277,8 @@ struct Slots {
 #[derive(Debug)]
 struct Slot {
     slots: Arc<Slots>,
-    key: IpAddr,
+    /// The address counted (`None`: counted in the total only, a trusted proxy's connection).
+    key: Option<IpAddr>,
 }
 
 impl Slots {
@@ -289,17 +292,20 @@ impl Slots {
         })
     }
 
-    fn try_acquire(self: &Arc<Self>, ip: IpAddr) -> Result<Slot, &'static str> {
-        let key = address_key(ip);
+    /// A place for `ip` (`None`: under the total cap only).
+    fn try_acquire(self: &Arc<Self>, ip: Option<IpAddr>) -> Result<Slot, &'static str> {
+        let key = ip.map(address_key);
         let mut c = self.counts.lock();
         if c.total >= self.max {
             return Err(self.reasons.0);
         }
-        let n = c.by_address.entry(key).or_insert(0);
-        if *n >= self.per_address {
-            return Err(self.reasons.1);
+        if let Some(key) = key {
+            let n = c.by_address.entry(key).or_insert(0);
+            if *n >= self.per_address {
+                return Err(self.reasons.1);
+            }
+            *n += 1;
         }
-        *n += 1;
         c.total += 1;
         self.gauge.inc();
         Ok(Slot {
@@ -313,10 +319,12 @@ impl Drop for Slot {
     fn drop(&mut self) {
         let mut c = self.slots.counts.lock();
         c.total = c.total.saturating_sub(1);
-        if let Some(n) = c.by_address.get_mut(&self.key) {
+        if let Some(key) = self.key
+            && let Some(n) = c.by_address.get_mut(&key)
+        {
             *n = n.saturating_sub(1);
             if *n == 0 {
-                c.by_address.remove(&self.key);
+                c.by_address.remove(&key);
             }
         }
         self.slots.gauge.dec();
@@ -358,6 +366,15 @@ impl Drop for RequestSlot<'_> {
     fn drop(&mut self) {
         self.caps.release(self.address);
     }
+}
+
+/// A tunnel's place under the caps of its client address, taken for an upgrade request that
+/// came through a trusted proxy, and held by the tunnel it becomes (`proxy`) until it closes:
+/// a proxy's connections count for none of its clients, so without it one client's tunnels
+/// could take every connection. Released with the request when it does not become one.
+#[derive(Clone, Debug)]
+pub(crate) struct TunnelPlace {
+    _slot: Arc<Slot>,
 }
 
 /// [`RequestSlot`] that owns its counts (hyper's path: released when the answer's body is
@@ -726,6 +743,14 @@ pub async fn serve_tls<S>(
         metrics.open.get_or_create(&label).clone(),
         ("max_connections", "max_connections_per_address"),
     );
+    // WebSocket and other upgrade tunnels through a trusted proxy, each under the client address
+    // the proxy reports (another client's tunnels hold its own connections).
+    let tunnels = Slots::new(
+        limits.max_connections,
+        limits.max_connections_per_address,
+        Gauge::default(),
+        ("max_connections", "max_tunnels_per_address"),
+    );
     // In-flight requests (HTTP/2 streams included), each of which may hold an upstream
     // connection: as many as connections in all, twice the per-address connections per address.
     let requests = RequestCaps::new(
@@ -763,8 +788,10 @@ pub async fn serve_tls<S>(
             () = &mut shutdown => break,
         };
         // Over a cap: closed at once, before any TLS work.
+        // (a trusted proxy's connections count in the total only: its clients' requests and
+        // tunnels count under their own addresses)
         let trusted = trusted_proxies.contains(peer.ip()).then(|| trusted_proxies.clone());
-        let slot = match slots.try_acquire(peer.ip()) {
+        let slot = match slots.try_acquire(trusted.is_none().then_some(peer.ip())) {
             Ok(s) => s,
             Err(reason) => {
                 metrics.refused(name, reason);
@@ -786,6 +813,7 @@ pub async fn serve_tls<S>(
             app: app.clone(),
             builder: builder.clone(),
             requests: requests.clone(),
+            tunnels: tunnels.clone(),
             trusted,
         };
         let (alive, stopping) = (alive.clone(), stopping.clone());
@@ -854,6 +882,8 @@ struct Connection<S> {
     app: S,
     builder: Arc<Builder<TokioExecutor>>,
     requests: Arc<RequestCaps>,
+    /// Tunnels through trusted proxies, per client address.
+    tunnels: Arc<Slots>,
     /// The trusted proxies, when the peer is one of them.
     trusted: Option<crate::forwarded::TrustedProxies>,
 }
@@ -890,6 +920,7 @@ impl<S: Service + Clone> Connection<S> {
             app,
             builder,
             requests,
+            tunnels,
             trusted,
         } = self;
         let header_deadline = accepted + limits.header_timeout;
@@ -965,9 +996,19 @@ impl<S: Service + Clone> Connection<S> {
             }
             let app = app.clone();
             let stall = StallTimer::new(idle_timeout);
-            let forwarded = requests.forwarded(trusted.as_ref(), req.headers());
+            let client = trusted.as_ref().and_then(|t| t.reported_client(req.headers()));
+            let forwarded = client.map(|c| requests.address(c));
             let permit = requests
                 .try_acquire_owned(forwarded.as_ref().unwrap_or(&address))
+                .and_then(|permit| {
+                    // An upgrade through a trusted proxy: the tunnel it may become holds a place
+                    // of its client's (the proxy's connection it holds counts for nobody).
+                    if trusted.is_some() && req.headers().contains_key(http::header::UPGRADE) {
+                        let place = tunnels.try_acquire(Some(client.unwrap_or(peer.ip())))?;
+                        req.extensions_mut().insert(TunnelPlace { _slot: Arc::new(place) });
+                    }
+                    Ok(permit)
+                })
                 .map_err(|reason| {
                     refusals.refused(name, reason);
                 });
@@ -1111,15 +1152,21 @@ mod tests {
         );
         let a: IpAddr = "127.0.0.1".parse().unwrap();
         let b: IpAddr = "127.0.0.2".parse().unwrap();
-        let s1 = slots.try_acquire(a).unwrap();
-        let _s2 = slots.try_acquire(a).unwrap();
-        assert_eq!(slots.try_acquire(a).unwrap_err(), "max_connections_per_address");
-        let _s3 = slots.try_acquire(b).unwrap();
-        assert_eq!(slots.try_acquire(b).unwrap_err(), "max_connections");
+        let s1 = slots.try_acquire(Some(a)).unwrap();
+        let _s2 = slots.try_acquire(Some(a)).unwrap();
+        assert_eq!(slots.try_acquire(Some(a)).unwrap_err(), "max_connections_per_address");
+        let _s3 = slots.try_acquire(Some(b)).unwrap();
+        assert_eq!(slots.try_acquire(Some(b)).unwrap_err(), "max_connections");
         drop(s1);
-        let s4 = slots.try_acquire(a).unwrap();
+        let s4 = slots.try_acquire(Some(a)).unwrap();
         assert_eq!(slots.gauge.get(), 3);
         drop(s4);
+        assert_eq!(slots.gauge.get(), 2);
+        // a place in the total only (a trusted proxy's connection): no address's count moves
+        let proxy = slots.try_acquire(None).unwrap();
+        assert_eq!(slots.try_acquire(None).unwrap_err(), "max_connections");
+        drop(proxy);
+        assert_eq!(slots.counts.lock().by_address.get(&a), Some(&1));
         assert_eq!(slots.gauge.get(), 2);
     }
 

@@ -674,6 +674,9 @@ impl Proxy {
             }
         };
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        let tunnel_place = upgrade
+            .then(|| req.extensions_mut().remove::<crate::listener::TunnelPlace>())
+            .flatten();
         let (mut parts, body) = req.into_parts();
         strip_hop_by_hop(&mut parts.headers, upgrade, false);
         let h = &mut parts.headers;
@@ -754,6 +757,9 @@ impl Proxy {
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
             if let Some(client_upgrade) = client_upgrade {
                 tokio::spawn(async move {
+                    // (the client's place under the tunnel caps, when it came through a trusted
+                    // proxy, is held for the tunnel's life)
+                    let _place = tunnel_place;
                     match (client_upgrade.await, upstream_upgrade.await) {
                         (Ok(c), Ok(u)) => {
                             let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(c), &mut TokioIo::new(u)).await;

@@ -1,4 +1,5 @@
-//! Proxying details: WebSocket upgrades pass through, request bodies stream to the upstream,
+//! Proxying details: WebSocket upgrades pass through (behind a trusted proxy, under their
+//! client's tunnel cap), request bodies stream to the upstream,
 //! and a user-supplied certificate is re-read without a restart or dropped connections.
 
 use std::sync::Arc;
@@ -91,6 +92,71 @@ async fn websocket_upgrades_pass_through_with_identity() {
             .unwrap()
             .unwrap();
         assert_eq!(back, msg);
+    }
+    k.running.shutdown().await;
+}
+
+/// Asks for a WebSocket on `/notebook/` on a new connection, as a proxy would for the client
+/// `client`: the answer's status and the connection.
+async fn tunnel_for(k: &Kfsec, client: &str) -> (u16, tokio_rustls::client::TlsStream<TcpStream>) {
+    let mut s = tls_connect(k).await;
+    let req = format!(
+        "GET /notebook/api/kernels/1/channels HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nX-Forwarded-For: {client}\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    let status = String::from_utf8_lossy(&head[9..12]).parse().unwrap();
+    (status, s)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_trusted_proxy_one_clients_tunnels_cannot_take_its_connections() {
+    let ws = websocket_echo().await;
+    // 127.0.0.1 is the trusted proxy; two connections per address
+    let k = Kfsec::start(&format!(
+        "- prefix: /notebook/\n  upstream: http://{ws}\n  public: true\n\
+         trustedProxies: [127.0.0.1]\n\
+         frontDoor:\n  maxConnections: 100\n  maxConnectionsPerAddress: 2\n"
+    ))
+    .await;
+    let greedy = "203.0.113.50, 198.51.100.7";
+    let (first, mut a1) = tunnel_for(&k, greedy).await;
+    let (second, _a2) = tunnel_for(&k, greedy).await;
+    assert_eq!((first, second), (101, 101));
+    // The client's third tunnel is refused; the proxy's connections are not its address's, so
+    // other clients' tunnels still open (this is the proxy's fourth connection).
+    let (third, _) = tunnel_for(&k, greedy).await;
+    assert_eq!(third, 503, "a third tunnel of one client");
+    let (other, mut b) = tunnel_for(&k, "192.0.2.1").await;
+    assert_eq!(other, 101, "another client's tunnel");
+    b.write_all(b"ping").await.unwrap();
+    let mut back = [0u8; 4];
+    tokio::time::timeout(Duration::from_secs(5), b.read_exact(&mut back))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&back, b"ping");
+    assert_eq!(
+        metric(
+            &k,
+            "kfsec_listener_connections_refused_total{listener=\"front-door\",reason=\"max_tunnels_per_address\"}"
+        )
+        .await,
+        1.0
+    );
+    // A tunnel that closes gives its place back.
+    a1.shutdown().await.unwrap();
+    drop(a1);
+    let mut tries = 0;
+    while tunnel_for(&k, greedy).await.0 != 101 {
+        tries += 1;
+        assert!(tries < 100, "the closed tunnel kept its place");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     k.running.shutdown().await;
 }
