@@ -68,17 +68,11 @@ async fn websocket_upgrades_pass_through_with_identity() {
     let k = Kfsec::start(&format!("- prefix: /notebook/\n  upstream: http://{ws}\n")).await;
     let (status, cookie, mut s) = logged_in_connection(&k).await;
     assert_eq!(status, 200);
-    let req = format!(
-        "GET /notebook/api/kernels/1/channels HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nkubeflow-userid: forged@evil\r\nCookie: authservice_session={cookie}\r\n\r\n"
-    );
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        s.read_exact(&mut byte).await.unwrap();
-        head.push(byte[0]);
-    }
-    let head = String::from_utf8_lossy(&head).to_lowercase();
+    let head = ask_websocket(
+        &mut s,
+        &format!("kubeflow-userid: forged@evil\r\nCookie: authservice_session={cookie}\r\n"),
+    )
+    .await;
     assert!(head.starts_with("http/1.1 101"), "{head}");
     assert!(
         head.contains(&format!("x-user: {USER}")),
@@ -96,12 +90,11 @@ async fn websocket_upgrades_pass_through_with_identity() {
     k.running.shutdown().await;
 }
 
-/// Asks for a WebSocket on `/notebook/` on a new connection, as a proxy would for the client
-/// `client`: the answer's status and the connection.
-async fn tunnel_for(k: &Kfsec, client: &str) -> (u16, tokio_rustls::client::TlsStream<TcpStream>) {
-    let mut s = tls_connect(k).await;
+/// Asks for a WebSocket on `/notebook/` over `s`, with `headers` (lines ending in CRLF): the
+/// answer's head, lowercase.
+async fn ask_websocket(s: &mut tokio_rustls::client::TlsStream<TcpStream>, headers: &str) -> String {
     let req = format!(
-        "GET /notebook/api/kernels/1/channels HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nX-Forwarded-For: {client}\r\n\r\n"
+        "GET /notebook/api/kernels/1/channels HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{headers}\r\n"
     );
     s.write_all(req.as_bytes()).await.unwrap();
     let mut head = Vec::new();
@@ -110,8 +103,15 @@ async fn tunnel_for(k: &Kfsec, client: &str) -> (u16, tokio_rustls::client::TlsS
         s.read_exact(&mut byte).await.unwrap();
         head.push(byte[0]);
     }
-    let status = String::from_utf8_lossy(&head[9..12]).parse().unwrap();
-    (status, s)
+    String::from_utf8_lossy(&head).to_lowercase()
+}
+
+/// Asks for a WebSocket on a new connection, as a proxy would for the client `client`: the
+/// answer's status and the connection.
+async fn tunnel_for(k: &Kfsec, client: &str) -> (u16, tokio_rustls::client::TlsStream<TcpStream>) {
+    let mut s = tls_connect(k).await;
+    let head = ask_websocket(&mut s, &format!("X-Forwarded-For: {client}\r\n")).await;
+    (head[9..12].parse().unwrap(), s)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
