@@ -11,7 +11,9 @@
 //! the ID token is verified for signature, `iss`, `aud`, `exp` and `nonce` before a session
 //! exists; every credential is judged by the one
 //! [`kfsec_idp::Authenticator`] (audience policy, revocation); a presented bearer token that
-//! fails verification is refused outright (never downgraded to the cookie); an unsafe request
+//! fails verification is refused outright (never downgraded to the cookie); of several session
+//! cookies the first live one counts, unless live ones name different users: then all those
+//! sessions end and the request has none (a cookie planted beside the user's); an unsafe request
 //! authenticated by the session cookie must come from our own origin ([`same_origin_write`]);
 //! a session of a user who signed in through an upstream connector is re-checked there through
 //! the login's refresh token (asked for with `offline_access`, kept in the server-side session
@@ -95,6 +97,14 @@ pub(crate) fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> 
     cookies(headers).find(|(k, _)| *k == name).map(|(_, v)| v)
 }
 
+/// The first cookie named `name`, and whether another follows it (one reading of the `Cookie`
+/// headers: a header holding the one cookie is read to its end by the first look anyway).
+fn first_cookie<'a>(headers: &'a HeaderMap, name: &str) -> (Option<&'a str>, bool) {
+    let mut named = cookies(headers).filter(|(k, _)| *k == name);
+    let first = named.next().map(|(_, v)| v);
+    (first, first.is_some() && named.next().is_some())
+}
+
 /// The token of an `Authorization: Bearer` header, if the request has one.
 fn bearer_token(headers: &HeaderMap) -> Option<&str> {
     let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
@@ -109,7 +119,7 @@ impl App {
     /// certificate or session cookie — all through the one [`kfsec_idp::Authenticator`].
     pub async fn authenticate(&self, headers: &HeaderMap, cert: Option<&ClientCertIdentity>, path: &str) -> Authn {
         let bearer = bearer_token(headers);
-        let first_session = cookie(headers, &self.settings.cookie_name);
+        let (first_session, several) = first_cookie(headers, &self.settings.cookie_name);
         let credential = bearer.is_some() || cert.is_some() || first_session.is_some();
         if credential && let Err(e) = self.sessions.store_current() {
             tracing::debug!(error = %e, "credential not checked: the store is not current");
@@ -134,12 +144,15 @@ impl App {
             sessions: self.sessions.version(),
             epochs,
         });
-        // The first session cookie, as its front remembers it (no second reading of the
-        // `Cookie` headers on this path, which most requests take).
-        if let (Some(v), Some(versions)) = (first_session, versions)
+        // The session cookie, as its front remembers it (no second reading of the `Cookie`
+        // headers on this path, which most requests take).
+        if let (Some(v), Some(versions), false) = (first_session, versions, several)
             && let Some(a) = self.front.get(v, versions, self.clock.now())
         {
             return Authn::Ok(a);
+        }
+        if several {
+            return self.several_sessions(headers).await;
         }
         for (k, v) in cookies(headers) {
             if k != self.settings.cookie_name {
@@ -160,6 +173,43 @@ impl App {
                     self.front.put(v, holds, &a);
                 }
                 return Authn::Ok(a);
+            }
+        }
+        Authn::Missing
+    }
+
+    /// A request with several session cookies: the first live one, unless another names another
+    /// user. A browser sends the cookie a page of the origin, or any site of its domain, set
+    /// beside kfsec's own (a narrower `Path`, a `Domain` attribute, a nameless cookie that reads
+    /// as it), and puts a narrower path's first: taking the first would let that site sign the
+    /// user in as someone else (whose workspace then receives what the user uploads). Presenting
+    /// a cookie is enough to end it (as at logout): the sessions of both are ended, and the
+    /// request goes on without a session (a browser signs in again, with a fresh cookie).
+    async fn several_sessions(&self, headers: &HeaderMap) -> Authn {
+        let mut live: Vec<(&str, Arc<Authenticated>)> = Vec::new();
+        for (k, v) in cookies(headers) {
+            if k == self.settings.cookie_name
+                && let Some(s) = self.sessions.check(v, &IdpRefresher(&self.idp)).await
+                && let Ok(a) = self.authn.session(s.identity, &s.user_key, s.started_ms).await
+            {
+                live.push((v, Arc::new(a)));
+            }
+        }
+        let Some((_, first)) = live.first() else {
+            return Authn::Missing;
+        };
+        if live.iter().all(|(_, a)| a.identity.user == first.identity.user) {
+            return Authn::Ok(first.clone());
+        }
+        let users: Vec<&str> = live.iter().map(|(_, a)| a.identity.user.as_str()).collect();
+        tracing::warn!(
+            target: "audit", ?users,
+            "session cookies of different users in one request (a cookie set by another page or site of the domain?): their sessions are ended"
+        );
+        for (v, _) in &live {
+            if let Err(e) = self.sessions.revoke(v).await {
+                tracing::warn!(error = %e, "a session of a conflicting cookie was not ended");
+                return Authn::Invalid;
             }
         }
         Authn::Missing

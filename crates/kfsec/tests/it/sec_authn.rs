@@ -1254,3 +1254,53 @@ async fn callers_taking_turns_on_one_connection_each_reach_the_upstream_as_thems
     }
     k.running.shutdown().await;
 }
+
+/// A session cookie another page or site of the domain set beside the user's (a narrower
+/// `Path`, a `Domain` attribute, a nameless cookie: the browser sends it first) cannot sign the
+/// user in as its owner: session cookies of two users in one request end both sessions, and
+/// the request has none, also when the front remembers the first; two sessions of one user, or
+/// a forged cookie beside a live one, are the user.
+#[tokio::test]
+async fn session_cookies_of_two_users_in_one_request_end_both_sessions() {
+    let k = Kfsec::start("").await;
+    let (email, password) = ("tosser@example.org", "tosser password 1");
+    user_add(&k, email, password).await;
+    let s = Surfaces::new(&k);
+    let two = |a: &str, b: &str| Cred::Cookie(format!("{a}; authservice_session={b}"));
+    let user = Some((USER.to_owned(), vec!["team-a".to_owned()]));
+    let (_, victim) = session_of(&k, USER, PASSWORD).await;
+    let (_, victim_again) = session_of(&k, USER, PASSWORD).await;
+    assert_eq!(s.route(&two(&victim_again, &victim)).await, user);
+    assert_eq!(s.route(&two("forged", &victim)).await, user);
+    assert_eq!(s.check(&two(&victim, "forged")).await, user);
+    let mut dead = String::new();
+    for victim_first in [false, true] {
+        let (_, attacker) = session_of(&k, email, password).await;
+        let (_, victim) = session_of(&k, USER, PASSWORD).await;
+        let tossed = if victim_first {
+            // (the victim's cookie answered once, so that its front remembers it)
+            assert_eq!(s.check(&Cred::Cookie(victim.clone())).await, user);
+            two(&victim, &attacker)
+        } else {
+            two(&attacker, &victim)
+        };
+        assert_eq!(s.route(&tossed).await, None, "victim first: {victim_first}");
+        for alone in [&victim, &attacker] {
+            assert_eq!(
+                s.route(&Cred::Cookie(alone.clone())).await,
+                None,
+                "a session was not ended"
+            );
+            assert_eq!(
+                s.check(&Cred::Cookie(alone.clone())).await,
+                None,
+                "a session was not ended"
+            );
+        }
+        dead = attacker;
+    }
+    // Signed in again, the user is themself beside the tossed cookie, now dead.
+    let (_, fresh) = session_of(&k, USER, PASSWORD).await;
+    assert_eq!(s.route(&two(&dead, &fresh)).await, user);
+    k.running.shutdown().await;
+}
