@@ -7,8 +7,9 @@
 //! Security invariants: a client's `Audit-ID` is reused only when short and of a safe charset
 //! (`kfsec_audit::request::audit_id_from_client`), otherwise a UUID is generated from the
 //! injected Rng; `sourceIPs` believe a forwarded address only from a trusted proxy, by the one
-//! rule the edge already applies (`headers::sanitize`: the last `X-Forwarded-For` entry a
-//! trusted peer sent), then the peer address; nothing here reads a body, a cookie or an
+//! rule the edge already applies (`headers::sanitize`, `forwarded::TrustedProxies`: the last
+//! `X-Forwarded-For` entry of a trusted peer's that no trusted proxy wrote), then the peer
+//! address; nothing here reads a body, a cookie or an
 //! `Authorization` header; with auditing off nothing is allocated.
 
 use std::net::IpAddr;

@@ -6,8 +6,11 @@
 //! a trusted proxy; each entry that is itself a trusted proxy's address was appended by the hop
 //! before it, and is skipped; the first entry that is not is the client, and nothing to its left
 //! (what the client sent) is read. An entry that is not an address ends the walk at the nearest
-//! trusted hop. A peer on a dual-stack socket (`::ffff:a.b.c.d`) is the IPv4 address it maps.
-//! A range that would trust every address (`/0`) or has bits set past its prefix is refused.
+//! trusted hop. A peer on a dual-stack socket (`::ffff:a.b.c.d`) is the IPv4 address it maps,
+//! and an IPv6 range holds IPv4 addresses only inside the mapped range `::ffff:0:0/96`. A range
+//! that would trust every address (`/0`, or `::ffff:0:0/96`: every IPv4 address) or has bits set
+//! past its prefix is refused; a range of more than 256 addresses is warned about at start
+//! (every address in it can name any client).
 
 use std::fmt;
 use std::net::{IpAddr, Ipv6Addr};
@@ -45,23 +48,36 @@ pub enum NetError {
 }
 
 impl Net {
-    /// Whether `ip` is in this range (an IPv4-mapped IPv6 address as the IPv4 address it maps).
+    /// Whether `ip` is in this range (an IPv4-mapped IPv6 address as the IPv4 address it maps;
+    /// an IPv6 range holds IPv4 addresses only inside `::ffff:0:0/96`).
     pub fn contains(&self, ip: IpAddr) -> bool {
         match (self.addr, ip.to_canonical()) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {
                 same_prefix(u32::from(net).into(), u32::from(ip).into(), 32, self.prefix)
             }
-            (IpAddr::V6(net), ip) => same_prefix(u128::from(net), u128::from(as_v6(ip)), 128, self.prefix),
+            (IpAddr::V6(net), IpAddr::V6(ip)) => same_prefix(u128::from(net), u128::from(ip), 128, self.prefix),
+            (IpAddr::V6(net), IpAddr::V4(ip)) => {
+                self.prefix >= MAPPED_PREFIX
+                    && same_prefix(u128::from(net), u128::from(ip.to_ipv6_mapped()), 128, self.prefix)
+            }
             (IpAddr::V4(_), IpAddr::V6(_)) => false,
         }
     }
+
+    /// Whether the range holds more than 256 addresses (warned about at start).
+    pub fn is_broad(&self) -> bool {
+        let bits = if self.addr.is_ipv4() { 32 } else { 128 };
+        bits - self.prefix > 8
+    }
 }
 
-fn as_v6(ip: IpAddr) -> Ipv6Addr {
-    match ip {
-        IpAddr::V4(v4) => v4.to_ipv6_mapped(),
-        IpAddr::V6(v6) => v6,
-    }
+/// The prefix of the IPv4-mapped IPv6 range, `::ffff:0:0/96`.
+const MAPPED_PREFIX: u8 = 96;
+
+/// Whether `addr/prefix` holds every IPv4 address: `::ffff:0:0/96` (a shorter IPv6 prefix holds
+/// none of them, see [`Net::contains`]).
+fn every_ipv4(addr: Ipv6Addr, prefix: u8) -> bool {
+    prefix == MAPPED_PREFIX && addr.to_ipv4_mapped().is_some()
 }
 
 /// Whether the first `prefix` of the low `bits` bits of `a` and `b` are the same.
@@ -83,8 +99,9 @@ impl FromStr for Net {
         let bits: u8 = if addr.is_ipv4() { 32 } else { 128 };
         let prefix = match prefix {
             None => bits,
-            // (digits only: `u8`'s parser would take a sign)
-            Some(p) if !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()) => p
+            Some("0") => return Err(NetError::Everyone(s.to_owned())),
+            // (digits only, without a leading zero: `u8`'s parser would take a sign)
+            Some(p) if (1..=3).contains(&p.len()) && !p.starts_with('0') && p.bytes().all(|b| b.is_ascii_digit()) => p
                 .parse::<u8>()
                 .map_err(|_| NetError::PrefixTooLong(s.to_owned(), bits))?,
             Some(_) => return Err(syntax()),
@@ -92,7 +109,9 @@ impl FromStr for Net {
         if prefix > bits {
             return Err(NetError::PrefixTooLong(s.to_owned(), bits));
         }
-        if prefix == 0 {
+        if let IpAddr::V6(v6) = addr
+            && every_ipv4(v6, prefix)
+        {
             return Err(NetError::Everyone(s.to_owned()));
         }
         let net = Net { addr, prefix };
@@ -145,6 +164,11 @@ impl TrustedProxies {
     /// Whether `peer` is a trusted proxy.
     pub fn contains(&self, peer: IpAddr) -> bool {
         self.0.iter().any(|n| n.contains(peer))
+    }
+
+    /// The ranges of more than 256 addresses ([`Net::is_broad`]).
+    pub fn broad(&self) -> impl Iterator<Item = &Net> {
+        self.0.iter().filter(|n| n.is_broad())
     }
 
     /// The client address the trusted proxies in front of a trusted peer reported: the last
@@ -227,7 +251,13 @@ mod tests {
         ] {
             assert!(!t.contains(ip(no)), "{no}");
         }
-        // an IPv4-mapped range holds the IPv4 addresses it maps
+        // an IPv4-mapped range holds the IPv4 addresses it maps; a wider IPv6 range none
+        assert!(!proxies(&["::ffff:10.0.0.0/104"]).contains(ip("11.0.0.1")));
+        for wide in ["::/1", "::/80", "::fffe:0:0/95"] {
+            assert!(!proxies(&[wide]).contains(ip("10.9.8.7")), "{wide}");
+            assert!(!proxies(&[wide]).contains(ip("::ffff:10.9.8.7")), "{wide}");
+        }
+        assert!(proxies(&["::/1"]).contains(ip("2001:db8::1")));
         assert!(proxies(&["::ffff:10.0.0.0/104"]).contains(ip("10.9.8.7")));
         assert!(proxies(&["0.0.0.0/1"]).contains(ip("127.0.0.1")));
         assert!(!proxies(&["0.0.0.0/1"]).contains(ip("128.0.0.1")));
@@ -251,6 +281,8 @@ mod tests {
             "host.example",
             "10.0.0.0/0x8",
             "10.0.0.0/0008",
+            "10.0.0.0/08",
+            "10.0.0.0/00",
         ] {
             assert!(
                 err(bad).contains("is not an IP address or a CIDR range"),
@@ -263,6 +295,12 @@ mod tests {
         assert!(err("10.0.0.0/255").contains("at most 32"));
         assert!(err("0.0.0.0/0").contains("trusts every address"));
         assert!(err("::/0").contains("trusts every address"));
+        assert!(err("::ffff:0:0/96").contains("trusts every address"));
+        assert!(err("::ffff:0.0.0.0/96").contains("trusts every address"));
+        // broad: more than 256 addresses
+        let broad = |s: &str| s.parse::<Net>().unwrap().is_broad();
+        assert!(broad("10.244.0.0/16") && broad("10.0.0.0/23") && broad("fd00::/64"));
+        assert!(!broad("10.0.0.0/24") && !broad("10.0.0.5") && !broad("fd00::/120") && !broad("::ffff:10.0.0.0/120"));
         assert!(
             err("10.0.0.5/8").contains("the range is 10.0.0.0/8"),
             "{}",

@@ -198,14 +198,15 @@ pub(crate) fn groups_list(groups: &[String]) -> String {
 /// Removes every reserved header; `X-Forwarded-For` is then kept with `socket_peer` appended when
 /// the peer is a trusted proxy (`trusted`: the trusted proxies, when it is one of them), and set
 /// to `socket_peer` otherwise. Returns the client address the trusted proxies reported
-/// ([`TrustedProxies::reported_client`]), if any.
+/// ([`TrustedProxies::reported_client`]), if any. `X-Forwarded-For` is read before `Connection`
+/// is applied: a client's `Connection` that a proxy passes on (`upgrade, x-forwarded-for`) cannot
+/// hide the address the proxy reported, here or from the in-flight caps, which read it as sent.
 pub fn sanitize(
     h: &mut HeaderMap,
     reserved: &Reserved,
     socket_peer: Option<IpAddr>,
     trusted: Option<&TrustedProxies>,
 ) -> Option<IpAddr> {
-    apply_connection(h);
     let reported = trusted.and_then(|t| t.reported_client(h));
     let prior: Vec<String> = if trusted.is_some() {
         h.get_all(&X_FORWARDED_FOR)
@@ -217,6 +218,7 @@ pub fn sanitize(
     } else {
         Vec::new()
     };
+    apply_connection(h);
     let doomed: Vec<HeaderName> = h.keys().filter(|n| reserved.is_reserved(n.as_str())).cloned().collect();
     for n in doomed {
         h.remove(n);
@@ -507,5 +509,15 @@ mod tests {
         h.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6"));
         assert_eq!(sanitize(&mut h, &r, Some(peer), None), None);
         assert_eq!(h.get("x-forwarded-for").unwrap(), "10.0.0.1");
+        // a client's `Connection` passed on by the proxy does not hide what the proxy reported
+        let mut h = HeaderMap::new();
+        h.insert("connection", HeaderValue::from_static("upgrade, x-forwarded-for"));
+        h.insert("upgrade", HeaderValue::from_static("websocket"));
+        h.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.7"));
+        assert_eq!(
+            sanitize(&mut h, &r, Some(peer), Some(&trusted)),
+            Some("203.0.113.7".parse().unwrap())
+        );
+        assert_eq!(h.get("x-forwarded-for").unwrap(), "203.0.113.7, 10.0.0.1");
     }
 }

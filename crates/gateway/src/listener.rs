@@ -17,8 +17,10 @@
 //! cap is answered 503 at once (both counted in `kfsec_listener_connections_refused_total`); a
 //! trusted proxy's requests count under the client address the chain of trusted proxies reports
 //! (`forwarded::TrustedProxies::reported_client`), and so do the upgrade tunnels they become
-//! (`TunnelPlace`, up to `max_connections_per_address` per client); its connections count in the
-//! total only, so no client behind it can take them all; a
+//! (`TunnelPlace`: a tunnel keeps its request's place until it closes, for every client); its
+//! connections count in the total only, so no client behind it can take them all while twice
+//! `max_connections_per_address` is below `max_connections` (as by default, and as the caps
+//! fitted to the file-descriptor limit keep it); a
 //! failing `accept` (e.g. out of file descriptors)
 //! backs off exponentially up to 1 s instead of spinning; the admin listener runs on its own
 //! thread and runtime, so no front-door load can starve it of CPU time, and the caps are fitted
@@ -145,7 +147,9 @@ pub fn fit_to_fd_limit(limits: &mut [&mut ListenerLimits], fd_limit: u64) -> boo
             * u128::from(u64::try_from(budget).unwrap_or(u64::MAX))
             / u128::from(u64::try_from(wanted).unwrap_or(u64::MAX)).max(1);
         l.max_connections = usize::try_from(share).unwrap_or(usize::MAX).max(1);
-        l.max_connections_per_address = l.max_connections_per_address.min(l.max_connections);
+        // (one address at most a quarter: its requests, twice its connections, stay below the
+        // total, and others keep room)
+        l.max_connections_per_address = l.max_connections_per_address.min((l.max_connections / 4).max(1));
     }
     true
 }
@@ -187,7 +191,7 @@ impl ListenerMetrics {
         );
         registry.register(
             "kfsec_listener_connections_refused",
-            "Connections closed at accept, or requests answered 503, because a cap was reached (reason: max_connections, max_connections_per_address, max_requests, max_requests_per_address, max_tunnels_per_address)",
+            "Connections closed at accept, or requests answered 503, because a cap was reached (reason: max_connections, max_connections_per_address, max_requests, max_requests_per_address)",
             m.refused.clone(),
         );
         registry.register(
@@ -237,8 +241,8 @@ pub struct TlsListenerSettings {
     /// The per-core workers that serve the connections (`None`: the caller's runtime).
     pub workers: Option<Arc<crate::workers::Workers>>,
     /// Proxies whose `X-Forwarded-For` is believed: each request of theirs counts under the
-    /// per-address request cap of the client address they report, each upgrade tunnel under
-    /// that client's tunnel cap; their connections count under the total cap only.
+    /// per-address request cap of the client address they report, and so does each upgrade
+    /// tunnel for its life; their connections count under the total cap only.
     pub trusted_proxies: crate::forwarded::TrustedProxies,
 }
 
@@ -368,13 +372,23 @@ impl Drop for RequestSlot<'_> {
     }
 }
 
-/// A tunnel's place under the caps of its client address, taken for an upgrade request that
-/// came through a trusted proxy, and held by the tunnel it becomes (`proxy`) until it closes:
-/// a proxy's connections count for none of its clients, so without it one client's tunnels
-/// could take every connection. Released with the request when it does not become one.
+/// An upgrade request's place under the in-flight caps (its client's: behind a trusted proxy,
+/// the address the proxy reported), shared with the tunnel it becomes (`proxy`), which holds it
+/// until it closes: a trusted proxy's connections count for none of its clients, so without it
+/// one client's tunnels could take every connection. Released with the request's answer when
+/// it does not become one.
 #[derive(Clone, Debug)]
 pub(crate) struct TunnelPlace {
-    _slot: Arc<Slot>,
+    _place: Arc<OwnedRequestSlot>,
+}
+
+/// The place a response body holds under the in-flight caps: its own, or one it shares with
+/// the tunnel its request may become. (Held for its `Drop`, never read.)
+#[derive(Debug)]
+#[allow(dead_code)]
+enum Place {
+    Own(OwnedRequestSlot),
+    Shared(Arc<OwnedRequestSlot>),
 }
 
 /// [`RequestSlot`] that owns its counts (hyper's path: released when the answer's body is
@@ -574,11 +588,11 @@ struct TrackedBody {
     in_flight: InFlight,
     handed_over: bool,
     /// The request's place under the in-flight caps.
-    _permit: Option<OwnedRequestSlot>,
+    _permit: Option<Place>,
 }
 
 impl TrackedBody {
-    fn new(inner: axum::body::Body, in_flight: InFlight, permit: Option<OwnedRequestSlot>) -> Self {
+    fn new(inner: axum::body::Body, in_flight: InFlight, permit: Option<Place>) -> Self {
         Self {
             inner,
             in_flight,
@@ -743,14 +757,6 @@ pub async fn serve_tls<S>(
         metrics.open.get_or_create(&label).clone(),
         ("max_connections", "max_connections_per_address"),
     );
-    // WebSocket and other upgrade tunnels through a trusted proxy, each under the client address
-    // the proxy reports (another client's tunnels hold its own connections).
-    let tunnels = Slots::new(
-        limits.max_connections,
-        limits.max_connections_per_address,
-        Gauge::default(),
-        ("max_connections", "max_tunnels_per_address"),
-    );
     // In-flight requests (HTTP/2 streams included), each of which may hold an upstream
     // connection: as many as connections in all, twice the per-address connections per address.
     let requests = RequestCaps::new(
@@ -813,7 +819,6 @@ pub async fn serve_tls<S>(
             app: app.clone(),
             builder: builder.clone(),
             requests: requests.clone(),
-            tunnels: tunnels.clone(),
             trusted,
         };
         let (alive, stopping) = (alive.clone(), stopping.clone());
@@ -882,8 +887,6 @@ struct Connection<S> {
     app: S,
     builder: Arc<Builder<TokioExecutor>>,
     requests: Arc<RequestCaps>,
-    /// Tunnels through trusted proxies, per client address.
-    tunnels: Arc<Slots>,
     /// The trusted proxies, when the peer is one of them.
     trusted: Option<crate::forwarded::TrustedProxies>,
 }
@@ -920,7 +923,6 @@ impl<S: Service + Clone> Connection<S> {
             app,
             builder,
             requests,
-            tunnels,
             trusted,
         } = self;
         let header_deadline = accepted + limits.header_timeout;
@@ -996,18 +998,19 @@ impl<S: Service + Clone> Connection<S> {
             }
             let app = app.clone();
             let stall = StallTimer::new(idle_timeout);
-            let client = trusted.as_ref().and_then(|t| t.reported_client(req.headers()));
-            let forwarded = client.map(|c| requests.address(c));
+            let forwarded = requests.forwarded(trusted.as_ref(), req.headers());
             let permit = requests
                 .try_acquire_owned(forwarded.as_ref().unwrap_or(&address))
-                .and_then(|permit| {
-                    // An upgrade through a trusted proxy: the tunnel it may become holds a place
-                    // of its client's (the proxy's connection it holds counts for nobody).
-                    if trusted.is_some() && req.headers().contains_key(http::header::UPGRADE) {
-                        let place = tunnels.try_acquire(Some(client.unwrap_or(peer.ip())))?;
-                        req.extensions_mut().insert(TunnelPlace { _slot: Arc::new(place) });
+                .map(|permit| {
+                    // An upgrade: the tunnel it may become keeps the request's place, which is
+                    // its client's (through a trusted proxy, the proxy's connection it holds
+                    // counts for no client).
+                    if !req.headers().contains_key(http::header::UPGRADE) {
+                        return Place::Own(permit);
                     }
-                    Ok(permit)
+                    let shared = Arc::new(permit);
+                    req.extensions_mut().insert(TunnelPlace { _place: shared.clone() });
+                    Place::Shared(shared)
                 })
                 .map_err(|reason| {
                     refusals.refused(name, reason);
@@ -1271,5 +1274,13 @@ mod tests {
         assert!(2 * (f.max_connections + w.max_connections) <= 1024 - 256, "{f:?} {w:?}");
         assert!(f.max_connections > 10 * w.max_connections / 2);
         assert!(f.max_connections_per_address <= f.max_connections);
+        // one address at most a quarter: its requests (twice its connections) stay below the total
+        assert_eq!(f.max_connections_per_address, f.max_connections / 4, "{f:?}");
+        let (mut f, mut w) = (ListenerLimits::FRONT_DOOR, ListenerLimits::WEBHOOKS);
+        assert!(fit_to_fd_limit(&mut [&mut f, &mut w], 1 << 14));
+        assert_eq!(
+            f.max_connections_per_address, 512,
+            "a cap below a quarter is kept: {f:?}"
+        );
     }
 }

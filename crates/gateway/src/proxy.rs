@@ -757,8 +757,8 @@ impl Proxy {
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
             if let Some(client_upgrade) = client_upgrade {
                 tokio::spawn(async move {
-                    // (the client's place under the tunnel caps, when it came through a trusted
-                    // proxy, is held for the tunnel's life)
+                    // (the request's place under its client's in-flight caps is held for the
+                    // tunnel's life)
                     let _place = tunnel_place;
                     match (client_upgrade.await, upstream_upgrade.await) {
                         (Ok(c), Ok(u)) => {

@@ -513,6 +513,12 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
     for note in &cfg.federation.notes {
         tracing::info!("{note}");
     }
+    for range in cfg.trusted_proxies.broad() {
+        tracing::warn!(
+            %range,
+            "trustedProxies: every address in this range can name any client address (its X-Forwarded-For is believed, its connections count for no client); keep every other workload out of it (e.g. with a NetworkPolicy), or list only the proxies' own addresses"
+        );
+    }
     let dir = DataDir(cfg.data_dir.clone());
     dir.create()?;
     let https = TcpListener::bind(cfg.https_addr)

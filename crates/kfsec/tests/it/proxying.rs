@@ -1,5 +1,5 @@
-//! Proxying details: WebSocket upgrades pass through (behind a trusted proxy, under their
-//! client's tunnel cap), request bodies stream to the upstream,
+//! Proxying details: WebSocket upgrades pass through (each keeping its request's place under its
+//! client's caps, also behind a trusted proxy), request bodies stream to the upstream,
 //! and a user-supplied certificate is re-read without a restart or dropped connections.
 
 use std::sync::Arc;
@@ -70,6 +70,7 @@ async fn websocket_upgrades_pass_through_with_identity() {
     assert_eq!(status, 200);
     let head = ask_websocket(
         &mut s,
+        "/notebook/api/kernels/1/channels",
         &format!("kubeflow-userid: forged@evil\r\nCookie: authservice_session={cookie}\r\n"),
     )
     .await;
@@ -90,11 +91,11 @@ async fn websocket_upgrades_pass_through_with_identity() {
     k.running.shutdown().await;
 }
 
-/// Asks for a WebSocket on `/notebook/` over `s`, with `headers` (lines ending in CRLF): the
-/// answer's head, lowercase.
-async fn ask_websocket(s: &mut tokio_rustls::client::TlsStream<TcpStream>, headers: &str) -> String {
+/// Asks for a WebSocket at `path` over `s`, with `headers` (lines ending in CRLF): the answer's
+/// head, lowercase.
+async fn ask_websocket(s: &mut tokio_rustls::client::TlsStream<TcpStream>, path: &str, headers: &str) -> String {
     let req = format!(
-        "GET /notebook/api/kernels/1/channels HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{headers}\r\n"
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{headers}\r\n"
     );
     s.write_all(req.as_bytes()).await.unwrap();
     let mut head = Vec::new();
@@ -106,33 +107,37 @@ async fn ask_websocket(s: &mut tokio_rustls::client::TlsStream<TcpStream>, heade
     String::from_utf8_lossy(&head).to_lowercase()
 }
 
-/// Asks for a WebSocket on a new connection, as a proxy would for the client `client`: the
-/// answer's status and the connection.
-async fn tunnel_for(k: &Kfsec, client: &str) -> (u16, tokio_rustls::client::TlsStream<TcpStream>) {
+/// Asks for a WebSocket at `path` on a new connection, as a proxy would for the client `client`:
+/// the answer's status and the connection.
+async fn tunnel_for(k: &Kfsec, path: &str, client: &str) -> (u16, tokio_rustls::client::TlsStream<TcpStream>) {
     let mut s = tls_connect(k).await;
-    let head = ask_websocket(&mut s, &format!("X-Forwarded-For: {client}\r\n")).await;
+    let head = ask_websocket(&mut s, path, &format!("X-Forwarded-For: {client}\r\n")).await;
     (head[9..12].parse().unwrap(), s)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn behind_a_trusted_proxy_one_clients_tunnels_cannot_take_its_connections() {
     let ws = websocket_echo().await;
-    // 127.0.0.1 is the trusted proxy; two connections per address
+    // 127.0.0.1 is the trusted proxy; two connections and four requests in flight per address
     let k = Kfsec::start(&format!(
         "- prefix: /notebook/\n  upstream: http://{ws}\n  public: true\n\
          trustedProxies: [127.0.0.1]\n\
          frontDoor:\n  maxConnections: 100\n  maxConnectionsPerAddress: 2\n"
     ))
     .await;
-    let greedy = "203.0.113.50, 198.51.100.7";
-    let (first, mut a1) = tunnel_for(&k, greedy).await;
-    let (second, _a2) = tunnel_for(&k, greedy).await;
-    assert_eq!((first, second), (101, 101));
-    // The client's third tunnel is refused; the proxy's connections are not its address's, so
-    // other clients' tunnels still open (this is the proxy's fourth connection).
-    let (third, _) = tunnel_for(&k, greedy).await;
-    assert_eq!(third, 503, "a third tunnel of one client");
-    let (other, mut b) = tunnel_for(&k, "192.0.2.1").await;
+    let (greedy, ws_path) = ("203.0.113.50, 198.51.100.7", "/notebook/api/kernels/1/channels");
+    let mut held = Vec::new();
+    for i in 0..4 {
+        let (status, s) = tunnel_for(&k, ws_path, greedy).await;
+        assert_eq!(status, 101, "tunnel {i}");
+        held.push(s);
+    }
+    // Each tunnel keeps its request's place: the client's fifth is refused. The proxy's
+    // connections are not its address's, so other clients' tunnels still open (this is the
+    // proxy's sixth connection, over a cap of two per address).
+    let (fifth, _) = tunnel_for(&k, ws_path, greedy).await;
+    assert_eq!(fifth, 503, "a fifth tunnel of one client");
+    let (other, mut b) = tunnel_for(&k, ws_path, "192.0.2.1").await;
     assert_eq!(other, 101, "another client's tunnel");
     b.write_all(b"ping").await.unwrap();
     let mut back = [0u8; 4];
@@ -144,16 +149,26 @@ async fn behind_a_trusted_proxy_one_clients_tunnels_cannot_take_its_connections(
     assert_eq!(
         metric(
             &k,
-            "kfsec_listener_connections_refused_total{listener=\"front-door\",reason=\"max_tunnels_per_address\"}"
+            "kfsec_listener_connections_refused_total{listener=\"front-door\",reason=\"max_requests_per_address\"}"
         )
         .await,
         1.0
     );
+    // An upgrade that does not become a tunnel gives its place back at once: answered by the
+    // upstream (200), refused before it (a route that needs a session), or by a missing one.
+    for path in ["/open/ws", "/app/ws", "/nowhere/ws"] {
+        for i in 0..6 {
+            let (status, _) = tunnel_for(&k, path, "192.0.2.9").await;
+            assert_ne!(status, 503, "{path}, upgrade {i}: an earlier one kept its place");
+            assert_ne!(status, 101, "{path}");
+        }
+    }
     // A tunnel that closes gives its place back.
-    a1.shutdown().await.unwrap();
-    drop(a1);
+    let mut first = held.remove(0);
+    first.shutdown().await.unwrap();
+    drop(first);
     let mut tries = 0;
-    while tunnel_for(&k, greedy).await.0 != 101 {
+    while tunnel_for(&k, ws_path, greedy).await.0 != 101 {
         tries += 1;
         assert!(tries < 100, "the closed tunnel kept its place");
         tokio::time::sleep(Duration::from_millis(50)).await;
