@@ -11,9 +11,9 @@
 //! the ID token is verified for signature, `iss`, `aud`, `exp` and `nonce` before a session
 //! exists; every credential is judged by the one
 //! [`kfsec_idp::Authenticator`] (audience policy, revocation); a presented bearer token that
-//! fails verification is refused outright (never downgraded to the cookie); of several session
-//! cookies the first live one counts, unless live ones name different users: then all those
-//! sessions end and the request has none (a cookie planted beside the user's); an unsafe request
+//! fails verification is refused outright (never downgraded to the cookie); session cookies of
+//! several values (one planted beside the user's) are refused and the sessions they name ended,
+//! at most four looked at; an unsafe request
 //! authenticated by the session cookie must come from our own origin ([`same_origin_write`]);
 //! a session of a user who signed in through an upstream connector is re-checked there through
 //! the login's refresh token (asked for with `offline_access`, kept in the server-side session
@@ -81,6 +81,9 @@ pub enum Authn {
     Missing,
     /// Credentials presented but invalid.
     Invalid,
+    /// Session cookies of several values: refused, their sessions ended (see
+    /// `App::several_sessions`).
+    Conflict,
     /// Credentials presented, but the store has not been heard from for longer than its stale
     /// limit (`store.staleLimit`): what the caches hold (sessions, revocations, RBAC) may be out
     /// of date, so nothing is granted — answered 503.
@@ -97,13 +100,20 @@ pub(crate) fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> 
     cookies(headers).find(|(k, _)| *k == name).map(|(_, v)| v)
 }
 
-/// The first cookie named `name`, and whether another follows it (one reading of the `Cookie`
-/// headers: a header holding the one cookie is read to its end by the first look anyway).
+/// The first cookie named `name`, and whether another of another value follows it (one
+/// reading of the `Cookie` headers: a header holding the one cookie is read to its end by the
+/// first look anyway).
 fn first_cookie<'a>(headers: &'a HeaderMap, name: &str) -> (Option<&'a str>, bool) {
-    let mut named = cookies(headers).filter(|(k, _)| *k == name);
-    let first = named.next().map(|(_, v)| v);
-    (first, first.is_some() && named.next().is_some())
+    let mut named = cookies(headers).filter(|(k, _)| *k == name).map(|(_, v)| v);
+    let first = named.next();
+    (first, first.is_some_and(|f| named.any(|v| v != f)))
 }
+
+/// The most session cookie values of one request that are looked at (each a store read).
+const MAX_SESSION_COOKIES: usize = 4;
+
+/// What a caller whose request carried several session cookies is told.
+pub(crate) const SEVERAL_SESSIONS: &str = "This browser sent more than one session cookie; one was set by another page or site of this domain. The sessions they named were ended: clear this site's cookies, then sign in again.";
 
 /// The token of an `Authorization: Bearer` header, if the request has one.
 fn bearer_token(headers: &HeaderMap) -> Option<&str> {
@@ -178,41 +188,40 @@ impl App {
         Authn::Missing
     }
 
-    /// A request with several session cookies: the first live one, unless another names another
-    /// user. A browser sends the cookie a page of the origin, or any site of its domain, set
-    /// beside kfsec's own (a narrower `Path`, a `Domain` attribute, a nameless cookie that reads
-    /// as it), and puts a narrower path's first: taking the first would let that site sign the
-    /// user in as someone else (whose workspace then receives what the user uploads). Presenting
-    /// a cookie is enough to end it (as at logout): the sessions of both are ended, and the
-    /// request goes on without a session (a browser signs in again, with a fresh cookie).
+    /// A request with session cookies of several values: refused, and the sessions they name
+    /// ended. kfsec sets its session cookie for `Path=/` of its own host only, so a second value
+    /// was set by someone else — a page of the origin (a narrower `Path`), another site of the
+    /// domain (a `Domain` attribute), a nameless cookie that reads as it — and a browser sends a
+    /// narrower path's first: taking any one of them could sign the user in as the planter (whose
+    /// workspace then receives what the user uploads). Presenting a cookie is enough to end it
+    /// (as at logout). At most [`MAX_SESSION_COOKIES`] values are looked at; a request with more
+    /// is refused without a look.
     async fn several_sessions(&self, headers: &HeaderMap) -> Authn {
-        let mut live: Vec<(&str, Arc<Authenticated>)> = Vec::new();
+        let mut distinct: Vec<&str> = Vec::new();
         for (k, v) in cookies(headers) {
-            if k == self.settings.cookie_name
-                && let Some(s) = self.sessions.check(v, &IdpRefresher(&self.idp)).await
-                && let Ok(a) = self.authn.session(s.identity, &s.user_key, s.started_ms).await
-            {
-                live.push((v, Arc::new(a)));
+            if k == self.settings.cookie_name && !distinct.contains(&v) {
+                distinct.push(v);
+                if distinct.len() > MAX_SESSION_COOKIES {
+                    break;
+                }
             }
         }
-        let Some((_, first)) = live.first() else {
-            return Authn::Missing;
-        };
-        if live.iter().all(|(_, a)| a.identity.user == first.identity.user) {
-            return Authn::Ok(first.clone());
+        let mut users = Vec::new();
+        if distinct.len() <= MAX_SESSION_COOKIES {
+            for v in &distinct {
+                if let Some((who, _)) = self.sessions.validate(v).await {
+                    if let Err(e) = self.sessions.revoke(v).await {
+                        tracing::warn!(error = %e, "the session of a conflicting cookie was not ended");
+                    }
+                    users.push(who.user);
+                }
+            }
         }
-        let users: Vec<&str> = live.iter().map(|(_, a)| a.identity.user.as_str()).collect();
         tracing::warn!(
-            target: "audit", ?users,
-            "session cookies of different users in one request (a cookie set by another page or site of the domain?): their sessions are ended"
+            target: "audit", values = distinct.len(), ?users,
+            "several session cookies in one request (one set by another page or site of the domain?): refused, and the sessions they name ended"
         );
-        for (v, _) in &live {
-            if let Err(e) = self.sessions.revoke(v).await {
-                tracing::warn!(error = %e, "a session of a conflicting cookie was not ended");
-                return Authn::Invalid;
-            }
-        }
-        Authn::Missing
+        Authn::Conflict
     }
 
     /// The login of the session cookie that authenticated `id` (the first of the cookies that
@@ -568,9 +577,16 @@ async fn end_sessions(app: &App, headers: &HeaderMap, audit: Option<&RequestAudi
         ));
     }
     let bearer = bearer_token(headers);
-    let presented = cookies(headers)
-        .filter(|(k, _)| *k == name)
-        .map(|(_, v)| (v, "cookie"))
+    // (each distinct value once, and at most a few: each is a store read and write)
+    let mut values: Vec<&str> = Vec::new();
+    for (k, v) in cookies(headers) {
+        if k == name && !values.contains(&v) && values.len() < MAX_SESSION_COOKIES {
+            values.push(v);
+        }
+    }
+    let presented = values
+        .into_iter()
+        .map(|v| (v, "cookie"))
         .chain(bearer.map(|v| (v, "bearer")));
     for (value, via) in presented {
         let user = app.sessions.validate(value).await.map(|(id, _)| id.user);

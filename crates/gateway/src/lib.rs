@@ -727,12 +727,19 @@ async fn guarded(app: &Arc<App>, mut req: Request, hop: Hop<'_>) -> Response {
                 .mounts
                 .error(&path, RefusalKind::Unavailable, gatekeeper::STORE_DOWN);
         }
-        Authn::Invalid if route.is_none_or(|r| !r.public) => {
+        conflict @ (Authn::Invalid | Authn::Conflict) if route.is_none_or(|r| !r.public) => {
             if let (Some(r), None) = (reasons, mount) {
                 audit::route_decision(audit, false, r, audit::Why::InvalidCredentials);
             }
             app.decided_proxy(route.is_some() && mount.is_none(), false);
-            return app.mounts.unauthenticated(&path);
+            // (never a login redirect for several session cookies: the planted one would still
+            // be sent after the login, and refused again)
+            return match conflict {
+                Authn::Conflict => app
+                    .mounts
+                    .error(&path, RefusalKind::Unauthenticated, gatekeeper::SEVERAL_SESSIONS),
+                _ => app.mounts.unauthenticated(&path),
+            };
         }
         _ if route.is_some_and(|r| r.public) => None,
         _ => {

@@ -1,7 +1,9 @@
 //! What a browser's request says about where it comes from: its cookies, and whether a write
 //! (a form POST) was made by this site's own pages.
 //!
-//! Invariants: cookie values are returned as sent (no decoding); a pair without `=` is skipped;
+//! Invariants: cookie values are returned as sent (no decoding); a pair is trimmed of spaces and
+//! tabs only (a name behind another space, a non-breaking one, is another name, as browsers
+//! read it); a pair without `=` is skipped;
 //! the caller decides which of several same-named cookies it trusts (each is checked by its
 //! MAC). A write is same-origin only if `Sec-Fetch-Site` says `same-origin`/`none` or, without
 //! it, `Origin` is absent (not a browser) or equals the site's origin.
@@ -43,7 +45,7 @@ pub fn cookies(headers: &HeaderMap) -> impl Iterator<Item = (&str, &str)> {
         .iter()
         .flat_map(|v| v.as_bytes().split(|&b| b == b';'))
         .filter_map(|p| std::str::from_utf8(p).ok())
-        .filter_map(|p| p.trim().split_once('='))
+        .filter_map(|p| p.trim_matches([' ', '\t']).split_once('='))
 }
 
 /// Cross-site request forgery rule for cookie-authenticated writes and the IdP's forms (the
@@ -98,6 +100,15 @@ mod tests {
             got,
             [("x", "\u{e9}"), ("authservice_session", "abc"), ("z", "1"), ("w", "2")]
         );
+        // only spaces and tabs are trimmed, as browsers do: a name behind a non-breaking space
+        // (which a prefix rule such as `__Host-` does not apply to) is another name
+        let mut h = HeaderMap::new();
+        h.append(
+            header::COOKIE,
+            http::HeaderValue::from_bytes(b"\xc2\xa0__Host-s=planted;\t__Host-s=mine ").unwrap(),
+        );
+        let got: Vec<(&str, &str)> = cookies(&h).collect();
+        assert_eq!(got, [("\u{a0}__Host-s", "planted"), ("__Host-s", "mine")]);
     }
 
     #[test]

@@ -1257,50 +1257,67 @@ async fn callers_taking_turns_on_one_connection_each_reach_the_upstream_as_thems
 
 /// A session cookie another page or site of the domain set beside the user's (a narrower
 /// `Path`, a `Domain` attribute, a nameless cookie: the browser sends it first) cannot sign the
-/// user in as its owner: session cookies of two users in one request end both sessions, and
-/// the request has none, also when the front remembers the first; two sessions of one user, or
-/// a forged cookie beside a live one, are the user.
+/// user in as its owner: kfsec sets one session cookie per browser, so session cookies of
+/// several values are refused — with a 401 that says why, never a login that would loop — and
+/// the sessions they name are ended, also when the front remembers the first; more than four
+/// values are refused without a look; the same value twice is the user.
 #[tokio::test]
-async fn session_cookies_of_two_users_in_one_request_end_both_sessions() {
+async fn session_cookies_of_several_values_are_refused_and_their_sessions_ended() {
     let k = Kfsec::start("").await;
     let (email, password) = ("tosser@example.org", "tosser password 1");
     user_add(&k, email, password).await;
     let s = Surfaces::new(&k);
     let two = |a: &str, b: &str| Cred::Cookie(format!("{a}; authservice_session={b}"));
     let user = Some((USER.to_owned(), vec!["team-a".to_owned()]));
+    let alive = |cookie: &String| Cred::Cookie(cookie.clone());
     let (_, victim) = session_of(&k, USER, PASSWORD).await;
-    let (_, victim_again) = session_of(&k, USER, PASSWORD).await;
-    assert_eq!(s.route(&two(&victim_again, &victim)).await, user);
-    assert_eq!(s.route(&two("forged", &victim)).await, user);
-    assert_eq!(s.check(&two(&victim, "forged")).await, user);
-    let mut dead = String::new();
+    assert_eq!(s.route(&two(&victim, &victim)).await, user, "one value twice");
+    // What the browser is told: why, in the path's format, and no login.
+    let (_, other) = session_of(&k, USER, PASSWORD).await;
+    let r = two(&other, "forged")
+        .apply(
+            s.raw
+                .get(format!("{}/app/x", k.base))
+                .header("sec-fetch-dest", "document"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(r.headers().get("location").is_none());
+    assert!(r.text().await.unwrap().contains("more than one session cookie"));
+    assert_eq!(
+        s.route(&alive(&other)).await,
+        None,
+        "a session beside a forged cookie was not ended"
+    );
     for victim_first in [false, true] {
-        let (_, attacker) = session_of(&k, email, password).await;
+        let (_, planted) = session_of(&k, email, password).await;
         let (_, victim) = session_of(&k, USER, PASSWORD).await;
-        let tossed = if victim_first {
+        let both = if victim_first {
             // (the victim's cookie answered once, so that its front remembers it)
-            assert_eq!(s.check(&Cred::Cookie(victim.clone())).await, user);
-            two(&victim, &attacker)
+            assert_eq!(s.check(&alive(&victim)).await, user);
+            two(&victim, &planted)
         } else {
-            two(&attacker, &victim)
+            two(&planted, &victim)
         };
-        assert_eq!(s.route(&tossed).await, None, "victim first: {victim_first}");
-        for alone in [&victim, &attacker] {
-            assert_eq!(
-                s.route(&Cred::Cookie(alone.clone())).await,
-                None,
-                "a session was not ended"
-            );
-            assert_eq!(
-                s.check(&Cred::Cookie(alone.clone())).await,
-                None,
-                "a session was not ended"
-            );
+        assert_eq!(s.route(&both).await, None, "victim first: {victim_first}");
+        for alone in [&victim, &planted] {
+            assert_eq!(s.route(&alive(alone)).await, None, "a session was not ended");
+            assert_eq!(s.check(&alive(alone)).await, None, "a session was not ended");
         }
-        dead = attacker;
+        // A fresh session beside the dead planted cookie is refused too; alone, it is the user.
+        let (_, fresh) = session_of(&k, USER, PASSWORD).await;
+        assert_eq!(s.check(&two(&planted, &fresh)).await, None);
+        let (_, fresh) = session_of(&k, USER, PASSWORD).await;
+        assert_eq!(s.route(&alive(&fresh)).await, user);
     }
-    // Signed in again, the user is themself beside the tossed cookie, now dead.
-    let (_, fresh) = session_of(&k, USER, PASSWORD).await;
-    assert_eq!(s.route(&two(&dead, &fresh)).await, user);
+    // Five values: refused without a look (no session is read, nor ended).
+    let (_, kept) = session_of(&k, USER, PASSWORD).await;
+    let five = Cred::Cookie(format!(
+        "{kept}; authservice_session=a; authservice_session=b; authservice_session=c; authservice_session=d"
+    ));
+    assert_eq!(s.check(&five).await, None);
+    assert_eq!(s.check(&alive(&kept)).await, user);
     k.running.shutdown().await;
 }
