@@ -129,7 +129,7 @@ fn edge(received: &HeaderMap, trusted: bool) {
 }
 
 /// kfsec's cookies, as this target knows them (its own list: see `LOOK_ALIKE_OF`).
-const OWN_COOKIES: [&str; 3] = ["authservice_session", "oidc_state_csrf", "kfsec_upstream_login"];
+const OWN_COOKIES: [&str; 3] = ["authservice_session", "__Host-oidc_state_csrf", "__Host-kfsec_upstream_login"];
 
 /// Headers an answer may not send, which speak for the whole origin.
 const CONFINED: [&str; 8] = [

@@ -53,7 +53,7 @@ pub const LOGGED_OUT_OAUTH2: &str = "/oauth2/logged_out";
 /// The same page under oidc-authservice's prefix, where `/authservice/logout` lands.
 pub const LOGGED_OUT_AUTHSERVICE: &str = "/authservice/logged_out";
 /// The cookie that carries the gatekeeper's login state (`state` and its check) through the login.
-pub const CSRF_COOKIE: &str = "oidc_state_csrf";
+pub const CSRF_COOKIE: &str = "__Host-oidc_state_csrf";
 const CSRF_TTL_SECS: u64 = 600;
 const SCOPES: &str = "openid profile email groups";
 /// With `offline_access`: the refresh token a federated session is re-checked with (asked for
@@ -317,9 +317,8 @@ impl App {
             .finish();
         let location = format!("{}/auth?{qs}", self.idp_path);
         let mut resp = responses::redirect(StatusCode::FOUND, &location);
-        let c = format!(
-            "{CSRF_COOKIE}={cookie_value}; Path=/authservice/; Max-Age={CSRF_TTL_SECS}; HttpOnly; Secure; SameSite=Lax"
-        );
+        let c =
+            format!("{CSRF_COOKIE}={cookie_value}; Path=/; Max-Age={CSRF_TTL_SECS}; HttpOnly; Secure; SameSite=Lax");
         if let Ok(h) = HeaderValue::from_str(&c) {
             resp.headers_mut().append(header::SET_COOKIE, h);
         }
@@ -546,7 +545,7 @@ pub(crate) async fn callback(
         resp.headers_mut().append(header::SET_COOKIE, c);
     }
     if let Ok(c) = HeaderValue::from_str(&format!(
-        "{CSRF_COOKIE}=; Path=/authservice/; Max-Age=0; HttpOnly; Secure; SameSite=Lax"
+        "{CSRF_COOKIE}=; Path=/; Max-Age=0; HttpOnly; Secure; SameSite=Lax"
     )) {
         resp.headers_mut().append(header::SET_COOKIE, c);
     }

@@ -801,7 +801,7 @@ async fn guarded(app: &Arc<App>, mut req: Request, hop: Hop<'_>) -> Response {
             };
             audit::route_decision(audit, true, reasons, why);
             app.decided_proxy(true, true);
-            proxy::remove_cookie(req.headers_mut(), &app.settings.cookie_name);
+            proxy::remove_own_cookies(req.headers_mut(), app.proxy.own_cookies());
             if let Some(caller) = &caller {
                 app.set_identity_headers(req.headers_mut(), caller);
             }

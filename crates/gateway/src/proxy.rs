@@ -353,6 +353,11 @@ impl OwnCookies {
         )
     }
 
+    /// Whether a request's cookie named `name` is one of them (exactly: that is what kfsec reads).
+    fn is_own(&self, name: &[u8]) -> bool {
+        self.0.iter().any(|own| own.as_bytes() == name)
+    }
+
     /// Whether the `Set-Cookie` value `v` sets one of them (its name in any case: a browser
     /// would keep another case apart, so removing it too removes nothing kfsec reads).
     fn sets_own(&self, v: &HeaderValue) -> bool {
@@ -420,12 +425,13 @@ fn is_upgrade(h: &HeaderMap) -> bool {
             .any(|v| v.to_str().is_ok_and(|s| s.to_ascii_lowercase().contains("upgrade")))
 }
 
-/// Removes one cookie from the `Cookie` headers, keeping the others: what remains becomes one
-/// header, its cookies trimmed and joined by `"; "` (no header when nothing remains). Read as
-/// bytes, not text: a browser sends all its cookies in one header, and one cookie value that is
-/// not ASCII (a page on the origin can set one) must not carry the session cookie beside it to
-/// the upstream.
-pub(crate) fn remove_cookie(h: &mut HeaderMap, name: &str) {
+/// Removes kfsec's own cookies (`own`: the session, and the login states a login in progress
+/// holds) from the `Cookie` headers, keeping the others: what remains becomes one header, its
+/// cookies trimmed and joined by `"; "` (no header when nothing remains). Read as bytes, not
+/// text: a browser sends all its cookies in one header, and one cookie value that is not ASCII
+/// (a page on the origin can set one) must not carry the session cookie beside it to the
+/// upstream.
+pub(crate) fn remove_own_cookies(h: &mut HeaderMap, own: &OwnCookies) {
     // The common case, one header holding one cookie and no space around it (a `contains` is a
     // `memchr`, not a loop over the bytes): kept as it is, or removed.
     let mut all = h.get_all(header::COOKIE).iter();
@@ -435,23 +441,23 @@ pub(crate) fn remove_cookie(h: &mut HeaderMap, name: &str) {
     {
         let p = v.as_bytes();
         let key = p.iter().position(|&b| b == b'=').map(|i| &p[..i]);
-        if p.is_empty() || key.is_some_and(|k| k == name.as_bytes()) {
+        if p.is_empty() || key.is_some_and(|k| own.is_own(k)) {
             h.remove(header::COOKIE);
         }
         return;
     }
-    remove_cookie_from_all(h, name);
+    remove_own_cookies_from_all(h, own);
 }
 
-/// [`remove_cookie`] for any number of `Cookie` headers and cookies.
-fn remove_cookie_from_all(h: &mut HeaderMap, name: &str) {
+/// [`remove_own_cookies`] for any number of `Cookie` headers and cookies.
+fn remove_own_cookies_from_all(h: &mut HeaderMap, own: &OwnCookies) {
     let mut kept: Vec<u8> = Vec::new();
     let mut headers = 0;
     for v in h.get_all(header::COOKIE) {
         headers += 1;
         for p in v.as_bytes().split(|&b| b == b';').map(<[u8]>::trim_ascii) {
             let key = p.iter().position(|&b| b == b'=').map(|i| &p[..i]);
-            if !p.is_empty() && key.is_none_or(|k| k != name.as_bytes()) {
+            if !p.is_empty() && key.is_none_or(|k| !own.is_own(k)) {
                 if !kept.is_empty() {
                     kept.extend_from_slice(b"; ");
                 }
@@ -653,6 +659,11 @@ impl Proxy {
 }
 
 impl Proxy {
+    /// kfsec's own cookies, which no upstream sees or sets.
+    pub(crate) fn own_cookies(&self) -> &OwnCookies {
+        &self.own_cookies
+    }
+
     /// Forwards `req`: its headers were sanitised at the edge (`Connection` applied, reserved
     /// names removed, `X-Forwarded-For` set) and identity added by the caller. `peer` is used for
     /// `X-Forwarded-For` only when the edge did not set it. `Ok`: the upstream's answer; `Err`:
@@ -855,8 +866,25 @@ mod tests {
             header::COOKIE,
             HeaderValue::from_static("a=1; authservice_session=zzz; b=2"),
         );
-        remove_cookie(&mut h, "authservice_session");
+        remove_own_cookies(&mut h, &OwnCookies::new("authservice_session"));
         assert_eq!(h.get(header::COOKIE).unwrap(), "a=1; b=2");
+        // the login states (sent on every path: `__Host-` cookies are `Path=/`) go too
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static(
+                "__Host-oidc_state_csrf=st; a=1; __Host-kfsec_upstream_login=p; __host-oidc_state_csrf=x",
+            ),
+        );
+        remove_own_cookies(&mut h, &OwnCookies::new("authservice_session"));
+        assert_eq!(h.get(header::COOKIE).unwrap(), "a=1; __host-oidc_state_csrf=x");
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static("__Host-kfsec_upstream_login=p"),
+        );
+        remove_own_cookies(&mut h, &OwnCookies::new("authservice_session"));
+        assert!(h.get(header::COOKIE).is_none());
     }
 
     #[test]
@@ -866,7 +894,7 @@ mod tests {
             for v in values {
                 h.append(header::COOKIE, HeaderValue::from_bytes(v).unwrap());
             }
-            remove_cookie(&mut h, "authservice_session");
+            remove_own_cookies(&mut h, &OwnCookies::new("authservice_session"));
             h.get_all(header::COOKIE)
                 .iter()
                 .map(|v| v.as_bytes().to_vec())
@@ -907,8 +935,8 @@ mod tests {
             let mut fast = HeaderMap::new();
             fast.insert(header::COOKIE, v);
             let mut general = fast.clone();
-            remove_cookie(&mut fast, "authservice_session");
-            remove_cookie_from_all(&mut general, "authservice_session");
+            remove_own_cookies(&mut fast, &OwnCookies::new("authservice_session"));
+            remove_own_cookies_from_all(&mut general, &OwnCookies::new("authservice_session"));
             proptest::prop_assert_eq!(fast, general);
         }
     }
@@ -927,7 +955,7 @@ mod tests {
             header::COOKIE,
             HeaderValue::from_bytes(b"b=\xff; authservice_session=s2").unwrap(),
         );
-        remove_cookie(&mut h, "authservice_session");
+        remove_own_cookies(&mut h, &OwnCookies::new("authservice_session"));
         let left: Vec<&[u8]> = h.get_all(header::COOKIE).iter().map(HeaderValue::as_bytes).collect();
         assert_eq!(left, [&b"name=J\xc3\xbcrgen; b=\xff"[..]]);
         let mut h = HeaderMap::new();
@@ -935,7 +963,7 @@ mod tests {
             header::COOKIE,
             HeaderValue::from_bytes(b"authservice_session=\xff").unwrap(),
         );
-        remove_cookie(&mut h, "authservice_session");
+        remove_own_cookies(&mut h, &OwnCookies::new("authservice_session"));
         assert!(!h.contains_key(header::COOKIE));
     }
 
@@ -1053,13 +1081,13 @@ mod tests {
             "my_session=attackers; Path=/victim/; Secure",
             "theme=dark; Path=/app/",
             " MY_SESSION =x",
-            "oidc_state_csrf=forged; Path=/authservice/",
-            "kfsec_upstream_login=; Max-Age=0",
+            "__Host-oidc_state_csrf=forged; Path=/; Secure",
+            "__host-kfsec_upstream_login=; Max-Age=0",
             "app_session=1; HttpOnly",
             "my_session",
             "x=1; my_session=2",
             "=my_session=attackers; Path=/victim/",
-            "= oidc_state_csrf =forged",
+            "= __Host-oidc_state_csrf =forged",
         ] {
             h.append(header::SET_COOKIE, HeaderValue::from_static(v));
         }

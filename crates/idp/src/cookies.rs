@@ -12,7 +12,7 @@ use http::{HeaderMap, Method, header};
 
 /// The cookie an upstream login (a federated connector's) keeps its pending state in, from its
 /// start to its callback.
-pub const PENDING_LOGIN: &str = "kfsec_upstream_login";
+pub const PENDING_LOGIN: &str = "__Host-kfsec_upstream_login";
 
 /// The name a server reads, in the `Cookie` header a browser sends back, for the cookie a
 /// `Set-Cookie` value sets (RFC 6265bis §5.6): the bytes before the first `=` of the part before

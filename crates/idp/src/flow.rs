@@ -348,9 +348,8 @@ impl Idp {
             ));
         }
         let cookie = format!(
-            "{}={sealed}; Path={}/callback; Max-Age={}; HttpOnly; Secure; SameSite=Lax",
+            "{}={sealed}; Path=/; Max-Age={}; HttpOnly; Secure; SameSite=Lax",
             PENDING_COOKIE,
-            self.settings.issuer_path(),
             self.settings.auth_request_ttl.as_secs()
         );
         let mut resp = Redirect::to(&redirect.url).into_response();
@@ -977,8 +976,8 @@ async fn upstream_callback(
     // holds the login, sealed, with the `state` the upstream echoes.
     let pending: Option<PendingLogin> = crate::cookies::cookies(headers)
         .filter(|(k, _)| *k == cookie_name)
-        .find_map(|(_, v)| idp.unseal::<PendingLogin>(Purpose::Pending, v))
-        .filter(|p: &PendingLogin| {
+        .filter_map(|(_, v)| idp.unseal::<PendingLogin>(Purpose::Pending, v))
+        .find(|p: &PendingLogin| {
             !state.is_empty() && p.exp > idp.clock.now().as_secs() && ct_eq(p.b.as_bytes(), state.as_bytes())
         });
     let Some(pending) = pending else {
@@ -1014,8 +1013,7 @@ async fn upstream_callback(
     let who = LoggedIn::federated(&connector.id, identity);
     let mut resp = finish_login(idp, req, who, auth_ms).await?;
     if let Ok(v) = HeaderValue::from_str(&format!(
-        "{cookie_name}=; Path={}/callback; Max-Age=0; HttpOnly; Secure; SameSite=Lax",
-        idp.settings.issuer_path()
+        "{cookie_name}=; Path=/; Max-Age=0; HttpOnly; Secure; SameSite=Lax"
     )) {
         resp.headers_mut().append(header::SET_COOKIE, v);
     }

@@ -1314,7 +1314,11 @@ routes:
         // (YAML delivers a DEL only escaped)
         let e = validated("session:\n  cookieName: \"a\\x7f\"\n");
         assert!(e.unwrap_err().to_string().contains("is not a cookie name"));
-        for own in ["oidc_state_csrf", "kfsec_upstream_login", "OIDC_State_CSRF"] {
+        for own in [
+            "__Host-oidc_state_csrf",
+            "__Host-kfsec_upstream_login",
+            "__Host-OIDC_State_CSRF",
+        ] {
             let e = config(own).unwrap_err().to_string();
             assert!(e.contains("another of kfsec's cookies"), "{own}: {e}");
         }

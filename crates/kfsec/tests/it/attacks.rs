@@ -111,11 +111,11 @@ async fn redirects_state_and_cookies_cannot_be_abused() {
     let mut other = k.client();
     assert_eq!(other.get(&cb).await.status(), 400);
     // tampered CSRF cookie
-    let saved_csrf = b.cookies["oidc_state_csrf"].clone();
+    let saved_csrf = b.cookies["__Host-oidc_state_csrf"].clone();
     b.cookies
-        .insert("oidc_state_csrf".into(), saved_csrf.replacen('e', "f", 1));
+        .insert("__Host-oidc_state_csrf".into(), saved_csrf.replacen('e', "f", 1));
     assert_eq!(b.get(&cb).await.status(), 400);
-    b.cookies.insert("oidc_state_csrf".into(), saved_csrf.clone());
+    b.cookies.insert("__Host-oidc_state_csrf".into(), saved_csrf.clone());
     // the genuine callback works once …
     let r = b
         .get(&format!("/authservice/oidc/callback?code={code}&state={state}"))
@@ -123,7 +123,7 @@ async fn redirects_state_and_cookies_cannot_be_abused() {
     assert_eq!(r.status(), 302);
     assert_eq!(location(&r), "/app/a");
     // … and a replay of the same code (with the CSRF cookie restored) is refused
-    b.cookies.insert("oidc_state_csrf".into(), saved_csrf);
+    b.cookies.insert("__Host-oidc_state_csrf".into(), saved_csrf);
     let r = b.get(&cb).await;
     assert_eq!(r.status(), 400, "code replay");
 

@@ -260,7 +260,7 @@ async fn a_federated_login_through_a_second_kfsec_mints_dex_identities_and_refre
     assert_eq!(form.status(), 200, "{form_url}");
     assert!(form_url.starts_with(&up.running.issuer), "{form_url}");
     assert!(
-        b.cookies.contains_key("kfsec_upstream_login"),
+        b.cookies.contains_key("__Host-kfsec_upstream_login"),
         "the login is bound to this browser"
     );
     let r = b
@@ -284,7 +284,7 @@ async fn a_federated_login_through_a_second_kfsec_mints_dex_identities_and_refre
     assert_eq!(r.status(), 303, "{:?}", r.text().await);
     let done = location(&r).to_owned();
     assert!(done.starts_with("https://rp.example/cb?code="), "{done}");
-    assert!(!b.cookies.contains_key("kfsec_upstream_login"), "cleared");
+    assert!(!b.cookies.contains_key("__Host-kfsec_upstream_login"), "cleared");
     // Replaying the callback (same state, same code) in the same browser does not log in twice.
     assert_ne!(b.get(&back_to_us).await.status(), 303);
 
@@ -545,7 +545,7 @@ async fn replayed_callbacks_are_throttled_per_address() {
         url = resolve(&url, location(&r));
     }
     assert!(url.starts_with(&up.running.issuer), "{url}");
-    assert!(b.cookies.contains_key("kfsec_upstream_login"));
+    assert!(b.cookies.contains_key("__Host-kfsec_upstream_login"));
     let upstream_state = query_param(&url, "state").unwrap();
     let mut statuses = Vec::new();
     for _ in 0..32 {

