@@ -12,8 +12,8 @@
 //! exists; every credential is judged by the one
 //! [`kfsec_idp::Authenticator`] (audience policy, revocation); a presented bearer token that
 //! fails verification is refused outright (never downgraded to the cookie); session cookies of
-//! several values (one planted beside the user's) are refused and the sessions they name ended,
-//! at most four looked at; an unsafe request
+//! several values (one planted beside the user's) are refused and the sessions they name ended
+//! (only values kfsec issued are looked at, at most 16); an unsafe request
 //! authenticated by the session cookie must come from our own origin ([`same_origin_write`]);
 //! a session of a user who signed in through an upstream connector is re-checked there through
 //! the login's refresh token (asked for with `offline_access`, kept in the server-side session
@@ -109,11 +109,27 @@ fn first_cookie<'a>(headers: &'a HeaderMap, name: &str) -> (Option<&'a str>, boo
     (first, first.is_some_and(|f| named.any(|v| v != f)))
 }
 
-/// The most session cookie values of one request that are looked at (each a store read).
-const MAX_SESSION_COOKIES: usize = 4;
+/// The most session cookies kfsec issued (their MAC verifies) that one request may carry to be
+/// looked at: each is a store read and write.
+const MAX_SESSION_COOKIES: usize = 16;
 
 /// What a caller whose request carried several session cookies is told.
-pub(crate) const SEVERAL_SESSIONS: &str = "This browser sent more than one session cookie; one was set by another page or site of this domain. The sessions they named were ended: clear this site's cookies, then sign in again.";
+pub(crate) const SEVERAL_SESSIONS: &str = "This browser sent more than one session cookie (one was set by another page or site of this domain), so none is used. Clear this site's cookies, then sign in again.";
+
+/// The distinct values of the session cookie `name` that kfsec issued (forged ones cost no store
+/// access, and are not counted), or `None` when there are more than [`MAX_SESSION_COOKIES`].
+fn genuine_sessions<'a>(app: &App, headers: &'a HeaderMap, name: &str) -> Option<Vec<&'a str>> {
+    let mut values: Vec<&str> = Vec::new();
+    for (k, v) in cookies(headers) {
+        if k == name && !values.contains(&v) && app.sessions.is_genuine(v) {
+            if values.len() == MAX_SESSION_COOKIES {
+                return None;
+            }
+            values.push(v);
+        }
+    }
+    Some(values)
+}
 
 /// The token of an `Authorization: Bearer` header, if the request has one.
 fn bearer_token(headers: &HeaderMap) -> Option<&str> {
@@ -194,31 +210,21 @@ impl App {
     /// domain (a `Domain` attribute), a nameless cookie that reads as it — and a browser sends a
     /// narrower path's first: taking any one of them could sign the user in as the planter (whose
     /// workspace then receives what the user uploads). Presenting a cookie is enough to end it
-    /// (as at logout). At most [`MAX_SESSION_COOKIES`] values are looked at; a request with more
-    /// is refused without a look.
+    /// (as at logout). Only values kfsec issued are looked at, at most [`MAX_SESSION_COOKIES`];
+    /// a request with more is refused without a look.
     async fn several_sessions(&self, headers: &HeaderMap) -> Authn {
-        let mut distinct: Vec<&str> = Vec::new();
-        for (k, v) in cookies(headers) {
-            if k == self.settings.cookie_name && !distinct.contains(&v) {
-                distinct.push(v);
-                if distinct.len() > MAX_SESSION_COOKIES {
-                    break;
-                }
-            }
-        }
+        let genuine = genuine_sessions(self, headers, &self.settings.cookie_name);
         let mut users = Vec::new();
-        if distinct.len() <= MAX_SESSION_COOKIES {
-            for v in &distinct {
-                if let Some((who, _)) = self.sessions.validate(v).await {
-                    if let Err(e) = self.sessions.revoke(v).await {
-                        tracing::warn!(error = %e, "the session of a conflicting cookie was not ended");
-                    }
-                    users.push(who.user);
+        for v in genuine.as_deref().unwrap_or_default() {
+            if let Some((who, _)) = self.sessions.validate(v).await {
+                if let Err(e) = self.sessions.revoke(v).await {
+                    tracing::warn!(error = %e, "the session of a conflicting cookie was not ended");
                 }
+                users.push(who.user);
             }
         }
         tracing::warn!(
-            target: "audit", values = distinct.len(), ?users,
+            target: "audit", ended = ?users, too_many = genuine.is_none(),
             "several session cookies in one request (one set by another page or site of the domain?): refused, and the sessions they name ended"
         );
         Authn::Conflict
@@ -576,13 +582,16 @@ async fn end_sessions(app: &App, headers: &HeaderMap, audit: Option<&RequestAudi
         ));
     }
     let bearer = bearer_token(headers);
-    // (each distinct value once, and at most a few: each is a store read and write)
-    let mut values: Vec<&str> = Vec::new();
-    for (k, v) in cookies(headers) {
-        if k == name && !values.contains(&v) && values.len() < MAX_SESSION_COOKIES {
-            values.push(v);
-        }
-    }
+    // (each distinct value kfsec issued once, and not too many: each is a store read and write;
+    // a logout that cannot end every session presented says so rather than seem to succeed)
+    let Some(values) = genuine_sessions(app, headers, name) else {
+        tracing::warn!(target: "audit", "logout refused: too many session cookies");
+        return Err(responses::html_error(
+            StatusCode::BAD_REQUEST,
+            "Logout failed",
+            SEVERAL_SESSIONS,
+        ));
+    };
     let presented = values
         .into_iter()
         .map(|v| (v, "cookie"))
@@ -762,6 +771,16 @@ pub(crate) async fn check(State(app): State<Arc<App>>, req: Request<Body>) -> Re
             resp
         }
         Authn::Unavailable => app.mounts.error(req.uri().path(), RefusalKind::Unavailable, STORE_DOWN),
+        // (403, not 401: an ingress that sends a 401 to the login would loop, the planted cookie
+        // still beside the fresh one)
+        Authn::Conflict => {
+            if let Some(audit) = req.extensions().get::<RequestAudit>() {
+                audit.decision(false, "several session cookies");
+            }
+            app.decided("gatekeeper", false);
+            app.mounts
+                .error(req.uri().path(), RefusalKind::Forbidden, SEVERAL_SESSIONS)
+        }
         _ => {
             if let Some(audit) = req.extensions().get::<RequestAudit>() {
                 audit.decision(false, "not authenticated");
@@ -820,6 +839,9 @@ pub(crate) async fn userinfo(State(app): State<Arc<App>>, req: Request<Body>) ->
                 .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
             resp
         }
+        Authn::Conflict => app
+            .mounts
+            .error(req.uri().path(), RefusalKind::Forbidden, SEVERAL_SESSIONS),
         _ => app.mounts.unauthenticated(req.uri().path()),
     }
 }

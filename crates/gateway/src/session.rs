@@ -415,6 +415,11 @@ impl Sessions {
         Ok(format!("{id}.{}", B64.encode(mac.as_ref())))
     }
 
+    /// Whether kfsec issued `cookie` (its MAC verifies; no store access).
+    pub fn is_genuine(&self, cookie: &str) -> bool {
+        self.open(cookie).is_some()
+    }
+
     /// The id inside a cookie value whose MAC verifies.
     fn open(&self, cookie: &str) -> Option<String> {
         let (id, mac) = cookie.split_once('.')?;

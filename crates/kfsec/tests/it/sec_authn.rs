@@ -1259,8 +1259,10 @@ async fn callers_taking_turns_on_one_connection_each_reach_the_upstream_as_thems
 /// `Path`, a `Domain` attribute, a nameless cookie: the browser sends it first) cannot sign the
 /// user in as its owner: kfsec sets one session cookie per browser, so session cookies of
 /// several values are refused — with a 401 that says why, never a login that would loop — and
-/// the sessions they name are ended, also when the front remembers the first; more than four
-/// values are refused without a look; the same value twice is the user.
+/// the sessions they name are ended, also when the front remembers the first (forged values cost
+/// no store access); elsewhere such a request is anonymous (public routes) or refused (403 at
+/// the check endpoints, `Status` on the API); a logout ends each; the same value twice is the
+/// user.
 #[tokio::test]
 async fn session_cookies_of_several_values_are_refused_and_their_sessions_ended() {
     let k = Kfsec::start("").await;
@@ -1270,6 +1272,7 @@ async fn session_cookies_of_several_values_are_refused_and_their_sessions_ended(
     let two = |a: &str, b: &str| Cred::Cookie(format!("{a}; authservice_session={b}"));
     let user = Some((USER.to_owned(), vec!["team-a".to_owned()]));
     let alive = |cookie: &String| Cred::Cookie(cookie.clone());
+    let get = |c: &Cred, path: &str| c.apply(s.raw.get(format!("{}{path}", k.base))).send();
     let (_, victim) = session_of(&k, USER, PASSWORD).await;
     assert_eq!(s.route(&two(&victim, &victim)).await, user, "one value twice");
     // What the browser is told: why, in the path's format, and no login.
@@ -1291,6 +1294,24 @@ async fn session_cookies_of_several_values_are_refused_and_their_sessions_ended(
         None,
         "a session beside a forged cookie was not ended"
     );
+    // Elsewhere: anonymous on a public route; 403 at the check endpoints (an ingress that sends a
+    // 401 to the login would loop); `Status` JSON on kfsec's API.
+    let (_, a) = session_of(&k, USER, PASSWORD).await;
+    let (_, b) = session_of(&k, email, password).await;
+    let open: Value = get(&two(&a, &b), "/open/x").await.unwrap().json().await.unwrap();
+    assert_eq!(open["headers"]["kubeflow-userid"], Value::Null, "{open}");
+    for path in ["/authservice/check", "/oauth2/auth", "/oauth2/userinfo"] {
+        let r = get(&two(&a, &b), path).await.unwrap();
+        assert_eq!(r.status(), 403, "{path}");
+        assert!(
+            r.text().await.unwrap().contains("more than one session cookie"),
+            "{path}"
+        );
+    }
+    let r = get(&two(&a, &b), "/api/v1/namespaces").await.unwrap();
+    assert_eq!(r.status(), 401);
+    let status: Value = r.json().await.unwrap();
+    assert_eq!(status["kind"], "Status", "{status}");
     for victim_first in [false, true] {
         let (_, planted) = session_of(&k, email, password).await;
         let (_, victim) = session_of(&k, USER, PASSWORD).await;
@@ -1308,16 +1329,25 @@ async fn session_cookies_of_several_values_are_refused_and_their_sessions_ended(
         }
         // A fresh session beside the dead planted cookie is refused too; alone, it is the user.
         let (_, fresh) = session_of(&k, USER, PASSWORD).await;
-        assert_eq!(s.check(&two(&planted, &fresh)).await, None);
+        assert_eq!(s.route(&two(&planted, &fresh)).await, None);
         let (_, fresh) = session_of(&k, USER, PASSWORD).await;
         assert_eq!(s.route(&alive(&fresh)).await, user);
     }
-    // Five values: refused without a look (no session is read, nor ended).
+    // Forged values cost no store access, however many: the one kfsec issued is still ended.
     let (_, kept) = session_of(&k, USER, PASSWORD).await;
-    let five = Cred::Cookie(format!(
-        "{kept}; authservice_session=a; authservice_session=b; authservice_session=c; authservice_session=d"
-    ));
-    assert_eq!(s.check(&five).await, None);
-    assert_eq!(s.check(&alive(&kept)).await, user);
+    let forged: String = (0..40).map(|i| format!("; authservice_session=forged{i}")).collect();
+    assert_eq!(s.route(&Cred::Cookie(format!("{kept}{forged}"))).await, None);
+    assert_eq!(s.check(&alive(&kept)).await, None);
+    // A logout with several values ends each session kfsec issued.
+    let (_, c) = session_of(&k, USER, PASSWORD).await;
+    let (_, d) = session_of(&k, email, password).await;
+    let r = two(&c, &d)
+        .apply(s.raw.post(format!("{}/authservice/logout", k.base)))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success() || r.status().is_redirection(), "{}", r.status());
+    assert_eq!(s.check(&alive(&c)).await, None);
+    assert_eq!(s.check(&alive(&d)).await, None);
     k.running.shutdown().await;
 }
