@@ -33,12 +33,35 @@ if ! RUST_BACKTRACE=0 RUST_LIB_BACKTRACE=0 cargo fuzz build -s none --dev; then
   exit 1
 fi
 
-status=0
-for t in "${TARGETS[@]}"; do
-  echo "==> fuzzing $t for ${SECONDS_PER_TARGET}s"
+# Each libFuzzer run is one thread: as many run at once as there are cores (FUZZ_JOBS), each
+# for its full time, so the step takes a fraction of their sum.
+JOBS="${FUZZ_JOBS:-$(nproc)}"
+run_one() { # TARGET: its exit status in $WORK/TARGET.rc, its log in $WORK/TARGET.log
+  local t="$1"
   mkdir -p "$WORK/$t"
   if cargo fuzz run -s none --dev "$t" "$WORK/$t" "corpus/$t" -- \
-      -max_total_time="$SECONDS_PER_TARGET" -max_len=8192 -print_final_stats=1 2>"$WORK/$t.log"; then
+    -max_total_time="$SECONDS_PER_TARGET" -max_len=8192 -print_final_stats=1 2>"$WORK/$t.log"; then
+    echo 0 >"$WORK/$t.rc"
+  else
+    echo 1 >"$WORK/$t.rc"
+  fi
+}
+running=0
+for t in "${TARGETS[@]}"; do
+  echo "==> fuzzing $t for ${SECONDS_PER_TARGET}s"
+  run_one "$t" &
+  running=$((running + 1))
+  if [ "$running" -ge "$JOBS" ]; then
+    wait -n || true
+    running=$((running - 1))
+  fi
+done
+wait || true
+
+status=0
+for t in "${TARGETS[@]}"; do
+  if [ "$(cat "$WORK/$t.rc" 2>/dev/null)" = 0 ]; then
+    echo "$t:"
     grep -E '^(Done|stat::number_of_executed_units)' "$WORK/$t.log" || true
   else
     status=1
