@@ -13,7 +13,7 @@
 //! [`kfsec_idp::Authenticator`] (audience policy, revocation); a presented bearer token that
 //! fails verification is refused outright (never downgraded to the cookie); session cookies of
 //! several values (one planted beside the user's) are refused and the sessions they name ended
-//! (only values kfsec issued are looked at, at most 16); an unsafe request
+//! (only values kfsec issued are looked at, at most 16 of at most 64); an unsafe request
 //! authenticated by the session cookie must come from our own origin ([`same_origin_write`]);
 //! a session of a user who signed in through an upstream connector is re-checked there through
 //! the login's refresh token (asked for with `offline_access`, kept in the server-side session
@@ -116,12 +116,21 @@ const MAX_SESSION_COOKIES: usize = 16;
 /// What a caller whose request carried several session cookies is told.
 pub(crate) const SEVERAL_SESSIONS: &str = "This browser sent more than one session cookie (one was set by another page or site of this domain), so none is used. Clear this site's cookies, then sign in again.";
 
-/// The distinct values of the session cookie `name` that kfsec issued (forged ones cost no store
-/// access, and are not counted), or `None` when there are more than [`MAX_SESSION_COOKIES`].
+/// The distinct values of the session cookie `name` that kfsec issued (forged ones cost a MAC
+/// check and no store access, and are not counted), or `None` when there are more than
+/// [`MAX_SESSION_COOKIES`] of them, or more than four times as many values in all (each a MAC
+/// check: a header full of forged values is not read to its end).
 fn genuine_sessions<'a>(app: &App, headers: &'a HeaderMap, name: &str) -> Option<Vec<&'a str>> {
-    let mut values: Vec<&str> = Vec::new();
+    let (mut values, mut seen): (Vec<&str>, Vec<&str>) = (Vec::new(), Vec::new());
     for (k, v) in cookies(headers) {
-        if k == name && !values.contains(&v) && app.sessions.is_genuine(v) {
+        if k != name || seen.contains(&v) {
+            continue;
+        }
+        if seen.len() == 4 * MAX_SESSION_COOKIES {
+            return None;
+        }
+        seen.push(v);
+        if app.sessions.is_genuine(v) {
             if values.len() == MAX_SESSION_COOKIES {
                 return None;
             }

@@ -1260,7 +1260,7 @@ async fn callers_taking_turns_on_one_connection_each_reach_the_upstream_as_thems
 /// user in as its owner: kfsec sets one session cookie per browser, so session cookies of
 /// several values are refused — with a 401 that says why, never a login that would loop — and
 /// the sessions they name are ended, also when the front remembers the first (forged values cost
-/// no store access); elsewhere such a request is anonymous (public routes) or refused (403 at
+/// no store access; more than 64 values are refused without a look); elsewhere such a request is anonymous (public routes) or refused (403 at
 /// the check endpoints, `Status` on the API); a logout ends each; the same value twice is the
 /// user.
 #[tokio::test]
@@ -1338,6 +1338,11 @@ async fn session_cookies_of_several_values_are_refused_and_their_sessions_ended(
     let forged: String = (0..40).map(|i| format!("; authservice_session=forged{i}")).collect();
     assert_eq!(s.route(&Cred::Cookie(format!("{kept}{forged}"))).await, None);
     assert_eq!(s.check(&alive(&kept)).await, None);
+    // More than 64 values: refused without a look (the session is not ended either).
+    let (_, kept) = session_of(&k, USER, PASSWORD).await;
+    let forged: String = (0..70).map(|i| format!("; authservice_session=forged{i}")).collect();
+    assert_eq!(s.route(&Cred::Cookie(format!("{kept}{forged}"))).await, None);
+    assert_eq!(s.check(&alive(&kept)).await, user);
     // A logout with several values ends each session kfsec issued.
     let (_, c) = session_of(&k, USER, PASSWORD).await;
     let (_, d) = session_of(&k, email, password).await;
