@@ -172,6 +172,9 @@ pub(crate) const CALLBACK_WINDOW: std::time::Duration = std::time::Duration::fro
 /// The longest cookie a browser is sure to keep (RFC 6265 §6.1 asks for at least 4,096 bytes
 /// of name, value and attributes).
 const MAX_PENDING_COOKIE: usize = 3800;
+/// The most pending-login cookies one upstream callback opens (kfsec sets one per browser, each
+/// login replacing the last; more were planted beside it).
+const MAX_PENDING_LOOKS: usize = 8;
 
 /// What signed values are for: a value signed for one purpose never opens as another.
 #[derive(Debug, Clone, Copy)]
@@ -974,8 +977,10 @@ async fn upstream_callback(
     let cookie_name = PENDING_COOKIE;
     // The login must come back to the browser that started it (no login CSRF): its cookie
     // holds the login, sealed, with the `state` the upstream echoes.
+    // (at most a few looked at: each is an AEAD open)
     let pending: Option<PendingLogin> = crate::cookies::cookies(headers)
         .filter(|(k, _)| *k == cookie_name)
+        .take(MAX_PENDING_LOOKS)
         .filter_map(|(_, v)| idp.unseal::<PendingLogin>(Purpose::Pending, v))
         .find(|p: &PendingLogin| {
             !state.is_empty() && p.exp > idp.clock.now().as_secs() && ct_eq(p.b.as_bytes(), state.as_bytes())

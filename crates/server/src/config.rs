@@ -1330,14 +1330,15 @@ routes:
 
     #[test]
     fn the_upstream_timeout_defaults_to_nginxs_and_has_no_off() {
-        let config = validated;
-        assert_eq!(config("").unwrap().upstream_timeout, Duration::from_secs(60));
+        assert_eq!(validated("").unwrap().upstream_timeout, Duration::from_secs(60));
         assert_eq!(
-            config("frontDoor:\n  upstreamTimeout: 10m\n").unwrap().upstream_timeout,
+            validated("frontDoor:\n  upstreamTimeout: 10m\n")
+                .unwrap()
+                .upstream_timeout,
             Duration::from_secs(600)
         );
         for bad in ["0s", "50ms"] {
-            let e = config(&format!("frontDoor:\n  upstreamTimeout: {bad}\n"))
+            let e = validated(&format!("frontDoor:\n  upstreamTimeout: {bad}\n"))
                 .unwrap_err()
                 .to_string();
             assert!(
@@ -1346,7 +1347,7 @@ routes:
             );
         }
         for (key, bad) in [("upstreamTimeout", "25h"), ("idleTimeout", "1000000d")] {
-            let e = config(&format!("frontDoor:\n  {key}: {bad}\n"))
+            let e = validated(&format!("frontDoor:\n  {key}: {bad}\n"))
                 .unwrap_err()
                 .to_string();
             assert!(
@@ -1358,8 +1359,7 @@ routes:
 
     #[test]
     fn trusted_proxies_are_addresses_or_ranges_that_do_not_trust_everyone() {
-        let config = validated;
-        let t = config("trustedProxies: [10.0.0.5, 10.244.0.0/16, \"fd00::/8\"]\n")
+        let t = validated("trustedProxies: [10.0.0.5, 10.244.0.0/16, \"fd00::/8\"]\n")
             .unwrap()
             .trusted_proxies;
         for ip in ["10.0.0.5", "10.244.3.7", "fd00::1"] {
@@ -1372,7 +1372,7 @@ routes:
             ("10.0.0.0/40", "at most 32"),
             ("proxy.internal", "not an IP address or a CIDR range"),
         ] {
-            let e = config(&format!("trustedProxies: [\"{bad}\"]\n"))
+            let e = validated(&format!("trustedProxies: [\"{bad}\"]\n"))
                 .unwrap_err()
                 .to_string();
             assert!(e.contains("trustedProxies") && e.contains(why), "{bad}: {e}");
