@@ -25,6 +25,7 @@ use http::header::{CONNECTION, UPGRADE};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use kfsec_gateway::headers::{Reserved, sanitize};
 use kfsec_gateway::proxy::{OwnCookies, sanitize_upstream_response};
+use kfsec_gateway::session_cookie::SessionCookie;
 use kfsec_gateway::forwarded::TrustedProxies;
 use libfuzzer_sys::fuzz_target;
 
@@ -129,7 +130,12 @@ fn edge(received: &HeaderMap, trusted: bool) {
 }
 
 /// kfsec's cookies, as this target knows them (its own list: see `LOOK_ALIKE_OF`).
-const OWN_COOKIES: [&str; 3] = ["authservice_session", "__Host-oidc_state_csrf", "__Host-kfsec_upstream_login"];
+const OWN_COOKIES: [&str; 4] = [
+    "authservice_session",
+    "__Host-authservice_session",
+    "__Host-oidc_state_csrf",
+    "__Host-kfsec_upstream_login",
+];
 
 /// Headers an answer may not send, which speak for the whole origin.
 const CONFINED: [&str; 8] = [
@@ -160,7 +166,8 @@ fn sets_own(v: &HeaderValue) -> bool {
 
 fn answer(received: &HeaderMap, upgrade: bool) {
     let mut h = received.clone();
-    sanitize_upstream_response(&mut h, upgrade, &OwnCookies::new("authservice_session"));
+    let own = OwnCookies::new(&SessionCookie::new("authservice_session"));
+    sanitize_upstream_response(&mut h, upgrade, &own);
     let listed = listed(received);
     let upgrade_keeps = |n: &str| upgrade && (n == "connection" || n == "upgrade");
     for n in HOP_BY_HOP {

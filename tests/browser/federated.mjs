@@ -140,7 +140,8 @@ async function submitLogin(page, login, password) {
 }
 
 async function session(context) {
-  return (await context.cookies(base)).find((c) => c.name === 'authservice_session');
+  // (the name a browser is held to; the plain-named twin holds the same value)
+  return (await context.cookies(base)).find((c) => c.name === '__Host-authservice_session');
 }
 
 // On the home page: the user and groups shown, the identity headers the gatekeeper sends.
@@ -151,7 +152,7 @@ async function expectHome(page, context, email, groups, shot) {
   const shown = await page.locator('#groups code').allInnerTexts();
   expect(sameSet(shown, groups), `#groups shows ${JSON.stringify(shown)}, expected ${JSON.stringify(groups)}`);
   const s = await session(context);
-  expect(s, 'no authservice_session cookie after login');
+  expect(s, 'no __Host-authservice_session cookie after login');
   const r = await https(`${base}/authservice/check`, { headers: { Cookie: `authservice_session=${s.value}` } });
   expect(r.status === 200, `/authservice/check: HTTP ${r.status}`);
   expect(r.headers['kubeflow-userid'] === email, `kubeflow-userid: ${r.headers['kubeflow-userid']}`);

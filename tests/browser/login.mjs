@@ -103,18 +103,22 @@ async function main() {
   if ((await err.count()) === 0) fail('no error message after a wrong password');
   const errText = (await err.first().innerText()).trim();
   if (!/invalid/i.test(errText)) fail(`unexpected error text: ${JSON.stringify(errText)}`);
-  if ((await context.cookies()).some((c) => c.name === 'authservice_session')) fail('session cookie set after a wrong password');
+  if ((await context.cookies()).some((c) => c.name.endsWith('authservice_session'))) fail('session cookie set after a wrong password');
   log(`wrong password refused: "${errText}"`);
 
   step = 'right password';
   await submitLogin(page, EMAIL, PASSWORD, `${base}/`);
   const user = (await page.locator('#user').innerText()).trim();
   if (user !== EMAIL) fail(`#user shows ${JSON.stringify(user)}, expected ${EMAIL}`);
-  const session = (await context.cookies(base)).find((c) => c.name === 'authservice_session');
-  if (!session) fail('no authservice_session cookie after login');
-  if (!session.httpOnly || !session.secure || session.sameSite !== 'Lax') {
-    fail(`session cookie flags: httpOnly=${session.httpOnly} secure=${session.secure} sameSite=${session.sameSite}`);
+  // The browser holds the session under the `__Host-` name (which it is held to) and the plain
+  // name Kubeflow's scripts read, one value, the flags `__Host-` requires.
+  const session = (await context.cookies(base)).find((c) => c.name === '__Host-authservice_session');
+  if (!session) fail('no __Host-authservice_session cookie after login');
+  if (!session.httpOnly || !session.secure || session.sameSite !== 'Lax' || session.path !== '/') {
+    fail(`session cookie flags: httpOnly=${session.httpOnly} secure=${session.secure} sameSite=${session.sameSite} path=${session.path}`);
   }
+  const plainTwin = (await context.cookies(base)).find((c) => c.name === 'authservice_session');
+  if (plainTwin?.value !== session.value) fail('the plain-named session cookie is not the same session');
   log(`home page shows #user=${user}; screenshot ${await screenshot(page, 'home')}`);
 
   step = 'a run through the KFP API, opened from the link the KFP SDK prints';
@@ -265,8 +269,28 @@ async function main() {
   if ((await rpage.locator('#ns').inputValue()) !== proposed) fail(`${proposed} is not the selected namespace`);
   if ((await rpage.locator('#register').count()) !== 0) fail('home still offers registration to an owner');
   const registeredShot = await screenshot(rpage, 'register-home');
+  const planterValue = (await rctx.cookies(base)).find((c) => c.name === '__Host-authservice_session')?.value;
+  if (!planterValue) fail(`no session cookie for ${NEWCOMER}`);
   await rctx.close();
   log(`registration: ${NEWCOMER} created ${proposed} by keyboard and is shown as its owner; screenshots ${registerShot}, ${registeredShot}`);
+
+  step = 'a session cookie planted under the plain name signs no one in';
+  // Another site of the domain or a plain-HTTP attacker can set `authservice_session`, never
+  // `__Host-authservice_session`: a browser (it sends Fetch Metadata) is held to the latter.
+  const pctx = await newContext(browser);
+  const ppage = await pctx.newPage();
+  const plant = () => pctx.addCookies([{ name: 'authservice_session', value: planterValue, url: base, secure: true, sameSite: 'Lax' }]);
+  await plant();
+  await ppage.goto(`${base}/`, { waitUntil: 'load' });
+  await ppage.locator('#login').waitFor({ state: 'visible' });
+  if (!ppage.url().startsWith(`${base}/dex/auth/local/login`)) fail(`a planted cookie alone: at ${ppage.url()}, not the login form`);
+  await submitLogin(ppage, EMAIL, PASSWORD, `${base}/`);
+  await plant(); // now beside the user's own: it replaces the plain twin, not the `__Host-` cookie
+  await ppage.reload({ waitUntil: 'load' });
+  const shown = (await ppage.locator('#user').innerText()).trim();
+  if (shown !== EMAIL) fail(`with a planted cookie beside the session, #user shows ${JSON.stringify(shown)}`);
+  await pctx.close();
+  log(`a planted authservice_session of ${NEWCOMER}: alone it led to the login form; beside ${EMAIL}'s session the page still shows ${EMAIL}`);
 
   step = 'check endpoint with the session';
   const hdr = { Cookie: `authservice_session=${session.value}` };
@@ -276,7 +300,7 @@ async function main() {
 
   step = 'logout';
   await Promise.all([page.waitForURL((u) => u.pathname !== '/', { waitUntil: 'load' }), page.click('#logout')]);
-  if ((await context.cookies(base)).some((c) => c.name === 'authservice_session' && c.value)) {
+  if ((await context.cookies(base)).some((c) => c.name.endsWith('authservice_session') && c.value)) {
     fail('session cookie still present after logout');
   }
   const firstLanding = await backToLogin(page, base);
@@ -287,7 +311,7 @@ async function main() {
   step = 'login through /oauth2/start';
   await page.goto(`${base}/oauth2/start?rd=%2F`);
   await submitLogin(page, EMAIL, PASSWORD, `${base}/`);
-  const second = (await context.cookies(base)).find((c) => c.name === 'authservice_session');
+  const second = (await context.cookies(base)).find((c) => c.name === '__Host-authservice_session');
   if (!second) fail('no session after logging in through /oauth2/start');
 
   step = 'logout through the page\'s /oauth2/sign_out link';
@@ -295,12 +319,12 @@ async function main() {
   if ((await signOut.getAttribute('href')) !== '/oauth2/sign_out') fail(`the "Log out" link goes to ${await signOut.getAttribute('href')}`);
   await Promise.all([page.waitForURL((u) => u.pathname !== '/', { waitUntil: 'load' }), signOut.click()]);
   const afterShot = await screenshot(page, 'logged-out');
-  if ((await context.cookies(base)).some((c) => c.name === 'authservice_session' && c.value)) {
+  if ((await context.cookies(base)).some((c) => c.name.endsWith('authservice_session') && c.value)) {
     fail('session cookie still present after /oauth2/sign_out');
   }
   const landed = await backToLogin(page, base);
   // The old cookie put back into the browser is refused too: the session ended server-side.
-  await context.addCookies([{ name: 'authservice_session', value: second.value, url: base, httpOnly: true, secure: true, sameSite: 'Lax' }]);
+  await context.addCookies([{ name: '__Host-authservice_session', value: second.value, url: base, httpOnly: true, secure: true, sameSite: 'Lax' }]);
   await page.goto(`${base}/`, { waitUntil: 'load' });
   await page.locator('#login').waitFor({ state: 'visible' });
   if (!page.url().startsWith(`${base}/dex/auth/local/login`)) fail(`/ with the old cookie: at ${page.url()}`);

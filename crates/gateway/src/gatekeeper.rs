@@ -11,9 +11,11 @@
 //! the ID token is verified for signature, `iss`, `aud`, `exp` and `nonce` before a session
 //! exists; every credential is judged by the one
 //! [`kfsec_idp::Authenticator`] (audience policy, revocation); a presented bearer token that
-//! fails verification is refused outright (never downgraded to the cookie); session cookies of
-//! several values (one planted beside the user's) are refused and the sessions they name ended
-//! (only values kfsec issued are looked at, at most 16 of at most 64); an unsafe request
+//! fails verification is refused outright (never downgraded to the cookie); a browser is held
+//! to the session cookie's `__Host-` name ([`crate::session_cookie`]: no other site of the
+//! domain can plant that one); session cookies of several values (one planted beside the
+//! user's) are refused and the sessions they name ended (only values kfsec issued are looked
+//! at, at most 16 of at most 64); an unsafe request
 //! authenticated by the session cookie must come from our own origin ([`same_origin_write`]);
 //! a session of a user who signed in through an upstream connector is re-checked there through
 //! the login's refresh token (asked for with `offline_access`, kept in the server-side session
@@ -100,13 +102,12 @@ pub(crate) fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> 
     cookies(headers).find(|(k, _)| *k == name).map(|(_, v)| v)
 }
 
-/// The first cookie named `name`, and whether another of another value follows it (one
-/// reading of the `Cookie` headers: a header holding the one cookie is read to its end by the
-/// first look anyway).
-fn first_cookie<'a>(headers: &'a HeaderMap, name: &str) -> (Option<&'a str>, bool) {
-    let mut named = cookies(headers).filter(|(k, _)| *k == name).map(|(_, v)| v);
-    let first = named.next();
-    (first, first.is_some_and(|f| named.any(|v| v != f)))
+/// The first of `values`, and whether another of another value follows it (one reading of the
+/// `Cookie` headers: a header holding the one cookie is read to its end by the first look
+/// anyway).
+fn first_value<'a>(mut values: impl Iterator<Item = &'a str>) -> (Option<&'a str>, bool) {
+    let first = values.next();
+    (first, first.is_some_and(|f| values.any(|v| v != f)))
 }
 
 /// The most session cookies kfsec issued (their MAC verifies) that one request may carry to be
@@ -116,14 +117,14 @@ const MAX_SESSION_COOKIES: usize = 16;
 /// What a caller whose request carried several session cookies is told.
 pub(crate) const SEVERAL_SESSIONS: &str = "This browser sent more than one session cookie (one was set by another page or site of this domain), so none is used. Clear this site's cookies, then sign in again.";
 
-/// The distinct values of the session cookie `name` that kfsec issued (forged ones cost a MAC
-/// check and no store access, and are not counted), or `None` when there are more than
-/// [`MAX_SESSION_COOKIES`] of them, or more than four times as many values in all (each a MAC
-/// check: a header full of forged values is not read to its end).
-fn genuine_sessions<'a>(app: &App, headers: &'a HeaderMap, name: &str) -> Option<Vec<&'a str>> {
+/// The distinct values of the session cookie the request presents that kfsec issued (forged
+/// ones cost a MAC check and no store access, and are not counted), or `None` when there are
+/// more than [`MAX_SESSION_COOKIES`] of them, or more than four times as many values in all
+/// (each a MAC check: a header full of forged values is not read to its end).
+fn genuine_sessions<'a>(app: &'a App, headers: &'a HeaderMap) -> Option<Vec<&'a str>> {
     let (mut values, mut seen): (Vec<&str>, Vec<&str>) = (Vec::new(), Vec::new());
-    for (k, v) in cookies(headers) {
-        if k != name || seen.contains(&v) {
+    for v in app.session_cookie.values(headers) {
+        if seen.contains(&v) {
             continue;
         }
         if seen.len() == 4 * MAX_SESSION_COOKIES {
@@ -154,7 +155,7 @@ impl App {
     /// certificate or session cookie — all through the one [`kfsec_idp::Authenticator`].
     pub async fn authenticate(&self, headers: &HeaderMap, cert: Option<&ClientCertIdentity>, path: &str) -> Authn {
         let bearer = bearer_token(headers);
-        let (first_session, several) = first_cookie(headers, &self.settings.cookie_name);
+        let (first_session, several) = first_value(self.session_cookie.values(headers));
         let credential = bearer.is_some() || cert.is_some() || first_session.is_some();
         if credential && let Err(e) = self.sessions.store_current() {
             tracing::debug!(error = %e, "credential not checked: the store is not current");
@@ -189,10 +190,7 @@ impl App {
         if several {
             return self.several_sessions(headers).await;
         }
-        for (k, v) in cookies(headers) {
-            if k != self.settings.cookie_name {
-                continue;
-            }
+        for v in self.session_cookie.values(headers) {
             if let Some(s) = self.sessions.check(v, &IdpRefresher(&self.idp)).await
                 && let Ok(a) = self.authn.session(s.identity, &s.user_key, s.started_ms).await
             {
@@ -222,7 +220,7 @@ impl App {
     /// (as at logout). Only values kfsec issued are looked at, at most [`MAX_SESSION_COOKIES`];
     /// a request with more is refused without a look.
     async fn several_sessions(&self, headers: &HeaderMap) -> Authn {
-        let genuine = genuine_sessions(self, headers, &self.settings.cookie_name);
+        let genuine = genuine_sessions(self, headers);
         let mut users = Vec::new();
         for v in genuine.as_deref().unwrap_or_default() {
             if let Some((who, _)) = self.sessions.validate(v).await {
@@ -242,9 +240,8 @@ impl App {
     /// The login of the session cookie that authenticated `id` (the first of the cookies that
     /// is a live session of `id`, as `authenticate` takes the first that validates).
     pub(crate) async fn session_login(&self, headers: &HeaderMap, id: &Identity) -> Option<kfsec_idp::SessionLogin> {
-        for (k, v) in cookies(headers) {
-            if k == self.settings.cookie_name
-                && let Some((who, login)) = self.sessions.login_of(v).await
+        for v in self.session_cookie.values(headers) {
+            if let Some((who, login)) = self.sessions.login_of(v).await
                 && who == *id
             {
                 return Some(login);
@@ -286,7 +283,7 @@ impl App {
     /// (so it is bound to the session and dies with it), or of their name for a bearer or
     /// certificate caller (whose browser cannot be made to send the credential).
     pub(crate) fn page_token(&self, headers: &HeaderMap, user: &str, by_session: bool) -> kfsec_idp::pages::CsrfToken {
-        let bound = match cookie(headers, &self.settings.cookie_name) {
+        let bound = match self.session_cookie.values(headers).next() {
             Some(session) if by_session => format!("kfsec-pages\0session\0{session}"),
             _ => format!("kfsec-pages\0user\0{user}"),
         };
@@ -349,20 +346,17 @@ impl App {
         (self.clock.now().as_secs() < st.e).then_some(st)
     }
 
-    fn session_cookie(&self, value: &str, max_age: u64) -> Option<HeaderValue> {
-        HeaderValue::from_str(&format!(
-            "{}={value}; Path=/; Max-Age={max_age}; HttpOnly; Secure; SameSite=Lax",
-            self.settings.cookie_name
-        ))
-        .ok()
-    }
-
-    /// `resp` with the session cookie cleared (the attributes it was set with, `Max-Age=0`).
-    fn clear_session_cookie(&self, mut resp: Response) -> Response {
-        if let Some(c) = self.session_cookie("", 0) {
+    /// `resp` with the session cookie's names set to `value` for `max_age` seconds.
+    fn set_session_cookie(&self, mut resp: Response, value: &str, max_age: u64) -> Response {
+        for c in self.session_cookie.set(value, max_age) {
             resp.headers_mut().append(header::SET_COOKIE, c);
         }
         resp
+    }
+
+    /// `resp` with the session cookie cleared (the attributes it was set with, `Max-Age=0`).
+    fn clear_session_cookie(&self, resp: Response) -> Response {
+        self.set_session_cookie(resp, "", 0)
     }
 }
 
@@ -555,10 +549,11 @@ pub(crate) async fn callback(
         a.object_name(&identity.user);
         a.set_user((&identity).into());
     }
-    let mut resp = responses::redirect(StatusCode::FOUND, &original);
-    if let Some(c) = app.session_cookie(&value, app.sessions.ttl().as_secs()) {
-        resp.headers_mut().append(header::SET_COOKIE, c);
-    }
+    let mut resp = app.set_session_cookie(
+        responses::redirect(StatusCode::FOUND, &original),
+        &value,
+        app.sessions.ttl().as_secs(),
+    );
     if let Ok(c) = HeaderValue::from_str(&format!(
         "{CSRF_COOKIE}=; Path=/; Max-Age=0; HttpOnly; Secure; SameSite=Lax"
     )) {
@@ -581,8 +576,7 @@ async fn end_sessions(app: &App, headers: &HeaderMap, audit: Option<&RequestAudi
     if let Some(a) = audit {
         a.identity(ident::SESSIONS, ident::LOGOUT, None);
     }
-    let name = app.settings.cookie_name.as_str();
-    if cookie(headers, name).is_some() && !app.cookie_write_allowed(&Method::POST, headers) {
+    if app.session_cookie.values(headers).next().is_some() && !app.cookie_write_allowed(&Method::POST, headers) {
         tracing::warn!(target: "audit", "cross-site logout refused");
         return Err(responses::html_error(
             StatusCode::FORBIDDEN,
@@ -593,7 +587,7 @@ async fn end_sessions(app: &App, headers: &HeaderMap, audit: Option<&RequestAudi
     let bearer = bearer_token(headers);
     // (each distinct value kfsec issued once, and not too many: each is a store read and write;
     // a logout that cannot end every session presented says so rather than seem to succeed)
-    let Some(values) = genuine_sessions(app, headers, name) else {
+    let Some(values) = genuine_sessions(app, headers) else {
         tracing::warn!(target: "audit", "logout refused: too many session cookies");
         return Err(responses::html_error(
             StatusCode::BAD_REQUEST,

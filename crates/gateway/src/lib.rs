@@ -22,8 +22,10 @@ mod panics;
 pub mod proxy;
 pub mod responses;
 pub mod session;
+pub mod session_cookie;
 pub mod sharded;
 mod stall;
+mod tunnel;
 mod upstream;
 pub mod workers;
 
@@ -102,6 +104,8 @@ pub struct GatewaySettings {
     pub upstream_identity: Option<UpstreamIdentity>,
     /// How long an upstream may let one wait last (`frontDoor.upstreamTimeout`).
     pub upstream_timeout: Duration,
+    /// How long a WebSocket tunnel may stay quiet (`frontDoor.tunnelIdleTimeout`).
+    pub tunnel_idle_timeout: Duration,
     /// `X-Forwarded-Host` for upstreams: the public URL's `host[:port]` (never the client's `Host`).
     pub forwarded_host: Option<String>,
     /// Concurrent sessions per user; the oldest ends when a new one starts.
@@ -144,6 +148,8 @@ pub struct App {
     idp: Arc<Idp>,
     idp_path: String,
     sessions: Arc<Sessions>,
+    /// The session cookie's names.
+    session_cookie: session_cookie::SessionCookie,
     authn: Authenticator,
     keys: session::MacKeys,
     clock: Arc<dyn Clock>,
@@ -215,6 +221,7 @@ impl App {
             settings.revalidate_federated,
         );
         let authn = Authenticator::new(idp.clone());
+        let session_cookie = session_cookie::SessionCookie::new(&settings.cookie_name);
         let idp_path = idp.settings().issuer_path();
         let metrics = metrics::HttpMetrics::register(registry);
         let forwarded_host = match &settings.forwarded_host {
@@ -228,8 +235,9 @@ impl App {
             &settings.routes,
             settings.upstream_identity.as_ref(),
             forwarded_host,
-            proxy::OwnCookies::new(&settings.cookie_name),
+            proxy::OwnCookies::new(&session_cookie),
             settings.upstream_timeout,
+            settings.tunnel_idle_timeout,
         )?;
         let reserved = headers::Reserved::new(&settings.user_id_header, &settings.groups_header);
         let (api, mounts) = match api {
@@ -255,6 +263,7 @@ impl App {
             idp,
             idp_path,
             sessions,
+            session_cookie,
             authn,
             keys,
             clock,

@@ -340,16 +340,14 @@ static ORIGIN_WIDE: [HeaderName; 7] = [
 pub struct OwnCookies(Box<[Box<str>]>);
 
 impl OwnCookies {
-    /// kfsec's cookies, its session cookie named `session`.
-    pub fn new(session: &str) -> Self {
+    /// kfsec's cookies: the session cookie's names (`session`), the login states.
+    pub fn new(session: &crate::session_cookie::SessionCookie) -> Self {
         Self(
-            [
-                session,
-                crate::gatekeeper::CSRF_COOKIE,
-                kfsec_idp::cookies::PENDING_LOGIN,
-            ]
-            .map(Box::from)
-            .into(),
+            session
+                .names()
+                .chain([crate::gatekeeper::CSRF_COOKIE, kfsec_idp::cookies::PENDING_LOGIN])
+                .map(Box::from)
+                .collect(),
         )
     }
 
@@ -496,6 +494,8 @@ pub struct Proxy {
     own_cookies: OwnCookies,
     /// How long an upstream may let one wait last (nginx's `proxy_read_timeout`).
     timeout: Duration,
+    /// How long a WebSocket tunnel may stay quiet.
+    tunnel_idle: Duration,
 }
 
 /// Idle connections kept per plain upstream and per TLS route.
@@ -624,13 +624,15 @@ impl Proxy {
     /// workload certificate. `forwarded_host` is the `X-Forwarded-Host` upstreams receive (the
     /// public URL's host). An upstream that lets one wait last `timeout` — for the next bytes
     /// of its answer, or to take the next bytes of a request — fails its request
-    /// ([`upstream::Timed`]).
+    /// ([`upstream::Timed`]); a WebSocket tunnel through which no byte moved for
+    /// `tunnel_idle` is closed ([`crate::tunnel`]).
     pub fn new(
         routes: &[Route],
         identity: Option<&UpstreamIdentity>,
         forwarded_host: Option<HeaderValue>,
         own_cookies: OwnCookies,
         timeout: Duration,
+        tunnel_idle: Duration,
     ) -> Result<Self, GatewayError> {
         let mut plain = HashMap::new();
         for r in routes.iter().filter(|r| r.tls.is_none()) {
@@ -654,6 +656,7 @@ impl Proxy {
             forwarded_host,
             own_cookies,
             timeout,
+            tunnel_idle,
         })
     }
 }
@@ -767,13 +770,17 @@ impl Proxy {
         if upgrade && resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
             if let Some(client_upgrade) = client_upgrade {
+                let (tunnel_idle, prefix) = (self.tunnel_idle, route.prefix.clone());
                 tokio::spawn(async move {
                     // (the request's place under its client's in-flight caps is held for the
                     // tunnel's life)
                     let _place = tunnel_place;
                     match (client_upgrade.await, upstream_upgrade.await) {
                         (Ok(c), Ok(u)) => {
-                            let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(c), &mut TokioIo::new(u)).await;
+                            let ended = crate::tunnel::run(TokioIo::new(c), TokioIo::new(u), tunnel_idle).await;
+                            if ended == crate::tunnel::Ended::Idle {
+                                tracing::debug!(route = %prefix, idle = ?tunnel_idle, "a quiet tunnel was closed");
+                            }
                         }
                         (Err(e), _) | (_, Err(e)) => tracing::debug!(error = %e, "websocket upgrade failed"),
                     }
@@ -812,6 +819,12 @@ fn bad_gateway(mounts: &crate::responses::Mounts, path: &str) -> Response<Body> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::session_cookie::SessionCookie;
+
+    /// kfsec's cookies with the default session cookie name.
+    fn own() -> OwnCookies {
+        OwnCookies::new(&SessionCookie::new("authservice_session"))
+    }
 
     #[test]
     fn targets_and_rewrites() {
@@ -866,8 +879,16 @@ mod tests {
             header::COOKIE,
             HeaderValue::from_static("a=1; authservice_session=zzz; b=2"),
         );
-        remove_own_cookies(&mut h, &OwnCookies::new("authservice_session"));
+        remove_own_cookies(&mut h, &own());
         assert_eq!(h.get(header::COOKIE).unwrap(), "a=1; b=2");
+        // the session cookie's `__Host-` twin goes too
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static("__Host-authservice_session=zzz; a=1; authservice_session=zzz"),
+        );
+        remove_own_cookies(&mut h, &own());
+        assert_eq!(h.get(header::COOKIE).unwrap(), "a=1");
         // the login states (sent on every path: `__Host-` cookies are `Path=/`) go too
         let mut h = HeaderMap::new();
         h.insert(
@@ -876,14 +897,14 @@ mod tests {
                 "__Host-oidc_state_csrf=st; a=1; __Host-kfsec_upstream_login=p; __host-oidc_state_csrf=x",
             ),
         );
-        remove_own_cookies(&mut h, &OwnCookies::new("authservice_session"));
+        remove_own_cookies(&mut h, &own());
         assert_eq!(h.get(header::COOKIE).unwrap(), "a=1; __host-oidc_state_csrf=x");
         let mut h = HeaderMap::new();
         h.insert(
             header::COOKIE,
             HeaderValue::from_static("__Host-kfsec_upstream_login=p"),
         );
-        remove_own_cookies(&mut h, &OwnCookies::new("authservice_session"));
+        remove_own_cookies(&mut h, &own());
         assert!(h.get(header::COOKIE).is_none());
     }
 
@@ -894,7 +915,7 @@ mod tests {
             for v in values {
                 h.append(header::COOKIE, HeaderValue::from_bytes(v).unwrap());
             }
-            remove_own_cookies(&mut h, &OwnCookies::new("authservice_session"));
+            remove_own_cookies(&mut h, &own());
             h.get_all(header::COOKIE)
                 .iter()
                 .map(|v| v.as_bytes().to_vec())
@@ -935,8 +956,8 @@ mod tests {
             let mut fast = HeaderMap::new();
             fast.insert(header::COOKIE, v);
             let mut general = fast.clone();
-            remove_own_cookies(&mut fast, &OwnCookies::new("authservice_session"));
-            remove_own_cookies_from_all(&mut general, &OwnCookies::new("authservice_session"));
+            remove_own_cookies(&mut fast, &own());
+            remove_own_cookies_from_all(&mut general, &own());
             proptest::prop_assert_eq!(fast, general);
         }
     }
@@ -955,7 +976,7 @@ mod tests {
             header::COOKIE,
             HeaderValue::from_bytes(b"b=\xff; authservice_session=s2").unwrap(),
         );
-        remove_own_cookies(&mut h, &OwnCookies::new("authservice_session"));
+        remove_own_cookies(&mut h, &own());
         let left: Vec<&[u8]> = h.get_all(header::COOKIE).iter().map(HeaderValue::as_bytes).collect();
         assert_eq!(left, [&b"name=J\xc3\xbcrgen; b=\xff"[..]]);
         let mut h = HeaderMap::new();
@@ -963,7 +984,7 @@ mod tests {
             header::COOKIE,
             HeaderValue::from_bytes(b"authservice_session=\xff").unwrap(),
         );
-        remove_own_cookies(&mut h, &OwnCookies::new("authservice_session"));
+        remove_own_cookies(&mut h, &own());
         assert!(!h.contains_key(header::COOKIE));
     }
 
@@ -1062,14 +1083,14 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("service-worker-allowed", HeaderValue::from_static("/"));
         h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/javascript"));
-        confine_upstream_response(&mut h, &OwnCookies::new("authservice_session"));
+        confine_upstream_response(&mut h, &own());
         assert!(h.get("service-worker-allowed").is_none());
         assert_eq!(h[header::CONTENT_TYPE], "text/javascript");
     }
 
     #[test]
     fn upstream_answers_cannot_set_kfsecs_cookies_or_clear_the_site() {
-        let own = OwnCookies::new("my_session");
+        let own = OwnCookies::new(&SessionCookie::new("my_session"));
         let set_cookies = |h: &HeaderMap| -> Vec<String> {
             h.get_all(header::SET_COOKIE)
                 .iter()
@@ -1088,6 +1109,7 @@ mod tests {
             "x=1; my_session=2",
             "=my_session=attackers; Path=/victim/",
             "= __Host-oidc_state_csrf =forged",
+            "__Host-my_session=attackers; Path=/; Secure",
         ] {
             h.append(header::SET_COOKIE, HeaderValue::from_static(v));
         }

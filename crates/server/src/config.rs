@@ -162,6 +162,8 @@ pub struct Config {
     pub front_door: ListenerLimits,
     /// How long an upstream may let one wait last (`frontDoor.upstreamTimeout`, default 60s).
     pub upstream_timeout: Duration,
+    /// How long a WebSocket tunnel may stay quiet (`frontDoor.tunnelIdleTimeout`, default 1h).
+    pub tunnel_idle_timeout: Duration,
     /// Webhook listener timeouts (the front door's) and connection caps (`webhooks:`).
     pub webhook_limits: ListenerLimits,
     /// Client-certificate authentication of webhook callers (`webhooks.clientAuth`).
@@ -290,10 +292,10 @@ pub struct WebhookClientAuth {
 }
 
 /// `session.cookieName` (default `authservice_session`, the name Kubeflow's clients know): a
-/// cookie name (an RFC 6265 token of at most 128 bytes) that is none of kfsec's other cookies.
-/// A `__Host-` name (`__Host-authservice_session`) is accepted — kfsec's session cookie is
-/// `Secure`, `Path=/` and has no `Domain` — and recommended where apps share the origin: no
-/// app's script can then shadow it with a cookie of the same name for a narrower path.
+/// cookie name (an RFC 6265 token of at most 128 bytes) that, like its `__Host-` twin (which
+/// browsers are held to: `kfsec_gateway::session_cookie`), is none of kfsec's other cookies. A
+/// `__Host-` name is accepted — kfsec's session cookie is `Secure`, `Path=/` and has no
+/// `Domain` — and is then the only name.
 fn session_cookie_name(name: Option<String>) -> Result<String, ConfigError> {
     let name = name.unwrap_or_else(|| "authservice_session".into());
     let token = !name.is_empty()
@@ -306,12 +308,15 @@ fn session_cookie_name(name: Option<String>) -> Result<String, ConfigError> {
             "session.cookieName {name:?} is not a cookie name (1-128 of letters, digits and !#$%&'*+-.^_`|~)"
         )));
     }
-    if [kfsec_gateway::CSRF_COOKIE, kfsec_idp::cookies::PENDING_LOGIN]
-        .iter()
-        .any(|own| own.eq_ignore_ascii_case(&name))
-    {
+    // (its `__Host-` twin, which browsers are held to, included)
+    let names = kfsec_gateway::session_cookie::SessionCookie::new(&name);
+    if let Some(clash) = names.names().find(|n| {
+        [kfsec_gateway::CSRF_COOKIE, kfsec_idp::cookies::PENDING_LOGIN]
+            .iter()
+            .any(|own| own.eq_ignore_ascii_case(n))
+    }) {
         return Err(ConfigError::Invalid(format!(
-            "session.cookieName {name:?} is the name of another of kfsec's cookies"
+            "session.cookieName {name:?}: {clash:?} is the name of another of kfsec's cookies"
         )));
     }
     // (a prefix in another case protects only where browsers match prefixes case-blind)
@@ -328,6 +333,9 @@ fn session_cookie_name(name: Option<String>) -> Result<String, ConfigError> {
 
 /// How long an upstream may let one wait last by default (nginx's `proxy_read_timeout`).
 const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long a WebSocket tunnel may stay quiet by default (Istio's idle timeout).
+const DEFAULT_TUNNEL_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// A timeout setting `what`: `default` when absent; from 100ms (there is no "none") to 24h.
 fn timeout_setting(v: Option<Duration>, what: &str, default: Duration) -> Result<Duration, ConfigError> {
@@ -697,6 +705,11 @@ pub fn validate(f: ConfigFile, o: &Overrides, env: &dyn Env) -> Result<Config, C
         "frontDoor.upstreamTimeout",
         DEFAULT_UPSTREAM_TIMEOUT,
     )?;
+    let tunnel_idle_timeout = timeout_setting(
+        f.front_door.tunnel_idle_timeout,
+        "frontDoor.tunnelIdleTimeout",
+        DEFAULT_TUNNEL_IDLE_TIMEOUT,
+    )?;
     let mut acknowledged = acknowledge_dex_sections(&f)?;
     let (federation, unused) = federation::federation(
         &f,
@@ -801,6 +814,7 @@ pub fn validate(f: ConfigFile, o: &Overrides, env: &dyn Env) -> Result<Config, C
         },
         front_door,
         upstream_timeout,
+        tunnel_idle_timeout,
         webhook_limits,
         webhook_client_auth,
         webhook_settings,
@@ -1318,6 +1332,10 @@ routes:
             "__Host-oidc_state_csrf",
             "__Host-kfsec_upstream_login",
             "__Host-OIDC_State_CSRF",
+            // (their `__Host-` twins are)
+            "oidc_state_csrf",
+            "kfsec_upstream_login",
+            "__Secure-oidc_state_csrf",
         ] {
             let e = config(own).unwrap_err().to_string();
             assert!(e.contains("another of kfsec's cookies"), "{own}: {e}");
@@ -1346,7 +1364,18 @@ routes:
                 "{bad}: {e}"
             );
         }
-        for (key, bad) in [("upstreamTimeout", "25h"), ("idleTimeout", "1000000d")] {
+        assert_eq!(validated("").unwrap().tunnel_idle_timeout, Duration::from_secs(3600));
+        assert_eq!(
+            validated("frontDoor:\n  tunnelIdleTimeout: 90s\n")
+                .unwrap()
+                .tunnel_idle_timeout,
+            Duration::from_secs(90)
+        );
+        for (key, bad) in [
+            ("upstreamTimeout", "25h"),
+            ("idleTimeout", "1000000d"),
+            ("tunnelIdleTimeout", "2d"),
+        ] {
             let e = validated(&format!("frontDoor:\n  {key}: {bad}\n"))
                 .unwrap_err()
                 .to_string();

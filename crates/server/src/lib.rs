@@ -833,6 +833,7 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
         trusted_proxies: cfg.trusted_proxies.clone(),
         upstream_identity: Some(upstream),
         upstream_timeout: cfg.upstream_timeout,
+        tunnel_idle_timeout: cfg.tunnel_idle_timeout,
         forwarded_host: url::Url::parse(&public_url).ok().and_then(|u| {
             u.host_str().map(|h| match u.port() {
                 Some(p) => format!("{h}:{p}"),

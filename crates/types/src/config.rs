@@ -303,6 +303,12 @@ pub struct FrontDoorConfig {
     /// body, a WebSocket's quiet.
     #[serde(default, deserialize_with = "opt_duration")]
     pub upstream_timeout: Option<Duration>,
+    /// A WebSocket tunnel through which no byte moved either way for this long is closed
+    /// (default 1h, Istio's idle timeout; nginx closes at `proxy_read_timeout`, 60s): a client
+    /// gone without a word, or an upstream that ignores the client's end, keeps neither the
+    /// tunnel's connections nor its request's place longer.
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub tunnel_idle_timeout: Option<Duration>,
 }
 
 /// The admission webhook listener.

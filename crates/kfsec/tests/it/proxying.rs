@@ -1,5 +1,5 @@
 //! Proxying details: WebSocket upgrades pass through (each keeping its request's place under its
-//! client's caps, also behind a trusted proxy), request bodies stream to the upstream,
+//! client's caps, also behind a trusted proxy, and closed when quiet), request bodies stream to the upstream,
 //! and a user-supplied certificate is re-read without a restart or dropped connections.
 
 use std::sync::Arc;
@@ -12,6 +12,12 @@ use crate::harness::*;
 
 /// An upstream that answers any request with 101 and then echoes bytes.
 async fn websocket_echo() -> std::net::SocketAddr {
+    websocket_upstream(false).await
+}
+
+/// An upstream that answers any request with 101 and then echoes bytes until the client's end
+/// of stream — after which, if `deaf`, it keeps the connection open and silent, ignoring it.
+async fn websocket_upstream(deaf: bool) -> std::net::SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     tokio::spawn(async move {
@@ -35,6 +41,9 @@ async fn websocket_echo() -> std::net::SocketAddr {
                 s.write_all(format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nx-user: {user}\r\n\r\n").as_bytes()).await.unwrap();
                 let (mut r, mut w) = s.split();
                 let _ = tokio::io::copy(&mut r, &mut w).await;
+                if deaf {
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                }
             });
         }
     });
@@ -173,6 +182,45 @@ async fn behind_a_trusted_proxy_one_clients_tunnels_cannot_take_its_connections(
         assert!(tries < 100, "the closed tunnel kept its place");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    k.running.shutdown().await;
+}
+
+/// A tunnel through which nothing moved for `frontDoor.tunnelIdleTimeout` is closed, also when
+/// its upstream ignores the client's end of stream (before, it stayed open for good, holding
+/// its request's place and both connections); bytes either way keep it open.
+#[tokio::test]
+#[allow(clippy::disallowed_methods)] // measures how long a real network wait takes (the bound under test)
+async fn a_quiet_tunnel_is_closed_even_when_its_upstream_ignores_the_clients_end() {
+    let ws = websocket_upstream(true).await;
+    let k = Kfsec::start(&format!(
+        "- prefix: /notebook/\n  upstream: http://{ws}\n  public: true\n\
+         frontDoor:\n  tunnelIdleTimeout: 1s\n"
+    ))
+    .await;
+    let mut s = tls_connect(&k).await;
+    let head = ask_websocket(&mut s, "/notebook/api/kernels/1/channels", "").await;
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    // A message every 400 ms for twice the limit: still open.
+    for i in 0..5 {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        s.write_all(b"ping").await.unwrap();
+        let mut back = [0u8; 4];
+        let read = tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut back)).await;
+        assert!(matches!(read, Ok(Ok(_))), "message {i}: {read:?}");
+        assert_eq!(&back, b"ping");
+    }
+    // The client ends its side; the upstream ignores that and stays silent: the tunnel is
+    // closed (with TLS close_notify) about one limit later.
+    s.shutdown().await.unwrap();
+    let ended = std::time::Instant::now();
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut rest)).await;
+    assert!(matches!(read, Ok(Ok(0))), "the tunnel was not closed: {read:?}");
+    assert!(
+        ended.elapsed() >= Duration::from_millis(500),
+        "closed early: {:?}",
+        ended.elapsed()
+    );
     k.running.shutdown().await;
 }
 

@@ -92,7 +92,10 @@ async fn put_service_account(k: &Kfsec) {
 #[derive(Clone)]
 enum Cred {
     Bearer(String),
+    /// The session cookie under its configured name, as the kfp SDK and scripts send it.
     Cookie(String),
+    /// The session cookie as a browser holds it: under both names (the `__Host-` one first).
+    Browser(String),
     /// A client presenting a TLS client certificate issued by kfsec's CA.
     Cert(reqwest::Client),
 }
@@ -110,6 +113,10 @@ impl Cred {
         match self {
             Cred::Bearer(t) => r.bearer_auth(t),
             Cred::Cookie(c) => r.header("cookie", format!("authservice_session={c}")),
+            Cred::Browser(c) => r.header(
+                "cookie",
+                format!("__Host-authservice_session={c}; authservice_session={c}"),
+            ),
             Cred::Cert(_) => r,
         }
     }
@@ -930,7 +937,7 @@ async fn log_out_everywhere_button_and_session_limit() {
     for (h, v) in [("sec-fetch-site", "cross-site"), ("origin", "https://evil.example")] {
         let r = raw
             .post(format!("{}/authservice/logout-all", k.base))
-            .header("cookie", format!("authservice_session={c1}"))
+            .header("cookie", format!("__Host-authservice_session={c1}"))
             .header(h, v)
             .send()
             .await
@@ -941,7 +948,7 @@ async fn log_out_everywhere_button_and_session_limit() {
     // nor log it out of this one
     let r = raw
         .post(format!("{}/authservice/logout", k.base))
-        .header("cookie", format!("authservice_session={c2}"))
+        .header("cookie", format!("__Host-authservice_session={c2}"))
         .header("sec-fetch-site", "cross-site")
         .send()
         .await
@@ -1028,8 +1035,8 @@ async fn cookie_writes_must_be_same_origin() {
         ] {
             for (hs, expect_refused, cred) in cross
                 .iter()
-                .map(|h| (h, true, Cred::Cookie(cookie.clone())))
-                .chain(fine.iter().map(|h| (h, false, Cred::Cookie(cookie.clone()))))
+                .map(|h| (h, true, Cred::Browser(cookie.clone())))
+                .chain(fine.iter().map(|h| (h, false, Cred::Browser(cookie.clone()))))
                 .chain(cross.iter().map(|h| (h, false, Cred::Bearer(bearer.clone()))))
             {
                 let mut r = cred
@@ -1354,5 +1361,119 @@ async fn session_cookies_of_several_values_are_refused_and_their_sessions_ended(
     assert!(r.status().is_success() || r.status().is_redirection(), "{}", r.status());
     assert_eq!(s.check(&alive(&c)).await, None);
     assert_eq!(s.check(&alive(&d)).await, None);
+    k.running.shutdown().await;
+}
+
+/// A browser (it sends Fetch Metadata) is held to the session cookie's `__Host-` name, which no
+/// other site of the domain, no network attacker over plain HTTP and no narrower path can set:
+/// a plain `authservice_session` planted while the user has no session does not sign them in as
+/// the planter (a navigation goes to the login, an XHR and the check endpoint get 401), and one
+/// planted beside the user's `__Host-` cookie neither shadows it nor ends either session — for
+/// any client: the `__Host-` name, when sent, is the only one read. Clients that send no Fetch
+/// Metadata (the kfp SDK, curl, scripts) still present the plain name alone. The login sets both
+/// names to one value; logout clears both; no upstream sees either.
+#[tokio::test]
+async fn a_browser_is_held_to_the_host_session_cookie() {
+    let k = Kfsec::start("").await;
+    let (email, password) = ("planter@example.org", "planter password 1");
+    user_add(&k, email, password).await;
+    let s = Surfaces::new(&k);
+    let planter = Some((email.to_owned(), vec![]));
+    let user = Some((USER.to_owned(), vec!["team-a".to_owned()]));
+    let (_, planted) = session_of(&k, email, password).await;
+    let browser = |r: reqwest::RequestBuilder, mode: &str, dest: &str| {
+        r.header("sec-fetch-site", "same-origin")
+            .header("sec-fetch-mode", mode)
+            .header("sec-fetch-dest", dest)
+    };
+    let send = |path: &str, cookie: String, mode: &str, dest: &str| {
+        let r = s.raw.get(format!("{}{path}", k.base)).header("cookie", cookie);
+        browser(r, mode, dest).send()
+    };
+    // The planted plain cookie alone, in a browser: no session, whatever is asked.
+    let alone = format!("authservice_session={planted}");
+    let r = send("/app/x", alone.clone(), "navigate", "document").await.unwrap();
+    assert_eq!(r.status(), 302, "a navigation goes to the login");
+    assert!(location(&r).contains("/dex/auth"), "{}", location(&r));
+    for (path, mode) in [
+        ("/app/x", "cors"),
+        ("/api/v1/namespaces", "cors"),
+        ("/authservice/check", "no-cors"),
+    ] {
+        let r = send(path, alone.clone(), mode, "empty").await.unwrap();
+        assert_eq!(r.status(), 401, "{path}");
+    }
+    let r = send("/app/x", alone.clone(), "websocket", "websocket").await.unwrap();
+    assert_eq!(r.status(), 401, "a WebSocket is a browser's request too");
+    // The same cookie from a client without Fetch Metadata is the planter's session, alive.
+    assert_eq!(s.route(&Cred::Cookie(planted.clone())).await, planter);
+    // The login sets both names to one value.
+    let mut b = k.client();
+    let (r, _) = b.login("/app/x", USER, PASSWORD).await;
+    assert_eq!(r.status(), 200);
+    let mine = b.cookies["__Host-authservice_session"].clone();
+    assert_eq!(b.cookies["authservice_session"], mine);
+    // Planted beside the user's own, in either order: the browser is the user, nothing ends,
+    // and the upstream sees neither session cookie.
+    for cookie in [
+        format!("authservice_session={planted}; a=1; __Host-authservice_session={mine}"),
+        format!("__Host-authservice_session={mine}; a=1; authservice_session={planted}"),
+    ] {
+        let r = send("/app/x", cookie, "navigate", "document").await.unwrap();
+        assert_eq!(r.status(), 200);
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["headers"]["kubeflow-userid"], USER, "{v}");
+        assert_eq!(v["headers"]["cookie"], "a=1", "{v}");
+    }
+    assert_eq!(
+        s.route(&Cred::Cookie(planted.clone())).await,
+        planter,
+        "the planter's session ended"
+    );
+    assert_eq!(
+        s.route(&Cred::Cookie(mine.clone())).await,
+        user,
+        "the user's session ended"
+    );
+    // Without Fetch Metadata (an old browser, a check endpoint asked without the browser's
+    // headers) the `__Host-` name wins too: a plain cookie beside it, planted or garbage, is
+    // neither the session nor a second one (which would refuse and end the user's).
+    for planted in [planted.as_str(), "garbage"] {
+        let two = format!("authservice_session={planted}; __Host-authservice_session={mine}");
+        let get = |path: &str| s.raw.get(format!("{}{path}", k.base)).header("cookie", &two).send();
+        let r = get("/app/x").await.unwrap();
+        assert_eq!(r.status(), 200);
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["headers"]["kubeflow-userid"], USER, "{v}");
+        let r = get("/authservice/check").await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["kubeflow-userid"], USER);
+    }
+    assert_eq!(s.route(&Cred::Cookie(mine)).await, user, "the user's session ended");
+    // Logout clears both names.
+    let mut b = k.client();
+    b.login("/app/x", USER, PASSWORD).await;
+    let r = b
+        .send(browser(b.http.post(b.url("/authservice/logout")), "cors", "empty"))
+        .await;
+    assert!(r.status().is_redirection(), "{}", r.status());
+    let cleared: Vec<&str> = r
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .filter(|c| c.contains("Max-Age=0"))
+        .collect();
+    for name in ["__Host-authservice_session=;", "authservice_session=;"] {
+        assert!(
+            cleared.iter().any(|c| c.starts_with(name)),
+            "{name} not cleared: {cleared:?}"
+        );
+    }
+    assert!(
+        b.cookies.keys().all(|n| !n.contains("authservice_session")),
+        "{:?}",
+        b.cookies
+    );
     k.running.shutdown().await;
 }
