@@ -176,10 +176,7 @@ impl App {
         // An expired, revoked or forged cookie is treated like no cookie: browsers go back
         // through login, API clients get 401. The versions are read before anything is
         // checked: an answer remembered by the front holds only while they stay the same.
-        let versions = self.idp.epochs().cached_version().map(|epochs| front::Versions {
-            sessions: self.sessions.version(),
-            epochs,
-        });
+        let versions = self.credential_versions();
         // The session cookie, as its front remembers it (no second reading of the `Cookie`
         // headers on this path, which most requests take).
         if let (Some(v), Some(versions), false) = (first_session, versions, several)
@@ -209,6 +206,16 @@ impl App {
             }
         }
         Authn::Missing
+    }
+
+    /// The versions of the caches a credential's answer is derived from (sessions, revocation
+    /// epochs): an answer holds for as long as they stay the same (and the session's own times
+    /// allow). `None` while no watch follows the store's epochs.
+    pub(crate) fn credential_versions(&self) -> Option<front::Versions> {
+        self.idp.epochs().cached_version().map(|epochs| front::Versions {
+            sessions: self.sessions.version(),
+            epochs,
+        })
     }
 
     /// A request with session cookies of several values: refused, and the sessions they name
@@ -357,6 +364,66 @@ impl App {
     /// `resp` with the session cookie cleared (the attributes it was set with, `Max-Age=0`).
     fn clear_session_cookie(&self, resp: Response) -> Response {
         self.set_session_cookie(resp, "", 0)
+    }
+}
+
+/// The credential a tunnel was opened with ([`crate::tunnel::Credential`]): the request's
+/// `Cookie` and `Authorization` headers, authenticated again as the request was — when the
+/// caches a credential's answer derives from moved (a logout, a revocation, a session started
+/// or ended anywhere: looked at every tick) and at least every [`TUNNEL_RECHECK_SECS`] (a
+/// session's or a token's end) — holding while they still name the same user. A store that
+/// cannot be reached ends no tunnel (nothing new is known then; new requests are refused).
+pub(crate) struct TunnelCredential {
+    app: Arc<App>,
+    headers: HeaderMap,
+    path: String,
+    user: String,
+    seen: Option<front::Versions>,
+    checked_at: u64,
+}
+
+/// The longest a tunnel's credential goes without a full check (Unix s).
+const TUNNEL_RECHECK_SECS: u64 = 30;
+
+impl TunnelCredential {
+    /// What `user` opened a tunnel at `path` with: `headers`' credentials, just checked.
+    pub(crate) fn new(app: &Arc<App>, headers: &HeaderMap, path: &str, user: &str) -> Self {
+        let mut kept = HeaderMap::new();
+        for name in [header::COOKIE, header::AUTHORIZATION] {
+            for v in headers.get_all(&name) {
+                kept.append(name.clone(), v.clone());
+            }
+        }
+        Self {
+            seen: app.credential_versions(),
+            checked_at: app.clock.now().as_secs(),
+            app: app.clone(),
+            headers: kept,
+            path: path.to_owned(),
+            user: user.to_owned(),
+        }
+    }
+}
+
+impl crate::tunnel::Credential for TunnelCredential {
+    fn holds(&mut self) -> BoxFuture<'_, bool> {
+        Box::pin(async move {
+            let versions = self.app.credential_versions();
+            let now = self.app.clock.now().as_secs();
+            if versions.is_some() && versions == self.seen && now < self.checked_at.saturating_add(TUNNEL_RECHECK_SECS)
+            {
+                return true;
+            }
+            (self.seen, self.checked_at) = (versions, now);
+            match self.app.authenticate(&self.headers, None, &self.path).await {
+                Authn::Ok(a) => a.identity.user == self.user,
+                Authn::Unavailable => true,
+                Authn::Missing | Authn::Invalid | Authn::Conflict => {
+                    tracing::info!(target: "audit", user = %self.user, path = %self.path, "a tunnel's credential no longer holds: closed");
+                    false
+                }
+            }
+        })
     }
 }
 

@@ -810,11 +810,23 @@ async fn guarded(app: &Arc<App>, mut req: Request, hop: Hop<'_>) -> Response {
             };
             audit::route_decision(audit, true, reasons, why);
             app.decided_proxy(true, true);
+            // (a tunnel lives while what opened it holds; a certificate holds for its connection)
+            let credential = caller
+                .as_ref()
+                .filter(|c| c.kind != CredentialKind::ClientCertificate && proxy::is_upgrade(req.headers()))
+                .map(|c| {
+                    Box::new(gatekeeper::TunnelCredential::new(
+                        app,
+                        req.headers(),
+                        &path,
+                        &c.identity.user,
+                    )) as Box<dyn tunnel::Credential>
+                });
             proxy::remove_own_cookies(req.headers_mut(), app.proxy.own_cookies());
             if let Some(caller) = &caller {
                 app.set_identity_headers(req.headers_mut(), caller);
             }
-            match app.proxy.forward(route, req, peer, &app.mounts).await {
+            match app.proxy.forward(route, req, peer, &app.mounts, credential).await {
                 Ok(resp) => {
                     hop.proxied.store(true, Ordering::Relaxed);
                     resp

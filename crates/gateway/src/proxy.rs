@@ -416,7 +416,7 @@ pub fn sanitize_upstream_response(h: &mut HeaderMap, upgrade: bool, own: &OwnCoo
     confine_upstream_response(h, own);
 }
 
-fn is_upgrade(h: &HeaderMap) -> bool {
+pub(crate) fn is_upgrade(h: &HeaderMap) -> bool {
     h.contains_key(header::UPGRADE)
         && h.get_all(header::CONNECTION)
             .iter()
@@ -671,13 +671,14 @@ impl Proxy {
     /// names removed, `X-Forwarded-For` set) and identity added by the caller. `peer` is used for
     /// `X-Forwarded-For` only when the edge did not set it. `Ok`: the upstream's answer; `Err`:
     /// kfsec's own refusal (502 with its reason, 400 for a malformed body), rendered for the
-    /// path's clients by `mounts`.
-    pub async fn forward(
+    /// path's clients by `mounts`. A tunnel it opens lives while `credential` (if any) holds.
+    pub(crate) async fn forward(
         &self,
         route: &Route,
         mut req: Request<Body>,
         peer: IpAddr,
         mounts: &crate::responses::Mounts,
+        credential: Option<Box<dyn crate::tunnel::Credential>>,
     ) -> Result<Response<Body>, Response<Body>> {
         let upgrade = is_upgrade(req.headers());
         let target = match route.target_path(req.uri()) {
@@ -777,9 +778,10 @@ impl Proxy {
                     let _place = tunnel_place;
                     match (client_upgrade.await, upstream_upgrade.await) {
                         (Ok(c), Ok(u)) => {
-                            let ended = crate::tunnel::run(TokioIo::new(c), TokioIo::new(u), tunnel_idle).await;
-                            if ended == crate::tunnel::Ended::Idle {
-                                tracing::debug!(route = %prefix, idle = ?tunnel_idle, "a quiet tunnel was closed");
+                            let ended =
+                                crate::tunnel::run(TokioIo::new(c), TokioIo::new(u), tunnel_idle, credential).await;
+                            if ended != crate::tunnel::Ended::Closed {
+                                tracing::debug!(route = %prefix, ?ended, "a tunnel was closed");
                             }
                         }
                         (Err(e), _) | (_, Err(e)) => tracing::debug!(error = %e, "websocket upgrade failed"),

@@ -1,11 +1,15 @@
 //! A WebSocket tunnel's life after `101`: bytes copied both ways until both sides have ended,
-//! or until no byte has moved either way for the idle limit (`frontDoor.tunnelIdleTimeout`).
+//! until no byte has moved either way for the idle limit (`frontDoor.tunnelIdleTimeout`), or
+//! until the credential that opened it no longer holds.
 //!
-//! Invariant: a tunnel ends at the latest one idle limit after its last byte, whatever either
+//! Invariants: a tunnel ends at the latest one idle limit after its last byte, whatever either
 //! peer does — a client gone without a word, an upstream that ignores the client's end of
 //! stream — so it cannot keep its request's place under its client's caps, or its two
-//! connections, for longer; ending it shuts both sides down (TLS `close_notify` to the client),
-//! each given a moment, then drops them.
+//! connections, for longer; a tunnel opened with a credential ends within [`RECHECK_TICK`] of
+//! its no longer holding ([`Credential`]: a logout, "log out everywhere", a revocation, the
+//! session's end), so a terminal opened with a stolen session does not outlive it; ending it
+//! shuts both sides down (TLS `close_notify` to the client), each given a moment, then drops
+//! them.
 #![allow(clippy::disallowed_methods)] // IO deadlines are monotonic socket time, not logic time
 
 use std::io;
@@ -14,11 +18,22 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::time::Instant;
+use tokio::time::{Instant, MissedTickBehavior};
 
 /// How long each side is given to take its shutdown when a tunnel ends idle.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
+
+/// How often a tunnel asks whether its credential still holds.
+pub(crate) const RECHECK_TICK: Duration = Duration::from_secs(1);
+
+/// The credential a tunnel was opened with, asked again while the tunnel lives.
+pub(crate) trait Credential: Send {
+    /// Whether it still holds; asked every [`RECHECK_TICK`] (an answer is expected to be cheap
+    /// while nothing it depends on changed).
+    fn holds(&mut self) -> BoxFuture<'_, bool>;
+}
 
 /// When bytes last moved through a tunnel: milliseconds since its start.
 struct Activity {
@@ -79,11 +94,18 @@ pub(crate) enum Ended {
     Closed,
     /// No byte moved either way for the idle limit.
     Idle,
+    /// The credential it was opened with no longer holds.
+    Revoked,
 }
 
-/// Copies between `client` and `upstream` until both have ended or the tunnel has been idle for
-/// `idle`.
-pub(crate) async fn run<C, U>(client: C, upstream: U, idle: Duration) -> Ended
+/// Copies between `client` and `upstream` until both have ended, the tunnel has been idle for
+/// `idle`, or `credential` (if any) no longer holds.
+pub(crate) async fn run<C, U>(
+    client: C,
+    upstream: U,
+    idle: Duration,
+    mut credential: Option<Box<dyn Credential>>,
+) -> Ended
 where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
@@ -100,30 +122,44 @@ where
         io: upstream,
         activity: &activity,
     };
-    {
+    let mut recheck = tokio::time::interval_at(Instant::now() + RECHECK_TICK, RECHECK_TICK);
+    recheck.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let ended = {
         let copy = tokio::io::copy_bidirectional(&mut client, &mut upstream);
         tokio::pin!(copy);
         loop {
             let last = activity.last();
             // (a limit past the clock's range is no limit)
-            let Some(quiet_until) = last.checked_add(idle) else {
-                let _ = copy.await;
-                return Ended::Closed;
-            };
+            let quiet_until = last.checked_add(idle);
             tokio::select! {
                 _ = &mut copy => return Ended::Closed,
                 // (quiet for the whole limit unless bytes moved meanwhile: then wait again)
-                () = tokio::time::sleep_until(quiet_until) => {
+                () = sleep_until_some(quiet_until) => {
                     if activity.last() == last {
-                        break;
+                        break Ended::Idle;
+                    }
+                }
+                _ = recheck.tick(), if credential.is_some() => {
+                    if let Some(c) = credential.as_mut()
+                        && !c.holds().await
+                    {
+                        break Ended::Revoked;
                     }
                 }
             }
         }
-    }
+    };
     let _ = tokio::time::timeout(SHUTDOWN_GRACE, client.shutdown()).await;
     let _ = tokio::time::timeout(SHUTDOWN_GRACE, upstream.shutdown()).await;
-    Ended::Idle
+    ended
+}
+
+/// Sleeps until `deadline`; forever without one.
+async fn sleep_until_some(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
 }
 
 #[cfg(test)]
@@ -135,7 +171,7 @@ mod tests {
     async fn bytes_either_way_keep_a_tunnel_and_its_quiet_ends_it() {
         let (client, mut client_far) = duplex(64);
         let (upstream, mut upstream_far) = duplex(64);
-        let tunnel = tokio::spawn(run(client, upstream, Duration::from_secs(10)));
+        let tunnel = tokio::spawn(run(client, upstream, Duration::from_secs(10), None));
         // Traffic each way, 6 s apart, for 30 s: alive.
         let mut byte = [0u8; 1];
         for i in 0..5 {
@@ -163,11 +199,55 @@ mod tests {
         assert_eq!(client_far.read(&mut byte).await.unwrap(), 0);
     }
 
+    /// Holds until a set time.
+    struct Until(Instant, std::sync::Arc<AtomicU64>);
+
+    impl Credential for Until {
+        fn holds(&mut self) -> BoxFuture<'_, bool> {
+            self.1.fetch_add(1, Ordering::Relaxed);
+            let holds = Instant::now() < self.0;
+            Box::pin(async move { holds })
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_busy_tunnel_ends_within_a_tick_of_its_credential() {
+        let (client, mut client_far) = duplex(64);
+        let (upstream, mut upstream_far) = duplex(64);
+        let asked = std::sync::Arc::new(AtomicU64::new(0));
+        let ends = Instant::now() + Duration::from_millis(5_500);
+        let cred = Box::new(Until(ends, asked.clone()));
+        let tunnel = tokio::spawn(run(client, upstream, Duration::from_secs(3600), Some(cred)));
+        // Busy both ways (a message every 100 ms) past the credential's end.
+        let mut byte = [0u8; 1];
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if client_far.write_all(b"c").await.is_err() || upstream_far.read_exact(&mut byte).await.is_err() {
+                break;
+            }
+            if tunnel.is_finished() {
+                break;
+            }
+            assert!(
+                Instant::now() < ends + RECHECK_TICK + Duration::from_millis(200),
+                "still open"
+            );
+        }
+        assert_eq!(tunnel.await.unwrap(), Ended::Revoked);
+        assert!(Instant::now() >= ends, "ended before its credential did");
+        assert_eq!(asked.load(Ordering::Relaxed), 6, "asked once a tick");
+        assert_eq!(
+            client_far.read(&mut byte).await.unwrap(),
+            0,
+            "the client was told the end"
+        );
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_tunnel_both_sides_end_closes_at_once() {
         let (client, mut client_far) = duplex(64);
         let (upstream, mut upstream_far) = duplex(64);
-        let tunnel = tokio::spawn(run(client, upstream, Duration::from_secs(3600)));
+        let tunnel = tokio::spawn(run(client, upstream, Duration::from_secs(3600), None));
         client_far.write_all(b"bye").await.unwrap();
         client_far.shutdown().await.unwrap();
         let mut got = Vec::new();

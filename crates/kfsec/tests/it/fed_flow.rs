@@ -168,11 +168,6 @@ async fn one_connector_goes_straight_on_unless_the_chooser_is_forced() {
     assert!(!html.contains("Select another"), "{html}");
 }
 
-/// Admin calls on a running kfsec.
-async fn admin(k: &Kfsec, req: &AdminRequest) -> AdminResponse {
-    kfsec_server::admin::call(k._dir.path(), req).await.unwrap().unwrap()
-}
-
 /// A kfsec (`k`) whose `oidc` connector `upstream` logs users in at a second kfsec (`up`), a
 /// browser trusting both, and a user of the upstream.
 struct Federation {

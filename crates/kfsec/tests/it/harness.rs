@@ -318,6 +318,11 @@ impl Browser {
     }
 }
 
+/// An admin call (`kfsec user ...`) on a running kfsec.
+pub async fn admin(k: &Kfsec, req: &kfsec_server::admin::AdminRequest) -> kfsec_server::admin::AdminResponse {
+    kfsec_server::admin::call(k._dir.path(), req).await.unwrap().unwrap()
+}
+
 /// The admin listener's `/metrics` text.
 pub async fn metrics_text(k: &Kfsec) -> String {
     reqwest::get(format!("http://{}/metrics", k.running.admin_addr))

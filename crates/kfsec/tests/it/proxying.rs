@@ -1,5 +1,6 @@
 //! Proxying details: WebSocket upgrades pass through (each keeping its request's place under its
-//! client's caps, also behind a trusted proxy, and closed when quiet), request bodies stream to the upstream,
+//! client's caps, also behind a trusted proxy, closed when quiet or when the session that
+//! opened it ends), request bodies stream to the upstream,
 //! and a user-supplied certificate is re-read without a restart or dropped connections.
 
 use std::sync::Arc;
@@ -220,6 +221,61 @@ async fn a_quiet_tunnel_is_closed_even_when_its_upstream_ignores_the_clients_end
         ended.elapsed() >= Duration::from_millis(500),
         "closed early: {:?}",
         ended.elapsed()
+    );
+    k.running.shutdown().await;
+}
+
+/// Whether the tunnel `s` still echoes.
+async fn echoes(s: &mut tokio_rustls::client::TlsStream<TcpStream>) -> bool {
+    if s.write_all(b"ping").await.is_err() {
+        return false;
+    }
+    let mut back = [0u8; 4];
+    matches!(
+        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut back)).await,
+        Ok(Ok(_)) if &back == b"ping"
+    )
+}
+
+/// Whether the tunnel `s` is closed (its end read) within `within`.
+async fn closes(s: &mut tokio_rustls::client::TlsStream<TcpStream>, within: Duration) -> bool {
+    let mut rest = Vec::new();
+    tokio::time::timeout(within, s.read_to_end(&mut rest)).await.is_ok()
+}
+
+/// A tunnel lives while the credential that opened it holds: a logout of its session closes
+/// it — and not another session's tunnel — within seconds, however busy it is, and so does
+/// "log out everywhere" (a revocation) for every tunnel of the user.
+#[tokio::test]
+async fn a_tunnel_ends_with_the_session_that_opened_it() {
+    let ws = websocket_echo().await;
+    let k = Kfsec::start(&format!("- prefix: /notebook/\n  upstream: http://{ws}\n")).await;
+    let path = "/notebook/api/kernels/1/channels";
+    let (_, first, mut a) = logged_in_connection(&k).await;
+    let (_, second, mut b) = logged_in_connection(&k).await;
+    for (s, cookie) in [(&mut a, &first), (&mut b, &second)] {
+        let head = ask_websocket(s, path, &format!("Cookie: authservice_session={cookie}\r\n")).await;
+        assert!(head.starts_with("http/1.1 101"), "{head}");
+    }
+    assert!(echoes(&mut a).await && echoes(&mut b).await);
+    let r = http_client(&k.running.ca_pem)
+        .post(format!("{}/authservice/logout", k.base))
+        .header("cookie", format!("authservice_session={first}"))
+        .header("accept", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    assert!(
+        closes(&mut a, Duration::from_secs(5)).await,
+        "the logged-out session's tunnel is open"
+    );
+    assert!(echoes(&mut b).await, "another session's tunnel was closed");
+    let all = kfsec_server::admin::AdminRequest::UserLogoutAll { email: USER.into() };
+    assert!(matches!(admin(&k, &all).await, kfsec_server::admin::AdminResponse::Ok));
+    assert!(
+        closes(&mut b, Duration::from_secs(5)).await,
+        "a revoked user's tunnel is open"
     );
     k.running.shutdown().await;
 }

@@ -620,10 +620,6 @@ async fn jwt_headers_and_times_are_strict() {
     k.running.shutdown().await;
 }
 
-async fn admin(k: &Kfsec, req: AdminRequest) -> AdminResponse {
-    kfsec_server::admin::call(k._dir.path(), &req).await.unwrap().unwrap()
-}
-
 /// Everything a logged-in user holds: a session, an ID token, an access token, a refresh token.
 struct Held {
     cookie: String,
@@ -667,7 +663,7 @@ async fn passwd_delete_and_logout_all_revoke_everything_at_once() {
         groups: vec![],
         password: pw1.into(),
     };
-    assert!(matches!(admin(&k, add).await, AdminResponse::User(_)));
+    assert!(matches!(admin(&k, &add).await, AdminResponse::User(_)));
     let before = hold(&k, email, pw1).await;
     // a second, untouched user keeps everything
     let other = hold(&k, USER, PASSWORD).await;
@@ -679,7 +675,7 @@ async fn passwd_delete_and_logout_all_revoke_everything_at_once() {
         email: email.into(),
         password: pw2.into(),
     };
-    assert!(matches!(admin(&k, passwd).await, AdminResponse::Ok));
+    assert!(matches!(admin(&k, &passwd).await, AdminResponse::Ok));
     assert_eq!(works(&k, &before).await, NONE, "after passwd");
     // the new password works at once (same second), the other user is untouched
     let after = hold(&k, email, pw2).await;
@@ -689,14 +685,14 @@ async fn passwd_delete_and_logout_all_revoke_everything_at_once() {
     // logout-all from the admin path
     let after = hold(&k, email, pw2).await;
     assert!(matches!(
-        admin(&k, AdminRequest::UserLogoutAll { email: email.into() }).await,
+        admin(&k, &AdminRequest::UserLogoutAll { email: email.into() }).await,
         AdminResponse::Ok
     ));
     assert_eq!(works(&k, &after).await, NONE, "after logout-all");
     assert!(matches!(
         admin(
             &k,
-            AdminRequest::UserLogoutAll {
+            &AdminRequest::UserLogoutAll {
                 email: "nobody@example.org".into()
             }
         )
@@ -707,7 +703,7 @@ async fn passwd_delete_and_logout_all_revoke_everything_at_once() {
     // deletion
     let last = hold(&k, email, pw2).await;
     assert!(matches!(
-        admin(&k, AdminRequest::UserDelete { email: email.into() }).await,
+        admin(&k, &AdminRequest::UserDelete { email: email.into() }).await,
         AdminResponse::Ok
     ));
     let (session, id, _, refresh) = works(&k, &last).await;
@@ -722,7 +718,7 @@ async fn user_add(k: &Kfsec, email: &str, password: &str) {
         groups: vec![],
         password: password.into(),
     };
-    assert!(matches!(admin(k, add).await, AdminResponse::User(_)));
+    assert!(matches!(admin(k, &add).await, AdminResponse::User(_)));
 }
 
 async fn passwd(k: &Kfsec, email: &str, password: &str) {
@@ -730,7 +726,7 @@ async fn passwd(k: &Kfsec, email: &str, password: &str) {
         email: email.into(),
         password: password.into(),
     };
-    assert!(matches!(admin(k, req).await, AdminResponse::Ok));
+    assert!(matches!(admin(k, &req).await, AdminResponse::Ok));
 }
 
 /// Whether any of `tokens` (a `/token` answer of `client`) still works: the ID token at the
@@ -869,7 +865,7 @@ async fn tokens_without_email_are_revoked_too() {
             held.push((scope, at));
         }
         let what = format!("{revoke:?}");
-        assert!(matches!(admin(&k, revoke).await, AdminResponse::Ok));
+        assert!(matches!(admin(&k, &revoke).await, AdminResponse::Ok));
         for (scope, at) in held {
             assert_eq!(userinfo(&k, &at).await, 401, "{scope}: userinfo after {what}");
         }
@@ -913,7 +909,7 @@ async fn tokens_without_email_are_revoked_too() {
     let revoke = AdminRequest::UserLogoutAll {
         email: legacy_user.into(),
     };
-    assert!(matches!(admin(&k, revoke).await, AdminResponse::Ok));
+    assert!(matches!(admin(&k, &revoke).await, AdminResponse::Ok));
     assert_eq!(userinfo(&k, &legacy).await, 401, "legacy token after logout-all");
     k.running.shutdown().await;
 }
@@ -1189,7 +1185,7 @@ async fn a_session_every_worker_has_seen_ends_at_once() {
                 assert!(r.status().is_redirection() || r.status().is_success(), "{}", r.status());
             }
             "logout-all" => assert!(matches!(
-                admin(&k, AdminRequest::UserLogoutAll { email: email.clone() }).await,
+                admin(&k, &AdminRequest::UserLogoutAll { email: email.clone() }).await,
                 AdminResponse::Ok
             )),
             _ => passwd(&k, &email, "a new front password").await,
