@@ -100,12 +100,7 @@ pub(crate) enum Ended {
 
 /// Copies between `client` and `upstream` until both have ended, the tunnel has been idle for
 /// `idle`, or `credential` (if any) no longer holds.
-pub(crate) async fn run<C, U>(
-    client: C,
-    upstream: U,
-    idle: Duration,
-    mut credential: Option<Box<dyn Credential>>,
-) -> Ended
+pub(crate) async fn run<C, U>(client: C, upstream: U, idle: Duration, credential: Option<Box<dyn Credential>>) -> Ended
 where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
@@ -122,8 +117,15 @@ where
         io: upstream,
         activity: &activity,
     };
-    let mut recheck = tokio::time::interval_at(Instant::now() + RECHECK_TICK, RECHECK_TICK);
-    recheck.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    // (asked beside the copy, not instead of it: a check that waits on the store or an
+    // upstream IdP holds no byte up)
+    let lapsed = async {
+        match credential {
+            Some(c) => lapse(c).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(lapsed);
     let ended = {
         let copy = tokio::io::copy_bidirectional(&mut client, &mut upstream);
         tokio::pin!(copy);
@@ -139,19 +141,25 @@ where
                         break Ended::Idle;
                     }
                 }
-                _ = recheck.tick(), if credential.is_some() => {
-                    if let Some(c) = credential.as_mut()
-                        && !c.holds().await
-                    {
-                        break Ended::Revoked;
-                    }
-                }
+                () = &mut lapsed => break Ended::Revoked,
             }
         }
     };
     let _ = tokio::time::timeout(SHUTDOWN_GRACE, client.shutdown()).await;
     let _ = tokio::time::timeout(SHUTDOWN_GRACE, upstream.shutdown()).await;
     ended
+}
+
+/// Ends once `credential` no longer holds, asked every [`RECHECK_TICK`].
+async fn lapse(mut credential: Box<dyn Credential>) {
+    let mut tick = tokio::time::interval_at(Instant::now() + RECHECK_TICK, RECHECK_TICK);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if !credential.holds().await {
+            return;
+        }
+    }
 }
 
 /// Sleeps until `deadline`; forever without one.
