@@ -102,14 +102,6 @@ pub(crate) fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> 
     cookies(headers).find(|(k, _)| *k == name).map(|(_, v)| v)
 }
 
-/// The first of `values`, and whether another of another value follows it (one reading of the
-/// `Cookie` headers: a header holding the one cookie is read to its end by the first look
-/// anyway).
-fn first_value<'a>(mut values: impl Iterator<Item = &'a str>) -> (Option<&'a str>, bool) {
-    let first = values.next();
-    (first, first.is_some_and(|f| values.any(|v| v != f)))
-}
-
 /// The most session cookies kfsec issued (their MAC verifies) that one request may carry to be
 /// looked at: each is a store read and write.
 const MAX_SESSION_COOKIES: usize = 16;
@@ -155,7 +147,7 @@ impl App {
     /// certificate or session cookie — all through the one [`kfsec_idp::Authenticator`].
     pub async fn authenticate(&self, headers: &HeaderMap, cert: Option<&ClientCertIdentity>, path: &str) -> Authn {
         let bearer = bearer_token(headers);
-        let (first_session, several) = first_value(self.session_cookie.values(headers));
+        let (first_session, several) = self.session_cookie.first(headers);
         let credential = bearer.is_some() || cert.is_some() || first_session.is_some();
         if credential && let Err(e) = self.sessions.store_current() {
             tracing::debug!(error = %e, "credential not checked: the store is not current");

@@ -64,6 +64,32 @@ impl SessionCookie {
         cookies(headers).filter(move |(k, _)| *k == name).map(|(_, v)| v)
     }
 
+    /// The first of [`SessionCookie::values`], and whether another of another value follows it
+    /// — in one reading of the `Cookie` headers (the front door asks this of every request).
+    pub fn first<'a>(&self, headers: &'a HeaderMap) -> (Option<&'a str>, bool) {
+        // (per name: its first value, and whether another of another value followed it)
+        let mut host: (Option<&str>, bool) = (None, false);
+        let mut plain = host;
+        for (k, v) in cookies(headers) {
+            let seen = if k == &*self.host {
+                &mut host
+            } else if k == &*self.plain {
+                &mut plain
+            } else {
+                continue;
+            };
+            match seen.0 {
+                None => seen.0 = Some(v),
+                Some(first) => seen.1 |= first != v,
+            }
+        }
+        if host.0.is_some() || plain.0.is_none() || fetch_metadata(headers) {
+            host
+        } else {
+            plain
+        }
+    }
+
     /// The `Set-Cookie` values that set both names to `value` for `max_age` seconds (`""` and
     /// 0 clear them): `Path=/`, no `Domain`, `HttpOnly`, `Secure`, `SameSite=Lax` — what the
     /// `__Host-` prefix requires of its name, kept for the plain one too.
@@ -98,8 +124,12 @@ mod tests {
         h
     }
 
+    /// The values, checked against [`SessionCookie::first`]'s one reading.
     fn values<'a>(c: &'a SessionCookie, h: &'a HeaderMap) -> Vec<&'a str> {
-        c.values(h).collect()
+        let all: Vec<&str> = c.values(h).collect();
+        let several = all.iter().any(|v| *v != all[0]);
+        assert_eq!(c.first(h), (all.first().copied(), several), "{h:?}");
+        all
     }
 
     #[test]
@@ -140,6 +170,42 @@ mod tests {
         // Names are exact: another case, a space inside, a longer name are other cookies.
         let odd = "__host-authservice_session=a; AUTHSERVICE_SESSION=b; __Host-authservice_session2=c";
         assert!(values(&c, &request(odd, &[])).is_empty());
+    }
+
+    proptest::proptest! {
+        /// The front door's one reading decides as the values do, for any mix of names, values,
+        /// separators and headers, with and without Fetch Metadata.
+        #[test]
+        fn first_reads_as_the_values(
+            headers in proptest::collection::vec(
+                proptest::collection::vec(
+                    (
+                        proptest::sample::select(vec![
+                            "__Host-authservice_session", "authservice_session", "a", " authservice_session",
+                            "__host-authservice_session", "",
+                        ]),
+                        proptest::sample::select(vec!["=x", "=y", "=", "", "=x=y"]),
+                        proptest::sample::select(vec!["; ", ";", " ; ", ";\t"]),
+                    ),
+                    0..6,
+                ),
+                1..3,
+            ),
+            browser in proptest::bool::ANY,
+        ) {
+            let c = SessionCookie::new("authservice_session");
+            let mut h = HeaderMap::new();
+            for pairs in headers {
+                let line: String = pairs.iter().map(|(n, v, sep)| format!("{n}{v}{sep}")).collect();
+                if let Ok(v) = HeaderValue::from_str(line.trim()) {
+                    h.append(COOKIE, v);
+                }
+            }
+            if browser {
+                h.append("sec-fetch-mode", HeaderValue::from_static("navigate"));
+            }
+            values(&c, &h);
+        }
     }
 
     #[test]
