@@ -359,40 +359,79 @@ impl App {
     }
 }
 
-/// The credential a tunnel was opened with ([`crate::tunnel::Credential`]): the request's
-/// `Cookie` and `Authorization` headers, authenticated again as the request was — when the
-/// caches a credential's answer derives from moved (a logout, a revocation, a session started
-/// or ended anywhere: looked at every tick) and at least every [`TUNNEL_RECHECK_SECS`] (a
-/// session's or a token's end) — holding while they still name the same user. A store that
-/// cannot be reached ends no tunnel (nothing new is known then; new requests are refused).
+/// The credential a tunnel was opened with ([`crate::tunnel::Credential`]), holding while it
+/// still names the tunnel's user:
+/// - a session cookie: the session must still stand ([`crate::session::Sessions::standing`]:
+///   not ended, not expired) and its start must be after the user's revocation epoch — looked
+///   at when the caches those derive from moved (a logout, a revocation, any session's start
+///   or end: seen at the next tick) and at least every [`TUNNEL_RECHECK_SECS`];
+/// - a bearer token: authenticated again, as the request was, every [`TUNNEL_RECHECK_SECS`]
+///   (each is a signature check), a refusal confirmed by the next tick's.
+///
+/// What the store cannot answer ends nothing: a tunnel outlives a store's hiccup (new requests
+/// are refused meanwhile). It keeps the credential only — the cookie's value, the
+/// `Authorization` header's bytes — not the request's other headers.
 pub(crate) struct TunnelCredential {
     app: Arc<App>,
-    headers: HeaderMap,
-    path: String,
     user: String,
+    held: Held,
+    /// The versions at the last full check (None: never, or no watch).
     seen: Option<front::Versions>,
+    /// When the last full check was (Unix s).
     checked_at: u64,
+    /// Whether the last bearer check refused it (one more closes the tunnel).
+    refused_once: bool,
 }
 
-/// The longest a tunnel's credential goes without a full check (Unix s).
+enum Held {
+    Session(String),
+    /// The `Authorization` header, and the path the token was accepted at (its surface).
+    Bearer(HeaderMap, String),
+}
+
+/// The longest a tunnel's credential goes without a full check (s).
 const TUNNEL_RECHECK_SECS: u64 = 30;
 
 impl TunnelCredential {
-    /// What `user` opened a tunnel at `path` with: `headers`' credentials, just checked.
-    pub(crate) fn new(app: &Arc<App>, headers: &HeaderMap, path: &str, user: &str) -> Self {
-        let mut kept = HeaderMap::new();
-        for name in [header::COOKIE, header::AUTHORIZATION] {
-            for v in headers.get_all(&name) {
-                kept.append(name.clone(), v.clone());
+    /// What `caller` opened a tunnel at `path` with, from the request's `headers`.
+    pub(crate) fn new(app: &Arc<App>, headers: &HeaderMap, path: &str, caller: &Authenticated) -> Self {
+        let held = if caller.kind == CredentialKind::Session {
+            Held::Session(app.session_cookie.first(headers).0.unwrap_or_default().to_owned())
+        } else {
+            let mut kept = HeaderMap::new();
+            if let Some(v) = headers.get(header::AUTHORIZATION)
+                && let Ok(owned) = HeaderValue::from_bytes(v.as_bytes())
+            {
+                kept.insert(header::AUTHORIZATION, owned);
             }
-        }
+            Held::Bearer(kept, path.to_owned())
+        };
         Self {
-            seen: app.credential_versions(),
-            checked_at: app.clock.now().as_secs(),
             app: app.clone(),
-            headers: kept,
-            path: path.to_owned(),
-            user: user.to_owned(),
+            user: caller.identity.user.clone(),
+            held,
+            seen: None,
+            checked_at: app.clock.now().as_secs(),
+            refused_once: false,
+        }
+    }
+
+    /// Whether the session `cookie` still stands for the user (`None`: the store cannot say).
+    async fn session_holds(&self, cookie: &str) -> Option<bool> {
+        let (who, key, started_ms) = match self.app.sessions.standing(cookie).await {
+            Ok(Some(standing)) => standing,
+            Ok(None) => return Some(false),
+            Err(e) => {
+                tracing::debug!(error = %e, "a tunnel's session not checked: the store did not answer");
+                return None;
+            }
+        };
+        match self.app.idp.epochs().revoked_key(&key, started_ms).await {
+            Ok(revoked) => Some(!revoked && who.user == self.user),
+            Err(e) => {
+                tracing::debug!(error = %e, "a tunnel's session not checked: the revocation state did not answer");
+                None
+            }
         }
     }
 }
@@ -402,19 +441,34 @@ impl crate::tunnel::Credential for TunnelCredential {
         Box::pin(async move {
             let versions = self.app.credential_versions();
             let now = self.app.clock.now().as_secs();
-            if versions.is_some() && versions == self.seen && now < self.checked_at.saturating_add(TUNNEL_RECHECK_SECS)
-            {
-                return true;
-            }
-            (self.seen, self.checked_at) = (versions, now);
-            match self.app.authenticate(&self.headers, None, &self.path).await {
-                Authn::Ok(a) => a.identity.user == self.user,
-                Authn::Unavailable => true,
-                Authn::Missing | Authn::Invalid | Authn::Conflict => {
-                    tracing::info!(target: "audit", user = %self.user, path = %self.path, "a tunnel's credential no longer holds: closed");
-                    false
+            let due = now >= self.checked_at.saturating_add(TUNNEL_RECHECK_SECS);
+            let holds = match &self.held {
+                Held::Session(cookie) => {
+                    if !due && versions.is_some() && versions == self.seen {
+                        return true;
+                    }
+                    (self.seen, self.checked_at) = (versions, now);
+                    self.session_holds(cookie).await.unwrap_or(true)
                 }
+                Held::Bearer(headers, path) => {
+                    if !due && !self.refused_once {
+                        return true;
+                    }
+                    self.checked_at = now;
+                    let refused = match self.app.authenticate(headers, None, path).await {
+                        Authn::Ok(a) => a.identity.user != self.user,
+                        Authn::Unavailable => false,
+                        Authn::Missing | Authn::Invalid | Authn::Conflict => true,
+                    };
+                    let confirmed = refused && self.refused_once;
+                    self.refused_once = refused;
+                    !confirmed
+                }
+            };
+            if !holds {
+                tracing::info!(target: "audit", user = %self.user, "a tunnel's credential no longer holds: closed");
             }
+            holds
         })
     }
 }

@@ -815,12 +815,8 @@ async fn guarded(app: &Arc<App>, mut req: Request, hop: Hop<'_>) -> Response {
                 .as_ref()
                 .filter(|c| c.kind != CredentialKind::ClientCertificate && proxy::is_upgrade(req.headers()))
                 .map(|c| {
-                    Box::new(gatekeeper::TunnelCredential::new(
-                        app,
-                        req.headers(),
-                        &path,
-                        &c.identity.user,
-                    )) as Box<dyn tunnel::Credential>
+                    Box::new(gatekeeper::TunnelCredential::new(app, req.headers(), &path, c))
+                        as Box<dyn tunnel::Credential>
                 });
             proxy::remove_own_cookies(req.headers_mut(), app.proxy.own_cookies());
             if let Some(caller) = &caller {

@@ -458,6 +458,30 @@ impl Sessions {
         Some((live.identity.clone(), login))
     }
 
+    /// Whether the session behind `cookie` still stands, as a tunnel it opened asks: `Ok(None)`
+    /// when it is gone (ended, expired, never issued), else who it is, its revocation key and
+    /// its start (Unix ms) for the caller's epoch check — from the cache, else the store,
+    /// whose failure is an `Err` (not an end: a tunnel outlives a store's hiccup). It caches
+    /// nothing and re-checks nothing upstream (requests do that).
+    pub async fn standing(&self, cookie: &str) -> Result<Option<(Identity, UserKey, u64)>, StoreError> {
+        let Some(hash) = self.open(cookie) else {
+            return Ok(None);
+        };
+        let now = self.clock.now().as_secs();
+        let cached = self.cache.read().get(&hash).cloned();
+        let live = match cached {
+            Some(live) => live,
+            None => match self.store.get(&format!("{PREFIX}{hash}")).await? {
+                Some(kv) => match serde_json::from_slice::<SessionRecord>(&kv.value) {
+                    Ok(rec) => Arc::new(Live::from_record(&rec)),
+                    Err(_) => return Ok(None),
+                },
+                None => return Ok(None),
+            },
+        };
+        Ok((now < live.expires_at).then(|| (live.identity.clone(), live.user_key.clone(), live.started_ms)))
+    }
+
     /// Like [`Sessions::validate`], and a federated session whose last check is older than the
     /// revalidation interval is re-checked through `refresher` first: refused → the session
     /// ends and this is None; a passing failure → the session goes on (retried later).

@@ -280,6 +280,43 @@ async fn a_tunnel_ends_with_the_session_that_opened_it() {
     k.running.shutdown().await;
 }
 
+/// A tunnel opened with a bearer ID token is checked again every 30 s (each a signature
+/// check), and closed once a refusal is confirmed at the next tick: here after "log out
+/// everywhere", which voids the user's tokens.
+#[tokio::test]
+async fn a_bearer_tunnel_ends_when_its_token_is_voided() {
+    let ws = websocket_echo().await;
+    let k = Kfsec::start_with_clock(&format!(
+        "- prefix: /notebook/\n  upstream: http://{ws}\n\
+         bearerAudiences: [rp-test]\noauth2:\n  passwordConnector: local\n"
+    ))
+    .await;
+    let clock = k.clock.clone().unwrap();
+    let token = password_id_token(&k, USER, PASSWORD).await;
+    let mut s = tls_connect(&k).await;
+    let head = ask_websocket(
+        &mut s,
+        "/notebook/api/kernels/1/channels",
+        &format!("Authorization: Bearer {token}\r\n"),
+    )
+    .await;
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(echoes(&mut s).await);
+    // (the voiding epoch is later than the token's issue)
+    clock.advance(Duration::from_secs(1));
+    let all = kfsec_server::admin::AdminRequest::UserLogoutAll { email: USER.into() };
+    assert!(matches!(admin(&k, &all).await, kfsec_server::admin::AdminResponse::Ok));
+    // Between two checks it is not asked again; at the next one it closes.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(echoes(&mut s).await, "closed before its check was due");
+    clock.advance(Duration::from_secs(31));
+    assert!(
+        closes(&mut s, Duration::from_secs(5)).await,
+        "the voided token's tunnel is open"
+    );
+    k.running.shutdown().await;
+}
+
 #[tokio::test]
 async fn request_bodies_stream_to_the_upstream() {
     let k = Kfsec::start("").await;
