@@ -3,7 +3,7 @@
 //! the `Set-Cookie` values that set and clear them.
 //!
 //! Invariants: only the `__Host-` name is read when a request carries one, and a browser that
-//! sends Fetch Metadata (`Sec-Fetch-Site` or `Sec-Fetch-Mode`, which Chromium, Firefox and
+//! sends Fetch Metadata (`Sec-Fetch-Site`, which Chromium, Firefox and
 //! Safari send on every HTTPS request, and which no page can remove) is held to it alone.
 //! Browsers accept that name only from the host itself over HTTPS, `Secure`, for `Path=/`,
 //! without `Domain`: a cookie planted under the plain name — by another site of the domain
@@ -101,13 +101,13 @@ impl SessionCookie {
     }
 }
 
-/// Whether the request carries Fetch Metadata, so its sender is a browser that sends it (every
-/// current one does, on every request to an HTTPS origin, navigations, fetches and WebSockets
-/// alike) — and cannot be made to leave it out by a page.
+/// Whether the request carries Fetch Metadata (`Sec-Fetch-Site`), so its sender is a browser
+/// that sends it — every current one does, with `Sec-Fetch-Mode` and `-Dest`, on every request
+/// to an HTTPS origin, navigations, fetches and WebSockets alike — and cannot be made to leave
+/// it out by a page. (One header looked up: the front door asks this of API clients' requests.)
 pub fn fetch_metadata(headers: &HeaderMap) -> bool {
     static SITE: HeaderName = HeaderName::from_static("sec-fetch-site");
-    static MODE: HeaderName = HeaderName::from_static("sec-fetch-mode");
-    headers.contains_key(&SITE) || headers.contains_key(&MODE)
+    headers.contains_key(&SITE)
 }
 
 #[cfg(test)]
@@ -140,9 +140,8 @@ mod tests {
         for marker in [
             ("sec-fetch-site", "same-origin"),
             ("sec-fetch-site", "cross-site"),
-            ("sec-fetch-mode", "navigate"),
-            ("sec-fetch-mode", "websocket"),
-            ("Sec-Fetch-Mode", ""),
+            ("sec-fetch-site", "none"),
+            ("Sec-Fetch-Site", ""),
         ] {
             let h = request(both, &[marker]);
             assert_eq!(values(&c, &h), ["mine"], "{marker:?}");
@@ -152,9 +151,11 @@ mod tests {
                 "a planted plain cookie alone is no session: {marker:?}"
             );
         }
-        // `Sec-Fetch-Dest` alone is not the marker (every browser sends Site and Mode with it).
-        let h = request("authservice_session=sdk", &[("sec-fetch-dest", "document")]);
-        assert_eq!(values(&c, &h), ["sdk"]);
+        // `Sec-Fetch-Mode` or `-Dest` alone is not the marker (every browser sends Site with them).
+        for other in [("sec-fetch-dest", "document"), ("sec-fetch-mode", "navigate")] {
+            let h = request("authservice_session=sdk", &[other]);
+            assert_eq!(values(&c, &h), ["sdk"]);
+        }
         // Without it (the kfp SDK, curl, an old browser) the `__Host-` name wins too, so a
         // plain-named cookie planted beside it neither shadows it nor counts as a second session.
         assert_eq!(values(&c, &request(both, &[])), ["mine"]);
@@ -202,7 +203,7 @@ mod tests {
                 }
             }
             if browser {
-                h.append("sec-fetch-mode", HeaderValue::from_static("navigate"));
+                h.append("sec-fetch-site", HeaderValue::from_static("same-origin"));
             }
             values(&c, &h);
         }
