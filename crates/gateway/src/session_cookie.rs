@@ -133,7 +133,7 @@ mod tests {
     }
 
     #[test]
-    fn a_browser_is_held_to_the_host_name_other_clients_to_either() {
+    fn a_sent_host_name_wins_and_a_browser_is_held_to_it() {
         let c = SessionCookie::new("authservice_session");
         let both = "authservice_session=planted; a=1; __Host-authservice_session=mine";
         // Fetch Metadata, in any spelling and with any value, marks a browser.

@@ -5,11 +5,11 @@
 //! Invariants: a tunnel ends at the latest one idle limit after its last byte, whatever either
 //! peer does — a client gone without a word, an upstream that ignores the client's end of
 //! stream — so it cannot keep its request's place under its client's caps, or its two
-//! connections, for longer; a tunnel opened with a credential ends within [`RECHECK_TICK`] of
-//! its no longer holding ([`Credential`]: a logout, "log out everywhere", a revocation, the
-//! session's end), so a terminal opened with a stolen session does not outlive it; ending it
-//! shuts both sides down (TLS `close_notify` to the client), each given a moment, then drops
-//! them.
+//! connections, for longer; a tunnel opened with a credential ends as soon as it is found no
+//! longer holding ([`Credential`], asked every [`RECHECK_TICK`] beside the copy: a logout,
+//! "log out everywhere", a revocation, the session's end), so a terminal opened with a stolen
+//! session does not outlive it; ending it shuts both sides down (TLS `close_notify` to the
+//! client), each given a moment, then drops them.
 #![allow(clippy::disallowed_methods)] // IO deadlines are monotonic socket time, not logic time
 
 use std::io;
@@ -22,7 +22,7 @@ use futures_util::future::BoxFuture;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::{Instant, MissedTickBehavior};
 
-/// How long each side is given to take its shutdown when a tunnel ends idle.
+/// How long each side is given to take its shutdown when kfsec ends a tunnel.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 
 /// How often a tunnel asks whether its credential still holds.
