@@ -810,14 +810,21 @@ async fn guarded(app: &Arc<App>, mut req: Request, hop: Hop<'_>) -> Response {
             };
             audit::route_decision(audit, true, reasons, why);
             app.decided_proxy(true, true);
-            // (a tunnel lives while what opened it holds; a certificate holds for its connection)
-            let credential = caller
-                .as_ref()
-                .filter(|c| c.kind != CredentialKind::ClientCertificate && proxy::is_upgrade(req.headers()))
-                .map(|c| {
-                    Box::new(gatekeeper::TunnelCredential::new(app, req.headers(), &path, c))
-                        as Box<dyn tunnel::Credential>
-                });
+            // (a tunnel lives while what opened it holds: a certificate, while the trust it was
+            // verified under stands)
+            let credential: Option<Box<dyn tunnel::Credential>> = match &caller {
+                Some(c) if proxy::is_upgrade(req.headers()) => match c.kind {
+                    CredentialKind::ClientCertificate => req
+                        .extensions()
+                        .get::<listener::CertTrust>()
+                        .map(|t| Box::new(t.clone()) as Box<_>),
+                    _ => {
+                        let held = gatekeeper::TunnelCredential::new(app, req.headers(), &path, c);
+                        Some(Box::new(held))
+                    }
+                },
+                _ => None,
+            };
             proxy::remove_own_cookies(req.headers_mut(), app.proxy.own_cookies());
             if let Some(caller) = &caller {
                 app.set_identity_headers(req.headers_mut(), caller);

@@ -65,6 +65,19 @@ use crate::stall::StallTimer;
 #[derive(Debug, Clone)]
 pub struct ClientCertIdentity(pub Identity);
 
+/// The trust a client certificate was verified under, attached to each hyper-served request of
+/// its connection: a tunnel the certificate opens lives while it holds (until the config is
+/// replaced, when the connection itself would be closed — a CA may have left the trust).
+#[derive(Debug, Clone)]
+pub(crate) struct CertTrust(pub(crate) kfsec_pki::Replaced);
+
+impl crate::tunnel::Credential for CertTrust {
+    fn holds(&mut self) -> futures_util::future::BoxFuture<'_, bool> {
+        let holds = !self.0.fired();
+        Box::pin(async move { holds })
+    }
+}
+
 /// Largest request head accepted (HTTP/1 buffer and HTTP/2 header list).
 pub const MAX_HEADER_BYTES: usize = 64 * 1024;
 /// How long a connection told to close gracefully (idle, or shutting down) may take to finish
@@ -990,11 +1003,13 @@ impl<S: Service + Clone> Connection<S> {
         let watching = activity.clone();
         let idle_timeout = limits.idle_timeout;
         let refusals = metrics.clone();
+        let trust = replaced.clone();
         let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
             let in_flight = InFlight::start(&activity);
             req.extensions_mut().insert(ClientAddr(peer.ip()));
             if let Some(id) = &cert_identity {
                 req.extensions_mut().insert(id.clone());
+                req.extensions_mut().insert(CertTrust(trust.clone()));
             }
             let app = app.clone();
             let stall = StallTimer::new(idle_timeout);

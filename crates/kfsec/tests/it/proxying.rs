@@ -12,7 +12,7 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::harness::*;
 
 /// An upstream that answers any request with 101 and then echoes bytes.
-async fn websocket_echo() -> std::net::SocketAddr {
+pub(crate) async fn websocket_echo() -> std::net::SocketAddr {
     websocket_upstream(false).await
 }
 
@@ -103,7 +103,11 @@ async fn websocket_upgrades_pass_through_with_identity() {
 
 /// Asks for a WebSocket at `path` over `s`, with `headers` (lines ending in CRLF): the answer's
 /// head, lowercase.
-async fn ask_websocket(s: &mut tokio_rustls::client::TlsStream<TcpStream>, path: &str, headers: &str) -> String {
+pub(crate) async fn ask_websocket(
+    s: &mut tokio_rustls::client::TlsStream<TcpStream>,
+    path: &str,
+    headers: &str,
+) -> String {
     let req = format!(
         "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{headers}\r\n"
     );
@@ -226,7 +230,7 @@ async fn a_quiet_tunnel_is_closed_even_when_its_upstream_ignores_the_clients_end
 }
 
 /// Whether the tunnel `s` still echoes.
-async fn echoes(s: &mut tokio_rustls::client::TlsStream<TcpStream>) -> bool {
+pub(crate) async fn echoes(s: &mut tokio_rustls::client::TlsStream<TcpStream>) -> bool {
     if s.write_all(b"ping").await.is_err() {
         return false;
     }
@@ -238,7 +242,7 @@ async fn echoes(s: &mut tokio_rustls::client::TlsStream<TcpStream>) -> bool {
 }
 
 /// Whether the tunnel `s` is closed (its end read) within `within`.
-async fn closes(s: &mut tokio_rustls::client::TlsStream<TcpStream>, within: Duration) -> bool {
+pub(crate) async fn closes(s: &mut tokio_rustls::client::TlsStream<TcpStream>, within: Duration) -> bool {
     let mut rest = Vec::new();
     tokio::time::timeout(within, s.read_to_end(&mut rest)).await.is_ok()
 }

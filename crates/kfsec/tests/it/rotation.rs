@@ -336,3 +336,38 @@ async fn rotation_window_ends_by_itself_and_offline_rotation_applies_at_start() 
     );
     k.running.shutdown().await;
 }
+
+/// A tunnel opened with a client certificate lives while the trust it was verified under
+/// stands: the start of a CA rotation (which closes such connections, so that their next
+/// handshake is checked again) closes it too, however busy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_tunnel_closes_when_the_trust_is_replaced() {
+    use crate::proxying::{ask_websocket, closes, echoes, websocket_echo};
+    let ws = websocket_echo().await;
+    let k = Kfsec::start(&format!("- prefix: /notebook/\n  upstream: http://{ws}\n")).await;
+    let (cert, key, _) = kubeconfig_parts(&k._dir.path().join("admin.kubeconfig"));
+    let mut cfg = kfsec_pki::client_config_with_identity(&k.running.ca_pem, &cert, &key).unwrap();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(k.running.https_addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut s = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let head = ask_websocket(&mut s, "/notebook/api/kernels/1/channels", "").await;
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    let user = head
+        .lines()
+        .find_map(|l| l.strip_prefix("x-user: "))
+        .unwrap_or("")
+        .trim();
+    assert!(!user.is_empty(), "the upstream saw no user: {head}");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(echoes(&mut s).await, "closed before the trust changed");
+    rotate(&k, Some(3600)).await;
+    assert!(
+        closes(&mut s, Duration::from_secs(5)).await,
+        "the certificate's tunnel outlived its trust"
+    );
+    k.running.shutdown().await;
+}
