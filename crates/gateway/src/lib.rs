@@ -812,8 +812,9 @@ async fn guarded(app: &Arc<App>, mut req: Request, hop: Hop<'_>) -> Response {
             app.decided_proxy(true, true);
             // (a tunnel lives while what opened it holds: a certificate, while the trust it was
             // verified under stands)
+            let upgrade = proxy::is_upgrade(req.headers());
             let credential: Option<Box<dyn tunnel::Credential>> = match &caller {
-                Some(c) if proxy::is_upgrade(req.headers()) => match c.kind {
+                Some(c) if upgrade => match c.kind {
                     CredentialKind::ClientCertificate => req
                         .extensions()
                         .get::<listener::CertTrust>()
@@ -829,7 +830,11 @@ async fn guarded(app: &Arc<App>, mut req: Request, hop: Hop<'_>) -> Response {
             if let Some(caller) = &caller {
                 app.set_identity_headers(req.headers_mut(), caller);
             }
-            match app.proxy.forward(route, req, peer, &app.mounts, credential).await {
+            match app
+                .proxy
+                .forward(route, req, upgrade, peer, &app.mounts, credential)
+                .await
+            {
                 Ok(resp) => {
                     hop.proxied.store(true, Ordering::Relaxed);
                     resp

@@ -671,16 +671,17 @@ impl Proxy {
     /// names removed, `X-Forwarded-For` set) and identity added by the caller. `peer` is used for
     /// `X-Forwarded-For` only when the edge did not set it. `Ok`: the upstream's answer; `Err`:
     /// kfsec's own refusal (502 with its reason, 400 for a malformed body), rendered for the
-    /// path's clients by `mounts`. A tunnel it opens lives while `credential` (if any) holds.
+    /// path's clients by `mounts`. `upgrade`: the request asks for one ([`is_upgrade`], read
+    /// once by the caller); a tunnel it opens lives while `credential` (if any) holds.
     pub(crate) async fn forward(
         &self,
         route: &Route,
         mut req: Request<Body>,
+        upgrade: bool,
         peer: IpAddr,
         mounts: &crate::responses::Mounts,
         credential: Option<Box<dyn crate::tunnel::Credential>>,
     ) -> Result<Response<Body>, Response<Body>> {
-        let upgrade = is_upgrade(req.headers());
         let target = match route.target_path(req.uri()) {
             Ok(t) => t,
             Err(e) => {

@@ -471,11 +471,8 @@ impl Sessions {
         let cached = self.cache.read().get(&hash).cloned();
         let live = match cached {
             Some(live) => live,
-            None => match self.store.get(&format!("{PREFIX}{hash}")).await? {
-                Some(kv) => match serde_json::from_slice::<SessionRecord>(&kv.value) {
-                    Ok(rec) => Arc::new(Live::from_record(&rec)),
-                    Err(_) => return Ok(None),
-                },
+            None => match self.stored(&hash).await? {
+                Some(live) => live,
                 None => return Ok(None),
             },
         };
@@ -530,18 +527,27 @@ impl Sessions {
         // answered from its read, uncached.
         for attempt in 0..2 {
             let seen = self.evictions.load(Ordering::SeqCst);
-            let kv = self.store.get(&format!("{PREFIX}{hash}")).await.ok()??;
-            let rec: SessionRecord = serde_json::from_slice(&kv.value).ok()?;
-            if now >= rec.expires_at {
+            let live = self.stored(&hash).await.ok()??;
+            if now >= live.expires_at {
                 return None;
             }
-            let live = Arc::new(Live::from_record(&rec));
             let cached = self.cache_if_current(&hash, &live, seen);
             if cached || attempt == 1 {
                 return Some((hash, live, cached));
             }
         }
         None
+    }
+
+    /// The session record stored as `hash` (None: there is none, or it does not parse), expired
+    /// or not.
+    async fn stored(&self, hash: &str) -> Result<Option<Arc<Live>>, StoreError> {
+        let Some(kv) = self.store.get(&format!("{PREFIX}{hash}")).await? else {
+            return Ok(None);
+        };
+        Ok(serde_json::from_slice::<SessionRecord>(&kv.value)
+            .ok()
+            .map(|rec| Arc::new(Live::from_record(&rec))))
     }
 
     /// Caches `live` as `hash`'s state unless a session was evicted since `seen` (the count

@@ -247,6 +247,12 @@ pub(crate) async fn closes(s: &mut tokio_rustls::client::TlsStream<TcpStream>, w
     tokio::time::timeout(within, s.read_to_end(&mut rest)).await.is_ok()
 }
 
+/// "Log out everywhere" for [`USER`] (the admin call: every session and token voided).
+async fn log_out_everywhere(k: &Kfsec) {
+    let all = kfsec_server::admin::AdminRequest::UserLogoutAll { email: USER.into() };
+    assert!(matches!(admin(k, &all).await, kfsec_server::admin::AdminResponse::Ok));
+}
+
 /// A tunnel lives while the credential that opened it holds: a logout of its session closes
 /// it — and not another session's tunnel — within seconds, however busy it is, and so does
 /// "log out everywhere" (a revocation) for every tunnel of the user.
@@ -275,8 +281,7 @@ async fn a_tunnel_ends_with_the_session_that_opened_it() {
         "the logged-out session's tunnel is open"
     );
     assert!(echoes(&mut b).await, "another session's tunnel was closed");
-    let all = kfsec_server::admin::AdminRequest::UserLogoutAll { email: USER.into() };
-    assert!(matches!(admin(&k, &all).await, kfsec_server::admin::AdminResponse::Ok));
+    log_out_everywhere(&k).await;
     assert!(
         closes(&mut b, Duration::from_secs(5)).await,
         "a revoked user's tunnel is open"
@@ -308,8 +313,7 @@ async fn a_bearer_tunnel_ends_when_its_token_is_voided() {
     assert!(echoes(&mut s).await);
     // (the voiding epoch is later than the token's issue)
     clock.advance(Duration::from_secs(1));
-    let all = kfsec_server::admin::AdminRequest::UserLogoutAll { email: USER.into() };
-    assert!(matches!(admin(&k, &all).await, kfsec_server::admin::AdminResponse::Ok));
+    log_out_everywhere(&k).await;
     // Between two checks it is not asked again; at the next one it closes.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(echoes(&mut s).await, "closed before its check was due");
