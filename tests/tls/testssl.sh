@@ -13,15 +13,31 @@ cleanup() { [ -n "$PID" ] && kill "$PID" 2>/dev/null; wait 2>/dev/null; rm -rf "
 trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-HTTPS=$(free_port); WEBHOOK=$(free_port); ADMIN=$(free_port)
-"$BIN" serve --data-dir "$TMP/data" --https-addr "127.0.0.1:$HTTPS" --admin-addr "127.0.0.1:$ADMIN" \
-  --webhook-addr "127.0.0.1:$WEBHOOK" >"$TMP/kfsec.log" 2>&1 &
-PID=$!
-for _ in $(seq 1 100); do
-  curl -fsS "http://127.0.0.1:$ADMIN/readyz" >/dev/null 2>&1 && break
-  sleep 0.2
-done
-curl -fsS "http://127.0.0.1:$ADMIN/readyz" >/dev/null || { tail -20 "$TMP/kfsec.log"; exit 1; }
+# A setup failure is reported as one failed audit (with the server's log), never as a silent exit.
+setup_failed() { echo "  FINDING setup: $1"; tail -30 "$TMP/kfsec.log" | sed 's/^/  | /'; echo "testssl: 0 passed, 1 failed"; exit 1; }
+# Boots kfsec on free loopback ports and waits up to 60 s for /readyz. A port picked free can be
+# taken by another process before kfsec binds it: a server that exits while starting is started
+# again on new ports (three tries).
+start() {
+  local try
+  for try in 1 2 3; do
+    HTTPS=$(free_port); WEBHOOK=$(free_port); ADMIN=$(free_port)
+    "$BIN" serve --data-dir "$TMP/data" --https-addr "127.0.0.1:$HTTPS" --admin-addr "127.0.0.1:$ADMIN" \
+      --webhook-addr "127.0.0.1:$WEBHOOK" >"$TMP/kfsec.log" 2>&1 &
+    PID=$!
+    for _ in $(seq 1 300); do
+      curl -fsS -m 2 "http://127.0.0.1:$ADMIN/readyz" >/dev/null 2>&1 && return 0
+      kill -0 "$PID" 2>/dev/null || break
+      sleep 0.2
+    done
+    if kill -0 "$PID" 2>/dev/null; then setup_failed "kfsec did not answer /readyz within 60 s"; fi
+    wait "$PID" 2>/dev/null || true
+    PID=""
+    echo "  kfsec exited while starting (try $try):"; tail -5 "$TMP/kfsec.log" | sed 's/^/  | /'
+  done
+  setup_failed "kfsec exited while starting, three times"
+}
+start
 
 passed=0; failed=0
 audit() { # NAME PORT
