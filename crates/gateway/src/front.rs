@@ -147,6 +147,7 @@ mod tests {
             identity: Identity::new("alice@example.com", vec!["team".into()]),
             audiences: vec![],
             kind: CredentialKind::Session,
+            expires_at: None,
         })
     }
 

@@ -366,7 +366,9 @@ impl App {
 ///   at when the caches those derive from moved (a logout, a revocation, any session's start
 ///   or end: seen at the next tick) and at least every [`TUNNEL_RECHECK_SECS`];
 /// - a bearer token: authenticated again, as the request was, every [`TUNNEL_RECHECK_SECS`]
-///   (each is a signature check), a refusal confirmed by the next tick's.
+///   (each is a signature check), a refusal confirmed by the next tick's;
+/// - either: not past its own end (the session's expiry, the token's `exp`), looked at on every
+///   tick (the tunnel ends within a tick of it, not at the next full check).
 ///
 /// What the store cannot answer ends nothing: a tunnel outlives a store's hiccup (new requests
 /// are refused meanwhile). It keeps the credential only — the cookie's value, the
@@ -381,6 +383,9 @@ pub(crate) struct TunnelCredential {
     checked_at: u64,
     /// Whether the last bearer check refused it (one more closes the tunnel).
     refused_once: bool,
+    /// When the credential ends by itself (Unix s; `u64::MAX` until known: a session's is read
+    /// at the first tick's check).
+    ends_at: u64,
 }
 
 enum Held {
@@ -413,24 +418,33 @@ impl TunnelCredential {
             seen: None,
             checked_at: app.clock.now().as_secs(),
             refused_once: false,
+            ends_at: caller.expires_at.unwrap_or(u64::MAX),
         }
     }
 
-    /// Whether the session `cookie` still stands for the user (`None`: the store cannot say).
-    async fn session_holds(&self, cookie: &str) -> Option<bool> {
-        let (who, key, started_ms) = match self.app.sessions.standing(cookie).await {
+    /// Whether the session `cookie` still stands for the user (`None`: the store cannot say),
+    /// and when it ends.
+    async fn session_holds(&self, cookie: &str) -> (Option<bool>, Option<u64>) {
+        let standing = match self.app.sessions.standing(cookie).await {
             Ok(Some(standing)) => standing,
-            Ok(None) => return Some(false),
+            Ok(None) => return (Some(false), None),
             Err(e) => {
                 tracing::debug!(error = %e, "a tunnel's session not checked: the store did not answer");
-                return None;
+                return (None, None);
             }
         };
-        match self.app.idp.epochs().revoked_key(&key, started_ms).await {
-            Ok(revoked) => Some(!revoked && who.user == self.user),
+        let ends = Some(standing.expires_at);
+        match self
+            .app
+            .idp
+            .epochs()
+            .revoked_key(&standing.user_key, standing.started_ms)
+            .await
+        {
+            Ok(revoked) => (Some(!revoked && standing.identity.user == self.user), ends),
             Err(e) => {
                 tracing::debug!(error = %e, "a tunnel's session not checked: the revocation state did not answer");
-                None
+                (None, ends)
             }
         }
     }
@@ -441,6 +455,10 @@ impl crate::tunnel::Credential for TunnelCredential {
         Box::pin(async move {
             let versions = self.app.credential_versions();
             let now = self.app.clock.now().as_secs();
+            if now >= self.ends_at {
+                tracing::info!(target: "audit", user = %self.user, "a tunnel's credential expired: closed");
+                return false;
+            }
             let due = now >= self.checked_at.saturating_add(TUNNEL_RECHECK_SECS);
             let holds = match &self.held {
                 Held::Session(cookie) => {
@@ -448,7 +466,9 @@ impl crate::tunnel::Credential for TunnelCredential {
                         return true;
                     }
                     (self.seen, self.checked_at) = (versions, now);
-                    self.session_holds(cookie).await.unwrap_or(true)
+                    let (holds, ends) = self.session_holds(cookie).await;
+                    self.ends_at = ends.unwrap_or(self.ends_at);
+                    holds.unwrap_or(true)
                 }
                 Held::Bearer(headers, path) => {
                     if !due && !self.refused_once {

@@ -923,6 +923,7 @@ mod tests {
                 identity: Identity::new(user.to_owned(), groups.iter().map(|g| (*g).to_owned()).collect()),
                 audiences: vec![],
                 kind: CredentialKind::Session,
+                expires_at: None,
             })
         };
         let ann = caller("ann@example.com", &["a", "b"]);

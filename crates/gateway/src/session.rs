@@ -317,6 +317,19 @@ impl Drop for Refreshing<'_> {
     }
 }
 
+/// A standing session, as [`Sessions::standing`] finds it.
+#[derive(Debug)]
+pub struct Standing {
+    /// Who it is.
+    pub identity: Identity,
+    /// The user's revocation key, for the caller's epoch check.
+    pub user_key: UserKey,
+    /// When it started (Unix ms), for the caller's epoch check.
+    pub started_ms: u64,
+    /// When it ends (Unix s).
+    pub expires_at: u64,
+}
+
 impl Sessions {
     pub(crate) fn new(
         store: Arc<dyn Store>,
@@ -459,11 +472,10 @@ impl Sessions {
     }
 
     /// Whether the session behind `cookie` still stands, as a tunnel it opened asks: `Ok(None)`
-    /// when it is gone (ended, expired, never issued), else who it is, its revocation key and
-    /// its start (Unix ms) for the caller's epoch check — from the cache, else the store,
-    /// whose failure is an `Err` (not an end: a tunnel outlives a store's hiccup). It caches
-    /// nothing and re-checks nothing upstream (requests do that).
-    pub async fn standing(&self, cookie: &str) -> Result<Option<(Identity, UserKey, u64)>, StoreError> {
+    /// when it is gone (ended, expired, never issued), else its [`Standing`] — from the cache,
+    /// else the store, whose failure is an `Err` (not an end: a tunnel outlives a store's
+    /// hiccup). It caches nothing and re-checks nothing upstream (requests do that).
+    pub async fn standing(&self, cookie: &str) -> Result<Option<Standing>, StoreError> {
         let Some(hash) = self.open(cookie) else {
             return Ok(None);
         };
@@ -476,7 +488,12 @@ impl Sessions {
                 None => return Ok(None),
             },
         };
-        Ok((now < live.expires_at).then(|| (live.identity.clone(), live.user_key.clone(), live.started_ms)))
+        Ok((now < live.expires_at).then(|| Standing {
+            identity: live.identity.clone(),
+            user_key: live.user_key.clone(),
+            started_ms: live.started_ms,
+            expires_at: live.expires_at,
+        }))
     }
 
     /// Like [`Sessions::validate`], and a federated session whose last check is older than the

@@ -72,6 +72,9 @@ pub struct Authenticated {
     pub audiences: Vec<String>,
     /// By what.
     pub kind: CredentialKind,
+    /// When the credential ends by itself (Unix s): a token's `exp`. `None` for a session (its
+    /// record says when it ends) and a client certificate (its listener's trust decides).
+    pub expires_at: Option<u64>,
 }
 
 /// Why a credential was refused (answered as 401 / `authenticated: false`; detail is logged).
@@ -166,6 +169,7 @@ impl Authenticator {
             identity: Identity::new(sa.username(), sa.groups()),
             audiences,
             kind: CredentialKind::ServiceAccount,
+            expires_at: Some(sa.exp),
         })
     }
 
@@ -223,6 +227,7 @@ impl Authenticator {
             identity: Identity::new(email, claims.groups.unwrap_or_default()),
             audiences,
             kind: CredentialKind::IdToken,
+            expires_at: Some(claims.exp),
         })
     }
 
@@ -236,6 +241,7 @@ impl Authenticator {
                 identity,
                 audiences: vec![],
                 kind: CredentialKind::Session,
+                expires_at: None,
             }),
             Ok(true) => Err(Refusal::SessionRevoked),
             Err(e) => {
@@ -251,6 +257,7 @@ impl Authenticator {
             identity,
             audiences: vec![],
             kind: CredentialKind::ClientCertificate,
+            expires_at: None,
         }
     }
 }

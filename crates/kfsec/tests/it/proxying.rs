@@ -10,6 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::harness::*;
+use kfsec_types::Clock as _;
 
 /// An upstream that answers any request with 101 and then echoes bytes.
 pub(crate) async fn websocket_echo() -> std::net::SocketAddr {
@@ -321,6 +322,56 @@ async fn a_bearer_tunnel_ends_when_its_token_is_voided() {
     assert!(
         closes(&mut s, Duration::from_secs(5)).await,
         "the voided token's tunnel is open"
+    );
+    k.running.shutdown().await;
+}
+
+/// A tunnel ends within a tick of its credential's own end — the session's expiry, the bearer
+/// token's `exp` — not at the next full check up to 30 s later: each case is brought to 5 s
+/// before the end by a full check, then just past it.
+#[tokio::test]
+async fn a_tunnel_ends_when_its_credential_expires() {
+    let ws = websocket_echo().await;
+    let k = Kfsec::start_with_clock(&format!(
+        "- prefix: /notebook/\n  upstream: http://{ws}\n\
+         bearerAudiences: [rp-test]\noauth2:\n  passwordConnector: local\nsession:\n  ttl: 1h\n"
+    ))
+    .await;
+    let clock = k.clock.clone().unwrap();
+    let path = "/notebook/api/kernels/1/channels";
+    let token = password_id_token(&k, USER, PASSWORD).await;
+    let exp = jwt_claims(&token)["exp"].as_u64().unwrap();
+    let (_, cookie, mut by_session) = logged_in_connection(&k).await;
+    let session_ends = clock.now().as_secs() + 3600;
+    let mut by_token = tls_connect(&k).await;
+    for (s, credential) in [
+        (&mut by_session, format!("Cookie: authservice_session={cookie}\r\n")),
+        (&mut by_token, format!("Authorization: Bearer {token}\r\n")),
+    ] {
+        let head = ask_websocket(s, path, &credential).await;
+        assert!(head.starts_with("http/1.1 101"), "{head}");
+    }
+    assert!(session_ends < exp, "the session ends first (ID tokens live 24 h)");
+    let to = |end: u64| clock.advance(Duration::from_secs(end - clock.now().as_secs()));
+    to(session_ends - 5);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(echoes(&mut by_session).await, "closed before the session ended");
+    to(session_ends + 1);
+    assert!(
+        closes(&mut by_session, Duration::from_secs(3)).await,
+        "the expired session's tunnel is open"
+    );
+    assert!(
+        echoes(&mut by_token).await,
+        "the token's tunnel closed with the session"
+    );
+    to(exp - 5);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(echoes(&mut by_token).await, "closed before the token expired");
+    to(exp + 1);
+    assert!(
+        closes(&mut by_token, Duration::from_secs(3)).await,
+        "the expired token's tunnel is open"
     );
     k.running.shutdown().await;
 }
