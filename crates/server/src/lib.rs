@@ -43,7 +43,7 @@ pub use config::{Config, ConfigError, Overrides};
 /// The bootstrap admin's email.
 pub const BOOTSTRAP_ADMIN: &str = "admin@kfsec.local";
 /// The bootstrap admin's group.
-pub const ADMIN_GROUP: &str = "kfsec:admins";
+pub const ADMIN_GROUP: &str = kfsec_types::identity::KFSEC_ADMINS;
 
 /// Start-up failures.
 #[derive(Debug, thiserror::Error)]

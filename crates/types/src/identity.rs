@@ -30,6 +30,22 @@ pub const SERVICE_ACCOUNTS_GROUP: &str = "system:serviceaccounts";
 /// The user kfsec's own controllers act as (a member of [`SYSTEM_MASTERS`]).
 pub const KFSEC_SYSTEM_USER: &str = "system:kfsec";
 
+/// The group bound to `cluster-admin` at first start (kfsec's own space, see
+/// [`is_reserved_group`]).
+pub const KFSEC_ADMINS: &str = "kfsec:admins";
+/// The spaces of group names that carry meaning only kfsec may assign: Kubernetes' `system:`
+/// (`system:masters` is every permission) and kfsec's `kfsec:` ([`KFSEC_ADMINS`] is bound to
+/// `cluster-admin`). Matched without regard to ASCII case.
+pub const RESERVED_GROUP_PREFIXES: [&str; 2] = ["system:", "kfsec:"];
+
+/// Whether `group` lies in a reserved space ([`RESERVED_GROUP_PREFIXES`]): a group of that name
+/// from outside kfsec (an upstream identity provider's) must never reach RBAC.
+pub fn is_reserved_group(group: &str) -> bool {
+    RESERVED_GROUP_PREFIXES
+        .iter()
+        .any(|p| group.get(..p.len()).is_some_and(|head| head.eq_ignore_ascii_case(p)))
+}
+
 /// `system:serviceaccount:NS:NAME`.
 pub fn service_account_username(namespace: &str, name: &str) -> String {
     format!("{SERVICE_ACCOUNT_USER_PREFIX}{namespace}:{name}")
@@ -270,5 +286,32 @@ mod tests {
             }
         );
         assert_eq!(serde_json::to_string(&u).unwrap(), r#"{"username":"a"}"#);
+    }
+
+    #[test]
+    fn reserved_group_spaces_are_matched_in_any_ascii_case() {
+        for g in [
+            SYSTEM_MASTERS,
+            KFSEC_ADMINS,
+            "kfsec:s3",
+            "KFSEC:Admins",
+            "System:Masters",
+            "kfsec:",
+            "system:",
+        ] {
+            assert!(is_reserved_group(g), "{g}");
+        }
+        for g in [
+            "kfsec",
+            "kfsec-admins",
+            "kubeflow-admins",
+            "team:kfsec:admins",
+            " kfsec:admins",
+            "kfse",
+            "ſystem:masters",
+            "kfsec\u{0}:admins",
+        ] {
+            assert!(!is_reserved_group(g), "{g}");
+        }
     }
 }

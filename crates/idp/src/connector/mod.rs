@@ -263,8 +263,10 @@ const MAX_GROUPS: usize = 1024;
 /// The checks every upstream identity passes before kfsec mints anything for it. The email is
 /// the Kubeflow user id, so it must be a login name kfsec accepts (never in Kubernetes'
 /// `system:` space: an upstream that let a user pick `system:serviceaccount:…` would otherwise
-/// impersonate a service account) and verified by the upstream. Groups in the `system:` space
-/// (`system:masters`, in any case), with control characters, surrounding spaces (a consumer
+/// impersonate a service account) and verified by the upstream. Groups in a reserved space
+/// (`system:masters`, `kfsec:admins`, in any case: [`kfsec_types::identity::is_reserved_group`] —
+/// an upstream where users create groups, as Entra ID lets them by default, would otherwise
+/// make anyone cluster-admin), with control characters, surrounding spaces (a consumer
 /// that trims `a, system:masters` would see the name) or a comma (the groups header's
 /// separator: `a,b` would become two groups) are dropped with a warning; so are duplicates and
 /// groups beyond [`MAX_GROUPS`].
@@ -298,7 +300,7 @@ pub fn admit(mut identity: UpstreamIdentity) -> Result<UpstreamIdentity, Connect
         !g.is_empty()
             && g.len() <= MAX_GROUP
             && g.trim() == g
-            && !g.get(..7).is_some_and(|p| p.eq_ignore_ascii_case("system:"))
+            && !kfsec_types::identity::is_reserved_group(g)
             && !g.contains(',')
             && !g.chars().any(char::is_control)
             && seen.insert(g.clone())
@@ -308,7 +310,7 @@ pub fn admit(mut identity: UpstreamIdentity) -> Result<UpstreamIdentity, Connect
         tracing::warn!(
             user = %identity.email,
             dropped = before - identity.groups.len(),
-            "upstream groups dropped (system: names, commas, control characters, duplicates, over-long or too many)"
+            "upstream groups dropped (system: and kfsec: names, commas, control characters, duplicates, over-long or too many)"
         );
     }
     Ok(identity)
@@ -392,7 +394,7 @@ mod tests {
     }
 
     #[test]
-    fn upstream_identities_cannot_reach_system_names_or_split_groups() {
+    fn upstream_identities_cannot_reach_reserved_names_or_split_groups() {
         let ok = admit(ident(
             "ann@example.com",
             &[
@@ -400,6 +402,9 @@ mod tests {
                 "system:masters",
                 "System:Masters",
                 " system:masters",
+                "kfsec:admins",
+                "KFSEC:ADMINS",
+                "kfsec:s3",
                 "trailing ",
                 "a,b",
                 "bad\nname",
