@@ -25,6 +25,80 @@ pub(crate) fn spec_changed(a: &Value, b: &Value) -> bool {
     strip(a) != strip(b)
 }
 
+/// Kubernetes' checks of a Role's or ClusterRole's `rules` (`ValidatePolicyRule`): every rule
+/// names verbs; a rule of non-resource URLs names no API group, resource or resource name, and
+/// only a ClusterRole has one; a resource rule names API groups and resources. A rule mixing
+/// resources and URLs would otherwise grant resources that the escalation check, which reads it
+/// as a URL rule, never compared with the writer's own permissions.
+fn policy_rule_causes(rules: Option<&Value>, namespaced: bool) -> Vec<FieldCause> {
+    let list = |rule: &Value, key: &str| -> Vec<String> {
+        rule.get(key)
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    // Go's rendering of a []string value, as the API server's messages show it.
+    let go = |v: &[String]| {
+        format!(
+            "[]string{{{}}}",
+            v.iter().map(|s| format!("{s:?}")).collect::<Vec<_>>().join(", ")
+        )
+    };
+    let invalid = |field: String, value: &[String], detail: &str| FieldCause {
+        reason: kfsec_types::CauseType::FieldValueInvalid,
+        field,
+        message: format!("Invalid value: {}: {detail}", go(value)),
+    };
+    let mut causes = Vec::new();
+    for (i, rule) in rules.and_then(Value::as_array).into_iter().flatten().enumerate() {
+        let at = |key: &str| format!("rules[{i}].{key}");
+        if list(rule, "verbs").is_empty() {
+            causes.push(FieldCause::required(
+                at("verbs"),
+                "verbs must contain at least one value",
+            ));
+        }
+        let urls = list(rule, "nonResourceURLs");
+        if !urls.is_empty() {
+            if namespaced {
+                causes.push(invalid(
+                    at("nonResourceURLs"),
+                    &urls,
+                    "namespaced rules cannot apply to non-resource URLs",
+                ));
+            }
+            if ["apiGroups", "resources", "resourceNames"]
+                .iter()
+                .any(|k| !list(rule, k).is_empty())
+            {
+                causes.push(invalid(
+                    at("nonResourceURLs"),
+                    &urls,
+                    "rules cannot apply to both regular resources and non-resource URLs",
+                ));
+            }
+            continue;
+        }
+        if list(rule, "apiGroups").is_empty() {
+            causes.push(FieldCause::required(
+                at("apiGroups"),
+                "resource rules must supply at least one api group",
+            ));
+        }
+        if list(rule, "resources").is_empty() {
+            causes.push(FieldCause::required(
+                at("resources"),
+                "resource rules must supply at least one resource",
+            ));
+        }
+    }
+    causes
+}
+
 /// Kind-specific defaulting and validation run on every write.
 pub(crate) fn prepare_kind(res: &Resource, obj: &mut Value, old: Option<&Value>) -> Result<(), ApiError> {
     let name = name_of(obj).to_owned();
@@ -75,6 +149,12 @@ pub(crate) fn prepare_kind(res: &Resource, obj: &mut Value, old: Option<&Value>)
                         )],
                     ));
                 }
+            }
+        }
+        ("rbac.authorization.k8s.io", "Role" | "ClusterRole") => {
+            let causes = policy_rule_causes(obj.get("rules"), res.kind == "Role");
+            if !causes.is_empty() {
+                return Err(invalid(res, &name, causes));
             }
         }
         ("rbac.authorization.k8s.io", "RoleBinding" | "ClusterRoleBinding") => {

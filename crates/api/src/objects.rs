@@ -744,6 +744,12 @@ impl ApiServer {
         }
         let key = res.key(ns, name);
         if terminating && finalizers_done {
+            // The last finalizer of a terminating Namespace gone: it is emptied before it goes,
+            // as by a DELETE without finalizers (a namespace of the same name made later must not
+            // inherit its RoleBindings, Roles or Secrets).
+            if res.group.is_empty() && res.plural == "namespaces" {
+                self.purge_namespace(name).await?;
+            }
             return match self.store.delete(&key, Some(rev)).await {
                 Ok(kv) => Ok(Some(present(res, new, kv.mod_revision))),
                 Err(StoreError::Conflict { .. }) => Ok(None),

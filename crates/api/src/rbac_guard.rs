@@ -164,20 +164,25 @@ impl ApiServer {
         for rule in rules {
             let verbs = strings(rule.get("verbs"));
             let urls = strings(rule.get("nonResourceURLs"));
-            if !urls.is_empty() {
-                if !scope.is_empty() {
-                    continue; // RBAC ignores non-resource rules in namespaced roles.
+            // (RBAC ignores non-resource rules in namespaced roles. A rule that also names
+            // resources is refused by validation; its resources are compared below all the same.)
+            if scope.is_empty() {
+                checks += urls.len() * verbs.len();
+                if checks > MAX_CHECKS {
+                    return Err(forbidden(
+                        res,
+                        name,
+                        "the rules are too large to verify against the caller's permissions".into(),
+                    ));
                 }
                 for u in &urls {
                     for v in &verbs {
-                        checks += 1;
                         let a = Attributes::non_resource(&user.username, user.groups.clone(), v, u);
                         if !self.authz.authorize(&a).is_allowed() {
                             missing.push(format!("{{NonResourceURLs:[{u:?}], Verbs:[{v:?}]}}"));
                         }
                     }
                 }
-                continue;
             }
             let groups = strings(rule.get("apiGroups"));
             let resources = strings(rule.get("resources"));

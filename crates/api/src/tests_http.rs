@@ -866,6 +866,139 @@ async fn finalizers_namespaces_and_status() {
     assert_eq!(s, StatusCode::NOT_FOUND);
 }
 
+/// Removing the last finalizer of a terminating Namespace empties it, as a DELETE without
+/// finalizers does: a namespace made later under the same name inherits none of its objects
+/// (RoleBindings, Roles and Secrets above all).
+#[tokio::test]
+async fn a_namespace_whose_last_finalizer_goes_is_emptied() {
+    let f = setup().await;
+    let api = &f.api;
+    let (s, _) = call("POST", "/api/v1/namespaces", "admin")
+        .json(&json!({"metadata": {"name": "n", "finalizers": ["example.com/hold"]}}))
+        .send(api)
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let planted = json!({"metadata": {"name": "planted"}, "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "view"},
+                         "subjects": [{"kind": "User", "name": "mallory"}]});
+    for (uri, body) in [
+        ("/api/v1/namespaces/n/configmaps", cm("c", json!({}))),
+        ("/apis/rbac.authorization.k8s.io/v1/namespaces/n/rolebindings", planted),
+    ] {
+        let (s, e) = call("POST", uri, "admin").json(&body).send(api).await;
+        assert_eq!(s, StatusCode::CREATED, "{e}");
+    }
+    let (s, v) = call("DELETE", "/api/v1/namespaces/n", "admin").send(api).await;
+    assert!(v["metadata"]["deletionTimestamp"].is_string(), "{s} {v}");
+    let (s, _) = call("PATCH", "/api/v1/namespaces/n", "admin")
+        .raw(br#"{"metadata":{"finalizers":null}}"#, "application/merge-patch+json")
+        .send(api)
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _) = call("GET", "/api/v1/namespaces/n", "admin").send(api).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _) = call("POST", "/api/v1/namespaces", "admin")
+        .json(&json!({"metadata": {"name": "n"}}))
+        .send(api)
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    for uri in [
+        "/api/v1/namespaces/n/configmaps/c",
+        "/apis/rbac.authorization.k8s.io/v1/namespaces/n/rolebindings/planted",
+    ] {
+        let (s, v) = call("GET", uri, "admin").send(api).await;
+        assert_eq!(s, StatusCode::NOT_FOUND, "{uri} outlived its namespace: {v}");
+    }
+}
+
+/// Kubernetes' `ValidatePolicyRule`: a rule that names both resources and non-resource URLs, a
+/// Role with URLs, a rule without verbs or without API groups or resources are 422. A mixed rule
+/// used to pass the escalation check as a URL rule while granting every resource it named.
+#[tokio::test]
+async fn policy_rules_are_validated_as_kubernetes_does() {
+    let f = setup().await;
+    let api = &f.api;
+    f.authz.0.write().unwrap().push(grant(
+        "user:alice",
+        &["create", "get", "list", "update", "patch", "delete"],
+        &["rbac.authorization.k8s.io"],
+        &["*"],
+        Some("x"),
+    ));
+    let roles = "/apis/rbac.authorization.k8s.io/v1/namespaces/x/roles";
+    let cluster_roles = "/apis/rbac.authorization.k8s.io/v1/clusterroles";
+    let mixed = json!({"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"], "nonResourceURLs": ["/x"]});
+    let cases = [
+        (
+            roles,
+            "alice",
+            mixed.clone(),
+            "rules[0].nonResourceURLs",
+            "Invalid value: []string{\"/x\"}: namespaced rules cannot apply to non-resource URLs",
+        ),
+        (
+            roles,
+            "alice",
+            mixed.clone(),
+            "rules[0].nonResourceURLs",
+            "rules cannot apply to both regular resources and non-resource URLs",
+        ),
+        (
+            cluster_roles,
+            "admin",
+            mixed,
+            "rules[0].nonResourceURLs",
+            "rules cannot apply to both regular resources and non-resource URLs",
+        ),
+        (
+            cluster_roles,
+            "admin",
+            json!({"nonResourceURLs": ["/x"], "resourceNames": ["n"], "verbs": ["get"]}),
+            "rules[0].nonResourceURLs",
+            "both regular resources",
+        ),
+        (
+            roles,
+            "alice",
+            json!({"apiGroups": [""], "resources": ["pods"]}),
+            "rules[0].verbs",
+            "Required value: verbs must contain at least one value",
+        ),
+        (
+            roles,
+            "alice",
+            json!({"resources": ["pods"], "verbs": ["get"]}),
+            "rules[0].apiGroups",
+            "Required value: resource rules must supply at least one api group",
+        ),
+        (
+            roles,
+            "alice",
+            json!({"apiGroups": [""], "verbs": ["get"]}),
+            "rules[0].resources",
+            "Required value: resource rules must supply at least one resource",
+        ),
+    ];
+    for (i, (uri, user, rule, field, message)) in cases.into_iter().enumerate() {
+        let body = json!({"metadata": {"name": format!("r{i}")}, "rules": [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get"]}, rule]});
+        let (s, e) = call("POST", uri, user).json(&body).send(api).await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "case {i}: {e}");
+        let field = field.replace("rules[0]", "rules[1]");
+        let causes = e["details"]["causes"].as_array().unwrap();
+        assert!(
+            causes
+                .iter()
+                .any(|c| c["field"] == field.as_str() && c["message"].as_str().unwrap().contains(message)),
+            "case {i}: {e}"
+        );
+    }
+    // A URL rule in a ClusterRole, and resource rules, are fine.
+    let (s, e) = call("POST", cluster_roles, "admin")
+        .json(&json!({"metadata": {"name": "urls"}, "rules": [{"nonResourceURLs": ["/healthz"], "verbs": ["get"]}]}))
+        .send(api)
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{e}");
+}
+
 #[tokio::test]
 async fn watch_streams_events() {
     let f = setup().await;
