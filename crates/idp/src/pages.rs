@@ -893,6 +893,23 @@ mod tests {
     }
 
     #[test]
+    fn scope_lists_are_read_as_dex_reads_them_however_long() {
+        let read = |raw: &str| crate::flow::requested_scopes(raw).map_err(|e| e.description.to_string());
+        assert_eq!(
+            read(" email\topenid email  groups openid ").unwrap(),
+            ["email", "openid", "groups"],
+            "de-duplicated, first spelling's order"
+        );
+        // Missing openid is said before an unknown scope, as Dex does; the first unknown is named.
+        assert_eq!(read("zz email").unwrap_err(), "Missing required scope(s) [\"openid\"].");
+        assert_eq!(read("openid zz yy zz").unwrap_err(), "Unrecognized scope(s) [\"zz\"]");
+        // Thousands of distinct scopes (a 64 KiB body's worth) are one pass, not a comparison
+        // of each with all before it; the answer is the same refusal.
+        let many: String = (0..16_000).map(|i| format!("s{i} ")).collect::<String>() + "openid";
+        assert_eq!(read(&many).unwrap_err(), "Unrecognized scope(s) [\"s0\"]");
+    }
+
+    #[test]
     fn approval_escapes_every_slot() {
         let scopes = vec![
             describe_scope(HOSTILE, None),

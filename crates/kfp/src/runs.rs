@@ -690,7 +690,25 @@ pub async fn retry(k: &Kfp, r: &Req, id: &str) -> KfpResult<Value> {
     Ok(empty())
 }
 
-/// `POST runs/{id}:reportMetrics` (v1).
+/// The most metrics a run keeps (KFP's UI shows a handful per node; a run is loaded whole by
+/// every listing of its namespace, so what one caller may append is bounded).
+const MAX_RUN_METRICS: usize = 1_000;
+
+/// Whether `name` is a metric name KFP accepts: `^[a-z]([-a-z0-9]{0,62}[a-z0-9])?$`.
+fn valid_metric_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    let inner = |c: &u8| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-';
+    !b.is_empty()
+        && b.len() <= 64
+        && b[0].is_ascii_lowercase()
+        && b.iter().all(inner)
+        && b.last().is_some_and(|c| *c != b'-')
+}
+
+/// `POST runs/{id}:reportMetrics` (v1), as KFP answers it: one result per metric — `OK`,
+/// `INVALID_ARGUMENT` (a name KFP refuses, no `node_id`, or the run full at
+/// [`MAX_RUN_METRICS`]) or `DUPLICATE_REPORTING` (that node already reported that name: a
+/// metric is reported once and never replaced).
 pub async fn report_metrics(k: &Kfp, r: &Req, id: &str) -> KfpResult<Value> {
     load_authorized(k, r, id, "reportMetrics").await?;
     let b = r.json()?;
@@ -699,37 +717,59 @@ pub async fn report_metrics(k: &Kfp, r: &Req, id: &str) -> KfpResult<Value> {
         Some(Value::Array(a)) => a.clone(),
         Some(_) => return Err(KfpError::InvalidInput("metrics must be a list".into())),
     };
-    let mut results = Vec::with_capacity(metrics.len());
-    let mut clean = Vec::with_capacity(metrics.len());
+    let mut asked = Vec::with_capacity(metrics.len());
     for m in &metrics {
         let name = json::string(m, "name")?;
         let node = json::string(m, "node_id")?;
         let value = json::field(m, "number_value").and_then(Value::as_f64).unwrap_or(0.0);
         let format = json::string(m, "format").unwrap_or_default();
-        clean.push(
-            Out::new()
-                .s("name", &name)
-                .s("node_id", &node)
-                .v(
-                    "number_value",
-                    serde_json::Number::from_f64(value).map_or(Value::Null, Value::Number),
-                )
-                .s("format", &format)
-                .build(),
-        );
-        results.push(
-            Out::new()
-                .s("metric_name", &name)
-                .s("metric_node_id", &node)
-                .s("status", "OK")
-                .build(),
-        );
+        let metric = Out::new()
+            .s("name", &name)
+            .s("node_id", &node)
+            .v(
+                "number_value",
+                serde_json::Number::from_f64(value).map_or(Value::Null, Value::Number),
+            )
+            .s("format", &format)
+            .build();
+        asked.push((name, node, metric));
     }
+    let key = |m: &Value| (json::field(m, "node_id").cloned(), json::field(m, "name").cloned());
+    let mut results = Vec::new();
     k.db.modify::<Run>(
         id,
         || not_found(id),
         |x| {
-            x.metrics.extend(clean.iter().cloned());
+            results.clear();
+            let mut seen: std::collections::HashSet<_> = x.metrics.iter().map(key).collect();
+            for (name, node, metric) in &asked {
+                let (status, message) = if !valid_metric_name(name) {
+                    (
+                        "INVALID_ARGUMENT",
+                        "metric name must match ^[a-z]([-a-z0-9]{0,62}[a-z0-9])?$",
+                    )
+                } else if node.is_empty() {
+                    ("INVALID_ARGUMENT", "metric node_id must not be empty")
+                } else if !seen.insert(key(metric)) {
+                    (
+                        "DUPLICATE_REPORTING",
+                        "this node already reported a metric of this name",
+                    )
+                } else if x.metrics.len() >= MAX_RUN_METRICS {
+                    ("INVALID_ARGUMENT", "the run holds the most metrics kfsec keeps (1000)")
+                } else {
+                    x.metrics.push(metric.clone());
+                    ("OK", "")
+                };
+                let mut result = Out::new()
+                    .s("metric_name", name)
+                    .s("metric_node_id", node)
+                    .s("status", status);
+                if !message.is_empty() {
+                    result = result.s("message", message);
+                }
+                results.push(result.build());
+            }
             Ok(())
         },
     )

@@ -961,6 +961,72 @@ async fn runs_take_the_namespace_of_their_experiment() {
     assert_eq!(v["last_run_created_at"], "2023-11-14T22:13:20Z");
 }
 
+/// v1 `reportMetrics` as KFP answers it: each metric once per node (a repeat is
+/// `DUPLICATE_REPORTING` and replaces nothing), names KFP accepts, and a bounded number per run
+/// (every listing loads the run whole).
+#[tokio::test]
+async fn reported_metrics_are_checked_once_each_and_bounded() {
+    let e = env().await;
+    let exp = e.experiment_v2(U1, "user1", "e").await;
+    let wf_json = serde_json::to_string(&serde_saphyr::from_str::<Value>(WF).unwrap()).unwrap();
+    let (_, v) = e
+        .post(
+            U1,
+            "/pipeline/apis/v1beta1/runs",
+            json!({"name": "m", "pipeline_spec": {"workflow_manifest": wf_json},
+                   "resource_references": [{"key": {"type": "EXPERIMENT", "id": exp}, "relationship": "OWNER"}]}),
+        )
+        .await;
+    let id = v["run"]["id"].as_str().unwrap().to_owned();
+    let path = format!("/pipeline/apis/v1beta1/runs/{id}:reportMetrics");
+    let metric = |name: &str, node: &str, value: f64| json!({"name": name, "node_id": node, "number_value": value});
+    let statuses = |v: &Value| -> Vec<String> {
+        v["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["status"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let (s, v) = e
+        .post(
+            U1,
+            &path,
+            json!({"metrics": [metric("accuracy", "n1", 0.9), metric("accuracy", "n2", 0.8), metric("accuracy", "n1", 0.1),
+                               metric("Accuracy", "n1", 1.0), metric("-a", "n1", 1.0), metric("loss", "", 1.0)]}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        statuses(&v),
+        [
+            "OK",
+            "OK",
+            "DUPLICATE_REPORTING",
+            "INVALID_ARGUMENT",
+            "INVALID_ARGUMENT",
+            "INVALID_ARGUMENT"
+        ]
+    );
+    let (_, again) = e
+        .post(U1, &path, json!({"metrics": [metric("accuracy", "n1", 0.0)]}))
+        .await;
+    assert_eq!(statuses(&again), ["DUPLICATE_REPORTING"]);
+    let (_, run) = e.get(U1, &format!("/pipeline/apis/v1beta1/runs/{id}")).await;
+    let kept = run["run"]["metrics"].as_array().unwrap();
+    assert_eq!(kept.len(), 2, "{kept:?}");
+    assert_eq!(kept[0]["number_value"], 0.9, "the first report stands");
+    // Past the run's bound every new metric is refused, and the run stays at it.
+    for batch in 0..4 {
+        let many: Vec<Value> = (0..300).map(|i| metric(&format!("m{batch}-{i}"), "n", 1.0)).collect();
+        e.post(U1, &path, json!({"metrics": many})).await;
+    }
+    let (_, v) = e.post(U1, &path, json!({"metrics": [metric("late", "n", 1.0)]})).await;
+    assert_eq!(statuses(&v), ["INVALID_ARGUMENT"]);
+    let (_, run) = e.get(U1, &format!("/pipeline/apis/v1beta1/runs/{id}")).await;
+    assert_eq!(run["run"]["metrics"].as_array().unwrap().len(), 1_000);
+}
+
 #[tokio::test]
 async fn paging_sorting_filtering_over_http() {
     let e = env().await;

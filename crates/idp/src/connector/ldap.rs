@@ -8,8 +8,9 @@
 //! more than one matching entry is [`ConnectorError::Ambiguous`], never a guess; the user's bind
 //! runs on a fresh connection that is closed afterwards, so a pooled connection is only ever
 //! bound as the service account; connecting, binding and each search are bounded by the
-//! connector's `timeout`, and a login waits at most that long for one of the pool's few
-//! connections, so a slow or dead directory gives an answer in bounded time; answers are decoded
+//! connector's `timeout`, a login waits at most that long for one of the pool's few
+//! connections, and a whole login or refresh (with its group searches, nested ones too) ends
+//! within `timeout`, so a slow or dead directory gives an answer in bounded time; answers are decoded
 //! without panicking, and the library's own panics on malformed answers end in
 //! [`ConnectorError::Upstream`] (each exchange runs in its own task); the bind password never
 //! appears in logs or `Debug` output; TLS is verified unless `insecureSkipVerify` is set, and
@@ -491,13 +492,22 @@ impl PasswordConnector for LdapConnector {
         let inner = self.inner.clone();
         let username = username.to_owned();
         let password = Zeroizing::new(password.to_owned());
-        contained(async move { inner.login(scopes, &username, &password).await }).await
+        let timeout = inner.s.timeout;
+        contained(super::within(timeout, async move {
+            inner.login(scopes, &username, &password).await
+        }))
+        .await
     }
 
     async fn refresh(&self, scopes: Scopes, identity: &UpstreamIdentity) -> Result<UpstreamIdentity, ConnectorError> {
         let inner = self.inner.clone();
         let identity = identity.clone();
-        contained(async move { inner.refresh(scopes, &identity).await }).await
+        let timeout = inner.s.timeout;
+        contained(super::within(
+            timeout,
+            async move { inner.refresh(scopes, &identity).await },
+        ))
+        .await
     }
 }
 

@@ -178,12 +178,16 @@ fn build(id: &str, config: serde_json::Value, ctx: &OpenContext) -> Result<Micro
             ),
         ));
     }
-    let tenant = if c.tenant.is_empty() {
-        "common".to_owned()
-    } else {
-        c.tenant.clone()
-    };
-    if !tenant
+    // Unset, Dex means `common`: every Microsoft account in the world (any organization's and
+    // every personal one) could log in and, with self-registration, make a workspace. That is
+    // said, not assumed: an empty tenant is refused.
+    let tenant = c.tenant.clone();
+    if tenant.is_empty() {
+        problems.push(ConfigProblem::new(
+            "tenant",
+            "must be set: your directory's tenant id (a GUID) or verified domain, or, to let in every Microsoft account, common (any organization's or personal), organizations or consumers (Dex's default, common, lets the whole world log in)",
+        ));
+    } else if !tenant
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
     {
@@ -221,7 +225,7 @@ fn build(id: &str, config: serde_json::Value, ctx: &OpenContext) -> Result<Micro
     };
 
     if !org_tenant {
-        tracing::info!(
+        tracing::warn!(
             connector = id,
             tenant = %tenant,
             "microsoft connector: tenant {tenant:?} is not one directory, so groups are never read from Graph for its users (Dex skips them silently); set tenant to your tenant id to get groups"
@@ -898,6 +902,7 @@ mod tests {
             "clientID": "app",
             "clientSecret": "s3cret",
             "redirectURI": "https://kf.example.com/dex/callback",
+            "tenant": "common",
         })
     }
 
@@ -995,6 +1000,7 @@ mod tests {
                 "preferredUsernameField",
             ),
             (serde_json::json!({"tenant": "../x?y"}), "tenant"),
+            (serde_json::json!({"tenant": ""}), "tenant"),
             (
                 serde_json::json!({"clientAssertion": "/etc/hostname"}),
                 "clientAssertion",

@@ -926,6 +926,21 @@ impl OidcConnector {
             }
             None => None,
         };
+        // Asked for an authentication context (`acrValues`): the login's ID token must name one
+        // of them (OpenID Connect Core §3.1.3.7 step 12). The parameter rides in the browser's
+        // redirect, where the user can remove it; only the token's `acr` says what was done.
+        if let (Grant::Code { .. }, Some(id)) = (&grant, &id_claims)
+            && !self.acr_values.is_empty()
+        {
+            let acr = id.get("acr").and_then(Value::as_str);
+            if !acr.is_some_and(|a| self.acr_values.iter().any(|w| w == a)) {
+                return Err(ConnectorError::Denied(format!(
+                    "the identity provider authenticated with acr {:?}, not one of acrValues {:?}",
+                    acr.unwrap_or("(none)").chars().take(64).collect::<String>(),
+                    self.acr_values
+                )));
+            }
+        }
         let mut claims = id_claims.clone().unwrap_or_default();
         if self.get_user_info {
             let info = self.userinfo(provider, tokens.access_token.as_deref()).await?;
@@ -956,9 +971,8 @@ impl OidcConnector {
             && !previous.user_id.is_empty()
             && previous.user_id != identity.user_id
         {
-            return Err(ConnectorError::Upstream(
-                "the refresh answer is for another user".into(),
-            ));
+            // (not an outage: the chain is not this user's any more, as microsoft says too)
+            return Err(ConnectorError::Revoked("the refresh answer is for another user".into()));
         }
         Ok(identity)
     }

@@ -313,11 +313,18 @@ async fn tenant_common_never_reads_groups() {
     let ctx = OpenContext::new(ISSUER, Duration::from_secs(10));
     let config = json!({
         "clientID": CLIENT_ID, "clientSecret": CLIENT_SECRET, "redirectURI": CALLBACK,
-        "groups": ["kubeflow-admins"],
+        "groups": ["kubeflow-admins"], "tenant": "common",
     });
-    let problems = open("microsoft", "entra", "Entra ID", config, &ctx).unwrap_err();
+    let problems = open("microsoft", "entra", "Entra ID", config.clone(), &ctx).unwrap_err();
     assert_eq!(problems[0].field, "groups");
     assert!(problems[0].message.contains("tenant"), "{problems:?}");
+    // No tenant at all is refused, not read as Dex's `common` (every Microsoft account).
+    let mut unset = config;
+    unset.as_object_mut().unwrap().remove("tenant");
+    unset.as_object_mut().unwrap().remove("groups");
+    let problems = open("microsoft", "entra", "Entra ID", unset, &ctx).unwrap_err();
+    assert_eq!(problems[0].field, "tenant");
+    assert!(problems[0].message.contains("must be set"), "{problems:?}");
 }
 
 #[tokio::test]

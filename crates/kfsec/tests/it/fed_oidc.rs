@@ -258,6 +258,32 @@ async fn allowed_groups_refuse_outsiders_with_403_and_trim_the_rest() {
     );
 }
 
+/// `acrValues` is not only asked for: the login's ID token must name one of them in `acr`
+/// (the parameter rides in the browser's redirect, where the user can delete it). Without
+/// `acrValues` no `acr` is looked at.
+#[tokio::test]
+async fn acr_values_are_required_of_the_login_id_token() {
+    let op = FakeOp::start().await;
+    let c = build(cognito(&op, json!({"acrValues": ["phr", "phrh"]})), &ctx());
+    for acr in [None, Some(json!("pwd")), Some(json!("PHR")), Some(json!(["phr"]))] {
+        match &acr {
+            Some(v) => op.state().claims["acr"] = v.clone(),
+            None => drop(op.state().claims.as_object_mut().unwrap().remove("acr")),
+        }
+        let e = login(c.as_ref()).await.unwrap_err();
+        assert!(
+            matches!(&e, ConnectorError::Denied(m) if m.contains("acrValues")),
+            "{acr:?}: {e:?}"
+        );
+        assert_eq!(e.status(), 403);
+    }
+    op.state().claims["acr"] = json!("phrh");
+    assert_eq!(login(c.as_ref()).await.unwrap().email, "ann@example.com");
+    op.state().claims["acr"] = json!("pwd");
+    let plain = build(cognito(&op, json!({})), &ctx());
+    assert!(login(plain.as_ref()).await.is_ok(), "no acrValues, no acr check");
+}
+
 #[tokio::test]
 async fn hostile_id_tokens_are_refused() {
     let op = FakeOp::start().await;
