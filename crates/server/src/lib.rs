@@ -715,6 +715,7 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
         .admission(admission.clone())
         .options(kfsec_api::ApiOptions {
             build: cfg.build.clone(),
+            reserved_namespaces: reserved_namespaces(&cfg.webhook_settings),
             ..Default::default()
         })
         .build();
@@ -1033,6 +1034,20 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
     })
 }
 
+/// The namespaces no Profile may own: the API's defaults and those of the ConfigMaps the
+/// in-process webhooks read their settings from (`webhooks.katibConfigMap`,
+/// `webhooks.kserveConfigMap`) — a user owning `katib` could otherwise set the images the Katib
+/// webhook injects into every workspace's pods.
+fn reserved_namespaces(maps: &config::WebhookSettingsMaps) -> Vec<String> {
+    let mut out = kfsec_api::ApiOptions::default().reserved_namespaces;
+    for (ns, _) in [&maps.katib, &maps.kserve] {
+        if !out.contains(ns) {
+            out.push(ns.clone());
+        }
+    }
+    out
+}
+
 /// `/readyz`: the store's health first (the reason names the store problem), then whether
 /// every listener is up.
 fn ready_check(ready: Arc<AtomicBool>, store: Arc<storage::StoreHealth>) -> kfsec_gateway::ReadyCheck {
@@ -1074,6 +1089,22 @@ pub fn is_data_dir(path: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_webhooks_settings_namespaces_are_reserved() {
+        let maps = |k: &str, s: &str| config::WebhookSettingsMaps {
+            katib: (k.into(), "katib-config".into()),
+            kserve: (s.into(), "inferenceservice-config".into()),
+        };
+        assert_eq!(
+            reserved_namespaces(&maps("kubeflow", "kubeflow")),
+            ["default", "kubeflow", "kfsec"]
+        );
+        assert_eq!(
+            reserved_namespaces(&maps("katib", "kserve")),
+            ["default", "kubeflow", "kfsec", "katib", "kserve"]
+        );
+    }
 
     #[test]
     fn the_secret_prefixes_cover_the_secret_material_and_nothing_else() {
