@@ -142,7 +142,7 @@ impl CoreObject {
     }
 }
 
-fn uid_of(profile: &Profile) -> &str {
+pub(crate) fn uid_of(profile: &Profile) -> &str {
     profile.metadata.get().map_or("", |m| m.uid.as_str())
 }
 
@@ -357,15 +357,21 @@ impl ProfileController {
         match self.api.get_object(nsr, "", name).await? {
             Some(ns) => {
                 let mut ns = CoreObject::decode(ns)?;
-                let current_owner = ns.metadata.annotations.get("owner").map_or("", String::as_str);
                 // Only the namespace this Profile created is its own: an operator's namespace,
                 // even one annotated with the same owner, is not adopted.
-                if current_owner != owner || !ns.owned_by_profile(name, Some(uid_of(profile))) {
+                if !ns.owned_by_profile(name, Some(uid_of(profile))) {
                     return Ok(Outcome::Failed(format!(
                         "namespace already exist, but not owned by profile creator {owner}"
                     )));
                 }
+                // Its own namespace follows the Profile's owner: a workspace handed to another
+                // user (spec.owner changed) is theirs, and `namespaceAdmin` follows below (the
+                // previous owner keeps nothing).
                 let mut changed = false;
+                if ns.metadata.annotations.get("owner").map(String::as_str) != Some(owner) {
+                    ns.metadata.annotations.insert("owner".into(), owner.to_owned());
+                    changed = true;
+                }
                 let labels = &mut ns.metadata.labels;
                 for (k, v) in &self.settings.namespace_labels {
                     if v.is_empty() {
@@ -781,6 +787,43 @@ mod tests {
         };
         let r = res(group, "v1", plural).unwrap();
         api.get_object(r, ns, name).await.unwrap().unwrap_or(Value::Null)
+    }
+
+    /// A workspace handed to another user (`spec.owner` changed): the namespace's `owner` and
+    /// `namespaceAdmin` follow, so the previous owner keeps no admin binding (it used to stay,
+    /// with the Profile Failed, while KFAM already treated the new owner as the owner).
+    #[tokio::test]
+    async fn a_profile_handed_to_another_owner_moves_its_admin_binding() {
+        let clock = ManualClock::new(UnixTime::from_millis(1_700_000_000_000));
+        let store = MemoryStore::new(clock.clone());
+        let api = ApiServer::new(store.clone(), Arc::new(Nobody), clock, Arc::new(Sevens));
+        let profile = |owner: &str| {
+            json!({"apiVersion": "kubeflow.org/v1", "kind": "Profile", "metadata": {"name": "team"},
+                   "spec": {"owner": {"kind": "User", "name": owner}}})
+        };
+        api.create_object(profiles().unwrap(), "", profile("alice@example.com"))
+            .await
+            .unwrap();
+        let c = ProfileController::new(api.clone(), ProfileSettings::default());
+        c.reconcile(&decode_profile(get(&api, "profiles", "", "team").await).unwrap())
+            .await
+            .unwrap();
+        let mut handed = get(&api, "profiles", "", "team").await;
+        handed["spec"] = profile("carol@example.com")["spec"].clone();
+        api.update_object(profiles().unwrap(), handed).await.unwrap();
+        c.reconcile(&decode_profile(get(&api, "profiles", "", "team").await).unwrap())
+            .await
+            .unwrap();
+        let ns = get(&api, "namespaces", "", "team").await;
+        assert_eq!(ns["metadata"]["annotations"]["owner"], "carol@example.com");
+        let admin = get(&api, "rolebindings", "team", "namespaceAdmin").await;
+        assert_eq!(
+            admin["subjects"],
+            json!([{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "carol@example.com"}])
+        );
+        assert_eq!(admin["metadata"]["annotations"]["user"], "carol@example.com");
+        let status = get(&api, "profiles", "", "team").await["status"].clone();
+        assert_eq!(status["conditions"][0]["type"], "Successful", "{status}");
     }
 
     #[tokio::test]

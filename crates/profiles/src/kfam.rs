@@ -304,9 +304,23 @@ impl Kfam {
         if self.api.is_reserved_namespace(namespace) {
             return Ok(None);
         }
-        let profile = self.api.get_object(profiles()?, "", namespace).await?;
-        let owner = profile.is_some_and(|p| stored_profile(p).owner_name() == user.username);
-        Ok(owner.then(|| owner_reason(namespace)))
+        let Some(profile) = self.api.get_object(profiles()?, "", namespace).await? else {
+            return Ok(None);
+        };
+        let profile = stored_profile(profile);
+        if profile.owner_name() != user.username {
+            return Ok(None);
+        }
+        // The owner manages only the namespace this very Profile made (its owner reference): a
+        // Profile refused a namespace that was there before it (its Failed condition) grants
+        // nothing in it, and neither does one re-created under the name of another's.
+        let nsr = ApiServer::resource("", "v1", "namespaces")
+            .ok_or_else(|| ApiError::Internal("namespaces are not served".into()))?;
+        let Some(ns) = self.api.get_object(nsr, "", namespace).await? else {
+            return Ok(None);
+        };
+        let own = CoreObject::decode(ns)?.owned_by_profile(namespace, Some(crate::controller::uid_of(&profile)));
+        Ok(own.then(|| owner_reason(namespace)))
     }
 
     /// Whether a new profile may be named `name`: not a system namespace, not a namespace that
@@ -805,9 +819,34 @@ mod failure_tests {
             "metadata": {"name": "team"},
             "spec": {"owner": {"kind": "User", "name": "alice"}},
         });
-        api.create_object(profiles().unwrap(), "", profile).await.unwrap();
+        let stored = api.create_object(profiles().unwrap(), "", profile).await.unwrap();
+        // Its namespace, as the controller makes it (the owner manages only that one).
+        let controller = crate::controller::ProfileController::new(api.clone(), Default::default());
+        controller
+            .reconcile(&crate::controller::decode_profile(stored).unwrap())
+            .await
+            .unwrap();
         let k = Kfam::new(api, store.clone(), Arc::new(AdminOnly), Arc::new(NoWait), rng, true);
         (k, store)
+    }
+
+    /// A Profile whose namespace it did not make (one that was there before it: the controller
+    /// marks it Failed) gives its owner nothing to manage there.
+    #[tokio::test]
+    async fn a_profile_refused_its_namespace_grants_its_owner_nothing() {
+        let (k, _) = setup().await;
+        let alice = UserInfo::authenticated("alice", &[]);
+        assert!(k.may_manage(&alice, "team").await.unwrap());
+        let nsr = ApiServer::resource("", "v1", "namespaces").unwrap();
+        k.api
+            .create_object(nsr, "", json!({"metadata": {"name": "taken"}}))
+            .await
+            .unwrap();
+        let profile = json!({"apiVersion": "kubeflow.org/v1", "kind": "Profile", "metadata": {"name": "taken"},
+                             "spec": {"owner": {"kind": "User", "name": "alice"}}});
+        k.api.create_object(profiles().unwrap(), "", profile).await.unwrap();
+        assert!(!k.may_manage(&alice, "taken").await.unwrap());
+        assert!(!k.may_manage(&alice, "nowhere").await.unwrap());
     }
 
     fn who(user: &str) -> Extension<Identity> {
@@ -1032,7 +1071,9 @@ mod failure_tests {
         assert_eq!(
             serde_json::from_str::<Value>(&text).unwrap(),
             json!({"bindings": [{"user": {"kind": "User", "name": "bob"}, "referredNamespace": "odd",
-                "RoleRef": {"kind": "ClusterRole", "name": "edit"}, "status": ""}]})
+                "RoleRef": {"kind": "ClusterRole", "name": "edit"}, "status": ""},
+                {"user": {"kind": "User", "name": "alice"}, "referredNamespace": "team",
+                "RoleRef": {"kind": "ClusterRole", "name": "admin"}, "status": ""}]})
         );
     }
 }
