@@ -129,7 +129,7 @@ struct Login<'a> {
     back: Option<&'a str>,
 }
 
-/// The approval screen.
+/// The approval screen; for a device login, the confirmation naming its user code.
 #[derive(Template)]
 #[template(path = "approval.html")]
 struct Approval<'a> {
@@ -138,6 +138,8 @@ struct Approval<'a> {
     req: &'a str,
     client_name: &'a str,
     scopes: &'a [ScopeLine],
+    /// A device login's user code.
+    user_code: Option<&'a str>,
 }
 
 /// The page a browser lands on after a logout that names no return path.
@@ -689,15 +691,21 @@ pub(crate) fn approval(
     client_name: &str,
     scopes: &[ScopeLine],
     redirect_uri: &str,
+    user_code: Option<&str>,
 ) -> Response {
     respond_form(
         StatusCode::OK,
         &Approval {
-            title: "Grant Access",
+            title: if user_code.is_some() {
+                "Confirm device login"
+            } else {
+                "Grant Access"
+            },
             brand,
             req,
             client_name,
             scopes,
+            user_code,
         },
         Some(redirect_uri),
     )
@@ -724,6 +732,20 @@ pub(crate) fn device_throttled() -> Response {
             title: "Log in a device",
             text: "Too many attempts. Wait a few minutes and try again.",
             tone: Tone::Alert,
+            back: None,
+            home: false,
+        },
+    )
+}
+
+/// The device flow's last page in the browser when the user cancelled on the confirmation.
+pub(crate) fn device_cancelled() -> Response {
+    respond(
+        StatusCode::OK,
+        &Message {
+            title: "Login cancelled",
+            text: "The device was not logged in. You can close this page.",
+            tone: Tone::Notice,
             back: None,
             home: false,
         },
@@ -910,6 +932,7 @@ mod tests {
             req: HOSTILE,
             client_name: HOSTILE,
             scopes: &scopes,
+            user_code: None,
         });
         let html = without_login_script(&html);
         // title twice, req, client name, the unknown scope (as code), the peer's name.
