@@ -146,7 +146,6 @@ async fn a_device_login_link_finished_in_another_browser_gets_the_device_nothing
     assert_eq!(r.status(), 303);
     let link = location(&r).to_owned();
     assert!(link.starts_with("/dex/auth/local/login?"), "{link}");
-    assert!(attacker.cookies.contains_key(DEVICE_COOKIE));
 
     // the victim, another browser, follows the link and logs in with their password
     let mut victim = k.client();
@@ -156,12 +155,42 @@ async fn a_device_login_link_finished_in_another_browser_gets_the_device_nothing
         .post_form(&form_url, &[("login", USER), ("password", PASSWORD)])
         .await;
     assert_eq!(r.status(), 303);
-    let to = location(&r).to_owned();
+    let mut callback = location(&r).to_owned();
+    // a victim who confirms whatever is shown
+    let mut confirmation = None;
+    if callback.starts_with("/dex/approval?") {
+        confirmation = Some(victim.get(&callback).await.text().await.unwrap());
+        assert_eq!(poll(&k, &device_code).await.1["error"], "authorization_pending");
+        let req = query_param(&callback, "req").unwrap();
+        let r = victim
+            .post_form(&callback, &[("req", &req), ("approval", "approve")])
+            .await;
+        assert_eq!(r.status(), 303);
+        callback = location(&r).to_owned();
+    }
+    assert!(callback.starts_with("/dex/device/callback?"), "{callback}");
+    let r = victim.get(&callback).await;
+    let (status, content_type) = (r.status(), r.headers().get("content-type").cloned());
+    let redirected = r.headers().contains_key("location");
+    let text = r.text().await.unwrap();
+
+    // the device gets no tokens: denied, then gone
+    let (polled, body) = poll(&k, &device_code).await;
+    assert_ne!(polled, 200, "the attacker's device got the victim's tokens: {body}");
+    assert!(body.get("id_token").is_none() && body.get("refresh_token").is_none());
+    assert_eq!((polled, body["error"].as_str()), (400, Some("access_denied")), "{body}");
+    assert_eq!(poll(&k, &device_code).await.1["error"], "expired_token");
+    // the victim's browser is told why, on an error page
+    assert_eq!(status, 403, "{text}");
+    assert!(!redirected);
+    assert!(content_type.unwrap().to_str().unwrap().starts_with("text/html"));
     assert!(
-        to.starts_with("/dex/approval?"),
-        "a device login is confirmed even with skipApprovalScreen: {to}"
+        text.contains("This device login was started in another browser, so it was not completed."),
+        "{text}"
     );
-    let page = victim.get(&to).await.text().await.unwrap();
+    assert!(!text.contains("Return to your device"), "{text}");
+    // and was shown the confirmation naming the code, although approval screens are skipped
+    let page = confirmation.expect("a device login is confirmed even with skipApprovalScreen");
     assert!(
         page.contains(&format!(
             "Confirm the code shown on your device: <b id=\"user-code\">{user_code}</b>"
@@ -169,30 +198,6 @@ async fn a_device_login_link_finished_in_another_browser_gets_the_device_nothing
         "{page}"
     );
     assert!(page.contains("A device is asking for access to your account"), "{page}");
-    assert_eq!(poll(&k, &device_code).await.1["error"], "authorization_pending");
-
-    // a victim who confirms anyway: refused in their browser
-    let req = query_param(&to, "req").unwrap();
-    let r = victim.post_form(&to, &[("req", &req), ("approval", "approve")]).await;
-    assert_eq!(r.status(), 303);
-    let callback = location(&r).to_owned();
-    assert!(callback.starts_with("/dex/device/callback?"), "{callback}");
-    let r = victim.get(&callback).await;
-    assert_eq!(r.status(), 403);
-    assert!(r.headers().get("location").is_none());
-    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/html"),);
-    let text = r.text().await.unwrap();
-    assert!(
-        text.contains("This device login was started in another browser, so it was not completed."),
-        "{text}"
-    );
-    assert!(!text.contains("Return to your device"), "{text}");
-
-    // the device gets no tokens: denied, then gone
-    let (status, body) = poll(&k, &device_code).await;
-    assert_eq!((status, body["error"].as_str()), (400, Some("access_denied")), "{body}");
-    assert!(body.get("id_token").is_none() && body.get("refresh_token").is_none());
-    assert_eq!(poll(&k, &device_code).await.1["error"], "expired_token");
     // nor does the attacker's own browser finish it with the victim's code afterwards
     assert_eq!(attacker.get(&callback).await.status(), 400);
     assert_eq!(poll(&k, &device_code).await.1["error"], "expired_token");
@@ -275,23 +280,27 @@ async fn a_device_login_confirmed_in_the_browser_that_entered_the_code_gets_the_
         )
         .await;
     assert_eq!(r.status(), 303);
-    let set: Vec<&str> = r
+    let set: Vec<String> = r
         .headers()
         .get_all("set-cookie")
         .iter()
-        .map(|v| v.to_str().unwrap())
+        .map(|v| v.to_str().unwrap().to_owned())
         .filter(|v| v.starts_with(&format!("{DEVICE_COOKIE}=")))
         .collect();
+    let (form, form_url) = b.follow(location(&r)).await;
+    assert_eq!(form.status(), 200);
+    let r = b.post_form(&form_url, &[("login", USER), ("password", PASSWORD)]).await;
+    let to = location(&r).to_owned();
+    assert!(
+        to.starts_with("/dex/approval?"),
+        "a device login is confirmed even with skipApprovalScreen: {to}"
+    );
+    // (the code's browser holds the binding, a `__Host-` cookie for as long as a user code lives)
     assert_eq!(set.len(), 1, "{set:?}");
     assert!(
         set[0].ends_with("; Path=/; Max-Age=300; HttpOnly; Secure; SameSite=Lax"),
         "{set:?}"
     );
-    let (form, form_url) = b.follow(location(&r)).await;
-    assert_eq!(form.status(), 200);
-    let r = b.post_form(&form_url, &[("login", USER), ("password", PASSWORD)]).await;
-    let to = location(&r).to_owned();
-    assert!(to.starts_with("/dex/approval?"), "{to}");
     let page = b.get(&to).await.text().await.unwrap();
     assert!(
         page.contains(&format!(
