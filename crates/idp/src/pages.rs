@@ -953,6 +953,40 @@ mod tests {
     }
 
     #[test]
+    fn device_confirmation_names_the_code_and_escapes_every_slot() {
+        let scopes = vec![describe_scope("openid", None)];
+        let html = body(&Approval {
+            title: HOSTILE,
+            brand: Brand {
+                logo: None,
+                dark: false,
+                issuer_path: "/dex",
+            },
+            req: HOSTILE,
+            client_name: HOSTILE,
+            scopes: &scopes,
+            user_code: Some(HOSTILE),
+        });
+        let html = without_login_script(&html);
+        // title twice, req, client name, user code.
+        assert_escaped(&html, 5);
+        assert!(
+            html.contains("A device is asking for access to your account as <b>"),
+            "{html}"
+        );
+        assert!(
+            html.contains("Confirm the code shown on your device: <b id=\"user-code\">&#60;script"),
+            "{html}"
+        );
+        assert!(!html.contains("would like to"), "{html}");
+        assert!(html.contains("<form method=\"post\" id=\"approval-form\">"), "{html}");
+        assert!(
+            html.contains("name=\"approval\" value=\"approve\">Grant Access"),
+            "{html}"
+        );
+    }
+
+    #[test]
     fn device_escapes_every_slot() {
         let html = body(&Device {
             title: HOSTILE,
@@ -1029,7 +1063,7 @@ mod tests {
         let page = csp(login_form(form("https://rp.example/cb; script-src *"), "", None, None));
         assert!(!page.contains('*') && page.matches("script-src").count() == 1, "{page}");
         let brand = Brand::new(&branding, "/dex");
-        let page = csp(approval(brand, "r", "RP", &[], "https://rp.example/cb"));
+        let page = csp(approval(brand, "r", "RP", &[], "https://rp.example/cb", None));
         assert!(page.contains("form-action 'self' https://rp.example;"), "{page}");
     }
 
