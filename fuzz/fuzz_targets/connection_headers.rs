@@ -130,11 +130,12 @@ fn edge(received: &HeaderMap, trusted: bool) {
 }
 
 /// kfsec's cookies, as this target knows them (its own list: see `LOOK_ALIKE_OF`).
-const OWN_COOKIES: [&str; 4] = [
+const OWN_COOKIES: [&str; 5] = [
     "authservice_session",
     "__Host-authservice_session",
     "__Host-oidc_state_csrf",
     "__Host-kfsec_upstream_login",
+    "__Host-kfsec_device_login",
 ];
 
 /// Headers an answer may not send, which speak for the whole origin.

@@ -131,13 +131,14 @@ pub fn gatekeeper_client() -> Client {
 /// The client id `kfsec login` uses (device flow, public).
 pub const CLI_CLIENT_ID: &str = "kfsec-cli";
 
-/// The built-in public client of `kfsec login`, whose browser leg ends at the IdP's
-/// `/device/callback`.
-pub fn cli_client(issuer_path: &str) -> Client {
+/// The built-in public client of `kfsec login`. It registers no redirect URI: its logins are
+/// device logins, whose browser leg ends at the IdP's own `/device/callback`, which only a
+/// device login started at `/device/auth/verify_code` may use (never an `/auth` request's).
+pub fn cli_client() -> Client {
     Client {
         id: CLI_CLIENT_ID.into(),
         name: "kfsec command line".into(),
-        redirect_uris: vec![format!("{issuer_path}/device/callback")],
+        redirect_uris: Vec::new(),
         auth: ClientAuth::Public,
     }
 }

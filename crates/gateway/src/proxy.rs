@@ -335,7 +335,8 @@ static ORIGIN_WIDE: [HeaderName; 7] = [
 ];
 
 /// The cookies kfsec sets on the origin — the session, the gatekeeper's login state, an upstream
-/// login's pending state — which no upstream's answer may set, replace or clear.
+/// login's pending state, a device login's browser binding — which no upstream's answer may
+/// set, replace or clear.
 #[derive(Debug, Clone)]
 pub struct OwnCookies(Box<[Box<str>]>);
 
@@ -345,7 +346,8 @@ impl OwnCookies {
         Self(
             session
                 .names()
-                .chain([crate::gatekeeper::CSRF_COOKIE, kfsec_idp::cookies::PENDING_LOGIN])
+                .chain([crate::gatekeeper::CSRF_COOKIE])
+                .chain(kfsec_idp::cookies::IDP_COOKIES)
                 .map(Box::from)
                 .collect(),
         )
@@ -897,7 +899,7 @@ mod tests {
         h.insert(
             header::COOKIE,
             HeaderValue::from_static(
-                "__Host-oidc_state_csrf=st; a=1; __Host-kfsec_upstream_login=p; __host-oidc_state_csrf=x",
+                "__Host-oidc_state_csrf=st; a=1; __Host-kfsec_upstream_login=p; __host-oidc_state_csrf=x; __Host-kfsec_device_login=d",
             ),
         );
         remove_own_cookies(&mut h, &own());
@@ -1107,6 +1109,7 @@ mod tests {
             " MY_SESSION =x",
             "__Host-oidc_state_csrf=forged; Path=/; Secure",
             "__host-kfsec_upstream_login=; Max-Age=0",
+            "__Host-kfsec_device_login=planted; Path=/; Secure",
             "app_session=1; HttpOnly",
             "my_session",
             "x=1; my_session=2",

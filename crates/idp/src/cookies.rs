@@ -14,6 +14,20 @@ use http::{HeaderMap, Method, header};
 /// start to its callback.
 pub const PENDING_LOGIN: &str = "__Host-kfsec_upstream_login";
 
+/// The cookie that binds a device login (RFC 8628) to the browser that entered its user code,
+/// from `/device/auth/verify_code` to `/device/callback`.
+pub const DEVICE_LOGIN: &str = "__Host-kfsec_device_login";
+
+/// The IdP's own login-state cookies, which no proxied app may set or read.
+pub const IDP_COOKIES: [&str; 2] = [PENDING_LOGIN, DEVICE_LOGIN];
+
+/// A `Set-Cookie` value for one of the IdP's login-state cookies: `__Host-` rules (`Secure`,
+/// `Path=/`, no `Domain`), `HttpOnly`, `SameSite=Lax` (it must come back on the top-level
+/// redirect that ends the login), kept `max_age_secs` (0 clears it).
+pub(crate) fn login_state_cookie(name: &str, value: &str, max_age_secs: u64) -> String {
+    format!("{name}={value}; Path=/; Max-Age={max_age_secs}; HttpOnly; Secure; SameSite=Lax")
+}
+
 /// The name a server reads, in the `Cookie` header a browser sends back, for the cookie a
 /// `Set-Cookie` value sets (RFC 6265bis §5.6): the bytes before the first `=` of the part before
 /// the first `;`, trimmed. A cookie with an empty name is sent as its value alone, so

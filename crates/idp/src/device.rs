@@ -4,9 +4,20 @@
 //!
 //! Invariants: a device code is high-entropy and stored only as a digest; user codes are short
 //! but expire with the request (5 minutes) and are single-use; tokens are handed out once, to
-//! the client that asked, and the record is deleted when they are; the browser leg's code is
-//! bound to its user code (PKCE with a verifier derived from it), so a code obtained for one
-//! device cannot complete another's login.
+//! the client that asked, and the record is deleted when they are.
+//!
+//! Binding (RFC 8628 §5.4): the browser leg belongs to the browser that entered the user code.
+//! `verify_code` (a same-origin form post) sets that browser a fresh random value in the
+//! `__Host-kfsec_device_login` cookie and signs only its SHA-256 into the login: the
+//! request's `device` and, sealed, the callback's `state`; the login's code is PKCE-bound to
+//! the user code and that digest. `/device/callback` completes nothing unless the cookie
+//! matches (constant-time), so a login link handed to someone else (a phishing victim who
+//! logs in with their password or through silent upstream SSO) gives the device nothing and
+//! denies it (`access_denied` at the next poll). The callback is no client's redirect URI:
+//! `/auth` refuses it, so no login the device flow did not start can end there. Whoever logs
+//! in always confirms on a screen naming the user code, even with `skipApprovalScreen`; a
+//! cancel there denies the device too. One browser holds one device login at a time: a code
+//! entered later replaces the cookie of an earlier one, whose callback is then refused.
 //!
 //! Bounds (config `loginProtection`): at most `maxDeviceCodesPerAddress` device codes per source
 //! per window (429 `slow_down`) and `maxPendingDeviceCodes` live at once (503
@@ -20,7 +31,7 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::extract::{Extension, Form, Query, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use kfsec_audit::RequestAudit;
 use kfsec_store::{Store, StoreError};
@@ -28,10 +39,11 @@ use kfsec_types::UnixTime;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
+use crate::cookies::{DEVICE_LOGIN, login_state_cookie};
 use crate::error::PageError;
-use crate::flow::AuthRequest;
+use crate::flow::{AuthRequest, MAX_PENDING_LOOKS};
 use crate::lockout::LockoutPolicy;
-use crate::secret::{random_alnum, random_token, sha256_b64, sha256_hex};
+use crate::secret::{ct_eq, random_alnum, random_token, sha256_b64, sha256_hex};
 use crate::throttle::{Capacity, Gcra, KeyedCounter, source_key};
 use crate::{Client, ClientAddr, Idp, IdpError, OAuthCode, OAuthError, TokenResponse, pages};
 
@@ -137,6 +149,16 @@ fn retry_later(mut resp: Response) -> Response {
     resp
 }
 
+/// A device login's binding to the browser that entered its user code: signed into its
+/// authorization request and sealed as its callback's `state`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct DeviceLogin {
+    /// The user code.
+    pub(crate) user_code: String,
+    /// Base64url SHA-256 of the random value in that browser's [`DEVICE_LOGIN`] cookie.
+    pub(crate) browser: String,
+}
+
 #[derive(Serialize, Deserialize)]
 struct DeviceRecord {
     client_id: String,
@@ -146,6 +168,10 @@ struct DeviceRecord {
     last_poll: u64,
     #[serde(default)]
     tokens: Option<TokenResponse>,
+    /// The login was cancelled or finished in another browser: the next poll is told
+    /// `access_denied`.
+    #[serde(default)]
+    denied: bool,
 }
 
 #[derive(Deserialize)]
@@ -193,6 +219,7 @@ async fn device_code_inner(idp: &Idp, source: &str, f: CodeForm) -> Result<Respo
         user_code: user_code.clone(),
         last_poll: 0,
         tokens: None,
+        denied: false,
     };
     let hash = sha256_hex(device_code.as_bytes());
     idp.store
@@ -231,10 +258,11 @@ pub(crate) struct VerifyForm {
     user_code: String,
 }
 
-/// `POST /device/auth/verify_code`: starts the browser login for that device.
+/// `POST /device/auth/verify_code`: starts the browser login for that device, bound to this
+/// browser (the [`DEVICE_LOGIN`] cookie).
 pub(crate) async fn verify_code(
     State(idp): State<Arc<Idp>>,
-    headers: axum::http::HeaderMap,
+    headers: HeaderMap,
     addr: Option<Extension<ClientAddr>>,
     Form(f): Form<VerifyForm>,
 ) -> Result<Response, PageError> {
@@ -265,17 +293,31 @@ pub(crate) async fn verify_code(
         .map_err(IdpError::from)?
         .ok_or_else(invalid)?;
     let rec: DeviceRecord = serde_json::from_slice(&kv.value).map_err(IdpError::from)?;
-    let challenge = sha256_b64(idp.device_verifier(&user_code).as_bytes());
+    // This browser keeps a fresh random value; the login carries only its digest (its signed
+    // payload is readable), so the login can finish only where the value is.
+    let secret = random_token(idp.rng.as_ref());
+    let login = DeviceLogin {
+        user_code,
+        browser: sha256_b64(secret.as_bytes()),
+    };
+    let challenge = sha256_b64(idp.device_verifier(&login).as_bytes());
     let mut req = AuthRequest::new(
         rec.client_id,
-        format!("{}/device/callback", idp.settings.issuer_path()),
+        idp.device_callback_path(),
         rec.scopes,
-        user_code,
+        idp.seal_device_login(&login)?,
     );
     req.code_challenge = Some(challenge);
     req.code_challenge_method = Some("S256".into());
+    req.device = Some(login);
     // The same chooser as any login: a device can be logged in through any connector.
-    idp.choose(req).await
+    let mut resp = idp.choose(req).await?;
+    // (kept as long as a user code lives: the login cannot finish after that)
+    let cookie = login_state_cookie(DEVICE_LOGIN, &secret, TTL.as_secs());
+    if let Ok(v) = HeaderValue::from_str(&cookie) {
+        resp.headers_mut().append(header::SET_COOKIE, v);
+    }
+    Ok(resp)
 }
 
 #[derive(Deserialize)]
@@ -284,11 +326,29 @@ pub(crate) struct CallbackQuery {
     code: String,
     #[serde(default)]
     state: String,
+    /// `access_denied` when the user cancelled on the confirmation screen.
+    #[serde(default)]
+    error: String,
 }
 
-/// `GET /device/callback`: redeems the code for the device and tells the user to go back.
+/// The page of a device login's callback in a browser that did not enter its user code.
+fn other_browser() -> PageError {
+    PageError {
+        status: StatusCode::FORBIDDEN,
+        message: "This device login was started in another browser, so it was not completed. If you did not \
+                  enter the code shown on your own device, someone may have sent you this link to get access \
+                  to your account. To log in a device, enter its code in this browser."
+            .into(),
+        cause: None,
+        back: None,
+    }
+}
+
+/// `GET /device/callback`: in the browser that entered the user code, redeems the code for the
+/// device and tells the user to go back; anywhere else (or after a cancel), denies the device.
 pub(crate) async fn device_callback(
     State(idp): State<Arc<Idp>>,
+    headers: HeaderMap,
     addr: Option<Extension<ClientAddr>>,
     audit: Option<Extension<RequestAudit>>,
     Query(q): Query<CallbackQuery>,
@@ -296,29 +356,48 @@ pub(crate) async fn device_callback(
     let audit = audit.map(|Extension(a)| a);
     crate::audit::device_approval(audit.as_ref());
     let invalid = || PageError::bad("This device login is invalid or has expired. Start again on your device.");
-    // The state is a user code: guessing it here is throttled like entering it on the page.
+    // Guessing here is throttled like entering a user code on the page.
     let source = address(addr);
     if !idp.device_limits.admit_user_code(&source, idp.clock.now()) {
         tracing::warn!(target: "audit", %source, "device callback throttled");
         return Ok(throttled());
     }
-    if !well_formed(&q.state) {
+    // The state is the login's binding, sealed by `verify_code`.
+    let Some(login) = idp.open_device_login(&q.state) else {
         return Err(invalid());
-    }
-    let user_code_key = format!("{USER_CODE_PREFIX}{}", q.state);
+    };
+    let user_code_key = format!("{USER_CODE_PREFIX}{}", login.user_code);
     // Looked up, not taken: only a callback whose code redeems may use the user code up.
     let Some(kv) = idp.store.get(&user_code_key).await.map_err(IdpError::from)? else {
         return Err(invalid());
     };
     let key = format!("{DEVICE_PREFIX}{}", String::from_utf8(kv.value).map_err(|_| invalid())?);
     let kv = idp.store.get(&key).await.map_err(IdpError::from)?.ok_or_else(invalid)?;
-    let mut rec: DeviceRecord = serde_json::from_slice(&kv.value).map_err(IdpError::from)?;
+    let rec: DeviceRecord = serde_json::from_slice(&kv.value).map_err(IdpError::from)?;
     let client = idp.clients.get(&rec.client_id).await?.ok_or_else(invalid)?;
     crate::audit::client(audit.as_ref(), &client.id);
-    let redirect = format!("{}/device/callback", idp.settings.issuer_path());
-    let verifier = idp.device_verifier(&q.state);
+    // Only the browser that entered the user code holds the value whose digest was signed.
+    let browser = login.browser.as_bytes();
+    let here = crate::cookies::cookies(&headers)
+        .filter(|(k, _)| *k == DEVICE_LOGIN)
+        .take(MAX_PENDING_LOOKS)
+        .any(|(_, v)| ct_eq(sha256_b64(v.as_bytes()).as_bytes(), browser));
+    if !here || !q.error.is_empty() {
+        // Denied for good: the user code is used up and the device told at its next poll.
+        if idp.store.take(&user_code_key).await.map_err(IdpError::from)?.is_none() {
+            return Err(invalid());
+        }
+        settle(&idp, &key, |rec| rec.denied = true).await?;
+        crate::audit::failed(audit.as_ref(), OAuthCode::AccessDenied.as_str());
+        if !here {
+            tracing::warn!(target: "audit", client = %client.id, "device login refused: finished in a browser that did not enter its code");
+            return Err(other_browser());
+        }
+        return Ok(cleared(pages::device_cancelled()));
+    }
+    let verifier = idp.device_verifier(&login);
     let tokens = idp
-        .redeem_code(&client, &q.code, &redirect, Some(&verifier))
+        .redeem_code(&client, &q.code, &idp.device_callback_path(), Some(&verifier))
         .await
         .map_err(|e| {
             tracing::warn!(target: "audit", error = %e.error, "device login code exchange failed");
@@ -328,18 +407,34 @@ pub(crate) async fn device_callback(
         return Err(invalid());
     }
     crate::audit::device_approved(audit.as_ref(), &tokens);
-    rec.tokens = Some(tokens);
-    let ttl = Some(TTL);
-    idp.store
-        .update(
-            &key,
-            serde_json::to_vec(&rec).map_err(IdpError::from)?,
-            Some(kv.mod_revision),
-            ttl,
-        )
-        .await
-        .map_err(|_| invalid())?;
-    Ok(pages::device_done())
+    settle(&idp, &key, |rec| rec.tokens = Some(tokens.clone())).await?;
+    Ok(cleared(pages::device_done()))
+}
+
+/// `resp` clearing the browser's [`DEVICE_LOGIN`] cookie (its login is over).
+fn cleared(mut resp: Response) -> Response {
+    if let Ok(v) = HeaderValue::from_str(&login_state_cookie(DEVICE_LOGIN, "", 0)) {
+        resp.headers_mut().append(header::SET_COOKIE, v);
+    }
+    resp
+}
+
+/// Records a device login's outcome (its user code already taken), over concurrent polls.
+async fn settle(idp: &Idp, key: &str, outcome: impl Fn(&mut DeviceRecord)) -> Result<(), PageError> {
+    let gone = || PageError::bad("This device login has expired. Start again on your device.");
+    for _ in 0..3 {
+        let kv = idp.store.get(key).await.map_err(IdpError::from)?.ok_or_else(gone)?;
+        let mut rec: DeviceRecord = serde_json::from_slice(&kv.value).map_err(IdpError::from)?;
+        outcome(&mut rec);
+        let body = serde_json::to_vec(&rec).map_err(IdpError::from)?;
+        match idp.store.update(key, body, Some(kv.mod_revision), Some(TTL)).await {
+            Ok(_) => return Ok(()),
+            Err(StoreError::Conflict { .. }) => {}
+            Err(StoreError::NotFound(_)) => return Err(gone()),
+            Err(e) => return Err(IdpError::from(e).into()),
+        }
+    }
+    Err(gone())
 }
 
 /// Token polling for a device code.
@@ -356,6 +451,14 @@ pub(crate) async fn poll(idp: &Idp, client: &Client, device_code: &str) -> Resul
         return Err(OAuthError::invalid_grant(
             "The device code was issued to another client.",
         ));
+    }
+    if rec.denied {
+        return match idp.store.delete(&key, Some(kv.mod_revision)).await {
+            Ok(_) | Err(StoreError::Conflict { .. } | StoreError::NotFound(_)) => {
+                Err(OAuthError::bad(OAuthCode::AccessDenied, "The device login was denied."))
+            }
+            Err(e) => Err(IdpError::from(e).into()),
+        };
     }
     if let Some(tokens) = rec.tokens.take() {
         return match idp.store.delete(&key, Some(kv.mod_revision)).await {

@@ -2,8 +2,10 @@
 //! authorize, the local password connector, approval, token, userinfo and health.
 //!
 //! Invariants: an unknown client or unregistered redirect URI gets an error page and is never
-//! redirected to; a failed login issues no code and is counted by the lockout; `/token` answers
-//! only OAuth2 JSON.
+//! redirected to; the device callback is no client's redirect URI (only a device login started
+//! at `/device/auth/verify_code` ends there) and a device login always shows the confirmation
+//! screen naming its user code, whatever `skipApprovalScreen` says; a failed login issues no
+//! code and is counted by the lockout; `/token` answers only OAuth2 JSON.
 //!
 //! Pre-login state is stateless and small: `/auth/local` validates the request (with tight
 //! length caps: `state` ≤ `loginProtection.maxStateLength` (512) bytes, 4,096 for the in-process
@@ -26,6 +28,7 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD as B64};
 use serde::{Deserialize, Serialize};
 
 use crate::connector::{Connector, ConnectorKind, LOCAL, Scopes, UpstreamIdentity};
+use crate::device::DeviceLogin;
 use crate::error::PageError;
 use crate::lockout::Gate;
 use crate::secret::{ct_eq, random_token};
@@ -128,6 +131,10 @@ pub(crate) struct AuthRequest {
     /// (with its connector data).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) identity: Option<UpstreamIdentity>,
+    /// For a device login (started only at `/device/auth/verify_code`, the one request whose
+    /// `redirect_uri` may be the device callback): its user code and the browser it is bound to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) device: Option<DeviceLogin>,
 }
 
 impl AuthRequest {
@@ -146,6 +153,7 @@ impl AuthRequest {
             exp: 0,
             connector_id: String::new(),
             identity: None,
+            device: None,
         }
     }
 }
@@ -172,9 +180,9 @@ pub(crate) const CALLBACK_WINDOW: std::time::Duration = std::time::Duration::fro
 /// The longest cookie a browser is sure to keep (RFC 6265 §6.1 asks for at least 4,096 bytes
 /// of name, value and attributes).
 const MAX_PENDING_COOKIE: usize = 3800;
-/// The most pending-login cookies one upstream callback opens (kfsec sets one per browser, each
-/// login replacing the last; more were planted beside it).
-const MAX_PENDING_LOOKS: usize = 8;
+/// The most login-state cookies of one name a callback looks at (kfsec sets one per browser,
+/// each login replacing the last; more were planted beside it).
+pub(crate) const MAX_PENDING_LOOKS: usize = 8;
 
 /// What signed values are for: a value signed for one purpose never opens as another.
 #[derive(Debug, Clone, Copy)]
@@ -183,6 +191,8 @@ enum Purpose {
     Request,
     /// A callback login's browser-bound secrets (a cookie).
     Pending,
+    /// A device login's binding to its browser (the device callback's `state`).
+    Device,
 }
 
 impl Purpose {
@@ -190,6 +200,7 @@ impl Purpose {
         match self {
             Self::Request => b"authreq\0",
             Self::Pending => b"pending\0",
+            Self::Device => b"device\0",
         }
     }
 }
@@ -275,10 +286,44 @@ impl Idp {
         self.seal(Purpose::Request, req)
     }
 
-    /// The PKCE verifier that binds a device login's code to its user code: only the callback
-    /// for that user code can redeem it.
-    pub(crate) fn device_verifier(&self, user_code: &str) -> String {
-        B64.encode(hmac::sign(&self.auth_key.0, format!("device-pkce\0{user_code}").as_bytes()).as_ref())
+    /// The PKCE verifier that binds a device login's code to its user code and to the browser
+    /// that entered it: only the callback for that user code, in that browser, can redeem it.
+    pub(crate) fn device_verifier(&self, login: &DeviceLogin) -> String {
+        let DeviceLogin { user_code, browser } = login;
+        B64.encode(
+            hmac::sign(
+                &self.auth_key.0,
+                format!("device-pkce\0{user_code}\0{browser}").as_bytes(),
+            )
+            .as_ref(),
+        )
+    }
+
+    /// A device login's binding, sealed: the device callback's `state`.
+    pub(crate) fn seal_device_login(&self, login: &DeviceLogin) -> Result<String, IdpError> {
+        self.seal(Purpose::Device, login)
+    }
+
+    /// Opens a device callback's `state`: `None` if forged or malformed.
+    pub(crate) fn open_device_login(&self, state: &str) -> Option<DeviceLogin> {
+        self.unseal(Purpose::Device, state)
+    }
+
+    /// Where a device login's browser leg ends: `{issuer path}/device/callback`.
+    pub(crate) fn device_callback_path(&self) -> String {
+        format!("{}/device/callback", self.settings.issuer_path())
+    }
+
+    /// Whether `uri` (absolute or relative to the issuer) names the device callback: never a
+    /// client's redirect URI, whatever its registrations say.
+    fn is_device_callback(&self, uri: &str) -> bool {
+        let want = self.device_callback_path();
+        let Ok(issuer) = url::Url::parse(&self.settings.issuer) else {
+            return uri == want;
+        };
+        issuer
+            .join(uri)
+            .is_ok_and(|u| u.origin() == issuer.origin() && u.path().trim_end_matches('/').eq_ignore_ascii_case(&want))
     }
 
     /// Opens a signed request: `None` if forged, malformed or expired.
@@ -350,11 +395,8 @@ impl Idp {
                 "This login request is too large (its state or return address is too long).",
             ));
         }
-        let cookie = format!(
-            "{}={sealed}; Path=/; Max-Age={}; HttpOnly; Secure; SameSite=Lax",
-            PENDING_COOKIE,
-            self.settings.auth_request_ttl.as_secs()
-        );
+        let cookie =
+            crate::cookies::login_state_cookie(PENDING_COOKIE, &sealed, self.settings.auth_request_ttl.as_secs());
         let mut resp = Redirect::to(&redirect.url).into_response();
         if let Ok(v) = HeaderValue::from_str(&cookie) {
             resp.headers_mut().append(header::SET_COOKIE, v);
@@ -471,7 +513,10 @@ async fn parse_auth(idp: &Idp, q: &HashMap<String, String>) -> Result<Result<Aut
     let Some(client) = idp.clients.get(client_id).await? else {
         return Err(PageError::bad(format!("Invalid client_id ({client_id:?}).")));
     };
-    if !client.redirect_allowed(redirect_uri) {
+    // The device callback finishes only device logins started at `/device/auth/verify_code`
+    // (bound to the browser that entered the user code); a request from outside naming it
+    // would complete someone's device login in whichever browser follows the link.
+    if idp.is_device_callback(redirect_uri) || !client.redirect_allowed(redirect_uri) {
         return Err(PageError::bad(format!("Unregistered redirect_uri ({redirect_uri:?}).")));
     }
     let max_state = if client.auth == ClientAuth::InProcess {
@@ -903,12 +948,19 @@ async fn finish_login(idp: &Idp, req: AuthRequest, who: LoggedIn, auth_ms: u64) 
         .get(&req.client_id)
         .await?
         .ok_or_else(|| PageError::bad("The client no longer exists."))?;
-    // The client may have lost this redirect URI since the request was signed.
-    let device = format!("{}/device/callback", idp.settings.issuer_path());
-    if req.redirect_uri != device && !client.redirect_allowed(&req.redirect_uri) {
+    // The client may have lost this redirect URI since the request was signed; the device
+    // callback is only ever a device login's.
+    let registered = if req.device.is_some() {
+        req.redirect_uri == idp.device_callback_path()
+    } else {
+        !idp.is_device_callback(&req.redirect_uri) && client.redirect_allowed(&req.redirect_uri)
+    };
+    if !registered {
         return Err(PageError::bad("Unregistered redirect_uri."));
     }
-    if idp.settings.skip_approval || client.auth == ClientAuth::InProcess {
+    // A device login is always confirmed, naming its user code (RFC 8628 §5.4): whoever sent
+    // the user here may be asking for access for their own device.
+    if req.device.is_none() && (idp.settings.skip_approval || client.auth == ClientAuth::InProcess) {
         return Ok(see_other(&finish(idp, req, who, auth_ms).await?));
     }
     // Only now, after a successful login, is anything stored.
@@ -1017,9 +1069,7 @@ async fn upstream_callback(
     tracing::info!(target: "audit", user = %identity.email, connector = %connector.id, "upstream login succeeded");
     let who = LoggedIn::federated(&connector.id, identity);
     let mut resp = finish_login(idp, req, who, auth_ms).await?;
-    if let Ok(v) = HeaderValue::from_str(&format!(
-        "{cookie_name}=; Path=/; Max-Age=0; HttpOnly; Secure; SameSite=Lax"
-    )) {
+    if let Ok(v) = HeaderValue::from_str(&crate::cookies::login_state_cookie(cookie_name, "", 0)) {
         resp.headers_mut().append(header::SET_COOKIE, v);
     }
     Ok(resp)
@@ -1091,6 +1141,7 @@ async fn approval_page(State(idp): State<Arc<Idp>>, Query(q): Params) -> Result<
         &client.name,
         &scopes,
         &req.redirect_uri,
+        req.device.as_ref().map(|d| d.user_code.as_str()),
     ))
 }
 
@@ -1131,7 +1182,7 @@ async fn approval_inner(
     let Some(email) = req.logged_in.clone() else {
         return Err(PageError::bad("Login process not yet finalized."));
     };
-    let device = req.redirect_uri == format!("{}/device/callback", idp.settings.issuer_path());
+    let device = req.device.is_some();
     crate::audit::approval_request(audit, device, &req.client_id, &email);
     // Single use: whoever deletes the request first finishes it.
     idp.store
@@ -1403,6 +1454,61 @@ mod tests {
     use super::*;
     use crate::IdpSettings;
     use crate::test_support::{USER, client, idp, settings};
+
+    #[tokio::test]
+    async fn no_authorization_request_ends_at_the_device_callback_whatever_a_client_registers() {
+        let clock = ManualClock::new(UnixTime::from_secs(1_800_000_000));
+        let callbacks = [
+            "/dex/device/callback",
+            "https://kf.example.com/dex/device/callback",
+            "https://KF.example.com:443/dex/device/callback?x=1",
+            "//kf.example.com/dex/device/callback/",
+            "/dex/Device/Callback",
+        ];
+        let mut rp = client();
+        rp.redirect_uris.extend(callbacks.iter().map(|u| (*u).to_owned()));
+        let idp = idp(
+            IdpSettings {
+                static_clients: vec![rp],
+                ..settings()
+            },
+            MemoryStore::new(clock.clone()),
+            clock,
+        )
+        .await;
+        let query = |redirect_uri: &str| -> HashMap<String, String> {
+            [
+                ("client_id", "rp"),
+                ("redirect_uri", redirect_uri),
+                ("response_type", "code"),
+                ("scope", "openid"),
+                ("state", "s"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect()
+        };
+        for uri in callbacks {
+            match parse_auth(&idp, &query(uri)).await {
+                Err(e) => {
+                    assert_eq!(e.status, StatusCode::BAD_REQUEST, "{uri}");
+                    assert!(
+                        e.message.starts_with("Unregistered redirect_uri"),
+                        "{uri}: {}",
+                        e.message
+                    );
+                }
+                Ok(_) => panic!("{uri} accepted as a redirect URI"),
+            }
+        }
+        // the client's other redirect URI still works
+        for uri in ["https://rp.example/cb"] {
+            assert!(matches!(parse_auth(&idp, &query(uri)).await, Ok(Ok(_))), "{uri}");
+        }
+        assert!(!idp.is_device_callback("https://other.example/dex/device/callback"));
+        assert!(!idp.is_device_callback("/dex/device/callbacks"));
+        assert!(idp.is_device_callback("/dex/device/callback"));
+    }
 
     #[tokio::test]
     async fn a_store_failure_at_the_lockout_refuses_the_login_unchecked_and_says_try_again() {

@@ -129,7 +129,7 @@ struct Login<'a> {
     back: Option<&'a str>,
 }
 
-/// The approval screen.
+/// The approval screen; for a device login, the confirmation naming its user code.
 #[derive(Template)]
 #[template(path = "approval.html")]
 struct Approval<'a> {
@@ -138,6 +138,8 @@ struct Approval<'a> {
     req: &'a str,
     client_name: &'a str,
     scopes: &'a [ScopeLine],
+    /// A device login's user code.
+    user_code: Option<&'a str>,
 }
 
 /// The page a browser lands on after a logout that names no return path.
@@ -689,15 +691,21 @@ pub(crate) fn approval(
     client_name: &str,
     scopes: &[ScopeLine],
     redirect_uri: &str,
+    user_code: Option<&str>,
 ) -> Response {
     respond_form(
         StatusCode::OK,
         &Approval {
-            title: "Grant Access",
+            title: if user_code.is_some() {
+                "Confirm device login"
+            } else {
+                "Grant Access"
+            },
             brand,
             req,
             client_name,
             scopes,
+            user_code,
         },
         Some(redirect_uri),
     )
@@ -724,6 +732,20 @@ pub(crate) fn device_throttled() -> Response {
             title: "Log in a device",
             text: "Too many attempts. Wait a few minutes and try again.",
             tone: Tone::Alert,
+            back: None,
+            home: false,
+        },
+    )
+}
+
+/// The device flow's last page in the browser when the user cancelled on the confirmation.
+pub(crate) fn device_cancelled() -> Response {
+    respond(
+        StatusCode::OK,
+        &Message {
+            title: "Login cancelled",
+            text: "The device was not logged in. You can close this page.",
+            tone: Tone::Notice,
             back: None,
             home: false,
         },
@@ -927,6 +949,7 @@ mod tests {
             req: HOSTILE,
             client_name: HOSTILE,
             scopes: &scopes,
+            user_code: None,
         });
         let html = without_login_script(&html);
         // title twice, req, client name, the unknown scope (as code), the peer's name.
@@ -944,6 +967,40 @@ mod tests {
         assert!(html.contains("<form method=\"post\" id=\"approval-form\">"), "{html}");
         assert!(html.contains("name=\"approval\" value=\"approve\""), "{html}");
         assert!(!html.contains("style=\""), "no inline style attribute: {html}");
+    }
+
+    #[test]
+    fn device_confirmation_names_the_code_and_escapes_every_slot() {
+        let scopes = vec![describe_scope("openid", None)];
+        let html = body(&Approval {
+            title: HOSTILE,
+            brand: Brand {
+                logo: None,
+                dark: false,
+                issuer_path: "/dex",
+            },
+            req: HOSTILE,
+            client_name: HOSTILE,
+            scopes: &scopes,
+            user_code: Some(HOSTILE),
+        });
+        let html = without_login_script(&html);
+        // title twice, req, client name, user code.
+        assert_escaped(&html, 5);
+        assert!(
+            html.contains("A device is asking for access to your account as <b>"),
+            "{html}"
+        );
+        assert!(
+            html.contains("Confirm the code shown on your device: <b id=\"user-code\">&#60;script"),
+            "{html}"
+        );
+        assert!(!html.contains("would like to"), "{html}");
+        assert!(html.contains("<form method=\"post\" id=\"approval-form\">"), "{html}");
+        assert!(
+            html.contains("name=\"approval\" value=\"approve\">Grant Access"),
+            "{html}"
+        );
     }
 
     #[test]
@@ -1023,7 +1080,7 @@ mod tests {
         let page = csp(login_form(form("https://rp.example/cb; script-src *"), "", None, None));
         assert!(!page.contains('*') && page.matches("script-src").count() == 1, "{page}");
         let brand = Brand::new(&branding, "/dex");
-        let page = csp(approval(brand, "r", "RP", &[], "https://rp.example/cb"));
+        let page = csp(approval(brand, "r", "RP", &[], "https://rp.example/cb", None));
         assert!(page.contains("form-action 'self' https://rp.example;"), "{page}");
     }
 

@@ -311,8 +311,8 @@ fn session_cookie_name(name: Option<String>) -> Result<String, ConfigError> {
     // (its `__Host-` twin, which browsers are held to, included)
     let names = kfsec_gateway::session_cookie::SessionCookie::new(&name);
     if let Some(clash) = names.names().find(|n| {
-        [kfsec_gateway::CSRF_COOKIE, kfsec_idp::cookies::PENDING_LOGIN]
-            .iter()
+        std::iter::once(kfsec_gateway::CSRF_COOKIE)
+            .chain(kfsec_idp::cookies::IDP_COOKIES)
             .any(|own| own.eq_ignore_ascii_case(n))
     }) {
         return Err(ConfigError::Invalid(format!(
@@ -1331,6 +1331,7 @@ routes:
         for own in [
             "__Host-oidc_state_csrf",
             "__Host-kfsec_upstream_login",
+            "__Host-kfsec_device_login",
             "__Host-OIDC_State_CSRF",
             // (their `__Host-` twins are)
             "oidc_state_csrf",

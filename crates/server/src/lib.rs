@@ -84,12 +84,6 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ServerError {
     move |source| ServerError::Io { what, source }
 }
 
-fn issuer_path(issuer: &str) -> String {
-    url::Url::parse(issuer)
-        .map(|u| u.path().trim_end_matches('/').to_owned())
-        .unwrap_or_default()
-}
-
 /// Paths inside the data directory.
 pub struct DataDir(pub PathBuf);
 
@@ -456,10 +450,7 @@ pub fn admin_ops(store: Arc<dyn Store>, cfg: &Config) -> Result<admin::AdminOps,
     let clients = Arc::new(kfsec_idp::ClientRegistry::new(
         store,
         cfg.static_clients.clone(),
-        vec![
-            gatekeeper_client(),
-            cli_client(&issuer_path(cfg.issuer.as_deref().unwrap_or("https://localhost/dex"))),
-        ],
+        vec![gatekeeper_client(), cli_client()],
     ));
     Ok(admin::AdminOps {
         users,
@@ -628,7 +619,7 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
         skip_approval: cfg.skip_approval,
         static_users: cfg.static_users.clone(),
         static_clients: cfg.static_clients.clone(),
-        builtin_clients: vec![gatekeeper_client(), cli_client(&issuer_path(&issuer))],
+        builtin_clients: vec![gatekeeper_client(), cli_client()],
         lockout: cfg.lockout.clone(),
         bearer_audiences: cfg.bearer_audiences.clone(),
         connectors,

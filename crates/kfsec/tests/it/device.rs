@@ -92,3 +92,265 @@ async fn kfsec_login_uses_the_device_flow() {
     assert_eq!(seen["headers"]["kubeflow-userid"], USER);
     k.running.shutdown().await;
 }
+
+/// The device login's browser-binding cookie.
+const DEVICE_COOKIE: &str = "__Host-kfsec_device_login";
+
+/// A fresh device code for `kfsec-cli` with a refresh token's scopes: (device_code, user_code).
+async fn device_code_offline(k: &Kfsec) -> (String, String) {
+    let r: serde_json::Value = http_client(&k.running.ca_pem)
+        .post(format!("{}/device/code", k.running.issuer))
+        .form(&[
+            ("client_id", "kfsec-cli"),
+            ("scope", "openid email groups offline_access"),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let field = |n: &str| r[n].as_str().unwrap().to_owned();
+    (field("device_code"), field("user_code"))
+}
+
+/// One device-code poll by `kfsec-cli`: (status, body).
+async fn poll(k: &Kfsec, device_code: &str) -> (u16, serde_json::Value) {
+    let r = http_client(&k.running.ca_pem)
+        .post(format!("{}/token", k.running.issuer))
+        .form(&[
+            ("grant_type", "urn:ietf:params:oauth:grant-type:device_code"),
+            ("device_code", device_code),
+            ("client_id", "kfsec-cli"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
+/// RFC 8628 §5.4 (remote phishing): someone starts a device login for their own device and
+/// sends its login link to a victim. With `skipApprovalScreen` (Kubeflow's default) the victim
+/// who logs in is still shown the confirmation naming the code; one who confirms anyway
+/// completes nothing, since their browser did not enter the code: they are told so, and the
+/// device is denied instead of getting the victim's tokens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_login_link_finished_in_another_browser_gets_the_device_nothing() {
+    let k = Kfsec::start("oauth2:\n  skipApprovalScreen: true\n").await;
+    let (device_code, user_code) = device_code_offline(&k).await;
+    // the attacker enters their own code (no Origin: not a browser) and keeps the link
+    let mut attacker = k.client();
+    let r = attacker
+        .post_form("/dex/device/auth/verify_code", &[("user_code", &user_code)])
+        .await;
+    assert_eq!(r.status(), 303);
+    let link = location(&r).to_owned();
+    assert!(link.starts_with("/dex/auth/local/login?"), "{link}");
+
+    // the victim, another browser, follows the link and logs in with their password
+    let mut victim = k.client();
+    let (form, form_url) = victim.follow(&link).await;
+    assert_eq!(form.status(), 200);
+    let r = victim
+        .post_form(&form_url, &[("login", USER), ("password", PASSWORD)])
+        .await;
+    assert_eq!(r.status(), 303);
+    let mut callback = location(&r).to_owned();
+    // a victim who confirms whatever is shown
+    let mut confirmation = None;
+    if callback.starts_with("/dex/approval?") {
+        confirmation = Some(victim.get(&callback).await.text().await.unwrap());
+        assert_eq!(poll(&k, &device_code).await.1["error"], "authorization_pending");
+        let req = query_param(&callback, "req").unwrap();
+        let r = victim
+            .post_form(&callback, &[("req", &req), ("approval", "approve")])
+            .await;
+        assert_eq!(r.status(), 303);
+        callback = location(&r).to_owned();
+    }
+    assert!(callback.starts_with("/dex/device/callback?"), "{callback}");
+    let r = victim.get(&callback).await;
+    let (status, content_type) = (r.status(), r.headers().get("content-type").cloned());
+    let redirected = r.headers().contains_key("location");
+    let text = r.text().await.unwrap();
+
+    // the device gets no tokens: denied, then gone
+    let (polled, body) = poll(&k, &device_code).await;
+    assert_ne!(polled, 200, "the attacker's device got the victim's tokens: {body}");
+    assert!(body.get("id_token").is_none() && body.get("refresh_token").is_none());
+    assert_eq!((polled, body["error"].as_str()), (400, Some("access_denied")), "{body}");
+    assert_eq!(poll(&k, &device_code).await.1["error"], "expired_token");
+    // the victim's browser is told why, on an error page
+    assert_eq!(status, 403, "{text}");
+    assert!(!redirected);
+    assert!(content_type.unwrap().to_str().unwrap().starts_with("text/html"));
+    assert!(
+        text.contains("This device login was started in another browser, so it was not completed."),
+        "{text}"
+    );
+    assert!(!text.contains("Return to your device"), "{text}");
+    // and was shown the confirmation naming the code, although approval screens are skipped
+    let page = confirmation.expect("a device login is confirmed even with skipApprovalScreen");
+    assert!(
+        page.contains(&format!(
+            "Confirm the code shown on your device: <b id=\"user-code\">{user_code}</b>"
+        )),
+        "{page}"
+    );
+    assert!(page.contains("A device is asking for access to your account"), "{page}");
+    // nor does the attacker's own browser finish it with the victim's code afterwards
+    assert_eq!(attacker.get(&callback).await.status(), 400);
+    assert_eq!(poll(&k, &device_code).await.1["error"], "expired_token");
+    k.running.shutdown().await;
+}
+
+/// The device callback is no redirect URI of an authorization request: a page that sends a
+/// victim to `/dex/auth` for `kfsec-cli` ending there (with the challenge read from a signed
+/// device login, so the victim's silent SSO would complete the attacker's device) gets the
+/// error page for an unregistered redirect URI, never a redirect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_authorization_request_cannot_end_at_the_device_callback() {
+    use base64::Engine;
+    let k = Kfsec::start("oauth2:\n  skipApprovalScreen: true\n").await;
+    let (_, user_code) = device_code_offline(&k).await;
+    let mut attacker = k.client();
+    let r = attacker
+        .post_form("/dex/device/auth/verify_code", &[("user_code", &user_code)])
+        .await;
+    let link = location(&r).to_owned();
+    // the signed request is signed, not sealed: its challenge can be read
+    let signed = query_param(&link, "state").unwrap();
+    let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(signed.split('.').next().unwrap())
+        .unwrap();
+    let req: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+    let challenge = req["code_challenge"].as_str().unwrap().to_owned();
+    let state = req["state"].as_str().unwrap().to_owned();
+
+    let mut victim = k.client();
+    for redirect in [
+        "/dex/device/callback".to_owned(),
+        format!("{}/device/callback", k.running.issuer),
+        format!("{}/device/callback?x=1", k.running.issuer),
+    ] {
+        for (entry, state) in [("/dex/auth", &state), ("/dex/auth/local", &user_code)] {
+            let q = url::form_urlencoded::Serializer::new(String::new())
+                .extend_pairs([
+                    ("client_id", "kfsec-cli"),
+                    ("redirect_uri", redirect.as_str()),
+                    ("response_type", "code"),
+                    ("scope", "openid email groups offline_access"),
+                    ("state", state.as_str()),
+                    ("code_challenge", challenge.as_str()),
+                    ("code_challenge_method", "S256"),
+                ])
+                .finish();
+            let r = victim.get(&format!("{entry}?{q}")).await;
+            assert_eq!(r.status(), 400, "{entry} {redirect}");
+            assert!(r.headers().get("location").is_none(), "{entry} {redirect}");
+            assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+            let text = r.text().await.unwrap();
+            assert!(text.contains("Unregistered redirect_uri"), "{entry} {redirect}: {text}");
+        }
+    }
+    k.running.shutdown().await;
+}
+
+/// The device flow as users expect it: the browser that entered the code logs in, is shown the
+/// confirmation naming the code (also with `skipApprovalScreen`), confirms, and the device's
+/// poll gets the tokens; a cancel there denies the device.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_login_confirmed_in_the_browser_that_entered_the_code_gets_the_device_tokens() {
+    let k = Kfsec::start("oauth2:\n  skipApprovalScreen: true\n").await;
+    let (device_code, user_code) = device_code_offline(&k).await;
+    let mut b = k.client();
+    let page = b
+        .get(&format!("/dex/device?user_code={user_code}"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains(&user_code));
+    let r = b
+        .send(
+            b.http
+                .post(b.url("/dex/device/auth/verify_code"))
+                .header("origin", &k.base)
+                .form(&[("user_code", &user_code)]),
+        )
+        .await;
+    assert_eq!(r.status(), 303);
+    let set: Vec<String> = r
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .filter(|v| v.starts_with(&format!("{DEVICE_COOKIE}=")))
+        .collect();
+    let (form, form_url) = b.follow(location(&r)).await;
+    assert_eq!(form.status(), 200);
+    let r = b.post_form(&form_url, &[("login", USER), ("password", PASSWORD)]).await;
+    let to = location(&r).to_owned();
+    assert!(
+        to.starts_with("/dex/approval?"),
+        "a device login is confirmed even with skipApprovalScreen: {to}"
+    );
+    // (the code's browser holds the binding, a `__Host-` cookie for as long as a user code lives)
+    assert_eq!(set.len(), 1, "{set:?}");
+    assert!(
+        set[0].ends_with("; Path=/; Max-Age=300; HttpOnly; Secure; SameSite=Lax"),
+        "{set:?}"
+    );
+    let page = b.get(&to).await.text().await.unwrap();
+    assert!(
+        page.contains(&format!(
+            "Confirm the code shown on your device: <b id=\"user-code\">{user_code}</b>"
+        )),
+        "{page}"
+    );
+    assert!(page.contains("Grant Access"), "{page}");
+    assert_eq!(poll(&k, &device_code).await.1["error"], "authorization_pending");
+    // the confirmation is a same-origin form too
+    let req = query_param(&to, "req").unwrap();
+    let r = b
+        .send(
+            b.http
+                .post(b.url(&to))
+                .header("origin", "https://evil.example")
+                .form(&[("req", req.as_str()), ("approval", "approve")]),
+        )
+        .await;
+    assert_eq!(r.status(), 403);
+    let r = b.post_form(&to, &[("req", &req), ("approval", "approve")]).await;
+    let callback = location(&r).to_owned();
+    assert!(callback.starts_with("/dex/device/callback?"), "{callback}");
+    let r = b.get(&callback).await;
+    assert_eq!(r.status(), 200);
+    assert!(!b.cookies.contains_key(DEVICE_COOKIE), "the binding is cleared");
+    assert!(r.text().await.unwrap().contains("Return to your device"));
+    let (status, tokens) = poll(&k, &device_code).await;
+    assert_eq!(status, 200, "{tokens}");
+    assert!(tokens["refresh_token"].is_string(), "{tokens}");
+    let claims = id_token_claims(&tokens);
+    assert_eq!(claims["email"], USER);
+    assert_eq!(claims["aud"], "kfsec-cli");
+
+    // another device login in the same browser, cancelled on the confirmation: denied
+    let (device_code, user_code) = device_code_offline(&k).await;
+    let r = b
+        .post_form("/dex/device/auth/verify_code", &[("user_code", &user_code)])
+        .await;
+    let (_, form_url) = b.follow(location(&r)).await;
+    let r = b.post_form(&form_url, &[("login", USER), ("password", PASSWORD)]).await;
+    let to = location(&r).to_owned();
+    let req = query_param(&to, "req").unwrap();
+    let r = b.post_form(&to, &[("req", &req), ("approval", "rejected")]).await;
+    let callback = location(&r).to_owned();
+    assert!(callback.starts_with("/dex/device/callback?"), "{callback}");
+    let r = b.get(&callback).await;
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().contains("The device was not logged in."));
+    let (status, body) = poll(&k, &device_code).await;
+    assert_eq!((status, body["error"].as_str()), (400, Some("access_denied")), "{body}");
+    k.running.shutdown().await;
+}
