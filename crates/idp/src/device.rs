@@ -172,6 +172,18 @@ struct DeviceRecord {
     /// `access_denied`.
     #[serde(default)]
     denied: bool,
+    /// The polling interval this device was told (s; 0: [`INTERVAL`]): each `slow_down` adds
+    /// five seconds to it, for this and every later poll (RFC 8628 §3.5).
+    #[serde(default)]
+    interval: u64,
+}
+
+/// What is left of a device code's life (its record's expiry): a write while polling keeps it,
+/// so a device that polls cannot keep its code alive past the `expires_in` it was told.
+fn remaining(kv: &kfsec_store::KeyValue, now: UnixTime) -> Duration {
+    kv.expires_at.map_or(TTL, |end| {
+        Duration::from_millis(end.as_millis().saturating_sub(now.as_millis()).max(1))
+    })
 }
 
 #[derive(Deserialize)]
@@ -220,6 +232,7 @@ async fn device_code_inner(idp: &Idp, source: &str, f: CodeForm) -> Result<Respo
         last_poll: 0,
         tokens: None,
         denied: false,
+        interval: 0,
     };
     let hash = sha256_hex(device_code.as_bytes());
     idp.store
@@ -469,16 +482,21 @@ pub(crate) async fn poll(idp: &Idp, client: &Client, device_code: &str) -> Resul
             Err(e) => Err(IdpError::from(e).into()),
         };
     }
-    let now = idp.clock.now().as_secs();
-    let too_fast = rec.last_poll != 0 && now < rec.last_poll + INTERVAL;
+    let at = idp.clock.now();
+    let now = at.as_secs();
+    let interval = rec.interval.max(INTERVAL);
+    let too_fast = rec.last_poll != 0 && now < rec.last_poll.saturating_add(interval);
     rec.last_poll = now;
+    if too_fast {
+        rec.interval = interval + INTERVAL;
+    }
     let _ = idp
         .store
         .update(
             &key,
             serde_json::to_vec(&rec).map_err(IdpError::from)?,
             Some(kv.mod_revision),
-            Some(TTL),
+            Some(remaining(&kv, at)),
         )
         .await;
     if too_fast {

@@ -129,6 +129,48 @@ async fn poll(k: &Kfsec, device_code: &str) -> (u16, serde_json::Value) {
     (r.status().as_u16(), r.json().await.unwrap())
 }
 
+/// A device code lives the `expires_in` it was issued with however often it is polled (each
+/// poll used to restart its five minutes, so a polling device kept it forever), and each
+/// `slow_down` adds five seconds to the interval for every later poll (RFC 8628 §3.5).
+#[tokio::test]
+async fn polling_neither_extends_a_device_code_nor_outruns_slow_down() {
+    let k = Kfsec::start_with_clock("").await;
+    let clock = k.clock.clone().unwrap();
+    let (device_code, _) = device_code_offline(&k).await;
+    let error = |r: (u16, serde_json::Value)| (r.0, r.1["error"].as_str().unwrap_or_default().to_owned());
+    let pending = (400, "authorization_pending".to_owned());
+    let slow = (400, "slow_down".to_owned());
+    assert_eq!(error(poll(&k, &device_code).await), pending);
+    clock.advance(Duration::from_secs(3));
+    assert_eq!(error(poll(&k, &device_code).await), slow, "3 s after, interval 5 s");
+    clock.advance(Duration::from_secs(6));
+    assert_eq!(
+        error(poll(&k, &device_code).await),
+        slow,
+        "6 s after, interval now 10 s"
+    );
+    clock.advance(Duration::from_secs(16));
+    assert_eq!(
+        error(poll(&k, &device_code).await),
+        pending,
+        "16 s after, interval 15 s"
+    );
+    // Polled every 16 s to just before the end of its 300 s: pending; past them: expired.
+    let mut t = 25;
+    while t + 16 < 300 {
+        clock.advance(Duration::from_secs(16));
+        t += 16;
+        assert_eq!(error(poll(&k, &device_code).await), pending, "at {t} s");
+    }
+    clock.advance(Duration::from_secs(301 - t));
+    assert_eq!(
+        error(poll(&k, &device_code).await),
+        (400, "expired_token".to_owned()),
+        "a device code polled all along still ends 300 s after it was issued"
+    );
+    k.running.shutdown().await;
+}
+
 /// RFC 8628 §5.4 (remote phishing): someone starts a device login for their own device and
 /// sends its login link to a victim. With `skipApprovalScreen` (Kubeflow's default) the victim
 /// who logs in is still shown the confirmation naming the code; one who confirms anyway
