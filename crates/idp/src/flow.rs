@@ -575,6 +575,14 @@ async fn parse_auth(idp: &Idp, q: &HashMap<String, String>) -> Result<Result<Aut
     if challenge.as_ref().is_some_and(|c| c.len() < 43 || c.len() > 128) {
         return Ok(Err(back(OAuthCode::InvalidRequest, "Invalid code_challenge length.")));
     }
+    // A public client has no secret: its code is redeemable by whoever intercepts it unless the
+    // request binds it with PKCE (RFC 9700 §2.1.1), and only S256 keeps the verifier secret.
+    if client.auth == ClientAuth::Public && method.as_deref() != Some("S256") {
+        return Ok(Err(back(
+            OAuthCode::InvalidRequest,
+            "A public client must send a code_challenge with code_challenge_method S256 (PKCE).",
+        )));
+    }
     let mut req = AuthRequest::new(client.id, redirect_uri.to_owned(), scopes, state);
     req.nonce = q.get("nonce").filter(|n| !n.is_empty()).cloned();
     req.code_challenge = challenge;
@@ -1501,13 +1509,70 @@ mod tests {
                 Ok(_) => panic!("{uri} accepted as a redirect URI"),
             }
         }
-        // the client's other redirect URI still works
+        // the client's other redirect URI still works (with PKCE: the client is public)
         for uri in ["https://rp.example/cb"] {
-            assert!(matches!(parse_auth(&idp, &query(uri)).await, Ok(Ok(_))), "{uri}");
+            let mut q = query(uri);
+            q.insert(
+                "code_challenge".into(),
+                "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM".into(),
+            );
+            q.insert("code_challenge_method".into(), "S256".into());
+            assert!(matches!(parse_auth(&idp, &q).await, Ok(Ok(_))), "{uri}");
         }
         assert!(!idp.is_device_callback("https://other.example/dex/device/callback"));
         assert!(!idp.is_device_callback("/dex/device/callbacks"));
         assert!(idp.is_device_callback("/dex/device/callback"));
+    }
+
+    /// A public client's authorization request carries an S256 PKCE challenge (RFC 9700
+    /// §2.1.1): without one, or with `plain`, it is sent back `invalid_request`. A confidential
+    /// client may still leave PKCE out, as Dex allows.
+    #[tokio::test]
+    async fn a_public_client_must_use_pkce_s256() {
+        let clock = ManualClock::new(UnixTime::from_secs(1_800_000_000));
+        let mut confidential = client();
+        confidential.id = "conf".into();
+        confidential.auth = ClientAuth::Static("s3cret".into());
+        let idp = idp(
+            IdpSettings {
+                static_clients: vec![client(), confidential],
+                ..settings()
+            },
+            MemoryStore::new(clock.clone()),
+            clock,
+        )
+        .await;
+        let query = |client_id: &str, pkce: &[(&str, &str)]| -> HashMap<String, String> {
+            [
+                ("client_id", client_id),
+                ("redirect_uri", "https://rp.example/cb"),
+                ("response_type", "code"),
+                ("scope", "openid"),
+                ("state", "s"),
+            ]
+            .iter()
+            .chain(pkce)
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+        };
+        let challenge = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
+        for pkce in [
+            &[][..],
+            &[("code_challenge", challenge)][..],
+            &[("code_challenge", challenge), ("code_challenge_method", "plain")][..],
+        ] {
+            let Ok(Err(back)) = parse_auth(&idp, &query("rp", pkce)).await else {
+                panic!("{pkce:?}: accepted");
+            };
+            let to = back.headers()[header::LOCATION].to_str().unwrap().to_owned();
+            assert!(
+                to.starts_with("https://rp.example/cb?error=invalid_request") && to.contains("PKCE"),
+                "{pkce:?}: {to}"
+            );
+        }
+        let s256 = [("code_challenge", challenge), ("code_challenge_method", "S256")];
+        assert!(matches!(parse_auth(&idp, &query("rp", &s256)).await, Ok(Ok(_))));
+        assert!(matches!(parse_auth(&idp, &query("conf", &[])).await, Ok(Ok(_))));
     }
 
     #[tokio::test]

@@ -23,7 +23,7 @@ pub fn random_alnum(rng: &dyn Rng, len: usize) -> String {
     while out.len() < len {
         let [b] = random_array::<1>(rng);
         // 62 * 4 = 248: reject 248..=255 so every character is equally likely.
-        if let Some(&c) = ALPHABET.get(usize::from(b % 64)).filter(|_| b < 248) {
+        if let Some(&c) = ALPHABET.get(usize::from(b % 62)).filter(|_| b < 248) {
             out.push(char::from(c));
         }
     }
@@ -115,5 +115,17 @@ mod tests {
         );
         // PKCE S256 = base64url(SHA-256(verifier)); SHA-256("abc") is the FIPS 180-2 vector.
         assert_eq!(sha256_b64(b"abc"), "ungWv48Bz-pBQUDeXa4iI7ADYaOWF3qctBD_YfIAFa0");
+    }
+
+    #[test]
+    fn every_character_is_equally_likely() {
+        // One pass over the 256 byte values: the 248 kept give each of the 62 characters 4 times.
+        let drawn = random_alnum(&Counter(Default::default()), 248);
+        let mut counts = std::collections::BTreeMap::new();
+        for c in drawn.chars() {
+            *counts.entry(c).or_insert(0) += 1;
+        }
+        assert_eq!(counts.len(), 62, "{counts:?}");
+        assert!(counts.values().all(|&n| n == 4), "{counts:?}");
     }
 }

@@ -604,9 +604,11 @@ impl Kfam {
     /// caller owns it; never over a system or foreign namespace.
     pub(crate) async fn make_profile(&self, id: &Identity, mut p: Profile) -> Result<(), Denied> {
         let own = p.owner_name() == id.user;
-        let reason = match self.cluster_admin_reason(&user_info(id)) {
+        let admin = self.cluster_admin_reason(&user_info(id));
+        let beyond = if admin.is_none() { admin_only_part(&p) } else { None };
+        let reason = match admin {
             Some(reason) => Some(reason),
-            None => (self.registration_flow && own).then(|| REGISTRATION_REASON.to_owned()),
+            None => (self.registration_flow && own && beyond.is_none()).then(|| REGISTRATION_REASON.to_owned()),
         };
         audit::decided(
             "create",
@@ -615,10 +617,11 @@ impl Kfam {
             reason.as_deref().unwrap_or_default(),
         );
         if reason.is_none() {
-            return Err(Denied::Refused(
-                StatusCode::FORBIDDEN,
-                Some("only cluster admins create profiles for others (or enable registrationFlow)".to_owned()),
-            ));
+            let message = match beyond {
+                Some(why) if self.registration_flow && own => why,
+                _ => "only cluster admins create profiles for others (or enable registrationFlow)".to_owned(),
+            };
+            return Err(Denied::Refused(StatusCode::FORBIDDEN, Some(message)));
         }
         p.api_version.set(PROFILE_API_VERSION.to_owned());
         p.kind.set("Profile".to_owned());
@@ -679,6 +682,32 @@ impl Kfam {
             Err(_) => Err(refused()),
         }
     }
+}
+
+/// What a self-registered Profile may not carry, said as a refusal: it names its user as owner
+/// and nothing more. `plugins` annotate the workspace's `default-editor` with a cloud identity
+/// (an IAM role, a GCP service account) its pods then act as, and `resourceQuotaSpec` is the
+/// workspace's share of the cluster: both are a cluster admin's to set (Kubeflow's KFAM takes
+/// profiles only from the dashboard's service account for the same reason).
+fn admin_only_part(p: &Profile) -> Option<String> {
+    let spec = p.spec.get()?;
+    if spec.plugins.get().is_some_and(|v| !v.is_empty()) {
+        return Some("a self-registered profile cannot set plugins (cloud identities for its service accounts): ask a cluster admin".into());
+    }
+    if spec.resource_quota_spec.get().is_some() {
+        return Some("a self-registered profile cannot set resourceQuotaSpec: ask a cluster admin".into());
+    }
+    let kind = spec
+        .owner
+        .get()
+        .and_then(|o| o.kind.get())
+        .map_or("User", String::as_str);
+    if kind != "User" {
+        return Some(format!(
+            "a self-registered profile is owned by its user (kind User), not a {kind}"
+        ));
+    }
+    None
 }
 
 async fn create_profile(
@@ -828,6 +857,39 @@ mod failure_tests {
             .unwrap();
         let k = Kfam::new(api, store.clone(), Arc::new(AdminOnly), Arc::new(NoWait), rng, true);
         (k, store)
+    }
+
+    /// Self-registration (registrationFlow) takes a Profile naming its user as owner and nothing
+    /// more: plugins (a cloud identity for the workspace's service accounts), a quota or another
+    /// kind of owner are a cluster admin's to set, and refused with the reason.
+    #[tokio::test]
+    async fn a_self_registered_profile_names_its_owner_and_nothing_more() {
+        let (k, _) = setup().await;
+        let make = |name: &str, spec: &str| {
+            axum::body::Bytes::from(format!(r#"{{"metadata": {{"name": "{name}"}}, "spec": {spec}}}"#))
+        };
+        for (spec, says) in [
+            (
+                r#"{"owner": {"kind": "User", "name": "carol"}, "plugins": [{"kind": "AwsIamForServiceAccount", "spec": {"awsIamRole": "arn:aws:iam::1:role/admin"}}]}"#,
+                "plugins",
+            ),
+            (
+                r#"{"owner": {"kind": "User", "name": "carol"}, "resourceQuotaSpec": {"hard": {"cpu": "1000"}}}"#,
+                "resourceQuotaSpec",
+            ),
+            (r#"{"owner": {"kind": "Group", "name": "carol"}}"#, "kind User"),
+        ] {
+            let (status, text) = body(create_profile(State(k.clone()), who("carol"), make("carol", spec)).await).await;
+            assert_eq!(status, StatusCode::FORBIDDEN, "{spec}: {text}");
+            assert!(text.contains(says), "{spec}: {text}");
+        }
+        let plain = r#"{"owner": {"kind": "User", "name": "carol"}}"#;
+        let (status, text) = body(create_profile(State(k.clone()), who("carol"), make("carol", plain)).await).await;
+        assert_eq!(status, StatusCode::OK, "{text}");
+        let with_plugins = r#"{"owner": {"kind": "User", "name": "dave"}, "plugins": [{"kind": "WorkloadIdentity", "spec": {"gcpServiceAccount": "sa@p.iam"}}], "resourceQuotaSpec": {"hard": {"cpu": "2"}}}"#;
+        let (status, text) =
+            body(create_profile(State(k.clone()), who("admin"), make("dave", with_plugins)).await).await;
+        assert_eq!(status, StatusCode::OK, "a cluster admin sets them: {text}");
     }
 
     /// A Profile whose namespace it did not make (one that was there before it: the controller
