@@ -179,15 +179,20 @@ fn build(id: &str, config: serde_json::Value, ctx: &OpenContext) -> Result<Micro
         ));
     }
     // Unset, Dex means `common`: every Microsoft account in the world (any organization's and
-    // every personal one) could log in and, with self-registration, make a workspace. That is
-    // said, not assumed: an empty tenant is refused.
-    let tenant = c.tenant.clone();
-    if tenant.is_empty() {
-        problems.push(ConfigProblem::new(
-            "tenant",
-            "must be set: your directory's tenant id (a GUID) or verified domain, or, to let in every Microsoft account, common (any organization's or personal), organizations or consumers (Dex's default, common, lets the whole world log in)",
-        ));
-    } else if !tenant
+    // every personal one) may log in. Kept for Dex configs (Charmed Kubeflow's guide leaves it
+    // out), and said at start as a warning.
+    let tenant = if c.tenant.is_empty() {
+        "common".to_owned()
+    } else {
+        c.tenant.clone()
+    };
+    if c.tenant.is_empty() {
+        tracing::warn!(
+            connector = id,
+            "microsoft connector: tenant unset, so Dex's default common applies: every Microsoft account (any organization's, any personal one) can log in; set tenant to your tenant id to let in only your directory"
+        );
+    }
+    if !tenant
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
     {
@@ -902,7 +907,6 @@ mod tests {
             "clientID": "app",
             "clientSecret": "s3cret",
             "redirectURI": "https://kf.example.com/dex/callback",
-            "tenant": "common",
         })
     }
 
@@ -1000,7 +1004,6 @@ mod tests {
                 "preferredUsernameField",
             ),
             (serde_json::json!({"tenant": "../x?y"}), "tenant"),
-            (serde_json::json!({"tenant": ""}), "tenant"),
             (
                 serde_json::json!({"clientAssertion": "/etc/hostname"}),
                 "clientAssertion",

@@ -98,34 +98,12 @@ const DEVICE_COOKIE: &str = "__Host-kfsec_device_login";
 
 /// A fresh device code for `kfsec-cli` with a refresh token's scopes: (device_code, user_code).
 async fn device_code_offline(k: &Kfsec) -> (String, String) {
-    let r: serde_json::Value = http_client(&k.running.ca_pem)
-        .post(format!("{}/device/code", k.running.issuer))
-        .form(&[
-            ("client_id", "kfsec-cli"),
-            ("scope", "openid email groups offline_access"),
-        ])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let field = |n: &str| r[n].as_str().unwrap().to_owned();
-    (field("device_code"), field("user_code"))
+    crate::sec_login::device_code_for(k, "openid email groups offline_access").await
 }
 
 /// One device-code poll by `kfsec-cli`: (status, body).
 async fn poll(k: &Kfsec, device_code: &str) -> (u16, serde_json::Value) {
-    let r = http_client(&k.running.ca_pem)
-        .post(format!("{}/token", k.running.issuer))
-        .form(&[
-            ("grant_type", "urn:ietf:params:oauth:grant-type:device_code"),
-            ("device_code", device_code),
-            ("client_id", "kfsec-cli"),
-        ])
-        .send()
-        .await
-        .unwrap();
+    let r = crate::sec_login::device_poll(k, device_code).await;
     (r.status().as_u16(), r.json().await.unwrap())
 }
 

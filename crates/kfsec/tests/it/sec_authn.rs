@@ -767,7 +767,6 @@ async fn approval_screen_login_cannot_outlive_a_password_change() {
     let k = Kfsec::start("bearerAudiences: [rp-test]\n").await;
     let email = "race@example.org";
     user_add(&k, email, "password number 0").await;
-    let raw = http_client(&k.running.ca_pem);
 
     // the code flow of rp-test: the password is checked, the approval screen waits
     let (mut b, to) = code_flow_login(&k, email, "password number 0", "openid email groups offline_access").await;
@@ -787,19 +786,8 @@ async fn approval_screen_login_cannot_outlive_a_password_change() {
     }
 
     // the device flow of kfsec-cli
-    let r = raw
-        .post(format!("{}/device/code", k.running.issuer))
-        .form(&[
-            ("client_id", "kfsec-cli"),
-            ("scope", "openid email groups offline_access"),
-        ])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let dev: Value = r.json().await.unwrap();
-    let user_code = dev["user_code"].as_str().unwrap();
-    let device_code = dev["device_code"].as_str().unwrap();
+    let (device_code, user_code) = crate::sec_login::device_code_for(&k, "openid email groups offline_access").await;
+    let (device_code, user_code) = (device_code.as_str(), user_code.as_str());
     let mut b = k.client();
     let r = b
         .post_form("/dex/device/auth/verify_code", &[("user_code", user_code)])
@@ -817,16 +805,7 @@ async fn approval_screen_login_cannot_outlive_a_password_change() {
     let callback = approve(&mut b, &to).await;
     assert!(callback.starts_with("/dex/device/callback?"), "{callback}");
     let done = b.get(&callback).await.status();
-    let r = raw
-        .post(format!("{}/token", k.running.issuer))
-        .form(&[
-            ("grant_type", "urn:ietf:params:oauth:grant-type:device_code"),
-            ("device_code", device_code),
-            ("client_id", "kfsec-cli"),
-        ])
-        .send()
-        .await
-        .unwrap();
+    let r = crate::sec_login::device_poll(&k, device_code).await;
     if r.status() == 200 {
         let tokens: Value = r.json().await.unwrap();
         let working = any_token_works(&k, &tokens, ("kfsec-cli", None)).await;

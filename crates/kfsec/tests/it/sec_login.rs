@@ -44,9 +44,14 @@ async fn login_form_url(b: &mut Browser) -> String {
 
 /// A fresh device code for `kfsec-cli`: (device_code, user_code).
 pub(crate) async fn device_code(k: &Kfsec) -> (String, String) {
+    device_code_for(k, "openid email").await
+}
+
+/// A fresh device code for `kfsec-cli` asking for `scope`: (device_code, user_code).
+pub(crate) async fn device_code_for(k: &Kfsec, scope: &str) -> (String, String) {
     let r: serde_json::Value = http_client(&k.running.ca_pem)
         .post(format!("{}/device/code", k.running.issuer))
-        .form(&[("client_id", "kfsec-cli"), ("scope", "openid email")])
+        .form(&[("client_id", "kfsec-cli"), ("scope", scope)])
         .send()
         .await
         .unwrap()
@@ -55,6 +60,20 @@ pub(crate) async fn device_code(k: &Kfsec) -> (String, String) {
         .unwrap();
     let field = |n: &str| r[n].as_str().unwrap().to_owned();
     (field("device_code"), field("user_code"))
+}
+
+/// One device-code poll by `kfsec-cli` at `/token`.
+pub(crate) async fn device_poll(k: &Kfsec, device_code: &str) -> reqwest::Response {
+    http_client(&k.running.ca_pem)
+        .post(format!("{}/token", k.running.issuer))
+        .form(&[
+            ("grant_type", "urn:ietf:params:oauth:grant-type:device_code"),
+            ("device_code", device_code),
+            ("client_id", "kfsec-cli"),
+        ])
+        .send()
+        .await
+        .unwrap()
 }
 
 fn with_query(base: &str, q: &[(&str, String)]) -> String {
