@@ -391,10 +391,26 @@ pub(crate) async fn device_callback(
     crate::audit::client(audit.as_ref(), &client.id);
     // Only the browser that entered the user code holds the value whose digest was signed.
     let browser = login.browser.as_bytes();
+    let mut holds_one = false;
     let here = crate::cookies::cookies(&headers)
         .filter(|(k, _)| *k == DEVICE_LOGIN)
         .take(MAX_PENDING_LOOKS)
-        .any(|(_, v)| ct_eq(sha256_b64(v.as_bytes()).as_bytes(), browser));
+        .any(|(_, v)| {
+            holds_one = true;
+            ct_eq(sha256_b64(v.as_bytes()).as_bytes(), browser)
+        });
+    if !here && holds_one && q.error.is_empty() {
+        // This browser entered a code, just not this one (a later one replaced its cookie: two
+        // `kfsec login`s, or the code form sent again): refused, but the device is not denied
+        // and its code not used up — entering it again here finishes it.
+        tracing::info!(target: "audit", client = %client.id, "device login refused: this browser entered another code since");
+        return Err(PageError {
+            status: StatusCode::FORBIDDEN,
+            message: "This browser entered another device code since this login began. Enter this device's code again to finish its login.".into(),
+            cause: None,
+            back: None,
+        });
+    }
     if !here || !q.error.is_empty() {
         // Denied for good: the user code is used up and the device told at its next poll.
         if idp.store.take(&user_code_key).await.map_err(IdpError::from)?.is_none() {
@@ -440,7 +456,9 @@ async fn settle(idp: &Idp, key: &str, outcome: impl Fn(&mut DeviceRecord)) -> Re
         let mut rec: DeviceRecord = serde_json::from_slice(&kv.value).map_err(IdpError::from)?;
         outcome(&mut rec);
         let body = serde_json::to_vec(&rec).map_err(IdpError::from)?;
-        match idp.store.update(key, body, Some(kv.mod_revision), Some(TTL)).await {
+        // (the code's own end is kept: finishing the login does not give the device longer)
+        let left = remaining(&kv, idp.clock.now());
+        match idp.store.update(key, body, Some(kv.mod_revision), Some(left)).await {
             Ok(_) => return Ok(()),
             Err(StoreError::Conflict { .. }) => {}
             Err(StoreError::NotFound(_)) => return Err(gone()),

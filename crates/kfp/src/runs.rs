@@ -694,6 +694,11 @@ pub async fn retry(k: &Kfp, r: &Req, id: &str) -> KfpResult<Value> {
 /// every listing of its namespace, so what one caller may append is bounded).
 const MAX_RUN_METRICS: usize = 1_000;
 
+/// The longest `node_id` a metric may name (KFP's column for it holds 255).
+const MAX_NODE_ID: usize = 255;
+/// The formats a metric may have (KFP's `RunMetric.Format`; empty: unspecified).
+const METRIC_FORMATS: [&str; 4] = ["", "UNSPECIFIED", "RAW", "PERCENTAGE"];
+
 /// Whether `name` is a metric name KFP accepts: `^[a-z]([-a-z0-9]{0,62}[a-z0-9])?$`.
 fn valid_metric_name(name: &str) -> bool {
     let b = name.as_bytes();
@@ -706,7 +711,7 @@ fn valid_metric_name(name: &str) -> bool {
 }
 
 /// `POST runs/{id}:reportMetrics` (v1), as KFP answers it: one result per metric — `OK`,
-/// `INVALID_ARGUMENT` (a name KFP refuses, no `node_id`, or the run full at
+/// `INVALID_ARGUMENT` (a name KFP refuses, no or an over-long `node_id`, another format, or the run full at
 /// [`MAX_RUN_METRICS`]) or `DUPLICATE_REPORTING` (that node already reported that name: a
 /// metric is reported once and never replaced).
 pub async fn report_metrics(k: &Kfp, r: &Req, id: &str) -> KfpResult<Value> {
@@ -748,8 +753,17 @@ pub async fn report_metrics(k: &Kfp, r: &Req, id: &str) -> KfpResult<Value> {
                         "INVALID_ARGUMENT",
                         "metric name must match ^[a-z]([-a-z0-9]{0,62}[a-z0-9])?$",
                     )
-                } else if node.is_empty() {
-                    ("INVALID_ARGUMENT", "metric node_id must not be empty")
+                } else if node.is_empty() || node.len() > MAX_NODE_ID {
+                    ("INVALID_ARGUMENT", "metric node_id must be 1 to 255 bytes")
+                } else if !METRIC_FORMATS.contains(
+                    &json::field(metric, "format")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default(),
+                ) {
+                    (
+                        "INVALID_ARGUMENT",
+                        "metric format must be UNSPECIFIED, RAW or PERCENTAGE",
+                    )
                 } else if !seen.insert(key(metric)) {
                     (
                         "DUPLICATE_REPORTING",

@@ -993,7 +993,9 @@ async fn reported_metrics_are_checked_once_each_and_bounded() {
             U1,
             &path,
             json!({"metrics": [metric("accuracy", "n1", 0.9), metric("accuracy", "n2", 0.8), metric("accuracy", "n1", 0.1),
-                               metric("Accuracy", "n1", 1.0), metric("-a", "n1", 1.0), metric("loss", "", 1.0)]}),
+                               metric("Accuracy", "n1", 1.0), metric("-a", "n1", 1.0), metric("loss", "", 1.0),
+                               metric("loss", &"n".repeat(1 << 20), 1.0),
+                               {"name": "loss", "node_id": "n1", "number_value": 1.0, "format": "HUGE"}]}),
         )
         .await;
     assert_eq!(s, 200, "{v}");
@@ -1005,7 +1007,9 @@ async fn reported_metrics_are_checked_once_each_and_bounded() {
             "DUPLICATE_REPORTING",
             "INVALID_ARGUMENT",
             "INVALID_ARGUMENT",
-            "INVALID_ARGUMENT"
+            "INVALID_ARGUMENT",
+            "INVALID_ARGUMENT",
+            "INVALID_ARGUMENT",
         ]
     );
     let (_, again) = e

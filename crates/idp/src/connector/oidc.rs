@@ -633,7 +633,16 @@ pub fn open_connector(id: &str, mut config: Value, ctx: &OpenContext) -> Result<
         overrides: c.overrides,
         basic_auth_unsupported: c.basic_auth_unsupported,
         scopes,
-        acr_values: c.acr_values,
+        acr_values: {
+            if !c.acr_values.is_empty() {
+                tracing::info!(
+                    connector = id,
+                    "oidc connector: acrValues {:?} are required of every login's ID token (its acr claim), not only asked for; an upstream that sends no acr refuses every login",
+                    c.acr_values
+                );
+            }
+            c.acr_values
+        },
         get_user_info: c.get_user_info,
         prompt: c.prompt_type.unwrap_or_else(|| "consent".into()),
         pkce,

@@ -107,6 +107,56 @@ async fn poll(k: &Kfsec, device_code: &str) -> (u16, serde_json::Value) {
     (r.status().as_u16(), r.json().await.unwrap())
 }
 
+/// One browser enters device A's code, then device B's (two `kfsec login`s): B's binding
+/// replaces A's, so finishing A there is refused — but A is not denied nor its code used up,
+/// and entering A's code again finishes it.
+#[tokio::test]
+async fn a_second_code_in_the_same_browser_does_not_deny_the_first_device() {
+    let k = Kfsec::start("oauth2:\n  skipApprovalScreen: true\n").await;
+    let (device_a, code_a) = device_code_offline(&k).await;
+    let (_, code_b) = device_code_offline(&k).await;
+    let mut b = k.client();
+    let enter = async |b: &mut crate::harness::Browser, code: &str| {
+        let r = b
+            .send(
+                b.http
+                    .post(b.url("/dex/device/auth/verify_code"))
+                    .header("origin", &k.base)
+                    .form(&[("user_code", code)]),
+            )
+            .await;
+        assert_eq!(r.status(), 303);
+        location(&r).to_owned()
+    };
+    let login_a = enter(&mut b, &code_a).await;
+    enter(&mut b, &code_b).await;
+    let (_, form_url) = b.follow(&login_a).await;
+    let r = b.post_form(&form_url, &[("login", USER), ("password", PASSWORD)]).await;
+    let to = location(&r).to_owned();
+    let req = query_param(&to, "req").unwrap();
+    let r = b.post_form(&to, &[("req", &req), ("approval", "approve")]).await;
+    let callback = location(&r).to_owned();
+    let r = b.get(&callback).await;
+    assert_eq!(r.status(), 403);
+    assert!(r.text().await.unwrap().contains("entered another device code"));
+    assert_eq!(
+        poll(&k, &device_a).await.1["error"],
+        "authorization_pending",
+        "A is not denied"
+    );
+    // A's code entered again in this browser finishes A.
+    let login_a = enter(&mut b, &code_a).await;
+    let (_, form_url) = b.follow(&login_a).await;
+    let r = b.post_form(&form_url, &[("login", USER), ("password", PASSWORD)]).await;
+    let to = location(&r).to_owned();
+    let req = query_param(&to, "req").unwrap();
+    let r = b.post_form(&to, &[("req", &req), ("approval", "approve")]).await;
+    assert_eq!(b.get(location(&r)).await.status(), 200);
+    let (status, tokens) = poll(&k, &device_a).await;
+    assert_eq!(status, 200, "{tokens}");
+    k.running.shutdown().await;
+}
+
 /// A device code lives the `expires_in` it was issued with however often it is polled (each
 /// poll used to restart its five minutes, so a polling device kept it forever), and each
 /// `slow_down` adds five seconds to the interval for every later poll (RFC 8628 §3.5).
