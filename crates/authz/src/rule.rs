@@ -49,14 +49,11 @@ fn url_matches(rule_url: &str, path: &str) -> bool {
         || (rule_url.ends_with('*') && path.starts_with(rule_url.trim_end_matches('*')))
 }
 
-/// Whether one rule allows the request (Kubernetes `RuleAllows`). A rule of non-resource URLs
-/// allows no resource request even if it names resources (Kubernetes refuses to store such a
-/// rule; so does kfsec's API, and one stored before it did grants only its URLs).
+/// Whether one rule allows the request (Kubernetes `RuleAllows`).
 pub fn rule_allows(request: &RequestAttributes, rule: &PolicyRule) -> bool {
     match request {
         RequestAttributes::Resource(r) => {
-            rule.non_resource_urls.is_empty()
-                && verb_matches(rule, &r.verb)
+            verb_matches(rule, &r.verb)
                 && api_group_matches(rule, &r.api_group)
                 && resource_matches(rule, &r.resource, &r.subresource)
                 && resource_name_matches(rule, &r.name)
@@ -211,13 +208,9 @@ impl CompiledRules {
                     .then(|| rule.resource_names.iter().map(|n| n.as_str().into()).collect()),
                 rule: u32::try_from(index).unwrap_or(u32::MAX),
             });
-            // A rule of non-resource URLs grants no resources, even if it names some (the API
-            // refuses such a rule; one stored before that check grants only its URLs).
-            if rule.non_resource_urls.is_empty() {
-                for group in &rule.api_groups {
-                    for resource in &rule.resources {
-                        compiled.add_pair(group, resource, grant);
-                    }
+            for group in &rule.api_groups {
+                for resource in &rule.resources {
+                    compiled.add_pair(group, resource, grant);
                 }
             }
             for url in &rule.non_resource_urls {
@@ -390,23 +383,6 @@ mod tests {
             assert_eq!(rule_allows(request, &rule), *expected, "{name}: plain {request:?}");
             assert_eq!(compiled.allows_any(request), *expected, "{name}: compiled {request:?}");
         }
-    }
-
-    #[test]
-    fn a_rule_of_urls_grants_no_resources_it_also_names() {
-        let mixed = PolicyRule {
-            non_resource_urls: vec!["/x".into()],
-            ..PolicyRule::resource(["*"], ["*"], ["*"])
-        };
-        check(
-            "mixed",
-            mixed,
-            &[
-                (res("get", "", "secrets", ""), false),
-                (res("update", "", "namespaces", ""), false),
-                (url("get", "/x"), true),
-            ],
-        );
     }
 
     // The tables below mirror Kubernetes' TestRuleMatches.

@@ -17,7 +17,8 @@
 //! `/auth` refuses it, so no login the device flow did not start can end there. Whoever logs
 //! in always confirms on a screen naming the user code, even with `skipApprovalScreen`; a
 //! cancel there denies the device too. One browser holds one device login at a time: a code
-//! entered later replaces the cookie of an earlier one, whose callback is then refused.
+//! entered later replaces the cookie of an earlier one, whose callback is then refused without
+//! denying its device (entering that code again finishes it).
 //!
 //! Bounds (config `loginProtection`): at most `maxDeviceCodesPerAddress` device codes per source
 //! per window (429 `slow_down`) and `maxPendingDeviceCodes` live at once (503
