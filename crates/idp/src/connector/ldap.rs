@@ -16,8 +16,10 @@
 //! appears in logs or `Debug` output; TLS is verified unless `insecureSkipVerify` is set, and
 //! plain LDAP (`insecureNoSSL`) is warned about at startup.
 
+mod ber;
 mod decode;
 mod pool;
+mod relay;
 mod settings;
 
 use std::collections::HashSet;
@@ -31,6 +33,7 @@ use zeroize::Zeroizing;
 use super::config::{ConfigProblem, OpenContext};
 use super::{ConnectorError, ConnectorKind, PasswordConnector, Scopes, UpstreamIdentity};
 
+pub use ber::{BerError, MAX_DEPTH, MAX_MESSAGE, message_len};
 pub use decode::{Entry, decode_entry, decode_entry_ber};
 use pool::Pool;
 use settings::{GroupSearch, Settings, group_filter, settings, user_filter};
@@ -116,28 +119,7 @@ fn failure(host: &str, e: LdapError) -> (ConnectorError, bool) {
             ConnectorError::Unreachable(format!("{host}: result {}: {}", result.rc, clip(&result.text))),
             false,
         ),
-        LdapError::Io { source } => {
-            if source
-                .get_ref()
-                .and_then(|i| i.downcast_ref::<rustls::Error>())
-                .is_some()
-            {
-                (
-                    ConnectorError::Unreachable(format!("TLS with {host} failed: {source}")),
-                    false,
-                )
-            } else {
-                (ConnectorError::Unreachable(format!("{host}: {source}")), true)
-            }
-        }
-        LdapError::Rustls { source } => (
-            ConnectorError::Unreachable(format!("TLS with {host} failed: {source}")),
-            false,
-        ),
-        LdapError::DNSName { source } => (
-            ConnectorError::Unreachable(format!("{host} is not a valid TLS server name: {source}")),
-            false,
-        ),
+        LdapError::Io { source } => (ConnectorError::Unreachable(format!("{host}: {source}")), true),
         LdapError::FilterParsing => (
             ConnectorError::Misconfigured(format!("{host}: a search filter does not parse")),
             false,

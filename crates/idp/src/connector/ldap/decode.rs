@@ -8,6 +8,8 @@
 
 use ldap3::asn1::{PL, StructureTag, TagClass};
 
+use super::ber;
+
 /// One directory entry: its DN and its attributes (values as sent).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
@@ -16,9 +18,6 @@ pub struct Entry {
     /// Attribute descriptions and their values, in the order sent.
     pub attrs: Vec<(String, Vec<Vec<u8>>)>,
 }
-
-/// The nesting limit of [`decode_entry_ber`] (an entry needs 4).
-const MAX_DEPTH: usize = 16;
 
 impl Entry {
     /// The values of `name` (case-insensitive), if the entry has that attribute.
@@ -100,80 +99,22 @@ pub fn decode_entry(tag: StructureTag) -> Result<Entry, String> {
     Ok(Entry { dn, attrs })
 }
 
-/// How deeply constructed values nest in the first BER value of `b`, without recursion
-/// (`None`: not well-formed).
-fn ber_depth(b: &[u8]) -> Option<usize> {
-    let mut ends: Vec<usize> = vec![b.len()];
-    let mut pos = 0usize;
-    let mut max = 0usize;
-    loop {
-        while ends.len() > 1 && ends.last() == Some(&pos) {
-            ends.pop();
-        }
-        if ends.len() == 1 && pos > 0 {
-            return Some(max);
-        }
-        let limit = *ends.last()?;
-        let head = *b.get(pos)?;
-        let first = *b.get(pos + 1)?;
-        pos += 2;
-        let len = if first < 0x80 {
-            usize::from(first)
-        } else {
-            let n = usize::from(first - 0x80);
-            if n > 8 {
-                return None;
-            }
-            let mut len = 0usize;
-            for byte in b.get(pos..pos.checked_add(n)?)? {
-                len = len.checked_mul(256)?.checked_add(usize::from(*byte))?;
-            }
-            pos += n;
-            len
-        };
-        let end = pos.checked_add(len)?;
-        if end > limit {
-            return None;
-        }
-        if head & 0x20 != 0 {
-            ends.push(end);
-            max = max.max(ends.len() - 1);
-            if max > MAX_DEPTH {
-                return Some(max);
-            }
-        } else {
-            pos = end;
-        }
-    }
-}
-
 /// Reads a `SearchResultEntry` from BER bytes (the fuzz target's entry point, and tests').
-/// Values nested deeper than an entry can be are refused before parsing.
+/// The bytes are checked as [`super::ber`] checks a directory's messages before they are parsed.
 pub fn decode_entry_ber(bytes: &[u8]) -> Result<Entry, String> {
-    match ber_depth(bytes) {
-        None => return Err("not well-formed BER".into()),
-        Some(d) if d > MAX_DEPTH => return Err("nested too deeply".into()),
-        Some(_) => {}
-    }
-    let (_, tag) = ldap3::asn1::parse_tag(bytes).map_err(|_| "not well-formed BER".to_owned())?;
+    let len = match ber::value_len(bytes) {
+        Ok(Some(len)) => len,
+        Ok(None) => return Err("not well-formed BER: cut short".into()),
+        Err(e) => return Err(format!("not well-formed BER: {e}")),
+    };
+    let (_, tag) = ldap3::asn1::parse_tag(&bytes[..len]).map_err(|_| "not well-formed BER".to_owned())?;
     decode_entry(tag)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn tlv(tag: u8, body: &[u8]) -> Vec<u8> {
-        let mut out = vec![tag];
-        if body.len() < 128 {
-            out.push(body.len() as u8);
-        } else {
-            out.push(0x82);
-            out.extend_from_slice(&(body.len() as u16).to_be_bytes());
-        }
-        out.extend_from_slice(body);
-        out
-    }
+    use crate::connector::ldap::ber::tests::tlv;
 
     fn entry(dn: &str, attrs: &[(&str, &[&[u8]])]) -> Vec<u8> {
         let mut list = Vec::new();
@@ -238,6 +179,9 @@ mod tests {
             outer.extend(deep);
             deep = outer;
         }
-        assert_eq!(decode_entry_ber(&deep).unwrap_err(), "nested too deeply");
+        assert_eq!(
+            decode_entry_ber(&deep).unwrap_err(),
+            "not well-formed BER: values nested more than 16 deep"
+        );
     }
 }

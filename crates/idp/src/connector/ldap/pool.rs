@@ -10,44 +10,42 @@
 
 use std::time::Duration;
 
-use ldap3::{Ldap, LdapConnAsync, LdapConnSettings, Scope};
+use ldap3::{Ldap, Scope};
 use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, timeout, timeout_at};
 
 use super::decode::{Entry, decode_entry};
+use super::relay::{self, Relayed};
 use super::{ConnectorError, Settings, failure};
 
 /// How long an idle service connection is reused (directories close idle ones).
 pub const MAX_IDLE: Duration = Duration::from_secs(60);
 
-/// One connection: the library's handle and the task driving its socket (ended on drop).
+/// One connection: the library's handle, the task driving its side of the socket pair and
+/// the task relaying it to the directory (both ended on drop).
 pub(super) struct Conn {
     ldap: Ldap,
     driver: JoinHandle<()>,
+    relay: JoinHandle<()>,
 }
 
 impl Drop for Conn {
     fn drop(&mut self) {
         self.driver.abort();
+        self.relay.abort();
     }
 }
 
 impl Conn {
     async fn open(s: &Settings) -> Result<Self, ConnectorError> {
-        let mut settings = LdapConnSettings::new();
-        if let Some(tls) = &s.tls {
-            settings = settings.set_config(tls.clone()).set_starttls(s.start_tls);
-        }
-        let (conn, ldap) = LdapConnAsync::from_url_with_settings(settings, &s.url)
-            .await
-            .map_err(|e| failure(&s.host, e).0)?;
+        let Relayed { conn, ldap, relay } = relay::open(s).await?;
         let driver = tokio::spawn(async move {
             if let Err(e) = conn.drive().await {
                 tracing::debug!("ldap connection ended: {e}");
             }
         });
-        Ok(Self { ldap, driver })
+        Ok(Self { ldap, driver, relay })
     }
 
     /// The library's handle.

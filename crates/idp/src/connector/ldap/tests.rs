@@ -309,3 +309,103 @@ async fn an_empty_password_never_reaches_the_directory() {
     assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
     server.abort();
 }
+
+/// A directory on 127.0.0.1 that answers the first request of each connection with `answer`,
+/// then holds the connection open until kfsec closes it.
+async fn one_answer_directory(answer: Vec<u8>) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let answer = answer.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                while ber::message_len(&buf).unwrap().is_none() {
+                    if s.read_buf(&mut buf).await.unwrap() == 0 {
+                        return;
+                    }
+                }
+                let _ = s.write_all(&answer).await;
+                let mut sink = [0u8; 1024];
+                while matches!(s.read(&mut sink).await, Ok(n) if n > 0) {}
+            });
+        }
+    });
+    port
+}
+
+/// A message with ID 1 and operation `tag` whose content is `body`.
+fn message(tag: u8, body: &[u8]) -> Vec<u8> {
+    use super::ber::tests::tlv;
+    tlv(0x30, &[tlv(0x02, &[1]), tlv(tag, body)].concat())
+}
+
+/// An LDAPResult's content: `code`, empty matched DN and diagnostic.
+fn result(code: u8) -> Vec<u8> {
+    use super::ber::tests::tlv;
+    [tlv(0x0a, &[code]), tlv(0x04, b""), tlv(0x04, b"")].concat()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_answers_end_the_login_not_the_process() {
+    let scopes = Scopes {
+        offline_access: true,
+        groups: true,
+    };
+    let plain = |port: u16| {
+        let v = with(base(), &["host"], json!(format!("127.0.0.1:{port}")));
+        build("ldap", with(v, &["insecureNoSSL"], json!(true)), &ctx()).unwrap()
+    };
+    // A bind answer nested deep enough to overflow the LDAP library's recursive reader (it
+    // used to abort the whole process), one that announces 2 GiB, and one that is not an
+    // LDAP message (the library panics on it).
+    let hostile = [
+        message(0x61, &super::ber::tests::nested(100_000)),
+        vec![0x30, 0x84, 0x7f, 0xff, 0xff, 0xff],
+        super::ber::tests::tlv(0x30, &super::ber::tests::tlv(0x02, &[1])),
+    ];
+    for answer in hostile {
+        let c = plain(one_answer_directory(answer).await);
+        match c.login(scopes, "alice", "pw").await {
+            Err(ConnectorError::Unreachable(why)) => assert!(why.contains("127.0.0.1"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+    }
+    // A well-formed answer passes through: the directory refused the service account.
+    let c = plain(one_answer_directory(message(0x61, &result(49))).await);
+    match c.login(scopes, "alice", "pw").await {
+        Err(ConnectorError::Misconfigured(why)) => assert!(why.contains("invalid credentials"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_tls_answers_are_read_by_kfsec() {
+    let scopes = Scopes {
+        offline_access: true,
+        groups: true,
+    };
+    let start_tls = |port: u16| {
+        let v = with(base(), &["host"], json!(format!("127.0.0.1:{port}")));
+        let v = with(v, &["startTLS"], json!(true));
+        build("ldap", with(v, &["insecureSkipVerify"], json!(true)), &ctx()).unwrap()
+    };
+    let cases = [
+        // Bytes injected after a successful answer, to be read as if they came over TLS.
+        (
+            [message(0x78, &result(0)), message(0x61, &result(0))].concat(),
+            "after the answer to StartTLS",
+        ),
+        (message(0x78, &result(2)), "StartTLS was refused: result 2"),
+        (message(0x61, &result(0)), "not an ExtendedResponse"),
+        (message(0x78, &super::ber::tests::nested(1_000)), "nested more than"),
+    ];
+    for (answer, expected) in cases {
+        let c = start_tls(one_answer_directory(answer).await);
+        match c.login(scopes, "alice", "pw").await {
+            Err(ConnectorError::Unreachable(why)) => assert!(why.contains(expected), "{why}"),
+            other => panic!("{expected}: {other:?}"),
+        }
+    }
+}
