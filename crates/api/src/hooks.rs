@@ -1,6 +1,7 @@
 //! Extension points the server wires in: in-process admission ([`Admission`]) run on every
-//! create, update and patch, token validation for TokenReview ([`TokenReviewer`]) and
-//! service-account token minting for TokenRequest ([`TokenIssuer`]).
+//! create, update and patch, token validation for TokenReview ([`TokenReviewer`]),
+//! service-account token minting for TokenRequest ([`TokenIssuer`]) and the data other APIs keep
+//! per namespace ([`NamespaceData`]), emptied with the namespace.
 //!
 //! Invariants: admission runs after all API-side defaulting and validation and before the store
 //! write; a denial never writes anything; a mutating plugin's output is validated again (name,
@@ -90,6 +91,17 @@ impl Admission for NoAdmission {
     async fn admit(&self, _request: AdmissionAttributes<'_>, _object: &mut Value) -> Result<(), AdmissionDenied> {
         Ok(())
     }
+}
+
+/// Data another API keeps for a namespace outside the Kubernetes-style objects (Pipelines'
+/// experiments, runs, jobs and pipelines). A Namespace is deleted only after every
+/// [`NamespaceData`] emptied it, so a later namespace of the same name, perhaps another
+/// user's, starts empty.
+#[async_trait::async_trait]
+pub trait NamespaceData: Send + Sync + 'static {
+    /// Deletes everything kept for `namespace`. An error keeps the Namespace (the delete, or
+    /// the removal of its last finalizer, fails and can be retried).
+    async fn purge_namespace(&self, namespace: &str) -> Result<(), kfsec_store::StoreError>;
 }
 
 /// A TokenReview verdict (wire `status`).

@@ -70,8 +70,8 @@ pub use authorize::{
     ResourceRule, SubjectRules, attributes_for,
 };
 pub use hooks::{
-    Admission, AdmissionAttributes, AdmissionDenied, BoundKindRef, BoundRef, IssueError, IssuedToken, NoAdmission,
-    NoTokenIssuer, NoTokenReviewer, TokenGrant, TokenIssuer, TokenReviewStatus, TokenReviewer,
+    Admission, AdmissionAttributes, AdmissionDenied, BoundKindRef, BoundRef, IssueError, IssuedToken, NamespaceData,
+    NoAdmission, NoTokenIssuer, NoTokenReviewer, TokenGrant, TokenIssuer, TokenReviewStatus, TokenReviewer,
 };
 pub use patch::PatchType;
 pub use registry::Resource;
@@ -130,6 +130,7 @@ pub struct ApiServer {
     pub(crate) admission: Arc<dyn Admission>,
     pub(crate) tokens: Arc<dyn TokenReviewer>,
     pub(crate) issuer: Arc<dyn TokenIssuer>,
+    pub(crate) namespace_data: Vec<Arc<dyn NamespaceData>>,
     pub(crate) options: ApiOptions,
 }
 
@@ -168,6 +169,13 @@ impl ApiServerBuilder {
     #[must_use]
     pub fn token_issuer(mut self, t: Arc<dyn TokenIssuer>) -> Self {
         self.inner.issuer = t;
+        self
+    }
+    /// Data another API keeps per namespace, emptied before a Namespace is deleted (each call
+    /// adds one).
+    #[must_use]
+    pub fn namespace_data(mut self, d: Arc<dyn NamespaceData>) -> Self {
+        self.inner.namespace_data.push(d);
         self
     }
     /// Options.
@@ -209,6 +217,7 @@ impl ApiServer {
                 admission: Arc::new(NoAdmission),
                 tokens: Arc::new(NoTokenReviewer),
                 issuer: Arc::new(NoTokenIssuer),
+                namespace_data: Vec::new(),
                 options: ApiOptions::default(),
             },
         }

@@ -833,7 +833,8 @@ impl ApiServer {
         Err(conflict(res, name, MODIFIED))
     }
 
-    /// Deletes every namespaced object in `ns` (the namespace controller's job, done inline).
+    /// Deletes every namespaced object in `ns`, then what other APIs keep for it (the namespace
+    /// controller's job, done inline).
     async fn purge_namespace(&self, ns: &str) -> Result<(), ApiError> {
         for res in registry::namespaced_storage() {
             let prefix = res.list_prefix(Some(ns));
@@ -850,6 +851,9 @@ impl ApiServer {
                     }
                 }
             }
+        }
+        for data in &self.namespace_data {
+            data.purge_namespace(ns).await?;
         }
         Ok(())
     }

@@ -910,6 +910,66 @@ async fn a_namespace_whose_last_finalizer_goes_is_emptied() {
     }
 }
 
+/// What another API keeps for a namespace (`NamespaceData`: Pipelines' runs…) is purged before
+/// the Namespace goes, by a DELETE and by the removal of its last finalizer; while the purge
+/// fails the Namespace stays (503, and the delete can be retried).
+#[tokio::test]
+async fn other_apis_data_is_purged_before_a_namespace_goes() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    #[derive(Default)]
+    struct Recorder {
+        purged: std::sync::Mutex<Vec<String>>,
+        down: AtomicBool,
+    }
+    #[async_trait::async_trait]
+    impl crate::NamespaceData for Recorder {
+        async fn purge_namespace(&self, ns: &str) -> Result<(), kfsec_store::StoreError> {
+            if self.down.load(Ordering::SeqCst) {
+                return Err(kfsec_store::StoreError::Unavailable("down".into()));
+            }
+            self.purged.lock().unwrap().push(ns.to_owned());
+            Ok(())
+        }
+    }
+    let data = Arc::new(Recorder::default());
+    let f = crate::testutil::fixture_built(crate::testutil::default_grants(), |b| b.namespace_data(data.clone()));
+    let api = &f.api;
+    let exists = |name: &'static str| async move {
+        call("GET", &format!("/api/v1/namespaces/{name}"), "admin")
+            .send(api)
+            .await
+            .0
+            == StatusCode::OK
+    };
+    for (name, finalizers) in [("n", json!([])), ("m", json!(["example.com/hold"]))] {
+        let (s, _) = call("POST", "/api/v1/namespaces", "admin")
+            .json(&json!({"metadata": {"name": name, "finalizers": finalizers}}))
+            .send(api)
+            .await;
+        assert_eq!(s, StatusCode::CREATED);
+    }
+    let delete_n = || call("DELETE", "/api/v1/namespaces/n", "admin").send(api);
+    let release_m = || {
+        call("PATCH", "/api/v1/namespaces/m", "admin")
+            .raw(br#"{"metadata":{"finalizers":null}}"#, "application/merge-patch+json")
+            .send(api)
+    };
+    let (s, _) = call("DELETE", "/api/v1/namespaces/m", "admin").send(api).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "terminating while its finalizer holds");
+
+    data.down.store(true, Ordering::SeqCst);
+    assert_eq!(delete_n().await.0, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(release_m().await.0, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(exists("n").await && exists("m").await);
+    assert!(data.purged.lock().unwrap().is_empty());
+
+    data.down.store(false, Ordering::SeqCst);
+    assert_eq!(delete_n().await.0, StatusCode::OK);
+    assert_eq!(release_m().await.0, StatusCode::OK);
+    assert!(!exists("n").await && !exists("m").await);
+    assert_eq!(*data.purged.lock().unwrap(), ["n", "m"]);
+}
+
 /// Kubernetes' `ValidatePolicyRule`: a rule that names both resources and non-resource URLs, a
 /// Role with URLs, a rule without verbs or without API groups or resources are 422. A mixed rule
 /// used to pass the escalation check as a URL rule while granting every resource it named.

@@ -182,10 +182,24 @@ pub fn default_grants() -> Vec<Grant> {
 }
 
 pub fn fixture_with(grants: Vec<Grant>) -> Fixture {
+    fixture_built(grants, |b| b)
+}
+
+/// A fixture whose server `build` finishes (hooks added).
+pub fn fixture_built(
+    grants: Vec<Grant>,
+    build: impl FnOnce(crate::ApiServerBuilder) -> crate::ApiServerBuilder,
+) -> Fixture {
     let clock = ManualClock::new(UnixTime::from_secs(1_700_000_000));
     let store = MemoryStore::new(clock.clone());
     let authz = TableAuthz::new(grants);
-    let api = ApiServer::new(store.clone(), authz.clone(), clock, Arc::new(CounterRng::default()));
+    let api = build(ApiServer::builder(
+        store.clone(),
+        authz.clone(),
+        clock,
+        Arc::new(CounterRng::default()),
+    ))
+    .build();
     Fixture { api, store, authz }
 }
 

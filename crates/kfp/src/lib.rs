@@ -106,6 +106,15 @@ const TOKEN_KEY: &str = "/kfp/meta/page-token-key";
 /// The longest a CPU-heavy job waits for its turn before the request is answered Unavailable.
 const CPU_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
 
+#[async_trait::async_trait]
+impl kfsec_api::NamespaceData for Kfp {
+    async fn purge_namespace(&self, namespace: &str) -> Result<(), kfsec_store::StoreError> {
+        self.db.purge_namespace(namespace).await?;
+        tracing::info!(target: "audit", namespace, "kfp: the namespace's experiments, runs, jobs and pipelines were deleted with it");
+        Ok(())
+    }
+}
+
 impl Kfp {
     /// Builds the server; loads (or creates, once) the page-token signing key in the store.
     pub async fn new(

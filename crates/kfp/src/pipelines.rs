@@ -23,10 +23,9 @@ use crate::json::{self, Out};
 use crate::list::{FieldValue, ListRequest, Listable};
 use crate::package::{self, Spec};
 use crate::routes::Req;
+use crate::storage::PACKAGES;
 use crate::storage::{self, Kind, Stored};
 use crate::{Kfp, refs};
-
-const PACKAGES: &str = "packages";
 
 /// A stored pipeline.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -21,10 +21,7 @@ use crate::routes::Req;
 use crate::storage::{self, Kind, Stored};
 use crate::{Kfp, pipelines, refs};
 
-/// Where the content blobs of runs and jobs live.
-pub const SPECS: &str = "specs";
-/// Where reported workflows live.
-pub const RUNTIME: &str = "runtime";
+pub use crate::storage::{RUNTIME, SPECS};
 
 /// What a run or job executes.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

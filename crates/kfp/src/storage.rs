@@ -4,6 +4,9 @@
 //! (`/kfp/names/{plural}/{scope}/{name}`) for unique names, and content blobs (pipeline packages,
 //! run specs) with their SHA-256.
 //!
+//! A namespace's objects are purged with it ([`Db::purge_namespace`], called before the
+//! Namespace goes).
+//!
 //! Invariants: a namespace listing is one prefix scan of `/kfp/{plural}/{ns}/` (the trailing
 //! slash keeps `user1` from matching `user10`), so it never reads another namespace; scopes are
 //! validated DNS labels or ids, so no caller-controlled string can widen a prefix; a blob whose
@@ -44,6 +47,25 @@ impl Kind {
             Self::Job => "jobs",
             Self::Pipeline => "pipelines",
             Self::Version => "versions",
+        }
+    }
+}
+
+/// Where the content blobs of runs and jobs live.
+pub const SPECS: &str = "specs";
+/// Where reported workflows live.
+pub const RUNTIME: &str = "runtime";
+/// Where pipeline versions' packages live.
+pub const PACKAGES: &str = "packages";
+
+impl Kind {
+    /// The content blobs kept under an object's id.
+    fn blobs(self) -> &'static [&'static str] {
+        match self {
+            Self::Run => &[SPECS, RUNTIME],
+            Self::Job => &[SPECS],
+            Self::Version => &[PACKAGES],
+            Self::Experiment | Self::Pipeline => &[],
         }
     }
 }
@@ -160,10 +182,7 @@ impl Db {
 
     /// Deletes `key` (absent is fine).
     pub async fn delete(&self, key: &str) -> KfpResult<()> {
-        match self.store.delete(key, None).await {
-            Ok(_) | Err(StoreError::NotFound(_)) => Ok(()),
-            Err(e) => Err(KfpError::store(&e)),
-        }
+        self.erase(key).await.map_err(|e| KfpError::store(&e))
     }
 
     /// Every record under `prefix`, decoded, in key order.
@@ -308,6 +327,61 @@ impl Db {
     /// Deletes a content blob.
     pub async fn delete_blob(&self, what: &str, id: &str) -> KfpResult<()> {
         self.delete(&blob_key(what, id)).await
+    }
+
+    /// Deletes everything namespace `ns` holds: its jobs first (so none starts a run
+    /// meanwhile), runs, experiments and pipelines with their versions, each as [`Db::remove`]
+    /// does with its blobs too.
+    pub async fn purge_namespace(&self, ns: &str) -> Result<(), StoreError> {
+        for kind in [Kind::Job, Kind::Run, Kind::Experiment, Kind::Pipeline] {
+            self.purge_scope(kind, ns).await?;
+        }
+        Ok(())
+    }
+
+    /// Deletes every object of `kind` in `scope` (a pipeline's versions first) with its index
+    /// entry and blobs, then the scope's name claims. Only keys are read, so a record that no
+    /// longer decodes goes too; each prefix is read again until it is empty, so an object made
+    /// meanwhile goes too.
+    async fn purge_scope(&self, kind: Kind, scope: &str) -> Result<(), StoreError> {
+        let objects = scope_prefix(kind, scope);
+        loop {
+            let found = kfsec_store::list_all(self.store.as_ref(), &objects).await?;
+            if found.items.is_empty() {
+                break;
+            }
+            for kv in found.items {
+                let Some(id) = kv.key.strip_prefix(&objects) else {
+                    continue;
+                };
+                if kind == Kind::Pipeline {
+                    Box::pin(self.purge_scope(Kind::Version, id)).await?;
+                }
+                self.erase(&kv.key).await?;
+                self.erase(&index_key(id)).await?;
+                for what in kind.blobs() {
+                    self.erase(&blob_key(what, id)).await?;
+                }
+            }
+        }
+        let names = name_key(kind, scope, "");
+        loop {
+            let found = kfsec_store::list_all(self.store.as_ref(), &names).await?;
+            if found.items.is_empty() {
+                return Ok(());
+            }
+            for kv in found.items {
+                self.erase(&kv.key).await?;
+            }
+        }
+    }
+
+    /// Deletes `key` (absent is fine).
+    async fn erase(&self, key: &str) -> Result<(), StoreError> {
+        match self.store.delete(key, None).await {
+            Ok(_) | Err(StoreError::NotFound(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 }
 

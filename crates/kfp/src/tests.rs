@@ -99,6 +99,7 @@ impl Rng for CountingRng {
 }
 
 struct Env {
+    kfp: Arc<Kfp>,
     router: Router,
     store: Arc<MemoryStore>,
     authz: Arc<FakeAuthz>,
@@ -168,6 +169,7 @@ async fn env_on(
     .unwrap();
     Env {
         router: kfp.router(),
+        kfp,
         store,
         authz,
         clock,
@@ -1930,4 +1932,85 @@ async fn audit_events_carry_kfps_question_and_decision() {
     );
     assert!(o.uid.is_some());
     assert!(ev.annotations["authorization.k8s.io/reason"].starts_with("kfp: shared pipelines may be uploaded"));
+}
+
+/// Every key under `/kfp/`.
+async fn kfp_keys(e: &Env) -> Vec<String> {
+    let all = kfsec_store::list_all(e.store.as_ref(), "/kfp/").await.unwrap();
+    all.items.into_iter().map(|kv| kv.key).collect()
+}
+
+/// A namespace's Pipelines data goes with it (`kfsec_api::NamespaceData`, asked before a
+/// Namespace is deleted): every object, index entry, name claim and blob, so a later namespace
+/// of the same name, perhaps another user's, starts empty; `user10` and shared pipelines stay.
+#[tokio::test]
+async fn a_namespaces_data_is_purged_with_it() {
+    use kfsec_api::NamespaceData as _;
+    let e = env().await;
+    let exp = e.experiment_v2(U1, "user1", "e").await;
+    let (pid, vid) = e.pipeline_v2(U1, "user1", "p").await;
+    let (spid, svid) = e.pipeline_v2(ADMIN, "", "shared").await;
+    let run = e.run_v2(U1, &exp, &pid, &vid).await;
+    let wf = json!({"apiVersion": "argoproj.io/v1alpha1", "kind": "Workflow",
+        "metadata": {"name": "p-abc", "namespace": "user1", "uid": "u-1", "labels": {"pipeline/runid": run}},
+        "status": {"phase": "Running"}});
+    let (s, v) = e.post(AGENT, "/apis/v1beta1/workflows", wf).await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = e
+        .post(
+            U1,
+            "/pipeline/apis/v2beta1/recurringruns",
+            json!({"display_name": "nightly", "experiment_id": exp,
+                   "trigger": {"cron_schedule": {"cron": "0 0 * * * *"}},
+                   "pipeline_version_reference": {"pipeline_id": spid, "pipeline_version_id": svid}}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let job = v["recurring_run_id"].as_str().unwrap().to_owned();
+    let neighbour = e.experiment_v2(ADMIN, "user10", "e").await;
+
+    let before = kfp_keys(&e).await;
+    let gone = [&exp, &pid, &vid, &run, &job];
+    for id in gone {
+        assert!(before.iter().any(|k| k.contains(id.as_str())), "{id}: {before:#?}");
+    }
+    for blob in [
+        format!("/kfp/specs/{run}"),
+        format!("/kfp/runtime/{run}"),
+        format!("/kfp/specs/{job}"),
+        format!("/kfp/packages/{vid}"),
+    ] {
+        assert!(before.contains(&blob), "{blob}: {before:#?}");
+    }
+
+    e.kfp.purge_namespace("user1").await.unwrap();
+    let after = kfp_keys(&e).await;
+    for id in gone {
+        assert!(
+            !after.iter().any(|k| k.contains(id.as_str())),
+            "{id} is left: {after:#?}"
+        );
+    }
+    assert!(!after.iter().any(|k| k.contains("/user1/")), "{after:#?}");
+    for id in [&neighbour, &spid, &svid] {
+        assert!(
+            after.iter().any(|k| k.contains(id.as_str())),
+            "{id} went too: {after:#?}"
+        );
+    }
+    let (s, _) = e.get(U1, &format!("/pipeline/apis/v2beta1/runs/{run}")).await;
+    assert_eq!(s, 404);
+    let (s, v) = e.get(U1, "/pipeline/apis/v2beta1/experiments?namespace=user1").await;
+    assert_eq!((s, v), (StatusCode::OK, json!({})));
+    // The names are free again; a second purge finds nothing and succeeds.
+    e.experiment_v2(U1, "user1", "e").await;
+    e.pipeline_v2(U1, "user1", "p").await;
+    e.kfp.purge_namespace("user10").await.unwrap();
+    e.kfp.purge_namespace("user10").await.unwrap();
+    let (_, v) = e
+        .get(ADMIN, "/pipeline/apis/v2beta1/experiments?namespace=user10")
+        .await;
+    assert_eq!(v, json!({}));
+    let (_, v) = e.get(U1, "/pipeline/apis/v2beta1/experiments?namespace=user1").await;
+    assert_eq!(v["total_size"], 1, "{v}");
 }

@@ -697,6 +697,20 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
     let renew_every = trust::renewal_period(cfg.leaf_lifetime);
     let renewal_task = trust.spawn_follower(renew_every, leadership.subscribe());
     let counted = |surface| metrics::CountedAuthz::wrap(rbac_cache.clone(), surface, &decisions);
+    // Pipelines' data of a namespace is purged with it (the API asks before a Namespace goes).
+    let kfp = kfsec_kfp::Kfp::new(
+        store.clone(),
+        counted("kfp"),
+        clock.clone(),
+        rng.clone(),
+        kfsec_kfp::KfpSettings {
+            max_package_bytes_per_namespace: cfg.pipeline_package_quota.0,
+            max_packages_per_namespace: cfg.pipeline_package_quota.1,
+            ..kfsec_kfp::KfpSettings::default()
+        },
+    )
+    .await
+    .map_err(|e| ServerError::Api(e.to_string()))?;
     let api = kfsec_api::ApiServer::builder(store.clone(), counted("api"), clock.clone(), rng.clone())
         .token_reviewer(Arc::new(tokenreview::Reviewer {
             authn: kfsec_idp::Authenticator::new(idp.clone()),
@@ -704,6 +718,7 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
         }))
         .token_issuer(Arc::new(tokenrequest::Issuer(idp.clone())))
         .admission(admission.clone())
+        .namespace_data(kfp.clone())
         .options(kfsec_api::ApiOptions {
             build: cfg.build.clone(),
             reserved_namespaces: reserved_namespaces(&cfg.webhook_settings),
@@ -757,19 +772,6 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
             ..Default::default()
         },
     );
-    let kfp = kfsec_kfp::Kfp::new(
-        store.clone(),
-        counted("kfp"),
-        clock.clone(),
-        rng.clone(),
-        kfsec_kfp::KfpSettings {
-            max_package_bytes_per_namespace: cfg.pipeline_package_quota.0,
-            max_packages_per_namespace: cfg.pipeline_package_quota.1,
-            ..kfsec_kfp::KfpSettings::default()
-        },
-    )
-    .await
-    .map_err(|e| ServerError::Api(e.to_string()))?;
     // KFP's artifact endpoint reads through the S3 gateway's upstream, within its policy.
     if let (Some(s3), Some(upstream)) = (&cfg.s3, &s3_upstream) {
         kfp.serve_artifacts(Arc::new(kfsec_kfp::artifacts::S3Artifacts::new(

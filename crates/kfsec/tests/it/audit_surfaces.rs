@@ -214,12 +214,7 @@ spec:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kfam_dashboard_and_kfp_requests_leave_events() {
     let k = Kfsec::start("").await;
-    k.running
-        .idp
-        .users()
-        .add(k.running.idp.rng(), USER2, None, vec![], PASSWORD2)
-        .await
-        .unwrap();
+    k.add_user(USER2, PASSWORD2).await;
     let kc = Kubectl::new(k._dir.path());
     let (code, _, err) = kc.run(&["apply", "-f", "-"], Some(PROFILE)).await;
     assert_eq!(code, 0, "{err}");

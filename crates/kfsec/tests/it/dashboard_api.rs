@@ -23,12 +23,7 @@ pub(crate) const PW: &str = "a long dashboard password";
 const CONFIG: &str = "registrationFlow: true\noauth2:\n  passwordConnector: local\nbearerAudiences: [rp-test]\n";
 
 async fn add_user(k: &Kfsec, email: &str) {
-    k.running
-        .idp
-        .users()
-        .add(k.running.idp.rng(), email, None, vec![], PW)
-        .await
-        .unwrap();
+    k.add_user(email, PW).await;
 }
 
 /// A logged-in browser session of `user`.

@@ -202,6 +202,16 @@ impl Kfsec {
         }
     }
 
+    /// Adds a local user (no groups).
+    pub async fn add_user(&self, email: &str, password: &str) {
+        self.running
+            .idp
+            .users()
+            .add(self.running.idp.rng(), email, None, vec![], password)
+            .await
+            .unwrap();
+    }
+
     pub fn client(&self) -> Browser {
         Browser::new(&self.running.ca_pem, &self.base)
     }

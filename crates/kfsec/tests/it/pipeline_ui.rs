@@ -4,7 +4,8 @@
 //! is kfsec's own file under the pages' CSP; another user's items are a 404 that looks like a
 //! missing one; a browser without a session is sent to log in and lands back on `/pipeline/`;
 //! and a configured `/pipeline/` route is proxied with the identity while the KFP API keeps
-//! `/pipeline/apis/`.
+//! `/pipeline/apis/`. A deleted Profile's Pipelines data goes with its namespace: the next
+//! owner of the name starts empty.
 
 #![allow(clippy::disallowed_methods)] // polls real time while the profile controller works
 
@@ -68,15 +69,88 @@ async fn pipeline(b: &mut Browser, name: &str, version: &str, namespace: &str) -
     (pid, vid, v["display_name"].as_str().unwrap().to_owned())
 }
 
+/// Posts until the profile's bindings let `b` in (the controller works asynchronously).
+async fn post_when_bound(b: &mut Browser, path: &str, body: Value) -> Value {
+    for _ in 0..100 {
+        let (s, v) = post_json(b, path, body.clone()).await;
+        if s == 200 {
+            return v;
+        }
+        assert_eq!(s, 403, "{v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("never bound: {path}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_profiles_pipelines_do_not_reach_the_next_owner_of_its_name() {
+    let k = Kfsec::start("").await;
+    k.add_user(USER2, PASSWORD2).await;
+    let kc = Kubectl::new(k._dir.path());
+    profile(&kc, "handover", USER).await;
+    let mut first = k.client();
+    first.login("/pipeline", USER, PASSWORD).await;
+    let exp = post_when_bound(
+        &mut first,
+        "/pipeline/apis/v2beta1/experiments",
+        json!({"display_name": "secret-project", "namespace": "handover"}),
+    )
+    .await;
+    let eid = exp["experiment_id"].as_str().unwrap().to_owned();
+    let (pid, vid, _) = pipeline(&mut first, "train", "train-v1", "handover").await;
+    let (s, run) = post_json(
+        &mut first,
+        "/pipeline/apis/v2beta1/runs",
+        json!({"display_name": "run", "experiment_id": eid,
+               "runtime_config": {"parameters": {"token": "the first owner's"}},
+               "pipeline_version_reference": {"pipeline_id": pid, "pipeline_version_id": vid}}),
+    )
+    .await;
+    assert_eq!(s, 200, "{run}");
+    let rid = run["run_id"].as_str().unwrap().to_owned();
+
+    // The Profile goes, and with it its namespace.
+    let (code, _, err) = kc.run(&["delete", "profile", "handover"], None).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        eventually(|| async { kc.run(&["get", "namespace", "handover"], None).await.0 != 0 }).await,
+        "the namespace stayed"
+    );
+
+    // Another user claims the name: nothing of the first owner's is there.
+    profile(&kc, "handover", USER2).await;
+    let mut second = k.client();
+    second.login("/pipeline", USER2, PASSWORD2).await;
+    let mine = post_when_bound(
+        &mut second,
+        "/pipeline/apis/v2beta1/experiments",
+        json!({"display_name": "secret-project", "namespace": "handover"}),
+    )
+    .await;
+    for (path, list) in [
+        ("/pipeline/apis/v2beta1/experiments?namespace=handover", "experiments"),
+        ("/pipeline/apis/v2beta1/runs?namespace=handover", "runs"),
+        ("/pipeline/apis/v2beta1/pipelines?namespace=handover", "pipelines"),
+    ] {
+        let v: Value = second.get(path).await.json().await.unwrap();
+        let ids: Vec<&Value> = v[list].as_array().map(|a| a.iter().collect()).unwrap_or_default();
+        let expected = if list == "experiments" { 1 } else { 0 };
+        assert_eq!(ids.len(), expected, "{path}: {v}");
+    }
+    assert_ne!(mine["experiment_id"], exp["experiment_id"]);
+    for path in [
+        format!("/pipeline/apis/v2beta1/runs/{rid}"),
+        format!("/pipeline/apis/v2beta1/experiments/{eid}"),
+        format!("/pipeline/apis/v2beta1/pipelines/{pid}"),
+    ] {
+        assert_eq!(second.get(&path).await.status(), 404, "{path}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_pipelines_view_shows_a_namespaces_runs_and_refuses_other_users_items() {
     let k = Kfsec::start("").await;
-    k.running
-        .idp
-        .users()
-        .add(k.running.idp.rng(), USER2, None, vec![], PASSWORD2)
-        .await
-        .unwrap();
+    k.add_user(USER2, PASSWORD2).await;
     let kc = Kubectl::new(k._dir.path());
     profile(&kc, "user1", USER).await;
     profile(&kc, "other", USER2).await;

@@ -235,12 +235,7 @@ async fn kubectl_gives_kubeflows_answers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kfam_contributors_grant_and_revoke_at_once() {
     let k = Kfsec::start("").await;
-    k.running
-        .idp
-        .users()
-        .add(k.running.idp.rng(), USER2, None, vec![], PASSWORD2)
-        .await
-        .unwrap();
+    k.add_user(USER2, PASSWORD2).await;
     let kc = Kubectl::new(k._dir.path());
     let (code, _, err) = kc.run(&["apply", "-f", "-"], Some(PROFILES)).await;
     assert_eq!(code, 0, "{err}");

@@ -27,12 +27,7 @@ const RESERVED: &[&str] = &[
 ];
 
 async fn add_user2(k: &Kfsec) {
-    k.running
-        .idp
-        .users()
-        .add(k.running.idp.rng(), USER2, None, vec![], PASSWORD2)
-        .await
-        .unwrap();
+    k.add_user(USER2, PASSWORD2).await;
 }
 
 async fn logged_in(k: &Kfsec, user: &str, password: &str) -> Browser {
