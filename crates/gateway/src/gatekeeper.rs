@@ -162,8 +162,13 @@ impl App {
                 }
             };
         }
-        if let Some(ClientCertIdentity(id)) = cert {
-            return Authn::Ok(Arc::new(self.authn.client_certificate(id.clone())));
+        if let Some(c) = cert {
+            // (rustls checked the validity at the handshake; a kept-alive connection outlives it)
+            if self.clock.now().as_secs() >= c.not_after {
+                tracing::info!(target: "audit", user = %c.identity.user, "client certificate expired since its connection opened: refused");
+                return Authn::Invalid;
+            }
+            return Authn::Ok(Arc::new(self.authn.client_certificate(c.identity.clone(), c.not_after)));
         }
         // An expired, revoked or forged cookie is treated like no cookie: browsers go back
         // through login, API clients get 401. The versions are read before anything is

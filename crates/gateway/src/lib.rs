@@ -812,14 +812,17 @@ async fn guarded(app: &Arc<App>, mut req: Request, hop: Hop<'_>) -> Response {
             audit::route_decision(audit, true, reasons, why);
             app.decided_proxy(true, true);
             // (a tunnel lives while what opened it holds: a certificate, while the trust it was
-            // verified under stands)
+            // verified under stands and until its notAfter)
             let upgrade = proxy::is_upgrade(req.headers());
             let credential: Option<Box<dyn tunnel::Credential>> = match &caller {
                 Some(c) if upgrade => match c.kind {
-                    CredentialKind::ClientCertificate => req
-                        .extensions()
-                        .get::<listener::CertTrust>()
-                        .map(|t| Box::new(t.clone()) as Box<_>),
+                    CredentialKind::ClientCertificate => req.extensions().get::<listener::CertTrust>().map(|t| {
+                        Box::new(listener::CertTunnel {
+                            trust: t.clone(),
+                            not_after: c.expires_at.unwrap_or(u64::MAX),
+                            clock: app.clock.clone(),
+                        }) as Box<_>
+                    }),
                     _ => {
                         let held = gatekeeper::TunnelCredential::new(app, req.headers(), &path, c);
                         Some(Box::new(held))

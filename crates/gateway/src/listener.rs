@@ -61,19 +61,37 @@ use kfsec_types::Identity;
 use crate::stall::StallTimer;
 
 /// The identity of a verified TLS client certificate, attached to each request of its
-/// connection.
+/// connection, and the certificate's notAfter (Unix s): a kept-alive connection's requests
+/// from then on are refused, and its tunnels end.
 #[derive(Debug, Clone)]
-pub struct ClientCertIdentity(pub Identity);
+pub struct ClientCertIdentity {
+    /// Who.
+    pub identity: Identity,
+    /// The certificate's notAfter (Unix s).
+    pub not_after: u64,
+}
 
 /// The trust a client certificate was verified under, attached to each hyper-served request of
-/// its connection: a tunnel the certificate opens lives while it holds (until the config is
-/// replaced, when the connection itself would be closed — a CA may have left the trust).
+/// its connection.
 #[derive(Debug, Clone)]
 pub(crate) struct CertTrust(pub(crate) kfsec_pki::Replaced);
 
-impl crate::tunnel::Credential for CertTrust {
+/// What keeps a tunnel a client certificate opened: the trust it was verified under (until the
+/// config is replaced, when the connection itself would be closed — a CA may have left the
+/// trust) and the certificate's notAfter.
+pub(crate) struct CertTunnel {
+    pub(crate) trust: CertTrust,
+    pub(crate) not_after: u64,
+    pub(crate) clock: Arc<dyn kfsec_types::Clock>,
+}
+
+impl crate::tunnel::Credential for CertTunnel {
     fn holds(&mut self) -> futures_util::future::BoxFuture<'_, bool> {
-        let holds = !self.0.fired();
+        let expired = self.clock.now().as_secs() >= self.not_after;
+        if expired {
+            tracing::info!(target: "audit", "a tunnel's client certificate expired: closed");
+        }
+        let holds = !expired && !self.trust.0.fired();
         Box::pin(async move { holds })
     }
 }
@@ -958,7 +976,10 @@ impl<S: Service + Clone> Connection<S> {
             .peer_certificates()
             .and_then(|c| c.first())
             .and_then(|der| kfsec_pki::client_identity(der.as_ref()).ok())
-            .map(|(user, groups)| ClientCertIdentity(Identity::new(user, groups)));
+            .map(|c| ClientCertIdentity {
+                identity: Identity::new(c.user, c.groups),
+                not_after: c.not_after.as_secs(),
+            });
         // Such an identity was checked against the roots of this config only: when the config
         // is replaced (a CA leaves the trust), the connection is closed gracefully and the
         // client's next handshake is checked again.

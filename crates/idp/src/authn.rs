@@ -72,8 +72,8 @@ pub struct Authenticated {
     pub audiences: Vec<String>,
     /// By what.
     pub kind: CredentialKind,
-    /// When the credential ends by itself (Unix s): a token's `exp`. `None` for a session (its
-    /// record says when it ends) and a client certificate (its listener's trust decides).
+    /// When the credential ends by itself (Unix s): a token's `exp`, a client certificate's
+    /// notAfter. `None` for a session (its record says when it ends).
     pub expires_at: Option<u64>,
 }
 
@@ -251,13 +251,13 @@ impl Authenticator {
         }
     }
 
-    /// A client certificate the TLS listener verified.
-    pub fn client_certificate(&self, identity: Identity) -> Authenticated {
+    /// A client certificate the TLS listener verified, valid until `not_after` (Unix s).
+    pub fn client_certificate(&self, identity: Identity, not_after: u64) -> Authenticated {
         Authenticated {
             identity,
             audiences: vec![],
             kind: CredentialKind::ClientCertificate,
-            expires_at: None,
+            expires_at: Some(not_after),
         }
     }
 }

@@ -74,9 +74,20 @@ pub(crate) fn unix_to_asn1(t: UnixTime) -> Result<ASN1Time, PkiError> {
     ASN1Time::from_timestamp(secs).map_err(|e| PkiError::InvalidRequest(format!("time: {e}")))
 }
 
+/// The Kubernetes identity in a (verified) client certificate, and until when it holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientCert {
+    /// The subject's CN.
+    pub user: String,
+    /// The subject's O values.
+    pub groups: Vec<String>,
+    /// The certificate's notAfter: it authenticates nothing from then on.
+    pub not_after: UnixTime,
+}
+
 /// The Kubernetes identity in a (verified) client certificate: the subject's CN is the user name
 /// and each O is a group, as the API server reads client certificates.
-pub fn client_identity(der: &[u8]) -> Result<(String, Vec<String>), PkiError> {
+pub fn client_identity(der: &[u8]) -> Result<ClientCert, PkiError> {
     let cert = parse_x509(der)?;
     let subject = cert.subject();
     let user = subject
@@ -91,7 +102,11 @@ pub fn client_identity(der: &[u8]) -> Result<(String, Vec<String>), PkiError> {
         .filter_map(|o| o.as_str().ok())
         .map(str::to_owned)
         .collect();
-    Ok((user, groups))
+    Ok(ClientCert {
+        user,
+        groups,
+        not_after: asn1_to_unix(&cert.validity().not_after),
+    })
 }
 
 /// The names a (verified) certificate answers to, for matching against an allow-list: its

@@ -113,6 +113,11 @@ pub(crate) async fn ask_websocket(
         "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{headers}\r\n"
     );
     s.write_all(req.as_bytes()).await.unwrap();
+    read_head(s).await
+}
+
+/// Reads an answer's head from `s` (to its blank line, nothing more), lowercase.
+pub(crate) async fn read_head(s: &mut tokio_rustls::client::TlsStream<TcpStream>) -> String {
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
@@ -515,7 +520,7 @@ pub async fn tls_upstream(listener: TcpListener, cert: kfsec_pki::IssuedCert, cl
                 let subject = leaf
                     .as_ref()
                     .and_then(|d| kfsec_pki::client_identity(d.as_ref()).ok())
-                    .map(|(u, _)| u)
+                    .map(|c| c.user)
                     .unwrap_or_default();
                 let serial = leaf
                     .and_then(|d| kfsec_pki::parse_cert_pem(&pem(d.as_ref())).ok())

@@ -371,3 +371,69 @@ async fn a_certificate_tunnel_closes_when_the_trust_is_replaced() {
     );
     k.running.shutdown().await;
 }
+
+/// Sends `GET path` on the kept-alive connection `s` and reads the whole answer (its body by
+/// `Content-Length`); returns the status.
+async fn get_on(s: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>, path: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nAccept: application/json\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let head = crate::proxying::read_head(s).await;
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .unwrap_or_else(|| panic!("no content-length: {head}"))
+        .trim()
+        .parse()
+        .unwrap();
+    let mut body = vec![0u8; length];
+    s.read_exact(&mut body).await.unwrap();
+    head[9..12].parse().unwrap()
+}
+
+/// A client certificate authenticates until its notAfter, also on a connection (or a tunnel)
+/// opened while it was valid: rustls checks the validity at the handshake only, so a kept-alive
+/// connection's requests from then on are 401 and its tunnels end within a tick.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_certificate_ends_at_its_not_after_on_open_connections_too() {
+    use crate::proxying::{ask_websocket, closes, echoes, websocket_echo};
+    let ws = websocket_echo().await;
+    let k = Kfsec::start_with_clock(&format!("- prefix: /notebook/\n  upstream: http://{ws}\n")).await;
+    let clock = k.clock.clone().unwrap();
+    let (cert, key, _) = kubeconfig_parts(&k._dir.path().join("admin.kubeconfig"));
+    let not_after = kfsec_pki::parse_cert_pem(&cert).unwrap().not_after;
+    let mut cfg = kfsec_pki::client_config_with_identity(&k.running.ca_pem, &cert, &key).unwrap();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let cfg = Arc::new(cfg);
+    let connect = || async {
+        let tcp = tokio::net::TcpStream::connect(k.running.https_addr).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        tokio_rustls::TlsConnector::from(cfg.clone())
+            .connect(name, tcp)
+            .await
+            .unwrap()
+    };
+    let mut tunnel = connect().await;
+    let head = ask_websocket(&mut tunnel, "/notebook/api/kernels/1/channels", "").await;
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    let mut api = connect().await;
+    assert_eq!(get_on(&mut api, "/api/v1/namespaces").await, 200);
+
+    // A minute before notAfter: all holds.
+    clock.set(kfsec_types::UnixTime::from_secs(not_after.as_secs() - 60));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        echoes(&mut tunnel).await,
+        "the tunnel closed before the certificate expired"
+    );
+    assert_eq!(get_on(&mut api, "/api/v1/namespaces").await, 200);
+
+    // At notAfter: refused on the open connection, and the tunnel ends.
+    clock.set(not_after);
+    assert_eq!(get_on(&mut api, "/api/v1/namespaces").await, 401);
+    assert!(
+        closes(&mut tunnel, Duration::from_secs(5)).await,
+        "the tunnel outlived its certificate"
+    );
+    k.running.shutdown().await;
+}

@@ -105,8 +105,8 @@ impl ReviewAudit {
             },
         )?;
         let caller = parts.extensions.get::<ClientCertIdentity>();
-        if let Some(ClientCertIdentity(id)) = caller {
-            ctx.set_user(UserInfo::from(id));
+        if let Some(ClientCertIdentity { identity, .. }) = caller {
+            ctx.set_user(UserInfo::from(identity));
         }
         ctx.decision(
             true,
