@@ -10,7 +10,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 SECONDS_PER_TARGET="${FUZZ_SECONDS:-20}"
 TARGETS=(admission_review poddefault_apply path_normalize kfp_multipart jwt_verify
   label_selector field_selector protobuf_body kfp_filter admission_settings upstream_id_token
-  ldap_entry ldap_message server_side_apply api_patch sealed_envelope store_envelope audit s3_sigv4
+  ldap_entry ldap_message server_side_apply api_patch sealed_envelope store_envelope audit s3_sigv4 s3_listing
   upstream_response front_request connection_headers trusted_proxies)
 
 if ! cargo fuzz --version >/dev/null 2>&1; then

@@ -106,6 +106,8 @@ SEED = OWN + "seed.txt"
 _m = moto()
 _m.put_object(Bucket=BUCKET, Key=SEED, Body=BODY)
 _m.put_object(Bucket=BUCKET, Key=OTHER + "secret.txt", Body=b"team-b only")
+_m.put_object(Bucket=BUCKET, Key=OTHER + "odd & <key>.txt", Body=b"team-b only")
+_m.put_object(Bucket=BUCKET, Key=f"private/team-b/{RUN}/notes.txt", Body=b"team-b only")
 _m.put_object(Bucket=BUCKET, Key=SHARED + "common.txt", Body=b"shared")
 _m.put_object(Bucket=BUCKET, Key=f"unowned/{RUN}/x.txt", Body=b"nobody's")
 
@@ -524,6 +526,26 @@ def _():
             break
         time.sleep(0.25)
     expect_code(lambda: gw(B_AK, B_SK).list_objects_v2(Bucket=BUCKET, Prefix=OTHER), "InvalidAccessKeyId")
+
+
+@check("deleted_profile_objects_purged_shared_kept")
+def _():
+    # The namespace goes with the Profile, and its own prefixes are emptied first: a later
+    # namespace of the same name, perhaps another user's, would get a key to them.
+    deadline = time.monotonic() + 20
+    while True:
+        r = subprocess.run(["kubectl", "--kubeconfig", E["S3T_KUBECONFIG"], "get", "namespace", "team-b"],
+                           capture_output=True, text=True, timeout=30)
+        if r.returncode != 0 or time.monotonic() > deadline:
+            break
+        time.sleep(0.25)
+    assert r.returncode != 0, "the namespace team-b stayed"
+    m = moto()
+    for prefix in ("private-artifacts/team-b/", "private/team-b/"):
+        left = m.list_object_versions(Bucket=BUCKET, Prefix=prefix).get("Versions", [])
+        assert not left, f"{prefix} kept {[v['Key'] for v in left][:5]}"
+    for key in (SEED, SHARED + "common.txt", f"unowned/{RUN}/x.txt"):
+        exists_upstream(key)
 
 
 print(f"s3: {passed} passed, {failed} failed", flush=True)

@@ -857,7 +857,7 @@ impl Gateway {
 /// The headers of a re-serialized DeleteObjects body `doc`: the client's checksums and
 /// framing headers dropped, `Content-Length` and `Content-MD5` (S3 requires an integrity
 /// header on DeleteObjects) computed over `doc`.
-fn delete_body_headers(headers: &mut HeaderMap, doc: &[u8]) {
+pub(crate) fn delete_body_headers(headers: &mut HeaderMap, doc: &[u8]) {
     use base64::Engine as _;
     use md5::Digest as _;
     let drop: Vec<HeaderName> = headers
@@ -916,7 +916,7 @@ async fn read_request_body(mut body: upstream::Body, cap: usize) -> Result<Bytes
 }
 
 /// Reads a body of at most `cap` bytes.
-async fn read_capped<B>(body: B, cap: usize) -> Result<Bytes, BoxError>
+pub(crate) async fn read_capped<B>(body: B, cap: usize) -> Result<Bytes, BoxError>
 where
     B: HttpBody<Data = Bytes> + Unpin,
     B::Error: Into<BoxError>,

@@ -12,5 +12,6 @@ pub mod keys;
 pub mod keystore;
 pub mod listing;
 pub mod policy;
+pub mod purge;
 pub mod sigv4;
 pub mod upstream;

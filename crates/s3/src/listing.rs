@@ -225,6 +225,14 @@ fn tag(doc: &[u8], at: usize) -> Result<(&str, bool, bool, usize), ListingError>
 /// Skips the prolog (`<?xml …?>`, comments, whitespace) and returns the root element's name and
 /// the offset after its start tag.
 fn root(doc: &[u8]) -> Result<(&str, usize, usize), ListingError> {
+    match root_element(doc)? {
+        (name, start, end, false) => Ok((name, start, end)),
+        _ => Err(ListingError::Malformed("root")),
+    }
+}
+
+/// Like [`root`], also for an empty root element (`<Name/>`, the last item `true`).
+fn root_element(doc: &[u8]) -> Result<(&str, usize, usize, bool), ListingError> {
     let mut i = 0;
     loop {
         while doc.get(i).is_some_and(u8::is_ascii_whitespace) {
@@ -236,10 +244,10 @@ fn root(doc: &[u8]) -> Result<(&str, usize, usize), ListingError> {
             i = find(doc, i, b"-->").ok_or(ListingError::Malformed("comment"))? + 3;
         } else if doc.get(i) == Some(&b'<') {
             let (name, close, self_closing, end) = tag(doc, i)?;
-            if close || self_closing {
+            if close {
                 return Err(ListingError::Malformed("root"));
             }
-            return Ok((name, i, end));
+            return Ok((name, i, end, self_closing));
         } else {
             return Err(ListingError::Malformed("no root element"));
         }
@@ -692,6 +700,74 @@ impl DeleteRequest {
     }
 }
 
+/// One entry of a listing to delete: its key, and its version when the listing names one.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Listed {
+    /// `Key`.
+    pub key: String,
+    /// `VersionId` (ListObjectVersions); `None` in a ListObjectsV2 page.
+    pub version: Option<String>,
+}
+
+/// The entries of a ListObjectVersions (`Version`, `DeleteMarker`) or ListObjectsV2
+/// (`Contents`) answer, and whether it was cut short (`IsTruncated`).
+pub fn entries(doc: &[u8]) -> Result<(Vec<Listed>, bool), ListingError> {
+    if doc.len() > MAX_LISTING_BYTES {
+        return Err(ListingError::TooLarge);
+    }
+    let (name, _, after) = root(doc)?;
+    if !matches!(name, "ListVersionsResult" | "ListBucketResult") {
+        return Err(ListingError::Malformed("not ListVersionsResult or ListBucketResult"));
+    }
+    let (elems, _) = children(doc, after)?;
+    let mut out = Vec::new();
+    let mut truncated = false;
+    for e in elems {
+        let body = &doc[e.start..e.end];
+        match e.name {
+            "Version" | "DeleteMarker" | "Contents" => {
+                let key = child_text(body, "Key").ok_or(ListingError::Malformed("an entry without a Key"))?;
+                let version = child_text(body, "VersionId");
+                out.push(Listed { key, version });
+            }
+            "IsTruncated" => truncated = child_text(body, "IsTruncated").as_deref() == Some("true"),
+            _ => {}
+        }
+    }
+    Ok((out, truncated))
+}
+
+/// The `Code` of an S3 error answer (`<Error><Code>…</Code>…</Error>`).
+pub fn error_code(doc: &[u8]) -> Option<String> {
+    child_text(doc.get(..doc.len().min(64 * 1024))?, "Code")
+}
+
+/// The errors of a DeleteObjects answer (`DeleteResult`): each `Error`'s key and code.
+pub fn delete_errors(doc: &[u8]) -> Result<Vec<(String, String)>, ListingError> {
+    if doc.len() > MAX_LISTING_BYTES {
+        return Err(ListingError::TooLarge);
+    }
+    let (name, _, after, empty) = root_element(doc)?;
+    if name != "DeleteResult" {
+        return Err(ListingError::Malformed("not a DeleteResult"));
+    }
+    if empty {
+        return Ok(Vec::new());
+    }
+    let (elems, _) = children(doc, after)?;
+    Ok(elems
+        .iter()
+        .filter(|e| e.name == "Error")
+        .map(|e| {
+            let body = &doc[e.start..e.end];
+            (
+                child_text(body, "Key").unwrap_or_default(),
+                child_text(body, "Code").unwrap_or_default(),
+            )
+        })
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -918,5 +994,42 @@ mod tests {
         let v2 = doc.replace("<MaxKeys>", "<KeyCount>2</KeyCount><MaxKeys>");
         let out = String::from_utf8(filter(v2.as_bytes(), |_| true, |_| true, str::to_owned).unwrap()).unwrap();
         assert!(!out.contains("NextMarker"), "{out}");
+    }
+
+    #[test]
+    fn listed_entries_and_delete_errors_are_read() {
+        let versions = br#"<?xml version="1.0"?><ListVersionsResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Name>b</Name><IsTruncated>true</IsTruncated><Version><Key>a&amp;b</Key><VersionId>v1</VersionId><IsLatest>true</IsLatest><Owner><ID>o</ID></Owner></Version><DeleteMarker><Key>c</Key><VersionId>v2</VersionId></DeleteMarker></ListVersionsResult>"#;
+        let (listed, truncated) = entries(versions).unwrap();
+        assert!(truncated);
+        assert_eq!(
+            listed,
+            [
+                Listed {
+                    key: "a&b".into(),
+                    version: Some("v1".into())
+                },
+                Listed {
+                    key: "c".into(),
+                    version: Some("v2".into())
+                },
+            ]
+        );
+        let (listed, truncated) = entries(V2.as_bytes()).unwrap();
+        assert!(truncated);
+        assert_eq!(listed.len(), 3);
+        assert!(listed.iter().all(|l| l.version.is_none()));
+        assert!(entries(b"<Error><Code>AccessDenied</Code></Error>").is_err());
+        assert!(entries(b"<ListBucketResult><Contents><Size>1</Size></Contents></ListBucketResult>").is_err());
+        let result = b"<DeleteResult><Deleted><Key>x</Key></Deleted><Error><Key>y &amp; z</Key><Code>AccessDenied</Code></Error></DeleteResult>";
+        assert_eq!(
+            delete_errors(result).unwrap(),
+            [("y & z".to_owned(), "AccessDenied".to_owned())]
+        );
+        assert_eq!(delete_errors(b"<DeleteResult/>").unwrap(), []);
+        assert!(delete_errors(versions).is_err());
+        assert_eq!(
+            error_code(b"<Error><Code>NotImplemented</Code></Error>").as_deref(),
+            Some("NotImplemented")
+        );
     }
 }

@@ -173,6 +173,23 @@ impl Policy {
             .map(move |r| (fill(&r.prefix, ns), r.access))
     }
 
+    /// The (bucket, prefix) pairs that are `ns`'s own: its rules that name [`NS`], in its bucket
+    /// or its prefix — what goes with the namespace.
+    pub fn owned(&self, ns: &str) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = Vec::new();
+        for r in self
+            .rules
+            .iter()
+            .filter(|r| r.bucket.contains(NS) || r.prefix.contains(NS))
+        {
+            let pair = (fill(&r.bucket, ns), fill(&r.prefix, ns));
+            if !out.contains(&pair) {
+                out.push(pair);
+            }
+        }
+        out
+    }
+
     /// Whether namespace `ns` may do what `need` says to object `key` of `bucket`.
     pub fn object(&self, ns: &str, bucket: &str, key: &str, need: Need) -> bool {
         safe_key(key)

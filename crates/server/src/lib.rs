@@ -718,7 +718,15 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
         }))
         .token_issuer(Arc::new(tokenrequest::Issuer(idp.clone())))
         .admission(admission.clone())
-        .namespace_data(kfp.clone())
+        .namespace_data(kfp.clone());
+    let api = match (&cfg.s3, &s3_upstream) {
+        (Some(s3), Some(upstream)) => api.namespace_data(Arc::new(s3gateway::NamespaceObjects {
+            upstream: upstream.clone(),
+            policy: s3.policy.clone(),
+        })),
+        _ => api,
+    };
+    let api = api
         .options(kfsec_api::ApiOptions {
             build: cfg.build.clone(),
             reserved_namespaces: reserved_namespaces(&cfg.webhook_settings),

@@ -3,10 +3,12 @@
 //! `s3.domain`, the domain and `*.domain` for virtual-host style; renewed and shared like every
 //! certificate kfsec serves), the upstream client, the workspaces' keys, the audit and metrics
 //! hooks. The listener is the front door's accept loop (`gateway::listener::serve_tls`: caps,
-//! header/idle/stall timers) under the name `s3`.
+//! header/idle/stall timers) under the name `s3`. A namespace's own prefixes are emptied before
+//! the Namespace goes ([`NamespaceObjects`]).
 //!
 //! Invariants: the gateway exists only when `s3:` is configured; the upstream secret goes from
-//! the validated settings into the client and nowhere else.
+//! the validated settings into the client and nowhere else; a Namespace whose objects could not
+//! all be deleted stays (its delete fails with 503 and is retried).
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
@@ -26,6 +28,31 @@ use prometheus_client::registry::Registry;
 use crate::ServerError;
 use crate::config::s3::S3Settings;
 use crate::trust::{CertSpec, Renewable};
+
+/// A namespace's objects in the store, deleted with it (`kfsec_s3::purge`): its next owner
+/// of the same name gets a key to empty prefixes.
+pub struct NamespaceObjects {
+    /// The store.
+    pub upstream: Upstream,
+    /// The policy whose `<ns>` rules say what is the namespace's own.
+    pub policy: kfsec_s3::policy::Policy,
+}
+
+#[async_trait::async_trait]
+impl kfsec_api::NamespaceData for NamespaceObjects {
+    async fn purge_namespace(&self, namespace: &str) -> Result<(), kfsec_store::StoreError> {
+        match kfsec_s3::purge::purge_namespace(&self.upstream, &self.policy, namespace).await {
+            Ok(objects) => {
+                tracing::info!(target: "audit", namespace, objects, "s3: the namespace's objects were deleted with it");
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(namespace, error = %e, "s3: the namespace's objects could not all be deleted; the namespace stays until they are");
+                Err(kfsec_store::StoreError::Unavailable(format!("the object store: {e}")))
+            }
+        }
+    }
+}
 
 /// The names the gateway's certificate is issued for.
 pub fn certificate_names(s3: &S3Settings) -> (Vec<String>, Vec<IpAddr>) {
