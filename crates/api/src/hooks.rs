@@ -102,6 +102,14 @@ pub trait NamespaceData: Send + Sync + 'static {
     /// Deletes everything kept for `namespace`. An error keeps the Namespace (the delete, or
     /// the removal of its last finalizer, fails and can be retried).
     async fn purge_namespace(&self, namespace: &str) -> Result<(), kfsec_store::StoreError>;
+
+    /// Called before a Namespace is created where none exists: whatever is still kept for the
+    /// name — written by a request that was authorized before the last such namespace went and
+    /// landed after its purge — goes now. An error fails the create. Default: nothing.
+    async fn before_create(&self, namespace: &str) -> Result<(), kfsec_store::StoreError> {
+        let _ = namespace;
+        Ok(())
+    }
 }
 
 /// A TokenReview verdict (wire `status`).

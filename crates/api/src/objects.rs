@@ -436,6 +436,9 @@ impl ApiServer {
             if ctx.dry_run {
                 return Ok(candidate);
             }
+            if res.group.is_empty() && res.plural == "namespaces" {
+                self.clear_for_new_namespace(res, &name).await?;
+            }
             match self
                 .store
                 .create(
@@ -831,6 +834,22 @@ impl ApiServer {
             }
         }
         Err(conflict(res, name, MODIFIED))
+    }
+
+    /// Before Namespace `name` is created, where none exists: what other APIs still keep for
+    /// the name (written after the last such namespace's purge) goes. An existing namespace's
+    /// data is never touched (its create fails as AlreadyExists).
+    async fn clear_for_new_namespace(&self, namespaces: &Resource, name: &str) -> Result<(), ApiError> {
+        if self.namespace_data.is_empty() {
+            return Ok(());
+        }
+        if self.store.get(&namespaces.key("", name)).await?.is_some() {
+            return Ok(());
+        }
+        for data in &self.namespace_data {
+            data.before_create(name).await?;
+        }
+        Ok(())
     }
 
     /// Deletes every namespaced object in `ns`, then what other APIs keep for it (the namespace

@@ -910,27 +910,71 @@ async fn a_namespace_whose_last_finalizer_goes_is_emptied() {
     }
 }
 
+/// A `NamespaceData` that records what it was asked, and fails while `down`.
+#[derive(Default)]
+struct Recorder {
+    purged: std::sync::Mutex<Vec<String>>,
+    cleared: std::sync::Mutex<Vec<String>>,
+    down: std::sync::atomic::AtomicBool,
+}
+
+impl Recorder {
+    fn answer(&self, log: &std::sync::Mutex<Vec<String>>, ns: &str) -> Result<(), kfsec_store::StoreError> {
+        if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(kfsec_store::StoreError::Unavailable("down".into()));
+        }
+        log.lock().unwrap().push(ns.to_owned());
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::NamespaceData for Recorder {
+    async fn purge_namespace(&self, ns: &str) -> Result<(), kfsec_store::StoreError> {
+        self.answer(&self.purged, ns)
+    }
+    async fn before_create(&self, ns: &str) -> Result<(), kfsec_store::StoreError> {
+        self.answer(&self.cleared, ns)
+    }
+}
+
+/// Before a Namespace is created where none exists, what other APIs still keep for the name
+/// goes (a write authorized before the last namespace of that name went can land after its
+/// purge); an existing namespace's data is never touched, a dry run touches nothing, and a
+/// failure fails the create.
+#[tokio::test]
+async fn a_new_namespace_starts_without_data_left_for_its_name() {
+    use std::sync::atomic::Ordering;
+    let data = Arc::new(Recorder::default());
+    let f = crate::testutil::fixture_built(crate::testutil::default_grants(), |b| b.namespace_data(data.clone()));
+    let api = &f.api;
+    let create = |name: &'static str, query: &'static str| async move {
+        call("POST", &format!("/api/v1/namespaces{query}"), "admin")
+            .json(&json!({"metadata": {"name": name}}))
+            .send(api)
+            .await
+            .0
+    };
+    assert_eq!(create("fresh", "?dryRun=All").await, StatusCode::CREATED);
+    assert!(data.cleared.lock().unwrap().is_empty(), "a dry run cleared data");
+    data.down.store(true, Ordering::SeqCst);
+    assert_eq!(create("fresh", "").await, StatusCode::SERVICE_UNAVAILABLE);
+    data.down.store(false, Ordering::SeqCst);
+    assert_eq!(create("fresh", "").await, StatusCode::CREATED);
+    assert_eq!(create("fresh", "").await, StatusCode::CONFLICT);
+    assert_eq!(
+        *data.cleared.lock().unwrap(),
+        ["fresh"],
+        "an existing namespace's data was cleared"
+    );
+}
+
 /// What another API keeps for a namespace (`NamespaceData`: Pipelines' runs…) is purged before
 /// the Namespace goes, by a DELETE and by the removal of its last finalizer; while the purge
 /// fails the Namespace stays (503, and the delete can be retried).
 #[tokio::test]
 async fn other_apis_data_is_purged_before_a_namespace_goes() {
-    use std::sync::atomic::{AtomicBool, Ordering};
-    #[derive(Default)]
-    struct Recorder {
-        purged: std::sync::Mutex<Vec<String>>,
-        down: AtomicBool,
-    }
-    #[async_trait::async_trait]
-    impl crate::NamespaceData for Recorder {
-        async fn purge_namespace(&self, ns: &str) -> Result<(), kfsec_store::StoreError> {
-            if self.down.load(Ordering::SeqCst) {
-                return Err(kfsec_store::StoreError::Unavailable("down".into()));
-            }
-            self.purged.lock().unwrap().push(ns.to_owned());
-            Ok(())
-        }
-    }
+    use std::sync::atomic::Ordering;
     let data = Arc::new(Recorder::default());
     let f = crate::testutil::fixture_built(crate::testutil::default_grants(), |b| b.namespace_data(data.clone()));
     let api = &f.api;

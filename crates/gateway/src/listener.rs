@@ -974,8 +974,7 @@ impl<S: Service + Clone> Connection<S> {
             .get_ref()
             .1
             .peer_certificates()
-            .and_then(|c| c.first())
-            .and_then(|der| kfsec_pki::client_identity(der.as_ref()).ok())
+            .and_then(|chain| kfsec_pki::client_identity_in_chain(chain).ok())
             .map(|c| ClientCertIdentity {
                 identity: Identity::new(c.user, c.groups),
                 not_after: c.not_after.as_secs(),

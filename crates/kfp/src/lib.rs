@@ -113,6 +113,10 @@ impl kfsec_api::NamespaceData for Kfp {
         tracing::info!(target: "audit", namespace, "kfp: the namespace's experiments, runs, jobs and pipelines were deleted with it");
         Ok(())
     }
+
+    async fn before_create(&self, namespace: &str) -> Result<(), kfsec_store::StoreError> {
+        self.db.purge_namespace(namespace).await
+    }
 }
 
 impl Kfp {

@@ -33,7 +33,7 @@ pub use tls::{
     ClientAuth, client_config_trusting, client_config_with_identity, crypto_provider, load_certified_key,
     server_config, server_config_with_client_auth,
 };
-pub use x509::{CertInfo, ClientCert, cert_names, client_identity, parse_cert_pem};
+pub use x509::{CertInfo, ClientCert, cert_names, client_identity, client_identity_in_chain, parse_cert_pem};
 
 #[cfg(test)]
 mod tests;

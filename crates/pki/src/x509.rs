@@ -85,6 +85,22 @@ pub struct ClientCert {
     pub not_after: UnixTime,
 }
 
+/// The identity in the leaf of a (verified) client certificate chain, as [`client_identity`]
+/// reads it, holding until the earliest notAfter of the chain's certificates (an intermediate
+/// that expires first ends it too; one that does not parse is not counted).
+pub fn client_identity_in_chain<D: AsRef<[u8]>>(chain: &[D]) -> Result<ClientCert, PkiError> {
+    let (leaf, intermediates) = chain
+        .split_first()
+        .ok_or_else(|| PkiError::X509("no client certificate".into()))?;
+    let mut cert = client_identity(leaf.as_ref())?;
+    for der in intermediates {
+        if let Ok(c) = parse_x509(der.as_ref()) {
+            cert.not_after = cert.not_after.min(asn1_to_unix(&c.validity().not_after));
+        }
+    }
+    Ok(cert)
+}
+
 /// The Kubernetes identity in a (verified) client certificate: the subject's CN is the user name
 /// and each O is a group, as the API server reads client certificates.
 pub fn client_identity(der: &[u8]) -> Result<ClientCert, PkiError> {
@@ -153,4 +169,43 @@ fn sans_of(cert: &X509Certificate<'_>) -> Vec<String> {
             other => format!("{other}"),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_client_chain_holds_until_its_earliest_not_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = kfsec_types::ManualClock::new(UnixTime::from_secs(1_700_000_000));
+        let ca =
+            crate::CertificateAuthority::load_or_create(dir.path(), crate::KeyAlgorithm::EcdsaP256, clock.as_ref())
+                .unwrap();
+        let issue = |secs| {
+            let c = ca
+                .issue_client(
+                    "alice",
+                    &["team".into()],
+                    std::time::Duration::from_secs(secs),
+                    clock.as_ref(),
+                )
+                .unwrap();
+            let der = CertificateDer::pem_slice_iter(c.cert_pem.as_bytes())
+                .next()
+                .unwrap()
+                .unwrap();
+            der.as_ref().to_vec()
+        };
+        let (leaf, short) = (issue(86_400), issue(3_600));
+        let alone = client_identity_in_chain(std::slice::from_ref(&leaf)).unwrap();
+        assert_eq!(
+            (alone.user.as_str(), alone.groups.as_slice()),
+            ("alice", &["team".to_owned()][..])
+        );
+        assert_eq!(alone.not_after, UnixTime::from_secs(1_700_000_000 + 86_400));
+        let chained = client_identity_in_chain(&[leaf, short, b"not a certificate".to_vec()]).unwrap();
+        assert_eq!(chained.not_after, UnixTime::from_secs(1_700_000_000 + 3_600));
+        assert!(client_identity_in_chain::<Vec<u8>>(&[]).is_err());
+    }
 }

@@ -987,6 +987,7 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
             webhooks::webhook_router(
                 admission,
                 webhooks::ReviewAudit::new(auditor.clone(), clock.clone(), rng.clone()),
+                clock.clone(),
             ),
             wait(rx.clone()),
             settings("webhooks", webhook_limits, Default::default()),

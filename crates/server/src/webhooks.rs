@@ -602,8 +602,14 @@ fn issue_webhook_cert(
 }
 
 /// The webhook listener's routes: `POST <path>` for every webhook, answering AdmissionReview;
-/// each request is one audit Event through `audit` ([`review_audit`]).
-pub fn webhook_router(admission: Arc<InProcessAdmission>, audit: ReviewAudit) -> axum::Router {
+/// each request is one audit Event through `audit` ([`review_audit`]). A caller whose client
+/// certificate expired since its connection opened (TLS checks the dates at the handshake only)
+/// is answered 401.
+pub fn webhook_router(
+    admission: Arc<InProcessAdmission>,
+    audit: ReviewAudit,
+    clock: Arc<dyn kfsec_types::Clock>,
+) -> axum::Router {
     use axum::http::{HeaderValue, StatusCode, header};
     use axum::response::{IntoResponse, Response};
     let json = |out: Vec<u8>| -> Response {
@@ -622,12 +628,22 @@ pub fn webhook_router(admission: Arc<InProcessAdmission>, audit: ReviewAudit) ->
         let hook: Arc<dyn kfsec_admission::Webhook> = Arc::from(hook);
         let admission = admission.clone();
         let audit = audit.clone();
+        let clock = clock.clone();
         router = router.route(
             &path,
             axum::routing::post(move |parts: axum::http::request::Parts, body: axum::body::Bytes| {
                 let (hook, admission, needs) = (hook.clone(), admission.clone(), needs.clone());
                 let ctx = audit.begin(&parts);
+                let expired = parts
+                    .extensions
+                    .get::<kfsec_gateway::listener::ClientCertIdentity>()
+                    .is_some_and(|c| clock.now().as_secs() >= c.not_after);
                 async move {
+                    if expired {
+                        tracing::info!(target: "audit", webhook = hook.name(), "a webhook caller's client certificate expired since its connection opened: refused");
+                        let resp = (StatusCode::UNAUTHORIZED, "the client certificate has expired\n").into_response();
+                        return review_audit::finish(ctx, resp);
+                    }
                     let resp = match kfsec_admission::parse_review(&body) {
                         Ok(review) => {
                             if let Some(ctx) = &ctx {

@@ -186,3 +186,21 @@ async fn webhook_responses_are_bounded() {
     assert!(err.contains("admission limits"), "{err}");
     k.running.shutdown().await;
 }
+
+/// An allowed caller's kept-alive connection stops being served at its certificate's notAfter
+/// (TLS checked the dates at the handshake only): 401 from then on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_callers_certificate_ends_at_its_not_after() {
+    let k = Kfsec::start_with_clock("webhooks:\n  clientAuth:\n    allowedNames: [kube-apiserver]\n").await;
+    add_poddefault(&k, 1, 8).await;
+    let certs = tempfile::tempdir().unwrap();
+    let apiserver = issue_client_cert(k._dir.path(), "kube-apiserver", &certs.path().join("a"));
+    let not_after = kfsec_pki::parse_cert_pem(&apiserver).unwrap().not_after;
+    let caller = client(&k, Some(&apiserver));
+    let r = caller.post(url(&k)).json(&review(1)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    k.clock.as_ref().unwrap().set(not_after);
+    let r = caller.post(url(&k)).json(&review(1)).send().await.unwrap();
+    assert_eq!(r.status(), 401, "served after notAfter on a kept-alive connection");
+    k.running.shutdown().await;
+}

@@ -8,7 +8,9 @@
 //! (a deeply nested answer used to overflow the stack and abort the process); a message is at
 //! most [`MAX_MESSAGE`] bytes, so a directory cannot make kfsec buffer without bound; a message
 //! has RFC 4511's `LDAPMessage` shape (message ID, an application-class operation, optional
-//! controls), which the library otherwise meets with a panic.
+//! controls) and a response's `LDAPResult` and controls have theirs, which the library otherwise
+//! meets with a panic. (What the library still panics on — an answer of the wrong kind for its
+//! message ID — ends that connection's task or that login's, never the process.)
 
 /// The deepest nesting of constructed values accepted (an LDAP message needs 5).
 pub const MAX_DEPTH: usize = 16;
@@ -129,8 +131,10 @@ pub fn message_len(b: &[u8]) -> Result<Option<usize>, BerError> {
 
 /// The message ID's content and the operation (tag byte and content) of an LDAP message, if
 /// `message` (one value [`value_len`] accepted) has `LDAPMessage`'s shape: a SEQUENCE of an
-/// INTEGER, an application-class operation, and optionally controls (`[0]`) or Active
-/// Directory's misplaced `[10]` response name.
+/// INTEGER, an application-class operation — a response carrying an `LDAPResult` starts with
+/// one (ENUMERATED code, UTF-8 matched DN and diagnostic) — and optionally controls (`[0]`,
+/// each a SEQUENCE of a UTF-8 type, an optional one-byte BOOLEAN and an optional value) or
+/// Active Directory's misplaced `[10]` response name.
 pub(super) fn message_parts(message: &[u8]) -> Option<(&[u8], Value<'_>)> {
     let (0x30, start, len) = header(message, 0).ok()?? else {
         return None;
@@ -138,9 +142,39 @@ pub(super) fn message_parts(message: &[u8]) -> Option<(&[u8], Value<'_>)> {
     let mut parts = children(message.get(start..start + len)?);
     let (0x02, id) = parts.next()? else { return None };
     let op = parts.next().filter(|(tag, _)| tag & 0xc0 == 0x40)?;
+    if RESULT_OPS.contains(&op.0) && !ldap_result(op.1) {
+        return None;
+    }
     match (parts.next(), parts.next()) {
-        (None, _) | (Some((0xa0 | 0x8a | 0xaa, _)), None) => Some((id, op)),
+        (None, _) | (Some((0x8a | 0xaa, _)), None) => Some((id, op)),
+        (Some((0xa0, controls)), None) if children(controls).all(control) => Some((id, op)),
         _ => None,
+    }
+}
+
+/// The responses whose content starts with an `LDAPResult` (RFC 4511 §4.2.2–4.12): Bind,
+/// SearchResultDone, Modify, Add, Del, ModifyDN, Compare, Extended.
+const RESULT_OPS: [u8; 8] = [0x61, 0x65, 0x67, 0x69, 0x6b, 0x6d, 0x6f, 0x78];
+
+/// Whether `content` starts as `LDAPResult` does.
+fn ldap_result(content: &[u8]) -> bool {
+    let mut fields = children(content);
+    matches!(
+        (fields.next(), fields.next(), fields.next()),
+        (Some((0x0a, _)), Some((0x04, dn)), Some((0x04, text)))
+            if std::str::from_utf8(dn).is_ok() && std::str::from_utf8(text).is_ok()
+    )
+}
+
+/// Whether `value` is a `Control`.
+fn control(value: Value<'_>) -> bool {
+    let (0x30, content) = value else { return false };
+    let fields: Vec<Value<'_>> = children(content).collect();
+    let utf8 = |v: &[u8]| std::str::from_utf8(v).is_ok();
+    match fields.as_slice() {
+        [(0x04, kind)] | [(0x04, kind), (0x04, _)] => utf8(kind),
+        [(0x04, kind), (0x01, [_])] | [(0x04, kind), (0x01, [_]), (0x04, _)] => utf8(kind),
+        _ => false,
     }
 }
 
@@ -236,7 +270,18 @@ pub(super) mod tests {
     fn only_ldap_messages_pass() {
         let op = tlv(0x61, &[tlv(0x0a, &[0]), tlv(0x04, b""), tlv(0x04, b"")].concat());
         let id = tlv(0x02, &[1]);
-        let controls = tlv(0xa0, &tlv(0x30, &tlv(0x04, b"1.2.3")));
+        let controls = tlv(
+            0xa0,
+            &[
+                tlv(0x30, &tlv(0x04, b"1.2.3")),
+                tlv(
+                    0x30,
+                    &[tlv(0x04, b"1.2.4"), tlv(0x01, b"\xff"), tlv(0x04, b"\x30\x00")].concat(),
+                ),
+                tlv(0x30, &[tlv(0x04, b"1.2.5"), tlv(0x04, b"")].concat()),
+            ]
+            .concat(),
+        );
         let ok = [
             [id.clone(), op.clone()].concat(),
             [id.clone(), op.clone(), controls.clone()].concat(),
@@ -246,7 +291,38 @@ pub(super) mod tests {
             let m = tlv(0x30, &body);
             assert_eq!(message_len(&m), Ok(Some(m.len())));
         }
+        let bad_control = |c: Vec<u8>| tlv(0x30, &[id.clone(), op.clone(), tlv(0xa0, &c)].concat());
         let bad = [
+            bad_control(tlv(0x04, b"")),
+            bad_control(tlv(0x30, b"")),
+            bad_control(tlv(0x30, &tlv(0x04, b"\xff"))),
+            bad_control(tlv(0x30, &[tlv(0x04, b"1.2"), tlv(0x01, b"")].concat())),
+            bad_control(tlv(0x30, &[tlv(0x04, b"1.2"), tlv(0x02, b"\x01")].concat())),
+            bad_control(tlv(
+                0x30,
+                &[tlv(0x04, b"1.2"), tlv(0x01, b"\x01"), tlv(0x24, b"")].concat(),
+            )),
+            tlv(0x30, &[id.clone(), tlv(0x61, b"")].concat()),
+            tlv(
+                0x30,
+                &[id.clone(), tlv(0x61, &[tlv(0x0a, &[0]), tlv(0x04, b"")].concat())].concat(),
+            ),
+            tlv(
+                0x30,
+                &[
+                    id.clone(),
+                    tlv(0x65, &[tlv(0x0a, &[0]), tlv(0x04, b""), tlv(0x04, b"\xc3")].concat()),
+                ]
+                .concat(),
+            ),
+            tlv(
+                0x30,
+                &[
+                    id.clone(),
+                    tlv(0x78, &[tlv(0x02, &[0]), tlv(0x04, b""), tlv(0x04, b"")].concat()),
+                ]
+                .concat(),
+            ),
             tlv(0x30, b""),
             tlv(0x30, &id),
             tlv(0x30, &op),

@@ -127,14 +127,12 @@ impl Pool {
         }
     }
 
+    /// The most recently returned idle connection still fit for use; every stale or closed
+    /// one is dropped on the way (closing it and ending its relay).
     fn take_idle(&self) -> Option<Conn> {
-        loop {
-            let next = self.idle.lock().pop();
-            let (mut conn, since) = next?;
-            if since.elapsed() < MAX_IDLE && !conn.ldap.is_closed() {
-                return Some(conn);
-            }
-        }
+        let mut idle = self.idle.lock();
+        idle.retain_mut(|(conn, since)| since.elapsed() < MAX_IDLE && !conn.ldap.is_closed());
+        idle.pop().map(|(conn, _)| conn)
     }
 
     /// A service-bound connection: a pooled one, or a new one bound as `bindDN` (anonymously

@@ -10,6 +10,7 @@
 //! the connection; TLS names the configured host and is verified with the connector's TLS
 //! settings; the relay task ends when either side closes, and with the connection that owns it.
 
+use bytes::BytesMut;
 use ldap3::{Ldap, LdapConnAsync, LdapConnSettings, StdStream};
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -53,12 +54,13 @@ enum Stop {
     Refused(#[from] BerError),
 }
 
-/// Reads one whole, checked message from `io` (bytes of the next one stay in `buf`).
-async fn read_message(io: &mut (impl AsyncRead + Unpin), buf: &mut Vec<u8>) -> Result<Vec<u8>, Stop> {
+/// Reads one whole, checked message from `io` (bytes of the next one stay in `buf`; taking a
+/// message off its front copies nothing, so many small messages behind a large one cost no
+/// more than their bytes).
+async fn read_message(io: &mut (impl AsyncRead + Unpin), buf: &mut BytesMut) -> Result<BytesMut, Stop> {
     loop {
         if let Some(len) = ber::message_len(buf)? {
-            let rest = buf.split_off(len);
-            return Ok(std::mem::replace(buf, rest));
+            return Ok(buf.split_to(len));
         }
         if io.read_buf(buf).await? == 0 {
             return Err(Stop::Closed);
@@ -93,7 +95,7 @@ pub(super) async fn open(s: &Settings) -> Result<Relayed, ConnectorError> {
     };
     if s.start_tls {
         tcp.write_all(&start_tls_request()).await.map_err(|e| unreachable(&e))?;
-        let mut buf = Vec::new();
+        let mut buf = BytesMut::new();
         let answer = read_message(&mut tcp, &mut buf).await.map_err(|e| unreachable(&e))?;
         if !buf.is_empty() {
             return Err(unreachable(
@@ -155,7 +157,7 @@ where
         }
     };
     let answers = async {
-        let mut buf = Vec::with_capacity(16 * 1024);
+        let mut buf = BytesMut::with_capacity(16 * 1024);
         loop {
             let message = read_message(&mut from_directory, &mut buf).await?;
             to_library.write_all(&message).await?;
