@@ -31,7 +31,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::{Extension, Form, Query, State};
+use axum::extract::{Extension, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use kfsec_audit::RequestAudit;
@@ -41,7 +41,7 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 use crate::cookies::{DEVICE_LOGIN, login_state_cookie};
-use crate::error::PageError;
+use crate::error::{OAuthForm, PageError, PageForm};
 use crate::flow::{AuthRequest, MAX_PENDING_LOOKS};
 use crate::lockout::LockoutPolicy;
 use crate::secret::{ct_eq, random_alnum, random_token, sha256_b64, sha256_hex};
@@ -202,7 +202,7 @@ pub(crate) async fn device_code(
     State(idp): State<Arc<Idp>>,
     addr: Option<Extension<ClientAddr>>,
     audit: Option<Extension<RequestAudit>>,
-    Form(f): Form<CodeForm>,
+    OAuthForm(f): OAuthForm<CodeForm>,
 ) -> Result<Response, Response> {
     let audit = audit.map(|Extension(a)| a);
     crate::audit::device_code(audit.as_ref(), &f.client_id);
@@ -278,7 +278,7 @@ pub(crate) async fn verify_code(
     State(idp): State<Arc<Idp>>,
     headers: HeaderMap,
     addr: Option<Extension<ClientAddr>>,
-    Form(f): Form<VerifyForm>,
+    PageForm(f): PageForm<VerifyForm>,
 ) -> Result<Response, PageError> {
     // A cross-site post of an attacker's user code would log the victim in to the attacker's
     // device (with one connector and no approval screen, without a click).

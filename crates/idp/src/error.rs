@@ -5,10 +5,13 @@
 //! caller sees a generic `server_error`.
 
 use axum::Json;
+use axum::extract::rejection::FormRejection;
+use axum::extract::{Form, FromRequest, Request};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use kfsec_store::StoreError;
 use kfsec_types::{Failure, Refusal};
+use serde::de::DeserializeOwned;
 
 use crate::jwt::JwtError;
 
@@ -285,6 +288,71 @@ impl From<IdpError> for PageError {
             cause: Some(e.to_string()),
             back: None,
         }
+    }
+}
+
+/// What a form body that could not be read gets told (axum's own text is never shown): its
+/// status (413 too large, 415 not a form, 400 otherwise) and a sentence.
+fn form_problem(e: &FormRejection) -> (StatusCode, &'static str) {
+    match e.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => (StatusCode::PAYLOAD_TOO_LARGE, "The form is too large."),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => (
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "The form must be sent as application/x-www-form-urlencoded.",
+        ),
+        _ => (StatusCode::BAD_REQUEST, "The form could not be read."),
+    }
+}
+
+/// A form body, or the status and sentence of why it cannot be read.
+async fn read_form<T: DeserializeOwned, S: Send + Sync>(
+    req: Request,
+    state: &S,
+) -> Result<T, (StatusCode, &'static str)> {
+    Form::<T>::from_request(req, state)
+        .await
+        .map(|Form(form)| form)
+        .map_err(|e| {
+            tracing::debug!(error = %e, "form refused");
+            form_problem(&e)
+        })
+}
+
+/// A browser form (login, approval, user code): one that cannot be read is an HTML error page,
+/// as every other refusal of those pages.
+pub(crate) struct PageForm<T>(pub(crate) T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for PageForm<T> {
+    type Rejection = PageError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, PageError> {
+        read_form(req, state)
+            .await
+            .map(Self)
+            .map_err(|(status, message)| PageError {
+                status,
+                message: message.to_owned(),
+                cause: None,
+                back: None,
+            })
+    }
+}
+
+/// An OAuth2 endpoint's form (token, device authorization): one that cannot be read is
+/// `invalid_request` in OAuth2's error JSON (RFC 6749 §5.2), with the status the problem has.
+pub(crate) struct OAuthForm<T>(pub(crate) T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for OAuthForm<T> {
+    type Rejection = OAuthError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, OAuthError> {
+        read_form(req, state)
+            .await
+            .map(Self)
+            .map_err(|(status, message)| OAuthError {
+                status,
+                ..OAuthError::invalid_request(message)
+            })
     }
 }
 

@@ -18,7 +18,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use axum::extract::{DefaultBodyLimit, Extension, Form, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Extension, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::connector::{Connector, ConnectorKind, LOCAL, Scopes, UpstreamIdentity};
 use crate::device::DeviceLogin;
-use crate::error::PageError;
+use crate::error::{OAuthForm, PageError, PageForm};
 use crate::lockout::Gate;
 use crate::secret::{ct_eq, random_token};
 use crate::tokens::{Claims, CodeRecord, Grant};
@@ -776,10 +776,10 @@ impl Idp {
         // Case-folded for every connector (directories match names without case, so `Alice`
         // must not buy a second budget), and each connector in its own space: `local` keeps its
         // old keys (emails cannot hold NUL), the others are `{id}\0{name}`.
-        let folded = account_name.to_lowercase();
+        // Directory names as the directory compares them (`Ａｌｉｃｅ`, `al\u{200B}ice`…).
         let account = match connector.kind {
-            ConnectorKind::Local if !folded.contains('\0') => folded,
-            _ => format!("{}\0{folded}", connector.id),
+            ConnectorKind::Local if !account_name.contains('\0') => account_name.to_lowercase(),
+            _ => format!("{}\0{}", connector.id, crate::lockout::directory_account(account_name)),
         };
         let outcome = |o: &str| self.metrics.login(&connector.id, o);
         // Reserve the check before running it: concurrent guesses cannot overrun the budget.
@@ -876,7 +876,7 @@ async fn login_submit(
     headers: HeaderMap,
     addr: Option<Extension<ClientAddr>>,
     audit: Option<Extension<RequestAudit>>,
-    Form(form): Form<LoginForm>,
+    PageForm(form): PageForm<LoginForm>,
 ) -> Result<Response, PageError> {
     idp.same_origin(&headers)?;
     let (connector, req, token) = password_request(&idp, &id, &q)?;
@@ -1167,7 +1167,7 @@ async fn approval_submit(
     State(idp): State<Arc<Idp>>,
     headers: HeaderMap,
     audit: Option<Extension<RequestAudit>>,
-    Form(form): Form<ApprovalForm>,
+    PageForm(form): PageForm<ApprovalForm>,
 ) -> Result<Response, PageError> {
     let audit = audit.map(|Extension(a)| a);
     crate::audit::approval_answered(audit.as_ref());
@@ -1243,10 +1243,10 @@ async fn token(
     headers: HeaderMap,
     addr: Option<Extension<ClientAddr>>,
     audit: Option<Extension<RequestAudit>>,
-    form: Result<Form<HashMap<String, String>>, axum::extract::rejection::FormRejection>,
+    form: Result<OAuthForm<HashMap<String, String>>, OAuthError>,
 ) -> Result<Response, OAuthError> {
     let audit = audit.map(|Extension(a)| a);
-    if let (Some(a), Ok(Form(f))) = (&audit, &form) {
+    if let (Some(a), Ok(OAuthForm(f))) = (&audit, &form) {
         crate::audit::token_request(
             a,
             f.get("grant_type").map(String::as_str),
@@ -1266,9 +1266,9 @@ async fn token_inner(
     headers: HeaderMap,
     addr: Option<Extension<ClientAddr>>,
     audit: Option<&RequestAudit>,
-    form: Result<Form<HashMap<String, String>>, axum::extract::rejection::FormRejection>,
+    form: Result<OAuthForm<HashMap<String, String>>, OAuthError>,
 ) -> Result<Response, OAuthError> {
-    let Form(form) = form.map_err(|e| OAuthError::invalid_request(format!("Could not parse the request body: {e}")))?;
+    let OAuthForm(form) = form?;
     let (client_id, secret) = client_credentials(&headers, &form)?;
     let client = idp
         .clients

@@ -375,6 +375,44 @@ impl Table {
     }
 }
 
+/// The lockout's name for a user name typed at a directory connector: the string a directory
+/// compares it as (RFC 4518's preparation, as LDAP's `caseIgnoreMatch` does it): characters
+/// that map to nothing (controls, soft hyphen, zero-width and joiner characters, variation
+/// selectors, byte order marks) dropped, NFKC-normalised and case-folded, runs of spaces made
+/// one and the ends trimmed. So `Alice`, `ａｌｉｃｅ` (full-width) and `al\u{200B}ice`, which
+/// such a directory finds as the same entry, share one budget instead of buying one each.
+pub fn directory_account(typed: &str) -> String {
+    let visible: String = typed.chars().filter(|&c| !maps_to_nothing(c)).collect();
+    let nfkc = icu_normalizer::ComposingNormalizerBorrowed::new_nfkc();
+    let folded = nfkc.normalize(&nfkc.normalize(&visible).to_lowercase()).into_owned();
+    folded.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// RFC 3454 table B.1 (commonly mapped to nothing), controls and other invisible format
+/// characters.
+fn maps_to_nothing(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{00AD}'
+                | '\u{034F}'
+                | '\u{061C}'
+                | '\u{115F}'
+                | '\u{1160}'
+                | '\u{1806}'
+                | '\u{180B}'..='\u{180F}'
+                | '\u{200B}'..='\u{200F}'
+                | '\u{202A}'..='\u{202E}'
+                | '\u{2060}'..='\u{206F}'
+                | '\u{3164}'
+                | '\u{FE00}'..='\u{FE0F}'
+                | '\u{FEFF}'
+                | '\u{FFA0}'
+                | '\u{FFF9}'..='\u{FFFC}'
+                | '\u{E0000}'..='\u{E0FFF}'
+        )
+}
+
 fn account_key(digest: &str) -> String {
     format!("{PREFIX}account/{digest}")
 }
@@ -1110,6 +1148,30 @@ impl Drop for Permit {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn spellings_a_directory_finds_alike_are_one_account() {
+        let plain = directory_account("alice");
+        for spelling in [
+            "Alice",
+            "  ALICE ",
+            "ａｌｉｃｅ",
+            "Ａｌｉｃｅ",
+            "al\u{200B}ice",
+            "ali\u{00AD}ce",
+            "\u{FEFF}alice",
+            "a\u{FE0F}lice",
+            "alice\u{7}",
+        ] {
+            assert_eq!(directory_account(spelling), plain, "{spelling:?}");
+        }
+        assert_eq!(directory_account("John  Smith"), directory_account("john smith"));
+        assert_eq!(directory_account("ﬁona"), directory_account("fiona"));
+        // Different names stay different.
+        for other in ["alice2", "alicia", "a lice", "bob"] {
+            assert_ne!(directory_account(other), plain, "{other:?}");
+        }
+    }
     use kfsec_store::MemoryStore;
     use kfsec_types::{ManualClock, UnixTime};
 

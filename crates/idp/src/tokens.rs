@@ -13,6 +13,13 @@
 //! `invalid_grant`. The successor token itself is in the old record only for that interval, under
 //! a prefix sealed at rest ([`crate::SECRET_PREFIXES`]).
 //!
+//! Reuse is detected (RFC 6749 §4.1.2, RFC 9700 §4.14.2): a redeemed code and a rotated-out
+//! refresh token are remembered for [`SPENT_MAX`] (or their chain's life, if shorter) as the
+//! store key of what replaced them, no secret; when one is presented again — a replayed code, a
+//! rotated-out token after its reuse interval, or while its successor has moved on — the
+//! refresh chain it led to is revoked (both parties then log in again: the server cannot tell
+//! the thief from the client), and the request is `invalid_grant`.
+//!
 //! Revocation is held against the time the user's password was checked (`auth_ms`, taken before
 //! the check began), never against when something was issued: a code carries it, the ID and
 //! access tokens carry it as `kfsec_iat_ms`, the whole refresh chain keeps it, and the
@@ -39,6 +46,12 @@ use crate::{Client, Idp, IdpError, OAuthCode, OAuthError, User};
 
 pub(crate) const CODE_PREFIX: &str = "/kfsec/idp/codes/";
 pub(crate) const REFRESH_PREFIX: &str = "/kfsec/idp/refresh/";
+/// Spent codes and rotated-out refresh tokens: `<sha256>` → [`Spent`].
+pub(crate) const SPENT_PREFIX: &str = "/kfsec/idp/spent/";
+/// The longest a spent code or token is remembered.
+pub(crate) const SPENT_MAX: Duration = Duration::from_secs(3 * 86_400);
+/// The most records one revocation of a chain walks.
+const MAX_CHAIN: usize = 10_000;
 /// Clock skew tolerated for `nbf` and `iat` in the future.
 pub(crate) const LEEWAY_SECS: u64 = 60;
 /// Codes live at most this long.
@@ -186,6 +199,17 @@ pub(crate) struct CodeRecord {
     /// token the code is redeemed for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream: Option<serde_json::Value>,
+}
+
+/// What a spent code or refresh token was exchanged for.
+#[derive(Debug, Serialize, Deserialize)]
+struct Spent {
+    /// The store key of the refresh token it led to.
+    next: String,
+}
+
+fn refresh_key(token: &str) -> String {
+    format!("{REFRESH_PREFIX}{}", sha256_hex(token.as_bytes()))
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -479,12 +503,14 @@ impl Idp {
         if code.is_empty() || code.len() > 128 {
             return Err(OAuthError::invalid_request("Required param: code."));
         }
+        let code_hash = sha256_hex(code.as_bytes());
         let Some(kv) = self
             .store
-            .take(&format!("{CODE_PREFIX}{}", sha256_hex(code.as_bytes())))
+            .take(&format!("{CODE_PREFIX}{code_hash}"))
             .await
             .map_err(IdpError::from)?
         else {
+            self.spent_again(&code_hash, "authorization code").await?;
             return Err(OAuthError::invalid_grant("Invalid or expired code parameter."));
         };
         let rec: CodeRecord = serde_json::from_slice(&kv.value).map_err(IdpError::from)?;
@@ -534,6 +560,10 @@ impl Idp {
         let refresh = self
             .new_refresh(&rec.grant, now.as_secs(), rec.auth_ms, rec.upstream)
             .await?;
+        if let Some(token) = &refresh {
+            let ttl = self.refresh_ttl(now.as_secs());
+            self.remember_spent(&code_hash, token, ttl).await?;
+        }
         Ok(self.mint(&rec.grant, &user, rec.auth_ms, refresh).await?)
     }
 
@@ -703,6 +733,64 @@ impl Idp {
         }
     }
 
+    /// Remembers that the code or token whose hash is `hash` was exchanged for refresh token
+    /// `next`, for `ttl` (at most [`SPENT_MAX`]).
+    async fn remember_spent(&self, hash: &str, next: &str, ttl: Duration) -> Result<(), IdpError> {
+        let body = serde_json::to_vec(&Spent {
+            next: refresh_key(next),
+        })?;
+        self.store
+            .put(&format!("{SPENT_PREFIX}{hash}"), body, Some(ttl.min(SPENT_MAX)))
+            .await?;
+        Ok(())
+    }
+
+    /// A code or refresh token whose hash is `hash` was presented and is not (or no longer)
+    /// valid: if it was spent, the chain it led to is revoked and the event logged.
+    async fn spent_again(&self, hash: &str, what: &str) -> Result<(), IdpError> {
+        let Some(kv) = self.store.get(&format!("{SPENT_PREFIX}{hash}")).await? else {
+            return Ok(());
+        };
+        let Ok(spent) = serde_json::from_slice::<Spent>(&kv.value) else {
+            return Ok(());
+        };
+        let revoked = self.revoke_chain(spent.next).await?;
+        tracing::warn!(target: "audit", what, revoked, "a spent {what} was presented again: the refresh tokens it led to are revoked");
+        Ok(())
+    }
+
+    /// Deletes the refresh token at store key `key` and every successor after it (following
+    /// rotated-out records and spent ones); returns how many were deleted.
+    async fn revoke_chain(&self, mut key: String) -> Result<usize, IdpError> {
+        let mut revoked = 0;
+        for _ in 0..MAX_CHAIN {
+            let mut next = None;
+            if let Some(kv) = self.store.get(&key).await? {
+                next = serde_json::from_slice::<RefreshRecord>(&kv.value)
+                    .ok()
+                    .and_then(|r| r.replaced_by)
+                    .map(|t| refresh_key(&t));
+                match self.store.delete(&key, None).await {
+                    Ok(_) => revoked += 1,
+                    Err(StoreError::NotFound(_)) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            if next.is_none() {
+                let hash = key.strip_prefix(REFRESH_PREFIX).unwrap_or(&key);
+                next = match self.store.get(&format!("{SPENT_PREFIX}{hash}")).await? {
+                    Some(kv) => serde_json::from_slice::<Spent>(&kv.value).ok().map(|s| s.next),
+                    None => None,
+                };
+            }
+            match next {
+                Some(n) if n != key => key = n,
+                _ => break,
+            }
+        }
+        Ok(revoked)
+    }
+
     /// Deletes one refresh token (a client that will never use it: the gatekeeper's token of a
     /// session that is not re-checked). Unknown tokens are ignored.
     pub async fn revoke_refresh(&self, token: &str) -> Result<(), IdpError> {
@@ -722,7 +810,8 @@ impl Idp {
     /// answer with the same successor. As Dex's `reuseInterval`: for that interval after its
     /// rotation the old token answers with its successor (no upstream asked, nothing written),
     /// provided the successor is still the current token; after it the old token is
-    /// `invalid_grant`, and the chain itself lives on (Dex revokes nothing for a late reuse).
+    /// `invalid_grant` and the chain it led to is revoked (reuse detection, RFC 9700 §4.14.2;
+    /// Dex revokes nothing for a late reuse).
     pub async fn refresh(&self, client: &Client, token: &str) -> Result<TokenResponse, OAuthError> {
         let key = format!("{REFRESH_PREFIX}{}", sha256_hex(token.as_bytes()));
         // One refresh of a token at a time in this process (the others wait here rather than
@@ -732,6 +821,7 @@ impl Idp {
         let deadline = tokio::time::Instant::now() + ROTATION_CLAIM + ROTATION_CLAIM / 4;
         loop {
             let Some(kv) = self.store.get(&key).await.map_err(IdpError::from)? else {
+                self.spent_again(&sha256_hex(token.as_bytes()), "refresh token").await?;
                 return Err(invalid_refresh());
             };
             let mut rec: RefreshRecord = serde_json::from_slice(&kv.value).map_err(IdpError::from)?;
@@ -810,7 +900,8 @@ impl Idp {
             .and_then(|kv| serde_json::from_slice::<RefreshRecord>(&kv.value).ok())
             .is_some_and(|s| s.replaced_by.is_none());
         if !(within && current) {
-            tracing::warn!(target: "audit", user = %rec.grant.email, client = %rec.grant.client_id, "a rotated-out refresh token was presented again after its successor was used");
+            let revoked = self.revoke_chain(refresh_key(&next)).await?;
+            tracing::warn!(target: "audit", user = %rec.grant.email, client = %rec.grant.client_id, revoked, "a rotated-out refresh token was presented again after its successor was used: its chain is revoked");
             return Err(invalid_refresh());
         }
         let user = self.grant_user(&rec.grant).await?;
@@ -850,7 +941,11 @@ impl Idp {
         rec.grant = next_grant;
         let body = serde_json::to_vec(&rec).map_err(IdpError::from)?;
         match self.store.update(key, body, Some(claimed), Some(reuse)).await {
-            Ok(_) => Ok(Some(self.mint(&rec.grant, &user, origin_ms, Some(next)).await?)),
+            Ok(_) => {
+                let hash = key.strip_prefix(REFRESH_PREFIX).unwrap_or(key);
+                self.remember_spent(hash, &next, ttl).await?;
+                Ok(Some(self.mint(&rec.grant, &user, origin_ms, Some(next)).await?))
+            }
             Err(e) => {
                 // Ours is not handed out: drop it.
                 let _ = self
@@ -1114,17 +1209,21 @@ mod tests {
             (idps, store, clock)
         }
 
-        async fn first_token(idp: &Idp) -> String {
-            let grant = Grant {
+        /// The local user's offline grant to client `rp`.
+        fn offline_grant() -> Grant {
+            Grant {
                 client_id: "rp".into(),
                 scopes: vec!["openid".into(), "email".into(), "offline_access".into()],
                 nonce: None,
                 email: USER.into(),
                 connector_id: LOCAL.into(),
                 identity: None,
-            };
+            }
+        }
+
+        async fn first_token(idp: &Idp) -> String {
             let now = idp.clock.now();
-            idp.new_refresh(&grant, now.as_secs(), now.as_millis(), None)
+            idp.new_refresh(&offline_grant(), now.as_secs(), now.as_millis(), None)
                 .await
                 .unwrap()
                 .unwrap()
@@ -1183,7 +1282,7 @@ mod tests {
         }
 
         #[tokio::test]
-        async fn after_the_reuse_interval_the_old_token_is_invalid_grant_and_the_chain_lives() {
+        async fn after_the_reuse_interval_the_old_token_is_invalid_grant_and_revokes_its_chain() {
             let (idps, _store, clock) = replicas(2).await;
             let (a, b) = (&idps[0], &idps[1]);
             let t0 = first_token(a).await;
@@ -1192,16 +1291,8 @@ mod tests {
             clock.advance(Duration::from_secs(2));
             let again = b.refresh(&client(), &t0).await.unwrap();
             assert_eq!(again.refresh_token.as_deref(), Some(t1.as_str()));
-            // After it: refused, as Dex does …
-            clock.advance(Duration::from_secs(2));
-            for idp in [a, b] {
-                let e = idp.refresh(&client(), &t0).await.unwrap_err();
-                assert_eq!(e.error, OAuthCode::InvalidGrant);
-            }
-            // … and, as Dex, the late reuse revokes nothing: the current token still refreshes.
+            // Moving on: t1 → t2 → t3 (within t2's interval t2 still answers with t3).
             let t2 = b.refresh(&client(), &t1).await.unwrap().refresh_token.unwrap();
-            // Dex keeps one obsolete token: once its successor was used, t1 no longer answers
-            // even inside its interval.
             let t3 = a.refresh(&client(), &t2).await.unwrap().refresh_token.unwrap();
             let e = b.refresh(&client(), &t2).await;
             assert_eq!(
@@ -1209,9 +1300,75 @@ mod tests {
                 Some(t3.as_str()),
                 "t2 within its interval"
             );
-            let _t4 = a.refresh(&client(), &t3).await.unwrap();
-            let e = b.refresh(&client(), &t2).await.unwrap_err();
-            assert_eq!(e.error, OAuthCode::InvalidGrant, "t3 was used: t2 is spent");
+            // After the interval t0 is presented again (a thief, or the client that lost the
+            // race): refused, and the chain it led to — t3, the current token — is revoked,
+            // on every replica.
+            clock.advance(Duration::from_secs(10));
+            let e = b.refresh(&client(), &t0).await.unwrap_err();
+            assert_eq!(e.error, OAuthCode::InvalidGrant);
+            for (idp, t) in [(a, &t3), (b, &t3), (a, &t1)] {
+                let e = idp.refresh(&client(), t).await.unwrap_err();
+                assert_eq!(e.error, OAuthCode::InvalidGrant, "the chain lives on");
+            }
+        }
+
+        /// A token whose successor has moved on, presented inside its own interval, revokes the
+        /// chain as well (Dex keeps one obsolete token; an older one is reuse).
+        #[tokio::test]
+        async fn a_token_two_rotations_back_revokes_its_chain() {
+            let (idps, _store, _clock) = replicas(1).await;
+            let idp = &idps[0];
+            let t0 = first_token(idp).await;
+            let t1 = idp.refresh(&client(), &t0).await.unwrap().refresh_token.unwrap();
+            let t2 = idp.refresh(&client(), &t1).await.unwrap().refresh_token.unwrap();
+            let e = idp.refresh(&client(), &t0).await.unwrap_err();
+            assert_eq!(e.error, OAuthCode::InvalidGrant);
+            let e = idp.refresh(&client(), &t2).await.unwrap_err();
+            assert_eq!(e.error, OAuthCode::InvalidGrant, "t2 outlived the reuse of t0");
+        }
+
+        /// A replayed authorization code is refused and revokes the refresh chain the first
+        /// redemption started (RFC 6749 §4.1.2), even after that chain rotated.
+        #[tokio::test]
+        async fn a_replayed_code_revokes_what_it_was_redeemed_for() {
+            let (idps, _store, clock) = replicas(1).await;
+            let idp = &idps[0];
+            let rec = CodeRecord {
+                grant: offline_grant(),
+                redirect_uri: "https://rp.example/cb".into(),
+                code_challenge: None,
+                code_challenge_method: None,
+                auth_ms: clock.now().as_millis(),
+                upstream: None,
+            };
+            let redirect = idp.issue_code(rec, "s").await.unwrap();
+            let code = url::Url::parse(&redirect)
+                .unwrap()
+                .query_pairs()
+                .find(|(k, _)| k == "code")
+                .unwrap()
+                .1
+                .into_owned();
+            let first = idp
+                .redeem_code(&client(), &code, "https://rp.example/cb", None)
+                .await
+                .unwrap();
+            let t0 = first.refresh_token.unwrap();
+            let t1 = idp.refresh(&client(), &t0).await.unwrap().refresh_token.unwrap();
+            clock.advance(Duration::from_secs(60));
+            let e = idp
+                .redeem_code(&client(), &code, "https://rp.example/cb", None)
+                .await
+                .unwrap_err();
+            assert_eq!(e.error, OAuthCode::InvalidGrant);
+            let e = idp.refresh(&client(), &t1).await.unwrap_err();
+            assert_eq!(e.error, OAuthCode::InvalidGrant, "the replay left the chain alive");
+            // An unknown code revokes nothing and is refused the same way.
+            let e = idp
+                .redeem_code(&client(), "never-issued", "https://rp.example/cb", None)
+                .await
+                .unwrap_err();
+            assert_eq!(e.error, OAuthCode::InvalidGrant);
         }
 
         #[tokio::test]

@@ -775,3 +775,40 @@ connectors:
         "the bind password was printed: {lines:#?}"
     );
 }
+
+/// Guesses at one directory user spelled as the directory compares names alike — case,
+/// full-width forms, zero-width and soft-hyphen characters, doubled spaces — share one lockout
+/// budget: five of them lock the user (from that address) even for the right password, as
+/// five guesses at the plain name do. (Each spelling used to buy a budget of its own.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spellings_of_one_directory_name_share_its_lockout_budget() {
+    let Some(d) = Slapd::start().await else { return };
+    let yaml = format!(
+        "enablePasswordDB: true\noauth2:\n  passwordConnector: corp-ldap\nconnectors:\n- type: ldap\n  id: corp-ldap\n  name: Corporate LDAP\n  config: {}\n",
+        d.config()
+    );
+    let k = crate::harness::Kfsec::start(&yaml).await;
+    let password = |user: &str, pw: &str| {
+        vec![
+            ("grant_type", "password".to_owned()),
+            ("username", user.to_owned()),
+            ("password", pw.to_owned()),
+            ("scope", "openid email".to_owned()),
+        ]
+    };
+    for spelling in [
+        "ALICE",
+        "ａｌｉｃｅ",
+        "al\u{200B}ice",
+        "ali\u{00AD}ce",
+        "Ａlice\u{FEFF}",
+    ] {
+        let (status, e) = crate::harness::rp_token(&k, password(spelling, "guess")).await;
+        assert_eq!(status, 401, "{spelling}: {e}");
+    }
+    let (status, e) = crate::harness::rp_token(&k, password("alice", ALICE_PW)).await;
+    assert_eq!(status, 401, "not locked out after five guesses in other spellings: {e}");
+    // Another user from the same address is not locked.
+    let (status, e) = crate::harness::rp_token(&k, password("nogroup", NOGROUP_PW)).await;
+    assert_eq!(status, 200, "{e}");
+}

@@ -113,3 +113,50 @@ async fn an_idp_failure_is_a_server_error_with_an_incident_id_and_no_internal_te
     assert_ne!(ids[0], ids[1]);
     k.running.shutdown().await;
 }
+
+/// A form body the IdP cannot read — not a form, over 64 KiB — is refused in the endpoint's
+/// own format: OAuth2's error JSON (`invalid_request`) at the token and device authorization
+/// endpoints, an HTML page at the browser forms; never axum's plain text.
+#[tokio::test]
+async fn unreadable_idp_forms_are_refused_in_their_protocols_format() {
+    let k = Kfsec::start("").await;
+    let b = k.client();
+    let big = format!("grant_type=password&username={}", "a".repeat(70 * 1024));
+    let form = "application/x-www-form-urlencoded";
+    for (path, content_type, body, status, family) in [
+        ("/dex/token", "application/json", "{}".to_owned(), 415, "oauth"),
+        ("/dex/token", form, big.clone(), 413, "oauth"),
+        ("/dex/device/code", "text/plain", "client_id=x".to_owned(), 415, "oauth"),
+        ("/dex/device/code", form, big.clone(), 413, "oauth"),
+        ("/dex/approval", "application/json", "{}".to_owned(), 415, "html"),
+        (
+            "/dex/device/auth/verify_code",
+            "text/plain",
+            "user_code=x".to_owned(),
+            415,
+            "html",
+        ),
+        ("/dex/auth/local/login", form, big.clone(), 413, "html"),
+    ] {
+        let r = b
+            .http
+            .post(b.url(path))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), status, "{path} {content_type}");
+        let ct = r.headers()["content-type"].to_str().unwrap().to_owned();
+        let text = r.text().await.unwrap();
+        if family == "html" {
+            assert!(ct.starts_with("text/html"), "{path}: {ct}: {text}");
+            assert!(text.contains("form"), "{path}: {text}");
+        } else {
+            assert!(ct.starts_with("application/json"), "{path}: {ct}: {text}");
+            let v: Value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("{path}: {text}"));
+            assert_eq!(v["error"], "invalid_request", "{path}: {v}");
+            assert!(!text.contains("Failed to"), "axum's text leaked: {text}");
+        }
+    }
+}
