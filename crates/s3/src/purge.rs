@@ -3,7 +3,8 @@
 //! a later namespace of the same name, perhaps another user's, gets a key to empty prefixes.
 //!
 //! Invariants: only what the policy gives the namespace alone is touched (shared prefixes
-//! never are); each prefix is listed from its start again after every batch until a listing is
+//! never are; a listing that names a key outside the prefix asked for stops the purge before
+//! anything of that batch is deleted); each prefix is listed from its start again after every batch until a listing is
 //! empty, so an object written meanwhile goes too; an `Error` in a DeleteObjects answer, or an
 //! entry still listed after its deletion, is a failure, never a loop; a store without
 //! ListObjectVersions (`NotImplemented`) is listed with ListObjectsV2; answers are read up to
@@ -134,6 +135,14 @@ async fn purge_prefix(upstream: &Upstream, bucket: &str, prefix: &str) -> Result
         if listed.is_empty() {
             return Ok(deleted);
         }
+        // Only what lies under the prefix is deleted, whatever else the store lists.
+        if let Some(stray) = listed.iter().find(|l| !l.key.starts_with(prefix)) {
+            return Err(PurgeError::NotDeleted {
+                bucket: bucket.to_owned(),
+                key: stray.key.clone(),
+                code: format!("listed for prefix {prefix:?}; nothing outside it is deleted"),
+            });
+        }
         if let Some(kept) = listed.iter().find(|l| last.contains(*l)) {
             // A store that ignores the version it was given: once more without versions.
             if versions {
@@ -214,6 +223,8 @@ mod tests {
         sticky: bool,
         /// Keys it refuses to delete (AccessDenied).
         protected: Vec<String>,
+        /// Lists every key, whatever the prefix.
+        ignores_prefix: bool,
     }
 
     fn escape(s: &str) -> String {
@@ -238,7 +249,10 @@ mod tests {
         let prefix = get("prefix").unwrap_or_default();
         let max: usize = get("max-keys").and_then(|m| m.parse().ok()).unwrap_or(1000);
         let objects = st.objects.lock().unwrap();
-        let found: Vec<&(String, String)> = objects.iter().filter(|(k, _)| k.starts_with(&prefix)).collect();
+        let found: Vec<&(String, String)> = objects
+            .iter()
+            .filter(|(k, _)| st.ignores_prefix || k.starts_with(&prefix))
+            .collect();
         let truncated = found.len() > max;
         let mut out = String::from(if versions {
             "<ListVersionsResult>"
@@ -355,6 +369,22 @@ mod tests {
             // Again: nothing to do.
             assert_eq!(purge_namespace(&up, &policy, "team").await.unwrap(), 0);
         }
+    }
+
+    #[tokio::test]
+    async fn a_listing_beyond_the_prefix_deletes_nothing_of_it() {
+        let policy = Policy::seaweedfs_default("mlpipeline");
+        let (up, store) = serve(Store {
+            ignores_prefix: true,
+            ..seeded(false)
+        })
+        .await;
+        let before = left(&store);
+        match purge_namespace(&up, &policy, "team").await {
+            Err(PurgeError::NotDeleted { key, .. }) => assert_eq!(key, "artifacts/team/x"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(left(&store), before);
     }
 
     #[tokio::test]
