@@ -30,7 +30,7 @@ pub(crate) fn spec_changed(a: &Value, b: &Value) -> bool {
 /// only a ClusterRole has one; a resource rule names API groups and resources. A rule mixing
 /// resources and URLs would otherwise grant resources that the escalation check, which reads it
 /// as a URL rule, never compared with the writer's own permissions.
-fn policy_rule_causes(rules: Option<&Value>, namespaced: bool) -> Vec<FieldCause> {
+pub(crate) fn policy_rule_causes(rules: Option<&Value>, namespaced: bool) -> Vec<FieldCause> {
     let list = |rule: &Value, key: &str| -> Vec<String> {
         rule.get(key)
             .and_then(Value::as_array)

@@ -350,6 +350,32 @@ impl ApiServer {
         }
     }
 
+    /// Stored Roles and ClusterRoles whose rules Kubernetes' validation refuses (kept from
+    /// before kfsec checked them on write): each as (kind, namespace, name, "field: message"
+    /// lines). The authorizer still grants what such rules name, so an operator must rewrite
+    /// them; the server lists them at start.
+    pub async fn invalid_stored_roles(&self) -> Result<Vec<(&'static str, String, String, Vec<String>)>, ApiError> {
+        let mut out = Vec::new();
+        for (plural, namespaced) in [("roles", true), ("clusterroles", false)] {
+            let res = Self::resource("rbac.authorization.k8s.io", "v1", plural).ok_or(ApiError::NoRoute)?;
+            for obj in self.list_objects(res, None, "").await?.items {
+                let causes = kinds::policy_rule_causes(obj.get("rules"), namespaced);
+                if causes.is_empty() {
+                    continue;
+                }
+                let meta = |k: &str| {
+                    obj.pointer(&format!("/metadata/{k}"))
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_owned()
+                };
+                let lines = causes.iter().map(|c| format!("{}: {}", c.field, c.message)).collect();
+                out.push((res.kind, meta("namespace"), meta("name"), lines));
+            }
+        }
+        Ok(out)
+    }
+
     /// Lists objects (`ns` `None` = all namespaces) matching a label selector (`""` = all).
     pub async fn list_objects(
         &self,

@@ -1014,6 +1014,51 @@ async fn other_apis_data_is_purged_before_a_namespace_goes() {
     assert_eq!(*data.purged.lock().unwrap(), ["n", "m"]);
 }
 
+/// Roles stored before rules were validated on write are found and named (the server warns
+/// of them at start): a namespaced rule with URLs, a rule naming resources and URLs.
+#[tokio::test]
+async fn stored_roles_with_rules_the_api_refuses_are_listed() {
+    let f = setup().await;
+    let api = &f.api;
+    let mixed = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+        "metadata": {"name": "sneaky", "namespace": "x"},
+        "rules": [{"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"], "nonResourceURLs": ["/x"]}]});
+    let cluster = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+        "metadata": {"name": "mixed"},
+        "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get"], "nonResourceURLs": ["/healthz"]}]});
+    let res = |plural| ApiServer::resource("rbac.authorization.k8s.io", "v1", plural).unwrap();
+    for (key, obj) in [
+        (res("roles").key("x", "sneaky"), &mixed),
+        (res("clusterroles").key("", "mixed"), &cluster),
+    ] {
+        kfsec_store::Store::put(f.store.as_ref(), &key, serde_json::to_vec(obj).unwrap(), None)
+            .await
+            .unwrap();
+    }
+    let (s, _) = call("POST", "/apis/rbac.authorization.k8s.io/v1/clusterroles", "admin")
+        .json(&json!({"metadata": {"name": "fine"}, "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}]}))
+        .send(api)
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let found = api.invalid_stored_roles().await.unwrap();
+    let names: Vec<(&str, &str, &str)> = found
+        .iter()
+        .map(|(k, ns, n, _)| (*k, ns.as_str(), n.as_str()))
+        .collect();
+    assert_eq!(
+        names,
+        [("Role", "x", "sneaky"), ("ClusterRole", "", "mixed")],
+        "{found:?}"
+    );
+    assert!(
+        found[0]
+            .3
+            .iter()
+            .any(|l| l.contains("namespaced rules cannot apply to non-resource URLs")),
+        "{found:?}"
+    );
+}
+
 /// Kubernetes' `ValidatePolicyRule`: a rule that names both resources and non-resource URLs, a
 /// Role with URLs, a rule without verbs or without API groups or resources are 422. A mixed rule
 /// used to pass the escalation check as a URL rule while granting every resource it named.

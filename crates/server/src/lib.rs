@@ -736,6 +736,7 @@ pub async fn start_with(cfg: Config, clock: Arc<dyn Clock>, rng: Arc<dyn Rng>) -
     rbac::install_defaults(&api, ADMIN_GROUP)
         .await
         .map_err(|e| ServerError::Api(e.to_string()))?;
+    rbac::warn_invalid_roles(&api).await;
     let rbac_task = rbac_cache.spawn(api.clone());
     let rev = store.revision().await?;
     kfsec_profiles::AuthzSync::wait_for(rbac_cache.as_ref(), rev).await;

@@ -205,6 +205,28 @@ impl kfsec_api::Authorize for RbacCache {
     }
 }
 
+/// Warns, at start, of each stored Role or ClusterRole whose rules Kubernetes' validation
+/// refuses — written before kfsec checked rules on write (a rule naming both `resources` and
+/// `nonResourceURLs` escaped the escalation check). The authorizer still grants what they name,
+/// as Kubernetes' own does, so an operator must rewrite or delete them.
+pub async fn warn_invalid_roles(api: &ApiServer) {
+    match api.invalid_stored_roles().await {
+        Ok(found) => {
+            for (kind, namespace, name, problems) in found {
+                tracing::warn!(
+                    target: "audit",
+                    kind,
+                    namespace,
+                    name,
+                    problems = %problems.join("; "),
+                    "a stored role has rules the API refuses today (written before kfsec checked them); what they name is still granted: rewrite or delete it"
+                );
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "stored roles not checked"),
+    }
+}
+
 /// Installs Kubeflow's default ClusterRoles and binds kfsec's admin group to `cluster-admin`,
 /// creating what is missing (existing objects are left as the operator changed them).
 pub async fn install_defaults(api: &ApiServer, admin_group: &str) -> Result<(), ApiError> {
