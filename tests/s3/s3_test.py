@@ -108,6 +108,9 @@ _m.put_object(Bucket=BUCKET, Key=SEED, Body=BODY)
 _m.put_object(Bucket=BUCKET, Key=OTHER + "secret.txt", Body=b"team-b only")
 _m.put_object(Bucket=BUCKET, Key=OTHER + "odd & <key>.txt", Body=b"team-b only")
 _m.put_object(Bucket=BUCKET, Key=f"private/team-b/{RUN}/notes.txt", Body=b"team-b only")
+_up = _m.create_multipart_upload(Bucket=BUCKET, Key=OTHER + "unfinished.bin")
+_m.upload_part(Bucket=BUCKET, Key=OTHER + "unfinished.bin", UploadId=_up["UploadId"], PartNumber=1,
+               Body=b"team-b's half-written data")
 _m.put_object(Bucket=BUCKET, Key=SHARED + "common.txt", Body=b"shared")
 _m.put_object(Bucket=BUCKET, Key=f"unowned/{RUN}/x.txt", Body=b"nobody's")
 
@@ -544,6 +547,8 @@ def _():
     for prefix in ("private-artifacts/team-b/", "private/team-b/"):
         left = m.list_object_versions(Bucket=BUCKET, Prefix=prefix).get("Versions", [])
         assert not left, f"{prefix} kept {[v['Key'] for v in left][:5]}"
+        uploads = m.list_multipart_uploads(Bucket=BUCKET, Prefix=prefix).get("Uploads", [])
+        assert not uploads, f"{prefix} kept unfinished uploads {[u['Key'] for u in uploads][:5]}"
     for key in (SEED, SHARED + "common.txt", f"unowned/{RUN}/x.txt"):
         exists_upstream(key)
 

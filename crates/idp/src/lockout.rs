@@ -376,16 +376,35 @@ impl Table {
 }
 
 /// The lockout's name for a user name typed at a directory connector: the string a directory
-/// compares it as (RFC 4518's preparation, as LDAP's `caseIgnoreMatch` does it): characters
-/// that map to nothing (controls, soft hyphen, zero-width and joiner characters, variation
-/// selectors, byte order marks) dropped, NFKC-normalised and case-folded, runs of spaces made
-/// one and the ends trimmed. So `Alice`, `ａｌｉｃｅ` (full-width) and `al\u{200B}ice`, which
+/// compares it as (RFC 4518's preparation, as LDAP's `caseIgnoreMatch` does it): every kind of
+/// space made SPACE, characters that map to nothing (controls, soft hyphen, zero-width and
+/// joiner characters, variation selectors, byte order marks, other format characters) dropped,
+/// NFKC-normalised and case-folded, runs of spaces made one and the ends trimmed. So `Alice`, `ａｌｉｃｅ` (full-width) and `al\u{200B}ice`, which
 /// such a directory finds as the same entry, share one budget instead of buying one each.
 pub fn directory_account(typed: &str) -> String {
-    let visible: String = typed.chars().filter(|&c| !maps_to_nothing(c)).collect();
+    // RFC 4518 §2.2: tabs, line breaks and other spaces are SPACE; then the invisible go.
+    let visible: String = typed
+        .chars()
+        .map(|c| if c.is_whitespace() { ' ' } else { c })
+        .filter(|&c| !maps_to_nothing(c))
+        .collect();
     let nfkc = icu_normalizer::ComposingNormalizerBorrowed::new_nfkc();
-    let folded = nfkc.normalize(&nfkc.normalize(&visible).to_lowercase()).into_owned();
+    let folded = fold_case(&nfkc.normalize(&visible));
+    let folded = nfkc.normalize(&folded).into_owned();
     folded.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Lower case, with the full case folds lower-casing alone misses: final sigma, sharp s.
+fn fold_case(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars().flat_map(char::to_lowercase) {
+        match c {
+            'ς' => out.push('σ'),
+            'ß' => out.push_str("ss"),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// RFC 3454 table B.1 (commonly mapped to nothing), controls and other invisible format
@@ -410,6 +429,17 @@ fn maps_to_nothing(c: char) -> bool {
                 | '\u{FFA0}'
                 | '\u{FFF9}'..='\u{FFFC}'
                 | '\u{E0000}'..='\u{E0FFF}'
+                // other format characters (general category Cf)
+                | '\u{0600}'..='\u{0605}'
+                | '\u{06DD}'
+                | '\u{070F}'
+                | '\u{0890}'..='\u{0891}'
+                | '\u{08E2}'
+                | '\u{110BD}'
+                | '\u{110CD}'
+                | '\u{13430}'..='\u{1343F}'
+                | '\u{1BCA0}'..='\u{1BCA3}'
+                | '\u{1D173}'..='\u{1D17A}'
         )
 }
 
@@ -1166,6 +1196,11 @@ mod tests {
             assert_eq!(directory_account(spelling), plain, "{spelling:?}");
         }
         assert_eq!(directory_account("John  Smith"), directory_account("john smith"));
+        assert_eq!(directory_account("john\tsmith"), directory_account("john smith"));
+        assert_eq!(directory_account("john\u{85}smith"), directory_account("john smith"));
+        assert_eq!(directory_account("jo\u{0600}hn"), directory_account("john"));
+        assert_eq!(directory_account("STRASSE"), directory_account("straße"));
+        assert_eq!(directory_account("ΑΣ"), directory_account("ας"));
         assert_eq!(directory_account("ﬁona"), directory_account("fiona"));
         // Different names stay different.
         for other in ["alice2", "alicia", "a lice", "bob"] {

@@ -204,12 +204,15 @@ pub(crate) struct CodeRecord {
 /// What a spent code or refresh token was exchanged for.
 #[derive(Debug, Serialize, Deserialize)]
 struct Spent {
-    /// The store key of the refresh token it led to.
+    /// The SHA-256 (hex) of the refresh token it led to: its key under [`REFRESH_PREFIX`].
     next: String,
+    /// The client it was issued to: only that client's presenting it again revokes.
+    client_id: String,
 }
 
-fn refresh_key(token: &str) -> String {
-    format!("{REFRESH_PREFIX}{}", sha256_hex(token.as_bytes()))
+/// Whether `s` is a SHA-256 in lowercase hex (what a spent record may name).
+fn is_sha256_hex(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -510,7 +513,7 @@ impl Idp {
             .await
             .map_err(IdpError::from)?
         else {
-            self.spent_again(&code_hash, "authorization code").await?;
+            self.spent_again(&code_hash, &client.id, "authorization code").await?;
             return Err(OAuthError::invalid_grant("Invalid or expired code parameter."));
         };
         let rec: CodeRecord = serde_json::from_slice(&kv.value).map_err(IdpError::from)?;
@@ -562,7 +565,7 @@ impl Idp {
             .await?;
         if let Some(token) = &refresh {
             let ttl = self.refresh_ttl(now.as_secs());
-            self.remember_spent(&code_hash, token, ttl).await?;
+            self.remember_spent(&code_hash, token, &client.id, ttl).await;
         }
         Ok(self.mint(&rec.grant, &user, rec.auth_ms, refresh).await?)
     }
@@ -733,58 +736,77 @@ impl Idp {
         }
     }
 
-    /// Remembers that the code or token whose hash is `hash` was exchanged for refresh token
-    /// `next`, for `ttl` (at most [`SPENT_MAX`]).
-    async fn remember_spent(&self, hash: &str, next: &str, ttl: Duration) -> Result<(), IdpError> {
-        let body = serde_json::to_vec(&Spent {
-            next: refresh_key(next),
-        })?;
-        self.store
-            .put(&format!("{SPENT_PREFIX}{hash}"), body, Some(ttl.min(SPENT_MAX)))
-            .await?;
-        Ok(())
+    /// Remembers that the code or token whose hash is `hash` was exchanged by `client_id` for
+    /// refresh token `next`, for `ttl` (at most [`SPENT_MAX`]). Best effort: what it spent is
+    /// already committed, so a store error is logged (that reuse then goes undetected) rather
+    /// than failing a request whose answer the client could not use again.
+    async fn remember_spent(&self, hash: &str, next: &str, client_id: &str, ttl: Duration) {
+        let spent = Spent {
+            next: sha256_hex(next.as_bytes()),
+            client_id: client_id.to_owned(),
+        };
+        let Ok(body) = serde_json::to_vec(&spent) else { return };
+        let key = format!("{SPENT_PREFIX}{hash}");
+        if let Err(e) = self.store.put(&key, body, Some(ttl.min(SPENT_MAX))).await {
+            tracing::warn!(error = %e, "a spent code or refresh token was not recorded: its reuse would go undetected");
+        }
     }
 
-    /// A code or refresh token whose hash is `hash` was presented and is not (or no longer)
-    /// valid: if it was spent, the chain it led to is revoked and the event logged.
-    async fn spent_again(&self, hash: &str, what: &str) -> Result<(), IdpError> {
+    /// What the code or token whose hash is `hash` was spent for, if it was and `client_id`
+    /// spent it.
+    async fn spent(&self, hash: &str, client_id: &str) -> Result<Option<String>, IdpError> {
         let Some(kv) = self.store.get(&format!("{SPENT_PREFIX}{hash}")).await? else {
+            return Ok(None);
+        };
+        Ok(serde_json::from_slice::<Spent>(&kv.value)
+            .ok()
+            .filter(|s| s.client_id == client_id && is_sha256_hex(&s.next))
+            .map(|s| s.next))
+    }
+
+    /// `client_id` presented a code or refresh token whose hash is `hash` that is not (or no
+    /// longer) valid: if that client spent it, the chain it led to is revoked and the event
+    /// logged.
+    async fn spent_again(&self, hash: &str, client_id: &str, what: &str) -> Result<(), IdpError> {
+        let Some(next) = self.spent(hash, client_id).await? else {
             return Ok(());
         };
-        let Ok(spent) = serde_json::from_slice::<Spent>(&kv.value) else {
-            return Ok(());
-        };
-        let revoked = self.revoke_chain(spent.next).await?;
-        tracing::warn!(target: "audit", what, revoked, "a spent {what} was presented again: the refresh tokens it led to are revoked");
+        let _ = self.store.delete(&format!("{SPENT_PREFIX}{hash}"), None).await;
+        let revoked = self.revoke_chain(next, client_id).await?;
+        tracing::warn!(target: "audit", what, client = client_id, revoked, "a spent {what} was presented again: the refresh tokens it led to are revoked");
         Ok(())
     }
 
-    /// Deletes the refresh token at store key `key` and every successor after it (following
-    /// rotated-out records and spent ones); returns how many were deleted.
-    async fn revoke_chain(&self, mut key: String) -> Result<usize, IdpError> {
+    /// Deletes the refresh token whose hash is `hash` and every successor after it (following
+    /// rotated-out records and spent ones, which go too); returns how many tokens were deleted.
+    /// Each delete is at the revision read, so a rotation committed meanwhile is followed, not
+    /// missed.
+    async fn revoke_chain(&self, mut hash: String, client_id: &str) -> Result<usize, IdpError> {
         let mut revoked = 0;
-        for _ in 0..MAX_CHAIN {
+        let mut steps = 0;
+        while steps < MAX_CHAIN {
+            steps += 1;
+            let key = format!("{REFRESH_PREFIX}{hash}");
             let mut next = None;
             if let Some(kv) = self.store.get(&key).await? {
                 next = serde_json::from_slice::<RefreshRecord>(&kv.value)
                     .ok()
                     .and_then(|r| r.replaced_by)
-                    .map(|t| refresh_key(&t));
-                match self.store.delete(&key, None).await {
+                    .map(|t| sha256_hex(t.as_bytes()));
+                match self.store.delete(&key, Some(kv.mod_revision)).await {
                     Ok(_) => revoked += 1,
+                    // Rotated (or claimed) meanwhile: read it again.
+                    Err(StoreError::Conflict { .. }) => continue,
                     Err(StoreError::NotFound(_)) => {}
                     Err(e) => return Err(e.into()),
                 }
             }
             if next.is_none() {
-                let hash = key.strip_prefix(REFRESH_PREFIX).unwrap_or(&key);
-                next = match self.store.get(&format!("{SPENT_PREFIX}{hash}")).await? {
-                    Some(kv) => serde_json::from_slice::<Spent>(&kv.value).ok().map(|s| s.next),
-                    None => None,
-                };
+                next = self.spent(&hash, client_id).await?;
             }
+            let _ = self.store.delete(&format!("{SPENT_PREFIX}{hash}"), None).await;
             match next {
-                Some(n) if n != key => key = n,
+                Some(n) if n != hash => hash = n,
                 _ => break,
             }
         }
@@ -821,7 +843,8 @@ impl Idp {
         let deadline = tokio::time::Instant::now() + ROTATION_CLAIM + ROTATION_CLAIM / 4;
         loop {
             let Some(kv) = self.store.get(&key).await.map_err(IdpError::from)? else {
-                self.spent_again(&sha256_hex(token.as_bytes()), "refresh token").await?;
+                self.spent_again(&sha256_hex(token.as_bytes()), &client.id, "refresh token")
+                    .await?;
                 return Err(invalid_refresh());
             };
             let mut rec: RefreshRecord = serde_json::from_slice(&kv.value).map_err(IdpError::from)?;
@@ -900,7 +923,9 @@ impl Idp {
             .and_then(|kv| serde_json::from_slice::<RefreshRecord>(&kv.value).ok())
             .is_some_and(|s| s.replaced_by.is_none());
         if !(within && current) {
-            let revoked = self.revoke_chain(refresh_key(&next)).await?;
+            let revoked = self
+                .revoke_chain(sha256_hex(next.as_bytes()), &rec.grant.client_id)
+                .await?;
             tracing::warn!(target: "audit", user = %rec.grant.email, client = %rec.grant.client_id, revoked, "a rotated-out refresh token was presented again after its successor was used: its chain is revoked");
             return Err(invalid_refresh());
         }
@@ -943,7 +968,7 @@ impl Idp {
         match self.store.update(key, body, Some(claimed), Some(reuse)).await {
             Ok(_) => {
                 let hash = key.strip_prefix(REFRESH_PREFIX).unwrap_or(key);
-                self.remember_spent(hash, &next, ttl).await?;
+                self.remember_spent(hash, &next, &rec.grant.client_id, ttl).await;
                 Ok(Some(self.mint(&rec.grant, &user, origin_ms, Some(next)).await?))
             }
             Err(e) => {
@@ -1355,6 +1380,21 @@ mod tests {
                 .unwrap();
             let t0 = first.refresh_token.unwrap();
             let t1 = idp.refresh(&client(), &t0).await.unwrap().refresh_token.unwrap();
+            clock.advance(Duration::from_secs(60));
+            // Presented by another client (anyone may name a public client): refused, and
+            // nothing is revoked.
+            let other = Client {
+                id: "other".into(),
+                ..client()
+            };
+            let e = idp
+                .redeem_code(&other, &code, "https://rp.example/cb", None)
+                .await
+                .unwrap_err();
+            assert_eq!(e.error, OAuthCode::InvalidGrant);
+            let e = idp.refresh(&other, &t0).await.unwrap_err();
+            assert_eq!(e.error, OAuthCode::InvalidGrant);
+            let t1 = idp.refresh(&client(), &t1).await.unwrap().refresh_token.unwrap();
             clock.advance(Duration::from_secs(60));
             let e = idp
                 .redeem_code(&client(), &code, "https://rp.example/cb", None)

@@ -707,17 +707,22 @@ pub struct Listed {
     pub key: String,
     /// `VersionId` (ListObjectVersions); `None` in a ListObjectsV2 page.
     pub version: Option<String>,
+    /// `UploadId` (ListMultipartUploads).
+    pub upload: Option<String>,
 }
 
-/// The entries of a ListObjectVersions (`Version`, `DeleteMarker`) or ListObjectsV2
-/// (`Contents`) answer, and whether it was cut short (`IsTruncated`).
+/// The entries of a ListObjectVersions (`Version`, `DeleteMarker`), ListObjectsV2 (`Contents`)
+/// or ListMultipartUploads (`Upload`) answer, and whether it was cut short (`IsTruncated`).
 pub fn entries(doc: &[u8]) -> Result<(Vec<Listed>, bool), ListingError> {
     if doc.len() > MAX_LISTING_BYTES {
         return Err(ListingError::TooLarge);
     }
     let (name, _, after) = root(doc)?;
-    if !matches!(name, "ListVersionsResult" | "ListBucketResult") {
-        return Err(ListingError::Malformed("not ListVersionsResult or ListBucketResult"));
+    if !matches!(
+        name,
+        "ListVersionsResult" | "ListBucketResult" | "ListMultipartUploadsResult"
+    ) {
+        return Err(ListingError::Malformed("not a listing of objects, versions or uploads"));
     }
     let (elems, _) = children(doc, after)?;
     let mut out = Vec::new();
@@ -725,10 +730,14 @@ pub fn entries(doc: &[u8]) -> Result<(Vec<Listed>, bool), ListingError> {
     for e in elems {
         let body = &doc[e.start..e.end];
         match e.name {
-            "Version" | "DeleteMarker" | "Contents" => {
+            "Version" | "DeleteMarker" | "Contents" | "Upload" => {
                 let key = child_text(body, "Key").ok_or(ListingError::Malformed("an entry without a Key"))?;
                 let version = child_text(body, "VersionId");
-                out.push(Listed { key, version });
+                let upload = child_text(body, "UploadId");
+                if e.name == "Upload" && upload.is_none() {
+                    return Err(ListingError::Malformed("an upload without an UploadId"));
+                }
+                out.push(Listed { key, version, upload });
             }
             "IsTruncated" => truncated = child_text(body, "IsTruncated").as_deref() == Some("true"),
             _ => {}
@@ -1006,11 +1015,13 @@ mod tests {
             [
                 Listed {
                     key: "a&b".into(),
-                    version: Some("v1".into())
+                    version: Some("v1".into()),
+                    upload: None,
                 },
                 Listed {
                     key: "c".into(),
-                    version: Some("v2".into())
+                    version: Some("v2".into()),
+                    upload: None,
                 },
             ]
         );
@@ -1018,6 +1029,11 @@ mod tests {
         assert!(truncated);
         assert_eq!(listed.len(), 3);
         assert!(listed.iter().all(|l| l.version.is_none()));
+        let uploads = b"<ListMultipartUploadsResult><Bucket>b</Bucket><Upload><Key>k</Key><UploadId>u1</UploadId></Upload></ListMultipartUploadsResult>";
+        assert_eq!(entries(uploads).unwrap().0[0].upload.as_deref(), Some("u1"));
+        assert!(
+            entries(b"<ListMultipartUploadsResult><Upload><Key>k</Key></Upload></ListMultipartUploadsResult>").is_err()
+        );
         assert!(entries(b"<Error><Code>AccessDenied</Code></Error>").is_err());
         assert!(entries(b"<ListBucketResult><Contents><Size>1</Size></Contents></ListBucketResult>").is_err());
         let result = b"<DeleteResult><Deleted><Key>x</Key></Deleted><Error><Key>y &amp; z</Key><Code>AccessDenied</Code></Error></DeleteResult>";

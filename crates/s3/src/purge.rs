@@ -23,6 +23,10 @@ use crate::upstream::{Upstream, UpstreamError, UpstreamRequest, empty, full};
 
 /// Entries listed, and deleted, at once (S3's limit for both).
 const BATCH: usize = 1000;
+/// The most batches one purge of a prefix takes (a store that never runs dry — a workload still
+/// writing, or one listing new versions each time — ends in an error; the namespace stays and
+/// its delete, retried, goes on from there).
+const MAX_BATCHES: usize = 1000;
 
 /// Why a namespace's objects could not all be deleted.
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +68,14 @@ pub enum PurgeError {
     /// An answer could not be read.
     #[error("reading the store's answer: {0}")]
     Body(String),
+    /// More than [`MAX_BATCHES`] batches, and the prefix is not empty yet.
+    #[error("{bucket}/{prefix} still lists objects after {MAX_BATCHES} batches; delete again to go on")]
+    TooMany {
+        /// The bucket.
+        bucket: String,
+        /// The prefix.
+        prefix: String,
+    },
 }
 
 /// Deletes every object (every version) the policy gives `ns` alone; returns how many entries
@@ -71,6 +83,8 @@ pub enum PurgeError {
 pub async fn purge_namespace(upstream: &Upstream, policy: &Policy, ns: &str) -> Result<usize, PurgeError> {
     let mut deleted = 0;
     for (bucket, prefix) in policy.owned(ns) {
+        // Unfinished uploads first: completed later, one would be an object again.
+        deleted += abort_uploads(upstream, &bucket, &prefix).await?;
         deleted += purge_prefix(upstream, &bucket, &prefix).await?;
     }
     Ok(deleted)
@@ -101,6 +115,30 @@ async fn call(
     Ok((status, body))
 }
 
+/// One page of a listing (`query`) of `bucket`; `None` when the store does not implement it.
+async fn list_page(
+    upstream: &Upstream,
+    bucket: &str,
+    query: String,
+    what: &'static str,
+) -> Result<Option<Vec<Listed>>, PurgeError> {
+    let (status, body) = call(upstream, Method::GET, bucket, query, HeaderMap::new(), Bytes::new()).await?;
+    if !(200..300).contains(&status) {
+        let code = listing::error_code(&body).unwrap_or_default();
+        if status == 501 || code == "NotImplemented" {
+            return Ok(None);
+        }
+        return Err(PurgeError::Refused {
+            what,
+            bucket: bucket.to_owned(),
+            status,
+            code,
+        });
+    }
+    let (listed, _) = listing::entries(&body).map_err(|source| PurgeError::Answer { what, source })?;
+    Ok(Some(listed))
+}
+
 /// Deletes everything under `prefix` in `bucket`, a batch at a time.
 async fn purge_prefix(upstream: &Upstream, bucket: &str, prefix: &str) -> Result<usize, PurgeError> {
     let mut encoded = String::new();
@@ -108,30 +146,24 @@ async fn purge_prefix(upstream: &Upstream, bucket: &str, prefix: &str) -> Result
     let mut versions = true;
     let mut deleted = 0;
     let mut last: HashSet<Listed> = HashSet::new();
-    loop {
+    for _ in 0..MAX_BATCHES {
         let query = if versions {
             format!("max-keys={BATCH}&prefix={encoded}&versions=")
         } else {
             format!("list-type=2&max-keys={BATCH}&prefix={encoded}")
         };
-        let (status, body) = call(upstream, Method::GET, bucket, query, HeaderMap::new(), Bytes::new()).await?;
-        if !(200..300).contains(&status) {
-            let code = listing::error_code(&body).unwrap_or_default();
-            if versions && (status == 501 || code == "NotImplemented") {
+        let Some(listed) = list_page(upstream, bucket, query, "a listing").await? else {
+            if versions {
                 versions = false;
                 continue;
             }
             return Err(PurgeError::Refused {
-                what: "a listing",
+                what: "ListObjectsV2",
                 bucket: bucket.to_owned(),
-                status,
-                code,
+                status: 501,
+                code: "NotImplemented".into(),
             });
-        }
-        let (listed, _) = listing::entries(&body).map_err(|source| PurgeError::Answer {
-            what: "a listing",
-            source,
-        })?;
+        };
         if listed.is_empty() {
             return Ok(deleted);
         }
@@ -144,8 +176,11 @@ async fn purge_prefix(upstream: &Upstream, bucket: &str, prefix: &str) -> Result
             });
         }
         if let Some(kept) = listed.iter().find(|l| last.contains(*l)) {
-            // A store that ignores the version it was given: once more without versions.
-            if versions {
+            // A store without versions that lists each object as version `null` and ignores
+            // it on delete: once more without versions. (A real version kept is an error: a
+            // delete without one would only add a delete marker, the version staying readable.)
+            let unversioned = |l: &Listed| l.version.as_deref().is_none_or(|v| v == "null");
+            if versions && listed.iter().all(unversioned) {
                 versions = false;
                 last.clear();
                 continue;
@@ -160,6 +195,67 @@ async fn purge_prefix(upstream: &Upstream, bucket: &str, prefix: &str) -> Result
         deleted += listed.len();
         last = listed.into_iter().collect();
     }
+    Err(PurgeError::TooMany {
+        bucket: bucket.to_owned(),
+        prefix: prefix.to_owned(),
+    })
+}
+
+/// Aborts every unfinished multipart upload under `prefix` in `bucket` (a store without
+/// ListMultipartUploads has none to abort).
+async fn abort_uploads(upstream: &Upstream, bucket: &str, prefix: &str) -> Result<usize, PurgeError> {
+    let mut encoded = String::new();
+    uri_encode(&mut encoded, prefix.as_bytes(), false);
+    let mut aborted = 0;
+    let mut last: HashSet<Listed> = HashSet::new();
+    for _ in 0..MAX_BATCHES {
+        let query = format!("max-uploads={BATCH}&prefix={encoded}&uploads=");
+        let Some(listed) = list_page(upstream, bucket, query, "ListMultipartUploads").await? else {
+            return Ok(aborted);
+        };
+        if listed.is_empty() {
+            return Ok(aborted);
+        }
+        if let Some(kept) = listed.iter().find(|l| !l.key.starts_with(prefix) || last.contains(*l)) {
+            return Err(PurgeError::NotDeleted {
+                bucket: bucket.to_owned(),
+                key: kept.key.clone(),
+                code: "an upload outside the prefix, or still listed after its abort".into(),
+            });
+        }
+        for l in &listed {
+            let mut query = String::from("uploadId=");
+            uri_encode(&mut query, l.upload.as_deref().unwrap_or_default().as_bytes(), false);
+            let req = UpstreamRequest {
+                method: Method::DELETE,
+                bucket: Some(bucket.to_owned()),
+                key: Some(l.key.clone()),
+                query,
+                headers: HeaderMap::new(),
+                body: empty(),
+            };
+            let resp = upstream.send(req).await?;
+            let status = resp.status().as_u16();
+            let body = read_capped(resp.into_body(), MAX_LISTING_BYTES)
+                .await
+                .map_err(|e| PurgeError::Body(e.to_string()))?;
+            let code = listing::error_code(&body).unwrap_or_default();
+            if !(200..300).contains(&status) && code != "NoSuchUpload" {
+                return Err(PurgeError::Refused {
+                    what: "AbortMultipartUpload",
+                    bucket: bucket.to_owned(),
+                    status,
+                    code,
+                });
+            }
+            aborted += 1;
+        }
+        last = listed.into_iter().collect();
+    }
+    Err(PurgeError::TooMany {
+        bucket: bucket.to_owned(),
+        prefix: prefix.to_owned(),
+    })
 }
 
 /// DeleteObjects (quiet) of `listed`.
@@ -225,6 +321,8 @@ mod tests {
         protected: Vec<String>,
         /// Lists every key, whatever the prefix.
         ignores_prefix: bool,
+        /// Unfinished uploads: (key, upload id).
+        uploads: Mutex<BTreeSet<(String, String)>>,
     }
 
     fn escape(s: &str) -> String {
@@ -239,6 +337,19 @@ mod tests {
         let q = q.unwrap_or_default();
         let params: Vec<(String, String)> = url::form_urlencoded::parse(q.as_bytes()).into_owned().collect();
         let get = |n: &str| params.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
+        if get("uploads").is_some() {
+            let prefix = get("prefix").unwrap_or_default();
+            let uploads = st.uploads.lock().unwrap();
+            let mut out = String::from("<ListMultipartUploadsResult>");
+            for (k, u) in uploads.iter().filter(|(k, _)| k.starts_with(&prefix)) {
+                out.push_str(&format!(
+                    "<Upload><Key>{}</Key><UploadId>{u}</UploadId></Upload>",
+                    escape(k)
+                ));
+            }
+            out.push_str("</ListMultipartUploadsResult>");
+            return (StatusCode::OK, out);
+        }
         let versions = get("versions").is_some();
         if versions && st.no_versions {
             return (
@@ -305,9 +416,24 @@ mod tests {
         out
     }
 
+    async fn abort(
+        State(st): State<Arc<Store>>,
+        Path((_bucket, key)): Path<(String, String)>,
+        RawQuery(q): RawQuery,
+    ) -> StatusCode {
+        let q = q.unwrap_or_default();
+        let id = url::form_urlencoded::parse(q.as_bytes())
+            .find(|(k, _)| k == "uploadId")
+            .map(|(_, v)| v.into_owned())
+            .unwrap_or_default();
+        st.uploads.lock().unwrap().remove(&(key, id));
+        StatusCode::NO_CONTENT
+    }
+
     async fn serve(store: Store) -> (Upstream, Arc<Store>) {
         let store = Arc::new(store);
         let app = axum::Router::new()
+            .route("/{bucket}/{*key}", axum::routing::delete(abort))
             .route("/{bucket}", axum::routing::get(list).post(delete))
             .with_state(store.clone());
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -338,9 +464,16 @@ mod tests {
         ] {
             objects.insert((keep.into(), "v1".into()));
         }
+        let uploads = [
+            ("private-artifacts/team/big.bin", "u1"),
+            ("private/team/odd & <key>", "u+2/="),
+            ("private-artifacts/team-b/other.bin", "u3"),
+        ]
+        .map(|(k, u)| (k.to_owned(), u.to_owned()));
         Store {
             objects: Mutex::new(objects),
             no_versions,
+            uploads: Mutex::new(uploads.into_iter().collect()),
             ..Store::default()
         }
     }
@@ -355,7 +488,9 @@ mod tests {
         for no_versions in [false, true] {
             let (up, store) = serve(seeded(no_versions)).await;
             let n = purge_namespace(&up, &policy, "team").await.unwrap();
-            assert!(n >= 2_502, "{n}");
+            assert!(n >= 2_504, "{n}");
+            let uploads: Vec<String> = store.uploads.lock().unwrap().iter().map(|(k, _)| k.clone()).collect();
+            assert_eq!(uploads, ["private-artifacts/team-b/other.bin"]);
             assert_eq!(
                 left(&store),
                 [
