@@ -52,23 +52,6 @@ impl kfsec_api::NamespaceData for NamespaceObjects {
             }
         }
     }
-
-    /// Before a namespace of this name is made again: what a key still valid during the last
-    /// one's purge wrote after it goes too (keys are revoked with their Profile, on every
-    /// replica within seconds).
-    async fn before_create(&self, namespace: &str) -> Result<(), kfsec_store::StoreError> {
-        match kfsec_s3::purge::purge_namespace(&self.upstream, &self.policy, namespace).await {
-            Ok(0) => Ok(()),
-            Ok(objects) => {
-                tracing::warn!(target: "audit", namespace, objects, "s3: objects left under a new namespace's prefixes were deleted before it was created");
-                Ok(())
-            }
-            Err(e) => {
-                tracing::warn!(namespace, error = %e, "s3: a new namespace's prefixes could not be emptied; it is not created yet");
-                Err(kfsec_store::StoreError::Unavailable(format!("the object store: {e}")))
-            }
-        }
-    }
 }
 
 /// The names the gateway's certificate is issued for.
