@@ -15,10 +15,11 @@
 //!
 //! Reuse is detected (RFC 6749 §4.1.2, RFC 9700 §4.14.2): a redeemed code and a rotated-out
 //! refresh token are remembered for [`SPENT_MAX`] (or their chain's life, if shorter) as the
-//! store key of what replaced them, no secret; when one is presented again — a replayed code, a
-//! rotated-out token after its reuse interval, or while its successor has moved on — the
-//! refresh chain it led to is revoked (both parties then log in again: the server cannot tell
-//! the thief from the client), and the request is `invalid_grant`.
+//! hash of what replaced them and the client that spent them, no secret; when that client
+//! presents one again — a replayed code, a rotated-out token after its reuse interval, or while
+//! its successor has moved on — the refresh chain it led to is revoked (both parties then log
+//! in again: the server cannot tell the thief from the client), and the request is
+//! `invalid_grant`. Recording is best effort (a store error leaves that reuse undetected).
 //!
 //! Revocation is held against the time the user's password was checked (`auth_ms`, taken before
 //! the check began), never against when something was issued: a code carries it, the ID and
