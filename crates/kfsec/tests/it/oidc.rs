@@ -122,14 +122,6 @@ async fn openidconnect_relying_party() {
     assert_eq!(raw_claims["groups"], serde_json::json!(["team-a"]));
     assert!(raw_claims["at_hash"].is_string());
 
-    // the code is single-use
-    let again = client
-        .exchange_code(AuthorizationCode::new(code))
-        .unwrap()
-        .request_async(&h)
-        .await;
-    assert!(again.is_err(), "a code must not be redeemable twice");
-
     // refresh rotates the token; the old one still answers inside the reuse window
     let rt = token
         .refresh_token()
@@ -156,6 +148,17 @@ async fn openidconnect_relying_party() {
         .claims(&client.id_token_verifier(), |_: Option<&Nonce>| Ok(()))
         .unwrap();
     assert_eq!(claims2.email().map(|e| e.as_str()), Some(USER));
+
+    // The code is single-use, and presenting it again revokes the refresh tokens it led to
+    // (RFC 6749 §4.1.2): the rotated one no longer refreshes.
+    let again = client
+        .exchange_code(AuthorizationCode::new(code))
+        .unwrap()
+        .request_async(&h)
+        .await;
+    assert!(again.is_err(), "a code must not be redeemable twice");
+    let revoked = client.exchange_refresh_token(&rt2).unwrap().request_async(&h).await;
+    assert!(revoked.is_err(), "the replayed code left its refresh chain alive");
 
     // userinfo with the access token
     let ui: serde_json::Value = raw
