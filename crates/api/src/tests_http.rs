@@ -928,6 +928,13 @@ impl Recorder {
     }
 }
 
+/// A fixture whose server asks a [`Recorder`] about namespace data.
+fn recording_fixture() -> (Arc<Recorder>, Fixture) {
+    let data = Arc::new(Recorder::default());
+    let f = crate::testutil::fixture_built(crate::testutil::default_grants(), |b| b.namespace_data(data.clone()));
+    (data, f)
+}
+
 #[async_trait::async_trait]
 impl crate::NamespaceData for Recorder {
     async fn purge_namespace(&self, ns: &str) -> Result<(), kfsec_store::StoreError> {
@@ -945,8 +952,7 @@ impl crate::NamespaceData for Recorder {
 #[tokio::test]
 async fn a_new_namespace_starts_without_data_left_for_its_name() {
     use std::sync::atomic::Ordering;
-    let data = Arc::new(Recorder::default());
-    let f = crate::testutil::fixture_built(crate::testutil::default_grants(), |b| b.namespace_data(data.clone()));
+    let (data, f) = recording_fixture();
     let api = &f.api;
     let create = |name: &'static str, query: &'static str| async move {
         call("POST", &format!("/api/v1/namespaces{query}"), "admin")
@@ -975,8 +981,7 @@ async fn a_new_namespace_starts_without_data_left_for_its_name() {
 #[tokio::test]
 async fn other_apis_data_is_purged_before_a_namespace_goes() {
     use std::sync::atomic::Ordering;
-    let data = Arc::new(Recorder::default());
-    let f = crate::testutil::fixture_built(crate::testutil::default_grants(), |b| b.namespace_data(data.clone()));
+    let (data, f) = recording_fixture();
     let api = &f.api;
     let exists = |name: &'static str| async move {
         call("GET", &format!("/api/v1/namespaces/{name}"), "admin")
